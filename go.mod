@@ -1,0 +1,3 @@
+module github.com/tlsfarm/tlsfarm
+
+go 1.26

@@ -1,0 +1,140 @@
+package session
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// IDLen is the length in bytes of a session ID, and so the maximum (and only)
+// length of a ticket or PSK identity issued by the cache in stateful mode.
+//
+// An ID is laid out as
+//
+//	byte  0      format version (1)
+//	byte  1      key ID of the IDKey that authenticated it
+//	bytes 2..17  128 random bits from crypto/rand
+//	bytes 18..25 tag: the first 8 bytes of AES-256(key, random bits)
+//
+// The tag makes IDs self-authenticating: a forged, truncated or altered ID is
+// rejected by one AES block operation, before any lookup.
+const IDLen = 26
+
+const (
+	idVersion = 1
+	idRandLen = 16
+	idTagOff  = 2 + idRandLen
+)
+
+// An ID identifies one cached session. It is the opaque ticket (TLS 1.2) or
+// PSK identity (TLS 1.3) that a client presents to resume. IDs are comparable
+// and can be used as map keys.
+type ID [IDLen]byte
+
+// String returns the ID in lower-case hexadecimal.
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// KeyID returns the ID of the IDKey that authenticated id.
+func (id ID) KeyID() uint8 { return id[1] }
+
+// ParseID decodes the hexadecimal form produced by ID.String. It checks the
+// length and the format version only; use Cache.CheckID to authenticate the
+// result.
+func ParseID(s string) (ID, error) {
+	var id ID
+	if len(s) != 2*IDLen {
+		return id, fmt.Errorf("session: ID must be %d hex digits, got %d characters", 2*IDLen, len(s))
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return ID{}, fmt.Errorf("session: ID is not hexadecimal: %w", err)
+	}
+	if id[0] != idVersion {
+		return ID{}, fmt.Errorf("session: unknown ID format version %d", id[0])
+	}
+	return id, nil
+}
+
+// An IDKey authenticates session IDs. Every node of a farm must hold the same
+// keys (a farm derives them from its secret) so that each node accepts the IDs
+// minted by the others. The ID field is carried in every ID so that keys can
+// be rotated: a cache mints with its first key and accepts all of them.
+type IDKey struct {
+	ID  uint8
+	Key [32]byte
+}
+
+// idKeys is an immutable set of ID keys, replaced as a whole on rotation.
+type idKeys struct {
+	mint   uint8
+	blocks [256]cipher.Block
+}
+
+var errNoIDKeys = errors.New("session: at least one ID key is required")
+
+func newIDKeys(keys []IDKey) (*idKeys, error) {
+	if len(keys) == 0 {
+		return nil, errNoIDKeys
+	}
+	k := &idKeys{mint: keys[0].ID}
+	for _, key := range keys {
+		if k.blocks[key.ID] != nil {
+			return nil, fmt.Errorf("session: ID key %d given twice", key.ID)
+		}
+		b, err := aes.NewCipher(key.Key[:])
+		if err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
+		k.blocks[key.ID] = b
+	}
+	return k, nil
+}
+
+// randomIDKey returns a key for a cache that was given none: its IDs are then
+// valid on this process only.
+func randomIDKey() IDKey {
+	var k IDKey
+	rand.Read(k.Key[:])
+	return k
+}
+
+// newID mints a fresh ID under the minting key.
+func (k *idKeys) newID() ID {
+	var id ID
+	id[0] = idVersion
+	id[1] = k.mint
+	rand.Read(id[2:idTagOff])
+	k.tag(k.blocks[k.mint], &id)
+	return id
+}
+
+// tag writes the tag of id into its last 8 bytes.
+func (k *idKeys) tag(b cipher.Block, id *ID) {
+	var out [aes.BlockSize]byte
+	b.Encrypt(out[:], id[2:idTagOff])
+	copy(id[idTagOff:], out[:IDLen-idTagOff])
+}
+
+// check reports whether b is a well-formed ID authenticated by one of the
+// keys, and returns it.
+func (k *idKeys) check(b []byte) (ID, bool) {
+	var id ID
+	if len(b) != IDLen || b[0] != idVersion {
+		return id, false
+	}
+	blk := k.blocks[b[1]]
+	if blk == nil {
+		return id, false
+	}
+	var out [aes.BlockSize]byte
+	blk.Encrypt(out[:], b[2:idTagOff])
+	// One 64-bit comparison: constant time with respect to where the tags differ.
+	if binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) != 0 {
+		return id, false
+	}
+	copy(id[:], b)
+	return id, true
+}

@@ -1,0 +1,369 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+	"unique"
+)
+
+// A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
+type Mode uint8
+
+const (
+	// Stateful issues session IDs as tickets and keeps the sessions in the
+	// cache; it accepts session IDs only.
+	Stateful Mode = iota
+	// Stateless issues tickets encrypted with the tls.Config's session
+	// ticket keys (see package ticket) and accepts both those and session
+	// IDs still in the cache.
+	Stateless
+	// Mixed issues session IDs, like Stateful, and accepts both session IDs
+	// and stateless tickets. A farm moving between Stateful and Stateless
+	// passes through Mixed on every node first, so that no ticket already
+	// issued stops resuming.
+	Mixed
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Stateful:
+		return "stateful"
+	case Stateless:
+		return "stateless"
+	case Mixed:
+		return "mixed"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses "stateful", "stateless" or "mixed".
+func ParseMode(s string) (Mode, bool) {
+	for _, m := range []Mode{Stateful, Stateless, Mixed} {
+		if strings.EqualFold(s, m.String()) {
+			return m, true
+		}
+	}
+	return 0, false
+}
+
+// pendingTTL is how long a single-use session waits for HandshakeComplete
+// before the wait is forgotten (the session then simply lives on until its
+// grace or lifetime ends).
+const pendingTTL = 2 * time.Minute
+
+// Configure installs the cache in cfg, a server configuration, so that the
+// two crypto/tls calls of each handshake (UnwrapSession when the client
+// offers a ticket, WrapSession when the server issues one) are linked.
+//
+// It sets cfg.GetConfigForClient to a function that calls the one cfg had
+// before (if any) and returns a clone of its result (or of cfg), whose
+// WrapSession and UnwrapSession are bound to that handshake. The link lets a
+// ticket issued by a resumed handshake inherit its chain (see
+// Config.MaxChainLifetime), shortens the resumed session to
+// Config.ResumeGrace, and makes SingleUse possible. The clone costs one
+// tls.Config copy per handshake.
+//
+// In Stateless and Mixed mode, tickets are encrypted and decrypted with the
+// session ticket keys of the config being cloned: register every config that
+// GetConfigForClient can return with the ticket key ring.
+//
+// Configure also sets cfg.WrapSession and cfg.UnwrapSession. Call it once per
+// config, after setting cfg.GetConfigForClient if you use it.
+func (c *Cache) Configure(cfg *tls.Config) {
+	prev := cfg.GetConfigForClient
+	cfg.WrapSession = c.WrapSession
+	cfg.UnwrapSession = c.UnwrapSession
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		src := cfg
+		if prev != nil {
+			x, err := prev(hello)
+			if err != nil {
+				return nil, err
+			}
+			if x != nil {
+				src = x
+			}
+		}
+		h := &handshake{c: c, src: src, conn: hello.Conn, ctx: hello.Context()}
+		child := src.Clone()
+		child.GetConfigForClient = nil
+		child.WrapSession = h.wrap
+		child.UnwrapSession = h.unwrap
+		return child, nil
+	}
+}
+
+// WrapSession is a tls.Config.WrapSession that stores the session in the
+// cache and returns its ID as the ticket. Set alone, without Configure, it
+// does not know whether the handshake resumed a session: each ticket starts a
+// new chain, resumed sessions keep their full lifetime, and Mode is treated
+// as Stateful. It never returns an error: if the session cannot be stored,
+// the ticket it returns resumes nothing and a full handshake follows.
+func (c *Cache) WrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+	now := c.nowNano()
+	return c.issue(cs, ss, nil, 0, now, now), nil
+}
+
+// UnwrapSession is a tls.Config.UnwrapSession that looks the presented
+// identity up in the cache. It never returns an error: an identity that is
+// empty, forged, unknown, expired, revoked, or presented under another server
+// name yields (nil, nil), and a full handshake follows. Set alone, without
+// Configure, it accepts session IDs only.
+func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	r := c.unwrap(context.Background(), identity, cs, nil)
+	return r.ss, nil
+}
+
+// HandshakeComplete tells a SingleUse cache that the handshake of conn
+// completed (conn.Handshake returned nil), which retires the session it
+// resumed, if any. It is cheap and does nothing for caches that are not
+// SingleUse, so servers may always call it. With net/http, call it from
+// Server.ConnState on StateActive.
+func (c *Cache) HandshakeComplete(conn *tls.Conn) {
+	if !c.cfg.SingleUse {
+		return
+	}
+	v, ok := c.pending.LoadAndDelete(conn.NetConn())
+	if !ok {
+		return
+	}
+	c.retire(v.(pendingRetire).id, Retired, OriginHandshake)
+}
+
+type pendingRetire struct {
+	id ID
+	at int64
+}
+
+func (c *Cache) sweepPending(now int64) {
+	c.pending.Range(func(k, v any) bool {
+		if now-v.(pendingRetire).at > int64(pendingTTL) {
+			c.pending.Delete(k)
+		}
+		return true
+	})
+}
+
+// handshake is the state shared by the two crypto/tls calls of one
+// handshake, bound to the per-handshake config made by Configure.
+type handshake struct {
+	c    *Cache
+	src  *tls.Config
+	conn net.Conn
+	ctx  context.Context
+	last unwrapped // the last session UnwrapSession returned
+}
+
+// unwrapped is what UnwrapSession learned of the session it returned.
+type unwrapped struct {
+	ss         *tls.SessionState
+	id         ID
+	ticket     bool // a stateless ticket, not a cached session
+	chain      uint64
+	chainStart int64
+}
+
+func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	r := h.c.unwrap(h.ctx, identity, cs, h.src)
+	if r.ss != nil {
+		// crypto/tls stops at the first session it accepts, so if the
+		// handshake resumes, it resumes the last one returned.
+		h.last = r
+	}
+	return r.ss, nil
+}
+
+func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+	c := h.c
+	now := c.nowNano()
+	chain, start := uint64(0), now
+	if cs.DidResume && h.last.ss != nil {
+		chain, start = h.last.chain, h.last.chainStart
+		if !h.last.ticket {
+			if c.cfg.ResumeGrace > 0 {
+				c.shorten(&h.last.id, now+int64(c.cfg.ResumeGrace))
+			}
+			if c.cfg.SingleUse && h.conn != nil {
+				c.pending.Store(h.conn, pendingRetire{id: h.last.id, at: now})
+			}
+		}
+	}
+	return c.issue(cs, ss, h.src, chain, start, now), nil
+}
+
+// issue returns the ticket for ss: a stateless ticket in Stateless mode (when
+// a config to encrypt with is known), otherwise the ID of a new cache entry.
+func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, chain uint64, start, now int64) []byte {
+	if chain == 0 {
+		chain = newChain()
+	}
+	if c.cfg.Mode == Stateless && src != nil {
+		n := len(ss.Extra)
+		ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start))
+		t, err := src.EncryptTicket(cs, ss)
+		if err == nil {
+			c.ctr.ticketsIssued.Add(1)
+			return t
+		}
+		ss.Extra = ss.Extra[:n] // fall back to a cached session
+	}
+	id := c.NewID()
+	state, err := ss.Bytes()
+	if err != nil {
+		c.ctr.wrapErrors.Add(1)
+		return id[:]
+	}
+	e := &entry{
+		id:         id,
+		state:      state,
+		serverName: unique.Make(strings.ToLower(cs.ServerName)),
+		chain:      chain,
+		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
+		chainStart: start,
+	}
+	c.insert(e, OriginHandshake, now) // a revoked chain is refused: the ticket then resumes nothing
+	return id[:]
+}
+
+// unwrap resolves a presented identity to a session, or to nothing.
+func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionState, src *tls.Config) unwrapped {
+	var r unwrapped
+	if len(identity) == 0 {
+		return r // a TLS 1.2 hello without a ticket
+	}
+	if len(identity) != IDLen || identity[0] != idVersion {
+		if c.cfg.Mode != Stateful && src != nil {
+			return c.unwrapTicket(identity, cs, src)
+		}
+		c.ctr.forgedIDs.Add(1)
+		return r
+	}
+	id, ok := c.keys.Load().check(identity)
+	if !ok {
+		c.ctr.forgedIDs.Add(1)
+		return r
+	}
+	var state []byte
+	var sni unique.Handle[string]
+	found := c.get(&id, OriginHandshake, func(e *entry) {
+		state, sni, r.chain, r.chainStart = e.state, e.serverName, e.chain, e.chainStart
+	})
+	serverName := ""
+	if found {
+		serverName = sni.Value()
+	} else {
+		rec := c.load(ctx, id)
+		if rec == nil {
+			return r
+		}
+		state, serverName, r.chain, r.chainStart = rec.State, strings.ToLower(rec.ServerName), rec.Chain, rec.ChainStart.UnixNano()
+	}
+	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
+		c.ctr.refusedSNI.Add(1)
+		return r
+	}
+	ss, err := tls.ParseSessionState(state)
+	if err != nil {
+		c.ctr.parseErrors.Add(1)
+		return r
+	}
+	r.ss, r.id = ss, id
+	return r
+}
+
+// load asks Config.Loader for id and inserts what it returns.
+func (c *Cache) load(ctx context.Context, id ID) *Record {
+	if c.cfg.Loader == nil {
+		return nil
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoaderTimeout)
+	rec, err := c.cfg.Loader(ctx, id)
+	cancel()
+	switch {
+	case err != nil:
+		c.ctr.loaderErrors.Add(1)
+		return nil
+	case rec == nil:
+		c.ctr.loaderMisses.Add(1)
+		return nil
+	}
+	if rec.ChainStart.IsZero() {
+		rec.ChainStart = c.cfg.Now()
+	}
+	if err := c.Insert(id, *rec, OriginLoader); err != nil {
+		// Expired, revoked, forged or malformed: as good as a miss.
+		c.ctr.loaderMisses.Add(1)
+		return nil
+	}
+	c.ctr.loaderHits.Add(1)
+	return rec
+}
+
+// unwrapTicket decrypts a stateless ticket and checks the binding that issue
+// put in its Extra.
+func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.Config) unwrapped {
+	var r unwrapped
+	ss, err := src.DecryptTicket(identity, cs)
+	if err != nil || ss == nil {
+		c.ctr.forgedIDs.Add(1)
+		return r
+	}
+	now := c.nowNano()
+	r.ticket = true
+	name, chain, start, ok := findBinding(ss.Extra)
+	if !ok {
+		// Issued by a server without this glue: accepted, but nothing binds
+		// it to a server name or a chain.
+		c.ctr.ticketsUnbound.Add(1)
+		r.chainStart = now
+	} else {
+		if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(name, cs.ServerName) {
+			c.ctr.refusedSNI.Add(1)
+			return r
+		}
+		if now-start > int64(c.cfg.MaxChainLifetime) {
+			c.ctr.chainExpired.Add(1)
+			return r
+		}
+		if c.tomb.revoked(chain, now) {
+			c.ctr.revokedInserts.Add(1)
+			return r
+		}
+		r.chain, r.chainStart = chain, start
+	}
+	c.ctr.ticketsAccepted.Add(1)
+	r.ss = ss
+	return r
+}
+
+// bindingTag starts the Extra entry that binds a stateless ticket to its
+// server name and chain: tag, chain (8 bytes), chain start (8 bytes, Unix
+// nanoseconds), server name.
+var bindingTag = []byte("tlsfarm/1\x00")
+
+func appendBinding(b []byte, serverName string, chain uint64, start int64) []byte {
+	b = append(b, bindingTag...)
+	b = binary.BigEndian.AppendUint64(b, chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	return append(b, strings.ToLower(serverName)...)
+}
+
+func findBinding(extra [][]byte) (serverName string, chain uint64, start int64, ok bool) {
+	for _, x := range extra {
+		if !bytes.HasPrefix(x, bindingTag) || len(x) < len(bindingTag)+16 {
+			continue
+		}
+		x = x[len(bindingTag):]
+		return string(x[16:]), binary.BigEndian.Uint64(x), int64(binary.BigEndian.Uint64(x[8:])), true
+	}
+	return "", 0, 0, false
+}

@@ -1,0 +1,364 @@
+package session_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+var versions = []struct {
+	name string
+	v    uint16
+}{
+	{"TLS1.2", tls.VersionTLS12},
+	{"TLS1.3", tls.VersionTLS13},
+}
+
+// recorder is a hook that keeps the events it sees.
+type recorder struct {
+	mu  sync.Mutex
+	evs []session.Event
+}
+
+func (r *recorder) hook(ev session.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) take() []session.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	evs := r.evs
+	r.evs = nil
+	return evs
+}
+
+// summary renders events as "kind/origin[/found|/reason]" for comparison.
+func summary(evs []session.Event) []string {
+	var out []string
+	for _, ev := range evs {
+		s := ev.Kind.String() + "/" + ev.Origin.String()
+		switch ev.Kind {
+		case session.EventGet:
+			s += fmt.Sprintf("/found=%t", ev.Found)
+		case session.EventRemove:
+			s += "/" + ev.Reason.String()
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// farmServer is one TLS server using a cache through Configure.
+type farmServer struct {
+	cache *session.Cache
+	srv   *tlstest.Server
+	pool  *x509.CertPool
+	cfg   *tls.Config
+}
+
+func newServer(t *testing.T, cc *session.Config) *farmServer {
+	t.Helper()
+	cert, pool := tlstest.SharedCert()
+	cache, err := session.New(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cache.Configure(cfg)
+	srv := tlstest.Serve(t, "n1", cfg, cache.HandshakeComplete)
+	return &farmServer{cache: cache, srv: srv, pool: pool, cfg: cfg}
+}
+
+func (s *farmServer) client(version uint16, sni string, cache tls.ClientSessionCache) *tls.Config {
+	return tlstest.ClientConfig(s.pool, sni, version, cache)
+}
+
+func TestResumeWithGoClient(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, nil)
+			var rec recorder
+			s.cache.AddHook(session.EventAll, rec.hook)
+			ccfg := s.client(tv.v, "localhost", tls.NewLRUClientSessionCache(8))
+
+			cs := tlstest.MustDial(t, s.srv.Addr, ccfg)
+			if cs.DidResume {
+				t.Fatal("first connection resumed")
+			}
+			if got, want := summary(rec.take()), []string{"new/handshake"}; !slices.Equal(got, want) {
+				t.Fatalf("events after full handshake = %v, want %v", got, want)
+			}
+			for i := range 3 {
+				cs = tlstest.MustDial(t, s.srv.Addr, ccfg)
+				if !cs.DidResume {
+					t.Fatalf("connection %d did not resume", i+2)
+				}
+				if got, want := summary(rec.take()), []string{"get/handshake/found=true", "new/handshake"}; !slices.Equal(got, want) {
+					t.Fatalf("events after resumption = %v, want %v", got, want)
+				}
+			}
+			st := s.cache.Stats()
+			if st.Hits != 3 || st.Inserts != 4 {
+				t.Fatalf("stats = %+v, want 3 hits and 4 inserts", st)
+			}
+			if errs := s.srv.HandshakeErrors(); len(errs) > 0 {
+				t.Fatalf("server handshake errors: %v", errs)
+			}
+		})
+	}
+}
+
+func TestChainLinksResumedTickets(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, &session.Config{ResumeGrace: 5 * time.Second})
+			var rec recorder
+			s.cache.AddHook(session.EventNew, rec.hook)
+			ccfg := s.client(tv.v, "localhost", tls.NewLRUClientSessionCache(8))
+			tlstest.MustDial(t, s.srv.Addr, ccfg)
+			first := rec.take()[0]
+			if !tlstest.MustDial(t, s.srv.Addr, ccfg).DidResume {
+				t.Fatal("did not resume")
+			}
+			second := rec.take()[0]
+			if second.Record.Chain != first.Record.Chain || !second.Record.ChainStart.Equal(first.Record.ChainStart) {
+				t.Fatalf("resumed ticket chain = %x@%v, want %x@%v", second.Record.Chain, second.Record.ChainStart, first.Record.Chain, first.Record.ChainStart)
+			}
+			if second.ID == first.ID {
+				t.Fatal("resumption re-issued the same ID")
+			}
+			// The resumed session was cut to the grace period.
+			r, ok := s.cache.Lookup(first.ID)
+			if !ok {
+				t.Fatal("resumed session gone before its grace ended")
+			}
+			if left := time.Until(r.Expires); left > 5*time.Second || left < 3*time.Second {
+				t.Fatalf("resumed session expires in %v, want about the 5s grace", left)
+			}
+			if r2, _ := s.cache.Lookup(second.ID); time.Until(r2.Expires) < time.Hour {
+				t.Fatalf("new ticket expires in %v, want the full lifetime", time.Until(r2.Expires))
+			}
+		})
+	}
+}
+
+func TestServerNameMismatchRefused(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, nil)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "a.example", frozen))
+			if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "b.example", frozen)); cs.DidResume {
+				t.Fatal("session issued for a.example resumed under b.example")
+			}
+			if n := s.cache.Stats().RefusedServerName; n != 1 {
+				t.Fatalf("RefusedServerName = %d, want 1", n)
+			}
+			// The same ticket under its own name still resumes.
+			if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "a.example", frozen)); !cs.DidResume {
+				t.Fatal("session did not resume under its own server name")
+			}
+		})
+	}
+}
+
+func TestServerNameMismatchAllowed(t *testing.T) {
+	s := newServer(t, &session.Config{AllowServerNameMismatch: true})
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "a.example", frozen))
+	if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "b.example", frozen)); !cs.DidResume {
+		t.Fatal("AllowServerNameMismatch: session did not resume under another name")
+	}
+}
+
+func TestExpiredSessionNotResumed(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			clk := newClock()
+			s := newServer(t, &session.Config{Lifetime: time.Minute, Now: clk.Now})
+			var rec recorder
+			s.cache.AddHook(session.EventRemove, rec.hook)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			clk.Advance(61 * time.Second)
+			if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)); cs.DidResume {
+				t.Fatal("expired session resumed")
+			}
+			if got := summary(rec.take()); !slices.Contains(got, "remove/handshake/expired") {
+				t.Fatalf("events = %v, want an expiry", got)
+			}
+		})
+	}
+}
+
+func TestChainLifetimeBound(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			clk := newClock()
+			s := newServer(t, &session.Config{Lifetime: time.Hour, MaxChainLifetime: 90 * time.Minute, Now: clk.Now})
+			ccfg := s.client(tv.v, "localhost", tls.NewLRUClientSessionCache(8))
+			tlstest.MustDial(t, s.srv.Addr, ccfg)
+			// Every 50 minutes the client resumes and takes the new ticket.
+			clk.Advance(50 * time.Minute)
+			if !tlstest.MustDial(t, s.srv.Addr, ccfg).DidResume {
+				t.Fatal("did not resume at 50m")
+			}
+			clk.Advance(50 * time.Minute)
+			if tlstest.MustDial(t, s.srv.Addr, ccfg).DidResume {
+				t.Fatal("chain resumed past MaxChainLifetime")
+			}
+			// The full handshake began a new chain.
+			clk.Advance(50 * time.Minute)
+			if !tlstest.MustDial(t, s.srv.Addr, ccfg).DidResume {
+				t.Fatal("new chain did not resume")
+			}
+		})
+	}
+}
+
+func TestEvictedSessionNotResumed(t *testing.T) {
+	s := newServer(t, &session.Config{Capacity: 1, Buckets: 1})
+	var rec recorder
+	s.cache.AddHook(session.EventRemove, rec.hook)
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "localhost", frozen))
+	tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "localhost", tls.NewLRUClientSessionCache(1)))
+	if got, want := summary(rec.take()), []string{"remove/handshake/evicted"}; !slices.Equal(got, want) {
+		t.Fatalf("events = %v, want %v", got, want)
+	}
+	if tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "localhost", frozen)).DidResume {
+		t.Fatal("evicted session resumed")
+	}
+}
+
+func TestRemoveRevokesChain(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, nil)
+			var rec recorder
+			s.cache.AddHook(session.EventNew, rec.hook)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			first := rec.take()[0].ID
+			// Resume twice from the frozen ticket: the chain now has three tickets.
+			for range 2 {
+				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatal("did not resume")
+				}
+			}
+			later := rec.take()
+			var rm recorder
+			s.cache.AddHook(session.EventRemove, rm.hook)
+			if !s.cache.Remove(later[0].ID) {
+				t.Fatal("Remove did not find the session")
+			}
+			if got := summary(rm.take()); len(got) != 3 || got[0] != "remove/api/removed" {
+				t.Fatalf("remove events = %v, want 3 api removals", got)
+			}
+			for _, id := range []session.ID{first, later[0].ID, later[1].ID} {
+				if _, ok := s.cache.Lookup(id); ok {
+					t.Fatalf("session %v of the revoked chain is still cached", id)
+				}
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("revoked session resumed")
+			}
+			// A peer re-inserting a session of the revoked chain is refused.
+			if err := s.cache.Insert(first, later[0].Record, session.OriginPeer); err != session.ErrRevoked {
+				t.Fatalf("Insert into revoked chain: err = %v, want ErrRevoked", err)
+			}
+		})
+	}
+}
+
+func TestSingleUse(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, &session.Config{SingleUse: true})
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("first resumption failed")
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("single-use session resumed twice")
+			}
+			if n := s.cache.Stats().Retired; n != 1 {
+				t.Fatalf("Retired = %d, want 1", n)
+			}
+			// A client that takes each new ticket keeps resuming.
+			lru := tls.NewLRUClientSessionCache(4)
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru))
+			for i := range 3 {
+				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru)).DidResume {
+					t.Fatalf("resumption %d with fresh tickets failed", i)
+				}
+			}
+		})
+	}
+}
+
+// TestLoaderResumesOnAnotherServer shows the miss path: server B does not
+// have the session, its Loader fetches it from server A's cache.
+func TestLoaderResumesOnAnotherServer(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
+			a := newServer(t, &session.Config{IDKeys: keys})
+			var loads int
+			var mu sync.Mutex
+			b := newServer(t, &session.Config{IDKeys: keys, LoaderTimeout: time.Second,
+				Loader: func(_ context.Context, id session.ID) (*session.Record, error) {
+					mu.Lock()
+					loads++
+					mu.Unlock()
+					r, ok := a.cache.Lookup(id)
+					if !ok {
+						return nil, nil
+					}
+					return &r, nil
+				}})
+			shared := &tlstest.SharedCache{}
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
+			cs := tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared))
+			if !cs.DidResume {
+				t.Fatal("B did not resume A's session through the loader")
+			}
+			st := b.cache.Stats()
+			if st.LoaderHits != 1 || loads != 1 {
+				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads)
+			}
+		})
+	}
+}
+
+// clock is a settable time source for expiry tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Now()} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
