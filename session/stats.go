@@ -30,6 +30,7 @@ type Stats struct {
 	TicketsIssued   uint64 // stateless tickets issued (Stateless mode)
 	TicketsAccepted uint64 // stateless tickets accepted (Stateless and Mixed modes)
 	TicketsUnbound  uint64 // accepted tickets that carried no server name binding
+	TicketsExpired  uint64 // stateless tickets refused: older than Lifetime
 }
 
 // counters are the cache's shared counters, for events outside a bucket lock.
@@ -37,7 +38,7 @@ type counters struct {
 	refusedSNI, chainExpired, forgedIDs, revokedInserts, oversized atomic.Uint64
 	parseErrors, wrapErrors, hookPanics                            atomic.Uint64
 	loaderHits, loaderMisses, loaderErrors                         atomic.Uint64
-	ticketsIssued, ticketsAccepted, ticketsUnbound                 atomic.Uint64
+	ticketsIssued, ticketsAccepted, ticketsUnbound, ticketsExpired atomic.Uint64
 }
 
 // bucketStats are counted under the bucket lock, so they cost no atomic
@@ -78,5 +79,6 @@ func (c *Cache) Stats() Stats {
 	s.TicketsIssued = k.ticketsIssued.Load()
 	s.TicketsAccepted = k.ticketsAccepted.Load()
 	s.TicketsUnbound = k.ticketsUnbound.Load()
+	s.TicketsExpired = k.ticketsExpired.Load()
 	return s
 }

@@ -205,7 +205,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 	}
 	if c.cfg.Mode == Stateless && src != nil {
 		n := len(ss.Extra)
-		ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start))
+		ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
 		t, err := src.EncryptTicket(cs, ss)
 		if err == nil {
 			c.ctr.ticketsIssued.Add(1)
@@ -319,7 +319,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 	}
 	now := c.nowNano()
 	r.ticket = true
-	name, chain, start, ok := findBinding(ss.Extra)
+	name, chain, start, issued, ok := findBinding(ss.Extra)
 	if !ok {
 		// Issued by a server without this glue: accepted, but nothing binds
 		// it to a server name or a chain.
@@ -334,6 +334,10 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.chainExpired.Add(1)
 			return r
 		}
+		if now-issued > int64(c.cfg.Lifetime) {
+			c.ctr.ticketsExpired.Add(1)
+			return r
+		}
 		if c.tomb.revoked(chain, now) {
 			c.ctr.revokedInserts.Add(1)
 			return r
@@ -346,24 +350,31 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 }
 
 // bindingTag starts the Extra entry that binds a stateless ticket to its
-// server name and chain: tag, chain (8 bytes), chain start (8 bytes, Unix
-// nanoseconds), server name.
+// server name, chain and issue time: tag, chain (8 bytes), chain start and
+// issue time (8 bytes each, Unix nanoseconds), server name. The ticket's
+// encryption authenticates it.
 var bindingTag = []byte("tlsfarm/1\x00")
 
-func appendBinding(b []byte, serverName string, chain uint64, start int64) []byte {
+const bindingLen = 24
+
+func appendBinding(b []byte, serverName string, chain uint64, start, issued int64) []byte {
 	b = append(b, bindingTag...)
 	b = binary.BigEndian.AppendUint64(b, chain)
 	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	b = binary.BigEndian.AppendUint64(b, uint64(issued))
 	return append(b, strings.ToLower(serverName)...)
 }
 
-func findBinding(extra [][]byte) (serverName string, chain uint64, start int64, ok bool) {
+func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued int64, ok bool) {
 	for _, x := range extra {
-		if !bytes.HasPrefix(x, bindingTag) || len(x) < len(bindingTag)+16 {
+		if !bytes.HasPrefix(x, bindingTag) || len(x) < len(bindingTag)+bindingLen {
 			continue
 		}
 		x = x[len(bindingTag):]
-		return string(x[16:]), binary.BigEndian.Uint64(x), int64(binary.BigEndian.Uint64(x[8:])), true
+		chain = binary.BigEndian.Uint64(x)
+		start = int64(binary.BigEndian.Uint64(x[8:]))
+		issued = int64(binary.BigEndian.Uint64(x[16:]))
+		return string(x[bindingLen:]), chain, start, issued, true
 	}
-	return "", 0, 0, false
+	return "", 0, 0, 0, false
 }

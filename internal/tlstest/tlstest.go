@@ -96,6 +96,17 @@ type Server struct {
 // may be nil.
 func Serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Conn)) *Server {
 	tb.Helper()
+	return serve(tb, name, cfg, onHandshake, false)
+}
+
+// ServeAndClose is Serve for clients that read until the server closes, such
+// as openssl s_client -ign_eof: the server closes after its line.
+func ServeAndClose(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Conn)) *Server {
+	tb.Helper()
+	return serve(tb, name, cfg, onHandshake, true)
+}
+
+func serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Conn), closeAfter bool) *Server {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -112,7 +123,7 @@ func Serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Co
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				s.handle(tls.Server(raw, cfg), onHandshake)
+				s.handle(tls.Server(raw, cfg), onHandshake, closeAfter)
 			}()
 		}
 	}()
@@ -120,7 +131,7 @@ func Serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Co
 	return s
 }
 
-func (s *Server) handle(c *tls.Conn, onHandshake func(*tls.Conn)) {
+func (s *Server) handle(c *tls.Conn, onHandshake func(*tls.Conn), closeAfter bool) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := c.Handshake(); err != nil {
@@ -134,6 +145,9 @@ func (s *Server) handle(c *tls.Conn, onHandshake func(*tls.Conn)) {
 	}
 	cs := c.ConnectionState()
 	fmt.Fprintf(c, "node=%s version=%s resumed=%t sni=%s\n", s.Name, tls.VersionName(cs.Version), cs.DidResume, cs.ServerName)
+	if closeAfter {
+		return
+	}
 	// Wait for the client to close, so the ticket (sent after the TLS 1.3
 	// handshake) is read before the connection goes away.
 	io.Copy(io.Discard, c)

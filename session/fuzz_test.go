@@ -1,0 +1,87 @@
+package session_test
+
+import (
+	"crypto/aes"
+	"bytes"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// FuzzCheckID feeds arbitrary identities to the ID check and to
+// UnwrapSession: neither may panic, and the check must agree with an
+// independent computation of the tag (AES-256 of the random part).
+func FuzzCheckID(f *testing.F) {
+	key := [32]byte{7}
+	c, err := session.New(&session.Config{IDKeys: []session.IDKey{{ID: 3, Key: key}}, SweepInterval: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := c.NewID()
+	f.Add(good[:])
+	f.Add([]byte{})
+	f.Add(good[:session.IDLen-1])
+	f.Add(bytes.Repeat([]byte{1}, session.IDLen))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := false
+		if len(b) == session.IDLen && b[0] == 1 && b[1] == 3 {
+			var out [16]byte
+			block.Encrypt(out[:], b[2:18])
+			want = bytes.Equal(out[:8], b[18:])
+		}
+		id, ok := c.CheckID(b)
+		if ok != want {
+			t.Fatalf("CheckID(%x) = %t, want %t", b, ok, want)
+		}
+		if ok && !bytes.Equal(id[:], b) {
+			t.Fatalf("CheckID(%x) returned %v", b, id)
+		}
+		if ss, err := c.UnwrapSession(b, tls.ConnectionState{}); ss != nil || err != nil {
+			t.Fatalf("UnwrapSession(%x) = %v, %v on an empty cache", b, ss, err)
+		}
+	})
+}
+
+// FuzzParseID checks that ParseID never panics and round-trips.
+func FuzzParseID(f *testing.F) {
+	var id session.ID
+	id[0] = 1
+	f.Add(id.String())
+	f.Add("")
+	f.Add("01zz")
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := session.ParseID(s)
+		if err == nil && id.String() != s && !bytes.EqualFold([]byte(id.String()), []byte(s)) {
+			t.Fatalf("ParseID(%q) = %v", s, id)
+		}
+	})
+}
+
+// FuzzRecord checks the record decoder: no panic, and whatever it accepts
+// re-encodes to the same bytes.
+func FuzzRecord(f *testing.F) {
+	r := session.Record{State: []byte("state"), ServerName: "localhost", Expires: time.Unix(1e9, 5), Chain: 9, ChainStart: time.Unix(1e9, 0)}
+	b, _ := r.MarshalBinary()
+	f.Add(b)
+	f.Add([]byte{1})
+	f.Add(b[:len(b)-1])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r session.Record
+		if err := r.UnmarshalBinary(data); err != nil {
+			return
+		}
+		again, err := r.MarshalBinary()
+		if err != nil {
+			t.Fatalf("accepted record does not re-encode: %v", err)
+		}
+		if !bytes.Equal(again, data) {
+			t.Fatalf("round trip changed the record:\n%x\n%x", data, again)
+		}
+	})
+}
