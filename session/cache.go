@@ -43,8 +43,9 @@ var (
 // its default, so a Config need only name what differs.
 type Config struct {
 	// Capacity is the most sessions the cache holds (default DefaultCapacity).
-	// It is split evenly across the buckets; a bucket that is full evicts its
-	// least recently used session.
+	// When it is full, an insert evicts the least recently used session of
+	// the bucket it inserts into: eviction is least-recently-used within a
+	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
 	// Buckets is the number of independently locked buckets, rounded up to a
@@ -151,6 +152,8 @@ type Cache struct {
 	mask    uint64
 	seed    maphash.Seed
 
+	size  atomic.Int64 // sessions held, across buckets
+	clock atomic.Int64 // coarse wall clock, Unix nanoseconds; 0 when not running
 	keys  atomic.Pointer[idKeys]
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
@@ -170,7 +173,6 @@ type bucket struct {
 	mu    sync.Mutex
 	m     map[ID]*entry
 	root  entry // sentinel: root.next is the most recently used
-	cap   int
 	stats bucketStats
 	_     [64]byte // keep neighbouring buckets' locks off one cache line
 }
@@ -226,6 +228,7 @@ func New(cfg *Config) (*Cache, error) {
 	}
 	if cf.Now == nil {
 		cf.Now = time.Now
+		c.clock.Store(time.Now().UnixNano())
 	}
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
@@ -244,25 +247,20 @@ func New(cfg *Config) (*Cache, error) {
 	c.seed = maphash.MakeSeed()
 	c.mask = uint64(cf.Buckets - 1)
 	c.buckets = make([]bucket, cf.Buckets)
-	per := (cf.Capacity + cf.Buckets - 1) / cf.Buckets
 	for i := range c.buckets {
 		b := &c.buckets[i]
 		b.m = make(map[ID]*entry)
 		b.root.next, b.root.prev = &b.root, &b.root
-		b.cap = per
 	}
 	c.tomb.m = make(map[uint64]int64)
 	c.stop = make(chan struct{})
 	c.done = make(chan struct{})
-	if cf.SweepInterval > 0 {
-		go c.sweeper(cf.SweepInterval)
-	} else {
-		close(c.done)
-	}
+	go c.background()
 	return &c, nil
 }
 
-// Close stops the background sweep. The cache stays usable.
+// Close stops the background sweep and the coarse clock. The cache stays
+// usable: after Close it reads the time with Config.Now on every call.
 func (c *Cache) Close() error {
 	c.closeOnce.Do(func() { close(c.stop) })
 	<-c.done
@@ -285,13 +283,25 @@ func (c *Cache) NewID() ID { return c.keys.Load().newID() }
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
 // keys, and returns it. It costs one AES block operation and no lookup.
-func (c *Cache) CheckID(b []byte) (ID, bool) { return c.keys.Load().check(b) }
+func (c *Cache) CheckID(b []byte) (ID, bool) { return c.keys.Load().checkPooled(b) }
 
 func (c *Cache) bucket(id *ID) *bucket {
 	return &c.buckets[maphash.Bytes(c.seed, id[:])&c.mask]
 }
 
-func (c *Cache) nowNano() int64 { return c.cfg.Now().UnixNano() }
+// clockTick is how often the cache's coarse clock advances. Expiry is
+// decided to within one tick; reading the clock costs an atomic load instead
+// of a time.Now (tens of nanoseconds on virtual machines).
+const clockTick = 2 * time.Millisecond
+
+// nowNano returns the time in Unix nanoseconds: the coarse clock while it
+// runs, otherwise Config.Now.
+func (c *Cache) nowNano() int64 {
+	if v := c.clock.Load(); v != 0 {
+		return v
+	}
+	return c.cfg.Now().UnixNano()
+}
 
 // Lookup returns the record of the session id, firing EventGet with
 // OriginAPI. The record's State is shared with the cache and must not be
@@ -340,7 +350,7 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 	b.mu.Lock()
 	e := b.m[*id]
 	if e != nil && e.expires <= now {
-		b.unlink(e)
+		c.unlink(b, e)
 		b.stats.removed[Expired]++
 		expired, e = e, nil
 	}
@@ -383,7 +393,7 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
-	if _, ok := c.keys.Load().check(id[:]); !ok {
+	if _, ok := c.keys.Load().checkPooled(id[:]); !ok {
 		c.ctr.forgedIDs.Add(1)
 		return ErrForgedID
 	}
@@ -434,17 +444,18 @@ func (c *Cache) insert(e *entry, origin Origin, now int64) error {
 		b.toFront(old)
 		e = old
 	} else {
-		if len(b.m) >= b.cap {
+		if c.size.Load() >= int64(c.cfg.Capacity) && len(b.m) > 0 {
 			victim = b.root.prev
 			reason = Evicted
 			if victim.expires <= now {
 				reason = Expired
 			}
-			b.unlink(victim)
+			c.unlink(b, victim)
 			b.stats.removed[reason]++
 		}
 		b.m[e.id] = e
 		b.pushFront(e)
+		c.size.Add(1)
 	}
 	b.stats.inserts++
 	if c.hooks.Load() == nil {
@@ -515,7 +526,7 @@ func (c *Cache) removeWhere(match func(*entry) bool, reason RemoveReason, origin
 		for e := b.root.next; e != &b.root; {
 			next := e.next
 			if match(e) {
-				b.unlink(e)
+				c.unlink(b, e)
 				b.stats.removed[reason]++
 				n++
 				if c.hooks.Load() != nil {
@@ -542,7 +553,7 @@ func (c *Cache) retire(id ID, reason RemoveReason, origin Origin) bool {
 		b.mu.Unlock()
 		return false
 	}
-	b.unlink(e)
+	c.unlink(b, e)
 	b.stats.removed[reason]++
 	if c.hooks.Load() == nil {
 		b.mu.Unlock()
@@ -574,15 +585,29 @@ func (c *Cache) Sweep() int {
 	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginAPI)
 }
 
-func (c *Cache) sweeper(every time.Duration) {
+// background advances the coarse clock and runs the periodic sweep.
+func (c *Cache) background() {
 	defer close(c.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
+	var tick <-chan time.Time
+	if c.clock.Load() != 0 {
+		t := time.NewTicker(clockTick)
+		defer t.Stop()
+		tick = t.C
+	}
+	var sweep <-chan time.Time
+	if c.cfg.SweepInterval > 0 {
+		t := time.NewTicker(c.cfg.SweepInterval)
+		defer t.Stop()
+		sweep = t.C
+	}
 	for {
 		select {
 		case <-c.stop:
+			c.clock.Store(0) // from now on, read Config.Now (time.Now)
 			return
-		case <-t.C:
+		case <-tick:
+			c.clock.Store(time.Now().UnixNano())
+		case <-sweep:
 			c.Sweep()
 		}
 	}
@@ -590,16 +615,7 @@ func (c *Cache) sweeper(every time.Duration) {
 
 // Len returns the number of sessions in the cache, including any that have
 // expired but not yet been swept.
-func (c *Cache) Len() int {
-	n := 0
-	for i := range c.buckets {
-		b := &c.buckets[i]
-		b.mu.Lock()
-		n += len(b.m)
-		b.mu.Unlock()
-	}
-	return n
-}
+func (c *Cache) Len() int { return int(c.size.Load()) }
 
 func (e *entry) record() Record {
 	return Record{
@@ -627,8 +643,9 @@ func (b *bucket) toFront(e *entry) {
 	b.pushFront(e)
 }
 
-// unlink removes e from the bucket's map and list.
-func (b *bucket) unlink(e *entry) {
+// unlink removes e from the bucket's map and list; b.mu is held.
+func (c *Cache) unlink(b *bucket, e *entry) {
+	c.size.Add(-1)
 	delete(b.m, e.id)
 	e.prev.next = e.next
 	e.next.prev = e.prev

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // IDLen is the length in bytes of a session ID, and so the maximum (and only)
@@ -113,14 +114,28 @@ func (k *idKeys) newID() ID {
 
 // tag writes the tag of id into its last 8 bytes.
 func (k *idKeys) tag(b cipher.Block, id *ID) {
-	var out [aes.BlockSize]byte
+	out := blockPool.Get().(*[aes.BlockSize]byte)
 	b.Encrypt(out[:], id[2:idTagOff])
 	copy(id[idTagOff:], out[:IDLen-idTagOff])
+	blockPool.Put(out)
+}
+
+// blockPool holds scratch blocks for AES output: a buffer passed to the
+// cipher.Block interface escapes, and a fresh one per call would be a heap
+// allocation on every ID check.
+var blockPool = sync.Pool{New: func() any { return new([aes.BlockSize]byte) }}
+
+// checkPooled is check with a scratch block from blockPool.
+func (k *idKeys) checkPooled(b []byte) (ID, bool) {
+	out := blockPool.Get().(*[aes.BlockSize]byte)
+	id, ok := k.check(b, out)
+	blockPool.Put(out)
+	return id, ok
 }
 
 // check reports whether b is a well-formed ID authenticated by one of the
-// keys, and returns it.
-func (k *idKeys) check(b []byte) (ID, bool) {
+// keys, and returns it. out is scratch space.
+func (k *idKeys) check(b []byte, out *[aes.BlockSize]byte) (ID, bool) {
 	var id ID
 	if len(b) != IDLen || b[0] != idVersion {
 		return id, false
@@ -129,7 +144,6 @@ func (k *idKeys) check(b []byte) (ID, bool) {
 	if blk == nil {
 		return id, false
 	}
-	var out [aes.BlockSize]byte
 	blk.Encrypt(out[:], b[2:idTagOff])
 	// One 64-bit comparison: constant time with respect to where the tags differ.
 	if binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) != 0 {

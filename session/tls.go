@@ -1,6 +1,7 @@
 package session
 
 import (
+	"crypto/aes"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -116,7 +117,9 @@ func (c *Cache) WrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byt
 // name yields (nil, nil), and a full handshake follows. Set alone, without
 // Configure, it accepts session IDs only.
 func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-	r := c.unwrap(context.Background(), identity, cs, nil)
+	tmp := blockPool.Get().(*[aes.BlockSize]byte)
+	r := c.unwrap(context.Background(), identity, cs, nil, tmp)
+	blockPool.Put(tmp)
 	return r.ss, nil
 }
 
@@ -158,6 +161,7 @@ type handshake struct {
 	conn net.Conn
 	ctx  context.Context
 	last unwrapped // the last session UnwrapSession returned
+	tmp  [aes.BlockSize]byte
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
@@ -170,7 +174,7 @@ type unwrapped struct {
 }
 
 func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-	r := h.c.unwrap(h.ctx, identity, cs, h.src)
+	r := h.c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
 	if r.ss != nil {
 		// crypto/tls stops at the first session it accepts, so if the
 		// handshake resumes, it resumes the last one returned.
@@ -232,7 +236,8 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 }
 
 // unwrap resolves a presented identity to a session, or to nothing.
-func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionState, src *tls.Config) unwrapped {
+// tmp is scratch space for the ID check.
+func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionState, src *tls.Config, tmp *[aes.BlockSize]byte) unwrapped {
 	var r unwrapped
 	if len(identity) == 0 {
 		return r // a TLS 1.2 hello without a ticket
@@ -244,7 +249,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		c.ctr.forgedIDs.Add(1)
 		return r
 	}
-	id, ok := c.keys.Load().check(identity)
+	id, ok := c.keys.Load().check(identity, tmp)
 	if !ok {
 		c.ctr.forgedIDs.Add(1)
 		return r

@@ -1,0 +1,28 @@
+package session
+
+import "testing"
+
+// BenchmarkDispatch measures firing one event to 0 and 1 hooks.
+func BenchmarkDispatch(b *testing.B) {
+	for _, n := range []int{0, 1} {
+		b.Run(map[int]string{0: "hooks=0", 1: "hooks=1"}[n], func(b *testing.B) {
+			c, err := New(&Config{SweepInterval: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			var seen int
+			if n == 1 {
+				c.AddHook(EventAll, func(Event) { seen++ })
+			}
+			ev := Event{Kind: EventNew, ID: c.NewID()}
+			b.ReportAllocs()
+			for b.Loop() {
+				c.fire(ev)
+			}
+			if seen == 0 && n == 1 {
+				b.Fatal("hook not called")
+			}
+		})
+	}
+}

@@ -1,0 +1,60 @@
+// Package session is a server-side TLS session cache with a plugin hook API,
+// modelled on Apache Traffic Server's TLS Session Plugin API, and the glue
+// that plugs it into crypto/tls.
+//
+// # The cache
+//
+// A Cache maps session IDs to Records: the serialized tls.SessionState, the
+// server name it was issued under, its expiry, and the resumption chain it
+// belongs to. It is split into a power-of-two number of buckets, each with
+// its own lock, map and least-recently-used list, chosen by a seeded hash of
+// the whole ID. It holds at most Config.Capacity sessions, never returns an
+// expired one, and sweeps expired ones in the background.
+//
+// Session IDs are 26 bytes (IDLen): a format version, a key ID, 128 random
+// bits, and a 64-bit tag computed with AES-256 under an IDKey. An identity
+// that does not carry a valid tag is refused with one block operation,
+// before any lookup, local or remote. The servers of a farm share their ID
+// keys, so each accepts the IDs the others mint.
+//
+// # Hooks
+//
+// AddHook registers a function for EventNew (a session was inserted),
+// EventGet (a session was asked for, found or not) and EventRemove (a session
+// left the cache: removed, expired, evicted or retired). Hooks run
+// synchronously, in registration order, on the goroutine that caused the
+// event, after the cache's locks are released. Each Event carries the ID,
+// the Origin (a handshake on this server, an API call, a peer, the loader),
+// and the record. A plugin that shares sessions across a farm publishes
+// EventNew from OriginHandshake and inserts what peers send with OriginPeer,
+// so nothing echoes.
+//
+// The utility calls mirror ATS's: Get (a fresh tls.SessionState), GetBuffer
+// (the serialized session into the caller's buffer, with its full length),
+// Insert, Remove, and Stats. Ticket keys live in package ticket.
+//
+// # crypto/tls
+//
+// Configure installs the cache in a tls.Config. The ticket a client receives
+// is then only a session ID (Stateful mode), for TLS 1.2 session tickets and
+// TLS 1.3 PSK identities alike; the session never leaves the server, and
+// Remove revokes it. Configure links the two crypto/tls callbacks of a
+// handshake through a per-handshake config returned by GetConfigForClient:
+// a ticket issued by a resumed handshake continues its chain (bounded by
+// Config.MaxChainLifetime), and the session just resumed is cut to a short
+// grace period (Config.ResumeGrace), so the cache holds about one session
+// per active client rather than one per connection.
+//
+// UnwrapSession never fails a handshake: a missing, forged, expired, revoked
+// or mis-addressed session means a full handshake, and is counted in Stats.
+// A session presented under a server name other than the one it was issued
+// for is refused unless Config.AllowServerNameMismatch is set; crypto/tls
+// does not check this itself.
+//
+// Go's server does not implement TLS 1.2 session-ID resumption (a client
+// that disables tickets always gets a full handshake); only tickets and PSK
+// identities resume. Modes Stateless and Mixed issue or accept tickets
+// encrypted with the config's ticket keys, carrying the same server-name and
+// chain binding, so a farm can move between the two without a resumption
+// cliff.
+package session
