@@ -1,8 +1,8 @@
 package session_test
 
 import (
-	"crypto/aes"
 	"bytes"
+	"crypto/aes"
 	"crypto/tls"
 	"testing"
 	"time"

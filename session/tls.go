@@ -1,9 +1,9 @@
 package session
 
 import (
-	"crypto/aes"
 	"bytes"
 	"context"
+	"crypto/aes"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
