@@ -158,6 +158,7 @@ type Cache struct {
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
 
+	loader  atomic.Pointer[loader]
 	tomb    tombstones
 	pending sync.Map // net.Conn -> pendingRetire, for SingleUse
 
@@ -243,6 +244,9 @@ func New(cfg *Config) (*Cache, error) {
 	}
 	cf.IDKeys = nil // the cache keeps only the AES schedules
 	c.keys.Store(k)
+	if cf.Loader != nil {
+		c.loader.Store(&loader{fn: cf.Loader, timeout: cf.LoaderTimeout})
+	}
 
 	c.seed = maphash.MakeSeed()
 	c.mask = uint64(cf.Buckets - 1)
@@ -277,6 +281,30 @@ func (c *Cache) SetIDKeys(keys ...IDKey) error {
 	c.keys.Store(k)
 	return nil
 }
+
+// SetLoader installs (or, with a nil fn, removes) the function asked for
+// sessions that are not in the cache, as Config.Loader and
+// Config.LoaderTimeout do (a timeout of 0 means DefaultLoaderTimeout). A
+// plugin that joins a farm after the cache was made uses it.
+func (c *Cache) SetLoader(fn func(ctx context.Context, id ID) (*Record, error), timeout time.Duration) {
+	if fn == nil {
+		c.loader.Store(nil)
+		return
+	}
+	if timeout <= 0 {
+		timeout = DefaultLoaderTimeout
+	}
+	c.loader.Store(&loader{fn: fn, timeout: timeout})
+}
+
+type loader struct {
+	fn      func(ctx context.Context, id ID) (*Record, error)
+	timeout time.Duration
+}
+
+// MaxChainLifetime returns the cache's Config.MaxChainLifetime, after
+// defaults: a revoked chain is remembered until its start plus this.
+func (c *Cache) MaxChainLifetime() time.Duration { return c.cfg.MaxChainLifetime }
 
 // NewID mints a fresh authenticated session ID.
 func (c *Cache) NewID() ID { return c.keys.Load().newID() }
@@ -509,8 +537,10 @@ func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	if lim := now + int64(c.cfg.MaxChainLifetime); u > lim {
 		u = lim // a peer cannot make us remember a chain for longer than it could live
 	}
-	if u > now {
-		c.tomb.add(chain, u)
+	if u > now && !c.tomb.add(chain, u) {
+		// Already revoked at least this long: its sessions are gone and
+		// cannot come back, so a repeated revocation costs no scan.
+		return 0
 	}
 	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
 }
@@ -668,13 +698,17 @@ type tombstones struct {
 	m  map[uint64]int64 // chain -> until, Unix nanoseconds
 }
 
-func (t *tombstones) add(chain uint64, until int64) {
+// add records chain as revoked until the given time, and reports whether
+// the chain was not already revoked (until then or longer).
+func (t *tombstones) add(chain uint64, until int64) bool {
 	t.mu.Lock()
-	if until > t.m[chain] {
+	defer t.mu.Unlock()
+	old, had := t.m[chain]
+	if until > old {
 		t.m[chain] = until
 	}
 	t.n.Store(int32(len(t.m)))
-	t.mu.Unlock()
+	return !had
 }
 
 func (t *tombstones) revoked(chain uint64, now int64) bool {

@@ -284,14 +284,15 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 
 // load asks Config.Loader for id and inserts what it returns.
 func (c *Cache) load(ctx context.Context, id ID) *Record {
-	if c.cfg.Loader == nil {
+	l := c.loader.Load()
+	if l == nil {
 		return nil
 	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoaderTimeout)
-	rec, err := c.cfg.Loader(ctx, id)
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	rec, err := l.fn(ctx, id)
 	cancel()
 	switch {
 	case err != nil:

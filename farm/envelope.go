@@ -1,0 +1,295 @@
+package farm
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// An envelope is how everything the farm sends or stores travels:
+//
+//	magic     2  "tF"
+//	version   1  envelopeVersion
+//	type      1  msgType
+//	key ID    1  the farm secret that sealed it
+//	time      8  Unix microseconds when it was sealed
+//	sender    8  the sending node's random instance ID
+//	farm      1+n  the farm's name, length-prefixed
+//	nonce     24 XChaCha20-Poly1305 nonce (random)
+//	sealed    the body, encrypted and authenticated, 16-byte tag
+//
+// Everything before the nonce is authenticated as additional data, together
+// with a context the reader supplies and that is not sent (for a stored
+// session, its ID: a value moved to another key does not open).
+// XChaCha20's 192-bit nonces may be drawn at random for as many messages as a
+// farm will ever send under one secret.
+const (
+	envelopeVersion = 1
+	nonceLen        = chacha20poly1305.NonceSizeX
+	fixedHeaderLen  = 2 + 1 + 1 + 1 + 8 + 8 + 1
+	maxFarmName     = 64
+)
+
+var magic = [2]byte{'t', 'F'}
+
+type msgType uint8
+
+const (
+	msgSessions  msgType = 1 + iota // body: sessions, for peers to insert
+	msgRevoke                       // body: revoked chains
+	msgStored                       // body: one record; context: its session ID
+	msgTombstone                    // body: one revoked chain, in the store
+	msgKeys                         // body: a ticket key set
+)
+
+func (t msgType) String() string {
+	switch t {
+	case msgSessions:
+		return "sessions"
+	case msgRevoke:
+		return "revoke"
+	case msgStored:
+		return "stored"
+	case msgTombstone:
+		return "tombstone"
+	case msgKeys:
+		return "keys"
+	}
+	return fmt.Sprintf("msgType(%d)", uint8(t))
+}
+
+// header is the authenticated, unencrypted part of an envelope.
+type header struct {
+	typ    msgType
+	keyID  uint8
+	time   time.Time // microsecond precision
+	sender uint64
+	farm   string
+}
+
+// A Rejection says why a received message was dropped.
+type Rejection uint8
+
+const (
+	RejectMalformed Rejection = iota // not an envelope, or a truncated one
+	RejectVersion                    // an envelope version this node does not read
+	RejectOtherFarm                  // sealed for another farm
+	RejectTooOld                     // older than Config.MaxAge
+	RejectFuture                     // from further in the future than Config.MaxSkew
+	RejectSeal                       // unknown key, or failed authentication: forged or tampered
+	RejectBody                       // authentic, but its body does not decode
+	RejectType                       // authentic, but of a type not expected here
+	numRejections
+)
+
+func (r Rejection) String() string {
+	switch r {
+	case RejectMalformed:
+		return "malformed"
+	case RejectVersion:
+		return "version"
+	case RejectOtherFarm:
+		return "other_farm"
+	case RejectTooOld:
+		return "too_old"
+	case RejectFuture:
+		return "future"
+	case RejectSeal:
+		return "seal"
+	case RejectBody:
+		return "body"
+	case RejectType:
+		return "type"
+	}
+	return fmt.Sprintf("Rejection(%d)", uint8(r))
+}
+
+// errRejected carries the reason an envelope was refused.
+type errRejected struct {
+	why    Rejection
+	detail string
+}
+
+func (e *errRejected) Error() string {
+	if e.detail == "" {
+		return "farm: message rejected: " + e.why.String()
+	}
+	return "farm: message rejected: " + e.why.String() + ": " + e.detail
+}
+
+func reject(why Rejection, detail string) error { return &errRejected{why, detail} }
+
+// rejection returns the reason of an error returned by open.
+func rejection(err error) Rejection {
+	var r *errRejected
+	if errors.As(err, &r) {
+		return r.why
+	}
+	return RejectMalformed
+}
+
+// seal appends to dst the envelope of body, sealed with the current key.
+func (k *keyring) seal(dst []byte, h header, body, context []byte) []byte {
+	start := len(dst)
+	dst = append(dst, magic[0], magic[1], envelopeVersion, byte(h.typ), k.current)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(h.time.UnixMicro()))
+	dst = binary.BigEndian.AppendUint64(dst, h.sender)
+	dst = append(dst, byte(len(h.farm)))
+	dst = append(dst, h.farm...)
+	hdrEnd := len(dst)
+	dst = append(dst, make([]byte, nonceLen)...)
+	nonce := dst[hdrEnd:]
+	rand.Read(nonce)
+	ad := adFor(dst[start:hdrEnd], context)
+	return k.aead[k.current].Seal(dst, nonce, body, ad)
+}
+
+// adFor returns the additional data: the header, then the reader-supplied
+// context.
+func adFor(hdr, context []byte) []byte {
+	if len(context) == 0 {
+		return hdr
+	}
+	ad := make([]byte, 0, len(hdr)+len(context))
+	return append(append(ad, hdr...), context...)
+}
+
+// parseHeader reads the header of msg and returns it with the offset of the
+// nonce.
+func parseHeader(msg []byte) (header, int, error) {
+	var h header
+	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {
+		return h, 0, reject(RejectMalformed, "")
+	}
+	if msg[2] != envelopeVersion {
+		return h, 0, reject(RejectVersion, fmt.Sprint(msg[2]))
+	}
+	h.typ = msgType(msg[3])
+	h.keyID = msg[4]
+	h.time = time.UnixMicro(int64(binary.BigEndian.Uint64(msg[5:])))
+	h.sender = binary.BigEndian.Uint64(msg[13:])
+	n := int(msg[21])
+	off := fixedHeaderLen + n
+	if len(msg) < off+nonceLen+chacha20poly1305.Overhead {
+		return h, 0, reject(RejectMalformed, "truncated")
+	}
+	h.farm = string(msg[fixedHeaderLen:off])
+	return h, off, nil
+}
+
+// open checks and opens an envelope: it must be for farm, of type want, at
+// most maxAge old and at most maxSkew in the future of now, and
+// authenticate under one of the farm's keys with context. It returns the
+// header and the body (a new slice).
+func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration) (header, []byte, error) {
+	h, off, err := parseHeader(msg)
+	if err != nil {
+		return h, nil, err
+	}
+	if h.farm != farm {
+		return h, nil, reject(RejectOtherFarm, "")
+	}
+	if maxAge > 0 && now.Sub(h.time) > maxAge {
+		return h, nil, reject(RejectTooOld, now.Sub(h.time).String())
+	}
+	if maxSkew > 0 && h.time.Sub(now) > maxSkew {
+		return h, nil, reject(RejectFuture, h.time.Sub(now).String())
+	}
+	aead := k.aead[h.keyID]
+	if aead == nil {
+		return h, nil, reject(RejectSeal, "unknown key")
+	}
+	nonce := msg[off : off+nonceLen]
+	body, err := aead.Open(nil, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
+	if err != nil {
+		return h, nil, reject(RejectSeal, "")
+	}
+	// The type is checked only once authentic: a forger cannot learn which
+	// types a node takes.
+	if h.typ != want && want != 0 {
+		return h, nil, reject(RejectType, h.typ.String())
+	}
+	return h, body, nil
+}
+
+// A sessionItem is one session in a msgSessions body.
+type sessionItem struct {
+	id  session.ID
+	rec session.Record
+}
+
+// appendSessions appends the body of a msgSessions message:
+// repeated { id (26) | record length (4) | record }.
+func appendSessions(b []byte, items []sessionItem) ([]byte, error) {
+	for _, it := range items {
+		b = append(b, it.id[:]...)
+		at := len(b)
+		b = append(b, 0, 0, 0, 0)
+		var err error
+		if b, err = it.rec.AppendBinary(b); err != nil {
+			return nil, err
+		}
+		binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
+	}
+	return b, nil
+}
+
+// parseSessions decodes a msgSessions body. Records alias body.
+func parseSessions(body []byte) ([]sessionItem, error) {
+	var out []sessionItem
+	for len(body) > 0 {
+		if len(body) < session.IDLen+4 {
+			return nil, errors.New("session item truncated")
+		}
+		var it sessionItem
+		copy(it.id[:], body)
+		n := binary.BigEndian.Uint32(body[session.IDLen:])
+		body = body[session.IDLen+4:]
+		if uint64(n) > uint64(len(body)) {
+			return nil, errors.New("session record truncated")
+		}
+		if err := it.rec.UnmarshalBinary(body[:n]); err != nil {
+			return nil, err
+		}
+		body = body[n:]
+		out = append(out, it)
+	}
+	return out, nil
+}
+
+// A revocation is one revoked chain, until it could no longer resume.
+type revocation struct {
+	chain uint64
+	until time.Time
+}
+
+const revocationLen = 16
+
+// appendRevocations appends repeated { chain (8) | until (8, Unix ns) }.
+func appendRevocations(b []byte, rs []revocation) []byte {
+	for _, r := range rs {
+		b = binary.BigEndian.AppendUint64(b, r.chain)
+		b = binary.BigEndian.AppendUint64(b, uint64(r.until.UnixNano()))
+	}
+	return b
+}
+
+func parseRevocations(body []byte) ([]revocation, error) {
+	if len(body) == 0 || len(body)%revocationLen != 0 {
+		return nil, errors.New("revocation body has a bad length")
+	}
+	out := make([]revocation, 0, len(body)/revocationLen)
+	for ; len(body) > 0; body = body[revocationLen:] {
+		out = append(out, revocation{
+			chain: binary.BigEndian.Uint64(body),
+			until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:]))),
+		})
+	}
+	return out, nil
+}

@@ -1,0 +1,671 @@
+package farm
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// A Mode selects how sessions reach the other nodes.
+type Mode uint8
+
+const (
+	// Broadcast publishes every new session to every node (and writes it
+	// to the store, if there is one, for nodes that join late or missed a
+	// message). Resumption stays local everywhere; each new session costs
+	// one delivery per node and one copy in every node's memory. The
+	// default, for farms of up to a few dozen nodes.
+	Broadcast Mode = iota
+	// StoreOnly writes each new session to the store only; a node looks a
+	// session up there the first time a client presents it. One write and
+	// at most one read per session per node, for large farms on a sharded
+	// store. Revocations are broadcast in both modes.
+	StoreOnly
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Broadcast:
+		return "broadcast"
+	case StoreOnly:
+		return "store-only"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses "broadcast" or "store-only".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "broadcast", "":
+		return Broadcast, nil
+	case "store-only", "storeonly", "store":
+		return StoreOnly, nil
+	}
+	return 0, fmt.Errorf("farm: unknown mode %q (want broadcast or store-only)", s)
+}
+
+// Defaults for the fields of Config.
+const (
+	DefaultLookupTimeout       = 5 * time.Millisecond
+	DefaultWriteThroughTimeout = 50 * time.Millisecond
+	DefaultQueueSize           = 16384
+	DefaultBatchSize           = 256
+	DefaultMaxAge              = 30 * time.Second
+	DefaultMaxSkew             = 5 * time.Second
+	DefaultOpTimeout           = 2 * time.Second
+	DefaultHealInterval        = 30 * time.Second
+	DefaultBreakerThreshold    = 5
+	DefaultBreakerCooldown     = 5 * time.Second
+)
+
+// A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
+// required; zero values elsewhere mean the defaults.
+type Config struct {
+	// Farm names the farm. Nodes share only with nodes of the same name and
+	// secret; keys in the store and the bus channel are scoped by it.
+	Farm string
+
+	// Node names this node in logs (default: the host name). Messages carry
+	// a random instance ID instead, so two nodes with one name still work.
+	Node string
+
+	// Secrets are the farm's secrets (see LoadSecrets): the first seals,
+	// all open. Join installs the session ID keys derived from them in Cache.
+	Secrets []Secret
+
+	// Cache is the local session cache.
+	Cache *session.Cache
+
+	// Bus carries messages between nodes.
+	Bus Bus
+
+	// Store, if set, holds each session until it expires, for lookups on a
+	// miss, and revocations until they lapse. Without it, a node that
+	// missed a message, or joined late, cannot resume what it missed.
+	Store Store
+
+	// Mode is Broadcast (default) or StoreOnly, which needs a Store.
+	Mode Mode
+
+	// WriteThrough makes the NEW hook — and so the handshake issuing the
+	// ticket — wait until the store holds the session, at most
+	// WriteThroughTimeout, so that a client reconnecting at once to another
+	// node always resumes. It costs a store round trip on every handshake;
+	// after BreakerThreshold failures in a row, handshakes stop waiting for
+	// BreakerCooldown.
+	WriteThrough        bool
+	WriteThroughTimeout time.Duration
+	BreakerThreshold    int
+	BreakerCooldown     time.Duration
+
+	// LookupTimeout bounds a store lookup on a cache miss, during a
+	// handshake (default DefaultLookupTimeout).
+	LookupTimeout time.Duration
+
+	// QueueSize bounds the sessions and revocations waiting to be
+	// published; when full, the oldest is dropped and counted.
+	QueueSize int
+	// BatchSize is the most items published as one batch.
+	BatchSize int
+
+	// MaxAge is the oldest message accepted from the bus (default
+	// DefaultMaxAge); MaxSkew how far in the future (default
+	// DefaultMaxSkew). Both absorb clock differences between nodes.
+	MaxAge, MaxSkew time.Duration
+
+	// OpTimeout bounds each publish and each store batch (default
+	// DefaultOpTimeout).
+	OpTimeout time.Duration
+
+	// HealInterval is how often the node re-reads the revocations in the
+	// store, in case it missed a message (default DefaultHealInterval). It
+	// also re-reads them each time the bus reconnects.
+	HealInterval time.Duration
+
+	// Logger receives the node's log lines (default slog.Default()). No key
+	// or session secret is ever logged.
+	Logger *slog.Logger
+
+	// Now returns the current time (default time.Now).
+	Now func() time.Time
+}
+
+// Store keys, relative to the farm's scope.
+const (
+	sessionKeyPrefix = "s:"
+	tombstoneKey     = "revoked"
+)
+
+func sessionKey(id session.ID) string {
+	var b [len(sessionKeyPrefix) + 2*session.IDLen]byte
+	copy(b[:], sessionKeyPrefix)
+	hex.Encode(b[len(sessionKeyPrefix):], id[:])
+	return string(b[:])
+}
+
+// A Node is one server's membership in a farm: it publishes the sessions
+// this server issues, inserts those its peers issue, looks up sessions it
+// lacks, and spreads revocations. Make one with Join; Close leaves the farm.
+type Node struct {
+	cfg      Config
+	keys     *keyring
+	instance uint64
+	q        *queue
+	brk      breaker
+	sf       singleflight.Group
+	log      *slog.Logger
+
+	unhook func()
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	heal   chan struct{}
+
+	connected atomic.Bool
+	ctr       nodeCounters
+	lag       histogram
+
+	handlersMu sync.Mutex
+	handlers   map[msgType]func(header, []byte)
+}
+
+// An item is one thing waiting to be published.
+type item struct {
+	id   session.ID
+	rec  session.Record // for a new session
+	rev  *revocation    // for a revocation
+	done chan error     // write-through: told when the store has it
+}
+
+var errDropped = errors.New("farm: dropped from a full queue")
+
+// Join joins cfg.Cache to the farm and returns at once: the node works
+// degraded (from its local cache) until the transport is reachable, then
+// catches up. It installs the farm's session ID keys and loader in the
+// cache and registers its hooks. ctx bounds the node's life as Close does.
+func Join(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	keys, err := newKeyring(cfg.Farm, cfg.Secrets)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:      cfg,
+		keys:     keys,
+		instance: rand.Uint64() | 1,
+		q:        newQueue(cfg.QueueSize),
+		brk:      breaker{threshold: cfg.BreakerThreshold, cooldown: cfg.BreakerCooldown},
+		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.Node),
+		heal:     make(chan struct{}, 1),
+		lag:      newHistogram(),
+		handlers: map[msgType]func(header, []byte){},
+	}
+	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
+		return nil, err
+	}
+	if cfg.Store != nil {
+		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
+	}
+	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
+
+	ctx, n.cancel = context.WithCancel(ctx)
+	n.wg.Add(2)
+	go n.publisher(ctx)
+	go n.listener(ctx)
+	if cfg.Store != nil {
+		n.wg.Add(1)
+		go n.healer(ctx)
+	}
+	return n, nil
+}
+
+func (cfg *Config) setDefaults() error {
+	switch {
+	case cfg.Farm == "" || len(cfg.Farm) > maxFarmName:
+		return fmt.Errorf("farm: Config.Farm must be 1 to %d bytes", maxFarmName)
+	case cfg.Cache == nil:
+		return errors.New("farm: Config.Cache is required")
+	case cfg.Bus == nil:
+		return errors.New("farm: Config.Bus is required")
+	case cfg.Mode == StoreOnly && cfg.Store == nil:
+		return errors.New("farm: store-only mode needs a Store")
+	case cfg.WriteThrough && cfg.Store == nil:
+		return errors.New("farm: write-through needs a Store")
+	}
+	if cfg.Node == "" {
+		cfg.Node, _ = os.Hostname()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.LookupTimeout, DefaultLookupTimeout)
+	def(&cfg.WriteThroughTimeout, DefaultWriteThroughTimeout)
+	def(&cfg.MaxAge, DefaultMaxAge)
+	def(&cfg.MaxSkew, DefaultMaxSkew)
+	def(&cfg.OpTimeout, DefaultOpTimeout)
+	def(&cfg.HealInterval, DefaultHealInterval)
+	def(&cfg.BreakerCooldown, DefaultBreakerCooldown)
+	if cfg.BreakerThreshold <= 0 {
+		cfg.BreakerThreshold = DefaultBreakerThreshold
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return nil
+}
+
+// Close leaves the farm: it unregisters the hooks and the loader, stops the
+// node's goroutines, and waits for them. Sessions already cached stay.
+func (n *Node) Close() error {
+	n.unhook()
+	if n.cfg.Store != nil {
+		n.cfg.Cache.SetLoader(nil, 0)
+	}
+	n.cancel()
+	n.wg.Wait()
+	return nil
+}
+
+// onEvent is the cache hook. It runs on the handshake's goroutine: it only
+// queues, except in write-through mode, where it waits (bounded) for the
+// store.
+func (n *Node) onEvent(ev session.Event) {
+	switch {
+	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
+		it := item{id: ev.ID, rec: ev.Record}
+		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
+			n.q.push(it)
+			return
+		}
+		it.done = make(chan error, 1)
+		n.q.push(it)
+		t := time.NewTimer(n.cfg.WriteThroughTimeout)
+		defer t.Stop()
+		n.ctr.writeThrough.Add(1)
+		select {
+		case err := <-it.done:
+			n.brk.record(err == nil, n.cfg.Now())
+			if err != nil {
+				n.ctr.writeThroughFailed.Add(1)
+			}
+		case <-t.C:
+			n.brk.record(false, n.cfg.Now())
+			n.ctr.writeThroughTimeouts.Add(1)
+		}
+	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
+		n.q.push(item{id: ev.ID, rev: &revocation{
+			chain: ev.Record.Chain,
+			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
+		}})
+	}
+}
+
+// Revoke revokes the session id across the farm: its whole resumption chain
+// stops resuming on every node, including those that only have it in the
+// store. It reports false if neither this node nor the store knows id.
+func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
+	if n.cfg.Cache.Remove(id) {
+		return true, nil // the REMOVE hook publishes the chain
+	}
+	if n.cfg.Store == nil {
+		return false, nil
+	}
+	rec, err := n.fetch(ctx, id)
+	if err != nil || rec == nil {
+		return false, err
+	}
+	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
+	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
+	n.q.push(item{id: id, rev: &rev})
+	return true, nil
+}
+
+// publisher drains the queue in batches: sessions and revocations go to the
+// store first (so write-through waiters are released as early as possible),
+// then to the bus.
+func (n *Node) publisher(ctx context.Context) {
+	defer n.wg.Done()
+	var batch []item
+	failures := 0
+	for {
+		var err error
+		batch, err = n.q.pop(ctx, batch[:0], n.cfg.BatchSize)
+		if err != nil {
+			return
+		}
+		if n.flush(ctx, batch) {
+			failures = 0
+			continue
+		}
+		// The transport is failing: back off, letting the queue absorb
+		// (and, if it must, drop the oldest of) what arrives meanwhile.
+		failures++
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+// backoff returns the wait after the given number of consecutive failures:
+// exponential from 50ms to 2s, with jitter.
+func backoff(failures int) time.Duration {
+	d := 50 * time.Millisecond << min(failures-1, 6)
+	d = min(d, 2*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// flush publishes one batch and reports whether every part succeeded.
+func (n *Node) flush(ctx context.Context, batch []item) bool {
+	now := n.cfg.Now()
+	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
+	var news []sessionItem
+	var revs []revocation
+	var puts []Item
+	var dels []string
+	for _, it := range batch {
+		if it.rev != nil {
+			revs = append(revs, *it.rev)
+			dels = append(dels, sessionKey(it.id))
+			continue
+		}
+		news = append(news, sessionItem{id: it.id, rec: it.rec})
+		if n.cfg.Store != nil {
+			ttl := it.rec.Expires.Sub(now)
+			if ttl <= 0 {
+				continue
+			}
+			body, err := it.rec.AppendBinary(nil)
+			if err != nil {
+				continue
+			}
+			hdr.typ = msgStored
+			puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+		}
+	}
+
+	ok := true
+	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err := n.storeBatch(sctx, hdr, puts, dels, revs)
+		cancel()
+		if err != nil {
+			ok = false
+			n.ctr.storeWriteErrors.Add(1)
+			n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions are served locally and retried as new ones arrive", err)
+		} else {
+			n.ctr.storeWrites.Add(uint64(len(puts)))
+			n.ctr.storeErrLogged.Store(false)
+		}
+		for _, it := range batch {
+			if it.done != nil {
+				it.done <- err
+			}
+		}
+	}
+
+	var msgs [][]byte
+	if n.cfg.Mode == Broadcast && len(news) > 0 {
+		body, err := appendSessions(nil, news)
+		if err == nil {
+			hdr.typ = msgSessions
+			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+		}
+	}
+	if len(revs) > 0 {
+		hdr.typ = msgRevoke
+		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
+	}
+	if len(msgs) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err := n.cfg.Bus.Publish(pctx, msgs...)
+		cancel()
+		if err != nil {
+			ok = false
+			n.ctr.publishErrors.Add(1)
+			n.ctr.unpublished.Add(uint64(len(batch)))
+			n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", err)
+		} else {
+			n.ctr.published.Add(uint64(len(news)))
+			n.ctr.publishedRevocations.Add(uint64(len(revs)))
+			n.ctr.publishErrLogged.Store(false)
+		}
+	}
+	return ok
+}
+
+func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
+	if len(puts) > 0 {
+		if err := n.cfg.Store.PutMany(ctx, puts...); err != nil {
+			return err
+		}
+	}
+	if len(dels) > 0 {
+		if err := n.cfg.Store.Delete(ctx, dels...); err != nil {
+			return err
+		}
+	}
+	hdr.typ = msgTombstone
+	for _, r := range revs {
+		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
+		if err := n.cfg.Store.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// logOnce logs err the first time in a run of failures.
+func (n *Node) logOnce(flag *atomic.Bool, msg string, err error) {
+	if flag.CompareAndSwap(false, true) {
+		n.log.Warn(msg, "err", err)
+	}
+}
+
+// listener subscribes to the bus until ctx is done.
+func (n *Node) listener(ctx context.Context) {
+	defer n.wg.Done()
+	for failures := 1; ; failures++ {
+		err := n.cfg.Bus.Subscribe(ctx, n.receive, n.busState)
+		if ctx.Err() != nil {
+			return
+		}
+		n.busState(false, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+func (n *Node) busState(up bool, err error) {
+	was := n.connected.Swap(up)
+	switch {
+	case up && !was:
+		n.ctr.connects.Add(1)
+		n.log.Info("farm: connected to the bus")
+		// Catch up on revocations published while we were away.
+		select {
+		case n.heal <- struct{}{}:
+		default:
+		}
+	case !up && was:
+		n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
+	}
+}
+
+// receive handles one message from the bus.
+func (n *Node) receive(msg []byte) {
+	n.ctr.received.Add(1)
+	h, _, err := parseHeader(msg)
+	if err == nil && h.sender == n.instance {
+		n.ctr.self.Add(1)
+		return
+	}
+	now := n.cfg.Now()
+	h, body, err := n.keys.open(msg, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew)
+	if err != nil {
+		n.ctr.rejected[rejection(err)].Add(1)
+		return
+	}
+	n.lag.observe(now.Sub(h.time))
+	switch h.typ {
+	case msgSessions:
+		items, err := parseSessions(body)
+		if err != nil {
+			n.ctr.rejected[RejectBody].Add(1)
+			return
+		}
+		for _, it := range items {
+			n.ctr.receivedSessions.Add(1)
+			// Copy the state out of the batch, so that one long-lived
+			// session does not keep the whole message in memory.
+			it.rec.State = bytes.Clone(it.rec.State)
+			if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
+				n.ctr.insertRefused.Add(1)
+				continue
+			}
+			n.ctr.inserted.Add(1)
+		}
+	case msgRevoke:
+		revs, err := parseRevocations(body)
+		if err != nil {
+			n.ctr.rejected[RejectBody].Add(1)
+			return
+		}
+		for _, r := range revs {
+			n.ctr.receivedRevocations.Add(1)
+			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
+		}
+	default:
+		n.handlersMu.Lock()
+		fn := n.handlers[h.typ]
+		n.handlersMu.Unlock()
+		if fn == nil {
+			n.ctr.rejected[RejectType].Add(1)
+			return
+		}
+		fn(h, body)
+	}
+}
+
+// handle registers fn for authentic bus messages of type t (used by the key
+// rotation protocol).
+func (n *Node) handle(t msgType, fn func(header, []byte)) {
+	n.handlersMu.Lock()
+	n.handlers[t] = fn
+	n.handlersMu.Unlock()
+}
+
+// load is the cache's loader: a store lookup, one at a time per ID.
+func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	v, err, _ := n.sf.Do(string(id[:]), func() (any, error) {
+		return n.fetch(ctx, id)
+	})
+	if err != nil {
+		return nil, err
+	}
+	rec, _ := v.(*session.Record)
+	if rec == nil {
+		return nil, nil
+	}
+	cp := *rec // each caller gets its own record; State is shared, read-only
+	return &cp, nil
+}
+
+// fetch reads and opens the stored session id.
+func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
+	n.ctr.lookups.Add(1)
+	v, err := n.cfg.Store.Get(ctx, sessionKey(id))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		n.ctr.storeMisses.Add(1)
+		return nil, nil
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		n.ctr.storeTimeouts.Add(1)
+		return nil, err
+	case err != nil:
+		n.ctr.storeErrors.Add(1)
+		return nil, err
+	}
+	_, body, err := n.keys.open(v, n.cfg.Farm, msgStored, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil {
+		n.ctr.storeRejected.Add(1)
+		return nil, nil
+	}
+	var rec session.Record
+	if err := rec.UnmarshalBinary(body); err != nil {
+		n.ctr.storeRejected.Add(1)
+		return nil, nil
+	}
+	n.ctr.storeHits.Add(1)
+	return &rec, nil
+}
+
+// healer re-reads the store's revocations periodically and on reconnect.
+func (n *Node) healer(ctx context.Context) {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.HealInterval)
+	defer t.Stop()
+	n.readTombstones(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-n.heal:
+		}
+		n.readTombstones(ctx)
+	}
+}
+
+func (n *Node) readTombstones(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	members, err := n.cfg.Store.SetMembers(ctx, tombstoneKey)
+	if err != nil {
+		return
+	}
+	for _, m := range members {
+		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
+		if err != nil {
+			n.ctr.storeRejected.Add(1)
+			continue
+		}
+		revs, err := parseRevocations(body)
+		if err != nil {
+			n.ctr.storeRejected.Add(1)
+			continue
+		}
+		for _, r := range revs {
+			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package farm
+
+import (
+	"context"
+	"sync"
+)
+
+// queue is a bounded FIFO between the cache's hooks, which must never block
+// a handshake, and the publisher goroutine. When it is full, push drops the
+// oldest item: under a sustained outage the newest sessions are the ones
+// worth sending when the transport returns.
+type queue struct {
+	mu      sync.Mutex
+	items   []item // ring buffer
+	head, n int
+	dropped uint64
+	ready   chan struct{} // has a value while the queue is not empty
+}
+
+func newQueue(size int) *queue {
+	return &queue{items: make([]item, size), ready: make(chan struct{}, 1)}
+}
+
+// push adds it, dropping the oldest item if the queue is full. It never
+// blocks.
+func (q *queue) push(it item) {
+	q.mu.Lock()
+	if q.n == len(q.items) {
+		old := &q.items[q.head]
+		if old.done != nil {
+			old.done <- errDropped
+		}
+		*old = item{}
+		q.head = (q.head + 1) % len(q.items)
+		q.n--
+		q.dropped++
+	}
+	q.items[(q.head+q.n)%len(q.items)] = it
+	q.n++
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop waits until the queue has items or ctx is done, and moves up to max
+// items into buf.
+func (q *queue) pop(ctx context.Context, buf []item, max int) ([]item, error) {
+	for {
+		q.mu.Lock()
+		if q.n > 0 {
+			for q.n > 0 && len(buf) < max {
+				buf = append(buf, q.items[q.head])
+				q.items[q.head] = item{}
+				q.head = (q.head + 1) % len(q.items)
+				q.n--
+			}
+			more := q.n > 0
+			q.mu.Unlock()
+			if more {
+				select {
+				case q.ready <- struct{}{}:
+				default:
+				}
+			}
+			return buf, nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return buf, ctx.Err()
+		case <-q.ready:
+		}
+	}
+}
+
+func (q *queue) stats() (queued int, dropped uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n, q.dropped
+}

@@ -1,0 +1,335 @@
+// Package redisbus is the farm's Redis transport, built on go-redis: a
+// farm.Bus over PUBLISH/SUBSCRIBE (sharded SPUBLISH/SSUBSCRIBE on a
+// cluster) and a farm.Store over keys with millisecond TTLs, pipelined.
+//
+// Everything a farm keeps in Redis lives under one hash tag,
+// "tlsfarm:{<farm>}:", so that several farms share a server without seeing
+// each other, and multi-key operations work on a Redis Cluster (all of a
+// farm's keys live in one slot). Values and messages are sealed by the farm:
+// nothing in Redis is usable, or accepted back, without the farm secret,
+// which is separate from any Redis password.
+package redisbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// A Transport is a farm.Bus and a farm.Store on one Redis deployment.
+type Transport struct {
+	c       redis.UniversalClient
+	cluster bool
+	prefix  string // "tlsfarm:{farm}:"
+	channel string
+	own     bool // Close closes c
+
+	// HealthInterval is how long a subscription may be silent before it is
+	// pinged; a ping unanswered for as long again means the connection is
+	// dead (a paused or partitioned server sends no reset). Default 5s.
+	HealthInterval time.Duration
+}
+
+// Open connects to Redis at rawURL for the named farm. It does not wait for
+// Redis: a transport opened while Redis is down works once it is up.
+//
+// URL forms (user and password for ACLs; query options as go-redis reads
+// them, such as dial_timeout or pool_size):
+//
+//	redis://[user:password@]host:port[/db]             one server
+//	rediss://...                                       one server, over TLS
+//	redis+cluster://[user:password@]host:port?addr=host2:port&addr=...
+//	redis+sentinel://[user:password@]host:port?master_name=NAME&addr=...
+//
+// A rediss+cluster or rediss+sentinel scheme adds TLS to either.
+func Open(rawURL, farmName string) (*Transport, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redisbus: bad URL: %v", redactURLError(err))
+	}
+	base, kind, _ := strings.Cut(u.Scheme, "+")
+	if base != "redis" && base != "rediss" {
+		return nil, fmt.Errorf("redisbus: URL scheme %q: want redis, rediss, redis+cluster or redis+sentinel", u.Scheme)
+	}
+	u.Scheme = base
+	plain := u.String()
+	var c redis.UniversalClient
+	cluster := false
+	switch kind {
+	case "":
+		opt, err := redis.ParseURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+		}
+		opt.ContextTimeoutEnabled = true
+		c = redis.NewClient(opt)
+	case "cluster":
+		opt, err := redis.ParseClusterURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+		}
+		opt.ContextTimeoutEnabled = true
+		c = redis.NewClusterClient(opt)
+		cluster = true
+	case "sentinel":
+		opt, err := redis.ParseFailoverURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+		}
+		opt.ContextTimeoutEnabled = true
+		c = redis.NewFailoverClient(opt)
+	default:
+		return nil, fmt.Errorf("redisbus: URL scheme %q: unknown variant %q", u.Scheme, kind)
+	}
+	t, err := New(c, farmName)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	t.cluster = cluster
+	t.own = true
+	return t, nil
+}
+
+// redactURLError drops a URL (which may hold a password) from a parse error.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// New returns a transport for the named farm on a client the caller made
+// (and closes). Set ContextTimeoutEnabled on its options, or lookups will
+// not respect their deadlines.
+func New(c redis.UniversalClient, farmName string) (*Transport, error) {
+	if farmName == "" || strings.ContainsAny(farmName, "{}") {
+		return nil, fmt.Errorf("redisbus: farm name %q must be non-empty and free of braces", farmName)
+	}
+	_, cluster := c.(*redis.ClusterClient)
+	prefix := "tlsfarm:{" + farmName + "}:"
+	return &Transport{c: c, cluster: cluster, prefix: prefix, channel: prefix + "bus", HealthInterval: 5 * time.Second}, nil
+}
+
+// Close closes the client, if Open made it.
+func (t *Transport) Close() error {
+	if t.own {
+		return t.c.Close()
+	}
+	return nil
+}
+
+// Ping checks that Redis answers.
+func (t *Transport) Ping(ctx context.Context) error { return t.c.Ping(ctx).Err() }
+
+// Key returns the Redis key that holds the farm's relative key k.
+func (t *Transport) Key(k string) string { return t.prefix + k }
+
+// Channel returns the pub/sub channel of the farm.
+func (t *Transport) Channel() string { return t.channel }
+
+// Publish implements farm.Bus: one PUBLISH per message, in one pipeline.
+func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
+	if len(msgs) == 1 {
+		return t.publish(ctx, t.c, msgs[0]).Err()
+	}
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, m := range msgs {
+			t.publish(ctx, p, m)
+		}
+		return nil
+	})
+	return err
+}
+
+func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *redis.IntCmd {
+	if t.cluster {
+		return c.SPublish(ctx, t.channel, msg)
+	}
+	return c.Publish(ctx, t.channel, msg)
+}
+
+// Subscribe implements farm.Bus. go-redis reconnects and resubscribes a
+// subscription whose connection fails; a subscription that falls silent for
+// two health intervals without answering a ping is closed and made anew.
+func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	for failures := 0; ; failures++ {
+		err := t.subscribeOnce(ctx, deliver, state)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		state(false, err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(50*time.Millisecond<<min(failures, 5), time.Second)):
+		}
+	}
+}
+
+func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	var ps *redis.PubSub
+	if t.cluster {
+		ps = t.c.SSubscribe(ctx, t.channel)
+	} else {
+		ps = t.c.Subscribe(ctx, t.channel)
+	}
+	defer ps.Close()
+	// A blocked receive does not watch ctx: closing the subscription ends it.
+	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	defer stop()
+	silent := 0
+	for {
+		m, err := ps.ReceiveTimeout(ctx, t.HealthInterval)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				silent++
+				if silent >= 2 {
+					return errors.New("redisbus: subscription silent and unanswered ping")
+				}
+				ps.Ping(ctx)
+				continue
+			}
+			// go-redis has dropped the connection and resubscribes on the
+			// next receive; report the outage and pause briefly.
+			state(false, err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		silent = 0
+		switch m := m.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" || m.Kind == "ssubscribe" {
+				state(true, nil)
+			}
+		case *redis.Message:
+			deliver([]byte(m.Payload))
+		}
+	}
+}
+
+// PutMany implements farm.Store: SET key value PX ttl, pipelined.
+func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
+	if len(items) == 1 {
+		it := items[0]
+		return t.c.Set(ctx, t.prefix+it.Key, it.Value, it.TTL).Err()
+	}
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, it := range items {
+			p.Set(ctx, t.prefix+it.Key, it.Value, it.TTL)
+		}
+		return nil
+	})
+	return err
+}
+
+// Get implements farm.Store.
+func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
+	b, err := t.c.Get(ctx, t.prefix+key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, farm.ErrNotFound
+	}
+	return b, err
+}
+
+// Delete implements farm.Store.
+func (t *Transport) Delete(ctx context.Context, keys ...string) error {
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = t.prefix + k
+	}
+	return t.c.Del(ctx, full...).Err()
+}
+
+// SetNX implements farm.Store: SET key value NX PX ttl.
+func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
+	return t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
+}
+
+var casScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == 'absent' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+`)
+
+// CompareAndSwap implements farm.Store with a Lua script.
+func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []byte, ttl time.Duration) (bool, error) {
+	mode := "match"
+	if old == nil {
+		mode = "absent"
+	}
+	n, err := casScript.Run(ctx, t.c, []string{t.prefix + key}, mode, old, new, ttl.Milliseconds()).Int()
+	return n == 1, err
+}
+
+// setAddScript adds a member scored by its expiry and keeps the set's own
+// TTL at its latest member's.
+var setAddScript = redis.NewScript(`
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 1
+`)
+
+// SetAdd implements farm.Store with a sorted set scored by expiry.
+func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
+	return setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err()
+}
+
+// setMembersScript drops expired members by the server's clock and returns
+// the rest.
+var setMembersScript = redis.NewScript(`
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+`)
+
+// SetMembers implements farm.Store.
+func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
+	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}).StringSlice()
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(v))
+	for i, s := range v {
+		out[i] = []byte(s)
+	}
+	return out, nil
+}
+
+// Time implements farm.Store with the TIME command.
+func (t *Transport) Time(ctx context.Context) (time.Time, error) {
+	return t.c.Time(ctx).Result()
+}
+
+var (
+	_ farm.Bus   = (*Transport)(nil)
+	_ farm.Store = (*Transport)(nil)
+)

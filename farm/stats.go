@@ -1,0 +1,157 @@
+package farm
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats are a node's counters since Join.
+type Stats struct {
+	Connected bool   // subscribed to the bus now
+	Connects  uint64 // times the subscription came up
+
+	Queued  int    // items waiting to be published
+	Dropped uint64 // items dropped from a full queue
+
+	Published            uint64 // sessions published to the bus
+	PublishedRevocations uint64 // revocations published
+	PublishErrors        uint64 // failed publish batches
+	Unpublished          uint64 // items in failed publish batches
+
+	StoreWrites      uint64 // sessions written to the store
+	StoreWriteErrors uint64 // failed store batches
+
+	WriteThrough         uint64 // handshakes that waited for the store
+	WriteThroughTimeouts uint64 // ... and gave up at WriteThroughTimeout
+	WriteThroughFailed   uint64 // ... and were told the write failed
+	BreakerOpen          bool   // write-through is suspended now
+	BreakerTrips         uint64 // times it was suspended
+
+	Received            uint64 // messages from the bus
+	Self                uint64 // ... of them sent by this node, ignored
+	ReceivedSessions    uint64 // sessions in authentic messages
+	Inserted            uint64 // ... inserted into the cache
+	InsertRefused       uint64 // ... refused by the cache (expired, revoked, foreign ID key)
+	ReceivedRevocations uint64 // revoked chains received
+
+	// Rejected counts dropped messages by reason, indexed by Rejection.
+	Rejected [numRejections]uint64
+
+	Lookups       uint64 // store lookups (misses of the local cache)
+	StoreHits     uint64
+	StoreMisses   uint64
+	StoreTimeouts uint64
+	StoreErrors   uint64
+	StoreRejected uint64 // stored values that did not open: tampered, replaced, or another farm's
+
+	// Lag is the distribution of propagation delays: the time between a
+	// peer sealing a message and this node receiving it, by the two nodes'
+	// clocks.
+	Lag Histogram
+}
+
+// RejectedTotal returns the number of rejected messages for all reasons.
+func (s *Stats) RejectedTotal() uint64 {
+	var t uint64
+	for _, n := range s.Rejected {
+		t += n
+	}
+	return t
+}
+
+type nodeCounters struct {
+	connects                                               atomic.Uint64
+	published, publishedRevocations, publishErrors         atomic.Uint64
+	unpublished, storeWrites, storeWriteErrors             atomic.Uint64
+	writeThrough, writeThroughTimeouts, writeThroughFailed atomic.Uint64
+	received, self, receivedSessions, inserted             atomic.Uint64
+	insertRefused, receivedRevocations                     atomic.Uint64
+	rejected                                               [numRejections]atomic.Uint64
+	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
+	storeErrors, storeRejected                             atomic.Uint64
+
+	publishErrLogged, storeErrLogged atomic.Bool
+}
+
+// Stats returns a snapshot of the node's counters.
+func (n *Node) Stats() Stats {
+	c := &n.ctr
+	s := Stats{
+		Connected:            n.connected.Load(),
+		Connects:             c.connects.Load(),
+		Published:            c.published.Load(),
+		PublishedRevocations: c.publishedRevocations.Load(),
+		PublishErrors:        c.publishErrors.Load(),
+		Unpublished:          c.unpublished.Load(),
+		StoreWrites:          c.storeWrites.Load(),
+		StoreWriteErrors:     c.storeWriteErrors.Load(),
+		WriteThrough:         c.writeThrough.Load(),
+		WriteThroughTimeouts: c.writeThroughTimeouts.Load(),
+		WriteThroughFailed:   c.writeThroughFailed.Load(),
+		Received:             c.received.Load(),
+		Self:                 c.self.Load(),
+		ReceivedSessions:     c.receivedSessions.Load(),
+		Inserted:             c.inserted.Load(),
+		InsertRefused:        c.insertRefused.Load(),
+		ReceivedRevocations:  c.receivedRevocations.Load(),
+		Lookups:              c.lookups.Load(),
+		StoreHits:            c.storeHits.Load(),
+		StoreMisses:          c.storeMisses.Load(),
+		StoreTimeouts:        c.storeTimeouts.Load(),
+		StoreErrors:          c.storeErrors.Load(),
+		StoreRejected:        c.storeRejected.Load(),
+		Lag:                  n.lag.snapshot(),
+	}
+	for i := range s.Rejected {
+		s.Rejected[i] = c.rejected[i].Load()
+	}
+	s.Queued, s.Dropped = n.q.stats()
+	s.BreakerOpen, s.BreakerTrips = n.brk.state(n.cfg.Now())
+	return s
+}
+
+// LagBuckets are the upper bounds of the Lag histogram's buckets; a last,
+// unbounded bucket follows.
+var LagBuckets = []time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+// A Histogram counts observations into LagBuckets.
+type Histogram struct {
+	Counts []uint64 // len(LagBuckets)+1: Counts[i] counts values <= LagBuckets[i]; the last, the rest
+	Count  uint64
+	Sum    time.Duration
+}
+
+type histogram struct {
+	counts []atomic.Uint64
+	count  atomic.Uint64
+	sum    atomic.Int64
+}
+
+func newHistogram() histogram {
+	return histogram{counts: make([]atomic.Uint64, len(LagBuckets)+1)}
+}
+
+func (h *histogram) observe(d time.Duration) {
+	d = max(d, 0)
+	i := 0
+	for i < len(LagBuckets) && d > LagBuckets[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.count.Add(1)
+	h.sum.Add(int64(d))
+}
+
+func (h *histogram) snapshot() Histogram {
+	s := Histogram{Counts: make([]uint64, len(h.counts)), Count: h.count.Load(), Sum: time.Duration(h.sum.Load())}
+	for i := range h.counts {
+		s.Counts[i] = h.counts[i].Load()
+	}
+	return s
+}
