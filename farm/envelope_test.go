@@ -154,7 +154,7 @@ func TestParseSecrets(t *testing.T) {
 	for _, bad := range []string{
 		"",
 		"# only a comment\n",
-		"c2hvcnQ=\n",           // 5 bytes
+		"c2hvcnQ=\n",            // 5 bytes
 		"999:" + b64(32) + "\n", // ID out of range
 		"1:" + b64(32) + "\n1:" + b64(32) + "\n",
 		"not base64 !!!\n",
