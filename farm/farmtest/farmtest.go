@@ -1,0 +1,246 @@
+// Package farmtest holds conformance tests for farm transports: every Bus
+// and Store implementation runs them against its real server, so that the
+// farm can rely on one contract whatever carries its messages.
+package farmtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// FarmName returns a farm name unique to this test run.
+func FarmName(t testing.TB) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return "conformance-" + hex.EncodeToString(b[:])
+}
+
+// subscriber collects what a Subscribe delivers.
+type subscriber struct {
+	mu   sync.Mutex
+	msgs [][]byte
+	up   chan struct{}
+	once sync.Once
+	done chan error
+}
+
+func subscribe(ctx context.Context, b farm.Bus) *subscriber {
+	s := &subscriber{up: make(chan struct{}), done: make(chan error, 1)}
+	go func() {
+		s.done <- b.Subscribe(ctx, func(m []byte) {
+			s.mu.Lock()
+			s.msgs = append(s.msgs, bytes.Clone(m))
+			s.mu.Unlock()
+		}, func(up bool, err error) {
+			if up {
+				s.once.Do(func() { close(s.up) })
+			}
+		})
+	}()
+	return s
+}
+
+func (s *subscriber) got() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.msgs...)
+}
+
+// TestBus checks a Bus made by newBus for a farm name: every subscriber
+// receives every message, in publication order, byte for byte; buses of
+// other farms see nothing; Subscribe reports when it is up and returns
+// promptly when its context ends.
+func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) farm.Bus) {
+	name := FarmName(t)
+	pub, sub1, sub2 := newBus(t, name), newBus(t, name), newBus(t, name)
+	stranger := newBus(t, name+"-other")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s1, s2, s3 := subscribe(ctx, sub1), subscribe(ctx, sub2), subscribe(ctx, stranger)
+	for _, s := range []*subscriber{s1, s2, s3} {
+		select {
+		case <-s.up:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Subscribe never reported up")
+		}
+	}
+	var want [][]byte
+	for i := range 50 {
+		m := []byte(fmt.Sprintf("message %d \x00\xff", i))
+		want = append(want, m)
+	}
+	if err := pub.Publish(ctx, want[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(ctx, want[1:]...); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []*subscriber{s1, s2} {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(s.got()) < len(want) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		got := s.got()
+		if len(got) != len(want) {
+			t.Fatalf("subscriber %d got %d messages, want %d", i+1, len(got), len(want))
+		}
+		for j := range want {
+			if !bytes.Equal(got[j], want[j]) {
+				t.Fatalf("subscriber %d message %d = %q, want %q", i+1, j, got[j], want[j])
+			}
+		}
+	}
+	if n := len(s3.got()); n != 0 {
+		t.Fatalf("a bus of another farm received %d messages", n)
+	}
+	cancel()
+	for _, s := range []*subscriber{s1, s2, s3} {
+		select {
+		case err := <-s.done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Subscribe returned %v after cancel, want context.Canceled", err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("Subscribe did not return within 3s of its context ending")
+		}
+	}
+}
+
+// TestStore checks a Store made by newStore for a farm name.
+func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.Store) {
+	ctx := context.Background()
+	name := FarmName(t)
+	s := newStore(t, name)
+	other := newStore(t, name+"-other")
+
+	t.Run("PutGetDelete", func(t *testing.T) {
+		val := []byte("v\x00\xff")
+		if err := s.PutMany(ctx, farm.Item{Key: "a", Value: val, TTL: time.Minute},
+			farm.Item{Key: "b", Value: []byte("w"), TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Get(ctx, "a"); err != nil || !bytes.Equal(got, val) {
+			t.Fatalf("Get(a) = %q, %v", got, err)
+		}
+		if _, err := other.Get(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+			t.Fatalf("another farm's store sees our key: %v", err)
+		}
+		if err := s.Delete(ctx, "a", "b", "never-there"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+			t.Fatalf("Get after Delete: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("TTL", func(t *testing.T) {
+		if err := s.PutMany(ctx, farm.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "short"); err != nil {
+			t.Fatalf("Get before expiry: %v", err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := s.Get(ctx, "short")
+			if errors.Is(err, farm.ErrNotFound) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("key with a 300ms TTL still there after 5s (%v)", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("SetNX", func(t *testing.T) {
+		ok, err := s.SetNX(ctx, "lease", []byte("n1"), time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("first SetNX = %t, %v", ok, err)
+		}
+		ok, err = s.SetNX(ctx, "lease", []byte("n2"), time.Minute)
+		if err != nil || ok {
+			t.Fatalf("second SetNX = %t, %v; want false", ok, err)
+		}
+		if got, _ := s.Get(ctx, "lease"); string(got) != "n1" {
+			t.Fatalf("lease = %q, want n1", got)
+		}
+	})
+
+	t.Run("CompareAndSwap", func(t *testing.T) {
+		ok, err := s.CompareAndSwap(ctx, "epoch", nil, []byte("1"), 0)
+		if err != nil || !ok {
+			t.Fatalf("CAS from absent = %t, %v", ok, err)
+		}
+		if ok, _ := s.CompareAndSwap(ctx, "epoch", nil, []byte("9"), 0); ok {
+			t.Fatal("CAS from absent succeeded on an existing key")
+		}
+		if ok, _ := s.CompareAndSwap(ctx, "epoch", []byte("0"), []byte("9"), 0); ok {
+			t.Fatal("CAS with a stale old value succeeded")
+		}
+		ok, err = s.CompareAndSwap(ctx, "epoch", []byte("1"), []byte("2"), time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("CAS 1->2 = %t, %v", ok, err)
+		}
+		if got, _ := s.Get(ctx, "epoch"); string(got) != "2" {
+			t.Fatalf("epoch = %q, want 2", got)
+		}
+		// Concurrent swappers: exactly one wins each round.
+		var wins sync.Map
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if ok, _ := s.CompareAndSwap(ctx, "epoch", []byte("2"), []byte(fmt.Sprint("3-", i)), 0); ok {
+					wins.Store(i, true)
+				}
+			}()
+		}
+		wg.Wait()
+		n := 0
+		wins.Range(func(any, any) bool { n++; return true })
+		if n != 1 {
+			t.Fatalf("%d concurrent CAS calls won, want exactly 1", n)
+		}
+	})
+
+	t.Run("Set", func(t *testing.T) {
+		now, err := s.Time(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(now); d > 5*time.Second || d < -5*time.Second {
+			t.Fatalf("store clock is %v off ours", d)
+		}
+		if err := s.SetAdd(ctx, "set", []byte("gone"), now.Add(-time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetAdd(ctx, "set", []byte("kept\x00"), now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetAdd(ctx, "set", []byte("also"), now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.SetMembers(ctx, "set")
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, m := range got {
+			found[string(m)] = true
+		}
+		if len(got) != 2 || !found["kept\x00"] || !found["also"] {
+			t.Fatalf("SetMembers = %q, want kept and also", got)
+		}
+	})
+}

@@ -1,0 +1,77 @@
+package redisbus_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+func open(t *testing.T, url, farmName string) *redisbus.Transport {
+	t.Helper()
+	tr, err := redisbus.Open(url, farmName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+func TestBusConformance(t *testing.T) {
+	url := redistest.URL(t)
+	farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name) })
+}
+
+func TestStoreConformance(t *testing.T) {
+	url := redistest.URL(t)
+	farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+}
+
+func TestOpenURLs(t *testing.T) {
+	for _, tc := range []struct {
+		url, err string
+	}{
+		{"redis://127.0.0.1:6379/0", ""},
+		{"rediss://user:pass@127.0.0.1:6380/1", ""},
+		{"redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001", ""},
+		{"redis+sentinel://127.0.0.1:26379?master_name=m", ""},
+		{"http://127.0.0.1", "scheme"},
+		{"redis+bogus://127.0.0.1", "variant"},
+		{"redis://user:s3cret@[::1", "redisbus"},
+	} {
+		tr, err := redisbus.Open(tc.url, "f")
+		if tc.err == "" {
+			if err != nil {
+				t.Errorf("Open(%q): %v", tc.url, err)
+				continue
+			}
+			tr.Close()
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("Open(%q) = %v, want an error about %q", tc.url, err, tc.err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Open error shows the password: %v", err)
+		}
+	}
+	if _, err := redisbus.Open("redis://127.0.0.1:6379", "bad{name}"); err == nil {
+		t.Error("farm name with braces accepted")
+	}
+}
+
+func TestKeysShareOneHashTag(t *testing.T) {
+	tr, err := redisbus.Open("redis://127.0.0.1:6379", "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for _, k := range []string{tr.Key("s:abc"), tr.Key("revoked"), tr.Channel()} {
+		if !strings.HasPrefix(k, "tlsfarm:{prod}:") {
+			t.Errorf("%q is outside the farm's hash tag", k)
+		}
+	}
+}
