@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -71,6 +73,7 @@ func join(t *testing.T, name, farmName string, o opts) *member {
 		LookupTimeout: 100 * time.Millisecond, // survives -race on a busy 2-core machine
 		// Generous: under -race a loaded machine can hold a write back.
 		WriteThroughTimeout: 500 * time.Millisecond,
+		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if o.tweak != nil {
 		o.tweak(&cfg)

@@ -102,9 +102,11 @@ type Config struct {
 	// WriteThrough makes the NEW hook — and so the handshake issuing the
 	// ticket — wait until the store holds the session, at most
 	// WriteThroughTimeout, so that a client reconnecting at once to another
-	// node always resumes. It costs a store round trip on every handshake;
-	// after BreakerThreshold failures in a row, handshakes stop waiting for
-	// BreakerCooldown.
+	// node always resumes. It costs a store round trip on every handshake.
+	//
+	// After BreakerThreshold store failures in a row (write-through waits or
+	// lookups), handshakes stop waiting for the store and stop looking
+	// sessions up in it for BreakerCooldown; then one handshake tries again.
 	WriteThrough        bool
 	WriteThroughTimeout time.Duration
 	BreakerThreshold    int
@@ -418,7 +420,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		if err != nil {
 			ok = false
 			n.ctr.storeWriteErrors.Add(1)
-			n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions are served locally and retried as new ones arrive", err)
+			if ctx.Err() == nil {
+				n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", err)
+			}
 		} else {
 			n.ctr.storeWrites.Add(uint64(len(puts)))
 			n.ctr.storeErrLogged.Store(false)
@@ -450,7 +454,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			ok = false
 			n.ctr.publishErrors.Add(1)
 			n.ctr.unpublished.Add(uint64(len(batch)))
-			n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", err)
+			if ctx.Err() == nil {
+				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", err)
+			}
 		} else {
 			n.ctr.published.Add(uint64(len(news)))
 			n.ctr.publishedRevocations.Add(uint64(len(revs)))
@@ -584,10 +590,18 @@ func (n *Node) handle(t msgType, fn func(header, []byte)) {
 	n.handlersMu.Unlock()
 }
 
-// load is the cache's loader: a store lookup, one at a time per ID.
+// load is the cache's loader: a store lookup, one at a time per ID. While
+// the store is failing (the breaker is open), it does not try: a handshake
+// should not pay the lookup deadline to learn what the last ones learned.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	if !n.brk.allow(n.cfg.Now()) {
+		n.ctr.lookupsSkipped.Add(1)
+		return nil, nil
+	}
 	v, err, _ := n.sf.Do(string(id[:]), func() (any, error) {
-		return n.fetch(ctx, id)
+		rec, err := n.fetch(ctx, id)
+		n.brk.record(err == nil, n.cfg.Now())
+		return rec, err
 	})
 	if err != nil {
 		return nil, err

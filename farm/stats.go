@@ -37,12 +37,13 @@ type Stats struct {
 	// Rejected counts dropped messages by reason, indexed by Rejection.
 	Rejected [numRejections]uint64
 
-	Lookups       uint64 // store lookups (misses of the local cache)
-	StoreHits     uint64
-	StoreMisses   uint64
-	StoreTimeouts uint64
-	StoreErrors   uint64
-	StoreRejected uint64 // stored values that did not open: tampered, replaced, or another farm's
+	Lookups        uint64 // store lookups (misses of the local cache)
+	LookupsSkipped uint64 // misses not looked up: the store breaker was open
+	StoreHits      uint64
+	StoreMisses    uint64
+	StoreTimeouts  uint64
+	StoreErrors    uint64
+	StoreRejected  uint64 // stored values that did not open: tampered, replaced, or another farm's
 
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
@@ -51,7 +52,7 @@ type Stats struct {
 }
 
 // RejectedTotal returns the number of rejected messages for all reasons.
-func (s *Stats) RejectedTotal() uint64 {
+func (s Stats) RejectedTotal() uint64 {
 	var t uint64
 	for _, n := range s.Rejected {
 		t += n
@@ -68,7 +69,7 @@ type nodeCounters struct {
 	insertRefused, receivedRevocations                     atomic.Uint64
 	rejected                                               [numRejections]atomic.Uint64
 	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
-	storeErrors, storeRejected                             atomic.Uint64
+	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -95,6 +96,7 @@ func (n *Node) Stats() Stats {
 		InsertRefused:        c.insertRefused.Load(),
 		ReceivedRevocations:  c.receivedRevocations.Load(),
 		Lookups:              c.lookups.Load(),
+		LookupsSkipped:       c.lookupsSkipped.Load(),
 		StoreHits:            c.storeHits.Load(),
 		StoreMisses:          c.storeMisses.Load(),
 		StoreTimeouts:        c.storeTimeouts.Load(),

@@ -14,9 +14,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,7 +41,9 @@ type Transport struct {
 }
 
 // Open connects to Redis at rawURL for the named farm. It does not wait for
-// Redis: a transport opened while Redis is down works once it is up.
+// Redis: a transport opened while Redis is down works once it is up. It
+// dials without go-redis's own retries (the farm retries with backoff) and
+// routes go-redis's log lines to slog at debug level.
 //
 // URL forms (user and password for ACLs; query options as go-redis reads
 // them, such as dial_timeout or pool_size):
@@ -70,6 +74,9 @@ func Open(rawURL, farmName string) (*Transport, error) {
 			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
+		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
+			opt.DialerRetries = 1
+		}
 		c = redis.NewClient(opt)
 	case "cluster":
 		opt, err := redis.ParseClusterURL(plain)
@@ -77,6 +84,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
+		opt.DialerRetries = max(opt.DialerRetries, 1)
 		c = redis.NewClusterClient(opt)
 		cluster = true
 	case "sentinel":
@@ -85,10 +93,12 @@ func Open(rawURL, farmName string) (*Transport, error) {
 			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
+		opt.DialerRetries = max(opt.DialerRetries, 1)
 		c = redis.NewFailoverClient(opt)
 	default:
 		return nil, fmt.Errorf("redisbus: URL scheme %q: unknown variant %q", u.Scheme, kind)
 	}
+	quietOnce.Do(func() { redis.SetLogger(quietLogger{}) })
 	t, err := New(c, farmName)
 	if err != nil {
 		c.Close()
@@ -97,6 +107,17 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	t.cluster = cluster
 	t.own = true
 	return t, nil
+}
+
+var quietOnce sync.Once
+
+// quietLogger sends go-redis's own log lines (one per failed dial while
+// Redis is down) to slog at debug level; the farm reports outages itself.
+// go-redis has one logger per process: Open installs this one.
+type quietLogger struct{}
+
+func (quietLogger) Printf(ctx context.Context, format string, v ...any) {
+	slog.Debug("redisbus: go-redis: " + fmt.Sprintf(format, v...))
 }
 
 // redactURLError drops a URL (which may hold a password) from a parse error.

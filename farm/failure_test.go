@@ -1,0 +1,265 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// load runs a client against random members until stop is closed, and
+// counts handshakes that failed outright (not full handshakes: errors).
+type load struct {
+	attempts, resumed, failed atomic.Int64
+	lastErr                   atomic.Value
+	wg                        sync.WaitGroup
+	stop                      chan struct{}
+}
+
+func startLoad(ms []*member, version uint16, clients int) *load {
+	l := &load{stop: make(chan struct{})}
+	for range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			ccfg := client(version, &tlstest.SharedCache{})
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				cs, err := tlstest.Dial(ms[rand.N(len(ms))].srv.Addr, ccfg)
+				l.attempts.Add(1)
+				if err != nil {
+					l.failed.Add(1)
+					l.lastErr.Store(err)
+					continue
+				}
+				if cs.DidResume {
+					l.resumed.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) halt() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// TestRedisKilledDuringLoad kills the farm's Redis under load: no handshake
+// fails (they become full handshakes where a session is unknown), and once
+// Redis is back, sharing works again without restarting any node.
+func TestRedisKilledDuringLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	ms, _ := startFarm(t, 3, &opts{url: srv.URL(), writeThrough: true, tweak: func(c *farm.Config) {
+		c.BreakerCooldown = 500 * time.Millisecond
+		c.OpTimeout = 300 * time.Millisecond
+	}})
+	l := startLoad(ms, tls.VersionTLS13, 2)
+	waitFor(t, 10*time.Second, func() bool { return l.resumed.Load() > 50 })
+
+	srv.Kill()
+	killedAt := l.attempts.Load()
+	waitFor(t, 10*time.Second, func() bool { return l.attempts.Load() > killedAt+100 })
+	for _, m := range ms {
+		eventually(t, 10*time.Second, m.name+" noticed the outage", func() bool { return !m.node.Stats().Connected })
+	}
+	duringOutage := l.attempts.Load() - killedAt
+
+	srv.Restart()
+	restarted := time.Now()
+	for _, m := range ms {
+		eventually(t, 10*time.Second, m.name+" resubscribed", func() bool { return m.node.Stats().Connected })
+	}
+	// Sharing works again: a new session made on n1 reaches n2 and n3.
+	before := []uint64{ms[1].node.Stats().Inserted, ms[2].node.Stats().Inserted}
+	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	for i, m := range ms[1:] {
+		eventually(t, 10*time.Second, m.name+" received a new session after the restart", func() bool {
+			return m.node.Stats().Inserted > before[i]
+		})
+	}
+	healed := time.Since(restarted)
+	l.halt()
+
+	t.Logf("%d handshakes during the outage; %d in all, %d resumed, %d failed; sharing healed %v after restart",
+		duringOutage, l.attempts.Load(), l.resumed.Load(), l.failed.Load(), healed)
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d handshakes failed (last: %v); want 0", n, l.lastErr.Load())
+	}
+	if healed > 10*time.Second {
+		t.Fatalf("sharing took %v to heal, want at most 10s", healed)
+	}
+	if st := ms[0].node.Stats(); st.BreakerTrips == 0 {
+		t.Fatalf("write-through breaker never tripped during the outage: %+v", st)
+	}
+}
+
+// TestPausedRedisDoesNotStallHandshakes freezes Redis (no resets, no
+// answers, as in a partition): handshakes wait at most the deadlines.
+func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
+	srv := redistest.Start(t)
+	ms, _ := startFarm(t, 2, &opts{url: srv.URL(), writeThrough: true, tweak: func(c *farm.Config) {
+		c.WriteThroughTimeout = 50 * time.Millisecond
+		c.LookupTimeout = 20 * time.Millisecond
+	}})
+	srv.Pause()
+	defer srv.Resume()
+	// A client that resumes a session neither node has: a lookup that
+	// hangs, then a full handshake with a write-through that hangs.
+	var worst time.Duration
+	for range 20 {
+		start := time.Now()
+		cs := tlstest.MustDial(t, ms[rand.N(2)].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+		worst = max(worst, time.Since(start))
+		_ = cs
+	}
+	t.Logf("slowest handshake with Redis paused: %v", worst)
+	if worst > 2*time.Second {
+		t.Fatalf("a handshake took %v with Redis paused", worst)
+	}
+	if st := ms[0].node.Stats(); st.BreakerTrips == 0 && st.WriteThroughTimeouts == 0 {
+		t.Fatalf("no write-through timeout recorded: %+v", st)
+	}
+}
+
+// TestForgedMessagesRejected publishes, as someone with access to Redis but
+// not the farm secret, forged, tampered, replayed and foreign messages: all
+// are rejected and counted, and nothing is inserted.
+func TestForgedMessagesRejected(t *testing.T) {
+	url := redistest.URL(t)
+	o := opts{url: url, tweak: func(c *farm.Config) { c.MaxAge = 500 * time.Millisecond }}
+	ms, _ := startFarm(t, 2, &o)
+	elsewhere, _ := startFarm(t, 1, &opts{url: url})
+
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx := context.Background()
+
+	// Capture real messages from both farms' channels.
+	capture := func(channel string) <-chan []byte {
+		ps := raw.Subscribe(ctx, channel)
+		if _, err := ps.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ps.Close() })
+		ch := make(chan []byte, 10)
+		go func() {
+			for m := range ps.Channel() {
+				ch <- []byte(m.Payload)
+			}
+		}()
+		return ch
+	}
+	ours, theirs := capture(ms[0].tr.Channel()), capture(elsewhere[0].tr.Channel())
+	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	tlstest.MustDial(t, elsewhere[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	real := <-ours
+	foreign := <-theirs
+	eventually(t, 5*time.Second, "n2 got the real session", func() bool { return ms[1].node.Stats().Inserted == 1 })
+
+	publish := func(msg []byte) {
+		if err := raw.Publish(ctx, ms[0].tr.Channel(), msg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tampered := append([]byte(nil), real...)
+	tampered[len(tampered)-30] ^= 0x40
+
+	publish([]byte("hello, I am a session"))
+	publish(tampered)
+	publish(foreign)
+	time.Sleep(600 * time.Millisecond) // past MaxAge
+	publish(real)
+
+	for i, m := range ms {
+		want := map[farm.Rejection]uint64{
+			farm.RejectMalformed: 1, farm.RejectSeal: 1, farm.RejectOtherFarm: 1, farm.RejectTooOld: 1,
+		}
+		if i == 0 {
+			// n1 sent the real message: it drops the tampered copy and
+			// the replay as its own before opening them.
+			want[farm.RejectTooOld] = 0
+			want[farm.RejectSeal] = 0
+		}
+		total := uint64(0)
+		for _, n := range want {
+			total += n
+		}
+		eventually(t, 5*time.Second, m.name+" rejected the injected messages", func() bool {
+			return m.node.Stats().RejectedTotal() == total
+		})
+		st := m.node.Stats()
+		for why, n := range want {
+			if st.Rejected[why] != n {
+				t.Fatalf("%s: rejected[%v] = %d, want %d (all: %v)", m.name, why, st.Rejected[why], n, st.Rejected)
+			}
+		}
+	}
+	// n1 drops its original, the tampered copy and the replay as its own.
+	eventually(t, 5*time.Second, "n1 dropped three of its own messages", func() bool { return ms[0].node.Stats().Self == 3 })
+	if st := ms[1].node.Stats(); st.Inserted != 1 {
+		t.Fatalf("n2 inserted %d sessions, want only the real one", st.Inserted)
+	}
+	if st := ms[0].node.Stats(); st.Inserted != 0 {
+		t.Fatalf("n1 inserted %d sessions from forged messages", st.Inserted)
+	}
+}
+
+// TestTamperedStoreValueRejected overwrites a stored session with another
+// stored session's value (moved between keys) and with garbage: lookups
+// refuse both.
+func TestTamperedStoreValueRejected(t *testing.T) {
+	url := redistest.URL(t)
+	o := opts{url: url, mode: farm.StoreOnly, writeThrough: true}
+	ms, _ := startFarm(t, 2, &o)
+	opt, _ := redis.ParseURL(url)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx := context.Background()
+
+	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, a))
+	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, b))
+	keys, err := raw.Keys(ctx, ms[0].tr.Key("s:*")).Result()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("stored keys = %v, %v", keys, err)
+	}
+	v0, _ := raw.Get(ctx, keys[0]).Bytes()
+	// Both keys now hold the first session's sealed value.
+	raw.Set(ctx, keys[1], v0, time.Minute)
+	resumed := 0
+	for _, c := range []*tlstest.FrozenCache{a, b} {
+		if tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, c)).DidResume {
+			resumed++
+		}
+	}
+	if resumed != 1 {
+		t.Fatalf("%d sessions resumed on n2, want 1 (the untouched one)", resumed)
+	}
+	if st := ms[1].node.Stats(); st.StoreRejected != 1 {
+		t.Fatalf("StoreRejected = %d, want 1", st.StoreRejected)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	eventually(t, d, "load progress", cond)
+}

@@ -1,0 +1,249 @@
+package probe
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Ways a connection picks its target; see [Config.Pick].
+const (
+	// PickRandom sends each connection to a target chosen uniformly at
+	// random, as a hashing balancer does for a client whose source port
+	// changes on every connection.
+	PickRandom = "random"
+	// PickRoundRobin sends connection k (counted from 0 over the whole
+	// run, across all clients) to target k mod len(Targets).
+	PickRoundRobin = "roundrobin"
+)
+
+// Special values of [Config.Request].
+const (
+	// RequestNone sends nothing after the handshake and closes at once. A
+	// TLS 1.3 client then never reads the server's ticket, which arrives
+	// after the handshake, so TLS 1.3 sessions cannot resume.
+	RequestNone = "none"
+	// RequestRead sends nothing and waits for the server's first bytes,
+	// for servers that speak first.
+	RequestRead = "read"
+)
+
+// Defaults for the zero values of [Config].
+const (
+	DefaultConnections = 100
+	DefaultTimeout     = 10 * time.Second
+)
+
+// A Config describes a probe run. Only Targets is required; the zero value
+// of every other field has a useful meaning. A Config may be reused after
+// [Run] returns and must not be modified while Run uses it.
+type Config struct {
+	// Targets lists the servers to connect to, as host:port. A target
+	// without a port gets port 443. The same server may be listed twice;
+	// it is then counted as two targets.
+	Targets []string
+
+	// ServerName is sent in the server name indication extension, checked
+	// against the servers' certificates, and sent as the HTTP Host. If
+	// empty, the host of the first target is used (an IP address is
+	// checked against the certificate but not sent as SNI).
+	ServerName string
+
+	// Pick is PickRandom or PickRoundRobin. If empty, PickRandom is used.
+	Pick string
+
+	// Connections is the total number of connections to make, over all
+	// clients. Duration limits the run by time instead: connections start
+	// until Duration has passed, and those in flight then are completed.
+	// If both are set, the run stops at whichever limit comes first; if
+	// both are zero, Run makes DefaultConnections connections.
+	Connections int
+	Duration    time.Duration
+
+	// Concurrency is the number of simulated clients, each making one
+	// connection at a time. Each client has its own session cache, which
+	// holds the newest session it was issued and offers it to every
+	// target, as a browser does behind a balancer's single name. If zero,
+	// one client is used.
+	Concurrency int
+
+	// Version pins the TLS version: tls.VersionTLS12 or tls.VersionTLS13.
+	// If zero, the client offers TLS 1.2 and 1.3 and the server chooses.
+	Version uint16
+
+	// Insecure skips verification of the servers' certificates. Otherwise
+	// they are verified against RootCAs, or the host's roots if RootCAs is
+	// nil.
+	Insecure bool
+	RootCAs  *x509.CertPool
+
+	// Timeout bounds each connection from the start of its dial to the
+	// end of its request. If zero, DefaultTimeout is used.
+	Timeout time.Duration
+
+	// Rate limits how many connections start per second, over all
+	// clients. If zero, clients connect as fast as they can.
+	Rate float64
+
+	// Request says what a client does after the handshake, before it
+	// closes the connection:
+	//
+	//   - "" sends "GET / HTTP/1.1" with Host and "Connection: close";
+	//   - "/path" or a request line such as "HEAD /healthz" sends that
+	//     request, with Host and "Connection: close";
+	//   - RequestRead sends nothing;
+	//   - RequestNone sends nothing and closes at once.
+	//
+	// Except with RequestNone, the client then reads until the server's
+	// first bytes arrive (or the server closes) and closes the connection
+	// without reading the rest. That read is what takes in a TLS 1.3
+	// ticket, which the server sends after the handshake.
+	Request string
+}
+
+// plan is a validated Config with its defaults applied.
+type plan struct {
+	cfg      Config
+	addrs    []string // host:port, in Targets order
+	requests [][]byte // per target; nil for RequestNone and RequestRead
+	read     bool     // read the server's first bytes after the request
+	tls      *tls.Config
+}
+
+// prepare validates cfg and applies its defaults.
+func prepare(cfg Config) (*plan, error) {
+	if len(cfg.Targets) == 0 {
+		return nil, errors.New("probe: no targets")
+	}
+	p := &plan{cfg: cfg}
+	var hosts, ports []string
+	for _, t := range cfg.Targets {
+		addr, host, port, err := splitTarget(t)
+		if err != nil {
+			return nil, err
+		}
+		p.addrs = append(p.addrs, addr)
+		hosts = append(hosts, host)
+		ports = append(ports, port)
+	}
+	c := &p.cfg
+	if c.ServerName == "" {
+		c.ServerName = hosts[0]
+	}
+	switch c.Pick {
+	case "":
+		c.Pick = PickRandom
+	case PickRandom, PickRoundRobin:
+	default:
+		return nil, fmt.Errorf("probe: unknown pick %q (want %q or %q)", c.Pick, PickRandom, PickRoundRobin)
+	}
+	switch {
+	case c.Connections < 0:
+		return nil, fmt.Errorf("probe: negative number of connections %d", c.Connections)
+	case c.Duration < 0:
+		return nil, fmt.Errorf("probe: negative duration %v", c.Duration)
+	case c.Connections == 0 && c.Duration == 0:
+		c.Connections = DefaultConnections
+	}
+	switch {
+	case c.Concurrency < 0:
+		return nil, fmt.Errorf("probe: negative concurrency %d", c.Concurrency)
+	case c.Concurrency == 0:
+		c.Concurrency = 1
+	}
+	switch c.Version {
+	case 0, tls.VersionTLS12, tls.VersionTLS13:
+	default:
+		return nil, fmt.Errorf("probe: unsupported TLS version %#04x (want TLS 1.2 or 1.3)", c.Version)
+	}
+	switch {
+	case c.Timeout < 0:
+		return nil, fmt.Errorf("probe: negative timeout %v", c.Timeout)
+	case c.Timeout == 0:
+		c.Timeout = DefaultTimeout
+	}
+	if c.Rate < 0 {
+		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)
+	}
+
+	switch c.Request {
+	case RequestNone:
+	case RequestRead:
+		p.read = true
+	default:
+		line, err := requestLine(c.Request)
+		if err != nil {
+			return nil, err
+		}
+		p.read = true
+		for _, port := range ports {
+			host := c.ServerName
+			if port != "443" {
+				host = net.JoinHostPort(host, port)
+			}
+			p.requests = append(p.requests, []byte(line+"\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"))
+		}
+	}
+
+	minV, maxV := uint16(tls.VersionTLS12), uint16(tls.VersionTLS13)
+	if c.Version != 0 {
+		minV, maxV = c.Version, c.Version
+	}
+	p.tls = &tls.Config{
+		ServerName:         c.ServerName,
+		MinVersion:         minV,
+		MaxVersion:         maxV,
+		InsecureSkipVerify: c.Insecure,
+		RootCAs:            c.RootCAs,
+	}
+	return p, nil
+}
+
+// splitTarget returns target as a dialable address, its host and its port.
+func splitTarget(target string) (addr, host, port string, err error) {
+	host, port, err = net.SplitHostPort(target)
+	if err != nil {
+		// A bare host name or IPv4 address gets the HTTPS port.
+		if target == "" || strings.ContainsAny(target, ":[]") {
+			return "", "", "", fmt.Errorf("probe: bad target %q: want host:port", target)
+		}
+		host, port = target, "443"
+	}
+	if host == "" || port == "" {
+		return "", "", "", fmt.Errorf("probe: bad target %q: want host:port", target)
+	}
+	return net.JoinHostPort(host, port), host, port, nil
+}
+
+// requestLine turns a Config.Request other than RequestNone and RequestRead
+// into an HTTP/1.1 request line.
+func requestLine(req string) (string, error) {
+	if req == "" {
+		return "GET / HTTP/1.1", nil
+	}
+	if strings.ContainsAny(req, "\r\n") {
+		return "", fmt.Errorf("probe: bad request %q: line breaks are added by the probe", req)
+	}
+	f := strings.Fields(req)
+	switch {
+	case len(f) == 1 && strings.HasPrefix(f[0], "/"):
+		return "GET " + f[0] + " HTTP/1.1", nil
+	case len(f) == 2 && strings.HasPrefix(f[1], "/"):
+		return f[0] + " " + f[1] + " HTTP/1.1", nil
+	case len(f) == 3 && strings.HasPrefix(f[1], "/") && strings.HasPrefix(f[2], "HTTP/1."):
+		return strings.Join(f, " "), nil
+	}
+	return "", fmt.Errorf("probe: bad request %q: want %q, %q, a path or a request line such as \"GET /\"", req, RequestNone, RequestRead)
+}
+
+// versionName names a Config.Version for reports.
+func versionName(v uint16) string {
+	if v == 0 {
+		return "any"
+	}
+	return tls.VersionName(v)
+}
