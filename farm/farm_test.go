@@ -17,6 +17,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
 var versions = []struct {
@@ -37,6 +38,10 @@ type member struct {
 	node  *farm.Node
 	srv   *tlstest.Server
 	tr    *redisbus.Transport
+	ring  *ticket.Ring
+	rot   *farm.Rotator
+	tcfg  *tls.Config
+	crash context.CancelFunc // stops the rotator as a crash would
 }
 
 // options for a test farm.
@@ -46,12 +51,16 @@ type opts struct {
 	writeThrough bool
 	secret       farm.Secret
 	tweak        func(*farm.Config)
+	sessionMode  session.Mode
+	rotation     *farm.RotationConfig // if set, each member rotates ticket keys with the farm
+	logger       *slog.Logger
+	closeServer  bool // serve with tlstest.ServeAndClose (for openssl)
 }
 
 // join starts a member of farm name.
 func join(t *testing.T, name, farmName string, o opts) *member {
 	t.Helper()
-	cache, err := session.New(&session.Config{})
+	cache, err := session.New(&session.Config{Mode: o.sessionMode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +82,10 @@ func join(t *testing.T, name, farmName string, o opts) *member {
 		LookupTimeout: 100 * time.Millisecond, // survives -race on a busy 2-core machine
 		// Generous: under -race a loaded machine can hold a write back.
 		WriteThroughTimeout: 500 * time.Millisecond,
-		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:              o.logger,
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.tweak != nil {
 		o.tweak(&cfg)
@@ -85,9 +97,30 @@ func join(t *testing.T, name, farmName string, o opts) *member {
 	t.Cleanup(func() { node.Close() })
 	cert, _ := tlstest.SharedCert()
 	tcfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	m := &member{name: name, cache: cache, node: node, tr: tr, tcfg: tcfg}
+	if o.rotation != nil {
+		m.ring, err = ticket.NewRing(ticket.RingConfig{Logger: cfg.Logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.ring.Register(tcfg)
+		rc := *o.rotation
+		rc.Ring = m.ring
+		var rctx context.Context
+		rctx, m.crash = context.WithCancel(context.Background())
+		m.rot, err = node.RotateTicketKeys(rctx, rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.rot.Close() })
+	}
 	cache.Configure(tcfg)
-	srv := tlstest.Serve(t, name, tcfg, cache.HandshakeComplete)
-	return &member{name: name, cache: cache, node: node, srv: srv, tr: tr}
+	if o.closeServer {
+		m.srv = tlstest.ServeAndClose(t, name, tcfg, cache.HandshakeComplete)
+	} else {
+		m.srv = tlstest.Serve(t, name, tcfg, cache.HandshakeComplete)
+	}
+	return m
 }
 
 // startFarm starts n members of a fresh farm and waits until all are

@@ -1,0 +1,343 @@
+package farm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// Store keys of the rotation protocol.
+const (
+	keySetKey   = "ticket-keys"
+	keyLeaseKey = "ticket-keys-lease"
+)
+
+// keySetContext is the additional data of a sealed key set: a sealed value
+// of any other kind does not open as a key set.
+var keySetContext = []byte("ticket-keys")
+
+// A RotationConfig configures farm-wide ticket key rotation.
+type RotationConfig struct {
+	// Ring holds this node's keys and applies them to its tls.Configs. The
+	// rotation owns it: nothing else should Rotate, Update or Run it. A
+	// ring fresh from ticket.NewRing (epoch 0) adopts the farm's key set at
+	// once.
+	Ring *ticket.Ring
+
+	// Interval is how long each key encrypts before the next takes over
+	// (default ticket.DefaultInterval). Each key is in every node's decrypt
+	// set for one Interval before any node encrypts with it, and decrypts
+	// for Keep intervals after it stops encrypting.
+	Interval time.Duration
+
+	// Keep is how many previous keys still decrypt (default
+	// ticket.DefaultKeep). A ticket lives at most (Keep+1) × Interval.
+	Keep int
+
+	// LeaseTTL is how long the rotation lease lasts unless renewed (default
+	// Interval/4, at most 30s). If the holder dies, another node takes the
+	// lease within LeaseTTL plus one poll.
+	LeaseTTL time.Duration
+
+	// PollInterval is how often a node re-reads the key set, in case it
+	// missed an announcement, and the holder renews its lease (default
+	// LeaseTTL/3; never more than LeaseTTL/2 or Interval/4).
+	PollInterval time.Duration
+}
+
+// A Rotator keeps a node's ticket keys in step with the farm's: one node at a
+// time holds a lease in the store and rotates the farm's key set when it is
+// due; every node applies a newer key set when it is announced on the bus and
+// when it polls the store. Make one with Node.RotateTicketKeys.
+type Rotator struct {
+	n     *Node
+	cfg   RotationConfig
+	token []byte
+
+	wake   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu       sync.Mutex // serializes steps and announcements
+	holder   atomic.Bool
+	lastErr  atomic.Value // string
+	rotated  atomic.Uint64
+	applied  atomic.Uint64
+	ignored  atomic.Uint64
+	invalid  atomic.Uint64
+	storeErr atomic.Uint64
+	acquired atomic.Uint64
+}
+
+// RotationStats describe a node's part in key rotation.
+type RotationStats struct {
+	Epoch       uint64    // epoch of the key set in use here
+	Rotated     time.Time // when its current key started encrypting
+	LeaseHolder bool      // this node holds the rotation lease
+	Acquired    uint64    // times this node acquired the lease
+	Rotations   uint64    // rotations this node performed
+	Applied     uint64    // newer key sets applied (from the store or the bus)
+	Ignored     uint64    // announcements not newer than the key set in use
+	Invalid     uint64    // key sets that opened but did not decode
+	StoreErrors uint64    // failed store operations
+}
+
+// RotateTicketKeys starts farm-wide rotation of the session ticket keys in
+// cfg.Ring. It needs the node's Store (for the lease and the key set) and
+// returns at once; while the store is unreachable the node keeps its keys and
+// keeps trying. Cancelling ctx stops the rotator abruptly, as a crash would
+// (the lease is left to expire); Close stops it and releases the lease.
+func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotator, error) {
+	if cfg.Ring == nil {
+		return nil, errors.New("farm: RotationConfig.Ring is required")
+	}
+	if n.cfg.Store == nil {
+		return nil, errors.New("farm: ticket key rotation needs a Store")
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = ticket.DefaultInterval
+	}
+	if cfg.Interval < time.Second {
+		return nil, fmt.Errorf("farm: rotation interval %v is under 1s", cfg.Interval)
+	}
+	if cfg.Keep == 0 {
+		cfg.Keep = ticket.DefaultKeep
+	}
+	if cfg.Keep < 0 {
+		return nil, fmt.Errorf("farm: RotationConfig.Keep is negative")
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = min(cfg.Interval/4, 30*time.Second)
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = cfg.LeaseTTL / 3
+	}
+	cfg.PollInterval = min(cfg.PollInterval, cfg.LeaseTTL/2, cfg.Interval/4)
+
+	tok := make([]byte, 16)
+	rand.Read(tok)
+	r := &Rotator{
+		n:     n,
+		cfg:   cfg,
+		token: []byte(n.cfg.Node + "/" + hex.EncodeToString(tok)),
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	r.lastErr.Store("")
+	n.handle(msgKeys, r.onAnnounce)
+	ctx, r.cancel = context.WithCancel(ctx)
+	go r.loop(ctx)
+	return r, nil
+}
+
+// Close stops the rotator and releases the lease if this node holds it, so
+// that another node can take over at once.
+func (r *Rotator) Close() error {
+	r.cancel()
+	<-r.done
+	if r.holder.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
+		defer cancel()
+		// Swap our token for an expiring marker: nobody else's lease is touched.
+		r.n.cfg.Store.CompareAndSwap(ctx, keyLeaseKey, r.token, []byte("released"), time.Millisecond)
+		r.holder.Store(false)
+	}
+	return nil
+}
+
+// Stats returns the rotator's counters and the key set in use.
+func (r *Rotator) Stats() RotationStats {
+	st := r.cfg.Ring.Status()
+	return RotationStats{
+		Epoch:       st.Epoch,
+		Rotated:     st.Rotated,
+		LeaseHolder: r.holder.Load(),
+		Acquired:    r.acquired.Load(),
+		Rotations:   r.rotated.Load(),
+		Applied:     r.applied.Load(),
+		Ignored:     r.ignored.Load(),
+		Invalid:     r.invalid.Load(),
+		StoreErrors: r.storeErr.Load(),
+	}
+}
+
+func (r *Rotator) loop(ctx context.Context) {
+	defer close(r.done)
+	t := time.NewTicker(r.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		r.step(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.wake:
+		}
+	}
+}
+
+// step reads the farm's key set and applies it if newer; then, if this node
+// holds (or can take) the lease, creates or rotates the key set when due.
+func (r *Rotator) step(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.n.cfg.OpTimeout)
+	defer cancel()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	store := r.n.cfg.Store
+
+	raw, err := store.Get(ctx, keySetKey)
+	var cur *ticket.State
+	switch {
+	case errors.Is(err, ErrNotFound):
+		r.lastErr.Store("")
+	case err != nil:
+		r.fail(err)
+		return
+	default:
+		r.lastErr.Store("")
+		s, err := r.openKeySet(raw)
+		if err != nil {
+			// Not ours, or tampered with: never build on it. The holder
+			// replaces it below only by compare-and-swap.
+			r.invalid.Add(1)
+		} else {
+			cur = &s
+			r.apply(s)
+		}
+	}
+
+	if !r.lease(ctx) {
+		return
+	}
+	now, err := store.Time(ctx)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	var next ticket.State
+	switch {
+	case cur == nil:
+		// The farm has no key set yet (or an unreadable one): start from
+		// ours, so tickets this node already issued stay valid.
+		next = r.cfg.Ring.State()
+		next.Epoch++
+		next.Rotated = now
+	case now.Sub(cur.Rotated) >= r.cfg.Interval:
+		if next, err = cur.Rotate(now, r.cfg.Keep); err != nil {
+			r.fail(err)
+			return
+		}
+	default:
+		return
+	}
+	body, err := next.Bytes()
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	sealed := r.seal(msgKeys, body, keySetContext)
+	ok, err := store.CompareAndSwap(ctx, keySetKey, raw, sealed, 0)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	if !ok {
+		return // someone else wrote first: the next poll reads theirs
+	}
+	if cur != nil {
+		r.rotated.Add(1)
+	}
+	r.apply(next)
+	r.n.log.Info("farm: ticket keys rotated", "epoch", next.Epoch, "current", next.Current.String())
+	// Announce; nodes that miss it read the store at their next poll.
+	msg := r.seal(msgKeys, body, nil)
+	pctx, pcancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
+	defer pcancel()
+	if err := r.n.cfg.Bus.Publish(pctx, msg); err != nil {
+		r.fail(err)
+	}
+}
+
+// lease renews the lease if this node holds it, or tries to take it, and
+// reports whether this node holds it now.
+func (r *Rotator) lease(ctx context.Context) bool {
+	store := r.n.cfg.Store
+	var ok bool
+	var err error
+	if r.holder.Load() {
+		ok, err = store.CompareAndSwap(ctx, keyLeaseKey, r.token, r.token, r.cfg.LeaseTTL)
+	}
+	if !ok && err == nil {
+		if ok, err = store.SetNX(ctx, keyLeaseKey, r.token, r.cfg.LeaseTTL); ok {
+			r.acquired.Add(1)
+			r.n.log.Info("farm: holding the ticket key rotation lease")
+		}
+	}
+	if err != nil {
+		r.fail(err)
+		ok = false
+	}
+	r.holder.Store(ok)
+	return ok
+}
+
+// seal seals a key set body with this node's header.
+func (r *Rotator) seal(t msgType, body, context []byte) []byte {
+	return r.n.keys.seal(nil, header{typ: t, time: r.n.cfg.Now(), sender: r.n.instance, farm: r.n.cfg.Farm}, body, context)
+}
+
+func (r *Rotator) openKeySet(raw []byte) (ticket.State, error) {
+	_, body, err := r.n.keys.open(raw, r.n.cfg.Farm, msgKeys, keySetContext, r.n.cfg.Now(), 0, 0)
+	if err != nil {
+		return ticket.State{}, err
+	}
+	defer clear(body)
+	return ticket.ParseState(body)
+}
+
+// apply installs s if it is newer than the key set in use.
+func (r *Rotator) apply(s ticket.State) bool {
+	err := r.cfg.Ring.Set(s)
+	switch {
+	case err == nil:
+		r.applied.Add(1)
+		return true
+	case errors.Is(err, ticket.ErrStaleEpoch):
+		return false
+	default:
+		r.invalid.Add(1)
+		return false
+	}
+}
+
+// onAnnounce handles a key set announced on the bus; the node has already
+// checked its seal, farm and age.
+func (r *Rotator) onAnnounce(_ header, body []byte) {
+	defer clear(body)
+	s, err := ticket.ParseState(body)
+	if err != nil {
+		r.invalid.Add(1)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.apply(s) {
+		// Not newer than what we hold: a replay, or our own news.
+		r.ignored.Add(1)
+	}
+}
+
+func (r *Rotator) fail(err error) {
+	r.storeErr.Add(1)
+	msg := err.Error()
+	if old, _ := r.lastErr.Swap(msg).(string); old != msg {
+		r.n.log.Warn("farm: ticket key rotation: store unavailable; keeping the current keys", "err", err)
+	}
+}

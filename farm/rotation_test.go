@@ -1,0 +1,355 @@
+package farm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// agreed waits until every member applies the same key set, of at least
+// epoch min, and returns it.
+func agreed(t *testing.T, ms []*member, minEpoch uint64) ticket.State {
+	t.Helper()
+	var st ticket.State
+	eventually(t, 15*time.Second, "all nodes on one key set", func() bool {
+		st = ms[0].ring.State()
+		if st.Epoch < minEpoch {
+			return false
+		}
+		for _, m := range ms[1:] {
+			o := m.ring.State()
+			if o.Epoch != st.Epoch || o.Current != st.Current {
+				return false
+			}
+		}
+		return true
+	})
+	return st
+}
+
+// TestStatelessTicketResumesAcrossNodes: with farm-wide ticket keys, a
+// ticket issued by one node resumes on every other, for Go's client and for
+// openssl, TLS 1.2 and 1.3; no session is replicated.
+func TestStatelessTicketResumesAcrossNodes(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless, closeServer: true,
+		rotation: &farm.RotationConfig{Interval: time.Hour}})
+	agreed(t, ms, 1)
+	for _, tv := range versions {
+		frozen := &tlstest.FrozenCache{}
+		tlstest.MustDial(t, ms[0].srv.Addr, client(tv.v, frozen))
+		for _, m := range ms[1:] {
+			if !tlstest.MustDial(t, m.srv.Addr, client(tv.v, frozen)).DidResume {
+				t.Fatalf("%s: %s did not resume a ticket from n1", tv.name, m.name)
+			}
+		}
+	}
+	for _, flag := range []string{"-tls1_2", "-tls1_3"} {
+		sess := tlstest.SessionFile(t)
+		tlstest.OpenSSL(t, ms[0].srv.Addr, flag, "-servername", "localhost", "-sess_out", sess)
+		for _, m := range ms[1:] {
+			out := tlstest.OpenSSL(t, m.srv.Addr, flag, "-servername", "localhost", "-sess_in", sess)
+			if !strings.Contains(out, "Reused, ") {
+				t.Fatalf("openssl %s: %s did not reuse n1's session:\n%s", flag, m.name, out)
+			}
+		}
+	}
+	for _, m := range ms {
+		if st := m.node.Stats(); st.Published != 0 {
+			t.Fatalf("%s published %d sessions in stateless mode", m.name, st.Published)
+		}
+	}
+}
+
+// keyLog collects log output and checks it for key material.
+type keyLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (k *keyLog) Write(p []byte) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.buf.Write(p)
+}
+
+// leaks reports whether any key of the states appears in the log, as hex
+// (either case) or base64, whole or as its first 8 bytes.
+func (k *keyLog) leaks(states []ticket.State) string {
+	k.mu.Lock()
+	text := k.buf.String()
+	k.mu.Unlock()
+	for _, st := range states {
+		for _, key := range st.Keys() {
+			b := key[:]
+			for _, form := range []string{
+				hex.EncodeToString(b[:8]), strings.ToUpper(hex.EncodeToString(b[:8])),
+				base64.StdEncoding.EncodeToString(b)[:10], base64.RawURLEncoding.EncodeToString(b)[:10],
+			} {
+				if strings.Contains(text, form) {
+					return form
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// TestRotationNeverBreaksResumption rotates every 5 s under continuous
+// load: no resumption fails at any boundary, and a frozen ticket resumes
+// through Keep rotations and is refused after Keep+1. Logs never show a key.
+func TestRotationNeverBreaksResumption(t *testing.T) {
+	t.Parallel()
+	const keep = 2
+	url := redistest.URL(t)
+	logs := &keyLog{}
+	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
+		logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		rotation: &farm.RotationConfig{Interval: 5 * time.Second, Keep: keep}})
+	first := agreed(t, ms, 1)
+	states := []ticket.State{first}
+
+	// Continuous, bounded load: a client that takes each new ticket and
+	// picks a random node, 50 connections a second.
+	stop := make(chan struct{})
+	var failures, resumed int
+	var loadErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ccfg := client(tls.VersionTLS13, &tlstest.SharedCache{})
+		tlstest.MustDial(t, ms[0].srv.Addr, ccfg)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			cs, err := tlstest.Dial(ms[rand.N(len(ms))].srv.Addr, ccfg)
+			switch {
+			case err != nil:
+				loadErr = err
+				failures++
+			case !cs.DidResume:
+				failures++
+			default:
+				resumed++
+			}
+		}
+	}()
+
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, frozen))
+	for r := 1; r <= keep+1; r++ {
+		st := agreed(t, ms, first.Epoch+uint64(r))
+		states = append(states, st)
+		m := ms[rand.N(len(ms))]
+		got := tlstest.MustDial(t, m.srv.Addr, client(tls.VersionTLS13, frozen)).DidResume
+		t.Logf("rotation %d (epoch %d): frozen ticket resumes on %s: %t", r, st.Epoch, m.name, got)
+		if want := r <= keep; got != want {
+			t.Fatalf("after %d rotations the frozen ticket resumed = %t, want %t", r, got, want)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("continuous load: %d resumed, %d not (last error %v)", resumed, failures, loadErr)
+	if failures > 0 {
+		t.Fatalf("%d connections failed to resume across rotations", failures)
+	}
+	rotations := uint64(0)
+	for _, m := range ms {
+		rotations += m.rot.Stats().Rotations
+	}
+	if rotations != keep+1 {
+		t.Fatalf("%d rotations performed in the farm, want %d", rotations, keep+1)
+	}
+	if leak := logs.leaks(states); leak != "" {
+		t.Fatalf("key material %q appears in the logs", leak)
+	}
+	if !strings.Contains(logs.buf.String(), "ticket keys rotated") {
+		t.Fatal("the logs were not captured")
+	}
+}
+
+// TestLeaseHolderDies crashes the node holding the rotation lease: another
+// takes the lease within 2 × LeaseTTL and rotates when due, and no epoch
+// ever has two different key sets.
+func TestLeaseHolderDies(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	const leaseTTL = time.Second
+	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
+		rotation: &farm.RotationConfig{Interval: 5 * time.Second, LeaseTTL: leaseTTL}})
+	first := agreed(t, ms, 1)
+
+	// Watch every node's key set: one epoch, one key.
+	seen := map[uint64]ticket.Key{}
+	var conflict string
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			for _, m := range ms {
+				st := m.ring.State()
+				mu.Lock()
+				if k, ok := seen[st.Epoch]; ok && k != st.Current {
+					conflict = fmt.Sprintf("two key sets at epoch %d: %v and %v", st.Epoch, k, st.Current)
+				}
+				seen[st.Epoch] = st.Current
+				mu.Unlock()
+			}
+		}
+	}()
+	defer close(stop)
+
+	var holder *member
+	eventually(t, 5*time.Second, "a lease holder", func() bool {
+		for _, m := range ms {
+			if m.rot.Stats().LeaseHolder {
+				holder = m
+				return true
+			}
+		}
+		return false
+	})
+	holder.crash()
+	crashed := time.Now()
+	var next *member
+	eventually(t, 2*leaseTTL+time.Second, "another lease holder", func() bool {
+		for _, m := range ms {
+			if m != holder && m.rot.Stats().LeaseHolder {
+				next = m
+				return true
+			}
+		}
+		return false
+	})
+	took := time.Since(crashed)
+	t.Logf("%s crashed holding the lease; %s took it after %v", holder.name, next.name, took)
+	if took > 2*leaseTTL {
+		t.Fatalf("takeover took %v, want at most %v", took, 2*leaseTTL)
+	}
+	var live []*member
+	for _, m := range ms {
+		if m != holder {
+			live = append(live, m)
+		}
+	}
+	agreed(t, live, first.Epoch+1)
+	if next.rot.Stats().Rotations == 0 {
+		t.Fatalf("the new holder did not rotate: %+v", next.rot.Stats())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if conflict != "" {
+		t.Fatal(conflict)
+	}
+}
+
+// TestKeyAnnouncementsReplayedAndForged replays an older announcement, which
+// every node ignores, and publishes forged ones, which every node rejects.
+func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
+		rotation: &farm.RotationConfig{Interval: 3 * time.Second}})
+	opt, _ := redis.ParseURL(url)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx := context.Background()
+	ps := raw.Subscribe(ctx, ms[0].tr.Channel())
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first := agreed(t, ms, 1)
+	// Capture the announcement of the next rotation, then wait for one more.
+	msg, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []byte(msg.Payload)
+	now := agreed(t, ms, first.Epoch+2)
+
+	before := make([]farm.RotationStats, len(ms))
+	nodeBefore := make([]farm.Stats, len(ms))
+	for i, m := range ms {
+		before[i] = m.rot.Stats()
+		nodeBefore[i] = m.node.Stats()
+	}
+	raw.Publish(ctx, ms[0].tr.Channel(), old)
+	forged := bytes.Clone(old)
+	forged[len(forged)/2] ^= 1
+	raw.Publish(ctx, ms[0].tr.Channel(), forged)
+	for i, m := range ms {
+		// The node that sent the old announcement drops both copies as its
+		// own before opening them; every other node ignores the replay and
+		// rejects the forgery.
+		eventually(t, 5*time.Second, m.name+" handled the replay and the forgery", func() bool {
+			st, ns := m.rot.Stats(), m.node.Stats()
+			if ns.Self == nodeBefore[i].Self+2 {
+				return true
+			}
+			return st.Ignored == before[i].Ignored+1 && ns.Rejected[farm.RejectSeal] == nodeBefore[i].Rejected[farm.RejectSeal]+1
+		})
+		if st := m.ring.State(); st.Epoch < now.Epoch {
+			t.Fatalf("%s rolled back to epoch %d", m.name, st.Epoch)
+		}
+	}
+}
+
+// TestRotationSurvivesStoreOutage keeps Redis down for longer than one
+// interval: nodes keep serving with their keys, and rotation resumes after.
+func TestRotationSurvivesStoreOutage(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	const interval = 4 * time.Second
+	ms, _ := startFarm(t, 2, &opts{url: srv.URL(), sessionMode: session.Stateless,
+		rotation: &farm.RotationConfig{Interval: interval}})
+	first := agreed(t, ms, 1)
+	lru := client(tls.VersionTLS13, &tlstest.SharedCache{})
+	tlstest.MustDial(t, ms[0].srv.Addr, lru)
+
+	srv.Kill()
+	downUntil := time.Now().Add(interval + time.Second)
+	for time.Now().Before(downUntil) {
+		if !tlstest.MustDial(t, ms[rand.N(2)].srv.Addr, lru).DidResume {
+			t.Fatal("resumption failed while the store was down")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := ms[0].ring.State(); st.Epoch != first.Epoch {
+		t.Fatalf("epoch moved to %d with the store down", st.Epoch)
+	}
+	srv.Restart()
+	// The store came back empty (no persistence): the lease holder seeds it
+	// again from its keys, so tickets stay valid, and rotation goes on.
+	agreed(t, ms, first.Epoch+2)
+	if !tlstest.MustDial(t, ms[1].srv.Addr, lru).DidResume {
+		t.Fatal("resumption failed after the store came back")
+	}
+}
