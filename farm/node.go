@@ -347,9 +347,8 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	return true, nil
 }
 
-// publisher drains the queue in batches: sessions and revocations go to the
-// store first (so write-through waiters are released as early as possible),
-// then to the bus.
+// publisher drains the queue in batches: each batch is written to the store
+// and published to the bus concurrently.
 func (n *Node) publisher(ctx context.Context) {
 	defer n.wg.Done()
 	var batch []item
@@ -412,28 +411,6 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		}
 	}
 
-	ok := true
-	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
-		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		err := n.storeBatch(sctx, hdr, puts, dels, revs)
-		cancel()
-		if err != nil {
-			ok = false
-			n.ctr.storeWriteErrors.Add(1)
-			if ctx.Err() == nil {
-				n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", err)
-			}
-		} else {
-			n.ctr.storeWrites.Add(uint64(len(puts)))
-			n.ctr.storeErrLogged.Store(false)
-		}
-		for _, it := range batch {
-			if it.done != nil {
-				it.done <- err
-			}
-		}
-	}
-
 	var msgs [][]byte
 	if n.cfg.Mode == Broadcast && len(news) > 0 {
 		body, err := appendSessions(nil, news)
@@ -446,16 +423,53 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		hdr.typ = msgRevoke
 		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
 	}
+
+	// The store write and the publish go out at once: peers hear of a
+	// session one round trip sooner than if one waited for the other.
+	var storeErr error
+	var wg sync.WaitGroup
+	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+			storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
+			cancel()
+			for _, it := range batch {
+				if it.done != nil {
+					it.done <- storeErr
+				}
+			}
+		}()
+	}
+	var pubErr error
 	if len(msgs) > 0 {
 		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		err := n.cfg.Bus.Publish(pctx, msgs...)
+		pubErr = n.cfg.Bus.Publish(pctx, msgs...)
 		cancel()
-		if err != nil {
+	}
+	wg.Wait()
+
+	ok := true
+	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+		if storeErr != nil {
+			ok = false
+			n.ctr.storeWriteErrors.Add(1)
+			if ctx.Err() == nil {
+				n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", storeErr)
+			}
+		} else {
+			n.ctr.storeWrites.Add(uint64(len(puts)))
+			n.ctr.storeErrLogged.Store(false)
+		}
+	}
+	if len(msgs) > 0 {
+		if pubErr != nil {
 			ok = false
 			n.ctr.publishErrors.Add(1)
 			n.ctr.unpublished.Add(uint64(len(batch)))
 			if ctx.Err() == nil {
-				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", err)
+				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", pubErr)
 			}
 		} else {
 			n.ctr.published.Add(uint64(len(news)))
