@@ -81,8 +81,9 @@ type Config struct {
 	Insecure bool
 	RootCAs  *x509.CertPool
 
-	// Timeout bounds each connection from the start of its dial to the
-	// end of its request. If zero, DefaultTimeout is used.
+	// Timeout bounds each connection, from the start of its dial to the
+	// arrival of the server's first bytes. If zero, DefaultTimeout is
+	// used.
 	Timeout time.Duration
 
 	// Rate limits how many connections start per second, over all
@@ -181,9 +182,9 @@ func prepare(cfg Config) (*plan, error) {
 		}
 		p.read = true
 		for _, port := range ports {
-			host := c.ServerName
-			if port != "443" {
-				host = net.JoinHostPort(host, port)
+			host := net.JoinHostPort(c.ServerName, port)
+			if port == "443" {
+				host = strings.TrimSuffix(host, ":443")
 			}
 			p.requests = append(p.requests, []byte(line+"\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"))
 		}

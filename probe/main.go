@@ -1,0 +1,198 @@
+package probe
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+)
+
+const usage = `usage: tlsfarm probe -targets host:port[,host:port...] [flags]
+
+Connects to the targets as a layer-4 load balancer would spread a client,
+resumes TLS sessions, and reports the resumption rate and handshake latency
+per target and overall. Targets may also be given as arguments.
+
+Flags:
+`
+
+// Main runs the "tlsfarm probe" command with args (without the command
+// name), writing the report to stdout and errors to stderr, and returns the
+// exit code: 0 if at least one connection worked, 1 if none did (or none
+// was made), 2 for bad flags, 130 if interrupted.
+//
+// A progress bar is drawn on stderr when stderr is a terminal. An interrupt
+// (Ctrl-C) ends the run early and prints the report so far.
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tlsfarm probe", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		targets  = fs.String("targets", "", "comma-separated `list` of host:port targets")
+		n        = fs.Int("n", 0, "total number of connections (default 100, or unlimited with -d)")
+		duration = fs.Duration("d", 0, "run for this long instead of a number of connections")
+		clients  = fs.Int("c", 1, "number of concurrent clients, each with its own session cache")
+		pick     = fs.String("pick", PickRandom, "how a connection picks its target: random or roundrobin")
+		version  = fs.String("tls", "any", "TLS `version`: 1.2, 1.3 or any")
+		sni      = fs.String("sni", "", "server `name` to send and verify (default: the first target's host)")
+		insecure = fs.Bool("insecure", false, "do not verify the servers' certificates")
+		cacert   = fs.String("cacert", "", "PEM `file` of CA certificates to verify the servers with (default: the system's)")
+		timeout  = fs.Duration("timeout", DefaultTimeout, "limit for each connection, from dial to the server's first bytes")
+		rate     = fs.Float64("rate", 0, "connections per second over all clients (0: as fast as possible)")
+		request  = fs.String("request", "GET /", "what to send after the handshake: a request line such as \"GET /\", or \"read\" (nothing, wait for the server) or \"none\" (close at once; TLS 1.3 cannot resume)")
+		asJSON   = fs.Bool("json", false, "print the report as JSON")
+	)
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "tlsfarm probe: "+format+"\n", a...)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		return fail("%v (see -h)", err)
+	}
+
+	cfg := Config{
+		ServerName:  *sni,
+		Pick:        *pick,
+		Connections: *n,
+		Duration:    *duration,
+		Concurrency: *clients,
+		Insecure:    *insecure,
+		Timeout:     *timeout,
+		Rate:        *rate,
+		Request:     *request,
+	}
+	if *targets != "" {
+		for t := range strings.SplitSeq(*targets, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				cfg.Targets = append(cfg.Targets, t)
+			}
+		}
+	}
+	cfg.Targets = append(cfg.Targets, fs.Args()...)
+	if len(cfg.Targets) == 0 {
+		return fail("no targets: use -targets host:port[,host:port...]")
+	}
+	switch *version {
+	case "1.2":
+		cfg.Version = tls.VersionTLS12
+	case "1.3":
+		cfg.Version = tls.VersionTLS13
+	case "any", "":
+	default:
+		return fail("-tls %q: want 1.2, 1.3 or any", *version)
+	}
+	if *clients < 1 {
+		return fail("-c %d: need at least one client", *clients)
+	}
+	if *timeout <= 0 {
+		return fail("-timeout %v: must be positive", *timeout)
+	}
+	if *cacert != "" {
+		if *insecure {
+			return fail("-cacert and -insecure exclude each other")
+		}
+		pem, err := os.ReadFile(*cacert)
+		if err != nil {
+			return fail("-cacert: %v", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return fail("-cacert %s: no PEM certificates", *cacert)
+		}
+	}
+	if _, err := prepare(cfg); err != nil {
+		return fail("%s", strings.TrimPrefix(err.Error(), "probe: "))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var progress func(done, total int)
+	var b *bar
+	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
+		b = &bar{w: f, start: time.Now(), duration: cfg.Duration}
+		progress = b.draw
+	}
+	rep, err := Run(ctx, cfg, progress)
+	if b != nil {
+		b.clear()
+	}
+	if rep == nil {
+		fmt.Fprintf(stderr, "tlsfarm probe: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteTable(stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tlsfarm probe: writing the report: %v\n", err)
+		return 1
+	}
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintln(stderr, "tlsfarm probe: interrupted")
+		return 130
+	case rep.Total.Connections == 0:
+		fmt.Fprintln(stderr, "tlsfarm probe: no connection was made")
+		return 1
+	case rep.Total.Failed == rep.Total.Connections:
+		fmt.Fprintf(stderr, "tlsfarm probe: all %d connections failed (%s)\n", rep.Total.Connections, errorList(rep.Total.Errors))
+		return 1
+	}
+	return 0
+}
+
+// isTerminal reports whether f is a terminal (a character device), without
+// a dependency on x/term.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// A bar draws a progress bar on one terminal line.
+type bar struct {
+	w        io.Writer
+	start    time.Time
+	duration time.Duration // for runs limited by time
+	drawn    bool
+}
+
+const barWidth = 30
+
+func (b *bar) draw(done, total int) {
+	elapsed := time.Since(b.start)
+	var frac float64
+	var text string
+	switch {
+	case total > 0:
+		frac = float64(done) / float64(total)
+		text = fmt.Sprintf("%d/%d", done, total)
+	case b.duration > 0:
+		frac = float64(elapsed) / float64(b.duration)
+		text = fmt.Sprintf("%d  %v/%v", done, elapsed.Round(100*time.Millisecond), b.duration)
+	}
+	frac = min(max(frac, 0), 1)
+	full := int(frac * barWidth)
+	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%%  %s \x1b[K", strings.Repeat("#", full), strings.Repeat(".", barWidth-full), 100*frac, text)
+	b.drawn = true
+}
+
+// clear erases the bar, so that the report starts on a clean line.
+func (b *bar) clear() {
+	if b.drawn {
+		fmt.Fprint(b.w, "\r\x1b[K")
+	}
+}

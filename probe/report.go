@@ -1,0 +1,381 @@
+package probe
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A Report is what a [Run] found, per target and overall. It marshals to
+// JSON with snake_case keys and durations in milliseconds, and unmarshals
+// from the same.
+type Report struct {
+	// Targets holds one entry per Config.Targets, in the same order.
+	Targets []Stats `json:"targets"`
+
+	// Total sums the counts of Targets; its latency summaries are over
+	// every connection of the run.
+	Total Stats `json:"total"`
+
+	// The settings of the run, with defaults applied. Version is "any",
+	// "TLS 1.2" or "TLS 1.3".
+	ServerName  string `json:"server_name"`
+	Pick        string `json:"pick"`
+	Concurrency int    `json:"concurrency"`
+	Version     string `json:"version"`
+
+	// Elapsed is how long the run took.
+	Elapsed time.Duration `json:"-"`
+}
+
+// Stats counts the connections to one target, or to all of them.
+//
+// Every counted connection is Full, Resumed or Failed. A connection whose
+// handshake completed but whose request failed is Failed, and its
+// handshake is not in the latency summaries.
+type Stats struct {
+	// Target is the target's address, or "total".
+	Target string `json:"target"`
+
+	Connections int `json:"connections"`
+	Full        int `json:"full"`
+	Resumed     int `json:"resumed"`
+	Failed      int `json:"failed"`
+
+	// Errors counts failures by kind (FailRefused, FailTimeout, ...). It is
+	// nil if nothing failed.
+	Errors map[string]int `json:"errors,omitempty"`
+
+	// Offered counts the completed handshakes for which the client had a
+	// session to offer; the first connection of each client has none.
+	Offered int `json:"offered"`
+
+	// ResumptionRate is Resumed / Offered, or 0 if nothing was offered:
+	// how often the farm accepted a session it was offered.
+	ResumptionRate float64 `json:"resumption_rate"`
+
+	// CrossNode counts resumptions of a session that another target had
+	// issued: the ones only a farm that shares sessions or ticket keys
+	// can make. Per target, it counts the resumptions on that target.
+	CrossNode int `json:"cross_node"`
+
+	// FullLatency and ResumedLatency summarize the handshakes of Full and
+	// Resumed connections.
+	FullLatency    Latency `json:"full_latency"`
+	ResumedLatency Latency `json:"resumed_latency"`
+}
+
+// Latency summarizes how long a set of connections took to become ready.
+type Latency struct {
+	// Connect runs from the start of the dial to the end of the
+	// handshake: what a client waits for before it can send a request.
+	Connect Summary `json:"connect"`
+	// Handshake is the TLS handshake alone, after the TCP connection.
+	Handshake Summary `json:"handshake"`
+}
+
+// A Summary describes a set of durations by its percentiles (nearest rank)
+// and maximum. It is all zero for an empty set. In JSON the durations are
+// milliseconds: {"count":3,"p50_ms":0.41,...}.
+type Summary struct {
+	Count              int
+	P50, P90, P99, Max time.Duration
+}
+
+// summarize returns the Summary of d, which it sorts.
+func summarize(d []time.Duration) Summary {
+	if len(d) == 0 {
+		return Summary{}
+	}
+	slices.Sort(d)
+	// The nearest rank of percentile pct is ceil(pct/100 * n), from 1.
+	rank := func(pct int) time.Duration {
+		i := (pct*len(d)+99)/100 - 1
+		return d[max(i, 0)]
+	}
+	return Summary{Count: len(d), P50: rank(50), P90: rank(90), P99: rank(99), Max: d[len(d)-1]}
+}
+
+type summaryJSON struct {
+	Count int     `json:"count"`
+	P50   float64 `json:"p50_ms"`
+	P90   float64 `json:"p90_ms"`
+	P99   float64 `json:"p99_ms"`
+	Max   float64 `json:"max_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func fromMS(f float64) time.Duration { return time.Duration(math.Round(f * float64(time.Millisecond))) }
+
+// MarshalJSON implements json.Marshaler.
+func (s Summary) MarshalJSON() ([]byte, error) {
+	return json.Marshal(summaryJSON{s.Count, ms(s.P50), ms(s.P90), ms(s.P99), ms(s.Max)})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *Summary) UnmarshalJSON(b []byte) error {
+	var j summaryJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*s = Summary{j.Count, fromMS(j.P50), fromMS(j.P90), fromMS(j.P99), fromMS(j.Max)}
+	return nil
+}
+
+// reportJSON is a Report without its methods, plus Elapsed in milliseconds.
+type reportJSON struct {
+	*plainReport
+	ElapsedMS float64 `json:"elapsed_ms"`
+}
+
+type plainReport Report
+
+// MarshalJSON implements json.Marshaler.
+func (r Report) MarshalJSON() ([]byte, error) {
+	return json.Marshal(reportJSON{(*plainReport)(&r), ms(r.Elapsed)})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (r *Report) UnmarshalJSON(b []byte) error {
+	j := reportJSON{plainReport: (*plainReport)(r)}
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	r.Elapsed = fromMS(j.ElapsedMS)
+	return nil
+}
+
+// WriteJSON writes r to w as indented JSON and a newline.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes r to w for a person to read: a line about the run, a
+// table of counts and a table of latencies in milliseconds, each with a
+// row per target and a total.
+func (r *Report) WriteTable(w io.Writer) error {
+	rate := 0.0
+	if r.Elapsed > 0 {
+		rate = float64(r.Total.Connections) / r.Elapsed.Seconds()
+	}
+	fmt.Fprintf(w, "%s to %s from %s (%s, %s, server name %q) in %v, %.0f/s\n\n",
+		plural(r.Total.Connections, "connection"), plural(len(r.Targets), "target"), plural(r.Concurrency, "client"),
+		r.Pick, versionLabel(r.Version), r.ServerName, r.Elapsed.Round(time.Millisecond), rate)
+
+	stats := append(slices.Clip(r.Targets), r.Total)
+	counts := [][]string{{"TARGET", "CONNS", "FULL", "RESUMED", "FAILED", "OFFERED", "RESUMPTION", "CROSS-NODE"}}
+	align := "lrrrrrrr"
+	if len(r.Total.Errors) > 0 {
+		counts[0] = append(counts[0], "ERRORS")
+		align += "l"
+	}
+	for _, s := range stats {
+		row := []string{s.Target, strconv.Itoa(s.Connections), strconv.Itoa(s.Full), strconv.Itoa(s.Resumed),
+			strconv.Itoa(s.Failed), strconv.Itoa(s.Offered), percent(s), strconv.Itoa(s.CrossNode)}
+		if len(align) > len(row) {
+			row = append(row, errorList(s.Errors))
+		}
+		counts = append(counts, row)
+	}
+	if err := writeColumns(w, align, counts); err != nil {
+		return err
+	}
+
+	latency := [][]string{{"TARGET", "KIND", "COUNT", "CONNECT p50", "p90", "p99", "max", "HANDSHAKE p50", "p90", "p99", "max"}}
+	for _, s := range stats {
+		for _, k := range []struct {
+			name string
+			l    Latency
+		}{{"full", s.FullLatency}, {"resumed", s.ResumedLatency}} {
+			if k.l.Connect.Count == 0 {
+				continue
+			}
+			c, h := k.l.Connect, k.l.Handshake
+			latency = append(latency, []string{s.Target, k.name, strconv.Itoa(c.Count),
+				msText(c.P50), msText(c.P90), msText(c.P99), msText(c.Max),
+				msText(h.P50), msText(h.P90), msText(h.P99), msText(h.Max)})
+		}
+	}
+	if len(latency) == 1 {
+		_, err := fmt.Fprintln(w, "\nno handshake completed")
+		return err
+	}
+	fmt.Fprintln(w, "\nlatency in ms; connect: from the start of the dial to the end of the handshake; handshake: TLS alone")
+	return writeColumns(w, "llrrrrrrrrr", latency)
+}
+
+// writeColumns writes rows of cells in columns two spaces apart, each
+// aligned to the left or right as align says ('l' or 'r' per column).
+func writeColumns(w io.Writer, align string, rows [][]string) error {
+	width := make([]int, len(align))
+	for _, row := range rows {
+		for i, c := range row {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		b.Reset()
+		for i, c := range row {
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			pad := strings.Repeat(" ", width[i]-len(c))
+			if align[i] == 'r' {
+				b.WriteString(pad)
+			}
+			b.WriteString(c)
+			if align[i] == 'l' && i < len(row)-1 {
+				b.WriteString(pad)
+			}
+		}
+		b.WriteByte('\n')
+		if _, err := io.WriteString(w, b.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func versionLabel(v string) string {
+	if v == "any" || v == "" {
+		return "any TLS version"
+	}
+	return v
+}
+
+func percent(s Stats) string {
+	if s.Offered == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*s.ResumptionRate)
+}
+
+func msText(d time.Duration) string { return fmt.Sprintf("%.2f", ms(d)) }
+
+func errorList(errs map[string]int) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(errs)) {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", k, errs[k])
+	}
+	return b.String()
+}
+
+// tally is one client's record of its connections to one target.
+type tally struct {
+	full, resumed, failed, offered, crossNode int
+	errors                                    map[string]int
+	fullConnect, fullHandshake                []time.Duration
+	resumedConnect, resumedHandshake          []time.Duration
+}
+
+func (t *tally) add(r result) {
+	switch {
+	case r.failure != "":
+		t.failed++
+		if t.errors == nil {
+			t.errors = make(map[string]int)
+		}
+		t.errors[r.failure]++
+		return
+	case r.resumed:
+		t.resumed++
+		t.resumedConnect = append(t.resumedConnect, r.connect)
+		t.resumedHandshake = append(t.resumedHandshake, r.handshake)
+	default:
+		t.full++
+		t.fullConnect = append(t.fullConnect, r.connect)
+		t.fullHandshake = append(t.fullHandshake, r.handshake)
+	}
+	if r.offered {
+		t.offered++
+	}
+	if r.crossNode {
+		t.crossNode++
+	}
+}
+
+// merge adds u's counts and samples to t.
+func (t *tally) merge(u *tally) {
+	t.full += u.full
+	t.resumed += u.resumed
+	t.failed += u.failed
+	t.offered += u.offered
+	t.crossNode += u.crossNode
+	for k, n := range u.errors {
+		if t.errors == nil {
+			t.errors = make(map[string]int)
+		}
+		t.errors[k] += n
+	}
+	t.fullConnect = append(t.fullConnect, u.fullConnect...)
+	t.fullHandshake = append(t.fullHandshake, u.fullHandshake...)
+	t.resumedConnect = append(t.resumedConnect, u.resumedConnect...)
+	t.resumedHandshake = append(t.resumedHandshake, u.resumedHandshake...)
+}
+
+// stats turns t into the Stats of target. It sorts t's samples.
+func (t *tally) stats(target string) Stats {
+	s := Stats{
+		Target:      target,
+		Connections: t.full + t.resumed + t.failed,
+		Full:        t.full,
+		Resumed:     t.resumed,
+		Failed:      t.failed,
+		Errors:      t.errors,
+		Offered:     t.offered,
+		CrossNode:   t.crossNode,
+		FullLatency: Latency{
+			Connect:   summarize(t.fullConnect),
+			Handshake: summarize(t.fullHandshake),
+		},
+		ResumedLatency: Latency{
+			Connect:   summarize(t.resumedConnect),
+			Handshake: summarize(t.resumedHandshake),
+		},
+	}
+	if s.Offered > 0 {
+		s.ResumptionRate = float64(s.Resumed) / float64(s.Offered)
+	}
+	return s
+}
+
+// newReport merges the workers' tallies.
+func newReport(p *plan, workers []*worker) *Report {
+	r := &Report{
+		ServerName:  p.cfg.ServerName,
+		Pick:        p.cfg.Pick,
+		Concurrency: p.cfg.Concurrency,
+		Version:     versionName(p.cfg.Version),
+	}
+	var total tally
+	for i, addr := range p.addrs {
+		var t tally
+		for _, w := range workers {
+			t.merge(&w.tally[i])
+		}
+		total.merge(&t)
+		r.Targets = append(r.Targets, t.stats(addr))
+	}
+	r.Total = total.stats("total")
+	return r
+}
