@@ -311,7 +311,12 @@ func (c *Cache) NewID() ID { return c.keys.Load().newID() }
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
 // keys, and returns it. It costs one AES block operation and no lookup.
-func (c *Cache) CheckID(b []byte) (ID, bool) { return c.keys.Load().checkPooled(b) }
+func (c *Cache) CheckID(b []byte) (ID, bool) {
+	if !c.keys.Load().checkPooled(b) {
+		return ID{}, false
+	}
+	return ID(b), true
+}
 
 func (c *Cache) bucket(id *ID) *bucket {
 	return &c.buckets[maphash.Bytes(c.seed, id[:])&c.mask]
@@ -421,7 +426,7 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
-	if _, ok := c.keys.Load().checkPooled(id[:]); !ok {
+	if !c.keys.Load().checkPooled(id[:]) {
 		c.ctr.forgedIDs.Add(1)
 		return ErrForgedID
 	}

@@ -26,3 +26,22 @@ func BenchmarkDispatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkIDCheck is the ID check on the handshake path, whose scratch
+// block lives in the per-handshake state.
+func BenchmarkIDCheck(b *testing.B) {
+	c, err := New(&Config{SweepInterval: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	id := c.NewID()
+	var tmp [16]byte
+	k := c.keys.Load()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !k.check(id[:], &tmp) {
+			b.Fatal("rejected")
+		}
+	}
+}

@@ -126,29 +126,24 @@ func (k *idKeys) tag(b cipher.Block, id *ID) {
 var blockPool = sync.Pool{New: func() any { return new([aes.BlockSize]byte) }}
 
 // checkPooled is check with a scratch block from blockPool.
-func (k *idKeys) checkPooled(b []byte) (ID, bool) {
+func (k *idKeys) checkPooled(b []byte) bool {
 	out := blockPool.Get().(*[aes.BlockSize]byte)
-	id, ok := k.check(b, out)
+	ok := k.check(b, out)
 	blockPool.Put(out)
-	return id, ok
+	return ok
 }
 
 // check reports whether b is a well-formed ID authenticated by one of the
-// keys, and returns it. out is scratch space.
-func (k *idKeys) check(b []byte, out *[aes.BlockSize]byte) (ID, bool) {
-	var id ID
+// keys. out is scratch space.
+func (k *idKeys) check(b []byte, out *[aes.BlockSize]byte) bool {
 	if len(b) != IDLen || b[0] != idVersion {
-		return id, false
+		return false
 	}
 	blk := k.blocks[b[1]]
 	if blk == nil {
-		return id, false
+		return false
 	}
 	blk.Encrypt(out[:], b[2:idTagOff])
 	// One 64-bit comparison: constant time with respect to where the tags differ.
-	if binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) != 0 {
-		return id, false
-	}
-	copy(id[:], b)
-	return id, true
+	return binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) == 0
 }

@@ -249,11 +249,11 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		c.ctr.forgedIDs.Add(1)
 		return r
 	}
-	id, ok := c.keys.Load().check(identity, tmp)
-	if !ok {
+	if !c.keys.Load().check(identity, tmp) {
 		c.ctr.forgedIDs.Add(1)
 		return r
 	}
+	id := ID(identity)
 	var state []byte
 	var sni unique.Handle[string]
 	found := c.get(&id, OriginHandshake, func(e *entry) {
