@@ -321,3 +321,37 @@ func TestRevocationSpreads(t *testing.T) {
 		})
 	}
 }
+
+// TestPeersCutResumedSessions: when a session is resumed on one node, the
+// other nodes cut their copy of it to the grace period too, so every cache
+// holds about one session per active client, not one per connection.
+func TestPeersCutResumedSessions(t *testing.T) {
+	url := redistest.URL(t)
+	ms, _ := startFarm(t, 2, &opts{url: url})
+	var ids []session.ID
+	var mu sync.Mutex
+	ms[0].cache.AddHook(session.EventNew, func(ev session.Event) {
+		mu.Lock()
+		ids = append(ids, ev.ID)
+		mu.Unlock()
+	})
+	ccfg := client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1))
+	tlstest.MustDial(t, ms[0].srv.Addr, ccfg)
+	if !tlstest.MustDial(t, ms[0].srv.Addr, ccfg).DidResume {
+		t.Fatal("did not resume")
+	}
+	mu.Lock()
+	parent, child := ids[0], ids[1]
+	mu.Unlock()
+	eventually(t, 5*time.Second, "n2 has the child session", func() bool {
+		_, ok := ms[1].cache.Lookup(child)
+		return ok
+	})
+	r, ok := ms[1].cache.Lookup(parent)
+	if !ok {
+		t.Fatal("n2 lost the parent")
+	}
+	if left := time.Until(r.Expires); left > session.DefaultResumeGrace {
+		t.Fatalf("n2's copy of the resumed session expires in %v, want within the %v grace", left, session.DefaultResumeGrace)
+	}
+}

@@ -142,6 +142,13 @@ type Record struct {
 
 	// ChainStart is when the full handshake that began the chain happened.
 	ChainStart time.Time
+
+	// Parent is the session this one was resumed from, if known (zero
+	// otherwise). It is not kept in the cache: Insert uses it to cut the
+	// parent to Config.ResumeGrace, as the handshake that resumed it did on
+	// the server where it happened, so that peers too hold about one
+	// session per active client. It is set in EventNew records.
+	Parent ID
 }
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -458,10 +465,17 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if e.expires <= now {
 		return ErrExpired
 	}
-	return c.insert(e, origin, now)
+	if err := c.insert(e, origin, now, r.Parent); err != nil {
+		return err
+	}
+	if r.Parent != (ID{}) && c.cfg.ResumeGrace > 0 {
+		c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
+	}
+	return nil
 }
 
-func (c *Cache) insert(e *entry, origin Origin, now int64) error {
+// insert adds e; parent is reported in the EventNew record.
+func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if c.tomb.revoked(e.chain, now) {
 		c.ctr.revokedInserts.Add(1)
 		return ErrRevoked
@@ -496,6 +510,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64) error {
 		return nil
 	}
 	r := e.record()
+	r.Parent = parent
 	var vr Record
 	if victim != nil {
 		vr = victim.record()

@@ -411,3 +411,26 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("Size = %d, over capacity", st.Size)
 	}
 }
+
+// TestInsertWithParentCutsParent: a peer's session that was resumed from one
+// we hold cuts ours to the grace period, as the resuming server did.
+func TestInsertWithParentCutsParent(t *testing.T) {
+	c := newCache(t, &session.Config{ResumeGrace: 10 * time.Second})
+	parent, child := c.NewID(), c.NewID()
+	c.Insert(parent, record(8, 1, time.Hour), session.OriginPeer)
+	r := record(8, 2, time.Hour)
+	r.Parent = parent
+	if err := c.Insert(child, r, session.OriginPeer); err != nil {
+		t.Fatal(err)
+	}
+	p, ok := c.Lookup(parent)
+	if !ok {
+		t.Fatal("parent gone")
+	}
+	if left := time.Until(p.Expires); left > 10*time.Second || left < 5*time.Second {
+		t.Fatalf("parent expires in %v, want the 10s grace", left)
+	}
+	if ch, _ := c.Lookup(child); time.Until(ch.Expires) < 50*time.Minute {
+		t.Fatal("child was cut too")
+	}
+}

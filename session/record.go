@@ -15,8 +15,8 @@ const recordVersion = 1
 const MaxServerNameLen = 253
 
 // recordHeaderLen is version(1) + expires(8) + chain start(8) + chain(8) +
-// server name length(1) + state length(4).
-const recordHeaderLen = 1 + 8 + 8 + 8 + 1 + 4
+// parent (IDLen) + server name length(1) + state length(4).
+const recordHeaderLen = 1 + 8 + 8 + 8 + IDLen + 1 + 4
 
 // AppendBinary appends the binary form of r to b, for storage or transport
 // by a plugin. The form holds r.State, a master secret: a plugin must
@@ -32,6 +32,7 @@ func (r Record) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Expires.UnixNano()))
 	b = binary.BigEndian.AppendUint64(b, uint64(r.ChainStart.UnixNano()))
 	b = binary.BigEndian.AppendUint64(b, r.Chain)
+	b = append(b, r.Parent[:]...)
 	b = append(b, byte(len(r.ServerName)))
 	b = append(b, r.ServerName...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(r.State)))
@@ -55,8 +56,9 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 	expires := int64(binary.BigEndian.Uint64(data[1:]))
 	start := int64(binary.BigEndian.Uint64(data[9:]))
 	chain := binary.BigEndian.Uint64(data[17:])
-	n := int(data[25])
-	rest := data[26:]
+	parent := ID(data[25 : 25+IDLen])
+	n := int(data[25+IDLen])
+	rest := data[26+IDLen:]
 	if n > MaxServerNameLen || len(rest) < n+4 {
 		return errors.New("session: record server name truncated")
 	}
@@ -73,6 +75,7 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 		Expires:    time.Unix(0, expires),
 		Chain:      chain,
 		ChainStart: time.Unix(0, start),
+		Parent:     parent,
 	}
 	return nil
 }

@@ -8,7 +8,8 @@ import (
 )
 
 func TestRecordBinary(t *testing.T) {
-	r := session.Record{State: []byte{1, 2, 3}, ServerName: "a.example", Expires: time.Unix(100, 7), Chain: 42, ChainStart: time.Unix(50, 0)}
+	r := session.Record{State: []byte{1, 2, 3}, ServerName: "a.example", Expires: time.Unix(100, 7), Chain: 42, ChainStart: time.Unix(50, 0),
+		Parent: session.ID{1, 2, 3}}
 	b, err := r.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -18,7 +19,7 @@ func TestRecordBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(got.State) != string(r.State) || got.ServerName != r.ServerName || !got.Expires.Equal(r.Expires) ||
-		got.Chain != r.Chain || !got.ChainStart.Equal(r.ChainStart) {
+		got.Chain != r.Chain || !got.ChainStart.Equal(r.ChainStart) || got.Parent != r.Parent {
 		t.Fatalf("round trip = %+v, want %+v", got, r)
 	}
 	for _, bad := range [][]byte{nil, b[:10], b[:len(b)-1], append(b, 0), append([]byte{9}, b[1:]...)} {

@@ -108,7 +108,7 @@ func (c *Cache) Configure(cfg *tls.Config) {
 // the ticket it returns resumes nothing and a full handshake follows.
 func (c *Cache) WrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
 	now := c.nowNano()
-	return c.issue(cs, ss, nil, 0, now, now), nil
+	return c.issue(cs, ss, nil, 0, now, now, ID{}), nil
 }
 
 // UnwrapSession is a tls.Config.UnwrapSession that looks the presented
@@ -187,9 +187,11 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 	c := h.c
 	now := c.nowNano()
 	chain, start := uint64(0), now
+	var parent ID
 	if cs.DidResume && h.last.ss != nil {
 		chain, start = h.last.chain, h.last.chainStart
 		if !h.last.ticket {
+			parent = h.last.id
 			if c.cfg.ResumeGrace > 0 {
 				c.shorten(&h.last.id, now+int64(c.cfg.ResumeGrace))
 			}
@@ -198,12 +200,12 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 			}
 		}
 	}
-	return c.issue(cs, ss, h.src, chain, start, now), nil
+	return c.issue(cs, ss, h.src, chain, start, now, parent), nil
 }
 
 // issue returns the ticket for ss: a stateless ticket in Stateless mode (when
 // a config to encrypt with is known), otherwise the ID of a new cache entry.
-func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, chain uint64, start, now int64) []byte {
+func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, chain uint64, start, now int64, parent ID) []byte {
 	if chain == 0 {
 		chain = newChain()
 	}
@@ -231,7 +233,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
 		chainStart: start,
 	}
-	c.insert(e, OriginHandshake, now) // a revoked chain is refused: the ticket then resumes nothing
+	c.insert(e, OriginHandshake, now, parent) // a revoked chain is refused: the ticket then resumes nothing
 	return id[:]
 }
 

@@ -138,6 +138,9 @@ func TestChainLinksResumedTickets(t *testing.T) {
 			if second.ID == first.ID {
 				t.Fatal("resumption re-issued the same ID")
 			}
+			if second.Record.Parent != first.ID || first.Record.Parent != (session.ID{}) {
+				t.Fatalf("parents: first %v, second %v; want none and the first", first.Record.Parent, second.Record.Parent)
+			}
 			// The resumed session was cut to the grace period.
 			r, ok := s.cache.Lookup(first.ID)
 			if !ok {
