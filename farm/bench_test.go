@@ -174,7 +174,7 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 	for _, tv := range versions {
 		for _, kind := range []string{"full", "resumed"} {
 			for _, s := range setups {
-				b.Run(tv.name+"/"+kind+"/"+s.name, func(b *testing.B) {
+				b.Run("tls="+tv.name+"/kind="+kind+"/plugin="+s.name, func(b *testing.B) {
 					var cache *session.Cache
 					if s.farm {
 						cache, _ = benchNode(b, url, redistest.Farm(b), farm.NewSecret(1), s.tweak)

@@ -172,7 +172,7 @@ func BenchmarkCache(b *testing.B) {
 func BenchmarkHooks(b *testing.B) {
 	state := realState(b, tls.VersionTLS13)
 	for _, hooks := range []int{0, 1} {
-		b.Run(fmt.Sprintf("InsertGet/hooks=%d", hooks), func(b *testing.B) {
+		b.Run(fmt.Sprintf("op=InsertGet/hooks=%d", hooks), func(b *testing.B) {
 			c := newCache(b, &session.Config{SweepInterval: -1})
 			var seen int
 			for range hooks {
@@ -224,7 +224,7 @@ func BenchmarkHandshake(b *testing.B) {
 	for _, tv := range versions {
 		for _, kind := range []string{"full", "resumed"} {
 			for _, s := range setups {
-				b.Run(tv.name+"/"+kind+"/"+s.name, func(b *testing.B) {
+				b.Run("tls="+tv.name+"/kind="+kind+"/impl="+s.name, func(b *testing.B) {
 					srv, done := s.make()
 					var cache tls.ClientSessionCache
 					if kind == "resumed" {
