@@ -313,3 +313,20 @@ var benchN = func() int {
 	}
 	return 1 << 16
 }()
+
+// BenchmarkPerHandshakeConfig measures what Configure adds to every
+// handshake to link its two crypto/tls calls: one GetConfigForClient call
+// that clones the config and binds two closures.
+func BenchmarkPerHandshakeConfig(b *testing.B) {
+	cert, _ := tlstest.SharedCert()
+	c := newCache(b, &session.Config{SweepInterval: -1})
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+	c.Configure(cfg)
+	hello := &tls.ClientHelloInfo{ServerName: "localhost"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := cfg.GetConfigForClient(hello); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
