@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"time"
 	"unique"
@@ -195,7 +196,7 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 			if c.cfg.ResumeGrace > 0 {
 				c.shorten(&h.last.id, now+int64(c.cfg.ResumeGrace))
 			}
-			if c.cfg.SingleUse && h.conn != nil {
+			if c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
 				c.pending.Store(h.conn, pendingRetire{id: h.last.id, at: now})
 			}
 		}
