@@ -1,0 +1,144 @@
+// Package admin is tlsfarm's admin HTTP API, served on a listener of its own
+// (loopback by default):
+//
+//	GET    /metrics          Prometheus metrics: handshakes, cache, farm, ticket keys, upstreams
+//	GET    /healthz          liveness, with detail (JSON): listeners, farm connection, keys
+//	GET    /readyz           readiness for a load balancer: 200 or 503
+//	GET    /sessions         the session cache's counters (JSON)
+//	DELETE /sessions/{id}    revoke a session (and its resumption chain), farm-wide
+//
+// Anything that changes state needs the bearer token (Authorization: Bearer
+// TOKEN), compared in constant time; with no token configured, such requests
+// are refused. Reading needs no token: bind the listener to loopback or a
+// management network.
+//
+// Readiness follows the listeners only. A farm outage degrades every node at
+// once (each keeps serving from its local cache); failing /readyz for it
+// would pull the whole farm out of its load balancer. It shows in /healthz
+// and in the metrics instead, unless Config.Strict asks for it to fail
+// /readyz too.
+package admin
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// DefaultRevokeTimeout bounds a farm-wide revocation.
+const DefaultRevokeTimeout = 5 * time.Second
+
+// A Config configures the admin API. Cache is required; every other field
+// may be left zero, which leaves out what it feeds.
+type Config struct {
+	// NodeName names the node in /healthz.
+	NodeName string
+
+	// Cache is the node's session cache.
+	Cache *session.Cache
+
+	// Node is the node's farm membership; nil when it serves alone.
+	// DELETE /sessions/{id} revokes through it, farm-wide.
+	Node *farm.Node
+
+	// Ring holds the node's ticket keys: their epoch and age are reported.
+	Ring *ticket.Ring
+
+	// Rotation, if set, returns the farm-wide key rotation's counters.
+	Rotation func() farm.RotationStats
+
+	// Proxy, if set, returns the TLS terminator's counters.
+	Proxy func() ProxyStats
+
+	// Ready reports whether the listeners are up: nil means ready. If nil,
+	// the node is always ready.
+	Ready func() error
+
+	// Strict makes /readyz fail while the farm transport is down.
+	Strict bool
+
+	// Token returns the bearer token that state changes need (it may change
+	// on a reload). If it is nil or returns "", state changes are refused.
+	Token func() string
+
+	// RevokeTimeout bounds DELETE /sessions/{id} (default
+	// DefaultRevokeTimeout).
+	RevokeTimeout time.Duration
+
+	// Collectors are registered with the metrics registry as well.
+	Collectors []prometheus.Collector
+
+	// Logger receives a line for each revocation (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// ProxyStats are the TLS terminator's counters, as the metrics report them.
+type ProxyStats struct {
+	Handshakes        []Handshakes      // completed, by version and full or resumed
+	HandshakeFailures map[string]uint64 // by reason, such as "timeout"
+	Accepted          uint64            // connections accepted
+	Open              int               // connections open now
+	UpstreamRequests  uint64            // requests sent to HTTP upstreams
+	UpstreamErrors    uint64            // requests and streams an upstream could not take
+	Reloads           uint64            // configuration reloads applied
+	ReloadFailures    uint64            // reloads rejected
+}
+
+// Handshakes counts the completed handshakes of one TLS version.
+type Handshakes struct {
+	Version string // "TLS 1.3"
+	Resumed bool
+	Count   uint64
+}
+
+// A Handler serves the admin API.
+type Handler struct {
+	cfg Config
+	mux *http.ServeMux
+	reg *prometheus.Registry
+}
+
+// New returns the admin API for cfg.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Cache == nil {
+		return nil, errors.New("admin: Config.Cache is required")
+	}
+	if cfg.RevokeTimeout <= 0 {
+		cfg.RevokeTimeout = DefaultRevokeTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
+	cs := append([]prometheus.Collector{
+		newCollector(&h.cfg),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	}, cfg.Collectors...)
+	for _, c := range cs {
+		if err := h.reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{}))
+	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.mux.HandleFunc("GET /sessions", h.sessions)
+	h.mux.HandleFunc("DELETE /sessions/{id}", h.authorized(h.revoke))
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	h.mux.ServeHTTP(w, r)
+}

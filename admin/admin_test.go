@@ -1,0 +1,226 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+const token = "0123456789abcdef-test-token"
+
+func newHandler(t *testing.T, edit func(*Config)) (*httptest.Server, *session.Cache) {
+	t.Helper()
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{NodeName: "n1", Cache: cache, Ring: ring, Token: func() string { return token }}
+	if edit != nil {
+		edit(&cfg)
+	}
+	h, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, cache
+}
+
+func do(t *testing.T, method, url, bearer string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// insert puts a session in the cache and returns its ID.
+func insert(t *testing.T, cache *session.Cache) session.ID {
+	t.Helper()
+	id := cache.NewID()
+	if err := cache.Insert(id, session.Record{State: []byte("state"), Expires: time.Now().Add(time.Hour)}, session.OriginAPI); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestMetrics(t *testing.T) {
+	srv, cache := newHandler(t, func(c *Config) {
+		c.Proxy = func() ProxyStats {
+			return ProxyStats{
+				Handshakes:        []Handshakes{{Version: "TLS 1.3", Count: 3}, {Version: "TLS 1.3", Resumed: true, Count: 2}},
+				HandshakeFailures: map[string]uint64{"timeout": 1},
+				UpstreamErrors:    4,
+			}
+		}
+	})
+	insert(t, cache)
+	code, body := do(t, "GET", srv.URL+"/metrics", "")
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	for _, want := range []string{
+		`tlsfarm_handshakes_total{kind="full",version="TLS 1.3"} 3`,
+		`tlsfarm_handshakes_total{kind="resumed",version="TLS 1.3"} 2`,
+		`tlsfarm_handshake_failures_total{reason="timeout"} 1`,
+		`tlsfarm_upstream_errors_total 4`,
+		`tlsfarm_cache_sessions 1`,
+		`tlsfarm_cache_inserts_total 1`,
+		`tlsfarm_ticket_key_epoch 0`,
+		`tlsfarm_ticket_keys 2`,
+		`tlsfarm_listeners_ready 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(body, "tlsfarm_farm_") {
+		t.Error("farm metrics without a farm")
+	}
+}
+
+func TestRevoke(t *testing.T) {
+	srv, cache := newHandler(t, nil)
+	id := insert(t, cache)
+	url := srv.URL + "/sessions/" + id.String()
+
+	if code, _ := do(t, "DELETE", url, ""); code != http.StatusUnauthorized {
+		t.Errorf("without a token: %d", code)
+	}
+	if code, _ := do(t, "DELETE", url, token+"x"); code != http.StatusUnauthorized {
+		t.Errorf("with a wrong token: %d", code)
+	}
+	if code, _ := do(t, "DELETE", srv.URL+"/sessions/zz", token); code != http.StatusBadRequest {
+		t.Errorf("malformed ID: %d", code)
+	}
+	forged := id
+	forged[25] ^= 1
+	if code, _ := do(t, "DELETE", srv.URL+"/sessions/"+forged.String(), token); code != http.StatusNotFound {
+		t.Errorf("forged ID: %d", code)
+	}
+	if code, _ := do(t, "DELETE", srv.URL+"/sessions/"+cache.NewID().String(), token); code != http.StatusNotFound {
+		t.Errorf("unknown ID: %d", code)
+	}
+	code, body := do(t, "DELETE", url, token)
+	if code != http.StatusOK || !strings.Contains(body, `"revoked": true`) {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	if _, ok := cache.Lookup(id); ok {
+		t.Error("session still cached")
+	}
+	if code, _ := do(t, "DELETE", url, token); code != http.StatusNotFound {
+		t.Errorf("second revoke: %d", code)
+	}
+	if code, _ := do(t, "GET", url, token); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET on a session: %d", code)
+	}
+}
+
+func TestRevokeRefusedWithoutToken(t *testing.T) {
+	srv, cache := newHandler(t, func(c *Config) { c.Token = func() string { return "" } })
+	id := insert(t, cache)
+	code, body := do(t, "DELETE", srv.URL+"/sessions/"+id.String(), "")
+	if code != http.StatusForbidden || !strings.Contains(body, "no admin token") {
+		t.Errorf("%d %s", code, body)
+	}
+	if _, ok := cache.Lookup(id); !ok {
+		t.Error("session removed")
+	}
+}
+
+func TestSessions(t *testing.T) {
+	srv, cache := newHandler(t, nil)
+	insert(t, cache)
+	code, body := do(t, "GET", srv.URL+"/sessions", "")
+	var got SessionsResponse
+	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
+		t.Fatalf("%d %v %s", code, err, body)
+	}
+	if got.Cache.Size != 1 || got.Cache.Inserts != 1 || got.Farm {
+		t.Errorf("sessions = %+v", got)
+	}
+}
+
+// downBus is a farm transport that never connects.
+type downBus struct{}
+
+func (downBus) Publish(context.Context, ...[]byte) error { return errors.New("down") }
+func (downBus) Subscribe(ctx context.Context, _ func([]byte), state func(bool, error)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestReadinessIgnoresFarmOutageUnlessStrict checks that a farm outage makes
+// the node degraded but ready, and not ready only in strict mode.
+func TestReadinessIgnoresFarmOutageUnlessStrict(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		srv, _ := newHandler(t, func(c *Config) {
+			c.Strict = strict
+			n, err := farm.Join(t.Context(), farm.Config{Farm: "t", Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: downBus{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { n.Close() })
+			c.Node = n
+		})
+		code, body := do(t, "GET", srv.URL+"/healthz", "")
+		var h Health
+		json.Unmarshal([]byte(body), &h)
+		if code != 200 || h.Status != "degraded" || h.Farm == nil || h.Farm.Connected || h.Farm.Strict != strict {
+			t.Errorf("strict=%v: healthz %d %s", strict, code, body)
+		}
+		code, body = do(t, "GET", srv.URL+"/readyz", "")
+		if want := map[bool]int{false: 200, true: 503}[strict]; code != want {
+			t.Errorf("strict=%v: readyz %d %s, want %d", strict, code, body, want)
+		}
+		_, metrics := do(t, "GET", srv.URL+"/metrics", "")
+		if !strings.Contains(metrics, "tlsfarm_farm_connected 0") || !strings.Contains(metrics, "tlsfarm_farm_lag_seconds_count 0") {
+			t.Errorf("strict=%v: farm metrics missing", strict)
+		}
+	}
+}
+
+func TestNotReadyWhenListenersAreDown(t *testing.T) {
+	srv, _ := newHandler(t, func(c *Config) { c.Ready = func() error { return errors.New("shutting down") } })
+	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != 503 || !strings.Contains(body, "shutting down") {
+		t.Errorf("readyz %d %s", code, body)
+	}
+	if code, body := do(t, "GET", srv.URL+"/healthz", ""); code != 503 || !strings.Contains(body, `"unavailable"`) {
+		t.Errorf("healthz %d %s", code, body)
+	}
+}
+
+func TestTokenEqual(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{{"abc", "abc", true}, {"abc", "abd", false}, {"abc", "abcd", false}, {"", "", true}} {
+		if got := tokenEqual(tt.a, tt.b); got != tt.want {
+			t.Errorf("tokenEqual(%q, %q) = %v", tt.a, tt.b, got)
+		}
+	}
+}

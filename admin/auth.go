@@ -1,0 +1,37 @@
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+)
+
+// authorized wraps a handler that changes state: it runs only for a request
+// that carries the bearer token.
+func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var want string
+		if h.cfg.Token != nil {
+			want = h.cfg.Token()
+		}
+		if want == "" {
+			writeError(w, http.StatusForbidden, "no admin token is configured (admin.token or admin.token_file), so state changes are refused")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !tokenEqual(got, want) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tlsfarm admin"`)
+			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+			return
+		}
+		next(w, r)
+	}
+}
+
+// tokenEqual compares two tokens in time that depends on neither: the
+// hashes hide the lengths from the constant-time comparison.
+func tokenEqual(a, b string) bool {
+	x, y := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(x[:], y[:]) == 1
+}

@@ -1,0 +1,106 @@
+package admin
+
+import (
+	"net/http"
+	"time"
+)
+
+// Health is the answer of GET /healthz.
+type Health struct {
+	// Status is "ok", "degraded" (serving, but the farm transport is
+	// down), or "unavailable" (the listeners are not serving).
+	Status    string         `json:"status"`
+	Node      string         `json:"node,omitempty"`
+	Listeners ListenerHealth `json:"listeners"`
+	Sessions  int            `json:"sessions"`
+	Farm      *FarmHealth    `json:"farm,omitempty"`
+	Keys      *KeyHealth     `json:"ticket_keys,omitempty"`
+}
+
+// ListenerHealth says whether the listeners serve.
+type ListenerHealth struct {
+	Ready bool   `json:"ready"`
+	Error string `json:"error,omitempty"`
+}
+
+// FarmHealth is the state of the node's farm membership.
+type FarmHealth struct {
+	Connected     bool   `json:"connected"`
+	Strict        bool   `json:"strict"`
+	Connects      uint64 `json:"connects"`
+	Queued        int    `json:"queued"`
+	Dropped       uint64 `json:"dropped"`
+	PublishErrors uint64 `json:"publish_errors"`
+	StoreErrors   uint64 `json:"store_errors"`
+}
+
+// KeyHealth describes the ticket keys in use.
+type KeyHealth struct {
+	Epoch       uint64  `json:"epoch"`
+	Current     string  `json:"current"` // a fingerprint, never the key
+	AgeSeconds  float64 `json:"age_seconds"`
+	Keys        int     `json:"keys"`
+	FarmWide    bool    `json:"farm_wide"`
+	LeaseHolder bool    `json:"lease_holder"`
+}
+
+func (h *Handler) health() Health {
+	out := Health{Status: "ok", Node: h.cfg.NodeName, Sessions: h.cfg.Cache.Len()}
+	out.Listeners.Ready = true
+	if h.cfg.Ready != nil {
+		if err := h.cfg.Ready(); err != nil {
+			out.Listeners = ListenerHealth{Error: err.Error()}
+			out.Status = "unavailable"
+		}
+	}
+	if n := h.cfg.Node; n != nil {
+		st := n.Stats()
+		out.Farm = &FarmHealth{
+			Connected: st.Connected, Strict: h.cfg.Strict, Connects: st.Connects,
+			Queued: st.Queued, Dropped: st.Dropped, PublishErrors: st.PublishErrors,
+			StoreErrors: st.StoreWriteErrors + st.StoreErrors,
+		}
+		if !st.Connected && out.Status == "ok" {
+			out.Status = "degraded"
+		}
+	}
+	if r := h.cfg.Ring; r != nil {
+		st := r.Status()
+		out.Keys = &KeyHealth{Epoch: st.Epoch, Current: st.Current, AgeSeconds: time.Since(st.Rotated).Seconds(), Keys: st.Keys}
+		if h.cfg.Rotation != nil {
+			out.Keys.FarmWide = true
+			out.Keys.LeaseHolder = h.cfg.Rotation().LeaseHolder
+		}
+	}
+	return out
+}
+
+// healthz answers 200 while the listeners serve, with the detail as JSON; a
+// farm outage shows as status "degraded" but is not a failure.
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	hl := h.health()
+	status := http.StatusOK
+	if !hl.Listeners.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, hl)
+}
+
+// readyz answers 200 "ready" while the listeners serve and, in strict mode,
+// the farm transport is up; 503 with the reason otherwise.
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if h.cfg.Ready != nil {
+		if err := h.cfg.Ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("not ready: " + err.Error() + "\n"))
+			return
+		}
+	}
+	if h.cfg.Strict && h.cfg.Node != nil && !h.cfg.Node.Stats().Connected {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte("not ready: the farm transport is down (strict mode)\n"))
+		return
+	}
+	w.Write([]byte("ready\n"))
+}

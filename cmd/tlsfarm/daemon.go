@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/admin"
+	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/proxy"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// A daemon is one running tlsfarm serve: the parts, wired.
+type daemon struct {
+	started *config.Config // the restart-only settings in force
+	cfg     atomic.Pointer[config.Config]
+	log     *slog.Logger
+	level   *slog.LevelVar
+
+	cache     *session.Cache
+	ring      *ticket.Ring
+	node      *farm.Node
+	transport io.Closer
+	rotator   *farm.Rotator
+	cancel    context.CancelFunc // stops local key rotation and farm watching
+
+	proxy      *proxy.Server
+	selfSigned *tls.Certificate // served by listeners with no certificate
+	admin      *http.Server
+
+	reloads, reloadFailures atomic.Uint64
+}
+
+// start builds and starts every part of the daemon. ctx bounds only the
+// start itself (a strict wait for the farm).
+func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (_ *daemon, err error) {
+	d := &daemon{started: cfg, log: log, level: level}
+	d.cfg.Store(cfg)
+	bg, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+
+	mode, _ := session.ParseMode(cfg.Cache.Mode)
+	d.cache, err = session.New(&session.Config{
+		Capacity:                cfg.Cache.Size,
+		Buckets:                 cfg.Cache.Buckets,
+		Lifetime:                cfg.Cache.Lifetime,
+		MaxChainLifetime:        cfg.Cache.MaxChainLifetime,
+		Mode:                    mode,
+		AllowServerNameMismatch: !cfg.Cache.SNIBinding,
+		SingleUse:               cfg.Cache.SingleUse,
+		Logger:                  log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.ring, err = ticket.NewRing(ticket.RingConfig{Keep: cfg.Tickets.Keep, Interval: cfg.Tickets.RotationInterval, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Farm.URL != "" {
+		if err := d.joinFarm(ctx, bg, cfg); err != nil {
+			return nil, err
+		}
+	} else {
+		go d.ring.Run(bg)
+	}
+
+	pc, err := d.proxyConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if d.proxy, err = proxy.New(pc); err != nil {
+		return nil, err
+	}
+	if err := d.proxy.Start(); err != nil {
+		return nil, err
+	}
+	adminAddr, err := d.startAdmin(cfg)
+	if err != nil {
+		d.proxy.Shutdown(context.Background())
+		return nil, err
+	}
+	if d.selfSigned != nil {
+		log.Warn("no certificate configured: serving a self-signed certificate for localhost",
+			"sha256", proxy.Fingerprint(d.selfSigned), "not_after", d.selfSigned.Leaf.NotAfter.Format("2006-01-02"))
+	}
+	if cfg.Debug.ExposeSessionID {
+		log.Warn("debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
+	}
+	farmName := "none"
+	if cfg.Farm.URL != "" {
+		farmName = cfg.Farm.Name
+	}
+	log.Info("tlsfarm ready", "node", cfg.Node, "listeners", d.proxy.Addrs(), "admin", adminAddr,
+		"cache_mode", cfg.Cache.Mode, "farm", farmName, "farm_transport", transportName(cfg.Farm.URL))
+	return d, nil
+}
+
+// startAdmin starts the admin listener and returns its address ("off" if
+// disabled).
+func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
+	if cfg.Admin.Address == "off" {
+		return "off", nil
+	}
+	ac := admin.Config{
+		NodeName: cfg.Node,
+		Cache:    d.cache,
+		Ring:     d.ring,
+		Ready:    d.proxy.Ready,
+		Strict:   cfg.Farm.Strict,
+		Token:    func() string { return d.cfg.Load().Admin.BearerToken },
+		Proxy:    d.proxyStats,
+		Logger:   d.log,
+	}
+	if d.node != nil {
+		ac.Node = d.node
+	}
+	if d.rotator != nil {
+		ac.Rotation = d.rotator.Stats
+	}
+	h, err := admin.New(ac)
+	if err != nil {
+		return "", err
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Address)
+	if err != nil {
+		return "", fmt.Errorf("admin.address: %w", err)
+	}
+	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+	go d.admin.Serve(ln)
+	return ln.Addr().String(), nil
+}
+
+// proxyStats converts the terminator's counters for the admin API.
+func (d *daemon) proxyStats() admin.ProxyStats {
+	s := d.proxy.Stats()
+	out := admin.ProxyStats{
+		HandshakeFailures: map[string]uint64{
+			"timeout": s.HandshakeTimeouts, "tls": s.HandshakeErrors, "proxy_header": s.ProxyHeaderFailures,
+		},
+		Accepted:         s.Accepted,
+		Open:             s.Open,
+		UpstreamRequests: s.UpstreamHTTPRequests,
+		UpstreamErrors:   s.UpstreamErrors,
+		Reloads:          d.reloads.Load(),
+		ReloadFailures:   d.reloadFailures.Load(),
+	}
+	for _, h := range s.Handshakes {
+		out.Handshakes = append(out.Handshakes, admin.Handshakes{Version: tls.VersionName(h.Version), Resumed: h.Resumed, Count: h.Count})
+	}
+	return out
+}
+
+// stop drains the listeners (up to the drain timeout), then stops the
+// rest.
+func (d *daemon) stop() {
+	drain := d.cfg.Load().Limits.DrainTimeout
+	d.log.Info("draining connections", "drain_timeout", drain.String())
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	err := d.proxy.Shutdown(ctx)
+	cancel()
+	if errors.Is(err, context.DeadlineExceeded) {
+		d.log.Warn("drain timeout reached; closed the connections still open")
+	}
+	d.close()
+	d.log.Info("stopped")
+}
+
+// close stops everything but the proxy, in reverse order of start.
+func (d *daemon) close() {
+	if d.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		d.admin.Shutdown(ctx)
+		cancel()
+	}
+	if d.rotator != nil {
+		d.rotator.Close()
+	}
+	d.cancel()
+	if d.node != nil {
+		d.node.Close()
+	}
+	if d.transport != nil {
+		d.transport.Close()
+	}
+	if d.cache != nil {
+		d.cache.Close()
+	}
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// degradedAfter is how long the daemon gives the farm transport at start
+// before it says, once, that it serves degraded.
+const degradedAfter = 2 * time.Second
+
+// joinFarm opens the farm transport, joins the farm and starts ticket key
+// rotation: farm-wide through the store where the transport has one,
+// locally otherwise. In strict mode it waits, within ctx, until the
+// transport is up.
+func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
+	bus, store, closer, err := openTransport(cfg.Farm.URL, cfg.Farm.Name)
+	if err != nil {
+		return fmt.Errorf("farm.url: %v", err)
+	}
+	d.transport = closer
+	mode, _ := farm.ParseMode(cfg.Farm.Mode)
+	d.node, err = farm.Join(bg, farm.Config{
+		Farm:          cfg.Farm.Name,
+		Node:          cfg.Node,
+		Secrets:       cfg.Farm.Secrets,
+		Cache:         d.cache,
+		Bus:           bus,
+		Store:         store,
+		Mode:          mode,
+		WriteThrough:  cfg.Farm.WriteThrough,
+		LookupTimeout: cfg.Farm.LookupDeadline,
+		Logger:        d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("farm: %v", err)
+	}
+	if store != nil {
+		d.rotator, err = d.node.RotateTicketKeys(bg, farm.RotationConfig{
+			Ring: d.ring, Interval: cfg.Tickets.RotationInterval, Keep: cfg.Tickets.Keep,
+		})
+		if err != nil {
+			return fmt.Errorf("tickets: %v", err)
+		}
+	} else {
+		go d.ring.Run(bg)
+		if cfg.Cache.Mode != "stateful" {
+			d.log.Warn("the farm transport has no store, so ticket keys are this node's own: stateless tickets resume only on the node that issued them",
+				"farm_transport", transportName(cfg.Farm.URL))
+		}
+	}
+	if cfg.Farm.Strict {
+		return waitConnected(ctx, d.node, cfg.Farm.ConnectTimeout)
+	}
+	go d.watchStart(bg)
+	return nil
+}
+
+// waitConnected waits until the node is subscribed to the farm's bus.
+func waitConnected(ctx context.Context, n *farm.Node, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !n.Stats().Connected {
+		select {
+		case <-ctx.Done():
+			if ctx.Err() == context.DeadlineExceeded {
+				return fmt.Errorf("farm.url: the farm transport is unreachable after %v, and farm.strict refuses to start without it", timeout)
+			}
+			return fmt.Errorf("start cancelled while waiting for the farm transport")
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// watchStart says once, if the transport is not up soon after start, that
+// the node serves degraded. The farm package logs when it connects.
+func (d *daemon) watchStart(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(degradedAfter):
+	}
+	if !d.node.Stats().Connected {
+		d.log.Warn("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back",
+			"farm", d.started.Farm.Name, "farm_transport", transportName(d.started.Farm.URL))
+	}
+}

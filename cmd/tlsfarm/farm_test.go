@@ -1,0 +1,162 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// farmFiles writes a farm secret and a certificate for localhost that every
+// node of a test farm shares.
+func farmFiles(t *testing.T) (secret, cert, key string, leaf *x509.Certificate) {
+	t.Helper()
+	dir := t.TempDir()
+	secret = filepath.Join(dir, "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(0)); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, leaf = writeCert(t, dir, "shared", "localhost")
+	return secret, cert, key, leaf
+}
+
+// farmState returns the farm part of /healthz.
+func farmState(t *testing.T, p *proc) (status string, connected bool) {
+	t.Helper()
+	_, body := adminDo(t, p, "GET", "/healthz", "")
+	var h struct {
+		Status string
+		Farm   *struct{ Connected bool }
+	}
+	if err := json.Unmarshal([]byte(body), &h); err != nil || h.Farm == nil {
+		t.Fatalf("healthz without farm detail: %s", body)
+	}
+	return h.Status, h.Farm.Connected
+}
+
+// TestStartsDegradedThenJoinsWhenRedisComesUp starts a node while its Redis
+// is down: it serves at once, says once that it is degraded, stays ready,
+// and joins the farm when Redis comes up.
+func TestStartsDegradedThenJoinsWhenRedisComesUp(t *testing.T) {
+	t.Parallel()
+	redis := redistest.Start(t)
+	redis.Kill()
+	secret, cert, key, leaf := farmFiles(t)
+	p := serveProc(t, []string{"-cert", cert, "-key", key, "-farm", redis.URL(), "-farm-secret", secret, "-farm-name", redistest.Farm(t)})
+
+	client := clientFor("localhost", leaf)
+	if f := getFacts(t, p.Listeners[0], client); f.TLSVersion == "" {
+		t.Fatalf("no answer while the farm is down: %+v", f)
+	}
+	if status, connected := farmState(t, p); status != "degraded" || connected {
+		t.Errorf("healthz while Redis is down: %s, connected %v", status, connected)
+	}
+	if code, body := adminDo(t, p, "GET", "/readyz", ""); code != 200 {
+		t.Errorf("readyz while Redis is down: %d %s", code, body)
+	}
+	p.waitLog("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back", 10*time.Second)
+
+	redis.Restart()
+	waitUntil(t, 15*time.Second, func() bool { _, c := farmState(t, p); return c }, "the node did not join the farm after Redis came up")
+	if status, _ := farmState(t, p); status != "ok" {
+		t.Errorf("healthz after joining: %s", status)
+	}
+	getFacts(t, p.Listeners[0], clientFor("localhost", leaf)) // a client with a cache is issued a ticket
+	waitUntil(t, 10*time.Second, func() bool { return metric(t, p, `tlsfarm_farm_published_total{kind="session"}`) >= 1 },
+		"no session published after joining")
+	if n := p.countLog("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back"); n != 1 {
+		t.Errorf("the outage was logged %d times, want once", n)
+	}
+	p.stop()
+}
+
+// TestThreeNodesShareSessionsOverRedis runs a farm of three daemons on one
+// Redis: a session made on any node resumes on the others.
+func TestThreeNodesShareSessionsOverRedis(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, cert, key, leaf := farmFiles(t)
+	name := redistest.Farm(t)
+	var nodes []*proc
+	names := []string{"node-a", "node-b", "node-c"}
+	for _, n := range names {
+		nodes = append(nodes, serveProc(t, []string{"-node", n, "-cert", cert, "-key", key, "-farm", url, "-farm-secret", secret, "-farm-name", name,
+			"-debug-expose-session-id"}, "TLSFARM_ADMIN_TOKEN="+farmToken))
+	}
+	for _, p := range nodes {
+		waitUntil(t, 10*time.Second, func() bool { _, c := farmState(t, p); return c }, "a node did not connect to the farm")
+	}
+	client := clientFor("localhost", leaf)
+	for i, from := range nodes {
+		to := nodes[(i+1)%len(nodes)]
+		f := getFacts(t, from.Listeners[0], client) // a full handshake or a resumption: either way a new session
+		if f.Node != names[i] {
+			t.Fatalf("reached %s, want %s", f.Node, names[i])
+		}
+		resumed := false
+		for try := 0; try < 50 && !resumed; try++ {
+			time.Sleep(20 * time.Millisecond) // broadcast takes about a millisecond
+			g := getFacts(t, to.Listeners[0], clientWithSessionOf(client))
+			resumed = g.Resumed && g.Node == names[(i+1)%len(nodes)]
+		}
+		if !resumed {
+			t.Errorf("a session from %s did not resume on %s", f.Node, to.Listeners[0])
+		}
+	}
+	if got := metric(t, nodes[1], `tlsfarm_farm_received_total{kind="session"}`); got < 1 {
+		t.Errorf("node-b received %v sessions", got)
+	}
+
+	// A session revoked on node-c stops resuming on node-b.
+	fresh := clientFor("localhost", leaf)
+	f := getFacts(t, nodes[0].Listeners[0], fresh)
+	waitUntil(t, 5*time.Second, func() bool { return getFacts(t, nodes[1].Listeners[0], clientWithSessionOf(fresh)).Resumed },
+		"the session to revoke never resumed on node-b")
+	if code, body := adminDo(t, nodes[2], "DELETE", "/sessions/"+f.SessionID, farmToken); code != 200 || !strings.Contains(body, `"farm": true`) {
+		t.Fatalf("DELETE on node-c: %d %s", code, body)
+	}
+	waitUntil(t, 5*time.Second, func() bool { return !getFacts(t, nodes[1].Listeners[0], clientWithSessionOf(fresh)).Resumed },
+		"a session revoked on node-c still resumes on node-b")
+	for _, p := range nodes {
+		p.stop()
+	}
+}
+
+const farmToken = "farm-test-admin-token-0123456789"
+
+// clientWithSessionOf returns a config that offers c's cached session
+// without changing c's cache, so that retries all offer the same session.
+func clientWithSessionOf(c *tls.Config) *tls.Config {
+	cs, _ := c.ClientSessionCache.Get(c.ServerName)
+	x := c.Clone()
+	x.ClientSessionCache = &oneSession{cs: cs}
+	return x
+}
+
+// oneSession is a client session cache that always offers one session.
+type oneSession struct{ cs *tls.ClientSessionState }
+
+func (o *oneSession) Get(string) (*tls.ClientSessionState, bool) { return o.cs, o.cs != nil }
+func (o *oneSession) Put(string, *tls.ClientSessionState)        {}
+
+func TestStrictModeRefusesToStartWithoutTheFarm(t *testing.T) {
+	t.Parallel()
+	redis := redistest.Start(t)
+	redis.Kill()
+	secret, _, _, _ := farmFiles(t)
+	t0 := time.Now()
+	code, _, stderr := runCmd(t, []string{"serve", "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0",
+		"-farm", redis.URL(), "-farm-secret", secret, "-strict", "-farm-connect-timeout", "1s"})
+	if code == 0 || !strings.Contains(stderr, "farm.strict refuses to start") {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Errorf("took %v to give up", took)
+	}
+}

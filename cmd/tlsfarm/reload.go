@@ -1,0 +1,40 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/tlsfarm/tlsfarm/config"
+)
+
+// reload loads the configuration again and applies what can change while
+// running. An invalid configuration is rejected whole and the running one
+// stays; restart-only settings that changed are named and keep their
+// values until a restart.
+func (d *daemon) reload(load func() (*config.Config, error)) {
+	nc, err := load()
+	if err != nil {
+		d.reloadFailures.Add(1)
+		d.log.Error("reload rejected; the running configuration is unchanged", "err", err.Error())
+		return
+	}
+	pc, err := d.proxyConfig(nc)
+	if err == nil {
+		err = d.proxy.Reload(pc)
+	}
+	if err != nil {
+		d.reloadFailures.Add(1)
+		d.log.Error("reload rejected; the running configuration is unchanged", "err", err.Error())
+		return
+	}
+	if lvl, err := config.ParseLevel(nc.Log.Level); err == nil {
+		d.level.Set(lvl)
+	}
+	d.cfg.Store(nc)
+	d.reloads.Add(1)
+	if restart := config.RestartOnly(d.started, nc); len(restart) > 0 {
+		d.log.Warn("reload applied, except settings that need a restart: they keep their running values until tlsfarm restarts",
+			"restart_needed", strings.Join(restart, ", "))
+		return
+	}
+	d.log.Info("reload applied")
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tlsfarm/tlsfarm/config"
+)
+
+// serve runs the daemon until SIGTERM or SIGINT, reloading on SIGHUP.
+func serve(args []string, stderr io.Writer) int {
+	cfg, code := load("tlsfarm serve", args, stderr)
+	if cfg == nil {
+		return code
+	}
+	level := new(slog.LevelVar)
+	lvl, _ := config.ParseLevel(cfg.Log.Level)
+	level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.Log.Format == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
+	slog.SetDefault(log)
+
+	// Signals are caught from the start: SIGHUP waits for the daemon to be
+	// up, and a stop signal during a strict wait for the farm cancels the
+	// start.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	startCtx, stopStart := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	d, err := start(startCtx, cfg, log, level)
+	stopStart()
+	if err != nil {
+		fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
+		return 1
+	}
+
+	for s := range sigs {
+		if s == syscall.SIGHUP {
+			log.Info("SIGHUP: reloading the configuration")
+			d.reload(func() (*config.Config, error) {
+				return config.Load("tlsfarm serve", args, os.Getenv, io.Discard)
+			})
+			continue
+		}
+		log.Info("stopping", "signal", s.String())
+		break
+	}
+	go func() {
+		// A second stop signal does not wait for the drain.
+		for s := range sigs {
+			if s != syscall.SIGHUP {
+				log.Warn("second stop signal: exiting without waiting for open connections", "signal", s.String())
+				os.Exit(1)
+			}
+		}
+	}()
+	d.stop()
+	return 0
+}

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// loadCertificate reads and parses the pair named by cert, naming the file
+// at fault in its error, and fills in cert.Names from the certificate when
+// the configuration gives none.
+func (c *Config) loadCertificate(cert *Certificate, key string) error {
+	if cert.Cert == "" {
+		return c.problem(key+".cert", "is required (a PEM file with the certificate chain)")
+	}
+	if cert.Key == "" {
+		return c.problem(key+".key", "is required (a PEM file with the private key of %s)", cert.Cert)
+	}
+	certPEM, err := os.ReadFile(cert.Cert)
+	if err != nil {
+		return c.problem(key+".cert", "%v", err)
+	}
+	keyPEM, err := os.ReadFile(cert.Key)
+	if err != nil {
+		return c.problem(key+".key", "%v", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return c.problem(key, "%s and %s: %v", cert.Cert, cert.Key, err)
+	}
+	cert.Loaded = &pair
+	for i, n := range cert.Names {
+		n = strings.ToLower(strings.TrimSuffix(n, "."))
+		if n == "" || strings.Contains(n[1:], "*") || (n[0] == '*' && !strings.HasPrefix(n, "*.")) {
+			return c.problem(key+".names", "%q is not a server name (such as example.com or *.example.com)", cert.Names[i])
+		}
+		cert.Names[i] = n
+	}
+	if len(cert.Names) == 0 && pair.Leaf != nil {
+		for _, n := range pair.Leaf.DNSNames {
+			cert.Names = append(cert.Names, strings.ToLower(n))
+		}
+	}
+	return nil
+}
+
+// ParseVersion parses a TLS version: "1.0", "1.1", "1.2" or "1.3" (a
+// "TLS" prefix is allowed).
+func ParseVersion(s string) (uint16, error) {
+	v := strings.TrimPrefix(strings.TrimPrefix(strings.ToUpper(s), "TLS"), "V")
+	switch strings.TrimSpace(v) {
+	case "1.0", "10":
+		return tls.VersionTLS10, nil
+	case "1.1", "11":
+		return tls.VersionTLS11, nil
+	case "1.2", "12":
+		return tls.VersionTLS12, nil
+	case "1.3", "13":
+		return tls.VersionTLS13, nil
+	}
+	return 0, fmt.Errorf("%q is not a TLS version (1.0, 1.1, 1.2 or 1.3)", s)
+}

@@ -1,0 +1,211 @@
+package config
+
+import (
+	"crypto/tls"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// A Config is the whole configuration of one daemon. Its zero value is not
+// useful: start from Default, or use Load.
+type Config struct {
+	// Node names this daemon in logs, in the facts the built-in upstream
+	// answers with, and in the farm (default: the host name).
+	Node string `yaml:"node"`
+
+	Log       Log        `yaml:"log"`
+	Listeners []Listener `yaml:"listeners"`
+	Cache     Cache      `yaml:"cache"`
+	Farm      Farm       `yaml:"farm"`
+	Tickets   Tickets    `yaml:"tickets"`
+	Admin     Admin      `yaml:"admin"`
+	Limits    Limits     `yaml:"limits"`
+	Debug     Debug      `yaml:"debug"`
+
+	// File is the configuration file the settings were read from, if any.
+	File string `yaml:"-"`
+
+	// sources records where each setting that is not a default came from,
+	// by key, for error messages.
+	sources map[string]string
+}
+
+// Log configures the daemon's log lines (on standard error).
+type Log struct {
+	Format string `yaml:"format"` // "text" or "json"
+	Level  string `yaml:"level"`  // "debug", "info", "warn" or "error"
+}
+
+// A Listener is one address on which the daemon terminates TLS.
+type Listener struct {
+	Address string `yaml:"address"`
+
+	// Certificates are served by server name (SNI). The first one is also
+	// served to clients that send no name, or a name no certificate has.
+	// With none, the daemon makes a self-signed certificate for localhost.
+	Certificates []Certificate `yaml:"certificates"`
+
+	MinVersion string   `yaml:"min_version"` // "1.0" to "1.3"
+	MaxVersion string   `yaml:"max_version"`
+	ALPN       []string `yaml:"alpn"` // protocols offered, in order of preference
+
+	// Upstream is where decrypted traffic goes: "builtin" (the default: an
+	// HTTP handler that answers with the connection's facts),
+	// "http://host:port", "https://host:port" (a reverse proxy), or
+	// "tcp://host:port" (the decrypted byte stream, passed through).
+	Upstream string `yaml:"upstream"`
+
+	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+}
+
+// A Certificate is a certificate chain and its private key, in PEM files,
+// and the server names it is served for.
+type Certificate struct {
+	// Names are the server names (SNI) the certificate is served for, such
+	// as "example.com" or "*.example.com". Empty means the DNS names in the
+	// certificate itself.
+	Names []string `yaml:"names"`
+	Cert  string   `yaml:"cert"` // PEM file: the chain, leaf first
+	Key   string   `yaml:"key"`  // PEM file: the private key
+
+	// Loaded is the parsed pair, set by Validate.
+	Loaded *tls.Certificate `yaml:"-"`
+}
+
+// ProxyProtocol configures PROXY protocol (v1 or v2) on a listener: a layer-4
+// balancer in front sends the client's address at the start of each
+// connection.
+type ProxyProtocol struct {
+	Enabled bool `yaml:"enabled"`
+	// Trusted lists the addresses or CIDR ranges allowed to send a PROXY
+	// header: connections from them must send one, and connections from
+	// anywhere else are refused. Empty means any sender (every connection
+	// must then start with a header).
+	Trusted []string `yaml:"trusted"`
+}
+
+// Cache configures the session cache (package session); each field sets the
+// session.Config field of the same idea.
+type Cache struct {
+	Mode             string        `yaml:"mode"`               // "stateful", "stateless" or "mixed"
+	Size             int           `yaml:"size"`               // Capacity
+	Buckets          int           `yaml:"buckets"`            // Buckets
+	Lifetime         time.Duration `yaml:"lifetime"`           // Lifetime
+	MaxChainLifetime time.Duration `yaml:"max_chain_lifetime"` // MaxChainLifetime
+	SNIBinding       bool          `yaml:"sni_binding"`        // the opposite of AllowServerNameMismatch
+	SingleUse        bool          `yaml:"single_use"`         // SingleUse
+}
+
+// Farm configures sharing with the other servers of a farm (package farm).
+// With no URL the daemon serves alone.
+type Farm struct {
+	URL            string        `yaml:"url"` // redis://, rediss://, nats://, amqp://...
+	Name           string        `yaml:"name"`
+	SecretFile     string        `yaml:"secret_file"`
+	Mode           string        `yaml:"mode"` // "broadcast" or "store-only"
+	WriteThrough   bool          `yaml:"write_through"`
+	LookupDeadline time.Duration `yaml:"lookup_deadline"`
+
+	// Strict refuses to start while the transport is unreachable (waiting
+	// up to ConnectTimeout), and fails /readyz while it is down. By default
+	// a farm outage only degrades the node to its local cache.
+	Strict         bool          `yaml:"strict"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+
+	// Secrets are the farm secrets read from SecretFile, set by Validate.
+	Secrets []farm.Secret `yaml:"-"`
+}
+
+// Tickets configures the session ticket keys (package ticket).
+type Tickets struct {
+	RotationInterval time.Duration `yaml:"rotation_interval"` // how long each key encrypts
+	Keep             int           `yaml:"keep"`              // previous keys that still decrypt
+}
+
+// Admin configures the admin HTTP listener (package admin).
+type Admin struct {
+	// Address is where the admin listener listens; "off" disables it.
+	Address   string `yaml:"address"`
+	Token     string `yaml:"token"`
+	TokenFile string `yaml:"token_file"`
+
+	// BearerToken is Token, or the contents of TokenFile, set by Validate.
+	BearerToken string `yaml:"-"`
+}
+
+// Limits protect the daemon from slow, idle and numerous clients.
+type Limits struct {
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+	MaxConnections   int           `yaml:"max_connections"` // per listener; 0 for no limit
+	DrainTimeout     time.Duration `yaml:"drain_timeout"`
+}
+
+// Debug holds settings for tests and troubleshooting, never for production.
+type Debug struct {
+	// ExposeSessionID adds the session ID issued on a connection to the
+	// built-in upstream's facts, so that a test can revoke it. The ID is
+	// what the client presents to resume; do not hand it out in production.
+	ExposeSessionID bool `yaml:"expose_session_id"`
+}
+
+// Default listener values.
+const (
+	DefaultAddress      = "127.0.0.1:8443"
+	DefaultAdminAddress = "127.0.0.1:9443"
+	DefaultUpstream     = "builtin"
+	DefaultMinVersion   = "1.2"
+	DefaultMaxVersion   = "1.3"
+)
+
+// Default returns the configuration used when nothing is set: one listener
+// on 127.0.0.1:8443 with a self-signed certificate and the built-in
+// upstream, an in-memory stateful cache, no farm, and the admin listener on
+// 127.0.0.1:9443.
+func Default() *Config {
+	return &Config{
+		Log: Log{Format: "text", Level: "info"},
+		Cache: Cache{
+			Mode:             "stateful",
+			Size:             102400,
+			Buckets:          256,
+			Lifetime:         2 * time.Hour,
+			MaxChainLifetime: 24 * time.Hour,
+			SNIBinding:       true,
+		},
+		Farm: Farm{
+			Name:           "tlsfarm",
+			Mode:           "broadcast",
+			LookupDeadline: 5 * time.Millisecond,
+			ConnectTimeout: 10 * time.Second,
+		},
+		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},
+		Admin:   Admin{Address: DefaultAdminAddress},
+		Limits: Limits{
+			HandshakeTimeout: 10 * time.Second,
+			IdleTimeout:      2 * time.Minute,
+			MaxConnections:   10000,
+			DrainTimeout:     30 * time.Second,
+		},
+	}
+}
+
+// listenerDefaults fills the zero fields of l.
+func listenerDefaults(l *Listener) {
+	if l.Address == "" {
+		l.Address = DefaultAddress
+	}
+	if l.Upstream == "" {
+		l.Upstream = DefaultUpstream
+	}
+	if l.MinVersion == "" {
+		l.MinVersion = DefaultMinVersion
+	}
+	if l.MaxVersion == "" {
+		l.MaxVersion = DefaultMaxVersion
+	}
+	if l.ALPN == nil && !IsTCP(l.Upstream) {
+		l.ALPN = []string{"h2", "http/1.1"}
+	}
+}

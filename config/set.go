@@ -1,0 +1,112 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// set parses s into the setting key of c, creating the first element of
+// each list on the way. It is how flags and environment variables apply.
+func (c *Config) set(key, s string) error {
+	v := reflect.ValueOf(c).Elem()
+	for _, part := range strings.Split(key, ".") {
+		name, list := strings.CutSuffix(part, "[]")
+		f, ok := fieldByTag(v, name)
+		if !ok {
+			panic("config: no field for key " + key)
+		}
+		v = f
+		if list {
+			if v.Len() == 0 {
+				v.Set(reflect.Append(v, reflect.Zero(v.Type().Elem())))
+			}
+			v = v.Index(0)
+		}
+	}
+	return parseScalar(v, s)
+}
+
+// fieldByTag returns the field of struct v whose YAML name is name.
+func fieldByTag(v reflect.Value, name string) (reflect.Value, bool) {
+	t := v.Type()
+	for i := range t.NumField() {
+		if yamlName(t.Field(i)) == name {
+			return v.Field(i), true
+		}
+	}
+	return reflect.Value{}, false
+}
+
+// yamlName returns the YAML key of a struct field, or "" if it has none.
+func yamlName(f reflect.StructField) string {
+	tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if tag == "-" || !f.IsExported() {
+		return ""
+	}
+	return tag
+}
+
+// parseScalar parses s into v by v's type. Its errors name the value, not
+// the setting: callers add that.
+func parseScalar(v reflect.Value, s string) error {
+	s = strings.TrimSpace(s)
+	switch {
+	case v.Type() == durationType:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (write it like 500ms, 30s, 5m or 2h)", s)
+		}
+		if d < 0 {
+			return fmt.Errorf("%q is negative", s)
+		}
+		v.SetInt(int64(d))
+	case v.Kind() == reflect.String:
+		v.SetString(s)
+	case v.Kind() == reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", s)
+		}
+		if n < 0 {
+			return fmt.Errorf("%q is negative", s)
+		}
+		v.SetInt(int64(n))
+	case v.Kind() == reflect.Bool:
+		b, err := parseBool(s)
+		if err != nil {
+			return err
+		}
+		v.SetBool(b)
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.String:
+		v.Set(reflect.ValueOf(splitList(s)))
+	default:
+		return fmt.Errorf("cannot be given as %q", s)
+	}
+	return nil
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "true", "yes", "on", "1":
+		return true, nil
+	case "false", "no", "off", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not true or false", s)
+}
+
+// splitList splits a comma-separated list, dropping blanks.
+func splitList(s string) []string {
+	out := []string{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,83 @@
+package config
+
+// A Setting describes one configuration setting: where it can be given and
+// whether it can change without a restart. docs/config.md documents each
+// one; a test keeps the two in step.
+type Setting struct {
+	// Key is the setting's YAML key, dotted. "[]" stands for each element
+	// of a list: "listeners[].address" is the address of every listener.
+	// A flag or environment variable sets the first element.
+	Key string
+
+	Flag string // the flag's name without the dash; "" if it has none
+	Env  string // the environment variable; "" if it has none
+
+	// Default is the default, as documented.
+	Default string
+
+	// Reloadable reports whether a reload (SIGHUP) applies a new value;
+	// otherwise the setting keeps its value until the daemon restarts.
+	Reloadable bool
+
+	// Usage is the flag's one-line help.
+	Usage string
+}
+
+// Settings lists every setting in the order docs/config.md gives them.
+var Settings = []Setting{
+	{Key: "node", Flag: "node", Env: "TLSFARM_NODE", Default: "the host name", Usage: "name of this node in logs, facts and the farm"},
+	{Key: "log.format", Flag: "log-format", Env: "TLSFARM_LOG_FORMAT", Default: "text", Usage: "log format: text or json"},
+	{Key: "log.level", Flag: "log-level", Env: "TLSFARM_LOG_LEVEL", Default: "info", Reloadable: true, Usage: "log level: debug, info, warn or error"},
+
+	{Key: "listeners[].address", Flag: "listen", Env: "TLSFARM_LISTEN", Default: DefaultAddress, Usage: "`address` (host:port) to terminate TLS on"},
+	{Key: "listeners[].certificates[].cert", Flag: "cert", Env: "TLSFARM_CERT", Default: "self-signed for localhost", Reloadable: true, Usage: "certificate chain PEM `file`"},
+	{Key: "listeners[].certificates[].key", Flag: "key", Env: "TLSFARM_KEY", Default: "", Reloadable: true, Usage: "private key PEM `file`"},
+	{Key: "listeners[].certificates[].names", Default: "the certificate's DNS names", Reloadable: true},
+	{Key: "listeners[].min_version", Flag: "tls-min", Env: "TLSFARM_TLS_MIN", Default: DefaultMinVersion, Reloadable: true, Usage: "lowest TLS `version`: 1.0, 1.1, 1.2 or 1.3"},
+	{Key: "listeners[].max_version", Flag: "tls-max", Env: "TLSFARM_TLS_MAX", Default: DefaultMaxVersion, Reloadable: true, Usage: "highest TLS `version`"},
+	{Key: "listeners[].alpn", Flag: "alpn", Env: "TLSFARM_ALPN", Default: "h2,http/1.1 (none for tcp://)", Reloadable: true, Usage: "ALPN `protocols` offered, comma-separated"},
+	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: DefaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
+	{Key: "listeners[].proxy_protocol.enabled", Flag: "proxy-protocol", Env: "TLSFARM_PROXY_PROTOCOL", Default: "false", Usage: "expect a PROXY protocol header on each connection"},
+	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "any sender", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated"},
+
+	{Key: "cache.mode", Flag: "cache-mode", Env: "TLSFARM_CACHE_MODE", Default: "stateful", Usage: "session resumption mode: stateful, stateless or mixed"},
+	{Key: "cache.size", Flag: "cache-size", Env: "TLSFARM_CACHE_SIZE", Default: "102400", Usage: "most sessions cached"},
+	{Key: "cache.buckets", Flag: "cache-buckets", Env: "TLSFARM_CACHE_BUCKETS", Default: "256", Usage: "independently locked buckets (rounded up to a power of two)"},
+	{Key: "cache.lifetime", Flag: "session-lifetime", Env: "TLSFARM_SESSION_LIFETIME", Default: "2h", Usage: "how long a session can be resumed"},
+	{Key: "cache.max_chain_lifetime", Flag: "max-chain-lifetime", Env: "TLSFARM_MAX_CHAIN_LIFETIME", Default: "24h", Usage: "how long a chain of resumptions can go on after its full handshake"},
+	{Key: "cache.sni_binding", Flag: "sni-binding", Env: "TLSFARM_SNI_BINDING", Default: "true", Usage: "resume a session only under the server name it was issued for"},
+	{Key: "cache.single_use", Flag: "single-use", Env: "TLSFARM_SINGLE_USE", Default: "false", Usage: "retire a session once it has been resumed"},
+
+	{Key: "farm.url", Flag: "farm", Env: "TLSFARM_FARM_URL", Default: "none (serve alone)", Usage: "farm transport `URL`: redis://, rediss://, nats://, amqp://..."},
+	{Key: "farm.name", Flag: "farm-name", Env: "TLSFARM_FARM_NAME", Default: "tlsfarm", Usage: "farm name; nodes share only within one name"},
+	{Key: "farm.secret_file", Flag: "farm-secret", Env: "TLSFARM_FARM_SECRET_FILE", Default: "", Usage: "farm secret `file` (made by tlsfarm keygen)"},
+	{Key: "farm.mode", Flag: "farm-mode", Env: "TLSFARM_FARM_MODE", Default: "broadcast", Usage: "broadcast or store-only"},
+	{Key: "farm.write_through", Flag: "write-through", Env: "TLSFARM_WRITE_THROUGH", Default: "false", Usage: "make each handshake wait (bounded) until the store holds its session"},
+	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "5ms", Usage: "longest a handshake waits for the store on a cache miss"},
+	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start, and fail /readyz, while the farm transport is down"},
+	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},
+
+	{Key: "tickets.rotation_interval", Flag: "ticket-rotation", Env: "TLSFARM_TICKET_ROTATION", Default: "12h", Usage: "how often the session ticket key rotates"},
+	{Key: "tickets.keep", Flag: "ticket-keep", Env: "TLSFARM_TICKET_KEEP", Default: "2", Usage: "previous ticket keys kept for decryption"},
+
+	{Key: "admin.address", Flag: "admin", Env: "TLSFARM_ADMIN_ADDRESS", Default: DefaultAdminAddress, Usage: "admin listener `address`, or off"},
+	{Key: "admin.token", Env: "TLSFARM_ADMIN_TOKEN", Default: "none (state changes refused)", Reloadable: true},
+	{Key: "admin.token_file", Flag: "admin-token-file", Env: "TLSFARM_ADMIN_TOKEN_FILE", Default: "", Reloadable: true, Usage: "`file` holding the admin bearer token"},
+
+	{Key: "limits.handshake_timeout", Flag: "handshake-timeout", Env: "TLSFARM_HANDSHAKE_TIMEOUT", Default: "10s", Reloadable: true, Usage: "longest a client may take to complete its handshake (PROXY header included)"},
+	{Key: "limits.idle_timeout", Flag: "idle-timeout", Env: "TLSFARM_IDLE_TIMEOUT", Default: "2m", Usage: "close a connection idle for this long"},
+	{Key: "limits.max_connections", Flag: "max-connections", Env: "TLSFARM_MAX_CONNECTIONS", Default: "10000", Usage: "most open connections per listener (0: no limit)"},
+	{Key: "limits.drain_timeout", Flag: "drain-timeout", Env: "TLSFARM_DRAIN_TIMEOUT", Default: "30s", Reloadable: true, Usage: "on shutdown, how long open connections may take to finish"},
+
+	{Key: "debug.expose_session_id", Flag: "debug-expose-session-id", Env: "TLSFARM_DEBUG_EXPOSE_SESSION_ID", Default: "false", Reloadable: true, Usage: "add the session ID to the built-in upstream's facts (tests only)"},
+}
+
+// settingByKey returns the setting with the given key.
+func settingByKey(key string) (Setting, bool) {
+	for _, s := range Settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return Setting{}, false
+}

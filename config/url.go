@@ -1,0 +1,85 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+)
+
+// IsTCP reports whether upstream is a tcp:// passthrough.
+func IsTCP(upstream string) bool { return strings.HasPrefix(upstream, "tcp://") }
+
+// checkUpstream checks an upstream: "builtin", an http:// or https:// URL,
+// or tcp://host:port.
+func checkUpstream(s string) error {
+	if s == "builtin" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", s)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return fmt.Errorf("%q has no host", s)
+		}
+		if u.User != nil {
+			return fmt.Errorf("%q: credentials in an upstream URL are not supported", s)
+		}
+	case "tcp":
+		if err := checkHostPort(u.Host); err != nil {
+			return fmt.Errorf("%q: %v", s, err)
+		}
+		if u.Path != "" && u.Path != "/" {
+			return fmt.Errorf("%q: a tcp:// upstream has no path", s)
+		}
+	default:
+		return fmt.Errorf("%q is not builtin or an http://, https:// or tcp:// URL", s)
+	}
+	return nil
+}
+
+// Farm transport schemes, by whether the transport has a store.
+var farmSchemes = map[string]bool{
+	"redis": true, "rediss": true,
+	"redis+cluster": true, "rediss+cluster": true,
+	"redis+sentinel": true, "rediss+sentinel": true,
+	"nats": true, "tls": true,
+	"amqp": false, "amqps": false,
+}
+
+// HasStore reports whether the farm transport of the given URL scheme
+// keeps a store (for lookups on a miss, write-through, store-only mode and
+// ticket key rotation), as Redis and NATS do and AMQP does not.
+func HasStore(scheme string) bool { return farmSchemes[scheme] }
+
+// checkFarmURL checks a farm transport URL and returns its scheme. NATS
+// takes several servers of one cluster, comma-separated. The URL may hold a
+// password: errors never repeat it.
+func checkFarmURL(s string) (string, error) {
+	scheme := ""
+	for _, part := range strings.Split(s, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil {
+			return "", fmt.Errorf("not a URL (want redis://host:6379, nats://host:4222, amqp://host:5672...)")
+		}
+		if _, ok := farmSchemes[u.Scheme]; !ok {
+			return "", fmt.Errorf("unsupported scheme %q (want redis, rediss, redis+cluster, redis+sentinel, nats, tls, amqp or amqps)", u.Scheme)
+		}
+		if scheme != "" && (u.Scheme != scheme || !isNATS(scheme)) {
+			return "", fmt.Errorf("only nats:// and tls:// URLs may list several servers, comma-separated")
+		}
+		scheme = u.Scheme
+		if u.Host == "" {
+			return "", fmt.Errorf("%s URL has no host", u.Scheme)
+		}
+		if _, _, err := net.SplitHostPort(u.Host); err != nil && !strings.Contains(err.Error(), "missing port") {
+			return "", fmt.Errorf("%s URL has a bad host", u.Scheme)
+		}
+	}
+	return scheme, nil
+}
+
+func isNATS(scheme string) bool { return scheme == "nats" || scheme == "tls" }

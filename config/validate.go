@@ -1,0 +1,246 @@
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// MinTokenLen is the shortest admin bearer token accepted.
+const MinTokenLen = 16
+
+// Validate checks every setting and loads the files the configuration
+// names: the certificates (into Certificate.Loaded), the farm secrets (into
+// Farm.Secrets) and the admin token (into Admin.BearerToken). It returns
+// the first problem as an error of one line that names the setting.
+func (c *Config) Validate() error {
+	for _, check := range []func() error{c.checkLog, c.checkListeners, c.checkCache, c.checkFarm, c.checkTickets, c.checkAdmin, c.checkLimits} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// problem returns the error for a bad setting.
+func (c *Config) problem(key, format string, args ...any) error {
+	msg := strings.ReplaceAll(fmt.Sprintf(format, args...), "\n", " ")
+	return fmt.Errorf("%s%s: %s", key, c.where(key), msg)
+}
+
+func (c *Config) checkLog() error {
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return c.problem("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		return c.problem("log.level", "%v", err)
+	}
+	return nil
+}
+
+// ParseLevel parses a log level: debug, info, warn or error.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func (c *Config) checkListeners() error {
+	seen := map[string]int{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		key := fmt.Sprintf("listeners[%d]", i)
+		if err := checkHostPort(l.Address); err != nil {
+			return c.problem(key+".address", "%v", err)
+		}
+		if j, dup := seen[l.Address]; dup {
+			return c.problem(key+".address", "%s is also listeners[%d].address", l.Address, j)
+		}
+		seen[l.Address] = i
+		for j := range l.Certificates {
+			if err := c.loadCertificate(&l.Certificates[j], fmt.Sprintf("%s.certificates[%d]", key, j)); err != nil {
+				return err
+			}
+		}
+		min, err := ParseVersion(l.MinVersion)
+		if err != nil {
+			return c.problem(key+".min_version", "%v", err)
+		}
+		max, err := ParseVersion(l.MaxVersion)
+		if err != nil {
+			return c.problem(key+".max_version", "%v", err)
+		}
+		if min > max {
+			return c.problem(key+".min_version", "%s is above max_version %s", l.MinVersion, l.MaxVersion)
+		}
+		if err := checkUpstream(l.Upstream); err != nil {
+			return c.problem(key+".upstream", "%v", err)
+		}
+		for _, p := range l.ALPN {
+			if p == "" || len(p) > 255 {
+				return c.problem(key+".alpn", "protocol names are 1 to 255 bytes")
+			}
+			if !IsTCP(l.Upstream) && p != "h2" && p != "http/1.1" {
+				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", p)
+			}
+		}
+		for _, t := range l.ProxyProtocol.Trusted {
+			if _, err := netip.ParsePrefix(t); err == nil {
+				continue
+			}
+			if _, err := netip.ParseAddr(t); err != nil {
+				return c.problem(key+".proxy_protocol.trusted", "%q is not an IP address or CIDR range", t)
+			}
+		}
+	}
+	return nil
+}
+
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if port == "" {
+		return fmt.Errorf("%q has no port", addr)
+	}
+	return nil
+}
+
+func (c *Config) checkCache() error {
+	if _, ok := session.ParseMode(c.Cache.Mode); !ok {
+		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", c.Cache.Mode)
+	}
+	switch {
+	case c.Cache.Size < 1:
+		return c.problem("cache.size", "must be at least 1")
+	case c.Cache.Buckets < 1 || c.Cache.Buckets > 1<<16:
+		return c.problem("cache.buckets", "must be 1 to 65536")
+	case c.Cache.Lifetime <= 0:
+		return c.problem("cache.lifetime", "must be positive")
+	case c.Cache.MaxChainLifetime < c.Cache.Lifetime:
+		return c.problem("cache.max_chain_lifetime", "%v is shorter than cache.lifetime %v", c.Cache.MaxChainLifetime, c.Cache.Lifetime)
+	}
+	return nil
+}
+
+func (c *Config) checkFarm() error {
+	f := &c.Farm
+	if f.URL == "" {
+		return nil
+	}
+	scheme, err := checkFarmURL(f.URL)
+	if err != nil {
+		return c.problem("farm.url", "%v", err)
+	}
+	if f.Name == "" || len(f.Name) > 64 {
+		return c.problem("farm.name", "must be 1 to 64 bytes")
+	}
+	mode, err := farm.ParseMode(f.Mode)
+	if err != nil {
+		return c.problem("farm.mode", "%q is not broadcast or store-only", f.Mode)
+	}
+	if !HasStore(scheme) {
+		if mode == farm.StoreOnly {
+			return c.problem("farm.mode", "store-only needs a transport with a store (redis or nats), not %s", scheme)
+		}
+		if f.WriteThrough {
+			return c.problem("farm.write_through", "needs a transport with a store (redis or nats), not %s", scheme)
+		}
+	}
+	if f.LookupDeadline <= 0 || f.LookupDeadline > time.Second {
+		return c.problem("farm.lookup_deadline", "must be above 0 and at most 1s: a handshake waits this long")
+	}
+	if f.ConnectTimeout <= 0 {
+		return c.problem("farm.connect_timeout", "must be positive")
+	}
+	if f.SecretFile == "" {
+		return c.problem("farm.secret_file", "is required with farm.url (make one with: tlsfarm keygen -out FILE)")
+	}
+	f.Secrets, err = farm.LoadSecrets(f.SecretFile)
+	if err != nil {
+		return c.problem("farm.secret_file", "%v", err)
+	}
+	return nil
+}
+
+func (c *Config) checkTickets() error {
+	switch {
+	case c.Tickets.RotationInterval < time.Minute:
+		return c.problem("tickets.rotation_interval", "must be at least 1m")
+	case c.Tickets.Keep < 1:
+		return c.problem("tickets.keep", "must be at least 1, or tickets stop resuming the moment their key rotates out")
+	case c.Tickets.Keep > 16:
+		return c.problem("tickets.keep", "%d is too many: every kept key costs each unknown ticket one more HMAC (at most 16)", c.Tickets.Keep)
+	}
+	return nil
+}
+
+func (c *Config) checkAdmin() error {
+	a := &c.Admin
+	if a.Address != "off" {
+		if err := checkHostPort(a.Address); err != nil {
+			return c.problem("admin.address", "%v (or off)", err)
+		}
+	}
+	a.BearerToken = a.Token
+	if a.TokenFile != "" {
+		if a.Token != "" {
+			key := "admin.token"
+			if _, ok := c.sources[key]; !ok {
+				key = "admin.token_file"
+			}
+			return c.problem(key, "give admin.token or admin.token_file, not both")
+		}
+		tok, err := readTokenFile(a.TokenFile)
+		if err != nil {
+			return c.problem("admin.token_file", "%v", err)
+		}
+		a.BearerToken = tok
+	}
+	if a.BearerToken != "" && len(a.BearerToken) < MinTokenLen {
+		key := "admin.token"
+		if a.TokenFile != "" {
+			key = "admin.token_file"
+		}
+		return c.problem(key, "the token is %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", len(a.BearerToken), MinTokenLen)
+	}
+	return nil
+}
+
+// readTokenFile reads a bearer token from a file that only its owner can
+// read.
+func readTokenFile(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s is accessible to group or others (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func (c *Config) checkLimits() error {
+	l := c.Limits
+	switch {
+	case l.HandshakeTimeout <= 0:
+		return c.problem("limits.handshake_timeout", "must be positive")
+	case l.IdleTimeout <= 0:
+		return c.problem("limits.idle_timeout", "must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,181 @@
+package config
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// certFiles writes a self-signed certificate for names and its key as PEM
+// files and returns their paths.
+func certFiles(t *testing.T, names ...string) (certPath, keyPath string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return certPath, keyPath
+}
+
+func TestCertificateNamesFromTheCertificate(t *testing.T) {
+	cert, key := certFiles(t, "A.example", "b.example")
+	c, err := Load("serve", []string{"-cert", cert, "-key", key}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Listeners[0].Certificates[0]
+	if got.Loaded == nil || !slices.Equal(got.Names, []string{"a.example", "b.example"}) {
+		t.Errorf("certificate = %+v", got)
+	}
+}
+
+func TestFarmSecretAndToken(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	token := writeFile(t, "token", "0123456789abcdef0123\n", 0o600)
+	c, err := Load("serve", []string{"-farm", "redis://127.0.0.1:6379/0", "-farm-secret", secret, "-admin-token-file", token}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Farm.Secrets) != 1 || c.Farm.Secrets[0].ID != 1 {
+		t.Errorf("secrets = %v", c.Farm.Secrets)
+	}
+	if c.Admin.BearerToken != "0123456789abcdef0123" {
+		t.Errorf("token not read")
+	}
+}
+
+// TestBadInput checks that each kind of bad input gives one line naming
+// the setting and the problem.
+func TestBadInput(t *testing.T) {
+	cert, key := certFiles(t, "localhost")
+	otherCert, _ := certFiles(t, "localhost")
+	garbage := writeFile(t, "garbage.pem", "not a certificate", 0o644)
+	short := writeFile(t, "short.secret", "1:"+base64.StdEncoding.EncodeToString(make([]byte, 16))+"\n", 0o600)
+	open := writeFile(t, "open.secret", string(farm.FormatSecrets(farm.NewSecret(0))), 0o644)
+	tests := []struct {
+		name string
+		file string // YAML, written to a file and passed with -config
+		args []string
+		env  map[string]string
+		want []string // substrings of the error
+	}{
+		{"missing cert", "", []string{"-cert", "/nonexistent/cert.pem", "-key", key}, nil,
+			[]string{"listeners[0].certificates[0].cert (flag -cert)", "no such file"}},
+		{"missing key", "", []string{"-cert", cert, "-key", "/nonexistent/key.pem"}, nil,
+			[]string{"listeners[0].certificates[0].key", "no such file"}},
+		{"cert is a directory", "", []string{"-cert", t.TempDir(), "-key", key}, nil,
+			[]string{"listeners[0].certificates[0].cert", "is a directory"}},
+		{"cert is not PEM", "", []string{"-cert", garbage, "-key", key}, nil,
+			[]string{"listeners[0].certificates[0]", "garbage.pem"}},
+		{"key of another cert", "", []string{"-cert", otherCert, "-key", key}, nil,
+			[]string{"listeners[0].certificates[0]", "does not match"}},
+		{"cert without key", "listeners:\n  - certificates:\n      - cert: " + cert + "\n", nil, nil,
+			[]string{"listeners[0].certificates[0].key", "is required"}},
+		{"malformed YAML", "cache:\n  size: 10\nnode: a: b\n", nil, nil,
+			[]string{"line 3", "malformed YAML", "mapping values are not allowed"}},
+		{"unknown key", "cache:\n  lifetim: 1h\n", nil, nil,
+			[]string{"line 2", `unknown setting "cache.lifetim"`, `did you mean "lifetime"`}},
+		{"unknown top-level key", "listen: 1.2.3.4:5\n", nil, nil,
+			[]string{"line 1", `unknown setting "listen"`}},
+		{"key given twice", "node: a\nnode: b\n", nil, nil, []string{"line 2", "given twice"}},
+		{"bad duration in file", "limits:\n  idle_timeout: 2x\n", nil, nil,
+			[]string{"line 2", "limits.idle_timeout", `"2x" is not a duration`}},
+		{"bad duration in env", "", nil, map[string]string{"TLSFARM_HANDSHAKE_TIMEOUT": "soon"},
+			[]string{"limits.handshake_timeout ($TLSFARM_HANDSHAKE_TIMEOUT)", `"soon" is not a duration`}},
+		{"bad number in flag", "", []string{"-cache-size", "lots"}, nil,
+			[]string{"cache.size (flag -cache-size)", "not a whole number"}},
+		{"list where a value belongs", "cache:\n  mode: [a]\n", nil, nil, []string{"line 2", "cache.mode", "single value"}},
+		{"bad mode", "", []string{"-cache-mode", "sometimes"}, nil, []string{"cache.mode", "stateful, stateless or mixed"}},
+		{"bad farm URL scheme", "", []string{"-farm", "http://x:1", "-farm-secret", short}, nil,
+			[]string{"farm.url", `unsupported scheme "http"`}},
+		{"farm URL without host", "", []string{"-farm", "redis://"}, nil, []string{"farm.url", "no host"}},
+		{"farm without secret", "", []string{"-farm", "redis://127.0.0.1:6379"}, nil, []string{"farm.secret_file", "is required"}},
+		{"secret too short", "", []string{"-farm", "redis://127.0.0.1:6379", "-farm-secret", short}, nil,
+			[]string{"farm.secret_file", "16 bytes, need at least 32"}},
+		{"secret readable by others", "", []string{"-farm", "redis://127.0.0.1:6379", "-farm-secret", open}, nil,
+			[]string{"farm.secret_file", "accessible to group or others", "chmod 600"}},
+		{"store-only without a store", "", []string{"-farm", "amqp://127.0.0.1:5672", "-farm-mode", "store-only", "-farm-secret", short}, nil,
+			[]string{"farm.mode", "store-only needs a transport with a store"}},
+		{"bad upstream", "", []string{"-upstream", "ftp://x"}, nil, []string{"listeners[0].upstream", "ftp://x"}},
+		{"tcp upstream without port", "", []string{"-upstream", "tcp://host"}, nil, []string{"listeners[0].upstream", "host:port"}},
+		{"bad listen address", "", []string{"-listen", "8443"}, nil, []string{"listeners[0].address", "not host:port"}},
+		{"duplicate listeners", "listeners:\n  - address: 127.0.0.1:1\n  - address: 127.0.0.1:1\n", nil, nil,
+			[]string{"listeners[1].address", "also listeners[0]"}},
+		{"bad TLS version", "", []string{"-tls-min", "1.4"}, nil, []string{"listeners[0].min_version", "not a TLS version"}},
+		{"min above max", "", []string{"-tls-min", "1.3", "-tls-max", "1.2"}, nil, []string{"listeners[0].min_version", "above max_version"}},
+		{"ALPN the upstream cannot speak", "", []string{"-alpn", "imap"}, nil, []string{"listeners[0].alpn", "not h2 or http/1.1"}},
+		{"bad trusted range", "", []string{"-proxy-protocol", "-proxy-protocol-trusted", "10.0.0.0/33"}, nil,
+			[]string{"listeners[0].proxy_protocol.trusted", "not an IP address or CIDR"}},
+		{"short admin token", "", nil, map[string]string{"TLSFARM_ADMIN_TOKEN": "short"}, []string{"admin.token ($TLSFARM_ADMIN_TOKEN)", "at least 16"}},
+		{"open admin token file", "", []string{"-admin-token-file", open}, nil, []string{"admin.token_file", "chmod 600"}},
+		{"bad log format", "", []string{"-log-format", "xml"}, nil, []string{"log.format", "text or json"}},
+		{"too many ticket keys", "", []string{"-ticket-keep", "100"}, nil, []string{"tickets.keep", "too many"}},
+		{"unexpected argument", "", []string{"extra"}, nil, []string{`unexpected argument "extra"`}},
+		{"missing config file", "", []string{"-config", "/nonexistent/tlsfarm.yaml"}, nil, []string{"config file", "no such file"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append([]string{"-config", writeFile(t, "c.yaml", tt.file, 0o644)}, args...)
+			}
+			_, err := Load("serve", args, env(tt.env), io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error has more than one line: %q", msg)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestFarmURLPasswordNotInErrors(t *testing.T) {
+	_, err := Load("serve", []string{"-farm", "redis://user:hunter2@:bad:port:6379"}, env(nil), io.Discard)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error shows the password: %v", err)
+	}
+}

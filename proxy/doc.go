@@ -1,0 +1,38 @@
+// Package proxy is tlsfarm's TLS terminator: it accepts connections on one or
+// more listeners, completes each TLS handshake with the session cache of
+// package session (and the ticket keys of package ticket), and hands the
+// decrypted traffic to an upstream.
+//
+// # Upstreams
+//
+// Each listener has one upstream:
+//
+//   - "builtin": an HTTP handler that answers every request with the
+//     connection's facts as JSON (see Facts), for trying the daemon out
+//     and for tests;
+//   - "http://host:port" or "https://host:port": a reverse proxy
+//     (net/http/httputil) that sets X-Forwarded-For, X-Forwarded-Host and
+//     X-Forwarded-Proto, keeps the client's Host header, and sets
+//     X-TLS-Resumed to 1 or 0 (see ResumedHeader);
+//   - "tcp://host:port": the decrypted byte stream, passed through both
+//     ways, with half-close.
+//
+// HTTP upstreams are served by net/http with HTTP/2 where the client
+// negotiates h2 with ALPN.
+//
+// # Handshakes
+//
+// The server does each handshake itself, before the connection reaches an
+// upstream, bounded by the handshake timeout (which also bounds reading a
+// PROXY protocol header), and then reports it to the cache
+// (session.Cache.HandshakeComplete) and counts it by version and by full or
+// resumed (see Stats).
+//
+// # Reload and shutdown
+//
+// Reload swaps certificates, TLS versions, ALPN, upstreams, the handshake
+// timeout and the debug settings without closing a listener: the cache, the
+// ticket keys and open connections are untouched, and each new handshake
+// uses the new settings. Shutdown stops accepting and lets open connections
+// finish until its context ends, then closes them.
+package proxy

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"os"
+	"strings"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// handle completes the handshake of c and hands the connection to its
+// upstream.
+func (l *listener) handle(c *conn) {
+	s := l.s
+	tc := tls.Server(c, l.base)
+	c.SetDeadline(time.Now().Add(time.Duration(s.handshakeTimeout.Load())))
+	if err := tc.Handshake(); err != nil {
+		reason := failureReason(err)
+		s.stats.failures[reason].Add(1)
+		s.log.Debug("handshake failed", "listener", l.addr(), "reason", reason.String(), "err", err)
+		tc.Close()
+		return
+	}
+	c.SetDeadline(time.Time{})
+	s.cache.HandshakeComplete(tc)
+	cs := tc.ConnectionState()
+	s.stats.handshake(cs.Version, cs.DidResume)
+
+	r := l.route.Load()
+	if r.tcp != "" {
+		l.passthrough(tc, r.tcp)
+		return
+	}
+	if !l.queue.push(tc) {
+		tc.Close() // shutting down
+	}
+}
+
+// A failure is why a handshake failed, for Stats.
+type failure uint8
+
+const (
+	failTLS         failure = iota // the TLS handshake itself failed
+	failTimeout                    // the client took longer than the handshake timeout
+	failProxyHeader                // a missing, malformed or untrusted PROXY header
+	numFailures
+)
+
+func (f failure) String() string {
+	switch f {
+	case failTimeout:
+		return "timeout"
+	case failProxyHeader:
+		return "proxy_header"
+	}
+	return "tls"
+}
+
+func failureReason(err error) failure {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return failTimeout
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol), errors.Is(err, proxyproto.ErrInvalidUpstream),
+		strings.Contains(err.Error(), "proxyproto:"): // the library's errors share the prefix
+		return failProxyHeader
+	}
+	return failTLS
+}

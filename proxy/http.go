@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+)
+
+// ResumedHeader is the request header the reverse proxy sets for its
+// upstream: "1" if the client's TLS connection resumed a session, "0" if it
+// made a full handshake. A value sent by the client is replaced.
+const ResumedHeader = "X-TLS-Resumed"
+
+var errNoHTTPUpstream = errors.New("this listener's upstream is now tcp://; it no longer serves HTTP")
+
+// serveRequest sends a request to the listener's current HTTP upstream.
+func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
+	rt := l.route.Load()
+	if rt.handler == nil {
+		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
+		return
+	}
+	rt.handler.ServeHTTP(w, r)
+}
+
+type connKey struct{}
+
+// withConn puts the connection in the request's context, for the facts.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// connOf returns the accepted connection under a request.
+func connOf(r *http.Request) *conn {
+	tc, _ := r.Context().Value(connKey{}).(*tls.Conn)
+	if tc == nil {
+		return nil
+	}
+	c, _ := tc.NetConn().(*conn)
+	return c
+}
+
+// reverseProxy returns a reverse proxy to target and its transport.
+func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.ResponseHeaderTimeout = 0 // slow upstreams are the upstream's business
+	tr.DialContext = (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.SetXForwarded()
+			pr.Out.Host = pr.In.Host
+			resumed := "0"
+			if pr.In.TLS != nil && pr.In.TLS.DidResume {
+				resumed = "1"
+			}
+			pr.Out.Header.Set(ResumedHeader, resumed)
+			s.stats.requests.Add(1)
+		},
+		Transport: tr,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.stats.upstream.Add(1)
+			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "err", err)
+			w.WriteHeader(http.StatusBadGateway)
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return rp, tr
+}

@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// A listener is one listening address with its TLS configuration and
+// upstream.
+type listener struct {
+	s       *Server
+	address string
+	cfg     Listener
+
+	base  *tls.Config // the config handshakes start with; constant
+	unreg func()      // unregisters base from the ring
+	route atomic.Pointer[route]
+
+	ln    net.Listener
+	sem   chan struct{} // one slot per open connection, when bounded
+	http  *http.Server
+	queue *queue // handshaken HTTP connections, for http
+}
+
+func (s *Server) newListener(cfg Listener) (*listener, error) {
+	l := &listener{s: s, address: cfg.Address, cfg: cfg, queue: newQueue()}
+	if s.max > 0 {
+		l.sem = make(chan struct{}, s.max)
+	}
+	r, err := s.newRoute(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", cfg.Address, err)
+	}
+	l.route.Store(r)
+
+	// Every handshake starts with base, which picks the current route's
+	// config; the cache's glue then clones that config per handshake.
+	l.base = &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return l.route.Load().tls, nil
+		},
+	}
+	s.cache.Configure(l.base)
+	l.captureTickets()
+	if s.ring != nil {
+		l.unreg = s.ring.Register(l.base)
+	}
+	l.http = &http.Server{
+		Handler:           http.HandlerFunc(l.serveRequest),
+		ReadHeaderTimeout: s.idle,
+		IdleTimeout:       s.idle,
+		ConnContext:       withConn,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return l, nil
+}
+
+// captureTickets wraps the per-handshake config made by the cache so that
+// the ticket issued on a connection is remembered on it, for
+// Config.ExposeSessionID. It costs nothing while that is off.
+func (l *listener) captureTickets() {
+	inner := l.base.GetConfigForClient
+	l.base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		child, err := inner(hello)
+		c, ok := hello.Conn.(*conn)
+		if err != nil || child == nil || !ok || !l.s.expose.Load() {
+			return child, err
+		}
+		wrap := child.WrapSession
+		child.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			t, err := wrap(cs, ss)
+			if err == nil {
+				c.ticket.Store(&t)
+			}
+			return t, err
+		}
+		return child, nil
+	}
+}
+
+func (l *listener) listen() error {
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	if l.cfg.ProxyProtocol {
+		pl := &proxyproto.Listener{
+			Listener:          ln,
+			ReadHeaderTimeout: time.Duration(l.s.handshakeTimeout.Load()),
+			ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				return proxyproto.REQUIRE, nil
+			},
+		}
+		if len(l.cfg.ProxyTrusted) > 0 {
+			if pl.ConnPolicy, err = proxyproto.TrustProxyHeaderFromRanges(l.cfg.ProxyTrusted); err != nil {
+				ln.Close()
+				return err
+			}
+		}
+		l.ln = pl
+	} else {
+		l.ln = ln
+	}
+	l.queue.addr = ln.Addr()
+	return nil
+}
+
+func (l *listener) addr() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// acceptLoop accepts connections until the listener is closed, each in a
+// goroutine of its own.
+func (l *listener) acceptLoop() {
+	defer l.s.wg.Done()
+	var delay time.Duration
+	for {
+		if l.sem != nil {
+			l.sem <- struct{}{}
+		}
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if l.sem != nil {
+				<-l.sem
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.s.log.Warn("accept failed; retrying", "listener", l.address, "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c := &conn{Conn: raw, l: l}
+		if !l.s.track(c) {
+			c.Close()
+			continue
+		}
+		l.s.stats.accepted.Add(1)
+		go l.handle(c)
+	}
+}
+
+// serveHTTP serves the HTTP upstreams of the listener's connections.
+func (l *listener) serveHTTP() {
+	defer l.s.wg.Done()
+	l.http.Serve(l.queue)
+}
+
+// release unregisters the listener's configs from the ring.
+func (l *listener) release() {
+	if l.unreg != nil {
+		l.unreg()
+		l.unreg = nil
+	}
+	if r := l.route.Load(); r != nil {
+		r.release()
+	}
+}

@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// Defaults for the fields of Config.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 2 * time.Minute
+	DefaultDialTimeout      = 10 * time.Second
+)
+
+// A Config configures a Server. Cache is required; zero values elsewhere
+// mean the defaults.
+type Config struct {
+	// Node names this server in the built-in upstream's facts.
+	Node string
+
+	// Cache is the session cache every listener resumes sessions from.
+	Cache *session.Cache
+
+	// Ring, if set, supplies the session ticket keys of every tls.Config
+	// the server uses (needed in the cache's Stateless and Mixed modes).
+	Ring *ticket.Ring
+
+	Listeners []Listener
+
+	// HandshakeTimeout bounds each handshake, PROXY header included
+	// (default DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
+
+	// IdleTimeout closes a TCP passthrough connection on which nothing has
+	// moved either way for this long, and an HTTP connection that has
+	// waited this long for its next request or for a request's headers
+	// (default DefaultIdleTimeout). Reload does not change it.
+	IdleTimeout time.Duration
+
+	// MaxConnections bounds the open connections of each listener; at the
+	// bound, the listener stops accepting until one closes. Zero means no
+	// bound. Reload does not change it.
+	MaxConnections int
+
+	// ExposeSessionID adds the session ID issued on each connection to the
+	// built-in upstream's facts. For tests only: see Facts.SessionID.
+	ExposeSessionID bool
+
+	// Logger receives the server's log lines (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// A Listener configures one listening address.
+type Listener struct {
+	// Address is the host:port to listen on. Reload does not change it.
+	Address string
+
+	// Certificates are served by server name; the first is served when no
+	// certificate's names match. At least one is required.
+	Certificates []Certificate
+
+	// MinVersion and MaxVersion bound the TLS versions (zero: crypto/tls's
+	// defaults).
+	MinVersion, MaxVersion uint16
+
+	// NextProtos are the ALPN protocols offered, in order of preference.
+	NextProtos []string
+
+	// Upstream is "builtin" (or empty), an http:// or https:// URL, or
+	// tcp://host:port; see the package documentation.
+	Upstream string
+
+	// ProxyProtocol makes every connection start with a PROXY protocol
+	// header (v1 or v2), whose source address then stands for the client.
+	// If ProxyTrusted lists addresses or CIDR ranges, only connections from
+	// them are accepted, and they must send a header. Reload does not
+	// change either.
+	ProxyProtocol bool
+	ProxyTrusted  []string
+}
+
+// A Certificate is served for a set of server names.
+type Certificate struct {
+	// Names are server names (SNI), such as "example.com" or
+	// "*.example.com", in lower case. If empty, the DNS names of the leaf
+	// certificate are used.
+	Names []string
+
+	Certificate *tls.Certificate
+}
+
+// A Server terminates TLS on its listeners. Make one with New, start it with
+// Start, and stop it with Shutdown.
+type Server struct {
+	cache *session.Cache
+	ring  *ticket.Ring
+	log   *slog.Logger
+	node  string
+	idle  time.Duration
+	max   int
+
+	handshakeTimeout atomic.Int64 // time.Duration
+	expose           atomic.Bool
+
+	listeners []*listener
+	stats     counters
+
+	mu      sync.Mutex
+	conns   map[*conn]struct{}
+	drained chan struct{} // closed when conns empties during shutdown
+	started bool
+	closing bool
+	wg      sync.WaitGroup // accept loops and HTTP servers
+}
+
+// New returns a server for cfg. It checks the configuration and builds
+// each listener's TLS configuration and upstream, but listens on nothing
+// until Start.
+func New(cfg Config) (*Server, error) {
+	if cfg.Cache == nil {
+		return nil, errors.New("proxy: Config.Cache is required")
+	}
+	if len(cfg.Listeners) == 0 {
+		return nil, errors.New("proxy: no listener")
+	}
+	cfg.setDefaults()
+	s := &Server{
+		cache: cfg.Cache,
+		ring:  cfg.Ring,
+		log:   cfg.Logger,
+		node:  cfg.Node,
+		idle:  cfg.IdleTimeout,
+		max:   cfg.MaxConnections,
+		conns: map[*conn]struct{}{},
+	}
+	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
+	s.expose.Store(cfg.ExposeSessionID)
+	for _, lc := range cfg.Listeners {
+		l, err := s.newListener(lc)
+		if err != nil {
+			s.release()
+			return nil, err
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	return s, nil
+}
+
+func (cfg *Config) setDefaults() {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+}
+
+// Start listens on every listener's address and starts serving. If one
+// address cannot be bound, Start closes those it bound and returns an
+// error naming the listener by its index in Config.Listeners.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("proxy: server already started")
+	}
+	for i, l := range s.listeners {
+		if err := l.listen(); err != nil {
+			for _, done := range s.listeners[:i] {
+				done.ln.Close()
+			}
+			return fmt.Errorf("listeners[%d].address: %w", i, err)
+		}
+	}
+	s.started = true
+	for _, l := range s.listeners {
+		s.wg.Add(2)
+		go l.acceptLoop()
+		go l.serveHTTP()
+	}
+	return nil
+}
+
+// Addrs returns the addresses the listeners are bound to, in order (the
+// configured ones before Start).
+func (s *Server) Addrs() []string {
+	out := make([]string, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.addr()
+	}
+	return out
+}
+
+// Ready returns nil while every listener is accepting connections, and an
+// error before Start and from the start of Shutdown.
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case !s.started:
+		return errors.New("listeners not started")
+	case s.closing:
+		return errors.New("shutting down")
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections and waits for open ones to finish:
+// HTTP connections finish their requests in flight, passthrough
+// connections their streams. When ctx is done it closes what is left and
+// returns ctx.Err(). The session cache and ticket keys are not touched.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return errors.New("proxy: shutdown already called")
+	}
+	s.closing = true
+	s.drained = make(chan struct{})
+	if len(s.conns) == 0 {
+		close(s.drained)
+	}
+	started := s.started
+	s.mu.Unlock()
+
+	for _, l := range s.listeners {
+		if started {
+			l.ln.Close()
+		}
+		l.queue.Close()
+	}
+	var httpWG sync.WaitGroup
+	for _, l := range s.listeners {
+		httpWG.Add(1)
+		go func() {
+			defer httpWG.Done()
+			l.http.Shutdown(ctx)
+		}()
+	}
+	httpWG.Wait()
+
+	var err error
+	select {
+	case <-s.drained:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Conn.Close()
+		}
+		s.mu.Unlock()
+		for _, l := range s.listeners {
+			l.http.Close()
+		}
+	}
+	s.wg.Wait()
+	s.release()
+	return err
+}
+
+// release unregisters every listener's configs from the ticket key ring.
+func (s *Server) release() {
+	for _, l := range s.listeners {
+		l.release()
+	}
+}
+
+// track registers a new connection; it reports false during shutdown.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if s.closing && len(s.conns) == 0 {
+		select {
+		case <-s.drained:
+		default:
+			close(s.drained)
+		}
+	}
+}
