@@ -7,6 +7,7 @@
 //	tlsfarm check [flags]        check a configuration as serve would, and exit
 //	tlsfarm keygen -out FILE     write a new farm secret (mode 0600)
 //	tlsfarm probe [flags]        measure resumption across a set of servers
+//	tlsfarm demo                 three nodes on loopback, with and without sharing
 //
 // See docs/config.md for every setting of serve, and docs/operations.md for
 // running a farm.
@@ -27,6 +28,7 @@ Usage:
   tlsfarm check [flags]       check a configuration as serve would, and exit
   tlsfarm keygen -out FILE    write a new farm secret (mode 0600; never overwrites)
   tlsfarm probe [flags]       measure resumption and handshake latency across servers
+  tlsfarm demo                three nodes on loopback probed with sharing on and off
 
 Run "tlsfarm COMMAND -h" for a command's flags. Settings: docs/config.md.
 `
@@ -50,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return keygen(args[1:], stdout, stderr)
 	case "probe":
 		return probe.Main(args[1:], stdout, stderr)
+	case "demo":
+		return demo(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

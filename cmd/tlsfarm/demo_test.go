@@ -1,0 +1,30 @@
+package main
+
+import (
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestDemoShowsTheDifference runs "tlsfarm demo": with sharing, nearly every
+// resumption succeeds across three nodes; without, about one in three.
+func TestDemoShowsTheDifference(t *testing.T) {
+	t.Parallel()
+	code, out, errs := runCmd(t, []string{"demo", "-n", "150"})
+	if code != 0 {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errs)
+	}
+	rate := func(row string) float64 {
+		m := regexp.MustCompile(regexp.QuoteMeta(row) + `\s+([0-9.]+)%`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no %q row in:\n%s", row, out)
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		return v
+	}
+	on, off := rate("sharing (tlsfarm)"), rate("no sharing")
+	t.Logf("resumption with sharing %.1f%%, without %.1f%%", on, off)
+	if on < 95 || off > 70 {
+		t.Fatalf("sharing %.1f%%, no sharing %.1f%%: want at least 95%% and at most 70%%\n%s", on, off, out)
+	}
+}

@@ -1,0 +1,465 @@
+// Package amqpbus is the farm's RabbitMQ transport, built on amqp091-go: a
+// farm.Bus over a fanout exchange. RabbitMQ gives the farm no store: a farm
+// on it runs in broadcast mode, and a node resumes only the sessions it
+// received while it was subscribed.
+//
+// A farm named F publishes to the exchange "tlsfarm.F" (fanout, not
+// durable), where F is the farm name with every byte outside
+// [A-Za-z0-9.:-] written as "_" and two hex digits. Each subscriber binds
+// its own exclusive, auto-deleted, server-named queue to it, so every node
+// receives every message and a node's queue disappears with its connection.
+// Messages are sealed by the farm: nothing on the exchange is usable, or
+// accepted back, without the farm secret, which is separate from any
+// RabbitMQ credential.
+//
+// amqp091-go does not reconnect on its own (its experimental Recovery is
+// not used): Publish redials on its next call after a failure, and
+// Subscribe redials with backoff, reporting each change of state.
+package amqpbus
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// Defaults for the fields of Options.
+const (
+	DefaultQueueLength = 100000
+	DefaultHeartbeat   = 5 * time.Second
+	DefaultDialTimeout = 10 * time.Second
+)
+
+// maxFarmName is the longest farm name accepted, as in the farm package.
+const maxFarmName = 64
+
+// Options configure a Bus. The zero value (or nil) is a working
+// configuration.
+type Options struct {
+	// Name names the connections in the broker's management interface
+	// (the connection_name client property). The default is
+	// "tlsfarm <farm>".
+	Name string
+
+	// TLSConfig configures TLS for amqps:// URLs (nil: the system's roots
+	// and the URL's host name).
+	TLSConfig *tls.Config
+
+	// NoConfirm publishes without publisher confirms: Publish then returns
+	// once the messages are written to the socket, not once the broker
+	// has taken them, and a broker that fails meanwhile loses them
+	// silently. Confirms cost one round trip per batch.
+	NoConfirm bool
+
+	// QueueLength bounds each subscriber's queue (x-max-length); when a
+	// node falls that far behind, the broker drops the oldest messages
+	// rather than grow without bound. Default DefaultQueueLength.
+	QueueLength int
+
+	// Heartbeat is the AMQP heartbeat interval, which bounds how long a
+	// dead broker or a broken network goes unnoticed (about twice the
+	// interval). Default DefaultHeartbeat.
+	Heartbeat time.Duration
+
+	// DialTimeout bounds connecting, TLS and AMQP handshakes included,
+	// when the caller's context has no earlier deadline. Default
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+}
+
+// A Bus is a farm.Bus on a RabbitMQ broker. Its methods are safe for
+// concurrent use; Publish calls are serialized on one channel.
+type Bus struct {
+	url       string
+	passwords []string // the URL's password, decoded and as written: redacted from every error
+	exchange  string
+	opts      Options
+
+	mu     sync.Mutex // guards pub and closed; held by Publish
+	pub    *publisher
+	closed bool
+}
+
+// A publisher is the connection and channel that Publish uses.
+type publisher struct {
+	conn *amqp.Connection
+	ch   *amqp.Channel
+}
+
+// Open returns a bus for the named farm on the broker at rawURL. It does
+// not connect: Publish and Subscribe do, and again after every failure, so
+// a bus opened while the broker is down works once it is up.
+//
+// URL forms (the vhost defaults to "/"; a password with reserved
+// characters must be percent-encoded):
+//
+//	amqp://[user:password@]host[:port][/vhost]     plain, port 5672
+//	amqps://[user:password@]host[:port][/vhost]    TLS, port 5671
+//
+// opts may be nil. No error that Open, Publish or Subscribe reports shows
+// the password from rawURL.
+func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
+	exchange, err := exchangeName(farmName)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", redactURLError(err))
+	}
+	var passwords []string
+	if p, ok := u.User.Password(); ok && p != "" {
+		passwords = append(passwords, p)
+		if _, raw, ok := strings.Cut(u.User.String(), ":"); ok && raw != p {
+			passwords = append(passwords, raw)
+		}
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return nil, fmt.Errorf("amqpbus: URL scheme %q: want amqp or amqps", u.Scheme)
+	}
+	if _, err := amqp.ParseURI(rawURL); err != nil {
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact(redactURLError(err), passwords))
+	}
+	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange}
+	if opts != nil {
+		b.opts = *opts
+	}
+	if b.opts.Name == "" {
+		b.opts.Name = "tlsfarm " + farmName
+	}
+	if b.opts.QueueLength <= 0 {
+		b.opts.QueueLength = DefaultQueueLength
+	}
+	if b.opts.Heartbeat <= 0 {
+		b.opts.Heartbeat = DefaultHeartbeat
+	}
+	if b.opts.DialTimeout <= 0 {
+		b.opts.DialTimeout = DefaultDialTimeout
+	}
+	return b, nil
+}
+
+// exchangeName returns the farm's exchange: "tlsfarm." and the farm name,
+// with bytes in [A-Za-z0-9.:-] as they are and every other byte as "_"
+// and two hex digits (one to one, and within AMQP's name rules). It
+// rejects an empty name and one longer than the farm package allows.
+func exchangeName(farmName string) (string, error) {
+	if farmName == "" || len(farmName) > maxFarmName {
+		return "", fmt.Errorf("amqpbus: farm name must be 1 to %d bytes", maxFarmName)
+	}
+	var b strings.Builder
+	b.WriteString("tlsfarm.")
+	for i := 0; i < len(farmName); i++ {
+		c := farmName[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == ':' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	return b.String(), nil
+}
+
+// Exchange returns the name of the farm's fanout exchange.
+func (b *Bus) Exchange() string { return b.exchange }
+
+// Close closes the publishing connection. Subscriptions end with their
+// contexts.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.pub != nil {
+		b.pub.close()
+		b.pub = nil
+	}
+	return nil
+}
+
+// dial connects to the broker and declares the farm's exchange on a new
+// channel, within ctx and the dial timeout.
+func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	var raw net.Conn
+	var rawMu sync.Mutex
+	props := amqp.NewConnectionProperties()
+	props["connection_name"] = b.opts.Name
+	cfg := amqp.Config{
+		Heartbeat:       b.opts.Heartbeat,
+		TLSClientConfig: b.opts.TLSConfig,
+		Properties:      props,
+		Dial: func(network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The TLS and AMQP handshakes run under this deadline;
+			// amqp091 clears it once the connection is open.
+			c.SetDeadline(deadline)
+			rawMu.Lock()
+			raw = c
+			rawMu.Unlock()
+			return c, nil
+		},
+	}
+	if cfg.TLSClientConfig != nil {
+		cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
+	}
+	// A context that ends during the handshakes ends them.
+	stop := context.AfterFunc(ctx, func() {
+		rawMu.Lock()
+		if raw != nil {
+			raw.SetDeadline(time.Unix(1, 0))
+		}
+		rawMu.Unlock()
+	})
+	conn, err := amqp.DialConfig(b.url, cfg)
+	if fired := !stop(); fired && err == nil {
+		conn.Close()
+		err = ctx.Err()
+	} else if fired {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	if err != nil {
+		return nil, nil, b.errorf("connecting", err)
+	}
+	// The calls below wait for the broker with no deadline of their own.
+	stop = closeOnDone(ctx, conn)
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.ExchangeDeclare(b.exchange, amqp.ExchangeFanout, false, false, false, false, nil)
+	}
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		conn.CloseDeadline(time.Now().Add(time.Second))
+		return nil, nil, b.errorf("declaring exchange", err)
+	}
+	return conn, ch, nil
+}
+
+// closeOnDone closes conn (within a second) if ctx ends before the
+// returned stop is called, so that a call waiting on an unresponsive
+// broker returns. stop reports whether it stopped that from happening.
+func closeOnDone(ctx context.Context, conn *amqp.Connection) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { conn.CloseDeadline(time.Now().Add(time.Second)) })
+}
+
+// errorf wraps err as the bus's error for op, with the URL's password
+// replaced.
+func (b *Bus) errorf(op string, err error) error {
+	if r := redact(err, b.passwords); r != err {
+		return fmt.Errorf("amqpbus: %s: %v", op, r)
+	}
+	return fmt.Errorf("amqpbus: %s: %w", op, err)
+}
+
+// Publish implements farm.Bus: every message goes to the farm's exchange
+// on one channel, and, unless Options.NoConfirm is set, Publish waits for
+// the broker to confirm them all (one round trip for the batch). After a
+// failure the connection is dropped, and the next call dials anew.
+func (b *Bus) Publish(ctx context.Context, msgs ...[]byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errors.New("amqpbus: publish on a closed bus")
+	}
+	if b.pub != nil && (b.pub.conn.IsClosed() || b.pub.ch.IsClosed()) {
+		b.pub.close()
+		b.pub = nil
+	}
+	if b.pub == nil {
+		conn, ch, err := b.dial(ctx)
+		if err != nil {
+			return err
+		}
+		if !b.opts.NoConfirm {
+			if err := ch.Confirm(false); err != nil {
+				conn.Close()
+				return b.errorf("enabling confirms", err)
+			}
+		}
+		b.pub = &publisher{conn: conn, ch: ch}
+	}
+	// A blocked connection (a broker under a memory alarm) stops reading:
+	// closing the connection is what ends a write stuck on it.
+	stop := closeOnDone(ctx, b.pub.conn)
+	err := b.pub.publish(ctx, b.exchange, !b.opts.NoConfirm, msgs)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		b.pub.close()
+		b.pub = nil
+		return b.errorf("publish", err)
+	}
+	return nil
+}
+
+func (p *publisher) publish(ctx context.Context, exchange string, confirm bool, msgs [][]byte) error {
+	var confirms []*amqp.DeferredConfirmation
+	if confirm {
+		confirms = make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	}
+	for _, m := range msgs {
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, "", false, false,
+			amqp.Publishing{Body: m, DeliveryMode: amqp.Transient})
+		if err != nil {
+			return err
+		}
+		if confirm {
+			confirms = append(confirms, dc)
+		}
+	}
+	for _, dc := range confirms {
+		ok, err := dc.WaitContext(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("the broker refused a message (nack), or the channel closed")
+		}
+	}
+	return nil
+}
+
+func (p *publisher) close() {
+	p.conn.CloseDeadline(time.Now().Add(time.Second))
+}
+
+// Subscribe implements farm.Bus. It connects, binds a queue of its own to
+// the farm's exchange and consumes from it; when the connection or channel
+// closes it reports the state down and connects again, with backoff (from
+// 100ms, doubling, to 5s, with jitter), until ctx is done. It returns
+// ctx.Err() promptly when ctx ends.
+func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	failures := 0
+	for {
+		start := time.Now()
+		err := b.subscribeOnce(ctx, deliver, state)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		state(false, err)
+		if time.Since(start) > time.Minute {
+			failures = 0 // it was up a while: this is a new outage
+		}
+		failures++
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+// backoff returns the wait after the given number of consecutive
+// failures: 100ms doubling to 5s, each between half and all of that.
+func backoff(failures int) time.Duration {
+	d := min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// subscribeOnce runs one subscription until its connection fails or ctx
+// ends.
+func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	conn, ch, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	// Return at once when ctx ends, also from a call below that waits on
+	// an unresponsive broker; the connection closes in the background.
+	stop := closeOnDone(ctx, conn)
+	defer func() {
+		if stop() {
+			conn.CloseDeadline(time.Now().Add(time.Second))
+		}
+	}()
+	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	q, err := ch.QueueDeclare("", false, true, true, false, amqp.Table{
+		"x-max-length": int64(b.opts.QueueLength),
+	})
+	if err != nil {
+		return b.errorf("declaring queue", err)
+	}
+	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
+		return b.errorf("binding queue", err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		return b.errorf("consuming", err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	state(true, nil)
+	closed := func(e *amqp.Error) error {
+		if e == nil {
+			return errors.New("amqpbus: connection closed")
+		}
+		return b.errorf("connection lost", e)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case d, ok := <-deliveries:
+			if !ok {
+				// Consumer gone; the reason follows on a close channel.
+				select {
+				case e := <-connClosed:
+					return closed(e)
+				case e := <-chClosed:
+					return closed(e)
+				case <-time.After(time.Second):
+					return errors.New("amqpbus: consumer cancelled")
+				}
+			}
+			deliver(d.Body)
+		case e := <-connClosed:
+			return closed(e)
+		case e := <-chClosed:
+			return closed(e)
+		}
+	}
+}
+
+// redactURLError drops a URL (which may hold a password) from a parse error.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// redact returns err with every occurrence of the secrets in its text
+// replaced, or err itself if none occurs.
+func redact(err error, secrets []string) error {
+	msg := err.Error()
+	for _, s := range secrets {
+		msg = strings.ReplaceAll(msg, s, "xxxxx")
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return errors.New(msg)
+}
+
+var _ farm.Bus = (*Bus)(nil)

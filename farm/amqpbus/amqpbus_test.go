@@ -1,0 +1,260 @@
+package amqpbus_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
+)
+
+// brokerURL returns the URL of the machine's RabbitMQ
+// (TLSFARM_AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/), skipping
+// the test if it does not answer.
+func brokerURL(tb testing.TB) string {
+	tb.Helper()
+	u := os.Getenv("TLSFARM_AMQP_URL")
+	if u == "" {
+		u = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	testenv.NeedTCP(tb, "RabbitMQ", brokerAddr(u))
+	return u
+}
+
+func brokerAddr(u string) string {
+	addr := u[strings.Index(u, "://")+3:]
+	if j := strings.LastIndexByte(addr, '@'); j >= 0 {
+		addr = addr[j+1:]
+	}
+	if i := strings.IndexByte(addr, '/'); i >= 0 {
+		addr = addr[:i]
+	}
+	return addr
+}
+
+// farmName returns a farm name no other test uses.
+func farmName(tb testing.TB) string {
+	var b [6]byte
+	rand.Read(b[:])
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(tb.Name())
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return name + "-" + hex.EncodeToString(b[:])
+}
+
+func open(tb testing.TB, url, farmName string, opts *amqpbus.Options) *amqpbus.Bus {
+	tb.Helper()
+	b, err := amqpbus.Open(url, farmName, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { b.Close() })
+	deleteExchangeAtEnd(tb, url, b.Exchange())
+	return b
+}
+
+// deleteExchangeAtEnd deletes exchange when the test ends: the transport
+// declares it non-durable and never deletes it, and tests should leave
+// nothing on a shared broker.
+func deleteExchangeAtEnd(tb testing.TB, url, exchange string) {
+	tb.Cleanup(func() {
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		if ch, err := conn.Channel(); err == nil {
+			ch.ExchangeDelete(exchange, false, false)
+		}
+	})
+}
+
+func TestBusConformance(t *testing.T) {
+	url := brokerURL(t)
+	for _, tc := range []struct {
+		name string
+		opts *amqpbus.Options
+	}{{"confirms", nil}, {"no-confirms", &amqpbus.Options{NoConfirm: true}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name, tc.opts) })
+		})
+	}
+}
+
+func TestOpenURLs(t *testing.T) {
+	for _, tc := range []struct {
+		url, err string
+	}{
+		{"amqp://guest:guest@127.0.0.1:5672/", ""},
+		{"amqp://127.0.0.1", ""},
+		{"amqps://user:pass@broker.example/vhost", ""},
+		{"http://127.0.0.1", "scheme"},
+		{"amqp://user:s3cret@[::1", "amqpbus"},
+		{"amqp://user:s3cret@host:notaport/", "amqpbus"},
+		{"amqp://user:s3cret@host with space/", "amqpbus"},
+	} {
+		b, err := amqpbus.Open(tc.url, "f", nil)
+		if tc.err == "" {
+			if err != nil {
+				t.Errorf("Open(%q): %v", tc.url, err)
+				continue
+			}
+			b.Close()
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("Open(%q) = %v, want an error about %q", tc.url, err, tc.err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Open error shows the password: %v", err)
+		}
+	}
+}
+
+func TestExchangeNames(t *testing.T) {
+	for _, tc := range []struct{ farm, want string }{
+		{"prod", "tlsfarm.prod"},
+		{"eu-1.a:b", "tlsfarm.eu-1.a:b"},
+		{"a_b c", "tlsfarm.a_5fb_20c"},
+	} {
+		b, err := amqpbus.Open("amqp://127.0.0.1", tc.farm, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Exchange() != tc.want {
+			t.Errorf("farm %q: exchange %q, want %q", tc.farm, b.Exchange(), tc.want)
+		}
+	}
+	for _, bad := range []string{"", strings.Repeat("x", 65)} {
+		if _, err := amqpbus.Open("amqp://127.0.0.1", bad, nil); err == nil {
+			t.Errorf("farm name %q accepted", bad)
+		}
+	}
+}
+
+// TestPasswordNeverShown: refused logins and unreachable brokers show up in
+// Publish's errors and Subscribe's state without the URL's password, in
+// either spelling. (RabbitMQ answers a bad password after about 3s.)
+func TestPasswordNeverShown(t *testing.T) {
+	addr := brokerAddr(brokerURL(t))
+	for _, tc := range []struct {
+		url, want string
+	}{
+		{"amqp://guest:s3cret-pw@" + addr + "/", "403"},
+		{"amqp://guest:s3cret%2Fpw@" + addr + "/", "403"},
+		{"amqp://guest:s3cret-pw@127.0.0.1:1/", "refused"},
+		{"amqps://guest:s3cret-pw@" + addr + "/", "tls"},
+	} {
+		t.Run("", func(t *testing.T) {
+			t.Parallel()
+			// Not open: its clean-up would log in with the bad password.
+			b, err := amqpbus.Open(tc.url, farmName(t), &amqpbus.Options{DialTimeout: 4 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			var errs []error
+			b.Subscribe(ctx, func([]byte) {}, func(up bool, err error) {
+				if up {
+					t.Errorf("%s: subscribed", tc.url)
+				}
+				errs = append(errs, err)
+			})
+			cancel()
+			errs = append(errs, b.Publish(context.Background(), []byte("x")))
+			saw := false
+			for _, err := range errs {
+				if err == nil {
+					continue
+				}
+				msg := err.Error()
+				if strings.Contains(msg, "s3cret") {
+					t.Fatalf("%s: error shows the password: %v", tc.url, err)
+				}
+				saw = saw || strings.Contains(strings.ToLower(msg), tc.want)
+			}
+			if !saw {
+				t.Errorf("%s: no error mentions %q: %v", tc.url, tc.want, errs)
+			}
+		})
+	}
+}
+
+// hungBroker returns the address of a listener that accepts connections
+// and never answers, like a broker that hangs.
+func hungBroker(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return l.Addr().String()
+}
+
+// TestHungBrokerDoesNotHoldCallers: Subscribe returns promptly when its
+// context ends, and Publish by its deadline, while the broker accepts
+// connections and never answers.
+func TestHungBrokerDoesNotHoldCallers(t *testing.T) {
+	b, err := amqpbus.Open("amqp://guest:guest@"+hungBroker(t)+"/", farmName(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Subscribe(ctx, func([]byte) {}, func(bool, error) {}) }()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Subscribe returned %v, want context.Canceled", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Subscribe did not return within 3s of its context ending")
+	}
+
+	pctx, pcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer pcancel()
+	start := time.Now()
+	if err := b.Publish(pctx, []byte("x")); err == nil {
+		t.Fatal("Publish to a hung broker succeeded")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Publish with a 300ms deadline took %v", d)
+	}
+}

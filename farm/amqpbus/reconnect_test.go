@@ -1,0 +1,75 @@
+package amqpbus_test
+
+import (
+	"crypto/tls"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// closeConnections has the broker close every connection whose
+// connection_name is name, as it does when an operator or a failover
+// closes them, and returns how many it closed.
+func closeConnections(t *testing.T, name string) int {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		testenv.Skip(t, "rabbitmqctl list_connections does not work here: %v: %s", err, out)
+	}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		pid, props, ok := strings.Cut(line, "\t")
+		if !ok || !strings.Contains(props, `{"connection_name","`+name+`"}`) {
+			continue
+		}
+		if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "tlsfarm test").CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
+		}
+		n++
+	}
+	return n
+}
+
+// TestSubscriberRecoversAfterBrokerClosesConnection: the broker closes a
+// node's connections (its subscription's and its publisher's); the node
+// reports the bus down, reconnects on its own, and shares again both ways
+// without being restarted.
+func TestSubscriberRecoversAfterBrokerClosesConnection(t *testing.T) {
+	url := brokerURL(t)
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		testenv.Skip(t, "rabbitmqctl is not installed")
+	}
+	victim := farmName(t)
+	ms := startFarm(t, url, 2, func(i int) *amqpbus.Options {
+		if i == 1 {
+			return &amqpbus.Options{Name: victim}
+		}
+		return nil
+	})
+	ccfg := client(tls.VersionTLS13, &tlstest.SharedCache{})
+	dialAndSpread(t, ms, ms[0], ccfg)
+	dialAndSpread(t, ms, ms[1], ccfg)
+
+	connects := ms[1].node.Stats().Connects
+	start := time.Now()
+	if n := closeConnections(t, victim); n != 2 {
+		t.Fatalf("closed %d connections of the node, want 2 (subscriber and publisher)", n)
+	}
+	eventually(t, 10*time.Second, "n2 resubscribed", func() bool {
+		st := ms[1].node.Stats()
+		return st.Connected && st.Connects > connects
+	})
+	t.Logf("n2 resubscribed within %v of the start of rabbitmqctl (which takes about a second per call)", time.Since(start).Round(time.Millisecond))
+	// Both ways: n1's sessions reach n2's new queue, and n2 publishes again.
+	if !dialAndSpread(t, ms, ms[0], ccfg).DidResume {
+		t.Fatal("n1 did not resume n2's session")
+	}
+	if !dialAndSpread(t, ms, ms[1], ccfg).DidResume {
+		t.Fatal("n2 did not resume n1's session after reconnecting")
+	}
+}

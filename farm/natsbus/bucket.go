@@ -1,0 +1,149 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// markerTTL is how long the server keeps the marker it leaves when a key
+// expires or is deleted (nats-server 2.11+): long enough for an operator's
+// `nats kv watch` to see it, short enough to cost nothing.
+const markerTTL = 15 * time.Second
+
+// initTimeout bounds opening the bucket, whoever asked first.
+const initTimeout = 5 * time.Second
+
+// bucketState is what the store knows once the bucket is open.
+type bucketState struct {
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	pre    string // "$KV.<bucket>."
+	native bool   // the server expires messages by their own TTL
+
+	noInfoTime atomic.Bool // the server's stream info has no time stamp
+}
+
+// open returns the bucket, creating it on first use, or an error at once if
+// the connection is down. Callers wait at most until ctx is done; the
+// lookup itself runs to initTimeout, so that a handshake's short lookup
+// deadline does not starve it.
+func (t *Transport) open(ctx context.Context) (*bucketState, error) {
+	// While the client reconnects, requests would wait in its buffer until
+	// their deadline: fail at once instead, as the bus does.
+	if st := t.nc.Status(); st != nats.CONNECTED {
+		return nil, fmt.Errorf("natsbus: store: connection is %v", st)
+	}
+	if s := t.store.Load(); s != nil {
+		return s, nil
+	}
+	t.initMu.Lock()
+	ch := t.initCh
+	if ch == nil {
+		ch = make(chan struct{})
+		t.initCh = ch
+		go t.openBucket(ch)
+	}
+	t.initMu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("natsbus: opening bucket %s: %w", t.bucket, ctx.Err())
+	}
+	if s := t.store.Load(); s != nil {
+		return s, nil
+	}
+	t.initMu.Lock()
+	defer t.initMu.Unlock()
+	return nil, t.initErr
+}
+
+func (t *Transport) openBucket(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
+	defer cancel()
+	s, err := t.lookupBucket(ctx)
+	t.initMu.Lock()
+	if err != nil {
+		t.initErr = fmt.Errorf("natsbus: bucket %s: %v", t.bucket, redact(err, t.secrets))
+	} else {
+		t.store.Store(s)
+	}
+	t.initCh = nil
+	t.initMu.Unlock()
+	close(done)
+}
+
+func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
+	kv, err := t.js.KeyValue(ctx, t.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = t.createBucket(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	stream, err := t.js.Stream(ctx, "KV_"+t.bucket)
+	if err != nil {
+		return nil, err
+	}
+	cfg := stream.CachedInfo().Config
+	return &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}, nil
+}
+
+func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	cfg := jetstream.KeyValueConfig{
+		Bucket:         t.bucket,
+		Description:    "tlsfarm: sealed sessions, revocations and ticket keys",
+		History:        1,
+		Replicas:       t.opts.Replicas,
+		LimitMarkerTTL: markerTTL, // enables per-message TTL
+	}
+	if t.opts.MemoryStorage {
+		cfg.Storage = jetstream.MemoryStorage
+	}
+	kv, err := t.js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		// A server before 2.11: keys cannot expire on their own.
+		cfg.LimitMarkerTTL = 0
+		cfg.TTL = t.opts.LegacyMaxAge
+		kv, err = t.js.CreateKeyValue(ctx, cfg)
+	}
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		// Another node made it first (or it exists with other settings).
+		kv, err = t.js.KeyValue(ctx, t.bucket)
+	}
+	return kv, err
+}
+
+// check forgets the bucket after an error that says it is gone (a server
+// restarted without its data, an operator deleted it), so that the next
+// call makes it anew. It returns err, redacted and prefixed.
+func (t *Transport) check(s *bucketState, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.store.CompareAndSwap(s, nil)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("natsbus: %s: %w", op, err)
+	}
+	return fmt.Errorf("natsbus: %s: %v", op, redact(err, t.secrets))
+}
+
+// NativeTTL reports whether the server expires the bucket's keys by their
+// own TTL (nats-server 2.11 and later, with a bucket that allows it).
+// Where it does not, expired keys read as absent but stay in the bucket
+// until Options.LegacyMaxAge has passed.
+func (t *Transport) NativeTTL(ctx context.Context) (bool, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return false, err
+	}
+	return s.native, nil
+}

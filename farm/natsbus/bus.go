@@ -1,0 +1,128 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// flushTimeout bounds a Publish whose context has no deadline: nats.go's
+// flush needs one.
+const flushTimeout = 5 * time.Second
+
+// errNotConnected is the state reported while the client reconnects.
+var errNotConnected = errors.New("natsbus: not connected to NATS")
+
+// errClosed is returned by Subscribe when the connection is closed for good.
+var errClosed = errors.New("natsbus: connection closed")
+
+// Publish implements farm.Bus: it publishes every message on the farm's
+// subject, then flushes once, so that a batch costs one round trip and has
+// reached the server when Publish returns nil. While the connection is
+// down it fails at once rather than buffering: the farm counts what it
+// could not publish, and its peers catch up from the store.
+func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
+	if st := t.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("natsbus: publish: connection is %v", st)
+	}
+	for _, m := range msgs {
+		if err := t.nc.Publish(t.subject, m); err != nil {
+			return fmt.Errorf("natsbus: publish: %v", redact(err, t.secrets))
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, flushTimeout)
+		defer cancel()
+	}
+	if err := t.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("natsbus: publish: %w", err)
+	}
+	return nil
+}
+
+// Subscribe implements farm.Bus. It subscribes once: nats.go reconnects on
+// its own and resubscribes on every reconnect, and Subscribe reports each
+// change of the connection's state. It returns ctx.Err() when ctx is done,
+// or an error if the connection is closed for good.
+func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	// A status listener rather than the connection's handlers: they belong
+	// to whoever made the connection, and there is only one of each.
+	status := t.nc.StatusChanged()
+	defer t.nc.RemoveStatusListener(status)
+
+	// nats.go runs the handler on the subscription's own goroutine and
+	// queues behind it (up to its pending limits); hand each message to
+	// this goroutine so that deliver and state are called from one.
+	msgs := make(chan []byte, 64)
+	sub, err := t.nc.Subscribe(t.subject, func(m *nats.Msg) {
+		select {
+		case msgs <- m.Data:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("natsbus: subscribe: %v", redact(err, t.secrets))
+	}
+	defer sub.Unsubscribe()
+
+	up := false
+	downErr := func() error {
+		if err := t.nc.LastError(); err != nil {
+			return fmt.Errorf("natsbus: %v", redact(err, t.secrets))
+		}
+		return errNotConnected
+	}
+	report := func() {
+		now := t.nc.Status() == nats.CONNECTED
+		if now && !up {
+			// The subscription is in place once the server has answered
+			// a ping sent after it.
+			fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := t.nc.FlushWithContext(fctx)
+			cancel()
+			if err != nil {
+				return // the next status change or tick tries again
+			}
+		}
+		if now == up {
+			return
+		}
+		up = now
+		if up {
+			state(true, nil)
+			return
+		}
+		state(false, downErr())
+	}
+	if t.nc.IsConnected() {
+		report()
+	} else {
+		state(false, downErr())
+	}
+	// The status listener drops events when its buffer is full; a slow
+	// tick re-reads the state so that no change is missed for long.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case m := <-msgs:
+			deliver(m)
+		case s, ok := <-status:
+			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
+				return errClosed
+			}
+			report()
+		case <-tick.C:
+			if t.nc.IsClosed() {
+				return errClosed
+			}
+			report()
+		}
+	}
+}

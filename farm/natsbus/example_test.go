@@ -1,0 +1,56 @@
+package natsbus_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+)
+
+// A farm's transport on an embedded server: what one node publishes, every
+// node receives, and the store keeps keys until their TTL. A real farm
+// opens "nats://host:4222" (or a comma-separated list of a cluster's
+// servers) and gives the transport to farm.Join as both Bus and Store.
+func Example() {
+	srv, err := natsembed.Start(nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Shutdown()
+
+	tr, err := natsbus.Open(srv.URL(), "prod", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	fmt.Println(tr.Subject(), tr.Bucket())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan []byte, 1)
+	up := make(chan bool, 1)
+	go tr.Subscribe(ctx, func(msg []byte) { got <- msg }, func(ok bool, err error) {
+		if ok {
+			up <- true
+		}
+	})
+	<-up
+	if err := tr.Publish(ctx, []byte("sealed message")); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("received %q\n", <-got)
+
+	if err := tr.PutMany(ctx, farm.Item{Key: "s:0102", Value: []byte("sealed session"), TTL: time.Hour}); err != nil {
+		log.Fatal(err)
+	}
+	v, err := tr.Get(ctx, "s:0102")
+	fmt.Printf("stored %q under %q, %v\n", v, tr.Key("s:0102"), err)
+	// Output:
+	// tlsfarm.prod.bus tlsfarm_prod
+	// received "sealed message"
+	// stored "sealed session" under "s.0102", <nil>
+}

@@ -1,0 +1,274 @@
+// Package natsbus is the farm's NATS transport, built on nats.go: a
+// farm.Bus over core NATS publish/subscribe and a farm.Store over a
+// JetStream key-value bucket.
+//
+// A farm named F uses the subject "tlsfarm.F.bus" and the bucket
+// "tlsfarm_F" (stream "KV_tlsfarm_F"), where F is the farm name with every
+// byte outside [A-Za-z0-9-] written as "_" and two hex digits, so that any
+// farm name is one legal subject token and bucket name and distinct farms
+// never share either. Messages and values are sealed by the farm: nothing
+// on the bus or in the bucket is usable, or accepted back, without the farm
+// secret, which is separate from any NATS credential.
+//
+// Keys expire by the server's per-message TTL on nats-server 2.11 and later.
+// Older servers have none: there a key's expiry is kept in its value, an
+// expired key reads as absent, and the bucket's age limit
+// (Options.LegacyMaxAge) reclaims the space. See docs/transports.md.
+//
+// The embedded server for a zero-setup farm is in the natsembed
+// sub-package, so that a binary that only connects to NATS does not carry
+// a server.
+package natsbus
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultLegacyMaxAge is the default of Options.LegacyMaxAge: longer than
+// the farm keeps anything with a TTL (sessions 2h, revocations 24h by
+// default), and longer than the default ticket key rotation interval (12h),
+// which rewrites the one key the farm stores without a TTL.
+const DefaultLegacyMaxAge = 25 * time.Hour
+
+// maxFarmName is the longest farm name accepted, as in the farm package.
+const maxFarmName = 64
+
+// Options configure a Transport. The zero value (or nil) is a working
+// configuration.
+type Options struct {
+	// Name names the connection in the server's monitoring (connz). The
+	// default is "tlsfarm <farm>".
+	Name string
+
+	// CredsFile is a NATS credentials file (a user JWT and its nkey seed,
+	// as nsc writes them), for servers with decentralized authentication.
+	// Empty means the URL's user and password or token, if any.
+	CredsFile string
+
+	// TLSConfig, if set, makes the connection use TLS with this
+	// configuration, whatever the URL's scheme. A tls:// URL with a nil
+	// TLSConfig uses TLS with the system's roots.
+	TLSConfig *tls.Config
+
+	// NATS are further connection options (nats.RootCAs, nats.Nkey, ...),
+	// applied after the ones above. The transport appends its own
+	// nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true) and
+	// nats.IgnoreAuthErrorAbort() last: it relies on the client
+	// reconnecting forever.
+	NATS []nats.Option
+
+	// Replicas is the number of replicas of the bucket when the transport
+	// creates it (default 1; 3 on a clustered JetStream). A bucket that
+	// already exists is used as it is, so an operator may create it with
+	// any settings that keep one value per key (history 1).
+	Replicas int
+
+	// MemoryStorage keeps a bucket the transport creates in memory instead
+	// of on disk: faster, and lost when the server restarts.
+	MemoryStorage bool
+
+	// LegacyMaxAge is the age limit of a bucket the transport creates on a
+	// server without per-message TTL (before nats-server 2.11): every key
+	// is dropped this long after it was last written, whatever its TTL,
+	// including keys written with none. Default DefaultLegacyMaxAge.
+	// Unused on newer servers, where each key expires by its own TTL.
+	LegacyMaxAge time.Duration
+}
+
+// A Transport is a farm.Bus and a farm.Store on one NATS connection.
+// Its methods are safe for concurrent use.
+type Transport struct {
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	own     bool // Close closes nc
+	subject string
+	bucket  string
+	opts    Options
+	secrets []string // passwords in the URL, redacted from errors
+
+	store   atomic.Pointer[bucketState] // nil until the bucket is open
+	initMu  sync.Mutex
+	initCh  chan struct{} // closed when the running bucket lookup ends
+	initErr error         // how the last lookup failed
+
+	offset atomic.Int64 // server clock minus ours, in ns, as last measured
+}
+
+// Open connects to NATS at rawURL for the named farm. It does not wait for
+// the server: a transport opened while NATS is down works once it is up,
+// and the client reconnects on its own, forever, after every failure.
+//
+// URL forms (several servers of one cluster separated by commas):
+//
+//	nats://[user:password@]host:port     plain
+//	nats://token@host:port               token authentication
+//	tls://[user:password@]host:port      TLS
+//
+// opts may be nil. No error Open returns shows a password from rawURL.
+func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	if _, err := token(farmName); err != nil {
+		return nil, err
+	}
+	var secrets []string
+	for _, s := range strings.Split(rawURL, ",") {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("natsbus: bad URL: %v", redactURLError(err))
+		}
+		if p, ok := u.User.Password(); ok && p != "" {
+			secrets = append(secrets, p)
+		}
+		if u.Scheme != "nats" && u.Scheme != "tls" {
+			return nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
+		}
+		if u.Host == "" {
+			return nil, errors.New("natsbus: URL has no host")
+		}
+	}
+	name := opts.Name
+	if name == "" {
+		name = "tlsfarm " + farmName
+	}
+	o := []nats.Option{
+		nats.Name(name),
+		nats.ReconnectWait(time.Second),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		// Find a silent (paused, partitioned) server in seconds, not the
+		// default four minutes.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+	}
+	if opts.CredsFile != "" {
+		o = append(o, nats.UserCredentials(opts.CredsFile))
+	}
+	if opts.TLSConfig != nil {
+		o = append(o, nats.Secure(opts.TLSConfig))
+	}
+	o = append(o, opts.NATS...)
+	// Keep trying also when the server refuses the credentials: an
+	// operator may be fixing them on the server.
+	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
+	nc, err := nats.Connect(rawURL, o...)
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: %v", redact(err, secrets))
+	}
+	t, err := New(nc, farmName, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	t.own = true
+	t.secrets = secrets
+	return t, nil
+}
+
+// New returns a transport for the named farm on a connection the caller
+// made (and closes). The connection should reconnect forever
+// (nats.MaxReconnects(-1)); if it closes, Subscribe returns an error and
+// every other method fails. Only opts' bucket settings (Replicas,
+// MemoryStorage, LegacyMaxAge) apply; opts may be nil.
+func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
+	tok, err := token(farmName)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc,
+		// A batch whose acknowledgments never come (the connection
+		// dropped) is forgotten, not kept for ever.
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: %v", err)
+	}
+	t := &Transport{
+		nc:      nc,
+		js:      js,
+		subject: "tlsfarm." + tok + ".bus",
+		bucket:  "tlsfarm_" + tok,
+	}
+	if opts != nil {
+		t.opts = *opts
+	}
+	if t.opts.LegacyMaxAge <= 0 {
+		t.opts.LegacyMaxAge = DefaultLegacyMaxAge
+	}
+	return t, nil
+}
+
+// token returns the farm name as one subject token and bucket name part:
+// bytes in [A-Za-z0-9-] as they are, every other byte as "_" and two hex
+// digits. The mapping is one to one. It rejects an empty name and one
+// longer than the farm package allows.
+func token(farmName string) (string, error) {
+	if farmName == "" || len(farmName) > maxFarmName {
+		return "", fmt.Errorf("natsbus: farm name must be 1 to %d bytes", maxFarmName)
+	}
+	var b strings.Builder
+	for i := 0; i < len(farmName); i++ {
+		c := farmName[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	return b.String(), nil
+}
+
+// Close closes the connection, if Open made it.
+func (t *Transport) Close() error {
+	if t.own {
+		t.nc.Close()
+	}
+	return nil
+}
+
+// Conn returns the transport's NATS connection.
+func (t *Transport) Conn() *nats.Conn { return t.nc }
+
+// Subject returns the farm's bus subject, "tlsfarm.<farm>.bus".
+func (t *Transport) Subject() string { return t.subject }
+
+// Bucket returns the name of the farm's key-value bucket, "tlsfarm_<farm>".
+func (t *Transport) Bucket() string { return t.bucket }
+
+// redactURLError drops a URL (which may hold a password) from a parse error.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// redact replaces every secret in err's text with "xxxxx". It returns err
+// itself when no secret occurs, so that errors.Is keeps working.
+func redact(err error, secrets []string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	changed := false
+	for _, s := range secrets {
+		if strings.Contains(msg, s) {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
+			changed = true
+		}
+	}
+	if !changed {
+		return err
+	}
+	return errors.New(msg)
+}

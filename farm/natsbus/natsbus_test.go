@@ -1,0 +1,303 @@
+package natsbus_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
+)
+
+// sharedURL returns the URL of the machine's shared NATS server
+// (TLSFARM_NATS_URL, default nats://127.0.0.1:4222), skipping the test if
+// it does not answer.
+func sharedURL(tb testing.TB) string {
+	tb.Helper()
+	u := os.Getenv("TLSFARM_NATS_URL")
+	if u == "" {
+		u = "nats://127.0.0.1:4222"
+	}
+	addr := u[strings.Index(u, "://")+3:]
+	if j := strings.LastIndexByte(addr, '@'); j >= 0 {
+		addr = addr[j+1:]
+	}
+	testenv.NeedTCP(tb, "NATS", addr)
+	return u
+}
+
+// embedded starts an in-process nats-server (the current release, with
+// per-message TTL) for the test.
+func embedded(tb testing.TB) string {
+	tb.Helper()
+	s, err := natsembed.Start(&natsembed.Config{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Shutdown)
+	return s.URL()
+}
+
+// farmName returns a farm name no other test uses.
+func farmName(tb testing.TB) string {
+	var b [6]byte
+	rand.Read(b[:])
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(tb.Name())
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return name + "-" + hex.EncodeToString(b[:])
+}
+
+// open opens a transport for the test, and deletes the farm's bucket (if
+// the test made one) when it ends, so that tests leave no streams on a
+// shared server.
+func open(tb testing.TB, url, farmName string) *natsbus.Transport {
+	tb.Helper()
+	tr, err := natsbus.Open(url, farmName, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tr.Close() })
+	tb.Cleanup(func() {
+		if !tr.Conn().IsConnected() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		js, _ := jetstream.New(tr.Conn())
+		js.DeleteKeyValue(ctx, tr.Bucket())
+	})
+	return tr
+}
+
+func TestBusConformance(t *testing.T) {
+	url := sharedURL(t)
+	farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name) })
+}
+
+// TestStoreConformance runs the store suite on the shared server and on an
+// embedded one: on this machine, one predates per-message TTL (2.9) and the
+// other has it, so both ways of expiring keys are checked.
+func TestStoreConformance(t *testing.T) {
+	t.Run("shared", func(t *testing.T) {
+		url := sharedURL(t)
+		farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+	})
+	t.Run("embedded", func(t *testing.T) {
+		url := embedded(t)
+		farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+		tr := open(t, url, farmName(t))
+		if ok, err := tr.NativeTTL(context.Background()); err != nil || !ok {
+			t.Fatalf("NativeTTL on an embedded current server = %t, %v; want true", ok, err)
+		}
+	})
+}
+
+// TestServerExpiresKeys: with per-message TTL, an expired key is gone from
+// the bucket itself, not only hidden.
+func TestServerExpiresKeys(t *testing.T) {
+	url := embedded(t)
+	tr := open(t, url, farmName(t))
+	ctx := context.Background()
+	if err := tr.PutMany(ctx, farm.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(tr.Conn())
+	kv, err := js.KeyValue(ctx, tr.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, tr.Key("s:00")); err != nil {
+		t.Fatalf("key not in the bucket after writing: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := kv.Get(ctx, tr.Key("s:00"))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server still holds a key 5s after its 1s TTL (%v)", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestExpiredKeyCanBeReplaced: SetNX and CompareAndSwap from absent succeed
+// on a key whose value has expired but which the server still holds (as
+// it does before 2.11).
+func TestExpiredKeyCanBeReplaced(t *testing.T) {
+	tr := open(t, sharedURL(t), farmName(t))
+	ctx := context.Background()
+	if ok, err := tr.SetNX(ctx, "lease", []byte("a"), 50*time.Millisecond); !ok || err != nil {
+		t.Fatalf("SetNX = %t, %v", ok, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if ok, err := tr.SetNX(ctx, "lease", []byte("b"), time.Minute); !ok || err != nil {
+		t.Fatalf("SetNX over an expired value = %t, %v", ok, err)
+	}
+	if ok, _ := tr.SetNX(ctx, "lease", []byte("c"), time.Minute); ok {
+		t.Fatal("SetNX over a live value succeeded")
+	}
+	if err := tr.Delete(ctx, "lease"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := tr.CompareAndSwap(ctx, "lease", nil, []byte("d"), 0); !ok || err != nil {
+		t.Fatalf("CompareAndSwap from a deleted key = %t, %v", ok, err)
+	}
+	if v, err := tr.Get(ctx, "lease"); err != nil || string(v) != "d" {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+}
+
+func TestOpenURLs(t *testing.T) {
+	for _, tc := range []struct {
+		url, err string
+	}{
+		{"nats://127.0.0.1:4222", ""},
+		{"nats://user:pass@127.0.0.1:4222", ""},
+		{"nats://token@127.0.0.1:4222", ""},
+		{"nats://127.0.0.1:4222,nats://127.0.0.1:4223", ""},
+		{"http://127.0.0.1", "scheme"},
+		{"nats://", "host"},
+		{"nats://user:s3cret@[::1", "natsbus"},
+		{"nats://user:s3cret@127.0.0.1:4222,ftp://x", "scheme"},
+	} {
+		tr, err := natsbus.Open(tc.url, "f", nil)
+		if tc.err == "" {
+			if err != nil {
+				t.Errorf("Open(%q): %v", tc.url, err)
+				continue
+			}
+			tr.Close()
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("Open(%q) = %v, want an error about %q", tc.url, err, tc.err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Open error shows the password: %v", err)
+		}
+	}
+}
+
+// TestWrongPasswordNotShown: a refused login shows up in the bus's state
+// and the store's errors, without the password.
+func TestWrongPasswordNotShown(t *testing.T) {
+	srv := startNATS(t, "--user", "tlsfarm", "--pass", "right-pw")
+	tr, err := natsbus.Open(srv.URL("tlsfarm:s3cret-pw@"), farmName(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// nats.go forgets the error while it tries again: keep it.
+	var refusal error
+	eventually(t, 5*time.Second, "the server refused the login", func() bool {
+		refusal = tr.Conn().LastError()
+		return refusal != nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var errs []error
+	tr.Subscribe(ctx, func([]byte) {}, func(up bool, err error) {
+		if up {
+			t.Error("subscribed with a wrong password")
+		}
+		errs = append(errs, err)
+	})
+	errs = append(errs, tr.Publish(context.Background(), []byte("x")))
+	gctx, gcancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer gcancel()
+	_, err = tr.Get(gctx, "k")
+	errs = append(errs, err, refusal)
+	t.Logf("errors seen: %v", errs)
+	refused := false
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret-pw") {
+			t.Fatalf("error shows the password: %v", err)
+		}
+		refused = refused || strings.Contains(strings.ToLower(err.Error()), "authorization")
+	}
+	if !refused {
+		t.Fatalf("no error says the login was refused: %v", errs)
+	}
+
+	// The right password works.
+	good, err := natsbus.Open(srv.URL("tlsfarm:right-pw@"), farmName(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	if err := good.PutMany(context.Background(), farm.Item{Key: "k", Value: []byte("v"), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFarmNames(t *testing.T) {
+	for _, tc := range []struct{ farm, subject, bucket string }{
+		{"prod", "tlsfarm.prod.bus", "tlsfarm_prod"},
+		{"eu-1", "tlsfarm.eu-1.bus", "tlsfarm_eu-1"},
+		{"a.b", "tlsfarm.a_2eb.bus", "tlsfarm_a_2eb"},
+		{"a_2eb", "tlsfarm.a_5f2eb.bus", "tlsfarm_a_5f2eb"},
+		{"x *>y", "tlsfarm.x_20_2a_3ey.bus", "tlsfarm_x_20_2a_3ey"},
+	} {
+		tr, err := natsbus.Open("nats://127.0.0.1:1", tc.farm, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.Subject() != tc.subject || tr.Bucket() != tc.bucket {
+			t.Errorf("farm %q: subject %q bucket %q; want %q and %q", tc.farm, tr.Subject(), tr.Bucket(), tc.subject, tc.bucket)
+		}
+		tr.Close()
+	}
+	for _, bad := range []string{"", strings.Repeat("x", 65)} {
+		if _, err := natsbus.Open("nats://127.0.0.1:1", bad, nil); err == nil {
+			t.Errorf("farm name %q accepted", bad)
+		}
+	}
+}
+
+func TestKeys(t *testing.T) {
+	tr, err := natsbus.Open("nats://127.0.0.1:1", "f", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	seen := map[string]string{}
+	for _, tc := range []struct{ key, want string }{
+		{"s:0a1b", "s.0a1b"},
+		{"revoked", "revoked"},
+		{"keys:lease", "keys.lease"},
+		{":a", "=3Aa"},
+		{"a:", "a=3A"},
+		{"a::b", "a=3A=3Ab"},
+		{"a.b", "a=2Eb"},
+		{"a_b", "a=5Fb"},
+		{"a=b", "a=3Db"},
+		{"", "="},
+		{"x y*>", "x=20y=2A=3E"},
+	} {
+		got := tr.Key(tc.key)
+		if got != tc.want {
+			t.Errorf("Key(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+		if other, dup := seen[got]; dup {
+			t.Errorf("keys %q and %q both map to %q", tc.key, other, got)
+		}
+		seen[got] = tc.key
+	}
+}

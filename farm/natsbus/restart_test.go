@@ -1,0 +1,66 @@
+package natsbus_test
+
+import (
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// TestSharingRecoversAfterServerRestart: the NATS server crashes and comes
+// back on the same port; the nodes serve alone meanwhile and share again
+// within seconds of its return, through the bus and the store, without
+// being restarted.
+func TestSharingRecoversAfterServerRestart(t *testing.T) {
+	srv := startNATS(t)
+	ms := startFarm(t, srv.URL(""), 3, farm.Broadcast)
+
+	shares := func(what string) {
+		t.Helper()
+		before := make([]farm.Stats, len(ms))
+		for i, m := range ms {
+			before[i] = m.node.Stats()
+		}
+		frozen := &tlstest.FrozenCache{}
+		tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, frozen))
+		for i, m := range ms[1:] {
+			eventually(t, 10*time.Second, what+": "+m.name+" received the session over the bus", func() bool {
+				return m.node.Stats().Inserted > before[i+1].Inserted
+			})
+			if !tlstest.MustDial(t, m.srv.Addr, client(tls.VersionTLS13, frozen)).DidResume {
+				t.Fatalf("%s: %s did not resume n1's session", what, m.name)
+			}
+		}
+		eventually(t, 10*time.Second, what+": n1 wrote the session to the store", func() bool {
+			return ms[0].node.Stats().StoreWrites > before[0].StoreWrites
+		})
+	}
+	shares("before the crash")
+
+	srv.Kill()
+	eventually(t, 10*time.Second, "every node saw the bus go down", func() bool {
+		for _, m := range ms {
+			if m.node.Stats().Connected {
+				return false
+			}
+		}
+		return true
+	})
+	// Meanwhile each node serves on its own.
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, frozen))
+	if !tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, frozen)).DidResume {
+		t.Fatal("a node did not resume its own session while NATS was down")
+	}
+
+	srv.Restart()
+	start := time.Now()
+	waitConnected(t, ms...)
+	t.Logf("all nodes resubscribed %v after the server came back", time.Since(start).Round(time.Millisecond))
+	shares("after the restart")
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("sharing took %v to recover, want under 10s", d)
+	}
+}

@@ -1,0 +1,291 @@
+package natsbus
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// How the store lays out the farm's keys in the bucket:
+//
+//	<kvKey(k)>                     farm key k; "s:<hex>" is "s.<hex>"
+//	_set.<kvKey(set)>.<hash>       one member of a set (see SetAdd)
+//	_clock                         written to read the server's clock
+//
+// Mapped farm keys never contain "_", so the transport's own keys cannot
+// collide with them.
+const (
+	setPrefix = "_set."
+	clockKey  = "_clock"
+)
+
+// Every value starts with a version byte and eight bytes (big-endian):
+// for a farm key, its TTL in milliseconds, counted from the server's
+// timestamp on the message (0: none); for a set member, the Unix time in
+// milliseconds at which it lapses. The farm's bytes follow.
+const (
+	valueVersion = 1
+	valueHeader  = 9
+)
+
+// Header names of the KV protocol.
+const (
+	hdrOperation = "KV-Operation"
+	hdrRollup    = "Nats-Rollup"
+	hdrMarker    = "Nats-Marker-Reason"
+)
+
+// kvKey maps a farm key to a JetStream KV key, which may hold only
+// [-/_=.A-Za-z0-9] and uses "." to separate tokens (none empty). Letters,
+// digits, "-" and "/" stay as they are; a ":" between two other bytes
+// becomes "." (so "s:<hex>" is "s.<hex>", and a farm's sessions are the
+// keys "s.*"); every other byte, and a ":" that would leave an empty token,
+// becomes "=" and two upper-case hex digits. The empty key is "=". The
+// mapping is one to one, and its output never contains "_".
+func kvKey(k string) string {
+	if k == "" {
+		return "="
+	}
+	var b strings.Builder
+	b.Grow(len(k))
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '/':
+			b.WriteByte(c)
+		case c == ':' && i > 0 && i < len(k)-1 && k[i-1] != ':' && k[i+1] != ':':
+			b.WriteByte('.')
+		default:
+			fmt.Fprintf(&b, "=%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// Key returns the KV key that holds the farm's key k in the bucket.
+func (t *Transport) Key(k string) string { return kvKey(k) }
+
+func encodeValue(n uint64, payload []byte) []byte {
+	b := make([]byte, valueHeader+len(payload))
+	b[0] = valueVersion
+	binary.BigEndian.PutUint64(b[1:], n)
+	copy(b[valueHeader:], payload)
+	return b
+}
+
+func decodeValue(b []byte) (n uint64, payload []byte, ok bool) {
+	if len(b) < valueHeader || b[0] != valueVersion {
+		return 0, nil, false
+	}
+	return binary.BigEndian.Uint64(b[1:]), b[valueHeader:], true
+}
+
+// ttlMillis returns ttl in whole milliseconds, at least 1 for any positive
+// ttl (0 means none).
+func ttlMillis(ttl time.Duration) uint64 {
+	if ttl <= 0 {
+		return 0
+	}
+	return uint64((ttl + time.Millisecond - 1) / time.Millisecond)
+}
+
+// serverTTL rounds ttl up to the whole seconds the server counts in, at
+// least one.
+func serverTTL(ttl time.Duration) time.Duration {
+	return max((ttl+time.Second-1)/time.Second*time.Second, time.Second)
+}
+
+// entry is what get found at a key.
+type entry struct {
+	value   []byte
+	rev     uint64 // the subject's last sequence; 0 if it has no message
+	present bool   // false for no message, a delete marker, or an expired value
+}
+
+// get reads the last message on subj and decides whether it is a live
+// value: a delete or purge marker, a marker the server left on expiry, and
+// a value past its TTL are absent, with the revision to replace them at.
+func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
+	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return entry{}, nil
+	}
+	if err != nil {
+		return entry{}, err
+	}
+	e := entry{rev: m.Sequence}
+	if m.Header.Get(hdrOperation) != "" || m.Header.Get(hdrMarker) != "" {
+		return e, nil
+	}
+	ttl, v, ok := decodeValue(m.Data)
+	if !ok {
+		return e, fmt.Errorf("value at %s was not written by natsbus", strings.TrimPrefix(subj, s.pre))
+	}
+	if ttl > 0 && !t.now().Before(m.Time.Add(time.Duration(ttl)*time.Millisecond)) {
+		return e, nil
+	}
+	e.value, e.present = v, true
+	return e, nil
+}
+
+// message builds a write of value with ttl (0 for none) to key.
+func (t *Transport) message(s *bucketState, key string, value []byte, ttl time.Duration) (*nats.Msg, []jetstream.PublishOpt) {
+	m := &nats.Msg{Subject: s.pre + key, Data: value, Header: nats.Header{}}
+	var opts []jetstream.PublishOpt
+	if s.native && ttl > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(serverTTL(ttl)))
+	}
+	return m, opts
+}
+
+// purgeMessage builds a purge of key: a marker that also drops the key's
+// older messages, itself expiring where the server allows.
+func (t *Transport) purgeMessage(s *bucketState, key string) (*nats.Msg, []jetstream.PublishOpt) {
+	m, opts := t.message(s, key, nil, markerTTL)
+	m.Header.Set(hdrOperation, "PURGE")
+	m.Header.Set(hdrRollup, "sub")
+	return m, opts
+}
+
+// publishAll writes msgs pipelined and waits for every acknowledgment: one
+// round trip for the batch.
+func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]jetstream.PublishOpt) error {
+	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for i, m := range msgs {
+		f, err := t.js.PublishMsgAsync(m, opts[i]...)
+		if err != nil {
+			return err
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// PutMany implements farm.Store: every item is written with its TTL, the
+// batch pipelined and acknowledged in one round trip.
+func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
+	s, err := t.open(ctx)
+	if err != nil {
+		return err
+	}
+	msgs := make([]*nats.Msg, len(items))
+	opts := make([][]jetstream.PublishOpt, len(items))
+	for i, it := range items {
+		msgs[i], opts[i] = t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+	}
+	return t.check(s, "put", t.publishAll(ctx, msgs, opts))
+}
+
+// Get implements farm.Store with one direct get of the key's last message.
+// An expired value is farm.ErrNotFound, also on a server that has not yet
+// removed it.
+func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := t.get(ctx, s, s.pre+kvKey(key))
+	if err != nil {
+		return nil, t.check(s, "get", err)
+	}
+	if !e.present {
+		return nil, farm.ErrNotFound
+	}
+	return e.value, nil
+}
+
+// Delete implements farm.Store: each key is purged (its messages dropped,
+// a marker left), pipelined.
+func (t *Transport) Delete(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	s, err := t.open(ctx)
+	if err != nil {
+		return err
+	}
+	msgs := make([]*nats.Msg, len(keys))
+	opts := make([][]jetstream.PublishOpt, len(keys))
+	for i, k := range keys {
+		msgs[i], opts[i] = t.purgeMessage(s, kvKey(k))
+	}
+	return t.check(s, "delete", t.publishAll(ctx, msgs, opts))
+}
+
+// SetNX implements farm.Store: a write that the server accepts only if the
+// key's last message is the one just read and found absent (none, a
+// marker, or an expired value).
+func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
+	return t.swap(ctx, "setnx", key, nil, value, ttl)
+}
+
+// CompareAndSwap implements farm.Store: the key is read, compared, and
+// written with the read revision as the expected last sequence of its
+// subject, so that the server refuses the write if anything else wrote in
+// between.
+func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []byte, ttl time.Duration) (bool, error) {
+	return t.swap(ctx, "compare-and-swap", key, old, new, ttl)
+}
+
+// swap sets key to new if its value is old (or absent, for a nil old).
+// A write refused because the key changed since it was read is retried
+// from the read, a few times: the key may only have expired, or been
+// rewritten with the same value.
+func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return false, err
+	}
+	k := kvKey(key)
+	val := encodeValue(ttlMillis(ttl), new)
+	for range 3 {
+		e, err := t.get(ctx, s, s.pre+k)
+		if err != nil {
+			return false, t.check(s, op, err)
+		}
+		if old == nil && e.present || old != nil && (!e.present || !bytes.Equal(e.value, old)) {
+			return false, nil
+		}
+		m, opts := t.message(s, k, val, ttl)
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
+		_, err = t.js.PublishMsg(ctx, m, opts...)
+		if err == nil {
+			return true, nil
+		}
+		if !wrongLastSequence(err) {
+			return false, t.check(s, op, err)
+		}
+	}
+	return false, nil
+}
+
+// wrongLastSequence reports whether err is the server refusing a write
+// whose expected last sequence did not match.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+var (
+	_ farm.Bus   = (*Transport)(nil)
+	_ farm.Store = (*Transport)(nil)
+)
