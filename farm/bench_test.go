@@ -197,6 +197,7 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 					}
 					cli := tlstest.ClientConfig(pool, "localhost", tv.v, cc)
 					b.ReportAllocs()
+					cpu := tlstest.ProcessCPU()
 					for b.Loop() {
 						cs, err := tlstest.PipeHandshake(srv, cli, cache.HandshakeComplete)
 						if err != nil {
@@ -206,6 +207,7 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 							b.Fatalf("DidResume = %t", cs.DidResume)
 						}
 					}
+					tlstest.ReportCPU(b, cpu)
 				})
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -178,6 +180,10 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 	if testing.Short() {
 		attempts = 300
 	}
+	// The soak run outside CI: TLSFARM_SOAK_ATTEMPTS=50000 checks the 99.9% bar.
+	if v, err := strconv.Atoi(os.Getenv("TLSFARM_SOAK_ATTEMPTS")); err == nil && v > 0 {
+		attempts = v
+	}
 	for _, mode := range modes {
 		for _, tv := range versions {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
@@ -198,11 +204,11 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 					issuer = m
 				}
 				t.Logf("%d/%d resumptions failed; %d resumed on a node that did not issue the ticket", failed, attempts, elsewhere)
-				if failed > 2 {
+				if limit := max(2, attempts/1000); failed > limit {
 					for _, m := range ms {
 						t.Logf("%s: cache %+v\nfarm %+v", m.name, m.cache.Stats(), m.node.Stats())
 					}
-					t.Fatalf("%d of %d resumptions failed, want at most 2", failed, attempts)
+					t.Fatalf("%d of %d resumptions failed, want at most %d", failed, attempts, limit)
 				}
 				if elsewhere < attempts/3 {
 					t.Fatalf("only %d of %d resumptions crossed nodes", elsewhere, attempts)

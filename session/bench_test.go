@@ -238,6 +238,7 @@ func BenchmarkHandshake(b *testing.B) {
 					}
 					cli := tlstest.ClientConfig(pool, "localhost", tv.v, cache)
 					b.ReportAllocs()
+					cpu := tlstest.ProcessCPU()
 					for b.Loop() {
 						cs, err := tlstest.PipeHandshake(srv, cli, done)
 						if err != nil {
@@ -247,6 +248,7 @@ func BenchmarkHandshake(b *testing.B) {
 							b.Fatalf("DidResume = %t", cs.DidResume)
 						}
 					}
+					tlstest.ReportCPU(b, cpu)
 				})
 			}
 		}
