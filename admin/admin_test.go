@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -42,21 +42,6 @@ func newHandler(t *testing.T, edit func(*Config)) (*httptest.Server, *session.Ca
 	return srv, cache
 }
 
-func do(t *testing.T, method, url, bearer string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // insert puts a session in the cache and returns its ID.
 func insert(t *testing.T, cache *session.Cache) session.ID {
 	t.Helper()
@@ -78,7 +63,7 @@ func TestMetrics(t *testing.T) {
 		}
 	})
 	insert(t, cache)
-	code, body := do(t, "GET", srv.URL+"/metrics", "")
+	code, body := nettest.Do(t, "GET", srv.URL+"/metrics", "")
 	if code != 200 {
 		t.Fatalf("status %d", code)
 	}
@@ -108,34 +93,34 @@ func TestRevoke(t *testing.T) {
 	id := insert(t, cache)
 	url := srv.URL + "/sessions/" + id.String()
 
-	if code, _ := do(t, "DELETE", url, ""); code != http.StatusUnauthorized {
+	if code, _ := nettest.Do(t, "DELETE", url, ""); code != http.StatusUnauthorized {
 		t.Errorf("without a token: %d", code)
 	}
-	if code, _ := do(t, "DELETE", url, token+"x"); code != http.StatusUnauthorized {
+	if code, _ := nettest.Do(t, "DELETE", url, token+"x"); code != http.StatusUnauthorized {
 		t.Errorf("with a wrong token: %d", code)
 	}
-	if code, _ := do(t, "DELETE", srv.URL+"/sessions/zz", token); code != http.StatusBadRequest {
+	if code, _ := nettest.Do(t, "DELETE", srv.URL+"/sessions/zz", token); code != http.StatusBadRequest {
 		t.Errorf("malformed ID: %d", code)
 	}
 	forged := id
 	forged[25] ^= 1
-	if code, _ := do(t, "DELETE", srv.URL+"/sessions/"+forged.String(), token); code != http.StatusNotFound {
+	if code, _ := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+forged.String(), token); code != http.StatusNotFound {
 		t.Errorf("forged ID: %d", code)
 	}
-	if code, _ := do(t, "DELETE", srv.URL+"/sessions/"+cache.NewID().String(), token); code != http.StatusNotFound {
+	if code, _ := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+cache.NewID().String(), token); code != http.StatusNotFound {
 		t.Errorf("unknown ID: %d", code)
 	}
-	code, body := do(t, "DELETE", url, token)
+	code, body := nettest.Do(t, "DELETE", url, token)
 	if code != http.StatusOK || !strings.Contains(body, `"revoked": true`) {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
 	if _, ok := cache.Lookup(id); ok {
 		t.Error("session still cached")
 	}
-	if code, _ := do(t, "DELETE", url, token); code != http.StatusNotFound {
+	if code, _ := nettest.Do(t, "DELETE", url, token); code != http.StatusNotFound {
 		t.Errorf("second revoke: %d", code)
 	}
-	if code, _ := do(t, "GET", url, token); code != http.StatusMethodNotAllowed {
+	if code, _ := nettest.Do(t, "GET", url, token); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET on a session: %d", code)
 	}
 }
@@ -143,7 +128,7 @@ func TestRevoke(t *testing.T) {
 func TestRevokeRefusedWithoutToken(t *testing.T) {
 	srv, cache := newHandler(t, func(c *Config) { c.Token = func() string { return "" } })
 	id := insert(t, cache)
-	code, body := do(t, "DELETE", srv.URL+"/sessions/"+id.String(), "")
+	code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+id.String(), "")
 	if code != http.StatusForbidden || !strings.Contains(body, "no admin token") {
 		t.Errorf("%d %s", code, body)
 	}
@@ -155,7 +140,7 @@ func TestRevokeRefusedWithoutToken(t *testing.T) {
 func TestSessions(t *testing.T) {
 	srv, cache := newHandler(t, nil)
 	insert(t, cache)
-	code, body := do(t, "GET", srv.URL+"/sessions", "")
+	code, body := nettest.Do(t, "GET", srv.URL+"/sessions", "")
 	var got SessionsResponse
 	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
 		t.Fatalf("%d %v %s", code, err, body)
@@ -187,17 +172,17 @@ func TestReadinessIgnoresFarmOutageUnlessStrict(t *testing.T) {
 			t.Cleanup(func() { n.Close() })
 			c.Node = n
 		})
-		code, body := do(t, "GET", srv.URL+"/healthz", "")
+		code, body := nettest.Do(t, "GET", srv.URL+"/healthz", "")
 		var h Health
 		json.Unmarshal([]byte(body), &h)
 		if code != 200 || h.Status != "degraded" || h.Farm == nil || h.Farm.Connected || h.Farm.Strict != strict {
 			t.Errorf("strict=%v: healthz %d %s", strict, code, body)
 		}
-		code, body = do(t, "GET", srv.URL+"/readyz", "")
+		code, body = nettest.Do(t, "GET", srv.URL+"/readyz", "")
 		if want := map[bool]int{false: 200, true: 503}[strict]; code != want {
 			t.Errorf("strict=%v: readyz %d %s, want %d", strict, code, body, want)
 		}
-		_, metrics := do(t, "GET", srv.URL+"/metrics", "")
+		_, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", "")
 		if !strings.Contains(metrics, "tlsfarm_farm_connected 0") || !strings.Contains(metrics, "tlsfarm_farm_lag_seconds_count 0") {
 			t.Errorf("strict=%v: farm metrics missing", strict)
 		}
@@ -206,10 +191,10 @@ func TestReadinessIgnoresFarmOutageUnlessStrict(t *testing.T) {
 
 func TestNotReadyWhenListenersAreDown(t *testing.T) {
 	srv, _ := newHandler(t, func(c *Config) { c.Ready = func() error { return errors.New("shutting down") } })
-	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != 503 || !strings.Contains(body, "shutting down") {
+	if code, body := nettest.Do(t, "GET", srv.URL+"/readyz", ""); code != 503 || !strings.Contains(body, "shutting down") {
 		t.Errorf("readyz %d %s", code, body)
 	}
-	if code, body := do(t, "GET", srv.URL+"/healthz", ""); code != 503 || !strings.Contains(body, `"unavailable"`) {
+	if code, body := nettest.Do(t, "GET", srv.URL+"/healthz", ""); code != 503 || !strings.Contains(body, `"unavailable"`) {
 		t.Errorf("healthz %d %s", code, body)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
@@ -25,20 +26,20 @@ type load struct {
 	stop                      chan struct{}
 }
 
-func startLoad(ms []*member, version uint16, clients int) *load {
+func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
 	l := &load{stop: make(chan struct{})}
 	for range clients {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			ccfg := client(version, &tlstest.SharedCache{})
+			ccfg := farmtest.Client(version, &tlstest.SharedCache{})
 			for {
 				select {
 				case <-l.stop:
 					return
 				default:
 				}
-				cs, err := tlstest.Dial(ms[rand.N(len(ms))].srv.Addr, ccfg)
+				cs, err := tlstest.Dial(ms[rand.N(len(ms))].Server.Addr, ccfg)
 				l.attempts.Add(1)
 				if err != nil {
 					l.failed.Add(1)
@@ -64,7 +65,7 @@ func (l *load) halt() {
 // Redis is back, sharing works again without restarting any node.
 func TestRedisKilledDuringLoad(t *testing.T) {
 	srv := redistest.Start(t)
-	ms, _ := startFarm(t, 3, &opts{url: srv.URL(), writeThrough: true, tweak: func(c *farm.Config) {
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true, Tweak: func(c *farm.Config) {
 		c.BreakerCooldown = 500 * time.Millisecond
 		c.OpTimeout = 300 * time.Millisecond
 	}})
@@ -75,21 +76,21 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	killedAt := l.attempts.Load()
 	waitFor(t, 10*time.Second, func() bool { return l.attempts.Load() > killedAt+100 })
 	for _, m := range ms {
-		eventually(t, 10*time.Second, m.name+" noticed the outage", func() bool { return !m.node.Stats().Connected })
+		farmtest.Eventually(t, 10*time.Second, m.Name+" noticed the outage", func() bool { return !m.Node.Stats().Connected })
 	}
 	duringOutage := l.attempts.Load() - killedAt
 
 	srv.Restart()
 	restarted := time.Now()
 	for _, m := range ms {
-		eventually(t, 10*time.Second, m.name+" resubscribed", func() bool { return m.node.Stats().Connected })
+		farmtest.Eventually(t, 10*time.Second, m.Name+" resubscribed", func() bool { return m.Node.Stats().Connected })
 	}
 	// Sharing works again: a new session made on n1 reaches n2 and n3.
-	before := []uint64{ms[1].node.Stats().Inserted, ms[2].node.Stats().Inserted}
-	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	before := []uint64{ms[1].Node.Stats().Inserted, ms[2].Node.Stats().Inserted}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	for i, m := range ms[1:] {
-		eventually(t, 10*time.Second, m.name+" received a new session after the restart", func() bool {
-			return m.node.Stats().Inserted > before[i]
+		farmtest.Eventually(t, 10*time.Second, m.Name+" received a new session after the restart", func() bool {
+			return m.Node.Stats().Inserted > before[i]
 		})
 	}
 	healed := time.Since(restarted)
@@ -103,7 +104,7 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	if healed > 10*time.Second {
 		t.Fatalf("sharing took %v to heal, want at most 10s", healed)
 	}
-	if st := ms[0].node.Stats(); st.BreakerTrips == 0 {
+	if st := ms[0].Node.Stats(); st.BreakerTrips == 0 {
 		t.Fatalf("write-through breaker never tripped during the outage: %+v", st)
 	}
 }
@@ -112,7 +113,7 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 // answers, as in a partition): handshakes wait at most the deadlines.
 func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 	srv := redistest.Start(t)
-	ms, _ := startFarm(t, 2, &opts{url: srv.URL(), writeThrough: true, tweak: func(c *farm.Config) {
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true, Tweak: func(c *farm.Config) {
 		c.WriteThroughTimeout = 50 * time.Millisecond
 		c.LookupTimeout = 20 * time.Millisecond
 	}})
@@ -123,7 +124,7 @@ func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 	var worst time.Duration
 	for range 20 {
 		start := time.Now()
-		cs := tlstest.MustDial(t, ms[rand.N(2)].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+		cs := tlstest.MustDial(t, ms[rand.N(2)].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 		worst = max(worst, time.Since(start))
 		_ = cs
 	}
@@ -131,7 +132,7 @@ func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 	if worst > 2*time.Second {
 		t.Fatalf("a handshake took %v with Redis paused", worst)
 	}
-	if st := ms[0].node.Stats(); st.BreakerTrips == 0 && st.WriteThroughTimeouts == 0 {
+	if st := ms[0].Node.Stats(); st.BreakerTrips == 0 && st.WriteThroughTimeouts == 0 {
 		t.Fatalf("no write-through timeout recorded: %+v", st)
 	}
 }
@@ -141,9 +142,9 @@ func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 // are rejected and counted, and nothing is inserted.
 func TestForgedMessagesRejected(t *testing.T) {
 	url := redistest.URL(t)
-	o := opts{url: url, tweak: func(c *farm.Config) { c.MaxAge = 500 * time.Millisecond }}
-	ms, _ := startFarm(t, 2, &o)
-	elsewhere, _ := startFarm(t, 1, &opts{url: url})
+	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: func(c *farm.Config) { c.MaxAge = 500 * time.Millisecond }}
+	ms, _ := farmtest.Start(t, 2, &o)
+	elsewhere, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(url)})
 
 	opt, err := redis.ParseURL(url)
 	if err != nil {
@@ -168,15 +169,15 @@ func TestForgedMessagesRejected(t *testing.T) {
 		}()
 		return ch
 	}
-	ours, theirs := capture(ms[0].tr.Channel()), capture(elsewhere[0].tr.Channel())
-	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
-	tlstest.MustDial(t, elsewhere[0].srv.Addr, client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	ours, theirs := capture(transport(ms[0]).Channel()), capture(transport(elsewhere[0]).Channel())
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	tlstest.MustDial(t, elsewhere[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	real := <-ours
 	foreign := <-theirs
-	eventually(t, 5*time.Second, "n2 got the real session", func() bool { return ms[1].node.Stats().Inserted == 1 })
+	farmtest.Eventually(t, 5*time.Second, "n2 got the real session", func() bool { return ms[1].Node.Stats().Inserted == 1 })
 
 	publish := func(msg []byte) {
-		if err := raw.Publish(ctx, ms[0].tr.Channel(), msg).Err(); err != nil {
+		if err := raw.Publish(ctx, transport(ms[0]).Channel(), msg).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -203,22 +204,22 @@ func TestForgedMessagesRejected(t *testing.T) {
 		for _, n := range want {
 			total += n
 		}
-		eventually(t, 5*time.Second, m.name+" rejected the injected messages", func() bool {
-			return m.node.Stats().RejectedTotal() == total
+		farmtest.Eventually(t, 5*time.Second, m.Name+" rejected the injected messages", func() bool {
+			return m.Node.Stats().RejectedTotal() == total
 		})
-		st := m.node.Stats()
+		st := m.Node.Stats()
 		for why, n := range want {
 			if st.Rejected[why] != n {
-				t.Fatalf("%s: rejected[%v] = %d, want %d (all: %v)", m.name, why, st.Rejected[why], n, st.Rejected)
+				t.Fatalf("%s: rejected[%v] = %d, want %d (all: %v)", m.Name, why, st.Rejected[why], n, st.Rejected)
 			}
 		}
 	}
 	// n1 drops its original, the tampered copy and the replay as its own.
-	eventually(t, 5*time.Second, "n1 dropped three of its own messages", func() bool { return ms[0].node.Stats().Self == 3 })
-	if st := ms[1].node.Stats(); st.Inserted != 1 {
+	farmtest.Eventually(t, 5*time.Second, "n1 dropped three of its own messages", func() bool { return ms[0].Node.Stats().Self == 3 })
+	if st := ms[1].Node.Stats(); st.Inserted != 1 {
 		t.Fatalf("n2 inserted %d sessions, want only the real one", st.Inserted)
 	}
-	if st := ms[0].node.Stats(); st.Inserted != 0 {
+	if st := ms[0].Node.Stats(); st.Inserted != 0 {
 		t.Fatalf("n1 inserted %d sessions from forged messages", st.Inserted)
 	}
 }
@@ -228,17 +229,17 @@ func TestForgedMessagesRejected(t *testing.T) {
 // refuse both.
 func TestTamperedStoreValueRejected(t *testing.T) {
 	url := redistest.URL(t)
-	o := opts{url: url, mode: farm.StoreOnly, writeThrough: true}
-	ms, _ := startFarm(t, 2, &o)
+	o := farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, WriteThrough: true}
+	ms, _ := farmtest.Start(t, 2, &o)
 	opt, _ := redis.ParseURL(url)
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	ctx := context.Background()
 
 	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, a))
-	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, b))
-	keys, err := raw.Keys(ctx, ms[0].tr.Key("s:*")).Result()
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, a))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, b))
+	keys, err := raw.Keys(ctx, transport(ms[0]).Key("s:*")).Result()
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("stored keys = %v, %v", keys, err)
 	}
@@ -247,19 +248,19 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	raw.Set(ctx, keys[1], v0, time.Minute)
 	resumed := 0
 	for _, c := range []*tlstest.FrozenCache{a, b} {
-		if tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, c)).DidResume {
+		if tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
 			resumed++
 		}
 	}
 	if resumed != 1 {
 		t.Fatalf("%d sessions resumed on n2, want 1 (the untouched one)", resumed)
 	}
-	if st := ms[1].node.Stats(); st.StoreRejected != 1 {
+	if st := ms[1].Node.Stats(); st.StoreRejected != 1 {
 		t.Fatalf("StoreRejected = %d, want 1", st.StoreRejected)
 	}
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
-	eventually(t, d, "load progress", cond)
+	farmtest.Eventually(t, d, "load progress", cond)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -25,16 +26,16 @@ import (
 
 // agreed waits until every member applies the same key set, of at least
 // epoch min, and returns it.
-func agreed(t *testing.T, ms []*member, minEpoch uint64) ticket.State {
+func agreed(t *testing.T, ms []*farmtest.Member, minEpoch uint64) ticket.State {
 	t.Helper()
 	var st ticket.State
-	eventually(t, 15*time.Second, "all nodes on one key set", func() bool {
-		st = ms[0].ring.State()
+	farmtest.Eventually(t, 15*time.Second, "all nodes on one key set", func() bool {
+		st = ms[0].Ring.State()
 		if st.Epoch < minEpoch {
 			return false
 		}
 		for _, m := range ms[1:] {
-			o := m.ring.State()
+			o := m.Ring.State()
 			if o.Epoch != st.Epoch || o.Current != st.Current {
 				return false
 			}
@@ -50,31 +51,31 @@ func agreed(t *testing.T, ms []*member, minEpoch uint64) ticket.State {
 func TestStatelessTicketResumesAcrossNodes(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
-	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless, closeServer: true,
-		rotation: &farm.RotationConfig{Interval: time.Hour}})
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless, CloseServer: true,
+		Rotation: &farm.RotationConfig{Interval: time.Hour}})
 	agreed(t, ms, 1)
 	for _, tv := range versions {
 		frozen := &tlstest.FrozenCache{}
-		tlstest.MustDial(t, ms[0].srv.Addr, client(tv.v, frozen))
+		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))
 		for _, m := range ms[1:] {
-			if !tlstest.MustDial(t, m.srv.Addr, client(tv.v, frozen)).DidResume {
-				t.Fatalf("%s: %s did not resume a ticket from n1", tv.name, m.name)
+			if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
+				t.Fatalf("%s: %s did not resume a ticket from n1", tv.name, m.Name)
 			}
 		}
 	}
 	for _, flag := range []string{"-tls1_2", "-tls1_3"} {
 		sess := tlstest.SessionFile(t)
-		tlstest.OpenSSL(t, ms[0].srv.Addr, flag, "-servername", "localhost", "-sess_out", sess)
+		tlstest.OpenSSL(t, ms[0].Server.Addr, flag, "-servername", "localhost", "-sess_out", sess)
 		for _, m := range ms[1:] {
-			out := tlstest.OpenSSL(t, m.srv.Addr, flag, "-servername", "localhost", "-sess_in", sess)
+			out := tlstest.OpenSSL(t, m.Server.Addr, flag, "-servername", "localhost", "-sess_in", sess)
 			if !strings.Contains(out, "Reused, ") {
-				t.Fatalf("openssl %s: %s did not reuse n1's session:\n%s", flag, m.name, out)
+				t.Fatalf("openssl %s: %s did not reuse n1's session:\n%s", flag, m.Name, out)
 			}
 		}
 	}
 	for _, m := range ms {
-		if st := m.node.Stats(); st.Published != 0 {
-			t.Fatalf("%s published %d sessions in stateless mode", m.name, st.Published)
+		if st := m.Node.Stats(); st.Published != 0 {
+			t.Fatalf("%s published %d sessions in stateless mode", m.Name, st.Published)
 		}
 	}
 }
@@ -121,9 +122,9 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	const keep = 2
 	url := redistest.URL(t)
 	logs := &keyLog{}
-	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
-		logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		rotation: &farm.RotationConfig{Interval: 5 * time.Second, Keep: keep}})
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Rotation: &farm.RotationConfig{Interval: 5 * time.Second, Keep: keep}})
 	first := agreed(t, ms, 1)
 	states := []ticket.State{first}
 
@@ -136,15 +137,15 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		ccfg := client(tls.VersionTLS13, &tlstest.SharedCache{})
-		tlstest.MustDial(t, ms[0].srv.Addr, ccfg)
+		ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+		tlstest.MustDial(t, ms[0].Server.Addr, ccfg)
 		for {
 			select {
 			case <-stop:
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			cs, err := tlstest.Dial(ms[rand.N(len(ms))].srv.Addr, ccfg)
+			cs, err := tlstest.Dial(ms[rand.N(len(ms))].Server.Addr, ccfg)
 			switch {
 			case err != nil:
 				loadErr = err
@@ -158,13 +159,13 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	}()
 
 	frozen := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, frozen))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 	for r := 1; r <= keep+1; r++ {
 		st := agreed(t, ms, first.Epoch+uint64(r))
 		states = append(states, st)
 		m := ms[rand.N(len(ms))]
-		got := tlstest.MustDial(t, m.srv.Addr, client(tls.VersionTLS13, frozen)).DidResume
-		t.Logf("rotation %d (epoch %d): frozen ticket resumes on %s: %t", r, st.Epoch, m.name, got)
+		got := tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume
+		t.Logf("rotation %d (epoch %d): frozen ticket resumes on %s: %t", r, st.Epoch, m.Name, got)
 		if want := r <= keep; got != want {
 			t.Fatalf("after %d rotations the frozen ticket resumed = %t, want %t", r, got, want)
 		}
@@ -177,7 +178,7 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	}
 	rotations := uint64(0)
 	for _, m := range ms {
-		rotations += m.rot.Stats().Rotations
+		rotations += m.Rotator.Stats().Rotations
 	}
 	if rotations != keep+1 {
 		t.Fatalf("%d rotations performed in the farm, want %d", rotations, keep+1)
@@ -197,8 +198,8 @@ func TestLeaseHolderDies(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
 	const leaseTTL = time.Second
-	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
-		rotation: &farm.RotationConfig{Interval: 5 * time.Second, LeaseTTL: leaseTTL}})
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: 5 * time.Second, LeaseTTL: leaseTTL}})
 	first := agreed(t, ms, 1)
 
 	// Watch every node's key set: one epoch, one key.
@@ -214,7 +215,7 @@ func TestLeaseHolderDies(t *testing.T) {
 			case <-time.After(10 * time.Millisecond):
 			}
 			for _, m := range ms {
-				st := m.ring.State()
+				st := m.Ring.State()
 				mu.Lock()
 				if k, ok := seen[st.Epoch]; ok && k != st.Current {
 					conflict = fmt.Sprintf("two key sets at epoch %d: %v and %v", st.Epoch, k, st.Current)
@@ -226,22 +227,22 @@ func TestLeaseHolderDies(t *testing.T) {
 	}()
 	defer close(stop)
 
-	var holder *member
-	eventually(t, 5*time.Second, "a lease holder", func() bool {
+	var holder *farmtest.Member
+	farmtest.Eventually(t, 5*time.Second, "a lease holder", func() bool {
 		for _, m := range ms {
-			if m.rot.Stats().LeaseHolder {
+			if m.Rotator.Stats().LeaseHolder {
 				holder = m
 				return true
 			}
 		}
 		return false
 	})
-	holder.crash()
+	holder.Crash()
 	crashed := time.Now()
-	var next *member
-	eventually(t, 2*leaseTTL+time.Second, "another lease holder", func() bool {
+	var next *farmtest.Member
+	farmtest.Eventually(t, 2*leaseTTL+time.Second, "another lease holder", func() bool {
 		for _, m := range ms {
-			if m != holder && m.rot.Stats().LeaseHolder {
+			if m != holder && m.Rotator.Stats().LeaseHolder {
 				next = m
 				return true
 			}
@@ -249,19 +250,19 @@ func TestLeaseHolderDies(t *testing.T) {
 		return false
 	})
 	took := time.Since(crashed)
-	t.Logf("%s crashed holding the lease; %s took it after %v", holder.name, next.name, took)
+	t.Logf("%s crashed holding the lease; %s took it after %v", holder.Name, next.Name, took)
 	if took > 2*leaseTTL {
 		t.Fatalf("takeover took %v, want at most %v", took, 2*leaseTTL)
 	}
-	var live []*member
+	var live []*farmtest.Member
 	for _, m := range ms {
 		if m != holder {
 			live = append(live, m)
 		}
 	}
 	agreed(t, live, first.Epoch+1)
-	if next.rot.Stats().Rotations == 0 {
-		t.Fatalf("the new holder did not rotate: %+v", next.rot.Stats())
+	if next.Rotator.Stats().Rotations == 0 {
+		t.Fatalf("the new holder did not rotate: %+v", next.Rotator.Stats())
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -275,13 +276,13 @@ func TestLeaseHolderDies(t *testing.T) {
 func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
-	ms, _ := startFarm(t, 3, &opts{url: url, sessionMode: session.Stateless,
-		rotation: &farm.RotationConfig{Interval: 3 * time.Second}})
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: 3 * time.Second}})
 	opt, _ := redis.ParseURL(url)
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	ctx := context.Background()
-	ps := raw.Subscribe(ctx, ms[0].tr.Channel())
+	ps := raw.Subscribe(ctx, transport(ms[0]).Channel())
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil {
 		t.Fatal(err)
@@ -298,26 +299,26 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 	before := make([]farm.RotationStats, len(ms))
 	nodeBefore := make([]farm.Stats, len(ms))
 	for i, m := range ms {
-		before[i] = m.rot.Stats()
-		nodeBefore[i] = m.node.Stats()
+		before[i] = m.Rotator.Stats()
+		nodeBefore[i] = m.Node.Stats()
 	}
-	raw.Publish(ctx, ms[0].tr.Channel(), old)
+	raw.Publish(ctx, transport(ms[0]).Channel(), old)
 	forged := bytes.Clone(old)
 	forged[len(forged)/2] ^= 1
-	raw.Publish(ctx, ms[0].tr.Channel(), forged)
+	raw.Publish(ctx, transport(ms[0]).Channel(), forged)
 	for i, m := range ms {
 		// The node that sent the old announcement drops both copies as its
 		// own before opening them; every other node ignores the replay and
 		// rejects the forgery.
-		eventually(t, 5*time.Second, m.name+" handled the replay and the forgery", func() bool {
-			st, ns := m.rot.Stats(), m.node.Stats()
+		farmtest.Eventually(t, 5*time.Second, m.Name+" handled the replay and the forgery", func() bool {
+			st, ns := m.Rotator.Stats(), m.Node.Stats()
 			if ns.Self == nodeBefore[i].Self+2 {
 				return true
 			}
 			return st.Ignored == before[i].Ignored+1 && ns.Rejected[farm.RejectSeal] == nodeBefore[i].Rejected[farm.RejectSeal]+1
 		})
-		if st := m.ring.State(); st.Epoch < now.Epoch {
-			t.Fatalf("%s rolled back to epoch %d", m.name, st.Epoch)
+		if st := m.Ring.State(); st.Epoch < now.Epoch {
+			t.Fatalf("%s rolled back to epoch %d", m.Name, st.Epoch)
 		}
 	}
 }
@@ -328,28 +329,28 @@ func TestRotationSurvivesStoreOutage(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	const interval = 4 * time.Second
-	ms, _ := startFarm(t, 2, &opts{url: srv.URL(), sessionMode: session.Stateless,
-		rotation: &farm.RotationConfig{Interval: interval}})
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: interval}})
 	first := agreed(t, ms, 1)
-	lru := client(tls.VersionTLS13, &tlstest.SharedCache{})
-	tlstest.MustDial(t, ms[0].srv.Addr, lru)
+	lru := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+	tlstest.MustDial(t, ms[0].Server.Addr, lru)
 
 	srv.Kill()
 	downUntil := time.Now().Add(interval + time.Second)
 	for time.Now().Before(downUntil) {
-		if !tlstest.MustDial(t, ms[rand.N(2)].srv.Addr, lru).DidResume {
+		if !tlstest.MustDial(t, ms[rand.N(2)].Server.Addr, lru).DidResume {
 			t.Fatal("resumption failed while the store was down")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if st := ms[0].ring.State(); st.Epoch != first.Epoch {
+	if st := ms[0].Ring.State(); st.Epoch != first.Epoch {
 		t.Fatalf("epoch moved to %d with the store down", st.Epoch)
 	}
 	srv.Restart()
 	// The store came back empty (no persistence): the lease holder seeds it
 	// again from its keys, so tickets stay valid, and rotation goes on.
 	agreed(t, ms, first.Epoch+2)
-	if !tlstest.MustDial(t, ms[1].srv.Addr, lru).DidResume {
+	if !tlstest.MustDial(t, ms[1].Server.Addr, lru).DidResume {
 		t.Fatal("resumption failed after the store came back")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/probe"
 )
@@ -265,41 +266,6 @@ func refusedAddr(t *testing.T) string {
 	return addr
 }
 
-// silentAddr returns a loopback address that accepts connections and never
-// says a word, until the test ends.
-func silentAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 // otherCertAddr returns the address of a TLS server whose certificate the
 // probe does not trust.
 func otherCertAddr(t *testing.T) string {
@@ -315,7 +281,7 @@ func TestFailingTargetIsCountedWithoutStalling(t *testing.T) {
 		wantKind string
 	}{
 		{"Refused", refusedAddr, probe.FailRefused},
-		{"Silent", silentAddr, probe.FailTimeout},
+		{"Silent", func(t *testing.T) string { return nettest.Silent(t) }, probe.FailTimeout},
 		{"UntrustedCertificate", otherCertAddr, probe.FailCertificate},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -380,7 +346,7 @@ func TestDurationAndRate(t *testing.T) {
 func TestCancelEndsRunAndKeepsReport(t *testing.T) {
 	f := startFarm(t, 1, true)
 	cfg := f.config()
-	cfg.Targets = append(cfg.Targets, silentAddr(t))
+	cfg.Targets = append(cfg.Targets, nettest.Silent(t))
 	cfg.Duration, cfg.Concurrency, cfg.Pick = time.Minute, 2, probe.PickRoundRobin
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

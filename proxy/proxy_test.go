@@ -16,6 +16,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -118,20 +119,10 @@ func TestReverseProxyCountsUpstreamErrors(t *testing.T) {
 }
 
 func TestTCPPassthroughEchoesWithHalfClose(t *testing.T) {
-	echo, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	echo := nettest.Echo(t)
 	cert := mustSelfSigned(t, "localhost")
 	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = "tcp://" + echo.Addr().String()
+		c.Listeners[0].Upstream = "tcp://" + echo
 		c.Listeners[0].NextProtos = nil
 	})
 	c, err := tls.Dial("tcp", s.Addrs()[0], client("localhost", cert))
@@ -153,20 +144,10 @@ func TestTCPPassthroughEchoesWithHalfClose(t *testing.T) {
 }
 
 func TestTCPPassthroughIdleTimeout(t *testing.T) {
-	silent, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer silent.Close()
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	silent := nettest.Silent(t)
 	cert := mustSelfSigned(t, "localhost")
 	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = "tcp://" + silent.Addr().String()
+		c.Listeners[0].Upstream = "tcp://" + silent
 		c.IdleTimeout = 300 * time.Millisecond
 	})
 	c, err := tls.Dial("tcp", s.Addrs()[0], client("localhost", cert))

@@ -234,7 +234,7 @@ func BenchmarkHandshake(b *testing.B) {
 						}
 						cache = frozen
 					} else {
-						cache = noCache{}
+						cache = tlstest.NoResume{}
 					}
 					cli := tlstest.ClientConfig(pool, "localhost", tv.v, cache)
 					b.ReportAllocs()
@@ -254,13 +254,6 @@ func BenchmarkHandshake(b *testing.B) {
 		}
 	}
 }
-
-// noCache offers no session but lets the client receive tickets, so the
-// server issues one on every full handshake, as it does for real clients.
-type noCache struct{}
-
-func (noCache) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
-func (noCache) Put(string, *tls.ClientSessionState)        {}
 
 // BenchmarkMemoryPerSession reports the heap held per cached TLS 1.3
 // session (SNI "localhost", no client certificate) with 100k sessions.

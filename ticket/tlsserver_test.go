@@ -1,78 +1,25 @@
 package ticket_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// testPKI is a self-signed ECDSA P-256 certificate for "localhost" and a pool
-// that trusts it. It is made once per test binary.
-type testPKI struct {
-	cert tls.Certificate
-	pool *x509.CertPool
-}
-
-var pki = sync.OnceValues(func() (*testPKI, error) {
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "localhost"},
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return &testPKI{
-		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv, Leaf: leaf},
-		pool: pool,
-	}, nil
-})
-
-func mustPKI(tb testing.TB) *testPKI {
-	tb.Helper()
-	p, err := pki()
-	if err != nil {
-		tb.Fatalf("making test certificate: %v", err)
-	}
-	return p
-}
-
-// serverConfig returns a server config with the test certificate and
-// stateless tickets (crypto/tls's default ticket path).
+// serverConfig returns a server config with the test certificate
+// (tlstest.SharedCert, for "localhost" among others) and stateless tickets
+// (crypto/tls's default ticket path).
 func serverConfig(tb testing.TB) *tls.Config {
+	cert, _ := tlstest.SharedCert()
 	return &tls.Config{
-		Certificates: []tls.Certificate{mustPKI(tb).cert},
+		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS12,
 	}
 }
@@ -81,13 +28,8 @@ func serverConfig(tb testing.TB) *tls.Config {
 // sessions in cache. Every client config names "localhost", so one cache
 // serves every test server.
 func clientConfig(tb testing.TB, version uint16, cache tls.ClientSessionCache) *tls.Config {
-	return &tls.Config{
-		RootCAs:            mustPKI(tb).pool,
-		ServerName:         "localhost",
-		MinVersion:         version,
-		MaxVersion:         version,
-		ClientSessionCache: cache,
-	}
+	_, pool := tlstest.SharedCert()
+	return tlstest.ClientConfig(pool, "localhost", version, cache)
 }
 
 // startServer serves TLS with cfg on a loopback port until the test ends, and

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
 // binary is the tlsfarm command, built once (without -race) by TestMain.
@@ -322,17 +324,7 @@ func getFacts(t *testing.T, addr string, cfg *tls.Config) facts {
 // adminDo makes an admin API request.
 func adminDo(t *testing.T, p *proc, method, path, token string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, "http://"+p.Admin+path, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return nettest.Do(t, method, "http://"+p.Admin+path, token)
 }
 
 // metric returns the value of one metric line, such as

@@ -20,6 +20,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
@@ -166,23 +167,10 @@ func TestReverseProxyPassesResumedHeader(t *testing.T) {
 
 func TestTCPPassthroughEchoes(t *testing.T) {
 	t.Parallel()
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	echo := nettest.Echo(t)
 	dir := t.TempDir()
 	cert, key, c := writeCert(t, dir, "c", "localhost")
-	p := serveProc(t, []string{"-cert", cert, "-key", key, "-upstream", "tcp://" + echo.Addr().String()})
+	p := serveProc(t, []string{"-cert", cert, "-key", key, "-upstream", "tcp://" + echo})
 	conn, err := tls.Dial("tcp", p.Listeners[0], clientFor("localhost", c))
 	if err != nil {
 		t.Fatal(err)

@@ -2,13 +2,9 @@ package amqpbus_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net"
-	"os"
+	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/testenv"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
 // brokerURL returns the URL of the machine's RabbitMQ
@@ -25,12 +21,7 @@ import (
 // the test if it does not answer.
 func brokerURL(tb testing.TB) string {
 	tb.Helper()
-	u := os.Getenv("TLSFARM_AMQP_URL")
-	if u == "" {
-		u = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	testenv.NeedTCP(tb, "RabbitMQ", brokerAddr(u))
-	return u
+	return farmtest.ServerURL(tb, "RabbitMQ", "TLSFARM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 }
 
 func brokerAddr(u string) string {
@@ -42,17 +33,6 @@ func brokerAddr(u string) string {
 		addr = addr[:i]
 	}
 	return addr
-}
-
-// farmName returns a farm name no other test uses.
-func farmName(tb testing.TB) string {
-	var b [6]byte
-	rand.Read(b[:])
-	name := strings.NewReplacer("/", "-", " ", "_").Replace(tb.Name())
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	return name + "-" + hex.EncodeToString(b[:])
 }
 
 func open(tb testing.TB, url, farmName string, opts *amqpbus.Options) *amqpbus.Bus {
@@ -95,33 +75,15 @@ func TestBusConformance(t *testing.T) {
 }
 
 func TestOpenURLs(t *testing.T) {
-	for _, tc := range []struct {
-		url, err string
-	}{
-		{"amqp://guest:guest@127.0.0.1:5672/", ""},
-		{"amqp://127.0.0.1", ""},
-		{"amqps://user:pass@broker.example/vhost", ""},
-		{"http://127.0.0.1", "scheme"},
-		{"amqp://user:s3cret@[::1", "amqpbus"},
-		{"amqp://user:s3cret@host:notaport/", "amqpbus"},
-		{"amqp://user:s3cret@host with space/", "amqpbus"},
-	} {
-		b, err := amqpbus.Open(tc.url, "f", nil)
-		if tc.err == "" {
-			if err != nil {
-				t.Errorf("Open(%q): %v", tc.url, err)
-				continue
-			}
-			b.Close()
-			continue
-		}
-		if err == nil || !strings.Contains(err.Error(), tc.err) {
-			t.Errorf("Open(%q) = %v, want an error about %q", tc.url, err, tc.err)
-		}
-		if err != nil && strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("Open error shows the password: %v", err)
-		}
-	}
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return amqpbus.Open(url, "f", nil) }, map[string]string{
+		"amqp://guest:guest@127.0.0.1:5672/":     "",
+		"amqp://127.0.0.1":                       "",
+		"amqps://user:pass@broker.example/vhost": "",
+		"http://127.0.0.1":                       "scheme",
+		"amqp://user:s3cret@[::1":                "amqpbus",
+		"amqp://user:s3cret@host:notaport/":      "amqpbus",
+		"amqp://user:s3cret@host with space/":    "amqpbus",
+	})
 }
 
 func TestExchangeNames(t *testing.T) {
@@ -161,7 +123,7 @@ func TestPasswordNeverShown(t *testing.T) {
 		t.Run("", func(t *testing.T) {
 			t.Parallel()
 			// Not open: its clean-up would log in with the bad password.
-			b, err := amqpbus.Open(tc.url, farmName(t), &amqpbus.Options{DialTimeout: 4 * time.Second})
+			b, err := amqpbus.Open(tc.url, farmtest.FarmName(t), &amqpbus.Options{DialTimeout: 4 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,42 +156,11 @@ func TestPasswordNeverShown(t *testing.T) {
 	}
 }
 
-// hungBroker returns the address of a listener that accepts connections
-// and never answers, like a broker that hangs.
-func hungBroker(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return l.Addr().String()
-}
-
 // TestHungBrokerDoesNotHoldCallers: Subscribe returns promptly when its
 // context ends, and Publish by its deadline, while the broker accepts
 // connections and never answers.
 func TestHungBrokerDoesNotHoldCallers(t *testing.T) {
-	b, err := amqpbus.Open("amqp://guest:guest@"+hungBroker(t)+"/", farmName(t), nil)
+	b, err := amqpbus.Open("amqp://guest:guest@"+nettest.Silent(t)+"/", farmtest.FarmName(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,41 +1,11 @@
 package amqpbus_test
 
 import (
-	"context"
-	"encoding/binary"
-	"slices"
 	"testing"
-	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 )
-
-// subscribed starts bus.Subscribe until the benchmark ends and waits until
-// it is up.
-func subscribed(b *testing.B, bus farm.Bus, deliver func([]byte)) {
-	b.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	up := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		bus.Subscribe(ctx, deliver, func(ok bool, _ error) {
-			if ok {
-				select {
-				case up <- struct{}{}:
-				default:
-				}
-			}
-		})
-	}()
-	b.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-up:
-	case <-time.After(10 * time.Second):
-		b.Fatal("Subscribe never reported up")
-	}
-}
 
 // BenchmarkPublish publishes batches of 256 messages of 300 bytes (the
 // farm's default batch, about the size of a sealed TLS 1.3 session) with
@@ -47,24 +17,8 @@ func BenchmarkPublish(b *testing.B) {
 		opts *amqpbus.Options
 	}{{"confirms", nil}, {"no-confirms", &amqpbus.Options{NoConfirm: true}}} {
 		b.Run(bc.name, func(b *testing.B) {
-			name := farmName(b)
-			pub, sub := open(b, url, name, bc.opts), open(b, url, name, nil)
-			subscribed(b, sub, func([]byte) {})
-			batch := make([][]byte, 256)
-			for i := range batch {
-				batch[i] = make([]byte, 300)
-			}
-			ctx := context.Background()
-			if err := pub.Publish(ctx, batch[0]); err != nil { // connect
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := pub.Publish(ctx, batch...); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "msgs/s")
+			name := farmtest.FarmName(b)
+			farmtest.BenchmarkPublish(b, open(b, url, name, bc.opts), open(b, url, name, nil))
 		})
 	}
 }
@@ -74,34 +28,6 @@ func BenchmarkPublish(b *testing.B) {
 // p50 and p99.
 func BenchmarkPropagation(b *testing.B) {
 	url := brokerURL(b)
-	name := farmName(b)
-	pub, sub := open(b, url, name, nil), open(b, url, name, nil)
-	got := make(chan time.Duration, 1)
-	subscribed(b, sub, func(m []byte) {
-		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m)))
-		got <- time.Since(sent)
-	})
-	ctx := context.Background()
-	msg := make([]byte, 300)
-	if err := pub.Publish(ctx, msg); err != nil { // connect
-		b.Fatal(err)
-	}
-	<-got
-	var lat []time.Duration
-	for b.Loop() {
-		binary.BigEndian.PutUint64(msg, uint64(time.Now().UnixNano()))
-		if err := pub.Publish(ctx, msg); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case d := <-got:
-			lat = append(lat, d)
-		case <-time.After(5 * time.Second):
-			b.Fatal("message not delivered within 5s")
-		}
-	}
-	slices.Sort(lat)
-	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
-	b.ReportMetric(p(0.50), "p50-µs")
-	b.ReportMetric(p(0.99), "p99-µs")
+	name := farmtest.FarmName(b)
+	farmtest.BenchmarkPropagation(b, open(b, url, name, nil), open(b, url, name, nil))
 }

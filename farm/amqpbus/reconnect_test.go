@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
@@ -44,24 +46,24 @@ func TestSubscriberRecoversAfterBrokerClosesConnection(t *testing.T) {
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
 		testenv.Skip(t, "rabbitmqctl is not installed")
 	}
-	victim := farmName(t)
-	ms := startFarm(t, url, 2, func(i int) *amqpbus.Options {
-		if i == 1 {
-			return &amqpbus.Options{Name: victim}
-		}
-		return nil
-	})
-	ccfg := client(tls.VersionTLS13, &tlstest.SharedCache{})
+	victim := farmtest.FarmName(t)
+	name, secret := farmtest.FarmName(t), farm.NewSecret(1)
+	ms := []*farmtest.Member{
+		farmtest.Join(t, "n1", name, farmtest.Options{NewTransport: amqpTransport(url, nil), Secret: secret}),
+		farmtest.Join(t, "n2", name, farmtest.Options{NewTransport: amqpTransport(url, &amqpbus.Options{Name: victim}), Secret: secret}),
+	}
+	farmtest.WaitConnected(t, ms...)
+	ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
 	dialAndSpread(t, ms, ms[0], ccfg)
 	dialAndSpread(t, ms, ms[1], ccfg)
 
-	connects := ms[1].node.Stats().Connects
+	connects := ms[1].Node.Stats().Connects
 	start := time.Now()
 	if n := closeConnections(t, victim); n != 2 {
 		t.Fatalf("closed %d connections of the node, want 2 (subscriber and publisher)", n)
 	}
-	eventually(t, 10*time.Second, "n2 resubscribed", func() bool {
-		st := ms[1].node.Stats()
+	farmtest.Eventually(t, 10*time.Second, "n2 resubscribed", func() bool {
+		st := ms[1].Node.Stats()
 		return st.Connected && st.Connects > connects
 	})
 	t.Logf("n2 resubscribed within %v of the start of rabbitmqctl (which takes about a second per call)", time.Since(start).Round(time.Millisecond))

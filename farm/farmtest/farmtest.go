@@ -1,6 +1,8 @@
 // Package farmtest holds conformance tests for farm transports: every Bus
 // and Store implementation runs them against its real server, so that the
-// farm can rely on one contract whatever carries its messages.
+// farm can rely on one contract whatever carries its messages. It also
+// holds the harness that the farm's tests and each transport's use to run
+// a farm of TLS servers in one process (Start, Join, Member).
 package farmtest
 
 import (
@@ -10,18 +12,49 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
-// FarmName returns a farm name unique to this test run.
-func FarmName(t testing.TB) string {
+// FarmName returns a farm name that no other test uses: the test's name
+// (shortened) and a random suffix, so that tests sharing one server never
+// see each other's keys or messages.
+func FarmName(tb testing.TB) string {
 	var b [6]byte
 	rand.Read(b[:])
-	return "conformance-" + hex.EncodeToString(b[:])
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(tb.Name())
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return name + "-" + hex.EncodeToString(b[:])
+}
+
+// ServerURL returns the URL of a server that the machine shares with the
+// tests, what (such as "NATS"): environment variable env, or def. Unless
+// something answers at the URL's host and port it skips the test, or fails
+// it where services are required (see testenv).
+func ServerURL(tb testing.TB, what, env, def string) string {
+	tb.Helper()
+	u := os.Getenv(env)
+	if u == "" {
+		u = def
+	}
+	addr := u
+	if p, err := url.Parse(u); err == nil {
+		addr = p.Host
+	}
+	testenv.NeedTCP(tb, what, addr)
+	return u
 }
 
 // subscriber collects what a Subscribe delivers.
@@ -243,4 +276,30 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 			t.Fatalf("SetMembers = %q, want kept and also", got)
 		}
 	})
+}
+
+// TestOpenURLs opens each URL of cases with open: one mapped to "" opens
+// (and is closed), the others fail with an error that holds the word they
+// map to, and no error shows the password that the cases' URLs carry,
+// "s3cret".
+func TestOpenURLs(t *testing.T, open func(url string) (io.Closer, error), cases map[string]string) {
+	t.Helper()
+	for _, url := range slices.Sorted(maps.Keys(cases)) {
+		c, err := open(url)
+		want := cases[url]
+		if want == "" {
+			if err != nil {
+				t.Errorf("Open(%q): %v", url, err)
+				continue
+			}
+			c.Close()
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%q) = %v, want an error about %q", url, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Open error shows the password: %v", err)
+		}
+	}
 }

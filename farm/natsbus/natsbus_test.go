@@ -2,10 +2,8 @@ package natsbus_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +14,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
-	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
 // sharedURL returns the URL of the machine's shared NATS server
@@ -24,16 +21,7 @@ import (
 // it does not answer.
 func sharedURL(tb testing.TB) string {
 	tb.Helper()
-	u := os.Getenv("TLSFARM_NATS_URL")
-	if u == "" {
-		u = "nats://127.0.0.1:4222"
-	}
-	addr := u[strings.Index(u, "://")+3:]
-	if j := strings.LastIndexByte(addr, '@'); j >= 0 {
-		addr = addr[j+1:]
-	}
-	testenv.NeedTCP(tb, "NATS", addr)
-	return u
+	return farmtest.ServerURL(tb, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 }
 
 // embedded starts an in-process nats-server (the current release, with
@@ -46,17 +34,6 @@ func embedded(tb testing.TB) string {
 	}
 	tb.Cleanup(s.Shutdown)
 	return s.URL()
-}
-
-// farmName returns a farm name no other test uses.
-func farmName(tb testing.TB) string {
-	var b [6]byte
-	rand.Read(b[:])
-	name := strings.NewReplacer("/", "-", " ", "_").Replace(tb.Name())
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	return name + "-" + hex.EncodeToString(b[:])
 }
 
 // open opens a transport for the test, and deletes the farm's bucket (if
@@ -97,7 +74,7 @@ func TestStoreConformance(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) {
 		url := embedded(t)
 		farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
-		tr := open(t, url, farmName(t))
+		tr := open(t, url, farmtest.FarmName(t))
 		if ok, err := tr.NativeTTL(context.Background()); err != nil || !ok {
 			t.Fatalf("NativeTTL on an embedded current server = %t, %v; want true", ok, err)
 		}
@@ -108,7 +85,7 @@ func TestStoreConformance(t *testing.T) {
 // the bucket itself, not only hidden.
 func TestServerExpiresKeys(t *testing.T) {
 	url := embedded(t)
-	tr := open(t, url, farmName(t))
+	tr := open(t, url, farmtest.FarmName(t))
 	ctx := context.Background()
 	if err := tr.PutMany(ctx, farm.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
 		t.Fatal(err)
@@ -138,7 +115,7 @@ func TestServerExpiresKeys(t *testing.T) {
 // on a key whose value has expired but which the server still holds (as
 // it does before 2.11).
 func TestExpiredKeyCanBeReplaced(t *testing.T) {
-	tr := open(t, sharedURL(t), farmName(t))
+	tr := open(t, sharedURL(t), farmtest.FarmName(t))
 	ctx := context.Background()
 	if ok, err := tr.SetNX(ctx, "lease", []byte("a"), 50*time.Millisecond); !ok || err != nil {
 		t.Fatalf("SetNX = %t, %v", ok, err)
@@ -162,48 +139,30 @@ func TestExpiredKeyCanBeReplaced(t *testing.T) {
 }
 
 func TestOpenURLs(t *testing.T) {
-	for _, tc := range []struct {
-		url, err string
-	}{
-		{"nats://127.0.0.1:4222", ""},
-		{"nats://user:pass@127.0.0.1:4222", ""},
-		{"nats://token@127.0.0.1:4222", ""},
-		{"nats://127.0.0.1:4222,nats://127.0.0.1:4223", ""},
-		{"http://127.0.0.1", "scheme"},
-		{"nats://", "host"},
-		{"nats://user:s3cret@[::1", "natsbus"},
-		{"nats://user:s3cret@127.0.0.1:4222,ftp://x", "scheme"},
-	} {
-		tr, err := natsbus.Open(tc.url, "f", nil)
-		if tc.err == "" {
-			if err != nil {
-				t.Errorf("Open(%q): %v", tc.url, err)
-				continue
-			}
-			tr.Close()
-			continue
-		}
-		if err == nil || !strings.Contains(err.Error(), tc.err) {
-			t.Errorf("Open(%q) = %v, want an error about %q", tc.url, err, tc.err)
-		}
-		if err != nil && strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("Open error shows the password: %v", err)
-		}
-	}
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return natsbus.Open(url, "f", nil) }, map[string]string{
+		"nats://127.0.0.1:4222":                       "",
+		"nats://user:pass@127.0.0.1:4222":             "",
+		"nats://token@127.0.0.1:4222":                 "",
+		"nats://127.0.0.1:4222,nats://127.0.0.1:4223": "",
+		"http://127.0.0.1":                            "scheme",
+		"nats://":                                     "host",
+		"nats://user:s3cret@[::1":                     "natsbus",
+		"nats://user:s3cret@127.0.0.1:4222,ftp://x":   "scheme",
+	})
 }
 
 // TestWrongPasswordNotShown: a refused login shows up in the bus's state
 // and the store's errors, without the password.
 func TestWrongPasswordNotShown(t *testing.T) {
 	srv := startNATS(t, "--user", "tlsfarm", "--pass", "right-pw")
-	tr, err := natsbus.Open(srv.URL("tlsfarm:s3cret-pw@"), farmName(t), nil)
+	tr, err := natsbus.Open(srv.URL("tlsfarm:s3cret-pw@"), farmtest.FarmName(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
 	// nats.go forgets the error while it tries again: keep it.
 	var refusal error
-	eventually(t, 5*time.Second, "the server refused the login", func() bool {
+	farmtest.Eventually(t, 5*time.Second, "the server refused the login", func() bool {
 		refusal = tr.Conn().LastError()
 		return refusal != nil
 	})
@@ -237,7 +196,7 @@ func TestWrongPasswordNotShown(t *testing.T) {
 	}
 
 	// The right password works.
-	good, err := natsbus.Open(srv.URL("tlsfarm:right-pw@"), farmName(t), nil)
+	good, err := natsbus.Open(srv.URL("tlsfarm:right-pw@"), farmtest.FarmName(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

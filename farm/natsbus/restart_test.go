@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -15,34 +16,34 @@ import (
 // being restarted.
 func TestSharingRecoversAfterServerRestart(t *testing.T) {
 	srv := startNATS(t)
-	ms := startFarm(t, srv.URL(""), 3, farm.Broadcast)
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: natsTransport(srv.URL("")), Mode: farm.Broadcast, WriteThrough: true})
 
 	shares := func(what string) {
 		t.Helper()
 		before := make([]farm.Stats, len(ms))
 		for i, m := range ms {
-			before[i] = m.node.Stats()
+			before[i] = m.Node.Stats()
 		}
 		frozen := &tlstest.FrozenCache{}
-		tlstest.MustDial(t, ms[0].srv.Addr, client(tls.VersionTLS13, frozen))
+		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 		for i, m := range ms[1:] {
-			eventually(t, 10*time.Second, what+": "+m.name+" received the session over the bus", func() bool {
-				return m.node.Stats().Inserted > before[i+1].Inserted
+			farmtest.Eventually(t, 10*time.Second, what+": "+m.Name+" received the session over the bus", func() bool {
+				return m.Node.Stats().Inserted > before[i+1].Inserted
 			})
-			if !tlstest.MustDial(t, m.srv.Addr, client(tls.VersionTLS13, frozen)).DidResume {
-				t.Fatalf("%s: %s did not resume n1's session", what, m.name)
+			if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
+				t.Fatalf("%s: %s did not resume n1's session", what, m.Name)
 			}
 		}
-		eventually(t, 10*time.Second, what+": n1 wrote the session to the store", func() bool {
-			return ms[0].node.Stats().StoreWrites > before[0].StoreWrites
+		farmtest.Eventually(t, 10*time.Second, what+": n1 wrote the session to the store", func() bool {
+			return ms[0].Node.Stats().StoreWrites > before[0].StoreWrites
 		})
 	}
 	shares("before the crash")
 
 	srv.Kill()
-	eventually(t, 10*time.Second, "every node saw the bus go down", func() bool {
+	farmtest.Eventually(t, 10*time.Second, "every node saw the bus go down", func() bool {
 		for _, m := range ms {
-			if m.node.Stats().Connected {
+			if m.Node.Stats().Connected {
 				return false
 			}
 		}
@@ -50,14 +51,14 @@ func TestSharingRecoversAfterServerRestart(t *testing.T) {
 	})
 	// Meanwhile each node serves on its own.
 	frozen := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, frozen))
-	if !tlstest.MustDial(t, ms[1].srv.Addr, client(tls.VersionTLS13, frozen)).DidResume {
+	tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
 		t.Fatal("a node did not resume its own session while NATS was down")
 	}
 
 	srv.Restart()
 	start := time.Now()
-	waitConnected(t, ms...)
+	farmtest.WaitConnected(t, ms...)
 	t.Logf("all nodes resubscribed %v after the server came back", time.Since(start).Round(time.Millisecond))
 	shares("after the restart")
 	if d := time.Since(start); d > 10*time.Second {

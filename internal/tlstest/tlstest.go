@@ -255,3 +255,14 @@ func (s *SharedCache) Put(_ string, cs *tls.ClientSessionState) {
 		s.cs = cs
 	}
 }
+
+// NoResume is a client session cache that never offers a session but lets
+// the client receive tickets, so that the server issues one on every full
+// handshake, as it does for real clients.
+type NoResume struct{}
+
+// Get implements tls.ClientSessionCache: there is never a session to offer.
+func (NoResume) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+
+// Put implements tls.ClientSessionCache: it forgets the session.
+func (NoResume) Put(string, *tls.ClientSessionState) {}

@@ -1,0 +1,102 @@
+package farmtest
+
+import (
+	"context"
+	"encoding/binary"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// BenchmarkPublish publishes on pub batches of 256 messages of 300 bytes
+// (the farm's default batch, about the size of a sealed TLS 1.3 session)
+// with sub, a bus of the same farm, receiving them. It reports msgs/s.
+func BenchmarkPublish(b *testing.B, pub, sub farm.Bus) {
+	subscribed(b, sub, func([]byte) {})
+	batch := make([][]byte, 256)
+	for i := range batch {
+		batch[i] = make([]byte, 300)
+	}
+	ctx := context.Background()
+	if err := pub.Publish(ctx, batch[0]); err != nil { // connect
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := pub.Publish(ctx, batch...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkPropagation measures the time from Publish on pub to delivery
+// on sub, a bus of the same farm, one message of 300 bytes at a time, and
+// reports its p50 and p99.
+func BenchmarkPropagation(b *testing.B, pub, sub farm.Bus) {
+	got := make(chan time.Duration, 1)
+	subscribed(b, sub, func(m []byte) {
+		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m)))
+		got <- time.Since(sent)
+	})
+	ctx := context.Background()
+	msg := make([]byte, 300)
+	if err := pub.Publish(ctx, msg); err != nil { // connect
+		b.Fatal(err)
+	}
+	<-got
+	var lat []time.Duration
+	for b.Loop() {
+		binary.BigEndian.PutUint64(msg, uint64(time.Now().UnixNano()))
+		if err := pub.Publish(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case d := <-got:
+			lat = append(lat, d)
+		case <-time.After(5 * time.Second):
+			b.Fatal("message not delivered within 5s")
+		}
+	}
+	ReportPercentiles(b, lat)
+}
+
+// subscribed runs bus.Subscribe with deliver until the benchmark ends, and
+// waits until the subscription reports that it is up.
+func subscribed(b *testing.B, bus farm.Bus, deliver func([]byte)) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	up := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bus.Subscribe(ctx, deliver, func(ok bool, _ error) {
+			if ok {
+				select {
+				case up <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}()
+	b.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-up:
+	case <-time.After(10 * time.Second):
+		b.Fatal("Subscribe never reported up")
+	}
+}
+
+// ReportPercentiles reports the p50 and p99 of lat, in microseconds, as the
+// benchmark's p50-µs and p99-µs metrics. It sorts lat.
+func ReportPercentiles(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
+	b.ReportMetric(p(0.50), "p50-µs")
+	b.ReportMetric(p(0.99), "p99-µs")
+}

@@ -1,0 +1,207 @@
+package farmtest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// A Member is one server of a test farm: a TLS server (with the certificate
+// of tlstest.SharedCert) with its own session cache, farm node and
+// transport.
+type Member struct {
+	Name   string          // as given to Join (n1, n2, ... by Start)
+	Cache  *session.Cache  // the server's session cache
+	Node   *farm.Node      // the cache's farm node
+	Server *tlstest.Server // the TLS server
+	Bus    farm.Bus        // from Options.NewTransport
+	Store  farm.Store      // from Options.NewTransport; nil for a transport without one
+
+	// With Options.Rotation: the member's ticket key ring, its rotator,
+	// and Crash, which stops the rotator as a crash would.
+	Ring    *ticket.Ring
+	Rotator *farm.Rotator
+	Crash   context.CancelFunc
+}
+
+// Options configure the members of a test farm.
+type Options struct {
+	// NewTransport opens a member's bus and store (nil for none) for farm
+	// farmName, closing them when the test ends.
+	NewTransport func(t testing.TB, farmName string) (farm.Bus, farm.Store)
+
+	Mode         farm.Mode            // the nodes' farm.Config.Mode
+	WriteThrough bool                 // the nodes' farm.Config.WriteThrough
+	Secret       farm.Secret          // Start makes one if unset
+	Tweak        func(*farm.Config)   // if set, edits each node's configuration last
+	SessionMode  session.Mode         // the members' session caches' mode
+	Rotation     *farm.RotationConfig // if set, each member rotates ticket keys with the farm
+	Logger       *slog.Logger         // default: discard
+	CloseServer  bool                 // serve with tlstest.ServeAndClose (for openssl)
+}
+
+// Join starts member name of farm farmName, stopped when the test ends. It
+// does not wait for the member's node to subscribe (see WaitConnected).
+func Join(t testing.TB, name, farmName string, o Options) *Member {
+	t.Helper()
+	cache, err := session.New(&session.Config{Mode: o.SessionMode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	bus, store := o.NewTransport(t, farmName)
+	cfg := farm.Config{
+		Farm:          farmName,
+		Node:          name,
+		Secrets:       []farm.Secret{o.Secret},
+		Cache:         cache,
+		Bus:           bus,
+		Store:         store,
+		Mode:          o.Mode,
+		WriteThrough:  o.WriteThrough,
+		LookupTimeout: 100 * time.Millisecond, // survives -race on a busy 2-core machine
+		// Generous: under -race a loaded machine can hold a write back.
+		WriteThroughTimeout: 500 * time.Millisecond,
+		Logger:              o.Logger,
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Tweak != nil {
+		o.Tweak(&cfg)
+	}
+	node, err := farm.Join(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	cert, _ := tlstest.SharedCert()
+	tcfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	m := &Member{Name: name, Cache: cache, Node: node, Bus: bus, Store: store}
+	if o.Rotation != nil {
+		m.Ring, err = ticket.NewRing(ticket.RingConfig{Logger: cfg.Logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Ring.Register(tcfg)
+		rc := *o.Rotation
+		rc.Ring = m.Ring
+		var rctx context.Context
+		rctx, m.Crash = context.WithCancel(context.Background())
+		m.Rotator, err = node.RotateTicketKeys(rctx, rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Rotator.Close() })
+	}
+	cache.Configure(tcfg)
+	if o.CloseServer {
+		m.Server = tlstest.ServeAndClose(t, name, tcfg, cache.HandshakeComplete)
+	} else {
+		m.Server = tlstest.Serve(t, name, tcfg, cache.HandshakeComplete)
+	}
+	return m
+}
+
+// Start starts n members (n1, n2, ...) of a fresh farm and waits until all
+// are subscribed. It returns the farm's name, and fills in o.Secret if it is
+// unset.
+func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
+	t.Helper()
+	name := FarmName(t)
+	if o.Secret.Bytes == nil {
+		o.Secret = farm.NewSecret(1)
+	}
+	var ms []*Member
+	for i := range n {
+		ms = append(ms, Join(t, fmt.Sprintf("n%d", i+1), name, *o))
+	}
+	WaitConnected(t, ms...)
+	return ms, name
+}
+
+// WaitConnected waits until every member's node is subscribed to its bus.
+func WaitConnected(t testing.TB, ms ...*Member) {
+	t.Helper()
+	Eventually(t, 10*time.Second, "all nodes subscribed", func() bool {
+		for _, m := range ms {
+			if !m.Node.Stats().Connected {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Eventually polls cond until it holds, or fails the test once timeout has
+// passed, saying what it waited for.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Client returns a client configuration for the members' servers: it trusts
+// tlstest.SharedCert, names "localhost", pins version (0 for any) and keeps
+// its sessions in cache.
+func Client(version uint16, cache tls.ClientSessionCache) *tls.Config {
+	_, pool := tlstest.SharedCert()
+	return tlstest.ClientConfig(pool, "localhost", version, cache)
+}
+
+// Roam is a client behind a load balancer that reconnects at once: it
+// connects to ms[0], then attempts times to a member picked at random,
+// each time with dial. It logs and returns how many of those connections
+// did not resume, and how many resumed on another member than the
+// previous connection's (which issued the session).
+func Roam(t testing.TB, ms []*Member, attempts int, dial func(*Member) tls.ConnectionState) (failed, elsewhere int) {
+	t.Helper()
+	dial(ms[0])
+	issuer := ms[0]
+	for range attempts {
+		m := ms[rand.N(len(ms))]
+		if !dial(m).DidResume {
+			failed++
+		} else if m != issuer {
+			elsewhere++
+		}
+		issuer = m
+	}
+	t.Logf("%d/%d resumptions failed; %d resumed on a node that did not issue the ticket", failed, attempts, elsewhere)
+	return failed, elsewhere
+}
+
+// LogStats logs each member's cache and node statistics, as a test does
+// before it fails.
+func LogStats(t testing.TB, ms []*Member) {
+	t.Helper()
+	for _, m := range ms {
+		t.Logf("%s: cache %+v\nfarm %+v", m.Name, m.Cache.Stats(), m.Node.Stats())
+	}
+}
+
+// NoHandshakeErrors fails the test if a handshake failed on any member's
+// server.
+func NoHandshakeErrors(t testing.TB, ms []*Member) {
+	t.Helper()
+	for _, m := range ms {
+		if errs := m.Server.HandshakeErrors(); len(errs) > 0 {
+			t.Fatalf("%s: handshake errors: %v", m.Name, errs)
+		}
+	}
+}
