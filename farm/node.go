@@ -424,31 +424,44 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
 	}
 
-	// The store write and the publish go out at once: peers hear of a
-	// session one round trip sooner than if one waited for the other.
-	var storeErr error
-	var wg sync.WaitGroup
-	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-			storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
-			cancel()
-			for _, it := range batch {
-				if it.done != nil {
-					it.done <- storeErr
-				}
+	// The store write and the publish go out at once: in one round trip
+	// where the transport can do both (the common case: new sessions, no
+	// revocations), else concurrently. Peers hear of a session one round
+	// trip sooner than if one waited for the other.
+	var storeErr, pubErr error
+	release := func() {
+		for _, it := range batch {
+			if it.done != nil {
+				it.done <- storeErr
 			}
-		}()
+		}
 	}
-	var pubErr error
-	if len(msgs) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		pubErr = n.cfg.Bus.Publish(pctx, msgs...)
+	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0)
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
+		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		storeErr = b.PutAndPublish(bctx, puts, msgs)
+		pubErr = storeErr
 		cancel()
+		release()
+	} else {
+		var wg sync.WaitGroup
+		if stored {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
+				cancel()
+				release()
+			}()
+		}
+		if len(msgs) > 0 {
+			pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+			pubErr = n.cfg.Bus.Publish(pctx, msgs...)
+			cancel()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 
 	ok := true
 	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {

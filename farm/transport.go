@@ -76,3 +76,13 @@ type Store interface {
 	// without trusting their own clocks alone.
 	Time(ctx context.Context) (time.Time, error)
 }
+
+// A Batcher is a transport that is both the farm's Bus and its Store and can
+// write items and publish messages in one round trip. The farm uses it, when
+// Config.Bus and Config.Store are the same value, for batches of new
+// sessions; revocations take the general path.
+type Batcher interface {
+	// PutAndPublish writes every item (as Store.PutMany does) and publishes
+	// msgs (as Bus.Publish does) in one batch. It fails as a whole.
+	PutAndPublish(ctx context.Context, items []Item, msgs [][]byte) error
+}

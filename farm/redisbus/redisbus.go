@@ -261,6 +261,21 @@ func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
 	return err
 }
 
+// PutAndPublish implements farm.Batcher: the SETs and the PUBLISHes go in
+// one pipeline, one round trip.
+func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, msgs [][]byte) error {
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, it := range items {
+			p.Set(ctx, t.prefix+it.Key, it.Value, it.TTL)
+		}
+		for _, m := range msgs {
+			t.publish(ctx, p, m)
+		}
+		return nil
+	})
+	return err
+}
+
 // Get implements farm.Store.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	b, err := t.c.Get(ctx, t.prefix+key).Bytes()
@@ -351,6 +366,7 @@ func (t *Transport) Time(ctx context.Context) (time.Time, error) {
 }
 
 var (
-	_ farm.Bus   = (*Transport)(nil)
-	_ farm.Store = (*Transport)(nil)
+	_ farm.Bus     = (*Transport)(nil)
+	_ farm.Store   = (*Transport)(nil)
+	_ farm.Batcher = (*Transport)(nil)
 )
