@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -140,6 +139,6 @@ func handshakes(s *Server, version uint16, resumed bool) uint64 {
 func must(t *testing.T, ok bool, format string, args ...any) {
 	t.Helper()
 	if !ok {
-		t.Fatal(fmt.Sprintf(format, args...))
+		t.Fatalf(format, args...)
 	}
 }

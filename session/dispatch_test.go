@@ -1,11 +1,14 @@
 package session
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // BenchmarkDispatch measures firing one event to 0 and 1 hooks.
 func BenchmarkDispatch(b *testing.B) {
 	for _, n := range []int{0, 1} {
-		b.Run(map[int]string{0: "hooks=0", 1: "hooks=1"}[n], func(b *testing.B) {
+		b.Run(fmt.Sprintf("hooks=%d", n), func(b *testing.B) {
 			c, err := New(&Config{SweepInterval: -1})
 			if err != nil {
 				b.Fatal(err)
