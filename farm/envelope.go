@@ -192,30 +192,36 @@ func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, no
 	if err != nil {
 		return h, nil, err
 	}
+	body, err := k.openParsed(msg, h, off, farm, want, context, now, maxAge, maxSkew)
+	return h, body, err
+}
+
+// openParsed is open for a message whose header parseHeader has read.
+func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration) ([]byte, error) {
 	if h.farm != farm {
-		return h, nil, reject(RejectOtherFarm, "")
+		return nil, reject(RejectOtherFarm, "")
 	}
 	if maxAge > 0 && now.Sub(h.time) > maxAge {
-		return h, nil, reject(RejectTooOld, now.Sub(h.time).String())
+		return nil, reject(RejectTooOld, now.Sub(h.time).String())
 	}
 	if maxSkew > 0 && h.time.Sub(now) > maxSkew {
-		return h, nil, reject(RejectFuture, h.time.Sub(now).String())
+		return nil, reject(RejectFuture, h.time.Sub(now).String())
 	}
 	aead := k.aead[h.keyID]
 	if aead == nil {
-		return h, nil, reject(RejectSeal, "unknown key")
+		return nil, reject(RejectSeal, "unknown key")
 	}
 	nonce := msg[off : off+nonceLen]
 	body, err := aead.Open(nil, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
 	if err != nil {
-		return h, nil, reject(RejectSeal, "")
+		return nil, reject(RejectSeal, "")
 	}
 	// The type is checked only once authentic: a forger cannot learn which
 	// types a node takes.
 	if h.typ != want && want != 0 {
-		return h, nil, reject(RejectType, h.typ.String())
+		return nil, reject(RejectType, h.typ.String())
 	}
-	return h, body, nil
+	return body, nil
 }
 
 // A sessionItem is one session in a msgSessions body.

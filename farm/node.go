@@ -557,13 +557,17 @@ func (n *Node) busState(up bool, err error) {
 // receive handles one message from the bus.
 func (n *Node) receive(msg []byte) {
 	n.ctr.received.Add(1)
-	h, _, err := parseHeader(msg)
-	if err == nil && h.sender == n.instance {
+	h, off, err := parseHeader(msg)
+	if err != nil {
+		n.ctr.rejected[rejection(err)].Add(1)
+		return
+	}
+	if h.sender == n.instance {
 		n.ctr.self.Add(1)
 		return
 	}
 	now := n.cfg.Now()
-	h, body, err := n.keys.open(msg, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew)
+	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew)
 	if err != nil {
 		n.ctr.rejected[rejection(err)].Add(1)
 		return
