@@ -1,0 +1,167 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64   { return float64(d) / float64(time.Microsecond) }
+
+func pctOf(n, of int) float64 {
+	if of == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(of)
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// over returns f of each run's measurement of version vi and kind ki.
+func (r *result) over(vi, ki int, f func(measurement) float64) []float64 {
+	var xs []float64
+	for _, run := range r.runs {
+		xs = append(xs, f(run[vi][ki]))
+	}
+	return xs
+}
+
+// ratio returns the median over runs of kind ki's hs/s over kind named
+// base's, or 0 if base is not in the run.
+func (r *result) ratio(vi, ki int, base string) float64 {
+	bi := slices.IndexFunc(r.kinds, func(k kind) bool { return k.Name == base })
+	if bi < 0 {
+		return 0
+	}
+	var xs []float64
+	for _, run := range r.runs {
+		if b := run[vi][bi].HSPerSec; b > 0 {
+			xs = append(xs, run[vi][ki].HSPerSec/b)
+		}
+	}
+	return median(xs)
+}
+
+// Median returns the median of the runs' measurements of the named farm at
+// TLS version v, field by field (resumption counts are summed over runs).
+func (r *result) Median(v uint16, name string) (measurement, bool) {
+	vi := slices.Index(r.versions, v)
+	ki := slices.IndexFunc(r.kinds, func(k kind) bool { return k.Name == name })
+	if vi < 0 || ki < 0 || len(r.runs) == 0 {
+		return measurement{}, false
+	}
+	d := func(f func(measurement) time.Duration) time.Duration {
+		return time.Duration(median(r.over(vi, ki, func(m measurement) float64 { return float64(f(m)) })))
+	}
+	var m measurement
+	m.HSPerSec = median(r.over(vi, ki, func(m measurement) float64 { return m.HSPerSec }))
+	for _, run := range r.runs {
+		x := run[vi][ki]
+		m.Conns += x.Conns
+		m.Failed += x.Failed
+		m.Offered += x.Offered
+		m.Resumed += x.Resumed
+		m.SameOffered += x.SameOffered
+		m.SameResumed += x.SameResumed
+		m.OtherOffered += x.OtherOffered
+		m.OtherResumed += x.OtherResumed
+	}
+	m.FullP50 = d(func(m measurement) time.Duration { return m.FullP50 })
+	m.FullP99 = d(func(m measurement) time.Duration { return m.FullP99 })
+	m.ResumedP50 = d(func(m measurement) time.Duration { return m.ResumedP50 })
+	m.ResumedP99 = d(func(m measurement) time.Duration { return m.ResumedP99 })
+	m.ServerCPU = d(func(m measurement) time.Duration { return m.ServerCPU })
+	m.RedisCPU = d(func(m measurement) time.Duration { return m.RedisCPU })
+	return m, true
+}
+
+// print writes the table: one row per farm and TLS version.
+func (r *result) print(w io.Writer, o options, machine string) {
+	fmt.Fprintf(w, "\nfarmbench: 3 nodes per farm on loopback, c=%d, %d reconnects per client at 0 ms, random node per connection, ECDSA P-256;\n", o.clients, o.reconnects)
+	fmt.Fprintf(w, "median of %d runs (resumption: all runs pooled); %s\n\n", len(r.runs), machine)
+	fmt.Fprintln(w, "| farm | TLS | hs/s | × nginx | × Go | resumed | same / other node | full p50 / p99 ms | resumed p50 / p99 ms | server CPU µs/hs | Redis CPU µs/hs |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	for vi, v := range r.versions {
+		for ki, k := range r.kinds {
+			m, _ := r.Median(v, k.Name)
+			ratio := func(base string) string {
+				x := r.ratio(vi, ki, base)
+				if x == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.2f", x)
+			}
+			redisCol := "–"
+			if m.RedisCPU >= 0 {
+				redisCol = fmt.Sprintf("%.0f", us(m.RedisCPU))
+			}
+			failed := ""
+			if m.Failed > 0 {
+				failed = fmt.Sprintf(" (%d failed)", m.Failed)
+			}
+			fmt.Fprintf(w, "| %s | %s | %.0f%s | %s | %s | %.2f%% | %.1f%% / %.1f%% | %.2f / %.2f | %.2f / %.2f | %.0f | %s |\n",
+				k.Title, strings.TrimPrefix(tls.VersionName(v), "TLS "), m.HSPerSec, failed, ratio("nginx"), ratio("go"),
+				pctOf(m.Resumed, m.Offered), pctOf(m.SameResumed, m.SameOffered), pctOf(m.OtherResumed, m.OtherOffered),
+				msOf(m.FullP50), msOf(m.FullP99), msOf(m.ResumedP50), msOf(m.ResumedP99), us(m.ServerCPU), redisCol)
+		}
+	}
+	for _, s := range r.skipped {
+		fmt.Fprintf(w, "\nleft out: %s\n", s)
+	}
+	var notes []string
+	for _, k := range r.kinds {
+		reps := r.reports[k.Name]
+		var lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped, failed uint64
+		farmNodes := 0
+		for _, rep := range reps {
+			failed += uint64(rep.Failed)
+			if rep.Farm == nil {
+				continue
+			}
+			farmNodes++
+			s := rep.Farm
+			lookups += s.Lookups
+			hits += s.StoreHits
+			misses += s.StoreMisses
+			timeouts += s.StoreTimeouts
+			errs += s.StoreErrors
+			skipped += s.LookupsSkipped
+			wt += s.WriteThrough
+			wtTimeouts += s.WriteThroughTimeouts
+			wtFailed += s.WriteThroughFailed
+			trips += s.BreakerTrips
+			dropped += s.Dropped
+		}
+		if farmNodes == 0 && failed == 0 {
+			continue
+		}
+		note := fmt.Sprintf("%s: server-side failed handshakes %d", k.Name, failed)
+		if farmNodes > 0 {
+			note += fmt.Sprintf("; store lookups %d (found %d, not found %d, timed out %d, errors %d, skipped by the breaker %d); write-through waits %d (timed out %d, failed %d); breaker trips %d; dropped %d",
+				lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped)
+		}
+		notes = append(notes, note)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, "\nnodes' counters, all runs:")
+		for _, n := range notes {
+			fmt.Fprintln(w, "  "+n)
+		}
+	}
+}
