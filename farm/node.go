@@ -58,8 +58,8 @@ func ParseMode(s string) (Mode, error) {
 
 // Defaults for the fields of Config.
 const (
-	DefaultLookupTimeout       = 5 * time.Millisecond
-	DefaultWriteThroughTimeout = 50 * time.Millisecond
+	DefaultLookupTimeout       = 50 * time.Millisecond
+	DefaultWriteThroughTimeout = 100 * time.Millisecond
 	DefaultQueueSize           = 16384
 	DefaultBatchSize           = 256
 	DefaultMaxAge              = 30 * time.Second
@@ -177,6 +177,7 @@ type Node struct {
 	connected atomic.Bool
 	ctr       nodeCounters
 	lag       histogram
+	lk        lookupCounters
 
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
@@ -213,6 +214,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.Node),
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
+		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
 		handlers: map[msgType]func(header, []byte){},
 	}
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
@@ -308,8 +310,10 @@ func (n *Node) onEvent(ev session.Event) {
 		t := time.NewTimer(n.cfg.WriteThroughTimeout)
 		defer t.Stop()
 		n.ctr.writeThrough.Add(1)
+		start := time.Now()
 		select {
 		case err := <-it.done:
+			n.lk.writeThrough.observe(time.Since(start))
 			n.brk.record(err == nil, n.cfg.Now())
 			if err != nil {
 				n.ctr.writeThroughFailed.Add(1)
@@ -629,15 +633,10 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}
-	v, err, _ := n.sf.Do(string(id[:]), func() (any, error) {
-		rec, err := n.fetch(ctx, id)
-		n.brk.record(err == nil, n.cfg.Now())
-		return rec, err
-	})
+	rec, err := n.lookupStore(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	rec, _ := v.(*session.Record)
 	if rec == nil {
 		return nil, nil
 	}

@@ -45,6 +45,22 @@ type Stats struct {
 	StoreErrors    uint64
 	StoreRejected  uint64 // stored values that did not open: tampered, replaced, or another farm's
 
+	// Lookups that a handshake stopped waiting for, by cause: its
+	// LookupTimeout passed (LookupDeadline) or it went away
+	// (LookupCanceled). LookupLate counts store answers that came after
+	// LookupTimeout (StoreTimeouts, those that never came, within
+	// OpTimeout). LookupLatency is the distribution of the store's answers,
+	// late ones included: choose LookupTimeout above its tail.
+	LookupDeadline uint64
+	LookupCanceled uint64
+	LookupLate     uint64
+	LookupLatency  Histogram
+
+	// WriteThroughLatency is the distribution of write-through waits that
+	// ended with the store's answer: choose WriteThroughTimeout above its
+	// tail.
+	WriteThroughLatency Histogram
+
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
 	// clocks.
@@ -103,6 +119,11 @@ func (n *Node) Stats() Stats {
 		StoreErrors:          c.storeErrors.Load(),
 		StoreRejected:        c.storeRejected.Load(),
 		Lag:                  n.lag.snapshot(),
+		LookupDeadline:       n.lk.deadline.Load(),
+		LookupCanceled:       n.lk.canceled.Load(),
+		LookupLate:           n.lk.late.Load(),
+		LookupLatency:        n.lk.latency.snapshot(),
+		WriteThroughLatency:  n.lk.writeThrough.snapshot(),
 	}
 	for i := range s.Rejected {
 		s.Rejected[i] = c.rejected[i].Load()

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
 )
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -128,6 +130,9 @@ func (r *result) print(w io.Writer, o options, machine string) {
 	for _, k := range r.kinds {
 		reps := r.reports[k.Name]
 		var lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped, failed uint64
+		var deadline, canceled, late uint64
+		lat := make([]uint64, len(farm.LagBuckets)+1)
+		wtLat := make([]uint64, len(farm.LagBuckets)+1)
 		farmNodes := 0
 		for _, rep := range reps {
 			failed += uint64(rep.Failed)
@@ -147,6 +152,19 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			wtFailed += s.WriteThroughFailed
 			trips += s.BreakerTrips
 			dropped += s.Dropped
+			deadline += s.LookupDeadline
+			canceled += s.LookupCanceled
+			late += s.LookupLate
+			for i, c := range s.LookupLatency.Counts {
+				if i < len(lat) {
+					lat[i] += c
+				}
+			}
+			for i, c := range s.WriteThroughLatency.Counts {
+				if i < len(wtLat) {
+					wtLat[i] += c
+				}
+			}
 		}
 		if farmNodes == 0 && failed == 0 {
 			continue
@@ -155,6 +173,14 @@ func (r *result) print(w io.Writer, o options, machine string) {
 		if farmNodes > 0 {
 			note += fmt.Sprintf("; store lookups %d (found %d, not found %d, timed out %d, errors %d, skipped by the breaker %d); write-through waits %d (timed out %d, failed %d); breaker trips %d; dropped %d",
 				lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped)
+			if wt > 0 {
+				note += fmt.Sprintf("; write-through wait p50 %s, p99 %s, p99.9 %s, max %s",
+					bucketQuantile(wtLat, 0.5), bucketQuantile(wtLat, 0.99), bucketQuantile(wtLat, 0.999), bucketQuantile(wtLat, 1))
+			}
+			if lookups > 0 {
+				note += fmt.Sprintf("; handshakes that gave up on a lookup: deadline %d, went away %d; late answers %d; answer latency p50 %s, p99 %s, p99.9 %s, max %s",
+					deadline, canceled, late, bucketQuantile(lat, 0.5), bucketQuantile(lat, 0.99), bucketQuantile(lat, 0.999), bucketQuantile(lat, 1))
+			}
 		}
 		notes = append(notes, note)
 	}
@@ -164,4 +190,28 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			fmt.Fprintln(w, "  "+n)
 		}
 	}
+}
+
+// bucketQuantile returns the upper bound of the LagBuckets bucket that holds
+// quantile q of the counts, as "≤ d".
+func bucketQuantile(counts []uint64, q float64) string {
+	var total uint64
+	for _, c := range counts {
+		total += c
+	}
+	if total == 0 {
+		return "–"
+	}
+	rank := uint64(q*float64(total) + 0.999999)
+	var seen uint64
+	for i, c := range counts {
+		seen += c
+		if seen >= rank {
+			if i < len(farm.LagBuckets) {
+				return "≤ " + farm.LagBuckets[i].String()
+			}
+			return "> " + farm.LagBuckets[len(farm.LagBuckets)-1].String()
+		}
+	}
+	return "?"
 }

@@ -1,0 +1,59 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// lookupCounters say why handshakes stopped waiting for the store, and how
+// long the store took to answer.
+type lookupCounters struct {
+	deadline atomic.Uint64 // the handshake's LookupTimeout passed first
+	canceled atomic.Uint64 // the handshake went away first
+	late     atomic.Uint64 // the store answered, after LookupTimeout
+	latency  histogram     // every answer of the store, in time or late
+
+	writeThrough histogram // how long write-through handshakes waited for the store (those it answered)
+}
+
+// lookupStore reads id from the store once for all the handshakes that want
+// it at the same time, and waits for the answer until ctx ends. The read
+// itself is not bound to ctx but to OpTimeout, so that a store that answers
+// after the lookup deadline is seen answering: such an answer is counted as
+// late and its latency recorded, which is what the deadline should be
+// chosen from. A handshake that stops waiting is counted by why: its
+// deadline passed, or it went away.
+func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record, error) {
+	start := time.Now()
+	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		defer cancel()
+		rec, err := n.fetch(fctx, id)
+		took := time.Since(start)
+		answered := err == nil || errors.Is(err, ErrNotFound)
+		if answered {
+			n.lk.latency.observe(took)
+			if took > n.cfg.LookupTimeout {
+				n.lk.late.Add(1)
+			}
+		}
+		n.brk.record(answered && took <= n.cfg.LookupTimeout, n.cfg.Now())
+		return rec, err
+	})
+	select {
+	case r := <-ch:
+		rec, _ := r.Val.(*session.Record)
+		return rec, r.Err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			n.lk.deadline.Add(1)
+		} else {
+			n.lk.canceled.Add(1)
+		}
+		return nil, ctx.Err()
+	}
+}
