@@ -1,0 +1,81 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestLookupTimeoutCountedByCause pauses the store while a handshake looks a
+// session up: the handshake gives up at its deadline (counted as such), and
+// when the store answers later, the answer is counted as late and its
+// latency recorded, so that an operator can see how far to move the
+// deadline.
+func TestLookupTimeoutCountedByCause(t *testing.T) {
+	srv := redistest.Start(t)
+	tr, err := redisbus.Open(srv.URL(), "lookup-causes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	node, err := farm.Join(context.Background(), farm.Config{
+		Farm: "lookup-causes", Secrets: []farm.Secret{farm.NewSecret(1)}, Cache: cache, Bus: tr, Store: tr,
+		LookupTimeout: 30 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	farmtest.Eventually(t, 10*time.Second, "node subscribed", func() bool { return node.Stats().Connected })
+
+	// A store that answers in time: no give-up, no late answer.
+	id := cache.NewID()
+	if ss, _ := cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
+		t.Fatal("resumed a session nobody issued")
+	}
+	if st := node.Stats(); st.Lookups != 1 || st.StoreMisses != 1 || st.LookupDeadline != 0 || st.LookupLate != 0 || st.LookupLatency.Count != 1 {
+		t.Fatalf("after a prompt miss: %+v", st)
+	}
+
+	srv.Pause()
+	start := time.Now()
+	id = cache.NewID()
+	cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("the handshake waited %v with a 30ms lookup deadline", waited)
+	}
+	if st := node.Stats(); st.LookupDeadline != 1 || st.LookupCanceled != 0 || st.LookupLate != 0 {
+		t.Fatalf("while the store is paused: deadline %d, canceled %d, late %d; want 1, 0, 0", st.LookupDeadline, st.LookupCanceled, st.LookupLate)
+	}
+	time.Sleep(150 * time.Millisecond)
+	srv.Resume()
+	farmtest.Eventually(t, 5*time.Second, "the late answer counted", func() bool { return node.Stats().LookupLate == 1 })
+	st := node.Stats()
+	if st.LookupLatency.Count != 2 || st.StoreMisses != 2 {
+		t.Fatalf("latency observations %d, misses %d; want 2 and 2", st.LookupLatency.Count, st.StoreMisses)
+	}
+	// The late answer took at least the pause: it is in a bucket above 100ms.
+	var above uint64
+	for i, c := range st.LookupLatency.Counts {
+		if i >= len(farm.LagBuckets) || farm.LagBuckets[i] > 100*time.Millisecond {
+			above += c
+		}
+	}
+	if above != 1 {
+		t.Fatalf("late answer not recorded above 100ms: %v", st.LookupLatency.Counts)
+	}
+}
