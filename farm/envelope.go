@@ -192,12 +192,15 @@ func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, no
 	if err != nil {
 		return h, nil, err
 	}
-	body, err := k.openParsed(msg, h, off, farm, want, context, now, maxAge, maxSkew)
+	body, err := k.openParsed(msg, h, off, farm, want, context, now, maxAge, maxSkew, nil)
 	return h, body, err
 }
 
-// openParsed is open for a message whose header parseHeader has read.
-func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration) ([]byte, error) {
+// openParsed is open for a message whose header parseHeader has read. The
+// body is appended to dst; a caller that owns msg may pass
+// msg[off+nonceLen:off+nonceLen] to decrypt in place, without allocating
+// (msg is then no longer an envelope).
+func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
 	if h.farm != farm {
 		return nil, reject(RejectOtherFarm, "")
 	}
@@ -212,7 +215,7 @@ func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want ms
 		return nil, reject(RejectSeal, "unknown key")
 	}
 	nonce := msg[off : off+nonceLen]
-	body, err := aead.Open(nil, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
+	body, err := aead.Open(dst, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
 	if err != nil {
 		return nil, reject(RejectSeal, "")
 	}

@@ -122,6 +122,18 @@ type Config struct {
 	// BatchSize is the most items published as one batch.
 	BatchSize int
 
+	// LazyPeers keeps the sessions that peers broadcast as they arrive
+	// (authenticated and decrypted, not decoded) and decodes and inserts one
+	// into the cache only when a client presents it here. With random
+	// balancing over N nodes a node serves about one in N of the sessions
+	// it is sent, so this saves most of the work of receiving; but peers'
+	// sessions then reach the cache, and its hooks, only when used.
+	// PendingSize bounds how many are kept (default DefaultPendingSize); the
+	// oldest go first, and a client presenting one that went is served from
+	// the store, if there is one.
+	LazyPeers   bool
+	PendingSize int
+
 	// MaxAge is the oldest message accepted from the bus (default
 	// DefaultMaxAge); MaxSkew how far in the future (default
 	// DefaultMaxSkew). Both absorb clock differences between nodes.
@@ -178,6 +190,7 @@ type Node struct {
 	ctr       nodeCounters
 	lag       histogram
 	lk        lookupCounters
+	pend      *pending // with LazyPeers
 
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
@@ -220,7 +233,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
-	if cfg.Store != nil {
+	if cfg.LazyPeers {
+		n.pend = newPending(cfg.PendingSize)
+	}
+	if cfg.Store != nil || n.pend != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 	}
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
@@ -273,6 +289,9 @@ func (cfg *Config) setDefaults() error {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
+	if cfg.PendingSize <= 0 {
+		cfg.PendingSize = DefaultPendingSize
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -286,7 +305,7 @@ func (cfg *Config) setDefaults() error {
 // node's goroutines, and waits for them. Sessions already cached stay.
 func (n *Node) Close() error {
 	n.unhook()
-	if n.cfg.Store != nil {
+	if n.cfg.Store != nil || n.pend != nil {
 		n.cfg.Cache.SetLoader(nil, 0)
 	}
 	n.cancel()
@@ -337,12 +356,16 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Cache.Remove(id) {
 		return true, nil // the REMOVE hook publishes the chain
 	}
-	if n.cfg.Store == nil {
+	rec, ok := n.takePending(id)
+	if !ok && n.cfg.Store == nil {
 		return false, nil
 	}
-	rec, err := n.fetch(ctx, id)
-	if err != nil || rec == nil {
-		return false, err
+	if !ok {
+		var err error
+		rec, err = n.fetch(ctx, id)
+		if err != nil || rec == nil {
+			return false, err
+		}
 	}
 	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
@@ -571,7 +594,8 @@ func (n *Node) receive(msg []byte) {
 		return
 	}
 	now := n.cfg.Now()
-	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew)
+	// The bus hands msg over (see Bus.Subscribe): decrypt it in place.
+	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
 	if err != nil {
 		n.ctr.rejected[rejection(err)].Add(1)
 		return
@@ -579,6 +603,12 @@ func (n *Node) receive(msg []byte) {
 	n.lag.observe(now.Sub(h.time))
 	switch h.typ {
 	case msgSessions:
+		if n.pend != nil {
+			if err := n.receiveLazy(body, now); err != nil {
+				n.ctr.rejected[RejectBody].Add(1)
+			}
+			return
+		}
 		items, err := parseSessions(body)
 		if err != nil {
 			n.ctr.rejected[RejectBody].Add(1)
@@ -629,6 +659,12 @@ func (n *Node) handle(t msgType, fn func(header, []byte)) {
 // the store is failing (the breaker is open), it does not try: a handshake
 // should not pay the lookup deadline to learn what the last ones learned.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	if rec, ok := n.takePending(id); ok {
+		return rec, nil
+	}
+	if n.cfg.Store == nil {
+		return nil, nil
+	}
 	if !n.brk.allow(n.cfg.Now()) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil

@@ -40,7 +40,7 @@ func realState(b testing.TB) []byte {
 
 // receiverNode returns a node on a silent bus, and a sender node of the same
 // farm whose messages it can receive.
-func receiverNode(b *testing.B) (recv, send *Node) {
+func receiverNode(b *testing.B, lazy bool) (recv, send *Node) {
 	secret := NewSecret(1)
 	mk := func() *Node {
 		cache, err := session.New(&session.Config{SweepInterval: -1, Capacity: 1 << 20})
@@ -49,7 +49,7 @@ func receiverNode(b *testing.B) (recv, send *Node) {
 		}
 		b.Cleanup(func() { cache.Close() })
 		n, err := Join(context.Background(), Config{Farm: "bench", Secrets: []Secret{secret}, Cache: cache, Bus: silentBus{},
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			LazyPeers: lazy, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -61,14 +61,28 @@ func receiverNode(b *testing.B) (recv, send *Node) {
 
 // BenchmarkReceive measures what a node spends on one session a peer
 // sends: from the message's bytes to the session being resumable here
-// (checks, opening, decoding, insertion into the cache), per session, with
-// batches of 1 and 16 sessions per message. The messages are made before the
+// (checks, opening, decoding, insertion into the cache — or, with
+// LazyPeers, keeping it pending), per session, with batches of 1 and 16
+// sessions per message. BenchmarkTakePending measures the rest of the lazy
+// path, paid only for the sessions clients present. The messages are made before the
 // timer runs; cpu-µs/op is the process's CPU time per session, garbage
 // collection included.
 func BenchmarkReceive(b *testing.B) {
-	for _, batch := range []int{1, 16} {
-		b.Run("batch="+itoa(batch), func(b *testing.B) {
-			recv, send := receiverNode(b)
+	for _, lazy := range []bool{false, true} {
+		for _, batch := range []int{1, 16} {
+			benchReceive(b, lazy, batch)
+		}
+	}
+}
+
+func benchReceive(b *testing.B, lazy bool, batch int) {
+	name := "eager"
+	if lazy {
+		name = "lazy"
+	}
+	{
+		b.Run("receive="+name+"/batch="+itoa(batch), func(b *testing.B) {
+			recv, send := receiverNode(b, lazy)
 			state := realState(b)
 			now := time.Now()
 			var msgs [][]byte
@@ -89,7 +103,7 @@ func BenchmarkReceive(b *testing.B) {
 			}
 			tlstest.ReportCPU(b, cpu)
 			b.StopTimer()
-			if s := recv.Stats(); s.Inserted == 0 || s.RejectedTotal() > 0 {
+			if s := recv.Stats(); s.Inserted+s.PendingKept == 0 || s.RejectedTotal() > 0 {
 				b.Fatalf("nothing received, or rejected: %+v", s)
 			}
 		})

@@ -34,6 +34,15 @@ type Stats struct {
 	InsertRefused       uint64 // ... refused by the cache (expired, revoked, foreign ID key)
 	ReceivedRevocations uint64 // revoked chains received
 
+	// With Config.LazyPeers: sessions held as received (Pending), kept so
+	// far (PendingKept), decoded and inserted because a client presented
+	// them (PendingTaken), and dropped as the oldest when full
+	// (PendingEvicted).
+	Pending        int
+	PendingKept    uint64
+	PendingTaken   uint64
+	PendingEvicted uint64
+
 	// Rejected counts dropped messages by reason, indexed by Rejection.
 	Rejected [numRejections]uint64
 
@@ -83,6 +92,7 @@ type nodeCounters struct {
 	writeThrough, writeThroughTimeouts, writeThroughFailed atomic.Uint64
 	received, self, receivedSessions, inserted             atomic.Uint64
 	insertRefused, receivedRevocations                     atomic.Uint64
+	pendingKept, pendingTaken                              atomic.Uint64
 	rejected                                               [numRejections]atomic.Uint64
 	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
@@ -129,6 +139,10 @@ func (n *Node) Stats() Stats {
 		s.Rejected[i] = c.rejected[i].Load()
 	}
 	s.Queued, s.Dropped = n.q.stats()
+	s.PendingKept, s.PendingTaken = c.pendingKept.Load(), c.pendingTaken.Load()
+	if n.pend != nil {
+		s.Pending, s.PendingEvicted = n.pend.stats()
+	}
 	s.BreakerOpen, s.BreakerTrips = n.brk.state(n.cfg.Now())
 	return s
 }
