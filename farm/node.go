@@ -91,12 +91,21 @@ type Config struct {
 	// Bus carries messages between nodes.
 	Bus Bus
 
-	// Store, if set, holds each session until it expires, for lookups on a
-	// miss, and revocations until they lapse. Without it, a node that
-	// missed a message, or joined late, cannot resume what it missed.
+	// Records, if set, holds each session until it expires, for lookups
+	// on a miss. Without it, a node that missed a message, or joined late,
+	// cannot resume what it missed.
+	Records RecordStore
+
+	// Coord holds the revocations until they lapse, and the ticket key
+	// lease and key set (Node.RotateTicketKeys). It is required with
+	// Records.
+	Coord Coordinator
+
+	// Store, if set, is used as Records and as Coord where those are nil:
+	// the usual way to give the farm one transport for both.
 	Store Store
 
-	// Mode is Broadcast (default) or StoreOnly, which needs a Store.
+	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
 
 	// WriteThrough makes the NEW hook — and so the handshake issuing the
@@ -156,7 +165,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Store keys, relative to the farm's scope.
+// Store keys, relative to the farm's scope: the session records (in
+// Records) and the tombstone set (in Coord).
 const (
 	sessionKeyPrefix = "s:"
 	tombstoneKey     = "revoked"
@@ -236,7 +246,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.LazyPeers {
 		n.pend = newPending(cfg.PendingSize)
 	}
-	if cfg.Store != nil || n.pend != nil {
+	if cfg.Records != nil || n.pend != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 	}
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
@@ -245,7 +255,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.publisher(ctx)
 	go n.listener(ctx)
-	if cfg.Store != nil {
+	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
 	}
@@ -260,9 +270,21 @@ func (cfg *Config) setDefaults() error {
 		return errors.New("farm: Config.Cache is required")
 	case cfg.Bus == nil:
 		return errors.New("farm: Config.Bus is required")
-	case cfg.Mode == StoreOnly && cfg.Store == nil:
+	}
+	if cfg.Store != nil {
+		if cfg.Records == nil {
+			cfg.Records = cfg.Store
+		}
+		if cfg.Coord == nil {
+			cfg.Coord = cfg.Store
+		}
+	}
+	switch {
+	case cfg.Records != nil && cfg.Coord == nil:
+		return errors.New("farm: Config.Records needs Config.Coord, for revocations")
+	case cfg.Mode == StoreOnly && cfg.Records == nil:
 		return errors.New("farm: store-only mode needs a Store")
-	case cfg.WriteThrough && cfg.Store == nil:
+	case cfg.WriteThrough && cfg.Records == nil:
 		return errors.New("farm: write-through needs a Store")
 	}
 	if cfg.Node == "" {
@@ -305,7 +327,7 @@ func (cfg *Config) setDefaults() error {
 // node's goroutines, and waits for them. Sessions already cached stay.
 func (n *Node) Close() error {
 	n.unhook()
-	if n.cfg.Store != nil || n.pend != nil {
+	if n.cfg.Records != nil || n.pend != nil {
 		n.cfg.Cache.SetLoader(nil, 0)
 	}
 	n.cancel()
@@ -357,7 +379,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 		return true, nil // the REMOVE hook publishes the chain
 	}
 	rec, ok := n.takePending(id)
-	if !ok && n.cfg.Store == nil {
+	if !ok && n.cfg.Records == nil {
 		return false, nil
 	}
 	if !ok {
@@ -424,7 +446,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			continue
 		}
 		news = append(news, sessionItem{id: it.id, rec: it.rec})
-		if n.cfg.Store != nil {
+		if n.cfg.Records != nil {
 			ttl := it.rec.Expires.Sub(now)
 			if ttl <= 0 {
 				continue
@@ -463,8 +485,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0)
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
+	stored := n.cfg.Records != nil && len(puts) > 0 || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -491,7 +513,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+	if stored {
 		if storeErr != nil {
 			ok = false
 			n.ctr.storeWriteErrors.Add(1)
@@ -522,19 +544,19 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 
 func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
 	if len(puts) > 0 {
-		if err := n.cfg.Store.PutMany(ctx, puts...); err != nil {
+		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
 		}
 	}
-	if len(dels) > 0 {
-		if err := n.cfg.Store.Delete(ctx, dels...); err != nil {
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
 			return err
 		}
 	}
 	hdr.typ = msgTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
-		if err := n.cfg.Store.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
 			return err
 		}
 	}
@@ -662,7 +684,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 	if rec, ok := n.takePending(id); ok {
 		return rec, nil
 	}
-	if n.cfg.Store == nil {
+	if n.cfg.Records == nil {
 		return nil, nil
 	}
 	if !n.brk.allow(n.cfg.Now()) {
@@ -683,7 +705,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 // fetch reads and opens the stored session id.
 func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
 	n.ctr.lookups.Add(1)
-	v, err := n.cfg.Store.Get(ctx, sessionKey(id))
+	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		n.ctr.storeMisses.Add(1)
@@ -729,7 +751,7 @@ func (n *Node) healer(ctx context.Context) {
 func (n *Node) readTombstones(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	members, err := n.cfg.Store.SetMembers(ctx, tombstoneKey)
+	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
 	if err != nil {
 		return
 	}
