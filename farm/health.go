@@ -11,7 +11,7 @@ import (
 // Defaults of the health probe (Config.ProbeInterval, Config.ProbeTimeout).
 const (
 	DefaultProbeInterval = 500 * time.Millisecond
-	DefaultProbeTimeout  = time.Second
+	DefaultProbeTimeout  = 800 * time.Millisecond
 )
 
 // A Pinger is a Bus or Store the node can probe: Ping returns nil once the
