@@ -59,13 +59,12 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 				continue
 			}
 			at := len(body)
-			var err error
-			body, err = appendSessions(body, []sessionItem{{id: it.id, rec: it.rec}})
+			more, err := appendSessions(body, []sessionItem{{id: it.id, rec: it.rec}})
 			if err != nil {
-				body = body[:at]
 				n.ctr.unencodable.Add(1)
 				continue
 			}
+			body = more
 			if len(body) > limit {
 				item := body[at:]
 				if len(item) > limit {
