@@ -16,7 +16,7 @@ func configWarnings(cfg *config.Config) []string {
 	if cfg.Farm.URL != "" && cfg.Cache.Mode != "stateful" {
 		scheme, _, _ := strings.Cut(cfg.Farm.URL, "://")
 		if !config.HasStore(scheme) {
-			w = append(w, fmt.Sprintf("cache.mode %s with a %s farm transport, which has no store: ticket keys are each node's own, so stateless tickets resume only on the node that issued them",
+			w = append(w, fmt.Sprintf("cache.mode %s with the %s farm transport, which has no store: ticket keys are each node's own, so stateless tickets resume only on the node that issued them",
 				cfg.Cache.Mode, transportName(cfg.Farm.URL)))
 		}
 	}
