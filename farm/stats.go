@@ -10,7 +10,7 @@ type Stats struct {
 	Connected bool   // subscribed to the bus now, and the transport answers its probes
 	Connects  uint64 // times the subscription came up
 
-	Queued  int    // items waiting to be published
+	Queued  int    // items waiting to be published (to the bus and, on its own path, the store)
 	Dropped uint64 // items dropped from a full queue
 
 	Published            uint64 // sessions published to the bus
@@ -144,6 +144,11 @@ func (n *Node) Stats() Stats {
 		s.Rejected[i] = c.rejected[i].Load()
 	}
 	s.Queued, s.Dropped = n.q.stats()
+	if n.sq != nil {
+		q, d := n.sq.stats()
+		s.Queued += q
+		s.Dropped += d
+	}
 	s.BreakerOpen, s.BreakerTrips = n.brk.state(n.cfg.Now())
 	return s
 }
