@@ -214,3 +214,92 @@ func TestJoinContextEndIsClose(t *testing.T) {
 		t.Fatalf("after Join's context ended the node still takes sessions: %+v", st)
 	}
 }
+
+// TestRotatorCloseUnregisters closes one node's rotator: the key sets its
+// peer keeps announcing are no longer taken by it (they count as messages
+// of a type the node does not expect).
+func TestRotatorCloseUnregisters(t *testing.T) {
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: time.Second}})
+	ms[1].Rotator.Close()
+	applied := ms[1].Rotator.Stats().Applied
+	farmtest.Eventually(t, 10*time.Second, "n1 announces a key set that n2 ignores", func() bool {
+		return ms[1].Node.Stats().Rejected[farm.RejectType] > 0
+	})
+	if got := ms[1].Rotator.Stats().Applied; got != applied {
+		t.Fatalf("a closed rotator applied %d more key sets", got-applied)
+	}
+}
+
+// slowStore is a real store whose GETs take delay longer.
+type slowStore struct {
+	farm.Store
+	delay time.Duration
+	gets  atomic.Int64
+}
+
+func (s *slowStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.gets.Add(1)
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// TestLookupNotFailedByAnotherClient: two handshakes present one session
+// that only the store has; the first gives up (its context ends) while the
+// shared lookup runs. The second still resumes, from the one lookup.
+func TestLookupNotFailedByAnotherClient(t *testing.T) {
+	url := redistest.URL(t)
+	name, secret := farmtest.FarmName(t), farm.NewSecret(1)
+	slow := &slowStore{delay: 300 * time.Millisecond}
+	o := farmtest.Options{NewTransport: redisTransport(url), Secret: secret, Mode: farm.StoreOnly,
+		Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}
+	n1 := farmtest.Join(t, "n1", name, o)
+	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		bus, store := redisTransport(url)(t, farmName)
+		slow.Store = store
+		return bus, slow
+	}
+	n2 := farmtest.Join(t, "n2", name, o)
+	farmtest.WaitConnected(t, n1, n2)
+
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+	farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool { return n1.Node.Stats().StoreWrites > 0 })
+
+	cert, _ := tlstest.SharedCert()
+	scfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	n2.Cache.Configure(scfg)
+	handshake := func(ctx context.Context) (tls.ConnectionState, error) {
+		sc, cc := tlstest.Pipe()
+		defer sc.Close()
+		defer cc.Close()
+		go tls.Server(sc, scfg).HandshakeContext(ctx)
+		c := tls.Client(cc, farmtest.Client(tls.VersionTLS13, frozen))
+		err := c.Handshake()
+		return c.ConnectionState(), err
+	}
+	quitter, cancel := context.WithCancel(context.Background())
+	go handshake(quitter)
+	time.Sleep(50 * time.Millisecond) // the quitter's lookup is under way
+	done := make(chan tls.ConnectionState, 1)
+	go func() {
+		cs, err := handshake(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		done <- cs
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel() // the first client hangs up mid-lookup
+	if cs := <-done; !cs.DidResume {
+		farmtest.LogStats(t, []*farmtest.Member{n1, n2})
+		t.Fatal("the second handshake did not resume: it shared the first one's cancelled lookup")
+	}
+	if n := slow.gets.Load(); n != 1 {
+		t.Fatalf("%d store GETs for one ID presented twice at once, want 1", n)
+	}
+}

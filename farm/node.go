@@ -192,7 +192,7 @@ type Node struct {
 	wg        sync.WaitGroup
 	heal      chan struct{}
 	closeOnce sync.Once
-	stopWatch func() bool // stops Join's context from closing the node
+	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
 	connected atomic.Bool
 	ctr       nodeCounters
@@ -268,7 +268,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.wg.Add(1)
 		go n.prober(ctx)
 	}
-	n.stopWatch = context.AfterFunc(parent, func() { n.Close() })
+	stop := context.AfterFunc(parent, func() { n.Close() })
+	n.stopWatch.Store(&stop)
 	return n, nil
 }
 
@@ -344,8 +345,8 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
-		if n.stopWatch != nil {
-			n.stopWatch()
+		if stop := n.stopWatch.Load(); stop != nil {
+			(*stop)()
 		}
 	})
 	return nil
