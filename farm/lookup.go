@@ -30,18 +30,23 @@ type lookupCounters struct {
 func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record, error) {
 	start := time.Now()
 	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.OpTimeout)
 		defer cancel()
 		rec, err := n.fetch(fctx, id)
 		took := time.Since(start)
-		answered := err == nil || errors.Is(err, ErrNotFound)
-		if answered {
-			n.lk.latency.observe(took)
-			if took > n.cfg.LookupTimeout {
-				n.lk.late.Add(1)
-			}
+		if err == nil && rec == nil && n.neg != nil {
+			n.neg.add(id, n.cfg.Now())
 		}
-		n.brk.record(answered && took <= n.cfg.LookupTimeout, n.cfg.Now())
+		if err == nil {
+			n.lk.latency.observe(took)
+		}
+		switch {
+		case took <= n.cfg.LookupTimeout:
+			n.brk.record(err == nil, n.cfg.Now())
+		case err == nil:
+			// The handshakes that waited have told the breaker already.
+			n.lk.late.Add(1)
+		}
 		return rec, err
 	})
 	select {
@@ -51,6 +56,10 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			n.lk.deadline.Add(1)
+			// A store slower than the deadline fails handshakes as one that
+			// is down does: let the breaker count it now, not when (if) the
+			// answer comes.
+			n.brk.record(false, n.cfg.Now())
 		} else {
 			n.lk.canceled.Add(1)
 		}
