@@ -46,6 +46,9 @@ var kinds = []kind{
 	{"stateful-wt", "tlsfarm stateful, broadcast + write-through", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true}
 	}},
+	{"stateful-wt-lazy", "tlsfarm stateful, broadcast + write-through, lazy peers", func(e *env) nodeSpec {
+		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true, LazyPeers: true}
+	}},
 	{"stateful", "tlsfarm stateful, broadcast, async", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast"}
 	}},

@@ -43,6 +43,7 @@ type nodeSpec struct {
 	SecretFile          string
 	Mode                string // "broadcast" or "store-only"
 	WriteThrough        bool
+	LazyPeers           bool
 	LookupTimeout       time.Duration // 0: the farm's default
 	WriteThroughTimeout time.Duration // 0: the farm's default
 
@@ -182,7 +183,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 	}
 	node, err := farm.Join(ctx, farm.Config{
 		Farm: spec.Farm, Node: spec.Name, Secrets: secrets, Cache: cache,
-		Bus: tr, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough,
+		Bus: tr, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
