@@ -37,6 +37,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 		for _, s := range setups {
 			b.Run("conc="+itoa(conc)+"/sharing="+s.name, func(b *testing.B) {
 				var cache *session.Cache
+				var node *farm.Node
 				var peers []*farm.Node
 				if s.tweak == nil {
 					var err error
@@ -46,7 +47,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 					b.Cleanup(func() { cache.Close() })
 				} else {
 					name, secret := redistest.Farm(b), farm.NewSecret(1)
-					cache, _ = benchNode(b, url, name, secret, s.tweak)
+					cache, node = benchNode(b, url, name, secret, s.tweak)
 					for range 2 {
 						_, n := benchNode(b, url, name, secret, s.tweak)
 						peers = append(peers, n)
@@ -93,6 +94,16 @@ func BenchmarkSharingCPU(b *testing.B) {
 					}
 				}
 				tlstest.ReportCPU(b, cpu)
+				if node != nil {
+					// How many handshakes waited for the store (1 with
+					// write-through, unless the breaker or a probe stopped
+					// it), and the mean time a wait took.
+					st := node.Stats()
+					b.ReportMetric(float64(st.WriteThrough)/float64(b.N), "waited/op")
+					if c := st.WriteThroughLatency.Count; c > 0 {
+						b.ReportMetric(float64(st.WriteThroughLatency.Sum.Microseconds())/float64(c), "wait-µs")
+					}
+				}
 			})
 		}
 	}
