@@ -87,12 +87,13 @@ type env struct {
 	redis      *redis.Client
 
 	lookupTimeout, writeThroughTimeout time.Duration
-	profileDir                         string // if set, node 1 of each tlsfarm farm writes a CPU profile here
-	nodes                              int    // nodes per farm
+	profileDir                         string          // if set, node 1 of each tlsfarm farm writes a CPU profile here
+	nodes                              int             // nodes per farm
+	farmNames                          map[string]bool // farms started, whose keys cleanRedis deletes
 }
 
 func newEnv(dir string) (*env, error) {
-	e := &env{dir: dir, nodes: 3}
+	e := &env{dir: dir, nodes: 3, farmNames: map[string]bool{}}
 	certPEM, keyPEM, err := newCertPEM()
 	if err != nil {
 		return nil, err
@@ -184,37 +185,55 @@ func (r *running) cpu() time.Duration {
 	return t
 }
 
-// stop stops every process of the farm, deletes its keys from Redis, and
-// returns the nodes' reports.
+// stop stops every process of the farm and returns the nodes' reports. The
+// farm's keys in Redis are deleted at the end of the run (env.cleanRedis).
 func (r *running) stop(e *env) []nodeReport {
-	var reps []nodeReport
-	for _, c := range r.nodes {
-		rep, err := c.stop()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "farmbench: %s: %v\n", r.kind.Name, err)
-		}
-		reps = append(reps, rep)
+	reps := make([]nodeReport, len(r.nodes))
+	var wg sync.WaitGroup
+	for i, c := range r.nodes {
+		wg.Go(func() {
+			var err error
+			if reps[i], err = c.stop(); err != nil {
+				fmt.Fprintf(os.Stderr, "farmbench: %s: %v\n", r.kind.Name, err)
+			}
+		})
 	}
+	wg.Wait()
 	for _, n := range r.nginxs {
 		stopProcess(n, syscall.SIGQUIT)
 	}
-	if r.name != "" && e.redis != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := e.redis.Scan(ctx, 0, "tlsfarm:{"+r.name+"}:*", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-			if len(keys) == 1000 {
-				e.redis.Unlink(ctx, keys...)
-				keys = keys[:0]
-			}
-		}
-		if len(keys) > 0 {
-			e.redis.Unlink(ctx, keys...)
-		}
+	if r.name != "" && r.kind.node(e).Mode != "" {
+		e.farmNames[r.name] = true
 	}
 	return reps
+}
+
+// cleanRedis deletes the keys of every farm the run started, in one pass
+// over the keyspace (a pass per farm would cost seconds each on a Redis
+// that other tests share).
+func (e *env) cleanRedis() {
+	if len(e.farmNames) == 0 || e.redis == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	iter := e.redis.Scan(ctx, 0, "tlsfarm:{farmbench-*", 5000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		k := iter.Val()
+		name, _, _ := strings.Cut(strings.TrimPrefix(k, "tlsfarm:{"), "}")
+		if !e.farmNames[name] {
+			continue
+		}
+		keys = append(keys, k)
+		if len(keys) == 1000 {
+			e.redis.Unlink(ctx, keys...)
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		e.redis.Unlink(ctx, keys...)
+	}
 }
 
 // A child is a node running in a child process (see runNode).
@@ -232,7 +251,9 @@ func startChild(exe string, spec nodeSpec) (*child, error) {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), nodeEnv+"="+string(js))
+	// A node built with -race (the test's) would sleep a second at exit.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), nodeEnv+"="+string(js), "GORACE="+gorace)
 	c := &child{cmd: cmd, lines: make(chan string, 4), stderr: &limitedBuffer{max: 64 << 10}}
 	cmd.Stderr = c.stderr
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
@@ -382,6 +403,9 @@ func (e *env) startNginx(r *running) error {
 		cmd := exec.Command(e.nginx, "-p", e.dir, "-c", conf, "-e", filepath.Join(e.dir, fmt.Sprintf("nginx-%d.err", i)))
 		errs := &limitedBuffer{max: 16 << 10}
 		cmd.Stdout, cmd.Stderr = errs, errs
+		// nginx does not read its standard input, so it would outlive a
+		// benchmark that is killed: have the kernel stop it then.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			r.stop(e)
 			return err

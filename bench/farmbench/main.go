@@ -159,6 +159,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 	}
 	e.redis = redis.NewClient(ropt)
 	defer e.redis.Close()
+	defer e.cleanRedis()
 	e.nginx = findNginx(o.nginx)
 	pool := x509.NewCertPool()
 	certPEM, _ := os.ReadFile(e.certFile)
