@@ -44,8 +44,13 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 		case took <= n.cfg.LookupTimeout:
 			n.brk.record(err == nil, n.cfg.Now())
 		case err == nil:
-			// The handshakes that waited have told the breaker already.
+			// The handshakes that waited have counted a failure already;
+			// but the store works, if slowly: its slowness alone must not
+			// open the breaker, which would stop every lookup (and every
+			// write-through wait) for BreakerCooldown. LookupLate and
+			// LookupLatency tell the operator to move the deadline.
 			n.lk.late.Add(1)
+			n.brk.record(true, n.cfg.Now())
 		}
 		return rec, err
 	})
@@ -64,5 +69,24 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 			n.lk.canceled.Add(1)
 		}
 		return nil, ctx.Err()
+	}
+}
+
+// lateWrite waits for the outcome of a store write that a write-through
+// handshake stopped waiting for. A write that succeeds late shows a slow
+// store, not a failing one, and closes the breaker again (as a late lookup
+// answer does). An item's done channel is told once, when its batch is
+// written or fails, or when it is dropped from a full queue; lateWrite
+// gives up after the longest that can take (two store operations and the
+// longest backoff), so that items left queued by Close leak nothing.
+func (n *Node) lateWrite(done <-chan error) {
+	t := time.NewTimer(2*n.cfg.OpTimeout + 2*time.Second)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err == nil {
+			n.brk.record(true, n.cfg.Now())
+		}
+	case <-t.C:
 	}
 }

@@ -79,3 +79,30 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 		t.Fatalf("late answer not recorded above 100ms: %v", st.LookupLatency.Counts)
 	}
 }
+
+// TestSlowStoreDoesNotOpenBreaker: a store that answers every lookup, but
+// after the deadline, costs each handshake its deadline and counts late
+// answers; it does not open the breaker, which would stop all lookups (and
+// write-through waits) although the store works.
+func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
+	url := redistest.URL(t)
+	slow := &slowStore{delay: 80 * time.Millisecond}
+	o := farmtest.Options{Mode: farm.StoreOnly, Tweak: func(c *farm.Config) { c.LookupTimeout = 20 * time.Millisecond }}
+	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		bus, store := redisTransport(url)(t, farmName)
+		slow.Store = store
+		return bus, slow
+	}
+	ms, _ := farmtest.Start(t, 1, &o)
+	n := ms[0]
+	const lookups = 8
+	for range lookups {
+		id := n.Cache.NewID()
+		n.Cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+	}
+	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return n.Node.Stats().LookupLate == lookups })
+	st := n.Node.Stats()
+	if st.LookupDeadline != lookups || st.LookupsSkipped != 0 || st.BreakerTrips != 0 || st.BreakerOpen {
+		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", st.LookupDeadline, st.LookupsSkipped, st.BreakerTrips, st.BreakerOpen, lookups)
+	}
+}

@@ -424,6 +424,7 @@ func (n *Node) onEvent(ev session.Event) {
 		case <-t.C:
 			n.brk.record(false, n.cfg.Now())
 			n.ctr.writeThroughTimeouts.Add(1)
+			go n.lateWrite(it.done)
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.enqueue(item{id: ev.ID, rev: &revocation{
