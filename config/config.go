@@ -177,7 +177,7 @@ func Default() *Config {
 		Farm: Farm{
 			Name:           "tlsfarm",
 			Mode:           "broadcast",
-			LookupDeadline: 50 * time.Millisecond,
+			LookupDeadline: 250 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
 		},
 		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},

@@ -53,7 +53,7 @@ var Settings = []Setting{
 	{Key: "farm.secret_file", Flag: "farm-secret", Env: "TLSFARM_FARM_SECRET_FILE", Default: "", Usage: "farm secret `file` (made by tlsfarm keygen)"},
 	{Key: "farm.mode", Flag: "farm-mode", Env: "TLSFARM_FARM_MODE", Default: "broadcast", Usage: "broadcast or store-only"},
 	{Key: "farm.write_through", Flag: "write-through", Env: "TLSFARM_WRITE_THROUGH", Default: "false", Usage: "make each handshake wait (bounded) until the store holds its session"},
-	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "50ms", Usage: "longest a handshake waits for the store on a cache miss"},
+	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "250ms", Usage: "longest a handshake waits for the store on a cache miss"},
 	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start, and fail /readyz, while the farm transport is down"},
 	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},
 

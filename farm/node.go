@@ -58,8 +58,8 @@ func ParseMode(s string) (Mode, error) {
 
 // Defaults for the fields of Config.
 const (
-	DefaultLookupTimeout       = 50 * time.Millisecond
-	DefaultWriteThroughTimeout = 100 * time.Millisecond
+	DefaultLookupTimeout       = 250 * time.Millisecond
+	DefaultWriteThroughTimeout = 250 * time.Millisecond
 	DefaultQueueSize           = 16384
 	DefaultBatchSize           = 256
 	DefaultMaxAge              = 30 * time.Second
