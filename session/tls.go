@@ -125,30 +125,24 @@ func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.Ses
 }
 
 // HandshakeComplete tells a SingleUse cache that the handshake of conn
-// completed (conn.Handshake returned nil), which retires the session it
-// resumed, if any. It is cheap and does nothing for caches that are not
-// SingleUse, so servers may always call it. With net/http, call it from
-// Server.ConnState on StateActive.
+// completed (conn.Handshake returned nil). If the handshake resumed a
+// single-use session, the session is retired (on every server of a farm);
+// if it did not, the claim UnwrapSession took on the session is released.
+// It is cheap and does nothing for caches that are not SingleUse, so servers
+// may always call it. With net/http, call it from Server.ConnState on
+// StateActive. A handshake that fails needs no call: its claim is released
+// shortly after it ends.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
 	}
-	v, ok := c.pending.LoadAndDelete(conn.NetConn())
-	if !ok {
-		return
-	}
-	c.retire(v.(pendingRetire).id, Retired, OriginHandshake)
-}
-
-type pendingRetire struct {
-	id ID
-	at int64
+	c.settleClaim(conn)
 }
 
 func (c *Cache) sweepPending(now int64) {
 	c.pending.Range(func(k, v any) bool {
-		if now-v.(pendingRetire).at > int64(pendingTTL) {
-			c.pending.Delete(k)
+		if cl := v.(*claim); now-cl.at > int64(pendingTTL) && c.pending.CompareAndDelete(k, cl) {
+			cl.release()
 		}
 		return true
 	})
@@ -157,12 +151,13 @@ func (c *Cache) sweepPending(now int64) {
 // handshake is the state shared by the two crypto/tls calls of one
 // handshake, bound to the per-handshake config made by Configure.
 type handshake struct {
-	c    *Cache
-	src  *tls.Config
-	conn net.Conn
-	ctx  context.Context
-	last unwrapped // the last session UnwrapSession returned
-	tmp  [aes.BlockSize]byte
+	c     *Cache
+	src   *tls.Config
+	conn  net.Conn
+	ctx   context.Context
+	last  unwrapped // the last session UnwrapSession returned
+	claim *claim    // the single-use claim this handshake holds, if any
+	tmp   [aes.BlockSize]byte
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
@@ -172,10 +167,33 @@ type unwrapped struct {
 	ticket     bool // a stateless ticket, not a cached session
 	chain      uint64
 	chainStart int64
+	expires    int64  // cached sessions only
+	state      []byte // cached sessions only
+	serverName string // cached sessions only
 }
 
 func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-	r := h.c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
+	c := h.c
+	r := c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
+	if r.ss != nil && !r.ticket && c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
+		// Single use: claim the session before crypto/tls may resume it
+		// (see Claimer). A second call of the same handshake (after a
+		// HelloRetryRequest) keeps its claim.
+		if h.claim == nil || h.claim.id != r.id {
+			if h.claim != nil {
+				c.pending.CompareAndDelete(h.conn, h.claim)
+				h.claim.release()
+				h.claim = nil
+			}
+			cl := c.takeClaim(h.ctx, r.id, Record{State: r.state, ServerName: r.serverName,
+				Expires: time.Unix(0, r.expires), Chain: r.chain, ChainStart: time.Unix(0, r.chainStart)})
+			if cl == nil {
+				return nil, nil
+			}
+			h.claim = cl
+			h.watch(cl)
+		}
+	}
 	if r.ss != nil {
 		// crypto/tls stops at the first session it accepts, so if the
 		// handshake resumes, it resumes the last one returned.
@@ -195,9 +213,6 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 			parent = h.last.id
 			if c.cfg.ResumeGrace > 0 {
 				c.shorten(&h.last.id, now+int64(c.cfg.ResumeGrace))
-			}
-			if c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
-				c.pending.Store(h.conn, pendingRetire{id: h.last.id, at: now})
 			}
 		}
 	}
@@ -234,7 +249,10 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
 		chainStart: start,
 	}
-	c.insert(e, OriginHandshake, now, parent) // a revoked chain is refused: the ticket then resumes nothing
+	// A revoked chain is refused: the ticket then resumes nothing.
+	if c.insert(e, OriginHandshake, now, parent) == nil && parent != (ID{}) {
+		c.linkChild(parent, id, e.expires, c.graceEnd(now, e.expires), OriginHandshake)
+	}
 	return id[:]
 }
 
@@ -260,7 +278,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	var state []byte
 	var sni unique.Handle[string]
 	found := c.get(&id, OriginHandshake, func(e *entry) {
-		state, sni, r.chain, r.chainStart = e.state, e.serverName, e.chain, e.chainStart
+		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
 	})
 	serverName := ""
 	if found {
@@ -271,6 +289,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 			return r
 		}
 		state, serverName, r.chain, r.chainStart = rec.State, strings.ToLower(rec.ServerName), rec.Chain, rec.ChainStart.UnixNano()
+		r.expires = rec.Expires.UnixNano()
 	}
 	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
@@ -281,7 +300,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		c.ctr.parseErrors.Add(1)
 		return r
 	}
-	r.ss, r.id = ss, id
+	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
 	return r
 }
 
