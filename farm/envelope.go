@@ -46,6 +46,7 @@ const (
 	msgStored                       // body: one record; context: its session ID
 	msgTombstone                    // body: one revoked chain, in the store
 	msgKeys                         // body: a ticket key set
+	msgCut                          // body: sessions cut to their grace, or retired
 )
 
 func (t msgType) String() string {
@@ -60,6 +61,8 @@ func (t msgType) String() string {
 		return "tombstone"
 	case msgKeys:
 		return "keys"
+	case msgCut:
+		return "cut"
 	}
 	return fmt.Sprintf("msgType(%d)", uint8(t))
 }

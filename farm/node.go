@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,6 +137,13 @@ type Config struct {
 	// also re-reads them each time the bus reconnects.
 	HealInterval time.Duration
 
+	// RevocationFile, if set, is where the node keeps the revocations it
+	// has applied locally but not yet in the store and on the bus (sealed
+	// with the farm secret, mode 0600), written before RevokeSession
+	// returns and read back by Join, so that a revocation survives a
+	// restart of the node during an outage.
+	RevocationFile string
+
 	// Logger receives the node's log lines (default slog.Default()). No key
 	// or session secret is ever logged.
 	Logger *slog.Logger
@@ -176,6 +184,9 @@ type Node struct {
 
 	connected atomic.Bool
 	ctr       nodeCounters
+	life      lifeCounters
+	revs      revocations
+	backlog   *backlog
 	lag       histogram
 
 	handlersMu sync.Mutex
@@ -187,7 +198,10 @@ type item struct {
 	id   session.ID
 	rec  session.Record // for a new session
 	rev  *revocation    // for a revocation
+	op   itemOp         // what to do with it (see lifecycle.go)
 	done chan error     // write-through: told when the store has it
+
+	until time.Time // opCut: the session's new end
 }
 
 var errDropped = errors.New("farm: dropped from a full queue")
@@ -214,19 +228,28 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
 		handlers: map[msgType]func(header, []byte){},
+		backlog:  newBacklog(cfg.QueueSize),
 	}
+	n.revs.wake = make(chan struct{}, 1)
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
 	if cfg.Store != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
+		if cfg.Cache.SingleUse() {
+			cfg.Cache.SetClaimer(claimer{n})
+		}
+	}
+	if err := n.loadRevocations(); err != nil {
+		return nil, err
 	}
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
 
 	ctx, n.cancel = context.WithCancel(ctx)
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.publisher(ctx)
 	go n.listener(ctx)
+	go n.revoker(ctx)
 	if cfg.Store != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
@@ -282,13 +305,22 @@ func (cfg *Config) setDefaults() error {
 
 // Close leaves the farm: it unregisters the hooks and the loader, stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
+// Revocations not yet applied farm-wide get one more try, bounded by
+// OpTimeout; what is still pending then stays in Config.RevocationFile, if
+// set, for the next Join.
 func (n *Node) Close() error {
 	n.unhook()
 	if n.cfg.Store != nil {
 		n.cfg.Cache.SetLoader(nil, 0)
+		n.cfg.Cache.SetClaimer(nil)
 	}
 	n.cancel()
 	n.wg.Wait()
+	if n.PendingRevocations() > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+		n.drainRevocations(ctx)
+		cancel()
+	}
 	return nil
 }
 
@@ -296,6 +328,7 @@ func (n *Node) Close() error {
 // queues, except in write-through mode, where it waits (bounded) for the
 // store.
 func (n *Node) onEvent(ev session.Event) {
+	n.lifecycleEvent(ev)
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
@@ -319,10 +352,10 @@ func (n *Node) onEvent(ev session.Event) {
 			n.ctr.writeThroughTimeouts.Add(1)
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
-		n.q.push(item{id: ev.ID, rev: &revocation{
+		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
 			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
-		}})
+		})
 	}
 }
 
@@ -343,7 +376,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-	n.q.push(item{id: id, rev: &rev})
+	n.addRevocation(id, rev)
 	return true, nil
 }
 
@@ -353,11 +386,24 @@ func (n *Node) publisher(ctx context.Context) {
 	defer n.wg.Done()
 	var batch []item
 	failures := 0
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a context that is done: pop without waiting
 	for {
-		var err error
-		batch, err = n.q.pop(ctx, batch[:0], n.cfg.BatchSize)
-		if err != nil {
-			return
+		batch = batch[:0]
+		if n.backlog.len() > 0 {
+			// Catch up after an outage: sessions that did not reach the
+			// farm, newest first, with whatever is new.
+			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
+			batch, _ = n.q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
+				continue
+			}
+		} else {
+			var err error
+			batch, err = n.q.pop(ctx, batch, n.cfg.BatchSize)
+			if err != nil {
+				return
+			}
 		}
 		if n.flush(ctx, batch) {
 			failures = 0
@@ -390,7 +436,38 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var revs []revocation
 	var puts []Item
 	var dels []string
+	var cuts []cut
+	var restores []item
 	for _, it := range batch {
+		switch it.op {
+		case opRetire:
+			dels = append(dels, sessionKey(it.id))
+			cuts = append(cuts, cut{id: it.id})
+			continue
+		case opCut:
+			cuts = append(cuts, cut{id: it.id, until: it.until})
+			if n.cfg.Store == nil {
+				continue
+			}
+			// Rewrite the parent with its cut lifetime, so that a node
+			// that loads it later gets the cut too.
+			rec, ok := n.cfg.Cache.Lookup(it.id)
+			if !ok {
+				continue
+			}
+			if ttl := rec.Expires.Sub(now); ttl > 0 {
+				if body, err := rec.AppendBinary(nil); err == nil {
+					hdr.typ = msgStored
+					puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+				}
+			}
+			continue
+		case opRestore:
+			if n.cfg.Store != nil {
+				restores = append(restores, it)
+			}
+			continue
+		}
 		if it.rev != nil {
 			revs = append(revs, *it.rev)
 			dels = append(dels, sessionKey(it.id))
@@ -423,6 +500,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		hdr.typ = msgRevoke
 		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
 	}
+	if len(cuts) > 0 {
+		hdr.typ = msgCut
+		msgs = append(msgs, n.keys.seal(nil, hdr, appendCuts(nil, cuts), nil))
+	}
 
 	// The store write and the publish go out at once: in one round trip
 	// where the transport can do both (the common case: new sessions, no
@@ -436,8 +517,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0)
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
+	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0 || len(dels) > 0 || len(restores) > 0)
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && len(restores) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -451,6 +532,11 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				defer wg.Done()
 				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
+				for _, it := range restores {
+					if err := n.restore(sctx, hdr, it.id, it.rec); err != nil && storeErr == nil {
+						storeErr = err
+					}
+				}
 				cancel()
 				release()
 			}()
@@ -464,7 +550,21 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+	if (stored && storeErr != nil) || (n.cfg.Store == nil && pubErr != nil) {
+		// Keep the new sessions for when the transport returns, oldest
+		// first so that the backlog hands the newest back first.
+		kept := make([]item, 0, len(news))
+		for _, it := range batch {
+			if it.op == opNew && it.rev == nil {
+				kept = append(kept, it)
+			}
+		}
+		slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
+		for _, it := range kept {
+			n.backlog.push(it)
+		}
+	}
+	if stored {
 		if storeErr != nil {
 			ok = false
 			n.ctr.storeWriteErrors.Add(1)
@@ -487,6 +587,13 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		} else {
 			n.ctr.published.Add(uint64(len(news)))
 			n.ctr.publishedRevocations.Add(uint64(len(revs)))
+			for _, c := range cuts {
+				if c.until.IsZero() {
+					n.life.retiresSent.Add(1)
+				} else {
+					n.life.cutsSent.Add(1)
+				}
+			}
 			n.ctr.publishErrLogged.Store(false)
 		}
 	}
@@ -543,6 +650,7 @@ func (n *Node) busState(up bool, err error) {
 	switch {
 	case up && !was:
 		n.ctr.connects.Add(1)
+		n.revs.signal()
 		n.log.Info("farm: connected to the bus")
 		// Catch up on revocations published while we were away.
 		select {
@@ -601,6 +709,8 @@ func (n *Node) receive(msg []byte) {
 			n.ctr.receivedRevocations.Add(1)
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 		}
+	case msgCut:
+		n.receiveCuts(body)
 	default:
 		n.handlersMu.Lock()
 		fn := n.handlers[h.typ]
@@ -659,6 +769,9 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 	case err != nil:
 		n.ctr.storeErrors.Add(1)
 		return nil, err
+	case bytes.Equal(v, consumedMarker):
+		n.ctr.storeMisses.Add(1) // consumed (single use)
+		return nil, nil
 	}
 	_, body, err := n.keys.open(v, n.cfg.Farm, msgStored, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {

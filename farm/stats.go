@@ -45,6 +45,9 @@ type Stats struct {
 	StoreErrors    uint64
 	StoreRejected  uint64 // stored values that did not open: tampered, replaced, or another farm's
 
+	// Lifecycle counts single use, grace cuts and retirements.
+	Lifecycle LifecycleStats
+
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
 	// clocks.
@@ -103,6 +106,7 @@ func (n *Node) Stats() Stats {
 		StoreErrors:          c.storeErrors.Load(),
 		StoreRejected:        c.storeRejected.Load(),
 		Lag:                  n.lag.snapshot(),
+		Lifecycle:            n.life.snapshot(),
 	}
 	for i := range s.Rejected {
 		s.Rejected[i] = c.rejected[i].Load()

@@ -466,6 +466,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if e.expires <= now {
 		return ErrExpired
 	}
+	expires := e.expires // e belongs to the bucket once inserted
 	if err := c.insert(e, origin, now, r.Parent); err != nil {
 		return err
 	}
@@ -473,7 +474,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		if c.cfg.ResumeGrace > 0 {
 			c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
 		}
-		c.linkChild(r.Parent, id, e.expires, c.graceEnd(now, e.expires), origin)
+		c.linkChild(r.Parent, id, expires, c.graceEnd(now, expires), origin)
 	}
 	return nil
 }

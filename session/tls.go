@@ -250,8 +250,9 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		chainStart: start,
 	}
 	// A revoked chain is refused: the ticket then resumes nothing.
+	expires := e.expires // e belongs to the bucket once inserted
 	if c.insert(e, OriginHandshake, now, parent) == nil && parent != (ID{}) {
-		c.linkChild(parent, id, e.expires, c.graceEnd(now, e.expires), OriginHandshake)
+		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
 	}
 	return id[:]
 }

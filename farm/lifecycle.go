@@ -1,0 +1,256 @@
+package farm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// ErrNoStore is returned by the operations that need the farm's Store when
+// the node has none.
+var ErrNoStore = errors.New("farm: the node has no store")
+
+// consumedMarker replaces a stored session that has been consumed, for a
+// short while, so that a failed handshake can give its claim back (see
+// restore) by compare-and-swap from it. It is not an envelope: lookups take
+// it for a miss.
+var consumedMarker = []byte("tlsfarm:consumed")
+
+// consumedTTL is how long the marker lives. The claim of a failed handshake
+// is released within a few seconds of its end; later, restore falls back to
+// SetNX.
+const consumedTTL = 30 * time.Second
+
+// onceKeyPrefix prefixes the keys ConsumeToken sets.
+const onceKeyPrefix = "once:"
+
+// itemOp says what a queued item asks of the publisher.
+type itemOp uint8
+
+const (
+	opNew     itemOp = iota // publish and store a new session (or a revocation, if rev is set)
+	opRetire                // a session was retired here: delete it from the store, tell peers
+	opCut                   // a session was resumed: cut it to its grace in the store and on peers
+	opRestore               // a single-use claim was released: put the session back in the store
+)
+
+// LifecycleStats count the farm's part in single use, the grace cut and
+// bounded children.
+type LifecycleStats struct {
+	Consumed        uint64 // sessions consumed in the store (single use, Consume)
+	ConsumeRefused  uint64 // consumes that found the session gone: used elsewhere, expired or never stored
+	ConsumeErrors   uint64 // consumes the store could not answer (the handshake did not resume)
+	Restored        uint64 // claims of failed handshakes given back to the store
+	RetiresSent     uint64 // retirements published (single use, replaced children)
+	RetiresReceived uint64 // retirements from peers applied here
+	CutsSent        uint64 // grace cuts written to the store and published
+	CutsReceived    uint64 // grace cuts from peers
+}
+
+type lifeCounters struct {
+	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
+	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
+}
+
+func (c *lifeCounters) snapshot() LifecycleStats {
+	return LifecycleStats{
+		Consumed: c.consumed.Load(), ConsumeRefused: c.consumeRefused.Load(),
+		ConsumeErrors: c.consumeErrors.Load(), Restored: c.restored.Load(),
+		RetiresSent: c.retiresSent.Load(), RetiresReceived: c.retiresReceived.Load(),
+		CutsSent: c.cutsSent.Load(), CutsReceived: c.cutsRecv.Load(),
+	}
+}
+
+// Consume is the farm's exactly-once primitive: it atomically removes the
+// session id from the farm's store and reports true to exactly one caller
+// in the whole farm — whichever node, however many call at once. Every
+// other caller, and every later one, gets false. The session is then
+// retired here and the retirement is published, so that no node resumes it
+// from a copy of its own.
+//
+// The store is the authority: a session that is not (or no longer) in the
+// store cannot be consumed, and an error means the store could not answer,
+// in which case the caller must act as if it got false (a full handshake,
+// 1-RTT instead of 0-RTT). Without a store it returns ErrNoStore: no
+// farm-wide answer is possible.
+//
+// Single-use caches (session.Config.SingleUse) use the same operation
+// through their Claimer, before a handshake may resume the session.
+func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
+	if n.cfg.Store == nil {
+		return false, ErrNoStore
+	}
+	ok, err := n.consumeStore(ctx, id)
+	if err != nil || !ok {
+		return false, err
+	}
+	if !n.cfg.Cache.Retire(id, session.OriginAPI) {
+		// Not cached here: publish the retirement ourselves (the REMOVE
+		// event would have).
+		n.q.push(item{id: id, op: opRetire})
+	}
+	return true, nil
+}
+
+// ConsumeToken is Consume for something that is not a stored session, such
+// as a stateless ticket or a 0-RTT ClientHello: it reports true to exactly
+// one caller in the farm for each token, until ttl has passed (after which
+// the token may be used again; make ttl at least the token's lifetime). The
+// store keeps only a hash of the token. Without a store it returns
+// ErrNoStore.
+func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration) (bool, error) {
+	if n.cfg.Store == nil {
+		return false, ErrNoStore
+	}
+	h := sha256.New()
+	h.Write([]byte("tlsfarm consume-token\x00"))
+	h.Write([]byte(n.cfg.Farm))
+	h.Write([]byte{0})
+	h.Write(token)
+	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
+	return n.cfg.Store.SetNX(ctx, key, []byte{1}, max(ttl, time.Millisecond))
+}
+
+// consumeStore atomically replaces the stored session id by a short-lived
+// marker, and reports whether this call did.
+func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
+	key := sessionKey(id)
+	v, err := n.cfg.Store.Get(ctx, key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		n.life.consumeRefused.Add(1)
+		return false, nil
+	case err != nil:
+		n.life.consumeErrors.Add(1)
+		return false, err
+	case bytes.Equal(v, consumedMarker):
+		n.life.consumeRefused.Add(1)
+		return false, nil
+	}
+	// Compare-and-swap from the exact bytes read: of concurrent consumers
+	// that read the same value, exactly one swaps.
+	ok, err := n.cfg.Store.CompareAndSwap(ctx, key, v, consumedMarker, consumedTTL)
+	switch {
+	case err != nil:
+		n.life.consumeErrors.Add(1)
+		return false, err
+	case !ok:
+		n.life.consumeRefused.Add(1)
+		return false, nil
+	}
+	n.life.consumed.Add(1)
+	return true, nil
+}
+
+// claimer is the node's session.Claimer: single use through the store.
+type claimer struct{ n *Node }
+
+func (c claimer) Claim(ctx context.Context, id session.ID) (bool, error) {
+	return c.n.consumeStore(ctx, id)
+}
+
+func (c claimer) Release(id session.ID, r session.Record) {
+	c.n.q.push(item{id: id, rec: r, op: opRestore})
+}
+
+// restore puts back a session whose claim was released.
+func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
+	ttl := rec.Expires.Sub(hdr.time)
+	if ttl <= 0 {
+		return nil
+	}
+	body, err := rec.AppendBinary(nil)
+	if err != nil {
+		return nil
+	}
+	hdr.typ = msgStored
+	sealed := n.keys.seal(nil, hdr, body, id[:])
+	key := sessionKey(id)
+	ok, err := n.cfg.Store.CompareAndSwap(ctx, key, consumedMarker, sealed, ttl)
+	if err == nil && !ok {
+		_, err = n.cfg.Store.SetNX(ctx, key, sealed, ttl)
+	}
+	if err == nil {
+		n.life.restored.Add(1)
+	}
+	return err
+}
+
+// A cut is a session cut to end at until (a zero until: retired).
+type cut struct {
+	id    session.ID
+	until time.Time
+}
+
+const cutLen = session.IDLen + 8
+
+// appendCuts encodes cuts; a retirement is a cut to time zero (encoded 0).
+func appendCuts(b []byte, cs []cut) []byte {
+	for _, c := range cs {
+		b = append(b, c.id[:]...)
+		var u uint64
+		if !c.until.IsZero() {
+			u = uint64(c.until.UnixNano())
+		}
+		b = binary.BigEndian.AppendUint64(b, u)
+	}
+	return b
+}
+
+func parseCuts(body []byte) ([]cut, error) {
+	if len(body) == 0 || len(body)%cutLen != 0 {
+		return nil, errors.New("cut body has a bad length")
+	}
+	out := make([]cut, 0, len(body)/cutLen)
+	for ; len(body) > 0; body = body[cutLen:] {
+		c := cut{id: session.ID(body[:session.IDLen])}
+		if u := int64(binary.BigEndian.Uint64(body[session.IDLen:])); u != 0 {
+			c.until = time.Unix(0, u)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// receiveCuts applies cuts and retirements from a peer.
+func (n *Node) receiveCuts(body []byte) {
+	cs, err := parseCuts(body)
+	if err != nil {
+		n.ctr.rejected[RejectBody].Add(1)
+		return
+	}
+	for _, c := range cs {
+		if c.until.IsZero() {
+			n.life.retiresReceived.Add(1)
+			n.cfg.Cache.Retire(c.id, session.OriginPeer)
+			continue
+		}
+		n.life.cutsRecv.Add(1)
+		n.cfg.Cache.Cut(c.id, c.until)
+	}
+}
+
+// lifecycleEvent queues what a cache event asks of the farm beyond new
+// sessions and revocations: the grace cut of a resumed session, and the
+// retirement of a consumed or replaced one.
+func (n *Node) lifecycleEvent(ev session.Event) {
+	switch {
+	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
+		grace := n.cfg.Cache.ResumeGrace()
+		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
+			// A single-use parent is consumed, not cut: rewriting it
+			// would bring it back.
+			n.q.push(item{id: p, op: opCut, until: n.cfg.Now().Add(grace)})
+		}
+	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
+		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
+		n.q.push(item{id: ev.ID, op: opRetire})
+	}
+}
