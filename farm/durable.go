@@ -78,14 +78,14 @@ func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
 		}
 	}
 	if p == nil {
-		p = &pendingRev{rev: rev, stored: n.cfg.Store == nil, done: make(chan struct{})}
+		p = &pendingRev{rev: rev, stored: n.cfg.Coord == nil, done: make(chan struct{})}
 		r.pending = append(r.pending, p)
 	} else if rev.until.After(p.rev.until) {
 		p.rev.until = rev.until
 	}
 	if id != (session.ID{}) {
 		p.ids = append(p.ids, id)
-		if n.cfg.Store != nil {
+		if n.cfg.Coord != nil {
 			p.stored = false // one more key to delete
 		}
 	}
@@ -116,7 +116,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		// The REMOVE hook queued the chain; find it.
 		done = n.revocationDone(rec.Chain)
 	} else {
-		if n.cfg.Store == nil {
+		if n.cfg.Records == nil {
 			return RevokeNotFound, nil
 		}
 		rec, err := n.fetch(ctx, id)

@@ -1,7 +1,6 @@
 package farm
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -13,20 +12,13 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// ErrNoStore is returned by the operations that need the farm's Store when
-// the node has none.
+// ErrNoStore is returned by the operations that need the farm's store of
+// session records when the node has none.
 var ErrNoStore = errors.New("farm: the node has no store")
 
-// consumedMarker replaces a stored session that has been consumed, for a
-// short while, so that a failed handshake can give its claim back (see
-// restore) by compare-and-swap from it. It is not an envelope: lookups take
-// it for a miss.
-var consumedMarker = []byte("tlsfarm:consumed")
-
-// consumedTTL is how long the marker lives. The claim of a failed handshake
-// is released within a few seconds of its end; later, restore falls back to
-// SetNX.
-const consumedTTL = 30 * time.Second
+// ErrNoConsume is returned by the exactly-once operations when the node's
+// RecordStore is not a RecordTaker.
+var ErrNoConsume = errors.New("farm: the record store cannot consume a record atomically")
 
 // onceKeyPrefix prefixes the keys ConsumeToken sets.
 const onceKeyPrefix = "once:"
@@ -84,7 +76,7 @@ func (c *lifeCounters) snapshot() LifecycleStats {
 // Single-use caches (session.Config.SingleUse) use the same operation
 // through their Claimer, before a handshake may resume the session.
 func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
-	if n.cfg.Store == nil {
+	if n.cfg.Records == nil {
 		return false, ErrNoStore
 	}
 	ok, err := n.consumeStore(ctx, id)
@@ -106,8 +98,12 @@ func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 // store keeps only a hash of the token. Without a store it returns
 // ErrNoStore.
 func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration) (bool, error) {
-	if n.cfg.Store == nil {
+	if n.cfg.Records == nil {
 		return false, ErrNoStore
+	}
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok {
+		return false, ErrNoConsume
 	}
 	h := sha256.New()
 	h.Write([]byte("tlsfarm consume-token\x00"))
@@ -115,14 +111,18 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	h.Write([]byte{0})
 	h.Write(token)
 	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
-	return n.cfg.Store.SetNX(ctx, key, []byte{1}, max(ttl, time.Millisecond))
+	return taker.AddRecord(ctx, Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
 }
 
-// consumeStore atomically replaces the stored session id by a short-lived
-// marker, and reports whether this call did.
+// consumeStore atomically takes the stored session id out of the store,
+// and reports whether this call did.
 func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
-	key := sessionKey(id)
-	v, err := n.cfg.Store.Get(ctx, key)
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok {
+		n.life.consumeErrors.Add(1)
+		return false, ErrNoConsume
+	}
+	_, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		n.life.consumeRefused.Add(1)
@@ -130,20 +130,6 @@ func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
 	case err != nil:
 		n.life.consumeErrors.Add(1)
 		return false, err
-	case bytes.Equal(v, consumedMarker):
-		n.life.consumeRefused.Add(1)
-		return false, nil
-	}
-	// Compare-and-swap from the exact bytes read: of concurrent consumers
-	// that read the same value, exactly one swaps.
-	ok, err := n.cfg.Store.CompareAndSwap(ctx, key, v, consumedMarker, consumedTTL)
-	switch {
-	case err != nil:
-		n.life.consumeErrors.Add(1)
-		return false, err
-	case !ok:
-		n.life.consumeRefused.Add(1)
-		return false, nil
 	}
 	n.life.consumed.Add(1)
 	return true, nil
@@ -160,10 +146,12 @@ func (c claimer) Release(id session.ID, r session.Record) {
 	c.n.q.push(item{id: id, rec: r, op: opRestore})
 }
 
-// restore puts back a session whose claim was released.
+// restore puts back a session whose claim was released, unless the key
+// has been written meanwhile.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
-	if ttl <= 0 {
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if ttl <= 0 || !ok {
 		return nil
 	}
 	body, err := rec.AppendBinary(nil)
@@ -172,15 +160,11 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	}
 	hdr.typ = msgStored
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	key := sessionKey(id)
-	ok, err := n.cfg.Store.CompareAndSwap(ctx, key, consumedMarker, sealed, ttl)
-	if err == nil && !ok {
-		_, err = n.cfg.Store.SetNX(ctx, key, sealed, ttl)
+	if _, err := taker.AddRecord(ctx, Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+		return err
 	}
-	if err == nil {
-		n.life.restored.Add(1)
-	}
-	return err
+	n.life.restored.Add(1)
+	return nil
 }
 
 // A cut is a session cut to end at until (a zero until: retired).

@@ -92,12 +92,21 @@ type Config struct {
 	// Bus carries messages between nodes.
 	Bus Bus
 
-	// Store, if set, holds each session until it expires, for lookups on a
-	// miss, and revocations until they lapse. Without it, a node that
-	// missed a message, or joined late, cannot resume what it missed.
+	// Records, if set, holds each session until it expires, for lookups
+	// on a miss. Without it, a node that missed a message, or joined late,
+	// cannot resume what it missed.
+	Records RecordStore
+
+	// Coord holds the revocations until they lapse, and the ticket key
+	// lease and key set (Node.RotateTicketKeys). It is required with
+	// Records.
+	Coord Coordinator
+
+	// Store, if set, is used as Records and as Coord where those are nil:
+	// the usual way to give the farm one transport for both.
 	Store Store
 
-	// Mode is Broadcast (default) or StoreOnly, which needs a Store.
+	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
 
 	// WriteThrough makes the NEW hook — and so the handshake issuing the
@@ -152,7 +161,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Store keys, relative to the farm's scope.
+// Store keys, relative to the farm's scope: the session records (in
+// Records) and the tombstone set (in Coord).
 const (
 	sessionKeyPrefix = "s:"
 	tombstoneKey     = "revoked"
@@ -234,7 +244,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
-	if cfg.Store != nil {
+	if cfg.Records != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 		if cfg.Cache.SingleUse() {
 			cfg.Cache.SetClaimer(claimer{n})
@@ -250,7 +260,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	go n.publisher(ctx)
 	go n.listener(ctx)
 	go n.revoker(ctx)
-	if cfg.Store != nil {
+	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
 	}
@@ -265,9 +275,21 @@ func (cfg *Config) setDefaults() error {
 		return errors.New("farm: Config.Cache is required")
 	case cfg.Bus == nil:
 		return errors.New("farm: Config.Bus is required")
-	case cfg.Mode == StoreOnly && cfg.Store == nil:
+	}
+	if cfg.Store != nil {
+		if cfg.Records == nil {
+			cfg.Records = cfg.Store
+		}
+		if cfg.Coord == nil {
+			cfg.Coord = cfg.Store
+		}
+	}
+	switch {
+	case cfg.Records != nil && cfg.Coord == nil:
+		return errors.New("farm: Config.Records needs Config.Coord, for revocations")
+	case cfg.Mode == StoreOnly && cfg.Records == nil:
 		return errors.New("farm: store-only mode needs a Store")
-	case cfg.WriteThrough && cfg.Store == nil:
+	case cfg.WriteThrough && cfg.Records == nil:
 		return errors.New("farm: write-through needs a Store")
 	}
 	if cfg.Node == "" {
@@ -310,7 +332,7 @@ func (cfg *Config) setDefaults() error {
 // set, for the next Join.
 func (n *Node) Close() error {
 	n.unhook()
-	if n.cfg.Store != nil {
+	if n.cfg.Records != nil {
 		n.cfg.Cache.SetLoader(nil, 0)
 		n.cfg.Cache.SetClaimer(nil)
 	}
@@ -366,7 +388,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Cache.Remove(id) {
 		return true, nil // the REMOVE hook publishes the chain
 	}
-	if n.cfg.Store == nil {
+	if n.cfg.Records == nil {
 		return false, nil
 	}
 	rec, err := n.fetch(ctx, id)
@@ -446,7 +468,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			continue
 		case opCut:
 			cuts = append(cuts, cut{id: it.id, until: it.until})
-			if n.cfg.Store == nil {
+			if n.cfg.Records == nil {
 				continue
 			}
 			// Rewrite the parent with its cut lifetime, so that a node
@@ -463,7 +485,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 			continue
 		case opRestore:
-			if n.cfg.Store != nil {
+			if n.cfg.Records != nil {
 				restores = append(restores, it)
 			}
 			continue
@@ -474,7 +496,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			continue
 		}
 		news = append(news, sessionItem{id: it.id, rec: it.rec})
-		if n.cfg.Store != nil {
+		if n.cfg.Records != nil {
 			ttl := it.rec.Expires.Sub(now)
 			if ttl <= 0 {
 				continue
@@ -517,8 +539,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0 || len(dels) > 0 || len(restores) > 0)
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && len(restores) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
+	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || len(restores) > 0) || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && len(restores) == 0 && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -550,7 +572,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if (stored && storeErr != nil) || (n.cfg.Store == nil && pubErr != nil) {
+	if (stored && storeErr != nil) || (n.cfg.Records == nil && pubErr != nil) {
 		// Keep the new sessions for when the transport returns, oldest
 		// first so that the backlog hands the newest back first.
 		kept := make([]item, 0, len(news))
@@ -602,19 +624,19 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 
 func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
 	if len(puts) > 0 {
-		if err := n.cfg.Store.PutMany(ctx, puts...); err != nil {
+		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
 		}
 	}
-	if len(dels) > 0 {
-		if err := n.cfg.Store.Delete(ctx, dels...); err != nil {
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
 			return err
 		}
 	}
 	hdr.typ = msgTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
-		if err := n.cfg.Store.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
 			return err
 		}
 	}
@@ -758,7 +780,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 // fetch reads and opens the stored session id.
 func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
 	n.ctr.lookups.Add(1)
-	v, err := n.cfg.Store.Get(ctx, sessionKey(id))
+	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		n.ctr.storeMisses.Add(1)
@@ -769,9 +791,6 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 	case err != nil:
 		n.ctr.storeErrors.Add(1)
 		return nil, err
-	case bytes.Equal(v, consumedMarker):
-		n.ctr.storeMisses.Add(1) // consumed (single use)
-		return nil, nil
 	}
 	_, body, err := n.keys.open(v, n.cfg.Farm, msgStored, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
@@ -807,7 +826,7 @@ func (n *Node) healer(ctx context.Context) {
 func (n *Node) readTombstones(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	members, err := n.cfg.Store.SetMembers(ctx, tombstoneKey)
+	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
 	if err != nil {
 		return
 	}

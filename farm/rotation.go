@@ -98,8 +98,8 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	if cfg.Ring == nil {
 		return nil, errors.New("farm: RotationConfig.Ring is required")
 	}
-	if n.cfg.Store == nil {
-		return nil, errors.New("farm: ticket key rotation needs a Store")
+	if n.cfg.Coord == nil {
+		return nil, errors.New("farm: ticket key rotation needs a Store (Config.Coord)")
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = ticket.DefaultInterval
@@ -146,7 +146,7 @@ func (r *Rotator) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
 		defer cancel()
 		// Swap our token for an expiring marker: nobody else's lease is touched.
-		r.n.cfg.Store.CompareAndSwap(ctx, keyLeaseKey, r.token, []byte("released"), time.Millisecond)
+		r.n.cfg.Coord.CompareAndSwap(ctx, keyLeaseKey, r.token, []byte("released"), time.Millisecond)
 		r.holder.Store(false)
 	}
 	return nil
@@ -190,7 +190,7 @@ func (r *Rotator) step(ctx context.Context) {
 	defer cancel()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	store := r.n.cfg.Store
+	store := r.n.cfg.Coord
 
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *ticket.State
@@ -268,7 +268,7 @@ func (r *Rotator) step(ctx context.Context) {
 // lease renews the lease if this node holds it, or tries to take it, and
 // reports whether this node holds it now.
 func (r *Rotator) lease(ctx context.Context) bool {
-	store := r.n.cfg.Store
+	store := r.n.cfg.Coord
 	var ok bool
 	var err error
 	if r.holder.Load() {

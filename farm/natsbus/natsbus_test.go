@@ -87,7 +87,7 @@ func TestServerExpiresKeys(t *testing.T) {
 	url := embedded(t)
 	tr := open(t, url, farmtest.FarmName(t))
 	ctx := context.Background()
-	if err := tr.PutMany(ctx, farm.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
+	if err := tr.PutRecords(ctx, farm.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(tr.Conn())
@@ -127,7 +127,7 @@ func TestExpiredKeyCanBeReplaced(t *testing.T) {
 	if ok, _ := tr.SetNX(ctx, "lease", []byte("c"), time.Minute); ok {
 		t.Fatal("SetNX over a live value succeeded")
 	}
-	if err := tr.Delete(ctx, "lease"); err != nil {
+	if err := tr.DeleteRecords(ctx, "lease"); err != nil { // one bucket holds records and coordination keys
 		t.Fatal(err)
 	}
 	if ok, err := tr.CompareAndSwap(ctx, "lease", nil, []byte("d"), 0); !ok || err != nil {
@@ -201,7 +201,7 @@ func TestWrongPasswordNotShown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer good.Close()
-	if err := good.PutMany(context.Background(), farm.Item{Key: "k", Value: []byte("v"), TTL: time.Minute}); err != nil {
+	if err := good.PutRecords(context.Background(), farm.Item{Key: "k", Value: []byte("v"), TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 }

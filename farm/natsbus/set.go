@@ -19,7 +19,7 @@ func setMemberKey(key string, member []byte) string {
 	return setPrefix + kvKey(key) + "." + hex.EncodeToString(h[:16])
 }
 
-// SetAdd implements farm.Store: a set is a group of keys, one per member,
+// SetAdd implements farm.Coordinator: a set is a group of keys, one per member,
 // each holding its time and the member, and expiring a second after it
 // where the server allows.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
@@ -33,7 +33,7 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	return t.check(s, "set add", err)
 }
 
-// SetMembers implements farm.Store: it reads the set's member keys with one
+// SetMembers implements farm.Coordinator: it reads the set's member keys with one
 // watcher, keeps those whose time has not passed by the server's clock
 // (Time), and purges the others on a server that does not expire them
 // itself.

@@ -179,9 +179,9 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 	return nil
 }
 
-// PutMany implements farm.Store: every item is written with its TTL, the
-// batch pipelined and acknowledged in one round trip.
-func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
+// PutRecords implements farm.RecordStore: every item is written with its
+// TTL, the batch pipelined and acknowledged in one round trip.
+func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	s, err := t.open(ctx)
 	if err != nil {
 		return err
@@ -194,9 +194,14 @@ func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
 	return t.check(s, "put", t.publishAll(ctx, msgs, opts))
 }
 
-// Get implements farm.Store with one direct get of the key's last message.
-// An expired value is farm.ErrNotFound, also on a server that has not yet
-// removed it.
+// GetRecord implements farm.RecordStore as Get does.
+func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	return t.Get(ctx, key)
+}
+
+// Get implements farm.Coordinator with one direct get of the key's last
+// message. An expired value is farm.ErrNotFound, also on a server that has
+// not yet removed it.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {
@@ -212,9 +217,9 @@ func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	return e.value, nil
 }
 
-// Delete implements farm.Store: each key is purged (its messages dropped,
-// a marker left), pipelined.
-func (t *Transport) Delete(ctx context.Context, keys ...string) error {
+// DeleteRecords implements farm.RecordStore: each key is purged (its
+// messages dropped, a marker left), pipelined.
+func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -230,14 +235,51 @@ func (t *Transport) Delete(ctx context.Context, keys ...string) error {
 	return t.check(s, "delete", t.publishAll(ctx, msgs, opts))
 }
 
-// SetNX implements farm.Store: a write that the server accepts only if the
+// TakeRecord implements farm.RecordTaker: the key is read and purged with
+// the read revision as the expected last sequence of its subject, so that
+// of concurrent takers the server accepts exactly one purge. A purge
+// refused because the key changed (it was rewritten) is retried from the
+// read, a few times.
+func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k := kvKey(key)
+	for range 3 {
+		e, err := t.get(ctx, s, s.pre+k)
+		if err != nil {
+			return nil, t.check(s, "take", err)
+		}
+		if !e.present {
+			return nil, farm.ErrNotFound
+		}
+		m, opts := t.purgeMessage(s, k)
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
+		_, err = t.js.PublishMsg(ctx, m, opts...)
+		if err == nil {
+			return e.value, nil
+		}
+		if !wrongLastSequence(err) {
+			return nil, t.check(s, "take", err)
+		}
+	}
+	return nil, farm.ErrNotFound
+}
+
+// AddRecord implements farm.RecordTaker as SetNX does.
+func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+	return t.swap(ctx, "add", it.Key, nil, it.Value, it.TTL)
+}
+
+// SetNX implements farm.Coordinator: a write that the server accepts only if the
 // key's last message is the one just read and found absent (none, a
 // marker, or an expired value).
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	return t.swap(ctx, "setnx", key, nil, value, ttl)
 }
 
-// CompareAndSwap implements farm.Store: the key is read, compared, and
+// CompareAndSwap implements farm.Coordinator: the key is read, compared, and
 // written with the read revision as the expected last sequence of its
 // subject, so that the server refuses the write if anything else wrote in
 // between.
@@ -286,6 +328,7 @@ func wrongLastSequence(err error) bool {
 }
 
 var (
-	_ farm.Bus   = (*Transport)(nil)
-	_ farm.Store = (*Transport)(nil)
+	_ farm.Bus         = (*Transport)(nil)
+	_ farm.Store       = (*Transport)(nil)
+	_ farm.RecordTaker = (*Transport)(nil)
 )

@@ -246,8 +246,8 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 	}
 }
 
-// PutMany implements farm.Store: SET key value PX ttl, pipelined.
-func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
+// PutRecords implements farm.RecordStore: SET key value PX ttl, pipelined.
+func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	if len(items) == 1 {
 		it := items[0]
 		return t.c.Set(ctx, t.prefix+it.Key, it.Value, it.TTL).Err()
@@ -276,17 +276,26 @@ func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, msgs [
 	return err
 }
 
-// Get implements farm.Store.
+// GetRecord implements farm.RecordStore.
+func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	return t.get(ctx, t.prefix+key)
+}
+
+// Get implements farm.Coordinator.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
-	b, err := t.c.Get(ctx, t.prefix+key).Bytes()
+	return t.get(ctx, t.prefix+key)
+}
+
+func (t *Transport) get(ctx context.Context, key string) ([]byte, error) {
+	b, err := t.c.Get(ctx, key).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, farm.ErrNotFound
 	}
 	return b, err
 }
 
-// Delete implements farm.Store.
-func (t *Transport) Delete(ctx context.Context, keys ...string) error {
+// DeleteRecords implements farm.RecordStore.
+func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	full := make([]string, len(keys))
 	for i, k := range keys {
 		full[i] = t.prefix + k
@@ -294,7 +303,21 @@ func (t *Transport) Delete(ctx context.Context, keys ...string) error {
 	return t.c.Del(ctx, full...).Err()
 }
 
-// SetNX implements farm.Store: SET key value NX PX ttl.
+// TakeRecord implements farm.RecordTaker with GETDEL: one atomic command.
+func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	b, err := t.c.GetDel(ctx, t.prefix+key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, farm.ErrNotFound
+	}
+	return b, err
+}
+
+// AddRecord implements farm.RecordTaker: SET key value NX PX ttl.
+func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+	return t.c.SetNX(ctx, t.prefix+it.Key, it.Value, it.TTL).Result()
+}
+
+// SetNX implements farm.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	return t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
 }
@@ -314,7 +337,7 @@ end
 return 1
 `)
 
-// CompareAndSwap implements farm.Store with a Lua script.
+// CompareAndSwap implements farm.Coordinator with a Lua script.
 func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	mode := "match"
 	if old == nil {
@@ -333,7 +356,7 @@ redis.call('PEXPIREAT', KEYS[1], last[2])
 return 1
 `)
 
-// SetAdd implements farm.Store with a sorted set scored by expiry.
+// SetAdd implements farm.Coordinator with a sorted set scored by expiry.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	return setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err()
 }
@@ -347,7 +370,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 `)
 
-// SetMembers implements farm.Store.
+// SetMembers implements farm.Coordinator.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
 	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}).StringSlice()
 	if err != nil {
@@ -360,7 +383,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	return out, nil
 }
 
-// Time implements farm.Store with the TIME command.
+// Time implements farm.Coordinator with the TIME command.
 func (t *Transport) Time(ctx context.Context) (time.Time, error) {
 	return t.c.Time(ctx).Result()
 }
@@ -369,4 +392,6 @@ var (
 	_ farm.Bus     = (*Transport)(nil)
 	_ farm.Store   = (*Transport)(nil)
 	_ farm.Batcher = (*Transport)(nil)
+
+	_ farm.RecordTaker = (*Transport)(nil)
 )
