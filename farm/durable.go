@@ -429,6 +429,12 @@ func (b *backlog) popNewest(buf []item, max int, now time.Time) []item {
 	return buf
 }
 
+func (b *backlog) stats() (int, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n, b.dropped
+}
+
 func (b *backlog) len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -48,6 +48,10 @@ type Stats struct {
 	// Lifecycle counts single use, grace cuts and retirements.
 	Lifecycle LifecycleStats
 
+	PendingRevocations int    // revoked chains not yet in the store and on the bus (retried)
+	Backlog            int    // sessions made during an outage, waiting for the transport
+	BacklogDropped     uint64 // ... dropped from the full backlog (the oldest go first)
+
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
 	// clocks.
@@ -107,7 +111,9 @@ func (n *Node) Stats() Stats {
 		StoreRejected:        c.storeRejected.Load(),
 		Lag:                  n.lag.snapshot(),
 		Lifecycle:            n.life.snapshot(),
+		PendingRevocations:   n.PendingRevocations(),
 	}
+	s.Backlog, s.BacklogDropped = n.backlog.stats()
 	for i := range s.Rejected {
 		s.Rejected[i] = c.rejected[i].Load()
 	}
