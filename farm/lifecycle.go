@@ -231,10 +231,34 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.q.push(item{id: p, op: opCut, until: n.cfg.Now().Add(grace)})
+			n.q.push(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
 		n.q.push(item{id: ev.ID, op: opRetire})
 	}
+}
+
+// childKeyPrefix prefixes the record that names a parent's live child
+// (store-only mode).
+const childKeyPrefix = "c:"
+
+// swapChild records child as the live child of parent in the store, for
+// ttl, and returns the child it replaces, if any.
+func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time.Duration) (session.ID, bool) {
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok || ttl <= 0 || child == (session.ID{}) {
+		return session.ID{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	key := childKeyPrefix + hex.EncodeToString(parent[:])
+	old, err := taker.TakeRecord(ctx, key)
+	if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+		return session.ID{}, false
+	}
+	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
+		return session.ID{}, false
+	}
+	return session.ID(old), true
 }

@@ -211,7 +211,8 @@ type item struct {
 	op   itemOp         // what to do with it (see lifecycle.go)
 	done chan error     // write-through: told when the store has it
 
-	until time.Time // opCut: the session's new end
+	until time.Time  // opCut: the session's new end
+	child session.ID // opCut: the session issued by resuming it
 }
 
 var errDropped = errors.New("farm: dropped from a full queue")
@@ -247,7 +248,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Records != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 		if cfg.Cache.SingleUse() {
-			cfg.Cache.SetClaimer(claimer{n})
+			cfg.Cache.SetClaimer(claimer{n}, cfg.LookupTimeout)
 		}
 	}
 	if err := n.loadRevocations(); err != nil {
@@ -334,7 +335,7 @@ func (n *Node) Close() error {
 	n.unhook()
 	if n.cfg.Records != nil {
 		n.cfg.Cache.SetLoader(nil, 0)
-		n.cfg.Cache.SetClaimer(nil)
+		n.cfg.Cache.SetClaimer(nil, 0)
 	}
 	n.cancel()
 	n.wg.Wait()
@@ -470,6 +471,14 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			cuts = append(cuts, cut{id: it.id, until: it.until})
 			if n.cfg.Records == nil {
 				continue
+			}
+			if n.cfg.Mode == StoreOnly {
+				// Peers do not hear of children: the store keeps the
+				// parent's live child, and the one it replaces goes.
+				if old, ok := n.swapChild(ctx, it.id, it.child, it.until.Sub(now)); ok {
+					dels = append(dels, sessionKey(old))
+					cuts = append(cuts, cut{id: old})
+				}
 			}
 			// Rewrite the parent with its cut lifetime, so that a node
 			// that loads it later gets the cut too.

@@ -52,7 +52,10 @@ type lifecycle struct {
 	busy, refused, released, late, replaced atomic.Uint64
 }
 
-type claimerBox struct{ c Claimer }
+type claimerBox struct {
+	c       Claimer
+	timeout time.Duration
+}
 
 type childLink struct {
 	child   ID
@@ -77,13 +80,17 @@ const (
 )
 
 // SetClaimer installs (or, with nil, removes) the Claimer that single-use
-// claims are taken from after this cache's own. A farm node installs one.
-func (c *Cache) SetClaimer(cl Claimer) {
+// claims are taken from after this cache's own; each Claim is bounded by
+// timeout (0 means Config.LoaderTimeout). A farm node installs one.
+func (c *Cache) SetClaimer(cl Claimer, timeout time.Duration) {
 	if cl == nil {
 		c.life.claimer.Store(nil)
 		return
 	}
-	c.life.claimer.Store(&claimerBox{cl})
+	if timeout <= 0 {
+		timeout = c.cfg.LoaderTimeout
+	}
+	c.life.claimer.Store(&claimerBox{c: cl, timeout: timeout})
 }
 
 // SingleUse reports whether the cache retires sessions once resumed
@@ -185,7 +192,7 @@ func (c *Cache) takeClaim(ctx context.Context, id ID, rec Record) *claim {
 		if ctx == nil {
 			ctx = context.Background()
 		}
-		ctx, cancel := context.WithTimeout(ctx, c.cfg.LoaderTimeout)
+		ctx, cancel := context.WithTimeout(ctx, box.timeout)
 		ok, err := box.c.Claim(ctx, id)
 		cancel()
 		if err != nil || !ok {
