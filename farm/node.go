@@ -197,7 +197,10 @@ type Node struct {
 	life      lifeCounters
 	revs      revocations
 	backlog   *backlog
-	lag       histogram
+
+	genMu      sync.Mutex
+	generation []byte // the store's generation record, as last read
+	lag        histogram
 
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
@@ -821,6 +824,9 @@ func (n *Node) healer(ctx context.Context) {
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
 	n.readTombstones(ctx)
+	if n.cfg.Records != nil {
+		n.checkGeneration(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -829,6 +835,9 @@ func (n *Node) healer(ctx context.Context) {
 		case <-n.heal:
 		}
 		n.readTombstones(ctx)
+		if n.cfg.Records != nil {
+			n.checkGeneration(ctx)
+		}
 	}
 }
 

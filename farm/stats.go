@@ -51,6 +51,7 @@ type Stats struct {
 	PendingRevocations int    // revoked chains not yet in the store and on the bus (retried)
 	Backlog            int    // sessions made during an outage, waiting for the transport
 	BacklogDropped     uint64 // ... dropped from the full backlog (the oldest go first)
+	WrittenBack        uint64 // sessions written back to a store that lost its data
 
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
@@ -77,6 +78,7 @@ type nodeCounters struct {
 	rejected                                               [numRejections]atomic.Uint64
 	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
+	writtenBack                                            atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -112,6 +114,7 @@ func (n *Node) Stats() Stats {
 		Lag:                  n.lag.snapshot(),
 		Lifecycle:            n.life.snapshot(),
 		PendingRevocations:   n.PendingRevocations(),
+		WrittenBack:          c.writtenBack.Load(),
 	}
 	s.Backlog, s.BacklogDropped = n.backlog.stats()
 	for i := range s.Rejected {

@@ -13,6 +13,11 @@ import (
 // before it says, once, that it serves degraded.
 const degradedAfter = 2 * time.Second
 
+// keysWait bounds how long the daemon waits at start for the farm's ticket
+// keys before it accepts connections (see farm.Rotator.WaitReady). The wait
+// ends at once when the farm's store answers, or refuses the connection.
+const keysWait = 3 * time.Second
+
 // joinFarm opens the farm transport, joins the farm and starts ticket key
 // rotation: farm-wide through the store where the transport has one,
 // locally otherwise. In strict mode it waits, within ctx, until the
@@ -45,6 +50,15 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		})
 		if err != nil {
 			return fmt.Errorf("tickets: %v", err)
+		}
+		// Ready means ready: no connection is accepted before the node
+		// holds the farm's ticket keys, unless the farm is unreachable.
+		rctx, cancel := context.WithTimeout(ctx, keysWait)
+		err = d.rotator.WaitReady(rctx)
+		cancel()
+		if err != nil {
+			d.log.Warn("farm ticket keys unavailable: serving with this node's own keys, which join the farm's set (decrypt only) when it is reachable",
+				"err", err, "farm_transport", transportName(cfg.Farm.URL))
 		}
 	} else {
 		go d.ring.Run(bg)
