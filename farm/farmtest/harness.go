@@ -108,6 +108,11 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { m.Rotator.Close() })
+		// Ready means ready: serve once the farm's keys are here (or
+		// the store is found unreachable), as the daemon does.
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m.Rotator.WaitReady(wctx)
+		cancel()
 	}
 	cache.Configure(tcfg)
 	if o.CloseServer {
