@@ -49,6 +49,7 @@ type LifecycleStats struct {
 type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
+	childLinksDropped                                 atomic.Uint64
 }
 
 func (c *lifeCounters) snapshot() LifecycleStats {
@@ -261,4 +262,26 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 		return session.ID{}, false
 	}
 	return session.ID(old), true
+}
+
+// childKeeper records, in store-only mode, each resumed parent's live child
+// in the store, and retires the child it replaces (a parent resumed on
+// several nodes yields one live child). It runs off the publisher's path:
+// under a burst it falls behind, and drops links past its queue (counted),
+// never slowing the sharing of sessions.
+func (n *Node) childKeeper(ctx context.Context) {
+	defer n.wg.Done()
+	if n.cfg.Mode != StoreOnly || n.cfg.Records == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-n.kids:
+			if old, ok := n.swapChild(ctx, it.id, it.child, time.Until(it.until)); ok {
+				n.q.push(item{id: old, op: opRetire})
+			}
+		}
+	}
 }

@@ -153,6 +153,13 @@ type Config struct {
 	// restart of the node during an outage.
 	RevocationFile string
 
+	// FallbackTicketLifetime is the lifetime of the stateless tickets a
+	// node issues instead of cached sessions while it cannot reach the
+	// farm (default DefaultFallbackTicketLifetime; negative: never). It
+	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
+	// never for a single-use cache: see session.Cache.SetTicketFallback.
+	FallbackTicketLifetime time.Duration
+
 	// Logger receives the node's log lines (default slog.Default()). No key
 	// or session secret is ever logged.
 	Logger *slog.Logger
@@ -197,6 +204,10 @@ type Node struct {
 	life      lifeCounters
 	revs      revocations
 	backlog   *backlog
+
+	deg      degradation
+	kids     chan item   // store-only: parents whose live child to record
+	rotating atomic.Bool // ticket keys are farm-wide
 
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
@@ -243,6 +254,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		lag:      newHistogram(),
 		handlers: map[msgType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
+		kids:     make(chan item, 1024),
 	}
 	n.revs.wake = make(chan struct{}, 1)
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
@@ -260,10 +272,11 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
 
 	ctx, n.cancel = context.WithCancel(ctx)
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.publisher(ctx)
 	go n.listener(ctx)
 	go n.revoker(ctx)
+	go n.childKeeper(ctx)
 	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
@@ -311,6 +324,9 @@ func (cfg *Config) setDefaults() error {
 	def(&cfg.OpTimeout, DefaultOpTimeout)
 	def(&cfg.HealInterval, DefaultHealInterval)
 	def(&cfg.BreakerCooldown, DefaultBreakerCooldown)
+	if cfg.FallbackTicketLifetime == 0 {
+		cfg.FallbackTicketLifetime = DefaultFallbackTicketLifetime
+	}
 	if cfg.BreakerThreshold <= 0 {
 		cfg.BreakerThreshold = DefaultBreakerThreshold
 	}
@@ -471,17 +487,19 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			cuts = append(cuts, cut{id: it.id})
 			continue
 		case opCut:
-			cuts = append(cuts, cut{id: it.id, until: it.until})
+			if n.cfg.Mode == StoreOnly {
+				// Broadcast peers cut the parent when they insert the
+				// child; store-only peers hear of the cut only so. The
+				// store keeps the parent's live child (off this path).
+				cuts = append(cuts, cut{id: it.id, until: it.until})
+				select {
+				case n.kids <- it:
+				default:
+					n.life.childLinksDropped.Add(1)
+				}
+			}
 			if n.cfg.Records == nil {
 				continue
-			}
-			if n.cfg.Mode == StoreOnly {
-				// Peers do not hear of children: the store keeps the
-				// parent's live child, and the one it replaces goes.
-				if old, ok := n.swapChild(ctx, it.id, it.child, it.until.Sub(now)); ok {
-					dels = append(dels, sessionKey(old))
-					cuts = append(cuts, cut{id: old})
-				}
 			}
 			// Rewrite the parent with its cut lifetime, so that a node
 			// that loads it later gets the cut too.
@@ -598,6 +616,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			n.backlog.push(it)
 		}
 	}
+	if stored && ctx.Err() == nil {
+		n.setStoreFailing(storeErr != nil)
+	}
 	if stored {
 		if storeErr != nil {
 			ok = false
@@ -681,6 +702,7 @@ func (n *Node) listener(ctx context.Context) {
 
 func (n *Node) busState(up bool, err error) {
 	was := n.connected.Swap(up)
+	defer n.updateFallback()
 	switch {
 	case up && !was:
 		n.ctr.connects.Add(1)

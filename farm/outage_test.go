@@ -154,3 +154,51 @@ func TestSessionsSurviveStoreLoss(t *testing.T) {
 	}
 	t.Logf("every session resumes on every node %v after Redis returned empty", time.Since(back))
 }
+
+// TestResumptionThroughOutage kills Redis under steady load on a stateful
+// farm with farm-wide ticket keys: while it is down, nodes issue
+// short-lived farm tickets, and at least 95% of handshakes resume, across
+// nodes included (the load picks a random node each time). The outage
+// lasts outage(): 3s, or the issue's 25s with TLSFARM_LONG=1.
+func TestResumptionThroughOutage(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
+		Rotation: &farm.RotationConfig{Interval: time.Hour},
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+		}})
+	agreed(t, ms, 1)
+	l := startLoad(ms, tls.VersionTLS13, 2)
+	waitFor(t, 10*time.Second, func() bool { return l.resumed.Load() > 20 })
+	srv.Kill()
+	a0, r0 := l.attempts.Load(), l.resumed.Load()
+	time.Sleep(outage())
+	a1, r1 := l.attempts.Load(), l.resumed.Load()
+	srv.Restart()
+	for _, m := range ms {
+		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
+			on, _ := m.Node.FallbackState()
+			return m.Node.Stats().Connected && !on
+		})
+	}
+	l.halt()
+	offered, resumed := a1-a0, r1-r0
+	var fallback uint64
+	for _, m := range ms {
+		fallback += m.Cache.Stats().TicketsFallback
+	}
+	t.Logf("during a %v outage: %d/%d handshakes resumed (%.1f%%), %d fallback tickets issued; %d failed in all",
+		outage(), resumed, offered, 100*float64(resumed)/float64(max(offered, 1)), fallback, l.failed.Load())
+	if offered < 20 {
+		t.Fatalf("only %d handshakes during the outage", offered)
+	}
+	if float64(resumed) < 0.95*float64(offered) {
+		farmtest.LogStats(t, ms)
+		t.Fatalf("%d/%d resumed during the outage, want at least 95%%", resumed, offered)
+	}
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d handshakes failed (last: %v)", n, l.lastErr.Load())
+	}
+}

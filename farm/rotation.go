@@ -142,6 +142,11 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	}
 	r.lastErr.Store("")
 	n.handle(msgKeys, r.onAnnounce)
+	// The keys are farm-wide: every node accepts the farm's tickets, so
+	// that a node cut off from the farm can fall back to them.
+	n.cfg.Cache.AcceptTickets(true)
+	n.rotating.Store(true)
+	n.updateFallback()
 	ctx, r.cancel = context.WithCancel(ctx)
 	go r.loop(ctx)
 	return r, nil

@@ -50,6 +50,45 @@ type lifecycle struct {
 	kids   map[ID]childLink // parent -> its live child, while the parent is in its grace
 
 	busy, refused, released, late, replaced atomic.Uint64
+
+	fallback       atomic.Int64 // fallback ticket lifetime; 0: off
+	acceptTickets  atomic.Bool  // a Stateful cache accepts the farm's tickets
+	fallbackIssued atomic.Uint64
+}
+
+// SetTicketFallback makes a Stateful or Mixed cache issue, until it is
+// called again with 0, stateless tickets under the handshake config's
+// session ticket keys that expire after lifetime, instead of cached
+// sessions. A farm node turns it on while it cannot reach the farm, so
+// that clients keep resuming on every node (whose caches accept such
+// tickets, see AcceptTickets) instead of on this one only. It does nothing
+// for a SingleUse cache: a ticket cannot be retired, and an unreachable
+// farm must mean a full handshake, never a replayable ticket. Per-session
+// revocation does not reach these tickets before they expire (a revoked
+// chain still does, on nodes that know of the revocation).
+func (c *Cache) SetTicketFallback(lifetime time.Duration) {
+	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
+		return
+	}
+	c.life.fallback.Store(int64(max(lifetime, 0)))
+}
+
+// TicketFallback reports whether the cache issues fallback tickets now.
+func (c *Cache) TicketFallback() bool { return c.life.fallback.Load() > 0 }
+
+// AcceptTickets makes a Stateful cache accept the stateless tickets this
+// farm issues (bound to a server name and a chain by this package, and
+// encrypted under the handshake config's ticket keys), as a Mixed cache
+// does; tickets from other issuers stay refused. A farm node whose ticket
+// keys are farm-wide turns it on, so that fallback tickets resume on every
+// node.
+func (c *Cache) AcceptTickets(on bool) { c.life.acceptTickets.Store(on) }
+
+func (c *Cache) fallbackLifetime() time.Duration {
+	if c.cfg.SingleUse {
+		return 0
+	}
+	return time.Duration(c.life.fallback.Load())
 }
 
 type claimerBox struct {

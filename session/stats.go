@@ -38,6 +38,7 @@ type Stats struct {
 	SingleUseReleased uint64 // claims released: the handshake failed or did not resume
 	SingleUseLate     uint64 // HandshakeComplete after the claim had been released
 	ChildrenReplaced  uint64 // children retired because their parent was resumed again
+	TicketsFallback   uint64 // short-lived tickets issued instead of cached sessions while the farm was unreachable
 }
 
 // counters are the cache's shared counters, for events outside a bucket lock.
@@ -91,5 +92,6 @@ func (c *Cache) Stats() Stats {
 	s.SingleUseBusy, s.SingleUseRefused = l.busy.Load(), l.refused.Load()
 	s.SingleUseReleased, s.SingleUseLate = l.released.Load(), l.late.Load()
 	s.ChildrenReplaced = l.replaced.Load()
+	s.TicketsFallback = l.fallbackIssued.Load()
 	return s
 }

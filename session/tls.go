@@ -225,12 +225,22 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 	if chain == 0 {
 		chain = newChain()
 	}
-	if c.cfg.Mode == Stateless && src != nil {
+	fallback := c.fallbackLifetime()
+	if src != nil && (c.cfg.Mode == Stateless || fallback > 0) {
 		n := len(ss.Extra)
-		ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
+		if c.cfg.Mode == Stateless {
+			ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
+		} else {
+			// The farm is unreachable: a short-lived ticket under the
+			// farm's keys resumes on any node meanwhile.
+			ss.Extra = append(ss.Extra, appendFallbackBinding(nil, cs.ServerName, chain, start, now, now+int64(fallback)))
+		}
 		t, err := src.EncryptTicket(cs, ss)
 		if err == nil {
 			c.ctr.ticketsIssued.Add(1)
+			if c.cfg.Mode != Stateless {
+				c.life.fallbackIssued.Add(1)
+			}
 			return t
 		}
 		ss.Extra = ss.Extra[:n] // fall back to a cached session
@@ -265,7 +275,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		return r // a TLS 1.2 hello without a ticket
 	}
 	if len(identity) != IDLen || identity[0] != idVersion {
-		if c.cfg.Mode != Stateful && src != nil {
+		if (c.cfg.Mode != Stateful || c.life.acceptTickets.Load()) && src != nil {
 			return c.unwrapTicket(identity, cs, src)
 		}
 		c.ctr.forgedIDs.Add(1)
@@ -348,7 +358,11 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 	}
 	now := c.nowNano()
 	r.ticket = true
-	name, chain, start, issued, ok := findBinding(ss.Extra)
+	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
+	if !ok && c.cfg.Mode == Stateful {
+		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
+		return r
+	}
 	if !ok {
 		// Issued by a server without this glue: accepted, but nothing binds
 		// it to a server name or a chain.
@@ -363,7 +377,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.chainExpired.Add(1)
 			return r
 		}
-		if now-issued > int64(c.cfg.Lifetime) {
+		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
 			c.ctr.ticketsExpired.Add(1)
 			return r
 		}
@@ -394,16 +408,41 @@ func appendBinding(b []byte, serverName string, chain uint64, start, issued int6
 	return append(b, strings.ToLower(serverName)...)
 }
 
-func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued int64, ok bool) {
+// fallbackTag starts the binding of a fallback ticket (see
+// SetTicketFallback): the fields of bindingTag's, then the expiry (8 bytes,
+// Unix nanoseconds), then the server name.
+var fallbackTag = []byte("tlsfarm/2\x00")
+
+func appendFallbackBinding(b []byte, serverName string, chain uint64, start, issued, expires int64) []byte {
+	b = append(b, fallbackTag...)
+	b = binary.BigEndian.AppendUint64(b, chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	b = binary.BigEndian.AppendUint64(b, uint64(issued))
+	b = binary.BigEndian.AppendUint64(b, uint64(expires))
+	return append(b, strings.ToLower(serverName)...)
+}
+
+// findBinding returns the binding in a ticket's Extra; expires is zero for
+// an ordinary stateless ticket (it lives Config.Lifetime).
+func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued, expires int64, ok bool) {
 	for _, x := range extra {
-		if !bytes.HasPrefix(x, bindingTag) || len(x) < len(bindingTag)+bindingLen {
+		switch {
+		case bytes.HasPrefix(x, bindingTag) && len(x) >= len(bindingTag)+bindingLen:
+			x = x[len(bindingTag):]
+		case bytes.HasPrefix(x, fallbackTag) && len(x) >= len(fallbackTag)+bindingLen+8:
+			x = x[len(fallbackTag):]
+			expires = int64(binary.BigEndian.Uint64(x[bindingLen:]))
+			if expires == 0 {
+				expires = 1
+			}
+			x = append(x[:bindingLen:bindingLen], x[bindingLen+8:]...)
+		default:
 			continue
 		}
-		x = x[len(bindingTag):]
 		chain = binary.BigEndian.Uint64(x)
 		start = int64(binary.BigEndian.Uint64(x[8:]))
 		issued = int64(binary.BigEndian.Uint64(x[16:]))
-		return string(x[bindingLen:]), chain, start, issued, true
+		return string(x[bindingLen:]), chain, start, issued, expires, true
 	}
-	return "", 0, 0, 0, false
+	return "", 0, 0, 0, 0, false
 }
