@@ -107,3 +107,43 @@ func TestBoundedChildren(t *testing.T) {
 		})
 	}
 }
+
+// TestTicketFallback: a stateful cache told to fall back issues
+// short-lived tickets that another stateful cache with the same ticket keys
+// accepts (AcceptTickets) until they expire; a single-use cache never falls
+// back.
+func TestTicketFallback(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			a := modeServer(t, session.Stateful, session.Config{})
+			b := modeServer(t, session.Stateful, session.Config{})
+			b.cache.AcceptTickets(true)
+			a.cache.SetTicketFallback(time.Second)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", frozen))
+			if st := a.cache.Stats(); st.TicketsFallback != 1 || st.Size != 0 {
+				t.Fatalf("fallback: %d tickets, %d cached sessions; want 1 and 0", st.TicketsFallback, st.Size)
+			}
+			if !tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a fallback ticket did not resume on a peer that accepts the farm's tickets")
+			}
+			time.Sleep(1100 * time.Millisecond)
+			if tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a fallback ticket resumed after its lifetime")
+			}
+			a.cache.SetTicketFallback(0)
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
+			if a.cache.Stats().Size != 1 {
+				t.Fatal("fallback off: no cached session")
+			}
+
+			su := modeServer(t, session.Stateful, session.Config{SingleUse: true})
+			su.cache.SetTicketFallback(time.Minute)
+			tlstest.MustDial(t, su.srv.Addr, su.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
+			if st := su.cache.Stats(); st.TicketsFallback != 0 || st.Size != 1 {
+				t.Fatalf("a single-use cache fell back to tickets: %+v", st)
+			}
+		})
+	}
+}
