@@ -263,7 +263,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Records != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 		if cfg.Cache.SingleUse() {
-			cfg.Cache.SetClaimer(claimer{n}, cfg.LookupTimeout)
+			// A claim that times out after the store took the session
+			// costs the client its resumption: give it the longer of
+			// the two deadlines.
+			cfg.Cache.SetClaimer(claimer{n}, max(cfg.LookupTimeout, cfg.WriteThroughTimeout))
 		}
 	}
 	if err := n.loadRevocations(); err != nil {
