@@ -209,3 +209,28 @@ func TestTokenEqual(t *testing.T) {
 		}
 	}
 }
+
+// TestRevokePendingWhileFarmDown: with the farm's bus down, DELETE
+// /sessions/{id} revokes locally and answers 202 "pending", and the
+// pending-revocations metric shows it.
+func TestRevokePendingWhileFarmDown(t *testing.T) {
+	srv, cache := newHandler(t, func(c *Config) {
+		n, err := farm.Join(t.Context(), farm.Config{Farm: "t", Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: downBus{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		c.Node = n
+	})
+	id := insert(t, cache)
+	code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+id.String(), token)
+	if code != http.StatusAccepted || !strings.Contains(body, `"farm": "pending"`) {
+		t.Fatalf("revoke with the farm down: %d %s, want 202 pending", code, body)
+	}
+	if _, ok := cache.Lookup(id); ok {
+		t.Fatal("the session is still cached after a pending revocation")
+	}
+	if _, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", ""); !strings.Contains(metrics, "tlsfarm_farm_pending_revocations 1") {
+		t.Fatal("pending revocation not in the metrics")
+	}
+}

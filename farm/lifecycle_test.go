@@ -296,45 +296,53 @@ func TestBoundedChildrenFarm(t *testing.T) {
 }
 
 // TestRevocationSurvivesStoreRestart revokes a session while Redis (store
-// and bus) is down: the admin-visible status is pending, and within 5s of
-// Redis's return (empty) the peer refuses the session and nothing is
-// pending.
+// and bus) is killed, or paused: the revocation is pending (applied here,
+// not yet farm-wide), and within 5s of Redis's return (empty, after a kill)
+// the peer refuses the session and nothing is pending.
 func TestRevocationSurvivesStoreRestart(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
-		Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
-	ids := newSessions(ms[0].Cache)
-	frozen := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-		_, ok := ms[1].Cache.Lookup(id)
-		return ok
-	})
-	srv.Kill()
-	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-	st, err := ms[0].Node.RevokeSession(ctx, id)
-	cancel()
-	if err != nil || st != farm.RevokePending {
-		t.Fatalf("RevokeSession with Redis down = %v, %v; want pending", st, err)
-	}
-	if n := ms[0].Node.Stats().PendingRevocations; n != 1 {
-		t.Fatalf("PendingRevocations = %d, want 1", n)
-	}
-	time.Sleep(time.Second)
-	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
-		t.Log("n2 refused the session already (it cannot have heard)")
-	}
-	srv.Restart()
-	back := time.Now()
-	farmtest.Eventually(t, 5*time.Second, "n2 refuses the revoked session after Redis returns", func() bool {
-		_, ok := ms[1].Cache.Lookup(id)
-		return !ok && ms[0].Node.Stats().PendingRevocations == 0
-	})
-	t.Logf("revocation applied farm-wide %v after Redis returned", time.Since(back))
-	if tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
-		t.Fatal("n2 resumed a revoked session")
+	for _, tc := range []struct {
+		name       string
+		down, back func(*redistest.Server)
+	}{
+		{"killed", (*redistest.Server).Kill, (*redistest.Server).Restart},
+		{"paused", (*redistest.Server).Pause, (*redistest.Server).Resume},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
+				Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
+			ids := newSessions(ms[0].Cache)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+			id := ids()[0]
+			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+				_, ok := ms[1].Cache.Lookup(id)
+				return ok
+			})
+			tc.down(srv)
+			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+			st, err := ms[0].Node.RevokeSession(ctx, id)
+			cancel()
+			if err != nil || st != farm.RevokePending {
+				t.Fatalf("RevokeSession with Redis down = %v, %v; want pending", st, err)
+			}
+			if n := ms[0].Node.Stats().PendingRevocations; n != 1 {
+				t.Fatalf("PendingRevocations = %d, want 1", n)
+			}
+			time.Sleep(time.Second)
+			tc.back(srv)
+			back := time.Now()
+			farmtest.Eventually(t, 5*time.Second, "n2 refuses the revoked session after Redis returns", func() bool {
+				_, ok := ms[1].Cache.Lookup(id)
+				return !ok && ms[0].Node.Stats().PendingRevocations == 0
+			})
+			t.Logf("revocation applied farm-wide %v after Redis returned", time.Since(back))
+			if tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
+				t.Fatal("n2 resumed a revoked session")
+			}
+		})
 	}
 }
 
