@@ -113,6 +113,14 @@ type Farm struct {
 	Strict         bool          `yaml:"strict"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 
+	// RevocationFile keeps the revocations not yet applied farm-wide
+	// (farm.Config.RevocationFile); empty: in memory only.
+	RevocationFile string `yaml:"revocation_file"`
+
+	// FallbackTicketLifetime is farm.Config.FallbackTicketLifetime; 0
+	// turns fallback tickets off.
+	FallbackTicketLifetime time.Duration `yaml:"fallback_ticket_lifetime"`
+
 	// Secrets are the farm secrets read from SecretFile, set by Validate.
 	Secrets []farm.Secret `yaml:"-"`
 }
@@ -179,6 +187,8 @@ func Default() *Config {
 			Mode:           "broadcast",
 			LookupDeadline: 5 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
+
+			FallbackTicketLifetime: farm.DefaultFallbackTicketLifetime,
 		},
 		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},
 		Admin:   Admin{Address: DefaultAdminAddress},

@@ -56,6 +56,8 @@ var Settings = []Setting{
 	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "5ms", Usage: "longest a handshake waits for the store on a cache miss"},
 	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start, and fail /readyz, while the farm transport is down"},
 	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},
+	{Key: "farm.revocation_file", Flag: "revocation-file", Env: "TLSFARM_REVOCATION_FILE", Default: "", Usage: "`file` keeping revocations not yet applied farm-wide across restarts"},
+	{Key: "farm.fallback_ticket_lifetime", Flag: "fallback-ticket-lifetime", Env: "TLSFARM_FALLBACK_TICKET_LIFETIME", Default: "5m", Usage: "lifetime of the farm tickets issued instead of sessions while the farm is unreachable (0: never)"},
 
 	{Key: "tickets.rotation_interval", Flag: "ticket-rotation", Env: "TLSFARM_TICKET_ROTATION", Default: "12h", Usage: "how often the session ticket key rotates"},
 	{Key: "tickets.keep", Flag: "ticket-keep", Env: "TLSFARM_TICKET_KEEP", Default: "2", Usage: "previous ticket keys kept for decryption"},

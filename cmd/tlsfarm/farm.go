@@ -40,6 +40,9 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		WriteThrough:  cfg.Farm.WriteThrough,
 		LookupTimeout: cfg.Farm.LookupDeadline,
 		Logger:        d.log,
+
+		RevocationFile:         cfg.Farm.RevocationFile,
+		FallbackTicketLifetime: fallbackLifetime(cfg.Farm.FallbackTicketLifetime),
 	})
 	if err != nil {
 		return fmt.Errorf("farm: %v", err)
@@ -105,4 +108,13 @@ func (d *daemon) watchStart(ctx context.Context) {
 		d.log.Warn("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back",
 			"farm", d.started.Farm.Name, "farm_transport", transportName(d.started.Farm.URL))
 	}
+}
+
+// fallbackLifetime maps the setting (0: off) to farm.Config's (negative:
+// off, 0: default).
+func fallbackLifetime(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
