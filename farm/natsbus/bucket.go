@@ -91,6 +91,11 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 		return nil, err
 	}
 	cfg := stream.CachedInfo().Config
+	if want := t.opts.Replicas; want > 0 && max(cfg.Replicas, 1) != want {
+		return nil, fmt.Errorf("exists with %d replica(s), but %d were asked for: "+
+			"change it (nats stream edit KV_%s --replicas %d) or ask for %d",
+			max(cfg.Replicas, 1), want, t.bucket, want, max(cfg.Replicas, 1))
+	}
 	return &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}, nil
 }
 
@@ -99,13 +104,19 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		Bucket:         t.bucket,
 		Description:    "tlsfarm: sealed sessions, revocations and ticket keys",
 		History:        1,
-		Replicas:       t.opts.Replicas,
+		Replicas:       t.replicas(),
 		LimitMarkerTTL: markerTTL, // enables per-message TTL
 	}
 	if t.opts.MemoryStorage {
 		cfg.Storage = jetstream.MemoryStorage
 	}
 	kv, err := t.js.CreateKeyValue(ctx, cfg)
+	if err != nil && t.opts.Replicas == 0 && cfg.Replicas > 1 && !errors.Is(err, jetstream.ErrBucketExists) &&
+		!errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		// A cluster too small for the default: settle for one replica.
+		cfg.Replicas = 1
+		kv, err = t.js.CreateKeyValue(ctx, cfg)
+	}
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		// A server before 2.11: keys cannot expire on their own.
 		cfg.LimitMarkerTTL = 0
@@ -117,6 +128,32 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		kv, err = t.js.KeyValue(ctx, t.bucket)
 	}
 	return kv, err
+}
+
+// replicas returns the replica count for a new bucket: Options.Replicas
+// (or the URL's), else 3 on a cluster and 1 on a lone server.
+func (t *Transport) replicas() int {
+	switch {
+	case t.opts.Replicas > 0:
+		return t.opts.Replicas
+	case t.nc.ConnectedClusterName() != "":
+		return 3
+	}
+	return 1
+}
+
+// Replicas returns the number of replicas the farm's bucket has, opening
+// (or creating) it if need be.
+func (t *Transport) Replicas(ctx context.Context) (int, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, t.check(s, "stream info", err)
+	}
+	return max(info.Config.Replicas, 1), nil
 }
 
 // check forgets the bucket after an error that says it is gone (a server

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,9 +69,12 @@ type Options struct {
 	NATS []nats.Option
 
 	// Replicas is the number of replicas of the bucket when the transport
-	// creates it (default 1; 3 on a clustered JetStream). A bucket that
-	// already exists is used as it is, so an operator may create it with
-	// any settings that keep one value per key (history 1).
+	// creates it. Zero means the URL's replicas option if it has one, else
+	// 3 when the server is part of a cluster and 1 when it is alone. A
+	// bucket that already exists is used as it is, so an operator may
+	// create it with any settings that keep one value per key (history 1),
+	// but if Replicas or the URL asked for a number and the bucket has
+	// another, every store operation fails with an error that says so.
 	Replicas int
 
 	// MemoryStorage keeps a bucket the transport creates in memory instead
@@ -114,6 +118,9 @@ type Transport struct {
 //	nats://token@host:port               token authentication
 //	tls://[user:password@]host:port      TLS
 //
+// A query on any of them sets bucket options: replicas=N (Options.Replicas),
+// such as nats://a:4222,nats://b:4222,nats://c:4222?replicas=3.
+//
 // opts may be nil. No error Open returns shows a password from rawURL.
 func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if opts == nil {
@@ -122,12 +129,32 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if _, err := token(farmName); err != nil {
 		return nil, err
 	}
-	var secrets []string
+	var secrets, servers []string
 	for _, s := range strings.Split(rawURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: bad URL: %v", redactURLError(err))
 		}
+		for k, v := range u.Query() {
+			switch {
+			case k == "replicas" && len(v) == 1:
+				n, err := strconv.Atoi(v[0])
+				if err != nil || n < 1 || n > 5 {
+					return nil, fmt.Errorf("natsbus: replicas=%q: want 1 to 5", v[0])
+				}
+				if opts.Replicas == 0 {
+					o := *opts
+					o.Replicas = n
+					opts = &o
+				} else if opts.Replicas != n {
+					return nil, fmt.Errorf("natsbus: replicas=%d in the URL, %d in Options", n, opts.Replicas)
+				}
+			default:
+				return nil, fmt.Errorf("natsbus: unknown URL option %q", k)
+			}
+		}
+		u.RawQuery = ""
+		servers = append(servers, u.String())
 		if p, ok := u.User.Password(); ok && p != "" {
 			secrets = append(secrets, p)
 		}
@@ -161,7 +188,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	// Keep trying also when the server refuses the credentials: an
 	// operator may be fixing them on the server.
 	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
-	nc, err := nats.Connect(rawURL, o...)
+	nc, err := nats.Connect(strings.Join(servers, ","), o...)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: %v", redact(err, secrets))
 	}

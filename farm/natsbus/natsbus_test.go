@@ -148,6 +148,9 @@ func TestOpenURLs(t *testing.T) {
 		"nats://":                                     "host",
 		"nats://user:s3cret@[::1":                     "natsbus",
 		"nats://user:s3cret@127.0.0.1:4222,ftp://x":   "scheme",
+		"nats://127.0.0.1:4222?replicas=3":            "",
+		"nats://127.0.0.1:4222?replicas=9":            "replicas",
+		"nats://127.0.0.1:4222?colour=blue":           "option",
 	})
 }
 
