@@ -12,8 +12,11 @@
 //
 // Keys expire by the server's per-message TTL on nats-server 2.11 and later.
 // Older servers have none: there a key's expiry is kept in its value, an
-// expired key reads as absent, and the bucket's age limit
-// (Options.LegacyMaxAge) reclaims the space. See docs/transports.md.
+// expired key reads as absent, and a bucket's age limit reclaims the space;
+// the session records then live in a bucket of their own, "tlsfarm_F_s",
+// whose age limit follows the session lifetime (Options.LegacyRecordAge),
+// while the few coordination keys keep the longer Options.LegacyMaxAge.
+// See docs/transports.md.
 //
 // The embedded server for a zero-setup farm is in the natsembed
 // sub-package, so that a binary that only connects to NATS does not carry
@@ -36,10 +39,14 @@ import (
 )
 
 // DefaultLegacyMaxAge is the default of Options.LegacyMaxAge: longer than
-// the farm keeps anything with a TTL (sessions 2h, revocations 24h by
+// the farm keeps a coordination key with a TTL (revocations, 24h by
 // default), and longer than the default ticket key rotation interval (12h),
 // which rewrites the one key the farm stores without a TTL.
 const DefaultLegacyMaxAge = 25 * time.Hour
+
+// DefaultLegacyRecordAge is the default of Options.LegacyRecordAge: the
+// default session lifetime (2h) and a margin.
+const DefaultLegacyRecordAge = 2*time.Hour + 10*time.Minute
 
 // maxFarmName is the longest farm name accepted, as in the farm package.
 const maxFarmName = 64
@@ -87,6 +94,13 @@ type Options struct {
 	// including keys written with none. Default DefaultLegacyMaxAge.
 	// Unused on newer servers, where each key expires by its own TTL.
 	LegacyMaxAge time.Duration
+
+	// LegacyRecordAge is the initial age limit of the bucket that holds the
+	// session records on a server without per-message TTL (its name is
+	// RecordBucket). A record written with a longer TTL raises the limit to
+	// cover it; the limit never falls by itself. Default
+	// DefaultLegacyRecordAge. Unused on newer servers.
+	LegacyRecordAge time.Duration
 }
 
 // A Transport is a farm.Bus and a farm.Store on one NATS connection.
@@ -231,6 +245,9 @@ func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	if t.opts.LegacyMaxAge <= 0 {
 		t.opts.LegacyMaxAge = DefaultLegacyMaxAge
 	}
+	if t.opts.LegacyRecordAge <= 0 {
+		t.opts.LegacyRecordAge = DefaultLegacyRecordAge
+	}
 	return t, nil
 }
 
@@ -270,6 +287,11 @@ func (t *Transport) Subject() string { return t.subject }
 
 // Bucket returns the name of the farm's key-value bucket, "tlsfarm_<farm>".
 func (t *Transport) Bucket() string { return t.bucket }
+
+// RecordBucket returns the name of the bucket that holds the farm's session
+// records on a server without per-message TTL, "tlsfarm_<farm>_s" (no farm's
+// Bucket has this name). On newer servers the records are in Bucket.
+func (t *Transport) RecordBucket() string { return t.bucket + "_s" }
 
 // redactURLError drops a URL (which may hold a password) from a parse error.
 func redactURLError(err error) error {

@@ -182,21 +182,37 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 // PutRecords implements farm.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip.
 func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
-	s, err := t.open(ctx)
+	m, err := t.open(ctx)
 	if err != nil {
 		return err
 	}
+	s := m.records
 	msgs := make([]*nats.Msg, len(items))
 	opts := make([][]jetstream.PublishOpt, len(items))
+	var longest time.Duration
 	for i, it := range items {
 		msgs[i], opts[i] = t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+		longest = max(longest, it.TTL)
 	}
-	return t.check(s, "put", t.publishAll(ctx, msgs, opts))
+	t.ensureAge(ctx, s, longest)
+	return t.check(m, "put", t.publishAll(ctx, msgs, opts))
 }
 
-// GetRecord implements farm.RecordStore as Get does.
+// GetRecord implements farm.RecordStore as Get does, in the records'
+// bucket.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	return t.Get(ctx, key)
+	m, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := t.get(ctx, m.records, m.records.pre+kvKey(key))
+	if err != nil {
+		return nil, t.check(m, "get", err)
+	}
+	if !e.present {
+		return nil, farm.ErrNotFound
+	}
+	return e.value, nil
 }
 
 // Get implements farm.Coordinator with one direct get of the key's last
@@ -223,16 +239,16 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	s, err := t.open(ctx)
+	m, err := t.open(ctx)
 	if err != nil {
 		return err
 	}
 	msgs := make([]*nats.Msg, len(keys))
 	opts := make([][]jetstream.PublishOpt, len(keys))
 	for i, k := range keys {
-		msgs[i], opts[i] = t.purgeMessage(s, kvKey(k))
+		msgs[i], opts[i] = t.purgeMessage(m.records, kvKey(k))
 	}
-	return t.check(s, "delete", t.publishAll(ctx, msgs, opts))
+	return t.check(m, "delete", t.publishAll(ctx, msgs, opts))
 }
 
 // SetNX implements farm.Coordinator: a write that the server accepts only if the
