@@ -73,6 +73,7 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 	biggest := masters[slices.Index(counts, slices.Max(counts))]
 	farmtest.Recovery(t, ms, tls.VersionTLS13, 100, 12*time.Second, biggest.Kill)
 	farmtest.NoHandshakeErrors(t, ms)
+	farmtest.WaitConnected(t, ms...) // the bus too, wherever its slot was
 }
 
 // TestSentinelFollowsMasterSwitch: three store-only, write-through nodes on
