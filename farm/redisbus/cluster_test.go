@@ -84,7 +84,7 @@ func TestSentinelFollowsMasterSwitch(t *testing.T) {
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(st.URL()), Mode: farm.StoreOnly, WriteThrough: true,
 	})
-	farmtest.Recovery(t, ms, tls.VersionTLS13, 50, time.Millisecond, func() {}) // works before the failure
+	farmtest.Recovery(t, ms, tls.VersionTLS13, 50, 5*time.Second, func() {}) // sharing works before the failure
 	old := st.MasterAddr()
 	farmtest.Recovery(t, ms, tls.VersionTLS13, 100, 15*time.Second, st.Master.Kill)
 	if now := st.MasterAddr(); now == old {
