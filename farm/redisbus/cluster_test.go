@@ -70,6 +70,14 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 		}
 	}
 
+	// Broadcast on the cluster: the batch of SETs (over several masters) and
+	// the SPUBLISH go out as one cluster pipeline (farm.Batcher).
+	bs, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: transportAt(c.URL("")), WriteThrough: true})
+	tlstest.MustDial(t, bs[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+	farmtest.Eventually(t, 5*time.Second, "a session broadcast over the cluster", func() bool {
+		return bs[1].Node.Stats().Inserted > 0
+	})
+
 	biggest := masters[slices.Index(counts, slices.Max(counts))]
 	farmtest.Recovery(t, ms, tls.VersionTLS13, 100, 12*time.Second, biggest.Kill)
 	farmtest.NoHandshakeErrors(t, ms)
