@@ -4,7 +4,7 @@
 // Usage:
 //
 //	tlsfarm serve [flags]        run the daemon (no flags: https://127.0.0.1:8443)
-//	tlsfarm check [flags]        check a configuration as serve would, and exit
+//	tlsfarm check [-reload] [flags]  check a configuration as serve would, and exit
 //	tlsfarm keygen -out FILE     write a new farm secret (mode 0600)
 //	tlsfarm probe [flags]        measure resumption across a set of servers
 //	tlsfarm demo                 three nodes on loopback, with and without sharing
@@ -25,7 +25,9 @@ const usage = `tlsfarm: TLS session resumption across a farm of servers.
 
 Usage:
   tlsfarm serve [flags]       run the TLS terminator (no flags: https://127.0.0.1:8443)
-  tlsfarm check [flags]       check a configuration as serve would, and exit
+  tlsfarm check [-reload] [flags]
+                              check a configuration as serve would (listen addresses
+                              included; -reload: not those, for a running daemon), and exit
   tlsfarm keygen -out FILE    write a new farm secret (mode 0600; never overwrites)
   tlsfarm probe [flags]       measure resumption and handshake latency across servers
   tlsfarm demo                three nodes on loopback probed with sharing on and off

@@ -177,7 +177,7 @@ func (t *Transport) Close() error {
 	return nil
 }
 
-// Ping checks that Redis answers.
+// Ping checks that Redis answers (farm.Pinger): one PING, within ctx.
 func (t *Transport) Ping(ctx context.Context) error { return t.c.Ping(ctx).Err() }
 
 // Key returns the Redis key that holds the farm's coordination key k.
@@ -274,6 +274,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				state(true, nil)
 			}
 		case *redis.Message:
+			if len(m.Payload) > farm.MaxMessageSize {
+				continue // the farm would refuse it: do not copy it
+			}
 			deliver([]byte(m.Payload))
 		}
 	}
@@ -395,17 +398,18 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 }
 
 // setMembersScript drops expired members by the server's clock and returns
-// the rest.
+// the rest, at most ARGV[1] of them: those that lapse last.
 var setMembersScript = redis.NewScript(`
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 `)
 
-// SetMembers implements farm.Coordinator.
+// SetMembers implements farm.Coordinator; it returns at most
+// farm.MaxSetMembers members, those that lapse last.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
-	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}).StringSlice()
+	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, farm.MaxSetMembers).StringSlice()
 	if err != nil {
 		return nil, t.failed(err)
 	}
@@ -437,6 +441,7 @@ func (t *Transport) failed(err error) error {
 }
 
 var (
+	_ farm.Pinger  = (*Transport)(nil)
 	_ farm.Bus     = (*Transport)(nil)
 	_ farm.Store   = (*Transport)(nil)
 	_ farm.Batcher = (*Transport)(nil)
