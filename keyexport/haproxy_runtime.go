@@ -65,6 +65,16 @@ func (rt *HAProxyRuntime) Keys(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	keys, err := parseShowTLSKeys(out)
+	if err != nil {
+		return nil, fmt.Errorf("show tls-keys %s: %w", rt.ID, err)
+	}
+	return keys, nil
+}
+
+// parseShowTLSKeys parses the answer to "show tls-keys ID": comment lines
+// starting with "#", then one line per key, "REF.N BASE64", oldest first.
+func parseShowTLSKeys(out string) ([]string, error) {
 	var keys []string
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
@@ -73,14 +83,15 @@ func (rt *HAProxyRuntime) Keys(ctx context.Context) ([]string, error) {
 			continue
 		}
 		idx, key, ok := strings.Cut(line, " ")
-		if !ok || !strings.Contains(idx, ".") {
+		key = strings.TrimSpace(key)
+		if !ok || !strings.Contains(idx, ".") || key == "" || strings.ContainsAny(key, " \t") {
 			// An error message, such as an unknown reference.
-			return nil, fmt.Errorf("show tls-keys %s: %s", rt.ID, firstLine(out))
+			return nil, errors.New(firstLine(out))
 		}
-		keys = append(keys, strings.TrimSpace(key))
+		keys = append(keys, key)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("show tls-keys %s: no keys in the answer: %s", rt.ID, firstLine(out))
+		return nil, errors.New("no keys in the answer: " + firstLine(out))
 	}
 	return keys, nil
 }
