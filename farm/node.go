@@ -491,8 +491,16 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var puts []Item
 	var dels []string
 	var revs []revocation
-	if n.cfg.Records != nil && n.sq == nil {
+	switch {
+	case n.sq != nil:
+	case n.cfg.Records != nil:
 		puts, dels, revs = n.storeItems(hdr, batch, now)
+	case n.cfg.Coord != nil: // no records: only the tombstones are kept
+		for _, it := range batch {
+			if it.rev != nil {
+				revs = append(revs, *it.rev)
+			}
+		}
 	}
 
 	// The store write and the publish go out at once: in one round trip
