@@ -4,7 +4,7 @@
 // Usage:
 //
 //	tlsfarm serve [flags]        run the daemon (no flags: https://127.0.0.1:8443)
-//	tlsfarm check [flags]        check a configuration as serve would, and exit
+//	tlsfarm check [-reload] [flags]  check a configuration as serve would, and exit
 //	tlsfarm keygen -out FILE     write a new farm secret (mode 0600)
 //	tlsfarm keys [flags]         export the farm's ticket keys to nginx, HAProxy or a file
 //	tlsfarm probe [flags]        measure resumption across a set of servers
@@ -26,7 +26,9 @@ const usage = `tlsfarm: TLS session resumption across a farm of servers.
 
 Usage:
   tlsfarm serve [flags]       run the TLS terminator (no flags: https://127.0.0.1:8443)
-  tlsfarm check [flags]       check a configuration as serve would, and exit
+  tlsfarm check [-reload] [flags]
+                              check a configuration as serve would (listen addresses
+                              included; -reload: not those, for a running daemon), and exit
   tlsfarm keygen -out FILE    write a new farm secret (mode 0600; never overwrites)
   tlsfarm keys [flags]        share the farm's ticket keys with nginx, HAProxy or a file
   tlsfarm probe [flags]       measure resumption and handshake latency across servers
