@@ -241,7 +241,8 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 	}
 	a.node, err = farm.Join(bg, farm.Config{
 		Farm: o.farmName, Node: o.node, Secrets: o.secrets, Cache: a.cache,
-		Bus: bus, Store: store, Logger: log,
+		// The key set and the lease only: the agent keeps no sessions.
+		Bus: bus, Coord: store, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("farm: %v", err)
