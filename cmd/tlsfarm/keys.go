@@ -135,6 +135,9 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if _, err := config.ParseLevel(o.logLevel); err != nil {
 		return fail("-log-level: %v", err)
 	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fail("-log-format %q: want text or json", o.logFormat)
+	}
 	if o.secrets, err = farm.LoadSecrets(o.secretFile); err != nil {
 		fmt.Fprintf(stderr, "tlsfarm keys: -farm-secret: %v\n", err)
 		return nil, 1
