@@ -123,11 +123,13 @@ func (e *Exporter) Status() []TargetStatus {
 }
 
 // Ready returns nil once every target has exported a farm key set, and an
-// error naming the first that has not.
+// error naming the first that has not. The OnChange hook does not count: a
+// terminator may need the files before it can start, and so before the
+// hook (a reload) can succeed.
 func (e *Exporter) Ready() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, s := range e.status {
+	for _, s := range e.status[:len(e.cfg.Targets)] {
 		if s.Epoch == 0 {
 			return errors.New("no farm key set exported to " + s.Target + " yet")
 		}

@@ -135,6 +135,9 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if _, err := config.ParseLevel(o.logLevel); err != nil {
 		return fail("-log-level: %v", err)
 	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fail("-log-format %q: want text or json", o.logFormat)
+	}
 	if o.secrets, err = farm.LoadSecrets(o.secretFile); err != nil {
 		fmt.Fprintf(stderr, "tlsfarm keys: -farm-secret: %v\n", err)
 		return nil, 1
@@ -241,7 +244,8 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 	}
 	a.node, err = farm.Join(bg, farm.Config{
 		Farm: o.farmName, Node: o.node, Secrets: o.secrets, Cache: a.cache,
-		Bus: bus, Store: store, Logger: log,
+		// The key set and the lease only: the agent keeps no sessions.
+		Bus: bus, Coord: store, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("farm: %v", err)

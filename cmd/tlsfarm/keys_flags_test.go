@@ -36,6 +36,7 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"relative path", append([]string{"-export", "nginx:keys"}, base...), "absolute path"},
 		{"unknown format", append([]string{"-export", "apache:/x"}, base...), "unknown format"},
 		{"world-writable directory", append([]string{"-export", "nginx:" + open}, base...), "group or by other users"},
+		{"bad log format", append([]string{"-log-format", "xml", "-export", "nginx:" + dir}, base...), "want text or json"},
 		{"missing directory", append([]string{"-export", "file:" + filepath.Join(dir, "nope", "k.json")}, base...), "no such file"},
 	}
 	for _, tt := range tests {
