@@ -225,11 +225,14 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 		}()
 	}
 	if len(toPublish) > 0 {
-		h := hdr
-		h.typ = msgRevoke
-		msg := n.keys.seal(nil, h, appendRevocations(nil, toPublish), nil)
+		// As many messages as the bus's size limit needs (busMessages).
+		items := make([]item, len(toPublish))
+		for i := range toPublish {
+			items[i].rev = &toPublish[i]
+		}
+		msgs, _, _ := n.busMessages(hdr, items)
 		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		pubErr = n.cfg.Bus.Publish(pctx, msg)
+		pubErr = n.cfg.Bus.Publish(pctx, msgs...)
 		cancel()
 	}
 	wg.Wait()

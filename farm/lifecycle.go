@@ -31,6 +31,7 @@ const (
 	opRetire                // a session was retired here: delete it from the store, tell peers
 	opCut                   // a session was resumed: cut it to its grace in the store and on peers
 	opRestore               // a single-use claim was released: put the session back in the store
+	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
 )
 
 // LifecycleStats count the farm's part in single use, the grace cut and
@@ -87,7 +88,7 @@ func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 	if !n.cfg.Cache.Retire(id, session.OriginAPI) {
 		// Not cached here: publish the retirement ourselves (the REMOVE
 		// event would have).
-		n.q.push(item{id: id, op: opRetire})
+		n.enqueue(item{id: id, op: opRetire})
 	}
 	return true, nil
 }
@@ -144,7 +145,7 @@ func (c claimer) Claim(ctx context.Context, id session.ID) (bool, error) {
 }
 
 func (c claimer) Release(id session.ID, r session.Record) {
-	c.n.q.push(item{id: id, rec: r, op: opRestore})
+	c.n.enqueue(item{id: id, rec: r, op: opRestore})
 }
 
 // restore puts back a session whose claim was released, unless the key
@@ -232,11 +233,11 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.q.push(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
+			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
-		n.q.push(item{id: ev.ID, op: opRetire})
+		n.enqueue(item{id: ev.ID, op: opRetire})
 	}
 }
 
@@ -280,7 +281,7 @@ func (n *Node) childKeeper(ctx context.Context) {
 			return
 		case it := <-n.kids:
 			if old, ok := n.swapChild(ctx, it.id, it.child, time.Until(it.until)); ok {
-				n.q.push(item{id: old, op: opRetire})
+				n.enqueue(item{id: old, op: opRetire})
 			}
 		}
 	}

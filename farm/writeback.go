@@ -15,8 +15,12 @@ import (
 // sessions it holds.
 const generationKey = "generation"
 
-// generationTTL is the generation record's lifetime; every check renews it.
-const generationTTL = 7 * 24 * time.Hour
+// generationTTL is the generation record's lifetime; every check (each
+// HealInterval) renews it. It stays under the session lifetime's order so
+// that a store whose record area ages by the session lifetime (a NATS
+// legacy record bucket) need not keep records longer for it; a farm wholly
+// down for longer only makes its nodes write back once more.
+const generationTTL = time.Hour
 
 // checkGeneration reads (or creates) the store's generation record and, if
 // it changed since the last check, writes back the node's live sessions.
