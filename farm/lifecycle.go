@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,61 @@ type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
 	childLinksDropped                                 atomic.Uint64
+}
+
+// recuts remembers, in store-only mode, parents known to have been resumed
+// within their grace already: cut by this node, cut by a peer (a cut
+// message), or loaded from the store already cut. Resuming one of them
+// again must replace the child the earlier resumption made (see
+// childKeeper); a first resumption only records its child, in the batch.
+// Entries lapse with the grace period; the map is bounded.
+type recuts struct {
+	mu sync.Mutex
+	m  map[session.ID]time.Time
+}
+
+const maxRecuts = 1 << 16
+
+// noteRecut records that id was resumed (cut to end at until).
+func (n *Node) noteRecut(id session.ID, until time.Time) {
+	if n.cfg.Mode != StoreOnly {
+		return
+	}
+	r := &n.recut
+	now := n.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = make(map[session.ID]time.Time)
+	}
+	if len(r.m) >= maxRecuts {
+		for k, u := range r.m {
+			if !u.After(now) {
+				delete(r.m, k)
+			}
+		}
+		if len(r.m) >= maxRecuts {
+			clear(r.m)
+		}
+	}
+	r.m[id] = until
+}
+
+// noteLoaded records id if its record, just loaded, ends within the grace
+// period (plus a second): someone resumed it already.
+func (n *Node) noteLoaded(id session.ID, expires time.Time) {
+	grace := n.cfg.Cache.ResumeGrace()
+	if grace > 0 && expires.Sub(n.cfg.Now()) <= grace+time.Second {
+		n.noteRecut(id, expires)
+	}
+}
+
+func (n *Node) wasRecut(id session.ID) bool {
+	r := &n.recut
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.m[id]
+	return ok && u.After(n.cfg.Now())
 }
 
 func (c *lifeCounters) snapshot() LifecycleStats {
@@ -219,6 +275,7 @@ func (n *Node) receiveCuts(body []byte) {
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
+		n.noteRecut(c.id, c.until)
 	}
 }
 

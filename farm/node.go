@@ -206,7 +206,8 @@ type Node struct {
 	backlog   *backlog
 
 	deg      degradation
-	kids     chan item   // store-only: parents whose live child to record
+	kids     chan item // store-only: parents whose live child to swap
+	recut    recuts
 	rotating atomic.Bool // ticket keys are farm-wide
 
 	genMu      sync.Mutex
@@ -493,12 +494,20 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			if n.cfg.Mode == StoreOnly {
 				// Broadcast peers cut the parent when they insert the
 				// child; store-only peers hear of the cut only so. The
-				// store keeps the parent's live child (off this path).
+				// store keeps the parent's live child: written in this
+				// batch on a first resumption; swapped (off this path)
+				// when another node had resumed the parent already.
 				cuts = append(cuts, cut{id: it.id, until: it.until})
-				select {
-				case n.kids <- it:
-				default:
-					n.life.childLinksDropped.Add(1)
+				again := n.wasRecut(it.id)
+				n.noteRecut(it.id, it.until)
+				if again {
+					select {
+					case n.kids <- it:
+					default:
+						n.life.childLinksDropped.Add(1)
+					}
+				} else if ttl := it.until.Sub(now); ttl > 0 && n.cfg.Records != nil && it.child != (session.ID{}) {
+					puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: bytes.Clone(it.child[:]), TTL: ttl})
 				}
 			}
 			if n.cfg.Records == nil {
@@ -811,6 +820,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		return nil, nil
 	}
 	cp := *rec // each caller gets its own record; State is shared, read-only
+	n.noteLoaded(id, cp.Expires)
 	return &cp, nil
 }
 
