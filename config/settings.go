@@ -38,7 +38,7 @@ var Settings = []Setting{
 	{Key: "listeners[].alpn", Flag: "alpn", Env: "TLSFARM_ALPN", Default: "h2,http/1.1 (none for tcp://)", Reloadable: true, Usage: "ALPN `protocols` offered, comma-separated"},
 	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: DefaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
 	{Key: "listeners[].proxy_protocol.enabled", Flag: "proxy-protocol", Env: "TLSFARM_PROXY_PROTOCOL", Default: "false", Usage: "expect a PROXY protocol header on each connection"},
-	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "any sender", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated"},
+	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "none (required)", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated (required with -proxy-protocol)"},
 
 	{Key: "cache.mode", Flag: "cache-mode", Env: "TLSFARM_CACHE_MODE", Default: "stateful", Usage: "session resumption mode: stateful, stateless or mixed"},
 	{Key: "cache.size", Flag: "cache-size", Env: "TLSFARM_CACHE_SIZE", Default: "102400", Usage: "most sessions cached"},

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,6 +145,20 @@ type Config struct {
 	// also re-reads them each time the bus reconnects.
 	HealInterval time.Duration
 
+	// ProbeInterval is how often the node probes a transport that is a
+	// Pinger, and ProbeTimeout how long a probe may wait for its answer
+	// (defaults DefaultProbeInterval, DefaultProbeTimeout). A hung bus or
+	// store shows in Stats (Connected false) within about their sum.
+	ProbeInterval, ProbeTimeout time.Duration
+
+	// NegativeCacheSize bounds the session IDs remembered as missing from
+	// the store, and NegativeCacheTTL how long each is remembered
+	// (defaults DefaultNegativeCacheSize, DefaultNegativeCacheTTL): a dead
+	// ID presented again within the TTL costs no store lookup. A negative
+	// size disables the negative cache.
+	NegativeCacheSize int
+	NegativeCacheTTL  time.Duration
+
 	// RevocationFile, if set, is where the node keeps the revocations it
 	// has applied locally but not yet in the store and on the bus (sealed
 	// with the farm secret, mode 0600), written before RevokeSession
@@ -190,29 +203,35 @@ type Node struct {
 	keys     *keyring
 	instance uint64
 	q        *queue
+	sq       *queue // store writes, when they take a path of their own (see enqueue)
 	brk      breaker
 	sf       singleflight.Group
+	neg      *negCache // nil if disabled or without a store
 	log      *slog.Logger
 
-	unhook func()
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	heal   chan struct{}
+	busProbe, storeProbe *probe // nil: not a Pinger
+
+	unhook    func()
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	heal      chan struct{}
+	closeOnce sync.Once
+	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
 	connected atomic.Bool
 	ctr       nodeCounters
-	life      lifeCounters
-	revs      revocations
-	backlog   *backlog
+	lag       histogram
 
+	life     lifeCounters
+	revs     revocations
+	backlog  *backlog
 	deg      degradation
-	kids     chan item // store-only: parents whose live child to swap
-	recut    recuts
 	rotating atomic.Bool // ticket keys are farm-wide
+	kids     chan item   // store-only: parents whose live child to swap
+	recut    recuts
 
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
-	lag        histogram
 
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
@@ -235,7 +254,8 @@ var errDropped = errors.New("farm: dropped from a full queue")
 // Join joins cfg.Cache to the farm and returns at once: the node works
 // degraded (from its local cache) until the transport is reachable, then
 // catches up. It installs the farm's session ID keys and loader in the
-// cache and registers its hooks. ctx bounds the node's life as Close does.
+// cache and registers its hooks. ctx bounds the node's life: when it ends,
+// the node closes as if Close had been called.
 func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -262,6 +282,12 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if cfg.Records != nil {
+		if cfg.NegativeCacheSize > 0 {
+			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)
+		}
+		if !n.combined() {
+			n.sq = newQueue(cfg.QueueSize)
+		}
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 		if cfg.Cache.SingleUse() {
 			// A claim that times out after the store took the session
@@ -273,19 +299,40 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.loadRevocations(); err != nil {
 		return nil, err
 	}
+	n.initProbes()
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
 
-	ctx, n.cancel = context.WithCancel(ctx)
+	parent := ctx
+	ctx, n.cancel = context.WithCancel(context.WithoutCancel(parent))
 	n.wg.Add(4)
-	go n.publisher(ctx)
+	go n.drain(ctx, n.q, n.flush)
 	go n.listener(ctx)
 	go n.revoker(ctx)
 	go n.childKeeper(ctx)
+	if n.sq != nil {
+		n.wg.Add(1)
+		go n.drain(ctx, n.sq, n.flushStore)
+	}
 	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
 	}
+	if n.busProbe != nil || n.storeProbe != nil {
+		n.wg.Add(1)
+		go n.prober(ctx)
+	}
+	stop := context.AfterFunc(parent, func() { n.Close() })
+	n.stopWatch.Store(&stop)
 	return n, nil
+}
+
+// combined reports whether the bus and the store are one transport that
+// writes and publishes in one round trip: then one goroutine does both.
+// Otherwise each has its own, so that one failing never holds the other
+// back.
+func (n *Node) combined() bool {
+	_, ok := n.cfg.Bus.(Batcher)
+	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 
 func (cfg *Config) setDefaults() error {
@@ -340,6 +387,12 @@ func (cfg *Config) setDefaults() error {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
+	def(&cfg.ProbeInterval, DefaultProbeInterval)
+	def(&cfg.ProbeTimeout, DefaultProbeTimeout)
+	def(&cfg.NegativeCacheTTL, DefaultNegativeCacheTTL)
+	if cfg.NegativeCacheSize == 0 {
+		cfg.NegativeCacheSize = DefaultNegativeCacheSize
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -351,22 +404,27 @@ func (cfg *Config) setDefaults() error {
 
 // Close leaves the farm: it unregisters the hooks and the loader, stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
-// Revocations not yet applied farm-wide get one more try, bounded by
-// OpTimeout; what is still pending then stays in Config.RevocationFile, if
-// set, for the next Join.
+// Close may be called more than once; the end of Join's context calls it.
 func (n *Node) Close() error {
-	n.unhook()
-	if n.cfg.Records != nil {
-		n.cfg.Cache.SetLoader(nil, 0)
-		n.cfg.Cache.SetClaimer(nil, 0)
-	}
-	n.cancel()
-	n.wg.Wait()
-	if n.PendingRevocations() > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
-		n.drainRevocations(ctx)
-		cancel()
-	}
+	n.closeOnce.Do(func() {
+		n.unhook()
+		if n.cfg.Records != nil {
+			n.cfg.Cache.SetLoader(nil, 0)
+			n.cfg.Cache.SetClaimer(nil, 0)
+		}
+		n.cancel()
+		n.wg.Wait()
+		if n.PendingRevocations() > 0 {
+			// One more try, bounded; what is left stays in
+			// Config.RevocationFile, if set, for the next Join.
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			n.drainRevocations(ctx)
+			cancel()
+		}
+		if stop := n.stopWatch.Load(); stop != nil {
+			(*stop)()
+		}
+	})
 	return nil
 }
 
@@ -379,11 +437,11 @@ func (n *Node) onEvent(ev session.Event) {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
 		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
-			n.q.push(it)
+			n.enqueue(it)
 			return
 		}
 		it.done = make(chan error, 1)
-		n.q.push(it)
+		n.enqueue(it)
 		t := time.NewTimer(n.cfg.WriteThroughTimeout)
 		defer t.Stop()
 		n.ctr.writeThrough.Add(1)
@@ -426,32 +484,59 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	return true, nil
 }
 
-// publisher drains the queue in batches: each batch is written to the store
-// and published to the bus concurrently.
-func (n *Node) publisher(ctx context.Context) {
+// enqueue queues it for publishing. Where the store has a path of its own
+// (n.sq), the bus's part goes to n.q and the store's to n.sq; the
+// write-through waiter goes with the store's part.
+func (n *Node) enqueue(it item) {
+	if n.sq == nil {
+		n.q.push(it)
+		return
+	}
+	if it.op != opNew {
+		// Retirements and cuts are published and written; restores
+		// only written.
+		if it.op != opRestore {
+			n.q.push(it)
+		}
+		n.sq.push(it)
+		return
+	}
+	if it.rev != nil || n.cfg.Mode == Broadcast {
+		b := it
+		b.done = nil
+		n.q.push(b)
+	}
+	n.sq.push(it)
+}
+
+// drain empties q in batches through flush (the bus's path, which also
+// writes the store when sq is nil, or the store's), backing off on its own
+// while flush fails.
+func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, []item) bool) {
 	defer n.wg.Done()
 	var batch []item
 	failures := 0
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
+	catchUp := q == n.storeQueue()
 	for {
 		batch = batch[:0]
-		if n.backlog.len() > 0 {
+		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
-			batch, _ = n.q.pop(done, batch, n.cfg.BatchSize)
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
 				continue
 			}
 		} else {
 			var err error
-			batch, err = n.q.pop(ctx, batch, n.cfg.BatchSize)
+			batch, err = q.pop(ctx, batch, n.cfg.BatchSize)
 			if err != nil {
 				return
 			}
 		}
-		if n.flush(ctx, batch) {
+		if flush(ctx, batch) {
 			failures = 0
 			continue
 		}
@@ -474,99 +559,26 @@ func backoff(failures int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// flush publishes one batch and reports whether every part succeeded.
+// flush publishes one batch and reports whether every part succeeded. It
+// also writes the batch to the store unless the store has a path of its
+// own (flushStore).
 func (n *Node) flush(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
-	var news []sessionItem
-	var revs []revocation
+	msgs, news, nrevs := n.busMessages(hdr, batch)
 	var puts []Item
 	var dels []string
-	var cuts []cut
-	var restores []item
-	for _, it := range batch {
-		switch it.op {
-		case opRetire:
-			dels = append(dels, sessionKey(it.id))
-			cuts = append(cuts, cut{id: it.id})
-			continue
-		case opCut:
-			if n.cfg.Mode == StoreOnly {
-				// Broadcast peers cut the parent when they insert the
-				// child; store-only peers hear of the cut only so. The
-				// store keeps the parent's live child: written in this
-				// batch on a first resumption; swapped (off this path)
-				// when another node had resumed the parent already.
-				cuts = append(cuts, cut{id: it.id, until: it.until})
-				again := n.wasRecut(it.id)
-				n.noteRecut(it.id, it.until)
-				if again {
-					select {
-					case n.kids <- it:
-					default:
-						n.life.childLinksDropped.Add(1)
-					}
-				} else if ttl := it.until.Sub(now); ttl > 0 && n.cfg.Records != nil && it.child != (session.ID{}) {
-					puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: bytes.Clone(it.child[:]), TTL: ttl})
-				}
+	var revs []revocation
+	switch {
+	case n.sq != nil:
+	case n.cfg.Records != nil:
+		puts, dels, revs = n.storeItems(hdr, batch, now)
+	case n.cfg.Coord != nil: // no records: only the tombstones are kept
+		for _, it := range batch {
+			if it.rev != nil {
+				revs = append(revs, *it.rev)
 			}
-			if n.cfg.Records == nil {
-				continue
-			}
-			// Rewrite the parent with its cut lifetime, so that a node
-			// that loads it later gets the cut too.
-			rec, ok := n.cfg.Cache.Lookup(it.id)
-			if !ok {
-				continue
-			}
-			if ttl := rec.Expires.Sub(now); ttl > 0 {
-				if body, err := rec.AppendBinary(nil); err == nil {
-					hdr.typ = msgStored
-					puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
-				}
-			}
-			continue
-		case opRestore:
-			if n.cfg.Records != nil {
-				restores = append(restores, it)
-			}
-			continue
 		}
-		if it.rev != nil {
-			revs = append(revs, *it.rev)
-			dels = append(dels, sessionKey(it.id))
-			continue
-		}
-		news = append(news, sessionItem{id: it.id, rec: it.rec})
-		if n.cfg.Records != nil {
-			ttl := it.rec.Expires.Sub(now)
-			if ttl <= 0 {
-				continue
-			}
-			body, err := it.rec.AppendBinary(nil)
-			if err != nil {
-				continue
-			}
-			hdr.typ = msgStored
-			puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
-		}
-	}
-
-	var msgs [][]byte
-	if n.cfg.Mode == Broadcast && len(news) > 0 {
-		body, err := appendSessions(nil, news)
-		if err == nil {
-			hdr.typ = msgSessions
-			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
-		}
-	}
-	if len(revs) > 0 {
-		hdr.typ = msgRevoke
-		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
-	}
-	if len(cuts) > 0 {
-		hdr.typ = msgCut
-		msgs = append(msgs, n.keys.seal(nil, hdr, appendCuts(nil, cuts), nil))
 	}
 
 	// The store write and the publish go out at once: in one round trip
@@ -581,8 +593,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || len(restores) > 0) || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && len(restores) == 0 && any(n.cfg.Bus) == any(n.cfg.Records) {
+	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
+	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -596,8 +609,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				defer wg.Done()
 				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
-				for _, it := range restores {
-					if err := n.restore(sctx, hdr, it.id, it.rec); err != nil && storeErr == nil {
+				if restores {
+					if err := n.restoreAll(sctx, hdr, batch); storeErr == nil {
 						storeErr = err
 					}
 				}
@@ -614,22 +627,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if (stored && storeErr != nil) || (n.cfg.Records == nil && pubErr != nil) {
-		// Keep the new sessions for when the transport returns, oldest
-		// first so that the backlog hands the newest back first.
-		kept := make([]item, 0, len(news))
-		for _, it := range batch {
-			if it.op == opNew && it.rev == nil {
-				kept = append(kept, it)
-			}
-		}
-		slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
-		for _, it := range kept {
-			n.backlog.push(it)
-		}
-	}
 	if stored && ctx.Err() == nil {
-		n.setStoreFailing(storeErr != nil)
+		n.storeOutcome(batch, storeErr)
+	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
+		n.keepForLater(batch) // no store: the bus is the only way to the farm
 	}
 	if stored {
 		if storeErr != nil {
@@ -652,15 +653,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", pubErr)
 			}
 		} else {
-			n.ctr.published.Add(uint64(len(news)))
-			n.ctr.publishedRevocations.Add(uint64(len(revs)))
-			for _, c := range cuts {
-				if c.until.IsZero() {
-					n.life.retiresSent.Add(1)
-				} else {
-					n.life.cutsSent.Add(1)
-				}
-			}
+			n.ctr.published.Add(uint64(news))
+			n.ctr.publishedRevocations.Add(uint64(nrevs))
 			n.ctr.publishErrLogged.Store(false)
 		}
 	}
@@ -765,8 +759,13 @@ func (n *Node) receive(msg []byte) {
 				n.ctr.insertRefused.Add(1)
 				continue
 			}
+			if n.neg != nil {
+				n.neg.remove(it.id)
+			}
 			n.ctr.inserted.Add(1)
 		}
+	case msgCut:
+		n.receiveCuts(body)
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
@@ -777,8 +776,6 @@ func (n *Node) receive(msg []byte) {
 			n.ctr.receivedRevocations.Add(1)
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 		}
-	case msgCut:
-		n.receiveCuts(body)
 	default:
 		n.handlersMu.Lock()
 		fn := n.handlers[h.typ]
@@ -792,28 +789,55 @@ func (n *Node) receive(msg []byte) {
 }
 
 // handle registers fn for authentic bus messages of type t (used by the key
-// rotation protocol).
+// rotation protocol); a nil fn unregisters.
 func (n *Node) handle(t msgType, fn func(header, []byte)) {
 	n.handlersMu.Lock()
-	n.handlers[t] = fn
+	if fn == nil {
+		delete(n.handlers, t)
+	} else {
+		n.handlers[t] = fn
+	}
 	n.handlersMu.Unlock()
 }
 
 // load is the cache's loader: a store lookup, one at a time per ID. While
-// the store is failing (the breaker is open), it does not try: a handshake
-// should not pay the lookup deadline to learn what the last ones learned.
+// the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
+// last ones learned. Nor does it for an ID the store did not have a moment
+// ago (the negative cache).
+//
+// Concurrent handshakes presenting one ID share one lookup, which runs
+// under a context of its own (the lookup deadline, detached from any one
+// client): each handshake gives up on its own ctx, and one client hanging
+// up does not fail the others.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
-	if !n.brk.allow(n.cfg.Now()) {
+	now := n.cfg.Now()
+	if n.neg != nil && n.neg.has(id, now) {
+		n.ctr.negativeHits.Add(1)
+		return nil, nil
+	}
+	if !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}
-	v, err, _ := n.sf.Do(string(id[:]), func() (any, error) {
-		rec, err := n.fetch(ctx, id)
+	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.LookupTimeout)
+		defer cancel()
+		rec, err := n.fetch(lctx, id)
 		n.brk.record(err == nil, n.cfg.Now())
+		if err == nil && rec == nil && n.neg != nil {
+			n.neg.add(id, n.cfg.Now())
+		}
 		return rec, err
 	})
-	if err != nil {
-		return nil, err
+	var v any
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		v = r.Val
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 	rec, _ := v.(*session.Record)
 	if rec == nil {
@@ -882,6 +906,10 @@ func (n *Node) readTombstones(ctx context.Context) {
 	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
 	if err != nil {
 		return
+	}
+	if len(members) >= MaxSetMembers {
+		n.ctr.tombstonesTruncated.Add(1)
+		members = members[:MaxSetMembers]
 	}
 	for _, m := range members {
 		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)

@@ -152,9 +152,11 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	return r, nil
 }
 
-// Close stops the rotator and releases the lease if this node holds it, so
-// that another node can take over at once.
+// Close stops the rotator, unregisters its handler of key announcements,
+// and releases the lease if this node holds it, so that another node can
+// take over at once.
 func (r *Rotator) Close() error {
+	r.n.handle(msgKeys, nil)
 	r.cancel()
 	<-r.done
 	if r.holder.Load() {

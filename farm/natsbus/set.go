@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/farm"
 )
 
 // setMemberKey returns the KV key of member in the set at key: one token
@@ -69,7 +71,9 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		switch {
 		case !ok:
 		case int64(until) > now.UnixMilli():
-			members = append(members, member)
+			if len(members) < farm.MaxSetMembers {
+				members = append(members, member)
+			}
 		default:
 			lapsed = append(lapsed, e.Key())
 		}
