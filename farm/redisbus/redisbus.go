@@ -354,16 +354,17 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 
 // TakeRecord implements farm.RecordTaker with GETDEL: one atomic command.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
-	b, err := t.c.GetDel(ctx, t.prefix+key).Bytes()
+	b, err := t.c.GetDel(ctx, t.RecordKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, farm.ErrNotFound
 	}
-	return b, err
+	return b, t.failed(err)
 }
 
 // AddRecord implements farm.RecordTaker: SET key value NX PX ttl.
 func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
-	return t.c.SetNX(ctx, t.prefix+it.Key, it.Value, it.TTL).Result()
+	ok, err := t.c.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
+	return ok, t.failed(err)
 }
 
 // SetNX implements farm.Coordinator: SET key value NX PX ttl.
