@@ -3,7 +3,6 @@ package farm
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 )
 
@@ -44,10 +43,8 @@ func limitOf(v any) int {
 }
 
 // busMessages seals the bus messages of batch: its new sessions (in
-// broadcast mode), its revocations, and its retirements and grace cuts
-// (msgCut; cuts only in store-only mode, where peers do not learn of them
-// from the child), each kind split into as many messages as the size limit
-// needs. A session that cannot be encoded, or
+// broadcast mode) and its revocations, each kind split into as many
+// messages as the size limit needs. A session that cannot be encoded, or
 // that alone exceeds the limit, is left out and counted (Stats.Unencodable):
 // it never costs its neighbours their delivery. It returns the messages and
 // the numbers of sessions and revocations they carry.
@@ -100,83 +97,28 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 	if len(body) > 0 {
 		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
 	}
-	hdr.typ = msgCut
-	body = body[:0]
-	for i := range batch {
-		it := &batch[i]
-		var c cut
-		switch {
-		case it.op == opRetire:
-			c = cut{id: it.id}
-		case it.op == opCut && n.cfg.Mode == StoreOnly:
-			// Broadcast peers cut the parent when they insert the child;
-			// store-only peers hear of the cut only so.
-			c = cut{id: it.id, until: it.until}
-		default:
-			continue
-		}
-		if len(body)+cutLen > limit {
-			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
-			body = body[:0]
-		}
-		body = appendCuts(body, []cut{c})
-	}
-	if len(body) > 0 {
-		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
-	}
-	return msgs, news, revs
+	return n.cutMessages(hdr, batch, limit, msgs), news, revs
 }
 
-// storeItems returns the store's part of batch: the new sessions to put
-// (and the parents of resumed sessions, rewritten with their cut
-// lifetime), the keys of revoked and retired sessions to delete, and the
-// revocations to record. Released claims (opRestore) are not among them:
-// see restoresOf. A session that cannot be encoded, or whose value would
-// exceed the store's limit, is left out, counted and marked opDropped, and
-// its write-through waiter is told at once. In store-only mode it also
-// hands each cut parent to the childKeeper.
+// storeItems returns the store's part of batch: the new sessions to put,
+// the keys of revoked sessions to delete, and the revocations to record. A
+// session that cannot be encoded, or whose value would exceed the store's
+// limit, is left out, counted and marked opDropped (so that it never enters
+// the backlog), and its write-through waiter is told at once. Retirements
+// and cuts add their part through lifecycleStoreItems; released claims are
+// written by restoreAll.
 func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item, dels []string, revs []revocation) {
 	limit := limitOf(n.cfg.Records)
 	hdr.typ = msgStored
 	for i := range batch {
 		it := &batch[i]
-		switch it.op {
-		case opRetire:
-			dels = append(dels, sessionKey(it.id))
-			continue
-		case opRestore, opDropped:
-			continue
-		case opCut:
-			if n.cfg.Mode == StoreOnly {
-				// The store keeps the parent's live child (off this path).
-				select {
-				case n.kids <- *it:
-				default:
-					n.life.childLinksDropped.Add(1)
-				}
-			}
-			// Rewrite the parent with its cut lifetime, so that a node
-			// that loads it later gets the cut too.
-			rec, ok := n.cfg.Cache.Lookup(it.id)
-			if !ok {
-				continue
-			}
-			ttl := rec.Expires.Sub(now)
-			if ttl <= 0 {
-				continue
-			}
-			body, err := rec.AppendBinary(nil)
-			if err != nil {
-				continue
-			}
-			if v := n.keys.seal(nil, hdr, body, it.id[:]); len(v) <= limit {
-				puts = append(puts, Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
-			}
-			continue
-		}
 		if it.rev != nil {
 			revs = append(revs, *it.rev)
 			dels = append(dels, sessionKey(it.id))
+			continue
+		}
+		if it.op != opNew {
+			puts, dels = n.lifecycleStoreItems(hdr, it, now, puts, dels)
 			continue
 		}
 		ttl := it.rec.Expires.Sub(now)
@@ -202,63 +144,23 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 	return puts, dels, revs
 }
 
-// restoresOf returns the released claims (opRestore) in batch.
-func restoresOf(batch []item) []item {
-	var out []item
-	for _, it := range batch {
-		if it.op == opRestore {
-			out = append(out, it)
-		}
-	}
-	return out
-}
-
-// restoreAll puts back the sessions of released claims, and returns the
-// first error.
-func (n *Node) restoreAll(ctx context.Context, hdr header, restores []item) error {
-	var first error
-	for _, it := range restores {
-		if err := n.restore(ctx, hdr, it.id, it.rec); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// keepBacklog keeps the new sessions of a batch that did not reach the
-// farm, for when the transport returns, oldest first so that the backlog
-// hands the newest back first.
-func (n *Node) keepBacklog(batch []item) {
-	var kept []item
-	for _, it := range batch {
-		if it.op == opNew && it.rev == nil {
-			kept = append(kept, it)
-		}
-	}
-	slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
-	for _, it := range kept {
-		n.backlog.push(it)
-	}
-}
-
 // flushStore writes one batch to the store, on the store's own path: a
 // store that fails or hangs delays only this path (at most OpTimeout a
 // batch, then backoff), never the bus. It tries whatever the health probe
 // says: a probe that fails on a loaded machine must not cost sessions.
-// The new sessions of a batch that fails go to the backlog, which this
-// path replays (drain).
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
-	restores := restoresOf(batch)
-	work := len(puts) > 0 || len(dels) > 0 || len(revs) > 0 || len(restores) > 0
+	restores := hasOp(batch, opRestore)
 	var err error
-	if work {
+	if len(puts) > 0 || len(revs) > 0 || len(dels) > 0 || restores {
 		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err = n.storeBatch(sctx, hdr, puts, dels, revs)
-		if rerr := n.restoreAll(sctx, hdr, restores); rerr != nil && err == nil {
-			err = rerr
+		if restores {
+			if rerr := n.restoreAll(sctx, hdr, batch); err == nil {
+				err = rerr
+			}
 		}
 		cancel()
 	}
@@ -267,14 +169,13 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 			it.done <- err
 		}
 	}
-	if !work {
+	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true
 	}
 	if ctx.Err() == nil {
-		n.setStoreFailing(err != nil)
+		n.storeOutcome(batch, err)
 	}
 	if err != nil {
-		n.keepBacklog(batch)
 		n.ctr.storeWriteErrors.Add(1)
 		if ctx.Err() == nil {
 			n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", err)

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +53,61 @@ type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
 	childLinksDropped                                 atomic.Uint64
+}
+
+// recuts remembers, in store-only mode, parents known to have been resumed
+// within their grace already: cut by this node, cut by a peer (a cut
+// message), or loaded from the store already cut. Resuming one of them
+// again must replace the child the earlier resumption made (see
+// childKeeper); a first resumption only records its child, in the batch.
+// Entries lapse with the grace period; the map is bounded.
+type recuts struct {
+	mu sync.Mutex
+	m  map[session.ID]time.Time
+}
+
+const maxRecuts = 1 << 16
+
+// noteRecut records that id was resumed (cut to end at until).
+func (n *Node) noteRecut(id session.ID, until time.Time) {
+	if n.cfg.Mode != StoreOnly {
+		return
+	}
+	r := &n.recut
+	now := n.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = make(map[session.ID]time.Time)
+	}
+	if len(r.m) >= maxRecuts {
+		for k, u := range r.m {
+			if !u.After(now) {
+				delete(r.m, k)
+			}
+		}
+		if len(r.m) >= maxRecuts {
+			clear(r.m)
+		}
+	}
+	r.m[id] = until
+}
+
+// noteLoaded records id if its record, just loaded, ends within the grace
+// period (plus a second): someone resumed it already.
+func (n *Node) noteLoaded(id session.ID, expires time.Time) {
+	grace := n.cfg.Cache.ResumeGrace()
+	if grace > 0 && expires.Sub(n.cfg.Now()) <= grace+time.Second {
+		n.noteRecut(id, expires)
+	}
+}
+
+func (n *Node) wasRecut(id session.ID) bool {
+	r := &n.recut
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.m[id]
+	return ok && u.After(n.cfg.Now())
 }
 
 func (c *lifeCounters) snapshot() LifecycleStats {
@@ -220,6 +277,7 @@ func (n *Node) receiveCuts(body []byte) {
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
+		n.noteRecut(c.id, c.until)
 	}
 }
 
@@ -285,4 +343,141 @@ func (n *Node) childKeeper(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// hasOp reports whether batch holds an item of kind op.
+func hasOp(batch []item, op itemOp) bool {
+	for i := range batch {
+		if batch[i].op == op {
+			return true
+		}
+	}
+	return false
+}
+
+// cutMessages appends to msgs the cut messages of batch: retirements (both
+// modes) and grace cuts (store-only: broadcast peers cut a parent when they
+// insert its child).
+func (n *Node) cutMessages(hdr header, batch []item, limit int, msgs [][]byte) [][]byte {
+	hdr.typ = msgCut
+	var body []byte
+	for i := range batch {
+		it := &batch[i]
+		var c cut
+		switch {
+		case it.op == opRetire:
+			c = cut{id: it.id}
+		case it.op == opCut && n.cfg.Mode == StoreOnly:
+			c = cut{id: it.id, until: it.until}
+		default:
+			continue
+		}
+		if len(body)+cutLen > limit {
+			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+			body = body[:0]
+		}
+		body = appendCuts(body, []cut{c})
+	}
+	if len(body) > 0 {
+		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+	}
+	return msgs
+}
+
+// countCutsSent counts the retirements and cuts of a batch whose messages
+// were published.
+func (n *Node) countCutsSent(batch []item) {
+	for i := range batch {
+		switch it := &batch[i]; {
+		case it.op == opRetire:
+			n.life.retiresSent.Add(1)
+		case it.op == opCut && n.cfg.Mode == StoreOnly:
+			n.life.cutsSent.Add(1)
+		}
+	}
+}
+
+// lifecycleStoreItems adds the store's part of a retirement or a cut to
+// puts and dels: a retired session's record goes; a resumed parent's
+// record is rewritten with its cut lifetime (so that a node that loads it
+// later gets the cut too), and in store-only mode its live child is
+// recorded — in this batch on a first resumption, off this path (swapped,
+// retiring the one it replaces) when the parent was resumed before.
+func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []Item, dels []string) ([]Item, []string) {
+	switch it.op {
+	case opRetire:
+		dels = append(dels, sessionKey(it.id))
+	case opCut:
+		if n.cfg.Mode == StoreOnly {
+			again := n.wasRecut(it.id)
+			n.noteRecut(it.id, it.until)
+			if again {
+				select {
+				case n.kids <- *it:
+				default:
+					n.life.childLinksDropped.Add(1)
+				}
+			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
+				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+			}
+		}
+		rec, ok := n.cfg.Cache.Lookup(it.id)
+		if !ok {
+			break
+		}
+		if ttl := rec.Expires.Sub(now); ttl > 0 {
+			if body, err := rec.AppendBinary(nil); err == nil {
+				hdr.typ = msgStored
+				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+			}
+		}
+	}
+	return puts, dels
+}
+
+// restoreAll puts back the sessions of the batch's released claims.
+func (n *Node) restoreAll(ctx context.Context, hdr header, batch []item) error {
+	var first error
+	for i := range batch {
+		if it := &batch[i]; it.op == opRestore {
+			if err := n.restore(ctx, hdr, it.id, it.rec); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// storeOutcome records the outcome of a store write: on failure the new
+// sessions of the batch are kept for when the store returns, and the node
+// falls back to farm tickets (see updateFallback) until a write succeeds.
+func (n *Node) storeOutcome(batch []item, err error) {
+	if err != nil {
+		n.keepForLater(batch)
+	}
+	n.setStoreFailing(err != nil)
+}
+
+// keepForLater puts the batch's new sessions in the backlog, oldest first
+// so that the backlog hands the newest back first.
+func (n *Node) keepForLater(batch []item) {
+	var kept []item
+	for _, it := range batch {
+		if it.op == opNew && it.rev == nil {
+			kept = append(kept, it)
+		}
+	}
+	slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
+	for _, it := range kept {
+		n.backlog.push(it)
+	}
+}
+
+// storeQueue is the queue whose batches write to the store (the only one,
+// when bus and store share a path or there is no store).
+func (n *Node) storeQueue() *queue {
+	if n.sq != nil {
+		return n.sq
+	}
+	return n.q
 }

@@ -243,9 +243,13 @@ func storeSessions(t *testing.T, url string, m *farmtest.Member) int {
 	}
 	c := redis.NewClient(opt)
 	defer c.Close()
-	keys, err := c.Keys(t.Context(), transport(m).Key("s:")+"*").Result()
+	pattern := strings.TrimSuffix(transport(m).RecordKey("s:"), "}") + "*"
+	keys, err := c.Keys(t.Context(), pattern).Result()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(keys) == 0 {
+		t.Fatalf("no session records under %q", pattern)
 	}
 	return len(keys)
 }

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -79,9 +80,10 @@ func TestCutsSplitWithinLimit(t *testing.T) {
 }
 
 // TestStoreItemsLifecycle: the store's part of a batch deletes retired
-// sessions, rewrites a cut parent with its cut lifetime, leaves released
-// claims to restoreAll, and keeps an unencodable session out of the
-// backlog.
+// sessions, rewrites a cut parent with its cut lifetime, records (store
+// only) the first child in the batch and hands a second one to the
+// childKeeper, leaves released claims to restoreAll, and keeps an
+// unencodable session out of the backlog.
 func TestStoreItemsLifecycle(t *testing.T) {
 	cache, err := session.New(&session.Config{ResumeGrace: 30 * time.Second})
 	if err != nil {
@@ -89,7 +91,7 @@ func TestStoreItemsLifecycle(t *testing.T) {
 	}
 	defer cache.Close()
 	now := time.Now()
-	n := &Node{cfg: Config{Farm: "f1", Cache: cache, Mode: StoreOnly, QueueSize: 16}, keys: testKeyring(t, "f1"), backlog: newBacklog(16), kids: make(chan item, 4)}
+	n := &Node{cfg: Config{Farm: "f1", Cache: cache, Mode: StoreOnly, QueueSize: 16, Now: time.Now}, keys: testKeyring(t, "f1"), backlog: newBacklog(16), kids: make(chan item, 4)}
 	parent := cache.NewID()
 	if err := cache.Insert(parent, session.Record{State: []byte("p"), Expires: now.Add(time.Hour)}, session.OriginPeer); err != nil {
 		t.Fatal(err)
@@ -112,24 +114,32 @@ func TestStoreItemsLifecycle(t *testing.T) {
 	for _, p := range puts {
 		got[p.Key] = p.TTL
 	}
-	if len(puts) != 2 || got[sessionKey(fresh)] == 0 {
-		t.Fatalf("puts %v, want the new session and the cut parent", got)
+	link := childKeyPrefix + hex.EncodeToString(parent[:])
+	if len(puts) != 3 || got[sessionKey(fresh)] == 0 || got[link] == 0 {
+		t.Fatalf("puts %v, want the new session, the cut parent and its child link", got)
 	}
 	if ttl := got[sessionKey(parent)]; ttl <= 0 || ttl > 31*time.Second {
 		t.Fatalf("cut parent stored for %v, want its grace (30s)", ttl)
 	}
-	if r := restoresOf(batch); len(r) != 1 || r[0].id != restored {
-		t.Fatalf("restores %v", r)
+	if !hasOp(batch, opRestore) || hasOp(batch[:2], opRestore) {
+		t.Fatal("hasOp")
 	}
 	select {
+	case <-n.kids:
+		t.Fatal("a first resumption went to the childKeeper")
+	default:
+	}
+	// The parent resumed again: the childKeeper swaps the child.
+	n.storeItems(header{time: now, farm: "f1"}, []item{{id: parent, op: opCut, until: until, child: cache.NewID()}}, now)
+	select {
 	case it := <-n.kids:
-		if it.id != parent || it.child != fresh {
+		if it.id != parent {
 			t.Fatal("wrong child link handed to the childKeeper")
 		}
 	default:
-		t.Fatal("store-only cut not handed to the childKeeper")
+		t.Fatal("a second store-only resumption not handed to the childKeeper")
 	}
-	n.keepBacklog(batch)
+	n.keepForLater(batch)
 	if l, _ := n.backlog.stats(); l != 1 {
 		t.Fatalf("backlog holds %d items, want only the encodable new session", l)
 	}

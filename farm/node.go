@@ -145,20 +145,6 @@ type Config struct {
 	// also re-reads them each time the bus reconnects.
 	HealInterval time.Duration
 
-	// RevocationFile, if set, is where the node keeps the revocations it
-	// has applied locally but not yet in the store and on the bus (sealed
-	// with the farm secret, mode 0600), written before RevokeSession
-	// returns and read back by Join, so that a revocation survives a
-	// restart of the node during an outage.
-	RevocationFile string
-
-	// FallbackTicketLifetime is the lifetime of the stateless tickets a
-	// node issues instead of cached sessions while it cannot reach the
-	// farm (default DefaultFallbackTicketLifetime; negative: never). It
-	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
-	// never for a single-use cache: see session.Cache.SetTicketFallback.
-	FallbackTicketLifetime time.Duration
-
 	// ProbeInterval is how often the node probes a transport that is a
 	// Pinger, and ProbeTimeout how long a probe may wait for its answer
 	// (defaults DefaultProbeInterval, DefaultProbeTimeout). A hung bus or
@@ -172,6 +158,20 @@ type Config struct {
 	// size disables the negative cache.
 	NegativeCacheSize int
 	NegativeCacheTTL  time.Duration
+
+	// RevocationFile, if set, is where the node keeps the revocations it
+	// has applied locally but not yet in the store and on the bus (sealed
+	// with the farm secret, mode 0600), written before RevokeSession
+	// returns and read back by Join, so that a revocation survives a
+	// restart of the node during an outage.
+	RevocationFile string
+
+	// FallbackTicketLifetime is the lifetime of the stateless tickets a
+	// node issues instead of cached sessions while it cannot reach the
+	// farm (default DefaultFallbackTicketLifetime; negative: never). It
+	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
+	// never for a single-use cache: see session.Cache.SetTicketFallback.
+	FallbackTicketLifetime time.Duration
 
 	// Logger receives the node's log lines (default slog.Default()). No key
 	// or session secret is ever logged.
@@ -220,17 +220,18 @@ type Node struct {
 
 	connected atomic.Bool
 	ctr       nodeCounters
-	life      lifeCounters
-	revs      revocations
-	backlog   *backlog
+	lag       histogram
 
+	life     lifeCounters
+	revs     revocations
+	backlog  *backlog
 	deg      degradation
-	kids     chan item   // store-only: parents whose live child to record
 	rotating atomic.Bool // ticket keys are farm-wide
+	kids     chan item   // store-only: parents whose live child to swap
+	recut    recuts
 
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
-	lag        histogram
 
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
@@ -406,9 +407,8 @@ func (cfg *Config) setDefaults() error {
 // Close leaves the farm: it unregisters the hooks and the loader, stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
 // Revocations not yet applied farm-wide get one more try, bounded by
-// OpTimeout; what is still pending then stays in Config.RevocationFile, if
-// set, for the next Join. Close may be called more than once; the end of
-// Join's context calls it.
+// OpTimeout. Close may be called more than once; the end of Join's context
+// calls it.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
@@ -419,6 +419,8 @@ func (n *Node) Close() error {
 		n.cancel()
 		n.wg.Wait()
 		if n.PendingRevocations() > 0 {
+			// One more try, bounded; what is left stays in
+			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.drainRevocations(ctx)
 			cancel()
@@ -491,7 +493,10 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 // write-through waiter goes with the store's part. Only what has a bus
 // part goes to n.q: revocations, new sessions in broadcast mode,
 // retirements, and grace cuts in store-only mode (see busMessages); a
-// released claim (opRestore) is the store's alone.
+// released claim (opRestore) is the store's alone. Lifecycle items must
+// come through here too, never straight to n.q: on the store's own path
+// (a bus that is not also a Batcher store, such as NATS) n.q never writes
+// the store.
 func (n *Node) enqueue(it item) {
 	if n.sq == nil {
 		n.q.push(it)
@@ -504,7 +509,7 @@ func (n *Node) enqueue(it item) {
 	case opRetire:
 		bus = true
 	case opCut:
-		bus = n.cfg.Mode == StoreOnly
+		bus = n.cfg.Mode == StoreOnly // broadcast peers cut on the child
 	}
 	if bus {
 		b := it
@@ -521,21 +526,15 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 	defer n.wg.Done()
 	var batch []item
 	failures := 0
-	// The backlog of sessions that did not reach the farm is replayed by
-	// the path that records its failures: the store's own path if it has
-	// one, else the combined one (see flush and flushStore).
-	var bl *backlog
-	if q == n.sq || n.sq == nil {
-		bl = n.backlog
-	}
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
+	catchUp := q == n.storeQueue()
 	for {
 		batch = batch[:0]
-		if bl != nil && bl.len() > 0 {
+		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
-			batch = bl.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
+			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
 				continue
@@ -580,12 +579,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var puts []Item
 	var dels []string
 	var revs []revocation
-	var restores []item
 	switch {
 	case n.sq != nil:
 	case n.cfg.Records != nil:
 		puts, dels, revs = n.storeItems(hdr, batch, now)
-		restores = restoresOf(batch)
 	case n.cfg.Coord != nil: // no records: only the tombstones are kept
 		for _, it := range batch {
 			if it.rev != nil {
@@ -606,8 +603,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || len(restores) > 0) || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && len(restores) == 0 && n.combined() {
+	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
+	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -621,8 +619,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				defer wg.Done()
 				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
-				if err := n.restoreAll(sctx, hdr, restores); err != nil && storeErr == nil {
-					storeErr = err
+				if restores {
+					if err := n.restoreAll(sctx, hdr, batch); storeErr == nil {
+						storeErr = err
+					}
 				}
 				cancel()
 				release()
@@ -637,13 +637,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if (stored && storeErr != nil) || (n.cfg.Records == nil && pubErr != nil) {
-		// Without a path of its own for the store, this one records what
-		// did not reach the farm, and replays it (drain).
-		n.keepBacklog(batch)
-	}
 	if stored && ctx.Err() == nil {
-		n.setStoreFailing(storeErr != nil)
+		n.storeOutcome(batch, storeErr)
+	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
+		n.keepForLater(batch) // no store: the bus is the only way to the farm
 	}
 	if stored {
 		if storeErr != nil {
@@ -668,14 +665,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		} else {
 			n.ctr.published.Add(uint64(news))
 			n.ctr.publishedRevocations.Add(uint64(nrevs))
-			for _, it := range batch {
-				switch {
-				case it.op == opRetire:
-					n.life.retiresSent.Add(1)
-				case it.op == opCut && n.cfg.Mode == StoreOnly:
-					n.life.cutsSent.Add(1)
-				}
-			}
+			n.countCutsSent(batch)
 			n.ctr.publishErrLogged.Store(false)
 		}
 	}
@@ -785,6 +775,8 @@ func (n *Node) receive(msg []byte) {
 			}
 			n.ctr.inserted.Add(1)
 		}
+	case msgCut:
+		n.receiveCuts(body)
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
@@ -795,8 +787,6 @@ func (n *Node) receive(msg []byte) {
 			n.ctr.receivedRevocations.Add(1)
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 		}
-	case msgCut:
-		n.receiveCuts(body)
 	default:
 		n.handlersMu.Lock()
 		fn := n.handlers[h.typ]
@@ -865,6 +855,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		return nil, nil
 	}
 	cp := *rec // each caller gets its own record; State is shared, read-only
+	n.noteLoaded(id, cp.Expires)
 	return &cp, nil
 }
 

@@ -268,7 +268,7 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 // refused because the key changed (it was rewritten) is retried from the
 // read, a few times.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
-	m0, s, err := t.openRecords(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -276,26 +276,26 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	for range 3 {
 		e, err := t.get(ctx, s, s.pre+k)
 		if err != nil {
-			return nil, t.check(m0, "take", err)
+			return nil, t.check(m, "take", err)
 		}
 		if !e.present {
 			return nil, farm.ErrNotFound
 		}
-		m, opts := t.purgeMessage(s, k)
+		msg, opts := t.purgeMessage(s, k)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		_, err = t.js.PublishMsg(ctx, m, opts...)
+		_, err = t.js.PublishMsg(ctx, msg, opts...)
 		if err == nil {
 			return e.value, nil
 		}
 		if !wrongLastSequence(err) {
-			return nil, t.check(m0, "take", err)
+			return nil, t.check(m, "take", err)
 		}
 	}
 	return nil, farm.ErrNotFound
 }
 
-// AddRecord implements farm.RecordTaker as SetNX does, where the session
-// records live.
+// AddRecord implements farm.RecordTaker as SetNX does, in the records'
+// bucket.
 func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -332,8 +332,8 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 	return t.swapIn(ctx, s, s, op, key, old, new, ttl)
 }
 
-// swapIn is swap in bucket s, whose errors are checked against the main
-// bucket m.
+// swapIn is swap in bucket s (m: the transport's main bucket state, for
+// error checks).
 func (t *Transport) swapIn(ctx context.Context, m, s *bucketState, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	k := kvKey(key)
 	val := encodeValue(ttlMillis(ttl), new)
