@@ -381,7 +381,7 @@ func (n *Node) onEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
-		if !n.cfg.WriteThrough || !n.storeProbe.healthy() || !n.brk.allow(n.cfg.Now()) {
+		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
 			n.enqueue(it)
 			return
 		}
@@ -491,8 +491,16 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var puts []Item
 	var dels []string
 	var revs []revocation
-	if n.cfg.Records != nil && n.sq == nil {
+	switch {
+	case n.sq != nil:
+	case n.cfg.Records != nil:
 		puts, dels, revs = n.storeItems(hdr, batch, now)
+	case n.cfg.Coord != nil: // no records: only the tombstones are kept
+		for _, it := range batch {
+			if it.rev != nil {
+				revs = append(revs, *it.rev)
+			}
+		}
 	}
 
 	// The store write and the publish go out at once: in one round trip
@@ -700,8 +708,7 @@ func (n *Node) handle(t msgType, fn func(header, []byte)) {
 }
 
 // load is the cache's loader: a store lookup, one at a time per ID. While
-// the store is failing (the breaker is open, or its probe fails), it does
-// not try: a handshake should not pay the lookup deadline to learn what the
+// the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
 // last ones learned. Nor does it for an ID the store did not have a moment
 // ago (the negative cache).
 //
@@ -715,7 +722,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		n.ctr.negativeHits.Add(1)
 		return nil, nil
 	}
-	if !n.storeProbe.healthy() || !n.brk.allow(now) {
+	if !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}

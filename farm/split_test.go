@@ -96,3 +96,25 @@ func TestConfigNeedsCoordWithRecords(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordOnlyKeepsRevocations: a broadcast farm given a Coordinator but no
+// RecordStore keeps its revocations there as tombstones (for nodes that
+// join later) and writes no session records.
+func TestCoordOnlyKeepsRevocations(t *testing.T) {
+	url := redistest.URL(t)
+	coordOnly := func(cfg *farm.Config) { cfg.Coord, cfg.Store = cfg.Store, nil }
+	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: coordOnly}
+	ms, _ := farmtest.Start(t, 2, &o)
+	ids := newSessions(ms[0].Cache)
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	if ok, err := ms[0].Node.Revoke(context.Background(), ids()[0]); err != nil || !ok {
+		t.Fatalf("Revoke = %t, %v", ok, err)
+	}
+	farmtest.Eventually(t, 5*time.Second, "a tombstone in the coordinator", func() bool {
+		m, err := transport(ms[0]).SetMembers(context.Background(), "revoked")
+		return err == nil && len(m) == 1
+	})
+	if st := ms[0].Node.Stats(); st.StoreWrites != 0 {
+		t.Fatalf("%d session records written without a RecordStore", st.StoreWrites)
+	}
+}

@@ -47,7 +47,12 @@ func Recovery(t testing.TB, ms []*Member, version uint16, need int, limit time.D
 	if !lastMiss.IsZero() {
 		back = lastMiss.Sub(start)
 	}
-	t.Logf("cross-node resumption back %v after the failure (%d misses in %d connections)", back.Round(time.Millisecond), misses, dials)
+	trips := make([]uint64, len(ms))
+	for i, m := range ms {
+		trips[i] = m.Node.Stats().BreakerTrips
+	}
+	t.Logf("cross-node resumption back %v after the failure (%d misses in %d connections; store breaker trips per node %v)",
+		back.Round(time.Millisecond), misses, dials, trips)
 	if back > limit {
 		t.Fatalf("cross-node resumption came back %v after the failure, want at most %v", back.Round(time.Millisecond), limit)
 	}

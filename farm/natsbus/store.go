@@ -182,11 +182,10 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 // PutRecords implements farm.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip.
 func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
-	m, err := t.open(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
 	}
-	s := m.records
 	msgs := make([]*nats.Msg, len(items))
 	opts := make([][]jetstream.PublishOpt, len(items))
 	var longest time.Duration
@@ -198,14 +197,26 @@ func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	return t.check(m, "put", t.publishAll(ctx, msgs, opts))
 }
 
+// openRecords opens the store and returns its state m (for check) and the
+// state s of the bucket that holds the session records: m itself on a
+// server with per-message TTL, the records' own bucket on an older one.
+// Every farm.RecordStore method works on s.
+func (t *Transport) openRecords(ctx context.Context) (m, s *bucketState, err error) {
+	m, err = t.open(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, m.records, nil
+}
+
 // GetRecord implements farm.RecordStore as Get does, in the records'
 // bucket.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	m, err := t.open(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
-	e, err := t.get(ctx, m.records, m.records.pre+kvKey(key))
+	e, err := t.get(ctx, s, s.pre+kvKey(key))
 	if err != nil {
 		return nil, t.check(m, "get", err)
 	}
@@ -239,14 +250,14 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	m, err := t.open(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
 	}
 	msgs := make([]*nats.Msg, len(keys))
 	opts := make([][]jetstream.PublishOpt, len(keys))
 	for i, k := range keys {
-		msgs[i], opts[i] = t.purgeMessage(m.records, kvKey(k))
+		msgs[i], opts[i] = t.purgeMessage(s, kvKey(k))
 	}
 	return t.check(m, "delete", t.publishAll(ctx, msgs, opts))
 }
