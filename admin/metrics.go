@@ -38,6 +38,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		e.farm(c.cfg.Node.Stats())
 	}
 	e.keys()
+	if c.cfg.Exports != nil {
+		e.exports(c.cfg.Exports())
+	}
 }
 
 // An emitter sends metrics for one scrape.

@@ -178,8 +178,8 @@ func (c *Config) checkFarm() error {
 
 func (c *Config) checkTickets() error {
 	switch {
-	case c.Tickets.RotationInterval < time.Minute:
-		return c.problem("tickets.rotation_interval", "must be at least 1m")
+	case c.Tickets.RotationInterval < time.Second:
+		return c.problem("tickets.rotation_interval", "must be at least 1s (under 1m is for trials and tests)")
 	case c.Tickets.Keep < 1:
 		return c.problem("tickets.keep", "must be at least 1, or tickets stop resuming the moment their key rotates out")
 	case c.Tickets.Keep > 16:

@@ -137,20 +137,16 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 	return puts, dels, revs
 }
 
-var errStoreDown = errors.New("farm: the store does not answer its probe")
-
 // flushStore writes one batch to the store, on the store's own path: a
-// store that fails or hangs delays only this path, never the bus. While
-// the store's probe fails it does not try: the batch fails at once
-// (counted in StoreWriteErrors) and its write-through waiters are told.
+// store that fails or hangs delays only this path (at most OpTimeout a
+// batch, then backoff), never the bus. It tries whatever the health probe
+// says: a probe that fails on a loaded machine must not cost sessions.
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
 	var err error
-	if !n.storeProbe.healthy() {
-		err = errStoreDown
-	} else if len(puts) > 0 || len(revs) > 0 {
+	if len(puts) > 0 || len(revs) > 0 {
 		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err = n.storeBatch(sctx, hdr, puts, dels, revs)
 		cancel()

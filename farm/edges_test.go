@@ -18,7 +18,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// countingStore is a real store that counts its GETs of session records.
+// countingStore is a real store that counts its record GETs.
 type countingStore struct {
 	farm.Store
 	gets atomic.Int64
@@ -231,8 +231,7 @@ func TestRotatorCloseUnregisters(t *testing.T) {
 	}
 }
 
-// slowStore is a real store whose GETs of session records take delay
-// longer.
+// slowStore is a real store whose record GETs take delay longer.
 type slowStore struct {
 	farm.Store
 	delay time.Duration

@@ -381,7 +381,7 @@ func (n *Node) onEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
-		if !n.cfg.WriteThrough || !n.storeProbe.healthy() || !n.brk.allow(n.cfg.Now()) {
+		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
 			n.enqueue(it)
 			return
 		}
@@ -709,8 +709,7 @@ func (n *Node) handle(t msgType, fn func(header, []byte)) {
 }
 
 // load is the cache's loader: a store lookup, one at a time per ID. While
-// the store is failing (the breaker is open, or its probe fails), it does
-// not try: a handshake should not pay the lookup deadline to learn what the
+// the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
 // last ones learned. Nor does it for an ID the store did not have a moment
 // ago (the negative cache).
 //
@@ -724,7 +723,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		n.ctr.negativeHits.Add(1)
 		return nil, nil
 	}
-	if !n.storeProbe.healthy() || !n.brk.allow(now) {
+	if !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}
