@@ -93,6 +93,12 @@ func (c *Config) checkListeners() error {
 				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", p)
 			}
 		}
+		if l.HTTP3 && IsTCP(l.Upstream) {
+			return c.problem(key+".http3", "HTTP/3 needs an HTTP upstream, not %s", l.Upstream)
+		}
+		if l.EarlyData && !l.HTTP3 {
+			return c.problem(key+".early_data", "early data is only accepted over HTTP/3: set http3 too")
+		}
 		for _, t := range l.ProxyProtocol.Trusted {
 			if _, err := netip.ParsePrefix(t); err == nil {
 				continue

@@ -121,7 +121,7 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			s.Shutdown(ctx)
 		})
