@@ -140,7 +140,7 @@ var (
 	h3CertErr  error
 )
 
-func sharedH3Cert(t *testing.T) *tls.Certificate {
+func sharedH3Cert(t testing.TB) *tls.Certificate {
 	h3CertOnce.Do(func() { h3Cert, h3CertErr = SelfSigned("localhost") })
 	if h3CertErr != nil {
 		t.Fatal(h3CertErr)
@@ -194,7 +194,7 @@ func (c *pinnedCache) Put(_ string, cs *tls.ClientSessionState) {
 	}
 }
 
-func (c *pinnedCache) wait(t *testing.T) {
+func (c *pinnedCache) wait(t testing.TB) {
 	t.Helper()
 	select {
 	case <-c.got:
@@ -210,7 +210,7 @@ type h3Client struct {
 	tokens quic.TokenStore
 }
 
-func newH3Client(t *testing.T, cache tls.ClientSessionCache) *h3Client {
+func newH3Client(t testing.TB, cache tls.ClientSessionCache) *h3Client {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
