@@ -56,6 +56,11 @@ type Config struct {
 	// Rotation, if set, returns the farm-wide key rotation's counters.
 	Rotation func() farm.RotationStats
 
+	// Exports, if set, returns the state of each key export target of
+	// "tlsfarm keys": /healthz lists them (and says "degraded" while one
+	// fails), and the metrics report them by target.
+	Exports func() []ExportStatus
+
 	// Proxy, if set, returns the TLS terminator's counters.
 	Proxy func() ProxyStats
 

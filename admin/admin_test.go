@@ -209,3 +209,38 @@ func TestTokenEqual(t *testing.T) {
 		}
 	}
 }
+
+// TestExportsInHealthAndMetrics checks that tlsfarm keys' export targets
+// show in /healthz, which says "degraded" while one fails, and in the
+// metrics by target.
+func TestExportsInHealthAndMetrics(t *testing.T) {
+	now := time.Now()
+	srv, _ := newHandler(t, func(c *Config) {
+		c.Exports = func() []ExportStatus {
+			return []ExportStatus{
+				{Target: "nginx:/run/k", Epoch: 7, OK: true, LastAttempt: now, LastSuccess: now, Exports: 3},
+				{Target: "on-change", Epoch: 6, OK: false, Error: "exit status 1", LastAttempt: now, Exports: 2, Failures: 4},
+			}
+		}
+	})
+	code, body := nettest.Do(t, "GET", srv.URL+"/healthz", "")
+	var h Health
+	if err := json.Unmarshal([]byte(body), &h); err != nil || code != 200 {
+		t.Fatalf("healthz: %d %s", code, body)
+	}
+	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != "exit status 1" {
+		t.Errorf("healthz: %s", body)
+	}
+	_, body = nettest.Do(t, "GET", srv.URL+"/metrics", "")
+	for _, want := range []string{
+		`tlsfarm_key_export_ok{target="nginx:/run/k"} 1`,
+		`tlsfarm_key_export_ok{target="on-change"} 0`,
+		`tlsfarm_key_export_epoch{target="nginx:/run/k"} 7`,
+		`tlsfarm_key_export_failures_total{target="on-change"} 4`,
+		`tlsfarm_key_exports_total{target="nginx:/run/k"} 3`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

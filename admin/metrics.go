@@ -38,6 +38,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		e.farm(c.cfg.Node.Stats())
 	}
 	e.keys()
+	if c.cfg.Exports != nil {
+		e.exports(c.cfg.Exports())
+	}
 }
 
 // An emitter sends metrics for one scrape.
@@ -119,7 +122,12 @@ func (e emitter) cache() {
 }
 
 func (e emitter) farm(s farm.Stats) {
-	e.gauge("tlsfarm_farm_connected", "1 while the node is subscribed to the farm's bus.", b2f(s.Connected))
+	e.gauge("tlsfarm_farm_connected", "1 while the node is subscribed to the farm's bus and its transport answers the health probe.", b2f(s.Connected))
+	e.labelled(prometheus.GaugeValue, "tlsfarm_farm_healthy", "1 while the last health probe of the bus or the store was answered.", "path",
+		map[string]uint64{"bus": b2u(s.BusHealthy), "store": b2u(s.StoreHealthy)})
+	e.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out.", s.ProbeFailures)
+	e.counter("tlsfarm_farm_unencodable_total", "Sessions left out of a message or the store: too large, or a server name over 253 bytes.", s.Unencodable)
+	e.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", s.TombstonesTruncated)
 	e.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up.", s.Connects)
 	e.gauge("tlsfarm_farm_queue_length", "Sessions and revocations waiting to be published.", float64(s.Queued))
 	e.counter("tlsfarm_farm_dropped_total", "Items dropped from a full publish queue.", s.Dropped)
@@ -148,7 +156,7 @@ func (e emitter) farm(s farm.Stats) {
 	e.labelled(prometheus.CounterValue, "tlsfarm_farm_store_lookups_total", "Store lookups on a cache miss, by result.", "result",
 		map[string]uint64{
 			"hit": s.StoreHits, "miss": s.StoreMisses, "timeout": s.StoreTimeouts, "error": s.StoreErrors,
-			"rejected": s.StoreRejected, "skipped": s.LookupsSkipped,
+			"rejected": s.StoreRejected, "skipped": s.LookupsSkipped, "negative": s.NegativeHits,
 		})
 	buckets := map[float64]uint64{}
 	var cum uint64
@@ -181,4 +189,11 @@ func (e emitter) keys() {
 	e.counter("tlsfarm_ticket_key_sets_applied_total", "Newer farm key sets applied here.", rs.Applied)
 	e.counter("tlsfarm_ticket_rotation_store_errors_total", "Failed store operations of key rotation.", rs.StoreErrors)
 	e.counter("tlsfarm_ticket_key_sets_invalid_total", "Key sets that opened but did not decode.", rs.Invalid)
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -87,8 +87,8 @@ type ProxyProtocol struct {
 	Enabled bool `yaml:"enabled"`
 	// Trusted lists the addresses or CIDR ranges allowed to send a PROXY
 	// header: connections from them must send one, and connections from
-	// anywhere else are refused. Empty means any sender (every connection
-	// must then start with a header).
+	// anywhere else are refused. It is required when Enabled is set
+	// ("0.0.0.0/0" and "::/0" trust every sender, explicitly).
 	Trusted []string `yaml:"trusted"`
 }
 

@@ -36,6 +36,17 @@ const (
 	maxFarmName     = 64
 )
 
+// MaxMessageSize is the largest envelope a node accepts, from the bus or
+// the store: a longer one is refused (RejectSize) before anything is
+// allocated for it. A node also keeps every message it sends within it, and
+// within the transport's own limit (see MessageLimiter), splitting a batch
+// into several messages where it must.
+const MaxMessageSize = 1 << 20
+
+// envelopeOverhead is the size of an envelope around an empty body, for a
+// farm name of n bytes.
+func envelopeOverhead(n int) int { return fixedHeaderLen + n + nonceLen + chacha20poly1305.Overhead }
+
 var magic = [2]byte{'t', 'F'}
 
 type msgType uint8
@@ -85,6 +96,7 @@ const (
 	RejectSeal                       // unknown key, or failed authentication: forged or tampered
 	RejectBody                       // authentic, but its body does not decode
 	RejectType                       // authentic, but of a type not expected here
+	RejectSize                       // longer than MaxMessageSize
 	numRejections
 )
 
@@ -106,6 +118,8 @@ func (r Rejection) String() string {
 		return "body"
 	case RejectType:
 		return "type"
+	case RejectSize:
+		return "size"
 	}
 	return fmt.Sprintf("Rejection(%d)", uint8(r))
 }
@@ -124,6 +138,10 @@ func (e *errRejected) Error() string {
 }
 
 func reject(why Rejection, detail string) error { return &errRejected{why, detail} }
+
+// errTooLarge is preallocated: refusing an oversize message allocates
+// nothing.
+var errTooLarge error = &errRejected{why: RejectSize}
 
 // rejection returns the reason of an error returned by open.
 func rejection(err error) Rejection {
@@ -164,6 +182,9 @@ func adFor(hdr, context []byte) []byte {
 // nonce.
 func parseHeader(msg []byte) (header, int, error) {
 	var h header
+	if len(msg) > MaxMessageSize {
+		return h, 0, errTooLarge
+	}
 	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {
 		return h, 0, reject(RejectMalformed, "")
 	}

@@ -181,12 +181,22 @@ func FuzzOpen(f *testing.F) {
 	f.Add(msg)
 	f.Add(msg[:30])
 	f.Add([]byte("tF\x01"))
+	big := make([]byte, MaxMessageSize+1)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Only "body" was ever sealed under this key (here or in the
 		// process that made the seed corpus), so nothing else may open.
 		_, body, err := k.open(b, "f1", 0, nil, now, time.Hour, time.Hour)
 		if err == nil && string(body) != "body" {
 			t.Fatalf("a message that was never sealed opened: %x -> %x", b, body)
+		}
+		if len(b) > MaxMessageSize && rejection(err) != RejectSize {
+			t.Fatalf("a %d-byte message was not refused for its size: %v", len(b), err)
+		}
+		// The same bytes, padded past the bound, are refused for their
+		// size, whatever they start with.
+		copy(big, b)
+		if _, _, err := k.open(big, "f1", 0, nil, now, time.Hour, time.Hour); rejection(err) != RejectSize {
+			t.Fatalf("an oversize message was not refused for its size: %v", err)
 		}
 	})
 }

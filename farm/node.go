@@ -91,12 +91,21 @@ type Config struct {
 	// Bus carries messages between nodes.
 	Bus Bus
 
-	// Store, if set, holds each session until it expires, for lookups on a
-	// miss, and revocations until they lapse. Without it, a node that
-	// missed a message, or joined late, cannot resume what it missed.
+	// Records, if set, holds each session until it expires, for lookups
+	// on a miss. Without it, a node that missed a message, or joined late,
+	// cannot resume what it missed.
+	Records RecordStore
+
+	// Coord holds the revocations until they lapse, and the ticket key
+	// lease and key set (Node.RotateTicketKeys). It is required with
+	// Records.
+	Coord Coordinator
+
+	// Store, if set, is used as Records and as Coord where those are nil:
+	// the usual way to give the farm one transport for both.
 	Store Store
 
-	// Mode is Broadcast (default) or StoreOnly, which needs a Store.
+	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
 
 	// WriteThrough makes the NEW hook — and so the handshake issuing the
@@ -136,6 +145,20 @@ type Config struct {
 	// also re-reads them each time the bus reconnects.
 	HealInterval time.Duration
 
+	// ProbeInterval is how often the node probes a transport that is a
+	// Pinger, and ProbeTimeout how long a probe may wait for its answer
+	// (defaults DefaultProbeInterval, DefaultProbeTimeout). A hung bus or
+	// store shows in Stats (Connected false) within about their sum.
+	ProbeInterval, ProbeTimeout time.Duration
+
+	// NegativeCacheSize bounds the session IDs remembered as missing from
+	// the store, and NegativeCacheTTL how long each is remembered
+	// (defaults DefaultNegativeCacheSize, DefaultNegativeCacheTTL): a dead
+	// ID presented again within the TTL costs no store lookup. A negative
+	// size disables the negative cache.
+	NegativeCacheSize int
+	NegativeCacheTTL  time.Duration
+
 	// Logger receives the node's log lines (default slog.Default()). No key
 	// or session secret is ever logged.
 	Logger *slog.Logger
@@ -144,7 +167,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Store keys, relative to the farm's scope.
+// Store keys, relative to the farm's scope: the session records (in
+// Records) and the tombstone set (in Coord).
 const (
 	sessionKeyPrefix = "s:"
 	tombstoneKey     = "revoked"
@@ -165,14 +189,20 @@ type Node struct {
 	keys     *keyring
 	instance uint64
 	q        *queue
+	sq       *queue // store writes, when they take a path of their own (see enqueue)
 	brk      breaker
 	sf       singleflight.Group
+	neg      *negCache // nil if disabled or without a store
 	log      *slog.Logger
 
-	unhook func()
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	heal   chan struct{}
+	busProbe, storeProbe *probe // nil: not a Pinger
+
+	unhook    func()
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	heal      chan struct{}
+	closeOnce sync.Once
+	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
 	connected atomic.Bool
 	ctr       nodeCounters
@@ -195,7 +225,8 @@ var errDropped = errors.New("farm: dropped from a full queue")
 // Join joins cfg.Cache to the farm and returns at once: the node works
 // degraded (from its local cache) until the transport is reachable, then
 // catches up. It installs the farm's session ID keys and loader in the
-// cache and registers its hooks. ctx bounds the node's life as Close does.
+// cache and registers its hooks. ctx bounds the node's life: when it ends,
+// the node closes as if Close had been called.
 func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -218,20 +249,47 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
-	if cfg.Store != nil {
+	if cfg.Records != nil {
+		if cfg.NegativeCacheSize > 0 {
+			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)
+		}
+		if !n.combined() {
+			n.sq = newQueue(cfg.QueueSize)
+		}
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
 	}
+	n.initProbes()
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
 
-	ctx, n.cancel = context.WithCancel(ctx)
+	parent := ctx
+	ctx, n.cancel = context.WithCancel(context.WithoutCancel(parent))
 	n.wg.Add(2)
-	go n.publisher(ctx)
+	go n.drain(ctx, n.q, n.flush)
 	go n.listener(ctx)
-	if cfg.Store != nil {
+	if n.sq != nil {
+		n.wg.Add(1)
+		go n.drain(ctx, n.sq, n.flushStore)
+	}
+	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
 	}
+	if n.busProbe != nil || n.storeProbe != nil {
+		n.wg.Add(1)
+		go n.prober(ctx)
+	}
+	stop := context.AfterFunc(parent, func() { n.Close() })
+	n.stopWatch.Store(&stop)
 	return n, nil
+}
+
+// combined reports whether the bus and the store are one transport that
+// writes and publishes in one round trip: then one goroutine does both.
+// Otherwise each has its own, so that one failing never holds the other
+// back.
+func (n *Node) combined() bool {
+	_, ok := n.cfg.Bus.(Batcher)
+	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 
 func (cfg *Config) setDefaults() error {
@@ -242,9 +300,21 @@ func (cfg *Config) setDefaults() error {
 		return errors.New("farm: Config.Cache is required")
 	case cfg.Bus == nil:
 		return errors.New("farm: Config.Bus is required")
-	case cfg.Mode == StoreOnly && cfg.Store == nil:
+	}
+	if cfg.Store != nil {
+		if cfg.Records == nil {
+			cfg.Records = cfg.Store
+		}
+		if cfg.Coord == nil {
+			cfg.Coord = cfg.Store
+		}
+	}
+	switch {
+	case cfg.Records != nil && cfg.Coord == nil:
+		return errors.New("farm: Config.Records needs Config.Coord, for revocations")
+	case cfg.Mode == StoreOnly && cfg.Records == nil:
 		return errors.New("farm: store-only mode needs a Store")
-	case cfg.WriteThrough && cfg.Store == nil:
+	case cfg.WriteThrough && cfg.Records == nil:
 		return errors.New("farm: write-through needs a Store")
 	}
 	if cfg.Node == "" {
@@ -271,6 +341,12 @@ func (cfg *Config) setDefaults() error {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
+	def(&cfg.ProbeInterval, DefaultProbeInterval)
+	def(&cfg.ProbeTimeout, DefaultProbeTimeout)
+	def(&cfg.NegativeCacheTTL, DefaultNegativeCacheTTL)
+	if cfg.NegativeCacheSize == 0 {
+		cfg.NegativeCacheSize = DefaultNegativeCacheSize
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -282,13 +358,19 @@ func (cfg *Config) setDefaults() error {
 
 // Close leaves the farm: it unregisters the hooks and the loader, stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
+// Close may be called more than once; the end of Join's context calls it.
 func (n *Node) Close() error {
-	n.unhook()
-	if n.cfg.Store != nil {
-		n.cfg.Cache.SetLoader(nil, 0)
-	}
-	n.cancel()
-	n.wg.Wait()
+	n.closeOnce.Do(func() {
+		n.unhook()
+		if n.cfg.Records != nil {
+			n.cfg.Cache.SetLoader(nil, 0)
+		}
+		n.cancel()
+		n.wg.Wait()
+		if stop := n.stopWatch.Load(); stop != nil {
+			(*stop)()
+		}
+	})
 	return nil
 }
 
@@ -299,12 +381,12 @@ func (n *Node) onEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
-		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
-			n.q.push(it)
+		if !n.cfg.WriteThrough || !n.storeProbe.healthy() || !n.brk.allow(n.cfg.Now()) {
+			n.enqueue(it)
 			return
 		}
 		it.done = make(chan error, 1)
-		n.q.push(it)
+		n.enqueue(it)
 		t := time.NewTimer(n.cfg.WriteThroughTimeout)
 		defer t.Stop()
 		n.ctr.writeThrough.Add(1)
@@ -319,7 +401,7 @@ func (n *Node) onEvent(ev session.Event) {
 			n.ctr.writeThroughTimeouts.Add(1)
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
-		n.q.push(item{id: ev.ID, rev: &revocation{
+		n.enqueue(item{id: ev.ID, rev: &revocation{
 			chain: ev.Record.Chain,
 			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
 		}})
@@ -333,7 +415,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Cache.Remove(id) {
 		return true, nil // the REMOVE hook publishes the chain
 	}
-	if n.cfg.Store == nil {
+	if n.cfg.Records == nil {
 		return false, nil
 	}
 	rec, err := n.fetch(ctx, id)
@@ -343,23 +425,40 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-	n.q.push(item{id: id, rev: &rev})
+	n.enqueue(item{id: id, rev: &rev})
 	return true, nil
 }
 
-// publisher drains the queue in batches: each batch is written to the store
-// and published to the bus concurrently.
-func (n *Node) publisher(ctx context.Context) {
+// enqueue queues it for publishing. Where the store has a path of its own
+// (n.sq), the bus's part goes to n.q and the store's to n.sq; the
+// write-through waiter goes with the store's part.
+func (n *Node) enqueue(it item) {
+	if n.sq == nil {
+		n.q.push(it)
+		return
+	}
+	if it.rev != nil || n.cfg.Mode == Broadcast {
+		b := it
+		b.done = nil
+		n.q.push(b)
+	}
+	n.sq.push(it)
+}
+
+// drain empties q in batches through flush (the bus's path, which also
+// writes the store when sq is nil, or the store's), backing off on its own
+// while flush fails.
+func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, []item) bool) {
 	defer n.wg.Done()
 	var batch []item
 	failures := 0
 	for {
 		var err error
-		batch, err = n.q.pop(ctx, batch[:0], n.cfg.BatchSize)
+		batch, err = q.pop(ctx, batch[:0], n.cfg.BatchSize)
 		if err != nil {
 			return
 		}
-		if n.flush(ctx, batch) {
+		if flush(ctx, batch) {
 			failures = 0
 			continue
 		}
@@ -382,46 +481,18 @@ func backoff(failures int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// flush publishes one batch and reports whether every part succeeded.
+// flush publishes one batch and reports whether every part succeeded. It
+// also writes the batch to the store unless the store has a path of its
+// own (flushStore).
 func (n *Node) flush(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
-	var news []sessionItem
-	var revs []revocation
+	msgs, news, nrevs := n.busMessages(hdr, batch)
 	var puts []Item
 	var dels []string
-	for _, it := range batch {
-		if it.rev != nil {
-			revs = append(revs, *it.rev)
-			dels = append(dels, sessionKey(it.id))
-			continue
-		}
-		news = append(news, sessionItem{id: it.id, rec: it.rec})
-		if n.cfg.Store != nil {
-			ttl := it.rec.Expires.Sub(now)
-			if ttl <= 0 {
-				continue
-			}
-			body, err := it.rec.AppendBinary(nil)
-			if err != nil {
-				continue
-			}
-			hdr.typ = msgStored
-			puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
-		}
-	}
-
-	var msgs [][]byte
-	if n.cfg.Mode == Broadcast && len(news) > 0 {
-		body, err := appendSessions(nil, news)
-		if err == nil {
-			hdr.typ = msgSessions
-			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
-		}
-	}
-	if len(revs) > 0 {
-		hdr.typ = msgRevoke
-		msgs = append(msgs, n.keys.seal(nil, hdr, appendRevocations(nil, revs), nil))
+	var revs []revocation
+	if n.cfg.Records != nil && n.sq == nil {
+		puts, dels, revs = n.storeItems(hdr, batch, now)
 	}
 
 	// The store write and the publish go out at once: in one round trip
@@ -436,8 +507,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0)
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Store) {
+	stored := n.cfg.Records != nil && len(puts) > 0 || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -464,7 +535,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
-	if n.cfg.Store != nil && (len(puts) > 0 || len(revs) > 0) {
+	if stored {
 		if storeErr != nil {
 			ok = false
 			n.ctr.storeWriteErrors.Add(1)
@@ -485,8 +556,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", pubErr)
 			}
 		} else {
-			n.ctr.published.Add(uint64(len(news)))
-			n.ctr.publishedRevocations.Add(uint64(len(revs)))
+			n.ctr.published.Add(uint64(news))
+			n.ctr.publishedRevocations.Add(uint64(nrevs))
 			n.ctr.publishErrLogged.Store(false)
 		}
 	}
@@ -495,19 +566,19 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 
 func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
 	if len(puts) > 0 {
-		if err := n.cfg.Store.PutMany(ctx, puts...); err != nil {
+		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
 		}
 	}
-	if len(dels) > 0 {
-		if err := n.cfg.Store.Delete(ctx, dels...); err != nil {
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
 			return err
 		}
 	}
 	hdr.typ = msgTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
-		if err := n.cfg.Store.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
 			return err
 		}
 	}
@@ -589,6 +660,9 @@ func (n *Node) receive(msg []byte) {
 				n.ctr.insertRefused.Add(1)
 				continue
 			}
+			if n.neg != nil {
+				n.neg.remove(it.id)
+			}
 			n.ctr.inserted.Add(1)
 		}
 	case msgRevoke:
@@ -614,28 +688,56 @@ func (n *Node) receive(msg []byte) {
 }
 
 // handle registers fn for authentic bus messages of type t (used by the key
-// rotation protocol).
+// rotation protocol); a nil fn unregisters.
 func (n *Node) handle(t msgType, fn func(header, []byte)) {
 	n.handlersMu.Lock()
-	n.handlers[t] = fn
+	if fn == nil {
+		delete(n.handlers, t)
+	} else {
+		n.handlers[t] = fn
+	}
 	n.handlersMu.Unlock()
 }
 
 // load is the cache's loader: a store lookup, one at a time per ID. While
-// the store is failing (the breaker is open), it does not try: a handshake
-// should not pay the lookup deadline to learn what the last ones learned.
+// the store is failing (the breaker is open, or its probe fails), it does
+// not try: a handshake should not pay the lookup deadline to learn what the
+// last ones learned. Nor does it for an ID the store did not have a moment
+// ago (the negative cache).
+//
+// Concurrent handshakes presenting one ID share one lookup, which runs
+// under a context of its own (the lookup deadline, detached from any one
+// client): each handshake gives up on its own ctx, and one client hanging
+// up does not fail the others.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
-	if !n.brk.allow(n.cfg.Now()) {
+	now := n.cfg.Now()
+	if n.neg != nil && n.neg.has(id, now) {
+		n.ctr.negativeHits.Add(1)
+		return nil, nil
+	}
+	if !n.storeProbe.healthy() || !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}
-	v, err, _ := n.sf.Do(string(id[:]), func() (any, error) {
-		rec, err := n.fetch(ctx, id)
+	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.LookupTimeout)
+		defer cancel()
+		rec, err := n.fetch(lctx, id)
 		n.brk.record(err == nil, n.cfg.Now())
+		if err == nil && rec == nil && n.neg != nil {
+			n.neg.add(id, n.cfg.Now())
+		}
 		return rec, err
 	})
-	if err != nil {
-		return nil, err
+	var v any
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		v = r.Val
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 	rec, _ := v.(*session.Record)
 	if rec == nil {
@@ -648,7 +750,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 // fetch reads and opens the stored session id.
 func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
 	n.ctr.lookups.Add(1)
-	v, err := n.cfg.Store.Get(ctx, sessionKey(id))
+	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		n.ctr.storeMisses.Add(1)
@@ -694,9 +796,13 @@ func (n *Node) healer(ctx context.Context) {
 func (n *Node) readTombstones(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	members, err := n.cfg.Store.SetMembers(ctx, tombstoneKey)
+	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
 	if err != nil {
 		return
+	}
+	if len(members) >= MaxSetMembers {
+		n.ctr.tombstonesTruncated.Add(1)
+		members = members[:MaxSetMembers]
 	}
 	for _, m := range members {
 		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)

@@ -98,8 +98,8 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	if cfg.Ring == nil {
 		return nil, errors.New("farm: RotationConfig.Ring is required")
 	}
-	if n.cfg.Store == nil {
-		return nil, errors.New("farm: ticket key rotation needs a Store")
+	if n.cfg.Coord == nil {
+		return nil, errors.New("farm: ticket key rotation needs a Store (Config.Coord)")
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = ticket.DefaultInterval
@@ -137,16 +137,18 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	return r, nil
 }
 
-// Close stops the rotator and releases the lease if this node holds it, so
-// that another node can take over at once.
+// Close stops the rotator, unregisters its handler of key announcements,
+// and releases the lease if this node holds it, so that another node can
+// take over at once.
 func (r *Rotator) Close() error {
+	r.n.handle(msgKeys, nil)
 	r.cancel()
 	<-r.done
 	if r.holder.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
 		defer cancel()
 		// Swap our token for an expiring marker: nobody else's lease is touched.
-		r.n.cfg.Store.CompareAndSwap(ctx, keyLeaseKey, r.token, []byte("released"), time.Millisecond)
+		r.n.cfg.Coord.CompareAndSwap(ctx, keyLeaseKey, r.token, []byte("released"), time.Millisecond)
 		r.holder.Store(false)
 	}
 	return nil
@@ -190,7 +192,7 @@ func (r *Rotator) step(ctx context.Context) {
 	defer cancel()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	store := r.n.cfg.Store
+	store := r.n.cfg.Coord
 
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *ticket.State
@@ -268,7 +270,7 @@ func (r *Rotator) step(ctx context.Context) {
 // lease renews the lease if this node holds it, or tries to take it, and
 // reports whether this node holds it now.
 func (r *Rotator) lease(ctx context.Context) bool {
-	store := r.n.cfg.Store
+	store := r.n.cfg.Coord
 	var ok bool
 	var err error
 	if r.holder.Load() {

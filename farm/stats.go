@@ -7,10 +7,10 @@ import (
 
 // Stats are a node's counters since Join.
 type Stats struct {
-	Connected bool   // subscribed to the bus now
+	Connected bool   // subscribed to the bus now, and the transport answers its probes
 	Connects  uint64 // times the subscription came up
 
-	Queued  int    // items waiting to be published
+	Queued  int    // items waiting to be published (to the bus and, on its own path, the store)
 	Dropped uint64 // items dropped from a full queue
 
 	Published            uint64 // sessions published to the bus
@@ -20,6 +20,28 @@ type Stats struct {
 
 	StoreWrites      uint64 // sessions written to the store
 	StoreWriteErrors uint64 // failed store batches
+
+	// Unencodable counts sessions left out of a message or the store
+	// because they do not fit a record (a server name over
+	// session.MaxServerNameLen) or the message size limit; the rest of
+	// their batch goes out.
+	Unencodable uint64
+
+	// BusHealthy and StoreHealthy say whether the last probe of the bus
+	// and of the store was answered (true for a transport that cannot be
+	// probed). Connected is false while either is not. ProbeFailures
+	// counts failed probes.
+	BusHealthy, StoreHealthy bool
+	ProbeFailures            uint64
+
+	// NegativeHits counts lookups answered by the negative cache: the ID
+	// missed in the store within Config.NegativeCacheTTL, so the store
+	// was not asked again.
+	NegativeHits uint64
+
+	// TombstonesTruncated counts reads of the store's revocations that
+	// returned MaxSetMembers of them: some may have been left out.
+	TombstonesTruncated uint64
 
 	WriteThrough         uint64 // handshakes that waited for the store
 	WriteThroughTimeouts uint64 // ... and gave up at WriteThroughTimeout
@@ -70,6 +92,7 @@ type nodeCounters struct {
 	rejected                                               [numRejections]atomic.Uint64
 	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
+	unencodable, negativeHits, tombstonesTruncated         atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -78,7 +101,12 @@ type nodeCounters struct {
 func (n *Node) Stats() Stats {
 	c := &n.ctr
 	s := Stats{
-		Connected:            n.connected.Load(),
+		Connected:            n.connected.Load() && n.busProbe.healthy() && n.storeProbe.healthy(),
+		BusHealthy:           n.busProbe.healthy(),
+		StoreHealthy:         n.storeProbe.healthy(),
+		Unencodable:          c.unencodable.Load(),
+		NegativeHits:         c.negativeHits.Load(),
+		TombstonesTruncated:  c.tombstonesTruncated.Load(),
 		Connects:             c.connects.Load(),
 		Published:            c.published.Load(),
 		PublishedRevocations: c.publishedRevocations.Load(),
@@ -104,10 +132,23 @@ func (n *Node) Stats() Stats {
 		StoreRejected:        c.storeRejected.Load(),
 		Lag:                  n.lag.snapshot(),
 	}
+	for _, pr := range []*probe{n.busProbe, n.storeProbe} {
+		if pr != nil {
+			s.ProbeFailures += pr.failures.Load()
+		}
+		if n.storeProbe == n.busProbe {
+			break
+		}
+	}
 	for i := range s.Rejected {
 		s.Rejected[i] = c.rejected[i].Load()
 	}
 	s.Queued, s.Dropped = n.q.stats()
+	if n.sq != nil {
+		q, d := n.sq.stats()
+		s.Queued += q
+		s.Dropped += d
+	}
 	s.BreakerOpen, s.BreakerTrips = n.brk.state(n.cfg.Now())
 	return s
 }

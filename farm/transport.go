@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// ErrNotFound is returned by Store.Get for a key that does not exist.
+// ErrNotFound is returned by RecordStore.GetRecord and Coordinator.Get for
+// a key that does not exist.
 var ErrNotFound = errors.New("farm: not found")
 
 // A Bus carries messages between the nodes of one farm. Every message
@@ -31,28 +32,41 @@ type Bus interface {
 	Subscribe(ctx context.Context, deliver func(msg []byte), state func(up bool, err error)) error
 }
 
-// An Item is one key written by Store.PutMany.
+// An Item is one session record written by RecordStore.PutRecords.
 type Item struct {
 	Key   string
 	Value []byte
 	TTL   time.Duration // > 0
 }
 
-// A Store is a key-value store shared by the nodes of one farm, with
-// expiring keys and the atomic operations that a lease and a fenced update
-// need. Keys are relative: an implementation scopes them to the farm (for
-// Redis, under one hash tag, so that scripts over several keys work on a
-// cluster). Values are sealed envelopes.
-type Store interface {
-	// PutMany writes every item, each with its own TTL, as one batch where
-	// the store allows (a pipeline).
-	PutMany(ctx context.Context, items ...Item) error
+// A RecordStore holds the farm's session records: sealed values under keys
+// of their own, each written with a TTL, read and deleted one key at a
+// time. No operation spans two keys, so an implementation may spread the
+// records over every shard of a cluster. Keys are relative: an
+// implementation scopes them to the farm. Values are sealed envelopes.
+type RecordStore interface {
+	// PutRecords writes every item, each with its own TTL, as one batch
+	// where the store allows (a pipeline, grouped per shard on a cluster).
+	PutRecords(ctx context.Context, items ...Item) error
 
+	// GetRecord returns the record at key, or ErrNotFound.
+	GetRecord(ctx context.Context, key string) ([]byte, error)
+
+	// DeleteRecords removes the records at keys; absent keys are not an
+	// error.
+	DeleteRecords(ctx context.Context, keys ...string) error
+}
+
+// A Coordinator holds the few keys through which the nodes of a farm agree:
+// the ticket key lease and key set, and the revocation tombstones. It
+// offers the atomic operations that a lease and a fenced update need. Its
+// keys are relative and few; an implementation keeps them together (for
+// Redis, under the farm's hash tag, so that they live in one slot of a
+// cluster). They are a namespace of their own: a coordination key never
+// names a session record. Values are sealed envelopes.
+type Coordinator interface {
 	// Get returns the value of key, or ErrNotFound.
 	Get(ctx context.Context, key string) ([]byte, error)
-
-	// Delete removes keys; absent keys are not an error.
-	Delete(ctx context.Context, keys ...string) error
 
 	// SetNX sets key to value with ttl if key does not exist, and reports
 	// whether it did.
@@ -77,12 +91,22 @@ type Store interface {
 	Time(ctx context.Context) (time.Time, error)
 }
 
-// A Batcher is a transport that is both the farm's Bus and its Store and can
-// write items and publish messages in one round trip. The farm uses it, when
-// Config.Bus and Config.Store are the same value, for batches of new
-// sessions; revocations take the general path.
+// A Store is a key-value store shared by the nodes of one farm that does
+// both jobs: it holds the session records and coordinates the farm. The
+// transports redisbus and natsbus implement it; Config.Store takes one
+// value for both Config.Records and Config.Coord.
+type Store interface {
+	RecordStore
+	Coordinator
+}
+
+// A Batcher is a transport that is both the farm's Bus and its RecordStore
+// and can write records and publish messages in one round trip. The farm
+// uses it, when Config.Bus and Config.Records are the same value, for
+// batches of new sessions; revocations take the general path.
 type Batcher interface {
-	// PutAndPublish writes every item (as Store.PutMany does) and publishes
-	// msgs (as Bus.Publish does) in one batch. It fails as a whole.
+	// PutAndPublish writes every item (as RecordStore.PutRecords does) and
+	// publishes msgs (as Bus.Publish does) in one batch. It fails as a
+	// whole.
 	PutAndPublish(ctx context.Context, items []Item, msgs [][]byte) error
 }

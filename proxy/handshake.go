@@ -19,7 +19,9 @@ func (l *listener) handle(c *conn) {
 	if err := tc.Handshake(); err != nil {
 		reason := failureReason(err)
 		s.stats.failures[reason].Add(1)
-		s.log.Debug("handshake failed", "listener", l.addr(), "reason", reason.String(), "err", err)
+		client := addrString(c.RemoteAddr())
+		s.log.Debug("handshake failed", "listener", l.addr(), "client", client, "reason", reason.String(), "err", err)
+		s.warn.note("handshake_"+reason.String(), reason.warning(), client, "listener", l.addr(), "last_err", err.Error())
 		tc.Close()
 		return
 	}
@@ -56,6 +58,17 @@ func (f failure) String() string {
 		return "proxy_header"
 	}
 	return "tls"
+}
+
+// warning is the rate-limited warn line for failures of this kind.
+func (f failure) warning() string {
+	switch f {
+	case failTimeout:
+		return "handshakes timing out: clients did not finish within limits.handshake_timeout"
+	case failProxyHeader:
+		return "handshakes failing: no valid PROXY header (is the balancer in front sending one, e.g. HAProxy send-proxy?)"
+	}
+	return "TLS handshakes failing"
 }
 
 func failureReason(err error) failure {

@@ -70,7 +70,8 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			s.stats.upstream.Add(1)
-			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "err", err)
+			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
+			s.warn.note("upstream", "upstream requests failing (502)", r.RemoteAddr, "upstream", target.Redacted(), "last_err", err.Error())
 			w.WriteHeader(http.StatusBadGateway)
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

@@ -97,18 +97,23 @@ func (l *listener) listen() error {
 		return err
 	}
 	if l.cfg.ProxyProtocol {
+		trust, err := proxyproto.TrustProxyHeaderFromRanges(l.cfg.ProxyTrusted)
+		if err != nil {
+			ln.Close()
+			return err
+		}
 		pl := &proxyproto.Listener{
 			Listener:          ln,
 			ReadHeaderTimeout: time.Duration(l.s.handshakeTimeout.Load()),
-			ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
-				return proxyproto.REQUIRE, nil
+			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				p, err := trust(o)
+				if err != nil {
+					// The library closes the connection and accepts on.
+					l.s.stats.untrusted.Add(1)
+					l.s.warn.note("proxy_untrusted", "connections refused: the sender is not in proxy_protocol.trusted", addrString(o.Upstream), "listener", l.address)
+				}
+				return p, err
 			},
-		}
-		if len(l.cfg.ProxyTrusted) > 0 {
-			if pl.ConnPolicy, err = proxyproto.TrustProxyHeaderFromRanges(l.cfg.ProxyTrusted); err != nil {
-				ln.Close()
-				return err
-			}
 		}
 		l.ln = pl
 	} else {
@@ -183,4 +188,12 @@ func (l *listener) release() {
 	if l.quic != nil {
 		l.quic.release()
 	}
+}
+
+// addrString returns a's text, or "" for nil.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

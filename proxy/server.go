@@ -107,9 +107,12 @@ type Listener struct {
 
 	// ProxyProtocol makes every connection start with a PROXY protocol
 	// header (v1 or v2), whose source address then stands for the client.
-	// If ProxyTrusted lists addresses or CIDR ranges, only connections from
-	// them are accepted, and they must send a header. Reload does not
-	// change either.
+	// It needs ProxyTrusted, the addresses or CIDR ranges of the balancers
+	// allowed to send one (New refuses an empty list: "0.0.0.0/0" and
+	// "::/0" trust every sender, explicitly). Only connections from them
+	// are accepted, and they must send a header; others are closed and
+	// counted (Stats.ProxyUntrusted). The header is read within the
+	// handshake timeout. Reload does not change either.
 	ProxyProtocol bool
 	ProxyTrusted  []string
 
@@ -151,6 +154,7 @@ type Server struct {
 
 	listeners []*listener
 	stats     counters
+	warn      *warner // rate-limited warn lines for repeated failures
 	quic      quicCounters
 
 	// HTTP/3
@@ -178,6 +182,11 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.Listeners) == 0 {
 		return nil, errors.New("proxy: no listener")
 	}
+	for i, l := range cfg.Listeners {
+		if l.ProxyProtocol && len(l.ProxyTrusted) == 0 {
+			return nil, fmt.Errorf("proxy: listener %d (%s): ProxyProtocol needs ProxyTrusted: without it any client could claim any address (list 0.0.0.0/0 and ::/0 to trust every sender)", i, l.Address)
+		}
+	}
 	cfg.setDefaults()
 	s := &Server{
 		cache: cfg.Cache,
@@ -188,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 		max:   cfg.MaxConnections,
 		conns: map[*conn]struct{}{},
 	}
+	s.warn = newWarner(s.log)
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
 	s.expose.Store(cfg.ExposeSessionID)
 	s.setQUIC(cfg)

@@ -14,7 +14,8 @@ type Stats struct {
 	// Failed handshakes, by reason.
 	HandshakeTimeouts    uint64 // the client did not finish within the handshake timeout
 	HandshakeErrors      uint64 // the TLS handshake failed (bad hello, no shared version, ...)
-	ProxyHeaderFailures  uint64 // the PROXY header was missing, malformed or from an untrusted sender
+	ProxyHeaderFailures  uint64 // the PROXY header was missing or malformed
+	ProxyUntrusted       uint64 // connections refused: the sender is not in Listener.ProxyTrusted
 	Accepted             uint64 // connections accepted
 	Open                 int    // connections open now
 	UpstreamErrors       uint64 // requests or streams the upstream could not take
@@ -35,6 +36,7 @@ type counters struct {
 	failures   [numFailures]atomic.Uint64
 	accepted   atomic.Uint64
 	upstream   atomic.Uint64
+	untrusted  atomic.Uint64
 	requests   atomic.Uint64
 }
 
@@ -56,6 +58,7 @@ func (s *Server) Stats() Stats {
 		HandshakeTimeouts:    s.stats.failures[failTimeout].Load(),
 		HandshakeErrors:      s.stats.failures[failTLS].Load(),
 		ProxyHeaderFailures:  s.stats.failures[failProxyHeader].Load(),
+		ProxyUntrusted:       s.stats.untrusted.Load(),
 		Accepted:             s.stats.accepted.Load(),
 		UpstreamErrors:       s.stats.upstream.Load(),
 		UpstreamHTTPRequests: s.stats.requests.Load(),

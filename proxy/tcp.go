@@ -19,7 +19,9 @@ func (l *listener) passthrough(tc *tls.Conn, target string) {
 	up, err := net.DialTimeout("tcp", target, DefaultDialTimeout)
 	if err != nil {
 		s.stats.upstream.Add(1)
-		s.log.Debug("upstream dial failed", "upstream", target, "err", err)
+		client := addrString(tc.RemoteAddr())
+		s.log.Debug("upstream dial failed", "upstream", target, "client", client, "err", err)
+		s.warn.note("upstream", "upstream connections failing", client, "upstream", target, "last_err", err.Error())
 		return
 	}
 	defer up.Close()

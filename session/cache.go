@@ -37,6 +37,11 @@ var (
 	ErrRevoked    = errors.New("session: record belongs to a revoked chain")
 	ErrEmptyState = errors.New("session: record has no session state")
 	ErrStateLen   = errors.New("session: session state is longer than Config.MaxStateLen")
+
+	// ErrServerNameLen is returned by Insert for a record whose server
+	// name is longer than MaxServerNameLen, which no record's binary form
+	// holds.
+	ErrServerNameLen = errors.New("session: server name is longer than MaxServerNameLen")
 )
 
 // A Config configures a Cache. The zero value is valid: every zero field means
@@ -428,7 +433,8 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // it and other plugins do not send them back out.
 //
 // Insert refuses an ID not authenticated by the cache's ID keys, a record
-// without state or with state longer than MaxStateLen, one that has already
+// without state or with state longer than MaxStateLen, one whose server name
+// is longer than MaxServerNameLen, one that has already
 // expired, and one whose chain has been revoked. A zero r.ChainStart means
 // now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
@@ -443,6 +449,9 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if len(r.State) > c.cfg.MaxStateLen {
 		c.ctr.oversized.Add(1)
 		return ErrStateLen
+	}
+	if len(r.ServerName) > MaxServerNameLen {
+		return ErrServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{

@@ -20,7 +20,7 @@ type Stats struct {
 	RevokedInserts    uint64 // inserts refused because their chain was revoked
 	Oversized         uint64 // inserts refused because the state exceeded MaxStateLen
 	ParseErrors       uint64 // cached states that tls.ParseSessionState refused
-	WrapErrors        uint64 // tickets issued without storing the session (state could not be serialized)
+	WrapErrors        uint64 // tickets issued without storing the session (state could not be serialized, or server name over MaxServerNameLen)
 	HookPanics        uint64 // hook calls that panicked
 
 	LoaderHits   uint64 // misses answered by Config.Loader

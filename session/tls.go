@@ -221,6 +221,12 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		ss.Extra = ss.Extra[:n] // fall back to a cached session
 	}
 	id := c.NewID()
+	if len(cs.ServerName) > MaxServerNameLen {
+		// No record could carry it to the farm: the client gets a ticket
+		// that resumes nothing, and its next handshake is a full one.
+		c.ctr.wrapErrors.Add(1)
+		return id[:]
+	}
 	state, err := ss.Bytes()
 	if err != nil {
 		c.ctr.wrapErrors.Add(1)

@@ -92,7 +92,7 @@ func TestUnknownFlagShowsUsage(t *testing.T) {
 
 func TestCheckValidatesWithoutServing(t *testing.T) {
 	t.Parallel()
-	code, out, _ := runCmd(t, []string{"check", "-listen", "127.0.0.1:1"})
+	code, out, _ := runCmd(t, []string{"check", "-listen", "127.0.0.1:1", "-admin", "off"})
 	if code != 0 || !strings.Contains(out, "configuration OK") {
 		t.Errorf("check: %d %q", code, out)
 	}

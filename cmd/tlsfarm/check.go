@@ -11,11 +11,27 @@ import (
 )
 
 // check loads and validates a configuration as serve does, without
-// starting anything: run it before sending a reload.
+// starting anything: it refuses what serve refuses, including a listen
+// address that cannot be bound, and prints what serve warns about. Before a
+// reload, the running daemon holds its addresses (which a reload does not
+// change): -reload, as the first argument, skips binding them.
 func check(args []string, stdout, stderr io.Writer) int {
+	reload := len(args) > 0 && (args[0] == "-reload" || args[0] == "--reload")
+	if reload {
+		args = args[1:]
+	}
 	cfg, code := load("tlsfarm check", args, stderr)
 	if cfg == nil {
 		return code
+	}
+	if !reload {
+		if err := checkAddresses(cfg); err != nil {
+			fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
+			return 1
+		}
+	}
+	for _, w := range configWarnings(cfg) {
+		fmt.Fprintf(stderr, "tlsfarm: warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "configuration OK: %d listener(s)", len(cfg.Listeners))
 	if cfg.Farm.URL != "" {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -101,8 +102,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 		log.Warn("no certificate configured: serving a self-signed certificate for localhost",
 			"sha256", proxy.Fingerprint(d.selfSigned), "not_after", d.selfSigned.Leaf.NotAfter.Format("2006-01-02"))
 	}
-	if cfg.Debug.ExposeSessionID {
-		log.Warn("debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
+	for _, w := range configWarnings(cfg) {
+		if !strings.Contains(w, "self-signed") { // logged above, with its fingerprint
+			log.Warn(w)
+		}
 	}
 	farmName := "none"
 	if cfg.Farm.URL != "" {
@@ -154,6 +157,7 @@ func (d *daemon) proxyStats() admin.ProxyStats {
 	out := admin.ProxyStats{
 		HandshakeFailures: map[string]uint64{
 			"timeout": s.HandshakeTimeouts, "tls": s.HandshakeErrors, "proxy_header": s.ProxyHeaderFailures,
+			"proxy_untrusted": s.ProxyUntrusted,
 		},
 		Accepted:         s.Accepted,
 		Open:             s.Open,

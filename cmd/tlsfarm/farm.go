@@ -47,11 +47,7 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 			return fmt.Errorf("tickets: %v", err)
 		}
 	} else {
-		go d.ring.Run(bg)
-		if cfg.Cache.Mode != "stateful" {
-			d.log.Warn("the farm transport has no store, so ticket keys are this node's own: stateless tickets resume only on the node that issued them",
-				"farm_transport", transportName(cfg.Farm.URL))
-		}
+		go d.ring.Run(bg) // configWarnings says what this means for stateless tickets
 	}
 	if cfg.Farm.Strict {
 		return waitConnected(ctx, d.node, cfg.Farm.ConnectTimeout)
@@ -87,7 +83,10 @@ func (d *daemon) watchStart(ctx context.Context) {
 		return
 	case <-time.After(degradedAfter):
 	}
-	if !d.node.Stats().Connected {
+	// A node that connected and lost the transport since has had that
+	// logged by the farm package: this line is only for one that never
+	// reached it.
+	if st := d.node.Stats(); !st.Connected && st.Connects == 0 {
 		d.log.Warn("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back",
 			"farm", d.started.Farm.Name, "farm_transport", transportName(d.started.Farm.URL))
 	}

@@ -39,6 +39,7 @@ const (
 	DefaultQueueLength = 100000
 	DefaultHeartbeat   = 5 * time.Second
 	DefaultDialTimeout = 10 * time.Second
+	DefaultPrefetch    = 256
 )
 
 // maxFarmName is the longest farm name accepted, as in the farm package.
@@ -76,6 +77,12 @@ type Options struct {
 	// when the caller's context has no earlier deadline. Default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+
+	// Prefetch bounds the messages the broker sends a subscriber ahead of
+	// its acknowledgments (AMQP basic.qos), and so the memory a slow node
+	// spends on messages it has not handled yet; the rest wait in its
+	// queue, itself bounded by QueueLength. Default DefaultPrefetch.
+	Prefetch int
 }
 
 // A Bus is a farm.Bus on a RabbitMQ broker. Its methods are safe for
@@ -89,6 +96,9 @@ type Bus struct {
 	mu     sync.Mutex // guards pub and closed; held by Publish
 	pub    *publisher
 	closed bool
+
+	probeMu sync.Mutex // guards probe; held by Ping
+	probe   *publisher // Ping's connection
 }
 
 // A publisher is the connection and channel that Publish uses.
@@ -147,6 +157,9 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	if b.opts.DialTimeout <= 0 {
 		b.opts.DialTimeout = DefaultDialTimeout
 	}
+	if b.opts.Prefetch <= 0 {
+		b.opts.Prefetch = DefaultPrefetch
+	}
 	return b, nil
 }
 
@@ -178,12 +191,13 @@ func (b *Bus) Exchange() string { return b.exchange }
 // contexts.
 func (b *Bus) Close() error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.closed = true
 	if b.pub != nil {
 		b.pub.close()
 		b.pub = nil
 	}
+	b.mu.Unlock()
+	b.closeProbe()
 	return nil
 }
 
@@ -401,7 +415,10 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
 		return b.errorf("binding queue", err)
 	}
-	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err := ch.Qos(b.opts.Prefetch, 0, false); err != nil {
+		return b.errorf("setting the prefetch bound", err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", false, true, false, false, nil)
 	if err != nil {
 		return b.errorf("consuming", err)
 	}
@@ -409,6 +426,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 		return ctx.Err()
 	}
 	state(true, nil)
+	unacked := 0
 	closed := func(e *amqp.Error) error {
 		if e == nil {
 			return errors.New("amqpbus: connection closed")
@@ -431,7 +449,19 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 					return errors.New("amqpbus: consumer cancelled")
 				}
 			}
-			deliver(d.Body)
+			if len(d.Body) <= farm.MaxMessageSize {
+				deliver(d.Body)
+			}
+			// Acknowledge in groups (multiple=true): at the latest when
+			// half the prefetch window is unacknowledged, or when nothing
+			// more is waiting.
+			unacked++
+			if unacked >= max(b.opts.Prefetch/2, 1) || len(deliveries) == 0 {
+				if err := d.Ack(true); err != nil {
+					return b.errorf("acknowledging", err)
+				}
+				unacked = 0
+			}
 		case e := <-connClosed:
 			return closed(e)
 		case e := <-chClosed:

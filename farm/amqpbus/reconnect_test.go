@@ -59,8 +59,8 @@ func TestSubscriberRecoversAfterBrokerClosesConnection(t *testing.T) {
 
 	connects := ms[1].Node.Stats().Connects
 	start := time.Now()
-	if n := closeConnections(t, victim); n != 2 {
-		t.Fatalf("closed %d connections of the node, want 2 (subscriber and publisher)", n)
+	if n := closeConnections(t, victim); n != 3 {
+		t.Fatalf("closed %d connections of the node, want 3 (subscriber, publisher and health probe)", n)
 	}
 	farmtest.Eventually(t, 10*time.Second, "n2 resubscribed", func() bool {
 		st := ms[1].Node.Stats()

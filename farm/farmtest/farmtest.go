@@ -148,7 +148,8 @@ func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) farm.Bus) 
 	}
 }
 
-// TestStore checks a Store made by newStore for a farm name.
+// TestStore checks a Store made by newStore for a farm name: its session
+// records (RecordStore) and its coordination keys (Coordinator).
 func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.Store) {
 	ctx := context.Background()
 	name := FarmName(t)
@@ -157,34 +158,34 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 
 	t.Run("PutGetDelete", func(t *testing.T) {
 		val := []byte("v\x00\xff")
-		if err := s.PutMany(ctx, farm.Item{Key: "a", Value: val, TTL: time.Minute},
+		if err := s.PutRecords(ctx, farm.Item{Key: "a", Value: val, TTL: time.Minute},
 			farm.Item{Key: "b", Value: []byte("w"), TTL: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := s.Get(ctx, "a"); err != nil || !bytes.Equal(got, val) {
-			t.Fatalf("Get(a) = %q, %v", got, err)
+		if got, err := s.GetRecord(ctx, "a"); err != nil || !bytes.Equal(got, val) {
+			t.Fatalf("GetRecord(a) = %q, %v", got, err)
 		}
-		if _, err := other.Get(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+		if _, err := other.GetRecord(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
 			t.Fatalf("another farm's store sees our key: %v", err)
 		}
-		if err := s.Delete(ctx, "a", "b", "never-there"); err != nil {
+		if err := s.DeleteRecords(ctx, "a", "b", "never-there"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Get(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
-			t.Fatalf("Get after Delete: %v, want ErrNotFound", err)
+		if _, err := s.GetRecord(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+			t.Fatalf("GetRecord after DeleteRecords: %v, want ErrNotFound", err)
 		}
 	})
 
 	t.Run("TTL", func(t *testing.T) {
-		if err := s.PutMany(ctx, farm.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
+		if err := s.PutRecords(ctx, farm.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Get(ctx, "short"); err != nil {
-			t.Fatalf("Get before expiry: %v", err)
+		if _, err := s.GetRecord(ctx, "short"); err != nil {
+			t.Fatalf("GetRecord before expiry: %v", err)
 		}
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			_, err := s.Get(ctx, "short")
+			_, err := s.GetRecord(ctx, "short")
 			if errors.Is(err, farm.ErrNotFound) {
 				break
 			}

@@ -32,7 +32,7 @@ func BenchmarkPropagation(b *testing.B) {
 func BenchmarkGet(b *testing.B) {
 	tr := open(b, sharedURL(b), farmtest.FarmName(b))
 	ctx := context.Background()
-	if err := tr.PutMany(ctx, farm.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
+	if err := tr.PutRecords(ctx, farm.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration
@@ -40,7 +40,7 @@ func BenchmarkGet(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		start := time.Now()
-		if _, err := tr.Get(ctx, "s:0001"); err != nil {
+		if _, err := tr.GetRecord(ctx, "s:0001"); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))
@@ -48,9 +48,9 @@ func BenchmarkGet(b *testing.B) {
 	farmtest.ReportPercentiles(b, lat)
 }
 
-// BenchmarkPutMany writes batches of 256 sessions of 300 bytes, as the
+// BenchmarkPutRecords writes batches of 256 sessions of 300 bytes, as the
 // farm's publisher does in broadcast and store-only modes.
-func BenchmarkPutMany(b *testing.B) {
+func BenchmarkPutRecords(b *testing.B) {
 	tr := open(b, sharedURL(b), farmtest.FarmName(b))
 	ctx := context.Background()
 	items := make([]farm.Item, 256)
@@ -60,7 +60,7 @@ func BenchmarkPutMany(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if err := tr.PutMany(ctx, items...); err != nil {
+		if err := tr.PutRecords(ctx, items...); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -44,10 +44,10 @@ func Example() {
 	}
 	fmt.Printf("received %q\n", <-got)
 
-	if err := tr.PutMany(ctx, farm.Item{Key: "s:0102", Value: []byte("sealed session"), TTL: time.Hour}); err != nil {
+	if err := tr.PutRecords(ctx, farm.Item{Key: "s:0102", Value: []byte("sealed session"), TTL: time.Hour}); err != nil {
 		log.Fatal(err)
 	}
-	v, err := tr.Get(ctx, "s:0102")
+	v, err := tr.GetRecord(ctx, "s:0102")
 	fmt.Printf("stored %q under %q, %v\n", v, tr.Key("s:0102"), err)
 	// Output:
 	// tlsfarm.prod.bus tlsfarm_prod

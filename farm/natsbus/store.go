@@ -179,24 +179,45 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 	return nil
 }
 
-// PutMany implements farm.Store: every item is written with its TTL, the
-// batch pipelined and acknowledged in one round trip.
-func (t *Transport) PutMany(ctx context.Context, items ...farm.Item) error {
-	s, err := t.open(ctx)
+// PutRecords implements farm.RecordStore: every item is written with its
+// TTL, the batch pipelined and acknowledged in one round trip.
+func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
+	m, err := t.open(ctx)
 	if err != nil {
 		return err
 	}
+	s := m.records
 	msgs := make([]*nats.Msg, len(items))
 	opts := make([][]jetstream.PublishOpt, len(items))
+	var longest time.Duration
 	for i, it := range items {
 		msgs[i], opts[i] = t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+		longest = max(longest, it.TTL)
 	}
-	return t.check(s, "put", t.publishAll(ctx, msgs, opts))
+	t.ensureAge(ctx, s, longest)
+	return t.check(m, "put", t.publishAll(ctx, msgs, opts))
 }
 
-// Get implements farm.Store with one direct get of the key's last message.
-// An expired value is farm.ErrNotFound, also on a server that has not yet
-// removed it.
+// GetRecord implements farm.RecordStore as Get does, in the records'
+// bucket.
+func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	m, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := t.get(ctx, m.records, m.records.pre+kvKey(key))
+	if err != nil {
+		return nil, t.check(m, "get", err)
+	}
+	if !e.present {
+		return nil, farm.ErrNotFound
+	}
+	return e.value, nil
+}
+
+// Get implements farm.Coordinator with one direct get of the key's last
+// message. An expired value is farm.ErrNotFound, also on a server that has
+// not yet removed it.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {
@@ -212,32 +233,32 @@ func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	return e.value, nil
 }
 
-// Delete implements farm.Store: each key is purged (its messages dropped,
-// a marker left), pipelined.
-func (t *Transport) Delete(ctx context.Context, keys ...string) error {
+// DeleteRecords implements farm.RecordStore: each key is purged (its
+// messages dropped, a marker left), pipelined.
+func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	s, err := t.open(ctx)
+	m, err := t.open(ctx)
 	if err != nil {
 		return err
 	}
 	msgs := make([]*nats.Msg, len(keys))
 	opts := make([][]jetstream.PublishOpt, len(keys))
 	for i, k := range keys {
-		msgs[i], opts[i] = t.purgeMessage(s, kvKey(k))
+		msgs[i], opts[i] = t.purgeMessage(m.records, kvKey(k))
 	}
-	return t.check(s, "delete", t.publishAll(ctx, msgs, opts))
+	return t.check(m, "delete", t.publishAll(ctx, msgs, opts))
 }
 
-// SetNX implements farm.Store: a write that the server accepts only if the
+// SetNX implements farm.Coordinator: a write that the server accepts only if the
 // key's last message is the one just read and found absent (none, a
 // marker, or an expired value).
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	return t.swap(ctx, "setnx", key, nil, value, ttl)
 }
 
-// CompareAndSwap implements farm.Store: the key is read, compared, and
+// CompareAndSwap implements farm.Coordinator: the key is read, compared, and
 // written with the read revision as the expected last sequence of its
 // subject, so that the server refuses the write if anything else wrote in
 // between.

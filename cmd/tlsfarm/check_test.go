@@ -1,0 +1,68 @@
+package main
+
+import (
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// TestCheckRefusesWhatServeRefuses runs check and serve on configurations
+// that serve refuses: check fails on each, naming the same setting.
+func TestCheckRefusesWhatServeRefuses(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	inUse := busy.Addr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	secret := filepath.Join(t.TempDir(), "farm.key")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	amqp := []string{"-farm", "amqp://guest:guest@127.0.0.1:1/", "-farm-secret", secret}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string // in both refusals
+	}{
+		{"listen address in use", []string{"-listen", inUse, "-admin", "off"}, "listeners[0].address"},
+		{"admin address in use", []string{"-listen", free(), "-admin", inUse}, "admin.address"},
+		{"PROXY protocol without trusted ranges", []string{"-listen", free(), "-admin", "off", "-proxy-protocol"}, "proxy_protocol.trusted"},
+		{"store-only without a store", append([]string{"-listen", free(), "-admin", "off", "-farm-mode", "store-only"}, amqp...), "farm.mode"},
+		{"write-through without a store", append([]string{"-listen", free(), "-admin", "off", "-write-through"}, amqp...), "farm.write_through"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCmd(t, append([]string{"check"}, tt.args...))
+			if code == 0 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("check: exit %d, stderr %q; want a refusal naming %s", code, stderr, tt.want)
+			}
+			code, _, stderr = runCmd(t, append([]string{"serve"}, tt.args...))
+			if code == 0 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("serve: exit %d, stderr %q; want a refusal naming %s", code, stderr, tt.want)
+			}
+		})
+	}
+
+	// Before a reload the running daemon holds its addresses: -reload
+	// does not bind them.
+	if code, _, stderr := runCmd(t, []string{"check", "-reload", "-listen", inUse, "-admin", "off"}); code != 0 {
+		t.Errorf("check -reload on the running daemon's address: exit %d: %s", code, stderr)
+	}
+	// What serve warns about, check says too (and passes).
+	code, _, stderr := runCmd(t, append([]string{"check", "-listen", free(), "-admin", "off", "-cache-mode", "stateless"}, amqp...))
+	if code != 0 || !strings.Contains(stderr, "warning: cache.mode stateless with the amqp farm transport") {
+		t.Errorf("check of stateless + amqp: exit %d, stderr %q; want a warning", code, stderr)
+	}
+}

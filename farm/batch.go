@@ -1,0 +1,176 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// A MessageLimiter is a Bus or Store that bounds the size of one message
+// (or stored value). MaxMessageSize returns that bound in bytes, or 0 while
+// it is not known (not connected yet). A node keeps its messages and values
+// at least transportReserve bytes below it, and always within the farm's
+// own MaxMessageSize.
+type MessageLimiter interface {
+	MaxMessageSize() int
+}
+
+// MaxSetMembers bounds what Store.SetMembers returns: the farm's
+// transports return at most this many members of a set (the revocations
+// that lapse last, where the store orders them), so that a flood of
+// revocations cannot make every node read an unbounded set at each heal.
+// A node counts a full answer in Stats.TombstonesTruncated.
+const MaxSetMembers = 100000
+
+// transportReserve is left under a transport's limit for what the
+// transport adds to the farm's bytes (headers, a value prefix).
+const transportReserve = 1024
+
+// errUnencodable is told to a write-through waiter whose session could not
+// be stored: it does not fit in a record, or in a message.
+var errUnencodable = errors.New("farm: session cannot be encoded within the message size limit")
+
+// limitOf returns the largest message the node may send through v (a Bus
+// or a Store).
+func limitOf(v any) int {
+	lim := MaxMessageSize
+	if l, ok := v.(MessageLimiter); ok {
+		if m := l.MaxMessageSize(); m > 0 {
+			lim = min(lim, m-transportReserve)
+		}
+	}
+	return lim
+}
+
+// busMessages seals the bus messages of batch: its new sessions (in
+// broadcast mode) and its revocations, each kind split into as many
+// messages as the size limit needs. A session that cannot be encoded, or
+// that alone exceeds the limit, is left out and counted (Stats.Unencodable):
+// it never costs its neighbours their delivery. It returns the messages and
+// the numbers of sessions and revocations they carry.
+func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs int) {
+	limit := limitOf(n.cfg.Bus) - envelopeOverhead(len(hdr.farm))
+	if n.cfg.Mode == Broadcast {
+		hdr.typ = msgSessions
+		var body []byte
+		for i := range batch {
+			it := &batch[i]
+			if it.rev != nil {
+				continue
+			}
+			at := len(body)
+			more, err := appendSessions(body, []sessionItem{{id: it.id, rec: it.rec}})
+			if err != nil {
+				n.ctr.unencodable.Add(1)
+				continue
+			}
+			body = more
+			if len(body) > limit {
+				item := body[at:]
+				if len(item) > limit {
+					body = body[:at]
+					n.ctr.unencodable.Add(1)
+					continue
+				}
+				msgs = append(msgs, n.keys.seal(nil, hdr, body[:at], nil))
+				body = append(body[:0], item...)
+			}
+			news++
+		}
+		if len(body) > 0 {
+			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+		}
+	}
+	hdr.typ = msgRevoke
+	var body []byte
+	for i := range batch {
+		if batch[i].rev == nil {
+			continue
+		}
+		if len(body)+revocationLen > limit {
+			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+			body = body[:0]
+		}
+		body = appendRevocations(body, []revocation{*batch[i].rev})
+		revs++
+	}
+	if len(body) > 0 {
+		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+	}
+	return msgs, news, revs
+}
+
+// storeItems returns the store's part of batch: the new sessions to put,
+// the keys of revoked sessions to delete, and the revocations to record. A
+// session that cannot be encoded, or whose value would exceed the store's
+// limit, is left out and counted, and its write-through waiter is told at
+// once.
+func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item, dels []string, revs []revocation) {
+	limit := limitOf(n.cfg.Records)
+	hdr.typ = msgStored
+	for i := range batch {
+		it := &batch[i]
+		if it.rev != nil {
+			revs = append(revs, *it.rev)
+			dels = append(dels, sessionKey(it.id))
+			continue
+		}
+		ttl := it.rec.Expires.Sub(now)
+		if ttl <= 0 {
+			continue
+		}
+		body, err := it.rec.AppendBinary(nil)
+		var v []byte
+		if err == nil {
+			v = n.keys.seal(nil, hdr, body, it.id[:])
+		}
+		if err != nil || len(v) > limit {
+			n.ctr.unencodable.Add(1)
+			if it.done != nil {
+				it.done <- errUnencodable
+				it.done = nil
+			}
+			continue
+		}
+		puts = append(puts, Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
+	}
+	return puts, dels, revs
+}
+
+var errStoreDown = errors.New("farm: the store does not answer its probe")
+
+// flushStore writes one batch to the store, on the store's own path: a
+// store that fails or hangs delays only this path, never the bus. While
+// the store's probe fails it does not try: the batch fails at once
+// (counted in StoreWriteErrors) and its write-through waiters are told.
+func (n *Node) flushStore(ctx context.Context, batch []item) bool {
+	now := n.cfg.Now()
+	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
+	puts, dels, revs := n.storeItems(hdr, batch, now)
+	var err error
+	if !n.storeProbe.healthy() {
+		err = errStoreDown
+	} else if len(puts) > 0 || len(revs) > 0 {
+		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err = n.storeBatch(sctx, hdr, puts, dels, revs)
+		cancel()
+	}
+	for _, it := range batch {
+		if it.done != nil {
+			it.done <- err
+		}
+	}
+	if len(puts) == 0 && len(revs) == 0 {
+		return true
+	}
+	if err != nil {
+		n.ctr.storeWriteErrors.Add(1)
+		if ctx.Err() == nil {
+			n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", err)
+		}
+		return false
+	}
+	n.ctr.storeWrites.Add(uint64(len(puts)))
+	n.ctr.storeErrLogged.Store(false)
+	return true
+}

@@ -1,0 +1,305 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// countingStore is a real store that counts its GETs.
+type countingStore struct {
+	farm.Store
+	gets atomic.Int64
+}
+
+func (s *countingStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.gets.Add(1)
+	return s.Store.Get(ctx, key)
+}
+
+// longName is a server name of 300 bytes: longer than any record holds.
+var longName = strings.Repeat(strings.Repeat("a", 59)+".", 5) + "example"
+
+// TestLongServerNameDoesNotPoisonBatch mixes clients sending a 300-byte
+// server name into concurrent load: they get full handshakes and no cached
+// session (counted), and every other session still reaches the peers.
+func TestLongServerNameDoesNotPoisonBatch(t *testing.T) {
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t))})
+	const normal, long = 40, 10
+	var wg sync.WaitGroup
+	caches := make([]*tlstest.SharedCache, normal)
+	var longResumed, longFailed atomic.Int64
+	for i := range normal {
+		caches[i] = &tlstest.SharedCache{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, caches[i]))
+		}()
+	}
+	for range long {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+			ccfg.ServerName = longName
+			ccfg.InsecureSkipVerify = true // the certificate is for localhost
+			for range 2 {
+				cs, err := tlstest.Dial(ms[0].Server.Addr, ccfg)
+				if err != nil {
+					longFailed.Add(1)
+					t.Errorf("handshake with a %d-byte server name: %v", len(longName), err)
+					return
+				}
+				if cs.DidResume {
+					longResumed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := longResumed.Load(); n != 0 {
+		t.Errorf("%d handshakes with a %d-byte server name resumed; want full handshakes", n, len(longName))
+	}
+	if st := ms[0].Cache.Stats(); st.WrapErrors < 2*long {
+		t.Errorf("sessions not cached for the long server name: %d counted, want %d: %+v", st.WrapErrors, 2*long, st)
+	}
+	// Every other session reached the peer: each client resumes there.
+	farmtest.Eventually(t, 10*time.Second, "n2 has every normal session", func() bool {
+		return ms[1].Node.Stats().Inserted >= normal
+	})
+	for i := range normal {
+		if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, caches[i])).DidResume {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("client %d did not resume on n2", i)
+		}
+	}
+	if st := ms[0].Node.Stats(); st.PublishErrors != 0 || st.Dropped != 0 {
+		t.Fatalf("publishing failed: %+v", st)
+	}
+}
+
+// TestDeadIDCostsOneStoreGet presents an authentic ID whose session the
+// store does not have 100 times: one store GET, then the negative cache.
+func TestDeadIDCostsOneStoreGet(t *testing.T) {
+	url := redistest.URL(t)
+	var counting *countingStore
+	ms, _ := farmtest.Start(t, 1, &farmtest.Options{
+		Mode: farm.StoreOnly,
+		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+			bus, store := redisTransport(url)(t, farmName)
+			counting = &countingStore{Store: store}
+			return bus, counting
+		},
+	})
+	m := ms[0]
+	dead := m.Cache.NewID() // authentic: it passes the MAC check
+	cs := tls.ConnectionState{ServerName: "localhost"}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 25 {
+				if ss, _ := m.Cache.UnwrapSession(dead[:], cs); ss != nil {
+					t.Error("a dead ID resumed")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := m.Node.Stats()
+	t.Logf("100 presentations: %d store GETs, %d negative hits, %d lookups", counting.gets.Load(), st.NegativeHits, st.Lookups)
+	if n := counting.gets.Load(); n > 1 {
+		t.Fatalf("a dead ID presented 100 times cost %d store GETs, want at most 1", n)
+	}
+	if st.NegativeHits < 90 {
+		t.Fatalf("negative cache answered %d of 100 presentations: %+v", st.NegativeHits, st)
+	}
+}
+
+// TestBusNotDelayedByFailingStore pauses the store (a private Redis) of a
+// farm whose bus is NATS: sessions keep reaching the peer over the bus as
+// fast as before, and the store is reported down.
+func TestBusNotDelayedByFailingStore(t *testing.T) {
+	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
+	srv := redistest.Start(t)
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+			bus, err := natsbus.Open(natsURL, farmName, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { bus.Close() })
+			store, err := redisbus.Open(srv.URL(), farmName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { store.Close() })
+			return bus, store
+		},
+	})
+	srv.Pause()
+	defer srv.Resume()
+	farmtest.Eventually(t, 5*time.Second, "the store reported down", func() bool { return !ms[0].Node.Stats().StoreHealthy })
+
+	// Each session reaches n2 over the bus, however long the store hangs.
+	var worst time.Duration
+	for i := range 10 {
+		before := ms[1].Node.Stats().Inserted
+		start := time.Now()
+		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
+		farmtest.Eventually(t, 5*time.Second, "session reached n2", func() bool { return ms[1].Node.Stats().Inserted > before })
+		worst = max(worst, time.Since(start))
+		if i == 0 {
+			time.Sleep(300 * time.Millisecond) // let a store write hang meanwhile
+		}
+	}
+	t.Logf("slowest delivery over NATS with the store paused: %v; n1 %+v", worst, ms[0].Node.Stats())
+	// Before the store had a path of its own, a hung store held each
+	// batch back for the store's op timeout (2s).
+	if worst > time.Second {
+		t.Fatalf("a session took %v to reach the peer over the bus while the store hung", worst)
+	}
+	if st := ms[0].Node.Stats(); st.PublishErrors != 0 {
+		t.Fatalf("publishing failed while only the store was down: %+v", st)
+	}
+}
+
+// TestJoinContextEndIsClose ends Join's context: the node leaves the farm
+// as Close would (its hooks are gone: new sessions are not published).
+func TestJoinContextEndIsClose(t *testing.T) {
+	url := redistest.URL(t)
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	tr, err := redisbus.Open(url, farmtest.FarmName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	n, err := farm.Join(ctx, farm.Config{Farm: farmtest.FarmName(t), Secrets: []farm.Secret{farm.NewSecret(1)}, Cache: cache, Bus: tr, Store: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close() // a second Close is harmless
+	insertNew := func() {
+		if err := cache.Insert(cache.NewID(), session.Record{State: []byte("s"), Expires: time.Now().Add(time.Hour)}, session.OriginHandshake); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insertNew()
+	farmtest.Eventually(t, 5*time.Second, "published while joined", func() bool { return n.Stats().Published == 1 })
+	cancel()
+	time.Sleep(200 * time.Millisecond)
+	insertNew()
+	time.Sleep(200 * time.Millisecond)
+	if st := n.Stats(); st.Published != 1 || st.Queued != 0 {
+		t.Fatalf("after Join's context ended the node still takes sessions: %+v", st)
+	}
+}
+
+// TestRotatorCloseUnregisters closes one node's rotator: the key sets its
+// peer keeps announcing are no longer taken by it (they count as messages
+// of a type the node does not expect).
+func TestRotatorCloseUnregisters(t *testing.T) {
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: time.Second}})
+	ms[1].Rotator.Close()
+	applied := ms[1].Rotator.Stats().Applied
+	farmtest.Eventually(t, 10*time.Second, "n1 announces a key set that n2 ignores", func() bool {
+		return ms[1].Node.Stats().Rejected[farm.RejectType] > 0
+	})
+	if got := ms[1].Rotator.Stats().Applied; got != applied {
+		t.Fatalf("a closed rotator applied %d more key sets", got-applied)
+	}
+}
+
+// slowStore is a real store whose GETs take delay longer.
+type slowStore struct {
+	farm.Store
+	delay time.Duration
+	gets  atomic.Int64
+}
+
+func (s *slowStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.gets.Add(1)
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// TestLookupNotFailedByAnotherClient: two handshakes present one session
+// that only the store has; the first gives up (its context ends) while the
+// shared lookup runs. The second still resumes, from the one lookup.
+func TestLookupNotFailedByAnotherClient(t *testing.T) {
+	url := redistest.URL(t)
+	name, secret := farmtest.FarmName(t), farm.NewSecret(1)
+	slow := &slowStore{delay: 300 * time.Millisecond}
+	o := farmtest.Options{NewTransport: redisTransport(url), Secret: secret, Mode: farm.StoreOnly,
+		Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}
+	n1 := farmtest.Join(t, "n1", name, o)
+	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		bus, store := redisTransport(url)(t, farmName)
+		slow.Store = store
+		return bus, slow
+	}
+	n2 := farmtest.Join(t, "n2", name, o)
+	farmtest.WaitConnected(t, n1, n2)
+
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+	farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool { return n1.Node.Stats().StoreWrites > 0 })
+
+	cert, _ := tlstest.SharedCert()
+	scfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	n2.Cache.Configure(scfg)
+	handshake := func(ctx context.Context) (tls.ConnectionState, error) {
+		sc, cc := tlstest.Pipe()
+		defer sc.Close()
+		defer cc.Close()
+		go tls.Server(sc, scfg).HandshakeContext(ctx)
+		c := tls.Client(cc, farmtest.Client(tls.VersionTLS13, frozen))
+		err := c.Handshake()
+		return c.ConnectionState(), err
+	}
+	quitter, cancel := context.WithCancel(context.Background())
+	go handshake(quitter)
+	time.Sleep(50 * time.Millisecond) // the quitter's lookup is under way
+	done := make(chan tls.ConnectionState, 1)
+	go func() {
+		cs, err := handshake(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		done <- cs
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel() // the first client hangs up mid-lookup
+	if cs := <-done; !cs.DidResume {
+		farmtest.LogStats(t, []*farmtest.Member{n1, n2})
+		t.Fatal("the second handshake did not resume: it shared the first one's cancelled lookup")
+	}
+	if n := slow.gets.Load(); n != 1 {
+		t.Fatalf("%d store GETs for one ID presented twice at once, want 1", n)
+	}
+}

@@ -1,0 +1,140 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of the health probe (Config.ProbeInterval, Config.ProbeTimeout).
+const (
+	DefaultProbeInterval = 500 * time.Millisecond
+	DefaultProbeTimeout  = 800 * time.Millisecond
+)
+
+// A Pinger is a Bus or Store the node can probe: Ping returns nil once the
+// server has answered a trivial request (a PING) and an error if it has not
+// by the time ctx ends. A node probes its transport every
+// Config.ProbeInterval, so that a hung server (a paused process, a
+// partition: nothing resets the connection) is reported within about
+// ProbeInterval + ProbeTimeout, instead of when the client library's own
+// keepalive gives up. A transport that is not a Pinger is judged by its
+// subscription alone.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// A probe is the health of one transport path (the bus or the store),
+// as the last probe found it.
+type probe struct {
+	what     string // "bus", "store" or "transport" (both, one server)
+	p        Pinger
+	up       atomic.Bool
+	failures atomic.Uint64 // probes that failed
+	changes  atomic.Uint64 // times up changed
+}
+
+func newProbe(what string, v any) *probe {
+	p, ok := v.(Pinger)
+	if !ok {
+		return nil
+	}
+	pr := &probe{what: what, p: p}
+	pr.up.Store(true) // until a probe says otherwise
+	return pr
+}
+
+// healthy reports whether pr is nil (nothing to probe) or last answered.
+func (pr *probe) healthy() bool { return pr == nil || pr.up.Load() }
+
+// initProbes sets up the probes of the node's transport.
+func (n *Node) initProbes() {
+	switch {
+	case n.cfg.Records != nil && any(n.cfg.Records) == any(n.cfg.Bus):
+		n.busProbe = newProbe("transport", n.cfg.Bus)
+		n.storeProbe = n.busProbe
+	default:
+		n.busProbe = newProbe("bus", n.cfg.Bus)
+		if n.cfg.Records != nil {
+			n.storeProbe = newProbe("store", n.cfg.Records)
+		}
+	}
+}
+
+// prober probes the transport every ProbeInterval until ctx is done.
+func (n *Node) prober(ctx context.Context) {
+	defer n.wg.Done()
+	probes := []*probe{n.busProbe}
+	if n.storeProbe != nil && n.storeProbe != n.busProbe {
+		probes = append(probes, n.storeProbe)
+	}
+	if probes[0] == nil {
+		probes = probes[1:]
+	}
+	t := time.NewTicker(n.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		var wg sync.WaitGroup
+		for _, pr := range probes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n.runProbe(ctx, pr)
+			}()
+		}
+		wg.Wait()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+var errProbeTimeout = errors.New("no answer within the probe timeout")
+
+// runProbe pings pr once and logs a change of state.
+func (n *Node) runProbe(ctx context.Context, pr *probe) {
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
+	err := pr.p.Ping(pctx)
+	if err != nil && pctx.Err() == context.DeadlineExceeded {
+		err = errProbeTimeout
+	}
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		pr.failures.Add(1)
+	}
+	up := err == nil
+	if pr.up.Swap(up) == up {
+		return
+	}
+	pr.changes.Add(1)
+	if up {
+		n.log.Info("farm: the "+pr.what+" answers again", "probe", pr.what)
+		if pr == n.busProbe {
+			n.wakeHealer() // catch up on revocations missed meanwhile
+		}
+		return
+	}
+	switch pr.what {
+	case "store":
+		n.log.Warn("farm: the store does not answer; handshakes stop looking sessions up in it and stop waiting for it, and other nodes cannot look up this node's new sessions until it does",
+			"err", err, "probe_timeout", n.cfg.ProbeTimeout.String())
+	default:
+		n.log.Warn("farm: the "+pr.what+" does not answer; serving from the local cache, and sessions issued meanwhile do not reach the other nodes",
+			"err", err, "probe_timeout", n.cfg.ProbeTimeout.String())
+	}
+}
+
+// wakeHealer asks the healer to re-read the revocations in the store.
+func (n *Node) wakeHealer() {
+	select {
+	case n.heal <- struct{}{}:
+	default:
+	}
+}

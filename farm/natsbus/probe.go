@@ -1,0 +1,31 @@
+package natsbus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+)
+
+// Ping implements farm.Pinger: one PING to the server, answered within
+// ctx. It fails at once while the client is reconnecting.
+func (t *Transport) Ping(ctx context.Context) error {
+	if st := t.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("natsbus: ping: connection is %v", st)
+	}
+	if err := t.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("natsbus: ping: %w", err)
+	}
+	return nil
+}
+
+// MaxMessageSize implements farm.MessageLimiter: the max_payload the
+// server announced (1 MiB by default), or 0 before the first connection.
+func (t *Transport) MaxMessageSize() int { return int(t.nc.MaxPayload()) }
+
+var (
+	_ farm.Pinger         = (*Transport)(nil)
+	_ farm.MessageLimiter = (*Transport)(nil)
+)
