@@ -88,15 +88,23 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	}
 	done := time.Now()
 	cs := conn.ConnectionState()
+	offered, issuer := w.cache.offer() // before any second connection
 	if early && !cs.Used0RTT {
-		// Refused: 0-RTT data is void. The stream is abandoned unread
-		// (its ID is given out again after a refusal).
-		if conn, err = conn.NextConnection(cctx); err != nil {
+		// Refused: the 0-RTT data is void, the handshake went on in 1-RTT
+		// (counted below). As a browser does, the request is sent again
+		// after the handshake — on a new, resumed connection, because
+		// quic-go's HTTP/3 client cannot always reuse one whose 0-RTT
+		// streams were discarded.
+		if _, err := conn.NextConnection(cctx); err != nil {
 			return result{failure: quicFailure(err)}
 		}
+		conn.CloseWithError(0, "")
+		if conn, err = w.qtr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
+			return result{failure: quicFailure(err)}
+		}
+		defer conn.CloseWithError(0, "")
 		str = nil
 	}
-	offered, issuer := w.cache.offer()
 	res := result{
 		resumed:   cs.TLS.DidResume,
 		early:     cs.Used0RTT,

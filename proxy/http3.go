@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -68,16 +69,12 @@ func (l *listener) newQUIC() *quicListener {
 			ctx = context.WithValue(ctx, quicConnKey{}, c)
 			return context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 		},
-		Logger: slog.New(slog.NewTextHandler(discard{}, nil)),
+		// http3's own log lines about single clients are noise at any
+		// level the daemon runs at.
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	return q
 }
-
-// discard is an io.Writer that drops what it is given: http3's own log
-// lines about single clients are noise at any level the daemon runs at.
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // quicRoute adds the HTTP/3 config to a route: the route's, with ALPN h3
 // and TLS 1.3 only, registered with the ticket key ring.
@@ -219,6 +216,14 @@ func (q *quicListener) shutdown(ctx context.Context) {
 		<-done
 	}
 	q.wg.Wait()
+	q.closeSocket()
+}
+
+// closeSocket closes the listener, the QUIC transport and its UDP socket.
+func (q *quicListener) closeSocket() {
+	if q.ln != nil {
+		q.ln.Close()
+	}
 	if q.tr != nil {
 		q.tr.Close()
 		q.udp.Close()

@@ -251,11 +251,23 @@ func (c *h3Client) do(t *testing.T, addr net.Addr, method, path string, early bo
 	}
 	defer conn.CloseWithError(0, "")
 	resp, err := c.send(ctx, conn, method, path, early)
+	var refused *quic.ConnectionState // of a connection whose 0-RTT was refused
 	if errors.Is(err, quic.Err0RTTRejected) {
-		// As a browser does: the same request again, after the handshake.
+		// The handshake goes on in 1-RTT: wait for it. Then, as a browser
+		// does, send the request again after the handshake — on a new
+		// (resumed, 1-RTT) connection, because quic-go's HTTP/3 client
+		// cannot always reuse one whose 0-RTT streams were discarded (the
+		// discarded client's control stream may come back as a second one).
 		if conn, err = conn.NextConnection(ctx); err != nil {
 			t.Fatalf("after 0-RTT was rejected: %v", err)
 		}
+		cs := conn.ConnectionState()
+		refused = &cs
+		conn.CloseWithError(0, "")
+		if conn, err = c.tr.Dial(ctx, addr, c.tls, &quic.Config{TokenStore: c.tokens}); err != nil {
+			t.Fatalf("dial %v again: %v", addr, err)
+		}
+		defer conn.CloseWithError(0, "")
 		resp, err = c.send(ctx, conn, method, path, false)
 	}
 	if err != nil {
@@ -272,6 +284,9 @@ func (c *h3Client) do(t *testing.T, addr net.Addr, method, path string, early bo
 		t.Fatal("handshake did not complete")
 	}
 	cs := conn.ConnectionState()
+	if refused != nil {
+		cs = *refused
+	}
 	r := h3Result{status: resp.StatusCode, body: body, header: resp.Header, resumed: cs.TLS.DidResume, used0RTT: cs.Used0RTT}
 	if resp.Header.Get("Content-Type") == "application/json" {
 		if err := json.Unmarshal(body, &r.facts); err != nil {

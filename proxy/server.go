@@ -237,6 +237,9 @@ func (s *Server) Start() error {
 		if err := l.listen(); err != nil {
 			for _, done := range s.listeners[:i] {
 				done.ln.Close()
+				if done.quic != nil {
+					done.quic.closeSocket()
+				}
 			}
 			return fmt.Errorf("listeners[%d].address: %w", i, err)
 		}

@@ -87,6 +87,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 		return nil, err
 	}
 	d.http3 = anyHTTP3(cfg)
+	d.warnEarlyData(cfg)
 	if d.proxy, err = proxy.New(pc); err != nil {
 		return nil, err
 	}

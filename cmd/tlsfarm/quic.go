@@ -22,6 +22,22 @@ func (d *daemon) quicConfig(cfg *config.Config, pc *proxy.Config) {
 	pc.AntiReplay = d.node.Strike
 }
 
+// warnEarlyData says, once at start, when early data can never be
+// accepted: the farm transport has no store (no key rotation either, so
+// rotator is nil) to hold the strike register.
+func (d *daemon) warnEarlyData(cfg *config.Config) {
+	if d.node == nil || d.rotator != nil {
+		return
+	}
+	for _, l := range cfg.Listeners {
+		if l.EarlyData {
+			d.log.Warn("early_data is on but the farm transport has no store for the anti-replay register: every 0-RTT attempt will be refused (and counted as store_unavailable)",
+				"farm_transport", transportName(cfg.Farm.URL))
+			return
+		}
+	}
+}
+
 // quicStats converts the HTTP/3 counters for the admin API (nil when no
 // listener serves HTTP/3).
 func (d *daemon) quicStats() *admin.QUICStats {
