@@ -108,9 +108,12 @@ type Config struct {
 	// HTTP3 makes each connection over QUIC to the target's UDP port, and
 	// sends the request (a GET unless Request says otherwise) as HTTP/3.
 	// A client whose session allows 0-RTT sends a GET or HEAD in early
-	// data; if the server refuses the early data, the request is sent
-	// again after the handshake. The report then counts, in EarlyData,
-	// the connections whose early data was accepted. TLS 1.3 only.
+	// data; if the server refuses the early data, the handshake still
+	// counts (resumed or not), and the request is sent again after it, on
+	// a new resumed connection (quic-go's HTTP/3 client cannot reuse the
+	// refused one), which is not counted. The report counts, in
+	// EarlyData, the connections whose early data was accepted. TLS 1.3
+	// only.
 	HTTP3 bool
 }
 
