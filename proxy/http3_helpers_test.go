@@ -499,7 +499,7 @@ func newRelay(t *testing.T, target *net.UDPAddr, hold time.Duration) *relay {
 				// Let the client finish its first flight before it hears
 				// from the server (and starts addressing the server's
 				// connection ID), so that the flight is replayable whole.
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(150 * time.Millisecond)
 				first = false
 			}
 			if longType(buf[:n]) == longRetry {
