@@ -41,8 +41,9 @@ type h3FarmOptions struct {
 	redisURL  string // default: the shared Redis
 	upstream  string
 	earlyData bool
-	earlyOff  int  // if set, the node (1, 2, ...) that does not accept early data
-	validate  bool // QUICValidateAddresses
+	earlyOff  int           // if set, the node (1, 2, ...) that does not accept early data
+	validate  bool          // QUICValidateAddresses
+	window    time.Duration // EarlyDataWindow
 	secret    *farm.Secret
 }
 
@@ -113,6 +114,7 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 			QUICTokenKey:          &keys.TokenKey,
 			QUICStatelessResetKey: &keys.StatelessResetKey,
 			QUICValidateAddresses: o.validate,
+			EarlyDataWindow:       o.window,
 		})
 		if err != nil {
 			t.Fatal(err)

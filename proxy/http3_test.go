@@ -366,3 +366,18 @@ func TestHTTP3StatelessResetAcrossFarm(t *testing.T) {
 		t.Fatal("the connection was not reset")
 	}
 }
+
+// TestHTTP3EarlyDataTooOld: a session older than the early data window
+// carries no early data (and strikes nothing), but resumes.
+func TestHTTP3EarlyDataTooOld(t *testing.T) {
+	nodes := startH3Farm(t, h3FarmOptions{n: 1, mode: session.Stateful, earlyData: true, window: time.Nanosecond})
+	cache := newPinnedCache()
+	getSession(t, nodes[0], cache)
+	r := newH3Client(t, cache).do(t, nodes[0].addr, http.MethodGet, "/", true)
+	if r.used0RTT || !r.resumed || r.status != http.StatusOK {
+		t.Fatalf("a session older than the window: used 0-RTT %v, resumed %v, status %d", r.used0RTT, r.resumed, r.status)
+	}
+	if st := nodes[0].s.QUICStats(); st.EarlyDataRejected["too_old"] != 1 || st.EarlyDataRejected["replay"] != 0 {
+		t.Fatalf("counters: %+v", st)
+	}
+}
