@@ -103,24 +103,31 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { node.Close() })
-		up := o.upstream
-		s, err := New(Config{
+		cfg := Config{
 			Node: "n" + string(rune('1'+i)), Cache: cache, Ring: ring, Logger: log,
 			Listeners: []Listener{{
 				Address: "127.0.0.1:0", Certificates: []Certificate{{Certificate: cert}},
-				NextProtos: []string{"http/1.1"}, Upstream: up, HTTP3: true, EarlyData: o.earlyData && o.earlyOff != i+1,
+				NextProtos: []string{"http/1.1"}, Upstream: o.upstream, HTTP3: true, EarlyData: o.earlyData && o.earlyOff != i+1,
 			}},
 			AntiReplay:            node.Strike,
 			QUICTokenKey:          &keys.TokenKey,
 			QUICStatelessResetKey: &keys.StatelessResetKey,
 			QUICValidateAddresses: o.validate,
 			EarlyDataWindow:       o.window,
-		})
-		if err != nil {
-			t.Fatal(err)
 		}
-		if err := s.Start(); err != nil {
-			t.Fatal(err)
+		var s *Server
+		for try := 0; ; try++ {
+			if s, err = New(cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err = s.Start(); err == nil {
+				break
+			}
+			// The TCP port's UDP twin may be taken by another process.
+			s.Shutdown(context.Background())
+			if try == 2 {
+				t.Fatal(err)
+			}
 		}
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
