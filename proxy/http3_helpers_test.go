@@ -339,9 +339,14 @@ func (c *h3Client) send(ctx context.Context, conn *quic.Conn, method, path strin
 }
 
 // A relay is a UDP relay between one client and a QUIC server, under the
-// test's control: it records what the client sends, can hold back the
-// client's handshake completion, counts Retry packets, and can replay the
-// client's first flight verbatim to any server.
+// test's control. Tests send 0-RTT through one even when they need nothing
+// else from it: it lets the client send its whole first flight before the
+// server answers, which sidesteps a data race in quic-go's client (opening
+// a 0-RTT stream while it takes in the server's transport parameters) that
+// the race detector can otherwise catch under load. It also records what
+// the client sends, can hold back the client's handshake completion, counts
+// Retry packets, and can replay the client's first flight verbatim to any
+// server.
 type relay struct {
 	t      *testing.T
 	front  *net.UDPConn // the client talks to this
