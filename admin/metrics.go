@@ -96,6 +96,9 @@ func (e emitter) proxy(p ProxyStats) {
 	e.counter("tlsfarm_upstream_errors_total", "Requests and streams an upstream could not take (dial or proxy errors).", p.UpstreamErrors)
 	e.labelled(prometheus.CounterValue, "tlsfarm_reloads_total", "Configuration reloads, by result.", "result",
 		map[string]uint64{"applied": p.Reloads, "rejected": p.ReloadFailures})
+	if p.QUIC != nil {
+		e.quic(p.QUIC)
+	}
 }
 
 func (e emitter) cache() {

@@ -57,6 +57,13 @@ type Listener struct {
 	Upstream string `yaml:"upstream"`
 
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+
+	// HTTP3 serves HTTP/3 (QUIC) on the UDP port of Address too, with the
+	// same certificates, sessions and upstream (an HTTP one).
+	HTTP3 bool `yaml:"http3"`
+	// EarlyData accepts 0-RTT early data on the HTTP/3 listener, once per
+	// session in the whole farm (see docs/quic.md).
+	EarlyData bool `yaml:"early_data"`
 }
 
 // A Certificate is a certificate chain and its private key, in PEM files,

@@ -38,6 +38,8 @@ var Settings = []Setting{
 	{Key: "listeners[].alpn", Flag: "alpn", Env: "TLSFARM_ALPN", Default: "h2,http/1.1 (none for tcp://)", Reloadable: true, Usage: "ALPN `protocols` offered, comma-separated"},
 	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: DefaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
 	{Key: "listeners[].proxy_protocol.enabled", Flag: "proxy-protocol", Env: "TLSFARM_PROXY_PROTOCOL", Default: "false", Usage: "expect a PROXY protocol header on each connection"},
+	{Key: "listeners[].http3", Flag: "http3", Env: "TLSFARM_HTTP3", Default: "false", Usage: "serve HTTP/3 (QUIC) on the UDP port of the listener's address too"},
+	{Key: "listeners[].early_data", Flag: "early-data", Env: "TLSFARM_EARLY_DATA", Default: "false", Usage: "accept 0-RTT early data on HTTP/3, once per session in the farm"},
 	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "none (required)", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated (required with -proxy-protocol)"},
 
 	{Key: "cache.mode", Flag: "cache-mode", Env: "TLSFARM_CACHE_MODE", Default: "stateful", Usage: "session resumption mode: stateful, stateless or mixed"},

@@ -132,6 +132,8 @@ func TestBadInput(t *testing.T) {
 			[]string{"farm.mode", "store-only needs a transport with a store"}},
 		{"bad upstream", "", []string{"-upstream", "ftp://x"}, nil, []string{"listeners[0].upstream", "ftp://x"}},
 		{"tcp upstream without port", "", []string{"-upstream", "tcp://host"}, nil, []string{"listeners[0].upstream", "host:port"}},
+		{"HTTP/3 to a tcp upstream", "", []string{"-http3", "-upstream", "tcp://127.0.0.1:1"}, nil, []string{"listeners[0].http3", "HTTP upstream"}},
+		{"early data without HTTP/3", "", []string{"-early-data"}, nil, []string{"listeners[0].early_data", "set http3 too"}},
 		{"bad listen address", "", []string{"-listen", "8443"}, nil, []string{"listeners[0].address", "not host:port"}},
 		{"duplicate listeners", "listeners:\n  - address: 127.0.0.1:1\n  - address: 127.0.0.1:1\n", nil, nil,
 			[]string{"listeners[1].address", "also listeners[0]"}},
