@@ -180,6 +180,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 		return false
 	}
 	n.ctr.storeWrites.Add(uint64(len(puts)))
+	n.storeAnswered(len(puts))
 	n.ctr.storeErrLogged.Store(false)
 	return true
 }

@@ -641,6 +641,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		} else {
 			n.ctr.storeWrites.Add(uint64(len(puts)))
+			n.storeAnswered(len(puts))
 			n.ctr.storeErrLogged.Store(false)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/keyexport"
 )
@@ -310,6 +311,24 @@ func TestKeysHAProxyRuntime(t *testing.T) {
 		if s.pid() != pids[i] {
 			t.Errorf("haproxy-%d was restarted", i)
 		}
+	}
+
+	// The agent reports each target on its admin listener.
+	code, body := nettest.Do(t, "GET", "http://"+agents[0].adminAddr+"/metrics", "")
+	for _, want := range []string{
+		`tlsfarm_key_export_ok{target="haproxy:` + files[0],
+		`tlsfarm_ticket_key_epoch `,
+		`tlsfarm_ticket_rotation_lease_holder `,
+	} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("the agent's metrics (%d) lack %q", code, want)
+		}
+	}
+	if code, body := nettest.Do(t, "GET", "http://"+agents[0].adminAddr+"/healthz", ""); code != 200 || !strings.Contains(body, `"exports"`) || !strings.Contains(body, `"status": "ok"`) {
+		t.Errorf("the agent's /healthz: %d %s", code, body)
+	}
+	if code, _ := nettest.Do(t, "GET", "http://"+agents[0].adminAddr+"/readyz", ""); code != 200 {
+		t.Errorf("the agent's /readyz: %d", code)
 	}
 
 	// A restart reads the file: tickets issued before it still resume.

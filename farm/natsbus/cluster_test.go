@@ -52,6 +52,12 @@ func TestClusterBucketReplicatedAndFollowsLeader(t *testing.T) {
 					return tr, tr
 				},
 				Mode: farm.StoreOnly, WriteThrough: true,
+				// Deadlines a loaded CI machine running -race does not
+				// miss: what this test bounds is the failover.
+				Tweak: func(cfg *farm.Config) {
+					cfg.LookupTimeout = 500 * time.Millisecond
+					cfg.WriteThroughTimeout = time.Second
+				},
 			})
 			tr := ms[0].Bus.(*natsbus.Transport)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

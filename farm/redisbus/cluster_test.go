@@ -13,6 +13,14 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
+// patient gives the nodes of a failover test lookup and write-through
+// deadlines that a loaded CI machine running -race does not miss: what
+// these tests bound is the failover, not the deadlines.
+func patient(cfg *farm.Config) {
+	cfg.LookupTimeout = 500 * time.Millisecond
+	cfg.WriteThroughTimeout = time.Second
+}
+
 // transportAt opens each member's transport on the Redis at url.
 func transportAt(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
 	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
@@ -34,7 +42,7 @@ func transportAt(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
 func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
-		NewTransport: transportAt(c.URL("reload=2s")), Mode: farm.StoreOnly, WriteThrough: true,
+		NewTransport: transportAt(c.URL("reload=2s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
 	})
 	ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
 	const attempts = 2000
@@ -90,7 +98,7 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 func TestSentinelFollowsMasterSwitch(t *testing.T) {
 	st := redistest.StartSentinel(t, 1, 3, time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
-		NewTransport: transportAt(st.URL()), Mode: farm.StoreOnly, WriteThrough: true,
+		NewTransport: transportAt(st.URL()), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
 	})
 	farmtest.Recovery(t, ms, tls.VersionTLS13, 50, 5*time.Second, func() {}) // sharing works before the failure
 	old := st.MasterAddr()
