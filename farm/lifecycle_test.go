@@ -220,8 +220,14 @@ func TestGraceCutFarmWide(t *testing.T) {
 			if !tlstest.MustDial(t, ms[2].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1))).HandshakeComplete {
 				t.Fatal("handshake failed")
 			}
-			if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
-				t.Fatal("did not resume on n2")
+			// The first resumption (a store lookup in store-only mode) may
+			// miss its deadline on a loaded machine: a miss is a full
+			// handshake and the client keeps its ticket, so try again.
+			for i := 0; !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume; i++ {
+				if i == 4 {
+					t.Fatal("did not resume on n2")
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
 			time.Sleep(grace + 500*time.Millisecond)
 			for _, m := range ms {
