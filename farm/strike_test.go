@@ -92,7 +92,7 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 	}
 	found := false
 	for _, k := range keys {
-		if strings.Contains(k, "x:") {
+		if strings.Contains(k, "{once:") {
 			found = true
 		}
 		if strings.Contains(k, string(identity)) || strings.Contains(k, fmt.Sprintf("%x", identity)) {
