@@ -56,6 +56,11 @@ type Config struct {
 	// Rotation, if set, returns the farm-wide key rotation's counters.
 	Rotation func() farm.RotationStats
 
+	// Exports, if set, returns the state of each key export target of
+	// "tlsfarm keys": /healthz lists them (and says "degraded" while one
+	// fails), and the metrics report them by target.
+	Exports func() []ExportStatus
+
 	// Proxy, if set, returns the TLS terminator's counters.
 	Proxy func() ProxyStats
 
@@ -91,6 +96,19 @@ type ProxyStats struct {
 	UpstreamErrors    uint64            // requests and streams an upstream could not take
 	Reloads           uint64            // configuration reloads applied
 	ReloadFailures    uint64            // reloads rejected
+
+	// QUIC, if set, holds the HTTP/3 listeners' counters.
+	QUIC *QUICStats
+}
+
+// QUICStats are the HTTP/3 listeners' counters, as the metrics report them.
+type QUICStats struct {
+	FullHandshakes, ResumedHandshakes uint64
+	EarlyDataOffered                  uint64            // client hellos offering 0-RTT
+	EarlyDataAccepted                 uint64            // connections that accepted it
+	EarlyDataRejected                 map[string]uint64 // by reason: replay, store_unavailable, disabled, too_old, other
+	EarlyRequests                     uint64            // requests served from early data
+	TooEarly                          uint64            // 425 responses
 }
 
 // Handshakes counts the completed handshakes of one TLS version.

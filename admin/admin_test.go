@@ -209,3 +209,63 @@ func TestTokenEqual(t *testing.T) {
 		}
 	}
 }
+
+// TestRevokePendingWhileFarmDown: with the farm's bus down, DELETE
+// /sessions/{id} revokes locally and answers 202 "pending", and the
+// pending-revocations metric shows it.
+func TestRevokePendingWhileFarmDown(t *testing.T) {
+	srv, cache := newHandler(t, func(c *Config) {
+		n, err := farm.Join(t.Context(), farm.Config{Farm: "t", Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: downBus{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		c.Node = n
+	})
+	id := insert(t, cache)
+	code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+id.String(), token)
+	if code != http.StatusAccepted || !strings.Contains(body, `"farm": "pending"`) {
+		t.Fatalf("revoke with the farm down: %d %s, want 202 pending", code, body)
+	}
+	if _, ok := cache.Lookup(id); ok {
+		t.Fatal("the session is still cached after a pending revocation")
+	}
+	if _, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", ""); !strings.Contains(metrics, "tlsfarm_farm_pending_revocations 1") {
+		t.Fatal("pending revocation not in the metrics")
+	}
+}
+
+// TestExportsInHealthAndMetrics checks that tlsfarm keys' export targets
+// show in /healthz, which says "degraded" while one fails, and in the
+// metrics by target.
+func TestExportsInHealthAndMetrics(t *testing.T) {
+	now := time.Now()
+	srv, _ := newHandler(t, func(c *Config) {
+		c.Exports = func() []ExportStatus {
+			return []ExportStatus{
+				{Target: "nginx:/run/k", Epoch: 7, OK: true, LastAttempt: now, LastSuccess: now, Exports: 3},
+				{Target: "on-change", Epoch: 6, OK: false, Error: "exit status 1", LastAttempt: now, Exports: 2, Failures: 4},
+			}
+		}
+	})
+	code, body := nettest.Do(t, "GET", srv.URL+"/healthz", "")
+	var h Health
+	if err := json.Unmarshal([]byte(body), &h); err != nil || code != 200 {
+		t.Fatalf("healthz: %d %s", code, body)
+	}
+	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != "exit status 1" {
+		t.Errorf("healthz: %s", body)
+	}
+	_, body = nettest.Do(t, "GET", srv.URL+"/metrics", "")
+	for _, want := range []string{
+		`tlsfarm_key_export_ok{target="nginx:/run/k"} 1`,
+		`tlsfarm_key_export_ok{target="on-change"} 0`,
+		`tlsfarm_key_export_epoch{target="nginx:/run/k"} 7`,
+		`tlsfarm_key_export_failures_total{target="on-change"} 4`,
+		`tlsfarm_key_exports_total{target="nginx:/run/k"} 3`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ type Health struct {
 	Sessions  int            `json:"sessions"`
 	Farm      *FarmHealth    `json:"farm,omitempty"`
 	Keys      *KeyHealth     `json:"ticket_keys,omitempty"`
+	Exports   []ExportStatus `json:"exports,omitempty"`
 }
 
 // ListenerHealth says whether the listeners serve.
@@ -70,6 +71,12 @@ func (h *Handler) health() Health {
 		if h.cfg.Rotation != nil {
 			out.Keys.FarmWide = true
 			out.Keys.LeaseHolder = h.cfg.Rotation().LeaseHolder
+		}
+	}
+	if h.cfg.Exports != nil {
+		out.Exports = h.cfg.Exports()
+		if exportsDegraded(out.Exports) && out.Status == "ok" {
+			out.Status = "degraded"
 		}
 	}
 	return out

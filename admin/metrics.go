@@ -38,6 +38,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		e.farm(c.cfg.Node.Stats())
 	}
 	e.keys()
+	if c.cfg.Exports != nil {
+		e.exports(c.cfg.Exports())
+	}
 }
 
 // An emitter sends metrics for one scrape.
@@ -93,6 +96,9 @@ func (e emitter) proxy(p ProxyStats) {
 	e.counter("tlsfarm_upstream_errors_total", "Requests and streams an upstream could not take (dial or proxy errors).", p.UpstreamErrors)
 	e.labelled(prometheus.CounterValue, "tlsfarm_reloads_total", "Configuration reloads, by result.", "result",
 		map[string]uint64{"applied": p.Reloads, "rejected": p.ReloadFailures})
+	if p.QUIC != nil {
+		e.quic(p.QUIC)
+	}
 }
 
 func (e emitter) cache() {
@@ -140,6 +146,13 @@ func (e emitter) farm(s farm.Stats) {
 	e.counter("tlsfarm_farm_breaker_trips_total", "Times write-through was suspended.", s.BreakerTrips)
 	e.labelled(prometheus.CounterValue, "tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
 		map[string]uint64{"own": s.Self, "session": s.ReceivedSessions, "revocation": s.ReceivedRevocations})
+	e.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(s.PendingRevocations))
+	e.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", s.BacklogDropped)
+	e.gauge("tlsfarm_farm_backlog_length", "Sessions made during an outage waiting to be written and published.", float64(s.Backlog))
+	e.labelled(prometheus.CounterValue, "tlsfarm_farm_consumes_total", "Atomic consumes in the store (single use, Consume), by result.", "result",
+		map[string]uint64{"consumed": s.Lifecycle.Consumed, "refused": s.Lifecycle.ConsumeRefused, "error": s.Lifecycle.ConsumeErrors, "restored": s.Lifecycle.Restored})
+	e.labelled(prometheus.CounterValue, "tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
+		map[string]uint64{"retire_sent": s.Lifecycle.RetiresSent, "retire_received": s.Lifecycle.RetiresReceived, "cut_sent": s.Lifecycle.CutsSent, "cut_received": s.Lifecycle.CutsReceived})
 	e.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", s.Inserted)
 	e.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, foreign ID key).", s.InsertRefused)
 	rejected := map[string]uint64{}

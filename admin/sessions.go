@@ -3,7 +3,9 @@ package admin
 import (
 	"context"
 	"net/http"
+	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -20,11 +22,21 @@ func (h *Handler) sessions(w http.ResponseWriter, r *http.Request) {
 // RevokeResponse is the answer of DELETE /sessions/{id}.
 type RevokeResponse struct {
 	Revoked bool `json:"revoked"`
-	Farm    bool `json:"farm"` // revoked farm-wide, not only here
+	// Farm says how far the revocation has reached beyond this node:
+	// "applied" (the farm's store holds the tombstone and the bus carried
+	// it: status 200), "pending" (in force here, queued for the farm and
+	// retried until applied: status 202), or "none" (no farm).
+	Farm string `json:"farm"`
 }
 
+// revokeApplyWait is how long DELETE /sessions/{id} waits for a revocation
+// to reach the farm before it answers 202 "pending".
+const revokeApplyWait = time.Second
+
 // revoke handles DELETE /sessions/{id}: it revokes the session and its
-// resumption chain, through the farm when there is one.
+// resumption chain, through the farm when there is one. It answers 200 when
+// the revocation is applied farm-wide (or there is no farm), 202 when it is
+// applied here and pending for the farm.
 func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	id, err := session.ParseID(r.PathValue("id"))
 	if err != nil {
@@ -35,14 +47,19 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such session (the ID is not one this farm issued)")
 		return
 	}
-	var found bool
+	found, status, farmState := false, http.StatusOK, "none"
 	if h.cfg.Node != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.RevokeTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), min(h.cfg.RevokeTimeout, revokeApplyWait))
 		defer cancel()
-		found, err = h.cfg.Node.Revoke(ctx, id)
+		st, err := h.cfg.Node.RevokeSession(ctx, id)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, "the farm's store could not be asked: "+err.Error())
 			return
+		}
+		found = st != farm.RevokeNotFound
+		farmState = st.String()
+		if st == farm.RevokePending {
+			status = http.StatusAccepted
 		}
 	} else {
 		found = h.cfg.Cache.Remove(id)
@@ -53,6 +70,6 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	// A prefix of the ID is enough to audit revocations; the whole ID is
 	// what a client presents, and stays out of logs.
-	h.cfg.Logger.Info("session revoked", "id_prefix", id.String()[:12], "farm", h.cfg.Node != nil, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, RevokeResponse{Revoked: true, Farm: h.cfg.Node != nil})
+	h.cfg.Logger.Info("session revoked", "id_prefix", id.String()[:12], "farm", farmState, "remote", r.RemoteAddr)
+	writeJSON(w, status, RevokeResponse{Revoked: true, Farm: farmState})
 }

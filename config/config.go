@@ -57,6 +57,13 @@ type Listener struct {
 	Upstream string `yaml:"upstream"`
 
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+
+	// HTTP3 serves HTTP/3 (QUIC) on the UDP port of Address too, with the
+	// same certificates, sessions and upstream (an HTTP one).
+	HTTP3 bool `yaml:"http3"`
+	// EarlyData accepts 0-RTT early data on the HTTP/3 listener, once per
+	// session in the whole farm (see docs/quic.md).
+	EarlyData bool `yaml:"early_data"`
 }
 
 // A Certificate is a certificate chain and its private key, in PEM files,
@@ -112,6 +119,14 @@ type Farm struct {
 	// a farm outage only degrades the node to its local cache.
 	Strict         bool          `yaml:"strict"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+
+	// RevocationFile keeps the revocations not yet applied farm-wide
+	// (farm.Config.RevocationFile); empty: in memory only.
+	RevocationFile string `yaml:"revocation_file"`
+
+	// FallbackTicketLifetime is farm.Config.FallbackTicketLifetime; 0
+	// turns fallback tickets off.
+	FallbackTicketLifetime time.Duration `yaml:"fallback_ticket_lifetime"`
 
 	// Secrets are the farm secrets read from SecretFile, set by Validate.
 	Secrets []farm.Secret `yaml:"-"`
@@ -179,6 +194,8 @@ func Default() *Config {
 			Mode:           "broadcast",
 			LookupDeadline: 250 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
+
+			FallbackTicketLifetime: farm.DefaultFallbackTicketLifetime,
 		},
 		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},
 		Admin:   Admin{Address: DefaultAdminAddress},

@@ -38,6 +38,8 @@ var Settings = []Setting{
 	{Key: "listeners[].alpn", Flag: "alpn", Env: "TLSFARM_ALPN", Default: "h2,http/1.1 (none for tcp://)", Reloadable: true, Usage: "ALPN `protocols` offered, comma-separated"},
 	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: DefaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
 	{Key: "listeners[].proxy_protocol.enabled", Flag: "proxy-protocol", Env: "TLSFARM_PROXY_PROTOCOL", Default: "false", Usage: "expect a PROXY protocol header on each connection"},
+	{Key: "listeners[].http3", Flag: "http3", Env: "TLSFARM_HTTP3", Default: "false", Usage: "serve HTTP/3 (QUIC) on the UDP port of the listener's address too"},
+	{Key: "listeners[].early_data", Flag: "early-data", Env: "TLSFARM_EARLY_DATA", Default: "false", Usage: "accept 0-RTT early data on HTTP/3, once per session in the farm"},
 	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "none (required)", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated (required with -proxy-protocol)"},
 
 	{Key: "cache.mode", Flag: "cache-mode", Env: "TLSFARM_CACHE_MODE", Default: "stateful", Usage: "session resumption mode: stateful, stateless or mixed"},
@@ -56,6 +58,8 @@ var Settings = []Setting{
 	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "250ms", Usage: "longest a handshake waits for the store on a cache miss"},
 	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start, and fail /readyz, while the farm transport is down"},
 	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},
+	{Key: "farm.revocation_file", Flag: "revocation-file", Env: "TLSFARM_REVOCATION_FILE", Default: "", Usage: "`file` keeping revocations not yet applied farm-wide across restarts"},
+	{Key: "farm.fallback_ticket_lifetime", Flag: "fallback-ticket-lifetime", Env: "TLSFARM_FALLBACK_TICKET_LIFETIME", Default: "5m", Usage: "lifetime of the farm tickets issued instead of sessions while the farm is unreachable (0: never)"},
 
 	{Key: "tickets.rotation_interval", Flag: "ticket-rotation", Env: "TLSFARM_TICKET_ROTATION", Default: "12h", Usage: "how often the session ticket key rotates"},
 	{Key: "tickets.keep", Flag: "ticket-keep", Env: "TLSFARM_TICKET_KEEP", Default: "2", Usage: "previous ticket keys kept for decryption"},

@@ -93,6 +93,12 @@ func (c *Config) checkListeners() error {
 				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", p)
 			}
 		}
+		if l.HTTP3 && IsTCP(l.Upstream) {
+			return c.problem(key+".http3", "HTTP/3 needs an HTTP upstream, not %s", l.Upstream)
+		}
+		if l.EarlyData && !l.HTTP3 {
+			return c.problem(key+".early_data", "early data is only accepted over HTTP/3: set http3 too")
+		}
 		if l.ProxyProtocol.Enabled && len(l.ProxyProtocol.Trusted) == 0 {
 			return c.problem(key+".proxy_protocol.trusted", "is required with proxy_protocol.enabled: without it any client can send a PROXY header and claim any address; list the balancers' addresses or ranges (0.0.0.0/0 and ::/0 trust every sender, explicitly)")
 		}
@@ -178,8 +184,8 @@ func (c *Config) checkFarm() error {
 
 func (c *Config) checkTickets() error {
 	switch {
-	case c.Tickets.RotationInterval < time.Minute:
-		return c.problem("tickets.rotation_interval", "must be at least 1m")
+	case c.Tickets.RotationInterval < time.Second:
+		return c.problem("tickets.rotation_interval", "must be at least 1s (under 1m is for trials and tests)")
 	case c.Tickets.Keep < 1:
 		return c.problem("tickets.keep", "must be at least 1, or tickets stop resuming the moment their key rotates out")
 	case c.Tickets.Keep > 16:

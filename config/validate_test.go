@@ -132,6 +132,8 @@ func TestBadInput(t *testing.T) {
 			[]string{"farm.mode", "store-only needs a transport with a store"}},
 		{"bad upstream", "", []string{"-upstream", "ftp://x"}, nil, []string{"listeners[0].upstream", "ftp://x"}},
 		{"tcp upstream without port", "", []string{"-upstream", "tcp://host"}, nil, []string{"listeners[0].upstream", "host:port"}},
+		{"HTTP/3 to a tcp upstream", "", []string{"-http3", "-upstream", "tcp://127.0.0.1:1"}, nil, []string{"listeners[0].http3", "HTTP upstream"}},
+		{"early data without HTTP/3", "", []string{"-early-data"}, nil, []string{"listeners[0].early_data", "set http3 too"}},
 		{"bad listen address", "", []string{"-listen", "8443"}, nil, []string{"listeners[0].address", "not host:port"}},
 		{"duplicate listeners", "listeners:\n  - address: 127.0.0.1:1\n  - address: 127.0.0.1:1\n", nil, nil,
 			[]string{"listeners[1].address", "also listeners[0]"}},
@@ -144,6 +146,7 @@ func TestBadInput(t *testing.T) {
 		{"open admin token file", "", []string{"-admin-token-file", open}, nil, []string{"admin.token_file", "chmod 600"}},
 		{"bad log format", "", []string{"-log-format", "xml"}, nil, []string{"log.format", "text or json"}},
 		{"too many ticket keys", "", []string{"-ticket-keep", "100"}, nil, []string{"tickets.keep", "too many"}},
+		{"rotation under 1s", "", []string{"-ticket-rotation", "500ms"}, nil, []string{"tickets.rotation_interval", "at least 1s"}},
 		{"unexpected argument", "", []string{"extra"}, nil, []string{`unexpected argument "extra"`}},
 		{"missing config file", "", []string{"-config", "/nonexistent/tlsfarm.yaml"}, nil, []string{"config file", "no such file"}},
 	}
@@ -177,5 +180,17 @@ func TestFarmURLPasswordNotInErrors(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error shows the password: %v", err)
+	}
+}
+
+// TestShortRotationAccepted checks that a rotation interval down to 1s
+// loads, so that trials and tests can watch rotations happen.
+func TestShortRotationAccepted(t *testing.T) {
+	c, err := Load("serve", []string{"-ticket-rotation", "1s"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tickets.RotationInterval != time.Second {
+		t.Errorf("rotation interval %v", c.Tickets.RotationInterval)
 	}
 }

@@ -55,7 +55,7 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 		var body []byte
 		for i := range batch {
 			it := &batch[i]
-			if it.rev != nil {
+			if it.rev != nil || it.op != opNew {
 				continue
 			}
 			at := len(body)
@@ -97,14 +97,16 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 	if len(body) > 0 {
 		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
 	}
-	return msgs, news, revs
+	return n.cutMessages(hdr, batch, limit, msgs), news, revs
 }
 
 // storeItems returns the store's part of batch: the new sessions to put,
 // the keys of revoked sessions to delete, and the revocations to record. A
 // session that cannot be encoded, or whose value would exceed the store's
-// limit, is left out and counted, and its write-through waiter is told at
-// once.
+// limit, is left out, counted and marked opDropped (so that it never enters
+// the backlog), and its write-through waiter is told at once. Retirements
+// and cuts add their part through lifecycleStoreItems; released claims are
+// written by restoreAll.
 func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item, dels []string, revs []revocation) {
 	limit := limitOf(n.cfg.Records)
 	hdr.typ = msgStored
@@ -113,6 +115,10 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 		if it.rev != nil {
 			revs = append(revs, *it.rev)
 			dels = append(dels, sessionKey(it.id))
+			continue
+		}
+		if it.op != opNew {
+			puts, dels = n.lifecycleStoreItems(hdr, it, now, puts, dels)
 			continue
 		}
 		ttl := it.rec.Expires.Sub(now)
@@ -126,6 +132,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 		}
 		if err != nil || len(v) > limit {
 			n.ctr.unencodable.Add(1)
+			it.op = opDropped // not for the backlog either
 			if it.done != nil {
 				it.done <- errUnencodable
 				it.done = nil
@@ -137,22 +144,24 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 	return puts, dels, revs
 }
 
-var errStoreDown = errors.New("farm: the store does not answer its probe")
-
 // flushStore writes one batch to the store, on the store's own path: a
-// store that fails or hangs delays only this path, never the bus. While
-// the store's probe fails it does not try: the batch fails at once
-// (counted in StoreWriteErrors) and its write-through waiters are told.
+// store that fails or hangs delays only this path (at most OpTimeout a
+// batch, then backoff), never the bus. It tries whatever the health probe
+// says: a probe that fails on a loaded machine must not cost sessions.
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
+	restores := hasOp(batch, opRestore)
 	var err error
-	if !n.storeProbe.healthy() {
-		err = errStoreDown
-	} else if len(puts) > 0 || len(revs) > 0 {
+	if len(puts) > 0 || len(revs) > 0 || len(dels) > 0 || restores {
 		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err = n.storeBatch(sctx, hdr, puts, dels, revs)
+		if restores {
+			if rerr := n.restoreAll(sctx, hdr, batch); err == nil {
+				err = rerr
+			}
+		}
 		cancel()
 	}
 	for _, it := range batch {
@@ -160,8 +169,11 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 			it.done <- err
 		}
 	}
-	if len(puts) == 0 && len(revs) == 0 {
+	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true
+	}
+	if ctx.Err() == nil {
+		n.storeOutcome(batch, err)
 	}
 	if err != nil {
 		n.ctr.storeWriteErrors.Add(1)
@@ -171,6 +183,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 		return false
 	}
 	n.ctr.storeWrites.Add(uint64(len(puts)))
+	n.storeAnswered(len(puts))
 	n.ctr.storeErrLogged.Store(false)
 	return true
 }

@@ -55,3 +55,13 @@ func (b *breaker) state(now time.Time) (open bool, trips uint64) {
 	defer b.mu.Unlock()
 	return b.failures >= b.threshold && now.Before(b.openUntil), b.trips
 }
+
+// storeAnswered closes the breaker after a batch of puts (> 0) reached the
+// store in the background: the store works again (a failover completed, a
+// partition healed), so handshakes need not wait out the rest of the
+// cooldown before they use it.
+func (n *Node) storeAnswered(puts int) {
+	if puts > 0 {
+		n.brk.record(true, n.cfg.Now())
+	}
+}

@@ -18,15 +18,15 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// countingStore is a real store that counts its GETs.
+// countingStore is a real store that counts its record GETs.
 type countingStore struct {
 	farm.Store
 	gets atomic.Int64
 }
 
-func (s *countingStore) Get(ctx context.Context, key string) ([]byte, error) {
+func (s *countingStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	s.gets.Add(1)
-	return s.Store.Get(ctx, key)
+	return s.Store.GetRecord(ctx, key)
 }
 
 // longName is a server name of 300 bytes: longer than any record holds.
@@ -231,7 +231,7 @@ func TestRotatorCloseUnregisters(t *testing.T) {
 	}
 }
 
-// slowStore is a real store whose GETs take delay longer.
+// slowStore is a real store whose record GETs take delay longer.
 type slowStore struct {
 	farm.Store
 	delay time.Duration

@@ -57,6 +57,7 @@ const (
 	msgStored                       // body: one record; context: its session ID
 	msgTombstone                    // body: one revoked chain, in the store
 	msgKeys                         // body: a ticket key set
+	msgCut                          // body: sessions cut to their grace, or retired
 )
 
 func (t msgType) String() string {
@@ -71,6 +72,8 @@ func (t msgType) String() string {
 		return "tombstone"
 	case msgKeys:
 		return "keys"
+	case msgCut:
+		return "cut"
 	}
 	return fmt.Sprintf("msgType(%d)", uint8(t))
 }

@@ -241,7 +241,7 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, a))
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, b))
-	keys, err := raw.Keys(ctx, transport(ms[0]).Key("s:*")).Result()
+	keys, err := raw.Keys(ctx, transport(ms[0]).RecordKey("s:*")).Result()
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("stored keys = %v, %v", keys, err)
 	}

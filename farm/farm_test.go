@@ -110,6 +110,8 @@ func TestBroadcastReachesPeers(t *testing.T) {
 			_, ok := m.Cache.Lookup(id)
 			return ok
 		})
+		// The cache has it a moment before the node counts it.
+		farmtest.Eventually(t, time.Second, m.Name+" counted the insert", func() bool { return m.Node.Stats().Inserted > 0 })
 		if st := m.Node.Stats(); st.Lookups != 0 || st.Inserted == 0 {
 			t.Fatalf("%s: lookups %d, inserted %d; want 0 and >0", m.Name, st.Lookups, st.Inserted)
 		}

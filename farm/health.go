@@ -123,7 +123,7 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	}
 	switch pr.what {
 	case "store":
-		n.log.Warn("farm: the store does not answer; handshakes stop looking sessions up in it and stop waiting for it, and other nodes cannot look up this node's new sessions until it does",
+		n.log.Warn("farm: the store does not answer; other nodes cannot look up this node's new sessions, nor this node theirs, until it does",
 			"err", err, "probe_timeout", n.cfg.ProbeTimeout.String())
 	default:
 		n.log.Warn("farm: the "+pr.what+" does not answer; serving from the local cache, and sessions issued meanwhile do not reach the other nodes",

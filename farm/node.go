@@ -171,6 +171,20 @@ type Config struct {
 	NegativeCacheSize int
 	NegativeCacheTTL  time.Duration
 
+	// RevocationFile, if set, is where the node keeps the revocations it
+	// has applied locally but not yet in the store and on the bus (sealed
+	// with the farm secret, mode 0600), written before RevokeSession
+	// returns and read back by Join, so that a revocation survives a
+	// restart of the node during an outage.
+	RevocationFile string
+
+	// FallbackTicketLifetime is the lifetime of the stateless tickets a
+	// node issues instead of cached sessions while it cannot reach the
+	// farm (default DefaultFallbackTicketLifetime; negative: never). It
+	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
+	// never for a single-use cache: see session.Cache.SetTicketFallback.
+	FallbackTicketLifetime time.Duration
+
 	// Logger receives the node's log lines (default slog.Default()). No key
 	// or session secret is ever logged.
 	Logger *slog.Logger
@@ -222,6 +236,17 @@ type Node struct {
 	lk        lookupCounters
 	pend      *pending // with LazyPeers
 
+	life     lifeCounters
+	revs     revocations
+	backlog  *backlog
+	deg      degradation
+	rotating atomic.Bool // ticket keys are farm-wide
+	kids     chan item   // store-only: parents whose live child to swap
+	recut    recuts
+
+	genMu      sync.Mutex
+	generation []byte // the store's generation record, as last read
+
 	handlersMu sync.Mutex
 	handlers   map[msgType]func(header, []byte)
 }
@@ -231,7 +256,11 @@ type item struct {
 	id   session.ID
 	rec  session.Record // for a new session
 	rev  *revocation    // for a revocation
+	op   itemOp         // what to do with it (see lifecycle.go)
 	done chan error     // write-through: told when the store has it
+
+	until time.Time  // opCut: the session's new end
+	child session.ID // opCut: the session issued by resuming it
 }
 
 var errDropped = errors.New("farm: dropped from a full queue")
@@ -260,8 +289,16 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		lag:      newHistogram(),
 		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
 		handlers: map[msgType]func(header, []byte){},
+		backlog:  newBacklog(cfg.QueueSize),
+		kids:     make(chan item, 1024),
 	}
+	n.revs.wake = make(chan struct{}, 1)
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
+		return nil, err
+	}
+	// Before the loader and claimer go in: a file that does not open
+	// leaves the cache as it was.
+	if err := n.loadRevocations(); err != nil {
 		return nil, err
 	}
 	if cfg.LazyPeers {
@@ -277,15 +314,23 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.Records != nil || n.pend != nil {
 		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
+		if cfg.Records != nil && cfg.Cache.SingleUse() {
+			// A claim that times out after the store took the session
+			// costs the client its resumption: give it the longer of
+			// the two deadlines.
+			cfg.Cache.SetClaimer(claimer{n}, max(cfg.LookupTimeout, cfg.WriteThroughTimeout))
+		}
 	}
 	n.initProbes()
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
 
 	parent := ctx
 	ctx, n.cancel = context.WithCancel(context.WithoutCancel(parent))
-	n.wg.Add(2)
+	n.wg.Add(4)
 	go n.drain(ctx, n.q, n.flush)
 	go n.listener(ctx)
+	go n.revoker(ctx)
+	go n.childKeeper(ctx)
 	if n.sq != nil {
 		n.wg.Add(1)
 		go n.drain(ctx, n.sq, n.flushStore)
@@ -352,6 +397,9 @@ func (cfg *Config) setDefaults() error {
 	def(&cfg.OpTimeout, DefaultOpTimeout)
 	def(&cfg.HealInterval, DefaultHealInterval)
 	def(&cfg.BreakerCooldown, DefaultBreakerCooldown)
+	if cfg.FallbackTicketLifetime == 0 {
+		cfg.FallbackTicketLifetime = DefaultFallbackTicketLifetime
+	}
 	if cfg.BreakerThreshold <= 0 {
 		cfg.BreakerThreshold = DefaultBreakerThreshold
 	}
@@ -381,15 +429,25 @@ func (cfg *Config) setDefaults() error {
 
 // Close leaves the farm: it unregisters the hooks and the loader, stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
-// Close may be called more than once; the end of Join's context calls it.
+// Revocations not yet applied farm-wide get one more try, bounded by
+// OpTimeout. Close may be called more than once; the end of Join's context
+// calls it.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
 		if n.cfg.Records != nil || n.pend != nil {
 			n.cfg.Cache.SetLoader(nil, 0)
+			n.cfg.Cache.SetClaimer(nil, 0)
 		}
 		n.cancel()
 		n.wg.Wait()
+		if n.PendingRevocations() > 0 {
+			// One more try, bounded; what is left stays in
+			// Config.RevocationFile, if set, for the next Join.
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			n.drainRevocations(ctx)
+			cancel()
+		}
 		if stop := n.stopWatch.Load(); stop != nil {
 			(*stop)()
 		}
@@ -401,10 +459,11 @@ func (n *Node) Close() error {
 // queues, except in write-through mode, where it waits (bounded) for the
 // store.
 func (n *Node) onEvent(ev session.Event) {
+	n.lifecycleEvent(ev)
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		it := item{id: ev.ID, rec: ev.Record}
-		if !n.cfg.WriteThrough || !n.storeProbe.healthy() || !n.brk.allow(n.cfg.Now()) {
+		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
 			n.enqueue(it)
 			return
 		}
@@ -427,10 +486,10 @@ func (n *Node) onEvent(ev session.Event) {
 			go n.lateWrite(it.done)
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
-		n.enqueue(item{id: ev.ID, rev: &revocation{
+		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
 			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
-		}})
+		})
 	}
 }
 
@@ -455,19 +514,34 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-	n.enqueue(item{id: id, rev: &rev})
+	n.addRevocation(id, rev)
 	return true, nil
 }
 
 // enqueue queues it for publishing. Where the store has a path of its own
 // (n.sq), the bus's part goes to n.q and the store's to n.sq; the
-// write-through waiter goes with the store's part.
+// write-through waiter goes with the store's part. Only what has a bus
+// part goes to n.q: revocations, new sessions in broadcast mode,
+// retirements, and grace cuts in store-only mode (see busMessages); a
+// released claim (opRestore) is the store's alone. Lifecycle items must
+// come through here too, never straight to n.q: on the store's own path
+// (a bus that is not also a Batcher store, such as NATS) n.q never writes
+// the store.
 func (n *Node) enqueue(it item) {
 	if n.sq == nil {
 		n.q.push(it)
 		return
 	}
-	if it.rev != nil || n.cfg.Mode == Broadcast {
+	var bus bool
+	switch it.op {
+	case opNew:
+		bus = it.rev != nil || n.cfg.Mode == Broadcast
+	case opRetire:
+		bus = true
+	case opCut:
+		bus = n.cfg.Mode == StoreOnly // broadcast peers cut on the child
+	}
+	if bus {
 		b := it
 		b.done = nil
 		n.q.push(b)
@@ -482,11 +556,25 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 	defer n.wg.Done()
 	var batch []item
 	failures := 0
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a context that is done: pop without waiting
+	catchUp := q == n.storeQueue()
 	for {
-		var err error
-		batch, err = q.pop(ctx, batch[:0], n.cfg.BatchSize)
-		if err != nil {
-			return
+		batch = batch[:0]
+		if catchUp && n.backlog.len() > 0 {
+			// Catch up after an outage: sessions that did not reach the
+			// farm, newest first, with whatever is new.
+			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
+				continue
+			}
+		} else {
+			var err error
+			batch, err = q.pop(ctx, batch, n.cfg.BatchSize)
+			if err != nil {
+				return
+			}
 		}
 		if flush(ctx, batch) {
 			failures = 0
@@ -521,8 +609,16 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var puts []Item
 	var dels []string
 	var revs []revocation
-	if n.cfg.Records != nil && n.sq == nil {
+	switch {
+	case n.sq != nil:
+	case n.cfg.Records != nil:
 		puts, dels, revs = n.storeItems(hdr, batch, now)
+	case n.cfg.Coord != nil: // no records: only the tombstones are kept
+		for _, it := range batch {
+			if it.rev != nil {
+				revs = append(revs, *it.rev)
+			}
+		}
 	}
 
 	// The store write and the publish go out at once: in one round trip
@@ -537,8 +633,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		}
 	}
-	stored := n.cfg.Records != nil && len(puts) > 0 || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && any(n.cfg.Bus) == any(n.cfg.Records) {
+	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
+	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -552,6 +649,11 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 				defer wg.Done()
 				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
+				if restores {
+					if err := n.restoreAll(sctx, hdr, batch); storeErr == nil {
+						storeErr = err
+					}
+				}
 				cancel()
 				release()
 			}()
@@ -565,6 +667,11 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	ok := true
+	if stored && ctx.Err() == nil {
+		n.storeOutcome(batch, storeErr)
+	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
+		n.keepForLater(batch) // no store: the bus is the only way to the farm
+	}
 	if stored {
 		if storeErr != nil {
 			ok = false
@@ -574,6 +681,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			}
 		} else {
 			n.ctr.storeWrites.Add(uint64(len(puts)))
+			n.storeAnswered(len(puts))
 			n.ctr.storeErrLogged.Store(false)
 		}
 	}
@@ -588,6 +696,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		} else {
 			n.ctr.published.Add(uint64(news))
 			n.ctr.publishedRevocations.Add(uint64(nrevs))
+			n.countCutsSent(batch)
 			n.ctr.publishErrLogged.Store(false)
 		}
 	}
@@ -641,9 +750,11 @@ func (n *Node) listener(ctx context.Context) {
 
 func (n *Node) busState(up bool, err error) {
 	was := n.connected.Swap(up)
+	defer n.updateFallback()
 	switch {
 	case up && !was:
 		n.ctr.connects.Add(1)
+		n.revs.signal()
 		n.log.Info("farm: connected to the bus")
 		// Catch up on revocations published while we were away.
 		select {
@@ -702,6 +813,8 @@ func (n *Node) receive(msg []byte) {
 			}
 			n.ctr.inserted.Add(1)
 		}
+	case msgCut:
+		n.receiveCuts(body)
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
@@ -737,8 +850,7 @@ func (n *Node) handle(t msgType, fn func(header, []byte)) {
 }
 
 // load is the cache's loader: a store lookup, one at a time per ID. While
-// the store is failing (the breaker is open, or its probe fails), it does
-// not try: a handshake should not pay the lookup deadline to learn what the
+// the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
 // last ones learned. Nor does it for an ID the store did not have a moment
 // ago (the negative cache).
 //
@@ -758,7 +870,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		n.ctr.negativeHits.Add(1)
 		return nil, nil
 	}
-	if !n.storeProbe.healthy() || !n.brk.allow(now) {
+	if !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
 		return nil, nil
 	}
@@ -770,6 +882,7 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		return nil, nil
 	}
 	cp := *rec // each caller gets its own record; State is shared, read-only
+	n.noteLoaded(id, cp.Expires)
 	return &cp, nil
 }
 
@@ -808,6 +921,9 @@ func (n *Node) healer(ctx context.Context) {
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
 	n.readTombstones(ctx)
+	if n.cfg.Records != nil {
+		n.checkGeneration(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -816,6 +932,9 @@ func (n *Node) healer(ctx context.Context) {
 		case <-n.heal:
 		}
 		n.readTombstones(ctx)
+		if n.cfg.Records != nil {
+			n.checkGeneration(ctx)
+		}
 	}
 }
 

@@ -74,6 +74,14 @@ type Rotator struct {
 	invalid  atomic.Uint64
 	storeErr atomic.Uint64
 	acquired atomic.Uint64
+	merged   atomic.Uint64
+
+	// served: the ring's keys may have encrypted tickets the farm does not
+	// know (the node served before it had the farm's keys).
+	served    atomic.Bool
+	readyOnce sync.Once
+	ready     chan struct{}
+	readyErr  error
 }
 
 // RotationStats describe a node's part in key rotation.
@@ -87,6 +95,7 @@ type RotationStats struct {
 	Ignored     uint64    // announcements not newer than the key set in use
 	Invalid     uint64    // key sets that opened but did not decode
 	StoreErrors uint64    // failed store operations
+	Merges      uint64    // key sets this node merged with its own and wrote back
 }
 
 // RotateTicketKeys starts farm-wide rotation of the session ticket keys in
@@ -129,9 +138,15 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 		token: []byte(n.cfg.Node + "/" + hex.EncodeToString(tok)),
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
+		ready: make(chan struct{}),
 	}
 	r.lastErr.Store("")
 	n.handle(msgKeys, r.onAnnounce)
+	// The keys are farm-wide: every node accepts the farm's tickets, so
+	// that a node cut off from the farm can fall back to them.
+	n.cfg.Cache.AcceptTickets(true)
+	n.rotating.Store(true)
+	n.updateFallback()
 	ctx, r.cancel = context.WithCancel(ctx)
 	go r.loop(ctx)
 	return r, nil
@@ -167,6 +182,7 @@ func (r *Rotator) Stats() RotationStats {
 		Ignored:     r.ignored.Load(),
 		Invalid:     r.invalid.Load(),
 		StoreErrors: r.storeErr.Load(),
+		Merges:      r.merged.Load(),
 	}
 }
 
@@ -195,25 +211,32 @@ func (r *Rotator) step(ctx context.Context) {
 	store := r.n.cfg.Coord
 
 	raw, err := store.Get(ctx, keySetKey)
-	var cur *ticket.State
+	var cur *keySet
 	switch {
 	case errors.Is(err, ErrNotFound):
 		r.lastErr.Store("")
 	case err != nil:
 		r.fail(err)
+		r.markReady(err)
 		return
 	default:
 		r.lastErr.Store("")
-		s, err := r.openKeySet(raw)
+		ks, err := r.openKeySet(raw)
 		if err != nil {
 			// Not ours, or tampered with: never build on it. The holder
 			// replaces it below only by compare-and-swap.
 			r.invalid.Add(1)
+		} else if mine := r.cfg.Ring.State(); needsMerge(ks.st, mine, r.served.Load()) {
+			// Never accept a split: write back the union, under a new
+			// epoch, fenced by the bytes just read.
+			r.mergeInto(ctx, raw, ks, mine)
+			return
 		} else {
-			cur = &s
-			r.apply(s)
+			cur = &ks
+			r.apply(ks.st)
 		}
 	}
+	r.markReady(nil)
 
 	if !r.lease(ctx) {
 		return
@@ -224,6 +247,7 @@ func (r *Rotator) step(ctx context.Context) {
 		return
 	}
 	var next ticket.State
+	var nextSet keySet
 	switch {
 	case cur == nil:
 		// The farm has no key set yet (or an unreadable one): start from
@@ -231,15 +255,20 @@ func (r *Rotator) step(ctx context.Context) {
 		next = r.cfg.Ring.State()
 		next.Epoch++
 		next.Rotated = now
-	case now.Sub(cur.Rotated) >= r.cfg.Interval:
-		if next, err = cur.Rotate(now, r.cfg.Keep); err != nil {
+		nextSet = keySet{st: next}
+	case now.Sub(cur.st.Rotated) >= r.cfg.Interval:
+		if next, err = cur.st.Rotate(now, cur.keepFor(cur.st.Epoch+1, r.cfg.Keep)); err != nil {
 			r.fail(err)
 			return
+		}
+		nextSet = keySet{st: next}
+		if cur.extra > 0 && next.Epoch < cur.until {
+			nextSet.extra, nextSet.until = cur.extra, cur.until
 		}
 	default:
 		return
 	}
-	body, err := next.Bytes()
+	body, err := nextSet.bytes()
 	if err != nil {
 		r.fail(err)
 		return
@@ -295,13 +324,84 @@ func (r *Rotator) seal(t msgType, body, context []byte) []byte {
 	return r.n.keys.seal(nil, header{typ: t, time: r.n.cfg.Now(), sender: r.n.instance, farm: r.n.cfg.Farm}, body, context)
 }
 
-func (r *Rotator) openKeySet(raw []byte) (ticket.State, error) {
+func (r *Rotator) openKeySet(raw []byte) (keySet, error) {
 	_, body, err := r.n.keys.open(raw, r.n.cfg.Farm, msgKeys, keySetContext, r.n.cfg.Now(), 0, 0)
 	if err != nil {
-		return ticket.State{}, err
+		return keySet{}, err
 	}
 	defer clear(body)
-	return ticket.ParseState(body)
+	return parseKeySet(body)
+}
+
+// mergeInto writes back, by compare-and-swap from raw, the farm's set ks
+// merged with this node's set mine, then applies and announces it.
+func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine ticket.State) {
+	merged := merge(ks, mine, r.cfg.Keep)
+	body, err := merged.bytes()
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	defer clear(body)
+	ok, err := r.n.cfg.Coord.CompareAndSwap(ctx, keySetKey, raw, r.seal(msgKeys, body, keySetContext), 0)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	if !ok {
+		r.signal() // someone wrote first: read theirs, and merge again if need be
+		return
+	}
+	r.merged.Add(1)
+	r.apply(merged.st)
+	r.markReady(nil)
+	r.n.log.Warn("farm: merged this node's ticket keys with the farm's (the store lost its key set, or this node served without it); its keys only decrypt now",
+		"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
+	pctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
+	defer cancel()
+	if err := r.n.cfg.Bus.Publish(pctx, r.seal(msgKeys, body, nil)); err != nil {
+		r.fail(err)
+	}
+}
+
+func (r *Rotator) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// markReady records the outcome of the first poll: nil once the node holds
+// the farm's keys (or the farm has none yet), else why it could not get
+// them. A node that serves with keys of its own from then on contributes
+// them when it merges.
+func (r *Rotator) markReady(err error) {
+	r.readyOnce.Do(func() {
+		if err != nil || r.cfg.Ring.State().Epoch == 0 {
+			r.served.Store(true)
+		}
+		r.readyErr = err
+		close(r.ready)
+	})
+}
+
+// WaitReady waits until the node holds the farm's ticket keys, read (and
+// merged, if need be) at the rotator's first poll of the store, and returns
+// nil. If that poll finds the store unreachable, or ctx ends first, it
+// returns why: the node then serves with keys of its own, and contributes
+// them to the farm's set as decrypt-only keys once the store is back, so
+// that no ticket it issued meanwhile is lost. A server calls it, with a
+// bounded ctx, before it accepts connections.
+func (r *Rotator) WaitReady(ctx context.Context) error {
+	select {
+	case <-r.ready:
+		return r.readyErr
+	case <-ctx.Done():
+		if r.cfg.Ring.State().Epoch == 0 {
+			r.served.Store(true)
+		}
+		return fmt.Errorf("farm: no ticket keys from the farm yet: %w", ctx.Err())
+	}
 }
 
 // apply installs s if it is newer than the key set in use.
@@ -323,13 +423,21 @@ func (r *Rotator) apply(s ticket.State) bool {
 // checked its seal, farm and age.
 func (r *Rotator) onAnnounce(_ header, body []byte) {
 	defer clear(body)
-	s, err := ticket.ParseState(body)
+	ks, err := parseKeySet(body)
 	if err != nil {
 		r.invalid.Add(1)
 		return
 	}
+	s := ks.st
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if needsMerge(s, r.cfg.Ring.State(), r.served.Load()) {
+		// Adopting it would drop keys this node encrypted with: merge
+		// through the store at once instead.
+		r.ignored.Add(1)
+		r.signal()
+		return
+	}
 	if !r.apply(s) {
 		// Not newer than what we hold: a replay, or our own news.
 		r.ignored.Add(1)

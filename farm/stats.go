@@ -91,6 +91,13 @@ type Stats struct {
 	// ended with the store's answer: choose WriteThroughTimeout above its
 	// tail.
 	WriteThroughLatency Histogram
+	// Lifecycle counts single use, grace cuts and retirements.
+	Lifecycle LifecycleStats
+
+	PendingRevocations int    // revoked chains not yet in the store and on the bus (retried)
+	Backlog            int    // sessions made during an outage, waiting for the transport
+	BacklogDropped     uint64 // ... dropped from the full backlog (the oldest go first)
+	WrittenBack        uint64 // sessions written back to a store that lost its data
 
 	// Lag is the distribution of propagation delays: the time between a
 	// peer sealing a message and this node receiving it, by the two nodes'
@@ -119,6 +126,7 @@ type nodeCounters struct {
 	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated         atomic.Uint64
+	writtenBack                                            atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -162,7 +170,11 @@ func (n *Node) Stats() Stats {
 		LookupLate:           n.lk.late.Load(),
 		LookupLatency:        n.lk.latency.snapshot(),
 		WriteThroughLatency:  n.lk.writeThrough.snapshot(),
+		Lifecycle:            n.life.snapshot(),
+		PendingRevocations:   n.PendingRevocations(),
+		WrittenBack:          c.writtenBack.Load(),
 	}
+	s.Backlog, s.BacklogDropped = n.backlog.stats()
 	for _, pr := range []*probe{n.busProbe, n.storeProbe} {
 		if pr != nil {
 			s.ProbeFailures += pr.failures.Load()

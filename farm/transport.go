@@ -110,3 +110,19 @@ type Batcher interface {
 	// whole.
 	PutAndPublish(ctx context.Context, items []Item, msgs [][]byte) error
 }
+
+// A RecordTaker is a RecordStore that can consume a record atomically. The
+// farm's exactly-once operations (Node.Consume, Node.ConsumeToken, and
+// single use through the store) need it: with a RecordStore that is not a
+// RecordTaker they fail with ErrNoConsume, and a single-use session then
+// never resumes across the farm (a full handshake, never a replay).
+type RecordTaker interface {
+	// TakeRecord reads and deletes the record at key in one atomic step
+	// and returns its value: of concurrent calls for one key, exactly one
+	// gets the value; the others, and later ones, get ErrNotFound.
+	TakeRecord(ctx context.Context, key string) ([]byte, error)
+
+	// AddRecord writes item only if no record is at its key, and reports
+	// whether it did.
+	AddRecord(ctx context.Context, item Item) (bool, error)
+}

@@ -104,6 +104,17 @@ type Config struct {
 	// without reading the rest. That read is what takes in a TLS 1.3
 	// ticket, which the server sends after the handshake.
 	Request string
+
+	// HTTP3 makes each connection over QUIC to the target's UDP port, and
+	// sends the request (a GET unless Request says otherwise) as HTTP/3.
+	// A client whose session allows 0-RTT sends a GET or HEAD in early
+	// data; if the server refuses the early data, the handshake still
+	// counts (resumed or not), and the request is sent again after it, on
+	// a new resumed connection (quic-go's HTTP/3 client cannot reuse the
+	// refused one), which is not counted. The report counts, in
+	// EarlyData, the connections whose early data was accepted. TLS 1.3
+	// only.
+	HTTP3 bool
 }
 
 // plan is a validated Config with its defaults applied.
@@ -113,6 +124,8 @@ type plan struct {
 	requests [][]byte // per target; nil for RequestNone and RequestRead
 	read     bool     // read the server's first bytes after the request
 	tls      *tls.Config
+
+	h3Method, h3Path string // with Config.HTTP3
 }
 
 // prepare validates cfg and applies its defaults.
@@ -171,9 +184,13 @@ func prepare(cfg Config) (*plan, error) {
 		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)
 	}
 
-	switch c.Request {
-	case RequestNone:
-	case RequestRead:
+	switch {
+	case c.HTTP3:
+		if err := prepareHTTP3(p); err != nil {
+			return nil, err
+		}
+	case c.Request == RequestNone:
+	case c.Request == RequestRead:
 		p.read = true
 	default:
 		line, err := requestLine(c.Request)

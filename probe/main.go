@@ -47,6 +47,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		rate     = fs.Float64("rate", 0, "connections per second over all clients (0: as fast as possible)")
 		request  = fs.String("request", "GET /", "what to send after the handshake: a request line such as \"GET /\", or \"read\" (nothing, wait for the server) or \"none\" (close at once; TLS 1.3 cannot resume)")
 		asJSON   = fs.Bool("json", false, "print the report as JSON")
+		h3       = fs.Bool("http3", false, "connect over QUIC and speak HTTP/3, with 0-RTT early data where the session allows (TLS 1.3)")
 	)
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "tlsfarm probe: "+format+"\n", a...)
@@ -72,6 +73,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		Timeout:     *timeout,
 		Rate:        *rate,
 		Request:     *request,
+		HTTP3:       *h3,
 	}
 	if *targets != "" {
 		for t := range strings.SplitSeq(*targets, ",") {

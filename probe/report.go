@@ -29,6 +29,7 @@ type Report struct {
 	Pick        string `json:"pick"`
 	Concurrency int    `json:"concurrency"`
 	Version     string `json:"version"`
+	HTTP3       bool   `json:"http3,omitempty"`
 
 	// Elapsed is how long the run took.
 	Elapsed time.Duration `json:"-"`
@@ -64,6 +65,11 @@ type Stats struct {
 	// issued: the ones only a farm that shares sessions or ticket keys
 	// can make. Per target, it counts the resumptions on that target.
 	CrossNode int `json:"cross_node"`
+
+	// EarlyData counts, in an HTTP/3 run, the connections whose 0-RTT
+	// early data the server accepted. A farm that refuses replays accepts
+	// early data at most once per session.
+	EarlyData int `json:"early_data"`
 
 	// FullLatency and ResumedLatency summarize the handshakes of Full and
 	// Resumed connections.
@@ -167,13 +173,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Elapsed > 0 {
 		rate = float64(r.Total.Connections) / r.Elapsed.Seconds()
 	}
+	version := versionLabel(r.Version)
+	if r.HTTP3 {
+		version = "HTTP/3 over QUIC"
+	}
 	fmt.Fprintf(w, "%s to %s from %s (%s, %s, server name %q) in %v, %.0f/s\n\n",
 		plural(r.Total.Connections, "connection"), plural(len(r.Targets), "target"), plural(r.Concurrency, "client"),
-		r.Pick, versionLabel(r.Version), r.ServerName, r.Elapsed.Round(time.Millisecond), rate)
+		r.Pick, version, r.ServerName, r.Elapsed.Round(time.Millisecond), rate)
 
 	stats := append(slices.Clip(r.Targets), r.Total)
 	counts := [][]string{{"TARGET", "CONNS", "FULL", "RESUMED", "FAILED", "OFFERED", "RESUMPTION", "CROSS-NODE"}}
 	align := "lrrrrrrr"
+	if r.HTTP3 {
+		counts[0] = append(counts[0], "0-RTT")
+		align += "r"
+	}
 	if len(r.Total.Errors) > 0 {
 		counts[0] = append(counts[0], "ERRORS")
 		align += "l"
@@ -181,6 +195,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, s := range stats {
 		row := []string{s.Target, strconv.Itoa(s.Connections), strconv.Itoa(s.Full), strconv.Itoa(s.Resumed),
 			strconv.Itoa(s.Failed), strconv.Itoa(s.Offered), percent(s), strconv.Itoa(s.CrossNode)}
+		if r.HTTP3 {
+			row = append(row, strconv.Itoa(s.EarlyData))
+		}
 		if len(align) > len(row) {
 			row = append(row, errorList(s.Errors))
 		}
@@ -283,6 +300,7 @@ func errorList(errs map[string]int) string {
 // tally is one client's record of its connections to one target.
 type tally struct {
 	full, resumed, failed, offered, crossNode int
+	early                                     int
 	errors                                    map[string]int
 	fullConnect, fullHandshake                []time.Duration
 	resumedConnect, resumedHandshake          []time.Duration
@@ -312,6 +330,9 @@ func (t *tally) add(r result) {
 	if r.crossNode {
 		t.crossNode++
 	}
+	if r.early {
+		t.early++
+	}
 }
 
 // merge adds u's counts and samples to t.
@@ -321,6 +342,7 @@ func (t *tally) merge(u *tally) {
 	t.failed += u.failed
 	t.offered += u.offered
 	t.crossNode += u.crossNode
+	t.early += u.early
 	for k, n := range u.errors {
 		if t.errors == nil {
 			t.errors = make(map[string]int)
@@ -344,6 +366,7 @@ func (t *tally) stats(target string) Stats {
 		Errors:      t.errors,
 		Offered:     t.offered,
 		CrossNode:   t.crossNode,
+		EarlyData:   t.early,
 		FullLatency: Latency{
 			Connect:   summarize(t.fullConnect),
 			Handshake: summarize(t.fullHandshake),
@@ -366,6 +389,7 @@ func newReport(p *plan, workers []*worker) *Report {
 		Pick:        p.cfg.Pick,
 		Concurrency: p.cfg.Concurrency,
 		Version:     versionName(p.cfg.Version),
+		HTTP3:       p.cfg.HTTP3,
 	}
 	var total tally
 	for i, addr := range p.addrs {

@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // Kinds of failure counted in [Stats.Errors].
@@ -168,6 +171,9 @@ type worker struct {
 	dialer net.Dialer
 	buf    []byte
 	tally  []tally // per target
+
+	qtr  *quic.Transport // with Config.HTTP3: the client's UDP socket
+	qtls *tls.Config
 }
 
 func newWorker(r *runner) *worker {
@@ -179,10 +185,16 @@ func newWorker(r *runner) *worker {
 		tally: make([]tally, len(r.plan.addrs)),
 	}
 	w.tls.ClientSessionCache = w.cache
+	if r.plan.cfg.HTTP3 {
+		w.qtls = w.tls.Clone()
+		w.qtls.MinVersion, w.qtls.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+		w.qtls.NextProtos = []string{http3.NextProtoH3}
+	}
 	return w
 }
 
 func (w *worker) run(ctx context.Context) {
+	defer w.closeQUIC()
 	for {
 		k, ok := w.r.next()
 		if !ok {
@@ -207,6 +219,7 @@ type result struct {
 	failure   string // a kind of failure, or "" if the connection worked
 	resumed   bool
 	offered   bool // the client offered a session
+	early     bool // HTTP/3: the server accepted 0-RTT early data
 	crossNode bool // it resumed a session another target issued
 	connect   time.Duration
 	handshake time.Duration
@@ -215,6 +228,9 @@ type result struct {
 // connect makes one connection to target: dial, handshake, request, read.
 func (w *worker) connect(ctx context.Context, target int) result {
 	p := w.r.plan
+	if p.cfg.HTTP3 {
+		return w.connectQUIC(ctx, target)
+	}
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 
@@ -312,6 +328,8 @@ type clientCache struct {
 
 	offered     bool // Get handed out a session during this connection
 	offeredFrom int  // its issuer
+
+	put chan struct{} // signalled by Put (HTTP/3 waits for its ticket)
 }
 
 // begin starts a connection to target.
@@ -319,6 +337,25 @@ func (c *clientCache) begin(target int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.current, c.offered = target, false
+	if c.put == nil {
+		c.put = make(chan struct{}, 1)
+	}
+	select {
+	case <-c.put:
+	default:
+	}
+}
+
+// waitPut waits until a session is put during this connection, at most d
+// or until ctx ends.
+func (c *clientCache) waitPut(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.put:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // offer reports whether the connection in progress was offered a session,
@@ -351,4 +388,8 @@ func (c *clientCache) Put(_ string, cs *tls.ClientSessionState) {
 		return
 	}
 	c.cs, c.issuer = cs, c.current
+	select {
+	case c.put <- struct{}{}:
+	default:
+	}
 }

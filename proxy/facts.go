@@ -21,7 +21,9 @@ type Facts struct {
 	ServerName    string `json:"server_name"`
 	ALPN          string `json:"alpn"`
 	ClientAddress string `json:"client_address"` // after any PROXY header
-	HTTPProtocol  string `json:"http_protocol"`  // "HTTP/1.1", "HTTP/2.0"
+	HTTPProtocol  string `json:"http_protocol"`  // "HTTP/1.1", "HTTP/2.0", "HTTP/3.0"
+	Protocol      string `json:"protocol"`       // the transport: "tcp" or "quic"
+	EarlyData     bool   `json:"early_data"`     // the request came in 0-RTT early data
 
 	// SessionID is the session ID issued on this connection, as the admin
 	// API's DELETE /sessions/{id} takes it. It is set only when
@@ -41,6 +43,11 @@ func (f *facts) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Node:          f.s.node,
 		ClientAddress: r.RemoteAddr,
 		HTTPProtocol:  r.Proto,
+		Protocol:      "tcp",
+		EarlyData:     r.Header.Get(EarlyDataHeader) == "1",
+	}
+	if r.ProtoMajor == 3 {
+		out.Protocol = "quic"
 	}
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 		out.Listener = a.String()

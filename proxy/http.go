@@ -21,6 +21,10 @@ var errNoHTTPUpstream = errors.New("this listener's upstream is now tcp://; it n
 
 // serveRequest sends a request to the listener's current HTTP upstream.
 func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
+	r.Header.Del(EarlyDataHeader) // TLS over TCP never carries early data here
+	if l.quic != nil {
+		w.Header().Set("Alt-Svc", l.quic.altSvc)
+	}
 	rt := l.route.Load()
 	if rt.handler == nil {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)

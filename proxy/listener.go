@@ -28,6 +28,8 @@ type listener struct {
 	sem   chan struct{} // one slot per open connection, when bounded
 	http  *http.Server
 	queue *queue // handshaken HTTP connections, for http
+
+	quic *quicListener // with Listener.HTTP3
 }
 
 func (s *Server) newListener(cfg Listener) (*listener, error) {
@@ -59,6 +61,9 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 		IdleTimeout:       s.idle,
 		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if cfg.HTTP3 {
+		l.quic = l.newQUIC()
 	}
 	return l, nil
 }
@@ -115,6 +120,12 @@ func (l *listener) listen() error {
 		l.ln = ln
 	}
 	l.queue.addr = ln.Addr()
+	if l.quic != nil {
+		if err := l.quic.listen(ln.Addr()); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	return nil
 }
 
@@ -173,6 +184,9 @@ func (l *listener) release() {
 	}
 	if r := l.route.Load(); r != nil {
 		r.release()
+	}
+	if l.quic != nil {
+		l.quic.release()
 	}
 }
 

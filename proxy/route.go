@@ -15,6 +15,9 @@ type route struct {
 	tls   *tls.Config
 	unreg func() // unregisters tls from the ring
 
+	quic      *tls.Config // for HTTP/3, with Listener.HTTP3
+	unregQUIC func()
+
 	handler   http.Handler    // HTTP upstreams (builtin, http, https)
 	transport *http.Transport // of the reverse proxy, if any
 	tcp       string          // tcp:// upstream address
@@ -59,6 +62,7 @@ func (s *Server) newRoute(cfg Listener) (*route, error) {
 	if s.ring != nil {
 		r.unreg = s.ring.Register(r.tls)
 	}
+	s.quicRoute(r, cfg)
 	return r, nil
 }
 
@@ -67,6 +71,9 @@ func (s *Server) newRoute(cfg Listener) (*route, error) {
 func (r *route) release() {
 	if r.unreg != nil {
 		r.unreg()
+	}
+	if r.unregQUIC != nil {
+		r.unregQUIC()
 	}
 	if r.transport != nil {
 		r.transport.CloseIdleConnections()
@@ -88,6 +95,7 @@ func (s *Server) Reload(cfg Config) error {
 	cfg.setDefaults()
 	routes := make([]*route, len(s.listeners))
 	for i, lc := range cfg.Listeners {
+		lc.HTTP3 = s.listeners[i].quic != nil // fixed at New
 		r, err := s.newRoute(lc)
 		if err != nil {
 			for _, done := range routes[:i] {

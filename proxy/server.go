@@ -57,6 +57,32 @@ type Config struct {
 
 	// Logger receives the server's log lines (default slog.Default()).
 	Logger *slog.Logger
+
+	// HTTP/3 (see Listener.HTTP3 and docs/quic.md).
+
+	// AntiReplay decides whether a session may carry 0-RTT early data on
+	// a listener with EarlyData (see AntiReplay); farm.Node.Strike decides
+	// for the whole farm. If nil, a register in this process's memory
+	// decides, which is only right for a server that is alone.
+	AntiReplay AntiReplay
+
+	// EarlyDataWindow is how old a session may be (since its ticket was
+	// issued) and still carry early data (default DefaultEarlyDataWindow).
+	// The anti-replay record of a session lasts until its window ends,
+	// plus EarlyDataSkew (default DefaultEarlyDataSkew) for the clock
+	// differences between servers.
+	EarlyDataWindow, EarlyDataSkew time.Duration
+
+	// QUICTokenKey and QUICStatelessResetKey are the keys of QUIC address
+	// validation tokens and stateless resets. Every server of a farm must
+	// use the same (farm.DeriveQUICKeys); if nil, the server draws its own.
+	QUICTokenKey, QUICStatelessResetKey *[32]byte
+
+	// QUICValidateAddresses makes every QUIC client prove its address
+	// (RFC 9000 §8.1) before the server does any handshake work: with a
+	// token from an earlier connection to any server sharing
+	// QUICTokenKey, or else with a Retry, which costs a round trip.
+	QUICValidateAddresses bool
 }
 
 // A Listener configures one listening address.
@@ -89,6 +115,18 @@ type Listener struct {
 	// handshake timeout. Reload does not change either.
 	ProxyProtocol bool
 	ProxyTrusted  []string
+
+	// HTTP3 serves HTTP/3 (QUIC) on the UDP port of Address as well, with
+	// the same certificates, session cache, ticket keys and (HTTP)
+	// upstream, and advertises it with an Alt-Svc header on the TCP
+	// listener's responses. Reload does not change it.
+	HTTP3 bool
+
+	// EarlyData accepts 0-RTT early data on the HTTP/3 listener, once per
+	// session (see Config.AntiReplay). Only GET, HEAD and OPTIONS are
+	// served from early data, marked with EarlyDataHeader; other requests
+	// get 425 Too Early. Reload does not change it.
+	EarlyData bool
 }
 
 // A Certificate is served for a set of server names.
@@ -117,6 +155,14 @@ type Server struct {
 	listeners []*listener
 	stats     counters
 	warn      *warner // rate-limited warn lines for repeated failures
+	quic      quicCounters
+
+	// HTTP/3
+	antiReplay    AntiReplay
+	earlyWindow   time.Duration
+	earlySkew     time.Duration
+	quicKeys      struct{ TokenKey, StatelessResetKey [32]byte }
+	validateAddrs bool
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -154,6 +200,7 @@ func New(cfg Config) (*Server, error) {
 	s.warn = newWarner(s.log)
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
 	s.expose.Store(cfg.ExposeSessionID)
+	s.setQUIC(cfg)
 	for _, lc := range cfg.Listeners {
 		l, err := s.newListener(lc)
 		if err != nil {
@@ -190,6 +237,9 @@ func (s *Server) Start() error {
 		if err := l.listen(); err != nil {
 			for _, done := range s.listeners[:i] {
 				done.ln.Close()
+				if done.quic != nil {
+					done.quic.closeSocket()
+				}
 			}
 			return fmt.Errorf("listeners[%d].address: %w", i, err)
 		}
@@ -199,6 +249,10 @@ func (s *Server) Start() error {
 		s.wg.Add(2)
 		go l.acceptLoop()
 		go l.serveHTTP()
+		if l.quic != nil {
+			l.quic.wg.Add(1)
+			go l.quic.serve()
+		}
 	}
 	return nil
 }
@@ -258,6 +312,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			defer httpWG.Done()
 			l.http.Shutdown(ctx)
 		}()
+		if l.quic != nil {
+			httpWG.Add(1)
+			go func() {
+				defer httpWG.Done()
+				l.quic.shutdown(ctx)
+			}()
+		}
 	}
 	httpWG.Wait()
 

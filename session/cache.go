@@ -172,7 +172,8 @@ type Cache struct {
 
 	loader  atomic.Pointer[loader]
 	tomb    tombstones
-	pending sync.Map // net.Conn -> pendingRetire, for SingleUse
+	pending sync.Map // net.Conn -> *claim, for SingleUse
+	life    lifecycle
 
 	panicLogged atomic.Bool
 	ctr         counters
@@ -474,11 +475,15 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if e.expires <= now {
 		return ErrExpired
 	}
+	expires := e.expires // e belongs to the bucket once inserted
 	if err := c.insert(e, origin, now, r.Parent); err != nil {
 		return err
 	}
-	if r.Parent != (ID{}) && c.cfg.ResumeGrace > 0 {
-		c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
+	if r.Parent != (ID{}) {
+		if c.cfg.ResumeGrace > 0 {
+			c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
+		}
+		c.linkChild(r.Parent, id, expires, c.graceEnd(now, expires), origin)
 	}
 	return nil
 }
@@ -641,6 +646,7 @@ func (c *Cache) Sweep() int {
 	now := c.nowNano()
 	c.tomb.sweep(now)
 	c.sweepPending(now)
+	c.sweepLifecycle(now)
 	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginAPI)
 }
 

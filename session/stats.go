@@ -31,6 +31,14 @@ type Stats struct {
 	TicketsAccepted uint64 // stateless tickets accepted (Stateless and Mixed modes)
 	TicketsUnbound  uint64 // accepted tickets that carried no server name binding
 	TicketsExpired  uint64 // stateless tickets refused: older than Lifetime
+
+	// Single use (see Claimer) and bounded children.
+	SingleUseBusy     uint64 // resumptions refused: another handshake held the session's claim
+	SingleUseRefused  uint64 // resumptions refused: the farm's Claimer refused or could not answer
+	SingleUseReleased uint64 // claims released: the handshake failed or did not resume
+	SingleUseLate     uint64 // HandshakeComplete after the claim had been released
+	ChildrenReplaced  uint64 // children retired because their parent was resumed again
+	TicketsFallback   uint64 // short-lived tickets issued instead of cached sessions while the farm was unreachable
 }
 
 // counters are the cache's shared counters, for events outside a bucket lock.
@@ -80,5 +88,10 @@ func (c *Cache) Stats() Stats {
 	s.TicketsAccepted = k.ticketsAccepted.Load()
 	s.TicketsUnbound = k.ticketsUnbound.Load()
 	s.TicketsExpired = k.ticketsExpired.Load()
+	l := &c.life
+	s.SingleUseBusy, s.SingleUseRefused = l.busy.Load(), l.refused.Load()
+	s.SingleUseReleased, s.SingleUseLate = l.released.Load(), l.late.Load()
+	s.ChildrenReplaced = l.replaced.Load()
+	s.TicketsFallback = l.fallbackIssued.Load()
 	return s
 }

@@ -125,30 +125,24 @@ func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.Ses
 }
 
 // HandshakeComplete tells a SingleUse cache that the handshake of conn
-// completed (conn.Handshake returned nil), which retires the session it
-// resumed, if any. It is cheap and does nothing for caches that are not
-// SingleUse, so servers may always call it. With net/http, call it from
-// Server.ConnState on StateActive.
+// completed (conn.Handshake returned nil). If the handshake resumed a
+// single-use session, the session is retired (on every server of a farm);
+// if it did not, the claim UnwrapSession took on the session is released.
+// It is cheap and does nothing for caches that are not SingleUse, so servers
+// may always call it. With net/http, call it from Server.ConnState on
+// StateActive. A handshake that fails needs no call: its claim is released
+// shortly after it ends.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
 	}
-	v, ok := c.pending.LoadAndDelete(conn.NetConn())
-	if !ok {
-		return
-	}
-	c.retire(v.(pendingRetire).id, Retired, OriginHandshake)
-}
-
-type pendingRetire struct {
-	id ID
-	at int64
+	c.settleClaim(conn)
 }
 
 func (c *Cache) sweepPending(now int64) {
 	c.pending.Range(func(k, v any) bool {
-		if now-v.(pendingRetire).at > int64(pendingTTL) {
-			c.pending.Delete(k)
+		if cl := v.(*claim); now-cl.at > int64(pendingTTL) && c.pending.CompareAndDelete(k, cl) {
+			cl.release()
 		}
 		return true
 	})
@@ -157,12 +151,13 @@ func (c *Cache) sweepPending(now int64) {
 // handshake is the state shared by the two crypto/tls calls of one
 // handshake, bound to the per-handshake config made by Configure.
 type handshake struct {
-	c    *Cache
-	src  *tls.Config
-	conn net.Conn
-	ctx  context.Context
-	last unwrapped // the last session UnwrapSession returned
-	tmp  [aes.BlockSize]byte
+	c     *Cache
+	src   *tls.Config
+	conn  net.Conn
+	ctx   context.Context
+	last  unwrapped // the last session UnwrapSession returned
+	claim *claim    // the single-use claim this handshake holds, if any
+	tmp   [aes.BlockSize]byte
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
@@ -172,10 +167,33 @@ type unwrapped struct {
 	ticket     bool // a stateless ticket, not a cached session
 	chain      uint64
 	chainStart int64
+	expires    int64  // cached sessions only
+	state      []byte // cached sessions only
+	serverName string // cached sessions only
 }
 
 func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-	r := h.c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
+	c := h.c
+	r := c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
+	if r.ss != nil && !r.ticket && c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
+		// Single use: claim the session before crypto/tls may resume it
+		// (see Claimer). A second call of the same handshake (after a
+		// HelloRetryRequest) keeps its claim.
+		if h.claim == nil || h.claim.id != r.id {
+			if h.claim != nil {
+				c.pending.CompareAndDelete(h.conn, h.claim)
+				h.claim.release()
+				h.claim = nil
+			}
+			cl := c.takeClaim(h.ctx, r.id, Record{State: r.state, ServerName: r.serverName,
+				Expires: time.Unix(0, r.expires), Chain: r.chain, ChainStart: time.Unix(0, r.chainStart)})
+			if cl == nil {
+				return nil, nil
+			}
+			h.claim = cl
+			h.watch(cl)
+		}
+	}
 	if r.ss != nil {
 		// crypto/tls stops at the first session it accepts, so if the
 		// handshake resumes, it resumes the last one returned.
@@ -196,9 +214,6 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 			if c.cfg.ResumeGrace > 0 {
 				c.shorten(&h.last.id, now+int64(c.cfg.ResumeGrace))
 			}
-			if c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
-				c.pending.Store(h.conn, pendingRetire{id: h.last.id, at: now})
-			}
 		}
 	}
 	return c.issue(cs, ss, h.src, chain, start, now, parent), nil
@@ -210,12 +225,22 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 	if chain == 0 {
 		chain = newChain()
 	}
-	if c.cfg.Mode == Stateless && src != nil {
+	fallback := c.fallbackLifetime()
+	if src != nil && (c.cfg.Mode == Stateless || fallback > 0) {
 		n := len(ss.Extra)
-		ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
+		if c.cfg.Mode == Stateless {
+			ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
+		} else {
+			// The farm is unreachable: a short-lived ticket under the
+			// farm's keys resumes on any node meanwhile.
+			ss.Extra = append(ss.Extra, appendFallbackBinding(nil, cs.ServerName, chain, start, now, now+int64(fallback)))
+		}
 		t, err := src.EncryptTicket(cs, ss)
 		if err == nil {
 			c.ctr.ticketsIssued.Add(1)
+			if c.cfg.Mode != Stateless {
+				c.life.fallbackIssued.Add(1)
+			}
 			return t
 		}
 		ss.Extra = ss.Extra[:n] // fall back to a cached session
@@ -240,7 +265,11 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
 		chainStart: start,
 	}
-	c.insert(e, OriginHandshake, now, parent) // a revoked chain is refused: the ticket then resumes nothing
+	// A revoked chain is refused: the ticket then resumes nothing.
+	expires := e.expires // e belongs to the bucket once inserted
+	if c.insert(e, OriginHandshake, now, parent) == nil && parent != (ID{}) {
+		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
+	}
 	return id[:]
 }
 
@@ -252,7 +281,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		return r // a TLS 1.2 hello without a ticket
 	}
 	if len(identity) != IDLen || identity[0] != idVersion {
-		if c.cfg.Mode != Stateful && src != nil {
+		if (c.cfg.Mode != Stateful || c.life.acceptTickets.Load()) && src != nil {
 			return c.unwrapTicket(identity, cs, src)
 		}
 		c.ctr.forgedIDs.Add(1)
@@ -266,7 +295,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	var state []byte
 	var sni unique.Handle[string]
 	found := c.get(&id, OriginHandshake, func(e *entry) {
-		state, sni, r.chain, r.chainStart = e.state, e.serverName, e.chain, e.chainStart
+		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
 	})
 	serverName := ""
 	if found {
@@ -277,6 +306,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 			return r
 		}
 		state, serverName, r.chain, r.chainStart = rec.State, strings.ToLower(rec.ServerName), rec.Chain, rec.ChainStart.UnixNano()
+		r.expires = rec.Expires.UnixNano()
 	}
 	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
@@ -287,7 +317,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		c.ctr.parseErrors.Add(1)
 		return r
 	}
-	r.ss, r.id = ss, id
+	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
 	return r
 }
 
@@ -334,7 +364,11 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 	}
 	now := c.nowNano()
 	r.ticket = true
-	name, chain, start, issued, ok := findBinding(ss.Extra)
+	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
+	if !ok && c.cfg.Mode == Stateful {
+		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
+		return r
+	}
 	if !ok {
 		// Issued by a server without this glue: accepted, but nothing binds
 		// it to a server name or a chain.
@@ -349,7 +383,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.chainExpired.Add(1)
 			return r
 		}
-		if now-issued > int64(c.cfg.Lifetime) {
+		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
 			c.ctr.ticketsExpired.Add(1)
 			return r
 		}
@@ -380,16 +414,41 @@ func appendBinding(b []byte, serverName string, chain uint64, start, issued int6
 	return append(b, strings.ToLower(serverName)...)
 }
 
-func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued int64, ok bool) {
+// fallbackTag starts the binding of a fallback ticket (see
+// SetTicketFallback): the fields of bindingTag's, then the expiry (8 bytes,
+// Unix nanoseconds), then the server name.
+var fallbackTag = []byte("tlsfarm/2\x00")
+
+func appendFallbackBinding(b []byte, serverName string, chain uint64, start, issued, expires int64) []byte {
+	b = append(b, fallbackTag...)
+	b = binary.BigEndian.AppendUint64(b, chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	b = binary.BigEndian.AppendUint64(b, uint64(issued))
+	b = binary.BigEndian.AppendUint64(b, uint64(expires))
+	return append(b, strings.ToLower(serverName)...)
+}
+
+// findBinding returns the binding in a ticket's Extra; expires is zero for
+// an ordinary stateless ticket (it lives Config.Lifetime).
+func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued, expires int64, ok bool) {
 	for _, x := range extra {
-		if !bytes.HasPrefix(x, bindingTag) || len(x) < len(bindingTag)+bindingLen {
+		switch {
+		case bytes.HasPrefix(x, bindingTag) && len(x) >= len(bindingTag)+bindingLen:
+			x = x[len(bindingTag):]
+		case bytes.HasPrefix(x, fallbackTag) && len(x) >= len(fallbackTag)+bindingLen+8:
+			x = x[len(fallbackTag):]
+			expires = int64(binary.BigEndian.Uint64(x[bindingLen:]))
+			if expires == 0 {
+				expires = 1
+			}
+			x = append(x[:bindingLen:bindingLen], x[bindingLen+8:]...)
+		default:
 			continue
 		}
-		x = x[len(bindingTag):]
 		chain = binary.BigEndian.Uint64(x)
 		start = int64(binary.BigEndian.Uint64(x[8:]))
 		issued = int64(binary.BigEndian.Uint64(x[16:]))
-		return string(x[bindingLen:]), chain, start, issued, true
+		return string(x[bindingLen:]), chain, start, issued, expires, true
 	}
-	return "", 0, 0, 0, false
+	return "", 0, 0, 0, 0, false
 }

@@ -254,7 +254,9 @@ func TestRemoveRevokesChain(t *testing.T) {
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
 			first := rec.take()[0].ID
-			// Resume twice from the frozen ticket: the chain now has three tickets.
+			// Resume twice from the frozen ticket: the chain now has the
+			// first ticket (in its grace) and the second child, which
+			// replaced the first child (bounded children).
 			for range 2 {
 				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
 					t.Fatal("did not resume")
@@ -263,11 +265,14 @@ func TestRemoveRevokesChain(t *testing.T) {
 			later := rec.take()
 			var rm recorder
 			s.cache.AddHook(session.EventRemove, rm.hook)
-			if !s.cache.Remove(later[0].ID) {
+			if _, ok := s.cache.Lookup(later[0].ID); ok {
+				t.Fatal("the first child outlived its replacement")
+			}
+			if !s.cache.Remove(later[1].ID) {
 				t.Fatal("Remove did not find the session")
 			}
-			if got := summary(rm.take()); len(got) != 3 || got[0] != "remove/api/removed" {
-				t.Fatalf("remove events = %v, want 3 api removals", got)
+			if got := summary(rm.take()); len(got) != 2 || got[0] != "remove/api/removed" {
+				t.Fatalf("remove events = %v, want 2 api removals", got)
 			}
 			for _, id := range []session.ID{first, later[0].ID, later[1].ID} {
 				if _, ok := s.cache.Lookup(id); ok {

@@ -21,6 +21,7 @@ func (d *daemon) proxyConfig(cfg *config.Config) (proxy.Config, error) {
 		ExposeSessionID:  cfg.Debug.ExposeSessionID,
 		Logger:           d.log,
 	}
+	d.quicConfig(cfg, &pc)
 	for _, l := range cfg.Listeners {
 		min, _ := config.ParseVersion(l.MinVersion)
 		max, _ := config.ParseVersion(l.MaxVersion)
@@ -32,6 +33,8 @@ func (d *daemon) proxyConfig(cfg *config.Config) (proxy.Config, error) {
 			Upstream:      l.Upstream,
 			ProxyProtocol: l.ProxyProtocol.Enabled,
 			ProxyTrusted:  l.ProxyProtocol.Trusted,
+			HTTP3:         l.HTTP3,
+			EarlyData:     l.EarlyData,
 		}
 		for _, c := range l.Certificates {
 			pl.Certificates = append(pl.Certificates, proxy.Certificate{Names: c.Names, Certificate: c.Loaded})

@@ -36,6 +36,7 @@ type daemon struct {
 	cancel    context.CancelFunc // stops local key rotation and farm watching
 
 	proxy      *proxy.Server
+	http3      bool             // a listener serves HTTP/3
 	selfSigned *tls.Certificate // served by listeners with no certificate
 	admin      *http.Server
 
@@ -85,6 +86,8 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 	if err != nil {
 		return nil, err
 	}
+	d.http3 = anyHTTP3(cfg)
+	d.warnEarlyData(cfg)
 	if d.proxy, err = proxy.New(pc); err != nil {
 		return nil, err
 	}
@@ -163,6 +166,7 @@ func (d *daemon) proxyStats() admin.ProxyStats {
 		UpstreamErrors:   s.UpstreamErrors,
 		Reloads:          d.reloads.Load(),
 		ReloadFailures:   d.reloadFailures.Load(),
+		QUIC:             d.quicStats(),
 	}
 	for _, h := range s.Handshakes {
 		out.Handshakes = append(out.Handshakes, admin.Handshakes{Version: tls.VersionName(h.Version), Resumed: h.Resumed, Count: h.Count})

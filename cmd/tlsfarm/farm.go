@@ -13,6 +13,11 @@ import (
 // before it says, once, that it serves degraded.
 const degradedAfter = 2 * time.Second
 
+// keysWait bounds how long the daemon waits at start for the farm's ticket
+// keys before it accepts connections (see farm.Rotator.WaitReady). The wait
+// ends at once when the farm's store answers, or refuses the connection.
+const keysWait = 3 * time.Second
+
 // joinFarm opens the farm transport, joins the farm and starts ticket key
 // rotation: farm-wide through the store where the transport has one,
 // locally otherwise. In strict mode it waits, within ctx, until the
@@ -35,6 +40,9 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		WriteThrough:  cfg.Farm.WriteThrough,
 		LookupTimeout: cfg.Farm.LookupDeadline,
 		Logger:        d.log,
+
+		RevocationFile:         cfg.Farm.RevocationFile,
+		FallbackTicketLifetime: fallbackLifetime(cfg.Farm.FallbackTicketLifetime),
 	})
 	if err != nil {
 		return fmt.Errorf("farm: %v", err)
@@ -45,6 +53,15 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		})
 		if err != nil {
 			return fmt.Errorf("tickets: %v", err)
+		}
+		// Ready means ready: no connection is accepted before the node
+		// holds the farm's ticket keys, unless the farm is unreachable.
+		rctx, cancel := context.WithTimeout(ctx, keysWait)
+		err = d.rotator.WaitReady(rctx)
+		cancel()
+		if err != nil {
+			d.log.Warn("farm ticket keys unavailable: serving with this node's own keys, which join the farm's set (decrypt only) when it is reachable",
+				"err", err, "farm_transport", transportName(cfg.Farm.URL))
 		}
 	} else {
 		go d.ring.Run(bg) // configWarnings says what this means for stateless tickets
@@ -90,4 +107,13 @@ func (d *daemon) watchStart(ctx context.Context) {
 		d.log.Warn("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back",
 			"farm", d.started.Farm.Name, "farm_transport", transportName(d.started.Farm.URL))
 	}
+}
+
+// fallbackLifetime maps the setting (0: off) to farm.Config's (negative:
+// off, 0: default).
+func fallbackLifetime(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

@@ -6,6 +6,7 @@
 //	tlsfarm serve [flags]        run the daemon (no flags: https://127.0.0.1:8443)
 //	tlsfarm check [-reload] [flags]  check a configuration as serve would, and exit
 //	tlsfarm keygen -out FILE     write a new farm secret (mode 0600)
+//	tlsfarm keys [flags]         export the farm's ticket keys to nginx, HAProxy or a file
 //	tlsfarm probe [flags]        measure resumption across a set of servers
 //	tlsfarm demo                 three nodes on loopback, with and without sharing
 //
@@ -29,6 +30,7 @@ Usage:
                               check a configuration as serve would (listen addresses
                               included; -reload: not those, for a running daemon), and exit
   tlsfarm keygen -out FILE    write a new farm secret (mode 0600; never overwrites)
+  tlsfarm keys [flags]        share the farm's ticket keys with nginx, HAProxy or a file
   tlsfarm probe [flags]       measure resumption and handshake latency across servers
   tlsfarm demo                three nodes on loopback probed with sharing on and off
 
@@ -52,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args[1:], stdout, stderr)
 	case "keygen":
 		return keygen(args[1:], stdout, stderr)
+	case "keys":
+		return keys(args[1:], stderr)
 	case "probe":
 		return probe.Main(args[1:], stdout, stderr)
 	case "demo":

@@ -56,7 +56,9 @@ func deleteNATSBucket(t *testing.T, farmName string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := js.DeleteKeyValue(ctx, tr.Bucket()); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
-		t.Logf("deleting bucket %s: %v", tr.Bucket(), err)
+	for _, b := range []string{tr.Bucket(), tr.RecordBucket()} {
+		if err := js.DeleteKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			t.Logf("deleting bucket %s: %v", b, err)
+		}
 	}
 }

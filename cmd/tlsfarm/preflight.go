@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/config"
 )
@@ -19,6 +20,10 @@ func configWarnings(cfg *config.Config) []string {
 			w = append(w, fmt.Sprintf("cache.mode %s with the %s farm transport, which has no store: ticket keys are each node's own, so stateless tickets resume only on the node that issued them",
 				cfg.Cache.Mode, transportName(cfg.Farm.URL)))
 		}
+	}
+	if cfg.Tickets.RotationInterval < time.Minute {
+		w = append(w, fmt.Sprintf("tickets.rotation_interval %s is under 1m: fine for a trial or a test, too short for production (tickets live only keep+1 intervals)",
+			cfg.Tickets.RotationInterval))
 	}
 	if cfg.Debug.ExposeSessionID {
 		w = append(w, "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")

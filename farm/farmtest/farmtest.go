@@ -176,6 +176,54 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 		}
 	})
 
+	t.Run("TakeRecord", func(t *testing.T) {
+		taker, ok := s.(farm.RecordTaker)
+		if !ok {
+			t.Skip("the store is not a farm.RecordTaker")
+		}
+		if err := s.PutRecords(ctx, farm.Item{Key: "once", Value: []byte("v"), TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		// Many concurrent takers: exactly one gets the value.
+		var mu sync.Mutex
+		var got [][]byte
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v, err := taker.TakeRecord(ctx, "once")
+				switch {
+				case errors.Is(err, farm.ErrNotFound):
+				case err != nil:
+					t.Error(err)
+				default:
+					mu.Lock()
+					got = append(got, v)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if len(got) != 1 || string(got[0]) != "v" {
+			t.Fatalf("%d of 16 concurrent TakeRecord calls got the value (%q), want exactly 1", len(got), got)
+		}
+		if _, err := s.GetRecord(ctx, "once"); !errors.Is(err, farm.ErrNotFound) {
+			t.Fatalf("GetRecord after TakeRecord: %v, want ErrNotFound", err)
+		}
+		added, err := taker.AddRecord(ctx, farm.Item{Key: "once", Value: []byte("w"), TTL: time.Minute})
+		if err != nil || !added {
+			t.Fatalf("AddRecord of a taken key = %t, %v", added, err)
+		}
+		added, err = taker.AddRecord(ctx, farm.Item{Key: "once", Value: []byte("x"), TTL: time.Minute})
+		if err != nil || added {
+			t.Fatalf("AddRecord of a present key = %t, %v; want false", added, err)
+		}
+		if v, err := taker.TakeRecord(ctx, "once"); err != nil || string(v) != "w" {
+			t.Fatalf("TakeRecord = %q, %v; want w", v, err)
+		}
+	})
+
 	t.Run("TTL", func(t *testing.T) {
 		if err := s.PutRecords(ctx, farm.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
 			t.Fatal(err)

@@ -40,21 +40,26 @@ type Options struct {
 	// farmName, closing them when the test ends.
 	NewTransport func(t testing.TB, farmName string) (farm.Bus, farm.Store)
 
-	Mode         farm.Mode            // the nodes' farm.Config.Mode
-	WriteThrough bool                 // the nodes' farm.Config.WriteThrough
-	Secret       farm.Secret          // Start makes one if unset
-	Tweak        func(*farm.Config)   // if set, edits each node's configuration last
-	SessionMode  session.Mode         // the members' session caches' mode
-	Rotation     *farm.RotationConfig // if set, each member rotates ticket keys with the farm
-	Logger       *slog.Logger         // default: discard
-	CloseServer  bool                 // serve with tlstest.ServeAndClose (for openssl)
+	Mode         farm.Mode             // the nodes' farm.Config.Mode
+	WriteThrough bool                  // the nodes' farm.Config.WriteThrough
+	Secret       farm.Secret           // Start makes one if unset
+	Tweak        func(*farm.Config)    // if set, edits each node's configuration last
+	SessionMode  session.Mode          // the members' session caches' mode
+	Rotation     *farm.RotationConfig  // if set, each member rotates ticket keys with the farm
+	Logger       *slog.Logger          // default: discard
+	CloseServer  bool                  // serve with tlstest.ServeAndClose (for openssl)
+	TweakCache   func(*session.Config) // if set, edits each member's cache configuration
 }
 
 // Join starts member name of farm farmName, stopped when the test ends. It
 // does not wait for the member's node to subscribe (see WaitConnected).
 func Join(t testing.TB, name, farmName string, o Options) *Member {
 	t.Helper()
-	cache, err := session.New(&session.Config{Mode: o.SessionMode})
+	cc := session.Config{Mode: o.SessionMode}
+	if o.TweakCache != nil {
+		o.TweakCache(&cc)
+	}
+	cache, err := session.New(&cc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +108,11 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { m.Rotator.Close() })
+		// Ready means ready: serve once the farm's keys are here (or
+		// the store is found unreachable), as the daemon does.
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m.Rotator.WaitReady(wctx)
+		cancel()
 	}
 	cache.Configure(tcfg)
 	if o.CloseServer {

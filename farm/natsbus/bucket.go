@@ -27,6 +27,13 @@ type bucketState struct {
 	native bool   // the server expires messages by their own TTL
 
 	noInfoTime atomic.Bool // the server's stream info has no time stamp
+
+	// records is where the session records live: this bucket where keys
+	// expire by their own TTL, else a bucket of their own whose age limit
+	// follows the longest record TTL written (age, in ns), so that the
+	// bulk of the data is not kept for as long as the coordination keys.
+	records *bucketState
+	age     atomic.Int64
 }
 
 // open returns the bucket, creating it on first use, or an error at once if
@@ -90,22 +97,110 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := stream.CachedInfo().Config
-	return &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}, nil
+	info := stream.CachedInfo()
+	if info == nil {
+		if info, err = stream.Info(ctx); err != nil {
+			return nil, err
+		}
+	}
+	cfg := info.Config
+	if want := t.opts.Replicas; want > 0 && max(cfg.Replicas, 1) != want {
+		return nil, fmt.Errorf("exists with %d replica(s), but %d were asked for: "+
+			"change it (nats stream edit KV_%s --replicas %d) or ask for %d",
+			max(cfg.Replicas, 1), want, t.bucket, want, max(cfg.Replicas, 1))
+	}
+	s := &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}
+	s.records = s
+	if !s.native {
+		if s.records, err = t.lookupRecordBucket(ctx, max(cfg.Replicas, 1)); err != nil {
+			return nil, fmt.Errorf("bucket %s: %v", t.RecordBucket(), err)
+		}
+	}
+	return s, nil
 }
+
+// lookupRecordBucket opens (or creates) the bucket of session records that
+// a server without per-message TTL needs.
+func (t *Transport) lookupRecordBucket(ctx context.Context, replicas int) (*bucketState, error) {
+	name := t.RecordBucket()
+	kv, err := t.js.KeyValue(ctx, name)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		cfg := jetstream.KeyValueConfig{
+			Bucket:      name,
+			Description: "tlsfarm: sealed sessions (age limit follows the longest session lifetime)",
+			History:     1,
+			Replicas:    replicas,
+			TTL:         t.opts.LegacyRecordAge,
+		}
+		if t.opts.MemoryStorage {
+			cfg.Storage = jetstream.MemoryStorage
+		}
+		kv, err = t.js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = t.js.KeyValue(ctx, name)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	stream, err := t.js.Stream(ctx, "KV_"+name)
+	if err != nil {
+		return nil, err
+	}
+	s := &bucketState{kv: kv, stream: stream, pre: "$KV." + name + "."}
+	s.records = s
+	if info := stream.CachedInfo(); info != nil {
+		s.age.Store(int64(info.Config.MaxAge))
+	}
+	return s, nil
+}
+
+// ensureAge raises the age limit of the legacy record bucket s to cover a
+// record written with ttl, rounded up to ten minutes; it never lowers it.
+// A failure leaves the limit as it was (records may then expire early,
+// which costs a full handshake, never a wrong resumption) and is retried on
+// the next write that needs it.
+func (t *Transport) ensureAge(ctx context.Context, s *bucketState, ttl time.Duration) {
+	if s.native || s.age.Load() == 0 || ttl <= time.Duration(s.age.Load()) {
+		return
+	}
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return
+	}
+	need := (ttl + ageStep - 1) / ageStep * ageStep
+	if info.Config.MaxAge == 0 || info.Config.MaxAge >= need {
+		s.age.Store(int64(info.Config.MaxAge))
+		return
+	}
+	cfg := info.Config
+	cfg.MaxAge = need
+	if _, err := t.js.UpdateStream(ctx, cfg); err == nil {
+		s.age.Store(int64(need))
+	}
+}
+
+// ageStep is what the age limit of a legacy record bucket is rounded to.
+const ageStep = 10 * time.Minute
 
 func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	cfg := jetstream.KeyValueConfig{
 		Bucket:         t.bucket,
 		Description:    "tlsfarm: sealed sessions, revocations and ticket keys",
 		History:        1,
-		Replicas:       t.opts.Replicas,
+		Replicas:       t.replicas(),
 		LimitMarkerTTL: markerTTL, // enables per-message TTL
 	}
 	if t.opts.MemoryStorage {
 		cfg.Storage = jetstream.MemoryStorage
 	}
 	kv, err := t.js.CreateKeyValue(ctx, cfg)
+	if err != nil && t.opts.Replicas == 0 && cfg.Replicas > 1 && !errors.Is(err, jetstream.ErrBucketExists) &&
+		!errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		// A cluster too small for the default: settle for one replica.
+		cfg.Replicas = 1
+		kv, err = t.js.CreateKeyValue(ctx, cfg)
+	}
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		// A server before 2.11: keys cannot expire on their own.
 		cfg.LimitMarkerTTL = 0
@@ -117,6 +212,32 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		kv, err = t.js.KeyValue(ctx, t.bucket)
 	}
 	return kv, err
+}
+
+// replicas returns the replica count for a new bucket: Options.Replicas
+// (or the URL's), else 3 on a cluster and 1 on a lone server.
+func (t *Transport) replicas() int {
+	switch {
+	case t.opts.Replicas > 0:
+		return t.opts.Replicas
+	case t.nc.ConnectedClusterName() != "":
+		return 3
+	}
+	return 1
+}
+
+// Replicas returns the number of replicas the farm's bucket has, opening
+// (or creating) it if need be.
+func (t *Transport) Replicas(ctx context.Context) (int, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, t.check(s, "stream info", err)
+	}
+	return max(info.Config.Replicas, 1), nil
 }
 
 // check forgets the bucket after an error that says it is gone (a server

@@ -12,8 +12,11 @@
 //
 // Keys expire by the server's per-message TTL on nats-server 2.11 and later.
 // Older servers have none: there a key's expiry is kept in its value, an
-// expired key reads as absent, and the bucket's age limit
-// (Options.LegacyMaxAge) reclaims the space. See docs/transports.md.
+// expired key reads as absent, and a bucket's age limit reclaims the space;
+// the session records then live in a bucket of their own, "tlsfarm_F_s",
+// whose age limit follows the session lifetime (Options.LegacyRecordAge),
+// while the few coordination keys keep the longer Options.LegacyMaxAge.
+// See docs/transports.md.
 //
 // The embedded server for a zero-setup farm is in the natsembed
 // sub-package, so that a binary that only connects to NATS does not carry
@@ -25,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,10 +39,14 @@ import (
 )
 
 // DefaultLegacyMaxAge is the default of Options.LegacyMaxAge: longer than
-// the farm keeps anything with a TTL (sessions 2h, revocations 24h by
+// the farm keeps a coordination key with a TTL (revocations, 24h by
 // default), and longer than the default ticket key rotation interval (12h),
 // which rewrites the one key the farm stores without a TTL.
 const DefaultLegacyMaxAge = 25 * time.Hour
+
+// DefaultLegacyRecordAge is the default of Options.LegacyRecordAge: the
+// default session lifetime (2h) and a margin.
+const DefaultLegacyRecordAge = 2*time.Hour + 10*time.Minute
 
 // maxFarmName is the longest farm name accepted, as in the farm package.
 const maxFarmName = 64
@@ -68,9 +76,12 @@ type Options struct {
 	NATS []nats.Option
 
 	// Replicas is the number of replicas of the bucket when the transport
-	// creates it (default 1; 3 on a clustered JetStream). A bucket that
-	// already exists is used as it is, so an operator may create it with
-	// any settings that keep one value per key (history 1).
+	// creates it. Zero means the URL's replicas option if it has one, else
+	// 3 when the server is part of a cluster and 1 when it is alone. A
+	// bucket that already exists is used as it is, so an operator may
+	// create it with any settings that keep one value per key (history 1),
+	// but if Replicas or the URL asked for a number and the bucket has
+	// another, every store operation fails with an error that says so.
 	Replicas int
 
 	// MemoryStorage keeps a bucket the transport creates in memory instead
@@ -83,6 +94,13 @@ type Options struct {
 	// including keys written with none. Default DefaultLegacyMaxAge.
 	// Unused on newer servers, where each key expires by its own TTL.
 	LegacyMaxAge time.Duration
+
+	// LegacyRecordAge is the initial age limit of the bucket that holds the
+	// session records on a server without per-message TTL (its name is
+	// RecordBucket). A record written with a longer TTL raises the limit to
+	// cover it; the limit never falls by itself. Default
+	// DefaultLegacyRecordAge. Unused on newer servers.
+	LegacyRecordAge time.Duration
 }
 
 // A Transport is a farm.Bus and a farm.Store on one NATS connection.
@@ -114,6 +132,9 @@ type Transport struct {
 //	nats://token@host:port               token authentication
 //	tls://[user:password@]host:port      TLS
 //
+// A query on any of them sets bucket options: replicas=N (Options.Replicas),
+// such as nats://a:4222,nats://b:4222,nats://c:4222?replicas=3.
+//
 // opts may be nil. No error Open returns shows a password from rawURL.
 func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if opts == nil {
@@ -122,12 +143,32 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if _, err := token(farmName); err != nil {
 		return nil, err
 	}
-	var secrets []string
+	var secrets, servers []string
 	for _, s := range strings.Split(rawURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: bad URL: %v", redactURLError(err))
 		}
+		for k, v := range u.Query() {
+			switch {
+			case k == "replicas" && len(v) == 1:
+				n, err := strconv.Atoi(v[0])
+				if err != nil || n < 1 || n > 5 {
+					return nil, fmt.Errorf("natsbus: replicas=%q: want 1 to 5", v[0])
+				}
+				if opts.Replicas == 0 {
+					o := *opts
+					o.Replicas = n
+					opts = &o
+				} else if opts.Replicas != n {
+					return nil, fmt.Errorf("natsbus: replicas=%d in the URL, %d in Options", n, opts.Replicas)
+				}
+			default:
+				return nil, fmt.Errorf("natsbus: unknown URL option %q", k)
+			}
+		}
+		u.RawQuery = ""
+		servers = append(servers, u.String())
 		if p, ok := u.User.Password(); ok && p != "" {
 			secrets = append(secrets, p)
 		}
@@ -161,7 +202,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	// Keep trying also when the server refuses the credentials: an
 	// operator may be fixing them on the server.
 	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
-	nc, err := nats.Connect(rawURL, o...)
+	nc, err := nats.Connect(strings.Join(servers, ","), o...)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: %v", redact(err, secrets))
 	}
@@ -204,6 +245,9 @@ func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	if t.opts.LegacyMaxAge <= 0 {
 		t.opts.LegacyMaxAge = DefaultLegacyMaxAge
 	}
+	if t.opts.LegacyRecordAge <= 0 {
+		t.opts.LegacyRecordAge = DefaultLegacyRecordAge
+	}
 	return t, nil
 }
 
@@ -243,6 +287,11 @@ func (t *Transport) Subject() string { return t.subject }
 
 // Bucket returns the name of the farm's key-value bucket, "tlsfarm_<farm>".
 func (t *Transport) Bucket() string { return t.bucket }
+
+// RecordBucket returns the name of the bucket that holds the farm's session
+// records on a server without per-message TTL, "tlsfarm_<farm>_s" (no farm's
+// Bucket has this name). On newer servers the records are in Bucket.
+func (t *Transport) RecordBucket() string { return t.bucket + "_s" }
 
 // redactURLError drops a URL (which may hold a password) from a parse error.
 func redactURLError(err error) error {

@@ -54,6 +54,7 @@ func open(tb testing.TB, url, farmName string) *natsbus.Transport {
 		defer cancel()
 		js, _ := jetstream.New(tr.Conn())
 		js.DeleteKeyValue(ctx, tr.Bucket())
+		js.DeleteKeyValue(ctx, tr.RecordBucket())
 	})
 	return tr
 }
@@ -127,11 +128,12 @@ func TestExpiredKeyCanBeReplaced(t *testing.T) {
 	if ok, _ := tr.SetNX(ctx, "lease", []byte("c"), time.Minute); ok {
 		t.Fatal("SetNX over a live value succeeded")
 	}
-	if err := tr.DeleteRecords(ctx, "lease"); err != nil { // one bucket holds records and coordination keys
-		t.Fatal(err)
+	if ok, err := tr.CompareAndSwap(ctx, "lease", []byte("b"), []byte("c"), 50*time.Millisecond); !ok || err != nil {
+		t.Fatalf("CompareAndSwap b->c = %t, %v", ok, err)
 	}
+	time.Sleep(100 * time.Millisecond)
 	if ok, err := tr.CompareAndSwap(ctx, "lease", nil, []byte("d"), 0); !ok || err != nil {
-		t.Fatalf("CompareAndSwap from a deleted key = %t, %v", ok, err)
+		t.Fatalf("CompareAndSwap from an expired key = %t, %v", ok, err)
 	}
 	if v, err := tr.Get(ctx, "lease"); err != nil || string(v) != "d" {
 		t.Fatalf("Get = %q, %v", v, err)
@@ -148,6 +150,9 @@ func TestOpenURLs(t *testing.T) {
 		"nats://":                                     "host",
 		"nats://user:s3cret@[::1":                     "natsbus",
 		"nats://user:s3cret@127.0.0.1:4222,ftp://x":   "scheme",
+		"nats://127.0.0.1:4222?replicas=3":            "",
+		"nats://127.0.0.1:4222?replicas=9":            "replicas",
+		"nats://127.0.0.1:4222?colour=blue":           "option",
 	})
 }
 
@@ -258,5 +263,50 @@ func TestKeys(t *testing.T) {
 			t.Errorf("keys %q and %q both map to %q", tc.key, other, got)
 		}
 		seen[got] = tc.key
+	}
+}
+
+// TestLegacyRecordBucketAge: on a server without per-message TTL (the
+// shared one here), session records live in a bucket of their own whose age
+// limit is the session lifetime, not the coordination keys' 25h, and grows
+// when a longer-lived record is written.
+func TestLegacyRecordBucketAge(t *testing.T) {
+	tr := open(t, sharedURL(t), farmtest.FarmName(t))
+	ctx := context.Background()
+	if native, err := tr.NativeTTL(ctx); err != nil || native {
+		t.Skipf("the shared server expires keys itself (%v): nothing to check", err)
+	}
+	if err := tr.PutRecords(ctx, farm.Item{Key: "s:01", Value: []byte("x"), TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(tr.Conn())
+	age := func(bucket string) time.Duration {
+		s, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Config.MaxAge
+	}
+	if a := age(tr.RecordBucket()); a != natsbus.DefaultLegacyRecordAge {
+		t.Fatalf("record bucket age %v, want %v", a, natsbus.DefaultLegacyRecordAge)
+	}
+	if a := age(tr.Bucket()); a != natsbus.DefaultLegacyMaxAge {
+		t.Fatalf("coordination bucket age %v, want %v", a, natsbus.DefaultLegacyMaxAge)
+	}
+	if _, err := tr.Get(ctx, "s:01"); !errors.Is(err, farm.ErrNotFound) {
+		t.Fatalf("a record shows up among the coordination keys: %v", err)
+	}
+	if err := tr.PutRecords(ctx, farm.Item{Key: "s:02", Value: []byte("y"), TTL: 3*time.Hour + time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if a := age(tr.RecordBucket()); a != 3*time.Hour+10*time.Minute {
+		t.Fatalf("record bucket age %v after a 3h01m record, want 3h10m", a)
+	}
+	if v, err := tr.GetRecord(ctx, "s:01"); err != nil || string(v) != "x" {
+		t.Fatalf("GetRecord = %q, %v", v, err)
 	}
 }

@@ -182,21 +182,48 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 // PutRecords implements farm.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip.
 func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
-	s, err := t.open(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
 	}
 	msgs := make([]*nats.Msg, len(items))
 	opts := make([][]jetstream.PublishOpt, len(items))
+	var longest time.Duration
 	for i, it := range items {
 		msgs[i], opts[i] = t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+		longest = max(longest, it.TTL)
 	}
-	return t.check(s, "put", t.publishAll(ctx, msgs, opts))
+	t.ensureAge(ctx, s, longest)
+	return t.check(m, "put", t.publishAll(ctx, msgs, opts))
 }
 
-// GetRecord implements farm.RecordStore as Get does.
+// openRecords opens the store and returns its state m (for check) and the
+// state s of the bucket that holds the session records: m itself on a
+// server with per-message TTL, the records' own bucket on an older one.
+// Every farm.RecordStore method works on s.
+func (t *Transport) openRecords(ctx context.Context) (m, s *bucketState, err error) {
+	m, err = t.open(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, m.records, nil
+}
+
+// GetRecord implements farm.RecordStore as Get does, in the records'
+// bucket.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	return t.Get(ctx, key)
+	m, s, err := t.openRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := t.get(ctx, s, s.pre+kvKey(key))
+	if err != nil {
+		return nil, t.check(m, "get", err)
+	}
+	if !e.present {
+		return nil, farm.ErrNotFound
+	}
+	return e.value, nil
 }
 
 // Get implements farm.Coordinator with one direct get of the key's last
@@ -223,7 +250,7 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	s, err := t.open(ctx)
+	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
 	}
@@ -232,7 +259,50 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	for i, k := range keys {
 		msgs[i], opts[i] = t.purgeMessage(s, kvKey(k))
 	}
-	return t.check(s, "delete", t.publishAll(ctx, msgs, opts))
+	return t.check(m, "delete", t.publishAll(ctx, msgs, opts))
+}
+
+// TakeRecord implements farm.RecordTaker: the key is read and purged with
+// the read revision as the expected last sequence of its subject, so that
+// of concurrent takers the server accepts exactly one purge. A purge
+// refused because the key changed (it was rewritten) is retried from the
+// read, a few times.
+func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	m, s, err := t.openRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k := kvKey(key)
+	for range 3 {
+		e, err := t.get(ctx, s, s.pre+k)
+		if err != nil {
+			return nil, t.check(m, "take", err)
+		}
+		if !e.present {
+			return nil, farm.ErrNotFound
+		}
+		msg, opts := t.purgeMessage(s, k)
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
+		_, err = t.js.PublishMsg(ctx, msg, opts...)
+		if err == nil {
+			return e.value, nil
+		}
+		if !wrongLastSequence(err) {
+			return nil, t.check(m, "take", err)
+		}
+	}
+	return nil, farm.ErrNotFound
+}
+
+// AddRecord implements farm.RecordTaker as SetNX does, in the records'
+// bucket.
+func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+	m, s, err := t.openRecords(ctx)
+	if err != nil {
+		return false, err
+	}
+	t.ensureAge(ctx, s, it.TTL)
+	return t.swapIn(ctx, m, s, "add", it.Key, nil, it.Value, it.TTL)
 }
 
 // SetNX implements farm.Coordinator: a write that the server accepts only if the
@@ -259,24 +329,30 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 	if err != nil {
 		return false, err
 	}
+	return t.swapIn(ctx, s, s, op, key, old, new, ttl)
+}
+
+// swapIn is swap in bucket s (m: the transport's main bucket state, for
+// error checks).
+func (t *Transport) swapIn(ctx context.Context, m, s *bucketState, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	k := kvKey(key)
 	val := encodeValue(ttlMillis(ttl), new)
 	for range 3 {
 		e, err := t.get(ctx, s, s.pre+k)
 		if err != nil {
-			return false, t.check(s, op, err)
+			return false, t.check(m, op, err)
 		}
 		if old == nil && e.present || old != nil && (!e.present || !bytes.Equal(e.value, old)) {
 			return false, nil
 		}
-		m, opts := t.message(s, k, val, ttl)
+		msg, opts := t.message(s, k, val, ttl)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		_, err = t.js.PublishMsg(ctx, m, opts...)
+		_, err = t.js.PublishMsg(ctx, msg, opts...)
 		if err == nil {
 			return true, nil
 		}
 		if !wrongLastSequence(err) {
-			return false, t.check(s, op, err)
+			return false, t.check(m, op, err)
 		}
 	}
 	return false, nil
@@ -291,6 +367,7 @@ func wrongLastSequence(err error) bool {
 }
 
 var (
-	_ farm.Bus   = (*Transport)(nil)
-	_ farm.Store = (*Transport)(nil)
+	_ farm.Bus         = (*Transport)(nil)
+	_ farm.Store       = (*Transport)(nil)
+	_ farm.RecordTaker = (*Transport)(nil)
 )

@@ -2,10 +2,13 @@
 // farm.Bus over PUBLISH/SUBSCRIBE (sharded SPUBLISH/SSUBSCRIBE on a
 // cluster) and a farm.Store over keys with millisecond TTLs, pipelined.
 //
-// Everything a farm keeps in Redis lives under one hash tag,
-// "tlsfarm:{<farm>}:", so that several farms share a server without seeing
-// each other, and multi-key operations work on a Redis Cluster (all of a
-// farm's keys live in one slot). Values and messages are sealed by the farm:
+// Every key of a farm starts with its name, so that several farms share a
+// server without seeing each other. The farm's few coordination keys (the
+// ticket key lease and key set, the revocation tombstones) live under one
+// hash tag, "tlsfarm:{<farm>}:", in one slot of a cluster. Its session
+// records, the bulk of its data, are "tlsfarm:<farm>:{<key>}": hashed by
+// the session ID, so that they spread over every shard of a Redis Cluster.
+// Values and messages are sealed by the farm:
 // nothing in Redis is usable, or accepted back, without the farm secret,
 // which is separate from any Redis password.
 package redisbus
@@ -30,7 +33,8 @@ import (
 type Transport struct {
 	c       redis.UniversalClient
 	cluster bool
-	prefix  string // "tlsfarm:{farm}:"
+	prefix  string // "tlsfarm:{farm}:", for coordination keys
+	records string // "tlsfarm:farm:", for session records, "tlsfarm:farm:{key}"
 	channel string
 	own     bool // Close closes c
 
@@ -53,7 +57,12 @@ type Transport struct {
 //	redis+cluster://[user:password@]host:port?addr=host2:port&addr=...
 //	redis+sentinel://[user:password@]host:port?master_name=NAME&addr=...
 //
-// A rediss+cluster or rediss+sentinel scheme adds TLS to either.
+// A rediss+cluster or rediss+sentinel scheme adds TLS to either. A cluster
+// URL may also set reload, how old the client's map of the cluster's slots
+// may grow before it is read again (default DefaultClusterReload, e.g.
+// reload=2s); the map is also read again after any failed command, so that
+// a failover is followed as soon as the cluster has promoted a replica. A
+// sentinel client follows the sentinels' announcement of a new master.
 func Open(rawURL, farmName string) (*Transport, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -64,6 +73,19 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		return nil, fmt.Errorf("redisbus: URL scheme %q: want redis, rediss, redis+cluster or redis+sentinel", u.Scheme)
 	}
 	u.Scheme = base
+	q := u.Query()
+	reload := DefaultClusterReload
+	if q.Has("reload") {
+		if kind != "cluster" {
+			return nil, errors.New("redisbus: the reload option is for redis+cluster URLs")
+		}
+		reload, err = time.ParseDuration(q.Get("reload"))
+		if err != nil || reload <= 0 {
+			return nil, fmt.Errorf("redisbus: reload=%q: want a positive duration such as 2s", q.Get("reload"))
+		}
+		q.Del("reload")
+		u.RawQuery = q.Encode()
+	}
 	plain := u.String()
 	var c redis.UniversalClient
 	cluster := false
@@ -85,6 +107,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
+		opt.ClusterStateReloadInterval = reload
 		c = redis.NewClusterClient(opt)
 		cluster = true
 	case "sentinel":
@@ -108,6 +131,10 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	t.own = true
 	return t, nil
 }
+
+// DefaultClusterReload is how old the map of a Redis Cluster's slots may
+// grow before the transport reads it again, unless the URL sets reload.
+const DefaultClusterReload = 5 * time.Second
 
 var quietOnce sync.Once
 
@@ -138,7 +165,8 @@ func New(c redis.UniversalClient, farmName string) (*Transport, error) {
 	}
 	_, cluster := c.(*redis.ClusterClient)
 	prefix := "tlsfarm:{" + farmName + "}:"
-	return &Transport{c: c, cluster: cluster, prefix: prefix, channel: prefix + "bus", HealthInterval: 5 * time.Second}, nil
+	return &Transport{c: c, cluster: cluster, prefix: prefix, records: "tlsfarm:" + farmName + ":",
+		channel: prefix + "bus", HealthInterval: 5 * time.Second}, nil
 }
 
 // Close closes the client, if Open made it.
@@ -152,8 +180,13 @@ func (t *Transport) Close() error {
 // Ping checks that Redis answers (farm.Pinger): one PING, within ctx.
 func (t *Transport) Ping(ctx context.Context) error { return t.c.Ping(ctx).Err() }
 
-// Key returns the Redis key that holds the farm's relative key k.
+// Key returns the Redis key that holds the farm's coordination key k.
 func (t *Transport) Key(k string) string { return t.prefix + k }
+
+// RecordKey returns the Redis key that holds the farm's session record k.
+// The record's own key is its hash tag, so that records spread over the
+// slots of a cluster.
+func (t *Transport) RecordKey(k string) string { return t.records + "{" + k + "}" }
 
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
@@ -161,7 +194,7 @@ func (t *Transport) Channel() string { return t.channel }
 // Publish implements farm.Bus: one PUBLISH per message, in one pipeline.
 func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if len(msgs) == 1 {
-		return t.publish(ctx, t.c, msgs[0]).Err()
+		return t.failed(t.publish(ctx, t.c, msgs[0]).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, m := range msgs {
@@ -188,7 +221,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		state(false, err)
+		state(false, t.failed(err))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -226,7 +259,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			}
 			// go-redis has dropped the connection and resubscribes on the
 			// next receive; report the outage and pause briefly.
-			state(false, err)
+			state(false, t.failed(err))
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -253,15 +286,15 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	if len(items) == 1 {
 		it := items[0]
-		return t.c.Set(ctx, t.prefix+it.Key, it.Value, it.TTL).Err()
+		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			p.Set(ctx, t.prefix+it.Key, it.Value, it.TTL)
+			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 		}
 		return nil
 	})
-	return err
+	return t.failed(err)
 }
 
 // PutAndPublish implements farm.Batcher: the SETs and the PUBLISHes go in
@@ -269,19 +302,19 @@ func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, msgs [][]byte) error {
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			p.Set(ctx, t.prefix+it.Key, it.Value, it.TTL)
+			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 		}
 		for _, m := range msgs {
 			t.publish(ctx, p, m)
 		}
 		return nil
 	})
-	return err
+	return t.failed(err)
 }
 
 // GetRecord implements farm.RecordStore.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	return t.get(ctx, t.prefix+key)
+	return t.get(ctx, t.RecordKey(key))
 }
 
 // Get implements farm.Coordinator.
@@ -294,21 +327,50 @@ func (t *Transport) get(ctx context.Context, key string) ([]byte, error) {
 	if errors.Is(err, redis.Nil) {
 		return nil, farm.ErrNotFound
 	}
-	return b, err
+	return b, t.failed(err)
 }
 
-// DeleteRecords implements farm.RecordStore.
+// DeleteRecords implements farm.RecordStore: one DEL, or on a cluster,
+// where the records lie in different slots, one DEL per key, pipelined.
 func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
-	full := make([]string, len(keys))
-	for i, k := range keys {
-		full[i] = t.prefix + k
+	if len(keys) == 0 {
+		return nil
 	}
-	return t.c.Del(ctx, full...).Err()
+	if !t.cluster || len(keys) == 1 {
+		full := make([]string, len(keys))
+		for i, k := range keys {
+			full[i] = t.RecordKey(k)
+		}
+		return t.failed(t.c.Del(ctx, full...).Err())
+	}
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Del(ctx, t.RecordKey(k))
+		}
+		return nil
+	})
+	return t.failed(err)
+}
+
+// TakeRecord implements farm.RecordTaker with GETDEL: one atomic command.
+func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	b, err := t.c.GetDel(ctx, t.RecordKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, farm.ErrNotFound
+	}
+	return b, t.failed(err)
+}
+
+// AddRecord implements farm.RecordTaker: SET key value NX PX ttl.
+func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+	ok, err := t.c.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
+	return ok, t.failed(err)
 }
 
 // SetNX implements farm.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
-	return t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
+	ok, err := t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
+	return ok, t.failed(err)
 }
 
 var casScript = redis.NewScript(`
@@ -333,7 +395,7 @@ func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []b
 		mode = "absent"
 	}
 	n, err := casScript.Run(ctx, t.c, []string{t.prefix + key}, mode, old, new, ttl.Milliseconds()).Int()
-	return n == 1, err
+	return n == 1, t.failed(err)
 }
 
 // setAddScript adds a member scored by its expiry and keeps the set's own
@@ -347,7 +409,7 @@ return 1
 
 // SetAdd implements farm.Coordinator with a sorted set scored by expiry.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
-	return setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err()
+	return t.failed(setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err())
 }
 
 // setMembersScript drops expired members by the server's clock and returns
@@ -364,7 +426,7 @@ return redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
 	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, farm.MaxSetMembers).StringSlice()
 	if err != nil {
-		return nil, err
+		return nil, t.failed(err)
 	}
 	out := make([][]byte, len(v))
 	for i, s := range v {
@@ -375,7 +437,22 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 
 // Time implements farm.Coordinator with the TIME command.
 func (t *Transport) Time(ctx context.Context) (time.Time, error) {
-	return t.c.Time(ctx).Result()
+	now, err := t.c.Time(ctx).Result()
+	return now, t.failed(err)
+}
+
+// failed returns err, and on a cluster, if err is a failure (not a missing
+// key), has the client read the map of the cluster's slots again: a master
+// that refuses connections or fails to answer may have been replaced, and
+// go-redis learns of a new master by itself only from a redirection, which
+// a dead master sends none of. Reads are coalesced by go-redis.
+func (t *Transport) failed(err error) error {
+	if err != nil && t.cluster && !errors.Is(err, redis.Nil) {
+		if cc, ok := t.c.(*redis.ClusterClient); ok {
+			cc.ReloadState(context.Background())
+		}
+	}
+	return err
 }
 
 var (
@@ -383,4 +460,6 @@ var (
 	_ farm.Bus     = (*Transport)(nil)
 	_ farm.Store   = (*Transport)(nil)
 	_ farm.Batcher = (*Transport)(nil)
+
+	_ farm.RecordTaker = (*Transport)(nil)
 )

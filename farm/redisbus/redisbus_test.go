@@ -1,6 +1,7 @@
 package redisbus_test
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -37,6 +38,9 @@ func TestOpenURLs(t *testing.T) {
 		"rediss://user:pass@127.0.0.1:6380/1":                "",
 		"redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001": "",
 		"redis+sentinel://127.0.0.1:26379?master_name=m":     "",
+		"redis+cluster://127.0.0.1:7000?reload=2s":           "",
+		"redis+cluster://127.0.0.1:7000?reload=soon":         "reload",
+		"redis://127.0.0.1:6379?reload=2s":                   "reload",
 		"http://127.0.0.1":                                   "scheme",
 		"redis+bogus://127.0.0.1":                            "variant",
 		"redis://user:s3cret@[::1":                           "redisbus",
@@ -46,15 +50,32 @@ func TestOpenURLs(t *testing.T) {
 	}
 }
 
-func TestKeysShareOneHashTag(t *testing.T) {
+// TestKeyLayout: coordination keys and the bus share the farm's hash tag
+// (one slot of a cluster, for the scripts); session records are tagged by
+// their own key, so that they spread over every slot.
+func TestKeyLayout(t *testing.T) {
 	tr, err := redisbus.Open("redis://127.0.0.1:6379", "prod")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	for _, k := range []string{tr.Key("s:abc"), tr.Key("revoked"), tr.Channel()} {
+	for _, k := range []string{tr.Key("lease"), tr.Key("revoked"), tr.Channel()} {
 		if !strings.HasPrefix(k, "tlsfarm:{prod}:") {
 			t.Errorf("%q is outside the farm's hash tag", k)
 		}
+	}
+	if k := tr.RecordKey("s:abc"); k != "tlsfarm:prod:{s:abc}" {
+		t.Errorf("RecordKey(s:abc) = %q, want tlsfarm:prod:{s:abc}", k)
+	}
+	if s := redistest.Slot("foo"); s != 12182 { // CLUSTER KEYSLOT foo
+		t.Fatalf("Slot(foo) = %d, want 12182", s)
+	}
+	slots := map[int]bool{}
+	for i := range 64 {
+		k := tr.RecordKey(fmt.Sprintf("s:%064x", i*7919))
+		slots[redistest.Slot(k)] = true
+	}
+	if len(slots) < 60 {
+		t.Errorf("64 session records fall in only %d slots", len(slots))
 	}
 }

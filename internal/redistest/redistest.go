@@ -56,12 +56,20 @@ type Server struct {
 	Port int
 	tb   testing.TB
 	dir  string
+	args []string // more redis-server arguments
 	cmd  *exec.Cmd
 }
 
 // Start starts a private redis-server on a free port, stopped when the test
 // ends.
 func Start(tb testing.TB) *Server {
+	tb.Helper()
+	return StartWith(tb)
+}
+
+// StartWith is Start with more redis-server arguments (such as
+// "--cluster-enabled", "yes").
+func StartWith(tb testing.TB, args ...string) *Server {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		testenv.Skip(tb, "redis-server is not installed")
@@ -72,7 +80,7 @@ func Start(tb testing.TB) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{Port: port, tb: tb, dir: tb.TempDir()}
+	s := &Server{Port: port, tb: tb, dir: tb.TempDir(), args: args}
 	s.Restart()
 	tb.Cleanup(s.Kill)
 	return s
@@ -90,6 +98,7 @@ func (s *Server) Restart() {
 	s.tb.Helper()
 	s.cmd = exec.Command("redis-server", "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", "")
+	s.cmd.Args = append(s.cmd.Args, s.args...)
 	s.cmd.Stdout, s.cmd.Stderr = nil, nil
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatal(err)

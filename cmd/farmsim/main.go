@@ -1,0 +1,358 @@
+// Command farmsim is a scale simulation of a tlsfarm farm: K farm nodes in
+// one process, each with its own session cache and its own connection to a
+// real Redis (standalone or Cluster), issue sessions at a target rate for
+// the whole farm and resume each other's sessions, without TLS on the wire
+// (the sessions are issued through the cache's WrapSession, as a handshake
+// does). It reports, for each K and mode, the store operations per Redis
+// master, Redis memory per stored session, the lookup latency of a session
+// issued on another node, and the bus deliveries per node.
+//
+//	go run ./cmd/farmsim -redis 'redis+cluster://127.0.0.1:7000?addr=...' \
+//	    -nodes 3,10,30 -rate 1000 -duration 10s
+//
+// It writes only keys of farms named farmsim-*, which expire with their
+// sessions (-lifetime); it never deletes anything else.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+func main() {
+	var (
+		url      = flag.String("redis", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or redis+cluster://)")
+		nodes    = flag.String("nodes", "3,10,30", "comma-separated node counts K to simulate")
+		modes    = flag.String("modes", "broadcast,store-only", "comma-separated farm modes")
+		rate     = flag.Int("rate", 1000, "new sessions per second for the whole farm")
+		lookups  = flag.Int("lookups", 200, "cross-node resumptions per second for the whole farm")
+		duration = flag.Duration("duration", 10*time.Second, "how long each run issues sessions")
+		lifetime = flag.Duration("lifetime", 10*time.Minute, "session lifetime (the stored keys' TTL)")
+		timeout  = flag.Duration("lookup-timeout", 100*time.Millisecond, "farm LookupTimeout for the runs")
+	)
+	flag.Parse()
+	if *duration > 5*time.Minute || *rate > 200000 || *rate < 1 {
+		log.Fatal("farmsim: keep -duration at most 5m and -rate from 1 to 200000")
+	}
+	ss, cs, err := oneSession()
+	if err != nil {
+		log.Fatal(err)
+	}
+	admin, err := adminClient(*url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer admin.Close()
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "K\tmode\tsessions/s\tstore ops/s per master\tB/session\tlookup p50\tlookup p99\tresumed\tdeliveries/s per node\tcached per node\t")
+	for _, ks := range strings.Split(*nodes, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(ks))
+		if err != nil || k < 2 || k > 100 {
+			log.Fatalf("farmsim: node count %q: want 2 to 100", ks)
+		}
+		for _, ms := range strings.Split(*modes, ",") {
+			mode, err := farm.ParseMode(strings.TrimSpace(ms))
+			if err != nil {
+				log.Fatal(err)
+			}
+			r, err := run(*url, admin, k, mode, *rate, *lookups, *duration, *lifetime, *timeout, ss, cs)
+			if err != nil {
+				log.Fatal(err)
+			}
+			fmt.Fprintf(w, "%d\t%s\t%.0f\t%s\t%.0f\t%v\t%v\t%.1f%%\t%.0f\t%.0f\t\n", k, mode, r.rate, r.perMaster, r.bytesPerSession,
+				r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.resumed, r.deliveries, r.cached)
+			fmt.Fprintf(os.Stderr, "farmsim: K=%d %s done\n", k, mode)
+		}
+	}
+	w.Flush()
+}
+
+// oneSession makes one real TLS 1.3 session in memory: the state that
+// every simulated handshake then stores, and the connection state to
+// issue and resume it under.
+func oneSession() ([]byte, tls.ConnectionState, error) {
+	cert, pool := tlstest.SharedCert()
+	var state []byte
+	var cs tls.ConnectionState
+	srv := &tls.Config{Certificates: []tls.Certificate{cert},
+		WrapSession: func(c tls.ConnectionState, s *tls.SessionState) ([]byte, error) {
+			state, _ = s.Bytes()
+			cs = c
+			return []byte("ticket"), nil
+		}}
+	cli := tlstest.ClientConfig(pool, "localhost", tls.VersionTLS13, tls.NewLRUClientSessionCache(1))
+	if _, err := tlstest.PipeHandshake(srv, cli, nil); err != nil {
+		return nil, cs, err
+	}
+	if state == nil {
+		return nil, cs, fmt.Errorf("farmsim: the handshake issued no session")
+	}
+	return state, cs, nil
+}
+
+// adminClient opens a go-redis client on the same deployment, for INFO.
+func adminClient(url string) (redis.UniversalClient, error) {
+	if rest, ok := strings.CutPrefix(url, "redis+cluster://"); ok {
+		u := "redis://" + rest
+		var keep []string
+		base, query, _ := strings.Cut(u, "?")
+		for _, kv := range strings.Split(query, "&") {
+			if kv != "" && !strings.HasPrefix(kv, "reload=") {
+				keep = append(keep, kv)
+			}
+		}
+		if len(keep) > 0 {
+			base += "?" + strings.Join(keep, "&")
+		}
+		opt, err := redis.ParseClusterURL(base)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opt), nil
+}
+
+// masterStats reads, for every master, the commands it has processed, its
+// memory and its key count.
+func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]int64, error) {
+	out := map[string][3]int64{}
+	var mu sync.Mutex
+	read := func(ctx context.Context, cl *redis.Client) error {
+		info, err := cl.Info(ctx, "stats", "memory", "keyspace").Result()
+		if err != nil {
+			return err
+		}
+		var v [3]int64
+		for _, line := range strings.Split(info, "\r\n") {
+			if s, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+				v[0], _ = strconv.ParseInt(s, 10, 64)
+			}
+			if s, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				v[1], _ = strconv.ParseInt(s, 10, 64)
+			}
+			if s, ok := strings.CutPrefix(line, "db0:keys="); ok {
+				s, _, _ = strings.Cut(s, ",")
+				v[2], _ = strconv.ParseInt(s, 10, 64)
+			}
+		}
+		mu.Lock()
+		out[cl.Options().Addr] = v
+		mu.Unlock()
+		return nil
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		return out, cc.ForEachMaster(ctx, read)
+	}
+	return out, read(ctx, c.(*redis.Client))
+}
+
+type result struct {
+	rate            float64
+	perMaster       string
+	bytesPerSession float64
+	p50, p99        time.Duration
+	resumed         float64
+	deliveries      float64
+	cached          float64
+}
+
+type simNode struct {
+	cache *session.Cache
+	node  *farm.Node
+	tr    *redisbus.Transport
+}
+
+func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, lookupRate int, d, lifetime, lookupTimeout time.Duration,
+	state []byte, cs tls.ConnectionState) (*result, error) {
+	ctx := context.Background()
+	name := fmt.Sprintf("farmsim-%d-%s-%x", k, mode, rand.Uint32())
+	secret := farm.NewSecret(1)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var ns []*simNode
+	defer func() {
+		for _, n := range ns {
+			n.node.Close()
+			n.cache.Close()
+			n.tr.Close()
+		}
+	}()
+	for i := range k {
+		tr, err := redisbus.Open(url, name)
+		if err != nil {
+			return nil, err
+		}
+		cache, err := session.New(&session.Config{Lifetime: lifetime})
+		if err != nil {
+			return nil, err
+		}
+		node, err := farm.Join(ctx, farm.Config{
+			Farm: name, Node: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
+			Cache: cache, Bus: tr, Store: tr, Mode: mode, LookupTimeout: lookupTimeout, Logger: quiet,
+		})
+		if err != nil {
+			return nil, err
+		}
+		ns = append(ns, &simNode{cache: cache, node: node, tr: tr})
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		up := 0
+		for _, n := range ns {
+			if n.node.Stats().Connected {
+				up++
+			}
+		}
+		if up == k {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("farmsim: %d of %d nodes subscribed after 10s", up, k)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	before, err := masterStats(ctx, admin)
+	if err != nil {
+		return nil, err
+	}
+	// Recently issued IDs, by issuing node, for cross-node resumptions.
+	var mu sync.Mutex
+	recent := make([][]session.ID, k)
+	var issued atomic.Int64
+	var lat []time.Duration
+	var resumed, tried int
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	const tick = 10 * time.Millisecond
+	for i, n := range ns {
+		wg.Add(1)
+		go func() { // issue this node's share of the rate
+			defer wg.Done()
+			per := float64(rate) / float64(k) * tick.Seconds()
+			acc := rand.Float64()
+			t := time.NewTicker(tick)
+			defer t.Stop()
+			for time.Now().Before(stop) {
+				<-t.C
+				acc += per
+				for ; acc >= 1; acc-- {
+					ss, err := tls.ParseSessionState(state)
+					if err != nil {
+						continue
+					}
+					ticket, _ := n.cache.WrapSession(cs, ss)
+					issued.Add(1)
+					var id session.ID
+					copy(id[:], ticket)
+					mu.Lock()
+					if len(recent[i]) >= 1024 {
+						recent[i] = recent[i][1:]
+					}
+					recent[i] = append(recent[i], id)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // resume other nodes' sessions, a little after they were issued
+		defer wg.Done()
+		if lookupRate <= 0 {
+			return
+		}
+		gap := time.Second / time.Duration(lookupRate)
+		time.Sleep(500 * time.Millisecond)
+		for time.Now().Before(stop) {
+			time.Sleep(gap)
+			from := rand.N(k)
+			at := (from + 1 + rand.N(k-1)) % k
+			mu.Lock()
+			ids := recent[from]
+			var id session.ID
+			ok := len(ids) > 64
+			if ok {
+				id = ids[rand.N(len(ids)-32)] // not the newest: those may be in flight
+			}
+			mu.Unlock()
+			if !ok {
+				continue
+			}
+			start := time.Now()
+			got, _ := ns[at].cache.UnwrapSession(id[:], cs)
+			lat = append(lat, time.Since(start))
+			tried++
+			if got != nil {
+				resumed++
+			}
+		}
+	}()
+	start := time.Now()
+	wg.Wait()
+	elapsed := time.Since(start)
+	time.Sleep(300 * time.Millisecond) // let the last batches land
+	after, err := masterStats(ctx, admin)
+	if err != nil {
+		return nil, err
+	}
+
+	r := &result{rate: float64(issued.Load()) / elapsed.Seconds()}
+	var ops []string
+	var mem, keys int64
+	addrs := slices.Sorted(func(yield func(string) bool) {
+		for a := range after {
+			if !yield(a) {
+				return
+			}
+		}
+	})
+	for _, a := range addrs {
+		b, a2 := before[a], after[a]
+		ops = append(ops, fmt.Sprintf("%.0f", float64(a2[0]-b[0])/elapsed.Seconds()))
+		mem += a2[1] - b[1]
+		keys += a2[2] - b[2]
+	}
+	r.perMaster = strings.Join(ops, "/")
+	if keys > 0 {
+		r.bytesPerSession = float64(mem) / float64(keys)
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		r.p50 = lat[len(lat)/2]
+		r.p99 = lat[len(lat)*99/100]
+		r.resumed = float64(resumed) / float64(tried)
+	}
+	var recv, cached float64
+	for _, n := range ns {
+		st := n.node.Stats()
+		recv += float64(st.ReceivedSessions)
+		cached += float64(n.cache.Len())
+	}
+	r.deliveries = recv / float64(k) / elapsed.Seconds()
+	r.cached = cached / float64(k)
+	return r, nil
+}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/probe"
+)
+
+// TestHTTP3FarmWithEarlyData runs two daemons of one farm with -http3
+// -early-data and probes them over HTTP/3: sessions resume across the
+// nodes, early data is accepted (never more than once per session), the
+// TCP listener advertises HTTP/3, and the metrics count it all.
+func TestHTTP3FarmWithEarlyData(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, cert, key, leaf := farmFiles(t)
+	name := redistest.Farm(t)
+	var nodes []*proc
+	for _, n := range []string{"h3-a", "h3-b"} {
+		nodes = append(nodes, serveProc(t, []string{"-node", n, "-cert", cert, "-key", key, "-http3", "-early-data",
+			"-farm", url, "-farm-secret", secret, "-farm-name", name, "-write-through", "-lookup-deadline", "1s"}))
+	}
+	resp, _, _ := get(t, nodes[0].Listeners[0], clientFor("localhost", leaf), "/")
+	if alt := resp.Header.Get("Alt-Svc"); !strings.HasPrefix(alt, `h3=":`) {
+		t.Errorf("TCP response Alt-Svc = %q", alt)
+	}
+
+	code, out, errs := runCmd(t, []string{"probe", "-http3", "-targets", nodes[0].Listeners[0] + "," + nodes[1].Listeners[0],
+		"-n", "12", "-pick", "roundrobin", "-insecure", "-sni", "localhost", "-json"})
+	if code != 0 {
+		t.Fatalf("probe: exit %d\nstdout %s\nstderr %s", code, out, errs)
+	}
+	var rep probe.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("probe output: %v\n%s", err, out)
+	}
+	tot := rep.Total
+	if tot.Failed != 0 || tot.Resumed != 11 || tot.CrossNode != 11 || tot.EarlyData == 0 {
+		t.Fatalf("probe over HTTP/3: %+v", tot)
+	}
+	var accepted float64
+	for _, p := range nodes {
+		if n := metric(t, p, `tlsfarm_quic_handshakes_total{kind="resumed"}`); n < 1 {
+			t.Errorf("no resumed QUIC handshake counted (%v)", n)
+		}
+		accepted += metric(t, p, "tlsfarm_quic_early_data_accepted_total")
+	}
+	if int(accepted) != tot.EarlyData {
+		t.Errorf("the nodes accepted early data %v times, the probe saw %d", accepted, tot.EarlyData)
+	}
+}

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/admin"
+	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/keyexport"
+	"github.com/tlsfarm/tlsfarm/session"
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// keysUsage introduces tlsfarm keys' flags.
+const keysUsage = `Usage: tlsfarm keys -farm URL -farm-secret FILE -export TARGET... [flags]
+
+Joins a farm's ticket key rotation, as a serve node does, and exports every
+new key set to nginx, HAProxy or a JSON file. Targets (-export, repeatable):
+
+  nginx:DIR                   DIR/ticket-0.key ... raw 80-byte nginx key files
+  haproxy:FILE[,socket=PATH]  HAProxy tls-ticket-keys FILE, pushed live through
+                              the runtime API at PATH (no reload)
+  file:PATH                   the key set as JSON
+
+See docs/keys.md.
+
+`
+
+// keysOptions are the settings of tlsfarm keys.
+type keysOptions struct {
+	node, farmURL, farmName, secretFile, adminAddr string
+	logLevel, logFormat                            string
+	rotation                                       time.Duration
+	keep                                           int
+	targets                                        []keyexport.Target
+	onChange                                       string
+	onChangeTimeout                                time.Duration
+	secrets                                        []farm.Secret
+}
+
+// exportFlag collects the repeatable -export flag.
+type exportFlag struct{ targets *[]keyexport.Target }
+
+func (f exportFlag) String() string { return "" }
+
+func (f exportFlag) Set(v string) error {
+	t, err := keyexport.ParseTarget(v)
+	if err != nil {
+		return err
+	}
+	*f.targets = append(*f.targets, t)
+	return nil
+}
+
+// envDefault returns the environment's value for the setting with the
+// given key (the variable serve reads), or def.
+func envDefault(getenv func(string) string, key, def string) string {
+	for _, s := range config.Settings {
+		if s.Key == key && s.Env != "" {
+			if v := getenv(s.Env); v != "" {
+				return v
+			}
+		}
+	}
+	return def
+}
+
+// parseKeys parses tlsfarm keys' command line. It returns nil and the exit
+// code when the agent must not start.
+func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*keysOptions, int) {
+	o := &keysOptions{}
+	fs := flag.NewFlagSet("tlsfarm keys", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host, _ := os.Hostname()
+	fs.StringVar(&o.node, "node", envDefault(getenv, "node", host), "name of this agent in logs and the farm ($TLSFARM_NODE)")
+	fs.StringVar(&o.farmURL, "farm", envDefault(getenv, "farm.url", ""), "farm transport `URL` with a store: redis://, rediss:// or nats:// ($TLSFARM_FARM_URL)")
+	fs.StringVar(&o.farmName, "farm-name", envDefault(getenv, "farm.name", "tlsfarm"), "farm `name` ($TLSFARM_FARM_NAME)")
+	fs.StringVar(&o.secretFile, "farm-secret", envDefault(getenv, "farm.secret_file", ""), "farm secret `file` (made by tlsfarm keygen) ($TLSFARM_FARM_SECRET_FILE)")
+	rot := fs.String("ticket-rotation", envDefault(getenv, "tickets.rotation_interval", "12h"), "how long each ticket key encrypts: the farm's setting, at least 1s ($TLSFARM_TICKET_ROTATION)")
+	keep := fs.String("ticket-keep", envDefault(getenv, "tickets.keep", "2"), "previous ticket keys kept: the farm's setting, 1-16 ($TLSFARM_TICKET_KEEP)")
+	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9444", "admin listener `address` (health and metrics), or off")
+	fs.Var(exportFlag{&o.targets}, "export", "export `target`: nginx:DIR, haproxy:FILE[,socket=PATH] or file:PATH (repeatable)")
+	fs.StringVar(&o.onChange, "on-change", "", "shell `command` to run after the targets change, such as \"nginx -s reload\"")
+	fs.DurationVar(&o.onChangeTimeout, "on-change-timeout", keyexport.DefaultCommandTimeout, "longest the -on-change command may run")
+	fs.StringVar(&o.logLevel, "log-level", envDefault(getenv, "log.level", "info"), "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", envDefault(getenv, "log.format", "text"), "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, keysUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, 0
+		}
+		return nil, 2
+	}
+	fail := func(format string, a ...any) (*keysOptions, int) {
+		fmt.Fprintf(stderr, "tlsfarm keys: "+format+"\n", a...)
+		return nil, 2
+	}
+	var err error
+	if fs.NArg() > 0 {
+		return fail("unexpected argument %q", fs.Arg(0))
+	}
+	if o.rotation, err = time.ParseDuration(*rot); err != nil || o.rotation < time.Second {
+		return fail("-ticket-rotation %q: want a duration of at least 1s", *rot)
+	}
+	if o.keep, err = strconv.Atoi(*keep); err != nil || o.keep < 1 || o.keep > 16 {
+		return fail("-ticket-keep %q: want 1 to 16", *keep)
+	}
+	switch {
+	case o.farmURL == "":
+		return fail("-farm URL is required: the agent joins a farm's key rotation")
+	case !config.HasStore(transportName(o.farmURL)):
+		return fail("-farm: key rotation needs a transport with a store (redis or nats), not %s", transportName(o.farmURL))
+	case o.secretFile == "":
+		return fail("-farm-secret FILE is required (the farm's secret, made by tlsfarm keygen)")
+	case len(o.targets) == 0:
+		return fail("at least one -export target is required")
+	}
+	if _, err := config.ParseLevel(o.logLevel); err != nil {
+		return fail("-log-level: %v", err)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fail("-log-format %q: want text or json", o.logFormat)
+	}
+	if o.secrets, err = farm.LoadSecrets(o.secretFile); err != nil {
+		fmt.Fprintf(stderr, "tlsfarm keys: -farm-secret: %v\n", err)
+		return nil, 1
+	}
+	for _, t := range o.targets {
+		if err := checkTarget(t); err != nil {
+			fmt.Fprintf(stderr, "tlsfarm keys: -export %s: %v\n", t, err)
+			return nil, 1
+		}
+	}
+	return o, 0
+}
+
+// checkTarget checks at start that a target's directory is safe to write
+// key files in, and removes what an interrupted write left there.
+func checkTarget(t keyexport.Target) error {
+	var dir string
+	switch t := t.(type) {
+	case *keyexport.NginxTarget:
+		dir = t.Dir
+	case *keyexport.HAProxyTarget:
+		dir = filepath.Dir(t.File)
+	case *keyexport.FileTarget:
+		dir = filepath.Dir(t.Path)
+	}
+	if err := keyexport.CheckDir(dir); err != nil {
+		return err
+	}
+	keyexport.RemoveStaleTemps(dir)
+	return nil
+}
+
+// keys runs the key agent until SIGTERM or SIGINT.
+func keys(args []string, stderr io.Writer) int {
+	o, code := parseKeys(args, os.Getenv, stderr)
+	if o == nil {
+		return code
+	}
+	lvl, _ := config.ParseLevel(o.logLevel)
+	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if o.logFormat == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	a, err := startKeys(o, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "tlsfarm keys: %v\n", err)
+		return 1
+	}
+	<-ctx.Done()
+	log.Info("stopping")
+	a.stop()
+	return 0
+}
+
+// A keysAgent is one running tlsfarm keys.
+type keysAgent struct {
+	log       *slog.Logger
+	cache     *session.Cache
+	ring      *ticket.Ring
+	node      *farm.Node
+	transport io.Closer
+	rotator   *farm.Rotator
+	exporter  *keyexport.Exporter
+	admin     *http.Server
+	adminAddr string
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// startKeys joins the farm's key rotation and starts exporting.
+func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
+	a := &keysAgent{log: log, done: make(chan struct{})}
+	bg, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	defer func() {
+		if err != nil {
+			close(a.done)
+			a.stop()
+		}
+	}()
+	if o.rotation < time.Minute {
+		log.Warn("the ticket rotation interval is under 1m: fine for a trial or a test, too short for production",
+			"ticket_rotation", o.rotation.String())
+	}
+	// The agent handles no handshakes; the farm needs a cache to join, and
+	// a small one holds the few sessions peers announce meanwhile.
+	if a.cache, err = session.New(&session.Config{Capacity: 64, Logger: log}); err != nil {
+		return nil, err
+	}
+	if a.ring, err = ticket.NewRing(ticket.RingConfig{Keep: o.keep, Interval: o.rotation, Logger: log}); err != nil {
+		return nil, err
+	}
+	bus, store, closer, err := openTransport(o.farmURL, o.farmName)
+	if err != nil {
+		return nil, fmt.Errorf("-farm: %v", err)
+	}
+	a.transport = closer
+	if store == nil {
+		return nil, errors.New("-farm: key rotation needs a transport with a store (redis or nats)")
+	}
+	a.node, err = farm.Join(bg, farm.Config{
+		Farm: o.farmName, Node: o.node, Secrets: o.secrets, Cache: a.cache,
+		// The key set and the lease only: the agent keeps no sessions.
+		Bus: bus, Coord: store, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("farm: %v", err)
+	}
+	a.rotator, err = a.node.RotateTicketKeys(bg, farm.RotationConfig{Ring: a.ring, Interval: o.rotation, Keep: o.keep})
+	if err != nil {
+		return nil, fmt.Errorf("tickets: %v", err)
+	}
+	ec := keyexport.ExporterConfig{
+		Ring: a.ring, Interval: o.rotation, Keep: o.keep, Targets: o.targets, Logger: log,
+		// Never wait longer than a fraction of an interval to retry.
+		RetryMax: min(keyexport.DefaultRetryMax, max(o.rotation/4, keyexport.DefaultRetryMin)),
+	}
+	if o.onChange != "" {
+		ec.OnChange = keyexport.Command(o.onChange, o.onChangeTimeout)
+	}
+	if a.exporter, err = keyexport.NewExporter(ec); err != nil {
+		return nil, err
+	}
+	if err := a.startAdmin(o.adminAddr, o.node); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(a.done)
+		a.exporter.Run(bg)
+	}()
+	names := make([]string, len(o.targets))
+	for i, t := range o.targets {
+		names[i] = t.String()
+	}
+	log.Info("tlsfarm keys ready", "node", o.node, "farm", o.farmName, "farm_transport", transportName(o.farmURL),
+		"ticket_rotation", o.rotation.String(), "ticket_keep", o.keep, "exports", strings.Join(names, " "), "admin", a.adminAddr)
+	return a, nil
+}
+
+// startAdmin serves health and metrics on addr, unless it is "off".
+func (a *keysAgent) startAdmin(addr, node string) error {
+	a.adminAddr = "off"
+	if addr == "off" {
+		return nil
+	}
+	h, err := admin.New(admin.Config{
+		NodeName: node, Cache: a.cache, Node: a.node, Ring: a.ring, Rotation: a.rotator.Stats,
+		Ready: a.exporter.Ready, Exports: a.exportStatus, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("-admin: %w", err)
+	}
+	a.adminAddr = ln.Addr().String()
+	a.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	go a.admin.Serve(ln)
+	return nil
+}
+
+// exportStatus converts the exporter's state for the admin API.
+func (a *keysAgent) exportStatus() []admin.ExportStatus {
+	st := a.exporter.Status()
+	out := make([]admin.ExportStatus, len(st))
+	for i, s := range st {
+		out[i] = admin.ExportStatus{
+			Target: s.Target, Epoch: s.Epoch, OK: s.OK, Error: s.Error,
+			LastAttempt: s.LastAttempt, LastSuccess: s.LastSuccess, Exports: s.Exports, Failures: s.Failures,
+		}
+	}
+	return out
+}
+
+// stop releases the lease (so that another member takes over at once) and
+// stops everything, in reverse order of start.
+func (a *keysAgent) stop() {
+	if a.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		a.admin.Shutdown(ctx)
+		cancel()
+	}
+	if a.rotator != nil {
+		a.rotator.Close()
+	}
+	a.cancel()
+	<-a.done
+	if a.node != nil {
+		a.node.Close()
+	}
+	if a.transport != nil {
+		a.transport.Close()
+	}
+	if a.cache != nil {
+		a.cache.Close()
+	}
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"github.com/tlsfarm/tlsfarm/admin"
+	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/proxy"
+)
+
+// quicConfig fills in the HTTP/3 settings of pc: with a farm, the QUIC keys
+// derived from the farm secret and the farm's strike register for 0-RTT;
+// alone, keys of the process's own and a strike register in memory.
+func (d *daemon) quicConfig(cfg *config.Config, pc *proxy.Config) {
+	if d.node == nil || len(cfg.Farm.Secrets) == 0 {
+		return
+	}
+	keys, err := farm.DeriveQUICKeys(cfg.Farm.Name, cfg.Farm.Secrets)
+	if err != nil {
+		return // Validate has checked the secrets; New would have failed
+	}
+	pc.QUICTokenKey, pc.QUICStatelessResetKey = &keys.TokenKey, &keys.StatelessResetKey
+	pc.AntiReplay = d.node.Strike
+}
+
+// warnEarlyData says, once at start, when early data can never be
+// accepted: the farm transport has no store (no key rotation either, so
+// rotator is nil) to hold the strike register.
+func (d *daemon) warnEarlyData(cfg *config.Config) {
+	if d.node == nil || d.rotator != nil {
+		return
+	}
+	for _, l := range cfg.Listeners {
+		if l.EarlyData {
+			d.log.Warn("early_data is on but the farm transport has no store for the anti-replay register: every 0-RTT attempt will be refused (and counted as store_unavailable)",
+				"farm_transport", transportName(cfg.Farm.URL))
+			return
+		}
+	}
+}
+
+// quicStats converts the HTTP/3 counters for the admin API (nil when no
+// listener serves HTTP/3).
+func (d *daemon) quicStats() *admin.QUICStats {
+	if !d.http3 {
+		return nil
+	}
+	s := d.proxy.QUICStats()
+	return &admin.QUICStats{
+		FullHandshakes: s.FullHandshakes, ResumedHandshakes: s.ResumedHandshakes,
+		EarlyDataOffered: s.EarlyDataOffered, EarlyDataAccepted: s.EarlyDataAccepted,
+		EarlyDataRejected: s.EarlyDataRejected, EarlyRequests: s.EarlyRequests, TooEarly: s.TooEarly,
+	}
+}
+
+// anyHTTP3 reports whether a listener of cfg serves HTTP/3.
+func anyHTTP3(cfg *config.Config) bool {
+	for _, l := range cfg.Listeners {
+		if l.HTTP3 {
+			return true
+		}
+	}
+	return false
+}

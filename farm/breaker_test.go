@@ -1,0 +1,40 @@
+package farm_test
+
+import (
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// TestBreakerClosesWhenStoreAnswers: the write-through breaker, open after
+// the store failed, closes as soon as a background write reaches the store
+// again (a failover completed), not only when its cooldown has run out.
+func TestBreakerClosesWhenStoreAnswers(t *testing.T) {
+	srv := redistest.Start(t)
+	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(srv.URL()), Mode: farm.StoreOnly, WriteThrough: true,
+		Tweak: func(c *farm.Config) {
+			c.BreakerCooldown = time.Minute
+			c.ProbeInterval = time.Hour // the breaker alone decides
+		}})
+	m := ms[0]
+	dial := func() {
+		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, tlstest.NoResume{}))
+	}
+	srv.Kill()
+	farmtest.Eventually(t, 20*time.Second, "the breaker open", func() bool {
+		dial()
+		return m.Node.Stats().BreakerOpen
+	})
+	srv.Restart()
+	start := time.Now()
+	farmtest.Eventually(t, 20*time.Second, "the breaker closed", func() bool {
+		dial()
+		return !m.Node.Stats().BreakerOpen
+	})
+	t.Logf("breaker closed %v after the store came back (cooldown 1m)", time.Since(start).Round(time.Millisecond))
+}

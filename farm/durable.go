@@ -1,0 +1,445 @@
+package farm
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// A RevokeStatus says how far a farm-wide revocation has got.
+type RevokeStatus uint8
+
+const (
+	// RevokeNotFound: neither this node nor the store knows the session.
+	RevokeNotFound RevokeStatus = iota
+	// RevokePending: applied on this node and queued for the farm; the
+	// node retries, with backoff, until the store holds the tombstone and
+	// the bus has carried the revocation.
+	RevokePending
+	// RevokeApplied: the store holds the tombstone (if there is a store)
+	// and the revocation has been published to every node.
+	RevokeApplied
+)
+
+func (s RevokeStatus) String() string {
+	switch s {
+	case RevokeNotFound:
+		return "not-found"
+	case RevokePending:
+		return "pending"
+	case RevokeApplied:
+		return "applied"
+	}
+	return "RevokeStatus(?)"
+}
+
+// A pendingRev is one revoked chain on its way to the farm.
+type pendingRev struct {
+	rev       revocation
+	ids       []session.ID // stored sessions of the chain to delete
+	stored    bool         // tombstone written (or no store)
+	published bool
+	done      chan struct{} // closed once stored and published
+}
+
+// revocations holds the revocations not yet applied farm-wide. It is never
+// bounded by dropping: revocations are few and each one matters.
+type revocations struct {
+	mu      sync.Mutex
+	pending []*pendingRev
+	wake    chan struct{}
+	applied uint64
+	retries uint64
+}
+
+func (r *revocations) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// add queues a revocation of rev (with stored session id, if known) and
+// returns its done channel.
+func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
+	r := &n.revs
+	r.mu.Lock()
+	var p *pendingRev
+	for _, q := range r.pending {
+		if q.rev.chain == rev.chain {
+			p = q
+			break
+		}
+	}
+	if p == nil {
+		p = &pendingRev{rev: rev, stored: n.cfg.Coord == nil, done: make(chan struct{})}
+		r.pending = append(r.pending, p)
+	} else if rev.until.After(p.rev.until) {
+		p.rev.until = rev.until
+	}
+	if id != (session.ID{}) {
+		p.ids = append(p.ids, id)
+		if n.cfg.Coord != nil {
+			p.stored = false // one more key to delete
+		}
+	}
+	n.persistLocked()
+	r.mu.Unlock()
+	r.signal()
+	return p.done
+}
+
+// PendingRevocations returns the number of revoked chains not yet applied
+// farm-wide (written to the store and published).
+func (n *Node) PendingRevocations() int {
+	n.revs.mu.Lock()
+	defer n.revs.mu.Unlock()
+	return len(n.revs.pending)
+}
+
+// RevokeSession revokes the session id and its resumption chain across the
+// farm, as Revoke does, and waits (until ctx is done) for the revocation to
+// reach the farm. It returns RevokeApplied once the store holds the
+// tombstone and the bus has carried it, RevokePending if ctx ended first —
+// the revocation is then in force on this node and the node keeps retrying
+// (across reconnects; across restarts with Config.RevocationFile) — and
+// RevokeNotFound if neither this node nor the store knows id.
+func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
+	var done <-chan struct{}
+	if rec, ok := n.cfg.Cache.Lookup(id); ok && n.cfg.Cache.Remove(id) {
+		// The REMOVE hook queued the chain; find it.
+		done = n.revocationDone(rec.Chain)
+	} else {
+		if n.cfg.Records == nil {
+			return RevokeNotFound, nil
+		}
+		rec, err := n.fetch(ctx, id)
+		if err != nil || rec == nil {
+			return RevokeNotFound, err
+		}
+		rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+		// Tombstone locally (nothing cached, so no REMOVE event).
+		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
+		done = n.addRevocation(id, rev)
+	}
+	if done == nil {
+		return RevokeApplied, nil
+	}
+	select {
+	case <-done:
+		return RevokeApplied, nil
+	case <-ctx.Done():
+		return RevokePending, nil
+	}
+}
+
+func (n *Node) revocationDone(chain uint64) <-chan struct{} {
+	n.revs.mu.Lock()
+	defer n.revs.mu.Unlock()
+	for _, p := range n.revs.pending {
+		if p.rev.chain == chain {
+			return p.done
+		}
+	}
+	return nil
+}
+
+// revoker applies pending revocations to the store and the bus, retrying
+// with backoff until both succeed.
+func (n *Node) revoker(ctx context.Context) {
+	defer n.wg.Done()
+	failures := 0
+	for {
+		var wait <-chan time.Time
+		if failures > 0 {
+			wait = time.After(backoff(failures))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.revs.wake:
+			if failures > 0 {
+				// Something changed (a new revocation, a reconnect): try
+				// again, but not faster than the backoff allows.
+				select {
+				case <-ctx.Done():
+					return
+				case <-wait:
+				}
+			}
+		case <-wait:
+		}
+		if n.applyRevocations(ctx) {
+			failures = 0
+		} else {
+			failures++
+		}
+	}
+}
+
+// applyRevocations tries once to apply every pending revocation, and
+// reports whether none is left.
+func (n *Node) applyRevocations(ctx context.Context) bool {
+	r := &n.revs
+	r.mu.Lock()
+	work := make([]pendingRev, len(r.pending))
+	ptrs := make([]*pendingRev, len(r.pending))
+	for i, p := range r.pending {
+		work[i], ptrs[i] = *p, p
+		work[i].ids = append([]session.ID(nil), p.ids...)
+	}
+	r.mu.Unlock()
+	if len(work) == 0 {
+		return true
+	}
+	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+
+	var storeErr, pubErr error
+	var toStore, toPublish []revocation
+	var dels []string
+	for _, w := range work {
+		if !w.stored {
+			toStore = append(toStore, w.rev)
+			for _, id := range w.ids {
+				dels = append(dels, sessionKey(id))
+			}
+		}
+		if !w.published {
+			toPublish = append(toPublish, w.rev)
+		}
+	}
+	var wg sync.WaitGroup
+	if len(toStore) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+			defer cancel()
+			storeErr = n.storeBatch(sctx, hdr, nil, dels, toStore)
+		}()
+	}
+	if len(toPublish) > 0 {
+		// As many messages as the bus's size limit needs (busMessages).
+		items := make([]item, len(toPublish))
+		for i := range toPublish {
+			items[i].rev = &toPublish[i]
+		}
+		msgs, _, _ := n.busMessages(hdr, items)
+		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		pubErr = n.cfg.Bus.Publish(pctx, msgs...)
+		cancel()
+	}
+	wg.Wait()
+	if storeErr != nil {
+		n.ctr.storeWriteErrors.Add(1)
+		if ctx.Err() == nil {
+			n.logOnce(&n.ctr.storeErrLogged, "farm: revocation not yet in the store; retrying", storeErr)
+		}
+	}
+	if pubErr != nil {
+		n.ctr.publishErrors.Add(1)
+		if ctx.Err() == nil {
+			n.logOnce(&n.ctr.publishErrLogged, "farm: revocation not yet published; retrying", pubErr)
+		}
+	} else if len(toPublish) > 0 {
+		n.ctr.publishedRevocations.Add(uint64(len(toPublish)))
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range ptrs {
+		// Only what this attempt covered: ids added meanwhile keep
+		// p.stored false.
+		if storeErr == nil && !work[i].stored && len(p.ids) == len(work[i].ids) {
+			p.stored = true
+		}
+		if pubErr == nil && !work[i].published {
+			p.published = true
+		}
+	}
+	kept := r.pending[:0]
+	for _, p := range r.pending {
+		if p.stored && p.published {
+			close(p.done)
+			r.applied++
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(r.pending[len(kept):])
+	r.pending = kept
+	if storeErr != nil || pubErr != nil {
+		r.retries++
+	}
+	n.persistLocked()
+	return len(r.pending) == 0
+}
+
+// drainRevocations tries, until ctx is done, to apply what is pending (Close
+// calls it).
+func (n *Node) drainRevocations(ctx context.Context) {
+	for failures := 1; !n.applyRevocations(ctx); failures++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+// pendingFileLen is one revocation in Config.RevocationFile's sealed body:
+// chain, until, then the count and IDs of its stored sessions.
+const revocationFileContext = "pending-revocations"
+
+// persistLocked writes the pending revocations to Config.RevocationFile, if
+// set (n.revs.mu is held). The file is sealed with the farm secret.
+func (n *Node) persistLocked() {
+	path := n.cfg.RevocationFile
+	if path == "" {
+		return
+	}
+	if len(n.revs.pending) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			n.log.Warn("farm: cannot remove the pending revocations file", "err", err)
+		}
+		return
+	}
+	var body []byte
+	for _, p := range n.revs.pending {
+		body = binary.BigEndian.AppendUint64(body, p.rev.chain)
+		body = binary.BigEndian.AppendUint64(body, uint64(p.rev.until.UnixNano()))
+		body = binary.BigEndian.AppendUint16(body, uint16(min(len(p.ids), 1<<16-1)))
+		for _, id := range p.ids[:min(len(p.ids), 1<<16-1)] {
+			body = append(body, id[:]...)
+		}
+	}
+	hdr := header{typ: msgTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		_, err = f.Write(sealed)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+			d.Sync()
+			d.Close()
+		}
+		return
+	}
+	n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
+}
+
+// loadRevocations reads Config.RevocationFile, if it exists, applies its
+// revocations locally and queues them for the farm.
+func (n *Node) loadRevocations() error {
+	path := n.cfg.RevocationFile
+	if path == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, body, err := n.keys.open(raw, n.cfg.Farm, msgTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil {
+		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
+	}
+	now := n.cfg.Now()
+	for len(body) >= 18 {
+		rev := revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}
+		k := int(binary.BigEndian.Uint16(body[16:]))
+		body = body[18:]
+		if len(body) < k*session.IDLen {
+			return errors.New("farm: the pending revocations file is truncated")
+		}
+		var ids []session.ID
+		for range k {
+			ids = append(ids, session.ID(body[:session.IDLen]))
+			body = body[session.IDLen:]
+		}
+		if !rev.until.After(now) {
+			continue
+		}
+		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
+		if len(ids) == 0 {
+			n.addRevocation(session.ID{}, rev)
+		}
+		for _, id := range ids {
+			n.addRevocation(id, rev)
+		}
+	}
+	return nil
+}
+
+// backlog holds new sessions whose store write (or, without a store,
+// publish) failed, for when the transport returns: bounded, keeping the
+// newest, handed back newest first.
+type backlog struct {
+	mu      sync.Mutex
+	items   []item // ring
+	head, n int
+	dropped uint64
+}
+
+func newBacklog(size int) *backlog { return &backlog{items: make([]item, size)} }
+
+func (b *backlog) push(it item) {
+	it.done = nil
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == len(b.items) {
+		b.items[b.head] = item{}
+		b.head = (b.head + 1) % len(b.items)
+		b.n--
+		b.dropped++
+	}
+	b.items[(b.head+b.n)%len(b.items)] = it
+	b.n++
+}
+
+// popNewest moves up to max unexpired items, newest first, into buf.
+func (b *backlog) popNewest(buf []item, max int, now time.Time) []item {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.n > 0 && len(buf) < max {
+		i := (b.head + b.n - 1) % len(b.items)
+		it := b.items[i]
+		b.items[i] = item{}
+		b.n--
+		if it.rec.Expires.After(now) {
+			buf = append(buf, it)
+		}
+	}
+	return buf
+}
+
+func (b *backlog) stats() (int, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n, b.dropped
+}
+
+func (b *backlog) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}

@@ -1,0 +1,151 @@
+package farm
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// A farm key set is a ticket.State followed, when the set came from a
+// merge, by a trailer of 10 bytes:
+//
+//	extra  2  how many more previous keys than Keep rotations keep
+//	until  8  the last epoch a rotation keeps them for
+//
+// Merged keys sit at the front of Previous (they encrypted until the
+// merge); keeping Keep+extra previous keys for Keep rotations after the
+// merge gives each of them the Keep intervals that any key gets after it
+// stops encrypting, without cutting short the keys behind them.
+type keySet struct {
+	st    ticket.State
+	extra int
+	until uint64
+}
+
+const (
+	stateHeaderLen = 1 + 8 + 8 + ticket.KeyLen + ticket.KeyLen + 2
+	trailerLen     = 2 + 8
+	maxMergedExtra = 64 // bounds the decrypt set a merge can grow
+)
+
+func (k keySet) bytes() ([]byte, error) {
+	b, err := k.st.Bytes()
+	if err != nil || k.extra == 0 {
+		return b, err
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(k.extra))
+	return binary.BigEndian.AppendUint64(b, k.until), nil
+}
+
+func parseKeySet(b []byte) (keySet, error) {
+	if len(b) < stateHeaderLen {
+		return keySet{}, errors.New("farm: key set too short")
+	}
+	n := int(binary.BigEndian.Uint16(b[stateHeaderLen-2:]))
+	end := stateHeaderLen + n*ticket.KeyLen
+	var k keySet
+	switch len(b) - end {
+	case 0:
+	case trailerLen:
+		k.extra = int(binary.BigEndian.Uint16(b[end:]))
+		k.until = binary.BigEndian.Uint64(b[end+2:])
+		b = b[:end]
+	default:
+		return keySet{}, errors.New("farm: key set has a bad length")
+	}
+	st, err := ticket.ParseState(b)
+	if err != nil {
+		return keySet{}, err
+	}
+	k.st = st
+	return k, nil
+}
+
+// keepFor returns how many previous keys the rotation to epoch e keeps.
+func (k keySet) keepFor(e uint64, keep int) int {
+	if k.extra > 0 && e <= k.until {
+		return keep + k.extra
+	}
+	return keep
+}
+
+func holds(s ticket.State, key ticket.Key) bool {
+	if key == s.Current || key == s.Next {
+		return true
+	}
+	for _, p := range s.Previous {
+		if p == key {
+			return true
+		}
+	}
+	return false
+}
+
+// needsMerge reports whether the farm's set farm must be merged with this
+// node's set mine before this node can use it: adopting farm as it is would
+// drop a key this node may have encrypted with (or, at an epoch not above
+// mine, cannot be applied at all). A ring that never served (mineServed
+// false, epoch 0) has encrypted nothing and simply adopts the farm's.
+func needsMerge(farm, mine ticket.State, mineServed bool) bool {
+	if mine.Epoch == 0 && !mineServed {
+		return false
+	}
+	switch {
+	case farm.Epoch > mine.Epoch:
+		// A normal successor holds mine's current key among its previous
+		// ones; mine's older keys may have lapsed on schedule.
+		return !holds(farm, mine.Current)
+	case farm.Epoch == mine.Epoch:
+		if farm.Current != mine.Current {
+			return true // two sets at one epoch: a split
+		}
+		for _, p := range mine.Previous {
+			if !holds(farm, p) {
+				return true
+			}
+		}
+		return false
+	default:
+		// The store is behind this node (it lost data and was seeded by
+		// a node with an older set): the node cannot apply it.
+		return true
+	}
+}
+
+// merge returns the farm's set farm extended with every key of mine that
+// may have encrypted tickets (its current and previous keys), as
+// decrypt-only keys, at an epoch above both. The farm's current and next
+// keys stay: one key encrypts everywhere.
+func merge(farm keySet, mine ticket.State, keep int) keySet {
+	out := keySet{st: farm.st, extra: farm.extra, until: farm.until}
+	out.st.Epoch = max(farm.st.Epoch, mine.Epoch) + 1
+	var added []ticket.Key
+	for _, k := range append([]ticket.Key{mine.Current}, mine.Previous...) {
+		if k == (ticket.Key{}) || holds(farm.st, k) {
+			continue
+		}
+		dup := false
+		for _, a := range added {
+			dup = dup || a == k
+		}
+		if !dup {
+			added = append(added, k)
+		}
+	}
+	if len(added) > maxMergedExtra {
+		added = added[:maxMergedExtra]
+	}
+	prev := make([]ticket.Key, 0, len(added)+len(farm.st.Previous))
+	prev = append(prev, added...)
+	prev = append(prev, farm.st.Previous...)
+	out.st.Previous = prev
+	if len(added) > 0 {
+		if out.st.Epoch > out.until {
+			out.extra = 0 // the last merge's keys have lapsed
+		}
+		out.extra = min(out.extra+len(added), maxMergedExtra)
+		out.until = out.st.Epoch + uint64(keep)
+	}
+	return out
+}

@@ -1,0 +1,104 @@
+package farm
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+func newState(t *testing.T, epoch uint64, prev int) ticket.State {
+	t.Helper()
+	s := ticket.State{Epoch: epoch, Rotated: time.Unix(1000, 0)}
+	var err error
+	if s.Current, err = ticket.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Next, err = ticket.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	for range prev {
+		k, _ := ticket.NewKey()
+		s.Previous = append(s.Previous, k)
+	}
+	return s
+}
+
+func TestNeedsMerge(t *testing.T) {
+	a := newState(t, 5, 2)
+	rotated, err := a.Rotate(time.Unix(2000, 0), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newState(t, 5, 2)
+	fresh := newState(t, 0, 0)
+	for _, tc := range []struct {
+		name       string
+		farm, mine ticket.State
+		served     bool
+		want       bool
+	}{
+		{"same set", a, a, false, false},
+		{"normal successor", rotated, a, false, false},
+		{"two sets at one epoch", other, a, false, true},
+		{"newer set without my current key", newState(t, 9, 2), a, false, true},
+		{"store behind me", newState(t, 1, 0), a, false, true},
+		{"fresh ring that never served adopts", a, fresh, false, false},
+		{"fresh ring that served merges", a, fresh, true, true},
+	} {
+		if got := needsMerge(tc.farm, tc.mine, tc.served); got != tc.want {
+			t.Errorf("%s: needsMerge = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestMergeKeepsEveryKey merges two different sets at one epoch: one key
+// encrypts, every key either side may have encrypted with decrypts, the
+// epoch is above both, and the merged keys survive the next Keep
+// rotations.
+func TestMergeKeepsEveryKey(t *testing.T) {
+	const keep = 2
+	farm := keySet{st: newState(t, 7, 2)}
+	mine := newState(t, 7, 2)
+	m := merge(farm, mine, keep)
+	if m.st.Epoch != 8 || m.st.Current != farm.st.Current || m.st.Next != farm.st.Next {
+		t.Fatalf("merged set: epoch %d, current/next changed: %v", m.st.Epoch, m.st)
+	}
+	for _, k := range append([]ticket.Key{mine.Current, farm.st.Current}, append(mine.Previous, farm.st.Previous...)...) {
+		if !holds(m.st, k) {
+			t.Fatalf("merged set lacks key %v", k)
+		}
+	}
+	b, err := m.bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := parseKeySet(b)
+	if err != nil || back.extra != m.extra || back.until != m.until || back.st.Epoch != m.st.Epoch {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	// Rotate as the lease holder does: mine's current key (which encrypted
+	// until the merge) must decrypt for keep rotations after it.
+	cur := m
+	for i := 1; i <= keep; i++ {
+		next, err := cur.st.Rotate(time.Unix(int64(3000+i), 0), cur.keepFor(cur.st.Epoch+1, keep))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns := keySet{st: next}
+		if cur.extra > 0 && next.Epoch < cur.until {
+			ns.extra, ns.until = cur.extra, cur.until
+		}
+		cur = ns
+		if !holds(cur.st, mine.Current) {
+			t.Fatalf("rotation %d after the merge dropped a merged key", i)
+		}
+		if i == 1 && !holds(cur.st, farm.st.Previous[0]) {
+			t.Fatalf("rotation 1 after the merge dropped the farm's newest previous key early")
+		}
+	}
+	next, _ := cur.st.Rotate(time.Unix(4000, 0), cur.keepFor(cur.st.Epoch+1, keep))
+	if len(next.Previous) != keep {
+		t.Fatalf("%d previous keys %d rotations after the merge, want %d", len(next.Previous), keep+1, keep)
+	}
+}

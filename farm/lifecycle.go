@@ -1,0 +1,483 @@
+package farm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// ErrNoStore is returned by the operations that need the farm's store of
+// session records when the node has none.
+var ErrNoStore = errors.New("farm: the node has no store")
+
+// ErrNoConsume is returned by the exactly-once operations when the node's
+// RecordStore is not a RecordTaker.
+var ErrNoConsume = errors.New("farm: the record store cannot consume a record atomically")
+
+// onceKeyPrefix prefixes the keys ConsumeToken sets.
+const onceKeyPrefix = "once:"
+
+// itemOp says what a queued item asks of the publisher.
+type itemOp uint8
+
+const (
+	opNew     itemOp = iota // publish and store a new session (or a revocation, if rev is set)
+	opRetire                // a session was retired here: delete it from the store, tell peers
+	opCut                   // a session was resumed: cut it to its grace in the store and on peers
+	opRestore               // a single-use claim was released: put the session back in the store
+	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
+)
+
+// LifecycleStats count the farm's part in single use, the grace cut and
+// bounded children.
+type LifecycleStats struct {
+	Consumed        uint64 // sessions consumed in the store (single use, Consume)
+	ConsumeRefused  uint64 // consumes that found the session gone: used elsewhere, expired or never stored
+	ConsumeErrors   uint64 // consumes the store could not answer (the handshake did not resume)
+	Restored        uint64 // claims of failed handshakes given back to the store
+	RetiresSent     uint64 // retirements published (single use, replaced children)
+	RetiresReceived uint64 // retirements from peers applied here
+	CutsSent        uint64 // grace cuts written to the store and published
+	CutsReceived    uint64 // grace cuts from peers
+}
+
+type lifeCounters struct {
+	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
+	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
+	childLinksDropped                                 atomic.Uint64
+}
+
+// recuts remembers, in store-only mode, parents known to have been resumed
+// within their grace already: cut by this node, cut by a peer (a cut
+// message), or loaded from the store already cut. Resuming one of them
+// again must replace the child the earlier resumption made (see
+// childKeeper); a first resumption only records its child, in the batch.
+// Entries lapse with the grace period; the map is bounded.
+type recuts struct {
+	mu sync.Mutex
+	m  map[session.ID]time.Time
+}
+
+const maxRecuts = 1 << 16
+
+// noteRecut records that id was resumed (cut to end at until).
+func (n *Node) noteRecut(id session.ID, until time.Time) {
+	if n.cfg.Mode != StoreOnly {
+		return
+	}
+	r := &n.recut
+	now := n.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = make(map[session.ID]time.Time)
+	}
+	if len(r.m) >= maxRecuts {
+		for k, u := range r.m {
+			if !u.After(now) {
+				delete(r.m, k)
+			}
+		}
+		if len(r.m) >= maxRecuts {
+			clear(r.m)
+		}
+	}
+	r.m[id] = until
+}
+
+// noteLoaded records id if its record, just loaded, ends within the grace
+// period (plus a second): someone resumed it already.
+func (n *Node) noteLoaded(id session.ID, expires time.Time) {
+	grace := n.cfg.Cache.ResumeGrace()
+	if grace > 0 && expires.Sub(n.cfg.Now()) <= grace+time.Second {
+		n.noteRecut(id, expires)
+	}
+}
+
+func (n *Node) wasRecut(id session.ID) bool {
+	r := &n.recut
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.m[id]
+	return ok && u.After(n.cfg.Now())
+}
+
+func (c *lifeCounters) snapshot() LifecycleStats {
+	return LifecycleStats{
+		Consumed: c.consumed.Load(), ConsumeRefused: c.consumeRefused.Load(),
+		ConsumeErrors: c.consumeErrors.Load(), Restored: c.restored.Load(),
+		RetiresSent: c.retiresSent.Load(), RetiresReceived: c.retiresReceived.Load(),
+		CutsSent: c.cutsSent.Load(), CutsReceived: c.cutsRecv.Load(),
+	}
+}
+
+// Consume is the farm's exactly-once primitive: it atomically removes the
+// session id from the farm's store and reports true to exactly one caller
+// in the whole farm — whichever node, however many call at once. Every
+// other caller, and every later one, gets false. The session is then
+// retired here and the retirement is published, so that no node resumes it
+// from a copy of its own.
+//
+// The store is the authority: a session that is not (or no longer) in the
+// store cannot be consumed, and an error means the store could not answer,
+// in which case the caller must act as if it got false (a full handshake,
+// 1-RTT instead of 0-RTT). Without a store it returns ErrNoStore: no
+// farm-wide answer is possible.
+//
+// Single-use caches (session.Config.SingleUse) use the same operation
+// through their Claimer, before a handshake may resume the session.
+func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
+	if n.cfg.Records == nil {
+		return false, ErrNoStore
+	}
+	ok, err := n.consumeStore(ctx, id)
+	if err != nil || !ok {
+		return false, err
+	}
+	if !n.cfg.Cache.Retire(id, session.OriginAPI) {
+		// Not cached here: publish the retirement ourselves (the REMOVE
+		// event would have).
+		n.enqueue(item{id: id, op: opRetire})
+	}
+	return true, nil
+}
+
+// ConsumeToken is Consume for something that is not a stored session, such
+// as a stateless ticket or a 0-RTT ClientHello: it reports true to exactly
+// one caller in the farm for each token, until ttl has passed (after which
+// the token may be used again; make ttl at least the token's lifetime). The
+// store keeps only a hash of the token. Without a store it returns
+// ErrNoStore.
+func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration) (bool, error) {
+	if n.cfg.Records == nil {
+		return false, ErrNoStore
+	}
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok {
+		return false, ErrNoConsume
+	}
+	h := sha256.New()
+	h.Write([]byte("tlsfarm consume-token\x00"))
+	h.Write([]byte(n.cfg.Farm))
+	h.Write([]byte{0})
+	h.Write(token)
+	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
+	return taker.AddRecord(ctx, Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+}
+
+// consumeStore atomically takes the stored session id out of the store,
+// and reports whether this call did.
+func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok {
+		n.life.consumeErrors.Add(1)
+		return false, ErrNoConsume
+	}
+	_, err := taker.TakeRecord(ctx, sessionKey(id))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		n.life.consumeRefused.Add(1)
+		return false, nil
+	case err != nil:
+		n.life.consumeErrors.Add(1)
+		return false, err
+	}
+	n.life.consumed.Add(1)
+	return true, nil
+}
+
+// claimer is the node's session.Claimer: single use through the store.
+type claimer struct{ n *Node }
+
+func (c claimer) Claim(ctx context.Context, id session.ID) (bool, error) {
+	return c.n.consumeStore(ctx, id)
+}
+
+func (c claimer) Release(id session.ID, r session.Record) {
+	c.n.enqueue(item{id: id, rec: r, op: opRestore})
+}
+
+// restore puts back a session whose claim was released, unless the key
+// has been written meanwhile.
+func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
+	ttl := rec.Expires.Sub(hdr.time)
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if ttl <= 0 || !ok {
+		return nil
+	}
+	body, err := rec.AppendBinary(nil)
+	if err != nil {
+		return nil
+	}
+	hdr.typ = msgStored
+	sealed := n.keys.seal(nil, hdr, body, id[:])
+	if _, err := taker.AddRecord(ctx, Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+		return err
+	}
+	n.life.restored.Add(1)
+	return nil
+}
+
+// A cut is a session cut to end at until (a zero until: retired).
+type cut struct {
+	id    session.ID
+	until time.Time
+}
+
+const cutLen = session.IDLen + 8
+
+// appendCuts encodes cuts; a retirement is a cut to time zero (encoded 0).
+func appendCuts(b []byte, cs []cut) []byte {
+	for _, c := range cs {
+		b = append(b, c.id[:]...)
+		var u uint64
+		if !c.until.IsZero() {
+			u = uint64(c.until.UnixNano())
+		}
+		b = binary.BigEndian.AppendUint64(b, u)
+	}
+	return b
+}
+
+func parseCuts(body []byte) ([]cut, error) {
+	if len(body) == 0 || len(body)%cutLen != 0 {
+		return nil, errors.New("cut body has a bad length")
+	}
+	out := make([]cut, 0, len(body)/cutLen)
+	for ; len(body) > 0; body = body[cutLen:] {
+		c := cut{id: session.ID(body[:session.IDLen])}
+		if u := int64(binary.BigEndian.Uint64(body[session.IDLen:])); u != 0 {
+			c.until = time.Unix(0, u)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// receiveCuts applies cuts and retirements from a peer.
+func (n *Node) receiveCuts(body []byte) {
+	cs, err := parseCuts(body)
+	if err != nil {
+		n.ctr.rejected[RejectBody].Add(1)
+		return
+	}
+	for _, c := range cs {
+		if c.until.IsZero() {
+			n.life.retiresReceived.Add(1)
+			n.cfg.Cache.Retire(c.id, session.OriginPeer)
+			continue
+		}
+		n.life.cutsRecv.Add(1)
+		n.cfg.Cache.Cut(c.id, c.until)
+		n.noteRecut(c.id, c.until)
+	}
+}
+
+// lifecycleEvent queues what a cache event asks of the farm beyond new
+// sessions and revocations: the grace cut of a resumed session, and the
+// retirement of a consumed or replaced one.
+func (n *Node) lifecycleEvent(ev session.Event) {
+	switch {
+	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
+		grace := n.cfg.Cache.ResumeGrace()
+		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
+			// A single-use parent is consumed, not cut: rewriting it
+			// would bring it back.
+			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
+		}
+	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
+		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
+		n.enqueue(item{id: ev.ID, op: opRetire})
+	}
+}
+
+// childKeyPrefix prefixes the record that names a parent's live child
+// (store-only mode).
+const childKeyPrefix = "c:"
+
+// swapChild records child as the live child of parent in the store, for
+// ttl, and returns the child it replaces, if any.
+func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time.Duration) (session.ID, bool) {
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok || ttl <= 0 || child == (session.ID{}) {
+		return session.ID{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	key := childKeyPrefix + hex.EncodeToString(parent[:])
+	old, err := taker.TakeRecord(ctx, key)
+	if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+		return session.ID{}, false
+	}
+	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
+		return session.ID{}, false
+	}
+	return session.ID(old), true
+}
+
+// childKeeper records, in store-only mode, each resumed parent's live child
+// in the store, and retires the child it replaces (a parent resumed on
+// several nodes yields one live child). It runs off the publisher's path:
+// under a burst it falls behind, and drops links past its queue (counted),
+// never slowing the sharing of sessions.
+func (n *Node) childKeeper(ctx context.Context) {
+	defer n.wg.Done()
+	if n.cfg.Mode != StoreOnly || n.cfg.Records == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-n.kids:
+			if old, ok := n.swapChild(ctx, it.id, it.child, time.Until(it.until)); ok {
+				n.enqueue(item{id: old, op: opRetire})
+			}
+		}
+	}
+}
+
+// hasOp reports whether batch holds an item of kind op.
+func hasOp(batch []item, op itemOp) bool {
+	for i := range batch {
+		if batch[i].op == op {
+			return true
+		}
+	}
+	return false
+}
+
+// cutMessages appends to msgs the cut messages of batch: retirements (both
+// modes) and grace cuts (store-only: broadcast peers cut a parent when they
+// insert its child).
+func (n *Node) cutMessages(hdr header, batch []item, limit int, msgs [][]byte) [][]byte {
+	hdr.typ = msgCut
+	var body []byte
+	for i := range batch {
+		it := &batch[i]
+		var c cut
+		switch {
+		case it.op == opRetire:
+			c = cut{id: it.id}
+		case it.op == opCut && n.cfg.Mode == StoreOnly:
+			c = cut{id: it.id, until: it.until}
+		default:
+			continue
+		}
+		if len(body)+cutLen > limit {
+			msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+			body = body[:0]
+		}
+		body = appendCuts(body, []cut{c})
+	}
+	if len(body) > 0 {
+		msgs = append(msgs, n.keys.seal(nil, hdr, body, nil))
+	}
+	return msgs
+}
+
+// countCutsSent counts the retirements and cuts of a batch whose messages
+// were published.
+func (n *Node) countCutsSent(batch []item) {
+	for i := range batch {
+		switch it := &batch[i]; {
+		case it.op == opRetire:
+			n.life.retiresSent.Add(1)
+		case it.op == opCut && n.cfg.Mode == StoreOnly:
+			n.life.cutsSent.Add(1)
+		}
+	}
+}
+
+// lifecycleStoreItems adds the store's part of a retirement or a cut to
+// puts and dels: a retired session's record goes; a resumed parent's
+// record is rewritten with its cut lifetime (so that a node that loads it
+// later gets the cut too), and in store-only mode its live child is
+// recorded — in this batch on a first resumption, off this path (swapped,
+// retiring the one it replaces) when the parent was resumed before.
+func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []Item, dels []string) ([]Item, []string) {
+	switch it.op {
+	case opRetire:
+		dels = append(dels, sessionKey(it.id))
+	case opCut:
+		if n.cfg.Mode == StoreOnly {
+			again := n.wasRecut(it.id)
+			n.noteRecut(it.id, it.until)
+			if again {
+				select {
+				case n.kids <- *it:
+				default:
+					n.life.childLinksDropped.Add(1)
+				}
+			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
+				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+			}
+		}
+		rec, ok := n.cfg.Cache.Lookup(it.id)
+		if !ok {
+			break
+		}
+		if ttl := rec.Expires.Sub(now); ttl > 0 {
+			if body, err := rec.AppendBinary(nil); err == nil {
+				hdr.typ = msgStored
+				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+			}
+		}
+	}
+	return puts, dels
+}
+
+// restoreAll puts back the sessions of the batch's released claims.
+func (n *Node) restoreAll(ctx context.Context, hdr header, batch []item) error {
+	var first error
+	for i := range batch {
+		if it := &batch[i]; it.op == opRestore {
+			if err := n.restore(ctx, hdr, it.id, it.rec); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// storeOutcome records the outcome of a store write: on failure the new
+// sessions of the batch are kept for when the store returns, and the node
+// falls back to farm tickets (see updateFallback) until a write succeeds.
+func (n *Node) storeOutcome(batch []item, err error) {
+	if err != nil {
+		n.keepForLater(batch)
+	}
+	n.setStoreFailing(err != nil)
+}
+
+// keepForLater puts the batch's new sessions in the backlog, oldest first
+// so that the backlog hands the newest back first.
+func (n *Node) keepForLater(batch []item) {
+	var kept []item
+	for _, it := range batch {
+		if it.op == opNew && it.rev == nil {
+			kept = append(kept, it)
+		}
+	}
+	slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
+	for _, it := range kept {
+		n.backlog.push(it)
+	}
+}
+
+// storeQueue is the queue whose batches write to the store (the only one,
+// when bus and store share a path or there is no store).
+func (n *Node) storeQueue() *queue {
+	if n.sq != nil {
+		return n.sq
+	}
+	return n.q
+}

@@ -1,0 +1,204 @@
+package farm_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestRestartedStatelessNodeResumesAtOnce restarts a stateless node 20
+// times: each time, its very first handshake resumes a ticket a peer
+// issued, and the ticket it issues then resumes on the peer.
+func TestRestartedStatelessNodeResumesAtOnce(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	o := &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: time.Hour}}
+	ms, name := farmtest.Start(t, 1, o)
+	agreed(t, ms, 1)
+	for i := range 20 {
+		frozen := &tlstest.FrozenCache{}
+		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+		m := farmtest.Join(t, fmt.Sprintf("r%d", i), name, *o)
+		if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
+			t.Fatalf("restart %d: the first handshake on the restarted node did not resume a peer's ticket", i)
+		}
+		lru := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+		tlstest.MustDial(t, m.Server.Addr, lru)
+		if !tlstest.MustDial(t, ms[0].Server.Addr, lru).DidResume {
+			t.Fatalf("restart %d: a ticket from the restarted node did not resume on its peer", i)
+		}
+		m.Server.Close()
+		m.Rotator.Close()
+		m.Node.Close()
+	}
+}
+
+// TestKeysSurviveStoreLoss restarts Redis empty while a stateless node also
+// restarts during the outage (and so serves with keys of its own): within
+// 5s of Redis's return the farm has one key set, tickets issued before,
+// during and after the outage by every node resume on every node, and
+// still do after the next rotation.
+func TestKeysSurviveStoreLoss(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	const interval = 5 * time.Second
+	o := &farmtest.Options{NewTransport: redisTransport(srv.URL()), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: interval, Keep: 3, PollInterval: 250 * time.Millisecond},
+		Tweak:    func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }}
+	ms, name := farmtest.Start(t, 3, o)
+	agreed(t, ms, 1)
+
+	type ticket struct {
+		what  string
+		cache *tlstest.FrozenCache
+	}
+	var tickets []ticket
+	issue := func(when string, m *farmtest.Member) {
+		f := &tlstest.FrozenCache{}
+		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, f))
+		tickets = append(tickets, ticket{when + " by " + m.Name, f})
+	}
+	for _, m := range ms {
+		issue("before", m)
+	}
+
+	srv.Kill()
+	ms[2].Server.Close()
+	ms[2].Crash()
+	ms[2].Node.Close()
+	n3 := farmtest.Join(t, "n3-restarted", name, *o) // no store: its own keys
+	live := []*farmtest.Member{ms[0], ms[1], n3}
+	for _, m := range live {
+		issue("during", m)
+	}
+
+	srv.Restart()
+	back := time.Now()
+	st := agreed(t, live, 0)
+	if waited := time.Since(back); waited > 5*time.Second {
+		t.Fatalf("one key set farm-wide %v after Redis returned, want within 5s", waited)
+	}
+	t.Logf("one key set (epoch %d) %v after Redis returned empty", st.Epoch, time.Since(back))
+	for _, m := range live {
+		issue("after", m)
+	}
+	check := func(stage string) {
+		t.Helper()
+		for _, tk := range tickets {
+			for _, m := range live {
+				if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, tk.cache)).DidResume {
+					for _, m := range live {
+						t.Logf("%s: %v %+v", m.Name, m.Ring, m.Rotator.Stats())
+					}
+					t.Fatalf("%s: ticket issued %s does not resume on %s", stage, tk.what, m.Name)
+				}
+			}
+		}
+	}
+	check("after the return")
+	agreed(t, live, st.Epoch+1) // the next rotation
+	check("after the next rotation")
+}
+
+// TestSessionsSurviveStoreLoss is TestKeysSurviveStoreLoss for a stateful
+// farm: sessions cached before the outage are written back to the empty
+// store, those made during it catch up, and all resume on every node,
+// including one restarted during the outage.
+func TestSessionsSurviveStoreLoss(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	o := &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+		}}
+	ms, name := farmtest.Start(t, 3, o)
+	var caches []*tlstest.FrozenCache
+	issue := func(m *farmtest.Member) {
+		f := &tlstest.FrozenCache{}
+		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, f))
+		caches = append(caches, f)
+	}
+	for _, m := range ms {
+		issue(m)
+	}
+	time.Sleep(300 * time.Millisecond)
+	srv.Kill()
+	ms[2].Server.Close()
+	ms[2].Node.Close()
+	n3 := farmtest.Join(t, "n3-restarted", name, *o)
+	live := []*farmtest.Member{ms[0], ms[1], n3}
+	for _, m := range live {
+		issue(m)
+	}
+	srv.Restart()
+	back := time.Now()
+	for i, f := range caches {
+		for _, m := range live {
+			for !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, f)).DidResume {
+				if time.Since(back) > 5*time.Second {
+					farmtest.LogStats(t, live)
+					t.Fatalf("session %d does not resume on %s 5s after Redis returned empty", i, m.Name)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	t.Logf("every session resumes on every node %v after Redis returned empty", time.Since(back))
+}
+
+// TestResumptionThroughOutage kills Redis under steady load on a stateful
+// farm with farm-wide ticket keys: while it is down, nodes issue
+// short-lived farm tickets, and at least 95% of handshakes resume, across
+// nodes included (the load picks a random node each time). The outage
+// lasts outage(): 3s, or the issue's 25s with TLSFARM_LONG=1.
+func TestResumptionThroughOutage(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
+		Rotation: &farm.RotationConfig{Interval: time.Hour},
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+		}})
+	agreed(t, ms, 1)
+	l := startLoad(ms, tls.VersionTLS13, 2)
+	waitFor(t, 10*time.Second, func() bool { return l.resumed.Load() > 20 })
+	srv.Kill()
+	a0, r0 := l.attempts.Load(), l.resumed.Load()
+	time.Sleep(outage())
+	a1, r1 := l.attempts.Load(), l.resumed.Load()
+	srv.Restart()
+	for _, m := range ms {
+		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
+			on, _ := m.Node.FallbackState()
+			return m.Node.Stats().Connected && !on
+		})
+	}
+	l.halt()
+	offered, resumed := a1-a0, r1-r0
+	var fallback uint64
+	for _, m := range ms {
+		fallback += m.Cache.Stats().TicketsFallback
+	}
+	t.Logf("during a %v outage: %d/%d handshakes resumed (%.1f%%), %d fallback tickets issued; %d failed in all",
+		outage(), resumed, offered, 100*float64(resumed)/float64(max(offered, 1)), fallback, l.failed.Load())
+	if offered < 20 {
+		t.Fatalf("only %d handshakes during the outage", offered)
+	}
+	if float64(resumed) < 0.95*float64(offered) {
+		farmtest.LogStats(t, ms)
+		t.Fatalf("%d/%d resumed during the outage, want at least 95%%", resumed, offered)
+	}
+	if n := l.failed.Load(); n != 0 {
+		t.Fatalf("%d handshakes failed (last: %v)", n, l.lastErr.Load())
+	}
+}

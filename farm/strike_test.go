@@ -1,0 +1,143 @@
+package farm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// TestStrikeOnceAcrossFarm: many nodes strike the same identities at once;
+// each identity is fresh for exactly one call in the farm, and again once
+// its record has expired.
+func TestStrikeOnceAcrossFarm(t *testing.T) {
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)),
+		Tweak: func(c *farm.Config) {
+			// Every strike must get its answer: no deadline or breaker
+			// on a loaded machine.
+			c.LookupTimeout, c.BreakerThreshold = 5*time.Second, 1000
+		}})
+	const ids, tries = 10, 3
+	var fresh [ids]atomic.Int32
+	var wg sync.WaitGroup
+	for i := range ids {
+		for k := range tries * len(ms) {
+			wg.Go(func() {
+				ok, err := ms[k%len(ms)].Node.Strike(context.Background(), []byte(fmt.Sprintf("ticket-%d", i)), time.Minute)
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					fresh[i].Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for i := range ids {
+		if n := fresh[i].Load(); n != 1 {
+			t.Errorf("identity %d was fresh %d times, want 1", i, n)
+		}
+	}
+
+	ok, err := ms[0].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond)
+	if !ok || err != nil {
+		t.Fatalf("first strike: %v, %v", ok, err)
+	}
+	if ok, _ := ms[1].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond); ok {
+		t.Fatal("second strike within the TTL was fresh")
+	}
+	farmtest.Eventually(t, 5*time.Second, "the strike record expires", func() bool {
+		ok, _ := ms[2].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond)
+		return ok
+	})
+}
+
+// TestStrikeKeyHidesIdentity: what the store holds names neither the
+// identity nor depends on the farm secret.
+func TestStrikeKeyHidesIdentity(t *testing.T) {
+	url := redistest.URL(t)
+	name := redistest.Farm(t)
+	var nodes []*farm.Node
+	for i, s := range []farm.Secret{farm.NewSecret(1), farm.NewSecret(2)} { // a farm changing its secret
+		m := farmtest.Join(t, fmt.Sprint("n", i), name, farmtest.Options{NewTransport: redisTransport(url), Secret: s})
+		nodes = append(nodes, m.Node)
+	}
+	identity := []byte("a-very-recognisable-ticket")
+	if ok, err := nodes[0].Strike(context.Background(), identity, time.Minute); !ok || err != nil {
+		t.Fatalf("strike: %v, %v", ok, err)
+	}
+	if ok, err := nodes[1].Strike(context.Background(), identity, time.Minute); ok || err != nil {
+		t.Fatalf("a node with the farm's other secret: fresh %v, %v; want a replay", ok, err)
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(opt)
+	defer rc.Close()
+	keys, err := rc.Keys(context.Background(), "*"+name+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, k := range keys {
+		if strings.Contains(k, "{once:") {
+			found = true
+		}
+		if strings.Contains(k, string(identity)) || strings.Contains(k, fmt.Sprintf("%x", identity)) {
+			t.Errorf("store key %q shows the identity", k)
+		}
+	}
+	if !found {
+		t.Errorf("no strike record among %q", keys)
+	}
+}
+
+func TestStrikeWithoutStoreRefuses(t *testing.T) {
+	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		bus, _ := redisTransport(redistest.URL(t))(t, farmName)
+		return bus, nil
+	}})
+	ok, err := ms[0].Node.Strike(context.Background(), []byte("x"), time.Minute)
+	if ok || !errors.Is(err, farm.ErrStoreUnavailable) {
+		t.Fatalf("no store: fresh %v, err %v; want ErrStoreUnavailable", ok, err)
+	}
+}
+
+func TestDeriveQUICKeys(t *testing.T) {
+	s1, s2 := farm.NewSecret(1), farm.NewSecret(2)
+	a, err := farm.DeriveQUICKeys("web", []farm.Secret{s1, s2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, _ := farm.DeriveQUICKeys("web", []farm.Secret{s1})
+	otherFarm, _ := farm.DeriveQUICKeys("api", []farm.Secret{s1})
+	otherSecret, _ := farm.DeriveQUICKeys("web", []farm.Secret{s2, s1})
+	switch {
+	case a != same:
+		t.Error("the same farm and current secret derive different keys")
+	case a.TokenKey == a.StatelessResetKey:
+		t.Error("the token and reset keys are the same")
+	case a.TokenKey == otherFarm.TokenKey || a.StatelessResetKey == otherFarm.StatelessResetKey:
+		t.Error("another farm name derives the same keys")
+	case a.TokenKey == otherSecret.TokenKey:
+		t.Error("another current secret derives the same keys")
+	}
+	if s := fmt.Sprintf("%v %+v %#v", a, a, a); strings.Contains(s, fmt.Sprintf("%x", a.TokenKey[:4])) || !strings.Contains(s, "redacted") {
+		t.Errorf("keys printed: %s", s)
+	}
+	if _, err := farm.DeriveQUICKeys("web", nil); err == nil {
+		t.Error("no secret: no error")
+	}
+}

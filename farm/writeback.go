@@ -1,0 +1,93 @@
+package farm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"time"
+)
+
+// generationKey names a record that the first node to find it missing
+// writes with a random value. A node that saw one value and later finds
+// another (or none) knows the store lost its data — a restart without
+// persistence, a failover to an empty replica — and writes back the
+// sessions it holds.
+const generationKey = "generation"
+
+// generationTTL is the generation record's lifetime; every check (each
+// HealInterval) renews it. It stays under the session lifetime's order so
+// that a store whose record area ages by the session lifetime (a NATS
+// legacy record bucket) need not keep records longer for it; a farm wholly
+// down for longer only makes its nodes write back once more.
+const generationTTL = time.Hour
+
+// checkGeneration reads (or creates) the store's generation record and, if
+// it changed since the last check, writes back the node's live sessions.
+func (n *Node) checkGeneration(ctx context.Context) {
+	taker, ok := n.cfg.Records.(RecordTaker)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
+	if errors.Is(err, ErrNotFound) {
+		tok := make([]byte, 16)
+		rand.Read(tok)
+		var added bool
+		added, err = taker.AddRecord(ctx, Item{Key: generationKey, Value: tok, TTL: generationTTL})
+		switch {
+		case err != nil:
+		case added:
+			v = tok
+		default:
+			v, err = n.cfg.Records.GetRecord(ctx, generationKey)
+		}
+	} else if err == nil {
+		err = n.cfg.Records.PutRecords(ctx, Item{Key: generationKey, Value: v, TTL: generationTTL})
+	}
+	if err != nil {
+		return
+	}
+	n.genMu.Lock()
+	prev := n.generation
+	n.generation = bytes.Clone(v)
+	n.genMu.Unlock()
+	if prev == nil || bytes.Equal(prev, v) {
+		return
+	}
+	n.writeBack(context.WithoutCancel(ctx))
+}
+
+// writeBack writes the node's live sessions, newest first and at most
+// QueueSize of them, to a store that lost its data.
+func (n *Node) writeBack(ctx context.Context) {
+	entries := n.cfg.Cache.Snapshot(n.cfg.QueueSize)
+	now := n.cfg.Now()
+	hdr := header{typ: msgStored, time: now, sender: n.instance, farm: n.cfg.Farm}
+	written := 0
+	for len(entries) > 0 {
+		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
+		entries = entries[len(chunk):]
+		items := make([]Item, 0, len(chunk))
+		for _, e := range chunk {
+			ttl := e.Record.Expires.Sub(now)
+			body, err := e.Record.AppendBinary(nil)
+			if ttl <= 0 || err != nil {
+				continue
+			}
+			items = append(items, Item{Key: sessionKey(e.ID), Value: n.keys.seal(nil, hdr, body, e.ID[:]), TTL: ttl})
+		}
+		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err := n.cfg.Records.PutRecords(wctx, items...)
+		cancel()
+		if err != nil {
+			n.log.Warn("farm: writing sessions back to the store failed; the rest stay local", "written", written, "err", err)
+			break
+		}
+		written += len(items)
+	}
+	n.ctr.writtenBack.Add(uint64(written))
+	n.log.Warn("farm: the store lost its data; wrote back this node's live sessions", "sessions", written)
+}

@@ -1,0 +1,269 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
+)
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// A Cluster is a Redis Cluster of private redis-servers on free loopback
+// ports, made for one test and stopped when it ends.
+type Cluster struct {
+	Nodes []*Server
+	tb    testing.TB
+}
+
+// StartCluster starts masters × (1 + replicas) redis-servers in cluster
+// mode with the given cluster-node-timeout, joins them into a cluster with
+// redis-cli --cluster create, and waits until every node reports the
+// cluster healthy.
+func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		testenv.Skip(tb, "redis-cli is not installed")
+	}
+	c := &Cluster{tb: tb}
+	var addrs []string
+	for range masters * (1 + replicas) {
+		s := StartWith(tb, "--cluster-enabled", "yes",
+			"--cluster-port", fmt.Sprint(freePort(tb)),
+			"--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()))
+		c.Nodes = append(c.Nodes, s)
+		addrs = append(addrs, s.Addr())
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", fmt.Sprint(replicas), "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c.WaitHealthy(30 * time.Second)
+	return c
+}
+
+// URL returns the cluster's redis+cluster:// URL, naming every node, with
+// the extra query (such as "reload=1s") appended if not empty.
+func (c *Cluster) URL(query string) string {
+	u := "redis+cluster://" + c.Nodes[0].Addr() + "?"
+	for _, s := range c.Nodes[1:] {
+		u += "addr=" + s.Addr() + "&"
+	}
+	return strings.TrimSuffix(u+query, "&")
+}
+
+// Client returns a go-redis client for the node s, closed when the test
+// ends.
+func (c *Cluster) Client(s *Server) *redis.Client {
+	cl := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, MaxRetries: -1})
+	c.tb.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// WaitHealthy waits until every live node says cluster_state:ok and that
+// all 16384 slots are served, and every live master has keys' slots.
+func (c *Cluster) WaitHealthy(timeout time.Duration) {
+	c.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok := true
+		for _, s := range c.Nodes {
+			if s.cmd == nil {
+				continue
+			}
+			cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+			info, err := cl.ClusterInfo(context.Background()).Result()
+			cl.Close()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384") {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("Redis Cluster not healthy after %v", timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Masters returns the nodes that are masters now, as a live node sees it.
+func (c *Cluster) Masters() []*Server {
+	c.tb.Helper()
+	for _, s := range c.Nodes {
+		if s.cmd == nil {
+			continue
+		}
+		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		nodes, err := cl.ClusterNodes(context.Background()).Result()
+		cl.Close()
+		if err != nil {
+			continue
+		}
+		var ms []*Server
+		for _, line := range strings.Split(strings.TrimSpace(nodes), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+				continue
+			}
+			addr, _, _ := strings.Cut(f[1], "@")
+			for _, n := range c.Nodes {
+				if n.Addr() == addr {
+					ms = append(ms, n)
+				}
+			}
+		}
+		return ms
+	}
+	c.tb.Fatal("no live node of the cluster answers")
+	return nil
+}
+
+// CountKeys returns how many keys matching pattern node s holds.
+func (c *Cluster) CountKeys(s *Server, pattern string) int {
+	c.tb.Helper()
+	cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer cl.Close()
+	n := 0
+	iter := cl.Scan(context.Background(), 0, pattern, 1000).Iterator()
+	for iter.Next(context.Background()) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		c.tb.Fatalf("SCAN on %s: %v", s.Addr(), err)
+	}
+	return n
+}
+
+// A Sentinel is a Redis master with replicas, watched by sentinels, all
+// private redis-servers on free loopback ports made for one test.
+type Sentinel struct {
+	Master    *Server
+	Replicas  []*Server
+	Sentinels []*Server
+	Name      string // the master's name for the sentinels
+}
+
+// StartSentinel starts a master, its replicas and the sentinels (quorum
+// two, or one for a single sentinel) that watch it, with a down-after of
+// downAfter, and waits until the sentinels know the replicas.
+func StartSentinel(tb testing.TB, replicas, sentinels int, downAfter time.Duration) *Sentinel {
+	tb.Helper()
+	st := &Sentinel{Name: "tlsfarm-test", Master: Start(tb)}
+	for range replicas {
+		st.Replicas = append(st.Replicas, StartWith(tb, "--replicaof", "127.0.0.1", fmt.Sprint(st.Master.Port)))
+	}
+	quorum := min(2, sentinels)
+	for range sentinels {
+		port := freePort(tb)
+		dir := tb.TempDir()
+		conf := filepath.Join(dir, "sentinel.conf")
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+			"sentinel monitor %s 127.0.0.1 %d %d\n"+
+			"sentinel down-after-milliseconds %s %d\n"+
+			"sentinel failover-timeout %s 10000\n"+
+			"sentinel parallel-syncs %s 1\n",
+			port, dir, st.Name, st.Master.Port, quorum, st.Name, downAfter.Milliseconds(), st.Name, st.Name)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		s := &Server{Port: port, tb: tb, dir: dir}
+		s.cmd = exec.Command("redis-server", conf, "--sentinel")
+		if err := s.cmd.Start(); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(s.Kill)
+		st.Sentinels = append(st.Sentinels, s)
+	}
+	// Wait until every sentinel knows the replicas and the other sentinels:
+	// a failover needs a majority of sentinels that know each other.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok := true
+		for _, s := range st.Sentinels {
+			cl := redis.NewSentinelClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+			rs, err := cl.Replicas(context.Background(), st.Name).Result()
+			ss, err2 := cl.Sentinels(context.Background(), st.Name).Result()
+			cl.Close()
+			if err != nil || err2 != nil || len(rs) < replicas || len(ss) < sentinels-1 {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("sentinels did not learn the replicas and each other within 30s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return st
+}
+
+// URL returns the redis+sentinel:// URL naming every sentinel.
+func (st *Sentinel) URL() string {
+	u := "redis+sentinel://" + st.Sentinels[0].Addr() + "?master_name=" + st.Name
+	for _, s := range st.Sentinels[1:] {
+		u += "&addr=" + s.Addr()
+	}
+	return u
+}
+
+// MasterAddr returns the master's address as the first sentinel that
+// answers reports it.
+func (st *Sentinel) MasterAddr() string {
+	for _, s := range st.Sentinels {
+		cl := redis.NewSentinelClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		a, err := cl.GetMasterAddrByName(context.Background(), st.Name).Result()
+		cl.Close()
+		if err == nil && len(a) == 2 {
+			return a[0] + ":" + a[1]
+		}
+	}
+	return ""
+}
+
+// Slot returns the Redis Cluster hash slot of key (CRC16 of its hash tag,
+// or of the whole key, modulo 16384).
+func Slot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
+}

@@ -1,0 +1,46 @@
+package keyexport
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultCommandTimeout bounds an on-change command.
+const DefaultCommandTimeout = 30 * time.Second
+
+// Command returns an ExporterConfig.OnChange that runs cmd with "/bin/sh -c",
+// within timeout (DefaultCommandTimeout if not positive), with the
+// environment variable TLSFARM_EPOCH set to the exported epoch. No key
+// material is passed to it. A non-zero exit is an error that carries the
+// start of the command's output.
+func Command(cmd string, timeout time.Duration) func(context.Context, *Set) error {
+	if timeout <= 0 {
+		timeout = DefaultCommandTimeout
+	}
+	return func(ctx context.Context, s *Set) error {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
+		c.Env = append(os.Environ(), "TLSFARM_EPOCH="+strconv.FormatUint(s.Epoch, 10))
+		var out bytes.Buffer
+		c.Stdout, c.Stderr = &out, &out
+		c.WaitDelay = time.Second
+		if err := c.Run(); err != nil {
+			msg := strings.TrimSpace(out.String())
+			if len(msg) > 300 {
+				msg = msg[:300] + "..."
+			}
+			if msg != "" {
+				return fmt.Errorf("on-change command: %v: %s", err, msg)
+			}
+			return fmt.Errorf("on-change command: %v", err)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,106 @@
+package keyexport
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteFilesModeAndContent(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.key")
+	if err := os.WriteFile(p, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFiles([]File{{p, []byte("new")}, {filepath.Join(dir, "b.key"), []byte("bbb")}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"a.key": "new", "b.key": "bbb"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", name, fi.Mode().Perm())
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, name)); string(b) != want {
+			t.Errorf("%s holds %q, want %q", name, b, want)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("%d entries in the directory, want 2 (no temporary files left)", len(entries))
+	}
+}
+
+// TestWriteFilesRefuses checks each refusal, and that a refused set leaves
+// every file of the set in place untouched.
+func TestWriteFilesRefuses(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string) (files []File)
+		err   string
+	}{
+		{"symlink at a file", func(t *testing.T, dir string) []File {
+			os.WriteFile(filepath.Join(dir, "elsewhere"), []byte("x"), 0o600)
+			os.Symlink(filepath.Join(dir, "elsewhere"), filepath.Join(dir, "b.key"))
+			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
+		}, "symbolic link"},
+		{"group-writable directory", func(t *testing.T, dir string) []File {
+			sub := filepath.Join(dir, "open")
+			os.Mkdir(sub, 0o700)
+			os.Chmod(sub, 0o770)
+			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(sub, "b.key"), []byte("new")}}
+		}, "group or by other users"},
+		{"world-writable directory", func(t *testing.T, dir string) []File {
+			sub := filepath.Join(dir, "open")
+			os.Mkdir(sub, 0o700)
+			os.Chmod(sub, 0o1777)
+			return []File{{filepath.Join(sub, "b.key"), []byte("new")}}
+		}, "group or by other users"},
+		{"directory is a symlink", func(t *testing.T, dir string) []File {
+			real := filepath.Join(dir, "real")
+			os.Mkdir(real, 0o700)
+			os.Symlink(real, filepath.Join(dir, "link"))
+			return []File{{filepath.Join(dir, "link", "b.key"), []byte("new")}}
+		}, "symbolic link"},
+		{"not a regular file", func(t *testing.T, dir string) []File {
+			os.Mkdir(filepath.Join(dir, "b.key"), 0o700)
+			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
+		}, "not a regular file"},
+		{"missing directory", func(t *testing.T, dir string) []File {
+			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "nope", "b.key"), []byte("new")}}
+		}, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.Chmod(dir, 0o700)
+			a := filepath.Join(dir, "a.key")
+			os.WriteFile(a, []byte("old"), 0o600)
+			err := WriteFiles(tt.setup(t, dir))
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Fatalf("err = %v, want one saying %q", err, tt.err)
+			}
+			if b, _ := os.ReadFile(a); string(b) != "old" {
+				t.Errorf("a refused set changed a.key to %q", b)
+			}
+			if b, _ := os.ReadFile(filepath.Join(dir, "elsewhere")); len(b) > 0 && string(b) != "x" {
+				t.Errorf("wrote through the symlink")
+			}
+		})
+	}
+}
+
+func TestRemoveStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, tempPrefix+"0123"), []byte("k"), 0o600)
+	os.WriteFile(filepath.Join(dir, "ticket-0.key"), []byte("k"), 0o600)
+	if n := RemoveStaleTemps(dir); n != 1 {
+		t.Errorf("removed %d files, want 1", n)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ticket-0.key")); err != nil {
+		t.Error("removed a key file")
+	}
+}

@@ -1,0 +1,86 @@
+package keyexport
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// HAProxyRingSize is the number of keys HAProxy holds for a tls-ticket-keys
+// file (its TLS_TICKETS_NO build option, 3 in HAProxy's default build and
+// in Debian's): one previous key, the key that encrypts and the next key.
+const HAProxyRingSize = 3
+
+// HAProxyKeys returns the farm keys of s in the order of a tls-ticket-keys
+// file, oldest first: Previous oldest first, then Current, then Next.
+// HAProxy keeps the last HAProxyRingSize keys of a file and encrypts with
+// the penultimate, so the file's last key is the pre-staged next key and
+// the one before it encrypts. If s has fewer than HAProxyRingSize keys,
+// filler keys come first.
+func HAProxyKeys(s *Set) []ticket.Key {
+	prev := s.byRole(Previous)
+	var keys []ticket.Key
+	for i := len(prev) - 1; i >= 0; i-- {
+		keys = append(keys, prev[i].Key)
+	}
+	keys = append(keys, s.current().Key)
+	if next := s.byRole(Next); len(next) > 0 {
+		keys = append(keys, next[0].Key)
+	} else {
+		keys = append(keys, s.filler(0))
+	}
+	for i := 1; len(keys) < HAProxyRingSize; i++ {
+		keys = append([]ticket.Key{s.filler(i)}, keys...)
+	}
+	return keys
+}
+
+// HAProxyFile returns the content of a tls-ticket-keys file for s: one
+// base64 line per 80-byte key (see HAProxyKey), in the order of HAProxyKeys.
+func HAProxyFile(s *Set) []byte {
+	var out []byte
+	for _, k := range HAProxyKeys(s) {
+		b := HAProxyKey(k)
+		out = base64.StdEncoding.AppendEncode(out, b[:])
+		out = append(out, '\n')
+		clear(b[:])
+	}
+	return out
+}
+
+// An HAProxyTarget writes a Set to File in HAProxy's tls-ticket-keys
+// format, so that HAProxy started or reloaded later reads it; if Socket is
+// set, it then pushes the new keys to the running HAProxy through its
+// runtime API (see HAProxyRuntime), with no reload.
+type HAProxyTarget struct {
+	File   string // the path, exactly as haproxy.cfg's tls-ticket-keys names it
+	Socket string // the runtime API's socket: a path, or host:port; "" for none
+}
+
+// String returns "haproxy:" and the file, with the socket if any.
+func (t *HAProxyTarget) String() string {
+	if t.Socket != "" {
+		return "haproxy:" + t.File + ",socket=" + t.Socket
+	}
+	return "haproxy:" + t.File
+}
+
+// Export writes the file, then brings the running HAProxy's keys in line
+// with it.
+func (t *HAProxyTarget) Export(ctx context.Context, s *Set) error {
+	data := HAProxyFile(s)
+	defer clear(data)
+	if err := WriteFiles([]File{{Path: t.File, Data: data}}); err != nil {
+		return fmt.Errorf("haproxy key file: %w", err)
+	}
+	if t.Socket == "" {
+		return nil
+	}
+	rt := &HAProxyRuntime{Socket: t.Socket, ID: t.File}
+	if _, err := rt.Sync(ctx, s); err != nil {
+		return fmt.Errorf("haproxy runtime API: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,180 @@
+package keyexport
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"time"
+)
+
+// DefaultRuntimeTimeout bounds one command to HAProxy's runtime API when the
+// context has no earlier deadline.
+const DefaultRuntimeTimeout = 5 * time.Second
+
+// HAProxyRuntime talks to a running HAProxy's runtime API (its "stats
+// socket", which must be at level admin) about one tls-ticket-keys
+// reference.
+type HAProxyRuntime struct {
+	// Socket is the runtime API's address: a Unix socket path, or host:port
+	// for a TCP socket.
+	Socket string
+
+	// ID names the keys reference: the file name exactly as haproxy.cfg
+	// gives it to tls-ticket-keys, or "#" and the numeric ID.
+	ID string
+}
+
+// command sends one command and returns HAProxy's whole answer.
+func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, error) {
+	network := "unix"
+	if !strings.Contains(rt.Socket, "/") && strings.Contains(rt.Socket, ":") {
+		network = "tcp"
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultRuntimeTimeout)
+		defer cancel()
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, rt.Socket)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(c, 1<<20))
+	return string(b), err
+}
+
+// Keys returns the keys HAProxy holds for the reference, oldest first, as
+// base64 text (the second of them encrypts when HAProxy holds three). The
+// strings are key material: never log them.
+func (rt *HAProxyRuntime) Keys(ctx context.Context) ([]string, error) {
+	out, err := rt.command(ctx, "show tls-keys "+rt.ID)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := parseShowTLSKeys(out)
+	if err != nil {
+		return nil, fmt.Errorf("show tls-keys %s: %w", rt.ID, err)
+	}
+	return keys, nil
+}
+
+// parseShowTLSKeys parses the answer to "show tls-keys ID": comment lines
+// starting with "#", then one line per key, "REF.N BASE64", oldest first.
+func parseShowTLSKeys(out string) ([]string, error) {
+	var keys []string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		idx, key, ok := strings.Cut(line, " ")
+		key = strings.TrimSpace(key)
+		if !ok || !strings.Contains(idx, ".") || key == "" || strings.ContainsAny(key, " \t") {
+			// An error message, such as an unknown reference.
+			return nil, errors.New(firstLine(out))
+		}
+		keys = append(keys, key)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no keys in the answer: " + firstLine(out))
+	}
+	return keys, nil
+}
+
+// push makes key HAProxy's next key: its former next key starts encrypting
+// and its oldest key is dropped.
+func (rt *HAProxyRuntime) push(ctx context.Context, key string) error {
+	out, err := rt.command(ctx, "set ssl tls-key "+rt.ID+" "+key)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(out, "TLS ticket key updated") {
+		// Never let the key reach an error message, should HAProxy echo it.
+		return fmt.Errorf("set ssl tls-key %s: %s", rt.ID, strings.ReplaceAll(firstLine(out), key, "<key>"))
+	}
+	return nil
+}
+
+// Sync brings the keys of the running HAProxy in line with s, as few
+// "set ssl tls-key" commands as it takes: one at a routine rotation, none if
+// they already match, at most as many as HAProxy holds after it missed
+// several rotations or was restarted from an older file. Each command moves
+// HAProxy's keys one step, and every intermediate state encrypts with a key
+// the farm still accepts. Sync reads the keys back to check, and returns
+// how many keys it pushed.
+func (rt *HAProxyRuntime) Sync(ctx context.Context, s *Set) (int, error) {
+	have, err := rt.Keys(ctx)
+	if err != nil {
+		return 0, err
+	}
+	want := haproxyWant(s, len(have))
+	pushed := 0
+	for _, k := range want[overlap(have, want):] {
+		if err := rt.push(ctx, k); err != nil {
+			return pushed, err
+		}
+		pushed++
+	}
+	got, err := rt.Keys(ctx)
+	if err != nil {
+		return pushed, err
+	}
+	if !slices.Equal(got, want) {
+		return pushed, errors.New("after the update, HAProxy holds other keys than the farm's (is another program setting them?)")
+	}
+	return pushed, nil
+}
+
+// haproxyWant returns the last n keys of s's tls-ticket-keys file, base64
+// encoded, padded in front with filler keys if s has fewer.
+func haproxyWant(s *Set, n int) []string {
+	keys := HAProxyKeys(s)
+	for i := len(keys); len(keys) < n; i++ {
+		keys = slices.Insert(keys, 0, s.filler(i))
+	}
+	keys = keys[len(keys)-n:]
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		b := HAProxyKey(k)
+		out[i] = base64.StdEncoding.EncodeToString(b[:])
+		clear(b[:])
+	}
+	return out
+}
+
+// overlap returns the largest m such that want starts with the last m keys
+// of have: those keys are in place, and only want[m:] needs pushing.
+func overlap(have, want []string) int {
+	for m := min(len(have), len(want)); m > 0; m-- {
+		if slices.Equal(have[len(have)-m:], want[:m]) {
+			return m
+		}
+	}
+	return 0
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}

@@ -1,0 +1,83 @@
+package keyexport
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+
+	"github.com/tlsfarm/tlsfarm/ticket"
+)
+
+// NginxFileCount is how many key files an nginx target writes for a farm
+// that keeps keep previous keys: the current key, the next key and keep
+// previous keys.
+func NginxFileCount(keep int) int { return keep + 2 }
+
+// NginxFileName returns the name of the i-th key file in an nginx target's
+// directory: "ticket-0.key" for the key that encrypts, "ticket-1.key" for
+// the next key, then the previous keys.
+func NginxFileName(i int) string { return "ticket-" + strconv.Itoa(i) + ".key" }
+
+// NginxKeys returns the farm keys of s in the order of an nginx target's
+// files: Current (nginx encrypts with the first key it is given), Next,
+// then Previous newest first, padded with filler keys up to
+// NginxFileCount(s.Keep) so that the set of files never changes.
+func NginxKeys(s *Set) []ticket.Key {
+	n := NginxFileCount(s.Keep)
+	keys := make([]ticket.Key, 0, n)
+	keys = append(keys, s.current().Key)
+	if next := s.byRole(Next); len(next) > 0 {
+		keys = append(keys, next[0].Key)
+	} else {
+		keys = append(keys, s.filler(0))
+	}
+	for _, k := range s.byRole(Previous) {
+		if len(keys) < n {
+			keys = append(keys, k.Key)
+		}
+	}
+	for i := 1; len(keys) < n; i++ {
+		keys = append(keys, s.filler(i))
+	}
+	return keys
+}
+
+// An NginxTarget writes a Set as nginx's 80-byte ssl_session_ticket_key
+// files, one per key (see NginxKeys and NginxFileName), in Dir.
+type NginxTarget struct {
+	Dir string
+}
+
+// String returns "nginx:" and the directory.
+func (t *NginxTarget) String() string { return "nginx:" + t.Dir }
+
+// Export writes the Set's files with WriteFiles: all or none.
+func (t *NginxTarget) Export(_ context.Context, s *Set) error {
+	keys := NginxKeys(s)
+	files := make([]File, len(keys))
+	for i, k := range keys {
+		b := NginxKey(k)
+		files[i] = File{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]}
+	}
+	defer func() {
+		for _, f := range files {
+			clear(f.Data)
+		}
+		clear(keys)
+	}()
+	if err := WriteFiles(files); err != nil {
+		return fmt.Errorf("nginx key files: %w", err)
+	}
+	return nil
+}
+
+// NginxConfig returns the ssl_session_ticket_key lines that make nginx read
+// an nginx target's files in dir, for a farm that keeps keep previous keys.
+func NginxConfig(dir string, keep int) string {
+	var out string
+	for i := range NginxFileCount(keep) {
+		out += "ssl_session_ticket_key " + filepath.Join(dir, NginxFileName(i)) + ";\n"
+	}
+	return out
+}

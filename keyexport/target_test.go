@@ -1,0 +1,127 @@
+package keyexport
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseTarget(t *testing.T) {
+	for _, tt := range []struct{ spec, want, err string }{
+		{"nginx:/run/keys/", "nginx:/run/keys", ""},
+		{"haproxy:/run/h/keys", "haproxy:/run/h/keys", ""},
+		{"haproxy:/run/h/keys,socket=/run/haproxy.sock", "haproxy:/run/h/keys,socket=/run/haproxy.sock", ""},
+		{"file:/run/k.json", "file:/run/k.json", ""},
+		{"nginx:relative", "", "absolute"},
+		{"haproxy:/k,sock=/x", "", "unknown option"},
+		{"apache:/x", "", "unknown format"},
+		{"nginx", "", "want nginx:DIR"},
+	} {
+		got, err := ParseTarget(tt.spec)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("ParseTarget(%q) err = %v, want %q", tt.spec, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got.String() != tt.want {
+			t.Errorf("ParseTarget(%q) = %v, %v; want %s", tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"nginx:/a", "haproxy:/a,socket=/b", "file:/c", "x:", ":"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		tg, err := ParseTarget(spec)
+		if err != nil {
+			return
+		}
+		again, err := ParseTarget(tg.String())
+		if err != nil || again.String() != tg.String() {
+			t.Fatalf("%q parses to %q, which parses to %v, %v", spec, tg, again, err)
+		}
+	})
+}
+
+func TestParseShowTLSKeys(t *testing.T) {
+	ok := "# id secret\n# 0 (/run/h/keys)\n0.0 AAAA\n0.1 BBBB\n0.2 CCCC\n\n"
+	keys, err := parseShowTLSKeys(ok)
+	if err != nil || !slices.Equal(keys, []string{"AAAA", "BBBB", "CCCC"}) {
+		t.Errorf("got %q, %v", keys, err)
+	}
+	for _, bad := range []string{"'show tls-keys' unable to locate referenced filename\n", "", "# id secret\n"} {
+		if _, err := parseShowTLSKeys(bad); err == nil {
+			t.Errorf("parsed %q", bad)
+		}
+	}
+}
+
+func FuzzParseShowTLSKeys(f *testing.F) {
+	f.Add("# id secret\n# 0 (/k)\n0.0 AAAA\n0.1 BBBB\n")
+	f.Add("unable to locate\n")
+	f.Fuzz(func(t *testing.T, out string) {
+		keys, err := parseShowTLSKeys(out)
+		if err == nil && len(keys) == 0 {
+			t.Fatal("no error and no keys")
+		}
+		for _, k := range keys {
+			if k == "" || strings.ContainsAny(k, " \t\n") {
+				t.Fatalf("key %q", k)
+			}
+		}
+	})
+}
+
+func TestOverlap(t *testing.T) {
+	for _, tt := range []struct {
+		have, want []string
+		m          int
+	}{
+		{[]string{"a", "b", "c"}, []string{"a", "b", "c"}, 3},
+		{[]string{"a", "b", "c"}, []string{"b", "c", "d"}, 2},
+		{[]string{"a", "b", "c"}, []string{"c", "d", "e"}, 1},
+		{[]string{"a", "b", "c"}, []string{"x", "y", "z"}, 0},
+		{[]string{"a", "b", "c"}, []string{"b", "x", "c"}, 0},
+	} {
+		if got := overlap(tt.have, tt.want); got != tt.m {
+			t.Errorf("overlap(%q, %q) = %d, want %d", tt.have, tt.want, got, tt.m)
+		}
+	}
+}
+
+// TestTargetsWrite exports one set to an nginx and a file target and checks
+// the files: their count, size, mode and content.
+func TestTargetsWrite(t *testing.T) {
+	dir := t.TempDir()
+	set := mustSet(t, testState(4, 1), 2)
+	ng := &NginxTarget{Dir: dir}
+	if err := ng.Export(context.Background(), set); err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range NginxKeys(set) {
+		b, err := os.ReadFile(filepath.Join(dir, NginxFileName(i)))
+		want := NginxKey(k)
+		if err != nil || string(b) != string(want[:]) {
+			t.Errorf("file %d: %v, or not the nginx key", i, err)
+		}
+	}
+	if got := NginxConfig(dir, 2); strings.Count(got, "ssl_session_ticket_key ") != 4 {
+		t.Errorf("NginxConfig:\n%s", got)
+	}
+	hp := &HAProxyTarget{File: filepath.Join(dir, "haproxy.keys")}
+	js := &FileTarget{Path: filepath.Join(dir, "keys.json")}
+	for _, tg := range []Target{hp, js} {
+		if err := tg.Export(context.Background(), set); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(hp.File); string(b) != string(HAProxyFile(set)) {
+		t.Error("the HAProxy file differs from HAProxyFile")
+	}
+}

@@ -1,0 +1,172 @@
+package probe
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+)
+
+// ticketWait is how long an HTTP/3 client waits, after its response, for
+// the session ticket of the connection, which a server sends once the
+// handshake completes and may send after the answer to a 0-RTT request.
+const ticketWait = 250 * time.Millisecond
+
+// prepareHTTP3 checks the settings an HTTP/3 run needs and turns
+// Config.Request into a method and path.
+func prepareHTTP3(p *plan) error {
+	c := &p.cfg
+	if c.Version == tls.VersionTLS12 {
+		return errors.New("probe: HTTP/3 runs over TLS 1.3 only")
+	}
+	switch c.Request {
+	case RequestNone, RequestRead:
+		return fmt.Errorf("probe: request %q: an HTTP/3 probe sends a request", c.Request)
+	}
+	line, err := requestLine(c.Request)
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(line)
+	p.h3Method, p.h3Path = f[0], f[1]
+	return nil
+}
+
+// connectQUIC makes one HTTP/3 connection to target: dial (with 0-RTT
+// early data when the client's session allows it), request, response. A
+// GET or HEAD goes in early data; if the server refuses it, the request is
+// sent again once the handshake is done, as a browser does.
+func (w *worker) connectQUIC(ctx context.Context, target int) result {
+	p := w.r.plan
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	if w.qtr == nil {
+		udp, err := net.ListenUDP("udp", nil)
+		if err != nil {
+			return result{failure: FailDial}
+		}
+		w.qtr = &quic.Transport{Conn: udp}
+	}
+	addr, err := net.ResolveUDPAddr("udp", p.addrs[target])
+	if err != nil {
+		return result{failure: FailDial}
+	}
+	w.cache.begin(target)
+	start := time.Now()
+	conn, err := w.qtr.DialEarly(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
+	if err != nil {
+		return result{failure: quicFailure(err)}
+	}
+	defer conn.CloseWithError(0, "")
+	early := false
+	select {
+	case <-conn.HandshakeComplete():
+	default:
+		early = true // DialEarly returned with 0-RTT keys, before the handshake
+	}
+	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
+	var str *http3.RequestStream
+	if early && safe {
+		if str, err = w.sendH3(cctx, conn); err != nil {
+			return result{failure: FailRequest}
+		}
+	}
+	select {
+	case <-conn.HandshakeComplete():
+	case <-cctx.Done():
+		return result{failure: FailTimeout}
+	case <-conn.Context().Done():
+		return result{failure: quicFailure(context.Cause(conn.Context()))}
+	}
+	done := time.Now()
+	cs := conn.ConnectionState()
+	offered, issuer := w.cache.offer() // before any second connection
+	if early && !cs.Used0RTT {
+		// Refused: the 0-RTT data is void, the handshake went on in 1-RTT
+		// (counted below). As a browser does, the request is sent again
+		// after the handshake — on a new, resumed connection, because
+		// quic-go's HTTP/3 client cannot always reuse one whose 0-RTT
+		// streams were discarded.
+		if _, err := conn.NextConnection(cctx); err != nil {
+			return result{failure: quicFailure(err)}
+		}
+		conn.CloseWithError(0, "")
+		if conn, err = w.qtr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
+			return result{failure: quicFailure(err)}
+		}
+		defer conn.CloseWithError(0, "")
+		str = nil
+	}
+	res := result{
+		resumed:   cs.TLS.DidResume,
+		early:     cs.Used0RTT,
+		connect:   done.Sub(start),
+		handshake: done.Sub(start),
+	}
+	res.offered = offered || res.resumed
+	res.crossNode = res.resumed && issuer != target
+	if str == nil {
+		if str, err = w.sendH3(cctx, conn); err != nil {
+			return result{failure: FailRequest}
+		}
+	}
+	resp, err := str.ReadResponse()
+	if err != nil {
+		return result{failure: FailRequest}
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	w.cache.waitPut(cctx, ticketWait)
+	return res
+}
+
+// sendH3 sends the run's request on a new stream of conn.
+func (w *worker) sendH3(ctx context.Context, conn *quic.Conn) (*http3.RequestStream, error) {
+	p := w.r.plan
+	cc := (&http3.Transport{}).NewClientConn(conn)
+	str, err := cc.OpenRequestStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, p.h3Method, "https://"+p.cfg.ServerName+p.h3Path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := str.SendRequestHeader(req); err != nil {
+		return nil, err
+	}
+	str.Close()
+	return str, nil
+}
+
+// closeQUIC releases the worker's UDP socket.
+func (w *worker) closeQUIC() {
+	if w.qtr != nil {
+		w.qtr.Close()
+		w.qtr.Conn.Close()
+	}
+}
+
+func quicFailure(err error) string {
+	var te *quic.TransportError
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	switch {
+	case isTimeout(err), errors.As(err, &idle), errors.As(err, &hs):
+		return FailTimeout
+	case errors.As(err, &te) && te.ErrorCode.IsCryptoError():
+		if strings.Contains(err.Error(), "certificate") {
+			return FailCertificate
+		}
+		return FailHandshake
+	}
+	return FailHandshake
+}

@@ -1,0 +1,340 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+)
+
+// EarlyDataHeader is the request header (RFC 8470) set to "1" on a request
+// that the client sent in 0-RTT early data, for the upstream. A value sent
+// by the client is removed from every request.
+const EarlyDataHeader = "Early-Data"
+
+// A quicListener serves HTTP/3 on UDP at the address of its TCP listener,
+// with the same certificates, session cache, ticket keys and upstream.
+type quicListener struct {
+	l     *listener
+	base  *tls.Config // the config QUIC handshakes start with; constant
+	unreg func()
+
+	udp    *net.UDPConn
+	tr     *quic.Transport
+	ln     *quic.EarlyListener
+	h3     *http3.Server
+	altSvc string // the Alt-Svc header for TCP responses
+
+	ctx    context.Context // ends accepting
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the accept loop and each connection
+
+	mu    sync.Mutex
+	conns map[*quic.Conn]struct{} // accepted, not yet closed
+}
+
+type quicConnKey struct{}
+
+func (l *listener) newQUIC() *quicListener {
+	s := l.s
+	q := &quicListener{l: l, conns: map[*quic.Conn]struct{}{}}
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.base = &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			if c := l.route.Load().quic; c != nil {
+				return c, nil
+			}
+			return nil, errNoQUIC
+		},
+	}
+	s.cache.Configure(q.base)
+	q.admitEarlyData()
+	if s.ring != nil {
+		q.unreg = s.ring.Register(q.base)
+	}
+	q.h3 = &http3.Server{
+		Handler:     http.HandlerFunc(q.serveRequest),
+		IdleTimeout: s.idle,
+		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
+			ctx = context.WithValue(ctx, quicConnKey{}, c)
+			return context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+		},
+		// http3's own log lines about single clients are noise at any
+		// level the daemon runs at.
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	return q
+}
+
+// quicRoute adds the HTTP/3 config to a route: the route's, with ALPN h3
+// and TLS 1.3 only, registered with the ticket key ring.
+func (s *Server) quicRoute(r *route, cfg Listener) {
+	if !cfg.HTTP3 {
+		return
+	}
+	r.quic = r.tls.Clone()
+	r.quic.NextProtos = []string{http3.NextProtoH3}
+	r.quic.MinVersion, r.quic.MaxVersion = tls.VersionTLS13, 0
+	if s.ring != nil {
+		r.unregQUIC = s.ring.Register(r.quic)
+	}
+}
+
+// listen binds the UDP port of the TCP listener's address.
+func (q *quicListener) listen(tcp net.Addr) error {
+	ta, ok := tcp.(*net.TCPAddr)
+	if !ok {
+		return fmt.Errorf("http3: listener address %v is not TCP", tcp)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ta.IP, Port: ta.Port, Zone: ta.Zone})
+	if err != nil {
+		return fmt.Errorf("http3: %w", err)
+	}
+	s := q.l.s
+	tk, rk := quic.TokenGeneratorKey(s.quicKeys.TokenKey), quic.StatelessResetKey(s.quicKeys.StatelessResetKey)
+	q.udp = udp
+	q.tr = &quic.Transport{
+		Conn:              udp,
+		TokenGeneratorKey: &tk,
+		StatelessResetKey: &rk,
+		ConnContext: func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+			return context.WithValue(ctx, quicStateKey{}, &quicState{}), nil
+		},
+	}
+	if s.validateAddrs {
+		q.tr.VerifySourceAddress = func(net.Addr) bool { return true }
+	}
+	q.ln, err = q.tr.ListenEarly(q.base, &quic.Config{
+		Allow0RTT:            q.l.cfg.EarlyData,
+		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
+		MaxIdleTimeout:       s.idle,
+	})
+	if err != nil {
+		q.tr.Close()
+		udp.Close()
+		return fmt.Errorf("http3: %w", err)
+	}
+	q.altSvc = fmt.Sprintf(`%s=":%d"; ma=86400`, http3.NextProtoH3, ta.Port)
+	return nil
+}
+
+// serve accepts QUIC connections until shutdown.
+func (q *quicListener) serve() {
+	defer q.wg.Done()
+	for {
+		c, err := q.ln.Accept(q.ctx)
+		if err != nil {
+			return
+		}
+		q.mu.Lock()
+		q.conns[c] = struct{}{}
+		q.mu.Unlock()
+		q.wg.Add(1)
+		go func() {
+			defer q.wg.Done()
+			defer func() {
+				q.mu.Lock()
+				delete(q.conns, c)
+				q.mu.Unlock()
+			}()
+			done := make(chan struct{})
+			go func() {
+				q.watch(c)
+				close(done)
+			}()
+			q.h3.ServeQUICConn(c)
+			<-done
+		}()
+	}
+}
+
+// watch counts the connection's handshake once it completes, and whether
+// it accepted early data once it completes or ends.
+func (q *quicListener) watch(c *quic.Conn) {
+	complete := false
+	select {
+	case <-c.HandshakeComplete():
+		complete = true
+	case <-c.Context().Done():
+		select {
+		case <-c.HandshakeComplete():
+			complete = true
+		default:
+		}
+	}
+	cs := c.ConnectionState()
+	st := &q.l.s.quic
+	switch {
+	case !complete:
+	case cs.TLS.DidResume:
+		st.resumed.Add(1)
+	default:
+		st.full.Add(1)
+	}
+	qs, _ := c.Context().Value(quicStateKey{}).(*quicState)
+	switch {
+	case cs.Used0RTT:
+		st.accepted.Add(1)
+	case complete && qs != nil && qs.offered.Load() && qs.reason.Load() == 0:
+		// Offered, and not refused by the anti-replay check: the session
+		// was unknown, not resumable, or quic-go refused it (changed
+		// transport parameters or settings).
+		st.rejected[rejectOther].Add(1)
+	}
+}
+
+// shutdown stops accepting, closes the connections still in their
+// handshake, and lets the others finish their requests (http3 sends them
+// GOAWAY) until ctx ends; then it closes what is left, and the socket.
+func (q *quicListener) shutdown(ctx context.Context) {
+	q.cancel()
+	if q.ln != nil {
+		q.ln.Close()
+	}
+	q.closeConns(false)
+	done := make(chan struct{})
+	go func() {
+		// Shutdown returns once every connection given to ServeQUICConn
+		// has ended; it never closes them itself.
+		q.h3.Shutdown(context.Background())
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.closeConns(true)
+		<-done
+	}
+	q.wg.Wait()
+	q.closeSocket()
+}
+
+// closeSocket closes the listener, the QUIC transport and its UDP socket.
+func (q *quicListener) closeSocket() {
+	if q.ln != nil {
+		q.ln.Close()
+	}
+	if q.tr != nil {
+		q.tr.Close()
+		q.udp.Close()
+	}
+}
+
+// closeConns closes the accepted connections whose handshake has not
+// completed, or all of them.
+func (q *quicListener) closeConns(all bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for c := range q.conns {
+		select {
+		case <-c.HandshakeComplete():
+			if !all {
+				continue
+			}
+		default:
+		}
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "shutting down")
+	}
+}
+
+func (q *quicListener) release() {
+	if q.unreg != nil {
+		q.unreg()
+		q.unreg = nil
+	}
+}
+
+// serveRequest serves one HTTP/3 request. A request that arrived in 0-RTT
+// early data and is served before the handshake completes is marked with
+// EarlyDataHeader; unless its method is safe it is refused with 425 Too
+// Early (RFC 8470), which tells the client to send it again after the
+// handshake. Once the handshake has completed, the client has proved it
+// holds this connection's keys, and its requests are no longer early.
+func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
+	s := q.l.s
+	r.Header.Del(EarlyDataHeader)
+	early := false
+	if c, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
+		select {
+		case <-c.HandshakeComplete():
+		default:
+			early = true
+		}
+	}
+	if early {
+		if !safeMethod(r.Method) {
+			s.quic.tooEarly.Add(1)
+			http.Error(w, "425 Too Early: send this request again after the handshake", http.StatusTooEarly)
+			return
+		}
+		s.quic.earlyRequests.Add(1)
+		r.Header.Set(EarlyDataHeader, "1")
+	}
+	rt := q.l.route.Load()
+	if rt.handler == nil {
+		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
+		return
+	}
+	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: w, s: s}, r)
+}
+
+// safeMethod reports whether a request with method may be served from early
+// data (RFC 9110 §9.2.1: safe methods; TRACE is left out).
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+// statusWriter counts the 425 responses an upstream sends.
+type statusWriter struct {
+	http.ResponseWriter
+	s *Server
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if code == http.StatusTooEarly {
+		w.s.quic.tooEarly.Add(1)
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+var errNoQUIC = errors.New("proxy: the listener's route has no HTTP/3 config")
+
+// setQUIC applies the HTTP/3 settings of cfg.
+func (s *Server) setQUIC(cfg Config) {
+	s.antiReplay = cfg.AntiReplay
+	if s.antiReplay == nil {
+		s.antiReplay = newLocalStrikes(1 << 20).strike
+	}
+	s.earlyWindow = cfg.EarlyDataWindow
+	if s.earlyWindow <= 0 {
+		s.earlyWindow = DefaultEarlyDataWindow
+	}
+	s.earlySkew = cfg.EarlyDataSkew
+	if s.earlySkew <= 0 {
+		s.earlySkew = DefaultEarlyDataSkew
+	}
+	if cfg.QUICTokenKey != nil {
+		s.quicKeys.TokenKey = *cfg.QUICTokenKey
+	} else {
+		rand.Read(s.quicKeys.TokenKey[:])
+	}
+	if cfg.QUICStatelessResetKey != nil {
+		s.quicKeys.StatelessResetKey = *cfg.QUICStatelessResetKey
+	} else {
+		rand.Read(s.quicKeys.StatelessResetKey[:])
+	}
+	s.validateAddrs = cfg.QUICValidateAddresses
+}

@@ -1,0 +1,149 @@
+package session_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestSingleUseConcurrent offers one single-use session in many concurrent
+// handshakes: exactly one resumes.
+func TestSingleUseConcurrent(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, &session.Config{SingleUse: true})
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			const n = 16
+			var resumed atomic.Int32
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+						resumed.Add(1)
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			st := s.cache.Stats()
+			if got := resumed.Load(); got != 1 {
+				t.Fatalf("%d of %d concurrent handshakes resumed one single-use session, want exactly 1 (stats %+v)", got, n, st)
+			}
+			if st.Retired != 1 {
+				t.Fatalf("Retired = %d, want 1", st.Retired)
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("resumed again after it was consumed")
+			}
+		})
+	}
+}
+
+// TestSingleUseFailedHandshakeReleases checks that a handshake that presents
+// a single-use session and then fails does not burn it: the claim is
+// released and the session resumes afterwards.
+func TestSingleUseFailedHandshakeReleases(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, &session.Config{SingleUse: true})
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			bad := s.client(tv.v, "localhost", frozen)
+			bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
+			if _, err := tlstest.Dial(s.srv.Addr, bad); err == nil {
+				t.Fatal("the aborting client's handshake succeeded")
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for s.cache.Stats().SingleUseReleased == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("claim of the failed handshake never released: %+v", s.cache.Stats())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a failed handshake burnt the single-use session")
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("single-use session resumed twice")
+			}
+		})
+	}
+}
+
+// TestBoundedChildren resumes one ticket 50 times within its grace: the
+// cache grows by at most one session (the newest child).
+func TestBoundedChildren(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, nil)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			before := s.cache.Len()
+			for i := range 50 {
+				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatalf("resumption %d failed", i)
+				}
+			}
+			if got := s.cache.Len(); got > before+1 {
+				t.Fatalf("50 resumptions of one ticket grew the cache from %d to %d sessions, want at most +1", before, got)
+			}
+			if st := s.cache.Stats(); st.ChildrenReplaced != 49 {
+				t.Fatalf("ChildrenReplaced = %d, want 49", st.ChildrenReplaced)
+			}
+		})
+	}
+}
+
+// TestTicketFallback: a stateful cache told to fall back issues
+// short-lived tickets that another stateful cache with the same ticket keys
+// accepts (AcceptTickets) until they expire; a single-use cache never falls
+// back.
+func TestTicketFallback(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			a := modeServer(t, session.Stateful, session.Config{})
+			b := modeServer(t, session.Stateful, session.Config{})
+			b.cache.AcceptTickets(true)
+			a.cache.SetTicketFallback(time.Second)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", frozen))
+			if st := a.cache.Stats(); st.TicketsFallback != 1 || st.Size != 0 {
+				t.Fatalf("fallback: %d tickets, %d cached sessions; want 1 and 0", st.TicketsFallback, st.Size)
+			}
+			if !tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a fallback ticket did not resume on a peer that accepts the farm's tickets")
+			}
+			time.Sleep(1100 * time.Millisecond)
+			if tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a fallback ticket resumed after its lifetime")
+			}
+			a.cache.SetTicketFallback(0)
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
+			if a.cache.Stats().Size != 1 {
+				t.Fatal("fallback off: no cached session")
+			}
+
+			su := modeServer(t, session.Stateful, session.Config{SingleUse: true})
+			su.cache.SetTicketFallback(time.Minute)
+			tlstest.MustDial(t, su.srv.Addr, su.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
+			if st := su.cache.Stats(); st.TicketsFallback != 0 || st.Size != 1 {
+				t.Fatalf("a single-use cache fell back to tickets: %+v", st)
+			}
+		})
+	}
+}
