@@ -78,7 +78,12 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 	for _, mode := range modes {
 		for _, tv := range versions {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
-				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true})
+				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true,
+					// Sharing is under test, not the lookup deadline (its
+					// own tests are in edges_test.go): under -race, with
+					// other packages' tests on the same two cores, a
+					// store-only lookup now and then takes over 100 ms.
+					Tweak: func(c *farm.Config) { c.LookupTimeout = 500 * time.Millisecond }})
 				ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
 				failed, elsewhere := farmtest.Roam(t, ms, attempts, func(m *farmtest.Member) tls.ConnectionState {
 					return tlstest.MustDial(t, m.Server.Addr, ccfg)

@@ -70,7 +70,8 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 	name := redistest.Farm(t)
 	var nodes []*farm.Node
 	for i, s := range []farm.Secret{farm.NewSecret(1), farm.NewSecret(2)} { // a farm changing its secret
-		m := farmtest.Join(t, fmt.Sprint("n", i), name, farmtest.Options{NewTransport: redisTransport(url), Secret: s})
+		m := farmtest.Join(t, fmt.Sprint("n", i), name, farmtest.Options{NewTransport: redisTransport(url), Secret: s,
+			Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}) // an answer, not a deadline, is under test
 		nodes = append(nodes, m.Node)
 	}
 	identity := []byte("a-very-recognisable-ticket")
