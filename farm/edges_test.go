@@ -11,7 +11,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -138,19 +137,7 @@ func TestBusNotDelayedByFailingStore(t *testing.T) {
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
-			bus, err := natsbus.Open(natsURL, farmName, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { bus.Close() })
-			store, err := redisbus.Open(srv.URL(), farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { store.Close() })
-			return bus, store
-		},
+		NewTransport: natsBusRedisStore(natsURL, srv.URL()),
 	})
 	srv.Pause()
 	defer srv.Resume()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -38,6 +39,25 @@ func redisTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) 
 		}
 		t.Cleanup(func() { tr.Close() })
 		return tr, tr
+	}
+}
+
+// natsBusRedisStore opens each member's bus on the NATS server at natsURL
+// and its store on the Redis at redisURL: two transports, so that the
+// store's path and the bus's are separate.
+func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (farm.Bus, farm.Store) {
+	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		bus, err := natsbus.Open(natsURL, farmName, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { bus.Close() })
+		store, err := redisbus.Open(redisURL, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		return bus, store
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -26,20 +25,8 @@ func TestCatchUpThroughStorePath(t *testing.T) {
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
-			bus, err := natsbus.Open(natsURL, farmName, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { bus.Close() })
-			store, err := redisbus.Open(srv.URL(), farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { store.Close() })
-			return bus, store
-		},
+		Mode:         farm.StoreOnly,
+		NewTransport: natsBusRedisStore(natsURL, srv.URL()),
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
