@@ -59,7 +59,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	if err != nil {
 		return result{failure: FailDial}
 	}
-	w.cache.begin(target)
+	w.cache.Begin(target)
 	start := time.Now()
 	conn, err := w.qtr.DialEarly(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
 	if err != nil {
@@ -88,7 +88,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	}
 	done := time.Now()
 	cs := conn.ConnectionState()
-	offered, issuer := w.cache.offer() // before any second connection
+	offered, issuer := w.cache.Offer() // before any second connection
 	if early && !cs.Used0RTT {
 		// Refused: the 0-RTT data is void, the handshake went on in 1-RTT
 		// (counted below). As a browser does, the request is sent again
@@ -124,7 +124,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	w.cache.waitPut(cctx, ticketWait)
+	w.cache.WaitPut(cctx, ticketWait)
 	return res
 }
 

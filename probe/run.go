@@ -15,6 +15,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+
+	"github.com/tlsfarm/tlsfarm/internal/roaming"
 )
 
 // Kinds of failure counted in [Stats.Errors].
@@ -166,7 +168,7 @@ func (p *pacer) wait(ctx context.Context) error {
 // cache, and its own tallies, merged when the run ends.
 type worker struct {
 	r      *runner
-	cache  *clientCache
+	cache  *roaming.SessionCache
 	tls    *tls.Config
 	dialer net.Dialer
 	buf    []byte
@@ -179,7 +181,7 @@ type worker struct {
 func newWorker(r *runner) *worker {
 	w := &worker{
 		r:     r,
-		cache: &clientCache{},
+		cache: &roaming.SessionCache{},
 		tls:   r.plan.tls.Clone(),
 		buf:   make([]byte, 1024),
 		tally: make([]tally, len(r.plan.addrs)),
@@ -234,7 +236,7 @@ func (w *worker) connect(ctx context.Context, target int) result {
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 
-	w.cache.begin(target)
+	w.cache.Begin(target)
 	start := time.Now()
 	raw, err := w.dialer.DialContext(cctx, "tcp", p.addrs[target])
 	if err != nil {
@@ -247,7 +249,7 @@ func (w *worker) connect(ctx context.Context, target int) result {
 		return result{failure: handshakeFailure(err)}
 	}
 	done := time.Now()
-	offered, issuer := w.cache.offer()
+	offered, issuer := w.cache.Offer()
 	res := result{
 		resumed:   conn.ConnectionState().DidResume,
 		connect:   done.Sub(start),
@@ -311,85 +313,4 @@ func requestFailure(err error) string {
 		return FailTimeout
 	}
 	return FailRequest
-}
-
-// A clientCache is one simulated client's session cache. It keeps the
-// newest session, whatever the target, and remembers which target issued
-// it, so a resumption can be told to be cross-node.
-//
-// crypto/tls calls Get and Put on the goroutine doing the handshake or
-// read, which is the worker's, one connection at a time; the mutex only
-// makes that safe to rely on.
-type clientCache struct {
-	mu      sync.Mutex
-	cs      *tls.ClientSessionState
-	issuer  int // target that issued cs
-	current int // target of the connection in progress
-
-	offered     bool // Get handed out a session during this connection
-	offeredFrom int  // its issuer
-
-	put chan struct{} // signalled by Put (HTTP/3 waits for its ticket)
-}
-
-// begin starts a connection to target.
-func (c *clientCache) begin(target int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.current, c.offered = target, false
-	if c.put == nil {
-		c.put = make(chan struct{}, 1)
-	}
-	select {
-	case <-c.put:
-	default:
-	}
-}
-
-// waitPut waits until a session is put during this connection, at most d
-// or until ctx ends.
-func (c *clientCache) waitPut(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-c.put:
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}
-
-// offer reports whether the connection in progress was offered a session,
-// and which target issued it.
-func (c *clientCache) offer() (bool, int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.offered, c.offeredFrom
-}
-
-// Get implements tls.ClientSessionCache. The key is ignored: one client
-// behind one name has one session, whichever server it lands on.
-func (c *clientCache) Get(string) (*tls.ClientSessionState, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cs == nil {
-		return nil, false
-	}
-	c.offered, c.offeredFrom = true, c.issuer
-	return c.cs, true
-}
-
-// Put implements tls.ClientSessionCache. crypto/tls puts nil to drop a
-// session it will not offer (expired, or its handshake failed).
-func (c *clientCache) Put(_ string, cs *tls.ClientSessionState) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cs == nil {
-		c.cs, c.offered = nil, false
-		return
-	}
-	c.cs, c.issuer = cs, c.current
-	select {
-	case c.put <- struct{}{}:
-	default:
-	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/roaming"
 )
 
 // A load is what the benchmark's clients do against one farm.
@@ -89,7 +91,7 @@ func (l *load) run(ctx context.Context) loadResult {
 				mu.Unlock()
 			}()
 			for !stopped() && ctx.Err() == nil {
-				cc := &clientCache{}
+				cc := &roaming.SessionCache{}
 				cfg := base.Clone()
 				cfg.ClientSessionCache = cc
 				for range 1 + l.reconnects {
@@ -143,10 +145,10 @@ func (l *load) run(ctx context.Context) loadResult {
 
 // connect makes one connection: dial, handshake, one request, read to the
 // end (which takes in a TLS 1.3 ticket), close.
-func (l *load) connect(ctx context.Context, cfg *tls.Config, cc *clientCache, target int) connResult {
+func (l *load) connect(ctx context.Context, cfg *tls.Config, cc *roaming.SessionCache, target int) connResult {
 	cctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
-	cc.begin(target)
+	cc.Begin(target)
 	start := time.Now()
 	var d net.Dialer
 	raw, err := d.DialContext(cctx, "tcp", l.addrs[target])
@@ -162,7 +164,7 @@ func (l *load) connect(ctx context.Context, cfg *tls.Config, cc *clientCache, ta
 	}
 	r := connResult{handshake: time.Since(start), resumed: c.ConnectionState().DidResume}
 	var from int
-	r.offered, from = cc.offer()
+	r.offered, from = cc.Offer()
 	r.sameNode = r.offered && from == target
 	if _, err := c.Write(request); err != nil {
 		return connResult{failed: true}
@@ -171,47 +173,6 @@ func (l *load) connect(ctx context.Context, cfg *tls.Config, cc *clientCache, ta
 		return connResult{failed: true}
 	}
 	return r
-}
-
-// clientCache is one client's session cache: the newest session, from
-// whichever node, and which node issued it.
-type clientCache struct {
-	mu          sync.Mutex
-	cs          *tls.ClientSessionState
-	issuer      int
-	current     int
-	offered     bool
-	offeredFrom int
-}
-
-func (c *clientCache) begin(target int) {
-	c.mu.Lock()
-	c.current, c.offered = target, false
-	c.mu.Unlock()
-}
-
-func (c *clientCache) offer() (bool, int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.offered, c.offeredFrom
-}
-
-// Get implements tls.ClientSessionCache.
-func (c *clientCache) Get(string) (*tls.ClientSessionState, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cs == nil {
-		return nil, false
-	}
-	c.offered, c.offeredFrom = true, c.issuer
-	return c.cs, true
-}
-
-// Put implements tls.ClientSessionCache.
-func (c *clientCache) Put(_ string, cs *tls.ClientSessionState) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.cs, c.issuer = cs, c.current
 }
 
 // A measurement is one farm's figures in one run, at one TLS version.
