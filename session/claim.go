@@ -100,6 +100,7 @@ type childLink struct {
 	child   ID
 	expires int64 // the child's expiry: the newer child wins
 	until   int64 // forget the link after this (the parent is gone by then)
+	local   bool  // child was issued by a handshake on this server
 }
 
 // A claim is one handshake's hold on a single-use session.
@@ -320,28 +321,41 @@ func (c *Cache) settleClaim(conn *tls.Conn) {
 // parent resumed again and again within its grace yields one live child, not
 // one per resumption. Of two children, the one that expires later (issued
 // later) wins; it returns false if child lost (and was retired).
+//
+// A losing child that a handshake on this server issued is retired with
+// OriginHandshake, whatever brought the winner here: this server is the
+// one that retires it across the farm (and in the store), so that a newer
+// child from a peer that arrives after this server's own child still leaves
+// one live child farm-wide. Other losers are retired with origin: their
+// issuer does the same when it hears of the winner.
 func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin) bool {
 	l := &c.life
 	l.mu.Lock()
 	if l.kids == nil {
 		l.kids = make(map[ID]childLink)
 	}
+	link := childLink{child: child, expires: expires, local: origin == OriginHandshake}
 	old, had := l.kids[parent]
-	loser := ID{}
+	link.until = max(until, old.until)
+	loser, loserLocal := ID{}, false
 	switch {
 	case !had || old.child == child:
-		l.kids[parent] = childLink{child: child, expires: expires, until: max(until, old.until)}
+		link.local = link.local || had && old.local
+		l.kids[parent] = link
 	case old.expires > expires:
-		loser = child // a stale child arrived after a newer one
+		loser, loserLocal = child, link.local // a stale child arrived after a newer one
 	default:
-		loser = old.child
-		l.kids[parent] = childLink{child: child, expires: expires, until: max(until, old.until)}
+		loser, loserLocal = old.child, old.local
+		l.kids[parent] = link
 	}
 	l.mu.Unlock()
 	if loser == (ID{}) {
 		return true
 	}
 	l.replaced.Add(1)
+	if loserLocal {
+		origin = OriginHandshake
+	}
 	c.retire(loser, Retired, origin)
 	return loser != child
 }
