@@ -1,0 +1,128 @@
+// Package metric describes the counters, gauges and histograms that
+// tlsfarm's packages report about themselves, in one shape that a metrics
+// system can export without knowing each of them.
+//
+// A package that counts things (session.Cache, farm.Node) has a method that
+// returns its samples, named and documented the way the admin API exposes
+// them in Prometheus' text format. A new counter is a new sample, not a new
+// exported field, much as runtime/metrics lists what runtime.MemStats once
+// spelled out field by field.
+package metric
+
+import (
+	"fmt"
+	"strings"
+)
+
+// A Kind says how a sample's value behaves over time.
+type Kind uint8
+
+const (
+	// Counter is a value that only grows while the process runs.
+	Counter Kind = iota
+	// Gauge is a value that goes up and down.
+	Gauge
+	// Histogram is a distribution of observations: Buckets, Count and the
+	// sum in Value.
+	Histogram
+)
+
+// String returns "counter", "gauge" or "histogram".
+func (k Kind) String() string {
+	switch k {
+	case Counter:
+		return "counter"
+	case Gauge:
+		return "gauge"
+	case Histogram:
+		return "histogram"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// A Label is one dimension of a metric, such as result="hit".
+type Label struct {
+	Name, Value string
+}
+
+// A Bucket is one cumulative histogram bucket: Count observations were at
+// most UpperBound.
+type Bucket struct {
+	UpperBound float64
+	Count      uint64
+}
+
+// A Sample is the value of one metric, with one set of label values, at the
+// moment it was read.
+type Sample struct {
+	// Name is the metric's full name, such as
+	// "tlsfarm_cache_lookups_total". Samples of one metric share Name, Help
+	// and Kind and differ in their Labels.
+	Name string
+	// Help is one sentence on what the metric counts.
+	Help string
+	// Kind says whether Value is a counter, a gauge or a histogram's sum.
+	Kind Kind
+	// Labels holds the sample's label values, in the metric's label order.
+	Labels []Label
+	// Value is the counter's or gauge's value, or the sum of a histogram's
+	// observations (seconds for durations).
+	Value float64
+	// Count is the number of a histogram's observations.
+	Count uint64
+	// Buckets holds a histogram's cumulative buckets, in increasing order
+	// of UpperBound.
+	Buckets []Bucket
+}
+
+// String formats s as a name, its labels and its value, for logs and test
+// failures.
+func (s Sample) String() string {
+	var b strings.Builder
+	b.WriteString(s.Name)
+	if len(s.Labels) > 0 {
+		b.WriteByte('{')
+		for i, l := range s.Labels {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, "%s=%q", l.Name, l.Value)
+		}
+		b.WriteByte('}')
+	}
+	fmt.Fprintf(&b, " %g", s.Value)
+	return b.String()
+}
+
+// Value returns the value of the sample in samples named name whose labels
+// are the given name, value pairs (all of them, in any order), and whether
+// there is one. It is meant for tests and small tools; an exporter ranges
+// over the samples.
+func Value(samples []Sample, name string, labels ...string) (float64, bool) {
+	if len(labels)%2 != 0 {
+		panic("metric: Value needs label names and values in pairs")
+	}
+	for _, s := range samples {
+		if s.Name != name || len(s.Labels) != len(labels)/2 || !hasLabels(s.Labels, labels) {
+			continue
+		}
+		return s.Value, true
+	}
+	return 0, false
+}
+
+func hasLabels(have []Label, want []string) bool {
+	for i := 0; i < len(want); i += 2 {
+		found := false
+		for _, l := range have {
+			if l.Name == want[i] && l.Value == want[i+1] {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
