@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/metric"
 )
 
 // A collector reads the node's counters at each scrape, so that the metrics
@@ -62,6 +63,31 @@ func (e emitter) labelled(t prometheus.ValueType, name, help, label string, valu
 	d := e.desc(name, help, label)
 	for lv, v := range values {
 		e.ch <- prometheus.MustNewConstMetric(d, t, float64(v), lv)
+	}
+}
+
+// samples sends a package's metric samples (session.Cache's, farm.Node's)
+// as they are: their names, help and labels are the exposition's.
+func (e emitter) samples(samples []metric.Sample) {
+	for _, s := range samples {
+		names := make([]string, len(s.Labels))
+		values := make([]string, len(s.Labels))
+		for i, l := range s.Labels {
+			names[i], values[i] = l.Name, l.Value
+		}
+		d := e.desc(s.Name, s.Help, names...)
+		switch s.Kind {
+		case metric.Histogram:
+			buckets := make(map[float64]uint64, len(s.Buckets))
+			for _, b := range s.Buckets {
+				buckets[b.UpperBound] = b.Count
+			}
+			e.ch <- prometheus.MustNewConstHistogram(d, s.Count, s.Value, buckets, values...)
+		case metric.Gauge:
+			e.ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, s.Value, values...)
+		default:
+			e.ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, s.Value, values...)
+		}
 	}
 }
 
