@@ -622,8 +622,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 
 	// The store write and the publish go out at once: in one round trip
-	// where the transport can do both (the common case: new sessions, no
-	// revocations), else concurrently. Peers hear of a session one round
+	// where the transport can do both (the common case: new sessions, grace
+	// cuts and retirements, no revocations), else concurrently. Peers hear of a session one round
 	// trip sooner than if one waited for the other.
 	var storeErr, pubErr error
 	release := func() {
@@ -635,9 +635,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
+	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		storeErr = b.PutAndPublish(bctx, puts, msgs)
+		storeErr = b.PutAndPublish(bctx, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
 		release()

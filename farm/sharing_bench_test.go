@@ -69,7 +69,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 					}
 				}
 				b.ReportAllocs()
-				cpu := tlstest.ProcessCPU()
+				start := tlstest.Snapshot()
 				if conc == 1 {
 					for b.Loop() {
 						handshake()
@@ -93,7 +93,17 @@ func BenchmarkSharingCPU(b *testing.B) {
 						time.Sleep(time.Millisecond)
 					}
 				}
-				tlstest.ReportCPU(b, cpu)
+				start.Report(b)
+				// Sessions per bus message a receiver got: how well the
+				// sender batched.
+				var msgs, sessions uint64
+				for _, p := range peers {
+					st := p.Stats()
+					msgs, sessions = msgs+st.Received, sessions+st.ReceivedSessions
+				}
+				if msgs > 0 {
+					b.ReportMetric(float64(sessions)/float64(msgs), "sessions/msg")
+				}
 				if node != nil {
 					// How many handshakes waited for the store (1 with
 					// write-through, unless the breaker or a probe stopped

@@ -101,14 +101,16 @@ type Store interface {
 }
 
 // A Batcher is a transport that is both the farm's Bus and its RecordStore
-// and can write records and publish messages in one round trip. The farm
-// uses it, when Config.Bus and Config.Records are the same value, for
-// batches of new sessions; revocations take the general path.
+// and can write records, delete records and publish messages in one round
+// trip. The farm uses it, when Config.Bus and Config.Records are the same
+// value, for batches without revocations: new sessions, grace cuts and
+// retirements, the bulk of its traffic. Revocations take the general path.
 type Batcher interface {
-	// PutAndPublish writes every item (as RecordStore.PutRecords does) and
-	// publishes msgs (as Bus.Publish does) in one batch. It fails as a
-	// whole.
-	PutAndPublish(ctx context.Context, items []Item, msgs [][]byte) error
+	// PutAndPublish writes every item (as RecordStore.PutRecords does),
+	// then deletes the records at dels (as RecordStore.DeleteRecords
+	// does), then publishes msgs (as Bus.Publish does), in one batch. It
+	// fails as a whole.
+	PutAndPublish(ctx context.Context, items []Item, dels []string, msgs [][]byte) error
 }
 
 // A RecordTaker is a RecordStore that can consume a record atomically. The

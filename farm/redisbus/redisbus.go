@@ -297,12 +297,26 @@ func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	return t.failed(err)
 }
 
-// PutAndPublish implements farm.Batcher: the SETs and the PUBLISHes go in
-// one pipeline, one round trip.
-func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, msgs [][]byte) error {
+// PutAndPublish implements farm.Batcher: the SETs, the DELs and the
+// PUBLISHes go in one pipeline, one round trip (on a cluster, one per
+// shard, with a DEL per key).
+func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, dels []string, msgs [][]byte) error {
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
 			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+		}
+		switch {
+		case len(dels) == 0:
+		case t.cluster:
+			for _, k := range dels {
+				p.Del(ctx, t.RecordKey(k))
+			}
+		default:
+			full := make([]string, len(dels))
+			for i, k := range dels {
+				full[i] = t.RecordKey(k)
+			}
+			p.Del(ctx, full...)
 		}
 		for _, m := range msgs {
 			t.publish(ctx, p, m)
