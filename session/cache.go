@@ -2,9 +2,7 @@ package session
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -15,19 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 	"unique"
-)
-
-// Defaults for the fields of Config. The cache geometry follows Apache Traffic
-// Server's proxy.config.ssl.session_cache.size and .num_buckets.
-const (
-	DefaultCapacity         = 102400
-	DefaultBuckets          = 256
-	DefaultLifetime         = 2 * time.Hour
-	DefaultMaxChainLifetime = 24 * time.Hour
-	DefaultResumeGrace      = 30 * time.Second
-	DefaultSweepInterval    = time.Minute
-	DefaultLoaderTimeout    = 5 * time.Millisecond
-	DefaultMaxStateLen      = 16 << 10
 )
 
 // Errors returned by Cache.Insert.
@@ -43,118 +28,6 @@ var (
 	// holds.
 	ErrServerNameLen = errors.New("session: server name is longer than MaxServerNameLen")
 )
-
-// A Config configures a Cache. The zero value is valid: every zero field means
-// its default, so a Config need only name what differs.
-type Config struct {
-	// Capacity is the most sessions the cache holds (default DefaultCapacity).
-	// When it is full, an insert evicts the least recently used session of
-	// the bucket it inserts into: eviction is least-recently-used within a
-	// bucket, and, since IDs spread evenly, close to it across the cache.
-	Capacity int
-
-	// Buckets is the number of independently locked buckets, rounded up to a
-	// power of two (default DefaultBuckets). A bucket is chosen by a hash of
-	// the whole ID under a seed drawn when the cache is made.
-	Buckets int
-
-	// Lifetime is how long a session can be resumed after its ticket was
-	// issued (default DefaultLifetime).
-	Lifetime time.Duration
-
-	// MaxChainLifetime bounds a resumption chain: a session resumed from a
-	// session resumed from a full handshake, and so on, is refused once the
-	// full handshake that began the chain is older than this (default
-	// DefaultMaxChainLifetime). This bounds how long one master secret
-	// lineage lives; crypto/tls resets its own creation time on every TLS
-	// 1.3 ticket and so does not.
-	MaxChainLifetime time.Duration
-
-	// ResumeGrace is how long a session stays resumable after a handshake
-	// resumed it and was issued its successor (default DefaultResumeGrace).
-	// It keeps the cache near one session per active client. A negative
-	// value leaves resumed sessions to their full Lifetime. Shortening needs
-	// the per-handshake link installed by Configure.
-	ResumeGrace time.Duration
-
-	// SweepInterval is how often a background sweep removes expired
-	// sessions (default DefaultSweepInterval; negative disables the sweep,
-	// and Sweep may be called directly). Expired sessions are never returned
-	// whether or not they have been swept.
-	SweepInterval time.Duration
-
-	// IDKeys authenticate session IDs: the first mints new IDs, all verify.
-	// Nodes of a farm share them. If empty, the cache draws a random key and
-	// its IDs are valid in this process only.
-	IDKeys []IDKey
-
-	// Mode selects the kind of ticket issued and accepted by the crypto/tls
-	// glue (default Stateful).
-	Mode Mode
-
-	// AllowServerNameMismatch lets a session issued under one server name
-	// (SNI) be resumed under another. By default such a resumption is
-	// refused: crypto/tls itself does not check, and resuming across virtual
-	// hosts is a known attack surface.
-	AllowServerNameMismatch bool
-
-	// SingleUse retires a session once a handshake that resumed it has
-	// completed, which is reported by HandshakeComplete. Lookups alone never
-	// retire a session: they happen before the client has proved it holds
-	// the session's secret.
-	SingleUse bool
-
-	// Loader, if set, is asked for a session that a client presented and
-	// that is not in the cache (for example, a farm's shared store). It is
-	// called only for authenticated IDs, with a context that expires after
-	// LoaderTimeout. It returns (nil, nil) when it has no such session. A
-	// record it returns is inserted with OriginLoader.
-	Loader func(ctx context.Context, id ID) (*Record, error)
-
-	// LoaderTimeout bounds each call of Loader (default DefaultLoaderTimeout).
-	LoaderTimeout time.Duration
-
-	// MaxStateLen is the largest serialized session state the cache takes
-	// (default DefaultMaxStateLen). Larger ones are refused with an error
-	// and counted, never silently dropped.
-	MaxStateLen int
-
-	// Logger receives the cache's rare log lines, such as the first panic of
-	// a hook (default slog.Default()). Key material never reaches it.
-	Logger *slog.Logger
-
-	// Now returns the current time (default time.Now).
-	Now func() time.Time
-}
-
-// A Record is what the cache holds for one session.
-type Record struct {
-	// State is the session serialized by tls.SessionState.Bytes. A record
-	// handed out by the cache (in an Event, or by Lookup) shares State with
-	// the cache: it must not be modified.
-	State []byte
-
-	// ServerName is the server name (SNI) the session was issued under, in
-	// lower case; "" if the client sent none.
-	ServerName string
-
-	// Expires is when the session stops being resumable.
-	Expires time.Time
-
-	// Chain identifies the resumption chain of the session: a full handshake
-	// starts a chain and every ticket issued by resuming it continues it.
-	Chain uint64
-
-	// ChainStart is when the full handshake that began the chain happened.
-	ChainStart time.Time
-
-	// Parent is the session this one was resumed from, if known (zero
-	// otherwise). It is not kept in the cache: Insert uses it to cut the
-	// parent to Config.ResumeGrace, as the handshake that resumed it did on
-	// the server where it happened, so that peers too hold about one
-	// session per active client. It is set in EventNew records.
-	Parent ID
-}
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
 // safe for concurrent use. Use New to make one and Close to stop its sweep.
@@ -284,17 +157,6 @@ func (c *Cache) Close() error {
 	return nil
 }
 
-// SetIDKeys replaces the ID keys: the first mints new IDs, all verify. IDs
-// minted under a key that is no longer in the set stop resuming.
-func (c *Cache) SetIDKeys(keys ...IDKey) error {
-	k, err := newIDKeys(keys)
-	if err != nil {
-		return err
-	}
-	c.keys.Store(k)
-	return nil
-}
-
 // SetLoader installs (or, with a nil fn, removes) the function asked for
 // sessions that are not in the cache, as Config.Loader and
 // Config.LoaderTimeout do (a timeout of 0 means DefaultLoaderTimeout). A
@@ -318,18 +180,6 @@ type loader struct {
 // MaxChainLifetime returns the cache's Config.MaxChainLifetime, after
 // defaults: a revoked chain is remembered until its start plus this.
 func (c *Cache) MaxChainLifetime() time.Duration { return c.cfg.MaxChainLifetime }
-
-// NewID mints a fresh authenticated session ID.
-func (c *Cache) NewID() ID { return c.keys.Load().newID() }
-
-// CheckID reports whether b is an ID minted under one of the cache's ID
-// keys, and returns it. It costs one AES block operation and no lookup.
-func (c *Cache) CheckID(b []byte) (ID, bool) {
-	if !c.keys.Load().checkPooled(b) {
-		return ID{}, false
-	}
-	return ID(b), true
-}
 
 func (c *Cache) bucket(id *ID) *bucket {
 	return &c.buckets[maphash.Bytes(c.seed, id[:])&c.mask]
@@ -537,77 +387,6 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	return nil
 }
 
-// Remove revokes the session id: it removes the session and every other
-// session of its resumption chain (the tickets issued by resuming it, and the
-// one it was resumed from), and refuses that chain from then on, until the
-// chain could no longer be resumed anyway. Each removed session fires
-// EventRemove with Removed and OriginAPI. Remove reports whether id was in
-// the cache; if it was not, nothing is revoked (see RemoveChain).
-func (c *Cache) Remove(id ID) bool {
-	b := c.bucket(&id)
-	b.mu.Lock()
-	e := b.m[id]
-	var chain uint64
-	var until int64
-	if e != nil {
-		chain, until = e.chain, e.chainStart+int64(c.cfg.MaxChainLifetime)
-	}
-	b.mu.Unlock()
-	if e == nil {
-		return false
-	}
-	c.RemoveChain(chain, time.Unix(0, until), OriginAPI)
-	return true
-}
-
-// RemoveChain revokes a resumption chain: it removes every session of the
-// chain and refuses sessions of it, from any origin, until the given time
-// (when the chain's sessions would have been refused anyway, ChainStart plus
-// MaxChainLifetime). It returns how many sessions it removed. It visits every
-// bucket, so its cost grows with the cache; revocation is rare.
-func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
-	now := c.nowNano()
-	u := until.UnixNano()
-	if lim := now + int64(c.cfg.MaxChainLifetime); u > lim {
-		u = lim // a peer cannot make us remember a chain for longer than it could live
-	}
-	if u > now && !c.tomb.add(chain, u) {
-		// Already revoked at least this long: its sessions are gone and
-		// cannot come back, so a repeated revocation costs no scan.
-		return 0
-	}
-	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
-}
-
-// removeWhere removes, bucket by bucket, the sessions for which match
-// reports true, and fires one EventRemove for each.
-func (c *Cache) removeWhere(match func(*entry) bool, reason RemoveReason, origin Origin) int {
-	n := 0
-	var gone []Event
-	for i := range c.buckets {
-		b := &c.buckets[i]
-		b.mu.Lock()
-		for e := b.root.next; e != &b.root; {
-			next := e.next
-			if match(e) {
-				c.unlink(b, e)
-				b.stats.removed[reason]++
-				n++
-				if c.hooks.Load() != nil {
-					gone = append(gone, Event{Kind: EventRemove, ID: e.id, Origin: origin, Reason: reason, Record: e.record()})
-				}
-			}
-			e = next
-		}
-		b.mu.Unlock()
-		for _, ev := range gone {
-			c.fire(ev)
-		}
-		gone = gone[:0]
-	}
-	return n
-}
-
 // retire removes the single session id with the given reason.
 func (c *Cache) retire(id ID, reason RemoveReason, origin Origin) bool {
 	b := c.bucket(&id)
@@ -715,54 +494,4 @@ func (c *Cache) unlink(b *bucket, e *entry) {
 	e.prev.next = e.next
 	e.next.prev = e.prev
 	e.prev, e.next = nil, nil
-}
-
-func newChain() uint64 {
-	var b [8]byte
-	rand.Read(b[:])
-	if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
-		return v
-	}
-	return 1
-}
-
-// tombstones remember revoked chains until they could no longer be resumed.
-type tombstones struct {
-	n  atomic.Int32
-	mu sync.RWMutex
-	m  map[uint64]int64 // chain -> until, Unix nanoseconds
-}
-
-// add records chain as revoked until the given time, and reports whether
-// the chain was not already revoked (until then or longer).
-func (t *tombstones) add(chain uint64, until int64) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	old, had := t.m[chain]
-	if until > old {
-		t.m[chain] = until
-	}
-	t.n.Store(int32(len(t.m)))
-	return !had
-}
-
-func (t *tombstones) revoked(chain uint64, now int64) bool {
-	if t.n.Load() == 0 {
-		return false
-	}
-	t.mu.RLock()
-	until, ok := t.m[chain]
-	t.mu.RUnlock()
-	return ok && until > now
-}
-
-func (t *tombstones) sweep(now int64) {
-	t.mu.Lock()
-	for k, until := range t.m {
-		if until <= now {
-			delete(t.m, k)
-		}
-	}
-	t.n.Store(int32(len(t.m)))
-	t.mu.Unlock()
 }

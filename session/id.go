@@ -147,3 +147,26 @@ func (k *idKeys) check(b []byte, out *[aes.BlockSize]byte) bool {
 	// One 64-bit comparison: constant time with respect to where the tags differ.
 	return binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) == 0
 }
+
+// SetIDKeys replaces the ID keys: the first mints new IDs, all verify. IDs
+// minted under a key that is no longer in the set stop resuming.
+func (c *Cache) SetIDKeys(keys ...IDKey) error {
+	k, err := newIDKeys(keys)
+	if err != nil {
+		return err
+	}
+	c.keys.Store(k)
+	return nil
+}
+
+// NewID mints a fresh authenticated session ID.
+func (c *Cache) NewID() ID { return c.keys.Load().newID() }
+
+// CheckID reports whether b is an ID minted under one of the cache's ID
+// keys, and returns it. It costs one AES block operation and no lookup.
+func (c *Cache) CheckID(b []byte) (ID, bool) {
+	if !c.keys.Load().checkPooled(b) {
+		return ID{}, false
+	}
+	return ID(b), true
+}

@@ -79,3 +79,32 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 	}
 	return nil
 }
+
+// A Record is what the cache holds for one session.
+type Record struct {
+	// State is the session serialized by tls.SessionState.Bytes. A record
+	// handed out by the cache (in an Event, or by Lookup) shares State with
+	// the cache: it must not be modified.
+	State []byte
+
+	// ServerName is the server name (SNI) the session was issued under, in
+	// lower case; "" if the client sent none.
+	ServerName string
+
+	// Expires is when the session stops being resumable.
+	Expires time.Time
+
+	// Chain identifies the resumption chain of the session: a full handshake
+	// starts a chain and every ticket issued by resuming it continues it.
+	Chain uint64
+
+	// ChainStart is when the full handshake that began the chain happened.
+	ChainStart time.Time
+
+	// Parent is the session this one was resumed from, if known (zero
+	// otherwise). It is not kept in the cache: Insert uses it to cut the
+	// parent to Config.ResumeGrace, as the handshake that resumed it did on
+	// the server where it happened, so that peers too hold about one
+	// session per active client. It is set in EventNew records.
+	Parent ID
+}

@@ -1,21 +1,15 @@
 package session
 
 import (
-	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/tls"
-	"encoding/binary"
-	"fmt"
 	"net"
 	"reflect"
 	"strings"
 	"time"
 	"unique"
 )
-
-// A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
-type Mode uint8
 
 const (
 	// Stateful issues session IDs as tickets and keeps the sessions in the
@@ -31,33 +25,6 @@ const (
 	// issued stops resuming.
 	Mixed
 )
-
-func (m Mode) String() string {
-	switch m {
-	case Stateful:
-		return "stateful"
-	case Stateless:
-		return "stateless"
-	case Mixed:
-		return "mixed"
-	}
-	return fmt.Sprintf("Mode(%d)", uint8(m))
-}
-
-// ParseMode parses "stateful", "stateless" or "mixed".
-func ParseMode(s string) (Mode, bool) {
-	for _, m := range []Mode{Stateful, Stateless, Mixed} {
-		if strings.EqualFold(s, m.String()) {
-			return m, true
-		}
-	}
-	return 0, false
-}
-
-// pendingTTL is how long a single-use session waits for HandshakeComplete
-// before the wait is forgotten (the session then simply lives on until its
-// grace or lifetime ends).
-const pendingTTL = 2 * time.Minute
 
 // Configure installs the cache in cfg, a server configuration, so that the
 // two crypto/tls calls of each handshake (UnwrapSession when the client
@@ -122,30 +89,6 @@ func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.Ses
 	r := c.unwrap(context.Background(), identity, cs, nil, tmp)
 	blockPool.Put(tmp)
 	return r.ss, nil
-}
-
-// HandshakeComplete tells a SingleUse cache that the handshake of conn
-// completed (conn.Handshake returned nil). If the handshake resumed a
-// single-use session, the session is retired (on every server of a farm);
-// if it did not, the claim UnwrapSession took on the session is released.
-// It is cheap and does nothing for caches that are not SingleUse, so servers
-// may always call it. With net/http, call it from Server.ConnState on
-// StateActive. A handshake that fails needs no call: its claim is released
-// shortly after it ends.
-func (c *Cache) HandshakeComplete(conn *tls.Conn) {
-	if !c.cfg.SingleUse {
-		return
-	}
-	c.settleClaim(conn)
-}
-
-func (c *Cache) sweepPending(now int64) {
-	c.pending.Range(func(k, v any) bool {
-		if cl := v.(*claim); now-cl.at > int64(pendingTTL) && c.pending.CompareAndDelete(k, cl) {
-			cl.release()
-		}
-		return true
-	})
 }
 
 // handshake is the state shared by the two crypto/tls calls of one
@@ -351,104 +294,4 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 	}
 	c.ctr.loaderHits.Add(1)
 	return rec
-}
-
-// unwrapTicket decrypts a stateless ticket and checks the binding that issue
-// put in its Extra.
-func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.Config) unwrapped {
-	var r unwrapped
-	ss, err := src.DecryptTicket(identity, cs)
-	if err != nil || ss == nil {
-		c.ctr.forgedIDs.Add(1)
-		return r
-	}
-	now := c.nowNano()
-	r.ticket = true
-	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
-	if !ok && c.cfg.Mode == Stateful {
-		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
-		return r
-	}
-	if !ok {
-		// Issued by a server without this glue: accepted, but nothing binds
-		// it to a server name or a chain.
-		c.ctr.ticketsUnbound.Add(1)
-		r.chainStart = now
-	} else {
-		if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(name, cs.ServerName) {
-			c.ctr.refusedSNI.Add(1)
-			return r
-		}
-		if now-start > int64(c.cfg.MaxChainLifetime) {
-			c.ctr.chainExpired.Add(1)
-			return r
-		}
-		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
-			c.ctr.ticketsExpired.Add(1)
-			return r
-		}
-		if c.tomb.revoked(chain, now) {
-			c.ctr.revokedInserts.Add(1)
-			return r
-		}
-		r.chain, r.chainStart = chain, start
-	}
-	c.ctr.ticketsAccepted.Add(1)
-	r.ss = ss
-	return r
-}
-
-// bindingTag starts the Extra entry that binds a stateless ticket to its
-// server name, chain and issue time: tag, chain (8 bytes), chain start and
-// issue time (8 bytes each, Unix nanoseconds), server name. The ticket's
-// encryption authenticates it.
-var bindingTag = []byte("tlsfarm/1\x00")
-
-const bindingLen = 24
-
-func appendBinding(b []byte, serverName string, chain uint64, start, issued int64) []byte {
-	b = append(b, bindingTag...)
-	b = binary.BigEndian.AppendUint64(b, chain)
-	b = binary.BigEndian.AppendUint64(b, uint64(start))
-	b = binary.BigEndian.AppendUint64(b, uint64(issued))
-	return append(b, strings.ToLower(serverName)...)
-}
-
-// fallbackTag starts the binding of a fallback ticket (see
-// SetTicketFallback): the fields of bindingTag's, then the expiry (8 bytes,
-// Unix nanoseconds), then the server name.
-var fallbackTag = []byte("tlsfarm/2\x00")
-
-func appendFallbackBinding(b []byte, serverName string, chain uint64, start, issued, expires int64) []byte {
-	b = append(b, fallbackTag...)
-	b = binary.BigEndian.AppendUint64(b, chain)
-	b = binary.BigEndian.AppendUint64(b, uint64(start))
-	b = binary.BigEndian.AppendUint64(b, uint64(issued))
-	b = binary.BigEndian.AppendUint64(b, uint64(expires))
-	return append(b, strings.ToLower(serverName)...)
-}
-
-// findBinding returns the binding in a ticket's Extra; expires is zero for
-// an ordinary stateless ticket (it lives Config.Lifetime).
-func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued, expires int64, ok bool) {
-	for _, x := range extra {
-		switch {
-		case bytes.HasPrefix(x, bindingTag) && len(x) >= len(bindingTag)+bindingLen:
-			x = x[len(bindingTag):]
-		case bytes.HasPrefix(x, fallbackTag) && len(x) >= len(fallbackTag)+bindingLen+8:
-			x = x[len(fallbackTag):]
-			expires = int64(binary.BigEndian.Uint64(x[bindingLen:]))
-			if expires == 0 {
-				expires = 1
-			}
-			x = append(x[:bindingLen:bindingLen], x[bindingLen+8:]...)
-		default:
-			continue
-		}
-		chain = binary.BigEndian.Uint64(x)
-		start = int64(binary.BigEndian.Uint64(x[8:]))
-		issued = int64(binary.BigEndian.Uint64(x[16:]))
-		return string(x[bindingLen:]), chain, start, issued, expires, true
-	}
-	return "", 0, 0, 0, 0, false
 }

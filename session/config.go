@@ -1,0 +1,103 @@
+package session
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Defaults for the fields of Config. The cache geometry follows Apache Traffic
+// Server's proxy.config.ssl.session_cache.size and .num_buckets.
+const (
+	DefaultCapacity         = 102400
+	DefaultBuckets          = 256
+	DefaultLifetime         = 2 * time.Hour
+	DefaultMaxChainLifetime = 24 * time.Hour
+	DefaultResumeGrace      = 30 * time.Second
+	DefaultSweepInterval    = time.Minute
+	DefaultLoaderTimeout    = 5 * time.Millisecond
+	DefaultMaxStateLen      = 16 << 10
+)
+
+// A Config configures a Cache. The zero value is valid: every zero field means
+// its default, so a Config need only name what differs.
+type Config struct {
+	// Capacity is the most sessions the cache holds (default DefaultCapacity).
+	// When it is full, an insert evicts the least recently used session of
+	// the bucket it inserts into: eviction is least-recently-used within a
+	// bucket, and, since IDs spread evenly, close to it across the cache.
+	Capacity int
+
+	// Buckets is the number of independently locked buckets, rounded up to a
+	// power of two (default DefaultBuckets). A bucket is chosen by a hash of
+	// the whole ID under a seed drawn when the cache is made.
+	Buckets int
+
+	// Lifetime is how long a session can be resumed after its ticket was
+	// issued (default DefaultLifetime).
+	Lifetime time.Duration
+
+	// MaxChainLifetime bounds a resumption chain: a session resumed from a
+	// session resumed from a full handshake, and so on, is refused once the
+	// full handshake that began the chain is older than this (default
+	// DefaultMaxChainLifetime). This bounds how long one master secret
+	// lineage lives; crypto/tls resets its own creation time on every TLS
+	// 1.3 ticket and so does not.
+	MaxChainLifetime time.Duration
+
+	// ResumeGrace is how long a session stays resumable after a handshake
+	// resumed it and was issued its successor (default DefaultResumeGrace).
+	// It keeps the cache near one session per active client. A negative
+	// value leaves resumed sessions to their full Lifetime. Shortening needs
+	// the per-handshake link installed by Configure.
+	ResumeGrace time.Duration
+
+	// SweepInterval is how often a background sweep removes expired
+	// sessions (default DefaultSweepInterval; negative disables the sweep,
+	// and Sweep may be called directly). Expired sessions are never returned
+	// whether or not they have been swept.
+	SweepInterval time.Duration
+
+	// IDKeys authenticate session IDs: the first mints new IDs, all verify.
+	// Nodes of a farm share them. If empty, the cache draws a random key and
+	// its IDs are valid in this process only.
+	IDKeys []IDKey
+
+	// Mode selects the kind of ticket issued and accepted by the crypto/tls
+	// glue (default Stateful).
+	Mode Mode
+
+	// AllowServerNameMismatch lets a session issued under one server name
+	// (SNI) be resumed under another. By default such a resumption is
+	// refused: crypto/tls itself does not check, and resuming across virtual
+	// hosts is a known attack surface.
+	AllowServerNameMismatch bool
+
+	// SingleUse retires a session once a handshake that resumed it has
+	// completed, which is reported by HandshakeComplete. Lookups alone never
+	// retire a session: they happen before the client has proved it holds
+	// the session's secret.
+	SingleUse bool
+
+	// Loader, if set, is asked for a session that a client presented and
+	// that is not in the cache (for example, a farm's shared store). It is
+	// called only for authenticated IDs, with a context that expires after
+	// LoaderTimeout. It returns (nil, nil) when it has no such session. A
+	// record it returns is inserted with OriginLoader.
+	Loader func(ctx context.Context, id ID) (*Record, error)
+
+	// LoaderTimeout bounds each call of Loader (default DefaultLoaderTimeout).
+	LoaderTimeout time.Duration
+
+	// MaxStateLen is the largest serialized session state the cache takes
+	// (default DefaultMaxStateLen). Larger ones are refused with an error
+	// and counted, never silently dropped.
+	MaxStateLen int
+
+	// Logger receives the cache's rare log lines, such as the first panic of
+	// a hook (default slog.Default()). Key material never reaches it.
+	Logger *slog.Logger
+
+	// Now returns the current time (default time.Now).
+	Now func() time.Time
+}

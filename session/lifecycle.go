@@ -1,0 +1,156 @@
+package session
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// lifecycle is the cache's state for single use and bounded children.
+type lifecycle struct {
+	claimer atomic.Pointer[claimerBox]
+
+	mu     sync.Mutex
+	claims map[ID]*claim    // single-use sessions held by a handshake in progress
+	kids   map[ID]childLink // parent -> its live child, while the parent is in its grace
+
+	busy, refused, released, late, replaced atomic.Uint64
+
+	fallback       atomic.Int64 // fallback ticket lifetime; 0: off
+	acceptTickets  atomic.Bool  // a Stateful cache accepts the farm's tickets
+	fallbackIssued atomic.Uint64
+}
+
+type childLink struct {
+	child   ID
+	expires int64 // the child's expiry: the newer child wins
+	until   int64 // forget the link after this (the parent is gone by then)
+	local   bool  // child was issued by a handshake on this server
+}
+
+// SingleUse reports whether the cache retires sessions once resumed
+// (Config.SingleUse).
+func (c *Cache) SingleUse() bool { return c.cfg.SingleUse }
+
+// ResumeGrace returns the cache's Config.ResumeGrace after defaults; a
+// negative value means resumed sessions keep their lifetime.
+func (c *Cache) ResumeGrace() time.Duration { return c.cfg.ResumeGrace }
+
+// Retire removes the single session id (not its chain), firing EventRemove
+// with Retired and the given origin, and reports whether it was cached. A
+// farm calls it, with OriginPeer, when another server retired the session
+// (single use, or a child replaced by a newer one).
+func (c *Cache) Retire(id ID, origin Origin) bool {
+	return c.retire(id, Retired, origin)
+}
+
+// Cut brings the expiry of the session id forward to until, if it is
+// later, and reports whether the session is cached. A farm calls it when
+// another server cut the session to its resumption grace.
+func (c *Cache) Cut(id ID, until time.Time) bool {
+	b := c.bucket(&id)
+	u := until.UnixNano()
+	b.mu.Lock()
+	e := b.m[id]
+	if e != nil && e.expires > u {
+		e.expires = u
+	}
+	b.mu.Unlock()
+	return e != nil
+}
+
+// Snapshot returns up to max live sessions of the cache, newest (latest
+// expiry) first, each with its ID. A farm uses it to write sessions back to a
+// store that lost its data. It visits every bucket.
+func (c *Cache) Snapshot(max int) []Entry {
+	now := c.nowNano()
+	var out []Entry
+	for i := range c.buckets {
+		b := &c.buckets[i]
+		b.mu.Lock()
+		for e := b.root.next; e != &b.root; e = e.next {
+			if e.expires > now {
+				out = append(out, Entry{ID: e.id, Record: e.record()})
+			}
+		}
+		b.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return b.Record.Expires.Compare(a.Record.Expires) })
+	if max >= 0 && len(out) > max {
+		clear(out[max:])
+		out = out[:max]
+	}
+	return out
+}
+
+// An Entry is a session and its ID, as returned by Snapshot.
+type Entry struct {
+	ID     ID
+	Record Record
+}
+
+// linkChild records child as the live child of parent (cut to end its grace
+// at until) and retires an earlier child of the same parent, so that a
+// parent resumed again and again within its grace yields one live child, not
+// one per resumption. Of two children, the one that expires later (issued
+// later) wins; it returns false if child lost (and was retired).
+//
+// A losing child that a handshake on this server issued is retired with
+// OriginHandshake, whatever brought the winner here: this server is the
+// one that retires it across the farm (and in the store), so that a newer
+// child from a peer that arrives after this server's own child still leaves
+// one live child farm-wide. Other losers are retired with origin: their
+// issuer does the same when it hears of the winner.
+func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin) bool {
+	l := &c.life
+	l.mu.Lock()
+	if l.kids == nil {
+		l.kids = make(map[ID]childLink)
+	}
+	link := childLink{child: child, expires: expires, local: origin == OriginHandshake}
+	old, had := l.kids[parent]
+	link.until = max(until, old.until)
+	loser, loserLocal := ID{}, false
+	switch {
+	case !had || old.child == child:
+		link.local = link.local || had && old.local
+		l.kids[parent] = link
+	case old.expires > expires:
+		loser, loserLocal = child, link.local // a stale child arrived after a newer one
+	default:
+		loser, loserLocal = old.child, old.local
+		l.kids[parent] = link
+	}
+	l.mu.Unlock()
+	if loser == (ID{}) {
+		return true
+	}
+	l.replaced.Add(1)
+	if loserLocal {
+		origin = OriginHandshake
+	}
+	c.retire(loser, Retired, origin)
+	return loser != child
+}
+
+// sweepLifecycle forgets child links whose parent can no longer resume.
+func (c *Cache) sweepLifecycle(now int64) {
+	l := &c.life
+	l.mu.Lock()
+	for p, k := range l.kids {
+		if k.until <= now {
+			delete(l.kids, p)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// graceEnd is when a parent resumed at now stops resuming: the end of its
+// grace, or, without one, the end of its child's life (a bound on it).
+func (c *Cache) graceEnd(now, childExpires int64) int64 {
+	if c.cfg.ResumeGrace > 0 {
+		return now + int64(c.cfg.ResumeGrace)
+	}
+	return childExpires
+}

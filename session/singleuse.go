@@ -1,0 +1,226 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"sync/atomic"
+	"time"
+)
+
+// pendingTTL is how long a single-use session waits for HandshakeComplete
+// before the wait is forgotten (the session then simply lives on until its
+// grace or lifetime ends).
+const pendingTTL = 2 * time.Minute
+
+// HandshakeComplete tells a SingleUse cache that the handshake of conn
+// completed (conn.Handshake returned nil). If the handshake resumed a
+// single-use session, the session is retired (on every server of a farm);
+// if it did not, the claim UnwrapSession took on the session is released.
+// It is cheap and does nothing for caches that are not SingleUse, so servers
+// may always call it. With net/http, call it from Server.ConnState on
+// StateActive. A handshake that fails needs no call: its claim is released
+// shortly after it ends.
+func (c *Cache) HandshakeComplete(conn *tls.Conn) {
+	if !c.cfg.SingleUse {
+		return
+	}
+	c.settleClaim(conn)
+}
+
+func (c *Cache) sweepPending(now int64) {
+	c.pending.Range(func(k, v any) bool {
+		if cl := v.(*claim); now-cl.at > int64(pendingTTL) && c.pending.CompareAndDelete(k, cl) {
+			cl.release()
+		}
+		return true
+	})
+}
+
+// claimSettle is how long after a handshake has ended (its context is done)
+// a single-use claim waits for HandshakeComplete before it is released as
+// the claim of a failed handshake. A server calls HandshakeComplete right
+// after Handshake returns, so this only needs to cover scheduling delays.
+const claimSettle = 2 * time.Second
+
+// A Claimer makes single use hold beyond one cache: a farm installs one (see
+// SetClaimer) so that a session held by several servers, or in a shared
+// store, resumes once in the whole farm.
+//
+// The rule (see docs/farm.md): a single-use session is claimed when a
+// handshake's UnwrapSession finds it, before the handshake may resume it.
+// The claim is taken first in this cache (so that concurrent handshakes on
+// this server cannot both resume it) and then from the Claimer. A claim that
+// either refuses, or that fails, means a full handshake. When the handshake
+// completes having resumed the session, the session is retired
+// (EventRemove with Retired and OriginHandshake); when it fails, or
+// completes without resuming it, the claim is released, locally and with
+// Release, so that whoever failed the handshake cannot burn the session.
+type Claimer interface {
+	// Claim takes the session id for one handshake and reports whether it
+	// did. Of all the concurrent claims of one session, on every cache
+	// that shares the Claimer, at most one may succeed until the session
+	// is released. ctx bounds the call (Config.LoaderTimeout).
+	Claim(ctx context.Context, id ID) (bool, error)
+
+	// Release gives back a claim whose handshake did not resume the
+	// session; r is the session's record as the cache holds it. It must
+	// not block: it is called from the cache's goroutines.
+	Release(id ID, r Record)
+}
+
+type claimerBox struct {
+	c       Claimer
+	timeout time.Duration
+}
+
+// A claim is one handshake's hold on a single-use session.
+type claim struct {
+	c     *Cache
+	id    ID
+	rec   Record
+	farm  bool // taken from the Claimer too
+	state atomic.Int32
+	at    int64
+}
+
+const (
+	claimHeld int32 = iota
+	claimConsumed
+	claimReleased
+)
+
+// SetClaimer installs (or, with nil, removes) the Claimer that single-use
+// claims are taken from after this cache's own; each Claim is bounded by
+// timeout (0 means Config.LoaderTimeout). A farm node installs one.
+func (c *Cache) SetClaimer(cl Claimer, timeout time.Duration) {
+	if cl == nil {
+		c.life.claimer.Store(nil)
+		return
+	}
+	if timeout <= 0 {
+		timeout = c.cfg.LoaderTimeout
+	}
+	c.life.claimer.Store(&claimerBox{c: cl, timeout: timeout})
+}
+
+// claimLocal takes the local claim on id for one handshake, and reports
+// whether it did: false if another handshake holds it.
+func (c *Cache) claimLocal(cl *claim) bool {
+	l := &c.life
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.claims == nil {
+		l.claims = make(map[ID]*claim)
+	}
+	if _, held := l.claims[cl.id]; held {
+		return false
+	}
+	l.claims[cl.id] = cl
+	return true
+}
+
+func (c *Cache) unclaimLocal(cl *claim) {
+	l := &c.life
+	l.mu.Lock()
+	if l.claims[cl.id] == cl {
+		delete(l.claims, cl.id)
+	}
+	l.mu.Unlock()
+}
+
+// takeClaim claims the single-use session id (with record rec) for one
+// handshake: locally, then from the Claimer, if any. It returns nil if the
+// session must not be resumed.
+func (c *Cache) takeClaim(ctx context.Context, id ID, rec Record) *claim {
+	cl := &claim{c: c, id: id, rec: rec, at: c.nowNano()}
+	if !c.claimLocal(cl) {
+		c.life.busy.Add(1)
+		return nil
+	}
+	if box := c.life.claimer.Load(); box != nil {
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		ctx, cancel := context.WithTimeout(ctx, box.timeout)
+		ok, err := box.c.Claim(ctx, id)
+		cancel()
+		if err != nil || !ok {
+			// Taken elsewhere, already consumed, or the farm cannot say:
+			// a full handshake is the safe answer.
+			c.unclaimLocal(cl)
+			c.life.refused.Add(1)
+			return nil
+		}
+		cl.farm = true
+	}
+	return cl
+}
+
+// consume settles a claim whose handshake completed having resumed the
+// session: the session is retired, which a farm's hook spreads.
+func (cl *claim) consume() {
+	c := cl.c
+	if !cl.state.CompareAndSwap(claimHeld, claimConsumed) {
+		// Released already (HandshakeComplete came very late): the
+		// session was resumable again meanwhile. Retire it now, and count
+		// the doubt.
+		c.life.late.Add(1)
+	}
+	c.unclaimLocal(cl)
+	if !c.retire(cl.id, Retired, OriginHandshake) {
+		// Not cached (a revocation or sweep removed it): the farm must
+		// still hear that it is consumed.
+		c.fire(Event{Kind: EventRemove, ID: cl.id, Origin: OriginHandshake, Reason: Retired, Record: cl.rec})
+	}
+}
+
+// release gives a claim back: the handshake failed, or did not resume.
+func (cl *claim) release() {
+	if !cl.state.CompareAndSwap(claimHeld, claimReleased) {
+		return
+	}
+	c := cl.c
+	c.unclaimLocal(cl)
+	c.life.released.Add(1)
+	if cl.farm {
+		if box := c.life.claimer.Load(); box != nil {
+			box.c.Release(cl.id, cl.rec)
+		}
+	}
+}
+
+// watch arranges for the claim to be settled: by HandshakeComplete on conn,
+// or released claimSettle after the handshake's context ends without it.
+func (h *handshake) watch(cl *claim) {
+	c := h.c
+	if h.conn != nil {
+		c.pending.Store(h.conn, cl)
+	}
+	settle := func() {
+		time.AfterFunc(claimSettle, func() {
+			if h.conn != nil && !c.pending.CompareAndDelete(h.conn, cl) {
+				return // settled by HandshakeComplete
+			}
+			cl.release()
+		})
+	}
+	if h.ctx == nil || h.ctx.Done() == nil {
+		time.AfterFunc(pendingTTL, cl.release)
+		return
+	}
+	context.AfterFunc(h.ctx, settle)
+}
+
+// settleClaim settles the claim, if any, of the handshake of conn.
+func (c *Cache) settleClaim(conn *tls.Conn) {
+	v, ok := c.pending.LoadAndDelete(conn.NetConn())
+	if !ok {
+		return
+	}
+	cl := v.(*claim)
+	if conn.ConnectionState().DidResume {
+		cl.consume()
+	} else {
+		cl.release() // the handshake found the session but did not resume it
+	}
+}

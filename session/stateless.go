@@ -1,0 +1,170 @@
+package session
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
+type Mode uint8
+
+func (m Mode) String() string {
+	switch m {
+	case Stateful:
+		return "stateful"
+	case Stateless:
+		return "stateless"
+	case Mixed:
+		return "mixed"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses "stateful", "stateless" or "mixed".
+func ParseMode(s string) (Mode, bool) {
+	for _, m := range []Mode{Stateful, Stateless, Mixed} {
+		if strings.EqualFold(s, m.String()) {
+			return m, true
+		}
+	}
+	return 0, false
+}
+
+// unwrapTicket decrypts a stateless ticket and checks the binding that issue
+// put in its Extra.
+func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.Config) unwrapped {
+	var r unwrapped
+	ss, err := src.DecryptTicket(identity, cs)
+	if err != nil || ss == nil {
+		c.ctr.forgedIDs.Add(1)
+		return r
+	}
+	now := c.nowNano()
+	r.ticket = true
+	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
+	if !ok && c.cfg.Mode == Stateful {
+		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
+		return r
+	}
+	if !ok {
+		// Issued by a server without this glue: accepted, but nothing binds
+		// it to a server name or a chain.
+		c.ctr.ticketsUnbound.Add(1)
+		r.chainStart = now
+	} else {
+		if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(name, cs.ServerName) {
+			c.ctr.refusedSNI.Add(1)
+			return r
+		}
+		if now-start > int64(c.cfg.MaxChainLifetime) {
+			c.ctr.chainExpired.Add(1)
+			return r
+		}
+		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
+			c.ctr.ticketsExpired.Add(1)
+			return r
+		}
+		if c.tomb.revoked(chain, now) {
+			c.ctr.revokedInserts.Add(1)
+			return r
+		}
+		r.chain, r.chainStart = chain, start
+	}
+	c.ctr.ticketsAccepted.Add(1)
+	r.ss = ss
+	return r
+}
+
+// bindingTag starts the Extra entry that binds a stateless ticket to its
+// server name, chain and issue time: tag, chain (8 bytes), chain start and
+// issue time (8 bytes each, Unix nanoseconds), server name. The ticket's
+// encryption authenticates it.
+var bindingTag = []byte("tlsfarm/1\x00")
+
+const bindingLen = 24
+
+func appendBinding(b []byte, serverName string, chain uint64, start, issued int64) []byte {
+	b = append(b, bindingTag...)
+	b = binary.BigEndian.AppendUint64(b, chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	b = binary.BigEndian.AppendUint64(b, uint64(issued))
+	return append(b, strings.ToLower(serverName)...)
+}
+
+// fallbackTag starts the binding of a fallback ticket (see
+// SetTicketFallback): the fields of bindingTag's, then the expiry (8 bytes,
+// Unix nanoseconds), then the server name.
+var fallbackTag = []byte("tlsfarm/2\x00")
+
+func appendFallbackBinding(b []byte, serverName string, chain uint64, start, issued, expires int64) []byte {
+	b = append(b, fallbackTag...)
+	b = binary.BigEndian.AppendUint64(b, chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(start))
+	b = binary.BigEndian.AppendUint64(b, uint64(issued))
+	b = binary.BigEndian.AppendUint64(b, uint64(expires))
+	return append(b, strings.ToLower(serverName)...)
+}
+
+// findBinding returns the binding in a ticket's Extra; expires is zero for
+// an ordinary stateless ticket (it lives Config.Lifetime).
+func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued, expires int64, ok bool) {
+	for _, x := range extra {
+		switch {
+		case bytes.HasPrefix(x, bindingTag) && len(x) >= len(bindingTag)+bindingLen:
+			x = x[len(bindingTag):]
+		case bytes.HasPrefix(x, fallbackTag) && len(x) >= len(fallbackTag)+bindingLen+8:
+			x = x[len(fallbackTag):]
+			expires = int64(binary.BigEndian.Uint64(x[bindingLen:]))
+			if expires == 0 {
+				expires = 1
+			}
+			x = append(x[:bindingLen:bindingLen], x[bindingLen+8:]...)
+		default:
+			continue
+		}
+		chain = binary.BigEndian.Uint64(x)
+		start = int64(binary.BigEndian.Uint64(x[8:]))
+		issued = int64(binary.BigEndian.Uint64(x[16:]))
+		return string(x[bindingLen:]), chain, start, issued, expires, true
+	}
+	return "", 0, 0, 0, 0, false
+}
+
+// SetTicketFallback makes a Stateful or Mixed cache issue, until it is
+// called again with 0, stateless tickets under the handshake config's
+// session ticket keys that expire after lifetime, instead of cached
+// sessions. A farm node turns it on while it cannot reach the farm, so
+// that clients keep resuming on every node (whose caches accept such
+// tickets, see AcceptTickets) instead of on this one only. It does nothing
+// for a SingleUse cache: a ticket cannot be retired, and an unreachable
+// farm must mean a full handshake, never a replayable ticket. Per-session
+// revocation does not reach these tickets before they expire (a revoked
+// chain still does, on nodes that know of the revocation).
+func (c *Cache) SetTicketFallback(lifetime time.Duration) {
+	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
+		return
+	}
+	c.life.fallback.Store(int64(max(lifetime, 0)))
+}
+
+// TicketFallback reports whether the cache issues fallback tickets now.
+func (c *Cache) TicketFallback() bool { return c.life.fallback.Load() > 0 }
+
+// AcceptTickets makes a Stateful cache accept the stateless tickets this
+// farm issues (bound to a server name and a chain by this package, and
+// encrypted under the handshake config's ticket keys), as a Mixed cache
+// does; tickets from other issuers stay refused. A farm node whose ticket
+// keys are farm-wide turns it on, so that fallback tickets resume on every
+// node.
+func (c *Cache) AcceptTickets(on bool) { c.life.acceptTickets.Store(on) }
+
+func (c *Cache) fallbackLifetime() time.Duration {
+	if c.cfg.SingleUse {
+		return 0
+	}
+	return time.Duration(c.life.fallback.Load())
+}
