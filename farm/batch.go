@@ -125,7 +125,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 		if ttl <= 0 {
 			continue
 		}
-		body, err := it.rec.AppendBinary(nil)
+		body, err := it.rec.MarshalBinary()
 		var v []byte
 		if err == nil {
 			v = n.keys.seal(nil, hdr, body, it.id[:])

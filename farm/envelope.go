@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -157,6 +158,7 @@ func rejection(err error) Rejection {
 
 // seal appends to dst the envelope of body, sealed with the current key.
 func (k *keyring) seal(dst []byte, h header, body, context []byte) []byte {
+	dst = slices.Grow(dst, envelopeOverhead(len(h.farm))+len(body)) // one allocation, not one per append
 	start := len(dst)
 	dst = append(dst, magic[0], magic[1], envelopeVersion, byte(h.typ), k.current)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(h.time.UnixMicro()))
@@ -260,6 +262,11 @@ type sessionItem struct {
 // appendSessions appends the body of a msgSessions message:
 // repeated { id (26) | record length (4) | record }.
 func appendSessions(b []byte, items []sessionItem) ([]byte, error) {
+	need := 0
+	for _, it := range items {
+		need += session.IDLen + 4 + recordFixedLen + len(it.rec.ServerName) + len(it.rec.State)
+	}
+	b = slices.Grow(b, need) // one allocation, not one per append
 	for _, it := range items {
 		b = append(b, it.id[:]...)
 		at := len(b)
@@ -326,3 +333,8 @@ func parseRevocations(body []byte) ([]revocation, error) {
 	}
 	return out, nil
 }
+
+// recordFixedLen is at least the length of a session record's fixed fields
+// (see session.Record.AppendBinary): what appendSessions reserves for each
+// record beyond its server name and state.
+const recordFixedLen = 64

@@ -213,7 +213,7 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	if ttl <= 0 || !ok {
 		return nil
 	}
-	body, err := rec.AppendBinary(nil)
+	body, err := rec.MarshalBinary()
 	if err != nil {
 		return nil
 	}
@@ -426,7 +426,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 			break
 		}
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
-			if body, err := rec.AppendBinary(nil); err == nil {
+			if body, err := rec.MarshalBinary(); err == nil {
 				hdr.typ = msgStored
 				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
 			}
