@@ -1,10 +1,13 @@
 package redisbus_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -77,5 +80,61 @@ func TestKeyLayout(t *testing.T) {
 	}
 	if len(slots) < 60 {
 		t.Errorf("64 session records fall in only %d slots", len(slots))
+	}
+}
+
+// TestPutAndPublish: one farm.Batcher call writes its records, deletes its
+// keys (after the writes, as PutRecords then DeleteRecords would) and
+// publishes its messages.
+func TestPutAndPublish(t *testing.T) {
+	url := redistest.URL(t)
+	name := redistest.Farm(t)
+	tr := open(t, url, name)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan []byte, 4)
+	up := make(chan struct{}, 1)
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tr.Subscribe(sctx, func(m []byte) { got <- m }, func(ok bool, _ error) {
+		if ok {
+			select {
+			case up <- struct{}{}:
+			default:
+			}
+		}
+	})
+	select {
+	case <-up:
+	case <-ctx.Done():
+		t.Fatal("no subscription")
+	}
+	if err := tr.PutRecords(ctx, farm.Item{Key: "old", Value: []byte("1"), TTL: time.Minute},
+		farm.Item{Key: "kept", Value: []byte("2"), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	err := tr.PutAndPublish(ctx, []farm.Item{{Key: "new", Value: []byte("3"), TTL: time.Minute}, {Key: "both", Value: []byte("4"), TTL: time.Minute}},
+		[]string{"old", "both", "absent"}, [][]byte{[]byte("m1"), []byte("m2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"old": "", "both": "", "kept": "2", "new": "3"} {
+		v, err := tr.GetRecord(ctx, key)
+		switch {
+		case want == "" && !errors.Is(err, farm.ErrNotFound):
+			t.Errorf("record %q: %q, %v; want it deleted", key, v, err)
+		case want != "" && (err != nil || string(v) != want):
+			t.Errorf("record %q: %q, %v; want %q", key, v, err, want)
+		}
+	}
+	for _, want := range []string{"m1", "m2"} {
+		select {
+		case m := <-got:
+			if string(m) != want {
+				t.Errorf("message %q, want %q", m, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("message %q not delivered", want)
+		}
 	}
 }
