@@ -313,9 +313,17 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
 	key := childKeyPrefix + hex.EncodeToString(parent[:])
-	old, err := taker.TakeRecord(ctx, key)
-	if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
-		return session.ID{}, false
+	var old []byte
+	var err error
+	if sw, ok := n.cfg.Records.(RecordSwapper); ok {
+		// One round trip, and atomic: of two nodes that swap at once,
+		// the second learns of the first's child.
+		old, err = sw.SwapRecord(ctx, Item{Key: key, Value: child[:], TTL: ttl})
+	} else {
+		old, err = taker.TakeRecord(ctx, key)
+		if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+			return session.ID{}, false
+		}
 	}
 	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
 		return session.ID{}, false

@@ -128,3 +128,14 @@ type RecordTaker interface {
 	// whether it did.
 	AddRecord(ctx context.Context, item Item) (bool, error)
 }
+
+// A RecordSwapper is a RecordStore that can replace a record and return
+// the value it replaced in one atomic step. In store-only mode the farm
+// records each resumed session's live child through it, where the store
+// offers it (one round trip instead of RecordTaker.TakeRecord and
+// RecordStore.PutRecords).
+type RecordSwapper interface {
+	// SwapRecord writes item and returns the value it replaced, or
+	// ErrNotFound if there was none.
+	SwapRecord(ctx context.Context, item Item) ([]byte, error)
+}

@@ -381,6 +381,16 @@ func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
 	return ok, t.failed(err)
 }
 
+// SwapRecord implements farm.RecordSwapper: SET key value PX ttl GET, one
+// atomic command (Redis 6.2 or later).
+func (t *Transport) SwapRecord(ctx context.Context, it farm.Item) ([]byte, error) {
+	b, err := t.c.SetArgs(ctx, t.RecordKey(it.Key), it.Value, redis.SetArgs{TTL: it.TTL, Get: true}).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, farm.ErrNotFound
+	}
+	return b, t.failed(err)
+}
+
 // SetNX implements farm.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	ok, err := t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
@@ -475,5 +485,6 @@ var (
 	_ farm.Store   = (*Transport)(nil)
 	_ farm.Batcher = (*Transport)(nil)
 
-	_ farm.RecordTaker = (*Transport)(nil)
+	_ farm.RecordTaker   = (*Transport)(nil)
+	_ farm.RecordSwapper = (*Transport)(nil)
 )

@@ -138,3 +138,25 @@ func TestPutAndPublish(t *testing.T) {
 		}
 	}
 }
+
+// TestSwapRecord: SwapRecord writes the record, with its TTL, and returns
+// the value it replaced, or ErrNotFound.
+func TestSwapRecord(t *testing.T) {
+	tr := open(t, redistest.URL(t), redistest.Farm(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if old, err := tr.SwapRecord(ctx, farm.Item{Key: "c:1", Value: []byte("a"), TTL: time.Minute}); !errors.Is(err, farm.ErrNotFound) || old != nil {
+		t.Fatalf("first swap: %q, %v; want ErrNotFound", old, err)
+	}
+	old, err := tr.SwapRecord(ctx, farm.Item{Key: "c:1", Value: []byte("b"), TTL: 300 * time.Millisecond})
+	if err != nil || string(old) != "a" {
+		t.Fatalf("second swap: %q, %v; want \"a\"", old, err)
+	}
+	if v, err := tr.GetRecord(ctx, "c:1"); err != nil || string(v) != "b" {
+		t.Fatalf("after the swap: %q, %v; want \"b\"", v, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if v, err := tr.GetRecord(ctx, "c:1"); !errors.Is(err, farm.ErrNotFound) {
+		t.Fatalf("after its TTL: %q, %v; want it gone", v, err)
+	}
+}
