@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -145,7 +146,9 @@ func TestSessions(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
 		t.Fatalf("%d %v %s", code, err, body)
 	}
-	if got.Cache.Size != 1 || got.Cache.Inserts != 1 || got.Farm {
+	size, _ := metric.Value(got.Cache, "tlsfarm_cache_sessions")
+	inserts, _ := metric.Value(got.Cache, "tlsfarm_cache_inserts_total")
+	if size != 1 || inserts != 1 || got.Farm {
 		t.Errorf("sessions = %+v", got)
 	}
 }

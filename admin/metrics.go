@@ -127,25 +127,7 @@ func (e emitter) proxy(p ProxyStats) {
 	}
 }
 
-func (e emitter) cache() {
-	s := e.c.cfg.Cache.Stats()
-	e.gauge("tlsfarm_cache_sessions", "Sessions in the cache, including expired ones not yet swept.", float64(s.Size))
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_lookups_total", "Cache lookups, by result.", "result",
-		map[string]uint64{"hit": s.Hits, "miss": s.Misses})
-	e.counter("tlsfarm_cache_inserts_total", "Sessions inserted or replaced.", s.Inserts)
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_removals_total", "Sessions that left the cache, by reason.", "reason",
-		map[string]uint64{"revoked": s.Removed, "expired": s.Expired, "evicted": s.Evicted, "retired": s.Retired})
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_refusals_total", "Resumptions and inserts refused, by reason.", "reason",
-		map[string]uint64{
-			"server_name": s.RefusedServerName, "chain_expired": s.ChainExpired, "forged_id": s.ForgedIDs,
-			"revoked_insert": s.RevokedInserts, "oversized": s.Oversized, "parse_error": s.ParseErrors, "wrap_error": s.WrapErrors,
-		})
-	e.counter("tlsfarm_cache_hook_panics_total", "Cache hook calls that panicked.", s.HookPanics)
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_loader_total", "Misses passed to the farm's store, by result.", "result",
-		map[string]uint64{"hit": s.LoaderHits, "miss": s.LoaderMisses, "error": s.LoaderErrors})
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_tickets_total", "Stateless tickets, by event.", "event",
-		map[string]uint64{"issued": s.TicketsIssued, "accepted": s.TicketsAccepted, "unbound": s.TicketsUnbound, "expired": s.TicketsExpired})
-}
+func (e emitter) cache() { e.samples(e.c.cfg.Cache.Metrics()) }
 
 func (e emitter) farm(s farm.Stats) {
 	e.gauge("tlsfarm_farm_connected", "1 while the node is subscribed to the farm's bus and its transport answers the health probe.", b2f(s.Connected))

@@ -169,7 +169,7 @@ func TestLateJoinerResumes(t *testing.T) {
 
 			b := farmtest.Join(t, "late", name, o)
 			if !tlstest.MustDial(t, b.Server.Addr, farmtest.Client(tv.v, shared)).DidResume {
-				t.Fatalf("late joiner did not resume: cache %+v farm %+v", b.Cache.Stats(), b.Node.Stats())
+				t.Fatalf("late joiner did not resume: cache %v farm %+v", b.Cache.Metrics(), b.Node.Stats())
 			}
 			if st := b.Node.Stats(); st.StoreHits != 1 {
 				t.Fatalf("late joiner store hits = %d, want 1", st.StoreHits)

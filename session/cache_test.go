@@ -98,7 +98,7 @@ func TestInsertValidation(t *testing.T) {
 			}
 		})
 	}
-	st := c.Stats()
+	st := stats(c)
 	if st.ForgedIDs != 2 || st.Oversized != 1 {
 		t.Fatalf("ForgedIDs = %d, Oversized = %d; want 2 and 1", st.ForgedIDs, st.Oversized)
 	}
@@ -141,7 +141,7 @@ func TestLRUEviction(t *testing.T) {
 			t.Fatalf("after eviction, ids[%d] present = %t, want %t", i, ok, want)
 		}
 	}
-	if st := c.Stats(); st.Evicted != 1 || st.Size != 3 {
+	if st := stats(c); st.Evicted != 1 || st.Size != 3 {
 		t.Fatalf("Evicted = %d, Size = %d; want 1 and 3", st.Evicted, st.Size)
 	}
 }
@@ -178,7 +178,7 @@ func TestBackgroundSweep(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if st := c.Stats(); st.Expired != 1 {
+	if st := stats(c); st.Expired != 1 {
 		t.Fatalf("Expired = %d, want 1", st.Expired)
 	}
 }
@@ -228,7 +228,7 @@ func TestHookPanicRecovered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := c.Stats().HookPanics; n != 3 {
+	if n := stats(c).HookPanics; n != 3 {
 		t.Fatalf("HookPanics = %d, want 3", n)
 	}
 	if after != 3 {
@@ -266,7 +266,7 @@ func TestForgedIDsNeverReachLoader(t *testing.T) {
 	if calls != 0 {
 		t.Fatalf("loader called %d times for forged IDs", calls)
 	}
-	if n := c.Stats().ForgedIDs; n != uint64(len(forged)-2) {
+	if n := stats(c).ForgedIDs; n != uint64(len(forged)-2) {
 		t.Fatalf("ForgedIDs = %d, want %d (empty identities are not counted)", n, len(forged)-2)
 	}
 	c.UnwrapSession(good[:], tls.ConnectionState{})
@@ -290,7 +290,7 @@ func TestLoaderTimeout(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("UnwrapSession waited %v for a 20ms loader deadline", d)
 	}
-	if n := c.Stats().LoaderErrors; n != 1 {
+	if n := stats(c).LoaderErrors; n != 1 {
 		t.Fatalf("LoaderErrors = %d, want 1", n)
 	}
 }
@@ -397,13 +397,13 @@ func TestConcurrentUse(t *testing.T) {
 				c.GetBuffer(id, buf)
 				if i%100 == 0 {
 					c.Remove(id)
-					c.Stats()
+					stats(c)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	st := c.Stats()
+	st := stats(c)
 	if st.Inserts != ok.Load() || st.Inserts < 7000 {
 		t.Fatalf("Inserts = %d, want %d successful inserts of 8000", st.Inserts, ok.Load())
 	}

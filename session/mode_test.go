@@ -39,7 +39,7 @@ func TestStatelessMode(t *testing.T) {
 					t.Fatalf("stateless resumption %d failed", i)
 				}
 			}
-			st := s.cache.Stats()
+			st := stats(s.cache)
 			if st.TicketsIssued != 3 || st.TicketsAccepted != 2 || st.Size != 0 {
 				t.Fatalf("issued %d, accepted %d, cached %d; want 3, 2, 0", st.TicketsIssued, st.TicketsAccepted, st.Size)
 			}
@@ -49,7 +49,7 @@ func TestStatelessMode(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "b.example", frozen)).DidResume {
 				t.Fatal("stateless ticket for a.example resumed under b.example")
 			}
-			if s.cache.Stats().RefusedServerName != 1 {
+			if stats(s.cache).RefusedServerName != 1 {
 				t.Fatal("refusal not counted")
 			}
 		})
@@ -105,7 +105,7 @@ func TestStatelessLifetimes(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru)).DidResume {
 				t.Fatal("stateless chain resumed past MaxChainLifetime")
 			}
-			if n := s.cache.Stats().ChainExpired; n != 1 {
+			if n := stats(s.cache).ChainExpired; n != 1 {
 				t.Fatalf("ChainExpired = %d, want 1", n)
 			}
 			frozen := &tlstest.FrozenCache{}

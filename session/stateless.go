@@ -40,14 +40,14 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 	var r unwrapped
 	ss, err := src.DecryptTicket(identity, cs)
 	if err != nil || ss == nil {
-		c.ctr.forgedIDs.Add(1)
+		c.ctr.ticketsUndecryptable.Add(1)
 		return r
 	}
 	now := c.nowNano()
 	r.ticket = true
 	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
 	if !ok && c.cfg.Mode == Stateful {
-		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
+		c.ctr.ticketsForeign.Add(1) // a stateful cache takes only the farm's own tickets
 		return r
 	}
 	if !ok {
@@ -69,7 +69,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			return r
 		}
 		if c.tomb.revoked(chain, now) {
-			c.ctr.revokedInserts.Add(1)
+			c.ctr.ticketsRevoked.Add(1)
 			return r
 		}
 		r.chain, r.chainStart = chain, start

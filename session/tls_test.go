@@ -108,7 +108,7 @@ func TestResumeWithGoClient(t *testing.T) {
 					t.Fatalf("events after resumption = %v, want %v", got, want)
 				}
 			}
-			st := s.cache.Stats()
+			st := stats(s.cache)
 			if st.Hits != 3 || st.Inserts != 4 {
 				t.Fatalf("stats = %+v, want 3 hits and 4 inserts", st)
 			}
@@ -165,7 +165,7 @@ func TestServerNameMismatchRefused(t *testing.T) {
 			if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "b.example", frozen)); cs.DidResume {
 				t.Fatal("session issued for a.example resumed under b.example")
 			}
-			if n := s.cache.Stats().RefusedServerName; n != 1 {
+			if n := stats(s.cache).RefusedServerName; n != 1 {
 				t.Fatalf("RefusedServerName = %d, want 1", n)
 			}
 			// The same ticket under its own name still resumes.
@@ -302,7 +302,7 @@ func TestSingleUse(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
 				t.Fatal("single-use session resumed twice")
 			}
-			if n := s.cache.Stats().Retired; n != 1 {
+			if n := stats(s.cache).Retired; n != 1 {
 				t.Fatalf("Retired = %d, want 1", n)
 			}
 			// A client that takes each new ticket keeps resuming.
@@ -343,7 +343,7 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 			if !cs.DidResume {
 				t.Fatal("B did not resume A's session through the loader")
 			}
-			st := b.cache.Stats()
+			st := stats(b.cache)
 			if st.LoaderHits != 1 || loads != 1 {
 				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads)
 			}

@@ -54,8 +54,7 @@ type nodeSpec struct {
 type nodeReport struct {
 	Handshakes int64
 	Failed     int64
-	Farm       *farm.Stats   `json:",omitempty"`
-	Cache      session.Stats `json:"-"`
+	Farm       *farm.Stats `json:",omitempty"`
 }
 
 // response is what every Go server answers, as nginx's `return 200 "ok\n"`.

@@ -201,7 +201,7 @@ func Roam(t testing.TB, ms []*Member, attempts int, dial func(*Member) tls.Conne
 func LogStats(t testing.TB, ms []*Member) {
 	t.Helper()
 	for _, m := range ms {
-		t.Logf("%s: cache %+v\nfarm %+v", m.Name, m.Cache.Stats(), m.Node.Stats())
+		t.Logf("%s: cache %v\nfarm %+v", m.Name, m.Cache.Metrics(), m.Node.Stats())
 	}
 }
 
