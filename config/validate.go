@@ -126,7 +126,7 @@ func checkHostPort(addr string) error {
 }
 
 func (c *Config) checkCache() error {
-	if _, ok := session.ParseMode(c.Cache.Mode); !ok {
+	if _, err := session.ParseMode(c.Cache.Mode); err != nil {
 		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", c.Cache.Mode)
 	}
 	switch {

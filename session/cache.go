@@ -83,32 +83,32 @@ func New(cfg *Config) (*Cache, error) {
 	}
 	cf := &c.cfg
 	if cf.Capacity <= 0 {
-		cf.Capacity = DefaultCapacity
+		cf.Capacity = defaultCapacity
 	}
 	if cf.Buckets <= 0 {
-		cf.Buckets = DefaultBuckets
+		cf.Buckets = defaultBuckets
 	}
 	cf.Buckets = 1 << bits.Len(uint(cf.Buckets-1))
 	if cf.Buckets > cf.Capacity {
 		cf.Buckets = 1 << (bits.Len(uint(cf.Capacity)) - 1)
 	}
 	if cf.Lifetime <= 0 {
-		cf.Lifetime = DefaultLifetime
+		cf.Lifetime = defaultLifetime
 	}
 	if cf.MaxChainLifetime <= 0 {
-		cf.MaxChainLifetime = DefaultMaxChainLifetime
+		cf.MaxChainLifetime = defaultMaxChainLifetime
 	}
 	if cf.ResumeGrace == 0 {
-		cf.ResumeGrace = DefaultResumeGrace
+		cf.ResumeGrace = defaultResumeGrace
 	}
 	if cf.SweepInterval == 0 {
-		cf.SweepInterval = DefaultSweepInterval
+		cf.SweepInterval = defaultSweepInterval
 	}
 	if cf.LoaderTimeout <= 0 {
-		cf.LoaderTimeout = DefaultLoaderTimeout
+		cf.LoaderTimeout = defaultLoaderTimeout
 	}
 	if cf.MaxStateLen <= 0 {
-		cf.MaxStateLen = DefaultMaxStateLen
+		cf.MaxStateLen = defaultMaxStateLen
 	}
 	if cf.Logger == nil {
 		cf.Logger = slog.Default()
@@ -159,7 +159,7 @@ func (c *Cache) Close() error {
 
 // SetLoader installs (or, with a nil fn, removes) the function asked for
 // sessions that are not in the cache, as Config.Loader and
-// Config.LoaderTimeout do (a timeout of 0 means DefaultLoaderTimeout). A
+// Config.LoaderTimeout do (a timeout of 0 means 5 milliseconds). A
 // plugin that joins a farm after the cache was made uses it.
 func (c *Cache) SetLoader(fn func(ctx context.Context, id ID) (*Record, error), timeout time.Duration) {
 	if fn == nil {
@@ -167,7 +167,7 @@ func (c *Cache) SetLoader(fn func(ctx context.Context, id ID) (*Record, error), 
 		return
 	}
 	if timeout <= 0 {
-		timeout = DefaultLoaderTimeout
+		timeout = defaultLoaderTimeout
 	}
 	c.loader.Store(&loader{fn: fn, timeout: timeout})
 }

@@ -6,54 +6,55 @@ import (
 	"time"
 )
 
-// Defaults for the fields of Config. The cache geometry follows Apache Traffic
-// Server's proxy.config.ssl.session_cache.size and .num_buckets.
+// Defaults for the fields of Config, as its field comments state them. The
+// cache geometry follows Apache Traffic Server's
+// proxy.config.ssl.session_cache.size and .num_buckets.
 const (
-	DefaultCapacity         = 102400
-	DefaultBuckets          = 256
-	DefaultLifetime         = 2 * time.Hour
-	DefaultMaxChainLifetime = 24 * time.Hour
-	DefaultResumeGrace      = 30 * time.Second
-	DefaultSweepInterval    = time.Minute
-	DefaultLoaderTimeout    = 5 * time.Millisecond
-	DefaultMaxStateLen      = 16 << 10
+	defaultCapacity         = 102400
+	defaultBuckets          = 256
+	defaultLifetime         = 2 * time.Hour
+	defaultMaxChainLifetime = 24 * time.Hour
+	defaultResumeGrace      = 30 * time.Second
+	defaultSweepInterval    = time.Minute
+	defaultLoaderTimeout    = 5 * time.Millisecond
+	defaultMaxStateLen      = 16 << 10
 )
 
 // A Config configures a Cache. The zero value is valid: every zero field means
 // its default, so a Config need only name what differs.
 type Config struct {
-	// Capacity is the most sessions the cache holds (default DefaultCapacity).
+	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of
 	// the bucket it inserts into: eviction is least-recently-used within a
 	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
 	// Buckets is the number of independently locked buckets, rounded up to a
-	// power of two (default DefaultBuckets). A bucket is chosen by a hash of
+	// power of two (default 256). A bucket is chosen by a hash of
 	// the whole ID under a seed drawn when the cache is made.
 	Buckets int
 
 	// Lifetime is how long a session can be resumed after its ticket was
-	// issued (default DefaultLifetime).
+	// issued (default 2 hours).
 	Lifetime time.Duration
 
 	// MaxChainLifetime bounds a resumption chain: a session resumed from a
 	// session resumed from a full handshake, and so on, is refused once the
 	// full handshake that began the chain is older than this (default
-	// DefaultMaxChainLifetime). This bounds how long one master secret
+	// 24 hours). This bounds how long one master secret
 	// lineage lives; crypto/tls resets its own creation time on every TLS
 	// 1.3 ticket and so does not.
 	MaxChainLifetime time.Duration
 
 	// ResumeGrace is how long a session stays resumable after a handshake
-	// resumed it and was issued its successor (default DefaultResumeGrace).
+	// resumed it and was issued its successor (default 30 seconds).
 	// It keeps the cache near one session per active client. A negative
 	// value leaves resumed sessions to their full Lifetime. Shortening needs
 	// the per-handshake link installed by Configure.
 	ResumeGrace time.Duration
 
 	// SweepInterval is how often a background sweep removes expired
-	// sessions (default DefaultSweepInterval; negative disables the sweep,
+	// sessions (default one minute; negative disables the sweep,
 	// and Sweep may be called directly). Expired sessions are never returned
 	// whether or not they have been swept.
 	SweepInterval time.Duration
@@ -86,11 +87,11 @@ type Config struct {
 	// record it returns is inserted with OriginLoader.
 	Loader func(ctx context.Context, id ID) (*Record, error)
 
-	// LoaderTimeout bounds each call of Loader (default DefaultLoaderTimeout).
+	// LoaderTimeout bounds each call of Loader (default 5 milliseconds).
 	LoaderTimeout time.Duration
 
 	// MaxStateLen is the largest serialized session state the cache takes
-	// (default DefaultMaxStateLen). Larger ones are refused with an error
+	// (default 16 KiB). Larger ones are refused with an error
 	// and counted, never silently dropped.
 	MaxStateLen int
 

@@ -24,14 +24,14 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
 
-// ParseMode parses "stateful", "stateless" or "mixed".
-func ParseMode(s string) (Mode, bool) {
+// ParseMode parses "stateful", "stateless" or "mixed", in any case.
+func ParseMode(s string) (Mode, error) {
 	for _, m := range []Mode{Stateful, Stateless, Mixed} {
 		if strings.EqualFold(s, m.String()) {
-			return m, true
+			return m, nil
 		}
 	}
-	return 0, false
+	return 0, fmt.Errorf("session: unknown mode %q (want stateful, stateless or mixed)", s)
 }
 
 // unwrapTicket decrypts a stateless ticket and checks the binding that issue

@@ -156,9 +156,9 @@ func runNode(specJSON string) error {
 // startTLSFarm makes the node's session cache and, unless it is alone, joins
 // it to its farm; it returns when the node can serve as its farm intends.
 func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session.Cache, *farm.Node, error) {
-	mode, ok := session.ParseMode(spec.SessionMode)
-	if !ok {
-		return nil, nil, fmt.Errorf("bad session mode %q", spec.SessionMode)
+	mode, err := session.ParseMode(spec.SessionMode)
+	if err != nil {
+		return nil, nil, err
 	}
 	cache, err := session.New(&session.Config{Mode: mode})
 	if err != nil {
