@@ -186,7 +186,7 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 						b.Cleanup(func() { cache.Close() })
 					}
 					srv := &tls.Config{Certificates: []tls.Certificate{cert}}
-					cache.Configure(srv)
+					cache.Install(srv)
 					var cc tls.ClientSessionCache = tlstest.NoResume{}
 					if kind == "resumed" {
 						frozen := &tlstest.FrozenCache{}

@@ -113,7 +113,7 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 25 {
-				if ss, _ := m.Cache.UnwrapSession(dead[:], cs); ss != nil {
+				if ss, _ := unwrapSession(m.Cache, dead[:], cs); ss != nil {
 					t.Error("a dead ID resumed")
 					return
 				}
@@ -260,7 +260,7 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 
 	cert, _ := tlstest.SharedCert()
 	scfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	n2.Cache.Configure(scfg)
+	n2.Cache.Install(scfg)
 	handshake := func(ctx context.Context) (tls.ConnectionState, error) {
 		sc, cc := tlstest.Pipe()
 		defer sc.Close()

@@ -44,7 +44,7 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 
 	// A store that answers in time: no give-up, no late answer.
 	id := cache.NewID()
-	if ss, _ := cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
+	if ss, _ := unwrapSession(cache, id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
 		t.Fatal("resumed a session nobody issued")
 	}
 	if st := node.Stats(); st.Lookups != 1 || st.StoreMisses != 1 || st.LookupDeadline != 0 || st.LookupLate != 0 || st.LookupLatency.Count != 1 {
@@ -54,7 +54,7 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 	srv.Pause()
 	start := time.Now()
 	id = cache.NewID()
-	cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+	unwrapSession(cache, id[:], tls.ConnectionState{ServerName: "localhost"})
 	if waited := time.Since(start); waited > time.Second {
 		t.Fatalf("the handshake waited %v with a 30ms lookup deadline", waited)
 	}
@@ -98,11 +98,20 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	const lookups = 8
 	for range lookups {
 		id := n.Cache.NewID()
-		n.Cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+		unwrapSession(n.Cache, id[:], tls.ConnectionState{ServerName: "localhost"})
 	}
 	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return n.Node.Stats().LookupLate == lookups })
 	st := n.Node.Stats()
 	if st.LookupDeadline != lookups || st.LookupsSkipped != 0 || st.BreakerTrips != 0 || st.BreakerOpen {
 		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", st.LookupDeadline, st.LookupsSkipped, st.BreakerTrips, st.BreakerOpen, lookups)
 	}
+}
+
+// unwrapSession offers identity to the cache as a handshake on a config
+// without GetConfigForClient would (session.Cache.Install sets its
+// UnwrapSession).
+func unwrapSession(c *session.Cache, identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	cfg := &tls.Config{}
+	c.Install(cfg)
+	return cfg.UnwrapSession(identity, cs)
 }

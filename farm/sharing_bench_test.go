@@ -54,7 +54,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 					}
 				}
 				srv := &tls.Config{Certificates: []tls.Certificate{cert}}
-				cache.Configure(srv)
+				cache.Install(srv)
 				frozen := &tlstest.FrozenCache{}
 				if _, err := tlstest.PipeHandshake(srv, tlstest.ClientConfig(pool, "localhost", tls.VersionTLS12, frozen), nil); err != nil {
 					b.Fatal(err)

@@ -57,7 +57,7 @@ func (l *listener) newQUIC() *quicListener {
 			return nil, errNoQUIC
 		},
 	}
-	s.cache.Configure(q.base)
+	s.cache.Install(q.base)
 	q.admitEarlyData()
 	if s.ring != nil {
 		q.unreg = s.ring.Register(q.base)

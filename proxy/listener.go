@@ -50,7 +50,7 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 			return l.route.Load().tls, nil
 		},
 	}
-	s.cache.Configure(l.base)
+	s.cache.Install(l.base)
 	l.captureTickets()
 	if s.ring != nil {
 		l.unreg = s.ring.Register(l.base)

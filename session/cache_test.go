@@ -259,7 +259,7 @@ func TestForgedIDsNeverReachLoader(t *testing.T) {
 		bytes.Repeat([]byte{0xff}, 200),                      // a stateless ticket, in Stateful mode
 	}
 	for _, b := range forged {
-		if ss, err := c.UnwrapSession(b, tls.ConnectionState{ServerName: "localhost"}); ss != nil || err != nil {
+		if ss, err := unwrap(c, b, tls.ConnectionState{ServerName: "localhost"}); ss != nil || err != nil {
 			t.Fatalf("UnwrapSession(%x) = %v, %v; want nil, nil", b, ss, err)
 		}
 	}
@@ -269,7 +269,7 @@ func TestForgedIDsNeverReachLoader(t *testing.T) {
 	if n := stats(c).ForgedIDs; n != uint64(len(forged)-2) {
 		t.Fatalf("ForgedIDs = %d, want %d (empty identities are not counted)", n, len(forged)-2)
 	}
-	c.UnwrapSession(good[:], tls.ConnectionState{})
+	unwrap(c, good[:], tls.ConnectionState{})
 	if calls != 1 {
 		t.Fatalf("loader called %d times for an authentic unknown ID, want 1", calls)
 	}
@@ -283,7 +283,7 @@ func TestLoaderTimeout(t *testing.T) {
 		}})
 	id := c.NewID()
 	start := time.Now()
-	ss, err := c.UnwrapSession(id[:], tls.ConnectionState{})
+	ss, err := unwrap(c, id[:], tls.ConnectionState{})
 	if ss != nil || err != nil {
 		t.Fatalf("UnwrapSession = %v, %v; want nil, nil", ss, err)
 	}

@@ -50,7 +50,7 @@ type Config struct {
 	// resumed it and was issued its successor (default 30 seconds).
 	// It keeps the cache near one session per active client. A negative
 	// value leaves resumed sessions to their full Lifetime. Shortening needs
-	// the per-handshake link installed by Configure.
+	// the per-handshake link made by Cache.Install.
 	ResumeGrace time.Duration
 
 	// SweepInterval is how often a background sweep removes expired

@@ -32,7 +32,7 @@ func Example() {
 
 	cert, pool := tlstest.SharedCert()
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 
 	// With net/http: srv := &http.Server{TLSConfig: cfg}.
 	client := &tls.Config{RootCAs: pool, ServerName: "localhost",
@@ -77,7 +77,7 @@ func ExampleCache_HandshakeComplete() {
 	cache, _ := session.New(&session.Config{SingleUse: true})
 	defer cache.Close()
 	cfg := &tls.Config{}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	srv := &http.Server{
 		TLSConfig: cfg,
 		ConnState: func(c net.Conn, state http.ConnState) {

@@ -42,7 +42,7 @@ func FuzzCheckID(f *testing.F) {
 		if ok && !bytes.Equal(id[:], b) {
 			t.Fatalf("CheckID(%x) returned %v", b, id)
 		}
-		if ss, err := c.UnwrapSession(b, tls.ConnectionState{}); ss != nil || err != nil {
+		if ss, err := unwrap(c, b, tls.ConnectionState{}); ss != nil || err != nil {
 			t.Fatalf("UnwrapSession(%x) = %v, %v on an empty cache", b, ss, err)
 		}
 	})

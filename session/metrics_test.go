@@ -1,6 +1,8 @@
 package session_test
 
 import (
+	"crypto/tls"
+
 	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -49,4 +51,12 @@ func stats(c *session.Cache) cacheStats {
 		Late:              v("tlsfarm_cache_single_use_total", "result", "late"),
 		ChildrenReplaced:  v("tlsfarm_cache_children_replaced_total"),
 	}
+}
+
+// unwrap calls the UnwrapSession that Install sets on a config used without
+// its GetConfigForClient.
+func unwrap(c *session.Cache, identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	cfg := &tls.Config{}
+	c.Install(cfg)
+	return cfg.UnwrapSession(identity, cs)
 }

@@ -24,7 +24,7 @@ func modeServer(t *testing.T, mode session.Mode, cc session.Config) *farmServer 
 	t.Cleanup(func() { cache.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 	cfg.SetSessionTicketKeys([][32]byte{{1, 2, 3}})
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	return &farmServer{cache: cache, srv: tlstest.Serve(t, mode.String(), cfg, cache.HandshakeComplete), pool: pool, cfg: cfg}
 }
 

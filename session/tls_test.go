@@ -75,7 +75,7 @@ func newServer(t *testing.T, cc *session.Config) *farmServer {
 	}
 	t.Cleanup(func() { cache.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	srv := tlstest.Serve(t, "n1", cfg, cache.HandshakeComplete)
 	return &farmServer{cache: cache, srv: srv, pool: pool, cfg: cfg}
 }

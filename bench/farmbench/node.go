@@ -165,7 +165,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		return nil, nil, err
 	}
 	if spec.Farm == "" {
-		cache.Configure(cfg)
+		cache.Install(cfg)
 		return cache, nil, nil
 	}
 	secrets, err := farm.LoadSecrets(spec.SecretFile)
@@ -199,7 +199,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 			return nil, nil, err
 		}
 	}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	deadline := time.Now().Add(20 * time.Second)
 	for !node.Stats().Connected || ring != nil && ring.State().Epoch == 0 {
 		if time.Now().After(deadline) {

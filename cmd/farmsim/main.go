@@ -2,8 +2,8 @@
 // one process, each with its own session cache and its own connection to a
 // real Redis (standalone or Cluster), issue sessions at a target rate for
 // the whole farm and resume each other's sessions, without TLS on the wire
-// (the sessions are issued through the cache's WrapSession, as a handshake
-// does). It reports, for each K and mode, the store operations per Redis
+// (the sessions are issued through the WrapSession that the cache installs
+// in a tls.Config, as a handshake does). It reports, for each K and mode, the store operations per Redis
 // master, Redis memory per stored session, the lookup latency of a session
 // issued on another node, and the bus deliveries per node.
 //
@@ -184,6 +184,7 @@ type result struct {
 
 type simNode struct {
 	cache *session.Cache
+	tls   *tls.Config // the cache installed: its WrapSession and UnwrapSession
 	node  *farm.Node
 	tr    *redisbus.Transport
 }
@@ -218,7 +219,9 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 		if err != nil {
 			return nil, err
 		}
-		ns = append(ns, &simNode{cache: cache, node: node, tr: tr})
+		sn := &simNode{cache: cache, node: node, tr: tr, tls: &tls.Config{}}
+		cache.Install(sn.tls)
+		ns = append(ns, sn)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		up := 0
@@ -265,7 +268,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 					if err != nil {
 						continue
 					}
-					ticket, _ := n.cache.WrapSession(cs, ss)
+					ticket, _ := n.tls.WrapSession(cs, ss)
 					issued.Add(1)
 					var id session.ID
 					copy(id[:], ticket)
@@ -303,7 +306,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 				continue
 			}
 			start := time.Now()
-			got, _ := ns[at].cache.UnwrapSession(id[:], cs)
+			got, _ := ns[at].tls.UnwrapSession(id[:], cs)
 			lat = append(lat, time.Since(start))
 			tried++
 			if got != nil {

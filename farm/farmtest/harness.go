@@ -114,7 +114,7 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 		m.Rotator.WaitReady(wctx)
 		cancel()
 	}
-	cache.Configure(tcfg)
+	cache.Install(tcfg)
 	if o.CloseServer {
 		m.Server = tlstest.ServeAndClose(t, name, tcfg, cache.HandshakeComplete)
 	} else {
