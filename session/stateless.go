@@ -9,7 +9,6 @@ import (
 	"time"
 )
 
-
 // A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
 type Mode uint8
 

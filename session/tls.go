@@ -1,6 +1,5 @@
 package session
 
-
 import (
 	"context"
 	"crypto/aes"
