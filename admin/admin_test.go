@@ -115,7 +115,7 @@ func TestRevoke(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, `"revoked": true`) {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
-	if _, ok := cache.Lookup(id); ok {
+	if _, ok := cache.GetBuffer(id, nil); ok {
 		t.Error("session still cached")
 	}
 	if code, _ := nettest.Do(t, "DELETE", url, token); code != http.StatusNotFound {
@@ -133,7 +133,7 @@ func TestRevokeRefusedWithoutToken(t *testing.T) {
 	if code != http.StatusForbidden || !strings.Contains(body, "no admin token") {
 		t.Errorf("%d %s", code, body)
 	}
-	if _, ok := cache.Lookup(id); !ok {
+	if _, ok := cache.GetBuffer(id, nil); !ok {
 		t.Error("session removed")
 	}
 }
@@ -230,7 +230,7 @@ func TestRevokePendingWhileFarmDown(t *testing.T) {
 	if code != http.StatusAccepted || !strings.Contains(body, `"farm": "pending"`) {
 		t.Fatalf("revoke with the farm down: %d %s, want 202 pending", code, body)
 	}
-	if _, ok := cache.Lookup(id); ok {
+	if _, ok := cache.GetBuffer(id, nil); ok {
 		t.Fatal("the session is still cached after a pending revocation")
 	}
 	if _, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", ""); !strings.Contains(metrics, "tlsfarm_farm_pending_revocations 1") {

@@ -65,7 +65,7 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusAccepted
 		}
 	} else {
-		found = h.cfg.Cache.Remove(id)
+		_, found = h.cfg.Cache.Remove(id)
 	}
 	if !found {
 		writeError(w, http.StatusNotFound, "no such session (unknown, expired or already revoked)")

@@ -112,7 +112,7 @@ func (n *Node) PendingRevocations() int {
 // RevokeNotFound if neither this node nor the store knows id.
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
-	if rec, ok := n.cfg.Cache.Lookup(id); ok && n.cfg.Cache.Remove(id) {
+	if rec, ok := n.cfg.Cache.Remove(id); ok {
 		// The REMOVE hook queued the chain; find it.
 		done = n.revocationDone(rec.Chain)
 	} else {
@@ -123,7 +123,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		if err != nil || rec == nil {
 			return RevokeNotFound, err
 		}
-		rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+		rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
 		// Tombstone locally (nothing cached, so no REMOVE event).
 		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 		done = n.addRevocation(id, rev)

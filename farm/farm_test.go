@@ -132,7 +132,7 @@ func TestBroadcastReachesPeers(t *testing.T) {
 	id := newID.Load().(session.ID)
 	for _, m := range ms[1:] {
 		farmtest.Eventually(t, 5*time.Second, m.Name+" has the session", func() bool {
-			_, ok := m.Cache.Lookup(id)
+			_, ok := lookup(m.Cache, id)
 			return ok
 		})
 		// The cache has it a moment before the node counts it.
@@ -235,10 +235,10 @@ func TestPeersCutResumedSessions(t *testing.T) {
 	made := ids()
 	parent, child := made[0], made[1]
 	farmtest.Eventually(t, 5*time.Second, "n2 has the child session", func() bool {
-		_, ok := ms[1].Cache.Lookup(child)
+		_, ok := lookup(ms[1].Cache, child)
 		return ok
 	})
-	r, ok := ms[1].Cache.Lookup(parent)
+	r, ok := lookup(ms[1].Cache, parent)
 	if !ok {
 		t.Fatal("n2 lost the parent")
 	}

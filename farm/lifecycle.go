@@ -421,7 +421,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
 			}
 		}
-		rec, ok := n.cfg.Cache.Lookup(it.id)
+		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
 		if !ok {
 			break
 		}

@@ -61,7 +61,7 @@ func TestSingleUseFarmWide(t *testing.T) {
 					// Peers drop their copies once they hear of the retirement.
 					farmtest.Eventually(t, 5*time.Second, "peers dropped the consumed session", func() bool {
 						for _, m := range ms {
-							if _, ok := m.Cache.Lookup(ids()[0]); ok {
+							if _, ok := lookup(m.Cache, ids()[0]); ok {
 								return false
 							}
 						}
@@ -123,7 +123,7 @@ func TestSingleUseConcurrentAcrossNodes(t *testing.T) {
 			waitStored(t, ms[0], id)
 			farmtest.Eventually(t, 5*time.Second, "every node holds the session", func() bool {
 				for _, m := range ms {
-					if _, ok := m.Cache.Lookup(id); !ok {
+					if _, ok := lookup(m.Cache, id); !ok {
 						return false
 					}
 				}
@@ -193,7 +193,7 @@ func TestConsumeExactlyOnce(t *testing.T) {
 	}
 	farmtest.Eventually(t, 5*time.Second, "every node dropped the consumed session", func() bool {
 		for _, m := range ms {
-			if _, ok := m.Cache.Lookup(id); ok {
+			if _, ok := lookup(m.Cache, id); ok {
 				return false
 			}
 		}
@@ -328,7 +328,7 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 			id := ids()[0]
 			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-				_, ok := ms[1].Cache.Lookup(id)
+				_, ok := lookup(ms[1].Cache, id)
 				return ok
 			})
 			tc.down(srv)
@@ -345,7 +345,7 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			tc.back(srv)
 			back := time.Now()
 			farmtest.Eventually(t, 5*time.Second, "n2 refuses the revoked session after Redis returns", func() bool {
-				_, ok := ms[1].Cache.Lookup(id)
+				_, ok := lookup(ms[1].Cache, id)
 				return !ok && ms[0].Node.Stats().PendingRevocations == 0
 			})
 			t.Logf("revocation applied farm-wide %v after Redis returned", time.Since(back))

@@ -115,3 +115,17 @@ func unwrapSession(c *session.Cache, identity []byte, cs tls.ConnectionState) (*
 	c.Install(cfg)
 	return cfg.UnwrapSession(identity, cs)
 }
+
+// lookup returns the record of the session id as the cache holds it, after
+// asking for it as GetBuffer does.
+func lookup(c *session.Cache, id session.ID) (session.Record, bool) {
+	if _, ok := c.GetBuffer(id, nil); !ok {
+		return session.Record{}, false
+	}
+	for _, e := range c.Snapshot(-1) {
+		if e.ID == id {
+			return e.Record, true
+		}
+	}
+	return session.Record{}, false
+}

@@ -488,7 +488,7 @@ func (n *Node) onEvent(ev session.Event) {
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
-			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
+			until: n.cfg.Cache.ChainEnd(ev.Record),
 		})
 	}
 }
@@ -497,7 +497,7 @@ func (n *Node) onEvent(ev session.Event) {
 // stops resuming on every node, including those that only have it in the
 // store. It reports false if neither this node nor the store knows id.
 func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
-	if n.cfg.Cache.Remove(id) {
+	if _, ok := n.cfg.Cache.Remove(id); ok {
 		return true, nil // the REMOVE hook publishes the chain
 	}
 	rec, ok := n.takePending(id)
@@ -511,7 +511,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 			return false, err
 		}
 	}
-	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+	rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 	n.addRevocation(id, rev)

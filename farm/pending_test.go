@@ -39,7 +39,7 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	id := ids()[0]
 	for _, m := range ms[1:] {
 		farmtest.Eventually(t, 5*time.Second, m.Name+" kept the session", func() bool { return m.Node.Stats().Pending == 1 })
-		if _, ok := m.Cache.Lookup(id); ok {
+		if _, ok := lookup(m.Cache, id); ok {
 			t.Fatalf("%s decoded a peer's session nobody presented", m.Name)
 		}
 	}
@@ -51,7 +51,7 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	if st := ms[1].Node.Stats(); st.PendingTaken != 1 || st.Pending != 0 || st.Lookups != 0 {
 		t.Fatalf("n2: taken %d, pending %d, store lookups %d; want 1, 0, 0", st.PendingTaken, st.Pending, st.Lookups)
 	}
-	if _, ok := ms[1].Cache.Lookup(id); !ok {
+	if _, ok := lookup(ms[1].Cache, id); !ok {
 		t.Fatal("n2 did not insert the session it resumed")
 	}
 

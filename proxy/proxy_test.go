@@ -283,7 +283,8 @@ func TestExposeSessionIDAndRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("session ID %q: %v", f.SessionID, err)
 	}
-	must(t, cache.Remove(id), "the exposed ID is not in the cache")
+	_, found := cache.Remove(id)
+	must(t, found, "the exposed ID is not in the cache")
 	f = getFacts(t, s.Addrs()[0], cfg)
 	must(t, !f.Resumed, "a revoked session resumed")
 }

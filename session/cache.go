@@ -177,10 +177,6 @@ type loader struct {
 	timeout time.Duration
 }
 
-// MaxChainLifetime returns the cache's Config.MaxChainLifetime, after
-// defaults: a revoked chain is remembered until its start plus this.
-func (c *Cache) MaxChainLifetime() time.Duration { return c.cfg.MaxChainLifetime }
-
 func (c *Cache) bucket(id *ID) *bucket {
 	return &c.buckets[maphash.Bytes(c.seed, id[:])&c.mask]
 }
@@ -197,15 +193,6 @@ func (c *Cache) nowNano() int64 {
 		return v
 	}
 	return c.cfg.Now().UnixNano()
-}
-
-// Lookup returns the record of the session id, firing EventGet with
-// OriginAPI. The record's State is shared with the cache and must not be
-// modified.
-func (c *Cache) Lookup(id ID) (Record, bool) {
-	var r Record
-	ok := c.get(&id, OriginAPI, func(e *entry) { r = e.record() })
-	return r, ok
 }
 
 // Get returns the session id as a new tls.SessionState that the caller owns,

@@ -92,7 +92,7 @@ func TestInsertValidation(t *testing.T) {
 			if err := c.Insert(tc.id, tc.rec, session.OriginPeer); !errors.Is(err, tc.want) {
 				t.Fatalf("Insert = %v, want %v", err, tc.want)
 			}
-			_, ok := c.Lookup(tc.id)
+			_, ok := lookup(c, tc.id)
 			if ok != (tc.want == nil) {
 				t.Fatalf("after Insert, Lookup found = %t", ok)
 			}
@@ -120,7 +120,7 @@ func TestInsertReplaces(t *testing.T) {
 	if len(evs) != 2 || evs[0].Replaced || !evs[1].Replaced || evs[1].Origin != session.OriginPeer {
 		t.Fatalf("events = %+v, want NEW then NEW(replaced, peer)", summary(evs))
 	}
-	if r, _ := c.Lookup(id); r.State[0] != 2 {
+	if r, _ := lookup(c, id); r.State[0] != 2 {
 		t.Fatal("Insert of an existing ID did not replace its record")
 	}
 	if c.Len() != 1 {
@@ -137,7 +137,7 @@ func TestLRUEviction(t *testing.T) {
 	c.Get(ids[0]) // ids[1] is now the least recently used
 	c.Insert(ids[3], record(8, 1, time.Hour), session.OriginAPI)
 	for i, want := range []bool{true, false, true, true} {
-		if _, ok := c.Lookup(ids[i]); ok != want {
+		if _, ok := lookup(c, ids[i]); ok != want {
 			t.Fatalf("after eviction, ids[%d] present = %t, want %t", i, ok, want)
 		}
 	}
@@ -356,7 +356,7 @@ func TestRemoveChainFromPeer(t *testing.T) {
 	if err := c.Insert(c.NewID(), r, session.OriginPeer); err != session.ErrRevoked {
 		t.Fatalf("Insert into revoked chain = %v, want ErrRevoked", err)
 	}
-	if _, ok := c.Lookup(other); !ok {
+	if _, ok := lookup(c, other); !ok {
 		t.Fatal("RemoveChain removed a session of another chain")
 	}
 }
@@ -423,14 +423,14 @@ func TestInsertWithParentCutsParent(t *testing.T) {
 	if err := c.Insert(child, r, session.OriginPeer); err != nil {
 		t.Fatal(err)
 	}
-	p, ok := c.Lookup(parent)
+	p, ok := lookup(c, parent)
 	if !ok {
 		t.Fatal("parent gone")
 	}
 	if left := time.Until(p.Expires); left > 10*time.Second || left < 5*time.Second {
 		t.Fatalf("parent expires in %v, want the 10s grace", left)
 	}
-	if ch, _ := c.Lookup(child); time.Until(ch.Expires) < 50*time.Minute {
+	if ch, _ := lookup(c, child); time.Until(ch.Expires) < 50*time.Minute {
 		t.Fatal("child was cut too")
 	}
 }

@@ -95,6 +95,7 @@ func ExampleCache_Remove() {
 	defer cache.Close()
 	id := cache.NewID()
 	cache.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
-	fmt.Println(cache.Remove(id), cache.Len())
+	_, removed := cache.Remove(id)
+	fmt.Println(removed, cache.Len())
 	// Output: true 0
 }

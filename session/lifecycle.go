@@ -46,18 +46,22 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 }
 
 // Cut brings the expiry of the session id forward to until, if it is
-// later, and reports whether the session is cached. A farm calls it when
-// another server cut the session to its resumption grace.
-func (c *Cache) Cut(id ID, until time.Time) bool {
+// later, and returns the session's record as cut and whether the session is
+// cached. A farm calls it when another server cut the session to its
+// resumption grace, and when it writes the cut session to its store.
+func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b := c.bucket(&id)
 	u := until.UnixNano()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	e := b.m[id]
-	if e != nil && e.expires > u {
+	if e == nil {
+		return Record{}, false
+	}
+	if e.expires > u {
 		e.expires = u
 	}
-	b.mu.Unlock()
-	return e != nil
+	return e.record(), true
 }
 
 // Snapshot returns up to max live sessions of the cache, newest (latest

@@ -120,7 +120,7 @@ func TestStatelessLifetimes(t *testing.T) {
 
 func loaderFrom(c *session.Cache) func(ctx context.Context, id session.ID) (*session.Record, error) {
 	return func(_ context.Context, id session.ID) (*session.Record, error) {
-		r, ok := c.Lookup(id)
+		r, ok := lookup(c, id)
 		if !ok {
 			return nil, nil
 		}

@@ -12,6 +12,22 @@ import (
 // A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
 type Mode uint8
 
+const (
+	// Stateful issues session IDs as tickets and keeps the sessions in the
+	// cache; it accepts session IDs only.
+	Stateful Mode = iota
+	// Stateless issues tickets encrypted with the tls.Config's session
+	// ticket keys (see package ticket) and accepts both those and session
+	// IDs still in the cache.
+	Stateless
+	// Mixed issues session IDs, like Stateful, and accepts both session IDs
+	// and stateless tickets. A farm moving between Stateful and Stateless
+	// passes through Mixed on every node first, so that no ticket already
+	// issued stops resuming.
+	Mixed
+)
+
+// String returns "stateful", "stateless" or "mixed".
 func (m Mode) String() string {
 	switch m {
 	case Stateful:
@@ -168,18 +184,3 @@ func (c *Cache) fallbackLifetime() time.Duration {
 	}
 	return time.Duration(c.life.fallback.Load())
 }
-
-const (
-	// Stateful issues session IDs as tickets and keeps the sessions in the
-	// cache; it accepts session IDs only.
-	Stateful Mode = iota
-	// Stateless issues tickets encrypted with the tls.Config's session
-	// ticket keys (see package ticket) and accepts both those and session
-	// IDs still in the cache.
-	Stateless
-	// Mixed issues session IDs, like Stateful, and accepts both session IDs
-	// and stateless tickets. A farm moving between Stateful and Stateless
-	// passes through Mixed on every node first, so that no ticket already
-	// issued stops resuming.
-	Mixed
-)

@@ -142,14 +142,14 @@ func TestChainLinksResumedTickets(t *testing.T) {
 				t.Fatalf("parents: first %v, second %v; want none and the first", first.Record.Parent, second.Record.Parent)
 			}
 			// The resumed session was cut to the grace period.
-			r, ok := s.cache.Lookup(first.ID)
+			r, ok := lookup(s.cache, first.ID)
 			if !ok {
 				t.Fatal("resumed session gone before its grace ended")
 			}
 			if left := time.Until(r.Expires); left > 5*time.Second || left < 3*time.Second {
 				t.Fatalf("resumed session expires in %v, want about the 5s grace", left)
 			}
-			if r2, _ := s.cache.Lookup(second.ID); time.Until(r2.Expires) < time.Hour {
+			if r2, _ := lookup(s.cache, second.ID); time.Until(r2.Expires) < time.Hour {
 				t.Fatalf("new ticket expires in %v, want the full lifetime", time.Until(r2.Expires))
 			}
 		})
@@ -265,17 +265,17 @@ func TestRemoveRevokesChain(t *testing.T) {
 			later := rec.take()
 			var rm recorder
 			s.cache.AddHook(session.EventRemove, rm.hook)
-			if _, ok := s.cache.Lookup(later[0].ID); ok {
+			if _, ok := lookup(s.cache, later[0].ID); ok {
 				t.Fatal("the first child outlived its replacement")
 			}
-			if !s.cache.Remove(later[1].ID) {
+			if _, ok := s.cache.Remove(later[1].ID); !ok {
 				t.Fatal("Remove did not find the session")
 			}
 			if got := summary(rm.take()); len(got) != 2 || got[0] != "remove/api/removed" {
 				t.Fatalf("remove events = %v, want 2 api removals", got)
 			}
 			for _, id := range []session.ID{first, later[0].ID, later[1].ID} {
-				if _, ok := s.cache.Lookup(id); ok {
+				if _, ok := lookup(s.cache, id); ok {
 					t.Fatalf("session %v of the revoked chain is still cached", id)
 				}
 			}
@@ -331,7 +331,7 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 					mu.Lock()
 					loads++
 					mu.Unlock()
-					r, ok := a.cache.Lookup(id)
+					r, ok := lookup(a.cache, id)
 					if !ok {
 						return nil, nil
 					}
