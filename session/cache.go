@@ -17,16 +17,21 @@ import (
 
 // Errors returned by Cache.Insert.
 var (
-	ErrForgedID   = errors.New("session: ID is not authenticated by any ID key")
-	ErrExpired    = errors.New("session: record has already expired")
-	ErrRevoked    = errors.New("session: record belongs to a revoked chain")
-	ErrEmptyState = errors.New("session: record has no session state")
-	ErrStateLen   = errors.New("session: session state is longer than Config.MaxStateLen")
+	ErrForgedID = errors.New("session: ID is not authenticated by any ID key")
+	ErrExpired  = errors.New("session: record has already expired")
+	ErrRevoked  = errors.New("session: record belongs to a revoked chain")
 
-	// ErrServerNameLen is returned by Insert for a record whose server
-	// name is longer than MaxServerNameLen, which no record's binary form
-	// holds.
-	ErrServerNameLen = errors.New("session: server name is longer than MaxServerNameLen")
+	// ErrInvalidRecord is returned, wrapped with what is wrong, for a
+	// record the cache cannot hold: one without state, one whose state is
+	// longer than Config.MaxStateLen, and one whose server name is longer
+	// than MaxServerNameLen (which no record's binary form holds).
+	ErrInvalidRecord = errors.New("session: invalid record")
+)
+
+var (
+	errEmptyState    = fmt.Errorf("%w: no session state", ErrInvalidRecord)
+	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", ErrInvalidRecord)
+	errServerNameLen = fmt.Errorf("%w: server name is longer than MaxServerNameLen", ErrInvalidRecord)
 )
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -282,14 +287,14 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		return ErrForgedID
 	}
 	if len(r.State) == 0 {
-		return ErrEmptyState
+		return errEmptyState
 	}
 	if len(r.State) > c.cfg.MaxStateLen {
 		c.ctr.oversized.Add(1)
-		return ErrStateLen
+		return errStateLen
 	}
 	if len(r.ServerName) > MaxServerNameLen {
-		return ErrServerNameLen
+		return errServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{
@@ -413,7 +418,7 @@ func (c *Cache) Sweep() int {
 	c.tomb.sweep(now)
 	c.sweepPending(now)
 	c.sweepLifecycle(now)
-	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginAPI)
+	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginSweep)
 }
 
 // background advances the coarse clock and runs the periodic sweep.

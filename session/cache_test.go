@@ -81,8 +81,8 @@ func TestInsertValidation(t *testing.T) {
 		{"ok", c.NewID(), record(16, 1, live), nil},
 		{"forged", other.NewID(), record(16, 1, live), session.ErrForgedID},
 		{"tampered", tamper(c.NewID()), record(16, 1, live), session.ErrForgedID},
-		{"empty", c.NewID(), session.Record{Expires: time.Now().Add(live)}, session.ErrEmptyState},
-		{"oversized", c.NewID(), record(65, 1, live), session.ErrStateLen},
+		{"empty", c.NewID(), session.Record{Expires: time.Now().Add(live)}, session.ErrInvalidRecord},
+		{"oversized", c.NewID(), record(65, 1, live), session.ErrInvalidRecord},
 		{"expired", c.NewID(), record(16, 1, -time.Second), session.ErrExpired},
 		{"chain too old", c.NewID(), session.Record{State: []byte{1}, Expires: time.Now().Add(live),
 			ChainStart: time.Now().Add(-24*time.Hour - time.Second)}, session.ErrExpired},
@@ -304,12 +304,12 @@ func TestIDKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := c.NewID()
-	if fresh.KeyID() != 2 {
-		t.Fatalf("new ID minted under key %d, want 2", fresh.KeyID())
+	if fresh[1] != 2 {
+		t.Fatalf("new ID minted under key %d, want 2", fresh[1])
 	}
 	for _, id := range []session.ID{old, fresh} {
 		if _, ok := c.CheckID(id[:]); !ok {
-			t.Fatalf("ID under key %d rejected during rotation", id.KeyID())
+			t.Fatalf("ID under key %d rejected during rotation", id[1])
 		}
 	}
 	c.SetIDKeys(k2)

@@ -41,14 +41,16 @@ type Origin uint8
 const (
 	// OriginHandshake: a TLS handshake on this server.
 	OriginHandshake Origin = iota
-	// OriginAPI: a call of the cache's API, such as Insert or Remove, or the
-	// background sweep.
+	// OriginAPI: a call of the cache's API, such as Insert or Remove.
 	OriginAPI
 	// OriginPeer: a call of the API on behalf of another server of the
 	// farm. Plugins that share sessions do not send these back out.
 	OriginPeer
 	// OriginLoader: a session returned by Config.Loader on a miss.
 	OriginLoader
+	// OriginSweep: the sweep of expired sessions (Sweep, and the background
+	// sweep every Config.SweepInterval).
+	OriginSweep
 )
 
 func (o Origin) String() string {
@@ -61,6 +63,8 @@ func (o Origin) String() string {
 		return "peer"
 	case OriginLoader:
 		return "loader"
+	case OriginSweep:
+		return "sweep"
 	}
 	return fmt.Sprintf("Origin(%d)", uint8(o))
 }

@@ -39,9 +39,6 @@ type ID [IDLen]byte
 // String returns the ID in lower-case hexadecimal.
 func (id ID) String() string { return hex.EncodeToString(id[:]) }
 
-// KeyID returns the ID of the IDKey that authenticated id.
-func (id ID) KeyID() uint8 { return id[1] }
-
 // ParseID decodes the hexadecimal form produced by ID.String. It checks the
 // length and the format version only; use Cache.CheckID to authenticate the
 // result.

@@ -39,11 +39,6 @@ func (r Record) AppendBinary(b []byte) ([]byte, error) {
 	return append(b, r.State...), nil
 }
 
-// MarshalBinary returns the binary form of r (see AppendBinary).
-func (r Record) MarshalBinary() ([]byte, error) {
-	return r.AppendBinary(make([]byte, 0, recordHeaderLen+len(r.ServerName)+len(r.State)))
-}
-
 // UnmarshalBinary parses the binary form made by AppendBinary. r.State
 // aliases data.
 func (r *Record) UnmarshalBinary(data []byte) error {

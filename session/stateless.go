@@ -153,22 +153,21 @@ func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued
 // SetTicketFallback makes a Stateful or Mixed cache issue, until it is
 // called again with 0, stateless tickets under the handshake config's
 // session ticket keys that expire after lifetime, instead of cached
-// sessions. A farm node turns it on while it cannot reach the farm, so
-// that clients keep resuming on every node (whose caches accept such
-// tickets, see AcceptTickets) instead of on this one only. It does nothing
-// for a SingleUse cache: a ticket cannot be retired, and an unreachable
-// farm must mean a full handshake, never a replayable ticket. Per-session
-// revocation does not reach these tickets before they expire (a revoked
-// chain still does, on nodes that know of the revocation).
-func (c *Cache) SetTicketFallback(lifetime time.Duration) {
+// sessions, and reports whether the cache now issues them. A farm node
+// turns it on while it cannot reach the farm, so that clients keep resuming
+// on every node (whose caches accept such tickets, see AcceptTickets)
+// instead of on this one only. It does nothing, and reports false, for a
+// SingleUse cache (a ticket cannot be retired, and an unreachable farm must
+// mean a full handshake, never a replayable ticket) and for a Stateless one.
+// Per-session revocation does not reach these tickets before they expire (a
+// revoked chain still does, on nodes that know of the revocation).
+func (c *Cache) SetTicketFallback(lifetime time.Duration) bool {
 	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
-		return
+		return false
 	}
 	c.life.fallback.Store(int64(max(lifetime, 0)))
+	return lifetime > 0
 }
-
-// TicketFallback reports whether the cache issues fallback tickets now.
-func (c *Cache) TicketFallback() bool { return c.life.fallback.Load() > 0 }
 
 // AcceptTickets makes a Stateful cache accept the stateless tickets this
 // farm issues (bound to a server name and a chain by this package, and
