@@ -133,7 +133,7 @@ func (c *lifeCounters) snapshot() LifecycleStats {
 // farm-wide answer is possible.
 //
 // Single-use caches (session.Config.SingleUse) use the same operation
-// through their Claimer, before a handshake may resume the session.
+// through the node (session.Cache.Join), before a handshake may resume the session.
 func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
@@ -194,15 +194,31 @@ func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
 	return true, nil
 }
 
-// claimer is the node's session.Claimer: single use through the store.
-type claimer struct{ n *Node }
+// cachePeer is the farm as the node's cache sees it (session.Farm): the
+// store and the pending sessions to load from, and single use through the
+// store.
+type cachePeer struct{ n *Node }
 
-func (c claimer) Claim(ctx context.Context, id session.ID) (bool, error) {
-	return c.n.consumeStore(ctx, id)
+func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, error) {
+	return p.n.load(ctx, id)
 }
 
-func (c claimer) Release(id session.ID, r session.Record) {
-	c.n.enqueue(item{id: id, rec: r, op: opRestore})
+func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {
+	n := p.n
+	if n.cfg.Records == nil {
+		return true, nil // no store to claim from: this cache's claim is all there is
+	}
+	// A claim that times out after the store took the session costs the
+	// client its resumption: give it the longer of the two deadlines.
+	ctx, cancel := context.WithTimeout(ctx, max(n.cfg.LookupTimeout, n.cfg.WriteThroughTimeout))
+	defer cancel()
+	return n.consumeStore(ctx, id)
+}
+
+func (p cachePeer) Release(id session.ID, r session.Record) {
+	if p.n.cfg.Records != nil {
+		p.n.enqueue(item{id: id, rec: r, op: opRestore})
+	}
 }
 
 // restore puts back a session whose claim was released, unless the key

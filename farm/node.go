@@ -224,6 +224,7 @@ type Node struct {
 	busProbe, storeProbe *probe // nil: not a Pinger
 
 	unhook    func()
+	leave     func() // leaves the cache's farm (session.Cache.Join), if joined
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	heal      chan struct{}
@@ -313,13 +314,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 	if cfg.Records != nil || n.pend != nil {
-		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
-		if cfg.Records != nil && cfg.Cache.SingleUse() {
-			// A claim that times out after the store took the session
-			// costs the client its resumption: give it the longer of
-			// the two deadlines.
-			cfg.Cache.SetClaimer(claimer{n}, max(cfg.LookupTimeout, cfg.WriteThroughTimeout))
-		}
+		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)
 	}
 	n.initProbes()
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
@@ -435,9 +430,8 @@ func (cfg *Config) setDefaults() error {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
-		if n.cfg.Records != nil || n.pend != nil {
-			n.cfg.Cache.SetLoader(nil, 0)
-			n.cfg.Cache.SetClaimer(nil, 0)
+		if n.leave != nil {
+			n.leave()
 		}
 		n.cancel()
 		n.wg.Wait()

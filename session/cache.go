@@ -1,7 +1,6 @@
 package session
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -48,7 +47,7 @@ type Cache struct {
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
 
-	loader  atomic.Pointer[loader]
+	farm    atomic.Pointer[farmBox]
 	tomb    tombstones
 	pending sync.Map // net.Conn -> *claim, for SingleUse
 	life    lifecycle
@@ -80,7 +79,8 @@ type entry struct {
 }
 
 // New returns a cache configured by cfg, which may be nil for all defaults.
-// It returns an error only for an invalid ID key set.
+// It returns an error only for an unknown Config.Mode. The cache mints and
+// checks IDs under a random key of its own until SetIDKeys gives it others.
 func New(cfg *Config) (*Cache, error) {
 	var c Cache
 	if cfg != nil {
@@ -109,9 +109,6 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.SweepInterval == 0 {
 		cf.SweepInterval = defaultSweepInterval
 	}
-	if cf.LoaderTimeout <= 0 {
-		cf.LoaderTimeout = defaultLoaderTimeout
-	}
 	if cf.MaxStateLen <= 0 {
 		cf.MaxStateLen = defaultMaxStateLen
 	}
@@ -125,19 +122,11 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
 	}
-	keys := cf.IDKeys
-	if len(keys) == 0 {
-		keys = []IDKey{randomIDKey()}
-	}
-	k, err := newIDKeys(keys)
+	k, err := newIDKeys([]IDKey{randomIDKey()})
 	if err != nil {
 		return nil, err
 	}
-	cf.IDKeys = nil // the cache keeps only the AES schedules
 	c.keys.Store(k)
-	if cf.Loader != nil {
-		c.loader.Store(&loader{fn: cf.Loader, timeout: cf.LoaderTimeout})
-	}
 
 	c.seed = maphash.MakeSeed()
 	c.mask = uint64(cf.Buckets - 1)
@@ -160,26 +149,6 @@ func (c *Cache) Close() error {
 	c.closeOnce.Do(func() { close(c.stop) })
 	<-c.done
 	return nil
-}
-
-// SetLoader installs (or, with a nil fn, removes) the function asked for
-// sessions that are not in the cache, as Config.Loader and
-// Config.LoaderTimeout do (a timeout of 0 means 5 milliseconds). A
-// plugin that joins a farm after the cache was made uses it.
-func (c *Cache) SetLoader(fn func(ctx context.Context, id ID) (*Record, error), timeout time.Duration) {
-	if fn == nil {
-		c.loader.Store(nil)
-		return
-	}
-	if timeout <= 0 {
-		timeout = defaultLoaderTimeout
-	}
-	c.loader.Store(&loader{fn: fn, timeout: timeout})
-}
-
-type loader struct {
-	fn      func(ctx context.Context, id ID) (*Record, error)
-	timeout time.Duration
 }
 
 func (c *Cache) bucket(id *ID) *bucket {

@@ -241,10 +241,11 @@ func TestHookPanicRecovered(t *testing.T) {
 
 func TestForgedIDsNeverReachLoader(t *testing.T) {
 	var calls int
-	c := newCache(t, &session.Config{Loader: func(context.Context, session.ID) (*session.Record, error) {
+	c := newCache(t, nil)
+	c.Join(loadFunc(func(context.Context, session.ID) (*session.Record, error) {
 		calls++
 		return nil, nil
-	}})
+	}), 0)
 	other := newCache(t, nil)
 	good := c.NewID()
 	forged := [][]byte{
@@ -276,11 +277,11 @@ func TestForgedIDsNeverReachLoader(t *testing.T) {
 }
 
 func TestLoaderTimeout(t *testing.T) {
-	c := newCache(t, &session.Config{LoaderTimeout: 20 * time.Millisecond,
-		Loader: func(ctx context.Context, id session.ID) (*session.Record, error) {
-			<-ctx.Done()
-			return nil, ctx.Err()
-		}})
+	c := newCache(t, nil)
+	c.Join(loadFunc(func(ctx context.Context, id session.ID) (*session.Record, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}), 20*time.Millisecond)
 	id := c.NewID()
 	start := time.Now()
 	ss, err := unwrap(c, id[:], tls.ConnectionState{})
@@ -298,7 +299,10 @@ func TestLoaderTimeout(t *testing.T) {
 func TestIDKeyRotation(t *testing.T) {
 	k1 := session.IDKey{ID: 1, Key: [32]byte{1}}
 	k2 := session.IDKey{ID: 2, Key: [32]byte{2}}
-	c := newCache(t, &session.Config{IDKeys: []session.IDKey{k1}})
+	c := newCache(t, nil)
+	if err := c.SetIDKeys(k1); err != nil {
+		t.Fatal(err)
+	}
 	old := c.NewID()
 	if err := c.SetIDKeys(k2, k1); err != nil {
 		t.Fatal(err)

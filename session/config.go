@@ -1,7 +1,6 @@
 package session
 
 import (
-	"context"
 	"log/slog"
 	"time"
 )
@@ -16,7 +15,7 @@ const (
 	defaultMaxChainLifetime = 24 * time.Hour
 	defaultResumeGrace      = 30 * time.Second
 	defaultSweepInterval    = time.Minute
-	defaultLoaderTimeout    = 5 * time.Millisecond
+	defaultLoadTimeout      = 5 * time.Millisecond
 	defaultMaxStateLen      = 16 << 10
 )
 
@@ -59,11 +58,6 @@ type Config struct {
 	// whether or not they have been swept.
 	SweepInterval time.Duration
 
-	// IDKeys authenticate session IDs: the first mints new IDs, all verify.
-	// Nodes of a farm share them. If empty, the cache draws a random key and
-	// its IDs are valid in this process only.
-	IDKeys []IDKey
-
 	// Mode selects the kind of ticket issued and accepted by the crypto/tls
 	// glue (default Stateful).
 	Mode Mode
@@ -79,16 +73,6 @@ type Config struct {
 	// retire a session: they happen before the client has proved it holds
 	// the session's secret.
 	SingleUse bool
-
-	// Loader, if set, is asked for a session that a client presented and
-	// that is not in the cache (for example, a farm's shared store). It is
-	// called only for authenticated IDs, with a context that expires after
-	// LoaderTimeout. It returns (nil, nil) when it has no such session. A
-	// record it returns is inserted with OriginLoader.
-	Loader func(ctx context.Context, id ID) (*Record, error)
-
-	// LoaderTimeout bounds each call of Loader (default 5 milliseconds).
-	LoaderTimeout time.Duration
 
 	// MaxStateLen is the largest serialized session state the cache takes
 	// (default 16 KiB). Larger ones are refused with an error

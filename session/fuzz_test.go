@@ -15,8 +15,11 @@ import (
 // independent computation of the tag (AES-256 of the random part).
 func FuzzCheckID(f *testing.F) {
 	key := [32]byte{7}
-	c, err := session.New(&session.Config{IDKeys: []session.IDKey{{ID: 3, Key: key}}, SweepInterval: -1})
+	c, err := session.New(&session.Config{SweepInterval: -1})
 	if err != nil {
+		f.Fatal(err)
+	}
+	if err := c.SetIDKeys(session.IDKey{ID: 3, Key: key}); err != nil {
 		f.Fatal(err)
 	}
 	block, err := aes.NewCipher(key[:])

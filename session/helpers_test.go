@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"context"
 	"crypto/tls"
 
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -74,3 +75,13 @@ func lookup(c *session.Cache, id session.ID) (session.Record, bool) {
 	}
 	return session.Record{}, false
 }
+
+// loadFunc is a Farm that only loads: claims are granted, releases ignored.
+type loadFunc func(ctx context.Context, id session.ID) (*session.Record, error)
+
+func (f loadFunc) Load(ctx context.Context, id session.ID) (*session.Record, error) {
+	return f(ctx, id)
+}
+
+func (loadFunc) Claim(context.Context, session.ID) (bool, error) { return true, nil }
+func (loadFunc) Release(session.ID, session.Record)              {}

@@ -9,8 +9,6 @@ import (
 
 // lifecycle is the cache's state for single use and bounded children.
 type lifecycle struct {
-	claimer atomic.Pointer[claimerBox]
-
 	mu     sync.Mutex
 	claims map[ID]*claim    // single-use sessions held by a handshake in progress
 	kids   map[ID]childLink // parent -> its live child, while the parent is in its grace

@@ -12,14 +12,19 @@ import (
 
 // modeServer is a server in the given mode whose ticket keys and ID keys are
 // shared with the other servers of a test.
-func modeServer(t *testing.T, mode session.Mode, cc session.Config) *farmServer {
+func modeServer(t *testing.T, mode session.Mode, cc session.Config, farm session.Farm) *farmServer {
 	t.Helper()
 	cert, pool := tlstest.SharedCert()
 	cc.Mode = mode
-	cc.IDKeys = []session.IDKey{{ID: 1, Key: [32]byte{9}}}
 	cache, err := session.New(&cc)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := cache.SetIDKeys(session.IDKey{ID: 1, Key: [32]byte{9}}); err != nil {
+		t.Fatal(err)
+	}
+	if farm != nil {
+		cache.Join(farm, 0)
 	}
 	t.Cleanup(func() { cache.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -31,7 +36,7 @@ func modeServer(t *testing.T, mode session.Mode, cc session.Config) *farmServer 
 func TestStatelessMode(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			s := modeServer(t, session.Stateless, session.Config{})
+			s := modeServer(t, session.Stateless, session.Config{}, nil)
 			ccfg := s.client(tv.v, "a.example", tls.NewLRUClientSessionCache(4))
 			tlstest.MustDial(t, s.srv.Addr, ccfg)
 			for i := range 2 {
@@ -61,12 +66,10 @@ func TestStatelessMode(t *testing.T) {
 func TestModeSwitchWithoutCliff(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			stateful := modeServer(t, session.Stateful, session.Config{})
-			mixed := modeServer(t, session.Mixed, session.Config{
-				// Share the stateful server's sessions, as a farm would.
-				Loader: loaderFrom(stateful.cache),
-			})
-			stateless := modeServer(t, session.Stateless, session.Config{})
+			stateful := modeServer(t, session.Stateful, session.Config{}, nil)
+			// Share the stateful server's sessions, as a farm would.
+			mixed := modeServer(t, session.Mixed, session.Config{}, loaderFrom(stateful.cache))
+			stateless := modeServer(t, session.Stateless, session.Config{}, nil)
 
 			// A session ID issued before the switch resumes on a mixed server.
 			idClient := &tlstest.FrozenCache{}
@@ -94,7 +97,7 @@ func TestStatelessLifetimes(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			clk := newClock()
-			s := modeServer(t, session.Stateless, session.Config{Now: clk.Now, Lifetime: time.Hour, MaxChainLifetime: 90 * time.Minute})
+			s := modeServer(t, session.Stateless, session.Config{Now: clk.Now, Lifetime: time.Hour, MaxChainLifetime: 90 * time.Minute}, nil)
 			lru := tls.NewLRUClientSessionCache(4)
 			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru))
 			clk.Advance(50 * time.Minute)
@@ -118,12 +121,12 @@ func TestStatelessLifetimes(t *testing.T) {
 	}
 }
 
-func loaderFrom(c *session.Cache) func(ctx context.Context, id session.ID) (*session.Record, error) {
-	return func(_ context.Context, id session.ID) (*session.Record, error) {
+func loaderFrom(c *session.Cache) session.Farm {
+	return loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
 		r, ok := lookup(c, id)
 		if !ok {
 			return nil, nil
 		}
 		return &r, nil
-	}
+	})
 }

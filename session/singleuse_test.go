@@ -116,8 +116,8 @@ func TestTicketFallback(t *testing.T) {
 	t.Parallel()
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			a := modeServer(t, session.Stateful, session.Config{})
-			b := modeServer(t, session.Stateful, session.Config{})
+			a := modeServer(t, session.Stateful, session.Config{}, nil)
+			b := modeServer(t, session.Stateful, session.Config{}, nil)
 			b.cache.AcceptTickets(true)
 			a.cache.SetTicketFallback(time.Second)
 			frozen := &tlstest.FrozenCache{}
@@ -138,7 +138,7 @@ func TestTicketFallback(t *testing.T) {
 				t.Fatal("fallback off: no cached session")
 			}
 
-			su := modeServer(t, session.Stateful, session.Config{SingleUse: true})
+			su := modeServer(t, session.Stateful, session.Config{SingleUse: true}, nil)
 			su.cache.SetTicketFallback(time.Minute)
 			tlstest.MustDial(t, su.srv.Addr, su.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
 			if st := stats(su.cache); st.TicketsFallback != 0 || st.Size != 1 {

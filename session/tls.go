@@ -254,17 +254,17 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	return r
 }
 
-// load asks Config.Loader for id and inserts what it returns.
+// load asks the Farm the cache joined for id, and inserts what it returns.
 func (c *Cache) load(ctx context.Context, id ID) *Record {
-	l := c.loader.Load()
-	if l == nil {
+	box := c.farm.Load()
+	if box == nil {
 		return nil
 	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	rec, err := l.fn(ctx, id)
+	ctx, cancel := context.WithTimeout(ctx, box.timeout)
+	rec, err := box.f.Load(ctx, id)
 	cancel()
 	switch {
 	case err != nil:

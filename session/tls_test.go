@@ -323,20 +323,22 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
-			a := newServer(t, &session.Config{IDKeys: keys})
+			a := newServer(t, nil)
+			a.cache.SetIDKeys(keys...)
 			var loads int
 			var mu sync.Mutex
-			b := newServer(t, &session.Config{IDKeys: keys, LoaderTimeout: time.Second,
-				Loader: func(_ context.Context, id session.ID) (*session.Record, error) {
-					mu.Lock()
-					loads++
-					mu.Unlock()
-					r, ok := lookup(a.cache, id)
-					if !ok {
-						return nil, nil
-					}
-					return &r, nil
-				}})
+			b := newServer(t, nil)
+			b.cache.SetIDKeys(keys...)
+			b.cache.Join(loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
+				mu.Lock()
+				loads++
+				mu.Unlock()
+				r, ok := lookup(a.cache, id)
+				if !ok {
+					return nil, nil
+				}
+				return &r, nil
+			}), time.Second)
 			shared := &tlstest.SharedCache{}
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
 			cs := tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared))
