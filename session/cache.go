@@ -53,6 +53,7 @@ type Cache struct {
 	life    lifecycle
 
 	panicLogged atomic.Bool
+	reported    atomic.Bool // the server calls HandshakeComplete
 	ctr         counters
 
 	stop      chan struct{}

@@ -14,16 +14,25 @@ const pendingTTL = 2 * time.Minute
 
 // HandshakeComplete tells a SingleUse cache that the handshake of conn
 // completed (conn.Handshake returned nil). If the handshake resumed a
-// single-use session, the session is retired (on every server of a farm);
-// if it did not, the claim UnwrapSession took on the session is released.
-// It is cheap and does nothing for caches that are not SingleUse, so servers
-// may always call it. With net/http, call it from Server.ConnState on
-// StateActive. A handshake that fails needs no call: its claim is released
-// shortly after it ends.
+// single-use session, the session is retired now (on every server of a
+// farm); if it did not, the claim the handshake took on the session is
+// released. It is cheap and does nothing for caches that are not SingleUse,
+// so servers may always call it. With net/http, call it from
+// Server.ConnState on StateActive. A handshake that fails needs no call.
+//
+// Single use holds without it. crypto/tls calls no server callback after
+// the client's Finished message, so the config Install makes notes, in its
+// VerifyConnection, that a handshake is resuming a claimed session (in TLS
+// 1.3 the client has proved it holds the session's secret by then), and
+// when the handshake ends the session is retired. What the call adds is
+// precision: once a server has called it, the cache waits for the call, so
+// that a handshake that fails after VerifyConnection (a client that aborts)
+// releases its claim instead of burning the session.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
 	}
+	c.reported.Store(true)
 	c.settleClaim(conn)
 }
 
@@ -37,9 +46,11 @@ func (c *Cache) sweepPending(now int64) {
 }
 
 // claimSettle is how long after a handshake has ended (its context is done)
-// a single-use claim waits for HandshakeComplete before it is released as
-// the claim of a failed handshake. A server calls HandshakeComplete right
-// after Handshake returns, so this only needs to cover scheduling delays.
+// a single-use claim waits for HandshakeComplete before it is settled
+// without it: released as the claim of a failed handshake, or, on a server
+// that does not call HandshakeComplete, consumed if the handshake resumed.
+// A server calls HandshakeComplete right after Handshake returns, so this
+// only needs to cover scheduling delays.
 const claimSettle = 2 * time.Second
 
 // A claim is one handshake's hold on a single-use session.
@@ -153,6 +164,12 @@ func (h *handshake) watch(cl *claim) {
 		time.AfterFunc(claimSettle, func() {
 			if h.conn != nil && !c.pending.CompareAndDelete(h.conn, cl) {
 				return // settled by HandshakeComplete
+			}
+			if h.resumed.Load() && !c.reported.Load() {
+				// The server does not report handshakes: this one got as
+				// far as resuming the session, so it is used.
+				cl.consume()
+				return
 			}
 			cl.release()
 		})

@@ -147,3 +147,40 @@ func TestTicketFallback(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleUseWithoutHandshakeComplete checks that single use holds on a
+// server that never calls HandshakeComplete: the config Install makes
+// notes that a handshake resumed the session, and the session is retired
+// when the handshake ends.
+func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			cert, pool := tlstest.SharedCert()
+			cache, err := session.New(&session.Config{SingleUse: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cache.Close() })
+			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+			cache.Install(cfg)
+			srv := tlstest.Serve(t, "n1", cfg, nil)
+			s := &farmServer{cache: cache, srv: srv, pool: pool, cfg: cfg}
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen))
+			if !tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("the single-use session did not resume once")
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for stats(cache).Retired == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the resumed session was never retired: %+v", stats(cache))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("single-use session resumed twice")
+			}
+		})
+	}
+}

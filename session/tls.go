@@ -7,6 +7,7 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unique"
 )
@@ -60,6 +61,20 @@ func (c *Cache) Install(cfg *tls.Config) {
 		child.GetConfigForClient = nil
 		child.WrapSession = h.wrap
 		child.UnwrapSession = h.unwrap
+		if c.cfg.SingleUse {
+			verify := child.VerifyConnection
+			child.VerifyConnection = func(cs tls.ConnectionState) error {
+				if verify != nil {
+					if err := verify(cs); err != nil {
+						return err
+					}
+				}
+				if cs.DidResume {
+					h.resumed.Store(true)
+				}
+				return nil
+			}
+		}
 		return child, nil
 	}
 }
@@ -84,13 +99,16 @@ func (c *Cache) unwrapSession(identity []byte, cs tls.ConnectionState) (*tls.Ses
 // handshake is the state shared by the two crypto/tls calls of one
 // handshake, bound to the per-handshake config made by Install.
 type handshake struct {
-	c     *Cache
-	src   *tls.Config
-	conn  net.Conn
-	ctx   context.Context
-	last  unwrapped // the last session UnwrapSession returned
-	claim *claim    // the single-use claim this handshake holds, if any
-	tmp   [aes.BlockSize]byte
+	c    *Cache
+	src  *tls.Config
+	conn net.Conn
+	ctx  context.Context
+	last unwrapped // the last session UnwrapSession returned
+	// resumed is set by VerifyConnection when the handshake resumes a
+	// session (SingleUse only).
+	resumed atomic.Bool
+	claim   *claim // the single-use claim this handshake holds, if any
+	tmp     [aes.BlockSize]byte
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
