@@ -96,7 +96,7 @@ func (n *Node) noteRecut(id session.ID, until time.Time) {
 // noteLoaded records id if its record, just loaded, ends within the grace
 // period (plus a second): someone resumed it already.
 func (n *Node) noteLoaded(id session.ID, expires time.Time) {
-	grace := n.cfg.Cache.ResumeGrace()
+	grace := n.cfg.Cache.Config().ResumeGrace
 	if grace > 0 && expires.Sub(n.cfg.Now()) <= grace+time.Second {
 		n.noteRecut(id, expires)
 	}
@@ -303,11 +303,11 @@ func (n *Node) receiveCuts(body []byte) {
 func (n *Node) lifecycleEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
-		grace := n.cfg.Cache.ResumeGrace()
-		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
+		cc := n.cfg.Cache.Config()
+		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
+			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):

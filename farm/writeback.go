@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // generationKey names a record that the first node to find it missing
@@ -63,7 +65,14 @@ func (n *Node) checkGeneration(ctx context.Context) {
 // writeBack writes the node's live sessions, newest first and at most
 // QueueSize of them, to a store that lost its data.
 func (n *Node) writeBack(ctx context.Context) {
-	entries := n.cfg.Cache.Snapshot(n.cfg.QueueSize)
+	type entry struct {
+		id  session.ID
+		rec session.Record
+	}
+	var entries []entry
+	for id, rec := range n.cfg.Cache.Snapshot(n.cfg.QueueSize) {
+		entries = append(entries, entry{id, rec})
+	}
 	now := n.cfg.Now()
 	hdr := header{typ: msgStored, time: now, sender: n.instance, farm: n.cfg.Farm}
 	written := 0
@@ -72,12 +81,12 @@ func (n *Node) writeBack(ctx context.Context) {
 		entries = entries[len(chunk):]
 		items := make([]Item, 0, len(chunk))
 		for _, e := range chunk {
-			ttl := e.Record.Expires.Sub(now)
-			body, err := e.Record.AppendBinary(nil)
+			ttl := e.rec.Expires.Sub(now)
+			body, err := e.rec.AppendBinary(nil)
 			if ttl <= 0 || err != nil {
 				continue
 			}
-			items = append(items, Item{Key: sessionKey(e.ID), Value: n.keys.seal(nil, hdr, body, e.ID[:]), TTL: ttl})
+			items = append(items, Item{Key: sessionKey(e.id), Value: n.keys.seal(nil, hdr, body, e.id[:]), TTL: ttl})
 		}
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err := n.cfg.Records.PutRecords(wctx, items...)

@@ -144,6 +144,11 @@ func New(cfg *Config) (*Cache, error) {
 	return &c, nil
 }
 
+// Config returns the cache's configuration, its zero fields replaced by
+// their defaults. A farm reads what it must do alike from it, such as
+// ResumeGrace and SingleUse.
+func (c *Cache) Config() Config { return c.cfg }
+
 // Close stops the background sweep and the coarse clock. The cache stays
 // usable: after Close it reads the time with Config.Now on every call.
 func (c *Cache) Close() error {

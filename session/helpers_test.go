@@ -68,9 +68,9 @@ func lookup(c *session.Cache, id session.ID) (session.Record, bool) {
 	if _, ok := c.GetBuffer(id, nil); !ok {
 		return session.Record{}, false
 	}
-	for _, e := range c.Snapshot(-1) {
-		if e.ID == id {
-			return e.Record, true
+	for got, r := range c.Snapshot(-1) {
+		if got == id {
+			return r, true
 		}
 	}
 	return session.Record{}, false

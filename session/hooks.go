@@ -122,23 +122,22 @@ type Event struct {
 	Record Record
 }
 
-// A Hook is called synchronously, in registration order, on the goroutine
+type hook struct {
+	kinds EventKind
+	fn    func(Event)
+}
+
+// AddHook registers the hook h for the kinds of event given (EventAll for
+// all) and returns a function that unregisters it. Unregistering is
+// idempotent, and takes effect for events that start after it returns.
+//
+// Hooks are called synchronously, in registration order, on the goroutine
 // that caused the event, after the cache has released its locks: a hook may
 // call the cache. A hook that blocks holds up that goroutine, which may be a
 // TLS handshake: hooks that do I/O hand the event to a goroutine of their
 // own. A hook that panics is recovered and counted, and the first panic is
 // logged.
-type Hook func(Event)
-
-type hook struct {
-	kinds EventKind
-	fn    Hook
-}
-
-// AddHook registers h for the kinds of event given (EventAll for all) and
-// returns a function that unregisters it. Unregistering is idempotent, and
-// takes effect for events that start after it returns.
-func (c *Cache) AddHook(kinds EventKind, h Hook) (remove func()) {
+func (c *Cache) AddHook(kinds EventKind, h func(Event)) (remove func()) {
 	if h == nil || kinds&EventAll == 0 {
 		panic("session: AddHook with a nil hook or no event kinds")
 	}
