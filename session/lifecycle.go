@@ -28,7 +28,6 @@ type childLink struct {
 	local   bool  // child was issued by a handshake on this server
 }
 
-
 // Retire removes the single session id (not its chain), firing EventRemove
 // with Retired and the given origin, and reports whether it was cached. A
 // farm calls it, with OriginPeer, when another server retired the session
