@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"testing"
@@ -129,4 +130,21 @@ func loaderFrom(c *session.Cache) session.Farm {
 		}
 		return &r, nil
 	})
+}
+
+// TestUndecryptableTicketIsNotAForgedID checks that a stateless ticket that
+// does not decrypt is counted as such, not as a forged session ID.
+func TestUndecryptableTicketIsNotAForgedID(t *testing.T) {
+	s := modeServer(t, session.Stateless, session.Config{}, nil)
+	child, err := s.cfg.GetConfigForClient(&tls.ClientHelloInfo{ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := bytes.Repeat([]byte{0xff}, 200)
+	if ss, err := child.UnwrapSession(junk, tls.ConnectionState{ServerName: "localhost"}); ss != nil || err != nil {
+		t.Fatalf("UnwrapSession(junk) = %v, %v; want nil, nil", ss, err)
+	}
+	if st := stats(s.cache); st.TicketsUndecryptable != 1 || st.ForgedIDs != 0 {
+		t.Fatalf("undecryptable %d, forged IDs %d; want 1 and 0", st.TicketsUndecryptable, st.ForgedIDs)
+	}
 }
