@@ -23,6 +23,7 @@ const (
 	EventAll = EventNew | EventGet | EventRemove
 )
 
+// String returns "new", "get" or "remove".
 func (k EventKind) String() string {
 	switch k {
 	case EventNew:
@@ -53,6 +54,7 @@ const (
 	OriginSweep
 )
 
+// String returns "handshake", "api", "peer", "loader" or "sweep".
 func (o Origin) String() string {
 	switch o {
 	case OriginHandshake:
@@ -85,6 +87,7 @@ const (
 	numReasons
 )
 
+// String returns "removed", "expired", "evicted" or "retired".
 func (r RemoveReason) String() string {
 	switch r {
 	case Removed:
@@ -103,9 +106,9 @@ func (r RemoveReason) String() string {
 // hooks by value; its Record shares State with the cache, which a hook must
 // not modify (it may keep it: the cache never modifies a State).
 type Event struct {
-	Kind   EventKind
-	ID     ID
-	Origin Origin
+	Kind   EventKind // what happened
+	ID     ID        // the session it happened to
+	Origin Origin    // what caused it
 
 	// Reason is why the session left the cache (EventRemove only).
 	Reason RemoveReason

@@ -61,8 +61,8 @@ func ParseID(s string) (ID, error) {
 // minted by the others. The ID field is carried in every ID so that keys can
 // be rotated: a cache mints with its first key and accepts all of them.
 type IDKey struct {
-	ID  uint8
-	Key [32]byte
+	ID  uint8    // carried in byte 1 of every ID the key authenticates
+	Key [32]byte // an AES-256 key
 }
 
 // idKeys is an immutable set of ID keys, replaced as a whole on rotation.
