@@ -49,16 +49,12 @@ func (l *listener) newQUIC() *quicListener {
 	s := l.s
 	q := &quicListener{l: l, conns: map[*quic.Conn]struct{}{}}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
-	q.base = &tls.Config{
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			if c := l.route.Load().quic; c != nil {
-				return c, nil
-			}
-			return nil, errNoQUIC
-		},
-	}
-	s.cache.Install(q.base)
-	q.admitEarlyData()
+	q.base = s.handshakeConfig(func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if c := l.route.Load().quic; c != nil {
+			return c, nil
+		}
+		return nil, errNoQUIC
+	}, q.admitEarlyData)
 	if s.ring != nil {
 		q.unreg = s.ring.Register(q.base)
 	}
