@@ -68,10 +68,11 @@ type Config struct {
 	// hosts is a known attack surface.
 	AllowServerNameMismatch bool
 
-	// SingleUse retires a session once a handshake that resumed it has
-	// completed, which is reported by HandshakeComplete. Lookups alone never
-	// retire a session: they happen before the client has proved it holds
-	// the session's secret.
+	// SingleUse makes a session resume once: it is retired when a
+	// handshake that resumed it completes (see HandshakeComplete), across
+	// a farm the cache joined. Finding a session alone never retires it:
+	// that happens before the client has proved it holds the session's
+	// secret.
 	SingleUse bool
 
 	// MaxStateLen is the largest serialized session state the cache takes

@@ -47,7 +47,7 @@ const (
 	// OriginPeer: a call of the API on behalf of another server of the
 	// farm. Plugins that share sessions do not send these back out.
 	OriginPeer
-	// OriginLoader: a session returned by Config.Loader on a miss.
+	// OriginLoader: a session returned by the farm (Farm.Load) on a miss.
 	OriginLoader
 	// OriginSweep: the sweep of expired sessions (Sweep, and the background
 	// sweep every Config.SweepInterval).

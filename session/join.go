@@ -49,8 +49,8 @@ type farmBox struct {
 // Join makes the cache ask f for the sessions it does not hold, each call
 // of f.Load bounded by timeout (0 means 5 milliseconds), and, if the cache
 // is SingleUse, take single-use claims from f after its own. A cache joins
-// at most one farm: Join replaces any earlier one. Leave undoes it; the
-// sessions the farm provided stay cached.
+// at most one farm: Join replaces any earlier one. The function it returns
+// leaves the farm; the sessions the farm provided stay cached.
 func (c *Cache) Join(f Farm, timeout time.Duration) (leave func()) {
 	if timeout <= 0 {
 		timeout = defaultLoadTimeout

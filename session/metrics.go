@@ -66,7 +66,7 @@ func (c *Cache) Metrics() []metric.Sample {
 		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load())
 	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",
 		metric.Counter, "", nil, l.fallbackIssued.Load())
-	s.add("tlsfarm_cache_single_use_total", "Single-use claims that did not end in a resumption, by what happened: busy (another handshake held the claim), refused (the farm's Claimer refused or did not answer), released (the handshake failed or did not resume), late (the handshake was reported complete after its claim had been released).",
+	s.add("tlsfarm_cache_single_use_total", "Single-use claims that did not end in a resumption, by what happened: busy (another handshake held the claim), refused (the farm's Claim refused or did not answer), released (the handshake failed or did not resume), late (the handshake was reported complete after its claim had been released).",
 		metric.Counter, "result", []string{"busy", "refused", "released", "late"},
 		l.busy.Load(), l.refused.Load(), l.released.Load(), l.late.Load())
 	s.add("tlsfarm_cache_children_replaced_total", "Sessions retired because their parent was resumed again within its grace.",

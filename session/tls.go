@@ -128,7 +128,7 @@ func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.Sessio
 	r := c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
 	if r.ss != nil && !r.ticket && c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
 		// Single use: claim the session before crypto/tls may resume it
-		// (see Claimer). A second call of the same handshake (after a
+		// (see Farm). A second call of the same handshake (after a
 		// HelloRetryRequest) keeps its claim.
 		if h.claim == nil || h.claim.id != r.id {
 			if h.claim != nil {
