@@ -5,11 +5,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -229,14 +229,7 @@ func (c *Config) checkAdmin() error {
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s is accessible to group or others (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
 		return "", err
 	}
