@@ -303,7 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if started {
 			l.ln.Close()
 		}
-		l.queue.Close()
+		l.handoff.Close()
 	}
 	var httpWG sync.WaitGroup
 	for _, l := range s.listeners {
