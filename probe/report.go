@@ -158,8 +158,8 @@ func (r *Report) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// WriteJSON writes r to w as indented JSON and a newline.
-func (r *Report) WriteJSON(w io.Writer) error {
+// writeJSON writes r to w as indented JSON and a newline.
+func (r *Report) writeJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
