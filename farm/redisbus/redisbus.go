@@ -207,7 +207,8 @@ func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *r
 
 // Subscribe implements farm.Bus. go-redis reconnects and resubscribes a
 // subscription whose connection fails; a subscription that falls silent for
-// two health intervals without answering a ping is closed and made anew.
+// two health intervals without answering a ping is closed and made anew,
+// after a wait from 50ms doubling to 1s, with jitter.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	for failures := 1; ; failures++ {
 		err := t.subscribeOnce(ctx, deliver, state)
