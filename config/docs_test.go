@@ -20,7 +20,7 @@ func TestDocsListEverySetting(t *testing.T) {
 			rows[key] = line
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		row, ok := rows[s.Key]
 		if !ok {
 			t.Errorf("docs/config.md has no row for %s", s.Key)

@@ -27,7 +27,7 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 	fs.SetOutput(output)
 	file := fs.String("config", "", "YAML configuration `file` (or $"+configEnv+")")
 	flags := map[string]*flagValue{}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if s.Flag == "" {
 			continue
 		}
@@ -67,14 +67,14 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 			return nil, err
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if v := getenv(s.Env); s.Env != "" && v != "" {
 			if err := c.apply(s.Key, v, "$"+s.Env); err != nil {
 				return nil, err
 			}
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if fv := flags[s.Key]; fv != nil && fv.set {
 			if err := c.apply(s.Key, fv.value, "flag -"+s.Flag); err != nil {
 				return nil, err
@@ -137,7 +137,7 @@ func (c *Config) where(key string) string {
 // flag's argument by the kind of its setting.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
 	keys := map[string]string{}
-	for _, s := range Settings {
+	for _, s := range settings {
 		keys[s.Flag] = s.Key
 	}
 	fs.VisitAll(func(f *flag.Flag) {

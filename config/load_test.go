@@ -123,7 +123,7 @@ func TestHelp(t *testing.T) {
 }
 
 func TestEverySettingHasAField(t *testing.T) {
-	for _, s := range Settings {
+	for _, s := range settings {
 		c := defaults()
 		value := "1"
 		if isBool(s.Key) {

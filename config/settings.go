@@ -1,5 +1,7 @@
 package config
 
+import "slices"
+
 // A Setting describes one configuration setting: where it can be given and
 // whether it can change without a restart. docs/config.md documents each
 // one; a test keeps the two in step.
@@ -23,8 +25,12 @@ type Setting struct {
 	Usage string
 }
 
-// Settings lists every setting in the order docs/config.md gives them.
-var Settings = []Setting{
+// Settings returns every setting in the order docs/config.md gives them.
+// The slice is the caller's: changing it changes nothing in the package.
+func Settings() []Setting { return slices.Clone(settings) }
+
+// settings is the table behind Settings, Load and RestartOnly.
+var settings = []Setting{
 	{Key: "node", Flag: "node", Env: "TLSFARM_NODE", Default: "the host name", Usage: "name of this node in logs, facts and the farm"},
 	{Key: "log.format", Flag: "log-format", Env: "TLSFARM_LOG_FORMAT", Default: "text", Usage: "log format: text or json"},
 	{Key: "log.level", Flag: "log-level", Env: "TLSFARM_LOG_LEVEL", Default: "info", Reloadable: true, Usage: "log level: debug, info, warn or error"},
@@ -78,7 +84,7 @@ var Settings = []Setting{
 
 // settingByKey returns the setting with the given key.
 func settingByKey(key string) (Setting, bool) {
-	for _, s := range Settings {
+	for _, s := range settings {
 		if s.Key == key {
 			return s, true
 		}
