@@ -4,7 +4,8 @@
 //
 // A farm's key set (a [ticket.State]: the key that encrypts, the pre-staged
 // next key and the previous keys) is turned into a [Set], whose keys are
-// derived for one consumer with HKDF-SHA256: each format has its own label,
+// derived for one consumer with HKDF-SHA256: each format has its own label (docs/keys.md
+// lists them),
 // so no terminator ever holds a key that another kind of terminator, or a
 // tlsfarm node, uses. A [Target] writes a Set in its terminator's format, and
 // an [Exporter] follows a [ticket.Ring] and exports every new key set to its
