@@ -34,8 +34,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// DefaultRevokeTimeout bounds a farm-wide revocation.
-const DefaultRevokeTimeout = 5 * time.Second
+// defaultRevokeTimeout bounds a farm-wide revocation.
+const defaultRevokeTimeout = 5 * time.Second
 
 // A Config configures the admin API. Cache is required; every other field
 // may be left zero, which leaves out what it feeds.
@@ -75,8 +75,7 @@ type Config struct {
 	// on a reload). If it is nil or returns "", state changes are refused.
 	Token func() string
 
-	// RevokeTimeout bounds DELETE /sessions/{id} (default
-	// DefaultRevokeTimeout).
+	// RevokeTimeout bounds DELETE /sessions/{id} (default 5s).
 	RevokeTimeout time.Duration
 
 	// Collectors are registered with the metrics registry as well.
@@ -131,7 +130,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("admin: Config.Cache is required")
 	}
 	if cfg.RevokeTimeout <= 0 {
-		cfg.RevokeTimeout = DefaultRevokeTimeout
+		cfg.RevokeTimeout = defaultRevokeTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

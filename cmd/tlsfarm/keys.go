@@ -69,7 +69,7 @@ func (f exportFlag) Set(v string) error {
 // envDefault returns the environment's value for the setting with the
 // given key (the variable serve reads), or def.
 func envDefault(getenv func(string) string, key, def string) string {
-	for _, s := range config.Settings {
+	for _, s := range config.Settings() {
 		if s.Key == key && s.Env != "" {
 			if v := getenv(s.Env); v != "" {
 				return v

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // flushTimeout bounds a Publish whose context has no deadline: nats.go's
@@ -30,7 +32,7 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	}
 	for _, m := range msgs {
 		if err := t.nc.Publish(t.subject, m); err != nil {
-			return fmt.Errorf("natsbus: publish: %v", redact(err, t.secrets))
+			return fmt.Errorf("natsbus: publish: %v", redact.Error(err, t.secrets))
 		}
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -65,14 +67,14 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("natsbus: subscribe: %v", redact(err, t.secrets))
+		return fmt.Errorf("natsbus: subscribe: %v", redact.Error(err, t.secrets))
 	}
 	defer sub.Unsubscribe()
 
 	up := false
 	downErr := func() error {
 		if err := t.nc.LastError(); err != nil {
-			return fmt.Errorf("natsbus: %v", redact(err, t.secrets))
+			return fmt.Errorf("natsbus: %v", redact.Error(err, t.secrets))
 		}
 		return errNotConnected
 	}

@@ -27,6 +27,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 )
 
 // A Transport is a farm.Bus and a farm.Store on one Redis deployment.
@@ -66,7 +68,7 @@ type Transport struct {
 func Open(rawURL, farmName string) (*Transport, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("redisbus: bad URL: %v", redactURLError(err))
+		return nil, fmt.Errorf("redisbus: bad URL: %v", redact.URLError(err))
 	}
 	base, kind, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
@@ -93,7 +95,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "":
 		opt, err := redis.ParseURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
@@ -103,7 +105,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "cluster":
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -113,7 +115,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "sentinel":
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -145,15 +147,6 @@ type quietLogger struct{}
 
 func (quietLogger) Printf(ctx context.Context, format string, v ...any) {
 	slog.Debug("redisbus: go-redis: " + fmt.Sprintf(format, v...))
-}
-
-// redactURLError drops a URL (which may hold a password) from a parse error.
-func redactURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
 }
 
 // New returns a transport for the named farm on a client the caller made
@@ -214,9 +207,10 @@ func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *r
 
 // Subscribe implements farm.Bus. go-redis reconnects and resubscribes a
 // subscription whose connection fails; a subscription that falls silent for
-// two health intervals without answering a ping is closed and made anew.
+// two health intervals without answering a ping is closed and made anew,
+// after a wait from 50ms doubling to 1s, with jitter.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
-	for failures := 0; ; failures++ {
+	for failures := 1; ; failures++ {
 		err := t.subscribeOnce(ctx, deliver, state)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -225,7 +219,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(min(50*time.Millisecond<<min(failures, 5), time.Second)):
+		case <-time.After(retry.Backoff(failures, 50*time.Millisecond, time.Second)):
 		}
 	}
 }
