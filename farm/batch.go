@@ -4,23 +4,9 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
-
-// A MessageLimiter is a Bus or Store that bounds the size of one message
-// (or stored value). MaxMessageSize returns that bound in bytes, or 0 while
-// it is not known (not connected yet). A node keeps its messages and values
-// at least transportReserve bytes below it, and always within the farm's
-// own MaxMessageSize.
-type MessageLimiter interface {
-	MaxMessageSize() int
-}
-
-// MaxSetMembers bounds what Store.SetMembers returns: the farm's
-// transports return at most this many members of a set (the revocations
-// that lapse last, where the store orders them), so that a flood of
-// revocations cannot make every node read an unbounded set at each heal.
-// A node counts a full answer in Stats.TombstonesTruncated.
-const MaxSetMembers = 100000
 
 // transportReserve is left under a transport's limit for what the
 // transport adds to the farm's bytes (headers, a value prefix).
@@ -33,8 +19,8 @@ var errUnencodable = errors.New("farm: session cannot be encoded within the mess
 // limitOf returns the largest message the node may send through v (a Bus
 // or a Store).
 func limitOf(v any) int {
-	lim := MaxMessageSize
-	if l, ok := v.(MessageLimiter); ok {
+	lim := transport.MaxMessageSize
+	if l, ok := v.(transport.MessageLimiter); ok {
 		if m := l.MaxMessageSize(); m > 0 {
 			lim = min(lim, m-transportReserve)
 		}
@@ -107,7 +93,7 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 // the backlog), and its write-through waiter is told at once. Retirements
 // and cuts add their part through lifecycleStoreItems; released claims are
 // written by restoreAll.
-func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item, dels []string, revs []revocation) {
+func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []transport.Item, dels []string, revs []revocation) {
 	limit := limitOf(n.cfg.Records)
 	hdr.typ = msgStored
 	for i := range batch {
@@ -139,7 +125,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 			}
 			continue
 		}
-		puts = append(puts, Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
+		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
 	}
 	return puts, dels, revs
 }

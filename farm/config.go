@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -81,21 +82,21 @@ type Config struct {
 	Cache *session.Cache
 
 	// Bus carries messages between nodes.
-	Bus Bus
+	Bus transport.Bus
 
 	// Records, if set, holds each session until it expires, for lookups
 	// on a miss. Without it, a node that missed a message, or joined late,
 	// cannot resume what it missed.
-	Records RecordStore
+	Records transport.RecordStore
 
 	// Coord holds the revocations until they lapse, and the ticket key
 	// lease and key set (Node.RotateTicketKeys). It is required with
 	// Records.
-	Coord Coordinator
+	Coord transport.Coordinator
 
 	// Store, if set, is used as Records and as Coord where those are nil:
 	// the usual way to give the farm one transport for both.
-	Store Store
+	Store transport.Store
 
 	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
@@ -150,7 +151,7 @@ type Config struct {
 	HealInterval time.Duration
 
 	// ProbeInterval is how often the node probes a transport that is a
-	// Pinger, and ProbeTimeout how long a probe may wait for its answer
+	// transport.Pinger, and ProbeTimeout how long a probe may wait for its answer
 	// (defaults DefaultProbeInterval, DefaultProbeTimeout). A hung bus or
 	// store shows in Stats (Connected false) within about their sum.
 	ProbeInterval, ProbeTimeout time.Duration

@@ -12,6 +12,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -19,7 +20,7 @@ import (
 
 // countingStore is a real store that counts its record GETs.
 type countingStore struct {
-	farm.Store
+	transport.Store
 	gets atomic.Int64
 }
 
@@ -97,7 +98,7 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 	var counting *countingStore
 	ms, _ := farmtest.Start(t, 1, &farmtest.Options{
 		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 			bus, store := redisTransport(url)(t, farmName)
 			counting = &countingStore{Store: store}
 			return bus, counting
@@ -220,7 +221,7 @@ func TestRotatorCloseUnregisters(t *testing.T) {
 
 // slowStore is a real store whose record GETs take delay longer.
 type slowStore struct {
-	farm.Store
+	transport.Store
 	delay time.Duration
 	gets  atomic.Int64
 }
@@ -245,7 +246,7 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 	o := farmtest.Options{NewTransport: redisTransport(url), Secret: secret, Mode: farm.StoreOnly,
 		Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}
 	n1 := farmtest.Join(t, "n1", name, o)
-	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+	o.NewTransport = func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, store := redisTransport(url)(t, farmName)
 		slow.Store = store
 		return bus, slow

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -35,13 +36,6 @@ const (
 	fixedHeaderLen  = 2 + 1 + 1 + 1 + 8 + 8 + 1
 	maxFarmName     = 64
 )
-
-// MaxMessageSize is the largest envelope a node accepts, from the bus or
-// the store: a longer one is refused (RejectSize) before anything is
-// allocated for it. A node also keeps every message it sends within it, and
-// within the transport's own limit (see MessageLimiter), splitting a batch
-// into several messages where it must.
-const MaxMessageSize = 1 << 20
 
 // envelopeOverhead is the size of an envelope around an empty body, for a
 // farm name of n bytes.
@@ -99,7 +93,7 @@ const (
 	RejectSeal                       // unknown key, or failed authentication: forged or tampered
 	RejectBody                       // authentic, but its body does not decode
 	RejectType                       // authentic, but of a type not expected here
-	RejectSize                       // longer than MaxMessageSize
+	RejectSize                       // longer than transport.MaxMessageSize
 	numRejections
 )
 
@@ -185,7 +179,7 @@ func adFor(hdr, context []byte) []byte {
 // nonce.
 func parseHeader(msg []byte) (header, int, error) {
 	var h header
-	if len(msg) > MaxMessageSize {
+	if len(msg) > transport.MaxMessageSize {
 		return h, 0, errTooLarge
 	}
 	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {

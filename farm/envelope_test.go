@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -181,7 +182,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add(msg)
 	f.Add(msg[:30])
 	f.Add([]byte("tF\x01"))
-	big := make([]byte, MaxMessageSize+1)
+	big := make([]byte, transport.MaxMessageSize+1)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Only "body" was ever sealed under this key (here or in the
 		// process that made the seed corpus), so nothing else may open.
@@ -189,7 +190,7 @@ func FuzzOpen(f *testing.F) {
 		if err == nil && string(body) != "body" {
 			t.Fatalf("a message that was never sealed opened: %x -> %x", b, body)
 		}
-		if len(b) > MaxMessageSize && rejection(err) != RejectSize {
+		if len(b) > transport.MaxMessageSize && rejection(err) != RejectSize {
 			t.Fatalf("a %d-byte message was not refused for its size: %v", len(b), err)
 		}
 		// The same bytes, padded past the bound, are refused for their

@@ -171,7 +171,7 @@ func TestForgedMessagesRejected(t *testing.T) {
 		}()
 		return ch
 	}
-	ours, theirs := capture(transport(ms[0]).Channel()), capture(transport(elsewhere[0]).Channel())
+	ours, theirs := capture(redisOf(ms[0]).Channel()), capture(redisOf(elsewhere[0]).Channel())
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	tlstest.MustDial(t, elsewhere[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	real := <-ours
@@ -179,7 +179,7 @@ func TestForgedMessagesRejected(t *testing.T) {
 	farmtest.Eventually(t, 5*time.Second, "n2 got the real session", func() bool { return ms[1].Node.Stats().Inserted == 1 })
 
 	publish := func(msg []byte) {
-		if err := raw.Publish(ctx, transport(ms[0]).Channel(), msg).Err(); err != nil {
+		if err := raw.Publish(ctx, redisOf(ms[0]).Channel(), msg).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -241,7 +241,7 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, a))
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, b))
-	keys, err := raw.Keys(ctx, transport(ms[0]).RecordKey("s:*")).Result()
+	keys, err := raw.Keys(ctx, redisOf(ms[0]).RecordKey("s:*")).Result()
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("stored keys = %v, %v", keys, err)
 	}

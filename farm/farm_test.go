@@ -15,6 +15,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -31,8 +32,8 @@ var versions = []struct {
 var modes = []farm.Mode{farm.Broadcast, farm.StoreOnly}
 
 // redisTransport opens each member's transport on the Redis at url.
-func redisTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func redisTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		tr, err := redisbus.Open(url, farmName)
 		if err != nil {
 			t.Fatal(err)
@@ -45,8 +46,8 @@ func redisTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) 
 // natsBusRedisStore opens each member's bus on the NATS server at natsURL
 // and its store on the Redis at redisURL: two transports, so that the
 // store's path and the bus's are separate.
-func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, err := natsbus.Open(natsURL, farmName, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -61,8 +62,8 @@ func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (farm.
 	}
 }
 
-// transport returns the Redis transport of m, made by redisTransport.
-func transport(m *farmtest.Member) *redisbus.Transport { return m.Bus.(*redisbus.Transport) }
+// redisOf returns the Redis transport of m, made by redisTransport.
+func redisOf(m *farmtest.Member) *redisbus.Transport { return m.Bus.(*redisbus.Transport) }
 
 // newSessions records the IDs of the sessions that c makes; the function
 // it returns reads them, oldest first.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -19,7 +20,7 @@ import (
 var ErrNoStore = errors.New("farm: the node has no store")
 
 // ErrNoConsume is returned by the exactly-once operations when the node's
-// RecordStore is not a RecordTaker.
+// transport.RecordStore is not a transport.RecordTaker.
 var ErrNoConsume = errors.New("farm: the record store cannot consume a record atomically")
 
 // onceKeyPrefix prefixes the keys ConsumeToken sets.
@@ -160,7 +161,7 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
 	}
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		return false, ErrNoConsume
 	}
@@ -170,20 +171,20 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	h.Write([]byte{0})
 	h.Write(token)
 	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
-	return taker.AddRecord(ctx, Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+	return taker.AddRecord(ctx, transport.Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
 }
 
 // consumeStore atomically takes the stored session id out of the store,
 // and reports whether this call did.
 func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		n.life.consumeErrors.Add(1)
 		return false, ErrNoConsume
 	}
 	_, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		n.life.consumeRefused.Add(1)
 		return false, nil
 	case err != nil:
@@ -209,7 +210,7 @@ func (c claimer) Release(id session.ID, r session.Record) {
 // has been written meanwhile.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if ttl <= 0 || !ok {
 		return nil
 	}
@@ -219,7 +220,7 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	}
 	hdr.typ = msgStored
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	if _, err := taker.AddRecord(ctx, Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
 		return err
 	}
 	n.life.restored.Add(1)
@@ -306,7 +307,7 @@ const childKeyPrefix = "c:"
 // swapChild records child as the live child of parent in the store, for
 // ttl, and returns the child it replaces, if any.
 func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time.Duration) (session.ID, bool) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok || ttl <= 0 || child == (session.ID{}) {
 		return session.ID{}, false
 	}
@@ -314,7 +315,7 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	defer cancel()
 	key := childKeyPrefix + hex.EncodeToString(parent[:])
 	old, err := taker.TakeRecord(ctx, key)
-	if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+	if err := n.cfg.Records.PutRecords(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
 		return session.ID{}, false
 	}
 	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
@@ -403,7 +404,7 @@ func (n *Node) countCutsSent(batch []item) {
 // later gets the cut too), and in store-only mode its live child is
 // recorded — in this batch on a first resumption, off this path (swapped,
 // retiring the one it replaces) when the parent was resumed before.
-func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []Item, dels []string) ([]Item, []string) {
+func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
 	switch it.op {
 	case opRetire:
 		dels = append(dels, sessionKey(it.id))
@@ -418,7 +419,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 					n.life.childLinksDropped.Add(1)
 				}
 			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
-				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
 			}
 		}
 		rec, ok := n.cfg.Cache.Lookup(it.id)
@@ -428,7 +429,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := rec.AppendBinary(nil); err == nil {
 				hdr.typ = msgStored
-				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
 			}
 		}
 	}

@@ -249,7 +249,7 @@ func storeSessions(t *testing.T, url string, m *farmtest.Member) int {
 	}
 	c := redis.NewClient(opt)
 	defer c.Close()
-	pattern := strings.TrimSuffix(transport(m).RecordKey("s:"), "}") + "*"
+	pattern := strings.TrimSuffix(redisOf(m).RecordKey("s:"), "}") + "*"
 	keys, err := c.Keys(t.Context(), pattern).Result()
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -88,7 +89,7 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	url := redistest.URL(t)
 	slow := &slowStore{delay: 80 * time.Millisecond}
 	o := farmtest.Options{Mode: farm.StoreOnly, Tweak: func(c *farm.Config) { c.LookupTimeout = 20 * time.Millisecond }}
-	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+	o.NewTransport = func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, store := redisTransport(url)(t, farmName)
 		slow.Store = store
 		return bus, slow

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -160,7 +161,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 // Otherwise each has its own, so that one failing never holds the other
 // back.
 func (n *Node) combined() bool {
-	_, ok := n.cfg.Bus.(Batcher)
+	_, ok := n.cfg.Bus.(transport.Batcher)
 	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 

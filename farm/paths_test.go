@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -62,7 +63,7 @@ func TestCatchUpThroughStorePath(t *testing.T) {
 
 // downBus is a real bus whose publishes fail while down is set.
 type downBus struct {
-	farm.Bus
+	transport.Bus
 	down atomic.Bool
 }
 

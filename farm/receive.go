@@ -56,7 +56,7 @@ func (n *Node) receive(msg []byte) {
 		return
 	}
 	now := n.cfg.Now()
-	// The bus hands msg over (see Bus.Subscribe): decrypt it in place.
+	// The bus hands msg over (see transport.Bus.Subscribe): decrypt it in place.
 	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
 	if err != nil {
 		n.ctr.rejected[rejection(err)].Add(1)

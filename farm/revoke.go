@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -62,9 +63,9 @@ func (n *Node) readTombstones(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if len(members) >= MaxSetMembers {
+	if len(members) >= transport.MaxSetMembers {
 		n.ctr.tombstonesTruncated.Add(1)
-		members = members[:MaxSetMembers]
+		members = members[:transport.MaxSetMembers]
 	}
 	for _, m := range members {
 		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)

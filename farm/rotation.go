@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
@@ -213,7 +214,7 @@ func (r *Rotator) step(ctx context.Context) {
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *keySet
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		r.lastErr.Store("")
 	case err != nil:
 		r.fail(err)

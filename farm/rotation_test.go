@@ -282,7 +282,7 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	ctx := context.Background()
-	ps := raw.Subscribe(ctx, transport(ms[0]).Channel())
+	ps := raw.Subscribe(ctx, redisOf(ms[0]).Channel())
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil {
 		t.Fatal(err)
@@ -302,10 +302,10 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 		before[i] = m.Rotator.Stats()
 		nodeBefore[i] = m.Node.Stats()
 	}
-	raw.Publish(ctx, transport(ms[0]).Channel(), old)
+	raw.Publish(ctx, redisOf(ms[0]).Channel(), old)
 	forged := bytes.Clone(old)
 	forged[len(forged)/2] ^= 1
-	raw.Publish(ctx, transport(ms[0]).Channel(), forged)
+	raw.Publish(ctx, redisOf(ms[0]).Channel(), forged)
 	for i, m := range ms {
 		// The node that sent the old announcement drops both copies as its
 		// own before opening them; every other node ignores the replay and

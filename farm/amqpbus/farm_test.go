@@ -5,17 +5,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
 // amqpTransport opens each member's bus on the broker at url, with opts
 // (nil for the defaults). RabbitMQ gives no store: the farm runs in
 // broadcast mode only.
-func amqpTransport(url string, opts *amqpbus.Options) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func amqpTransport(url string, opts *amqpbus.Options) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		return open(t, url, farmName, opts), nil
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -24,8 +25,8 @@ type Member struct {
 	Cache  *session.Cache  // the server's session cache
 	Node   *farm.Node      // the cache's farm node
 	Server *tlstest.Server // the TLS server
-	Bus    farm.Bus        // from Options.NewTransport
-	Store  farm.Store      // from Options.NewTransport; nil for a transport without one
+	Bus    transport.Bus   // from Options.NewTransport
+	Store  transport.Store // from Options.NewTransport; nil for a transport without one
 
 	// With Options.Rotation: the member's ticket key ring, its rotator,
 	// and Crash, which stops the rotator as a crash would.
@@ -38,7 +39,7 @@ type Member struct {
 type Options struct {
 	// NewTransport opens a member's bus and store (nil for none) for farm
 	// farmName, closing them when the test ends.
-	NewTransport func(t testing.TB, farmName string) (farm.Bus, farm.Store)
+	NewTransport func(t testing.TB, farmName string) (transport.Bus, transport.Store)
 
 	Mode         farm.Mode             // the nodes' farm.Config.Mode
 	WriteThrough bool                  // the nodes' farm.Config.WriteThrough
