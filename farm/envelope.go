@@ -81,49 +81,49 @@ type header struct {
 	farm   string
 }
 
-// A Rejection says why a received message was dropped.
-type Rejection uint8
+// A rejectReason says why a received message was dropped.
+type rejectReason uint8
 
 const (
-	RejectMalformed Rejection = iota // not an envelope, or a truncated one
-	RejectVersion                    // an envelope version this node does not read
-	RejectOtherFarm                  // sealed for another farm
-	RejectTooOld                     // older than Config.MaxAge
-	RejectFuture                     // from further in the future than Config.MaxSkew
-	RejectSeal                       // unknown key, or failed authentication: forged or tampered
-	RejectBody                       // authentic, but its body does not decode
-	RejectType                       // authentic, but of a type not expected here
-	RejectSize                       // longer than transport.MaxMessageSize
+	rejectMalformed rejectReason = iota // not an envelope, or a truncated one
+	rejectVersion                       // an envelope version this node does not read
+	rejectOtherFarm                     // sealed for another farm
+	rejectTooOld                        // older than Config.MaxAge
+	rejectFuture                        // from further in the future than Config.MaxSkew
+	rejectSeal                          // unknown key, or failed authentication: forged or tampered
+	rejectBody                          // authentic, but its body does not decode
+	rejectType                          // authentic, but of a type not expected here
+	rejectSize                          // longer than transport.MaxMessageSize
 	numRejections
 )
 
-func (r Rejection) String() string {
+func (r rejectReason) String() string {
 	switch r {
-	case RejectMalformed:
+	case rejectMalformed:
 		return "malformed"
-	case RejectVersion:
+	case rejectVersion:
 		return "version"
-	case RejectOtherFarm:
+	case rejectOtherFarm:
 		return "other_farm"
-	case RejectTooOld:
+	case rejectTooOld:
 		return "too_old"
-	case RejectFuture:
+	case rejectFuture:
 		return "future"
-	case RejectSeal:
+	case rejectSeal:
 		return "seal"
-	case RejectBody:
+	case rejectBody:
 		return "body"
-	case RejectType:
+	case rejectType:
 		return "type"
-	case RejectSize:
+	case rejectSize:
 		return "size"
 	}
-	return fmt.Sprintf("Rejection(%d)", uint8(r))
+	return fmt.Sprintf("rejectReason(%d)", uint8(r))
 }
 
 // errRejected carries the reason an envelope was refused.
 type errRejected struct {
-	why    Rejection
+	why    rejectReason
 	detail string
 }
 
@@ -134,19 +134,19 @@ func (e *errRejected) Error() string {
 	return "farm: message rejected: " + e.why.String() + ": " + e.detail
 }
 
-func reject(why Rejection, detail string) error { return &errRejected{why, detail} }
+func reject(why rejectReason, detail string) error { return &errRejected{why, detail} }
 
 // errTooLarge is preallocated: refusing an oversize message allocates
 // nothing.
-var errTooLarge error = &errRejected{why: RejectSize}
+var errTooLarge error = &errRejected{why: rejectSize}
 
 // rejection returns the reason of an error returned by open.
-func rejection(err error) Rejection {
+func rejection(err error) rejectReason {
 	var r *errRejected
 	if errors.As(err, &r) {
 		return r.why
 	}
-	return RejectMalformed
+	return rejectMalformed
 }
 
 // seal appends to dst the envelope of body, sealed with the current key.
@@ -183,10 +183,10 @@ func parseHeader(msg []byte) (header, int, error) {
 		return h, 0, errTooLarge
 	}
 	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {
-		return h, 0, reject(RejectMalformed, "")
+		return h, 0, reject(rejectMalformed, "")
 	}
 	if msg[2] != envelopeVersion {
-		return h, 0, reject(RejectVersion, fmt.Sprint(msg[2]))
+		return h, 0, reject(rejectVersion, fmt.Sprint(msg[2]))
 	}
 	h.typ = msgType(msg[3])
 	h.keyID = msg[4]
@@ -195,7 +195,7 @@ func parseHeader(msg []byte) (header, int, error) {
 	n := int(msg[21])
 	off := fixedHeaderLen + n
 	if len(msg) < off+nonceLen+chacha20poly1305.Overhead {
-		return h, 0, reject(RejectMalformed, "truncated")
+		return h, 0, reject(rejectMalformed, "truncated")
 	}
 	h.farm = string(msg[fixedHeaderLen:off])
 	return h, off, nil
@@ -220,27 +220,27 @@ func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, no
 // (msg is then no longer an envelope).
 func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
 	if h.farm != farm {
-		return nil, reject(RejectOtherFarm, "")
+		return nil, reject(rejectOtherFarm, "")
 	}
 	if maxAge > 0 && now.Sub(h.time) > maxAge {
-		return nil, reject(RejectTooOld, now.Sub(h.time).String())
+		return nil, reject(rejectTooOld, now.Sub(h.time).String())
 	}
 	if maxSkew > 0 && h.time.Sub(now) > maxSkew {
-		return nil, reject(RejectFuture, h.time.Sub(now).String())
+		return nil, reject(rejectFuture, h.time.Sub(now).String())
 	}
 	aead := k.aead[h.keyID]
 	if aead == nil {
-		return nil, reject(RejectSeal, "unknown key")
+		return nil, reject(rejectSeal, "unknown key")
 	}
 	nonce := msg[off : off+nonceLen]
 	body, err := aead.Open(dst, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
 	if err != nil {
-		return nil, reject(RejectSeal, "")
+		return nil, reject(rejectSeal, "")
 	}
 	// The type is checked only once authentic: a forger cannot learn which
 	// types a node takes.
 	if h.typ != want && want != 0 {
-		return nil, reject(RejectType, h.typ.String())
+		return nil, reject(rejectType, h.typ.String())
 	}
 	return body, nil
 }

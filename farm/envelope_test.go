@@ -50,26 +50,26 @@ func TestEnvelopeRejections(t *testing.T) {
 	tests := []struct {
 		name string
 		msg  []byte
-		want Rejection
+		want rejectReason
 		ctx  []byte
 	}{
-		{"empty", nil, RejectMalformed, nil},
-		{"garbage", []byte("hello, farm"), RejectMalformed, nil},
-		{"truncated tag", msg[:len(msg)-1], RejectSeal, nil},
-		{"no ciphertext", msg[:len(msg)-20], RejectMalformed, nil},
-		{"header only", msg[:fixedHeaderLen+2], RejectMalformed, nil},
-		{"version", flip(2), RejectVersion, nil},
-		{"tampered type", flip(3), RejectSeal, nil},
-		{"unknown key", flip(4), RejectSeal, nil},
-		{"tampered time", flip(12), RejectSeal, nil},
-		{"tampered sender", flip(20), RejectSeal, nil},
-		{"tampered body", flip(len(msg) - 20), RejectSeal, nil},
-		{"tampered tag", flip(len(msg) - 1), RejectSeal, nil},
-		{"other farm", seal(header{typ: msgSessions, time: now, sender: 1, farm: "f2"}, []byte("b"), nil), RejectOtherFarm, nil},
-		{"other secret", other.seal(nil, good, []byte("b"), nil), RejectSeal, nil},
-		{"too old", seal(header{typ: msgSessions, time: now.Add(-2 * time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), RejectTooOld, nil},
-		{"future", seal(header{typ: msgSessions, time: now.Add(time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), RejectFuture, nil},
-		{"wrong context", seal(good, []byte("b"), []byte("id-1")), RejectSeal, []byte("id-2")},
+		{"empty", nil, rejectMalformed, nil},
+		{"garbage", []byte("hello, farm"), rejectMalformed, nil},
+		{"truncated tag", msg[:len(msg)-1], rejectSeal, nil},
+		{"no ciphertext", msg[:len(msg)-20], rejectMalformed, nil},
+		{"header only", msg[:fixedHeaderLen+2], rejectMalformed, nil},
+		{"version", flip(2), rejectVersion, nil},
+		{"tampered type", flip(3), rejectSeal, nil},
+		{"unknown key", flip(4), rejectSeal, nil},
+		{"tampered time", flip(12), rejectSeal, nil},
+		{"tampered sender", flip(20), rejectSeal, nil},
+		{"tampered body", flip(len(msg) - 20), rejectSeal, nil},
+		{"tampered tag", flip(len(msg) - 1), rejectSeal, nil},
+		{"other farm", seal(header{typ: msgSessions, time: now, sender: 1, farm: "f2"}, []byte("b"), nil), rejectOtherFarm, nil},
+		{"other secret", other.seal(nil, good, []byte("b"), nil), rejectSeal, nil},
+		{"too old", seal(header{typ: msgSessions, time: now.Add(-2 * time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), rejectTooOld, nil},
+		{"future", seal(header{typ: msgSessions, time: now.Add(time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), rejectFuture, nil},
+		{"wrong context", seal(good, []byte("b"), []byte("id-1")), rejectSeal, []byte("id-2")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,7 +83,7 @@ func TestEnvelopeRejections(t *testing.T) {
 		})
 	}
 	// An authentic message of another type than asked for.
-	if _, _, err := k.open(msg, "f1", msgRevoke, nil, now, time.Minute, time.Second); rejection(err) != RejectType {
+	if _, _, err := k.open(msg, "f1", msgRevoke, nil, now, time.Minute, time.Second); rejection(err) != rejectType {
 		t.Fatalf("type mismatch: %v", err)
 	}
 }
@@ -190,13 +190,13 @@ func FuzzOpen(f *testing.F) {
 		if err == nil && string(body) != "body" {
 			t.Fatalf("a message that was never sealed opened: %x -> %x", b, body)
 		}
-		if len(b) > transport.MaxMessageSize && rejection(err) != RejectSize {
+		if len(b) > transport.MaxMessageSize && rejection(err) != rejectSize {
 			t.Fatalf("a %d-byte message was not refused for its size: %v", len(b), err)
 		}
 		// The same bytes, padded past the bound, are refused for their
 		// size, whatever they start with.
 		copy(big, b)
-		if _, _, err := k.open(big, "f1", 0, nil, now, time.Hour, time.Hour); rejection(err) != RejectSize {
+		if _, _, err := k.open(big, "f1", 0, nil, now, time.Hour, time.Hour); rejection(err) != rejectSize {
 			t.Fatalf("an oversize message was not refused for its size: %v", err)
 		}
 	})

@@ -37,19 +37,8 @@ const (
 	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
 )
 
-// LifecycleStats count the farm's part in single use, the grace cut and
-// bounded children.
-type LifecycleStats struct {
-	Consumed        uint64 // sessions consumed in the store (single use, Consume)
-	ConsumeRefused  uint64 // consumes that found the session gone: used elsewhere, expired or never stored
-	ConsumeErrors   uint64 // consumes the store could not answer (the handshake did not resume)
-	Restored        uint64 // claims of failed handshakes given back to the store
-	RetiresSent     uint64 // retirements published (single use, replaced children)
-	RetiresReceived uint64 // retirements from peers applied here
-	CutsSent        uint64 // grace cuts written to the store and published
-	CutsReceived    uint64 // grace cuts from peers
-}
-
+// lifeCounters count the farm's part in single use, the grace cut and
+// bounded children (see Node.Metrics).
 type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
@@ -109,15 +98,6 @@ func (n *Node) wasRecut(id session.ID) bool {
 	defer r.mu.Unlock()
 	u, ok := r.m[id]
 	return ok && u.After(n.cfg.Now())
-}
-
-func (c *lifeCounters) snapshot() LifecycleStats {
-	return LifecycleStats{
-		Consumed: c.consumed.Load(), ConsumeRefused: c.consumeRefused.Load(),
-		ConsumeErrors: c.consumeErrors.Load(), Restored: c.restored.Load(),
-		RetiresSent: c.retiresSent.Load(), RetiresReceived: c.retiresReceived.Load(),
-		CutsSent: c.cutsSent.Load(), CutsReceived: c.cutsRecv.Load(),
-	}
 }
 
 // Consume is the farm's exactly-once primitive: it atomically removes the
@@ -267,7 +247,7 @@ func parseCuts(body []byte) ([]cut, error) {
 func (n *Node) receiveCuts(body []byte) {
 	cs, err := parseCuts(body)
 	if err != nil {
-		n.ctr.rejected[RejectBody].Add(1)
+		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
 	for _, c := range cs {

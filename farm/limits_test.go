@@ -31,7 +31,7 @@ func TestOversizeEnvelopeRefusedBeforeAllocation(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() {
 		_, _, err = k.open(big, "f1", 0, nil, now, time.Minute, time.Minute)
 	})
-	if rejection(err) != RejectSize {
+	if rejection(err) != rejectSize {
 		t.Fatalf("oversize message: %v, want a size rejection", err)
 	}
 	if allocs != 0 {

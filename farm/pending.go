@@ -142,7 +142,7 @@ func (n *Node) takePending(id session.ID) (*session.Record, bool) {
 	}
 	var rec session.Record
 	if err := rec.UnmarshalBinary(b); err != nil {
-		n.ctr.rejected[RejectBody].Add(1)
+		n.ctr.rejected[rejectBody].Add(1)
 		return nil, false
 	}
 	// Copy the state out of the message, so that the cache does not keep

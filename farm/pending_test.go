@@ -39,7 +39,7 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 	id := ids()[0]
 	for _, m := range ms[1:] {
-		farmtest.Eventually(t, 5*time.Second, m.Name+" kept the session", func() bool { return m.Node.Stats().Pending == 1 })
+		farmtest.Eventually(t, 5*time.Second, m.Name+" kept the session", func() bool { return int(farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_lazy_sessions")) == 1 })
 		if _, ok := m.Cache.Lookup(id); ok {
 			t.Fatalf("%s decoded a peer's session nobody presented", m.Name)
 		}
@@ -49,17 +49,19 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 		farmtest.LogStats(t, ms)
 		t.Fatal("n2 did not resume the session it kept")
 	}
-	if st := ms[1].Node.Stats(); st.PendingTaken != 1 || st.Pending != 0 || st.Lookups != 0 {
-		t.Fatalf("n2: taken %d, pending %d, store lookups %d; want 1, 0, 0", st.PendingTaken, st.Pending, st.Lookups)
+	if st := ms[1].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_lazy_total", "event", "taken") != 1 || int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")) != 0 || farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 0 {
+		t.Fatalf("n2: taken %d, pending %d, store lookups %d; want 1, 0, 0", farmtest.Counter(st, "tlsfarm_farm_lazy_total", "event", "taken"), int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")), farmtest.Counter(st, "tlsfarm_farm_lookups_total"))
 	}
 	if _, ok := ms[1].Cache.Lookup(id); !ok {
 		t.Fatal("n2 did not insert the session it resumed")
 	}
 
 	// n2's resumption issued a child of id: n3 keeps the child instead.
-	farmtest.Eventually(t, 5*time.Second, "n3 kept the child", func() bool { return ms[2].Node.Stats().PendingKept == 2 })
-	if st := ms[2].Node.Stats(); st.Pending != 1 {
-		t.Fatalf("n3 keeps %d sessions, want 1: the child replaces its parent", st.Pending)
+	farmtest.Eventually(t, 5*time.Second, "n3 kept the child", func() bool {
+		return farmtest.Counter(ms[2].Node.Metrics(), "tlsfarm_farm_lazy_total", "event", "kept") == 2
+	})
+	if st := ms[2].Node.Metrics(); int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")) != 1 {
+		t.Fatalf("n3 keeps %d sessions, want 1: the child replaces its parent", int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")))
 	}
 
 	// n3 holds the child only as kept: revoking it there still works, and
@@ -67,13 +69,17 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	child := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, child))
 	newest := ids()[len(ids())-1]
-	farmtest.Eventually(t, 5*time.Second, "n3 kept the newest session", func() bool { return ms[2].Node.Stats().PendingKept == 3 })
+	farmtest.Eventually(t, 5*time.Second, "n3 kept the newest session", func() bool {
+		return farmtest.Counter(ms[2].Node.Metrics(), "tlsfarm_farm_lazy_total", "event", "kept") == 3
+	})
 	ok, err := ms[2].Node.Revoke(context.Background(), newest)
 	if err != nil || !ok {
 		t.Fatalf("Revoke of a kept session = %t, %v", ok, err)
 	}
 	for _, m := range ms[:2] {
-		farmtest.Eventually(t, 5*time.Second, m.Name+" received the revocation", func() bool { return m.Node.Stats().ReceivedRevocations > 0 })
+		farmtest.Eventually(t, 5*time.Second, m.Name+" received the revocation", func() bool {
+			return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "revocation") > 0
+		})
 	}
 	for _, m := range ms {
 		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, child)).DidResume {
@@ -100,7 +106,7 @@ func TestLazyPeersRoam(t *testing.T) {
 			}
 			var taken uint64
 			for _, m := range ms {
-				taken += m.Node.Stats().PendingTaken
+				taken += farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_lazy_total", "event", "taken")
 			}
 			if taken == 0 {
 				t.Fatal("no kept session was ever taken: the lazy path did not serve")

@@ -67,13 +67,13 @@ func (n *Node) receive(msg []byte) {
 	case msgSessions:
 		if n.pend != nil {
 			if err := n.receiveLazy(body, now); err != nil {
-				n.ctr.rejected[RejectBody].Add(1)
+				n.ctr.rejected[rejectBody].Add(1)
 			}
 			return
 		}
 		items, err := parseSessions(body)
 		if err != nil {
-			n.ctr.rejected[RejectBody].Add(1)
+			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
 		for _, it := range items {
@@ -95,7 +95,7 @@ func (n *Node) receive(msg []byte) {
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
-			n.ctr.rejected[RejectBody].Add(1)
+			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
 		for _, r := range revs {
@@ -107,7 +107,7 @@ func (n *Node) receive(msg []byte) {
 		fn := n.handlers[h.typ]
 		n.handlersMu.Unlock()
 		if fn == nil {
-			n.ctr.rejected[RejectType].Add(1)
+			n.ctr.rejected[rejectType].Add(1)
 			return
 		}
 		fn(h, body)

@@ -115,7 +115,7 @@ func TestCoordOnlyKeepsRevocations(t *testing.T) {
 		m, err := redisOf(ms[0]).SetMembers(context.Background(), "revoked")
 		return err == nil && len(m) == 1
 	})
-	if st := ms[0].Node.Stats(); st.StoreWrites != 0 {
-		t.Fatalf("%d session records written without a RecordStore", st.StoreWrites)
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_store_writes_total") != 0 {
+		t.Fatalf("%d session records written without a RecordStore", farmtest.Counter(st, "tlsfarm_farm_store_writes_total"))
 	}
 }

@@ -137,7 +137,7 @@ func demoFarm(ctx context.Context, count int, shared bool, natsURL string, log *
 	// Wait until every node has joined, so the probe measures sharing.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, node := range nodes {
-		for !node.Stats().Connected {
+		for !node.Connected() {
 			if time.Now().After(deadline) {
 				stop()
 				return nil, nil, errors.New("the nodes did not connect to the embedded NATS server")

@@ -288,7 +288,7 @@ func (a *keysAgent) startAdmin(addr, node string) error {
 		return nil
 	}
 	h, err := admin.New(admin.Config{
-		NodeName: node, Cache: a.cache, Node: a.node, Ring: a.ring, Rotation: a.rotator.Stats,
+		NodeName: node, Cache: a.cache, Node: a.node, Ring: a.ring, Rotation: a.rotator.Metrics,
 		Ready: a.exporter.Ready, Exports: a.exportStatus, Logger: a.log,
 	})
 	if err != nil {

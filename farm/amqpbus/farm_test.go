@@ -27,7 +27,7 @@ func dialAndSpread(t *testing.T, ms []*farmtest.Member, m *farmtest.Member, ccfg
 	t.Helper()
 	before := make([]uint64, len(ms))
 	for i, o := range ms {
-		before[i] = o.Node.Stats().Inserted
+		before[i] = farmtest.Counter(o.Node.Metrics(), "tlsfarm_farm_inserted_total")
 	}
 	cs := tlstest.MustDial(t, m.Server.Addr, ccfg)
 	for i, o := range ms {
@@ -35,7 +35,7 @@ func dialAndSpread(t *testing.T, ms []*farmtest.Member, m *farmtest.Member, ccfg
 			continue
 		}
 		farmtest.Eventually(t, 5*time.Second, o.Name+" received "+m.Name+"'s session", func() bool {
-			return o.Node.Stats().Inserted > before[i]
+			return farmtest.Counter(o.Node.Metrics(), "tlsfarm_farm_inserted_total") > before[i]
 		})
 	}
 	return cs

@@ -13,6 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -146,7 +147,7 @@ func WaitConnected(t testing.TB, ms ...*Member) {
 	t.Helper()
 	Eventually(t, 10*time.Second, "all nodes subscribed", func() bool {
 		for _, m := range ms {
-			if !m.Node.Stats().Connected {
+			if !m.Node.Connected() {
 				return false
 			}
 		}
@@ -202,7 +203,7 @@ func Roam(t testing.TB, ms []*Member, attempts int, dial func(*Member) tls.Conne
 func LogStats(t testing.TB, ms []*Member) {
 	t.Helper()
 	for _, m := range ms {
-		t.Logf("%s: cache %+v\nfarm %+v", m.Name, m.Cache.Stats(), m.Node.Stats())
+		t.Logf("%s: cache %+v\nfarm %+v", m.Name, m.Cache.Stats(), m.Node.Metrics())
 	}
 }
 
@@ -215,4 +216,12 @@ func NoHandshakeErrors(t testing.TB, ms []*Member) {
 			t.Fatalf("%s: handshake errors: %v", m.Name, errs)
 		}
 	}
+}
+
+// Counter returns the value of the sample in samples (a Node's or a
+// Rotator's Metrics) named name with the given label name, value pairs, as
+// a count: 0 if there is none. Tests read counters through it.
+func Counter(samples []metric.Sample, name string, labels ...string) uint64 {
+	v, _ := metric.Value(samples, name, labels...)
+	return uint64(v)
 }

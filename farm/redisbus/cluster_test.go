@@ -84,7 +84,7 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 	bs, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: transportAt(c.URL("")), WriteThrough: true})
 	tlstest.MustDial(t, bs[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	farmtest.Eventually(t, 5*time.Second, "a session broadcast over the cluster", func() bool {
-		return bs[1].Node.Stats().Inserted > 0
+		return farmtest.Counter(bs[1].Node.Metrics(), "tlsfarm_farm_inserted_total") > 0
 	})
 
 	biggest := masters[slices.Index(counts, slices.Max(counts))]
