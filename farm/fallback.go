@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// DefaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
-const DefaultFallbackTicketLifetime = 5 * time.Minute
+// defaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
+const defaultFallbackTicketLifetime = 5 * time.Minute
 
 // degradation tracks whether the node can reach the farm, and turns the
 // cache's fallback tickets on and off accordingly.

@@ -12,8 +12,8 @@ import (
 
 // Defaults of the health probe (Config.ProbeInterval, Config.ProbeTimeout).
 const (
-	DefaultProbeInterval = 500 * time.Millisecond
-	DefaultProbeTimeout  = 800 * time.Millisecond
+	defaultProbeInterval = 500 * time.Millisecond
+	defaultProbeTimeout  = 800 * time.Millisecond
 )
 
 // A probe is the health of one transport path (the bus or the store),

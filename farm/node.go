@@ -92,7 +92,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		instance: rand.Uint64() | 1,
 		q:        newQueue(cfg.QueueSize),
 		brk:      breaker{threshold: cfg.BreakerThreshold, cooldown: cfg.BreakerCooldown},
-		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.Node),
+		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.NodeName),
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
 		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},

@@ -10,8 +10,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// DefaultPendingSize is the default of Config.PendingSize.
-const DefaultPendingSize = 65536
+// defaultPendingSize is the default of Config.PendingSize.
+const defaultPendingSize = 65536
 
 // pending holds the sessions peers sent to a node with Config.LazyPeers, as
 // they arrived (the record's binary form, decrypted but not decoded), until

@@ -123,7 +123,7 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	r := &Rotator{
 		n:     n,
 		cfg:   cfg,
-		token: []byte(n.cfg.Node + "/" + hex.EncodeToString(tok)),
+		token: []byte(n.cfg.NodeName + "/" + hex.EncodeToString(tok)),
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		ready: make(chan struct{}),

@@ -182,7 +182,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		return nil, nil, err
 	}
 	node, err := farm.Join(ctx, farm.Config{
-		Farm: spec.Farm, Node: spec.Name, Secrets: secrets, Cache: cache,
+		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
 		Bus: tr, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -213,7 +213,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 			return nil, err
 		}
 		node, err := farm.Join(ctx, farm.Config{
-			Farm: name, Node: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
+			Farm: name, NodeName: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
 			Cache: cache, Bus: tr, Store: tr, Mode: mode, LookupTimeout: lookupTimeout, Logger: quiet,
 		})
 		if err != nil {

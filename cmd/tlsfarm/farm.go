@@ -31,7 +31,7 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 	mode, _ := farm.ParseMode(cfg.Farm.Mode)
 	d.node, err = farm.Join(bg, farm.Config{
 		Farm:          cfg.Farm.Name,
-		Node:          cfg.Node,
+		NodeName:      cfg.Node,
 		Secrets:       cfg.Farm.Secrets,
 		Cache:         d.cache,
 		Bus:           bus,

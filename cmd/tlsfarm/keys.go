@@ -243,7 +243,7 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 		return nil, errors.New("-farm: key rotation needs a transport with a store (redis or nats)")
 	}
 	a.node, err = farm.Join(bg, farm.Config{
-		Farm: o.farmName, Node: o.node, Secrets: o.secrets, Cache: a.cache,
+		Farm: o.farmName, NodeName: o.node, Secrets: o.secrets, Cache: a.cache,
 		// The key set and the lease only: the agent keeps no sessions.
 		Bus: bus, Coord: store, Logger: log,
 	})

@@ -69,7 +69,7 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 	bus, store := o.NewTransport(t, farmName)
 	cfg := farm.Config{
 		Farm:          farmName,
-		Node:          name,
+		NodeName:      name,
 		Secrets:       []farm.Secret{o.Secret},
 		Cache:         cache,
 		Bus:           bus,
