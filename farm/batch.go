@@ -95,7 +95,7 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 // written by restoreAll.
 func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []transport.Item, dels []string, revs []revocation) {
 	limit := limitOf(n.cfg.Records)
-	hdr.typ = msgStored
+	hdr.typ = valRecord
 	for i := range batch {
 		it := &batch[i]
 		if it.rev != nil {

@@ -319,7 +319,7 @@ func (n *Node) persistLocked() {
 			body = append(body, id[:]...)
 		}
 	}
-	hdr := header{typ: msgTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -359,7 +359,7 @@ func (n *Node) loadRevocations() error {
 	if err != nil {
 		return err
 	}
-	_, body, err := n.keys.open(raw, n.cfg.Farm, msgTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, n.cfg.MaxSkew)
+	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
 		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
 	}

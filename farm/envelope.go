@@ -17,7 +17,7 @@ import (
 //
 //	magic     2  "tF"
 //	version   1  envelopeVersion
-//	type      1  msgType
+//	type      1  envType
 //	key ID    1  the farm secret that sealed it
 //	time      8  Unix microseconds when it was sealed
 //	sender    8  the sending node's random instance ID
@@ -43,38 +43,40 @@ func envelopeOverhead(n int) int { return fixedHeaderLen + n + nonceLen + chacha
 
 var magic = [2]byte{'t', 'F'}
 
-type msgType uint8
+// An envType says what an envelope holds: a message on the bus (msg*), a
+// value in the store (val*), or, for the ticket key set, either.
+type envType uint8
 
 const (
-	msgSessions  msgType = 1 + iota // body: sessions, for peers to insert
+	msgSessions  envType = 1 + iota // body: sessions, for peers to insert
 	msgRevoke                       // body: revoked chains
-	msgStored                       // body: one record; context: its session ID
-	msgTombstone                    // body: one revoked chain, in the store
-	msgKeys                         // body: a ticket key set
+	valRecord                       // body: one session record; context: its session ID
+	valTombstone                    // body: one revoked chain
+	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
 )
 
-func (t msgType) String() string {
+func (t envType) String() string {
 	switch t {
 	case msgSessions:
 		return "sessions"
 	case msgRevoke:
 		return "revoke"
-	case msgStored:
+	case valRecord:
 		return "stored"
-	case msgTombstone:
+	case valTombstone:
 		return "tombstone"
 	case msgKeys:
 		return "keys"
 	case msgCut:
 		return "cut"
 	}
-	return fmt.Sprintf("msgType(%d)", uint8(t))
+	return fmt.Sprintf("envType(%d)", uint8(t))
 }
 
 // header is the authenticated, unencrypted part of an envelope.
 type header struct {
-	typ    msgType
+	typ    envType
 	keyID  uint8
 	time   time.Time // microsecond precision
 	sender uint64
@@ -150,7 +152,7 @@ func rejection(err error) rejectReason {
 }
 
 // seal appends to dst the envelope of body, sealed with the current key.
-func (k *keyring) seal(dst []byte, h header, body, context []byte) []byte {
+func (k *farmKeys) seal(dst []byte, h header, body, context []byte) []byte {
 	start := len(dst)
 	dst = append(dst, magic[0], magic[1], envelopeVersion, byte(h.typ), k.current)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(h.time.UnixMicro()))
@@ -188,7 +190,7 @@ func parseHeader(msg []byte) (header, int, error) {
 	if msg[2] != envelopeVersion {
 		return h, 0, reject(rejectVersion, fmt.Sprint(msg[2]))
 	}
-	h.typ = msgType(msg[3])
+	h.typ = envType(msg[3])
 	h.keyID = msg[4]
 	h.time = time.UnixMicro(int64(binary.BigEndian.Uint64(msg[5:])))
 	h.sender = binary.BigEndian.Uint64(msg[13:])
@@ -205,7 +207,7 @@ func parseHeader(msg []byte) (header, int, error) {
 // most maxAge old and at most maxSkew in the future of now, and
 // authenticate under one of the farm's keys with context. It returns the
 // header and the body (a new slice).
-func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration) (header, []byte, error) {
+func (k *farmKeys) open(msg []byte, farm string, want envType, context []byte, now time.Time, maxAge, maxSkew time.Duration) (header, []byte, error) {
 	h, off, err := parseHeader(msg)
 	if err != nil {
 		return h, nil, err
@@ -218,7 +220,7 @@ func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, no
 // body is appended to dst; a caller that owns msg may pass
 // msg[off+nonceLen:off+nonceLen] to decrypt in place, without allocating
 // (msg is then no longer an envelope).
-func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
+func (k *farmKeys) openParsed(msg []byte, h header, off int, farm string, want envType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
 	if h.farm != farm {
 		return nil, reject(rejectOtherFarm, "")
 	}

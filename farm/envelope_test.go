@@ -9,12 +9,12 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-func testKeyring(t testing.TB, farm string, secrets ...Secret) *keyring {
+func testKeyring(t testing.TB, farm string, secrets ...Secret) *farmKeys {
 	t.Helper()
 	if len(secrets) == 0 {
 		secrets = []Secret{{ID: 1, Bytes: bytes.Repeat([]byte{7}, 32)}}
 	}
-	k, err := newKeyring(farm, secrets)
+	k, err := deriveFarmKeys(farm, secrets)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestSecretRotationAcceptsBoth(t *testing.T) {
 	fromNew := during.seal(nil, h, []byte("x"), nil)
 	for _, tc := range []struct {
 		name string
-		k    *keyring
+		k    *farmKeys
 		msg  []byte
 		ok   bool
 	}{
@@ -148,9 +148,9 @@ func TestSessionsBody(t *testing.T) {
 
 func TestParseSecrets(t *testing.T) {
 	s1, s2 := NewSecret(3), NewSecret(4)
-	got, err := ParseSecrets(FormatSecrets(s1, s2))
+	got, err := parseSecrets(formatSecrets(s1, s2))
 	if err != nil || len(got) != 2 || got[0].ID != 3 || !bytes.Equal(got[1].Bytes, s2.Bytes) {
-		t.Fatalf("ParseSecrets = %v, %v", got, err)
+		t.Fatalf("parseSecrets = %v, %v", got, err)
 	}
 	for _, bad := range []string{
 		"",
@@ -160,8 +160,8 @@ func TestParseSecrets(t *testing.T) {
 		"1:" + b64(32) + "\n1:" + b64(32) + "\n",
 		"not base64 !!!\n",
 	} {
-		if _, err := ParseSecrets([]byte(bad)); err == nil {
-			t.Errorf("ParseSecrets(%q) succeeded", bad)
+		if _, err := parseSecrets([]byte(bad)); err == nil {
+			t.Errorf("parseSecrets(%q) succeeded", bad)
 		}
 	}
 	if s := s1.String() + s1.GoString(); bytes.Contains([]byte(s), s1.Bytes) {
@@ -170,7 +170,7 @@ func TestParseSecrets(t *testing.T) {
 }
 
 func b64(n int) string {
-	return string(FormatSecrets(Secret{Bytes: make([]byte, n)})[len("# tlsfarm farm secrets: one per line, \"ID:base64\"; the first seals, all open.\n")+2:])
+	return string(formatSecrets(Secret{Bytes: make([]byte, n)})[len("# tlsfarm farm secrets: one per line, \"ID:base64\"; the first seals, all open.\n")+2:])
 }
 
 // FuzzOpen checks that no input makes the envelope decoder panic, and that

@@ -198,7 +198,7 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	if err != nil {
 		return nil
 	}
-	hdr.typ = msgStored
+	hdr.typ = valRecord
 	sealed := n.keys.seal(nil, hdr, body, id[:])
 	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
 		return err
@@ -408,7 +408,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		}
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := rec.AppendBinary(nil); err == nil {
-				hdr.typ = msgStored
+				hdr.typ = valRecord
 				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
 			}
 		}

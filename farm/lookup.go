@@ -159,7 +159,7 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 		n.ctr.storeErrors.Add(1)
 		return nil, err
 	}
-	_, body, err := n.keys.open(v, n.cfg.Farm, msgStored, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
 		n.ctr.storeRejected.Add(1)
 		return nil, nil

@@ -20,7 +20,7 @@ import (
 // lacks, and spreads revocations. Make one with Join; Close leaves the farm.
 type Node struct {
 	cfg      Config
-	keys     *keyring
+	keys     *farmKeys
 	instance uint64
 	q        *queue
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
@@ -56,7 +56,7 @@ type Node struct {
 	generation []byte // the store's generation record, as last read
 
 	handlersMu sync.Mutex
-	handlers   map[msgType]func(header, []byte)
+	handlers   map[envType]func(header, []byte)
 }
 
 // An item is one thing waiting to be published.
@@ -82,7 +82,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	keys, err := newKeyring(cfg.Farm, cfg.Secrets)
+	keys, err := deriveFarmKeys(cfg.Farm, cfg.Secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
 		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
-		handlers: map[msgType]func(header, []byte){},
+		handlers: map[envType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}

@@ -244,7 +244,7 @@ func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item
 			return err
 		}
 	}
-	hdr.typ = msgTombstone
+	hdr.typ = valTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
 		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {

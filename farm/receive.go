@@ -116,7 +116,7 @@ func (n *Node) receive(msg []byte) {
 
 // handle registers fn for authentic bus messages of type t (used by the key
 // rotation protocol); a nil fn unregisters.
-func (n *Node) handle(t msgType, fn func(header, []byte)) {
+func (n *Node) handle(t envType, fn func(header, []byte)) {
 	n.handlersMu.Lock()
 	if fn == nil {
 		delete(n.handlers, t)

@@ -68,7 +68,7 @@ func (n *Node) readTombstones(ctx context.Context) {
 		members = members[:transport.MaxSetMembers]
 	}
 	for _, m := range members {
-		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
+		_, body, err := n.keys.open(m, n.cfg.Farm, valTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
 		if err != nil {
 			n.ctr.storeRejected.Add(1)
 			continue

@@ -309,7 +309,7 @@ func (r *Rotator) lease(ctx context.Context) bool {
 }
 
 // seal seals a key set body with this node's header.
-func (r *Rotator) seal(t msgType, body, context []byte) []byte {
+func (r *Rotator) seal(t envType, body, context []byte) []byte {
 	return r.n.keys.seal(nil, header{typ: t, time: r.n.cfg.Now(), sender: r.n.instance, farm: r.n.cfg.Farm}, body, context)
 }
 

@@ -67,7 +67,7 @@ func (n *Node) checkGeneration(ctx context.Context) {
 func (n *Node) writeBack(ctx context.Context) {
 	entries := n.cfg.Cache.Snapshot(n.cfg.QueueSize)
 	now := n.cfg.Now()
-	hdr := header{typ: msgStored, time: now, sender: n.instance, farm: n.cfg.Farm}
+	hdr := header{typ: valRecord, time: now, sender: n.instance, farm: n.cfg.Farm}
 	written := 0
 	for len(entries) > 0 {
 		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
