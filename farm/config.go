@@ -28,6 +28,7 @@ const (
 	StoreOnly
 )
 
+// String returns "broadcast" or "store-only", as ParseMode reads them.
 func (m Mode) String() string {
 	switch m {
 	case Broadcast:
@@ -134,23 +135,23 @@ type Config struct {
 	// balancing over N nodes a node serves about one in N of the sessions
 	// it is sent, so this saves most of the work of receiving; but peers'
 	// sessions then reach the cache, and its hooks, only when used.
-	// PendingSize bounds how many are kept (default 65536); the
-	// oldest go first, and a client presenting one that went is served from
-	// the store, if there is one.
+	// PendingSize bounds how many are kept (default 65536); the oldest go
+	// first, and a client presenting one that went is served from the
+	// store, if there is one.
 	LazyPeers   bool
 	PendingSize int
 
-	// MaxAge is the oldest message accepted from the bus (default
-	// 30s); MaxSkew how far in the future (default 5s). Both absorb clock differences between nodes.
+	// MaxAge is the oldest message accepted from the bus (default 30s);
+	// MaxSkew how far in the future (default 5s). Both absorb clock
+	// differences between nodes.
 	MaxAge, MaxSkew time.Duration
 
-	// OpTimeout bounds each publish and each store batch (default
-	// 2s).
+	// OpTimeout bounds each publish and each store batch (default 2s).
 	OpTimeout time.Duration
 
 	// HealInterval is how often the node re-reads the revocations in the
-	// store, in case it missed a message (default 30s). It
-	// also re-reads them each time the bus reconnects.
+	// store, in case it missed a message (default 30s). It also re-reads
+	// them each time the bus reconnects.
 	HealInterval time.Duration
 
 	// ProbeInterval is how often the node probes a transport that is a
@@ -161,9 +162,8 @@ type Config struct {
 
 	// NegativeCacheSize bounds the session IDs remembered as missing from
 	// the store, and NegativeCacheTTL how long each is remembered
-	// (defaults 65536 and 2s): a dead
-	// ID presented again within the TTL costs no store lookup. A negative
-	// size disables the negative cache.
+	// (defaults 65536 and 2s): a dead ID presented again within the TTL
+	// costs no store lookup. A negative size disables the negative cache.
 	NegativeCacheSize int
 	NegativeCacheTTL  time.Duration
 
@@ -176,9 +176,9 @@ type Config struct {
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a
 	// node issues instead of cached sessions while it cannot reach the
-	// farm (default 5m; negative: never). It
-	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
-	// never for a single-use cache: see session.Cache.SetTicketFallback.
+	// farm (default 5m; negative: never). It takes effect only with
+	// farm-wide ticket keys (RotateTicketKeys), and never for a single-use
+	// cache: see session.Cache.SetTicketFallback.
 	FallbackTicketLifetime time.Duration
 
 	// Logger receives the node's log lines (default slog.Default()). No key

@@ -79,7 +79,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_breaker_trips_total", "Times write-through was suspended.", trips)
 	m.counters("tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
 		"own", c.self.Load(), "session", c.receivedSessions.Load(), "revocation", c.receivedRevocations.Load())
-	m.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(n.PendingRevocations()))
+	m.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(n.pendingRevocations()))
 	backlog, backlogDropped := n.backlog.stats()
 	m.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", backlogDropped)
 	m.gauge("tlsfarm_farm_backlog_length", "Sessions made during an outage waiting to be written and published.", float64(backlog))

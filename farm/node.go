@@ -179,7 +179,7 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
-		if n.PendingRevocations() > 0 {
+		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)

@@ -8,10 +8,10 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// Revoke revokes the session id across the farm: its whole resumption chain
+// revoke revokes the session id across the farm: its whole resumption chain
 // stops resuming on every node, including those that only have it in the
 // store. It reports false if neither this node nor the store knows id.
-func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
+func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Cache.Remove(id) {
 		return true, nil // the REMOVE hook publishes the chain
 	}

@@ -29,8 +29,8 @@ const minSecretLen = 32
 // secret in everything derived from it, so that a farm can change its secret
 // with the old and new accepted side by side.
 type Secret struct {
-	ID    uint8
-	Bytes []byte
+	ID    uint8  // names the secret in envelopes and session IDs
+	Bytes []byte // at least 32 bytes
 }
 
 // String never shows the secret.
