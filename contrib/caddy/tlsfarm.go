@@ -228,7 +228,7 @@ func (p *Provider) join() error {
 		return err
 	}
 	p.node, err = farm.Join(context.Background(), farm.Config{
-		Farm: p.Farm, Node: p.Node, Secrets: secrets, Cache: p.cache, Bus: bus, Coord: store, Logger: p.log,
+		Farm: p.Farm, NodeName: p.Node, Secrets: secrets, Cache: p.cache, Bus: bus, Coord: store, Logger: p.log,
 	})
 	if err != nil {
 		return fmt.Errorf("tlsfarm: %v", err)
