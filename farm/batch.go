@@ -31,9 +31,10 @@ func limitOf(v any) int {
 // busMessages seals the bus messages of batch: its new sessions (in
 // broadcast mode) and its revocations, each kind split into as many
 // messages as the size limit needs. A session that cannot be encoded, or
-// that alone exceeds the limit, is left out and counted (Stats.Unencodable):
-// it never costs its neighbours their delivery. It returns the messages and
-// the numbers of sessions and revocations they carry.
+// that alone exceeds the limit, is left out and counted
+// (tlsfarm_farm_unencodable_total): it never costs its neighbours their
+// delivery. It returns the messages and the numbers of sessions and
+// revocations they carry.
 func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs int) {
 	limit := limitOf(n.cfg.Bus) - envelopeOverhead(len(hdr.farm))
 	if n.cfg.Mode == Broadcast {
