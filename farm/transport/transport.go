@@ -4,9 +4,10 @@
 // RecordTaker, Pinger, MessageLimiter).
 //
 // It stands to package farm as database/sql/driver stands to database/sql:
-// transports (farm/redisbus, farm/natsbus, farm/amqpbus, and farmtest's
-// in-memory ones) implement these interfaces, and a program hands their
-// values to farm.Config. Everything a transport sees is a sealed envelope:
+// transports (farm/redisbus, farm/natsbus, farm/amqpbus) implement these
+// interfaces, and a program hands their values to farm.Config. The
+// conformance suite in farm/farmtest (TestBus, TestStore) checks a
+// transport against a real server. Everything a transport sees is a sealed envelope:
 // opaque bytes under relative keys.
 package transport
 
