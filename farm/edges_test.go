@@ -143,7 +143,7 @@ func TestBusNotDelayedByFailingStore(t *testing.T) {
 	srv.Pause()
 	defer srv.Resume()
 	farmtest.Eventually(t, 5*time.Second, "the store reported down", func() bool {
-		return !(farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_healthy", "path", "store") == 1)
+		return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_healthy", "path", "store") != 1
 	})
 
 	// Each session reaches n2 over the bus, however long the store hangs.

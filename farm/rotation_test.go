@@ -243,7 +243,7 @@ func TestLeaseHolderDies(t *testing.T) {
 	var next *farmtest.Member
 	farmtest.Eventually(t, 2*leaseTTL+time.Second, "another lease holder", func() bool {
 		for _, m := range ms {
-			if m != holder && (farmtest.Counter(m.Rotator.Metrics(), "tlsfarm_ticket_rotation_lease_holder") == 1) {
+			if m != holder && farmtest.Counter(m.Rotator.Metrics(), "tlsfarm_ticket_rotation_lease_holder") == 1 {
 				next = m
 				return true
 			}
