@@ -48,7 +48,17 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 	if ss, _ := cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
 		t.Fatal("resumed a session nobody issued")
 	}
-	if st := node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 1 || farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss") != 1 || farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline") != 0 || farmtest.Counter(st, "tlsfarm_farm_lookups_late_total") != 0 || histogram(st, "tlsfarm_farm_lookup_seconds").Count != 1 {
+	st := node.Metrics()
+	deadline := func() uint64 {
+		return farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
+	}
+	canceled := func() uint64 {
+		return farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "canceled")
+	}
+	late := func() uint64 { return farmtest.Counter(st, "tlsfarm_farm_lookups_late_total") }
+	misses := func() uint64 { return farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss") }
+	if farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 1 || misses() != 1 || deadline() != 0 || late() != 0 ||
+		histogram(st, "tlsfarm_farm_lookup_seconds").Count != 1 {
 		t.Fatalf("after a prompt miss: %+v", st)
 	}
 
@@ -59,16 +69,16 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 	if waited := time.Since(start); waited > time.Second {
 		t.Fatalf("the handshake waited %v with a 30ms lookup deadline", waited)
 	}
-	if st := node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline") != 1 || farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "canceled") != 0 || farmtest.Counter(st, "tlsfarm_farm_lookups_late_total") != 0 {
-		t.Fatalf("while the store is paused: deadline %d, canceled %d, late %d; want 1, 0, 0", farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline"), farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "canceled"), farmtest.Counter(st, "tlsfarm_farm_lookups_late_total"))
+	if st = node.Metrics(); deadline() != 1 || canceled() != 0 || late() != 0 {
+		t.Fatalf("while the store is paused: deadline %d, canceled %d, late %d; want 1, 0, 0", deadline(), canceled(), late())
 	}
 	time.Sleep(150 * time.Millisecond)
 	srv.Resume()
 	farmtest.Eventually(t, 5*time.Second, "the late answer counted", func() bool { return farmtest.Counter(node.Metrics(), "tlsfarm_farm_lookups_late_total") == 1 })
-	st := node.Metrics()
+	st = node.Metrics()
 	lat := histogram(st, "tlsfarm_farm_lookup_seconds")
-	if lat.Count != 2 || farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss") != 2 {
-		t.Fatalf("latency observations %d, misses %d; want 2 and 2", lat.Count, farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss"))
+	if lat.Count != 2 || misses() != 2 {
+		t.Fatalf("latency observations %d, misses %d; want 2 and 2", lat.Count, misses())
 	}
 	// The late answer took at least the pause: it is in a bucket above 100ms.
 	above := lat.Count
@@ -104,7 +114,11 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	}
 	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return farmtest.Counter(n.Node.Metrics(), "tlsfarm_farm_lookups_late_total") == lookups })
 	st := n.Node.Metrics()
-	if farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline") != lookups || farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "skipped") != 0 || farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total") != 0 || farmtest.Counter(st, "tlsfarm_farm_breaker_open") == 1 {
-		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline"), farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "skipped"), farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total"), farmtest.Counter(st, "tlsfarm_farm_breaker_open") == 1, lookups)
+	deadline := farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
+	skipped := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "skipped")
+	trips := farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total")
+	open := farmtest.Counter(st, "tlsfarm_farm_breaker_open") == 1
+	if deadline != lookups || skipped != 0 || trips != 0 || open {
+		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", deadline, skipped, trips, open, lookups)
 	}
 }

@@ -49,8 +49,12 @@ func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 		farmtest.LogStats(t, ms)
 		t.Fatal("n2 did not resume the session it kept")
 	}
-	if st := ms[1].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_lazy_total", "event", "taken") != 1 || int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")) != 0 || farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 0 {
-		t.Fatalf("n2: taken %d, pending %d, store lookups %d; want 1, 0, 0", farmtest.Counter(st, "tlsfarm_farm_lazy_total", "event", "taken"), int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions")), farmtest.Counter(st, "tlsfarm_farm_lookups_total"))
+	st := ms[1].Node.Metrics()
+	taken := farmtest.Counter(st, "tlsfarm_farm_lazy_total", "event", "taken")
+	pending := int(farmtest.Counter(st, "tlsfarm_farm_lazy_sessions"))
+	lookups := farmtest.Counter(st, "tlsfarm_farm_lookups_total")
+	if taken != 1 || pending != 0 || lookups != 0 {
+		t.Fatalf("n2: taken %d, pending %d, store lookups %d; want 1, 0, 0", taken, pending, lookups)
 	}
 	if _, ok := ms[1].Cache.Lookup(id); !ok {
 		t.Fatal("n2 did not insert the session it resumed")
