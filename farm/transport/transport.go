@@ -46,9 +46,9 @@ type Bus interface {
 
 // An Item is one session record written by RecordStore.PutRecords.
 type Item struct {
-	Key   string
-	Value []byte
-	TTL   time.Duration // > 0
+	Key   string        // relative to the farm's scope, as in GetRecord
+	Value []byte        // a sealed envelope
+	TTL   time.Duration // how long the store keeps it; > 0
 }
 
 // A RecordStore holds the farm's session records: sealed values under keys
