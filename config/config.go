@@ -202,7 +202,7 @@ func defaults() *Config {
 			LookupDeadline: 250 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
 
-			FallbackTicketLifetime: farm.DefaultFallbackTicketLifetime,
+			FallbackTicketLifetime: 5 * time.Minute, // farm.Config's default
 		},
 		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},
 		Admin:   Admin{Address: defaultAdminAddress},

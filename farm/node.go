@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -19,7 +20,7 @@ import (
 // lacks, and spreads revocations. Make one with Join; Close leaves the farm.
 type Node struct {
 	cfg      Config
-	keys     *keyring
+	keys     *farmKeys
 	instance uint64
 	q        *queue
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
@@ -55,7 +56,7 @@ type Node struct {
 	generation []byte // the store's generation record, as last read
 
 	handlersMu sync.Mutex
-	handlers   map[msgType]func(header, []byte)
+	handlers   map[envType]func(header, []byte)
 }
 
 // An item is one thing waiting to be published.
@@ -81,7 +82,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	keys, err := newKeyring(cfg.Farm, cfg.Secrets)
+	keys, err := deriveFarmKeys(cfg.Farm, cfg.Secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -91,11 +92,11 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		instance: rand.Uint64() | 1,
 		q:        newQueue(cfg.QueueSize),
 		brk:      breaker{threshold: cfg.BreakerThreshold, cooldown: cfg.BreakerCooldown},
-		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.Node),
+		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.NodeName),
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
 		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
-		handlers: map[msgType]func(header, []byte){},
+		handlers: map[envType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
@@ -160,7 +161,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 // Otherwise each has its own, so that one failing never holds the other
 // back.
 func (n *Node) combined() bool {
-	_, ok := n.cfg.Bus.(Batcher)
+	_, ok := n.cfg.Bus.(transport.Batcher)
 	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 
@@ -178,7 +179,7 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
-		if n.PendingRevocations() > 0 {
+		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)

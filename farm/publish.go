@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -135,7 +136,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	msgs, news, nrevs := n.busMessages(hdr, batch)
-	var puts []Item
+	var puts []transport.Item
 	var dels []string
 	var revs []revocation
 	switch {
@@ -164,7 +165,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
+	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, msgs)
 		pubErr = storeErr
@@ -232,7 +233,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	return ok
 }
 
-func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
+func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item, dels []string, revs []revocation) error {
 	if len(puts) > 0 {
 		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
@@ -243,7 +244,7 @@ func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []s
 			return err
 		}
 	}
-	hdr.typ = msgTombstone
+	hdr.typ = valTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
 		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// Revoke revokes the session id across the farm: its whole resumption chain
+// revoke revokes the session id across the farm: its whole resumption chain
 // stops resuming on every node, including those that only have it in the
 // store. It reports false if neither this node nor the store knows id.
-func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
+func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Cache.Remove(id) {
 		return true, nil // the REMOVE hook publishes the chain
 	}
@@ -62,12 +63,12 @@ func (n *Node) readTombstones(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if len(members) >= MaxSetMembers {
+	if len(members) >= transport.MaxSetMembers {
 		n.ctr.tombstonesTruncated.Add(1)
-		members = members[:MaxSetMembers]
+		members = members[:transport.MaxSetMembers]
 	}
 	for _, m := range members {
-		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
+		_, body, err := n.keys.open(m, n.cfg.Farm, valTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
 		if err != nil {
 			n.ctr.storeRejected.Add(1)
 			continue

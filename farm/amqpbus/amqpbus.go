@@ -1,5 +1,5 @@
 // Package amqpbus is the farm's RabbitMQ transport, built on amqp091-go: a
-// farm.Bus over a fanout exchange. RabbitMQ gives the farm no store: a farm
+// transport.Bus over a fanout exchange. RabbitMQ gives the farm no store: a farm
 // on it runs in broadcast mode, and a node resumes only the sessions it
 // received while it was subscribed.
 //
@@ -30,7 +30,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redact"
 	"github.com/tlsfarm/tlsfarm/internal/retry"
 )
@@ -86,7 +86,7 @@ type Options struct {
 	Prefetch int
 }
 
-// A Bus is a farm.Bus on a RabbitMQ broker. Its methods are safe for
+// A Bus is a transport.Bus on a RabbitMQ broker. Its methods are safe for
 // concurrent use; Publish calls are serialized on one channel.
 type Bus struct {
 	url       string
@@ -278,7 +278,7 @@ func (b *Bus) errorf(op string, err error) error {
 	return fmt.Errorf("amqpbus: %s: %w", op, err)
 }
 
-// Publish implements farm.Bus: every message goes to the farm's exchange
+// Publish implements transport.Bus: every message goes to the farm's exchange
 // on one channel, and, unless Options.NoConfirm is set, Publish waits for
 // the broker to confirm them all (one round trip for the batch). After a
 // failure the connection is dropped, and the next call dials anew.
@@ -351,7 +351,7 @@ func (p *publisher) close() {
 	p.conn.CloseDeadline(time.Now().Add(time.Second))
 }
 
-// Subscribe implements farm.Bus. It connects, binds a queue of its own to
+// Subscribe implements transport.Bus. It connects, binds a queue of its own to
 // the farm's exchange and consumes from it; when the connection or channel
 // closes it reports the state down and connects again, with backoff (from
 // 100ms, doubling, to 5s, with jitter), until ctx is done. It returns
@@ -437,7 +437,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 					return errors.New("amqpbus: consumer cancelled")
 				}
 			}
-			if len(d.Body) <= farm.MaxMessageSize {
+			if len(d.Body) <= transport.MaxMessageSize {
 				deliver(d.Body)
 			}
 			// Acknowledge in groups (multiple=true): at the latest when
@@ -458,4 +458,4 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 	}
 }
 
-var _ farm.Bus = (*Bus)(nil)
+var _ transport.Bus = (*Bus)(nil)

@@ -1,5 +1,5 @@
 // Package natsbus is the farm's NATS transport, built on nats.go: a
-// farm.Bus over core NATS publish/subscribe and a farm.Store over a
+// transport.Bus over core NATS publish/subscribe and a transport.Store over a
 // JetStream key-value bucket.
 //
 // A farm named F uses the subject "tlsfarm.F.bus" and the bucket
@@ -105,7 +105,7 @@ type Options struct {
 	LegacyRecordAge time.Duration
 }
 
-// A Transport is a farm.Bus and a farm.Store on one NATS connection.
+// A Transport is a transport.Bus and a transport.Store on one NATS connection.
 // Its methods are safe for concurrent use.
 type Transport struct {
 	nc      *nats.Conn
