@@ -2,11 +2,11 @@ package farm
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -124,9 +124,7 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 // backoff returns the wait after the given number of consecutive failures:
 // exponential from 50ms to 2s, with jitter.
 func backoff(failures int) time.Duration {
-	d := 50 * time.Millisecond << min(failures-1, 6)
-	d = min(d, 2*time.Second)
-	return d/2 + rand.N(d/2+1)
+	return retry.Backoff(failures, 50*time.Millisecond, 2*time.Second)
 }
 
 // flush publishes one batch and reports whether every part succeeded. It

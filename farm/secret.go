@@ -18,6 +18,8 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/tlsfarm/tlsfarm/session"
+
+	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 )
 
 // minSecretLen is the shortest farm secret accepted, in bytes.
@@ -107,20 +109,18 @@ func parseSecrets(data []byte) ([]Secret, error) {
 // only accepted, during a change of secret. LoadSecrets refuses a file that
 // group or others can read or write.
 func LoadSecrets(path string) ([]Secret, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("farm secret file: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("farm secret file %s is accessible to group or others (mode %04o); run chmod 600 %s",
-			path, fi.Mode().Perm(), path)
-	}
-	if !fi.Mode().IsRegular() {
+	// A pipe or a device would block or never end; the file must be a
+	// plain one. The mode check and the read are the one shared with the
+	// admin token file.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("farm secret file %s is not a regular file", path)
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
+	data, err := secretfile.Read(path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		return nil, fmt.Errorf("farm secret file: %w", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("farm secret file %w", err)
 	}
 	s, err := parseSecrets(data)
 	if err != nil {
