@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// DefaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
-const DefaultFallbackTicketLifetime = 5 * time.Minute
+// defaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
+const defaultFallbackTicketLifetime = 5 * time.Minute
 
 // degradation tracks whether the node can reach the farm, and turns the
 // cache's fallback tickets on and off accordingly.
@@ -61,9 +61,9 @@ func (n *Node) updateFallback() {
 	n.log.Info("farm: reachable again; issuing cached sessions")
 }
 
-// FallbackState reports whether the node issues fallback tickets now, and
+// fallbackState reports whether the node issues fallback tickets now, and
 // how many times it has started to.
-func (n *Node) FallbackState() (on bool, episodes uint64) {
+func (n *Node) fallbackState() (on bool, episodes uint64) {
 	n.deg.mu.Lock()
 	defer n.deg.mu.Unlock()
 	return n.deg.on && n.deg.tickets, n.deg.episodes

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -19,7 +20,7 @@ import (
 var ErrNoStore = errors.New("farm: the node has no store")
 
 // ErrNoConsume is returned by the exactly-once operations when the node's
-// RecordStore is not a RecordTaker.
+// transport.RecordStore is not a transport.RecordTaker.
 var ErrNoConsume = errors.New("farm: the record store cannot consume a record atomically")
 
 // onceKeyPrefix prefixes the keys ConsumeToken sets.
@@ -36,19 +37,8 @@ const (
 	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
 )
 
-// LifecycleStats count the farm's part in single use, the grace cut and
-// bounded children.
-type LifecycleStats struct {
-	Consumed        uint64 // sessions consumed in the store (single use, Consume)
-	ConsumeRefused  uint64 // consumes that found the session gone: used elsewhere, expired or never stored
-	ConsumeErrors   uint64 // consumes the store could not answer (the handshake did not resume)
-	Restored        uint64 // claims of failed handshakes given back to the store
-	RetiresSent     uint64 // retirements published (single use, replaced children)
-	RetiresReceived uint64 // retirements from peers applied here
-	CutsSent        uint64 // grace cuts written to the store and published
-	CutsReceived    uint64 // grace cuts from peers
-}
-
+// lifeCounters count the farm's part in single use, the grace cut and
+// bounded children (see Node.Metrics).
 type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
@@ -110,15 +100,6 @@ func (n *Node) wasRecut(id session.ID) bool {
 	return ok && u.After(n.cfg.Now())
 }
 
-func (c *lifeCounters) snapshot() LifecycleStats {
-	return LifecycleStats{
-		Consumed: c.consumed.Load(), ConsumeRefused: c.consumeRefused.Load(),
-		ConsumeErrors: c.consumeErrors.Load(), Restored: c.restored.Load(),
-		RetiresSent: c.retiresSent.Load(), RetiresReceived: c.retiresReceived.Load(),
-		CutsSent: c.cutsSent.Load(), CutsReceived: c.cutsRecv.Load(),
-	}
-}
-
 // Consume is the farm's exactly-once primitive: it atomically removes the
 // session id from the farm's store and reports true to exactly one caller
 // in the whole farm — whichever node, however many call at once. Every
@@ -160,7 +141,7 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
 	}
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		return false, ErrNoConsume
 	}
@@ -170,20 +151,20 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	h.Write([]byte{0})
 	h.Write(token)
 	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
-	return taker.AddRecord(ctx, Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+	return taker.AddRecord(ctx, transport.Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
 }
 
 // consumeStore atomically takes the stored session id out of the store,
 // and reports whether this call did.
 func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		n.life.consumeErrors.Add(1)
 		return false, ErrNoConsume
 	}
 	_, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		n.life.consumeRefused.Add(1)
 		return false, nil
 	case err != nil:
@@ -225,7 +206,7 @@ func (p cachePeer) Release(id session.ID, r session.Record) {
 // has been written meanwhile.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if ttl <= 0 || !ok {
 		return nil
 	}
@@ -233,9 +214,9 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	if err != nil {
 		return nil
 	}
-	hdr.typ = msgStored
+	hdr.typ = valRecord
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	if _, err := taker.AddRecord(ctx, Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
 		return err
 	}
 	n.life.restored.Add(1)
@@ -282,7 +263,7 @@ func parseCuts(body []byte) ([]cut, error) {
 func (n *Node) receiveCuts(body []byte) {
 	cs, err := parseCuts(body)
 	if err != nil {
-		n.ctr.rejected[RejectBody].Add(1)
+		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
 	for _, c := range cs {
@@ -322,7 +303,7 @@ const childKeyPrefix = "c:"
 // swapChild records child as the live child of parent in the store, for
 // ttl, and returns the child it replaces, if any.
 func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time.Duration) (session.ID, bool) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok || ttl <= 0 || child == (session.ID{}) {
 		return session.ID{}, false
 	}
@@ -330,7 +311,7 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	defer cancel()
 	key := childKeyPrefix + hex.EncodeToString(parent[:])
 	old, err := taker.TakeRecord(ctx, key)
-	if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+	if err := n.cfg.Records.PutRecords(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
 		return session.ID{}, false
 	}
 	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
@@ -419,7 +400,7 @@ func (n *Node) countCutsSent(batch []item) {
 // later gets the cut too), and in store-only mode its live child is
 // recorded — in this batch on a first resumption, off this path (swapped,
 // retiring the one it replaces) when the parent was resumed before.
-func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []Item, dels []string) ([]Item, []string) {
+func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
 	switch it.op {
 	case opRetire:
 		dels = append(dels, sessionKey(it.id))
@@ -434,7 +415,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 					n.life.childLinksDropped.Add(1)
 				}
 			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
-				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
 			}
 		}
 		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
@@ -443,8 +424,8 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 		}
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := rec.AppendBinary(nil); err == nil {
-				hdr.typ = msgStored
-				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+				hdr.typ = valRecord
+				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
 			}
 		}
 	}

@@ -2,10 +2,12 @@ package farm
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -89,4 +91,84 @@ func (n *Node) lateWrite(done <-chan error) {
 		}
 	case <-t.C:
 	}
+}
+
+// Store keys, relative to the farm's scope: the session records (in
+// Records) and the tombstone set (in Coord).
+const (
+	sessionKeyPrefix = "s:"
+	tombstoneKey     = "revoked"
+)
+
+func sessionKey(id session.ID) string {
+	var b [len(sessionKeyPrefix) + 2*session.IDLen]byte
+	copy(b[:], sessionKeyPrefix)
+	hex.Encode(b[len(sessionKeyPrefix):], id[:])
+	return string(b[:])
+}
+
+// load is the cache's loader: a store lookup, one at a time per ID. While
+// the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
+// last ones learned. Nor does it for an ID the store did not have a moment
+// ago (the negative cache).
+//
+// Concurrent handshakes presenting one ID share one lookup, which runs
+// under a context of its own (OpTimeout, detached from any one client; see
+// lookupStore): each handshake gives up on its own ctx (the lookup
+// deadline), and one client hanging up does not fail the others.
+func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	if rec, ok := n.takePending(id); ok {
+		return rec, nil
+	}
+	if n.cfg.Records == nil {
+		return nil, nil
+	}
+	now := n.cfg.Now()
+	if n.neg != nil && n.neg.has(id, now) {
+		n.ctr.negativeHits.Add(1)
+		return nil, nil
+	}
+	if !n.brk.allow(now) {
+		n.ctr.lookupsSkipped.Add(1)
+		return nil, nil
+	}
+	rec, err := n.lookupStore(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, nil
+	}
+	cp := *rec // each caller gets its own record; State is shared, read-only
+	n.noteLoaded(id, cp.Expires)
+	return &cp, nil
+}
+
+// fetch reads and opens the stored session id.
+func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
+	n.ctr.lookups.Add(1)
+	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
+	switch {
+	case errors.Is(err, transport.ErrNotFound):
+		n.ctr.storeMisses.Add(1)
+		return nil, nil
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		n.ctr.storeTimeouts.Add(1)
+		return nil, err
+	case err != nil:
+		n.ctr.storeErrors.Add(1)
+		return nil, err
+	}
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil {
+		n.ctr.storeRejected.Add(1)
+		return nil, nil
+	}
+	var rec session.Record
+	if err := rec.UnmarshalBinary(body); err != nil {
+		n.ctr.storeRejected.Add(1)
+		return nil, nil
+	}
+	n.ctr.storeHits.Add(1)
+	return &rec, nil
 }

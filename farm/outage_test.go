@@ -97,7 +97,7 @@ func TestKeysSurviveStoreLoss(t *testing.T) {
 			for _, m := range live {
 				if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, tk.cache)).DidResume {
 					for _, m := range live {
-						t.Logf("%s: %v %+v", m.Name, m.Ring, m.Rotator.Stats())
+						t.Logf("%s: %v %+v", m.Name, m.Ring, m.Rotator.Metrics())
 					}
 					t.Fatalf("%s: ticket issued %s does not resume on %s", stage, tk.what, m.Name)
 				}
@@ -181,7 +181,7 @@ func TestResumptionThroughOutage(t *testing.T) {
 	for _, m := range ms {
 		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
 			on, _ := m.Node.FallbackState()
-			return m.Node.Stats().Connected && !on
+			return m.Node.Connected() && !on
 		})
 	}
 	l.halt()

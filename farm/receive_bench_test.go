@@ -103,7 +103,7 @@ func benchReceive(b *testing.B, lazy bool, batch int) {
 			}
 			tlstest.ReportCPU(b, cpu)
 			b.StopTimer()
-			if s := recv.Stats(); s.Inserted+s.PendingKept == 0 || s.RejectedTotal() > 0 {
+			if s := recv.Metrics(); counter(s, "tlsfarm_farm_inserted_total")+counter(s, "tlsfarm_farm_lazy_total", "event", "kept") == 0 || rejectedTotal(s) > 0 {
 				b.Fatalf("nothing received, or rejected: %+v", s)
 			}
 		})

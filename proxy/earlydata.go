@@ -22,14 +22,14 @@ type AntiReplay func(ctx context.Context, identity []byte, ttl time.Duration) (f
 
 // Defaults for the early data fields of Config.
 const (
-	// DefaultEarlyDataWindow is how old a session may be and still carry
+	// defaultEarlyDataWindow is how old a session may be and still carry
 	// early data.
-	DefaultEarlyDataWindow = 10 * time.Minute
-	// DefaultEarlyDataSkew is added to every strike register record, to
+	defaultEarlyDataWindow = 10 * time.Minute
+	// defaultEarlyDataSkew is added to every strike register record, to
 	// cover clock differences between servers.
-	DefaultEarlyDataSkew = 5 * time.Second
-	// DefaultAntiReplayTimeout bounds one AntiReplay call.
-	DefaultAntiReplayTimeout = time.Second
+	defaultEarlyDataSkew = 5 * time.Second
+	// defaultAntiReplayTimeout bounds one AntiReplay call.
+	defaultAntiReplayTimeout = time.Second
 )
 
 // extEarlyData is the TLS early_data extension's number (RFC 8446).
@@ -114,7 +114,7 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	}
 	// createdAt has a resolution of one second: round the age down.
 	ttl := s.earlyWindow - age + s.earlySkew + time.Second
-	ctx, cancel := context.WithTimeout(ctx, DefaultAntiReplayTimeout)
+	ctx, cancel := context.WithTimeout(ctx, defaultAntiReplayTimeout)
 	defer cancel()
 	fresh, err := s.antiReplay(ctx, identity, ttl)
 	switch {

@@ -316,11 +316,11 @@ func (s *Server) setQUIC(cfg Config) {
 	}
 	s.earlyWindow = cfg.EarlyDataWindow
 	if s.earlyWindow <= 0 {
-		s.earlyWindow = DefaultEarlyDataWindow
+		s.earlyWindow = defaultEarlyDataWindow
 	}
 	s.earlySkew = cfg.EarlyDataSkew
 	if s.earlySkew <= 0 {
-		s.earlySkew = DefaultEarlyDataSkew
+		s.earlySkew = defaultEarlyDataSkew
 	}
 	if cfg.QUICTokenKey != nil {
 		s.quicKeys.TokenKey = *cfg.QUICTokenKey

@@ -24,16 +24,16 @@ type listener struct {
 	unreg func()      // unregisters base from the ring
 	route atomic.Pointer[route]
 
-	ln    net.Listener
-	sem   chan struct{} // one slot per open connection, when bounded
-	http  *http.Server
-	queue *queue // handshaken HTTP connections, for http
+	ln      net.Listener
+	sem     chan struct{} // one slot per open connection, when bounded
+	http    *http.Server
+	handoff *handoffListener // handshaken HTTP connections, for http
 
 	quic *quicListener // with Listener.HTTP3
 }
 
 func (s *Server) newListener(cfg Listener) (*listener, error) {
-	l := &listener{s: s, address: cfg.Address, cfg: cfg, queue: newQueue()}
+	l := &listener{s: s, address: cfg.Address, cfg: cfg, handoff: newHandoffListener()}
 	if s.max > 0 {
 		l.sem = make(chan struct{}, s.max)
 	}
@@ -108,7 +108,7 @@ func (l *listener) listen() error {
 	} else {
 		l.ln = ln
 	}
-	l.queue.addr = ln.Addr()
+	l.handoff.addr = ln.Addr()
 	if l.quic != nil {
 		if err := l.quic.listen(ln.Addr()); err != nil {
 			ln.Close()
@@ -162,7 +162,7 @@ func (l *listener) acceptLoop() {
 // serveHTTP serves the HTTP upstreams of the listener's connections.
 func (l *listener) serveHTTP() {
 	defer l.s.wg.Done()
-	l.http.Serve(l.queue)
+	l.http.Serve(l.handoff)
 }
 
 // release unregisters the listener's configs from the ring.

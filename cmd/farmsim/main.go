@@ -37,6 +37,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -213,7 +214,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 			return nil, err
 		}
 		node, err := farm.Join(ctx, farm.Config{
-			Farm: name, Node: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
+			Farm: name, NodeName: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
 			Cache: cache, Bus: tr, Store: tr, Mode: mode, LookupTimeout: lookupTimeout, Logger: quiet,
 		})
 		if err != nil {
@@ -226,7 +227,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		up := 0
 		for _, n := range ns {
-			if n.node.Stats().Connected {
+			if n.node.Connected() {
 				up++
 			}
 		}
@@ -351,8 +352,8 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 	}
 	var recv, cached float64
 	for _, n := range ns {
-		st := n.node.Stats()
-		recv += float64(st.ReceivedSessions)
+		got, _ := metric.Value(n.node.Metrics(), "tlsfarm_farm_received_total", "kind", "session")
+		recv += got
 		cached += float64(n.cache.Len())
 	}
 	r.deliveries = recv / float64(k) / elapsed.Seconds()

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -24,12 +24,12 @@ func open(t *testing.T, url, farmName string) *redisbus.Transport {
 
 func TestBusConformance(t *testing.T) {
 	url := redistest.URL(t)
-	farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name) })
+	farmtest.TestBus(t, func(t *testing.T, name string) transport.Bus { return open(t, url, name) })
 }
 
 func TestStoreConformance(t *testing.T) {
 	url := redistest.URL(t)
-	farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+	farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
 }
 
 func TestOpenURLs(t *testing.T) {

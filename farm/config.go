@@ -1,0 +1,260 @@
+package farm
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// A Mode selects how sessions reach the other nodes.
+type Mode uint8
+
+const (
+	// Broadcast publishes every new session to every node (and writes it
+	// to the store, if there is one, for nodes that join late or missed a
+	// message). Resumption stays local everywhere; each new session costs
+	// one delivery per node and one copy in every node's memory. The
+	// default, for farms of up to a few dozen nodes.
+	Broadcast Mode = iota
+	// StoreOnly writes each new session to the store only; a node looks a
+	// session up there the first time a client presents it. One write and
+	// at most one read per session per node, for large farms on a sharded
+	// store. Revocations are broadcast in both modes.
+	StoreOnly
+)
+
+// String returns "broadcast" or "store-only", as ParseMode reads them.
+func (m Mode) String() string {
+	switch m {
+	case Broadcast:
+		return "broadcast"
+	case StoreOnly:
+		return "store-only"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses "broadcast" or "store-only".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "broadcast", "":
+		return Broadcast, nil
+	case "store-only", "storeonly", "store":
+		return StoreOnly, nil
+	}
+	return 0, fmt.Errorf("farm: unknown mode %q (want broadcast or store-only)", s)
+}
+
+// Defaults for the fields of Config (each field's comment states its own).
+const (
+	defaultLookupTimeout       = 250 * time.Millisecond
+	defaultWriteThroughTimeout = 250 * time.Millisecond
+	defaultQueueSize           = 16384
+	defaultBatchSize           = 256
+	defaultMaxAge              = 30 * time.Second
+	defaultMaxSkew             = 5 * time.Second
+	defaultOpTimeout           = 2 * time.Second
+	defaultHealInterval        = 30 * time.Second
+	defaultBreakerThreshold    = 5
+	defaultBreakerCooldown     = 5 * time.Second
+)
+
+// A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
+// required; zero values elsewhere mean the defaults.
+type Config struct {
+	// Farm names the farm. Nodes share only with nodes of the same name and
+	// secret; keys in the store and the bus channel are scoped by it.
+	Farm string
+
+	// NodeName names this node in logs (default: the host name). Messages
+	// carry a random instance ID instead, so two nodes with one name still
+	// work.
+	NodeName string
+
+	// Secrets are the farm's secrets (see LoadSecrets): the first seals,
+	// all open. Join installs the session ID keys derived from them in Cache.
+	Secrets []Secret
+
+	// Cache is the local session cache.
+	Cache *session.Cache
+
+	// Bus carries messages between nodes.
+	Bus transport.Bus
+
+	// Records, if set, holds each session until it expires, for lookups
+	// on a miss. Without it, a node that missed a message, or joined late,
+	// cannot resume what it missed.
+	Records transport.RecordStore
+
+	// Coord holds the revocations until they lapse, and the ticket key
+	// lease and key set (Node.RotateTicketKeys). It is required with
+	// Records.
+	Coord transport.Coordinator
+
+	// Store, if set, is used as Records and as Coord where those are nil:
+	// the usual way to give the farm one transport for both.
+	Store transport.Store
+
+	// Mode is Broadcast (default) or StoreOnly, which needs Records.
+	Mode Mode
+
+	// WriteThrough makes the NEW hook — and so the handshake issuing the
+	// ticket — wait until the store holds the session, at most
+	// WriteThroughTimeout (default 250ms), so that a client reconnecting at
+	// once to another node always resumes. It costs a store round trip on
+	// every handshake.
+	//
+	// After BreakerThreshold (default 5) store failures in a row
+	// (write-through waits or lookups), handshakes stop waiting for the
+	// store and stop looking sessions up in it for BreakerCooldown (default
+	// 5s); then one handshake tries again.
+	WriteThrough        bool
+	WriteThroughTimeout time.Duration
+	BreakerThreshold    int
+	BreakerCooldown     time.Duration
+
+	// LookupTimeout bounds a store lookup on a cache miss, during a
+	// handshake (default 250ms).
+	LookupTimeout time.Duration
+
+	// QueueSize bounds the sessions and revocations waiting to be
+	// published (default 16384); when full, the oldest is dropped and
+	// counted.
+	QueueSize int
+	// BatchSize is the most items published as one batch (default 256).
+	BatchSize int
+
+	// LazyPeers keeps the sessions that peers broadcast as they arrive
+	// (authenticated and decrypted, not decoded) and decodes and inserts one
+	// into the cache only when a client presents it here. With random
+	// balancing over N nodes a node serves about one in N of the sessions
+	// it is sent, so this saves most of the work of receiving; but peers'
+	// sessions then reach the cache, and its hooks, only when used.
+	// PendingSize bounds how many are kept (default 65536); the oldest go
+	// first, and a client presenting one that went is served from the
+	// store, if there is one.
+	LazyPeers   bool
+	PendingSize int
+
+	// MaxAge is the oldest message accepted from the bus (default 30s);
+	// MaxSkew how far in the future (default 5s). Both absorb clock
+	// differences between nodes.
+	MaxAge, MaxSkew time.Duration
+
+	// OpTimeout bounds each publish and each store batch (default 2s).
+	OpTimeout time.Duration
+
+	// HealInterval is how often the node re-reads the revocations in the
+	// store, in case it missed a message (default 30s). It also re-reads
+	// them each time the bus reconnects.
+	HealInterval time.Duration
+
+	// ProbeInterval is how often the node probes a transport that is a
+	// transport.Pinger (default 500ms), and ProbeTimeout how long a probe
+	// may wait for its answer (default 800ms). A hung bus or store shows
+	// (Node.Connected false) within about their sum.
+	ProbeInterval, ProbeTimeout time.Duration
+
+	// NegativeCacheSize bounds the session IDs remembered as missing from
+	// the store, and NegativeCacheTTL how long each is remembered
+	// (defaults 65536 and 2s): a dead ID presented again within the TTL
+	// costs no store lookup. A negative size disables the negative cache.
+	NegativeCacheSize int
+	NegativeCacheTTL  time.Duration
+
+	// RevocationFile, if set, is where the node keeps the revocations it
+	// has applied locally but not yet in the store and on the bus (sealed
+	// with the farm secret, mode 0600), written before RevokeSession
+	// returns and read back by Join, so that a revocation survives a
+	// restart of the node during an outage.
+	RevocationFile string
+
+	// FallbackTicketLifetime is the lifetime of the stateless tickets a
+	// node issues instead of cached sessions while it cannot reach the
+	// farm (default 5m; negative: never). It takes effect only with
+	// farm-wide ticket keys (RotateTicketKeys), and never for a single-use
+	// cache: see session.Cache.SetTicketFallback.
+	FallbackTicketLifetime time.Duration
+
+	// Logger receives the node's log lines (default slog.Default()). No key
+	// or session secret is ever logged.
+	Logger *slog.Logger
+
+	// Now returns the current time (default time.Now).
+	Now func() time.Time
+}
+
+func (cfg *Config) setDefaults() error {
+	switch {
+	case cfg.Farm == "" || len(cfg.Farm) > maxFarmName:
+		return fmt.Errorf("farm: Config.Farm must be 1 to %d bytes", maxFarmName)
+	case cfg.Cache == nil:
+		return errors.New("farm: Config.Cache is required")
+	case cfg.Bus == nil:
+		return errors.New("farm: Config.Bus is required")
+	}
+	if cfg.Store != nil {
+		if cfg.Records == nil {
+			cfg.Records = cfg.Store
+		}
+		if cfg.Coord == nil {
+			cfg.Coord = cfg.Store
+		}
+	}
+	switch {
+	case cfg.Records != nil && cfg.Coord == nil:
+		return errors.New("farm: Config.Records needs Config.Coord, for revocations")
+	case cfg.Mode == StoreOnly && cfg.Records == nil:
+		return errors.New("farm: store-only mode needs a Store")
+	case cfg.WriteThrough && cfg.Records == nil:
+		return errors.New("farm: write-through needs a Store")
+	}
+	if cfg.NodeName == "" {
+		cfg.NodeName, _ = os.Hostname()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.LookupTimeout, defaultLookupTimeout)
+	def(&cfg.WriteThroughTimeout, defaultWriteThroughTimeout)
+	def(&cfg.MaxAge, defaultMaxAge)
+	def(&cfg.MaxSkew, defaultMaxSkew)
+	def(&cfg.OpTimeout, defaultOpTimeout)
+	def(&cfg.HealInterval, defaultHealInterval)
+	def(&cfg.BreakerCooldown, defaultBreakerCooldown)
+	if cfg.FallbackTicketLifetime == 0 {
+		cfg.FallbackTicketLifetime = defaultFallbackTicketLifetime
+	}
+	if cfg.BreakerThreshold <= 0 {
+		cfg.BreakerThreshold = defaultBreakerThreshold
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = defaultQueueSize
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = defaultBatchSize
+	}
+	if cfg.PendingSize <= 0 {
+		cfg.PendingSize = defaultPendingSize
+	}
+	def(&cfg.ProbeInterval, defaultProbeInterval)
+	def(&cfg.ProbeTimeout, defaultProbeTimeout)
+	def(&cfg.NegativeCacheTTL, defaultNegativeCacheTTL)
+	if cfg.NegativeCacheSize == 0 {
+		cfg.NegativeCacheSize = defaultNegativeCacheSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return nil
+}

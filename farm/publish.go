@@ -1,0 +1,253 @@
+package farm
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// onEvent is the cache hook. It runs on the handshake's goroutine: it only
+// queues, except in write-through mode, where it waits (bounded) for the
+// store.
+func (n *Node) onEvent(ev session.Event) {
+	n.lifecycleEvent(ev)
+	switch {
+	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
+		it := item{id: ev.ID, rec: ev.Record}
+		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
+			n.enqueue(it)
+			return
+		}
+		it.done = make(chan error, 1)
+		n.enqueue(it)
+		t := time.NewTimer(n.cfg.WriteThroughTimeout)
+		defer t.Stop()
+		n.ctr.writeThrough.Add(1)
+		start := time.Now()
+		select {
+		case err := <-it.done:
+			n.lk.writeThrough.observe(time.Since(start))
+			n.brk.record(err == nil, n.cfg.Now())
+			if err != nil {
+				n.ctr.writeThroughFailed.Add(1)
+			}
+		case <-t.C:
+			n.brk.record(false, n.cfg.Now())
+			n.ctr.writeThroughTimeouts.Add(1)
+			go n.lateWrite(it.done)
+		}
+	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
+		n.addRevocation(ev.ID, revocation{
+			chain: ev.Record.Chain,
+			until: n.cfg.Cache.ChainEnd(ev.Record),
+		})
+	}
+}
+
+// enqueue queues it for publishing. Where the store has a path of its own
+// (n.sq), the bus's part goes to n.q and the store's to n.sq; the
+// write-through waiter goes with the store's part. Only what has a bus
+// part goes to n.q: revocations, new sessions in broadcast mode,
+// retirements, and grace cuts in store-only mode (see busMessages); a
+// released claim (opRestore) is the store's alone. Lifecycle items must
+// come through here too, never straight to n.q: on the store's own path
+// (a bus that is not also a Batcher store, such as NATS) n.q never writes
+// the store.
+func (n *Node) enqueue(it item) {
+	if n.sq == nil {
+		n.q.push(it)
+		return
+	}
+	var bus bool
+	switch it.op {
+	case opNew:
+		bus = it.rev != nil || n.cfg.Mode == Broadcast
+	case opRetire:
+		bus = true
+	case opCut:
+		bus = n.cfg.Mode == StoreOnly // broadcast peers cut on the child
+	}
+	if bus {
+		b := it
+		b.done = nil
+		n.q.push(b)
+	}
+	n.sq.push(it)
+}
+
+// drain empties q in batches through flush (the bus's path, which also
+// writes the store when sq is nil, or the store's), backing off on its own
+// while flush fails.
+func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, []item) bool) {
+	defer n.wg.Done()
+	var batch []item
+	failures := 0
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // a context that is done: pop without waiting
+	catchUp := q == n.storeQueue()
+	for {
+		batch = batch[:0]
+		if catchUp && n.backlog.len() > 0 {
+			// Catch up after an outage: sessions that did not reach the
+			// farm, newest first, with whatever is new.
+			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
+				continue
+			}
+		} else {
+			var err error
+			batch, err = q.pop(ctx, batch, n.cfg.BatchSize)
+			if err != nil {
+				return
+			}
+		}
+		if flush(ctx, batch) {
+			failures = 0
+			continue
+		}
+		// The transport is failing: back off, letting the queue absorb
+		// (and, if it must, drop the oldest of) what arrives meanwhile.
+		failures++
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+// backoff returns the wait after the given number of consecutive failures:
+// exponential from 50ms to 2s, with jitter.
+func backoff(failures int) time.Duration {
+	return retry.Backoff(failures, 50*time.Millisecond, 2*time.Second)
+}
+
+// flush publishes one batch and reports whether every part succeeded. It
+// also writes the batch to the store unless the store has a path of its
+// own (flushStore).
+func (n *Node) flush(ctx context.Context, batch []item) bool {
+	now := n.cfg.Now()
+	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
+	msgs, news, nrevs := n.busMessages(hdr, batch)
+	var puts []transport.Item
+	var dels []string
+	var revs []revocation
+	switch {
+	case n.sq != nil:
+	case n.cfg.Records != nil:
+		puts, dels, revs = n.storeItems(hdr, batch, now)
+	case n.cfg.Coord != nil: // no records: only the tombstones are kept
+		for _, it := range batch {
+			if it.rev != nil {
+				revs = append(revs, *it.rev)
+			}
+		}
+	}
+
+	// The store write and the publish go out at once: in one round trip
+	// where the transport can do both (the common case: new sessions, no
+	// revocations), else concurrently. Peers hear of a session one round
+	// trip sooner than if one waited for the other.
+	var storeErr, pubErr error
+	release := func() {
+		for _, it := range batch {
+			if it.done != nil {
+				it.done <- storeErr
+			}
+		}
+	}
+	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
+	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
+	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && len(dels) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
+		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		storeErr = b.PutAndPublish(bctx, puts, msgs)
+		pubErr = storeErr
+		cancel()
+		release()
+	} else {
+		var wg sync.WaitGroup
+		if stored {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
+				if restores {
+					if err := n.restoreAll(sctx, hdr, batch); storeErr == nil {
+						storeErr = err
+					}
+				}
+				cancel()
+				release()
+			}()
+		}
+		if len(msgs) > 0 {
+			pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+			pubErr = n.cfg.Bus.Publish(pctx, msgs...)
+			cancel()
+		}
+		wg.Wait()
+	}
+
+	ok := true
+	if stored && ctx.Err() == nil {
+		n.storeOutcome(batch, storeErr)
+	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
+		n.keepForLater(batch) // no store: the bus is the only way to the farm
+	}
+	if stored {
+		if storeErr != nil {
+			ok = false
+			n.ctr.storeWriteErrors.Add(1)
+			if ctx.Err() == nil {
+				n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", storeErr)
+			}
+		} else {
+			n.ctr.storeWrites.Add(uint64(len(puts)))
+			n.storeAnswered(len(puts))
+			n.ctr.storeErrLogged.Store(false)
+		}
+	}
+	if len(msgs) > 0 {
+		if pubErr != nil {
+			ok = false
+			n.ctr.publishErrors.Add(1)
+			n.ctr.unpublished.Add(uint64(len(batch)))
+			if ctx.Err() == nil {
+				n.logOnce(&n.ctr.publishErrLogged, "farm: publish failed; local caches keep serving", pubErr)
+			}
+		} else {
+			n.ctr.published.Add(uint64(news))
+			n.ctr.publishedRevocations.Add(uint64(nrevs))
+			n.countCutsSent(batch)
+			n.ctr.publishErrLogged.Store(false)
+		}
+	}
+	return ok
+}
+
+func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item, dels []string, revs []revocation) error {
+	if len(puts) > 0 {
+		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
+			return err
+		}
+	}
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
+			return err
+		}
+	}
+	hdr.typ = valTombstone
+	for _, r := range revs {
+		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package farm
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// listener subscribes to the bus until ctx is done.
+func (n *Node) listener(ctx context.Context) {
+	defer n.wg.Done()
+	for failures := 1; ; failures++ {
+		err := n.cfg.Bus.Subscribe(ctx, n.receive, n.busState)
+		if ctx.Err() != nil {
+			return
+		}
+		n.busState(false, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures)):
+		}
+	}
+}
+
+func (n *Node) busState(up bool, err error) {
+	was := n.connected.Swap(up)
+	defer n.updateFallback()
+	switch {
+	case up && !was:
+		n.ctr.connects.Add(1)
+		n.revs.signal()
+		n.log.Info("farm: connected to the bus")
+		// Catch up on revocations published while we were away.
+		select {
+		case n.heal <- struct{}{}:
+		default:
+		}
+	case !up && was:
+		n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
+	}
+}
+
+// receive handles one message from the bus.
+func (n *Node) receive(msg []byte) {
+	n.ctr.received.Add(1)
+	h, off, err := parseHeader(msg)
+	if err != nil {
+		n.ctr.rejected[rejection(err)].Add(1)
+		return
+	}
+	if h.sender == n.instance {
+		n.ctr.self.Add(1)
+		return
+	}
+	now := n.cfg.Now()
+	// The bus hands msg over (see transport.Bus.Subscribe): decrypt it in place.
+	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
+	if err != nil {
+		n.ctr.rejected[rejection(err)].Add(1)
+		return
+	}
+	n.lag.observe(now.Sub(h.time))
+	switch h.typ {
+	case msgSessions:
+		if n.pend != nil {
+			if err := n.receiveLazy(body, now); err != nil {
+				n.ctr.rejected[rejectBody].Add(1)
+			}
+			return
+		}
+		items, err := parseSessions(body)
+		if err != nil {
+			n.ctr.rejected[rejectBody].Add(1)
+			return
+		}
+		for _, it := range items {
+			n.ctr.receivedSessions.Add(1)
+			// Copy the state out of the batch, so that one long-lived
+			// session does not keep the whole message in memory.
+			it.rec.State = bytes.Clone(it.rec.State)
+			if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
+				n.ctr.insertRefused.Add(1)
+				continue
+			}
+			if n.neg != nil {
+				n.neg.remove(it.id)
+			}
+			n.ctr.inserted.Add(1)
+		}
+	case msgCut:
+		n.receiveCuts(body)
+	case msgRevoke:
+		revs, err := parseRevocations(body)
+		if err != nil {
+			n.ctr.rejected[rejectBody].Add(1)
+			return
+		}
+		for _, r := range revs {
+			n.ctr.receivedRevocations.Add(1)
+			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
+		}
+	default:
+		n.handlersMu.Lock()
+		fn := n.handlers[h.typ]
+		n.handlersMu.Unlock()
+		if fn == nil {
+			n.ctr.rejected[rejectType].Add(1)
+			return
+		}
+		fn(h, body)
+	}
+}
+
+// handle registers fn for authentic bus messages of type t (used by the key
+// rotation protocol); a nil fn unregisters.
+func (n *Node) handle(t envType, fn func(header, []byte)) {
+	n.handlersMu.Lock()
+	if fn == nil {
+		delete(n.handlers, t)
+	} else {
+		n.handlers[t] = fn
+	}
+	n.handlersMu.Unlock()
+}
