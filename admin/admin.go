@@ -20,6 +20,7 @@
 package admin
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -30,12 +31,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// DefaultRevokeTimeout bounds a farm-wide revocation.
-const DefaultRevokeTimeout = 5 * time.Second
+// defaultRevokeTimeout bounds a farm-wide revocation.
+const defaultRevokeTimeout = 5 * time.Second
+
+// A FarmNode is what the admin API needs of the node's farm membership;
+// *farm.Node implements it.
+type FarmNode interface {
+	// Metrics returns the node's samples (tlsfarm_farm_*), exported as
+	// they are and read by /healthz.
+	Metrics() []metric.Sample
+	// RevokeSession revokes the session id farm-wide (see
+	// farm.Node.RevokeSession).
+	RevokeSession(ctx context.Context, id session.ID) (farm.RevokeStatus, error)
+}
 
 // A Config configures the admin API. Cache is required; every other field
 // may be left zero, which leaves out what it feeds.
@@ -46,15 +59,17 @@ type Config struct {
 	// Cache is the node's session cache.
 	Cache *session.Cache
 
-	// Node is the node's farm membership; nil when it serves alone.
-	// DELETE /sessions/{id} revokes through it, farm-wide.
-	Node *farm.Node
+	// Node is the node's farm membership (a *farm.Node); nil when it
+	// serves alone. DELETE /sessions/{id} revokes through it, farm-wide;
+	// /healthz and the metrics report its samples.
+	Node FarmNode
 
 	// Ring holds the node's ticket keys: their epoch and age are reported.
 	Ring *ticket.Ring
 
-	// Rotation, if set, returns the farm-wide key rotation's counters.
-	Rotation func() farm.RotationStats
+	// Rotation, if set, returns the farm-wide key rotation's samples
+	// (farm.Rotator.Metrics).
+	Rotation func() []metric.Sample
 
 	// Exports, if set, returns the state of each key export target of
 	// "tlsfarm keys": /healthz lists them (and says "degraded" while one
@@ -75,8 +90,7 @@ type Config struct {
 	// on a reload). If it is nil or returns "", state changes are refused.
 	Token func() string
 
-	// RevokeTimeout bounds DELETE /sessions/{id} (default
-	// DefaultRevokeTimeout).
+	// RevokeTimeout bounds DELETE /sessions/{id} (default 5s).
 	RevokeTimeout time.Duration
 
 	// Collectors are registered with the metrics registry as well.
@@ -131,7 +145,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("admin: Config.Cache is required")
 	}
 	if cfg.RevokeTimeout <= 0 {
-		cfg.RevokeTimeout = DefaultRevokeTimeout
+		cfg.RevokeTimeout = defaultRevokeTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -114,7 +115,7 @@ func TestRevoke(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, `"revoked": true`) {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
-	if _, ok := cache.Lookup(id); ok {
+	if _, ok := cache.GetBuffer(id, nil); ok {
 		t.Error("session still cached")
 	}
 	if code, _ := nettest.Do(t, "DELETE", url, token); code != http.StatusNotFound {
@@ -132,7 +133,7 @@ func TestRevokeRefusedWithoutToken(t *testing.T) {
 	if code != http.StatusForbidden || !strings.Contains(body, "no admin token") {
 		t.Errorf("%d %s", code, body)
 	}
-	if _, ok := cache.Lookup(id); !ok {
+	if _, ok := cache.GetBuffer(id, nil); !ok {
 		t.Error("session removed")
 	}
 }
@@ -145,7 +146,9 @@ func TestSessions(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
 		t.Fatalf("%d %v %s", code, err, body)
 	}
-	if got.Cache.Size != 1 || got.Cache.Inserts != 1 || got.Farm {
+	size, _ := metric.Value(got.Cache, "tlsfarm_cache_sessions")
+	inserts, _ := metric.Value(got.Cache, "tlsfarm_cache_inserts_total")
+	if size != 1 || inserts != 1 || got.Farm {
 		t.Errorf("sessions = %+v", got)
 	}
 }
@@ -227,7 +230,7 @@ func TestRevokePendingWhileFarmDown(t *testing.T) {
 	if code != http.StatusAccepted || !strings.Contains(body, `"farm": "pending"`) {
 		t.Fatalf("revoke with the farm down: %d %s, want 202 pending", code, body)
 	}
-	if _, ok := cache.Lookup(id); ok {
+	if _, ok := cache.GetBuffer(id, nil); ok {
 		t.Fatal("the session is still cached after a pending revocation")
 	}
 	if _, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", ""); !strings.Contains(metrics, "tlsfarm_farm_pending_revocations 1") {

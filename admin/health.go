@@ -3,6 +3,8 @@ package admin
 import (
 	"net/http"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/metric"
 )
 
 // Health is the answer of GET /healthz.
@@ -55,13 +57,15 @@ func (h *Handler) health() Health {
 		}
 	}
 	if n := h.cfg.Node; n != nil {
-		st := n.Stats()
+		st := n.Metrics()
+		connected := value(st, "tlsfarm_farm_connected") == 1
 		out.Farm = &FarmHealth{
-			Connected: st.Connected, Strict: h.cfg.Strict, Connects: st.Connects,
-			Queued: st.Queued, Dropped: st.Dropped, PublishErrors: st.PublishErrors,
-			StoreErrors: st.StoreWriteErrors + st.StoreErrors,
+			Connected: connected, Strict: h.cfg.Strict, Connects: value(st, "tlsfarm_farm_connects_total"),
+			Queued: int(value(st, "tlsfarm_farm_queue_length")), Dropped: value(st, "tlsfarm_farm_dropped_total"),
+			PublishErrors: value(st, "tlsfarm_farm_publish_errors_total"),
+			StoreErrors:   value(st, "tlsfarm_farm_store_write_errors_total") + value(st, "tlsfarm_farm_store_lookups_total", "result", "error"),
 		}
-		if !st.Connected && out.Status == "ok" {
+		if !connected && out.Status == "ok" {
 			out.Status = "degraded"
 		}
 	}
@@ -70,7 +74,7 @@ func (h *Handler) health() Health {
 		out.Keys = &KeyHealth{Epoch: st.Epoch, Current: st.Current, AgeSeconds: time.Since(st.Rotated).Seconds(), Keys: st.Keys}
 		if h.cfg.Rotation != nil {
 			out.Keys.FarmWide = true
-			out.Keys.LeaseHolder = h.cfg.Rotation().LeaseHolder
+			out.Keys.LeaseHolder = value(h.cfg.Rotation(), "tlsfarm_ticket_rotation_lease_holder") == 1
 		}
 	}
 	if h.cfg.Exports != nil {
@@ -104,10 +108,17 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if h.cfg.Strict && h.cfg.Node != nil && !h.cfg.Node.Stats().Connected {
+	if h.cfg.Strict && h.cfg.Node != nil && value(h.cfg.Node.Metrics(), "tlsfarm_farm_connected") != 1 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		w.Write([]byte("not ready: the farm transport is down (strict mode)\n"))
 		return
 	}
 	w.Write([]byte("ready\n"))
+}
+
+// value returns the sample of samples named name, with the given label
+// pairs, as a count (0 if there is none).
+func value(samples []metric.Sample, name string, labels ...string) uint64 {
+	v, _ := metric.Value(samples, name, labels...)
+	return uint64(v)
 }

@@ -6,7 +6,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/metric"
 )
 
@@ -36,7 +35,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	e.gauge("tlsfarm_listeners_ready", "1 while every listener accepts connections.", ready)
 	e.cache()
 	if c.cfg.Node != nil {
-		e.farm(c.cfg.Node.Stats())
+		e.samples(c.cfg.Node.Metrics())
 	}
 	e.keys()
 	if c.cfg.Exports != nil {
@@ -127,82 +126,7 @@ func (e emitter) proxy(p ProxyStats) {
 	}
 }
 
-func (e emitter) cache() {
-	s := e.c.cfg.Cache.Stats()
-	e.gauge("tlsfarm_cache_sessions", "Sessions in the cache, including expired ones not yet swept.", float64(s.Size))
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_lookups_total", "Cache lookups, by result.", "result",
-		map[string]uint64{"hit": s.Hits, "miss": s.Misses})
-	e.counter("tlsfarm_cache_inserts_total", "Sessions inserted or replaced.", s.Inserts)
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_removals_total", "Sessions that left the cache, by reason.", "reason",
-		map[string]uint64{"revoked": s.Removed, "expired": s.Expired, "evicted": s.Evicted, "retired": s.Retired})
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_refusals_total", "Resumptions and inserts refused, by reason.", "reason",
-		map[string]uint64{
-			"server_name": s.RefusedServerName, "chain_expired": s.ChainExpired, "forged_id": s.ForgedIDs,
-			"revoked_insert": s.RevokedInserts, "oversized": s.Oversized, "parse_error": s.ParseErrors, "wrap_error": s.WrapErrors,
-		})
-	e.counter("tlsfarm_cache_hook_panics_total", "Cache hook calls that panicked.", s.HookPanics)
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_loader_total", "Misses passed to the farm's store, by result.", "result",
-		map[string]uint64{"hit": s.LoaderHits, "miss": s.LoaderMisses, "error": s.LoaderErrors})
-	e.labelled(prometheus.CounterValue, "tlsfarm_cache_tickets_total", "Stateless tickets, by event.", "event",
-		map[string]uint64{"issued": s.TicketsIssued, "accepted": s.TicketsAccepted, "unbound": s.TicketsUnbound, "expired": s.TicketsExpired})
-}
-
-func (e emitter) farm(s farm.Stats) {
-	e.gauge("tlsfarm_farm_connected", "1 while the node is subscribed to the farm's bus and its transport answers the health probe.", b2f(s.Connected))
-	e.labelled(prometheus.GaugeValue, "tlsfarm_farm_healthy", "1 while the last health probe of the bus or the store was answered.", "path",
-		map[string]uint64{"bus": b2u(s.BusHealthy), "store": b2u(s.StoreHealthy)})
-	e.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out.", s.ProbeFailures)
-	e.counter("tlsfarm_farm_unencodable_total", "Sessions left out of a message or the store: too large, or a server name over 253 bytes.", s.Unencodable)
-	e.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", s.TombstonesTruncated)
-	e.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up.", s.Connects)
-	e.gauge("tlsfarm_farm_queue_length", "Sessions and revocations waiting to be published.", float64(s.Queued))
-	e.counter("tlsfarm_farm_dropped_total", "Items dropped from a full publish queue.", s.Dropped)
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_published_total", "Items published to the bus, by kind.", "kind",
-		map[string]uint64{"session": s.Published, "revocation": s.PublishedRevocations})
-	e.counter("tlsfarm_farm_publish_errors_total", "Publish batches that failed.", s.PublishErrors)
-	e.counter("tlsfarm_farm_unpublished_total", "Items in publish batches that failed.", s.Unpublished)
-	e.counter("tlsfarm_farm_store_writes_total", "Sessions written to the store.", s.StoreWrites)
-	e.counter("tlsfarm_farm_store_write_errors_total", "Store write batches that failed.", s.StoreWriteErrors)
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_write_through_total", "Handshakes that waited for the store, by result.", "result",
-		map[string]uint64{
-			"stored":  s.WriteThrough - min(s.WriteThrough, s.WriteThroughTimeouts+s.WriteThroughFailed),
-			"timeout": s.WriteThroughTimeouts, "failed": s.WriteThroughFailed,
-		})
-	e.gauge("tlsfarm_farm_breaker_open", "1 while write-through is suspended after failures.", b2f(s.BreakerOpen))
-	e.counter("tlsfarm_farm_breaker_trips_total", "Times write-through was suspended.", s.BreakerTrips)
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
-		map[string]uint64{"own": s.Self, "session": s.ReceivedSessions, "revocation": s.ReceivedRevocations})
-	e.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(s.PendingRevocations))
-	e.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", s.BacklogDropped)
-	e.gauge("tlsfarm_farm_backlog_length", "Sessions made during an outage waiting to be written and published.", float64(s.Backlog))
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_consumes_total", "Atomic consumes in the store (single use, Consume), by result.", "result",
-		map[string]uint64{"consumed": s.Lifecycle.Consumed, "refused": s.Lifecycle.ConsumeRefused, "error": s.Lifecycle.ConsumeErrors, "restored": s.Lifecycle.Restored})
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
-		map[string]uint64{"retire_sent": s.Lifecycle.RetiresSent, "retire_received": s.Lifecycle.RetiresReceived, "cut_sent": s.Lifecycle.CutsSent, "cut_received": s.Lifecycle.CutsReceived})
-	e.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", s.Inserted)
-	e.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, foreign ID key).", s.InsertRefused)
-	rejected := map[string]uint64{}
-	for i, n := range s.Rejected {
-		rejected[farm.Rejection(i).String()] = n
-	}
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_rejected_total", "Messages dropped, by reason (forged, too old, another farm's...).", "reason", rejected)
-	e.labelled(prometheus.CounterValue, "tlsfarm_farm_store_lookups_total", "Store lookups on a cache miss, by result.", "result",
-		map[string]uint64{
-			"hit": s.StoreHits, "miss": s.StoreMisses, "timeout": s.StoreTimeouts, "error": s.StoreErrors,
-			"rejected": s.StoreRejected, "skipped": s.LookupsSkipped, "negative": s.NegativeHits,
-		})
-	buckets := map[float64]uint64{}
-	var cum uint64
-	for i, le := range farm.LagBuckets {
-		if i < len(s.Lag.Counts) {
-			cum += s.Lag.Counts[i]
-		}
-		buckets[le.Seconds()] = cum
-	}
-	e.ch <- prometheus.MustNewConstHistogram(
-		e.desc("tlsfarm_farm_lag_seconds", "Time from a peer sealing a message to this node receiving it, by the two clocks."),
-		s.Lag.Count, s.Lag.Sum.Seconds(), buckets)
-}
+func (e emitter) cache() { e.samples(e.c.cfg.Cache.Metrics()) }
 
 func (e emitter) keys() {
 	r := e.c.cfg.Ring
@@ -216,17 +140,5 @@ func (e emitter) keys() {
 	if e.c.cfg.Rotation == nil {
 		return
 	}
-	rs := e.c.cfg.Rotation()
-	e.gauge("tlsfarm_ticket_rotation_lease_holder", "1 while this node holds the farm's key rotation lease.", b2f(rs.LeaseHolder))
-	e.counter("tlsfarm_ticket_rotations_total", "Farm key rotations this node performed.", rs.Rotations)
-	e.counter("tlsfarm_ticket_key_sets_applied_total", "Newer farm key sets applied here.", rs.Applied)
-	e.counter("tlsfarm_ticket_rotation_store_errors_total", "Failed store operations of key rotation.", rs.StoreErrors)
-	e.counter("tlsfarm_ticket_key_sets_invalid_total", "Key sets that opened but did not decode.", rs.Invalid)
-}
-
-func b2u(b bool) uint64 {
-	if b {
-		return 1
-	}
-	return 0
+	e.samples(e.c.cfg.Rotation())
 }

@@ -6,17 +6,20 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // SessionsResponse is the answer of GET /sessions.
 type SessionsResponse struct {
-	Cache session.Stats `json:"cache"`
-	Farm  bool          `json:"farm"` // revocations reach the whole farm
+	// Cache holds the cache's counters and size, as /metrics exports
+	// them (session.Cache.Metrics).
+	Cache []metric.Sample `json:"cache"`
+	Farm  bool            `json:"farm"` // revocations reach the whole farm
 }
 
 func (h *Handler) sessions(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, SessionsResponse{Cache: h.cfg.Cache.Stats(), Farm: h.cfg.Node != nil})
+	writeJSON(w, http.StatusOK, SessionsResponse{Cache: h.cfg.Cache.Metrics(), Farm: h.cfg.Node != nil})
 }
 
 // RevokeResponse is the answer of DELETE /sessions/{id}.
@@ -62,7 +65,7 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusAccepted
 		}
 	} else {
-		found = h.cfg.Cache.Remove(id)
+		_, found = h.cfg.Cache.Remove(id)
 	}
 	if !found {
 		writeError(w, http.StatusNotFound, "no such session (unknown, expired or already revoked)")

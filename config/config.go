@@ -8,7 +8,9 @@ import (
 )
 
 // A Config is the whole configuration of one daemon. Its zero value is not
-// useful: start from Default, or use Load.
+// useful: Load returns one with every setting filled in, from its defaults
+// (the settings' doc comments and Settings state them) and from the file,
+// the environment and the flags.
 type Config struct {
 	// Node names this daemon in logs, in the facts the built-in upstream
 	// answers with, and in the farm (default: the host name).
@@ -39,6 +41,7 @@ type Log struct {
 
 // A Listener is one address on which the daemon terminates TLS.
 type Listener struct {
+	// Address is the host:port to listen on (default 127.0.0.1:8443).
 	Address string `yaml:"address"`
 
 	// Certificates are served by server name (SNI). The first one is also
@@ -46,9 +49,9 @@ type Listener struct {
 	// With none, the daemon makes a self-signed certificate for localhost.
 	Certificates []Certificate `yaml:"certificates"`
 
-	MinVersion string   `yaml:"min_version"` // "1.0" to "1.3"
-	MaxVersion string   `yaml:"max_version"`
-	ALPN       []string `yaml:"alpn"` // protocols offered, in order of preference
+	MinVersion string   `yaml:"min_version"` // "1.0" to "1.3" (default "1.2")
+	MaxVersion string   `yaml:"max_version"` // (default "1.3")
+	ALPN       []string `yaml:"alpn"`        // protocols offered, in order of preference
 
 	// Upstream is where decrypted traffic goes: "builtin" (the default: an
 	// HTTP handler that answers with the connection's facts),
@@ -76,7 +79,7 @@ type Certificate struct {
 	Cert  string   `yaml:"cert"` // PEM file: the chain, leaf first
 	Key   string   `yaml:"key"`  // PEM file: the private key
 
-	// Loaded is the parsed pair, set by Validate.
+	// Loaded is the parsed pair, set by Load.
 	Loaded *tls.Certificate `yaml:"-"`
 }
 
@@ -128,7 +131,7 @@ type Farm struct {
 	// turns fallback tickets off.
 	FallbackTicketLifetime time.Duration `yaml:"fallback_ticket_lifetime"`
 
-	// Secrets are the farm secrets read from SecretFile, set by Validate.
+	// Secrets are the farm secrets read from SecretFile, set by Load.
 	Secrets []farm.Secret `yaml:"-"`
 }
 
@@ -140,12 +143,16 @@ type Tickets struct {
 
 // Admin configures the admin HTTP listener (package admin).
 type Admin struct {
-	// Address is where the admin listener listens; "off" disables it.
-	Address   string `yaml:"address"`
+	// Address is where the admin listener listens (default
+	// 127.0.0.1:9443); "off" disables it.
+	Address string `yaml:"address"`
+	// Token, or the contents of TokenFile (a file only its owner may
+	// read), is the bearer token that state-changing requests must
+	// present: at least 16 bytes. With neither, they are refused.
 	Token     string `yaml:"token"`
 	TokenFile string `yaml:"token_file"`
 
-	// BearerToken is Token, or the contents of TokenFile, set by Validate.
+	// BearerToken is Token, or the contents of TokenFile, set by Load.
 	BearerToken string `yaml:"-"`
 }
 
@@ -167,18 +174,18 @@ type Debug struct {
 
 // Default listener values.
 const (
-	DefaultAddress      = "127.0.0.1:8443"
-	DefaultAdminAddress = "127.0.0.1:9443"
-	DefaultUpstream     = "builtin"
-	DefaultMinVersion   = "1.2"
-	DefaultMaxVersion   = "1.3"
+	defaultAddress      = "127.0.0.1:8443"
+	defaultAdminAddress = "127.0.0.1:9443"
+	defaultUpstream     = "builtin"
+	defaultMinVersion   = "1.2"
+	defaultMaxVersion   = "1.3"
 )
 
-// Default returns the configuration used when nothing is set: one listener
+// defaults returns the configuration used when nothing is set: one listener
 // on 127.0.0.1:8443 with a self-signed certificate and the built-in
 // upstream, an in-memory stateful cache, no farm, and the admin listener on
 // 127.0.0.1:9443.
-func Default() *Config {
+func defaults() *Config {
 	return &Config{
 		Log: Log{Format: "text", Level: "info"},
 		Cache: Cache{
@@ -195,10 +202,10 @@ func Default() *Config {
 			LookupDeadline: 250 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
 
-			FallbackTicketLifetime: farm.DefaultFallbackTicketLifetime,
+			FallbackTicketLifetime: 5 * time.Minute, // farm.Config's default
 		},
 		Tickets: Tickets{RotationInterval: 12 * time.Hour, Keep: 2},
-		Admin:   Admin{Address: DefaultAdminAddress},
+		Admin:   Admin{Address: defaultAdminAddress},
 		Limits: Limits{
 			HandshakeTimeout: 10 * time.Second,
 			IdleTimeout:      2 * time.Minute,
@@ -211,18 +218,18 @@ func Default() *Config {
 // listenerDefaults fills the zero fields of l.
 func listenerDefaults(l *Listener) {
 	if l.Address == "" {
-		l.Address = DefaultAddress
+		l.Address = defaultAddress
 	}
 	if l.Upstream == "" {
-		l.Upstream = DefaultUpstream
+		l.Upstream = defaultUpstream
 	}
 	if l.MinVersion == "" {
-		l.MinVersion = DefaultMinVersion
+		l.MinVersion = defaultMinVersion
 	}
 	if l.MaxVersion == "" {
-		l.MaxVersion = DefaultMaxVersion
+		l.MaxVersion = defaultMaxVersion
 	}
-	if l.ALPN == nil && !IsTCP(l.Upstream) {
+	if l.ALPN == nil && !isTCP(l.Upstream) {
 		l.ALPN = []string{"h2", "http/1.1"}
 	}
 }

@@ -12,7 +12,7 @@
 //
 // # Errors
 //
-// Load and Validate return errors of one line that name the setting and,
+// Load returns errors of one line that name the setting and,
 // where it came from a file, the line: a daemon started with a bad
 // configuration says exactly what to fix and does not start. Unknown YAML
 // keys are errors, so that a misspelt setting is not silently ignored.

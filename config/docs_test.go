@@ -20,7 +20,7 @@ func TestDocsListEverySetting(t *testing.T) {
 			rows[key] = line
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		row, ok := rows[s.Key]
 		if !ok {
 			t.Errorf("docs/config.md has no row for %s", s.Key)
@@ -56,7 +56,7 @@ func TestDocsExampleFileDecodes(t *testing.T) {
 		t.Fatal("no complete file in docs/config.md")
 	}
 	example, _, _ := strings.Cut(rest, "```")
-	c := Default()
+	c := defaults()
 	c.sources = map[string]string{}
 	if err := c.readFile(writeFile(t, "example.yaml", example, 0o644)); err != nil {
 		t.Fatal(err)

@@ -9,15 +9,15 @@ import (
 	"strings"
 )
 
-// ConfigEnv is the environment variable that names the configuration file
+// configEnv is the environment variable that names the configuration file
 // when the -config flag does not.
-const ConfigEnv = "TLSFARM_CONFIG"
+const configEnv = "TLSFARM_CONFIG"
 
 // Load reads the configuration from the flags in args (the arguments after
 // "serve"), the environment (getenv, such as os.Getenv; an empty value
 // counts as unset), and the YAML file named by -config or TLSFARM_CONFIG,
 // with precedence flag > environment > file > default, and then validates
-// it (see Validate). Help and flag errors are written to output; for -h it
+// it (see validate). Help and flag errors are written to output; for -h it
 // returns flag.ErrHelp.
 //
 // Load is meant to be called again, with the same arguments, to reload:
@@ -25,9 +25,9 @@ const ConfigEnv = "TLSFARM_CONFIG"
 func Load(name string, args []string, getenv func(string) string, output io.Writer) (*Config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(output)
-	file := fs.String("config", "", "YAML configuration `file` (or $"+ConfigEnv+")")
+	file := fs.String("config", "", "YAML configuration `file` (or $"+configEnv+")")
 	flags := map[string]*flagValue{}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if s.Flag == "" {
 			continue
 		}
@@ -56,10 +56,10 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 		return nil, fmt.Errorf("unexpected argument %q (settings are flags, such as -listen 127.0.0.1:8443)", fs.Arg(0))
 	}
 
-	c := Default()
+	c := defaults()
 	c.sources = map[string]string{}
 	if *file == "" {
-		*file = getenv(ConfigEnv)
+		*file = getenv(configEnv)
 	}
 	if *file != "" {
 		c.File = *file
@@ -67,14 +67,14 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 			return nil, err
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if v := getenv(s.Env); s.Env != "" && v != "" {
 			if err := c.apply(s.Key, v, "$"+s.Env); err != nil {
 				return nil, err
 			}
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if fv := flags[s.Key]; fv != nil && fv.set {
 			if err := c.apply(s.Key, fv.value, "flag -"+s.Flag); err != nil {
 				return nil, err
@@ -82,7 +82,7 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 		}
 	}
 	c.fill()
-	if err := c.Validate(); err != nil {
+	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -137,7 +137,7 @@ func (c *Config) where(key string) string {
 // flag's argument by the kind of its setting.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
 	keys := map[string]string{}
-	for _, s := range Settings {
+	for _, s := range settings {
 		keys[s.Flag] = s.Key
 	}
 	fs.VisitAll(func(f *flag.Flag) {
@@ -154,7 +154,7 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 
 // argName names the argument of a setting's flag by its kind.
 func argName(key string) string {
-	v := reflect.ValueOf(Default()).Elem()
+	v := reflect.ValueOf(defaults()).Elem()
 	for _, part := range strings.Split(key, ".") {
 		name, list := strings.CutSuffix(part, "[]")
 		f, ok := fieldByTag(v, name)

@@ -35,13 +35,13 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("listeners = %d, want 1", len(c.Listeners))
 	}
 	l := c.Listeners[0]
-	if l.Address != DefaultAddress || l.Upstream != "builtin" || len(l.Certificates) != 0 {
+	if l.Address != defaultAddress || l.Upstream != "builtin" || len(l.Certificates) != 0 {
 		t.Errorf("default listener = %+v", l)
 	}
 	if strings.Join(l.ALPN, ",") != "h2,http/1.1" {
 		t.Errorf("default ALPN = %v", l.ALPN)
 	}
-	if c.Admin.Address != DefaultAdminAddress || c.Farm.URL != "" || c.Cache.Mode != "stateful" || !c.Cache.SNIBinding {
+	if c.Admin.Address != defaultAdminAddress || c.Farm.URL != "" || c.Cache.Mode != "stateful" || !c.Cache.SNIBinding {
 		t.Errorf("defaults = %+v", c)
 	}
 	if c.Node == "" {
@@ -76,7 +76,7 @@ limits:
 			return c.Node == "from-file" && c.Cache.Size == 1000 && c.Cache.Lifetime == time.Hour && c.Cache.SingleUse &&
 				c.Listeners[0].Address == "127.0.0.1:1001" && c.Limits.HandshakeTimeout == 3*time.Second
 		}},
-		{"file named by the environment", nil, map[string]string{ConfigEnv: file}, func(c *Config) bool { return c.Node == "from-file" }},
+		{"file named by the environment", nil, map[string]string{configEnv: file}, func(c *Config) bool { return c.Node == "from-file" }},
 		{"env over file", []string{"-config", file}, map[string]string{
 			"TLSFARM_NODE": "from-env", "TLSFARM_CACHE_SIZE": "2000", "TLSFARM_SESSION_LIFETIME": "2h",
 			"TLSFARM_SINGLE_USE": "false", "TLSFARM_LISTEN": "127.0.0.1:1002", "TLSFARM_ALPN": "smtp, imap",
@@ -123,8 +123,8 @@ func TestHelp(t *testing.T) {
 }
 
 func TestEverySettingHasAField(t *testing.T) {
-	for _, s := range Settings {
-		c := Default()
+	for _, s := range settings {
+		c := defaults()
 		value := "1"
 		if isBool(s.Key) {
 			value = "true"

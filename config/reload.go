@@ -50,7 +50,7 @@ func walkDiff(a, b reflect.Value, key, generic string, out *[]string) {
 
 // hasRestartOnly reports whether any setting under prefix needs a restart.
 func hasRestartOnly(prefix string) bool {
-	for _, s := range Settings {
+	for _, s := range settings {
 		if strings.HasPrefix(s.Key, prefix) && !s.Reloadable {
 			return true
 		}

@@ -60,7 +60,7 @@ func TestEveryFieldIsASetting(t *testing.T) {
 			t.Errorf("YAML key %s is not in Settings", k)
 		}
 	}
-	for _, s := range Settings {
+	for _, s := range settings {
 		if !slices.Contains(keys, s.Key) {
 			t.Errorf("setting %s is not a YAML key of Config", s.Key)
 		}

@@ -1,5 +1,7 @@
 package config
 
+import "slices"
+
 // A Setting describes one configuration setting: where it can be given and
 // whether it can change without a restart. docs/config.md documents each
 // one; a test keeps the two in step.
@@ -23,20 +25,24 @@ type Setting struct {
 	Usage string
 }
 
-// Settings lists every setting in the order docs/config.md gives them.
-var Settings = []Setting{
+// Settings returns every setting in the order docs/config.md gives them.
+// The slice is the caller's: changing it changes nothing in the package.
+func Settings() []Setting { return slices.Clone(settings) }
+
+// settings is the table behind Settings, Load and RestartOnly.
+var settings = []Setting{
 	{Key: "node", Flag: "node", Env: "TLSFARM_NODE", Default: "the host name", Usage: "name of this node in logs, facts and the farm"},
 	{Key: "log.format", Flag: "log-format", Env: "TLSFARM_LOG_FORMAT", Default: "text", Usage: "log format: text or json"},
 	{Key: "log.level", Flag: "log-level", Env: "TLSFARM_LOG_LEVEL", Default: "info", Reloadable: true, Usage: "log level: debug, info, warn or error"},
 
-	{Key: "listeners[].address", Flag: "listen", Env: "TLSFARM_LISTEN", Default: DefaultAddress, Usage: "`address` (host:port) to terminate TLS on"},
+	{Key: "listeners[].address", Flag: "listen", Env: "TLSFARM_LISTEN", Default: defaultAddress, Usage: "`address` (host:port) to terminate TLS on"},
 	{Key: "listeners[].certificates[].cert", Flag: "cert", Env: "TLSFARM_CERT", Default: "self-signed for localhost", Reloadable: true, Usage: "certificate chain PEM `file`"},
 	{Key: "listeners[].certificates[].key", Flag: "key", Env: "TLSFARM_KEY", Default: "", Reloadable: true, Usage: "private key PEM `file`"},
 	{Key: "listeners[].certificates[].names", Default: "the certificate's DNS names", Reloadable: true},
-	{Key: "listeners[].min_version", Flag: "tls-min", Env: "TLSFARM_TLS_MIN", Default: DefaultMinVersion, Reloadable: true, Usage: "lowest TLS `version`: 1.0, 1.1, 1.2 or 1.3"},
-	{Key: "listeners[].max_version", Flag: "tls-max", Env: "TLSFARM_TLS_MAX", Default: DefaultMaxVersion, Reloadable: true, Usage: "highest TLS `version`"},
+	{Key: "listeners[].min_version", Flag: "tls-min", Env: "TLSFARM_TLS_MIN", Default: defaultMinVersion, Reloadable: true, Usage: "lowest TLS `version`: 1.0, 1.1, 1.2 or 1.3"},
+	{Key: "listeners[].max_version", Flag: "tls-max", Env: "TLSFARM_TLS_MAX", Default: defaultMaxVersion, Reloadable: true, Usage: "highest TLS `version`"},
 	{Key: "listeners[].alpn", Flag: "alpn", Env: "TLSFARM_ALPN", Default: "h2,http/1.1 (none for tcp://)", Reloadable: true, Usage: "ALPN `protocols` offered, comma-separated"},
-	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: DefaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
+	{Key: "listeners[].upstream", Flag: "upstream", Env: "TLSFARM_UPSTREAM", Default: defaultUpstream, Reloadable: true, Usage: "builtin, http://host:port, https://host:port or tcp://host:port"},
 	{Key: "listeners[].proxy_protocol.enabled", Flag: "proxy-protocol", Env: "TLSFARM_PROXY_PROTOCOL", Default: "false", Usage: "expect a PROXY protocol header on each connection"},
 	{Key: "listeners[].http3", Flag: "http3", Env: "TLSFARM_HTTP3", Default: "false", Usage: "serve HTTP/3 (QUIC) on the UDP port of the listener's address too"},
 	{Key: "listeners[].early_data", Flag: "early-data", Env: "TLSFARM_EARLY_DATA", Default: "false", Usage: "accept 0-RTT early data on HTTP/3, once per session in the farm"},
@@ -64,7 +70,7 @@ var Settings = []Setting{
 	{Key: "tickets.rotation_interval", Flag: "ticket-rotation", Env: "TLSFARM_TICKET_ROTATION", Default: "12h", Usage: "how often the session ticket key rotates"},
 	{Key: "tickets.keep", Flag: "ticket-keep", Env: "TLSFARM_TICKET_KEEP", Default: "2", Usage: "previous ticket keys kept for decryption"},
 
-	{Key: "admin.address", Flag: "admin", Env: "TLSFARM_ADMIN_ADDRESS", Default: DefaultAdminAddress, Usage: "admin listener `address`, or off"},
+	{Key: "admin.address", Flag: "admin", Env: "TLSFARM_ADMIN_ADDRESS", Default: defaultAdminAddress, Usage: "admin listener `address`, or off"},
 	{Key: "admin.token", Env: "TLSFARM_ADMIN_TOKEN", Default: "none (state changes refused)", Reloadable: true},
 	{Key: "admin.token_file", Flag: "admin-token-file", Env: "TLSFARM_ADMIN_TOKEN_FILE", Default: "", Reloadable: true, Usage: "`file` holding the admin bearer token"},
 
@@ -78,7 +84,7 @@ var Settings = []Setting{
 
 // settingByKey returns the setting with the given key.
 func settingByKey(key string) (Setting, bool) {
-	for _, s := range Settings {
+	for _, s := range settings {
 		if s.Key == key {
 			return s, true
 		}

@@ -7,8 +7,8 @@ import (
 	"strings"
 )
 
-// IsTCP reports whether upstream is a tcp:// passthrough.
-func IsTCP(upstream string) bool { return strings.HasPrefix(upstream, "tcp://") }
+// isTCP reports whether upstream is a tcp:// passthrough.
+func isTCP(upstream string) bool { return strings.HasPrefix(upstream, "tcp://") }
 
 // checkUpstream checks an upstream: "builtin", an http:// or https:// URL,
 // or tcp://host:port.

@@ -5,22 +5,22 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// MinTokenLen is the shortest admin bearer token accepted.
-const MinTokenLen = 16
+// minTokenLen is the shortest admin bearer token accepted.
+const minTokenLen = 16
 
-// Validate checks every setting and loads the files the configuration
+// validate checks every setting and loads the files the configuration
 // names: the certificates (into Certificate.Loaded), the farm secrets (into
 // Farm.Secrets) and the admin token (into Admin.BearerToken). It returns
 // the first problem as an error of one line that names the setting.
-func (c *Config) Validate() error {
+func (c *Config) validate() error {
 	for _, check := range []func() error{c.checkLog, c.checkListeners, c.checkCache, c.checkFarm, c.checkTickets, c.checkAdmin, c.checkLimits} {
 		if err := check(); err != nil {
 			return err
@@ -89,11 +89,11 @@ func (c *Config) checkListeners() error {
 			if p == "" || len(p) > 255 {
 				return c.problem(key+".alpn", "protocol names are 1 to 255 bytes")
 			}
-			if !IsTCP(l.Upstream) && p != "h2" && p != "http/1.1" {
+			if !isTCP(l.Upstream) && p != "h2" && p != "http/1.1" {
 				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", p)
 			}
 		}
-		if l.HTTP3 && IsTCP(l.Upstream) {
+		if l.HTTP3 && isTCP(l.Upstream) {
 			return c.problem(key+".http3", "HTTP/3 needs an HTTP upstream, not %s", l.Upstream)
 		}
 		if l.EarlyData && !l.HTTP3 {
@@ -126,7 +126,7 @@ func checkHostPort(addr string) error {
 }
 
 func (c *Config) checkCache() error {
-	if _, ok := session.ParseMode(c.Cache.Mode); !ok {
+	if _, err := session.ParseMode(c.Cache.Mode); err != nil {
 		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", c.Cache.Mode)
 	}
 	switch {
@@ -216,12 +216,12 @@ func (c *Config) checkAdmin() error {
 		}
 		a.BearerToken = tok
 	}
-	if a.BearerToken != "" && len(a.BearerToken) < MinTokenLen {
+	if a.BearerToken != "" && len(a.BearerToken) < minTokenLen {
 		key := "admin.token"
 		if a.TokenFile != "" {
 			key = "admin.token_file"
 		}
-		return c.problem(key, "the token is %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", len(a.BearerToken), MinTokenLen)
+		return c.problem(key, "the token is %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", len(a.BearerToken), minTokenLen)
 	}
 	return nil
 }
@@ -229,14 +229,7 @@ func (c *Config) checkAdmin() error {
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s is accessible to group or others (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
 		return "", err
 	}

@@ -85,7 +85,7 @@ func TestBadInput(t *testing.T) {
 	otherCert, _ := certFiles(t, "localhost")
 	garbage := writeFile(t, "garbage.pem", "not a certificate", 0o644)
 	short := writeFile(t, "short.secret", "1:"+base64.StdEncoding.EncodeToString(make([]byte, 16))+"\n", 0o600)
-	open := writeFile(t, "open.secret", string(farm.FormatSecrets(farm.NewSecret(0))), 0o644)
+	open := writeFile(t, "open.secret", "0:"+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n", 0o644)
 	tests := []struct {
 		name string
 		file string // YAML, written to a file and passed with -config

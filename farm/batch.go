@@ -4,23 +4,9 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
-
-// A MessageLimiter is a Bus or Store that bounds the size of one message
-// (or stored value). MaxMessageSize returns that bound in bytes, or 0 while
-// it is not known (not connected yet). A node keeps its messages and values
-// at least transportReserve bytes below it, and always within the farm's
-// own MaxMessageSize.
-type MessageLimiter interface {
-	MaxMessageSize() int
-}
-
-// MaxSetMembers bounds what Store.SetMembers returns: the farm's
-// transports return at most this many members of a set (the revocations
-// that lapse last, where the store orders them), so that a flood of
-// revocations cannot make every node read an unbounded set at each heal.
-// A node counts a full answer in Stats.TombstonesTruncated.
-const MaxSetMembers = 100000
 
 // transportReserve is left under a transport's limit for what the
 // transport adds to the farm's bytes (headers, a value prefix).
@@ -33,8 +19,8 @@ var errUnencodable = errors.New("farm: session cannot be encoded within the mess
 // limitOf returns the largest message the node may send through v (a Bus
 // or a Store).
 func limitOf(v any) int {
-	lim := MaxMessageSize
-	if l, ok := v.(MessageLimiter); ok {
+	lim := transport.MaxMessageSize
+	if l, ok := v.(transport.MessageLimiter); ok {
 		if m := l.MaxMessageSize(); m > 0 {
 			lim = min(lim, m-transportReserve)
 		}
@@ -45,9 +31,10 @@ func limitOf(v any) int {
 // busMessages seals the bus messages of batch: its new sessions (in
 // broadcast mode) and its revocations, each kind split into as many
 // messages as the size limit needs. A session that cannot be encoded, or
-// that alone exceeds the limit, is left out and counted (Stats.Unencodable):
-// it never costs its neighbours their delivery. It returns the messages and
-// the numbers of sessions and revocations they carry.
+// that alone exceeds the limit, is left out and counted
+// (tlsfarm_farm_unencodable_total): it never costs its neighbours their
+// delivery. It returns the messages and the numbers of sessions and
+// revocations they carry.
 func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs int) {
 	limit := limitOf(n.cfg.Bus) - envelopeOverhead(len(hdr.farm))
 	if n.cfg.Mode == Broadcast {
@@ -107,9 +94,9 @@ func (n *Node) busMessages(hdr header, batch []item) (msgs [][]byte, news, revs 
 // the backlog), and its write-through waiter is told at once. Retirements
 // and cuts add their part through lifecycleStoreItems; released claims are
 // written by restoreAll.
-func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item, dels []string, revs []revocation) {
+func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []transport.Item, dels []string, revs []revocation) {
 	limit := limitOf(n.cfg.Records)
-	hdr.typ = msgStored
+	hdr.typ = valRecord
 	for i := range batch {
 		it := &batch[i]
 		if it.rev != nil {
@@ -125,7 +112,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 		if ttl <= 0 {
 			continue
 		}
-		body, err := it.rec.MarshalBinary()
+		body, err := encodeRecord(&it.rec)
 		var v []byte
 		if err == nil {
 			v = n.keys.seal(nil, hdr, body, it.id[:])
@@ -139,7 +126,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []Item,
 			}
 			continue
 		}
-		puts = append(puts, Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
+		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
 	}
 	return puts, dels, revs
 }

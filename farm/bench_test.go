@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -41,7 +42,7 @@ func benchNode(b *testing.B, url, farmName string, secret farm.Secret, tweak fun
 	}
 	b.Cleanup(func() { node.Close() })
 	deadline := time.Now().Add(10 * time.Second)
-	for !node.Stats().Connected {
+	for !node.Connected() {
 		if time.Now().After(deadline) {
 			b.Fatal("node never connected")
 		}
@@ -120,7 +121,7 @@ func BenchmarkPropagation(b *testing.B) {
 	mu.Lock()
 	defer mu.Unlock()
 	if len(lat) < b.N {
-		b.Fatalf("only %d of %d sessions reached the peer (%+v)", len(lat), b.N, bn.Stats())
+		b.Fatalf("only %d of %d sessions reached the peer (%+v)", len(lat), b.N, bn.Metrics())
 	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
@@ -142,11 +143,11 @@ func BenchmarkPublishThroughput(b *testing.B) {
 		a.Insert(a.NewID(), rec, session.OriginHandshake)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for bn.Stats().Inserted < uint64(b.N) && time.Now().Before(deadline) {
+	for farmtest.Counter(bn.Metrics(), "tlsfarm_farm_inserted_total") < uint64(b.N) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	b.StopTimer()
-	got := bn.Stats().Inserted
+	got := farmtest.Counter(bn.Metrics(), "tlsfarm_farm_inserted_total")
 	b.ReportMetric(float64(got)/time.Since(start).Seconds(), "sessions/s")
 	if got < uint64(b.N) {
 		b.Fatalf("%d of %d sessions arrived", got, b.N)
@@ -186,7 +187,7 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 						b.Cleanup(func() { cache.Close() })
 					}
 					srv := &tls.Config{Certificates: []tls.Certificate{cert}}
-					cache.Configure(srv)
+					cache.Install(srv)
 					var cc tls.ClientSessionCache = tlstest.NoResume{}
 					if kind == "resumed" {
 						frozen := &tlstest.FrozenCache{}

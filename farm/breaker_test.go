@@ -28,13 +28,13 @@ func TestBreakerClosesWhenStoreAnswers(t *testing.T) {
 	srv.Kill()
 	farmtest.Eventually(t, 20*time.Second, "the breaker open", func() bool {
 		dial()
-		return m.Node.Stats().BreakerOpen
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_breaker_open") == 1
 	})
 	srv.Restart()
 	start := time.Now()
 	farmtest.Eventually(t, 20*time.Second, "the breaker closed", func() bool {
 		dial()
-		return !m.Node.Stats().BreakerOpen
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_breaker_open") != 1
 	})
 	t.Logf("breaker closed %v after the store came back (cooldown 1m)", time.Since(start).Round(time.Millisecond))
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -27,6 +28,7 @@ const (
 	StoreOnly
 )
 
+// String returns "broadcast" or "store-only", as ParseMode reads them.
 func (m Mode) String() string {
 	switch m {
 	case Broadcast:
@@ -48,18 +50,18 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("farm: unknown mode %q (want broadcast or store-only)", s)
 }
 
-// Defaults for the fields of Config.
+// Defaults for the fields of Config (each field's comment states its own).
 const (
-	DefaultLookupTimeout       = 250 * time.Millisecond
-	DefaultWriteThroughTimeout = 250 * time.Millisecond
-	DefaultQueueSize           = 16384
-	DefaultBatchSize           = 256
-	DefaultMaxAge              = 30 * time.Second
-	DefaultMaxSkew             = 5 * time.Second
-	DefaultOpTimeout           = 2 * time.Second
-	DefaultHealInterval        = 30 * time.Second
-	DefaultBreakerThreshold    = 5
-	DefaultBreakerCooldown     = 5 * time.Second
+	defaultLookupTimeout       = 250 * time.Millisecond
+	defaultWriteThroughTimeout = 250 * time.Millisecond
+	defaultQueueSize           = 16384
+	defaultBatchSize           = 256
+	defaultMaxAge              = 30 * time.Second
+	defaultMaxSkew             = 5 * time.Second
+	defaultOpTimeout           = 2 * time.Second
+	defaultHealInterval        = 30 * time.Second
+	defaultBreakerThreshold    = 5
+	defaultBreakerCooldown     = 5 * time.Second
 )
 
 // A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
@@ -69,9 +71,10 @@ type Config struct {
 	// secret; keys in the store and the bus channel are scoped by it.
 	Farm string
 
-	// Node names this node in logs (default: the host name). Messages carry
-	// a random instance ID instead, so two nodes with one name still work.
-	Node string
+	// NodeName names this node in logs (default: the host name). Messages
+	// carry a random instance ID instead, so two nodes with one name still
+	// work.
+	NodeName string
 
 	// Secrets are the farm's secrets (see LoadSecrets): the first seals,
 	// all open. Join installs the session ID keys derived from them in Cache.
@@ -81,46 +84,49 @@ type Config struct {
 	Cache *session.Cache
 
 	// Bus carries messages between nodes.
-	Bus Bus
+	Bus transport.Bus
 
 	// Records, if set, holds each session until it expires, for lookups
 	// on a miss. Without it, a node that missed a message, or joined late,
 	// cannot resume what it missed.
-	Records RecordStore
+	Records transport.RecordStore
 
 	// Coord holds the revocations until they lapse, and the ticket key
 	// lease and key set (Node.RotateTicketKeys). It is required with
 	// Records.
-	Coord Coordinator
+	Coord transport.Coordinator
 
 	// Store, if set, is used as Records and as Coord where those are nil:
 	// the usual way to give the farm one transport for both.
-	Store Store
+	Store transport.Store
 
 	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
 
 	// WriteThrough makes the NEW hook — and so the handshake issuing the
 	// ticket — wait until the store holds the session, at most
-	// WriteThroughTimeout, so that a client reconnecting at once to another
-	// node always resumes. It costs a store round trip on every handshake.
+	// WriteThroughTimeout (default 250ms), so that a client reconnecting at
+	// once to another node always resumes. It costs a store round trip on
+	// every handshake.
 	//
-	// After BreakerThreshold store failures in a row (write-through waits or
-	// lookups), handshakes stop waiting for the store and stop looking
-	// sessions up in it for BreakerCooldown; then one handshake tries again.
+	// After BreakerThreshold (default 5) store failures in a row
+	// (write-through waits or lookups), handshakes stop waiting for the
+	// store and stop looking sessions up in it for BreakerCooldown (default
+	// 5s); then one handshake tries again.
 	WriteThrough        bool
 	WriteThroughTimeout time.Duration
 	BreakerThreshold    int
 	BreakerCooldown     time.Duration
 
 	// LookupTimeout bounds a store lookup on a cache miss, during a
-	// handshake (default DefaultLookupTimeout).
+	// handshake (default 250ms).
 	LookupTimeout time.Duration
 
 	// QueueSize bounds the sessions and revocations waiting to be
-	// published; when full, the oldest is dropped and counted.
+	// published (default 16384); when full, the oldest is dropped and
+	// counted.
 	QueueSize int
-	// BatchSize is the most items published as one batch.
+	// BatchSize is the most items published as one batch (default 256).
 	BatchSize int
 
 	// LazyPeers keeps the sessions that peers broadcast as they arrive
@@ -129,37 +135,35 @@ type Config struct {
 	// balancing over N nodes a node serves about one in N of the sessions
 	// it is sent, so this saves most of the work of receiving; but peers'
 	// sessions then reach the cache, and its hooks, only when used.
-	// PendingSize bounds how many are kept (default DefaultPendingSize); the
-	// oldest go first, and a client presenting one that went is served from
-	// the store, if there is one.
+	// PendingSize bounds how many are kept (default 65536); the oldest go
+	// first, and a client presenting one that went is served from the
+	// store, if there is one.
 	LazyPeers   bool
 	PendingSize int
 
-	// MaxAge is the oldest message accepted from the bus (default
-	// DefaultMaxAge); MaxSkew how far in the future (default
-	// DefaultMaxSkew). Both absorb clock differences between nodes.
+	// MaxAge is the oldest message accepted from the bus (default 30s);
+	// MaxSkew how far in the future (default 5s). Both absorb clock
+	// differences between nodes.
 	MaxAge, MaxSkew time.Duration
 
-	// OpTimeout bounds each publish and each store batch (default
-	// DefaultOpTimeout).
+	// OpTimeout bounds each publish and each store batch (default 2s).
 	OpTimeout time.Duration
 
 	// HealInterval is how often the node re-reads the revocations in the
-	// store, in case it missed a message (default DefaultHealInterval). It
-	// also re-reads them each time the bus reconnects.
+	// store, in case it missed a message (default 30s). It also re-reads
+	// them each time the bus reconnects.
 	HealInterval time.Duration
 
 	// ProbeInterval is how often the node probes a transport that is a
-	// Pinger, and ProbeTimeout how long a probe may wait for its answer
-	// (defaults DefaultProbeInterval, DefaultProbeTimeout). A hung bus or
-	// store shows in Stats (Connected false) within about their sum.
+	// transport.Pinger (default 500ms), and ProbeTimeout how long a probe
+	// may wait for its answer (default 800ms). A hung bus or store shows
+	// (Node.Connected false) within about their sum.
 	ProbeInterval, ProbeTimeout time.Duration
 
 	// NegativeCacheSize bounds the session IDs remembered as missing from
 	// the store, and NegativeCacheTTL how long each is remembered
-	// (defaults DefaultNegativeCacheSize, DefaultNegativeCacheTTL): a dead
-	// ID presented again within the TTL costs no store lookup. A negative
-	// size disables the negative cache.
+	// (defaults 65536 and 2s): a dead ID presented again within the TTL
+	// costs no store lookup. A negative size disables the negative cache.
 	NegativeCacheSize int
 	NegativeCacheTTL  time.Duration
 
@@ -172,9 +176,9 @@ type Config struct {
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a
 	// node issues instead of cached sessions while it cannot reach the
-	// farm (default DefaultFallbackTicketLifetime; negative: never). It
-	// takes effect only with farm-wide ticket keys (RotateTicketKeys), and
-	// never for a single-use cache: see session.Cache.SetTicketFallback.
+	// farm (default 5m; negative: never). It takes effect only with
+	// farm-wide ticket keys (RotateTicketKeys), and never for a single-use
+	// cache: see session.Cache.SetTicketFallback.
 	FallbackTicketLifetime time.Duration
 
 	// Logger receives the node's log lines (default slog.Default()). No key
@@ -210,41 +214,41 @@ func (cfg *Config) setDefaults() error {
 	case cfg.WriteThrough && cfg.Records == nil:
 		return errors.New("farm: write-through needs a Store")
 	}
-	if cfg.Node == "" {
-		cfg.Node, _ = os.Hostname()
+	if cfg.NodeName == "" {
+		cfg.NodeName, _ = os.Hostname()
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
 		}
 	}
-	def(&cfg.LookupTimeout, DefaultLookupTimeout)
-	def(&cfg.WriteThroughTimeout, DefaultWriteThroughTimeout)
-	def(&cfg.MaxAge, DefaultMaxAge)
-	def(&cfg.MaxSkew, DefaultMaxSkew)
-	def(&cfg.OpTimeout, DefaultOpTimeout)
-	def(&cfg.HealInterval, DefaultHealInterval)
-	def(&cfg.BreakerCooldown, DefaultBreakerCooldown)
+	def(&cfg.LookupTimeout, defaultLookupTimeout)
+	def(&cfg.WriteThroughTimeout, defaultWriteThroughTimeout)
+	def(&cfg.MaxAge, defaultMaxAge)
+	def(&cfg.MaxSkew, defaultMaxSkew)
+	def(&cfg.OpTimeout, defaultOpTimeout)
+	def(&cfg.HealInterval, defaultHealInterval)
+	def(&cfg.BreakerCooldown, defaultBreakerCooldown)
 	if cfg.FallbackTicketLifetime == 0 {
-		cfg.FallbackTicketLifetime = DefaultFallbackTicketLifetime
+		cfg.FallbackTicketLifetime = defaultFallbackTicketLifetime
 	}
 	if cfg.BreakerThreshold <= 0 {
-		cfg.BreakerThreshold = DefaultBreakerThreshold
+		cfg.BreakerThreshold = defaultBreakerThreshold
 	}
 	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = DefaultQueueSize
+		cfg.QueueSize = defaultQueueSize
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = DefaultBatchSize
+		cfg.BatchSize = defaultBatchSize
 	}
 	if cfg.PendingSize <= 0 {
-		cfg.PendingSize = DefaultPendingSize
+		cfg.PendingSize = defaultPendingSize
 	}
-	def(&cfg.ProbeInterval, DefaultProbeInterval)
-	def(&cfg.ProbeTimeout, DefaultProbeTimeout)
-	def(&cfg.NegativeCacheTTL, DefaultNegativeCacheTTL)
+	def(&cfg.ProbeInterval, defaultProbeInterval)
+	def(&cfg.ProbeTimeout, defaultProbeTimeout)
+	def(&cfg.NegativeCacheTTL, defaultNegativeCacheTTL)
 	if cfg.NegativeCacheSize == 0 {
-		cfg.NegativeCacheSize = DefaultNegativeCacheSize
+		cfg.NegativeCacheSize = defaultNegativeCacheSize
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -27,6 +27,7 @@ const (
 	RevokeApplied
 )
 
+// String returns "not-found", "pending" or "applied".
 func (s RevokeStatus) String() string {
 	switch s {
 	case RevokeNotFound:
@@ -95,16 +96,17 @@ func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
 	return p.done
 }
 
-// PendingRevocations returns the number of revoked chains not yet applied
+// pendingRevocations returns the number of revoked chains not yet applied
 // farm-wide (written to the store and published).
-func (n *Node) PendingRevocations() int {
+func (n *Node) pendingRevocations() int {
 	n.revs.mu.Lock()
 	defer n.revs.mu.Unlock()
 	return len(n.revs.pending)
 }
 
-// RevokeSession revokes the session id and its resumption chain across the
-// farm, as Revoke does, and waits (until ctx is done) for the revocation to
+// RevokeSession revokes the session id and its whole resumption chain across
+// the farm — it stops resuming on every node, including those that only have
+// it in the store — and waits (until ctx is done) for the revocation to
 // reach the farm. It returns RevokeApplied once the store holds the
 // tombstone and the bus has carried it, RevokePending if ctx ended first —
 // the revocation is then in force on this node and the node keeps retrying
@@ -112,7 +114,7 @@ func (n *Node) PendingRevocations() int {
 // RevokeNotFound if neither this node nor the store knows id.
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
-	if rec, ok := n.cfg.Cache.Lookup(id); ok && n.cfg.Cache.Remove(id) {
+	if rec, ok := n.cfg.Cache.Remove(id); ok {
 		// The REMOVE hook queued the chain; find it.
 		done = n.revocationDone(rec.Chain)
 	} else {
@@ -123,7 +125,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		if err != nil || rec == nil {
 			return RevokeNotFound, err
 		}
-		rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+		rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
 		// Tombstone locally (nothing cached, so no REMOVE event).
 		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 		done = n.addRevocation(id, rev)
@@ -319,7 +321,7 @@ func (n *Node) persistLocked() {
 			body = append(body, id[:]...)
 		}
 	}
-	hdr := header{typ: msgTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -359,7 +361,7 @@ func (n *Node) loadRevocations() error {
 	if err != nil {
 		return err
 	}
-	_, body, err := n.keys.open(raw, n.cfg.Farm, msgTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, n.cfg.MaxSkew)
+	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
 		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
 	}

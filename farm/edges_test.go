@@ -12,14 +12,16 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // countingStore is a real store that counts its record GETs.
 type countingStore struct {
-	farm.Store
+	transport.Store
 	gets atomic.Int64
 }
 
@@ -72,12 +74,12 @@ func TestLongServerNameDoesNotPoisonBatch(t *testing.T) {
 	if n := longResumed.Load(); n != 0 {
 		t.Errorf("%d handshakes with a %d-byte server name resumed; want full handshakes", n, len(longName))
 	}
-	if st := ms[0].Cache.Stats(); st.WrapErrors < 2*long {
-		t.Errorf("sessions not cached for the long server name: %d counted, want %d: %+v", st.WrapErrors, 2*long, st)
+	if n, _ := metric.Value(ms[0].Cache.Metrics(), "tlsfarm_cache_refusals_total", "reason", "wrap_error"); n < 2*long {
+		t.Errorf("sessions not cached for the long server name: %v counted, want %d", n, 2*long)
 	}
 	// Every other session reached the peer: each client resumes there.
 	farmtest.Eventually(t, 10*time.Second, "n2 has every normal session", func() bool {
-		return ms[1].Node.Stats().Inserted >= normal
+		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total") >= normal
 	})
 	for i := range normal {
 		if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, caches[i])).DidResume {
@@ -85,7 +87,7 @@ func TestLongServerNameDoesNotPoisonBatch(t *testing.T) {
 			t.Fatalf("client %d did not resume on n2", i)
 		}
 	}
-	if st := ms[0].Node.Stats(); st.PublishErrors != 0 || st.Dropped != 0 {
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_publish_errors_total") != 0 || farmtest.Counter(st, "tlsfarm_farm_dropped_total") != 0 {
 		t.Fatalf("publishing failed: %+v", st)
 	}
 }
@@ -97,7 +99,7 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 	var counting *countingStore
 	ms, _ := farmtest.Start(t, 1, &farmtest.Options{
 		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 			bus, store := redisTransport(url)(t, farmName)
 			counting = &countingStore{Store: store}
 			return bus, counting
@@ -112,7 +114,7 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 25 {
-				if ss, _ := m.Cache.UnwrapSession(dead[:], cs); ss != nil {
+				if ss, _ := unwrapSession(m.Cache, dead[:], cs); ss != nil {
 					t.Error("a dead ID resumed")
 					return
 				}
@@ -120,13 +122,13 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	st := m.Node.Stats()
-	t.Logf("100 presentations: %d store GETs, %d negative hits, %d lookups", counting.gets.Load(), st.NegativeHits, st.Lookups)
+	st := m.Node.Metrics()
+	t.Logf("100 presentations: %d store GETs, %d negative hits, %d lookups", counting.gets.Load(), farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative"), farmtest.Counter(st, "tlsfarm_farm_lookups_total"))
 	if n := counting.gets.Load(); n > 1 {
 		t.Fatalf("a dead ID presented 100 times cost %d store GETs, want at most 1", n)
 	}
-	if st.NegativeHits < 90 {
-		t.Fatalf("negative cache answered %d of 100 presentations: %+v", st.NegativeHits, st)
+	if farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative") < 90 {
+		t.Fatalf("negative cache answered %d of 100 presentations: %+v", farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative"), st)
 	}
 }
 
@@ -141,27 +143,29 @@ func TestBusNotDelayedByFailingStore(t *testing.T) {
 	})
 	srv.Pause()
 	defer srv.Resume()
-	farmtest.Eventually(t, 5*time.Second, "the store reported down", func() bool { return !ms[0].Node.Stats().StoreHealthy })
+	farmtest.Eventually(t, 5*time.Second, "the store reported down", func() bool {
+		return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_healthy", "path", "store") != 1
+	})
 
 	// Each session reaches n2 over the bus, however long the store hangs.
 	var worst time.Duration
 	for i := range 10 {
-		before := ms[1].Node.Stats().Inserted
+		before := farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total")
 		start := time.Now()
 		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
-		farmtest.Eventually(t, 5*time.Second, "session reached n2", func() bool { return ms[1].Node.Stats().Inserted > before })
+		farmtest.Eventually(t, 5*time.Second, "session reached n2", func() bool { return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total") > before })
 		worst = max(worst, time.Since(start))
 		if i == 0 {
 			time.Sleep(300 * time.Millisecond) // let a store write hang meanwhile
 		}
 	}
-	t.Logf("slowest delivery over NATS with the store paused: %v; n1 %+v", worst, ms[0].Node.Stats())
+	t.Logf("slowest delivery over NATS with the store paused: %v; n1 %+v", worst, ms[0].Node.Metrics())
 	// Before the store had a path of its own, a hung store held each
 	// batch back for the store's op timeout (2s).
 	if worst > time.Second {
 		t.Fatalf("a session took %v to reach the peer over the bus while the store hung", worst)
 	}
-	if st := ms[0].Node.Stats(); st.PublishErrors != 0 {
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_publish_errors_total") != 0 {
 		t.Fatalf("publishing failed while only the store was down: %+v", st)
 	}
 }
@@ -192,12 +196,14 @@ func TestJoinContextEndIsClose(t *testing.T) {
 		}
 	}
 	insertNew()
-	farmtest.Eventually(t, 5*time.Second, "published while joined", func() bool { return n.Stats().Published == 1 })
+	farmtest.Eventually(t, 5*time.Second, "published while joined", func() bool {
+		return farmtest.Counter(n.Metrics(), "tlsfarm_farm_published_total", "kind", "session") == 1
+	})
 	cancel()
 	time.Sleep(200 * time.Millisecond)
 	insertNew()
 	time.Sleep(200 * time.Millisecond)
-	if st := n.Stats(); st.Published != 1 || st.Queued != 0 {
+	if st := n.Metrics(); farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session") != 1 || int(farmtest.Counter(st, "tlsfarm_farm_queue_length")) != 0 {
 		t.Fatalf("after Join's context ended the node still takes sessions: %+v", st)
 	}
 }
@@ -209,18 +215,18 @@ func TestRotatorCloseUnregisters(t *testing.T) {
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: time.Second}})
 	ms[1].Rotator.Close()
-	applied := ms[1].Rotator.Stats().Applied
+	applied := farmtest.Counter(ms[1].Rotator.Metrics(), "tlsfarm_ticket_key_sets_applied_total")
 	farmtest.Eventually(t, 10*time.Second, "n1 announces a key set that n2 ignores", func() bool {
-		return ms[1].Node.Stats().Rejected[farm.RejectType] > 0
+		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_rejected_total", "reason", "type") > 0
 	})
-	if got := ms[1].Rotator.Stats().Applied; got != applied {
+	if got := farmtest.Counter(ms[1].Rotator.Metrics(), "tlsfarm_ticket_key_sets_applied_total"); got != applied {
 		t.Fatalf("a closed rotator applied %d more key sets", got-applied)
 	}
 }
 
 // slowStore is a real store whose record GETs take delay longer.
 type slowStore struct {
-	farm.Store
+	transport.Store
 	delay time.Duration
 	gets  atomic.Int64
 }
@@ -245,7 +251,7 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 	o := farmtest.Options{NewTransport: redisTransport(url), Secret: secret, Mode: farm.StoreOnly,
 		Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}
 	n1 := farmtest.Join(t, "n1", name, o)
-	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+	o.NewTransport = func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, store := redisTransport(url)(t, farmName)
 		slow.Store = store
 		return bus, slow
@@ -255,11 +261,11 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
-	farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool { return n1.Node.Stats().StoreWrites > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool { return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total") > 0 })
 
 	cert, _ := tlstest.SharedCert()
 	scfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	n2.Cache.Configure(scfg)
+	n2.Cache.Install(scfg)
 	handshake := func(ctx context.Context) (tls.ConnectionState, error) {
 		sc, cc := tlstest.Pipe()
 		defer sc.Close()

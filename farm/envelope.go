@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -17,7 +18,7 @@ import (
 //
 //	magic     2  "tF"
 //	version   1  envelopeVersion
-//	type      1  msgType
+//	type      1  envType
 //	key ID    1  the farm secret that sealed it
 //	time      8  Unix microseconds when it was sealed
 //	sender    8  the sending node's random instance ID
@@ -37,100 +38,95 @@ const (
 	maxFarmName     = 64
 )
 
-// MaxMessageSize is the largest envelope a node accepts, from the bus or
-// the store: a longer one is refused (RejectSize) before anything is
-// allocated for it. A node also keeps every message it sends within it, and
-// within the transport's own limit (see MessageLimiter), splitting a batch
-// into several messages where it must.
-const MaxMessageSize = 1 << 20
-
 // envelopeOverhead is the size of an envelope around an empty body, for a
 // farm name of n bytes.
 func envelopeOverhead(n int) int { return fixedHeaderLen + n + nonceLen + chacha20poly1305.Overhead }
 
 var magic = [2]byte{'t', 'F'}
 
-type msgType uint8
+// An envType says what an envelope holds: a message on the bus (msg*), a
+// value in the store (val*), or, for the ticket key set, either.
+type envType uint8
 
 const (
-	msgSessions  msgType = 1 + iota // body: sessions, for peers to insert
+	msgSessions  envType = 1 + iota // body: sessions, for peers to insert
 	msgRevoke                       // body: revoked chains
-	msgStored                       // body: one record; context: its session ID
-	msgTombstone                    // body: one revoked chain, in the store
-	msgKeys                         // body: a ticket key set
+	valRecord                       // body: one session record; context: its session ID
+	valTombstone                    // body: one revoked chain
+	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
 )
 
-func (t msgType) String() string {
+func (t envType) String() string {
 	switch t {
 	case msgSessions:
 		return "sessions"
 	case msgRevoke:
 		return "revoke"
-	case msgStored:
+	case valRecord:
 		return "stored"
-	case msgTombstone:
+	case valTombstone:
 		return "tombstone"
 	case msgKeys:
 		return "keys"
 	case msgCut:
 		return "cut"
 	}
-	return fmt.Sprintf("msgType(%d)", uint8(t))
+	return fmt.Sprintf("envType(%d)", uint8(t))
 }
 
 // header is the authenticated, unencrypted part of an envelope.
 type header struct {
-	typ    msgType
+	typ    envType
 	keyID  uint8
 	time   time.Time // microsecond precision
 	sender uint64
 	farm   string
 }
 
-// A Rejection says why a received message was dropped.
-type Rejection uint8
+// A rejectReason says why a received message was dropped.
+type rejectReason uint8
 
 const (
-	RejectMalformed Rejection = iota // not an envelope, or a truncated one
-	RejectVersion                    // an envelope version this node does not read
-	RejectOtherFarm                  // sealed for another farm
-	RejectTooOld                     // older than Config.MaxAge
-	RejectFuture                     // from further in the future than Config.MaxSkew
-	RejectSeal                       // unknown key, or failed authentication: forged or tampered
-	RejectBody                       // authentic, but its body does not decode
-	RejectType                       // authentic, but of a type not expected here
-	RejectSize                       // longer than MaxMessageSize
+	rejectMalformed rejectReason = iota // not an envelope, or a truncated one
+	rejectVersion                       // an envelope version this node does not read
+	rejectOtherFarm                     // sealed for another farm
+	rejectTooOld                        // older than Config.MaxAge
+	rejectFuture                        // from further in the future than Config.MaxSkew
+	rejectSeal                          // unknown key, or failed authentication: forged or tampered
+	rejectBody                          // authentic, but its body does not decode
+	rejectType                          // authentic, but of a type not expected here
+	rejectSize                          // longer than transport.MaxMessageSize
 	numRejections
 )
 
-func (r Rejection) String() string {
+func (r rejectReason) String() string {
 	switch r {
-	case RejectMalformed:
+	case rejectMalformed:
 		return "malformed"
-	case RejectVersion:
+	case rejectVersion:
 		return "version"
-	case RejectOtherFarm:
+	case rejectOtherFarm:
 		return "other_farm"
-	case RejectTooOld:
+	case rejectTooOld:
 		return "too_old"
-	case RejectFuture:
+	case rejectFuture:
 		return "future"
-	case RejectSeal:
+	case rejectSeal:
 		return "seal"
-	case RejectBody:
+	case rejectBody:
 		return "body"
-	case RejectType:
+	case rejectType:
 		return "type"
-	case RejectSize:
+	case rejectSize:
 		return "size"
 	}
-	return fmt.Sprintf("Rejection(%d)", uint8(r))
+	return fmt.Sprintf("rejectReason(%d)", uint8(r))
 }
 
 // errRejected carries the reason an envelope was refused.
 type errRejected struct {
-	why    Rejection
+	why    rejectReason
 	detail string
 }
 
@@ -141,23 +137,23 @@ func (e *errRejected) Error() string {
 	return "farm: message rejected: " + e.why.String() + ": " + e.detail
 }
 
-func reject(why Rejection, detail string) error { return &errRejected{why, detail} }
+func reject(why rejectReason, detail string) error { return &errRejected{why, detail} }
 
 // errTooLarge is preallocated: refusing an oversize message allocates
 // nothing.
-var errTooLarge error = &errRejected{why: RejectSize}
+var errTooLarge error = &errRejected{why: rejectSize}
 
 // rejection returns the reason of an error returned by open.
-func rejection(err error) Rejection {
+func rejection(err error) rejectReason {
 	var r *errRejected
 	if errors.As(err, &r) {
 		return r.why
 	}
-	return RejectMalformed
+	return rejectMalformed
 }
 
 // seal appends to dst the envelope of body, sealed with the current key.
-func (k *keyring) seal(dst []byte, h header, body, context []byte) []byte {
+func (k *farmKeys) seal(dst []byte, h header, body, context []byte) []byte {
 	dst = slices.Grow(dst, envelopeOverhead(len(h.farm))+len(body)) // one allocation, not one per append
 	start := len(dst)
 	dst = append(dst, magic[0], magic[1], envelopeVersion, byte(h.typ), k.current)
@@ -187,23 +183,23 @@ func adFor(hdr, context []byte) []byte {
 // nonce.
 func parseHeader(msg []byte) (header, int, error) {
 	var h header
-	if len(msg) > MaxMessageSize {
+	if len(msg) > transport.MaxMessageSize {
 		return h, 0, errTooLarge
 	}
 	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {
-		return h, 0, reject(RejectMalformed, "")
+		return h, 0, reject(rejectMalformed, "")
 	}
 	if msg[2] != envelopeVersion {
-		return h, 0, reject(RejectVersion, fmt.Sprint(msg[2]))
+		return h, 0, reject(rejectVersion, fmt.Sprint(msg[2]))
 	}
-	h.typ = msgType(msg[3])
+	h.typ = envType(msg[3])
 	h.keyID = msg[4]
 	h.time = time.UnixMicro(int64(binary.BigEndian.Uint64(msg[5:])))
 	h.sender = binary.BigEndian.Uint64(msg[13:])
 	n := int(msg[21])
 	off := fixedHeaderLen + n
 	if len(msg) < off+nonceLen+chacha20poly1305.Overhead {
-		return h, 0, reject(RejectMalformed, "truncated")
+		return h, 0, reject(rejectMalformed, "truncated")
 	}
 	h.farm = string(msg[fixedHeaderLen:off])
 	return h, off, nil
@@ -213,7 +209,7 @@ func parseHeader(msg []byte) (header, int, error) {
 // most maxAge old and at most maxSkew in the future of now, and
 // authenticate under one of the farm's keys with context. It returns the
 // header and the body (a new slice).
-func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration) (header, []byte, error) {
+func (k *farmKeys) open(msg []byte, farm string, want envType, context []byte, now time.Time, maxAge, maxSkew time.Duration) (header, []byte, error) {
 	h, off, err := parseHeader(msg)
 	if err != nil {
 		return h, nil, err
@@ -226,29 +222,29 @@ func (k *keyring) open(msg []byte, farm string, want msgType, context []byte, no
 // body is appended to dst; a caller that owns msg may pass
 // msg[off+nonceLen:off+nonceLen] to decrypt in place, without allocating
 // (msg is then no longer an envelope).
-func (k *keyring) openParsed(msg []byte, h header, off int, farm string, want msgType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
+func (k *farmKeys) openParsed(msg []byte, h header, off int, farm string, want envType, context []byte, now time.Time, maxAge, maxSkew time.Duration, dst []byte) ([]byte, error) {
 	if h.farm != farm {
-		return nil, reject(RejectOtherFarm, "")
+		return nil, reject(rejectOtherFarm, "")
 	}
 	if maxAge > 0 && now.Sub(h.time) > maxAge {
-		return nil, reject(RejectTooOld, now.Sub(h.time).String())
+		return nil, reject(rejectTooOld, now.Sub(h.time).String())
 	}
 	if maxSkew > 0 && h.time.Sub(now) > maxSkew {
-		return nil, reject(RejectFuture, h.time.Sub(now).String())
+		return nil, reject(rejectFuture, h.time.Sub(now).String())
 	}
 	aead := k.aead[h.keyID]
 	if aead == nil {
-		return nil, reject(RejectSeal, "unknown key")
+		return nil, reject(rejectSeal, "unknown key")
 	}
 	nonce := msg[off : off+nonceLen]
 	body, err := aead.Open(dst, nonce, msg[off+nonceLen:], adFor(msg[:off], context))
 	if err != nil {
-		return nil, reject(RejectSeal, "")
+		return nil, reject(rejectSeal, "")
 	}
 	// The type is checked only once authentic: a forger cannot learn which
 	// types a node takes.
 	if h.typ != want && want != 0 {
-		return nil, reject(RejectType, h.typ.String())
+		return nil, reject(rejectType, h.typ.String())
 	}
 	return body, nil
 }
@@ -338,3 +334,9 @@ func parseRevocations(body []byte) ([]revocation, error) {
 // (see session.Record.AppendBinary): what appendSessions reserves for each
 // record beyond its server name and state.
 const recordFixedLen = 64
+
+// encodeRecord returns rec's binary form (session.Record.AppendBinary) in a
+// buffer allocated once, at its size.
+func encodeRecord(rec *session.Record) ([]byte, error) {
+	return rec.AppendBinary(make([]byte, 0, recordFixedLen+len(rec.ServerName)+len(rec.State)))
+}

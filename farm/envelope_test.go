@@ -5,15 +5,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-func testKeyring(t testing.TB, farm string, secrets ...Secret) *keyring {
+func testKeyring(t testing.TB, farm string, secrets ...Secret) *farmKeys {
 	t.Helper()
 	if len(secrets) == 0 {
 		secrets = []Secret{{ID: 1, Bytes: bytes.Repeat([]byte{7}, 32)}}
 	}
-	k, err := newKeyring(farm, secrets)
+	k, err := deriveFarmKeys(farm, secrets)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,26 +50,26 @@ func TestEnvelopeRejections(t *testing.T) {
 	tests := []struct {
 		name string
 		msg  []byte
-		want Rejection
+		want rejectReason
 		ctx  []byte
 	}{
-		{"empty", nil, RejectMalformed, nil},
-		{"garbage", []byte("hello, farm"), RejectMalformed, nil},
-		{"truncated tag", msg[:len(msg)-1], RejectSeal, nil},
-		{"no ciphertext", msg[:len(msg)-20], RejectMalformed, nil},
-		{"header only", msg[:fixedHeaderLen+2], RejectMalformed, nil},
-		{"version", flip(2), RejectVersion, nil},
-		{"tampered type", flip(3), RejectSeal, nil},
-		{"unknown key", flip(4), RejectSeal, nil},
-		{"tampered time", flip(12), RejectSeal, nil},
-		{"tampered sender", flip(20), RejectSeal, nil},
-		{"tampered body", flip(len(msg) - 20), RejectSeal, nil},
-		{"tampered tag", flip(len(msg) - 1), RejectSeal, nil},
-		{"other farm", seal(header{typ: msgSessions, time: now, sender: 1, farm: "f2"}, []byte("b"), nil), RejectOtherFarm, nil},
-		{"other secret", other.seal(nil, good, []byte("b"), nil), RejectSeal, nil},
-		{"too old", seal(header{typ: msgSessions, time: now.Add(-2 * time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), RejectTooOld, nil},
-		{"future", seal(header{typ: msgSessions, time: now.Add(time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), RejectFuture, nil},
-		{"wrong context", seal(good, []byte("b"), []byte("id-1")), RejectSeal, []byte("id-2")},
+		{"empty", nil, rejectMalformed, nil},
+		{"garbage", []byte("hello, farm"), rejectMalformed, nil},
+		{"truncated tag", msg[:len(msg)-1], rejectSeal, nil},
+		{"no ciphertext", msg[:len(msg)-20], rejectMalformed, nil},
+		{"header only", msg[:fixedHeaderLen+2], rejectMalformed, nil},
+		{"version", flip(2), rejectVersion, nil},
+		{"tampered type", flip(3), rejectSeal, nil},
+		{"unknown key", flip(4), rejectSeal, nil},
+		{"tampered time", flip(12), rejectSeal, nil},
+		{"tampered sender", flip(20), rejectSeal, nil},
+		{"tampered body", flip(len(msg) - 20), rejectSeal, nil},
+		{"tampered tag", flip(len(msg) - 1), rejectSeal, nil},
+		{"other farm", seal(header{typ: msgSessions, time: now, sender: 1, farm: "f2"}, []byte("b"), nil), rejectOtherFarm, nil},
+		{"other secret", other.seal(nil, good, []byte("b"), nil), rejectSeal, nil},
+		{"too old", seal(header{typ: msgSessions, time: now.Add(-2 * time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), rejectTooOld, nil},
+		{"future", seal(header{typ: msgSessions, time: now.Add(time.Minute), sender: 1, farm: "f1"}, []byte("b"), nil), rejectFuture, nil},
+		{"wrong context", seal(good, []byte("b"), []byte("id-1")), rejectSeal, []byte("id-2")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -82,7 +83,7 @@ func TestEnvelopeRejections(t *testing.T) {
 		})
 	}
 	// An authentic message of another type than asked for.
-	if _, _, err := k.open(msg, "f1", msgRevoke, nil, now, time.Minute, time.Second); rejection(err) != RejectType {
+	if _, _, err := k.open(msg, "f1", msgRevoke, nil, now, time.Minute, time.Second); rejection(err) != rejectType {
 		t.Fatalf("type mismatch: %v", err)
 	}
 }
@@ -99,7 +100,7 @@ func TestSecretRotationAcceptsBoth(t *testing.T) {
 	fromNew := during.seal(nil, h, []byte("x"), nil)
 	for _, tc := range []struct {
 		name string
-		k    *keyring
+		k    *farmKeys
 		msg  []byte
 		ok   bool
 	}{
@@ -147,9 +148,9 @@ func TestSessionsBody(t *testing.T) {
 
 func TestParseSecrets(t *testing.T) {
 	s1, s2 := NewSecret(3), NewSecret(4)
-	got, err := ParseSecrets(FormatSecrets(s1, s2))
+	got, err := parseSecrets(formatSecrets(s1, s2))
 	if err != nil || len(got) != 2 || got[0].ID != 3 || !bytes.Equal(got[1].Bytes, s2.Bytes) {
-		t.Fatalf("ParseSecrets = %v, %v", got, err)
+		t.Fatalf("parseSecrets = %v, %v", got, err)
 	}
 	for _, bad := range []string{
 		"",
@@ -159,8 +160,8 @@ func TestParseSecrets(t *testing.T) {
 		"1:" + b64(32) + "\n1:" + b64(32) + "\n",
 		"not base64 !!!\n",
 	} {
-		if _, err := ParseSecrets([]byte(bad)); err == nil {
-			t.Errorf("ParseSecrets(%q) succeeded", bad)
+		if _, err := parseSecrets([]byte(bad)); err == nil {
+			t.Errorf("parseSecrets(%q) succeeded", bad)
 		}
 	}
 	if s := s1.String() + s1.GoString(); bytes.Contains([]byte(s), s1.Bytes) {
@@ -169,7 +170,7 @@ func TestParseSecrets(t *testing.T) {
 }
 
 func b64(n int) string {
-	return string(FormatSecrets(Secret{Bytes: make([]byte, n)})[len("# tlsfarm farm secrets: one per line, \"ID:base64\"; the first seals, all open.\n")+2:])
+	return string(formatSecrets(Secret{Bytes: make([]byte, n)})[len("# tlsfarm farm secrets: one per line, \"ID:base64\"; the first seals, all open.\n")+2:])
 }
 
 // FuzzOpen checks that no input makes the envelope decoder panic, and that
@@ -181,7 +182,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add(msg)
 	f.Add(msg[:30])
 	f.Add([]byte("tF\x01"))
-	big := make([]byte, MaxMessageSize+1)
+	big := make([]byte, transport.MaxMessageSize+1)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Only "body" was ever sealed under this key (here or in the
 		// process that made the seed corpus), so nothing else may open.
@@ -189,13 +190,13 @@ func FuzzOpen(f *testing.F) {
 		if err == nil && string(body) != "body" {
 			t.Fatalf("a message that was never sealed opened: %x -> %x", b, body)
 		}
-		if len(b) > MaxMessageSize && rejection(err) != RejectSize {
+		if len(b) > transport.MaxMessageSize && rejection(err) != rejectSize {
 			t.Fatalf("a %d-byte message was not refused for its size: %v", len(b), err)
 		}
 		// The same bytes, padded past the bound, are refused for their
 		// size, whatever they start with.
 		copy(big, b)
-		if _, _, err := k.open(big, "f1", 0, nil, now, time.Hour, time.Hour); rejection(err) != RejectSize {
+		if _, _, err := k.open(big, "f1", 0, nil, now, time.Hour, time.Hour); rejection(err) != rejectSize {
 			t.Fatalf("an oversize message was not refused for its size: %v", err)
 		}
 	})

@@ -76,21 +76,21 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	killedAt := l.attempts.Load()
 	waitFor(t, 10*time.Second, func() bool { return l.attempts.Load() > killedAt+100 })
 	for _, m := range ms {
-		farmtest.Eventually(t, 10*time.Second, m.Name+" noticed the outage", func() bool { return !m.Node.Stats().Connected })
+		farmtest.Eventually(t, 10*time.Second, m.Name+" noticed the outage", func() bool { return !m.Node.Connected() })
 	}
 	duringOutage := l.attempts.Load() - killedAt
 
 	srv.Restart()
 	restarted := time.Now()
 	for _, m := range ms {
-		farmtest.Eventually(t, 10*time.Second, m.Name+" resubscribed", func() bool { return m.Node.Stats().Connected })
+		farmtest.Eventually(t, 10*time.Second, m.Name+" resubscribed", func() bool { return m.Node.Connected() })
 	}
 	// Sharing works again: a new session made on n1 reaches n2 and n3.
-	before := []uint64{ms[1].Node.Stats().Inserted, ms[2].Node.Stats().Inserted}
+	before := []uint64{farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total"), farmtest.Counter(ms[2].Node.Metrics(), "tlsfarm_farm_inserted_total")}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	for i, m := range ms[1:] {
 		farmtest.Eventually(t, 10*time.Second, m.Name+" received a new session after the restart", func() bool {
-			return m.Node.Stats().Inserted > before[i]
+			return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_inserted_total") > before[i]
 		})
 	}
 	healed := time.Since(restarted)
@@ -106,7 +106,7 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	}
 	// Handshakes stopped waiting for the store during the outage: the
 	// health probe saw it down, or the write-through breaker tripped.
-	if st := ms[0].Node.Stats(); st.BreakerTrips == 0 && st.ProbeFailures == 0 {
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total") == 0 && farmtest.Counter(st, "tlsfarm_farm_probe_failures_total") == 0 {
 		t.Fatalf("neither the probe nor the write-through breaker saw the outage: %+v", st)
 	}
 }
@@ -134,7 +134,7 @@ func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 	if worst > 2*time.Second {
 		t.Fatalf("a handshake took %v with Redis paused", worst)
 	}
-	if st := ms[0].Node.Stats(); st.BreakerTrips == 0 && st.WriteThroughTimeouts == 0 {
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total") == 0 && farmtest.Counter(st, "tlsfarm_farm_write_through_total", "result", "timeout") == 0 {
 		t.Fatalf("no write-through timeout recorded: %+v", st)
 	}
 }
@@ -171,15 +171,15 @@ func TestForgedMessagesRejected(t *testing.T) {
 		}()
 		return ch
 	}
-	ours, theirs := capture(transport(ms[0]).Channel()), capture(transport(elsewhere[0]).Channel())
+	ours, theirs := capture(redisOf(ms[0]).Channel()), capture(redisOf(elsewhere[0]).Channel())
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	tlstest.MustDial(t, elsewhere[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	real := <-ours
 	foreign := <-theirs
-	farmtest.Eventually(t, 5*time.Second, "n2 got the real session", func() bool { return ms[1].Node.Stats().Inserted == 1 })
+	farmtest.Eventually(t, 5*time.Second, "n2 got the real session", func() bool { return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total") == 1 })
 
 	publish := func(msg []byte) {
-		if err := raw.Publish(ctx, transport(ms[0]).Channel(), msg).Err(); err != nil {
+		if err := raw.Publish(ctx, redisOf(ms[0]).Channel(), msg).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -193,36 +193,38 @@ func TestForgedMessagesRejected(t *testing.T) {
 	publish(real)
 
 	for i, m := range ms {
-		want := map[farm.Rejection]uint64{
-			farm.RejectMalformed: 1, farm.RejectSeal: 1, farm.RejectOtherFarm: 1, farm.RejectTooOld: 1,
+		want := map[string]uint64{ // by reason
+			"malformed": 1, "seal": 1, "other_farm": 1, "too_old": 1,
 		}
 		if i == 0 {
 			// n1 sent the real message: it drops the tampered copy and
 			// the replay as its own before opening them.
-			want[farm.RejectTooOld] = 0
-			want[farm.RejectSeal] = 0
+			want["too_old"] = 0
+			want["seal"] = 0
 		}
 		total := uint64(0)
 		for _, n := range want {
 			total += n
 		}
 		farmtest.Eventually(t, 5*time.Second, m.Name+" rejected the injected messages", func() bool {
-			return m.Node.Stats().RejectedTotal() == total
+			return rejectedTotal(m.Node.Metrics()) == total
 		})
-		st := m.Node.Stats()
+		st := m.Node.Metrics()
 		for why, n := range want {
-			if st.Rejected[why] != n {
-				t.Fatalf("%s: rejected[%v] = %d, want %d (all: %v)", m.Name, why, st.Rejected[why], n, st.Rejected)
+			if got := farmtest.Counter(st, "tlsfarm_farm_rejected_total", "reason", why); got != n {
+				t.Fatalf("%s: rejected[%v] = %d, want %d (all: %v)", m.Name, why, got, n, st)
 			}
 		}
 	}
 	// n1 drops its original, the tampered copy and the replay as its own.
-	farmtest.Eventually(t, 5*time.Second, "n1 dropped three of its own messages", func() bool { return ms[0].Node.Stats().Self == 3 })
-	if st := ms[1].Node.Stats(); st.Inserted != 1 {
-		t.Fatalf("n2 inserted %d sessions, want only the real one", st.Inserted)
+	farmtest.Eventually(t, 5*time.Second, "n1 dropped three of its own messages", func() bool {
+		return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_received_total", "kind", "own") == 3
+	})
+	if st := ms[1].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_inserted_total") != 1 {
+		t.Fatalf("n2 inserted %d sessions, want only the real one", farmtest.Counter(st, "tlsfarm_farm_inserted_total"))
 	}
-	if st := ms[0].Node.Stats(); st.Inserted != 0 {
-		t.Fatalf("n1 inserted %d sessions from forged messages", st.Inserted)
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_inserted_total") != 0 {
+		t.Fatalf("n1 inserted %d sessions from forged messages", farmtest.Counter(st, "tlsfarm_farm_inserted_total"))
 	}
 }
 
@@ -241,7 +243,7 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, a))
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, b))
-	keys, err := raw.Keys(ctx, transport(ms[0]).RecordKey("s:*")).Result()
+	keys, err := raw.Keys(ctx, redisOf(ms[0]).RecordKey("s:*")).Result()
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("stored keys = %v, %v", keys, err)
 	}
@@ -257,8 +259,8 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	if resumed != 1 {
 		t.Fatalf("%d sessions resumed on n2, want 1 (the untouched one)", resumed)
 	}
-	if st := ms[1].Node.Stats(); st.StoreRejected != 1 {
-		t.Fatalf("StoreRejected = %d, want 1", st.StoreRejected)
+	if st := ms[1].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "rejected") != 1 {
+		t.Fatalf("StoreRejected = %d, want 1", farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "rejected"))
 	}
 }
 

@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// DefaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
-const DefaultFallbackTicketLifetime = 5 * time.Minute
+// defaultFallbackTicketLifetime is the default Config.FallbackTicketLifetime.
+const defaultFallbackTicketLifetime = 5 * time.Minute
 
 // degradation tracks whether the node can reach the farm, and turns the
 // cache's fallback tickets on and off accordingly.
@@ -14,6 +14,7 @@ type degradation struct {
 	mu           sync.Mutex
 	storeFailing bool
 	on           bool
+	tickets      bool // the cache took the fallback lifetime (not single use, not stateless)
 	episodes     uint64
 }
 
@@ -46,8 +47,11 @@ func (n *Node) updateFallback() {
 		return
 	}
 	if want {
-		n.cfg.Cache.SetTicketFallback(lifetime)
-		if n.cfg.Cache.TicketFallback() {
+		took := n.cfg.Cache.SetTicketFallback(lifetime)
+		n.deg.mu.Lock()
+		n.deg.tickets = took
+		n.deg.mu.Unlock()
+		if took {
 			n.log.Warn("farm: unreachable; issuing short-lived farm tickets instead of cached sessions until it returns (they cannot be revoked individually before they expire)",
 				"lifetime", lifetime)
 		}
@@ -57,10 +61,10 @@ func (n *Node) updateFallback() {
 	n.log.Info("farm: reachable again; issuing cached sessions")
 }
 
-// FallbackState reports whether the node issues fallback tickets now, and
+// fallbackState reports whether the node issues fallback tickets now, and
 // how many times it has started to.
-func (n *Node) FallbackState() (on bool, episodes uint64) {
+func (n *Node) fallbackState() (on bool, episodes uint64) {
 	n.deg.mu.Lock()
 	defer n.deg.mu.Unlock()
-	return n.deg.on && n.cfg.Cache.TicketFallback(), n.deg.episodes
+	return n.deg.on && n.deg.tickets, n.deg.episodes
 }

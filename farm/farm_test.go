@@ -15,8 +15,10 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -31,8 +33,8 @@ var versions = []struct {
 var modes = []farm.Mode{farm.Broadcast, farm.StoreOnly}
 
 // redisTransport opens each member's transport on the Redis at url.
-func redisTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func redisTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		tr, err := redisbus.Open(url, farmName)
 		if err != nil {
 			t.Fatal(err)
@@ -45,8 +47,8 @@ func redisTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) 
 // natsBusRedisStore opens each member's bus on the NATS server at natsURL
 // and its store on the Redis at redisURL: two transports, so that the
 // store's path and the bus's are separate.
-func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, err := natsbus.Open(natsURL, farmName, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -61,8 +63,8 @@ func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (farm.
 	}
 }
 
-// transport returns the Redis transport of m, made by redisTransport.
-func transport(m *farmtest.Member) *redisbus.Transport { return m.Bus.(*redisbus.Transport) }
+// redisOf returns the Redis transport of m, made by redisTransport.
+func redisOf(m *farmtest.Member) *redisbus.Transport { return m.Bus.(*redisbus.Transport) }
 
 // newSessions records the IDs of the sessions that c makes; the function
 // it returns reads them, oldest first.
@@ -132,22 +134,22 @@ func TestBroadcastReachesPeers(t *testing.T) {
 	id := newID.Load().(session.ID)
 	for _, m := range ms[1:] {
 		farmtest.Eventually(t, 5*time.Second, m.Name+" has the session", func() bool {
-			_, ok := m.Cache.Lookup(id)
+			_, ok := lookup(m.Cache, id)
 			return ok
 		})
 		// The cache has it a moment before the node counts it.
-		farmtest.Eventually(t, time.Second, m.Name+" counted the insert", func() bool { return m.Node.Stats().Inserted > 0 })
-		if st := m.Node.Stats(); st.Lookups != 0 || st.Inserted == 0 {
-			t.Fatalf("%s: lookups %d, inserted %d; want 0 and >0", m.Name, st.Lookups, st.Inserted)
+		farmtest.Eventually(t, time.Second, m.Name+" counted the insert", func() bool { return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_inserted_total") > 0 })
+		if st := m.Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 0 || farmtest.Counter(st, "tlsfarm_farm_inserted_total") == 0 {
+			t.Fatalf("%s: lookups %d, inserted %d; want 0 and >0", m.Name, farmtest.Counter(st, "tlsfarm_farm_lookups_total"), farmtest.Counter(st, "tlsfarm_farm_inserted_total"))
 		}
 	}
 	// Nothing echoes: node 1 ignored its own message and nobody republished.
 	time.Sleep(50 * time.Millisecond)
-	if st := ms[0].Node.Stats(); st.Published != 1 || st.Inserted != 0 {
-		t.Fatalf("n1 published %d and inserted %d; want 1 and 0", st.Published, st.Inserted)
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session") != 1 || farmtest.Counter(st, "tlsfarm_farm_inserted_total") != 0 {
+		t.Fatalf("n1 published %d and inserted %d; want 1 and 0", farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session"), farmtest.Counter(st, "tlsfarm_farm_inserted_total"))
 	}
 	for _, m := range ms[1:] {
-		if st := m.Node.Stats(); st.Published != 0 {
+		if st := m.Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session") != 0 {
 			t.Fatalf("%s republished a peer's session", m.Name)
 		}
 	}
@@ -165,14 +167,14 @@ func TestLateJoinerResumes(t *testing.T) {
 			farmtest.WaitConnected(t, a)
 			shared := &tlstest.SharedCache{}
 			tlstest.MustDial(t, a.Server.Addr, farmtest.Client(tv.v, shared))
-			farmtest.Eventually(t, 5*time.Second, "session stored", func() bool { return a.Node.Stats().StoreWrites == 1 })
+			farmtest.Eventually(t, 5*time.Second, "session stored", func() bool { return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") == 1 })
 
 			b := farmtest.Join(t, "late", name, o)
 			if !tlstest.MustDial(t, b.Server.Addr, farmtest.Client(tv.v, shared)).DidResume {
-				t.Fatalf("late joiner did not resume: cache %+v farm %+v", b.Cache.Stats(), b.Node.Stats())
+				t.Fatalf("late joiner did not resume: cache %v farm %+v", b.Cache.Metrics(), b.Node.Metrics())
 			}
-			if st := b.Node.Stats(); st.StoreHits != 1 {
-				t.Fatalf("late joiner store hits = %d, want 1", st.StoreHits)
+			if st := b.Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "hit") != 1 {
+				t.Fatalf("late joiner store hits = %d, want 1", farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "hit"))
 			}
 		})
 	}
@@ -202,7 +204,7 @@ func TestRevocationSpreads(t *testing.T) {
 			}
 			for _, m := range ms[1:] {
 				farmtest.Eventually(t, 5*time.Second, m.Name+" received the revocation", func() bool {
-					return m.Node.Stats().ReceivedRevocations > 0
+					return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "revocation") > 0
 				})
 			}
 			for _, m := range ms {
@@ -235,14 +237,36 @@ func TestPeersCutResumedSessions(t *testing.T) {
 	made := ids()
 	parent, child := made[0], made[1]
 	farmtest.Eventually(t, 5*time.Second, "n2 has the child session", func() bool {
-		_, ok := ms[1].Cache.Lookup(child)
+		_, ok := lookup(ms[1].Cache, child)
 		return ok
 	})
-	r, ok := ms[1].Cache.Lookup(parent)
+	r, ok := lookup(ms[1].Cache, parent)
 	if !ok {
 		t.Fatal("n2 lost the parent")
 	}
-	if left := time.Until(r.Expires); left > session.DefaultResumeGrace {
-		t.Fatalf("n2's copy of the resumed session expires in %v, want within the %v grace", left, session.DefaultResumeGrace)
+	const grace = 30 * time.Second // session.Config.ResumeGrace's default
+	if left := time.Until(r.Expires); left > grace {
+		t.Fatalf("n2's copy of the resumed session expires in %v, want within the %v grace", left, grace)
 	}
+}
+
+// histogram returns the histogram sample named name.
+func histogram(samples []metric.Sample, name string) metric.Sample {
+	for _, s := range samples {
+		if s.Name == name && s.Kind == metric.Histogram {
+			return s
+		}
+	}
+	return metric.Sample{}
+}
+
+// rejectedTotal returns the messages rejected for any reason.
+func rejectedTotal(samples []metric.Sample) uint64 {
+	var t uint64
+	for _, s := range samples {
+		if s.Name == "tlsfarm_farm_rejected_total" {
+			t += uint64(s.Value)
+		}
+	}
+	return t
 }

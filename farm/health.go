@@ -6,38 +6,28 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // Defaults of the health probe (Config.ProbeInterval, Config.ProbeTimeout).
 const (
-	DefaultProbeInterval = 500 * time.Millisecond
-	DefaultProbeTimeout  = 800 * time.Millisecond
+	defaultProbeInterval = 500 * time.Millisecond
+	defaultProbeTimeout  = 800 * time.Millisecond
 )
-
-// A Pinger is a Bus or Store the node can probe: Ping returns nil once the
-// server has answered a trivial request (a PING) and an error if it has not
-// by the time ctx ends. A node probes its transport every
-// Config.ProbeInterval, so that a hung server (a paused process, a
-// partition: nothing resets the connection) is reported within about
-// ProbeInterval + ProbeTimeout, instead of when the client library's own
-// keepalive gives up. A transport that is not a Pinger is judged by its
-// subscription alone.
-type Pinger interface {
-	Ping(ctx context.Context) error
-}
 
 // A probe is the health of one transport path (the bus or the store),
 // as the last probe found it.
 type probe struct {
 	what     string // "bus", "store" or "transport" (both, one server)
-	p        Pinger
+	p        transport.Pinger
 	up       atomic.Bool
 	failures atomic.Uint64 // probes that failed
 	changes  atomic.Uint64 // times up changed
 }
 
 func newProbe(what string, v any) *probe {
-	p, ok := v.(Pinger)
+	p, ok := v.(transport.Pinger)
 	if !ok {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -19,7 +20,7 @@ import (
 var ErrNoStore = errors.New("farm: the node has no store")
 
 // ErrNoConsume is returned by the exactly-once operations when the node's
-// RecordStore is not a RecordTaker.
+// transport.RecordStore is not a transport.RecordTaker.
 var ErrNoConsume = errors.New("farm: the record store cannot consume a record atomically")
 
 // onceKeyPrefix prefixes the keys ConsumeToken sets.
@@ -36,19 +37,8 @@ const (
 	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
 )
 
-// LifecycleStats count the farm's part in single use, the grace cut and
-// bounded children.
-type LifecycleStats struct {
-	Consumed        uint64 // sessions consumed in the store (single use, Consume)
-	ConsumeRefused  uint64 // consumes that found the session gone: used elsewhere, expired or never stored
-	ConsumeErrors   uint64 // consumes the store could not answer (the handshake did not resume)
-	Restored        uint64 // claims of failed handshakes given back to the store
-	RetiresSent     uint64 // retirements published (single use, replaced children)
-	RetiresReceived uint64 // retirements from peers applied here
-	CutsSent        uint64 // grace cuts written to the store and published
-	CutsReceived    uint64 // grace cuts from peers
-}
-
+// lifeCounters count the farm's part in single use, the grace cut and
+// bounded children (see Node.Metrics).
 type lifeCounters struct {
 	consumed, consumeRefused, consumeErrors, restored atomic.Uint64
 	retiresSent, retiresReceived, cutsSent, cutsRecv  atomic.Uint64
@@ -96,7 +86,7 @@ func (n *Node) noteRecut(id session.ID, until time.Time) {
 // noteLoaded records id if its record, just loaded, ends within the grace
 // period (plus a second): someone resumed it already.
 func (n *Node) noteLoaded(id session.ID, expires time.Time) {
-	grace := n.cfg.Cache.ResumeGrace()
+	grace := n.cfg.Cache.Config().ResumeGrace
 	if grace > 0 && expires.Sub(n.cfg.Now()) <= grace+time.Second {
 		n.noteRecut(id, expires)
 	}
@@ -108,15 +98,6 @@ func (n *Node) wasRecut(id session.ID) bool {
 	defer r.mu.Unlock()
 	u, ok := r.m[id]
 	return ok && u.After(n.cfg.Now())
-}
-
-func (c *lifeCounters) snapshot() LifecycleStats {
-	return LifecycleStats{
-		Consumed: c.consumed.Load(), ConsumeRefused: c.consumeRefused.Load(),
-		ConsumeErrors: c.consumeErrors.Load(), Restored: c.restored.Load(),
-		RetiresSent: c.retiresSent.Load(), RetiresReceived: c.retiresReceived.Load(),
-		CutsSent: c.cutsSent.Load(), CutsReceived: c.cutsRecv.Load(),
-	}
 }
 
 // Consume is the farm's exactly-once primitive: it atomically removes the
@@ -133,7 +114,7 @@ func (c *lifeCounters) snapshot() LifecycleStats {
 // farm-wide answer is possible.
 //
 // Single-use caches (session.Config.SingleUse) use the same operation
-// through their Claimer, before a handshake may resume the session.
+// through the node (session.Cache.Join), before a handshake may resume the session.
 func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
@@ -160,7 +141,7 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
 	}
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		return false, ErrNoConsume
 	}
@@ -170,20 +151,20 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	h.Write([]byte{0})
 	h.Write(token)
 	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
-	return taker.AddRecord(ctx, Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+	return taker.AddRecord(ctx, transport.Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
 }
 
 // consumeStore atomically takes the stored session id out of the store,
 // and reports whether this call did.
 func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		n.life.consumeErrors.Add(1)
 		return false, ErrNoConsume
 	}
 	_, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		n.life.consumeRefused.Add(1)
 		return false, nil
 	case err != nil:
@@ -194,32 +175,48 @@ func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
 	return true, nil
 }
 
-// claimer is the node's session.Claimer: single use through the store.
-type claimer struct{ n *Node }
+// cachePeer is the farm as the node's cache sees it (session.Farm): the
+// store and the pending sessions to load from, and single use through the
+// store.
+type cachePeer struct{ n *Node }
 
-func (c claimer) Claim(ctx context.Context, id session.ID) (bool, error) {
-	return c.n.consumeStore(ctx, id)
+func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, error) {
+	return p.n.load(ctx, id)
 }
 
-func (c claimer) Release(id session.ID, r session.Record) {
-	c.n.enqueue(item{id: id, rec: r, op: opRestore})
+func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {
+	n := p.n
+	if n.cfg.Records == nil {
+		return true, nil // no store to claim from: this cache's claim is all there is
+	}
+	// A claim that times out after the store took the session costs the
+	// client its resumption: give it the longer of the two deadlines.
+	ctx, cancel := context.WithTimeout(ctx, max(n.cfg.LookupTimeout, n.cfg.WriteThroughTimeout))
+	defer cancel()
+	return n.consumeStore(ctx, id)
+}
+
+func (p cachePeer) Release(id session.ID, r session.Record) {
+	if p.n.cfg.Records != nil {
+		p.n.enqueue(item{id: id, rec: r, op: opRestore})
+	}
 }
 
 // restore puts back a session whose claim was released, unless the key
 // has been written meanwhile.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if ttl <= 0 || !ok {
 		return nil
 	}
-	body, err := rec.MarshalBinary()
+	body, err := encodeRecord(&rec)
 	if err != nil {
 		return nil
 	}
-	hdr.typ = msgStored
+	hdr.typ = valRecord
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	if _, err := taker.AddRecord(ctx, Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
 		return err
 	}
 	n.life.restored.Add(1)
@@ -266,7 +263,7 @@ func parseCuts(body []byte) ([]cut, error) {
 func (n *Node) receiveCuts(body []byte) {
 	cs, err := parseCuts(body)
 	if err != nil {
-		n.ctr.rejected[RejectBody].Add(1)
+		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
 	for _, c := range cs {
@@ -287,11 +284,11 @@ func (n *Node) receiveCuts(body []byte) {
 func (n *Node) lifecycleEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
-		grace := n.cfg.Cache.ResumeGrace()
-		if p := ev.Record.Parent; p != (session.ID{}) && grace > 0 && !n.cfg.Cache.SingleUse() {
+		cc := n.cfg.Cache.Config()
+		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(grace), child: ev.ID})
+			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
@@ -306,7 +303,7 @@ const childKeyPrefix = "c:"
 // swapChild records child as the live child of parent in the store, for
 // ttl, and returns the child it replaces, if any.
 func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time.Duration) (session.ID, bool) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok || ttl <= 0 || child == (session.ID{}) {
 		return session.ID{}, false
 	}
@@ -315,13 +312,13 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	key := childKeyPrefix + hex.EncodeToString(parent[:])
 	var old []byte
 	var err error
-	if sw, ok := n.cfg.Records.(RecordSwapper); ok {
+	if sw, ok := n.cfg.Records.(transport.RecordSwapper); ok {
 		// One round trip, and atomic: of two nodes that swap at once,
 		// the second learns of the first's child.
-		old, err = sw.SwapRecord(ctx, Item{Key: key, Value: child[:], TTL: ttl})
+		old, err = sw.SwapRecord(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl})
 	} else {
 		old, err = taker.TakeRecord(ctx, key)
-		if err := n.cfg.Records.PutRecords(ctx, Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+		if err := n.cfg.Records.PutRecords(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
 			return session.ID{}, false
 		}
 	}
@@ -411,7 +408,7 @@ func (n *Node) countCutsSent(batch []item) {
 // later gets the cut too), and in store-only mode its live child is
 // recorded — in this batch on a first resumption, off this path (swapped,
 // retiring the one it replaces) when the parent was resumed before.
-func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []Item, dels []string) ([]Item, []string) {
+func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
 	switch it.op {
 	case opRetire:
 		dels = append(dels, sessionKey(it.id))
@@ -426,17 +423,17 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []I
 					n.life.childLinksDropped.Add(1)
 				}
 			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
-				puts = append(puts, Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
 			}
 		}
-		rec, ok := n.cfg.Cache.Lookup(it.id)
+		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
 		if !ok {
 			break
 		}
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
-			if body, err := rec.MarshalBinary(); err == nil {
-				hdr.typ = msgStored
-				puts = append(puts, Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+			if body, err := encodeRecord(&rec); err == nil {
+				hdr.typ = valRecord
+				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
 			}
 		}
 	}

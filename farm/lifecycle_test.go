@@ -61,7 +61,7 @@ func TestSingleUseFarmWide(t *testing.T) {
 					// Peers drop their copies once they hear of the retirement.
 					farmtest.Eventually(t, 5*time.Second, "peers dropped the consumed session", func() bool {
 						for _, m := range ms {
-							if _, ok := m.Cache.Lookup(ids()[0]); ok {
+							if _, ok := lookup(m.Cache, ids()[0]); ok {
 								return false
 							}
 						}
@@ -123,7 +123,7 @@ func TestSingleUseConcurrentAcrossNodes(t *testing.T) {
 			waitStored(t, ms[0], id)
 			farmtest.Eventually(t, 5*time.Second, "every node holds the session", func() bool {
 				for _, m := range ms {
-					if _, ok := m.Cache.Lookup(id); !ok {
+					if _, ok := lookup(m.Cache, id); !ok {
 						return false
 					}
 				}
@@ -193,7 +193,7 @@ func TestConsumeExactlyOnce(t *testing.T) {
 	}
 	farmtest.Eventually(t, 5*time.Second, "every node dropped the consumed session", func() bool {
 		for _, m := range ms {
-			if _, ok := m.Cache.Lookup(id); ok {
+			if _, ok := lookup(m.Cache, id); ok {
 				return false
 			}
 		}
@@ -249,7 +249,7 @@ func storeSessions(t *testing.T, url string, m *farmtest.Member) int {
 	}
 	c := redis.NewClient(opt)
 	defer c.Close()
-	pattern := strings.TrimSuffix(transport(m).RecordKey("s:"), "}") + "*"
+	pattern := strings.TrimSuffix(redisOf(m).RecordKey("s:"), "}") + "*"
 	keys, err := c.Keys(t.Context(), pattern).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -328,7 +328,7 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 			id := ids()[0]
 			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-				_, ok := ms[1].Cache.Lookup(id)
+				_, ok := lookup(ms[1].Cache, id)
 				return ok
 			})
 			tc.down(srv)
@@ -338,15 +338,15 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			if err != nil || st != farm.RevokePending {
 				t.Fatalf("RevokeSession with Redis down = %v, %v; want pending", st, err)
 			}
-			if n := ms[0].Node.Stats().PendingRevocations; n != 1 {
+			if n := int(farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations")); n != 1 {
 				t.Fatalf("PendingRevocations = %d, want 1", n)
 			}
 			time.Sleep(time.Second)
 			tc.back(srv)
 			back := time.Now()
 			farmtest.Eventually(t, 5*time.Second, "n2 refuses the revoked session after Redis returns", func() bool {
-				_, ok := ms[1].Cache.Lookup(id)
-				return !ok && ms[0].Node.Stats().PendingRevocations == 0
+				_, ok := lookup(ms[1].Cache, id)
+				return !ok && int(farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations")) == 0
 			})
 			t.Logf("revocation applied farm-wide %v after Redis returned", time.Since(back))
 			if tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
@@ -387,7 +387,7 @@ func TestCatchUpAfterOutage(t *testing.T) {
 	srv.Restart()
 	back := time.Now()
 	for _, m := range ms[1:] {
-		farmtest.Eventually(t, 10*time.Second, m.Name+" resubscribed", func() bool { return m.Node.Stats().Connected })
+		farmtest.Eventually(t, 10*time.Second, m.Name+" resubscribed", func() bool { return m.Node.Connected() })
 	}
 	for _, m := range ms[1:] {
 		for i := range frozen {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -25,12 +26,12 @@ func TestOversizeEnvelopeRefusedBeforeAllocation(t *testing.T) {
 	k := testKeyring(t, "f1")
 	now := time.Now()
 	msg := k.seal(nil, header{typ: msgSessions, time: now, sender: 1, farm: "f1"}, make([]byte, 100), nil)
-	big := append(msg, make([]byte, MaxMessageSize)...)
+	big := append(msg, make([]byte, transport.MaxMessageSize)...)
 	var err error
 	allocs := testing.AllocsPerRun(100, func() {
 		_, _, err = k.open(big, "f1", 0, nil, now, time.Minute, time.Minute)
 	})
-	if rejection(err) != RejectSize {
+	if rejection(err) != rejectSize {
 		t.Fatalf("oversize message: %v, want a size rejection", err)
 	}
 	if allocs != 0 {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -148,7 +149,7 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 	n.ctr.lookups.Add(1)
 	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		n.ctr.storeMisses.Add(1)
 		return nil, nil
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
@@ -158,7 +159,7 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 		n.ctr.storeErrors.Add(1)
 		return nil, err
 	}
-	_, body, err := n.keys.open(v, n.cfg.Farm, msgStored, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
 		n.ctr.storeRejected.Add(1)
 		return nil, nil

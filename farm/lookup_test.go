@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -40,43 +41,54 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
-	farmtest.Eventually(t, 10*time.Second, "node subscribed", func() bool { return node.Stats().Connected })
+	farmtest.Eventually(t, 10*time.Second, "node subscribed", func() bool { return node.Connected() })
 
 	// A store that answers in time: no give-up, no late answer.
 	id := cache.NewID()
-	if ss, _ := cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
+	if ss, _ := unwrapSession(cache, id[:], tls.ConnectionState{ServerName: "localhost"}); ss != nil {
 		t.Fatal("resumed a session nobody issued")
 	}
-	if st := node.Stats(); st.Lookups != 1 || st.StoreMisses != 1 || st.LookupDeadline != 0 || st.LookupLate != 0 || st.LookupLatency.Count != 1 {
+	st := node.Metrics()
+	deadline := func() uint64 {
+		return farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
+	}
+	canceled := func() uint64 {
+		return farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "canceled")
+	}
+	late := func() uint64 { return farmtest.Counter(st, "tlsfarm_farm_lookups_late_total") }
+	misses := func() uint64 { return farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss") }
+	if farmtest.Counter(st, "tlsfarm_farm_lookups_total") != 1 || misses() != 1 || deadline() != 0 || late() != 0 ||
+		histogram(st, "tlsfarm_farm_lookup_seconds").Count != 1 {
 		t.Fatalf("after a prompt miss: %+v", st)
 	}
 
 	srv.Pause()
 	start := time.Now()
 	id = cache.NewID()
-	cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+	unwrapSession(cache, id[:], tls.ConnectionState{ServerName: "localhost"})
 	if waited := time.Since(start); waited > time.Second {
 		t.Fatalf("the handshake waited %v with a 30ms lookup deadline", waited)
 	}
-	if st := node.Stats(); st.LookupDeadline != 1 || st.LookupCanceled != 0 || st.LookupLate != 0 {
-		t.Fatalf("while the store is paused: deadline %d, canceled %d, late %d; want 1, 0, 0", st.LookupDeadline, st.LookupCanceled, st.LookupLate)
+	if st = node.Metrics(); deadline() != 1 || canceled() != 0 || late() != 0 {
+		t.Fatalf("while the store is paused: deadline %d, canceled %d, late %d; want 1, 0, 0", deadline(), canceled(), late())
 	}
 	time.Sleep(150 * time.Millisecond)
 	srv.Resume()
-	farmtest.Eventually(t, 5*time.Second, "the late answer counted", func() bool { return node.Stats().LookupLate == 1 })
-	st := node.Stats()
-	if st.LookupLatency.Count != 2 || st.StoreMisses != 2 {
-		t.Fatalf("latency observations %d, misses %d; want 2 and 2", st.LookupLatency.Count, st.StoreMisses)
+	farmtest.Eventually(t, 5*time.Second, "the late answer counted", func() bool { return farmtest.Counter(node.Metrics(), "tlsfarm_farm_lookups_late_total") == 1 })
+	st = node.Metrics()
+	lat := histogram(st, "tlsfarm_farm_lookup_seconds")
+	if lat.Count != 2 || misses() != 2 {
+		t.Fatalf("latency observations %d, misses %d; want 2 and 2", lat.Count, misses())
 	}
 	// The late answer took at least the pause: it is in a bucket above 100ms.
-	var above uint64
-	for i, c := range st.LookupLatency.Counts {
-		if i >= len(farm.LagBuckets) || farm.LagBuckets[i] > 100*time.Millisecond {
-			above += c
+	above := lat.Count
+	for _, b := range lat.Buckets {
+		if b.UpperBound <= 0.1 {
+			above = lat.Count - b.Count // the buckets are cumulative
 		}
 	}
 	if above != 1 {
-		t.Fatalf("late answer not recorded above 100ms: %v", st.LookupLatency.Counts)
+		t.Fatalf("late answer not recorded above 100ms: %v", lat.Buckets)
 	}
 }
 
@@ -88,7 +100,7 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	url := redistest.URL(t)
 	slow := &slowStore{delay: 80 * time.Millisecond}
 	o := farmtest.Options{Mode: farm.StoreOnly, Tweak: func(c *farm.Config) { c.LookupTimeout = 20 * time.Millisecond }}
-	o.NewTransport = func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+	o.NewTransport = func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, store := redisTransport(url)(t, farmName)
 		slow.Store = store
 		return bus, slow
@@ -98,11 +110,38 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	const lookups = 8
 	for range lookups {
 		id := n.Cache.NewID()
-		n.Cache.UnwrapSession(id[:], tls.ConnectionState{ServerName: "localhost"})
+		unwrapSession(n.Cache, id[:], tls.ConnectionState{ServerName: "localhost"})
 	}
-	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return n.Node.Stats().LookupLate == lookups })
-	st := n.Node.Stats()
-	if st.LookupDeadline != lookups || st.LookupsSkipped != 0 || st.BreakerTrips != 0 || st.BreakerOpen {
-		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", st.LookupDeadline, st.LookupsSkipped, st.BreakerTrips, st.BreakerOpen, lookups)
+	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return farmtest.Counter(n.Node.Metrics(), "tlsfarm_farm_lookups_late_total") == lookups })
+	st := n.Node.Metrics()
+	deadline := farmtest.Counter(st, "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
+	skipped := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "skipped")
+	trips := farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total")
+	open := farmtest.Counter(st, "tlsfarm_farm_breaker_open") == 1
+	if deadline != lookups || skipped != 0 || trips != 0 || open {
+		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", deadline, skipped, trips, open, lookups)
 	}
+}
+
+// unwrapSession offers identity to the cache as a handshake on a config
+// without GetConfigForClient would (session.Cache.Install sets its
+// UnwrapSession).
+func unwrapSession(c *session.Cache, identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	cfg := &tls.Config{}
+	c.Install(cfg)
+	return cfg.UnwrapSession(identity, cs)
+}
+
+// lookup returns the record of the session id as the cache holds it, after
+// asking for it as GetBuffer does.
+func lookup(c *session.Cache, id session.ID) (session.Record, bool) {
+	if _, ok := c.GetBuffer(id, nil); !ok {
+		return session.Record{}, false
+	}
+	for got, r := range c.Snapshot(-1) {
+		if got == id {
+			return r, true
+		}
+	}
+	return session.Record{}, false
 }

@@ -10,8 +10,8 @@ import (
 // Defaults of the negative cache (Config.NegativeCacheSize and
 // Config.NegativeCacheTTL).
 const (
-	DefaultNegativeCacheSize = 65536
-	DefaultNegativeCacheTTL  = 2 * time.Second
+	defaultNegativeCacheSize = 65536
+	defaultNegativeCacheTTL  = 2 * time.Second
 )
 
 // negCache remembers, for a short while, the session IDs the store did not

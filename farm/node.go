@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -19,7 +20,7 @@ import (
 // lacks, and spreads revocations. Make one with Join; Close leaves the farm.
 type Node struct {
 	cfg      Config
-	keys     *keyring
+	keys     *farmKeys
 	instance uint64
 	q        *queue
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
@@ -31,6 +32,7 @@ type Node struct {
 	busProbe, storeProbe *probe // nil: not a Pinger
 
 	unhook    func()
+	leave     func() // leaves the cache's farm (session.Cache.Join), if joined
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	heal      chan struct{}
@@ -55,7 +57,7 @@ type Node struct {
 	generation []byte // the store's generation record, as last read
 
 	handlersMu sync.Mutex
-	handlers   map[msgType]func(header, []byte)
+	handlers   map[envType]func(header, []byte)
 }
 
 // An item is one thing waiting to be published.
@@ -81,7 +83,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	keys, err := newKeyring(cfg.Farm, cfg.Secrets)
+	keys, err := deriveFarmKeys(cfg.Farm, cfg.Secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -91,11 +93,11 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		instance: rand.Uint64() | 1,
 		q:        newQueue(cfg.QueueSize),
 		brk:      breaker{threshold: cfg.BreakerThreshold, cooldown: cfg.BreakerCooldown},
-		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.Node),
+		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.NodeName),
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
 		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
-		handlers: map[msgType]func(header, []byte){},
+		handlers: map[envType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
@@ -120,13 +122,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 	if cfg.Records != nil || n.pend != nil {
-		cfg.Cache.SetLoader(n.load, cfg.LookupTimeout)
-		if cfg.Records != nil && cfg.Cache.SingleUse() {
-			// A claim that times out after the store took the session
-			// costs the client its resumption: give it the longer of
-			// the two deadlines.
-			cfg.Cache.SetClaimer(claimer{n}, max(cfg.LookupTimeout, cfg.WriteThroughTimeout))
-		}
+		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)
 	}
 	n.initProbes()
 	n.unhook = cfg.Cache.AddHook(session.EventNew|session.EventRemove, n.onEvent)
@@ -160,7 +156,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 // Otherwise each has its own, so that one failing never holds the other
 // back.
 func (n *Node) combined() bool {
-	_, ok := n.cfg.Bus.(Batcher)
+	_, ok := n.cfg.Bus.(transport.Batcher)
 	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 
@@ -172,13 +168,12 @@ func (n *Node) combined() bool {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
-		if n.cfg.Records != nil || n.pend != nil {
-			n.cfg.Cache.SetLoader(nil, 0)
-			n.cfg.Cache.SetClaimer(nil, 0)
+		if n.leave != nil {
+			n.leave()
 		}
 		n.cancel()
 		n.wg.Wait()
-		if n.PendingRevocations() > 0 {
+		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)

@@ -10,6 +10,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -96,7 +97,7 @@ func TestKeysSurviveStoreLoss(t *testing.T) {
 			for _, m := range live {
 				if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, tk.cache)).DidResume {
 					for _, m := range live {
-						t.Logf("%s: %v %+v", m.Name, m.Ring, m.Rotator.Stats())
+						t.Logf("%s: %v %+v", m.Name, m.Ring, m.Rotator.Metrics())
 					}
 					t.Fatalf("%s: ticket issued %s does not resume on %s", stage, tk.what, m.Name)
 				}
@@ -180,16 +181,17 @@ func TestResumptionThroughOutage(t *testing.T) {
 	for _, m := range ms {
 		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
 			on, _ := m.Node.FallbackState()
-			return m.Node.Stats().Connected && !on
+			return m.Node.Connected() && !on
 		})
 	}
 	l.halt()
 	offered, resumed := a1-a0, r1-r0
-	var fallback uint64
+	var fallback float64
 	for _, m := range ms {
-		fallback += m.Cache.Stats().TicketsFallback
+		n, _ := metric.Value(m.Cache.Metrics(), "tlsfarm_cache_fallback_tickets_total")
+		fallback += n
 	}
-	t.Logf("during a %v outage: %d/%d handshakes resumed (%.1f%%), %d fallback tickets issued; %d failed in all",
+	t.Logf("during a %v outage: %d/%d handshakes resumed (%.1f%%), %v fallback tickets issued; %d failed in all",
 		outage(), resumed, offered, 100*float64(resumed)/float64(max(offered, 1)), fallback, l.failed.Load())
 	if offered < 20 {
 		t.Fatalf("only %d handshakes during the outage", offered)

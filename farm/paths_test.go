@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -39,8 +40,8 @@ func TestCatchUpThroughStorePath(t *testing.T) {
 		frozen[i] = &tlstest.FrozenCache{}
 		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen[i]))
 	}
-	farmtest.Eventually(t, 5*time.Second, "n1's sessions in its backlog", func() bool { return ms[0].Node.Stats().Backlog == n })
-	if st := ms[0].Node.Stats(); st.PublishErrors != 0 {
+	farmtest.Eventually(t, 5*time.Second, "n1's sessions in its backlog", func() bool { return int(farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_backlog_length")) == n })
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_publish_errors_total") != 0 {
 		t.Fatalf("the bus failed while only the store was down: %+v", st)
 	}
 	srv.Restart()
@@ -54,7 +55,7 @@ func TestCatchUpThroughStorePath(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	if st := ms[0].Node.Stats(); st.Backlog != 0 {
+	if st := ms[0].Node.Metrics(); int(farmtest.Counter(st, "tlsfarm_farm_backlog_length")) != 0 {
 		t.Fatalf("backlog not emptied: %+v", st)
 	}
 	t.Logf("all %d sessions resume on n2 %v after the store returned", n, time.Since(back))
@@ -62,7 +63,7 @@ func TestCatchUpThroughStorePath(t *testing.T) {
 
 // downBus is a real bus whose publishes fail while down is set.
 type downBus struct {
-	farm.Bus
+	transport.Bus
 	down atomic.Bool
 }
 
@@ -109,7 +110,7 @@ func TestJoinContextEndDrainsRevocations(t *testing.T) {
 	cancel() // the revoker stops; Close's last try finds the bus back
 	bus.down.Store(false)
 	farmtest.Eventually(t, 5*time.Second, "the pending revocation applied by the close", func() bool { return n.PendingRevocations() == 0 })
-	if s := n.Stats(); s.PublishedRevocations != 1 {
-		t.Fatalf("published revocations %d, want 1", s.PublishedRevocations)
+	if s := n.Metrics(); farmtest.Counter(s, "tlsfarm_farm_published_total", "kind", "revocation") != 1 {
+		t.Fatalf("published revocations %d, want 1", farmtest.Counter(s, "tlsfarm_farm_published_total", "kind", "revocation"))
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// DefaultPendingSize is the default of Config.PendingSize.
-const DefaultPendingSize = 65536
+// defaultPendingSize is the default of Config.PendingSize.
+const defaultPendingSize = 65536
 
 // pending holds the sessions peers sent to a node with Config.LazyPeers, as
 // they arrived (the record's binary form, decrypted but not decoded), until
@@ -142,7 +142,7 @@ func (n *Node) takePending(id session.ID) (*session.Record, bool) {
 	}
 	var rec session.Record
 	if err := rec.UnmarshalBinary(b); err != nil {
-		n.ctr.rejected[RejectBody].Add(1)
+		n.ctr.rejected[rejectBody].Add(1)
 		return nil, false
 	}
 	// Copy the state out of the message, so that the cache does not keep

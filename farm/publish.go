@@ -2,10 +2,11 @@ package farm
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -42,7 +43,7 @@ func (n *Node) onEvent(ev session.Event) {
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
-			until: ev.Record.ChainStart.Add(n.cfg.Cache.MaxChainLifetime()),
+			until: n.cfg.Cache.ChainEnd(ev.Record),
 		})
 	}
 }
@@ -123,9 +124,7 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 // backoff returns the wait after the given number of consecutive failures:
 // exponential from 50ms to 2s, with jitter.
 func backoff(failures int) time.Duration {
-	d := 50 * time.Millisecond << min(failures-1, 6)
-	d = min(d, 2*time.Second)
-	return d/2 + rand.N(d/2+1)
+	return retry.Backoff(failures, 50*time.Millisecond, 2*time.Second)
 }
 
 // flush publishes one batch and reports whether every part succeeded. It
@@ -135,7 +134,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	msgs, news, nrevs := n.busMessages(hdr, batch)
-	var puts []Item
+	var puts []transport.Item
 	var dels []string
 	var revs []revocation
 	switch {
@@ -164,7 +163,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	}
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
-	if b, ok := n.cfg.Bus.(Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
+	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = b.PutAndPublish(bctx, puts, dels, msgs)
 		pubErr = storeErr
@@ -232,7 +231,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	return ok
 }
 
-func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []string, revs []revocation) error {
+func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item, dels []string, revs []revocation) error {
 	if len(puts) > 0 {
 		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
@@ -243,7 +242,7 @@ func (n *Node) storeBatch(ctx context.Context, hdr header, puts []Item, dels []s
 			return err
 		}
 	}
-	hdr.typ = msgTombstone
+	hdr.typ = valTombstone
 	for _, r := range revs {
 		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
 		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {

@@ -33,7 +33,7 @@ func DeriveQUICKeys(farmName string, secrets []Secret) (QUICKeys, error) {
 		return k, errors.New("farm: no farm secret")
 	}
 	s := secrets[0]
-	if len(s.Bytes) < MinSecretLen {
+	if len(s.Bytes) < minSecretLen {
 		return k, errors.New("farm: farm secret too short")
 	}
 	tk, err := derive(s.Bytes, farmName, "quic-token")

@@ -56,7 +56,7 @@ func (n *Node) receive(msg []byte) {
 		return
 	}
 	now := n.cfg.Now()
-	// The bus hands msg over (see Bus.Subscribe): decrypt it in place.
+	// The bus hands msg over (see transport.Bus.Subscribe): decrypt it in place.
 	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
 	if err != nil {
 		n.ctr.rejected[rejection(err)].Add(1)
@@ -67,13 +67,13 @@ func (n *Node) receive(msg []byte) {
 	case msgSessions:
 		if n.pend != nil {
 			if err := n.receiveLazy(body, now); err != nil {
-				n.ctr.rejected[RejectBody].Add(1)
+				n.ctr.rejected[rejectBody].Add(1)
 			}
 			return
 		}
 		items, err := parseSessions(body)
 		if err != nil {
-			n.ctr.rejected[RejectBody].Add(1)
+			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
 		for _, it := range items {
@@ -95,7 +95,7 @@ func (n *Node) receive(msg []byte) {
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
-			n.ctr.rejected[RejectBody].Add(1)
+			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
 		for _, r := range revs {
@@ -107,7 +107,7 @@ func (n *Node) receive(msg []byte) {
 		fn := n.handlers[h.typ]
 		n.handlersMu.Unlock()
 		if fn == nil {
-			n.ctr.rejected[RejectType].Add(1)
+			n.ctr.rejected[rejectType].Add(1)
 			return
 		}
 		fn(h, body)
@@ -116,7 +116,7 @@ func (n *Node) receive(msg []byte) {
 
 // handle registers fn for authentic bus messages of type t (used by the key
 // rotation protocol); a nil fn unregisters.
-func (n *Node) handle(t msgType, fn func(header, []byte)) {
+func (n *Node) handle(t envType, fn func(header, []byte)) {
 	n.handlersMu.Lock()
 	if fn == nil {
 		delete(n.handlers, t)

@@ -103,7 +103,7 @@ func benchReceive(b *testing.B, lazy bool, batch int) {
 			}
 			tlstest.ReportCPU(b, cpu)
 			b.StopTimer()
-			if s := recv.Stats(); s.Inserted+s.PendingKept == 0 || s.RejectedTotal() > 0 {
+			if s := recv.Metrics(); counter(s, "tlsfarm_farm_inserted_total")+counter(s, "tlsfarm_farm_lazy_total", "event", "kept") == 0 || rejectedTotal(s) > 0 {
 				b.Fatalf("nothing received, or rejected: %+v", s)
 			}
 		})
@@ -127,11 +127,11 @@ func BenchmarkSeal(b *testing.B) {
 	now := time.Now()
 	id := send.cfg.Cache.NewID()
 	rec := session.Record{State: state, ServerName: "localhost", Expires: now.Add(time.Hour), Chain: 7, ChainStart: now}
-	hdr := header{time: now, sender: send.instance, farm: send.cfg.Farm, typ: msgStored}
+	hdr := header{time: now, sender: send.instance, farm: send.cfg.Farm, typ: valRecord}
 	b.Run("part=record", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			body, err := rec.MarshalBinary()
+			body, err := encodeRecord(&rec)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -4,14 +4,15 @@ import (
 	"context"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// Revoke revokes the session id across the farm: its whole resumption chain
+// revoke revokes the session id across the farm: its whole resumption chain
 // stops resuming on every node, including those that only have it in the
 // store. It reports false if neither this node nor the store knows id.
-func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
-	if n.cfg.Cache.Remove(id) {
+func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
+	if _, ok := n.cfg.Cache.Remove(id); ok {
 		return true, nil // the REMOVE hook publishes the chain
 	}
 	rec, ok := n.takePending(id)
@@ -25,7 +26,7 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) {
 			return false, err
 		}
 	}
-	rev := revocation{chain: rec.Chain, until: rec.ChainStart.Add(n.cfg.Cache.MaxChainLifetime())}
+	rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 	n.addRevocation(id, rev)
@@ -62,12 +63,12 @@ func (n *Node) readTombstones(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if len(members) >= MaxSetMembers {
+	if len(members) >= transport.MaxSetMembers {
 		n.ctr.tombstonesTruncated.Add(1)
-		members = members[:MaxSetMembers]
+		members = members[:transport.MaxSetMembers]
 	}
 	for _, m := range members {
-		_, body, err := n.keys.open(m, n.cfg.Farm, msgTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
+		_, body, err := n.keys.open(m, n.cfg.Farm, valTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
 		if err != nil {
 			n.ctr.storeRejected.Add(1)
 			continue

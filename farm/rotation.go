@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
@@ -84,20 +86,6 @@ type Rotator struct {
 	readyErr  error
 }
 
-// RotationStats describe a node's part in key rotation.
-type RotationStats struct {
-	Epoch       uint64    // epoch of the key set in use here
-	Rotated     time.Time // when its current key started encrypting
-	LeaseHolder bool      // this node holds the rotation lease
-	Acquired    uint64    // times this node acquired the lease
-	Rotations   uint64    // rotations this node performed
-	Applied     uint64    // newer key sets applied (from the store or the bus)
-	Ignored     uint64    // announcements not newer than the key set in use
-	Invalid     uint64    // key sets that opened but did not decode
-	StoreErrors uint64    // failed store operations
-	Merges      uint64    // key sets this node merged with its own and wrote back
-}
-
 // RotateTicketKeys starts farm-wide rotation of the session ticket keys in
 // cfg.Ring. It needs the node's Store (for the lease and the key set) and
 // returns at once; while the store is unreachable the node keeps its keys and
@@ -135,7 +123,7 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	r := &Rotator{
 		n:     n,
 		cfg:   cfg,
-		token: []byte(n.cfg.Node + "/" + hex.EncodeToString(tok)),
+		token: []byte(n.cfg.NodeName + "/" + hex.EncodeToString(tok)),
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		ready: make(chan struct{}),
@@ -169,21 +157,22 @@ func (r *Rotator) Close() error {
 	return nil
 }
 
-// Stats returns the rotator's counters and the key set in use.
-func (r *Rotator) Stats() RotationStats {
-	st := r.cfg.Ring.Status()
-	return RotationStats{
-		Epoch:       st.Epoch,
-		Rotated:     st.Rotated,
-		LeaseHolder: r.holder.Load(),
-		Acquired:    r.acquired.Load(),
-		Rotations:   r.rotated.Load(),
-		Applied:     r.applied.Load(),
-		Ignored:     r.ignored.Load(),
-		Invalid:     r.invalid.Load(),
-		StoreErrors: r.storeErr.Load(),
-		Merges:      r.merged.Load(),
-	}
+// Metrics returns the rotator's counters, named as the admin API exports
+// them (tlsfarm_ticket_*): whether this node holds the rotation lease, the
+// rotations it performed, the key sets it applied, ignored, merged or
+// could not decode, and its failed store operations. The key set in use is
+// the Ring's (ticket.Ring.Status).
+func (r *Rotator) Metrics() []metric.Sample {
+	var m samples
+	m.gauge("tlsfarm_ticket_rotation_lease_holder", "1 while this node holds the farm's key rotation lease.", b2f(r.holder.Load()))
+	m.counter("tlsfarm_ticket_rotations_total", "Farm key rotations this node performed.", r.rotated.Load())
+	m.counter("tlsfarm_ticket_key_sets_applied_total", "Newer farm key sets applied here.", r.applied.Load())
+	m.counter("tlsfarm_ticket_rotation_store_errors_total", "Failed store operations of key rotation.", r.storeErr.Load())
+	m.counter("tlsfarm_ticket_key_sets_invalid_total", "Key sets that opened but did not decode.", r.invalid.Load())
+	m.counter("tlsfarm_ticket_rotation_leases_acquired_total", "Times this node acquired the farm's key rotation lease.", r.acquired.Load())
+	m.counter("tlsfarm_ticket_key_sets_ignored_total", "Key set announcements not newer than the key set in use.", r.ignored.Load())
+	m.counter("tlsfarm_ticket_key_sets_merged_total", "Key sets this node merged with its own and wrote back.", r.merged.Load())
+	return m
 }
 
 func (r *Rotator) loop(ctx context.Context) {
@@ -213,7 +202,7 @@ func (r *Rotator) step(ctx context.Context) {
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *keySet
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transport.ErrNotFound):
 		r.lastErr.Store("")
 	case err != nil:
 		r.fail(err)
@@ -320,7 +309,7 @@ func (r *Rotator) lease(ctx context.Context) bool {
 }
 
 // seal seals a key set body with this node's header.
-func (r *Rotator) seal(t msgType, body, context []byte) []byte {
+func (r *Rotator) seal(t envType, body, context []byte) []byte {
 	return r.n.keys.seal(nil, header{typ: t, time: r.n.cfg.Now(), sender: r.n.instance, farm: r.n.cfg.Farm}, body, context)
 }
 

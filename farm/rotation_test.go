@@ -20,6 +20,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -74,8 +75,8 @@ func TestStatelessTicketResumesAcrossNodes(t *testing.T) {
 		}
 	}
 	for _, m := range ms {
-		if st := m.Node.Stats(); st.Published != 0 {
-			t.Fatalf("%s published %d sessions in stateless mode", m.Name, st.Published)
+		if st := m.Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session") != 0 {
+			t.Fatalf("%s published %d sessions in stateless mode", m.Name, farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session"))
 		}
 	}
 }
@@ -178,7 +179,7 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	}
 	rotations := uint64(0)
 	for _, m := range ms {
-		rotations += m.Rotator.Stats().Rotations
+		rotations += farmtest.Counter(m.Rotator.Metrics(), "tlsfarm_ticket_rotations_total")
 	}
 	if rotations != keep+1 {
 		t.Fatalf("%d rotations performed in the farm, want %d", rotations, keep+1)
@@ -230,7 +231,7 @@ func TestLeaseHolderDies(t *testing.T) {
 	var holder *farmtest.Member
 	farmtest.Eventually(t, 5*time.Second, "a lease holder", func() bool {
 		for _, m := range ms {
-			if m.Rotator.Stats().LeaseHolder {
+			if farmtest.Counter(m.Rotator.Metrics(), "tlsfarm_ticket_rotation_lease_holder") == 1 {
 				holder = m
 				return true
 			}
@@ -242,7 +243,7 @@ func TestLeaseHolderDies(t *testing.T) {
 	var next *farmtest.Member
 	farmtest.Eventually(t, 2*leaseTTL+time.Second, "another lease holder", func() bool {
 		for _, m := range ms {
-			if m != holder && m.Rotator.Stats().LeaseHolder {
+			if m != holder && farmtest.Counter(m.Rotator.Metrics(), "tlsfarm_ticket_rotation_lease_holder") == 1 {
 				next = m
 				return true
 			}
@@ -261,8 +262,8 @@ func TestLeaseHolderDies(t *testing.T) {
 		}
 	}
 	agreed(t, live, first.Epoch+1)
-	if next.Rotator.Stats().Rotations == 0 {
-		t.Fatalf("the new holder did not rotate: %+v", next.Rotator.Stats())
+	if farmtest.Counter(next.Rotator.Metrics(), "tlsfarm_ticket_rotations_total") == 0 {
+		t.Fatalf("the new holder did not rotate: %+v", next.Rotator.Metrics())
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -282,7 +283,7 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	ctx := context.Background()
-	ps := raw.Subscribe(ctx, transport(ms[0]).Channel())
+	ps := raw.Subscribe(ctx, redisOf(ms[0]).Channel())
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil {
 		t.Fatal(err)
@@ -296,26 +297,33 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 	old := []byte(msg.Payload)
 	now := agreed(t, ms, first.Epoch+2)
 
-	before := make([]farm.RotationStats, len(ms))
-	nodeBefore := make([]farm.Stats, len(ms))
+	before := make([][]metric.Sample, len(ms))
+	nodeBefore := make([][]metric.Sample, len(ms))
 	for i, m := range ms {
-		before[i] = m.Rotator.Stats()
-		nodeBefore[i] = m.Node.Stats()
+		before[i] = m.Rotator.Metrics()
+		nodeBefore[i] = m.Node.Metrics()
 	}
-	raw.Publish(ctx, transport(ms[0]).Channel(), old)
+	raw.Publish(ctx, redisOf(ms[0]).Channel(), old)
 	forged := bytes.Clone(old)
 	forged[len(forged)/2] ^= 1
-	raw.Publish(ctx, transport(ms[0]).Channel(), forged)
+	raw.Publish(ctx, redisOf(ms[0]).Channel(), forged)
 	for i, m := range ms {
 		// The node that sent the old announcement drops both copies as its
 		// own before opening them; every other node ignores the replay and
 		// rejects the forgery.
 		farmtest.Eventually(t, 5*time.Second, m.Name+" handled the replay and the forgery", func() bool {
-			st, ns := m.Rotator.Stats(), m.Node.Stats()
-			if ns.Self == nodeBefore[i].Self+2 {
+			st, ns := m.Rotator.Metrics(), m.Node.Metrics()
+			own := func(s []metric.Sample) uint64 {
+				return farmtest.Counter(s, "tlsfarm_farm_received_total", "kind", "own")
+			}
+			ignored := func(s []metric.Sample) uint64 { return farmtest.Counter(s, "tlsfarm_ticket_key_sets_ignored_total") }
+			forged := func(s []metric.Sample) uint64 {
+				return farmtest.Counter(s, "tlsfarm_farm_rejected_total", "reason", "seal")
+			}
+			if own(ns) == own(nodeBefore[i])+2 {
 				return true
 			}
-			return st.Ignored == before[i].Ignored+1 && ns.Rejected[farm.RejectSeal] == nodeBefore[i].Rejected[farm.RejectSeal]+1
+			return ignored(st) == ignored(before[i])+1 && forged(ns) == forged(nodeBefore[i])+1
 		})
 		if st := m.Ring.State(); st.Epoch < now.Epoch {
 			t.Fatalf("%s rolled back to epoch %d", m.Name, st.Epoch)

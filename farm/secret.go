@@ -18,10 +18,12 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/tlsfarm/tlsfarm/session"
+
+	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 )
 
-// MinSecretLen is the shortest farm secret accepted, in bytes.
-const MinSecretLen = 32
+// minSecretLen is the shortest farm secret accepted, in bytes.
+const minSecretLen = 32
 
 // A Secret is one farm secret. Every key the farm uses — to seal messages and
 // stored values, to authenticate session IDs, to protect ticket keys — is
@@ -29,8 +31,8 @@ const MinSecretLen = 32
 // secret in everything derived from it, so that a farm can change its secret
 // with the old and new accepted side by side.
 type Secret struct {
-	ID    uint8
-	Bytes []byte
+	ID    uint8  // names the secret in envelopes and session IDs
+	Bytes []byte // at least 32 bytes
 }
 
 // String never shows the secret.
@@ -39,15 +41,16 @@ func (s Secret) String() string { return fmt.Sprintf("farm secret %d (redacted)"
 // GoString never shows the secret.
 func (s Secret) GoString() string { return s.String() }
 
-// NewSecret returns a new random secret of MinSecretLen bytes.
+// NewSecret returns a new random secret of 32 bytes (the shortest a farm
+// accepts) named id.
 func NewSecret(id uint8) Secret {
-	b := make([]byte, MinSecretLen)
+	b := make([]byte, minSecretLen)
 	rand.Read(b)
 	return Secret{ID: id, Bytes: b}
 }
 
-// FormatSecrets returns the text form of secrets read by ParseSecrets.
-func FormatSecrets(secrets ...Secret) []byte {
+// formatSecrets returns the text form of secrets that parseSecrets reads.
+func formatSecrets(secrets ...Secret) []byte {
 	var b bytes.Buffer
 	b.WriteString("# tlsfarm farm secrets: one per line, \"ID:base64\"; the first seals, all open.\n")
 	for _, s := range secrets {
@@ -56,11 +59,11 @@ func FormatSecrets(secrets ...Secret) []byte {
 	return b.Bytes()
 }
 
-// ParseSecrets parses a farm secret file: one secret per line, as
+// parseSecrets parses a farm secret file: one secret per line, as
 // "ID:base64" or plain base64 (ID 0); blank lines and lines starting with
 // '#' are ignored. The first secret is current: it seals and mints; the
 // others are only accepted, during a change of secret.
-func ParseSecrets(data []byte) ([]Secret, error) {
+func parseSecrets(data []byte) ([]Secret, error) {
 	var out []Secret
 	seen := map[uint8]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -81,8 +84,8 @@ func ParseSecrets(data []byte) ([]Secret, error) {
 		if err != nil {
 			return nil, fmt.Errorf("farm secret line %d: not base64", line)
 		}
-		if len(b) < MinSecretLen {
-			return nil, fmt.Errorf("farm secret line %d: %d bytes, need at least %d", line, len(b), MinSecretLen)
+		if len(b) < minSecretLen {
+			return nil, fmt.Errorf("farm secret line %d: %d bytes, need at least %d", line, len(b), minSecretLen)
 		}
 		if seen[uint8(id)] {
 			return nil, fmt.Errorf("farm secret line %d: key ID %d given twice", line, id)
@@ -99,33 +102,35 @@ func ParseSecrets(data []byte) ([]Secret, error) {
 	return out, nil
 }
 
-// LoadSecrets reads a farm secret file (see ParseSecrets). It refuses a file
-// that group or others can read or write.
+// LoadSecrets reads a farm secret file, the one way secrets reach a farm
+// from disk: one secret per line, as "ID:base64" or plain base64 (ID 0),
+// each at least 32 bytes; blank lines and lines starting with '#' are
+// ignored. The first secret is current: it seals and mints; the others are
+// only accepted, during a change of secret. LoadSecrets refuses a file that
+// group or others can read or write.
 func LoadSecrets(path string) ([]Secret, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("farm secret file: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("farm secret file %s is accessible to group or others (mode %04o); run chmod 600 %s",
-			path, fi.Mode().Perm(), path)
-	}
-	if !fi.Mode().IsRegular() {
+	// A pipe or a device would block or never end; the file must be a
+	// plain one. The mode check and the read are the one shared with the
+	// admin token file.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("farm secret file %s is not a regular file", path)
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
+	data, err := secretfile.Read(path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		return nil, fmt.Errorf("farm secret file: %w", err)
 	}
-	s, err := ParseSecrets(data)
+	if err != nil {
+		return nil, fmt.Errorf("farm secret file %w", err)
+	}
+	s, err := parseSecrets(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return s, nil
 }
 
-// WriteSecretFile writes a new secret file at path with mode 0600. It
-// refuses to overwrite an existing file.
+// WriteSecretFile writes secrets to a new secret file at path, mode 0600,
+// in the form LoadSecrets reads. It refuses to overwrite an existing file.
 func WriteSecretFile(path string, secrets ...Secret) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
@@ -134,28 +139,30 @@ func WriteSecretFile(path string, secrets ...Secret) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(FormatSecrets(secrets...)); err != nil {
+	if _, err := f.Write(formatSecrets(secrets...)); err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
 }
 
-// keyring holds the keys derived from the farm's secrets.
-type keyring struct {
+// farmKeys holds the keys derived from the farm's secrets: the AEADs that
+// seal and open envelopes, by secret ID, and the session ID keys. (Ticket
+// keys are a ticket.Ring's.)
+type farmKeys struct {
 	current uint8
 	aead    [256]cipher.AEAD
 	ids     []session.IDKey // current first
 }
 
-func newKeyring(farm string, secrets []Secret) (*keyring, error) {
+func deriveFarmKeys(farm string, secrets []Secret) (*farmKeys, error) {
 	if len(secrets) == 0 {
 		return nil, errors.New("farm: no farm secret")
 	}
-	k := &keyring{current: secrets[0].ID}
+	k := &farmKeys{current: secrets[0].ID}
 	for _, s := range secrets {
-		if len(s.Bytes) < MinSecretLen {
-			return nil, fmt.Errorf("farm: secret %d is %d bytes, need at least %d", s.ID, len(s.Bytes), MinSecretLen)
+		if len(s.Bytes) < minSecretLen {
+			return nil, fmt.Errorf("farm: secret %d is %d bytes, need at least %d", s.ID, len(s.Bytes), minSecretLen)
 		}
 		if k.aead[s.ID] != nil {
 			return nil, fmt.Errorf("farm: secret %d given twice", s.ID)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -54,7 +55,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 					}
 				}
 				srv := &tls.Config{Certificates: []tls.Certificate{cert}}
-				cache.Configure(srv)
+				cache.Install(srv)
 				frozen := &tlstest.FrozenCache{}
 				if _, err := tlstest.PipeHandshake(srv, tlstest.ClientConfig(pool, "localhost", tls.VersionTLS12, frozen), nil); err != nil {
 					b.Fatal(err)
@@ -86,8 +87,8 @@ func BenchmarkSharingCPU(b *testing.B) {
 				deadline := time.Now().Add(10 * time.Second)
 				for _, p := range peers {
 					for {
-						st := p.Stats()
-						if st.ReceivedSessions >= uint64(b.N) || st.Received == 0 && st.Lookups == 0 || time.Now().After(deadline) {
+						st := p.Metrics()
+						if farmtest.Counter(st, "tlsfarm_farm_received_total", "kind", "session") >= uint64(b.N) || farmtest.Counter(st, "tlsfarm_farm_messages_received_total") == 0 && farmtest.Counter(st, "tlsfarm_farm_lookups_total") == 0 || time.Now().After(deadline) {
 							break
 						}
 						time.Sleep(time.Millisecond)
@@ -98,8 +99,9 @@ func BenchmarkSharingCPU(b *testing.B) {
 				// sender batched.
 				var msgs, sessions uint64
 				for _, p := range peers {
-					st := p.Stats()
-					msgs, sessions = msgs+st.Received, sessions+st.ReceivedSessions
+					st := p.Metrics()
+					msgs += farmtest.Counter(st, "tlsfarm_farm_messages_received_total")
+					sessions += farmtest.Counter(st, "tlsfarm_farm_received_total", "kind", "session")
 				}
 				if msgs > 0 {
 					b.ReportMetric(float64(sessions)/float64(msgs), "sessions/msg")
@@ -108,10 +110,14 @@ func BenchmarkSharingCPU(b *testing.B) {
 					// How many handshakes waited for the store (1 with
 					// write-through, unless the breaker or a probe stopped
 					// it), and the mean time a wait took.
-					st := node.Stats()
-					b.ReportMetric(float64(st.WriteThrough)/float64(b.N), "waited/op")
-					if c := st.WriteThroughLatency.Count; c > 0 {
-						b.ReportMetric(float64(st.WriteThroughLatency.Sum.Microseconds())/float64(c), "wait-µs")
+					st := node.Metrics()
+					var waited uint64
+					for _, result := range []string{"stored", "timeout", "failed"} {
+						waited += farmtest.Counter(st, "tlsfarm_farm_write_through_total", "result", result)
+					}
+					b.ReportMetric(float64(waited)/float64(b.N), "waited/op")
+					if h := histogram(st, "tlsfarm_farm_write_through_seconds"); h.Count > 0 {
+						b.ReportMetric(h.Value*1e6/float64(h.Count), "wait-µs")
 					}
 				}
 			})

@@ -10,6 +10,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -40,9 +41,9 @@ func TestRecordsAndCoordFromSeparateValues(t *testing.T) {
 	if ok, err := ms[0].Node.Revoke(context.Background(), ids()[0]); err != nil || !ok {
 		t.Fatalf("Revoke = %t, %v", ok, err)
 	}
-	tombstones := transport(ms[0]).Key("revoked")
+	tombstones := redisOf(ms[0]).Key("revoked")
 	farmtest.Eventually(t, 5*time.Second, "a tombstone in the coordinator", func() bool {
-		m, err := transport(ms[0]).SetMembers(context.Background(), "revoked")
+		m, err := redisOf(ms[0]).SetMembers(context.Background(), "revoked")
 		return err == nil && len(m) == 1
 	})
 	late := farmtest.Join(t, "late", name, o)
@@ -63,8 +64,8 @@ func TestConfigNeedsCoordWithRecords(t *testing.T) {
 	defer tr.Close()
 	for _, tc := range []struct {
 		name    string
-		records farm.RecordStore
-		coord   farm.Coordinator
+		records transport.RecordStore
+		coord   transport.Coordinator
 		mode    farm.Mode
 		wantErr string
 	}{
@@ -111,10 +112,10 @@ func TestCoordOnlyKeepsRevocations(t *testing.T) {
 		t.Fatalf("Revoke = %t, %v", ok, err)
 	}
 	farmtest.Eventually(t, 5*time.Second, "a tombstone in the coordinator", func() bool {
-		m, err := transport(ms[0]).SetMembers(context.Background(), "revoked")
+		m, err := redisOf(ms[0]).SetMembers(context.Background(), "revoked")
 		return err == nil && len(m) == 1
 	})
-	if st := ms[0].Node.Stats(); st.StoreWrites != 0 {
-		t.Fatalf("%d session records written without a RecordStore", st.StoreWrites)
+	if st := ms[0].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_store_writes_total") != 0 {
+		t.Fatalf("%d session records written without a RecordStore", farmtest.Counter(st, "tlsfarm_farm_store_writes_total"))
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -106,7 +107,7 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 }
 
 func TestStrikeWithoutStoreRefuses(t *testing.T) {
-	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, _ := redisTransport(redistest.URL(t))(t, farmName)
 		return bus, nil
 	}})

@@ -6,6 +6,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // generationKey names a record that the first node to find it missing
@@ -25,18 +28,18 @@ const generationTTL = time.Hour
 // checkGeneration reads (or creates) the store's generation record and, if
 // it changed since the last check, writes back the node's live sessions.
 func (n *Node) checkGeneration(ctx context.Context) {
-	taker, ok := n.cfg.Records.(RecordTaker)
+	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
 	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, transport.ErrNotFound) {
 		tok := make([]byte, 16)
 		rand.Read(tok)
 		var added bool
-		added, err = taker.AddRecord(ctx, Item{Key: generationKey, Value: tok, TTL: generationTTL})
+		added, err = taker.AddRecord(ctx, transport.Item{Key: generationKey, Value: tok, TTL: generationTTL})
 		switch {
 		case err != nil:
 		case added:
@@ -45,7 +48,7 @@ func (n *Node) checkGeneration(ctx context.Context) {
 			v, err = n.cfg.Records.GetRecord(ctx, generationKey)
 		}
 	} else if err == nil {
-		err = n.cfg.Records.PutRecords(ctx, Item{Key: generationKey, Value: v, TTL: generationTTL})
+		err = n.cfg.Records.PutRecords(ctx, transport.Item{Key: generationKey, Value: v, TTL: generationTTL})
 	}
 	if err != nil {
 		return
@@ -63,21 +66,28 @@ func (n *Node) checkGeneration(ctx context.Context) {
 // writeBack writes the node's live sessions, newest first and at most
 // QueueSize of them, to a store that lost its data.
 func (n *Node) writeBack(ctx context.Context) {
-	entries := n.cfg.Cache.Snapshot(n.cfg.QueueSize)
+	type entry struct {
+		id  session.ID
+		rec session.Record
+	}
+	var entries []entry
+	for id, rec := range n.cfg.Cache.Snapshot(n.cfg.QueueSize) {
+		entries = append(entries, entry{id, rec})
+	}
 	now := n.cfg.Now()
-	hdr := header{typ: msgStored, time: now, sender: n.instance, farm: n.cfg.Farm}
+	hdr := header{typ: valRecord, time: now, sender: n.instance, farm: n.cfg.Farm}
 	written := 0
 	for len(entries) > 0 {
 		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
 		entries = entries[len(chunk):]
-		items := make([]Item, 0, len(chunk))
+		items := make([]transport.Item, 0, len(chunk))
 		for _, e := range chunk {
-			ttl := e.Record.Expires.Sub(now)
-			body, err := e.Record.AppendBinary(nil)
+			ttl := e.rec.Expires.Sub(now)
+			body, err := e.rec.AppendBinary(nil)
 			if ttl <= 0 || err != nil {
 				continue
 			}
-			items = append(items, Item{Key: sessionKey(e.ID), Value: n.keys.seal(nil, hdr, body, e.ID[:]), TTL: ttl})
+			items = append(items, transport.Item{Key: sessionKey(e.id), Value: n.keys.seal(nil, hdr, body, e.id[:]), TTL: ttl})
 		}
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err := n.cfg.Records.PutRecords(wctx, items...)

@@ -7,29 +7,29 @@ import (
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// A Format names a consumer of derived keys. Each Format has its own HKDF
+// A consumer names a consumer of derived keys. Each has its own HKDF
 // label, so the keys derived for one are unrelated to those of another.
-type Format string
+type consumer string
 
-// The formats this package derives keys for.
+// The consumers this package derives keys for.
 const (
-	Nginx   Format = "nginx"   // nginx's 80-byte ssl_session_ticket_key files
-	HAProxy Format = "haproxy" // HAProxy's tls-ticket-keys, 80-byte keys
-	JSON    Format = "file"    // the JSON key set file (-export file:PATH)
-	Caddy   Format = "caddy"   // Caddy's session ticket keys (crypto/tls keys)
+	forNginx   consumer = "nginx"   // nginx's 80-byte ssl_session_ticket_key files
+	forHAProxy consumer = "haproxy" // HAProxy's tls-ticket-keys, 80-byte keys
+	forFile    consumer = "file"    // the JSON key set file (-export file:PATH)
+	forCaddy   consumer = "caddy"   // Caddy's session ticket keys (crypto/tls keys)
 )
 
 // labelPrefix starts every HKDF label of this package; the format and the
 // part of the key follow it.
 const labelPrefix = "tlsfarm ticket key export v1 "
 
-// Derive returns n bytes derived from the farm key k for format f and the
+// derive returns n bytes derived from the farm key k for format f and the
 // named part of the key ("name", "aes", "hmac", "key"...), with HKDF-SHA256
 // (RFC 5869; no salt, as k is already uniformly random) and the info string
 // "tlsfarm ticket key export v1 " + f + " " + part. The same k, f and part
 // always give the same bytes, on every node; different formats or parts give
 // unrelated bytes, and none reveals k.
-func Derive(k ticket.Key, f Format, part string, n int) []byte {
+func derive(k ticket.Key, f consumer, part string, n int) []byte {
 	out, err := hkdf.Key(sha256.New, k[:], nil, labelPrefix+string(f)+" "+part, n)
 	if err != nil {
 		// Only a length above 255×32 bytes fails; callers ask for at most 32.
@@ -59,8 +59,8 @@ func (k Key80) String() string {
 func (k Key80) GoString() string { return k.String() }
 
 // parts80 derives the name, AES key and HMAC key of the 80-byte key for f.
-func parts80(k ticket.Key, f Format) (name, aes, hmac []byte) {
-	return Derive(k, f, "name", 16), Derive(k, f, "aes", 32), Derive(k, f, "hmac", 32)
+func parts80(k ticket.Key, f consumer) (name, aes, hmac []byte) {
+	return derive(k, f, "name", 16), derive(k, f, "aes", 32), derive(k, f, "hmac", 32)
 }
 
 // NginxKey returns the nginx key derived from the farm key k, in the layout
@@ -68,7 +68,7 @@ func parts80(k ticket.Key, f Format) (name, aes, hmac []byte) {
 // bytes 0-15 the key name, 16-47 the HMAC-SHA256 key, 48-79 the AES-256-CBC
 // key.
 func NginxKey(k ticket.Key) Key80 {
-	name, aes, hmac := parts80(k, Nginx)
+	name, aes, hmac := parts80(k, forNginx)
 	var out Key80
 	copy(out[0:16], name)
 	copy(out[16:48], hmac)
@@ -83,7 +83,7 @@ func NginxKey(k ticket.Key) Key80 {
 // 0-15 the key name, 16-47 the AES-256-CBC key, 48-79 the HMAC-SHA256 key.
 // Note that nginx puts the two secrets the other way round.
 func HAProxyKey(k ticket.Key) Key80 {
-	name, aes, hmac := parts80(k, HAProxy)
+	name, aes, hmac := parts80(k, forHAProxy)
 	var out Key80
 	copy(out[0:16], name)
 	copy(out[16:48], aes)
@@ -96,11 +96,11 @@ func HAProxyKey(k ticket.Key) Key80 {
 // CaddyKey returns the crypto/tls session ticket key that Caddy uses in
 // place of the farm key k.
 func CaddyKey(k ticket.Key) [32]byte {
-	return [32]byte(Derive(k, Caddy, "key", 32))
+	return [32]byte(derive(k, forCaddy, "key", 32))
 }
 
 // fileKey returns the 32-byte key that the JSON file holds in place of k,
 // and its 16-byte name.
 func fileKey(k ticket.Key) (name, key []byte) {
-	return Derive(k, JSON, "name", 16), Derive(k, JSON, "key", 32)
+	return derive(k, forFile, "name", 16), derive(k, forFile, "key", 32)
 }

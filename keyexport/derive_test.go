@@ -26,21 +26,21 @@ func TestKey80Layout(t *testing.T) {
 	tests := []struct {
 		name      string
 		key       Key80
-		f         Format
+		f         consumer
 		aes, hmac [2]int
 	}{
-		{"nginx", NginxKey(k), Nginx, [2]int{48, 80}, [2]int{16, 48}},
-		{"haproxy", HAProxyKey(k), HAProxy, [2]int{16, 48}, [2]int{48, 80}},
+		{"nginx", NginxKey(k), forNginx, [2]int{48, 80}, [2]int{16, 48}},
+		{"haproxy", HAProxyKey(k), forHAProxy, [2]int{16, 48}, [2]int{48, 80}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if !bytes.Equal(tt.key[:16], Derive(k, tt.f, "name", 16)) {
+			if !bytes.Equal(tt.key[:16], derive(k, tt.f, "name", 16)) {
 				t.Error("bytes 0-15 are not the key name")
 			}
-			if !bytes.Equal(tt.key[tt.aes[0]:tt.aes[1]], Derive(k, tt.f, "aes", 32)) {
+			if !bytes.Equal(tt.key[tt.aes[0]:tt.aes[1]], derive(k, tt.f, "aes", 32)) {
 				t.Errorf("bytes %d-%d are not the AES key", tt.aes[0], tt.aes[1]-1)
 			}
-			if !bytes.Equal(tt.key[tt.hmac[0]:tt.hmac[1]], Derive(k, tt.f, "hmac", 32)) {
+			if !bytes.Equal(tt.key[tt.hmac[0]:tt.hmac[1]], derive(k, tt.f, "hmac", 32)) {
 				t.Errorf("bytes %d-%d are not the HMAC key", tt.hmac[0], tt.hmac[1]-1)
 			}
 		})
@@ -71,9 +71,9 @@ func TestFormatsDeriveUnrelatedKeys(t *testing.T) {
 	seen := map[string]string{}
 	for _, seed := range []byte{1, 2} {
 		k := testKey(seed)
-		for _, f := range []Format{Nginx, HAProxy, JSON, Caddy, "filler"} {
+		for _, f := range []consumer{forNginx, forHAProxy, forFile, forCaddy, "filler"} {
 			for _, part := range []string{"name", "aes", "hmac", "key", "0"} {
-				b := Derive(k, f, part, 32)
+				b := derive(k, f, part, 32)
 				if bytes.Equal(b, k[:]) {
 					t.Fatalf("%s %s is the farm key", f, part)
 				}

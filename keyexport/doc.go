@@ -4,13 +4,14 @@
 //
 // A farm's key set (a [ticket.State]: the key that encrypts, the pre-staged
 // next key and the previous keys) is turned into a [Set], whose keys are
-// derived for one consumer with [Derive]: each format has its own HKDF label,
+// derived for one consumer with HKDF-SHA256: each format has its own label (docs/keys.md
+// lists them),
 // so no terminator ever holds a key that another kind of terminator, or a
 // tlsfarm node, uses. A [Target] writes a Set in its terminator's format, and
 // an [Exporter] follows a [ticket.Ring] and exports every new key set to its
 // targets, retrying failures and reporting each target's state.
 //
-// Files are written with the rules of [WriteFiles]: mode 0600, into a
+// Files are written with these rules: mode 0600, into a
 // directory that no other user can write to, never through a symbolic link,
 // each file by temporary file, fsync and rename, and every file of a set
 // staged before the first is renamed into place. Nothing in this package logs

@@ -167,7 +167,7 @@ func (e *Exporter) round(ctx context.Context) time.Time {
 	var set *Set
 	defer func() {
 		if set != nil {
-			set.Wipe()
+			set.wipe()
 		}
 	}()
 	load := func() bool {
@@ -176,7 +176,7 @@ func (e *Exporter) round(ctx context.Context) time.Time {
 		}
 		st := e.cfg.Ring.State()
 		var err error
-		set, err = NewSet(st, e.cfg.Interval, e.cfg.Keep)
+		set, err = newSet(st, e.cfg.Interval, e.cfg.Keep)
 		clear(st.Previous)
 		if err != nil {
 			e.log.Error("keyexport: unusable key set", "epoch", st.Epoch, "err", err)

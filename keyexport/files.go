@@ -39,21 +39,21 @@ func CheckDir(dir string) error {
 	return nil
 }
 
-// A File is one file of a set to write: its path and its content.
-type File struct {
+// A file is one file of a set to write: its path and its content.
+type file struct {
 	Path string
 	Data []byte
 }
 
-// WriteFiles writes files as one set. Every file must be in a directory that
+// writeFiles writes files as one set. Every file must be in a directory that
 // passes CheckDir, and no path may be a symbolic link (this package never
 // makes one, so one found there was put by someone else). Each file is
 // first written in full to a new temporary file of mode 0600 beside it and
 // synced; only when every file is staged are they renamed into place, and
 // then each directory is synced. If staging fails, nothing is renamed and
-// the temporary files are removed: the set in place stays whole. WriteFiles
+// the temporary files are removed: the set in place stays whole. writeFiles
 // does not clear the files' data.
-func WriteFiles(files []File) (err error) {
+func writeFiles(files []file) (err error) {
 	dirs := map[string]bool{}
 	for _, f := range files {
 		dir := filepath.Dir(f.Path)
@@ -147,7 +147,7 @@ func syncDir(dir string) error {
 }
 
 // RemoveStaleTemps removes the temporary files that an interrupted
-// WriteFiles left in dir: regular files whose names start with this
+// writeFiles left in dir: regular files whose names start with this
 // package's temporary prefix. It reports how many it removed.
 func RemoveStaleTemps(dir string) int {
 	entries, err := os.ReadDir(dir)

@@ -13,7 +13,7 @@ func TestWriteFilesModeAndContent(t *testing.T) {
 	if err := os.WriteFile(p, []byte("old"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteFiles([]File{{p, []byte("new")}, {filepath.Join(dir, "b.key"), []byte("bbb")}}); err != nil {
+	if err := writeFiles([]file{{p, []byte("new")}, {filepath.Join(dir, "b.key"), []byte("bbb")}}); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{"a.key": "new", "b.key": "bbb"} {
@@ -39,38 +39,38 @@ func TestWriteFilesModeAndContent(t *testing.T) {
 func TestWriteFilesRefuses(t *testing.T) {
 	tests := []struct {
 		name  string
-		setup func(t *testing.T, dir string) (files []File)
+		setup func(t *testing.T, dir string) (files []file)
 		err   string
 	}{
-		{"symlink at a file", func(t *testing.T, dir string) []File {
+		{"symlink at a file", func(t *testing.T, dir string) []file {
 			os.WriteFile(filepath.Join(dir, "elsewhere"), []byte("x"), 0o600)
 			os.Symlink(filepath.Join(dir, "elsewhere"), filepath.Join(dir, "b.key"))
-			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
+			return []file{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
 		}, "symbolic link"},
-		{"group-writable directory", func(t *testing.T, dir string) []File {
+		{"group-writable directory", func(t *testing.T, dir string) []file {
 			sub := filepath.Join(dir, "open")
 			os.Mkdir(sub, 0o700)
 			os.Chmod(sub, 0o770)
-			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(sub, "b.key"), []byte("new")}}
+			return []file{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(sub, "b.key"), []byte("new")}}
 		}, "group or by other users"},
-		{"world-writable directory", func(t *testing.T, dir string) []File {
+		{"world-writable directory", func(t *testing.T, dir string) []file {
 			sub := filepath.Join(dir, "open")
 			os.Mkdir(sub, 0o700)
 			os.Chmod(sub, 0o1777)
-			return []File{{filepath.Join(sub, "b.key"), []byte("new")}}
+			return []file{{filepath.Join(sub, "b.key"), []byte("new")}}
 		}, "group or by other users"},
-		{"directory is a symlink", func(t *testing.T, dir string) []File {
+		{"directory is a symlink", func(t *testing.T, dir string) []file {
 			real := filepath.Join(dir, "real")
 			os.Mkdir(real, 0o700)
 			os.Symlink(real, filepath.Join(dir, "link"))
-			return []File{{filepath.Join(dir, "link", "b.key"), []byte("new")}}
+			return []file{{filepath.Join(dir, "link", "b.key"), []byte("new")}}
 		}, "symbolic link"},
-		{"not a regular file", func(t *testing.T, dir string) []File {
+		{"not a regular file", func(t *testing.T, dir string) []file {
 			os.Mkdir(filepath.Join(dir, "b.key"), 0o700)
-			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
+			return []file{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "b.key"), []byte("new")}}
 		}, "not a regular file"},
-		{"missing directory", func(t *testing.T, dir string) []File {
-			return []File{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "nope", "b.key"), []byte("new")}}
+		{"missing directory", func(t *testing.T, dir string) []file {
+			return []file{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(dir, "nope", "b.key"), []byte("new")}}
 		}, "no such file"},
 	}
 	for _, tt := range tests {
@@ -79,7 +79,7 @@ func TestWriteFilesRefuses(t *testing.T) {
 			os.Chmod(dir, 0o700)
 			a := filepath.Join(dir, "a.key")
 			os.WriteFile(a, []byte("old"), 0o600)
-			err := WriteFiles(tt.setup(t, dir))
+			err := writeFiles(tt.setup(t, dir))
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
 				t.Fatalf("err = %v, want one saying %q", err, tt.err)
 			}

@@ -8,18 +8,18 @@ import (
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// HAProxyRingSize is the number of keys HAProxy holds for a tls-ticket-keys
+// haproxyRingSize is the number of keys HAProxy holds for a tls-ticket-keys
 // file (its TLS_TICKETS_NO build option, 3 in HAProxy's default build and
 // in Debian's): one previous key, the key that encrypts and the next key.
-const HAProxyRingSize = 3
+const haproxyRingSize = 3
 
-// HAProxyKeys returns the farm keys of s in the order of a tls-ticket-keys
+// haproxyKeys returns the farm keys of s in the order of a tls-ticket-keys
 // file, oldest first: Previous oldest first, then Current, then Next.
-// HAProxy keeps the last HAProxyRingSize keys of a file and encrypts with
+// HAProxy keeps the last haproxyRingSize keys of a file and encrypts with
 // the penultimate, so the file's last key is the pre-staged next key and
-// the one before it encrypts. If s has fewer than HAProxyRingSize keys,
+// the one before it encrypts. If s has fewer than haproxyRingSize keys,
 // filler keys come first.
-func HAProxyKeys(s *Set) []ticket.Key {
+func haproxyKeys(s *Set) []ticket.Key {
 	prev := s.byRole(Previous)
 	var keys []ticket.Key
 	for i := len(prev) - 1; i >= 0; i-- {
@@ -31,17 +31,17 @@ func HAProxyKeys(s *Set) []ticket.Key {
 	} else {
 		keys = append(keys, s.filler(0))
 	}
-	for i := 1; len(keys) < HAProxyRingSize; i++ {
+	for i := 1; len(keys) < haproxyRingSize; i++ {
 		keys = append([]ticket.Key{s.filler(i)}, keys...)
 	}
 	return keys
 }
 
-// HAProxyFile returns the content of a tls-ticket-keys file for s: one
-// base64 line per 80-byte key (see HAProxyKey), in the order of HAProxyKeys.
-func HAProxyFile(s *Set) []byte {
+// haproxyFile returns the content of a tls-ticket-keys file for s: one
+// base64 line per 80-byte key (see HAProxyKey), in the order of haproxyKeys.
+func haproxyFile(s *Set) []byte {
 	var out []byte
-	for _, k := range HAProxyKeys(s) {
+	for _, k := range haproxyKeys(s) {
 		b := HAProxyKey(k)
 		out = base64.StdEncoding.AppendEncode(out, b[:])
 		out = append(out, '\n')
@@ -70,9 +70,9 @@ func (t *HAProxyTarget) String() string {
 // Export writes the file, then brings the running HAProxy's keys in line
 // with it.
 func (t *HAProxyTarget) Export(ctx context.Context, s *Set) error {
-	data := HAProxyFile(s)
+	data := haproxyFile(s)
 	defer clear(data)
-	if err := WriteFiles([]File{{Path: t.File, Data: data}}); err != nil {
+	if err := writeFiles([]file{{Path: t.File, Data: data}}); err != nil {
 		return fmt.Errorf("haproxy key file: %w", err)
 	}
 	if t.Socket == "" {

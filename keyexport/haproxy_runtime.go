@@ -13,13 +13,14 @@ import (
 	"time"
 )
 
-// DefaultRuntimeTimeout bounds one command to HAProxy's runtime API when the
+// defaultRuntimeTimeout bounds one command to HAProxy's runtime API when the
 // context has no earlier deadline.
-const DefaultRuntimeTimeout = 5 * time.Second
+const defaultRuntimeTimeout = 5 * time.Second
 
 // HAProxyRuntime talks to a running HAProxy's runtime API (its "stats
 // socket", which must be at level admin) about one tls-ticket-keys
-// reference.
+// reference. Each command it sends waits at most 5 seconds, or less if
+// its context ends sooner.
 type HAProxyRuntime struct {
 	// Socket is the runtime API's address: a Unix socket path, or host:port
 	// for a TCP socket.
@@ -38,7 +39,7 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultRuntimeTimeout)
+		ctx, cancel = context.WithTimeout(ctx, defaultRuntimeTimeout)
 		defer cancel()
 	}
 	var d net.Dialer
@@ -143,7 +144,7 @@ func (rt *HAProxyRuntime) Sync(ctx context.Context, s *Set) (int, error) {
 // haproxyWant returns the last n keys of s's tls-ticket-keys file, base64
 // encoded, padded in front with filler keys if s has fewer.
 func haproxyWant(s *Set, n int) []string {
-	keys := HAProxyKeys(s)
+	keys := haproxyKeys(s)
 	for i := len(keys); len(keys) < n; i++ {
 		keys = slices.Insert(keys, 0, s.filler(i))
 	}

@@ -9,16 +9,16 @@ import (
 	"time"
 )
 
-// JSONFormat is the value of the "format" member of the JSON key set file;
+// jsonSetFormat is the value of the "format" member of the JSON key set file;
 // a consumer should refuse any other.
-const JSONFormat = "tlsfarm-ticket-keys/v1"
+const jsonSetFormat = "tlsfarm-ticket-keys/v1"
 
 // JSONSet is the JSON key set file. Its keys are derived for the JSON format
 // and are 32 bytes long: a consumer uses them as they are (a Go server's
 // tls.Config.SetSessionTicketKeys) or derives its own from them. The file is
 // key material: anyone who reads it can decrypt the tickets of its keys.
 type JSONSet struct {
-	Format          string    `json:"format"`
+	Format          string    `json:"format"` // "tlsfarm-ticket-keys/v1"; refuse any other
 	Epoch           uint64    `json:"epoch"`
 	Rotated         time.Time `json:"rotated"`
 	IntervalSeconds float64   `json:"interval_seconds"`
@@ -36,10 +36,10 @@ type JSONKey struct {
 	DecryptsUntil time.Time `json:"decrypts_until"`
 }
 
-// JSONFile returns the JSON key set file for s.
-func JSONFile(s *Set) ([]byte, error) {
+// jsonFile returns the JSON key set file for s.
+func jsonFile(s *Set) ([]byte, error) {
 	out := JSONSet{
-		Format: JSONFormat, Epoch: s.Epoch, Rotated: s.Rotated.UTC(),
+		Format: jsonSetFormat, Epoch: s.Epoch, Rotated: s.Rotated.UTC(),
 		IntervalSeconds: s.Interval.Seconds(), Keep: s.Keep,
 	}
 	for _, k := range s.Keys {
@@ -65,14 +65,14 @@ type FileTarget struct {
 // String returns "file:" and the path.
 func (t *FileTarget) String() string { return "file:" + t.Path }
 
-// Export writes the file with WriteFiles.
+// Export writes the file with writeFiles.
 func (t *FileTarget) Export(_ context.Context, s *Set) error {
-	data, err := JSONFile(s)
+	data, err := jsonFile(s)
 	if err != nil {
 		return err
 	}
 	defer clear(data)
-	if err := WriteFiles([]File{{Path: t.Path, Data: data}}); err != nil {
+	if err := writeFiles([]file{{Path: t.Path, Data: data}}); err != nil {
 		return fmt.Errorf("key set file: %w", err)
 	}
 	return nil

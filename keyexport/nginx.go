@@ -19,11 +19,11 @@ func NginxFileCount(keep int) int { return keep + 2 }
 // the next key, then the previous keys.
 func NginxFileName(i int) string { return "ticket-" + strconv.Itoa(i) + ".key" }
 
-// NginxKeys returns the farm keys of s in the order of an nginx target's
+// nginxKeys returns the farm keys of s in the order of an nginx target's
 // files: Current (nginx encrypts with the first key it is given), Next,
 // then Previous newest first, padded with filler keys up to
 // NginxFileCount(s.Keep) so that the set of files never changes.
-func NginxKeys(s *Set) []ticket.Key {
+func nginxKeys(s *Set) []ticket.Key {
 	n := NginxFileCount(s.Keep)
 	keys := make([]ticket.Key, 0, n)
 	keys = append(keys, s.current().Key)
@@ -44,7 +44,7 @@ func NginxKeys(s *Set) []ticket.Key {
 }
 
 // An NginxTarget writes a Set as nginx's 80-byte ssl_session_ticket_key
-// files, one per key (see NginxKeys and NginxFileName), in Dir.
+// files, one per key (see nginxKeys and NginxFileName), in Dir.
 type NginxTarget struct {
 	Dir string
 }
@@ -52,13 +52,13 @@ type NginxTarget struct {
 // String returns "nginx:" and the directory.
 func (t *NginxTarget) String() string { return "nginx:" + t.Dir }
 
-// Export writes the Set's files with WriteFiles: all or none.
+// Export writes the Set's files with writeFiles: all or none.
 func (t *NginxTarget) Export(_ context.Context, s *Set) error {
-	keys := NginxKeys(s)
-	files := make([]File, len(keys))
+	keys := nginxKeys(s)
+	files := make([]file, len(keys))
 	for i, k := range keys {
 		b := NginxKey(k)
-		files[i] = File{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]}
+		files[i] = file{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]}
 	}
 	defer func() {
 		for _, f := range files {
@@ -66,15 +66,15 @@ func (t *NginxTarget) Export(_ context.Context, s *Set) error {
 		}
 		clear(keys)
 	}()
-	if err := WriteFiles(files); err != nil {
+	if err := writeFiles(files); err != nil {
 		return fmt.Errorf("nginx key files: %w", err)
 	}
 	return nil
 }
 
-// NginxConfig returns the ssl_session_ticket_key lines that make nginx read
+// nginxConfig returns the ssl_session_ticket_key lines that make nginx read
 // an nginx target's files in dir, for a farm that keeps keep previous keys.
-func NginxConfig(dir string, keep int) string {
+func nginxConfig(dir string, keep int) string {
 	var out string
 	for i := range NginxFileCount(keep) {
 		out += "ssl_session_ticket_key " + filepath.Join(dir, NginxFileName(i)) + ";\n"

@@ -40,9 +40,9 @@ type Set struct {
 	Keys     []SetKey      // Current, Next (if staged), Previous newest first
 }
 
-// NewSet returns the Set of the farm key set s, rotated every interval and
+// newSet returns the Set of the farm key set s, rotated every interval and
 // keeping keep previous keys. The Set holds copies of the keys.
-func NewSet(s ticket.State, interval time.Duration, keep int) (*Set, error) {
+func newSet(s ticket.State, interval time.Duration, keep int) (*Set, error) {
 	if s.Epoch == 0 {
 		return nil, errors.New("keyexport: epoch 0 is a node's own key set, not the farm's")
 	}
@@ -66,8 +66,8 @@ func NewSet(s ticket.State, interval time.Duration, keep int) (*Set, error) {
 	return set, nil
 }
 
-// Wipe overwrites the Set's keys with zeros.
-func (s *Set) Wipe() {
+// wipe overwrites the Set's keys with zeros.
+func (s *Set) wipe() {
 	for i := range s.Keys {
 		s.Keys[i].Key = ticket.Key{}
 	}
@@ -91,5 +91,5 @@ func (s *Set) byRole(r Role) []SetKey {
 // current key that no node ever encrypts with, for formats that need more
 // keys than the farm has yet (a new farm has no previous keys).
 func (s *Set) filler(i int) ticket.Key {
-	return ticket.Key(Derive(s.current().Key, "filler", strconv.Itoa(i), 32))
+	return ticket.Key(derive(s.current().Key, "filler", strconv.Itoa(i), 32))
 }

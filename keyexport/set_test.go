@@ -25,7 +25,7 @@ func testState(epoch uint64, prev int) ticket.State {
 
 func mustSet(t testing.TB, s ticket.State, keep int) *Set {
 	t.Helper()
-	set, err := NewSet(s, time.Hour, keep)
+	set, err := newSet(s, time.Hour, keep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,10 +44,10 @@ func TestNewSetRolesAndTimes(t *testing.T) {
 	if !slices.Equal(set.Keys, want) {
 		t.Errorf("keys:\n got %+v\nwant %+v", set.Keys, want)
 	}
-	if _, err := NewSet(testState(0, 0), time.Hour, 2); err == nil {
-		t.Error("NewSet took a ring's own epoch-0 key set")
+	if _, err := newSet(testState(0, 0), time.Hour, 2); err == nil {
+		t.Error("newSet took a ring's own epoch-0 key set")
 	}
-	set.Wipe()
+	set.wipe()
 	for _, k := range set.Keys {
 		if k.Key != (ticket.Key{}) {
 			t.Fatal("Wipe left a key")
@@ -70,7 +70,7 @@ func TestNginxKeysOrder(t *testing.T) {
 		{1, 1, []ticket.Key{testKey(10), testKey(20), testKey(30)}},
 	} {
 		set := mustSet(t, testState(3, tt.prev), tt.keep)
-		got := NginxKeys(set)
+		got := nginxKeys(set)
 		if len(got) != NginxFileCount(tt.keep) {
 			t.Fatalf("prev %d keep %d: %d keys, want %d", tt.prev, tt.keep, len(got), NginxFileCount(tt.keep))
 		}
@@ -91,7 +91,7 @@ func TestNginxKeysOrder(t *testing.T) {
 func TestHAProxyFileOrder(t *testing.T) {
 	for _, prev := range []int{0, 1, 2} {
 		set := mustSet(t, testState(3, prev), 2)
-		lines := strings.Split(strings.TrimSuffix(string(HAProxyFile(set)), "\n"), "\n")
+		lines := strings.Split(strings.TrimSuffix(string(haproxyFile(set)), "\n"), "\n")
 		if want := max(3, prev+2); len(lines) != want {
 			t.Fatalf("prev %d: %d lines, want %d", prev, len(lines), want)
 		}
@@ -116,7 +116,7 @@ func TestHAProxyFileOrder(t *testing.T) {
 
 func TestJSONFile(t *testing.T) {
 	set := mustSet(t, testState(9, 1), 2)
-	b, err := JSONFile(set)
+	b, err := jsonFile(set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestJSONFile(t *testing.T) {
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Format != JSONFormat || got.Epoch != 9 || got.Keep != 2 || got.IntervalSeconds != 3600 || len(got.Keys) != 3 {
+	if got.Format != jsonSetFormat || got.Epoch != 9 || got.Keep != 2 || got.IntervalSeconds != 3600 || len(got.Keys) != 3 {
 		t.Fatalf("file: %+v", got)
 	}
 	roles := []Role{Current, Next, Previous}
@@ -167,23 +167,23 @@ func FuzzSets(f *testing.F) {
 			s.Previous = append(s.Previous, testKey(byte(3+i)))
 		}
 		k := int(keep % 17)
-		set, err := NewSet(s, time.Minute, k)
+		set, err := newSet(s, time.Minute, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ng := NginxKeys(set)
+		ng := nginxKeys(set)
 		if len(ng) != k+2 || ng[0] != s.Current || len(distinct(ng)) != len(ng) {
 			t.Fatalf("nginx keys: %d keys, first %v", len(ng), ng[0])
 		}
-		hp := HAProxyKeys(set)
-		if len(hp) < HAProxyRingSize || hp[len(hp)-2] != s.Current || len(distinct(hp)) != len(hp) {
+		hp := haproxyKeys(set)
+		if len(hp) < haproxyRingSize || hp[len(hp)-2] != s.Current || len(distinct(hp)) != len(hp) {
 			t.Fatalf("haproxy keys: %d keys", len(hp))
 		}
 		want := haproxyWant(set, 5)
 		if len(want) != 5 {
 			t.Fatalf("haproxyWant gave %d keys, want 5", len(want))
 		}
-		if _, err := JSONFile(set); err != nil {
+		if _, err := jsonFile(set); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -104,15 +104,15 @@ func TestTargetsWrite(t *testing.T) {
 	if err := ng.Export(context.Background(), set); err != nil {
 		t.Fatal(err)
 	}
-	for i, k := range NginxKeys(set) {
+	for i, k := range nginxKeys(set) {
 		b, err := os.ReadFile(filepath.Join(dir, NginxFileName(i)))
 		want := NginxKey(k)
 		if err != nil || string(b) != string(want[:]) {
 			t.Errorf("file %d: %v, or not the nginx key", i, err)
 		}
 	}
-	if got := NginxConfig(dir, 2); strings.Count(got, "ssl_session_ticket_key ") != 4 {
-		t.Errorf("NginxConfig:\n%s", got)
+	if got := nginxConfig(dir, 2); strings.Count(got, "ssl_session_ticket_key ") != 4 {
+		t.Errorf("nginxConfig:\n%s", got)
 	}
 	hp := &HAProxyTarget{File: filepath.Join(dir, "haproxy.keys")}
 	js := &FileTarget{Path: filepath.Join(dir, "keys.json")}
@@ -121,7 +121,7 @@ func TestTargetsWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if b, _ := os.ReadFile(hp.File); string(b) != string(HAProxyFile(set)) {
-		t.Error("the HAProxy file differs from HAProxyFile")
+	if b, _ := os.ReadFile(hp.File); string(b) != string(haproxyFile(set)) {
+		t.Error("the HAProxy file differs from haproxyFile")
 	}
 }

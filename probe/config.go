@@ -32,10 +32,10 @@ const (
 	RequestRead = "read"
 )
 
-// Defaults for the zero values of [Config].
+// Defaults for the zero values of Config.
 const (
-	DefaultConnections = 100
-	DefaultTimeout     = 10 * time.Second
+	defaultConnections = 100
+	defaultTimeout     = 10 * time.Second
 )
 
 // A Config describes a probe run. Only Targets is required; the zero value
@@ -60,7 +60,7 @@ type Config struct {
 	// clients. Duration limits the run by time instead: connections start
 	// until Duration has passed, and those in flight then are completed.
 	// If both are set, the run stops at whichever limit comes first; if
-	// both are zero, Run makes DefaultConnections connections.
+	// both are zero, Run makes 100 connections.
 	Connections int
 	Duration    time.Duration
 
@@ -82,8 +82,7 @@ type Config struct {
 	RootCAs  *x509.CertPool
 
 	// Timeout bounds each connection, from the start of its dial to the
-	// arrival of the server's first bytes. If zero, DefaultTimeout is
-	// used.
+	// arrival of the server's first bytes (default 10s).
 	Timeout time.Duration
 
 	// Rate limits how many connections start per second, over all
@@ -161,7 +160,7 @@ func prepare(cfg Config) (*plan, error) {
 	case c.Duration < 0:
 		return nil, fmt.Errorf("probe: negative duration %v", c.Duration)
 	case c.Connections == 0 && c.Duration == 0:
-		c.Connections = DefaultConnections
+		c.Connections = defaultConnections
 	}
 	switch {
 	case c.Concurrency < 0:
@@ -178,7 +177,7 @@ func prepare(cfg Config) (*plan, error) {
 	case c.Timeout < 0:
 		return nil, fmt.Errorf("probe: negative timeout %v", c.Timeout)
 	case c.Timeout == 0:
-		c.Timeout = DefaultTimeout
+		c.Timeout = defaultTimeout
 	}
 	if c.Rate < 0 {
 		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)

@@ -43,7 +43,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		sni      = fs.String("sni", "", "server `name` to send and verify (default: the first target's host)")
 		insecure = fs.Bool("insecure", false, "do not verify the servers' certificates")
 		cacert   = fs.String("cacert", "", "PEM `file` of CA certificates to verify the servers with (default: the system's)")
-		timeout  = fs.Duration("timeout", DefaultTimeout, "limit for each connection, from dial to the server's first bytes")
+		timeout  = fs.Duration("timeout", defaultTimeout, "limit for each connection, from dial to the server's first bytes")
 		rate     = fs.Float64("rate", 0, "connections per second over all clients (0: as fast as possible)")
 		request  = fs.String("request", "GET /", "what to send after the handshake: a request line such as \"GET /\", or \"read\" (nothing, wait for the server) or \"none\" (close at once; TLS 1.3 cannot resume)")
 		asJSON   = fs.Bool("json", false, "print the report as JSON")
@@ -135,7 +135,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		err = rep.WriteJSON(stdout)
+		err = rep.writeJSON(stdout)
 	} else {
 		err = rep.WriteTable(stdout)
 	}

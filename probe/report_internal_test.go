@@ -93,8 +93,8 @@ func TestPrepareDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.cfg
-	if c.ServerName != "a.example" || c.Pick != PickRandom || c.Connections != DefaultConnections ||
-		c.Concurrency != 1 || c.Timeout != DefaultTimeout {
+	if c.ServerName != "a.example" || c.Pick != PickRandom || c.Connections != defaultConnections ||
+		c.Concurrency != 1 || c.Timeout != defaultTimeout {
 		t.Errorf("defaults: %+v", c)
 	}
 	want := []string{

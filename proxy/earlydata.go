@@ -22,14 +22,14 @@ type AntiReplay func(ctx context.Context, identity []byte, ttl time.Duration) (f
 
 // Defaults for the early data fields of Config.
 const (
-	// DefaultEarlyDataWindow is how old a session may be and still carry
+	// defaultEarlyDataWindow is how old a session may be and still carry
 	// early data.
-	DefaultEarlyDataWindow = 10 * time.Minute
-	// DefaultEarlyDataSkew is added to every strike register record, to
+	defaultEarlyDataWindow = 10 * time.Minute
+	// defaultEarlyDataSkew is added to every strike register record, to
 	// cover clock differences between servers.
-	DefaultEarlyDataSkew = 5 * time.Second
-	// DefaultAntiReplayTimeout bounds one AntiReplay call.
-	DefaultAntiReplayTimeout = time.Second
+	defaultEarlyDataSkew = 5 * time.Second
+	// defaultAntiReplayTimeout bounds one AntiReplay call.
+	defaultAntiReplayTimeout = time.Second
 )
 
 // extEarlyData is the TLS early_data extension's number (RFC 8446).
@@ -61,48 +61,40 @@ type quicState struct {
 
 type quicStateKey struct{}
 
-// admitEarlyData wraps the per-handshake configs of q.base so that a
-// session offered with early data keeps SessionState.EarlyData only if the
+// admitEarlyData makes the per-handshake config child keep
+// SessionState.EarlyData of a session offered with early data only if the
 // listener accepts early data, the session is young enough, and the
-// anti-replay decision says this is its first use. crypto/tls decides
-// early data with the first PSK identity only, from the EarlyData field of
-// the session UnwrapSession returns, before it checks the PSK binder; so
-// that is where the decision is made. Refusing early data never refuses
-// the session: the handshake resumes in 1-RTT.
-func (q *quicListener) admitEarlyData() {
-	inner := q.base.GetConfigForClient
-	q.base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		child, err := inner(hello)
-		if err != nil || child == nil {
-			return child, err
+// anti-replay decision says this is its first use. crypto/tls decides early
+// data with the first PSK identity only, from the EarlyData field of the
+// session UnwrapSession returns, before it checks the PSK binder; so that is
+// where the decision is made. Refusing early data never refuses the
+// session: the handshake resumes in 1-RTT.
+func (q *quicListener) admitEarlyData(hello *tls.ClientHelloInfo, child *tls.Config) {
+	ctx := hello.Context()
+	qs, _ := ctx.Value(quicStateKey{}).(*quicState)
+	offered := slices.Contains(hello.Extensions, extEarlyData)
+	if offered {
+		q.l.s.quic.offered.Add(1)
+		if qs != nil {
+			qs.offered.Store(true)
 		}
-		ctx := hello.Context()
-		qs, _ := ctx.Value(quicStateKey{}).(*quicState)
-		offered := slices.Contains(hello.Extensions, extEarlyData)
-		if offered {
-			q.l.s.quic.offered.Add(1)
+	}
+	unwrap := child.UnwrapSession
+	calls := 0
+	child.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, err := unwrap(identity, cs)
+		calls++
+		if err != nil || ss == nil || !ss.EarlyData || !offered || calls > 1 {
+			return ss, err
+		}
+		if r := q.admit(ctx, identity, ss); r != rejectNone {
+			ss.EarlyData = false
+			q.l.s.quic.rejected[r].Add(1)
 			if qs != nil {
-				qs.offered.Store(true)
+				qs.reason.Store(uint32(r))
 			}
 		}
-		unwrap := child.UnwrapSession
-		calls := 0
-		child.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-			ss, err := unwrap(identity, cs)
-			calls++
-			if err != nil || ss == nil || !ss.EarlyData || !offered || calls > 1 {
-				return ss, err
-			}
-			if r := q.admit(ctx, identity, ss); r != rejectNone {
-				ss.EarlyData = false
-				q.l.s.quic.rejected[r].Add(1)
-				if qs != nil {
-					qs.reason.Store(uint32(r))
-				}
-			}
-			return ss, nil
-		}
-		return child, nil
+		return ss, nil
 	}
 }
 
@@ -122,7 +114,7 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	}
 	// createdAt has a resolution of one second: round the age down.
 	ttl := s.earlyWindow - age + s.earlySkew + time.Second
-	ctx, cancel := context.WithTimeout(ctx, DefaultAntiReplayTimeout)
+	ctx, cancel := context.WithTimeout(ctx, defaultAntiReplayTimeout)
 	defer cancel()
 	fresh, err := s.antiReplay(ctx, identity, ttl)
 	switch {

@@ -55,7 +55,7 @@ func TestProxyProtocolNeedsTrustedRanges(t *testing.T) {
 
 // TestMissingProxyHeaderWarnsOncePerInterval makes handshakes without the
 // PROXY header the listener expects (a balancer missing send-proxy): one
-// warn line per WarnInterval, counting the failures it stands for, with a
+// warn line per warnInterval, counting the failures it stands for, with a
 // client address; each failure also has a debug line with the address.
 func TestMissingProxyHeaderWarnsOncePerInterval(t *testing.T) {
 	cert := mustSelfSigned(t, "localhost")
@@ -84,7 +84,7 @@ func TestMissingProxyHeaderWarnsOncePerInterval(t *testing.T) {
 	if d := logs.lines("level=DEBUG msg=\"handshake failed\""); len(d) != 20 || !strings.Contains(d[0], "client=127.0.0.1:") {
 		t.Fatalf("want 20 debug lines with the client address, got %d: %q", len(d), d)
 	}
-	skew.Add(int64(WarnInterval))
+	skew.Add(int64(warnInterval))
 	fail(1)
 	waitFor(t, func() bool { return len(logs.lines("level=WARN")) == 2 }, "no second warn line after the interval")
 	if w := logs.lines("level=WARN")[1]; !strings.Contains(w, "count=20 ") || !strings.Contains(w, "send-proxy") {

@@ -35,7 +35,7 @@ func (l *listener) handle(c *conn) {
 		l.passthrough(tc, r.tcp)
 		return
 	}
-	if !l.queue.push(tc) {
+	if !l.handoff.push(tc) {
 		tc.Close() // shutting down
 	}
 }

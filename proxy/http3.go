@@ -49,16 +49,12 @@ func (l *listener) newQUIC() *quicListener {
 	s := l.s
 	q := &quicListener{l: l, conns: map[*quic.Conn]struct{}{}}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
-	q.base = &tls.Config{
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			if c := l.route.Load().quic; c != nil {
-				return c, nil
-			}
-			return nil, errNoQUIC
-		},
-	}
-	s.cache.Configure(q.base)
-	q.admitEarlyData()
+	q.base = s.handshakeConfig(func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if c := l.route.Load().quic; c != nil {
+			return c, nil
+		}
+		return nil, errNoQUIC
+	}, q.admitEarlyData)
 	if s.ring != nil {
 		q.unreg = s.ring.Register(q.base)
 	}
@@ -320,11 +316,11 @@ func (s *Server) setQUIC(cfg Config) {
 	}
 	s.earlyWindow = cfg.EarlyDataWindow
 	if s.earlyWindow <= 0 {
-		s.earlyWindow = DefaultEarlyDataWindow
+		s.earlyWindow = defaultEarlyDataWindow
 	}
 	s.earlySkew = cfg.EarlyDataSkew
 	if s.earlySkew <= 0 {
-		s.earlySkew = DefaultEarlyDataSkew
+		s.earlySkew = defaultEarlyDataSkew
 	}
 	if cfg.QUICTokenKey != nil {
 		s.quicKeys.TokenKey = *cfg.QUICTokenKey

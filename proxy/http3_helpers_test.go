@@ -92,7 +92,7 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 		}
 		t.Cleanup(func() { tr.Close() })
 		node, err := farm.Join(context.Background(), farm.Config{
-			Farm: name, Node: "n" + string(rune('1'+i)), Secrets: []farm.Secret{secret},
+			Farm: name, NodeName: "n" + string(rune('1'+i)), Secrets: []farm.Secret{secret},
 			Cache: cache, Bus: tr, Store: tr, WriteThrough: true,
 			LookupTimeout:       2 * time.Second, // the strike's deadline; survives -race on a busy machine
 			WriteThroughTimeout: time.Second,

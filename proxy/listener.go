@@ -24,16 +24,16 @@ type listener struct {
 	unreg func()      // unregisters base from the ring
 	route atomic.Pointer[route]
 
-	ln    net.Listener
-	sem   chan struct{} // one slot per open connection, when bounded
-	http  *http.Server
-	queue *queue // handshaken HTTP connections, for http
+	ln      net.Listener
+	sem     chan struct{} // one slot per open connection, when bounded
+	http    *http.Server
+	handoff *handoffListener // handshaken HTTP connections, for http
 
 	quic *quicListener // with Listener.HTTP3
 }
 
 func (s *Server) newListener(cfg Listener) (*listener, error) {
-	l := &listener{s: s, address: cfg.Address, cfg: cfg, queue: newQueue()}
+	l := &listener{s: s, address: cfg.Address, cfg: cfg, handoff: newHandoffListener()}
 	if s.max > 0 {
 		l.sem = make(chan struct{}, s.max)
 	}
@@ -43,15 +43,9 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 	}
 	l.route.Store(r)
 
-	// Every handshake starts with base, which picks the current route's
-	// config; the cache's glue then clones that config per handshake.
-	l.base = &tls.Config{
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return l.route.Load().tls, nil
-		},
-	}
-	s.cache.Configure(l.base)
-	l.captureTickets()
+	l.base = s.handshakeConfig(func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return l.route.Load().tls, nil
+	}, l.captureTicket)
 	if s.ring != nil {
 		l.unreg = s.ring.Register(l.base)
 	}
@@ -68,26 +62,21 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 	return l, nil
 }
 
-// captureTickets wraps the per-handshake config made by the cache so that
-// the ticket issued on a connection is remembered on it, for
-// Config.ExposeSessionID. It costs nothing while that is off.
-func (l *listener) captureTickets() {
-	inner := l.base.GetConfigForClient
-	l.base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		child, err := inner(hello)
-		c, ok := hello.Conn.(*conn)
-		if err != nil || child == nil || !ok || !l.s.expose.Load() {
-			return child, err
+// captureTicket makes the per-handshake config child remember the ticket
+// issued on the connection, for Config.ExposeSessionID. It costs nothing
+// while that is off.
+func (l *listener) captureTicket(hello *tls.ClientHelloInfo, child *tls.Config) {
+	c, ok := hello.Conn.(*conn)
+	if !ok || !l.s.expose.Load() {
+		return
+	}
+	wrap := child.WrapSession
+	child.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		t, err := wrap(cs, ss)
+		if err == nil {
+			c.ticket.Store(&t)
 		}
-		wrap := child.WrapSession
-		child.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			t, err := wrap(cs, ss)
-			if err == nil {
-				c.ticket.Store(&t)
-			}
-			return t, err
-		}
-		return child, nil
+		return t, err
 	}
 }
 
@@ -119,7 +108,7 @@ func (l *listener) listen() error {
 	} else {
 		l.ln = ln
 	}
-	l.queue.addr = ln.Addr()
+	l.handoff.addr = ln.Addr()
 	if l.quic != nil {
 		if err := l.quic.listen(ln.Addr()); err != nil {
 			ln.Close()
@@ -173,7 +162,7 @@ func (l *listener) acceptLoop() {
 // serveHTTP serves the HTTP upstreams of the listener's connections.
 func (l *listener) serveHTTP() {
 	defer l.s.wg.Done()
-	l.http.Serve(l.queue)
+	l.http.Serve(l.handoff)
 }
 
 // release unregisters the listener's configs from the ring.

@@ -17,6 +17,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -282,7 +283,8 @@ func TestExposeSessionIDAndRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("session ID %q: %v", f.SessionID, err)
 	}
-	must(t, cache.Remove(id), "the exposed ID is not in the cache")
+	_, found := cache.Remove(id)
+	must(t, found, "the exposed ID is not in the cache")
 	f = getFacts(t, s.Addrs()[0], cfg)
 	must(t, !f.Resumed, "a revoked session resumed")
 }
@@ -350,11 +352,15 @@ func TestStatelessTicketsSurviveReload(t *testing.T) {
 	defer cache.Close()
 	cfg := client("localhost", cert)
 	getFacts(t, s.Addrs()[0], cfg)
-	must(t, cache.Stats().TicketsIssued == 1, "no stateless ticket issued: %+v", cache.Stats())
+	tickets := func(event string) float64 {
+		v, _ := metric.Value(cache.Metrics(), "tlsfarm_cache_tickets_total", "event", event)
+		return v
+	}
+	must(t, tickets("issued") == 1, "no stateless ticket issued: %v", cache.Metrics())
 	err := s.Reload(Config{Node: "test-node", Listeners: []Listener{{Certificates: []Certificate{{Certificate: cert}}, NextProtos: []string{"http/1.1"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := getFacts(t, s.Addrs()[0], cfg)
-	must(t, f.Resumed && cache.Stats().TicketsAccepted == 1, "stateless ticket after reload: %+v %+v", f, cache.Stats())
+	must(t, f.Resumed && tickets("accepted") == 1, "stateless ticket after reload: %+v %v", f, cache.Metrics())
 }

@@ -14,11 +14,11 @@ import (
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// Defaults for the fields of Config.
+// Defaults for the fields of Config, and the upstream dial timeout.
 const (
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultIdleTimeout      = 2 * time.Minute
-	DefaultDialTimeout      = 10 * time.Second
+	defaultHandshakeTimeout = 10 * time.Second
+	defaultIdleTimeout      = 2 * time.Minute
+	defaultDialTimeout      = 10 * time.Second
 )
 
 // A Config configures a Server. Cache is required; zero values elsewhere
@@ -37,13 +37,13 @@ type Config struct {
 	Listeners []Listener
 
 	// HandshakeTimeout bounds each handshake, PROXY header included
-	// (default DefaultHandshakeTimeout).
+	// (default 10s).
 	HandshakeTimeout time.Duration
 
 	// IdleTimeout closes a TCP passthrough connection on which nothing has
 	// moved either way for this long, and an HTTP connection that has
 	// waited this long for its next request or for a request's headers
-	// (default DefaultIdleTimeout). Reload does not change it.
+	// (default 2m). Reload does not change it.
 	IdleTimeout time.Duration
 
 	// MaxConnections bounds the open connections of each listener; at the
@@ -61,15 +61,15 @@ type Config struct {
 	// HTTP/3 (see Listener.HTTP3 and docs/quic.md).
 
 	// AntiReplay decides whether a session may carry 0-RTT early data on
-	// a listener with EarlyData (see AntiReplay); farm.Node.Strike decides
-	// for the whole farm. If nil, a register in this process's memory
+	// a listener with EarlyData (see AntiReplay), each call bounded by one
+	// second; farm.Node.Strike decides for the whole farm. If nil, a register in this process's memory
 	// decides, which is only right for a server that is alone.
 	AntiReplay AntiReplay
 
 	// EarlyDataWindow is how old a session may be (since its ticket was
-	// issued) and still carry early data (default DefaultEarlyDataWindow).
+	// issued) and still carry early data (default 10m).
 	// The anti-replay record of a session lasts until its window ends,
-	// plus EarlyDataSkew (default DefaultEarlyDataSkew) for the clock
+	// plus EarlyDataSkew (default 5s) for the clock
 	// differences between servers.
 	EarlyDataWindow, EarlyDataSkew time.Duration
 
@@ -102,7 +102,8 @@ type Listener struct {
 	NextProtos []string
 
 	// Upstream is "builtin" (or empty), an http:// or https:// URL, or
-	// tcp://host:port; see the package documentation.
+	// tcp://host:port; see the package documentation. Dialing it times out
+	// after 10 seconds.
 	Upstream string
 
 	// ProxyProtocol makes every connection start with a PROXY protocol
@@ -214,10 +215,10 @@ func New(cfg Config) (*Server, error) {
 
 func (cfg *Config) setDefaults() {
 	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+		cfg.HandshakeTimeout = defaultHandshakeTimeout
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
+		cfg.IdleTimeout = defaultIdleTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -303,7 +304,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if started {
 			l.ln.Close()
 		}
-		l.queue.Close()
+		l.handoff.Close()
 	}
 	var httpWG sync.WaitGroup
 	for _, l := range s.listeners {

@@ -16,7 +16,7 @@ import (
 func (l *listener) passthrough(tc *tls.Conn, target string) {
 	s := l.s
 	defer tc.Close()
-	up, err := net.DialTimeout("tcp", target, DefaultDialTimeout)
+	up, err := net.DialTimeout("tcp", target, defaultDialTimeout)
 	if err != nil {
 		s.stats.upstream.Add(1)
 		client := addrString(tc.RemoteAddr())

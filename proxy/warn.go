@@ -6,13 +6,13 @@ import (
 	"time"
 )
 
-// WarnInterval is the shortest time between two warn lines for one reason
+// warnInterval is the shortest time between two warn lines for one reason
 // of failure (a handshake failure reason, an upstream error, a sender the
 // PROXY protocol does not trust). Failures in between are counted into the
 // next line, so that a steady stream of them (a balancer missing
 // send-proxy, a dead upstream) shows at info level without flooding the
 // log.
-const WarnInterval = 10 * time.Second
+const warnInterval = 10 * time.Second
 
 // A warner writes rate-limited warn lines, one reason at a time.
 type warner struct {
@@ -30,7 +30,7 @@ type warnState struct {
 }
 
 func newWarner(log *slog.Logger) *warner {
-	return &warner{log: log, every: WarnInterval, now: time.Now, reasons: map[string]*warnState{}}
+	return &warner{log: log, every: warnInterval, now: time.Now, reasons: map[string]*warnState{}}
 }
 
 // note counts one failure for reason, and writes msg at warn level if no

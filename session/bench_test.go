@@ -64,9 +64,11 @@ func BenchmarkCheckID(b *testing.B) {
 func BenchmarkUnwrapForged(b *testing.B) {
 	c := newCache(b, nil)
 	id := tamper(c.NewID())
+	cfg := &tls.Config{}
+	c.Install(cfg)
 	b.ReportAllocs()
 	for b.Loop() {
-		c.UnwrapSession(id[:], tls.ConnectionState{})
+		cfg.UnwrapSession(id[:], tls.ConnectionState{})
 	}
 }
 
@@ -210,14 +212,14 @@ func BenchmarkHandshake(b *testing.B) {
 		{"stateful", func() (*tls.Config, func(*tls.Conn)) {
 			c := newCache(b, &session.Config{SweepInterval: -1})
 			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-			c.Configure(cfg)
+			c.Install(cfg)
 			return cfg, c.HandshakeComplete
 		}},
 		{"stateless-glue", func() (*tls.Config, func(*tls.Conn)) {
 			c := newCache(b, &session.Config{SweepInterval: -1, Mode: session.Stateless})
 			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 			cfg.SetSessionTicketKeys([][32]byte{{1}})
-			c.Configure(cfg)
+			c.Install(cfg)
 			return cfg, c.HandshakeComplete
 		}},
 	}
@@ -316,7 +318,7 @@ func BenchmarkPerHandshakeConfig(b *testing.B) {
 	cert, _ := tlstest.SharedCert()
 	c := newCache(b, &session.Config{SweepInterval: -1})
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-	c.Configure(cfg)
+	c.Install(cfg)
 	hello := &tls.ClientHelloInfo{ServerName: "localhost"}
 	b.ReportAllocs()
 	for b.Loop() {

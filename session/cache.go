@@ -1,7 +1,6 @@
 package session
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,16 +16,21 @@ import (
 
 // Errors returned by Cache.Insert.
 var (
-	ErrForgedID   = errors.New("session: ID is not authenticated by any ID key")
-	ErrExpired    = errors.New("session: record has already expired")
-	ErrRevoked    = errors.New("session: record belongs to a revoked chain")
-	ErrEmptyState = errors.New("session: record has no session state")
-	ErrStateLen   = errors.New("session: session state is longer than Config.MaxStateLen")
+	ErrForgedID = errors.New("session: ID is not authenticated by any ID key")
+	ErrExpired  = errors.New("session: record has already expired")
+	ErrRevoked  = errors.New("session: record belongs to a revoked chain")
 
-	// ErrServerNameLen is returned by Insert for a record whose server
-	// name is longer than MaxServerNameLen, which no record's binary form
-	// holds.
-	ErrServerNameLen = errors.New("session: server name is longer than MaxServerNameLen")
+	// ErrInvalidRecord is returned, wrapped with what is wrong, for a
+	// record the cache cannot hold: one without state, one whose state is
+	// longer than Config.MaxStateLen, and one whose server name is longer
+	// than MaxServerNameLen (which no record's binary form holds).
+	ErrInvalidRecord = errors.New("session: invalid record")
+)
+
+var (
+	errEmptyState    = fmt.Errorf("%w: no session state", ErrInvalidRecord)
+	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", ErrInvalidRecord)
+	errServerNameLen = fmt.Errorf("%w: server name is longer than MaxServerNameLen", ErrInvalidRecord)
 )
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -43,12 +47,13 @@ type Cache struct {
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
 
-	loader  atomic.Pointer[loader]
+	farm    atomic.Pointer[farmBox]
 	tomb    tombstones
 	pending sync.Map // net.Conn -> *claim, for SingleUse
 	life    lifecycle
 
 	panicLogged atomic.Bool
+	reported    atomic.Bool // the server calls HandshakeComplete
 	ctr         counters
 
 	stop      chan struct{}
@@ -75,7 +80,8 @@ type entry struct {
 }
 
 // New returns a cache configured by cfg, which may be nil for all defaults.
-// It returns an error only for an invalid ID key set.
+// It returns an error only for an unknown Config.Mode. The cache mints and
+// checks IDs under a random key of its own until SetIDKeys gives it others.
 func New(cfg *Config) (*Cache, error) {
 	var c Cache
 	if cfg != nil {
@@ -83,32 +89,29 @@ func New(cfg *Config) (*Cache, error) {
 	}
 	cf := &c.cfg
 	if cf.Capacity <= 0 {
-		cf.Capacity = DefaultCapacity
+		cf.Capacity = defaultCapacity
 	}
 	if cf.Buckets <= 0 {
-		cf.Buckets = DefaultBuckets
+		cf.Buckets = defaultBuckets
 	}
 	cf.Buckets = 1 << bits.Len(uint(cf.Buckets-1))
 	if cf.Buckets > cf.Capacity {
 		cf.Buckets = 1 << (bits.Len(uint(cf.Capacity)) - 1)
 	}
 	if cf.Lifetime <= 0 {
-		cf.Lifetime = DefaultLifetime
+		cf.Lifetime = defaultLifetime
 	}
 	if cf.MaxChainLifetime <= 0 {
-		cf.MaxChainLifetime = DefaultMaxChainLifetime
+		cf.MaxChainLifetime = defaultMaxChainLifetime
 	}
 	if cf.ResumeGrace == 0 {
-		cf.ResumeGrace = DefaultResumeGrace
+		cf.ResumeGrace = defaultResumeGrace
 	}
 	if cf.SweepInterval == 0 {
-		cf.SweepInterval = DefaultSweepInterval
-	}
-	if cf.LoaderTimeout <= 0 {
-		cf.LoaderTimeout = DefaultLoaderTimeout
+		cf.SweepInterval = defaultSweepInterval
 	}
 	if cf.MaxStateLen <= 0 {
-		cf.MaxStateLen = DefaultMaxStateLen
+		cf.MaxStateLen = defaultMaxStateLen
 	}
 	if cf.Logger == nil {
 		cf.Logger = slog.Default()
@@ -120,19 +123,11 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
 	}
-	keys := cf.IDKeys
-	if len(keys) == 0 {
-		keys = []IDKey{randomIDKey()}
-	}
-	k, err := newIDKeys(keys)
+	k, err := newIDKeys([]IDKey{randomIDKey()})
 	if err != nil {
 		return nil, err
 	}
-	cf.IDKeys = nil // the cache keeps only the AES schedules
 	c.keys.Store(k)
-	if cf.Loader != nil {
-		c.loader.Store(&loader{fn: cf.Loader, timeout: cf.LoaderTimeout})
-	}
 
 	c.seed = maphash.MakeSeed()
 	c.mask = uint64(cf.Buckets - 1)
@@ -149,6 +144,11 @@ func New(cfg *Config) (*Cache, error) {
 	return &c, nil
 }
 
+// Config returns the cache's configuration, its zero fields replaced by
+// their defaults. A farm reads what it must do alike from it, such as
+// ResumeGrace and SingleUse.
+func (c *Cache) Config() Config { return c.cfg }
+
 // Close stops the background sweep and the coarse clock. The cache stays
 // usable: after Close it reads the time with Config.Now on every call.
 func (c *Cache) Close() error {
@@ -156,30 +156,6 @@ func (c *Cache) Close() error {
 	<-c.done
 	return nil
 }
-
-// SetLoader installs (or, with a nil fn, removes) the function asked for
-// sessions that are not in the cache, as Config.Loader and
-// Config.LoaderTimeout do (a timeout of 0 means DefaultLoaderTimeout). A
-// plugin that joins a farm after the cache was made uses it.
-func (c *Cache) SetLoader(fn func(ctx context.Context, id ID) (*Record, error), timeout time.Duration) {
-	if fn == nil {
-		c.loader.Store(nil)
-		return
-	}
-	if timeout <= 0 {
-		timeout = DefaultLoaderTimeout
-	}
-	c.loader.Store(&loader{fn: fn, timeout: timeout})
-}
-
-type loader struct {
-	fn      func(ctx context.Context, id ID) (*Record, error)
-	timeout time.Duration
-}
-
-// MaxChainLifetime returns the cache's Config.MaxChainLifetime, after
-// defaults: a revoked chain is remembered until its start plus this.
-func (c *Cache) MaxChainLifetime() time.Duration { return c.cfg.MaxChainLifetime }
 
 func (c *Cache) bucket(id *ID) *bucket {
 	return &c.buckets[maphash.Bytes(c.seed, id[:])&c.mask]
@@ -197,15 +173,6 @@ func (c *Cache) nowNano() int64 {
 		return v
 	}
 	return c.cfg.Now().UnixNano()
-}
-
-// Lookup returns the record of the session id, firing EventGet with
-// OriginAPI. The record's State is shared with the cache and must not be
-// modified.
-func (c *Cache) Lookup(id ID) (Record, bool) {
-	var r Record
-	ok := c.get(&id, OriginAPI, func(e *entry) { r = e.record() })
-	return r, ok
 }
 
 // Get returns the session id as a new tls.SessionState that the caller owns,
@@ -295,14 +262,14 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		return ErrForgedID
 	}
 	if len(r.State) == 0 {
-		return ErrEmptyState
+		return errEmptyState
 	}
 	if len(r.State) > c.cfg.MaxStateLen {
 		c.ctr.oversized.Add(1)
-		return ErrStateLen
+		return errStateLen
 	}
 	if len(r.ServerName) > MaxServerNameLen {
-		return ErrServerNameLen
+		return errServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{
@@ -426,7 +393,7 @@ func (c *Cache) Sweep() int {
 	c.tomb.sweep(now)
 	c.sweepPending(now)
 	c.sweepLifecycle(now)
-	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginAPI)
+	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginSweep)
 }
 
 // background advances the coarse clock and runs the periodic sweep.

@@ -1,67 +1,62 @@
 package session
 
 import (
-	"context"
 	"log/slog"
 	"time"
 )
 
-// Defaults for the fields of Config. The cache geometry follows Apache Traffic
-// Server's proxy.config.ssl.session_cache.size and .num_buckets.
+// Defaults for the fields of Config, as its field comments state them. The
+// cache geometry follows Apache Traffic Server's
+// proxy.config.ssl.session_cache.size and .num_buckets.
 const (
-	DefaultCapacity         = 102400
-	DefaultBuckets          = 256
-	DefaultLifetime         = 2 * time.Hour
-	DefaultMaxChainLifetime = 24 * time.Hour
-	DefaultResumeGrace      = 30 * time.Second
-	DefaultSweepInterval    = time.Minute
-	DefaultLoaderTimeout    = 5 * time.Millisecond
-	DefaultMaxStateLen      = 16 << 10
+	defaultCapacity         = 102400
+	defaultBuckets          = 256
+	defaultLifetime         = 2 * time.Hour
+	defaultMaxChainLifetime = 24 * time.Hour
+	defaultResumeGrace      = 30 * time.Second
+	defaultSweepInterval    = time.Minute
+	defaultLoadTimeout      = 5 * time.Millisecond
+	defaultMaxStateLen      = 16 << 10
 )
 
 // A Config configures a Cache. The zero value is valid: every zero field means
 // its default, so a Config need only name what differs.
 type Config struct {
-	// Capacity is the most sessions the cache holds (default DefaultCapacity).
+	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of
 	// the bucket it inserts into: eviction is least-recently-used within a
 	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
 	// Buckets is the number of independently locked buckets, rounded up to a
-	// power of two (default DefaultBuckets). A bucket is chosen by a hash of
+	// power of two (default 256). A bucket is chosen by a hash of
 	// the whole ID under a seed drawn when the cache is made.
 	Buckets int
 
 	// Lifetime is how long a session can be resumed after its ticket was
-	// issued (default DefaultLifetime).
+	// issued (default 2 hours).
 	Lifetime time.Duration
 
 	// MaxChainLifetime bounds a resumption chain: a session resumed from a
 	// session resumed from a full handshake, and so on, is refused once the
 	// full handshake that began the chain is older than this (default
-	// DefaultMaxChainLifetime). This bounds how long one master secret
+	// 24 hours). This bounds how long one master secret
 	// lineage lives; crypto/tls resets its own creation time on every TLS
 	// 1.3 ticket and so does not.
 	MaxChainLifetime time.Duration
 
 	// ResumeGrace is how long a session stays resumable after a handshake
-	// resumed it and was issued its successor (default DefaultResumeGrace).
+	// resumed it and was issued its successor (default 30 seconds).
 	// It keeps the cache near one session per active client. A negative
 	// value leaves resumed sessions to their full Lifetime. Shortening needs
-	// the per-handshake link installed by Configure.
+	// the per-handshake link made by Cache.Install.
 	ResumeGrace time.Duration
 
 	// SweepInterval is how often a background sweep removes expired
-	// sessions (default DefaultSweepInterval; negative disables the sweep,
+	// sessions (default one minute; negative disables the sweep,
 	// and Sweep may be called directly). Expired sessions are never returned
 	// whether or not they have been swept.
 	SweepInterval time.Duration
-
-	// IDKeys authenticate session IDs: the first mints new IDs, all verify.
-	// Nodes of a farm share them. If empty, the cache draws a random key and
-	// its IDs are valid in this process only.
-	IDKeys []IDKey
 
 	// Mode selects the kind of ticket issued and accepted by the crypto/tls
 	// glue (default Stateful).
@@ -73,24 +68,15 @@ type Config struct {
 	// hosts is a known attack surface.
 	AllowServerNameMismatch bool
 
-	// SingleUse retires a session once a handshake that resumed it has
-	// completed, which is reported by HandshakeComplete. Lookups alone never
-	// retire a session: they happen before the client has proved it holds
-	// the session's secret.
+	// SingleUse makes a session resume once: it is retired when a
+	// handshake that resumed it completes (see HandshakeComplete), across
+	// a farm the cache joined. Finding a session alone never retires it:
+	// that happens before the client has proved it holds the session's
+	// secret.
 	SingleUse bool
 
-	// Loader, if set, is asked for a session that a client presented and
-	// that is not in the cache (for example, a farm's shared store). It is
-	// called only for authenticated IDs, with a context that expires after
-	// LoaderTimeout. It returns (nil, nil) when it has no such session. A
-	// record it returns is inserted with OriginLoader.
-	Loader func(ctx context.Context, id ID) (*Record, error)
-
-	// LoaderTimeout bounds each call of Loader (default DefaultLoaderTimeout).
-	LoaderTimeout time.Duration
-
 	// MaxStateLen is the largest serialized session state the cache takes
-	// (default DefaultMaxStateLen). Larger ones are refused with an error
+	// (default 16 KiB). Larger ones are refused with an error
 	// and counted, never silently dropped.
 	MaxStateLen int
 

@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log"
@@ -32,7 +33,7 @@ func Example() {
 
 	cert, pool := tlstest.SharedCert()
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 
 	// With net/http: srv := &http.Server{TLSConfig: cfg}.
 	client := &tls.Config{RootCAs: pool, ServerName: "localhost",
@@ -71,13 +72,15 @@ func ExampleCache_GetBuffer() {
 	// Output: true 100 100
 }
 
-// ExampleCache_HandshakeComplete retires single-use sessions once a
-// handshake that resumed them has completed.
+// ExampleCache_HandshakeComplete reports completed handshakes to a
+// single-use cache, so that a session is retired as soon as a handshake that
+// resumed it completes, and a handshake that fails late gives its session
+// back. (Without the call, single use still holds: see HandshakeComplete.)
 func ExampleCache_HandshakeComplete() {
 	cache, _ := session.New(&session.Config{SingleUse: true})
 	defer cache.Close()
 	cfg := &tls.Config{}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	srv := &http.Server{
 		TLSConfig: cfg,
 		ConnState: func(c net.Conn, state http.ConnState) {
@@ -95,6 +98,76 @@ func ExampleCache_Remove() {
 	defer cache.Close()
 	id := cache.NewID()
 	cache.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
-	fmt.Println(cache.Remove(id), cache.Len())
+	_, removed := cache.Remove(id)
+	fmt.Println(removed, cache.Len())
 	// Output: true 0
+}
+
+// ExampleCache_Join shares sessions between two servers: b asks a farm for
+// the sessions it does not hold, here a Farm that looks them up in a's
+// cache, as a farm's shared store would answer.
+func ExampleCache_Join() {
+	// The servers of a farm share their ID keys (package farm derives them
+	// from the farm's secret), so that each accepts the IDs the others mint.
+	key := session.IDKey{ID: 1, Key: [32]byte{1}}
+	a, _ := session.New(nil)
+	b, _ := session.New(nil)
+	defer a.Close()
+	defer b.Close()
+	a.SetIDKeys(key)
+	b.SetIDKeys(key)
+	leave := b.Join(otherCache{a}, 0)
+	defer leave()
+
+	cert, pool := tlstest.SharedCert()
+	cfgA := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfgB := &tls.Config{Certificates: []tls.Certificate{cert}}
+	a.Install(cfgA)
+	b.Install(cfgB)
+	client := &tls.Config{RootCAs: pool, ServerName: "localhost",
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	if _, err := tlstest.PipeHandshake(cfgA, client, nil); err != nil {
+		log.Fatal(err)
+	}
+	cs, err := tlstest.PipeHandshake(cfgB, client, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("resumed on b:", cs.DidResume)
+	// Output: resumed on b: true
+}
+
+// otherCache is a Farm that finds sessions in another server's cache.
+type otherCache struct{ c *session.Cache }
+
+func (o otherCache) Load(_ context.Context, id session.ID) (*session.Record, error) {
+	for got, r := range o.c.Snapshot(-1) {
+		if got == id {
+			return &r, nil
+		}
+	}
+	return nil, nil
+}
+
+func (otherCache) Claim(context.Context, session.ID) (bool, error) { return true, nil }
+func (otherCache) Release(session.ID, session.Record)              {}
+
+// ExampleCache_Metrics reads the cache's counters as the admin API exports
+// them.
+func ExampleCache_Metrics() {
+	cache, _ := session.New(nil)
+	defer cache.Close()
+	id := cache.NewID()
+	cache.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
+	cache.GetBuffer(id, nil)
+	cache.GetBuffer(cache.NewID(), nil)
+	for _, s := range cache.Metrics() {
+		if s.Name == "tlsfarm_cache_lookups_total" || s.Name == "tlsfarm_cache_sessions" {
+			fmt.Println(s)
+		}
+	}
+	// Output:
+	// tlsfarm_cache_sessions 1
+	// tlsfarm_cache_lookups_total{result="hit"} 1
+	// tlsfarm_cache_lookups_total{result="miss"} 1
 }

@@ -23,6 +23,7 @@ const (
 	EventAll = EventNew | EventGet | EventRemove
 )
 
+// String returns "new", "get" or "remove".
 func (k EventKind) String() string {
 	switch k {
 	case EventNew:
@@ -41,16 +42,19 @@ type Origin uint8
 const (
 	// OriginHandshake: a TLS handshake on this server.
 	OriginHandshake Origin = iota
-	// OriginAPI: a call of the cache's API, such as Insert or Remove, or the
-	// background sweep.
+	// OriginAPI: a call of the cache's API, such as Insert or Remove.
 	OriginAPI
 	// OriginPeer: a call of the API on behalf of another server of the
 	// farm. Plugins that share sessions do not send these back out.
 	OriginPeer
-	// OriginLoader: a session returned by Config.Loader on a miss.
+	// OriginLoader: a session returned by the farm (Farm.Load) on a miss.
 	OriginLoader
+	// OriginSweep: the sweep of expired sessions (Sweep, and the background
+	// sweep every Config.SweepInterval).
+	OriginSweep
 )
 
+// String returns "handshake", "api", "peer", "loader" or "sweep".
 func (o Origin) String() string {
 	switch o {
 	case OriginHandshake:
@@ -61,6 +65,8 @@ func (o Origin) String() string {
 		return "peer"
 	case OriginLoader:
 		return "loader"
+	case OriginSweep:
+		return "sweep"
 	}
 	return fmt.Sprintf("Origin(%d)", uint8(o))
 }
@@ -81,6 +87,7 @@ const (
 	numReasons
 )
 
+// String returns "removed", "expired", "evicted" or "retired".
 func (r RemoveReason) String() string {
 	switch r {
 	case Removed:
@@ -99,9 +106,9 @@ func (r RemoveReason) String() string {
 // hooks by value; its Record shares State with the cache, which a hook must
 // not modify (it may keep it: the cache never modifies a State).
 type Event struct {
-	Kind   EventKind
-	ID     ID
-	Origin Origin
+	Kind   EventKind // what happened
+	ID     ID        // the session it happened to
+	Origin Origin    // what caused it
 
 	// Reason is why the session left the cache (EventRemove only).
 	Reason RemoveReason
@@ -118,23 +125,22 @@ type Event struct {
 	Record Record
 }
 
-// A Hook is called synchronously, in registration order, on the goroutine
+type hook struct {
+	kinds EventKind
+	fn    func(Event)
+}
+
+// AddHook registers the hook h for the kinds of event given (EventAll for
+// all) and returns a function that unregisters it. Unregistering is
+// idempotent, and takes effect for events that start after it returns.
+//
+// Hooks are called synchronously, in registration order, on the goroutine
 // that caused the event, after the cache has released its locks: a hook may
 // call the cache. A hook that blocks holds up that goroutine, which may be a
 // TLS handshake: hooks that do I/O hand the event to a goroutine of their
 // own. A hook that panics is recovered and counted, and the first panic is
 // logged.
-type Hook func(Event)
-
-type hook struct {
-	kinds EventKind
-	fn    Hook
-}
-
-// AddHook registers h for the kinds of event given (EventAll for all) and
-// returns a function that unregisters it. Unregistering is idempotent, and
-// takes effect for events that start after it returns.
-func (c *Cache) AddHook(kinds EventKind, h Hook) (remove func()) {
+func (c *Cache) AddHook(kinds EventKind, h func(Event)) (remove func()) {
 	if h == nil || kinds&EventAll == 0 {
 		panic("session: AddHook with a nil hook or no event kinds")
 	}

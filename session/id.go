@@ -39,9 +39,6 @@ type ID [IDLen]byte
 // String returns the ID in lower-case hexadecimal.
 func (id ID) String() string { return hex.EncodeToString(id[:]) }
 
-// KeyID returns the ID of the IDKey that authenticated id.
-func (id ID) KeyID() uint8 { return id[1] }
-
 // ParseID decodes the hexadecimal form produced by ID.String. It checks the
 // length and the format version only; use Cache.CheckID to authenticate the
 // result.
@@ -64,8 +61,8 @@ func ParseID(s string) (ID, error) {
 // minted by the others. The ID field is carried in every ID so that keys can
 // be rotated: a cache mints with its first key and accepts all of them.
 type IDKey struct {
-	ID  uint8
-	Key [32]byte
+	ID  uint8    // carried in byte 1 of every ID the key authenticates
+	Key [32]byte // an AES-256 key
 }
 
 // idKeys is an immutable set of ID keys, replaced as a whole on rotation.

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"iter"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -9,8 +10,6 @@ import (
 
 // lifecycle is the cache's state for single use and bounded children.
 type lifecycle struct {
-	claimer atomic.Pointer[claimerBox]
-
 	mu     sync.Mutex
 	claims map[ID]*claim    // single-use sessions held by a handshake in progress
 	kids   map[ID]childLink // parent -> its live child, while the parent is in its grace
@@ -29,14 +28,6 @@ type childLink struct {
 	local   bool  // child was issued by a handshake on this server
 }
 
-// SingleUse reports whether the cache retires sessions once resumed
-// (Config.SingleUse).
-func (c *Cache) SingleUse() bool { return c.cfg.SingleUse }
-
-// ResumeGrace returns the cache's Config.ResumeGrace after defaults; a
-// negative value means resumed sessions keep their lifetime.
-func (c *Cache) ResumeGrace() time.Duration { return c.cfg.ResumeGrace }
-
 // Retire removes the single session id (not its chain), firing EventRemove
 // with Retired and the given origin, and reports whether it was cached. A
 // farm calls it, with OriginPeer, when another server retired the session
@@ -46,48 +37,58 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 }
 
 // Cut brings the expiry of the session id forward to until, if it is
-// later, and reports whether the session is cached. A farm calls it when
-// another server cut the session to its resumption grace.
-func (c *Cache) Cut(id ID, until time.Time) bool {
+// later, and returns the session's record as cut and whether the session is
+// cached. A farm calls it when another server cut the session to its
+// resumption grace, and when it writes the cut session to its store.
+func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b := c.bucket(&id)
 	u := until.UnixNano()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	e := b.m[id]
-	if e != nil && e.expires > u {
+	if e == nil {
+		return Record{}, false
+	}
+	if e.expires > u {
 		e.expires = u
 	}
-	b.mu.Unlock()
-	return e != nil
+	return e.record(), true
 }
 
-// Snapshot returns up to max live sessions of the cache, newest (latest
-// expiry) first, each with its ID. A farm uses it to write sessions back to a
-// store that lost its data. It visits every bucket.
-func (c *Cache) Snapshot(max int) []Entry {
+// Snapshot returns an iterator over up to max live sessions of the cache
+// (all of them if max is negative), newest (latest expiry) first: their IDs
+// and records, as the cache held them when Snapshot was called. A farm uses
+// it to write sessions back to a store that lost its data. It visits every
+// bucket.
+func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	now := c.nowNano()
-	var out []Entry
+	type entry struct {
+		id ID
+		r  Record
+	}
+	var out []entry
 	for i := range c.buckets {
 		b := &c.buckets[i]
 		b.mu.Lock()
 		for e := b.root.next; e != &b.root; e = e.next {
 			if e.expires > now {
-				out = append(out, Entry{ID: e.id, Record: e.record()})
+				out = append(out, entry{e.id, e.record()})
 			}
 		}
 		b.mu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b Entry) int { return b.Record.Expires.Compare(a.Record.Expires) })
+	slices.SortFunc(out, func(a, b entry) int { return b.r.Expires.Compare(a.r.Expires) })
 	if max >= 0 && len(out) > max {
 		clear(out[max:])
 		out = out[:max]
 	}
-	return out
-}
-
-// An Entry is a session and its ID, as returned by Snapshot.
-type Entry struct {
-	ID     ID
-	Record Record
+	return func(yield func(ID, Record) bool) {
+		for _, e := range out {
+			if !yield(e.id, e.r) {
+				return
+			}
+		}
+	}
 }
 
 // linkChild records child as the live child of parent (cut to end its grace

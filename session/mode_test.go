@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"testing"
@@ -12,26 +13,31 @@ import (
 
 // modeServer is a server in the given mode whose ticket keys and ID keys are
 // shared with the other servers of a test.
-func modeServer(t *testing.T, mode session.Mode, cc session.Config) *farmServer {
+func modeServer(t *testing.T, mode session.Mode, cc session.Config, farm session.Farm) *farmServer {
 	t.Helper()
 	cert, pool := tlstest.SharedCert()
 	cc.Mode = mode
-	cc.IDKeys = []session.IDKey{{ID: 1, Key: [32]byte{9}}}
 	cache, err := session.New(&cc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := cache.SetIDKeys(session.IDKey{ID: 1, Key: [32]byte{9}}); err != nil {
+		t.Fatal(err)
+	}
+	if farm != nil {
+		cache.Join(farm, 0)
+	}
 	t.Cleanup(func() { cache.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 	cfg.SetSessionTicketKeys([][32]byte{{1, 2, 3}})
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	return &farmServer{cache: cache, srv: tlstest.Serve(t, mode.String(), cfg, cache.HandshakeComplete), pool: pool, cfg: cfg}
 }
 
 func TestStatelessMode(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			s := modeServer(t, session.Stateless, session.Config{})
+			s := modeServer(t, session.Stateless, session.Config{}, nil)
 			ccfg := s.client(tv.v, "a.example", tls.NewLRUClientSessionCache(4))
 			tlstest.MustDial(t, s.srv.Addr, ccfg)
 			for i := range 2 {
@@ -39,7 +45,7 @@ func TestStatelessMode(t *testing.T) {
 					t.Fatalf("stateless resumption %d failed", i)
 				}
 			}
-			st := s.cache.Stats()
+			st := stats(s.cache)
 			if st.TicketsIssued != 3 || st.TicketsAccepted != 2 || st.Size != 0 {
 				t.Fatalf("issued %d, accepted %d, cached %d; want 3, 2, 0", st.TicketsIssued, st.TicketsAccepted, st.Size)
 			}
@@ -49,7 +55,7 @@ func TestStatelessMode(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "b.example", frozen)).DidResume {
 				t.Fatal("stateless ticket for a.example resumed under b.example")
 			}
-			if s.cache.Stats().RefusedServerName != 1 {
+			if stats(s.cache).RefusedServerName != 1 {
 				t.Fatal("refusal not counted")
 			}
 		})
@@ -61,12 +67,10 @@ func TestStatelessMode(t *testing.T) {
 func TestModeSwitchWithoutCliff(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			stateful := modeServer(t, session.Stateful, session.Config{})
-			mixed := modeServer(t, session.Mixed, session.Config{
-				// Share the stateful server's sessions, as a farm would.
-				Loader: loaderFrom(stateful.cache),
-			})
-			stateless := modeServer(t, session.Stateless, session.Config{})
+			stateful := modeServer(t, session.Stateful, session.Config{}, nil)
+			// Share the stateful server's sessions, as a farm would.
+			mixed := modeServer(t, session.Mixed, session.Config{}, loaderFrom(stateful.cache))
+			stateless := modeServer(t, session.Stateless, session.Config{}, nil)
 
 			// A session ID issued before the switch resumes on a mixed server.
 			idClient := &tlstest.FrozenCache{}
@@ -94,7 +98,7 @@ func TestStatelessLifetimes(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			clk := newClock()
-			s := modeServer(t, session.Stateless, session.Config{Now: clk.Now, Lifetime: time.Hour, MaxChainLifetime: 90 * time.Minute})
+			s := modeServer(t, session.Stateless, session.Config{Now: clk.Now, Lifetime: time.Hour, MaxChainLifetime: 90 * time.Minute}, nil)
 			lru := tls.NewLRUClientSessionCache(4)
 			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru))
 			clk.Advance(50 * time.Minute)
@@ -105,7 +109,7 @@ func TestStatelessLifetimes(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", lru)).DidResume {
 				t.Fatal("stateless chain resumed past MaxChainLifetime")
 			}
-			if n := s.cache.Stats().ChainExpired; n != 1 {
+			if n := stats(s.cache).ChainExpired; n != 1 {
 				t.Fatalf("ChainExpired = %d, want 1", n)
 			}
 			frozen := &tlstest.FrozenCache{}
@@ -118,12 +122,29 @@ func TestStatelessLifetimes(t *testing.T) {
 	}
 }
 
-func loaderFrom(c *session.Cache) func(ctx context.Context, id session.ID) (*session.Record, error) {
-	return func(_ context.Context, id session.ID) (*session.Record, error) {
-		r, ok := c.Lookup(id)
+func loaderFrom(c *session.Cache) session.Farm {
+	return loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
+		r, ok := lookup(c, id)
 		if !ok {
 			return nil, nil
 		}
 		return &r, nil
+	})
+}
+
+// TestUndecryptableTicketIsNotAForgedID checks that a stateless ticket that
+// does not decrypt is counted as such, not as a forged session ID.
+func TestUndecryptableTicketIsNotAForgedID(t *testing.T) {
+	s := modeServer(t, session.Stateless, session.Config{}, nil)
+	child, err := s.cfg.GetConfigForClient(&tls.ClientHelloInfo{ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := bytes.Repeat([]byte{0xff}, 200)
+	if ss, err := child.UnwrapSession(junk, tls.ConnectionState{ServerName: "localhost"}); ss != nil || err != nil {
+		t.Fatalf("UnwrapSession(junk) = %v, %v; want nil, nil", ss, err)
+	}
+	if st := stats(s.cache); st.TicketsUndecryptable != 1 || st.ForgedIDs != 0 {
+		t.Fatalf("undecryptable %d, forged IDs %d; want 1 and 0", st.TicketsUndecryptable, st.ForgedIDs)
 	}
 }

@@ -26,7 +26,7 @@ func TestOpenSSLResumes(t *testing.T) {
 			cert, _ := tlstest.SharedCert()
 			cache := newCache(t, &session.Config{Mode: tc.mode})
 			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-			cache.Configure(cfg)
+			cache.Install(cfg)
 			srv := tlstest.ServeAndClose(t, "n1", cfg, cache.HandshakeComplete)
 			sess := tlstest.SessionFile(t)
 

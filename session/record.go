@@ -39,11 +39,6 @@ func (r Record) AppendBinary(b []byte) ([]byte, error) {
 	return append(b, r.State...), nil
 }
 
-// MarshalBinary returns the binary form of r (see AppendBinary).
-func (r Record) MarshalBinary() ([]byte, error) {
-	return r.AppendBinary(make([]byte, 0, recordHeaderLen+len(r.ServerName)+len(r.State)))
-}
-
 // UnmarshalBinary parses the binary form made by AppendBinary. r.State
 // aliases data.
 func (r *Record) UnmarshalBinary(data []byte) error {
@@ -83,7 +78,7 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 // A Record is what the cache holds for one session.
 type Record struct {
 	// State is the session serialized by tls.SessionState.Bytes. A record
-	// handed out by the cache (in an Event, or by Lookup) shares State with
+	// handed out by the cache (in an Event, or by Remove, Cut or Snapshot) shares State with
 	// the cache: it must not be modified.
 	State []byte
 

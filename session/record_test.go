@@ -10,7 +10,7 @@ import (
 func TestRecordBinary(t *testing.T) {
 	r := session.Record{State: []byte{1, 2, 3}, ServerName: "a.example", Expires: time.Unix(100, 7), Chain: 42, ChainStart: time.Unix(50, 0),
 		Parent: session.ID{1, 2, 3}}
-	b, err := r.MarshalBinary()
+	b, err := r.AppendBinary(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestRecordBinary(t *testing.T) {
 		}
 	}
 	long := session.Record{ServerName: string(make([]byte, 300))}
-	if _, err := long.MarshalBinary(); err == nil {
+	if _, err := long.AppendBinary(nil); err == nil {
 		t.Fatal("a 300-byte server name was encoded")
 	}
 }

@@ -12,23 +12,31 @@ import (
 // session of its resumption chain (the tickets issued by resuming it, and the
 // one it was resumed from), and refuses that chain from then on, until the
 // chain could no longer be resumed anyway. Each removed session fires
-// EventRemove with Removed and OriginAPI. Remove reports whether id was in
-// the cache; if it was not, nothing is revoked (see RemoveChain).
-func (c *Cache) Remove(id ID) bool {
+// EventRemove with Removed and OriginAPI. Remove returns the record id had
+// and whether id was in the cache; if it was not, nothing is revoked (see
+// RemoveChain).
+func (c *Cache) Remove(id ID) (Record, bool) {
 	b := c.bucket(&id)
 	b.mu.Lock()
 	e := b.m[id]
-	var chain uint64
-	var until int64
+	var r Record
 	if e != nil {
-		chain, until = e.chain, e.chainStart+int64(c.cfg.MaxChainLifetime)
+		r = e.record()
 	}
 	b.mu.Unlock()
 	if e == nil {
-		return false
+		return Record{}, false
 	}
-	c.RemoveChain(chain, time.Unix(0, until), OriginAPI)
-	return true
+	c.RemoveChain(r.Chain, c.ChainEnd(r), OriginAPI)
+	return r, true
+}
+
+// ChainEnd returns when the resumption chain of r stops resuming, and so
+// until when a revocation of it must be remembered: r.ChainStart plus
+// Config.MaxChainLifetime. A farm tells its peers to revoke the chain until
+// then.
+func (c *Cache) ChainEnd(r Record) time.Time {
+	return r.ChainStart.Add(c.cfg.MaxChainLifetime)
 }
 
 // RemoveChain revokes a resumption chain: it removes every session of the

@@ -14,16 +14,25 @@ const pendingTTL = 2 * time.Minute
 
 // HandshakeComplete tells a SingleUse cache that the handshake of conn
 // completed (conn.Handshake returned nil). If the handshake resumed a
-// single-use session, the session is retired (on every server of a farm);
-// if it did not, the claim UnwrapSession took on the session is released.
-// It is cheap and does nothing for caches that are not SingleUse, so servers
-// may always call it. With net/http, call it from Server.ConnState on
-// StateActive. A handshake that fails needs no call: its claim is released
-// shortly after it ends.
+// single-use session, the session is retired now (on every server of a
+// farm); if it did not, the claim the handshake took on the session is
+// released. It is cheap and does nothing for caches that are not SingleUse,
+// so servers may always call it. With net/http, call it from
+// Server.ConnState on StateActive. A handshake that fails needs no call.
+//
+// Single use holds without it. crypto/tls calls no server callback after
+// the client's Finished message, so the config Install makes notes, in its
+// VerifyConnection, that a handshake is resuming a claimed session (in TLS
+// 1.3 the client has proved it holds the session's secret by then), and
+// when the handshake ends the session is retired. What the call adds is
+// precision: once a server has called it, the cache waits for the call, so
+// that a handshake that fails after VerifyConnection (a client that aborts)
+// releases its claim instead of burning the session.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
 	}
+	c.reported.Store(true)
 	c.settleClaim(conn)
 }
 
@@ -37,48 +46,19 @@ func (c *Cache) sweepPending(now int64) {
 }
 
 // claimSettle is how long after a handshake has ended (its context is done)
-// a single-use claim waits for HandshakeComplete before it is released as
-// the claim of a failed handshake. A server calls HandshakeComplete right
-// after Handshake returns, so this only needs to cover scheduling delays.
+// a single-use claim waits for HandshakeComplete before it is settled
+// without it: released as the claim of a failed handshake, or, on a server
+// that does not call HandshakeComplete, consumed if the handshake resumed.
+// A server calls HandshakeComplete right after Handshake returns, so this
+// only needs to cover scheduling delays.
 const claimSettle = 2 * time.Second
-
-// A Claimer makes single use hold beyond one cache: a farm installs one (see
-// SetClaimer) so that a session held by several servers, or in a shared
-// store, resumes once in the whole farm.
-//
-// The rule (see docs/farm.md): a single-use session is claimed when a
-// handshake's UnwrapSession finds it, before the handshake may resume it.
-// The claim is taken first in this cache (so that concurrent handshakes on
-// this server cannot both resume it) and then from the Claimer. A claim that
-// either refuses, or that fails, means a full handshake. When the handshake
-// completes having resumed the session, the session is retired
-// (EventRemove with Retired and OriginHandshake); when it fails, or
-// completes without resuming it, the claim is released, locally and with
-// Release, so that whoever failed the handshake cannot burn the session.
-type Claimer interface {
-	// Claim takes the session id for one handshake and reports whether it
-	// did. Of all the concurrent claims of one session, on every cache
-	// that shares the Claimer, at most one may succeed until the session
-	// is released. ctx bounds the call (Config.LoaderTimeout).
-	Claim(ctx context.Context, id ID) (bool, error)
-
-	// Release gives back a claim whose handshake did not resume the
-	// session; r is the session's record as the cache holds it. It must
-	// not block: it is called from the cache's goroutines.
-	Release(id ID, r Record)
-}
-
-type claimerBox struct {
-	c       Claimer
-	timeout time.Duration
-}
 
 // A claim is one handshake's hold on a single-use session.
 type claim struct {
 	c     *Cache
 	id    ID
 	rec   Record
-	farm  bool // taken from the Claimer too
+	farm  bool // taken from the Farm too
 	state atomic.Int32
 	at    int64
 }
@@ -88,20 +68,6 @@ const (
 	claimConsumed
 	claimReleased
 )
-
-// SetClaimer installs (or, with nil, removes) the Claimer that single-use
-// claims are taken from after this cache's own; each Claim is bounded by
-// timeout (0 means Config.LoaderTimeout). A farm node installs one.
-func (c *Cache) SetClaimer(cl Claimer, timeout time.Duration) {
-	if cl == nil {
-		c.life.claimer.Store(nil)
-		return
-	}
-	if timeout <= 0 {
-		timeout = c.cfg.LoaderTimeout
-	}
-	c.life.claimer.Store(&claimerBox{c: cl, timeout: timeout})
-}
 
 // claimLocal takes the local claim on id for one handshake, and reports
 // whether it did: false if another handshake holds it.
@@ -129,21 +95,19 @@ func (c *Cache) unclaimLocal(cl *claim) {
 }
 
 // takeClaim claims the single-use session id (with record rec) for one
-// handshake: locally, then from the Claimer, if any. It returns nil if the
-// session must not be resumed.
+// handshake: locally, then from the Farm the cache joined, if any. It
+// returns nil if the session must not be resumed.
 func (c *Cache) takeClaim(ctx context.Context, id ID, rec Record) *claim {
 	cl := &claim{c: c, id: id, rec: rec, at: c.nowNano()}
 	if !c.claimLocal(cl) {
 		c.life.busy.Add(1)
 		return nil
 	}
-	if box := c.life.claimer.Load(); box != nil {
+	if box := c.farm.Load(); box != nil {
 		if ctx == nil {
 			ctx = context.Background()
 		}
-		ctx, cancel := context.WithTimeout(ctx, box.timeout)
-		ok, err := box.c.Claim(ctx, id)
-		cancel()
+		ok, err := box.f.Claim(ctx, id)
 		if err != nil || !ok {
 			// Taken elsewhere, already consumed, or the farm cannot say:
 			// a full handshake is the safe answer.
@@ -183,8 +147,8 @@ func (cl *claim) release() {
 	c.unclaimLocal(cl)
 	c.life.released.Add(1)
 	if cl.farm {
-		if box := c.life.claimer.Load(); box != nil {
-			box.c.Release(cl.id, cl.rec)
+		if box := c.farm.Load(); box != nil {
+			box.f.Release(cl.id, cl.rec)
 		}
 	}
 }
@@ -200,6 +164,12 @@ func (h *handshake) watch(cl *claim) {
 		time.AfterFunc(claimSettle, func() {
 			if h.conn != nil && !c.pending.CompareAndDelete(h.conn, cl) {
 				return // settled by HandshakeComplete
+			}
+			if h.resumed.Load() && !c.reported.Load() {
+				// The server does not report handshakes: this one got as
+				// far as resuming the session, so it is used.
+				cl.consume()
+				return
 			}
 			cl.release()
 		})

@@ -37,7 +37,7 @@ func TestSingleUseConcurrent(t *testing.T) {
 			}
 			close(start)
 			wg.Wait()
-			st := s.cache.Stats()
+			st := stats(s.cache)
 			if got := resumed.Load(); got != 1 {
 				t.Fatalf("%d of %d concurrent handshakes resumed one single-use session, want exactly 1 (stats %+v)", got, n, st)
 			}
@@ -67,9 +67,9 @@ func TestSingleUseFailedHandshakeReleases(t *testing.T) {
 				t.Fatal("the aborting client's handshake succeeded")
 			}
 			deadline := time.Now().Add(10 * time.Second)
-			for s.cache.Stats().SingleUseReleased == 0 {
+			for stats(s.cache).SingleUseReleased == 0 {
 				if time.Now().After(deadline) {
-					t.Fatalf("claim of the failed handshake never released: %+v", s.cache.Stats())
+					t.Fatalf("claim of the failed handshake never released: %+v", stats(s.cache))
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -101,7 +101,7 @@ func TestBoundedChildren(t *testing.T) {
 			if got := s.cache.Len(); got > before+1 {
 				t.Fatalf("50 resumptions of one ticket grew the cache from %d to %d sessions, want at most +1", before, got)
 			}
-			if st := s.cache.Stats(); st.ChildrenReplaced != 49 {
+			if st := stats(s.cache); st.ChildrenReplaced != 49 {
 				t.Fatalf("ChildrenReplaced = %d, want 49", st.ChildrenReplaced)
 			}
 		})
@@ -116,13 +116,13 @@ func TestTicketFallback(t *testing.T) {
 	t.Parallel()
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			a := modeServer(t, session.Stateful, session.Config{})
-			b := modeServer(t, session.Stateful, session.Config{})
+			a := modeServer(t, session.Stateful, session.Config{}, nil)
+			b := modeServer(t, session.Stateful, session.Config{}, nil)
 			b.cache.AcceptTickets(true)
 			a.cache.SetTicketFallback(time.Second)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", frozen))
-			if st := a.cache.Stats(); st.TicketsFallback != 1 || st.Size != 0 {
+			if st := stats(a.cache); st.TicketsFallback != 1 || st.Size != 0 {
 				t.Fatalf("fallback: %d tickets, %d cached sessions; want 1 and 0", st.TicketsFallback, st.Size)
 			}
 			if !tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", frozen)).DidResume {
@@ -134,15 +134,52 @@ func TestTicketFallback(t *testing.T) {
 			}
 			a.cache.SetTicketFallback(0)
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
-			if a.cache.Stats().Size != 1 {
+			if stats(a.cache).Size != 1 {
 				t.Fatal("fallback off: no cached session")
 			}
 
-			su := modeServer(t, session.Stateful, session.Config{SingleUse: true})
+			su := modeServer(t, session.Stateful, session.Config{SingleUse: true}, nil)
 			su.cache.SetTicketFallback(time.Minute)
 			tlstest.MustDial(t, su.srv.Addr, su.client(tv.v, "localhost", tls.NewLRUClientSessionCache(1)))
-			if st := su.cache.Stats(); st.TicketsFallback != 0 || st.Size != 1 {
+			if st := stats(su.cache); st.TicketsFallback != 0 || st.Size != 1 {
 				t.Fatalf("a single-use cache fell back to tickets: %+v", st)
+			}
+		})
+	}
+}
+
+// TestSingleUseWithoutHandshakeComplete checks that single use holds on a
+// server that never calls HandshakeComplete: the config Install makes
+// notes that a handshake resumed the session, and the session is retired
+// when the handshake ends.
+func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			cert, pool := tlstest.SharedCert()
+			cache, err := session.New(&session.Config{SingleUse: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cache.Close() })
+			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+			cache.Install(cfg)
+			srv := tlstest.Serve(t, "n1", cfg, nil)
+			s := &farmServer{cache: cache, srv: srv, pool: pool, cfg: cfg}
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen))
+			if !tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("the single-use session did not resume once")
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for stats(cache).Retired == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the resumed session was never retired: %+v", stats(cache))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tlstest.MustDial(t, srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("single-use session resumed twice")
 			}
 		})
 	}

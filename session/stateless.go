@@ -12,6 +12,22 @@ import (
 // A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
 type Mode uint8
 
+const (
+	// Stateful issues session IDs as tickets and keeps the sessions in the
+	// cache; it accepts session IDs only.
+	Stateful Mode = iota
+	// Stateless issues tickets encrypted with the tls.Config's session
+	// ticket keys (see package ticket) and accepts both those and session
+	// IDs still in the cache.
+	Stateless
+	// Mixed issues session IDs, like Stateful, and accepts both session IDs
+	// and stateless tickets. A farm moving between Stateful and Stateless
+	// passes through Mixed on every node first, so that no ticket already
+	// issued stops resuming.
+	Mixed
+)
+
+// String returns "stateful", "stateless" or "mixed".
 func (m Mode) String() string {
 	switch m {
 	case Stateful:
@@ -24,14 +40,14 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
 
-// ParseMode parses "stateful", "stateless" or "mixed".
-func ParseMode(s string) (Mode, bool) {
+// ParseMode parses "stateful", "stateless" or "mixed", in any case.
+func ParseMode(s string) (Mode, error) {
 	for _, m := range []Mode{Stateful, Stateless, Mixed} {
 		if strings.EqualFold(s, m.String()) {
-			return m, true
+			return m, nil
 		}
 	}
-	return 0, false
+	return 0, fmt.Errorf("session: unknown mode %q (want stateful, stateless or mixed)", s)
 }
 
 // unwrapTicket decrypts a stateless ticket and checks the binding that issue
@@ -40,14 +56,14 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 	var r unwrapped
 	ss, err := src.DecryptTicket(identity, cs)
 	if err != nil || ss == nil {
-		c.ctr.forgedIDs.Add(1)
+		c.ctr.ticketsUndecryptable.Add(1)
 		return r
 	}
 	now := c.nowNano()
 	r.ticket = true
 	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
 	if !ok && c.cfg.Mode == Stateful {
-		c.ctr.forgedIDs.Add(1) // a stateful cache takes only the farm's own tickets
+		c.ctr.ticketsForeign.Add(1) // a stateful cache takes only the farm's own tickets
 		return r
 	}
 	if !ok {
@@ -69,7 +85,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			return r
 		}
 		if c.tomb.revoked(chain, now) {
-			c.ctr.revokedInserts.Add(1)
+			c.ctr.ticketsRevoked.Add(1)
 			return r
 		}
 		r.chain, r.chainStart = chain, start
@@ -137,22 +153,21 @@ func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued
 // SetTicketFallback makes a Stateful or Mixed cache issue, until it is
 // called again with 0, stateless tickets under the handshake config's
 // session ticket keys that expire after lifetime, instead of cached
-// sessions. A farm node turns it on while it cannot reach the farm, so
-// that clients keep resuming on every node (whose caches accept such
-// tickets, see AcceptTickets) instead of on this one only. It does nothing
-// for a SingleUse cache: a ticket cannot be retired, and an unreachable
-// farm must mean a full handshake, never a replayable ticket. Per-session
-// revocation does not reach these tickets before they expire (a revoked
-// chain still does, on nodes that know of the revocation).
-func (c *Cache) SetTicketFallback(lifetime time.Duration) {
+// sessions, and reports whether the cache now issues them. A farm node
+// turns it on while it cannot reach the farm, so that clients keep resuming
+// on every node (whose caches accept such tickets, see AcceptTickets)
+// instead of on this one only. It does nothing, and reports false, for a
+// SingleUse cache (a ticket cannot be retired, and an unreachable farm must
+// mean a full handshake, never a replayable ticket) and for a Stateless one.
+// Per-session revocation does not reach these tickets before they expire (a
+// revoked chain still does, on nodes that know of the revocation).
+func (c *Cache) SetTicketFallback(lifetime time.Duration) bool {
 	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
-		return
+		return false
 	}
 	c.life.fallback.Store(int64(max(lifetime, 0)))
+	return lifetime > 0
 }
-
-// TicketFallback reports whether the cache issues fallback tickets now.
-func (c *Cache) TicketFallback() bool { return c.life.fallback.Load() > 0 }
 
 // AcceptTickets makes a Stateful cache accept the stateless tickets this
 // farm issues (bound to a server name and a chain by this package, and

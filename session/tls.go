@@ -7,47 +7,44 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unique"
 )
 
-const (
-	// Stateful issues session IDs as tickets and keeps the sessions in the
-	// cache; it accepts session IDs only.
-	Stateful Mode = iota
-	// Stateless issues tickets encrypted with the tls.Config's session
-	// ticket keys (see package ticket) and accepts both those and session
-	// IDs still in the cache.
-	Stateless
-	// Mixed issues session IDs, like Stateful, and accepts both session IDs
-	// and stateless tickets. A farm moving between Stateful and Stateless
-	// passes through Mixed on every node first, so that no ticket already
-	// issued stops resuming.
-	Mixed
-)
-
-// Configure installs the cache in cfg, a server configuration, so that the
-// two crypto/tls calls of each handshake (UnwrapSession when the client
-// offers a ticket, WrapSession when the server issues one) are linked.
+// Install installs the cache in cfg, a server's configuration: the tickets
+// and PSK identities of handshakes that use cfg are then issued and resumed
+// by the cache. It is the one way to use a cache with crypto/tls.
 //
-// It sets cfg.GetConfigForClient to a function that calls the one cfg had
-// before (if any) and returns a clone of its result (or of cfg), whose
-// WrapSession and UnwrapSession are bound to that handshake. The link lets a
-// ticket issued by a resumed handshake inherit its chain (see
+// Install sets cfg.GetConfigForClient to a function that calls the one cfg
+// had before (if any) and returns a clone of its result (or of cfg) whose
+// WrapSession and UnwrapSession are bound to that handshake, so that the two
+// crypto/tls calls of a handshake (UnwrapSession when the client offers a
+// ticket, WrapSession when the server issues one) are linked. The link lets
+// a ticket issued by a resumed handshake inherit its chain (see
 // Config.MaxChainLifetime), shortens the resumed session to
-// Config.ResumeGrace, and makes SingleUse possible. The clone costs one
-// tls.Config copy per handshake.
+// Config.ResumeGrace, and makes Config.SingleUse possible. The clone costs
+// one tls.Config copy per handshake.
 //
 // In Stateless and Mixed mode, tickets are encrypted and decrypted with the
 // session ticket keys of the config being cloned: register every config that
 // GetConfigForClient can return with the ticket key ring.
 //
-// Configure also sets cfg.WrapSession and cfg.UnwrapSession. Call it once per
-// config, after setting cfg.GetConfigForClient if you use it.
-func (c *Cache) Configure(cfg *tls.Config) {
+// Install also sets cfg.WrapSession and cfg.UnwrapSession, for a
+// configuration used without GetConfigForClient (as QUIC servers may): those
+// do not know whether a handshake resumed, so each ticket starts a new
+// chain, resumed sessions keep their full lifetime, and only session IDs are
+// issued and accepted. Neither ever fails a handshake: an identity that is
+// empty, forged, unknown, expired, revoked, or presented under another
+// server name means a full handshake, and a session that cannot be stored
+// gets a ticket that resumes nothing.
+//
+// Call Install once per config, after setting cfg.GetConfigForClient if you
+// use it.
+func (c *Cache) Install(cfg *tls.Config) {
 	prev := cfg.GetConfigForClient
-	cfg.WrapSession = c.WrapSession
-	cfg.UnwrapSession = c.UnwrapSession
+	cfg.WrapSession = c.wrapSession
+	cfg.UnwrapSession = c.unwrapSession
 	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		src := cfg
 		if prev != nil {
@@ -64,27 +61,35 @@ func (c *Cache) Configure(cfg *tls.Config) {
 		child.GetConfigForClient = nil
 		child.WrapSession = h.wrap
 		child.UnwrapSession = h.unwrap
+		if c.cfg.SingleUse {
+			verify := child.VerifyConnection
+			child.VerifyConnection = func(cs tls.ConnectionState) error {
+				if verify != nil {
+					if err := verify(cs); err != nil {
+						return err
+					}
+				}
+				if cs.DidResume {
+					h.resumed.Store(true)
+				}
+				return nil
+			}
+		}
 		return child, nil
 	}
 }
 
-// WrapSession is a tls.Config.WrapSession that stores the session in the
-// cache and returns its ID as the ticket. Set alone, without Configure, it
-// does not know whether the handshake resumed a session: each ticket starts a
-// new chain, resumed sessions keep their full lifetime, and Mode is treated
-// as Stateful. It never returns an error: if the session cannot be stored,
-// the ticket it returns resumes nothing and a full handshake follows.
-func (c *Cache) WrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+// wrapSession is the tls.Config.WrapSession of a config used without its
+// GetConfigForClient: it stores the session in the cache, starting a new
+// chain, and returns its ID as the ticket.
+func (c *Cache) wrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
 	now := c.nowNano()
 	return c.issue(cs, ss, nil, 0, now, now, ID{}), nil
 }
 
-// UnwrapSession is a tls.Config.UnwrapSession that looks the presented
-// identity up in the cache. It never returns an error: an identity that is
-// empty, forged, unknown, expired, revoked, or presented under another server
-// name yields (nil, nil), and a full handshake follows. Set alone, without
-// Configure, it accepts session IDs only.
-func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+// unwrapSession is the tls.Config.UnwrapSession of a config used without its
+// GetConfigForClient: it looks session IDs up in the cache.
+func (c *Cache) unwrapSession(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
 	tmp := blockPool.Get().(*[aes.BlockSize]byte)
 	r := c.unwrap(context.Background(), identity, cs, nil, tmp)
 	blockPool.Put(tmp)
@@ -92,15 +97,18 @@ func (c *Cache) UnwrapSession(identity []byte, cs tls.ConnectionState) (*tls.Ses
 }
 
 // handshake is the state shared by the two crypto/tls calls of one
-// handshake, bound to the per-handshake config made by Configure.
+// handshake, bound to the per-handshake config made by Install.
 type handshake struct {
-	c     *Cache
-	src   *tls.Config
-	conn  net.Conn
-	ctx   context.Context
-	last  unwrapped // the last session UnwrapSession returned
-	claim *claim    // the single-use claim this handshake holds, if any
-	tmp   [aes.BlockSize]byte
+	c    *Cache
+	src  *tls.Config
+	conn net.Conn
+	ctx  context.Context
+	last unwrapped // the last session UnwrapSession returned
+	// resumed is set by VerifyConnection when the handshake resumes a
+	// session (SingleUse only).
+	resumed atomic.Bool
+	claim   *claim // the single-use claim this handshake holds, if any
+	tmp     [aes.BlockSize]byte
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
@@ -120,7 +128,7 @@ func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.Sessio
 	r := c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
 	if r.ss != nil && !r.ticket && c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
 		// Single use: claim the session before crypto/tls may resume it
-		// (see Claimer). A second call of the same handshake (after a
+		// (see Farm). A second call of the same handshake (after a
 		// HelloRetryRequest) keeps its claim.
 		if h.claim == nil || h.claim.id != r.id {
 			if h.claim != nil {
@@ -264,17 +272,17 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	return r
 }
 
-// load asks Config.Loader for id and inserts what it returns.
+// load asks the Farm the cache joined for id, and inserts what it returns.
 func (c *Cache) load(ctx context.Context, id ID) *Record {
-	l := c.loader.Load()
-	if l == nil {
+	box := c.farm.Load()
+	if box == nil {
 		return nil
 	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	rec, err := l.fn(ctx, id)
+	ctx, cancel := context.WithTimeout(ctx, box.timeout)
+	rec, err := box.f.Load(ctx, id)
 	cancel()
 	switch {
 	case err != nil:

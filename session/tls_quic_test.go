@@ -97,7 +97,7 @@ func TestQUICSessionKeepsExtraAndEarlyData(t *testing.T) {
 			defer cache.Close()
 			scfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"h3"}}
 			scfg.SetSessionTicketKeys([][32]byte{{1, 2, 3}})
-			cache.Configure(scfg)
+			cache.Install(scfg)
 			ccfg := tlstest.ClientConfig(pool, "localhost", tls.VersionTLS13, tls.NewLRUClientSessionCache(4))
 			ccfg.NextProtos = []string{"h3"}
 			extra := []byte("quic-go1 transport parameters")

@@ -75,7 +75,7 @@ func newServer(t *testing.T, cc *session.Config) *farmServer {
 	}
 	t.Cleanup(func() { cache.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	srv := tlstest.Serve(t, "n1", cfg, cache.HandshakeComplete)
 	return &farmServer{cache: cache, srv: srv, pool: pool, cfg: cfg}
 }
@@ -108,7 +108,7 @@ func TestResumeWithGoClient(t *testing.T) {
 					t.Fatalf("events after resumption = %v, want %v", got, want)
 				}
 			}
-			st := s.cache.Stats()
+			st := stats(s.cache)
 			if st.Hits != 3 || st.Inserts != 4 {
 				t.Fatalf("stats = %+v, want 3 hits and 4 inserts", st)
 			}
@@ -142,14 +142,14 @@ func TestChainLinksResumedTickets(t *testing.T) {
 				t.Fatalf("parents: first %v, second %v; want none and the first", first.Record.Parent, second.Record.Parent)
 			}
 			// The resumed session was cut to the grace period.
-			r, ok := s.cache.Lookup(first.ID)
+			r, ok := lookup(s.cache, first.ID)
 			if !ok {
 				t.Fatal("resumed session gone before its grace ended")
 			}
 			if left := time.Until(r.Expires); left > 5*time.Second || left < 3*time.Second {
 				t.Fatalf("resumed session expires in %v, want about the 5s grace", left)
 			}
-			if r2, _ := s.cache.Lookup(second.ID); time.Until(r2.Expires) < time.Hour {
+			if r2, _ := lookup(s.cache, second.ID); time.Until(r2.Expires) < time.Hour {
 				t.Fatalf("new ticket expires in %v, want the full lifetime", time.Until(r2.Expires))
 			}
 		})
@@ -165,7 +165,7 @@ func TestServerNameMismatchRefused(t *testing.T) {
 			if cs := tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "b.example", frozen)); cs.DidResume {
 				t.Fatal("session issued for a.example resumed under b.example")
 			}
-			if n := s.cache.Stats().RefusedServerName; n != 1 {
+			if n := stats(s.cache).RefusedServerName; n != 1 {
 				t.Fatalf("RefusedServerName = %d, want 1", n)
 			}
 			// The same ticket under its own name still resumes.
@@ -265,17 +265,17 @@ func TestRemoveRevokesChain(t *testing.T) {
 			later := rec.take()
 			var rm recorder
 			s.cache.AddHook(session.EventRemove, rm.hook)
-			if _, ok := s.cache.Lookup(later[0].ID); ok {
+			if _, ok := lookup(s.cache, later[0].ID); ok {
 				t.Fatal("the first child outlived its replacement")
 			}
-			if !s.cache.Remove(later[1].ID) {
+			if _, ok := s.cache.Remove(later[1].ID); !ok {
 				t.Fatal("Remove did not find the session")
 			}
 			if got := summary(rm.take()); len(got) != 2 || got[0] != "remove/api/removed" {
 				t.Fatalf("remove events = %v, want 2 api removals", got)
 			}
 			for _, id := range []session.ID{first, later[0].ID, later[1].ID} {
-				if _, ok := s.cache.Lookup(id); ok {
+				if _, ok := lookup(s.cache, id); ok {
 					t.Fatalf("session %v of the revoked chain is still cached", id)
 				}
 			}
@@ -302,7 +302,7 @@ func TestSingleUse(t *testing.T) {
 			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
 				t.Fatal("single-use session resumed twice")
 			}
-			if n := s.cache.Stats().Retired; n != 1 {
+			if n := stats(s.cache).Retired; n != 1 {
 				t.Fatalf("Retired = %d, want 1", n)
 			}
 			// A client that takes each new ticket keeps resuming.
@@ -323,27 +323,29 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
-			a := newServer(t, &session.Config{IDKeys: keys})
+			a := newServer(t, nil)
+			a.cache.SetIDKeys(keys...)
 			var loads int
 			var mu sync.Mutex
-			b := newServer(t, &session.Config{IDKeys: keys, LoaderTimeout: time.Second,
-				Loader: func(_ context.Context, id session.ID) (*session.Record, error) {
-					mu.Lock()
-					loads++
-					mu.Unlock()
-					r, ok := a.cache.Lookup(id)
-					if !ok {
-						return nil, nil
-					}
-					return &r, nil
-				}})
+			b := newServer(t, nil)
+			b.cache.SetIDKeys(keys...)
+			b.cache.Join(loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
+				mu.Lock()
+				loads++
+				mu.Unlock()
+				r, ok := lookup(a.cache, id)
+				if !ok {
+					return nil, nil
+				}
+				return &r, nil
+			}), time.Second)
 			shared := &tlstest.SharedCache{}
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
 			cs := tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared))
 			if !cs.DidResume {
 				t.Fatal("B did not resume A's session through the loader")
 			}
-			st := b.cache.Stats()
+			st := stats(b.cache)
 			if st.LoaderHits != 1 || loads != 1 {
 				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads)
 			}

@@ -45,9 +45,11 @@
 // HMAC-SHA256 over the ticket per key, until one authenticates it. A ticket
 // under the current key costs one HMAC; a ticket under the oldest key, and
 // every forged, corrupted or expired ticket, costs one per key. Each key kept
-// adds about a microsecond to such tickets (see the numbers below): harmless
-// for a few keys, but a long list makes every junk ticket dearer. Lengthen
-// ticket life with a longer Interval rather than a large Keep.
+// adds one HMAC to such tickets: little against a whole handshake for a few
+// keys, but a long list makes every junk ticket dearer. Lengthen ticket life
+// with a longer Interval rather than a large Keep. The package's benchmarks
+// (go test -bench . ./ticket/) measure this; the project README lists the
+// numbers of one machine.
 //
 // # Every config, one key source
 //
@@ -66,34 +68,4 @@
 // copies of keys it drops; crypto/tls keeps its derived keys in each config
 // until the next change, and Go makes no promise about copies on stacks or in
 // freed memory.
-//
-// # Cost
-//
-// Measured with
-//
-//	go test -run='^$' -bench=. -benchmem -count=5 ./ticket/
-//
-// on a 2-CPU AMD EPYC virtual machine, Go 1.26.8, linux/amd64 (medians of 5):
-//
-//	Update, 3 keys, 1 config                      3.7 µs   584 B    9 allocs
-//	Update, 3 keys, 16 configs                   32   µs  3.2 KB   24 allocs
-//	Rotate, Keep 2, 1 config                      4.6 µs   799 B    8 allocs
-//	Rotate, Keep 2, 16 configs                   37   µs  4.2 KB   23 allocs
-//
-//	DecryptTicket, TLS 1.3 ticket:
-//	  Keep 2 (4 keys),  ticket under current      2.5 µs
-//	  Keep 2 (4 keys),  ticket under oldest       6.4 µs
-//	  Keep 2 (4 keys),  unknown ticket            5.0 µs
-//	  Keep 8 (10 keys), ticket under current      2.5 µs
-//	  Keep 8 (10 keys), ticket under oldest      12.2 µs
-//	  Keep 8 (10 keys), unknown ticket           11.0 µs
-//
-//	Resumed TLS 1.3 handshake over loopback, client and server together
-//	(TCP connect, X25519MLKEM768 key exchange, one byte, close):
-//	  Keep 2, ticket under current or oldest    1.3-1.4 ms
-//	  Keep 8, ticket under current or oldest    1.3-1.4 ms
-//
-// Each key tried costs about 1.1 µs; against a whole resumed handshake that
-// is lost in the noise even at Keep 8, so N matters for the cost of junk
-// tickets more than for real clients.
 package ticket

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -54,8 +55,7 @@ type nodeSpec struct {
 type nodeReport struct {
 	Handshakes int64
 	Failed     int64
-	Farm       *farm.Stats   `json:",omitempty"`
-	Cache      session.Stats `json:"-"`
+	Farm       []metric.Sample `json:",omitempty"`
 }
 
 // response is what every Go server answers, as nginx's `return 200 "ok\n"`.
@@ -146,8 +146,7 @@ func runNode(specJSON string) error {
 	ln.Close()
 	wg.Wait()
 	if node != nil {
-		s := node.Stats()
-		rep.Farm = &s
+		rep.Farm = node.Metrics()
 	}
 	b, _ := json.Marshal(rep)
 	fmt.Printf("stats %s\n", b)
@@ -157,16 +156,16 @@ func runNode(specJSON string) error {
 // startTLSFarm makes the node's session cache and, unless it is alone, joins
 // it to its farm; it returns when the node can serve as its farm intends.
 func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session.Cache, *farm.Node, error) {
-	mode, ok := session.ParseMode(spec.SessionMode)
-	if !ok {
-		return nil, nil, fmt.Errorf("bad session mode %q", spec.SessionMode)
+	mode, err := session.ParseMode(spec.SessionMode)
+	if err != nil {
+		return nil, nil, err
 	}
 	cache, err := session.New(&session.Config{Mode: mode})
 	if err != nil {
 		return nil, nil, err
 	}
 	if spec.Farm == "" {
-		cache.Configure(cfg)
+		cache.Install(cfg)
 		return cache, nil, nil
 	}
 	secrets, err := farm.LoadSecrets(spec.SecretFile)
@@ -182,7 +181,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		return nil, nil, err
 	}
 	node, err := farm.Join(ctx, farm.Config{
-		Farm: spec.Farm, Node: spec.Name, Secrets: secrets, Cache: cache,
+		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
 		Bus: tr, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -200,9 +199,9 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 			return nil, nil, err
 		}
 	}
-	cache.Configure(cfg)
+	cache.Install(cfg)
 	deadline := time.Now().Add(20 * time.Second)
-	for !node.Stats().Connected || ring != nil && ring.State().Epoch == 0 {
+	for !node.Connected() || ring != nil && ring.State().Epoch == 0 {
 		if time.Now().After(deadline) {
 			return nil, nil, errors.New("the farm did not come up in 20s (is Redis running?)")
 		}

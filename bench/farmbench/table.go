@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/metric"
 )
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -131,8 +131,8 @@ func (r *result) print(w io.Writer, o options, machine string) {
 		reps := r.reports[k.Name]
 		var lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped, failed uint64
 		var deadline, canceled, late uint64
-		lat := make([]uint64, len(farm.LagBuckets)+1)
-		wtLat := make([]uint64, len(farm.LagBuckets)+1)
+		var bounds []time.Duration // the latency histograms' bucket bounds
+		var lat, wtLat []uint64
 		farmNodes := 0
 		for _, rep := range reps {
 			failed += uint64(rep.Failed)
@@ -141,30 +141,27 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			}
 			farmNodes++
 			s := rep.Farm
-			lookups += s.Lookups
-			hits += s.StoreHits
-			misses += s.StoreMisses
-			timeouts += s.StoreTimeouts
-			errs += s.StoreErrors
-			skipped += s.LookupsSkipped
-			wt += s.WriteThrough
-			wtTimeouts += s.WriteThroughTimeouts
-			wtFailed += s.WriteThroughFailed
-			trips += s.BreakerTrips
-			dropped += s.Dropped
-			deadline += s.LookupDeadline
-			canceled += s.LookupCanceled
-			late += s.LookupLate
-			for i, c := range s.LookupLatency.Counts {
-				if i < len(lat) {
-					lat[i] += c
-				}
+			v := func(name string, labels ...string) uint64 {
+				x, _ := metric.Value(s, name, labels...)
+				return uint64(x)
 			}
-			for i, c := range s.WriteThroughLatency.Counts {
-				if i < len(wtLat) {
-					wtLat[i] += c
-				}
-			}
+			lookups += v("tlsfarm_farm_lookups_total")
+			hits += v("tlsfarm_farm_store_lookups_total", "result", "hit")
+			misses += v("tlsfarm_farm_store_lookups_total", "result", "miss")
+			timeouts += v("tlsfarm_farm_store_lookups_total", "result", "timeout")
+			errs += v("tlsfarm_farm_store_lookups_total", "result", "error")
+			skipped += v("tlsfarm_farm_store_lookups_total", "result", "skipped")
+			t, f := v("tlsfarm_farm_write_through_total", "result", "timeout"), v("tlsfarm_farm_write_through_total", "result", "failed")
+			wt += v("tlsfarm_farm_write_through_total", "result", "stored") + t + f
+			wtTimeouts += t
+			wtFailed += f
+			trips += v("tlsfarm_farm_breaker_trips_total")
+			dropped += v("tlsfarm_farm_dropped_total")
+			deadline += v("tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
+			canceled += v("tlsfarm_farm_lookups_abandoned_total", "cause", "canceled")
+			late += v("tlsfarm_farm_lookups_late_total")
+			bounds, lat = addBuckets(s, "tlsfarm_farm_lookup_seconds", bounds, lat)
+			bounds, wtLat = addBuckets(s, "tlsfarm_farm_write_through_seconds", bounds, wtLat)
 		}
 		if farmNodes == 0 && failed == 0 {
 			continue
@@ -175,11 +172,11 @@ func (r *result) print(w io.Writer, o options, machine string) {
 				lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped)
 			if wt > 0 {
 				note += fmt.Sprintf("; write-through wait p50 %s, p99 %s, p99.9 %s, max %s",
-					bucketQuantile(wtLat, 0.5), bucketQuantile(wtLat, 0.99), bucketQuantile(wtLat, 0.999), bucketQuantile(wtLat, 1))
+					bucketQuantile(wtLat, bounds, 0.5), bucketQuantile(wtLat, bounds, 0.99), bucketQuantile(wtLat, bounds, 0.999), bucketQuantile(wtLat, bounds, 1))
 			}
 			if lookups > 0 {
 				note += fmt.Sprintf("; handshakes that gave up on a lookup: deadline %d, went away %d; late answers %d; answer latency p50 %s, p99 %s, p99.9 %s, max %s",
-					deadline, canceled, late, bucketQuantile(lat, 0.5), bucketQuantile(lat, 0.99), bucketQuantile(lat, 0.999), bucketQuantile(lat, 1))
+					deadline, canceled, late, bucketQuantile(lat, bounds, 0.5), bucketQuantile(lat, bounds, 0.99), bucketQuantile(lat, bounds, 0.999), bucketQuantile(lat, bounds, 1))
 			}
 		}
 		notes = append(notes, note)
@@ -192,9 +189,37 @@ func (r *result) print(w io.Writer, o options, machine string) {
 	}
 }
 
-// bucketQuantile returns the upper bound of the LagBuckets bucket that holds
-// quantile q of the counts, as "≤ d".
-func bucketQuantile(counts []uint64, q float64) string {
+// addBuckets adds the per-bucket counts of the histogram sample name in
+// samples to counts (one more than the bounds: the last is unbounded), and
+// returns the buckets' upper bounds and the counts.
+func addBuckets(samples []metric.Sample, name string, bounds []time.Duration, counts []uint64) ([]time.Duration, []uint64) {
+	for _, s := range samples {
+		if s.Name != name || s.Kind != metric.Histogram {
+			continue
+		}
+		if bounds == nil {
+			for _, b := range s.Buckets {
+				bounds = append(bounds, time.Duration(b.UpperBound*float64(time.Second)))
+			}
+		}
+		if counts == nil {
+			counts = make([]uint64, len(bounds)+1)
+		}
+		var below uint64 // cumulative count of the buckets before
+		for i, b := range s.Buckets {
+			if i < len(counts)-1 {
+				counts[i] += b.Count - below
+			}
+			below = b.Count
+		}
+		counts[len(counts)-1] += s.Count - below
+	}
+	return bounds, counts
+}
+
+// bucketQuantile returns the upper bound (of bounds) of the bucket that
+// holds quantile q of the counts, as "≤ d".
+func bucketQuantile(counts []uint64, bounds []time.Duration, q float64) string {
 	var total uint64
 	for _, c := range counts {
 		total += c
@@ -207,10 +232,10 @@ func bucketQuantile(counts []uint64, q float64) string {
 	for i, c := range counts {
 		seen += c
 		if seen >= rank {
-			if i < len(farm.LagBuckets) {
-				return "≤ " + farm.LagBuckets[i].String()
+			if i < len(bounds) {
+				return "≤ " + bounds[i].String()
 			}
-			return "> " + farm.LagBuckets[len(farm.LagBuckets)-1].String()
+			return "> " + bounds[len(bounds)-1].String()
 		}
 	}
 	return "?"

@@ -2,8 +2,8 @@
 // one process, each with its own session cache and its own connection to a
 // real Redis (standalone or Cluster), issue sessions at a target rate for
 // the whole farm and resume each other's sessions, without TLS on the wire
-// (the sessions are issued through the cache's WrapSession, as a handshake
-// does). It reports, for each K and mode, the store operations per Redis
+// (the sessions are issued through the WrapSession that the cache installs
+// in a tls.Config, as a handshake does). It reports, for each K and mode, the store operations per Redis
 // master, Redis memory per stored session, the lookup latency of a session
 // issued on another node, and the bus deliveries per node.
 //
@@ -37,6 +37,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -184,6 +185,7 @@ type result struct {
 
 type simNode struct {
 	cache *session.Cache
+	tls   *tls.Config // the cache installed: its WrapSession and UnwrapSession
 	node  *farm.Node
 	tr    *redisbus.Transport
 }
@@ -212,18 +214,20 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 			return nil, err
 		}
 		node, err := farm.Join(ctx, farm.Config{
-			Farm: name, Node: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
+			Farm: name, NodeName: fmt.Sprint("n", i+1), Secrets: []farm.Secret{secret},
 			Cache: cache, Bus: tr, Store: tr, Mode: mode, LookupTimeout: lookupTimeout, Logger: quiet,
 		})
 		if err != nil {
 			return nil, err
 		}
-		ns = append(ns, &simNode{cache: cache, node: node, tr: tr})
+		sn := &simNode{cache: cache, node: node, tr: tr, tls: &tls.Config{}}
+		cache.Install(sn.tls)
+		ns = append(ns, sn)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		up := 0
 		for _, n := range ns {
-			if n.node.Stats().Connected {
+			if n.node.Connected() {
 				up++
 			}
 		}
@@ -265,7 +269,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 					if err != nil {
 						continue
 					}
-					ticket, _ := n.cache.WrapSession(cs, ss)
+					ticket, _ := n.tls.WrapSession(cs, ss)
 					issued.Add(1)
 					var id session.ID
 					copy(id[:], ticket)
@@ -303,7 +307,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 				continue
 			}
 			start := time.Now()
-			got, _ := ns[at].cache.UnwrapSession(id[:], cs)
+			got, _ := ns[at].tls.UnwrapSession(id[:], cs)
 			lat = append(lat, time.Since(start))
 			tried++
 			if got != nil {
@@ -348,8 +352,8 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 	}
 	var recv, cached float64
 	for _, n := range ns {
-		st := n.node.Stats()
-		recv += float64(st.ReceivedSessions)
+		got, _ := metric.Value(n.node.Metrics(), "tlsfarm_farm_received_total", "kind", "session")
+		recv += got
 		cached += float64(n.cache.Len())
 	}
 	r.deliveries = recv / float64(k) / elapsed.Seconds()

@@ -20,7 +20,7 @@ func TestBadInputExitsWithOneClearLine(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, _ := writeCert(t, dir, "c", "localhost")
 	short := writeFile(t, filepath.Join(dir, "short.secret"), "0:"+base64.StdEncoding.EncodeToString(make([]byte, 20))+"\n", 0o600)
-	open := writeFile(t, filepath.Join(dir, "open.secret"), string(farm.FormatSecrets(farm.NewSecret(0))), 0o644)
+	open := writeFile(t, filepath.Join(dir, "open.secret"), "0:"+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n", 0o644)
 	good := filepath.Join(dir, "good.secret")
 	if err := farm.WriteSecretFile(good, farm.NewSecret(0)); err != nil {
 		t.Fatal(err)

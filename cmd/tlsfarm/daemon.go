@@ -137,7 +137,7 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 		ac.Node = d.node
 	}
 	if d.rotator != nil {
-		ac.Rotation = d.rotator.Stats
+		ac.Rotation = d.rotator.Metrics
 	}
 	h, err := admin.New(ac)
 	if err != nil {

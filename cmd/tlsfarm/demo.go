@@ -105,7 +105,7 @@ func demoFarm(ctx context.Context, count int, shared bool, natsURL string, log *
 				return nil, nil, err
 			}
 			stops = append(stops, func() { tr.Close() })
-			node, err := farm.Join(ctx, farm.Config{Farm: farmName, Node: fmt.Sprintf("node-%d", i+1),
+			node, err := farm.Join(ctx, farm.Config{Farm: farmName, NodeName: fmt.Sprintf("node-%d", i+1),
 				Secrets: []farm.Secret{secret}, Cache: cache, Bus: tr, Store: tr, WriteThrough: true,
 				LookupTimeout: 50 * time.Millisecond, Logger: log})
 			if err != nil {
@@ -137,7 +137,7 @@ func demoFarm(ctx context.Context, count int, shared bool, natsURL string, log *
 	// Wait until every node has joined, so the probe measures sharing.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, node := range nodes {
-		for !node.Stats().Connected {
+		for !node.Connected() {
 			if time.Now().After(deadline) {
 				stop()
 				return nil, nil, errors.New("the nodes did not connect to the embedded NATS server")

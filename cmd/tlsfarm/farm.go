@@ -31,7 +31,7 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 	mode, _ := farm.ParseMode(cfg.Farm.Mode)
 	d.node, err = farm.Join(bg, farm.Config{
 		Farm:          cfg.Farm.Name,
-		Node:          cfg.Node,
+		NodeName:      cfg.Node,
 		Secrets:       cfg.Farm.Secrets,
 		Cache:         d.cache,
 		Bus:           bus,
@@ -79,7 +79,7 @@ func waitConnected(ctx context.Context, n *farm.Node, timeout time.Duration) err
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for !n.Stats().Connected {
+	for !n.Connected() {
 		select {
 		case <-ctx.Done():
 			if ctx.Err() == context.DeadlineExceeded {
@@ -103,10 +103,20 @@ func (d *daemon) watchStart(ctx context.Context) {
 	// A node that connected and lost the transport since has had that
 	// logged by the farm package: this line is only for one that never
 	// reached it.
-	if st := d.node.Stats(); !st.Connected && st.Connects == 0 {
+	if !d.node.Connected() && !everConnected(d.node) {
 		d.log.Warn("farm transport unreachable: serving from the local cache; the node joins the farm when the transport comes back",
 			"farm", d.started.Farm.Name, "farm_transport", transportName(d.started.Farm.URL))
 	}
+}
+
+// everConnected reports whether n's bus subscription ever came up.
+func everConnected(n *farm.Node) bool {
+	for _, s := range n.Metrics() {
+		if s.Name == "tlsfarm_farm_connects_total" {
+			return s.Value > 0
+		}
+	}
+	return false
 }
 
 // fallbackLifetime maps the setting (0: off) to farm.Config's (negative:

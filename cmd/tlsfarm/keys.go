@@ -69,7 +69,7 @@ func (f exportFlag) Set(v string) error {
 // envDefault returns the environment's value for the setting with the
 // given key (the variable serve reads), or def.
 func envDefault(getenv func(string) string, key, def string) string {
-	for _, s := range config.Settings {
+	for _, s := range config.Settings() {
 		if s.Key == key && s.Env != "" {
 			if v := getenv(s.Env); v != "" {
 				return v
@@ -243,7 +243,7 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 		return nil, errors.New("-farm: key rotation needs a transport with a store (redis or nats)")
 	}
 	a.node, err = farm.Join(bg, farm.Config{
-		Farm: o.farmName, Node: o.node, Secrets: o.secrets, Cache: a.cache,
+		Farm: o.farmName, NodeName: o.node, Secrets: o.secrets, Cache: a.cache,
 		// The key set and the lease only: the agent keeps no sessions.
 		Bus: bus, Coord: store, Logger: log,
 	})
@@ -288,7 +288,7 @@ func (a *keysAgent) startAdmin(addr, node string) error {
 		return nil
 	}
 	h, err := admin.New(admin.Config{
-		NodeName: node, Cache: a.cache, Node: a.node, Ring: a.ring, Rotation: a.rotator.Stats,
+		NodeName: node, Cache: a.cache, Node: a.node, Ring: a.ring, Rotation: a.rotator.Metrics,
 		Ready: a.exporter.Ready, Exports: a.exportStatus, Logger: a.log,
 	})
 	if err != nil {

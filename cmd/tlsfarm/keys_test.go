@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/keyexport"
@@ -168,7 +169,7 @@ func checkOneFarm(t *testing.T, agents []*keysAgent, serves []*proc, epoch uint6
 		if got := a.ring.Status().Epoch; got != epoch {
 			t.Errorf("agent %d is at epoch %d, want %d", i, got, epoch)
 		}
-		if a.rotator.Stats().LeaseHolder {
+		if farmtest.Counter(a.rotator.Metrics(), "tlsfarm_ticket_rotation_lease_holder") == 1 {
 			holders++
 		}
 	}

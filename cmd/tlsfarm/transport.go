@@ -5,13 +5,13 @@ import (
 	"io"
 	"strings"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // openTransport opens the farm transport for rawURL's scheme. The store is
 // nil for transports without one.
-func openTransport(rawURL, farmName string) (farm.Bus, farm.Store, io.Closer, error) {
+func openTransport(rawURL, farmName string) (transport.Bus, transport.Store, io.Closer, error) {
 	switch transportName(rawURL) {
 	case "redis":
 		t, err := redisbus.Open(rawURL, farmName)

@@ -42,6 +42,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/keyexport"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -227,7 +228,7 @@ func (p *Provider) join() error {
 		return err
 	}
 	p.node, err = farm.Join(context.Background(), farm.Config{
-		Farm: p.Farm, Node: p.Node, Secrets: secrets, Cache: p.cache, Bus: bus, Coord: store, Logger: p.log,
+		Farm: p.Farm, NodeName: p.Node, Secrets: secrets, Cache: p.cache, Bus: bus, Coord: store, Logger: p.log,
 	})
 	if err != nil {
 		return fmt.Errorf("tlsfarm: %v", err)
@@ -253,7 +254,7 @@ func (p *Provider) close() {
 }
 
 // openTransport opens the farm transport of rawURL; it must have a store.
-func openTransport(rawURL, farmName string) (farm.Bus, farm.Store, io.Closer, error) {
+func openTransport(rawURL, farmName string) (transport.Bus, transport.Store, io.Closer, error) {
 	scheme, _, _ := strings.Cut(rawURL, "://")
 	switch {
 	case strings.HasPrefix(scheme, "redis"):

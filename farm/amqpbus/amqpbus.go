@@ -1,5 +1,5 @@
 // Package amqpbus is the farm's RabbitMQ transport, built on amqp091-go: a
-// farm.Bus over a fanout exchange. RabbitMQ gives the farm no store: a farm
+// transport.Bus over a fanout exchange. RabbitMQ gives the farm no store: a farm
 // on it runs in broadcast mode, and a node resumes only the sessions it
 // received while it was subscribed.
 //
@@ -22,7 +22,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"strings"
@@ -31,7 +30,9 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 )
 
 // Defaults for the fields of Options.
@@ -85,7 +86,7 @@ type Options struct {
 	Prefetch int
 }
 
-// A Bus is a farm.Bus on a RabbitMQ broker. Its methods are safe for
+// A Bus is a transport.Bus on a RabbitMQ broker. Its methods are safe for
 // concurrent use; Publish calls are serialized on one channel.
 type Bus struct {
 	url       string
@@ -126,20 +127,14 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("amqpbus: bad URL: %v", redactURLError(err))
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.URLError(err))
 	}
-	var passwords []string
-	if p, ok := u.User.Password(); ok && p != "" {
-		passwords = append(passwords, p)
-		if _, raw, ok := strings.Cut(u.User.String(), ":"); ok && raw != p {
-			passwords = append(passwords, raw)
-		}
-	}
+	passwords := redact.Passwords(u)
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
 		return nil, fmt.Errorf("amqpbus: URL scheme %q: want amqp or amqps", u.Scheme)
 	}
 	if _, err := amqp.ParseURI(rawURL); err != nil {
-		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact(redactURLError(err), passwords))
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.Error(redact.URLError(err), passwords))
 	}
 	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange}
 	if opts != nil {
@@ -277,13 +272,13 @@ func closeOnDone(ctx context.Context, conn *amqp.Connection) (stop func() bool) 
 // errorf wraps err as the bus's error for op, with the URL's password
 // replaced.
 func (b *Bus) errorf(op string, err error) error {
-	if r := redact(err, b.passwords); r != err {
+	if r := redact.Error(err, b.passwords); r != err {
 		return fmt.Errorf("amqpbus: %s: %v", op, r)
 	}
 	return fmt.Errorf("amqpbus: %s: %w", op, err)
 }
 
-// Publish implements farm.Bus: every message goes to the farm's exchange
+// Publish implements transport.Bus: every message goes to the farm's exchange
 // on one channel, and, unless Options.NoConfirm is set, Publish waits for
 // the broker to confirm them all (one round trip for the batch). After a
 // failure the connection is dropped, and the next call dials anew.
@@ -356,7 +351,7 @@ func (p *publisher) close() {
 	p.conn.CloseDeadline(time.Now().Add(time.Second))
 }
 
-// Subscribe implements farm.Bus. It connects, binds a queue of its own to
+// Subscribe implements transport.Bus. It connects, binds a queue of its own to
 // the farm's exchange and consumes from it; when the connection or channel
 // closes it reports the state down and connects again, with backoff (from
 // 100ms, doubling, to 5s, with jitter), until ctx is done. It returns
@@ -377,16 +372,9 @@ func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bo
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(backoff(failures)):
+		case <-time.After(retry.Backoff(failures, 100*time.Millisecond, 5*time.Second)):
 		}
 	}
-}
-
-// backoff returns the wait after the given number of consecutive
-// failures: 100ms doubling to 5s, each between half and all of that.
-func backoff(failures int) time.Duration {
-	d := min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
-	return d/2 + rand.N(d/2+1)
 }
 
 // subscribeOnce runs one subscription until its connection fails or ctx
@@ -449,7 +437,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 					return errors.New("amqpbus: consumer cancelled")
 				}
 			}
-			if len(d.Body) <= farm.MaxMessageSize {
+			if len(d.Body) <= transport.MaxMessageSize {
 				deliver(d.Body)
 			}
 			// Acknowledge in groups (multiple=true): at the latest when
@@ -470,26 +458,4 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 	}
 }
 
-// redactURLError drops a URL (which may hold a password) from a parse error.
-func redactURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-// redact returns err with every occurrence of the secrets in its text
-// replaced, or err itself if none occurs.
-func redact(err error, secrets []string) error {
-	msg := err.Error()
-	for _, s := range secrets {
-		msg = strings.ReplaceAll(msg, s, "xxxxx")
-	}
-	if msg == err.Error() {
-		return err
-	}
-	return errors.New(msg)
-}
-
-var _ farm.Bus = (*Bus)(nil)
+var _ transport.Bus = (*Bus)(nil)

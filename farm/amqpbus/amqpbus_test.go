@@ -10,9 +10,9 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
@@ -69,7 +69,7 @@ func TestBusConformance(t *testing.T) {
 		opts *amqpbus.Options
 	}{{"confirms", nil}, {"no-confirms", &amqpbus.Options{NoConfirm: true}}} {
 		t.Run(tc.name, func(t *testing.T) {
-			farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name, tc.opts) })
+			farmtest.TestBus(t, func(t *testing.T, name string) transport.Bus { return open(t, url, name, tc.opts) })
 		})
 	}
 }

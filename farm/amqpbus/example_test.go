@@ -39,5 +39,5 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer node.Close()
-	// cache.Configure(tlsConfig) then serves with farm-wide resumption.
+	// cache.Install(tlsConfig) then serves with farm-wide resumption.
 }

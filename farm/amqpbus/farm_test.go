@@ -5,17 +5,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
 // amqpTransport opens each member's bus on the broker at url, with opts
 // (nil for the defaults). RabbitMQ gives no store: the farm runs in
 // broadcast mode only.
-func amqpTransport(url string, opts *amqpbus.Options) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func amqpTransport(url string, opts *amqpbus.Options) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		return open(t, url, farmName, opts), nil
 	}
 }
@@ -27,7 +27,7 @@ func dialAndSpread(t *testing.T, ms []*farmtest.Member, m *farmtest.Member, ccfg
 	t.Helper()
 	before := make([]uint64, len(ms))
 	for i, o := range ms {
-		before[i] = o.Node.Stats().Inserted
+		before[i] = farmtest.Counter(o.Node.Metrics(), "tlsfarm_farm_inserted_total")
 	}
 	cs := tlstest.MustDial(t, m.Server.Addr, ccfg)
 	for i, o := range ms {
@@ -35,7 +35,7 @@ func dialAndSpread(t *testing.T, ms []*farmtest.Member, m *farmtest.Member, ccfg
 			continue
 		}
 		farmtest.Eventually(t, 5*time.Second, o.Name+" received "+m.Name+"'s session", func() bool {
-			return o.Node.Stats().Inserted > before[i]
+			return farmtest.Counter(o.Node.Metrics(), "tlsfarm_farm_inserted_total") > before[i]
 		})
 	}
 	return cs

@@ -6,10 +6,10 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
-// Ping implements farm.Pinger: a passive declaration of the farm's
+// Ping implements transport.Pinger: a passive declaration of the farm's
 // exchange, one round trip to the broker, on a connection of its own (so
 // that a probe never waits behind a Publish). That connection is dialled
 // on the first Ping and again after a failure; a broker that does not
@@ -58,4 +58,4 @@ func (b *Bus) closeProbe() {
 	}
 }
 
-var _ farm.Pinger = (*Bus)(nil)
+var _ transport.Pinger = (*Bus)(nil)

@@ -57,14 +57,13 @@ func TestSubscriberRecoversAfterBrokerClosesConnection(t *testing.T) {
 	dialAndSpread(t, ms, ms[0], ccfg)
 	dialAndSpread(t, ms, ms[1], ccfg)
 
-	connects := ms[1].Node.Stats().Connects
+	connects := farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_connects_total")
 	start := time.Now()
 	if n := closeConnections(t, victim); n != 3 {
 		t.Fatalf("closed %d connections of the node, want 3 (subscriber, publisher and health probe)", n)
 	}
 	farmtest.Eventually(t, 10*time.Second, "n2 resubscribed", func() bool {
-		st := ms[1].Node.Stats()
-		return st.Connected && st.Connects > connects
+		return ms[1].Node.Connected() && farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_connects_total") > connects
 	})
 	t.Logf("n2 resubscribed within %v of the start of rabbitmqctl (which takes about a second per call)", time.Since(start).Round(time.Millisecond))
 	// Both ways: n1's sessions reach n2's new queue, and n2 publishes again.

@@ -7,13 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // BenchmarkPublish publishes on pub batches of 256 messages of 300 bytes
 // (the farm's default batch, about the size of a sealed TLS 1.3 session)
 // with sub, a bus of the same farm, receiving them. It reports msgs/s.
-func BenchmarkPublish(b *testing.B, pub, sub farm.Bus) {
+func BenchmarkPublish(b *testing.B, pub, sub transport.Bus) {
 	subscribed(b, sub, func([]byte) {})
 	batch := make([][]byte, 256)
 	for i := range batch {
@@ -35,7 +35,7 @@ func BenchmarkPublish(b *testing.B, pub, sub farm.Bus) {
 // BenchmarkPropagation measures the time from Publish on pub to delivery
 // on sub, a bus of the same farm, one message of 300 bytes at a time, and
 // reports its p50 and p99.
-func BenchmarkPropagation(b *testing.B, pub, sub farm.Bus) {
+func BenchmarkPropagation(b *testing.B, pub, sub transport.Bus) {
 	got := make(chan time.Duration, 1)
 	subscribed(b, sub, func(m []byte) {
 		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m)))
@@ -65,7 +65,7 @@ func BenchmarkPropagation(b *testing.B, pub, sub farm.Bus) {
 
 // subscribed runs bus.Subscribe with deliver until the benchmark ends, and
 // waits until the subscription reports that it is up.
-func subscribed(b *testing.B, bus farm.Bus, deliver func([]byte)) {
+func subscribed(b *testing.B, bus transport.Bus, deliver func([]byte)) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	up := make(chan struct{}, 1)

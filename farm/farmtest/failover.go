@@ -49,7 +49,7 @@ func Recovery(t testing.TB, ms []*Member, version uint16, need int, limit time.D
 	}
 	trips := make([]uint64, len(ms))
 	for i, m := range ms {
-		trips[i] = m.Node.Stats().BreakerTrips
+		trips[i] = Counter(m.Node.Metrics(), "tlsfarm_farm_breaker_trips_total")
 	}
 	t.Logf("cross-node resumption back %v after the failure (%d misses in %d connections; store breaker trips per node %v)",
 		back.Round(time.Millisecond), misses, dials, trips)

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
@@ -66,7 +66,7 @@ type subscriber struct {
 	done chan error
 }
 
-func subscribe(ctx context.Context, b farm.Bus) *subscriber {
+func subscribe(ctx context.Context, b transport.Bus) *subscriber {
 	s := &subscriber{up: make(chan struct{}), done: make(chan error, 1)}
 	go func() {
 		s.done <- b.Subscribe(ctx, func(m []byte) {
@@ -92,7 +92,7 @@ func (s *subscriber) got() [][]byte {
 // receives every message, in publication order, byte for byte; buses of
 // other farms see nothing; Subscribe reports when it is up and returns
 // promptly when its context ends.
-func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) farm.Bus) {
+func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) transport.Bus) {
 	name := FarmName(t)
 	pub, sub1, sub2 := newBus(t, name), newBus(t, name), newBus(t, name)
 	stranger := newBus(t, name+"-other")
@@ -150,7 +150,7 @@ func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) farm.Bus) 
 
 // TestStore checks a Store made by newStore for a farm name: its session
 // records (RecordStore) and its coordination keys (Coordinator).
-func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.Store) {
+func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transport.Store) {
 	ctx := context.Background()
 	name := FarmName(t)
 	s := newStore(t, name)
@@ -158,30 +158,30 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 
 	t.Run("PutGetDelete", func(t *testing.T) {
 		val := []byte("v\x00\xff")
-		if err := s.PutRecords(ctx, farm.Item{Key: "a", Value: val, TTL: time.Minute},
-			farm.Item{Key: "b", Value: []byte("w"), TTL: time.Minute}); err != nil {
+		if err := s.PutRecords(ctx, transport.Item{Key: "a", Value: val, TTL: time.Minute},
+			transport.Item{Key: "b", Value: []byte("w"), TTL: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 		if got, err := s.GetRecord(ctx, "a"); err != nil || !bytes.Equal(got, val) {
 			t.Fatalf("GetRecord(a) = %q, %v", got, err)
 		}
-		if _, err := other.GetRecord(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+		if _, err := other.GetRecord(ctx, "a"); !errors.Is(err, transport.ErrNotFound) {
 			t.Fatalf("another farm's store sees our key: %v", err)
 		}
 		if err := s.DeleteRecords(ctx, "a", "b", "never-there"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.GetRecord(ctx, "a"); !errors.Is(err, farm.ErrNotFound) {
+		if _, err := s.GetRecord(ctx, "a"); !errors.Is(err, transport.ErrNotFound) {
 			t.Fatalf("GetRecord after DeleteRecords: %v, want ErrNotFound", err)
 		}
 	})
 
 	t.Run("TakeRecord", func(t *testing.T) {
-		taker, ok := s.(farm.RecordTaker)
+		taker, ok := s.(transport.RecordTaker)
 		if !ok {
-			t.Skip("the store is not a farm.RecordTaker")
+			t.Skip("the store is not a transport.RecordTaker")
 		}
-		if err := s.PutRecords(ctx, farm.Item{Key: "once", Value: []byte("v"), TTL: time.Minute}); err != nil {
+		if err := s.PutRecords(ctx, transport.Item{Key: "once", Value: []byte("v"), TTL: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 		// Many concurrent takers: exactly one gets the value.
@@ -194,7 +194,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 				defer wg.Done()
 				v, err := taker.TakeRecord(ctx, "once")
 				switch {
-				case errors.Is(err, farm.ErrNotFound):
+				case errors.Is(err, transport.ErrNotFound):
 				case err != nil:
 					t.Error(err)
 				default:
@@ -208,14 +208,14 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 		if len(got) != 1 || string(got[0]) != "v" {
 			t.Fatalf("%d of 16 concurrent TakeRecord calls got the value (%q), want exactly 1", len(got), got)
 		}
-		if _, err := s.GetRecord(ctx, "once"); !errors.Is(err, farm.ErrNotFound) {
+		if _, err := s.GetRecord(ctx, "once"); !errors.Is(err, transport.ErrNotFound) {
 			t.Fatalf("GetRecord after TakeRecord: %v, want ErrNotFound", err)
 		}
-		added, err := taker.AddRecord(ctx, farm.Item{Key: "once", Value: []byte("w"), TTL: time.Minute})
+		added, err := taker.AddRecord(ctx, transport.Item{Key: "once", Value: []byte("w"), TTL: time.Minute})
 		if err != nil || !added {
 			t.Fatalf("AddRecord of a taken key = %t, %v", added, err)
 		}
-		added, err = taker.AddRecord(ctx, farm.Item{Key: "once", Value: []byte("x"), TTL: time.Minute})
+		added, err = taker.AddRecord(ctx, transport.Item{Key: "once", Value: []byte("x"), TTL: time.Minute})
 		if err != nil || added {
 			t.Fatalf("AddRecord of a present key = %t, %v; want false", added, err)
 		}
@@ -225,7 +225,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 	})
 
 	t.Run("TTL", func(t *testing.T) {
-		if err := s.PutRecords(ctx, farm.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
+		if err := s.PutRecords(ctx, transport.Item{Key: "short", Value: []byte("x"), TTL: 300 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.GetRecord(ctx, "short"); err != nil {
@@ -234,7 +234,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) farm.S
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			_, err := s.GetRecord(ctx, "short")
-			if errors.Is(err, farm.ErrNotFound) {
+			if errors.Is(err, transport.ErrNotFound) {
 				break
 			}
 			if time.Now().After(deadline) {

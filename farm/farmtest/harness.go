@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -24,8 +26,8 @@ type Member struct {
 	Cache  *session.Cache  // the server's session cache
 	Node   *farm.Node      // the cache's farm node
 	Server *tlstest.Server // the TLS server
-	Bus    farm.Bus        // from Options.NewTransport
-	Store  farm.Store      // from Options.NewTransport; nil for a transport without one
+	Bus    transport.Bus   // from Options.NewTransport
+	Store  transport.Store // from Options.NewTransport; nil for a transport without one
 
 	// With Options.Rotation: the member's ticket key ring, its rotator,
 	// and Crash, which stops the rotator as a crash would.
@@ -38,7 +40,7 @@ type Member struct {
 type Options struct {
 	// NewTransport opens a member's bus and store (nil for none) for farm
 	// farmName, closing them when the test ends.
-	NewTransport func(t testing.TB, farmName string) (farm.Bus, farm.Store)
+	NewTransport func(t testing.TB, farmName string) (transport.Bus, transport.Store)
 
 	Mode         farm.Mode             // the nodes' farm.Config.Mode
 	WriteThrough bool                  // the nodes' farm.Config.WriteThrough
@@ -67,7 +69,7 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 	bus, store := o.NewTransport(t, farmName)
 	cfg := farm.Config{
 		Farm:          farmName,
-		Node:          name,
+		NodeName:      name,
 		Secrets:       []farm.Secret{o.Secret},
 		Cache:         cache,
 		Bus:           bus,
@@ -114,7 +116,7 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 		m.Rotator.WaitReady(wctx)
 		cancel()
 	}
-	cache.Configure(tcfg)
+	cache.Install(tcfg)
 	if o.CloseServer {
 		m.Server = tlstest.ServeAndClose(t, name, tcfg, cache.HandshakeComplete)
 	} else {
@@ -145,7 +147,7 @@ func WaitConnected(t testing.TB, ms ...*Member) {
 	t.Helper()
 	Eventually(t, 10*time.Second, "all nodes subscribed", func() bool {
 		for _, m := range ms {
-			if !m.Node.Stats().Connected {
+			if !m.Node.Connected() {
 				return false
 			}
 		}
@@ -201,7 +203,7 @@ func Roam(t testing.TB, ms []*Member, attempts int, dial func(*Member) tls.Conne
 func LogStats(t testing.TB, ms []*Member) {
 	t.Helper()
 	for _, m := range ms {
-		t.Logf("%s: cache %+v\nfarm %+v", m.Name, m.Cache.Stats(), m.Node.Stats())
+		t.Logf("%s: cache %v\nfarm %v", m.Name, m.Cache.Metrics(), m.Node.Metrics())
 	}
 }
 
@@ -214,4 +216,12 @@ func NoHandshakeErrors(t testing.TB, ms []*Member) {
 			t.Fatalf("%s: handshake errors: %v", m.Name, errs)
 		}
 	}
+}
+
+// Counter returns the value of the sample in samples (a Node's or a
+// Rotator's Metrics) named name with the given label name, value pairs, as
+// a count: 0 if there is none. Tests read counters through it.
+func Counter(samples []metric.Sample, name string, labels ...string) uint64 {
+	v, _ := metric.Value(samples, name, labels...)
+	return uint64(v)
 }

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // BenchmarkPublish publishes batches of 256 messages of 300 bytes (the
@@ -32,7 +32,7 @@ func BenchmarkPropagation(b *testing.B) {
 func BenchmarkGet(b *testing.B) {
 	tr := open(b, sharedURL(b), farmtest.FarmName(b))
 	ctx := context.Background()
-	if err := tr.PutRecords(ctx, farm.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
 		b.Fatal(err)
 	}
 	var lat []time.Duration
@@ -53,9 +53,9 @@ func BenchmarkGet(b *testing.B) {
 func BenchmarkPutRecords(b *testing.B) {
 	tr := open(b, sharedURL(b), farmtest.FarmName(b))
 	ctx := context.Background()
-	items := make([]farm.Item, 256)
+	items := make([]transport.Item, 256)
 	for i := range items {
-		items[i] = farm.Item{Key: fmt.Sprintf("s:%04x", i), Value: make([]byte, 300), TTL: time.Minute}
+		items[i] = transport.Item{Key: fmt.Sprintf("s:%04x", i), Value: make([]byte, 300), TTL: time.Minute}
 	}
 	b.ReportAllocs()
 	b.ResetTimer()

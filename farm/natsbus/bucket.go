@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // markerTTL is how long the server keeps the marker it leaves when a key
@@ -76,7 +78,7 @@ func (t *Transport) openBucket(done chan struct{}) {
 	s, err := t.lookupBucket(ctx)
 	t.initMu.Lock()
 	if err != nil {
-		t.initErr = fmt.Errorf("natsbus: bucket %s: %v", t.bucket, redact(err, t.secrets))
+		t.initErr = fmt.Errorf("natsbus: bucket %s: %v", t.bucket, redact.Error(err, t.secrets))
 	} else {
 		t.store.Store(s)
 	}
@@ -254,7 +256,7 @@ func (t *Transport) check(s *bucketState, op string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("natsbus: %s: %w", op, err)
 	}
-	return fmt.Errorf("natsbus: %s: %v", op, redact(err, t.secrets))
+	return fmt.Errorf("natsbus: %s: %v", op, redact.Error(err, t.secrets))
 }
 
 // NativeTTL reports whether the server expires the bucket's keys by their

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // flushTimeout bounds a Publish whose context has no deadline: nats.go's
@@ -19,7 +21,7 @@ var errNotConnected = errors.New("natsbus: not connected to NATS")
 // errClosed is returned by Subscribe when the connection is closed for good.
 var errClosed = errors.New("natsbus: connection closed")
 
-// Publish implements farm.Bus: it publishes every message on the farm's
+// Publish implements transport.Bus: it publishes every message on the farm's
 // subject, then flushes once, so that a batch costs one round trip and has
 // reached the server when Publish returns nil. While the connection is
 // down it fails at once rather than buffering: the farm counts what it
@@ -30,7 +32,7 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	}
 	for _, m := range msgs {
 		if err := t.nc.Publish(t.subject, m); err != nil {
-			return fmt.Errorf("natsbus: publish: %v", redact(err, t.secrets))
+			return fmt.Errorf("natsbus: publish: %v", redact.Error(err, t.secrets))
 		}
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -44,7 +46,7 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	return nil
 }
 
-// Subscribe implements farm.Bus. It subscribes once: nats.go reconnects on
+// Subscribe implements transport.Bus. It subscribes once: nats.go reconnects on
 // its own and resubscribes on every reconnect, and Subscribe reports each
 // change of the connection's state. It returns ctx.Err() when ctx is done,
 // or an error if the connection is closed for good.
@@ -65,14 +67,14 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("natsbus: subscribe: %v", redact(err, t.secrets))
+		return fmt.Errorf("natsbus: subscribe: %v", redact.Error(err, t.secrets))
 	}
 	defer sub.Unsubscribe()
 
 	up := false
 	downErr := func() error {
 		if err := t.nc.LastError(); err != nil {
-			return fmt.Errorf("natsbus: %v", redact(err, t.secrets))
+			return fmt.Errorf("natsbus: %v", redact.Error(err, t.secrets))
 		}
 		return errNotConnected
 	}

@@ -11,7 +11,7 @@ func (t *Transport) now() time.Time {
 	return time.Now().Add(time.Duration(t.offset.Load()))
 }
 
-// Time implements farm.Coordinator with the server's clock: the time stamp on
+// Time implements transport.Coordinator with the server's clock: the time stamp on
 // the bucket's stream information (nats-server 2.10+), or else the time
 // stamp the server puts on a message written to the key "_clock" and read
 // back. The offset from the local clock is kept, to judge expiry between

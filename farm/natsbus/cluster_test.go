@@ -12,6 +12,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/natstest"
 )
 
@@ -43,7 +44,7 @@ func TestClusterBucketReplicatedAndFollowsLeader(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.start(t)
 			ms, name := farmtest.Start(t, 3, &farmtest.Options{
-				NewTransport: func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+				NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 					tr, err := natsbus.Open(c.url, farmName, nil)
 					if err != nil {
 						t.Fatal(err)

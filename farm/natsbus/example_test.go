@@ -6,9 +6,9 @@ import (
 	"log"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // A farm's transport on an embedded server: what one node publishes, every
@@ -44,7 +44,7 @@ func Example() {
 	}
 	fmt.Printf("received %q\n", <-got)
 
-	if err := tr.PutRecords(ctx, farm.Item{Key: "s:0102", Value: []byte("sealed session"), TTL: time.Hour}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "s:0102", Value: []byte("sealed session"), TTL: time.Hour}); err != nil {
 		log.Fatal(err)
 	}
 	v, err := tr.GetRecord(ctx, "s:0102")

@@ -6,12 +6,13 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
 // natsTransport opens each member's transport on the NATS server at url.
-func natsTransport(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func natsTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		tr := open(t, url, farmName)
 		return tr, tr
 	}
@@ -57,7 +58,7 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 					farmtest.NoHandshakeErrors(t, ms)
 					var lookups uint64
 					for _, m := range ms {
-						lookups += m.Node.Stats().StoreHits
+						lookups += farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_store_lookups_total", "result", "hit")
 					}
 					if mode == farm.StoreOnly && lookups == 0 {
 						t.Fatal("store-only farm resumed without a single store hit")

@@ -72,22 +72,25 @@ func TestBatchesWithinMaxPayload(t *testing.T) {
 		}
 	}
 	farmtest.Eventually(t, 10*time.Second, "every session reached n2", func() bool {
-		return ms[1].Node.Stats().Inserted >= sessions
+		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total") >= sessions
 	})
 	farmtest.Eventually(t, 5*time.Second, "n1 counted them, the watcher saw them", func() bool {
-		return ms[0].Node.Stats().Published >= sessions && count.Load() >= 2
+		return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_published_total", "kind", "session") >= sessions && count.Load() >= 2
 	})
 	nc.Flush()
-	st := ms[0].Node.Stats()
+	st := ms[0].Node.Metrics()
+	published := farmtest.Counter(st, "tlsfarm_farm_published_total", "kind", "session")
+	unencodable := farmtest.Counter(st, "tlsfarm_farm_unencodable_total")
+	publishErrors := farmtest.Counter(st, "tlsfarm_farm_publish_errors_total")
 	t.Logf("%d messages on the bus, largest %d bytes; n1: %d published, %d unencodable, %d publish errors",
-		count.Load(), largest.Load(), st.Published, st.Unencodable, st.PublishErrors)
+		count.Load(), largest.Load(), published, unencodable, publishErrors)
 	if largest.Load() > maxPayload {
 		t.Fatalf("a %d-byte message on a bus whose max_payload is %d", largest.Load(), maxPayload)
 	}
-	if st.PublishErrors != 0 || st.Unencodable == 0 || st.Published != sessions {
+	if publishErrors != 0 || unencodable == 0 || published != sessions {
 		t.Fatalf("want %d published, the oversize session counted, no errors: %+v", sessions, st)
 	}
-	if got := ms[1].Node.Stats().Inserted; got != sessions {
+	if got := farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total"); got != sessions {
 		t.Fatalf("n2 inserted %d sessions, want %d", got, sessions)
 	}
 }

@@ -1,5 +1,5 @@
 // Package natsbus is the farm's NATS transport, built on nats.go: a
-// farm.Bus over core NATS publish/subscribe and a farm.Store over a
+// transport.Bus over core NATS publish/subscribe and a transport.Store over a
 // JetStream key-value bucket.
 //
 // A farm named F uses the subject "tlsfarm.F.bus" and the bucket
@@ -36,6 +36,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // DefaultLegacyMaxAge is the default of Options.LegacyMaxAge: longer than
@@ -103,7 +105,7 @@ type Options struct {
 	LegacyRecordAge time.Duration
 }
 
-// A Transport is a farm.Bus and a farm.Store on one NATS connection.
+// A Transport is a transport.Bus and a transport.Store on one NATS connection.
 // Its methods are safe for concurrent use.
 type Transport struct {
 	nc      *nats.Conn
@@ -147,7 +149,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	for _, s := range strings.Split(rawURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
 		if err != nil {
-			return nil, fmt.Errorf("natsbus: bad URL: %v", redactURLError(err))
+			return nil, fmt.Errorf("natsbus: bad URL: %v", redact.URLError(err))
 		}
 		for k, v := range u.Query() {
 			switch {
@@ -169,9 +171,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		}
 		u.RawQuery = ""
 		servers = append(servers, u.String())
-		if p, ok := u.User.Password(); ok && p != "" {
-			secrets = append(secrets, p)
-		}
+		secrets = append(secrets, redact.Passwords(u)...)
 		if u.Scheme != "nats" && u.Scheme != "tls" {
 			return nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
 		}
@@ -204,7 +204,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
 	nc, err := nats.Connect(strings.Join(servers, ","), o...)
 	if err != nil {
-		return nil, fmt.Errorf("natsbus: %v", redact(err, secrets))
+		return nil, fmt.Errorf("natsbus: %v", redact.Error(err, secrets))
 	}
 	t, err := New(nc, farmName, opts)
 	if err != nil {
@@ -292,32 +292,3 @@ func (t *Transport) Bucket() string { return t.bucket }
 // records on a server without per-message TTL, "tlsfarm_<farm>_s" (no farm's
 // Bucket has this name). On newer servers the records are in Bucket.
 func (t *Transport) RecordBucket() string { return t.bucket + "_s" }
-
-// redactURLError drops a URL (which may hold a password) from a parse error.
-func redactURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-// redact replaces every secret in err's text with "xxxxx". It returns err
-// itself when no secret occurs, so that errors.Is keeps working.
-func redact(err error, secrets []string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	changed := false
-	for _, s := range secrets {
-		if strings.Contains(msg, s) {
-			msg = strings.ReplaceAll(msg, s, "xxxxx")
-			changed = true
-		}
-	}
-	if !changed {
-		return err
-	}
-	return errors.New(msg)
-}

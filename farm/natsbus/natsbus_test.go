@@ -10,10 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // sharedURL returns the URL of the machine's shared NATS server
@@ -61,7 +61,7 @@ func open(tb testing.TB, url, farmName string) *natsbus.Transport {
 
 func TestBusConformance(t *testing.T) {
 	url := sharedURL(t)
-	farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name) })
+	farmtest.TestBus(t, func(t *testing.T, name string) transport.Bus { return open(t, url, name) })
 }
 
 // TestStoreConformance runs the store suite on the shared server and on an
@@ -70,11 +70,11 @@ func TestBusConformance(t *testing.T) {
 func TestStoreConformance(t *testing.T) {
 	t.Run("shared", func(t *testing.T) {
 		url := sharedURL(t)
-		farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+		farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
 	})
 	t.Run("embedded", func(t *testing.T) {
 		url := embedded(t)
-		farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+		farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
 		tr := open(t, url, farmtest.FarmName(t))
 		if ok, err := tr.NativeTTL(context.Background()); err != nil || !ok {
 			t.Fatalf("NativeTTL on an embedded current server = %t, %v; want true", ok, err)
@@ -88,7 +88,7 @@ func TestServerExpiresKeys(t *testing.T) {
 	url := embedded(t)
 	tr := open(t, url, farmtest.FarmName(t))
 	ctx := context.Background()
-	if err := tr.PutRecords(ctx, farm.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "s:00", Value: []byte("x"), TTL: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(tr.Conn())
@@ -206,7 +206,7 @@ func TestWrongPasswordNotShown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer good.Close()
-	if err := good.PutRecords(context.Background(), farm.Item{Key: "k", Value: []byte("v"), TTL: time.Minute}); err != nil {
+	if err := good.PutRecords(context.Background(), transport.Item{Key: "k", Value: []byte("v"), TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -276,7 +276,7 @@ func TestLegacyRecordBucketAge(t *testing.T) {
 	if native, err := tr.NativeTTL(ctx); err != nil || native {
 		t.Skipf("the shared server expires keys itself (%v): nothing to check", err)
 	}
-	if err := tr.PutRecords(ctx, farm.Item{Key: "s:01", Value: []byte("x"), TTL: time.Hour}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("x"), TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(tr.Conn())
@@ -297,10 +297,10 @@ func TestLegacyRecordBucketAge(t *testing.T) {
 	if a := age(tr.Bucket()); a != natsbus.DefaultLegacyMaxAge {
 		t.Fatalf("coordination bucket age %v, want %v", a, natsbus.DefaultLegacyMaxAge)
 	}
-	if _, err := tr.Get(ctx, "s:01"); !errors.Is(err, farm.ErrNotFound) {
+	if _, err := tr.Get(ctx, "s:01"); !errors.Is(err, transport.ErrNotFound) {
 		t.Fatalf("a record shows up among the coordination keys: %v", err)
 	}
-	if err := tr.PutRecords(ctx, farm.Item{Key: "s:02", Value: []byte("y"), TTL: 3*time.Hour + time.Minute}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "s:02", Value: []byte("y"), TTL: 3*time.Hour + time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	if a := age(tr.RecordBucket()); a != 3*time.Hour+10*time.Minute {

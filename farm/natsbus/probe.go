@@ -6,10 +6,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
-// Ping implements farm.Pinger: one PING to the server, answered within
+// Ping implements transport.Pinger: one PING to the server, answered within
 // ctx. It fails at once while the client is reconnecting.
 func (t *Transport) Ping(ctx context.Context) error {
 	if st := t.nc.Status(); st != nats.CONNECTED {
@@ -21,11 +21,11 @@ func (t *Transport) Ping(ctx context.Context) error {
 	return nil
 }
 
-// MaxMessageSize implements farm.MessageLimiter: the max_payload the
+// MaxMessageSize implements transport.MessageLimiter: the max_payload the
 // server announced (1 MiB by default), or 0 before the first connection.
 func (t *Transport) MaxMessageSize() int { return int(t.nc.MaxPayload()) }
 
 var (
-	_ farm.Pinger         = (*Transport)(nil)
-	_ farm.MessageLimiter = (*Transport)(nil)
+	_ transport.Pinger         = (*Transport)(nil)
+	_ transport.MessageLimiter = (*Transport)(nil)
 )

@@ -8,6 +8,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 )
 
 // TestSharingRecoversAfterServerRestart: the NATS server crashes and comes
@@ -20,22 +21,22 @@ func TestSharingRecoversAfterServerRestart(t *testing.T) {
 
 	shares := func(what string) {
 		t.Helper()
-		before := make([]farm.Stats, len(ms))
+		before := make([][]metric.Sample, len(ms))
 		for i, m := range ms {
-			before[i] = m.Node.Stats()
+			before[i] = m.Node.Metrics()
 		}
 		frozen := &tlstest.FrozenCache{}
 		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 		for i, m := range ms[1:] {
 			farmtest.Eventually(t, 10*time.Second, what+": "+m.Name+" received the session over the bus", func() bool {
-				return m.Node.Stats().Inserted > before[i+1].Inserted
+				return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_inserted_total") > farmtest.Counter(before[i+1], "tlsfarm_farm_inserted_total")
 			})
 			if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
 				t.Fatalf("%s: %s did not resume n1's session", what, m.Name)
 			}
 		}
 		farmtest.Eventually(t, 10*time.Second, what+": n1 wrote the session to the store", func() bool {
-			return ms[0].Node.Stats().StoreWrites > before[0].StoreWrites
+			return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_store_writes_total") > farmtest.Counter(before[0], "tlsfarm_farm_store_writes_total")
 		})
 	}
 	shares("before the crash")
@@ -43,7 +44,7 @@ func TestSharingRecoversAfterServerRestart(t *testing.T) {
 	srv.Kill()
 	farmtest.Eventually(t, 10*time.Second, "every node saw the bus go down", func() bool {
 		for _, m := range ms {
-			if m.Node.Stats().Connected {
+			if m.Node.Connected() {
 				return false
 			}
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // setMemberKey returns the KV key of member in the set at key: one token
@@ -21,7 +21,7 @@ func setMemberKey(key string, member []byte) string {
 	return setPrefix + kvKey(key) + "." + hex.EncodeToString(h[:16])
 }
 
-// SetAdd implements farm.Coordinator: a set is a group of keys, one per member,
+// SetAdd implements transport.Coordinator: a set is a group of keys, one per member,
 // each holding its time and the member, and expiring a second after it
 // where the server allows.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
@@ -35,7 +35,7 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	return t.check(s, "set add", err)
 }
 
-// SetMembers implements farm.Coordinator: it reads the set's member keys with one
+// SetMembers implements transport.Coordinator: it reads the set's member keys with one
 // watcher, keeps those whose time has not passed by the server's clock
 // (Time), and purges the others on a server that does not expire them
 // itself.
@@ -71,7 +71,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		switch {
 		case !ok:
 		case int64(until) > now.UnixMilli():
-			if len(members) < farm.MaxSetMembers {
+			if len(members) < transport.MaxSetMembers {
 				members = append(members, member)
 			}
 		default:

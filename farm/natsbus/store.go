@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // How the store lays out the farm's keys in the bucket:
@@ -179,9 +179,9 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 	return nil
 }
 
-// PutRecords implements farm.RecordStore: every item is written with its
+// PutRecords implements transport.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip.
-func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
+func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
@@ -200,7 +200,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 // openRecords opens the store and returns its state m (for check) and the
 // state s of the bucket that holds the session records: m itself on a
 // server with per-message TTL, the records' own bucket on an older one.
-// Every farm.RecordStore method works on s.
+// Every transport.RecordStore method works on s.
 func (t *Transport) openRecords(ctx context.Context) (m, s *bucketState, err error) {
 	m, err = t.open(ctx)
 	if err != nil {
@@ -209,7 +209,7 @@ func (t *Transport) openRecords(ctx context.Context) (m, s *bucketState, err err
 	return m, m.records, nil
 }
 
-// GetRecord implements farm.RecordStore as Get does, in the records'
+// GetRecord implements transport.RecordStore as Get does, in the records'
 // bucket.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	m, s, err := t.openRecords(ctx)
@@ -221,13 +221,13 @@ func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 		return nil, t.check(m, "get", err)
 	}
 	if !e.present {
-		return nil, farm.ErrNotFound
+		return nil, transport.ErrNotFound
 	}
 	return e.value, nil
 }
 
-// Get implements farm.Coordinator with one direct get of the key's last
-// message. An expired value is farm.ErrNotFound, also on a server that has
+// Get implements transport.Coordinator with one direct get of the key's last
+// message. An expired value is transport.ErrNotFound, also on a server that has
 // not yet removed it.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	s, err := t.open(ctx)
@@ -239,12 +239,12 @@ func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, t.check(s, "get", err)
 	}
 	if !e.present {
-		return nil, farm.ErrNotFound
+		return nil, transport.ErrNotFound
 	}
 	return e.value, nil
 }
 
-// DeleteRecords implements farm.RecordStore: each key is purged (its
+// DeleteRecords implements transport.RecordStore: each key is purged (its
 // messages dropped, a marker left), pipelined.
 func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
@@ -262,7 +262,7 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	return t.check(m, "delete", t.publishAll(ctx, msgs, opts))
 }
 
-// TakeRecord implements farm.RecordTaker: the key is read and purged with
+// TakeRecord implements transport.RecordTaker: the key is read and purged with
 // the read revision as the expected last sequence of its subject, so that
 // of concurrent takers the server accepts exactly one purge. A purge
 // refused because the key changed (it was rewritten) is retried from the
@@ -279,7 +279,7 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 			return nil, t.check(m, "take", err)
 		}
 		if !e.present {
-			return nil, farm.ErrNotFound
+			return nil, transport.ErrNotFound
 		}
 		msg, opts := t.purgeMessage(s, k)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
@@ -291,12 +291,12 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 			return nil, t.check(m, "take", err)
 		}
 	}
-	return nil, farm.ErrNotFound
+	return nil, transport.ErrNotFound
 }
 
-// AddRecord implements farm.RecordTaker as SetNX does, in the records'
+// AddRecord implements transport.RecordTaker as SetNX does, in the records'
 // bucket.
-func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, error) {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return false, err
@@ -305,14 +305,14 @@ func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
 	return t.swapIn(ctx, m, s, "add", it.Key, nil, it.Value, it.TTL)
 }
 
-// SetNX implements farm.Coordinator: a write that the server accepts only if the
+// SetNX implements transport.Coordinator: a write that the server accepts only if the
 // key's last message is the one just read and found absent (none, a
 // marker, or an expired value).
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	return t.swap(ctx, "setnx", key, nil, value, ttl)
 }
 
-// CompareAndSwap implements farm.Coordinator: the key is read, compared, and
+// CompareAndSwap implements transport.Coordinator: the key is read, compared, and
 // written with the read revision as the expected last sequence of its
 // subject, so that the server refuses the write if anything else wrote in
 // between.
@@ -367,7 +367,7 @@ func wrongLastSequence(err error) bool {
 }
 
 var (
-	_ farm.Bus         = (*Transport)(nil)
-	_ farm.Store       = (*Transport)(nil)
-	_ farm.RecordTaker = (*Transport)(nil)
+	_ transport.Bus         = (*Transport)(nil)
+	_ transport.Store       = (*Transport)(nil)
+	_ transport.RecordTaker = (*Transport)(nil)
 )

@@ -9,6 +9,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
@@ -22,8 +23,8 @@ func patient(cfg *farm.Config) {
 }
 
 // transportAt opens each member's transport on the Redis at url.
-func transportAt(url string) func(testing.TB, string) (farm.Bus, farm.Store) {
-	return func(t testing.TB, farmName string) (farm.Bus, farm.Store) {
+func transportAt(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		tr, err := redisbus.Open(url, farmName)
 		if err != nil {
 			t.Fatal(err)
@@ -79,11 +80,11 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 	}
 
 	// Broadcast on the cluster: the batch of SETs (over several masters) and
-	// the SPUBLISH go out as one cluster pipeline (farm.Batcher).
+	// the SPUBLISH go out as one cluster pipeline (transport.Batcher).
 	bs, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: transportAt(c.URL("")), WriteThrough: true})
 	tlstest.MustDial(t, bs[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1)))
 	farmtest.Eventually(t, 5*time.Second, "a session broadcast over the cluster", func() bool {
-		return bs[1].Node.Stats().Inserted > 0
+		return farmtest.Counter(bs[1].Node.Metrics(), "tlsfarm_farm_inserted_total") > 0
 	})
 
 	biggest := masters[slices.Index(counts, slices.Max(counts))]

@@ -1,6 +1,6 @@
 // Package redisbus is the farm's Redis transport, built on go-redis: a
-// farm.Bus over PUBLISH/SUBSCRIBE (sharded SPUBLISH/SSUBSCRIBE on a
-// cluster) and a farm.Store over keys with millisecond TTLs, pipelined.
+// transport.Bus over PUBLISH/SUBSCRIBE (sharded SPUBLISH/SSUBSCRIBE on a
+// cluster) and a transport.Store over keys with millisecond TTLs, pipelined.
 //
 // Every key of a farm starts with its name, so that several farms share a
 // server without seeing each other. The farm's few coordination keys (the
@@ -26,10 +26,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 )
 
-// A Transport is a farm.Bus and a farm.Store on one Redis deployment.
+// A Transport is a transport.Bus and a transport.Store on one Redis deployment.
 type Transport struct {
 	c       redis.UniversalClient
 	cluster bool
@@ -66,7 +68,7 @@ type Transport struct {
 func Open(rawURL, farmName string) (*Transport, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("redisbus: bad URL: %v", redactURLError(err))
+		return nil, fmt.Errorf("redisbus: bad URL: %v", redact.URLError(err))
 	}
 	base, kind, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
@@ -93,7 +95,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "":
 		opt, err := redis.ParseURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
@@ -103,7 +105,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "cluster":
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -113,7 +115,7 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "sentinel":
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redactURLError(err))
+			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -147,15 +149,6 @@ func (quietLogger) Printf(ctx context.Context, format string, v ...any) {
 	slog.Debug("redisbus: go-redis: " + fmt.Sprintf(format, v...))
 }
 
-// redactURLError drops a URL (which may hold a password) from a parse error.
-func redactURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
 // New returns a transport for the named farm on a client the caller made
 // (and closes). Set ContextTimeoutEnabled on its options, or lookups will
 // not respect their deadlines.
@@ -177,7 +170,7 @@ func (t *Transport) Close() error {
 	return nil
 }
 
-// Ping checks that Redis answers (farm.Pinger): one PING, within ctx.
+// Ping checks that Redis answers (transport.Pinger): one PING, within ctx.
 func (t *Transport) Ping(ctx context.Context) error { return t.c.Ping(ctx).Err() }
 
 // Key returns the Redis key that holds the farm's coordination key k.
@@ -191,7 +184,7 @@ func (t *Transport) RecordKey(k string) string { return t.records + "{" + k + "}
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
 
-// Publish implements farm.Bus: one PUBLISH per message, in one pipeline.
+// Publish implements transport.Bus: one PUBLISH per message, in one pipeline.
 func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if len(msgs) == 1 {
 		return t.failed(t.publish(ctx, t.c, msgs[0]).Err())
@@ -212,11 +205,12 @@ func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *r
 	return c.Publish(ctx, t.channel, msg)
 }
 
-// Subscribe implements farm.Bus. go-redis reconnects and resubscribes a
+// Subscribe implements transport.Bus. go-redis reconnects and resubscribes a
 // subscription whose connection fails; a subscription that falls silent for
-// two health intervals without answering a ping is closed and made anew.
+// two health intervals without answering a ping is closed and made anew,
+// after a wait from 50ms doubling to 1s, with jitter.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
-	for failures := 0; ; failures++ {
+	for failures := 1; ; failures++ {
 		err := t.subscribeOnce(ctx, deliver, state)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -225,7 +219,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(min(50*time.Millisecond<<min(failures, 5), time.Second)):
+		case <-time.After(retry.Backoff(failures, 50*time.Millisecond, time.Second)):
 		}
 	}
 }
@@ -274,7 +268,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				state(true, nil)
 			}
 		case *redis.Message:
-			if len(m.Payload) > farm.MaxMessageSize {
+			if len(m.Payload) > transport.MaxMessageSize {
 				continue // the farm would refuse it: do not copy it
 			}
 			deliver([]byte(m.Payload))
@@ -282,8 +276,8 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 	}
 }
 
-// PutRecords implements farm.RecordStore: SET key value PX ttl, pipelined.
-func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
+// PutRecords implements transport.RecordStore: SET key value PX ttl, pipelined.
+func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
 		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
@@ -297,10 +291,10 @@ func (t *Transport) PutRecords(ctx context.Context, items ...farm.Item) error {
 	return t.failed(err)
 }
 
-// PutAndPublish implements farm.Batcher: the SETs, the DELs and the
+// PutAndPublish implements transport.Batcher: the SETs, the DELs and the
 // PUBLISHes go in one pipeline, one round trip (on a cluster, one per
 // shard, with a DEL per key).
-func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, dels []string, msgs [][]byte) error {
+func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
 			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
@@ -326,12 +320,12 @@ func (t *Transport) PutAndPublish(ctx context.Context, items []farm.Item, dels [
 	return t.failed(err)
 }
 
-// GetRecord implements farm.RecordStore.
+// GetRecord implements transport.RecordStore.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	return t.get(ctx, t.RecordKey(key))
 }
 
-// Get implements farm.Coordinator.
+// Get implements transport.Coordinator.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	return t.get(ctx, t.prefix+key)
 }
@@ -339,12 +333,12 @@ func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 func (t *Transport) get(ctx context.Context, key string) ([]byte, error) {
 	b, err := t.c.Get(ctx, key).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, farm.ErrNotFound
+		return nil, transport.ErrNotFound
 	}
 	return b, t.failed(err)
 }
 
-// DeleteRecords implements farm.RecordStore: one DEL, or on a cluster,
+// DeleteRecords implements transport.RecordStore: one DEL, or on a cluster,
 // where the records lie in different slots, one DEL per key, pipelined.
 func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
@@ -366,32 +360,32 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	return t.failed(err)
 }
 
-// TakeRecord implements farm.RecordTaker with GETDEL: one atomic command.
+// TakeRecord implements transport.RecordTaker with GETDEL: one atomic command.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
 	b, err := t.c.GetDel(ctx, t.RecordKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, farm.ErrNotFound
+		return nil, transport.ErrNotFound
 	}
 	return b, t.failed(err)
 }
 
-// AddRecord implements farm.RecordTaker: SET key value NX PX ttl.
-func (t *Transport) AddRecord(ctx context.Context, it farm.Item) (bool, error) {
+// AddRecord implements transport.RecordTaker: SET key value NX PX ttl.
+func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, error) {
 	ok, err := t.c.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
 	return ok, t.failed(err)
 }
 
-// SwapRecord implements farm.RecordSwapper: SET key value PX ttl GET, one
+// SwapRecord implements transport.RecordSwapper: SET key value PX ttl GET, one
 // atomic command (Redis 6.2 or later).
-func (t *Transport) SwapRecord(ctx context.Context, it farm.Item) ([]byte, error) {
+func (t *Transport) SwapRecord(ctx context.Context, it transport.Item) ([]byte, error) {
 	b, err := t.c.SetArgs(ctx, t.RecordKey(it.Key), it.Value, redis.SetArgs{TTL: it.TTL, Get: true}).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, farm.ErrNotFound
+		return nil, transport.ErrNotFound
 	}
 	return b, t.failed(err)
 }
 
-// SetNX implements farm.Coordinator: SET key value NX PX ttl.
+// SetNX implements transport.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	ok, err := t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
 	return ok, t.failed(err)
@@ -412,7 +406,7 @@ end
 return 1
 `)
 
-// CompareAndSwap implements farm.Coordinator with a Lua script.
+// CompareAndSwap implements transport.Coordinator with a Lua script.
 func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	mode := "match"
 	if old == nil {
@@ -431,7 +425,7 @@ redis.call('PEXPIREAT', KEYS[1], last[2])
 return 1
 `)
 
-// SetAdd implements farm.Coordinator with a sorted set scored by expiry.
+// SetAdd implements transport.Coordinator with a sorted set scored by expiry.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	return t.failed(setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err())
 }
@@ -445,10 +439,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 return redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 `)
 
-// SetMembers implements farm.Coordinator; it returns at most
-// farm.MaxSetMembers members, those that lapse last.
+// SetMembers implements transport.Coordinator; it returns at most
+// transport.MaxSetMembers members, those that lapse last.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
-	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, farm.MaxSetMembers).StringSlice()
+	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, transport.MaxSetMembers).StringSlice()
 	if err != nil {
 		return nil, t.failed(err)
 	}
@@ -459,7 +453,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	return out, nil
 }
 
-// Time implements farm.Coordinator with the TIME command.
+// Time implements transport.Coordinator with the TIME command.
 func (t *Transport) Time(ctx context.Context) (time.Time, error) {
 	now, err := t.c.Time(ctx).Result()
 	return now, t.failed(err)
@@ -480,11 +474,11 @@ func (t *Transport) failed(err error) error {
 }
 
 var (
-	_ farm.Pinger  = (*Transport)(nil)
-	_ farm.Bus     = (*Transport)(nil)
-	_ farm.Store   = (*Transport)(nil)
-	_ farm.Batcher = (*Transport)(nil)
+	_ transport.Pinger  = (*Transport)(nil)
+	_ transport.Bus     = (*Transport)(nil)
+	_ transport.Store   = (*Transport)(nil)
+	_ transport.Batcher = (*Transport)(nil)
 
-	_ farm.RecordTaker   = (*Transport)(nil)
-	_ farm.RecordSwapper = (*Transport)(nil)
+	_ transport.RecordTaker   = (*Transport)(nil)
+	_ transport.RecordSwapper = (*Transport)(nil)
 )

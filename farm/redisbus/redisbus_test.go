@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -27,12 +27,12 @@ func open(t *testing.T, url, farmName string) *redisbus.Transport {
 
 func TestBusConformance(t *testing.T) {
 	url := redistest.URL(t)
-	farmtest.TestBus(t, func(t *testing.T, name string) farm.Bus { return open(t, url, name) })
+	farmtest.TestBus(t, func(t *testing.T, name string) transport.Bus { return open(t, url, name) })
 }
 
 func TestStoreConformance(t *testing.T) {
 	url := redistest.URL(t)
-	farmtest.TestStore(t, func(t *testing.T, name string) farm.Store { return open(t, url, name) })
+	farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
 }
 
 func TestOpenURLs(t *testing.T) {
@@ -83,7 +83,7 @@ func TestKeyLayout(t *testing.T) {
 	}
 }
 
-// TestPutAndPublish: one farm.Batcher call writes its records, deletes its
+// TestPutAndPublish: one transport.Batcher call writes its records, deletes its
 // keys (after the writes, as PutRecords then DeleteRecords would) and
 // publishes its messages.
 func TestPutAndPublish(t *testing.T) {
@@ -109,11 +109,11 @@ func TestPutAndPublish(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("no subscription")
 	}
-	if err := tr.PutRecords(ctx, farm.Item{Key: "old", Value: []byte("1"), TTL: time.Minute},
-		farm.Item{Key: "kept", Value: []byte("2"), TTL: time.Minute}); err != nil {
+	if err := tr.PutRecords(ctx, transport.Item{Key: "old", Value: []byte("1"), TTL: time.Minute},
+		transport.Item{Key: "kept", Value: []byte("2"), TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	err := tr.PutAndPublish(ctx, []farm.Item{{Key: "new", Value: []byte("3"), TTL: time.Minute}, {Key: "both", Value: []byte("4"), TTL: time.Minute}},
+	err := tr.PutAndPublish(ctx, []transport.Item{{Key: "new", Value: []byte("3"), TTL: time.Minute}, {Key: "both", Value: []byte("4"), TTL: time.Minute}},
 		[]string{"old", "both", "absent"}, [][]byte{[]byte("m1"), []byte("m2")})
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ func TestPutAndPublish(t *testing.T) {
 	for key, want := range map[string]string{"old": "", "both": "", "kept": "2", "new": "3"} {
 		v, err := tr.GetRecord(ctx, key)
 		switch {
-		case want == "" && !errors.Is(err, farm.ErrNotFound):
+		case want == "" && !errors.Is(err, transport.ErrNotFound):
 			t.Errorf("record %q: %q, %v; want it deleted", key, v, err)
 		case want != "" && (err != nil || string(v) != want):
 			t.Errorf("record %q: %q, %v; want %q", key, v, err, want)
@@ -145,10 +145,10 @@ func TestSwapRecord(t *testing.T) {
 	tr := open(t, redistest.URL(t), redistest.Farm(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if old, err := tr.SwapRecord(ctx, farm.Item{Key: "c:1", Value: []byte("a"), TTL: time.Minute}); !errors.Is(err, farm.ErrNotFound) || old != nil {
+	if old, err := tr.SwapRecord(ctx, transport.Item{Key: "c:1", Value: []byte("a"), TTL: time.Minute}); !errors.Is(err, transport.ErrNotFound) || old != nil {
 		t.Fatalf("first swap: %q, %v; want ErrNotFound", old, err)
 	}
-	old, err := tr.SwapRecord(ctx, farm.Item{Key: "c:1", Value: []byte("b"), TTL: 300 * time.Millisecond})
+	old, err := tr.SwapRecord(ctx, transport.Item{Key: "c:1", Value: []byte("b"), TTL: 300 * time.Millisecond})
 	if err != nil || string(old) != "a" {
 		t.Fatalf("second swap: %q, %v; want \"a\"", old, err)
 	}
@@ -156,7 +156,7 @@ func TestSwapRecord(t *testing.T) {
 		t.Fatalf("after the swap: %q, %v; want \"b\"", v, err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if v, err := tr.GetRecord(ctx, "c:1"); !errors.Is(err, farm.ErrNotFound) {
+	if v, err := tr.GetRecord(ctx, "c:1"); !errors.Is(err, transport.ErrNotFound) {
 		t.Fatalf("after its TTL: %q, %v; want it gone", v, err)
 	}
 }

@@ -24,7 +24,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer tr.Close()
-	// tr is the farm.Bus and farm.Store of one node.
+	// tr is the transport.Bus and transport.Store of one node.
 	fmt.Println(tr.Subject())
 	// Output:
 	// true

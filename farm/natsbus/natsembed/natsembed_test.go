@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // TestRestartKeepsData: a server restarted on the same port and directory
@@ -66,7 +66,7 @@ func TestRestartKeepsData(t *testing.T) {
 			}
 			break
 		}
-		if errors.Is(err, farm.ErrNotFound) || time.Now().After(deadline) {
+		if errors.Is(err, transport.ErrNotFound) || time.Now().After(deadline) {
 			t.Fatalf("after restart: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)

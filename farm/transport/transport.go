@@ -1,4 +1,15 @@
-package farm
+// Package transport defines what the farm needs from the systems that carry
+// its messages and hold its records: a Bus, a RecordStore and a Coordinator,
+// and the optional interfaces a transport may also implement (Batcher,
+// RecordTaker, Pinger, MessageLimiter).
+//
+// It stands to package farm as database/sql/driver stands to database/sql:
+// transports (farm/redisbus, farm/natsbus, farm/amqpbus) implement these
+// interfaces, and a program hands their values to farm.Config. The
+// conformance suite in farm/farmtest (TestBus, TestStore) checks a
+// transport against a real server. Everything a transport sees is a sealed envelope:
+// opaque bytes under relative keys.
+package transport
 
 import (
 	"context"
@@ -6,14 +17,15 @@ import (
 	"time"
 )
 
-// ErrNotFound is returned by RecordStore.GetRecord and Coordinator.Get for
-// a key that does not exist.
+// ErrNotFound is returned by RecordStore.GetRecord, RecordTaker.TakeRecord
+// and Coordinator.Get for a key that does not exist.
 var ErrNotFound = errors.New("farm: not found")
 
 // A Bus carries messages between the nodes of one farm. Every message
 // published by any node is delivered to every node subscribed, the sender
 // included (the farm drops its own). Implementations live in sub-packages
-// (redisbus, natsbus, amqpbus); the farm never imports a client library.
+// of farm (redisbus, natsbus, amqpbus); the farm never imports a client
+// library.
 //
 // Messages are sealed envelopes: a Bus sees only opaque bytes and needs no
 // security of its own beyond what its operator wants.
@@ -34,9 +46,9 @@ type Bus interface {
 
 // An Item is one session record written by RecordStore.PutRecords.
 type Item struct {
-	Key   string
-	Value []byte
-	TTL   time.Duration // > 0
+	Key   string        // relative to the farm's scope, as in GetRecord
+	Value []byte        // a sealed envelope
+	TTL   time.Duration // how long the store keeps it; > 0
 }
 
 // A RecordStore holds the farm's session records: sealed values under keys
@@ -93,8 +105,8 @@ type Coordinator interface {
 
 // A Store is a key-value store shared by the nodes of one farm that does
 // both jobs: it holds the session records and coordinates the farm. The
-// transports redisbus and natsbus implement it; Config.Store takes one
-// value for both Config.Records and Config.Coord.
+// transports redisbus and natsbus implement it; farm.Config.Store takes
+// one value for both farm.Config.Records and farm.Config.Coord.
 type Store interface {
 	RecordStore
 	Coordinator
@@ -102,7 +114,7 @@ type Store interface {
 
 // A Batcher is a transport that is both the farm's Bus and its RecordStore
 // and can write records, delete records and publish messages in one round
-// trip. The farm uses it, when Config.Bus and Config.Records are the same
+// trip. The farm uses it, when farm.Config.Bus and farm.Config.Records are the same
 // value, for batches without revocations: new sessions, grace cuts and
 // retirements, the bulk of its traffic. Revocations take the general path.
 type Batcher interface {
@@ -114,9 +126,9 @@ type Batcher interface {
 }
 
 // A RecordTaker is a RecordStore that can consume a record atomically. The
-// farm's exactly-once operations (Node.Consume, Node.ConsumeToken, and
-// single use through the store) need it: with a RecordStore that is not a
-// RecordTaker they fail with ErrNoConsume, and a single-use session then
+// farm's exactly-once operations (farm.Node.Consume, farm.Node.ConsumeToken,
+// and single use through the store) need it: with a RecordStore that is not
+// a RecordTaker they fail with farm.ErrNoConsume, and a single-use session then
 // never resumes across the farm (a full handshake, never a replay).
 type RecordTaker interface {
 	// TakeRecord reads and deletes the record at key in one atomic step
@@ -138,4 +150,39 @@ type RecordSwapper interface {
 	// SwapRecord writes item and returns the value it replaced, or
 	// ErrNotFound if there was none.
 	SwapRecord(ctx context.Context, item Item) ([]byte, error)
+}
+
+// MaxMessageSize is the largest envelope a node accepts, from the bus or
+// the store: a longer one is refused before anything is allocated for it. A
+// node also keeps every message it sends within it, and within the
+// transport's own limit (see MessageLimiter), splitting a batch into several
+// messages where it must. A transport may drop longer messages unread.
+const MaxMessageSize = 1 << 20
+
+// MaxSetMembers bounds what Coordinator.SetMembers returns: a transport
+// returns at most this many members of a set (the ones that lapse last,
+// where the store orders them), so that a flood of revocations cannot make
+// every node read an unbounded set at each heal. A node counts a full
+// answer (tlsfarm_farm_tombstones_truncated_total).
+const MaxSetMembers = 100000
+
+// A MessageLimiter is a Bus or Store that bounds the size of one message
+// (or stored value). MaxMessageSize returns that bound in bytes, or 0 while
+// it is not known (not connected yet). A node keeps its messages and values
+// a little below it (room for what the transport adds), and always within
+// the package's MaxMessageSize.
+type MessageLimiter interface {
+	MaxMessageSize() int
+}
+
+// A Pinger is a Bus or Store the node can probe: Ping returns nil once the
+// server has answered a trivial request (a PING) and an error if it has not
+// by the time ctx ends. A node probes its transport every
+// farm.Config.ProbeInterval, so that a hung server (a paused process, a
+// partition: nothing resets the connection) is reported within about
+// ProbeInterval + ProbeTimeout, instead of when the client library's own
+// keepalive gives up. A transport that is not a Pinger is judged by its
+// subscription alone.
+type Pinger interface {
+	Ping(ctx context.Context) error
 }

@@ -1,0 +1,59 @@
+package farm_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/metric"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// A node of a farm that shares sessions through Redis, as the bus and the
+// store. Each server of the farm does the same with its own cache; the
+// cache's tls.Config then resumes, on any node, sessions that any node
+// issued.
+func ExampleJoin() {
+	tr, err := redisbus.Open("redis://127.0.0.1:6379/0", "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	cache, err := session.New(&session.Config{Lifetime: time.Hour})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	// In production every node reads the same secrets (farm.LoadSecrets);
+	// here one node makes its own.
+	node, err := farm.Join(context.Background(), farm.Config{
+		Farm:    "example",
+		Secrets: []farm.Secret{farm.NewSecret(1)},
+		Cache:   cache,
+		Bus:     tr,
+		Store:   tr,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer node.Close()
+
+	for !node.Connected() { // Join returns at once; the node catches up
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Revoking a session the farm never saw finds nothing.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	status, err := node.RevokeSession(ctx, session.ID{})
+	fmt.Println("revoke:", status, err)
+	// The node's counters are metric samples, as the admin API exports them.
+	published, _ := metric.Value(node.Metrics(), "tlsfarm_farm_published_total", "kind", "session")
+	fmt.Println("sessions published:", published)
+	// Output:
+	// revoke: not-found <nil>
+	// sessions published: 0
+}

@@ -1,0 +1,16 @@
+package farm
+
+import (
+	"context"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// Revoke is revoke, for the tests: it revokes without waiting.
+func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) { return n.revoke(ctx, id) }
+
+// PendingRevocations is pendingRevocations, for the tests.
+func (n *Node) PendingRevocations() int { return n.pendingRevocations() }
+
+// FallbackState is fallbackState, for the tests.
+func (n *Node) FallbackState() (on bool, episodes uint64) { return n.fallbackState() }

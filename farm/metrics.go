@@ -1,0 +1,201 @@
+package farm
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/metric"
+)
+
+// nodeCounters are the node's own counters; Metrics reads them.
+type nodeCounters struct {
+	connects                                               atomic.Uint64
+	published, publishedRevocations, publishErrors         atomic.Uint64
+	unpublished, storeWrites, storeWriteErrors             atomic.Uint64
+	writeThrough, writeThroughTimeouts, writeThroughFailed atomic.Uint64
+	received, self, receivedSessions, inserted             atomic.Uint64
+	insertRefused, receivedRevocations                     atomic.Uint64
+	pendingKept, pendingTaken                              atomic.Uint64
+	rejected                                               [numRejections]atomic.Uint64
+	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
+	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
+	unencodable, negativeHits, tombstonesTruncated         atomic.Uint64
+	writtenBack                                            atomic.Uint64
+
+	publishErrLogged, storeErrLogged atomic.Bool
+}
+
+// Connected reports whether the node is subscribed to the farm's bus now and
+// its transports answer their health probes (see Config.ProbeInterval).
+// While it is false the node serves from its local cache and catches up
+// when it reconnects.
+func (n *Node) Connected() bool {
+	return n.connected.Load() && n.busProbe.healthy() && n.storeProbe.healthy()
+}
+
+// Metrics returns the node's counters and gauges since Join, named as the
+// admin API exports them (tlsfarm_farm_*): messages published and received,
+// store writes and lookups by result, rejected messages by reason, the
+// publish queue, write-through and its breaker, the transport's health, and
+// the distributions of propagation lag and store latency.
+func (n *Node) Metrics() []metric.Sample {
+	c := &n.ctr
+	var m samples
+	m.gauge("tlsfarm_farm_connected", "1 while the node is subscribed to the farm's bus and its transport answers the health probe.", b2f(n.Connected()))
+	m.gauges("tlsfarm_farm_healthy", "1 while the last health probe of the bus or the store was answered.", "path",
+		"bus", b2f(n.busProbe.healthy()), "store", b2f(n.storeProbe.healthy()))
+	var probeFailures uint64
+	for _, pr := range []*probe{n.busProbe, n.storeProbe} {
+		if pr != nil {
+			probeFailures += pr.failures.Load()
+		}
+		if n.storeProbe == n.busProbe {
+			break
+		}
+	}
+	m.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out.", probeFailures)
+	m.counter("tlsfarm_farm_unencodable_total", "Sessions left out of a message or the store: too large, or a server name over 253 bytes.", c.unencodable.Load())
+	m.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", c.tombstonesTruncated.Load())
+	m.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up.", c.connects.Load())
+	queued, dropped := n.q.stats()
+	if n.sq != nil {
+		q, d := n.sq.stats()
+		queued += q
+		dropped += d
+	}
+	m.gauge("tlsfarm_farm_queue_length", "Sessions and revocations waiting to be published.", float64(queued))
+	m.counter("tlsfarm_farm_dropped_total", "Items dropped from a full publish queue.", dropped)
+	m.counters("tlsfarm_farm_published_total", "Items published to the bus, by kind.", "kind",
+		"session", c.published.Load(), "revocation", c.publishedRevocations.Load())
+	m.counter("tlsfarm_farm_publish_errors_total", "Publish batches that failed.", c.publishErrors.Load())
+	m.counter("tlsfarm_farm_unpublished_total", "Items in publish batches that failed.", c.unpublished.Load())
+	m.counter("tlsfarm_farm_store_writes_total", "Sessions written to the store.", c.storeWrites.Load())
+	m.counter("tlsfarm_farm_store_write_errors_total", "Store write batches that failed.", c.storeWriteErrors.Load())
+	wt, wtTimeouts, wtFailed := c.writeThrough.Load(), c.writeThroughTimeouts.Load(), c.writeThroughFailed.Load()
+	m.counters("tlsfarm_farm_write_through_total", "Handshakes that waited for the store, by result.", "result",
+		"stored", wt-min(wt, wtTimeouts+wtFailed), "timeout", wtTimeouts, "failed", wtFailed)
+	open, trips := n.brk.state(n.cfg.Now())
+	m.gauge("tlsfarm_farm_breaker_open", "1 while write-through is suspended after failures.", b2f(open))
+	m.counter("tlsfarm_farm_breaker_trips_total", "Times write-through was suspended.", trips)
+	m.counters("tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
+		"own", c.self.Load(), "session", c.receivedSessions.Load(), "revocation", c.receivedRevocations.Load())
+	m.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(n.pendingRevocations()))
+	backlog, backlogDropped := n.backlog.stats()
+	m.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", backlogDropped)
+	m.gauge("tlsfarm_farm_backlog_length", "Sessions made during an outage waiting to be written and published.", float64(backlog))
+	l := &n.life
+	m.counters("tlsfarm_farm_consumes_total", "Atomic consumes in the store (single use, Consume), by result.", "result",
+		"consumed", l.consumed.Load(), "refused", l.consumeRefused.Load(), "error", l.consumeErrors.Load(), "restored", l.restored.Load())
+	m.counters("tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
+		"retire_sent", l.retiresSent.Load(), "retire_received", l.retiresReceived.Load(), "cut_sent", l.cutsSent.Load(), "cut_received", l.cutsRecv.Load())
+	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
+	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, foreign ID key).", c.insertRefused.Load())
+	for i := range numRejections {
+		m.add(metric.Sample{
+			Name: "tlsfarm_farm_rejected_total", Help: "Messages dropped, by reason (forged, too old, another farm's...).", Kind: metric.Counter,
+			Labels: []metric.Label{{Name: "reason", Value: rejectReason(i).String()}}, Value: float64(c.rejected[i].Load()),
+		})
+	}
+	m.counters("tlsfarm_farm_store_lookups_total", "Store lookups on a cache miss, by result.", "result",
+		"hit", c.storeHits.Load(), "miss", c.storeMisses.Load(), "timeout", c.storeTimeouts.Load(), "error", c.storeErrors.Load(),
+		"rejected", c.storeRejected.Load(), "skipped", c.lookupsSkipped.Load(), "negative", c.negativeHits.Load())
+	m.histogram("tlsfarm_farm_lag_seconds", "Time from a peer sealing a message to this node receiving it, by the two clocks.", &n.lag)
+
+	// Diagnostics beyond what the admin API exported before these samples.
+	m.counter("tlsfarm_farm_messages_received_total", "Messages from the bus, before they are authenticated.", c.received.Load())
+	m.counter("tlsfarm_farm_lookups_total", "Sessions missing from the local cache that were looked up in the store.", c.lookups.Load())
+	m.counters("tlsfarm_farm_lookups_abandoned_total", "Store lookups a handshake stopped waiting for, by cause (its lookup timeout passed, or it went away).", "cause",
+		"deadline", n.lk.deadline.Load(), "canceled", n.lk.canceled.Load())
+	m.counter("tlsfarm_farm_lookups_late_total", "Store answers that came after the lookup timeout.", n.lk.late.Load())
+	m.histogram("tlsfarm_farm_lookup_seconds", "Time the store took to answer a lookup, late answers included.", &n.lk.latency)
+	m.histogram("tlsfarm_farm_write_through_seconds", "Time write-through handshakes waited for the store's answer.", &n.lk.writeThrough)
+	var held int
+	var evicted uint64
+	if n.pend != nil {
+		held, evicted = n.pend.stats()
+	}
+	m.gauge("tlsfarm_farm_lazy_sessions", "Peers' sessions held as received, until a client presents one (lazy peers).", float64(held))
+	m.counters("tlsfarm_farm_lazy_total", "Peers' sessions held as received (kept), decoded when a client presented them (taken), or dropped as the oldest (evicted).", "event",
+		"kept", c.pendingKept.Load(), "taken", c.pendingTaken.Load(), "evicted", evicted)
+	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
+	return m
+}
+
+// samples builds a list of metric samples.
+type samples []metric.Sample
+
+func (m *samples) add(s metric.Sample) { *m = append(*m, s) }
+
+func (m *samples) counter(name, help string, v uint64) {
+	m.add(metric.Sample{Name: name, Help: help, Kind: metric.Counter, Value: float64(v)})
+}
+
+func (m *samples) gauge(name, help string, v float64) {
+	m.add(metric.Sample{Name: name, Help: help, Kind: metric.Gauge, Value: v})
+}
+
+// counters adds one counter per label value; lv holds value, count pairs.
+func (m *samples) counters(name, help, label string, lv ...any) {
+	for i := 0; i < len(lv); i += 2 {
+		m.add(metric.Sample{Name: name, Help: help, Kind: metric.Counter,
+			Labels: []metric.Label{{Name: label, Value: lv[i].(string)}}, Value: float64(lv[i+1].(uint64))})
+	}
+}
+
+// gauges adds one gauge per label value; lv holds value, float64 pairs.
+func (m *samples) gauges(name, help, label string, lv ...any) {
+	for i := 0; i < len(lv); i += 2 {
+		m.add(metric.Sample{Name: name, Help: help, Kind: metric.Gauge,
+			Labels: []metric.Label{{Name: label, Value: lv[i].(string)}}, Value: lv[i+1].(float64)})
+	}
+}
+
+func (m *samples) histogram(name, help string, h *histogram) {
+	s := metric.Sample{Name: name, Help: help, Kind: metric.Histogram, Count: h.count.Load(),
+		Value: time.Duration(h.sum.Load()).Seconds(), Buckets: make([]metric.Bucket, len(lagBuckets))}
+	var cum uint64
+	for i, le := range lagBuckets {
+		cum += h.counts[i].Load()
+		s.Buckets[i] = metric.Bucket{UpperBound: le.Seconds(), Count: cum}
+	}
+	m.add(s)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// lagBuckets are the upper bounds of the histograms' buckets; a last,
+// unbounded bucket follows.
+var lagBuckets = []time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+// A histogram counts durations into lagBuckets.
+type histogram struct {
+	counts []atomic.Uint64 // len(lagBuckets)+1: counts[i] counts values <= lagBuckets[i]; the last, the rest
+	count  atomic.Uint64
+	sum    atomic.Int64
+}
+
+func newHistogram() histogram {
+	return histogram{counts: make([]atomic.Uint64, len(lagBuckets)+1)}
+}
+
+func (h *histogram) observe(d time.Duration) {
+	d = max(d, 0)
+	i := 0
+	for i < len(lagBuckets) && d > lagBuckets[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.count.Add(1)
+	h.sum.Add(int64(d))
+}

@@ -1,0 +1,90 @@
+package session
+
+import (
+	"sync/atomic"
+
+	"github.com/tlsfarm/tlsfarm/metric"
+)
+
+// counters are the cache's shared counters, for events outside a bucket lock.
+type counters struct {
+	refusedSNI, chainExpired, forgedIDs, revokedInserts, oversized atomic.Uint64
+	parseErrors, wrapErrors, hookPanics                            atomic.Uint64
+	loaderHits, loaderMisses, loaderErrors                         atomic.Uint64
+	ticketsIssued, ticketsAccepted, ticketsUnbound, ticketsExpired atomic.Uint64
+
+	// Stateless tickets refused: undecryptable (not under the config's
+	// ticket keys, or not a ticket at all), foreign (no binding, offered
+	// to a Stateful cache), revoked (their chain was revoked).
+	ticketsUndecryptable, ticketsForeign, ticketsRevoked atomic.Uint64
+}
+
+// bucketStats are counted under the bucket lock, so they cost no atomic
+// operation and no shared cache line on the hot path.
+type bucketStats struct {
+	hits, misses, inserts uint64
+	removed               [numReasons]uint64
+}
+
+// Metrics returns the cache's counters since it was made, and its current
+// size, as samples named tlsfarm_cache_*, the way the admin API exports
+// them. Reading them visits every bucket.
+func (c *Cache) Metrics() []metric.Sample {
+	var size int
+	var b bucketStats
+	for i := range c.buckets {
+		bk := &c.buckets[i]
+		bk.mu.Lock()
+		size += len(bk.m)
+		b.hits += bk.stats.hits
+		b.misses += bk.stats.misses
+		b.inserts += bk.stats.inserts
+		for r := range b.removed {
+			b.removed[r] += bk.stats.removed[r]
+		}
+		bk.mu.Unlock()
+	}
+	k, l := &c.ctr, &c.life
+	var s samples
+	s.add("tlsfarm_cache_sessions", "Sessions in the cache, including expired ones not yet swept.", metric.Gauge, "", nil, uint64(size))
+	s.add("tlsfarm_cache_lookups_total", "Cache lookups, by result.", metric.Counter, "result",
+		[]string{"hit", "miss"}, b.hits, b.misses)
+	s.add("tlsfarm_cache_inserts_total", "Sessions inserted or replaced.", metric.Counter, "", nil, b.inserts)
+	s.add("tlsfarm_cache_removals_total", "Sessions that left the cache, by reason.", metric.Counter, "reason",
+		[]string{"revoked", "expired", "evicted", "retired"},
+		b.removed[Removed], b.removed[Expired], b.removed[Evicted], b.removed[Retired])
+	s.add("tlsfarm_cache_refusals_total", "Resumptions and inserts refused, by reason.", metric.Counter, "reason",
+		[]string{"server_name", "chain_expired", "forged_id", "revoked_insert", "oversized", "parse_error", "wrap_error"},
+		k.refusedSNI.Load(), k.chainExpired.Load(), k.forgedIDs.Load(), k.revokedInserts.Load(),
+		k.oversized.Load(), k.parseErrors.Load(), k.wrapErrors.Load())
+	s.add("tlsfarm_cache_hook_panics_total", "Cache hook calls that panicked.", metric.Counter, "", nil, k.hookPanics.Load())
+	s.add("tlsfarm_cache_loader_total", "Misses passed to the farm's store, by result.", metric.Counter, "result",
+		[]string{"hit", "miss", "error"}, k.loaderHits.Load(), k.loaderMisses.Load(), k.loaderErrors.Load())
+	s.add("tlsfarm_cache_tickets_total", "Stateless tickets, by event.", metric.Counter, "event",
+		[]string{"issued", "accepted", "unbound", "expired", "undecryptable", "foreign", "revoked"},
+		k.ticketsIssued.Load(), k.ticketsAccepted.Load(), k.ticketsUnbound.Load(), k.ticketsExpired.Load(),
+		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load())
+	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",
+		metric.Counter, "", nil, l.fallbackIssued.Load())
+	s.add("tlsfarm_cache_single_use_total", "Single-use claims that did not end in a resumption, by what happened: busy (another handshake held the claim), refused (the farm's Claim refused or did not answer), released (the handshake failed or did not resume), late (the handshake was reported complete after its claim had been released).",
+		metric.Counter, "result", []string{"busy", "refused", "released", "late"},
+		l.busy.Load(), l.refused.Load(), l.released.Load(), l.late.Load())
+	s.add("tlsfarm_cache_children_replaced_total", "Sessions retired because their parent was resumed again within its grace.",
+		metric.Counter, "", nil, l.replaced.Load())
+	return s
+}
+
+// samples builds a sample list: one metric with no label, or one sample per
+// value of its one label.
+type samples []metric.Sample
+
+func (s *samples) add(name, help string, kind metric.Kind, label string, values []string, v ...uint64) {
+	if label == "" {
+		*s = append(*s, metric.Sample{Name: name, Help: help, Kind: kind, Value: float64(v[0])})
+		return
+	}
+	for i, lv := range values {
+		*s = append(*s, metric.Sample{Name: name, Help: help, Kind: kind,
+			Labels: []metric.Label{{Name: label, Value: lv}}, Value: float64(v[i])})
+	}
+}
