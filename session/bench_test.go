@@ -178,7 +178,7 @@ func BenchmarkHooks(b *testing.B) {
 			c := newCache(b, &session.Config{SweepInterval: -1})
 			var seen int
 			for range hooks {
-				c.AddHook(session.EventAll, func(ev session.Event) { seen++ })
+				c.AddHook(session.EventNew|session.EventGet|session.EventRemove, func(ev session.Event) { seen++ })
 			}
 			id := c.NewID()
 			r := session.Record{State: state, ServerName: "localhost", Expires: time.Now().Add(time.Hour)}

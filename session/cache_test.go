@@ -112,13 +112,13 @@ func tamper(id session.ID) session.ID {
 func TestInsertReplaces(t *testing.T) {
 	c := newCache(t, nil)
 	var rec recorder
-	c.AddHook(session.EventAll, rec.hook)
+	c.AddHook(session.EventNew|session.EventGet|session.EventRemove, rec.hook)
 	id := c.NewID()
 	c.Insert(id, record(8, 1, time.Hour), session.OriginAPI)
 	c.Insert(id, record(8, 2, time.Hour), session.OriginPeer)
 	evs := rec.take()
-	if len(evs) != 2 || evs[0].Replaced || !evs[1].Replaced || evs[1].Origin != session.OriginPeer {
-		t.Fatalf("events = %+v, want NEW then NEW(replaced, peer)", summary(evs))
+	if len(evs) != 2 || evs[0].Kind != session.EventNew || evs[1].Kind != session.EventNew || evs[1].Origin != session.OriginPeer {
+		t.Fatalf("events = %+v, want NEW then NEW(peer), no REMOVE", summary(evs))
 	}
 	if r, _ := lookup(c, id); r.State[0] != 2 {
 		t.Fatal("Insert of an existing ID did not replace its record")
