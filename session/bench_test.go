@@ -286,8 +286,8 @@ func memoryPerSession(tb testing.TB, n int) float64 {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(ids)
-	if c.Len() != n {
-		tb.Fatalf("cache holds %d sessions, want %d", c.Len(), n)
+	if got := stats(c).Size; got != uint64(n) {
+		tb.Fatalf("cache holds %d sessions, want %d", got, n)
 	}
 	return float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
 }

@@ -423,10 +423,6 @@ func (c *Cache) background() {
 	}
 }
 
-// Len returns the number of sessions in the cache, including any that have
-// expired but not yet been swept.
-func (c *Cache) Len() int { return int(c.size.Load()) }
-
 func (e *entry) record() Record {
 	return Record{
 		State:      e.state,

@@ -92,13 +92,13 @@ func TestBoundedChildren(t *testing.T) {
 			s := newServer(t, nil)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
-			before := s.cache.Len()
+			before := stats(s.cache).Size
 			for i := range 50 {
 				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
 					t.Fatalf("resumption %d failed", i)
 				}
 			}
-			if got := s.cache.Len(); got > before+1 {
+			if got := stats(s.cache).Size; got > before+1 {
 				t.Fatalf("50 resumptions of one ticket grew the cache from %d to %d sessions, want at most +1", before, got)
 			}
 			if st := stats(s.cache); st.ChildrenReplaced != 49 {
