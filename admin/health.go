@@ -48,7 +48,8 @@ type KeyHealth struct {
 }
 
 func (h *Handler) health() Health {
-	out := Health{Status: "ok", Node: h.cfg.NodeName, Sessions: h.cfg.Cache.Len()}
+	sessions, _ := metric.Value(h.cfg.Cache.Metrics(), "tlsfarm_cache_sessions")
+	out := Health{Status: "ok", Node: h.cfg.NodeName, Sessions: int(sessions)}
 	out.Listeners.Ready = true
 	if h.cfg.Ready != nil {
 		if err := h.cfg.Ready(); err != nil {

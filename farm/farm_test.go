@@ -270,3 +270,10 @@ func rejectedTotal(samples []metric.Sample) uint64 {
 	}
 	return t
 }
+
+// cacheSessions returns how many sessions c holds, read from its
+// tlsfarm_cache_sessions sample.
+func cacheSessions(c *session.Cache) int {
+	n, _ := metric.Value(c.Metrics(), "tlsfarm_cache_sessions")
+	return int(n)
+}

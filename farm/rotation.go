@@ -131,8 +131,11 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	r.lastErr.Store("")
 	n.handle(msgKeys, r.onAnnounce)
 	// The keys are farm-wide: every node accepts the farm's tickets, so
-	// that a node cut off from the farm can fall back to them.
-	n.cfg.Cache.AcceptTickets(true)
+	// that a node cut off from the farm can fall back to them. (Once the
+	// node rotates, the fallback is updateFallback's to set.)
+	if !n.rotating.Load() {
+		n.cfg.Cache.SetTicketFallback(0)
+	}
 	n.rotating.Store(true)
 	n.updateFallback()
 	ctx, r.cancel = context.WithCancel(ctx)

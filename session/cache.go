@@ -14,23 +14,22 @@ import (
 	"unique"
 )
 
-// Errors returned by Cache.Insert.
+// The errors Cache.Insert returns. No caller branches on them: their text
+// says why a record was refused.
 var (
-	ErrForgedID = errors.New("session: ID is not authenticated by any ID key")
-	ErrExpired  = errors.New("session: record has already expired")
-	ErrRevoked  = errors.New("session: record belongs to a revoked chain")
+	errForgedID = errors.New("session: ID is not authenticated by any ID key")
+	errExpired  = errors.New("session: record has already expired")
+	errRevoked  = errors.New("session: record belongs to a revoked chain")
 
-	// ErrInvalidRecord is returned, wrapped with what is wrong, for a
+	// errInvalidRecord is returned, wrapped with what is wrong, for a
 	// record the cache cannot hold: one without state, one whose state is
 	// longer than Config.MaxStateLen, and one whose server name is longer
-	// than MaxServerNameLen (which no record's binary form holds).
-	ErrInvalidRecord = errors.New("session: invalid record")
-)
+	// than maxServerNameLen (which no record's binary form holds).
+	errInvalidRecord = errors.New("session: invalid record")
 
-var (
-	errEmptyState    = fmt.Errorf("%w: no session state", ErrInvalidRecord)
-	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", ErrInvalidRecord)
-	errServerNameLen = fmt.Errorf("%w: server name is longer than MaxServerNameLen", ErrInvalidRecord)
+	errEmptyState    = fmt.Errorf("%w: no session state", errInvalidRecord)
+	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", errInvalidRecord)
+	errServerNameLen = fmt.Errorf("%w: server name is longer than 253 bytes", errInvalidRecord)
 )
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -230,7 +229,7 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		}
 		r := e.record()
 		b.mu.Unlock()
-		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Found: true, Record: r})
+		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: r})
 		return true
 	}
 	if c.hooks.Load() != nil {
@@ -243,23 +242,23 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 }
 
 // Insert adds the session id with record r, or replaces the record of an
-// existing session id (firing EventNew with Replaced set, and no
-// EventRemove). The insert is atomic: a concurrent lookup sees the old record
+// existing session id (firing EventNew, and no EventRemove). The insert is atomic: a concurrent lookup sees the old record
 // or the new one. If the bucket is full, its least recently used session is
 // evicted (EventRemove with Evicted). origin is reported in the events; a
 // plugin passes OriginPeer for sessions received from other servers, so that
 // it and other plugins do not send them back out.
 //
-// Insert refuses an ID not authenticated by the cache's ID keys, a record
-// without state or with state longer than MaxStateLen, one whose server name
-// is longer than MaxServerNameLen, one that has already
-// expired, and one whose chain has been revoked. A zero r.ChainStart means
+// Insert refuses, with an error that says why, an ID not authenticated by
+// the cache's ID keys, a record without state or with state longer than
+// MaxStateLen, one whose server name is longer than 253 bytes (the DNS
+// limit), one that has already expired, and one whose chain has been
+// revoked. A zero r.ChainStart means
 // now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if !c.keys.Load().checkPooled(id[:]) {
 		c.ctr.forgedIDs.Add(1)
-		return ErrForgedID
+		return errForgedID
 	}
 	if len(r.State) == 0 {
 		return errEmptyState
@@ -268,7 +267,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		c.ctr.oversized.Add(1)
 		return errStateLen
 	}
-	if len(r.ServerName) > MaxServerNameLen {
+	if len(r.ServerName) > maxServerNameLen {
 		return errServerNameLen
 	}
 	now := c.nowNano()
@@ -290,7 +289,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		e.expires = lim
 	}
 	if e.expires <= now {
-		return ErrExpired
+		return errExpired
 	}
 	expires := e.expires // e belongs to the bucket once inserted
 	if err := c.insert(e, origin, now, r.Parent); err != nil {
@@ -309,7 +308,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if c.tomb.revoked(e.chain, now) {
 		c.ctr.revokedInserts.Add(1)
-		return ErrRevoked
+		return errRevoked
 	}
 	b := c.bucket(&e.id)
 	var victim *entry
@@ -350,7 +349,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if victim != nil {
 		c.fire(Event{Kind: EventRemove, ID: victim.id, Origin: origin, Reason: reason, Record: vr})
 	}
-	c.fire(Event{Kind: EventNew, ID: e.id, Origin: origin, Replaced: old != nil, Record: r})
+	c.fire(Event{Kind: EventNew, ID: e.id, Origin: origin, Record: r})
 	return nil
 }
 
@@ -385,10 +384,10 @@ func (c *Cache) shorten(id *ID, until int64) {
 	b.mu.Unlock()
 }
 
-// Sweep removes every expired session now, firing EventRemove with Expired
+// sweep removes every expired session now, firing EventRemove with Expired
 // for each, and forgets revocations that have lapsed. It returns how many
-// sessions it removed. A background sweep calls it every SweepInterval.
-func (c *Cache) Sweep() int {
+// sessions it removed. The background sweep calls it every SweepInterval.
+func (c *Cache) sweep() int {
 	now := c.nowNano()
 	c.tomb.sweep(now)
 	c.sweepPending(now)
@@ -419,14 +418,10 @@ func (c *Cache) background() {
 		case <-tick:
 			c.clock.Store(time.Now().UnixNano())
 		case <-sweep:
-			c.Sweep()
+			c.sweep()
 		}
 	}
 }
-
-// Len returns the number of sessions in the cache, including any that have
-// expired but not yet been swept.
-func (c *Cache) Len() int { return int(c.size.Load()) }
 
 func (e *entry) record() Record {
 	return Record{

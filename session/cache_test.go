@@ -112,19 +112,19 @@ func tamper(id session.ID) session.ID {
 func TestInsertReplaces(t *testing.T) {
 	c := newCache(t, nil)
 	var rec recorder
-	c.AddHook(session.EventAll, rec.hook)
+	c.AddHook(session.EventNew|session.EventGet|session.EventRemove, rec.hook)
 	id := c.NewID()
 	c.Insert(id, record(8, 1, time.Hour), session.OriginAPI)
 	c.Insert(id, record(8, 2, time.Hour), session.OriginPeer)
 	evs := rec.take()
-	if len(evs) != 2 || evs[0].Replaced || !evs[1].Replaced || evs[1].Origin != session.OriginPeer {
-		t.Fatalf("events = %+v, want NEW then NEW(replaced, peer)", summary(evs))
+	if len(evs) != 2 || evs[0].Kind != session.EventNew || evs[1].Kind != session.EventNew || evs[1].Origin != session.OriginPeer {
+		t.Fatalf("events = %+v, want NEW then NEW(peer), no REMOVE", summary(evs))
 	}
 	if r, _ := lookup(c, id); r.State[0] != 2 {
 		t.Fatal("Insert of an existing ID did not replace its record")
 	}
-	if c.Len() != 1 {
-		t.Fatalf("Len = %d, want 1", c.Len())
+	if n := stats(c).Size; n != 1 {
+		t.Fatalf("Size = %d, want 1", n)
 	}
 }
 
@@ -162,8 +162,8 @@ func TestSweep(t *testing.T) {
 	if len(evs) != 1 || evs[0].ID != short || evs[0].Reason != session.Expired {
 		t.Fatalf("events = %v, want one expiry of the short session", summary(evs))
 	}
-	if c.Len() != 1 {
-		t.Fatalf("Len = %d after sweep, want 1", c.Len())
+	if n := stats(c).Size; n != 1 {
+		t.Fatalf("Size = %d after sweep, want 1", n)
 	}
 }
 
@@ -172,7 +172,7 @@ func TestBackgroundSweep(t *testing.T) {
 	id := c.NewID()
 	c.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(20 * time.Millisecond)}, session.OriginAPI)
 	deadline := time.Now().Add(5 * time.Second)
-	for c.Len() != 0 {
+	for stats(c).Size != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("background sweep did not remove the expired session")
 		}

@@ -53,8 +53,8 @@ type Config struct {
 	ResumeGrace time.Duration
 
 	// SweepInterval is how often a background sweep removes expired
-	// sessions (default one minute; negative disables the sweep,
-	// and Sweep may be called directly). Expired sessions are never returned
+	// sessions (default one minute; negative disables the sweep, leaving
+	// expired sessions to be evicted as their buckets fill). Expired sessions are never returned
 	// whether or not they have been swept.
 	SweepInterval time.Duration
 

@@ -16,7 +16,7 @@ func BenchmarkDispatch(b *testing.B) {
 			defer c.Close()
 			var seen int
 			if n == 1 {
-				c.AddHook(EventAll, func(Event) { seen++ })
+				c.AddHook(eventAll, func(Event) { seen++ })
 			}
 			ev := Event{Kind: EventNew, ID: c.NewID()}
 			b.ReportAllocs()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -45,7 +46,8 @@ func Example() {
 		}
 		fmt.Println("resumed:", cs.DidResume)
 	}
-	fmt.Println("cached:", cache.Len())
+	cached, _ := metric.Value(cache.Metrics(), "tlsfarm_cache_sessions")
+	fmt.Println("cached:", cached)
 	// Output:
 	// new from handshake
 	// resumed: false
@@ -99,7 +101,8 @@ func ExampleCache_Remove() {
 	id := cache.NewID()
 	cache.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
 	_, removed := cache.Remove(id)
-	fmt.Println(removed, cache.Len())
+	cached, _ := metric.Value(cache.Metrics(), "tlsfarm_cache_sessions")
+	fmt.Println(removed, cached)
 	// Output: true 0
 }
 

@@ -13,14 +13,13 @@ type EventKind uint8
 const (
 	// EventNew: a session was inserted (by a handshake, Insert, or Loader).
 	EventNew EventKind = 1 << iota
-	// EventGet: a client or a caller asked for a session; Event.Found says
-	// whether it was there.
+	// EventGet: a client or a caller asked for a session; Event.Record has
+	// no State if it was not there.
 	EventGet
 	// EventRemove: a session left the cache; Event.Reason says why.
 	EventRemove
 
-	// EventAll is every kind.
-	EventAll = EventNew | EventGet | EventRemove
+	eventAll = EventNew | EventGet | EventRemove
 )
 
 // String returns "new", "get" or "remove".
@@ -49,8 +48,8 @@ const (
 	OriginPeer
 	// OriginLoader: a session returned by the farm (Farm.Load) on a miss.
 	OriginLoader
-	// OriginSweep: the sweep of expired sessions (Sweep, and the background
-	// sweep every Config.SweepInterval).
+	// OriginSweep: the background sweep of expired sessions, every
+	// Config.SweepInterval.
 	OriginSweep
 )
 
@@ -113,15 +112,9 @@ type Event struct {
 	// Reason is why the session left the cache (EventRemove only).
 	Reason RemoveReason
 
-	// Found reports whether the session was in the cache (EventGet only).
-	Found bool
-
-	// Replaced reports that EventNew replaced an existing session's record.
-	Replaced bool
-
 	// Record is the session's record: the inserted one for EventNew, the
-	// removed one for EventRemove, the found one for EventGet (zero if not
-	// found).
+	// removed one for EventRemove, the found one for EventGet (zero, with
+	// no State, if not found: a cached record always has State).
 	Record Record
 }
 
@@ -130,8 +123,8 @@ type hook struct {
 	fn    func(Event)
 }
 
-// AddHook registers the hook h for the kinds of event given (EventAll for
-// all) and returns a function that unregisters it. Unregistering is
+// AddHook registers the hook h for the kinds of event given (or-ed
+// together, such as EventNew|EventRemove) and returns a function that unregisters it. Unregistering is
 // idempotent, and takes effect for events that start after it returns.
 //
 // Hooks are called synchronously, in registration order, on the goroutine
@@ -141,7 +134,7 @@ type hook struct {
 // own. A hook that panics is recovered and counted, and the first panic is
 // logged.
 func (c *Cache) AddHook(kinds EventKind, h func(Event)) (remove func()) {
-	if h == nil || kinds&EventAll == 0 {
+	if h == nil || kinds&eventAll == 0 {
 		panic("session: AddHook with a nil hook or no event kinds")
 	}
 	hk := &hook{kinds: kinds, fn: h}

@@ -10,9 +10,9 @@ import (
 // recordVersion is the first byte of a record's binary form.
 const recordVersion = 1
 
-// MaxServerNameLen is the longest server name a record's binary form holds
+// maxServerNameLen is the longest server name a record's binary form holds
 // (the DNS limit).
-const MaxServerNameLen = 253
+const maxServerNameLen = 253
 
 // recordHeaderLen is version(1) + expires(8) + chain start(8) + chain(8) +
 // parent (IDLen) + server name length(1) + state length(4).
@@ -22,8 +22,8 @@ const recordHeaderLen = 1 + 8 + 8 + 8 + IDLen + 1 + 4
 // by a plugin. The form holds r.State, a master secret: a plugin must
 // encrypt it before it leaves the process.
 func (r Record) AppendBinary(b []byte) ([]byte, error) {
-	if len(r.ServerName) > MaxServerNameLen {
-		return b, fmt.Errorf("session: server name of %d bytes exceeds %d", len(r.ServerName), MaxServerNameLen)
+	if len(r.ServerName) > maxServerNameLen {
+		return b, fmt.Errorf("session: server name of %d bytes exceeds %d", len(r.ServerName), maxServerNameLen)
 	}
 	if uint64(len(r.State)) > 1<<32-1 {
 		return b, errors.New("session: state too long for a record")
@@ -54,7 +54,7 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 	parent := ID(data[25 : 25+IDLen])
 	n := int(data[25+IDLen])
 	rest := data[26+IDLen:]
-	if n > MaxServerNameLen || len(rest) < n+4 {
+	if n > maxServerNameLen || len(rest) < n+4 {
 		return errors.New("session: record server name truncated")
 	}
 	name := string(rest[:n])

@@ -92,13 +92,13 @@ func TestBoundedChildren(t *testing.T) {
 			s := newServer(t, nil)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
-			before := s.cache.Len()
+			before := stats(s.cache).Size
 			for i := range 50 {
 				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
 					t.Fatalf("resumption %d failed", i)
 				}
 			}
-			if got := s.cache.Len(); got > before+1 {
+			if got := stats(s.cache).Size; got > before+1 {
 				t.Fatalf("50 resumptions of one ticket grew the cache from %d to %d sessions, want at most +1", before, got)
 			}
 			if st := stats(s.cache); st.ChildrenReplaced != 49 {
@@ -110,15 +110,15 @@ func TestBoundedChildren(t *testing.T) {
 
 // TestTicketFallback: a stateful cache told to fall back issues
 // short-lived tickets that another stateful cache with the same ticket keys
-// accepts (AcceptTickets) until they expire; a single-use cache never falls
-// back.
+// accepts (told by SetTicketFallback(0) that the keys are farm-wide) until
+// they expire; a single-use cache never falls back.
 func TestTicketFallback(t *testing.T) {
 	t.Parallel()
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			a := modeServer(t, session.Stateful, session.Config{}, nil)
 			b := modeServer(t, session.Stateful, session.Config{}, nil)
-			b.cache.AcceptTickets(true)
+			b.cache.SetTicketFallback(0)
 			a.cache.SetTicketFallback(time.Second)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", frozen))

@@ -150,32 +150,33 @@ func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued
 	return "", 0, 0, 0, 0, false
 }
 
-// SetTicketFallback makes a Stateful or Mixed cache issue, until it is
-// called again with 0, stateless tickets under the handshake config's
-// session ticket keys that expire after lifetime, instead of cached
-// sessions, and reports whether the cache now issues them. A farm node
-// turns it on while it cannot reach the farm, so that clients keep resuming
-// on every node (whose caches accept such tickets, see AcceptTickets)
-// instead of on this one only. It does nothing, and reports false, for a
-// SingleUse cache (a ticket cannot be retired, and an unreachable farm must
-// mean a full handshake, never a replayable ticket) and for a Stateless one.
-// Per-session revocation does not reach these tickets before they expire (a
-// revoked chain still does, on nodes that know of the revocation).
+// SetTicketFallback tells the cache that the handshake config's session
+// ticket keys are farm-wide, and sets its fallback. From the first call on, a
+// Stateful cache accepts the stateless tickets this farm issues (bound to a
+// server name and a chain by this package, and encrypted under those keys),
+// as a Mixed cache does; tickets from other issuers stay refused. A farm node
+// whose ticket keys are farm-wide calls it with 0 when it starts sharing
+// them, so that other nodes' fallback tickets resume on it.
+//
+// With lifetime > 0 a Stateful or Mixed cache issues, until it is called
+// again with 0, stateless tickets under those keys that expire after
+// lifetime, instead of cached sessions, and SetTicketFallback reports
+// whether the cache now issues them. A farm node turns this on while it
+// cannot reach the farm, so that clients keep resuming on every node instead
+// of on this one only. The fallback does nothing, and SetTicketFallback
+// reports false, for a SingleUse cache (a ticket cannot be retired, and an
+// unreachable farm must mean a full handshake, never a replayable ticket)
+// and for a Stateless one. Per-session revocation does not reach these
+// tickets before they expire (a revoked chain still does, on nodes that know
+// of the revocation).
 func (c *Cache) SetTicketFallback(lifetime time.Duration) bool {
+	c.life.acceptTickets.Store(true)
 	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
 		return false
 	}
 	c.life.fallback.Store(int64(max(lifetime, 0)))
 	return lifetime > 0
 }
-
-// AcceptTickets makes a Stateful cache accept the stateless tickets this
-// farm issues (bound to a server name and a chain by this package, and
-// encrypted under the handshake config's ticket keys), as a Mixed cache
-// does; tickets from other issuers stay refused. A farm node whose ticket
-// keys are farm-wide turns it on, so that fallback tickets resume on every
-// node.
-func (c *Cache) AcceptTickets(on bool) { c.life.acceptTickets.Store(on) }
 
 func (c *Cache) fallbackLifetime() time.Duration {
 	if c.cfg.SingleUse {

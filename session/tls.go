@@ -197,7 +197,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		ss.Extra = ss.Extra[:n] // fall back to a cached session
 	}
 	id := c.NewID()
-	if len(cs.ServerName) > MaxServerNameLen {
+	if len(cs.ServerName) > maxServerNameLen {
 		// No record could carry it to the farm: the client gets a ticket
 		// that resumes nothing, and its next handshake is a full one.
 		c.ctr.wrapErrors.Add(1)

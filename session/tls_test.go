@@ -49,7 +49,7 @@ func summary(evs []session.Event) []string {
 		s := ev.Kind.String() + "/" + ev.Origin.String()
 		switch ev.Kind {
 		case session.EventGet:
-			s += fmt.Sprintf("/found=%t", ev.Found)
+			s += fmt.Sprintf("/found=%t", ev.Record.State != nil)
 		case session.EventRemove:
 			s += "/" + ev.Reason.String()
 		}
@@ -89,7 +89,7 @@ func TestResumeWithGoClient(t *testing.T) {
 		t.Run(tv.name, func(t *testing.T) {
 			s := newServer(t, nil)
 			var rec recorder
-			s.cache.AddHook(session.EventAll, rec.hook)
+			s.cache.AddHook(session.EventNew|session.EventGet|session.EventRemove, rec.hook)
 			ccfg := s.client(tv.v, "localhost", tls.NewLRUClientSessionCache(8))
 
 			cs := tlstest.MustDial(t, s.srv.Addr, ccfg)

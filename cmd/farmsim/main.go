@@ -354,7 +354,8 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 	for _, n := range ns {
 		got, _ := metric.Value(n.node.Metrics(), "tlsfarm_farm_received_total", "kind", "session")
 		recv += got
-		cached += float64(n.cache.Len())
+		sessions, _ := metric.Value(n.cache.Metrics(), "tlsfarm_cache_sessions")
+		cached += sessions
 	}
 	r.deliveries = recv / float64(k) / elapsed.Seconds()
 	r.cached = cached / float64(k)
