@@ -26,13 +26,20 @@
 // local cache and catches up when the transport returns; Node.Connected
 // says which, and Node.Metrics counts what the node did.
 //
+// Start with Join and Config; the transports' contract is in package
+// farm/transport, and docs/farm.md tells the whole story.
+//
 // Where things are handled, by file: node.go (Join, Close) and config.go
-// (Config, Mode); publish.go (the cache hook and the publish queue) and
-// batch.go (what a batch becomes on the bus and in the store); receive.go (a
-// message from the bus); lookup.go (a store lookup on a cache miss);
-// revoke.go and durable.go (revocations, and keeping them until the farm has
-// them); lifecycle.go (single use, grace cuts, retirements); rotation.go and
-// keymerge.go (ticket key rotation); envelope.go and secret.go (sealing);
-// health.go, breaker.go and fallback.go (transport health, the store's
-// circuit breaker, fallback tickets); metrics.go (the counters).
+// (Config, Mode); publish.go and queue.go (the cache hook and the publish
+// queue), batch.go and broadcast.go (what a batch becomes on the bus and in
+// the store); receive.go (a message from the bus) and pending.go (peers'
+// sessions kept undecoded, Config.LazyPeers); lookup.go and negcache.go (a
+// store lookup on a cache miss, and the IDs known to be missing);
+// revoke.go and durable.go (revocations, and keeping them until the farm
+// has them); lifecycle.go (single use, grace cuts, retirements, Consume);
+// strike.go (0-RTT anti-replay); writeback.go (refilling a store that lost
+// its data); rotation.go and keymerge.go (ticket key rotation); envelope.go
+// and secret.go (sealing); quickeys.go (QUIC keys); health.go, breaker.go
+// and fallback.go (transport health, the store's circuit breaker, fallback
+// tickets); metrics.go (the counters).
 package farm

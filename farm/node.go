@@ -76,8 +76,8 @@ var errDropped = errors.New("farm: dropped from a full queue")
 
 // Join joins cfg.Cache to the farm and returns at once: the node works
 // degraded (from its local cache) until the transport is reachable, then
-// catches up. It installs the farm's session ID keys and loader in the
-// cache and registers its hooks. ctx bounds the node's life: when it ends,
+// catches up. It installs the farm's session ID keys in the cache, joins
+// the cache to the farm (session.Cache.Join) and registers its hooks. ctx bounds the node's life: when it ends,
 // the node closes as if Close had been called.
 func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
@@ -105,7 +105,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
-	// Before the loader and claimer go in: a file that does not open
+	// Before the cache joins the farm: a file that does not open
 	// leaves the cache as it was.
 	if err := n.loadRevocations(); err != nil {
 		return nil, err
@@ -160,7 +160,8 @@ func (n *Node) combined() bool {
 	return ok && n.cfg.Records != nil && any(n.cfg.Bus) == any(n.cfg.Records)
 }
 
-// Close leaves the farm: it unregisters the hooks and the loader, stops the
+// Close leaves the farm: it unregisters the hooks, takes the cache out of
+// the farm (the leave function of session.Cache.Join), stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
 // Revocations not yet applied farm-wide get one more try, bounded by
 // OpTimeout. Close may be called more than once; the end of Join's context

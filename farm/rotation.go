@@ -87,7 +87,8 @@ type Rotator struct {
 }
 
 // RotateTicketKeys starts farm-wide rotation of the session ticket keys in
-// cfg.Ring. It needs the node's Store (for the lease and the key set) and
+// cfg.Ring. It needs the node's Coordinator (Config.Coord, or Config.Store),
+// which holds the lease and the key set, and
 // returns at once; while the store is unreachable the node keeps its keys and
 // keeps trying. Cancelling ctx stops the rotator abruptly, as a crash would
 // (the lease is left to expire); Close stops it and releases the lease.

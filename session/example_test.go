@@ -174,3 +174,115 @@ func ExampleCache_Metrics() {
 	// tlsfarm_cache_lookups_total{result="hit"} 1
 	// tlsfarm_cache_lookups_total{result="miss"} 1
 }
+
+// ExampleCache_Install installs a cache in a server configuration that
+// picks a certificate per client with GetConfigForClient: Install is called
+// after GetConfigForClient is set, and every handshake, whichever config it
+// ends with, issues and resumes sessions through the cache.
+func ExampleCache_Install() {
+	cache, err := session.New(nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	cert, pool := tlstest.SharedCert()
+	site := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg := &tls.Config{
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			return site, nil // one config per server name, in a real server
+		},
+	}
+	cache.Install(cfg) // after GetConfigForClient, which it wraps
+
+	client := &tls.Config{RootCAs: pool, ServerName: "localhost",
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	for range 2 {
+		cs, err := tlstest.PipeHandshake(cfg, client, nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("resumed:", cs.DidResume)
+	}
+	// Output:
+	// resumed: false
+	// resumed: true
+}
+
+// ExampleCache_AddHook counts the sessions a cache inserts and removes, and
+// unregisters the hook when it is no longer wanted.
+func ExampleCache_AddHook() {
+	cache, _ := session.New(nil)
+	defer cache.Close()
+	remove := cache.AddHook(session.EventNew|session.EventRemove, func(ev session.Event) {
+		if ev.Kind == session.EventRemove {
+			fmt.Println(ev.Kind, ev.Reason, "from", ev.Origin)
+			return
+		}
+		fmt.Println(ev.Kind, "from", ev.Origin)
+	})
+	id := cache.NewID()
+	cache.Insert(id, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
+	cache.Remove(id)
+	remove()
+	cache.Insert(cache.NewID(), session.Record{State: []byte{1}, Expires: time.Now().Add(time.Minute)}, session.OriginAPI)
+	// Output:
+	// new from api
+	// remove removed from api
+}
+
+// ExampleCache_Insert adds a session that another server issued, as a
+// plugin does with what its peers send: OriginPeer tells the other hooks
+// not to send it back out. The ID must carry a tag under the cache's ID
+// keys, so the servers share them.
+func ExampleCache_Insert() {
+	key := session.IDKey{ID: 1, Key: [32]byte{1}}
+	issuer, _ := session.New(nil)
+	cache, _ := session.New(nil)
+	defer issuer.Close()
+	defer cache.Close()
+	issuer.SetIDKeys(key)
+	cache.SetIDKeys(key)
+
+	id := issuer.NewID() // in a farm, the ID arrives with the record
+	err := cache.Insert(id, session.Record{
+		State:      []byte("serialized tls.SessionState"),
+		ServerName: "example.com",
+		Expires:    time.Now().Add(time.Hour),
+	}, session.OriginPeer)
+	fmt.Println("inserted:", err == nil)
+
+	// An ID not minted under the cache's keys is refused before any lookup.
+	err = cache.Insert(session.ID{}, session.Record{State: []byte{1}, Expires: time.Now().Add(time.Hour)}, session.OriginPeer)
+	fmt.Println("forged ID refused:", err != nil)
+	// Output:
+	// inserted: true
+	// forged ID refused: true
+}
+
+// ExampleCache_Get reads back, as a tls.SessionState, a session that a
+// handshake stored, as a plugin that inspects sessions does. Get reports
+// false for an ID the cache does not hold.
+func ExampleCache_Get() {
+	cache, _ := session.New(nil)
+	defer cache.Close()
+	var issued session.ID
+	cache.AddHook(session.EventNew, func(ev session.Event) { issued = ev.ID })
+
+	cert, pool := tlstest.SharedCert()
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cache.Install(cfg)
+	client := &tls.Config{RootCAs: pool, ServerName: "localhost",
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	if _, err := tlstest.PipeHandshake(cfg, client, nil); err != nil {
+		log.Fatal(err)
+	}
+
+	state, ok := cache.Get(issued) // the caller owns state
+	fmt.Println("cached:", ok, state != nil)
+	_, ok = cache.Get(cache.NewID())
+	fmt.Println("unknown:", ok)
+	// Output:
+	// cached: true true
+	// unknown: false
+}

@@ -11,7 +11,8 @@ import (
 type EventKind uint8
 
 const (
-	// EventNew: a session was inserted (by a handshake, Insert, or Loader).
+	// EventNew: a session was inserted (by a handshake, Insert, or a
+	// session the cache's Farm loaded).
 	EventNew EventKind = 1 << iota
 	// EventGet: a client or a caller asked for a session; Event.Record has
 	// no State if it was not there.

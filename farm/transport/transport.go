@@ -1,7 +1,8 @@
 // Package transport defines what the farm needs from the systems that carry
 // its messages and hold its records: a Bus, a RecordStore and a Coordinator,
 // and the optional interfaces a transport may also implement (Batcher,
-// RecordTaker, Pinger, MessageLimiter).
+// RecordTaker, RecordSwapper, Pinger, MessageLimiter). A Store is a
+// RecordStore and a Coordinator in one value, as Redis and NATS provide.
 //
 // It stands to package farm as database/sql/driver stands to database/sql:
 // transports (farm/redisbus, farm/natsbus, farm/amqpbus) implement these
