@@ -12,39 +12,40 @@ type Health struct {
 	// Status is "ok", "degraded" (serving, but the farm transport is
 	// down), or "unavailable" (the listeners are not serving).
 	Status    string         `json:"status"`
-	Node      string         `json:"node,omitempty"`
-	Listeners ListenerHealth `json:"listeners"`
-	Sessions  int            `json:"sessions"`
-	Farm      *FarmHealth    `json:"farm,omitempty"`
-	Keys      *KeyHealth     `json:"ticket_keys,omitempty"`
-	Exports   []ExportStatus `json:"exports,omitempty"`
+	Node      string         `json:"node,omitempty"`        // Config.NodeName
+	Listeners ListenerHealth `json:"listeners"`             // whether the listeners serve
+	Sessions  int            `json:"sessions"`              // sessions in the cache now
+	Farm      *FarmHealth    `json:"farm,omitempty"`        // nil for a node that serves alone
+	Keys      *KeyHealth     `json:"ticket_keys,omitempty"` // nil without Config.Ring
+	Exports   []ExportStatus `json:"exports,omitempty"`     // one per key export target
 }
 
 // ListenerHealth says whether the listeners serve.
 type ListenerHealth struct {
-	Ready bool   `json:"ready"`
-	Error string `json:"error,omitempty"`
+	Ready bool   `json:"ready"`           // Config.Ready returned nil (or is nil)
+	Error string `json:"error,omitempty"` // what Config.Ready returned otherwise
 }
 
-// FarmHealth is the state of the node's farm membership.
+// FarmHealth is the state of the node's farm membership, read from its
+// tlsfarm_farm_* samples.
 type FarmHealth struct {
-	Connected     bool   `json:"connected"`
-	Strict        bool   `json:"strict"`
-	Connects      uint64 `json:"connects"`
-	Queued        int    `json:"queued"`
-	Dropped       uint64 `json:"dropped"`
-	PublishErrors uint64 `json:"publish_errors"`
-	StoreErrors   uint64 `json:"store_errors"`
+	Connected     bool   `json:"connected"`      // the transports are up (farm.Node.Connected)
+	Strict        bool   `json:"strict"`         // a farm outage fails /readyz (Config.Strict)
+	Connects      uint64 `json:"connects"`       // bus subscriptions made since Join
+	Queued        int    `json:"queued"`         // sessions and revocations waiting to be published
+	Dropped       uint64 `json:"dropped"`        // dropped from a full publish queue
+	PublishErrors uint64 `json:"publish_errors"` // publish batches that failed
+	StoreErrors   uint64 `json:"store_errors"`   // failed store write batches and lookups
 }
 
 // KeyHealth describes the ticket keys in use.
 type KeyHealth struct {
-	Epoch       uint64  `json:"epoch"`
-	Current     string  `json:"current"` // a fingerprint, never the key
-	AgeSeconds  float64 `json:"age_seconds"`
-	Keys        int     `json:"keys"`
-	FarmWide    bool    `json:"farm_wide"`
-	LeaseHolder bool    `json:"lease_holder"`
+	Epoch       uint64  `json:"epoch"`        // the key set's epoch (ticket.Status.Epoch)
+	Current     string  `json:"current"`      // a fingerprint, never the key
+	AgeSeconds  float64 `json:"age_seconds"`  // since the current key started encrypting
+	Keys        int     `json:"keys"`         // keys that decrypt: current, staged, previous
+	FarmWide    bool    `json:"farm_wide"`    // the keys follow the farm's (Config.Rotation is set)
+	LeaseHolder bool    `json:"lease_holder"` // this node holds the farm's rotation lease
 }
 
 func (h *Handler) health() Health {
