@@ -3,6 +3,10 @@
 // package session (and the ticket keys of package ticket), and hands the
 // decrypted traffic to an upstream.
 //
+// Start with Config and New; Server.Start serves, Server.Reload and
+// Server.Shutdown follow the daemon's signals; Server.Stats and
+// Server.QUICStats are its counters, which cmd/tlsfarm hands to package admin.
+//
 // # Upstreams
 //
 // Each listener has one upstream:

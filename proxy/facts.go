@@ -13,13 +13,13 @@ import (
 // Facts are what the built-in upstream answers each request with, as JSON:
 // what the client's connection looks like from the server.
 type Facts struct {
-	Node          string `json:"node"`
-	Listener      string `json:"listener"`     // the local address the client reached
-	TLSVersion    string `json:"tls_version"`  // "TLS 1.3"
-	CipherSuite   string `json:"cipher_suite"` // "TLS_AES_128_GCM_SHA256"
-	Resumed       bool   `json:"resumed"`
-	ServerName    string `json:"server_name"`
-	ALPN          string `json:"alpn"`
+	Node          string `json:"node"`           // Config.Node
+	Listener      string `json:"listener"`       // the local address the client reached
+	TLSVersion    string `json:"tls_version"`    // "TLS 1.3"
+	CipherSuite   string `json:"cipher_suite"`   // "TLS_AES_128_GCM_SHA256"
+	Resumed       bool   `json:"resumed"`        // the handshake resumed a session
+	ServerName    string `json:"server_name"`    // the client's SNI, "" if none
+	ALPN          string `json:"alpn"`           // the negotiated ALPN protocol, "" if none
 	ClientAddress string `json:"client_address"` // after any PROXY header
 	HTTPProtocol  string `json:"http_protocol"`  // "HTTP/1.1", "HTTP/2.0", "HTTP/3.0"
 	Protocol      string `json:"protocol"`       // the transport: "tcp" or "quic"

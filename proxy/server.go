@@ -34,6 +34,8 @@ type Config struct {
 	// the server uses (needed in the cache's Stateless and Mixed modes).
 	Ring *ticket.Ring
 
+	// Listeners are the addresses the server listens on, each with its
+	// certificates and upstream. At least one is required.
 	Listeners []Listener
 
 	// HandshakeTimeout bounds each handshake, PROXY header included
@@ -137,6 +139,7 @@ type Certificate struct {
 	// certificate are used.
 	Names []string
 
+	// Certificate is the certificate chain and private key served.
 	Certificate *tls.Certificate
 }
 

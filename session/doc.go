@@ -2,6 +2,10 @@
 // modelled on Apache Traffic Server's TLS Session Plugin API, and the glue
 // that plugs it into crypto/tls.
 //
+// Start with New and Cache.Install: a server that does only that keeps its
+// sessions in the cache and hands clients session IDs as tickets. AddHook is
+// where a plugin starts; Cache.Join is where a farm plugs in.
+//
 // # The cache
 //
 // A Cache maps session IDs to Records: the serialized tls.SessionState, the
@@ -24,8 +28,8 @@
 // left the cache: removed, expired, evicted or retired). Hooks run
 // synchronously, in registration order, on the goroutine that caused the
 // event, after the cache's locks are released. Each Event carries the ID,
-// the Origin (a handshake on this server, an API call, a peer, the farm's
-// loader, the sweep), and the record. A plugin that shares sessions across a
+// the Origin (a handshake on this server, an API call, a peer, a session
+// the farm loaded on a miss, the sweep), and the record. A plugin that shares sessions across a
 // farm publishes EventNew from OriginHandshake and inserts what peers send
 // with OriginPeer, so nothing echoes.
 //
