@@ -17,6 +17,11 @@
 // would pull the whole farm out of its load balancer. It shows in /healthz
 // and in the metrics instead, unless Config.Strict asks for it to fail
 // /readyz too.
+//
+// Start with Config and New: the Handler is an http.Handler, served by
+// cmd/tlsfarm on the admin listener. Its inputs are the session cache and
+// funcs or small interfaces (FarmNode, Config.Proxy, Config.Exports), so it
+// knows no daemon.
 package admin
 
 import (
@@ -117,7 +122,7 @@ type ProxyStats struct {
 
 // QUICStats are the HTTP/3 listeners' counters, as the metrics report them.
 type QUICStats struct {
-	FullHandshakes, ResumedHandshakes uint64
+	FullHandshakes, ResumedHandshakes uint64            // completed, without and with resumption
 	EarlyDataOffered                  uint64            // client hellos offering 0-RTT
 	EarlyDataAccepted                 uint64            // connections that accepted it
 	EarlyDataRejected                 map[string]uint64 // by reason: replay, store_unavailable, disabled, too_old, other

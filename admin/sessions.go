@@ -24,7 +24,7 @@ func (h *Handler) sessions(w http.ResponseWriter, r *http.Request) {
 
 // RevokeResponse is the answer of DELETE /sessions/{id}.
 type RevokeResponse struct {
-	Revoked bool `json:"revoked"`
+	Revoked bool `json:"revoked"` // always true: a session not found is a 404
 	// Farm says how far the revocation has reached beyond this node:
 	// "applied" (the farm's store holds the tombstone and the bus carried
 	// it: status 200), "pending" (in force here, queued for the farm and
