@@ -110,12 +110,12 @@ type Cache struct {
 // Farm configures sharing with the other servers of a farm (package farm).
 // With no URL the daemon serves alone.
 type Farm struct {
-	URL            string        `yaml:"url"` // redis://, rediss://, nats://, amqp://...
-	Name           string        `yaml:"name"`
-	SecretFile     string        `yaml:"secret_file"`
-	Mode           string        `yaml:"mode"` // "broadcast" or "store-only"
-	WriteThrough   bool          `yaml:"write_through"`
-	LookupDeadline time.Duration `yaml:"lookup_deadline"`
+	URL            string        `yaml:"url"`             // redis://, rediss://, nats://, amqp://...
+	Name           string        `yaml:"name"`            // farm.Config.Farm
+	SecretFile     string        `yaml:"secret_file"`     // made by "tlsfarm keygen"; read by farm.LoadSecrets
+	Mode           string        `yaml:"mode"`            // "broadcast" or "store-only"
+	WriteThrough   bool          `yaml:"write_through"`   // farm.Config.WriteThrough
+	LookupDeadline time.Duration `yaml:"lookup_deadline"` // farm.Config.LookupTimeout
 
 	// Strict refuses to start while the transport is unreachable (waiting
 	// up to ConnectTimeout), and fails /readyz while it is down. By default
@@ -158,10 +158,10 @@ type Admin struct {
 
 // Limits protect the daemon from slow, idle and numerous clients.
 type Limits struct {
-	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
-	IdleTimeout      time.Duration `yaml:"idle_timeout"`
-	MaxConnections   int           `yaml:"max_connections"` // per listener; 0 for no limit
-	DrainTimeout     time.Duration `yaml:"drain_timeout"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"` // proxy.Config.HandshakeTimeout
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`      // proxy.Config.IdleTimeout
+	MaxConnections   int           `yaml:"max_connections"`   // per listener; 0 for no limit
+	DrainTimeout     time.Duration `yaml:"drain_timeout"`     // how long shutdown lets connections finish
 }
 
 // Debug holds settings for tests and troubleshooting, never for production.

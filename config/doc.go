@@ -22,4 +22,8 @@
 // Some settings can change while the daemon runs (on SIGHUP); the others
 // need a restart. Setting.Reloadable says which, and RestartOnly lists the
 // restart-only settings that differ between two configurations.
+//
+// Start with Load, which returns a checked Config; Settings lists every
+// setting with its flag, environment variable and default, as
+// docs/config.md does.
 package config

@@ -16,9 +16,10 @@ const configEnv = "TLSFARM_CONFIG"
 // Load reads the configuration from the flags in args (the arguments after
 // "serve"), the environment (getenv, such as os.Getenv; an empty value
 // counts as unset), and the YAML file named by -config or TLSFARM_CONFIG,
-// with precedence flag > environment > file > default, and then validates
-// it (see validate). Help and flag errors are written to output; for -h it
-// returns flag.ErrHelp.
+// with precedence flag > environment > file > default, and then checks it:
+// an error names the setting at fault (see the package documentation).
+// Help and flag errors are written to output; for -h it returns
+// flag.ErrHelp.
 //
 // Load is meant to be called again, with the same arguments, to reload:
 // the file is read anew, and certificates and secrets are loaded again.
