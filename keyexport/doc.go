@@ -16,4 +16,8 @@
 // each file by temporary file, fsync and rename, and every file of a set
 // staged before the first is renamed into place. Nothing in this package logs
 // or returns key bytes in an error.
+//
+// Start with ParseTarget (the -export flag of "tlsfarm keys") or a Target
+// value, and NewExporter; Exporter.Status and Exporter.Ready report how the
+// targets are doing.
 package keyexport

@@ -60,9 +60,9 @@ type TargetStatus struct {
 	OK          bool      // the last attempt succeeded
 	Error       string    // the last attempt's error, if it failed
 	LastAttempt time.Time // zero before the first attempt
-	LastSuccess time.Time
-	Exports     uint64 // successful exports
-	Failures    uint64 // failed attempts
+	LastSuccess time.Time // zero before the first success
+	Exports     uint64    // successful exports
+	Failures    uint64    // failed attempts
 }
 
 // An Exporter exports a Ring's key sets to targets. Make one with

@@ -146,8 +146,8 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// RemoveStaleTemps removes the temporary files that an interrupted
-// writeFiles left in dir: regular files whose names start with this
+// RemoveStaleTemps removes the temporary files that an interrupted export
+// left in dir: regular files whose names start with this
 // package's temporary prefix. It reports how many it removed.
 func RemoveStaleTemps(dir string) int {
 	entries, err := os.ReadDir(dir)

@@ -18,22 +18,22 @@ const jsonSetFormat = "tlsfarm-ticket-keys/v1"
 // tls.Config.SetSessionTicketKeys) or derives its own from them. The file is
 // key material: anyone who reads it can decrypt the tickets of its keys.
 type JSONSet struct {
-	Format          string    `json:"format"` // "tlsfarm-ticket-keys/v1"; refuse any other
-	Epoch           uint64    `json:"epoch"`
-	Rotated         time.Time `json:"rotated"`
-	IntervalSeconds float64   `json:"interval_seconds"`
-	Keep            int       `json:"keep"`
-	Keys            []JSONKey `json:"keys"` // current, next, previous newest first
+	Format          string    `json:"format"`           // "tlsfarm-ticket-keys/v1"; refuse any other
+	Epoch           uint64    `json:"epoch"`            // the farm key set's epoch: newer sets have greater ones
+	Rotated         time.Time `json:"rotated"`          // when the current key started encrypting
+	IntervalSeconds float64   `json:"interval_seconds"` // the farm's rotation interval
+	Keep            int       `json:"keep"`             // previous keys the farm keeps
+	Keys            []JSONKey `json:"keys"`             // current, next, previous newest first
 }
 
 // A JSONKey is one key of the JSON key set file.
 type JSONKey struct {
-	Role          Role      `json:"role"`
-	Name          string    `json:"name"` // 16 bytes, hex: safe to log
-	Key           string    `json:"key"`  // 32 bytes, standard base64
-	EncryptsFrom  time.Time `json:"encrypts_from"`
-	EncryptsUntil time.Time `json:"encrypts_until"`
-	DecryptsUntil time.Time `json:"decrypts_until"`
+	Role          Role      `json:"role"`           // "current", "next", "previous" or "filler"
+	Name          string    `json:"name"`           // 16 bytes, hex: safe to log
+	Key           string    `json:"key"`            // 32 bytes, standard base64
+	EncryptsFrom  time.Time `json:"encrypts_from"`  // as SetKey.EncryptsFrom
+	EncryptsUntil time.Time `json:"encrypts_until"` // as SetKey.EncryptsUntil
+	DecryptsUntil time.Time `json:"decrypts_until"` // as SetKey.DecryptsUntil
 }
 
 // jsonFile returns the JSON key set file for s.
@@ -59,13 +59,14 @@ func jsonFile(s *Set) ([]byte, error) {
 
 // A FileTarget writes a Set as the JSON key set file (see JSONSet) at Path.
 type FileTarget struct {
-	Path string
+	Path string // its directory must pass CheckDir
 }
 
 // String returns "file:" and the path.
 func (t *FileTarget) String() string { return "file:" + t.Path }
 
-// Export writes the file with writeFiles.
+// Export writes the file by the package's rules for key files: mode 0600,
+// a temporary file, fsync and rename.
 func (t *FileTarget) Export(_ context.Context, s *Set) error {
 	data, err := jsonFile(s)
 	if err != nil {

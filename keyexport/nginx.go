@@ -44,15 +44,18 @@ func nginxKeys(s *Set) []ticket.Key {
 }
 
 // An NginxTarget writes a Set as nginx's 80-byte ssl_session_ticket_key
-// files, one per key (see nginxKeys and NginxFileName), in Dir.
+// files, one per key, in Dir: NginxFileCount(s.Keep) files named by
+// NginxFileName, the key that encrypts first, padded with Filler keys so
+// that the set of files never changes.
 type NginxTarget struct {
-	Dir string
+	Dir string // must pass CheckDir
 }
 
 // String returns "nginx:" and the directory.
 func (t *NginxTarget) String() string { return "nginx:" + t.Dir }
 
-// Export writes the Set's files with writeFiles: all or none.
+// Export writes the Set's files, all or none: each is staged before the
+// first is renamed into place.
 func (t *NginxTarget) Export(_ context.Context, s *Set) error {
 	keys := nginxKeys(s)
 	files := make([]file, len(keys))

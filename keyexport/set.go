@@ -21,7 +21,7 @@ const (
 
 // A SetKey is one farm key of a Set with its role and its validity.
 type SetKey struct {
-	Role Role
+	Role Role       // what the key is for
 	Key  ticket.Key // the farm key; targets derive their own keys from it
 
 	// EncryptsFrom and EncryptsUntil bound the time the key encrypts new
@@ -33,7 +33,7 @@ type SetKey struct {
 // their use (Current, then Next, then Previous newest first) with the times
 // they are valid.
 type Set struct {
-	Epoch    uint64
+	Epoch    uint64        // the farm key set's epoch (ticket.State)
 	Rotated  time.Time     // when Current started encrypting
 	Interval time.Duration // the farm's rotation interval
 	Keep     int           // previous keys the farm keeps
