@@ -12,6 +12,9 @@
 // resumptions on a target other than the one that issued the session
 // (cross-node), per target and overall.
 //
-// The package uses crypto/tls and the standard library only; it knows
+// The package uses crypto/tls (and quic-go for Config.HTTP3); it knows
 // nothing of tlsfarm's servers and can probe any TLS endpoint.
+//
+// Start with Config and Run; Report.WriteTable prints what Run found, and
+// Main is the whole "tlsfarm probe" command.
 package probe

@@ -40,10 +40,10 @@ type Stats struct {
 	// Target is the target's address, or "total".
 	Target string `json:"target"`
 
-	Connections int `json:"connections"`
-	Full        int `json:"full"`
-	Resumed     int `json:"resumed"`
-	Failed      int `json:"failed"`
+	Connections int `json:"connections"` // Full + Resumed + Failed
+	Full        int `json:"full"`        // full handshakes
+	Resumed     int `json:"resumed"`     // handshakes that resumed a session
+	Failed      int `json:"failed"`      // connections that failed (see Errors)
 
 	// Errors counts failures by kind (FailRefused, FailTimeout, ...). It is
 	// nil if nothing failed.
