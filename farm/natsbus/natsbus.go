@@ -220,7 +220,7 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 // made (and closes). The connection should reconnect forever
 // (nats.MaxReconnects(-1)); if it closes, Subscribe returns an error and
 // every other method fails. Only opts' bucket settings (Replicas,
-// MemoryStorage, LegacyMaxAge) apply; opts may be nil.
+// MemoryStorage, LegacyMaxAge, LegacyRecordAge) apply; opts may be nil.
 func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	tok, err := token(farmName)
 	if err != nil {
