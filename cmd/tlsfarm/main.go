@@ -12,6 +12,14 @@
 //
 // See docs/config.md for every setting of serve, and docs/operations.md for
 // running a farm.
+//
+// The command only wires the packages together: serve.go runs the daemon
+// (signals, SIGHUP reloads in reload.go); daemon.go builds its parts from a
+// config.Config (convert.go turns it into a proxy.Config, farm.go joins the
+// farm and starts key rotation, transport*.go open the transport a URL
+// names, quic.go the HTTP/3 settings) and serves package admin; check.go,
+// keygen.go, keys.go and demo.go are the other commands. Handshakes happen
+// in package proxy, peers' messages and key rotations in package farm.
 package main
 
 import (
