@@ -311,7 +311,7 @@ var benchN = func() int {
 	return 1 << 16
 }()
 
-// BenchmarkPerHandshakeConfig measures what Configure adds to every
+// BenchmarkPerHandshakeConfig measures what Install adds to every
 // handshake to link its two crypto/tls calls: one GetConfigForClient call
 // that clones the config and binds two closures.
 func BenchmarkPerHandshakeConfig(b *testing.B) {

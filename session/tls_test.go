@@ -58,7 +58,7 @@ func summary(evs []session.Event) []string {
 	return out
 }
 
-// farmServer is one TLS server using a cache through Configure.
+// farmServer is one TLS server using a cache through Install.
 type farmServer struct {
 	cache *session.Cache
 	srv   *tlstest.Server
