@@ -6,6 +6,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/metric"
 )
 
+// ExampleValue reads two samples of one metric by their label, as a test
+// or a small tool does, to compute a hit ratio.
 func ExampleValue() {
 	samples := []metric.Sample{
 		{Name: "tlsfarm_cache_lookups_total", Kind: metric.Counter, Labels: []metric.Label{{Name: "result", Value: "hit"}}, Value: 41},
