@@ -54,8 +54,8 @@ type Config struct {
 
 	// SweepInterval is how often a background sweep removes expired
 	// sessions (default one minute; negative disables the sweep, leaving
-	// expired sessions to be evicted as their buckets fill). Expired sessions are never returned
-	// whether or not they have been swept.
+	// expired sessions to be evicted as their buckets fill). Expired
+	// sessions are never returned, whether or not they have been swept.
 	SweepInterval time.Duration
 
 	// Mode selects the kind of ticket issued and accepted by the crypto/tls

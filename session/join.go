@@ -6,7 +6,7 @@ import (
 )
 
 // A Farm is the rest of a farm of servers, as a cache that joined it sees
-// it (see Join): where a session that is not in the cache may be found, and,
+// it (see Cache.Join): where a session that is not in the cache may be found, and,
 // for a SingleUse cache, who decides that a session resumes once in the
 // whole farm. Package farm provides one.
 //

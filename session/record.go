@@ -78,8 +78,8 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 // A Record is what the cache holds for one session.
 type Record struct {
 	// State is the session serialized by tls.SessionState.Bytes. A record
-	// handed out by the cache (in an Event, or by Remove, Cut or Snapshot) shares State with
-	// the cache: it must not be modified.
+	// handed out by the cache (in an Event, or by Remove, Cut or Snapshot)
+	// shares State with the cache: it must not be modified.
 	State []byte
 
 	// ServerName is the server name (SNI) the session was issued under, in
