@@ -2,6 +2,10 @@
 // servers behind one load balancer can resume each other's sessions, and
 // rotates those keys without ever refusing a ticket that is still young.
 //
+// Start with [NewRing] and [Ring.Register]; [Ring.Run] rotates a lone
+// server's keys, and a farm drives the ring with [Ring.Set] instead
+// (farm.Node.RotateTicketKeys).
+//
 // # Keys and the ring
 //
 // A session ticket is the server's session state, encrypted and authenticated

@@ -15,6 +15,9 @@
 // amqp091-go does not reconnect on its own (its experimental Recovery is
 // not used): Publish redials on its next call after a failure, and
 // Subscribe redials with backoff, reporting each change of state.
+//
+// Start with Open and give the Bus to farm.Config as its Bus, with no
+// Store.
 package amqpbus
 
 import (

@@ -21,6 +21,9 @@
 // The embedded server for a zero-setup farm is in the natsembed
 // sub-package, so that a binary that only connects to NATS does not carry
 // a server.
+//
+// Start with Open (or New, on a connection of your own) and give the
+// Transport to farm.Config as both Bus and Store.
 package natsbus
 
 import (

@@ -11,6 +11,9 @@
 // Values and messages are sealed by the farm:
 // nothing in Redis is usable, or accepted back, without the farm secret,
 // which is separate from any Redis password.
+//
+// Start with Open (or New, on a client of your own) and give the Transport
+// to farm.Config as both Bus and Store.
 package redisbus
 
 import (
