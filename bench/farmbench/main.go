@@ -104,7 +104,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.maxConns, "n", 50000, "most connections in one measurement")
 	fs.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis for tlsfarm's farms")
 	fs.StringVar(&o.nginx, "nginx", "nginx", "the nginx executable; the nginx farm is left out if it is not found")
-	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each tlsfarm farm into this directory")
+	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each Go and tlsfarm farm into this directory")
 	fs.DurationVar(&o.lookupTimeout, "lookup-timeout", 0, "tlsfarm nodes' farm.Config.LookupTimeout (0: the default)")
 	fs.DurationVar(&o.writeThroughTimeout, "write-through-timeout", 0, "tlsfarm nodes' farm.Config.WriteThroughTimeout (0: the default)")
 }
