@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,31 @@ func TestModeSwitchWithoutCliff(t *testing.T) {
 			// ...but not on a stateful one, which is why the switch passes through mixed.
 			if tlstest.MustDial(t, stateful.srv.Addr, stateful.client(tv.v, "localhost", ticketClient)).DidResume {
 				t.Fatal("stateful server accepted a stateless ticket")
+			}
+		})
+	}
+}
+
+// TestStatelessLongServerName: a ticket for a server name too long for the
+// handshake's scratch room for the binding, and in mixed case, resumes under
+// that name in any case and under no other.
+func TestStatelessLongServerName(t *testing.T) {
+	long := "Very-Long-Server-Name-For-The-Binding.a.example"
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := modeServer(t, session.Stateless, session.Config{}, nil)
+			frozen := &tlstest.FrozenCache{}
+			client := func(name string) *tls.Config {
+				c := s.client(tv.v, name, frozen)
+				c.InsecureSkipVerify = true // the certificate has no such names; this tests the ticket's binding
+				return c
+			}
+			tlstest.MustDial(t, s.srv.Addr, client(long))
+			if !tlstest.MustDial(t, s.srv.Addr, client(strings.ToLower(long))).DidResume {
+				t.Fatal("ticket for a long server name did not resume")
+			}
+			if tlstest.MustDial(t, s.srv.Addr, client(long+"x")).DidResume {
+				t.Fatal("ticket for a long server name resumed under another name")
 			}
 		})
 	}

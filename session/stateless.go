@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // A Mode selects the kind of ticket the crypto/tls glue issues and accepts.
@@ -72,7 +73,7 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 		c.ctr.ticketsUnbound.Add(1)
 		r.chainStart = now
 	} else {
-		if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(name, cs.ServerName) {
+		if !c.cfg.AllowServerNameMismatch && !boundNameIs(name, cs.ServerName) {
 			c.ctr.refusedSNI.Add(1)
 			return r
 		}
@@ -125,9 +126,17 @@ func appendFallbackBinding(b []byte, serverName string, chain uint64, start, iss
 	return append(b, strings.ToLower(serverName)...)
 }
 
-// findBinding returns the binding in a ticket's Extra; expires is zero for
-// an ordinary stateless ticket (it lives Config.Lifetime).
-func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued, expires int64, ok bool) {
+// bindingCap returns the length of a binding for serverName, fallback or
+// not (a non-ASCII name may change length in lower case; append then grows
+// the buffer).
+func bindingCap(serverName string) int {
+	return len(fallbackTag) + bindingLen + 8 + len(serverName)
+}
+
+// findBinding returns the binding in a ticket's Extra (serverName, in lower
+// case, shares its memory); expires is zero for an ordinary stateless ticket
+// (it lives Config.Lifetime).
+func findBinding(extra [][]byte) (serverName []byte, chain uint64, start, issued, expires int64, ok bool) {
 	for _, x := range extra {
 		switch {
 		case bytes.HasPrefix(x, bindingTag) && len(x) >= len(bindingTag)+bindingLen:
@@ -145,9 +154,37 @@ func findBinding(extra [][]byte) (serverName string, chain uint64, start, issued
 		chain = binary.BigEndian.Uint64(x)
 		start = int64(binary.BigEndian.Uint64(x[8:]))
 		issued = int64(binary.BigEndian.Uint64(x[16:]))
-		return string(x[bindingLen:]), chain, start, issued, expires, true
+		return x[bindingLen:], chain, start, issued, expires, true
 	}
-	return "", 0, 0, 0, 0, false
+	return nil, 0, 0, 0, 0, false
+}
+
+// boundNameIs reports whether name, the server name of a binding, is sni
+// under Unicode case folding, as strings.EqualFold, without converting name
+// to a string when both are ASCII.
+func boundNameIs(name []byte, sni string) bool {
+	if len(name) == len(sni) {
+		i := 0
+		for ; i < len(sni); i++ {
+			a, b := name[i], sni[i]
+			if a >= utf8.RuneSelf || b >= utf8.RuneSelf {
+				break
+			}
+			if 'A' <= a && a <= 'Z' {
+				a += 'a' - 'A'
+			}
+			if 'A' <= b && b <= 'Z' {
+				b += 'a' - 'A'
+			}
+			if a != b {
+				return false
+			}
+		}
+		if i == len(sni) {
+			return true
+		}
+	}
+	return strings.EqualFold(string(name), sni)
 }
 
 // SetTicketFallback tells the cache that the handshake config's session

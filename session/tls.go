@@ -84,7 +84,7 @@ func (c *Cache) Install(cfg *tls.Config) {
 // chain, and returns its ID as the ticket.
 func (c *Cache) wrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
 	now := c.nowNano()
-	return c.issue(cs, ss, nil, 0, now, now, ID{}), nil
+	return c.issue(cs, ss, nil, nil, 0, now, now, ID{}), nil
 }
 
 // unwrapSession is the tls.Config.UnwrapSession of a config used without its
@@ -109,6 +109,25 @@ type handshake struct {
 	resumed atomic.Bool
 	claim   *claim // the single-use claim this handshake holds, if any
 	tmp     [aes.BlockSize]byte
+	ticket  ticketScratch
+}
+
+// ticketScratch is room for the binding of a stateless ticket (see
+// Cache.issue), so that issuing one allocates only what crypto/tls's
+// sealing does; a server name longer than bind leaves room for takes a
+// buffer of its own.
+type ticketScratch struct {
+	extra [1][]byte
+	bind  [80]byte // a binding for a server name of up to 38 bytes
+}
+
+// buf returns an empty buffer for a binding of capacity n: sc's room when it
+// fits, a new one otherwise.
+func (sc *ticketScratch) buf(n int) []byte {
+	if sc != nil && n <= len(sc.bind) {
+		return sc.bind[:0]
+	}
+	return make([]byte, 0, n)
 }
 
 // unwrapped is what UnwrapSession learned of the session it returned.
@@ -167,26 +186,37 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 			}
 		}
 	}
-	return c.issue(cs, ss, h.src, chain, start, now, parent), nil
+	return c.issue(cs, ss, h.src, &h.ticket, chain, start, now, parent), nil
 }
 
 // issue returns the ticket for ss: a stateless ticket in Stateless mode (when
 // a config to encrypt with is known), otherwise the ID of a new cache entry.
-func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, chain uint64, start, now int64, parent ID) []byte {
+// sc, if not nil, is scratch space for a stateless ticket's binding.
+func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, sc *ticketScratch, chain uint64, start, now int64, parent ID) []byte {
 	if chain == 0 {
 		chain = newChain()
 	}
 	fallback := c.fallbackLifetime()
 	if src != nil && (c.cfg.Mode == Stateless || fallback > 0) {
-		n := len(ss.Extra)
+		b := sc.buf(bindingCap(cs.ServerName))
 		if c.cfg.Mode == Stateless {
-			ss.Extra = append(ss.Extra, appendBinding(nil, cs.ServerName, chain, start, now))
+			b = appendBinding(b, cs.ServerName, chain, start, now)
 		} else {
 			// The farm is unreachable: a short-lived ticket under the
 			// farm's keys resumes on any node meanwhile.
-			ss.Extra = append(ss.Extra, appendFallbackBinding(nil, cs.ServerName, chain, start, now, now+int64(fallback)))
+			b = appendFallbackBinding(b, cs.ServerName, chain, start, now, now+int64(fallback))
+		}
+		extra := ss.Extra
+		if len(extra) == 0 && sc != nil {
+			sc.extra[0] = b
+			ss.Extra = sc.extra[:]
+		} else {
+			ss.Extra = append(extra[:len(extra):len(extra)], b)
 		}
 		t, err := src.EncryptTicket(cs, ss)
+		// The binding lives in the ticket only: ss is left as crypto/tls
+		// made it, and sc can be used again.
+		ss.Extra = extra
 		if err == nil {
 			c.ctr.ticketsIssued.Add(1)
 			if c.cfg.Mode != Stateless {
@@ -194,7 +224,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 			}
 			return t
 		}
-		ss.Extra = ss.Extra[:n] // fall back to a cached session
+		// Fall back to a cached session.
 	}
 	id := c.NewID()
 	if len(cs.ServerName) > maxServerNameLen {

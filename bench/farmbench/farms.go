@@ -87,7 +87,7 @@ type env struct {
 	redis      *redis.Client
 
 	lookupTimeout, writeThroughTimeout time.Duration
-	profileDir                         string          // if set, node 1 of each tlsfarm farm writes a CPU profile here
+	profileDir                         string          // if set, node 1 of each Go or tlsfarm farm writes a CPU profile here
 	nodes                              int             // nodes per farm
 	farmNames                          map[string]bool // farms started, whose keys cleanRedis deletes
 }
@@ -151,7 +151,7 @@ func (e *env) start(k kind) (*running, error) {
 			spec.Farm, spec.Redis, spec.SecretFile = r.name, e.redisURL, e.secretFile
 			spec.LookupTimeout, spec.WriteThroughTimeout = e.lookupTimeout, e.writeThroughTimeout
 		}
-		if e.profileDir != "" && spec.Kind == "tlsfarm" && i == 0 {
+		if e.profileDir != "" && i == 0 {
 			spec.CPUProfile = filepath.Join(e.profileDir, fmt.Sprintf("%s-%s.pprof", k.Name, r.name[len(r.name)-12:]))
 		}
 		wg.Go(func() {

@@ -18,9 +18,10 @@
 // newest session they hold at once (0 ms between connections), and are
 // replaced by a fresh client after 1 + -reconnects connections. Each
 // measurement is bounded by -d and -n; the first -warmup of load is not
-// counted. The farms take turns within each run, so that slow drifts of a
-// shared machine spread over all of them; the table shows the median of the
-// runs.
+// counted. The farms take turns within each run, each run starting with the
+// next farm in -farms, so that slow drifts of a shared machine, and the
+// loopback's TIME_WAIT sockets that a farm leaves to the next, spread over
+// all of them; the table shows the median of the runs.
 //
 // The Go and tlsfarm servers run the same loop (handshake, read one request,
 // answer 200 "ok", close), as nginx does with `return 200`; only their
@@ -104,7 +105,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.maxConns, "n", 50000, "most connections in one measurement")
 	fs.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis for tlsfarm's farms")
 	fs.StringVar(&o.nginx, "nginx", "nginx", "the nginx executable; the nginx farm is left out if it is not found")
-	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each tlsfarm farm into this directory")
+	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each Go and tlsfarm farm into this directory")
 	fs.DurationVar(&o.lookupTimeout, "lookup-timeout", 0, "tlsfarm nodes' farm.Config.LookupTimeout (0: the default)")
 	fs.DurationVar(&o.writeThroughTimeout, "write-through-timeout", 0, "tlsfarm nodes' farm.Config.WriteThroughTimeout (0: the default)")
 }
@@ -197,7 +198,13 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 		for vi := range perV {
 			perV[vi] = make([]measurement, len(res.kinds))
 		}
-		for ki, k := range res.kinds {
+		// Each run starts with another farm: the farm measured after
+		// another one on this machine runs slower (its loopback holds the
+		// other's TIME_WAIT sockets, and other load drifts), so a fixed
+		// order would favour the farm listed first in every run.
+		for j := range res.kinds {
+			ki := (j + run) % len(res.kinds)
+			k := res.kinds[ki]
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
