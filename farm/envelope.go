@@ -278,7 +278,7 @@ func appendSessions(b []byte, items []sessionItem) ([]byte, error) {
 
 // parseSessions decodes a msgSessions body. Records alias body.
 func parseSessions(body []byte) ([]sessionItem, error) {
-	var out []sessionItem
+	out := make([]sessionItem, 0, countSessions(body))
 	for len(body) > 0 {
 		if len(body) < session.IDLen+4 {
 			return nil, errors.New("session item truncated")
@@ -297,6 +297,23 @@ func parseSessions(body []byte) ([]sessionItem, error) {
 		out = append(out, it)
 	}
 	return out, nil
+}
+
+// countSessions returns how many items body's length prefixes describe, so
+// that parseSessions allocates its result once; it stops at the first item
+// that does not fit, which parseSessions then reports.
+func countSessions(body []byte) int {
+	n := 0
+	for len(body) >= session.IDLen+4 {
+		l := binary.BigEndian.Uint32(body[session.IDLen:])
+		body = body[session.IDLen+4:]
+		if uint64(l) > uint64(len(body)) {
+			break
+		}
+		body = body[l:]
+		n++
+	}
+	return n
 }
 
 // A revocation is one revoked chain, until it could no longer resume.
