@@ -39,11 +39,12 @@ func realState(b testing.TB) []byte {
 }
 
 // receiverNode returns a node on a silent bus, and a sender node of the same
-// farm whose messages it can receive.
-func receiverNode(b *testing.B, lazy bool) (recv, send *Node) {
+// farm whose messages it can receive. Their caches hold up to capacity
+// sessions.
+func receiverNode(b *testing.B, lazy bool, capacity int) (recv, send *Node) {
 	secret := NewSecret(1)
 	mk := func() *Node {
-		cache, err := session.New(&session.Config{SweepInterval: -1, Capacity: 1 << 20})
+		cache, err := session.New(&session.Config{SweepInterval: -1, Capacity: capacity})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -63,26 +64,26 @@ func receiverNode(b *testing.B, lazy bool) (recv, send *Node) {
 // sends: from the message's bytes to the session being resumable here
 // (checks, opening, decoding, insertion into the cache — or, with
 // LazyPeers, keeping it pending), per session, with batches of 1 and 16
-// sessions per message. BenchmarkTakePending measures the rest of the lazy
+// sessions per message. Eager receiving is measured into a cache that is
+// still growing (cache=growing: room for 1M sessions, so the cache's maps
+// grow throughout, as in a node's first minutes) and into one that is full
+// (cache=full: 65,536 sessions, so each insert evicts the least recently
+// used, as in a busy node's steady state). BenchmarkTakePending measures the rest of the lazy
 // path, paid only for the sessions clients present. The messages are made before the
 // timer runs; cpu-µs/op is the process's CPU time per session, garbage
 // collection included.
 func BenchmarkReceive(b *testing.B) {
-	for _, lazy := range []bool{false, true} {
-		for _, batch := range []int{1, 16} {
-			benchReceive(b, lazy, batch)
-		}
+	for _, batch := range []int{1, 16} {
+		benchReceive(b, "eager/cache=growing", false, 1<<20, batch)
+		benchReceive(b, "eager/cache=full", false, 1<<16, batch)
+		benchReceive(b, "lazy", true, 1<<20, batch)
 	}
 }
 
-func benchReceive(b *testing.B, lazy bool, batch int) {
-	name := "eager"
-	if lazy {
-		name = "lazy"
-	}
+func benchReceive(b *testing.B, name string, lazy bool, capacity, batch int) {
 	{
 		b.Run("receive="+name+"/batch="+itoa(batch), func(b *testing.B) {
-			recv, send := receiverNode(b, lazy)
+			recv, send := receiverNode(b, lazy, capacity)
 			state := realState(b)
 			now := time.Now()
 			var msgs [][]byte
@@ -122,7 +123,7 @@ func itoa(n int) string {
 // and a one-session bus message (the common batch on a lightly loaded
 // node).
 func BenchmarkSeal(b *testing.B) {
-	_, send := receiverNode(b, false)
+	_, send := receiverNode(b, false, 1<<20)
 	state := realState(b)
 	now := time.Now()
 	id := send.cfg.Cache.NewID()
