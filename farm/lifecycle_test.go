@@ -73,6 +73,47 @@ func TestSingleUseFarmWide(t *testing.T) {
 	}
 }
 
+// TestSingleUseWithoutHandshakeComplete: single use holds farm-wide on
+// servers that never call Cache.HandshakeComplete (the installed config
+// settles the claim when the handshake ends): the session resumes once, on
+// another node, and then nowhere.
+func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	for _, mode := range modes {
+		for _, tv := range versions {
+			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
+				t.Parallel()
+				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
+					WriteThrough: true, TweakCache: singleUse, NoHandshakeComplete: true})
+				ids := newSessions(ms[0].Cache)
+				frozen := &tlstest.FrozenCache{}
+				tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))
+				waitStored(t, ms[0], ids()[0])
+				if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
+					farmtest.LogStats(t, ms)
+					t.Fatal("the single-use session did not resume on n2")
+				}
+				for _, m := range []*farmtest.Member{ms[2], ms[0], ms[1]} {
+					if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
+						farmtest.LogStats(t, ms)
+						t.Fatalf("a consumed single-use session resumed again on %s (no HandshakeComplete)", m.Name)
+					}
+				}
+				// The claim is settled some time after the handshake ends
+				// (claimSettle, 2s): settled as used, it stays used.
+				time.Sleep(3 * time.Second)
+				for _, m := range ms {
+					if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
+						farmtest.LogStats(t, ms)
+						t.Fatalf("the single-use session resumed on %s once its claim was settled", m.Name)
+					}
+				}
+			})
+		}
+	}
+}
+
 // TestSingleUseOpenSSL is TestSingleUseFarmWide with openssl s_client: the
 // session saved on one node with -sess_out resumes once with -sess_in on
 // another, and never again.

@@ -42,15 +42,18 @@ type Options struct {
 	// farmName, closing them when the test ends.
 	NewTransport func(t testing.TB, farmName string) (transport.Bus, transport.Store)
 
-	Mode         farm.Mode             // the nodes' farm.Config.Mode
-	WriteThrough bool                  // the nodes' farm.Config.WriteThrough
-	Secret       farm.Secret           // Start makes one if unset
-	Tweak        func(*farm.Config)    // if set, edits each node's configuration last
-	SessionMode  session.Mode          // the members' session caches' mode
-	Rotation     *farm.RotationConfig  // if set, each member rotates ticket keys with the farm
-	Logger       *slog.Logger          // default: discard
-	CloseServer  bool                  // serve with tlstest.ServeAndClose (for openssl)
-	TweakCache   func(*session.Config) // if set, edits each member's cache configuration
+	Mode         farm.Mode            // the nodes' farm.Config.Mode
+	WriteThrough bool                 // the nodes' farm.Config.WriteThrough
+	Secret       farm.Secret          // Start makes one if unset
+	Tweak        func(*farm.Config)   // if set, edits each node's configuration last
+	SessionMode  session.Mode         // the members' session caches' mode
+	Rotation     *farm.RotationConfig // if set, each member rotates ticket keys with the farm
+	Logger       *slog.Logger         // default: discard
+	CloseServer  bool                 // serve with tlstest.ServeAndClose (for openssl)
+	// NoHandshakeComplete serves without calling Cache.HandshakeComplete
+	// after each handshake, as a server that never heard of it would.
+	NoHandshakeComplete bool
+	TweakCache          func(*session.Config) // if set, edits each member's cache configuration
 }
 
 // Join starts member name of farm farmName, stopped when the test ends. It
@@ -117,10 +120,14 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 		cancel()
 	}
 	cache.Install(tcfg)
+	onHandshake := cache.HandshakeComplete
+	if o.NoHandshakeComplete {
+		onHandshake = nil
+	}
 	if o.CloseServer {
-		m.Server = tlstest.ServeAndClose(t, name, tcfg, cache.HandshakeComplete)
+		m.Server = tlstest.ServeAndClose(t, name, tcfg, onHandshake)
 	} else {
-		m.Server = tlstest.Serve(t, name, tcfg, cache.HandshakeComplete)
+		m.Server = tlstest.Serve(t, name, tcfg, onHandshake)
 	}
 	return m
 }
