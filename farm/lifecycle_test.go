@@ -32,6 +32,28 @@ func waitStored(t *testing.T, m *farmtest.Member, id session.ID) {
 	})
 }
 
+// resumeOnce checks single use across ms: a session n1 issues resumes once,
+// on n2, and then on no node. It returns the session's ID and the client
+// cache that holds it.
+func resumeOnce(t *testing.T, ms []*farmtest.Member, v uint16) (session.ID, *tlstest.FrozenCache) {
+	t.Helper()
+	ids := newSessions(ms[0].Cache)
+	frozen := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(v, frozen))
+	waitStored(t, ms[0], ids()[0])
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(v, frozen)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("the single-use session did not resume on n2")
+	}
+	for _, m := range []*farmtest.Member{ms[2], ms[0], ms[1]} {
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(v, frozen)).DidResume {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("a consumed single-use session resumed again on %s", m.Name)
+		}
+	}
+	return ids()[0], frozen
+}
+
 // TestSingleUseFarmWide: with single use, a session resumes once anywhere in
 // the farm and never again, on any node (broadcast and store-only, TLS 1.2
 // and 1.3).
@@ -43,25 +65,12 @@ func TestSingleUseFarmWide(t *testing.T) {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
 					WriteThrough: true, TweakCache: singleUse})
-				ids := newSessions(ms[0].Cache)
-				frozen := &tlstest.FrozenCache{}
-				tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))
-				waitStored(t, ms[0], ids()[0])
-				if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
-					farmtest.LogStats(t, ms)
-					t.Fatal("the single-use session did not resume on n2")
-				}
-				for _, m := range []*farmtest.Member{ms[2], ms[0], ms[1]} {
-					if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
-						farmtest.LogStats(t, ms)
-						t.Fatalf("a consumed single-use session resumed again on %s", m.Name)
-					}
-				}
+				id, _ := resumeOnce(t, ms, tv.v)
 				if mode == farm.Broadcast {
 					// Peers drop their copies once they hear of the retirement.
 					farmtest.Eventually(t, 5*time.Second, "peers dropped the consumed session", func() bool {
 						for _, m := range ms {
-							if _, ok := lookup(m.Cache, ids()[0]); ok {
+							if _, ok := lookup(m.Cache, id); ok {
 								return false
 							}
 						}
@@ -86,20 +95,7 @@ func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
 				t.Parallel()
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
 					WriteThrough: true, TweakCache: singleUse, NoHandshakeComplete: true})
-				ids := newSessions(ms[0].Cache)
-				frozen := &tlstest.FrozenCache{}
-				tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))
-				waitStored(t, ms[0], ids()[0])
-				if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
-					farmtest.LogStats(t, ms)
-					t.Fatal("the single-use session did not resume on n2")
-				}
-				for _, m := range []*farmtest.Member{ms[2], ms[0], ms[1]} {
-					if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
-						farmtest.LogStats(t, ms)
-						t.Fatalf("a consumed single-use session resumed again on %s (no HandshakeComplete)", m.Name)
-					}
-				}
+				_, frozen := resumeOnce(t, ms, tv.v)
 				// The claim is settled some time after the handshake ends
 				// (claimSettle, 2s): settled as used, it stays used.
 				time.Sleep(3 * time.Second)
