@@ -17,6 +17,7 @@ type cacheStats struct {
 	TicketsIssued, TicketsAccepted, TicketsFallback           uint64
 	TicketsUndecryptable, TicketsForeign, TicketsRevoked      uint64
 	SingleUseReleased, ChildrenReplaced, RevokedInserts, Late uint64
+	Reissued                                                  uint64
 }
 
 func stats(c *session.Cache) cacheStats {
@@ -51,6 +52,7 @@ func stats(c *session.Cache) cacheStats {
 		SingleUseReleased: v("tlsfarm_cache_single_use_total", "result", "released"),
 		Late:              v("tlsfarm_cache_single_use_total", "result", "late"),
 		ChildrenReplaced:  v("tlsfarm_cache_children_replaced_total"),
+		Reissued:          v("tlsfarm_cache_reissued_total"),
 	}
 }
 

@@ -3,7 +3,9 @@ package session
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -65,10 +67,36 @@ type IDKey struct {
 	Key [32]byte // an AES-256 key
 }
 
+// A reissued ticket stands for an ID without being equal to it: a TLS 1.2
+// handshake that resumed a session keeps its master secret, so instead of a
+// successor (a new session to store and share) the client is given a fresh
+// encryption of the same ID. Two tickets of one session look unrelated on the
+// wire, as crypto/tls's own reissued tickets do. The layout is
+//
+//	byte  0       format version (2)
+//	byte  1       key ID of the IDKey that authenticated the ID
+//	bytes 2..13   a random nonce
+//	bytes 14..45  the ID's 128 random bits sealed with AES-256-GCM under a
+//	              key derived from that IDKey (the first two bytes are
+//	              additional data)
+//
+// Any node holding the farm's ID keys opens it, so it resumes farm-wide like
+// the ID it stands for; a forged one fails the GCM tag, before any lookup.
+const (
+	reissuedVersion  = 2
+	reissuedNonceLen = 12
+	reissuedLen      = 2 + reissuedNonceLen + idRandLen + 16
+)
+
+// reissueInfo is the HKDF info that derives the key sealing reissued tickets
+// from an IDKey, so that the two uses of one key never meet.
+const reissueInfo = "tlsfarm session reissued ticket v2"
+
 // idKeys is an immutable set of ID keys, replaced as a whole on rotation.
 type idKeys struct {
 	mint   uint8
 	blocks [256]cipher.Block
+	seals  [256]cipher.AEAD // for reissued tickets, one per key
 }
 
 var errNoIDKeys = errors.New("session: at least one ID key is required")
@@ -87,6 +115,17 @@ func newIDKeys(keys []IDKey) (*idKeys, error) {
 			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
 		}
 		k.blocks[key.ID] = b
+		rk, err := hkdf.Key(sha256.New, key.Key[:], nil, reissueInfo, 32)
+		if err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
+		rb, err := aes.NewCipher(rk)
+		if err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
+		if k.seals[key.ID], err = cipher.NewGCM(rb); err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
 	}
 	return k, nil
 }
@@ -145,6 +184,38 @@ func (k *idKeys) check(b []byte, out *[aes.BlockSize]byte) bool {
 	return binary.LittleEndian.Uint64(out[:8])^binary.LittleEndian.Uint64(b[idTagOff:]) == 0
 }
 
+// reissue returns a fresh ticket that stands for id, or nil if the key that
+// authenticated id is no longer held.
+func (k *idKeys) reissue(id *ID) []byte {
+	a := k.seals[id[1]]
+	if a == nil {
+		return nil
+	}
+	t := make([]byte, 2+reissuedNonceLen, reissuedLen)
+	t[0], t[1] = reissuedVersion, id[1]
+	rand.Read(t[2:])
+	return a.Seal(t, t[2:], id[2:idTagOff], t[:2])
+}
+
+// openReissued reports whether b is a ticket reissued under one of the keys,
+// and if so writes the ID it stands for into id. out is scratch space.
+func (k *idKeys) openReissued(b []byte, id *ID, out *[aes.BlockSize]byte) bool {
+	if len(b) != reissuedLen || b[0] != reissuedVersion {
+		return false
+	}
+	a := k.seals[b[1]]
+	if a == nil {
+		return false
+	}
+	if _, err := a.Open(out[:0], b[2:2+reissuedNonceLen], b[2+reissuedNonceLen:], b[:2]); err != nil {
+		return false
+	}
+	id[0], id[1] = idVersion, b[1]
+	copy(id[2:idTagOff], out[:])
+	k.tag(k.blocks[b[1]], id)
+	return true
+}
+
 // SetIDKeys replaces the ID keys: the first mints new IDs, all verify. IDs
 // minted under a key that is no longer in the set stop resuming.
 func (c *Cache) SetIDKeys(keys ...IDKey) error {
@@ -160,9 +231,19 @@ func (c *Cache) SetIDKeys(keys ...IDKey) error {
 func (c *Cache) NewID() ID { return c.keys.Load().newID() }
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
-// keys, and returns it. It costs one AES block operation and no lookup.
+// keys, or a ticket the cache reissued for one (see Config.ResumeGrace), and
+// returns the ID. It costs one AES block operation (two, and a GCM open, for
+// a reissued ticket) and no lookup.
 func (c *Cache) CheckID(b []byte) (ID, bool) {
-	if !c.keys.Load().checkPooled(b) {
+	k := c.keys.Load()
+	if len(b) == reissuedLen {
+		var id ID
+		out := blockPool.Get().(*[aes.BlockSize]byte)
+		ok := k.openReissued(b, &id, out)
+		blockPool.Put(out)
+		return id, ok
+	}
+	if !k.checkPooled(b) {
 		return ID{}, false
 	}
 	return ID(b), true

@@ -10,6 +10,7 @@ import (
 type counters struct {
 	refusedSNI, chainExpired, forgedIDs, revokedInserts, oversized atomic.Uint64
 	parseErrors, wrapErrors, hookPanics                            atomic.Uint64
+	reissued                                                       atomic.Uint64
 	loaderHits, loaderMisses, loaderErrors                         atomic.Uint64
 	ticketsIssued, ticketsAccepted, ticketsUnbound, ticketsExpired atomic.Uint64
 
@@ -64,6 +65,8 @@ func (c *Cache) Metrics() []metric.Sample {
 		[]string{"issued", "accepted", "unbound", "expired", "undecryptable", "foreign", "revoked"},
 		k.ticketsIssued.Load(), k.ticketsAccepted.Load(), k.ticketsUnbound.Load(), k.ticketsExpired.Load(),
 		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load())
+	s.add("tlsfarm_cache_reissued_total", "TLS 1.2 resumptions given a fresh ticket for the session they resumed instead of a successor (see Config.ResumeGrace).",
+		metric.Counter, "", nil, k.reissued.Load())
 	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",
 		metric.Counter, "", nil, l.fallbackIssued.Load())
 	s.add("tlsfarm_cache_single_use_total", "Single-use claims that did not end in a resumption, by what happened: busy (another handshake held the claim), refused (the farm's Claim refused or did not answer), released (the handshake failed or did not resume), late (the handshake was reported complete after its claim had been released).",

@@ -179,6 +179,12 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 	var parent ID
 	if cs.DidResume && h.last.ss != nil {
 		chain, start = h.last.chain, h.last.chainStart
+		if !h.last.ticket && c.keepsSession(cs, &h.last, now) {
+			if t := c.keys.Load().reissue(&h.last.id); t != nil {
+				c.ctr.reissued.Add(1)
+				return t, nil
+			}
+		}
 		if !h.last.ticket {
 			parent = h.last.id
 			if c.cfg.ResumeGrace > 0 {
@@ -187,6 +193,22 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 		}
 	}
 	return c.issue(cs, ss, h.src, &h.ticket, chain, start, now, parent), nil
+}
+
+// keepsSession reports whether a handshake that resumed the cached session r
+// is given a reissued ticket for it rather than a successor: TLS 1.2 (whose
+// resumption keeps the master secret, so a successor would be the same
+// secret stored and shared again), not single use (which retires r), and
+// only while a successor would not outlive r by half a Lifetime or more.
+// So an active client's session is renewed about once per half Lifetime,
+// not once per connection, and a farm shares nothing for the handshakes in
+// between.
+func (c *Cache) keepsSession(cs tls.ConnectionState, r *unwrapped, now int64) bool {
+	if cs.Version >= tls.VersionTLS13 || c.cfg.SingleUse {
+		return false
+	}
+	successor := min(now+int64(c.cfg.Lifetime), r.chainStart+int64(c.cfg.MaxChainLifetime))
+	return successor-r.expires < int64(c.cfg.Lifetime)/2
 }
 
 // issue returns the ticket for ss: a stateless ticket in Stateless mode (when
@@ -261,18 +283,21 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	if len(identity) == 0 {
 		return r // a TLS 1.2 hello without a ticket
 	}
-	if len(identity) != IDLen || identity[0] != idVersion {
-		if (c.cfg.Mode != Stateful || c.life.acceptTickets.Load()) && src != nil {
-			return c.unwrapTicket(identity, cs, src)
+	var id ID
+	switch {
+	case len(identity) == IDLen && identity[0] == idVersion:
+		if !c.keys.Load().check(identity, tmp) {
+			c.ctr.forgedIDs.Add(1)
+			return r
 		}
+		id = ID(identity)
+	case len(identity) == reissuedLen && identity[0] == reissuedVersion && c.keys.Load().openReissued(identity, &id, tmp):
+	case (c.cfg.Mode != Stateful || c.life.acceptTickets.Load()) && src != nil:
+		return c.unwrapTicket(identity, cs, src)
+	default:
 		c.ctr.forgedIDs.Add(1)
 		return r
 	}
-	if !c.keys.Load().check(identity, tmp) {
-		c.ctr.forgedIDs.Add(1)
-		return r
-	}
-	id := ID(identity)
 	var state []byte
 	var sni unique.Handle[string]
 	found := c.get(&id, OriginHandshake, func(e *entry) {
