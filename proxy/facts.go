@@ -2,12 +2,9 @@ package proxy
 
 import (
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"net"
 	"net/http"
-
-	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // Facts are what the built-in upstream answers each request with, as JSON:
@@ -25,11 +22,11 @@ type Facts struct {
 	Protocol      string `json:"protocol"`       // the transport: "tcp" or "quic"
 	EarlyData     bool   `json:"early_data"`     // the request came in 0-RTT early data
 
-	// SessionID is the session ID issued on this connection, as the admin
-	// API's DELETE /sessions/{id} takes it. It is set only when
-	// Config.ExposeSessionID is on, for tests: the ID is the ticket the
-	// client presents to resume, and does not belong in answers a
-	// production server gives.
+	// SessionID is the session ID issued on this connection (for a TLS 1.2
+	// resumption, the session it kept), as the admin API's DELETE
+	// /sessions/{id} takes it. It is set only when Config.ExposeSessionID is
+	// on, for tests: the ID resumes the session when presented as a ticket,
+	// and does not belong in answers a production server gives.
 	SessionID string `json:"session_id,omitempty"`
 }
 
@@ -65,8 +62,12 @@ func (f *facts) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if f.s.expose.Load() {
 		if c := connOf(r); c != nil {
-			if t := c.ticket.Load(); t != nil && len(*t) == session.IDLen {
-				out.SessionID = hex.EncodeToString(*t)
+			// The ticket is the ID, or (a TLS 1.2 resumption) a reissued
+			// ticket standing for it.
+			if t := c.ticket.Load(); t != nil {
+				if id, ok := f.s.cache.CheckID(*t); ok {
+					out.SessionID = id.String()
+				}
 			}
 		}
 	}

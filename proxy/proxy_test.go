@@ -275,18 +275,34 @@ func TestMaxConnections(t *testing.T) {
 }
 
 func TestExposeSessionIDAndRevoke(t *testing.T) {
-	cert := mustSelfSigned(t, "localhost")
-	s, cache := start(t, cert, func(c *Config) { c.ExposeSessionID = true })
-	cfg := client("localhost", cert)
-	f := getFacts(t, s.Addrs()[0], cfg)
-	id, err := session.ParseID(f.SessionID)
-	if err != nil {
-		t.Fatalf("session ID %q: %v", f.SessionID, err)
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			cert := mustSelfSigned(t, "localhost")
+			s, cache := start(t, cert, func(c *Config) { c.ExposeSessionID = true })
+			cfg := client("localhost", cert)
+			cfg.MaxVersion = v
+			f := getFacts(t, s.Addrs()[0], cfg)
+			id, err := session.ParseID(f.SessionID)
+			if err != nil {
+				t.Fatalf("session ID %q: %v", f.SessionID, err)
+			}
+			// A resumption issues a successor (TLS 1.3) or keeps the
+			// session under a reissued ticket (TLS 1.2): the facts name
+			// the session the client now holds.
+			f = getFacts(t, s.Addrs()[0], cfg)
+			must(t, f.Resumed, "did not resume")
+			if (f.SessionID == id.String()) != (v == tls.VersionTLS12) {
+				t.Fatalf("after resuming over %s the facts name %s, first %s", tls.VersionName(v), f.SessionID, id)
+			}
+			if id, err = session.ParseID(f.SessionID); err != nil {
+				t.Fatalf("session ID %q: %v", f.SessionID, err)
+			}
+			_, found := cache.Remove(id)
+			must(t, found, "the exposed ID is not in the cache")
+			f = getFacts(t, s.Addrs()[0], cfg)
+			must(t, !f.Resumed, "a revoked session resumed")
+		})
 	}
-	_, found := cache.Remove(id)
-	must(t, found, "the exposed ID is not in the cache")
-	f = getFacts(t, s.Addrs()[0], cfg)
-	must(t, !f.Resumed, "a revoked session resumed")
 }
 
 func TestShutdownDrainsThenCloses(t *testing.T) {

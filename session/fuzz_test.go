@@ -52,6 +52,46 @@ func FuzzCheckID(f *testing.F) {
 }
 
 // FuzzParseID checks that ParseID never panics and round-trips.
+// FuzzReissuedTicket checks the decoder of reissued tickets: no panic, and
+// whatever it accepts stands for the one ID ever reissued under the key
+// (the ID and the key are fixed, so the seeds are valid in every fuzzing
+// process; another valid ticket would be a forgery of AES-GCM).
+func FuzzReissuedTicket(f *testing.F) {
+	key := [32]byte{7}
+	c, err := session.New(&session.Config{SweepInterval: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := c.SetIDKeys(session.IDKey{ID: 3, Key: key}); err != nil {
+		f.Fatal(err)
+	}
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		f.Fatal(err)
+	}
+	var good session.ID
+	good[0], good[1] = 1, 3
+	copy(good[2:18], "sixteen bytes!!!")
+	var tag [16]byte
+	block.Encrypt(tag[:], good[2:18])
+	copy(good[18:], tag[:8])
+	if _, ok := c.CheckID(good[:]); !ok {
+		f.Fatal("the test's ID does not check")
+	}
+	for range 3 {
+		t := session.Reissue(c, good)
+		f.Add(t)
+		f.Add(t[:len(t)-1])
+	}
+	f.Add(bytes.Repeat([]byte{2}, len(session.Reissue(c, good))))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, ok := c.CheckID(b)
+		if ok && len(b) != session.IDLen && id != good {
+			t.Fatalf("CheckID(%x) = %v, an ID never reissued", b, id)
+		}
+	})
+}
+
 func FuzzParseID(f *testing.F) {
 	var id session.ID
 	id[0] = 1
