@@ -15,8 +15,9 @@
 // the whole ID. It holds at most Config.Capacity sessions, never returns an
 // expired one, and sweeps expired ones in the background.
 //
-// Session IDs are 26 bytes (IDLen): a format version, a key ID, 128 random
-// bits, and a 64-bit tag computed with AES-256 under an IDKey. An identity
+// Session IDs are 26 bytes (IDLen): a format version, a key ID, a 128-bit
+// body that looks random (the issue time and 64 random bits, encrypted; see
+// Cache.IssuedAt), and a 64-bit tag computed with AES-256 under an IDKey. An identity
 // that does not carry a valid tag is refused with one block operation,
 // before any lookup, local or remote. The servers of a farm share their ID
 // keys (SetIDKeys), so each accepts the IDs the others mint.

@@ -45,6 +45,12 @@ func FuzzCheckID(f *testing.F) {
 		if ok && !bytes.Equal(id[:], b) {
 			t.Fatalf("CheckID(%x) returned %v", b, id)
 		}
+		// IssuedAt decodes exactly what CheckID accepts, without panicking.
+		if len(b) == session.IDLen {
+			if _, iok := c.IssuedAt(session.ID(b)); iok != ok {
+				t.Fatalf("IssuedAt(%x) reports %t, CheckID %t", b, iok, ok)
+			}
+		}
 		if ss, err := unwrap(c, b, tls.ConnectionState{}); ss != nil || err != nil {
 			t.Fatalf("UnwrapSession(%x) = %v, %v on an empty cache", b, ss, err)
 		}

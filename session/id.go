@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // IDLen is the length in bytes of a session ID, and so the maximum (and only)
@@ -20,11 +21,16 @@ import (
 //
 //	byte  0      format version (1)
 //	byte  1      key ID of the IDKey that authenticated it
-//	bytes 2..17  128 random bits from crypto/rand
-//	bytes 18..25 tag: the first 8 bytes of AES-256(key, random bits)
+//	bytes 2..17  the body: AES-256 under a key derived from the IDKey of
+//	             the issue time (Unix milliseconds, 8 bytes big-endian)
+//	             and 64 random bits from crypto/rand
+//	bytes 18..25 tag: the first 8 bytes of AES-256(key, body)
 //
 // The tag makes IDs self-authenticating: a forged, truncated or altered ID is
-// rejected by one AES block operation, before any lookup.
+// rejected by one AES block operation, before any lookup. The body looks
+// random to whoever lacks the key, so the ID shows no issue time on the
+// wire (TLS 1.3 obfuscates ticket ages for the same reason); a holder of
+// the key reads it with one more block operation (Cache.IssuedAt).
 const IDLen = 26
 
 const (
@@ -76,7 +82,7 @@ type IDKey struct {
 //	byte  0       format version (2)
 //	byte  1       key ID of the IDKey that authenticated the ID
 //	bytes 2..13   a random nonce
-//	bytes 14..45  the ID's 128 random bits sealed with AES-256-GCM under a
+//	bytes 14..45  the ID's 16-byte body sealed with AES-256-GCM under a
 //	              key derived from that IDKey (the first two bytes are
 //	              additional data)
 //
@@ -92,11 +98,16 @@ const (
 // from an IDKey, so that the two uses of one key never meet.
 const reissueInfo = "tlsfarm session reissued ticket v2"
 
+// issuedInfo is the HKDF info that derives the key encrypting an ID's issue
+// time into its body from an IDKey.
+const issuedInfo = "tlsfarm session ID issue time v1"
+
 // idKeys is an immutable set of ID keys, replaced as a whole on rotation.
 type idKeys struct {
 	mint   uint8
 	blocks [256]cipher.Block
-	seals  [256]cipher.AEAD // for reissued tickets, one per key
+	seals  [256]cipher.AEAD  // for reissued tickets, one per key
+	times  [256]cipher.Block // for the issue time in an ID's body, one per key
 }
 
 var errNoIDKeys = errors.New("session: at least one ID key is required")
@@ -126,6 +137,13 @@ func newIDKeys(keys []IDKey) (*idKeys, error) {
 		if k.seals[key.ID], err = cipher.NewGCM(rb); err != nil {
 			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
 		}
+		tk, err := hkdf.Key(sha256.New, key.Key[:], nil, issuedInfo, 32)
+		if err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
+		if k.times[key.ID], err = aes.NewCipher(tk); err != nil {
+			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
+		}
 	}
 	return k, nil
 }
@@ -138,14 +156,29 @@ func randomIDKey() IDKey {
 	return k
 }
 
-// newID mints a fresh ID under the minting key.
-func (k *idKeys) newID() ID {
+// newID mints a fresh ID issued at now under the minting key.
+func (k *idKeys) newID(now time.Time) ID {
 	var id ID
 	id[0] = idVersion
 	id[1] = k.mint
-	rand.Read(id[2:idTagOff])
+	body := blockPool.Get().(*[aes.BlockSize]byte)
+	binary.BigEndian.PutUint64(body[:8], uint64(now.UnixMilli()))
+	rand.Read(body[8:])
+	k.times[k.mint].Encrypt(body[:], body[:])
+	copy(id[2:idTagOff], body[:])
+	blockPool.Put(body)
 	k.tag(k.blocks[k.mint], &id)
 	return id
+}
+
+// issuedAt decrypts the issue time from the body of id, which one of the
+// keys authenticated.
+func (k *idKeys) issuedAt(id *ID) time.Time {
+	body := blockPool.Get().(*[aes.BlockSize]byte)
+	k.times[id[1]].Decrypt(body[:], id[2:idTagOff])
+	ms := int64(binary.BigEndian.Uint64(body[:8]))
+	blockPool.Put(body)
+	return time.UnixMilli(ms)
 }
 
 // tag writes the tag of id into its last 8 bytes.
@@ -227,8 +260,22 @@ func (c *Cache) SetIDKeys(keys ...IDKey) error {
 	return nil
 }
 
-// NewID mints a fresh authenticated session ID.
-func (c *Cache) NewID() ID { return c.keys.Load().newID() }
+// NewID mints a fresh authenticated session ID, issued now (Config.Now).
+func (c *Cache) NewID() ID { return c.keys.Load().newID(c.cfg.Now()) }
+
+// IssuedAt returns the time id was minted, as the minting cache's clock
+// (its Config.Now) read it, to the millisecond. Any cache holding the ID key
+// that authenticated id can read it, with no lookup and whether or not it
+// holds the session; on the wire the time is encrypted. It reports false if
+// id is not authenticated by one of the cache's ID keys. An ID minted
+// before IDs carried their issue time yields an arbitrary time.
+func (c *Cache) IssuedAt(id ID) (time.Time, bool) {
+	k := c.keys.Load()
+	if !k.checkPooled(id[:]) {
+		return time.Time{}, false
+	}
+	return k.issuedAt(&id), true
+}
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
 // keys, or a ticket the cache reissued for one (see Config.ResumeGrace), and
