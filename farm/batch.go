@@ -2,7 +2,6 @@ package farm
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -11,10 +10,6 @@ import (
 // transportReserve is left under a transport's limit for what the
 // transport adds to the farm's bytes (headers, a value prefix).
 const transportReserve = 1024
-
-// errUnencodable is told to a write-through waiter whose session could not
-// be stored: it does not fit in a record, or in a message.
-var errUnencodable = errors.New("farm: session cannot be encoded within the message size limit")
 
 // limitOf returns the largest message the node may send through v (a Bus
 // or a Store).
@@ -120,10 +115,6 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []trans
 		if err != nil || len(v) > limit {
 			n.ctr.unencodable.Add(1)
 			it.op = opDropped // not for the backlog either
-			if it.done != nil {
-				it.done <- errUnencodable
-				it.done = nil
-			}
 			continue
 		}
 		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
@@ -150,11 +141,6 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 			}
 		}
 		cancel()
-	}
-	for _, it := range batch {
-		if it.done != nil {
-			it.done <- err
-		}
 	}
 	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true

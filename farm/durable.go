@@ -405,7 +405,6 @@ type backlog struct {
 func newBacklog(size int) *backlog { return &backlog{items: make([]item, size)} }
 
 func (b *backlog) push(it item) {
-	it.done = nil
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.n == len(b.items) {

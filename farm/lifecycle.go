@@ -193,7 +193,7 @@ func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {
 	// client its resumption: give it the longer of the two deadlines.
 	ctx, cancel := context.WithTimeout(ctx, max(n.cfg.LookupTimeout, n.cfg.WriteThroughTimeout))
 	defer cancel()
-	return n.consumeStore(ctx, id)
+	return n.claimYoung(ctx, id)
 }
 
 func (p cachePeer) Release(id session.ID, r session.Record) {

@@ -106,25 +106,19 @@ func TestBatchSplitWithinLimit(t *testing.T) {
 	}
 }
 
-// TestUnencodableSessionReleasesWaiter: a write-through waiter on a session
-// that cannot be stored is told at once.
-func TestUnencodableSessionReleasesWaiter(t *testing.T) {
+// TestUnencodableSessionSkipped: a session that cannot be stored is left
+// out of the store batch, and the others go.
+func TestUnencodableSessionSkipped(t *testing.T) {
 	n := &Node{cfg: Config{Farm: "f1", Store: nil}, keys: testKeyring(t, "f1")}
 	now := time.Now()
-	done := make(chan error, 1)
 	ok := item{rec: session.Record{State: []byte("s"), Expires: now.Add(time.Hour)}}
-	bad := item{rec: session.Record{State: []byte("s"), Expires: now.Add(time.Hour), ServerName: strings.Repeat("b", 254)}, done: done}
+	bad := item{rec: session.Record{State: []byte("s"), Expires: now.Add(time.Hour), ServerName: strings.Repeat("b", 254)}}
 	puts, _, _ := n.storeItems(header{time: now, farm: "f1"}, []item{ok, bad, ok}, now)
 	if len(puts) != 2 {
 		t.Fatalf("%d puts, want 2", len(puts))
 	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, errUnencodable) {
-			t.Fatalf("waiter told %v", err)
-		}
-	default:
-		t.Fatal("the waiter of an unencodable session was not released")
+	if n.ctr.unencodable.Load() != 1 {
+		t.Fatalf("unencodable counted %d, want 1", n.ctr.unencodable.Load())
 	}
 }
 

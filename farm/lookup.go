@@ -19,7 +19,7 @@ type lookupCounters struct {
 	late     atomic.Uint64 // the store answered, after LookupTimeout
 	latency  histogram     // every answer of the store, in time or late
 
-	writeThrough histogram // how long write-through handshakes waited for the store (those it answered)
+	youngWait histogram // how long handshakes waited for a young session they got (see young.go)
 }
 
 // lookupStore reads id from the store once for all the handshakes that want
@@ -36,7 +36,8 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 		defer cancel()
 		rec, err := n.fetch(fctx, id)
 		took := time.Since(start)
-		if err == nil && rec == nil && n.neg != nil {
+		if err == nil && rec == nil && n.neg != nil && !n.isYoung(id) {
+			// A young session may be on its way: never remembered missing.
 			n.neg.add(id, n.cfg.Now())
 		}
 		if err == nil {
@@ -74,25 +75,6 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 	}
 }
 
-// lateWrite waits for the outcome of a store write that a write-through
-// handshake stopped waiting for. A write that succeeds late shows a slow
-// store, not a failing one, and closes the breaker again (as a late lookup
-// answer does). An item's done channel is told once, when its batch is
-// written or fails, or when it is dropped from a full queue; lateWrite
-// gives up after the longest that can take (two store operations and the
-// longest backoff), so that items left queued by Close leak nothing.
-func (n *Node) lateWrite(done <-chan error) {
-	t := time.NewTimer(2*n.cfg.OpTimeout + 2*time.Second)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		if err == nil {
-			n.brk.record(true, n.cfg.Now())
-		}
-	case <-t.C:
-	}
-}
-
 // Store keys, relative to the farm's scope: the session records (in
 // Records) and the tombstone set (in Coord).
 const (
@@ -110,7 +92,8 @@ func sessionKey(id session.ID) string {
 // load is the cache's loader: a store lookup, one at a time per ID. While
 // the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
 // last ones learned. Nor does it for an ID the store did not have a moment
-// ago (the negative cache).
+// ago (the negative cache). A young ID (one whose session may still be on
+// its way, in write-through mode) is waited for instead: see loadYoung.
 //
 // Concurrent handshakes presenting one ID share one lookup, which runs
 // under a context of its own (OpTimeout, detached from any one client; see
@@ -120,10 +103,13 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 	if rec, ok := n.takePending(id); ok {
 		return rec, nil
 	}
+	now := n.cfg.Now()
+	if until, ok := n.youngUntil(id, now); ok {
+		return n.loadYoung(ctx, id, until)
+	}
 	if n.cfg.Records == nil {
 		return nil, nil
 	}
-	now := n.cfg.Now()
 	if n.neg != nil && n.neg.has(id, now) {
 		n.ctr.negativeHits.Add(1)
 		return nil, nil

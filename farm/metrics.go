@@ -9,18 +9,18 @@ import (
 
 // nodeCounters are the node's own counters; Metrics reads them.
 type nodeCounters struct {
-	connects                                               atomic.Uint64
-	published, publishedRevocations, publishErrors         atomic.Uint64
-	unpublished, storeWrites, storeWriteErrors             atomic.Uint64
-	writeThrough, writeThroughTimeouts, writeThroughFailed atomic.Uint64
-	received, self, receivedSessions, inserted             atomic.Uint64
-	insertRefused, receivedRevocations                     atomic.Uint64
-	pendingKept, pendingTaken                              atomic.Uint64
-	rejected                                               [numRejections]atomic.Uint64
-	lookups, storeHits, storeMisses, storeTimeouts         atomic.Uint64
-	storeErrors, storeRejected, lookupsSkipped             atomic.Uint64
-	unencodable, negativeHits, tombstonesTruncated         atomic.Uint64
-	writtenBack                                            atomic.Uint64
+	connects                                       atomic.Uint64
+	published, publishedRevocations, publishErrors atomic.Uint64
+	unpublished, storeWrites, storeWriteErrors     atomic.Uint64
+	youngWaits                                     [numYoungResults]atomic.Uint64
+	received, self, receivedSessions, inserted     atomic.Uint64
+	insertRefused, receivedRevocations             atomic.Uint64
+	pendingKept, pendingTaken                      atomic.Uint64
+	rejected                                       [numRejections]atomic.Uint64
+	lookups, storeHits, storeMisses, storeTimeouts atomic.Uint64
+	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
+	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
+	writtenBack                                    atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -36,7 +36,7 @@ func (n *Node) Connected() bool {
 // Metrics returns the node's counters and gauges since Join, named as the
 // admin API exports them (tlsfarm_farm_*): messages published and received,
 // store writes and lookups by result, rejected messages by reason, the
-// publish queue, write-through and its breaker, the transport's health, and
+// publish queue, write-through's waits, the store breaker, the transport's health, and
 // the distributions of propagation lag and store latency.
 func (n *Node) Metrics() []metric.Sample {
 	c := &n.ctr
@@ -71,12 +71,11 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_unpublished_total", "Items in publish batches that failed.", c.unpublished.Load())
 	m.counter("tlsfarm_farm_store_writes_total", "Sessions written to the store.", c.storeWrites.Load())
 	m.counter("tlsfarm_farm_store_write_errors_total", "Store write batches that failed.", c.storeWriteErrors.Load())
-	wt, wtTimeouts, wtFailed := c.writeThrough.Load(), c.writeThroughTimeouts.Load(), c.writeThroughFailed.Load()
-	m.counters("tlsfarm_farm_write_through_total", "Handshakes that waited for the store, by result.", "result",
-		"stored", wt-min(wt, wtTimeouts+wtFailed), "timeout", wtTimeouts, "failed", wtFailed)
+	m.counters("tlsfarm_farm_young_waits_total", "Handshakes that waited for a young session this node lacked (write-through), by result: the bus brought it, a store read found it, or neither in time.", "result",
+		"arrived", c.youngWaits[youngArrived].Load(), "stored", c.youngWaits[youngStored].Load(), "gave_up", c.youngWaits[youngGaveUp].Load())
 	open, trips := n.brk.state(n.cfg.Now())
-	m.gauge("tlsfarm_farm_breaker_open", "1 while write-through is suspended after failures.", b2f(open))
-	m.counter("tlsfarm_farm_breaker_trips_total", "Times write-through was suspended.", trips)
+	m.gauge("tlsfarm_farm_breaker_open", "1 while store lookups are suspended after failures.", b2f(open))
+	m.counter("tlsfarm_farm_breaker_trips_total", "Times store lookups were suspended.", trips)
 	m.counters("tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
 		"own", c.self.Load(), "session", c.receivedSessions.Load(), "revocation", c.receivedRevocations.Load())
 	m.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(n.pendingRevocations()))
@@ -108,7 +107,7 @@ func (n *Node) Metrics() []metric.Sample {
 		"deadline", n.lk.deadline.Load(), "canceled", n.lk.canceled.Load())
 	m.counter("tlsfarm_farm_lookups_late_total", "Store answers that came after the lookup timeout.", n.lk.late.Load())
 	m.histogram("tlsfarm_farm_lookup_seconds", "Time the store took to answer a lookup, late answers included.", &n.lk.latency)
-	m.histogram("tlsfarm_farm_write_through_seconds", "Time write-through handshakes waited for the store's answer.", &n.lk.writeThrough)
+	m.histogram("tlsfarm_farm_young_wait_seconds", "Time handshakes waited for a young session they then got (write-through).", &n.lk.youngWait)
 	var held int
 	var evicted uint64
 	if n.pend != nil {

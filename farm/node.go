@@ -2,7 +2,6 @@ package farm
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -44,6 +43,7 @@ type Node struct {
 	lag       histogram
 	lk        lookupCounters
 	pend      *pending // with LazyPeers
+	arr       arrivals // wakes young-session waiters (write-through)
 
 	life     lifeCounters
 	revs     revocations
@@ -62,17 +62,14 @@ type Node struct {
 
 // An item is one thing waiting to be published.
 type item struct {
-	id   session.ID
-	rec  session.Record // for a new session
-	rev  *revocation    // for a revocation
-	op   itemOp         // what to do with it (see lifecycle.go)
-	done chan error     // write-through: told when the store has it
+	id  session.ID
+	rec session.Record // for a new session
+	rev *revocation    // for a revocation
+	op  itemOp         // what to do with it (see lifecycle.go)
 
 	until time.Time  // opCut: the session's new end
 	child session.ID // opCut: the session issued by resuming it
 }
-
-var errDropped = errors.New("farm: dropped from a full queue")
 
 // Join joins cfg.Cache to the farm and returns at once: the node works
 // degraded (from its local cache) until the transport is reachable, then
@@ -96,7 +93,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		log:      cfg.Logger.With("farm", cfg.Farm, "node", cfg.NodeName),
 		heal:     make(chan struct{}, 1),
 		lag:      newHistogram(),
-		lk:       lookupCounters{latency: newHistogram(), writeThrough: newHistogram()},
+		lk:       lookupCounters{latency: newHistogram(), youngWait: newHistogram()},
 		handlers: map[envType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
 		kids:     make(chan item, 1024),

@@ -125,6 +125,9 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 			n.pend.drop(parent)
 		}
 		n.pend.put(id, rec)
+		if n.cfg.WriteThrough {
+			n.arr.arrived(arrival{id: id})
+		}
 		n.ctr.pendingKept.Add(1)
 	}
 	return nil

@@ -10,36 +10,14 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// onEvent is the cache hook. It runs on the handshake's goroutine: it only
-// queues, except in write-through mode, where it waits (bounded) for the
-// store.
+// onEvent is the cache hook. It runs on the handshake's goroutine and only
+// queues: in write-through mode too, where the waiting is done by the node a
+// client presents a young session to (see young.go).
 func (n *Node) onEvent(ev session.Event) {
 	n.lifecycleEvent(ev)
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
-		it := item{id: ev.ID, rec: ev.Record}
-		if !n.cfg.WriteThrough || !n.brk.allow(n.cfg.Now()) {
-			n.enqueue(it)
-			return
-		}
-		it.done = make(chan error, 1)
-		n.enqueue(it)
-		t := time.NewTimer(n.cfg.WriteThroughTimeout)
-		defer t.Stop()
-		n.ctr.writeThrough.Add(1)
-		start := time.Now()
-		select {
-		case err := <-it.done:
-			n.lk.writeThrough.observe(time.Since(start))
-			n.brk.record(err == nil, n.cfg.Now())
-			if err != nil {
-				n.ctr.writeThroughFailed.Add(1)
-			}
-		case <-t.C:
-			n.brk.record(false, n.cfg.Now())
-			n.ctr.writeThroughTimeouts.Add(1)
-			go n.lateWrite(it.done)
-		}
+		n.enqueue(item{id: ev.ID, rec: ev.Record})
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
@@ -49,8 +27,7 @@ func (n *Node) onEvent(ev session.Event) {
 }
 
 // enqueue queues it for publishing. Where the store has a path of its own
-// (n.sq), the bus's part goes to n.q and the store's to n.sq; the
-// write-through waiter goes with the store's part. Only what has a bus
+// (n.sq), the bus's part goes to n.q and the store's to n.sq. Only what has a bus
 // part goes to n.q: revocations, new sessions in broadcast mode,
 // retirements, and grace cuts in store-only mode (see busMessages); a
 // released claim (opRestore) is the store's alone. Lifecycle items must
@@ -72,9 +49,7 @@ func (n *Node) enqueue(it item) {
 		bus = n.cfg.Mode == StoreOnly // broadcast peers cut on the child
 	}
 	if bus {
-		b := it
-		b.done = nil
-		n.q.push(b)
+		n.q.push(it)
 	}
 	n.sq.push(it)
 }
@@ -154,13 +129,6 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	// cuts and retirements, no revocations), else concurrently. Peers hear of a session one round
 	// trip sooner than if one waited for the other.
 	var storeErr, pubErr error
-	release := func() {
-		for _, it := range batch {
-			if it.done != nil {
-				it.done <- storeErr
-			}
-		}
-	}
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
 	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
@@ -168,7 +136,6 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		storeErr = b.PutAndPublish(bctx, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
-		release()
 	} else {
 		var wg sync.WaitGroup
 		if stored {
@@ -183,7 +150,6 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 					}
 				}
 				cancel()
-				release()
 			}()
 		}
 		if len(msgs) > 0 {

@@ -26,11 +26,7 @@ func newQueue(size int) *queue {
 func (q *queue) push(it item) {
 	q.mu.Lock()
 	if q.n == len(q.items) {
-		old := &q.items[q.head]
-		if old.done != nil {
-			old.done <- errDropped
-		}
-		*old = item{}
+		q.items[q.head] = item{}
 		q.head = (q.head + 1) % len(q.items)
 		q.n--
 		q.dropped++

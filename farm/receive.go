@@ -88,6 +88,9 @@ func (n *Node) receive(msg []byte) {
 			if n.neg != nil {
 				n.neg.remove(it.id)
 			}
+			if n.cfg.WriteThrough {
+				n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
+			}
 			n.ctr.inserted.Add(1)
 		}
 	case msgCut:

@@ -1,0 +1,280 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// Write-through waits on the read side. The handshake that issues a session
+// does not wait for the store: the store write and the publish go out at
+// once, as in async mode. Instead a node presented an ID it does not hold,
+// issued less than WriteThroughTimeout ago (young: its session may still be
+// on its way), waits for it, within its LookupTimeout: in broadcast mode
+// until the bus brings it (then one store read at the end), in store-only
+// mode (or while the bus is down) by re-reading the store until the ID is
+// no longer young. An old ID that is missing is a miss at once, as before.
+// Every node reads an ID's issue time from the ID itself
+// (session.Cache.IssuedAt), whoever minted it.
+
+// recentArrivals is how many of the sessions last received from the bus a
+// waiter looks through when it starts: one that arrived between the
+// handshake's cache miss and the waiter's registration would otherwise not
+// wake it.
+const recentArrivals = 256
+
+// Young-wait results, as tlsfarm_farm_young_waits_total labels them.
+const (
+	youngArrived = iota // the bus brought the session
+	youngStored         // a store read found it
+	youngGaveUp         // neither, before the ID grew old or the lookup deadline passed
+	numYoungResults
+)
+
+// arrivals wakes the handshakes waiting for a young session when the bus
+// brings it.
+type arrivals struct {
+	mu      sync.Mutex
+	waiters map[session.ID]*waiter
+	recent  [recentArrivals]arrival
+	next    int
+	nwait   atomic.Int32 // len(waiters), read without the lock
+}
+
+// A waiter is shared by the handshakes waiting for one ID.
+type waiter struct {
+	ch   chan struct{} // closed when the session arrives
+	rec  arrival       // what arrived; set before ch is closed
+	refs int
+}
+
+// An arrival is a session received from the bus: its record (inserted into
+// the cache), or, with LazyPeers, only its ID (the record is pending).
+type arrival struct {
+	id  session.ID
+	rec session.Record
+	ok  bool // rec is set
+}
+
+// arrived tells the waiters of a.id, if any, and remembers a briefly.
+func (a *arrivals) arrived(v arrival) {
+	a.mu.Lock()
+	a.recent[a.next] = v
+	a.next = (a.next + 1) % len(a.recent)
+	if a.nwait.Load() > 0 {
+		if w := a.waiters[v.id]; w != nil {
+			w.rec = v
+			close(w.ch)
+			delete(a.waiters, v.id)
+			a.nwait.Add(-1)
+		}
+	}
+	a.mu.Unlock()
+}
+
+// wait registers a waiter for id. If id arrived recently, it returns that
+// arrival instead (and no waiter).
+func (a *arrivals) wait(id session.ID) (*waiter, arrival, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range a.recent {
+		if a.recent[i].id == id {
+			return nil, a.recent[i], true
+		}
+	}
+	if a.waiters == nil {
+		a.waiters = make(map[session.ID]*waiter)
+	}
+	w := a.waiters[id]
+	if w == nil {
+		w = &waiter{ch: make(chan struct{})}
+		a.waiters[id] = w
+		a.nwait.Add(1)
+	}
+	w.refs++
+	return w, arrival{}, false
+}
+
+// done unregisters a waiter that wait returned.
+func (a *arrivals) done(id session.ID, w *waiter) {
+	a.mu.Lock()
+	w.refs--
+	if w.refs == 0 && a.waiters[id] == w {
+		delete(a.waiters, id)
+		a.nwait.Add(-1)
+	}
+	a.mu.Unlock()
+}
+
+// youngUntil reports whether id is young — issued less than
+// WriteThroughTimeout ago by its minter's clock, allowing MaxSkew between
+// the clocks — and if so, when it stops being young. Only a write-through
+// node waits for young IDs.
+func (n *Node) youngUntil(id session.ID, now time.Time) (time.Time, bool) {
+	if !n.cfg.WriteThrough {
+		return time.Time{}, false
+	}
+	issued, ok := n.cfg.Cache.IssuedAt(id)
+	if !ok {
+		return time.Time{}, false
+	}
+	age := now.Sub(issued)
+	if age < -n.cfg.MaxSkew || age >= n.cfg.WriteThroughTimeout {
+		return time.Time{}, false
+	}
+	return issued.Add(n.cfg.WriteThroughTimeout), true
+}
+
+func (n *Node) isYoung(id session.ID) bool {
+	_, ok := n.youngUntil(id, n.cfg.Now())
+	return ok
+}
+
+// loadYoung finds the young session id that this node does not hold, waiting
+// for it until it is no longer young (until) or ctx ends.
+func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*session.Record, error) {
+	start := time.Now()
+	left := until.Sub(n.cfg.Now()) // by the node's clock; waited in real time
+	if dl, ok := ctx.Deadline(); ok {
+		left = min(left, time.Until(dl))
+	}
+	end := start.Add(left)
+	wait := func(result int, rec *session.Record, err error) (*session.Record, error) {
+		n.ctr.youngWaits[result].Add(1)
+		if rec != nil {
+			n.lk.youngWait.observe(time.Since(start))
+			cp := *rec
+			n.noteLoaded(id, cp.Expires)
+			return &cp, nil
+		}
+		return nil, err
+	}
+	storeOK := func() bool {
+		if n.cfg.Records == nil {
+			return false
+		}
+		if !n.brk.allow(n.cfg.Now()) {
+			n.ctr.lookupsSkipped.Add(1)
+			return false
+		}
+		return true
+	}
+
+	if n.cfg.Mode == Broadcast && (n.connected.Load() || n.pend != nil) {
+		// The bus brings it: wait, keeping part of the lookup deadline
+		// for one store read at the end (in case the message was lost).
+		busEnd := end
+		if dl, ok := ctx.Deadline(); ok && n.cfg.Records != nil {
+			if e := dl.Add(-n.cfg.LookupTimeout / 2); e.Before(busEnd) {
+				busEnd = e
+			}
+		}
+		w, v, found := n.arr.wait(id)
+		if !found {
+			t := time.NewTimer(time.Until(busEnd))
+			select {
+			case <-w.ch:
+				v, found = w.rec, true
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			n.arr.done(id, w)
+		}
+		if found {
+			if v.ok {
+				return wait(youngArrived, &v.rec, nil)
+			}
+			if rec, ok := n.takePending(id); ok {
+				return wait(youngArrived, rec, nil)
+			}
+		}
+		if ctx.Err() != nil || !storeOK() {
+			return wait(youngGaveUp, nil, ctx.Err())
+		}
+		rec, err := n.lookupStore(ctx, id)
+		if rec != nil {
+			return wait(youngStored, rec, nil)
+		}
+		return wait(youngGaveUp, nil, err)
+	}
+
+	// Store-only, or the bus is down: read the store until the session is
+	// there or the ID is no longer young.
+	if !storeOK() {
+		return nil, nil
+	}
+	rec, err := n.lookupStore(ctx, id)
+	if rec != nil || err != nil {
+		if rec != nil {
+			cp := *rec
+			n.noteLoaded(id, cp.Expires)
+			return &cp, nil
+		}
+		return nil, err
+	}
+	for failures := 1; ; failures++ {
+		d := min(youngBackoff(failures), time.Until(end))
+		if d <= 0 {
+			return wait(youngGaveUp, nil, nil)
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return wait(youngGaveUp, nil, ctx.Err())
+		}
+		if !storeOK() {
+			return wait(youngGaveUp, nil, nil)
+		}
+		rec, err := n.lookupStore(ctx, id)
+		switch {
+		case rec != nil:
+			return wait(youngStored, rec, nil)
+		case err != nil:
+			return wait(youngGaveUp, nil, err)
+		}
+	}
+}
+
+// youngBackoff is the pause before the given re-read of the store for a
+// young session: 1ms, doubling to 16ms. A session written at once is there
+// within a round trip or two of the store.
+func youngBackoff(failures int) time.Duration {
+	return time.Millisecond << min(failures-1, 4)
+}
+
+// claimYoung is consumeStore for a single-use session: a young session the
+// store does not hold yet (its write may still be on its way) is tried
+// again, as loadYoung reads it, until it is no longer young or ctx ends.
+func (n *Node) claimYoung(ctx context.Context, id session.ID) (bool, error) {
+	for failures := 1; ; failures++ {
+		ok, err := n.consumeStore(ctx, id)
+		if ok || err != nil {
+			return ok, err
+		}
+		until, young := n.youngUntil(id, n.cfg.Now())
+		if !young {
+			return false, nil
+		}
+		d := min(youngBackoff(failures), until.Sub(n.cfg.Now()))
+		if d <= 0 {
+			return false, nil
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return false, nil
+			}
+			return false, ctx.Err()
+		}
+	}
+}
