@@ -28,13 +28,14 @@ type lookupCounters struct {
 // after the lookup deadline is seen answering: such an answer is counted as
 // late and its latency recorded, which is what the deadline should be
 // chosen from. A handshake that stops waiting is counted by why: its
-// deadline passed, or it went away.
+// deadline passed, or it went away. A value the store holds for id that
+// does not open is errStoreRejected.
 func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record, error) {
 	start := time.Now()
 	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.OpTimeout)
 		defer cancel()
-		rec, err := n.fetch(fctx, id)
+		rec, rejected, err := n.fetchRecord(fctx, id)
 		took := time.Since(start)
 		if err == nil && rec == nil && n.neg != nil && !n.isYoung(id) {
 			// A young session may be on its way: never remembered missing.
@@ -55,11 +56,17 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 			n.lk.late.Add(1)
 			n.brk.record(true, n.cfg.Now())
 		}
+		if rejected {
+			return nil, errStoreRejected
+		}
 		return rec, err
 	})
 	select {
 	case r := <-ch:
 		rec, _ := r.Val.(*session.Record)
+		if r.Err == errStoreRejected {
+			return nil, errStoreRejected
+		}
 		return rec, r.Err
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -119,6 +126,9 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 		return nil, nil
 	}
 	rec, err := n.lookupStore(ctx, id)
+	if err == errStoreRejected {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -130,31 +140,42 @@ func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error)
 	return &cp, nil
 }
 
+// errStoreRejected is lookupStore's answer for a stored value that does not
+// open (tampered, moved between keys, another farm's): as good as a miss,
+// but not one to wait out.
+var errStoreRejected = errors.New("farm: stored session rejected")
+
 // fetch reads and opens the stored session id.
 func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error) {
+	rec, _, err := n.fetchRecord(ctx, id)
+	return rec, err
+}
+
+// fetchRecord is fetch, also reporting a value that did not open.
+func (n *Node) fetchRecord(ctx context.Context, id session.ID) (rec *session.Record, rejected bool, err error) {
 	n.ctr.lookups.Add(1)
 	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
 		n.ctr.storeMisses.Add(1)
-		return nil, nil
+		return nil, false, nil
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 		n.ctr.storeTimeouts.Add(1)
-		return nil, err
+		return nil, false, err
 	case err != nil:
 		n.ctr.storeErrors.Add(1)
-		return nil, err
+		return nil, false, err
 	}
 	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	if err != nil {
 		n.ctr.storeRejected.Add(1)
-		return nil, nil
+		return nil, true, nil
 	}
-	var rec session.Record
-	if err := rec.UnmarshalBinary(body); err != nil {
+	var r session.Record
+	if err := r.UnmarshalBinary(body); err != nil {
 		n.ctr.storeRejected.Add(1)
-		return nil, nil
+		return nil, true, nil
 	}
 	n.ctr.storeHits.Add(1)
-	return &rec, nil
+	return &r, false, nil
 }

@@ -15,6 +15,9 @@ import (
 // client presents a young session to (see young.go).
 func (n *Node) onEvent(ev session.Event) {
 	n.lifecycleEvent(ev)
+	if ev.Kind == session.EventRemove && n.cfg.WriteThrough {
+		n.arr.forget(ev.ID)
+	}
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		n.enqueue(item{id: ev.ID, rec: ev.Record})

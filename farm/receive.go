@@ -81,15 +81,17 @@ func (n *Node) receive(msg []byte) {
 			// Copy the state out of the batch, so that one long-lived
 			// session does not keep the whole message in memory.
 			it.rec.State = bytes.Clone(it.rec.State)
+			if n.cfg.WriteThrough {
+				// Before the insert: a removal that follows it
+				// must find it (see arrivals.forget).
+				n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
+			}
 			if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
 				n.ctr.insertRefused.Add(1)
 				continue
 			}
 			if n.neg != nil {
 				n.neg.remove(it.id)
-			}
-			if n.cfg.WriteThrough {
-				n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
 			}
 			n.ctr.inserted.Add(1)
 		}

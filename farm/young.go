@@ -41,6 +41,7 @@ type arrivals struct {
 	mu      sync.Mutex
 	waiters map[session.ID]*waiter
 	recent  [recentArrivals]arrival
+	index   map[session.ID]int // slot in recent of each ID held there
 	next    int
 	nwait   atomic.Int32 // len(waiters), read without the lock
 }
@@ -60,10 +61,19 @@ type arrival struct {
 	ok  bool // rec is set
 }
 
-// arrived tells the waiters of a.id, if any, and remembers a briefly.
+// arrived tells the waiters of v.id, if any, and remembers v briefly (until
+// recentArrivals others arrive, or the session leaves the cache). The
+// listener calls it before inserting the session.
 func (a *arrivals) arrived(v arrival) {
 	a.mu.Lock()
+	if a.index == nil {
+		a.index = make(map[session.ID]int, len(a.recent))
+	}
+	if old := a.recent[a.next].id; a.index[old] == a.next {
+		delete(a.index, old)
+	}
 	a.recent[a.next] = v
+	a.index[v.id] = a.next
 	a.next = (a.next + 1) % len(a.recent)
 	if a.nwait.Load() > 0 {
 		if w := a.waiters[v.id]; w != nil {
@@ -81,10 +91,8 @@ func (a *arrivals) arrived(v arrival) {
 func (a *arrivals) wait(id session.ID) (*waiter, arrival, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for i := range a.recent {
-		if a.recent[i].id == id {
-			return nil, a.recent[i], true
-		}
+	if i, ok := a.index[id]; ok {
+		return nil, a.recent[i], true
 	}
 	if a.waiters == nil {
 		a.waiters = make(map[session.ID]*waiter)
@@ -97,6 +105,18 @@ func (a *arrivals) wait(id session.ID) (*waiter, arrival, bool) {
 	}
 	w.refs++
 	return w, arrival{}, false
+}
+
+// forget drops id from the recent arrivals: the session left the cache
+// (retired, cut short, revoked, expired, evicted), and a waiter must not
+// bring it back.
+func (a *arrivals) forget(id session.ID) {
+	a.mu.Lock()
+	if i, ok := a.index[id]; ok {
+		a.recent[i] = arrival{}
+		delete(a.index, id)
+	}
+	a.mu.Unlock()
 }
 
 // done unregisters a waiter that wait returned.
@@ -144,6 +164,9 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 	}
 	end := start.Add(left)
 	wait := func(result int, rec *session.Record, err error) (*session.Record, error) {
+		if err == errStoreRejected {
+			err = nil // the store holds something for id that does not open: a miss
+		}
 		n.ctr.youngWaits[result].Add(1)
 		if rec != nil {
 			n.lk.youngWait.observe(time.Since(start))
@@ -209,12 +232,14 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 		return nil, nil
 	}
 	rec, err := n.lookupStore(ctx, id)
-	if rec != nil || err != nil {
-		if rec != nil {
-			cp := *rec
-			n.noteLoaded(id, cp.Expires)
-			return &cp, nil
-		}
+	switch {
+	case rec != nil:
+		cp := *rec
+		n.noteLoaded(id, cp.Expires)
+		return &cp, nil
+	case err == errStoreRejected:
+		return nil, nil
+	case err != nil:
 		return nil, err
 	}
 	for failures := 1; ; failures++ {

@@ -1,0 +1,170 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// pauseWrites holds every write to srv (store writes and publishes alike)
+// for d, as a store that is slow to take a session would; reads go on.
+func pauseWrites(t *testing.T, srv *redistest.Server, d time.Duration) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	if err := c.Do(context.Background(), "CLIENT", "PAUSE", d.Milliseconds(), "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// youngFarm starts two write-through nodes on a Redis of the test's own;
+// tweakA edits the first node's cache configuration.
+func youngFarm(t *testing.T, mode farm.Mode, tweak func(*farm.Config), tweakA func(*session.Config)) (*redistest.Server, *farmtest.Member, *farmtest.Member) {
+	srv := redistest.Start(t)
+	name := redistest.Farm(t)
+	o := farmtest.Options{NewTransport: redisTransport(srv.URL()), Mode: mode, WriteThrough: true, Secret: farm.NewSecret(1), Tweak: tweak}
+	oa := o
+	oa.TweakCache = tweakA
+	a := farmtest.Join(t, "n1", name, oa)
+	b := farmtest.Join(t, "n2", name, o)
+	farmtest.WaitConnected(t, a, b)
+	return srv, a, b
+}
+
+// TestReaderWaitsForYoungSession: with the store and the bus holding every
+// write for 300 ms, the handshake issuing a session does not wait for them,
+// and a client reconnecting at once to another node still resumes, because
+// that node waits for the young session — for the bus to bring it
+// (broadcast) or the store to have it (store-only).
+func TestReaderWaitsForYoungSession(t *testing.T) {
+	const pause = 300 * time.Millisecond
+	for _, mode := range modes {
+		for _, tv := range versions {
+			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
+				srv, a, b := youngFarm(t, mode, func(c *farm.Config) {
+					c.LookupTimeout, c.WriteThroughTimeout = 2*time.Second, 2*time.Second
+				}, nil)
+				const rounds = 3
+				for i := range rounds {
+					ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
+					pauseWrites(t, srv, pause)
+					start := time.Now()
+					tlstest.MustDial(t, a.Server.Addr, ccfg)
+					if took := time.Since(start); took > pause/2 {
+						t.Fatalf("round %d: the issuing handshake took %v: it waited for the paused store", i, took)
+					}
+					start = time.Now()
+					if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+						farmtest.LogStats(t, []*farmtest.Member{a, b})
+						t.Fatalf("round %d: the client reconnecting at once to n2 did not resume", i)
+					}
+					t.Logf("round %d: n2 resumed after %v", i, time.Since(start))
+					time.Sleep(pause) // the next round starts with the store free
+				}
+				st := b.Node.Metrics()
+				want := "arrived"
+				if mode == farm.StoreOnly {
+					want = "stored"
+				}
+				if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", want); got != rounds {
+					farmtest.LogStats(t, []*farmtest.Member{a, b})
+					t.Fatalf("young waits %s = %d, want %d", want, got, rounds)
+				}
+				if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", "gave_up"); got != 0 {
+					t.Fatalf("young waits gave_up = %d, want 0", got)
+				}
+			})
+		}
+	}
+}
+
+// TestOldMissingSessionNotWaitedFor: a node presented a session it lacks
+// that was issued longer than WriteThroughTimeout ago does not wait for it:
+// with the store and the bus holding every write for 2 s, the client gets a
+// full handshake at once.
+func TestOldMissingSessionNotWaitedFor(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			// n1's clock is 10 s behind: the IDs it mints are old at once.
+			srv, a, b := youngFarm(t, mode, func(c *farm.Config) {
+				c.LookupTimeout, c.WriteThroughTimeout = 2*time.Second, time.Second
+			}, func(c *session.Config) { c.Now = func() time.Time { return time.Now().Add(-10 * time.Second) } })
+			const pause = 2 * time.Second
+			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+			pauseWrites(t, srv, pause)
+			tlstest.MustDial(t, a.Server.Addr, ccfg)
+			start := time.Now()
+			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+				t.Fatal("n2 resumed a session the store could not have yet")
+			}
+			if took := time.Since(start); took > pause/4 {
+				t.Fatalf("n2's handshake took %v: it waited for an old session", took)
+			}
+			st := b.Node.Metrics()
+			for _, r := range []string{"arrived", "stored", "gave_up"} {
+				if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", r); got != 0 {
+					t.Fatalf("young waits %s = %d, want 0", r, got)
+				}
+			}
+		})
+	}
+}
+
+// TestYoungMissNotRemembered: a young session missing from the store is not
+// remembered as missing (the negative cache), since its write may be on its
+// way. n2 gives up on a young session (its lookup deadline is shorter than
+// the store's pause); once the store has it and it is no longer young, the
+// same ticket resumes on n2, from the store.
+func TestYoungMissNotRemembered(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			srv, a, b := youngFarm(t, mode, func(c *farm.Config) {
+				c.LookupTimeout, c.WriteThroughTimeout = 100*time.Millisecond, 200*time.Millisecond
+				c.NegativeCacheTTL = time.Minute
+				if c.NodeName == "n2" {
+					// n2 never hears the session on the bus: only
+					// the store can give it.
+					c.Bus = deafBus{c.Bus}
+				}
+			}, nil)
+			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
+			pauseWrites(t, srv, 400*time.Millisecond)
+			tlstest.MustDial(t, a.Server.Addr, ccfg)
+			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+				t.Fatal("n2 resumed a session the store could not have yet")
+			}
+			farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool {
+				return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
+			})
+			time.Sleep(250 * time.Millisecond) // no longer young
+			if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+				farmtest.LogStats(t, []*farmtest.Member{a, b})
+				t.Fatal("the young miss was remembered: n2 did not look the session up again")
+			}
+			st := b.Node.Metrics()
+			if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", "gave_up"); got != 1 {
+				t.Fatalf("young waits gave_up = %d, want 1", got)
+			}
+			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative"); got != 0 {
+				t.Fatalf("negative-cache hits = %d, want 0", got)
+			}
+		})
+	}
+}
+
+// deafBus publishes, but delivers nothing it receives.
+type deafBus struct{ transport.Bus }
+
+func (b deafBus) Subscribe(ctx context.Context, _ func([]byte), state func(bool, error)) error {
+	return b.Bus.Subscribe(ctx, func([]byte) {}, state)
+}
