@@ -38,7 +38,6 @@ func BenchmarkSharingCPU(b *testing.B) {
 		for _, s := range setups {
 			b.Run("conc="+itoa(conc)+"/sharing="+s.name, func(b *testing.B) {
 				var cache *session.Cache
-				var node *farm.Node
 				var peers []*farm.Node
 				if s.tweak == nil {
 					var err error
@@ -48,7 +47,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 					b.Cleanup(func() { cache.Close() })
 				} else {
 					name, secret := redistest.Farm(b), farm.NewSecret(1)
-					cache, node = benchNode(b, url, name, secret, s.tweak)
+					cache, _ = benchNode(b, url, name, secret, s.tweak)
 					for range 2 {
 						_, n := benchNode(b, url, name, secret, s.tweak)
 						peers = append(peers, n)
@@ -105,20 +104,6 @@ func BenchmarkSharingCPU(b *testing.B) {
 				}
 				if msgs > 0 {
 					b.ReportMetric(float64(sessions)/float64(msgs), "sessions/msg")
-				}
-				if node != nil {
-					// How many handshakes waited for the store (1 with
-					// write-through, unless the breaker or a probe stopped
-					// it), and the mean time a wait took.
-					st := node.Metrics()
-					var waited uint64
-					for _, result := range []string{"stored", "timeout", "failed"} {
-						waited += farmtest.Counter(st, "tlsfarm_farm_write_through_total", "result", result)
-					}
-					b.ReportMetric(float64(waited)/float64(b.N), "waited/op")
-					if h := histogram(st, "tlsfarm_farm_write_through_seconds"); h.Count > 0 {
-						b.ReportMetric(h.Value*1e6/float64(h.Count), "wait-µs")
-					}
 				}
 			})
 		}

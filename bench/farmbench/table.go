@@ -129,10 +129,10 @@ func (r *result) print(w io.Writer, o options, machine string) {
 	var notes []string
 	for _, k := range r.kinds {
 		reps := r.reports[k.Name]
-		var lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped, failed uint64
+		var lookups, hits, misses, timeouts, errs, skipped, yw, ywArrived, ywStored, ywGaveUp, trips, dropped, failed uint64
 		var deadline, canceled, late uint64
 		var bounds []time.Duration // the latency histograms' bucket bounds
-		var lat, wtLat []uint64
+		var lat, ywLat []uint64
 		farmNodes := 0
 		for _, rep := range reps {
 			failed += uint64(rep.Failed)
@@ -151,28 +151,29 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			timeouts += v("tlsfarm_farm_store_lookups_total", "result", "timeout")
 			errs += v("tlsfarm_farm_store_lookups_total", "result", "error")
 			skipped += v("tlsfarm_farm_store_lookups_total", "result", "skipped")
-			t, f := v("tlsfarm_farm_write_through_total", "result", "timeout"), v("tlsfarm_farm_write_through_total", "result", "failed")
-			wt += v("tlsfarm_farm_write_through_total", "result", "stored") + t + f
-			wtTimeouts += t
-			wtFailed += f
+			a, st, g := v("tlsfarm_farm_young_waits_total", "result", "arrived"), v("tlsfarm_farm_young_waits_total", "result", "stored"), v("tlsfarm_farm_young_waits_total", "result", "gave_up")
+			yw += a + st + g
+			ywArrived += a
+			ywStored += st
+			ywGaveUp += g
 			trips += v("tlsfarm_farm_breaker_trips_total")
 			dropped += v("tlsfarm_farm_dropped_total")
 			deadline += v("tlsfarm_farm_lookups_abandoned_total", "cause", "deadline")
 			canceled += v("tlsfarm_farm_lookups_abandoned_total", "cause", "canceled")
 			late += v("tlsfarm_farm_lookups_late_total")
 			bounds, lat = addBuckets(s, "tlsfarm_farm_lookup_seconds", bounds, lat)
-			bounds, wtLat = addBuckets(s, "tlsfarm_farm_write_through_seconds", bounds, wtLat)
+			bounds, ywLat = addBuckets(s, "tlsfarm_farm_young_wait_seconds", bounds, ywLat)
 		}
 		if farmNodes == 0 && failed == 0 {
 			continue
 		}
 		note := fmt.Sprintf("%s: server-side failed handshakes %d", k.Name, failed)
 		if farmNodes > 0 {
-			note += fmt.Sprintf("; store lookups %d (found %d, not found %d, timed out %d, errors %d, skipped by the breaker %d); write-through waits %d (timed out %d, failed %d); breaker trips %d; dropped %d",
-				lookups, hits, misses, timeouts, errs, skipped, wt, wtTimeouts, wtFailed, trips, dropped)
-			if wt > 0 {
-				note += fmt.Sprintf("; write-through wait p50 %s, p99 %s, p99.9 %s, max %s",
-					bucketQuantile(wtLat, bounds, 0.5), bucketQuantile(wtLat, bounds, 0.99), bucketQuantile(wtLat, bounds, 0.999), bucketQuantile(wtLat, bounds, 1))
+			note += fmt.Sprintf("; store lookups %d (found %d, not found %d, timed out %d, errors %d, skipped by the breaker %d); young-session waits %d (arrived %d, stored %d, gave up %d); breaker trips %d; dropped %d",
+				lookups, hits, misses, timeouts, errs, skipped, yw, ywArrived, ywStored, ywGaveUp, trips, dropped)
+			if ywArrived+ywStored > 0 {
+				note += fmt.Sprintf("; young-session wait (those that got it) p50 %s, p99 %s, p99.9 %s, max %s",
+					bucketQuantile(ywLat, bounds, 0.5), bucketQuantile(ywLat, bounds, 0.99), bucketQuantile(ywLat, bounds, 0.999), bucketQuantile(ywLat, bounds, 1))
 			}
 			if lookups > 0 {
 				note += fmt.Sprintf("; handshakes that gave up on a lookup: deadline %d, went away %d; late answers %d; answer latency p50 %s, p99 %s, p99.9 %s, max %s",
