@@ -47,6 +47,11 @@ type Config struct {
 
 	// ResumeGrace is how long a session stays resumable after a handshake
 	// resumed it and was issued its successor (default 30 seconds).
+	// A TLS 1.3 resumption always gets a successor (its secret is new); a
+	// TLS 1.2 one, whose master secret is the session's, keeps the session
+	// under a reissued ticket (a fresh encryption of its ID) unless
+	// SingleUse is set or a successor would outlive the session by half a
+	// Lifetime or more.
 	// It keeps the cache near one session per active client. A negative
 	// value leaves resumed sessions to their full Lifetime. Shortening needs
 	// the per-handshake link made by Cache.Install.

@@ -49,7 +49,10 @@
 // GetConfigForClient: a ticket issued by a resumed handshake continues its
 // chain (bounded by Config.MaxChainLifetime), and the session just resumed
 // is cut to a short grace period (Config.ResumeGrace), so the cache holds
-// about one session per active client rather than one per connection.
+// about one session per active client rather than one per connection. A
+// TLS 1.2 resumption keeps its master secret, and so its session: it is
+// given a reissued ticket, a fresh AES-GCM sealing of the same ID that any
+// cache holding the ID keys opens, and nothing new is stored.
 //
 // The installed config never fails a handshake: a missing, forged, expired,
 // revoked or mis-addressed session means a full handshake, and is counted in

@@ -14,8 +14,9 @@ import (
 	"time"
 )
 
-// IDLen is the length in bytes of a session ID, and so the maximum (and only)
-// length of a ticket or PSK identity issued by the cache in stateful mode.
+// IDLen is the length in bytes of a session ID, and so of the tickets and
+// PSK identities the cache issues in stateful mode, except the 46-byte
+// reissued tickets of TLS 1.2 resumptions (see Config.ResumeGrace).
 //
 // An ID is laid out as
 //

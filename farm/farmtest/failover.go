@@ -10,7 +10,8 @@ import (
 // Recovery measures how long cross-node resumption stays broken after
 // fail (which kills a server of the farm's transport) runs. A client
 // reconnects at once, each time to another member than the one that issued
-// its newest session, so that every resumption needs the farm. Once need
+// its newest session, so that every resumption needs the farm, going round
+// every member (on three, through every ordered pair). Once need
 // resumptions in a row have succeeded, Recovery returns the time from fail
 // to the last connection that did not resume (0 if every one did). It fails
 // the test if that has not happened within limit after fail, or if a
@@ -29,7 +30,10 @@ func Recovery(t testing.TB, ms []*Member, version uint16, need int, limit time.D
 			t.Fatalf("cross-node resumption not back %v after the failure: last miss at %v, %d misses in %d connections",
 				time.Since(start).Round(time.Millisecond), lastMiss.Sub(start).Round(time.Millisecond), misses, dials)
 		}
-		issuer = (issuer + 1 + dials%(len(ms)-1)) % len(ms)
+		// A step of 1 for len(ms) dials, then of 2, and so on. (A step
+		// alternating between 1 and 2 went 0, 1, 0, 1, ... on three
+		// members: the third never served a client.)
+		issuer = (issuer + 1 + dials/len(ms)%(len(ms)-1)) % len(ms)
 		cs, err := tlstest.Dial(ms[issuer].Server.Addr, ccfg)
 		dials++
 		if err != nil {

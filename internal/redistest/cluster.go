@@ -37,7 +37,8 @@ type Cluster struct {
 // StartCluster starts masters × (1 + replicas) redis-servers in cluster
 // mode with the given cluster-node-timeout, joins them into a cluster with
 // redis-cli --cluster create, and waits until every node reports the
-// cluster healthy.
+// cluster healthy and every replica has synchronized with its master (so
+// that a test may kill a master at once and see a replica take over).
 func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
@@ -49,7 +50,8 @@ func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duratio
 		s := StartWith(tb, "--cluster-enabled", "yes",
 			"--cluster-port", fmt.Sprint(freePort(tb)),
 			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()))
+			"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()),
+			"--repl-diskless-sync-delay", "0")
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
@@ -59,7 +61,46 @@ func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duratio
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.WaitHealthy(30 * time.Second)
+	WaitSynced(tb, 30*time.Second, c.Nodes...)
 	return c
+}
+
+// WaitSynced waits until every replica among servers (a master passes at
+// once) has completed a synchronization with its master: INFO replication
+// says master_link_status:up.
+//
+// Until then a replica holds no data, and Redis counts it as cut off from
+// its master since it started: Redis Cluster will not promote it when its
+// master dies ("Disconnected from master for longer than allowed",
+// cluster-replica-validity-factor), not that time, nor ever after, so the
+// cluster stays down for the dead master's slots; a sentinel promotes it
+// empty. A cluster says cluster_state:ok seconds before its replicas are in
+// sync: a Redis 7 master answers a replica's first PSYNC with a diskless
+// full sync that it starts only after repl-diskless-sync-delay (5s by
+// default, to serve replicas that come later with the same transfer; the
+// servers here set 0: a test's data is small enough to send once per
+// replica).
+func WaitSynced(tb testing.TB, timeout time.Duration, servers ...*Server) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, s := range servers {
+		if s.cmd == nil {
+			continue
+		}
+		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		for {
+			info, err := cl.Info(context.Background(), "replication").Result()
+			if err == nil && (strings.Contains(info, "role:master") || strings.Contains(info, "master_link_status:up")) {
+				break
+			}
+			if time.Now().After(deadline) {
+				cl.Close()
+				tb.Fatalf("%s has not synchronized with its master after %v: %v\n%s", s.Addr(), timeout, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cl.Close()
+	}
 }
 
 // URL returns the cluster's redis+cluster:// URL, naming every node, with
@@ -168,10 +209,12 @@ type Sentinel struct {
 
 // StartSentinel starts a master, its replicas and the sentinels (quorum
 // two, or one for a single sentinel) that watch it, with a down-after of
-// downAfter, and waits until the sentinels know the replicas.
+// downAfter, and waits until the replicas have synchronized with the master
+// and the sentinels know the replicas and each other.
 func StartSentinel(tb testing.TB, replicas, sentinels int, downAfter time.Duration) *Sentinel {
 	tb.Helper()
-	st := &Sentinel{Name: "tlsfarm-test", Master: Start(tb)}
+	// No wait before a full sync (see WaitSynced).
+	st := &Sentinel{Name: "tlsfarm-test", Master: StartWith(tb, "--repl-diskless-sync-delay", "0")}
 	for range replicas {
 		st.Replicas = append(st.Replicas, StartWith(tb, "--replicaof", "127.0.0.1", fmt.Sprint(st.Master.Port)))
 	}
@@ -220,6 +263,7 @@ func StartSentinel(tb testing.TB, replicas, sentinels int, downAfter time.Durati
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	WaitSynced(tb, 30*time.Second, st.Replicas...)
 	return st
 }
 
