@@ -60,7 +60,7 @@ var settings = []Setting{
 	{Key: "farm.name", Flag: "farm-name", Env: "TLSFARM_FARM_NAME", Default: "tlsfarm", Usage: "farm name; nodes share only within one name"},
 	{Key: "farm.secret_file", Flag: "farm-secret", Env: "TLSFARM_FARM_SECRET_FILE", Default: "", Usage: "farm secret `file` (made by tlsfarm keygen)"},
 	{Key: "farm.mode", Flag: "farm-mode", Env: "TLSFARM_FARM_MODE", Default: "broadcast", Usage: "broadcast or store-only"},
-	{Key: "farm.write_through", Flag: "write-through", Env: "TLSFARM_WRITE_THROUGH", Default: "false", Usage: "make each handshake wait (bounded) until the store holds its session"},
+	{Key: "farm.write_through", Flag: "write-through", Env: "TLSFARM_WRITE_THROUGH", Default: "false", Usage: "a client reconnecting at once to another node resumes: a node waits (bounded) for a young session it lacks"},
 	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "250ms", Usage: "longest a handshake waits for the store on a cache miss"},
 	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start, and fail /readyz, while the farm transport is down"},
 	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},

@@ -103,16 +103,23 @@ type Config struct {
 	// Mode is Broadcast (default) or StoreOnly, which needs Records.
 	Mode Mode
 
-	// WriteThrough makes the NEW hook — and so the handshake issuing the
-	// ticket — wait until the store holds the session, at most
-	// WriteThroughTimeout (default 250ms), so that a client reconnecting at
-	// once to another node always resumes. It costs a store round trip on
-	// every handshake.
+	// WriteThrough makes a client reconnecting at once to another node
+	// resume, by waiting where the session is needed: the handshake issuing
+	// a ticket does not wait (the store write and the publish go out at
+	// once, as without it), but this node, presented an ID it does not hold
+	// that is young — issued less than WriteThroughTimeout (default 250ms)
+	// ago, as the ID itself says (session.Cache.IssuedAt) — waits for it,
+	// within LookupTimeout: in broadcast mode until the bus brings it, then
+	// one store read; in store-only mode (or while the bus is down) by
+	// reading the store again until it is there or the ID is no longer
+	// young. A missing ID that is not young is a miss at once. It needs
+	// Records. What it does not give: a session whose issuing node dies
+	// before its write reaches the farm (normally within milliseconds) is
+	// lost, and the client waits out the window and gets a full handshake.
 	//
-	// After BreakerThreshold (default 5) store failures in a row
-	// (write-through waits or lookups), handshakes stop waiting for the
-	// store and stop looking sessions up in it for BreakerCooldown (default
-	// 5s); then one handshake tries again.
+	// After BreakerThreshold (default 5) store failures in a row (lookups),
+	// handshakes stop looking sessions up in the store for BreakerCooldown
+	// (default 5s); then one handshake tries again.
 	WriteThrough        bool
 	WriteThroughTimeout time.Duration
 	BreakerThreshold    int
