@@ -157,6 +157,11 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 // consumeStore atomically takes the stored session id out of the store,
 // and reports whether this call did.
 func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
+	return n.takeStore(ctx, id, true)
+}
+
+// takeStore is consumeStore, counting a refusal only if final is set.
+func (n *Node) takeStore(ctx context.Context, id session.ID, final bool) (bool, error) {
 	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		n.life.consumeErrors.Add(1)
@@ -165,7 +170,9 @@ func (n *Node) consumeStore(ctx context.Context, id session.ID) (bool, error) {
 	_, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
-		n.life.consumeRefused.Add(1)
+		if final {
+			n.life.consumeRefused.Add(1)
+		}
 		return false, nil
 	case err != nil:
 		n.life.consumeErrors.Add(1)

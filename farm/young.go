@@ -187,7 +187,7 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 		return true
 	}
 
-	if n.cfg.Mode == Broadcast && (n.connected.Load() || n.pend != nil) {
+	if n.cfg.Mode == Broadcast && n.connected.Load() {
 		// The bus brings it: wait, keeping part of the lookup deadline
 		// for one store read at the end (in case the message was lost).
 		busEnd := end
@@ -279,16 +279,14 @@ func youngBackoff(failures int) time.Duration {
 // again, as loadYoung reads it, until it is no longer young or ctx ends.
 func (n *Node) claimYoung(ctx context.Context, id session.ID) (bool, error) {
 	for failures := 1; ; failures++ {
-		ok, err := n.consumeStore(ctx, id)
-		if ok || err != nil {
-			return ok, err
-		}
 		until, young := n.youngUntil(id, n.cfg.Now())
-		if !young {
-			return false, nil
+		ok, err := n.takeStore(ctx, id, !young)
+		if ok || err != nil || !young {
+			return ok, err
 		}
 		d := min(youngBackoff(failures), until.Sub(n.cfg.Now()))
 		if d <= 0 {
+			n.life.consumeRefused.Add(1)
 			return false, nil
 		}
 		t := time.NewTimer(d)
@@ -296,6 +294,7 @@ func (n *Node) claimYoung(ctx context.Context, id session.ID) (bool, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			n.life.consumeRefused.Add(1)
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return false, nil
 			}
