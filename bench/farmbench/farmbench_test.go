@@ -97,3 +97,16 @@ func TestFarmBenchTiny(t *testing.T) {
 		}
 	}
 }
+
+func TestFarmOfKey(t *testing.T) {
+	for _, tc := range []struct{ key, want string }{
+		{"tlsfarm:{farmbench-stateful-wt-1e76e866dfdb}:revoked", "farmbench-stateful-wt-1e76e866dfdb"},
+		{"tlsfarm:farmbench-stateful-wt-1e76e866dfdb:{s:0101}", "farmbench-stateful-wt-1e76e866dfdb"},
+		{"tlsfarm:farmbench-x", "farmbench-x"},
+		{"other", "other"},
+	} {
+		if got := farmOfKey(tc.key); got != tc.want {
+			t.Errorf("farmOfKey(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+}

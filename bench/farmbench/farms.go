@@ -204,6 +204,12 @@ func (r *running) stop(e *env) []nodeReport {
 	}
 	if r.name != "" && r.kind.node(e).Mode != "" {
 		e.farmNames[r.name] = true
+		// Its sessions would otherwise stay in Redis (for their 2-hour
+		// TTL) while the next farms run: a store that grows run after run
+		// makes every write and Redis's expiry cycle dearer for the farms
+		// measured later.
+		e.cleanRedis()
+		delete(e.farmNames, r.name)
 	}
 	return reps
 }
@@ -217,12 +223,13 @@ func (e *env) cleanRedis() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	iter := e.redis.Scan(ctx, 0, "tlsfarm:{farmbench-*", 5000).Iterator()
+	// Coordination keys are tlsfarm:{<farm>}:…, session records
+	// tlsfarm:<farm>:{s:…} (see redisbus.Transport.Key and RecordKey).
+	iter := e.redis.Scan(ctx, 0, "tlsfarm:*farmbench-*", 5000).Iterator()
 	var keys []string
 	for iter.Next(ctx) {
 		k := iter.Val()
-		name, _, _ := strings.Cut(strings.TrimPrefix(k, "tlsfarm:{"), "}")
-		if !e.farmNames[name] {
+		if !e.farmNames[farmOfKey(k)] {
 			continue
 		}
 		keys = append(keys, k)
@@ -234,6 +241,18 @@ func (e *env) cleanRedis() {
 	if len(keys) > 0 {
 		e.redis.Unlink(ctx, keys...)
 	}
+}
+
+// farmOfKey returns the farm name in a key of the Redis transport, in either
+// of its two forms.
+func farmOfKey(k string) string {
+	k = strings.TrimPrefix(k, "tlsfarm:")
+	if rest, ok := strings.CutPrefix(k, "{"); ok {
+		name, _, _ := strings.Cut(rest, "}")
+		return name
+	}
+	name, _, _ := strings.Cut(k, ":")
+	return name
 }
 
 // A child is a node running in a child process (see runNode).
