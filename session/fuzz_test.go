@@ -3,6 +3,7 @@ package session_test
 import (
 	"bytes"
 	"crypto/aes"
+	"crypto/cipher"
 	"crypto/tls"
 	"testing"
 	"time"
@@ -10,10 +11,9 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// FuzzCheckID feeds arbitrary identities to the ID check and to
-// UnwrapSession: neither may panic, and the check must agree with an
-// independent computation of the tag (AES-256 of the random part).
-func FuzzCheckID(f *testing.F) {
+// fuzzCache returns a cache whose one ID key has ID 3 and key {7}, and that
+// key as a block cipher, for computing tags independently of the cache.
+func fuzzCache(f *testing.F) (*session.Cache, cipher.Block) {
 	key := [32]byte{7}
 	c, err := session.New(&session.Config{SweepInterval: -1})
 	if err != nil {
@@ -26,6 +26,14 @@ func FuzzCheckID(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	return c, block
+}
+
+// FuzzCheckID feeds arbitrary identities to the ID check and to
+// UnwrapSession: neither may panic, and the check must agree with an
+// independent computation of the tag (AES-256 of the random part).
+func FuzzCheckID(f *testing.F) {
+	c, block := fuzzCache(f)
 	good := c.NewID()
 	f.Add(good[:])
 	f.Add([]byte{})
@@ -57,24 +65,12 @@ func FuzzCheckID(f *testing.F) {
 	})
 }
 
-// FuzzParseID checks that ParseID never panics and round-trips.
 // FuzzReissuedTicket checks the decoder of reissued tickets: no panic, and
 // whatever it accepts stands for the one ID ever reissued under the key
 // (the ID and the key are fixed, so the seeds are valid in every fuzzing
 // process; another valid ticket would be a forgery of AES-GCM).
 func FuzzReissuedTicket(f *testing.F) {
-	key := [32]byte{7}
-	c, err := session.New(&session.Config{SweepInterval: -1})
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := c.SetIDKeys(session.IDKey{ID: 3, Key: key}); err != nil {
-		f.Fatal(err)
-	}
-	block, err := aes.NewCipher(key[:])
-	if err != nil {
-		f.Fatal(err)
-	}
+	c, block := fuzzCache(f)
 	var good session.ID
 	good[0], good[1] = 1, 3
 	copy(good[2:18], "sixteen bytes!!!")
@@ -98,6 +94,7 @@ func FuzzReissuedTicket(f *testing.F) {
 	})
 }
 
+// FuzzParseID checks that ParseID never panics and round-trips.
 func FuzzParseID(f *testing.F) {
 	var id session.ID
 	id[0] = 1

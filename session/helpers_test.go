@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"crypto/tls"
+	"sync"
 
 	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -87,3 +88,24 @@ func (f loadFunc) Load(ctx context.Context, id session.ID) (*session.Record, err
 
 func (loadFunc) Claim(context.Context, session.ID) (bool, error) { return true, nil }
 func (loadFunc) Release(session.ID, session.Record)              {}
+
+// loadsFrom returns a Farm that loads sessions from src's cache, as a farm's
+// store would hold them, and a count of its Load calls.
+func loadsFrom(src *session.Cache) (loadFunc, func() int) {
+	var mu sync.Mutex
+	loads := 0
+	return func(_ context.Context, id session.ID) (*session.Record, error) {
+			mu.Lock()
+			loads++
+			mu.Unlock()
+			r, ok := lookup(src, id)
+			if !ok {
+				return nil, nil
+			}
+			return &r, nil
+		}, func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return loads
+		}
+}

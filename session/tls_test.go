@@ -1,7 +1,6 @@
 package session_test
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -337,20 +336,10 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
 			a := newServer(t, nil)
 			a.cache.SetIDKeys(keys...)
-			var loads int
-			var mu sync.Mutex
 			b := newServer(t, nil)
 			b.cache.SetIDKeys(keys...)
-			b.cache.Join(loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
-				mu.Lock()
-				loads++
-				mu.Unlock()
-				r, ok := lookup(a.cache, id)
-				if !ok {
-					return nil, nil
-				}
-				return &r, nil
-			}), time.Second)
+			farm, loads := loadsFrom(a.cache)
+			b.cache.Join(farm, time.Second)
 			shared := &tlstest.SharedCache{}
 			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
 			cs := tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared))
@@ -358,8 +347,8 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 				t.Fatal("B did not resume A's session through the loader")
 			}
 			st := stats(b.cache)
-			if st.LoaderHits != 1 || loads != 1 {
-				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads)
+			if st.LoaderHits != 1 || loads() != 1 {
+				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads())
 			}
 		})
 	}
