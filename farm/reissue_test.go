@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -111,5 +112,66 @@ func TestReissuedTicketOpenSSL(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestReissuedTicketThroughStoreRestart: a TLS 1.2 client holds the ticket
+// n2 reissued for n1's session. With the store killed, the ticket still
+// resumes on n3 (every node holds the session from the bus); revoked on n1
+// meanwhile, once the store is back (restarted empty) it resumes on no node,
+// nor on one that joins afterwards.
+func TestReissuedTicketThroughStoreRestart(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	o := farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
+		Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }}
+	ms, name := farmtest.Start(t, 3, &o)
+	ids := newSessions(ms[0].Cache)
+	shared := &tlstest.SharedCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS12, shared))
+	id := ids()[0]
+	for _, m := range ms[1:] {
+		farmtest.Eventually(t, 5*time.Second, m.Name+" holds the session", func() bool {
+			_, ok := m.Cache.GetBuffer(id, nil)
+			return ok
+		})
+	}
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS12, shared)).DidResume {
+		t.Fatal("n2 did not resume n1's session")
+	}
+	if n := farmtest.Counter(ms[1].Cache.Metrics(), "tlsfarm_cache_reissued_total"); n != 1 {
+		t.Fatalf("n2 reissued %d tickets, want 1", n)
+	}
+	cs, _ := shared.Get("")
+	frozen := &tlstest.FrozenCache{} // the reissued ticket, from now on
+	frozen.Put("", cs)
+	client := farmtest.Client(tls.VersionTLS12, frozen)
+
+	srv.Kill()
+	if !tlstest.MustDial(t, ms[2].Server.Addr, client).DidResume {
+		t.Fatal("with the store down, the reissued ticket did not resume on n3")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	st, err := ms[0].Node.RevokeSession(ctx, id)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession with Redis down = %v, %v; want pending", st, err)
+	}
+	srv.Restart()
+	for _, m := range ms {
+		farmtest.Eventually(t, 10*time.Second, m.Name+" refuses the revoked session after Redis returns", func() bool {
+			_, ok := m.Cache.GetBuffer(id, nil)
+			return !ok
+		})
+	}
+	for _, m := range ms {
+		if tlstest.MustDial(t, m.Server.Addr, client).DidResume {
+			t.Fatalf("%s resumed the reissued ticket of a revoked session", m.Name)
+		}
+	}
+	late := farmtest.Join(t, "late", name, o)
+	farmtest.WaitConnected(t, late)
+	if tlstest.MustDial(t, late.Server.Addr, client).DidResume {
+		t.Fatal("a node that joined after the revocation resumed the reissued ticket")
 	}
 }
