@@ -14,3 +14,7 @@ func (n *Node) PendingRevocations() int { return n.pendingRevocations() }
 
 // FallbackState is fallbackState, for the tests.
 func (n *Node) FallbackState() (on bool, episodes uint64) { return n.fallbackState() }
+
+// RejectedTotal is rejectedTotal (metrics_internal_test.go), for the
+// external tests.
+var RejectedTotal = rejectedTotal

@@ -217,7 +217,7 @@ func TestForgedMessagesRejected(t *testing.T) {
 			total += n
 		}
 		farmtest.Eventually(t, 5*time.Second, m.Name+" rejected the injected messages", func() bool {
-			return rejectedTotal(m.Node.Metrics()) == total
+			return farm.RejectedTotal(m.Node.Metrics()) == total
 		})
 		st := m.Node.Metrics()
 		for why, n := range want {

@@ -260,17 +260,6 @@ func histogram(samples []metric.Sample, name string) metric.Sample {
 	return metric.Sample{}
 }
 
-// rejectedTotal returns the messages rejected for any reason.
-func rejectedTotal(samples []metric.Sample) uint64 {
-	var t uint64
-	for _, s := range samples {
-		if s.Name == "tlsfarm_farm_rejected_total" {
-			t += uint64(s.Value)
-		}
-	}
-	return t
-}
-
 // cacheSessions returns how many sessions c holds, read from its
 // tlsfarm_cache_sessions sample.
 func cacheSessions(c *session.Cache) int {
