@@ -131,32 +131,44 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
 	restores := hasOp(batch, opRestore)
-	var err error
-	if len(puts) > 0 || len(revs) > 0 || len(dels) > 0 || restores {
-		sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		err = n.storeBatch(sctx, hdr, puts, dels, revs)
-		if restores {
-			if rerr := n.restoreAll(sctx, hdr, batch); err == nil {
-				err = rerr
-			}
-		}
-		cancel()
-	}
 	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true
 	}
+	err := n.writeStore(ctx, hdr, batch, puts, dels, revs, restores)
 	if ctx.Err() == nil {
 		n.storeOutcome(batch, err)
 	}
+	n.storeWritten(ctx, len(puts), err)
+	return err == nil
+}
+
+// writeStore writes the store's part of batch — its new records,
+// deletions and revocations, and, if restores, its released claims —
+// within OpTimeout. Both paths to the store (flush and flushStore) write
+// through it.
+func (n *Node) writeStore(ctx context.Context, hdr header, batch []item, puts []transport.Item, dels []string, revs []revocation, restores bool) error {
+	sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	err := n.storeBatch(sctx, hdr, puts, dels, revs)
+	if restores {
+		if rerr := n.restoreAll(sctx, hdr, batch); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// storeWritten counts the outcome of a store write of puts records, and
+// logs the first failure of a run of them.
+func (n *Node) storeWritten(ctx context.Context, puts int, err error) {
 	if err != nil {
 		n.ctr.storeWriteErrors.Add(1)
 		if ctx.Err() == nil {
 			n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", err)
 		}
-		return false
+		return
 	}
-	n.ctr.storeWrites.Add(uint64(len(puts)))
-	n.storeAnswered(len(puts))
+	n.ctr.storeWrites.Add(uint64(puts))
+	n.storeAnswered(puts)
 	n.ctr.storeErrLogged.Store(false)
-	return true
 }

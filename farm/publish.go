@@ -145,14 +145,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-				storeErr = n.storeBatch(sctx, hdr, puts, dels, revs)
-				if restores {
-					if err := n.restoreAll(sctx, hdr, batch); storeErr == nil {
-						storeErr = err
-					}
-				}
-				cancel()
+				storeErr = n.writeStore(ctx, hdr, batch, puts, dels, revs, restores)
 			}()
 		}
 		if len(msgs) > 0 {
@@ -170,17 +163,8 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		n.keepForLater(batch) // no store: the bus is the only way to the farm
 	}
 	if stored {
-		if storeErr != nil {
-			ok = false
-			n.ctr.storeWriteErrors.Add(1)
-			if ctx.Err() == nil {
-				n.logOnce(&n.ctr.storeErrLogged, "farm: store write failed; sessions stay resumable here, but other nodes cannot look them up", storeErr)
-			}
-		} else {
-			n.ctr.storeWrites.Add(uint64(len(puts)))
-			n.storeAnswered(len(puts))
-			n.ctr.storeErrLogged.Store(false)
-		}
+		n.storeWritten(ctx, len(puts), storeErr)
+		ok = storeErr == nil
 	}
 	if len(msgs) > 0 {
 		if pubErr != nil {
