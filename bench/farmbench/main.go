@@ -37,7 +37,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -51,6 +50,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
 func main() {
@@ -242,7 +243,7 @@ func measureFarm(ctx context.Context, e *env, k kind, versions []uint16, pool *x
 			mark: func(i int) {
 				cpu[i] = r.cpu()
 				var err error
-				if rcpu[i], err = redisCPU(ctx, e.redis); err != nil {
+				if rcpu[i], err = redistest.ServerCPU(ctx, e.redis); err != nil {
 					redisOK = false
 				}
 			},
@@ -259,29 +260,6 @@ func measureFarm(ctx context.Context, e *env, k kind, versions []uint16, pool *x
 		out = append(out, m)
 	}
 	return out, r.stop(e), nil
-}
-
-// redisCPU returns the CPU time the Redis server has used (INFO cpu).
-func redisCPU(ctx context.Context, c *redis.Client) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	s, err := c.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0, err
-	}
-	var total float64
-	for _, line := range strings.Split(s, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			var f float64
-			fmt.Sscanf(v, "%g", &f)
-			total += f
-		}
-	}
-	if total == 0 {
-		return 0, errors.New("no cpu in INFO")
-	}
-	return time.Duration(total * float64(time.Second)), nil
 }
 
 // newCertPEM makes the certificate every farm serves: ECDSA P-256, for

@@ -14,7 +14,7 @@ import (
 // (the farm's default batch, about the size of a sealed TLS 1.3 session)
 // with sub, a bus of the same farm, receiving them. It reports msgs/s.
 func BenchmarkPublish(b *testing.B, pub, sub transport.Bus) {
-	subscribed(b, sub, func([]byte) {})
+	Subscribed(b, sub, func([]byte) {})
 	batch := make([][]byte, 256)
 	for i := range batch {
 		batch[i] = make([]byte, 300)
@@ -37,7 +37,7 @@ func BenchmarkPublish(b *testing.B, pub, sub transport.Bus) {
 // reports its p50 and p99.
 func BenchmarkPropagation(b *testing.B, pub, sub transport.Bus) {
 	got := make(chan time.Duration, 1)
-	subscribed(b, sub, func(m []byte) {
+	Subscribed(b, sub, func(m []byte) {
 		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m)))
 		got <- time.Since(sent)
 	})
@@ -63,9 +63,9 @@ func BenchmarkPropagation(b *testing.B, pub, sub transport.Bus) {
 	ReportPercentiles(b, lat)
 }
 
-// subscribed runs bus.Subscribe with deliver until the benchmark ends, and
+// Subscribed runs bus.Subscribe with deliver until the benchmark ends, and
 // waits until the subscription reports that it is up.
-func subscribed(b *testing.B, bus transport.Bus, deliver func([]byte)) {
+func Subscribed(b *testing.B, bus transport.Bus, deliver func([]byte)) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	up := make(chan struct{}, 1)

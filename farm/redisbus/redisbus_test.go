@@ -15,7 +15,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
-func open(t *testing.T, url, farmName string) *redisbus.Transport {
+func open(t testing.TB, url, farmName string) *redisbus.Transport {
 	t.Helper()
 	tr, err := redisbus.Open(url, farmName)
 	if err != nil {

@@ -5,16 +5,21 @@
 package redistest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
@@ -130,3 +135,31 @@ func (s *Server) Pause() { s.cmd.Process.Signal(syscall.SIGSTOP) }
 
 // Resume continues a paused server.
 func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// ServerCPU returns the CPU time the Redis server behind c has used since
+// it started (INFO cpu: used_cpu_sys + used_cpu_user). Benchmarks read it
+// before and after to report Redis's share of the work; it counts
+// whatever else used that server meanwhile.
+func ServerCPU(ctx context.Context, c redis.UniversalClient) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	s, err := c.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	for _, line := range strings.Split(s, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, fmt.Errorf("INFO cpu: %s: %v", k, err)
+			}
+			total += f
+		}
+	}
+	if total == 0 {
+		return 0, errors.New("INFO cpu: no used_cpu_sys or used_cpu_user")
+	}
+	return time.Duration(total * float64(time.Second)), nil
+}
