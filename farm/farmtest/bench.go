@@ -63,9 +63,9 @@ func BenchmarkPropagation(b *testing.B, pub, sub transport.Bus) {
 	ReportPercentiles(b, lat)
 }
 
-// Subscribed runs bus.Subscribe with deliver until the benchmark ends, and
-// waits until the subscription reports that it is up.
-func Subscribed(b *testing.B, bus transport.Bus, deliver func([]byte)) {
+// Subscribed runs bus.Subscribe with deliver until the test or benchmark
+// ends, and waits until the subscription reports that it is up.
+func Subscribed(b testing.TB, bus transport.Bus, deliver func([]byte)) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	up := make(chan struct{}, 1)

@@ -12,7 +12,9 @@ import (
 )
 
 // A farm's transport on an embedded server: what one node publishes, every
-// node receives, and the store keeps keys until their TTL. A real farm
+// other node receives (not the sender: a node drops its own messages, so
+// the connection asks the server not to echo them), and the store keeps
+// keys until their TTL. A real farm
 // opens "nats://host:4222" (or a comma-separated list of a cluster's
 // servers) and gives the transport to farm.Join as both Bus and Store.
 func Example() {
@@ -28,12 +30,17 @@ func Example() {
 	}
 	defer tr.Close()
 	fmt.Println(tr.Subject(), tr.Bucket())
+	peer, err := natsbus.Open(srv.URL(), "prod", nil) // another node
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer peer.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	got := make(chan []byte, 1)
 	up := make(chan bool, 1)
-	go tr.Subscribe(ctx, func(msg []byte) { got <- msg }, func(ok bool, err error) {
+	go peer.Subscribe(ctx, func(msg []byte) { got <- msg }, func(ok bool, err error) {
 		if ok {
 			up <- true
 		}

@@ -194,6 +194,10 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		// default four minutes.
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),
+		// A node drops its own messages unopened; not sending them back
+		// saves the server a delivery and the node a read and a wake-up
+		// per message.
+		nats.NoEcho(),
 	}
 	if opts.CredsFile != "" {
 		o = append(o, nats.UserCredentials(opts.CredsFile))
@@ -221,8 +225,10 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 
 // New returns a transport for the named farm on a connection the caller
 // made (and closes). The connection should reconnect forever
-// (nats.MaxReconnects(-1)); if it closes, Subscribe returns an error and
-// every other method fails. Only opts' bucket settings (Replicas,
+// (nats.MaxReconnects(-1)), and may be made with nats.NoEcho(), as Open
+// makes it, so that the node's own messages do not come back to it; if it
+// closes, Subscribe returns an error and every other method fails. Only
+// opts' bucket settings (Replicas,
 // MemoryStorage, LegacyMaxAge, LegacyRecordAge) apply; opts may be nil.
 func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	tok, err := token(farmName)

@@ -310,3 +310,45 @@ func TestLegacyRecordBucketAge(t *testing.T) {
 		t.Fatalf("GetRecord = %q, %v", v, err)
 	}
 }
+
+// TestNoEcho: a transport Open made does not deliver the node's own
+// messages back to it (the farm would drop them unopened), and still
+// delivers every other node's. The server delivers in order on a
+// connection, so an echo of a's message would reach a before the reply b
+// sends only after it got that message.
+func TestNoEcho(t *testing.T) {
+	url := sharedURL(t)
+	name := farmtest.FarmName(t)
+	a, b := open(t, url, name), open(t, url, name)
+	gotA, gotB := make(chan string, 4), make(chan string, 4)
+	farmtest.Subscribed(t, a, func(m []byte) { gotA <- string(m) })
+	farmtest.Subscribed(t, b, func(m []byte) { gotB <- string(m) })
+	ctx := context.Background()
+	if err := a.Publish(ctx, []byte("from a")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-gotB:
+		if m != "from a" {
+			t.Fatalf("b got %q", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("b did not get a's message")
+	}
+	if err := b.Publish(ctx, []byte("from b")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-gotA:
+		if m != "from b" {
+			t.Fatalf("a got %q first: its own message came back", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a did not get b's message")
+	}
+	select {
+	case m := <-gotB:
+		t.Fatalf("b got its own message back: %q", m)
+	default:
+	}
+}
