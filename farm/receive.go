@@ -71,7 +71,8 @@ func (n *Node) receive(msg []byte) {
 			}
 			return
 		}
-		items, err := parseSessions(body)
+		var room [4]sessionItem // most batches: no allocation for the items
+		items, err := appendParsedSessions(room[:0], body)
 		if err != nil {
 			n.ctr.rejected[rejectBody].Add(1)
 			return
