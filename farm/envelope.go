@@ -278,7 +278,13 @@ func appendSessions(b []byte, items []sessionItem) ([]byte, error) {
 
 // parseSessions decodes a msgSessions body. Records alias body.
 func parseSessions(body []byte) ([]sessionItem, error) {
-	out := make([]sessionItem, 0, countSessions(body))
+	return appendParsedSessions(nil, body)
+}
+
+// appendParsedSessions is parseSessions appending to out, which a caller
+// may give room on its stack so that a small batch costs no allocation.
+func appendParsedSessions(out []sessionItem, body []byte) ([]sessionItem, error) {
+	out = slices.Grow(out, countSessions(body))
 	for len(body) > 0 {
 		if len(body) < session.IDLen+4 {
 			return nil, errors.New("session item truncated")
@@ -300,7 +306,7 @@ func parseSessions(body []byte) ([]sessionItem, error) {
 }
 
 // countSessions returns how many items body's length prefixes describe, so
-// that parseSessions allocates its result once; it stops at the first item
+// that appendParsedSessions allocates its result at most once; it stops at the first item
 // that does not fit, which parseSessions then reports.
 func countSessions(body []byte) int {
 	n := 0

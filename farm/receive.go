@@ -3,6 +3,7 @@ package farm
 import (
 	"bytes"
 	"context"
+	"sync"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/session"
@@ -71,30 +72,7 @@ func (n *Node) receive(msg []byte) {
 			}
 			return
 		}
-		items, err := parseSessions(body)
-		if err != nil {
-			n.ctr.rejected[rejectBody].Add(1)
-			return
-		}
-		for _, it := range items {
-			n.ctr.receivedSessions.Add(1)
-			// Copy the state out of the batch, so that one long-lived
-			// session does not keep the whole message in memory.
-			it.rec.State = bytes.Clone(it.rec.State)
-			if n.cfg.WriteThrough {
-				// Before the insert: a removal that follows it
-				// must find it (see arrivals.forget).
-				n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
-			}
-			if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
-				n.ctr.insertRefused.Add(1)
-				continue
-			}
-			if n.neg != nil {
-				n.neg.remove(it.id)
-			}
-			n.ctr.inserted.Add(1)
-		}
+		n.receiveSessions(body)
 	case msgCut:
 		n.receiveCuts(body)
 	case msgRevoke:
@@ -116,6 +94,60 @@ func (n *Node) receive(msg []byte) {
 			return
 		}
 		fn(h, body)
+	}
+}
+
+// itemsPool holds room to decode the received batches that do not fit the
+// room receiveSessions has on its stack.
+var itemsPool = sync.Pool{New: func() any { return new([]sessionItem) }}
+
+// receiveSessions inserts the sessions of an authentic msgSessions body,
+// all of them or, if the body does not decode, none. Decoding allocates
+// nothing but each session's server name: a batch of up to 4 sessions is
+// decoded on the stack, a larger one into room from itemsPool.
+func (n *Node) receiveSessions(body []byte) {
+	if countSessions(body) <= 4 {
+		var room [4]sessionItem
+		items, err := appendParsedSessions(room[:0], body)
+		if err != nil {
+			n.ctr.rejected[rejectBody].Add(1)
+			return
+		}
+		n.insertSessions(items)
+		return
+	}
+	pooled := itemsPool.Get().(*[]sessionItem)
+	items, err := appendParsedSessions((*pooled)[:0], body)
+	if err != nil {
+		n.ctr.rejected[rejectBody].Add(1)
+		return // the room is left to the collector
+	}
+	n.insertSessions(items)
+	clear(items) // the records alias the message
+	*pooled = items[:0]
+	itemsPool.Put(pooled)
+}
+
+// insertSessions inserts sessions received from a peer.
+func (n *Node) insertSessions(items []sessionItem) {
+	for _, it := range items {
+		n.ctr.receivedSessions.Add(1)
+		// Copy the state out of the batch, so that one long-lived
+		// session does not keep the whole message in memory.
+		it.rec.State = bytes.Clone(it.rec.State)
+		if n.cfg.WriteThrough {
+			// Before the insert: a removal that follows it
+			// must find it (see arrivals.forget).
+			n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
+		}
+		if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
+			n.ctr.insertRefused.Add(1)
+			continue
+		}
+		if n.neg != nil {
+			n.neg.remove(it.id)
+		}
+		n.ctr.inserted.Add(1)
 	}
 }
 

@@ -41,11 +41,11 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 // cached. A farm calls it when another server cut the session to its
 // resumption grace, and when it writes the cut session to its store.
 func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
-	b := c.bucket(&id)
+	b, h := c.bucket(&id)
 	u := until.UnixNano()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	e := b.m[id]
+	e := b.find(&id, h)
 	if e == nil {
 		return Record{}, false
 	}

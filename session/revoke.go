@@ -16,9 +16,9 @@ import (
 // and whether id was in the cache; if it was not, nothing is revoked (see
 // RemoveChain).
 func (c *Cache) Remove(id ID) (Record, bool) {
-	b := c.bucket(&id)
+	b, h := c.bucket(&id)
 	b.mu.Lock()
-	e := b.m[id]
+	e := b.find(&id, h)
 	var r Record
 	if e != nil {
 		r = e.record()
@@ -69,7 +69,7 @@ func (c *Cache) removeWhere(match func(*entry) bool, reason RemoveReason, origin
 		for e := b.root.next; e != &b.root; {
 			next := e.next
 			if match(e) {
-				c.unlink(b, e)
+				c.unlink(b, e, c.hash(&e.id))
 				b.stats.removed[reason]++
 				n++
 				if c.hooks.Load() != nil {
