@@ -66,7 +66,8 @@ import (
 // 1.2 handshake, and run less often with a farm (whose nodes add some MB of
 // live heap) than without, so that a farm measured cheaper than none.
 // cpu-µs/op therefore leaves garbage collection out; B/op and allocs/op
-// (the handshake's, not the farm goroutines') show what it would collect.
+// show what it would collect (the whole process's allocations while the
+// handshakes ran, not those of the farm's catch-up after them).
 //
 // Besides cpu-µs/op it reports syscalls/op and ctxsw/op (see
 // tlstest.Counters), shared/op (new sessions A made, and shared, per
