@@ -60,14 +60,14 @@ import (
 // than the kind and mode call for, if A issues a stateless ticket, or if
 // the farm has not delivered everything within 10 s.
 //
-// A 256 MB heap ballast (never touched) keeps the garbage collector nearly
-// idle in every run: at this benchmark's tiny live heap it would otherwise
+// A 64 MB heap ballast (never touched) gives every run the same, server-like
+// heap: the garbage collector runs about once per 64 MB allocated, with a
+// farm or without. At this benchmark's tiny live heap it would otherwise
 // run every few hundred handshakes, cost more than half of a resumed TLS
 // 1.2 handshake, and run less often with a farm (whose nodes add some MB of
-// live heap) than without, so that a farm measured cheaper than none.
-// cpu-µs/op therefore leaves garbage collection out; B/op and allocs/op
-// show what it would collect (the whole process's allocations while the
-// handshakes ran, not those of the farm's catch-up after them).
+// live heap) than without, so that a farm measured cheaper than none. B/op
+// and allocs/op are the whole process's while the handshakes ran, not the
+// farm's catch-up after them.
 //
 // Besides cpu-µs/op it reports syscalls/op and ctxsw/op (see
 // tlstest.Counters), shared/op (new sessions A made, and shared, per
@@ -88,7 +88,7 @@ func BenchmarkSharingCPU(b *testing.B) {
 		{"store-only-write-through", func(c *farm.Config) { c.WriteThrough, c.Mode = true, farm.StoreOnly }},
 	}
 	// The ballast (see above): untouched, it costs no memory.
-	ballast := make([]byte, 256<<20)
+	ballast := make([]byte, 64<<20)
 	defer runtime.KeepAlive(ballast)
 	// Warm up (code, heap, the pipes' goroutines), so that the first run
 	// measured is not the dearest: without this it read up to 2× the next.
