@@ -56,9 +56,10 @@ import (
 // The clients' first sessions are made, and shared, before the measurement,
 // once every node is connected; each must be a cached session (an ID), not
 // a fallback ticket. The benchmark fails if a handshake resumes or not
-// other than its kind says, if A makes, stores, publishes or cuts other
-// than the kind and mode call for, if A issues a stateless ticket, or if
-// the farm has not delivered everything within 10 s.
+// other than its kind says, if a TLS 1.2 resumption is not given a
+// reissued ticket, if A makes, stores, publishes or cuts other than the
+// kind and mode call for, if A issues a stateless ticket, or if the farm
+// has not delivered everything within 10 s.
 //
 // A 64 MB heap ballast (never touched) gives every run the same, server-like
 // heap: the garbage collector runs about once per 64 MB allocated, with a
@@ -208,6 +209,7 @@ func benchSharing(b *testing.B, url string, cert tls.Certificate, pool *x509.Cer
 	}
 	b.ReportAllocs()
 	base = f.snapshot()
+	reissued := farmtest.Counter(cache.Metrics(), "tlsfarm_cache_reissued_total")
 	start := tlstest.Snapshot()
 	if conc == 1 {
 		for b.Loop() {
@@ -232,6 +234,11 @@ func benchSharing(b *testing.B, url string, cert tls.Certificate, pool *x509.Cer
 	made := f.made() - base.made
 	if want := k.shares * uint64(b.N); made != want {
 		b.Errorf("A made %d new sessions for %d handshakes, want %d", made, b.N, want)
+	}
+	if k.resume && k.shares == 0 {
+		if got := farmtest.Counter(cache.Metrics(), "tlsfarm_cache_reissued_total") - reissued; got != uint64(b.N) {
+			b.Errorf("%d of %d resumptions got a reissued ticket", got, b.N)
+		}
 	}
 	var cuts uint64 // every new session of a resumption cuts its parent
 	if k.resume {
