@@ -44,8 +44,8 @@ import (
 // conc=1 is one client that pauses 1 ms after each handshake: a lightly
 // loaded node, where the farm has shared one handshake's session before the
 // next, so every session is its own batch (sessions/msg 1), as on the farm
-// benchmark's nodes. ns/op includes the pause; the pause's own CPU (some
-// tens of µs a wake-up on a VM) is in sharing=none too. conc=8 is eight
+// benchmark's nodes. ns/op includes the pause; the pause's own CPU (80–150
+// µs a wake-up on the 2-core VM, and noisy) is in sharing=none too. conc=8 is eight
 // clients back to back: a saturated node, where batches form. With the
 // in-memory pipes no handshake blocks in the kernel, so the farm's replies
 // from Redis are noticed late (Go's netpoller runs when a P idles, or every
@@ -73,8 +73,11 @@ import (
 // Besides cpu-µs/op it reports syscalls/op and ctxsw/op (see
 // tlstest.Counters), shared/op (new sessions A made, and shared, per
 // handshake) and sessions/msg (sessions per bus message the receivers got:
-// how well A batched). A pass at -benchtime 1000x takes about a minute.
-// CI compiles it (go vet, go test) without running it.
+// how well A batched). A pass at -benchtime 1000x takes about 35 s. The
+// machine drifts by tens of % between sub-benchmarks a minute apart: run
+// passes of -count 1 several times and compare each case with sharing=none
+// of the same pass, rather than -count N, which runs each case N times in
+// a row. CI compiles it (go vet, go test) without running it.
 func BenchmarkSharingCPU(b *testing.B) {
 	url := redistest.URL(b)
 	cert, pool := tlstest.SharedCert()
