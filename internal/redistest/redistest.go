@@ -163,3 +163,42 @@ func ServerCPU(ctx context.Context, c redis.UniversalClient) (time.Duration, err
 	}
 	return time.Duration(total * float64(time.Second)), nil
 }
+
+// CleanFarm deletes, when the test ends, the keys the Redis transport made
+// for farmName in the Redis at url (a redis:// URL; others are left alone):
+// its coordination keys ("tlsfarm:{farm}:…") and its session records
+// ("tlsfarm:farm:{…}"), which would otherwise stay for their TTL (hours)
+// and make a shared Redis larger for every later test and benchmark.
+func CleanFarm(tb testing.TB, url, farmName string) {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return
+	}
+	tb.Cleanup(func() {
+		cl := redis.NewClient(opt)
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		esc := globEscaper.Replace(farmName)
+		for _, pattern := range []string{"tlsfarm:{" + esc + "}:*", "tlsfarm:" + esc + ":*"} {
+			var keys []string
+			iter := cl.Scan(ctx, 0, pattern, 1000).Iterator()
+			for iter.Next(ctx) {
+				if keys = append(keys, iter.Val()); len(keys) == 500 {
+					cl.Unlink(ctx, keys...)
+					keys = keys[:0]
+				}
+			}
+			if len(keys) > 0 {
+				cl.Unlink(ctx, keys...)
+			}
+			if err := iter.Err(); err != nil {
+				tb.Logf("redistest: cleaning farm %s: %v", farmName, err)
+			}
+		}
+	})
+}
+
+// globEscaper escapes the characters a Redis SCAN MATCH pattern gives a
+// meaning to.
+var globEscaper = strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`)
