@@ -104,7 +104,9 @@ var itemsPool = sync.Pool{New: func() any { return new([]sessionItem) }}
 // receiveSessions inserts the sessions of an authentic msgSessions body,
 // all of them or, if the body does not decode, none. Decoding allocates
 // nothing but each session's server name: a batch of up to 4 sessions is
-// decoded on the stack, a larger one into room from itemsPool.
+// decoded on the stack, a larger one into room from itemsPool. The two
+// paths stay apart: joined, the pooled slice that is put back would make
+// the compiler move the stack room to the heap.
 func (n *Node) receiveSessions(body []byte) {
 	if countSessions(body) <= 4 {
 		var room [4]sessionItem
