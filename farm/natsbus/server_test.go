@@ -1,9 +1,13 @@
 package natsbus_test
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,3 +80,34 @@ func (s *natsServer) Kill() {
 	s.cmd.Wait()
 	s.cmd = nil
 }
+
+// CPU returns the CPU time (user and system) the server process has used
+// since it started, from /proc/<pid>/stat. Benchmarks read it before and
+// after to report the server's share of the work, as redistest.ServerCPU
+// does for Redis. It returns 0 where /proc cannot be read.
+func (s *natsServer) CPU() time.Duration {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, field 2, is in parentheses and may hold spaces;
+	// utime and stime are fields 14 and 15, in clock ticks.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux the tests run on.
+const clockTicks = 100
