@@ -188,6 +188,7 @@ type measurement struct {
 	ResumedP50          time.Duration
 	ResumedP99          time.Duration
 	ServerCPU, RedisCPU time.Duration // per handshake; RedisCPU < 0 if unknown
+	NATSCPU             time.Duration // per handshake; < 0 if the farm does not use NATS
 }
 
 func (r loadResult) measure() measurement {

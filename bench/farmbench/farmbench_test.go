@@ -36,8 +36,11 @@ func TestFarmBenchTiny(t *testing.T) {
 		t.Skip("starts 24 server processes")
 	}
 	url := redistest.URL(t)
-	if findNginx("nginx") == "" {
+	if findExe("nginx") == "" {
 		testenv.Skip(t, "nginx is not installed (apt-get install -y nginx-light)")
+	}
+	if findExe("nats-server") == "" {
+		testenv.Skip(t, "nats-server is not installed (apt-get install -y nats-server)")
 	}
 	var o options
 	o.register(flag.NewFlagSet("farmbench", flag.ContinueOnError))
@@ -75,6 +78,9 @@ func TestFarmBenchTiny(t *testing.T) {
 			if m.FullP50 <= 0 || m.Offered == 0 {
 				t.Errorf("%s: no full handshakes or no sessions offered: %+v", what, m)
 			}
+			if nats := k.Name == "stateful-wt-nats"; nats != (m.NATSCPU >= 0) {
+				t.Errorf("%s: NATS CPU %v per handshake, want it measured only for the farm that uses NATS", what, m.NATSCPU)
+			}
 			rate := pctOf(m.Resumed, m.Offered)
 			switch k.Name {
 			case "nginx", "go", "stateless":
@@ -91,7 +97,8 @@ func TestFarmBenchTiny(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"| nginx ×3", "| Go ×3", "| tlsfarm stateful, broadcast + write-through | 1.3 |", "nodes' counters"} {
+	for _, want := range []string{"| nginx ×3", "| Go ×3", "| tlsfarm stateful, broadcast + write-through | 1.3 |",
+		"| tlsfarm stateful, NATS broadcast + Redis write-through | 1.3 |", "NATS CPU µs/hs |", "nats-server v", "nodes' counters"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}

@@ -46,6 +46,9 @@ var kinds = []kind{
 	{"stateful-wt", "tlsfarm stateful, broadcast + write-through", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true}
 	}},
+	{"stateful-wt-nats", "tlsfarm stateful, NATS broadcast + Redis write-through", func(e *env) nodeSpec {
+		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true, NATSBus: true}
+	}},
 	{"stateful-wt-lazy", "tlsfarm stateful, broadcast + write-through, lazy peers", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true, LazyPeers: true}
 	}},
@@ -85,6 +88,9 @@ type env struct {
 	nginx      string // nginx's path; "" if there is none
 	redisURL   string
 	redis      *redis.Client
+	natsServer string    // nats-server's path; "" if there is none
+	nats       *exec.Cmd // the run's own nats-server, if a farm uses NATS
+	natsURL    string
 
 	lookupTimeout, writeThroughTimeout time.Duration
 	profileDir                         string          // if set, node 1 of each Go or tlsfarm farm writes a CPU profile here
@@ -149,6 +155,9 @@ func (e *env) start(k kind) (*running, error) {
 		spec.CertFile, spec.KeyFile = e.certFile, e.keyFile
 		if spec.Kind == "tlsfarm" && spec.Mode != "" {
 			spec.Farm, spec.Redis, spec.SecretFile = r.name, e.redisURL, e.secretFile
+			if spec.NATSBus {
+				spec.NATS = e.natsURL
+			}
 			spec.LookupTimeout, spec.WriteThroughTimeout = e.lookupTimeout, e.writeThroughTimeout
 		}
 		if e.profileDir != "" && i == 0 {
@@ -441,9 +450,50 @@ func (e *env) startNginx(r *running) error {
 	return nil
 }
 
-// findNginx returns the path of the nginx executable name, also looking in
+// startNATS starts the run's own nats-server (core NATS, no JetStream: the
+// farms use it as a bus only) on a free loopback port, so that its CPU is
+// that of the farm being measured and nothing else's. stopNATS stops it.
+func (e *env) startNATS() error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(e.natsServer, "-a", "127.0.0.1", "-p", fmt.Sprint(port))
+	errs := &limitedBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = errs, errs
+	// Have the kernel stop it if the benchmark is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := waitListening(addr, 10*time.Second); err != nil {
+		stopProcess(cmd, syscall.SIGKILL)
+		return fmt.Errorf("nats-server: %v; %s", err, errs)
+	}
+	e.nats, e.natsURL = cmd, "nats://"+addr
+	return nil
+}
+
+// stopNATS stops the run's nats-server, if it started one.
+func (e *env) stopNATS() {
+	if e.nats != nil {
+		stopProcess(e.nats, syscall.SIGTERM)
+		e.nats = nil
+	}
+}
+
+// natsCPU returns the CPU time the run's nats-server has used so far, or 0.
+func (e *env) natsCPU() time.Duration {
+	if e.nats == nil {
+		return 0
+	}
+	return processCPU(e.nats.Process.Pid, false)
+}
+
+// findExe returns the path of the executable name, also looking in
 // /usr/sbin, which is not on every user's PATH, or "".
-func findNginx(name string) string {
+func findExe(name string) string {
 	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}

@@ -13,7 +13,11 @@
 //
 // Every farm is three server processes on 127.0.0.1; tlsfarm's nodes share
 // through Redis at -redis (default 127.0.0.1:6379) under a farm name unique
-// to each start, whose keys are deleted when the farm stops. The clients,
+// to each start, whose keys are deleted when the farm stops. The farm that
+// broadcasts over NATS (stateful-wt-nats; its records stay in Redis) uses
+// a nats-server (-nats-server) that the benchmark starts on a free port for
+// the run and stops at its end, so that the server's CPU per handshake is
+// that farm's alone; the table then has a NATS CPU column. The clients,
 // -c of them (default 8), each connect to a node picked at random, offer the
 // newest session they hold at once (0 ms between connections), and are
 // replaced by a fresh client after 1 + -reconnects connections. Each
@@ -86,6 +90,7 @@ type options struct {
 	maxConns   int
 	redisURL   string
 	nginx      string
+	natsServer string
 	profileDir string
 
 	lookupTimeout, writeThroughTimeout time.Duration
@@ -106,6 +111,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.maxConns, "n", 50000, "most connections in one measurement")
 	fs.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis for tlsfarm's farms")
 	fs.StringVar(&o.nginx, "nginx", "nginx", "the nginx executable; the nginx farm is left out if it is not found")
+	fs.StringVar(&o.natsServer, "nats-server", "nats-server", "the nats-server executable, run on a free port for the farms that broadcast over NATS; they are left out if it is not found")
 	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each Go and tlsfarm farm into this directory")
 	fs.DurationVar(&o.lookupTimeout, "lookup-timeout", 0, "tlsfarm nodes' farm.Config.LookupTimeout (0: the default)")
 	fs.DurationVar(&o.writeThroughTimeout, "write-through-timeout", 0, "tlsfarm nodes' farm.Config.WriteThroughTimeout (0: the default)")
@@ -162,7 +168,8 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 	e.redis = redis.NewClient(ropt)
 	defer e.redis.Close()
 	defer e.cleanRedis()
-	e.nginx = findNginx(o.nginx)
+	e.nginx = findExe(o.nginx)
+	e.natsServer = findExe(o.natsServer)
 	pool := x509.NewCertPool()
 	certPEM, _ := os.ReadFile(e.certFile)
 	pool.AppendCertsFromPEM(certPEM)
@@ -176,18 +183,31 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 			res.skipped = append(res.skipped, k.Name+": nginx not found (scripts/farmbench installs it)")
 			continue
 		}
+		if k.node != nil && k.node(e).NATSBus && e.natsServer == "" {
+			res.skipped = append(res.skipped, k.Name+": nats-server not found (-nats-server)")
+			continue
+		}
 		res.kinds = append(res.kinds, k)
 	}
-	usesRedis := false
+	usesRedis, usesNATS := false, false
 	for _, k := range res.kinds {
 		if k.node != nil && k.node(e).Mode != "" {
 			usesRedis = true
+		}
+		if k.node != nil && k.node(e).NATSBus {
+			usesNATS = true
 		}
 	}
 	if usesRedis {
 		if err := e.redis.Ping(ctx).Err(); err != nil {
 			return nil, fmt.Errorf("redis at %s: %v", o.redisURL, err)
 		}
+	}
+	if usesNATS {
+		if err := e.startNATS(); err != nil {
+			return nil, err
+		}
+		defer e.stopNATS()
 	}
 
 	fmt.Fprintf(logw, "farmbench: %d runs × %d TLS versions × %d farms, c=%d, %d reconnects, warm-up %v, ≤ %v or ≤ %d connections each\n",
@@ -235,13 +255,14 @@ func measureFarm(ctx context.Context, e *env, k kind, versions []uint16, pool *x
 	}
 	var out []measurement
 	for _, v := range versions {
-		var cpu, rcpu [2]time.Duration
+		var cpu, rcpu, ncpu [2]time.Duration
 		redisOK := true
 		l := &load{
 			addrs: r.addrs, version: v, pool: pool, clients: o.clients, reconnects: o.reconnects,
 			warmup: o.warmup, duration: o.duration, maxConns: o.maxConns, timeout: 10 * time.Second,
 			mark: func(i int) {
 				cpu[i] = r.cpu()
+				ncpu[i] = e.natsCPU()
 				var err error
 				if rcpu[i], err = redistest.ServerCPU(ctx, e.redis); err != nil {
 					redisOK = false
@@ -253,9 +274,13 @@ func measureFarm(ctx context.Context, e *env, k kind, versions []uint16, pool *x
 		if lr.done > 0 {
 			m.ServerCPU = (cpu[1] - cpu[0]) / time.Duration(lr.done)
 			m.RedisCPU = (rcpu[1] - rcpu[0]) / time.Duration(lr.done)
+			m.NATSCPU = (ncpu[1] - ncpu[0]) / time.Duration(lr.done)
 		}
 		if !redisOK || k.node == nil || k.node(e).Mode == "" {
 			m.RedisCPU = -1
+		}
+		if k.node == nil || !k.node(e).NATSBus {
+			m.NATSCPU = -1
 		}
 		out = append(out, m)
 	}
@@ -327,6 +352,13 @@ func machine(e *env, load0, load1 string, took time.Duration) string {
 			}
 		}
 	}
-	return fmt.Sprintf("%d × %s, %s, %s, Redis %s; load average %s before, %s after; %v",
-		runtime.NumCPU(), cpu, runtime.Version(), nginx, redisVer, load0, load1, took.Round(time.Second))
+	natsVer := ""
+	if e.nats != nil {
+		natsVer = ", nats-server ?"
+		if b, err := exec.Command(e.natsServer, "--version").CombinedOutput(); err == nil {
+			natsVer = ", nats-server " + strings.TrimPrefix(strings.TrimSpace(string(b)), "nats-server: ")
+		}
+	}
+	return fmt.Sprintf("%d × %s, %s, %s, Redis %s%s; load average %s before, %s after; %v",
+		runtime.NumCPU(), cpu, runtime.Version(), nginx, redisVer, natsVer, load0, load1, took.Round(time.Second))
 }

@@ -19,7 +19,9 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -41,6 +43,8 @@ type nodeSpec struct {
 	SessionMode         string // "stateful" or "stateless"
 	Farm                string // "" for a cache alone
 	Redis               string
+	NATSBus             bool   // broadcast over NATS, keep records in Redis
+	NATS                string // the NATS URL, with NATSBus
 	SecretFile          string
 	Mode                string // "broadcast" or "store-only"
 	WriteThrough        bool
@@ -180,9 +184,17 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 	if err != nil {
 		return nil, nil, err
 	}
+	var bus transport.Bus = tr
+	if spec.NATSBus {
+		nb, err := natsbus.Open(spec.NATS, spec.Farm, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		bus = nb
+	}
 	node, err := farm.Join(ctx, farm.Config{
 		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
-		Bus: tr, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
+		Bus: bus, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
@@ -203,7 +215,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 	deadline := time.Now().Add(20 * time.Second)
 	for !node.Connected() || ring != nil && ring.State().Epoch == 0 {
 		if time.Now().After(deadline) {
-			return nil, nil, errors.New("the farm did not come up in 20s (is Redis running?)")
+			return nil, nil, errors.New("the farm did not come up in 20s (is Redis, or NATS, running?)")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -90,6 +90,7 @@ func (r *result) Median(v uint16, name string) (measurement, bool) {
 	m.ResumedP99 = d(func(m measurement) time.Duration { return m.ResumedP99 })
 	m.ServerCPU = d(func(m measurement) time.Duration { return m.ServerCPU })
 	m.RedisCPU = d(func(m measurement) time.Duration { return m.RedisCPU })
+	m.NATSCPU = d(func(m measurement) time.Duration { return m.NATSCPU })
 	return m, true
 }
 
@@ -97,8 +98,22 @@ func (r *result) Median(v uint16, name string) (measurement, bool) {
 func (r *result) print(w io.Writer, o options, machine string) {
 	fmt.Fprintf(w, "\nfarmbench: 3 nodes per farm on loopback, c=%d, %d reconnects per client at 0 ms, random node per connection, ECDSA P-256;\n", o.clients, o.reconnects)
 	fmt.Fprintf(w, "median of %d runs (resumption: all runs pooled); %s\n\n", len(r.runs), machine)
-	fmt.Fprintln(w, "| farm | TLS | hs/s | × nginx | × Go | resumed | same / other node | full p50 / p99 ms | resumed p50 / p99 ms | server CPU µs/hs | Redis CPU µs/hs |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	// The NATS column is there only when a farm of the run broadcasts over
+	// NATS, so that the usual table keeps its shape.
+	natsCol := false
+	for _, run := range r.runs {
+		for _, perK := range run {
+			for _, m := range perK {
+				natsCol = natsCol || m.NATSCPU >= 0
+			}
+		}
+	}
+	head, rule := "| farm | TLS | hs/s | × nginx | × Go | resumed | same / other node | full p50 / p99 ms | resumed p50 / p99 ms | server CPU µs/hs | Redis CPU µs/hs |", "|---|---|---|---|---|---|---|---|---|---|---|"
+	if natsCol {
+		head, rule = head+" NATS CPU µs/hs |", rule+"---|"
+	}
+	fmt.Fprintln(w, head)
+	fmt.Fprintln(w, rule)
 	for vi, v := range r.versions {
 		for ki, k := range r.kinds {
 			m, _ := r.Median(v, k.Name)
@@ -109,9 +124,15 @@ func (r *result) print(w io.Writer, o options, machine string) {
 				}
 				return fmt.Sprintf("%.2f", x)
 			}
-			redisCol := "–"
-			if m.RedisCPU >= 0 {
-				redisCol = fmt.Sprintf("%.0f", us(m.RedisCPU))
+			cpuCol := func(d time.Duration) string {
+				if d < 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.0f", us(d))
+			}
+			brokers := cpuCol(m.RedisCPU)
+			if natsCol {
+				brokers += " | " + cpuCol(m.NATSCPU)
 			}
 			failed := ""
 			if m.Failed > 0 {
@@ -120,7 +141,7 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			fmt.Fprintf(w, "| %s | %s | %.0f%s | %s | %s | %.2f%% | %.1f%% / %.1f%% | %.2f / %.2f | %.2f / %.2f | %.0f | %s |\n",
 				k.Title, strings.TrimPrefix(tls.VersionName(v), "TLS "), m.HSPerSec, failed, ratio("nginx"), ratio("go"),
 				pctOf(m.Resumed, m.Offered), pctOf(m.SameResumed, m.SameOffered), pctOf(m.OtherResumed, m.OtherOffered),
-				msOf(m.FullP50), msOf(m.FullP99), msOf(m.ResumedP50), msOf(m.ResumedP99), us(m.ServerCPU), redisCol)
+				msOf(m.FullP50), msOf(m.FullP99), msOf(m.ResumedP50), msOf(m.ResumedP99), us(m.ServerCPU), brokers)
 		}
 	}
 	for _, s := range r.skipped {
