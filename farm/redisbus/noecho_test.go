@@ -9,8 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
@@ -92,6 +95,7 @@ func TestExclusionPatterns(t *testing.T) {
 // A listener is a subscription that records what it received.
 type listener struct {
 	tr   *redisbus.Transport
+	ups  atomic.Int32 // times Subscribe reported up
 	mu   sync.Mutex
 	msgs []string
 	stop func()
@@ -112,6 +116,7 @@ func listen(t *testing.T, tr *redisbus.Transport) *listener {
 			l.mu.Unlock()
 		}, func(ok bool, _ error) {
 			if ok {
+				l.ups.Add(1)
 				select {
 				case up <- struct{}{}:
 				default:
@@ -330,4 +335,30 @@ func TestOldNodeHeardFirst(t *testing.T) {
 	took := waitShared(t, true, news...)
 	t.Logf("the new nodes found the old one %v after its first message", took.Round(time.Millisecond))
 	exchange(t, "mixed", false, old, ls[0], ls[1])
+}
+
+// TestResubscribe: after the server restarts, go-redis resubscribes the
+// channels and the patterns, the subscription reports up again once all
+// are back, and the nodes count again and hear each other, not themselves.
+func TestResubscribe(t *testing.T) {
+	srv := redistest.Start(t)
+	name := redistest.Farm(t)
+	a, b := listen(t, open(t, srv.URL(), name)), listen(t, open(t, srv.URL(), name))
+	waitShared(t, false, a.tr, b.tr)
+	exchange(t, "before", true, a, b)
+	srv.Kill()
+	srv.Restart()
+	farmtest.Eventually(t, 10*time.Second, "both subscriptions up again", func() bool { return a.ups.Load() >= 2 && b.ups.Load() >= 2 })
+	waitShared(t, false, a.tr, b.tr)
+	exchange(t, "after", true, a, b)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ctx := context.Background()
+	if n, err := rc.PubSubNumPat(ctx).Result(); err != nil || n != 2*redisbus.IDLen {
+		t.Errorf("PUBSUB NUMPAT = %d, %v; want %d", n, err, 2*redisbus.IDLen)
+	}
+	ch := a.tr.Channel()
+	if n, err := rc.PubSubNumSub(ctx, ch, ch+":v2").Result(); err != nil || n[ch] != 2 || n[ch+":v2"] != 2 {
+		t.Errorf("PUBSUB NUMSUB = %v, %v; want 2 on each", n, err)
+	}
 }
