@@ -115,7 +115,10 @@ type Transport struct {
 }
 
 // IDLen is the length of a Transport's random ID, in hex digits (64 bits):
-// nodes whose IDs collide would not hear each other.
+// nodes whose IDs collide would not hear each other. The patterns match IDs
+// of this length only, so a version that changes it must also rename the
+// marker channel: nodes then count each other as old, and keep to the
+// shared channel while both versions run.
 const IDLen = 16
 
 // Open connects to Redis at rawURL for the named farm. It does not wait for
