@@ -397,10 +397,17 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 		}()
 	}
 	silent := 0
+	// A subscription not confirmed in full within two health intervals
+	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
+	// made anew.
+	up, confirmBy := false, time.Now().Add(2*t.HealthInterval)
 	for {
 		m, err := ps.ReceiveTimeout(ctx, t.HealthInterval)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if !up && time.Now().After(confirmBy) {
+			return errors.New("redisbus: subscription not confirmed")
 		}
 		if err != nil {
 			var ne net.Error
@@ -417,6 +424,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			// the subscription is back and has counted again, publish
 			// where every node hears it.
 			t.shared.Store(true)
+			up, confirmBy = false, time.Now().Add(2*t.HealthInterval)
 			state(false, t.failed(err))
 			select {
 			case <-ctx.Done():
@@ -431,6 +439,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
 				if m.Count == want {
+					up = true
 					state(true, nil)
 					poke(count)
 				}
