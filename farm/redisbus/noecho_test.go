@@ -362,3 +362,21 @@ func TestResubscribe(t *testing.T) {
 		t.Errorf("PUBSUB NUMSUB = %v, %v; want 2 on each", n, err)
 	}
 }
+
+// TestPatternsRefused: a node whose ACL grants the farm's channels but not
+// the patterns (PSUBSCRIBE must name an allowed pattern exactly) keeps to
+// the shared channel; the others count it as an old node, and nothing is
+// lost.
+func TestPatternsRefused(t *testing.T) {
+	srv := redistest.Start(t)
+	name := redistest.Farm(t)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	if err := rc.Do(context.Background(), "ACL", "SETUSER", "farm", "on", ">pw", "~*", "&tlsfarm:{"+name+"}:*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	limited := listen(t, open(t, "redis://farm:pw@"+srv.Addr()+"/0", name))
+	a, b := listen(t, open(t, srv.URL(), name)), listen(t, open(t, srv.URL(), name))
+	waitShared(t, true, limited.tr, a.tr, b.tr)
+	exchange(t, "m", false, limited, a, b)
+}

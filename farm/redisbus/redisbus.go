@@ -32,6 +32,12 @@
 // all farms; past that it does more (the nodes still save their reads).
 // Echo keeps a node off the patterns.
 //
+// A node that Redis does not let subscribe to the marker channel or the
+// patterns (an ACL that grants the farm's channels, "&tlsfarm:{<farm>}:*":
+// a PSUBSCRIBE must name an allowed pattern exactly; grant "&*" or
+// "allchannels") keeps to the farm's shared channel, as with Echo, and
+// logs a warning.
+//
 // Versions before this one publish and subscribe on the farm's one channel,
 // "tlsfarm:{<farm>}:bus", and a Transport with Echo set does the same. To
 // let such nodes share a farm with new ones, as during a rolling upgrade, a
@@ -94,6 +100,7 @@ type Transport struct {
 	marker   string   // subscribed by every node that hears per-sender channels
 	patterns []string // match every other node's channel, not mine
 	shared   atomic.Bool
+	refused  atomic.Bool // Redis refused the marker or the patterns (ACLs)
 
 	// HealthInterval is how long a subscription may be silent before it is
 	// pinged; a ping unanswered for as long again means the connection is
@@ -363,7 +370,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	var ps *redis.PubSub
 	want := 1 // subscriptions on the connection once all are confirmed
-	perSender := !t.cluster && !t.Echo
+	perSender := !t.cluster && !t.Echo && !t.refused.Load()
 	switch {
 	case t.cluster:
 		ps = t.c.SSubscribe(ctx, t.channel)
@@ -419,6 +426,16 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				ps.Ping(ctx)
 				continue
 			}
+			if perSender && !up && refusal(err) {
+				// An ACL that grants the farm's channels but not the
+				// patterns (a PSUBSCRIBE must name an allowed pattern
+				// exactly), or a proxy without PSUBSCRIBE: keep to the
+				// shared channel, as Echo does, and subscribe anew.
+				if !t.refused.Swap(true) {
+					slog.Warn("redisbus: Redis refused the per-sender subscriptions; this node uses the farm's shared channel only, and receives its own messages", "err", err)
+				}
+				return err
+			}
 			// go-redis has dropped the connection and resubscribes on the
 			// next receive; report the outage and pause briefly. Until
 			// the subscription is back and has counted again, publish
@@ -459,6 +476,17 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			deliver([]byte(m.Payload))
 		}
 	}
+}
+
+// refusal reports whether err is Redis refusing a command: NOPERM, or an
+// unknown command.
+func refusal(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "NOPERM") || strings.Contains(strings.ToLower(msg), "unknown command")
 }
 
 // poke sends on c without blocking; c has room for one.
