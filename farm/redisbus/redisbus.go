@@ -27,9 +27,9 @@
 // the server, to any channel, against every pattern subscribed there:
 // IDLen per node, of every farm. On a 2-core VM with Redis 7.0 a pattern
 // cost about 0.04µs a PUBLISH (more for farm names that share a long
-// prefix), 0.6µs a node, and a delivery saved about 8µs: Redis does less
-// work as long as the server holds no more than about a dozen nodes, of
-// all farms; past that it does more (the nodes still save their reads).
+// prefix), 0.6µs a node, and a delivery saved 5-8µs: Redis does less work
+// as long as the server holds no more than about ten nodes, of all farms;
+// past that it does more (the nodes still save their reads).
 // Echo keeps a node off the patterns.
 //
 // A node that Redis does not let subscribe to the marker channel or the
