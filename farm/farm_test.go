@@ -44,6 +44,20 @@ func redisTransport(url string) func(testing.TB, string) (transport.Bus, transpo
 	}
 }
 
+// redisEchoTransport is redisTransport with Echo set: the transports use
+// the farm's shared channel only, and every node hears its own messages.
+func redisEchoTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		tr, err := redisbus.Open(url, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.Echo = true
+		t.Cleanup(func() { tr.Close() })
+		return tr, tr
+	}
+}
+
 // natsBusRedisStore opens each member's bus on the NATS server at natsURL
 // and its store on the Redis at redisURL: two transports, so that the
 // store's path and the bus's are separate.

@@ -37,19 +37,32 @@ func TestStoreConformance(t *testing.T) {
 
 func TestOpenURLs(t *testing.T) {
 	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
-		"redis://127.0.0.1:6379/0":                           "",
-		"rediss://user:pass@127.0.0.1:6380/1":                "",
-		"redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001": "",
-		"redis+sentinel://127.0.0.1:26379?master_name=m":     "",
-		"redis+cluster://127.0.0.1:7000?reload=2s":           "",
-		"redis+cluster://127.0.0.1:7000?reload=soon":         "reload",
-		"redis://127.0.0.1:6379?reload=2s":                   "reload",
-		"http://127.0.0.1":                                   "scheme",
-		"redis+bogus://127.0.0.1":                            "variant",
-		"redis://user:s3cret@[::1":                           "redisbus",
+		"redis://127.0.0.1:6379/0":                              "",
+		"rediss://user:pass@127.0.0.1:6380/1":                   "",
+		"redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001":    "",
+		"redis+sentinel://127.0.0.1:26379?master_name=m":        "",
+		"redis+cluster://127.0.0.1:7000?reload=2s":              "",
+		"redis+cluster://127.0.0.1:7000?reload=soon":            "reload",
+		"redis://127.0.0.1:6379?echo=true":                      "",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&echo=0": "",
+		"redis://127.0.0.1:6379?echo=sometimes":                 "echo",
+		"redis://127.0.0.1:6379?reload=2s":                      "reload",
+		"http://127.0.0.1":                                      "scheme",
+		"redis+bogus://127.0.0.1":                               "variant",
+		"redis://user:s3cret@[::1":                              "redisbus",
 	})
 	if _, err := redisbus.Open("redis://127.0.0.1:6379", "bad{name}"); err == nil {
 		t.Error("farm name with braces accepted")
+	}
+	for url, want := range map[string]bool{"redis://127.0.0.1:6379": false, "redis://127.0.0.1:6379?echo=true": true, "redis://127.0.0.1:6379?echo=false&db=1": false} {
+		tr, err := redisbus.Open(url, "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.Echo != want {
+			t.Errorf("%s: Echo = %v, want %v", url, tr.Echo, want)
+		}
+		tr.Close()
 	}
 }
 
@@ -85,18 +98,18 @@ func TestKeyLayout(t *testing.T) {
 
 // TestPutAndPublish: one transport.Batcher call writes its records, deletes its
 // keys (after the writes, as PutRecords then DeleteRecords would) and
-// publishes its messages.
+// publishes its messages, which a peer receives.
 func TestPutAndPublish(t *testing.T) {
 	url := redistest.URL(t)
 	name := redistest.Farm(t)
-	tr := open(t, url, name)
+	tr, peer := open(t, url, name), open(t, url, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	got := make(chan []byte, 4)
 	up := make(chan struct{}, 1)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go tr.Subscribe(sctx, func(m []byte) { got <- m }, func(ok bool, _ error) {
+	go peer.Subscribe(sctx, func(m []byte) { got <- m }, func(ok bool, _ error) {
 		if ok {
 			select {
 			case up <- struct{}{}:

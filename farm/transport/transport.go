@@ -23,8 +23,8 @@ import (
 var ErrNotFound = errors.New("farm: not found")
 
 // A Bus carries messages between the nodes of one farm. Every message
-// published by any node is delivered to every node subscribed, the sender
-// included (the farm drops its own). Implementations live in sub-packages
+// published by any node is delivered to every other node subscribed, and
+// may be delivered to the sender too (the farm drops its own). Implementations live in sub-packages
 // of farm (redisbus, natsbus, amqpbus); the farm never imports a client
 // library.
 //

@@ -1,0 +1,14 @@
+package redisbus
+
+// ID returns the transport's random ID.
+func (t *Transport) ID() string { return t.id }
+
+// Patterns returns the patterns the transport subscribes with.
+func (t *Transport) Patterns() []string { return t.patterns }
+
+// Shared reports whether the transport publishes on the farm's shared
+// channel (an old node may listen there, or it has not counted yet).
+func (t *Transport) Shared() bool { return t.Echo || t.shared.Load() }
+
+// ExclusionPatterns is exclusionPatterns.
+var ExclusionPatterns = exclusionPatterns
