@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,6 +68,15 @@ func BenchmarkPropagation(b *testing.B, pub, sub transport.Bus) {
 // ends, and waits until the subscription reports that it is up.
 func Subscribed(b testing.TB, bus transport.Bus, deliver func([]byte)) {
 	b.Helper()
+	SubscribedUntil(b, bus, deliver, nil)
+}
+
+// SubscribedUntil is Subscribed that also calls onUp, if not nil, each time
+// the subscription reports that it is up (again, after an outage), and
+// returns a function that ends the subscription before the test does and
+// waits until Subscribe has returned. Calling it more than once is safe.
+func SubscribedUntil(b testing.TB, bus transport.Bus, deliver func([]byte), onUp func()) (stop func()) {
+	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	up := make(chan struct{}, 1)
 	done := make(chan struct{})
@@ -74,6 +84,9 @@ func Subscribed(b testing.TB, bus transport.Bus, deliver func([]byte)) {
 		defer close(done)
 		bus.Subscribe(ctx, deliver, func(ok bool, _ error) {
 			if ok {
+				if onUp != nil {
+					onUp()
+				}
 				select {
 				case up <- struct{}{}:
 				default:
@@ -81,12 +94,15 @@ func Subscribed(b testing.TB, bus transport.Bus, deliver func([]byte)) {
 			}
 		})
 	}()
-	b.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	b.Cleanup(stop)
 	select {
 	case <-up:
 	case <-time.After(10 * time.Second):
 		b.Fatal("Subscribe never reported up")
 	}
+	return stop
 }
 
 // ReportPercentiles reports the p50 and p99 of lat, in microseconds, as the

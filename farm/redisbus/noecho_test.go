@@ -105,33 +105,11 @@ type listener struct {
 func listen(t *testing.T, tr *redisbus.Transport) *listener {
 	t.Helper()
 	l := &listener{tr: tr}
-	ctx, cancel := context.WithCancel(context.Background())
-	up := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tr.Subscribe(ctx, func(m []byte) {
-			l.mu.Lock()
-			l.msgs = append(l.msgs, string(m))
-			l.mu.Unlock()
-		}, func(ok bool, _ error) {
-			if ok {
-				l.ups.Add(1)
-				select {
-				case up <- struct{}{}:
-				default:
-				}
-			}
-		})
-	}()
-	var once sync.Once
-	l.stop = func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(l.stop)
-	select {
-	case <-up:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Subscribe never reported up")
-	}
+	l.stop = farmtest.SubscribedUntil(t, tr, func(m []byte) {
+		l.mu.Lock()
+		l.msgs = append(l.msgs, string(m))
+		l.mu.Unlock()
+	}, func() { l.ups.Add(1) })
 	return l
 }
 
