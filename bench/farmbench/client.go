@@ -26,6 +26,7 @@ type load struct {
 	duration   time.Duration // the measured window, at most
 	maxConns   int           // connections started in the window, at most
 	timeout    time.Duration // per connection
+	curves     []tls.CurveID // key exchanges the clients offer, in order; nil: Go's defaults
 
 	// mark, if set, is called when the measured window opens (0) and
 	// closes (1), so that the caller can read CPU counters.
@@ -39,6 +40,7 @@ type connResult struct {
 	resumed   bool
 	sameNode  bool // the session offered was issued by this connection's node
 	handshake time.Duration
+	group     tls.CurveID // the key exchange negotiated; 0 for none (a TLS 1.2 resumption)
 }
 
 // A loadResult is what a load measured.
@@ -62,6 +64,8 @@ func (l *load) run(ctx context.Context) loadResult {
 		RootCAs:    l.pool,
 		MinVersion: l.version,
 		MaxVersion: l.version,
+
+		CurvePreferences: l.curves,
 	}
 	var (
 		inWindow  atomic.Bool
@@ -162,7 +166,8 @@ func (l *load) connect(ctx context.Context, cfg *tls.Config, cc *roaming.Session
 	if err := c.HandshakeContext(cctx); err != nil {
 		return connResult{failed: true}
 	}
-	r := connResult{handshake: time.Since(start), resumed: c.ConnectionState().DidResume}
+	cs := c.ConnectionState()
+	r := connResult{handshake: time.Since(start), resumed: cs.DidResume, group: cs.CurveID}
 	var from int
 	r.offered, from = cc.Offer()
 	r.sameNode = r.offered && from == target
@@ -187,8 +192,9 @@ type measurement struct {
 	FullP50, FullP99    time.Duration
 	ResumedP50          time.Duration
 	ResumedP99          time.Duration
-	ServerCPU, RedisCPU time.Duration // per handshake; RedisCPU < 0 if unknown
-	NATSCPU             time.Duration // per handshake; < 0 if the farm does not use NATS
+	ServerCPU, RedisCPU time.Duration       // per handshake; RedisCPU < 0 if unknown
+	NATSCPU             time.Duration       // per handshake; < 0 if the farm does not use NATS
+	Groups              map[tls.CurveID]int // handshakes by the key exchange negotiated
 }
 
 func (r loadResult) measure() measurement {
@@ -200,6 +206,12 @@ func (r loadResult) measure() measurement {
 		if c.failed {
 			m.Failed++
 			continue
+		}
+		if c.group != 0 {
+			if m.Groups == nil {
+				m.Groups = map[tls.CurveID]int{}
+			}
+			m.Groups[c.group]++
 		}
 		if c.offered {
 			m.Offered++

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,10 +98,83 @@ func TestFarmBenchTiny(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"| nginx ×3", "| Go ×3", "| tlsfarm stateful, broadcast + write-through | 1.3 |",
+	// Go prefers the hybrid post-quantum key exchange in TLS 1.3; the
+	// table's note says which each farm negotiated.
+	if m, _ := res.Median(tls.VersionTLS13, "go"); m.Groups[tls.X25519MLKEM768] == 0 || len(m.Groups) != 1 {
+		t.Errorf("TLS 1.3 Go farm negotiated %v, want X25519MLKEM768 only", m.Groups)
+	}
+	for _, want := range []string{"key exchange negotiated", "| nginx ×3", "| Go ×3", "| tlsfarm stateful, broadcast + write-through | 1.3 |",
 		"| tlsfarm stateful, NATS broadcast + Redis write-through | 1.3 |", "NATS CPU µs/hs |", "nats-server v", "nodes' counters"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
+		}
+	}
+}
+
+// TestFarmBenchCurves runs two farms with -curves, so that the clients
+// offer X25519 and P-256 only: every TLS 1.3 handshake then negotiates
+// X25519, whatever the server would prefer.
+func TestFarmBenchCurves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 6 server processes")
+	}
+	var o options
+	o.register(flag.NewFlagSet("farmbench", flag.ContinueOnError))
+	o.runs, o.redisURL, o.farms, o.curves = 1, redistest.URL(t), "go,stateless", "X25519,P256"
+	o.clients, o.reconnects = 2, 1
+	o.warmup, o.duration, o.maxConns = 20*time.Millisecond, 3*time.Second, 8
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, logw bytes.Buffer
+	res, err := bench(ctx, o, &out, &logw)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logw.String())
+	}
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, name := range []string{"go", "stateless"} {
+			m, _ := res.Median(v, name)
+			if m.Failed > 0 || m.Groups[tls.X25519] == 0 || len(m.Groups) != 1 {
+				t.Errorf("%s %s: %d failed, key exchanges %v, want X25519 only", tls.VersionName(v), name, m.Failed, m.Groups)
+			}
+		}
+	}
+	if want := "TLS 1.3: X25519: go, stateless"; !strings.Contains(out.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, out.String())
+	}
+}
+
+func TestParseCurves(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    []tls.CurveID
+		wantErr bool
+	}{
+		{"", nil, false},
+		{"X25519", []tls.CurveID{tls.X25519}, false},
+		{" X25519MLKEM768, P256 ", []tls.CurveID{tls.X25519MLKEM768, tls.CurveP256}, false},
+		{"X25519,,P384", []tls.CurveID{tls.X25519, tls.CurveP384}, false},
+		{"x25519", nil, true},
+		{"X25519,brainpool", nil, true},
+	} {
+		got, err := parseCurves(tc.in)
+		if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
+			t.Errorf("parseCurves(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestGroupMix(t *testing.T) {
+	for _, tc := range []struct {
+		in   map[tls.CurveID]int
+		want string
+	}{
+		{nil, "none"},
+		{map[tls.CurveID]int{tls.X25519: 5}, "X25519"},
+		{map[tls.CurveID]int{tls.X25519: 1, tls.X25519MLKEM768: 3}, "X25519MLKEM768 75% + X25519 25%"},
+		{map[tls.CurveID]int{tls.CurveP256: 2, tls.X25519: 2}, "CurveP256 50% + X25519 50%"},
+	} {
+		if got := groupMix(tc.in); got != tc.want {
+			t.Errorf("groupMix(%v) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

@@ -92,8 +92,37 @@ type options struct {
 	nginx      string
 	natsServer string
 	profileDir string
+	curves     string
 
 	lookupTimeout, writeThroughTimeout time.Duration
+
+	curveIDs []tls.CurveID // curves, parsed
+}
+
+// curveNames are the key exchanges -curves accepts.
+var curveNames = map[string]tls.CurveID{
+	"X25519MLKEM768": tls.X25519MLKEM768,
+	"X25519":         tls.X25519,
+	"P256":           tls.CurveP256,
+	"P384":           tls.CurveP384,
+	"P521":           tls.CurveP521,
+}
+
+// parseCurves parses -curves: names separated by commas, or nothing.
+func parseCurves(s string) ([]tls.CurveID, error) {
+	var ids []tls.CurveID
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		id, ok := curveNames[name]
+		if !ok {
+			return nil, fmt.Errorf("unknown key exchange %q in -curves (want X25519MLKEM768, X25519, P256, P384 or P521)", name)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -112,6 +141,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis for tlsfarm's farms")
 	fs.StringVar(&o.nginx, "nginx", "nginx", "the nginx executable; the nginx farm is left out if it is not found")
 	fs.StringVar(&o.natsServer, "nats-server", "nats-server", "the nats-server executable, run on a free port for the farms that broadcast over NATS; they are left out if it is not found")
+	fs.StringVar(&o.curves, "curves", "", "key exchanges the clients offer, in order of preference (X25519MLKEM768, X25519, P256, P384, P521); empty: Go's defaults. Keep P256 in the list for TLS 1.2: OpenSSL's servers refuse an ECDSA P-256 certificate to a client that does not list P-256")
 	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each Go and tlsfarm farm into this directory")
 	fs.DurationVar(&o.lookupTimeout, "lookup-timeout", 0, "tlsfarm nodes' farm.Config.LookupTimeout (0: the default)")
 	fs.DurationVar(&o.writeThroughTimeout, "write-through-timeout", 0, "tlsfarm nodes' farm.Config.WriteThroughTimeout (0: the default)")
@@ -140,6 +170,10 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 		default:
 			return nil, fmt.Errorf("unknown TLS version %q", v)
 		}
+	}
+	curves, err := parseCurves(o.curves)
+	if err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "farmbench-")
 	if err != nil {
@@ -189,6 +223,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 		}
 		res.kinds = append(res.kinds, k)
 	}
+	o.curveIDs = curves
 	usesRedis, usesNATS := false, false
 	for _, k := range res.kinds {
 		if k.node != nil && k.node(e).Mode != "" {
@@ -260,6 +295,7 @@ func measureFarm(ctx context.Context, e *env, k kind, versions []uint16, pool *x
 		l := &load{
 			addrs: r.addrs, version: v, pool: pool, clients: o.clients, reconnects: o.reconnects,
 			warmup: o.warmup, duration: o.duration, maxConns: o.maxConns, timeout: 10 * time.Second,
+			curves: o.curveIDs,
 			mark: func(i int) {
 				cpu[i] = r.cpu()
 				ncpu[i] = e.natsCPU()

@@ -83,6 +83,12 @@ func (r *result) Median(v uint16, name string) (measurement, bool) {
 		m.SameResumed += x.SameResumed
 		m.OtherOffered += x.OtherOffered
 		m.OtherResumed += x.OtherResumed
+		for g, n := range x.Groups {
+			if m.Groups == nil {
+				m.Groups = map[tls.CurveID]int{}
+			}
+			m.Groups[g] += n
+		}
 	}
 	m.FullP50 = d(func(m measurement) time.Duration { return m.FullP50 })
 	m.FullP99 = d(func(m measurement) time.Duration { return m.FullP99 })
@@ -144,6 +150,7 @@ func (r *result) print(w io.Writer, o options, machine string) {
 				msOf(m.FullP50), msOf(m.FullP99), msOf(m.ResumedP50), msOf(m.ResumedP99), us(m.ServerCPU), brokers)
 		}
 	}
+	r.printGroups(w)
 	for _, s := range r.skipped {
 		fmt.Fprintf(w, "\nleft out: %s\n", s)
 	}
@@ -209,6 +216,59 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			fmt.Fprintln(w, "  "+n)
 		}
 	}
+}
+
+// printGroups writes which key exchanges the handshakes negotiated, per TLS
+// version, naming the farms that share each mix: nginx's OpenSSL may not
+// offer what Go prefers, and a key exchange can cost more than the rest of
+// a handshake.
+func (r *result) printGroups(w io.Writer) {
+	fmt.Fprintln(w, "\nkey exchange negotiated (handshakes that made one, all runs):")
+	for _, v := range r.versions {
+		var order []string
+		farms := map[string][]string{}
+		for _, k := range r.kinds {
+			m, _ := r.Median(v, k.Name)
+			mix := groupMix(m.Groups)
+			if _, ok := farms[mix]; !ok {
+				order = append(order, mix)
+			}
+			farms[mix] = append(farms[mix], k.Name)
+		}
+		var parts []string
+		for _, mix := range order {
+			parts = append(parts, mix+": "+strings.Join(farms[mix], ", "))
+		}
+		fmt.Fprintf(w, "  %s: %s\n", tls.VersionName(v), strings.Join(parts, "; "))
+	}
+}
+
+// groupMix describes counts of key exchanges: the names in descending
+// order of use, with shares when there is more than one.
+func groupMix(groups map[tls.CurveID]int) string {
+	if len(groups) == 0 {
+		return "none"
+	}
+	total := 0
+	var ids []tls.CurveID
+	for g, n := range groups {
+		total += n
+		ids = append(ids, g)
+	}
+	slices.SortFunc(ids, func(a, b tls.CurveID) int {
+		if groups[a] != groups[b] {
+			return groups[b] - groups[a]
+		}
+		return int(a) - int(b)
+	})
+	if len(ids) == 1 {
+		return ids[0].String()
+	}
+	var parts []string
+	for _, g := range ids {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", g, 100*float64(groups[g])/float64(total)))
+	}
+	return strings.Join(parts, " + ")
 }
 
 // addBuckets adds the per-bucket counts of the histogram sample name in
