@@ -16,6 +16,11 @@ type degradation struct {
 	on           bool
 	tickets      bool // the cache took the fallback lifetime (not single use, not stateless)
 	episodes     uint64
+	// busHeard is set once the bus has reported its state (up or down).
+	// Until then the node is still connecting, not cut off: fallback
+	// tickets are issued, but the outage is not logged.
+	busHeard bool
+	logged   bool // the current episode's warning has been logged
 }
 
 // setStoreFailing records the outcome of the last store write.
@@ -42,7 +47,16 @@ func (n *Node) updateFallback() {
 	if changed && want {
 		n.deg.episodes++
 	}
+	// Warn once per episode, and not while the node has yet to hear
+	// from the bus for the first time: that is a start, not an outage.
+	warn := want && !changed && n.deg.tickets && !n.deg.logged && (n.deg.busHeard || n.deg.storeFailing)
+	if warn {
+		n.deg.logged = true
+	}
 	n.deg.mu.Unlock()
+	if warn {
+		n.warnFallback(lifetime)
+	}
 	if !changed {
 		return
 	}
@@ -50,15 +64,35 @@ func (n *Node) updateFallback() {
 		took := n.cfg.Cache.SetTicketFallback(lifetime)
 		n.deg.mu.Lock()
 		n.deg.tickets = took
+		warn := took && (n.deg.busHeard || n.deg.storeFailing)
+		n.deg.logged = warn
 		n.deg.mu.Unlock()
-		if took {
-			n.log.Warn("farm: unreachable; issuing short-lived farm tickets instead of cached sessions until it returns (they cannot be revoked individually before they expire)",
-				"lifetime", lifetime)
+		if warn {
+			n.warnFallback(lifetime)
 		}
 		return
 	}
 	n.cfg.Cache.SetTicketFallback(0)
-	n.log.Info("farm: reachable again; issuing cached sessions")
+	n.deg.mu.Lock()
+	logged := n.deg.logged
+	n.deg.logged = false
+	n.deg.mu.Unlock()
+	if logged {
+		n.log.Info("farm: reachable again; issuing cached sessions")
+	}
+}
+
+// warnFallback logs that the node has started to issue fallback tickets.
+func (n *Node) warnFallback(lifetime time.Duration) {
+	n.log.Warn("farm: unreachable; issuing short-lived farm tickets instead of cached sessions until it returns (they cannot be revoked individually before they expire)",
+		"lifetime", lifetime)
+}
+
+// busHeard records that the bus has reported its state at least once.
+func (n *Node) busHeard() {
+	n.deg.mu.Lock()
+	n.deg.busHeard = true
+	n.deg.mu.Unlock()
 }
 
 // fallbackState reports whether the node issues fallback tickets now, and

@@ -28,6 +28,7 @@ func (n *Node) listener(ctx context.Context) {
 
 func (n *Node) busState(up bool, err error) {
 	was := n.connected.Swap(up)
+	n.busHeard()
 	defer n.updateFallback()
 	switch {
 	case up && !was:
