@@ -114,6 +114,14 @@ type Config struct {
 	// EarlyData, the connections whose early data was accepted. TLS 1.3
 	// only.
 	HTTP3 bool
+
+	// ProxyProtocol makes each TCP connection begin with a PROXY protocol
+	// version 2 header that names the connection's own addresses, before
+	// the TLS handshake, as a balancer that sends the PROXY protocol does.
+	// It is for probing nodes directly whose listeners expect the header
+	// (and trust the probe's address); a listener that does not expect it
+	// fails the handshake. It cannot be combined with HTTP3.
+	ProxyProtocol bool
 }
 
 // plan is a validated Config with its defaults applied.
@@ -183,6 +191,9 @@ func prepare(cfg Config) (*plan, error) {
 		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)
 	}
 
+	if c.HTTP3 && c.ProxyProtocol {
+		return nil, errors.New("probe: the PROXY protocol is for TCP; it cannot be used with HTTP/3")
+	}
 	switch {
 	case c.HTTP3:
 		if err := prepareHTTP3(p); err != nil {

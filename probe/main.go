@@ -48,6 +48,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		request  = fs.String("request", "GET /", "what to send after the handshake: a request line such as \"GET /\", or \"read\" (nothing, wait for the server) or \"none\" (close at once; TLS 1.3 cannot resume)")
 		asJSON   = fs.Bool("json", false, "print the report as JSON")
 		h3       = fs.Bool("http3", false, "connect over QUIC and speak HTTP/3, with 0-RTT early data where the session allows (TLS 1.3)")
+		pp       = fs.Bool("proxy-protocol", false, "begin each TCP connection with a PROXY protocol v2 header, for nodes whose listeners expect one (and trust this host)")
 	)
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "tlsfarm probe: "+format+"\n", a...)
@@ -74,6 +75,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		Rate:        *rate,
 		Request:     *request,
 		HTTP3:       *h3,
+
+		ProxyProtocol: *pp,
 	}
 	if *targets != "" {
 		for t := range strings.SplitSeq(*targets, ",") {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/probe"
@@ -389,6 +391,68 @@ func TestProgress(t *testing.T) {
 	}
 }
 
+// TestProxyProtocol probes a server whose listener requires a PROXY
+// protocol header: with Config.ProxyProtocol every connection sends one
+// naming its own addresses, and resumes as usual; without it, every
+// handshake fails.
+func TestProxyProtocol(t *testing.T) {
+	cert, pool := tlstest.SharedCert()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := &proxyproto.Listener{Listener: ln, ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+		return proxyproto.REQUIRE, nil
+	}}
+	t.Cleanup(func() { pl.Close() })
+	var headers, mismatched atomic.Int64
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	go func() {
+		for {
+			c, err := pl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				tc := tls.Server(c, cfg)
+				if tc.Handshake() != nil {
+					return
+				}
+				if h := c.(*proxyproto.Conn).ProxyHeader(); h != nil {
+					headers.Add(1)
+					// The header names the client's side of this very
+					// connection, which the raw socket sees too.
+					if h.SourceAddr.String() != c.(*proxyproto.Conn).Raw().RemoteAddr().String() {
+						mismatched.Add(1)
+					}
+				}
+				tc.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+			}()
+		}
+	}()
+	run := func(pp bool) *probe.Report {
+		rep, err := probe.Run(context.Background(), probe.Config{
+			Targets: []string{ln.Addr().String()}, RootCAs: pool, Timeout: 5 * time.Second,
+			Connections: 20, Concurrency: 2, ProxyProtocol: pp,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSums(t, rep)
+		return rep
+	}
+	rep := run(true)
+	if tot := rep.Total; tot.Failed != 0 || tot.Resumed == 0 || headers.Load() != 20 || mismatched.Load() != 0 {
+		t.Errorf("with the header: %d failed, %d resumed, %d headers seen (%d naming another address), want 0 failed, some resumed, 20 headers",
+			tot.Failed, tot.Resumed, headers.Load(), mismatched.Load())
+	}
+	if rep := run(false); rep.Total.Failed != 20 {
+		t.Errorf("without the header: %d of 20 connections failed, want all", rep.Total.Failed)
+	}
+}
+
 func TestRunRejectsBadConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -402,6 +466,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"NegativeConnections", probe.Config{Targets: []string{"a:1"}, Connections: -1}, "negative"},
 		{"NegativeRate", probe.Config{Targets: []string{"a:1"}, Rate: -1}, "negative rate"},
 		{"BadRequest", probe.Config{Targets: []string{"a:1"}, Request: "GET / HTTP/1.1\r\nX: y"}, "bad request"},
+		{"ProxyProtocolOverQUIC", probe.Config{Targets: []string{"a:1"}, HTTP3: true, ProxyProtocol: true}, "PROXY protocol"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep, err := probe.Run(context.Background(), tc.cfg, nil)

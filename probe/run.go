@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
@@ -241,6 +242,15 @@ func (w *worker) connect(ctx context.Context, target int) result {
 	raw, err := w.dialer.DialContext(cctx, "tcp", p.addrs[target])
 	if err != nil {
 		return result{failure: dialFailure(err)}
+	}
+	if p.cfg.ProxyProtocol {
+		raw.SetWriteDeadline(time.Now().Add(p.cfg.Timeout))
+		h := proxyproto.HeaderProxyFromAddrs(2, raw.LocalAddr(), raw.RemoteAddr())
+		if _, err := h.WriteTo(raw); err != nil {
+			raw.Close()
+			return result{failure: dialFailure(err)}
+		}
+		raw.SetWriteDeadline(time.Time{})
 	}
 	dialed := time.Now()
 	conn := tls.Client(raw, w.tls)
