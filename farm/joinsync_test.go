@@ -14,6 +14,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // heldTombstones is a Redis transport whose reads of the farm's
@@ -178,5 +179,67 @@ func TestJoinHearsRevocationWhileSubscribing(t *testing.T) {
 	}
 	if !tlstest.MustDial(t, m.Server.Addr, kept).DidResume {
 		t.Fatal("a session not revoked did not resume from the store")
+	}
+}
+
+// TestJoinWithRevocationsUnreadableTakesNoFarmKeys: stateless tickets under
+// the farm's keys resume without a store lookup, so a node that could not
+// read the farm's revocations at Join must not hold the farm's keys: a
+// farm ticket makes a full handshake there until the read succeeds, then
+// resumes.
+func TestJoinWithRevocationsUnreadableTakesNoFarmKeys(t *testing.T) {
+	url := redistest.URL(t)
+	o := farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: time.Hour, PollInterval: 100 * time.Millisecond}}
+	ms, name := farmtest.Start(t, 1, &o)
+	client := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
+	tlstest.MustDial(t, ms[0].Server.Addr, client)
+	release := make(chan struct{})
+	late := o
+	late.Tweak = func(cfg *farm.Config) {
+		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
+		cfg.Bus, cfg.Store = h, h
+		cfg.OpTimeout = 300 * time.Millisecond
+	}
+	m := farmtest.Join(t, "late", name, late)
+	time.Sleep(300 * time.Millisecond) // a few of the rotator's polls
+	if tlstest.MustDial(t, m.Server.Addr, client).DidResume {
+		t.Fatal("a farm ticket resumed on a node that had yet to read the farm's revocations")
+	}
+	close(release)
+	farmtest.Eventually(t, 5*time.Second, "the farm ticket resuming once the revocations are read", func() bool {
+		return tlstest.MustDial(t, m.Server.Addr, client).DidResume
+	})
+}
+
+// TestJoinWithRevocationsUnreadableInsertsNoPeerSession: a session a peer
+// sends while the node has yet to read the farm's revocations is not
+// inserted (it might be of a chain revoked as it was sent); once the
+// revocations are read, the store provides it.
+func TestJoinWithRevocationsUnreadableInsertsNoPeerSession(t *testing.T) {
+	url := redistest.URL(t)
+	o := farmtest.Options{NewTransport: redisTransport(url)}
+	ms, name := farmtest.Start(t, 1, &o)
+	release := make(chan struct{})
+	late := o
+	late.Tweak = func(cfg *farm.Config) {
+		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
+		cfg.Bus, cfg.Store = h, h
+		cfg.OpTimeout = 300 * time.Millisecond
+	}
+	m := farmtest.Join(t, "late", name, late)
+	farmtest.WaitConnected(t, m)
+	client := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
+	tlstest.MustDial(t, ms[0].Server.Addr, client)
+	farmtest.Eventually(t, 5*time.Second, "the session sent to the late node", func() bool {
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "session") == 1
+	})
+	if tlstest.MustDial(t, m.Server.Addr, client).DidResume {
+		t.Fatal("a peer's session resumed on a node that had yet to read the farm's revocations")
+	}
+	close(release)
+	farmtest.Eventually(t, 5*time.Second, "the revocations read", m.Node.RevocationsKnown)
+	if !tlstest.MustDial(t, m.Server.Addr, client).DidResume {
+		t.Fatal("the peer's session did not resume from the store once the revocations were read")
 	}
 }
