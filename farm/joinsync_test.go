@@ -243,3 +243,77 @@ func TestJoinWithRevocationsUnreadableInsertsNoPeerSession(t *testing.T) {
 		t.Fatal("the peer's session did not resume from the store once the revocations were read")
 	}
 }
+
+// heldTombstoneWrites is a Redis transport whose writes of tombstones wait
+// until release is closed (a revocation whose store write is slow), and
+// which closes published after its first publish of a revocation.
+type heldTombstoneWrites struct {
+	*redisbus.Transport
+	release   <-chan struct{}
+	published chan struct{}
+	once      *sync.Once
+}
+
+func (h heldTombstoneWrites) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return h.Transport.SetAdd(ctx, key, member, until)
+}
+
+func (h heldTombstoneWrites) Publish(ctx context.Context, msgs ...[]byte) error {
+	err := h.Transport.Publish(ctx, msgs...)
+	select {
+	case <-h.release:
+	default:
+		// Only revocations are published while the tombstone is held:
+		// the farm's sessions go by PutAndPublish.
+		if err == nil {
+			h.once.Do(func() { close(h.published) })
+		}
+	}
+	return err
+}
+
+// TestJoinBetweenRevocationPublishAndStore: a node that joins after a
+// revocation was published (too late to hear it) but before its tombstone
+// was stored (too early to read it) still learns it: the revoker publishes
+// it again once it is stored.
+func TestJoinBetweenRevocationPublishAndStore(t *testing.T) {
+	url := redistest.URL(t)
+	release, published := make(chan struct{}), make(chan struct{})
+	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: func(cfg *farm.Config) {
+		h := heldTombstoneWrites{cfg.Store.(*redisbus.Transport), release, published, new(sync.Once)}
+		cfg.Bus, cfg.Store = h, h
+	}}
+	n1, name, revoked, kept, revoke := revokedFarm(t, &o)
+	revokedDone := make(chan struct{})
+	go func() {
+		defer close(revokedDone)
+		revoke()
+	}()
+	select {
+	case <-published:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the revocation was not published")
+	}
+	late := o
+	late.Tweak = nil
+	m := farmtest.Join(t, "late", name, late)
+	close(release)
+	<-revokedDone // applied: stored, and published again
+	if n := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total"); n != 0 {
+		t.Fatalf("%d store write errors: the tombstone was held too long", n)
+	}
+	farmtest.Eventually(t, 5*time.Second, "the revocation heard again", func() bool {
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "revocation") >= 1
+	})
+	if tlstest.MustDial(t, m.Server.Addr, revoked).DidResume {
+		t.Fatal("a revoked session resumed on a node that joined between the revocation's publish and its store write")
+	}
+	if !tlstest.MustDial(t, m.Server.Addr, kept).DidResume {
+		t.Fatal("a session not revoked did not resume from the store")
+	}
+}
