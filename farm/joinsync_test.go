@@ -160,20 +160,51 @@ func TestJoinWithRevocationsUnreadable(t *testing.T) {
 	}
 }
 
+// notedReads is a Redis transport that closes read after its first read of
+// the farm's revocations.
+type notedReads struct {
+	*redisbus.Transport
+	read chan struct{}
+	once *sync.Once
+}
+
+func (r notedReads) SetMembers(ctx context.Context, key string) ([][]byte, error) {
+	m, err := r.Transport.SetMembers(ctx, key)
+	if err == nil {
+		r.once.Do(func() { close(r.read) })
+	}
+	return m, err
+}
+
 // TestJoinHearsRevocationWhileSubscribing: a revocation made while a
 // joining node's subscription is still being set up (too late for the bus
 // to bring it, as the node was not subscribed) is refused from the moment
 // Join returns: the node reads the revocation list only once it is
-// subscribed.
+// subscribed. (A node that read the list first, then subscribed, would
+// miss it until its next read.)
 func TestJoinHearsRevocationWhileSubscribing(t *testing.T) {
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	_, name, revoked, kept, revoke := revokedFarm(t, &o)
+	revokedDone := make(chan struct{})
 	late := o
 	late.Tweak = func(cfg *farm.Config) {
-		cfg.Bus = hookedBus{cfg.Bus, new(sync.Once), revoke}
+		r := notedReads{cfg.Store.(*redisbus.Transport), make(chan struct{}), new(sync.Once)}
+		cfg.Store = r
+		cfg.Bus = hookedBus{cfg.Bus, new(sync.Once), func() {
+			// After the node's first read of the list, if it makes
+			// one before it subscribes.
+			select {
+			case <-r.read:
+			case <-time.After(200 * time.Millisecond):
+			}
+			revoke()
+			close(revokedDone)
+			time.Sleep(300 * time.Millisecond) // the subscription is slow to come
+		}}
 	}
 	m := farmtest.Join(t, "late", name, late)
+	<-revokedDone
 	if tlstest.MustDial(t, m.Server.Addr, revoked).DidResume {
 		t.Fatal("a session revoked as the node subscribed resumed after Join returned")
 	}
