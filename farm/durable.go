@@ -227,17 +227,26 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 		}()
 	}
 	if len(toPublish) > 0 {
-		// As many messages as the bus's size limit needs (busMessages).
-		items := make([]item, len(toPublish))
-		for i := range toPublish {
-			items[i].rev = &toPublish[i]
-		}
-		msgs, _, _ := n.busMessages(hdr, items)
-		pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		pubErr = n.cfg.Bus.Publish(pctx, msgs...)
-		cancel()
+		pubErr = n.publishRevocations(ctx, hdr, toPublish)
 	}
 	wg.Wait()
+	// A node that joins reads the list after it subscribes (see Join). It
+	// misses no revocation only if each one is published after its
+	// tombstone is in the store: one published before (or while) it was
+	// stored goes out once more. Revocations are rare; a repeat costs a
+	// peer a map lookup.
+	var again []revocation
+	if storeErr == nil {
+		for _, w := range work {
+			if !w.stored && (w.published || pubErr == nil) {
+				again = append(again, w.rev)
+			}
+		}
+	}
+	var againErr error
+	if len(again) > 0 {
+		againErr = n.publishRevocations(ctx, hdr, again)
+	}
 	if storeErr != nil {
 		n.ctr.storeWriteErrors.Add(1)
 		if ctx.Err() == nil {
@@ -264,6 +273,9 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 		if pubErr == nil && !work[i].published {
 			p.published = true
 		}
+		if againErr != nil && storeErr == nil && !work[i].stored {
+			p.published = false // once more, now that it is stored
+		}
 	}
 	kept := r.pending[:0]
 	for _, p := range r.pending {
@@ -276,11 +288,24 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 	}
 	clear(r.pending[len(kept):])
 	r.pending = kept
-	if storeErr != nil || pubErr != nil {
+	if storeErr != nil || pubErr != nil || againErr != nil {
 		r.retries++
 	}
 	n.persistLocked()
 	return len(r.pending) == 0
+}
+
+// publishRevocations publishes revs in as many messages as the bus's size
+// limit needs (busMessages).
+func (n *Node) publishRevocations(ctx context.Context, hdr header, revs []revocation) error {
+	items := make([]item, len(revs))
+	for i := range revs {
+		items[i].rev = &revs[i]
+	}
+	msgs, _, _ := n.busMessages(hdr, items)
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	return n.cfg.Bus.Publish(pctx, msgs...)
 }
 
 // drainRevocations tries, until ctx is done, to apply what is pending (Close

@@ -42,7 +42,7 @@ func ExampleJoin() {
 	}
 	defer node.Close()
 
-	for !node.Connected() { // Join returns at once; the node catches up
+	for !node.Connected() { // Join does not wait for a transport that is down
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Revoking a session the farm never saw finds nothing.

@@ -96,7 +96,8 @@ func sessionKey(id session.ID) string {
 	return string(b[:])
 }
 
-// load is the cache's loader: a store lookup, one at a time per ID. While
+// load is the cache's loader: a store lookup, one at a time per ID. Until
+// the node has read the farm's revocations, it finds nothing. While
 // the store is failing (the breaker is open), it does not try: a handshake should not pay the lookup deadline to learn what the
 // last ones learned. Nor does it for an ID the store did not have a moment
 // ago (the negative cache). A young ID (one whose session may still be on
@@ -107,6 +108,11 @@ func sessionKey(id session.ID) string {
 // lookupStore): each handshake gives up on its own ctx (the lookup
 // deadline), and one client hanging up does not fail the others.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	if !n.revsKnown.Load() {
+		// The farm may have revoked it: a full handshake (see Join).
+		n.ctr.unknownRevs.Add(1)
+		return nil, nil
+	}
 	if rec, ok := n.takePending(id); ok {
 		return rec, nil
 	}

@@ -20,7 +20,7 @@ type nodeCounters struct {
 	lookups, storeHits, storeMisses, storeTimeouts atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
-	writtenBack                                    atomic.Uint64
+	writtenBack, unknownRevs                       atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -116,6 +116,8 @@ func (n *Node) Metrics() []metric.Sample {
 	m.gauge("tlsfarm_farm_lazy_sessions", "Peers' sessions held as received, until a client presents one (lazy peers).", float64(held))
 	m.counters("tlsfarm_farm_lazy_total", "Peers' sessions held as received (kept), decoded when a client presented them (taken), or dropped as the oldest (evicted).", "event",
 		"kept", c.pendingKept.Load(), "taken", c.pendingTaken.Load(), "evicted", evicted)
+	m.gauge("tlsfarm_farm_revocations_known", "1 once the node has read the farm's revocations since it joined; until then it resumes no session from the farm.", b2f(n.revsKnown.Load()))
+	m.counter("tlsfarm_farm_unknown_revocations_refused_total", "Store lookups not made and peers' sessions not inserted because the node had yet to read the farm's revocations.", c.unknownRevs.Load())
 	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
 	return m
 }

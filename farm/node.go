@@ -39,11 +39,22 @@ type Node struct {
 	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
 	connected atomic.Bool
-	ctr       nodeCounters
-	lag       histogram
-	lk        lookupCounters
-	pend      *pending // with LazyPeers
-	arr       arrivals // wakes young-session waiters (write-through)
+	busFirst  chan struct{} // closed when the bus first reports its state (up or down)
+	busOnce   sync.Once
+
+	// revsKnown is set once the node has read the farm's revocation list
+	// (or has none to read); until then it resumes no session from the
+	// farm (see Join). revsReady is closed when it is set.
+	revsKnown  atomic.Bool
+	revsReady  chan struct{}
+	revsOnce   sync.Once
+	revsWarned atomic.Bool   // Join's read failed, and said so
+	synced     chan struct{} // closed when Join's first read of them has ended, done or not
+	ctr        nodeCounters
+	lag        histogram
+	lk         lookupCounters
+	pend       *pending // with LazyPeers
+	arr        arrivals // wakes young-session waiters (write-through)
 
 	life     lifeCounters
 	revs     revocations
@@ -71,11 +82,22 @@ type item struct {
 	child session.ID // opCut: the session issued by resuming it
 }
 
-// Join joins cfg.Cache to the farm and returns at once: the node works
-// degraded (from its local cache) until the transport is reachable, then
-// catches up. It installs the farm's session ID keys in the cache, joins
-// the cache to the farm (session.Cache.Join) and registers its hooks. ctx bounds the node's life: when it ends,
-// the node closes as if Close had been called.
+// Join joins cfg.Cache to the farm. It installs the farm's session ID keys
+// in the cache, joins the cache to the farm (session.Cache.Join) and
+// registers its hooks. ctx bounds the node's life: when it ends, the node
+// closes as if Close had been called.
+//
+// Before it returns, Join subscribes to the bus and then reads the farm's
+// revocations from the Coordinator, so that from the moment it returns the
+// node refuses every session the farm revoked before, and hears of every
+// revocation made after. The wait is bounded by OpTimeout (and ends at once
+// if the transport refuses connections). A node whose read did not succeed
+// in that time does not fail: it serves, but resumes no session from the
+// farm — no store lookup, no peer's session, no ticket under the farm's
+// keys (see Node.RotateTicketKeys) — until a read succeeds, which it retries
+// with backoff; clients get full handshakes meanwhile. Node.RevocationsKnown
+// reports which state the node is in. Otherwise the node works degraded,
+// from its local cache, until the transport is reachable, then catches up.
 func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -99,6 +121,12 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		kids:     make(chan item, 1024),
 	}
 	n.revs.wake = make(chan struct{}, 1)
+	n.busFirst = make(chan struct{})
+	n.revsReady = make(chan struct{})
+	n.synced = make(chan struct{})
+	if cfg.Coord == nil {
+		n.setRevocationsKnown() // no list: revocations come only by the bus
+	}
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
@@ -135,18 +163,56 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.wg.Add(1)
 		go n.drain(ctx, n.sq, n.flushStore)
 	}
-	if cfg.Coord != nil {
-		n.wg.Add(1)
-		go n.healer(ctx)
-	}
 	if n.busProbe != nil || n.storeProbe != nil {
 		n.wg.Add(1)
 		go n.prober(ctx)
+	}
+	if cfg.Coord != nil {
+		n.wg.Add(1)
+		go n.healer(ctx)
+		select {
+		case <-n.synced:
+		case <-parent.Done():
+		}
 	}
 	stop := context.AfterFunc(parent, func() { n.Close() })
 	n.stopWatch.Store(&stop)
 	return n, nil
 }
+
+// firstSync is Join's wait for the farm's revocations: the bus first (so
+// that a revocation published from then on reaches the node), then the
+// list in the Coordinator (which holds every revocation stored before the
+// read). Both together are bounded by OpTimeout.
+func (n *Node) firstSync(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	select {
+	case <-n.busFirst:
+	case <-ctx.Done():
+	}
+	select {
+	case <-n.heal: // the read below is the one the connect asked for
+	default:
+	}
+	if err := n.readTombstones(ctx); err != nil {
+		n.revsWarned.Store(true)
+		n.log.Warn("farm: cannot read the farm's revocations; resuming no session from the farm (full handshakes) until they are read", "err", err)
+	}
+}
+
+// setRevocationsKnown records that the node holds the farm's revocations.
+func (n *Node) setRevocationsKnown() {
+	n.revsOnce.Do(func() {
+		n.revsKnown.Store(true)
+		close(n.revsReady)
+	})
+}
+
+// RevocationsKnown reports whether the node has read the farm's revocation
+// list since Join (always true without a Coordinator). Until it has, it
+// resumes no session from the farm: see Join.
+func (n *Node) RevocationsKnown() bool { return n.revsKnown.Load() }
 
 // combined reports whether the bus and the store are one transport that
 // writes and publishes in one round trip: then one goroutine does both.

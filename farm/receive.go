@@ -29,6 +29,8 @@ func (n *Node) listener(ctx context.Context) {
 func (n *Node) busState(up bool, err error) {
 	was := n.connected.Swap(up)
 	n.busHeard()
+	// Join's first read of the revocations waits for this (see firstSync).
+	defer n.busOnce.Do(func() { close(n.busFirst) })
 	defer n.updateFallback()
 	switch {
 	case up && !was:
@@ -133,6 +135,14 @@ func (n *Node) receiveSessions(body []byte) {
 
 // insertSessions inserts sessions received from a peer.
 func (n *Node) insertSessions(items []sessionItem) {
+	if !n.revsKnown.Load() {
+		// Until the node knows the farm's revocations, a peer's session
+		// may be of a revoked chain (one queued on its way as the chain
+		// was revoked): leave it to the store (see Join).
+		n.ctr.receivedSessions.Add(uint64(len(items)))
+		n.ctr.unknownRevs.Add(uint64(len(items)))
+		return
+	}
 	for _, it := range items {
 		n.ctr.receivedSessions.Add(1)
 		// Copy the state out of the batch, so that one long-lived

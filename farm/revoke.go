@@ -33,21 +33,30 @@ func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 	return true, nil
 }
 
-// healer re-reads the store's revocations periodically and on reconnect.
+// healer reads the store's revocations first for Join (see firstSync),
+// then again periodically and on reconnect; until a read has succeeded, it
+// retries with backoff.
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
+	n.firstSync(ctx)
+	close(n.synced)
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
-	n.readTombstones(ctx)
 	if n.cfg.Records != nil {
 		n.checkGeneration(ctx)
 	}
-	for {
+	for failures := 1; ; {
+		var retry <-chan time.Time
+		if !n.revsKnown.Load() {
+			retry = time.After(backoff(failures))
+			failures++
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-n.heal:
+		case <-retry:
 		}
 		n.readTombstones(ctx)
 		if n.cfg.Records != nil {
@@ -56,12 +65,15 @@ func (n *Node) healer(ctx context.Context) {
 	}
 }
 
-func (n *Node) readTombstones(ctx context.Context) {
+// readTombstones reads the revocations in the store and applies them to the
+// cache. The first time it succeeds, the node's revocations are known (see
+// Join).
+func (n *Node) readTombstones(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
 	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
 	if err != nil {
-		return
+		return err
 	}
 	if len(members) >= transport.MaxSetMembers {
 		n.ctr.tombstonesTruncated.Add(1)
@@ -82,4 +94,11 @@ func (n *Node) readTombstones(ctx context.Context) {
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 		}
 	}
+	if !n.revsKnown.Load() {
+		n.setRevocationsKnown()
+		if n.revsWarned.Load() {
+			n.log.Info("farm: read the farm's revocations; resuming sessions from the farm")
+		}
+	}
+	return nil
 }

@@ -90,7 +90,9 @@ type Rotator struct {
 // cfg.Ring. It needs the node's Coordinator (Config.Coord, or Config.Store),
 // which holds the lease and the key set, and
 // returns at once; while the store is unreachable the node keeps its keys and
-// keeps trying. Cancelling ctx stops the rotator abruptly, as a crash would
+// keeps trying. The node takes the farm's keys only once it has read the
+// farm's revocations (see Join), so that no ticket of a revoked chain
+// resumes here. Cancelling ctx stops the rotator abruptly, as a crash would
 // (the lease is left to expire); Close stops it and releases the lease.
 func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotator, error) {
 	if cfg.Ring == nil {
@@ -203,6 +205,15 @@ func (r *Rotator) step(ctx context.Context) {
 	defer r.mu.Unlock()
 	store := r.n.cfg.Coord
 
+	if !r.n.revsKnown.Load() {
+		// The farm's keys would decrypt tickets of chains the farm has
+		// revoked: not before the node knows which (see Join).
+		if err := r.n.readTombstones(ctx); err != nil {
+			r.fail(err)
+			r.markReady(err)
+			return
+		}
+	}
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *keySet
 	switch {

@@ -361,6 +361,15 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	var victim *entry
 	var reason RemoveReason
 	b.mu.Lock()
+	// Again under the bucket's lock: a RemoveChain that tombstoned the
+	// chain since the check above may have scanned this bucket already,
+	// and would not see the entry. (One that tombstones it from here on
+	// scans this bucket after the insert.)
+	if c.tomb.revoked(e.chain, now) {
+		b.mu.Unlock()
+		c.ctr.revokedInserts.Add(1)
+		return errRevoked
+	}
 	old, taken := b.lookup(&e.id, h)
 	if old != nil {
 		old.state, old.serverName, old.chain = e.state, e.serverName, e.chain
