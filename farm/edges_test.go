@@ -224,17 +224,24 @@ func TestRotatorCloseUnregisters(t *testing.T) {
 	}
 }
 
-// slowStore is a real store whose record GETs take delay longer.
+// slowStore is a real store whose record GETs take delay longer or, if
+// gate is set, wait until it is closed.
 type slowStore struct {
 	transport.Store
 	delay time.Duration
+	gate  chan struct{}
 	gets  atomic.Int64
 }
 
 func (s *slowStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	s.gets.Add(1)
+	var after <-chan time.Time // nil, as gate may be: never ready
+	if s.gate == nil {
+		after = time.After(s.delay)
+	}
 	select {
-	case <-time.After(s.delay):
+	case <-s.gate:
+	case <-after:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -243,13 +250,16 @@ func (s *slowStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
 
 // TestLookupNotFailedByAnotherClient: two handshakes present one session
 // that only the store has; the first gives up (its context ends) while the
-// shared lookup runs. The second still resumes, from the one lookup.
+// shared lookup runs. The second still resumes, from the one lookup. The
+// store's GET waits for the test, which moves on only when it sees each
+// step done: the first handshake's lookup reading the store, the second
+// joined to it, the first gone.
 func TestLookupNotFailedByAnotherClient(t *testing.T) {
 	url := redistest.URL(t)
 	name, secret := farmtest.FarmName(t), farm.NewSecret(1)
-	slow := &slowStore{delay: 300 * time.Millisecond}
+	slow := &slowStore{gate: make(chan struct{})}
 	o := farmtest.Options{NewTransport: redisTransport(url), Secret: secret, Mode: farm.StoreOnly,
-		Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}
+		Tweak: func(c *farm.Config) { c.LookupTimeout, c.OpTimeout = 30*time.Second, 30*time.Second }}
 	n1 := farmtest.Join(t, "n1", name, o)
 	o.NewTransport = func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 		bus, store := redisTransport(url)(t, farmName)
@@ -276,8 +286,11 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 		return c.ConnectionState(), err
 	}
 	quitter, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	go handshake(quitter)
-	time.Sleep(50 * time.Millisecond) // the quitter's lookup is under way
+	farmtest.Eventually(t, 20*time.Second, "the first handshake's lookup reads the store", func() bool {
+		return slow.gets.Load() == 1 && n2.Node.LookupWaiters() == 1
+	})
 	done := make(chan tls.ConnectionState, 1)
 	go func() {
 		cs, err := handshake(context.Background())
@@ -286,8 +299,12 @@ func TestLookupNotFailedByAnotherClient(t *testing.T) {
 		}
 		done <- cs
 	}()
-	time.Sleep(50 * time.Millisecond)
+	farmtest.Eventually(t, 20*time.Second, "the second handshake joins the lookup", func() bool { return n2.Node.LookupWaiters() == 2 })
 	cancel() // the first client hangs up mid-lookup
+	farmtest.Eventually(t, 20*time.Second, "the first handshake gives up", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_lookups_abandoned_total", "cause", "canceled") == 1 && n2.Node.LookupWaiters() == 1
+	})
+	close(slow.gate) // the store answers
 	if cs := <-done; !cs.DidResume {
 		farmtest.LogStats(t, []*farmtest.Member{n1, n2})
 		t.Fatal("the second handshake did not resume: it shared the first one's cancelled lookup")

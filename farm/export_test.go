@@ -15,6 +15,10 @@ func (n *Node) PendingRevocations() int { return n.pendingRevocations() }
 // FallbackState is fallbackState, for the tests.
 func (n *Node) FallbackState() (on bool, episodes uint64) { return n.fallbackState() }
 
+// LookupWaiters reports how many handshakes wait for a store lookup now
+// (joined to one, whoever started it).
+func (n *Node) LookupWaiters() int64 { return n.lk.waiting.Load() }
+
 // RejectedTotal is rejectedTotal (metrics_internal_test.go), for the
 // external tests.
 var RejectedTotal = rejectedTotal

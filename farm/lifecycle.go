@@ -123,6 +123,9 @@ func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 	if err != nil || !ok {
 		return false, err
 	}
+	// The peer that issued the session may not have reached this node
+	// yet: its copy, when it comes, must not be inserted.
+	n.retired.add(id, n.cfg.Now())
 	if !n.cfg.Cache.Retire(id, session.OriginAPI) {
 		// Not cached here: publish the retirement ourselves (the REMOVE
 		// event would have).
@@ -276,6 +279,7 @@ func (n *Node) receiveCuts(body []byte) {
 	for _, c := range cs {
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
+			n.retired.add(c.id, n.cfg.Now())
 			n.cfg.Cache.Retire(c.id, session.OriginPeer)
 			continue
 		}
@@ -299,6 +303,7 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
+		n.retired.add(ev.ID, n.cfg.Now())
 		n.enqueue(item{id: ev.ID, op: opRetire})
 	}
 }

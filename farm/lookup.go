@@ -18,6 +18,7 @@ type lookupCounters struct {
 	canceled atomic.Uint64 // the handshake went away first
 	late     atomic.Uint64 // the store answered, after LookupTimeout
 	latency  histogram     // every answer of the store, in time or late
+	waiting  atomic.Int64  // handshakes waiting for a store answer now (for the tests)
 
 	youngWait histogram // how long handshakes waited for a young session they got (see young.go)
 }
@@ -61,6 +62,8 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 		}
 		return rec, err
 	})
+	n.lk.waiting.Add(1)
+	defer n.lk.waiting.Add(-1)
 	select {
 	case r := <-ch:
 		rec, _ := r.Val.(*session.Record)

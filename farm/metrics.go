@@ -88,7 +88,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counters("tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
 		"retire_sent", l.retiresSent.Load(), "retire_received", l.retiresReceived.Load(), "cut_sent", l.cutsSent.Load(), "cut_received", l.cutsRecv.Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
-	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, foreign ID key).", c.insertRefused.Load())
+	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())
 	for i := range numRejections {
 		m.add(metric.Sample{
 			Name: "tlsfarm_farm_rejected_total", Help: "Messages dropped, by reason (forged, too old, another farm's...).", Kind: metric.Counter,

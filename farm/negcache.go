@@ -14,11 +14,19 @@ const (
 	defaultNegativeCacheTTL  = 2 * time.Second
 )
 
+// retiredSize bounds the session IDs a node remembers as retired (see
+// Node.retired); each is remembered for MaxAge plus MaxSkew, as long as a
+// peer's message that still carries the session may be accepted.
+const retiredSize = 16384
+
 // negCache remembers, for a short while, the session IDs the store did not
 // have, so that a dead ID presented again (a client retrying an expired
 // ticket, up to five identities per TLS 1.3 hello) costs no round trip. It
 // holds at most size IDs: a full cache forgets its oldest entry first. An
 // ID the farm inserts is forgotten at once.
+//
+// The node keeps a second negCache, of the IDs retired lately (Node.retired):
+// the same bounded set of IDs that expire, put to another use.
 //
 // The TTL is short because a miss can be premature: a peer's store write
 // may land just after this node looked. In broadcast mode the peer's

@@ -26,6 +26,7 @@ type Node struct {
 	brk      breaker
 	sf       singleflight.Group
 	neg      *negCache // nil if disabled or without a store
+	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
 	log      *slog.Logger
 
 	busProbe, storeProbe *probe // nil: not a Pinger
@@ -138,6 +139,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.LazyPeers {
 		n.pend = newPending(cfg.PendingSize)
 	}
+	n.retired = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)

@@ -117,7 +117,7 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 		rec := body[:l:l]
 		body = body[l:]
 		n.ctr.receivedSessions.Add(1)
-		if int64(binary.BigEndian.Uint64(rec[recExpiresAt:])) <= nowNano {
+		if int64(binary.BigEndian.Uint64(rec[recExpiresAt:])) <= nowNano || n.retired.has(id, now) {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}

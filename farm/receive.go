@@ -75,7 +75,7 @@ func (n *Node) receive(msg []byte) {
 			}
 			return
 		}
-		n.receiveSessions(body)
+		n.receiveSessions(body, now)
 	case msgCut:
 		n.receiveCuts(body)
 	case msgRevoke:
@@ -110,7 +110,7 @@ var itemsPool = sync.Pool{New: func() any { return new([]sessionItem) }}
 // decoded on the stack, a larger one into room from itemsPool. The two
 // paths stay apart: joined, the pooled slice that is put back would make
 // the compiler move the stack room to the heap.
-func (n *Node) receiveSessions(body []byte) {
+func (n *Node) receiveSessions(body []byte, now time.Time) {
 	if countSessions(body) <= 4 {
 		var room [4]sessionItem
 		items, err := appendParsedSessions(room[:0], body)
@@ -118,7 +118,7 @@ func (n *Node) receiveSessions(body []byte) {
 			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
-		n.insertSessions(items)
+		n.insertSessions(items, now)
 		return
 	}
 	pooled := itemsPool.Get().(*[]sessionItem)
@@ -127,14 +127,17 @@ func (n *Node) receiveSessions(body []byte) {
 		n.ctr.rejected[rejectBody].Add(1)
 		return // the room is left to the collector
 	}
-	n.insertSessions(items)
+	n.insertSessions(items, now)
 	clear(items) // the records alias the message
 	*pooled = items[:0]
 	itemsPool.Put(pooled)
 }
 
-// insertSessions inserts sessions received from a peer.
-func (n *Node) insertSessions(items []sessionItem) {
+// insertSessions inserts sessions received from a peer, but for those
+// retired here lately: a peer's message that was on its way when the
+// session was retired (consumed here before the peer's copy arrived) must
+// not bring it back.
+func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 	if !n.revsKnown.Load() {
 		// Until the node knows the farm's revocations, a peer's session
 		// may be of a revoked chain (one queued on its way as the chain
@@ -145,6 +148,10 @@ func (n *Node) insertSessions(items []sessionItem) {
 	}
 	for _, it := range items {
 		n.ctr.receivedSessions.Add(1)
+		if n.retired.has(it.id, now) {
+			n.ctr.insertRefused.Add(1)
+			continue
+		}
 		// Copy the state out of the batch, so that one long-lived
 		// session does not keep the whole message in memory.
 		it.rec.State = bytes.Clone(it.rec.State)

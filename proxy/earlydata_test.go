@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -46,31 +47,41 @@ func TestSessionIssuedReadsCreatedAt(t *testing.T) {
 	}
 }
 
+// TestLocalStrikes runs in a synctest bubble: the register reads
+// time.Now, which there is a fake clock that moves only when the test
+// sleeps, so that "b" (200 ms) expires exactly when the test says and not
+// while a loaded machine runs the steps before.
 func TestLocalStrikes(t *testing.T) {
-	r := newLocalStrikes(2)
-	ctx := context.Background()
-	steps := []struct {
-		id    string
-		ttl   time.Duration
-		fresh bool
-		err   bool
-	}{
-		{"a", time.Hour, true, false},
-		{"a", time.Hour, false, false}, // a replay
-		{"b", 200 * time.Millisecond, true, false},
-		{"c", time.Hour, false, true}, // full: "b" has not expired yet
-	}
-	for i, s := range steps {
-		fresh, err := r.strike(ctx, []byte(s.id), s.ttl)
-		if fresh != s.fresh || (err != nil) != s.err {
-			t.Fatalf("step %d (%s): fresh %v, err %v", i, s.id, fresh, err)
+	synctest.Test(t, func(t *testing.T) {
+		r := newLocalStrikes(2)
+		ctx := context.Background()
+		steps := []struct {
+			id    string
+			ttl   time.Duration
+			fresh bool
+			err   bool
+		}{
+			{"a", time.Hour, true, false},
+			{"a", time.Hour, false, false}, // a replay
+			{"b", 200 * time.Millisecond, true, false},
+			{"c", time.Hour, false, true}, // full: "b" has not expired yet
 		}
-	}
-	time.Sleep(250 * time.Millisecond)
-	if fresh, err := r.strike(ctx, []byte("c"), time.Hour); !fresh || err != nil {
-		t.Fatalf("after b expired: fresh %v, err %v", fresh, err)
-	}
-	if fresh, _ := r.strike(ctx, []byte("a"), time.Hour); fresh {
-		t.Fatal("a was forgotten while its time lasts")
-	}
+		for i, s := range steps {
+			fresh, err := r.strike(ctx, []byte(s.id), s.ttl)
+			if fresh != s.fresh || (err != nil) != s.err {
+				t.Fatalf("step %d (%s): fresh %v, err %v", i, s.id, fresh, err)
+			}
+		}
+		time.Sleep(199 * time.Millisecond)
+		if _, err := r.strike(ctx, []byte("c"), time.Hour); err == nil {
+			t.Fatal("c was taken before b expired")
+		}
+		time.Sleep(time.Millisecond)
+		if fresh, err := r.strike(ctx, []byte("c"), time.Hour); !fresh || err != nil {
+			t.Fatalf("after b expired: fresh %v, err %v", fresh, err)
+		}
+		if fresh, _ := r.strike(ctx, []byte("a"), time.Hour); fresh {
+			t.Fatal("a was forgotten while its time lasts")
+		}
+	})
 }

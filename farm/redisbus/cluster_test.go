@@ -12,6 +12,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // patient gives the nodes of a failover test lookup and write-through
@@ -44,6 +45,11 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(c.URL("reload=2s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
+		// Each resumption cuts its parent's record to the grace: with the
+		// default 30 s, a roam that took longer (a loaded machine) left
+		// only the sessions of its last 30 s to count below. 10 minutes
+		// outlasts the test; the cuts are still written.
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Minute },
 	})
 	ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
 	const attempts = 2000

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -155,21 +157,34 @@ func TestPutAndPublish(t *testing.T) {
 // TestSwapRecord: SwapRecord writes the record, with its TTL, and returns
 // the value it replaced, or ErrNotFound.
 func TestSwapRecord(t *testing.T) {
-	tr := open(t, redistest.URL(t), redistest.Farm(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	url := redistest.URL(t)
+	tr := open(t, url, redistest.Farm(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if old, err := tr.SwapRecord(ctx, transport.Item{Key: "c:1", Value: []byte("a"), TTL: time.Minute}); !errors.Is(err, transport.ErrNotFound) || old != nil {
 		t.Fatalf("first swap: %q, %v; want ErrNotFound", old, err)
 	}
-	old, err := tr.SwapRecord(ctx, transport.Item{Key: "c:1", Value: []byte("b"), TTL: 300 * time.Millisecond})
+	// 2 s: a shorter TTL has run out on a loaded machine before the read
+	// below.
+	const ttl = 2 * time.Second
+	old, err := tr.SwapRecord(ctx, transport.Item{Key: "c:1", Value: []byte("b"), TTL: ttl})
 	if err != nil || string(old) != "a" {
 		t.Fatalf("second swap: %q, %v; want \"a\"", old, err)
 	}
 	if v, err := tr.GetRecord(ctx, "c:1"); err != nil || string(v) != "b" {
 		t.Fatalf("after the swap: %q, %v; want \"b\"", v, err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if v, err := tr.GetRecord(ctx, "c:1"); !errors.Is(err, transport.ErrNotFound) {
-		t.Fatalf("after its TTL: %q, %v; want it gone", v, err)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
 	}
+	rc := redis.NewClient(opt)
+	defer rc.Close()
+	if d, err := rc.PTTL(ctx, tr.RecordKey("c:1")).Result(); err != nil || d <= 0 || d > ttl {
+		t.Fatalf("the swapped record's TTL is %v, %v; want at most %v (the swap's, not the first's minute)", d, err, ttl)
+	}
+	farmtest.Eventually(t, ttl+10*time.Second, "the swapped record expired", func() bool {
+		_, err := tr.GetRecord(ctx, "c:1")
+		return errors.Is(err, transport.ErrNotFound)
+	})
 }
