@@ -507,6 +507,9 @@ func (l *laterLife) push(its []item, now time.Time) {
 			case it.op == opCut && !it.until.Before(old.until):
 				continue
 			}
+			if it.rec.Expires.IsZero() {
+				it.rec = old.rec // a cut's carried record
+			}
 			l.m[it.id] = it
 			continue
 		}
