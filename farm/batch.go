@@ -127,6 +127,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []trans
 // batch, then backoff), never the bus. It tries whatever the health probe
 // says: a probe that fails on a loaded machine must not cost sessions.
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
+	n.refreshLater(batch)
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
@@ -137,6 +138,9 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	err := n.writeStore(ctx, hdr, batch, puts, dels, revs, restores)
 	if ctx.Err() == nil {
 		n.storeOutcome(batch, err)
+		if err != nil {
+			n.keepLifecycle(n.lifesq, batch)
+		}
 	}
 	n.storeWritten(ctx, len(puts), err)
 	return err == nil

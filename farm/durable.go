@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -468,4 +469,103 @@ func (b *backlog) len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.n
+}
+
+// laterLife holds the retirements and grace cuts of batches whose store
+// write or publish failed, for when the transport returns (see
+// keepLifecycle): one per path (Node.lifeq for flush, Node.lifesq for
+// flushStore). An item matters only until its expires — by then the
+// session's record has left the store, and peers' copies their caches — and
+// is dropped silently after that. It holds at most size items, one per
+// session: a retirement replaces a cut of the same session (it deletes
+// the record the cut would rewrite), and of two cuts the earlier end wins.
+// When full, the items that expire soonest go first, counted.
+type laterLife struct {
+	mu      sync.Mutex
+	size    int
+	m       map[session.ID]item
+	dropped uint64
+}
+
+func newLaterLife(size int) *laterLife {
+	return &laterLife{size: size, m: make(map[session.ID]item)}
+}
+
+// push keeps the unexpired items of its, making room, if it must, by
+// dropping the items that expire soonest.
+func (l *laterLife) push(its []item, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, it := range its {
+		if !it.expires.After(now) {
+			continue
+		}
+		if old, ok := l.m[it.id]; ok {
+			switch {
+			case old.op == opRetire:
+				continue
+			case it.op == opCut && !it.until.Before(old.until):
+				continue
+			}
+			if it.rec.Expires.IsZero() {
+				it.rec = old.rec // a cut's carried record
+			}
+			l.m[it.id] = it
+			continue
+		}
+		if len(l.m) >= l.size {
+			l.makeRoomLocked(now)
+		}
+		l.m[it.id] = it
+	}
+}
+
+// makeRoomLocked drops the expired items and, if that freed too little, the
+// quarter of the items that expire soonest.
+func (l *laterLife) makeRoomLocked(now time.Time) {
+	for id, it := range l.m {
+		if !it.expires.After(now) {
+			delete(l.m, id)
+		}
+	}
+	if len(l.m) < l.size {
+		return
+	}
+	all := make([]item, 0, len(l.m))
+	for _, it := range l.m {
+		all = append(all, it)
+	}
+	slices.SortFunc(all, func(a, b item) int { return a.expires.Compare(b.expires) })
+	for _, it := range all[:max(len(all)/4, len(all)-l.size+1)] {
+		delete(l.m, it.id)
+		l.dropped++
+	}
+}
+
+// pop moves up to max unexpired items into buf.
+func (l *laterLife) pop(buf []item, max int, now time.Time) []item {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, it := range l.m {
+		if len(buf) >= max {
+			break
+		}
+		delete(l.m, id)
+		if it.expires.After(now) {
+			buf = append(buf, it)
+		}
+	}
+	return buf
+}
+
+func (l *laterLife) stats() (int, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m), l.dropped
+}
+
+func (l *laterLife) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
 }

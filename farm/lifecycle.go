@@ -304,7 +304,7 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
 		n.retired.add(ev.ID, n.cfg.Now())
-		n.enqueue(item{id: ev.ID, op: opRetire})
+		n.enqueue(item{id: ev.ID, op: opRetire, expires: ev.Record.Expires})
 	}
 }
 
@@ -438,9 +438,19 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
 			}
 		}
-		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
-		if !ok {
+		if !it.until.After(now) {
+			// Written late (kept after a failed write): the grace is
+			// over, and nothing of the record may resume.
+			dels = append(dels, sessionKey(it.id))
 			break
+		}
+		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
+		if ok {
+			it.rec = rec // carried, should this write fail and the cache let it go
+		} else if rec = it.rec; rec.Expires.IsZero() {
+			break
+		} else if rec.Expires.After(it.until) {
+			rec.Expires = it.until
 		}
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := encodeRecord(&rec); err == nil {
@@ -481,6 +491,7 @@ func (n *Node) keepForLater(batch []item) {
 	var kept []item
 	for _, it := range batch {
 		if it.op == opNew && it.rev == nil {
+			it.later = true
 			kept = append(kept, it)
 		}
 	}
@@ -497,4 +508,63 @@ func (n *Node) storeQueue() *queue {
 		return n.sq
 	}
 	return n.q
+}
+
+// keepLifecycle keeps, in l, the retirements and grace cuts of a batch
+// that did not reach the farm, for the same path to write and publish once
+// the transport works again: otherwise the store would keep a retired
+// session, or a resumed parent at its full lifetime, and a node without a
+// copy (a new one, or one that evicted it) would load it and resume it. A
+// cut is kept only where it has a part: the store's, or the bus's in
+// store-only mode. Each item is kept until its record would have expired
+// anyway (lifeExpiry); l drops, and counts, what does not fit.
+func (n *Node) keepLifecycle(l *laterLife, batch []item) {
+	cutPart := n.cfg.Records != nil || n.cfg.Mode == StoreOnly
+	var kept []item
+	for _, it := range batch {
+		if it.rev != nil || !(it.op == opRetire || it.op == opCut && cutPart) {
+			continue
+		}
+		if it.expires.IsZero() {
+			it.expires = n.lifeExpiry(it.id)
+		}
+		kept = append(kept, it)
+	}
+	if len(kept) > 0 {
+		l.push(kept, n.cfg.Now())
+	}
+}
+
+// lifeExpiry bounds when the session id's record leaves the store, and
+// peers' copies their caches: its issue time (read from the ID) plus the
+// cache's Lifetime, and a second for the ID's precision.
+func (n *Node) lifeExpiry(id session.ID) time.Time {
+	life := n.cfg.Cache.Config().Lifetime + time.Second
+	if at, ok := n.cfg.Cache.IssuedAt(id); ok {
+		return at.Add(life)
+	}
+	return n.cfg.Now().Add(life)
+}
+
+// refreshLater prepares the new sessions of batch that come back from the
+// backlog: one retired here since is left out (writing it would bring it
+// back), and one still cached is written as the cache now holds it (cut to
+// its grace, if it was resumed meanwhile), so that a cut already written
+// is not undone.
+func (n *Node) refreshLater(batch []item) {
+	now := n.cfg.Now()
+	for i := range batch {
+		it := &batch[i]
+		if !it.later || it.op != opNew || it.rev != nil {
+			continue
+		}
+		if n.retired.has(it.id, now) {
+			it.op = opDropped
+			continue
+		}
+		// Cutting to its own expiry changes nothing: it reads the record.
+		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
+			it.rec = rec
+		}
+	}
 }

@@ -82,6 +82,14 @@ func (n *Node) Metrics() []metric.Sample {
 	backlog, backlogDropped := n.backlog.stats()
 	m.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", backlogDropped)
 	m.gauge("tlsfarm_farm_backlog_length", "Sessions made during an outage waiting to be written and published.", float64(backlog))
+	lifeLen, lifeDropped := n.lifeq.stats()
+	if n.lifesq != nil {
+		l, d := n.lifesq.stats()
+		lifeLen += l
+		lifeDropped += d
+	}
+	m.gauge("tlsfarm_farm_lifecycle_backlog_length", "Retirements and grace cuts made during an outage waiting to be written and published.", float64(lifeLen))
+	m.counter("tlsfarm_farm_lifecycle_backlog_dropped_total", "Retirements and grace cuts made during an outage dropped from the full backlog before their sessions expired.", lifeDropped)
 	l := &n.life
 	m.counters("tlsfarm_farm_consumes_total", "Atomic consumes in the store (single use, Consume), by result.", "result",
 		"consumed", l.consumed.Load(), "refused", l.consumeRefused.Load(), "error", l.consumeErrors.Load(), "restored", l.restored.Load())

@@ -60,6 +60,8 @@ type Node struct {
 	life     lifeCounters
 	revs     revocations
 	backlog  *backlog
+	lifeq    *laterLife // retirements and cuts whose flush failed (n.q's path)
+	lifesq   *laterLife // the same for flushStore (n.sq's path)
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
 	kids     chan item   // store-only: parents whose live child to swap
@@ -81,6 +83,15 @@ type item struct {
 
 	until time.Time  // opCut: the session's new end
 	child session.ID // opCut: the session issued by resuming it
+
+	// expires is, for opRetire and opCut, when the session's record would
+	// leave the store (and peers' copies their caches) anyway: a retirement
+	// or a cut kept after a failed write matters until then (see
+	// keepLifecycle). Zero: not known yet.
+	expires time.Time
+	// later marks a new session kept in the backlog after a failed write:
+	// refreshLater updates it from the cache before it is written again.
+	later bool
 }
 
 // Join joins cfg.Cache to the farm. It installs the farm's session ID keys
@@ -119,6 +130,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		lk:       lookupCounters{latency: newHistogram(), youngWait: newHistogram()},
 		handlers: map[envType]func(header, []byte){},
 		backlog:  newBacklog(cfg.QueueSize),
+		lifeq:    newLaterLife(cfg.QueueSize),
+		lifesq:   newLaterLife(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
 	n.revs.wake = make(chan struct{}, 1)

@@ -67,12 +67,24 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
 	catchUp := q == n.storeQueue()
+	life := n.lifeq
+	if q == n.sq {
+		life = n.lifesq
+	}
 	for {
 		batch = batch[:0]
 		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
+				continue
+			}
+		} else if life.len() > 0 {
+			// Then the retirements and cuts that did not reach it: after
+			// the sessions, which would otherwise undo them in the store.
+			batch = life.pop(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
 				continue
@@ -109,6 +121,7 @@ func backoff(failures int) time.Duration {
 // also writes the batch to the store unless the store has a path of its
 // own (flushStore).
 func (n *Node) flush(ctx context.Context, batch []item) bool {
+	n.refreshLater(batch)
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	msgs, news, nrevs := n.busMessages(hdr, batch)
@@ -161,6 +174,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		n.storeOutcome(batch, storeErr)
 	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
 		n.keepForLater(batch) // no store: the bus is the only way to the farm
+	}
+	if (storeErr != nil || pubErr != nil) && ctx.Err() == nil {
+		n.keepLifecycle(n.lifeq, batch)
 	}
 	if stored {
 		n.storeWritten(ctx, len(puts), storeErr)
