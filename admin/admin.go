@@ -15,8 +15,8 @@
 // Readiness follows the listeners only. A farm outage degrades every node at
 // once (each keeps serving from its local cache); failing /readyz for it
 // would pull the whole farm out of its load balancer. So does a node that
-// has yet to read the farm's revocations (after a start with the store
-// unreachable): it serves, but resumes nothing from the farm until it has
+// has yet to read the farm's revocations (its read failed at start, and is
+// retried): it serves, but resumes nothing from the farm until it has
 // read them. Both show in /healthz (status "degraded", with the reason) and
 // in the metrics instead, unless Config.Strict asks for them to fail
 // /readyz too. Neither fails /healthz, which is liveness.

@@ -45,7 +45,7 @@ type FarmHealth struct {
 	// revocations (farm.Node.RevocationsKnown): until then it resumes
 	// nothing from the farm, and its clients make full handshakes.
 	RevocationsKnown bool   `json:"revocations_known"`
-	Strict           bool   `json:"strict"`         // a farm outage fails /readyz (Config.Strict)
+	Strict           bool   `json:"strict"`         // a farm outage or unread revocations fail /readyz (Config.Strict)
 	Connects         uint64 `json:"connects"`       // bus subscriptions made since Join
 	Queued           int    `json:"queued"`         // sessions and revocations waiting to be published
 	Dropped          uint64 `json:"dropped"`        // dropped from a full publish queue
