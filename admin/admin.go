@@ -14,9 +14,12 @@
 //
 // Readiness follows the listeners only. A farm outage degrades every node at
 // once (each keeps serving from its local cache); failing /readyz for it
-// would pull the whole farm out of its load balancer. It shows in /healthz
-// and in the metrics instead, unless Config.Strict asks for it to fail
-// /readyz too.
+// would pull the whole farm out of its load balancer. So does a node that
+// has yet to read the farm's revocations (its read failed at start, and is
+// retried): it serves, but resumes nothing from the farm until it has
+// read them. Both show in /healthz (status "degraded", with the reason) and
+// in the metrics instead, unless Config.Strict asks for them to fail
+// /readyz too. Neither fails /healthz, which is liveness.
 //
 // Start with Config and New: the Handler is an http.Handler, served by
 // cmd/tlsfarm on the admin listener. Its inputs are the session cache and
@@ -88,7 +91,8 @@ type Config struct {
 	// the node is always ready.
 	Ready func() error
 
-	// Strict makes /readyz fail while the farm transport is down.
+	// Strict makes /readyz fail while the farm transport is down or the
+	// node has yet to read the farm's revocations.
 	Strict bool
 
 	// Token returns the bearer token that state changes need (it may change

@@ -178,7 +178,8 @@ func TestReadinessIgnoresFarmOutageUnlessStrict(t *testing.T) {
 		code, body := nettest.Do(t, "GET", srv.URL+"/healthz", "")
 		var h Health
 		json.Unmarshal([]byte(body), &h)
-		if code != 200 || h.Status != "degraded" || h.Farm == nil || h.Farm.Connected || h.Farm.Strict != strict {
+		if code != 200 || h.Status != "degraded" || h.Farm == nil || h.Farm.Connected || h.Farm.Strict != strict ||
+			!h.Farm.RevocationsKnown || len(h.Reasons) != 1 || h.Reasons[0] != reasonFarmDown {
 			t.Errorf("strict=%v: healthz %d %s", strict, code, body)
 		}
 		code, body = nettest.Do(t, "GET", srv.URL+"/readyz", "")
@@ -256,7 +257,8 @@ func TestExportsInHealthAndMetrics(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &h); err != nil || code != 200 {
 		t.Fatalf("healthz: %d %s", code, body)
 	}
-	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != "exit status 1" {
+	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != "exit status 1" ||
+		len(h.Reasons) != 1 || h.Reasons[0] != reasonExports {
 		t.Errorf("healthz: %s", body)
 	}
 	_, body = nettest.Do(t, "GET", srv.URL+"/metrics", "")

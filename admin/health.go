@@ -9,9 +9,12 @@ import (
 
 // Health is the answer of GET /healthz.
 type Health struct {
-	// Status is "ok", "degraded" (serving, but the farm transport is
-	// down), or "unavailable" (the listeners are not serving).
+	// Status is "ok"; "degraded": serving, but the farm transport is
+	// down, the node has yet to read the farm's revocations (it resumes
+	// nothing from the farm meanwhile), or a key export fails; or
+	// "unavailable": the listeners are not serving. Reasons says which.
 	Status    string         `json:"status"`
+	Reasons   []string       `json:"reasons,omitempty"`     // why Status is not "ok", one line each
 	Node      string         `json:"node,omitempty"`        // Config.NodeName
 	Listeners ListenerHealth `json:"listeners"`             // whether the listeners serve
 	Sessions  int            `json:"sessions"`              // sessions in the cache now
@@ -19,6 +22,14 @@ type Health struct {
 	Keys      *KeyHealth     `json:"ticket_keys,omitempty"` // nil without Config.Ring
 	Exports   []ExportStatus `json:"exports,omitempty"`     // one per key export target
 }
+
+// Reasons of a Status other than "ok", as Health.Reasons and /readyz say
+// them.
+const (
+	reasonFarmDown   = "farm transport down: serving from the local cache"
+	reasonRevsUnread = "revocations not read yet: resuming nothing from the farm"
+	reasonExports    = "a key export target fails"
+)
 
 // ListenerHealth says whether the listeners serve.
 type ListenerHealth struct {
@@ -29,13 +40,17 @@ type ListenerHealth struct {
 // FarmHealth is the state of the node's farm membership, read from its
 // tlsfarm_farm_* samples.
 type FarmHealth struct {
-	Connected     bool   `json:"connected"`      // the transports are up (farm.Node.Connected)
-	Strict        bool   `json:"strict"`         // a farm outage fails /readyz (Config.Strict)
-	Connects      uint64 `json:"connects"`       // bus subscriptions made since Join
-	Queued        int    `json:"queued"`         // sessions and revocations waiting to be published
-	Dropped       uint64 `json:"dropped"`        // dropped from a full publish queue
-	PublishErrors uint64 `json:"publish_errors"` // publish batches that failed
-	StoreErrors   uint64 `json:"store_errors"`   // failed store write batches and lookups
+	Connected bool `json:"connected"` // the transports are up (farm.Node.Connected)
+	// RevocationsKnown is false until the node has read the farm's
+	// revocations (farm.Node.RevocationsKnown): until then it resumes
+	// nothing from the farm, and its clients make full handshakes.
+	RevocationsKnown bool   `json:"revocations_known"`
+	Strict           bool   `json:"strict"`         // a farm outage or unread revocations fail /readyz (Config.Strict)
+	Connects         uint64 `json:"connects"`       // bus subscriptions made since Join
+	Queued           int    `json:"queued"`         // sessions and revocations waiting to be published
+	Dropped          uint64 `json:"dropped"`        // dropped from a full publish queue
+	PublishErrors    uint64 `json:"publish_errors"` // publish batches that failed
+	StoreErrors      uint64 `json:"store_errors"`   // failed store write batches and lookups
 }
 
 // KeyHealth describes the ticket keys in use.
@@ -51,24 +66,35 @@ type KeyHealth struct {
 func (h *Handler) health() Health {
 	sessions, _ := metric.Value(h.cfg.Cache.Metrics(), "tlsfarm_cache_sessions")
 	out := Health{Status: "ok", Node: h.cfg.NodeName, Sessions: int(sessions)}
+	degrade := func(reason string) {
+		out.Reasons = append(out.Reasons, reason)
+		if out.Status == "ok" {
+			out.Status = "degraded"
+		}
+	}
 	out.Listeners.Ready = true
 	if h.cfg.Ready != nil {
 		if err := h.cfg.Ready(); err != nil {
 			out.Listeners = ListenerHealth{Error: err.Error()}
 			out.Status = "unavailable"
+			out.Reasons = append(out.Reasons, "listeners not serving: "+err.Error())
 		}
 	}
 	if n := h.cfg.Node; n != nil {
 		st := n.Metrics()
 		connected := value(st, "tlsfarm_farm_connected") == 1
 		out.Farm = &FarmHealth{
-			Connected: connected, Strict: h.cfg.Strict, Connects: value(st, "tlsfarm_farm_connects_total"),
+			Connected: connected, RevocationsKnown: revocationsKnown(st),
+			Strict: h.cfg.Strict, Connects: value(st, "tlsfarm_farm_connects_total"),
 			Queued: int(value(st, "tlsfarm_farm_queue_length")), Dropped: value(st, "tlsfarm_farm_dropped_total"),
 			PublishErrors: value(st, "tlsfarm_farm_publish_errors_total"),
 			StoreErrors:   value(st, "tlsfarm_farm_store_write_errors_total") + value(st, "tlsfarm_farm_store_lookups_total", "result", "error"),
 		}
-		if !connected && out.Status == "ok" {
-			out.Status = "degraded"
+		if !connected {
+			degrade(reasonFarmDown)
+		}
+		if !out.Farm.RevocationsKnown {
+			degrade(reasonRevsUnread)
 		}
 	}
 	if r := h.cfg.Ring; r != nil {
@@ -81,15 +107,27 @@ func (h *Handler) health() Health {
 	}
 	if h.cfg.Exports != nil {
 		out.Exports = h.cfg.Exports()
-		if exportsDegraded(out.Exports) && out.Status == "ok" {
-			out.Status = "degraded"
+		if exportsDegraded(out.Exports) {
+			degrade(reasonExports)
 		}
 	}
 	return out
 }
 
-// healthz answers 200 while the listeners serve, with the detail as JSON; a
-// farm outage shows as status "degraded" but is not a failure.
+// revocationsKnown reads tlsfarm_farm_revocations_known from samples. A
+// node that does not report it (one older than the gauge) is taken to know
+// them, as nodes did before.
+func revocationsKnown(samples []metric.Sample) bool {
+	v, ok := metric.Value(samples, "tlsfarm_farm_revocations_known")
+	return !ok || v == 1
+}
+
+// healthz is liveness with detail: it answers 200 while the listeners serve,
+// with the detail as JSON, and 503 while they do not. A degraded node — farm
+// transport down, revocations not read yet, a key export failing — still
+// answers 200: it serves, and restarting it would fix nothing (a restarted
+// node reads the revocations again, from the same farm). The status and
+// reasons say what is wrong.
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 	hl := h.health()
 	status := http.StatusOK
@@ -99,21 +137,37 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, hl)
 }
 
-// readyz answers 200 "ready" while the listeners serve and, in strict mode,
-// the farm transport is up; 503 with the reason otherwise.
+// readyz answers 200 "ready" while the listeners serve, and 503 with the
+// reason otherwise. By default it does not follow the farm: a farm outage,
+// or a coordinator that cannot be read, degrades every node at once, and
+// failing them all would take the whole farm out of its load balancer. A
+// node that has yet to read the farm's revocations serves safely: it
+// resumes nothing from the farm, so its clients pay full handshakes, and
+// no revoked session resumes. In strict mode (Config.Strict), the node is
+// ready only as a full member of the farm: 503 also while the farm
+// transport is down or the farm's revocations are not read yet.
 func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	notReady := func(why string) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte("not ready: " + why + "\n"))
+	}
 	if h.cfg.Ready != nil {
 		if err := h.cfg.Ready(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			w.Write([]byte("not ready: " + err.Error() + "\n"))
+			notReady(err.Error())
 			return
 		}
 	}
-	if h.cfg.Strict && h.cfg.Node != nil && value(h.cfg.Node.Metrics(), "tlsfarm_farm_connected") != 1 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte("not ready: the farm transport is down (strict mode)\n"))
-		return
+	if h.cfg.Strict && h.cfg.Node != nil {
+		st := h.cfg.Node.Metrics()
+		switch {
+		case value(st, "tlsfarm_farm_connected") != 1:
+			notReady("the farm transport is down (strict mode)")
+			return
+		case !revocationsKnown(st):
+			notReady(reasonRevsUnread + " (strict mode)")
+			return
+		}
 	}
 	w.Write([]byte("ready\n"))
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
@@ -104,5 +105,104 @@ func TestHealthDegradedWithin2sOfPausedRedis(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "answers again"); n != 1 {
 		t.Errorf("%d recovery lines, want 1:\n%s", n, logs.String())
+	}
+}
+
+// heldTombstones is a Redis transport whose reads of the farm's
+// revocations wait until release is closed (or their context ends), as a
+// store that is hung for them at a node's start.
+type heldTombstones struct {
+	*redisbus.Transport
+	release <-chan struct{}
+}
+
+func (h heldTombstones) SetMembers(ctx context.Context, key string) ([][]byte, error) {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return h.Transport.SetMembers(ctx, key)
+}
+
+// TestHealthSaysRevocationsUnread: a node whose read of the farm's
+// revocations fails at Join (it resumes nothing from the farm until a read
+// succeeds) is live and, unless strict, ready; /healthz says "degraded"
+// with the reason, though its transport is up. Once it reads them, /healthz
+// says "ok" and a strict node is ready.
+func TestHealthSaysRevocationsUnread(t *testing.T) {
+	redis := redistest.Start(t)
+	for _, strict := range []bool{false, true} {
+		release := make(chan struct{})
+		var node *farm.Node
+		srv, _ := newHandler(t, func(c *Config) {
+			c.Strict = strict
+			name := redistest.Farm(t)
+			tr, err := redisbus.Open(redis.URL(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			h := heldTombstones{tr, release}
+			node, err = farm.Join(t.Context(), farm.Config{
+				Farm: name, Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: h, Store: h,
+				OpTimeout: 300 * time.Millisecond,
+				Logger:    slog.New(slog.DiscardHandler),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { node.Close() })
+			c.Node = node
+		})
+		health := func() (int, Health, string) {
+			code, body := nettest.Do(t, "GET", srv.URL+"/healthz", "")
+			var h Health
+			if err := json.Unmarshal([]byte(body), &h); err != nil || h.Farm == nil {
+				t.Fatalf("strict=%v: healthz %d %s", strict, code, body)
+			}
+			return code, h, body
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, h, _ := health(); !h.Farm.Connected; _, h, _ = health() {
+			if time.Now().After(deadline) {
+				t.Fatalf("strict=%v: never connected", strict)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if node.RevocationsKnown() {
+			t.Fatalf("strict=%v: revocations known, though never read", strict)
+		}
+		code, h, body := health()
+		if code != 200 || h.Status != "degraded" || h.Farm.RevocationsKnown || !h.Farm.Connected ||
+			len(h.Reasons) != 1 || h.Reasons[0] != reasonRevsUnread {
+			t.Errorf("strict=%v: healthz with the revocations unread: %d %s", strict, code, body)
+		}
+		code, body = nettest.Do(t, "GET", srv.URL+"/readyz", "")
+		if want := map[bool]int{false: 200, true: 503}[strict]; code != want {
+			t.Errorf("strict=%v: readyz with the revocations unread: %d %s, want %d", strict, code, body, want)
+		}
+		if strict && !strings.Contains(body, reasonRevsUnread) {
+			t.Errorf("strict=%v: readyz does not say why: %s", strict, body)
+		}
+		if _, metrics := nettest.Do(t, "GET", srv.URL+"/metrics", ""); !strings.Contains(metrics, "tlsfarm_farm_revocations_known 0") {
+			t.Errorf("strict=%v: tlsfarm_farm_revocations_known is not 0", strict)
+		}
+
+		close(release)
+		deadline = time.Now().Add(10 * time.Second)
+		for !node.RevocationsKnown() {
+			if time.Now().After(deadline) {
+				t.Fatalf("strict=%v: the revocations never read after the store answered", strict)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		code, h, body = health()
+		if code != 200 || h.Status != "ok" || !h.Farm.RevocationsKnown || len(h.Reasons) != 0 {
+			t.Errorf("strict=%v: healthz once the revocations are read: %d %s", strict, code, body)
+		}
+		if code, body := nettest.Do(t, "GET", srv.URL+"/readyz", ""); code != 200 {
+			t.Errorf("strict=%v: readyz once the revocations are read: %d %s", strict, code, body)
+		}
 	}
 }

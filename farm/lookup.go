@@ -33,12 +33,16 @@ type lookupCounters struct {
 // does not open is errStoreRejected.
 func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record, error) {
 	start := time.Now()
+	// Whether id is young is decided as the read is asked for: a read
+	// that ends after the ID grew old may still have missed a write that
+	// was on its way. (The read's goroutine may start later.)
+	young := n.neg != nil && n.isYoung(id)
 	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.OpTimeout)
 		defer cancel()
 		rec, rejected, err := n.fetchRecord(fctx, id)
 		took := time.Since(start)
-		if err == nil && rec == nil && n.neg != nil && !n.isYoung(id) {
+		if err == nil && rec == nil && n.neg != nil && !young {
 			// A young session may be on its way: never remembered missing.
 			n.neg.add(id, n.cfg.Now())
 		}

@@ -3,6 +3,8 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +25,16 @@ func pauseWrites(t *testing.T, srv *redistest.Server, d time.Duration) {
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer c.Close()
 	if err := c.Do(context.Background(), "CLIENT", "PAUSE", d.Milliseconds(), "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// unpauseWrites ends pauseWrites's hold on srv.
+func unpauseWrites(t *testing.T, srv *redistest.Server) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	if err := c.Do(context.Background(), "CLIENT", "UNPAUSE").Err(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -122,44 +134,162 @@ func TestOldMissingSessionNotWaitedFor(t *testing.T) {
 
 // TestYoungMissNotRemembered: a young session missing from the store is not
 // remembered as missing (the negative cache), since its write may be on its
-// way. n2 gives up on a young session (its lookup deadline is shorter than
-// the store's pause); once the store has it and it is no longer young, the
-// same ticket resumes on n2, from the store.
+// way. The store holds every write until the test lets it go, so n2 gives
+// up on the young session (its lookup deadline passes first); then n2's
+// clock moves past the session's youth, the store takes the write, and the
+// same ticket resumes on n2, from the store — not a young wait, and no
+// negative-cache hit. Nothing depends on how fast the machine is: the store
+// has the session exactly when the test says, and the ID is young to n2
+// exactly until the test moves n2's clock.
 func TestYoungMissNotRemembered(t *testing.T) {
+	const youth = time.Minute // WriteThroughTimeout: longer than any test step
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
+			var skew atomic.Int64 // added to n2's clock
 			srv, a, b := youngFarm(t, mode, func(c *farm.Config) {
-				c.LookupTimeout, c.WriteThroughTimeout = 100*time.Millisecond, 200*time.Millisecond
-				c.NegativeCacheTTL = time.Minute
+				c.LookupTimeout, c.WriteThroughTimeout = time.Second, youth
+				c.NegativeCacheTTL = time.Hour // outlives the clock's move
 				if c.NodeName == "n2" {
 					// n2 never hears the session on the bus: only
 					// the store can give it.
 					c.Bus = deafBus{c.Bus}
+					c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 				}
 			}, nil)
 			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
-			pauseWrites(t, srv, 400*time.Millisecond)
+			pauseWrites(t, srv, 10*time.Minute)
+			unpaused := false
+			unpause := func() {
+				if !unpaused {
+					unpaused = true
+					unpauseWrites(t, srv)
+				}
+			}
+			defer unpause()
 			tlstest.MustDial(t, a.Server.Addr, ccfg)
 			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
 				t.Fatal("n2 resumed a session the store could not have yet")
 			}
-			farmtest.Eventually(t, 5*time.Second, "n1 stored the session", func() bool {
+			st := b.Node.Metrics()
+			if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", "gave_up"); got != 1 {
+				farmtest.LogStats(t, []*farmtest.Member{a, b})
+				t.Fatalf("young waits gave_up = %d after the first try on n2, want 1", got)
+			}
+			// The ID grows old to n2, then the store takes the write.
+			skew.Store(int64(2 * youth))
+			unpause()
+			farmtest.Eventually(t, 10*time.Second, "n1 stored the session", func() bool {
 				return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
 			})
-			time.Sleep(250 * time.Millisecond) // no longer young
 			if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
 				farmtest.LogStats(t, []*farmtest.Member{a, b})
 				t.Fatal("the young miss was remembered: n2 did not look the session up again")
 			}
-			st := b.Node.Metrics()
-			if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", "gave_up"); got != 1 {
-				t.Fatalf("young waits gave_up = %d, want 1", got)
+			st = b.Node.Metrics()
+			for r, want := range map[string]uint64{"gave_up": 1, "stored": 0, "arrived": 0} {
+				if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", r); got != want {
+					t.Fatalf("young waits %s = %d, want %d (the second try must be an old ID's lookup)", r, got, want)
+				}
 			}
 			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative"); got != 0 {
 				t.Fatalf("negative-cache hits = %d, want 0", got)
 			}
+			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "hit"); got != 1 {
+				t.Fatalf("store hits = %d, want 1 (the resumption came from the store)", got)
+			}
 		})
 	}
+}
+
+// TestYoungMissReadEndingOldNotRemembered: a store read for a young ID that
+// ends only after the ID grew old is not remembered as a miss either: the
+// write it missed may have landed just after the read, while the ID was
+// still young. n2's read is held in the store until n2's clock has moved
+// past the ID's youth; the read then misses, and once the store has the
+// session, the same ticket resumes on n2.
+func TestYoungMissReadEndingOldNotRemembered(t *testing.T) {
+	const youth = time.Minute
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			var skew atomic.Int64 // added to n2's clock
+			held := heldReads{release: make(chan struct{}), entered: make(chan struct{}), once: new(sync.Once)}
+			srv, a, b := youngFarm(t, mode, func(c *farm.Config) {
+				c.LookupTimeout, c.WriteThroughTimeout = 200*time.Millisecond, youth
+				c.NegativeCacheTTL = time.Hour
+				c.OpTimeout = time.Minute // the held read outlives the handshake
+				if c.NodeName == "n2" {
+					c.Bus = deafBus{c.Bus}
+					held.Store = c.Store
+					c.Store = held
+					c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+				}
+			}, nil)
+			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
+			pauseWrites(t, srv, 10*time.Minute)
+			unpaused := false
+			unpause := func() {
+				if !unpaused {
+					unpaused = true
+					unpauseWrites(t, srv)
+				}
+			}
+			defer unpause()
+			released := false
+			defer func() {
+				if !released {
+					close(held.release)
+				}
+			}()
+			tlstest.MustDial(t, a.Server.Addr, ccfg)
+			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+				t.Fatal("n2 resumed a session the store could not have yet")
+			}
+			select {
+			case <-held.entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("n2 never read the store")
+			}
+			skew.Store(int64(2 * youth)) // the ID is old to n2 ...
+			released = true
+			close(held.release) // ... before its read ends, with a miss
+			farmtest.Eventually(t, 10*time.Second, "n2's held read ended", func() bool {
+				return farmtest.Counter(b.Node.Metrics(), "tlsfarm_farm_store_lookups_total", "result", "miss") >= 1
+			})
+			unpause()
+			farmtest.Eventually(t, 10*time.Second, "n1 stored the session", func() bool {
+				return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
+			})
+			if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+				farmtest.LogStats(t, []*farmtest.Member{a, b})
+				t.Fatal("a miss read while the ID was young was remembered: n2 did not look the session up again")
+			}
+			st := b.Node.Metrics()
+			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "negative"); got != 0 {
+				t.Fatalf("negative-cache hits = %d, want 0", got)
+			}
+			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "hit"); got != 1 {
+				t.Fatalf("store hits = %d, want 1 (the resumption came from the store)", got)
+			}
+		})
+	}
+}
+
+// heldReads is a store whose session reads wait until release is closed;
+// entered is closed when the first begins.
+type heldReads struct {
+	transport.Store
+	release, entered chan struct{}
+	once             *sync.Once
+}
+
+func (h heldReads) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	h.once.Do(func() { close(h.entered) })
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return h.Store.GetRecord(ctx, key)
 }
 
 // deafBus publishes, but delivers nothing it receives.

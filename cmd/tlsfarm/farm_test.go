@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
@@ -158,5 +160,76 @@ func TestStrictModeRefusesToStartWithoutTheFarm(t *testing.T) {
 	}
 	if took := time.Since(t0); took > 10*time.Second {
 		t.Errorf("took %v to give up", took)
+	}
+}
+
+// TestHealthSaysRevocationsUnread starts a node on a Redis whose
+// revocation list cannot be read (a value of the wrong type at its key):
+// the node serves and is live, /healthz says "degraded" because the
+// revocations are not read (its transport is up), and /readyz fails in
+// strict mode only. Once the key holds a readable list, the node reads it:
+// "ok", and ready.
+func TestHealthSaysRevocationsUnread(t *testing.T) {
+	t.Parallel()
+	redis := redistest.Start(t)
+	secret, cert, key, leaf := farmFiles(t)
+	for _, strict := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "strict"}[strict], func(t *testing.T) {
+			t.Parallel()
+			name := redistest.Farm(t)
+			rc := goredis.NewClient(&goredis.Options{Addr: redis.Addr()})
+			defer rc.Close()
+			revoked := "tlsfarm:{" + name + "}:revoked"
+			if err := rc.Set(t.Context(), revoked, "not a set", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"-cert", cert, "-key", key, "-farm", redis.URL(), "-farm-secret", secret, "-farm-name", name}
+			if strict {
+				args = append(args, "-strict")
+			}
+			p := serveProc(t, args)
+			defer p.stop()
+			type healthz struct {
+				Status  string
+				Reasons []string
+				Farm    *struct {
+					Connected        bool
+					RevocationsKnown bool `json:"revocations_known"`
+				}
+			}
+			health := func() (int, healthz, string) {
+				code, body := adminDo(t, p, "GET", "/healthz", "")
+				var h healthz
+				if err := json.Unmarshal([]byte(body), &h); err != nil || h.Farm == nil {
+					t.Fatalf("healthz without farm detail: %d %s", code, body)
+				}
+				return code, h, body
+			}
+			waitUntil(t, 10*time.Second, func() bool { _, h, _ := health(); return h.Farm.Connected }, "the node did not connect")
+			code, h, body := health()
+			if code != 200 || h.Status != "degraded" || h.Farm.RevocationsKnown ||
+				len(h.Reasons) != 1 || h.Reasons[0] != "revocations not read yet: resuming nothing from the farm" {
+				t.Errorf("healthz with the revocations unreadable: %d %s", code, body)
+			}
+			code, body = adminDo(t, p, "GET", "/readyz", "")
+			if want := map[bool]int{false: 200, true: 503}[strict]; code != want {
+				t.Errorf("readyz with the revocations unreadable: %d %s, want %d", code, body, want)
+			}
+			if f := getFacts(t, p.Listeners[0], clientFor("localhost", leaf)); f.TLSVersion == "" {
+				t.Fatalf("no answer while the revocations are unread: %+v", f)
+			}
+
+			if err := rc.Del(t.Context(), revoked).Err(); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, 10*time.Second, func() bool { _, h, _ := health(); return h.Farm.RevocationsKnown },
+				"the node did not read the revocations once they were readable")
+			if code, h, body := health(); code != 200 || h.Status != "ok" || len(h.Reasons) != 0 {
+				t.Errorf("healthz once the revocations are read: %d %s", code, body)
+			}
+			if code, body := adminDo(t, p, "GET", "/readyz", ""); code != 200 {
+				t.Errorf("readyz once the revocations are read: %d %s", code, body)
+			}
+		})
 	}
 }
