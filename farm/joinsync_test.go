@@ -34,6 +34,20 @@ func (h heldTombstones) SetMembers(ctx context.Context, key string) ([][]byte, e
 	return h.Transport.SetMembers(ctx, key)
 }
 
+// holdRevocations returns o for a node whose Redis transport holds its
+// reads of the farm's revocations until release is closed (see
+// heldTombstones), with opTimeout as its OpTimeout if not 0.
+func holdRevocations(o farmtest.Options, release <-chan struct{}, opTimeout time.Duration) farmtest.Options {
+	o.Tweak = func(cfg *farm.Config) {
+		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
+		cfg.Bus, cfg.Store = h, h
+		if opTimeout != 0 {
+			cfg.OpTimeout = opTimeout
+		}
+	}
+	return o
+}
+
 // hookedBus runs before, once, before it subscribes: a bus whose
 // subscription takes a while, during which the farm goes on.
 type hookedBus struct {
@@ -99,11 +113,7 @@ func TestJoinReadsRevocationsBeforeReturning(t *testing.T) {
 	revoke()
 	release := make(chan struct{})
 	time.AfterFunc(time.Second, func() { close(release) })
-	late := o
-	late.Tweak = func(cfg *farm.Config) {
-		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
-		cfg.Bus, cfg.Store = h, h
-	}
+	late := holdRevocations(o, release, 0)
 	start := time.Now()
 	m := farmtest.Join(t, "late", name, late)
 	if tlstest.MustDial(t, m.Server.Addr, revoked).DidResume {
@@ -128,12 +138,7 @@ func TestJoinWithRevocationsUnreadable(t *testing.T) {
 	_, name, revoked, kept, revoke := revokedFarm(t, &o)
 	revoke()
 	release := make(chan struct{})
-	late := o
-	late.Tweak = func(cfg *farm.Config) {
-		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
-		cfg.Bus, cfg.Store = h, h
-		cfg.OpTimeout = 300 * time.Millisecond
-	}
+	late := holdRevocations(o, release, 300*time.Millisecond)
 	start := time.Now()
 	m := farmtest.Join(t, "late", name, late)
 	if took := time.Since(start); took > 5*time.Second {
@@ -226,12 +231,7 @@ func TestJoinWithRevocationsUnreadableTakesNoFarmKeys(t *testing.T) {
 	client := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
 	tlstest.MustDial(t, ms[0].Server.Addr, client)
 	release := make(chan struct{})
-	late := o
-	late.Tweak = func(cfg *farm.Config) {
-		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
-		cfg.Bus, cfg.Store = h, h
-		cfg.OpTimeout = 300 * time.Millisecond
-	}
+	late := holdRevocations(o, release, 300*time.Millisecond)
 	m := farmtest.Join(t, "late", name, late)
 	time.Sleep(300 * time.Millisecond) // a few of the rotator's polls
 	if tlstest.MustDial(t, m.Server.Addr, client).DidResume {
@@ -252,12 +252,7 @@ func TestJoinWithRevocationsUnreadableInsertsNoPeerSession(t *testing.T) {
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	ms, name := farmtest.Start(t, 1, &o)
 	release := make(chan struct{})
-	late := o
-	late.Tweak = func(cfg *farm.Config) {
-		h := heldTombstones{cfg.Store.(*redisbus.Transport), release}
-		cfg.Bus, cfg.Store = h, h
-		cfg.OpTimeout = 300 * time.Millisecond
-	}
+	late := holdRevocations(o, release, 300*time.Millisecond)
 	m := farmtest.Join(t, "late", name, late)
 	farmtest.WaitConnected(t, m)
 	client := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
