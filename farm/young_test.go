@@ -39,6 +39,18 @@ func unpauseWrites(t *testing.T, srv *redistest.Server) {
 	}
 }
 
+// pausedWrites pauses srv's writes for up to ten minutes and returns the
+// function that unpauses them, once; it runs at the end of the test if the
+// test has not called it.
+func pausedWrites(t *testing.T, srv *redistest.Server) (unpause func()) {
+	t.Helper()
+	pauseWrites(t, srv, 10*time.Minute)
+	var once sync.Once
+	unpause = func() { once.Do(func() { unpauseWrites(t, srv) }) }
+	t.Cleanup(unpause)
+	return unpause
+}
+
 // youngFarm starts two write-through nodes on a Redis of the test's own;
 // tweakA edits the first node's cache configuration.
 func youngFarm(t *testing.T, mode farm.Mode, tweak func(*farm.Config), tweakA func(*session.Config)) (*redistest.Server, *farmtest.Member, *farmtest.Member) {
@@ -157,15 +169,7 @@ func TestYoungMissNotRemembered(t *testing.T) {
 				}
 			}, nil)
 			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
-			pauseWrites(t, srv, 10*time.Minute)
-			unpaused := false
-			unpause := func() {
-				if !unpaused {
-					unpaused = true
-					unpauseWrites(t, srv)
-				}
-			}
-			defer unpause()
+			unpause := pausedWrites(t, srv)
 			tlstest.MustDial(t, a.Server.Addr, ccfg)
 			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
 				t.Fatal("n2 resumed a session the store could not have yet")
@@ -225,15 +229,7 @@ func TestYoungMissReadEndingOldNotRemembered(t *testing.T) {
 				}
 			}, nil)
 			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
-			pauseWrites(t, srv, 10*time.Minute)
-			unpaused := false
-			unpause := func() {
-				if !unpaused {
-					unpaused = true
-					unpauseWrites(t, srv)
-				}
-			}
-			defer unpause()
+			unpause := pausedWrites(t, srv)
 			released := false
 			defer func() {
 				if !released {
