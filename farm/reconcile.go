@@ -1,0 +1,389 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// The pace of a reconcile (see Node.reconcile): it reads the store
+// reconcilePage records at a time, and rests between two pages at least as
+// long as the last page took (and at least reconcileRest), so that it keeps
+// the store at most about half busy on its account however large the
+// cache. Without a transport.RecordGetter it reads a page with
+// reconcileReaders GetRecord calls at a time.
+const (
+	reconcilePage    = 256
+	reconcileRest    = 5 * time.Millisecond
+	reconcileReaders = 8
+)
+
+// reconcileResult counts what reconciles found (tlsfarm_farm_reconcile_total).
+type reconcileResult int
+
+const (
+	reconcileChecked  reconcileResult = iota // a cached session read from the store
+	reconcileRetired                         // its record was gone: retired here
+	reconcileCut                             // its record ended earlier: cut here
+	reconcileSkipped                         // not stored yet by this node (queued, kept for later, being written)
+	reconcileRejected                        // its record did not open: left as it was
+	numReconcileResults
+)
+
+// reconcileState is what the node knows of its subscription's outages, for
+// the reconciler.
+type reconcileState struct {
+	mu        sync.Mutex
+	downSince time.Time // when the subscription went down; zero while up
+	since     time.Time // earliest outage not reconciled yet; zero if none
+	gen       uint64    // outages ended so far
+	wake      chan struct{}
+
+	results    [numReconcileResults]atomic.Uint64
+	runs, fail atomic.Uint64
+}
+
+// busDown notes that the node's subscription is down (from now, unless it
+// was already).
+func (n *Node) busDown(now time.Time) {
+	r := &n.recon
+	r.mu.Lock()
+	if r.downSince.IsZero() {
+		r.downSince = now
+	}
+	r.mu.Unlock()
+}
+
+// busUp notes that the node's subscription is up, and asks the reconciler
+// to check the cache against the store if it was down: pub/sub keeps
+// nothing, so the retirements and grace cuts published meanwhile are only
+// in the store.
+func (n *Node) busUp() {
+	r := &n.recon
+	r.mu.Lock()
+	down := r.downSince
+	r.downSince = time.Time{}
+	if down.IsZero() || n.cfg.Records == nil {
+		r.mu.Unlock()
+		return
+	}
+	if r.since.IsZero() || down.Before(r.since) {
+		r.since = down
+	}
+	r.gen++
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// reconciler runs the reconciles busUp asks for, one at a time, until ctx
+// is done; a reconcile that fails is tried again, with backoff.
+func (n *Node) reconciler(ctx context.Context) {
+	defer n.wg.Done()
+	r := &n.recon
+	var retry <-chan time.Time
+	for failures := 0; ; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-retry:
+		}
+		retry = nil
+		r.mu.Lock()
+		since, gen := r.since, r.gen
+		r.mu.Unlock()
+		if since.IsZero() || !n.connected.Load() {
+			continue // nothing to do, or down again: the next busUp asks
+		}
+		err := n.reconcile(ctx, since)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			retry = time.After(backoff(failures))
+			continue
+		}
+		failures = 0
+		r.mu.Lock()
+		if r.gen == gen {
+			r.since = time.Time{}
+		} else {
+			// Down and up again meanwhile: what the pass read before
+			// may have changed since; once more.
+			retry = time.After(0)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// reconcile checks every session of the cache against its record in the
+// store, which holds the farm's retirements and grace cuts (see
+// lifecycleStoreItems): a session whose record is gone is retired here
+// (and remembered, so that a late copy from a peer is refused), and one
+// whose record ends earlier than the cached copy is cut to the record's
+// end. The node's own sessions that are not in the store yet are left
+// alone (see reconcilePage). since is when the subscription went down, for
+// the log.
+func (n *Node) reconcile(ctx context.Context, since time.Time) error {
+	start := time.Now()
+	type entry struct {
+		id      session.ID
+		expires time.Time
+	}
+	var all []entry
+	for id, rec := range n.cfg.Cache.Snapshot(-1) {
+		all = append(all, entry{id, rec.Expires})
+	}
+	var before [numReconcileResults]uint64
+	for i := range before {
+		before[i] = n.recon.results[i].Load()
+	}
+	var err error
+	ids := make([]session.ID, 0, reconcilePage)
+	exp := make([]time.Time, 0, reconcilePage)
+	for len(all) > 0 {
+		page := all[:min(len(all), reconcilePage)]
+		all = all[len(page):]
+		ids, exp = ids[:0], exp[:0]
+		for _, e := range page {
+			ids = append(ids, e.id)
+			exp = append(exp, e.expires)
+		}
+		t0 := time.Now()
+		if err = n.reconcilePage(ctx, ids, exp); err != nil || len(all) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(max(reconcileRest, time.Since(t0))):
+		}
+		if err != nil {
+			break
+		}
+	}
+	var c [numReconcileResults]uint64
+	for i := range c {
+		c[i] = n.recon.results[i].Load() - before[i]
+	}
+	args := []any{"checked", c[reconcileChecked], "retired", c[reconcileRetired], "cut", c[reconcileCut],
+		"skipped", c[reconcileSkipped], "rejected", c[reconcileRejected],
+		"bus_down_for", start.Sub(since).Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String()}
+	if err != nil {
+		if ctx.Err() == nil {
+			n.recon.fail.Add(1)
+			n.log.Warn("farm: checking the cache against the store after the bus outage failed; will try again", append(args, "err", err)...)
+		}
+		return err
+	}
+	n.recon.runs.Add(1)
+	n.log.Info("farm: checked the cache against the store after the bus outage", args...)
+	return nil
+}
+
+// reconcilePage reconciles the cached sessions ids, cached to end at exp.
+//
+// A record may be missing because this node has not written it yet: a new
+// session in the publish queue, in the backlog kept after a failed write,
+// or in a batch being written (a flight). Retiring it would only cost its
+// client a full handshake, but the rule keeps it: a session found missing
+// that is then queued, kept or being written is skipped, and the others
+// are read once more and looked for in the queues again, so that one
+// caught between two of those places, or written just after the first
+// read, is not taken for retired. Only a session missing both times and
+// unstored neither time is retired. A peer's session that its own node has yet to write is
+// retired: a full handshake here, never a resumption the farm retired.
+func (n *Node) reconcilePage(ctx context.Context, ids []session.ID, exp []time.Time) error {
+	vals, err := n.readRecords(ctx, ids)
+	if err != nil {
+		return err
+	}
+	r := &n.recon
+	r.results[reconcileChecked].Add(uint64(len(ids)))
+	var missing []int
+	for i, v := range vals {
+		if v == nil {
+			missing = append(missing, i)
+			continue
+		}
+		n.reconcileRecord(ids[i], exp[i], v)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	pending := n.unstoredIDs()
+	again := make([]session.ID, 0, len(missing))
+	for _, i := range missing {
+		if _, ok := pending[ids[i]]; ok {
+			r.results[reconcileSkipped].Add(1)
+			continue
+		}
+		again = append(again, ids[i])
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	vals, err = n.readRecords(ctx, again)
+	if err != nil {
+		return err
+	}
+	pending = n.unstoredIDs()
+	now := n.cfg.Now()
+	for i, v := range vals {
+		id := again[i]
+		if _, ok := pending[id]; ok || v != nil {
+			r.results[reconcileSkipped].Add(1) // written meanwhile, or about to be
+			continue
+		}
+		n.retired.add(id, now)
+		if n.cfg.Cache.Retire(id, session.OriginPeer) {
+			r.results[reconcileRetired].Add(1)
+		}
+	}
+	return nil
+}
+
+// reconcileRecord cuts the cached session id (cached to end at exp) to the
+// end of its stored record v, if that is earlier.
+func (n *Node) reconcileRecord(id session.ID, exp time.Time, v []byte) {
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	var rec session.Record
+	if err == nil {
+		err = rec.UnmarshalBinary(body)
+	}
+	if err != nil {
+		n.recon.results[reconcileRejected].Add(1)
+		return
+	}
+	if !rec.Expires.Before(exp) {
+		return
+	}
+	if _, ok := n.cfg.Cache.Cut(id, rec.Expires); ok {
+		n.recon.results[reconcileCut].Add(1)
+		n.noteRecut(id, rec.Expires)
+	}
+}
+
+// readRecords reads the records of ids from the store, nil where one has
+// none: in one call if the store is a transport.RecordGetter, else with a
+// few GetRecord calls at a time.
+func (n *Node) readRecords(ctx context.Context, ids []session.ID) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = sessionKey(id)
+	}
+	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
+		vals, err := g.GetRecords(ctx, keys...)
+		if err == nil && len(vals) != len(keys) {
+			err = errors.New("farm: the store answered a multi-get with the wrong number of records")
+		}
+		return vals, err
+	}
+	vals := make([][]byte, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	for range min(reconcileReaders, len(keys)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(keys) || ctx.Err() != nil {
+					return
+				}
+				v, err := n.cfg.Records.GetRecord(ctx, keys[i])
+				if !errors.Is(err, transport.ErrNotFound) {
+					vals[i], errs[i] = v, err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return vals, ctx.Err()
+}
+
+// unstoredIDs returns the IDs of this node's new sessions that wait to be
+// written to the store: in the publish queues and in the backlog.
+func (n *Node) unstoredIDs() map[session.ID]struct{} {
+	set := make(map[session.ID]struct{})
+	n.q.addNewIDs(set)
+	if n.sq != nil {
+		n.sq.addNewIDs(set)
+	}
+	n.backlog.addNewIDs(set)
+	for i := range n.flights {
+		n.flights[i].addIDs(set)
+	}
+	return set
+}
+
+// A flight is the new sessions of the batch a drain is writing, so that a
+// reconcile does not take them for retired (see reconcilePage).
+type flight struct {
+	mu  sync.Mutex
+	ids []session.ID
+}
+
+// set records the new sessions of batch as being written.
+func (f *flight) set(batch []item) {
+	f.mu.Lock()
+	f.ids = f.ids[:0]
+	for i := range batch {
+		if it := &batch[i]; it.op == opNew && it.rev == nil {
+			f.ids = append(f.ids, it.id)
+		}
+	}
+	f.mu.Unlock()
+}
+
+// clear records that the batch's write is over (done, or kept for later).
+func (f *flight) clear() {
+	f.mu.Lock()
+	f.ids = f.ids[:0]
+	f.mu.Unlock()
+}
+
+func (f *flight) addIDs(set map[session.ID]struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range f.ids {
+		set[id] = struct{}{}
+	}
+}
+
+// addNewIDs adds to set the IDs of the new sessions queued.
+func (q *queue) addNewIDs(set map[session.ID]struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := range q.n {
+		if it := &q.items[(q.head+i)%len(q.items)]; it.op == opNew && it.rev == nil {
+			set[it.id] = struct{}{}
+		}
+	}
+}
+
+// addNewIDs adds to set the IDs of the sessions in the backlog.
+func (b *backlog) addNewIDs(set map[session.ID]struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range b.n {
+		if it := &b.items[(b.head+i)%len(b.items)]; it.op == opNew && it.rev == nil {
+			set[it.id] = struct{}{}
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+var errSubscriptionCut = errors.New("subscription cut (test)")
+
+// cutTransport is a Redis transport (bus and store in one value) whose
+// subscription the test can cut and restore: Cut ends the real
+// subscription (what is published meanwhile is lost, as pub/sub loses it)
+// and reports it down; Restore lets it subscribe again. Everything else
+// keeps working, unless writesDown is set: then the store's writes fail
+// (its reads still work).
+type cutTransport struct {
+	*redisbus.Transport
+	writesDown atomic.Bool
+
+	mu       sync.Mutex
+	cancel   context.CancelFunc // ends the subscription in place
+	restored chan struct{}      // non-nil while cut
+}
+
+func (c *cutTransport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	for {
+		c.mu.Lock()
+		if wait := c.restored; wait != nil {
+			c.mu.Unlock()
+			state(false, errSubscriptionCut)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-wait:
+			}
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		c.cancel = cancel
+		c.mu.Unlock()
+		err := c.Transport.Subscribe(sctx, deliver, state)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.mu.Lock()
+		cut := c.restored != nil
+		c.mu.Unlock()
+		if !cut {
+			return err
+		}
+	}
+}
+
+// Cut ends the subscription until Restore.
+func (c *cutTransport) Cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.restored = make(chan struct{})
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// Restore lets the subscription come back.
+func (c *cutTransport) Restore() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.restored)
+	c.restored = nil
+}
+
+var errWritesDown = errors.New("store writes down (test)")
+
+func (c *cutTransport) PutRecords(ctx context.Context, items ...transport.Item) error {
+	if c.writesDown.Load() {
+		return errWritesDown
+	}
+	return c.Transport.PutRecords(ctx, items...)
+}
+
+func (c *cutTransport) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
+	if c.writesDown.Load() {
+		return errWritesDown
+	}
+	return c.Transport.PutAndPublish(ctx, items, dels, msgs)
+}
+
+// cutFarm starts a broadcast farm of n nodes over a Redis server of its own,
+// each on a cutTransport, with the given resumption grace.
+func cutFarm(t *testing.T, n int, grace time.Duration) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
+	srv := redistest.Start(t)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rc.Close() })
+	var mu sync.Mutex
+	var cuts []*cutTransport
+	ms, _ := farmtest.Start(t, n, &farmtest.Options{Mode: farm.Broadcast,
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+			tr, err := redisbus.Open(srv.URL(), farmName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			c := &cutTransport{Transport: tr}
+			mu.Lock()
+			cuts = append(cuts, c) // Start joins n1, n2, ... in turn
+			mu.Unlock()
+			return c, c
+		},
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak:      func(c *farm.Config) { c.OpTimeout = 500 * time.Millisecond }})
+	return ms, cuts, rc
+}
+
+// recordTTL returns the TTL left to the record of session id in the Redis
+// behind c, and whether it is there.
+func recordTTL(t *testing.T, rc *redis.Client, c *cutTransport, id session.ID) (time.Duration, bool) {
+	t.Helper()
+	ttl, err := rc.PTTL(t.Context(), c.RecordKey("s:"+hex.EncodeToString(id[:]))).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ttl, ttl > 0
+}
+
+func reconciles(m *farmtest.Member, result string) uint64 {
+	return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_reconcile_total", "result", result)
+}
+
+// TestReconcileAfterSubscriptionOutage: while n2's bus subscription is down
+// (its store works), n1 retires one session and resumes another (a grace
+// cut of its parent), and n2 hears of neither. Once n2 subscribes again it
+// checks its cache against the store: it refuses the retired session, cuts
+// the parent to its grace (and refuses it after), and keeps a session the
+// farm neither retired nor cut.
+func TestReconcileAfterSubscriptionOutage(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	ms, cuts, rc := cutFarm(t, 2, grace)
+	n1, n2 := ms[0], ms[1]
+	ids := newSessions(n1.Cache)
+	retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	for _, c := range []*tlstest.FrozenCache{retiredC, parentC, keptC} {
+		tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	}
+	retired, parent, kept := ids()[0], ids()[1], ids()[2]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's sessions, and the store too", func() bool {
+		for _, id := range []session.ID{retired, parent, kept} {
+			if _, ok := lookup(n2.Cache, id); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range []session.ID{retired, parent, kept} {
+		waitStored(t, n1, id)
+	}
+	fullLife, _ := lookup(n2.Cache, parent)
+
+	cuts[1].Cut()
+	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
+	if !n1.Cache.Retire(retired, session.OriginAPI) {
+		t.Fatal("n1 did not hold the session to retire")
+	}
+	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, parentC)).DidResume {
+		t.Fatal("the parent did not resume on n1")
+	}
+	cutBy := time.Now().Add(grace)
+	farmtest.Eventually(t, 5*time.Second, "the retirement and the cut in the store", func() bool {
+		if _, ok := recordTTL(t, rc, cuts[0], retired); ok {
+			return false
+		}
+		ttl, ok := recordTTL(t, rc, cuts[0], parent)
+		return ok && ttl <= grace
+	})
+	// n2 heard of neither: its copies are as they were.
+	if _, ok := lookup(n2.Cache, retired); !ok {
+		t.Fatal("n2 dropped the retired session while its subscription was down")
+	}
+	if r, _ := lookup(n2.Cache, parent); !r.Expires.Equal(fullLife.Expires) {
+		t.Fatal("n2 cut the parent while its subscription was down")
+	}
+
+	cuts[1].Restore()
+	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+	})
+	if _, ok := lookup(n2.Cache, retired); ok {
+		t.Fatal("n2 still holds the retired session")
+	}
+	if r, ok := lookup(n2.Cache, parent); ok && r.Expires.After(cutBy) {
+		t.Fatalf("n2 holds the parent until %v, after its grace (%v)", r.Expires, cutBy)
+	}
+	if r, ok := lookup(n2.Cache, kept); !ok || !r.Expires.After(time.Now().Add(time.Minute)) {
+		t.Fatal("n2 lost (or cut) a session the farm neither retired nor cut")
+	}
+	if got := reconciles(n2, "retired"); got != 1 {
+		t.Fatalf("reconcile retired %d sessions, want 1", got)
+	}
+	if got := reconciles(n2, "cut"); got != 1 {
+		t.Fatalf("reconcile cut %d sessions, want 1", got)
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("n2 resumed the retired session after its subscription returned")
+	}
+	farmtest.Eventually(t, grace+5*time.Second, "the parent's grace is over", func() bool { return time.Now().After(cutBy) })
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, parentC)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("n2 resumed the cut parent after its grace")
+	}
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, keptC)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("n2 did not resume a session the farm neither retired nor cut")
+	}
+}
+
+// TestReconcileKeepsUnwrittenSessions: a session n2 issued while its
+// subscription was down and its store writes failed is in no store when
+// the subscription returns; the reconcile must not take it for retired.
+// Once the writes work, it is written, and resumes on n1.
+func TestReconcileKeepsUnwrittenSessions(t *testing.T) {
+	t.Parallel()
+	ms, cuts, _ := cutFarm(t, 2, 5*time.Second)
+	n1, n2 := ms[0], ms[1]
+	ids := newSessions(n2.Cache)
+
+	cuts[1].Cut()
+	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
+	cuts[1].writesDown.Store(true)
+	own := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, own))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 kept its session for later", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_backlog_length") >= 1
+	})
+
+	cuts[1].Restore()
+	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+	})
+	if _, ok := lookup(n2.Cache, id); !ok {
+		t.Fatal("the reconcile retired n2's own session, not written yet")
+	}
+	if got := reconciles(n2, "retired"); got != 0 {
+		t.Fatalf("reconcile retired %d sessions, want 0", got)
+	}
+	if got := reconciles(n2, "skipped"); got < 1 {
+		t.Fatalf("reconcile skipped %d sessions, want at least 1", got)
+	}
+
+	cuts[1].writesDown.Store(false)
+	waitStored(t, n2, id)
+	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, own)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("n2's session, kept through the reconcile, did not resume on n1")
+	}
+}
