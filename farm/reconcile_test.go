@@ -102,9 +102,18 @@ func (c *cutTransport) PutAndPublish(ctx context.Context, items []transport.Item
 	return c.Transport.PutAndPublish(ctx, items, dels, msgs)
 }
 
+// singleGets is a cutTransport that is no transport.RecordGetter (the
+// field hides the method): a node reads its records one GetRecord at a
+// time.
+type singleGets struct {
+	*cutTransport
+	GetRecords struct{}
+}
+
 // cutFarm starts a broadcast farm of n nodes over a Redis server of its own,
-// each on a cutTransport, with the given resumption grace.
-func cutFarm(t *testing.T, n int, grace time.Duration) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
+// each on a cutTransport (wrapped in singleGets if single is set), with the
+// given resumption grace.
+func cutFarm(t *testing.T, n int, grace time.Duration, single bool) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rc.Close() })
@@ -121,6 +130,13 @@ func cutFarm(t *testing.T, n int, grace time.Duration) ([]*farmtest.Member, []*c
 			mu.Lock()
 			cuts = append(cuts, c) // Start joins n1, n2, ... in turn
 			mu.Unlock()
+			if single {
+				s := singleGets{cutTransport: c}
+				if _, ok := any(s).(transport.RecordGetter); ok {
+					t.Fatal("singleGets is a RecordGetter")
+				}
+				return s, s
+			}
 			return c, c
 		},
 		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
@@ -149,10 +165,25 @@ func reconciles(m *farmtest.Member, result string) uint64 {
 // checks its cache against the store: it refuses the retired session, cuts
 // the parent to its grace (and refuses it after), and keeps a session the
 // farm neither retired nor cut.
+// With a store that reads many records at once (Redis MGET) and with one
+// that does not.
 func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 	t.Parallel()
+	for _, single := range []bool{false, true} {
+		name := "multi-get"
+		if single {
+			name = "single-gets"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testReconcileAfterSubscriptionOutage(t, single)
+		})
+	}
+}
+
+func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
 	const grace = 2 * time.Second
-	ms, cuts, rc := cutFarm(t, 2, grace)
+	ms, cuts, rc := cutFarm(t, 2, grace, single)
 	n1, n2 := ms[0], ms[1]
 	ids := newSessions(n1.Cache)
 	retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
@@ -237,7 +268,7 @@ func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 // Once the writes work, it is written, and resumes on n1.
 func TestReconcileKeepsUnwrittenSessions(t *testing.T) {
 	t.Parallel()
-	ms, cuts, _ := cutFarm(t, 2, 5*time.Second)
+	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, false)
 	n1, n2 := ms[0], ms[1]
 	ids := newSessions(n2.Cache)
 
