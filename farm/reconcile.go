@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -135,31 +136,23 @@ func (n *Node) reconciler(ctx context.Context) {
 // the log.
 func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	start := time.Now()
-	type entry struct {
-		id      session.ID
-		expires time.Time
-	}
-	var all []entry
+	var all []reconcileEntry
 	for id, rec := range n.cfg.Cache.Snapshot(-1) {
-		all = append(all, entry{id, rec.Expires})
+		all = append(all, reconcileEntry{id: id, expires: rec.Expires})
+	}
+	if n.pend != nil {
+		all = n.pend.appendEntries(all)
 	}
 	var before [numReconcileResults]uint64
 	for i := range before {
 		before[i] = n.recon.results[i].Load()
 	}
 	var err error
-	ids := make([]session.ID, 0, reconcilePage)
-	exp := make([]time.Time, 0, reconcilePage)
 	for len(all) > 0 {
 		page := all[:min(len(all), reconcilePage)]
 		all = all[len(page):]
-		ids, exp = ids[:0], exp[:0]
-		for _, e := range page {
-			ids = append(ids, e.id)
-			exp = append(exp, e.expires)
-		}
 		t0 := time.Now()
-		if err = n.reconcilePage(ctx, ids, exp); err != nil || len(all) == 0 {
+		if err = n.reconcilePage(ctx, page); err != nil || len(all) == 0 {
 			break
 		}
 		select {
@@ -190,7 +183,15 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	return nil
 }
 
-// reconcilePage reconciles the cached sessions ids, cached to end at exp.
+// A reconcileEntry is a session a reconcile checks: cached, or held as
+// received from a peer (lazy peers).
+type reconcileEntry struct {
+	id      session.ID
+	expires time.Time
+	pending bool // held by n.pend, not cached
+}
+
+// reconcilePage reconciles the sessions of page.
 //
 // A record may be missing because this node has not written it yet: a new
 // session in the publish queue, in the backlog kept after a failed write,
@@ -200,62 +201,76 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 // are read once more and looked for in the queues again, so that one
 // caught between two of those places, or written just after the first
 // read, is not taken for retired. Only a session missing both times and
-// unstored neither time is retired. A peer's session that its own node has yet to write is
-// retired: a full handshake here, never a resumption the farm retired.
-func (n *Node) reconcilePage(ctx context.Context, ids []session.ID, exp []time.Time) error {
+// unstored neither time is retired. A peer's session that its own node has
+// yet to write is retired: a full handshake here, never a resumption the
+// farm retired.
+func (n *Node) reconcilePage(ctx context.Context, page []reconcileEntry) error {
+	ids := make([]session.ID, len(page))
+	for i := range page {
+		ids[i] = page[i].id
+	}
 	vals, err := n.readRecords(ctx, ids)
 	if err != nil {
 		return err
 	}
 	r := &n.recon
-	r.results[reconcileChecked].Add(uint64(len(ids)))
-	var missing []int
+	r.results[reconcileChecked].Add(uint64(len(page)))
+	var missing []reconcileEntry
 	for i, v := range vals {
 		if v == nil {
-			missing = append(missing, i)
+			missing = append(missing, page[i])
 			continue
 		}
-		n.reconcileRecord(ids[i], exp[i], v)
+		n.reconcileRecord(&page[i], v)
 	}
 	if len(missing) == 0 {
 		return nil
 	}
 	pending := n.unstoredIDs()
-	again := make([]session.ID, 0, len(missing))
-	for _, i := range missing {
-		if _, ok := pending[ids[i]]; ok {
+	again := missing[:0]
+	for _, e := range missing {
+		if _, ok := pending[e.id]; ok {
 			r.results[reconcileSkipped].Add(1)
 			continue
 		}
-		again = append(again, ids[i])
+		again = append(again, e)
 	}
 	if len(again) == 0 {
 		return nil
 	}
-	vals, err = n.readRecords(ctx, again)
+	ids = ids[:0]
+	for _, e := range again {
+		ids = append(ids, e.id)
+	}
+	vals, err = n.readRecords(ctx, ids)
 	if err != nil {
 		return err
 	}
 	pending = n.unstoredIDs()
 	now := n.cfg.Now()
 	for i, v := range vals {
-		id := again[i]
-		if _, ok := pending[id]; ok || v != nil {
+		e := &again[i]
+		if _, ok := pending[e.id]; ok || v != nil {
 			r.results[reconcileSkipped].Add(1) // written meanwhile, or about to be
 			continue
 		}
-		n.retired.add(id, now)
-		if n.cfg.Cache.Retire(id, session.OriginPeer) {
+		n.retired.add(e.id, now)
+		if e.pending {
+			if n.pend.dropIf(e.id) {
+				r.results[reconcileRetired].Add(1)
+			}
+		} else if n.cfg.Cache.Retire(e.id, session.OriginPeer) {
 			r.results[reconcileRetired].Add(1)
 		}
 	}
 	return nil
 }
 
-// reconcileRecord cuts the cached session id (cached to end at exp) to the
-// end of its stored record v, if that is earlier.
-func (n *Node) reconcileRecord(id session.ID, exp time.Time, v []byte) {
-	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+// reconcileRecord cuts the session of e to the end of its stored record
+// v, if that is earlier. A session held as received is dropped instead:
+// a lookup then loads it from the store, cut.
+func (n *Node) reconcileRecord(e *reconcileEntry, v []byte) {
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, e.id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
 	var rec session.Record
 	if err == nil {
 		err = rec.UnmarshalBinary(body)
@@ -264,12 +279,18 @@ func (n *Node) reconcileRecord(id session.ID, exp time.Time, v []byte) {
 		n.recon.results[reconcileRejected].Add(1)
 		return
 	}
-	if !rec.Expires.Before(exp) {
+	if !rec.Expires.Before(e.expires) {
 		return
 	}
-	if _, ok := n.cfg.Cache.Cut(id, rec.Expires); ok {
+	var ok bool
+	if e.pending {
+		ok = n.pend.dropIf(e.id)
+	} else {
+		_, ok = n.cfg.Cache.Cut(e.id, rec.Expires)
+	}
+	if ok {
 		n.recon.results[reconcileCut].Add(1)
-		n.noteRecut(id, rec.Expires)
+		n.noteRecut(e.id, rec.Expires)
 	}
 }
 
@@ -386,4 +407,23 @@ func (b *backlog) addNewIDs(set map[session.ID]struct{}) {
 			set[it.id] = struct{}{}
 		}
 	}
+}
+
+// appendEntries appends to es the sessions held, with their expiries.
+func (p *pending) appendEntries(es []reconcileEntry) []reconcileEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, e := range p.m {
+		es = append(es, reconcileEntry{id: id, expires: time.Unix(0, int64(binary.BigEndian.Uint64(e.rec[recExpiresAt:]))), pending: true})
+	}
+	return es
+}
+
+// dropIf forgets id, and reports whether it was held.
+func (p *pending) dropIf(id session.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[id]
+	delete(p.m, id)
+	return ok
 }

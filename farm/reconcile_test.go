@@ -110,10 +110,15 @@ type singleGets struct {
 	GetRecords struct{}
 }
 
+// cutOptions vary cutFarm's nodes.
+type cutOptions struct {
+	single bool // wrap each transport in singleGets
+	lazy   bool // farm.Config.LazyPeers
+}
+
 // cutFarm starts a broadcast farm of n nodes over a Redis server of its own,
-// each on a cutTransport (wrapped in singleGets if single is set), with the
-// given resumption grace.
-func cutFarm(t *testing.T, n int, grace time.Duration, single bool) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
+// each on a cutTransport, with the given resumption grace.
+func cutFarm(t *testing.T, n int, grace time.Duration, o cutOptions) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rc.Close() })
@@ -130,7 +135,7 @@ func cutFarm(t *testing.T, n int, grace time.Duration, single bool) ([]*farmtest
 			mu.Lock()
 			cuts = append(cuts, c) // Start joins n1, n2, ... in turn
 			mu.Unlock()
-			if single {
+			if o.single {
 				s := singleGets{cutTransport: c}
 				if _, ok := any(s).(transport.RecordGetter); ok {
 					t.Fatal("singleGets is a RecordGetter")
@@ -140,7 +145,10 @@ func cutFarm(t *testing.T, n int, grace time.Duration, single bool) ([]*farmtest
 			return c, c
 		},
 		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-		Tweak:      func(c *farm.Config) { c.OpTimeout = 500 * time.Millisecond }})
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 500 * time.Millisecond
+			c.LazyPeers = o.lazy
+		}})
 	return ms, cuts, rc
 }
 
@@ -169,21 +177,31 @@ func reconciles(m *farmtest.Member, result string) uint64 {
 // that does not.
 func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 	t.Parallel()
-	for _, single := range []bool{false, true} {
-		name := "multi-get"
-		if single {
-			name = "single-gets"
-		}
+	for name, o := range map[string]cutOptions{
+		"multi-get":   {},
+		"single-gets": {single: true},
+		"lazy-peers":  {lazy: true}, // n2 holds n1's sessions as received
+	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			testReconcileAfterSubscriptionOutage(t, single)
+			testReconcileAfterSubscriptionOutage(t, o)
 		})
 	}
 }
 
-func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
+// holds reports whether m holds the session id: in its cache or, with lazy
+// peers, as received.
+func holds(m *farmtest.Member, id session.ID, lazy bool) bool {
+	if lazy {
+		return m.Node.HoldsPending(id)
+	}
+	_, ok := lookup(m.Cache, id)
+	return ok
+}
+
+func testReconcileAfterSubscriptionOutage(t *testing.T, o cutOptions) {
 	const grace = 2 * time.Second
-	ms, cuts, rc := cutFarm(t, 2, grace, single)
+	ms, cuts, rc := cutFarm(t, 2, grace, o)
 	n1, n2 := ms[0], ms[1]
 	ids := newSessions(n1.Cache)
 	retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
@@ -193,7 +211,7 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
 	retired, parent, kept := ids()[0], ids()[1], ids()[2]
 	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's sessions, and the store too", func() bool {
 		for _, id := range []session.ID{retired, parent, kept} {
-			if _, ok := lookup(n2.Cache, id); !ok {
+			if !holds(n2, id, o.lazy) {
 				return false
 			}
 		}
@@ -221,10 +239,10 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
 		return ok && ttl <= grace
 	})
 	// n2 heard of neither: its copies are as they were.
-	if _, ok := lookup(n2.Cache, retired); !ok {
-		t.Fatal("n2 dropped the retired session while its subscription was down")
+	if !holds(n2, retired, o.lazy) || !holds(n2, parent, o.lazy) {
+		t.Fatal("n2 dropped the retired session or the parent while its subscription was down")
 	}
-	if r, _ := lookup(n2.Cache, parent); !r.Expires.Equal(fullLife.Expires) {
+	if r, _ := lookup(n2.Cache, parent); !o.lazy && !r.Expires.Equal(fullLife.Expires) {
 		t.Fatal("n2 cut the parent while its subscription was down")
 	}
 
@@ -232,14 +250,20 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
 	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
 		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
 	})
-	if _, ok := lookup(n2.Cache, retired); ok {
+	if holds(n2, retired, o.lazy) {
 		t.Fatal("n2 still holds the retired session")
+	}
+	if o.lazy && holds(n2, parent, o.lazy) {
+		t.Fatal("n2 still holds the parent at its full lifetime, as received")
 	}
 	if r, ok := lookup(n2.Cache, parent); ok && r.Expires.After(cutBy) {
 		t.Fatalf("n2 holds the parent until %v, after its grace (%v)", r.Expires, cutBy)
 	}
-	if r, ok := lookup(n2.Cache, kept); !ok || !r.Expires.After(time.Now().Add(time.Minute)) {
-		t.Fatal("n2 lost (or cut) a session the farm neither retired nor cut")
+	if !holds(n2, kept, o.lazy) {
+		t.Fatal("n2 lost a session the farm neither retired nor cut")
+	}
+	if r, ok := lookup(n2.Cache, kept); !o.lazy && (!ok || !r.Expires.After(time.Now().Add(time.Minute))) {
+		t.Fatal("n2 cut a session the farm neither retired nor cut")
 	}
 	if got := reconciles(n2, "retired"); got != 1 {
 		t.Fatalf("reconcile retired %d sessions, want 1", got)
@@ -268,7 +292,7 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, single bool) {
 // Once the writes work, it is written, and resumes on n1.
 func TestReconcileKeepsUnwrittenSessions(t *testing.T) {
 	t.Parallel()
-	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, false)
+	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
 	n1, n2 := ms[0], ms[1]
 	ids := newSessions(n2.Cache)
 
