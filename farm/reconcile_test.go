@@ -327,3 +327,27 @@ func TestReconcileKeepsUnwrittenSessions(t *testing.T) {
 		t.Fatal("n2's session, kept through the reconcile, did not resume on n1")
 	}
 }
+
+// TestLazyPeerRefusesRetired: with lazy peers, a retirement that reaches n2
+// over the bus drops the session n2 holds as received, so that n2 does not
+// resume it.
+func TestLazyPeerRefusesRetired(t *testing.T) {
+	t.Parallel()
+	ms, _, _ := cutFarm(t, 2, 5*time.Second, cutOptions{lazy: true})
+	n1, n2 := ms[0], ms[1]
+	ids := newSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's session as received", func() bool { return n2.Node.HoldsPending(id) })
+	if !n1.Cache.Retire(id, session.OriginAPI) {
+		t.Fatal("n1 did not hold the session to retire")
+	}
+	farmtest.Eventually(t, 5*time.Second, "n2 heard of the retirement", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_lifecycle_total", "event", "retire_received") >= 1
+	})
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("n2 resumed, from what it held as received, a session retired on n1")
+	}
+}
