@@ -34,3 +34,6 @@ func (n *Node) HoldsPending(id session.ID) bool {
 	_, ok := n.pend.m[id]
 	return ok
 }
+
+// SetReconcilePage sets the number of records a reconcile reads at a time.
+func (n *Node) SetReconcilePage(size int) { n.recon.page.Store(int32(size)) }

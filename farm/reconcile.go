@@ -47,6 +47,7 @@ type reconcileState struct {
 
 	results    [numReconcileResults]atomic.Uint64
 	runs, fail atomic.Uint64
+	page       atomic.Int32 // page size, if set (tests); else reconcilePage
 }
 
 // busDown notes that the node's subscription is down (from now, unless it
@@ -147,9 +148,13 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	for i := range before {
 		before[i] = n.recon.results[i].Load()
 	}
+	size := reconcilePage
+	if p := int(n.recon.page.Load()); p > 0 {
+		size = p
+	}
 	var err error
 	for len(all) > 0 {
-		page := all[:min(len(all), reconcilePage)]
+		page := all[:min(len(all), size)]
 		all = all[len(page):]
 		t0 := time.Now()
 		if err = n.reconcilePage(ctx, page); err != nil || len(all) == 0 {

@@ -351,3 +351,64 @@ func TestLazyPeerRefusesRetired(t *testing.T) {
 		t.Fatal("n2 resumed, from what it held as received, a session retired on n1")
 	}
 }
+
+// TestReconcilePages: a reconcile reads the store a page at a time (here 4
+// records a page, 14 sessions): it checks every session, retires exactly
+// those retired meanwhile, wherever they fall, and keeps the others.
+func TestReconcilePages(t *testing.T) {
+	t.Parallel()
+	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
+	n1, n2 := ms[0], ms[1]
+	n2.Node.SetReconcilePage(4)
+	ids := newSessions(n1.Cache)
+	const total = 14
+	for range total {
+		tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	}
+	all := ids()
+	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's sessions", func() bool {
+		for _, id := range all {
+			if _, ok := lookup(n2.Cache, id); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range all {
+		waitStored(t, n1, id)
+	}
+	cuts[1].Cut()
+	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
+	retired := map[session.ID]bool{}
+	for i, id := range all {
+		if i%3 == 1 {
+			if !n1.Cache.Retire(id, session.OriginAPI) {
+				t.Fatal("n1 did not hold a session to retire")
+			}
+			retired[id] = true
+		}
+	}
+	farmtest.Eventually(t, 5*time.Second, "the retirements in the store", func() bool {
+		for id := range retired {
+			if _, err := n1.Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:])); !errors.Is(err, transport.ErrNotFound) {
+				return false
+			}
+		}
+		return true
+	})
+	cuts[1].Restore()
+	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+	})
+	for _, id := range all {
+		if _, ok := lookup(n2.Cache, id); ok == retired[id] {
+			t.Fatalf("n2 holds session %x: %v; retired on n1: %v", id[:4], ok, retired[id])
+		}
+	}
+	if got := reconciles(n2, "checked"); got != total {
+		t.Fatalf("reconcile checked %d sessions, want %d", got, total)
+	}
+	if got := reconciles(n2, "retired"); got != uint64(len(retired)) {
+		t.Fatalf("reconcile retired %d sessions, want %d", got, len(retired))
+	}
+}
