@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -17,11 +18,14 @@ import (
 // long as the last page took (and at least reconcileRest), so that it keeps
 // the store at most about half busy on its account however large the
 // cache. Without a transport.RecordGetter it reads a page with
-// reconcileReaders GetRecord calls at a time.
+// reconcileReaders GetRecord calls at a time. A pass that fails is tried
+// again after a backoff from reconcileRetryMin to reconcileRetryMax.
 const (
-	reconcilePage    = 256
-	reconcileRest    = 5 * time.Millisecond
-	reconcileReaders = 8
+	reconcilePage     = 256
+	reconcileRest     = 5 * time.Millisecond
+	reconcileReaders  = 8
+	reconcileRetryMin = time.Second
+	reconcileRetryMax = time.Minute
 )
 
 // reconcileResult counts what reconciles found (tlsfarm_farm_reconcile_total).
@@ -90,15 +94,15 @@ func (n *Node) busUp() {
 func (n *Node) reconciler(ctx context.Context) {
 	defer n.wg.Done()
 	r := &n.recon
-	var retry <-chan time.Time
+	var again <-chan time.Time
 	for failures := 0; ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
-		case <-retry:
+		case <-again:
 		}
-		retry = nil
+		again = nil
 		r.mu.Lock()
 		since, gen := r.since, r.gen
 		r.mu.Unlock()
@@ -110,8 +114,10 @@ func (n *Node) reconciler(ctx context.Context) {
 			return
 		}
 		if err != nil {
+			// Each pass starts with a copy of the cache's index: not
+			// every couple of seconds through a store outage.
 			failures++
-			retry = time.After(backoff(failures))
+			again = time.After(retry.Backoff(failures, reconcileRetryMin, reconcileRetryMax))
 			continue
 		}
 		failures = 0
@@ -121,7 +127,7 @@ func (n *Node) reconciler(ctx context.Context) {
 		} else {
 			// Down and up again meanwhile: what the pass read before
 			// may have changed since; once more.
-			retry = time.After(0)
+			again = time.After(0)
 		}
 		r.mu.Unlock()
 	}
@@ -175,7 +181,7 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	}
 	args := []any{"checked", c[reconcileChecked], "retired", c[reconcileRetired], "cut", c[reconcileCut],
 		"skipped", c[reconcileSkipped], "rejected", c[reconcileRejected],
-		"bus_down_for", start.Sub(since).Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String()}
+		"since_bus_lost", start.Sub(since).Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String()}
 	if err != nil {
 		if ctx.Err() == nil {
 			n.recon.fail.Add(1)

@@ -32,6 +32,7 @@ var errSubscriptionCut = errors.New("subscription cut (test)")
 type cutTransport struct {
 	*redisbus.Transport
 	writesDown atomic.Bool
+	multiDown  atomic.Bool // GetRecords fails
 
 	mu       sync.Mutex
 	cancel   context.CancelFunc // ends the subscription in place
@@ -87,6 +88,13 @@ func (c *cutTransport) Restore() {
 }
 
 var errWritesDown = errors.New("store writes down (test)")
+
+func (c *cutTransport) GetRecords(ctx context.Context, keys ...string) ([][]byte, error) {
+	if c.multiDown.Load() {
+		return nil, errWritesDown
+	}
+	return c.Transport.GetRecords(ctx, keys...)
+}
 
 func (c *cutTransport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if c.writesDown.Load() {
@@ -410,5 +418,47 @@ func TestReconcilePages(t *testing.T) {
 	}
 	if got := reconciles(n2, "retired"); got != uint64(len(retired)) {
 		t.Fatalf("reconcile retired %d sessions, want %d", got, len(retired))
+	}
+}
+
+// TestReconcileRetriesAfterStoreError: a pass whose store reads fail is
+// counted and tried again, and the retry retires what the farm retired.
+func TestReconcileRetriesAfterStoreError(t *testing.T) {
+	t.Parallel()
+	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
+	n1, n2 := ms[0], ms[1]
+	ids := newSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's session", func() bool {
+		_, ok := lookup(n2.Cache, id)
+		return ok
+	})
+	waitStored(t, n1, id)
+	cuts[1].Cut()
+	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
+	n1.Cache.Retire(id, session.OriginAPI)
+	farmtest.Eventually(t, 5*time.Second, "the retirement in the store", func() bool {
+		_, err := n1.Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
+		return errors.Is(err, transport.ErrNotFound)
+	})
+	cuts[1].multiDown.Store(true)
+	cuts[1].Restore()
+	farmtest.Eventually(t, 10*time.Second, "n2's reconcile failed", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "failed") >= 1
+	})
+	if _, ok := lookup(n2.Cache, id); !ok {
+		t.Fatal("n2 dropped the session though its reconcile failed")
+	}
+	cuts[1].multiDown.Store(false)
+	farmtest.Eventually(t, 10*time.Second, "n2's reconcile retried and done", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+	})
+	if _, ok := lookup(n2.Cache, id); ok {
+		t.Fatal("n2 still holds the retired session after the retry")
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("n2 resumed the retired session")
 	}
 }
