@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -45,24 +46,72 @@ const (
 type reconcileState struct {
 	mu        sync.Mutex
 	downSince time.Time // when the subscription went down; zero while up
+	downGen   []byte    // the store's generation then, as last read (nil: unknown)
 	since     time.Time // earliest outage not reconciled yet; zero if none
+	sinceGen  []byte    // the store's generation when that outage began
 	gen       uint64    // outages ended so far
 	wake      chan struct{}
 
 	results    [numReconcileResults]atomic.Uint64
 	runs, fail atomic.Uint64
-	page       atomic.Int32 // page size, if set (tests); else reconcilePage
+	lost       atomic.Uint64 // passes given up: the store lost its data
+	page       atomic.Int32  // page size, if set (tests); else reconcilePage
 }
 
 // busDown notes that the node's subscription is down (from now, unless it
 // was already).
 func (n *Node) busDown(now time.Time) {
+	gen := n.storeGeneration()
 	r := &n.recon
 	r.mu.Lock()
 	if r.downSince.IsZero() {
-		r.downSince = now
+		r.downSince, r.downGen = now, gen
 	}
 	r.mu.Unlock()
+}
+
+// storeGeneration returns the store's generation record as last read
+// (see checkGeneration), or nil.
+func (n *Node) storeGeneration() []byte {
+	n.genMu.Lock()
+	defer n.genMu.Unlock()
+	return n.generation
+}
+
+// errStoreLost ends a reconcile whose store lost its data since the outage
+// began: a record missing then says nothing of a retirement.
+var errStoreLost = errors.New("the store lost its data since the bus outage began")
+
+// errNoGeneration ends a reconcile that cannot tell yet whether the store
+// lost its data: the node has not read the generation record.
+var errNoGeneration = errors.New("the store's generation is not known yet")
+
+// keepsGeneration reports whether the store keeps a generation record
+// (see checkGeneration), by which a reconcile tells a store that lost its
+// data.
+func (n *Node) keepsGeneration() bool {
+	_, ok := n.cfg.Records.(transport.RecordTaker)
+	return ok
+}
+
+// checkSameGeneration returns errStoreLost unless the store's generation
+// record is gen.
+func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
+	if !n.keepsGeneration() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
+	switch {
+	case errors.Is(err, transport.ErrNotFound):
+		return errStoreLost
+	case err != nil:
+		return err
+	case !bytes.Equal(v, gen):
+		return errStoreLost
+	}
+	return nil
 }
 
 // busUp notes that the node's subscription is up, and asks the reconciler
@@ -72,14 +121,14 @@ func (n *Node) busDown(now time.Time) {
 func (n *Node) busUp() {
 	r := &n.recon
 	r.mu.Lock()
-	down := r.downSince
-	r.downSince = time.Time{}
+	down, gen := r.downSince, r.downGen
+	r.downSince, r.downGen = time.Time{}, nil
 	if down.IsZero() || n.cfg.Records == nil {
 		r.mu.Unlock()
 		return
 	}
 	if r.since.IsZero() || down.Before(r.since) {
-		r.since = down
+		r.since, r.sinceGen = down, gen
 	}
 	r.gen++
 	r.mu.Unlock()
@@ -104,14 +153,19 @@ func (n *Node) reconciler(ctx context.Context) {
 		}
 		again = nil
 		r.mu.Lock()
-		since, gen := r.since, r.gen
+		since, storeGen, gen := r.since, r.sinceGen, r.gen
 		r.mu.Unlock()
 		if since.IsZero() || !n.connected.Load() {
 			continue // nothing to do, or down again: the next busUp asks
 		}
-		err := n.reconcile(ctx, since)
+		err := n.reconcile(ctx, since, storeGen)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errStoreLost) {
+			// Nothing left to reconcile from (the node writes its
+			// sessions back: see checkGeneration).
+			err = nil
 		}
 		if err != nil {
 			// Each pass starts with a copy of the cache's index: not
@@ -140,9 +194,17 @@ func (n *Node) reconciler(ctx context.Context) {
 // whose record ends earlier than the cached copy is cut to the record's
 // end. The node's own sessions that are not in the store yet are left
 // alone (see reconcilePage). since is when the subscription went down, for
-// the log.
-func (n *Node) reconcile(ctx context.Context, since time.Time) error {
+// the log; gen is the store's generation then (nil if the node had not
+// read it). A store whose generation changed since has lost its data: the
+// reconcile changes nothing and returns errStoreLost.
+func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error {
 	start := time.Now()
+	if gen == nil && n.keepsGeneration() {
+		if gen = n.storeGeneration(); gen == nil {
+			n.recon.fail.Add(1)
+			return errNoGeneration
+		}
+	}
 	var all []reconcileEntry
 	for id, rec := range n.cfg.Cache.Snapshot(-1) {
 		all = append(all, reconcileEntry{id: id, expires: rec.Expires})
@@ -163,7 +225,7 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 		page := all[:min(len(all), size)]
 		all = all[len(page):]
 		t0 := time.Now()
-		if err = n.reconcilePage(ctx, page); err != nil || len(all) == 0 {
+		if err = n.reconcilePage(ctx, page, gen); err != nil || len(all) == 0 {
 			break
 		}
 		select {
@@ -182,11 +244,16 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	args := []any{"checked", c[reconcileChecked], "retired", c[reconcileRetired], "cut", c[reconcileCut],
 		"skipped", c[reconcileSkipped], "rejected", c[reconcileRejected],
 		"since_bus_lost", start.Sub(since).Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String()}
-	if err != nil {
-		if ctx.Err() == nil {
-			n.recon.fail.Add(1)
-			n.log.Warn("farm: checking the cache against the store after the bus outage failed; will try again", append(args, "err", err)...)
-		}
+	switch {
+	case ctx.Err() != nil:
+		return err
+	case errors.Is(err, errStoreLost):
+		n.recon.lost.Add(1)
+		n.log.Warn("farm: the store lost its data since the bus outage began; the retirements and grace cuts missed meanwhile cannot be recovered from it", args...)
+		return err
+	case err != nil:
+		n.recon.fail.Add(1)
+		n.log.Warn("farm: checking the cache against the store after the bus outage failed; will try again", append(args, "err", err)...)
 		return err
 	}
 	n.recon.runs.Add(1)
@@ -215,12 +282,16 @@ type reconcileEntry struct {
 // unstored neither time is retired. A peer's session that its own node has
 // yet to write is retired: a full handshake here, never a resumption the
 // farm retired.
-func (n *Node) reconcilePage(ctx context.Context, page []reconcileEntry) error {
+func (n *Node) reconcilePage(ctx context.Context, page []reconcileEntry, gen []byte) error {
 	ids := make([]session.ID, len(page))
 	for i := range page {
 		ids[i] = page[i].id
 	}
 	vals, err := n.readRecords(ctx, ids)
+	if err == nil {
+		// After the reads: records read before a loss are true.
+		err = n.checkSameGeneration(ctx, gen)
+	}
 	if err != nil {
 		return err
 	}
@@ -254,6 +325,9 @@ func (n *Node) reconcilePage(ctx context.Context, page []reconcileEntry) error {
 		ids = append(ids, e.id)
 	}
 	vals, err = n.readRecords(ctx, ids)
+	if err == nil {
+		err = n.checkSameGeneration(ctx, gen)
+	}
 	if err != nil {
 		return err
 	}
