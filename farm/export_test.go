@@ -37,3 +37,7 @@ func (n *Node) HoldsPending(id session.ID) bool {
 
 // SetReconcilePage sets the number of records a reconcile reads at a time.
 func (n *Node) SetReconcilePage(size int) { n.recon.page.Store(int32(size)) }
+
+// StoreGeneration returns the store's generation record as the node last
+// read it, or nil.
+func (n *Node) StoreGeneration() []byte { return n.storeGeneration() }

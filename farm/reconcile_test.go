@@ -462,3 +462,40 @@ func TestReconcileRetriesAfterStoreError(t *testing.T) {
 		t.Fatal("n2 resumed the retired session")
 	}
 }
+
+// TestReconcileGivesUpOnStoreLoss: a store that lost its data while n2's
+// subscription was down (flushed) holds no record of n2's sessions, but
+// that says nothing of retirements: n2 gives the reconcile up and keeps
+// them.
+func TestReconcileGivesUpOnStoreLoss(t *testing.T) {
+	t.Parallel()
+	ms, cuts, rc := cutFarm(t, 2, 5*time.Second, cutOptions{})
+	n1, n2 := ms[0], ms[1]
+	ids := newSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's session and knows the store's generation", func() bool {
+		_, ok := lookup(n2.Cache, id)
+		return ok && n2.Node.StoreGeneration() != nil
+	})
+	waitStored(t, n1, id)
+	cuts[1].Cut()
+	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
+	if err := rc.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cuts[1].Restore()
+	passes := func(result string) uint64 {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", result)
+	}
+	farmtest.Eventually(t, 10*time.Second, "n2's reconcile ended", func() bool { return passes("store_lost")+passes("done") >= 1 })
+	if _, ok := lookup(n2.Cache, id); !ok {
+		t.Fatal("n2 retired a session because the store lost its data")
+	}
+	if passes("store_lost") != 1 || passes("done") != 0 {
+		t.Fatalf("reconciles: %d given up, %d done; want 1, 0", passes("store_lost"), passes("done"))
+	}
+	if got := reconciles(n2, "retired"); got != 0 {
+		t.Fatalf("reconcile retired %d sessions, want 0", got)
+	}
+}
