@@ -196,7 +196,8 @@ func (n *Node) reconciler(ctx context.Context) {
 // alone (see reconcilePage). since is when the subscription went down, for
 // the log; gen is the store's generation then (nil if the node had not
 // read it). A store whose generation changed since has lost its data: the
-// reconcile changes nothing and returns errStoreLost.
+// reconcile stops at the first read that finds it so, before changing
+// anything on that read's account, and returns errStoreLost.
 func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error {
 	start := time.Now()
 	if gen == nil && n.keepsGeneration() {
