@@ -22,3 +22,22 @@ func (n *Node) LookupWaiters() int64 { return n.lk.waiting.Load() }
 // RejectedTotal is rejectedTotal (metrics_internal_test.go), for the
 // external tests.
 var RejectedTotal = rejectedTotal
+
+// HoldsPending reports whether the node holds the session id as received
+// from a peer (lazy peers), not yet decoded.
+func (n *Node) HoldsPending(id session.ID) bool {
+	if n.pend == nil {
+		return false
+	}
+	n.pend.mu.Lock()
+	defer n.pend.mu.Unlock()
+	_, ok := n.pend.m[id]
+	return ok
+}
+
+// SetReconcilePage sets the number of records a reconcile reads at a time.
+func (n *Node) SetReconcilePage(size int) { n.recon.page.Store(int32(size)) }
+
+// StoreGeneration returns the store's generation record as the node last
+// read it, or nil.
+func (n *Node) StoreGeneration() []byte { return n.storeGeneration() }

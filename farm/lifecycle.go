@@ -277,6 +277,11 @@ func (n *Node) receiveCuts(body []byte) {
 		return
 	}
 	for _, c := range cs {
+		if n.pend != nil {
+			// A copy held as received would resume at its full life: a
+			// lookup loads the store's, cut, or finds it gone.
+			n.pend.drop(c.id)
+		}
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
 			n.retired.add(c.id, n.cfg.Now())

@@ -67,6 +67,9 @@ type Node struct {
 	kids     chan item   // store-only: parents whose live child to swap
 	recut    recuts
 
+	recon   reconcileState // the bus's outages, for the reconciler
+	flights [2]flight      // new sessions being written: by n.q's drain, n.sq's
+
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
 
@@ -135,6 +138,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		kids:     make(chan item, 1024),
 	}
 	n.revs.wake = make(chan struct{}, 1)
+	n.recon.wake = make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})
 	n.revsReady = make(chan struct{})
 	n.synced = make(chan struct{})
@@ -181,6 +185,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if n.busProbe != nil || n.storeProbe != nil {
 		n.wg.Add(1)
 		go n.prober(ctx)
+	}
+	if cfg.Records != nil {
+		n.wg.Add(1)
+		go n.reconciler(ctx)
 	}
 	if cfg.Coord != nil {
 		n.wg.Add(1)

@@ -140,8 +140,8 @@ func (n *Node) takePending(id session.ID) (*session.Record, bool) {
 		return nil, false
 	}
 	b, ok := n.pend.take(id)
-	if !ok {
-		return nil, false
+	if !ok || n.retired.has(id, n.cfg.Now()) {
+		return nil, false // retired here lately (consumed, or a peer's retirement)
 	}
 	var rec session.Record
 	if err := rec.UnmarshalBinary(b); err != nil {

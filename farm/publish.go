@@ -68,8 +68,10 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 	cancel() // a context that is done: pop without waiting
 	catchUp := q == n.storeQueue()
 	life := n.lifeq
+	fl := &n.flights[0]
 	if q == n.sq {
 		life = n.lifesq
+		fl = &n.flights[1]
 	}
 	for {
 		batch = batch[:0]
@@ -96,7 +98,10 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 				return
 			}
 		}
-		if flush(ctx, batch) {
+		fl.set(batch)
+		ok := flush(ctx, batch)
+		fl.clear()
+		if ok {
 			failures = 0
 			continue
 		}

@@ -42,8 +42,13 @@ func (n *Node) busState(up bool, err error) {
 		case n.heal <- struct{}{}:
 		default:
 		}
-	case !up && was:
-		n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
+		// And on retirements and grace cuts, from the store's records.
+		n.busUp()
+	case !up:
+		n.busDown(n.cfg.Now())
+		if was {
+			n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
+		}
 	}
 }
 

@@ -176,6 +176,18 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		}
 	})
 
+	t.Run("GetRecords", func(t *testing.T) {
+		g, ok := s.(transport.RecordGetter)
+		if !ok {
+			t.Skip("the store is not a transport.RecordGetter")
+		}
+		CheckGetRecords(t, s, g)
+		og := other.(transport.RecordGetter)
+		if got, err := og.GetRecords(ctx, "many-0"); err != nil || len(got) != 1 || got[0] != nil {
+			t.Fatalf("another farm's store sees our key: %q, %v", got, err)
+		}
+	})
+
 	t.Run("TakeRecord", func(t *testing.T) {
 		taker, ok := s.(transport.RecordTaker)
 		if !ok {
@@ -350,5 +362,59 @@ func TestOpenURLs(t *testing.T, open func(url string) (io.Closer, error), cases 
 		if err != nil && strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("Open error shows the password: %v", err)
 		}
+	}
+}
+
+// CheckGetRecords checks g (the transport.RecordGetter of s): records
+// written by s come back in the order asked, nil where a key has none, an
+// empty request gets an empty answer, and a key asked twice comes back
+// twice.
+func CheckGetRecords(t *testing.T, s transport.RecordStore, g transport.RecordGetter) {
+	t.Helper()
+	ctx := context.Background()
+	const n = 40
+	var items []transport.Item
+	var keys []string
+	for i := range n {
+		k := fmt.Sprintf("many-%d", i)
+		keys = append(keys, k, "many-absent-"+k)
+		if i%4 != 3 {
+			items = append(items, transport.Item{Key: k, Value: []byte("v\x00" + k), TTL: time.Minute})
+		}
+	}
+	if err := s.PutRecords(ctx, items...); err != nil {
+		t.Fatal(err)
+	}
+	keys = append(keys, "many-0")
+	got, err := g.GetRecords(ctx, keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(keys) {
+		t.Fatalf("GetRecords returned %d values for %d keys", len(got), len(keys))
+	}
+	for i, k := range keys {
+		var want []byte
+		if v, err := s.GetRecord(ctx, k); err == nil {
+			want = v
+		} else if !errors.Is(err, transport.ErrNotFound) {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got[i], want) || (got[i] == nil) != (want == nil) {
+			t.Fatalf("GetRecords[%d] (%s) = %q, GetRecord = %q", i, k, got[i], want)
+		}
+	}
+	if got[0] == nil || got[2] == nil || got[6] != nil || got[1] != nil {
+		t.Fatalf("GetRecords = %q..., want records at 0 and 2, none at 1 and 6", got[:8])
+	}
+	if got, err := g.GetRecords(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("GetRecords() = %q, %v", got, err)
+	}
+	keys = keys[:0]
+	for _, it := range items {
+		keys = append(keys, it.Key)
+	}
+	if err := s.DeleteRecords(ctx, keys...); err != nil {
+		t.Fatal(err)
 	}
 }

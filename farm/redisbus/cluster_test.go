@@ -115,3 +115,16 @@ func TestSentinelFollowsMasterSwitch(t *testing.T) {
 	}
 	farmtest.NoHandshakeErrors(t, ms)
 }
+
+// TestGetRecordsCluster: on a Redis Cluster, where each record has a slot
+// of its own, GetRecords reads records spread over every master (pipelined
+// GETs, not a cross-slot MGET).
+func TestGetRecordsCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
+	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	farmtest.CheckGetRecords(t, tr, tr)
+}

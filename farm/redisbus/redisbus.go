@@ -587,6 +587,53 @@ func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	return t.get(ctx, t.RecordKey(key))
 }
 
+// GetRecords implements transport.RecordGetter: one MGET, or on a cluster,
+// where the records lie in different slots, one GET per key, pipelined
+// (one round trip per shard).
+func (t *Transport) GetRecords(ctx context.Context, keys ...string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	if !t.cluster {
+		full := make([]string, len(keys))
+		for i, k := range keys {
+			full[i] = t.RecordKey(k)
+		}
+		vals, err := t.c.MGet(ctx, full...).Result()
+		if err != nil {
+			return nil, t.failed(err)
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok && i < len(out) {
+				out[i] = []byte(s)
+			}
+		}
+		return out, nil
+	}
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, t.RecordKey(k))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, t.failed(err)
+	}
+	for i, c := range cmds {
+		b, err := c.Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return nil, t.failed(err)
+		default:
+			out[i] = b
+		}
+	}
+	return out, nil
+}
+
 // Get implements transport.Coordinator.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	return t.get(ctx, t.prefix+key)
@@ -743,4 +790,5 @@ var (
 
 	_ transport.RecordTaker   = (*Transport)(nil)
 	_ transport.RecordSwapper = (*Transport)(nil)
+	_ transport.RecordGetter  = (*Transport)(nil)
 )

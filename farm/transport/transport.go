@@ -1,7 +1,7 @@
 // Package transport defines what the farm needs from the systems that carry
 // its messages and hold its records: a Bus, a RecordStore and a Coordinator,
 // and the optional interfaces a transport may also implement (Batcher,
-// RecordTaker, RecordSwapper, Pinger, MessageLimiter). A Store is a
+// RecordTaker, RecordSwapper, RecordGetter, Pinger, MessageLimiter). A Store is a
 // RecordStore and a Coordinator in one value, as Redis and NATS provide.
 //
 // It stands to package farm as database/sql/driver stands to database/sql:
@@ -140,6 +140,17 @@ type RecordTaker interface {
 	// AddRecord writes item only if no record is at its key, and reports
 	// whether it did.
 	AddRecord(ctx context.Context, item Item) (bool, error)
+}
+
+// A RecordGetter is a RecordStore that can read many records in one round
+// trip (one per shard on a cluster). A node uses it to check its cached
+// sessions against the store after its bus subscription was down (see
+// farm.Node's reconcile); with a RecordStore that is not a RecordGetter it
+// reads them with RecordStore.GetRecord, a few at a time.
+type RecordGetter interface {
+	// GetRecords returns the records at keys, in the order of keys: nil
+	// where a key has none. It fails as a whole.
+	GetRecords(ctx context.Context, keys ...string) ([][]byte, error)
 }
 
 // A RecordSwapper is a RecordStore that can replace a record and return

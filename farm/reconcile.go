@@ -1,0 +1,515 @@
+package farm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/retry"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// The pace of a reconcile (see Node.reconcile): it reads the store
+// reconcilePage records at a time, and rests between two pages at least as
+// long as the last page took (and at least reconcileRest), so that it keeps
+// the store at most about half busy on its account however large the
+// cache. Without a transport.RecordGetter it reads a page with
+// reconcileReaders GetRecord calls at a time. A pass that fails is tried
+// again after a backoff from reconcileRetryMin to reconcileRetryMax.
+const (
+	reconcilePage     = 256
+	reconcileRest     = 5 * time.Millisecond
+	reconcileReaders  = 8
+	reconcileRetryMin = time.Second
+	reconcileRetryMax = time.Minute
+)
+
+// reconcileResult counts what reconciles found (tlsfarm_farm_reconcile_total).
+type reconcileResult int
+
+const (
+	reconcileChecked  reconcileResult = iota // a cached session read from the store
+	reconcileRetired                         // its record was gone: retired here
+	reconcileCut                             // its record ended earlier: cut here
+	reconcileSkipped                         // not stored yet by this node (queued, kept for later, being written)
+	reconcileRejected                        // its record did not open: left as it was
+	numReconcileResults
+)
+
+// reconcileState is what the node knows of its subscription's outages, for
+// the reconciler.
+type reconcileState struct {
+	mu        sync.Mutex
+	downSince time.Time // when the subscription went down; zero while up
+	downGen   []byte    // the store's generation then, as last read (nil: unknown)
+	since     time.Time // earliest outage not reconciled yet; zero if none
+	sinceGen  []byte    // the store's generation when that outage began
+	gen       uint64    // outages ended so far
+	wake      chan struct{}
+
+	results    [numReconcileResults]atomic.Uint64
+	runs, fail atomic.Uint64
+	lost       atomic.Uint64 // passes given up: the store lost its data
+	page       atomic.Int32  // page size, if set (tests); else reconcilePage
+}
+
+// busDown notes that the node's subscription is down (from now, unless it
+// was already).
+func (n *Node) busDown(now time.Time) {
+	gen := n.storeGeneration()
+	r := &n.recon
+	r.mu.Lock()
+	if r.downSince.IsZero() {
+		r.downSince, r.downGen = now, gen
+	}
+	r.mu.Unlock()
+}
+
+// storeGeneration returns the store's generation record as last read
+// (see checkGeneration), or nil.
+func (n *Node) storeGeneration() []byte {
+	n.genMu.Lock()
+	defer n.genMu.Unlock()
+	return n.generation
+}
+
+// errStoreLost ends a reconcile whose store lost its data since the outage
+// began: a record missing then says nothing of a retirement.
+var errStoreLost = errors.New("the store lost its data since the bus outage began")
+
+// errNoGeneration ends a reconcile that cannot tell yet whether the store
+// lost its data: the node has not read the generation record.
+var errNoGeneration = errors.New("the store's generation is not known yet")
+
+// keepsGeneration reports whether the store keeps a generation record
+// (see checkGeneration), by which a reconcile tells a store that lost its
+// data.
+func (n *Node) keepsGeneration() bool {
+	_, ok := n.cfg.Records.(transport.RecordTaker)
+	return ok
+}
+
+// checkSameGeneration returns errStoreLost unless the store's generation
+// record is gen.
+func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
+	if !n.keepsGeneration() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
+	switch {
+	case errors.Is(err, transport.ErrNotFound):
+		return errStoreLost
+	case err != nil:
+		return err
+	case !bytes.Equal(v, gen):
+		return errStoreLost
+	}
+	return nil
+}
+
+// busUp notes that the node's subscription is up, and asks the reconciler
+// to check the cache against the store if it was down: pub/sub keeps
+// nothing, so the retirements and grace cuts published meanwhile are only
+// in the store.
+func (n *Node) busUp() {
+	r := &n.recon
+	r.mu.Lock()
+	down, gen := r.downSince, r.downGen
+	r.downSince, r.downGen = time.Time{}, nil
+	if down.IsZero() || n.cfg.Records == nil {
+		r.mu.Unlock()
+		return
+	}
+	if r.since.IsZero() || down.Before(r.since) {
+		r.since, r.sinceGen = down, gen
+	}
+	r.gen++
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// reconciler runs the reconciles busUp asks for, one at a time, until ctx
+// is done; a reconcile that fails is tried again, with backoff.
+func (n *Node) reconciler(ctx context.Context) {
+	defer n.wg.Done()
+	r := &n.recon
+	var again <-chan time.Time
+	for failures := 0; ; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-again:
+		}
+		again = nil
+		r.mu.Lock()
+		since, storeGen, gen := r.since, r.sinceGen, r.gen
+		r.mu.Unlock()
+		if since.IsZero() || !n.connected.Load() {
+			continue // nothing to do, or down again: the next busUp asks
+		}
+		err := n.reconcile(ctx, since, storeGen)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errStoreLost) {
+			// Nothing left to reconcile from (the node writes its
+			// sessions back: see checkGeneration).
+			err = nil
+		}
+		if err != nil {
+			// Each pass starts with a copy of the cache's index: not
+			// every couple of seconds through a store outage.
+			failures++
+			again = time.After(retry.Backoff(failures, reconcileRetryMin, reconcileRetryMax))
+			continue
+		}
+		failures = 0
+		r.mu.Lock()
+		if r.gen == gen {
+			r.since = time.Time{}
+		} else {
+			// Down and up again meanwhile: what the pass read before
+			// may have changed since; once more.
+			again = time.After(0)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// reconcile checks every session of the cache against its record in the
+// store, which holds the farm's retirements and grace cuts (see
+// lifecycleStoreItems): a session whose record is gone is retired here
+// (and remembered, so that a late copy from a peer is refused), and one
+// whose record ends earlier than the cached copy is cut to the record's
+// end. The node's own sessions that are not in the store yet are left
+// alone (see reconcilePage). since is when the subscription went down, for
+// the log; gen is the store's generation then (nil if the node had not
+// read it). A store whose generation changed since has lost its data: the
+// reconcile stops at the first read that finds it so, before changing
+// anything on that read's account, and returns errStoreLost.
+func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error {
+	start := time.Now()
+	if gen == nil && n.keepsGeneration() {
+		if gen = n.storeGeneration(); gen == nil {
+			n.recon.fail.Add(1)
+			return errNoGeneration
+		}
+	}
+	var all []reconcileEntry
+	for id, rec := range n.cfg.Cache.Snapshot(-1) {
+		all = append(all, reconcileEntry{id: id, expires: rec.Expires})
+	}
+	if n.pend != nil {
+		all = n.pend.appendEntries(all)
+	}
+	var before [numReconcileResults]uint64
+	for i := range before {
+		before[i] = n.recon.results[i].Load()
+	}
+	size := reconcilePage
+	if p := int(n.recon.page.Load()); p > 0 {
+		size = p
+	}
+	var err error
+	for len(all) > 0 {
+		page := all[:min(len(all), size)]
+		all = all[len(page):]
+		t0 := time.Now()
+		if err = n.reconcilePage(ctx, page, gen); err != nil || len(all) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(max(reconcileRest, time.Since(t0))):
+		}
+		if err != nil {
+			break
+		}
+	}
+	var c [numReconcileResults]uint64
+	for i := range c {
+		c[i] = n.recon.results[i].Load() - before[i]
+	}
+	args := []any{"checked", c[reconcileChecked], "retired", c[reconcileRetired], "cut", c[reconcileCut],
+		"skipped", c[reconcileSkipped], "rejected", c[reconcileRejected],
+		"since_bus_lost", start.Sub(since).Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String()}
+	switch {
+	case ctx.Err() != nil:
+		return err
+	case errors.Is(err, errStoreLost):
+		n.recon.lost.Add(1)
+		n.log.Warn("farm: the store lost its data since the bus outage began; the retirements and grace cuts missed meanwhile cannot be recovered from it", args...)
+		return err
+	case err != nil:
+		n.recon.fail.Add(1)
+		n.log.Warn("farm: checking the cache against the store after the bus outage failed; will try again", append(args, "err", err)...)
+		return err
+	}
+	n.recon.runs.Add(1)
+	n.log.Info("farm: checked the cache against the store after the bus outage", args...)
+	return nil
+}
+
+// A reconcileEntry is a session a reconcile checks: cached, or held as
+// received from a peer (lazy peers).
+type reconcileEntry struct {
+	id      session.ID
+	expires time.Time
+	pending bool // held by n.pend, not cached
+}
+
+// reconcilePage reconciles the sessions of page.
+//
+// A record may be missing because this node has not written it yet: a new
+// session in the publish queue, in the backlog kept after a failed write,
+// or in a batch being written (a flight). Retiring it would only cost its
+// client a full handshake, but the rule keeps it: a session found missing
+// that is then queued, kept or being written is skipped, and the others
+// are read once more and looked for in the queues again, so that one
+// caught between two of those places, or written just after the first
+// read, is not taken for retired. Only a session missing both times and
+// unstored neither time is retired. A peer's session that its own node has
+// yet to write is retired: a full handshake here, never a resumption the
+// farm retired.
+func (n *Node) reconcilePage(ctx context.Context, page []reconcileEntry, gen []byte) error {
+	ids := make([]session.ID, len(page))
+	for i := range page {
+		ids[i] = page[i].id
+	}
+	vals, err := n.readRecords(ctx, ids)
+	if err == nil {
+		// After the reads: records read before a loss are true.
+		err = n.checkSameGeneration(ctx, gen)
+	}
+	if err != nil {
+		return err
+	}
+	r := &n.recon
+	r.results[reconcileChecked].Add(uint64(len(page)))
+	var missing []reconcileEntry
+	for i, v := range vals {
+		if v == nil {
+			missing = append(missing, page[i])
+			continue
+		}
+		n.reconcileRecord(&page[i], v)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	pending := n.unstoredIDs()
+	again := missing[:0]
+	for _, e := range missing {
+		if _, ok := pending[e.id]; ok {
+			r.results[reconcileSkipped].Add(1)
+			continue
+		}
+		again = append(again, e)
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	ids = ids[:0]
+	for _, e := range again {
+		ids = append(ids, e.id)
+	}
+	vals, err = n.readRecords(ctx, ids)
+	if err == nil {
+		err = n.checkSameGeneration(ctx, gen)
+	}
+	if err != nil {
+		return err
+	}
+	pending = n.unstoredIDs()
+	now := n.cfg.Now()
+	for i, v := range vals {
+		e := &again[i]
+		if _, ok := pending[e.id]; ok || v != nil {
+			r.results[reconcileSkipped].Add(1) // written meanwhile, or about to be
+			continue
+		}
+		n.retired.add(e.id, now)
+		if e.pending {
+			if n.pend.dropIf(e.id) {
+				r.results[reconcileRetired].Add(1)
+			}
+		} else if n.cfg.Cache.Retire(e.id, session.OriginPeer) {
+			r.results[reconcileRetired].Add(1)
+		}
+	}
+	return nil
+}
+
+// reconcileRecord cuts the session of e to the end of its stored record
+// v, if that is earlier. A session held as received is dropped instead:
+// a lookup then loads it from the store, cut.
+func (n *Node) reconcileRecord(e *reconcileEntry, v []byte) {
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, e.id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	var rec session.Record
+	if err == nil {
+		err = rec.UnmarshalBinary(body)
+	}
+	if err != nil {
+		n.recon.results[reconcileRejected].Add(1)
+		return
+	}
+	if !rec.Expires.Before(e.expires) {
+		return
+	}
+	var ok bool
+	if e.pending {
+		ok = n.pend.dropIf(e.id)
+	} else {
+		_, ok = n.cfg.Cache.Cut(e.id, rec.Expires)
+	}
+	if ok {
+		n.recon.results[reconcileCut].Add(1)
+		n.noteRecut(e.id, rec.Expires)
+	}
+}
+
+// readRecords reads the records of ids from the store, nil where one has
+// none: in one call if the store is a transport.RecordGetter, else with a
+// few GetRecord calls at a time.
+func (n *Node) readRecords(ctx context.Context, ids []session.ID) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = sessionKey(id)
+	}
+	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
+		vals, err := g.GetRecords(ctx, keys...)
+		if err == nil && len(vals) != len(keys) {
+			err = errors.New("farm: the store answered a multi-get with the wrong number of records")
+		}
+		return vals, err
+	}
+	vals := make([][]byte, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	for range min(reconcileReaders, len(keys)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(keys) || ctx.Err() != nil {
+					return
+				}
+				v, err := n.cfg.Records.GetRecord(ctx, keys[i])
+				if !errors.Is(err, transport.ErrNotFound) {
+					vals[i], errs[i] = v, err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return vals, ctx.Err()
+}
+
+// unstoredIDs returns the IDs of this node's new sessions that wait to be
+// written to the store: in the publish queues and in the backlog.
+func (n *Node) unstoredIDs() map[session.ID]struct{} {
+	set := make(map[session.ID]struct{})
+	n.q.addNewIDs(set)
+	if n.sq != nil {
+		n.sq.addNewIDs(set)
+	}
+	n.backlog.addNewIDs(set)
+	for i := range n.flights {
+		n.flights[i].addIDs(set)
+	}
+	return set
+}
+
+// A flight is the new sessions of the batch a drain is writing, so that a
+// reconcile does not take them for retired (see reconcilePage).
+type flight struct {
+	mu  sync.Mutex
+	ids []session.ID
+}
+
+// set records the new sessions of batch as being written.
+func (f *flight) set(batch []item) {
+	f.mu.Lock()
+	f.ids = f.ids[:0]
+	for i := range batch {
+		if it := &batch[i]; it.op == opNew && it.rev == nil {
+			f.ids = append(f.ids, it.id)
+		}
+	}
+	f.mu.Unlock()
+}
+
+// clear records that the batch's write is over (done, or kept for later).
+func (f *flight) clear() {
+	f.mu.Lock()
+	f.ids = f.ids[:0]
+	f.mu.Unlock()
+}
+
+func (f *flight) addIDs(set map[session.ID]struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range f.ids {
+		set[id] = struct{}{}
+	}
+}
+
+// addNewIDs adds to set the IDs of the new sessions queued.
+func (q *queue) addNewIDs(set map[session.ID]struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := range q.n {
+		if it := &q.items[(q.head+i)%len(q.items)]; it.op == opNew && it.rev == nil {
+			set[it.id] = struct{}{}
+		}
+	}
+}
+
+// addNewIDs adds to set the IDs of the sessions in the backlog.
+func (b *backlog) addNewIDs(set map[session.ID]struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range b.n {
+		if it := &b.items[(b.head+i)%len(b.items)]; it.op == opNew && it.rev == nil {
+			set[it.id] = struct{}{}
+		}
+	}
+}
+
+// appendEntries appends to es the sessions held, with their expiries.
+func (p *pending) appendEntries(es []reconcileEntry) []reconcileEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, e := range p.m {
+		es = append(es, reconcileEntry{id: id, expires: time.Unix(0, int64(binary.BigEndian.Uint64(e.rec[recExpiresAt:]))), pending: true})
+	}
+	return es
+}
+
+// dropIf forgets id, and reports whether it was held.
+func (p *pending) dropIf(id session.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[id]
+	delete(p.m, id)
+	return ok
+}
