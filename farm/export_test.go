@@ -41,3 +41,19 @@ func (n *Node) SetReconcilePage(size int) { n.recon.page.Store(int32(size)) }
 // StoreGeneration returns the store's generation record as the node last
 // read it, or nil.
 func (n *Node) StoreGeneration() []byte { return n.storeGeneration() }
+
+// LoadFromStore loads the session id from the store into the node's cache,
+// as the cache does for a handshake that presents an ID it does not hold
+// (session.Farm.Load, then an insert with OriginLoader), but without a
+// handshake, which would cut the session to its grace. It reports whether
+// the session is cached.
+func (n *Node) LoadFromStore(ctx context.Context, id session.ID) bool {
+	rec, err := cachePeer{n}.Load(ctx, id)
+	if err != nil || rec == nil {
+		return false
+	}
+	if rec.ChainStart.IsZero() {
+		rec.ChainStart = n.cfg.Now()
+	}
+	return n.cfg.Cache.Insert(id, *rec, session.OriginLoader) == nil
+}

@@ -120,11 +120,12 @@ type singleGets struct {
 
 // cutOptions vary cutFarm's nodes.
 type cutOptions struct {
-	single bool // wrap each transport in singleGets
-	lazy   bool // farm.Config.LazyPeers
+	single bool      // wrap each transport in singleGets
+	lazy   bool      // farm.Config.LazyPeers
+	mode   farm.Mode // farm.Config.Mode (Broadcast unless set)
 }
 
-// cutFarm starts a broadcast farm of n nodes over a Redis server of its own,
+// cutFarm starts a farm of n nodes (broadcast, unless o.mode says otherwise) over a Redis server of its own,
 // each on a cutTransport, with the given resumption grace.
 func cutFarm(t *testing.T, n int, grace time.Duration, o cutOptions) ([]*farmtest.Member, []*cutTransport, *redis.Client) {
 	srv := redistest.Start(t)
@@ -132,7 +133,7 @@ func cutFarm(t *testing.T, n int, grace time.Duration, o cutOptions) ([]*farmtes
 	t.Cleanup(func() { rc.Close() })
 	var mu sync.Mutex
 	var cuts []*cutTransport
-	ms, _ := farmtest.Start(t, n, &farmtest.Options{Mode: farm.Broadcast,
+	ms, _ := farmtest.Start(t, n, &farmtest.Options{Mode: o.mode,
 		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 			tr, err := redisbus.Open(srv.URL(), farmName)
 			if err != nil {
@@ -182,13 +183,16 @@ func reconciles(m *farmtest.Member, result string) uint64 {
 // the parent to its grace (and refuses it after), and keeps a session the
 // farm neither retired nor cut.
 // With a store that reads many records at once (Redis MGET) and with one
-// that does not.
+// that does not, with lazy peers, and in store-only mode (where n2 holds
+// n1's sessions because it loaded them from the store, and n1's grace cut
+// reaches it as a cut message, which it misses too).
 func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 	t.Parallel()
 	for name, o := range map[string]cutOptions{
 		"multi-get":   {},
 		"single-gets": {single: true},
 		"lazy-peers":  {lazy: true}, // n2 holds n1's sessions as received
+		"store-only":  {mode: farm.StoreOnly},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -217,6 +221,16 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, o cutOptions) {
 		tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
 	}
 	retired, parent, kept := ids()[0], ids()[1], ids()[2]
+	if o.mode == farm.StoreOnly {
+		// No copies are sent: n2 loads each session from the store, as
+		// a lookup for a handshake would (a handshake would cut it).
+		for _, id := range []session.ID{retired, parent, kept} {
+			waitStored(t, n1, id)
+			if !n2.Node.LoadFromStore(t.Context(), id) {
+				t.Fatalf("n2 did not load session %x from the store", id[:4])
+			}
+		}
+	}
 	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's sessions, and the store too", func() bool {
 		for _, id := range []session.ID{retired, parent, kept} {
 			if !holds(n2, id, o.lazy) {
