@@ -91,6 +91,42 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	}
 }
 
+// Expiries returns an iterator over the live sessions of the cache: their
+// IDs and when they expire. Unlike Snapshot, it copies neither records nor
+// the whole cache at once: it visits the buckets one at a time, copies a
+// bucket's IDs and expiry times while holding that bucket's lock, and
+// yields them after releasing it, so that the loop body may take as long
+// as it likes and may call the cache. Sessions come in no particular
+// order. A session inserted or removed while the iteration runs may or may
+// not be yielded; one cut meanwhile may be yielded with its earlier
+// expiry. A farm uses it to check its cache against a store.
+func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
+	return func(yield func(ID, time.Time) bool) {
+		type idExpiry struct {
+			id      ID
+			expires int64
+		}
+		var buf []idExpiry
+		for i := range c.buckets {
+			b := &c.buckets[i]
+			now := c.nowNano()
+			buf = buf[:0]
+			b.mu.Lock()
+			for e := b.root.next; e != &b.root; e = e.next {
+				if e.expires > now {
+					buf = append(buf, idExpiry{e.id, e.expires})
+				}
+			}
+			b.mu.Unlock()
+			for _, e := range buf {
+				if !yield(e.id, time.Unix(0, e.expires)) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // linkChild records child as the live child of parent (cut to end its grace
 // at until) and retires an earlier child of the same parent, so that a
 // parent resumed again and again within its grace yields one live child, not
