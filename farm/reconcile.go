@@ -168,8 +168,9 @@ func (n *Node) reconciler(ctx context.Context) {
 			err = nil
 		}
 		if err != nil {
-			// Each pass starts with a copy of the cache's index: not
-			// every couple of seconds through a store outage.
+			// Each pass reads the whole cache's records from the
+			// store: not every couple of seconds through a store
+			// outage.
 			failures++
 			again = time.After(retry.Backoff(failures, reconcileRetryMin, reconcileRetryMax))
 			continue
@@ -206,13 +207,6 @@ func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error
 			return errNoGeneration
 		}
 	}
-	var all []reconcileEntry
-	for id, rec := range n.cfg.Cache.Snapshot(-1) {
-		all = append(all, reconcileEntry{id: id, expires: rec.Expires})
-	}
-	if n.pend != nil {
-		all = n.pend.appendEntries(all)
-	}
 	var before [numReconcileResults]uint64
 	for i := range before {
 		before[i] = n.recon.results[i].Load()
@@ -221,23 +215,27 @@ func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error
 	if p := int(n.recon.page.Load()); p > 0 {
 		size = p
 	}
-	var err error
-	for len(all) > 0 {
-		page := all[:min(len(all), size)]
-		all = all[len(page):]
-		t0 := time.Now()
-		if err = n.reconcilePage(ctx, page, gen); err != nil || len(all) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-time.After(max(reconcileRest, time.Since(t0))):
-		}
-		if err != nil {
-			break
+	// The sessions held as received first, then the cache: one decoded
+	// into the cache meanwhile is found there. The cache is walked a
+	// bucket at a time (session.Cache.Expiries), never copied whole: a
+	// page of IDs and expiry times is all the pass holds of it.
+	pg := reconcilePager{n: n, ctx: ctx, gen: gen, page: make([]reconcileEntry, 0, size)}
+	if n.pend != nil {
+		for _, e := range n.pend.appendEntries(nil) {
+			if !pg.add(e) {
+				break
+			}
 		}
 	}
+	if pg.err == nil {
+		for id, exp := range n.cfg.Cache.Expiries() {
+			if !pg.add(reconcileEntry{id: id, expires: exp}) {
+				break
+			}
+		}
+	}
+	pg.flush()
+	err := pg.err
 	var c [numReconcileResults]uint64
 	for i := range c {
 		c[i] = n.recon.results[i].Load() - before[i]
@@ -260,6 +258,48 @@ func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error
 	n.recon.runs.Add(1)
 	n.log.Info("farm: checked the cache against the store after the bus outage", args...)
 	return nil
+}
+
+// A reconcilePager gathers the sessions a reconcile checks into pages,
+// and reconciles each page once full (see reconcilePage), resting before
+// each page but the first at least as long as the last one took (and at
+// least reconcileRest). The first error ends it: err.
+type reconcilePager struct {
+	n    *Node
+	ctx  context.Context
+	gen  []byte
+	page []reconcileEntry // its capacity is the page size
+	last time.Duration    // how long the last page took; 0 before the first
+	err  error
+}
+
+// add adds e to the page, reconciling the page if that fills it, and
+// reports whether the pass goes on.
+func (p *reconcilePager) add(e reconcileEntry) bool {
+	p.page = append(p.page, e)
+	if len(p.page) == cap(p.page) {
+		p.flush()
+	}
+	return p.err == nil
+}
+
+// flush reconciles the sessions gathered, if any.
+func (p *reconcilePager) flush() {
+	if len(p.page) == 0 || p.err != nil {
+		return
+	}
+	if p.last > 0 {
+		select {
+		case <-p.ctx.Done():
+			p.err = p.ctx.Err()
+			return
+		case <-time.After(max(reconcileRest, p.last)):
+		}
+	}
+	t0 := time.Now()
+	p.err = p.n.reconcilePage(p.ctx, p.page, p.gen)
+	p.last = max(time.Since(t0), time.Nanosecond)
+	p.page = p.page[:0]
 }
 
 // A reconcileEntry is a session a reconcile checks: cached, or held as
