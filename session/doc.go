@@ -75,8 +75,9 @@
 // claims hold farm-wide (Farm.Claim). The farm applies what its peers did
 // with Insert (OriginPeer), Retire, Cut and RemoveChain, revokes chains
 // until ChainEnd, may issue short-lived tickets while it is unreachable
-// (SetTicketFallback), and writes sessions back to a store
-// that lost them (Snapshot). Package farm is such a plugin.
+// (SetTicketFallback), checks its sessions against a store (Expiries), and
+// writes sessions back to a store that lost them (Snapshot). Package farm
+// is such a plugin.
 //
 // # Files
 //
