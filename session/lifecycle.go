@@ -66,7 +66,7 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 		id ID
 		r  Record
 	}
-	var out []entry
+	out := make([]entry, 0, c.size.Load()) // grown past it only by inserts meanwhile
 	for i := range c.buckets {
 		b := &c.buckets[i]
 		b.mu.Lock()
