@@ -62,8 +62,14 @@ func redisEchoTransport(url string) func(testing.TB, string) (transport.Bus, tra
 // and its store on the Redis at redisURL: two transports, so that the
 // store's path and the bus's are separate.
 func natsBusRedisStore(natsURL, redisURL string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return natsBusRedisStoreWith(natsURL, redisURL, nil)
+}
+
+// natsBusRedisStoreWith is natsBusRedisStore with the bus opened with
+// opts (which may be nil).
+func natsBusRedisStoreWith(natsURL, redisURL string, opts *natsbus.Options) func(testing.TB, string) (transport.Bus, transport.Store) {
 	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-		bus, err := natsbus.Open(natsURL, farmName, nil)
+		bus, err := natsbus.Open(natsURL, farmName, opts)
 		if err != nil {
 			t.Fatal(err)
 		}

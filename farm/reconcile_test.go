@@ -5,15 +5,18 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
@@ -28,11 +31,13 @@ var errSubscriptionCut = errors.New("subscription cut (test)")
 // subscription (what is published meanwhile is lost, as pub/sub loses it)
 // and reports it down; Restore lets it subscribe again. Everything else
 // keeps working, unless writesDown is set: then the store's writes fail
-// (its reads still work).
+// (its reads still work). With a dialer, the node's bus is NATS, not this
+// transport, and Cut and Restore cut and restore its NATS connection.
 type cutTransport struct {
 	*redisbus.Transport
 	writesDown atomic.Bool
 	multiDown  atomic.Bool // GetRecords fails
+	dialer     *cutDialer  // the NATS bus's, if the bus is NATS
 
 	mu       sync.Mutex
 	cancel   context.CancelFunc // ends the subscription in place
@@ -71,6 +76,10 @@ func (c *cutTransport) Subscribe(ctx context.Context, deliver func([]byte), stat
 
 // Cut ends the subscription until Restore.
 func (c *cutTransport) Cut() {
+	if c.dialer != nil {
+		c.dialer.Cut()
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.restored = make(chan struct{})
@@ -81,10 +90,58 @@ func (c *cutTransport) Cut() {
 
 // Restore lets the subscription come back.
 func (c *cutTransport) Restore() {
+	if c.dialer != nil {
+		c.dialer.Restore()
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	close(c.restored)
 	c.restored = nil
+}
+
+// cutDialer dials one node's NATS connection (nats.SetCustomDialer). Cut
+// closes the connections it made and refuses new ones until Restore: the
+// connection is lost (the server drops its subscription, and what is
+// published meanwhile never reaches the node) and the client keeps trying
+// to reconnect, as it would through a network partition, while every
+// other node's connection stays up.
+type cutDialer struct {
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+}
+
+func (d *cutDialer) Dial(network, address string) (net.Conn, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.down {
+		return nil, errSubscriptionCut
+	}
+	c, err := net.DialTimeout(network, address, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	d.conns = append(d.conns, c)
+	return c, nil
+}
+
+// Cut closes the connections and refuses new ones until Restore.
+func (d *cutDialer) Cut() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.down = true
+	for _, c := range d.conns {
+		c.Close()
+	}
+	d.conns = nil
+}
+
+// Restore lets the client connect again.
+func (d *cutDialer) Restore() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.down = false
 }
 
 var errWritesDown = errors.New("store writes down (test)")
@@ -123,6 +180,7 @@ type cutOptions struct {
 	single bool      // wrap each transport in singleGets
 	lazy   bool      // farm.Config.LazyPeers
 	mode   farm.Mode // farm.Config.Mode (Broadcast unless set)
+	nats   bool      // the bus is NATS (the machine's server), each node's connection cut by its cutDialer; the store stays Redis
 }
 
 // cutFarm starts a farm of n nodes (broadcast, unless o.mode says otherwise) over a Redis server of its own,
@@ -131,16 +189,31 @@ func cutFarm(t *testing.T, n int, grace time.Duration, o cutOptions) ([]*farmtes
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rc.Close() })
+	var natsURL string
+	if o.nats {
+		natsURL = farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
+	}
 	var mu sync.Mutex
 	var cuts []*cutTransport
 	ms, _ := farmtest.Start(t, n, &farmtest.Options{Mode: o.mode,
 		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			tr, err := redisbus.Open(srv.URL(), farmName)
-			if err != nil {
-				t.Fatal(err)
+			var c *cutTransport
+			var bus transport.Bus
+			if o.nats {
+				d := &cutDialer{}
+				var store transport.Store
+				bus, store = natsBusRedisStoreWith(natsURL, srv.URL(),
+					&natsbus.Options{NATS: []nats.Option{nats.SetCustomDialer(d)}})(t, farmName)
+				c = &cutTransport{Transport: store.(*redisbus.Transport), dialer: d}
+			} else {
+				tr, err := redisbus.Open(srv.URL(), farmName)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { tr.Close() })
+				c = &cutTransport{Transport: tr}
+				bus = c
 			}
-			t.Cleanup(func() { tr.Close() })
-			c := &cutTransport{Transport: tr}
 			mu.Lock()
 			cuts = append(cuts, c) // Start joins n1, n2, ... in turn
 			mu.Unlock()
@@ -149,9 +222,12 @@ func cutFarm(t *testing.T, n int, grace time.Duration, o cutOptions) ([]*farmtes
 				if _, ok := any(s).(transport.RecordGetter); ok {
 					t.Fatal("singleGets is a RecordGetter")
 				}
+				if o.nats {
+					return bus, s
+				}
 				return s, s
 			}
-			return c, c
+			return bus, c
 		},
 		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
 		Tweak: func(c *farm.Config) {
@@ -185,7 +261,9 @@ func reconciles(m *farmtest.Member, result string) uint64 {
 // With a store that reads many records at once (Redis MGET) and with one
 // that does not, with lazy peers, and in store-only mode (where n2 holds
 // n1's sessions because it loaded them from the store, and n1's grace cut
-// reaches it as a cut message, which it misses too).
+// reaches it as a cut message, which it misses too). And with a NATS bus
+// (the store still Redis), whose outage is n2's NATS connection lost: the
+// client reconnects and resubscribes by itself.
 func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 	t.Parallel()
 	for name, o := range map[string]cutOptions{
@@ -193,6 +271,7 @@ func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 		"single-gets": {single: true},
 		"lazy-peers":  {lazy: true}, // n2 holds n1's sessions as received
 		"store-only":  {mode: farm.StoreOnly},
+		"nats-bus":    {nats: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
