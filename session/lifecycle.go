@@ -98,8 +98,8 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 // yields them after releasing it, so that the loop body may take as long
 // as it likes and may call the cache. Sessions come in no particular
 // order. A session inserted or removed while the iteration runs may or may
-// not be yielded; one cut meanwhile may be yielded with its earlier
-// expiry. A farm uses it to check its cache against a store.
+// not be yielded; one cut meanwhile may be yielded with the expiry it had
+// before the cut. A farm uses it to check its cache against a store.
 func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 	return func(yield func(ID, time.Time) bool) {
 		type idExpiry struct {
