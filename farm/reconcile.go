@@ -51,6 +51,7 @@ type reconcileState struct {
 	since     time.Time // earliest outage not reconciled yet; zero if none
 	sinceGen  []byte    // the store's generation when that outage began
 	gen       uint64    // outages ended so far
+	wasUp     bool      // the subscription was up before (the bus may have kept messages since)
 	wake      chan struct{}
 
 	results    [numReconcileResults]atomic.Uint64
@@ -130,11 +131,14 @@ func (n *Node) busUp(err error) {
 	r.mu.Lock()
 	down, gen := r.downSince, r.downGen
 	r.downSince, r.downGen = time.Time{}, nil
+	wasUp := r.wasUp
+	r.wasUp = true
 	if down.IsZero() {
 		r.mu.Unlock()
 		return
 	}
-	if n.busKept(down, err) {
+	// Before its first subscription the bus kept nothing for the node.
+	if wasUp && n.busKept(down, err) {
 		r.mu.Unlock()
 		r.kept.Add(1)
 		n.log.Info("farm: the bus kept what was published while the subscription was down; nothing to check",

@@ -41,8 +41,10 @@ type Bus interface {
 	// then returns ctx.Err(). It reconnects and resubscribes on its own
 	// after failures, with backoff, and reports each change of state to
 	// state: up is true once a subscription is in place, false with the
-	// error when it is lost. deliver and state are called from one
-	// goroutine; deliver may keep msg.
+	// error when it is lost. With up true, the error is nil, but from a
+	// MessageKeeper, which says with it whether messages were lost while
+	// it was down. deliver and state are called from one goroutine;
+	// deliver may keep msg.
 	Subscribe(ctx context.Context, deliver func(msg []byte), state func(up bool, err error)) error
 }
 
@@ -214,8 +216,9 @@ var ErrMessagesLost = errors.New("farm: messages published while the subscriptio
 // cost: once the subscription is back, up is true and err is nil only if
 // every message published meanwhile will be delivered (in order, after
 // those delivered before the outage; some may come twice); err is
-// ErrMessagesLost, wrapped or not, if any may be missing. The first report
-// of a subscription, with nothing before it to lose, has err nil.
+// ErrMessagesLost, wrapped or not, if any may be missing. The Bus's first
+// subscription, with nothing before it to lose, reports err nil (the farm
+// takes an outage before its first subscription for a gap).
 //
 // A Bus that is not a MessageKeeper, or whose KeepsMessages returns false,
 // may lose whatever is published while it is down (pub/sub, as Redis and
