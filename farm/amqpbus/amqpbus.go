@@ -239,9 +239,10 @@ func (b *Bus) Exchange() string { return b.exchange }
 const closeTimeout = 2 * time.Second
 
 // Close deletes the queues the Bus declared, within a couple of seconds
-// (best effort: one Close cannot delete expires after Options.KeepQueue),
-// and closes its connections. Subscriptions end with their contexts; until
-// then they stay down.
+// (best effort: a queue it cannot delete expires after
+// Options.KeepQueue), and closes the connections of Publish and Ping.
+// Subscriptions end with their contexts; one whose queue Close deleted
+// stays down until then, and declares no queue again.
 func (b *Bus) Close() error {
 	b.mu.Lock()
 	b.closed = true
