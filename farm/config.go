@@ -148,6 +148,25 @@ type Config struct {
 	LazyPeers   bool
 	PendingSize int
 
+	// KeepAfterBusGap keeps a node's cached sessions after its bus
+	// subscription was down and some of what the farm published meanwhile
+	// may be lost, in a farm with no Records. By default such a node drops
+	// from its cache (and, with LazyPeers, from what it holds as received)
+	// every session it held before the subscription came back: it missed
+	// the retirements, grace cuts and revocations made elsewhere meanwhile,
+	// and has no store to check its copies against, so it cannot tell
+	// which of them the farm still resumes. The drop is local (nothing is
+	// published; other nodes keep their copies) and costs the clients of
+	// those sessions one full handshake. A bus that keeps what is published
+	// while its subscription is down (transport.MessageKeeper: RabbitMQ)
+	// has a gap only when it reports one, or when the outage lasted longer
+	// than MaxAge/2 (older messages are refused); over Redis or NATS pub/sub every
+	// outage is a gap. Set KeepAfterBusGap where none of that matters more
+	// than the handshakes: the copies then stay resumable until they
+	// expire, as they did before. With Records the node checks its cache
+	// against the store instead, whatever this says.
+	KeepAfterBusGap bool
+
 	// MaxAge is the oldest message accepted from the bus (default 30s);
 	// MaxSkew how far in the future (default 5s). Both absorb clock
 	// differences between nodes.

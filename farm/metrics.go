@@ -127,11 +127,12 @@ func (n *Node) Metrics() []metric.Sample {
 	m.gauge("tlsfarm_farm_revocations_known", "1 once the node has read the farm's revocations since it joined; until then it resumes no session from the farm.", b2f(n.revsKnown.Load()))
 	m.counter("tlsfarm_farm_unknown_revocations_refused_total", "Store lookups not made and peers' sessions not inserted because the node had yet to read the farm's revocations.", c.unknownRevs.Load())
 	rc := &n.recon.results
-	m.counters("tlsfarm_farm_reconcile_total", "Cached sessions checked against the store after a bus outage, by result: checked (read), retired (record gone), cut (record ends earlier), skipped (not stored yet by this node), rejected (record did not open).", "result",
+	m.counters("tlsfarm_farm_reconcile_total", "Cached sessions checked against the store after a bus outage, by result: checked (read), retired (record gone), cut (record ends earlier), skipped (not stored yet by this node), rejected (record did not open); or dropped (no store, and the bus may have lost messages).", "result",
 		"checked", rc[reconcileChecked].Load(), "retired", rc[reconcileRetired].Load(), "cut", rc[reconcileCut].Load(),
-		"skipped", rc[reconcileSkipped].Load(), "rejected", rc[reconcileRejected].Load())
-	m.counters("tlsfarm_farm_reconciles_total", "Passes over the cache after a bus outage, by result: done, failed (tried again), store_lost (given up: the store lost its data since the outage began).", "result",
-		"done", n.recon.runs.Load(), "failed", n.recon.fail.Load(), "store_lost", n.recon.lost.Load())
+		"skipped", rc[reconcileSkipped].Load(), "rejected", rc[reconcileRejected].Load(), "dropped", rc[reconcileDropped].Load())
+	m.counters("tlsfarm_farm_reconciles_total", "Passes over the cache after a bus outage, by result: done, failed (tried again), store_lost (given up: the store lost its data since the outage began), kept (none needed: the bus kept every message), dropped (no store, and the bus may have lost messages: the cache dropped).", "result",
+		"done", n.recon.runs.Load(), "failed", n.recon.fail.Load(), "store_lost", n.recon.lost.Load(),
+		"kept", n.recon.kept.Load(), "dropped", n.recon.drops.Load())
 	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
 	return m
 }

@@ -81,6 +81,15 @@ func (p *pending) drop(id session.ID) {
 	p.mu.Unlock()
 }
 
+// dropAll forgets every session kept, and returns how many there were.
+func (p *pending) dropAll() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.m)
+	clear(p.m)
+	return n
+}
+
 func (p *pending) stats() (held int, evicted uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

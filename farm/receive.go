@@ -42,8 +42,9 @@ func (n *Node) busState(up bool, err error) {
 		case n.heal <- struct{}{}:
 		default:
 		}
-		// And on retirements and grace cuts, from the store's records.
-		n.busUp()
+		// And on retirements and grace cuts: kept by the bus, or
+		// checked against the store's records, or not vouched for.
+		n.busUp(err)
 	case !up:
 		n.busDown(n.cfg.Now())
 		if was {

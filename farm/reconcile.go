@@ -38,6 +38,7 @@ const (
 	reconcileCut                             // its record ended earlier: cut here
 	reconcileSkipped                         // not stored yet by this node (queued, kept for later, being written)
 	reconcileRejected                        // its record did not open: left as it was
+	reconcileDropped                         // no store, and the bus may have lost messages: dropped
 	numReconcileResults
 )
 
@@ -50,11 +51,14 @@ type reconcileState struct {
 	since     time.Time // earliest outage not reconciled yet; zero if none
 	sinceGen  []byte    // the store's generation when that outage began
 	gen       uint64    // outages ended so far
+	wasUp     bool      // the subscription was up before (the bus may have kept messages since)
 	wake      chan struct{}
 
 	results    [numReconcileResults]atomic.Uint64
 	runs, fail atomic.Uint64
 	lost       atomic.Uint64 // passes given up: the store lost its data
+	kept       atomic.Uint64 // outages the bus kept every message of: no pass
+	drops      atomic.Uint64 // outages with a gap and no store: the cache dropped
 	page       atomic.Int32  // page size, if set (tests); else reconcilePage
 }
 
@@ -114,17 +118,38 @@ func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 	return nil
 }
 
-// busUp notes that the node's subscription is up, and asks the reconciler
-// to check the cache against the store if it was down: pub/sub keeps
+// busUp notes that the node's subscription is up, with the error the bus
+// reported with it, and, if it was down, settles what the node may have
+// missed meanwhile: nothing if the bus kept every message (see busKept),
+// else the reconciler checks the cache against the store (pub/sub keeps
 // nothing, so the retirements and grace cuts published meanwhile are only
-// in the store.
-func (n *Node) busUp() {
+// in the store), or, with no store, the node drops what it cannot vouch
+// for (see dropUnvouched). It runs on the subscription's goroutine, before
+// the bus delivers anything more.
+func (n *Node) busUp(err error) {
 	r := &n.recon
 	r.mu.Lock()
 	down, gen := r.downSince, r.downGen
 	r.downSince, r.downGen = time.Time{}, nil
-	if down.IsZero() || n.cfg.Records == nil {
+	wasUp := r.wasUp
+	r.wasUp = true
+	if down.IsZero() {
 		r.mu.Unlock()
+		return
+	}
+	// Before its first subscription the bus kept nothing for the node.
+	if wasUp && n.busKept(down, err) {
+		r.mu.Unlock()
+		r.kept.Add(1)
+		n.log.Info("farm: the bus kept what was published while the subscription was down; nothing to check",
+			"since_bus_lost", n.cfg.Now().Sub(down).Round(time.Millisecond).String())
+		return
+	}
+	if n.cfg.Records == nil {
+		r.mu.Unlock()
+		if !n.cfg.KeepAfterBusGap {
+			n.dropUnvouched(down)
+		}
 		return
 	}
 	if r.since.IsZero() || down.Before(r.since) {
@@ -136,6 +161,47 @@ func (n *Node) busUp() {
 	case r.wake <- struct{}{}:
 	default:
 	}
+}
+
+// busKept reports whether the bus kept, and will deliver, every message
+// published since the subscription went down (at down), by what it
+// reported with the state up (err): it must be a transport.MessageKeeper
+// that reported no loss. And the outage must have lasted at most half of
+// MaxAge: a message older than MaxAge is refused however it was kept, and
+// the other half leaves room for the queue to drain, for clocks to differ,
+// and for the time the node took to notice the connection was dead (two
+// heartbeats on RabbitMQ, 10s by default; the broker gives back what it
+// had sent into the dead connection).
+func (n *Node) busKept(down time.Time, err error) bool {
+	k, ok := n.cfg.Bus.(transport.MessageKeeper)
+	return ok && k.KeepsMessages() && err == nil && n.cfg.Now().Sub(down) <= n.cfg.MaxAge/2
+}
+
+// dropUnvouched drops from the cache, and from the sessions held as
+// received (lazy peers), every session the node holds: the bus may have
+// lost retirements, grace cuts and revocations published since down, and
+// without a store the node cannot tell which of its copies the farm no
+// longer resumes. The drop is local: sessions leave the cache as retired
+// by a peer (session.OriginPeer), which publishes nothing, and are not
+// remembered as retired (a peer's later copy is welcome). It runs before
+// the bus delivers anything published after the subscription came back;
+// a session a handshake here inserts while it walks the cache may go too.
+func (n *Node) dropUnvouched(down time.Time) {
+	start := time.Now()
+	dropped := 0
+	if n.pend != nil {
+		dropped += n.pend.dropAll()
+	}
+	for id := range n.cfg.Cache.Expiries() {
+		if n.cfg.Cache.Retire(id, session.OriginPeer) {
+			dropped++
+		}
+	}
+	n.recon.results[reconcileDropped].Add(uint64(dropped))
+	n.recon.drops.Add(1)
+	n.log.Warn("farm: the bus may have lost messages while the subscription was down, and there is no store to check against: dropped the cached sessions",
+		"dropped", dropped, "since_bus_lost", start.Sub(down).Round(time.Millisecond).String(),
+		"took", time.Since(start).Round(time.Millisecond).String())
 }
 
 // reconciler runs the reconciles busUp asks for, one at a time, until ctx

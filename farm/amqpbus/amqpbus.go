@@ -5,9 +5,15 @@
 //
 // A farm named F publishes to the exchange "tlsfarm.F" (fanout, not
 // durable), where F is the farm name with every byte outside
-// [A-Za-z0-9.:-] written as "_" and two hex digits. Each subscriber binds
-// its own exclusive, auto-deleted, server-named queue to it, so every node
-// receives every message and a node's queue disappears with its connection.
+// [A-Za-z0-9.:-] written as "_" and two hex digits. Each Bus binds a queue
+// of its own to it, so every node receives every message. The queue is
+// named once per Bus, "tlsfarm.F_q" and 16 random hex digits, and outlives
+// the subscriber's connection for Options.KeepQueue: what is published
+// while a node is cut off waits in it, and the node receives it when it
+// reconnects. The Bus is a transport.MessageKeeper: when it finds on
+// reconnecting that its queue was gone (it expired, or the broker
+// restarted: the queue is not durable) or full, it reports
+// transport.ErrMessagesLost with the state up. Close deletes the queue.
 // Messages are sealed by the farm: nothing on the exchange is usable, or
 // accepted back, without the farm secret, which is separate from any
 // RabbitMQ credential.
@@ -22,7 +28,9 @@ package amqpbus
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +52,7 @@ const (
 	DefaultHeartbeat   = 5 * time.Second
 	DefaultDialTimeout = 10 * time.Second
 	DefaultPrefetch    = 256
+	DefaultKeepQueue   = 2 * time.Minute
 )
 
 // maxFarmName is the longest farm name accepted, as in the farm package.
@@ -82,6 +91,18 @@ type Options struct {
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
 
+	// KeepQueue is how long the broker keeps a subscriber's queue once
+	// no connection consumes from it (x-expires): a node whose connection
+	// is lost for less than that finds, when it reconnects, every message
+	// published meanwhile (up to QueueLength) and reports nothing lost.
+	// A node that is gone for good leaves its queue, and the messages that
+	// pile up in it, on the broker that long. The farm refuses messages
+	// older than its farm.Config.MaxAge (30s by default) whatever the
+	// queue keeps, and takes an outage longer than half of it for a gap:
+	// keeping the queue much longer than MaxAge gains nothing. Default
+	// DefaultKeepQueue.
+	KeepQueue time.Duration
+
 	// Prefetch bounds the messages the broker sends a subscriber ahead of
 	// its acknowledgments (AMQP basic.qos), and so the memory a slow node
 	// spends on messages it has not handled yet; the rest wait in its
@@ -103,6 +124,11 @@ type Bus struct {
 
 	probeMu sync.Mutex // guards probe; held by Ping
 	probe   *publisher // Ping's connection
+
+	qmu      sync.Mutex      // guards the fields below
+	queue    string          // the Bus's queue, named once in Open
+	queueUse bool            // a Subscribe call consumes from queue
+	declared map[string]bool // queues declared so far (Close deletes them)
 }
 
 // A publisher is the connection and channel that Publish uses.
@@ -139,7 +165,8 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	if _, err := amqp.ParseURI(rawURL); err != nil {
 		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.Error(redact.URLError(err), passwords))
 	}
-	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange}
+	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, declared: make(map[string]bool)}
+	b.queue = b.newQueueName()
 	if opts != nil {
 		b.opts = *opts
 	}
@@ -158,8 +185,31 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	if b.opts.Prefetch <= 0 {
 		b.opts.Prefetch = DefaultPrefetch
 	}
+	if b.opts.KeepQueue <= 0 {
+		b.opts.KeepQueue = DefaultKeepQueue
+	}
+	b.opts.KeepQueue = max(b.opts.KeepQueue, time.Millisecond)
 	return b, nil
 }
+
+// newQueueName returns a new queue name for the farm: the exchange's name,
+// "_q" and 16 random hex digits. No exchange has such a name: in one, "_"
+// is followed by two hex digits.
+func (b *Bus) newQueueName() string {
+	var r [8]byte
+	rand.Read(r[:])
+	return b.exchange + "_q" + hex.EncodeToString(r[:])
+}
+
+// Queue returns the name of the Bus's queue, the one its Subscribe
+// consumes from (a second Subscribe at the same time consumes from a
+// queue of its own).
+func (b *Bus) Queue() string { return b.queue }
+
+// KeepsMessages implements transport.MessageKeeper: it returns true, as
+// the Bus's queue keeps what is published while its connection is down
+// (see Options.KeepQueue).
+func (b *Bus) KeepsMessages() bool { return true }
 
 // exchangeName returns the farm's exchange: "tlsfarm." and the farm name,
 // with bytes in [A-Za-z0-9.:-] as they are and every other byte as "_"
@@ -185,18 +235,60 @@ func exchangeName(farmName string) (string, error) {
 // Exchange returns the name of the farm's fanout exchange.
 func (b *Bus) Exchange() string { return b.exchange }
 
-// Close closes the publishing connection. Subscriptions end with their
-// contexts.
+// closeTimeout bounds how long Close tries to delete the Bus's queues.
+const closeTimeout = 2 * time.Second
+
+// Close deletes the queues the Bus declared, within a couple of seconds
+// (best effort: a queue it cannot delete expires after
+// Options.KeepQueue), and closes the connections of Publish and Ping.
+// Subscriptions end with their contexts; one whose queue Close deleted
+// stays down until then, and declares no queue again.
 func (b *Bus) Close() error {
 	b.mu.Lock()
 	b.closed = true
-	if b.pub != nil {
-		b.pub.close()
-		b.pub = nil
-	}
+	pub := b.pub
+	b.pub = nil
 	b.mu.Unlock()
+	b.qmu.Lock()
+	var queues []string
+	for q := range b.declared {
+		queues = append(queues, q)
+	}
+	clear(b.declared)
+	b.qmu.Unlock()
+	if len(queues) > 0 {
+		b.deleteQueues(pub, queues)
+	}
+	if pub != nil {
+		pub.close()
+	}
 	b.closeProbe()
 	return nil
+}
+
+// deleteQueues deletes queues, on pub's channel if it is open, else on a
+// connection of its own, within closeTimeout.
+func (b *Bus) deleteQueues(pub *publisher, queues []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	var conn *amqp.Connection
+	var ch *amqp.Channel
+	if pub != nil && !pub.conn.IsClosed() && !pub.ch.IsClosed() {
+		conn, ch = pub.conn, pub.ch
+	} else {
+		var err error
+		if conn, ch, err = b.dial(ctx); err != nil {
+			return
+		}
+		defer conn.CloseDeadline(time.Now().Add(time.Second))
+	}
+	stop := closeOnDone(ctx, conn)
+	defer stop()
+	for _, q := range queues {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			return // the channel is closed
+		}
+	}
 }
 
 // dial connects to the broker and declares the farm's exchange on a new
@@ -354,16 +446,37 @@ func (p *publisher) close() {
 	p.conn.CloseDeadline(time.Now().Add(time.Second))
 }
 
-// Subscribe implements transport.Bus. It connects, binds a queue of its own to
-// the farm's exchange and consumes from it; when the connection or channel
-// closes it reports the state down and connects again, with backoff (from
-// 100ms, doubling, to 5s, with jitter), until ctx is done. It returns
-// ctx.Err() promptly when ctx ends.
+// errClosed is the state of a subscription on a closed Bus.
+var errClosed = errors.New("amqpbus: the bus is closed")
+
+// Subscribe implements transport.Bus. It connects, binds the Bus's queue
+// to the farm's exchange and consumes from it; when the connection or
+// channel closes it reports the state down and connects again, with
+// backoff (from 100ms, doubling, to 5s, with jitter), until ctx is done.
+// It returns ctx.Err() promptly when ctx ends.
+//
+// The queue outlives the connection (see Options.KeepQueue): once
+// subscribed again, it reports up with a nil error if the queue was still
+// there and not full, and with transport.ErrMessagesLost if it was gone
+// (expired, or the broker restarted) or held QueueLength messages (the
+// broker may have dropped the oldest). Messages handled but not yet
+// acknowledged when the connection failed come again.
 func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	queue := b.takeQueue()
+	defer b.releaseQueue(queue)
+	// A loss found by an attempt that fails before the subscription is
+	// up is reported by the one that gets there.
+	var lost error
 	failures := 0
 	for {
+		if b.isClosed() {
+			// Declaring again would bring back the queue Close deleted.
+			state(false, errClosed)
+			<-ctx.Done()
+			return ctx.Err()
+		}
 		start := time.Now()
-		err := b.subscribeOnce(ctx, deliver, state)
+		err := b.subscribeOnce(ctx, queue, &lost, deliver, state)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -380,9 +493,40 @@ func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bo
 	}
 }
 
-// subscribeOnce runs one subscription until its connection fails or ctx
-// ends.
-func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+// takeQueue returns the queue a Subscribe call consumes from: the Bus's
+// own, unless another call consumes from it (then a new one, so that the
+// two do not share its messages).
+func (b *Bus) takeQueue() string {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	if b.queueUse {
+		return b.newQueueName()
+	}
+	b.queueUse = true
+	return b.queue
+}
+
+// releaseQueue ends a Subscribe call's use of queue. A queue of its own is
+// deleted by Close, or else by the broker after Options.KeepQueue.
+func (b *Bus) releaseQueue(queue string) {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	if queue == b.queue {
+		b.queueUse = false
+	}
+}
+
+func (b *Bus) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// subscribeOnce runs one subscription on queue until its connection fails
+// or ctx ends.
+// *lost is the loss to report once up, if any; subscribeOnce sets it when
+// it finds one, and clears it once reported.
+func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deliver func([]byte), state func(bool, error)) error {
 	conn, ch, err := b.dial(ctx)
 	if err != nil {
 		return err
@@ -396,12 +540,36 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 		}
 	}()
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	// Was the queue kept? A passive declare fails, and closes the
+	// channel, if it is not there.
+	existed := true
+	if _, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil); err != nil {
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+			return b.errorf("looking for the queue", err)
+		}
+		existed = false
+		if ch, err = conn.Channel(); err != nil {
+			return b.errorf("opening a channel", err)
+		}
+	}
 	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	q, err := ch.QueueDeclare("", false, true, true, false, amqp.Table{
+	q, err := ch.QueueDeclare(queue, false, false, false, false, amqp.Table{
 		"x-max-length": int64(b.opts.QueueLength),
+		"x-expires":    b.opts.KeepQueue.Milliseconds(),
 	})
 	if err != nil {
 		return b.errorf("declaring queue", err)
+	}
+	b.qmu.Lock()
+	had := b.declared[queue]
+	b.declared[queue] = true
+	b.qmu.Unlock()
+	switch {
+	case had && !existed:
+		*lost = fmt.Errorf("amqpbus: the queue was gone when the subscriber came back: %w", transport.ErrMessagesLost)
+	case existed && q.Messages >= b.opts.QueueLength:
+		*lost = fmt.Errorf("amqpbus: the queue was full when the subscriber came back: %w", transport.ErrMessagesLost)
 	}
 	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
 		return b.errorf("binding queue", err)
@@ -416,7 +584,8 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	state(true, nil)
+	state(true, *lost)
+	*lost = nil
 	unacked := 0
 	closed := func(e *amqp.Error) error {
 		if e == nil {
@@ -461,4 +630,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, deliver func([]byte), state fun
 	}
 }
 
-var _ transport.Bus = (*Bus)(nil)
+var (
+	_ transport.Bus           = (*Bus)(nil)
+	_ transport.MessageKeeper = (*Bus)(nil)
+)

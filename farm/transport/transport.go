@@ -1,8 +1,9 @@
 // Package transport defines what the farm needs from the systems that carry
 // its messages and hold its records: a Bus, a RecordStore and a Coordinator,
 // and the optional interfaces a transport may also implement (Batcher,
-// RecordTaker, RecordSwapper, RecordGetter, Pinger, MessageLimiter). A Store is a
-// RecordStore and a Coordinator in one value, as Redis and NATS provide.
+// RecordTaker, RecordSwapper, RecordGetter, Pinger, MessageLimiter,
+// MessageKeeper). A Store is a RecordStore and a Coordinator in one value, as
+// Redis and NATS provide.
 //
 // It stands to package farm as database/sql/driver stands to database/sql:
 // transports (farm/redisbus, farm/natsbus, farm/amqpbus) implement these
@@ -40,8 +41,10 @@ type Bus interface {
 	// then returns ctx.Err(). It reconnects and resubscribes on its own
 	// after failures, with backoff, and reports each change of state to
 	// state: up is true once a subscription is in place, false with the
-	// error when it is lost. deliver and state are called from one
-	// goroutine; deliver may keep msg.
+	// error when it is lost. With up true, the error is nil, but from a
+	// MessageKeeper, which says with it whether messages were lost while
+	// it was down. deliver and state are called from one goroutine;
+	// deliver may keep msg.
 	Subscribe(ctx context.Context, deliver func(msg []byte), state func(up bool, err error)) error
 }
 
@@ -197,4 +200,30 @@ type MessageLimiter interface {
 // subscription alone.
 type Pinger interface {
 	Ping(ctx context.Context) error
+}
+
+// ErrMessagesLost is the error a MessageKeeper's Subscribe passes to its
+// state function, with up true, when it resubscribes after an outage and
+// some of the messages published meanwhile may never be delivered (its
+// broker dropped them, or the queue that held them). Test it with
+// errors.Is: a transport may wrap it with the cause.
+var ErrMessagesLost = errors.New("farm: messages published while the subscription was down may be lost")
+
+// A MessageKeeper is a Bus that can keep the messages published while its
+// subscription is down and deliver them once it is back (a RabbitMQ queue
+// that outlives its consumer's connection, for one). When KeepsMessages
+// returns true, Subscribe's state function tells the farm what an outage
+// cost: once the subscription is back, up is true and err is nil only if
+// every message published meanwhile will be delivered (in order, after
+// those delivered before the outage; some may come twice); err is
+// ErrMessagesLost, wrapped or not, if any may be missing. The Bus's first
+// subscription, with nothing before it to lose, reports err nil (the farm
+// takes an outage before its first subscription for a gap).
+//
+// A Bus that is not a MessageKeeper, or whose KeepsMessages returns false,
+// may lose whatever is published while it is down (pub/sub, as Redis and
+// NATS core): the farm takes each of its outages for a gap, and the error
+// it reports with up true means nothing.
+type MessageKeeper interface {
+	KeepsMessages() bool
 }

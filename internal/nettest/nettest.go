@@ -1,6 +1,6 @@
 // Package nettest holds helpers for tests that talk to servers over
-// loopback sockets: a TCP server that echoes, one that never answers, and
-// a one-shot HTTP request.
+// loopback sockets: a TCP server that echoes, one that never answers, a
+// proxy the test can cut, and a one-shot HTTP request.
 package nettest
 
 import (
@@ -61,6 +61,90 @@ func Silent(tb testing.TB) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// A Proxy forwards the TCP connections made to its loopback address to a
+// server, until the test cuts them (see Cut), as a network partition
+// would: the server sees each connection closed, and the client sees its
+// own closed and cannot connect again until Restore.
+type Proxy struct {
+	// Addr is the address to connect to instead of the server's.
+	Addr string
+
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn // both ends of every connection forwarded
+}
+
+// NewProxy starts a Proxy to the server at target. It stops, closing its
+// connections, when the test ends.
+func NewProxy(tb testing.TB, target string) *Proxy {
+	tb.Helper()
+	ln := listen(tb)
+	p := &Proxy{Addr: ln.Addr().String(), target: target}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		<-done
+		p.Cut()
+	})
+	return p
+}
+
+func (p *Proxy) forward(c net.Conn) {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		c.Close()
+		return
+	}
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	if p.down {
+		p.mu.Unlock()
+		c.Close()
+		s.Close()
+		return
+	}
+	p.conns = append(p.conns, c, s)
+	p.mu.Unlock()
+	go func() { io.Copy(s, c); s.Close(); c.Close() }()
+	go func() { io.Copy(c, s); c.Close(); s.Close() }()
+}
+
+// Cut closes every connection forwarded so far and refuses new ones until
+// Restore.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Restore forwards new connections again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }
 
 func listen(tb testing.TB) net.Listener {
