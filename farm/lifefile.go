@@ -142,6 +142,7 @@ type lifeFile struct {
 	mu     sync.Mutex
 	saved  []byte // the body on disk; nil: none written by this node
 	onDisk bool   // a file may be there (read at Join, or written)
+	failed bool   // the last write failed, and said so
 }
 
 // lifePath returns the lifecycle file's path, or "" without
@@ -223,7 +224,10 @@ func (n *Node) saveLife() {
 	if len(ks) == 0 {
 		if f.onDisk {
 			if err := os.Remove(f.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				n.log.Warn("farm: cannot remove the kept retirements and cuts file", "err", err)
+				if !f.failed {
+					n.log.Warn("farm: cannot remove the kept retirements and cuts file", "err", err)
+				}
+				f.failed = true
 				return
 			}
 			f.onDisk, f.saved = false, nil
@@ -236,10 +240,13 @@ func (n *Node) saveLife() {
 	}
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	if err := writeFileAtomic(f.path, n.keys.seal(nil, hdr, body, []byte(lifeFileContext))); err != nil {
-		n.log.Warn("farm: cannot persist the kept retirements and cuts; they stay in memory and are retried", "err", err)
+		if !f.failed {
+			n.log.Warn("farm: cannot persist the kept retirements and cuts; they stay in memory and are retried", "err", err)
+		}
+		f.failed = true
 		return
 	}
-	f.onDisk, f.saved = true, body
+	f.onDisk, f.saved, f.failed = true, body, false
 }
 
 // readLife reads and opens the lifecycle file, if there is one. A file
