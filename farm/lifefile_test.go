@@ -15,6 +15,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
@@ -84,21 +85,28 @@ func (s *stuckWrites) Publish(ctx context.Context, msgs ...[]byte) error {
 // writes work, the store loses the retired session and holds the parent
 // for its grace only, the lifecycle file goes, and past the grace neither
 // session resumes on n1b, on n2 (which in broadcast mode holds copies of
-// both) or on a node that joins then.
+// both) or on a node that joins then. With Redis as bus and store (one
+// path), and with a NATS bus and a Redis store (the store's own path).
 func TestLifecycleSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	const grace = 8 * time.Second
 	for _, tc := range []struct {
 		name string
 		mode farm.Mode
+		nats bool
 	}{
-		{"redis/broadcast", farm.Broadcast},
-		{"redis/store-only", farm.StoreOnly},
+		{"redis/broadcast", farm.Broadcast, false},
+		{"redis/store-only", farm.StoreOnly, false},
+		{"nats+redis/store-only", farm.StoreOnly, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
 			file := filepath.Join(t.TempDir(), "revocations")
+			var natsURL string
+			if tc.nats {
+				natsURL = farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
+			}
 			o := &farmtest.Options{Mode: tc.mode, WriteThrough: true,
 				NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 					tr, err := redisbus.Open(srv.URL(), farmName)
@@ -107,6 +115,15 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 					}
 					t.Cleanup(func() { tr.Close() })
 					s := &stuckWrites{Transport: tr}
+					if tc.nats {
+						// The store's own path: only the store is stuck.
+						bus, err := natsbus.Open(natsURL, farmName, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						t.Cleanup(func() { bus.Close() })
+						return bus, s
+					}
 					return s, s
 				},
 				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
