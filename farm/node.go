@@ -99,7 +99,7 @@ type item struct {
 	// refreshLater updates it from the cache before it is written again.
 	later bool
 	// restored marks an opCut read back from the lifecycle file (see
-	// loadLife): the child that would tell broadcast peers to cut is lost
+	// restoreLife): the child that would tell broadcast peers to cut is lost
 	// with the restart, so the cut is published in broadcast mode too.
 	restored bool
 }
