@@ -124,7 +124,9 @@ type Farm struct {
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 
 	// RevocationFile keeps the revocations not yet applied farm-wide
-	// (farm.Config.RevocationFile); empty: in memory only.
+	// (farm.Config.RevocationFile), and, in RevocationFile + ".lifecycle",
+	// the retirements and grace cuts not yet written and published; empty:
+	// in memory only.
 	RevocationFile string `yaml:"revocation_file"`
 
 	// FallbackTicketLifetime is farm.Config.FallbackTicketLifetime; 0

@@ -198,6 +198,17 @@ type Config struct {
 	// with the farm secret, mode 0600), written before RevokeSession
 	// returns and read back by Join, so that a revocation survives a
 	// restart of the node during an outage.
+	//
+	// Beside it, in RevocationFile + ".lifecycle" (sealed the same way),
+	// the node keeps the retirements and grace cuts it made that did not
+	// reach the farm because a write failed: written at most once a second
+	// while there are any, and by Close; removed once they are written and
+	// published. Join reads it back, drops what has expired, applies the
+	// rest locally at once — this node then resumes none of those sessions,
+	// whether from its cache, the store or a peer's copy — and writes and
+	// publishes them when the transport works. Join fails if either file
+	// does not open under the farm's secrets or is malformed; removing the
+	// file starts the node without it.
 	RevocationFile string
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -349,28 +348,9 @@ func (n *Node) persistLocked() {
 	}
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err == nil {
-		_, err = f.Write(sealed)
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+	if err := writeFileAtomic(path, sealed); err != nil {
+		n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
 	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		if d, derr := os.Open(filepath.Dir(path)); derr == nil {
-			d.Sync()
-			d.Close()
-		}
-		return
-	}
-	n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
 }
 
 // loadRevocations reads Config.RevocationFile, if it exists, applies its
@@ -480,11 +460,17 @@ func (b *backlog) len() int {
 // session: a retirement replaces a cut of the same session (it deletes
 // the record the cut would rewrite), and of two cuts the earlier end wins.
 // When full, the items that expire soonest go first, counted.
+//
+// Items popped for a write stay in out until the write's outcome is known
+// (settle), so that what the node persists (see saveLife) never misses an
+// item in flight; notify, if set, is called after each change.
 type laterLife struct {
 	mu      sync.Mutex
 	size    int
 	m       map[session.ID]item
+	out     []item
 	dropped uint64
+	notify  func()
 }
 
 func newLaterLife(size int) *laterLife {
@@ -496,6 +482,13 @@ func newLaterLife(size int) *laterLife {
 func (l *laterLife) push(its []item, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.notify != nil {
+		defer l.notify()
+	}
+	l.pushLocked(its, now)
+}
+
+func (l *laterLife) pushLocked(its []item, now time.Time) {
 	for _, it := range its {
 		if !it.expires.After(now) {
 			continue
@@ -553,9 +546,52 @@ func (l *laterLife) pop(buf []item, max int, now time.Time) []item {
 		delete(l.m, id)
 		if it.expires.After(now) {
 			buf = append(buf, it)
+			l.out = append(l.out, it)
 		}
 	}
 	return buf
+}
+
+// settle ends the write of the items pop handed out: if it failed, they
+// are kept again (as keepLifecycle does when the node is not closing: then
+// this changes nothing).
+func (l *laterLife) settle(ok bool, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.out) == 0 {
+		return
+	}
+	if !ok {
+		l.pushLocked(l.out, now)
+	}
+	clear(l.out)
+	l.out = l.out[:0]
+	if l.notify != nil {
+		l.notify()
+	}
+}
+
+// snapshot returns the items kept and those in flight.
+func (l *laterLife) snapshot() []item {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	all := make([]item, 0, len(l.m)+len(l.out))
+	for _, it := range l.m {
+		all = append(all, it)
+	}
+	return append(all, l.out...)
+}
+
+// get returns the unexpired item kept for id.
+func (l *laterLife) get(id session.ID, now time.Time) (item, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	it, ok := l.m[id]
+	if ok && !it.expires.After(now) {
+		delete(l.m, id)
+		return item{}, false
+	}
+	return it, ok
 }
 
 func (l *laterLife) stats() (int, uint64) {

@@ -191,7 +191,13 @@ func (n *Node) takeStore(ctx context.Context, id session.ID, final bool) (bool, 
 type cachePeer struct{ n *Node }
 
 func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, error) {
-	return p.n.load(ctx, id)
+	n := p.n
+	if retired, until, ok := n.heldLife(id, n.cfg.Now()); ok && (retired || !until.After(n.cfg.Now())) {
+		// Retired (or cut and over) here; the farm may not know yet.
+		return nil, nil
+	}
+	rec, err := n.load(ctx, id)
+	return n.holdBack(id, rec, n.cfg.Now()), err
 }
 
 func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {
@@ -389,7 +395,7 @@ func (n *Node) cutMessages(hdr header, batch []item, limit int, msgs [][]byte) [
 		switch {
 		case it.op == opRetire:
 			c = cut{id: it.id}
-		case it.op == opCut && n.cfg.Mode == StoreOnly:
+		case it.op == opCut && (n.cfg.Mode == StoreOnly || it.restored):
 			c = cut{id: it.id, until: it.until}
 		default:
 			continue
@@ -413,7 +419,7 @@ func (n *Node) countCutsSent(batch []item) {
 		switch it := &batch[i]; {
 		case it.op == opRetire:
 			n.life.retiresSent.Add(1)
-		case it.op == opCut && n.cfg.Mode == StoreOnly:
+		case it.op == opCut && (n.cfg.Mode == StoreOnly || it.restored):
 			n.life.cutsSent.Add(1)
 		}
 	}
@@ -453,6 +459,11 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		if ok {
 			it.rec = rec // carried, should this write fail and the cache let it go
 		} else if rec = it.rec; rec.Expires.IsZero() {
+			// Nothing known of the record (a cut read back from
+			// Config.RevocationFile's lifecycle file, or one the cache let
+			// go before its first write): the store's may be whole, so it
+			// goes, a little before its grace ends.
+			dels = append(dels, sessionKey(it.id))
 			break
 		} else if rec.Expires.After(it.until) {
 			rec.Expires = it.until
@@ -536,7 +547,9 @@ func (n *Node) keepLifecycle(l *laterLife, batch []item) {
 		kept = append(kept, it)
 	}
 	if len(kept) > 0 {
-		l.push(kept, n.cfg.Now())
+		now := n.cfg.Now()
+		l.push(kept, now)
+		n.holdLife(kept, now)
 	}
 }
 

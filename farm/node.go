@@ -62,6 +62,9 @@ type Node struct {
 	backlog  *backlog
 	lifeq    *laterLife // retirements and cuts whose flush failed (n.q's path)
 	lifesq   *laterLife // the same for flushStore (n.sq's path)
+	held     *laterLife // retirements and cuts kept, until they expire: see heldLife
+	heldAny  atomic.Bool
+	lf       lifeFile // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
 	kids     chan item   // store-only: parents whose live child to swap
@@ -95,6 +98,10 @@ type item struct {
 	// later marks a new session kept in the backlog after a failed write:
 	// refreshLater updates it from the cache before it is written again.
 	later bool
+	// restored marks an opCut read back from the lifecycle file (see
+	// restoreLife): the child that would tell broadcast peers to cut is lost
+	// with the restart, so the cut is published in broadcast mode too.
+	restored bool
 }
 
 // Join joins cfg.Cache to the farm. It installs the farm's session ID keys
@@ -135,6 +142,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		backlog:  newBacklog(cfg.QueueSize),
 		lifeq:    newLaterLife(cfg.QueueSize),
 		lifesq:   newLaterLife(cfg.QueueSize),
+		held:     newLaterLife(2 * cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
 	n.revs.wake = make(chan struct{}, 1)
@@ -148,8 +156,17 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
+	n.lf.path = lifePath(&cfg)
+	if n.lf.path != "" {
+		n.lf.dirty = make(chan struct{}, 1)
+		n.lifeq.notify, n.lifesq.notify = n.lifeChanged, n.lifeChanged
+	}
 	// Before the cache joins the farm: a file that does not open
 	// leaves the cache as it was.
+	kept, err := n.readLife()
+	if err != nil {
+		return nil, err
+	}
 	if err := n.loadRevocations(); err != nil {
 		return nil, err
 	}
@@ -165,6 +182,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 			n.sq = newQueue(cfg.QueueSize)
 		}
 	}
+	n.restoreLife(kept)
 	if cfg.Records != nil || n.pend != nil {
 		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)
 	}
@@ -181,6 +199,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if n.sq != nil {
 		n.wg.Add(1)
 		go n.drain(ctx, n.sq, n.flushStore)
+	}
+	if n.lf.path != "" {
+		n.wg.Add(1)
+		go n.lifeSaver(ctx)
 	}
 	if n.busProbe != nil || n.storeProbe != nil {
 		n.wg.Add(1)
@@ -250,7 +272,9 @@ func (n *Node) combined() bool {
 // the farm (the leave function of session.Cache.Join), stops the
 // node's goroutines, and waits for them. Sessions already cached stay.
 // Revocations not yet applied farm-wide get one more try, bounded by
-// OpTimeout. Close may be called more than once; the end of Join's context
+// OpTimeout. With Config.RevocationFile, the retirements and cuts not yet
+// written and published (kept, or still queued) are written to the
+// lifecycle file for the next Join. Close may be called more than once; the end of Join's context
 // calls it.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
@@ -266,6 +290,12 @@ func (n *Node) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.drainRevocations(ctx)
 			cancel()
+		}
+		if n.lf.path != "" {
+			// What is kept, or still queued, goes to the lifecycle file
+			// for the next Join.
+			n.keepQueued()
+			n.saveLife()
 		}
 		if stop := n.stopWatch.Load(); stop != nil {
 			(*stop)()

@@ -101,6 +101,7 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 		fl.set(batch)
 		ok := flush(ctx, batch)
 		fl.clear()
+		life.settle(ok, n.cfg.Now())
 		if ok {
 			failures = 0
 			continue

@@ -158,6 +158,12 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
+		if rec := n.holdBack(it.id, &it.rec, now); rec == nil {
+			n.ctr.insertRefused.Add(1)
+			continue
+		} else {
+			it.rec = *rec // cut here, perhaps
+		}
 		// Copy the state out of the batch, so that one long-lived
 		// session does not keep the whole message in memory.
 		it.rec.State = bytes.Clone(it.rec.State)
