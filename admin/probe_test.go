@@ -1,38 +1,19 @@
 package admin
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
-
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestHealthDegradedWithin2sOfPausedRedis freezes the farm's Redis
 // (SIGSTOP: no reset, no answer): /healthz says degraded and
@@ -40,7 +21,7 @@ func (s *syncBuffer) String() string {
 // when Redis continues.
 func TestHealthDegradedWithin2sOfPausedRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	name := redistest.Farm(t)
 	srvH, _ := newHandler(t, func(c *Config) {
 		tr, err := redisbus.Open(srv.URL(), name)

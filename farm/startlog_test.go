@@ -1,38 +1,19 @@
 package farm_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
-
-// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // slowBus subscribes only after a delay, as a bus still connecting does.
 type slowBus struct {
@@ -68,8 +49,8 @@ const fallbackWarning = "farm: unreachable; issuing short-lived farm tickets"
 // and that a bus that reports itself down still gets the warning.
 func TestStartIsNotAnOutage(t *testing.T) {
 	url := redistest.URL(t)
-	join := func(t *testing.T, wrap func(transport.Bus) transport.Bus) (*farmtest.Member, *lockedBuffer) {
-		var logs lockedBuffer
+	join := func(t *testing.T, wrap func(transport.Bus) transport.Bus) (*farmtest.Member, *logtest.Buffer) {
+		var logs logtest.Buffer
 		m := farmtest.Join(t, "n1", farmtest.FarmName(t), farmtest.Options{
 			NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 				bus, store := redisTransport(url)(t, farmName)

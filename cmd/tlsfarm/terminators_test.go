@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/keyexport"
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -73,24 +74,6 @@ func privateDir(t *testing.T) string {
 	return dir
 }
 
-// syncBuffer is a log destination that tests read after the fact.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startAgent runs tlsfarm keys in the test's process with the given flags
 // (the admin listener on a free port unless args give one), and stops it
 // when the test ends. Its log is shown if the test fails.
@@ -104,7 +87,7 @@ func startAgent(t *testing.T, name string, args ...string) *keysAgent {
 	if o == nil {
 		t.Fatalf("tlsfarm keys %s: exit %d: %s", strings.Join(args, " "), code, errs.String())
 	}
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	a, err := startKeys(o, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("tlsfarm keys: %v", err)
@@ -152,7 +135,7 @@ type server struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *logtest.Buffer
 	done chan struct{}
 }
 
@@ -163,7 +146,7 @@ func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 func (s *server) start() {
 	s.t.Helper()
 	s.mu.Lock()
-	s.out = &syncBuffer{}
+	s.out = &logtest.Buffer{}
 	s.cmd = exec.Command(s.args[0], s.args[1:]...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

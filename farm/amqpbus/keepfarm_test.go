@@ -1,7 +1,6 @@
 package amqpbus_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/hex"
 	"log/slog"
@@ -13,28 +12,11 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
-
-// A syncBuffer is a bytes.Buffer safe for concurrent use (a log's).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // handshakeIDs returns a function that lists the sessions handshakes
 // issued on c so far.
@@ -88,7 +70,7 @@ func TestOutageOfKeptQueue(t *testing.T) {
 			const grace = 2 * time.Second
 			name, secret := farmtest.FarmName(t), farm.NewSecret(1)
 			proxy := nettest.NewProxy(t, brokerAddr(url))
-			var log syncBuffer
+			var log logtest.Buffer
 			base := farmtest.Options{Secret: secret, TweakCache: func(c *session.Config) { c.ResumeGrace = grace }}
 			o1, o2 := base, base
 			o1.NewTransport = amqpTransport(url, nil)
