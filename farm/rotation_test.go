@@ -18,6 +18,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -82,23 +83,12 @@ func TestStatelessTicketResumesAcrossNodes(t *testing.T) {
 }
 
 // keyLog collects log output and checks it for key material.
-type keyLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (k *keyLog) Write(p []byte) (int, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.buf.Write(p)
-}
+type keyLog struct{ logtest.Buffer }
 
 // leaks reports whether any key of the states appears in the log, as hex
 // (either case) or base64, whole or as its first 8 bytes.
 func (k *keyLog) leaks(states []ticket.State) string {
-	k.mu.Lock()
-	text := k.buf.String()
-	k.mu.Unlock()
+	text := k.String()
 	for _, st := range states {
 		for _, key := range st.Keys() {
 			b := key[:]
@@ -187,7 +177,7 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	if leak := logs.leaks(states); leak != "" {
 		t.Fatalf("key material %q appears in the logs", leak)
 	}
-	if !strings.Contains(logs.buf.String(), "ticket keys rotated") {
+	if !strings.Contains(logs.String(), "ticket keys rotated") {
 		t.Fatal("the logs were not captured")
 	}
 }
