@@ -72,6 +72,8 @@ func TestOldRestrictingMessages(t *testing.T) {
 		{name: "child old past the grace: parent retired", age: 40 * time.Second, typ: msgSessions, want: gone, old: 1},
 		{name: "child old, lazy: held parent dropped", lazy: true, age: 10 * time.Second, typ: msgSessions, want: gone, old: 1},
 		{name: "retirement past the bound", age: bound + time.Minute, typ: msgCut, want: untouched, reason: "too_old"},
+		{name: "retirement past the bound, body changed: refused unopened", age: bound + time.Minute, typ: msgCut, want: untouched, reason: "too_old",
+			tamper: func(m []byte) { m[len(m)-20] ^= 1 }},
 		{name: "child past the bound", age: bound + time.Minute, typ: msgSessions, want: untouched, reason: "too_old"},
 		{name: "revocation past its bound", age: 25 * time.Hour, typ: msgRevoke, want: untouched, reason: "too_old"},
 		{name: "key set old", age: 10 * time.Second, typ: msgKeys, want: untouched, reason: "too_old"},
