@@ -160,8 +160,10 @@ type Config struct {
 	// those sessions one full handshake. A bus that keeps what is published
 	// while its subscription is down (transport.MessageKeeper: RabbitMQ)
 	// has a gap only when it reports one, or when the outage lasted longer
-	// than MaxAge/2 (older messages are refused); over Redis or NATS pub/sub every
-	// outage is a gap. Set KeepAfterBusGap where none of that matters more
+	// than half the cache's session Lifetime (or of MaxAge, if that is
+	// longer): retirements, grace cuts and revocations older than that are
+	// refused, while those within it are applied late, whatever their
+	// age. Over Redis or NATS pub/sub every outage is a gap. Set KeepAfterBusGap where none of that matters more
 	// than the handshakes: the copies then stay resumable until they
 	// expire, as they did before. With Records the node checks its cache
 	// against the store instead, whatever this says.
@@ -169,7 +171,12 @@ type Config struct {
 
 	// MaxAge is the oldest message accepted from the bus (default 30s);
 	// MaxSkew how far in the future (default 5s). Both absorb clock
-	// differences between nodes.
+	// differences between nodes. Messages that only restrict what may
+	// resume (retirements, grace cuts, revocations) are taken older, for
+	// as long as the sessions they concern may live (the cache's Lifetime,
+	// or MaxChainLifetime for revocations, plus MaxSkew); a peer's new
+	// session older than MaxAge is not inserted, but the grace cut of its
+	// parent it carries is applied.
 	MaxAge, MaxSkew time.Duration
 
 	// OpTimeout bounds each publish and each store batch (default 2s).

@@ -91,7 +91,7 @@ const (
 	rejectMalformed rejectReason = iota // not an envelope, or a truncated one
 	rejectVersion                       // an envelope version this node does not read
 	rejectOtherFarm                     // sealed for another farm
-	rejectTooOld                        // older than Config.MaxAge
+	rejectTooOld                        // older than its type may be (see maxAgeFor; most: Config.MaxAge)
 	rejectFuture                        // from further in the future than Config.MaxSkew
 	rejectSeal                          // unknown key, or failed authentication: forged or tampered
 	rejectBody                          // authentic, but its body does not decode

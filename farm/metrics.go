@@ -20,7 +20,7 @@ type nodeCounters struct {
 	lookups, storeHits, storeMisses, storeTimeouts atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
-	writtenBack, unknownRevs                       atomic.Uint64
+	writtenBack, unknownRevs, oldSessions          atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -96,6 +96,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counters("tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
 		"retire_sent", l.retiresSent.Load(), "retire_received", l.retiresReceived.Load(), "cut_sent", l.cutsSent.Load(), "cut_received", l.cutsRecv.Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
+	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())
 	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())
 	for i := range numRejections {
 		m.add(metric.Sample{

@@ -29,6 +29,11 @@ type Node struct {
 	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
 	log      *slog.Logger
 
+	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
+	// cuts msgSessions imply) and revocation accepted from the bus: see
+	// maxAgeFor.
+	cutAge, revokeAge time.Duration
+
 	busProbe, storeProbe *probe // nil: not a Pinger
 
 	unhook    func()
@@ -145,6 +150,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		held:     newLaterLife(2 * cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
+	cc := cfg.Cache.Config()
+	n.cutAge = max(cc.Lifetime+cfg.MaxSkew, cfg.MaxAge)
+	n.revokeAge = max(cc.MaxChainLifetime+cfg.MaxSkew, cfg.MaxAge)
 	n.revs.wake = make(chan struct{}, 1)
 	n.recon.wake = make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})

@@ -3,6 +3,7 @@ package farm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -66,15 +67,26 @@ func (n *Node) receive(msg []byte) {
 		return
 	}
 	now := n.cfg.Now()
+	// The type is not authentic yet: here it only picks the age bound,
+	// which keeps the check before authentication cheap. A message whose
+	// type was changed, to pass for one that may be older, fails
+	// authentication (the header is additional data).
 	// The bus hands msg over (see transport.Bus.Subscribe): decrypt it in place.
-	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.cfg.MaxAge, n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
+	body, err := n.keys.openParsed(msg, h, off, n.cfg.Farm, 0, nil, now, n.maxAgeFor(h.typ), n.cfg.MaxSkew, msg[off+nonceLen:off+nonceLen])
 	if err != nil {
 		n.ctr.rejected[rejection(err)].Add(1)
 		return
 	}
 	n.lag.observe(now.Sub(h.time))
+	old := now.Sub(h.time) > n.cfg.MaxAge
 	switch h.typ {
 	case msgSessions:
+		if old {
+			if err := n.receiveOldSessions(body, h.time, now); err != nil {
+				n.ctr.rejected[rejectBody].Add(1)
+			}
+			return
+		}
 		if n.pend != nil {
 			if err := n.receiveLazy(body, now); err != nil {
 				n.ctr.rejected[rejectBody].Add(1)
@@ -92,6 +104,11 @@ func (n *Node) receive(msg []byte) {
 		}
 		for _, r := range revs {
 			n.ctr.receivedRevocations.Add(1)
+			if old && !r.until.After(now) {
+				// The chain resumes nowhere any more: nothing to
+				// do, and no scan of the cache for a replay.
+				continue
+			}
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 		}
 	default:
@@ -104,6 +121,83 @@ func (n *Node) receive(msg []byte) {
 		}
 		fn(h, body)
 	}
+}
+
+// maxAgeFor returns the oldest message of type t accepted from the bus.
+// Most types are refused past MaxAge, a bound on replays. The messages
+// that only restrict what may resume — retirements and grace cuts
+// (msgCut), revocations (msgRevoke) — are taken at any age their subject
+// may still be alive at, for a bus that kept them through an outage
+// (transport.MessageKeeper) to deliver them late: session IDs and chains
+// are random and never reused, so one replayed changes nothing that was
+// not already so (a retirement or a revocation applied again, a cut to
+// the same instant). A cut sent at T concerns a session issued before T,
+// which ends by T plus the cache's Lifetime; a revocation, a chain that
+// ends within MaxChainLifetime; MaxSkew more leaves room for the clocks
+// that wrote those times. A message of sessions (msgSessions) is taken
+// as long as a cut, for the grace cuts of the parents its sessions imply
+// (see receiveOldSessions), but its sessions are inserted only within
+// MaxAge.
+func (n *Node) maxAgeFor(t envType) time.Duration {
+	switch t {
+	case msgCut, msgSessions:
+		return n.cutAge
+	case msgRevoke:
+		return n.revokeAge
+	}
+	return n.cfg.MaxAge
+}
+
+// receiveOldSessions handles an authentic msgSessions body sealed at sent,
+// more than MaxAge ago (a bus kept it through an outage): its sessions
+// are not inserted (counted), but what their arrival implies of other
+// sessions is applied. In broadcast mode a resumption's grace cut travels
+// only with its child (see enqueue): each session with a parent cuts the
+// parent to sent plus the cache's ResumeGrace, as Insert would have on
+// its arrival then, or retires it if that time has passed; with LazyPeers
+// a held copy of the parent is dropped, as receiveLazy does. A body that
+// does not decode changes nothing.
+func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
+	var parents []session.ID
+	count := 0
+	for len(body) > 0 {
+		if len(body) < session.IDLen+4 {
+			return errShortRecord
+		}
+		l := binary.BigEndian.Uint32(body[session.IDLen:])
+		body = body[session.IDLen+4:]
+		if uint64(l) > uint64(len(body)) || l < recMinLen {
+			return errShortRecord
+		}
+		rec := body[:l]
+		body = body[l:]
+		count++
+		if p := session.ID(rec[recParentAt : recParentAt+session.IDLen]); p != (session.ID{}) {
+			parents = append(parents, p)
+		}
+	}
+	n.ctr.receivedSessions.Add(uint64(count))
+	n.ctr.oldSessions.Add(uint64(count))
+	grace := n.cfg.Cache.Config().ResumeGrace
+	until := sent.Add(grace)
+	for _, p := range parents {
+		if n.pend != nil {
+			n.pend.drop(p)
+		}
+		if grace <= 0 {
+			continue // resumed sessions keep their full Lifetime (see Insert)
+		}
+		if !until.After(now) {
+			// Its grace is over everywhere: a later copy must not
+			// bring it back.
+			n.retired.add(p, now)
+			n.cfg.Cache.Retire(p, session.OriginPeer)
+			continue
+		}
+		n.cfg.Cache.Cut(p, until)
+		n.noteRecut(p, until)
+	}
+	return nil
 }
 
 // itemsPool holds room to decode the received batches that do not fit the

@@ -167,14 +167,19 @@ func (n *Node) busUp(err error) {
 // published since the subscription went down (at down), by what it
 // reported with the state up (err): it must be a transport.MessageKeeper
 // that reported no loss. And the outage must have lasted at most half of
-// MaxAge: a message older than MaxAge is refused however it was kept, and
-// the other half leaves room for the queue to drain, for clocks to differ,
-// and for the time the node took to notice the connection was dead (two
-// heartbeats on RabbitMQ, 10s by default; the broker gives back what it
-// had sent into the dead connection).
+// the age up to which the messages that restrict what may resume —
+// retirements, grace cuts, revocations — are taken (see maxAgeFor: the
+// cache's Lifetime, never less than MaxAge): an older one is refused
+// however it was kept, and the other half leaves room for the queue to
+// drain, for clocks to differ, and for the time the node took to notice
+// the connection was dead (two heartbeats on RabbitMQ, 10s by default;
+// the broker gives back what it had sent into the dead connection). The
+// new sessions the bus kept that are older than MaxAge are not inserted
+// (see receiveOldSessions): that costs their clients a full handshake
+// here, never a resumption the farm no longer allows.
 func (n *Node) busKept(down time.Time, err error) bool {
 	k, ok := n.cfg.Bus.(transport.MessageKeeper)
-	return ok && k.KeepsMessages() && err == nil && n.cfg.Now().Sub(down) <= n.cfg.MaxAge/2
+	return ok && k.KeepsMessages() && err == nil && n.cfg.Now().Sub(down) <= min(n.cutAge, n.revokeAge)/2
 }
 
 // dropUnvouched drops from the cache, and from the sessions held as

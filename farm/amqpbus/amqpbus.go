@@ -96,10 +96,13 @@ type Options struct {
 	// is lost for less than that finds, when it reconnects, every message
 	// published meanwhile (up to QueueLength) and reports nothing lost.
 	// A node that is gone for good leaves its queue, and the messages that
-	// pile up in it, on the broker that long. The farm refuses messages
-	// older than its farm.Config.MaxAge (30s by default) whatever the
-	// queue keeps, and takes an outage longer than half of it for a gap:
-	// keeping the queue much longer than MaxAge gains nothing. Default
+	// pile up in it, on the broker that long. The farm takes the
+	// retirements, grace cuts and revocations a kept queue delivers for
+	// as long as the sessions they concern may live (the cache's session
+	// Lifetime, 2h by default), and takes an outage longer than half of
+	// that for a gap; a peer's new session older than farm.Config.MaxAge
+	// (30s by default) is not inserted. So KeepQueue, not the farm, bounds
+	// the outages a node comes back from with its cache. Default
 	// DefaultKeepQueue.
 	KeepQueue time.Duration
 
