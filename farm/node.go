@@ -44,6 +44,13 @@ type Node struct {
 	closeOnce sync.Once
 	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
+	// The publishers (drain) have a context and a wait group of their
+	// own: Close first lets them empty their queues (closing), and
+	// cancels them (stopPub) only when they are done or the bound is up.
+	stopPub      context.CancelFunc
+	startClosing context.CancelFunc
+	pubs         sync.WaitGroup
+
 	connected atomic.Bool
 	busFirst  chan struct{} // closed when the bus first reports its state (up or down)
 	busOnce   sync.Once
@@ -199,15 +206,19 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 
 	parent := ctx
 	ctx, n.cancel = context.WithCancel(context.WithoutCancel(parent))
-	n.wg.Add(4)
-	go n.drain(ctx, n.q, n.flush)
+	pctx, stopPub := context.WithCancel(context.WithoutCancel(parent))
+	closing, startClosing := context.WithCancel(pctx)
+	n.stopPub, n.startClosing = stopPub, startClosing
+	n.pubs.Add(1)
+	go n.drain(pctx, closing, n.q, n.flush)
+	if n.sq != nil {
+		n.pubs.Add(1)
+		go n.drain(pctx, closing, n.sq, n.flushStore)
+	}
+	n.wg.Add(3)
 	go n.listener(ctx)
 	go n.revoker(ctx)
 	go n.childKeeper(ctx)
-	if n.sq != nil {
-		n.wg.Add(1)
-		go n.drain(ctx, n.sq, n.flushStore)
-	}
 	if n.lf.path != "" {
 		n.wg.Add(1)
 		go n.lifeSaver(ctx)
@@ -277,20 +288,51 @@ func (n *Node) combined() bool {
 }
 
 // Close leaves the farm: it unregisters the hooks, takes the cache out of
-// the farm (the leave function of session.Cache.Join), stops the
-// node's goroutines, and waits for them. Sessions already cached stay.
+// the farm (the leave function of session.Cache.Join), lets the publishers
+// empty their queues, stops the node's goroutines, and waits for them.
+// Sessions already cached stay.
+//
+// The sessions, retirements and cuts still queued when Close is called,
+// and the batch being written, are written and published first, so that a
+// graceful shutdown does not lose the sessions issued in its last moments
+// to the farm; where the transport works, what was kept from an earlier
+// outage is replayed too. This is bounded by OpTimeout: when it is up,
+// the write in flight is cancelled and what is left is dropped, as it
+// would have been without the wait. A path whose transport is failing
+// (its last write failed, the store is marked failing, or the bus reports
+// itself down) is not waited for: its write in flight is cancelled and it
+// stops at once, so a Close during an outage returns about as soon as it
+// did before.
+//
 // Revocations not yet applied farm-wide get one more try, bounded by
 // OpTimeout. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, or still queued) are written to the
-// lifecycle file for the next Join. Close may be called more than once; the end of Join's context
-// calls it.
+// lifecycle file for the next Join. Close may be called more than once;
+// the end of Join's context calls it. In all, Close takes at most about
+// twice OpTimeout.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
 		if n.leave != nil {
 			n.leave()
 		}
+		// Nothing new is queued from here on: let the publishers empty
+		// the queues, for at most OpTimeout.
+		n.startClosing()
+		flushed := make(chan struct{})
+		go func() {
+			n.pubs.Wait()
+			close(flushed)
+		}()
+		t := time.NewTimer(n.cfg.OpTimeout)
+		select {
+		case <-flushed:
+		case <-t.C:
+		}
+		t.Stop()
+		n.stopPub()
 		n.cancel()
+		<-flushed
 		n.wg.Wait()
 		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in
