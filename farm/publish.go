@@ -126,7 +126,8 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 // flushOne runs flush for one batch of q's path. The write is cancelled
 // when ctx is done, or as soon as closing is done if the path is failing
 // (failing: the last write failed; else see pathFailing): Close waits for
-// a write in flight only while the transport works.
+// a write in flight only while the transport works. (A transport may
+// still take until the write's own deadline to give up.)
 func (n *Node) flushOne(ctx, closing context.Context, q *queue, failing bool, batch []item, flush func(context.Context, []item) bool) bool {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -139,11 +140,11 @@ func (n *Node) flushOne(ctx, closing context.Context, q *queue, failing bool, ba
 	return flush(fctx, batch)
 }
 
-// pathFailing reports whether the transport q's path writes to is known
-// to be failing: the store, if the path writes it, is marked failing by
-// its last write, or the bus, if the path publishes on it, has reported
-// itself down. The health probes are not asked: one that fails on a
-// loaded machine must not cost the sessions Close would write.
+// pathFailing reports whether the transport q's path writes to was known
+// to be failing when Close began: the store, if the path writes it, is
+// marked failing by its last write, or the bus, if the path publishes on
+// it, had reported itself down. The health probes are not asked: one that
+// fails on a loaded machine must not cost the sessions Close would write.
 func (n *Node) pathFailing(q *queue) bool {
 	if q == n.storeQueue() && n.cfg.Records != nil {
 		n.deg.mu.Lock()
@@ -153,15 +154,7 @@ func (n *Node) pathFailing(q *queue) bool {
 			return true
 		}
 	}
-	if q != n.q {
-		return false
-	}
-	select {
-	case <-n.busFirst:
-		return !n.connected.Load()
-	default:
-		return false // still connecting
-	}
+	return q == n.q && n.busDownAtEnd.Load()
 }
 
 // backoff returns the wait after the given number of consecutive failures:
