@@ -76,8 +76,8 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		fl = &n.flights[1]
 	}
 	for {
-		if closing.Err() != nil && (failures > 0 || n.pathFailing(q)) {
-			return // closing, and the transport is failing: see Close
+		if ctx.Err() != nil || closing.Err() != nil && (failures > 0 || n.pathFailing(q)) {
+			return // stopped, or closing while the transport fails: see Close
 		}
 		batch = batch[:0]
 		if catchUp && n.backlog.len() > 0 {
