@@ -138,9 +138,10 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	err := n.writeStore(ctx, hdr, batch, puts, dels, revs, restores)
 	if ctx.Err() == nil {
 		n.storeOutcome(batch, err)
-		if err != nil {
-			n.keepLifecycle(n.lifesq, batch)
-		}
+	}
+	if err != nil {
+		// Also when the write was cancelled by Close: see flush.
+		n.keepLifecycle(n.lifesq, batch)
 	}
 	n.storeWritten(ctx, len(puts), err)
 	return err == nil

@@ -44,6 +44,14 @@ type Node struct {
 	closeOnce sync.Once
 	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
 
+	// The publishers (drain) have a context and a wait group of their
+	// own: Close first lets them empty their queues (closing), and
+	// cancels them (stopPub) only when they are done or the bound is up.
+	stopPub      context.CancelFunc
+	startClosing context.CancelFunc
+	pubs         sync.WaitGroup
+	busDownAtEnd atomic.Bool // the bus had reported itself down when Close began
+
 	connected atomic.Bool
 	busFirst  chan struct{} // closed when the bus first reports its state (up or down)
 	busOnce   sync.Once
@@ -199,15 +207,19 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 
 	parent := ctx
 	ctx, n.cancel = context.WithCancel(context.WithoutCancel(parent))
-	n.wg.Add(4)
-	go n.drain(ctx, n.q, n.flush)
+	pctx, stopPub := context.WithCancel(context.WithoutCancel(parent))
+	closing, startClosing := context.WithCancel(pctx)
+	n.stopPub, n.startClosing = stopPub, startClosing
+	n.pubs.Add(1)
+	go n.drain(pctx, closing, n.q, n.flush)
+	if n.sq != nil {
+		n.pubs.Add(1)
+		go n.drain(pctx, closing, n.sq, n.flushStore)
+	}
+	n.wg.Add(3)
 	go n.listener(ctx)
 	go n.revoker(ctx)
 	go n.childKeeper(ctx)
-	if n.sq != nil {
-		n.wg.Add(1)
-		go n.drain(ctx, n.sq, n.flushStore)
-	}
 	if n.lf.path != "" {
 		n.wg.Add(1)
 		go n.lifeSaver(ctx)
@@ -277,20 +289,62 @@ func (n *Node) combined() bool {
 }
 
 // Close leaves the farm: it unregisters the hooks, takes the cache out of
-// the farm (the leave function of session.Cache.Join), stops the
-// node's goroutines, and waits for them. Sessions already cached stay.
-// Revocations not yet applied farm-wide get one more try, bounded by
+// the farm (the leave function of session.Cache.Join), lets the publishers
+// empty their queues, stops the node's goroutines, and waits for them.
+// Sessions already cached stay.
+//
+// The sessions, retirements and cuts still queued when Close is called,
+// and the batch being written, are written and published first, so that a
+// graceful shutdown does not lose to the farm the sessions issued in its
+// last moments; where the transport works, what was kept from an earlier
+// outage is replayed too. This wait is bounded by OpTimeout: when it is
+// up, the write in flight is cancelled (a transport that cannot abort one
+// gives up at its own deadline, OpTimeout after it began) and what is
+// left is dropped, as it was before Close waited. A path whose transport
+// was failing when Close began (its last write failed, or the store's
+// did, or the bus had reported itself down) is not waited for: its write
+// in flight is cancelled and it stops, so a Close during an outage returns
+// about as soon as it did before.
+//
+// Revocations not yet applied farm-wide then get one more try, bounded by
 // OpTimeout. With Config.RevocationFile, the retirements and cuts not yet
-// written and published (kept, or still queued) are written to the
-// lifecycle file for the next Join. Close may be called more than once; the end of Join's context
-// calls it.
+// written and published (kept, still queued, or in a write cancelled
+// above) are written to the lifecycle file for the next Join. In all,
+// Close takes at most about OpTimeout longer than it would without the
+// wait: two to three times OpTimeout in the worst case, usually far less.
+// Close may be called more than once; the end of Join's context calls it
+// (and so waits for the queues the same way).
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.unhook()
 		if n.leave != nil {
 			n.leave()
 		}
+		// Nothing new is queued from here on: let the publishers empty
+		// the queues, for at most OpTimeout, while the other goroutines
+		// stop (they start no new work meanwhile, such as a probe that
+		// would hang as long again on a hung transport).
+		select {
+		case <-n.busFirst:
+			n.busDownAtEnd.Store(!n.connected.Load())
+		default: // still connecting: not known to be down
+		}
+		n.startClosing()
 		n.cancel()
+		flushed := make(chan struct{})
+		go func() {
+			n.pubs.Wait()
+			close(flushed)
+		}()
+		t := time.NewTimer(n.cfg.OpTimeout)
+		select {
+		case <-flushed:
+		case <-t.C:
+			n.stopPub()
+			<-flushed
+		}
+		t.Stop()
+		n.stopPub()
 		n.wg.Wait()
 		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in

@@ -59,9 +59,11 @@ func (n *Node) enqueue(it item) {
 
 // drain empties q in batches through flush (the bus's path, which also
 // writes the store when sq is nil, or the store's), backing off on its own
-// while flush fails.
-func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, []item) bool) {
-	defer n.wg.Done()
+// while flush fails. It returns when ctx is done or, once closing is done
+// (Close), when there is nothing left to write or the transport is
+// failing: see Close.
+func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.Context, []item) bool) {
+	defer n.pubs.Done()
 	var batch []item
 	failures := 0
 	done, cancel := context.WithCancel(context.Background())
@@ -74,6 +76,9 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 		fl = &n.flights[1]
 	}
 	for {
+		if ctx.Err() != nil || closing.Err() != nil && (failures > 0 || n.pathFailing(q)) {
+			return // stopped, or closing while the transport fails: see Close
+		}
 		batch = batch[:0]
 		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
@@ -92,14 +97,15 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 				continue
 			}
 		} else {
+			// Wait for items until Close, then only take what is left.
 			var err error
-			batch, err = q.pop(ctx, batch, n.cfg.BatchSize)
+			batch, err = q.pop(closing, batch, n.cfg.BatchSize)
 			if err != nil {
-				return
+				return // the queue is empty, and the node closing
 			}
 		}
 		fl.set(batch)
-		ok := flush(ctx, batch)
+		ok := n.flushOne(ctx, closing, q, failures > 0, batch, flush)
 		fl.clear()
 		life.settle(ok, n.cfg.Now())
 		if ok {
@@ -110,11 +116,45 @@ func (n *Node) drain(ctx context.Context, q *queue, flush func(context.Context, 
 		// (and, if it must, drop the oldest of) what arrives meanwhile.
 		failures++
 		select {
-		case <-ctx.Done():
+		case <-closing.Done():
 			return
 		case <-time.After(backoff(failures)):
 		}
 	}
+}
+
+// flushOne runs flush for one batch of q's path. The write is cancelled
+// when ctx is done, or as soon as closing is done if the path is failing
+// (failing: the last write failed; else see pathFailing): Close waits for
+// a write in flight only while the transport works. (A transport may
+// still take until the write's own deadline to give up.)
+func (n *Node) flushOne(ctx, closing context.Context, q *queue, failing bool, batch []item, flush func(context.Context, []item) bool) bool {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(closing, func() {
+		if failing || n.pathFailing(q) {
+			cancel()
+		}
+	})
+	defer stop()
+	return flush(fctx, batch)
+}
+
+// pathFailing reports whether the transport q's path writes to was known
+// to be failing when Close began: the store, if the path writes it, is
+// marked failing by its last write, or the bus, if the path publishes on
+// it, had reported itself down. The health probes are not asked: one that
+// fails on a loaded machine must not cost the sessions Close would write.
+func (n *Node) pathFailing(q *queue) bool {
+	if q == n.storeQueue() && n.cfg.Records != nil {
+		n.deg.mu.Lock()
+		failing := n.deg.storeFailing
+		n.deg.mu.Unlock()
+		if failing {
+			return true
+		}
+	}
+	return q == n.q && n.busDownAtEnd.Load()
 }
 
 // backoff returns the wait after the given number of consecutive failures:
@@ -181,7 +221,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
 		n.keepForLater(batch) // no store: the bus is the only way to the farm
 	}
-	if (storeErr != nil || pubErr != nil) && ctx.Err() == nil {
+	if storeErr != nil || pubErr != nil {
+		// Also when the write was cancelled by Close: the lifecycle
+		// file keeps what did not get through.
 		n.keepLifecycle(n.lifeq, batch)
 	}
 	if stored {
