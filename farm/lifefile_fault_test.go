@@ -50,8 +50,9 @@ func ownSessions(c *session.Cache) func() []session.ID {
 //     resumes it loses the retired session and holds the parent for its
 //     grace at most, and the lifecycle file goes.
 //   - empty: the store is killed and restarts without its data. n2
-//     writes back the sessions it holds (in broadcast mode both sessions
-//     whole) while n1b's writes are held up; then n1b writes and
+//     writes back the sessions it holds (both sessions whole: broadcast
+//     copies, or in store-only mode copies as loaded from the store)
+//     while n1b's writes are held up; then n1b writes and
 //     publishes what it kept, which must undo that write-back, while a
 //     control session that n2 made before the outage is written back and
 //     resumes on every node.
@@ -61,7 +62,7 @@ func ownSessions(c *session.Cache) func() []session.ID {
 //     keeps nothing), its reconcile gives up as the store lost its data,
 //     and it keeps both sessions whole and writes them back.
 //
-// In both, past the grace neither the retired nor the cut session resumes
+// In paused and empty, past the grace neither the retired nor the cut session resumes
 // on n1b, on n2 or on n3, which joins then. With Redis as bus and store,
 // broadcast and store-only.
 func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
