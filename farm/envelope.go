@@ -55,6 +55,7 @@ const (
 	valTombstone                    // body: one revoked chain
 	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
+	msgResend                       // body: empty; asks peers to write and publish again the retirements and cuts they hold
 )
 
 func (t envType) String() string {
@@ -71,6 +72,8 @@ func (t envType) String() string {
 		return "keys"
 	case msgCut:
 		return "cut"
+	case msgResend:
+		return "resend"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -57,3 +58,17 @@ func (n *Node) LoadFromStore(ctx context.Context, id session.ID) bool {
 	}
 	return n.cfg.Cache.Insert(id, *rec, session.OriginLoader) == nil
 }
+
+// HoldRetired retires id here and makes the node hold the retirement, as
+// if it had kept it after a failed write (see holdLife, restoreLife),
+// without writing or publishing it.
+func (n *Node) HoldRetired(id session.ID) {
+	now := n.cfg.Now()
+	n.retired.add(id, now)
+	n.cfg.Cache.Retire(id, session.OriginPeer)
+	n.holdLife([]item{{id: id, op: opRetire, expires: now.Add(time.Hour)}}, now)
+}
+
+// AskResend asks the node to request its peers to re-send what they hold
+// (msgResend), as busUp and writeBack do.
+func (n *Node) AskResend() { n.wantResendAsk() }

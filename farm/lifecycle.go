@@ -439,7 +439,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		if n.cfg.Mode == StoreOnly {
 			again := n.wasRecut(it.id)
 			n.noteRecut(it.id, it.until)
-			if again {
+			if again && it.child != (session.ID{}) {
 				select {
 				case n.kids <- *it:
 				default:

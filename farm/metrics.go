@@ -95,6 +95,9 @@ func (n *Node) Metrics() []metric.Sample {
 		"consumed", l.consumed.Load(), "refused", l.consumeRefused.Load(), "error", l.consumeErrors.Load(), "restored", l.restored.Load())
 	m.counters("tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
 		"retire_sent", l.retiresSent.Load(), "retire_received", l.retiresReceived.Load(), "cut_sent", l.cutsSent.Load(), "cut_received", l.cutsRecv.Load())
+	rs := &n.rs
+	m.counters("tlsfarm_farm_lifecycle_resend_total", "Requests to peers to write and publish again the retirements and grace cuts they hold (after a bus gap, or a write-back to a store that lost its data): sent, failed to send, received; and the retirements and cuts this node queued again (resent).", "event",
+		"request_sent", rs.asksSent.Load(), "request_failed", rs.asksFailed.Load(), "request_received", rs.asksReceived.Load(), "resent", rs.resent.Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
 	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())
 	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())

@@ -77,7 +77,8 @@ type Node struct {
 	lifesq   *laterLife // the same for flushStore (n.sq's path)
 	held     *laterLife // retirements and cuts kept, until they expire: see heldLife
 	heldAny  atomic.Bool
-	lf       lifeFile // the lifecycle file, beside Config.RevocationFile
+	rs       resendState // peers' requests to re-send what held keeps, and this node's
+	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
 	kids     chan item   // store-only: parents whose live child to swap
@@ -163,6 +164,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.revokeAge = max(cc.MaxChainLifetime+cfg.MaxSkew, cfg.MaxAge)
 	n.revs.wake = make(chan struct{}, 1)
 	n.recon.wake = make(chan struct{}, 1)
+	n.rs.ask, n.rs.send = make(chan struct{}, 1), make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})
 	n.revsReady = make(chan struct{})
 	n.synced = make(chan struct{})
@@ -216,7 +218,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.pubs.Add(1)
 		go n.drain(pctx, closing, n.sq, n.flushStore)
 	}
-	n.wg.Add(3)
+	n.wg.Add(5)
+	go n.resender(ctx, n.rs.ask, n.askResend)
+	go n.resender(ctx, n.rs.send, n.resendHeld)
 	go n.listener(ctx)
 	go n.revoker(ctx)
 	go n.childKeeper(ctx)

@@ -103,6 +103,9 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 			if err != nil {
 				return // the queue is empty, and the node closing
 			}
+			if len(batch) == 0 {
+				continue // woken (queue.wake): the lifecycle backlog has items
+			}
 		}
 		fl.set(batch)
 		ok := n.flushOne(ctx, closing, q, failures > 0, batch, flush)

@@ -15,6 +15,7 @@ type queue struct {
 	head, n int
 	dropped uint64
 	ready   chan struct{} // has a value while the queue is not empty
+	kicked  bool          // wake was called: pop returns, even empty
 }
 
 func newQueue(size int) *queue {
@@ -41,7 +42,7 @@ func (q *queue) push(it item) {
 }
 
 // pop waits until the queue has items or ctx is done, and moves up to max
-// items into buf.
+// items into buf. A wake ends the wait too, with nothing moved.
 func (q *queue) pop(ctx context.Context, buf []item, max int) ([]item, error) {
 	for {
 		q.mu.Lock()
@@ -62,12 +63,30 @@ func (q *queue) pop(ctx context.Context, buf []item, max int) ([]item, error) {
 			}
 			return buf, nil
 		}
+		if q.kicked {
+			q.kicked = false
+			q.mu.Unlock()
+			return buf, nil
+		}
 		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return buf, ctx.Err()
 		case <-q.ready:
 		}
+	}
+}
+
+// wake makes a pop that waits on an empty queue return (nothing), so that
+// its caller looks at what else it has to do (see drain: the lifecycle
+// backlog).
+func (q *queue) wake() {
+	q.mu.Lock()
+	q.kicked = true
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
 	}
 }
 

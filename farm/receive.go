@@ -96,6 +96,8 @@ func (n *Node) receive(msg []byte) {
 		n.receiveSessions(body, now)
 	case msgCut:
 		n.receiveCuts(body)
+	case msgResend:
+		n.receiveResend()
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {

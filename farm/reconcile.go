@@ -124,7 +124,9 @@ func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 // else the reconciler checks the cache against the store (pub/sub keeps
 // nothing, so the retirements and grace cuts published meanwhile are only
 // in the store), or, with no store, the node drops what it cannot vouch
-// for (see dropUnvouched). It runs on the subscription's goroutine, before
+// for (see dropUnvouched); and the node asks its peers to re-send the
+// retirements and cuts they hold, and re-sends its own (see resendState).
+// It runs on the subscription's goroutine, before
 // the bus delivers anything more.
 func (n *Node) busUp(err error) {
 	r := &n.recon
@@ -145,6 +147,12 @@ func (n *Node) busUp(err error) {
 			"since_bus_lost", n.cfg.Now().Sub(down).Round(time.Millisecond).String())
 		return
 	}
+	// A gap: the peers' retirements and cuts published meanwhile are
+	// lost to this node, and its own may be lost to peers that were down
+	// too. Ask the peers to send theirs again, and send this node's (see
+	// resendState).
+	n.wantResendAsk()
+	n.wantResend()
 	if n.cfg.Records == nil {
 		r.mu.Unlock()
 		if !n.cfg.KeepAfterBusGap {

@@ -64,7 +64,8 @@ func (n *Node) checkGeneration(ctx context.Context) {
 }
 
 // writeBack writes the node's live sessions, newest first and at most
-// QueueSize of them, to a store that lost its data.
+// QueueSize of them, to a store that lost its data, and then asks the
+// peers to re-send the retirements and cuts they hold.
 func (n *Node) writeBack(ctx context.Context) {
 	type entry struct {
 		id  session.ID
@@ -100,4 +101,10 @@ func (n *Node) writeBack(ctx context.Context) {
 	}
 	n.ctr.writtenBack.Add(uint64(written))
 	n.log.Warn("farm: the store lost its data; wrote back this node's live sessions", "sessions", written)
+	if written > 0 {
+		// What was written may undo a retirement or a cut a peer wrote
+		// to the new store before: ask the peers to write theirs again
+		// (see resendState).
+		n.wantResendAsk()
+	}
 }

@@ -1,0 +1,153 @@
+package farm
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// resendEvery bounds how often a node asks its peers to re-send what they
+// hold (msgResend), and how often it re-sends what it holds itself: a
+// request or a re-send wanted sooner waits for the rest of the interval,
+// and the wants that arrive meanwhile are served by that one.
+const resendEvery = time.Second
+
+// resendState is the node's part of the re-send protocol: pub/sub keeps
+// nothing, so a peer that was not subscribed when this node wrote and
+// published its kept retirements and grace cuts (see restoreLife,
+// keepLifecycle) missed them, and one that wrote its sessions back to a
+// store that lost its data (writeBack) may have written over them. Such a
+// peer asks (msgResend); every node then writes and publishes again the
+// retirements and cuts it holds (Node.held), through the lifecycle
+// backlogs.
+type resendState struct {
+	ask  chan struct{} // has a value while a request is wanted
+	send chan struct{} // has a value while a re-send is wanted
+
+	asksSent, asksFailed, asksReceived, resent atomic.Uint64
+}
+
+// wantResendAsk asks resender for a request to the peers.
+func (n *Node) wantResendAsk() {
+	select {
+	case n.rs.ask <- struct{}{}:
+	default:
+	}
+}
+
+// wantResend asks resender to re-send what this node holds.
+func (n *Node) wantResend() {
+	select {
+	case n.rs.send <- struct{}{}:
+	default:
+	}
+}
+
+// receiveResend handles a peer's msgResend.
+func (n *Node) receiveResend() {
+	n.rs.asksReceived.Add(1)
+	n.wantResend()
+}
+
+// resender serves wants from c with do, at most once every resendEvery,
+// until ctx is done.
+func (n *Node) resender(ctx context.Context, c <-chan struct{}, do func(context.Context)) {
+	defer n.wg.Done()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c:
+		}
+		if wait := resendEvery - time.Since(last); !last.IsZero() && wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		last = time.Now()
+		do(ctx)
+	}
+}
+
+// askResend publishes a msgResend (its body is empty). A request that
+// fails is not retried: the bus is failing, and the subscription coming
+// back asks again (busUp).
+func (n *Node) askResend(ctx context.Context) {
+	hdr := header{typ: msgResend, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	if err := n.cfg.Bus.Publish(pctx, n.keys.seal(nil, hdr, nil, nil)); err != nil {
+		n.rs.asksFailed.Add(1)
+		return
+	}
+	n.rs.asksSent.Add(1)
+}
+
+// resendHeld queues again every unexpired retirement and grace cut the
+// node holds (Node.held) for the paths that write and publish them, as
+// restoreLife does with those read back from the lifecycle file: the
+// store part deletes a retired session's record and deletes or cuts a cut
+// one's, the bus part publishes both as cut messages (a cut too in
+// broadcast mode: the child that would tell peers is not sent again). It
+// fills each backlog at most to its bound, never dropping what is kept
+// there for it; the rest waits for the next request. It never logs an ID.
+func (n *Node) resendHeld(context.Context) {
+	if n.held == nil || !n.heldAny.Load() {
+		return
+	}
+	now := n.cfg.Now()
+	var toQ, toSQ []item
+	for _, h := range n.held.snapshot() {
+		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
+			continue
+		}
+		it := item{id: h.id, op: h.op, until: h.until, expires: h.expires, restored: h.op == opCut}
+		toQ = append(toQ, it)
+		if n.sq != nil && n.cfg.Records != nil {
+			toSQ = append(toSQ, it)
+		}
+	}
+	toQ = n.lifeq.room(toQ)
+	if n.sq != nil {
+		toSQ = n.lifesq.room(toSQ)
+	} else {
+		toSQ = nil
+	}
+	if len(toQ) == 0 && len(toSQ) == 0 {
+		return
+	}
+	n.rs.resent.Add(uint64(max(len(toQ), len(toSQ))))
+	if len(toQ) > 0 {
+		n.lifeq.push(toQ, now)
+		n.q.wake()
+	}
+	if len(toSQ) > 0 {
+		n.lifesq.push(toSQ, now)
+		n.sq.wake()
+	}
+}
+
+// room returns the first items of its that fit in l without dropping
+// anything it keeps (an item of a session it keeps already takes no
+// room).
+func (l *laterLife) room(its []item) []item {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	free := l.size - len(l.m)
+	out := its[:0]
+	for _, it := range its {
+		if _, ok := l.m[it.id]; !ok {
+			if free <= 0 {
+				continue
+			}
+			free--
+		}
+		out = append(out, it)
+	}
+	return out
+}
