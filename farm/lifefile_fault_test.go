@@ -86,13 +86,7 @@ func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
 						return s, s
 					},
 					TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-					Tweak: func(c *farm.Config) {
-						c.OpTimeout = 300 * time.Millisecond
-						c.BreakerCooldown = 500 * time.Millisecond
-						if c.NodeName == "n1" || c.NodeName == "n1b" {
-							c.RevocationFile = file
-						}
-					}}
+					Tweak:      restartTweak(file)}
 				ms, name := farmtest.Start(t, 2, o)
 				rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 				defer rc.Close()

@@ -51,13 +51,7 @@ func TestLifecycleSurvivesRestartOpenSSL(t *testing.T) {
 						return tr, tr
 					},
 					TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime },
-					Tweak: func(c *farm.Config) {
-						c.OpTimeout = 300 * time.Millisecond
-						c.BreakerCooldown = 500 * time.Millisecond
-						if c.NodeName == "n1" || c.NodeName == "n1b" {
-							c.RevocationFile = file
-						}
-					}}
+					Tweak:      restartTweak(file)}
 				ms, name := farmtest.Start(t, 2, o)
 				ids := newSessions(ms[0].Cache)
 				save := func() (string, session.ID) {

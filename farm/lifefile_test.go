@@ -127,13 +127,7 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 					return s, s
 				},
 				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-				Tweak: func(c *farm.Config) {
-					c.OpTimeout = 300 * time.Millisecond
-					c.BreakerCooldown = 500 * time.Millisecond
-					if c.NodeName == "n1" || c.NodeName == "n1b" {
-						c.RevocationFile = file
-					}
-				}}
+				Tweak:      restartTweak(file)}
 			ms, name := farmtest.Start(t, 2, o)
 			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 			defer rc.Close()
@@ -245,5 +239,18 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// restartTweak gives every node short store deadlines, and n1 and n1b (n1
+// restarted) the revocation file, and so the lifecycle file beside it, at
+// file.
+func restartTweak(file string) func(*farm.Config) {
+	return func(c *farm.Config) {
+		c.OpTimeout = 300 * time.Millisecond
+		c.BreakerCooldown = 500 * time.Millisecond
+		if c.NodeName == "n1" || c.NodeName == "n1b" {
+			c.RevocationFile = file
+		}
 	}
 }
