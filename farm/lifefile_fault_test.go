@@ -13,8 +13,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -76,17 +74,9 @@ func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
 				srv := redistest.Start(t) // no persistence: a restart is empty
 				file := filepath.Join(t.TempDir(), "revocations")
 				o := &farmtest.Options{Mode: mode, WriteThrough: true,
-					NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-						tr, err := redisbus.Open(srv.URL(), farmName)
-						if err != nil {
-							t.Fatal(err)
-						}
-						t.Cleanup(func() { tr.Close() })
-						s := &stuckWrites{Transport: tr}
-						return s, s
-					},
-					TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-					Tweak:      restartTweak(file)}
+					NewTransport: stuckTransport(srv.URL(), ""),
+					TweakCache:   func(c *session.Config) { c.ResumeGrace = grace },
+					Tweak:        restartTweak(file)}
 				ms, name := farmtest.Start(t, 2, o)
 				rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 				defer rc.Close()

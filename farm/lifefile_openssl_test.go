@@ -9,8 +9,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -42,16 +40,9 @@ func TestLifecycleSurvivesRestartOpenSSL(t *testing.T) {
 				srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
 				file := filepath.Join(t.TempDir(), "revocations")
 				o := &farmtest.Options{Mode: mode, WriteThrough: true, CloseServer: true,
-					NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-						tr, err := redisbus.Open(srv.URL(), farmName)
-						if err != nil {
-							t.Fatal(err)
-						}
-						t.Cleanup(func() { tr.Close() })
-						return tr, tr
-					},
-					TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime },
-					Tweak:      restartTweak(file)}
+					NewTransport: redisTransport(srv.URL()),
+					TweakCache:   func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime },
+					Tweak:        restartTweak(file)}
 				ms, name := farmtest.Start(t, 2, o)
 				ids := newSessions(ms[0].Cache)
 				save := func() (string, session.ID) {

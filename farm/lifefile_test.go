@@ -108,26 +108,9 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 				natsURL = farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 			}
 			o := &farmtest.Options{Mode: tc.mode, WriteThrough: true,
-				NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-					tr, err := redisbus.Open(srv.URL(), farmName)
-					if err != nil {
-						t.Fatal(err)
-					}
-					t.Cleanup(func() { tr.Close() })
-					s := &stuckWrites{Transport: tr}
-					if tc.nats {
-						// The store's own path: only the store is stuck.
-						bus, err := natsbus.Open(natsURL, farmName, nil)
-						if err != nil {
-							t.Fatal(err)
-						}
-						t.Cleanup(func() { bus.Close() })
-						return bus, s
-					}
-					return s, s
-				},
-				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-				Tweak:      restartTweak(file)}
+				NewTransport: stuckTransport(srv.URL(), natsURL),
+				TweakCache:   func(c *session.Config) { c.ResumeGrace = grace },
+				Tweak:        restartTweak(file)}
 			ms, name := farmtest.Start(t, 2, o)
 			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 			defer rc.Close()
@@ -252,5 +235,28 @@ func restartTweak(file string) func(*farm.Config) {
 		if c.NodeName == "n1" || c.NodeName == "n1b" {
 			c.RevocationFile = file
 		}
+	}
+}
+
+// stuckTransport opens, for each node, a Redis transport at redisURL
+// wrapped in stuckWrites, as its bus and store; with natsURL, the bus is
+// NATS instead, and only the store (the store's own path) can be stuck.
+func stuckTransport(redisURL, natsURL string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		tr, err := redisbus.Open(redisURL, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		s := &stuckWrites{Transport: tr}
+		if natsURL == "" {
+			return s, s
+		}
+		bus, err := natsbus.Open(natsURL, farmName, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { bus.Close() })
+		return bus, s
 	}
 }
