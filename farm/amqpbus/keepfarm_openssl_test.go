@@ -5,10 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -40,23 +38,9 @@ func TestOutageOfKeptQueueOpenSSL(t *testing.T) {
 				if tv == "-tls1_2" {
 					lifetime = 20 * time.Second
 				}
-				farmName, secret := farmtest.FarmName(t), farm.NewSecret(1)
-				proxy := nettest.NewProxy(t, brokerAddr(url))
-				base := farmtest.Options{Secret: secret, CloseServer: true,
-					TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime }}
-				o1, o2 := base, base
-				o1.NewTransport = amqpTransport(url, nil)
-				o2.NewTransport = amqpTransport(viaProxy(t, url, proxy.Addr), nil)
-				n1 := farmtest.Join(t, "n1", farmName, o1)
-				n2 := farmtest.Join(t, "n2", farmName, o2)
-				farmtest.WaitConnected(t, n1, n2)
-				m2 := func(metric string, labels ...string) uint64 {
-					return farmtest.Counter(n2.Node.Metrics(), metric, labels...)
-				}
-				holds := func(id session.ID) bool {
-					_, ok := expiry(n2.Cache, id)
-					return ok
-				}
+				n1, n2, proxy := cutOffPair(t, url, farmtest.Options{CloseServer: true,
+					TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime }}, nil)
+				m2, holds := countersOf(n2), holderOf(n2)
 				resumed := func(m *farmtest.Member, sess string) bool {
 					out := tlstest.OpenSSL(t, m.Server.Addr, tv, "-servername", "localhost", "-sess_in", sess)
 					return strings.Contains(out, "Reused, ")

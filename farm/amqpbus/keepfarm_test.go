@@ -68,28 +68,16 @@ func TestOutageOfKeptQueue(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			const grace = 2 * time.Second
-			name, secret := farmtest.FarmName(t), farm.NewSecret(1)
-			proxy := nettest.NewProxy(t, brokerAddr(url))
 			var log logtest.Buffer
-			base := farmtest.Options{Secret: secret, TweakCache: func(c *session.Config) { c.ResumeGrace = grace }}
-			o1, o2 := base, base
-			o1.NewTransport = amqpTransport(url, nil)
-			o2.NewTransport = amqpTransport(viaProxy(t, url, proxy.Addr), nil)
-			o2.Logger = slog.New(slog.NewTextHandler(&log, nil))
-			o2.Tweak = func(c *farm.Config) {
-				c.LazyPeers = tc.lazy
-				c.KeepAfterBusGap = tc.keepAfterGap
-			}
-			n1 := farmtest.Join(t, "n1", name, o1)
-			n2 := farmtest.Join(t, "n2", name, o2)
-			farmtest.WaitConnected(t, n1, n2)
-			m2 := func(metric string, labels ...string) uint64 {
-				return farmtest.Counter(n2.Node.Metrics(), metric, labels...)
-			}
-			holds := func(id session.ID) bool {
-				_, ok := expiry(n2.Cache, id)
-				return ok
-			}
+			base := farmtest.Options{TweakCache: func(c *session.Config) { c.ResumeGrace = grace }}
+			n1, n2, proxy := cutOffPair(t, url, base, func(o2 *farmtest.Options) {
+				o2.Logger = slog.New(slog.NewTextHandler(&log, nil))
+				o2.Tweak = func(c *farm.Config) {
+					c.LazyPeers = tc.lazy
+					c.KeepAfterBusGap = tc.keepAfterGap
+				}
+			})
+			m2, holds := countersOf(n2), holderOf(n2)
 
 			ids := handshakeIDs(n1.Cache)
 			retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
@@ -232,4 +220,40 @@ func waitFor(d time.Duration, cond func() bool) bool {
 		}
 	}
 	return cond()
+}
+
+// cutOffPair joins two nodes of a new bus-only farm on the broker at url,
+// both with the options base: n1 connects directly, n2 through the
+// returned proxy, which the test cuts (Cut) to cut n2 off. o2, if not nil,
+// adjusts n2's options. It returns once both are subscribed.
+func cutOffPair(t *testing.T, url string, base farmtest.Options, o2 func(*farmtest.Options)) (n1, n2 *farmtest.Member, proxy *nettest.Proxy) {
+	t.Helper()
+	name := farmtest.FarmName(t)
+	proxy = nettest.NewProxy(t, brokerAddr(url))
+	base.Secret = farm.NewSecret(1)
+	opts1, opts2 := base, base
+	opts1.NewTransport = amqpTransport(url, nil)
+	opts2.NewTransport = amqpTransport(viaProxy(t, url, proxy.Addr), nil)
+	if o2 != nil {
+		o2(&opts2)
+	}
+	n1 = farmtest.Join(t, "n1", name, opts1)
+	n2 = farmtest.Join(t, "n2", name, opts2)
+	farmtest.WaitConnected(t, n1, n2)
+	return n1, n2, proxy
+}
+
+// countersOf returns a function that reads m's counter metric with labels.
+func countersOf(m *farmtest.Member) func(metric string, labels ...string) uint64 {
+	return func(metric string, labels ...string) uint64 {
+		return farmtest.Counter(m.Node.Metrics(), metric, labels...)
+	}
+}
+
+// holderOf returns a function that reports whether m's cache holds id.
+func holderOf(m *farmtest.Member) func(id session.ID) bool {
+	return func(id session.ID) bool {
+		_, ok := expiry(m.Cache, id)
+		return ok
+	}
 }

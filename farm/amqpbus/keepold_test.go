@@ -7,7 +7,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -31,25 +30,11 @@ func TestOutageLongerThanMaxAge(t *testing.T) {
 			t.Parallel()
 			const maxAge = time.Second
 			const grace = 30 * time.Second // longer than the outage: the parent is cut, not gone
-			farmName, secret := farmtest.FarmName(t), farm.NewSecret(1)
-			proxy := nettest.NewProxy(t, brokerAddr(url))
-			base := farmtest.Options{Secret: secret,
+			n1, n2, proxy := cutOffPair(t, url, farmtest.Options{
 				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
 				Tweak:      func(c *farm.Config) { c.MaxAge = maxAge; c.LazyPeers = lazy },
-			}
-			o1, o2 := base, base
-			o1.NewTransport = amqpTransport(url, nil)
-			o2.NewTransport = amqpTransport(viaProxy(t, url, proxy.Addr), nil)
-			n1 := farmtest.Join(t, "n1", farmName, o1)
-			n2 := farmtest.Join(t, "n2", farmName, o2)
-			farmtest.WaitConnected(t, n1, n2)
-			m2 := func(metric string, labels ...string) uint64 {
-				return farmtest.Counter(n2.Node.Metrics(), metric, labels...)
-			}
-			holds := func(id session.ID) bool {
-				_, ok := expiry(n2.Cache, id)
-				return ok
-			}
+			}, nil)
+			m2, holds := countersOf(n2), holderOf(n2)
 			heldAsReceived := func() uint64 { return m2("tlsfarm_farm_lazy_sessions") }
 
 			ids := handshakeIDs(n1.Cache)
