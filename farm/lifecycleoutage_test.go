@@ -34,6 +34,19 @@ func storedTTL(t *testing.T, c *redis.Client, m *farmtest.Member, id session.ID)
 	return ttl, true
 }
 
+// lifecyclePaths are the ways a node writes retirements and cuts to the
+// farm, for the tests that break them: Redis as bus and store (one path,
+// in both modes), and a NATS bus with a Redis store (the store's own path).
+var lifecyclePaths = []struct {
+	name string
+	mode farm.Mode
+	nats bool
+}{
+	{"redis/broadcast", farm.Broadcast, false},
+	{"redis/store-only", farm.StoreOnly, false},
+	{"nats+redis/store-only", farm.StoreOnly, true},
+}
+
 // TestLifecycleSurvivesStoreOutage retires a session and resumes another
 // (a grace cut of its parent) on n1 while the store is down (killed; its
 // append-only file keeps its data, as a restarted Redis with persistence
@@ -45,15 +58,7 @@ func storedTTL(t *testing.T, c *redis.Client, m *farmtest.Member, id session.ID)
 func TestLifecycleSurvivesStoreOutage(t *testing.T) {
 	t.Parallel()
 	const grace = 4 * time.Second
-	for _, tc := range []struct {
-		name string
-		mode farm.Mode
-		nats bool
-	}{
-		{"redis/broadcast", farm.Broadcast, false},
-		{"redis/store-only", farm.StoreOnly, false},
-		{"nats+redis/store-only", farm.StoreOnly, true},
-	} {
+	for _, tc := range lifecyclePaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")

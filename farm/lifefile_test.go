@@ -90,15 +90,7 @@ func (s *stuckWrites) Publish(ctx context.Context, msgs ...[]byte) error {
 func TestLifecycleSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	const grace = 8 * time.Second
-	for _, tc := range []struct {
-		name string
-		mode farm.Mode
-		nats bool
-	}{
-		{"redis/broadcast", farm.Broadcast, false},
-		{"redis/store-only", farm.StoreOnly, false},
-		{"nats+redis/store-only", farm.StoreOnly, true},
-	} {
+	for _, tc := range lifecyclePaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := redistest.StartWith(t, "--appendonly", "yes", "--appendfsync", "always")
