@@ -110,8 +110,11 @@ func TestOutageLongerThanMaxAge(t *testing.T) {
 			if exp, ok := expiry(n2.Cache, kept); !lazy && (!ok || exp.Before(fullLife.Add(-time.Minute))) {
 				t.Fatal("n2 dropped or cut a session the farm neither retired nor cut")
 			}
-			if got := m2("tlsfarm_farm_old_sessions_total"); got != 1 {
-				t.Fatalf("old_sessions_total = %d, want 1 (the child)", got)
+			// The child, and any of the three sessions from before the cut
+			// whose acknowledgement the cut lost: the broker delivers those
+			// again, older than MaxAge by then (CI saw 2).
+			if got := m2("tlsfarm_farm_old_sessions_total"); got < 1 || got > 4 {
+				t.Fatalf("old_sessions_total = %d, want the child and at most the 3 sessions redelivered", got)
 			}
 			if got := m2("tlsfarm_farm_rejected_total", "reason", "too_old"); got != 0 {
 				t.Fatalf("rejected_total{too_old} = %d, want 0", got)
