@@ -318,3 +318,44 @@ func TestWriteBackWaitsForResend(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseDuringWriteBackWait: a node that found the store's generation
+// record changed asks its peers to re-send and waits before it writes its
+// sessions back; a Close meanwhile ends the wait at once, and the node
+// writes nothing back (its sessions stay local).
+func TestCloseDuringWriteBackWait(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	o := &farmtest.Options{NewTransport: deafGateTransport(srv.URL()), WriteThrough: true,
+		Tweak: func(c *farm.Config) { c.HealInterval = 100 * time.Millisecond }}
+	ms, _ := farmtest.Start(t, 1, o)
+	n1 := ms[0]
+	g := n1.Store.(*deafGate)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ids := ownSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	waitStored(t, n1, ids()[0])
+	farmtest.Eventually(t, 5*time.Second, "n1 knows the store's generation", func() bool {
+		return n1.Node.StoreGeneration() != nil
+	})
+
+	const resend = "tlsfarm_farm_lifecycle_resend_total"
+	asked := farmtest.Counter(n1.Node.Metrics(), resend, "event", "request_sent")
+	if err := rc.Del(context.Background(), g.RecordKey("generation")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	farmtest.Eventually(t, 5*time.Second, "n1 asked its peers to re-send before writing back", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), resend, "event", "request_sent") > asked
+	})
+	start := time.Now()
+	n1.Node.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v while the write-back waited", d)
+	} else {
+		t.Logf("Close took %v while the write-back waited", d)
+	}
+	if got := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_written_back_total"); got != 0 {
+		t.Fatalf("n1 wrote back %v sessions: it did not wait after asking, or did not stop at Close", got)
+	}
+}
