@@ -72,3 +72,11 @@ func (n *Node) HoldRetired(id session.ID) {
 // AskResend asks the node to request its peers to re-send what they hold
 // (msgResend), as busUp and writeBack do.
 func (n *Node) AskResend() { n.wantResendAsk() }
+
+// HoldCut cuts id here to end at until and makes the node hold the cut, as
+// HoldRetired does a retirement, without writing or publishing it.
+func (n *Node) HoldCut(id session.ID, until time.Time) {
+	now := n.cfg.Now()
+	n.cfg.Cache.Cut(id, until)
+	n.holdLife([]item{{id: id, op: opCut, until: until, expires: now.Add(time.Hour)}}, now)
+}

@@ -219,7 +219,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		go n.drain(pctx, closing, n.sq, n.flushStore)
 	}
 	n.wg.Add(5)
-	go n.resender(ctx, n.rs.ask, n.askResend)
+	go n.resender(ctx, n.rs.ask, func(ctx context.Context) { n.askResend(ctx) })
 	go n.resender(ctx, n.rs.send, n.resendHeld)
 	go n.listener(ctx)
 	go n.revoker(ctx)

@@ -15,11 +15,12 @@ const resendEvery = time.Second
 // resendState is the node's part of the re-send protocol: pub/sub keeps
 // nothing, so a peer that was not subscribed when this node wrote and
 // published its kept retirements and grace cuts (see restoreLife,
-// keepLifecycle) missed them, and one that wrote its sessions back to a
-// store that lost its data (writeBack) may have written over them. Such a
+// keepLifecycle) missed them, and one about to write its sessions back to
+// a store that lost its data (writeBack) would write over them. Such a
 // peer asks (msgResend); every node then writes and publishes again the
 // retirements and cuts it holds (Node.held), through the lifecycle
-// backlogs.
+// backlogs. writeBack asks before it reads its cache, waits for the
+// answers, and asks again once it has written.
 type resendState struct {
 	ask  chan struct{} // has a value while a request is wanted
 	send chan struct{} // has a value while a re-send is wanted
@@ -74,18 +75,21 @@ func (n *Node) resender(ctx context.Context, c <-chan struct{}, do func(context.
 	}
 }
 
-// askResend publishes a msgResend (its body is empty). A request that
-// fails is not retried: the bus is failing, and the subscription coming
-// back asks again (busUp).
-func (n *Node) askResend(ctx context.Context) {
+// askResend publishes a msgResend (its body is empty), and reports whether
+// it went out. A request that fails is not retried: the bus is failing,
+// and the subscription coming back asks again (busUp). resender calls it
+// for wantResendAsk; writeBack calls it directly, ahead of the rate limit,
+// since it waits for the answers.
+func (n *Node) askResend(ctx context.Context) bool {
 	hdr := header{typ: msgResend, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
 	if err := n.cfg.Bus.Publish(pctx, n.keys.seal(nil, hdr, nil, nil)); err != nil {
 		n.rs.asksFailed.Add(1)
-		return
+		return false
 	}
 	n.rs.asksSent.Add(1)
+	return true
 }
 
 // resendHeld queues again every unexpired retirement and grace cut the

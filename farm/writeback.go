@@ -27,12 +27,13 @@ const generationTTL = time.Hour
 
 // checkGeneration reads (or creates) the store's generation record and, if
 // it changed since the last check, writes back the node's live sessions.
-func (n *Node) checkGeneration(ctx context.Context) {
+// parent is the node's context: the write-back ends with it.
+func (n *Node) checkGeneration(parent context.Context) {
 	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	ctx, cancel := context.WithTimeout(parent, n.cfg.OpTimeout)
 	defer cancel()
 	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
 	if errors.Is(err, transport.ErrNotFound) {
@@ -60,25 +61,65 @@ func (n *Node) checkGeneration(ctx context.Context) {
 	if prev == nil || bytes.Equal(prev, v) {
 		return
 	}
-	n.writeBack(context.WithoutCancel(ctx))
+	n.writeBack(parent)
 }
 
+// writeBackSettle is how long writeBack waits, after asking its peers to
+// re-send the retirements and grace cuts they hold, before it reads the
+// cache to write it back. A peer re-sends at most once every resendEvery
+// (see resender), so one that re-sent just before — after its own
+// subscription came back from the same outage, say — serves the request
+// only at the end of its interval; the half second more covers the
+// request's way there, the peer's store write and publish through its
+// lifecycle backlog, and the messages' way back. A re-send that comes
+// later still is served by the request that follows the write-back.
+const writeBackSettle = resendEvery + 500*time.Millisecond
+
 // writeBack writes the node's live sessions, newest first and at most
-// QueueSize of them, to a store that lost its data, and then asks the
-// peers to re-send the retirements and cuts they hold.
+// QueueSize of them, to a store that lost its data. It first asks the
+// peers to re-send the retirements and cuts they hold (msgResend) and
+// waits writeBackSettle for them, so that a session this node holds whole
+// but that a peer retired or cut, in a message this node missed, is
+// written not at all or cut: writing it whole would put back in the store
+// a session that any node could then load and resume. It runs on the
+// healer's goroutine, off the handshake path; the wait ends, and the
+// write-back is given up, when ctx is (the node closing): the sessions
+// then stay local, which costs their clients a full handshake elsewhere,
+// never a resumption the farm no longer allows.
 func (n *Node) writeBack(ctx context.Context) {
+	if n.askResend(ctx) {
+		t := time.NewTimer(writeBackSettle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			n.log.Warn("farm: the store lost its data; closing before writing this node's sessions back")
+			return
+		case <-t.C:
+		}
+	}
 	type entry struct {
 		id  session.ID
 		rec session.Record
 	}
 	var entries []entry
-	for id, rec := range n.cfg.Cache.Snapshot(n.cfg.QueueSize) {
-		entries = append(entries, entry{id, rec})
-	}
 	now := n.cfg.Now()
+	for id, rec := range n.cfg.Cache.Snapshot(n.cfg.QueueSize) {
+		// The cache drops a session retired by a peer's message and
+		// cuts one cut by it; what it may have let back in since is
+		// held back here: a retirement received or made here, and what
+		// this node holds itself (see heldLife).
+		if n.retired.has(id, now) {
+			continue
+		}
+		r := n.holdBack(id, &rec, now)
+		if r == nil {
+			continue
+		}
+		entries = append(entries, entry{id, *r})
+	}
 	hdr := header{typ: valRecord, time: now, sender: n.instance, farm: n.cfg.Farm}
 	written := 0
-	for len(entries) > 0 {
+	for len(entries) > 0 && ctx.Err() == nil {
 		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
 		entries = entries[len(chunk):]
 		items := make([]transport.Item, 0, len(chunk))
@@ -102,9 +143,12 @@ func (n *Node) writeBack(ctx context.Context) {
 	n.ctr.writtenBack.Add(uint64(written))
 	n.log.Warn("farm: the store lost its data; wrote back this node's live sessions", "sessions", written)
 	if written > 0 {
-		// What was written may undo a retirement or a cut a peer wrote
-		// to the new store before: ask the peers to write theirs again
-		// (see resendState).
+		// Ask once more, through the rate limit: the first request may
+		// have been lost (pub/sub keeps nothing for a peer whose
+		// subscription was not back yet), a peer's re-send may have
+		// come later than the wait, and a retirement or a cut that
+		// reached the store and this node while the snapshot was being
+		// written would be undone by it (see resendState).
 		n.wantResendAsk()
 	}
 }
