@@ -56,11 +56,13 @@ func ownSessions(c *session.Cache) func() []session.ID {
 //     resumes on every node.
 //   - empty-race: the same, n1b's writes not held up, so that n1b may
 //     publish before n2 subscribes again and n2 write back after n1b
-//     wrote. This is a known gap, skipped: n2 misses the messages (pub/sub
-//     keeps nothing), its reconcile gives up as the store lost its data,
-//     and it keeps both sessions whole and writes them back.
+//     wrote. n2 then misses the messages (pub/sub keeps nothing) and its
+//     reconcile gives up as the store lost its data; what saves the
+//     promise is the re-send protocol: n2 asks before it writes back and
+//     again after, and n1b re-sends what it holds (see resendState and
+//     TestWriteBackWaitsForResend).
 //
-// In paused and empty, past the grace neither the retired nor the cut session resumes
+// In every case, past the grace neither the retired nor the cut session resumes
 // on n1b, on n2 or on n3, which joins then. With Redis as bus and store,
 // broadcast and store-only.
 func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
