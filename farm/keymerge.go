@@ -49,7 +49,9 @@ func parseKeySet(b []byte) (keySet, error) {
 	case 0:
 	case trailerLen:
 		k.extra = int(binary.BigEndian.Uint16(b[end:]))
-		k.until = binary.BigEndian.Uint64(b[end+2:])
+		if k.extra > 0 { // with no extra keys, until means nothing
+			k.until = binary.BigEndian.Uint64(b[end+2:])
+		}
 		b = b[:end]
 	default:
 		return keySet{}, errors.New("farm: key set has a bad length")
