@@ -82,3 +82,40 @@ func FuzzRevocationFile(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReceiveSessionBodies checks the two scanners of msgSessions bodies
+// that do not decode whole records, receiveLazy (LazyPeers) and
+// receiveOldSessions (a kept message past MaxAge), on arbitrary
+// (authentic-looking) plaintext: no panic, and a body that parseSessions
+// accepts they accept too, counting each of its sessions once.
+func FuzzReceiveSessionBodies(f *testing.F) {
+	t0 := time.Unix(1_700_000_000, 0)
+	b, _ := appendSessions(nil, []sessionItem{
+		{id: session.ID{1}, rec: session.Record{State: []byte("s"), Expires: t0.Add(time.Hour), Parent: session.ID{2}}},
+		{id: session.ID{3}, rec: session.Record{ServerName: "a.example", State: []byte("t"), Expires: t0.Add(-time.Hour)}},
+	})
+	f.Add(b)
+	f.Add(b[:len(b)-1])
+	cache, err := session.New(&session.Config{Lifetime: time.Hour, ResumeGrace: 10 * time.Second, SweepInterval: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { cache.Close() })
+	var now atomic.Int64
+	now.Store(t0.UnixNano())
+	f.Fuzz(func(t *testing.T, body []byte) {
+		n := lifeNode(t, "fuzzrecv", "", cache, &now, false)
+		n.pend = newPending(8)
+		_, perr := parseSessions(body)
+		lazyErr := n.receiveLazy(bytes.Clone(body), t0)
+		oldErr := n.receiveOldSessions(bytes.Clone(body), t0.Add(-time.Minute), t0)
+		if perr == nil && (lazyErr != nil || oldErr != nil) {
+			t.Fatalf("a body parseSessions accepts was refused: lazy %v, old %v", lazyErr, oldErr)
+		}
+		if perr == nil {
+			if got, want := n.ctr.receivedSessions.Load(), 2*uint64(countSessions(body)); got != want {
+				t.Fatalf("counted %d sessions received, want %d", got, want)
+			}
+		}
+	})
+}
