@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -11,32 +12,35 @@ import (
 func isTCP(upstream string) bool { return strings.HasPrefix(upstream, "tcp://") }
 
 // checkUpstream checks an upstream: "builtin", an http:// or https:// URL,
-// or tcp://host:port.
+// or tcp://host:port. An upstream URL may not hold credentials; errors show
+// it with any password masked (url.URL.Redacted), and one that does not
+// parse not at all.
 func checkUpstream(s string) error {
 	if s == "builtin" {
 		return nil
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a URL", s)
+		return errors.New("is not a URL (want builtin, http://host:port, https://host:port or tcp://host:port)")
+	}
+	shown := u.Redacted()
+	if u.User != nil {
+		return fmt.Errorf("%q: credentials in an upstream URL are not supported", shown)
 	}
 	switch u.Scheme {
 	case "http", "https":
 		if u.Host == "" {
-			return fmt.Errorf("%q has no host", s)
-		}
-		if u.User != nil {
-			return fmt.Errorf("%q: credentials in an upstream URL are not supported", s)
+			return fmt.Errorf("%q has no host", shown)
 		}
 	case "tcp":
 		if err := checkHostPort(u.Host); err != nil {
-			return fmt.Errorf("%q: %v", s, err)
+			return fmt.Errorf("%q: %v", shown, err)
 		}
 		if u.Path != "" && u.Path != "/" {
-			return fmt.Errorf("%q: a tcp:// upstream has no path", s)
+			return fmt.Errorf("%q: a tcp:// upstream has no path", shown)
 		}
 	default:
-		return fmt.Errorf("%q is not builtin or an http://, https:// or tcp:// URL", s)
+		return fmt.Errorf("%q is not builtin or an http://, https:// or tcp:// URL", shown)
 	}
 	return nil
 }

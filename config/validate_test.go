@@ -183,6 +183,31 @@ func TestFarmURLPasswordNotInErrors(t *testing.T) {
 	}
 }
 
+// TestUpstreamPasswordNotInErrors: an upstream URL with credentials is
+// refused, for every scheme, with an error that shows the URL with its
+// password masked; one that does not parse is not shown at all.
+func TestUpstreamPasswordNotInErrors(t *testing.T) {
+	for _, up := range []string{
+		"http://user:hunter2@app:8080",
+		"https://user:hunter2@/",
+		"tcp://user:hunter2@db:5432",
+		"ftp://user:hunter2@x",
+		"http://user:hunter2@app:8080/%zz",
+	} {
+		_, err := Load("serve", []string{"-upstream", up}, env(nil), io.Discard)
+		if err == nil {
+			t.Errorf("upstream %s: no error", up)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("upstream %s: the error shows the password: %v", up, err)
+		}
+		if !strings.Contains(err.Error(), "listeners[0].upstream") {
+			t.Errorf("upstream %s: the error does not name the setting: %v", up, err)
+		}
+	}
+}
+
 // TestShortRotationAccepted checks that a rotation interval down to 1s
 // loads, so that trials and tests can watch rotations happen.
 func TestShortRotationAccepted(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -320,8 +321,8 @@ func (n *Node) drainRevocations(ctx context.Context) {
 	}
 }
 
-// pendingFileLen is one revocation in Config.RevocationFile's sealed body:
-// chain, until, then the count and IDs of its stored sessions.
+// revocationFileContext is the context Config.RevocationFile is sealed
+// with (see appendRevocationFile for its body).
 const revocationFileContext = "pending-revocations"
 
 // persistLocked writes the pending revocations to Config.RevocationFile, if
@@ -339,12 +340,7 @@ func (n *Node) persistLocked() {
 	}
 	var body []byte
 	for _, p := range n.revs.pending {
-		body = binary.BigEndian.AppendUint64(body, p.rev.chain)
-		body = binary.BigEndian.AppendUint64(body, uint64(p.rev.until.UnixNano()))
-		body = binary.BigEndian.AppendUint16(body, uint16(min(len(p.ids), 1<<16-1)))
-		for _, id := range p.ids[:min(len(p.ids), 1<<16-1)] {
-			body = append(body, id[:]...)
-		}
+		body = appendRevocationFile(body, p.rev, p.ids)
 	}
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
@@ -371,31 +367,76 @@ func (n *Node) loadRevocations() error {
 	if err != nil {
 		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
 	}
+	entries, err := decodeRevocationFile(body)
+	if err != nil {
+		return errors.New("farm: the pending revocations file is malformed: " + err.Error())
+	}
 	now := n.cfg.Now()
-	for len(body) >= 18 {
-		rev := revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}
-		k := int(binary.BigEndian.Uint16(body[16:]))
-		body = body[18:]
-		if len(body) < k*session.IDLen {
-			return errors.New("farm: the pending revocations file is truncated")
-		}
-		var ids []session.ID
-		for range k {
-			ids = append(ids, session.ID(body[:session.IDLen]))
-			body = body[session.IDLen:]
-		}
+	for _, e := range entries {
+		rev := e.rev
 		if !rev.until.After(now) {
 			continue
 		}
 		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-		if len(ids) == 0 {
+		if len(e.ids) == 0 {
 			n.addRevocation(session.ID{}, rev)
 		}
-		for _, id := range ids {
+		for _, id := range e.ids {
 			n.addRevocation(id, rev)
 		}
 	}
 	return nil
+}
+
+// A revocationEntry is one revocation in Config.RevocationFile's body,
+// with the IDs of its chain's stored sessions.
+type revocationEntry struct {
+	rev revocation
+	ids []session.ID
+}
+
+// revocationEntryLen is the length of an entry before its IDs: chain (8),
+// until (8, Unix ns), the number of IDs (2).
+const revocationEntryLen = 8 + 8 + 2
+
+// appendRevocationFile appends one entry of Config.RevocationFile's body:
+// chain, until, the number of IDs and the IDs (at most 65535 of them).
+func appendRevocationFile(b []byte, rev revocation, ids []session.ID) []byte {
+	ids = ids[:min(len(ids), 1<<16-1)]
+	b = binary.BigEndian.AppendUint64(b, rev.chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(rev.until.UnixNano()))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(ids)))
+	for _, id := range ids {
+		b = append(b, id[:]...)
+	}
+	return b
+}
+
+// decodeRevocationFile decodes Config.RevocationFile's body, all of it or
+// nothing: an entry cut short, or bytes after the last whole entry, are an
+// error.
+func decodeRevocationFile(body []byte) ([]revocationEntry, error) {
+	var out []revocationEntry
+	for len(body) > 0 {
+		if len(body) < revocationEntryLen {
+			return nil, fmt.Errorf("truncated entry (%d bytes left)", len(body))
+		}
+		e := revocationEntry{rev: revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}}
+		k := int(binary.BigEndian.Uint16(body[16:]))
+		body = body[revocationEntryLen:]
+		if len(body) < k*session.IDLen {
+			return nil, fmt.Errorf("truncated entry: %d session IDs announced, room for %d", k, len(body)/session.IDLen)
+		}
+		if k > 0 {
+			e.ids = make([]session.ID, k)
+			for i := range e.ids {
+				e.ids[i] = session.ID(body[:session.IDLen])
+				body = body[session.IDLen:]
+			}
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 // backlog holds new sessions whose store write (or, without a store,

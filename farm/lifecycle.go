@@ -108,7 +108,8 @@ func (n *Node) wasRecut(id session.ID) bool {
 // from a copy of its own.
 //
 // The store is the authority: a session that is not (or no longer) in the
-// store cannot be consumed, and an error means the store could not answer,
+// store cannot be consumed (a value at its key that does not open as its
+// sealed record counts as none), and an error means the store could not answer,
 // in which case the caller must act as if it got false (a full handshake,
 // 1-RTT instead of 0-RTT). Without a store it returns ErrNoStore: no
 // farm-wide answer is possible.
@@ -170,7 +171,7 @@ func (n *Node) takeStore(ctx context.Context, id session.ID, final bool) (bool, 
 		n.life.consumeErrors.Add(1)
 		return false, ErrNoConsume
 	}
-	_, err := taker.TakeRecord(ctx, sessionKey(id))
+	v, err := taker.TakeRecord(ctx, sessionKey(id))
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
 		if final {
@@ -181,8 +182,25 @@ func (n *Node) takeStore(ctx context.Context, id session.ID, final bool) (bool, 
 		n.life.consumeErrors.Add(1)
 		return false, err
 	}
+	if !n.opensAsRecord(v, id) {
+		// Not the farm's record of id (someone who can write to the
+		// store put it there): taking it consumes nothing.
+		if final {
+			n.life.consumeRefused.Add(1)
+		}
+		return false, nil
+	}
 	n.life.consumed.Add(1)
 	return true, nil
+}
+
+// opensAsRecord reports whether v, a value taken from the store, opens as
+// the farm's stored record of id. What it decrypts (a session's state) is
+// cleared at once.
+func (n *Node) opensAsRecord(v []byte, id session.ID) bool {
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRecord, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	clear(body)
+	return err == nil
 }
 
 // cachePeer is the farm as the node's cache sees it (session.Farm): the

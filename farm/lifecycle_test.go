@@ -15,6 +15,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -442,4 +443,42 @@ func TestCatchUpAfterOutage(t *testing.T) {
 		}
 	}
 	t.Logf("all %d sessions made during a %v outage resume on n2 and n3 %v after Redis returned", n, outage(), time.Since(back))
+}
+
+// TestConsumeRefusesForeignValue: a value at a session's key that is not
+// the farm's sealed record of it (someone who can write to the store, but
+// has not the farm secret, put it there after the session was consumed)
+// consumes nothing: Consume reports false, as for a missing record.
+func TestConsumeRefusesForeignValue(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(url)})
+	ids := newSessions(ms[0].Cache)
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	id := ids()[0]
+	waitStored(t, ms[0], id)
+	key := "s:" + fmt.Sprintf("%x", id[:])
+	sealed, err := ms[0].Store.GetRecord(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := ms[0].Node.Consume(t.Context(), id); !ok || err != nil {
+		t.Fatalf("Consume of the stored session = %t, %v; want true", ok, err)
+	}
+	other := newSessions(ms[0].Cache)
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
+	otherID := other()[0]
+	waitStored(t, ms[0], otherID)
+	moved, err := ms[0].Store.GetRecord(t.Context(), "s:"+fmt.Sprintf("%x", otherID[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, junk := range [][]byte{[]byte("junk"), moved, sealed[:len(sealed)-1]} {
+		if err := ms[0].Store.PutRecords(t.Context(), transport.Item{Key: key, Value: junk, TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := ms[0].Node.Consume(t.Context(), id); ok || err != nil {
+			t.Fatalf("Consume of a foreign value (%d bytes) = %t, %v; want false", len(junk), ok, err)
+		}
+	}
 }

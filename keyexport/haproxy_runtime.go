@@ -86,13 +86,15 @@ func parseShowTLSKeys(out string) ([]string, error) {
 		idx, key, ok := strings.Cut(line, " ")
 		key = strings.TrimSpace(key)
 		if !ok || !strings.Contains(idx, ".") || key == "" || strings.ContainsAny(key, " \t") {
-			// An error message, such as an unknown reference.
-			return nil, errors.New(firstLine(out))
+			// An error message, such as an unknown reference; or a
+			// key line of a shape not expected, whose key must not
+			// reach the error.
+			return nil, errors.New(firstLineMasked(out))
 		}
 		keys = append(keys, key)
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("no keys in the answer: " + firstLine(out))
+		return nil, errors.New("no keys in the answer: " + firstLineMasked(out))
 	}
 	return keys, nil
 }
@@ -178,4 +180,32 @@ func firstLine(s string) string {
 		s = s[:200]
 	}
 	return s
+}
+
+// firstLineMasked is firstLine with maskKeys applied before the line is
+// cut short, so that no part of a key is left.
+func firstLineMasked(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return firstLine(maskKeys(s))
+}
+
+// maskKeys returns s with every word that could be a key (32 or more
+// characters of the base64 alphabet; HAProxy's keys are 64 or 108)
+// replaced by "<key>", so that an answer of an unexpected shape reaches an
+// error message without the key material in it.
+func maskKeys(s string) string {
+	f := strings.Fields(s)
+	masked := false
+	for i, w := range f {
+		if len(w) >= 32 && strings.Trim(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") == "" {
+			f[i], masked = "<key>", true
+		}
+	}
+	if !masked {
+		return s
+	}
+	return strings.Join(f, " ")
 }

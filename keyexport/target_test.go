@@ -1,7 +1,9 @@
 package keyexport
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,10 +67,18 @@ func TestParseShowTLSKeys(t *testing.T) {
 func FuzzParseShowTLSKeys(f *testing.F) {
 	f.Add("# id secret\n# 0 (/k)\n0.0 AAAA\n0.1 BBBB\n")
 	f.Add("unable to locate\n")
+	f.Add("0.0 " + strings.Repeat("QUJD", 16) + " x\n")
 	f.Fuzz(func(t *testing.T, out string) {
 		keys, err := parseShowTLSKeys(out)
 		if err == nil && len(keys) == 0 {
 			t.Fatal("no error and no keys")
+		}
+		if err != nil {
+			for _, w := range strings.Fields(out) {
+				if len(w) >= 32 && maskKeys(w) == "<key>" && strings.Contains(err.Error(), w) {
+					t.Fatalf("the error shows a key-like word %q: %v", w, err)
+				}
+			}
 		}
 		for _, k := range keys {
 			if k == "" || strings.ContainsAny(k, " \t\n") {
@@ -123,5 +133,28 @@ func TestTargetsWrite(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(hp.File); string(b) != string(haproxyFile(set)) {
 		t.Error("the HAProxy file differs from haproxyFile")
+	}
+}
+
+// TestShowTLSKeysErrorHidesKeys: an answer of an unexpected shape is an
+// error that shows HAProxy's first line, but never a key in it.
+func TestShowTLSKeysErrorHidesKeys(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xa7}, 80))
+	for _, out := range []string{
+		"0.0 " + key + " extra\n",
+		"0.0\t" + key + "\n",
+		"0.0 " + key + "\n1.1 \n",
+		strings.Repeat("# ", 70) + key + " x\n0.0 y z\n", // the key crosses the 200th byte
+	} {
+		_, err := parseShowTLSKeys(out)
+		if err == nil {
+			t.Fatalf("%q parsed", out)
+		}
+		if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), key[:40]) {
+			t.Errorf("the error for %q shows the key: %v", out, err)
+		}
+	}
+	if _, err := parseShowTLSKeys("'show tls-keys' unable to locate referenced filename\n"); err == nil || !strings.Contains(err.Error(), "unable to locate referenced filename") {
+		t.Errorf("HAProxy's message is lost: %v", err)
 	}
 }

@@ -201,6 +201,23 @@ func TestReloadRejectsInvalidConfigAndKeepsTheOld(t *testing.T) {
 	must(t, f.Node == "test-node", "facts after a rejected reload: %+v", f)
 }
 
+// TestReloadErrorHidesUpstreamPassword: a reload refused for its upstream
+// says why without the password the upstream URL holds.
+func TestReloadErrorHidesUpstreamPassword(t *testing.T) {
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, nil)
+	for _, up := range []string{"ftp://u:hunter2@x", "http://u:hunter2@", "http://u:hunter2@x/%zz", "tcp://u:hunter2@x"} {
+		err := s.Reload(Config{Listeners: []Listener{{Certificates: []Certificate{{Certificate: cert}}, Upstream: up}}})
+		if err == nil {
+			t.Errorf("Reload with upstream %s succeeded", up)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("upstream %s: the error shows the password: %v", up, err)
+		}
+	}
+}
+
 func TestStalledHandshakeIsCut(t *testing.T) {
 	s, _ := start(t, nil, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
 	c, err := net.Dial("tcp", s.Addrs()[0])

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -44,20 +45,20 @@ func (s *Server) newRoute(cfg Listener) (*route, error) {
 	case strings.HasPrefix(up, "tcp://"):
 		u, err := url.Parse(up)
 		if err != nil {
-			return nil, fmt.Errorf("upstream %q: %w", up, err)
+			return nil, errors.New("upstream: a tcp:// URL that does not parse")
 		}
 		if _, _, err := net.SplitHostPort(u.Host); err != nil {
-			return nil, fmt.Errorf("upstream %q: %w", up, err)
+			return nil, fmt.Errorf("upstream %q: %w", u.Redacted(), err)
 		}
 		r.tcp = u.Host
 	case strings.HasPrefix(up, "http://"), strings.HasPrefix(up, "https://"):
 		u, err := url.Parse(up)
 		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("upstream %q is not an http:// or https:// URL with a host", up)
+			return nil, fmt.Errorf("upstream %q is not an http:// or https:// URL with a host", shownUpstream(up))
 		}
 		r.handler, r.transport = s.reverseProxy(u)
 	default:
-		return nil, fmt.Errorf("upstream %q is not builtin, http://, https:// or tcp://", up)
+		return nil, fmt.Errorf("upstream %q is not builtin, http://, https:// or tcp://", shownUpstream(up))
 	}
 	if s.ring != nil {
 		r.unreg = s.ring.Register(r.tls)
@@ -111,4 +112,14 @@ func (s *Server) Reload(cfg Config) error {
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
 	s.expose.Store(cfg.ExposeSessionID)
 	return nil
+}
+
+// shownUpstream returns up for an error message: with any password masked
+// (url.URL.Redacted), or, if it does not parse, its scheme only.
+func shownUpstream(up string) string {
+	if u, err := url.Parse(up); err == nil {
+		return u.Redacted()
+	}
+	scheme, _, _ := strings.Cut(up, "://")
+	return scheme + "://..."
 }

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 )
@@ -45,4 +46,33 @@ func TestBindingRoundTrip(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzFindBinding checks the decoder of a stateless ticket's binding (its
+// Extra entries): no panic, the entries are left as they were, and what it
+// finds reads back the same from its own encoding.
+func FuzzFindBinding(f *testing.F) {
+	f.Add(appendBinding(nil, "a.example", 7, 100, 200))
+	f.Add(appendFallbackBinding(nil, "b.example", 7, 100, 200, 300))
+	f.Add(append([]byte(nil), fallbackTag...))
+	f.Fuzz(func(t *testing.T, x []byte) {
+		before := bytes.Clone(x)
+		name, chain, start, issued, expires, ok := findBinding([][]byte{[]byte("other"), x})
+		if !bytes.Equal(x, before) {
+			t.Fatalf("findBinding changed its input: %x -> %x", before, x)
+		}
+		if !ok {
+			return
+		}
+		var b []byte
+		if expires != 0 {
+			b = appendFallbackBinding(nil, string(name), chain, start, issued, expires)
+		} else {
+			b = appendBinding(nil, string(name), chain, start, issued)
+		}
+		name2, chain2, start2, issued2, expires2, ok2 := findBinding([][]byte{b})
+		if !ok2 || string(name2) != strings.ToLower(string(name)) || chain2 != chain || start2 != start || issued2 != issued || expires2 != expires {
+			t.Fatalf("round trip of %x: %q %d %d %d %d -> %q %d %d %d %d %t", x, name, chain, start, issued, expires, name2, chain2, start2, issued2, expires2, ok2)
+		}
+	})
 }

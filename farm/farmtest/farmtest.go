@@ -325,6 +325,16 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		if err := s.SetAdd(ctx, "set", []byte("also"), now.Add(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
+		// A member longer than transport.MaxSetMemberSize is left out
+		// (anyone who can write to the store can add one); one at the
+		// bound is not.
+		big := bytes.Repeat([]byte{'b'}, transport.MaxSetMemberSize)
+		if err := s.SetAdd(ctx, "set", big, now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetAdd(ctx, "set", append(bytes.Clone(big), 'x'), now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
 		got, err := s.SetMembers(ctx, "set")
 		if err != nil {
 			t.Fatal(err)
@@ -333,8 +343,12 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		for _, m := range got {
 			found[string(m)] = true
 		}
-		if len(got) != 2 || !found["kept\x00"] || !found["also"] {
-			t.Fatalf("SetMembers = %q, want kept and also", got)
+		if len(got) != 3 || !found["kept\x00"] || !found["also"] || !found[string(big)] {
+			lens := make([]int, len(got))
+			for i, m := range got {
+				lens[i] = len(m)
+			}
+			t.Fatalf("SetMembers = members of %v bytes, want kept, also and one of %d bytes", lens, len(big))
 		}
 	})
 }

@@ -352,3 +352,41 @@ func TestNoEcho(t *testing.T) {
 	default:
 	}
 }
+
+// TestForeignValueIsNotAnError: a value at a key that natsbus did not
+// write (anyone with write access to the bucket can put one) reads as a
+// present value, for the farm to refuse when it does not open; not as an
+// error, which would name the key (for a session record, its ID) and count
+// as a failing store.
+func TestForeignValueIsNotAnError(t *testing.T) {
+	url := embedded(t)
+	tr := open(t, url, farmtest.FarmName(t))
+	ctx := context.Background()
+	const key = "s:0123456789abcdef"
+	if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sealed"), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(tr.Conn())
+	kv, err := js.KeyValue(ctx, tr.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, junk := range [][]byte{[]byte("junk"), {}, {9, 0, 0}} {
+		if _, err := kv.Put(ctx, tr.Key(key), junk); err != nil {
+			t.Fatal(err)
+		}
+		v, err := tr.GetRecord(ctx, key)
+		if err != nil {
+			if strings.Contains(err.Error(), "0123456789abcdef") {
+				t.Errorf("the error names the session key: %v", err)
+			}
+			t.Fatalf("GetRecord of a foreign value %q: %v", junk, err)
+		}
+		if string(v) != string(junk) {
+			t.Fatalf("GetRecord of a foreign value = %q, want %q", v, junk)
+		}
+	}
+	if got, err := tr.TakeRecord(ctx, key); err != nil || string(got) != "\x09\x00\x00" {
+		t.Fatalf("TakeRecord of a foreign value = %q, %v", got, err)
+	}
+}

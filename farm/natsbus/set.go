@@ -37,8 +37,9 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 
 // SetMembers implements transport.Coordinator: it reads the set's member keys with one
 // watcher, keeps those whose time has not passed by the server's clock
-// (Time), and purges the others on a server that does not expire them
-// itself.
+// (Time), up to transport.MaxSetMembers of at most
+// transport.MaxSetMemberSize bytes, and purges the lapsed ones on a server
+// that does not expire them itself.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {
@@ -71,7 +72,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		switch {
 		case !ok:
 		case int64(until) > now.UnixMilli():
-			if len(members) < transport.MaxSetMembers {
+			if len(members) < transport.MaxSetMembers && len(member) <= transport.MaxSetMemberSize {
 				members = append(members, member)
 			}
 		default:

@@ -114,6 +114,12 @@ type entry struct {
 // get reads the last message on subj and decides whether it is a live
 // value: a delete or purge marker, a marker the server left on expiry, and
 // a value past its TTL are absent, with the revision to replace them at.
+// A value natsbus did not write (no valueVersion header) is present, as
+// it is, with no TTL: the frame is not authenticated, so the farm decides
+// what the bytes are worth (they do not open, and are counted as
+// rejected); neither an error, which would carry the key (a session ID)
+// and count as a failing store, nor an absence, which the farm would take
+// for a deletion.
 func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -128,7 +134,7 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 	}
 	ttl, v, ok := decodeValue(m.Data)
 	if !ok {
-		return e, fmt.Errorf("value at %s was not written by natsbus", strings.TrimPrefix(subj, s.pre))
+		ttl, v = 0, m.Data
 	}
 	if ttl > 0 && !t.now().Before(m.Time.Add(time.Duration(ttl)*time.Millisecond)) {
 		return e, nil

@@ -740,18 +740,26 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 }
 
 // setMembersScript drops expired members by the server's clock and returns
-// the rest, at most ARGV[1] of them: those that lapse last.
+// the rest, of the ARGV[1] that lapse last, those of at most ARGV[2] bytes:
+// a longer one never leaves the server.
 var setMembersScript = redis.NewScript(`
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-return redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local all = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local limit = tonumber(ARGV[2])
+local out = {}
+for i = 1, #all do
+  if #all[i] <= limit then out[#out + 1] = all[i] end
+end
+return out
 `)
 
-// SetMembers implements transport.Coordinator; it returns at most
-// transport.MaxSetMembers members, those that lapse last.
+// SetMembers implements transport.Coordinator; it returns, of the
+// transport.MaxSetMembers members that lapse last, those of at most
+// transport.MaxSetMemberSize bytes.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
-	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, transport.MaxSetMembers).StringSlice()
+	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, transport.MaxSetMembers, transport.MaxSetMemberSize).StringSlice()
 	if err != nil {
 		return nil, t.failed(err)
 	}

@@ -99,7 +99,9 @@ type Coordinator interface {
 	SetAdd(ctx context.Context, key string, member []byte, until time.Time) error
 
 	// SetMembers returns the members of the set at key whose time has not
-	// passed (by the store's clock), and drops the others.
+	// passed (by the store's clock), and drops the others. It returns at
+	// most MaxSetMembers of them, and leaves out any longer than
+	// MaxSetMemberSize.
 	SetMembers(ctx context.Context, key string) ([][]byte, error)
 
 	// Time returns the store's clock, so that nodes can agree on time
@@ -180,6 +182,13 @@ const MaxMessageSize = 1 << 20
 // every node read an unbounded set at each heal. A node counts a full
 // answer (tlsfarm_farm_tombstones_truncated_total).
 const MaxSetMembers = 100000
+
+// MaxSetMemberSize bounds the members Coordinator.SetMembers returns: a
+// transport leaves out a longer one, which the farm never writes (its
+// members, sealed revocations, are under 150 bytes), so that whatever was
+// written to the store, a node reads at most MaxSetMembers times this at
+// each heal, not that many values as long as the store allows.
+const MaxSetMemberSize = 512
 
 // A MessageLimiter is a Bus or Store that bounds the size of one message
 // (or stored value). MaxMessageSize returns that bound in bytes, or 0 while
