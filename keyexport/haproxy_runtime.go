@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -192,20 +193,14 @@ func firstLineMasked(s string) string {
 	return firstLine(maskKeys(s))
 }
 
-// maskKeys returns s with every word that could be a key (32 or more
-// characters of the base64 alphabet; HAProxy's keys are 64 or 108)
-// replaced by "<key>", so that an answer of an unexpected shape reaches an
-// error message without the key material in it.
+// keyLike matches what could be a key: 32 or more characters of the
+// base64 alphabet in a row (HAProxy's keys are 64 or 108).
+var keyLike = regexp.MustCompile(`[A-Za-z0-9+/=]{32,}`)
+
+// maskKeys returns s with every run of characters that could be a key
+// replaced by "<key>", wherever it stands (a word of its own, or glued to
+// punctuation), so that an answer of an unexpected shape reaches an error
+// message without the key material in it.
 func maskKeys(s string) string {
-	f := strings.Fields(s)
-	masked := false
-	for i, w := range f {
-		if len(w) >= 32 && strings.Trim(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") == "" {
-			f[i], masked = "<key>", true
-		}
-	}
-	if !masked {
-		return s
-	}
-	return strings.Join(f, " ")
+	return keyLike.ReplaceAllLiteralString(s, "<key>")
 }
