@@ -1,8 +1,6 @@
 package config_test
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
 )
 
 // The daemon's configuration from its three sources: a YAML file (named by
@@ -27,10 +26,8 @@ func ExampleLoad() {
 	defer os.RemoveAll(dir)
 	// The farm secret, as "tlsfarm keygen -out FILE" makes it: a file only
 	// its owner may read. Never print or log its contents.
-	secret := make([]byte, 32)
-	rand.Read(secret)
 	secretFile := filepath.Join(dir, "farm.secret")
-	if err := os.WriteFile(secretFile, []byte("1:"+base64.StdEncoding.EncodeToString(secret)+"\n"), 0o600); err != nil {
+	if err := farm.WriteSecretFile(secretFile, farm.NewSecret(1)); err != nil {
 		log.Fatal(err)
 	}
 	file := filepath.Join(dir, "tlsfarm.yaml")
