@@ -32,6 +32,8 @@ func Example() {
 	srv, err := proxy.New(proxy.Config{
 		Node:  "example",
 		Cache: cache,
+		// Ring: the ticket keys, for the cache's Stateless and Mixed
+		// modes (in a farm, kept by farm.Node.RotateTicketKeys).
 		Listeners: []proxy.Listener{{
 			Address:      "127.0.0.1:0", // port 0: any free port
 			Certificates: []proxy.Certificate{{Certificate: cert}},

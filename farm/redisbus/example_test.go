@@ -75,11 +75,10 @@ func Example() {
 	// then: true
 }
 
-// Open takes one URL per kind of Redis deployment; the farm's nodes all
-// use the same one. Open dials nothing (the transport connects when it is
-// first used, and keeps trying while Redis is down), so this example runs
-// without any of these servers; the password stands for a real one, which
-// an error never shows.
+// Open takes one URL per kind of Redis deployment; every node of a farm
+// uses the same. Open dials nothing (a transport opened while Redis is down
+// works once it is up), so this example runs without any of these servers.
+// It prints what each URL gives, never the URL, which may hold a password.
 func ExampleOpen() {
 	for _, u := range []struct{ kind, url string }{
 		{"server", "redis://127.0.0.1:6379/0"},
@@ -87,7 +86,7 @@ func ExampleOpen() {
 		{"cluster", "redis+cluster://10.0.0.1:7000?addr=10.0.0.2:7000&addr=10.0.0.3:7000&reload=2s"},
 		{"sentinels", "redis+sentinel://10.0.0.1:26379?master_name=tlsfarm&addr=10.0.0.2:26379&addr=10.0.0.3:26379"},
 		{"server, one shared channel", "redis://127.0.0.1:6379/0?echo=true"},
-		{"server, a cluster option", "redis://127.0.0.1:6379/0?reload=2s"},
+		{"server, with a cluster option", "redis://127.0.0.1:6379/0?reload=2s"},
 	} {
 		tr, err := redisbus.Open(u.url, "prod")
 		if err != nil {
@@ -103,7 +102,7 @@ func ExampleOpen() {
 	// cluster: echo=false
 	// sentinels: echo=false
 	// server, one shared channel: echo=true
-	// server, a cluster option: redisbus: the reload option is for redis+cluster URLs
+	// server, with a cluster option: redisbus: the reload option is for redis+cluster URLs
 }
 
 // New makes a transport on a go-redis client of the program's own, for
