@@ -2,6 +2,7 @@ package farm_test
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log"
 	"time"
@@ -56,4 +57,49 @@ func ExampleJoin() {
 	// Output:
 	// revoke: not-found <nil>
 	// sessions published: 0
+}
+
+// ConsumeToken answers true to exactly one caller in the whole farm for a
+// token, such as a stateless ticket that must be used once: here two nodes
+// of a farm on Redis present the same token, and only the first succeeds,
+// however many nodes try and in whatever order. The store keeps only a
+// hash of the token, which lapses after the TTL.
+func ExampleNode_ConsumeToken() {
+	secrets := []farm.Secret{farm.NewSecret(1)} // farm.LoadSecrets on every node
+	var nodes []*farm.Node
+	for range 2 { // each node is a server with its own cache and connection
+		tr, err := redisbus.Open("redis://127.0.0.1:6379/0", "example-consume")
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer tr.Close()
+		cache, err := session.New(nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer cache.Close()
+		node, err := farm.Join(context.Background(), farm.Config{
+			Farm: "example-consume", Secrets: secrets, Cache: cache, Bus: tr, Store: tr,
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer node.Close()
+		nodes = append(nodes, node)
+	}
+
+	token := []byte(rand.Text()) // what a client presented
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, try := range []struct {
+		name string
+		node *farm.Node
+	}{{"a", nodes[0]}, {"b", nodes[1]}, {"a again", nodes[0]}} {
+		ok, err := try.node.ConsumeToken(ctx, token, time.Minute)
+		fmt.Printf("node %s: %v %v\n", try.name, ok, err)
+	}
+	// Output:
+	// node a: true <nil>
+	// node b: false <nil>
+	// node a again: false <nil>
 }
