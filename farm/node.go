@@ -78,6 +78,7 @@ type Node struct {
 	held     *laterLife // retirements and cuts kept, until they expire: see heldLife
 	heldAny  atomic.Bool
 	rs       resendState // peers' requests to re-send what held keeps, and this node's
+	tly      tallyState  // messages published and received, to find those the bus lost
 	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
@@ -166,6 +167,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.recon.wake = make(chan struct{}, 1)
 	n.rs.ask, n.rs.send = make(chan struct{}, 1), make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})
+	n.tly.on = cfg.TallyInterval > 0
 	n.revsReady = make(chan struct{})
 	n.synced = make(chan struct{})
 	if cfg.Coord == nil {
@@ -231,6 +233,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if n.busProbe != nil || n.storeProbe != nil {
 		n.wg.Add(1)
 		go n.prober(ctx)
+	}
+	if n.tly.on {
+		n.wg.Add(1)
+		go n.tallier(ctx)
 	}
 	if cfg.Records != nil {
 		n.wg.Add(1)
@@ -311,7 +317,8 @@ func (n *Node) combined() bool {
 // about as soon as it did before.
 //
 // Revocations not yet applied farm-wide then get one more try, bounded by
-// OpTimeout. With Config.RevocationFile, the retirements and cuts not yet
+// OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
+// the same way, unless the bus had reported itself down. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, still queued, or in a write cancelled
 // above) are written to the lifecycle file for the next Join. In all,
 // Close takes at most about OpTimeout longer than it would without the
@@ -355,6 +362,13 @@ func (n *Node) Close() error {
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.drainRevocations(ctx)
+			cancel()
+		}
+		if n.tly.on && !n.busDownAtEnd.Load() {
+			// A last tally, for what the publishers sent since the
+			// previous one (tallier has stopped: one sender at a time).
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			n.sendTally(ctx)
 			cancel()
 		}
 		if n.lf.path != "" {
