@@ -56,7 +56,7 @@ const (
 	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
 	msgResend                       // body: empty; asks peers to write and publish again the retirements and cuts they hold
-	msgTally                        // body: the count of messages the sender published before it (see tally.go)
+	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
 )
 
 func (t envType) String() string {

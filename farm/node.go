@@ -168,6 +168,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.rs.ask, n.rs.send = make(chan struct{}, 1), make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})
 	n.tly.on = cfg.TallyInterval > 0
+	n.tly.width = max(cfg.TallyInterval.Microseconds(), 1)
 	n.revsReady = make(chan struct{})
 	n.synced = make(chan struct{})
 	if cfg.Coord == nil {

@@ -82,7 +82,7 @@ func (n *Node) receive(msg []byte) {
 		return
 	}
 	if n.tly.on {
-		n.tly.count(h.sender, now)
+		n.tly.count(h.sender, h.time, now)
 	}
 	n.lag.observe(now.Sub(h.time))
 	old := now.Sub(h.time) > n.cfg.MaxAge

@@ -12,19 +12,29 @@ import (
 )
 
 // Tallies detect the messages a bus loses while the subscription stays up
-// (a NATS slow consumer, a broker dropping within a queue): every
-// Config.TallyInterval, and once more at Close, a node publishes a tally
-// (msgTally) of the messages it has published so far; each receiver
-// counts the authentic messages it gets from each sender and compares.
-// Messages from one sender may take different connections and arrive out
-// of order, so a tally is checked with a lag: when a sender's tally j
-// arrives, what its tally j-2 counted as published must have arrived, and
-// of that only what was published after the receiver's first tally from
-// it (its baseline) and the one after (so that what crossed the baseline
-// on its way is not counted twice). A receiver that finds fewer settles
-// the loss as a bus gap (see settleGap).
+// (a NATS slow consumer, a broker dropping within a queue). A node cuts
+// time into slots of Config.TallyInterval, by its own clock, and counts
+// the messages it publishes by the slot they were sealed in (the sealing
+// time is in every envelope's authenticated header). Every TallyInterval,
+// and once more at Close, it publishes a tally (msgTally): the counts of
+// the slots that closed by its previous tally — at least two slots old
+// then, and with no publish of theirs still in flight. Each receiver
+// counts the authentic messages it gets from each sender by the same
+// slots, and compares. The lag (a slot reported one tally after it
+// closed, so at least an interval after its last publish returned) lets
+// messages that took another connection arrive first; a receiver checks
+// only the slots that began at least an interval after the first tally it
+// heard from the sender, so that it counted every message of theirs. A
+// receiver that finds fewer messages than counted settles the loss as a
+// bus gap (see settleGap). Messages a sender sealed in a slot but began
+// to publish after it reported the slot, or that came twice, count as
+// extra: they may hide a loss in the same slot, never make one.
 const (
 	defaultTallyInterval = time.Second
+
+	// tallySlots is how many slots a node keeps counts of, per sender
+	// and for itself; a tally reports at most tallySlots-4 of them.
+	tallySlots = 16
 
 	// maxTallyPeers bounds the senders a node tracks; past it, the one
 	// heard from least lately is forgotten.
@@ -38,36 +48,79 @@ const (
 	// tallyWarnEvery bounds how often a loss is logged.
 	tallyWarnEvery = time.Minute
 
-	tallyBodyLen = 24
+	// maxTallyWidth bounds the slot width a tally may give (µs).
+	maxTallyWidth = int64(time.Hour / time.Microsecond)
+
+	tallyFixedLen = 8 + 8 + 8 + 1
 )
 
-// appendTally appends the body of a msgTally: seq (8) | started (8) |
-// published (8): the tally's number (from 1, per instance), then the
-// messages the sender had begun to publish, and had published (the bus
-// took them), before this tally.
-func appendTally(b []byte, seq, started, published uint64) []byte {
-	b = binary.BigEndian.AppendUint64(b, seq)
-	b = binary.BigEndian.AppendUint64(b, started)
-	return binary.BigEndian.AppendUint64(b, published)
+// A tallyBody is the body of a msgTally: seq (8) | width (8, µs) | first
+// slot (8) | n (1) | n counts (8 each). seq numbers the sender's tallies
+// from 1; the counts are of the messages it sealed in slots first to
+// first+n-1 (slot: Unix µs / width) and published (the bus took them).
+type tallyBody struct {
+	seq    uint64
+	width  int64
+	first  int64
+	counts []uint64
 }
 
-var errTallyBody = errors.New("tally body has a bad length")
+func appendTally(b []byte, t tallyBody) []byte {
+	b = binary.BigEndian.AppendUint64(b, t.seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(t.width))
+	b = binary.BigEndian.AppendUint64(b, uint64(t.first))
+	b = append(b, byte(len(t.counts)))
+	for _, c := range t.counts {
+		b = binary.BigEndian.AppendUint64(b, c)
+	}
+	return b
+}
+
+var errTallyBody = errors.New("tally body malformed")
 
 // parseTally decodes a msgTally body.
-func parseTally(body []byte) (seq, started, published uint64, err error) {
-	if len(body) != tallyBodyLen {
-		return 0, 0, 0, errTallyBody
+func parseTally(body []byte) (tallyBody, error) {
+	var t tallyBody
+	if len(body) < tallyFixedLen {
+		return t, errTallyBody
 	}
-	return binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:]), binary.BigEndian.Uint64(body[16:]), nil
+	t.seq = binary.BigEndian.Uint64(body)
+	t.width = int64(binary.BigEndian.Uint64(body[8:]))
+	t.first = int64(binary.BigEndian.Uint64(body[16:]))
+	n := int(body[24])
+	body = body[tallyFixedLen:]
+	if t.width <= 0 || t.width > maxTallyWidth || n > tallySlots || len(body) != 8*n {
+		return tallyBody{}, errTallyBody
+	}
+	t.counts = make([]uint64, n)
+	for i := range t.counts {
+		t.counts[i] = binary.BigEndian.Uint64(body[8*i:])
+	}
+	return t, nil
+}
+
+// slotOf returns the slot of width w (µs) that the time us (Unix µs) is in.
+func slotOf(us, w int64) int64 {
+	s := us / w
+	if us < 0 && us%w != 0 {
+		s--
+	}
+	return s
 }
 
 // tallyState is the node's part of the tallies: what it published, and
 // what it received from each sender.
 type tallyState struct {
-	on        bool          // Config.TallyInterval >= 0
-	started   atomic.Uint64 // messages this node began to publish
-	published atomic.Uint64 // of those, the ones the bus took
-	seq       atomic.Uint64 // tallies sealed
+	on    bool  // Config.TallyInterval > 0
+	width int64 // Config.TallyInterval, in µs
+
+	pubMu      sync.Mutex
+	pub        [tallySlots]pubSlot // by slot mod tallySlots
+	closed     []uint64            // counts of the slots closed at the last tally, from closedAt
+	closedAt   int64
+	lastClosed int64 // the last slot closed (reported, or to be)
+	begun      bool  // a tally was sealed: lastClosed holds
+	seq        uint64
 
 	mu    sync.Mutex
 	peers map[uint64]*peerTally
@@ -80,49 +133,147 @@ type tallyState struct {
 	unwarned uint64    // messages found missing since, not logged yet
 }
 
+// A pubSlot counts the messages this node sealed in one slot: published,
+// and being published.
+type pubSlot struct {
+	slot      int64
+	published uint64
+	inFlight  int64
+}
+
 // A peerTally is what a node knows of one sender (one instance) for its
 // tallies.
 type peerTally struct {
 	sender uint64
 	heard  time.Time // its last message
-	got    uint64    // authentic messages received from it
 
-	based      bool
-	baseSeq    uint64    // its first tally heard: the baseline
-	baseGot    int64     // got before the baseline, less what was found missing since
-	haveStart  bool      // the tally after the baseline was heard:
-	baseStart  uint64    // its count of messages begun,
-	baseAt     time.Time // and its time
-	prev       [2]tallyMark
-	verifiedAt time.Time // the time of the tally whose count was last found whole
+	width   int64 // its slot width (µs), from its first tally; 0 until then
+	minSlot int64 // the first slot checked: an interval after that tally
+	lastSeq uint64
+	lo, hi  int64 // the bounds (µs) of the slot of its last message,
+	cur     int   // and that slot's index in got
+	got     [tallySlots]recvSlot
 }
 
-// A tallyMark is one tally received: its number, its count of messages
-// published, and when it was sealed (by its sender's clock).
-type tallyMark struct {
-	seq, published uint64
-	at             time.Time
+// A recvSlot counts the messages received from a sender sealed in one of
+// its slots.
+type recvSlot struct {
+	slot  int64
+	count uint64
+}
+
+// sealedAt returns the sealing time of envelope msg, in Unix µs, and
+// whether msg is long enough to hold one.
+func sealedAt(msg []byte) (int64, bool) {
+	if len(msg) < 13 {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(msg[5:])), true
+}
+
+// begin counts msgs as being published, end as published (ok) or not.
+func (t *tallyState) begin(msgs [][]byte) {
+	t.pubMu.Lock()
+	for _, m := range msgs {
+		if p := t.pubSlot(m); p != nil {
+			p.inFlight++
+		}
+	}
+	t.pubMu.Unlock()
+}
+
+func (t *tallyState) end(msgs [][]byte, ok bool) {
+	t.pubMu.Lock()
+	for _, m := range msgs {
+		if p := t.pubSlot(m); p != nil {
+			p.inFlight--
+			if ok {
+				p.published++
+			}
+		}
+	}
+	t.pubMu.Unlock()
+}
+
+// pubSlot returns the count of the slot msg was sealed in, or nil if it
+// is older than those kept (or already reported). t.pubMu is held.
+func (t *tallyState) pubSlot(msg []byte) *pubSlot {
+	us, ok := sealedAt(msg)
+	if !ok {
+		return nil
+	}
+	s := slotOf(us, t.width)
+	if t.begun && s <= t.lastClosed {
+		return nil // reported: an extra for the receivers
+	}
+	p := &t.pub[uint64(s)%tallySlots]
+	switch {
+	case p.slot == s:
+	case p.slot < s:
+		*p = pubSlot{slot: s}
+	default:
+		return nil
+	}
+	return p
+}
+
+// nextTally returns the body of the tally to publish at now (Unix µs):
+// the slots closed at the previous tally. Then it closes the slots at
+// least two old that have no publish in flight, up to the first that has
+// one, for the next tally. The first tally closes none: the slots before
+// it are never reported.
+func (t *tallyState) nextTally(now int64) tallyBody {
+	t.pubMu.Lock()
+	defer t.pubMu.Unlock()
+	t.seq++
+	b := tallyBody{seq: t.seq, width: t.width, first: t.closedAt, counts: t.closed}
+	t.closed = nil
+	cur := slotOf(now, t.width)
+	if !t.begun {
+		t.begun, t.lastClosed, t.closedAt = true, cur-2, cur-1
+		return b
+	}
+	from := max(t.lastClosed+1, cur-2-(tallySlots-4)+1)
+	t.closedAt = from
+close:
+	for s := from; s <= cur-2; s++ {
+		p := &t.pub[uint64(s)%tallySlots]
+		var c uint64
+		switch {
+		case p.slot == s && p.inFlight > 0:
+			break close // the next tally closes it, and what follows
+		case p.slot == s:
+			c = p.published
+		case p.slot > s:
+			break close // reused: not within the window
+		}
+		t.closed = append(t.closed, c)
+		t.lastClosed = s
+	}
+	return b
 }
 
 // publish publishes msgs on the bus, counting them for the tallies.
 // Every message the node publishes goes through it or putAndPublish.
 func (n *Node) publish(ctx context.Context, msgs ...[]byte) error {
-	n.tly.started.Add(uint64(len(msgs)))
-	err := n.cfg.Bus.Publish(ctx, msgs...)
-	if err == nil {
-		n.tly.published.Add(uint64(len(msgs)))
+	if !n.tly.on {
+		return n.cfg.Bus.Publish(ctx, msgs...)
 	}
+	n.tly.begin(msgs)
+	err := n.cfg.Bus.Publish(ctx, msgs...)
+	n.tly.end(msgs, err == nil)
 	return err
 }
 
 // putAndPublish is b.PutAndPublish, counting msgs for the tallies as
 // publish does.
 func (n *Node) putAndPublish(ctx context.Context, b transport.Batcher, items []transport.Item, dels []string, msgs [][]byte) error {
-	n.tly.started.Add(uint64(len(msgs)))
-	err := b.PutAndPublish(ctx, items, dels, msgs)
-	if err == nil {
-		n.tly.published.Add(uint64(len(msgs)))
+	if !n.tly.on {
+		return b.PutAndPublish(ctx, items, dels, msgs)
 	}
+	n.tly.begin(msgs)
+	err := b.PutAndPublish(ctx, items, dels, msgs)
+	n.tly.end(msgs, err == nil)
 	return err
 }
 
@@ -144,17 +295,14 @@ func (n *Node) tallier(ctx context.Context) {
 	}
 }
 
-// sendTally publishes a tally of what the node has published before it.
-// One goroutine at a time sends tallies (tallier, then Close): each is
-// published before the next is counted.
+// sendTally publishes a tally. One goroutine at a time sends tallies
+// (tallier, then Close).
 func (n *Node) sendTally(ctx context.Context) {
 	t := &n.tly
-	seq := t.seq.Add(1)
-	// published first: whatever it counts was begun before started is read.
-	published := t.published.Load()
-	started := t.started.Load()
-	hdr := header{typ: msgTally, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
-	msg := n.keys.seal(nil, hdr, appendTally(make([]byte, 0, tallyBodyLen), seq, started, published), nil)
+	now := n.cfg.Now()
+	body := t.nextTally(now.UnixMicro())
+	hdr := header{typ: msgTally, time: now, sender: n.instance, farm: n.cfg.Farm}
+	msg := n.keys.seal(nil, hdr, appendTally(make([]byte, 0, tallyFixedLen+8*len(body.counts)), body), nil)
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
 	if err := n.publish(pctx, msg); err != nil {
@@ -164,10 +312,11 @@ func (n *Node) sendTally(ctx context.Context) {
 	t.sent.Add(1)
 }
 
-// count counts an authentic message from sender, received at now. It is
-// the receive path's share of the tallies: a lookup of the last sender,
-// else of the map.
-func (t *tallyState) count(sender uint64, now time.Time) {
+// count counts an authentic message from sender, sealed at sealed and
+// received at now. It is the receive path's share of the tallies: a
+// lookup of the last sender (else of the map), and, once the sender's
+// slots are known, a comparison with the bounds of the last slot counted.
+func (t *tallyState) count(sender uint64, sealed, now time.Time) {
 	t.mu.Lock()
 	e := t.last
 	if e == nil || e.sender != sender {
@@ -177,9 +326,32 @@ func (t *tallyState) count(sender uint64, now time.Time) {
 		}
 		t.last = e
 	}
-	e.got++
 	e.heard = now
+	if e.width != 0 {
+		if us := sealed.UnixMicro(); us >= e.lo && us < e.hi {
+			e.got[e.cur].count++
+		} else {
+			e.slot(us)
+		}
+	}
 	t.mu.Unlock()
+}
+
+// slot counts a message sealed at us (Unix µs) in another slot than the
+// last one's.
+func (e *peerTally) slot(us int64) {
+	s := slotOf(us, e.width)
+	i := int(uint64(s) % tallySlots)
+	g := &e.got[i]
+	switch {
+	case g.slot == s:
+		g.count++
+	case g.slot < s:
+		*g = recvSlot{slot: s, count: 1}
+	default:
+		return // older than the slots kept: unchecked
+	}
+	e.lo, e.hi, e.cur = s*e.width, (s+1)*e.width, i
 }
 
 // add starts tracking sender, forgetting the stalest sender if the map is
@@ -227,82 +399,71 @@ func (t *tallyState) reset() {
 	t.mu.Unlock()
 }
 
-// check checks sender's tally number seq, sealed at at, which counted
-// started messages begun and published published before it; count has
-// counted the tally itself. It returns how many of sender's messages are
-// missing, if any, and the time of the tally that was last found whole
-// (or, before any was, of the tally after the baseline): the lost
-// messages were published after it.
-//
-// Messages the tally after the baseline (b+1) counted as begun may have
-// arrived before the baseline (b); those begun after it are taken to
-// arrive after b, those the tally before last (ref, at most seq-2) counted
-// as published to have arrived before this one: of the messages received
-// since b, at least ref's published count less b+1's begun count. A
-// message counted as received but published before the baseline (or one
-// delivered twice) may hide a loss; reordering within about a tally
-// interval never makes one.
-func (t *tallyState) check(sender, seq, started, published uint64, at time.Time) (lost uint64, since time.Time) {
+// check compares sender's tally tb, sealed at at (count has counted the
+// tally itself), with the messages received from it. The first tally
+// heard from a sender (or one with another slot width) is its baseline:
+// from then on its messages are counted by slot, and the slots that begin
+// an interval or more after the baseline was sealed are checked. It
+// returns how many of the sender's messages are missing, if any, and the
+// start of the first slot they are missing from (by the sender's clock).
+// A slot reported again, or older than the slots kept, is not checked.
+func (t *tallyState) check(sender uint64, tb tallyBody, at time.Time) (lost uint64, since time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.peers[sender]
 	if e == nil {
 		return 0, time.Time{}
 	}
-	got := int64(e.got) - 1 // before this tally
-	if !e.based {
-		e.based, e.baseSeq, e.baseGot = true, seq, got
-		e.prev[1] = tallyMark{seq: seq, published: published, at: at}
+	if e.width != tb.width {
+		*e = peerTally{sender: e.sender, heard: e.heard, width: tb.width, lastSeq: tb.seq,
+			minSlot: slotOf(at.UnixMicro(), tb.width) + 2}
 		return 0, time.Time{}
 	}
-	if seq <= e.prev[1].seq {
-		return 0, time.Time{} // late, or replayed: counted, not checked
+	if tb.seq <= e.lastSeq {
+		return 0, time.Time{} // late, or replayed
 	}
-	if !e.haveStart {
-		e.haveStart, e.baseStart, e.baseAt = true, started, at
-	}
-	var ref tallyMark
-	for _, m := range e.prev {
-		if m.seq > e.baseSeq && m.seq+2 <= seq && m.seq > ref.seq {
-			ref = m
+	e.lastSeq = tb.seq
+	for i, c := range tb.counts {
+		s := tb.first + int64(i)
+		if s < e.minSlot {
+			continue
+		}
+		g := &e.got[uint64(s)%tallySlots]
+		var have uint64
+		switch {
+		case g.slot == s:
+			have = g.count
+		case g.slot > s:
+			continue // no longer kept
+		}
+		t.checked.Add(1)
+		if have < c {
+			if lost == 0 {
+				since = time.UnixMicro(s * e.width)
+			}
+			lost += c - have
 		}
 	}
-	e.prev = [2]tallyMark{e.prev[1], {seq: seq, published: published, at: at}}
-	if ref.seq == 0 {
-		return 0, time.Time{}
-	}
-	t.checked.Add(1)
-	need := int64(ref.published) - int64(e.baseStart)
-	have := got - e.baseGot
-	if have >= need {
-		e.verifiedAt = ref.at
-		return 0, time.Time{}
-	}
-	missing := need - have
-	e.baseGot -= missing // found missing once: settled
-	since = e.verifiedAt
-	if since.IsZero() {
-		since = e.baseAt
-	}
-	return uint64(missing), since
+	return lost, since
 }
 
 // receiveTally handles a peer's msgTally, sealed by h.
 func (n *Node) receiveTally(h header, body []byte) {
-	seq, started, published, err := parseTally(body)
+	tb, err := parseTally(body)
 	if err != nil {
 		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
 	t := &n.tly
 	t.received.Add(1)
-	lost, since := t.check(h.sender, seq, started, published, h.time)
+	lost, since := t.check(h.sender, tb, h.time)
 	if lost == 0 {
 		return
 	}
 	t.losses.Add(1)
 	t.lost.Add(lost)
-	// Sealed by the sender's clock: MaxSkew earlier by this node's.
+	// The slot's start by the sender's clock: MaxSkew earlier by this
+	// node's.
 	dropped, action := n.settleGap(since.Add(-n.cfg.MaxSkew), n.storeGeneration(), gapLoss)
 	t.warnMu.Lock()
 	t.unwarned += lost
