@@ -319,7 +319,10 @@ func (n *Node) combined() bool {
 //
 // Revocations not yet applied farm-wide then get one more try, bounded by
 // OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
-// the same way, unless the bus had reported itself down. With Config.RevocationFile, the retirements and cuts not yet
+// by half of it, unless the transport was failing (the bus had reported
+// itself down, the queues did not empty in time, or the last tally
+// failed); a tally in flight when Close began (on a hung transport) may
+// hold it back as long. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, still queued, or in a write cancelled
 // above) are written to the lifecycle file for the next Join. In all,
 // Close takes at most about OpTimeout longer than it would without the
@@ -349,9 +352,11 @@ func (n *Node) Close() error {
 			close(flushed)
 		}()
 		t := time.NewTimer(n.cfg.OpTimeout)
+		inTime := true
 		select {
 		case <-flushed:
 		case <-t.C:
+			inTime = false
 			n.stopPub()
 			<-flushed
 		}
@@ -365,9 +370,11 @@ func (n *Node) Close() error {
 			n.drainRevocations(ctx)
 			cancel()
 		}
-		if n.tly.on && !n.busDownAtEnd.Load() {
+		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.lastFailed.Load() {
 			// A last tally, for what the publishers sent since the
-			// previous one (tallier has stopped: one sender at a time).
+			// previous one (tallier has stopped: one sender at a time);
+			// not through an outage (the bus reported itself down, the
+			// queues did not empty in time, or the last tally failed).
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.sendTally(ctx)
 			cancel()

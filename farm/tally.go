@@ -127,6 +127,8 @@ type tallyState struct {
 	last  *peerTally // the last sender counted: most messages come in runs from one
 
 	sent, failed, received, checked, losses, lost atomic.Uint64
+	lastFailed                                    atomic.Bool  // the last tally's publish failed
+	failedAt                                      atomic.Int64 // when a publish last failed (Unix ns, time.Now)
 
 	warnMu   sync.Mutex
 	warned   time.Time // when a loss was last logged
@@ -262,6 +264,9 @@ func (n *Node) publish(ctx context.Context, msgs ...[]byte) error {
 	n.tly.begin(msgs)
 	err := n.cfg.Bus.Publish(ctx, msgs...)
 	n.tly.end(msgs, err == nil)
+	if err != nil {
+		n.tly.failedAt.Store(time.Now().UnixNano())
+	}
 	return err
 }
 
@@ -274,11 +279,17 @@ func (n *Node) putAndPublish(ctx context.Context, b transport.Batcher, items []t
 	n.tly.begin(msgs)
 	err := b.PutAndPublish(ctx, items, dels, msgs)
 	n.tly.end(msgs, err == nil)
+	if err != nil {
+		n.tly.failedAt.Store(time.Now().UnixNano())
+	}
 	return err
 }
 
 // tallier publishes a tally every TallyInterval, and forgets the senders
-// not heard from lately, until ctx is done.
+// not heard from lately, until ctx is done. It skips the tallies due
+// within twice OpTimeout of a publish that failed: through an outage a
+// tally would only hang on the transport (and hold Close back), and the
+// slots it would have closed are closed by the next one.
 func (n *Node) tallier(ctx context.Context) {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.TallyInterval)
@@ -291,21 +302,29 @@ func (n *Node) tallier(ctx context.Context) {
 		case <-t.C:
 		}
 		n.tly.forget(n.cfg.Now().Add(-forget))
+		if f := n.tly.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < 2*n.cfg.OpTimeout {
+			continue
+		}
 		n.sendTally(ctx)
 	}
 }
 
-// sendTally publishes a tally. One goroutine at a time sends tallies
-// (tallier, then Close).
+// sendTally publishes a tally, waiting at most half of OpTimeout or of
+// TallyInterval, whichever is shorter: a tally that hangs on the
+// transport would hold Close back, and one that fails costs nothing (the
+// next one reports what it would have). One goroutine at a time sends
+// tallies (tallier, then Close).
 func (n *Node) sendTally(ctx context.Context) {
 	t := &n.tly
 	now := n.cfg.Now()
 	body := t.nextTally(now.UnixMicro())
 	hdr := header{typ: msgTally, time: now, sender: n.instance, farm: n.cfg.Farm}
 	msg := n.keys.seal(nil, hdr, appendTally(make([]byte, 0, tallyFixedLen+8*len(body.counts)), body), nil)
-	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	pctx, cancel := context.WithTimeout(ctx, min(n.cfg.OpTimeout, n.cfg.TallyInterval)/2)
 	defer cancel()
-	if err := n.publish(pctx, msg); err != nil {
+	err := n.publish(pctx, msg)
+	t.lastFailed.Store(err != nil)
+	if err != nil {
 		t.failed.Add(1)
 		return
 	}
