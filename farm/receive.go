@@ -107,7 +107,7 @@ func (n *Node) receive(msg []byte) {
 		n.receiveResend()
 	case msgTally:
 		if n.tly.on {
-			n.receiveTally(h, body)
+			n.receiveTally(h, body, old)
 		}
 	case msgRevoke:
 		revs, err := parseRevocations(body)
@@ -150,10 +150,12 @@ func (n *Node) receive(msg []byte) {
 // that wrote those times. A message of sessions (msgSessions) is taken
 // as long as a cut, for the grace cuts of the parents its sessions imply
 // (see receiveOldSessions), but its sessions are inserted only within
-// MaxAge.
+// MaxAge. A tally (msgTally) is taken as long as a cut, so that one a bus
+// kept through an outage is counted among the sender's messages, not
+// refused; it is checked only within MaxAge (see receiveTally).
 func (n *Node) maxAgeFor(t envType) time.Duration {
 	switch t {
-	case msgCut, msgSessions:
+	case msgCut, msgSessions, msgTally:
 		return n.cutAge
 	case msgRevoke:
 		return n.revokeAge

@@ -466,8 +466,11 @@ func (t *tallyState) check(sender uint64, tb tallyBody, at time.Time) (lost uint
 	return lost, since
 }
 
-// receiveTally handles a peer's msgTally, sealed by h.
-func (n *Node) receiveTally(h header, body []byte) {
+// receiveTally handles a peer's msgTally, sealed by h; old if more than
+// MaxAge ago. An old tally (one a bus kept through an outage) is counted,
+// not checked, nor taken for a baseline: the messages of its time older
+// than MaxAge that are refused would count as missing.
+func (n *Node) receiveTally(h header, body []byte, old bool) {
 	tb, err := parseTally(body)
 	if err != nil {
 		n.ctr.rejected[rejectBody].Add(1)
@@ -475,6 +478,9 @@ func (n *Node) receiveTally(h header, body []byte) {
 	}
 	t := &n.tly
 	t.received.Add(1)
+	if old {
+		return
+	}
 	lost, since := t.check(h.sender, tb, h.time)
 	if lost == 0 {
 		return
