@@ -320,8 +320,8 @@ func (n *Node) combined() bool {
 // Revocations not yet applied farm-wide then get one more try, bounded by
 // OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
 // by half of it, unless the transport was failing (the bus had reported
-// itself down, the queues did not empty in time, or the last tally
-// failed); a tally in flight when Close began (on a hung transport) may
+// itself down, the queues did not empty in time, or a publish failed
+// within OpTimeout); a tally in flight when Close began (on a hung transport) may
 // hold it back as long. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, still queued, or in a write cancelled
 // above) are written to the lifecycle file for the next Join. In all,
@@ -370,11 +370,11 @@ func (n *Node) Close() error {
 			n.drainRevocations(ctx)
 			cancel()
 		}
-		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.lastFailed.Load() {
+		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedLately(n.cfg.OpTimeout) {
 			// A last tally, for what the publishers sent since the
 			// previous one (tallier has stopped: one sender at a time);
 			// not through an outage (the bus reported itself down, the
-			// queues did not empty in time, or the last tally failed).
+			// queues did not empty in time, or a publish failed lately).
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.sendTally(ctx)
 			cancel()

@@ -127,7 +127,6 @@ type tallyState struct {
 	last  *peerTally // the last sender counted: most messages come in runs from one
 
 	sent, failed, received, checked, losses, lost atomic.Uint64
-	lastFailed                                    atomic.Bool  // the last tally's publish failed
 	failedAt                                      atomic.Int64 // when a publish last failed (Unix ns, time.Now)
 
 	warnMu   sync.Mutex
@@ -287,7 +286,7 @@ func (n *Node) putAndPublish(ctx context.Context, b transport.Batcher, items []t
 
 // tallier publishes a tally every TallyInterval, and forgets the senders
 // not heard from lately, until ctx is done. It skips the tallies due
-// within twice OpTimeout of a publish that failed: through an outage a
+// within OpTimeout of a publish that failed: through an outage a
 // tally would only hang on the transport (and hold Close back), and the
 // slots it would have closed are closed by the next one.
 func (n *Node) tallier(ctx context.Context) {
@@ -302,17 +301,22 @@ func (n *Node) tallier(ctx context.Context) {
 		case <-t.C:
 		}
 		n.tly.forget(n.cfg.Now().Add(-forget))
-		if f := n.tly.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < 2*n.cfg.OpTimeout {
+		if n.tly.failedLately(n.cfg.OpTimeout) {
 			continue
 		}
 		n.sendTally(ctx)
 	}
 }
 
-// sendTally publishes a tally, waiting at most half of OpTimeout or of
-// TallyInterval, whichever is shorter: a tally that hangs on the
-// transport would hold Close back, and one that fails costs nothing (the
-// next one reports what it would have). One goroutine at a time sends
+// failedLately reports whether a publish failed within d.
+func (t *tallyState) failedLately(d time.Duration) bool {
+	f := t.failedAt.Load()
+	return f != 0 && time.Since(time.Unix(0, f)) < d
+}
+
+// sendTally publishes a tally, waiting at most half of OpTimeout: a tally
+// that hangs on the transport would hold Close back, and one that fails
+// costs nothing (the next one reports what it would have). One goroutine at a time sends
 // tallies (tallier, then Close).
 func (n *Node) sendTally(ctx context.Context) {
 	t := &n.tly
@@ -320,11 +324,9 @@ func (n *Node) sendTally(ctx context.Context) {
 	body := t.nextTally(now.UnixMicro())
 	hdr := header{typ: msgTally, time: now, sender: n.instance, farm: n.cfg.Farm}
 	msg := n.keys.seal(nil, hdr, appendTally(make([]byte, 0, tallyFixedLen+8*len(body.counts)), body), nil)
-	pctx, cancel := context.WithTimeout(ctx, min(n.cfg.OpTimeout, n.cfg.TallyInterval)/2)
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout/2)
 	defer cancel()
-	err := n.publish(pctx, msg)
-	t.lastFailed.Store(err != nil)
-	if err != nil {
+	if err := n.publish(pctx, msg); err != nil {
 		t.failed.Add(1)
 		return
 	}

@@ -258,7 +258,11 @@ func TestTallyRestartNotLoss(t *testing.T) {
 	n1b := farmtest.Join(t, "n1", name, *o)
 	farmtest.WaitConnected(t, n1b)
 	run(n1b)
-	time.Sleep(5 * tallyInterval)
+	farmtest.Eventually(t, 5*time.Second, "n2 checks the restarted node's tallies", func() bool {
+		return tallyCounter(n2, "checked") >= checked+5
+	})
+	t.Logf("n1b: %d tallies sent, %d failed; n2: %d received, %d slots checked", tallyCounter(n1b, "sent"), tallyCounter(n1b, "failed"),
+		tallyCounter(n2, "received"), tallyCounter(n2, "checked"))
 	if got := tallyCounter(n2, "checked"); got < checked+5 {
 		t.Fatalf("n2 checked %d slots of the restarted node's tallies, want several", got-checked)
 	}
