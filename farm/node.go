@@ -319,7 +319,7 @@ func (n *Node) combined() bool {
 //
 // Revocations not yet applied farm-wide then get one more try, bounded by
 // OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
-// by half of it, unless the transport was failing (the bus had reported
+// by a quarter of it, unless the transport was failing (the bus had reported
 // itself down, the queues did not empty in time, or a publish failed
 // within OpTimeout); a tally in flight when Close began (on a hung transport) may
 // hold it back as long. With Config.RevocationFile, the retirements and cuts not yet

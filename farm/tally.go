@@ -314,7 +314,7 @@ func (t *tallyState) failedLately(d time.Duration) bool {
 	return f != 0 && time.Since(time.Unix(0, f)) < d
 }
 
-// sendTally publishes a tally, waiting at most half of OpTimeout: a tally
+// sendTally publishes a tally, waiting at most a quarter of OpTimeout: a tally
 // that hangs on the transport would hold Close back, and one that fails
 // costs nothing (the next one reports what it would have). One goroutine at a time sends
 // tallies (tallier, then Close).
@@ -324,7 +324,7 @@ func (n *Node) sendTally(ctx context.Context) {
 	body := t.nextTally(now.UnixMicro())
 	hdr := header{typ: msgTally, time: now, sender: n.instance, farm: n.cfg.Farm}
 	msg := n.keys.seal(nil, hdr, appendTally(make([]byte, 0, tallyFixedLen+8*len(body.counts)), body), nil)
-	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout/2)
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout/4)
 	defer cancel()
 	if err := n.publish(pctx, msg); err != nil {
 		t.failed.Add(1)
