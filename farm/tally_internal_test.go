@@ -200,3 +200,24 @@ func TestTallyPeers(t *testing.T) {
 		t.Fatalf("found %d missing since %v, want 2 since the start of slot+3", l, since)
 	}
 }
+
+// BenchmarkTallyCount measures the receive path's share of the tallies:
+// one message counted, from the sender of the message before (most
+// messages) or from one of 8 senders in turn.
+func BenchmarkTallyCount(b *testing.B) {
+	for _, senders := range []uint64{1, 8} {
+		b.Run("senders="+itoa(int(senders)), func(b *testing.B) {
+			ts := &tallyState{on: true}
+			now := time.Now()
+			const w = int64(time.Second / time.Microsecond)
+			for s := range senders {
+				ts.count(s+1, now, now)
+				ts.check(s+1, tallyBody{seq: 1, width: w}, now)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				ts.count(uint64(i)%senders+1, now, now)
+			}
+		})
+	}
+}
