@@ -169,6 +169,29 @@ type Config struct {
 	// against the store instead, whatever this says.
 	KeepAfterBusGap bool
 
+	// TallyInterval is how often the node publishes a tally of the
+	// messages it has published (default 1s; negative: never, and the
+	// node checks no peer's tallies either). It publishes one more at
+	// Close. A bus may lose messages while the subscription stays up (a
+	// NATS slow consumer, a broker dropping within a queue), and a node
+	// that missed a retirement, a grace cut or a revocation would go on
+	// resuming what the farm no longer allows. Nodes count the messages
+	// they publish, and the authentic ones they receive from each peer,
+	// by the TallyInterval-wide slot of the sender's clock they were
+	// sealed in; a tally gives the sender's counts of slots that closed
+	// (no publish in flight) an interval or more before, so that
+	// messages that took different connections have arrived. Messages
+	// found missing are counted (tlsfarm_farm_messages_lost_total) and
+	// settled as a gap in the subscription: the node checks its cache
+	// against the store or, with no store, drops it (see
+	// KeepAfterBusGap), and asks its peers to send again what they hold.
+	// A loss is found three to four intervals after the lost message was
+	// sealed; what a peer published in the first two intervals after
+	// this node first heard it, or after its subscription came back, is
+	// not checked. Nodes older than tallies count a tally as rejected
+	// (type) and ignore it.
+	TallyInterval time.Duration
+
 	// MaxAge is the oldest message accepted from the bus (default 30s);
 	// MaxSkew how far in the future (default 5s). Both absorb clock
 	// differences between nodes. Messages that only restrict what may
@@ -289,6 +312,9 @@ func (cfg *Config) setDefaults() error {
 		cfg.PendingSize = defaultPendingSize
 	}
 	def(&cfg.ProbeInterval, defaultProbeInterval)
+	if cfg.TallyInterval == 0 {
+		cfg.TallyInterval = defaultTallyInterval
+	}
 	def(&cfg.ProbeTimeout, defaultProbeTimeout)
 	def(&cfg.NegativeCacheTTL, defaultNegativeCacheTTL)
 	if cfg.NegativeCacheSize == 0 {

@@ -306,7 +306,7 @@ func (n *Node) publishRevocations(ctx context.Context, hdr header, revs []revoca
 	msgs, _, _ := n.busMessages(hdr, items)
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	return n.cfg.Bus.Publish(pctx, msgs...)
+	return n.publish(pctx, msgs...)
 }
 
 // drainRevocations tries, until ctx is done, to apply what is pending (Close

@@ -56,6 +56,7 @@ const (
 	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
 	msgResend                       // body: empty; asks peers to write and publish again the retirements and cuts they hold
+	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
 )
 
 func (t envType) String() string {
@@ -74,6 +75,8 @@ func (t envType) String() string {
 		return "cut"
 	case msgResend:
 		return "resend"
+	case msgTally:
+		return "tally"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

@@ -210,6 +210,7 @@ func FuzzBodies(f *testing.F) {
 	b, _ := appendSessions(nil, []sessionItem{{rec: session.Record{State: []byte("s"), Expires: time.Unix(1, 0)}}})
 	f.Add(b)
 	f.Add(appendRevocations(nil, []revocation{{chain: 1, until: time.Unix(5, 0)}}))
+	f.Add(appendTally(nil, tallyBody{seq: 3, width: 1e6, first: 1_700_000_000, counts: []uint64{4, 0, 9}}))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		if items, err := parseSessions(body); err == nil {
 			again, err := appendSessions(nil, items)
@@ -220,6 +221,14 @@ func FuzzBodies(f *testing.F) {
 		if revs, err := parseRevocations(body); err == nil {
 			if again := appendRevocations(nil, revs); !bytes.Equal(again, body) {
 				t.Fatalf("revocations round trip: %x -> %x", body, again)
+			}
+		}
+		if tb, err := parseTally(body); err == nil {
+			if again := appendTally(nil, tb); !bytes.Equal(again, body) {
+				t.Fatalf("tally round trip: %x -> %x", body, again)
+			}
+			if tb.width <= 0 || len(tb.counts) > tallySlots {
+				t.Fatalf("tally accepted with width %d and %d counts", tb.width, len(tb.counts))
 			}
 		}
 	})

@@ -80,3 +80,25 @@ func (n *Node) HoldCut(id session.ID, until time.Time) {
 	n.cfg.Cache.Cut(id, until)
 	n.holdLife([]item{{id: id, op: opCut, until: until, expires: now.Add(time.Hour)}}, now)
 }
+
+// EnvTypeCut is the type byte of a cut message (msgCut: retirements and
+// grace cuts), at offset EnvTypeAt of an envelope; EnvSenderAt is the
+// offset of its 8-byte sender instance ID.
+const (
+	EnvTypeCut  = byte(msgCut)
+	EnvTypeAt   = 3
+	EnvSenderAt = 13
+)
+
+// Instance returns the node's instance ID, as its messages carry it.
+func (n *Node) Instance() uint64 { return n.instance }
+
+// PublishNoise publishes k authentic, empty session messages in one
+// batch, counted for the tallies as every message the node publishes.
+func (n *Node) PublishNoise(ctx context.Context, k int) error {
+	msgs := make([][]byte, k)
+	for i := range msgs {
+		msgs[i] = n.keys.seal(nil, header{typ: msgSessions, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}, nil, nil)
+	}
+	return n.publish(ctx, msgs...)
+}

@@ -137,6 +137,10 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counters("tlsfarm_farm_reconciles_total", "Passes over the cache after a bus outage, by result: done, failed (tried again), store_lost (given up: the store lost its data since the outage began), kept (none needed: the bus kept every message), dropped (no store, and the bus may have lost messages: the cache dropped).", "result",
 		"done", n.recon.runs.Load(), "failed", n.recon.fail.Load(), "store_lost", n.recon.lost.Load(),
 		"kept", n.recon.kept.Load(), "dropped", n.recon.drops.Load())
+	t := &n.tly
+	m.counter("tlsfarm_farm_messages_lost_total", "Peers' messages found missing by their tallies: lost by the bus while the subscription stayed up (each loss is settled as a bus gap: a reconcile, or the cache dropped).", t.lost.Load())
+	m.counters("tlsfarm_farm_tallies_total", "Tallies of published messages (see Config.TallyInterval): sent, failed to send, received from peers, checked (a peer's count compared), loss (a check that found messages missing).", "event",
+		"sent", t.sent.Load(), "failed", t.failed.Load(), "received", t.received.Load(), "checked", t.checked.Load(), "loss", t.losses.Load())
 	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
 	return m
 }

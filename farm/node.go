@@ -78,6 +78,7 @@ type Node struct {
 	held     *laterLife // retirements and cuts kept, until they expire: see heldLife
 	heldAny  atomic.Bool
 	rs       resendState // peers' requests to re-send what held keeps, and this node's
+	tly      tallyState  // messages published and received, to find those the bus lost
 	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
@@ -166,6 +167,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.recon.wake = make(chan struct{}, 1)
 	n.rs.ask, n.rs.send = make(chan struct{}, 1), make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})
+	n.tly.on = cfg.TallyInterval > 0
+	n.tly.width = max(cfg.TallyInterval.Microseconds(), 1)
 	n.revsReady = make(chan struct{})
 	n.synced = make(chan struct{})
 	if cfg.Coord == nil {
@@ -231,6 +234,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if n.busProbe != nil || n.storeProbe != nil {
 		n.wg.Add(1)
 		go n.prober(ctx)
+	}
+	if n.tly.on {
+		n.wg.Add(1)
+		go n.tallier(ctx)
 	}
 	if cfg.Records != nil {
 		n.wg.Add(1)
@@ -311,7 +318,11 @@ func (n *Node) combined() bool {
 // about as soon as it did before.
 //
 // Revocations not yet applied farm-wide then get one more try, bounded by
-// OpTimeout. With Config.RevocationFile, the retirements and cuts not yet
+// OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
+// by a quarter of it, unless the transport was failing (the bus had reported
+// itself down, the queues did not empty in time, or a publish failed
+// within OpTimeout); a tally in flight when Close began (on a hung transport) may
+// hold it back as long. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, still queued, or in a write cancelled
 // above) are written to the lifecycle file for the next Join. In all,
 // Close takes at most about OpTimeout longer than it would without the
@@ -341,9 +352,11 @@ func (n *Node) Close() error {
 			close(flushed)
 		}()
 		t := time.NewTimer(n.cfg.OpTimeout)
+		inTime := true
 		select {
 		case <-flushed:
 		case <-t.C:
+			inTime = false
 			n.stopPub()
 			<-flushed
 		}
@@ -355,6 +368,15 @@ func (n *Node) Close() error {
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.drainRevocations(ctx)
+			cancel()
+		}
+		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedLately(n.cfg.OpTimeout) {
+			// A last tally, for what the publishers sent since the
+			// previous one (tallier has stopped: one sender at a time);
+			// not through an outage (the bus reported itself down, the
+			// queues did not empty in time, or a publish failed lately).
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			n.sendTally(ctx)
 			cancel()
 		}
 		if n.lf.path != "" {

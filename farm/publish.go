@@ -198,7 +198,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
 	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		storeErr = b.PutAndPublish(bctx, puts, dels, msgs)
+		storeErr = n.putAndPublish(bctx, b, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
 	} else {
@@ -212,7 +212,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		}
 		if len(msgs) > 0 {
 			pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-			pubErr = n.cfg.Bus.Publish(pctx, msgs...)
+			pubErr = n.publish(pctx, msgs...)
 			cancel()
 		}
 		wg.Wait()

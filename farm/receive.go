@@ -35,6 +35,9 @@ func (n *Node) busState(up bool, err error) {
 	defer n.updateFallback()
 	switch {
 	case up && !was:
+		// What the subscription missed while it was down is busUp's to
+		// settle: each sender's next tally is a new baseline.
+		n.tly.reset()
 		n.ctr.connects.Add(1)
 		n.revs.signal()
 		n.log.Info("farm: connected to the bus")
@@ -47,6 +50,7 @@ func (n *Node) busState(up bool, err error) {
 		// checked against the store's records, or not vouched for.
 		n.busUp(err)
 	case !up:
+		n.tly.reset()
 		n.busDown(n.cfg.Now())
 		if was {
 			n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
@@ -77,6 +81,9 @@ func (n *Node) receive(msg []byte) {
 		n.ctr.rejected[rejection(err)].Add(1)
 		return
 	}
+	if n.tly.on {
+		n.tly.count(h.sender, h.time, now)
+	}
 	n.lag.observe(now.Sub(h.time))
 	old := now.Sub(h.time) > n.cfg.MaxAge
 	switch h.typ {
@@ -98,6 +105,10 @@ func (n *Node) receive(msg []byte) {
 		n.receiveCuts(body)
 	case msgResend:
 		n.receiveResend()
+	case msgTally:
+		if n.tly.on {
+			n.receiveTally(h, body, old)
+		}
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
@@ -139,10 +150,12 @@ func (n *Node) receive(msg []byte) {
 // that wrote those times. A message of sessions (msgSessions) is taken
 // as long as a cut, for the grace cuts of the parents its sessions imply
 // (see receiveOldSessions), but its sessions are inserted only within
-// MaxAge.
+// MaxAge. A tally (msgTally) is taken as long as a cut, so that one a bus
+// kept through an outage is counted among the sender's messages, not
+// refused; it is checked only within MaxAge (see receiveTally).
 func (n *Node) maxAgeFor(t envType) time.Duration {
 	switch t {
-	case msgCut, msgSessions:
+	case msgCut, msgSessions, msgTally:
 		return n.cutAge
 	case msgRevoke:
 		return n.revokeAge

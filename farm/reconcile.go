@@ -125,7 +125,8 @@ func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 // nothing, so the retirements and grace cuts published meanwhile are only
 // in the store), or, with no store, the node drops what it cannot vouch
 // for (see dropUnvouched); and the node asks its peers to re-send the
-// retirements and cuts they hold, and re-sends its own (see resendState).
+// retirements and cuts they hold, and re-sends its own (see resendState):
+// settleGap, which a tally that finds messages missing calls too.
 // It runs on the subscription's goroutine, before
 // the bus delivers anything more.
 func (n *Node) busUp(err error) {
@@ -147,21 +148,42 @@ func (n *Node) busUp(err error) {
 			"since_bus_lost", n.cfg.Now().Sub(down).Round(time.Millisecond).String())
 		return
 	}
-	// A gap: the peers' retirements and cuts published meanwhile are
-	// lost to this node, and its own may be lost to peers that were down
-	// too. Ask the peers to send theirs again, and send this node's (see
-	// resendState).
+	r.mu.Unlock()
+	n.settleGap(down, gen, gapOutage)
+}
+
+// A gapCause says how the node found that the bus may have lost messages
+// for it.
+type gapCause uint8
+
+const (
+	gapOutage gapCause = iota // its subscription was down (busUp)
+	gapLoss                   // a peer's tally found messages missing (receiveTally)
+)
+
+// settleGap settles a gap: the peers' retirements and cuts published since
+// about since may be lost to this node. It asks the peers to send theirs
+// again, and sends this node's (its own may be lost to peers that had the
+// gap too; see resendState); then, with a store, it has the reconciler
+// check the cache against it (gen: the store's generation as of since, as
+// last read, or nil), or, with none, it drops what it cannot vouch for
+// (dropUnvouched) unless Config.KeepAfterBusGap. It returns what it did
+// ("reconcile", "dropped" or "kept") and how many sessions it dropped. It
+// runs on the subscription's goroutine, before the bus delivers anything
+// more.
+func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped int, action string) {
 	n.wantResendAsk()
 	n.wantResend()
 	if n.cfg.Records == nil {
-		r.mu.Unlock()
-		if !n.cfg.KeepAfterBusGap {
-			n.dropUnvouched(down)
+		if n.cfg.KeepAfterBusGap {
+			return 0, "kept"
 		}
-		return
+		return n.dropUnvouched(since, cause), "dropped"
 	}
-	if r.since.IsZero() || down.Before(r.since) {
-		r.since, r.sinceGen = down, gen
+	r := &n.recon
+	r.mu.Lock()
+	if r.since.IsZero() || since.Before(r.since) {
+		r.since, r.sinceGen = since, gen
 	}
 	r.gen++
 	r.mu.Unlock()
@@ -169,6 +191,7 @@ func (n *Node) busUp(err error) {
 	case r.wake <- struct{}{}:
 	default:
 	}
+	return 0, "reconcile"
 }
 
 // busKept reports whether the bus kept, and will deliver, every message
@@ -197,9 +220,12 @@ func (n *Node) busKept(down time.Time, err error) bool {
 // longer resumes. The drop is local: sessions leave the cache as retired
 // by a peer (session.OriginPeer), which publishes nothing, and are not
 // remembered as retired (a peer's later copy is welcome). It runs before
-// the bus delivers anything published after the subscription came back;
-// a session a handshake here inserts while it walks the cache may go too.
-func (n *Node) dropUnvouched(down time.Time) {
+// the bus delivers anything published after the subscription came back
+// (or after the tally that found messages missing); a session a handshake
+// here inserts while it walks the cache may go too. It returns how many
+// sessions it dropped, and logs them after an outage (after a loss,
+// receiveTally logs).
+func (n *Node) dropUnvouched(down time.Time, cause gapCause) int {
 	start := time.Now()
 	dropped := 0
 	if n.pend != nil {
@@ -212,9 +238,13 @@ func (n *Node) dropUnvouched(down time.Time) {
 	}
 	n.recon.results[reconcileDropped].Add(uint64(dropped))
 	n.recon.drops.Add(1)
+	if cause != gapOutage {
+		return dropped
+	}
 	n.log.Warn("farm: the bus may have lost messages while the subscription was down, and there is no store to check against: dropped the cached sessions",
 		"dropped", dropped, "since_bus_lost", start.Sub(down).Round(time.Millisecond).String(),
 		"took", time.Since(start).Round(time.Millisecond).String())
+	return dropped
 }
 
 // reconciler runs the reconciles busUp asks for, one at a time, until ctx

@@ -84,7 +84,7 @@ func (n *Node) askResend(ctx context.Context) bool {
 	hdr := header{typ: msgResend, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	if err := n.cfg.Bus.Publish(pctx, n.keys.seal(nil, hdr, nil, nil)); err != nil {
+	if err := n.publish(pctx, n.keys.seal(nil, hdr, nil, nil)); err != nil {
 		n.rs.asksFailed.Add(1)
 		return false
 	}

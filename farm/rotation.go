@@ -295,7 +295,7 @@ func (r *Rotator) step(ctx context.Context) {
 	msg := r.seal(msgKeys, body, nil)
 	pctx, pcancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
 	defer pcancel()
-	if err := r.n.cfg.Bus.Publish(pctx, msg); err != nil {
+	if err := r.n.publish(pctx, msg); err != nil {
 		r.fail(err)
 	}
 }
@@ -363,7 +363,7 @@ func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine tic
 		"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
 	pctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
 	defer cancel()
-	if err := r.n.cfg.Bus.Publish(pctx, r.seal(msgKeys, body, nil)); err != nil {
+	if err := r.n.publish(pctx, r.seal(msgKeys, body, nil)); err != nil {
 		r.fail(err)
 	}
 }

@@ -1,0 +1,272 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// dropper is a Redis transport whose subscription silently drops the cut
+// messages (retirements and grace cuts) of one sender, while it stays up:
+// a bus losing messages without the subscription dropping (a NATS slow
+// consumer, a broker dropping within a queue).
+type dropper struct {
+	*redisbus.Transport
+	from    atomic.Uint64 // the sender instance whose cuts to drop; 0: none
+	dropped atomic.Int64
+}
+
+func (d *dropper) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	return d.Transport.Subscribe(ctx, func(msg []byte) {
+		if f := d.from.Load(); f != 0 && len(msg) >= farm.EnvSenderAt+8 &&
+			msg[farm.EnvTypeAt] == farm.EnvTypeCut && binary.BigEndian.Uint64(msg[farm.EnvSenderAt:]) == f {
+			d.dropped.Add(1)
+			return
+		}
+		deliver(msg)
+	}, state)
+}
+
+// dropperTransport opens, for each node, a Redis transport at url wrapped
+// in dropper: its bus, and its store too if stored.
+func dropperTransport(url string, stored bool) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		tr, err := redisbus.Open(url, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		d := &dropper{Transport: tr}
+		if stored {
+			return d, d
+		}
+		return d, nil
+	}
+}
+
+const tallyInterval = 100 * time.Millisecond
+
+func tallyCounter(m *farmtest.Member, event string) uint64 {
+	return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_tallies_total", "event", event)
+}
+
+func messagesLost(m *farmtest.Member) uint64 {
+	return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_messages_lost_total")
+}
+
+// TestTallyFindsLostRetirement: n2's subscription silently drops n1's
+// cut messages while it stays up, and n1 retires a session n2 holds.
+// With tallies, n2 finds the loss within a few tally intervals, counts
+// it, and settles it as a bus gap: with no store (and no
+// KeepAfterBusGap) it drops its cache; with a Redis store it checks its
+// cache against the store, retiring the session and keeping a control
+// session the farm did not touch. Without tallies (the control runs), n2
+// goes on holding the retired session: what the test asserts fails
+// without the detection.
+func TestTallyFindsLostRetirement(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name           string
+		stored, detect bool
+	}{
+		{"no-store", false, true},
+		{"store", true, true},
+		{"no-store-no-tallies", false, false},
+		{"store-no-tallies", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := &farmtest.Options{NewTransport: dropperTransport(redistest.URL(t), tc.stored),
+				Tweak: func(c *farm.Config) {
+					c.TallyInterval = tallyInterval
+					if !tc.detect {
+						c.TallyInterval = -1
+					}
+				}}
+			ms, _ := farmtest.Start(t, 2, o)
+			n1, n2 := ms[0], ms[1]
+			d2 := n2.Bus.(*dropper)
+			ids := ownSessions(n1.Cache)
+			retiredC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC))
+			retired, control := ids()[0], ids()[1]
+			farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
+				_, a := lookup(n2.Cache, retired)
+				_, b := lookup(n2.Cache, control)
+				return a && b
+			})
+			if tc.stored {
+				waitStored(t, n1, retired)
+				waitStored(t, n1, control)
+			}
+			if tc.detect {
+				// Past n2's baseline of n1's tallies, and the
+				// slots after it.
+				farmtest.Eventually(t, 5*time.Second, "n2 checks n1's tallies", func() bool {
+					return tallyCounter(n2, "checked") >= 2
+				})
+			}
+
+			d2.from.Store(n1.Node.Instance())
+			if !n1.Cache.Retire(retired, session.OriginAPI) {
+				t.Fatal("n1 did not hold the session to retire")
+			}
+			farmtest.Eventually(t, 5*time.Second, "n2 missed n1's retirement", func() bool { return d2.dropped.Load() > 0 })
+			lostAt := time.Now()
+
+			if !tc.detect {
+				time.Sleep(15 * tallyInterval)
+				if _, ok := lookup(n2.Cache, retired); !ok {
+					t.Fatal("n2 dropped the retired session without tallies: the test proves nothing")
+				}
+				if messagesLost(n2) != 0 {
+					t.Fatal("n2 counted lost messages without tallies")
+				}
+				return
+			}
+			farmtest.Eventually(t, 10*time.Second, "n2 no longer holds the retired session", func() bool {
+				_, ok := lookup(n2.Cache, retired)
+				return !ok
+			})
+			t.Logf("n2 settled the loss %v after it", time.Since(lostAt).Round(time.Millisecond))
+			if got := messagesLost(n2); got == 0 {
+				t.Fatal("n2 counted no lost message")
+			}
+			if tallyCounter(n2, "loss") == 0 {
+				t.Fatal("n2 counted no tally that found a loss")
+			}
+			if got := messagesLost(n1); got != 0 {
+				t.Fatalf("n1 counted %d lost messages, none lost", got)
+			}
+			if tc.stored {
+				farmtest.Eventually(t, 5*time.Second, "n2 reconciled", func() bool {
+					return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+				})
+				if _, ok := lookup(n2.Cache, control); !ok {
+					t.Fatal("n2 lost the control session: it reconciled nothing, or dropped its cache")
+				}
+				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got != 0 {
+					t.Fatalf("n2 dropped its cache %d times, with a store", got)
+				}
+				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC)).DidResume {
+					t.Fatal("the control session did not resume on n2")
+				}
+			} else {
+				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got == 0 {
+					t.Fatal("n2 did not count its cache dropped")
+				}
+				if _, ok := lookup(n2.Cache, control); ok {
+					t.Fatal("n2 kept the control session, with no store to vouch for it")
+				}
+			}
+			if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
+				t.Fatal("the retired session resumed on n2")
+			}
+		})
+	}
+}
+
+// noise has m publish batches of 1 to 8 empty session messages from
+// workers goroutines at once until stop is closed: Redis's pool spreads
+// them over several connections, so they may reach peers in another order
+// than they were counted in.
+func noise(t *testing.T, m *farmtest.Member, workers int, stop <-chan struct{}, wg *sync.WaitGroup) {
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := m.Node.PublishNoise(context.Background(), 1+(i+w)%8); err != nil {
+					t.Errorf("%s: publish: %v", m.Name, err)
+					return
+				}
+			}
+		}()
+	}
+}
+
+// TestTallyFarmNoFalseLoss: three nodes publish as fast as they can from
+// several goroutines each, over Redis, with nothing lost: no node finds a
+// loss, while each checks many of the others' slots.
+func TestTallyFarmNoFalseLoss(t *testing.T) {
+	t.Parallel()
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: busOnly(redistest.URL(t)),
+		Tweak: func(c *farm.Config) { c.TallyInterval = tallyInterval }})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		noise(t, m, 4, stop, &wg)
+	}
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	time.Sleep(5 * tallyInterval) // the last slots reported and checked
+	for _, m := range ms {
+		if got := messagesLost(m); got != 0 {
+			t.Errorf("%s found %d messages lost, none were", m.Name, got)
+		}
+		if got := tallyCounter(m, "checked"); got < 20 {
+			t.Errorf("%s checked %d slots of its peers' tallies, want many", m.Name, got)
+		}
+		t.Logf("%s: %d messages received, %d slots checked, %d tallies received", m.Name,
+			farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_messages_received_total"), tallyCounter(m, "checked"), tallyCounter(m, "received"))
+	}
+}
+
+// TestTallyRestartNotLoss: a node that restarts is a new instance: its
+// peers take its first tally as a new baseline and find nothing lost,
+// and its last tally (at Close) and its old counts trouble nothing.
+func TestTallyRestartNotLoss(t *testing.T) {
+	t.Parallel()
+	o := &farmtest.Options{NewTransport: busOnly(redistest.URL(t)),
+		Tweak: func(c *farm.Config) { c.TallyInterval = tallyInterval }}
+	ms, name := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	run := func(m *farmtest.Member) {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		noise(t, m, 3, stop, &wg)
+		time.Sleep(time.Second)
+		close(stop)
+		wg.Wait()
+	}
+	run(n1)
+	received := tallyCounter(n2, "received")
+	n1.Node.Close()
+	farmtest.Eventually(t, 2*time.Second, "n2 got n1's last tally", func() bool {
+		return tallyCounter(n2, "received") > received
+	})
+	checked := tallyCounter(n2, "checked")
+	n1b := farmtest.Join(t, "n1", name, *o)
+	farmtest.WaitConnected(t, n1b)
+	run(n1b)
+	farmtest.Eventually(t, 5*time.Second, "n2 checks the restarted node's tallies", func() bool {
+		return tallyCounter(n2, "checked") >= checked+5
+	})
+	t.Logf("n1b: %d tallies sent, %d failed; n2: %d received, %d slots checked", tallyCounter(n1b, "sent"), tallyCounter(n1b, "failed"),
+		tallyCounter(n2, "received"), tallyCounter(n2, "checked"))
+	if got := tallyCounter(n2, "checked"); got < checked+5 {
+		t.Fatalf("n2 checked %d slots of the restarted node's tallies, want several", got-checked)
+	}
+	if got := messagesLost(n2); got != 0 {
+		t.Fatalf("n2 found %d messages lost across n1's restart", got)
+	}
+}
