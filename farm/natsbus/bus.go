@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,7 +70,18 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	if err != nil {
 		return fmt.Errorf("natsbus: subscribe: %v", redact.Error(err, t.secrets))
 	}
-	defer sub.Unsubscribe()
+	// A slow consumer is the only change of the subscription's own
+	// status that matters here (the connection's are reported below).
+	subStatus := sub.StatusChanged(nats.SubscriptionSlowConsumer)
+	if err := t.setPendingLimits(sub); err != nil {
+		sub.Unsubscribe()
+		return err
+	}
+	t.addSub(sub)
+	defer func() {
+		t.removeSub(sub)
+		sub.Unsubscribe()
+	}()
 
 	up := false
 	downErr := func() error {
@@ -115,6 +127,13 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			return ctx.Err()
 		case m := <-msgs:
 			deliver(m)
+		case <-subStatus:
+			// nats.go dropped a message for want of room (and will
+			// drop more until the node catches up), with the
+			// connection up. Not an outage: the subscription stays,
+			// and the farm's tallies find what was lost.
+			t.slow.Add(1)
+			t.warnDropped()
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
@@ -125,6 +144,85 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 				return errClosed
 			}
 			report()
+			t.warnDropped()
 		}
 	}
+}
+
+// dropWarnEvery bounds how often the transport logs the messages nats.go
+// dropped (slow consumer).
+const dropWarnEvery = time.Minute
+
+// setPendingLimits applies Options.PendingMsgs and PendingBytes to sub.
+func (t *Transport) setPendingLimits(sub *nats.Subscription) error {
+	m, b := t.opts.PendingMsgs, t.opts.PendingBytes
+	if m == 0 && b == 0 {
+		return nil
+	}
+	if m == 0 {
+		m = nats.DefaultSubPendingMsgsLimit
+	}
+	if b == 0 {
+		b = nats.DefaultSubPendingBytesLimit
+	}
+	if err := sub.SetPendingLimits(m, b); err != nil {
+		return fmt.Errorf("natsbus: subscription pending limits: %v", err)
+	}
+	return nil
+}
+
+func (t *Transport) addSub(sub *nats.Subscription) {
+	t.subMu.Lock()
+	if t.subs == nil {
+		t.subs = make(map[*nats.Subscription]struct{})
+	}
+	t.subs[sub] = struct{}{}
+	t.subMu.Unlock()
+}
+
+// removeSub forgets sub (before it is unsubscribed: nats.go counts its
+// drops until then), keeping what it dropped.
+func (t *Transport) removeSub(sub *nats.Subscription) {
+	t.subMu.Lock()
+	if n, err := sub.Dropped(); err == nil && n > 0 {
+		t.dropBase += uint64(n)
+	}
+	delete(t.subs, sub)
+	t.subMu.Unlock()
+}
+
+// Dropped returns how many bus messages nats.go has dropped, over the
+// transport's life, because they arrived while the subscription's pending
+// limits were full (Options.PendingMsgs, PendingBytes): the node handled
+// them more slowly than they came. The connection stays up meanwhile;
+// the farm's tallies find the loss.
+func (t *Transport) Dropped() uint64 {
+	t.subMu.Lock()
+	defer t.subMu.Unlock()
+	n := t.dropBase
+	for sub := range t.subs {
+		if d, err := sub.Dropped(); err == nil && d > 0 {
+			n += uint64(d)
+		}
+	}
+	return n
+}
+
+// SlowConsumers returns how many times the bus subscription became a slow
+// consumer: began to drop messages (see Dropped), after it had caught up
+// or at first.
+func (t *Transport) SlowConsumers() uint64 { return t.slow.Load() }
+
+// warnDropped logs the messages dropped since it last did, at most once
+// every dropWarnEvery.
+func (t *Transport) warnDropped() {
+	d := t.Dropped()
+	t.warnMu.Lock()
+	defer t.warnMu.Unlock()
+	if d == t.warnedAt || !t.warned.IsZero() && time.Since(t.warned) < dropWarnEvery {
+		return
+	}
+	slog.Warn("natsbus: slow consumer: the NATS client dropped bus messages that came faster than this node handled them; the connection stays up, and the farm's tallies settle the loss (logged at most once a minute)",
+		"dropped", d-t.warnedAt, "dropped_total", d, "episodes", t.slow.Load())
+	t.warned, t.warnedAt = time.Now(), d
 }

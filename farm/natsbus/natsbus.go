@@ -106,6 +106,19 @@ type Options struct {
 	// cover it; the limit never falls by itself. Default
 	// DefaultLegacyRecordAge. Unused on newer servers.
 	LegacyRecordAge time.Duration
+
+	// PendingMsgs and PendingBytes bound what nats.go queues for the bus
+	// subscription while the node is still handling earlier messages
+	// (nats.Subscription.SetPendingLimits). Past either bound the client
+	// drops what arrives, while the connection stays up: a slow consumer.
+	// The transport counts the drops (Dropped) and logs them at most
+	// once a minute; the farm's tallies (farm.Config.TallyInterval) find
+	// the loss and settle it. Zero means nats.go's defaults
+	// (nats.DefaultSubPendingMsgsLimit messages,
+	// nats.DefaultSubPendingBytesLimit bytes); negative means no bound.
+	// The URL options pending_msgs=N and pending_bytes=N set them too.
+	PendingMsgs  int
+	PendingBytes int
 }
 
 // A Transport is a transport.Bus and a transport.Store on one NATS connection.
@@ -125,6 +138,14 @@ type Transport struct {
 	initErr error         // how the last lookup failed
 
 	offset atomic.Int64 // server clock minus ours, in ns, as last measured
+
+	subMu    sync.Mutex
+	subs     map[*nats.Subscription]struct{} // the bus subscriptions open
+	dropBase uint64                          // what the closed ones dropped
+	slow     atomic.Uint64                   // slow consumer episodes
+	warnMu   sync.Mutex
+	warned   time.Time // when drops were last logged
+	warnedAt uint64    // Dropped then
 }
 
 // Open connects to NATS at rawURL for the named farm. It does not wait for
@@ -137,8 +158,10 @@ type Transport struct {
 //	nats://token@host:port               token authentication
 //	tls://[user:password@]host:port      TLS
 //
-// A query on any of them sets bucket options: replicas=N (Options.Replicas),
-// such as nats://a:4222,nats://b:4222,nats://c:4222?replicas=3.
+// A query on any of them sets options: replicas=N (Options.Replicas), such
+// as nats://a:4222,nats://b:4222,nats://c:4222?replicas=3, and
+// pending_msgs=N and pending_bytes=N (Options.PendingMsgs and
+// Options.PendingBytes; -1 for no bound).
 //
 // opts may be nil. No error Open returns shows a password from rawURL.
 func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
@@ -168,6 +191,21 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 				} else if opts.Replicas != n {
 					return nil, fmt.Errorf("natsbus: replicas=%d in the URL, %d in Options", n, opts.Replicas)
 				}
+			case (k == "pending_msgs" || k == "pending_bytes") && len(v) == 1:
+				n, err := strconv.Atoi(v[0])
+				if err != nil || n == 0 || n < -1 {
+					return nil, fmt.Errorf("natsbus: %s=%q: want a positive number, or -1 for no bound", k, v[0])
+				}
+				o := *opts
+				f := &o.PendingMsgs
+				if k == "pending_bytes" {
+					f = &o.PendingBytes
+				}
+				if *f != 0 && *f != n {
+					return nil, fmt.Errorf("natsbus: %s=%d in the URL, %d in Options", k, n, *f)
+				}
+				*f = n
+				opts = &o
 			default:
 				return nil, fmt.Errorf("natsbus: unknown URL option %q", k)
 			}
@@ -228,8 +266,9 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 // (nats.MaxReconnects(-1)), and may be made with nats.NoEcho(), as Open
 // makes it, so that the node's own messages do not come back to it; if it
 // closes, Subscribe returns an error and every other method fails. Only
-// opts' bucket settings (Replicas,
-// MemoryStorage, LegacyMaxAge, LegacyRecordAge) apply; opts may be nil.
+// opts' bucket settings (Replicas, MemoryStorage, LegacyMaxAge,
+// LegacyRecordAge) and the subscription's (PendingMsgs, PendingBytes)
+// apply; opts may be nil.
 func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	tok, err := token(farmName)
 	if err != nil {

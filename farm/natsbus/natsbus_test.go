@@ -142,17 +142,20 @@ func TestExpiredKeyCanBeReplaced(t *testing.T) {
 
 func TestOpenURLs(t *testing.T) {
 	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return natsbus.Open(url, "f", nil) }, map[string]string{
-		"nats://127.0.0.1:4222":                       "",
-		"nats://user:pass@127.0.0.1:4222":             "",
-		"nats://token@127.0.0.1:4222":                 "",
-		"nats://127.0.0.1:4222,nats://127.0.0.1:4223": "",
-		"http://127.0.0.1":                            "scheme",
-		"nats://":                                     "host",
-		"nats://user:s3cret@[::1":                     "natsbus",
-		"nats://user:s3cret@127.0.0.1:4222,ftp://x":   "scheme",
-		"nats://127.0.0.1:4222?replicas=3":            "",
-		"nats://127.0.0.1:4222?replicas=9":            "replicas",
-		"nats://127.0.0.1:4222?colour=blue":           "option",
+		"nats://127.0.0.1:4222":                                  "",
+		"nats://user:pass@127.0.0.1:4222":                        "",
+		"nats://token@127.0.0.1:4222":                            "",
+		"nats://127.0.0.1:4222,nats://127.0.0.1:4223":            "",
+		"http://127.0.0.1":                                       "scheme",
+		"nats://":                                                "host",
+		"nats://user:s3cret@[::1":                                "natsbus",
+		"nats://user:s3cret@127.0.0.1:4222,ftp://x":              "scheme",
+		"nats://127.0.0.1:4222?replicas=3":                       "",
+		"nats://127.0.0.1:4222?replicas=9":                       "replicas",
+		"nats://127.0.0.1:4222?colour=blue":                      "option",
+		"nats://127.0.0.1:4222?pending_msgs=64&pending_bytes=-1": "",
+		"nats://127.0.0.1:4222?pending_msgs=0":                   "pending_msgs",
+		"nats://127.0.0.1:4222?pending_bytes=lots":               "pending_bytes",
 	})
 }
 
