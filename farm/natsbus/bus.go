@@ -78,14 +78,37 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		return err
 	}
 	t.addSub(sub)
+	done := make(chan struct{})
 	defer func() {
+		close(done)
 		t.removeSub(sub)
 		sub.Unsubscribe()
+	}()
+	// nats.go drops a message for want of room (and goes on dropping
+	// until the node catches up) with the connection up. Not an outage:
+	// the subscription stays, and the farm's tallies find what was
+	// lost. Counted and logged on a goroutine of its own: this one may
+	// be the one held up.
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case _, ok := <-subStatus:
+				if !ok {
+					return
+				}
+				t.slow.Add(1)
+				t.warnDropped()
+			}
+		}
 	}()
 
 	up := false
 	downErr := func() error {
-		if err := t.nc.LastError(); err != nil {
+		// A slow consumer sets the connection's last error too, but
+		// is no reason for an outage.
+		if err := t.nc.LastError(); err != nil && !errors.Is(err, nats.ErrSlowConsumer) {
 			return fmt.Errorf("natsbus: %v", redact.Error(err, t.secrets))
 		}
 		return errNotConnected
@@ -127,13 +150,6 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			return ctx.Err()
 		case m := <-msgs:
 			deliver(m)
-		case <-subStatus:
-			// nats.go dropped a message for want of room (and will
-			// drop more until the node catches up), with the
-			// connection up. Not an outage: the subscription stays,
-			// and the farm's tallies find what was lost.
-			t.slow.Add(1)
-			t.warnDropped()
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed

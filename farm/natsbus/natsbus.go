@@ -30,6 +30,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
@@ -74,7 +75,10 @@ type Options struct {
 	TLSConfig *tls.Config
 
 	// NATS are further connection options (nats.RootCAs, nats.Nkey, ...),
-	// applied after the ones above. The transport appends its own
+	// applied after the ones above and the transport's own (a
+	// nats.ErrorHandler here replaces the transport's, which logs
+	// asynchronous errors with slog and leaves slow consumers to the
+	// bus subscription's count). The transport appends its own
 	// nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true) and
 	// nats.IgnoreAuthErrorAbort() last: it relies on the client
 	// reconnecting forever.
@@ -236,6 +240,15 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		// saves the server a delivery and the node a read and a wake-up
 		// per message.
 		nats.NoEcho(),
+		// nats.go's default prints every asynchronous error to stderr,
+		// with the connection's ID and the subject. A slow consumer is
+		// the bus subscription's to count and log (see
+		// Options.PendingMsgs); the rest go to slog.
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if !errors.Is(err, nats.ErrSlowConsumer) {
+				slog.Warn("natsbus: NATS asynchronous error", "err", redact.Error(err, secrets))
+			}
+		}),
 	}
 	if opts.CredsFile != "" {
 		o = append(o, nats.UserCredentials(opts.CredsFile))

@@ -1,0 +1,292 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// slowPending is the bus subscription's pending message limit in the slow
+// consumer test: nats.go drops what comes past it.
+const slowPending = 16
+
+// stallBus is a NATS transport whose deliveries to the farm can be held:
+// while held, the node handles nothing the bus brings, as a node too busy
+// to keep up, and nats.go queues what comes, up to its pending limits,
+// then drops the rest while the connection stays up. Nothing is dropped by
+// the wrapper itself.
+type stallBus struct {
+	*natsbus.Transport
+	mu   sync.Mutex
+	gate chan struct{} // non-nil while held; closed to release
+}
+
+func (s *stallBus) hold() {
+	s.mu.Lock()
+	s.gate = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *stallBus) release() {
+	s.mu.Lock()
+	if s.gate != nil {
+		close(s.gate)
+		s.gate = nil
+	}
+	s.mu.Unlock()
+}
+
+func (s *stallBus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	return s.Transport.Subscribe(ctx, func(msg []byte) {
+		s.mu.Lock()
+		g := s.gate
+		s.mu.Unlock()
+		if g != nil {
+			select {
+			case <-g:
+			case <-ctx.Done():
+				return
+			}
+		}
+		deliver(msg)
+	}, state)
+}
+
+// stallTransport opens, for each node, a NATS bus at natsURL with a
+// pending limit of slowPending messages, wrapped in stallBus, and, if
+// redisURL is set, a Redis store.
+func stallTransport(natsURL, redisURL string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		bus, err := natsbus.Open(natsURL, farmName, &natsbus.Options{PendingMsgs: slowPending})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { bus.Close() })
+		sb := &stallBus{Transport: bus}
+		t.Cleanup(sb.release) // before Close: a held delivery ends
+		if redisURL == "" {
+			return sb, nil
+		}
+		store, err := redisbus.Open(redisURL, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		return sb, store
+	}
+}
+
+// TestTallyFindsNATSSlowConsumer: over a real NATS server, n2 stops
+// keeping up with the bus (its deliveries are held) and, past its pending
+// limit, nats.go drops n1's messages, among them the cut of a session n1
+// retires, while n2's connection and subscription stay up. With tallies,
+// n2 finds the loss from n1's tallies once it catches up, counts it, and
+// settles it as a bus gap: with no store it drops its cache, with a Redis
+// store it reconciles (keeping a control session). Either way the retired
+// session no longer resumes on n2 (a real TLS handshake). Without tallies
+// (the control runs) n2 resumes the retired session: what the test
+// asserts fails without the detection.
+func TestTallyFindsNATSSlowConsumer(t *testing.T) {
+	t.Parallel()
+	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
+	for _, tc := range []struct {
+		name           string
+		stored, detect bool
+	}{
+		{"no-store", false, true},
+		{"store", true, true},
+		{"no-store-no-tallies", false, false},
+		{"store-no-tallies", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var redisURL string
+			if tc.stored {
+				redisURL = redistest.URL(t)
+			}
+			o := &farmtest.Options{NewTransport: stallTransport(natsURL, redisURL),
+				Tweak: func(c *farm.Config) {
+					c.TallyInterval = tallyInterval
+					if !tc.detect {
+						c.TallyInterval = -1
+					}
+				}}
+			ms, _ := farmtest.Start(t, 2, o)
+			n1, n2 := ms[0], ms[1]
+			s2 := n2.Bus.(*stallBus)
+			ids := ownSessions(n1.Cache)
+			retiredC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC))
+			retired, control := ids()[0], ids()[1]
+			farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
+				_, a := lookup(n2.Cache, retired)
+				_, b := lookup(n2.Cache, control)
+				return a && b
+			})
+			if tc.stored {
+				waitStored(t, n1, retired)
+				waitStored(t, n1, control)
+			}
+			if tc.detect {
+				farmtest.Eventually(t, 5*time.Second, "n2 checks n1's tallies", func() bool {
+					return tallyCounter(n2, "checked") >= 2
+				})
+			}
+			connects := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total")
+
+			// A spy on the farm's subject sees n1's cut reach the
+			// server.
+			spy, err := nats.Connect(natsURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer spy.Close()
+			var cuts atomic.Int64
+			n1ID := n1.Node.Instance()
+			if _, err := spy.Subscribe(s2.Subject(), func(m *nats.Msg) {
+				if len(m.Data) >= farm.EnvSenderAt+8 && m.Data[farm.EnvTypeAt] == farm.EnvTypeCut &&
+					binary.BigEndian.Uint64(m.Data[farm.EnvSenderAt:]) == n1ID {
+					cuts.Add(1)
+				}
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := spy.Flush(); err != nil {
+				t.Fatal(err)
+			}
+
+			// n2 falls behind; n1 publishes more than n2's client
+			// has room for. Each Flush of n2's connection returns
+			// once its client has read (queued or dropped) what the
+			// server had for it.
+			s2.hold()
+			ctx := context.Background()
+			publish := func(k int) {
+				t.Helper()
+				if err := n1.Node.PublishNoise(ctx, k); err != nil {
+					t.Fatal(err)
+				}
+				if err := s2.Conn().Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 0; s2.Dropped() == 0; i++ {
+				if i == 20 {
+					t.Fatal("nats.go dropped nothing after 1000 messages to a held subscription")
+				}
+				publish(50)
+			}
+			// A burst overflows the pending limit before nats.go
+			// has handed what it queued on to the transport; room
+			// may be left behind it. Full means that a lone message,
+			// sent after a pause, is dropped, three times running.
+			for i, streak := 0, 0; streak < 3; i++ {
+				if i == 100 {
+					t.Fatal("n2's subscription does not stay full while held")
+				}
+				d := s2.Dropped()
+				time.Sleep(20 * time.Millisecond)
+				publish(1)
+				if s2.Dropped() > d {
+					streak++
+				} else {
+					streak = 0
+				}
+			}
+			before := s2.Dropped()
+			if !n1.Cache.Retire(retired, session.OriginAPI) {
+				t.Fatal("n1 did not hold the session to retire")
+			}
+			farmtest.Eventually(t, 5*time.Second, "n1's cut reached the server", func() bool { return cuts.Load() > 0 })
+			if err := s2.Conn().Flush(); err != nil {
+				t.Fatal(err)
+			}
+			dropped := s2.Dropped()
+			if dropped <= before {
+				t.Fatalf("nats.go dropped nothing after n1's cut (%d before, %d after): n2 may have it queued", before, dropped)
+			}
+			if s2.SlowConsumers() == 0 {
+				t.Fatal("no slow consumer event on n2's subscription")
+			}
+			if st := s2.Conn().Status(); st != nats.CONNECTED || !n2.Node.Connected() {
+				t.Fatalf("n2's connection is %v (node connected: %t): want it up through the slow consumer", st, n2.Node.Connected())
+			}
+			t.Logf("nats.go dropped %d messages for n2 (%d slow consumer episodes)", dropped, s2.SlowConsumers())
+			s2.release()
+			caughtUp := time.Now()
+
+			if !tc.detect {
+				time.Sleep(15 * tallyInterval)
+				if _, ok := lookup(n2.Cache, retired); !ok {
+					t.Fatal("n2 dropped the retired session without tallies: the test proves nothing")
+				}
+				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
+					t.Fatal("the retired session did not resume on n2 without tallies: the test proves nothing")
+				}
+				if got := messagesLost(n2); got != 0 {
+					t.Fatalf("n2 counted %d lost messages without tallies", got)
+				}
+				return
+			}
+			farmtest.Eventually(t, 10*time.Second, "n2 no longer holds the retired session", func() bool {
+				_, ok := lookup(n2.Cache, retired)
+				return !ok
+			})
+			t.Logf("n2 settled the loss %v after it was released", time.Since(caughtUp).Round(time.Millisecond))
+			if got := messagesLost(n2); got == 0 {
+				t.Fatal("n2 counted no lost message")
+			} else {
+				t.Logf("n2 found %d of n1's messages missing", got)
+			}
+			if tallyCounter(n2, "loss") == 0 {
+				t.Fatal("n2 counted no tally that found a loss")
+			}
+			if got := messagesLost(n1); got != 0 {
+				t.Fatalf("n1 counted %d lost messages, none lost", got)
+			}
+			if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total"); got != connects {
+				t.Fatalf("n2 subscribed %d times more: the slow consumer was taken for an outage", got-connects)
+			}
+			if tc.stored {
+				farmtest.Eventually(t, 5*time.Second, "n2 reconciled", func() bool {
+					return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+				})
+				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got != 0 {
+					t.Fatalf("n2 dropped its cache %d times, with a store", got)
+				}
+				if _, ok := lookup(n2.Cache, control); !ok {
+					t.Fatal("n2 lost the control session: it reconciled nothing, or dropped its cache")
+				}
+				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC)).DidResume {
+					t.Fatal("the control session did not resume on n2")
+				}
+			} else {
+				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got == 0 {
+					t.Fatal("n2 did not count its cache dropped")
+				}
+				if _, ok := lookup(n2.Cache, control); ok {
+					t.Fatal("n2 kept the control session, with no store to vouch for it")
+				}
+			}
+			if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
+				t.Fatal("the retired session resumed on n2")
+			}
+		})
+	}
+}
