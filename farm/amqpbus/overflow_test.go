@@ -293,6 +293,9 @@ func TestQueueOverflowWhileConnected(t *testing.T) {
 			if got := m2("tlsfarm_farm_reconciles_total", "result", "dropped"); got == 0 {
 				t.Fatal("n2 did not count its cache dropped")
 			}
+			if holds(control) {
+				t.Fatal("n2 kept the control session, with no store to vouch for it")
+			}
 			if m1("tlsfarm_farm_messages_lost_total") != 0 {
 				t.Fatal("n1 counted lost messages, none were lost for it")
 			}
