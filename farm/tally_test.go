@@ -66,6 +66,120 @@ func messagesLost(m *farmtest.Member) uint64 {
 	return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_messages_lost_total")
 }
 
+// A tallyPair is two nodes of a farm for the tests of tallies: n1 issued
+// two sessions, one to be retired and a control, and n2 holds both.
+type tallyPair struct {
+	n1, n2             *farmtest.Member
+	retired, control   session.ID
+	retiredC, controlC *tlstest.FrozenCache // the clients that hold them
+}
+
+// startTallyPair starts the pair on transports from nt, with tallies every
+// tallyInterval (off unless detect), and waits until n2 holds both
+// sessions and, if stored, the store does too.
+func startTallyPair(t *testing.T, nt func(testing.TB, string) (transport.Bus, transport.Store), stored, detect bool) *tallyPair {
+	t.Helper()
+	o := &farmtest.Options{NewTransport: nt,
+		Tweak: func(c *farm.Config) {
+			c.TallyInterval = tallyInterval
+			if !detect {
+				c.TallyInterval = -1
+			}
+		}}
+	ms, _ := farmtest.Start(t, 2, o)
+	p := &tallyPair{n1: ms[0], n2: ms[1], retiredC: &tlstest.FrozenCache{}, controlC: &tlstest.FrozenCache{}}
+	ids := ownSessions(p.n1.Cache)
+	tlstest.MustDial(t, p.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, p.retiredC))
+	tlstest.MustDial(t, p.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, p.controlC))
+	p.retired, p.control = ids()[0], ids()[1]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
+		_, a := lookup(p.n2.Cache, p.retired)
+		_, b := lookup(p.n2.Cache, p.control)
+		return a && b
+	})
+	if stored {
+		waitStored(t, p.n1, p.retired)
+		waitStored(t, p.n1, p.control)
+	}
+	return p
+}
+
+// waitChecked waits until n2 has checked n1's tallies past its baseline.
+func (p *tallyPair) waitChecked(t *testing.T) {
+	t.Helper()
+	farmtest.Eventually(t, 5*time.Second, "n2 checks n1's tallies", func() bool {
+		return tallyCounter(p.n2, "checked") >= 2
+	})
+}
+
+// checkUndetected checks, with tallies off, that the loss went unnoticed:
+// n2 still holds and resumes the retired session and counts nothing lost.
+// It is what the tests assert with tallies that fails without them.
+func (p *tallyPair) checkUndetected(t *testing.T) {
+	t.Helper()
+	time.Sleep(15 * tallyInterval)
+	if _, ok := lookup(p.n2.Cache, p.retired); !ok {
+		t.Fatal("n2 dropped the retired session without tallies: the test proves nothing")
+	}
+	if !tlstest.MustDial(t, p.n2.Server.Addr, farmtest.Client(tls.VersionTLS13, p.retiredC)).DidResume {
+		t.Fatal("the retired session did not resume on n2 without tallies: the test proves nothing")
+	}
+	if got := messagesLost(p.n2); got != 0 {
+		t.Fatalf("n2 counted %d lost messages without tallies", got)
+	}
+}
+
+// checkSettled checks that n2 found the loss of n1's messages from its
+// tallies (and n1 none) and settled it as a bus gap: with a store, a
+// reconcile that keeps the control session; without, the cache dropped.
+// Either way the retired session no longer resumes on n2. since is when
+// n2 could have caught up.
+func (p *tallyPair) checkSettled(t *testing.T, stored bool, since time.Time) {
+	t.Helper()
+	n1, n2 := p.n1, p.n2
+	farmtest.Eventually(t, 10*time.Second, "n2 no longer holds the retired session", func() bool {
+		_, ok := lookup(n2.Cache, p.retired)
+		return !ok
+	})
+	t.Logf("n2 settled the loss %v after it could", time.Since(since).Round(time.Millisecond))
+	if got := messagesLost(n2); got == 0 {
+		t.Fatal("n2 counted no lost message")
+	} else {
+		t.Logf("n2 found %d of n1's messages missing", got)
+	}
+	if tallyCounter(n2, "loss") == 0 {
+		t.Fatal("n2 counted no tally that found a loss")
+	}
+	if got := messagesLost(n1); got != 0 {
+		t.Fatalf("n1 counted %d lost messages, none lost", got)
+	}
+	dropped := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped")
+	if stored {
+		farmtest.Eventually(t, 5*time.Second, "n2 reconciled", func() bool {
+			return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
+		})
+		if dropped != 0 {
+			t.Fatalf("n2 dropped its cache %d times, with a store", dropped)
+		}
+		if _, ok := lookup(n2.Cache, p.control); !ok {
+			t.Fatal("n2 lost the control session: it reconciled nothing, or dropped its cache")
+		}
+		if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, p.controlC)).DidResume {
+			t.Fatal("the control session did not resume on n2")
+		}
+	} else {
+		if dropped == 0 {
+			t.Fatal("n2 did not count its cache dropped")
+		}
+		if _, ok := lookup(n2.Cache, p.control); ok {
+			t.Fatal("n2 kept the control session, with no store to vouch for it")
+		}
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, p.retiredC)).DidResume {
+		t.Fatal("the retired session resumed on n2")
+	}
+}
+
 // TestTallyFindsLostRetirement: n2's subscription silently drops n1's
 // cut messages while it stays up, and n1 retires a session n2 holds.
 // With tallies, n2 finds the loss within a few tally intervals, counts
@@ -88,93 +202,27 @@ func TestTallyFindsLostRetirement(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			o := &farmtest.Options{NewTransport: dropperTransport(redistest.URL(t), tc.stored),
-				Tweak: func(c *farm.Config) {
-					c.TallyInterval = tallyInterval
-					if !tc.detect {
-						c.TallyInterval = -1
-					}
-				}}
-			ms, _ := farmtest.Start(t, 2, o)
-			n1, n2 := ms[0], ms[1]
+			p := startTallyPair(t, dropperTransport(redistest.URL(t), tc.stored), tc.stored, tc.detect)
+			n1, n2 := p.n1, p.n2
 			d2 := n2.Bus.(*dropper)
-			ids := ownSessions(n1.Cache)
-			retiredC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
-			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC))
-			retired, control := ids()[0], ids()[1]
-			farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
-				_, a := lookup(n2.Cache, retired)
-				_, b := lookup(n2.Cache, control)
-				return a && b
-			})
-			if tc.stored {
-				waitStored(t, n1, retired)
-				waitStored(t, n1, control)
-			}
 			if tc.detect {
 				// Past n2's baseline of n1's tallies, and the
 				// slots after it.
-				farmtest.Eventually(t, 5*time.Second, "n2 checks n1's tallies", func() bool {
-					return tallyCounter(n2, "checked") >= 2
-				})
+				p.waitChecked(t)
 			}
 
 			d2.from.Store(n1.Node.Instance())
-			if !n1.Cache.Retire(retired, session.OriginAPI) {
+			if !n1.Cache.Retire(p.retired, session.OriginAPI) {
 				t.Fatal("n1 did not hold the session to retire")
 			}
 			farmtest.Eventually(t, 5*time.Second, "n2 missed n1's retirement", func() bool { return d2.dropped.Load() > 0 })
 			lostAt := time.Now()
 
 			if !tc.detect {
-				time.Sleep(15 * tallyInterval)
-				if _, ok := lookup(n2.Cache, retired); !ok {
-					t.Fatal("n2 dropped the retired session without tallies: the test proves nothing")
-				}
-				if messagesLost(n2) != 0 {
-					t.Fatal("n2 counted lost messages without tallies")
-				}
+				p.checkUndetected(t)
 				return
 			}
-			farmtest.Eventually(t, 10*time.Second, "n2 no longer holds the retired session", func() bool {
-				_, ok := lookup(n2.Cache, retired)
-				return !ok
-			})
-			t.Logf("n2 settled the loss %v after it", time.Since(lostAt).Round(time.Millisecond))
-			if got := messagesLost(n2); got == 0 {
-				t.Fatal("n2 counted no lost message")
-			}
-			if tallyCounter(n2, "loss") == 0 {
-				t.Fatal("n2 counted no tally that found a loss")
-			}
-			if got := messagesLost(n1); got != 0 {
-				t.Fatalf("n1 counted %d lost messages, none lost", got)
-			}
-			if tc.stored {
-				farmtest.Eventually(t, 5*time.Second, "n2 reconciled", func() bool {
-					return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
-				})
-				if _, ok := lookup(n2.Cache, control); !ok {
-					t.Fatal("n2 lost the control session: it reconciled nothing, or dropped its cache")
-				}
-				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got != 0 {
-					t.Fatalf("n2 dropped its cache %d times, with a store", got)
-				}
-				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC)).DidResume {
-					t.Fatal("the control session did not resume on n2")
-				}
-			} else {
-				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got == 0 {
-					t.Fatal("n2 did not count its cache dropped")
-				}
-				if _, ok := lookup(n2.Cache, control); ok {
-					t.Fatal("n2 kept the control session, with no store to vouch for it")
-				}
-			}
-			if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
-				t.Fatal("the retired session resumed on n2")
-			}
+			p.checkSettled(t, tc.stored, lostAt)
 		})
 	}
 }

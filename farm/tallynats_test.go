@@ -2,7 +2,6 @@ package farm_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
-	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -119,34 +117,11 @@ func TestTallyFindsNATSSlowConsumer(t *testing.T) {
 			if tc.stored {
 				redisURL = redistest.URL(t)
 			}
-			o := &farmtest.Options{NewTransport: stallTransport(natsURL, redisURL),
-				Tweak: func(c *farm.Config) {
-					c.TallyInterval = tallyInterval
-					if !tc.detect {
-						c.TallyInterval = -1
-					}
-				}}
-			ms, _ := farmtest.Start(t, 2, o)
-			n1, n2 := ms[0], ms[1]
+			p := startTallyPair(t, stallTransport(natsURL, redisURL), tc.stored, tc.detect)
+			n1, n2 := p.n1, p.n2
 			s2 := n2.Bus.(*stallBus)
-			ids := ownSessions(n1.Cache)
-			retiredC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
-			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC))
-			retired, control := ids()[0], ids()[1]
-			farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
-				_, a := lookup(n2.Cache, retired)
-				_, b := lookup(n2.Cache, control)
-				return a && b
-			})
-			if tc.stored {
-				waitStored(t, n1, retired)
-				waitStored(t, n1, control)
-			}
 			if tc.detect {
-				farmtest.Eventually(t, 5*time.Second, "n2 checks n1's tallies", func() bool {
-					return tallyCounter(n2, "checked") >= 2
-				})
+				p.waitChecked(t)
 			}
 			connects := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total")
 
@@ -210,7 +185,7 @@ func TestTallyFindsNATSSlowConsumer(t *testing.T) {
 				}
 			}
 			before := s2.Dropped()
-			if !n1.Cache.Retire(retired, session.OriginAPI) {
+			if !n1.Cache.Retire(p.retired, session.OriginAPI) {
 				t.Fatal("n1 did not hold the session to retire")
 			}
 			farmtest.Eventually(t, 5*time.Second, "n1's cut reached the server", func() bool { return cuts.Load() > 0 })
@@ -232,60 +207,12 @@ func TestTallyFindsNATSSlowConsumer(t *testing.T) {
 			caughtUp := time.Now()
 
 			if !tc.detect {
-				time.Sleep(15 * tallyInterval)
-				if _, ok := lookup(n2.Cache, retired); !ok {
-					t.Fatal("n2 dropped the retired session without tallies: the test proves nothing")
-				}
-				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
-					t.Fatal("the retired session did not resume on n2 without tallies: the test proves nothing")
-				}
-				if got := messagesLost(n2); got != 0 {
-					t.Fatalf("n2 counted %d lost messages without tallies", got)
-				}
+				p.checkUndetected(t)
 				return
 			}
-			farmtest.Eventually(t, 10*time.Second, "n2 no longer holds the retired session", func() bool {
-				_, ok := lookup(n2.Cache, retired)
-				return !ok
-			})
-			t.Logf("n2 settled the loss %v after it was released", time.Since(caughtUp).Round(time.Millisecond))
-			if got := messagesLost(n2); got == 0 {
-				t.Fatal("n2 counted no lost message")
-			} else {
-				t.Logf("n2 found %d of n1's messages missing", got)
-			}
-			if tallyCounter(n2, "loss") == 0 {
-				t.Fatal("n2 counted no tally that found a loss")
-			}
-			if got := messagesLost(n1); got != 0 {
-				t.Fatalf("n1 counted %d lost messages, none lost", got)
-			}
+			p.checkSettled(t, tc.stored, caughtUp)
 			if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total"); got != connects {
 				t.Fatalf("n2 subscribed %d times more: the slow consumer was taken for an outage", got-connects)
-			}
-			if tc.stored {
-				farmtest.Eventually(t, 5*time.Second, "n2 reconciled", func() bool {
-					return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
-				})
-				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got != 0 {
-					t.Fatalf("n2 dropped its cache %d times, with a store", got)
-				}
-				if _, ok := lookup(n2.Cache, control); !ok {
-					t.Fatal("n2 lost the control session: it reconciled nothing, or dropped its cache")
-				}
-				if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC)).DidResume {
-					t.Fatal("the control session did not resume on n2")
-				}
-			} else {
-				if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "dropped"); got == 0 {
-					t.Fatal("n2 did not count its cache dropped")
-				}
-				if _, ok := lookup(n2.Cache, control); ok {
-					t.Fatal("n2 kept the control session, with no store to vouch for it")
-				}
-			}
-			if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC)).DidResume {
-				t.Fatal("the retired session resumed on n2")
 			}
 		})
 	}
