@@ -74,6 +74,19 @@ type tallyPair struct {
 	retiredC, controlC *tlstest.FrozenCache // the clients that hold them
 }
 
+// tallyCases are the runs of a tally test: with a store or none, and with
+// tallies or without (the controls, which show what the test asserts fails
+// without them).
+var tallyCases = []struct {
+	name           string
+	stored, detect bool
+}{
+	{"no-store", false, true},
+	{"store", true, true},
+	{"no-store-no-tallies", false, false},
+	{"store-no-tallies", true, false},
+}
+
 // startTallyPair starts the pair on transports from nt, with tallies every
 // tallyInterval (off unless detect), and waits until n2 holds both
 // sessions and, if stored, the store does too.
@@ -191,15 +204,7 @@ func (p *tallyPair) checkSettled(t *testing.T, stored bool, since time.Time) {
 // without the detection.
 func TestTallyFindsLostRetirement(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name           string
-		stored, detect bool
-	}{
-		{"no-store", false, true},
-		{"store", true, true},
-		{"no-store-no-tallies", false, false},
-		{"store-no-tallies", true, false},
-	} {
+	for _, tc := range tallyCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			p := startTallyPair(t, dropperTransport(redistest.URL(t), tc.stored), tc.stored, tc.detect)

@@ -102,15 +102,7 @@ func stallTransport(natsURL, redisURL string) func(testing.TB, string) (transpor
 func TestTallyFindsNATSSlowConsumer(t *testing.T) {
 	t.Parallel()
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
-	for _, tc := range []struct {
-		name           string
-		stored, detect bool
-	}{
-		{"no-store", false, true},
-		{"store", true, true},
-		{"no-store-no-tallies", false, false},
-		{"store-no-tallies", true, false},
-	} {
+	for _, tc := range tallyCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var redisURL string
