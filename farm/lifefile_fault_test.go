@@ -38,6 +38,24 @@ func ownSessions(c *session.Cache) func() []session.ID {
 	}
 }
 
+// issue has one new TLS 1.3 client per session handshake with m, in
+// order, and returns the sessions m issued them and the clients, which
+// hold their tickets.
+func issue(t *testing.T, m *farmtest.Member, n int) ([]session.ID, []*tlstest.FrozenCache) {
+	t.Helper()
+	ids := ownSessions(m.Cache)
+	cs := make([]*tlstest.FrozenCache, n)
+	for i := range cs {
+		cs[i] = &tlstest.FrozenCache{}
+		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[i]))
+	}
+	got := ids()
+	if len(got) != n {
+		t.Fatalf("%s issued %d sessions for %d handshakes", m.Name, len(got), n)
+	}
+	return got, cs
+}
+
 // TestLifecycleSurvivesRestartStoreFaults is TestLifecycleSurvivesRestart
 // with the two other store faults. n1 retires a session and resumes
 // another (a grace cut of its parent) while the store is down, closes,
@@ -86,14 +104,10 @@ func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
 					return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
 				}
 
-				ids := ownSessions(ms[0].Cache)
-				retiredC, parentC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-				dial(ms[0], retiredC)
-				dial(ms[0], parentC)
-				retired, parent := ids()[0], ids()[1]
-				ctl := ownSessions(ms[1].Cache)
-				dial(ms[1], controlC)
-				control := ctl()[0]
+				ids, cs := issue(t, ms[0], 2)
+				retired, parent, retiredC, parentC := ids[0], ids[1], cs[0], cs[1]
+				ids, cs = issue(t, ms[1], 1)
+				control, controlC := ids[0], cs[0]
 				for _, id := range []session.ID{retired, parent, control} {
 					waitStored(t, ms[0], id)
 				}

@@ -107,11 +107,8 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 			defer rc.Close()
 
-			ids := newSessions(ms[0].Cache)
-			retiredC, parentC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
-			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, parentC))
-			retired, parent := ids()[0], ids()[1]
+			ids, cs := issue(t, ms[0], 2)
+			retired, parent, retiredC, parentC := ids[0], ids[1], cs[0], cs[1]
 			waitStored(t, ms[0], retired)
 			waitStored(t, ms[0], parent)
 			if tc.mode == farm.Broadcast {

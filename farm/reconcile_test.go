@@ -294,12 +294,9 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, o cutOptions) {
 	const grace = 2 * time.Second
 	ms, cuts, rc := cutFarm(t, 2, grace, o)
 	n1, n2 := ms[0], ms[1]
-	ids := newSessions(n1.Cache)
-	retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	for _, c := range []*tlstest.FrozenCache{retiredC, parentC, keptC} {
-		tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	}
-	retired, parent, kept := ids()[0], ids()[1], ids()[2]
+	ids, cs := issue(t, n1, 3)
+	retired, parent, kept := ids[0], ids[1], ids[2]
+	retiredC, parentC, keptC := cs[0], cs[1], cs[2]
 	if o.mode == farm.StoreOnly {
 		// No copies are sent: n2 loads each session from the store, as
 		// a lookup for a handshake would (a handshake would cut it).

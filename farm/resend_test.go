@@ -188,14 +188,10 @@ func TestWriteBackWaitsForResend(t *testing.T) {
 				return ttl, ttl >= 0
 			}
 
-			ids := ownSessions(n1.Cache)
-			retiredC, parentC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-			dial(n1, retiredC)
-			dial(n1, parentC)
-			retired, parent := ids()[0], ids()[1]
-			ctl := ownSessions(n2.Cache)
-			dial(n2, controlC)
-			control := ctl()[0]
+			ids, cs := issue(t, n1, 2)
+			retired, parent, retiredC := ids[0], ids[1], cs[0]
+			ids, cs = issue(t, n2, 1)
+			control, controlC := ids[0], cs[0]
 			for _, id := range []session.ID{retired, parent, control} {
 				waitStored(t, n1, id)
 			}

@@ -100,11 +100,9 @@ func startTallyPair(t *testing.T, nt func(testing.TB, string) (transport.Bus, tr
 			}
 		}}
 	ms, _ := farmtest.Start(t, 2, o)
-	p := &tallyPair{n1: ms[0], n2: ms[1], retiredC: &tlstest.FrozenCache{}, controlC: &tlstest.FrozenCache{}}
-	ids := ownSessions(p.n1.Cache)
-	tlstest.MustDial(t, p.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, p.retiredC))
-	tlstest.MustDial(t, p.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, p.controlC))
-	p.retired, p.control = ids()[0], ids()[1]
+	p := &tallyPair{n1: ms[0], n2: ms[1]}
+	ids, cs := issue(t, p.n1, 2)
+	p.retired, p.control, p.retiredC, p.controlC = ids[0], ids[1], cs[0], cs[1]
 	farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
 		_, a := lookup(p.n2.Cache, p.retired)
 		_, b := lookup(p.n2.Cache, p.control)
