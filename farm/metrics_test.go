@@ -27,6 +27,11 @@ func TestMetricsConsistent(t *testing.T) {
 	farmtest.Eventually(t, 5*time.Second, "n2 inserted n1's session", func() bool {
 		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_inserted_total") == 1
 	})
+	// n1 counts its publish once the bus has returned, which may be
+	// after n2 has the message.
+	farmtest.Eventually(t, 5*time.Second, "n1 counted the session published", func() bool {
+		return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_published_total", "kind", "session") >= 1
+	})
 	if got := farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_published_total", "kind", "session"); got != 1 {
 		t.Errorf("n1 published %d sessions, want 1", got)
 	}
