@@ -27,9 +27,8 @@ import (
 // that failed, say) but that neither the store nor n2 ever saw is written
 // and published again when n2 asks the farm to re-send (msgResend): the
 // store loses the session, n2 retires its whole copy, and the session
-// resumes nowhere. Requests are rate-limited: five asked at once go out
-// as one or two (one a second at most; the node's own request when its
-// subscription came up may still hold the second). Both modes, Redis as
+// resumes nowhere. Requests are rate-limited to one a second: five asked
+// at once do not go out as five. Both modes, Redis as
 // bus and store.
 func TestResendHeldOnRequest(t *testing.T) {
 	t.Parallel()
@@ -71,6 +70,7 @@ func TestResendHeldOnRequest(t *testing.T) {
 			before := farmtest.Counter(n2.Node.Metrics(), resend, "event", "request_sent")
 			const connects = "tlsfarm_farm_connects_total"
 			ups := farmtest.Counter(n2.Node.Metrics(), connects)
+			asked := time.Now()
 			for range 5 {
 				n2.Node.AskResend()
 			}
@@ -93,9 +93,15 @@ func TestResendHeldOnRequest(t *testing.T) {
 			}
 			time.Sleep(2500 * time.Millisecond)
 			again := farmtest.Counter(n2.Node.Metrics(), connects) - ups
-			if got := farmtest.Counter(n2.Node.Metrics(), resend, "event", "request_sent") - before; got < 1 || got > 2+again {
-				t.Fatalf("n2 sent %v requests for 5 asked at once (its subscription came back %v times meanwhile; tallies found %v losses; %v sent before), want 1 or 2 (rate-limited)",
-					got, again, tallyCounter(n2, "loss"), before)
+			// One request a second at most: the first at once, then
+			// one for whatever asks came while the limit held. Under
+			// load the five asks may straddle a request, so up to one
+			// more per second elapsed; unlimited, all five would go.
+			got := farmtest.Counter(n2.Node.Metrics(), resend, "event", "request_sent") - before
+			limit := 1 + uint64(time.Since(asked)/time.Second) + again
+			if got < 1 || got > limit || got >= 5 {
+				t.Fatalf("n2 sent %v requests for 5 asks in %v (its subscription came back %v times meanwhile; %v sent before), want 1 to %v (rate-limited)",
+					got, time.Since(asked).Round(time.Millisecond), again, before, limit)
 			}
 		})
 	}
