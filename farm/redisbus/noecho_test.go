@@ -315,6 +315,33 @@ func TestOldNodeHeardFirst(t *testing.T) {
 	exchange(t, "mixed", false, old, ls[0], ls[1])
 }
 
+// TestSubscribeEndsWhileCountHangs: a subscriber count in flight on a hung
+// server (SIGSTOP) does not hold up the end of Subscribe: go-redis would
+// have the count wait out its whole deadline, VersionCheckInterval, and
+// the node's Close with it.
+func TestSubscribeEndsWhileCountHangs(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Cleanup(srv.Kill) // a hung server: before the transport closes
+	tr := open(t, srv.URL(), redistest.Farm(t))
+	const every = 2 * time.Second
+	tr.VersionCheckInterval = every
+	start := time.Now()
+	l := listen(t, tr)
+	waitShared(t, false, tr)
+	time.Sleep(every / 4)
+	srv.Pause()
+	// The count at the next tick now waits on the hung server, for up to
+	// every; end the subscription in the middle of that wait.
+	time.Sleep(time.Until(start.Add(every + every/4)))
+	begin := time.Now()
+	l.stop()
+	took := time.Since(begin)
+	t.Logf("Subscribe ended %v after its context", took.Round(time.Millisecond))
+	if took > every/4 {
+		t.Errorf("Subscribe ended %v after its context, with a count waiting on a hung server; want at most %v", took, every/4)
+	}
+}
+
 // TestResubscribe: after the server restarts, go-redis resubscribes the
 // channels and the patterns, the subscription reports up again once all
 // are back, and the nodes count again and hear each other, not themselves.

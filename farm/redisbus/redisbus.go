@@ -528,14 +528,26 @@ func (t *Transport) countVersions(ctx context.Context, now <-chan struct{}) {
 
 // oldVersionListens reports whether the farm's shared channel has more
 // subscribers than its marker channel, or whether it could not tell.
+//
+// It returns as soon as ctx ends: go-redis bounds a blocked read by the
+// context's deadline but does not end it on cancel, and a count waiting on
+// a hung server must not hold up the subscription's end (and so the node's
+// Close) for up to timeout. The abandoned command ends by its deadline, or
+// at once when the transport closes its client.
 func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	n, err := t.c.PubSubNumSub(ctx, t.channel, t.marker).Result()
-	if err != nil {
+	old := make(chan bool, 1)
+	go func() {
+		defer cancel()
+		n, err := t.c.PubSubNumSub(ctx, t.channel, t.marker).Result()
+		old <- err != nil || n[t.channel] > n[t.marker]
+	}()
+	select {
+	case o := <-old:
+		return o
+	case <-ctx.Done():
 		return true
 	}
-	return n[t.channel] > n[t.marker]
 }
 
 // PutRecords implements transport.RecordStore: SET key value PX ttl, pipelined.
