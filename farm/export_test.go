@@ -82,10 +82,12 @@ func (n *Node) HoldCut(id session.ID, until time.Time) {
 }
 
 // EnvTypeCut is the type byte of a cut message (msgCut: retirements and
-// grace cuts), at offset EnvTypeAt of an envelope; EnvSenderAt is the
-// offset of its 8-byte sender instance ID.
+// grace cuts), EnvTypeKeys that of a key announcement (msgKeys), at offset
+// EnvTypeAt of an envelope; EnvSenderAt is the offset of its 8-byte sender
+// instance ID.
 const (
 	EnvTypeCut  = byte(msgCut)
+	EnvTypeKeys = byte(msgKeys)
 	EnvTypeAt   = 3
 	EnvSenderAt = 13
 )
