@@ -158,9 +158,14 @@ func TestForgedMessagesRejected(t *testing.T) {
 	// The nodes use the farm's shared channel only (as older versions
 	// did), where the test captures and injects messages, and n1 hears
 	// its own.
-	o := farmtest.Options{NewTransport: redisEchoTransport(url), Tweak: func(c *farm.Config) { c.MaxAge = 500 * time.Millisecond }}
+	// Tallies are off, so that the counts of messages below are exact.
+	noTallies := func(c *farm.Config) { c.TallyInterval = -1 }
+	o := farmtest.Options{NewTransport: redisEchoTransport(url), Tweak: func(c *farm.Config) {
+		c.MaxAge = 500 * time.Millisecond
+		noTallies(c)
+	}}
 	ms, _ := farmtest.Start(t, 2, &o)
-	elsewhere, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisEchoTransport(url)})
+	elsewhere, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisEchoTransport(url), Tweak: noTallies})
 
 	opt, err := redis.ParseURL(url)
 	if err != nil {
@@ -170,7 +175,7 @@ func TestForgedMessagesRejected(t *testing.T) {
 	defer raw.Close()
 	ctx := context.Background()
 
-	// Capture real messages from both farms' channels.
+	// Capture real session messages from both farms' channels.
 	capture := func(channel string) <-chan []byte {
 		ps := raw.Subscribe(ctx, channel)
 		if _, err := ps.Receive(ctx); err != nil {
@@ -180,7 +185,9 @@ func TestForgedMessagesRejected(t *testing.T) {
 		ch := make(chan []byte, 10)
 		go func() {
 			for m := range ps.Channel() {
-				ch <- []byte(m.Payload)
+				if p := []byte(m.Payload); len(p) > farm.EnvTypeAt && p[farm.EnvTypeAt] == farm.EnvTypeSess {
+					ch <- p
+				}
 			}
 		}()
 		return ch
