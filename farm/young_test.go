@@ -179,8 +179,12 @@ func TestYoungMissNotRemembered(t *testing.T) {
 				farmtest.LogStats(t, []*farmtest.Member{a, b})
 				t.Fatalf("young waits gave_up = %d after the first try on n2, want 1", got)
 			}
-			// The ID grows old to n2, then the store takes the write.
+			// The ID grows old to n2, then the store takes the write,
+			// once n2's last read has ended: a read n2's handshake gave
+			// up on goes on, detached, and on a loaded machine could
+			// reach the store after the write and count a hit.
 			skew.Store(int64(2 * youth))
+			farmtest.Eventually(t, 10*time.Second, "n2's reads ended", func() bool { return readsInFlight(b) == 0 })
 			unpause()
 			farmtest.Eventually(t, 10*time.Second, "n1 stored the session", func() bool {
 				return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
@@ -203,6 +207,17 @@ func TestYoungMissNotRemembered(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readsInFlight returns how many of m's store reads for sessions have
+// begun and not ended.
+func readsInFlight(m *farmtest.Member) int {
+	st := m.Node.Metrics()
+	ended := uint64(0)
+	for _, r := range []string{"hit", "miss", "timeout", "error", "rejected"} {
+		ended += farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", r)
+	}
+	return int(farmtest.Counter(st, "tlsfarm_farm_lookups_total") - ended)
 }
 
 // TestYoungMissReadEndingOldNotRemembered: a store read for a young ID that
