@@ -344,6 +344,7 @@ func (n *Node) Close() error {
 			n.busDownAtEnd.Store(!n.connected.Load())
 		default: // still connecting: not known to be down
 		}
+		closing := time.Now()
 		n.startClosing()
 		n.cancel()
 		flushed := make(chan struct{})
@@ -370,11 +371,13 @@ func (n *Node) Close() error {
 			n.drainRevocations(ctx)
 			cancel()
 		}
-		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedLately(n.cfg.OpTimeout) {
+		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedSince(closing.Add(-n.cfg.OpTimeout)) {
 			// A last tally, for what the publishers sent since the
 			// previous one (tallier has stopped: one sender at a time);
 			// not through an outage (the bus reported itself down, the
-			// queues did not empty in time, or a publish failed lately).
+			// queues did not empty in time, or a publish failed within
+			// OpTimeout of Close, or since: the time Close has spent
+			// so far does not make a failure old).
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.sendTally(ctx)
 			cancel()

@@ -310,8 +310,13 @@ func (n *Node) tallier(ctx context.Context) {
 
 // failedLately reports whether a publish failed within d.
 func (t *tallyState) failedLately(d time.Duration) bool {
+	return t.failedSince(time.Now().Add(-d))
+}
+
+// failedSince reports whether a publish failed after since.
+func (t *tallyState) failedSince(since time.Time) bool {
 	f := t.failedAt.Load()
-	return f != 0 && time.Since(time.Unix(0, f)) < d
+	return f != 0 && time.Unix(0, f).After(since)
 }
 
 // sendTally publishes a tally, waiting at most a quarter of OpTimeout: a tally

@@ -360,12 +360,19 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 	return conn, ch, nil
 }
 
-// closeOnDone closes conn (within a second) if ctx ends before the
+// closeOnDone closes conn (within closeGrace) if ctx ends before the
 // returned stop is called, so that a call waiting on an unresponsive
 // broker returns. stop reports whether it stopped that from happening.
 func closeOnDone(ctx context.Context, conn *amqp.Connection) (stop func() bool) {
-	return context.AfterFunc(ctx, func() { conn.CloseDeadline(time.Now().Add(time.Second)) })
+	return context.AfterFunc(ctx, func() { conn.CloseDeadline(time.Now().Add(closeGrace)) })
 }
+
+// closeGrace is how long a connection closed because its context ended
+// waits for the broker's close-ok: a broker that answers does so in a
+// round trip, and one that has hung would otherwise hold the call that was
+// abandoned, and a node's Close behind it, for as long. (A second held a
+// probe, and Close, 1.1 s on a hung broker.)
+const closeGrace = 100 * time.Millisecond
 
 // errorf wraps err as the bus's error for op, with the URL's password
 // replaced.

@@ -66,7 +66,9 @@ func Silent(tb testing.TB) string {
 // A Proxy forwards the TCP connections made to its loopback address to a
 // server, until the test cuts them (see Cut), as a network partition
 // would: the server sees each connection closed, and the client sees its
-// own closed and cannot connect again until Restore.
+// own closed and cannot connect again until Restore. Or the test freezes
+// it (see Freeze), as a hung server would look: connections stay open and
+// new ones are accepted, but no byte goes through either way until Thaw.
 type Proxy struct {
 	// Addr is the address to connect to instead of the server's.
 	Addr string
@@ -74,7 +76,8 @@ type Proxy struct {
 	target string
 	mu     sync.Mutex
 	down   bool
-	conns  []net.Conn // both ends of every connection forwarded
+	thawed chan struct{} // while frozen: closed by Thaw (or Cut)
+	conns  []net.Conn    // both ends of every connection forwarded
 }
 
 // NewProxy starts a Proxy to the server at target. It stops, closing its
@@ -124,12 +127,57 @@ func (p *Proxy) forward(c net.Conn) {
 	}
 	p.conns = append(p.conns, c, s)
 	p.mu.Unlock()
-	go func() { io.Copy(s, c); s.Close(); c.Close() }()
-	go func() { io.Copy(c, s); c.Close(); s.Close() }()
+	go p.pipe(s, c)
+	go p.pipe(c, s)
+}
+
+// pipe copies from src to dst, holding what it reads while the proxy is
+// frozen, until either side closes.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			thawed := p.thawed
+			p.mu.Unlock()
+			if thawed != nil {
+				<-thawed
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Freeze stops every byte, both ways, on every connection, without closing
+// any, until Thaw or Cut: to the client the server has hung.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thawed == nil {
+		p.thawed = make(chan struct{})
+	}
+}
+
+// Thaw lets the bytes held since Freeze, and those after, go through.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thawed != nil {
+		close(p.thawed)
+		p.thawed = nil
+	}
 }
 
 // Cut closes every connection forwarded so far and refuses new ones until
-// Restore.
+// Restore. It ends a freeze.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -138,6 +186,10 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	p.conns = nil
+	if p.thawed != nil {
+		close(p.thawed)
+		p.thawed = nil
+	}
 }
 
 // Restore forwards new connections again.
