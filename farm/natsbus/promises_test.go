@@ -156,6 +156,13 @@ func stored(m *farmtest.Member, id session.ID) bool {
 	return err == nil
 }
 
+// handoff is a client that presents from's session and keeps the one the
+// server then issues in to.
+type handoff struct{ from, to *tlstest.FrozenCache }
+
+func (h handoff) Get(k string) (*tls.ClientSessionState, bool) { return h.from.Get(k) }
+func (h handoff) Put(k string, cs *tls.ClientSessionState)     { h.to.Put(k, cs) }
+
 func resumes(t *testing.T, m *farmtest.Member, c *tlstest.FrozenCache) bool {
 	t.Helper()
 	return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
@@ -168,15 +175,16 @@ func disconnected(t *testing.T, m *farmtest.Member) time.Duration {
 	return time.Since(start)
 }
 
-// TestPromisesRetireWhilePartitioned: n2 holds three sessions n1 issued
-// when its path to NATS breaks (cut, frozen, frozen until its client drops
-// the connection); meanwhile n1 retires one and revokes another, which
-// reach the store but not n2. Once n2's path is mended, neither session
-// resumes on n2 (nor on n1), while the third, which the farm did not
-// touch, is still in n2's cache and resumes there. After a gap (cut,
-// frozen-dropped) it is n2's reconcile against the store and its re-read
-// of the revocations that drop them; after a short freeze, the held
-// messages. In broadcast mode n2 holds the bus copies; in store-only mode
+// TestPromisesRetireWhilePartitioned: n2 holds three sessions n1 issued,
+// and a child of the second that n2 issued resuming it, when its path to
+// NATS breaks (cut, frozen, frozen until its client drops the connection);
+// meanwhile n1 retires the first and revokes the second (its whole chain),
+// which reach the store but not n2. Once n2's path is mended, neither
+// session nor the child resumes on n2 (nor on n1), while the third, which
+// the farm did not touch, is still in n2's cache and resumes there. After
+// a gap (cut, frozen-dropped) it is n2's reconcile against the store and
+// its re-read of the revocations that drop them; after a short freeze, the
+// held messages. In broadcast mode n2 holds the bus copies; in store-only mode
 // the copies it loaded from the store.
 func TestPromisesRetireWhilePartitioned(t *testing.T) {
 	t.Parallel()
@@ -201,6 +209,19 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 		}
 		farmtest.Eventually(t, 5*time.Second, "n2 holds the "+names[i]+" session", func() bool { return holds(ms[1].Cache, id) })
 	}
+	// The session to revoke resumes on n2, which issues a child of it (of
+	// its resumption chain): n2 holds it and so does the store, and
+	// nothing but the revocation's tombstone says it must go.
+	newOnN2 := handshakeSessions(ms[1].Cache)
+	child := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, handoff{cs[1], child})).DidResume {
+		t.Fatal("the session to revoke did not resume on n2")
+	}
+	if got := newOnN2(); len(got) != 1 {
+		t.Fatalf("n2 issued %d sessions resuming one", len(got))
+	}
+	ids, cs, names = append(ids, newOnN2()[0]), append(cs, child), append(names, "revoked's child")
+	farmtest.Eventually(t, 5*time.Second, "the child stored", func() bool { return stored(ms[1], ids[3]) })
 	recon := farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_reconcile_total", "result", "checked")
 
 	f.down(p.proxy(1))
@@ -233,10 +254,10 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 	back := time.Now()
 	farmtest.WaitConnected(t, ms[1])
 	connected := time.Since(back)
-	for i := range 2 {
+	for _, i := range []int{0, 1, 3} {
 		farmtest.Eventually(t, 10*time.Second, "n2 dropped the "+names[i]+" session", func() bool { return !holds(ms[1].Cache, ids[i]) })
 	}
-	t.Logf("path broken for %v; n2 connected %v after it was mended, and had dropped both sessions %v after",
+	t.Logf("path broken for %v; n2 connected %v after it was mended, and had dropped the three sessions %v after",
 		back.Sub(broken).Round(time.Millisecond), connected.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
 	if !holds(ms[1].Cache, ids[2]) {
 		t.Fatal("n2 dropped the control session: its cache was dropped, not reconciled")
@@ -245,7 +266,7 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 		t.Fatal("n2 checked no session against the store after the gap")
 	}
 	for _, m := range ms {
-		for i := range 2 {
+		for _, i := range []int{0, 1, 3} {
 			if resumes(t, m, cs[i]) {
 				farmtest.LogStats(t, ms)
 				t.Fatalf("the %s session resumed on %s after n2's path was mended", names[i], m.Name)
