@@ -26,12 +26,11 @@ import (
 // (Freeze) while the others work.
 
 // proxied is a farm's NATS transports, one proxy per member, in the order
-// farmtest.Join opens them (n1 first). With ping set, each client pings
-// the server that often and gives up a connection after two unanswered
-// pings (nats.go's default: 2 minutes; natsbus's: 5s).
+// farmtest.Join opens them (n1 first), each with the extra client options
+// opts.
 type proxied struct {
 	srv  *natsServer
-	ping time.Duration
+	opts []nats.Option
 	mu   sync.Mutex
 	ps   []*nettest.Proxy
 }
@@ -41,11 +40,7 @@ func (p *proxied) transport(t testing.TB, farmName string) (transport.Bus, trans
 	p.mu.Lock()
 	p.ps = append(p.ps, px)
 	p.mu.Unlock()
-	var o *natsbus.Options
-	if p.ping > 0 {
-		o = &natsbus.Options{NATS: []nats.Option{nats.PingInterval(p.ping), nats.MaxPingsOutstanding(2)}}
-	}
-	tr, err := natsbus.Open("nats://"+px.Addr, farmName, o)
+	tr, err := natsbus.Open("nats://"+px.Addr, farmName, &natsbus.Options{NATS: p.opts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,20 +59,29 @@ func (p *proxied) proxy(i int) *nettest.Proxy {
 type fault struct {
 	name     string
 	down, up func(*nettest.Proxy)
-	ping     time.Duration // proxied.ping
+	opts     []nats.Option // proxied.opts
 	gap      bool          // the node's connection drops: it may have lost messages
 }
 
 var (
 	// cut is a partition: the connection closes, and new ones fail.
-	cut = fault{"cut", (*nettest.Proxy).Cut, (*nettest.Proxy).Restore, 0, true}
+	cut = fault{"cut", (*nettest.Proxy).Cut, (*nettest.Proxy).Restore, nil, true}
 	// frozen is a hung server, for less than natsbus's ping timeout: the
 	// connection survives and what was held arrives once it thaws.
-	frozen = fault{"frozen", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw, 0, false}
+	frozen = fault{"frozen", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw, nil, false}
 	// frozenDropped is a hung server for longer than the client's ping
-	// timeout (short here): it drops the connection, and cannot make
-	// another until the thaw.
-	frozenDropped = fault{"frozen-dropped", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw, 200 * time.Millisecond, true}
+	// timeout (short here: two pings 200ms apart unanswered; natsbus's is
+	// two 5s apart): it drops the connection, and cannot make another
+	// until the thaw. nats.go keeps what is published meanwhile and sends
+	// it once connected again.
+	frozenDropped = fault{"frozen-dropped", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw, shortPing, true}
+	// frozenUnbuffered is frozenDropped with a client that keeps nothing
+	// published while it reconnects (it fails at once): what the farm
+	// publishes then reaches the farm only if the farm tries again.
+	frozenUnbuffered = fault{"frozen-unbuffered", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw,
+		append(shortPing[:len(shortPing):len(shortPing)], nats.ReconnectBufSize(-1)), true}
+
+	shortPing = []nats.Option{nats.PingInterval(200 * time.Millisecond), nats.MaxPingsOutstanding(2)}
 )
 
 // promiseFarm starts n members on a private server, each behind its own
@@ -85,7 +89,7 @@ var (
 // ends, it cuts the proxies before the nodes close.
 func promiseFarm(t *testing.T, n int, mode farm.Mode, f fault, tweakCache func(*session.Config)) ([]*farmtest.Member, *proxied, *farmtest.Options, string) {
 	t.Helper()
-	p := &proxied{srv: startNATS(t), ping: f.ping}
+	p := &proxied{srv: startNATS(t), opts: f.opts}
 	o := &farmtest.Options{NewTransport: p.transport, Mode: mode, WriteThrough: true, TweakCache: tweakCache,
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
@@ -285,11 +289,13 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 // thaws it reaches the store and n2, nothing is pending, and the session
 // resumes on no node, including n3, which joins afterwards with an empty
 // cache. Frozen for less than the client's ping timeout (the held bytes go
-// through at the thaw), and for more (the client drops the connection and
-// makes a new one after the thaw).
+// through at the thaw), and for more, the revocation made once the client
+// has dropped the connection (it makes a new one after the thaw): with
+// nats.go's reconnect buffer, and without (then only the node's retry
+// brings the revocation to the farm).
 func TestPromisesRevokeWhileHung(t *testing.T) {
 	t.Parallel()
-	for _, f := range []fault{frozen, frozenDropped} {
+	for _, f := range []fault{frozen, frozenDropped, frozenUnbuffered} {
 		t.Run(f.name, func(t *testing.T) {
 			t.Parallel()
 			ms, p, o, name := promiseFarm(t, 2, farm.Broadcast, f, nil)
@@ -300,6 +306,14 @@ func TestPromisesRevokeWhileHung(t *testing.T) {
 
 			f.down(p.proxy(0))
 			hung := time.Now()
+			if f.gap {
+				// Revoke once n1's client has given up the connection:
+				// what it sent before lands when the proxy thaws, but
+				// this must be sent again.
+				for ms[0].Bus.(*natsbus.Transport).Conn().IsConnected() {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
 			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 			st, err := ms[0].Node.RevokeSession(ctx, id)
 			cancel()
@@ -320,9 +334,10 @@ func TestPromisesRevokeWhileHung(t *testing.T) {
 
 			f.up(p.proxy(0))
 			back := time.Now()
-			farmtest.Eventually(t, 10*time.Second, "the revocation reached the store and n2, none pending", func() bool {
-				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0 &&
-					!holds(ms[1].Cache, id) && !stored(ms[1], id)
+			farmtest.Eventually(t, 10*time.Second, "the revocation reached n2", func() bool { return !holds(ms[1].Cache, id) })
+			farmtest.Eventually(t, 10*time.Second, "the revocation reached the store", func() bool { return !stored(ms[1], id) })
+			farmtest.Eventually(t, 10*time.Second, "none pending", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0
 			})
 			t.Logf("NATS hung for n1 %v; revocation applied farm-wide %v after the thaw",
 				back.Sub(hung).Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
