@@ -253,6 +253,11 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 			t.Fatalf("n2 dropped the %s session while its path was broken: the test would not show how it learns", names[i])
 		}
 	}
+	for _, i := range []int{0, 1, 3} {
+		if resumes(t, ms[0], cs[i]) {
+			t.Fatalf("the %s session resumed on n1 while n2's path was broken", names[i])
+		}
+	}
 
 	f.up(p.proxy(1))
 	back := time.Now()
