@@ -354,7 +354,7 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 		err = ctx.Err()
 	}
 	if err != nil {
-		conn.CloseDeadline(time.Now().Add(time.Second))
+		conn.CloseDeadline(time.Now().Add(closeGrace))
 		return nil, nil, b.errorf("declaring exchange", err)
 	}
 	return conn, ch, nil
@@ -367,11 +367,12 @@ func closeOnDone(ctx context.Context, conn *amqp.Connection) (stop func() bool) 
 	return context.AfterFunc(ctx, func() { conn.CloseDeadline(time.Now().Add(closeGrace)) })
 }
 
-// closeGrace is how long a connection closed because its context ended
-// waits for the broker's close-ok: a broker that answers does so in a
-// round trip, and one that has hung would otherwise hold the call that was
-// abandoned, and a node's Close behind it, for as long. (A second held a
-// probe, and Close, 1.1 s on a hung broker.)
+// closeGrace is how long a connection closed because its context ended,
+// or because a call on it failed, waits for the broker's close-ok: a
+// broker that answers does so in a round trip, and one that has hung would
+// otherwise hold the caller, and a node's Close behind it, for as long. (A
+// second held a probe, and Close, 1.1 s on a hung broker; a failed publish
+// held the publisher, and Close, 1 s.)
 const closeGrace = 100 * time.Millisecond
 
 // errorf wraps err as the bus's error for op, with the URL's password
@@ -394,7 +395,7 @@ func (b *Bus) Publish(ctx context.Context, msgs ...[]byte) error {
 		return errors.New("amqpbus: publish on a closed bus")
 	}
 	if b.pub != nil && (b.pub.conn.IsClosed() || b.pub.ch.IsClosed()) {
-		b.pub.close()
+		b.pub.drop()
 		b.pub = nil
 	}
 	if b.pub == nil {
@@ -418,7 +419,7 @@ func (b *Bus) Publish(ctx context.Context, msgs ...[]byte) error {
 		err = ctx.Err()
 	}
 	if err != nil {
-		b.pub.close()
+		b.pub.drop()
 		b.pub = nil
 		return b.errorf("publish", err)
 	}
@@ -452,8 +453,16 @@ func (p *publisher) publish(ctx context.Context, exchange string, confirm bool, 
 	return nil
 }
 
+// close closes p's connection when the Bus closes, waiting up to a second
+// for the broker's close-ok.
 func (p *publisher) close() {
 	p.conn.CloseDeadline(time.Now().Add(time.Second))
+}
+
+// drop closes p's connection after a call on it failed: the broker may
+// have hung, so it waits only closeGrace for the close-ok.
+func (p *publisher) drop() {
+	p.conn.CloseDeadline(time.Now().Add(closeGrace))
 }
 
 // errClosed is the state of a subscription on a closed Bus.
@@ -546,7 +555,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 	stop := closeOnDone(ctx, conn)
 	defer func() {
 		if stop() {
-			conn.CloseDeadline(time.Now().Add(time.Second))
+			conn.CloseDeadline(time.Now().Add(closeGrace))
 		}
 	}()
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))

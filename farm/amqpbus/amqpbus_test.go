@@ -189,3 +189,69 @@ func TestHungBrokerDoesNotHoldCallers(t *testing.T) {
 		t.Fatalf("Publish with a 300ms deadline took %v", d)
 	}
 }
+
+// TestHungConnectionReleasesCallers: once a connection is open, a broker
+// that hangs (the proxy frozen) holds Publish and Ping only until their
+// deadline, and the connection they then drop only briefly: not the
+// second a broker that answers would take at most to confirm the close.
+func TestHungConnectionReleasesCallers(t *testing.T) {
+	url := brokerURL(t)
+	addr := brokerAddr(url)
+	p := nettest.NewProxy(t, addr)
+	b, err := amqpbus.Open(strings.Replace(url, addr, p.Addr, 1), farmtest.FarmName(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleteExchangeAtEnd(t, url, b.Exchange())
+	defer b.Close()
+	defer p.Cut() // before Close, which would wait on the hung broker
+	ctx := context.Background()
+	if err := b.Publish(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const after = 200 * time.Millisecond
+	for _, c := range []struct {
+		name string
+		call func(context.Context) error
+		end  func(context.Context) (context.Context, context.CancelFunc)
+	}{
+		{"Publish, deadline", func(ctx context.Context) error { return b.Publish(ctx, []byte("y")) }, deadline},
+		{"Publish, canceled", func(ctx context.Context) error { return b.Publish(ctx, []byte("y")) }, canceled},
+		{"Ping, deadline", b.Ping, deadline},
+		{"Ping, canceled", b.Ping, canceled},
+	} {
+		// A connection open, then the broker hangs.
+		p.Thaw()
+		farmtest.Eventually(t, 5*time.Second, "a connection to the broker", func() bool {
+			return b.Publish(ctx, []byte("x")) == nil && b.Ping(ctx) == nil
+		})
+		p.Freeze()
+		cctx, cancel := c.end(ctx)
+		start := time.Now()
+		err := c.call(cctx)
+		took := time.Since(start)
+		cancel()
+		t.Logf("%s on the hung connection failed after %v: %v", c.name, took.Round(time.Millisecond), err)
+		if err == nil {
+			t.Fatalf("%s on a hung broker succeeded", c.name)
+		}
+		if took > after+400*time.Millisecond {
+			t.Errorf("%s: the call ended %v after it began on a hung broker, its context %v", c.name, took, after)
+		}
+	}
+}
+
+// deadline and canceled end ctx's child after 200 ms, by its deadline or
+// by a cancel.
+func deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 200*time.Millisecond)
+}
+
+func canceled(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(200*time.Millisecond, cancel)
+	return ctx, cancel
+}

@@ -25,7 +25,7 @@ func (b *Bus) Ping(ctx context.Context) error {
 		return errors.New("amqpbus: ping on a closed bus")
 	}
 	if b.probe != nil && (b.probe.conn.IsClosed() || b.probe.ch.IsClosed()) {
-		b.probe.close()
+		b.probe.drop()
 		b.probe = nil
 	}
 	if b.probe == nil {
@@ -41,7 +41,7 @@ func (b *Bus) Ping(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if err != nil {
-		b.probe.close()
+		b.probe.drop()
 		b.probe = nil
 		return b.errorf("ping", err)
 	}

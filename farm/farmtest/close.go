@@ -42,8 +42,13 @@ func CloseDuringOutage(t *testing.T, target string, modes []farm.Mode, nt func(a
 				m.Node.Close()
 				took := time.Since(start)
 				t.Logf("Close took %v", took.Round(time.Millisecond))
-				if took > 2*opTimeout {
-					t.Errorf("Close took %v with the transport %s, want at most %v", took, c.name, 2*opTimeout)
+				// Two OpTimeouts is the design's bound: the wait for
+				// the queues, then a write that began just before it
+				// ended and runs to its own deadline. Scheduling on a
+				// loaded machine can add a few milliseconds (1.0006 s
+				// was seen on RabbitMQ).
+				if bound := 2*opTimeout + 50*time.Millisecond; took > bound {
+					t.Errorf("Close took %v with the transport %s, want at most %v", took, c.name, bound)
 				}
 			})
 		}
