@@ -76,7 +76,7 @@ func TestLifecycleSurvivesStoreOutage(t *testing.T) {
 			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 			defer rc.Close()
 
-			ids, cs := issue(t, ms[0], 2)
+			ids, cs := farmtest.Issue(t, ms[0], 2)
 			retired, parent, retiredC, parentC := ids[0], ids[1], cs[0], cs[1]
 			waitStored(t, ms[0], retired)
 			waitStored(t, ms[0], parent)

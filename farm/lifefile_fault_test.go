@@ -4,8 +4,6 @@ import (
 	"crypto/tls"
 	"os"
 	"path/filepath"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,44 +15,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
-
-// ownSessions is newSessions for the sessions c makes in handshakes only,
-// not those it receives from peers.
-func ownSessions(c *session.Cache) func() []session.ID {
-	var mu sync.Mutex
-	var ids []session.ID
-	c.AddHook(session.EventNew, func(ev session.Event) {
-		if ev.Origin != session.OriginHandshake {
-			return
-		}
-		mu.Lock()
-		ids = append(ids, ev.ID)
-		mu.Unlock()
-	})
-	return func() []session.ID {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(ids)
-	}
-}
-
-// issue has one new TLS 1.3 client per session handshake with m, in
-// order, and returns the sessions m issued them and the clients, which
-// hold their tickets.
-func issue(t *testing.T, m *farmtest.Member, n int) ([]session.ID, []*tlstest.FrozenCache) {
-	t.Helper()
-	ids := ownSessions(m.Cache)
-	cs := make([]*tlstest.FrozenCache, n)
-	for i := range cs {
-		cs[i] = &tlstest.FrozenCache{}
-		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[i]))
-	}
-	got := ids()
-	if len(got) != n {
-		t.Fatalf("%s issued %d sessions for %d handshakes", m.Name, len(got), n)
-	}
-	return got, cs
-}
 
 // TestLifecycleSurvivesRestartStoreFaults is TestLifecycleSurvivesRestart
 // with the two other store faults. n1 retires a session and resumes
@@ -104,9 +64,9 @@ func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
 					return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
 				}
 
-				ids, cs := issue(t, ms[0], 2)
+				ids, cs := farmtest.Issue(t, ms[0], 2)
 				retired, parent, retiredC, parentC := ids[0], ids[1], cs[0], cs[1]
-				ids, cs = issue(t, ms[1], 1)
+				ids, cs = farmtest.Issue(t, ms[1], 1)
 				control, controlC := ids[0], cs[0]
 				for _, id := range []session.ID{retired, parent, control} {
 					waitStored(t, ms[0], id)

@@ -294,7 +294,7 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, o cutOptions) {
 	const grace = 2 * time.Second
 	ms, cuts, rc := cutFarm(t, 2, grace, o)
 	n1, n2 := ms[0], ms[1]
-	ids, cs := issue(t, n1, 3)
+	ids, cs := farmtest.Issue(t, n1, 3)
 	retired, parent, kept := ids[0], ids[1], ids[2]
 	retiredC, parentC, keptC := cs[0], cs[1], cs[2]
 	if o.mode == farm.StoreOnly {

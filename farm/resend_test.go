@@ -38,7 +38,7 @@ func TestResendHeldOnRequest(t *testing.T) {
 			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)), Mode: mode, WriteThrough: true})
 			farmtest.WaitConnected(t, ms...)
 			n1, n2 := ms[0], ms[1]
-			ids := ownSessions(n1.Cache)
+			ids := farmtest.HandshakeSessions(n1.Cache)
 			c := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
 			id := ids()[0]
@@ -198,9 +198,9 @@ func TestWriteBackWaitsForResend(t *testing.T) {
 				return ttl, ttl >= 0
 			}
 
-			ids, cs := issue(t, n1, 2)
+			ids, cs := farmtest.Issue(t, n1, 2)
 			retired, parent, retiredC := ids[0], ids[1], cs[0]
-			ids, cs = issue(t, n2, 1)
+			ids, cs = farmtest.Issue(t, n2, 1)
 			control, controlC := ids[0], cs[0]
 			for _, id := range []session.ID{retired, parent, control} {
 				waitStored(t, n1, id)
@@ -349,7 +349,7 @@ func TestCloseDuringWriteBackWait(t *testing.T) {
 	g := n1.Store.(*deafGate)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
-	ids := ownSessions(n1.Cache)
+	ids := farmtest.HandshakeSessions(n1.Cache)
 	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	waitStored(t, n1, ids()[0])
 	farmtest.Eventually(t, 5*time.Second, "n1 knows the store's generation", func() bool {

@@ -101,7 +101,7 @@ func startTallyPair(t *testing.T, nt func(testing.TB, string) (transport.Bus, tr
 		}}
 	ms, _ := farmtest.Start(t, 2, o)
 	p := &tallyPair{n1: ms[0], n2: ms[1]}
-	ids, cs := issue(t, p.n1, 2)
+	ids, cs := farmtest.Issue(t, p.n1, 2)
 	p.retired, p.control, p.retiredC, p.controlC = ids[0], ids[1], cs[0], cs[1]
 	farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
 		_, a := lookup(p.n2.Cache, p.retired)

@@ -45,7 +45,7 @@ func TestOutageOfKeptQueueOpenSSL(t *testing.T) {
 					out := tlstest.OpenSSL(t, m.Server.Addr, tv, "-servername", "localhost", "-sess_in", sess)
 					return strings.Contains(out, "Reused, ")
 				}
-				ids := handshakeIDs(n1.Cache)
+				ids := farmtest.HandshakeSessions(n1.Cache)
 				save := func() (string, session.ID) {
 					sess := tlstest.SessionFile(t)
 					before := len(ids())

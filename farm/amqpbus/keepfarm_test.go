@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,25 +16,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
-
-// handshakeIDs returns a function that lists the sessions handshakes
-// issued on c so far.
-func handshakeIDs(c *session.Cache) func() []session.ID {
-	var mu sync.Mutex
-	var ids []session.ID
-	c.AddHook(session.EventNew, func(ev session.Event) {
-		if ev.Origin == session.OriginHandshake {
-			mu.Lock()
-			ids = append(ids, ev.ID)
-			mu.Unlock()
-		}
-	})
-	return func() []session.ID {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]session.ID(nil), ids...)
-	}
-}
 
 // expiry returns when c's copy of session id expires, and whether c holds
 // it (Cut to a later time changes nothing).
@@ -79,7 +59,7 @@ func TestOutageOfKeptQueue(t *testing.T) {
 			})
 			m2, holds := countersOf(n2), holderOf(n2)
 
-			ids := handshakeIDs(n1.Cache)
+			ids := farmtest.HandshakeSessions(n1.Cache)
 			retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 			for _, c := range []*tlstest.FrozenCache{retiredC, parentC, keptC} {
 				tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))

@@ -37,7 +37,7 @@ func TestOutageLongerThanMaxAge(t *testing.T) {
 			m2, holds := countersOf(n2), holderOf(n2)
 			heldAsReceived := func() uint64 { return m2("tlsfarm_farm_lazy_sessions") }
 
-			ids := handshakeIDs(n1.Cache)
+			ids := farmtest.HandshakeSessions(n1.Cache)
 			retiredC, parentC, keptC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 			for _, c := range []*tlstest.FrozenCache{retiredC, parentC, keptC} {
 				tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))

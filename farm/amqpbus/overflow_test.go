@@ -218,7 +218,7 @@ func TestQueueOverflowWhileConnected(t *testing.T) {
 			m1, m2, holds := countersOf(n1), countersOf(n2), holderOf(n2)
 			joined := b1.publishedCount() // n2's queue may miss what came before
 
-			ids := handshakeIDs(n1.Cache)
+			ids := farmtest.HandshakeSessions(n1.Cache)
 			retiredC, controlC := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, retiredC))
 			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, controlC))

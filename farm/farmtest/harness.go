@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,4 +233,43 @@ func NoHandshakeErrors(t testing.TB, ms []*Member) {
 func Counter(samples []metric.Sample, name string, labels ...string) uint64 {
 	v, _ := metric.Value(samples, name, labels...)
 	return uint64(v)
+}
+
+// HandshakeSessions records the sessions c issues in handshakes (not those
+// it receives from peers); the function it returns reads them, oldest
+// first.
+func HandshakeSessions(c *session.Cache) func() []session.ID {
+	var mu sync.Mutex
+	var ids []session.ID
+	c.AddHook(session.EventNew, func(ev session.Event) {
+		if ev.Origin != session.OriginHandshake {
+			return
+		}
+		mu.Lock()
+		ids = append(ids, ev.ID)
+		mu.Unlock()
+	})
+	return func() []session.ID {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(ids)
+	}
+}
+
+// Issue has one new TLS 1.3 client per session handshake with m, in order,
+// and returns the sessions m issued them and the clients, which hold their
+// tickets. It fails the test unless each handshake issued one session.
+func Issue(t testing.TB, m *Member, n int) ([]session.ID, []*tlstest.FrozenCache) {
+	t.Helper()
+	ids := HandshakeSessions(m.Cache)
+	cs := make([]*tlstest.FrozenCache, n)
+	for i := range cs {
+		cs[i] = &tlstest.FrozenCache{}
+		tlstest.MustDial(t, m.Server.Addr, Client(tls.VersionTLS13, cs[i]))
+	}
+	got := ids()
+	if len(got) != n {
+		t.Fatalf("%s issued %d sessions for %d handshakes", m.Name, len(got), n)
+	}
+	return got, cs
 }

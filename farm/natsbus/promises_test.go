@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -106,42 +105,6 @@ func promiseFarm(t *testing.T, n int, mode farm.Mode, f fault, tweakCache func(*
 	return ms, p, o, name
 }
 
-// handshakeSessions records the sessions m's cache issues in handshakes.
-func handshakeSessions(c *session.Cache) func() []session.ID {
-	var mu sync.Mutex
-	var ids []session.ID
-	c.AddHook(session.EventNew, func(ev session.Event) {
-		if ev.Origin != session.OriginHandshake {
-			return
-		}
-		mu.Lock()
-		ids = append(ids, ev.ID)
-		mu.Unlock()
-	})
-	return func() []session.ID {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(ids)
-	}
-}
-
-// issueOn has one new TLS 1.3 client per session handshake with m and
-// returns the sessions m issued them, in order, and the clients.
-func issueOn(t *testing.T, m *farmtest.Member, n int) ([]session.ID, []*tlstest.FrozenCache) {
-	t.Helper()
-	ids := handshakeSessions(m.Cache)
-	cs := make([]*tlstest.FrozenCache, n)
-	for i := range cs {
-		cs[i] = &tlstest.FrozenCache{}
-		tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[i]))
-	}
-	got := ids()
-	if len(got) != n {
-		t.Fatalf("%s issued %d sessions for %d handshakes", m.Name, len(got), n)
-	}
-	return got, cs
-}
-
 // holds reports whether c holds id (without touching it).
 func holds(c *session.Cache, id session.ID) bool {
 	for got := range c.Expiries() {
@@ -204,7 +167,7 @@ func TestPromisesRetireWhilePartitioned(t *testing.T) {
 
 func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 	ms, p, _, _ := promiseFarm(t, 2, mode, f, nil)
-	ids, cs := issueOn(t, ms[0], 3)
+	ids, cs := farmtest.Issue(t, ms[0], 3)
 	names := []string{"retired", "revoked", "control"}
 	for i, id := range ids {
 		farmtest.Eventually(t, 5*time.Second, names[i]+" session stored", func() bool { return stored(ms[0], id) })
@@ -216,7 +179,7 @@ func retireWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 	// The session to revoke resumes on n2, which issues a child of it (of
 	// its resumption chain): n2 holds it and so does the store, and
 	// nothing but the revocation's tombstone says it must go.
-	newOnN2 := handshakeSessions(ms[1].Cache)
+	newOnN2 := farmtest.HandshakeSessions(ms[1].Cache)
 	child := &tlstest.FrozenCache{}
 	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, handoff{cs[1], child})).DidResume {
 		t.Fatal("the session to revoke did not resume on n2")
@@ -304,7 +267,7 @@ func TestPromisesRevokeWhileHung(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			t.Parallel()
 			ms, p, o, name := promiseFarm(t, 2, farm.Broadcast, f, nil)
-			ids, cs := issueOn(t, ms[0], 1)
+			ids, cs := farmtest.Issue(t, ms[0], 1)
 			id, c := ids[0], cs[0]
 			farmtest.Eventually(t, 5*time.Second, "the session stored", func() bool { return stored(ms[0], id) })
 			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool { return holds(ms[1].Cache, id) })
@@ -392,7 +355,7 @@ func singleUseWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 		}
 		return ok
 	}
-	ids, before := issueOn(t, ms[0], 1)
+	ids, before := farmtest.Issue(t, ms[0], 1)
 	farmtest.Eventually(t, 5*time.Second, "the first session stored", func() bool { return stored(ms[0], ids[0]) })
 	if mode == farm.Broadcast {
 		farmtest.Eventually(t, 5*time.Second, "n2 holds a copy of the first session", func() bool { return holds(ms[1].Cache, ids[0]) })
@@ -400,7 +363,7 @@ func singleUseWhilePartitioned(t *testing.T, f fault, mode farm.Mode) {
 
 	f.down(p.proxy(1))
 	disconnected(t, ms[1])
-	ids2, during := issueOn(t, ms[0], 1)
+	ids2, during := farmtest.Issue(t, ms[0], 1)
 	farmtest.Eventually(t, 5*time.Second, "the second session stored", func() bool { return stored(ms[0], ids2[0]) })
 	for range 3 {
 		if try(ms[1], 0, before[0]) || try(ms[1], 1, during[0]) {
