@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"os"
-	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -85,23 +83,6 @@ func natsBusRedisStoreWith(natsURL, redisURL string, opts *natsbus.Options) func
 
 // redisOf returns the Redis transport of m, made by redisTransport.
 func redisOf(m *farmtest.Member) *redisbus.Transport { return m.Bus.(*redisbus.Transport) }
-
-// newSessions records the IDs of the sessions that c makes; the function
-// it returns reads them, oldest first.
-func newSessions(c *session.Cache) func() []session.ID {
-	var mu sync.Mutex
-	var ids []session.ID
-	c.AddHook(session.EventNew, func(ev session.Event) {
-		mu.Lock()
-		ids = append(ids, ev.ID)
-		mu.Unlock()
-	})
-	return func() []session.ID {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(ids)
-	}
-}
 
 // TestPeerSessionResumesOnOtherNode is the farm's purpose: a client that a
 // load balancer sends to a random node each time, reconnecting at once,
@@ -208,7 +189,7 @@ func TestRevocationSpreads(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			o := farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true}
 			ms, name := farmtest.Start(t, 3, &o)
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 			// Resume it on B and C first, so they hold it (broadcast or lookup).
@@ -248,7 +229,7 @@ func TestRevocationSpreads(t *testing.T) {
 func TestPeersCutResumedSessions(t *testing.T) {
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url)})
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	ccfg := farmtest.Client(tls.VersionTLS13, tls.NewLRUClientSessionCache(1))
 	tlstest.MustDial(t, ms[0].Server.Addr, ccfg)
 	if !tlstest.MustDial(t, ms[0].Server.Addr, ccfg).DidResume {

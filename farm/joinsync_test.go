@@ -71,7 +71,7 @@ func revokedFarm(t *testing.T, o *farmtest.Options) (n1 *farmtest.Member, name s
 	t.Helper()
 	ms, name := farmtest.Start(t, 1, o)
 	n1 = ms[0]
-	ids := newSessions(n1.Cache)
+	ids := farmtest.NewSessions(n1.Cache)
 	revoked = farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
 	kept = farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{})
 	tlstest.MustDial(t, n1.Server.Addr, revoked)

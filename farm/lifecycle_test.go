@@ -38,7 +38,7 @@ func waitStored(t *testing.T, m *farmtest.Member, id session.ID) {
 // cache that holds it.
 func resumeOnce(t *testing.T, ms []*farmtest.Member, v uint16) (session.ID, *tlstest.FrozenCache) {
 	t.Helper()
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(v, frozen))
 	waitStored(t, ms[0], ids()[0])
@@ -122,7 +122,7 @@ func TestSingleUseOpenSSL(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true,
 				TweakCache: singleUse, CloseServer: true})
 			sess := tlstest.SessionFile(t)
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			out := tlstest.OpenSSL(t, ms[0].Server.Addr, tv, "-servername", "localhost", "-sess_out", sess)
 			if len(ids()) == 0 {
 				t.Fatalf("no session issued: %s", out)
@@ -154,7 +154,7 @@ func TestSingleUseConcurrentAcrossNodes(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true, TweakCache: singleUse})
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))
 			id := ids()[0]
@@ -198,7 +198,7 @@ func TestConsumeExactlyOnce(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true})
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	id := ids()[0]
 	waitStored(t, ms[0], id)
@@ -254,7 +254,7 @@ func TestGraceCutFarmWide(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true,
 				TweakCache: func(c *session.Config) { c.ResumeGrace = grace }})
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 			waitStored(t, ms[0], ids()[0])
@@ -310,7 +310,7 @@ func TestBoundedChildrenFarm(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true})
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS12, frozen))
 			waitStored(t, ms[0], ids()[0])
@@ -365,7 +365,7 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			srv := redistest.Start(t)
 			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
 				Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 			id := ids()[0]
@@ -453,7 +453,7 @@ func TestConsumeRefusesForeignValue(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(url)})
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	id := ids()[0]
 	waitStored(t, ms[0], id)
@@ -465,7 +465,7 @@ func TestConsumeRefusesForeignValue(t *testing.T) {
 	if ok, err := ms[0].Node.Consume(t.Context(), id); !ok || err != nil {
 		t.Fatalf("Consume of the stored session = %t, %v; want true", ok, err)
 	}
-	other := newSessions(ms[0].Cache)
+	other := farmtest.NewSessions(ms[0].Cache)
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	otherID := other()[0]
 	waitStored(t, ms[0], otherID)

@@ -154,7 +154,7 @@ func TestLifecycleSurvivesBusOutage(t *testing.T) {
 			return d, store
 		},
 		Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 	id := ids()[0]

@@ -44,7 +44,7 @@ func TestLifecycleSurvivesRestartOpenSSL(t *testing.T) {
 					TweakCache:   func(c *session.Config) { c.ResumeGrace = grace; c.Lifetime = lifetime },
 					Tweak:        restartTweak(file)}
 				ms, name := farmtest.Start(t, 2, o)
-				ids := newSessions(ms[0].Cache)
+				ids := farmtest.NewSessions(ms[0].Cache)
 				save := func() (string, session.ID) {
 					sess := tlstest.SessionFile(t)
 					before := len(ids())

@@ -34,7 +34,7 @@ func busOnly(url string) func(testing.TB, string) (transport.Bus, transport.Stor
 func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: busOnly(url), Tweak: func(c *farm.Config) { c.LazyPeers = true }})
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 	id := ids()[0]

@@ -392,7 +392,7 @@ func TestReconcileKeepsUnwrittenSessions(t *testing.T) {
 	t.Parallel()
 	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
 	n1, n2 := ms[0], ms[1]
-	ids := newSessions(n2.Cache)
+	ids := farmtest.NewSessions(n2.Cache)
 
 	cuts[1].Cut()
 	farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
@@ -433,7 +433,7 @@ func TestLazyPeerRefusesRetired(t *testing.T) {
 	t.Parallel()
 	ms, _, _ := cutFarm(t, 2, 5*time.Second, cutOptions{lazy: true})
 	n1, n2 := ms[0], ms[1]
-	ids := newSessions(n1.Cache)
+	ids := farmtest.NewSessions(n1.Cache)
 	c := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
 	id := ids()[0]
@@ -458,7 +458,7 @@ func TestReconcilePages(t *testing.T) {
 	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
 	n1, n2 := ms[0], ms[1]
 	n2.Node.SetReconcilePage(4)
-	ids := newSessions(n1.Cache)
+	ids := farmtest.NewSessions(n1.Cache)
 	const total = 14
 	for range total {
 		tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
@@ -517,7 +517,7 @@ func TestReconcileRetriesAfterStoreError(t *testing.T) {
 	t.Parallel()
 	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
 	n1, n2 := ms[0], ms[1]
-	ids := newSessions(n1.Cache)
+	ids := farmtest.NewSessions(n1.Cache)
 	c := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
 	id := ids()[0]
@@ -561,7 +561,7 @@ func TestReconcileGivesUpOnStoreLoss(t *testing.T) {
 	t.Parallel()
 	ms, cuts, rc := cutFarm(t, 2, 5*time.Second, cutOptions{})
 	n1, n2 := ms[0], ms[1]
-	ids := newSessions(n1.Cache)
+	ids := farmtest.NewSessions(n1.Cache)
 	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	id := ids()[0]
 	farmtest.Eventually(t, 5*time.Second, "n2 holds n1's session and knows the store's generation", func() bool {

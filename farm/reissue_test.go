@@ -75,7 +75,7 @@ func TestReissuedTicketOpenSSL(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true, CloseServer: true})
 			issued := issuedHere(ms)
-			ids := newSessions(ms[0].Cache)
+			ids := farmtest.NewSessions(ms[0].Cache)
 			sess := tlstest.SessionFile(t)
 			resumed := func(m *farmtest.Member, args ...string) bool {
 				args = append([]string{"-tls1_2", "-servername", "localhost", "-sess_in", sess}, args...)
@@ -126,7 +126,7 @@ func TestReissuedTicketThroughStoreRestart(t *testing.T) {
 	o := farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
 		Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }}
 	ms, name := farmtest.Start(t, 3, &o)
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	shared := &tlstest.SharedCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS12, shared))
 	id := ids()[0]

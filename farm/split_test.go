@@ -32,7 +32,7 @@ func TestRecordsAndCoordFromSeparateValues(t *testing.T) {
 	}
 	o := farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, WriteThrough: true, Tweak: split}
 	ms, name := farmtest.Start(t, 2, &o)
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
 	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
@@ -106,7 +106,7 @@ func TestCoordOnlyKeepsRevocations(t *testing.T) {
 	coordOnly := func(cfg *farm.Config) { cfg.Coord, cfg.Store = cfg.Store, nil }
 	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: coordOnly}
 	ms, _ := farmtest.Start(t, 2, &o)
-	ids := newSessions(ms[0].Cache)
+	ids := farmtest.NewSessions(ms[0].Cache)
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, &tlstest.FrozenCache{}))
 	if ok, err := ms[0].Node.Revoke(context.Background(), ids()[0]); err != nil || !ok {
 		t.Fatalf("Revoke = %t, %v", ok, err)

@@ -239,10 +239,20 @@ func Counter(samples []metric.Sample, name string, labels ...string) uint64 {
 // it receives from peers); the function it returns reads them, oldest
 // first.
 func HandshakeSessions(c *session.Cache) func() []session.ID {
+	return recordSessions(c, true)
+}
+
+// NewSessions records every session c inserts, from handshakes and from
+// peers alike; the function it returns reads them, oldest first.
+func NewSessions(c *session.Cache) func() []session.ID {
+	return recordSessions(c, false)
+}
+
+func recordSessions(c *session.Cache, handshakesOnly bool) func() []session.ID {
 	var mu sync.Mutex
 	var ids []session.ID
 	c.AddHook(session.EventNew, func(ev session.Event) {
-		if ev.Origin != session.OriginHandshake {
+		if handshakesOnly && ev.Origin != session.OriginHandshake {
 			return
 		}
 		mu.Lock()
