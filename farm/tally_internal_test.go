@@ -26,12 +26,10 @@ type simDelivery struct {
 func simulate(r *rand.Rand, n int, iv time.Duration, fail bool, from time.Duration, drop func(sealed time.Duration) bool) []simDelivery {
 	const epoch = 1_700_000_000 * time.Second
 	type ev struct {
-		at     time.Duration
-		kind   int // 0 begin, 1 end, 2 tally
-		i      int
-		ok     bool
-		msg    []byte
-		sealed time.Duration
+		at   time.Duration
+		kind int // 0 begin, 1 end, 2 tally
+		ok   bool
+		msg  []byte
 	}
 	envelope := func(sealed time.Duration) []byte {
 		b := make([]byte, 13)
