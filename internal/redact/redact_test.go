@@ -32,6 +32,7 @@ func TestPasswords(t *testing.T) {
 // TestURLErrorDropsTheURL: url.Parse quotes the whole URL, password and
 // all, in its error; URLError keeps only the reason.
 func TestURLErrorDropsTheURL(t *testing.T) {
+	//lint:ignore SA1007 the URL is invalid on purpose: its parse error is the subject
 	_, err := url.Parse("amqp://user:hunter2@host:port/")
 	if err == nil || !strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("url.Parse error %v: want one that quotes the password", err)
