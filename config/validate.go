@@ -145,6 +145,12 @@ func (c *Config) checkCache() error {
 func (c *Config) checkFarm() error {
 	f := &c.Farm
 	if f.URL == "" {
+		if f.Strict {
+			// Strict promises no start without the farm: without a farm
+			// URL (an empty variable counts as unset) the node would
+			// serve alone, and pass /readyz.
+			return c.problem("farm.strict", "is set, but farm.url is not: a strict node must join a farm")
+		}
 		return nil
 	}
 	scheme, err := checkFarmURL(f.URL)
