@@ -127,6 +127,9 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if o.keep, err = strconv.Atoi(*keep); err != nil || o.keep < 1 || o.keep > 16 {
 		return fail("-ticket-keep %q: want 1 to 16", *keep)
 	}
+	if o.onChangeTimeout <= 0 {
+		return fail("-on-change-timeout %v: must be positive", o.onChangeTimeout)
+	}
 	switch {
 	case o.farmURL == "":
 		return fail("-farm URL is required: the agent joins a farm's key rotation")

@@ -37,6 +37,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"unknown format", append([]string{"-export", "apache:/x"}, base...), "unknown format"},
 		{"world-writable directory", append([]string{"-export", "nginx:" + open}, base...), "group or by other users"},
 		{"bad log format", append([]string{"-log-format", "xml", "-export", "nginx:" + dir}, base...), "want text or json"},
+		{"negative on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "-5s", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
+		{"zero on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "0", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
 		{"missing directory", append([]string{"-export", "file:" + filepath.Join(dir, "nope", "k.json")}, base...), "no such file"},
 	}
 	for _, tt := range tests {
