@@ -355,6 +355,10 @@ func TestKeygenWritesOwnerOnlyAndNeverOverwrites(t *testing.T) {
 	if code, _, _ := runCmd(t, []string{"keygen"}); code == 0 {
 		t.Error("keygen without -out succeeded")
 	}
+	// -h is a request for help, as for the other commands, not an error.
+	if code, _, errs := runCmd(t, []string{"keygen", "-h"}); code != 0 || !strings.Contains(errs, "-out") {
+		t.Errorf("keygen -h: exit %d, %q; want 0 and the flags", code, errs)
+	}
 }
 
 // TestKeygenLeavesNoFileOnFailure: a keygen that cannot write the secret
