@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -235,6 +236,10 @@ func (c *Config) checkAdmin() error {
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
+	// A pipe or a device would block the start, or a reload, or never end.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
 	b, err := secretfile.Read(path)
 	if err != nil {
 		return "", err

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,5 +225,32 @@ func TestShortRotationAccepted(t *testing.T) {
 	}
 	if c.Tickets.RotationInterval != time.Second {
 		t.Errorf("rotation interval %v", c.Tickets.RotationInterval)
+	}
+}
+
+// TestTokenFileNotAPipe: an admin token file that is a named pipe (mode
+// 0600) is refused at once, as a farm secret file that is one is: reading
+// it would block the start, or a reload, until something writes to it.
+func TestTokenFileNotAPipe(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "admin.token")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip("no named pipes here:", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Load("serve", []string{"-admin-token-file", fifo}, env(nil), io.Discard)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "admin.token_file") || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Load = %v; want admin.token_file refused, not a regular file", err)
+		}
+	case <-time.After(5 * time.Second):
+		// Unblock the reader, so that the test ends.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("Load still reads the named pipe after 5s")
 	}
 }
