@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -145,6 +146,12 @@ func (c *Config) checkCache() error {
 func (c *Config) checkFarm() error {
 	f := &c.Farm
 	if f.URL == "" {
+		if f.Strict {
+			// Strict promises no start without the farm: without a farm
+			// URL (an empty variable counts as unset) the node would
+			// serve alone, and pass /readyz.
+			return c.problem("farm.strict", "is set, but farm.url is not: a strict node must join a farm")
+		}
 		return nil
 	}
 	scheme, err := checkFarmURL(f.URL)
@@ -229,6 +236,10 @@ func (c *Config) checkAdmin() error {
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
+	// A pipe or a device would block the start, or a reload, or never end.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
 	b, err := secretfile.Read(path)
 	if err != nil {
 		return "", err

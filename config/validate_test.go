@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -112,6 +113,10 @@ func TestBadInput(t *testing.T) {
 		{"unknown top-level key", "listen: 1.2.3.4:5\n", nil, nil,
 			[]string{"line 1", `unknown setting "listen"`}},
 		{"key given twice", "node: a\nnode: b\n", nil, nil, []string{"line 2", "given twice"}},
+		{"second YAML document", "node: a\n---\nfarm:\n  url: redis://127.0.0.1:6379\n", nil, nil,
+			[]string{"line 3", "second YAML document"}},
+		{"second YAML document after an empty one", "---\n---\nnode: b\n", nil, nil,
+			[]string{"second YAML document"}},
 		{"bad duration in file", "limits:\n  idle_timeout: 2x\n", nil, nil,
 			[]string{"line 2", "limits.idle_timeout", `"2x" is not a duration`}},
 		{"bad duration in env", "", nil, map[string]string{"TLSFARM_HANDSHAKE_TIMEOUT": "soon"},
@@ -123,6 +128,9 @@ func TestBadInput(t *testing.T) {
 		{"bad farm URL scheme", "", []string{"-farm", "http://x:1", "-farm-secret", short}, nil,
 			[]string{"farm.url", `unsupported scheme "http"`}},
 		{"farm URL without host", "", []string{"-farm", "redis://"}, nil, []string{"farm.url", "no host"}},
+		{"strict without a farm", "", []string{"-strict"}, nil, []string{"farm.strict (flag -strict)", "farm.url"}},
+		{"strict without a farm, from the environment", "", nil, map[string]string{"TLSFARM_FARM_STRICT": "true", "TLSFARM_FARM_URL": ""},
+			[]string{"farm.strict ($TLSFARM_FARM_STRICT)", "farm.url"}},
 		{"farm without secret", "", []string{"-farm", "redis://127.0.0.1:6379"}, nil, []string{"farm.secret_file", "is required"}},
 		{"secret too short", "", []string{"-farm", "redis://127.0.0.1:6379", "-farm-secret", short}, nil,
 			[]string{"farm.secret_file", "16 bytes, need at least 32"}},
@@ -217,5 +225,32 @@ func TestShortRotationAccepted(t *testing.T) {
 	}
 	if c.Tickets.RotationInterval != time.Second {
 		t.Errorf("rotation interval %v", c.Tickets.RotationInterval)
+	}
+}
+
+// TestTokenFileNotAPipe: an admin token file that is a named pipe (mode
+// 0600) is refused at once, as a farm secret file that is one is: reading
+// it would block the start, or a reload, until something writes to it.
+func TestTokenFileNotAPipe(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "admin.token")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip("no named pipes here:", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Load("serve", []string{"-admin-token-file", fifo}, env(nil), io.Discard)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "admin.token_file") || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Load = %v; want admin.token_file refused, not a regular file", err)
+		}
+	case <-time.After(5 * time.Second):
+		// Unblock the reader, so that the test ends.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("Load still reads the named pipe after 5s")
 	}
 }

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"regexp"
@@ -18,9 +20,24 @@ func (c *Config) readFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	// A file holds one YAML document: settings in a second one would
+	// otherwise be ignored without a word.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc, more yaml.Node
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
 		return syntaxError(path, err)
+	}
+	for {
+		err := dec.Decode(&more)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return syntaxError(path, err)
+		}
+		if n := more.Content; len(n) > 0 && (n[0].Kind != yaml.ScalarNode || n[0].Tag != "!!null" || n[0].Value != "") {
+			return fmt.Errorf("config file %s line %d: a second YAML document; put every setting in one", path, more.Content[0].Line)
+		}
 	}
 	if len(doc.Content) == 0 {
 		return nil // an empty file sets nothing

@@ -139,11 +139,20 @@ func WriteSecretFile(path string, secrets ...Secret) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(formatSecrets(secrets...)); err != nil {
-		f.Close()
+	// A file that is not whole is no secret, and would make the next
+	// attempt refuse to overwrite it: remove it on any failure.
+	_, err = f.Write(formatSecrets(secrets...))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
 		return err
 	}
-	return f.Close()
+	return nil
 }
 
 // farmKeys holds the keys derived from the farm's secrets: the AEADs that

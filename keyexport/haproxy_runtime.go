@@ -108,8 +108,9 @@ func (rt *HAProxyRuntime) push(ctx context.Context, key string) error {
 		return err
 	}
 	if !strings.Contains(out, "TLS ticket key updated") {
-		// Never let the key reach an error message, should HAProxy echo it.
-		return fmt.Errorf("set ssl tls-key %s: %s", rt.ID, strings.ReplaceAll(firstLine(out), key, "<key>"))
+		// Never let the key reach an error message, should HAProxy echo it:
+		// mask it before the line is cut short, which could cut it too.
+		return fmt.Errorf("set ssl tls-key %s: %s", rt.ID, firstLineMasked(strings.ReplaceAll(out, key, "<key>")))
 	}
 	return nil
 }

@@ -1,9 +1,12 @@
 package keyexport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -156,5 +159,45 @@ func TestShowTLSKeysErrorHidesKeys(t *testing.T) {
 	}
 	if _, err := parseShowTLSKeys("'show tls-keys' unable to locate referenced filename\n"); err == nil || !strings.Contains(err.Error(), "unable to locate referenced filename") {
 		t.Errorf("HAProxy's message is lost: %v", err)
+	}
+}
+
+// TestPushErrorHidesKey: when HAProxy's runtime API refuses a key and its
+// answer repeats the key, the error shows the answer without any part of
+// the key, wherever in the line the key stands (here it crosses the 200th
+// byte, where the error's line is cut short). The runtime API is a Unix
+// socket that answers one command per connection, as HAProxy's does.
+func TestPushErrorHidesKey(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xa7}, 80))
+	for _, prefix := range []string{"", strings.Repeat("x", 150)} {
+		sock := filepath.Join(t.TempDir(), "admin.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				f := strings.Fields(line)
+				io.WriteString(c, "'set ssl tls-key' refused "+prefix+" "+f[len(f)-1]+" (not a key)\n")
+				c.Close()
+			}
+		}()
+		rt := &HAProxyRuntime{Socket: sock, ID: "/run/h/keys"}
+		err = rt.push(context.Background(), key)
+		ln.Close()
+		if err == nil {
+			t.Fatal("a refused key counted as pushed")
+		}
+		if !strings.Contains(err.Error(), "refused") {
+			t.Errorf("HAProxy's answer is lost: %v", err)
+		}
+		if strings.Contains(err.Error(), key[:16]) || strings.Contains(err.Error(), key[len(key)-40:]) {
+			t.Errorf("the error shows part of the key: %v", err)
+		}
 	}
 }

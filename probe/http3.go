@@ -118,9 +118,14 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 			return result{failure: FailRequest}
 		}
 	}
+	// The stream watches no context: bound the answer by the connection's
+	// deadline, and end the wait at once if ctx ends.
+	deadline, _ := cctx.Deadline()
+	str.SetReadDeadline(deadline)
+	defer context.AfterFunc(ctx, func() { str.SetReadDeadline(time.Unix(1, 0)) })()
 	resp, err := str.ReadResponse()
 	if err != nil {
-		return result{failure: FailRequest}
+		return result{failure: requestFailure(err)}
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()

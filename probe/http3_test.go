@@ -3,10 +3,16 @@ package probe_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/tlsfarm/tlsfarm/probe"
 	"github.com/tlsfarm/tlsfarm/proxy"
@@ -74,5 +80,65 @@ func TestHTTP3ResumesWithEarlyData(t *testing.T) {
 	rep.WriteTable(&b)
 	if !strings.Contains(b.String(), "HTTP/3 over QUIC") || !strings.Contains(b.String(), "0-RTT") {
 		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// TestHTTP3TimeoutBoundsTheAnswer: an HTTP/3 server that completes the
+// handshake but never answers the request fails the connection within
+// Config.Timeout (a timeout), as over TCP; the probe does not wait for
+// QUIC's idle timeout, or forever for a server that keeps the connection
+// alive.
+func TestHTTP3TimeoutBoundsTheAnswer(t *testing.T) {
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	srv := &http3.Server{
+		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			<-release // never answers while the probe runs
+		}),
+		// The server keeps the connection alive, as a busy one would.
+		QUICConfig: &quic.Config{KeepAlivePeriod: 100 * time.Millisecond},
+	}
+	go srv.Serve(udp)
+	t.Cleanup(func() {
+		close(release)
+		srv.Close()
+		udp.Close()
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	start := time.Now()
+	type outcome struct {
+		rep *probe.Report
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		rep, err := probe.Run(context.Background(), probe.Config{
+			Targets: []string{udp.LocalAddr().String()}, ServerName: "localhost", RootCAs: roots,
+			Connections: 1, HTTP3: true, Timeout: 500 * time.Millisecond,
+		}, nil)
+		done <- outcome{rep, err}
+	}()
+	select {
+	case o := <-done:
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("the run took %v with a timeout of 500ms", took)
+		}
+		if tot := o.rep.Total; tot.Failed != 1 || tot.Errors[probe.FailTimeout] != 1 {
+			t.Errorf("full %d, resumed %d, failed %d (%v); want one timeout", tot.Full, tot.Resumed, tot.Failed, tot.Errors)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the probe still waits for an answer after 10s, with a timeout of 500ms")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +16,9 @@ func keygen(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "", "`file` to write the secret to (required; never overwritten)")
 	id := fs.Uint("id", 0, "secret `ID`, 0-255: give a new secret a new ID when replacing a farm's secret")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	switch {

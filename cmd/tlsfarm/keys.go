@@ -87,7 +87,9 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	fs.SetOutput(stderr)
 	host, _ := os.Hostname()
 	fs.StringVar(&o.node, "node", envDefault(getenv, "node", host), "name of this agent in logs and the farm ($TLSFARM_NODE)")
-	fs.StringVar(&o.farmURL, "farm", envDefault(getenv, "farm.url", ""), "farm transport `URL` with a store: redis://, rediss:// or nats:// ($TLSFARM_FARM_URL)")
+	// The farm URL may hold a password: $TLSFARM_FARM_URL applies after
+	// parsing, so that -h never prints it as the flag's default.
+	fs.StringVar(&o.farmURL, "farm", "", "farm transport `URL` with a store: redis://, rediss:// or nats:// ($TLSFARM_FARM_URL)")
 	fs.StringVar(&o.farmName, "farm-name", envDefault(getenv, "farm.name", "tlsfarm"), "farm `name` ($TLSFARM_FARM_NAME)")
 	fs.StringVar(&o.secretFile, "farm-secret", envDefault(getenv, "farm.secret_file", ""), "farm secret `file` (made by tlsfarm keygen) ($TLSFARM_FARM_SECRET_FILE)")
 	rot := fs.String("ticket-rotation", envDefault(getenv, "tickets.rotation_interval", "12h"), "how long each ticket key encrypts: the farm's setting, at least 1s ($TLSFARM_TICKET_ROTATION)")
@@ -116,11 +118,17 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if fs.NArg() > 0 {
 		return fail("unexpected argument %q", fs.Arg(0))
 	}
+	if o.farmURL == "" {
+		o.farmURL = envDefault(getenv, "farm.url", "")
+	}
 	if o.rotation, err = time.ParseDuration(*rot); err != nil || o.rotation < time.Second {
 		return fail("-ticket-rotation %q: want a duration of at least 1s", *rot)
 	}
 	if o.keep, err = strconv.Atoi(*keep); err != nil || o.keep < 1 || o.keep > 16 {
 		return fail("-ticket-keep %q: want 1 to 16", *keep)
+	}
+	if o.onChangeTimeout <= 0 {
+		return fail("-on-change-timeout %v: must be positive", o.onChangeTimeout)
 	}
 	switch {
 	case o.farmURL == "":

@@ -37,6 +37,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"unknown format", append([]string{"-export", "apache:/x"}, base...), "unknown format"},
 		{"world-writable directory", append([]string{"-export", "nginx:" + open}, base...), "group or by other users"},
 		{"bad log format", append([]string{"-log-format", "xml", "-export", "nginx:" + dir}, base...), "want text or json"},
+		{"negative on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "-5s", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
+		{"zero on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "0", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
 		{"missing directory", append([]string{"-export", "file:" + filepath.Join(dir, "nope", "k.json")}, base...), "no such file"},
 	}
 	for _, tt := range tests {
@@ -44,6 +46,48 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		o, code := parseKeys(tt.args, func(string) string { return "" }, &stderr)
 		if o != nil || code == 0 || !strings.Contains(stderr.String(), tt.want) {
 			t.Errorf("%s: exit %d, stderr %q; want a refusal saying %q", tt.name, code, stderr.String(), tt.want)
+		}
+	}
+}
+
+// TestKeysHelpHidesFarmPassword: a farm URL given in $TLSFARM_FARM_URL may
+// hold a password; tlsfarm keys -h must not print it as the flag's default.
+func TestKeysHelpHidesFarmPassword(t *testing.T) {
+	env := map[string]string{"TLSFARM_FARM_URL": "redis://:hunter2-secret@127.0.0.1:6379/0"}
+	for _, args := range [][]string{{"-h"}, {"-no-such-flag"}} {
+		var stderr bytes.Buffer
+		parseKeys(args, func(k string) string { return env[k] }, &stderr)
+		if !strings.Contains(stderr.String(), "-farm URL") {
+			t.Fatalf("%q: no usage printed: %q", args, stderr.String())
+		}
+		if strings.Contains(stderr.String(), "hunter2-secret") {
+			t.Errorf("tlsfarm keys %q prints the farm URL's password:\n%s", args, stderr.String())
+		}
+	}
+}
+
+// TestKeysFarmURLFromEnvironment: $TLSFARM_FARM_URL still gives the farm
+// URL when -farm is not set, and -farm wins over it.
+func TestKeysFarmURLFromEnvironment(t *testing.T) {
+	dir := privateDir(t)
+	secret := filepath.Join(dir, "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(0)); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TLSFARM_FARM_URL": "redis://127.0.0.1:6379/3"}
+	getenv := func(k string) string { return env[k] }
+	base := []string{"-farm-secret", secret, "-export", "nginx:" + dir}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{base, "redis://127.0.0.1:6379/3"},
+		{append([]string{"-farm", "nats://127.0.0.1:4222"}, base...), "nats://127.0.0.1:4222"},
+	} {
+		var stderr bytes.Buffer
+		o, code := parseKeys(tt.args, getenv, &stderr)
+		if o == nil || code != 0 || o.farmURL != tt.want {
+			t.Errorf("%q: options %+v, exit %d, stderr %q; want farm %s", tt.args, o, code, stderr.String(), tt.want)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
@@ -353,6 +354,35 @@ func TestKeygenWritesOwnerOnlyAndNeverOverwrites(t *testing.T) {
 	}
 	if code, _, _ := runCmd(t, []string{"keygen"}); code == 0 {
 		t.Error("keygen without -out succeeded")
+	}
+	// -h is a request for help, as for the other commands, not an error.
+	if code, _, errs := runCmd(t, []string{"keygen", "-h"}); code != 0 || !strings.Contains(errs, "-out") {
+		t.Errorf("keygen -h: exit %d, %q; want 0 and the flags", code, errs)
+	}
+}
+
+// TestKeygenLeavesNoFileOnFailure: a keygen that cannot write the secret
+// (here: a file size limit of 0, so the write fails with EFBIG) leaves no
+// empty or partial secret file behind, which would be mistaken for a
+// secret and make the next keygen refuse to overwrite it.
+func TestKeygenLeavesNoFileOnFailure(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "farm.secret")
+	cmd := exec.Command("/bin/sh", "-c", `ulimit -f 0 && exec "$0" keygen -out "$1"`, binary, path)
+	cmd.Env = environ()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err == nil {
+		t.Fatalf("keygen under ulimit -f 0 succeeded; stderr %q", errb.String())
+	}
+	if !strings.Contains(errb.String(), "tlsfarm keygen:") {
+		t.Errorf("keygen failed without saying why: %q", errb.String())
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		t.Errorf("keygen failed but left %s (%d bytes)", path, fi.Size())
+	}
+	if code, _, errs := runCmd(t, []string{"keygen", "-out", path}); code != 0 {
+		t.Errorf("keygen after the failed one: exit %d, %q", code, errs)
 	}
 }
 
