@@ -85,7 +85,8 @@ type entry struct {
 }
 
 // New returns a cache configured by cfg, which may be nil for all defaults.
-// It returns an error only for an unknown Config.Mode. The cache mints and
+// It returns an error only for an unknown Config.Mode, and for SingleUse in
+// Stateless mode. The cache mints and
 // checks IDs under a random key of its own until SetIDKeys gives it others.
 func New(cfg *Config) (*Cache, error) {
 	var c Cache
@@ -126,6 +127,10 @@ func New(cfg *Config) (*Cache, error) {
 	}
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
+	}
+	if cf.SingleUse && cf.Mode == Stateless {
+		// Stateless tickets are not held, so none could be retired.
+		return nil, errors.New("session: SingleUse needs the Stateful or Mixed mode: a stateless ticket cannot be retired")
 	}
 	k, err := newIDKeys([]IDKey{randomIDKey()})
 	if err != nil {

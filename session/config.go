@@ -77,7 +77,8 @@ type Config struct {
 	// handshake that resumed it completes (see HandshakeComplete), across
 	// a farm the cache joined. Finding a session alone never retires it:
 	// that happens before the client has proved it holds the session's
-	// secret.
+	// secret. A stateless ticket cannot be retired: New refuses SingleUse
+	// in Stateless mode.
 	SingleUse bool
 
 	// MaxStateLen is the largest serialized session state the cache takes

@@ -227,3 +227,34 @@ func TestSingleUseFoundBeforeConsumed(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleUseEveryMode: in every mode a single-use cache accepts, a
+// session resumes once. A stateless ticket cannot be retired, so New
+// refuses SingleUse in Stateless mode rather than issue tickets that resume
+// again and again.
+func TestSingleUseEveryMode(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []session.Mode{session.Stateful, session.Mixed, session.Stateless} {
+		for _, tv := range versions {
+			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
+				c, err := session.New(&session.Config{Mode: mode, SingleUse: true})
+				if err != nil {
+					if mode != session.Stateless {
+						t.Fatalf("New refused SingleUse in %v mode: %v", mode, err)
+					}
+					return
+				}
+				c.Close()
+				s := modeServer(t, mode, session.Config{SingleUse: true}, nil)
+				frozen := &tlstest.FrozenCache{}
+				tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatal("the single-use session did not resume once")
+				}
+				if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatalf("single-use session resumed twice in %v mode (%+v)", mode, stats(s.cache))
+				}
+			})
+		}
+	}
+}
