@@ -301,6 +301,37 @@ func TestRemoveRevokesChain(t *testing.T) {
 	}
 }
 
+// TestRevokeAgainAfterTombstoneLapsed revokes a chain for a minute, lets a
+// late copy of its session come back once that revocation has lapsed (but
+// before a sweep forgets it), and revokes the chain again: the session is
+// removed, and does not resume.
+func TestRevokeAgainAfterTombstoneLapsed(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			clk := newClock()
+			s := newServer(t, &session.Config{Now: clk.Now, SweepInterval: -1})
+			var rec recorder
+			s.cache.AddHook(session.EventNew, rec.hook)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			ev := rec.take()[0]
+			if n := s.cache.RemoveChain(ev.Record.Chain, clk.Now().Add(time.Minute), session.OriginPeer); n != 1 {
+				t.Fatalf("RemoveChain removed %d sessions, want 1", n)
+			}
+			clk.Advance(2 * time.Minute)
+			if err := s.cache.Insert(ev.ID, ev.Record, session.OriginPeer); err != nil {
+				t.Fatalf("Insert after the revocation lapsed: %v", err)
+			}
+			if n := s.cache.RemoveChain(ev.Record.Chain, s.cache.ChainEnd(ev.Record), session.OriginAPI); n != 1 {
+				t.Fatalf("revoking the chain again removed %d sessions, want 1", n)
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a session of a chain revoked again resumed")
+			}
+		})
+	}
+}
+
 func TestSingleUse(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
