@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -380,6 +381,52 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 			st := stats(b.cache)
 			if st.LoaderHits != 1 || loads() != 1 {
 				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads())
+			}
+		})
+	}
+}
+
+// TestLoadedRecordWithoutChain: a Farm may return a record with no chain
+// (Insert then draws one). The successor a handshake issues from it must be
+// in the chain the cache gave it, so that revoking the loaded session also
+// revokes the successor.
+func TestLoadedRecordWithoutChain(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
+			clk := newClock() // aged past half its lifetime: TLS 1.2 gets a successor too
+			a := newServer(t, &session.Config{Now: clk.Now})
+			a.cache.SetIDKeys(keys...)
+			b := newServer(t, &session.Config{Now: clk.Now})
+			b.cache.SetIDKeys(keys...)
+			b.cache.Join(loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
+				r, ok := lookup(a.cache, id)
+				if !ok {
+					return nil, nil
+				}
+				r.Chain = 0
+				return &r, nil
+			}), time.Second)
+			var rec recorder
+			b.cache.AddHook(session.EventNew, rec.hook)
+			shared := &tlstest.SharedCache{}
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
+			clk.Advance(61 * time.Minute)
+			if !tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared)).DidResume {
+				t.Fatal("B did not resume A's session through the loader")
+			}
+			evs := rec.take()
+			if len(evs) != 2 || evs[0].Origin != session.OriginLoader || evs[1].Origin != session.OriginHandshake {
+				t.Fatalf("events on B = %v, want the loaded session and its successor", summary(evs))
+			}
+			if _, ok := b.cache.Remove(evs[0].ID); !ok {
+				t.Fatal("Remove did not find the loaded session")
+			}
+			if _, ok := lookup(b.cache, evs[1].ID); ok {
+				t.Fatal("the successor of a revoked session is still cached")
+			}
+			if tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared)).DidResume {
+				t.Fatal("the successor of a revoked session resumed")
 			}
 		})
 	}
