@@ -454,27 +454,40 @@ func (c *Cache) shorten(id *ID, until int64) {
 // sessions it removed. The background sweep calls it every SweepInterval.
 func (c *Cache) sweep() int {
 	now := c.nowNano()
-	c.tomb.sweep(now)
-	c.sweepPending(now)
-	c.sweepLifecycle(now)
+	c.housekeep(now)
 	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginSweep)
 }
 
-// background runs the periodic sweep.
+// housekeep forgets lapsed revocations, stale single-use claims and child
+// links whose parent can no longer resume.
+func (c *Cache) housekeep(now int64) {
+	c.tomb.sweep(now)
+	c.sweepPending(now)
+	c.sweepLifecycle(now)
+}
+
+// background runs the periodic sweep. With the sweep of sessions off, it
+// still forgets, as often as the default sweep, what housekeep forgets:
+// that grows with every resumption and revocation, not with the sessions
+// held.
 func (c *Cache) background() {
 	defer close(c.done)
-	var sweep <-chan time.Time
-	if c.cfg.SweepInterval > 0 {
-		t := time.NewTicker(c.cfg.SweepInterval)
-		defer t.Stop()
-		sweep = t.C
+	interval, sessions := c.cfg.SweepInterval, c.cfg.SweepInterval > 0
+	if !sessions {
+		interval = defaultSweepInterval
 	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case <-sweep:
-			c.sweep()
+		case <-t.C:
+			if sessions {
+				c.sweep()
+			} else {
+				c.housekeep(c.nowNano())
+			}
 		}
 	}
 }

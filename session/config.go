@@ -61,6 +61,8 @@ type Config struct {
 	// sessions (default one minute; negative disables the sweep, leaving
 	// expired sessions to be evicted as their buckets fill). Expired
 	// sessions are never returned, whether or not they have been swept.
+	// Lapsed revocations and the cache's other bookkeeping are forgotten
+	// every minute even with the sweep disabled.
 	SweepInterval time.Duration
 
 	// Mode selects the kind of ticket issued and accepted by the crypto/tls
