@@ -100,6 +100,9 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Buckets <= 0 {
 		cf.Buckets = defaultBuckets
 	}
+	// Cut to the capacity before rounding up: rounding a larger count
+	// could overflow.
+	cf.Buckets = min(cf.Buckets, cf.Capacity)
 	cf.Buckets = 1 << bits.Len(uint(cf.Buckets-1))
 	if cf.Buckets > cf.Capacity {
 		cf.Buckets = 1 << (bits.Len(uint(cf.Capacity)) - 1)

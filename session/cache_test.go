@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -436,5 +437,20 @@ func TestInsertWithParentCutsParent(t *testing.T) {
 	}
 	if ch, _ := lookup(c, child); time.Until(ch.Expires) < 50*time.Minute {
 		t.Fatal("child was cut too")
+	}
+}
+
+// TestBucketsOutOfRange: a Buckets field beyond the capacity is cut to it,
+// however large, and the cache works.
+func TestBucketsOutOfRange(t *testing.T) {
+	for _, buckets := range []int{-1, 0, 1, 3, 1 << 20, 1<<62 + 1, math.MaxInt} {
+		c := newCache(t, &session.Config{Capacity: 1000, Buckets: buckets})
+		id := c.NewID()
+		if err := c.Insert(id, record(8, 1, time.Hour), session.OriginAPI); err != nil {
+			t.Fatalf("Buckets %d: %v", buckets, err)
+		}
+		if _, ok := c.GetBuffer(id, nil); !ok {
+			t.Fatalf("Buckets %d: the session inserted is not found", buckets)
+		}
 	}
 }
