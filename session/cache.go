@@ -57,6 +57,7 @@ type Cache struct {
 
 	stop      chan struct{}
 	done      chan struct{}
+	sweeping  atomic.Bool // the background goroutine is in a sweep
 	closeOnce sync.Once
 }
 
@@ -162,10 +163,14 @@ func New(cfg *Config) (*Cache, error) {
 // ResumeGrace and SingleUse.
 func (c *Cache) Config() Config { return c.cfg }
 
-// Close stops the background sweep. The cache stays usable.
+// Close stops the background sweep. The cache stays usable. Close waits
+// for the background goroutine to end, unless it is in a sweep: the sweep
+// fires hooks, which may call Close, and then ends after Close returns.
 func (c *Cache) Close() error {
 	c.closeOnce.Do(func() { close(c.stop) })
-	<-c.done
+	if !c.sweeping.Load() {
+		<-c.done
+	}
 	return nil
 }
 
@@ -486,11 +491,13 @@ func (c *Cache) background() {
 		case <-c.stop:
 			return
 		case <-t.C:
+			c.sweeping.Store(true)
 			if sessions {
 				c.sweep()
 			} else {
 				c.housekeep(c.nowNano())
 			}
+			c.sweeping.Store(false)
 		}
 	}
 }

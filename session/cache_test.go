@@ -454,3 +454,27 @@ func TestBucketsOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseFromSweepHook: a hook may call the cache, Close included, also
+// when the event comes from the background sweep that Close stops.
+func TestCloseFromSweepHook(t *testing.T) {
+	c, err := session.New(&session.Config{SweepInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	c.AddHook(session.EventRemove, func(ev session.Event) {
+		if ev.Origin == session.OriginSweep {
+			c.Close()
+			close(closed)
+		}
+	})
+	if err := c.Insert(c.NewID(), record(8, 1, 10*time.Millisecond), session.OriginAPI); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close called by a hook of the sweep did not return")
+	}
+}
