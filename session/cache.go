@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -242,7 +243,9 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }) {
 		return nil, false
 	}
-	s, err := tls.ParseSessionState(state)
+	// A copy: the SessionState's byte slices (Extra, the secret) alias
+	// what it is parsed from, and the caller owns it.
+	s, err := tls.ParseSessionState(bytes.Clone(state))
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
 		return nil, false

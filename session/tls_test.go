@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -429,6 +430,43 @@ func TestLoadedRecordWithoutChain(t *testing.T) {
 				t.Fatal("the successor of a revoked session resumed")
 			}
 		})
+	}
+}
+
+// TestGetReturnsOwnedState: the tls.SessionState that Get returns is the
+// caller's. Changing its Extra entries in place, or appending to one, must
+// not change the session the cache holds (and hands to handshakes, hooks
+// and peers).
+func TestGetReturnsOwnedState(t *testing.T) {
+	s := newServer(t, nil)
+	var rec recorder
+	s.cache.AddHook(session.EventNew, rec.hook)
+	tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "localhost", tlstest.NoResume{}))
+	ev := rec.take()[0]
+	ss, err := tls.ParseSessionState(ev.Record.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss.Extra = [][]byte{[]byte("first"), []byte("second")}
+	state, err := ss.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(state)
+	id := s.cache.NewID()
+	if err := s.cache.Insert(id, session.Record{State: state, ServerName: "localhost", Expires: time.Now().Add(time.Hour)}, session.OriginAPI); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := s.cache.Get(id)
+	if !ok || len(got.Extra) != 2 {
+		t.Fatalf("Get = %v, %t; want the session with its two Extra entries", got, ok)
+	}
+	copy(got.Extra[1], "XXXXXX")
+	got.Extra[0] = append(got.Extra[0], "YYYYYYYY"...)
+	buf := make([]byte, 2*len(want))
+	n, ok := s.cache.GetBuffer(id, buf)
+	if !ok || !bytes.Equal(buf[:n], want) {
+		t.Fatal("changing the session Get returned changed the session in the cache")
 	}
 }
 
