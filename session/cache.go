@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -57,6 +58,7 @@ type Cache struct {
 
 	stop      chan struct{}
 	done      chan struct{}
+	sweeping  atomic.Bool // the background goroutine is in a sweep
 	closeOnce sync.Once
 }
 
@@ -85,7 +87,8 @@ type entry struct {
 }
 
 // New returns a cache configured by cfg, which may be nil for all defaults.
-// It returns an error only for an unknown Config.Mode. The cache mints and
+// It returns an error only for an unknown Config.Mode, and for SingleUse in
+// Stateless mode. The cache mints and
 // checks IDs under a random key of its own until SetIDKeys gives it others.
 func New(cfg *Config) (*Cache, error) {
 	var c Cache
@@ -99,6 +102,9 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Buckets <= 0 {
 		cf.Buckets = defaultBuckets
 	}
+	// Cut to the capacity before rounding up: rounding a larger count
+	// could overflow.
+	cf.Buckets = min(cf.Buckets, cf.Capacity)
 	cf.Buckets = 1 << bits.Len(uint(cf.Buckets-1))
 	if cf.Buckets > cf.Capacity {
 		cf.Buckets = 1 << (bits.Len(uint(cf.Capacity)) - 1)
@@ -127,6 +133,10 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
 	}
+	if cf.SingleUse && cf.Mode == Stateless {
+		// Stateless tickets are not held, so none could be retired.
+		return nil, errors.New("session: SingleUse needs the Stateful or Mixed mode: a stateless ticket cannot be retired")
+	}
 	k, err := newIDKeys([]IDKey{randomIDKey()})
 	if err != nil {
 		return nil, err
@@ -154,10 +164,14 @@ func New(cfg *Config) (*Cache, error) {
 // ResumeGrace and SingleUse.
 func (c *Cache) Config() Config { return c.cfg }
 
-// Close stops the background sweep. The cache stays usable.
+// Close stops the background sweep. The cache stays usable. Close waits
+// for the background goroutine to end, unless it is in a sweep: the sweep
+// fires hooks, which may call Close, and then ends after Close returns.
 func (c *Cache) Close() error {
 	c.closeOnce.Do(func() { close(c.stop) })
-	<-c.done
+	if !c.sweeping.Load() {
+		<-c.done
+	}
 	return nil
 }
 
@@ -229,7 +243,9 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }) {
 		return nil, false
 	}
-	s, err := tls.ParseSessionState(state)
+	// A copy: the SessionState's byte slices (Extra, the secret) alias
+	// what it is parsed from, and the caller owns it.
+	s, err := tls.ParseSessionState(bytes.Clone(state))
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
 		return nil, false
@@ -449,27 +465,42 @@ func (c *Cache) shorten(id *ID, until int64) {
 // sessions it removed. The background sweep calls it every SweepInterval.
 func (c *Cache) sweep() int {
 	now := c.nowNano()
-	c.tomb.sweep(now)
-	c.sweepPending(now)
-	c.sweepLifecycle(now)
+	c.housekeep(now)
 	return c.removeWhere(func(e *entry) bool { return e.expires <= now }, Expired, OriginSweep)
 }
 
-// background runs the periodic sweep.
+// housekeep forgets lapsed revocations, stale single-use claims and child
+// links whose parent can no longer resume.
+func (c *Cache) housekeep(now int64) {
+	c.tomb.sweep(now)
+	c.sweepPending(now)
+	c.sweepLifecycle(now)
+}
+
+// background runs the periodic sweep. With the sweep of sessions off, it
+// still forgets, as often as the default sweep, what housekeep forgets:
+// that grows with every resumption and revocation, not with the sessions
+// held.
 func (c *Cache) background() {
 	defer close(c.done)
-	var sweep <-chan time.Time
-	if c.cfg.SweepInterval > 0 {
-		t := time.NewTicker(c.cfg.SweepInterval)
-		defer t.Stop()
-		sweep = t.C
+	interval, sessions := c.cfg.SweepInterval, c.cfg.SweepInterval > 0
+	if !sessions {
+		interval = defaultSweepInterval
 	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case <-sweep:
-			c.sweep()
+		case <-t.C:
+			c.sweeping.Store(true)
+			if sessions {
+				c.sweep()
+			} else {
+				c.housekeep(c.nowNano())
+			}
+			c.sweeping.Store(false)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -436,5 +437,44 @@ func TestInsertWithParentCutsParent(t *testing.T) {
 	}
 	if ch, _ := lookup(c, child); time.Until(ch.Expires) < 50*time.Minute {
 		t.Fatal("child was cut too")
+	}
+}
+
+// TestBucketsOutOfRange: a Buckets field beyond the capacity is cut to it,
+// however large, and the cache works.
+func TestBucketsOutOfRange(t *testing.T) {
+	for _, buckets := range []int{-1, 0, 1, 3, 1 << 20, 1<<62 + 1, math.MaxInt} {
+		c := newCache(t, &session.Config{Capacity: 1000, Buckets: buckets})
+		id := c.NewID()
+		if err := c.Insert(id, record(8, 1, time.Hour), session.OriginAPI); err != nil {
+			t.Fatalf("Buckets %d: %v", buckets, err)
+		}
+		if _, ok := c.GetBuffer(id, nil); !ok {
+			t.Fatalf("Buckets %d: the session inserted is not found", buckets)
+		}
+	}
+}
+
+// TestCloseFromSweepHook: a hook may call the cache, Close included, also
+// when the event comes from the background sweep that Close stops.
+func TestCloseFromSweepHook(t *testing.T) {
+	c, err := session.New(&session.Config{SweepInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	c.AddHook(session.EventRemove, func(ev session.Event) {
+		if ev.Origin == session.OriginSweep {
+			c.Close()
+			close(closed)
+		}
+	})
+	if err := c.Insert(c.NewID(), record(8, 1, 10*time.Millisecond), session.OriginAPI); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close called by a hook of the sweep did not return")
 	}
 }

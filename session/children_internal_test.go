@@ -3,6 +3,7 @@ package session
 import (
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -65,4 +66,43 @@ func TestReplacedLocalChildRetiredAsOwn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBookkeepingSweptWithoutSessionSweep: with the sweep of sessions off
+// (a negative SweepInterval), the links from resumed parents to their
+// children and lapsed revocations are still forgotten once they can no
+// longer matter, rather than kept for as long as the cache lives.
+func TestBookkeepingSweptWithoutSessionSweep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := New(&Config{SweepInterval: -1, ResumeGrace: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		const n = 100
+		for i := range n {
+			parent, child := c.NewID(), c.NewID()
+			if err := c.Insert(parent, Record{State: []byte{1}, Expires: time.Now().Add(time.Hour)}, OriginAPI); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Insert(child, Record{State: []byte{2}, Expires: time.Now().Add(time.Hour), Parent: parent}, OriginPeer); err != nil {
+				t.Fatal(err)
+			}
+			c.RemoveChain(uint64(i+1), time.Now().Add(time.Second), OriginAPI)
+		}
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		c.life.mu.Lock()
+		kids := len(c.life.kids)
+		c.life.mu.Unlock()
+		if kids != 0 {
+			t.Errorf("%d links from parents whose grace ended 10 minutes ago are still kept", kids)
+		}
+		if tombs := c.tomb.n.Load(); tombs != 0 {
+			t.Errorf("%d revocations that lapsed 10 minutes ago are still kept", tombs)
+		}
+		if got := c.size.Load(); got != 2*n {
+			t.Errorf("%d sessions cached, want %d: the sweep of sessions is off", got, 2*n)
+		}
+	})
 }

@@ -61,6 +61,8 @@ type Config struct {
 	// sessions (default one minute; negative disables the sweep, leaving
 	// expired sessions to be evicted as their buckets fill). Expired
 	// sessions are never returned, whether or not they have been swept.
+	// Lapsed revocations and the cache's other bookkeeping are forgotten
+	// every minute even with the sweep disabled.
 	SweepInterval time.Duration
 
 	// Mode selects the kind of ticket issued and accepted by the crypto/tls
@@ -77,7 +79,8 @@ type Config struct {
 	// handshake that resumed it completes (see HandshakeComplete), across
 	// a farm the cache joined. Finding a session alone never retires it:
 	// that happens before the client has proved it holds the session's
-	// secret.
+	// secret. A stateless ticket cannot be retired: New refuses SingleUse
+	// in Stateless mode.
 	SingleUse bool
 
 	// MaxStateLen is the largest serialized session state the cache takes

@@ -50,9 +50,9 @@ func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	if lim := now + int64(c.cfg.MaxChainLifetime); u > lim {
 		u = lim // a peer cannot make us remember a chain for longer than it could live
 	}
-	if u > now && !c.tomb.add(chain, u) {
-		// Already revoked at least this long: its sessions are gone and
-		// cannot come back, so a repeated revocation costs no scan.
+	if u > now && !c.tomb.add(chain, u, now) {
+		// Already revoked: its sessions are gone and cannot come back,
+		// so a repeated revocation costs no scan.
 		return 0
 	}
 	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
@@ -104,8 +104,10 @@ type tombstones struct {
 }
 
 // add records chain as revoked until the given time, and reports whether
-// the chain was not already revoked (until then or longer).
-func (t *tombstones) add(chain uint64, until int64) bool {
+// the chain was not already revoked at now. (A revocation that has lapsed
+// but is not yet swept refuses nothing: sessions of its chain may have been
+// inserted since.)
+func (t *tombstones) add(chain uint64, until, now int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old, had := t.m[chain]
@@ -113,7 +115,7 @@ func (t *tombstones) add(chain uint64, until int64) bool {
 		t.m[chain] = until
 	}
 	t.n.Store(int32(len(t.m)))
-	return !had
+	return !had || old <= now
 }
 
 func (t *tombstones) revoked(chain uint64, now int64) bool {

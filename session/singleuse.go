@@ -103,6 +103,13 @@ func (c *Cache) takeClaim(ctx context.Context, id ID, rec Record) *claim {
 		c.life.busy.Add(1)
 		return nil
 	}
+	if !c.holds(id) {
+		// Consumed (or removed) since the handshake found it: consume
+		// retires the session before it lets go of its claim.
+		c.unclaimLocal(cl)
+		c.life.busy.Add(1)
+		return nil
+	}
 	if box := c.farm.Load(); box != nil {
 		if ctx == nil {
 			ctx = context.Background()
@@ -130,12 +137,23 @@ func (cl *claim) consume() {
 		// the doubt.
 		c.life.late.Add(1)
 	}
-	c.unclaimLocal(cl)
+	// Retired before the claim goes: a handshake that found the session
+	// before and claims it after must find it gone (see takeClaim).
 	if !c.retire(cl.id, Retired, OriginHandshake) {
 		// Not cached (a revocation or sweep removed it): the farm must
 		// still hear that it is consumed.
 		c.fire(Event{Kind: EventRemove, ID: cl.id, Origin: OriginHandshake, Reason: Retired, Record: cl.rec})
 	}
+	c.unclaimLocal(cl)
+}
+
+// holds reports whether the session id is in the cache, expired or not.
+func (c *Cache) holds(id ID) bool {
+	b, h := c.bucket(&id)
+	b.mu.Lock()
+	e := b.find(&id, h)
+	b.mu.Unlock()
+	return e != nil
 }
 
 // release gives a claim back: the handshake failed, or did not resume.

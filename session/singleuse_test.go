@@ -186,3 +186,75 @@ func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleUseFoundBeforeConsumed holds one handshake between finding a
+// single-use session and claiming it (in its EventGet hook, which runs in
+// between), while a second handshake resumes the session and completes. The
+// first must not resume it once it has been consumed: the claim it takes
+// then is free again, but the session is gone.
+func TestSingleUseFoundBeforeConsumed(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			s := newServer(t, &session.Config{SingleUse: true})
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			var first atomic.Bool
+			found, proceed := make(chan struct{}), make(chan struct{})
+			s.cache.AddHook(session.EventGet, func(ev session.Event) {
+				if ev.Origin == session.OriginHandshake && ev.Record.State != nil && first.CompareAndSwap(false, true) {
+					close(found)
+					<-proceed
+				}
+			})
+			held := make(chan tls.ConnectionState, 1)
+			go func() {
+				cs, err := tlstest.Dial(s.srv.Addr, s.client(tv.v, "localhost", frozen))
+				if err != nil {
+					t.Error(err)
+				}
+				held <- cs
+			}()
+			<-found
+			if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				close(proceed)
+				t.Fatal("the single-use session did not resume once")
+			}
+			close(proceed)
+			if (<-held).DidResume {
+				t.Fatalf("single-use session resumed twice: by a handshake that found it before it was consumed (%+v)", stats(s.cache))
+			}
+		})
+	}
+}
+
+// TestSingleUseEveryMode: in every mode a single-use cache accepts, a
+// session resumes once. A stateless ticket cannot be retired, so New
+// refuses SingleUse in Stateless mode rather than issue tickets that resume
+// again and again.
+func TestSingleUseEveryMode(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []session.Mode{session.Stateful, session.Mixed, session.Stateless} {
+		for _, tv := range versions {
+			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
+				c, err := session.New(&session.Config{Mode: mode, SingleUse: true})
+				if err != nil {
+					if mode != session.Stateless {
+						t.Fatalf("New refused SingleUse in %v mode: %v", mode, err)
+					}
+					return
+				}
+				c.Close()
+				s := modeServer(t, mode, session.Config{SingleUse: true}, nil)
+				frozen := &tlstest.FrozenCache{}
+				tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+				if !tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatal("the single-use session did not resume once")
+				}
+				if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+					t.Fatalf("single-use session resumed twice in %v mode (%+v)", mode, stats(s.cache))
+				}
+			})
+		}
+	}
+}

@@ -350,6 +350,11 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 	if rec.ChainStart.IsZero() {
 		rec.ChainStart = c.cfg.Now()
 	}
+	if rec.Chain == 0 {
+		// Drawn here, not by Insert: the handshake's successor must
+		// continue the chain the cache holds the session in.
+		rec.Chain = newChain()
+	}
 	if err := c.Insert(id, *rec, OriginLoader); err != nil {
 		// Expired, revoked, forged or malformed: as good as a miss.
 		c.ctr.loaderMisses.Add(1)

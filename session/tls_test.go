@@ -1,6 +1,8 @@
 package session_test
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -301,6 +303,37 @@ func TestRemoveRevokesChain(t *testing.T) {
 	}
 }
 
+// TestRevokeAgainAfterTombstoneLapsed revokes a chain for a minute, lets a
+// late copy of its session come back once that revocation has lapsed (but
+// before a sweep forgets it), and revokes the chain again: the session is
+// removed, and does not resume.
+func TestRevokeAgainAfterTombstoneLapsed(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			clk := newClock()
+			s := newServer(t, &session.Config{Now: clk.Now, SweepInterval: -1})
+			var rec recorder
+			s.cache.AddHook(session.EventNew, rec.hook)
+			frozen := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen))
+			ev := rec.take()[0]
+			if n := s.cache.RemoveChain(ev.Record.Chain, clk.Now().Add(time.Minute), session.OriginPeer); n != 1 {
+				t.Fatalf("RemoveChain removed %d sessions, want 1", n)
+			}
+			clk.Advance(2 * time.Minute)
+			if err := s.cache.Insert(ev.ID, ev.Record, session.OriginPeer); err != nil {
+				t.Fatalf("Insert after the revocation lapsed: %v", err)
+			}
+			if n := s.cache.RemoveChain(ev.Record.Chain, s.cache.ChainEnd(ev.Record), session.OriginAPI); n != 1 {
+				t.Fatalf("revoking the chain again removed %d sessions, want 1", n)
+			}
+			if tlstest.MustDial(t, s.srv.Addr, s.client(tv.v, "localhost", frozen)).DidResume {
+				t.Fatal("a session of a chain revoked again resumed")
+			}
+		})
+	}
+}
+
 func TestSingleUse(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
@@ -351,6 +384,89 @@ func TestLoaderResumesOnAnotherServer(t *testing.T) {
 				t.Fatalf("loader hits = %d, calls = %d, want 1 and 1", st.LoaderHits, loads())
 			}
 		})
+	}
+}
+
+// TestLoadedRecordWithoutChain: a Farm may return a record with no chain
+// (Insert then draws one). The successor a handshake issues from it must be
+// in the chain the cache gave it, so that revoking the loaded session also
+// revokes the successor.
+func TestLoadedRecordWithoutChain(t *testing.T) {
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			keys := []session.IDKey{{ID: 7, Key: [32]byte{1, 2, 3}}}
+			clk := newClock() // aged past half its lifetime: TLS 1.2 gets a successor too
+			a := newServer(t, &session.Config{Now: clk.Now})
+			a.cache.SetIDKeys(keys...)
+			b := newServer(t, &session.Config{Now: clk.Now})
+			b.cache.SetIDKeys(keys...)
+			b.cache.Join(loadFunc(func(_ context.Context, id session.ID) (*session.Record, error) {
+				r, ok := lookup(a.cache, id)
+				if !ok {
+					return nil, nil
+				}
+				r.Chain = 0
+				return &r, nil
+			}), time.Second)
+			var rec recorder
+			b.cache.AddHook(session.EventNew, rec.hook)
+			shared := &tlstest.SharedCache{}
+			tlstest.MustDial(t, a.srv.Addr, a.client(tv.v, "localhost", shared))
+			clk.Advance(61 * time.Minute)
+			if !tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared)).DidResume {
+				t.Fatal("B did not resume A's session through the loader")
+			}
+			evs := rec.take()
+			if len(evs) != 2 || evs[0].Origin != session.OriginLoader || evs[1].Origin != session.OriginHandshake {
+				t.Fatalf("events on B = %v, want the loaded session and its successor", summary(evs))
+			}
+			if _, ok := b.cache.Remove(evs[0].ID); !ok {
+				t.Fatal("Remove did not find the loaded session")
+			}
+			if _, ok := lookup(b.cache, evs[1].ID); ok {
+				t.Fatal("the successor of a revoked session is still cached")
+			}
+			if tlstest.MustDial(t, b.srv.Addr, b.client(tv.v, "localhost", shared)).DidResume {
+				t.Fatal("the successor of a revoked session resumed")
+			}
+		})
+	}
+}
+
+// TestGetReturnsOwnedState: the tls.SessionState that Get returns is the
+// caller's. Changing its Extra entries in place, or appending to one, must
+// not change the session the cache holds (and hands to handshakes, hooks
+// and peers).
+func TestGetReturnsOwnedState(t *testing.T) {
+	s := newServer(t, nil)
+	var rec recorder
+	s.cache.AddHook(session.EventNew, rec.hook)
+	tlstest.MustDial(t, s.srv.Addr, s.client(tls.VersionTLS13, "localhost", tlstest.NoResume{}))
+	ev := rec.take()[0]
+	ss, err := tls.ParseSessionState(ev.Record.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss.Extra = [][]byte{[]byte("first"), []byte("second")}
+	state, err := ss.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(state)
+	id := s.cache.NewID()
+	if err := s.cache.Insert(id, session.Record{State: state, ServerName: "localhost", Expires: time.Now().Add(time.Hour)}, session.OriginAPI); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := s.cache.Get(id)
+	if !ok || len(got.Extra) != 2 {
+		t.Fatalf("Get = %v, %t; want the session with its two Extra entries", got, ok)
+	}
+	copy(got.Extra[1], "XXXXXX")
+	got.Extra[0] = append(got.Extra[0], "YYYYYYYY"...)
+	buf := make([]byte, 2*len(want))
+	n, ok := s.cache.GetBuffer(id, buf)
+	if !ok || !bytes.Equal(buf[:n], want) {
+		t.Fatal("changing the session Get returned changed the session in the cache")
 	}
 }
 
