@@ -127,8 +127,13 @@ func checkHostPort(addr string) error {
 }
 
 func (c *Config) checkCache() error {
-	if _, err := session.ParseMode(c.Cache.Mode); err != nil {
+	mode, err := session.ParseMode(c.Cache.Mode)
+	if err != nil {
 		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", c.Cache.Mode)
+	}
+	if mode == session.Stateless && c.Cache.SingleUse {
+		// A stateless ticket is held nowhere, so it cannot be retired.
+		return c.problem("cache.single_use", "needs cache.mode stateful or mixed: a stateless ticket cannot be retired")
 	}
 	switch {
 	case c.Cache.Size < 1:

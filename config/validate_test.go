@@ -125,6 +125,7 @@ func TestBadInput(t *testing.T) {
 			[]string{"cache.size (flag -cache-size)", "not a whole number"}},
 		{"list where a value belongs", "cache:\n  mode: [a]\n", nil, nil, []string{"line 2", "cache.mode", "single value"}},
 		{"bad mode", "", []string{"-cache-mode", "sometimes"}, nil, []string{"cache.mode", "stateful, stateless or mixed"}},
+		{"single use without a held session", "", []string{"-cache-mode", "stateless", "-single-use"}, nil, []string{"cache.single_use", "stateful or mixed"}},
 		{"bad farm URL scheme", "", []string{"-farm", "http://x:1", "-farm-secret", short}, nil,
 			[]string{"farm.url", `unsupported scheme "http"`}},
 		{"farm URL without host", "", []string{"-farm", "redis://"}, nil, []string{"farm.url", "no host"}},
