@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -16,6 +17,10 @@ import (
 // upstream: "1" if the client's TLS connection resumed a session, "0" if it
 // made a full handshake. A value sent by the client is replaced.
 const ResumedHeader = "X-TLS-Resumed"
+
+// xForwarded is the prefix of the forwarding headers that a reverse proxy
+// sets and a client may not.
+const xForwarded = "X-Forwarded-"
 
 var errNoHTTPUpstream = errors.New("this listener's upstream is now tcp://; it no longer serves HTTP")
 
@@ -58,6 +63,15 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			// ReverseProxy drops the client's Forwarded and
+			// X-Forwarded-For, -Host and -Proto; the others
+			// (X-Forwarded-Port, -Prefix, -Ssl, -Client-Cert...) are
+			// as easily believed upstream, and a client is no proxy.
+			for k := range pr.Out.Header {
+				if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
+					delete(pr.Out.Header, k)
+				}
+			}
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			resumed := "0"
