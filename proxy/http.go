@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,7 +36,44 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
+	l.s.boundBody(w, r)
 	rt.handler.ServeHTTP(w, r)
+}
+
+// boundBody makes the idle timeout bound each wait for the request's body,
+// as net/http's ReadHeaderTimeout bounds the wait for its headers: without
+// it, a client that sends headers and then part of a body, or nothing,
+// holds its connection (and the upstream's request) for ever. The bound
+// is set before the handler runs, so that it also covers what net/http
+// reads of a body the handler left unread; it is lifted once the body
+// ends, since the wait for the response is the upstream's.
+func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(s.idle))
+	r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.idle}
+}
+
+// An idleBody is a request body whose every read must make progress within
+// idle.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		// From here net/http (and http3) read only to see the client
+		// go, which must not time out while a slow upstream answers.
+		// After a failure the bound stays, for what net/http discards.
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 type connKey struct{}

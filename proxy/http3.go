@@ -281,6 +281,7 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
+	s.boundBody(w, r)
 	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: w, s: s}, r)
 }
 

@@ -1,10 +1,19 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
+	"io"
+	"time"
+
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestReverseProxyDropsClientForwardingHeaders sends the forwarding headers
@@ -42,5 +51,133 @@ func TestReverseProxyDropsClientForwardingHeaders(t *testing.T) {
 		if tt.want == "" && len(got) != 0 || tt.want != "" && (len(got) != 1 || got[0] != tt.want) {
 			t.Errorf("client sent %s: %q; upstream saw %q, want %q", tt.header, tt.spoof, got, tt.want)
 		}
+	}
+}
+
+// TestStalledRequestBodyIsCut sends a request's headers and part of its
+// body, then nothing: the idle timeout must end the request, and let the
+// upstream's go, as it does for a client that stalls in its headers,
+// whatever the upstream (the built-in one reads no body: net/http does, to
+// reuse the connection).
+func TestStalledRequestBodyIsCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+	}))
+	defer up.Close()
+	for _, tt := range []struct{ name, upstream, proto string }{
+		{"builtin", "builtin", "http/1.1"},
+		{"http", up.URL, "http/1.1"},
+		{"http h2", up.URL, "h2"},
+		{"http h3", up.URL, "h3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cert := mustSelfSigned(t, "localhost")
+			s, _ := start(t, cert, func(c *Config) {
+				c.Listeners[0].Upstream = tt.upstream
+				c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+				c.Listeners[0].HTTP3 = true
+				c.IdleTimeout = idle
+			})
+			cfg := client("localhost", cert)
+			t0 := time.Now()
+			var err error
+			switch tt.proto {
+			case "h2":
+				err = stall(&http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}, s.Addrs()[0])
+			case "h3":
+				// The client pings, so QUIC's own idle timeout never ends
+				// the connection.
+				err = stall(&http3.Transport{TLSClientConfig: cfg, QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}, s.Addrs()[0])
+			default:
+				var c *tls.Conn
+				if c, err = tls.Dial("tcp", s.Addrs()[0], cfg); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+				_, err = io.Copy(io.Discard, c)
+			}
+			took := time.Since(t0)
+			must(t, took < 3*time.Second, "request with a stalled body held for %v (idle timeout %v): %v", took, idle, err)
+			if tt.proto == "http/1.1" {
+				waitFor(t, func() bool { return s.Stats().Open == 0 }, "connection still open: %+v", s.Stats())
+			}
+		})
+	}
+}
+
+// stall sends to addr, over rt, a POST whose body never ends, and returns
+// once the request has ended, within 10 seconds.
+func stall(rt http.RoundTripper, addr string) error {
+	if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+		defer c.CloseIdleConnections()
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go io.WriteString(pw, "abc")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "https://"+addr+"/", pr)
+	req.ContentLength = 100
+	resp, err := rt.RoundTrip(req)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return err
+}
+
+// TestSlowBodyAndSlowUpstreamAreNotCut checks what the idle bound on request
+// bodies must leave alone, over HTTP/1.1, HTTP/2 and HTTP/3: a body that
+// trickles in, each part within the idle timeout, and an upstream that
+// takes longer than the idle timeout to answer once it has the body.
+func TestSlowBodyAndSlowUpstreamAreNotCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		time.Sleep(3 * idle)
+		w.Write(b)
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	cfg := client("localhost", cert)
+	for _, tt := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{
+		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
+		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
+		// QUIC's own idle timeout (the smaller of both ends') would end
+		// the connection while the upstream thinks: the client pings.
+		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			go func() {
+				for range 4 {
+					io.WriteString(pw, "part ")
+					time.Sleep(idle / 2)
+				}
+				pw.Close()
+			}()
+			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0]+"/", pr)
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: 10 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			must(t, err == nil && resp.StatusCode == 200 && string(body) == strings.Repeat("part ", 4),
+				"%s: status %d, body %q, %v", resp.Proto, resp.StatusCode, body, err)
+			must(t, resp.ProtoMajor == map[string]int{"http/1.1": 1, "h2": 2, "h3": 3}[tt.name], "spoke %s", resp.Proto)
+		})
 	}
 }
