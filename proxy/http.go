@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,37 +37,47 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	l.s.boundBody(w, r)
-	rt.handler.ServeHTTP(w, r)
+	rt.handler.ServeHTTP(w, l.s.boundBody(w, r))
 }
 
-// boundBody makes the idle timeout bound each wait for the request's body,
-// as net/http's ReadHeaderTimeout bounds the wait for its headers: without
-// it, a client that sends headers and then part of a body, or nothing,
-// holds its connection (and the upstream's request) for ever. The bound
-// is set before the handler runs, so that it also covers what net/http
-// reads of a body the handler left unread; it is lifted once the body
-// ends, since the wait for the response is the upstream's.
-func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) {
+// boundBody returns r with its body bounded by the idle timeout: each wait
+// for the body is bounded as net/http's ReadHeaderTimeout bounds the wait
+// for the headers. Without it, a client that sends headers and then part
+// of a body, or nothing, holds its connection (and the upstream's request)
+// for ever. The bound is set before the handler runs, so that it also
+// covers what net/http reads of a body the handler left unread; it is
+// lifted once the body ends, since the wait for the response is the
+// upstream's. The body is in the returned request's context too, for
+// clientFailed.
+func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *http.Request {
 	if r.Body == nil || r.Body == http.NoBody {
-		return
+		return r
 	}
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(s.idle))
-	r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.idle}
+	b := &idleBody{ReadCloser: r.Body, rc: rc, idle: s.idle}
+	r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
+	r.Body = b
+	return r
 }
+
+type idleBodyKey struct{}
 
 // An idleBody is a request body whose every read must make progress within
 // idle.
 type idleBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	idle time.Duration
+	rc     *http.ResponseController
+	idle   time.Duration
+	failed atomic.Bool // a read failed: the client timed out or broke off
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.failed.Store(true)
+	}
 	if err == io.EOF {
 		// From here net/http (and http3) read only to see the client
 		// go, which must not time out while a slow upstream answers.
@@ -74,6 +85,13 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		b.rc.SetReadDeadline(time.Time{})
 	}
 	return n, err
+}
+
+// clientFailed reports whether r failed on the client's side: the client
+// went away, or reading its body failed.
+func clientFailed(r *http.Request) bool {
+	b, ok := r.Context().Value(idleBodyKey{}).(*idleBody)
+	return r.Context().Err() != nil || ok && b.failed.Load()
 }
 
 type connKey struct{}
@@ -121,6 +139,14 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 		},
 		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if clientFailed(r) {
+				// The client left, or stalled or broke off its body:
+				// the upstream is not to blame, and nobody is waiting
+				// for an answer worth giving.
+				s.log.Debug("request ended by the client", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
 			s.stats.upstream.Add(1)
 			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
 			s.warn.note("upstream", "upstream requests failing (502)", r.RemoteAddr, "upstream", target.Redacted(), "last_err", err.Error())

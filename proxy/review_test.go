@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"time"
 
 	"net/http"
@@ -179,5 +180,60 @@ func TestSlowBodyAndSlowUpstreamAreNotCut(t *testing.T) {
 				"%s: status %d, body %q, %v", resp.Proto, resp.StatusCode, body, err)
 			must(t, resp.ProtoMajor == map[string]int{"http/1.1": 1, "h2": 2, "h3": 3}[tt.name], "spoke %s", resp.Proto)
 		})
+	}
+}
+
+// TestClientGoneIsNoUpstreamError has clients leave before a slow upstream
+// answers, or stall in their request body: neither is the upstream's
+// failure, so neither counts as an upstream error or warns that the
+// upstream is failing.
+func TestClientGoneIsNoUpstreamError(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	got := make(chan struct{}, 2)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		got <- struct{}{}
+		<-r.Context().Done()
+	}))
+	defer up.Close()
+	defer up.CloseClientConnections()
+	var logs logBuffer
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.IdleTimeout = idle
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	for _, tt := range []struct{ name, request string }{
+		{"hung up", "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"},
+		{"stalled body", "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc"},
+		{"stalled body h2", ""},
+	} {
+		if tt.request == "" {
+			cfg := client("localhost", cert)
+			stall(&http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}, s.Addrs()[0])
+			waitFor(t, func() bool { return s.Stats().UpstreamHTTPRequests == 3 }, "%s: no request", tt.name)
+			time.Sleep(100 * time.Millisecond) // for the error handler, after the 502
+			must(t, s.Stats().UpstreamErrors == 0, "%s: counted as an upstream error: %+v", tt.name, s.Stats())
+			must(t, len(logs.lines("level=WARN")) == 0, "%s: warned: %s", tt.name, logs.String())
+			continue
+		}
+		c, err := tls.Dial("tcp", s.Addrs()[0], client("localhost", cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, tt.request)
+		if tt.name == "hung up" {
+			<-got
+			c.Close()
+		} else {
+			io.Copy(io.Discard, c) // until the idle timeout cuts it
+			c.Close()
+		}
+		waitFor(t, func() bool { return s.Stats().Open == 0 }, "%s: connection still open", tt.name)
+		must(t, s.Stats().UpstreamErrors == 0, "%s: counted as an upstream error: %+v", tt.name, s.Stats())
+		must(t, len(logs.lines("level=WARN")) == 0, "%s: warned: %s", tt.name, logs.String())
 	}
 }
