@@ -28,6 +28,9 @@ var errNoHTTPUpstream = errors.New("this listener's upstream is now tcp://; it n
 
 // serveRequest sends a request to the listener's current HTTP upstream.
 func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
+	if c := connOf(r); c != nil {
+		l.s.handedOff(c, true)
+	}
 	r.Header.Del(EarlyDataHeader) // TLS over TCP never carries early data here
 	if l.quic != nil {
 		w.Header().Set("Alt-Svc", l.quic.altSvc)

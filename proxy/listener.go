@@ -54,7 +54,17 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 		ReadHeaderTimeout: s.idle,
 		IdleTimeout:       s.idle,
 		ConnContext:       withConn,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnState: func(nc net.Conn, st http.ConnState) {
+			// An HTTP/1 connection is active once it has read a
+			// request, before net/http decides to serve it: its
+			// first request counts in serveRequest.
+			if tc, ok := nc.(*tls.Conn); ok && st != http.StateNew && st != http.StateActive {
+				if c, ok := tc.NetConn().(*conn); ok {
+					s.handedOff(c, true)
+				}
+			}
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	if cfg.HTTP3 {
 		l.quic = l.newQUIC()

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"net"
 	"time"
 
 	"net/http"
@@ -235,5 +237,51 @@ func TestClientGoneIsNoUpstreamError(t *testing.T) {
 		waitFor(t, func() bool { return s.Stats().Open == 0 }, "%s: connection still open", tt.name)
 		must(t, s.Stats().UpstreamErrors == 0, "%s: counted as an upstream error: %+v", tt.name, s.Stats())
 		must(t, len(logs.lines("level=WARN")) == 0, "%s: warned: %s", tt.name, logs.String())
+	}
+}
+
+// TestShutdownServesConnectionsInHandshake starts a shutdown while a
+// client, already accepted, has yet to send its hello: its handshake
+// completes within the handshake timeout, and its request is answered
+// before the server closes the connection.
+func TestShutdownServesConnectionsInHandshake(t *testing.T) {
+	for _, proto := range []string{"http/1.1", "h2"} {
+		t.Run(proto, func(t *testing.T) {
+			cert := mustSelfSigned(t, "localhost")
+			s, _ := start(t, cert, func(c *Config) { c.Listeners[0].NextProtos = []string{"h2", "http/1.1"} })
+			raw, err := net.Dial("tcp", s.Addrs()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			waitFor(t, func() bool { return s.Stats().Accepted == 1 }, "not accepted")
+			shut := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				shut <- s.Shutdown(ctx)
+			}()
+			waitFor(t, func() bool { return s.Ready() != nil }, "still ready during shutdown")
+			time.Sleep(100 * time.Millisecond)
+			cfg := client("localhost", cert)
+			cfg.NextProtos = []string{proto}
+			tc := tls.Client(raw, cfg)
+			tr := &http.Transport{
+				ForceAttemptHTTP2: true,
+				DialTLSContext:    func(context.Context, string, string) (net.Conn, error) { return tc, tc.Handshake() },
+			}
+			resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://localhost/")
+			if err != nil {
+				t.Fatalf("request on a connection accepted before the shutdown: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			tr.CloseIdleConnections()
+			must(t, resp.StatusCode == 200 && bytes.Contains(body, []byte(`"node"`)), "%s %d: %s", resp.Proto, resp.StatusCode, body)
+			must(t, resp.ProtoMajor == map[string]int{"http/1.1": 1, "h2": 2}[proto], "spoke %s", resp.Proto)
+			if err := <-shut; err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		})
 	}
 }
