@@ -40,7 +40,7 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	rt.handler.ServeHTTP(w, l.s.boundBody(w, r))
+	rt.handler.ServeHTTP(l.s.boundWrites(w), l.s.boundBody(w, r))
 }
 
 // boundBody returns r with its body bounded by the idle timeout: each wait
@@ -89,6 +89,40 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// boundWrites returns w with each write and flush of the response bounded
+// by the idle timeout: a client that stops reading would otherwise block
+// the handler (and the upstream's response) for ever once the buffers
+// between them are full. Between writes there is no bound: a slow
+// upstream is not the client's doing.
+func (s *Server) boundWrites(w http.ResponseWriter) http.ResponseWriter {
+	return &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle}
+}
+
+// An idleWriter is a response writer whose every write must make progress
+// within idle.
+type idleWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (w *idleWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	defer w.rc.SetWriteDeadline(time.Time{})
+	return w.ResponseWriter.Write(p)
+}
+
+// FlushError flushes the response within idle, for http.ResponseController
+// (the reverse proxy flushes streamed responses).
+func (w *idleWriter) FlushError() error {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	defer w.rc.SetWriteDeadline(time.Time{})
+	return w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // clientFailed reports whether r failed on the client's side: the client
 // went away, or reading its body failed.

@@ -281,7 +281,7 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: w, s: s}, s.boundBody(w, r))
+	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))
 }
 
 // safeMethod reports whether a request with method may be served from early

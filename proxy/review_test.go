@@ -285,3 +285,91 @@ func TestShutdownServesConnectionsInHandshake(t *testing.T) {
 		})
 	}
 }
+
+// TestStalledResponseReaderIsCut has clients stop reading a large response:
+// the idle timeout must end the request (and the upstream's), not leave it
+// blocked in a write for ever.
+func TestStalledResponseReaderIsCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	for _, proto := range []string{"http/1.1", "h2"} {
+		t.Run(proto, func(t *testing.T) {
+			ended := make(chan error, 1)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				buf := bytes.Repeat([]byte("x"), 32<<10)
+				var err error
+				for i := 0; i < 2048 && err == nil; i++ { // 64 MiB
+					_, err = w.Write(buf)
+				}
+				ended <- err
+			}))
+			defer up.Close()
+			defer up.CloseClientConnections()
+			cert := mustSelfSigned(t, "localhost")
+			s, _ := start(t, cert, func(c *Config) {
+				c.Listeners[0].Upstream = up.URL
+				c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+				c.IdleTimeout = idle
+			})
+			cfg := client("localhost", cert)
+			cfg.NextProtos = []string{proto}
+			tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: proto == "h2"}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr}).Get("https://" + s.Addrs()[0] + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			must(t, resp.ProtoMajor == map[string]int{"http/1.1": 1, "h2": 2}[proto], "spoke %s", resp.Proto)
+			io.ReadFull(resp.Body, make([]byte, 1<<10)) // then nothing
+			select {
+			case err := <-ended:
+				must(t, err != nil, "the upstream wrote all 64 MiB")
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: request still blocked 5 s after its client stopped reading (idle timeout %v)", resp.Proto, idle)
+			}
+		})
+	}
+}
+
+// TestSlowStreamingUpstreamIsNotCut streams a response whose parts come
+// further apart than the idle timeout (flushed, as server-sent events
+// are), over HTTP/1.1, HTTP/2 and HTTP/3: the bound on writes must not cut
+// it, as the client reads each part at once.
+func TestSlowStreamingUpstreamIsNotCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for range 3 {
+			io.WriteString(w, "data: part\n\n")
+			w.(http.Flusher).Flush()
+			time.Sleep(2 * idle)
+		}
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	cfg := client("localhost", cert)
+	for _, tt := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{
+		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
+		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
+		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: 10 * time.Second}).Get("https://" + s.Addrs()[0] + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			must(t, err == nil && string(body) == strings.Repeat("data: part\n\n", 3), "%s: body %q, %v", resp.Proto, body, err)
+		})
+	}
+}
