@@ -114,6 +114,11 @@ func (q *quicListener) listen(tcp net.Addr) error {
 		Allow0RTT:            q.l.cfg.EarlyData,
 		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
 		MaxIdleTimeout:       s.idle,
+		// The server pings, so that a client waiting for a slow
+		// upstream keeps its connection, as over TCP: QUIC's idle
+		// timeout then ends only connections whose peer has gone, and
+		// h3's IdleTimeout those without a request.
+		KeepAlivePeriod: s.idle / 2,
 	})
 	if err != nil {
 		q.tr.Close()

@@ -373,3 +373,37 @@ func TestSlowStreamingUpstreamIsNotCut(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP3SlowUpstreamIsNotCut has an HTTP/3 client that sends no pings
+// (quic-go's default) wait for an upstream slower than the idle timeout:
+// as over TCP, the request must be answered, and the connection still
+// closes once it has been idle for the idle timeout.
+func TestHTTP3SlowUpstreamIsNotCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(3 * idle)
+		io.WriteString(w, "slow")
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	tr := &http3.Transport{TLSClientConfig: client("localhost", cert)}
+	defer tr.Close()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + s.Addrs()[0] + "/")
+	if err != nil {
+		t.Fatalf("HTTP/3 request to an upstream that takes %v (idle timeout %v): %v", 3*idle, idle, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	must(t, err == nil && string(body) == "slow", "body %q, %v", body, err)
+	q := s.listeners[0].quic
+	waitFor(t, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.conns) == 0
+	}, "the idle HTTP/3 connection was not closed")
+}
