@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -406,4 +407,39 @@ func TestHTTP3SlowUpstreamIsNotCut(t *testing.T) {
 		defer q.mu.Unlock()
 		return len(q.conns) == 0
 	}, "the idle HTTP/3 connection was not closed")
+}
+
+// TestUpgradeStillSwitchesProtocols sends an Upgrade request through the
+// reverse proxy, whose response writer is now wrapped: the proxy must
+// still hijack the connection and pass bytes both ways after the 101.
+func TestUpgradeStillSwitchesProtocols(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		line, _ := brw.ReadString('\n')
+		io.WriteString(c, "echo: "+line)
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) { c.Listeners[0].Upstream = up.URL })
+	c, err := tls.Dial("tcp", s.Addrs()[0], client("localhost", cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, resp.StatusCode == http.StatusSwitchingProtocols, "status %d", resp.StatusCode)
+	io.WriteString(c, "hello\n")
+	line, err := br.ReadString('\n')
+	must(t, err == nil && line == "echo: hello\n", "after the switch: %q, %v", line, err)
 }
