@@ -13,6 +13,11 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
+// maxHeaderWait is the PROXY protocol library's own bound on the wait for a
+// header: longer than any handshake timeout, so that the handshake's
+// deadline decides.
+const maxHeaderWait = 100 * 365 * 24 * time.Hour
+
 // A listener is one listening address with its TLS configuration and
 // upstream.
 type listener struct {
@@ -102,8 +107,12 @@ func (l *listener) listen() error {
 			return err
 		}
 		pl := &proxyproto.Listener{
-			Listener:          ln,
-			ReadHeaderTimeout: time.Duration(l.s.handshakeTimeout.Load()),
+			Listener: ln,
+			// The header is read within the handshake's deadline, set
+			// on each connection from the handshake timeout in force
+			// (Reload changes it); the library's own wait, shortened
+			// to that deadline, must not be shorter.
+			ReadHeaderTimeout: maxHeaderWait,
 			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
 				p, err := trust(o)
 				if err != nil {

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 
+	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 )
@@ -442,4 +443,40 @@ func TestUpgradeStillSwitchesProtocols(t *testing.T) {
 	io.WriteString(c, "hello\n")
 	line, err := br.ReadString('\n')
 	must(t, err == nil && line == "echo: hello\n", "after the switch: %q, %v", line, err)
+}
+
+// TestProxyHeaderWaitFollowsReload raises the handshake timeout with a
+// reload: the wait for the PROXY header, part of the handshake, must
+// follow it, as a lowered one already did.
+func TestProxyHeaderWaitFollowsReload(t *testing.T) {
+	cert := mustSelfSigned(t, "localhost")
+	var cfg Config
+	s, _ := start(t, cert, func(c *Config) {
+		c.HandshakeTimeout = 300 * time.Millisecond
+		c.Listeners[0].ProxyProtocol = true
+		c.Listeners[0].ProxyTrusted = []string{"127.0.0.1"}
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg = *c
+	})
+	cfg.HandshakeTimeout = 5 * time.Second
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	time.Sleep(time.Second) // past the old timeout, within the new one
+	h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP("203.0.113.7"), Port: 4242}, raw.RemoteAddr())
+	if _, err := h.WriteTo(raw); err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, client("localhost", cert))
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("handshake 1 s after connecting, handshake timeout reloaded to 5 s: %v (%+v)", err, s.Stats())
+	}
+	_, body, _ := roundTrip(t, c, "/", nil)
+	must(t, bytes.Contains(body, []byte("203.0.113.7:4242")), "facts: %s", body)
 }
