@@ -480,3 +480,42 @@ func TestProxyHeaderWaitFollowsReload(t *testing.T) {
 	_, body, _ := roundTrip(t, c, "/", nil)
 	must(t, bytes.Contains(body, []byte("203.0.113.7:4242")), "facts: %s", body)
 }
+
+// TestMaxConnectionsBoundsHTTP3 opens HTTP/3 connections to a listener
+// with MaxConnections 2: a third is refused while two are open, and taken
+// once one has closed.
+func TestMaxConnectionsBoundsHTTP3(t *testing.T) {
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.MaxConnections = 2
+		c.Listeners[0].HTTP3 = true
+	})
+	tlsConf := client("localhost", cert)
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	dial := func() (*quic.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return quic.DialAddr(ctx, s.Addrs()[0], tlsConf.Clone(), nil)
+	}
+	var open []*quic.Conn
+	for range 2 {
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if c, err := dial(); err == nil {
+		c.CloseWithError(0, "")
+		t.Fatal("a third HTTP/3 connection was taken with MaxConnections 2")
+	}
+	open[0].CloseWithError(0, "")
+	var c *quic.Conn
+	waitFor(t, func() bool {
+		var err error
+		c, err = dial()
+		return err == nil
+	}, "no HTTP/3 connection taken after one of two closed")
+	c.CloseWithError(0, "")
+	open[1].CloseWithError(0, "")
+}
