@@ -40,28 +40,38 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	rt.handler.ServeHTTP(l.s.boundWrites(w), l.s.boundBody(w, r))
+	r = l.s.boundBody(w, r)
+	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
+	l.s.boundDiscard(r)
 }
 
 // boundBody returns r with its body bounded by the idle timeout: each wait
 // for the body is bounded as net/http's ReadHeaderTimeout bounds the wait
 // for the headers. Without it, a client that sends headers and then part
 // of a body, or nothing, holds its connection (and the upstream's request)
-// for ever. The bound is set before the handler runs, so that it also
-// covers what net/http reads of a body the handler left unread; it is
-// lifted once the body ends, since the wait for the response is the
-// upstream's. The body is in the returned request's context too, for
-// clientFailed.
+// for ever. The bound holds only while a read waits: while the upstream
+// does not take the body, or prepares its answer, the client is not the
+// one waiting. The body is in the returned request's context too, for
+// clientFailed and boundDiscard.
 func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *http.Request {
 	if r.Body == nil || r.Body == http.NoBody {
 		return r
 	}
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Now().Add(s.idle))
-	b := &idleBody{ReadCloser: r.Body, rc: rc, idle: s.idle}
+	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle}
 	r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
 	r.Body = b
 	return r
+}
+
+// boundDiscard bounds, after an HTTP/1 handler has returned, net/http's
+// read of what it left of the request body (to reuse the connection),
+// which would otherwise wait for a stalled client for ever. HTTP/2 and
+// HTTP/3 reset the stream instead.
+func (s *Server) boundDiscard(r *http.Request) {
+	if b, ok := r.Context().Value(idleBodyKey{}).(*idleBody); ok && r.ProtoMajor == 1 && !b.ended.Load() {
+		b.returned.Store(true) // a read still under way keeps the bound
+		b.rc.SetReadDeadline(time.Now().Add(s.idle))
+	}
 }
 
 type idleBodyKey struct{}
@@ -70,21 +80,29 @@ type idleBodyKey struct{}
 // idle.
 type idleBody struct {
 	io.ReadCloser
-	rc     *http.ResponseController
-	idle   time.Duration
-	failed atomic.Bool // a read failed: the client timed out or broke off
+	rc       *http.ResponseController
+	idle     time.Duration
+	ended    atomic.Bool // a read returned io.EOF
+	failed   atomic.Bool // a read failed: the client timed out or broke off
+	returned atomic.Bool // the HTTP/1 handler has returned (boundDiscard)
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		b.failed.Store(true)
-	}
 	if err == io.EOF {
-		// From here net/http (and http3) read only to see the client
-		// go, which must not time out while a slow upstream answers.
-		// After a failure the bound stays, for what net/http discards.
+		b.ended.Store(true)
+	}
+	switch {
+	case err != nil && err != io.EOF:
+		// The bound stays, for what net/http discards.
+		b.failed.Store(true)
+	case !b.returned.Load():
+		// No bound between reads (for HTTP/2 a deadline is a timer
+		// on the stream, not on a read), nor once the body has ended,
+		// when net/http reads only to see the client go. Once the
+		// HTTP/1 handler has returned, the bound stays for what
+		// net/http discards.
 		b.rc.SetReadDeadline(time.Time{})
 	}
 	return n, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -518,4 +519,48 @@ func TestMaxConnectionsBoundsHTTP3(t *testing.T) {
 	}, "no HTTP/3 connection taken after one of two closed")
 	c.CloseWithError(0, "")
 	open[1].CloseWithError(0, "")
+}
+
+// TestUploadToPausingUpstreamIsNotCut sends a large body, at full speed,
+// to an upstream that stops reading it for longer than the idle timeout:
+// the client is not the one waiting, so its request must not be cut, over
+// HTTP/1.1, HTTP/2 and HTTP/3.
+func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	const size = 16 << 20
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadFull(r.Body, make([]byte, 1<<10))
+		time.Sleep(3 * idle)
+		n, err := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d %v", n+1<<10, err)
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	cfg := client("localhost", cert)
+	for _, tt := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{
+		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
+		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
+		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0]+"/", bytes.NewReader(make([]byte, size)))
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: 20 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			must(t, err == nil && resp.StatusCode == 200 && string(body) == fmt.Sprintf("%d <nil>", size),
+				"%s: status %d, body %q, %v", resp.Proto, resp.StatusCode, body, err)
+		})
+	}
 }
