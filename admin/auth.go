@@ -19,7 +19,7 @@ func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusForbidden, "no admin token is configured (admin.token or admin.token_file), so state changes are refused")
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		got, ok := bearer(r.Header.Get("Authorization"))
 		if !ok || !tokenEqual(got, want) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tlsfarm admin"`)
 			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
@@ -27,6 +27,13 @@ func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
 		}
 		next(w, r)
 	}
+}
+
+// bearer returns the token of an Authorization header of the Bearer
+// scheme, whose name is case insensitive (RFC 9110 §11.1).
+func bearer(auth string) (string, bool) {
+	scheme, token, ok := strings.Cut(auth, " ")
+	return token, ok && strings.EqualFold(scheme, "Bearer")
 }
 
 // tokenEqual compares two tokens in time that depends on neither: the

@@ -14,6 +14,7 @@ type conn struct {
 	l      *listener
 	once   sync.Once
 	ticket atomic.Pointer[[]byte]
+	fresh  atomic.Bool // in Server.fresh
 }
 
 func (c *conn) Close() error {
@@ -22,6 +23,7 @@ func (c *conn) Close() error {
 		if c.l.sem != nil {
 			<-c.l.sem
 		}
+		c.l.s.handedOff(c, true)
 		c.l.s.untrack(c)
 	})
 	return err

@@ -14,6 +14,14 @@ import (
 // upstream.
 func (l *listener) handle(c *conn) {
 	s := l.s
+	shaking := true
+	handed := func() {
+		if shaking {
+			shaking = false
+			s.shaking.Done()
+		}
+	}
+	defer handed()
 	tc := tls.Server(c, l.base)
 	c.SetDeadline(time.Now().Add(time.Duration(s.handshakeTimeout.Load())))
 	if err := tc.Handshake(); err != nil {
@@ -32,11 +40,14 @@ func (l *listener) handle(c *conn) {
 
 	r := l.route.Load()
 	if r.tcp != "" {
+		handed()
 		l.passthrough(tc, r.tcp)
 		return
 	}
+	s.handedOff(c, false)
 	if !l.handoff.push(tc) {
-		tc.Close() // shutting down
+		s.handedOff(c, true)
+		tc.Close() // the shutdown's drain timeout has passed
 	}
 }
 

@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,10 +20,17 @@ import (
 // made a full handshake. A value sent by the client is replaced.
 const ResumedHeader = "X-TLS-Resumed"
 
+// xForwarded is the prefix of the forwarding headers that a reverse proxy
+// sets and a client may not.
+const xForwarded = "X-Forwarded-"
+
 var errNoHTTPUpstream = errors.New("this listener's upstream is now tcp://; it no longer serves HTTP")
 
 // serveRequest sends a request to the listener's current HTTP upstream.
 func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
+	if c := connOf(r); c != nil {
+		l.s.handedOff(c, true)
+	}
 	r.Header.Del(EarlyDataHeader) // TLS over TCP never carries early data here
 	if l.quic != nil {
 		w.Header().Set("Alt-Svc", l.quic.altSvc)
@@ -30,7 +40,113 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	rt.handler.ServeHTTP(w, r)
+	r = l.s.boundBody(w, r)
+	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
+	l.s.boundDiscard(r)
+}
+
+// boundBody returns r with its body bounded by the idle timeout: each wait
+// for the body is bounded as net/http's ReadHeaderTimeout bounds the wait
+// for the headers. Without it, a client that sends headers and then part
+// of a body, or nothing, holds its connection (and the upstream's request)
+// for ever. The bound holds only while a read waits: while the upstream
+// does not take the body, or prepares its answer, the client is not the
+// one waiting. The body is in the returned request's context too, for
+// clientFailed and boundDiscard.
+func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *http.Request {
+	if r.Body == nil || r.Body == http.NoBody {
+		return r
+	}
+	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle}
+	r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
+	r.Body = b
+	return r
+}
+
+// boundDiscard bounds, after an HTTP/1 handler has returned, net/http's
+// read of what it left of the request body (to reuse the connection),
+// which would otherwise wait for a stalled client for ever. HTTP/2 and
+// HTTP/3 reset the stream instead.
+func (s *Server) boundDiscard(r *http.Request) {
+	if b, ok := r.Context().Value(idleBodyKey{}).(*idleBody); ok && r.ProtoMajor == 1 && !b.ended.Load() {
+		b.returned.Store(true) // a read still under way keeps the bound
+		b.rc.SetReadDeadline(time.Now().Add(s.idle))
+	}
+}
+
+type idleBodyKey struct{}
+
+// An idleBody is a request body whose every read must make progress within
+// idle.
+type idleBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	idle     time.Duration
+	ended    atomic.Bool // a read returned io.EOF
+	failed   atomic.Bool // a read failed: the client timed out or broke off
+	returned atomic.Bool // the HTTP/1 handler has returned (boundDiscard)
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.ended.Store(true)
+	}
+	switch {
+	case err != nil && err != io.EOF:
+		// The bound stays, for what net/http discards.
+		b.failed.Store(true)
+	case !b.returned.Load():
+		// No bound between reads (for HTTP/2 a deadline is a timer
+		// on the stream, not on a read), nor once the body has ended,
+		// when net/http reads only to see the client go. Once the
+		// HTTP/1 handler has returned, the bound stays for what
+		// net/http discards.
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// boundWrites returns w with each write and flush of the response bounded
+// by the idle timeout: a client that stops reading would otherwise block
+// the handler (and the upstream's response) for ever once the buffers
+// between them are full. Between writes there is no bound: a slow
+// upstream is not the client's doing.
+func (s *Server) boundWrites(w http.ResponseWriter) http.ResponseWriter {
+	return &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle}
+}
+
+// An idleWriter is a response writer whose every write must make progress
+// within idle.
+type idleWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (w *idleWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	defer w.rc.SetWriteDeadline(time.Time{})
+	return w.ResponseWriter.Write(p)
+}
+
+// FlushError flushes the response within idle, for http.ResponseController
+// (the reverse proxy flushes streamed responses).
+func (w *idleWriter) FlushError() error {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	defer w.rc.SetWriteDeadline(time.Time{})
+	return w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// clientFailed reports whether r failed on the client's side: the client
+// went away, or reading its body failed.
+func clientFailed(r *http.Request) bool {
+	b, ok := r.Context().Value(idleBodyKey{}).(*idleBody)
+	return r.Context().Err() != nil || ok && b.failed.Load()
 }
 
 type connKey struct{}
@@ -58,6 +174,15 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			// ReverseProxy drops the client's Forwarded and
+			// X-Forwarded-For, -Host and -Proto; the others
+			// (X-Forwarded-Port, -Prefix, -Ssl, -Client-Cert...) are
+			// as easily believed upstream, and a client is no proxy.
+			for k := range pr.Out.Header {
+				if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
+					delete(pr.Out.Header, k)
+				}
+			}
 			pr.SetXForwarded()
 			pr.Out.Host = pr.In.Host
 			resumed := "0"
@@ -69,6 +194,14 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 		},
 		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if clientFailed(r) {
+				// The client left, or stalled or broke off its body:
+				// the upstream is not to blame, and nobody is waiting
+				// for an answer worth giving.
+				s.log.Debug("request ended by the client", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
 			s.stats.upstream.Add(1)
 			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
 			s.warn.note("upstream", "upstream requests failing (502)", r.RemoteAddr, "upstream", target.Redacted(), "last_err", err.Error())

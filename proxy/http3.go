@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -41,6 +42,8 @@ type quicListener struct {
 
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted, not yet closed
+
+	open atomic.Int64 // connections from ConnContext to their end, with Config.MaxConnections
 }
 
 type quicConnKey struct{}
@@ -104,6 +107,17 @@ func (q *quicListener) listen(tcp net.Addr) error {
 		TokenGeneratorKey: &tk,
 		StatelessResetKey: &rk,
 		ConnContext: func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+			// Config.MaxConnections bounds the QUIC connections of
+			// the listener too; at the bound, new ones are refused
+			// (the client can fall back to TCP). quic-go ends ctx
+			// when the connection ends, handshake failures included.
+			if s.max > 0 {
+				if q.open.Add(1) > int64(s.max) {
+					q.open.Add(-1)
+					return nil, errQUICFull
+				}
+				context.AfterFunc(ctx, func() { q.open.Add(-1) })
+			}
 			return context.WithValue(ctx, quicStateKey{}, &quicState{}), nil
 		},
 	}
@@ -114,6 +128,11 @@ func (q *quicListener) listen(tcp net.Addr) error {
 		Allow0RTT:            q.l.cfg.EarlyData,
 		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
 		MaxIdleTimeout:       s.idle,
+		// The server pings, so that a client waiting for a slow
+		// upstream keeps its connection, as over TCP: QUIC's idle
+		// timeout then ends only connections whose peer has gone, and
+		// h3's IdleTimeout those without a request.
+		KeepAlivePeriod: s.idle / 2,
 	})
 	if err != nil {
 		q.tr.Close()
@@ -281,7 +300,7 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
-	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: w, s: s}, r)
+	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))
 }
 
 // safeMethod reports whether a request with method may be served from early
@@ -307,6 +326,8 @@ func (w *statusWriter) WriteHeader(code int) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 var errNoQUIC = errors.New("proxy: the listener's route has no HTTP/3 config")
+
+var errQUICFull = errors.New("proxy: the listener has MaxConnections QUIC connections open")
 
 // setQUIC applies the HTTP/3 settings of cfg.
 func (s *Server) setQUIC(cfg Config) {

@@ -13,6 +13,11 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
+// maxHeaderWait is the PROXY protocol library's own bound on the wait for a
+// header: longer than any handshake timeout, so that the handshake's
+// deadline decides.
+const maxHeaderWait = 100 * 365 * 24 * time.Hour
+
 // A listener is one listening address with its TLS configuration and
 // upstream.
 type listener struct {
@@ -54,7 +59,17 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 		ReadHeaderTimeout: s.idle,
 		IdleTimeout:       s.idle,
 		ConnContext:       withConn,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnState: func(nc net.Conn, st http.ConnState) {
+			// An HTTP/1 connection is active once it has read a
+			// request, before net/http decides to serve it: its
+			// first request counts in serveRequest.
+			if tc, ok := nc.(*tls.Conn); ok && st != http.StateNew && st != http.StateActive {
+				if c, ok := tc.NetConn().(*conn); ok {
+					s.handedOff(c, true)
+				}
+			}
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	if cfg.HTTP3 {
 		l.quic = l.newQUIC()
@@ -92,8 +107,12 @@ func (l *listener) listen() error {
 			return err
 		}
 		pl := &proxyproto.Listener{
-			Listener:          ln,
-			ReadHeaderTimeout: time.Duration(l.s.handshakeTimeout.Load()),
+			Listener: ln,
+			// The header is read within the handshake's deadline, set
+			// on each connection from the handshake timeout in force
+			// (Reload changes it); the library's own wait, shortened
+			// to that deadline, must not be shorter.
+			ReadHeaderTimeout: maxHeaderWait,
 			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
 				p, err := trust(o)
 				if err != nil {

@@ -170,7 +170,9 @@ type Server struct {
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
-	drained chan struct{} // closed when conns empties during shutdown
+	shaking sync.WaitGroup     // connections not yet through their handshake and handed on
+	fresh   map[*conn]struct{} // handed to an HTTP server, no request served yet
+	drained chan struct{}      // closed when conns empties during shutdown
 	started bool
 	closing bool
 	wg      sync.WaitGroup // accept loops and HTTP servers
@@ -200,6 +202,7 @@ func New(cfg Config) (*Server, error) {
 		idle:  cfg.IdleTimeout,
 		max:   cfg.MaxConnections,
 		conns: map[*conn]struct{}{},
+		fresh: map[*conn]struct{}{},
 	}
 	s.warn = newWarner(s.log)
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
@@ -307,6 +310,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if started {
 			l.ln.Close()
 		}
+	}
+	// Connections accepted before now finish their handshakes (within
+	// the handshake timeout) and reach their upstreams before the HTTP
+	// servers stop taking connections.
+	shaken := make(chan struct{})
+	go func() {
+		s.shaking.Wait()
+		close(shaken)
+	}()
+	select {
+	case <-shaken:
+	case <-ctx.Done():
+	}
+	// net/http drops a request that arrives once its Shutdown has begun:
+	// the connections handed to it send theirs first, each within the
+	// handshake timeout.
+	s.waitFresh(ctx, time.Duration(s.handshakeTimeout.Load()))
+	for _, l := range s.listeners {
 		l.handoff.Close()
 	}
 	var httpWG sync.WaitGroup
@@ -352,7 +373,8 @@ func (s *Server) release() {
 	}
 }
 
-// track registers a new connection; it reports false during shutdown.
+// track registers a new connection, to go through its handshake (see
+// Server.shaking); it reports false during shutdown.
 func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -360,7 +382,50 @@ func (s *Server) track(c *conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
+	s.shaking.Add(1)
 	return true
+}
+
+// handedOff records that c is handed to an HTTP server (done false) or
+// that its first request has reached the handler, or it has gone (done
+// true).
+func (s *Server) handedOff(c *conn, done bool) {
+	if done && !c.fresh.Swap(false) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if done {
+		delete(s.fresh, c)
+	} else {
+		c.fresh.Store(true)
+		s.fresh[c] = struct{}{}
+	}
+}
+
+// waitFresh waits, at most bound or until ctx ends, for every connection
+// handed to an HTTP server to have had its first request served (or to
+// have gone).
+func (s *Server) waitFresh(ctx context.Context, bound time.Duration) {
+	deadline := time.NewTimer(bound)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.fresh)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 func (s *Server) untrack(c *conn) {

@@ -147,7 +147,16 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("admin.address: %w", err)
 	}
-	d.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+	// Bound every wait on a client, as on the listeners: a request (its
+	// body too) must arrive within 10 s, and a keep-alive connection may
+	// wait for its next one for limits.idle_timeout.
+	d.admin = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       cfg.Limits.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+	}
 	go d.admin.Serve(ln)
 	return ln.Addr().String(), nil
 }
