@@ -350,23 +350,37 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	key := childKeyPrefix + hex.EncodeToString(parent[:])
+	link := n.childLink(header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}, parent, child, ttl)
 	var old []byte
 	var err error
 	if sw, ok := n.cfg.Records.(transport.RecordSwapper); ok {
 		// One round trip, and atomic: of two nodes that swap at once,
 		// the second learns of the first's child.
-		old, err = sw.SwapRecord(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl})
+		old, err = sw.SwapRecord(ctx, link)
 	} else {
-		old, err = taker.TakeRecord(ctx, key)
-		if err := n.cfg.Records.PutRecords(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+		old, err = taker.TakeRecord(ctx, link.Key)
+		if err := n.cfg.Records.PutRecords(ctx, link); err != nil {
 			return session.ID{}, false
 		}
 	}
-	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
+	if err != nil {
 		return session.ID{}, false
 	}
-	return session.ID(old), true
+	// Only a link a node of the farm sealed for this parent names a
+	// session to retire: anyone who can write the store could put any
+	// session's ID there.
+	_, body, err := n.keys.open(old, n.cfg.Farm, valChild, parent[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil || len(body) != session.IDLen || session.ID(body) == child {
+		return session.ID{}, false
+	}
+	return session.ID(body), true
+}
+
+// childLink returns the store item that names child as parent's live
+// child, for ttl: sealed, bound to the parent.
+func (n *Node) childLink(hdr header, parent, child session.ID, ttl time.Duration) transport.Item {
+	hdr.typ = valChild
+	return transport.Item{Key: childKeyPrefix + hex.EncodeToString(parent[:]), Value: n.keys.seal(nil, hdr, child[:], parent[:]), TTL: ttl}
 }
 
 // childKeeper records, in store-only mode, each resumed parent's live child
@@ -464,7 +478,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 					n.life.childLinksDropped.Add(1)
 				}
 			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
-				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+				puts = append(puts, n.childLink(hdr, it.id, it.child, ttl))
 			}
 		}
 		if !it.until.After(now) {

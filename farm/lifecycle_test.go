@@ -482,3 +482,45 @@ func TestConsumeRefusesForeignValue(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedChildLinkRetiresNothing: in store-only mode the store names a
+// parent's live child (c:<parent>), which the node that resumes the parent
+// again retires farm-wide. Someone who can write the store, but lacks the
+// farm secret, puts another session's ID there: that session must stay.
+func TestForgedChildLinkRetiresNothing(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, WriteThrough: true})
+	ids, cs := farmtest.Issue(t, ms[0], 2)
+	victimID, parentID := ids[0], ids[1]
+	waitStored(t, ms[0], victimID)
+	waitStored(t, ms[0], parentID)
+	dial := func(m *farmtest.Member, c *tlstest.FrozenCache) bool {
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
+	}
+	// The parent's first resumption records its child.
+	if !dial(ms[0], cs[1]) {
+		t.Fatal("the parent did not resume")
+	}
+	link := fmt.Sprintf("c:%x", parentID[:])
+	farmtest.Eventually(t, 5*time.Second, "the store names the parent's child", func() bool {
+		_, err := ms[0].Store.GetRecord(t.Context(), link)
+		return err == nil
+	})
+	if err := ms[0].Store.PutRecords(t.Context(), transport.Item{Key: link, Value: victimID[:], TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// Its second resumption replaces the child the store names.
+	if !dial(ms[0], cs[1]) {
+		t.Fatal("the parent did not resume again")
+	}
+	time.Sleep(500 * time.Millisecond) // the swap, the retirement, its write and message
+	if _, err := ms[0].Store.GetRecord(t.Context(), fmt.Sprintf("s:%x", victimID[:])); err != nil {
+		t.Fatalf("the store lost the victim's record: %v", err)
+	}
+	for _, m := range []*farmtest.Member{ms[1], ms[0]} {
+		if !dial(m, cs[0]) {
+			t.Fatalf("%s no longer resumes a session named in a forged child link", m.Name)
+		}
+	}
+}
