@@ -294,7 +294,7 @@ func parseCuts(body []byte) ([]cut, error) {
 }
 
 // receiveCuts applies cuts and retirements from a peer.
-func (n *Node) receiveCuts(body []byte) {
+func (n *Node) receiveCuts(body []byte, sent time.Time) {
 	cs, err := parseCuts(body)
 	if err != nil {
 		n.ctr.rejected[rejectBody].Add(1)
@@ -308,13 +308,31 @@ func (n *Node) receiveCuts(body []byte) {
 		}
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
-			n.retired.add(c.id, n.cfg.Now())
-			n.cfg.Cache.Retire(c.id, session.OriginPeer)
+			n.retireFromPeer(c.id, sent, n.cfg.Now())
 			continue
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
+	}
+}
+
+// retireFromPeer retires id, as a peer's message sealed at sent asks, and
+// remembers it among the IDs retired lately, which refuse a peer's
+// message that still carries it. Such a message is taken for MaxAge, from
+// a clock within MaxSkew of the retirer's, so a retirement older than
+// MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
+// up to the cache's Lifetime) is remembered only if it removed a session
+// here: replayed in bulk, retirements of sessions long gone would push out
+// of the bounded set the ones that still matter.
+func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) {
+	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
+		n.retired.add(id, now)
+		n.cfg.Cache.Retire(id, session.OriginPeer)
+		return
+	}
+	if n.cfg.Cache.Retire(id, session.OriginPeer) {
+		n.retired.add(id, now)
 	}
 }
 

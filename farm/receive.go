@@ -102,7 +102,7 @@ func (n *Node) receive(msg []byte) {
 		}
 		n.receiveSessions(body, now)
 	case msgCut:
-		n.receiveCuts(body)
+		n.receiveCuts(body, h.time)
 	case msgResend:
 		n.receiveResend()
 	case msgTally:
@@ -205,8 +205,7 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 		if !until.After(now) {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
-			n.retired.add(p, now)
-			n.cfg.Cache.Retire(p, session.OriginPeer)
+			n.retireFromPeer(p, sent, now)
 			continue
 		}
 		n.cfg.Cache.Cut(p, until)
