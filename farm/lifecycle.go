@@ -314,6 +314,7 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
+		n.noteResumed(c.id, n.cfg.Now())
 	}
 }
 
@@ -346,6 +347,7 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
+			n.noteResumed(p, n.cfg.Now())
 			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&

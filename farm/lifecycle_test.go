@@ -524,3 +524,73 @@ func TestForgedChildLinkRetiresNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayedSessionKeepsGraceCut: a peer's session message replayed on
+// the bus (within MaxAge, as someone on the bus may) after the session was
+// resumed must not give it back the life its grace cut took: past the
+// grace it resumes on no node.
+func TestReplayedSessionKeepsGraceCut(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	const grace = time.Second
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("after_grace=%v", late), func(t *testing.T) {
+			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.SweepInterval = 50 * time.Millisecond },
+				Tweak:      func(c *farm.Config) { c.TallyInterval = -1 }})
+			opt, _ := redis.ParseURL(url)
+			raw := redis.NewClient(opt)
+			defer raw.Close()
+			// Every node publishes on a channel of its own (see redisbus).
+			ps := raw.PSubscribe(t.Context(), redisOf(ms[0]).Channel()+":*")
+			defer ps.Close()
+			if _, err := ps.Receive(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ids, cs := farmtest.Issue(t, ms[0], 1)
+			parent := ids[0]
+			var captured []byte
+			var channel string
+			for captured == nil {
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				msg, err := ps.ReceiveMessage(ctx)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := []byte(msg.Payload); len(m) > farm.EnvTypeAt && m[farm.EnvTypeAt] == farm.EnvTypeSess {
+					captured, channel = m, msg.Channel
+				}
+			}
+			farmtest.Eventually(t, 5*time.Second, "n2 holds the parent", func() bool {
+				_, ok := lookup(ms[1].Cache, parent)
+				return ok
+			})
+			if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
+				t.Fatal("the parent did not resume")
+			}
+			resumed := time.Now()
+			end := resumed.Add(grace) // when the parent's grace ends on both nodes
+			farmtest.Eventually(t, 5*time.Second, "n2 cut the parent", func() bool {
+				r, ok := lookup(ms[1].Cache, parent)
+				cut := ok && r.Expires.Before(resumed.Add(time.Hour))
+				if cut && r.Expires.After(end) {
+					end = r.Expires
+				}
+				return !ok || cut
+			})
+			if late {
+				time.Sleep(time.Until(end.Add(300 * time.Millisecond)))
+			}
+			if err := raw.Publish(t.Context(), channel, captured).Err(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Until(end.Add(500 * time.Millisecond)))
+			for _, m := range ms {
+				if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
+					t.Fatalf("%s resumed the parent past its grace after its message was replayed", m.Name)
+				}
+			}
+		})
+	}
+}
