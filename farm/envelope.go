@@ -57,6 +57,7 @@ const (
 	msgCut                          // body: sessions cut to their grace, or retired
 	msgResend                       // body: empty; asks peers to write and publish again the retirements and cuts they hold
 	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
+	valChild                        // body: a parent's live child's session ID (store-only); context: the parent's ID
 )
 
 func (t envType) String() string {
@@ -77,6 +78,8 @@ func (t envType) String() string {
 		return "resend"
 	case msgTally:
 		return "tally"
+	case valChild:
+		return "child"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

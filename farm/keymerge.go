@@ -119,7 +119,24 @@ func needsMerge(farm, mine ticket.State, mineServed bool) bool {
 // may have encrypted tickets (its current and previous keys), as
 // decrypt-only keys, at an epoch above both. The farm's current and next
 // keys stay: one key encrypts everywhere.
+//
+// A farm's set at an epoch below mine is not built on: it may be a set the
+// farm has rotated past, put back by someone who can write the store, and
+// taking its keys would bring back keys that rotated out (as the one that
+// encrypts, even). The result is then mine at a greater epoch, keeping
+// every previous key it holds for keep rotations; a node that encrypts
+// with the older set's keys finds them missing there and merges them in
+// itself.
 func merge(farm keySet, mine ticket.State, keep int) keySet {
+	if farm.st.Epoch < mine.Epoch {
+		out := keySet{st: mine}
+		out.st.Epoch = mine.Epoch + 1
+		if extra := len(mine.Previous) - keep; extra > 0 {
+			out.extra = min(extra, maxMergedExtra)
+			out.until = out.st.Epoch + uint64(keep)
+		}
+		return out
+	}
 	out := keySet{st: farm.st, extra: farm.extra, until: farm.until}
 	out.st.Epoch = max(farm.st.Epoch, mine.Epoch) + 1
 	var added []ticket.Key

@@ -102,3 +102,29 @@ func TestMergeKeepsEveryKey(t *testing.T) {
 		t.Fatalf("%d previous keys %d rotations after the merge, want %d", len(next.Previous), keep+1, keep)
 	}
 }
+
+// TestAnnouncementBeforeRevocations: a node that has not read the farm's
+// revocations takes none of the farm's ticket keys (see Join), not even
+// from an announcement that reaches it before its rotator's first poll.
+func TestAnnouncementBeforeRevocations(t *testing.T) {
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Rotator{n: &Node{}, cfg: RotationConfig{Ring: ring, Keep: 2}, wake: make(chan struct{}, 1)}
+	st := newState(t, 3, 1)
+	body, err := keySet{st: st}.bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.onAnnounce(header{}, body) // clears body
+	if st := ring.State(); st.Epoch != 0 {
+		t.Fatalf("took the announced key set (epoch %d) before the revocations were read", st.Epoch)
+	}
+	r.n.revsKnown.Store(true)
+	body, _ = keySet{st: st}.bytes()
+	r.onAnnounce(header{}, body)
+	if st := ring.State(); st.Epoch != 3 {
+		t.Fatalf("epoch %d once the revocations are known, want 3", st.Epoch)
+	}
+}

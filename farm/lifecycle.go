@@ -294,7 +294,7 @@ func parseCuts(body []byte) ([]cut, error) {
 }
 
 // receiveCuts applies cuts and retirements from a peer.
-func (n *Node) receiveCuts(body []byte) {
+func (n *Node) receiveCuts(body []byte, sent time.Time) {
 	cs, err := parseCuts(body)
 	if err != nil {
 		n.ctr.rejected[rejectBody].Add(1)
@@ -308,13 +308,32 @@ func (n *Node) receiveCuts(body []byte) {
 		}
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
-			n.retired.add(c.id, n.cfg.Now())
-			n.cfg.Cache.Retire(c.id, session.OriginPeer)
+			n.retireFromPeer(c.id, sent, n.cfg.Now())
 			continue
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
+		n.noteResumed(c.id, n.cfg.Now())
+	}
+}
+
+// retireFromPeer retires id, as a peer's message sealed at sent asks, and
+// remembers it among the IDs retired lately, which refuse a peer's
+// message that still carries it. Such a message is taken for MaxAge, from
+// a clock within MaxSkew of the retirer's, so a retirement older than
+// MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
+// up to the cache's Lifetime) is remembered only if it removed a session
+// here: replayed in bulk, retirements of sessions long gone would push out
+// of the bounded set the ones that still matter.
+func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) {
+	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
+		n.retired.add(id, now)
+		n.cfg.Cache.Retire(id, session.OriginPeer)
+		return
+	}
+	if n.cfg.Cache.Retire(id, session.OriginPeer) {
+		n.retired.add(id, now)
 	}
 }
 
@@ -328,6 +347,7 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
+			n.noteResumed(p, n.cfg.Now())
 			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
@@ -350,23 +370,37 @@ func (n *Node) swapChild(ctx context.Context, parent, child session.ID, ttl time
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	key := childKeyPrefix + hex.EncodeToString(parent[:])
+	link := n.childLink(header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}, parent, child, ttl)
 	var old []byte
 	var err error
 	if sw, ok := n.cfg.Records.(transport.RecordSwapper); ok {
 		// One round trip, and atomic: of two nodes that swap at once,
 		// the second learns of the first's child.
-		old, err = sw.SwapRecord(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl})
+		old, err = sw.SwapRecord(ctx, link)
 	} else {
-		old, err = taker.TakeRecord(ctx, key)
-		if err := n.cfg.Records.PutRecords(ctx, transport.Item{Key: key, Value: child[:], TTL: ttl}); err != nil {
+		old, err = taker.TakeRecord(ctx, link.Key)
+		if err := n.cfg.Records.PutRecords(ctx, link); err != nil {
 			return session.ID{}, false
 		}
 	}
-	if err != nil || len(old) != session.IDLen || session.ID(old) == child {
+	if err != nil {
 		return session.ID{}, false
 	}
-	return session.ID(old), true
+	// Only a link a node of the farm sealed for this parent names a
+	// session to retire: anyone who can write the store could put any
+	// session's ID there.
+	_, body, err := n.keys.open(old, n.cfg.Farm, valChild, parent[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil || len(body) != session.IDLen || session.ID(body) == child {
+		return session.ID{}, false
+	}
+	return session.ID(body), true
+}
+
+// childLink returns the store item that names child as parent's live
+// child, for ttl: sealed, bound to the parent.
+func (n *Node) childLink(hdr header, parent, child session.ID, ttl time.Duration) transport.Item {
+	hdr.typ = valChild
+	return transport.Item{Key: childKeyPrefix + hex.EncodeToString(parent[:]), Value: n.keys.seal(nil, hdr, child[:], parent[:]), TTL: ttl}
 }
 
 // childKeeper records, in store-only mode, each resumed parent's live child
@@ -464,7 +498,7 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 					n.life.childLinksDropped.Add(1)
 				}
 			} else if ttl := it.until.Sub(now); ttl > 0 && it.child != (session.ID{}) {
-				puts = append(puts, transport.Item{Key: childKeyPrefix + hex.EncodeToString(it.id[:]), Value: append([]byte(nil), it.child[:]...), TTL: ttl})
+				puts = append(puts, n.childLink(hdr, it.id, it.child, ttl))
 			}
 		}
 		if !it.until.After(now) {

@@ -482,3 +482,115 @@ func TestConsumeRefusesForeignValue(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedChildLinkRetiresNothing: in store-only mode the store names a
+// parent's live child (c:<parent>), which the node that resumes the parent
+// again retires farm-wide. Someone who can write the store, but lacks the
+// farm secret, puts another session's ID there: that session must stay.
+func TestForgedChildLinkRetiresNothing(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, WriteThrough: true})
+	ids, cs := farmtest.Issue(t, ms[0], 2)
+	victimID, parentID := ids[0], ids[1]
+	waitStored(t, ms[0], victimID)
+	waitStored(t, ms[0], parentID)
+	dial := func(m *farmtest.Member, c *tlstest.FrozenCache) bool {
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
+	}
+	// The parent's first resumption records its child.
+	if !dial(ms[0], cs[1]) {
+		t.Fatal("the parent did not resume")
+	}
+	link := fmt.Sprintf("c:%x", parentID[:])
+	farmtest.Eventually(t, 5*time.Second, "the store names the parent's child", func() bool {
+		_, err := ms[0].Store.GetRecord(t.Context(), link)
+		return err == nil
+	})
+	if err := ms[0].Store.PutRecords(t.Context(), transport.Item{Key: link, Value: victimID[:], TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// Its second resumption replaces the child the store names.
+	if !dial(ms[0], cs[1]) {
+		t.Fatal("the parent did not resume again")
+	}
+	time.Sleep(500 * time.Millisecond) // the swap, the retirement, its write and message
+	if _, err := ms[0].Store.GetRecord(t.Context(), fmt.Sprintf("s:%x", victimID[:])); err != nil {
+		t.Fatalf("the store lost the victim's record: %v", err)
+	}
+	for _, m := range []*farmtest.Member{ms[1], ms[0]} {
+		if !dial(m, cs[0]) {
+			t.Fatalf("%s no longer resumes a session named in a forged child link", m.Name)
+		}
+	}
+}
+
+// TestReplayedSessionKeepsGraceCut: a peer's session message replayed on
+// the bus (within MaxAge, as someone on the bus may) after the session was
+// resumed must not give it back the life its grace cut took: past the
+// grace it resumes on no node.
+func TestReplayedSessionKeepsGraceCut(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	const grace = time.Second
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("after_grace=%v", late), func(t *testing.T) {
+			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace; c.SweepInterval = 50 * time.Millisecond },
+				Tweak:      func(c *farm.Config) { c.TallyInterval = -1 }})
+			opt, _ := redis.ParseURL(url)
+			raw := redis.NewClient(opt)
+			defer raw.Close()
+			// Every node publishes on a channel of its own (see redisbus).
+			ps := raw.PSubscribe(t.Context(), redisOf(ms[0]).Channel()+":*")
+			defer ps.Close()
+			if _, err := ps.Receive(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ids, cs := farmtest.Issue(t, ms[0], 1)
+			parent := ids[0]
+			var captured []byte
+			var channel string
+			for captured == nil {
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				msg, err := ps.ReceiveMessage(ctx)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := []byte(msg.Payload); len(m) > farm.EnvTypeAt && m[farm.EnvTypeAt] == farm.EnvTypeSess {
+					captured, channel = m, msg.Channel
+				}
+			}
+			farmtest.Eventually(t, 5*time.Second, "n2 holds the parent", func() bool {
+				_, ok := lookup(ms[1].Cache, parent)
+				return ok
+			})
+			if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
+				t.Fatal("the parent did not resume")
+			}
+			resumed := time.Now()
+			end := resumed.Add(grace) // when the parent's grace ends on both nodes
+			farmtest.Eventually(t, 5*time.Second, "n2 cut the parent", func() bool {
+				r, ok := lookup(ms[1].Cache, parent)
+				cut := ok && r.Expires.Before(resumed.Add(time.Hour))
+				if cut && r.Expires.After(end) {
+					end = r.Expires
+				}
+				return !ok || cut
+			})
+			if late {
+				time.Sleep(time.Until(end.Add(300 * time.Millisecond)))
+			}
+			if err := raw.Publish(t.Context(), channel, captured).Err(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Until(end.Add(500 * time.Millisecond)))
+			for _, m := range ms {
+				if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
+					t.Fatalf("%s resumed the parent past its grace after its message was replayed", m.Name)
+				}
+			}
+		})
+	}
+}

@@ -27,6 +27,7 @@ type Node struct {
 	sf       singleflight.Group
 	neg      *negCache // nil if disabled or without a store
 	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
+	resumed  *negCache // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
 	log      *slog.Logger
 
 	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
@@ -195,6 +196,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.pend = newPending(cfg.PendingSize)
 	}
 	n.retired = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
+	n.resumed = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)

@@ -180,3 +180,48 @@ func TestOldRestrictingMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestOldRetirementsDoNotFlushRetired: the IDs a node remembers as retired
+// (so that a peer's message still carrying one does not bring it back) are
+// bounded. Retirements are taken at any age up to the cache's Lifetime, so
+// someone on the bus can replay many old ones; they must not push out a
+// retirement that still matters: the session's own message, replayed
+// within MaxAge after, must not insert it again.
+func TestOldRetirementsDoNotFlushRetired(t *testing.T) {
+	recv, send := oldMsgNodes(t, false, 30*time.Second)
+	now := time.Now()
+	id := send.cfg.Cache.NewID()
+	rec := session.Record{State: []byte("state"), ServerName: "localhost", Expires: now.Add(50 * time.Minute), Chain: 7, ChainStart: now}
+	body, err := appendSessions(nil, []sessionItem{{id: id, rec: rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := header{typ: msgSessions, time: now, sender: send.instance, farm: send.cfg.Farm}
+	sessions := send.keys.seal(nil, hdr, body, nil)
+	recv.receive(bytesClone(sessions))
+	if _, ok := recv.cfg.Cache.Cut(id, now.Add(time.Hour)); !ok {
+		t.Fatal("the peer's session was not inserted")
+	}
+	hdr.typ = msgCut
+	recv.receive(send.keys.seal(nil, hdr, appendCuts(nil, []cut{{id: id}}), nil))
+	if _, ok := recv.cfg.Cache.Cut(id, now.Add(time.Hour)); ok {
+		t.Fatal("the retirement did not remove the session")
+	}
+	// Replays of retirements of other sessions, sealed ten minutes ago.
+	hdr.time = now.Add(-10 * time.Minute)
+	var cs []cut
+	for range retiredSize + 1 {
+		cs = append(cs, cut{id: send.cfg.Cache.NewID()})
+		if len(cs) == 4096 {
+			recv.receive(send.keys.seal(nil, hdr, appendCuts(nil, cs), nil))
+			cs = cs[:0]
+		}
+	}
+	recv.receive(send.keys.seal(nil, hdr, appendCuts(nil, cs), nil))
+	recv.receive(sessions) // the session's message, replayed
+	if _, ok := recv.cfg.Cache.Cut(id, now.Add(time.Hour)); ok {
+		t.Fatal("a replayed message brought a retired session back after old retirements were replayed")
+	}
+}
+
+func bytesClone(b []byte) []byte { return append([]byte(nil), b...) }

@@ -126,12 +126,13 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 		rec := body[:l:l]
 		body = body[l:]
 		n.ctr.receivedSessions.Add(1)
-		if int64(binary.BigEndian.Uint64(rec[recExpiresAt:])) <= nowNano || n.retired.has(id, now) {
+		if int64(binary.BigEndian.Uint64(rec[recExpiresAt:])) <= nowNano || n.retired.has(id, now) || n.wasResumed(id, now) {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
 		if parent := session.ID(rec[recParentAt : recParentAt+session.IDLen]); parent != (session.ID{}) {
 			n.pend.drop(parent)
+			n.noteResumed(parent, now)
 		}
 		n.pend.put(id, rec)
 		if n.cfg.WriteThrough {

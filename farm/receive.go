@@ -102,7 +102,7 @@ func (n *Node) receive(msg []byte) {
 		}
 		n.receiveSessions(body, now)
 	case msgCut:
-		n.receiveCuts(body)
+		n.receiveCuts(body, h.time)
 	case msgResend:
 		n.receiveResend()
 	case msgTally:
@@ -205,12 +205,12 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 		if !until.After(now) {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
-			n.retired.add(p, now)
-			n.cfg.Cache.Retire(p, session.OriginPeer)
+			n.retireFromPeer(p, sent, now)
 			continue
 		}
 		n.cfg.Cache.Cut(p, until)
 		n.noteRecut(p, until)
+		n.noteResumed(p, now)
 	}
 	return nil
 }
@@ -263,7 +263,7 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 	}
 	for _, it := range items {
 		n.ctr.receivedSessions.Add(1)
-		if n.retired.has(it.id, now) {
+		if n.retired.has(it.id, now) || n.wasResumed(it.id, now) {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
@@ -285,11 +285,33 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
+		if it.rec.Parent != (session.ID{}) {
+			n.noteResumed(it.rec.Parent, now) // the insert cut it
+		}
 		if n.neg != nil {
 			n.neg.remove(it.id)
 		}
 		n.ctr.inserted.Add(1)
 	}
+}
+
+// noteResumed records that the session id was resumed lately, and so cut
+// to its grace (by this node's handshake, a peer's child, or a peer's cut
+// message), for as long as a peer's message that carries it whole may be
+// accepted (MaxAge plus MaxSkew): such a copy, inserted, would undo the
+// cut (someone on the bus may replay one, or it may come after its
+// child). A session resumed keeps its full life without a grace: nothing
+// to record.
+func (n *Node) noteResumed(id session.ID, now time.Time) {
+	if n.resumed != nil && n.cfg.Cache.Config().ResumeGrace > 0 {
+		n.resumed.add(id, now)
+	}
+}
+
+// wasResumed reports whether noteResumed recorded id lately: a peer's
+// copy of it is refused (a lookup finds the store's record, cut).
+func (n *Node) wasResumed(id session.ID, now time.Time) bool {
+	return n.resumed != nil && n.resumed.has(id, now)
 }
 
 // handle registers fn for authentic bus messages of type t (used by the key

@@ -119,3 +119,38 @@ func FuzzReceiveSessionBodies(f *testing.F) {
 		}
 	})
 }
+
+// TestFilesAfterClockStepBack: the pending revocations file and the kept
+// retirements and cuts file are the node's own, sealed when it wrote them.
+// A node restarted after its clock was stepped back (NTP correcting a
+// clock that ran ahead) must still read them: refusing them fails Join,
+// and the operator's only way out loses what they hold.
+func TestFilesAfterClockStepBack(t *testing.T) {
+	cache, err := session.New(&session.Config{Lifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	var now atomic.Int64
+	t0 := time.Now()
+	now.Store(t0.UnixNano())
+	file := filepath.Join(t.TempDir(), "revocations")
+	n := lifeNode(t, "clockback", file, cache, &now, false)
+	n.revs.wake = make(chan struct{}, 1)
+	written := t0.Add(time.Minute) // by the clock that ran ahead
+	hdr := header{typ: valTombstone, time: written, sender: 1, farm: "clockback"}
+	body := appendRevocationFile(nil, revocation{chain: 7, until: t0.Add(time.Hour)}, []session.ID{{1, 2}})
+	if err := os.WriteFile(file, n.keys.seal(nil, hdr, body, []byte(revocationFileContext)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	life := encodeLifeFile([]keptLife{{id: session.ID{3}, retire: true, expires: t0.Add(time.Hour), bus: true}})
+	if err := os.WriteFile(n.lf.path, n.keys.seal(nil, hdr, life, []byte(lifeFileContext)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.loadRevocations(); err != nil {
+		t.Fatalf("the revocations file written a minute ahead: %v", err)
+	}
+	if ks, err := n.readLife(); err != nil || len(ks) != 1 {
+		t.Fatalf("the lifecycle file written a minute ahead: %d items, %v", len(ks), err)
+	}
+}

@@ -435,6 +435,12 @@ func (r *Rotator) onAnnounce(_ header, body []byte) {
 	s := ks.st
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.n.revsKnown.Load() {
+		// Not before the node knows the farm's revocations (see step);
+		// its polls take the farm's keys once it does.
+		r.ignored.Add(1)
+		return
+	}
 	if needsMerge(s, r.cfg.Ring.State(), r.served.Load()) {
 		// Adopting it would drop keys this node encrypted with: merge
 		// through the store at once instead.

@@ -381,3 +381,53 @@ func TestRotationSurvivesStoreOutage(t *testing.T) {
 		t.Fatal("resumption failed after the store came back")
 	}
 }
+
+// TestStoredKeySetReplayDoesNotRollBack: someone who can write the store
+// but lacks the farm secret puts back a key set captured epochs ago. The
+// nodes, whose sets are newer, must not bring its keys back: not to
+// encrypt, not even to decrypt (they rotated out, and were wiped).
+func TestStoredKeySetReplayDoesNotRollBack(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
+		Rotation: &farm.RotationConfig{Interval: time.Second, Keep: 1}})
+	opt, _ := redis.ParseURL(url)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx := context.Background()
+	key := redisOf(ms[0]).Key("ticket-keys")
+
+	first := agreed(t, ms, 1)
+	old, err := raw.Get(ctx, key).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stored set may already be one rotation past first: wait until
+	// every key that old may hold has left the farm's set.
+	now := agreed(t, ms, first.Epoch+4)
+	gone := map[ticket.Key]bool{first.Current: true, first.Next: true}
+	for _, k := range first.Previous {
+		gone[k] = true
+	}
+	for _, k := range now.Keys() {
+		delete(gone, k)
+	}
+	if len(gone) == 0 {
+		t.Fatal("no key of the first set has left the farm's set")
+	}
+	if err := raw.Set(ctx, key, old, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range ms {
+			for _, k := range m.Ring.State().Keys() {
+				if gone[k] {
+					t.Fatalf("%s took back a key that had rotated out, from a replayed key set (epoch %d)", m.Name, m.Ring.State().Epoch)
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	agreed(t, ms, now.Epoch+1)
+}
