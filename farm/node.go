@@ -196,7 +196,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.pend = newPending(cfg.PendingSize)
 	}
 	n.retired = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
-	n.resumed = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
+	n.resumed = newNegCache(resumedSize, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)

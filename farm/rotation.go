@@ -359,8 +359,15 @@ func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine tic
 	r.merged.Add(1)
 	r.apply(merged.st)
 	r.markReady(nil)
-	r.n.log.Warn("farm: merged this node's ticket keys with the farm's (the store lost its key set, or this node served without it); its keys only decrypt now",
-		"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
+	if ks.st.Epoch < mine.Epoch {
+		// The farm's set was older than this node's: the node's own set
+		// went in (see merge), its current key still encrypting.
+		r.n.log.Warn("farm: replaced the farm's older ticket key set with this node's (the store held a set the farm had rotated past)",
+			"epoch", merged.st.Epoch, "current", merged.st.Current.String())
+	} else {
+		r.n.log.Warn("farm: merged this node's ticket keys with the farm's (the store lost its key set, or this node served without it); its keys only decrypt now",
+			"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
+	}
 	pctx, cancel := context.WithTimeout(context.Background(), r.n.cfg.OpTimeout)
 	defer cancel()
 	if err := r.n.publish(pctx, r.seal(msgKeys, body, nil)); err != nil {
