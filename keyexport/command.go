@@ -17,8 +17,10 @@ const DefaultCommandTimeout = 30 * time.Second
 // Command returns an ExporterConfig.OnChange that runs cmd with "/bin/sh -c",
 // within timeout (DefaultCommandTimeout if not positive), with the
 // environment variable TLSFARM_EPOCH set to the exported epoch. No key
-// material is passed to it. A non-zero exit is an error that carries the
-// start of the command's output.
+// material is passed to it, nor any other TLSFARM_ variable of the agent's
+// environment: $TLSFARM_FARM_URL may hold the transport's password, and
+// other settings may hold secrets too. A non-zero exit is an error that
+// carries the start of the command's output.
 func Command(cmd string, timeout time.Duration) func(context.Context, *Set) error {
 	if timeout <= 0 {
 		timeout = DefaultCommandTimeout
@@ -27,7 +29,7 @@ func Command(cmd string, timeout time.Duration) func(context.Context, *Set) erro
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
-		c.Env = append(os.Environ(), "TLSFARM_EPOCH="+strconv.FormatUint(s.Epoch, 10))
+		c.Env = append(commandEnv(os.Environ()), "TLSFARM_EPOCH="+strconv.FormatUint(s.Epoch, 10))
 		var out bytes.Buffer
 		c.Stdout, c.Stderr = &out, &out
 		c.WaitDelay = time.Second
@@ -43,4 +45,16 @@ func Command(cmd string, timeout time.Duration) func(context.Context, *Set) erro
 		}
 		return nil
 	}
+}
+
+// commandEnv returns env without the variables whose names start with
+// TLSFARM_ (tlsfarm's settings, some of which hold secrets).
+func commandEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "TLSFARM_") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

@@ -12,7 +12,8 @@
 // targets, retrying failures and reporting each target's state.
 //
 // Files are written with these rules: mode 0600, into a
-// directory that no other user can write to, never through a symbolic link,
+// directory that no other user can write to or replace (see [CheckDir]),
+// never through a symbolic link,
 // each file by temporary file, fsync and rename, and every file of a set
 // staged before the first is renamed into place. Nothing in this package logs
 // or returns key bytes in an error.

@@ -122,3 +122,36 @@ func TestCommand(t *testing.T) {
 		t.Errorf("a command past its timeout: err %v after %v", err, time.Since(start))
 	}
 }
+
+// TestCommandEnvironment runs env as the on-change command: it sees the
+// agent's environment without tlsfarm's own variables, which may hold
+// secrets (a farm URL with a password), and with TLSFARM_EPOCH.
+func TestCommandEnvironment(t *testing.T) {
+	t.Setenv("TLSFARM_FARM_URL", "redis://:hunter2@10.0.0.5:6379/0")
+	t.Setenv("TLSFARM_ADMIN_TOKEN", "token-hunter2")
+	t.Setenv("TLSFARM_EPOCH", "7") // not the agent's to pass on
+	t.Setenv("KEYEXPORT_TEST_KEPT", "kept")
+	out := filepath.Join(t.TempDir(), "env")
+	if err := Command("env > "+out, 0)(context.Background(), mustSet(t, testState(42, 0), 2)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tlsfarm []string
+	for _, kv := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(kv, "TLSFARM_") {
+			tlsfarm = append(tlsfarm, kv)
+		}
+	}
+	if len(tlsfarm) != 1 || tlsfarm[0] != "TLSFARM_EPOCH=42" {
+		t.Errorf("the command's TLSFARM_ variables: %q, want only TLSFARM_EPOCH=42", tlsfarm)
+	}
+	if strings.Contains(string(b), "hunter2") {
+		t.Error("a secret reached the command's environment")
+	}
+	if !strings.Contains("\n"+string(b), "\nKEYEXPORT_TEST_KEPT=kept\n") || !strings.Contains(string(b), "PATH=") {
+		t.Error("the command lost the rest of the agent's environment")
+	}
+}

@@ -18,7 +18,12 @@ const tempPrefix = ".tlsfarm-tmp-"
 
 // CheckDir reports whether dir is a safe place for key files: an existing
 // directory (not a symbolic link to one), owned by this process's user or by
-// root, that neither its group nor other users can write to.
+// root, that neither its group nor other users can write to. Every
+// directory above it, up to the root, must be owned by this user or by root,
+// must not be a symbolic link, and must be writable by no one else unless
+// it has the sticky bit (as /tmp has): otherwise another user could rename
+// dir away and put a directory of theirs in its place between this check
+// and a write.
 func CheckDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
@@ -36,7 +41,37 @@ func CheckDir(dir string) error {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("%s is owned by another user (uid %d)", dir, st.Uid)
 	}
-	return nil
+	return checkParents(dir)
+}
+
+// checkParents checks the directories above dir for CheckDir.
+func checkParents(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			real, _ := filepath.EvalSymlinks(dir)
+			return fmt.Errorf("%s, above %s, is a symbolic link: give the path without symbolic links (%s)", p, dir, real)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", p)
+		}
+		if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+			return fmt.Errorf("%s, above %s, can be written by its group or by other users (mode %v), who could replace the key directory: use a path whose every directory only its owner can write to, or one with the sticky bit", p, dir, fi.Mode().Perm())
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("%s, above %s, is owned by another user (uid %d), who could replace the key directory", p, dir, st.Uid)
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }
 
 // A file is one file of a set to write: its path and its content.

@@ -59,6 +59,12 @@ func TestWriteFilesRefuses(t *testing.T) {
 			os.Chmod(sub, 0o1777)
 			return []file{{filepath.Join(sub, "b.key"), []byte("new")}}
 		}, "group or by other users"},
+		{"world-writable parent directory", func(t *testing.T, dir string) []file {
+			keys := filepath.Join(dir, "open", "keys")
+			os.MkdirAll(keys, 0o700)
+			os.Chmod(filepath.Dir(keys), 0o777)
+			return []file{{filepath.Join(dir, "a.key"), []byte("new")}, {filepath.Join(keys, "b.key"), []byte("new")}}
+		}, "above"},
 		{"directory is a symlink", func(t *testing.T, dir string) []file {
 			real := filepath.Join(dir, "real")
 			os.Mkdir(real, 0o700)
@@ -102,5 +108,56 @@ func TestRemoveStaleTemps(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ticket-0.key")); err != nil {
 		t.Error("removed a key file")
+	}
+}
+
+// TestCheckDirParents checks that CheckDir refuses a key directory that a
+// directory above it lets another user replace, and accepts one below a
+// sticky directory (as t.TempDir's are, below /tmp).
+func TestCheckDirParents(t *testing.T) {
+	base := t.TempDir()
+	os.Chmod(base, 0o700)
+	mk := func(path string, mode os.FileMode) string {
+		t.Helper()
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	keys := func(parent string) string { return mk(filepath.Join(parent, "keys"), 0o700) }
+	ok := map[string]string{
+		"private parents": keys(mk(filepath.Join(base, "a", "b"), 0o755)),
+		"sticky parent":   keys(mk(filepath.Join(base, "sticky"), 0o777|os.ModeSticky)),
+	}
+	bad := map[string]string{
+		"world-writable parent":      keys(mk(filepath.Join(base, "open"), 0o777)),
+		"group-writable grandparent": keys(filepath.Join(mk(filepath.Join(base, "group"), 0o770), "mid")),
+	}
+	real := keys(mk(filepath.Join(base, "real"), 0o755))
+	if err := os.Symlink(filepath.Dir(real), filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	bad["symlink parent"] = filepath.Join(base, "link", "keys")
+	if os.Geteuid() == 0 {
+		other := mk(filepath.Join(base, "other"), 0o755)
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		bad["parent owned by another user"] = keys(other)
+	} else {
+		t.Log("not root: cannot make a directory owned by another user; that case is not checked")
+	}
+	for name, dir := range ok {
+		if err := CheckDir(dir); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for name, dir := range bad {
+		if err := CheckDir(dir); err == nil || !strings.Contains(err.Error(), "above "+dir) {
+			t.Errorf("%s: err = %v, want one naming a directory above %s", name, err, dir)
+		}
 	}
 }

@@ -2,9 +2,13 @@ package keyexport
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -18,6 +22,42 @@ func NginxFileCount(keep int) int { return keep + 2 }
 // directory: "ticket-0.key" for the key that encrypts, "ticket-1.key" for
 // the next key, then the previous keys.
 func NginxFileName(i int) string { return "ticket-" + strconv.Itoa(i) + ".key" }
+
+// NginxStaleFiles returns the paths of the key files in dir that an nginx
+// target keeping keep previous keys no longer writes: "ticket-N.key" with
+// N at least NginxFileCount(keep), left there when the farm's keep was
+// higher. nginx.conf may still list them, and nginx would go on decrypting
+// with the keys they held, which the farm dropped; so NginxTarget.Export
+// overwrites them with random keys, and the agent warns about them at
+// start. They are sorted by N.
+func NginxStaleFiles(dir string, keep int) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var ns []int
+	for _, e := range entries {
+		num, ok := strings.CutPrefix(e.Name(), "ticket-")
+		if !ok {
+			continue
+		}
+		if num, ok = strings.CutSuffix(num, ".key"); !ok {
+			continue
+		}
+		// Only the names this package makes: no sign, no leading zero.
+		n, err := strconv.Atoi(num)
+		if err != nil || n < NginxFileCount(keep) || NginxFileName(n) != e.Name() {
+			continue
+		}
+		ns = append(ns, n)
+	}
+	slices.Sort(ns)
+	var out []string
+	for _, n := range ns {
+		out = append(out, filepath.Join(dir, NginxFileName(n)))
+	}
+	return out, nil
+}
 
 // nginxKeys returns the farm keys of s in the order of an nginx target's
 // files: Current (nginx encrypts with the first key it is given), Next,
@@ -55,13 +95,25 @@ type NginxTarget struct {
 func (t *NginxTarget) String() string { return "nginx:" + t.Dir }
 
 // Export writes the Set's files, all or none: each is staged before the
-// first is renamed into place.
+// first is renamed into place. Key files beyond NginxFileCount(s.Keep)
+// (NginxStaleFiles) are overwritten in the same set with random keys, which
+// decrypt no ticket: an nginx.conf that still lists them keeps loading, and
+// no longer trusts keys the farm dropped.
 func (t *NginxTarget) Export(_ context.Context, s *Set) error {
+	stale, err := NginxStaleFiles(t.Dir, s.Keep)
+	if err != nil {
+		return fmt.Errorf("nginx key files: %w", err)
+	}
 	keys := nginxKeys(s)
-	files := make([]file, len(keys))
+	files := make([]file, len(keys), len(keys)+len(stale))
 	for i, k := range keys {
 		b := NginxKey(k)
 		files[i] = file{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]}
+	}
+	for _, p := range stale {
+		var b [80]byte
+		rand.Read(b[:])
+		files = append(files, file{Path: p, Data: b[:]})
 	}
 	defer func() {
 		for _, f := range files {

@@ -139,6 +139,40 @@ func TestTargetsWrite(t *testing.T) {
 	}
 }
 
+// TestNginxStaleFiles: key files beyond NginxFileCount(keep), left by a
+// higher keep, get a new random key at each export; other names are left
+// alone.
+func TestNginxStaleFiles(t *testing.T) {
+	dir := t.TempDir()
+	old := bytes.Repeat([]byte{7}, 80)
+	names := []string{"ticket-4.key", "ticket-9.key", "ticket-04.key", "ticket-x.key", "ticket-4.key.bak"}
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), old, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale, err := NginxStaleFiles(dir, 2)
+	if want := []string{filepath.Join(dir, "ticket-4.key"), filepath.Join(dir, "ticket-9.key")}; err != nil || !slices.Equal(stale, want) {
+		t.Fatalf("NginxStaleFiles = %q, %v; want %q", stale, err, want)
+	}
+	var first []byte
+	for range 2 {
+		if err := (&NginxTarget{Dir: dir}).Export(context.Background(), mustSet(t, testState(4, 1), 2)); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "ticket-4.key"))
+		if len(b) != 80 || bytes.Equal(b, old) || bytes.Equal(b, first) {
+			t.Errorf("ticket-4.key was not given a new 80-byte key")
+		}
+		first = b
+	}
+	for _, n := range names[2:] {
+		if b, _ := os.ReadFile(filepath.Join(dir, n)); !bytes.Equal(b, old) {
+			t.Errorf("%s was changed", n)
+		}
+	}
+}
+
 // TestShowTLSKeysErrorHidesKeys: an answer of an unexpected shape is an
 // error that shows HAProxy's first line, but never a key in it.
 func TestShowTLSKeysErrorHidesKeys(t *testing.T) {

@@ -273,6 +273,15 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 	if a.exporter, err = keyexport.NewExporter(ec); err != nil {
 		return nil, err
 	}
+	for _, t := range o.targets {
+		if t, ok := t.(*keyexport.NginxTarget); ok {
+			if stale, _ := keyexport.NginxStaleFiles(t.Dir, o.keep); len(stale) > 0 {
+				log.Warn("key files from a higher -ticket-keep: they get random keys that decrypt nothing; "+
+					"remove their ssl_session_ticket_key lines from nginx.conf, reload nginx, then delete the files",
+					"target", t.String(), "files", strings.Join(stale, " "))
+			}
+		}
+	}
 	if err := a.startAdmin(o.adminAddr, o.node); err != nil {
 		return nil, err
 	}

@@ -21,6 +21,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 	open := filepath.Join(t.TempDir(), "open")
 	os.Mkdir(open, 0o700)
 	os.Chmod(open, 0o777)
+	below := filepath.Join(open, "keys") // private, but open can be swapped
+	os.Mkdir(below, 0o700)
 	base := []string{"-farm", "redis://127.0.0.1:6379/0", "-farm-secret", secret}
 	tests := []struct {
 		name string
@@ -36,6 +38,7 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"relative path", append([]string{"-export", "nginx:keys"}, base...), "absolute path"},
 		{"unknown format", append([]string{"-export", "apache:/x"}, base...), "unknown format"},
 		{"world-writable directory", append([]string{"-export", "nginx:" + open}, base...), "group or by other users"},
+		{"world-writable parent", append([]string{"-export", "nginx:" + below}, base...), open + ", above " + below},
 		{"bad log format", append([]string{"-log-format", "xml", "-export", "nginx:" + dir}, base...), "want text or json"},
 		{"negative on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "-5s", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
 		{"zero on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "0", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},

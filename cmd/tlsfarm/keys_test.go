@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -342,5 +343,50 @@ func TestKeysHAProxyRuntime(t *testing.T) {
 	hs[1].start()
 	for _, v := range []string{"1.2", "1.3"} {
 		mustResume(t, true, "a ticket from before the restart on the restarted haproxy-1", h1, v, issued[v], "")
+	}
+}
+
+// TestKeysNginxLowerKeep lowers -ticket-keep from 3 to 2 on an nginx
+// target whose nginx.conf still lists the five files of keep 3. The file
+// the agent no longer writes, ticket-4.key, held a key the farm has since
+// dropped: a ticket another nginx issued under that key must not resume,
+// and nginx must still start with the five files listed.
+func TestKeysNginxLowerKeep(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, cert, key, _ := farmFiles(t)
+	dir, oldDir := privateDir(t), privateDir(t)
+
+	// The key left in ticket-4.key by a run with -ticket-keep 3, and an
+	// nginx that issues tickets under it.
+	var dropped [80]byte
+	rand.Read(dropped[:])
+	stale := filepath.Join(dir, keyexport.NginxFileName(4))
+	for _, p := range []string{stale, filepath.Join(oldDir, keyexport.NginxFileName(0))} {
+		if err := os.WriteFile(p, dropped[:], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := newNginx(t, "nginx-old", oldDir, -1, cert, key) // ticket-0.key only
+	old.start()
+	issued := map[string]string{}
+	for _, v := range []string{"1.2", "1.3"} {
+		issued[v] = tempFile(t)
+		mustResume(t, false, "full handshake on nginx-old", old.addr(), v, "", issued[v])
+		mustResume(t, true, "nginx-old's ticket on nginx-old", old.addr(), v, issued[v], "")
+	}
+
+	a := startAgent(t, "keys", append(farmArgs(url, secret, redistest.Farm(t)), "-export", "nginx:"+dir)...)
+	waitExported(t, a, 1, 10*time.Second)
+	if b, err := os.ReadFile(stale); err != nil || len(b) != 80 || [80]byte(b) == dropped {
+		t.Errorf("%s still holds the dropped key (or is not an 80-byte key file: %v)", stale, err)
+	}
+	srv, _ := newNginx(t, "nginx", dir, 3, cert, key) // nginx.conf of -ticket-keep 3
+	srv.start()
+	for _, v := range []string{"1.2", "1.3"} {
+		mustResume(t, false, "a ticket under a key the farm dropped", srv.addr(), v, issued[v], "")
+		own := tempFile(t)
+		mustResume(t, false, "full handshake on nginx", srv.addr(), v, "", own)
+		mustResume(t, true, "nginx's own ticket", srv.addr(), v, own, "")
 	}
 }
