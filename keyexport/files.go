@@ -19,11 +19,12 @@ const tempPrefix = ".tlsfarm-tmp-"
 // CheckDir reports whether dir is a safe place for key files: an existing
 // directory (not a symbolic link to one), owned by this process's user or by
 // root, that neither its group nor other users can write to. Every
-// directory above it, up to the root, must be owned by this user or by root,
-// must not be a symbolic link, and must be writable by no one else unless
-// it has the sticky bit (as /tmp has): otherwise another user could rename
-// dir away and put a directory of theirs in its place between this check
-// and a write.
+// directory above it, up to the root, must be owned by this user or by root
+// and writable by no one else unless it has the sticky bit (as /tmp has):
+// otherwise another user could rename dir away and put a directory of theirs
+// in its place between this check and a write. A symbolic link above dir
+// must be owned by this user or by root, and is checked as the directories
+// it leads to.
 func CheckDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
@@ -50,23 +51,36 @@ func checkParents(dir string) error {
 	if err != nil {
 		return err
 	}
-	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+	return checkAncestors(dir, filepath.Dir(abs))
+}
+
+// checkAncestors checks p and every directory above it, for CheckDir of
+// dir. A symbolic link on the way (/var/run, a link to /run on most
+// systems) is followed: it is as safe as where it leads, if only this user
+// or root can replace it. Its own directory is checked next in this walk;
+// its owner matters where that directory is sticky.
+func checkAncestors(dir, p string) error {
+	for ; ; p = filepath.Dir(p) {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			return err
 		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			real, _ := filepath.EvalSymlinks(dir)
-			return fmt.Errorf("%s, above %s, is a symbolic link: give the path without symbolic links (%s)", p, dir, real)
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", p)
-		}
-		if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-			return fmt.Errorf("%s, above %s, can be written by its group or by other users (mode %v), who could replace the key directory: use a path whose every directory only its owner can write to, or one with the sticky bit", p, dir, fi.Mode().Perm())
-		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
 			return fmt.Errorf("%s, above %s, is owned by another user (uid %d), who could replace the key directory", p, dir, st.Uid)
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			real, err := filepath.EvalSymlinks(p)
+			if err != nil {
+				return err
+			}
+			if err := checkAncestors(dir, real); err != nil { // real holds no link
+				return err
+			}
+		case !fi.IsDir():
+			return fmt.Errorf("%s is not a directory", p)
+		case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0:
+			return fmt.Errorf("%s, above %s, can be written by its group or by other users (mode %v), who could replace the key directory: use a path whose every directory only its owner can write to, or one with the sticky bit", p, dir, fi.Mode().Perm())
 		}
 		if p == filepath.Dir(p) {
 			return nil

@@ -140,8 +140,23 @@ func TestCheckDirParents(t *testing.T) {
 	if err := os.Symlink(filepath.Dir(real), filepath.Join(base, "link")); err != nil {
 		t.Fatal(err)
 	}
-	bad["symlink parent"] = filepath.Join(base, "link", "keys")
+	ok["symlink parent, to private directories"] = filepath.Join(base, "link", "keys")
+	open := keys(mk(filepath.Join(base, "open2"), 0o777))
+	if err := os.Symlink(filepath.Dir(open), filepath.Join(base, "openlink")); err != nil {
+		t.Fatal(err)
+	}
+	bad["symlink parent, to a world-writable directory"] = filepath.Join(base, "openlink", "keys")
 	if os.Geteuid() == 0 {
+		// In a sticky directory, a link's owner can replace it.
+		sticky := mk(filepath.Join(base, "sticky2"), 0o777|os.ModeSticky)
+		l := filepath.Join(sticky, "l")
+		if err := os.Symlink(filepath.Dir(real), l); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(l, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		bad["symlink parent owned by another user, in a sticky directory"] = filepath.Join(l, "keys")
 		other := mk(filepath.Join(base, "other"), 0o755)
 		if err := os.Chown(other, 65534, 65534); err != nil {
 			t.Fatal(err)
