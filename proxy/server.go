@@ -42,8 +42,9 @@ type Config struct {
 	// (default 10s).
 	HandshakeTimeout time.Duration
 
-	// IdleTimeout closes a TCP passthrough connection on which nothing has
-	// moved either way for this long, and an HTTP connection that has
+	// IdleTimeout closes a TCP passthrough connection, or one an HTTP
+	// upstream switched to another protocol (a WebSocket), on which nothing
+	// has moved either way for this long, and an HTTP connection that has
 	// waited this long for its next request or for a request's headers
 	// (default 2m). Reload does not change it.
 	IdleTimeout time.Duration
