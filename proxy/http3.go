@@ -124,7 +124,7 @@ func (q *quicListener) listen(tcp net.Addr) error {
 	if s.validateAddrs {
 		q.tr.VerifySourceAddress = func(net.Addr) bool { return true }
 	}
-	q.ln, err = q.tr.ListenEarly(q.base, &quic.Config{
+	qc := &quic.Config{
 		Allow0RTT:            q.l.cfg.EarlyData,
 		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
 		MaxIdleTimeout:       s.idle,
@@ -133,7 +133,16 @@ func (q *quicListener) listen(tcp net.Addr) error {
 		// timeout then ends only connections whose peer has gone, and
 		// h3's IdleTimeout those without a request.
 		KeepAlivePeriod: s.idle / 2,
-	})
+	}
+	// Each connection's handshake is bounded by the handshake timeout of
+	// the moment (Reload changes it), as over TCP.
+	qc.GetConfigForClient = func(*quic.ClientInfo) (*quic.Config, error) {
+		c := qc.Clone()
+		c.GetConfigForClient = nil
+		c.HandshakeIdleTimeout = time.Duration(s.handshakeTimeout.Load())
+		return c, nil
+	}
+	q.ln, err = q.tr.ListenEarly(q.base, qc)
 	if err != nil {
 		q.tr.Close()
 		udp.Close()

@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestUpgradedConnectionIdleIsCut switches connections to another protocol
@@ -113,4 +116,51 @@ func TestUpgradedConnectionIdleIsCut(t *testing.T) {
 		io.Copy(io.Discard, br)
 		waitFor(t, func() bool { return s.Stats().Open == 0 }, "client's connection still open: %+v", s.Stats())
 	})
+}
+
+// TestHTTP3HandshakeTimeoutFollowsReload changes the handshake timeout
+// with reloads, and makes HTTP/3 handshakes whose client stalls for a
+// second (it checks the server's certificate that long): raised from
+// 300 ms to 5 s, the handshake must complete, as over TCP; lowered back,
+// it must fail.
+func TestHTTP3HandshakeTimeoutFollowsReload(t *testing.T) {
+	cert := mustSelfSigned(t, "localhost")
+	var cfg Config
+	s, _ := start(t, cert, func(c *Config) {
+		c.HandshakeTimeout = 300 * time.Millisecond
+		c.Listeners[0].HTTP3 = true
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg = *c
+	})
+	dial := func() error {
+		tlsConf := client("localhost", cert)
+		tlsConf.VerifyConnection = func(tls.ConnectionState) error {
+			time.Sleep(time.Second)
+			return nil
+		}
+		rt := &http3.Transport{TLSClientConfig: tlsConf}
+		defer rt.Close()
+		resp, err := (&http.Client{Transport: rt, Timeout: 4 * time.Second}).Get("https://" + s.Addrs()[0] + "/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	cfg.HandshakeTimeout = 5 * time.Second
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(); err != nil {
+		t.Fatalf("HTTP/3 handshake stalled 1 s, handshake timeout reloaded to 5 s: %v", err)
+	}
+	must(t, s.QUICStats().FullHandshakes == 1, "handshakes: %+v", s.QUICStats())
+	cfg.HandshakeTimeout = 300 * time.Millisecond
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(); err == nil {
+		t.Fatal("HTTP/3 handshake stalled 1 s, handshake timeout reloaded to 300 ms: the request was answered")
+	}
+	must(t, s.QUICStats().FullHandshakes == 1, "handshakes: %+v", s.QUICStats())
 }
