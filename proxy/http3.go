@@ -43,7 +43,7 @@ type quicListener struct {
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted, not yet closed
 
-	open atomic.Int64 // connections from ConnContext to their end, with Config.MaxConnections
+	open atomic.Int64 // connections from ConnContext to their end
 }
 
 type quicConnKey struct{}
@@ -111,13 +111,11 @@ func (q *quicListener) listen(tcp net.Addr) error {
 			// the listener too; at the bound, new ones are refused
 			// (the client can fall back to TCP). quic-go ends ctx
 			// when the connection ends, handshake failures included.
-			if s.max > 0 {
-				if q.open.Add(1) > int64(s.max) {
-					q.open.Add(-1)
-					return nil, errQUICFull
-				}
-				context.AfterFunc(ctx, func() { q.open.Add(-1) })
+			if n := q.open.Add(1); s.max > 0 && n > int64(s.max) {
+				q.open.Add(-1)
+				return nil, errQUICFull
 			}
+			context.AfterFunc(ctx, func() { q.open.Add(-1) })
 			return context.WithValue(ctx, quicStateKey{}, &quicState{}), nil
 		},
 	}
