@@ -114,7 +114,7 @@ type ProxyStats struct {
 	Handshakes        []Handshakes      // completed, by version and full or resumed
 	HandshakeFailures map[string]uint64 // by reason, such as "timeout"
 	Accepted          uint64            // connections accepted
-	Open              int               // connections open now
+	Open              int               // TCP connections open now (QUICStats.Open: HTTP/3's)
 	UpstreamRequests  uint64            // requests sent to HTTP upstreams
 	UpstreamErrors    uint64            // requests and streams an upstream could not take
 	Reloads           uint64            // configuration reloads applied
@@ -132,6 +132,7 @@ type QUICStats struct {
 	EarlyDataRejected                 map[string]uint64 // by reason: replay, store_unavailable, disabled, too_old, other
 	EarlyRequests                     uint64            // requests served from early data
 	TooEarly                          uint64            // 425 responses
+	Open                              int               // QUIC connections open now, handshakes under way included
 }
 
 // Handshakes counts the completed handshakes of one TLS version.

@@ -116,7 +116,7 @@ func (e emitter) proxy(p ProxyStats) {
 	}
 	e.labelled(prometheus.CounterValue, "tlsfarm_handshake_failures_total", "Failed handshakes, by reason.", "reason", p.HandshakeFailures)
 	e.counter("tlsfarm_connections_accepted_total", "Connections accepted.", p.Accepted)
-	e.gauge("tlsfarm_connections_open", "Connections open now.", float64(p.Open))
+	e.gauge("tlsfarm_connections_open", "TCP connections open now (HTTP/3 connections are counted apart, when a listener serves HTTP/3).", float64(p.Open))
 	e.counter("tlsfarm_upstream_requests_total", "Requests sent to HTTP upstreams.", p.UpstreamRequests)
 	e.counter("tlsfarm_upstream_errors_total", "Requests and streams an upstream could not take (dial or proxy errors).", p.UpstreamErrors)
 	e.labelled(prometheus.CounterValue, "tlsfarm_reloads_total", "Configuration reloads, by result.", "result",

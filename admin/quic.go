@@ -12,5 +12,6 @@ func (e emitter) quic(q *QUICStats) {
 		"0-RTT early data refused, by reason (replay, store_unavailable, disabled, too_old, other); the handshake goes on in 1-RTT.", "reason",
 		q.EarlyDataRejected)
 	e.counter("tlsfarm_http_early_requests_total", "HTTP/3 requests served from 0-RTT early data (sent upstream with Early-Data: 1).", q.EarlyRequests)
+	e.gauge("tlsfarm_quic_connections_open", "QUIC (HTTP/3) connections open now, handshakes under way included (TCP's: tlsfarm_connections_open).", float64(q.Open))
 	e.counter("tlsfarm_http_too_early_total", "425 Too Early responses, the server's and the upstreams'.", q.TooEarly)
 }

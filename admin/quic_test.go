@@ -16,7 +16,7 @@ func TestQUICMetrics(t *testing.T) {
 					p.QUIC = &QUICStats{
 						FullHandshakes: 5, ResumedHandshakes: 7, EarlyDataOffered: 4, EarlyDataAccepted: 1,
 						EarlyDataRejected: map[string]uint64{"replay": 2, "store_unavailable": 1, "disabled": 0},
-						EarlyRequests:     1, TooEarly: 3,
+						EarlyRequests:     1, TooEarly: 3, Open: 2,
 					}
 				}
 				return p
@@ -39,6 +39,7 @@ func TestQUICMetrics(t *testing.T) {
 			`tlsfarm_quic_early_data_rejected_total{reason="disabled"} 0`,
 			`tlsfarm_http_early_requests_total 1`,
 			`tlsfarm_http_too_early_total 3`,
+			`tlsfarm_quic_connections_open 2`,
 		} {
 			if !strings.Contains(body, want) {
 				t.Errorf("metrics lack %q", want)

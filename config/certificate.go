@@ -17,11 +17,11 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 	if cert.Key == "" {
 		return c.problem(key+".key", "is required (a PEM file with the private key of %s)", cert.Cert)
 	}
-	certPEM, err := os.ReadFile(cert.Cert)
+	certPEM, err := readRegularFile(cert.Cert)
 	if err != nil {
 		return c.problem(key+".cert", "%v", err)
 	}
-	keyPEM, err := os.ReadFile(cert.Key)
+	keyPEM, err := readRegularFile(cert.Key)
 	if err != nil {
 		return c.problem(key+".key", "%v", err)
 	}
@@ -43,6 +43,17 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 		}
 	}
 	return nil
+}
+
+// readRegularFile reads the file at path, refusing anything but a regular
+// file: reading a named pipe would block the start, or a reload, until
+// something writes to it, and a device might never end. A directory is
+// left to os.ReadFile, which says what it is.
+func readRegularFile(path string) ([]byte, error) {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() && !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return os.ReadFile(path)
 }
 
 // ParseVersion parses a TLS version: "1.0", "1.1", "1.2" or "1.3" (a

@@ -255,3 +255,42 @@ func TestTokenFileNotAPipe(t *testing.T) {
 		t.Fatal("Load still reads the named pipe after 5s")
 	}
 }
+
+// TestCertificateFilesNotPipes: a certificate or key file that is a named
+// pipe is refused at once, naming the setting, as the admin token file
+// and the farm secret file are: reading it would block the start, or a
+// reload, until something writes to it.
+func TestCertificateFilesNotPipes(t *testing.T) {
+	cert, key := certFiles(t, "localhost")
+	fifo := filepath.Join(t.TempDir(), "pipe.pem")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip("no named pipes here:", err)
+	}
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		setting string
+	}{
+		{"cert", []string{"-cert", fifo, "-key", key}, "listeners[0].certificates[0].cert (flag -cert)"},
+		{"key", []string{"-cert", cert, "-key", fifo}, "listeners[0].certificates[0].key (flag -key)"},
+	} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := Load("serve", tt.args, env(nil), io.Discard)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), tt.setting) || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("%s: Load = %v; want %s refused, not a regular file", tt.name, err, tt.setting)
+			}
+		case <-time.After(5 * time.Second):
+			// Unblock the reader, so that the test ends.
+			if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+				f.Close()
+			}
+			<-done
+			t.Errorf("%s: Load still reads the named pipe after 5s", tt.name)
+		}
+	}
+}

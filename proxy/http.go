@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -142,6 +143,98 @@ func (w *idleWriter) FlushError() error {
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// boundUpgrade bounds a connection that the upstream switched to another
+// protocol (a WebSocket, with 101 Switching Protocols) by the idle timeout,
+// as TCP passthrough is: once nothing has moved either way for that long,
+// both the client's connection and the upstream's are closed. ReverseProxy
+// copies the switched connection both ways through res.Body without any
+// deadline, so every byte passes the wrapper that keeps the time.
+func (s *Server) boundUpgrade(res *http.Response) error {
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return nil
+	}
+	back, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		return nil // ReverseProxy refuses it
+	}
+	u := &idleUpgrade{ReadWriteCloser: back, idle: s.idle}
+	u.client, _ = res.Request.Context().Value(connKey{}).(net.Conn)
+	u.last.Store(time.Now().UnixNano())
+	u.mu.Lock()
+	u.timer = time.AfterFunc(s.idle, u.check)
+	u.mu.Unlock()
+	res.Body = u
+	return nil
+}
+
+// An idleUpgrade is the upstream's side of a switched connection, closed
+// with the client's once nothing has moved either way for idle.
+type idleUpgrade struct {
+	io.ReadWriteCloser
+	client net.Conn // nil if not known
+	idle   time.Duration
+	last   atomic.Int64 // unix nanoseconds of the last byte moved either way
+
+	mu     sync.Mutex
+	timer  *time.Timer
+	closed bool
+}
+
+// Read takes the upstream's bytes for the client; the next read comes
+// only once the client has taken them.
+func (u *idleUpgrade) Read(p []byte) (int, error) {
+	n, err := u.ReadWriteCloser.Read(p)
+	if n > 0 {
+		u.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// Write gives the upstream the client's bytes.
+func (u *idleUpgrade) Write(p []byte) (int, error) {
+	n, err := u.ReadWriteCloser.Write(p)
+	if n > 0 {
+		u.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// CloseWrite passes on the end of the client's stream to the upstream.
+func (u *idleUpgrade) CloseWrite() error {
+	if cw, ok := u.ReadWriteCloser.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return http.ErrNotSupported
+}
+
+func (u *idleUpgrade) Close() error {
+	u.mu.Lock()
+	u.closed = true
+	u.timer.Stop()
+	u.mu.Unlock()
+	return u.ReadWriteCloser.Close()
+}
+
+// check closes both connections if they have been idle for u.idle, and
+// otherwise looks again when they would have been.
+func (u *idleUpgrade) check() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return
+	}
+	if left := u.idle - time.Since(time.Unix(0, u.last.Load())); left > 0 {
+		u.timer.Reset(left)
+		return
+	}
+	u.closed = true
+	// Closing both ends every copy that waits on either.
+	if u.client != nil {
+		u.client.Close()
+	}
+	u.ReadWriteCloser.Close()
+}
+
 // clientFailed reports whether r failed on the client's side: the client
 // went away, or reading its body failed.
 func clientFailed(r *http.Request) bool {
@@ -192,7 +285,8 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 			pr.Out.Header.Set(ResumedHeader, resumed)
 			s.stats.requests.Add(1)
 		},
-		Transport: tr,
+		Transport:      tr,
+		ModifyResponse: s.boundUpgrade,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if clientFailed(r) {
 				// The client left, or stalled or broke off its body:

@@ -43,7 +43,7 @@ type quicListener struct {
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted, not yet closed
 
-	open atomic.Int64 // connections from ConnContext to their end, with Config.MaxConnections
+	open atomic.Int64 // connections from ConnContext to their end
 }
 
 type quicConnKey struct{}
@@ -111,20 +111,18 @@ func (q *quicListener) listen(tcp net.Addr) error {
 			// the listener too; at the bound, new ones are refused
 			// (the client can fall back to TCP). quic-go ends ctx
 			// when the connection ends, handshake failures included.
-			if s.max > 0 {
-				if q.open.Add(1) > int64(s.max) {
-					q.open.Add(-1)
-					return nil, errQUICFull
-				}
-				context.AfterFunc(ctx, func() { q.open.Add(-1) })
+			if n := q.open.Add(1); s.max > 0 && n > int64(s.max) {
+				q.open.Add(-1)
+				return nil, errQUICFull
 			}
+			context.AfterFunc(ctx, func() { q.open.Add(-1) })
 			return context.WithValue(ctx, quicStateKey{}, &quicState{}), nil
 		},
 	}
 	if s.validateAddrs {
 		q.tr.VerifySourceAddress = func(net.Addr) bool { return true }
 	}
-	q.ln, err = q.tr.ListenEarly(q.base, &quic.Config{
+	qc := &quic.Config{
 		Allow0RTT:            q.l.cfg.EarlyData,
 		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
 		MaxIdleTimeout:       s.idle,
@@ -133,7 +131,16 @@ func (q *quicListener) listen(tcp net.Addr) error {
 		// timeout then ends only connections whose peer has gone, and
 		// h3's IdleTimeout those without a request.
 		KeepAlivePeriod: s.idle / 2,
-	})
+	}
+	// Each connection's handshake is bounded by the handshake timeout of
+	// the moment (Reload changes it), as over TCP.
+	qc.GetConfigForClient = func(*quic.ClientInfo) (*quic.Config, error) {
+		c := qc.Clone()
+		c.GetConfigForClient = nil
+		c.HandshakeIdleTimeout = time.Duration(s.handshakeTimeout.Load())
+		return c, nil
+	}
+	q.ln, err = q.tr.ListenEarly(q.base, qc)
 	if err != nil {
 		q.tr.Close()
 		udp.Close()

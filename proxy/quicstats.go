@@ -22,6 +22,11 @@ type QUICStats struct {
 
 	EarlyRequests uint64 // requests served from early data (marked Early-Data: 1)
 	TooEarly      uint64 // 425 Too Early responses, the server's and the upstreams'
+
+	// Open counts the QUIC connections open now, those still in their
+	// handshake included: the connections Config.MaxConnections bounds.
+	// Stats.Open counts the TCP ones.
+	Open int
 }
 
 // quicCounters are the atomics behind QUICStats.
@@ -51,4 +56,12 @@ func (c *quicCounters) stats() QUICStats {
 
 // QUICStats returns a snapshot of the HTTP/3 counters (all zero when no
 // listener serves HTTP/3).
-func (s *Server) QUICStats() QUICStats { return s.quic.stats() }
+func (s *Server) QUICStats() QUICStats {
+	st := s.quic.stats()
+	for _, l := range s.listeners {
+		if l.quic != nil {
+			st.Open += int(l.quic.open.Load())
+		}
+	}
+	return st
+}

@@ -39,11 +39,14 @@ type Config struct {
 	Listeners []Listener
 
 	// HandshakeTimeout bounds each handshake, PROXY header included
-	// (default 10s).
+	// (default 10s). Over HTTP/3 it is quic-go's HandshakeIdleTimeout: a
+	// handshake ends once no packet has come from the client for this
+	// long, and in any case at twice this long.
 	HandshakeTimeout time.Duration
 
-	// IdleTimeout closes a TCP passthrough connection on which nothing has
-	// moved either way for this long, and an HTTP connection that has
+	// IdleTimeout closes a TCP passthrough connection, or one an HTTP
+	// upstream switched to another protocol (a WebSocket), on which nothing
+	// has moved either way for this long, and an HTTP connection that has
 	// waited this long for its next request or for a request's headers
 	// (default 2m). Reload does not change it.
 	IdleTimeout time.Duration

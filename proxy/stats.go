@@ -17,7 +17,7 @@ type Stats struct {
 	ProxyHeaderFailures  uint64 // the PROXY header was missing or malformed
 	ProxyUntrusted       uint64 // connections refused: the sender is not in Listener.ProxyTrusted
 	Accepted             uint64 // connections accepted
-	Open                 int    // connections open now
+	Open                 int    // TCP connections open now (QUICStats.Open: HTTP/3's)
 	UpstreamErrors       uint64 // requests or streams the upstream could not take
 	UpstreamHTTPRequests uint64 // requests proxied to an http:// or https:// upstream
 }

@@ -148,12 +148,16 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 		return "", fmt.Errorf("admin.address: %w", err)
 	}
 	// Bound every wait on a client, as on the listeners: a request (its
-	// body too) must arrive within 10 s, and a keep-alive connection may
-	// wait for its next one for limits.idle_timeout.
+	// body too) must arrive within 10 s, its answer must be taken within
+	// 10 s of it (a revocation takes at most 5 s of them; a scraper that
+	// stops reading /metrics would otherwise hold its goroutine for ever),
+	// and a keep-alive connection may wait for its next one for
+	// limits.idle_timeout.
 	d.admin = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       cfg.Limits.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}

@@ -27,6 +27,9 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	n := fs.Int("n", 600, "connections per probe")
 	nodes := fs.Int("nodes", 3, "nodes in the farm")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if *n < 1 || *nodes < 2 || *nodes > 16 {

@@ -3,6 +3,7 @@ package main
 import (
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +27,17 @@ func TestDemoShowsTheDifference(t *testing.T) {
 	t.Logf("resumption with sharing %.1f%%, without %.1f%%", on, off)
 	if on < 95 || off > 70 {
 		t.Fatalf("sharing %.1f%%, no sharing %.1f%%: want at least 95%% and at most 70%%\n%s", on, off, out)
+	}
+}
+
+// TestDemoHelpExitsZero: "tlsfarm demo -h" prints the flags and exits 0,
+// as every other command's -h does; a bad flag still exits 2.
+func TestDemoHelpExitsZero(t *testing.T) {
+	t.Parallel()
+	if code, _, errs := runCmd(t, []string{"demo", "-h"}); code != 0 || !strings.Contains(errs, "-nodes") {
+		t.Errorf("demo -h: exit %d, stderr %q", code, errs)
+	}
+	if code, _, _ := runCmd(t, []string{"demo", "-no-such-flag"}); code != 2 {
+		t.Errorf("demo -no-such-flag: exit %d, want 2", code)
 	}
 }

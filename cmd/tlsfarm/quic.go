@@ -49,6 +49,7 @@ func (d *daemon) quicStats() *admin.QUICStats {
 		FullHandshakes: s.FullHandshakes, ResumedHandshakes: s.ResumedHandshakes,
 		EarlyDataOffered: s.EarlyDataOffered, EarlyDataAccepted: s.EarlyDataAccepted,
 		EarlyDataRejected: s.EarlyDataRejected, EarlyRequests: s.EarlyRequests, TooEarly: s.TooEarly,
+		Open: s.Open,
 	}
 }
 

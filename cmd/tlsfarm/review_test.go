@@ -1,10 +1,19 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestAdminCutsQuietConnections opens admin API connections that go quiet:
@@ -37,4 +46,63 @@ func TestAdminCutsQuietConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAdminCutsScraperThatStopsReading sends the admin API many /metrics
+// requests on one connection, then reads nothing: once the buffers on the
+// way are full, the answer being written must be given up within the
+// admin's 10 s write bound and the connection closed, rather than held
+// (with its goroutine) for as long as the client stays. Without the bound,
+// every answer arrives once the client reads again.
+func TestAdminCutsScraperThatStopsReading(t *testing.T) {
+	t.Parallel()
+	const requests = 1000
+	p := serveProc(t, []string{"-idle-timeout", "500ms"})
+	c, err := net.Dial("tcp", p.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(40 * time.Second))
+	go io.WriteString(c, strings.Repeat("GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n", requests))
+	time.Sleep(13 * time.Second) // the write bound, and some
+	var got int
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if sc.Text() == "HTTP/1.1 200 OK" {
+			got++
+		}
+	}
+	// The server's close may come as a reset: it leaves answers unsent.
+	if err := sc.Err(); errors.Is(err, os.ErrDeadlineExceeded) || got >= requests {
+		t.Fatalf("%d of %d answers arrived after the client read nothing for 13 s (%v): the write was never bounded", got, requests, err)
+	}
+	t.Logf("%d of %d answers arrived before the connection was closed", got, requests)
+}
+
+// TestQUICConnectionsOpenMetric opens HTTP/3 connections to a daemon with
+// no connection limit: the metrics must show them, apart from the TCP
+// connections of tlsfarm_connections_open, and no longer once closed.
+func TestQUICConnectionsOpenMetric(t *testing.T) {
+	t.Parallel()
+	p := serveProc(t, []string{"-http3"})
+	var open []*quic.Conn
+	for range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := quic.DialAddr(ctx, p.Listeners[0], &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{http3.NextProtoH3}}, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseWithError(0, "")
+		open = append(open, c)
+	}
+	waitUntil(t, 5*time.Second, func() bool { return metric(t, p, "tlsfarm_quic_connections_open") == 2 },
+		"tlsfarm_quic_connections_open = %v with two HTTP/3 connections open", metric(t, p, "tlsfarm_quic_connections_open"))
+	if n := metric(t, p, "tlsfarm_connections_open"); n != 0 {
+		t.Errorf("tlsfarm_connections_open = %v with no TCP connection open", n)
+	}
+	open[0].CloseWithError(0, "")
+	waitUntil(t, 5*time.Second, func() bool { return metric(t, p, "tlsfarm_quic_connections_open") == 1 },
+		"tlsfarm_quic_connections_open = %v after one of two closed", metric(t, p, "tlsfarm_quic_connections_open"))
 }
