@@ -319,7 +319,8 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
-	if !c.keys.Load().checkPooled(id[:]) {
+	k := c.keys.Load()
+	if !k.checkPooled(id[:]) {
 		c.ctr.forgedIDs.Add(1)
 		return errForgedID
 	}
@@ -359,12 +360,25 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		return err
 	}
 	if r.Parent != (ID{}) {
+		at := c.resumedAt(k, &id, expires, now)
 		if c.cfg.ResumeGrace > 0 {
-			c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
+			c.shorten(&r.Parent, at+int64(c.cfg.ResumeGrace))
 		}
-		c.linkChild(r.Parent, id, expires, c.graceEnd(now, expires), origin)
+		c.linkChild(r.Parent, id, expires, c.graceEnd(at, expires), origin)
 	}
 	return nil
+}
+
+// resumedAt returns when the parent of the session id, which expires at
+// expires, was resumed: id's issue time, which the handshake that resumed
+// the parent minted it at, and not its arrival here (now), which someone
+// who delays a peer's message would choose. It is no later than now (the
+// issuer's clock may be ahead) and no earlier than expires less Lifetime
+// (an ID minted before IDs carried their issue time yields an arbitrary
+// one). k authenticated id.
+func (c *Cache) resumedAt(k *idKeys, id *ID, expires, now int64) int64 {
+	at := k.issuedAt(id).UnixNano()
+	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
 // insert adds e; parent is reported in the EventNew record.
