@@ -347,9 +347,9 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 		c.ctr.loaderMisses.Add(1)
 		return nil
 	}
-	if rec.ChainStart.IsZero() {
-		rec.ChainStart = c.cfg.Now()
-	}
+	// As Insert takes it: the handshake's successor continues the chain
+	// from the start the cache holds.
+	rec.ChainStart = time.Unix(0, chainStartNano(rec.ChainStart, c.nowNano()))
 	if rec.Chain == 0 {
 		// Drawn here, not by Insert: the handshake's successor must
 		// continue the chain the cache holds the session in.
