@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"math/bits"
 	"strings"
 	"sync"
@@ -316,10 +317,13 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // MaxStateLen, one whose server name is longer than 253 bytes (the DNS
 // limit), one that has already expired, and one whose chain has been
 // revoked. A zero r.ChainStart means
-// now; a zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
+// now, and so does one later than now: a chain cannot have begun in the
+// future, and the session lives no longer than its chain's start plus
+// MaxChainLifetime. A zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
-	if !c.keys.Load().checkPooled(id[:]) {
+	k := c.keys.Load()
+	if !k.checkPooled(id[:]) {
 		c.ctr.forgedIDs.Add(1)
 		return errForgedID
 	}
@@ -340,10 +344,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		serverName: unique.Make(strings.ToLower(r.ServerName)),
 		chain:      r.Chain,
 		expires:    r.Expires.UnixNano(),
-		chainStart: r.ChainStart.UnixNano(),
-	}
-	if r.ChainStart.IsZero() {
-		e.chainStart = now
+		chainStart: chainStartNano(r.ChainStart, now),
 	}
 	if r.Chain == 0 {
 		e.chain = newChain()
@@ -359,12 +360,49 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		return err
 	}
 	if r.Parent != (ID{}) {
+		at := c.resumedAt(k, &id, expires, now)
 		if c.cfg.ResumeGrace > 0 {
-			c.shorten(&r.Parent, now+int64(c.cfg.ResumeGrace))
+			c.shorten(&r.Parent, at+int64(c.cfg.ResumeGrace))
 		}
-		c.linkChild(r.Parent, id, expires, c.graceEnd(now, expires), origin)
+		c.linkChild(r.Parent, id, expires, c.graceEnd(at, expires), origin)
 	}
 	return nil
+}
+
+// Times that Unix nanoseconds hold, as an int64 does.
+var (
+	minNanoTime = time.Unix(0, math.MinInt64)
+	maxNanoTime = time.Unix(0, math.MaxInt64)
+)
+
+// chainStartNano returns the start of the chain of a record inserted at now
+// whose ChainStart is start, in Unix nanoseconds, so that the chain ends by
+// that plus MaxChainLifetime. A chain cannot start after now: a zero start
+// means now, and a later one is taken as now, so that it cannot lengthen
+// the chain. A start too early for Unix nanoseconds (whose UnixNano would
+// wrap around) is taken as the earliest one: that chain has ended.
+func chainStartNano(start time.Time, now int64) int64 {
+	switch {
+	case start.IsZero():
+		return now
+	case start.Before(minNanoTime):
+		return math.MinInt64
+	case start.After(maxNanoTime):
+		return now
+	}
+	return min(start.UnixNano(), now)
+}
+
+// resumedAt returns when the parent of the session id, which expires at
+// expires, was resumed: id's issue time, which the handshake that resumed
+// the parent minted it at, and not its arrival here (now), which someone
+// who delays a peer's message would choose. It is no later than now (the
+// issuer's clock may be ahead) and no earlier than expires less Lifetime
+// (an ID minted before IDs carried their issue time yields an arbitrary
+// one). k authenticated id.
+func (c *Cache) resumedAt(k *idKeys, id *ID, expires, now int64) int64 {
+	at := k.issuedAt(id).UnixNano()
+	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
 // insert adds e; parent is reported in the EventNew record.

@@ -13,3 +13,10 @@ func (c *Cache) Sweep() int { return c.sweep() }
 
 // Reissue returns a reissued ticket for id, as a TLS 1.2 resumption gets.
 func Reissue(c *Cache, id ID) []byte { return c.keys.Load().reissue(&id) }
+
+// ChildLinks returns how many parents the cache links to their live child.
+func ChildLinks(c *Cache) int {
+	c.life.mu.Lock()
+	defer c.life.mu.Unlock()
+	return len(c.life.kids)
+}

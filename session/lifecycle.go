@@ -139,6 +139,11 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 // child from a peer that arrives after this server's own child still leaves
 // one live child farm-wide. Other losers are retired with origin: their
 // issuer does the same when it hears of the winner.
+//
+// At most Capacity links are kept, one per parent: a link lasts its
+// parent's grace, or, without a grace (ResumeGrace < 0), its child's life,
+// so their number would otherwise grow with the resumptions of a Lifetime.
+// Past Capacity an arbitrary link is forgotten.
 func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin) bool {
 	l := &c.life
 	l.mu.Lock()
@@ -147,6 +152,17 @@ func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin)
 	}
 	link := childLink{child: child, expires: expires, local: origin == OriginHandshake}
 	old, had := l.kids[parent]
+	if !had && len(l.kids) >= c.cfg.Capacity {
+		// As many links as the cache holds sessions: forget one, so
+		// that links grow with the cache, not with the resumptions of
+		// a link's life (a Lifetime without a grace). Its parent, if
+		// resumed again, keeps its earlier child, which the cache's
+		// Capacity bounds as it bounds every session.
+		for p := range l.kids {
+			delete(l.kids, p)
+			break
+		}
+	}
 	link.until = max(until, old.until)
 	loser, loserLocal := ID{}, false
 	switch {

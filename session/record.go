@@ -100,6 +100,9 @@ type Record struct {
 	// otherwise). It is not kept in the cache: Insert uses it to cut the
 	// parent to Config.ResumeGrace, as the handshake that resumed it did on
 	// the server where it happened, so that peers too hold about one
-	// session per active client. It is set in EventNew records.
+	// session per active client. The grace is counted from when this
+	// session's ID was issued (Cache.IssuedAt), not from the insert, so
+	// that a record delivered late cannot lengthen it. It is set in
+	// EventNew records.
 	Parent ID
 }

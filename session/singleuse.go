@@ -3,6 +3,8 @@ package session
 import (
 	"context"
 	"crypto/tls"
+	"net"
+	"reflect"
 	"sync/atomic"
 	"time"
 )
@@ -173,35 +175,57 @@ func (cl *claim) release() {
 
 // watch arranges for the claim to be settled: by HandshakeComplete on conn,
 // or released claimSettle after the handshake's context ends without it.
+//
+// The wait for HandshakeComplete is keyed by the connection, so only a
+// connection that is a pointer (see keyable) has one. The claim of a
+// handshake on another connection is settled as soon as the handshake
+// ends, as on a server that does not call HandshakeComplete: consumed if
+// the handshake got as far as resuming the session, released otherwise.
+// unwrap takes no claim for such a connection without a handshake context.
 func (h *handshake) watch(cl *claim) {
 	c := h.c
-	if h.conn != nil {
+	keyed := keyable(h.conn)
+	if keyed {
 		c.pending.Store(h.conn, cl)
 	}
 	settle := func() {
-		time.AfterFunc(claimSettle, func() {
-			if h.conn != nil && !c.pending.CompareAndDelete(h.conn, cl) {
-				return // settled by HandshakeComplete
-			}
-			if h.resumed.Load() && !c.reported.Load() {
-				// The server does not report handshakes: this one got as
-				// far as resuming the session, so it is used.
-				cl.consume()
-				return
-			}
-			cl.release()
-		})
+		if keyed && !c.pending.CompareAndDelete(h.conn, cl) {
+			return // settled by HandshakeComplete
+		}
+		if h.resumed.Load() && (!keyed || !c.reported.Load()) {
+			// HandshakeComplete does not come for this handshake: it got
+			// as far as resuming the session, so it is used.
+			cl.consume()
+			return
+		}
+		cl.release()
 	}
 	if h.ctx == nil || h.ctx.Done() == nil {
 		time.AfterFunc(pendingTTL, cl.release)
 		return
 	}
-	context.AfterFunc(h.ctx, settle)
+	if !keyed {
+		context.AfterFunc(h.ctx, settle)
+		return
+	}
+	context.AfterFunc(h.ctx, func() { time.AfterFunc(claimSettle, settle) })
+}
+
+// keyable reports whether the single-use claim of a handshake on conn can
+// wait for HandshakeComplete, keyed by conn: whether conn is a pointer. A
+// connection of another kind may not be usable as a map key (a struct
+// holding a slice, or an interface that does), which would panic.
+func keyable(conn net.Conn) bool {
+	return conn != nil && reflect.TypeOf(conn).Kind() == reflect.Pointer
 }
 
 // settleClaim settles the claim, if any, of the handshake of conn.
 func (c *Cache) settleClaim(conn *tls.Conn) {
-	v, ok := c.pending.LoadAndDelete(conn.NetConn())
+	nc := conn.NetConn()
+	if !keyable(nc) {
+		return // its claim is settled when its handshake ends (see watch)
+	}
+	v, ok := c.pending.LoadAndDelete(nc)
 	if !ok {
 		return
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/aes"
 	"crypto/tls"
 	"net"
-	"reflect"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -145,13 +144,21 @@ type unwrapped struct {
 func (h *handshake) unwrap(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
 	c := h.c
 	r := c.unwrap(h.ctx, identity, cs, h.src, &h.tmp)
-	if r.ss != nil && !r.ticket && c.cfg.SingleUse && h.conn != nil && reflect.TypeOf(h.conn).Comparable() {
+	if r.ss != nil && !r.ticket && c.cfg.SingleUse {
 		// Single use: claim the session before crypto/tls may resume it
 		// (see Farm). A second call of the same handshake (after a
 		// HelloRetryRequest) keeps its claim.
 		if h.claim == nil || h.claim.id != r.id {
+			if !keyable(h.conn) && (h.ctx == nil || h.ctx.Done() == nil) {
+				// Neither HandshakeComplete nor the end of the
+				// handshake would settle a claim: a full handshake.
+				c.life.busy.Add(1)
+				return nil, nil
+			}
 			if h.claim != nil {
-				c.pending.CompareAndDelete(h.conn, h.claim)
+				if keyable(h.conn) {
+					c.pending.CompareAndDelete(h.conn, h.claim)
+				}
 				h.claim.release()
 				h.claim = nil
 			}
@@ -347,9 +354,9 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 		c.ctr.loaderMisses.Add(1)
 		return nil
 	}
-	if rec.ChainStart.IsZero() {
-		rec.ChainStart = c.cfg.Now()
-	}
+	// As Insert takes it: the handshake's successor continues the chain
+	// from the start the cache holds.
+	rec.ChainStart = time.Unix(0, chainStartNano(rec.ChainStart, c.nowNano()))
 	if rec.Chain == 0 {
 		// Drawn here, not by Insert: the handshake's successor must
 		// continue the chain the cache holds the session in.
