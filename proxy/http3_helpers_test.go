@@ -45,6 +45,7 @@ type h3FarmOptions struct {
 	validate  bool          // QUICValidateAddresses
 	window    time.Duration // EarlyDataWindow
 	secret    *farm.Secret
+	singleUse bool // session.Config.SingleUse
 }
 
 // startH3Farm starts o.n servers of one fresh farm over Redis, each with an
@@ -70,7 +71,7 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 	var st ticket.State
 	var out []*h3Node
 	for i := range o.n {
-		cache, err := session.New(&session.Config{Mode: o.mode})
+		cache, err := session.New(&session.Config{Mode: o.mode, SingleUse: o.singleUse})
 		if err != nil {
 			t.Fatal(err)
 		}

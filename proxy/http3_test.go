@@ -56,6 +56,40 @@ func TestHTTP3SessionResumesAcrossFarm(t *testing.T) {
 	}
 }
 
+// TestHTTP3SingleUseOnceInFarm: with single use, a session resumes over
+// HTTP/3 once in the whole farm. A QUIC handshake has no net.Conn to report
+// completion with; its claim is settled when the handshake ends.
+func TestHTTP3SingleUseOnceInFarm(t *testing.T) {
+	nodes := startH3Farm(t, h3FarmOptions{n: 3, mode: session.Stateful, singleUse: true})
+	for _, n := range nodes {
+		// A TCP handshake first: each node's cache then knows that its
+		// server reports completed handshakes (HandshakeComplete), which
+		// the QUIC ones must not wait for.
+		c, err := tls.Dial("tcp", n.addr.String(), &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	cache := newPinnedCache()
+	getSession(t, nodes[0], cache)
+	resumed := 0
+	for i, n := range []*h3Node{nodes[1], nodes[2], nodes[0], nodes[1]} {
+		if i == 2 {
+			// Past the 2 s in which a claim whose handshake has ended
+			// waits for HandshakeComplete: a claim released then, not
+			// consumed, would let the session resume again.
+			time.Sleep(2500 * time.Millisecond)
+		}
+		if r := newH3Client(t, cache).do(t, n.addr, http.MethodGet, "/", false); r.resumed {
+			resumed++
+		}
+	}
+	if resumed != 1 {
+		t.Fatalf("one single-use session resumed %d times over HTTP/3 in the farm, want once", resumed)
+	}
+}
+
 func TestHTTP3AltSvcOnTCP(t *testing.T) {
 	cert := mustSelfSigned(t, "localhost")
 	s, _ := start(t, cert, func(c *Config) { c.Listeners[0].HTTP3 = true })

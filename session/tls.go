@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/tls"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -55,7 +56,14 @@ func (c *Cache) Install(cfg *tls.Config) {
 				src = x
 			}
 		}
-		h := &handshake{c: c, src: src, conn: hello.Conn, ctx: hello.Context()}
+		conn := hello.Conn
+		if slices.Contains(hello.Extensions, extQUICTransportParameters) {
+			// QUIC (quic-go gives the hello a stand-in net.Conn): no
+			// tls.Conn will ever be reported to HandshakeComplete, so
+			// the single-use claim must not wait for one.
+			conn = nil
+		}
+		h := &handshake{c: c, src: src, conn: conn, ctx: hello.Context()}
 		child := src.Clone()
 		child.GetConfigForClient = nil
 		child.WrapSession = h.wrap
@@ -81,6 +89,10 @@ func (c *Cache) Install(cfg *tls.Config) {
 // wrapSession is the tls.Config.WrapSession of a config used without its
 // GetConfigForClient: it stores the session in the cache, starting a new
 // chain, and returns its ID as the ticket.
+// extQUICTransportParameters is the TLS extension that only a QUIC client
+// hello carries (RFC 9001, section 8.2).
+const extQUICTransportParameters = 0x39
+
 func (c *Cache) wrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
 	now := c.nowNano()
 	return c.issue(cs, ss, nil, nil, 0, now, now, ID{}), nil
