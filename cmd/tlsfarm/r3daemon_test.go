@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,35 @@ func TestConfigFileMustBeRegular(t *testing.T) {
 	rejected := p.waitLog("reload rejected; the running configuration is unchanged", 5*time.Second)
 	if !strings.Contains(rejected["err"].(string), "not a regular file") {
 		t.Errorf("rejection says %v", rejected["err"])
+	}
+	p.stop()
+}
+
+// A listener added to (or removed from) the file needs a restart, as its
+// address does: the reload still applies the settings that reload, such
+// as a renewed certificate on the listeners that run, and names the
+// listeners as needing a restart.
+func TestReloadWithAnotherListenerAppliesTheRest(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	oldCert, oldKey, _ := writeCert(t, dir, "old", "localhost")
+	newCert, newKey, neu := writeCert(t, dir, "new", "localhost")
+	conf := filepath.Join(dir, "tlsfarm.yaml")
+	listener := "  - address: %s\n    certificates:\n      - cert: %s\n        key: %s\n"
+	writeFile(t, conf, "listeners:\n"+fmt.Sprintf(listener, "127.0.0.1:0", oldCert, oldKey), 0o644)
+	p := serveProc(t, []string{"-config", conf})
+
+	writeFile(t, conf, "listeners:\n"+fmt.Sprintf(listener, "127.0.0.1:0", newCert, newKey)+fmt.Sprintf(listener, "127.0.0.2:0", newCert, newKey), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	partial := p.waitLog("reload applied, except settings that need a restart: they keep their running values until tlsfarm restarts", 5*time.Second)
+	if !strings.Contains(fmt.Sprint(partial["restart_needed"]), "listeners (1 entries, now 2)") {
+		t.Errorf("restart_needed = %v", partial["restart_needed"])
+	}
+	if _, _, cs := get(t, p.Listeners[0], clientFor("localhost", neu), "/"); !cs.PeerCertificates[0].Equal(neu) {
+		t.Error("the running listener kept the old certificate")
+	}
+	if n := metric(t, p, `tlsfarm_reloads_total{result="rejected"}`); n != 0 {
+		t.Errorf("rejected reloads = %v", n)
 	}
 	p.stop()
 }
