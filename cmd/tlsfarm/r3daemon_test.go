@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -66,6 +67,26 @@ func TestReloadWithAnotherListenerAppliesTheRest(t *testing.T) {
 	}
 	if n := metric(t, p, `tlsfarm_reloads_total{result="rejected"}`); n != 0 {
 		t.Errorf("rejected reloads = %v", n)
+	}
+	p.stop()
+}
+
+// debug.expose_session_id reloads, and turning it on by a reload logs the
+// warning a start with it logs: the built-in upstream then hands every
+// client its session ID.
+func TestReloadExposingSessionIDWarns(t *testing.T) {
+	t.Parallel()
+	conf := writeFile(t, filepath.Join(t.TempDir(), "tlsfarm.yaml"), "listeners:\n  - address: 127.0.0.1:0\n", 0o644)
+	p := serveProc(t, []string{"-config", conf})
+	const warning = "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production"
+	writeFile(t, conf, "listeners:\n  - address: 127.0.0.1:0\ndebug:\n  expose_session_id: true\n", 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("reload applied", 5*time.Second)
+	if f := getFacts(t, p.Listeners[0], &tls.Config{InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(1)}); f.SessionID == "" {
+		t.Fatal("the reload did not expose the session ID")
+	}
+	if p.countLog(warning) != 1 {
+		t.Errorf("no warning when a reload exposed session IDs:\n%s", p.log())
 	}
 	p.stop()
 }

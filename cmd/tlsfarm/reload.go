@@ -36,6 +36,10 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 	if lvl, err := config.ParseLevel(nc.Log.Level); err == nil {
 		d.level.Set(lvl)
 	}
+	if nc.Debug.ExposeSessionID && !d.cfg.Load().Debug.ExposeSessionID {
+		// As at start (configWarnings): clients now see their session IDs.
+		d.log.Warn("debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
+	}
 	d.listeners = ls
 	d.cfg.Store(nc)
 	d.reloads.Add(1)
