@@ -90,3 +90,27 @@ func TestReloadExposingSessionIDWarns(t *testing.T) {
 	}
 	p.stop()
 }
+
+// farm.revocation_file (and its .lifecycle file beside it), read at start,
+// is refused if it is not a regular file: a named pipe there blocked the
+// start until something wrote to it.
+func TestRevocationFileMustBeRegular(t *testing.T) {
+	t.Parallel()
+	secret, _, _, _ := farmFiles(t)
+	dir := t.TempDir()
+	for _, name := range []string{"revocations", "lifecycle"} {
+		file := filepath.Join(dir, name)
+		fifo := file
+		if name == "lifecycle" {
+			fifo = file + ".lifecycle"
+		}
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Skip(err)
+		}
+		code, _, stderr := runCmd(t, []string{"serve", "-listen", "127.0.0.1:0", "-admin", "off",
+			"-farm", "redis://127.0.0.1:1", "-farm-secret", secret, "-farm-name", "r3-revfile-" + name, "-revocation-file", file})
+		if code != 1 || !strings.Contains(stderr, "farm.revocation_file") || !strings.Contains(stderr, "not a regular file") {
+			t.Errorf("%s: exit %d, %q", name, code, stderr)
+		}
+	}
+}
