@@ -191,6 +191,14 @@ func (c *Config) checkFarm() error {
 	if err != nil {
 		return c.problem("farm.secret_file", "%v", err)
 	}
+	// Read at start: a pipe or a device there would block it.
+	if path := f.RevocationFile; path != "" {
+		for _, p := range []string{path, path + ".lifecycle"} {
+			if fi, err := os.Stat(p); err == nil && !fi.Mode().IsRegular() {
+				return c.problem("farm.revocation_file", "%s is not a regular file", p)
+			}
+		}
+	}
 	return nil
 }
 

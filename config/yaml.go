@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -16,7 +15,7 @@ import (
 // readFile decodes the YAML file at path over c. Keys the file leaves out
 // keep their values in c; lists in the file replace c's lists whole.
 func (c *Config) readFile(path string) error {
-	data, err := os.ReadFile(path)
+	data, err := readRegularFile(path)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}

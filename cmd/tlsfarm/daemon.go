@@ -28,6 +28,10 @@ type daemon struct {
 	log     *slog.Logger
 	level   *slog.LevelVar
 
+	// listeners holds the settings the proxy's listeners run with, one
+	// to one (set by start and reload, on the signal loop only).
+	listeners []config.Listener
+
 	cache     *session.Cache
 	ring      *ticket.Ring
 	node      *farm.Node
@@ -46,7 +50,7 @@ type daemon struct {
 // start builds and starts every part of the daemon. ctx bounds only the
 // start itself (a strict wait for the farm).
 func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (_ *daemon, err error) {
-	d := &daemon{started: cfg, log: log, level: level}
+	d := &daemon{started: cfg, listeners: cfg.Listeners, log: log, level: level}
 	d.cfg.Store(cfg)
 	bg, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel

@@ -17,7 +17,14 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 		d.log.Error("reload rejected; the running configuration is unchanged", "err", err.Error())
 		return
 	}
-	pc, err := d.proxyConfig(nc)
+	// The proxy runs the listeners it started with: one added to the
+	// file waits for a restart (RestartOnly names it), one removed keeps
+	// the settings it last had; the others take their new settings.
+	ls := append([]config.Listener(nil), nc.Listeners[:min(len(nc.Listeners), len(d.listeners))]...)
+	ls = append(ls, d.listeners[len(ls):]...)
+	pcfg := *nc
+	pcfg.Listeners = ls
+	pc, err := d.proxyConfig(&pcfg)
 	if err == nil {
 		err = d.proxy.Reload(pc)
 	}
@@ -29,6 +36,11 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 	if lvl, err := config.ParseLevel(nc.Log.Level); err == nil {
 		d.level.Set(lvl)
 	}
+	if nc.Debug.ExposeSessionID && !d.cfg.Load().Debug.ExposeSessionID {
+		// As at start (configWarnings): clients now see their session IDs.
+		d.log.Warn("debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
+	}
+	d.listeners = ls
 	d.cfg.Store(nc)
 	d.reloads.Add(1)
 	if restart := config.RestartOnly(d.started, nc); len(restart) > 0 {

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A -config that names a named pipe is refused at start and on SIGHUP:
+// reading it would block until something writes to it, and a reload stuck
+// so would hold up the signal loop, SIGTERM included.
+func TestConfigFileMustBeRegular(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "pipe.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip(err)
+	}
+	code, _, stderr := runCmd(t, []string{"serve", "-config", fifo, "-admin", "off"})
+	if code != 1 || !strings.Contains(stderr, "not a regular file") {
+		t.Errorf("serve -config FIFO: exit %d, %q", code, stderr)
+	}
+
+	conf := writeFile(t, filepath.Join(dir, "tlsfarm.yaml"), "listeners:\n  - address: 127.0.0.1:0\n", 0o644)
+	p := serveProc(t, []string{"-config", conf})
+	if err := os.Remove(conf); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	rejected := p.waitLog("reload rejected; the running configuration is unchanged", 5*time.Second)
+	if !strings.Contains(rejected["err"].(string), "not a regular file") {
+		t.Errorf("rejection says %v", rejected["err"])
+	}
+	p.stop()
+}
+
+// A listener added to (or removed from) the file needs a restart, as its
+// address does: the reload still applies the settings that reload, such
+// as a renewed certificate on the listeners that run, and names the
+// listeners as needing a restart.
+func TestReloadWithAnotherListenerAppliesTheRest(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	oldCert, oldKey, _ := writeCert(t, dir, "old", "localhost")
+	newCert, newKey, neu := writeCert(t, dir, "new", "localhost")
+	conf := filepath.Join(dir, "tlsfarm.yaml")
+	listener := "  - address: %s\n    certificates:\n      - cert: %s\n        key: %s\n"
+	writeFile(t, conf, "listeners:\n"+fmt.Sprintf(listener, "127.0.0.1:0", oldCert, oldKey), 0o644)
+	p := serveProc(t, []string{"-config", conf})
+
+	writeFile(t, conf, "listeners:\n"+fmt.Sprintf(listener, "127.0.0.1:0", newCert, newKey)+fmt.Sprintf(listener, "127.0.0.2:0", newCert, newKey), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	partial := p.waitLog("reload applied, except settings that need a restart: they keep their running values until tlsfarm restarts", 5*time.Second)
+	if !strings.Contains(fmt.Sprint(partial["restart_needed"]), "listeners (1 entries, now 2)") {
+		t.Errorf("restart_needed = %v", partial["restart_needed"])
+	}
+	if _, _, cs := get(t, p.Listeners[0], clientFor("localhost", neu), "/"); !cs.PeerCertificates[0].Equal(neu) {
+		t.Error("the running listener kept the old certificate")
+	}
+	if n := metric(t, p, `tlsfarm_reloads_total{result="rejected"}`); n != 0 {
+		t.Errorf("rejected reloads = %v", n)
+	}
+	p.stop()
+}
+
+// debug.expose_session_id reloads, and turning it on by a reload logs the
+// warning a start with it logs: the built-in upstream then hands every
+// client its session ID.
+func TestReloadExposingSessionIDWarns(t *testing.T) {
+	t.Parallel()
+	conf := writeFile(t, filepath.Join(t.TempDir(), "tlsfarm.yaml"), "listeners:\n  - address: 127.0.0.1:0\n", 0o644)
+	p := serveProc(t, []string{"-config", conf})
+	const warning = "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production"
+	writeFile(t, conf, "listeners:\n  - address: 127.0.0.1:0\ndebug:\n  expose_session_id: true\n", 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("reload applied", 5*time.Second)
+	if f := getFacts(t, p.Listeners[0], &tls.Config{InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(1)}); f.SessionID == "" {
+		t.Fatal("the reload did not expose the session ID")
+	}
+	if p.countLog(warning) != 1 {
+		t.Errorf("no warning when a reload exposed session IDs:\n%s", p.log())
+	}
+	p.stop()
+}
+
+// farm.revocation_file (and its .lifecycle file beside it), read at start,
+// is refused if it is not a regular file: a named pipe there blocked the
+// start until something wrote to it.
+func TestRevocationFileMustBeRegular(t *testing.T) {
+	t.Parallel()
+	secret, _, _, _ := farmFiles(t)
+	dir := t.TempDir()
+	for _, name := range []string{"revocations", "lifecycle"} {
+		file := filepath.Join(dir, name)
+		fifo := file
+		if name == "lifecycle" {
+			fifo = file + ".lifecycle"
+		}
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Skip(err)
+		}
+		code, _, stderr := runCmd(t, []string{"serve", "-listen", "127.0.0.1:0", "-admin", "off",
+			"-farm", "redis://127.0.0.1:1", "-farm-secret", secret, "-farm-name", "r3-revfile-" + name, "-revocation-file", file})
+		if code != 1 || !strings.Contains(stderr, "farm.revocation_file") || !strings.Contains(stderr, "not a regular file") {
+			t.Errorf("%s: exit %d, %q", name, code, stderr)
+		}
+	}
+}
