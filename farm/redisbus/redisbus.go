@@ -189,6 +189,9 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
+		}
 		opt.ContextTimeoutEnabled = true
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
 			opt.DialerRetries = 1
@@ -199,6 +202,9 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
+		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
 		opt.ClusterStateReloadInterval = reload
@@ -208,6 +214,9 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -226,6 +235,10 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	t.Echo = echo
 	return t, nil
 }
+
+// errNegativePool is Open's error for a negative pool_size, which go-redis
+// parses and then panics on when it makes a pool.
+var errNegativePool = errors.New("redisbus: pool_size must not be negative")
 
 // DefaultClusterReload is how old the map of a Redis Cluster's slots may
 // grow before the transport reads it again, unless the URL sets reload.

@@ -188,3 +188,16 @@ func TestSwapRecord(t *testing.T) {
 		return errors.Is(err, transport.ErrNotFound)
 	})
 }
+
+// TestOpenRejectsNegativePoolSize: go-redis parses a negative pool_size
+// and then panics making the pool (at Open, or for a cluster at the first
+// command): Open must return an error instead.
+func TestOpenRejectsNegativePoolSize(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis://user:s3cret@127.0.0.1:6379/?pool_size=-3":                         "pool_size",
+		"redis+cluster://user:s3cret@127.0.0.1:7000/?pool_size=-1":                 "pool_size",
+		"redis+sentinel://user:s3cret@127.0.0.1:26379/?master_name=m&pool_size=-2": "pool_size",
+		"redis://127.0.0.1:6379/?pool_size=0":                                      "",
+		"redis://127.0.0.1:6379/?pool_size=4":                                      "",
+	})
+}
