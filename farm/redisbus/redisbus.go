@@ -198,6 +198,10 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		}
 		c = redis.NewClient(opt)
 	case "cluster":
+		if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
+			// go-redis ignores the path of a cluster URL.
+			return nil, fmt.Errorf("redisbus: database %q in a cluster URL: a Redis Cluster has database 0 only", p)
+		}
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))

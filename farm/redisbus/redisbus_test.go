@@ -201,3 +201,16 @@ func TestOpenRejectsNegativePoolSize(t *testing.T) {
 		"redis://127.0.0.1:6379/?pool_size=4":                                      "",
 	})
 }
+
+// TestOpenRejectsClusterDB: a Redis Cluster has database 0 only, and
+// go-redis ignores a cluster URL's path: a database number there must be
+// an error, not silently database 0.
+func TestOpenRejectsClusterDB(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+cluster://user:s3cret@127.0.0.1:7000/3":          "database",
+		"rediss+cluster://127.0.0.1:7000/1?addr=127.0.0.1:7001": "database",
+		"redis+cluster://127.0.0.1:7000/0":                      "",
+		"redis+cluster://127.0.0.1:7000/":                       "",
+		"redis+cluster://127.0.0.1:7000":                        "",
+	})
+}
