@@ -222,6 +222,9 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		if opt.PoolSize < 0 {
 			return nil, errNegativePool
 		}
+		if opt.MasterName == "" {
+			return nil, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
+		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
 		c = redis.NewFailoverClient(opt)

@@ -214,3 +214,14 @@ func TestOpenRejectsClusterDB(t *testing.T) {
 		"redis+cluster://127.0.0.1:7000":                        "",
 	})
 }
+
+// TestOpenRequiresMasterName: a Sentinel URL without master_name names no
+// master to ask the sentinels for: Open must say so, not return a
+// transport whose every command fails.
+func TestOpenRequiresMasterName(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+sentinel://user:s3cret@127.0.0.1:26379/":  "master_name",
+		"redis+sentinel://127.0.0.1:26379?master_name=":  "master_name",
+		"redis+sentinel://127.0.0.1:26379?master_name=m": "",
+	})
+}
