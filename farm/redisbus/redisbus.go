@@ -423,7 +423,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			t.shared.Store(true)
 		}()
 	}
-	silent := 0
+	silent, lost := 0, 0 // lost: receive errors since the subscription was last up
 	// A subscription not confirmed in full within two health intervals
 	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
 	// made anew.
@@ -457,16 +457,18 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				return err
 			}
 			// go-redis has dropped the connection and resubscribes on the
-			// next receive; report the outage and pause briefly. Until
-			// the subscription is back and has counted again, publish
-			// where every node hears it.
+			// next receive; report the outage and pause, from 100ms
+			// doubling to 1s while Redis stays unreachable. Until the
+			// subscription is back and has counted again, publish where
+			// every node hears it.
 			t.shared.Store(true)
 			up, confirmBy = false, time.Now().Add(2*t.HealthInterval)
 			state(false, t.failed(err))
+			lost++
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(retry.Backoff(lost, 100*time.Millisecond, time.Second)):
 			}
 			continue
 		}
@@ -476,7 +478,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
 				if m.Count == want {
-					up = true
+					up, lost = true, 0
 					state(true, nil)
 					poke(count)
 				}
