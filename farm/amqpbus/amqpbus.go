@@ -629,6 +629,12 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 		case <-ctx.Done():
 			return ctx.Err()
 		case d, ok := <-deliveries:
+			if ctx.Err() != nil {
+				// select picks at random among ready cases: deliver
+				// nothing once ctx is done (unacknowledged, d comes
+				// again to the queue's next consumer).
+				return ctx.Err()
+			}
 			if !ok {
 				// Consumer gone; the reason follows on a close channel.
 				select {
