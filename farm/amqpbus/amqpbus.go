@@ -168,6 +168,18 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	if _, err := amqp.ParseURI(rawURL); err != nil {
 		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.Error(redact.URLError(err), passwords))
 	}
+	for k := range u.Query() {
+		switch k {
+		case "heartbeat", "channel_max", "auth_mechanism",
+			"certfile", "keyfile", "cacertfile", "server_name_indication":
+			// read by amqp091-go
+		case "connection_timeout":
+			// amqp091-go's dialer reads it; the bus dials with its own.
+			return nil, errors.New("amqpbus: URL option connection_timeout: set Options.DialTimeout instead")
+		default:
+			return nil, fmt.Errorf("amqpbus: unknown URL option %q", k)
+		}
+	}
 	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, declared: make(map[string]bool)}
 	b.queue = b.newQueueName()
 	if opts != nil {
@@ -617,6 +629,12 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 		case <-ctx.Done():
 			return ctx.Err()
 		case d, ok := <-deliveries:
+			if ctx.Err() != nil {
+				// select picks at random among ready cases: deliver
+				// nothing once ctx is done (unacknowledged, d comes
+				// again to the queue's next consumer).
+				return ctx.Err()
+			}
 			if !ok {
 				// Consumer gone; the reason follows on a close channel.
 				select {

@@ -255,3 +255,20 @@ func canceled(ctx context.Context) (context.Context, context.CancelFunc) {
 	time.AfterFunc(200*time.Millisecond, cancel)
 	return ctx, cancel
 }
+
+// TestOpenRejectsUnknownURLOptions: a query option amqp091-go does not read
+// (a misspelt heartbeat, an option of another transport) or one the bus
+// overrides (connection_timeout: the bus dials with Options.DialTimeout)
+// is an error, not silently ignored; the ones amqp091-go reads still work.
+func TestOpenRejectsUnknownURLOptions(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return amqpbus.Open(url, "f", nil) }, map[string]string{
+		"amqp://127.0.0.1/?heartbeat=5":                         "",
+		"amqp://127.0.0.1/?channel_max=10":                      "",
+		"amqps://127.0.0.1/?server_name_indication=b.example":   "",
+		"amqp://127.0.0.1/?auth_mechanism=PLAIN":                "",
+		"amqp://user:s3cret@127.0.0.1/?hearbeat=5":              "hearbeat",
+		"amqp://127.0.0.1/?prefetch=10":                         "prefetch",
+		"amqp://127.0.0.1/?replicas=3":                          "replicas",
+		"amqp://user:s3cret@127.0.0.1/?connection_timeout=1000": "connection_timeout",
+	})
+}

@@ -149,6 +149,11 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		case <-ctx.Done():
 			return ctx.Err()
 		case m := <-msgs:
+			if ctx.Err() != nil {
+				// select picks at random among ready cases: deliver
+				// nothing once ctx is done.
+				return ctx.Err()
+			}
 			deliver(m)
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {

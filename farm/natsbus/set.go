@@ -30,7 +30,10 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 		return err
 	}
 	ms := max(until.UnixMilli(), 1)
-	m, opts := t.message(s, setMemberKey(key, member), encodeValue(uint64(ms), member), until.Sub(t.now())+time.Second)
+	// At least a second, also for a member whose time has passed: a TTL
+	// of 0 or less would write it with none, for good.
+	ttl := max(until.Sub(t.now())+time.Second, time.Second)
+	m, opts := t.message(s, setMemberKey(key, member), encodeValue(uint64(ms), member), ttl)
 	_, err = t.js.PublishMsg(ctx, m, opts...)
 	return t.check(s, "set add", err)
 }

@@ -189,15 +189,25 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
+		}
 		opt.ContextTimeoutEnabled = true
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
 			opt.DialerRetries = 1
 		}
 		c = redis.NewClient(opt)
 	case "cluster":
+		if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
+			// go-redis ignores the path of a cluster URL.
+			return nil, fmt.Errorf("redisbus: database %q in a cluster URL: a Redis Cluster has database 0 only", p)
+		}
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -208,6 +218,12 @@ func Open(rawURL, farmName string) (*Transport, error) {
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+		}
+		if opt.PoolSize < 0 {
+			return nil, errNegativePool
+		}
+		if opt.MasterName == "" {
+			return nil, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -226,6 +242,10 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	t.Echo = echo
 	return t, nil
 }
+
+// errNegativePool is Open's error for a negative pool_size, which go-redis
+// parses and then panics on when it makes a pool.
+var errNegativePool = errors.New("redisbus: pool_size must not be negative")
 
 // DefaultClusterReload is how old the map of a Redis Cluster's slots may
 // grow before the transport reads it again, unless the URL sets reload.
@@ -403,7 +423,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			t.shared.Store(true)
 		}()
 	}
-	silent := 0
+	silent, lost := 0, 0 // lost: receive errors since the subscription was last up
 	// A subscription not confirmed in full within two health intervals
 	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
 	// made anew.
@@ -437,16 +457,18 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				return err
 			}
 			// go-redis has dropped the connection and resubscribes on the
-			// next receive; report the outage and pause briefly. Until
-			// the subscription is back and has counted again, publish
-			// where every node hears it.
+			// next receive; report the outage and pause, from 100ms
+			// doubling to 1s while Redis stays unreachable. Until the
+			// subscription is back and has counted again, publish where
+			// every node hears it.
 			t.shared.Store(true)
 			up, confirmBy = false, time.Now().Add(2*t.HealthInterval)
 			state(false, t.failed(err))
+			lost++
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(retry.Backoff(lost, 100*time.Millisecond, time.Second)):
 			}
 			continue
 		}
@@ -456,7 +478,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
 				if m.Count == want {
-					up = true
+					up, lost = true, 0
 					state(true, nil)
 					poke(count)
 				}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -187,4 +189,96 @@ func TestSwapRecord(t *testing.T) {
 		_, err := tr.GetRecord(ctx, "c:1")
 		return errors.Is(err, transport.ErrNotFound)
 	})
+}
+
+// TestOpenRejectsNegativePoolSize: go-redis parses a negative pool_size
+// and then panics making the pool (at Open, or for a cluster at the first
+// command): Open must return an error instead.
+func TestOpenRejectsNegativePoolSize(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis://user:s3cret@127.0.0.1:6379/?pool_size=-3":                         "pool_size",
+		"redis+cluster://user:s3cret@127.0.0.1:7000/?pool_size=-1":                 "pool_size",
+		"redis+sentinel://user:s3cret@127.0.0.1:26379/?master_name=m&pool_size=-2": "pool_size",
+		"redis://127.0.0.1:6379/?pool_size=0":                                      "",
+		"redis://127.0.0.1:6379/?pool_size=4":                                      "",
+	})
+}
+
+// TestOpenRejectsClusterDB: a Redis Cluster has database 0 only, and
+// go-redis ignores a cluster URL's path: a database number there must be
+// an error, not silently database 0.
+func TestOpenRejectsClusterDB(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+cluster://user:s3cret@127.0.0.1:7000/3":          "database",
+		"rediss+cluster://127.0.0.1:7000/1?addr=127.0.0.1:7001": "database",
+		"redis+cluster://127.0.0.1:7000/0":                      "",
+		"redis+cluster://127.0.0.1:7000/":                       "",
+		"redis+cluster://127.0.0.1:7000":                        "",
+	})
+}
+
+// TestOpenRequiresMasterName: a Sentinel URL without master_name names no
+// master to ask the sentinels for: Open must say so, not return a
+// transport whose every command fails.
+func TestOpenRequiresMasterName(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+sentinel://user:s3cret@127.0.0.1:26379/":  "master_name",
+		"redis+sentinel://127.0.0.1:26379?master_name=":  "master_name",
+		"redis+sentinel://127.0.0.1:26379?master_name=m": "",
+	})
+}
+
+// TestSubscribeBacksOffWhileRedisIsDown: once a subscription's connection
+// is lost and Redis stays unreachable, Subscribe retries with a growing
+// wait (to 1 s), not every 100 ms: a farm of nodes must not hammer a
+// Redis that is coming back, nor flood its state function.
+func TestSubscribeBacksOffWhileRedisIsDown(t *testing.T) {
+	p := nettest.NewProxy(t, "127.0.0.1:6379")
+	tr := open(t, "redis://"+p.Addr+"/?dial_timeout=200ms", farmtest.FarmName(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	downs := 0
+	up := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tr.Subscribe(ctx, func([]byte) {}, func(ok bool, _ error) {
+			if ok {
+				select {
+				case up <- struct{}{}:
+				default:
+				}
+				return
+			}
+			mu.Lock()
+			downs++
+			mu.Unlock()
+		})
+	}()
+	select {
+	case <-up:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not subscribed")
+	}
+	p.Cut()
+	time.Sleep(4 * time.Second)
+	mu.Lock()
+	n := downs
+	mu.Unlock()
+	t.Logf("%d down reports in 4 s", n)
+	// Backoff from 100 ms doubling to 1 s, with jitter: about 8 attempts
+	// in 4 s. Every 100 ms (and a failed reconnect): about 20.
+	if n > 13 {
+		t.Errorf("%d down reports (and as many reconnects) in 4 s of outage: no backoff", n)
+	}
+	// The wait is bounded: the subscription is back soon after Redis.
+	p.Restore()
+	select {
+	case <-up:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not subscribed again within 5 s of Redis coming back")
+	}
+	cancel()
+	<-done
 }
