@@ -147,24 +147,8 @@ func TestSlowBodyAndSlowUpstreamAreNotCut(t *testing.T) {
 		w.Write(b)
 	}))
 	defer up.Close()
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = idle
-	})
-	cfg := client("localhost", cert)
-	for _, tt := range []struct {
-		name string
-		rt   http.RoundTripper
-	}{
-		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
-		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
-		// QUIC's own idle timeout (the smaller of both ends') would end
-		// the connection while the upstream thinks: the client pings.
-		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
-	} {
+	s, rts := overEveryProtocol(t, up.URL, idle)
+	for _, tt := range rts {
 		t.Run(tt.name, func(t *testing.T) {
 			pr, pw := io.Pipe()
 			go func() {
@@ -349,22 +333,8 @@ func TestSlowStreamingUpstreamIsNotCut(t *testing.T) {
 		}
 	}))
 	defer up.Close()
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = idle
-	})
-	cfg := client("localhost", cert)
-	for _, tt := range []struct {
-		name string
-		rt   http.RoundTripper
-	}{
-		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
-		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
-		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
-	} {
+	s, rts := overEveryProtocol(t, up.URL, idle)
+	for _, tt := range rts {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, err := (&http.Client{Transport: tt.rt, Timeout: 10 * time.Second}).Get("https://" + s.Addrs()[0] + "/")
 			if err != nil {
@@ -535,22 +505,8 @@ func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
 		fmt.Fprintf(w, "%d %v", n+1<<10, err)
 	}))
 	defer up.Close()
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = idle
-	})
-	cfg := client("localhost", cert)
-	for _, tt := range []struct {
-		name string
-		rt   http.RoundTripper
-	}{
-		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
-		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
-		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
-	} {
+	s, rts := overEveryProtocol(t, up.URL, idle)
+	for _, tt := range rts {
 		t.Run(tt.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0]+"/", bytes.NewReader(make([]byte, size)))
 			resp, err := (&http.Client{Transport: tt.rt, Timeout: 20 * time.Second}).Do(req)
@@ -562,5 +518,33 @@ func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
 			must(t, err == nil && resp.StatusCode == 200 && string(body) == fmt.Sprintf("%d <nil>", size),
 				"%s: status %d, body %q, %v", resp.Proto, resp.StatusCode, body, err)
 		})
+	}
+}
+
+// A namedTransport is a client transport for one HTTP version.
+type namedTransport struct {
+	name string
+	rt   http.RoundTripper
+}
+
+// overEveryProtocol starts a server that proxies to upstream over
+// HTTP/1.1, HTTP/2 and HTTP/3 with the idle timeout idle, and returns it
+// with a client transport for each. The HTTP/3 client pings: QUIC's own
+// idle timeout (the smaller of both ends') would otherwise end the
+// connection while the upstream thinks.
+func overEveryProtocol(t *testing.T, upstream string, idle time.Duration) (*Server, []namedTransport) {
+	t.Helper()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = upstream
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	cfg := client("localhost", cert)
+	return s, []namedTransport{
+		{"http/1.1", &http.Transport{TLSClientConfig: cfg}},
+		{"h2", &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}},
+		{"h3", &http3.Transport{TLSClientConfig: cfg.Clone(), QUICConfig: &quic.Config{KeepAlivePeriod: idle / 3}}},
 	}
 }
