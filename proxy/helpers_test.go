@@ -19,7 +19,7 @@ import (
 // start starts a server with one listener on a loopback port, serving cert
 // (a fresh self-signed one for localhost if nil), after edit has changed
 // the config. It is shut down when the test ends.
-func start(t *testing.T, cert *tls.Certificate, edit func(*Config)) (*Server, *session.Cache) {
+func start(t testing.TB, cert *tls.Certificate, edit func(*Config)) (*Server, *session.Cache) {
 	t.Helper()
 	if cert == nil {
 		cert = mustSelfSigned(t, "localhost")
@@ -57,7 +57,7 @@ func start(t *testing.T, cert *tls.Certificate, edit func(*Config)) (*Server, *s
 	return s, cache
 }
 
-func mustSelfSigned(t *testing.T, names ...string) *tls.Certificate {
+func mustSelfSigned(t testing.TB, names ...string) *tls.Certificate {
 	t.Helper()
 	c, err := SelfSigned(names...)
 	if err != nil {

@@ -41,6 +41,15 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
+	if r.ProtoMajor == 1 {
+		// net/http's HTTP/1 server closes the request body once the
+		// response starts, and the upstream transport, having sent the
+		// body's declared length, reads it once more to check its end:
+		// on a closed body that read fails and the transport drops the
+		// upstream connection, cutting an answer already on its way (Go
+		// issue 40747). Full duplex keeps the body open.
+		http.NewResponseController(w).EnableFullDuplex()
+	}
 	r = l.s.boundBody(w, r)
 	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
 	l.s.boundDiscard(r)
