@@ -60,10 +60,12 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 		IdleTimeout:       s.idle,
 		ConnContext:       withConn,
 		ConnState: func(nc net.Conn, st http.ConnState) {
-			// An HTTP/1 connection is active once it has read a
-			// request, before net/http decides to serve it: its
-			// first request counts in serveRequest.
-			if tc, ok := nc.(*tls.Conn); ok && st != http.StateNew && st != http.StateActive {
+			// A connection's first request counts in serveRequest:
+			// an HTTP/1 connection is active once it has read a
+			// request, before net/http decides to serve it, and an
+			// HTTP/2 one turns idle as soon as it is set up, before
+			// any request. Only its end counts here.
+			if tc, ok := nc.(*tls.Conn); ok && (st == http.StateClosed || st == http.StateHijacked) {
 				if c, ok := tc.NetConn().(*conn); ok {
 					s.handedOff(c, true)
 				}
