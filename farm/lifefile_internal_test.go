@@ -14,6 +14,21 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
+// fileTestCache returns a cache for the file tests, closed when the test
+// ends, and the clock their nodes read (see lifeNode), set to t0, now.
+func fileTestCache(tb testing.TB, cfg *session.Config) (*session.Cache, *atomic.Int64, time.Time) {
+	tb.Helper()
+	cache, err := session.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cache.Close() })
+	t0 := time.Now()
+	now := new(atomic.Int64)
+	now.Store(t0.UnixNano())
+	return cache, now, t0
+}
+
 // lifeNode is a node with what the lifecycle file needs, its clock at
 // *now, and a store path of its own if split.
 func lifeNode(t *testing.T, farm, file string, cache *session.Cache, now *atomic.Int64, split bool) *Node {
@@ -38,16 +53,9 @@ func lifeNode(t *testing.T, farm, file string, cache *session.Cache, now *atomic
 // receives, kept again for both paths of a node whose store has its own,
 // expired ones dropped; once replayed, the file goes.
 func TestLifeFileRoundTrip(t *testing.T) {
-	cache, err := session.New(&session.Config{ResumeGrace: 30 * time.Second, Lifetime: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	var now atomic.Int64
-	t0 := time.Now()
-	now.Store(t0.UnixNano())
+	cache, now, t0 := fileTestCache(t, &session.Config{ResumeGrace: 30 * time.Second, Lifetime: time.Hour})
 	file := filepath.Join(t.TempDir(), "revocations")
-	n1 := lifeNode(t, "lf", file, cache, &now, false)
+	n1 := lifeNode(t, "lf", file, cache, now, false)
 	if err := cache.SetIDKeys(n1.keys.ids...); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +102,7 @@ func TestLifeFileRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n2 := lifeNode(t, "lf", file, cache2, &now, true)
+	n2 := lifeNode(t, "lf", file, cache2, now, true)
 	ks, err := n2.readLife()
 	if err != nil {
 		t.Fatal(err)
@@ -178,20 +186,14 @@ func TestLifeFileRoundTrip(t *testing.T) {
 // another farm's, the revocation file under its name, or of an unknown
 // version is an error that says so, naming the file; no file is none.
 func TestLifeFileCorrupt(t *testing.T) {
-	cache, err := session.New(&session.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
+	cache, now, _ := fileTestCache(t, &session.Config{})
 	dir := t.TempDir()
 	file := filepath.Join(dir, "rev")
-	n := lifeNode(t, "lf1", file, cache, &now, false)
+	n := lifeNode(t, "lf1", file, cache, now, false)
 	if ks, err := n.readLife(); err != nil || ks != nil {
 		t.Fatalf("no file: %v, %v", ks, err)
 	}
-	other := lifeNode(t, "lf2", filepath.Join(dir, "other"), cache, &now, false)
+	other := lifeNode(t, "lf2", filepath.Join(dir, "other"), cache, now, false)
 	other.lifeq.push([]item{{id: lifeID(1), op: opRetire, expires: time.Unix(0, now.Load()).Add(time.Hour)}}, time.Unix(0, now.Load()))
 	other.saveLife()
 	foreign, err := os.ReadFile(other.lf.path)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,14 +15,7 @@ import (
 // more IDs than it holds, stops the node from starting with a clear error,
 // rather than being taken in part; a well-formed one is applied.
 func TestRevocationFileMalformed(t *testing.T) {
-	cache, err := session.New(&session.Config{Lifetime: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	var now atomic.Int64
-	t0 := time.Now()
-	now.Store(t0.UnixNano())
+	cache, now, t0 := fileTestCache(t, &session.Config{Lifetime: time.Hour})
 	good := appendRevocationFile(nil, revocation{chain: 7, until: t0.Add(time.Hour)}, []session.ID{{1, 2}})
 	short := binary16(appendRevocationFile(nil, revocation{chain: 8, until: t0.Add(time.Hour)}, nil), 2)
 	for _, tt := range []struct {
@@ -37,7 +29,7 @@ func TestRevocationFileMalformed(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "revocations")
-			n := lifeNode(t, "revfile", file, cache, &now, false)
+			n := lifeNode(t, "revfile", file, cache, now, false)
 			n.revs.wake = make(chan struct{}, 1)
 			hdr := header{typ: valTombstone, time: t0, sender: 1, farm: "revfile"}
 			if err := os.WriteFile(file, n.keys.seal(nil, hdr, tt.body, []byte(revocationFileContext)), 0o600); err != nil {
@@ -96,15 +88,10 @@ func FuzzReceiveSessionBodies(f *testing.F) {
 	})
 	f.Add(b)
 	f.Add(b[:len(b)-1])
-	cache, err := session.New(&session.Config{Lifetime: time.Hour, ResumeGrace: 10 * time.Second, SweepInterval: -1})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { cache.Close() })
-	var now atomic.Int64
+	cache, now, _ := fileTestCache(f, &session.Config{Lifetime: time.Hour, ResumeGrace: 10 * time.Second, SweepInterval: -1})
 	now.Store(t0.UnixNano())
 	f.Fuzz(func(t *testing.T, body []byte) {
-		n := lifeNode(t, "fuzzrecv", "", cache, &now, false)
+		n := lifeNode(t, "fuzzrecv", "", cache, now, false)
 		n.pend = newPending(8)
 		_, perr := parseSessions(body)
 		lazyErr := n.receiveLazy(bytes.Clone(body), t0)
@@ -126,16 +113,9 @@ func FuzzReceiveSessionBodies(f *testing.F) {
 // clock that ran ahead) must still read them: refusing them fails Join,
 // and the operator's only way out loses what they hold.
 func TestFilesAfterClockStepBack(t *testing.T) {
-	cache, err := session.New(&session.Config{Lifetime: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cache.Close()
-	var now atomic.Int64
-	t0 := time.Now()
-	now.Store(t0.UnixNano())
+	cache, now, t0 := fileTestCache(t, &session.Config{Lifetime: time.Hour})
 	file := filepath.Join(t.TempDir(), "revocations")
-	n := lifeNode(t, "clockback", file, cache, &now, false)
+	n := lifeNode(t, "clockback", file, cache, now, false)
 	n.revs.wake = make(chan struct{}, 1)
 	written := t0.Add(time.Minute) // by the clock that ran ahead
 	hdr := header{typ: valTombstone, time: written, sender: 1, farm: "clockback"}
