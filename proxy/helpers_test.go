@@ -142,3 +142,17 @@ func must(t *testing.T, ok bool, format string, args ...any) {
 		t.Fatalf(format, args...)
 	}
 }
+
+// shutdownInBackground starts s.Shutdown (bounded by 5 s) and waits until s
+// no longer reports ready; Shutdown's result comes on the channel.
+func shutdownInBackground(t *testing.T, s *Server) <-chan error {
+	t.Helper()
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	waitFor(t, func() bool { return s.Ready() != nil }, "still ready during shutdown")
+	return shut
+}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -342,13 +341,7 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 		result <- string(body)
 	}()
 	waitFor(t, func() bool { return s.Stats().UpstreamHTTPRequests == 1 }, "request did not reach the upstream")
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		shut <- s.Shutdown(ctx)
-	}()
-	waitFor(t, func() bool { return s.Ready() != nil }, "still ready during shutdown")
+	shut := shutdownInBackground(t, s)
 	if _, err := net.DialTimeout("tcp", s.Addrs()[0], time.Second); err == nil {
 		t.Error("listener still accepts during shutdown")
 	}

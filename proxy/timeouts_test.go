@@ -242,13 +242,7 @@ func TestShutdownServesConnectionsInHandshake(t *testing.T) {
 			}
 			defer raw.Close()
 			waitFor(t, func() bool { return s.Stats().Accepted == 1 }, "not accepted")
-			shut := make(chan error, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				shut <- s.Shutdown(ctx)
-			}()
-			waitFor(t, func() bool { return s.Ready() != nil }, "still ready during shutdown")
+			shut := shutdownInBackground(t, s)
 			time.Sleep(100 * time.Millisecond)
 			cfg := client("localhost", cert)
 			cfg.NextProtos = []string{proto}
