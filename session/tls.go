@@ -57,7 +57,7 @@ func (c *Cache) Install(cfg *tls.Config) {
 			}
 		}
 		conn := hello.Conn
-		if slices.Contains(hello.Extensions, extQUICTransportParameters) {
+		if c.cfg.SingleUse && slices.Contains(hello.Extensions, extQUICTransportParameters) {
 			// QUIC (quic-go gives the hello a stand-in net.Conn): no
 			// tls.Conn will ever be reported to HandshakeComplete, so
 			// the single-use claim must not wait for one.
