@@ -99,7 +99,11 @@ type Config struct {
 	// on a reload). If it is nil or returns "", state changes are refused.
 	Token func() string
 
-	// RevokeTimeout bounds DELETE /sessions/{id} (default 5s).
+	// RevokeTimeout bounds how long DELETE /sessions/{id} waits for the
+	// farm (default 5s). The handler never waits more than 1s, whatever
+	// RevokeTimeout says: a revocation that has not reached the farm by
+	// then is in force on this node and answered 202 "pending" (the node
+	// retries it), so only a value under 1s changes anything.
 	RevokeTimeout time.Duration
 
 	// Collectors are registered with the metrics registry as well.
@@ -138,8 +142,8 @@ type QUICStats struct {
 // Handshakes counts the completed handshakes of one TLS version.
 type Handshakes struct {
 	Version string // "TLS 1.3"
-	Resumed bool
-	Count   uint64
+	Resumed bool   // whether these handshakes resumed a session
+	Count   uint64 // completed handshakes
 }
 
 // A Handler serves the admin API.

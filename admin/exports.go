@@ -10,14 +10,14 @@ import (
 // (an nginx directory, an HAProxy file, a JSON file, or the on-change
 // command), as /healthz and the metrics report it.
 type ExportStatus struct {
-	Target      string    `json:"target"`
-	Epoch       uint64    `json:"epoch"` // the key set epoch last exported; 0 for none
-	OK          bool      `json:"ok"`    // the last attempt succeeded
-	Error       string    `json:"error,omitempty"`
-	LastAttempt time.Time `json:"last_attempt,omitzero"`
-	LastSuccess time.Time `json:"last_success,omitzero"`
-	Exports     uint64    `json:"exports"`
-	Failures    uint64    `json:"failures"`
+	Target      string    `json:"target"`                // as given to -export, such as "nginx:/run/tlsfarm/nginx", or "on-change"
+	Epoch       uint64    `json:"epoch"`                 // the key set epoch last exported; 0 for none
+	OK          bool      `json:"ok"`                    // the last attempt succeeded
+	Error       string    `json:"error,omitempty"`       // the last attempt's error, if it failed
+	LastAttempt time.Time `json:"last_attempt,omitzero"` // the last attempt; zero before the first
+	LastSuccess time.Time `json:"last_success,omitzero"` // the last success; zero before the first
+	Exports     uint64    `json:"exports"`               // successful exports
+	Failures    uint64    `json:"failures"`              // failed attempts
 }
 
 // exportsDegraded reports whether a target's last attempt failed.

@@ -26,8 +26,8 @@ type Stats struct {
 // resumed.
 type HandshakeCount struct {
 	Version uint16 // tls.VersionTLS12, ...
-	Resumed bool
-	Count   uint64
+	Resumed bool   // whether these handshakes resumed a session
+	Count   uint64 // completed handshakes
 }
 
 // counters are the server's atomics.

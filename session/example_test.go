@@ -78,11 +78,19 @@ func ExampleCache_GetBuffer() {
 // single-use cache, so that a session is retired as soon as a handshake that
 // resumed it completes, and a handshake that fails late gives its session
 // back. (Without the call, single use still holds: see HandshakeComplete.)
+// A client that presents the same ticket a second time gets a full
+// handshake.
 func ExampleCache_HandshakeComplete() {
-	cache, _ := session.New(&session.Config{SingleUse: true})
+	cache, err := session.New(&session.Config{SingleUse: true})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
-	cfg := &tls.Config{}
+	cert, pool := tlstest.SharedCert()
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 	cache.Install(cfg)
+
+	// With net/http: report each connection once its handshake is done.
 	srv := &http.Server{
 		TLSConfig: cfg,
 		ConnState: func(c net.Conn, state http.ConnState) {
@@ -91,7 +99,34 @@ func ExampleCache_HandshakeComplete() {
 			}
 		},
 	}
-	_ = srv // srv.ListenAndServeTLS(certFile, keyFile)
+	_ = srv // srv.ListenAndServeTLS("", "")
+
+	// Here, over an in-memory pipe, with a client that keeps offering the
+	// first ticket it was given.
+	client := &tls.Config{RootCAs: pool, ServerName: "localhost", ClientSessionCache: &firstTicket{}}
+	for range 3 {
+		cs, err := tlstest.PipeHandshake(cfg, client, cache.HandshakeComplete)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("resumed:", cs.DidResume)
+	}
+	// Output:
+	// resumed: false
+	// resumed: true
+	// resumed: false
+}
+
+// firstTicket is a client session cache that keeps only the first session
+// it is given, so that the client presents that ticket on every connection.
+type firstTicket struct{ cs *tls.ClientSessionState }
+
+func (f *firstTicket) Get(string) (*tls.ClientSessionState, bool) { return f.cs, f.cs != nil }
+
+func (f *firstTicket) Put(_ string, cs *tls.ClientSessionState) {
+	if f.cs == nil {
+		f.cs = cs
+	}
 }
 
 // ExampleCache_Remove revokes a session and the rest of its resumption chain.

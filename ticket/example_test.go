@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -106,4 +107,33 @@ func ExampleRing_Set() {
 	// Output:
 	// true 2
 	// ticket: key set epoch is not newer than the one in use: got epoch 1, in use 2
+}
+
+// A single server's rotation: the key staged one period ahead starts
+// encrypting, a fresh key is staged, and the key that encrypted until now
+// only decrypts, for Keep more rotations.
+func ExampleRing_Rotate() {
+	ring, err := ticket.NewRing(ticket.RingConfig{Keep: 1})
+	if err != nil {
+		log.Fatal(err)
+	}
+	before := ring.State()
+	if err := ring.Rotate(); err != nil {
+		log.Fatal(err)
+	}
+	after := ring.State()
+	fmt.Println("staged key now encrypts:", after.Current == before.Next)
+	fmt.Println("old key still decrypts:", after.Previous[0] == before.Current)
+	fmt.Println("epoch:", after.Epoch, "keys:", ring.Status().Keys, "staged:", ring.Status().Staged)
+
+	// One rotation later the old key is past Keep and decrypts nothing.
+	if err := ring.Rotate(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("old key kept:", slices.Contains(ring.State().Keys(), before.Current))
+	// Output:
+	// staged key now encrypts: true
+	// old key still decrypts: true
+	// epoch: 1 keys: 3 staged: true
+	// old key kept: false
 }

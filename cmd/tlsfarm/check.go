@@ -16,11 +16,21 @@ import (
 // reload, the running daemon holds its addresses (which a reload does not
 // change): -reload, as the first argument, skips binding them.
 func check(args []string, stdout, stderr io.Writer) int {
-	reload := len(args) > 0 && (args[0] == "-reload" || args[0] == "--reload")
+	reload := len(args) > 0 && isReloadFlag(args[0])
 	if reload {
 		args = args[1:]
 	}
-	cfg, code := load("tlsfarm check", args, stderr)
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if isReloadFlag(a) {
+			// Not a setting: the flag parser would call it undefined.
+			fmt.Fprintf(stderr, "tlsfarm check: %s must come first: tlsfarm check -reload [flags]\n", a)
+			return 2
+		}
+	}
+	cfg, code := load("tlsfarm check [-reload]", args, stderr)
 	if cfg == nil {
 		return code
 	}
@@ -40,6 +50,9 @@ func check(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout)
 	return 0
 }
+
+// isReloadFlag reports whether arg is check's -reload.
+func isReloadFlag(arg string) bool { return arg == "-reload" || arg == "--reload" }
 
 // load loads the configuration of serve or check. On failure it prints one
 // line and returns a nil config and the exit code.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"net"
 	"path/filepath"
 	"strings"
@@ -64,5 +65,32 @@ func TestCheckRefusesWhatServeRefuses(t *testing.T) {
 	code, _, stderr := runCmd(t, append([]string{"check", "-listen", free(), "-admin", "off", "-cache-mode", "stateless"}, amqp...))
 	if code != 0 || !strings.Contains(stderr, "warning: cache.mode stateless with the amqp farm transport") {
 		t.Errorf("check of stateless + amqp: exit %d, stderr %q; want a warning", code, stderr)
+	}
+}
+
+// TestCheckReloadFlag: check's help shows -reload, and a -reload given
+// after other flags is refused with a line that says where it goes, not
+// called an undefined flag.
+func TestCheckReloadFlag(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"help", []string{"-h"}, 0, "Usage: tlsfarm check [-reload] [flags]"},
+		{"reload last", []string{"-listen", "127.0.0.1:0", "-admin", "off", "-reload"}, 2, "-reload must come first"},
+		{"reload in the middle", []string{"-admin", "off", "--reload", "-listen", "127.0.0.1:0"}, 2, "--reload must come first"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := check(tt.args, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stderr.String(), tt.want) || strings.Contains(stderr.String(), "not defined") {
+			t.Errorf("%s: check %q: exit %d, stderr %q; want exit %d saying %q", tt.name, tt.args, code, stderr.String(), tt.code, tt.want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := check([]string{"-reload", "-listen", "127.0.0.1:0", "-admin", "off"}, &stdout, &stderr); code != 0 {
+		t.Errorf("check -reload first: exit %d, stderr %q", code, stderr.String())
 	}
 }

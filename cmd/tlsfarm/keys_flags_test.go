@@ -94,3 +94,37 @@ func TestKeysFarmURLFromEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysHelpNamesTypesAndVariables: tlsfarm keys -h names what each
+// setting takes (not "string" for a number or a duration) and every
+// environment variable the agent reads.
+func TestKeysHelpNamesTypesAndVariables(t *testing.T) {
+	var stderr bytes.Buffer
+	if o, code := parseKeys([]string{"-h"}, func(string) string { return "" }, &stderr); o != nil || code != 0 {
+		t.Fatalf("keys -h: options %+v, exit %d", o, code)
+	}
+	help := stderr.String()
+	for _, want := range []string{
+		"-ticket-keep n\n", "-ticket-rotation duration\n",
+		"$TLSFARM_LOG_LEVEL", "$TLSFARM_LOG_FORMAT", "$TLSFARM_NODE",
+		"$TLSFARM_FARM_URL", "$TLSFARM_FARM_NAME", "$TLSFARM_FARM_SECRET_FILE",
+		"$TLSFARM_TICKET_ROTATION", "$TLSFARM_TICKET_KEEP",
+	} {
+		if !strings.Contains(help, want) {
+			t.Errorf("keys -h does not show %q:\n%s", want, help)
+		}
+	}
+	// What the help names, the agent reads.
+	env := map[string]string{"TLSFARM_LOG_LEVEL": "debug", "TLSFARM_LOG_FORMAT": "json"}
+	dir := privateDir(t)
+	secret := filepath.Join(dir, "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(0)); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	o, code := parseKeys([]string{"-farm", "redis://127.0.0.1:6379/0", "-farm-secret", secret, "-export", "nginx:" + dir},
+		func(k string) string { return env[k] }, &stderr)
+	if o == nil || code != 0 || o.logLevel != "debug" || o.logFormat != "json" {
+		t.Errorf("keys with $TLSFARM_LOG_LEVEL and $TLSFARM_LOG_FORMAT: options %+v, exit %d, stderr %q", o, code, stderr.String())
+	}
+}
