@@ -151,6 +151,12 @@ func TestSessions(t *testing.T) {
 	if size != 1 || inserts != 1 || got.Farm {
 		t.Errorf("sessions = %+v", got)
 	}
+	// The samples read as words, as the rest of the API does.
+	for _, want := range []string{`"name": "tlsfarm_cache_sessions"`, `"kind": "gauge"`, `"kind": "counter"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("GET /sessions lacks %s:\n%s", want, body)
+		}
+	}
 }
 
 // downBus is a farm transport that never connects.

@@ -40,16 +40,38 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
+// MarshalText returns k's String form, so that a sample's kind reads as a
+// word in JSON.
+func (k Kind) MarshalText() ([]byte, error) {
+	switch k {
+	case Counter, Gauge, Histogram:
+		return []byte(k.String()), nil
+	}
+	return nil, fmt.Errorf("metric: unknown kind %d", uint8(k))
+}
+
+// UnmarshalText sets k from its String form.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for _, c := range []Kind{Counter, Gauge, Histogram} {
+		if string(b) == c.String() {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("metric: unknown kind %q", b)
+}
+
 // A Label is one dimension of a metric, such as result="hit".
 type Label struct {
-	Name, Value string
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 // A Bucket is one cumulative histogram bucket: Count observations were at
 // most UpperBound.
 type Bucket struct {
-	UpperBound float64
-	Count      uint64
+	UpperBound float64 `json:"upper_bound"`
+	Count      uint64  `json:"count"`
 }
 
 // A Sample is the value of one metric, with one set of label values, at the
@@ -58,21 +80,21 @@ type Sample struct {
 	// Name is the metric's full name, such as
 	// "tlsfarm_cache_lookups_total". Samples of one metric share Name, Help
 	// and Kind and differ in their Labels.
-	Name string
+	Name string `json:"name"`
 	// Help is one sentence on what the metric counts.
-	Help string
+	Help string `json:"help"`
 	// Kind says whether Value is a counter, a gauge or a histogram's sum.
-	Kind Kind
+	Kind Kind `json:"kind"`
 	// Labels holds the sample's label values, in the metric's label order.
-	Labels []Label
+	Labels []Label `json:"labels,omitempty"`
 	// Value is the counter's or gauge's value, or the sum of a histogram's
 	// observations (seconds for durations).
-	Value float64
+	Value float64 `json:"value"`
 	// Count is the number of a histogram's observations.
-	Count uint64
+	Count uint64 `json:"count,omitempty"`
 	// Buckets holds a histogram's cumulative buckets, in increasing order
 	// of UpperBound.
-	Buckets []Bucket
+	Buckets []Bucket `json:"buckets,omitempty"`
 }
 
 // String formats s as a name, its labels and its value, for logs and test

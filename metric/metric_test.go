@@ -1,6 +1,11 @@
 package metric
 
-import "testing"
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+)
 
 func TestValue(t *testing.T) {
 	samples := []Sample{
@@ -39,5 +44,35 @@ func TestString(t *testing.T) {
 	}
 	if got := Histogram.String(); got != "histogram" {
 		t.Errorf("Histogram.String() = %q", got)
+	}
+}
+
+func TestSampleJSON(t *testing.T) {
+	in := []Sample{
+		{Name: "a_total", Help: "h", Kind: Counter, Labels: []Label{{Name: "result", Value: "hit"}}, Value: 3},
+		{Name: "b", Kind: Gauge, Value: -1},
+		{Name: "c_seconds", Kind: Histogram, Value: 0.5, Count: 2, Buckets: []Bucket{{UpperBound: 0.1, Count: 1}, {UpperBound: 1, Count: 2}}},
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"kind":"counter"`, `"kind":"gauge"`, `"kind":"histogram"`, `"labels":[{"name":"result","value":"hit"}]`, `"upper_bound":0.1`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON lacks %s: %s", want, b)
+		}
+	}
+	var out []Sample
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", out, in)
+	}
+	if _, err := json.Marshal(Sample{Kind: Kind(9)}); err == nil {
+		t.Error("an unknown kind was marshalled")
+	}
+	if err := json.Unmarshal([]byte(`{"kind":"summary"}`), new(Sample)); err == nil {
+		t.Error("an unknown kind was unmarshalled")
 	}
 }
