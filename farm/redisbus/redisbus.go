@@ -71,8 +71,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,6 +150,7 @@ const IDLen = 16
 // reload=2s); the map is also read again after any failed command, so that
 // a failover is followed as soon as the cluster has promoted a replica. A
 // sentinel client follows the sentinels' announcement of a new master.
+// An option given twice (addr excepted) is an error.
 func Open(rawURL, farmName string) (*Transport, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -159,6 +162,13 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	}
 	u.Scheme = base
 	q := u.Query()
+	// go-redis takes the last of a repeated option and this function the
+	// first: refuse what would be read two ways. Only addr lists servers.
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if n := len(q[k]); n > 1 && k != "addr" {
+			return nil, fmt.Errorf("redisbus: URL option %q is given %d times: give it once", k, n)
+		}
+	}
 	echo := false
 	if q.Has("echo") {
 		echo, err = strconv.ParseBool(q.Get("echo"))
