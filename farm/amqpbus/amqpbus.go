@@ -167,6 +167,9 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.URLError(err))
 	}
 	passwords := redact.Passwords(u)
+	if err := redact.CheckAt(u); err != nil {
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", err)
+	}
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
 		return nil, fmt.Errorf("amqpbus: URL scheme %q: want amqp or amqps", u.Scheme)
 	}

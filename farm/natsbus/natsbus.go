@@ -136,7 +136,7 @@ type Transport struct {
 	subject string
 	bucket  string
 	opts    Options
-	secrets []string // passwords in the URL, redacted from errors
+	secrets []string // passwords and tokens in the URL, redacted from errors
 
 	store   atomic.Pointer[bucketState] // nil until the bucket is open
 	initMu  sync.Mutex
@@ -170,7 +170,9 @@ type Transport struct {
 // Options.PendingBytes; -1 for no bound). Each option may be given once in
 // the whole URL.
 //
-// opts may be nil. No error Open returns shows a password from rawURL.
+// opts may be nil. No error Open returns, nor any the Transport reports,
+// shows a password or token from rawURL. An "@" after a host (a password
+// or token with an unencoded "/", "?" or "#") is an error.
 func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -184,6 +186,12 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		u, err := url.Parse(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: bad URL: %v", redact.URLError(err))
+		}
+		// A lone user name is a token.
+		secrets = append(secrets, redact.Passwords(u)...)
+		secrets = append(secrets, redact.Token(u)...)
+		if err := redact.CheckAt(u); err != nil {
+			return nil, fmt.Errorf("natsbus: bad URL: %v", err)
 		}
 		q := u.Query()
 		for _, k := range slices.Sorted(maps.Keys(q)) {
@@ -227,7 +235,6 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		}
 		u.RawQuery = ""
 		servers = append(servers, u.String())
-		secrets = append(secrets, redact.Passwords(u)...)
 		if u.Scheme != "nats" && u.Scheme != "tls" {
 			return nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
 		}
