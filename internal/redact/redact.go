@@ -9,6 +9,7 @@ package redact
 import (
 	"errors"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -105,14 +106,20 @@ func dropQuoted(s string) string {
 	return b.String()
 }
 
+// secretOption matches the value of a query option that names a password
+// or token, such as a Redis Sentinel URL's password (the master's).
+var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#,]*`)
+
 // URL returns s, a URL or something meant to be one, fit to print: the
 // user information of every URL in it (from "://" to the last "@" before
 // the next "://", so also a password whose unencoded "/" or "?" would end
 // the host early) replaced by "xxxxx", and, with no "://", everything up
-// to the last "@". A NATS token or a user name goes too: text that may
+// to the last "@"; and so is the value of every query option whose name
+// ends in "password" or "token". A NATS token or a user name goes too: text that may
 // hold a secret, such as a stray command-line argument or a value in the
 // wrong place in a configuration file, is shown this way.
 func URL(s string) string {
+	s = secretOption.ReplaceAllString(s, "${1}"+mask)
 	i := strings.Index(s, "://")
 	if i < 0 {
 		if at := strings.LastIndexByte(s, '@'); at >= 0 {

@@ -111,16 +111,18 @@ func TestURLErrorDropsQuotedParts(t *testing.T) {
 // user information, even where a "/" in a password ends the host early.
 func TestURL(t *testing.T) {
 	for in, want := range map[string]string{
-		"redis://127.0.0.1:6379/0":                  "redis://127.0.0.1:6379/0",
-		"redis://:hunter2@h:6379":                   "redis://xxxxx@h:6379",
-		"nats://hunter2@h:4222":                     "nats://xxxxx@h:4222",
-		"nats://hunter2@a:4222,nats://b:4222":       "nats://xxxxx@a:4222,nats://b:4222",
-		"nats://a:4222,tls://u:hunter2@b:4222":      "nats://a:4222,tls://xxxxx@b:4222",
-		"nats://u:hun@ter2@a,nats://x:hunter2@b/@c": "nats://xxxxx@a,nats://xxxxx@c",
-		"amqp://u:hunter2/x@h/vhost":                "amqp://xxxxx@h/vhost",
-		"hunter2@h:4222":                            "xxxxx@h:4222",
-		"8443":                                      "8443",
-		"":                                          "",
+		"redis://127.0.0.1:6379/0":                                     "redis://127.0.0.1:6379/0",
+		"redis://:hunter2@h:6379":                                      "redis://xxxxx@h:6379",
+		"nats://hunter2@h:4222":                                        "nats://xxxxx@h:4222",
+		"nats://hunter2@a:4222,nats://b:4222":                          "nats://xxxxx@a:4222,nats://b:4222",
+		"nats://a:4222,tls://u:hunter2@b:4222":                         "nats://a:4222,tls://xxxxx@b:4222",
+		"nats://u:hun@ter2@a,nats://x:hunter2@b/@c":                    "nats://xxxxx@a,nats://xxxxx@c",
+		"amqp://u:hunter2/x@h/vhost":                                   "amqp://xxxxx@h/vhost",
+		"hunter2@h:4222":                                               "xxxxx@h:4222",
+		"redis+sentinel://s:26379?master_name=m&password=hunter2&db=1": "redis+sentinel://s:26379?master_name=m&password=xxxxx&db=1",
+		"redis+sentinel://s?Sentinel_Password=hunter2#x":               "redis+sentinel://s?Sentinel_Password=xxxxx#x",
+		"8443": "8443",
+		"":     "",
 	} {
 		if got := URL(in); got != want {
 			t.Errorf("URL(%q) = %q, want %q", in, got, want)
