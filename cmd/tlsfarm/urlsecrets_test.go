@@ -4,11 +4,16 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
+	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
 // TestFarmURLSecretsNotPrinted: for a farm URL of every scheme with a
@@ -71,4 +76,71 @@ func TestFarmURLSecretsNotPrinted(t *testing.T) {
 			t.Errorf("%s: printed:\n%s", url, out.String())
 		}
 	}
+}
+
+// TestFarmURLSecretsNotInLogsOrAdmin runs serve against real servers that
+// refuse the URL's password or token (Redis, a nats-server with token
+// authentication, RabbitMQ) or do not answer (Sentinel): neither its log,
+// at debug level, nor /healthz, /readyz or /metrics shows the secret; nor
+// does a strict serve's refusal to start, which carries the transport's
+// error.
+func TestFarmURLSecretsNotInLogsOrAdmin(t *testing.T) {
+	t.Parallel()
+	secret, cert, key, _ := farmFiles(t)
+	urls := []string{"redis+sentinel://u:s3cret@127.0.0.1:1?master_name=m&password=s3cret"}
+	if testenv.Reachable("127.0.0.1:6379") {
+		urls = append(urls, "redis://tlsfarm-nobody:s3cret@127.0.0.1:6379/0")
+	}
+	if testenv.Reachable("127.0.0.1:5672") {
+		urls = append(urls, "amqp://guest:s3cret@127.0.0.1:5672/")
+	}
+	if addr := tokenNATS(t, "right-token"); addr != "" {
+		urls = append(urls, "nats://127.0.0.1:1,nats://s3cret@"+addr)
+	}
+	for _, url := range urls {
+		name := redistest.Farm(t)
+		p := serveProc(t, []string{"-cert", cert, "-key", key, "-farm", url, "-farm-secret", secret, "-farm-name", name})
+		wait := 1500 * time.Millisecond
+		if strings.HasPrefix(url, "amqp") {
+			wait = 4 * time.Second // RabbitMQ refuses a password after 3 s
+		}
+		time.Sleep(wait)
+		out := p.log()
+		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+			_, body := adminDo(t, p, "GET", path, "")
+			out += body
+		}
+		p.stop()
+		_, stdout, stderr := runCmd(t, []string{"serve", "-listen", "127.0.0.1:0", "-admin", "off", "-cert", cert, "-key", key,
+			"-farm", url, "-farm-secret", secret, "-farm-name", name, "-strict", "-farm-connect-timeout", wait.String()})
+		out += stdout + stderr
+		if strings.Contains(out, "s3cret") {
+			t.Errorf("%s: shown:\n%s", url, out)
+		}
+	}
+}
+
+// tokenNATS starts the machine's nats-server with JetStream and token
+// authentication on a free loopback port until the test ends, and returns
+// its address, or "" if nats-server is not installed.
+func tokenNATS(t *testing.T, token string) string {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		return ""
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port, "-js", "-sd", t.TempDir(), "--auth", token)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitUntil(t, 10*time.Second, func() bool { return testenv.Reachable(addr) }, "nats-server did not start")
+	return addr
 }
