@@ -7,6 +7,8 @@ import (
 	"os"
 	"reflect"
 	"strings"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // configEnv is the environment variable that names the configuration file
@@ -54,7 +56,8 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 		return nil, &UsageError{err}
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (settings are flags, such as -listen 127.0.0.1:8443)", fs.Arg(0))
+		// A stray argument may be a farm URL whose flag was left out.
+		return nil, fmt.Errorf("unexpected argument %q (settings are flags, such as -listen 127.0.0.1:8443)", redact.URL(fs.Arg(0)))
 	}
 
 	c := defaults()

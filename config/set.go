@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 var durationType = reflect.TypeFor[time.Duration]()
@@ -52,14 +54,15 @@ func yamlName(f reflect.StructField) string {
 }
 
 // parseScalar parses s into v by v's type. Its errors name the value, not
-// the setting: callers add that.
+// the setting: callers add that. A value shown in an error goes through
+// redact.URL: a farm URL given to the wrong setting keeps its password.
 func parseScalar(v reflect.Value, s string) error {
 	s = strings.TrimSpace(s)
 	switch {
 	case v.Type() == durationType:
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			return fmt.Errorf("%q is not a duration (write it like 500ms, 30s, 5m or 2h)", s)
+			return fmt.Errorf("%q is not a duration (write it like 500ms, 30s, 5m or 2h)", redact.URL(s))
 		}
 		if d < 0 {
 			return fmt.Errorf("%q is negative", s)
@@ -70,7 +73,7 @@ func parseScalar(v reflect.Value, s string) error {
 	case v.Kind() == reflect.Int:
 		n, err := strconv.Atoi(s)
 		if err != nil {
-			return fmt.Errorf("%q is not a whole number", s)
+			return fmt.Errorf("%q is not a whole number", redact.URL(s))
 		}
 		if n < 0 {
 			return fmt.Errorf("%q is negative", s)
@@ -85,7 +88,7 @@ func parseScalar(v reflect.Value, s string) error {
 	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.String:
 		v.Set(reflect.ValueOf(splitList(s)))
 	default:
-		return fmt.Errorf("cannot be given as %q", s)
+		return fmt.Errorf("cannot be given as %q", redact.URL(s))
 	}
 	return nil
 }
@@ -97,7 +100,7 @@ func parseBool(s string) (bool, error) {
 	case "false", "no", "off", "0":
 		return false, nil
 	}
-	return false, fmt.Errorf("%q is not true or false", s)
+	return false, fmt.Errorf("%q is not true or false", redact.URL(s))
 }
 
 // splitList splits a comma-separated list, dropping blanks.

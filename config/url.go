@@ -3,9 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // isTCP reports whether upstream is a tcp:// passthrough.
@@ -60,10 +64,12 @@ var farmSchemes = map[string]bool{
 func HasStore(scheme string) bool { return farmSchemes[scheme] }
 
 // checkFarmURL checks a farm transport URL and returns its scheme. NATS
-// takes several servers of one cluster, comma-separated. The URL may hold a
+// takes several servers of one cluster, comma-separated. A query option
+// may be given once (a Redis URL's addr excepted). The URL may hold a
 // password: errors never repeat it.
 func checkFarmURL(s string) (string, error) {
 	scheme := ""
+	given := map[string]int{} // how often each URL option appears
 	for _, part := range strings.Split(s, ",") {
 		u, err := url.Parse(strings.TrimSpace(part))
 		if err != nil {
@@ -76,6 +82,17 @@ func checkFarmURL(s string) (string, error) {
 			return "", fmt.Errorf("only nats:// and tls:// URLs may list several servers, comma-separated")
 		}
 		scheme = u.Scheme
+		if err := redact.CheckAt(u); err != nil {
+			return "", fmt.Errorf("%s URL: %v", u.Scheme, err)
+		}
+		// As the transports do (a repeat was once taken silently, the
+		// first value or the last): an option once in the whole URL,
+		// but the servers (addr) of a Redis Cluster or Sentinel URL.
+		for _, k := range slices.Sorted(maps.Keys(u.Query())) {
+			if given[k] += len(u.Query()[k]); given[k] > 1 && (k != "addr" || !strings.HasPrefix(scheme, "redis")) {
+				return "", fmt.Errorf("%s URL option %q is given %d times: give it once", u.Scheme, k, given[k])
+			}
+		}
 		if u.Host == "" {
 			return "", fmt.Errorf("%s URL has no host", u.Scheme)
 		}

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // readFile decodes the YAML file at path over c. Keys the file leaves out
@@ -153,7 +155,9 @@ func describe(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	}
-	return strconv.Quote(n.Value)
+	// A farm URL in the wrong place (farm: nats://TOKEN@host) keeps its
+	// secret.
+	return strconv.Quote(redact.URL(n.Value))
 }
 
 // suggest returns ` (did you mean "x"?)` for the known key of struct type t

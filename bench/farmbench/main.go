@@ -55,6 +55,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -197,7 +198,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 	}
 	ropt, err := redis.ParseURL(o.redisURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("-redis: %v", redact.URLError(err))
 	}
 	e.redis = redis.NewClient(ropt)
 	defer e.redis.Close()
@@ -235,7 +236,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 	}
 	if usesRedis {
 		if err := e.redis.Ping(ctx).Err(); err != nil {
-			return nil, fmt.Errorf("redis at %s: %v", o.redisURL, err)
+			return nil, fmt.Errorf("redis at %s: %v", redact.URL(o.redisURL), err)
 		}
 	}
 	if usesNATS {

@@ -36,6 +36,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -128,13 +129,13 @@ func adminClient(url string) (redis.UniversalClient, error) {
 		}
 		opt, err := redis.ParseClusterURL(base)
 		if err != nil {
-			return nil, err
+			return nil, redact.URLError(err) // url.Parse quotes the URL
 		}
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, err
+		return nil, redact.URLError(err) // url.Parse quotes the URL
 	}
 	return redis.NewClient(opt), nil
 }

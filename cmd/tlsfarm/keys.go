@@ -20,6 +20,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/admin"
 	"github.com/tlsfarm/tlsfarm/config"
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 	"github.com/tlsfarm/tlsfarm/keyexport"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -116,7 +117,7 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	}
 	var err error
 	if fs.NArg() > 0 {
-		return fail("unexpected argument %q", fs.Arg(0))
+		return fail("unexpected argument %q", redact.URL(fs.Arg(0))) // maybe a farm URL without -farm
 	}
 	if o.farmURL == "" {
 		o.farmURL = envDefault(getenv, "farm.url", "")

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +22,9 @@ func configWarnings(cfg *config.Config) []string {
 			w = append(w, fmt.Sprintf("cache.mode %s with the %s farm transport, which has no store: ticket keys are each node's own, so stateless tickets resume only on the node that issued them",
 				cfg.Cache.Mode, transportName(cfg.Farm.URL)))
 		}
+	}
+	if amqpHeartbeatOff(cfg.Farm.URL) {
+		w = append(w, "farm.url sets heartbeat=0: the broker's heartbeat interval applies instead (RabbitMQ's default is 60s, and none if the broker's is 0 too), so a dead broker or a broken network goes unnoticed for a minute and a half or more, or until TCP gives up, rather than about 10s; leave heartbeat out for the bus's 5s")
 	}
 	if cfg.Tickets.RotationInterval < time.Minute {
 		w = append(w, fmt.Sprintf("tickets.rotation_interval %s is under 1m: fine for a trial or a test, too short for production (tickets live only keep+1 intervals)",
@@ -56,4 +61,16 @@ func checkAddresses(cfg *config.Config) error {
 		ln.Close()
 	}
 	return nil
+}
+
+// amqpHeartbeatOff reports whether rawURL is an AMQP farm URL that sets
+// heartbeat=0. amqp091-go then takes the broker's interval, not none: it
+// turns heartbeats off only if the broker's is 0 too.
+func amqpHeartbeatOff(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || !u.Query().Has("heartbeat") {
+		return false
+	}
+	n, err := strconv.ParseUint(u.Query().Get("heartbeat"), 10, 16)
+	return err == nil && n == 0
 }

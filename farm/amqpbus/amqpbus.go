@@ -33,8 +33,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -150,6 +152,9 @@ type publisher struct {
 //	amqp://[user:password@]host[:port][/vhost]     plain, port 5672
 //	amqps://[user:password@]host[:port][/vhost]    TLS, port 5671
 //
+// A query option may be given once; see docs/transports.md for those
+// accepted.
+//
 // opts may be nil. No error that Open, Publish or Subscribe reports shows
 // the password from rawURL.
 func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
@@ -162,13 +167,23 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.URLError(err))
 	}
 	passwords := redact.Passwords(u)
+	if err := redact.CheckAt(u); err != nil {
+		return nil, fmt.Errorf("amqpbus: bad URL: %v", err)
+	}
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
 		return nil, fmt.Errorf("amqpbus: URL scheme %q: want amqp or amqps", u.Scheme)
 	}
 	if _, err := amqp.ParseURI(rawURL); err != nil {
 		return nil, fmt.Errorf("amqpbus: bad URL: %v", redact.Error(redact.URLError(err), passwords))
 	}
-	for k := range u.Query() {
+	q := u.Query()
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if n := len(q[k]); n > 1 {
+			// amqp091-go would take the first silently.
+			return nil, fmt.Errorf("amqpbus: URL option %q is given %d times: give it once", k, n)
+		}
+	}
+	for k := range q {
 		switch k {
 		case "heartbeat", "channel_max", "auth_mechanism",
 			"certfile", "keyfile", "cacertfile", "server_name_indication":

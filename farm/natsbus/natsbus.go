@@ -31,7 +31,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,7 +136,7 @@ type Transport struct {
 	subject string
 	bucket  string
 	opts    Options
-	secrets []string // passwords in the URL, redacted from errors
+	secrets []string // passwords and tokens in the URL, redacted from errors
 
 	store   atomic.Pointer[bucketState] // nil until the bucket is open
 	initMu  sync.Mutex
@@ -165,9 +167,12 @@ type Transport struct {
 // A query on any of them sets options: replicas=N (Options.Replicas), such
 // as nats://a:4222,nats://b:4222,nats://c:4222?replicas=3, and
 // pending_msgs=N and pending_bytes=N (Options.PendingMsgs and
-// Options.PendingBytes; -1 for no bound).
+// Options.PendingBytes; -1 for no bound). Each option may be given once in
+// the whole URL.
 //
-// opts may be nil. No error Open returns shows a password from rawURL.
+// opts may be nil. No error Open returns, nor any the Transport reports,
+// shows a password or token from rawURL. An "@" after a host (a password
+// or token with an unencoded "/", "?" or "#") is an error.
 func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -176,12 +181,26 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		return nil, err
 	}
 	var secrets, servers []string
+	given := map[string]int{} // how often each URL option appears
 	for _, s := range strings.Split(rawURL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("natsbus: bad URL: %v", redact.URLError(err))
 		}
-		for k, v := range u.Query() {
+		// A lone user name is a token.
+		secrets = append(secrets, redact.Passwords(u)...)
+		secrets = append(secrets, redact.Token(u)...)
+		if err := redact.CheckAt(u); err != nil {
+			return nil, fmt.Errorf("natsbus: bad URL: %v", err)
+		}
+		q := u.Query()
+		for _, k := range slices.Sorted(maps.Keys(q)) {
+			// Once in the whole URL, whichever server's part it is on.
+			if given[k] += len(q[k]); given[k] > 1 {
+				return nil, fmt.Errorf("natsbus: URL option %q is given %d times: give it once", k, given[k])
+			}
+		}
+		for k, v := range q {
 			switch {
 			case k == "replicas" && len(v) == 1:
 				n, err := strconv.Atoi(v[0])
@@ -216,7 +235,6 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 		}
 		u.RawQuery = ""
 		servers = append(servers, u.String())
-		secrets = append(secrets, redact.Passwords(u)...)
 		if u.Scheme != "nats" && u.Scheme != "tls" {
 			return nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
 		}

@@ -1,6 +1,7 @@
 package natsbus
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -39,10 +40,13 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 }
 
 // SetMembers implements transport.Coordinator: it reads the set's member keys with one
-// watcher, keeps those whose time has not passed by the server's clock
-// (Time), up to transport.MaxSetMembers of at most
-// transport.MaxSetMemberSize bytes, and purges the lapsed ones on a server
-// that does not expire them itself.
+// watcher and keeps, of the members whose time has not passed by the
+// server's clock (Time) and that are at most transport.MaxSetMemberSize
+// bytes long, the transport.MaxSetMembers that lapse last, as Redis does.
+// What it holds while it reads is bounded by what it keeps: a set of any
+// size, or one filled by someone else, costs no more memory than a full
+// answer. On a server that does not expire keys itself it purges the
+// lapsed members as it finds them, in batches of purgeBatch.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {
@@ -59,8 +63,24 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		return nil, t.check(s, "set members", err)
 	}
 	defer w.Stop()
-	var members [][]byte
+	keep := lastLapsing{limit: maxSetMembers}
 	var lapsed []string
+	purge := func() error {
+		if len(lapsed) == 0 || s.native {
+			lapsed = lapsed[:0]
+			return nil
+		}
+		msgs := make([]*nats.Msg, len(lapsed))
+		opts := make([][]jetstream.PublishOpt, len(lapsed))
+		for i, k := range lapsed {
+			msgs[i], opts[i] = t.purgeMessage(s, k)
+		}
+		lapsed = lapsed[:0]
+		if err := t.publishAll(ctx, msgs, opts); err != nil {
+			return t.check(s, "set members", err)
+		}
+		return nil
+	}
 	for {
 		var e jetstream.KeyValueEntry
 		select {
@@ -75,22 +95,89 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		switch {
 		case !ok:
 		case int64(until) > now.UnixMilli():
-			if len(members) < transport.MaxSetMembers && len(member) <= transport.MaxSetMemberSize {
-				members = append(members, member)
+			if len(member) <= transport.MaxSetMemberSize {
+				keep.add(until, member)
 			}
 		default:
 			lapsed = append(lapsed, e.Key())
+			if len(lapsed) == purgeBatch {
+				if err := purge(); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
-	if len(lapsed) > 0 && !s.native {
-		msgs := make([]*nats.Msg, len(lapsed))
-		opts := make([][]jetstream.PublishOpt, len(lapsed))
-		for i, k := range lapsed {
-			msgs[i], opts[i] = t.purgeMessage(s, k)
-		}
-		if err := t.publishAll(ctx, msgs, opts); err != nil {
-			return nil, t.check(s, "set members", err)
-		}
+	if err := purge(); err != nil {
+		return nil, err
 	}
-	return members, nil
+	return keep.members(), nil
+}
+
+// maxSetMembers is transport.MaxSetMembers, smaller in tests.
+var maxSetMembers = transport.MaxSetMembers
+
+// purgeBatch is how many lapsed members SetMembers purges at a time, on a
+// server that does not expire them: so many key names at most are held.
+const purgeBatch = 1024
+
+// lastLapsing keeps, of the members added to it, the limit whose times are
+// latest: a min-heap by time, so that it never holds more than limit
+// members, each a copy of at most transport.MaxSetMemberSize bytes (not
+// the message it came in).
+type lastLapsing struct {
+	limit int
+	h     []setMember
+}
+
+type setMember struct {
+	until  uint64
+	member []byte
+}
+
+// add offers a member that lapses at until.
+func (l *lastLapsing) add(until uint64, member []byte) {
+	if l.limit <= 0 {
+		return
+	}
+	if len(l.h) < l.limit {
+		l.h = append(l.h, setMember{until, bytes.Clone(member)})
+		// Sift up.
+		for i := len(l.h) - 1; i > 0; {
+			p := (i - 1) / 2
+			if l.h[p].until <= l.h[i].until {
+				break
+			}
+			l.h[p], l.h[i] = l.h[i], l.h[p]
+			i = p
+		}
+		return
+	}
+	if until <= l.h[0].until {
+		return // lapses no later than every member kept
+	}
+	// Replace the member that lapses first, reusing its buffer, and sift down.
+	l.h[0] = setMember{until, append(l.h[0].member[:0], member...)}
+	for i := 0; ; {
+		c := 2*i + 1
+		if c >= len(l.h) {
+			break
+		}
+		if c+1 < len(l.h) && l.h[c+1].until < l.h[c].until {
+			c++
+		}
+		if l.h[i].until <= l.h[c].until {
+			break
+		}
+		l.h[i], l.h[c] = l.h[c], l.h[i]
+		i = c
+	}
+}
+
+// members returns the members kept, in no particular order.
+func (l *lastLapsing) members() [][]byte {
+	out := make([][]byte, len(l.h))
+	for i, m := range l.h {
+		out[i] = m.member
+	}
+	return out
 }

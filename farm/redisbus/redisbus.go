@@ -71,8 +71,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,22 +150,49 @@ const IDLen = 16
 // reload=2s); the map is also read again after any failed command, so that
 // a failover is followed as soon as the cluster has promoted a replica. A
 // sentinel client follows the sentinels' announcement of a new master.
+// An option given twice (addr excepted) is an error.
 func Open(rawURL, farmName string) (*Transport, error) {
+	t, secrets, err := open(rawURL, farmName)
+	if err != nil {
+		// go-redis's own errors quote parts of the URL.
+		return nil, redact.Error(err, secrets)
+	}
+	return t, nil
+}
+
+// open is Open. It also returns the URL's secrets, for Open to redact from
+// its error: the password, and a sentinel URL's password option (the
+// master's password, the user information being the sentinels').
+func open(rawURL, farmName string) (*Transport, []string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("redisbus: bad URL: %v", redact.URLError(err))
+		return nil, nil, fmt.Errorf("redisbus: bad URL: %v", redact.URLError(err))
+	}
+	secrets := redact.Passwords(u)
+	for _, p := range u.Query()["password"] {
+		secrets = append(secrets, p, url.QueryEscape(p))
+	}
+	if err := redact.CheckAt(u); err != nil {
+		return nil, secrets, fmt.Errorf("redisbus: bad URL: %v", err)
 	}
 	base, kind, _ := strings.Cut(u.Scheme, "+")
 	if base != "redis" && base != "rediss" {
-		return nil, fmt.Errorf("redisbus: URL scheme %q: want redis, rediss, redis+cluster or redis+sentinel", u.Scheme)
+		return nil, secrets, fmt.Errorf("redisbus: URL scheme %q: want redis, rediss, redis+cluster or redis+sentinel", u.Scheme)
 	}
 	u.Scheme = base
 	q := u.Query()
+	// go-redis takes the last of a repeated option and this function the
+	// first: refuse what would be read two ways. Only addr lists servers.
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if n := len(q[k]); n > 1 && k != "addr" {
+			return nil, secrets, fmt.Errorf("redisbus: URL option %q is given %d times: give it once", k, n)
+		}
+	}
 	echo := false
 	if q.Has("echo") {
 		echo, err = strconv.ParseBool(q.Get("echo"))
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: echo=%q: want true or false", q.Get("echo"))
+			return nil, secrets, fmt.Errorf("redisbus: echo=%q: want true or false", q.Get("echo"))
 		}
 		q.Del("echo")
 		u.RawQuery = q.Encode()
@@ -171,11 +200,11 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	reload := DefaultClusterReload
 	if q.Has("reload") {
 		if kind != "cluster" {
-			return nil, errors.New("redisbus: the reload option is for redis+cluster URLs")
+			return nil, secrets, errors.New("redisbus: the reload option is for redis+cluster URLs")
 		}
 		reload, err = time.ParseDuration(q.Get("reload"))
 		if err != nil || reload <= 0 {
-			return nil, fmt.Errorf("redisbus: reload=%q: want a positive duration such as 2s", q.Get("reload"))
+			return nil, secrets, fmt.Errorf("redisbus: reload=%q: want a positive duration such as 2s", q.Get("reload"))
 		}
 		q.Del("reload")
 		u.RawQuery = q.Encode()
@@ -187,10 +216,10 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "":
 		opt, err := redis.ParseURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+			return nil, secrets, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		if opt.PoolSize < 0 {
-			return nil, errNegativePool
+			return nil, secrets, errNegativePool
 		}
 		opt.ContextTimeoutEnabled = true
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
@@ -200,14 +229,14 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "cluster":
 		if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
 			// go-redis ignores the path of a cluster URL.
-			return nil, fmt.Errorf("redisbus: database %q in a cluster URL: a Redis Cluster has database 0 only", p)
+			return nil, secrets, fmt.Errorf("redisbus: database %q in a cluster URL: a Redis Cluster has database 0 only", p)
 		}
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+			return nil, secrets, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		if opt.PoolSize < 0 {
-			return nil, errNegativePool
+			return nil, secrets, errNegativePool
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
@@ -217,30 +246,30 @@ func Open(rawURL, farmName string) (*Transport, error) {
 	case "sentinel":
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
-			return nil, fmt.Errorf("redisbus: %v", redact.URLError(err))
+			return nil, secrets, fmt.Errorf("redisbus: %v", redact.URLError(err))
 		}
 		if opt.PoolSize < 0 {
-			return nil, errNegativePool
+			return nil, secrets, errNegativePool
 		}
 		if opt.MasterName == "" {
-			return nil, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
+			return nil, secrets, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
 		c = redis.NewFailoverClient(opt)
 	default:
-		return nil, fmt.Errorf("redisbus: URL scheme %q: unknown variant %q", u.Scheme, kind)
+		return nil, secrets, fmt.Errorf("redisbus: URL scheme %q: unknown variant %q", u.Scheme, kind)
 	}
 	quietOnce.Do(func() { redis.SetLogger(quietLogger{}) })
 	t, err := New(c, farmName)
 	if err != nil {
 		c.Close()
-		return nil, err
+		return nil, secrets, err
 	}
 	t.cluster = cluster
 	t.own = true
 	t.Echo = echo
-	return t, nil
+	return t, secrets, nil
 }
 
 // errNegativePool is Open's error for a negative pool_size, which go-redis

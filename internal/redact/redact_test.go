@@ -62,3 +62,70 @@ func TestError(t *testing.T) {
 		t.Error("Error(nil) is not nil")
 	}
 }
+
+func TestToken(t *testing.T) {
+	for raw, want := range map[string][]string{
+		"nats://s3cret@host:4222":    {"s3cret"},
+		"nats://s3%2Fcret@host:4222": {"s3/cret", "s3%2Fcret"},
+		"nats://user:pass@host:4222": nil,
+		"nats://user:@host:4222":     nil,
+		"nats://host:4222":           nil,
+		"tls://@host:4222":           nil,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Token(u); !slices.Equal(got, want) {
+			t.Errorf("Token(%s) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+// TestURLErrorDropsQuotedParts: a password with an unencoded "/", "?" or
+// "#" ends the host early, and url.Parse's reason then quotes the password
+// as the port; URLError keeps the reason without it. Before the fix it
+// returned the reason as it was.
+func TestURLErrorDropsQuotedParts(t *testing.T) {
+	for _, raw := range []string{
+		"redis://:hunter2/x@host:6379",
+		"amqp://user:hunter2?x@host/",
+		"nats://user:hunter2#x@host:4222",
+		"redis://user:pw@host:hunter2",
+		"rediss://:p@[::1]:hunter2",
+		"nats://hunter2\x7f@host",
+	} {
+		_, err := url.Parse(raw)
+		if err == nil {
+			t.Fatalf("url.Parse(%q) succeeded", raw)
+		}
+		got := URLError(err).Error()
+		if strings.Contains(got, "hunter2") || got == "" {
+			t.Errorf("URLError(url.Parse(%q)) = %q", raw, got)
+		}
+		t.Logf("%q: %v", raw, got)
+	}
+}
+
+// TestURL: whatever holds a URL, or several, is printed without their
+// user information, even where a "/" in a password ends the host early.
+func TestURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://127.0.0.1:6379/0":                                     "redis://127.0.0.1:6379/0",
+		"redis://:hunter2@h:6379":                                      "redis://xxxxx@h:6379",
+		"nats://hunter2@h:4222":                                        "nats://xxxxx@h:4222",
+		"nats://hunter2@a:4222,nats://b:4222":                          "nats://xxxxx@a:4222,nats://b:4222",
+		"nats://a:4222,tls://u:hunter2@b:4222":                         "nats://a:4222,tls://xxxxx@b:4222",
+		"nats://u:hun@ter2@a,nats://x:hunter2@b/@c":                    "nats://xxxxx@a,nats://xxxxx@c",
+		"amqp://u:hunter2/x@h/vhost":                                   "amqp://xxxxx@h/vhost",
+		"hunter2@h:4222":                                               "xxxxx@h:4222",
+		"redis+sentinel://s:26379?master_name=m&password=hunter2&db=1": "redis+sentinel://s:26379?master_name=m&password=xxxxx&db=1",
+		"redis+sentinel://s?Sentinel_Password=hunter2#x":               "redis+sentinel://s?Sentinel_Password=xxxxx#x",
+		"8443": "8443",
+		"":     "",
+	} {
+		if got := URL(in); got != want {
+			t.Errorf("URL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
