@@ -56,6 +56,19 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 	d.cancel = cancel
 	defer func() {
 		if err != nil {
+			var stopped *stoppedError
+			if errors.As(err, &stopped) && d.transport != nil {
+				// Stopped before serving: no session was issued, so
+				// the farm misses nothing but what the node keeps for
+				// the next start anyway (the revocation and lifecycle
+				// files). Closing the transport first ends the store's
+				// commands in flight at once; on a hung store they would
+				// hold the rotator's and the node's Close to their
+				// deadlines (2 s, then up to 1 s), go-redis keeping a
+				// deadline when its context is cancelled.
+				d.transport.Close()
+				d.transport = nil
+			}
 			d.close()
 		}
 	}()
