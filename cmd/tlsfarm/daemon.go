@@ -48,7 +48,8 @@ type daemon struct {
 }
 
 // start builds and starts every part of the daemon. ctx bounds only the
-// start itself (a strict wait for the farm).
+// start itself (its waits for the farm); if a stop signal ends it during
+// one, start returns a *stoppedError, having closed what it started.
 func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (_ *daemon, err error) {
 	d := &daemon{started: cfg, listeners: cfg.Listeners, log: log, level: level}
 	d.cfg.Store(cfg)
