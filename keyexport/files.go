@@ -18,7 +18,9 @@ const tempPrefix = ".tlsfarm-tmp-"
 
 // CheckDir reports whether dir is a safe place for key files: an existing
 // directory (not a symbolic link to one), owned by this process's user or by
-// root, that neither its group nor other users can write to. Every
+// root, that neither its group nor other users can write to, sticky bit or
+// not (in a directory like /tmp another user could take a key file's name
+// first, with a file of theirs that a terminator would read). Every
 // directory above it, up to the root, must be owned by this user or by root
 // and writable by no one else unless it has the sticky bit (as /tmp has):
 // otherwise another user could rename dir away and put a directory of theirs
@@ -37,6 +39,9 @@ func CheckDir(dir string) error {
 		return fmt.Errorf("%s is not a directory", dir)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
+		if fi.Mode()&fs.ModeSticky != 0 {
+			return fmt.Errorf("%s can be written by other users (mode %v), who could take a key file's name first, with a file of theirs (the write then fails, and a terminator reading the directory would use their key): the sticky bit protects only the directories above the key directory; use a directory of mode 0700 or 0750", dir, fi.Mode())
+		}
 		return fmt.Errorf("%s can be written by its group or by other users (mode %v): use a directory of mode 0700 or 0750", dir, fi.Mode().Perm())
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {

@@ -56,9 +56,27 @@ func TestWriteFilesRefuses(t *testing.T) {
 		{"world-writable directory", func(t *testing.T, dir string) []file {
 			sub := filepath.Join(dir, "open")
 			os.Mkdir(sub, 0o700)
-			os.Chmod(sub, 0o1777)
+			os.Chmod(sub, 0o777)
 			return []file{{filepath.Join(sub, "b.key"), []byte("new")}}
 		}, "group or by other users"},
+		// Unlike a directory above the key directory, a key directory
+		// like /tmp is refused: another user could create a key file's
+		// name first (one of nginx's set, before its first export), with
+		// a file of theirs: the export then fails, and a terminator that
+		// reads the directory uses their key.
+		{"sticky world-writable directory", func(t *testing.T, dir string) []file {
+			sub := filepath.Join(dir, "sticky")
+			os.Mkdir(sub, 0o700)
+			// Not os.Chmod(sub, 0o1777): in a FileMode, 0o1000 is no
+			// mode bit, so that would make a plain 0777 directory.
+			if err := os.Chmod(sub, 0o777|os.ModeSticky); err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Stat(sub); err != nil || fi.Mode()&os.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
+				t.Fatalf("the directory is not sticky and world-writable: %v, %v", fi.Mode(), err)
+			}
+			return []file{{filepath.Join(sub, "b.key"), []byte("new")}}
+		}, "the sticky bit protects only the directories above the key directory"},
 		{"world-writable parent directory", func(t *testing.T, dir string) []file {
 			keys := filepath.Join(dir, "open", "keys")
 			os.MkdirAll(keys, 0o700)

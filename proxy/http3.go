@@ -124,7 +124,7 @@ func (q *quicListener) listen(tcp net.Addr) error {
 	}
 	qc := &quic.Config{
 		Allow0RTT:            q.l.cfg.EarlyData,
-		HandshakeIdleTimeout: time.Duration(s.handshakeTimeout.Load()),
+		HandshakeIdleTimeout: quicHandshakeIdle(time.Duration(s.handshakeTimeout.Load())),
 		MaxIdleTimeout:       s.idle,
 		// The server pings, so that a client waiting for a slow
 		// upstream keeps its connection, as over TCP: QUIC's idle
@@ -137,7 +137,7 @@ func (q *quicListener) listen(tcp net.Addr) error {
 	qc.GetConfigForClient = func(*quic.ClientInfo) (*quic.Config, error) {
 		c := qc.Clone()
 		c.GetConfigForClient = nil
-		c.HandshakeIdleTimeout = time.Duration(s.handshakeTimeout.Load())
+		c.HandshakeIdleTimeout = quicHandshakeIdle(time.Duration(s.handshakeTimeout.Load()))
 		return c, nil
 	}
 	q.ln, err = q.tr.ListenEarly(q.base, qc)
@@ -148,6 +148,16 @@ func (q *quicListener) listen(tcp net.Addr) error {
 	}
 	q.altSvc = fmt.Sprintf(`%s=":%d"; ma=86400`, http3.NextProtoH3, ta.Port)
 	return nil
+}
+
+// quicHandshakeIdle returns the quic-go HandshakeIdleTimeout that bounds a
+// whole QUIC handshake by timeout, as over TCP: quic-go ends a handshake
+// once no packet has come from the client for HandshakeIdleTimeout, and in
+// any case at twice it (quic-go's Config.handshakeTimeout). A client that
+// keeps sending, and never finishes, is cut at timeout; a silent one at
+// half of it.
+func quicHandshakeIdle(timeout time.Duration) time.Duration {
+	return max(timeout/2, 1) // 0 would be quic-go's default, 5 s
 }
 
 // serve accepts QUIC connections until shutdown.

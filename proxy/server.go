@@ -39,9 +39,9 @@ type Config struct {
 	Listeners []Listener
 
 	// HandshakeTimeout bounds each handshake, PROXY header included
-	// (default 10s). Over HTTP/3 it is quic-go's HandshakeIdleTimeout: a
-	// handshake ends once no packet has come from the client for this
-	// long, and in any case at twice this long.
+	// (default 10s). Over HTTP/3 it bounds the whole handshake too, and a
+	// handshake also ends once no packet has come from the client for half
+	// this long (quic-go's HandshakeIdleTimeout).
 	HandshakeTimeout time.Duration
 
 	// IdleTimeout closes a TCP passthrough connection, or one an HTTP

@@ -48,7 +48,8 @@ type daemon struct {
 }
 
 // start builds and starts every part of the daemon. ctx bounds only the
-// start itself (a strict wait for the farm).
+// start itself (its waits for the farm); if a stop signal ends it during
+// one, start returns a *stoppedError, having closed what it started.
 func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slog.LevelVar) (_ *daemon, err error) {
 	d := &daemon{started: cfg, listeners: cfg.Listeners, log: log, level: level}
 	d.cfg.Store(cfg)
@@ -56,6 +57,19 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 	d.cancel = cancel
 	defer func() {
 		if err != nil {
+			var stopped *stoppedError
+			if errors.As(err, &stopped) && d.transport != nil {
+				// Stopped before serving: no session was issued, so
+				// the farm misses nothing but what the node keeps for
+				// the next start anyway (the revocation and lifecycle
+				// files). Closing the transport first ends the store's
+				// commands in flight at once; on a hung store they would
+				// hold the rotator's and the node's Close to their
+				// deadlines (2 s, then up to 1 s), go-redis keeping a
+				// deadline when its context is cancelled.
+				d.transport.Close()
+				d.transport = nil
+			}
 			d.close()
 		}
 	}()

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/config"
@@ -15,8 +17,31 @@ const degradedAfter = 2 * time.Second
 
 // keysWait bounds how long the daemon waits at start for the farm's ticket
 // keys before it accepts connections (see farm.Rotator.WaitReady). The wait
-// ends at once when the farm's store answers, or refuses the connection.
+// ends at once when the farm's store answers, or refuses the connection,
+// or a stop signal arrives (the daemon then stops without serving).
 const keysWait = 3 * time.Second
+
+// A stoppedError ends a start that a stop signal cancelled while it waited
+// for the farm: the daemon then stops cleanly, without serving.
+type stoppedError struct {
+	waitingFor string // what the start was waiting for, for the log
+}
+
+func (e *stoppedError) Error() string {
+	return "start stopped by a signal while waiting for " + e.waitingFor
+}
+
+// stopSignal is the cause of the start context's end when a stop signal
+// ends it (see serve).
+type stopSignal struct{ sig os.Signal }
+
+func (s stopSignal) Error() string { return s.sig.String() + " signal received" }
+
+// stoppedBySignal reports whether ctx ended because a stop signal arrived.
+func stoppedBySignal(ctx context.Context) bool {
+	var s stopSignal
+	return errors.As(context.Cause(ctx), &s)
+}
 
 // joinFarm opens the farm transport, joins the farm and starts ticket key
 // rotation: farm-wide through the store where the transport has one,
@@ -56,9 +81,15 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		}
 		// Ready means ready: no connection is accepted before the node
 		// holds the farm's ticket keys, unless the farm is unreachable.
+		d.log.Info("waiting for the farm's ticket keys", "up_to", keysWait.String(),
+			"farm", cfg.Farm.Name, "farm_transport", transportName(cfg.Farm.URL))
 		rctx, cancel := context.WithTimeout(ctx, keysWait)
 		err = d.rotator.WaitReady(rctx)
 		cancel()
+		if err != nil && stoppedBySignal(ctx) {
+			// Not the farm's failure: the operator's stop.
+			return &stoppedError{waitingFor: "the farm's ticket keys"}
+		}
 		if err != nil {
 			d.log.Warn("farm ticket keys unavailable: serving with this node's own keys, which join the farm's set (decrypt only) when it is reachable",
 				"err", err, "farm_transport", transportName(cfg.Farm.URL))
@@ -84,6 +115,9 @@ func waitConnected(ctx context.Context, n *farm.Node, timeout time.Duration) err
 		case <-ctx.Done():
 			if ctx.Err() == context.DeadlineExceeded {
 				return fmt.Errorf("farm.url: the farm transport is unreachable after %v, and farm.strict refuses to start without it", timeout)
+			}
+			if stoppedBySignal(ctx) {
+				return &stoppedError{waitingFor: "the farm transport"}
 			}
 			return fmt.Errorf("start cancelled while waiting for the farm transport")
 		case <-tick.C:

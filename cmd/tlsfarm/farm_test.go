@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -230,6 +232,75 @@ func TestHealthSaysRevocationsUnread(t *testing.T) {
 			if code, body := adminDo(t, p, "GET", "/readyz", ""); code != 200 {
 				t.Errorf("readyz once the revocations are read: %d %s", code, body)
 			}
+		})
+	}
+}
+
+// TestStopSignalDuringFarmWait stops a node while it waits at start for a
+// farm whose store has hung (a frozen proxy to Redis): for the farm's
+// ticket keys, or, in strict mode, for the transport. The stop ends the
+// wait at once and the daemon exits cleanly without ever serving, saying
+// that it stopped during the wait, not that the keys did not come.
+func TestStopSignalDuringFarmWait(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	hung := nettest.NewProxy(t, strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0"))
+	hung.Freeze()
+	secret, cert, key, _ := farmFiles(t)
+	const keysUnavailable = "farm ticket keys unavailable: serving with this node's own keys, which join the farm's set (decrypt only) when it is reachable"
+	for _, tc := range []struct {
+		name   string
+		sig    syscall.Signal
+		strict bool
+		after  string // the log line after which the signal is sent
+		logged string // the line that says why the daemon stopped
+	}{
+		{"keys/SIGTERM", syscall.SIGTERM, false, "waiting for the farm's ticket keys",
+			"stop signal while waiting for the farm's ticket keys: stopping before serving"},
+		{"keys/SIGINT", syscall.SIGINT, false, "waiting for the farm's ticket keys",
+			"stop signal while waiting for the farm's ticket keys: stopping before serving"},
+		// Strict mode waits for the transport once the keys' wait is over.
+		{"strict/SIGTERM", syscall.SIGTERM, true, keysUnavailable,
+			"stop signal while waiting for the farm transport: stopping before serving"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			args := []string{"-cert", cert, "-key", key, "-farm", "redis://" + hung.Addr + "/0",
+				"-farm-secret", secret, "-farm-name", redistest.Farm(t)}
+			if tc.strict {
+				args = append(args, "-strict", "-farm-connect-timeout", "30s")
+			}
+			p := launch(t, args)
+			wait := p.waitLog(tc.after, 15*time.Second)
+			if !tc.strict && wait["up_to"] != keysWait.String() {
+				t.Errorf("wait logged with up_to %v, want %v", wait["up_to"], keysWait)
+			}
+			t0 := time.Now()
+			p.cmd.Process.Signal(tc.sig)
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no exit within 10 s of %v", tc.sig)
+			}
+			// The keys' wait would have ended by itself after keysWait,
+			// the transport's after 30 s.
+			if took := time.Since(t0); took > time.Second {
+				t.Errorf("exited %v after %v, want within 1 s", took, tc.sig)
+			}
+			if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("exit code %d after %v during the wait, want 0", code, tc.sig)
+			}
+			if n := p.countLog("tlsfarm ready"); n != 0 {
+				t.Errorf("ready after a stop signal during the wait")
+			}
+			if n := p.countLog(keysUnavailable); n != map[bool]int{false: 0, true: 1}[tc.strict] {
+				t.Errorf("logged %d times %q", n, keysUnavailable)
+			}
+			stopping := p.waitLog(tc.logged, 0)
+			if stopping["signal"] != tc.sig.String() || stopping["level"] != "INFO" {
+				t.Errorf("stop logged as %v", stopping)
+			}
+			p.waitLog("stopped", 0)
 		})
 	}
 }

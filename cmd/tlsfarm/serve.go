@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,14 +31,34 @@ func serve(args []string, stderr io.Writer) int {
 	slog.SetDefault(log)
 
 	// Signals are caught from the start: SIGHUP waits for the daemon to be
-	// up, and a stop signal during a strict wait for the farm cancels the
-	// start.
+	// up, and a stop signal while the start waits for the farm (its ticket
+	// keys, or the transport in strict mode) ends the wait and stops the
+	// daemon, cleanly, before it serves.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	startCtx, stopStart := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	startCtx, stopStart := context.WithCancelCause(context.Background())
+	stops := make(chan os.Signal, 1)
+	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		select {
+		case s := <-stops:
+			stopStart(stopSignal{s})
+		case <-startCtx.Done():
+		}
+	}()
 	d, err := start(startCtx, cfg, log, level)
-	stopStart()
+	signal.Stop(stops)
+	stopStart(nil)
+	var stopped *stoppedError
+	if errors.As(err, &stopped) {
+		// start closed what it had started.
+		var s stopSignal
+		errors.As(context.Cause(startCtx), &s)
+		log.Info("stop signal while waiting for "+stopped.waitingFor+": stopping before serving", "signal", s.sig.String())
+		log.Info("stopped")
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
 		return 1

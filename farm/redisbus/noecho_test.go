@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -391,4 +393,40 @@ func TestPatternsRefused(t *testing.T) {
 	a, b := listen(t, open(t, srv.URL(), name)), listen(t, open(t, srv.URL(), name))
 	waitShared(t, true, limited.tr, a.tr, b.tr)
 	exchange(t, "m", false, limited, a, b)
+}
+
+// TestSubscribeEndsWhileConnectionHangs ends a subscription while its
+// connection is being made to a hung server (a frozen proxy: the dial
+// succeeds, HELLO is never answered). Subscribe used to return only when
+// the read timed out (3 s); now it returns at once, with or without the
+// per-sender subscriptions.
+func TestSubscribeEndsWhileConnectionHangs(t *testing.T) {
+	url := redistest.URL(t)
+	hung := nettest.NewProxy(t, strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0"))
+	hung.Freeze()
+	for _, echo := range []bool{false, true} {
+		t.Run(map[bool]string{false: "per-sender", true: "echo"}[echo], func(t *testing.T) {
+			tr := open(t, "redis://"+hung.Addr+"/0", redistest.Farm(t))
+			tr.Echo = echo
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- tr.Subscribe(ctx, func([]byte) {}, func(bool, error) {}) }()
+			time.Sleep(300 * time.Millisecond) // dialled, waiting for HELLO's answer
+			begin := time.Now()
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Subscribe returned %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Subscribe did not return within 10 s of its context's end")
+			}
+			took := time.Since(begin)
+			t.Logf("Subscribe ended %v after its context", took.Round(time.Millisecond))
+			if took > 250*time.Millisecond {
+				t.Errorf("Subscribe ended %v after its context, its connection waiting on a hung server; want at most 250ms", took)
+			}
+		})
+	}
 }

@@ -418,20 +418,45 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 
 func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	var ps *redis.PubSub
-	want := 1 // subscriptions on the connection once all are confirmed
+	var subscribe func() // makes the subscription's connection, and subscribes
+	want := 1            // subscriptions on the connection once all are confirmed
 	perSender := !t.cluster && !t.Echo && !t.refused.Load()
 	switch {
 	case t.cluster:
-		ps = t.c.SSubscribe(ctx, t.channel)
+		ps = t.c.SSubscribe(ctx)
+		subscribe = func() { ps.SSubscribe(ctx, t.channel) }
 	case !perSender:
-		ps = t.c.Subscribe(ctx, t.channel)
+		ps = t.c.Subscribe(ctx)
+		subscribe = func() { ps.Subscribe(ctx, t.channel) }
 	default:
 		// One SUBSCRIBE for both channels, so that no other node counts
 		// this one on the shared channel and not on the marker. go-redis
 		// resubscribes the same way, then the patterns, after a reconnect.
-		ps = t.c.Subscribe(ctx, t.channel, t.marker)
-		ps.PSubscribe(ctx, t.patterns...) // an error shows in the receive
+		ps = t.c.Subscribe(ctx)
+		subscribe = func() {
+			ps.Subscribe(ctx, t.channel, t.marker)
+			ps.PSubscribe(ctx, t.patterns...)
+		}
 		want = 2 + len(t.patterns)
+	}
+	// Errors show in the receive. Making the connection (a dial, then
+	// HELLO) does not watch ctx, and until it is made the subscription
+	// holds its lock, so Close would wait too: on a hung server that
+	// lasts the client's read timeout (3 s by default). Leave it behind,
+	// to close the subscription when it ends, if ctx ends first.
+	subscribed := make(chan struct{})
+	go func() {
+		defer close(subscribed)
+		subscribe()
+	}()
+	select {
+	case <-subscribed:
+	case <-ctx.Done():
+		go func() {
+			<-subscribed
+			ps.Close()
+		}()
+		return ctx.Err()
 	}
 	defer ps.Close()
 	// A blocked receive does not watch ctx: closing the subscription ends it.
