@@ -307,6 +307,10 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
+	if r.Method == http.MethodConnect {
+		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, r, rt)
+		return
+	}
 	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))
 }
 
