@@ -334,6 +334,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.handoff.Close()
 	}
 	var httpWG sync.WaitGroup
+	var quicCut atomic.Bool // HTTP/3 connections closed at ctx's end
 	for _, l := range s.listeners {
 		httpWG.Add(1)
 		go func() {
@@ -344,13 +345,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			httpWG.Add(1)
 			go func() {
 				defer httpWG.Done()
-				l.quic.shutdown(ctx)
+				if l.quic.shutdown(ctx) != nil {
+					quicCut.Store(true)
+				}
 			}()
 		}
 	}
 	httpWG.Wait()
 
 	var err error
+	if quicCut.Load() {
+		err = ctx.Err()
+	}
 	select {
 	case <-s.drained:
 	case <-ctx.Done():

@@ -66,7 +66,8 @@ func TestWebSocketOverExtendedConnect(t *testing.T) {
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo?x=1", h)
 			must(t, ws.status == http.StatusOK, "status %d", ws.status)
 			must(t, ws.header.Get("Sec-Websocket-Protocol") == "chat", "response headers %v", ws.header)
-			for _, k := range []string{"Sec-Websocket-Accept", "Upgrade", "Connection"} {
+			must(t, ws.header.Get("X-End") == "1", "response headers %v", ws.header)
+			for _, k := range []string{"Sec-Websocket-Accept", "Upgrade", "Connection", "X-Hop"} {
 				must(t, ws.header.Get(k) == "", "response header %s: %q", k, ws.header.Get(k))
 			}
 			got := <-up.requests
@@ -158,7 +159,9 @@ func TestWebSocketOverExtendedConnect(t *testing.T) {
 // TestWebSocketShutdownWaitsForIt opens a WebSocket over HTTP/2 and over
 // HTTP/3, then shuts the server down: as for a WebSocket over HTTP/1.1, the
 // shutdown must let it go on until it ends (here the client closes it),
-// and then return.
+// and then return; or, if the shutdown's deadline comes first, end it on
+// both sides and return. The WebSocket's connection counts as open
+// throughout.
 func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
 		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
@@ -176,6 +179,13 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
 			got := <-up.requests
 			must(t, ws.status == http.StatusOK, "status %d", ws.status)
+			open := func() int {
+				if proto == "h3" {
+					return s.QUICStats().Open
+				}
+				return s.Stats().Open
+			}
+			must(t, open() == 1, "%s connections open: %d", proto, open())
 			shut := shutdownInBackground(t, s)
 			for range 3 {
 				time.Sleep(200 * time.Millisecond)
@@ -188,6 +198,7 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 				t.Fatalf("Shutdown returned (%v) with a WebSocket open", err)
 			default:
 			}
+			must(t, open() == 1, "%s connections open during shutdown: %d", proto, open())
 			writeWSFrame(ws.w, 8, nil, true)
 			readWSFrame(ws.r)
 			select {
@@ -201,6 +212,32 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 			case <-time.After(2 * time.Second):
 				t.Fatal("upstream's connection still open")
 			}
+			waitFor(t, func() bool { return open() == 0 }, "%s connections open after shutdown: %d", proto, open())
+		})
+		t.Run(proto+" deadline", func(t *testing.T) {
+			cert := mustSelfSigned(t, "localhost")
+			s, _ := start(t, cert, func(c *Config) {
+				c.Listeners[0].Upstream = up.URL
+				c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+				c.Listeners[0].HTTP3 = true
+			})
+			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
+			got := <-up.requests
+			must(t, ws.status == http.StatusOK, "status %d", ws.status)
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			t0 := time.Now()
+			err := s.Shutdown(ctx)
+			must(t, errors.Is(err, context.DeadlineExceeded) && time.Since(t0) < 3*time.Second, "Shutdown: %v after %v", err, time.Since(t0))
+			select {
+			case <-got.ended:
+			case <-time.After(3 * time.Second):
+				t.Fatal("upstream's connection still open after the shutdown's deadline")
+			}
+			ws.r.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, err = io.Copy(io.Discard, ws.r)
+			must(t, err != nil && !errors.Is(err, os.ErrDeadlineExceeded), "client's side after the shutdown's deadline: %v", err)
+			noGoroutineIn(t, "serveWebSocket")
 		})
 	}
 }
@@ -529,7 +566,7 @@ func newWSUpstream(t *testing.T) *wsUpstream {
 		defer close(ended)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(15 * time.Second))
-		resp := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Hop: 1\r\nSec-WebSocket-Accept: " + wsAccept(key) + "\r\n"
+		resp := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Hop\r\nUpgrade: websocket\r\nX-Hop: 1\r\nX-End: 1\r\nSec-WebSocket-Accept: " + wsAccept(key) + "\r\n"
 		if p := r.Header.Get("Sec-Websocket-Protocol"); p != "" {
 			resp += "Sec-WebSocket-Protocol: " + p + "\r\n"
 		}
