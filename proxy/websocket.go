@@ -10,8 +10,22 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"strings"
 )
+
+// http2WebSockets is what HTTP2WebSockets reports: net/http reads the same
+// variable, the same way, once at its start.
+var http2WebSockets = strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=1")
+
+// HTTP2WebSockets reports whether the HTTP/2 listeners of this process
+// serve WebSockets (RFC 8441). net/http's HTTP/2 server offers extended
+// CONNECT, which they need, only if the environment variable GODEBUG held
+// http2xconnect=1 when the process started (a //go:debug line does not
+// do); without it, clients open their WebSockets over HTTP/1.1. HTTP/3
+// listeners always serve them (RFC 9220): quic-go's server always offers
+// extended CONNECT.
+func HTTP2WebSockets() bool { return http2WebSockets }
 
 // allowedMethods is the Allow header of the 405 answer to an ordinary
 // CONNECT: the methods the reverse proxy passes on (all but CONNECT).
