@@ -45,10 +45,11 @@ type Config struct {
 	HandshakeTimeout time.Duration
 
 	// IdleTimeout closes a TCP passthrough connection, or one an HTTP
-	// upstream switched to another protocol (a WebSocket), on which nothing
-	// has moved either way for this long, and an HTTP connection that has
-	// waited this long for its next request or for a request's headers
-	// (default 2m). Reload does not change it.
+	// upstream switched to another protocol (a WebSocket; over HTTP/2 and
+	// HTTP/3, its stream), on which nothing has moved either way for this
+	// long, and an HTTP connection that has waited this long for its next
+	// request or for a request's headers (default 2m). Reload does not
+	// change it.
 	IdleTimeout time.Duration
 
 	// MaxConnections bounds the open connections of each listener; at the
