@@ -242,6 +242,45 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 	}
 }
 
+// TestWebSocketClientEndsItsStream opens a WebSocket over HTTP/2 and over
+// HTTP/3 and ends the client's stream (END_STREAM, as a TCP FIN): the
+// upstream must see the end of its input (here it then closes), long
+// before the idle timeout, and the client the end of the WebSocket.
+func TestWebSocketClientEndsItsStream(t *testing.T) {
+	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
+		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+		return
+	}
+	up := newWSUpstream(t)
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = time.Minute
+	})
+	for _, proto := range []string{"h2", "h3"} {
+		t.Run(proto, func(t *testing.T) {
+			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
+			got := <-up.requests
+			must(t, ws.status == http.StatusOK, "status %d", ws.status)
+			writeWSFrame(ws.w, 1, []byte("last"), true)
+			ws.closeWrite()
+			op, echo, err := readWSFrame(ws.r)
+			must(t, err == nil && op == 1 && string(echo) == "last", "echo after the client's end: opcode %d, %q, %v", op, echo, err)
+			select {
+			case <-got.ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream did not see the client's end of stream")
+			}
+			ws.r.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = io.Copy(io.Discard, ws.r)
+			must(t, err == nil, "client's side after the upstream closed: %v", err)
+		})
+	}
+	noGoroutineIn(t, "serveWebSocket")
+}
+
 // TestHTTP2ExtendedConnectNeedsGODEBUG checks the default: without
 // GODEBUG=http2xconnect=1, net/http's HTTP/2 server does not offer extended
 // CONNECT, so a client makes no WebSocket over HTTP/2 (browsers then use
@@ -418,7 +457,8 @@ type wsConn struct {
 		io.Reader
 		SetReadDeadline(time.Time) error
 	}
-	w io.Writer
+	w          io.Writer
+	closeWrite func() // ends the client's stream (END_STREAM, FIN)
 }
 
 // dialWS opens a WebSocket to path over proto (h2 or h3) with extended
@@ -466,7 +506,7 @@ func extendedConnectH2(cert *tls.Certificate, addr, path string, header http.Hea
 		tr.CloseIdleConnections()
 		return nil, err
 	}
-	return &wsConn{status: resp.StatusCode, header: resp.Header, r: &deadlineReader{r: resp.Body}, w: &closers{pw, resp.Body, closerFunc(tr.CloseIdleConnections)}}, nil
+	return &wsConn{status: resp.StatusCode, header: resp.Header, r: &deadlineReader{r: resp.Body}, w: &closers{pw, resp.Body, closerFunc(tr.CloseIdleConnections)}, closeWrite: func() { pw.Close() }}, nil
 }
 
 // extendedConnectH3 opens a WebSocket with quic-go's HTTP/3 client.
@@ -488,7 +528,7 @@ func extendedConnectH3(t *testing.T, cert *tls.Certificate, addr, path string, h
 		closeConn()
 		return nil, err
 	}
-	return &wsConn{status: resp.StatusCode, header: resp.Header, r: str, w: &closers{str, closerFunc(closeConn)}}, nil
+	return &wsConn{status: resp.StatusCode, header: resp.Header, r: str, w: &closers{str, closerFunc(closeConn)}, closeWrite: func() { str.Close() }}, nil
 }
 
 func port(addr string) string {
