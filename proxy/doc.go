@@ -24,6 +24,19 @@
 // HTTP upstreams are served by net/http with HTTP/2 where the client
 // negotiates h2 with ALPN.
 //
+// # WebSockets and CONNECT
+//
+// The reverse proxy opens no tunnels: an ordinary CONNECT gets 405 Method
+// Not Allowed over HTTP/1.1, HTTP/2 and HTTP/3, and never reaches the
+// upstream. A WebSocket reaches an http:// or https:// upstream as an
+// HTTP/1.1 Upgrade whichever way the client opened it: with an HTTP/1.1
+// Upgrade, or with extended CONNECT (:protocol websocket) over HTTP/2 (RFC
+// 8441, only with GODEBUG=http2xconnect=1, see HTTP2WebSockets) or HTTP/3
+// (RFC 9220). Any other extended CONNECT, and a WebSocket to the built-in
+// upstream, gets 501 Not Implemented. A WebSocket on which nothing moves
+// either way for the idle timeout is closed on both sides: over HTTP/2 and
+// HTTP/3 its stream, not the connection.
+//
 // # Handshakes
 //
 // The server does each handshake itself, before the connection reaches an

@@ -50,6 +50,10 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		// issue 40747). Full duplex keeps the body open.
 		http.NewResponseController(w).EnableFullDuplex()
 	}
+	if r.Method == http.MethodConnect {
+		l.s.serveConnect(l.s.boundWrites(w), r, rt)
+		return
+	}
 	r = l.s.boundBody(w, r)
 	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
 	l.s.boundDiscard(r)
@@ -166,23 +170,33 @@ func (s *Server) boundUpgrade(res *http.Response) error {
 	if !ok {
 		return nil // ReverseProxy refuses it
 	}
-	u := &idleUpgrade{ReadWriteCloser: back, idle: s.idle}
-	u.client, _ = res.Request.Context().Value(connKey{}).(net.Conn)
+	var cut func()
+	if c, ok := res.Request.Context().Value(connKey{}).(net.Conn); ok {
+		cut = func() { c.Close() }
+	}
+	res.Body = s.newIdleUpgrade(back, cut)
+	return nil
+}
+
+// newIdleUpgrade returns back, the upstream's side of a switched
+// connection, closed with the client's side (by cut, if not nil) once
+// nothing has moved either way for the idle timeout.
+func (s *Server) newIdleUpgrade(back io.ReadWriteCloser, cut func()) *idleUpgrade {
+	u := &idleUpgrade{ReadWriteCloser: back, cut: cut, idle: s.idle}
 	u.last.Store(time.Now().UnixNano())
 	u.mu.Lock()
 	u.timer = time.AfterFunc(s.idle, u.check)
 	u.mu.Unlock()
-	res.Body = u
-	return nil
+	return u
 }
 
 // An idleUpgrade is the upstream's side of a switched connection, closed
 // with the client's once nothing has moved either way for idle.
 type idleUpgrade struct {
 	io.ReadWriteCloser
-	client net.Conn // nil if not known
-	idle   time.Duration
-	last   atomic.Int64 // unix nanoseconds of the last byte moved either way
+	cut  func() // closes the client's side; nil if not known
+	idle time.Duration
+	last atomic.Int64 // unix nanoseconds of the last byte moved either way
 
 	mu     sync.Mutex
 	timer  *time.Timer
@@ -238,8 +252,8 @@ func (u *idleUpgrade) check() {
 	}
 	u.closed = true
 	// Closing both ends every copy that waits on either.
-	if u.client != nil {
-		u.client.Close()
+	if u.cut != nil {
+		u.cut()
 	}
 	u.ReadWriteCloser.Close()
 }
@@ -274,43 +288,54 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 	tr.ResponseHeaderTimeout = 0 // slow upstreams are the upstream's business
 	tr.DialContext = (&net.Dialer{Timeout: defaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			// ReverseProxy drops the client's Forwarded and
-			// X-Forwarded-For, -Host and -Proto; the others
-			// (X-Forwarded-Port, -Prefix, -Ssl, -Client-Cert...) are
-			// as easily believed upstream, and a client is no proxy.
-			for k := range pr.Out.Header {
-				if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
-					delete(pr.Out.Header, k)
-				}
-			}
-			pr.SetXForwarded()
-			pr.Out.Host = pr.In.Host
-			resumed := "0"
-			if pr.In.TLS != nil && pr.In.TLS.DidResume {
-				resumed = "1"
-			}
-			pr.Out.Header.Set(ResumedHeader, resumed)
-			s.stats.requests.Add(1)
-		},
+		Rewrite:        func(pr *httputil.ProxyRequest) { s.rewrite(pr, target) },
 		Transport:      tr,
 		ModifyResponse: s.boundUpgrade,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if clientFailed(r) {
-				// The client left, or stalled or broke off its body:
-				// the upstream is not to blame, and nobody is waiting
-				// for an answer worth giving.
-				s.log.Debug("request ended by the client", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
-				w.WriteHeader(http.StatusBadGateway)
-				return
-			}
-			s.stats.upstream.Add(1)
-			s.log.Debug("upstream request failed", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
-			s.warn.note("upstream", "upstream requests failing (502)", r.RemoteAddr, "upstream", target.Redacted(), "last_err", err.Error())
-			w.WriteHeader(http.StatusBadGateway)
+			s.upstreamFailed(w, r, target, err)
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return rp, tr
+}
+
+// rewrite makes pr.Out the request for target: its URL, the forwarding
+// headers and ResumedHeader. ReverseProxy has already dropped the
+// hop-by-hop headers and the client's Forwarded and X-Forwarded-For, -Host
+// and -Proto.
+func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
+	pr.SetURL(target)
+	// The other X-Forwarded- headers (X-Forwarded-Port, -Prefix, -Ssl,
+	// -Client-Cert...) are as easily believed upstream, and a client is
+	// no proxy.
+	for k := range pr.Out.Header {
+		if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
+			delete(pr.Out.Header, k)
+		}
+	}
+	pr.SetXForwarded()
+	pr.Out.Host = pr.In.Host
+	resumed := "0"
+	if pr.In.TLS != nil && pr.In.TLS.DidResume {
+		resumed = "1"
+	}
+	pr.Out.Header.Set(ResumedHeader, resumed)
+	s.stats.requests.Add(1)
+}
+
+// upstreamFailed answers 502 for a request to target that failed, and
+// counts it as the upstream's failure unless the client caused it.
+func (s *Server) upstreamFailed(w http.ResponseWriter, r *http.Request, target *url.URL, err error) {
+	if clientFailed(r) {
+		// The client left, or stalled or broke off its body: the
+		// upstream is not to blame, and nobody is waiting for an
+		// answer worth giving.
+		s.log.Debug("request ended by the client", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	s.stats.upstream.Add(1)
+	s.log.Debug("upstream request failed", "upstream", target.Redacted(), "client", r.RemoteAddr, "err", err)
+	s.warn.note("upstream", "upstream requests failing (502)", r.RemoteAddr, "upstream", target.Redacted(), "last_err", err.Error())
+	w.WriteHeader(http.StatusBadGateway)
 }

@@ -227,8 +227,9 @@ func (q *quicListener) watch(c *quic.Conn) {
 
 // shutdown stops accepting, closes the connections still in their
 // handshake, and lets the others finish their requests (http3 sends them
-// GOAWAY) until ctx ends; then it closes what is left, and the socket.
-func (q *quicListener) shutdown(ctx context.Context) {
+// GOAWAY) until ctx ends; then it closes what is left, returning
+// ctx.Err(), and the socket.
+func (q *quicListener) shutdown(ctx context.Context) error {
 	q.cancel()
 	if q.ln != nil {
 		q.ln.Close()
@@ -241,14 +242,17 @@ func (q *quicListener) shutdown(ctx context.Context) {
 		q.h3.Shutdown(context.Background())
 		close(done)
 	}()
+	var err error
 	select {
 	case <-done:
 	case <-ctx.Done():
+		err = ctx.Err()
 		q.closeConns(true)
 		<-done
 	}
 	q.wg.Wait()
 	q.closeSocket()
+	return err
 }
 
 // closeSocket closes the listener, the QUIC transport and its UDP socket.
@@ -315,6 +319,10 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	rt := q.l.route.Load()
 	if rt.handler == nil {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, r, rt)
 		return
 	}
 	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))

@@ -21,6 +21,7 @@ type route struct {
 
 	handler   http.Handler    // HTTP upstreams (builtin, http, https)
 	transport *http.Transport // of the reverse proxy, if any
+	target    *url.URL        // of the reverse proxy, if any
 	tcp       string          // tcp:// upstream address
 	upstream  string          // as configured, for logs
 }
@@ -57,6 +58,7 @@ func (s *Server) newRoute(cfg Listener) (*route, error) {
 			return nil, fmt.Errorf("upstream %q is not an http:// or https:// URL with a host", shownUpstream(up))
 		}
 		r.handler, r.transport = s.reverseProxy(u)
+		r.target = u
 	default:
 		return nil, fmt.Errorf("upstream %q is not builtin, http://, https:// or tcp://", shownUpstream(up))
 	}

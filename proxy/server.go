@@ -45,10 +45,11 @@ type Config struct {
 	HandshakeTimeout time.Duration
 
 	// IdleTimeout closes a TCP passthrough connection, or one an HTTP
-	// upstream switched to another protocol (a WebSocket), on which nothing
-	// has moved either way for this long, and an HTTP connection that has
-	// waited this long for its next request or for a request's headers
-	// (default 2m). Reload does not change it.
+	// upstream switched to another protocol (a WebSocket; over HTTP/2 and
+	// HTTP/3, its stream), on which nothing has moved either way for this
+	// long, and an HTTP connection that has waited this long for its next
+	// request or for a request's headers (default 2m). Reload does not
+	// change it.
 	IdleTimeout time.Duration
 
 	// MaxConnections bounds the open connections of each listener; at the
@@ -334,6 +335,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.handoff.Close()
 	}
 	var httpWG sync.WaitGroup
+	var quicCut atomic.Bool // HTTP/3 connections closed at ctx's end
 	for _, l := range s.listeners {
 		httpWG.Add(1)
 		go func() {
@@ -344,13 +346,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			httpWG.Add(1)
 			go func() {
 				defer httpWG.Done()
-				l.quic.shutdown(ctx)
+				if l.quic.shutdown(ctx) != nil {
+					quicCut.Store(true)
+				}
 			}()
 		}
 	}
 	httpWG.Wait()
 
 	var err error
+	if quicCut.Load() {
+		err = ctx.Err()
+	}
 	select {
 	case <-s.drained:
 	case <-ctx.Done():

@@ -131,7 +131,8 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 		farmName = cfg.Farm.Name
 	}
 	log.Info("tlsfarm ready", "node", cfg.Node, "listeners", d.proxy.Addrs(), "admin", adminAddr,
-		"cache_mode", cfg.Cache.Mode, "farm", farmName, "farm_transport", transportName(cfg.Farm.URL))
+		"cache_mode", cfg.Cache.Mode, "farm", farmName, "farm_transport", transportName(cfg.Farm.URL),
+		"websocket_h2", proxy.HTTP2WebSockets())
 	return d, nil
 }
 
