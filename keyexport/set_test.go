@@ -25,7 +25,7 @@ func testState(epoch uint64, prev int) ticket.State {
 
 func mustSet(t testing.TB, s ticket.State, keep int) *Set {
 	t.Helper()
-	set, err := newSet(s, time.Hour, keep)
+	set, err := newSet(s, 0, time.Hour, keep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestNewSetRolesAndTimes(t *testing.T) {
 	if !slices.Equal(set.Keys, want) {
 		t.Errorf("keys:\n got %+v\nwant %+v", set.Keys, want)
 	}
-	if _, err := newSet(testState(0, 0), time.Hour, 2); err == nil {
+	if _, err := newSet(testState(0, 0), 0, time.Hour, 2); err == nil {
 		t.Error("newSet took a ring's own epoch-0 key set")
 	}
 	set.wipe()
@@ -167,7 +167,7 @@ func FuzzSets(f *testing.F) {
 			s.Previous = append(s.Previous, testKey(byte(3+i)))
 		}
 		k := int(keep % 17)
-		set, err := newSet(s, time.Minute, k)
+		set, err := newSet(s, 0, time.Minute, k)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -69,8 +70,12 @@ type Ring struct {
 	now      func() time.Time
 	log      *slog.Logger
 
-	mu      sync.Mutex
-	st      *State // the key set in use, owned by the ring, wiped when replaced
+	mu sync.Mutex
+	st *State // the key set in use, owned by the ring, wiped when replaced
+	// foreign[i] reports that st.Previous[i] never encrypted in this ring's
+	// line of key sets: it came in as a previous key of a set that shared
+	// keys with the one before (a farm's merge). nil: none did.
+	foreign []bool
 	configs map[*tls.Config]int
 	changed chan struct{} // capacity 1: wakes Run when st changes
 }
@@ -162,6 +167,7 @@ func (r *Ring) Update(keys ...Key) error {
 		Rotated:  r.now(),
 	}
 	ch := r.installLocked(st)
+	r.foreign = nil // the caller's order is the order of use
 	r.mu.Unlock()
 	r.logChange("ticket: keys updated", ch)
 	return nil
@@ -234,11 +240,88 @@ func (r *Ring) State() State {
 	return r.st.clone()
 }
 
+// StateByUse returns a copy of the key set in use, as State does, with its
+// previous keys in the order in which a server holding only some of them
+// needs them: first the keys that encrypted in this ring's line of key
+// sets, newest first, then, in their given order, the foreign keys, which
+// only ever decrypted here. foreign is how many keys end s.Previous that
+// are such keys. A consumer that holds a fixed number of keys (nginx's key
+// files, HAProxy's three keys) fills it from the front of s.Keys, so the
+// keys its server encrypted with go before the foreign ones.
+//
+// A previous key is foreign if it first reached the ring as a previous key,
+// in a key set that Set installed and that shares a key with the set before
+// it: a farm that merges key sets after a split adds the other side's keys
+// this way (decrypt only). A key the ring held as current or next, a key of
+// the ring's initial State, and every key of a set that shares no key with
+// the one before (the ring joined a farm, or came back after missing every
+// key of it) is not foreign; nor is any key after Update, whose caller
+// gives the order of use.
+func (r *Ring) StateByUse() (s State, foreign int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s = r.st.clone()
+	if len(r.foreign) == 0 {
+		return s, 0
+	}
+	n := 0
+	for i, k := range r.st.Previous {
+		if !r.foreign[i] {
+			s.Previous[n] = k
+			n++
+		}
+	}
+	for i, k := range r.st.Previous {
+		if r.foreign[i] {
+			s.Previous[n] = k
+			n++
+			foreign++
+		}
+	}
+	return s, foreign
+}
+
+// foreignKeys returns, for each key of st.Previous, whether it is foreign
+// (see StateByUse) once st replaces old, whose own flags are oldForeign.
+// It returns nil if none is.
+func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
+	held := func(k Key) bool {
+		return k == old.Current || (!old.Next.isZero() && k == old.Next) || slices.Contains(old.Previous, k)
+	}
+	shared := held(st.Current) || (!st.Next.isZero() && held(st.Next))
+	for _, k := range st.Previous {
+		shared = shared || held(k)
+	}
+	if !shared {
+		return nil
+	}
+	var out []bool
+	for i, k := range st.Previous {
+		f := true
+		switch {
+		case k == old.Current || k == old.Next:
+			f = false
+		default:
+			if j := slices.Index(old.Previous, k); j >= 0 {
+				f = j < len(oldForeign) && oldForeign[j]
+			}
+		}
+		if f {
+			if out == nil {
+				out = make([]bool, len(st.Previous))
+			}
+			out[i] = true
+		}
+	}
+	return out
+}
+
 // installLocked makes st the key set in use, applies it to every registered
 // config, wipes the key set it replaces and wakes Run. It returns the ring's
 // new Status, for logChange.
 func (r *Ring) installLocked(st *State) Status {
 	old := r.st
+	r.foreign = foreignKeys(old, r.foreign, st)
 	r.st = st
 	r.applyLocked(st, r.configs)
 	old.wipe()
