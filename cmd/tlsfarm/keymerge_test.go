@@ -167,4 +167,3 @@ func randomKey(t *testing.T) ticket.Key {
 func holdsKey(s ticket.State, k ticket.Key) bool {
 	return s.Current == k || s.Next == k || slices.Contains(s.Previous, k)
 }
-
