@@ -48,32 +48,51 @@ func TestStateByUse(t *testing.T) {
 			{set(6, f5, k[8], f4, f3), []ticket.Key{f4, f3}, 0},
 		},
 	}, {
-		name:    "the merging side: its own keys stay first, the farm's older keys are foreign",
+		name:    "the merging side: its own keys stay first, as the merge puts them",
 		initial: own(m1, m2, m3),
 		steps: []step{
-			{set(3, f2, f3, m1, m3, f1), []ticket.Key{m1, m3, f1}, 1},
-			{set(4, f3, f4, f2, m1, m3, f1), []ticket.Key{f2, m1, m3, f1}, 1},
+			{set(3, f2, f3, m1, m3, f1), []ticket.Key{m1, m3, f1}, 0},
+			{set(4, f3, f4, f2, m1, m3, f1), []ticket.Key{f2, m1, m3, f1}, 0},
+		},
+	}, {
+		name:    "after a gap in epochs a key new to the ring may be a current key it missed",
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
+		steps: []step{
+			{set(5, f5, k[8], f4, f3, f2), []ticket.Key{f4, f3, f2}, 0},
+		},
+	}, {
+		name:    "a ring that missed the merge's set keeps the farm's order",
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
+		steps: []step{
+			{set(4, f3, f4, f2, m1, m2, f1), []ticket.Key{f2, m1, m2, f1}, 0},
+		},
+	}, {
+		name:    "a merge the ring saw stays foreign across a later gap",
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
+		steps: []step{
+			{set(3, f2, f3, m1, f1), []ticket.Key{f1, m1}, 1},
+			{set(5, f4, f5, f3, f2, m1, f1), []ticket.Key{f3, f2, f1, m1}, 1},
 		},
 	}, {
 		name:    "the ring's own rotation keeps what it knows",
-		initial: own(f2, f3, f1),
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
 		steps: []step{
 			{set(3, f2, f3, m1, f1), []ticket.Key{f1, m1}, 1},
 			{func(r *ticket.Ring) error { return r.Rotate() }, []ticket.Key{f2, f1, m1}, 1},
 		},
 	}, {
 		name:    "Update gives the order of use",
-		initial: own(f2, f3, f1),
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
 		steps: []step{
 			{set(3, f2, f3, m1, f1), []ticket.Key{f1, m1}, 1},
 			{func(r *ticket.Ring) error { return r.Update(f3, m1, f1) }, []ticket.Key{m1, f1}, 0},
 		},
 	}, {
 		name:    "a set sharing no key with the one before is the ring's line",
-		initial: own(f2, f3, f1),
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
 		steps: []step{
 			{set(3, f2, f3, m1, f1), []ticket.Key{f1, m1}, 1},
-			{set(9, m2, m3, k[9], k[10]), []ticket.Key{k[9], k[10]}, 0},
+			{set(4, m2, m3, k[9], k[10]), []ticket.Key{k[9], k[10]}, 0},
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {

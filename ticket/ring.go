@@ -250,13 +250,15 @@ func (r *Ring) State() State {
 // keys its server encrypted with go before the foreign ones.
 //
 // A previous key is foreign if it first reached the ring as a previous key,
-// in a key set that Set installed and that shares a key with the set before
-// it: a farm that merges key sets after a split adds the other side's keys
-// this way (decrypt only). A key the ring held as current or next, a key of
-// the ring's initial State, and every key of a set that shares no key with
-// the one before (the ring joined a farm, or came back after missing every
-// key of it) is not foreign; nor is any key after Update, whose caller
-// gives the order of use.
+// in a key set that Set installed at the epoch right after the ring's and
+// that shares a key with it: a rotation adds no such key, and a farm that
+// merges key sets after a split adds the other side's keys this way
+// (decrypt only). A key the ring held as current or next, a key of the
+// ring's initial State, and every key of a set that shares no key with the
+// one before (the ring joined a farm, or came back after missing every key
+// of it) is not foreign; nor is a key first seen after a gap in epochs,
+// which may be a current key the ring missed; nor any key after Update,
+// whose caller gives the order of use.
 func (r *Ring) StateByUse() (s State, foreign int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -284,6 +286,12 @@ func (r *Ring) StateByUse() (s State, foreign int) {
 // foreignKeys returns, for each key of st.Previous, whether it is foreign
 // (see StateByUse) once st replaces old, whose own flags are oldForeign.
 // It returns nil if none is.
+//
+// A rotation brings one key into Previous, the old current key; so a key
+// new to the ring in the previous keys of the set that directly follows
+// the ring's (its epoch one above) came from another key set. After a gap
+// in epochs the ring cannot tell such a key from a current key it missed,
+// and takes it as its own, in the order given.
 func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
 	held := func(k Key) bool {
 		return k == old.Current || (!old.Next.isZero() && k == old.Next) || slices.Contains(old.Previous, k)
@@ -295,9 +303,10 @@ func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
 	if !shared {
 		return nil
 	}
+	follows := old.Epoch < math.MaxUint64 && st.Epoch == old.Epoch+1
 	var out []bool
 	for i, k := range st.Previous {
-		f := true
+		f := follows
 		switch {
 		case k == old.Current || k == old.Next:
 			f = false
