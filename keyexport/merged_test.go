@@ -1,6 +1,10 @@
 package keyexport
 
 import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -42,6 +46,58 @@ func TestMergedKeysLast(t *testing.T) {
 	for _, n := range []int{-1, 6} {
 		if _, err := newSet(s, n, h, 2); err == nil {
 			t.Errorf("newSet took %d merged keys of 5 previous keys", n)
+		}
+	}
+}
+
+// TestExporterMergedKeysLast runs an Exporter over a ring that a farm
+// takes through a rotation and then a merge adding three keys, and checks
+// the nginx files: the farm's previous keys fill them, not the merged keys
+// at the front of the farm's set.
+func TestExporterMergedKeysLast(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewExporter(ExporterConfig{
+		Ring: ring, Interval: time.Hour, Keep: 2, Targets: []Target{&NginxTarget{Dir: dir}},
+		Poll: 5 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	f1, f2, f3, f4 := testKey(1), testKey(2), testKey(3), testKey(4)
+	m1, m2, m3 := testKey(5), testKey(6), testKey(7)
+	for _, tc := range []struct {
+		st   ticket.State
+		want []ticket.Key // files 0 to 3
+	}{
+		{ticket.State{Epoch: 1, Current: f1, Next: f2}, nil},
+		{ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}}, nil},
+		{ticket.State{Epoch: 3, Current: f2, Next: f3, Previous: []ticket.Key{m1, m2, m3, f1}}, []ticket.Key{f2, f3, f1, m1}},
+		{ticket.State{Epoch: 4, Current: f3, Next: f4, Previous: []ticket.Key{f2, m1, m2, m3, f1}}, []ticket.Key{f3, f4, f2, f1}},
+	} {
+		if err := ring.Set(tc.st); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the export", func() bool { return e.Status()[0].Epoch == tc.st.Epoch })
+		for i, k := range tc.want {
+			b, err := os.ReadFile(filepath.Join(dir, NginxFileName(i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := NginxKey(k); !bytes.Equal(b, want[:]) {
+				t.Errorf("epoch %d: %s does not hold key %v", tc.st.Epoch, NginxFileName(i), k)
+			}
 		}
 	}
 }
