@@ -166,8 +166,7 @@ func (r *Ring) Update(keys ...Key) error {
 		Previous: append([]Key(nil), keys[1:]...),
 		Rotated:  r.now(),
 	}
-	ch := r.installLocked(st)
-	r.foreign = nil // the caller's order is the order of use
+	ch := r.installLocked(st, true) // the caller's order is the order of use
 	r.mu.Unlock()
 	r.logChange("ticket: keys updated", ch)
 	return nil
@@ -197,7 +196,7 @@ func (r *Ring) rotateLocked() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return r.installLocked(&next), nil
+	return r.installLocked(&next, false), nil
 }
 
 // Set installs a complete key set, such as one distributed by a farm: the
@@ -226,7 +225,7 @@ func (r *Ring) Set(s State) error {
 	if st.Rotated.IsZero() {
 		st.Rotated = r.now()
 	}
-	ch := r.installLocked(&st)
+	ch := r.installLocked(&st, false)
 	r.mu.Unlock()
 	r.logChange("ticket: key set installed", ch)
 	return nil
@@ -326,13 +325,18 @@ func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
 }
 
 // installLocked makes st the key set in use, applies it to every registered
-// config, wipes the key set it replaces and wakes Run. It returns the ring's
-// new Status, for logChange.
-func (r *Ring) installLocked(st *State) Status {
+// config, wipes the key set it replaces and wakes Run. If ordered, st's
+// previous keys are in their order of use, none foreign (see StateByUse).
+// It returns the ring's new Status, for logChange.
+func (r *Ring) installLocked(st *State, ordered bool) Status {
 	old := r.st
-	r.foreign = foreignKeys(old, r.foreign, st)
+	if ordered {
+		r.foreign = nil
+	} else {
+		r.foreign = foreignKeys(old, r.foreign, st)
+	}
 	r.st = st
-	r.applyLocked(st, r.configs)
+	r.applyLocked(r.configs)
 	old.wipe()
 	select {
 	case r.changed <- struct{}{}:
@@ -341,11 +345,12 @@ func (r *Ring) installLocked(st *State) Status {
 	return r.statusLocked()
 }
 
-func (r *Ring) applyLocked(st *State, cfgs map[*tls.Config]int) {
+// applyLocked applies the key set in use to cfgs.
+func (r *Ring) applyLocked(cfgs map[*tls.Config]int) {
 	if len(cfgs) == 0 {
 		return
 	}
-	keys := st.tlsKeys()
+	keys := r.st.tlsKeys(r.foreign)
 	for cfg := range cfgs {
 		cfg.SetSessionTicketKeys(keys)
 	}
@@ -389,7 +394,7 @@ func (r *Ring) Register(cfgs ...*tls.Config) (unregister func()) {
 		add[cfg] = 1
 	}
 	r.mu.Lock()
-	r.applyLocked(r.st, add)
+	r.applyLocked(add)
 	for cfg := range add {
 		r.configs[cfg]++
 	}
