@@ -174,9 +174,9 @@ func (e *Exporter) round(ctx context.Context) time.Time {
 		if set != nil {
 			return true
 		}
-		st := e.cfg.Ring.State()
+		st, foreign := e.cfg.Ring.StateByUse()
 		var err error
-		set, err = newSet(st, e.cfg.Interval, e.cfg.Keep)
+		set, err = newSet(st, foreign, e.cfg.Interval, e.cfg.Keep)
 		clear(st.Previous)
 		if err != nil {
 			e.log.Error("keyexport: unusable key set", "epoch", st.Epoch, "err", err)

@@ -31,18 +31,28 @@ type SetKey struct {
 
 // A Set is a farm key set ready to export: the farm's keys in the order of
 // their use (Current, then Next, then Previous newest first) with the times
-// they are valid.
+// they are valid. Previous keys merged in from another key set after a split
+// (see ticket.Ring.StateByUse), which never encrypted in this farm's line,
+// come last, so that a target that holds a fixed number of keys keeps the
+// keys its own server encrypted with.
 type Set struct {
 	Epoch    uint64        // the farm key set's epoch (ticket.State)
 	Rotated  time.Time     // when Current started encrypting
 	Interval time.Duration // the farm's rotation interval
 	Keep     int           // previous keys the farm keeps
-	Keys     []SetKey      // Current, Next (if staged), Previous newest first
+	Keys     []SetKey      // Current, Next (if staged), Previous newest first, merged keys last
 }
 
 // newSet returns the Set of the farm key set s, rotated every interval and
-// keeping keep previous keys. The Set holds copies of the keys.
-func newSet(s ticket.State, interval time.Duration, keep int) (*Set, error) {
+// keeping keep previous keys, whose last foreign previous keys are keys
+// merged in from another key set (ticket.Ring.StateByUse). The Set holds
+// copies of the keys.
+//
+// The times of a previous key follow from its place among the farm's own
+// previous keys. A merged key never encrypted in the farm's line: its
+// EncryptsFrom and EncryptsUntil are zero, and its DecryptsUntil is keep
+// intervals after Rotated (a merge keeps such keys for keep rotations).
+func newSet(s ticket.State, foreign int, interval time.Duration, keep int) (*Set, error) {
 	if s.Epoch == 0 {
 		return nil, errors.New("keyexport: epoch 0 is a node's own key set, not the farm's")
 	}
@@ -60,7 +70,15 @@ func newSet(s ticket.State, interval time.Duration, keep int) (*Set, error) {
 	if s.Next != zero {
 		set.Keys = append(set.Keys, SetKey{Role: Next, Key: s.Next, EncryptsFrom: at(1), EncryptsUntil: at(2), DecryptsUntil: at(keep + 2)})
 	}
+	if foreign < 0 || foreign > len(s.Previous) {
+		return nil, errors.New("keyexport: more merged keys than previous keys")
+	}
+	own := len(s.Previous) - foreign
 	for i, k := range s.Previous {
+		if i >= own {
+			set.Keys = append(set.Keys, SetKey{Role: Previous, Key: k, DecryptsUntil: at(keep)})
+			continue
+		}
 		set.Keys = append(set.Keys, SetKey{Role: Previous, Key: k, EncryptsFrom: at(-i - 1), EncryptsUntil: at(-i), DecryptsUntil: at(keep - i)})
 	}
 	return set, nil

@@ -25,7 +25,7 @@ func testState(epoch uint64, prev int) ticket.State {
 
 func mustSet(t testing.TB, s ticket.State, keep int) *Set {
 	t.Helper()
-	set, err := newSet(s, time.Hour, keep)
+	set, err := newSet(s, 0, time.Hour, keep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestNewSetRolesAndTimes(t *testing.T) {
 	if !slices.Equal(set.Keys, want) {
 		t.Errorf("keys:\n got %+v\nwant %+v", set.Keys, want)
 	}
-	if _, err := newSet(testState(0, 0), time.Hour, 2); err == nil {
+	if _, err := newSet(testState(0, 0), 0, time.Hour, 2); err == nil {
 		t.Error("newSet took a ring's own epoch-0 key set")
 	}
 	set.wipe()
@@ -153,9 +153,10 @@ func distinct(keys []ticket.Key) map[ticket.Key]bool {
 // FuzzSets checks the invariants of every format over arbitrary key sets:
 // the sizes, the encrypting key's place, and no repeated key.
 func FuzzSets(f *testing.F) {
-	f.Add(uint64(1), uint8(0), uint8(2), int64(0), true)
-	f.Add(uint64(99), uint8(5), uint8(1), int64(1e9), false)
-	f.Fuzz(func(t *testing.T, epoch uint64, prev, keep uint8, rotated int64, staged bool) {
+	f.Add(uint64(1), uint8(0), uint8(2), int64(0), true, uint8(0))
+	f.Add(uint64(99), uint8(5), uint8(1), int64(1e9), false, uint8(0))
+	f.Add(uint64(12), uint8(6), uint8(2), int64(1e9), true, uint8(4))
+	f.Fuzz(func(t *testing.T, epoch uint64, prev, keep uint8, rotated int64, staged bool, merged uint8) {
 		if epoch == 0 {
 			return
 		}
@@ -167,13 +168,22 @@ func FuzzSets(f *testing.F) {
 			s.Previous = append(s.Previous, testKey(byte(3+i)))
 		}
 		k := int(keep % 17)
-		set, err := newSet(s, time.Minute, k)
+		foreign := int(merged) % (len(s.Previous) + 1)
+		set, err := newSet(s, foreign, time.Minute, k)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ng := nginxKeys(set)
 		if len(ng) != k+2 || ng[0] != s.Current || len(distinct(ng)) != len(ng) {
 			t.Fatalf("nginx keys: %d keys, first %v", len(ng), ng[0])
+		}
+		// The farm's own previous keys fill nginx's window before any
+		// merged key does.
+		own := s.Previous[:len(s.Previous)-foreign]
+		for i, p := range own[:min(k, len(own))] {
+			if ng[2+i] != p {
+				t.Fatalf("nginx file %d holds %v, want the farm's previous key %v", 2+i, ng[2+i], p)
+			}
 		}
 		hp := haproxyKeys(set)
 		if len(hp) < haproxyRingSize || hp[len(hp)-2] != s.Current || len(distinct(hp)) != len(hp) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -69,8 +70,12 @@ type Ring struct {
 	now      func() time.Time
 	log      *slog.Logger
 
-	mu      sync.Mutex
-	st      *State // the key set in use, owned by the ring, wiped when replaced
+	mu sync.Mutex
+	st *State // the key set in use, owned by the ring, wiped when replaced
+	// foreign[i] reports that st.Previous[i] never encrypted in this ring's
+	// line of key sets: it came in as a previous key of a set that shared
+	// keys with the one before (a farm's merge). nil: none did.
+	foreign []bool
 	configs map[*tls.Config]int
 	changed chan struct{} // capacity 1: wakes Run when st changes
 }
@@ -161,7 +166,7 @@ func (r *Ring) Update(keys ...Key) error {
 		Previous: append([]Key(nil), keys[1:]...),
 		Rotated:  r.now(),
 	}
-	ch := r.installLocked(st)
+	ch := r.installLocked(st, true) // the caller's order is the order of use
 	r.mu.Unlock()
 	r.logChange("ticket: keys updated", ch)
 	return nil
@@ -191,7 +196,7 @@ func (r *Ring) rotateLocked() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return r.installLocked(&next), nil
+	return r.installLocked(&next, false), nil
 }
 
 // Set installs a complete key set, such as one distributed by a farm: the
@@ -220,7 +225,7 @@ func (r *Ring) Set(s State) error {
 	if st.Rotated.IsZero() {
 		st.Rotated = r.now()
 	}
-	ch := r.installLocked(&st)
+	ch := r.installLocked(&st, false)
 	r.mu.Unlock()
 	r.logChange("ticket: key set installed", ch)
 	return nil
@@ -234,13 +239,104 @@ func (r *Ring) State() State {
 	return r.st.clone()
 }
 
+// StateByUse returns a copy of the key set in use, as State does, with its
+// previous keys in the order in which a server holding only some of them
+// needs them: first the keys that encrypted in this ring's line of key
+// sets, newest first, then, in their given order, the foreign keys, which
+// only ever decrypted here. foreign is how many keys end s.Previous that
+// are such keys. A consumer that holds a fixed number of keys (nginx's key
+// files, HAProxy's three keys) fills it from the front of s.Keys, so the
+// keys its server encrypted with go before the foreign ones.
+//
+// A previous key is foreign if it first reached the ring as a previous key,
+// in a key set that Set installed at the epoch right after the ring's and
+// that shares a key with it: a rotation adds no such key, and a farm that
+// merges key sets after a split adds the other side's keys this way
+// (decrypt only). A key the ring held as current or next, a key of the
+// ring's initial State, and every key of a set that shares no key with the
+// one before (the ring joined a farm, or came back after missing every key
+// of it) is not foreign; nor is a key first seen after a gap in epochs,
+// which may be a current key the ring missed; nor any key after Update,
+// whose caller gives the order of use.
+func (r *Ring) StateByUse() (s State, foreign int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s = r.st.clone()
+	if len(r.foreign) == 0 {
+		return s, 0
+	}
+	n := 0
+	for i, k := range r.st.Previous {
+		if !r.foreign[i] {
+			s.Previous[n] = k
+			n++
+		}
+	}
+	for i, k := range r.st.Previous {
+		if r.foreign[i] {
+			s.Previous[n] = k
+			n++
+			foreign++
+		}
+	}
+	return s, foreign
+}
+
+// foreignKeys returns, for each key of st.Previous, whether it is foreign
+// (see StateByUse) once st replaces old, whose own flags are oldForeign.
+// It returns nil if none is.
+//
+// A rotation brings one key into Previous, the old current key; so a key
+// new to the ring in the previous keys of the set that directly follows
+// the ring's (its epoch one above) came from another key set. After a gap
+// in epochs the ring cannot tell such a key from a current key it missed,
+// and takes it as its own, in the order given.
+func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
+	held := func(k Key) bool {
+		return k == old.Current || (!old.Next.isZero() && k == old.Next) || slices.Contains(old.Previous, k)
+	}
+	shared := held(st.Current) || (!st.Next.isZero() && held(st.Next))
+	for _, k := range st.Previous {
+		shared = shared || held(k)
+	}
+	if !shared {
+		return nil
+	}
+	follows := old.Epoch < math.MaxUint64 && st.Epoch == old.Epoch+1
+	var out []bool
+	for i, k := range st.Previous {
+		f := follows
+		switch {
+		case k == old.Current || k == old.Next:
+			f = false
+		default:
+			if j := slices.Index(old.Previous, k); j >= 0 {
+				f = j < len(oldForeign) && oldForeign[j]
+			}
+		}
+		if f {
+			if out == nil {
+				out = make([]bool, len(st.Previous))
+			}
+			out[i] = true
+		}
+	}
+	return out
+}
+
 // installLocked makes st the key set in use, applies it to every registered
-// config, wipes the key set it replaces and wakes Run. It returns the ring's
-// new Status, for logChange.
-func (r *Ring) installLocked(st *State) Status {
+// config, wipes the key set it replaces and wakes Run. If ordered, st's
+// previous keys are in their order of use, none foreign (see StateByUse).
+// It returns the ring's new Status, for logChange.
+func (r *Ring) installLocked(st *State, ordered bool) Status {
 	old := r.st
+	if ordered {
+		r.foreign = nil
+	} else {
+		r.foreign = foreignKeys(old, r.foreign, st)
+	}
 	r.st = st
-	r.applyLocked(st, r.configs)
+	r.applyLocked(r.configs)
 	old.wipe()
 	select {
 	case r.changed <- struct{}{}:
@@ -249,11 +345,12 @@ func (r *Ring) installLocked(st *State) Status {
 	return r.statusLocked()
 }
 
-func (r *Ring) applyLocked(st *State, cfgs map[*tls.Config]int) {
+// applyLocked applies the key set in use to cfgs.
+func (r *Ring) applyLocked(cfgs map[*tls.Config]int) {
 	if len(cfgs) == 0 {
 		return
 	}
-	keys := st.tlsKeys()
+	keys := r.st.tlsKeys(r.foreign)
 	for cfg := range cfgs {
 		cfg.SetSessionTicketKeys(keys)
 	}
@@ -297,7 +394,7 @@ func (r *Ring) Register(cfgs ...*tls.Config) (unregister func()) {
 		add[cfg] = 1
 	}
 	r.mu.Lock()
-	r.applyLocked(r.st, add)
+	r.applyLocked(add)
 	for cfg := range add {
 		r.configs[cfg]++
 	}

@@ -104,16 +104,26 @@ func (s *State) wipe() {
 	s.Next = Key{}
 }
 
-// tlsKeys returns s.Keys in the form SetSessionTicketKeys takes. The caller
-// should clear the result once it has been applied.
-func (s *State) tlsKeys() [][32]byte {
+// tlsKeys returns s.Keys in the form SetSessionTicketKeys takes, with the
+// previous keys flagged in foreign (see Ring.StateByUse) last: crypto/tls
+// tries the keys in order, so a ticket of a key that encrypted in the
+// ring's line costs no HMAC with a merged key. foreign may be nil. The
+// caller should clear the result once it has been applied.
+func (s *State) tlsKeys(foreign []bool) [][32]byte {
 	keys := make([][32]byte, 0, 2+len(s.Previous))
 	keys = append(keys, s.Current)
 	if !s.Next.isZero() {
 		keys = append(keys, s.Next)
 	}
-	for _, k := range s.Previous {
-		keys = append(keys, k)
+	for i, k := range s.Previous {
+		if i >= len(foreign) || !foreign[i] {
+			keys = append(keys, k)
+		}
+	}
+	for i, k := range s.Previous {
+		if i < len(foreign) && foreign[i] {
+			keys = append(keys, k)
+		}
 	}
 	return keys
 }
