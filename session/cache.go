@@ -352,6 +352,15 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if lim := e.chainStart + int64(c.cfg.MaxChainLifetime); e.expires > lim {
 		e.expires = lim
 	}
+	if lim, ok := c.lifeEnd(k, &id, now); e.expires > lim {
+		// A record that claims more than its ID allows: a peer with a
+		// longer Lifetime, or a record replayed with its expiry changed
+		// (by a node that held the farm's secret).
+		e.expires = lim
+		if ok {
+			c.ctr.lifeClamped.Add(1)
+		}
+	}
 	if e.expires <= now {
 		return errExpired
 	}
@@ -391,6 +400,24 @@ func chainStartNano(start time.Time, now int64) int64 {
 		return now
 	}
 	return min(start.UnixNano(), now)
+}
+
+// lifeEnd returns the latest a session id inserted at now may live: the
+// issue time its ID carries plus Lifetime, and a millisecond for the ID's
+// precision, whoever minted it and whatever its record says. An issue time
+// later than now (the minter's clock is ahead) counts as now, as a chain
+// start later than now does, and so does one before 1970: an ID minted
+// before IDs carried their issue time yields an arbitrary one, and only
+// such an ID decodes to a negative one. ok reports whether the issue time
+// was taken as the ID says (it was neither). k authenticated id.
+func (c *Cache) lifeEnd(k *idKeys, id *ID, now int64) (end int64, ok bool) {
+	at := now
+	// Compared as times: an arbitrary one may be beyond what an int64 of
+	// nanoseconds holds.
+	if t := k.issuedAt(id); t.Unix() >= 0 && !t.After(time.Unix(0, now)) {
+		at, ok = t.UnixNano(), true
+	}
+	return at + int64(time.Millisecond) + int64(c.cfg.Lifetime), ok
 }
 
 // resumedAt returns when the parent of the session id, which expires at
