@@ -433,7 +433,9 @@ func (r *Rotator) markReady(err error) {
 
 // WaitReady waits until the node holds the farm's ticket keys, read (and
 // merged, if need be) at the rotator's first poll of the store, and returns
-// nil. If that poll finds the store unreachable, or ctx ends first, it
+// nil. If the store holds only a set whose keys have all rotated out on
+// schedule (see RotationConfig.Ring), it waits for the poll that finds the
+// set the lease holder writes above it. If that poll finds the store unreachable, or ctx ends first, it
 // returns why: the node then serves with keys of its own, and contributes
 // them to the farm's set as decrypt-only keys once the store is back, so
 // that no ticket it issued meanwhile is lost. A server calls it, with a
