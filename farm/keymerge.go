@@ -3,6 +3,7 @@ package farm
 import (
 	"encoding/binary"
 	"errors"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -70,6 +71,40 @@ func (k keySet) keepFor(e uint64, keep int) int {
 		return keep + k.extra
 	}
 	return keep
+}
+
+// aged returns the set k as it would stand at now (the store's clock) had
+// the farm made every rotation due since k's Rotated, one per interval,
+// without their new keys: the previous keys those rotations would have
+// dropped are dropped. ok is false if they would have dropped k's current
+// key too: every key of k has then rotated out of every decrypt set on
+// schedule, so no ticket it encrypted still resumes on a farm that kept
+// rotating. A ring that holds no farm set yet takes the stored set only
+// so aged: it cannot tell a set replayed into the store from the farm's
+// own, but a replayed set is older by at least one interval per rotation
+// since, so no key it brings back has rotated out of the farm's sets.
+// keep is the farm's Keep.
+func aged(k keySet, now time.Time, interval time.Duration, keep int) (keySet, bool) {
+	age := now.Sub(k.st.Rotated)
+	if age < interval || interval <= 0 {
+		return k, true
+	}
+	missed := age / interval
+	if missed > 1<<20 {
+		return k, false
+	}
+	j := int(missed)
+	// The rotation to epoch e keeps keepFor(e) previous keys, which does
+	// not grow with e: the j-th binds. After it, the current key is the
+	// (j-1)th previous one, the ith previous key the (i+j)th.
+	kept := k.keepFor(k.st.Epoch+uint64(j), keep)
+	if j > kept {
+		return k, false
+	}
+	if n := kept - j; n < len(k.st.Previous) {
+		k.st.Previous = append([]ticket.Key(nil), k.st.Previous[:n]...)
+	}
+	return k, true
 }
 
 func holds(s ticket.State, key ticket.Key) bool {

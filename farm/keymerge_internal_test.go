@@ -128,3 +128,51 @@ func TestAnnouncementBeforeRevocations(t *testing.T) {
 		t.Fatalf("epoch %d once the revocations are known, want 3", st.Epoch)
 	}
 }
+
+// TestAged: a stored set, aged by the rotations due since it was written
+// (one per interval), loses the previous keys those rotations would have
+// dropped, and is stale once they would have dropped its current key;
+// a merged set's extra keys count while its trailer says so.
+func TestAged(t *testing.T) {
+	const keep = 2
+	iv := time.Second
+	st := newState(t, 10, keep)
+	for _, tc := range []struct {
+		name      string
+		ks        keySet
+		age       time.Duration
+		wantPrev  int
+		wantStale bool
+	}{
+		{name: "fresh", ks: keySet{st: st}, age: iv / 2, wantPrev: 2},
+		{name: "written in the future", ks: keySet{st: st}, age: -time.Hour, wantPrev: 2},
+		{name: "one rotation due", ks: keySet{st: st}, age: iv + iv/2, wantPrev: 1},
+		{name: "keep rotations due", ks: keySet{st: st}, age: keep * iv, wantPrev: 0},
+		{name: "keep+1 rotations due", ks: keySet{st: st}, age: (keep + 1) * iv, wantStale: true},
+		{name: "years", ks: keySet{st: st}, age: 100 * 365 * 24 * time.Hour, wantStale: true},
+		{name: "merged, extra kept", ks: keySet{st: newState(t, 10, keep+3), extra: 3, until: 13}, age: 3 * iv, wantPrev: 2},
+		{name: "merged, past its until", ks: keySet{st: newState(t, 10, keep+3), extra: 3, until: 11}, age: 3 * iv, wantStale: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := tc.ks.st.Previous
+			got, ok := aged(tc.ks, tc.ks.st.Rotated.Add(tc.age), iv, keep)
+			if ok == tc.wantStale {
+				t.Fatalf("ok = %v, want %v", ok, !tc.wantStale)
+			}
+			if !ok {
+				return
+			}
+			if len(got.st.Previous) != tc.wantPrev || got.st.Current != tc.ks.st.Current || got.st.Next != tc.ks.st.Next {
+				t.Fatalf("%d previous keys (current kept %v), want %d", len(got.st.Previous), got.st.Current == tc.ks.st.Current, tc.wantPrev)
+			}
+			for i, k := range got.st.Previous {
+				if k != before[i] {
+					t.Fatalf("previous key %d changed", i)
+				}
+			}
+			if len(tc.ks.st.Previous) != len(before) {
+				t.Fatal("aged changed its argument")
+			}
+		})
+	}
+}

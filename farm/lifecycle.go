@@ -634,6 +634,9 @@ func (n *Node) refreshLater(batch []item) {
 		}
 		// Cutting to its own expiry changes nothing: it reads the record.
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
+			// The cache keeps no parent: the one the handshake named
+			// stays, for the peers' grace cut (see receiveOldSessions).
+			rec.Parent = it.rec.Parent
 			it.rec = rec
 		}
 	}

@@ -168,17 +168,23 @@ func (n *Node) maxAgeFor(t envType) time.Duration {
 // are not inserted (counted), but what their arrival implies of other
 // sessions is applied. In broadcast mode a resumption's grace cut travels
 // only with its child (see enqueue): each session with a parent cuts the
-// parent to sent plus the cache's ResumeGrace, as Insert would have on
-// its arrival then, or retires it if that time has passed; with LazyPeers
-// a held copy of the parent is dropped, as receiveLazy does. A body that
-// does not decode changes nothing.
+// parent to the cache's ResumeGrace past when the child was issued (see
+// childIssued), as Insert does with a child that arrives in time, or
+// retires it if that time has passed; with LazyPeers a held copy of the
+// parent is dropped, as receiveLazy does. A body that does not decode
+// changes nothing.
 func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
-	var parents []session.ID
+	type resumed struct {
+		parent session.ID
+		at     time.Time
+	}
+	var parents []resumed
 	count := 0
 	for len(body) > 0 {
 		if len(body) < session.IDLen+4 {
 			return errShortRecord
 		}
+		id := session.ID(body[:session.IDLen])
 		l := binary.BigEndian.Uint32(body[session.IDLen:])
 		body = body[session.IDLen+4:]
 		if uint64(l) > uint64(len(body)) || l < recMinLen {
@@ -188,31 +194,52 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 		body = body[l:]
 		count++
 		if p := session.ID(rec[recParentAt : recParentAt+session.IDLen]); p != (session.ID{}) {
-			parents = append(parents, p)
+			expires := time.Unix(0, int64(binary.BigEndian.Uint64(rec[recExpiresAt:])))
+			parents = append(parents, resumed{p, n.childIssued(id, expires, sent)})
 		}
 	}
 	n.ctr.receivedSessions.Add(uint64(count))
 	n.ctr.oldSessions.Add(uint64(count))
 	grace := n.cfg.Cache.Config().ResumeGrace
-	until := sent.Add(grace)
-	for _, p := range parents {
+	for _, r := range parents {
 		if n.pend != nil {
-			n.pend.drop(p)
+			n.pend.drop(r.parent)
 		}
 		if grace <= 0 {
 			continue // resumed sessions keep their full Lifetime (see Insert)
 		}
+		until := r.at.Add(grace)
 		if !until.After(now) {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
-			n.retireFromPeer(p, sent, now)
+			n.retireFromPeer(r.parent, sent, now)
 			continue
 		}
-		n.cfg.Cache.Cut(p, until)
-		n.noteRecut(p, until)
-		n.noteResumed(p, now)
+		n.cfg.Cache.Cut(r.parent, until)
+		n.noteRecut(r.parent, until)
+		n.noteResumed(r.parent, now)
 	}
 	return nil
+}
+
+// childIssued returns when the session id, which expires at expires and
+// came in a message sealed at sent, was issued, and so when its parent was
+// resumed: the issue time its ID carries, as Insert reads it for a child
+// that arrives in time (session.Record.Parent), not the seal, which comes
+// later by however long the sender held the message. It is no earlier than
+// expires less the cache's Lifetime (an ID minted before IDs carried their
+// issue time yields an arbitrary one) and no later than sent. An ID this
+// node cannot read (its ID key is no longer held) counts from the earliest
+// of those two.
+func (n *Node) childIssued(id session.ID, expires, sent time.Time) time.Time {
+	at := expires.Add(-n.cfg.Cache.Config().Lifetime)
+	if t, ok := n.cfg.Cache.IssuedAt(id); ok && t.After(at) {
+		at = t
+	}
+	if at.After(sent) {
+		at = sent
+	}
+	return at
 }
 
 // itemsPool holds room to decode the received batches that do not fit the

@@ -30,7 +30,10 @@ type RotationConfig struct {
 	// Ring holds this node's keys and applies them to its tls.Configs. The
 	// rotation owns it: nothing else should Rotate, Update or Run it. A
 	// ring fresh from ticket.NewRing (epoch 0) adopts the farm's key set at
-	// once.
+	// once, less the keys that the rotations due since the set was written
+	// (one per Interval, by the store's clock) would have dropped; if they
+	// would have dropped them all, it waits for a newer set, which the
+	// lease holder writes from its own keys when it finds none newer.
 	Ring *ticket.Ring
 
 	// Interval is how long each key encrypts before the next takes over
@@ -216,6 +219,11 @@ func (r *Rotator) step(ctx context.Context) {
 	}
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *keySet
+	// stale: the stored set is one this ring takes nothing from, because
+	// the rotations due since it was written would have dropped every key
+	// of it (see aged); staleEpoch is its epoch.
+	var stale bool
+	var staleEpoch uint64
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
 		r.lastErr.Store("")
@@ -226,11 +234,32 @@ func (r *Rotator) step(ctx context.Context) {
 	default:
 		r.lastErr.Store("")
 		ks, err := r.openKeySet(raw)
+		mine := r.cfg.Ring.State()
+		if err == nil && mine.Epoch == 0 {
+			// This ring holds no farm set yet: it takes the stored one
+			// only as the rotations due since it was written leave it.
+			now, terr := store.Time(ctx)
+			if terr != nil {
+				r.fail(terr)
+				r.markReady(terr)
+				return
+			}
+			var ok bool
+			if ks, ok = aged(ks, now, r.cfg.Interval, r.cfg.Keep); !ok {
+				stale, staleEpoch = true, ks.st.Epoch
+			}
+		}
 		if err != nil {
 			// Not ours, or tampered with: never build on it. The holder
 			// replaces it below only by compare-and-swap.
 			r.invalid.Add(1)
-		} else if mine := r.cfg.Ring.State(); needsMerge(ks.st, mine, r.served.Load()) {
+		} else if stale {
+			// Every key of it would have rotated out: the holder
+			// writes a set of this ring's keys above it (below), as
+			// for a store with none.
+			r.n.log.Warn("farm: the stored ticket key set is older than its keys live; not taken (the farm stopped rotating, or the set was put back)",
+				"epoch", ks.st.Epoch, "rotated", ks.st.Rotated)
+		} else if needsMerge(ks.st, mine, r.served.Load()) {
 			// Never accept a split: write back the union, under a new
 			// epoch, fenced by the bytes just read.
 			r.mergeInto(ctx, raw, ks, mine)
@@ -240,7 +269,12 @@ func (r *Rotator) step(ctx context.Context) {
 			r.apply(ks.st)
 		}
 	}
-	r.markReady(nil)
+	if !stale || r.served.Load() {
+		// A ring that never served and found only a stale set is
+		// ready once the farm has a set it can take: one written
+		// below, or at a later poll.
+		r.markReady(nil)
+	}
 
 	if !r.lease(ctx) {
 		return
@@ -257,7 +291,7 @@ func (r *Rotator) step(ctx context.Context) {
 		// The farm has no key set yet (or an unreadable one): start from
 		// ours, so tickets this node already issued stay valid.
 		next = r.cfg.Ring.State()
-		next.Epoch++
+		next.Epoch = max(next.Epoch, staleEpoch) + 1
 		next.Rotated = now
 		nextSet = keySet{st: next}
 	case now.Sub(cur.st.Rotated) >= r.cfg.Interval:
@@ -290,6 +324,7 @@ func (r *Rotator) step(ctx context.Context) {
 		r.rotated.Add(1)
 	}
 	r.apply(next)
+	r.markReady(nil)
 	r.n.log.Info("farm: ticket keys rotated", "epoch", next.Epoch, "current", next.Current.String())
 	// Announce; nodes that miss it read the store at their next poll.
 	msg := r.seal(msgKeys, body, nil)
@@ -398,7 +433,9 @@ func (r *Rotator) markReady(err error) {
 
 // WaitReady waits until the node holds the farm's ticket keys, read (and
 // merged, if need be) at the rotator's first poll of the store, and returns
-// nil. If that poll finds the store unreachable, or ctx ends first, it
+// nil. If the store holds only a set whose keys have all rotated out on
+// schedule (see RotationConfig.Ring), it waits for the poll that finds the
+// set the lease holder writes above it. If that poll finds the store unreachable, or ctx ends first, it
 // returns why: the node then serves with keys of its own, and contributes
 // them to the farm's set as decrypt-only keys once the store is back, so
 // that no ticket it issued meanwhile is lost. A server calls it, with a
@@ -432,7 +469,7 @@ func (r *Rotator) apply(s ticket.State) bool {
 
 // onAnnounce handles a key set announced on the bus; the node has already
 // checked its seal, farm and age.
-func (r *Rotator) onAnnounce(_ header, body []byte) {
+func (r *Rotator) onAnnounce(h header, body []byte) {
 	defer clear(body)
 	ks, err := parseKeySet(body)
 	if err != nil {
@@ -448,7 +485,18 @@ func (r *Rotator) onAnnounce(_ header, body []byte) {
 		r.ignored.Add(1)
 		return
 	}
-	if needsMerge(s, r.cfg.Ring.State(), r.served.Load()) {
+	mine := r.cfg.Ring.State()
+	if mine.Epoch == 0 {
+		// As step takes a stored set, as of the announcement's seal
+		// (within MaxAge of now).
+		var ok bool
+		if ks, ok = aged(ks, h.time, r.cfg.Interval, r.cfg.Keep); !ok {
+			r.ignored.Add(1)
+			return
+		}
+		s = ks.st
+	}
+	if needsMerge(s, mine, r.served.Load()) {
 		// Adopting it would drop keys this node encrypted with: merge
 		// through the store at once instead.
 		r.ignored.Add(1)

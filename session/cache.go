@@ -352,6 +352,16 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 	if lim := e.chainStart + int64(c.cfg.MaxChainLifetime); e.expires > lim {
 		e.expires = lim
 	}
+	issued := k.issuedAt(&id)
+	if lim, ok := c.lifeEnd(issued, now); e.expires > lim {
+		// A record that claims more than its ID allows: a peer with a
+		// longer Lifetime, or a record replayed with its expiry changed
+		// (by a node that held the farm's secret).
+		e.expires = lim
+		if ok {
+			c.ctr.lifeClamped.Add(1)
+		}
+	}
 	if e.expires <= now {
 		return errExpired
 	}
@@ -360,7 +370,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		return err
 	}
 	if r.Parent != (ID{}) {
-		at := c.resumedAt(k, &id, expires, now)
+		at := c.resumedAt(issued, expires, now)
 		if c.cfg.ResumeGrace > 0 {
 			c.shorten(&r.Parent, at+int64(c.cfg.ResumeGrace))
 		}
@@ -393,15 +403,33 @@ func chainStartNano(start time.Time, now int64) int64 {
 	return min(start.UnixNano(), now)
 }
 
-// resumedAt returns when the parent of the session id, which expires at
-// expires, was resumed: id's issue time, which the handshake that resumed
-// the parent minted it at, and not its arrival here (now), which someone
-// who delays a peer's message would choose. It is no later than now (the
+// lifeEnd returns the latest a session inserted at now may live: the issue
+// time its ID carries (issued) plus Lifetime, and a millisecond for the
+// ID's precision, whoever minted it and whatever its record says. An issue
+// time later than now (the minter's clock is ahead) counts as now, as a
+// chain start later than now does, and so does one before 1970: an ID
+// minted before IDs carried their issue time yields an arbitrary one, and
+// only such an ID decodes to a negative one. ok reports whether the issue
+// time was taken as the ID says (it was neither).
+func (c *Cache) lifeEnd(issued time.Time, now int64) (end int64, ok bool) {
+	at := now
+	// Compared as times: an arbitrary one may be beyond what an int64 of
+	// nanoseconds holds.
+	if issued.Unix() >= 0 && !issued.After(time.Unix(0, now)) {
+		at, ok = issued.UnixNano(), true
+	}
+	return at + int64(time.Millisecond) + int64(c.cfg.Lifetime), ok
+}
+
+// resumedAt returns when the parent of a session issued at issued (as its
+// ID says), which expires at expires, was resumed: that issue time, which
+// the handshake that resumed the parent minted it at, and not its arrival
+// here (now), which someone who delays a peer's message would choose. It is no later than now (the
 // issuer's clock may be ahead) and no earlier than expires less Lifetime
 // (an ID minted before IDs carried their issue time yields an arbitrary
-// one). k authenticated id.
-func (c *Cache) resumedAt(k *idKeys, id *ID, expires, now int64) int64 {
-	at := k.issuedAt(id).UnixNano()
+// one).
+func (c *Cache) resumedAt(issued time.Time, expires, now int64) int64 {
+	at := issued.UnixNano()
 	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 

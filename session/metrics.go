@@ -11,6 +11,10 @@ type counters struct {
 	refusedSNI, chainExpired, forgedIDs, revokedInserts, oversized atomic.Uint64
 	parseErrors, wrapErrors, hookPanics                            atomic.Uint64
 	reissued                                                       atomic.Uint64
+
+	// lifeClamped counts inserted records whose expiry lay beyond their
+	// ID's issue time plus Lifetime, and was cut to it.
+	lifeClamped                                                    atomic.Uint64
 	loaderHits, loaderMisses, loaderErrors                         atomic.Uint64
 	ticketsIssued, ticketsAccepted, ticketsUnbound, ticketsExpired atomic.Uint64
 
@@ -58,6 +62,8 @@ func (c *Cache) Metrics() []metric.Sample {
 		[]string{"server_name", "chain_expired", "forged_id", "revoked_insert", "oversized", "parse_error", "wrap_error"},
 		k.refusedSNI.Load(), k.chainExpired.Load(), k.forgedIDs.Load(), k.revokedInserts.Load(),
 		k.oversized.Load(), k.parseErrors.Load(), k.wrapErrors.Load())
+	s.add("tlsfarm_cache_inserts_clamped_total", "Sessions inserted (from peers or the store) whose record outlived the issue time its ID carries plus Lifetime: their expiry was cut to it.",
+		metric.Counter, "", nil, k.lifeClamped.Load())
 	s.add("tlsfarm_cache_hook_panics_total", "Cache hook calls that panicked.", metric.Counter, "", nil, k.hookPanics.Load())
 	s.add("tlsfarm_cache_loader_total", "Misses passed to the farm's store, by result.", metric.Counter, "result",
 		[]string{"hit", "miss", "error"}, k.loaderHits.Load(), k.loaderMisses.Load(), k.loaderErrors.Load())
