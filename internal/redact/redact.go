@@ -10,6 +10,7 @@ import (
 	"errors"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -149,16 +150,21 @@ func URL(s string) string {
 }
 
 // Error returns err with every occurrence of each secret in its text
-// replaced by "xxxxx". If no secret occurs, it returns err itself, so that
-// errors.Is and errors.As keep working on it; a redacted error is a new
-// error that wraps nothing. Empty secrets are ignored. Error(nil, ...)
-// returns nil.
+// replaced by "xxxxx", the longest secrets first. If no secret occurs, it
+// returns err itself, so that errors.Is and errors.As keep working on it;
+// a redacted error is a new error that wraps nothing. Empty secrets are
+// ignored. Error(nil, ...) returns nil.
 func Error(err error, secrets []string) error {
 	if err == nil {
 		return nil
 	}
 	msg := err.Error()
 	changed := false
+	// The longest first: one secret may hold another (two NATS servers'
+	// tokens, a Sentinel URL's two passwords), and masking the shorter
+	// first would leave the rest of the longer.
+	secrets = slices.Clone(secrets)
+	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	for _, s := range secrets {
 		if s != "" && strings.Contains(msg, s) {
 			msg = strings.ReplaceAll(msg, s, mask)
