@@ -56,11 +56,15 @@ var ErrStrayAt = errors.New(`an "@" after the host (in the path, an option's nam
 	`percent-encode the reserved characters (/ ? # @ and the like) of a user name, password or token`)
 
 // CheckAt returns ErrStrayAt if u has an "@" after its host, in its path,
-// the name of a query option or its fragment: the sign of a password or
-// token with an unencoded "/", "?" or "#", which url.Parse took for the
-// end of the host. The secret's first part is then the host, and the rest
+// the name of a query option, the value of one as written (unencoded) or
+// its fragment: the sign of a password or token with an unencoded "/", "?"
+// or "#", which url.Parse took for the end of the host. The secret's first
+// part is then the host (or, after a user name, its port), and the rest
 // the path or the query, and a client library would print either (a
-// failed dial names the host). The value of an option may hold an "@".
+// failed dial names the host, a bad option quotes its value). The value of
+// an option whose name ends in "password" or "token" may hold an "@" as
+// written (such as a Sentinel URL's password=); any value may hold one
+// percent-encoded (%40).
 func CheckAt(u *url.URL) error {
 	if strings.Contains(u.EscapedPath(), "@") || strings.Contains(u.EscapedFragment(), "@") {
 		return ErrStrayAt
@@ -70,7 +74,23 @@ func CheckAt(u *url.URL) error {
 			return ErrStrayAt
 		}
 	}
+	for kv := range strings.SplitSeq(u.RawQuery, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.Contains(v, "@") {
+			continue
+		}
+		if name, err := url.QueryUnescape(k); err != nil || !secretName(name) {
+			return ErrStrayAt
+		}
+	}
 	return nil
+}
+
+// secretName reports whether a query option of this name holds a password
+// or token, as secretOption matches them.
+func secretName(name string) bool {
+	name = strings.ToLower(name)
+	return strings.HasSuffix(name, "password") || strings.HasSuffix(name, "token")
 }
 
 // URLError returns the reason of a *url.Error without the URL (which may
@@ -109,7 +129,9 @@ func dropQuoted(s string) string {
 
 // secretOption matches the value of a query option that names a password
 // or token, such as a Redis Sentinel URL's password (the master's).
-var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#,]*`)
+// Its value runs to the next option or the fragment: a comma may be part
+// of it (a NATS server list has no such option).
+var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#]*`)
 
 // URL returns s, a URL or something meant to be one, fit to print: the
 // user information of every URL in it (from "://" to the last "@" before
