@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -145,4 +147,74 @@ func rawH2Request(t *testing.T, cert *tls.Certificate, addr string, fields [][2]
 			t.Fatalf("answer without :status: %v", hf)
 		}
 	}
+}
+
+// TestWebSocketClientLeavesBeforeUpstreamAnswers opens a WebSocket over
+// HTTP/2 and HTTP/3 to an upstream that never answers its handshake, and
+// has the client leave (closing its connection) before any answer: the
+// upstream's connection must be closed at once, and nothing left running,
+// with no upstream error counted.
+func TestWebSocketClientLeavesBeforeUpstreamAnswers(t *testing.T) {
+	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
+		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+		return
+	}
+	up := newWSUpstream(t)
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = time.Minute
+	})
+	for _, proto := range []string{"h2", "h3"} {
+		t.Run(proto, func(t *testing.T) {
+			done := make(chan error, 1)
+			var leave func()
+			if proto == "h2" {
+				cfg := client("localhost", cert)
+				cfg.NextProtos = []string{"h2"}
+				//lint:ignore SA1019 the only Go client for extended CONNECT over HTTP/2
+				tr := &http2.Transport{TLSClientConfig: cfg}
+				pr, pw := io.Pipe()
+				defer pw.Close()
+				req, _ := http.NewRequest(http.MethodConnect, "https://localhost:"+port(s.Addrs()[0])+"/hang", pr)
+				req.URL.Host = s.Addrs()[0]
+				req.Header = http.Header{"Sec-Websocket-Version": {"13"}, ":protocol": {"websocket"}}
+				ctx, cancel := context.WithCancel(context.Background())
+				leave = func() { cancel(); tr.CloseIdleConnections() }
+				go func() {
+					_, err := tr.RoundTrip(req.WithContext(ctx))
+					done <- err
+				}()
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				str, closeConn, err := openH3Stream(ctx, cert, s.Addrs()[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				leave = closeConn
+				u, _ := url.Parse("https://localhost:" + port(s.Addrs()[0]) + "/hang")
+				req := &http.Request{Method: http.MethodConnect, Proto: "websocket", Host: u.Host, URL: u, Header: http.Header{"Sec-Websocket-Version": {"13"}}}
+				if err := str.SendRequestHeader(req); err != nil {
+					t.Fatal(err)
+				}
+				go func() {
+					_, err := str.ReadResponse()
+					done <- err
+				}()
+			}
+			got := <-up.requests
+			leave()
+			select {
+			case <-got.ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream's connection is still open after the client left")
+			}
+			<-done
+		})
+	}
+	noGoroutineIn(t, "serveWebSocket")
+	must(t, s.Stats().UpstreamErrors == 0, "stats %+v", s.Stats())
 }

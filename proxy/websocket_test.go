@@ -583,8 +583,9 @@ type wsRequest struct {
 // only. By path: /echo echoes each message and answers a close; /silent
 // says nothing; /flood sends without end; /refuse answers 403, /ok 200
 // without switching; /cl echoes as /echo, its 101 declaring a
-// Content-Length of 0 (as some servers do). Each connection it switched
-// ends within 15 s.
+// Content-Length of 0 (as some servers do); /hang never answers, and
+// reports its connection's end. Each connection it switched ends within
+// 15 s.
 type wsUpstream struct {
 	*httptest.Server
 	requests chan wsRequest
@@ -601,6 +602,17 @@ func newWSUpstream(t *testing.T) *wsUpstream {
 			return
 		case strings.HasSuffix(r.URL.Path, "/ok"):
 			io.WriteString(w, "not a WebSocket")
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/hang") {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer close(ended)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			io.Copy(io.Discard, brw)
 			return
 		}
 		key := r.Header.Get("Sec-Websocket-Key")
