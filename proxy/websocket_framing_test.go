@@ -175,7 +175,7 @@ func TestWebSocketClientLeavesBeforeUpstreamAnswers(t *testing.T) {
 				cfg := client("localhost", cert)
 				cfg.NextProtos = []string{"h2"}
 				//lint:ignore SA1019 the only Go client for extended CONNECT over HTTP/2
-				tr := &http2.Transport{TLSClientConfig: cfg}
+				tr := roundTripCloser(&http2.Transport{TLSClientConfig: cfg})
 				pr, pw := io.Pipe()
 				defer pw.Close()
 				req, _ := http.NewRequest(http.MethodConnect, "https://localhost:"+port(s.Addrs()[0])+"/hang", pr)
