@@ -62,9 +62,9 @@ var ErrStrayAt = errors.New(`an "@" after the host (in the path, an option's nam
 // part is then the host (or, after a user name, its port), and the rest
 // the path or the query, and a client library would print either (a
 // failed dial names the host, a bad option quotes its value). The value of
-// an option whose name ends in "password" or "token" may hold an "@" as
-// written (such as a Sentinel URL's password=); any value may hold one
-// percent-encoded (%40).
+// an option whose name ends in "password", "token" or "username" may hold
+// an "@" as written (such as a Sentinel URL's password= and username=);
+// any value may hold one percent-encoded (%40).
 func CheckAt(u *url.URL) error {
 	if strings.Contains(u.EscapedPath(), "@") || strings.Contains(u.EscapedFragment(), "@") {
 		return ErrStrayAt
@@ -79,18 +79,18 @@ func CheckAt(u *url.URL) error {
 		if !strings.Contains(v, "@") {
 			continue
 		}
-		if name, err := url.QueryUnescape(k); err != nil || !secretName(name) {
+		if name, err := url.QueryUnescape(k); err != nil || !credentialName(name) {
 			return ErrStrayAt
 		}
 	}
 	return nil
 }
 
-// secretName reports whether a query option of this name holds a password
-// or token, as secretOption matches them.
-func secretName(name string) bool {
+// credentialName reports whether a query option of this name holds a
+// password, a token (as secretOption matches them) or a user name.
+func credentialName(name string) bool {
 	name = strings.ToLower(name)
-	return strings.HasSuffix(name, "password") || strings.HasSuffix(name, "token")
+	return strings.HasSuffix(name, "password") || strings.HasSuffix(name, "token") || strings.HasSuffix(name, "username")
 }
 
 // URLError returns the reason of a *url.Error without the URL (which may
