@@ -53,8 +53,6 @@ type keysOptions struct {
 	secrets                                        []farm.Secret
 }
 
-// exportFlag collects the repeatable -export flag.
-
 // envDefault returns the environment's value for the setting with the
 // given key (the variable serve reads), or def.
 func envDefault(getenv func(string) string, key, def string) string {
