@@ -33,6 +33,8 @@ func TestFarmURLSecretsNotShown(t *testing.T) {
 		{"amqp option twice", "", []string{"-farm", "amqp://u:s3cret@127.0.0.1/?heartbeat=0&heartbeat=5"}, `option "heartbeat" is given 2 times`},
 		{"unencoded slash in a token", "", []string{"-farm", "nats://s3cret/x@127.0.0.1:4222"}, `"@" after the host`},
 		{"unencoded ? in a password", "", []string{"-farm", "redis://u:s3cret?x@127.0.0.1:6379"}, "not a URL"},
+		{"unencoded ? in a password of digits first", "", []string{"-farm", "redis://u:1234?db=s3cret@127.0.0.1:6379"}, `"@" after the host`},
+		{"comma in a password option", "farm:\n  connect_timeout: \"redis+sentinel://127.0.0.1:26379?master_name=m&password=pw,s3cret\"\n", nil, "not a duration"},
 		{"cluster servers", "", []string{"-farm", "redis+cluster://:s3cret@127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002", "-farm-secret", secret}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

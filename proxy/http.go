@@ -54,6 +54,10 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		l.s.serveConnect(l.s.boundWrites(w), r, rt)
 		return
 	}
+	if strayProtocol(r) {
+		http.Error(w, "400 bad request: the :protocol pseudo-header is for CONNECT only", http.StatusBadRequest)
+		return
+	}
 	r = l.s.boundBody(w, r)
 	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
 	l.s.boundDiscard(r)

@@ -57,6 +57,17 @@ func connectProtocol(r *http.Request) string {
 	return ""
 }
 
+// strayProtocol reports whether r carries a :protocol pseudo-header
+// without being a CONNECT. RFC 8441 allows it on CONNECT only, but
+// net/http's HTTP/2 server (with extended CONNECT on) takes it on any
+// method and keeps it as a ":protocol" header, which the reverse proxy's
+// transport then refuses as a header name: the client's error would be
+// answered and counted as the upstream's failure. (quic-go's HTTP/3
+// server refuses such a request itself.)
+func strayProtocol(r *http.Request) bool {
+	return r.ProtoMajor == 2 && r.Method != http.MethodConnect && r.Header.Get(":protocol") != ""
+}
+
 // serveConnect answers a CONNECT request. The reverse proxy opens no
 // tunnels: an ordinary CONNECT gets 405 Method Not Allowed, whatever the
 // upstream, and never reaches it (an upstream that is a forward proxy
@@ -146,6 +157,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 	}
 	removeHopByHop(res.Header)
 	res.Header.Del("Sec-WebSocket-Accept") // answers our key, not the client's
+	// A 2xx answer to CONNECT has no length (RFC 9110 §9.3.6): a 101's
+	// Content-Length (some servers send 0) would tell the client that
+	// the stream ends there.
+	res.Header.Del("Content-Length")
 	copyHeader(w.Header(), res.Header)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)

@@ -582,7 +582,10 @@ type wsRequest struct {
 // A wsUpstream is a WebSocket upstream over HTTP/1.1, standard library
 // only. By path: /echo echoes each message and answers a close; /silent
 // says nothing; /flood sends without end; /refuse answers 403, /ok 200
-// without switching. Each connection it switched ends within 15 s.
+// without switching; /cl echoes as /echo, its 101 declaring a
+// Content-Length of 0 (as some servers do); /hang never answers, and
+// reports its connection's end. Each connection it switched ends within
+// 15 s.
 type wsUpstream struct {
 	*httptest.Server
 	requests chan wsRequest
@@ -601,6 +604,17 @@ func newWSUpstream(t *testing.T) *wsUpstream {
 			io.WriteString(w, "not a WebSocket")
 			return
 		}
+		if strings.HasSuffix(r.URL.Path, "/hang") {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer close(ended)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			io.Copy(io.Discard, brw)
+			return
+		}
 		key := r.Header.Get("Sec-Websocket-Key")
 		if r.Method != http.MethodGet || !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") || key == "" {
 			http.Error(w, "not a WebSocket handshake", http.StatusBadRequest)
@@ -617,11 +631,14 @@ func newWSUpstream(t *testing.T) *wsUpstream {
 		if p := r.Header.Get("Sec-Websocket-Protocol"); p != "" {
 			resp += "Sec-WebSocket-Protocol: " + p + "\r\n"
 		}
+		if strings.HasSuffix(r.URL.Path, "/cl") {
+			resp += "Content-Length: 0\r\n"
+		}
 		if _, err := io.WriteString(c, resp+"\r\n"); err != nil {
 			return
 		}
 		switch {
-		case strings.HasSuffix(r.URL.Path, "/echo"):
+		case strings.HasSuffix(r.URL.Path, "/echo"), strings.HasSuffix(r.URL.Path, "/cl"):
 			for {
 				op, msg, err := readWSFrame(brw)
 				if err != nil {

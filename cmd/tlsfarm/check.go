@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/tlsfarm/tlsfarm/config"
 )
@@ -16,8 +18,19 @@ import (
 // reload, the running daemon holds its addresses (which a reload does not
 // change): -reload, as the first argument, skips binding them.
 func check(args []string, stdout, stderr io.Writer) int {
-	reload := len(args) > 0 && isReloadFlag(args[0])
-	if reload {
+	reload := false
+	if len(args) > 0 && isReloadFlag(args[0]) {
+		// A boolean flag, as Go's flags take them: -reload,
+		// -reload=true, -reload=false.
+		if _, v, ok := strings.Cut(args[0], "="); ok {
+			var err error
+			if reload, err = strconv.ParseBool(v); err != nil {
+				fmt.Fprintf(stderr, "tlsfarm check: %s: want true or false\n", args[0])
+				return 2
+			}
+		} else {
+			reload = true
+		}
 		args = args[1:]
 	}
 	for _, a := range args {
@@ -51,8 +64,12 @@ func check(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// isReloadFlag reports whether arg is check's -reload.
-func isReloadFlag(arg string) bool { return arg == "-reload" || arg == "--reload" }
+// isReloadFlag reports whether arg is check's -reload, with or without a
+// value (-reload=false).
+func isReloadFlag(arg string) bool {
+	name, _, _ := strings.Cut(arg, "=")
+	return name == "-reload" || name == "--reload"
+}
 
 // load loads the configuration of serve or check. On failure it prints one
 // line and returns a nil config and the exit code.

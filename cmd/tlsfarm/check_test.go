@@ -94,3 +94,36 @@ func TestCheckReloadFlag(t *testing.T) {
 		t.Errorf("check -reload first: exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// TestCheckReloadFlagValue: -reload is a boolean flag in check's help, and
+// -reload=true or -reload=false, as Go's flags take booleans, must work as
+// the first argument (=true skips binding the addresses the running daemon
+// holds; =false binds them) and be refused elsewhere as a bare -reload is,
+// not called an undefined flag.
+func TestCheckReloadFlagValue(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	inUse := busy.Addr().String()
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{[]string{"-reload=true", "-listen", inUse, "-admin", "off"}, 0, ""},
+		{[]string{"--reload=1", "-listen", inUse, "-admin", "off"}, 0, ""},
+		{[]string{"-reload=false", "-listen", inUse, "-admin", "off"}, 1, "listeners[0].address"},
+		{[]string{"-reload=maybe", "-listen", inUse, "-admin", "off"}, 2, "-reload=maybe"},
+		{[]string{"-admin", "off", "-reload=true"}, 2, "-reload=true must come first"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := check(tt.args, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stderr.String(), tt.want) || strings.Contains(stderr.String(), "not defined") {
+			first, _, _ := strings.Cut(stderr.String(), "\n")
+			t.Errorf("check %q: exit %d, stderr's first line %q; want exit %d saying %q", tt.args, code, first, tt.code, tt.want)
+		}
+	}
+}

@@ -53,20 +53,6 @@ type keysOptions struct {
 	secrets                                        []farm.Secret
 }
 
-// exportFlag collects the repeatable -export flag.
-type exportFlag struct{ targets *[]keyexport.Target }
-
-func (f exportFlag) String() string { return "" }
-
-func (f exportFlag) Set(v string) error {
-	t, err := keyexport.ParseTarget(v)
-	if err != nil {
-		return err
-	}
-	*f.targets = append(*f.targets, t)
-	return nil
-}
-
 // envDefault returns the environment's value for the setting with the
 // given key (the variable serve reads), or def.
 func envDefault(getenv func(string) string, key, def string) string {
@@ -96,9 +82,17 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	rot := fs.String("ticket-rotation", envDefault(getenv, "tickets.rotation_interval", "12h"), "`duration` each ticket key encrypts for: the farm's setting, at least 1s ($TLSFARM_TICKET_ROTATION)")
 	keep := fs.String("ticket-keep", envDefault(getenv, "tickets.keep", "2"), "`n` previous ticket keys kept: the farm's setting, 1-16 ($TLSFARM_TICKET_KEEP)")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9444", "admin listener `address` (health and metrics), or off")
-	fs.Var(exportFlag{&o.targets}, "export", "export `target`: nginx:DIR, haproxy:FILE[,socket=PATH] or file:PATH (repeatable)")
+	// The flag package quotes a value it cannot parse in its error,
+	// which a misplaced farm URL would put on stderr with its password:
+	// values that need parsing are taken as strings and parsed below,
+	// where refusals show them through redact.URL.
+	var exports []string
+	fs.Func("export", "export `target`: nginx:DIR, haproxy:FILE[,socket=PATH] or file:PATH (repeatable)", func(v string) error {
+		exports = append(exports, v)
+		return nil
+	})
 	fs.StringVar(&o.onChange, "on-change", "", "shell `command` to run after the targets change, such as \"nginx -s reload\"")
-	fs.DurationVar(&o.onChangeTimeout, "on-change-timeout", keyexport.DefaultCommandTimeout, "longest the -on-change command may run")
+	onChangeTimeout := fs.String("on-change-timeout", keyexport.DefaultCommandTimeout.String(), "longest the -on-change command may run, a `duration`")
 	fs.StringVar(&o.logLevel, "log-level", envDefault(getenv, "log.level", "info"), "log level: debug, info, warn or error ($TLSFARM_LOG_LEVEL)")
 	fs.StringVar(&o.logFormat, "log-format", envDefault(getenv, "log.format", "text"), "log format: text or json ($TLSFARM_LOG_FORMAT)")
 	fs.Usage = func() {
@@ -119,14 +113,24 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if fs.NArg() > 0 {
 		return fail("unexpected argument %q", redact.URL(fs.Arg(0))) // maybe a farm URL without -farm
 	}
+	for _, v := range exports {
+		t, err := keyexport.ParseTarget(v)
+		if err != nil {
+			return fail("-export: %s", redact.URL(err.Error()))
+		}
+		o.targets = append(o.targets, t)
+	}
 	if o.farmURL == "" {
 		o.farmURL = envDefault(getenv, "farm.url", "")
 	}
 	if o.rotation, err = time.ParseDuration(*rot); err != nil || o.rotation < time.Second {
-		return fail("-ticket-rotation %q: want a duration of at least 1s", *rot)
+		return fail("-ticket-rotation %q: want a duration of at least 1s", redact.URL(*rot))
 	}
 	if o.keep, err = strconv.Atoi(*keep); err != nil || o.keep < 1 || o.keep > 16 {
-		return fail("-ticket-keep %q: want 1 to 16", *keep)
+		return fail("-ticket-keep %q: want 1 to 16", redact.URL(*keep))
+	}
+	if o.onChangeTimeout, err = time.ParseDuration(*onChangeTimeout); err != nil {
+		return fail("-on-change-timeout %q: want a duration such as 30s", redact.URL(*onChangeTimeout))
 	}
 	if o.onChangeTimeout <= 0 {
 		return fail("-on-change-timeout %v: must be positive", o.onChangeTimeout)
@@ -142,10 +146,10 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 		return fail("at least one -export target is required")
 	}
 	if _, err := config.ParseLevel(o.logLevel); err != nil {
-		return fail("-log-level: %v", err)
+		return fail("-log-level: %s", redact.URL(err.Error()))
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
-		return fail("-log-format %q: want text or json", o.logFormat)
+		return fail("-log-format %q: want text or json", redact.URL(o.logFormat))
 	}
 	if o.secrets, err = farm.LoadSecrets(o.secretFile); err != nil {
 		fmt.Fprintf(stderr, "tlsfarm keys: -farm-secret: %v\n", err)

@@ -128,3 +128,34 @@ func TestKeysHelpNamesTypesAndVariables(t *testing.T) {
 		t.Errorf("keys with $TLSFARM_LOG_LEVEL and $TLSFARM_LOG_FORMAT: options %+v, exit %d, stderr %q", o, code, stderr.String())
 	}
 }
+
+// TestKeysFlagValuesHideFarmPassword: a farm URL given to the wrong flag
+// of tlsfarm keys (a value left out shifts the next one in) is refused,
+// naming the flag, without its password. The flag package quoted it whole
+// for -on-change-timeout and -export ("invalid value ... for flag"), and
+// the agent's own refusals of -ticket-rotation, -ticket-keep, -log-level
+// and -log-format quoted it too.
+func TestKeysFlagValuesHideFarmPassword(t *testing.T) {
+	dir := privateDir(t)
+	secret := filepath.Join(dir, "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(0)); err != nil {
+		t.Fatal(err)
+	}
+	const url = "redis://:s3cret@127.0.0.1:6379/0"
+	base := []string{"-farm", "redis://127.0.0.1:6379/0", "-farm-secret", secret}
+	for _, flag := range []string{"-on-change-timeout", "-export", "-ticket-rotation", "-ticket-keep", "-log-level", "-log-format"} {
+		args := append([]string{flag, url}, base...)
+		if flag != "-export" {
+			args = append(args, "-export", "nginx:"+dir)
+		}
+		var stderr bytes.Buffer
+		o, code := parseKeys(args, func(string) string { return "" }, &stderr)
+		first, _, _ := strings.Cut(stderr.String(), "\n")
+		if o != nil || code == 0 || !strings.Contains(first, flag) {
+			t.Errorf("keys %s URL: exit %d, stderr %q; want a refusal naming %s", flag, code, first, flag)
+		}
+		if strings.Contains(stderr.String(), "s3cret") {
+			t.Errorf("keys %s URL shows the password: %q", flag, first)
+		}
+	}
+}

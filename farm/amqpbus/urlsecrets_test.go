@@ -15,11 +15,12 @@ import (
 // of it. A vhost may hold an "@" percent-encoded.
 func TestURLSecretsNotShown(t *testing.T) {
 	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return amqpbus.Open(url, "f", nil) }, map[string]string{
-		"amqp://u:s3cret/x@127.0.0.1/":    "bad URL",
-		"amqps://u:s3cret?x@127.0.0.1/":   "bad URL",
-		"amqp://u:s3cret#x@127.0.0.1/":    "bad URL",
-		"amqp://s3cret/x@127.0.0.1/":      `"@" after the host`,
-		"amqp://s3cret#x@127.0.0.1/":      `"@" after the host`,
-		"amqp://u:s3cret@127.0.0.1/v%40h": "",
+		"amqp://u:s3cret/x@127.0.0.1/":              "bad URL",
+		"amqps://u:s3cret?x@127.0.0.1/":             "bad URL",
+		"amqp://u:s3cret#x@127.0.0.1/":              "bad URL",
+		"amqp://s3cret/x@127.0.0.1/":                `"@" after the host`,
+		"amqp://s3cret#x@127.0.0.1/":                `"@" after the host`,
+		"amqp://u:s3cret@127.0.0.1/v%40h":           "",
+		"amqp://u:5672?heartbeat=s3cret@127.0.0.1/": `"@" after the host`,
 	})
 }

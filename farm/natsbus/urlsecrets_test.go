@@ -24,6 +24,7 @@ func TestURLSecretsNotShown(t *testing.T) {
 		"nats://s3cret#x@127.0.0.1:4222":                 `"@" after the host`,
 		"nats://127.0.0.1:4222,nats://s3cret?x@10.0.0.1": `"@" after the host`,
 		"nats://s3cret@127.0.0.1:4222/":                  "",
+		"nats://u:4222?replicas=s3cret@127.0.0.1:4222":   `"@" after the host`,
 	})
 }
 

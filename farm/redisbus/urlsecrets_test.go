@@ -24,5 +24,12 @@ func TestURLSecretsNotShown(t *testing.T) {
 		"redis+sentinel://127.0.0.1:26379?master_name=m&password=s3cret&db=s3cret":        "database",
 		"rediss+sentinel://127.0.0.1:26379?master_name=m&password=s3%2Fcret&db=s3%2Fcret": "database",
 		"redis+sentinel://127.0.0.1:26379?master_name=m&password=p@s3cret":                "",
+		// A password whose head is digits and with an unencoded "?":
+		// the user name was taken for the host, the head for its port,
+		// and the rest, up to the "@", for an option's value.
+		"redis://u:1234?db=s3cret@127.0.0.1:6379":                                            `"@" after the host`,
+		"redis://u:1234?client_name=s3cret@127.0.0.1:6379":                                   `"@" after the host`,
+		"redis://127.0.0.1:6379?client_name=app%40node":                                      "",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&username=app@corp&password=p@s3cret": "",
 	})
 }

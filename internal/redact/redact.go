@@ -10,6 +10,7 @@ import (
 	"errors"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -55,11 +56,15 @@ var ErrStrayAt = errors.New(`an "@" after the host (in the path, an option's nam
 	`percent-encode the reserved characters (/ ? # @ and the like) of a user name, password or token`)
 
 // CheckAt returns ErrStrayAt if u has an "@" after its host, in its path,
-// the name of a query option or its fragment: the sign of a password or
-// token with an unencoded "/", "?" or "#", which url.Parse took for the
-// end of the host. The secret's first part is then the host, and the rest
+// the name of a query option, the value of one as written (unencoded) or
+// its fragment: the sign of a password or token with an unencoded "/", "?"
+// or "#", which url.Parse took for the end of the host. The secret's first
+// part is then the host (or, after a user name, its port), and the rest
 // the path or the query, and a client library would print either (a
-// failed dial names the host). The value of an option may hold an "@".
+// failed dial names the host, a bad option quotes its value). The value of
+// an option whose name ends in "password", "token" or "username" may hold
+// an "@" as written (such as a Sentinel URL's password= and username=);
+// any value may hold one percent-encoded (%40).
 func CheckAt(u *url.URL) error {
 	if strings.Contains(u.EscapedPath(), "@") || strings.Contains(u.EscapedFragment(), "@") {
 		return ErrStrayAt
@@ -69,7 +74,23 @@ func CheckAt(u *url.URL) error {
 			return ErrStrayAt
 		}
 	}
+	for kv := range strings.SplitSeq(u.RawQuery, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.Contains(v, "@") {
+			continue
+		}
+		if name, err := url.QueryUnescape(k); err != nil || !credentialName(name) {
+			return ErrStrayAt
+		}
+	}
 	return nil
+}
+
+// credentialName reports whether a query option of this name holds a
+// password, a token (as secretOption matches them) or a user name.
+func credentialName(name string) bool {
+	name = strings.ToLower(name)
+	return strings.HasSuffix(name, "password") || strings.HasSuffix(name, "token") || strings.HasSuffix(name, "username")
 }
 
 // URLError returns the reason of a *url.Error without the URL (which may
@@ -108,7 +129,9 @@ func dropQuoted(s string) string {
 
 // secretOption matches the value of a query option that names a password
 // or token, such as a Redis Sentinel URL's password (the master's).
-var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#,]*`)
+// Its value runs to the next option or the fragment: a comma may be part
+// of it (a NATS server list has no such option).
+var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#]*`)
 
 // URL returns s, a URL or something meant to be one, fit to print: the
 // user information of every URL in it (from "://" to the last "@" before
@@ -149,16 +172,21 @@ func URL(s string) string {
 }
 
 // Error returns err with every occurrence of each secret in its text
-// replaced by "xxxxx". If no secret occurs, it returns err itself, so that
-// errors.Is and errors.As keep working on it; a redacted error is a new
-// error that wraps nothing. Empty secrets are ignored. Error(nil, ...)
-// returns nil.
+// replaced by "xxxxx", the longest secrets first. If no secret occurs, it
+// returns err itself, so that errors.Is and errors.As keep working on it;
+// a redacted error is a new error that wraps nothing. Empty secrets are
+// ignored. Error(nil, ...) returns nil.
 func Error(err error, secrets []string) error {
 	if err == nil {
 		return nil
 	}
 	msg := err.Error()
 	changed := false
+	// The longest first: one secret may hold another (two NATS servers'
+	// tokens, a Sentinel URL's two passwords), and masking the shorter
+	// first would leave the rest of the longer.
+	secrets = slices.Clone(secrets)
+	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	for _, s := range secrets {
 		if s != "" && strings.Contains(msg, s) {
 			msg = strings.ReplaceAll(msg, s, mask)

@@ -63,6 +63,27 @@ func TestError(t *testing.T) {
 	}
 }
 
+// TestErrorOverlappingSecrets: when one secret holds another (a NATS
+// server's token that begins with another server's, a Sentinel URL's
+// password option that begins with the sentinels' password), the longer
+// must go whole: masking the shorter first left the rest of the longer
+// in the text.
+func TestErrorOverlappingSecrets(t *testing.T) {
+	for _, secrets := range [][]string{
+		{"abc", "abcdef"},
+		{"abcdef", "abc"},
+		{"cdef", "abcdefgh"},
+	} {
+		err := errors.New("auth failed for abcdefgh and abc")
+		got := Error(err, secrets).Error()
+		for _, part := range []string{"def", "gh"} {
+			if strings.Contains(got, part) && strings.Contains(strings.Join(secrets, " "), part) {
+				t.Errorf("Error(%q, %q) = %q: shows part of a secret", err, secrets, got)
+			}
+		}
+	}
+}
+
 func TestToken(t *testing.T) {
 	for raw, want := range map[string][]string{
 		"nats://s3cret@host:4222":    {"s3cret"},
