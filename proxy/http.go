@@ -317,6 +317,14 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 			delete(pr.Out.Header, k)
 		}
 	}
+	if headerHasToken(pr.Out.Header, "Upgrade", "h2c") {
+		// A switch of this connection to cleartext HTTP/2 would hand
+		// the client's next requests to the upstream unseen by this
+		// proxy (past its header rewriting): served as an ordinary
+		// request, as RFC 9110 lets a server ignore Upgrade.
+		pr.Out.Header.Del("Upgrade")
+		pr.Out.Header.Del("Connection")
+	}
 	pr.SetXForwarded()
 	pr.Out.Host = pr.In.Host
 	resumed := "0"
