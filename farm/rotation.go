@@ -31,7 +31,8 @@ type RotationConfig struct {
 	// rotation owns it: nothing else should Rotate, Update or Run it. A
 	// ring fresh from ticket.NewRing (epoch 0) adopts the farm's key set at
 	// once, less the keys that the rotations due since the set was written
-	// (one per Interval, by the store's clock) would have dropped; if they
+	// (one per Interval, by the store's clock; by the node's, for a set
+	// announced on the bus) would have dropped; if they
 	// would have dropped them all, it waits for a newer set, which the
 	// lease holder writes from its own keys when it finds none newer.
 	Ring *ticket.Ring
