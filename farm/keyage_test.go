@@ -121,3 +121,109 @@ func TestFreshRingAgesStoredKeySet(t *testing.T) {
 		})
 	}
 }
+
+// TestFreshRingAgesAnnouncementByNow: a ring that holds no farm set yet
+// ages an announced key set as of its own clock, not as of the
+// announcement's seal. A bus message is taken up to MaxAge (30 s) after
+// its seal, and someone who can replay bus messages (no farm secret) can
+// resend a genuine announcement that long after: with a short Interval
+// its keys have rotated out meanwhile. The farm n1, n2 rotates every
+// second with Keep 1; an announcement is captured, and resent once every
+// key of its set has left the farm's set, to a fresh member n3 that
+// waits for the farm's keys as the daemon does: the store holds only a
+// stale set (written back) and the lease is held by someone else, so
+// n3 takes nothing from the store. Before, n3 took the announced set
+// (aged as of its seal, by nothing) and encrypted with a key that had
+// rotated out.
+func TestFreshRingAgesAnnouncementByNow(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := farm.RotationConfig{Interval: time.Second, Keep: 1}
+	o := farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless, Rotation: &rot,
+		Tweak: func(c *farm.Config) { c.TallyInterval = -1 }}
+	ms, name := farmtest.Start(t, 2, &o)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx := context.Background()
+	setKey := redisOf(ms[0]).Key("ticket-keys")
+	leaseKey := redisOf(ms[0]).Key("ticket-keys-lease")
+	// Every node publishes on a channel of its own, below the farm's.
+	ps := raw.PSubscribe(ctx, redisOf(ms[0]).Channel()+"*")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	agreed(t, ms, 1)
+	var announced []byte
+	var channel string
+	for announced == nil {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		msg, err := ps.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := []byte(msg.Payload); len(m) > farm.EnvTypeAt && m[farm.EnvTypeAt] == farm.EnvTypeKeys {
+			announced, channel = m, msg.Channel
+		}
+	}
+	// The announced set is the one the farm holds now, or an older one.
+	stored, err := raw.Get(ctx, setKey).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	then := ms[0].Ring.State()
+	gone := map[ticket.Key]bool{then.Current: true, then.Next: true}
+	for _, k := range then.Previous {
+		gone[k] = true
+	}
+	latest := agreed(t, ms, then.Epoch+4)
+	for _, k := range latest.Keys() {
+		if gone[k] {
+			t.Fatalf("key %v of epoch %d still in the farm's set at epoch %d", k, then.Epoch, latest.Epoch)
+		}
+	}
+	for _, m := range ms {
+		m.Rotator.Close()
+	}
+	// The attacker's store: a set whose keys have all rotated out (no
+	// fresh ring takes it), and the lease, so that no one writes above it.
+	if err := raw.Set(ctx, setKey, stored, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Set(ctx, leaseKey, "attacker", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if age := time.Since(then.Rotated); age > 20*time.Second {
+		t.Skipf("the announcement is %v old: too close to MaxAge on this machine", age)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			raw.Publish(ctx, channel, announced)
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	n3 := farmtest.Join(t, "n3", name, o) // waits for the farm's keys, up to 5 s
+	close(stop)
+	<-done
+	st := n3.Ring.State()
+	for _, k := range st.Keys() {
+		if gone[k] {
+			t.Fatalf("n3 took a key that had rotated out (epoch %d, ring at epoch %d), from an announcement resent %v after the rotation it announced",
+				then.Epoch, st.Epoch, time.Since(then.Rotated).Round(time.Second))
+		}
+	}
+}

@@ -25,10 +25,27 @@ import (
 // issued; n2's Redis connection is then held (a proxy frozen) until that
 // message is older than MaxAge. By then the grace counted from the issue
 // has passed, but not the one counted from the seal: n2 must not resume
-// the parent.
+// the parent. Also when n1, which issues the child, has a longer Lifetime
+// than n2: the child's expiry less n2's Lifetime is then later than its
+// issue, and before, n2 counted the grace from the seal again.
 func TestLateSealedOldChildCutsFromIssue(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
+	for _, tc := range []struct {
+		name         string
+		life1, life2 time.Duration // n1's and n2's Lifetime; 0: the default
+	}{
+		{name: "same Lifetime"},
+		{name: "minter's Lifetime longer", life1: time.Hour, life2: 30 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lateSealedOldChild(t, url, tc.life1, tc.life2)
+		})
+	}
+}
+
+func lateSealedOldChild(t *testing.T, url string, life1, life2 time.Duration) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
@@ -40,16 +57,17 @@ func TestLateSealedOldChildCutsFromIssue(t *testing.T) {
 		held   = grace + time.Second // how long after the resumption n1 publishes
 	)
 	o := farmtest.Options{
-		Secret:     farm.NewSecret(1),
-		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Secret: farm.NewSecret(1),
 		// No probe or tally while the proxy holds n2's bytes: the delay
 		// must look like a slow bus, not an outage to catch up from.
 		Tweak: func(c *farm.Config) { c.TallyInterval = -1; c.ProbeInterval = time.Hour; c.MaxAge = maxAge },
 	}
 	name := farmtest.FarmName(t)
 	o.NewTransport = busOnly(strings.Replace(url, opt.Addr, px1.Addr, 1))
+	o.TweakCache = func(c *session.Config) { c.ResumeGrace, c.Lifetime = grace, life1 }
 	n1 := farmtest.Join(t, "n1", name, o)
 	o.NewTransport = busOnly(strings.Replace(url, opt.Addr, px2.Addr, 1))
+	o.TweakCache = func(c *session.Config) { c.ResumeGrace, c.Lifetime = grace, life2 }
 	n2 := farmtest.Join(t, "n2", name, o)
 	farmtest.WaitConnected(t, n1, n2)
 

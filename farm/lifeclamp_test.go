@@ -86,3 +86,47 @@ func stored(n2 *farmtest.Member, id session.ID) bool {
 	_, err := n2.Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
 	return err == nil
 }
+
+// TestLoadedRecordActsOnItsClampedLife: a TLS 1.2 handshake that resumes a
+// session loaded from the store decides between a reissued ticket (the
+// same session) and a successor by the session's life here, cut to its
+// issue time plus this cache's Lifetime, not by the life the peer's
+// record claims. n1 issues with a Lifetime of an hour; n2's is four
+// seconds. The client resumes on n2 more than half n2's Lifetime after
+// the issue, so it must get a successor, which resumes on n2 once the
+// first session's four seconds have passed. Before, n2 read the hour
+// of the peer's record and reissued the first session: the client's
+// next handshake there, past four seconds, was a full one.
+func TestLoadedRecordActsOnItsClampedLife(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	const short = 4 * time.Second
+	o := farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, Secret: farm.NewSecret(1)}
+	name := farmtest.FarmName(t)
+	o.TweakCache = func(c *session.Config) { c.Lifetime = time.Hour }
+	n1 := farmtest.Join(t, "n1", name, o)
+	o.TweakCache = func(c *session.Config) { c.Lifetime = short }
+	n2 := farmtest.Join(t, "n2", name, o)
+	farmtest.WaitConnected(t, n1, n2)
+
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	cc := farmtest.Client(tls.VersionTLS12, tls.NewLRUClientSessionCache(1))
+	tlstest.MustDial(t, n1.Server.Addr, cc)
+	got := ids()
+	if len(got) != 1 {
+		t.Fatalf("n1 issued %d sessions", len(got))
+	}
+	issued, _ := n1.Cache.IssuedAt(got[0])
+	farmtest.Eventually(t, 5*time.Second, "the store holds the session", func() bool { return stored(n2, got[0]) })
+	time.Sleep(time.Until(issued.Add(short/2 + 500*time.Millisecond)))
+	if !tlstest.MustDial(t, n2.Server.Addr, cc).DidResume {
+		t.Fatal("n2 did not resume n1's session")
+	}
+	if time.Since(issued) >= short {
+		t.Skip("the machine is too slow: the resumption came after n2's Lifetime")
+	}
+	time.Sleep(time.Until(issued.Add(short + 500*time.Millisecond)))
+	if !tlstest.MustDial(t, n2.Server.Addr, cc).DidResume {
+		t.Fatalf("n2 did not resume what it gave the client %v after n1's issue: it reissued a session that ended here at %v", short/2+500*time.Millisecond, short)
+	}
+}

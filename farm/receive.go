@@ -226,14 +226,17 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 // came in a message sealed at sent, was issued, and so when its parent was
 // resumed: the issue time its ID carries, as Insert reads it for a child
 // that arrives in time (session.Record.Parent), not the seal, which comes
-// later by however long the sender held the message. It is no earlier than
-// expires less the cache's Lifetime (an ID minted before IDs carried their
-// issue time yields an arbitrary one) and no later than sent. An ID this
-// node cannot read (its ID key is no longer held) counts from the earliest
-// of those two.
+// later by however long the sender held the message. It is no later than
+// sent. The issue time is taken as Insert takes it for the child's life
+// (session.Cache.Insert): as the ID says, also when that is earlier than
+// expires less the cache's Lifetime (the minter's Lifetime is longer);
+// an ID minted before IDs carried their issue time yields an arbitrary
+// one, and one before 1970 (only such an ID yields one), or an ID this
+// node cannot read (its ID key is no longer held), counts from expires
+// less the cache's Lifetime.
 func (n *Node) childIssued(id session.ID, expires, sent time.Time) time.Time {
 	at := expires.Add(-n.cfg.Cache.Config().Lifetime)
-	if t, ok := n.cfg.Cache.IssuedAt(id); ok && t.After(at) {
+	if t, ok := n.cfg.Cache.IssuedAt(id); ok && t.Unix() >= 0 {
 		at = t
 	}
 	if at.After(sent) {

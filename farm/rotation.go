@@ -31,7 +31,8 @@ type RotationConfig struct {
 	// rotation owns it: nothing else should Rotate, Update or Run it. A
 	// ring fresh from ticket.NewRing (epoch 0) adopts the farm's key set at
 	// once, less the keys that the rotations due since the set was written
-	// (one per Interval, by the store's clock) would have dropped; if they
+	// (one per Interval, by the store's clock; by the node's, for a set
+	// announced on the bus) would have dropped; if they
 	// would have dropped them all, it waits for a newer set, which the
 	// lease holder writes from its own keys when it finds none newer.
 	Ring *ticket.Ring
@@ -487,10 +488,12 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 	}
 	mine := r.cfg.Ring.State()
 	if mine.Epoch == 0 {
-		// As step takes a stored set, as of the announcement's seal
-		// (within MaxAge of now).
+		// As step takes a stored set, as of now: not as of the
+		// announcement's seal, which may be up to MaxAge older (a bus
+		// message resent by someone who can replay them), while the
+		// rotations due meanwhile drop keys.
 		var ok bool
-		if ks, ok = aged(ks, h.time, r.cfg.Interval, r.cfg.Keep); !ok {
+		if ks, ok = aged(ks, later(h.time, r.n.cfg.Now()), r.cfg.Interval, r.cfg.Keep); !ok {
 			r.ignored.Add(1)
 			return
 		}
@@ -507,6 +510,14 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 		// Not newer than what we hold: a replay, or our own news.
 		r.ignored.Add(1)
 	}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func (r *Rotator) fail(err error) {

@@ -322,20 +322,27 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // MaxChainLifetime. A zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
 // r.State must not be modified afterwards.
 func (c *Cache) Insert(id ID, r Record, origin Origin) error {
+	_, err := c.insertRecord(id, r, origin)
+	return err
+}
+
+// insertRecord is Insert; it also returns the expiry the cache gave the
+// session (Unix nanoseconds), which the bounds above may have cut.
+func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 	k := c.keys.Load()
 	if !k.checkPooled(id[:]) {
 		c.ctr.forgedIDs.Add(1)
-		return errForgedID
+		return 0, errForgedID
 	}
 	if len(r.State) == 0 {
-		return errEmptyState
+		return 0, errEmptyState
 	}
 	if len(r.State) > c.cfg.MaxStateLen {
 		c.ctr.oversized.Add(1)
-		return errStateLen
+		return 0, errStateLen
 	}
 	if len(r.ServerName) > maxServerNameLen {
-		return errServerNameLen
+		return 0, errServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{
@@ -363,11 +370,11 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		}
 	}
 	if e.expires <= now {
-		return errExpired
+		return 0, errExpired
 	}
 	expires := e.expires // e belongs to the bucket once inserted
 	if err := c.insert(e, origin, now, r.Parent); err != nil {
-		return err
+		return 0, err
 	}
 	if r.Parent != (ID{}) {
 		at := c.resumedAt(issued, expires, now)
@@ -376,7 +383,7 @@ func (c *Cache) Insert(id ID, r Record, origin Origin) error {
 		}
 		c.linkChild(r.Parent, id, expires, c.graceEnd(at, expires), origin)
 	}
-	return nil
+	return expires, nil
 }
 
 // Times that Unix nanoseconds hold, as an int64 does.

@@ -374,11 +374,17 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 		// continue the chain the cache holds the session in.
 		rec.Chain = newChain()
 	}
-	if err := c.Insert(id, *rec, OriginLoader); err != nil {
+	expires, err := c.insertRecord(id, *rec, OriginLoader)
+	if err != nil {
 		// Expired, revoked, forged or malformed: as good as a miss.
 		c.ctr.loaderMisses.Add(1)
 		return nil
 	}
+	// The handshake goes on with the life the cache gave the session
+	// (a peer's record may claim more than its ID allows, see Insert):
+	// it decides on a reissued ticket by it, and a released single-use
+	// claim puts it back in the farm.
+	rec.Expires = time.Unix(0, expires)
 	c.ctr.loaderHits.Add(1)
 	return rec
 }
