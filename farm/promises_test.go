@@ -1,10 +1,14 @@
 package farm_test
 
 import (
+	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -220,5 +224,257 @@ func serverNameThroughStoreOutage(t *testing.T, mode farm.Mode, openssl bool) {
 			farmtest.LogStats(t, all)
 			t.Fatalf("the %s did not resume under a.example on n3, which joined after Redis returned", s.what)
 		}
+	}
+}
+
+// stored reports whether the store m uses holds the record of id.
+func stored(m *farmtest.Member, id session.ID) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := m.Store.GetRecord(ctx, "s:"+hex.EncodeToString(id[:]))
+	return err == nil
+}
+
+// passOn is a client that presents from's session and keeps the one the
+// server then issues in to.
+type passOn struct{ from, to *tlstest.FrozenCache }
+
+func (p passOn) Get(k string) (*tls.ClientSessionState, bool) { return p.from.Get(k) }
+func (p passOn) Put(k string, cs *tls.ClientSessionState)     { p.to.Put(k, cs) }
+
+// TestPromiseRevocationWhileStorePaused: Redis (bus and store) is paused
+// (SIGSTOP) and n1 revokes two sessions it issued: one a Go client holds,
+// with a child n2 issued resuming it before the pause and a fallback
+// ticket n1 issued resuming it during the pause (all one chain), and one
+// openssl saved (-sess_out). The revocations are pending; on n1 nothing of
+// either chain resumes. Then Redis returns: resumed as it was, or killed
+// and restarted empty. Once nothing is pending, nothing of either chain
+// resumes on any node — n1, n2, and n3, which joins afterwards with an
+// empty cache — with Go's client or openssl (-sess_in), while an untouched
+// session resumes on n3 (the refusals are the revocations'). Broadcast and
+// store-only.
+func TestPromiseRevocationWhileStorePaused(t *testing.T) {
+	t.Parallel()
+	for _, back := range []string{"resumed", "restarted-empty"} {
+		for _, mode := range modes {
+			t.Run(back+"/"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				revocationWhileStorePaused(t, mode, back == "restarted-empty")
+			})
+		}
+	}
+}
+
+func revocationWhileStorePaused(t *testing.T, mode farm.Mode, empty bool) {
+	srv := redistest.Start(t)
+	ms, o, name := promiseFarm(t, srv, 2, mode, true, true, nil)
+	n1ids, n2ids := farmtest.HandshakeSessions(ms[0].Cache), farmtest.HandshakeSessions(ms[1].Cache)
+	revoked, control := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, revoked))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, control))
+	sess := tlstest.SessionFile(t)
+	tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+	if len(n1ids()) != 3 {
+		t.Fatalf("n1 issued %d sessions for 3 handshakes", len(n1ids()))
+	}
+	id, controlID, opensslID := n1ids()[0], n1ids()[1], n1ids()[2]
+	for _, x := range n1ids() {
+		waitStored(t, ms[0], x)
+	}
+	child := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{revoked, child})).DidResume {
+		t.Fatal("the session to revoke did not resume on n2")
+	}
+	if len(n2ids()) != 1 {
+		t.Fatalf("n2 issued %d sessions resuming one", len(n2ids()))
+	}
+	waitStored(t, ms[1], n2ids()[0])
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "the peers hold each other's sessions", func() bool {
+			_, ok1 := lookup(ms[1].Cache, id)
+			_, ok2 := lookup(ms[0].Cache, n2ids()[0])
+			return ok1 && ok2
+		})
+	}
+
+	srv.Pause()
+	// A hung Redis turns fallback tickets on once a store write fails
+	// (not when the probe finds it hung): a handshake's write.
+	farmtest.Eventually(t, 10*time.Second, "n1 finds Redis hung", func() bool { return !ms[0].Node.Connected() })
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tlstest.NoResume{}))
+	farmtest.Eventually(t, 10*time.Second, "n1 issues fallback tickets", func() bool {
+		on, _ := ms[0].Node.FallbackState()
+		return on
+	})
+	issued := len(n1ids())
+	ticket := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{revoked, ticket})).DidResume {
+		t.Fatal("the session to revoke did not resume on n1 while Redis was paused")
+	}
+	if len(n1ids()) != issued {
+		t.Fatal("n1 issued a cached session while Redis was paused: the successor is not a fallback ticket")
+	}
+	for _, x := range []session.ID{id, opensslID} {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		st, err := ms[0].Node.RevokeSession(ctx, x)
+		cancel()
+		if err != nil || st != farm.RevokePending {
+			t.Fatalf("RevokeSession with Redis paused = %v, %v; want pending", st, err)
+		}
+	}
+	goClients := map[string]*tlstest.FrozenCache{"revoked session": revoked, "child": child, "fallback ticket": ticket}
+	for what, c := range goClients {
+		if tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			t.Fatalf("the %s resumed on n1, which revoked it, while Redis was paused", what)
+		}
+	}
+	opensslResumes := func(m *farmtest.Member) bool {
+		out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+		return strings.Contains(out, "Reused, ")
+	}
+	if opensslResumes(ms[0]) {
+		t.Fatal("openssl's revoked session resumed on n1 while Redis was paused")
+	}
+
+	if empty {
+		srv.Kill()
+		srv.Restart()
+	} else {
+		srv.Resume()
+	}
+	back := time.Now()
+	farmtest.Eventually(t, 10*time.Second, "the revocations applied farm-wide", func() bool {
+		return ms[0].Node.PendingRevocations() == 0
+	})
+	t.Logf("revocations applied farm-wide %v after Redis returned", time.Since(back).Round(time.Millisecond))
+	farmtest.Eventually(t, 10*time.Second, "n2 dropped the revoked sessions", func() bool {
+		_, ok1 := lookup(ms[1].Cache, id)
+		_, ok2 := lookup(ms[1].Cache, n2ids()[0])
+		_, ok3 := lookup(ms[1].Cache, opensslID)
+		return !ok1 && !ok2 && !ok3
+	})
+	if empty {
+		// The control comes back through the write-back.
+		farmtest.Eventually(t, 10*time.Second, "the control written back", func() bool { return stored(ms[0], controlID) })
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, ms[0], ms[1], n3)
+	all := append(ms, n3)
+	agreed(t, all, 1)
+	for _, m := range all {
+		for what, c := range goClients {
+			if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s resumed on %s after Redis returned", what, m.Name)
+			}
+		}
+		if opensslResumes(m) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("openssl's revoked session resumed on %s after Redis returned", m.Name)
+		}
+	}
+	if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, control)).DidResume {
+		farmtest.LogStats(t, all)
+		t.Fatal("the untouched session did not resume on n3")
+	}
+}
+
+// TestPromiseExpiryAfterStoreRestartedEmpty: Redis (bus and store) is
+// killed and restarted empty; the nodes write their sessions back. A
+// session's written-back record lives no longer than the session (the
+// store's TTL is at most what is left of it), and once it expires it
+// resumes on no node: n1, n2, and n3, which joins after the restart and
+// resumed it from the store just before. Two bounds: the session's
+// Lifetime (a session n1 issued), and MaxChainLifetime (a child n2 issued
+// resuming it, and a grandchild n3 issued resuming that, which end with
+// the chain). Broadcast and store-only.
+func TestPromiseExpiryAfterStoreRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	const bound = 6 * time.Second
+	for _, chain := range []bool{false, true} {
+		for _, mode := range modes {
+			name := "lifetime/"
+			if chain {
+				name = "chain/"
+			}
+			t.Run(name+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				expiryAfterStoreRestartedEmpty(t, mode, chain, bound)
+			})
+		}
+	}
+}
+
+func expiryAfterStoreRestartedEmpty(t *testing.T, mode farm.Mode, chain bool, bound time.Duration) {
+	srv := redistest.Start(t)
+	ms, o, name := promiseFarm(t, srv, 2, mode, false, false, func(c *session.Config) {
+		if chain {
+			c.MaxChainLifetime = bound
+		} else {
+			c.Lifetime = bound
+		}
+	})
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ids, cs := farmtest.Issue(t, ms[0], 1)
+	id, c, holder := ids[0], cs[0], ms[0]
+	waitStored(t, ms[0], id)
+	if chain {
+		// The session that expires is the child n2 issues: its own
+		// Lifetime is an hour, its chain's end a few seconds away.
+		n2ids := farmtest.HandshakeSessions(ms[1].Cache)
+		child := &tlstest.FrozenCache{}
+		if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{c, child})).DidResume {
+			t.Fatal("the session did not resume on n2")
+		}
+		id, c, holder = n2ids()[0], child, ms[1]
+		waitStored(t, ms[1], id)
+	}
+	rec, ok := lookup(holder.Cache, id)
+	if !ok {
+		t.Fatalf("%s does not hold the session it issued", holder.Name)
+	}
+	expires := rec.Expires
+
+	srv.Kill()
+	srv.Restart()
+	farmtest.Eventually(t, 10*time.Second, "the session written back", func() bool { return stored(holder, id) })
+	ttl, ok := storedTTL(t, rc, holder, id)
+	if left := time.Until(expires); ok && ttl > left+100*time.Millisecond {
+		t.Fatalf("the written-back record lives %v, the session %v", ttl, left)
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	n3ids := farmtest.HandshakeSessions(n3.Cache)
+	grandchild := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{c, grandchild})).DidResume {
+		if time.Now().After(expires) {
+			t.Fatalf("n3 resumed %v after the session expired: too slow to prove anything", time.Since(expires))
+		}
+		farmtest.LogStats(t, append(ms, n3))
+		t.Fatal("the written-back session did not resume on n3 before it expired")
+	}
+	clients := map[string]*tlstest.FrozenCache{"session": c}
+	if chain {
+		if len(n3ids()) != 1 {
+			t.Fatalf("n3 issued %d sessions resuming one", len(n3ids()))
+		}
+		clients["grandchild"] = grandchild
+		waitStored(t, n3, n3ids()[0])
+	}
+
+	time.Sleep(time.Until(expires.Add(200 * time.Millisecond))) // the promise is about time
+	all := append(ms, n3)
+	for _, m := range all {
+		for what, c := range clients {
+			if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s resumed on %s after it expired", what, m.Name)
+			}
+		}
+	}
+	farmtest.Eventually(t, 2*time.Second, "the store dropped the expired session", func() bool { return !stored(holder, id) })
+	if chain {
+		farmtest.Eventually(t, 2*time.Second, "the store dropped the grandchild", func() bool { return !stored(n3, n3ids()[0]) })
 	}
 }
