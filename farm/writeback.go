@@ -57,10 +57,17 @@ func (n *Node) checkGeneration(parent context.Context) {
 	n.genMu.Lock()
 	prev := n.generation
 	n.generation = bytes.Clone(v)
+	lost := prev != nil && !bytes.Equal(prev, v)
+	if lost {
+		// Set with the new generation, under its lock: a reconcile that
+		// takes this generation for its outage's sees the flag too.
+		n.refilling.Store(true)
+	}
 	n.genMu.Unlock()
-	if prev == nil || bytes.Equal(prev, v) {
+	if !lost {
 		return
 	}
+	defer n.refilling.Store(false)
 	n.writeBack(parent)
 }
 
