@@ -12,6 +12,8 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -482,5 +484,178 @@ func expiryAfterStoreRestartedEmpty(t *testing.T, mode farm.Mode, chain bool, bo
 	farmtest.Eventually(t, 2*time.Second, "the store dropped the expired session", func() bool { return !stored(holder, id) })
 	if chain {
 		farmtest.Eventually(t, 2*time.Second, "the store dropped the grandchild", func() bool { return !stored(n3, n3ids()[0]) })
+	}
+}
+
+// TestPromiseGraceCutWhileStorePaused: openssl saves two sessions on n1
+// (-sess_out), which reach the store (and n2, in broadcast mode); Redis
+// (bus and store) is paused (SIGSTOP) and openssl resumes the first on n1
+// (-sess_in), which cuts it to its grace. Past the grace, with Redis still
+// paused, it no longer resumes on n1. Then Redis resumes: the cut reaches
+// the store (the record goes: its grace is over) and n2, and neither n1,
+// n2, nor n3, which joins afterwards, resumes it, while the untouched
+// session resumes on n2 and n3. Broadcast and store-only.
+func TestPromiseGraceCutWhileStorePaused(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			ms, o, name := promiseFarm(t, srv, 2, mode, false, true, func(c *session.Config) { c.ResumeGrace = grace })
+			ids := farmtest.HandshakeSessions(ms[0].Cache)
+			save := func() (string, session.ID) {
+				t.Helper()
+				sess := tlstest.SessionFile(t)
+				before := len(ids())
+				tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+				if len(ids()) != before+1 {
+					t.Fatalf("openssl's handshake issued %d sessions, want 1", len(ids())-before)
+				}
+				id := ids()[before]
+				waitStored(t, ms[0], id)
+				return sess, id
+			}
+			resumes := func(m *farmtest.Member, sess string) bool {
+				t.Helper()
+				out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+				return strings.Contains(out, "Reused, ")
+			}
+			parentS, parent := save()
+			controlS, control := save()
+			if mode == farm.Broadcast {
+				farmtest.Eventually(t, 5*time.Second, "n2 holds the sessions", func() bool {
+					_, ok1 := lookup(ms[1].Cache, parent)
+					_, ok2 := lookup(ms[1].Cache, control)
+					return ok1 && ok2
+				})
+			}
+
+			srv.Pause()
+			farmtest.Eventually(t, 10*time.Second, "n1 finds Redis hung", func() bool { return !ms[0].Node.Connected() })
+			n := len(ids())
+			if !resumes(ms[0], parentS) {
+				t.Fatal("openssl's session did not resume on n1 from its own cache while Redis was paused")
+			}
+			if len(ids()) != n+1 {
+				t.Fatal("the resumption got no successor: the parent is not cut and the test proves nothing")
+			}
+			cutBy := time.Now().Add(grace)
+			time.Sleep(time.Until(cutBy.Add(300 * time.Millisecond))) // the promise is about time
+			if resumes(ms[0], parentS) {
+				t.Fatal("the session resumed on n1 past its grace while Redis was paused")
+			}
+
+			srv.Resume()
+			farmtest.Eventually(t, 10*time.Second, "the cut written and published", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_lifecycle_backlog_length") == 0 &&
+					farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0
+			})
+			farmtest.Eventually(t, 10*time.Second, "the store dropped the cut session", func() bool { return !stored(ms[0], parent) })
+			dl := time.Now().Add(10 * time.Second)
+			for {
+				if _, ok := lookup(ms[1].Cache, parent); !ok {
+					break
+				}
+				if time.Now().After(dl) {
+					farmtest.LogStats(t, ms)
+					t.Fatal("timed out waiting for: n2 dropped its copy")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			n3 := farmtest.Join(t, "n3", name, *o)
+			farmtest.WaitConnected(t, ms[0], ms[1], n3)
+			all := append(ms, n3)
+			for _, m := range all {
+				if resumes(m, parentS) {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the session resumed on %s past its grace, after Redis resumed", m.Name)
+				}
+			}
+			for _, m := range all[1:] {
+				if !resumes(m, controlS) {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the untouched session did not resume on %s", m.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestPromiseGraceCutWhileCutOff: n1 reaches Redis (bus and store)
+// through a proxy, n2 directly. n1 issues a session, which reaches the
+// store (and n2, in broadcast mode); then n1's path is cut (its
+// connections closed, new ones refused) and a client resumes the session
+// on n1, which cuts it to its grace. n1 keeps the child and the cut for
+// later. Once its path is restored and the grace is over, the session
+// resumes on no node — n1, n2 (which never lost Redis: only the replayed
+// messages can tell it), and n3, which joins afterwards — and the store
+// no longer holds it. Broadcast and store-only.
+func TestPromiseGraceCutWhileCutOff(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			px := nettest.NewProxy(t, srv.Addr())
+			first := true
+			newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+				url := srv.URL()
+				if first { // n1: Start joins n1 first
+					url, first = "redis://"+px.Addr+"/0", false
+				}
+				return redisTransport(url)(t, farmName)
+			}
+			o := &farmtest.Options{NewTransport: newTransport, Mode: mode, WriteThrough: true,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+				Tweak: func(c *farm.Config) {
+					c.OpTimeout = 300 * time.Millisecond
+					c.BreakerCooldown = 500 * time.Millisecond
+				}}
+			ms, name := farmtest.Start(t, 2, o)
+			o.NewTransport = redisTransport(srv.URL())
+			ids, cs := farmtest.Issue(t, ms[0], 1)
+			id, c := ids[0], cs[0]
+			waitStored(t, ms[0], id)
+			if mode == farm.Broadcast {
+				farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+					_, ok := lookup(ms[1].Cache, id)
+					return ok
+				})
+			}
+
+			px.Cut()
+			farmtest.Eventually(t, 10*time.Second, "n1 cut off", func() bool { return !ms[0].Node.Connected() })
+			newOnN1 := farmtest.HandshakeSessions(ms[0].Cache)
+			if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				t.Fatal("the session did not resume on n1 from its own cache while cut off")
+			}
+			if len(newOnN1()) != 1 {
+				t.Fatal("the resumption got no successor: the session is not cut and the test proves nothing")
+			}
+			cutBy := time.Now().Add(grace)
+			farmtest.Eventually(t, 5*time.Second, "n1 kept the child for later", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_backlog_length") == 1
+			})
+
+			px.Restore()
+			farmtest.WaitConnected(t, ms[0])
+			farmtest.Eventually(t, 10*time.Second, "n1 wrote and published what it kept", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_backlog_length") == 0 &&
+					farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_lifecycle_backlog_length") == 0
+			})
+			time.Sleep(time.Until(cutBy.Add(300 * time.Millisecond))) // the promise is about time
+			farmtest.Eventually(t, 5*time.Second, "the store dropped the cut session", func() bool { return !stored(ms[1], id) })
+			n3 := farmtest.Join(t, "n3", name, *o)
+			farmtest.WaitConnected(t, n3)
+			all := append(ms, n3)
+			for _, m := range all {
+				if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the session resumed on %s past its grace, after n1's path was restored", m.Name)
+				}
+			}
+		})
 	}
 }

@@ -71,3 +71,44 @@ func TestReconcileDuringWriteBackKeepsSessions(t *testing.T) {
 		t.Fatal("n2's session did not resume on n1 after the store was refilled")
 	}
 }
+
+// TestReplayedChildCutsParentOnPeers: in broadcast mode a resumption's
+// grace cut reaches the peers with the child (see enqueue). n1's writes
+// fail (its subscription stays up) while a client resumes a session on
+// n1: the child is kept for later, and, once the writes work again, it is
+// written and published from the backlog. It must still name its parent,
+// so that n2, which holds the parent and missed nothing else, cuts it:
+// past the grace the parent resumes on neither node.
+func TestReplayedChildCutsParentOnPeers(t *testing.T) {
+	t.Parallel()
+	const grace = time.Second
+	ms, cuts, _ := cutFarm(t, 2, grace, cutOptions{})
+	n1, n2 := ms[0], ms[1]
+	ids, cs := farmtest.Issue(t, n1, 1)
+	id, c := ids[0], cs[0]
+	waitStored(t, n1, id)
+	farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+		_, ok := lookup(n2.Cache, id)
+		return ok
+	})
+	cuts[0].writesDown.Store(true)
+	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("the session did not resume on n1")
+	}
+	cutBy := time.Now().Add(grace)
+	farmtest.Eventually(t, 5*time.Second, "n1 kept the child for later", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_backlog_length") == 1
+	})
+	cuts[0].writesDown.Store(false)
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote and published what it kept", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_backlog_length") == 0 &&
+			farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_lifecycle_backlog_length") == 0
+	})
+	time.Sleep(time.Until(cutBy.Add(200 * time.Millisecond))) // the promise is about time
+	for _, m := range ms {
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("the parent resumed on %s past its grace", m.Name)
+		}
+	}
+}
