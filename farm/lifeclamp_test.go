@@ -1,9 +1,7 @@
 package farm_test
 
 import (
-	"context"
 	"crypto/tls"
-	"encoding/hex"
 	"testing"
 	"time"
 
@@ -79,12 +77,6 @@ func TestPeerRecordOutlivesLifetime(t *testing.T) {
 func inCache(n2 *farmtest.Member, id session.ID) bool {
 	_, ok := lookup(n2.Cache, id)
 	return ok
-}
-
-// stored reports whether the farm's store holds the session id.
-func stored(n2 *farmtest.Member, id session.ID) bool {
-	_, err := n2.Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
-	return err == nil
 }
 
 // TestLoadedRecordActsOnItsClampedLife: a TLS 1.2 handshake that resumes a

@@ -620,7 +620,7 @@ func (n *Node) lifeExpiry(id session.ID) time.Time {
 // backlog: one retired here since is left out (writing it would bring it
 // back), and one still cached is written as the cache now holds it (cut to
 // its grace, if it was resumed meanwhile), so that a cut already written
-// is not undone.
+// is not undone, with the link to its parent it was queued with.
 func (n *Node) refreshLater(batch []item) {
 	now := n.cfg.Now()
 	for i := range batch {
@@ -633,9 +633,10 @@ func (n *Node) refreshLater(batch []item) {
 			continue
 		}
 		// Cutting to its own expiry changes nothing: it reads the record.
+		// The cache does not keep a session's parent: keep the link the
+		// item has, which carries the parent's grace cut to the peers
+		// (in broadcast mode, only the child does; see receiveOldSessions).
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
-			// The cache keeps no parent: the one the handshake named
-			// stays, for the peers' grace cut (see receiveOldSessions).
 			rec.Parent = it.rec.Parent
 			it.rec = rec
 		}

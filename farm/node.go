@@ -91,6 +91,10 @@ type Node struct {
 
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
+	// refilling is set from when the node finds the store's generation
+	// changed (the store lost its data) until its write-back ends: its
+	// reconciles do not take a missing record for a retirement meanwhile.
+	refilling atomic.Bool
 
 	handlersMu sync.Mutex
 	handlers   map[envType]func(header, []byte)

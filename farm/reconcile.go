@@ -99,10 +99,18 @@ func (n *Node) keepsGeneration() bool {
 }
 
 // checkSameGeneration returns errStoreLost unless the store's generation
-// record is gen.
+// record is gen and the node is not writing its sessions back to a store
+// that lost them (see checkGeneration).
 func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 	if !n.keepsGeneration() {
 		return nil
+	}
+	if n.refilling.Load() {
+		// The node found the store emptied and has yet to write its
+		// sessions back: a record missing now was lost, not retired,
+		// even if gen is the new generation (the subscription noticed
+		// its outage after the node had read it).
+		return errStoreLost
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()

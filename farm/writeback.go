@@ -57,10 +57,17 @@ func (n *Node) checkGeneration(parent context.Context) {
 	n.genMu.Lock()
 	prev := n.generation
 	n.generation = bytes.Clone(v)
+	lost := prev != nil && !bytes.Equal(prev, v)
+	if lost {
+		// Set with the new generation, under its lock: a reconcile that
+		// takes this generation for its outage's sees the flag too.
+		n.refilling.Store(true)
+	}
 	n.genMu.Unlock()
-	if prev == nil || bytes.Equal(prev, v) {
+	if !lost {
 		return
 	}
+	defer n.refilling.Store(false)
 	n.writeBack(parent)
 }
 
@@ -87,6 +94,7 @@ const writeBackSettle = resendEvery + 500*time.Millisecond
 // then stay local, which costs their clients a full handshake elsewhere,
 // never a resumption the farm no longer allows.
 func (n *Node) writeBack(ctx context.Context) {
+	n.writeBackRevocations(ctx)
 	if n.askResend(ctx) {
 		t := time.NewTimer(writeBackSettle)
 		select {
@@ -150,5 +158,40 @@ func (n *Node) writeBack(ctx context.Context) {
 		// reached the store and this node while the snapshot was being
 		// written would be undone by it (see resendState).
 		n.wantResendAsk()
+	}
+}
+
+// writeBackRevocations writes the revocations the node's cache remembers
+// (its own and those it learned from its peers, until they lapse) back to
+// a store that lost its data, where Coord is that store: without them, a
+// node that joins (or restarts) afterwards would not know those chains are
+// revoked, and would accept their stateless tickets (fallback tickets, or
+// a Stateless or Mixed cache's) until they expire. It runs first, before
+// the write-back's wait, so that a node joining meanwhile reads them.
+// Every node that finds the store emptied writes what it remembers: the
+// set then holds one member per node and chain, each lapsing with its
+// chain, as after a revocation that several nodes retried.
+func (n *Node) writeBackRevocations(ctx context.Context) {
+	if n.cfg.Coord == nil || any(n.cfg.Coord) != any(n.cfg.Records) {
+		return // the revocations are elsewhere: this store did not hold them
+	}
+	now := n.cfg.Now()
+	hdr := header{typ: valTombstone, time: now, sender: n.instance, farm: n.cfg.Farm}
+	written := 0
+	for chain, until := range n.cfg.Cache.Revocations() {
+		r := revocation{chain: chain, until: until}
+		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
+		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err := n.cfg.Coord.SetAdd(wctx, tombstoneKey, member, until)
+		cancel()
+		if err != nil {
+			n.log.Warn("farm: writing revocations back to the store failed; a node that joins or restarts may accept tickets of those revoked chains until they lapse",
+				"written", written, "err", err)
+			return
+		}
+		written++
+	}
+	if written > 0 {
+		n.log.Warn("farm: the store lost its data; wrote back the revocations this node remembers", "revocations", written)
 	}
 }

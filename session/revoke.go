@@ -3,6 +3,7 @@ package session
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"iter"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,6 +95,36 @@ func newChain() uint64 {
 		return v
 	}
 	return 1
+}
+
+// Revocations returns the revoked chains the cache remembers (from Remove
+// and RemoveChain, of any origin), each with when its revocation lapses;
+// those that have lapsed are left out. It reads them all at once and yields
+// them afterwards, so the yield may call the cache. A farm writes them back
+// to a store that lost them.
+func (c *Cache) Revocations() iter.Seq2[uint64, time.Time] {
+	now := c.nowNano()
+	type rev struct {
+		chain uint64
+		until int64
+	}
+	var revs []rev
+	if c.tomb.n.Load() > 0 {
+		c.tomb.mu.RLock()
+		for chain, until := range c.tomb.m {
+			if until > now {
+				revs = append(revs, rev{chain, until})
+			}
+		}
+		c.tomb.mu.RUnlock()
+	}
+	return func(yield func(uint64, time.Time) bool) {
+		for _, r := range revs {
+			if !yield(r.chain, time.Unix(0, r.until)) {
+				return
+			}
+		}
+	}
 }
 
 // tombstones remember revoked chains until they could no longer be resumed.

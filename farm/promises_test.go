@@ -1,0 +1,761 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// The promise tests hold one promise of the cache (server name binding,
+// expiry, revocation, grace cut) against a farm on a private redis-server
+// (bus and store) that is killed, paused and restarted, with clients that
+// take a session from one node to another: Go's, and openssl s_client
+// (-sess_out on one node, -sess_in on another).
+
+// promiseFarm starts n members on srv with the outage tests' short
+// timeouts, and a heal interval short enough that a node notices a store
+// restarted empty (and writes its sessions back) within a second. With
+// rotate, the members share farm-wide ticket keys, so they issue fallback
+// tickets while the farm is unreachable.
+func promiseFarm(t *testing.T, srv *redistest.Server, n int, mode farm.Mode, rotate, openssl bool, tweakCache func(*session.Config)) ([]*farmtest.Member, *farmtest.Options, string) {
+	t.Helper()
+	o := &farmtest.Options{NewTransport: redisTransport(srv.URL()), Mode: mode, WriteThrough: true,
+		CloseServer: openssl, TweakCache: tweakCache,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.HealInterval = 300 * time.Millisecond
+		}}
+	if rotate {
+		o.Rotation = &farm.RotationConfig{Interval: time.Hour}
+	}
+	ms, name := farmtest.Start(t, n, o)
+	if rotate {
+		agreed(t, ms, 1)
+	}
+	return ms, o, name
+}
+
+// sniClient returns a TLS 1.3 client for the members' servers that names
+// serverName and keeps its session in c.
+func sniClient(serverName string, c tls.ClientSessionCache) *tls.Config {
+	_, pool := tlstest.SharedCert()
+	return tlstest.ClientConfig(pool, serverName, tls.VersionTLS13, c)
+}
+
+// refusedSNI returns how many resumptions m's cache refused for their
+// server name.
+func refusedSNI(m *farmtest.Member) uint64 {
+	v, _ := metric.Value(m.Cache.Metrics(), "tlsfarm_cache_refusals_total", "reason", "server_name")
+	return uint64(v)
+}
+
+// resumesAs reports whether the session in c resumes on m under
+// serverName. A refusal must be the server name binding's: a session
+// refused under another name must have been found and refused for it
+// (else the test would prove nothing).
+func resumesAs(t *testing.T, m *farmtest.Member, serverName string, c tls.ClientSessionCache, wantSNIRefusal bool) bool {
+	t.Helper()
+	before := refusedSNI(m)
+	ok := tlstest.MustDial(t, m.Server.Addr, sniClient(serverName, c)).DidResume
+	if wantSNIRefusal && !ok && refusedSNI(m) == before {
+		t.Fatalf("the session presented on %s under %s was not refused for its server name: the test proves nothing", m.Name, serverName)
+	}
+	return ok
+}
+
+// opensslResumesAs is resumesAs with openssl s_client presenting the
+// session saved in sess.
+func opensslResumesAs(t *testing.T, m *farmtest.Member, serverName, sess string, wantSNIRefusal bool) bool {
+	t.Helper()
+	before := refusedSNI(m)
+	out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", serverName, "-sess_in", sess)
+	ok := strings.Contains(out, "Reused, ")
+	if wantSNIRefusal && !ok && refusedSNI(m) == before {
+		t.Fatalf("openssl's session presented on %s under %s was not refused for its server name: the test proves nothing", m.Name, serverName)
+	}
+	return ok
+}
+
+// TestPromiseServerNameThroughStoreOutage: a session issued under
+// a.example on n1 before Redis (bus and store) is killed, and a fallback
+// ticket n1 issues under a.example while it is down, are refused under
+// b.example on every node — while Redis is down, and after it returns
+// empty, on n3 too, which joins then and can only load the session from
+// what n1 writes back. The same sessions resume under a.example
+// (controls: the refusals are the binding's). Broadcast and store-only,
+// with Go's client and with openssl s_client (-sess_out on n1, -sess_in on
+// the others).
+func TestPromiseServerNameThroughStoreOutage(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		for _, client := range []string{"go", "openssl"} {
+			t.Run(mode.String()+"/"+client, func(t *testing.T) {
+				t.Parallel()
+				serverNameThroughStoreOutage(t, mode, client == "openssl")
+			})
+		}
+	}
+}
+
+// sniSession is a client's saved session: a Go client cache or an openssl
+// session file.
+type sniSession struct {
+	what   string
+	c      *tlstest.FrozenCache
+	file   string
+	ticket bool // a fallback ticket: any node can open it
+}
+
+func serverNameThroughStoreOutage(t *testing.T, mode farm.Mode, openssl bool) {
+	srv := redistest.Start(t)
+	ms, o, name := promiseFarm(t, srv, 2, mode, true, openssl, nil)
+	issue := func(what string) sniSession {
+		t.Helper()
+		s := sniSession{what: what}
+		if openssl {
+			s.file = tlstest.SessionFile(t)
+			tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "a.example", "-sess_out", s.file)
+		} else {
+			s.c = &tlstest.FrozenCache{}
+			tlstest.MustDial(t, ms[0].Server.Addr, sniClient("a.example", s.c))
+		}
+		return s
+	}
+	// resumes presents s on m under serverName; found says whether m can
+	// find it (a refusal under another name must then be the binding's).
+	resumesIf := func(m *farmtest.Member, serverName string, s sniSession, found bool) bool {
+		t.Helper()
+		wrong := found && serverName != "a.example"
+		if openssl {
+			return opensslResumesAs(t, m, serverName, s.file, wrong)
+		}
+		return resumesAs(t, m, serverName, s.c, wrong)
+	}
+	resumes := func(m *farmtest.Member, serverName string, s sniSession) bool {
+		t.Helper()
+		return resumesIf(m, serverName, s, true)
+	}
+	ids := farmtest.HandshakeSessions(ms[0].Cache)
+	cached := issue("cached")
+	if len(ids()) != 1 {
+		t.Fatalf("n1 issued %d cached sessions for one handshake", len(ids()))
+	}
+	id := ids()[0]
+	waitStored(t, ms[0], id)
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+			_, ok := lookup(ms[1].Cache, id)
+			return ok
+		})
+	}
+
+	srv.Kill()
+	for _, m := range ms {
+		farmtest.Eventually(t, 10*time.Second, m.Name+" issues fallback tickets", func() bool {
+			on, _ := m.Node.FallbackState()
+			return on
+		})
+	}
+	fallback := issue("fallback ticket")
+	fallback.ticket = true
+	if len(ids()) != 1 {
+		t.Fatal("n1 issued a cached session while the farm was down: the fallback ticket is not one")
+	}
+	down := []sniSession{cached, fallback}
+	for _, m := range ms {
+		for _, s := range down {
+			// In store-only mode n2 cannot find the cached session
+			// while the store is down.
+			found := m == ms[0] || mode == farm.Broadcast || s.ticket
+			if resumesIf(m, "b.example", s, found) {
+				farmtest.LogStats(t, ms)
+				t.Fatalf("the %s issued under a.example resumed under b.example on %s while Redis was down", s.what, m.Name)
+			}
+		}
+	}
+	// Controls: what a node holds, or any node's fallback ticket, resumes
+	// under its own name.
+	if !resumes(ms[1], "a.example", fallback) {
+		t.Fatal("n1's fallback ticket did not resume on n2 under a.example while Redis was down")
+	}
+	if !resumes(ms[0], "a.example", cached) {
+		t.Fatal("the cached session did not resume on n1 under a.example while Redis was down")
+	}
+	if mode == farm.Broadcast && !resumes(ms[1], "a.example", cached) {
+		t.Fatal("n2's copy of the session did not resume under a.example while Redis was down")
+	}
+
+	srv.Restart() // empty
+	for _, m := range ms {
+		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
+			on, _ := m.Node.FallbackState()
+			return m.Node.Connected() && !on
+		})
+	}
+	// n1 finds the store emptied and writes its sessions back.
+	waitStored(t, ms[0], id)
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	agreed(t, append(ms, n3), 1)
+	all := append(ms, n3)
+	for _, m := range all {
+		for _, s := range down {
+			if resumes(m, "b.example", s) {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s issued under a.example resumed under b.example on %s after Redis returned", s.what, m.Name)
+			}
+		}
+	}
+	for _, s := range down {
+		if !resumes(n3, "a.example", s) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("the %s did not resume under a.example on n3, which joined after Redis returned", s.what)
+		}
+	}
+}
+
+// stored reports whether the store m uses holds the record of id.
+func stored(m *farmtest.Member, id session.ID) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := m.Store.GetRecord(ctx, "s:"+hex.EncodeToString(id[:]))
+	return err == nil
+}
+
+// passOn is a client that presents from's session and keeps the one the
+// server then issues in to.
+type passOn struct{ from, to *tlstest.FrozenCache }
+
+func (p passOn) Get(k string) (*tls.ClientSessionState, bool) { return p.from.Get(k) }
+func (p passOn) Put(k string, cs *tls.ClientSessionState)     { p.to.Put(k, cs) }
+
+// TestPromiseRevocationWhileStorePaused: Redis (bus and store) is paused
+// (SIGSTOP) and n1 revokes two sessions it issued: one a Go client holds,
+// with a child n2 issued resuming it before the pause and a fallback
+// ticket n1 issued resuming it during the pause (all one chain), and one
+// openssl saved (-sess_out). The revocations are pending; on n1 nothing of
+// either chain resumes. Then Redis returns: resumed as it was, or killed
+// and restarted empty. Once nothing is pending, nothing of either chain
+// resumes on any node — n1, n2, and n3, which joins afterwards with an
+// empty cache — with Go's client or openssl (-sess_in), while an untouched
+// session resumes on n3 (the refusals are the revocations'). Broadcast and
+// store-only.
+func TestPromiseRevocationWhileStorePaused(t *testing.T) {
+	t.Parallel()
+	for _, back := range []string{"resumed", "restarted-empty", "resumed-then-lost"} {
+		for _, mode := range modes {
+			t.Run(back+"/"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				revocationWhileStorePaused(t, mode, back)
+			})
+		}
+	}
+}
+
+func revocationWhileStorePaused(t *testing.T, mode farm.Mode, back string) {
+	srv := redistest.Start(t)
+	ms, o, name := promiseFarm(t, srv, 2, mode, true, true, nil)
+	n1ids, n2ids := farmtest.HandshakeSessions(ms[0].Cache), farmtest.HandshakeSessions(ms[1].Cache)
+	revoked, control := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, revoked))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, control))
+	sess := tlstest.SessionFile(t)
+	tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+	if len(n1ids()) != 3 {
+		t.Fatalf("n1 issued %d sessions for 3 handshakes", len(n1ids()))
+	}
+	id, controlID, opensslID := n1ids()[0], n1ids()[1], n1ids()[2]
+	for _, x := range n1ids() {
+		waitStored(t, ms[0], x)
+	}
+	child := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{revoked, child})).DidResume {
+		t.Fatal("the session to revoke did not resume on n2")
+	}
+	if len(n2ids()) != 1 {
+		t.Fatalf("n2 issued %d sessions resuming one", len(n2ids()))
+	}
+	waitStored(t, ms[1], n2ids()[0])
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "the peers hold each other's sessions", func() bool {
+			_, ok1 := lookup(ms[1].Cache, id)
+			_, ok2 := lookup(ms[0].Cache, n2ids()[0])
+			return ok1 && ok2
+		})
+	}
+
+	srv.Pause()
+	// A hung Redis turns fallback tickets on once a store write fails
+	// (not when the probe finds it hung): a handshake's write.
+	farmtest.Eventually(t, 10*time.Second, "n1 finds Redis hung", func() bool { return !ms[0].Node.Connected() })
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tlstest.NoResume{}))
+	farmtest.Eventually(t, 10*time.Second, "n1 issues fallback tickets", func() bool {
+		on, _ := ms[0].Node.FallbackState()
+		return on
+	})
+	issued := len(n1ids())
+	ticket := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{revoked, ticket})).DidResume {
+		t.Fatal("the session to revoke did not resume on n1 while Redis was paused")
+	}
+	if len(n1ids()) != issued {
+		t.Fatal("n1 issued a cached session while Redis was paused: the successor is not a fallback ticket")
+	}
+	for _, x := range []session.ID{id, opensslID} {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		st, err := ms[0].Node.RevokeSession(ctx, x)
+		cancel()
+		if err != nil || st != farm.RevokePending {
+			t.Fatalf("RevokeSession with Redis paused = %v, %v; want pending", st, err)
+		}
+	}
+	goClients := map[string]*tlstest.FrozenCache{"revoked session": revoked, "child": child, "fallback ticket": ticket}
+	for what, c := range goClients {
+		if tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			t.Fatalf("the %s resumed on n1, which revoked it, while Redis was paused", what)
+		}
+	}
+	opensslResumes := func(m *farmtest.Member) bool {
+		out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+		return strings.Contains(out, "Reused, ")
+	}
+	if opensslResumes(ms[0]) {
+		t.Fatal("openssl's revoked session resumed on n1 while Redis was paused")
+	}
+
+	if back == "restarted-empty" {
+		srv.Kill()
+		srv.Restart()
+	} else {
+		srv.Resume()
+	}
+	returned := time.Now()
+	farmtest.Eventually(t, 10*time.Second, "the revocations applied farm-wide", func() bool {
+		return ms[0].Node.PendingRevocations() == 0
+	})
+	t.Logf("revocations applied farm-wide %v after Redis returned", time.Since(returned).Round(time.Millisecond))
+	if back == "resumed-then-lost" {
+		// The store loses the tombstones with the rest of its data.
+		srv.Kill()
+		srv.Restart()
+	}
+	empty := back != "resumed"
+	farmtest.Eventually(t, 10*time.Second, "n2 dropped the revoked sessions", func() bool {
+		_, ok1 := lookup(ms[1].Cache, id)
+		_, ok2 := lookup(ms[1].Cache, n2ids()[0])
+		_, ok3 := lookup(ms[1].Cache, opensslID)
+		return !ok1 && !ok2 && !ok3
+	})
+	if empty {
+		// The control comes back through the write-back.
+		farmtest.Eventually(t, 10*time.Second, "the control written back", func() bool { return stored(ms[0], controlID) })
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, ms[0], ms[1], n3)
+	all := append(ms, n3)
+	agreed(t, all, 1)
+	for _, m := range all {
+		for what, c := range goClients {
+			if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s resumed on %s after Redis returned", what, m.Name)
+			}
+		}
+		if opensslResumes(m) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("openssl's revoked session resumed on %s after Redis returned", m.Name)
+		}
+	}
+	if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, control)).DidResume {
+		farmtest.LogStats(t, all)
+		t.Fatal("the untouched session did not resume on n3")
+	}
+}
+
+// TestPromiseExpiryAfterStoreRestartedEmpty: Redis (bus and store) is
+// killed and restarted empty; the nodes write their sessions back. A
+// session's written-back record lives no longer than the session (the
+// store's TTL is at most what is left of it), and once it expires it
+// resumes on no node: n1, n2, and n3, which joins after the restart and
+// resumed it from the store just before. Two bounds: the session's
+// Lifetime (a session n1 issued), and MaxChainLifetime (a child n2 issued
+// resuming it, and a grandchild n3 issued resuming that, which end with
+// the chain). Broadcast and store-only.
+func TestPromiseExpiryAfterStoreRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	const bound = 6 * time.Second
+	for _, chain := range []bool{false, true} {
+		for _, mode := range modes {
+			name := "lifetime/"
+			if chain {
+				name = "chain/"
+			}
+			t.Run(name+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				expiryAfterStoreRestartedEmpty(t, mode, chain, bound)
+			})
+		}
+	}
+}
+
+func expiryAfterStoreRestartedEmpty(t *testing.T, mode farm.Mode, chain bool, bound time.Duration) {
+	srv := redistest.Start(t)
+	ms, o, name := promiseFarm(t, srv, 2, mode, false, false, func(c *session.Config) {
+		if chain {
+			c.MaxChainLifetime = bound
+		} else {
+			c.Lifetime = bound
+		}
+	})
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ids, cs := farmtest.Issue(t, ms[0], 1)
+	id, c, holder := ids[0], cs[0], ms[0]
+	waitStored(t, ms[0], id)
+	if chain {
+		// The session that expires is the child n2 issues: its own
+		// Lifetime is an hour, its chain's end a few seconds away.
+		n2ids := farmtest.HandshakeSessions(ms[1].Cache)
+		child := &tlstest.FrozenCache{}
+		if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{c, child})).DidResume {
+			t.Fatal("the session did not resume on n2")
+		}
+		id, c, holder = n2ids()[0], child, ms[1]
+		waitStored(t, ms[1], id)
+	}
+	rec, ok := lookup(holder.Cache, id)
+	if !ok {
+		t.Fatalf("%s does not hold the session it issued", holder.Name)
+	}
+	expires := rec.Expires
+
+	srv.Kill()
+	srv.Restart()
+	farmtest.Eventually(t, 10*time.Second, "the session written back", func() bool { return stored(holder, id) })
+	ttl, ok := storedTTL(t, rc, holder, id)
+	if left := time.Until(expires); ok && ttl > left+100*time.Millisecond {
+		t.Fatalf("the written-back record lives %v, the session %v", ttl, left)
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	n3ids := farmtest.HandshakeSessions(n3.Cache)
+	grandchild := &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, passOn{c, grandchild})).DidResume {
+		if time.Now().After(expires) {
+			t.Fatalf("n3 resumed %v after the session expired: too slow to prove anything", time.Since(expires))
+		}
+		farmtest.LogStats(t, append(ms, n3))
+		t.Fatal("the written-back session did not resume on n3 before it expired")
+	}
+	clients := map[string]*tlstest.FrozenCache{"session": c}
+	if chain {
+		if len(n3ids()) != 1 {
+			t.Fatalf("n3 issued %d sessions resuming one", len(n3ids()))
+		}
+		clients["grandchild"] = grandchild
+		waitStored(t, n3, n3ids()[0])
+	}
+
+	time.Sleep(time.Until(expires.Add(200 * time.Millisecond))) // the promise is about time
+	all := append(ms, n3)
+	for _, m := range all {
+		for what, c := range clients {
+			if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s resumed on %s after it expired", what, m.Name)
+			}
+		}
+	}
+	farmtest.Eventually(t, 2*time.Second, "the store dropped the expired session", func() bool { return !stored(holder, id) })
+	if chain {
+		farmtest.Eventually(t, 2*time.Second, "the store dropped the grandchild", func() bool { return !stored(n3, n3ids()[0]) })
+	}
+}
+
+// TestPromiseGraceCutWhileStorePaused: openssl saves two sessions on n1
+// (-sess_out), which reach the store (and n2, in broadcast mode); Redis
+// (bus and store) is paused (SIGSTOP) and openssl resumes the first on n1
+// (-sess_in), which cuts it to its grace. Past the grace, with Redis still
+// paused, it no longer resumes on n1. Then Redis resumes: the cut reaches
+// the store (the record goes: its grace is over) and n2, and neither n1,
+// n2, nor n3, which joins afterwards, resumes it, while the untouched
+// session resumes on n2 and n3. Broadcast and store-only.
+func TestPromiseGraceCutWhileStorePaused(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			ms, o, name := promiseFarm(t, srv, 2, mode, false, true, func(c *session.Config) { c.ResumeGrace = grace })
+			ids := farmtest.HandshakeSessions(ms[0].Cache)
+			save := func() (string, session.ID) {
+				t.Helper()
+				sess := tlstest.SessionFile(t)
+				before := len(ids())
+				tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+				if len(ids()) != before+1 {
+					t.Fatalf("openssl's handshake issued %d sessions, want 1", len(ids())-before)
+				}
+				id := ids()[before]
+				waitStored(t, ms[0], id)
+				return sess, id
+			}
+			resumes := func(m *farmtest.Member, sess string) bool {
+				t.Helper()
+				out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+				return strings.Contains(out, "Reused, ")
+			}
+			parentS, parent := save()
+			controlS, control := save()
+			if mode == farm.Broadcast {
+				farmtest.Eventually(t, 5*time.Second, "n2 holds the sessions", func() bool {
+					_, ok1 := lookup(ms[1].Cache, parent)
+					_, ok2 := lookup(ms[1].Cache, control)
+					return ok1 && ok2
+				})
+			}
+
+			srv.Pause()
+			farmtest.Eventually(t, 10*time.Second, "n1 finds Redis hung", func() bool { return !ms[0].Node.Connected() })
+			n := len(ids())
+			if !resumes(ms[0], parentS) {
+				t.Fatal("openssl's session did not resume on n1 from its own cache while Redis was paused")
+			}
+			if len(ids()) != n+1 {
+				t.Fatal("the resumption got no successor: the parent is not cut and the test proves nothing")
+			}
+			cutBy := time.Now().Add(grace)
+			time.Sleep(time.Until(cutBy.Add(300 * time.Millisecond))) // the promise is about time
+			if resumes(ms[0], parentS) {
+				t.Fatal("the session resumed on n1 past its grace while Redis was paused")
+			}
+
+			srv.Resume()
+			farmtest.Eventually(t, 10*time.Second, "the cut written and published", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_lifecycle_backlog_length") == 0 &&
+					farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0
+			})
+			farmtest.Eventually(t, 10*time.Second, "the store dropped the cut session", func() bool { return !stored(ms[0], parent) })
+			dl := time.Now().Add(10 * time.Second)
+			for {
+				if _, ok := lookup(ms[1].Cache, parent); !ok {
+					break
+				}
+				if time.Now().After(dl) {
+					farmtest.LogStats(t, ms)
+					t.Fatal("timed out waiting for: n2 dropped its copy")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			n3 := farmtest.Join(t, "n3", name, *o)
+			farmtest.WaitConnected(t, ms[0], ms[1], n3)
+			all := append(ms, n3)
+			for _, m := range all {
+				if resumes(m, parentS) {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the session resumed on %s past its grace, after Redis resumed", m.Name)
+				}
+			}
+			for _, m := range all[1:] {
+				if !resumes(m, controlS) {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the untouched session did not resume on %s", m.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestPromiseGraceCutWhileCutOff: n1 reaches Redis (bus and store)
+// through a proxy, n2 directly. n1 issues a session, which reaches the
+// store (and n2, in broadcast mode); then n1's path is cut (its
+// connections closed, new ones refused) and a client resumes the session
+// on n1, which cuts it to its grace. n1 keeps the child and the cut for
+// later. Once its path is restored and the grace is over, the session
+// resumes on no node — n1, n2 (which never lost Redis: only the replayed
+// messages can tell it), and n3, which joins afterwards — and the store
+// no longer holds it. Broadcast and store-only.
+func TestPromiseGraceCutWhileCutOff(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			px := nettest.NewProxy(t, srv.Addr())
+			first := true
+			newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+				url := srv.URL()
+				if first { // n1: Start joins n1 first
+					url, first = "redis://"+px.Addr+"/0", false
+				}
+				return redisTransport(url)(t, farmName)
+			}
+			o := &farmtest.Options{NewTransport: newTransport, Mode: mode, WriteThrough: true,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+				Tweak: func(c *farm.Config) {
+					c.OpTimeout = 300 * time.Millisecond
+					c.BreakerCooldown = 500 * time.Millisecond
+				}}
+			ms, name := farmtest.Start(t, 2, o)
+			o.NewTransport = redisTransport(srv.URL())
+			ids, cs := farmtest.Issue(t, ms[0], 1)
+			id, c := ids[0], cs[0]
+			waitStored(t, ms[0], id)
+			if mode == farm.Broadcast {
+				farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+					_, ok := lookup(ms[1].Cache, id)
+					return ok
+				})
+			}
+
+			px.Cut()
+			farmtest.Eventually(t, 10*time.Second, "n1 cut off", func() bool { return !ms[0].Node.Connected() })
+			newOnN1 := farmtest.HandshakeSessions(ms[0].Cache)
+			if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				t.Fatal("the session did not resume on n1 from its own cache while cut off")
+			}
+			if len(newOnN1()) != 1 {
+				t.Fatal("the resumption got no successor: the session is not cut and the test proves nothing")
+			}
+			cutBy := time.Now().Add(grace)
+			farmtest.Eventually(t, 5*time.Second, "n1 kept the child for later", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_backlog_length") == 1
+			})
+
+			px.Restore()
+			farmtest.WaitConnected(t, ms[0])
+			farmtest.Eventually(t, 10*time.Second, "n1 wrote and published what it kept", func() bool {
+				return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_backlog_length") == 0 &&
+					farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_lifecycle_backlog_length") == 0
+			})
+			time.Sleep(time.Until(cutBy.Add(300 * time.Millisecond))) // the promise is about time
+			farmtest.Eventually(t, 5*time.Second, "the store dropped the cut session", func() bool { return !stored(ms[1], id) })
+			n3 := farmtest.Join(t, "n3", name, *o)
+			farmtest.WaitConnected(t, n3)
+			all := append(ms, n3)
+			for _, m := range all {
+				if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+					farmtest.LogStats(t, all)
+					t.Fatalf("the session resumed on %s past its grace, after n1's path was restored", m.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestPromiseSingleUseThroughStoreLoss: single-use sessions, broadcast.
+// n2 reaches Redis through a proxy, n1 directly. n2 holds a copy of a
+// session n1 issued when its path is cut; meanwhile a client resumes the
+// session on n1 (it is consumed there), and Redis restarts empty, losing
+// what said so. When n2's path is restored it finds the store emptied and
+// writes its sessions back: not this one, which the farm consumed. The
+// session resumes on no node afterwards — n1, n2, nor n3, which joins
+// after — with Go's client and openssl.
+//
+// It fails today (see /work/wt/notes/promises-notes.md, defect 4): n1's
+// retirement reached the store and the bus, so n1 no longer holds it for a
+// re-send; n2 missed the message, the store lost the record's absence, and
+// n2's write-back puts the consumed session back whole. It runs with
+// TLSFARM_KNOWN_DEFECTS=1.
+func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
+	if os.Getenv("TLSFARM_KNOWN_DEFECTS") == "" {
+		t.Skip("known defect: a peer cut off during a consumption writes the consumed session back to a store that lost its data (TLSFARM_KNOWN_DEFECTS=1 runs it)")
+	}
+	t.Parallel()
+	srv := redistest.Start(t)
+	px := nettest.NewProxy(t, srv.Addr())
+	calls := 0
+	newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		url := srv.URL()
+		if calls++; calls == 2 { // n2: Start joins n1 first
+			url = "redis://" + px.Addr + "/0"
+		}
+		return redisTransport(url)(t, farmName)
+	}
+	o := &farmtest.Options{NewTransport: newTransport, Mode: farm.Broadcast, WriteThrough: true, CloseServer: true,
+		TweakCache: func(c *session.Config) { c.SingleUse = true },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.HealInterval = 300 * time.Millisecond
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	o.NewTransport = redisTransport(srv.URL())
+	ids, cs := farmtest.Issue(t, ms[0], 1)
+	id, c := ids[0], cs[0]
+	sess := tlstest.SessionFile(t)
+	before := farmtest.HandshakeSessions(ms[0].Cache)
+	tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+	if len(before()) != 1 {
+		t.Fatal("openssl's handshake issued no session")
+	}
+	osslID := before()[0]
+	for _, x := range []session.ID{id, osslID} {
+		waitStored(t, ms[0], x)
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+			_, ok := lookup(ms[1].Cache, x)
+			return ok
+		})
+	}
+	osslResumes := func(m *farmtest.Member) bool {
+		out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+		return strings.Contains(out, "Reused, ")
+	}
+
+	px.Cut()
+	farmtest.Eventually(t, 10*time.Second, "n2 cut off", func() bool { return !ms[1].Node.Connected() })
+	if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("the single-use session did not resume on n1")
+	}
+	if !osslResumes(ms[0]) {
+		t.Fatal("openssl's single-use session did not resume on n1")
+	}
+	srv.Kill()
+	srv.Restart()
+	farmtest.WaitConnected(t, ms[0])
+	px.Restore()
+	farmtest.WaitConnected(t, ms[1])
+	farmtest.Eventually(t, 10*time.Second, "n2 found the store emptied", func() bool {
+		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "store_lost") > 0 ||
+			farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total") > 0
+	})
+	time.Sleep(3 * time.Second) // past the write-back's wait: what n2 writes back is in the store by then
+	for _, x := range []session.ID{id, osslID} {
+		if stored(ms[0], x) {
+			farmtest.LogStats(t, ms)
+			t.Errorf("the store holds a consumed single-use session again (%d written back by n2)",
+				farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total"))
+		}
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	all := []*farmtest.Member{n3, ms[0], ms[1]}
+	for _, m := range all {
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			farmtest.LogStats(t, all)
+			t.Fatalf("the consumed single-use session resumed again on %s", m.Name)
+		}
+		if osslResumes(m) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("openssl's consumed single-use session resumed again on %s", m.Name)
+		}
+	}
+}
