@@ -111,7 +111,7 @@ func TestAnnouncementBeforeRevocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Rotator{n: &Node{}, cfg: RotationConfig{Ring: ring, Keep: 2}, wake: make(chan struct{}, 1)}
+	r := &Rotator{n: &Node{cfg: Config{Now: time.Now}}, cfg: RotationConfig{Ring: ring, Keep: 2}, wake: make(chan struct{}, 1)}
 	st := newState(t, 3, 1)
 	body, err := keySet{st: st}.bytes()
 	if err != nil {
