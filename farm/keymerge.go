@@ -247,9 +247,14 @@ func needsMerge(farm, mine ticket.State, mineServed bool) bool {
 // every previous key it holds for keep rotations; a node that encrypts
 // with the older set's keys finds them missing there and merges them in
 // itself.
-func merge(farm keySet, mine ticket.State, keep int) keySet {
+//
+// The result carries the farm's schedule, which its lease holder wrote
+// with it (see keySet.schedule): interval and keep, this node's, stand in
+// for a farm set that carries none.
+func merge(farm keySet, mine ticket.State, interval time.Duration, keep int) keySet {
+	interval, keep = farm.schedule(interval, keep)
 	if farm.st.Epoch < mine.Epoch {
-		out := keySet{st: mine}
+		out := keySet{st: mine, interval: interval, keep: keep}
 		out.st.Epoch = mine.Epoch + 1
 		if extra := len(mine.Previous) - keep; extra > 0 {
 			out.extra = min(extra, maxMergedExtra)
@@ -257,7 +262,7 @@ func merge(farm keySet, mine ticket.State, keep int) keySet {
 		}
 		return out
 	}
-	out := keySet{st: farm.st, extra: farm.extra, until: farm.until}
+	out := keySet{st: farm.st, extra: farm.extra, until: farm.until, interval: interval, keep: keep}
 	out.st.Epoch = max(farm.st.Epoch, mine.Epoch) + 1
 	var added []ticket.Key
 	for _, k := range append([]ticket.Key{mine.Current}, mine.Previous...) {

@@ -398,11 +398,9 @@ func (r *Rotator) openKeySet(raw []byte) (keySet, error) {
 // mergeInto writes back, by compare-and-swap from raw, the farm's set ks
 // merged with this node's set mine, then applies and announces it.
 func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine ticket.State) {
-	// The merged set goes on with the farm's schedule, which its lease
-	// holder wrote with it: this node's may differ (a rolling change).
-	interval, keep := ks.schedule(r.cfg.Interval, r.cfg.Keep)
-	merged := merge(ks, mine, keep)
-	merged.interval, merged.keep = interval, keep
+	// The merged set goes on with the farm's schedule (this node's may
+	// differ, as in a rolling change of the interval): see merge.
+	merged := merge(ks, mine, r.cfg.Interval, r.cfg.Keep)
 	body, err := merged.bytes()
 	if err != nil {
 		r.fail(err)
