@@ -3,7 +3,9 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -26,7 +29,8 @@ import (
 // rotations due: with Keep 2 it dropped every previous key, with Keep 1 it
 // called the farm's set stale and took nothing; either way the ticket
 // issued before the rotation did not resume on it. Now n3 takes the
-// farm's set whole and the ticket resumes.
+// farm's set whole and the ticket resumes, and warns once that its
+// schedule differs from the farm's.
 func TestFreshRingAgesKeySetBySchedule(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
@@ -51,8 +55,10 @@ func TestFreshRingAgesKeySetBySchedule(t *testing.T) {
 			}
 			time.Sleep(time.Until(st.Rotated.Add(2200 * time.Millisecond)))
 			short := farm.RotationConfig{Interval: time.Second, Keep: tc.keep}
+			var logs logtest.Buffer
 			o3 := o
 			o3.Rotation = &short
+			o3.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			n3 := farmtest.Join(t, "n3", name, o3) // waits for the farm's keys, up to 5 s
 			got := n3.Ring.State()
 			if now := ms[0].Ring.State(); now.Epoch != st.Epoch {
@@ -64,6 +70,10 @@ func TestFreshRingAgesKeySetBySchedule(t *testing.T) {
 			}
 			if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
 				t.Fatal("n3 did not resume a ticket n1 issued one rotation back")
+			}
+			time.Sleep(500 * time.Millisecond) // several polls
+			if n := strings.Count(logs.String(), "another rotation interval or keep"); n != 1 {
+				t.Fatalf("n3 warned %d times that its schedule differs from the farm's, want once", n)
 			}
 		})
 	}
