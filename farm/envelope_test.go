@@ -244,6 +244,16 @@ func FuzzLifecycleBodies(f *testing.F) {
 	if b, err := ks.bytes(); err == nil {
 		f.Add(b)
 	}
+	// The form that carries the writer's schedule, without and with
+	// merged keys.
+	for _, s := range []keySet{
+		{st: ks.st, interval: 12 * time.Hour, keep: 2},
+		{st: ks.st, extra: 2, until: 9, interval: time.Second, keep: 1},
+	} {
+		if b, err := s.bytes(); err == nil {
+			f.Add(b)
+		}
+	}
 	f.Add(formatSecrets(Secret{ID: 1, Bytes: bytes.Repeat([]byte{7}, minSecretLen)}))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		if cs, err := parseCuts(body); err == nil {

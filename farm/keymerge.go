@@ -8,11 +8,30 @@ import (
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
-// A farm key set is a ticket.State followed, when the set came from a
-// merge, by a trailer of 10 bytes:
+// A farm key set is a ticket.State followed by a trailer of 10 bytes:
 //
 //	extra  2  how many more previous keys than Keep rotations keep
 //	until  8  the last epoch a rotation keeps them for
+//
+// or, in the form this version writes when it can, extra 0 followed by
+// the same facts and the writer's rotation schedule in 8 bytes (a big-endian
+// uint64, most significant bits first):
+//
+//	tag       4  paramsTag
+//	extra     7  as above
+//	until    10  until less the set's epoch (0 when extra is 0)
+//	keep     10  the writer's Keep
+//	interval 33  the writer's Interval, in milliseconds
+//
+// Older versions write the first form, and no trailer at all when extra is
+// 0; they read any trailer whose extra is 0 as no trailer, and refuse a
+// trailer of any other length than 10. A set in the second form therefore
+// reads on an older node as a set without merged keys: an older lease
+// holder keeps only Keep previous keys when it rotates it, dropping early
+// the farm's oldest keys behind a merge's (never keeping a key longer).
+// A schedule the second form cannot hold (an Interval not a whole number
+// of milliseconds or of 2^33 ms or more, a Keep over 1023) is written in
+// the first form, and readers age the set by their own schedule.
 //
 // Merged keys sit at the front of Previous (they encrypted until the
 // merge); keeping Keep+extra previous keys for Keep rotations after the
@@ -22,18 +41,50 @@ type keySet struct {
 	st    ticket.State
 	extra int
 	until uint64
+	// interval and keep are the schedule of the node that wrote the set
+	// (interval 0: not known, as in a set from an older version).
+	interval time.Duration
+	keep     int
 }
 
 const (
 	stateHeaderLen = 1 + 8 + 8 + ticket.KeyLen + ticket.KeyLen + 2
 	trailerLen     = 2 + 8
 	maxMergedExtra = 64 // bounds the decrypt set a merge can grow
+
+	paramsTag      = 1
+	paramsMaxDelta = 1<<10 - 1
+	paramsMaxKeep  = 1<<10 - 1
+	paramsMaxMS    = 1<<33 - 1
 )
+
+// params returns the second trailer form's 8 bytes for k, if they hold it.
+func (k keySet) params() (uint64, bool) {
+	ms := k.interval / time.Millisecond
+	if k.interval <= 0 || k.interval%time.Millisecond != 0 || ms > paramsMaxMS || k.keep < 0 || k.keep > paramsMaxKeep {
+		return 0, false
+	}
+	var extra, delta uint64
+	if k.extra > 0 && k.until >= k.st.Epoch {
+		if k.extra > maxMergedExtra || k.until-k.st.Epoch > paramsMaxDelta {
+			return 0, false
+		}
+		extra, delta = uint64(k.extra), k.until-k.st.Epoch
+	}
+	return paramsTag<<60 | extra<<53 | delta<<43 | uint64(k.keep)<<33 | uint64(ms), true
+}
 
 func (k keySet) bytes() ([]byte, error) {
 	b, err := k.st.Bytes()
-	if err != nil || k.extra == 0 {
+	if err != nil {
 		return b, err
+	}
+	if p, ok := k.params(); ok {
+		b = binary.BigEndian.AppendUint16(b, 0)
+		return binary.BigEndian.AppendUint64(b, p), nil
+	}
+	if k.extra == 0 {
+		return b, nil
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(k.extra))
 	return binary.BigEndian.AppendUint64(b, k.until), nil
@@ -46,12 +97,15 @@ func parseKeySet(b []byte) (keySet, error) {
 	n := int(binary.BigEndian.Uint16(b[stateHeaderLen-2:]))
 	end := stateHeaderLen + n*ticket.KeyLen
 	var k keySet
+	var p uint64
 	switch len(b) - end {
 	case 0:
 	case trailerLen:
 		k.extra = int(binary.BigEndian.Uint16(b[end:]))
 		if k.extra > 0 { // with no extra keys, until means nothing
 			k.until = binary.BigEndian.Uint64(b[end+2:])
+		} else {
+			p = binary.BigEndian.Uint64(b[end+2:])
 		}
 		b = b[:end]
 	default:
@@ -62,7 +116,35 @@ func parseKeySet(b []byte) (keySet, error) {
 		return keySet{}, err
 	}
 	k.st = st
+	// Another tag is a form of a later version: read as no trailer.
+	if p>>60 == paramsTag {
+		ms := p & paramsMaxMS
+		if ms == 0 {
+			return keySet{}, errors.New("farm: key set has a zero rotation interval")
+		}
+		k.interval = time.Duration(ms) * time.Millisecond
+		k.keep = int(p >> 33 & paramsMaxKeep)
+		if extra := int(p >> 53 & 0x7f); extra > 0 {
+			if extra > maxMergedExtra {
+				return keySet{}, errors.New("farm: key set has too many merged keys")
+			}
+			k.extra, k.until = extra, st.Epoch+(p>>43&paramsMaxDelta)
+			if k.until < st.Epoch {
+				return keySet{}, errors.New("farm: key set's merged keys last past the last epoch")
+			}
+		}
+	}
 	return k, nil
+}
+
+// schedule returns the Interval and Keep that k is aged by and rotated
+// with: its writer's if k carries them, else interval and keep (this
+// node's).
+func (k keySet) schedule(interval time.Duration, keep int) (time.Duration, int) {
+	if k.interval > 0 {
+		return k.interval, k.keep
+	}
+	return interval, keep
 }
 
 // keepFor returns how many previous keys the rotation to epoch e keeps.
@@ -83,8 +165,11 @@ func (k keySet) keepFor(e uint64, keep int) int {
 // so aged: it cannot tell a set replayed into the store from the farm's
 // own, but a replayed set is older by at least one interval per rotation
 // since, so no key it brings back has rotated out of the farm's sets.
-// keep is the farm's Keep.
+// The rotations are those of the schedule k carries (its writer's Interval
+// and Keep, see keySet.schedule); interval and keep, this node's, stand in
+// for a set that carries none.
 func aged(k keySet, now time.Time, interval time.Duration, keep int) (keySet, bool) {
+	interval, keep = k.schedule(interval, keep)
 	age := now.Sub(k.st.Rotated)
 	if age < interval || interval <= 0 {
 		return k, true
@@ -162,9 +247,14 @@ func needsMerge(farm, mine ticket.State, mineServed bool) bool {
 // every previous key it holds for keep rotations; a node that encrypts
 // with the older set's keys finds them missing there and merges them in
 // itself.
-func merge(farm keySet, mine ticket.State, keep int) keySet {
+//
+// The result carries the farm's schedule, which its lease holder wrote
+// with it (see keySet.schedule): interval and keep, this node's, stand in
+// for a farm set that carries none.
+func merge(farm keySet, mine ticket.State, interval time.Duration, keep int) keySet {
+	interval, keep = farm.schedule(interval, keep)
 	if farm.st.Epoch < mine.Epoch {
-		out := keySet{st: mine}
+		out := keySet{st: mine, interval: interval, keep: keep}
 		out.st.Epoch = mine.Epoch + 1
 		if extra := len(mine.Previous) - keep; extra > 0 {
 			out.extra = min(extra, maxMergedExtra)
@@ -172,7 +262,7 @@ func merge(farm keySet, mine ticket.State, keep int) keySet {
 		}
 		return out
 	}
-	out := keySet{st: farm.st, extra: farm.extra, until: farm.until}
+	out := keySet{st: farm.st, extra: farm.extra, until: farm.until, interval: interval, keep: keep}
 	out.st.Epoch = max(farm.st.Epoch, mine.Epoch) + 1
 	var added []ticket.Key
 	for _, k := range append([]ticket.Key{mine.Current}, mine.Previous...) {

@@ -60,7 +60,7 @@ func TestMergeKeepsEveryKey(t *testing.T) {
 	const keep = 2
 	farm := keySet{st: newState(t, 7, 2)}
 	mine := newState(t, 7, 2)
-	m := merge(farm, mine, keep)
+	m := merge(farm, mine, time.Hour, keep)
 	if m.st.Epoch != 8 || m.st.Current != farm.st.Current || m.st.Next != farm.st.Next {
 		t.Fatalf("merged set: epoch %d, current/next changed: %v", m.st.Epoch, m.st)
 	}

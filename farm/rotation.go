@@ -32,7 +32,9 @@ type RotationConfig struct {
 	// ring fresh from ticket.NewRing (epoch 0) adopts the farm's key set at
 	// once, less the keys that the rotations due since the set was written
 	// (one per Interval, by the store's clock; by the node's, for a set
-	// announced on the bus) would have dropped; if they
+	// announced on the bus) would have dropped, by the Interval and Keep
+	// of the lease holder that wrote it (this node's, for a set written
+	// by a version that did not record them); if they
 	// would have dropped them all, it waits for a newer set, which the
 	// lease holder writes from its own keys when it finds none newer.
 	Ring *ticket.Ring
@@ -84,10 +86,13 @@ type Rotator struct {
 
 	// served: the ring's keys may have encrypted tickets the farm does not
 	// know (the node served before it had the farm's keys).
-	served    atomic.Bool
-	readyOnce sync.Once
-	ready     chan struct{}
-	readyErr  error
+	served atomic.Bool
+	// warnedSchedule: the node logged that its Interval or Keep differ
+	// from the farm set's.
+	warnedSchedule atomic.Bool
+	readyOnce      sync.Once
+	ready          chan struct{}
+	readyErr       error
 }
 
 // RotateTicketKeys starts farm-wide rotation of the session ticket keys in
@@ -235,6 +240,9 @@ func (r *Rotator) step(ctx context.Context) {
 	default:
 		r.lastErr.Store("")
 		ks, err := r.openKeySet(raw)
+		if err == nil {
+			r.checkSchedule(ks)
+		}
 		mine := r.cfg.Ring.State()
 		if err == nil && mine.Epoch == 0 {
 			// This ring holds no farm set yet: it takes the stored one
@@ -294,13 +302,13 @@ func (r *Rotator) step(ctx context.Context) {
 		next = r.cfg.Ring.State()
 		next.Epoch = max(next.Epoch, staleEpoch) + 1
 		next.Rotated = now
-		nextSet = keySet{st: next}
+		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
 	case now.Sub(cur.st.Rotated) >= r.cfg.Interval:
 		if next, err = cur.st.Rotate(now, cur.keepFor(cur.st.Epoch+1, r.cfg.Keep)); err != nil {
 			r.fail(err)
 			return
 		}
-		nextSet = keySet{st: next}
+		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
 		if cur.extra > 0 && next.Epoch < cur.until {
 			nextSet.extra, nextSet.until = cur.extra, cur.until
 		}
@@ -359,6 +367,20 @@ func (r *Rotator) lease(ctx context.Context) bool {
 	return ok
 }
 
+// checkSchedule logs, once, that the farm's set ks was written by a lease
+// holder with another Interval or Keep than this node's: the farm rotates
+// on the holder's schedule, and this node rotates on its own if it takes
+// the lease.
+func (r *Rotator) checkSchedule(ks keySet) {
+	if ks.interval == 0 || (ks.interval == r.cfg.Interval && ks.keep == r.cfg.Keep) {
+		return
+	}
+	if r.warnedSchedule.CompareAndSwap(false, true) {
+		r.n.log.Warn("farm: the farm's ticket key set was written with another rotation interval or keep than this node's; the farm rotates on its lease holder's",
+			"farm_interval", ks.interval, "farm_keep", ks.keep, "interval", r.cfg.Interval, "keep", r.cfg.Keep)
+	}
+}
+
 // seal seals a key set body with this node's header.
 func (r *Rotator) seal(t envType, body, context []byte) []byte {
 	return r.n.keys.seal(nil, header{typ: t, time: r.n.cfg.Now(), sender: r.n.instance, farm: r.n.cfg.Farm}, body, context)
@@ -376,7 +398,9 @@ func (r *Rotator) openKeySet(raw []byte) (keySet, error) {
 // mergeInto writes back, by compare-and-swap from raw, the farm's set ks
 // merged with this node's set mine, then applies and announces it.
 func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine ticket.State) {
-	merged := merge(ks, mine, r.cfg.Keep)
+	// The merged set goes on with the farm's schedule (this node's may
+	// differ, as in a rolling change of the interval): see merge.
+	merged := merge(ks, mine, r.cfg.Interval, r.cfg.Keep)
 	body, err := merged.bytes()
 	if err != nil {
 		r.fail(err)
