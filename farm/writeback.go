@@ -49,7 +49,7 @@ func (n *Node) checkGeneration(parent context.Context) {
 			v, err = n.cfg.Records.GetRecord(ctx, generationKey)
 		}
 	} else if err == nil {
-		err = n.cfg.Records.PutRecords(ctx, transport.Item{Key: generationKey, Value: v, TTL: generationTTL})
+		v, err = n.renewGeneration(ctx, v)
 	}
 	if err != nil {
 		return
@@ -69,6 +69,32 @@ func (n *Node) checkGeneration(parent context.Context) {
 	}
 	defer n.refilling.Store(false)
 	n.writeBack(parent)
+}
+
+// renewGeneration writes the generation record v back with a fresh TTL and
+// returns the store's generation. A store that can swap (Redis) tells what
+// the write replaced: if that was not v, the store changed between the read
+// and the write (restarted empty, and the client's retry reached the new
+// server, say), and writing v back would hide that from every node. The
+// record then gets a new random value, which each node, this one too, takes
+// for a loss. A store that cannot swap is written as before.
+func (n *Node) renewGeneration(ctx context.Context, v []byte) ([]byte, error) {
+	item := transport.Item{Key: generationKey, Value: v, TTL: generationTTL}
+	sw, ok := n.cfg.Records.(transport.RecordSwapper)
+	if !ok {
+		return v, n.cfg.Records.PutRecords(ctx, item)
+	}
+	old, err := sw.SwapRecord(ctx, item)
+	if err == nil && bytes.Equal(old, v) {
+		return v, nil
+	}
+	if err != nil && !errors.Is(err, transport.ErrNotFound) {
+		return nil, err
+	}
+	tok := make([]byte, 16)
+	rand.Read(tok)
+	item.Value = tok
+	return tok, n.cfg.Records.PutRecords(ctx, item)
 }
 
 // writeBackSettle is how long writeBack waits, after asking its peers to
