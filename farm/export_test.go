@@ -106,3 +106,14 @@ func (n *Node) PublishNoise(ctx context.Context, k int) error {
 	}
 	return n.publish(ctx, msgs...)
 }
+
+// BusUp reports whether the node's bus subscription says it is up (the
+// bus's own state, without the health probes).
+func (n *Node) BusUp() bool { return n.connected.Load() }
+
+// StoreFailing reports whether the node's last store write failed.
+func (n *Node) StoreFailing() bool {
+	n.deg.mu.Lock()
+	defer n.deg.mu.Unlock()
+	return n.deg.storeFailing
+}

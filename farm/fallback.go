@@ -11,6 +11,10 @@ const defaultFallbackTicketLifetime = 5 * time.Minute
 // degradation tracks whether the node can reach the farm, and turns the
 // cache's fallback tickets on and off accordingly.
 type degradation struct {
+	// update serializes updateFallback from its callers (the bus's state,
+	// the store's writes, the health probes, the rotator), so that the
+	// cache's fallback is set in the order the decisions were made.
+	update       sync.Mutex
 	mu           sync.Mutex
 	storeFailing bool
 	on           bool
@@ -32,16 +36,23 @@ func (n *Node) setStoreFailing(failing bool) {
 }
 
 // updateFallback turns fallback tickets on while the node cannot reach
-// the farm (the bus is down or the store is failing), if the node's ticket
-// keys are farm-wide (RotateTicketKeys) and fallback is not disabled; off
-// once it can again.
+// the farm (the bus is down, a health probe of the bus or the store goes
+// unanswered, or the store is failing), if the node's ticket keys are
+// farm-wide (RotateTicketKeys) and fallback is not disabled; off once it
+// can again. It runs when one of these changes, never per handshake: the
+// cache reads its decision with one atomic load.
 func (n *Node) updateFallback() {
 	lifetime := n.cfg.FallbackTicketLifetime
 	if lifetime <= 0 || !n.rotating.Load() {
 		return
 	}
+	n.deg.update.Lock()
+	defer n.deg.update.Unlock()
+	// A hung transport keeps the subscription up, and a write waits,
+	// for seconds: the probes find it first.
+	probeDown := !n.busProbe.healthy() || !n.storeProbe.healthy()
 	n.deg.mu.Lock()
-	want := !n.connected.Load() || n.deg.storeFailing
+	want := !n.connected.Load() || n.deg.storeFailing || probeDown
 	changed := want != n.deg.on
 	n.deg.on = want
 	if changed && want {
@@ -49,7 +60,9 @@ func (n *Node) updateFallback() {
 	}
 	// Warn once per episode, and not while the node has yet to hear
 	// from the bus for the first time: that is a start, not an outage.
-	warn := want && !changed && n.deg.tickets && !n.deg.logged && (n.deg.busHeard || n.deg.storeFailing)
+	// (A probe that goes unanswered is an outage, start or not.)
+	outage := n.deg.busHeard || n.deg.storeFailing || probeDown
+	warn := want && !changed && n.deg.tickets && !n.deg.logged && outage
 	if warn {
 		n.deg.logged = true
 	}
@@ -64,7 +77,7 @@ func (n *Node) updateFallback() {
 		took := n.cfg.Cache.SetTicketFallback(lifetime)
 		n.deg.mu.Lock()
 		n.deg.tickets = took
-		warn := took && (n.deg.busHeard || n.deg.storeFailing)
+		warn := took && outage
 		n.deg.logged = warn
 		n.deg.mu.Unlock()
 		if warn {

@@ -85,7 +85,8 @@ func (n *Node) prober(ctx context.Context) {
 
 var errProbeTimeout = errors.New("no answer within the probe timeout")
 
-// runProbe pings pr once and logs a change of state.
+// runProbe pings pr once, and on a change of state logs it and updates
+// the fallback (see updateFallback).
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	err := pr.p.Ping(pctx)
@@ -104,6 +105,7 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 		return
 	}
 	pr.changes.Add(1)
+	defer n.updateFallback()
 	if up {
 		n.log.Info("farm: the "+pr.what+" answers again", "probe", pr.what)
 		if pr == n.busProbe {
