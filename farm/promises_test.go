@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -670,15 +669,11 @@ func TestPromiseGraceCutWhileCutOff(t *testing.T) {
 // session resumes on no node afterwards — n1, n2, nor n3, which joins
 // after — with Go's client and openssl.
 //
-// It fails today (see /work/wt/notes/promises-notes.md, defect 4): n1's
-// retirement reached the store and the bus, so n1 no longer holds it for a
-// re-send; n2 missed the message, the store lost the record's absence, and
-// n2's write-back puts the consumed session back whole. It runs with
-// TLSFARM_KNOWN_DEFECTS=1.
+// n1 keeps the retirement it published for a re-send (Node.sent), so
+// n2's write-back, which asks its peers to re-send first, learns of it and
+// leaves the session out. It failed before that (the promises branch's
+// defect 4): n1 held only what had not reached the farm.
 func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
-	if os.Getenv("TLSFARM_KNOWN_DEFECTS") == "" {
-		t.Skip("known defect: a peer cut off during a consumption writes the consumed session back to a store that lost its data (TLSFARM_KNOWN_DEFECTS=1 runs it)")
-	}
 	t.Parallel()
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())

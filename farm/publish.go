@@ -38,6 +38,9 @@ func (n *Node) onEvent(ev session.Event) {
 // (a bus that is not also a Batcher store, such as NATS) n.q never writes
 // the store.
 func (n *Node) enqueue(it item) {
+	if it.op == opRetire || it.op == opCut {
+		n.keepSent(it)
+	}
 	if n.sq == nil {
 		n.q.push(it)
 		return

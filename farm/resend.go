@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // resendEvery bounds how often a node asks its peers to re-send what they
@@ -93,7 +95,8 @@ func (n *Node) askResend(ctx context.Context) bool {
 }
 
 // resendHeld queues again every unexpired retirement and grace cut the
-// node holds (Node.held) for the paths that write and publish them, as
+// node holds (Node.held), and those it made and sent (Node.sent, see
+// keepSent), for the paths that write and publish them, as
 // restoreLife does with those read back from the lifecycle file: the
 // store part deletes a retired session's record and deletes or cuts a cut
 // one's, the bus part publishes both as cut messages (a cut too in
@@ -101,16 +104,37 @@ func (n *Node) askResend(ctx context.Context) bool {
 // fills each backlog at most to its bound, never dropping what is kept
 // there for it; the rest waits for the next request. It never logs an ID.
 func (n *Node) resendHeld(context.Context) {
-	if n.held == nil || !n.heldAny.Load() {
+	var all []item
+	if n.held != nil && n.heldAny.Load() {
+		all = n.held.snapshot()
+	}
+	if n.sent != nil {
+		all = append(all, n.sent.snapshot()...)
+	}
+	if len(all) == 0 {
 		return
 	}
 	now := n.cfg.Now()
 	var toQ, toSQ []item
-	for _, h := range n.held.snapshot() {
+	seen := make(map[session.ID]int, len(all))
+	for _, h := range all {
 		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
 			continue
 		}
 		it := item{id: h.id, op: h.op, until: h.until, expires: h.expires, restored: h.op == opCut}
+		if i, ok := seen[h.id]; ok {
+			// Kept both as held and as sent: a retirement wins over
+			// a cut, and of two cuts the earlier end.
+			if old := toQ[i]; old.op == opRetire || it.op == opCut && !it.until.Before(old.until) {
+				continue
+			}
+			toQ[i] = it
+			if toSQ != nil {
+				toSQ[i] = it
+			}
+			continue
+		}
+		seen[h.id] = len(toQ)
 		toQ = append(toQ, it)
 		if n.sq != nil && n.cfg.Records != nil {
 			toSQ = append(toSQ, it)
@@ -154,4 +178,26 @@ func (l *laterLife) room(its []item) []item {
 		out = append(out, it)
 	}
 	return out
+}
+
+// keepSent keeps it, a retirement or a grace cut made here, for resendHeld
+// until the session's record would have left the store and peers' copies
+// their caches anyway (lifeExpiry), whether or not it reached the farm:
+// a peer cut off while it was published missed it, and if the store then
+// lost its data (so that the peer's reconcile has nothing to check its
+// cache against), that peer would write the session back whole before
+// its write-back asked for it (see writeBack) — a consumed single-use
+// session resumed again, a retired or cut one at its full life. Node.sent
+// holds at most QueueSize items, the most a peer's write-back writes and
+// one re-send carries (the lifecycle backlogs' bound); past that the items
+// that expire soonest go first. It is not consulted on the receive or
+// load paths: this node's own retirements are refused there by
+// Node.retired and its cuts applied by its cache (see heldLife for what
+// may not have reached the farm).
+func (n *Node) keepSent(it item) {
+	if n.sent == nil {
+		return
+	}
+	now := n.cfg.Now()
+	n.sent.push([]item{{id: it.id, op: it.op, until: it.until, expires: n.lifeExpiry(it.id)}}, now)
 }
