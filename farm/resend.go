@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,7 +110,7 @@ func (n *Node) resendHeld(context.Context) {
 		all = n.held.snapshot()
 	}
 	if n.sent != nil {
-		all = append(all, n.sent.snapshot()...)
+		all = append(all, n.sent.snapshot(n.cfg.Now())...)
 	}
 	if len(all) == 0 {
 		return
@@ -185,19 +186,88 @@ func (l *laterLife) room(its []item) []item {
 // their caches anyway (lifeExpiry), whether or not it reached the farm:
 // a peer cut off while it was published missed it, and if the store then
 // lost its data (so that the peer's reconcile has nothing to check its
-// cache against), that peer would write the session back whole before
-// its write-back asked for it (see writeBack) — a consumed single-use
-// session resumed again, a retired or cut one at its full life. Node.sent
-// holds at most QueueSize items, the most a peer's write-back writes and
-// one re-send carries (the lifecycle backlogs' bound); past that the items
-// that expire soonest go first. It is not consulted on the receive or
-// load paths: this node's own retirements are refused there by
-// Node.retired and its cuts applied by its cache (see heldLife for what
-// may not have reached the farm).
+// cache against), that peer would write the session back whole unless a
+// re-send reached it first (see writeBack) — a consumed single-use session
+// resumed again, a retired or cut one at its full life. Node.sent keeps
+// the last QueueSize of them (see sentRing). It is not consulted on the
+// receive or load paths: there this node's own retirements are refused by
+// Node.retired and its cuts applied by its cache (Node.held is what may
+// not have reached the farm: see heldLife).
 func (n *Node) keepSent(it item) {
 	if n.sent == nil {
 		return
 	}
-	now := n.cfg.Now()
-	n.sent.push([]item{{id: it.id, op: it.op, until: it.until, expires: n.lifeExpiry(it.id)}}, now)
+	n.sent.push(it.id, it.op, it.until, n.lifeExpiry(it.id))
+}
+
+// sentRing keeps the last size retirements and grace cuts a node made
+// (Node.sent), for resendHeld: a ring, so that keeping one, on the path of
+// the resumption or the retirement that made it, costs a copy under a
+// lock and never a search or a sort. The oldest go first when it is full:
+// lifeExpiry is the ID's issue time plus the cache's Lifetime, so they are
+// close to the ones that expire soonest. A session may be in it more than
+// once (cut, then retired); resendHeld keeps one item per session.
+//
+// size is QueueSize: a peer's write-back writes at most QueueSize
+// sessions, and one re-send queues at most what the lifecycle backlogs
+// hold (QueueSize each); older items would only wait for the next request.
+type sentRing struct {
+	mu   sync.Mutex
+	size int
+	buf  []sentItem
+	next int // the slot written next, once buf is full
+}
+
+// A sentItem is what sentRing keeps of an item.
+type sentItem struct {
+	id             session.ID
+	op             itemOp
+	until, expires int64 // Unix nanoseconds
+}
+
+func newSentRing(size int) *sentRing {
+	return &sentRing{size: max(size, 1)}
+}
+
+// push keeps a retirement (op opRetire) or a cut to until of id, until
+// expires, over the oldest item if the ring is full.
+func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
+	it := sentItem{id: id, op: op, expires: expires.UnixNano()}
+	if op == opCut {
+		it.until = until.UnixNano()
+	}
+	r.mu.Lock()
+	if len(r.buf) < r.size {
+		r.buf = append(r.buf, it)
+	} else {
+		r.buf[r.next] = it
+		r.next = (r.next + 1) % r.size
+	}
+	r.mu.Unlock()
+}
+
+// snapshot returns the items that expire after now.
+func (r *sentRing) snapshot(now time.Time) []item {
+	nowNano := now.UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]item, 0, len(r.buf))
+	for _, s := range r.buf {
+		if s.expires <= nowNano {
+			continue
+		}
+		it := item{id: s.id, op: s.op, expires: time.Unix(0, s.expires)}
+		if s.op == opCut {
+			it.until = time.Unix(0, s.until)
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// len returns how many items the ring holds, expired or not.
+func (r *sentRing) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.buf)
 }
