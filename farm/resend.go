@@ -21,7 +21,8 @@ const resendEvery = time.Second
 // keepLifecycle) missed them, and one about to write its sessions back to
 // a store that lost its data (writeBack) would write over them. Such a
 // peer asks (msgResend); every node then writes and publishes again the
-// retirements and cuts it holds (Node.held), through the lifecycle
+// retirements and cuts it holds (Node.held) and those it made and sent
+// (Node.sent: a peer may have missed them too), through the lifecycle
 // backlogs. writeBack asks before it reads its cache, waits for the
 // answers, and asks again once it has written.
 type resendState struct {
