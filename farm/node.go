@@ -77,6 +77,7 @@ type Node struct {
 	lifeq    *laterLife // retirements and cuts whose flush failed (n.q's path)
 	lifesq   *laterLife // the same for flushStore (n.sq's path)
 	held     *laterLife // retirements and cuts kept, until they expire: see heldLife
+	sent     *sentRing  // retirements and cuts made here, for peers' re-send requests: see keepSent
 	heldAny  atomic.Bool
 	rs       resendState // peers' requests to re-send what held keeps, and this node's
 	tly      tallyState  // messages published and received, to find those the bus lost
@@ -163,6 +164,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		lifeq:    newLaterLife(cfg.QueueSize),
 		lifesq:   newLaterLife(cfg.QueueSize),
 		held:     newLaterLife(2 * cfg.QueueSize),
+		sent:     newSentRing(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
 	cc := cfg.Cache.Config()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -659,25 +658,37 @@ func TestPromiseGraceCutWhileCutOff(t *testing.T) {
 	}
 }
 
-// TestPromiseSingleUseThroughStoreLoss: single-use sessions, broadcast.
-// n2 reaches Redis through a proxy, n1 directly. n2 holds a copy of a
-// session n1 issued when its path is cut; meanwhile a client resumes the
-// session on n1 (it is consumed there), and Redis restarts empty, losing
-// what said so. When n2's path is restored it finds the store emptied and
-// writes its sessions back: not this one, which the farm consumed. The
-// session resumes on no node afterwards — n1, n2, nor n3, which joins
-// after — with Go's client and openssl.
+// TestPromiseSingleUseThroughStoreLoss: broadcast. n2 reaches Redis
+// through a proxy, n1 directly. n2 holds a copy of a session n1 issued (S,
+// Go's, and openssl's) when its path is cut; meanwhile n1 ends or shortens
+// them, and Redis restarts empty, losing what said so. When n2's path is
+// restored it finds the store emptied and writes its sessions back: not
+// these whole. Afterwards they resume on no node — n1, n2, nor n3, which
+// joins after:
 //
-// It fails today (see /work/wt/notes/promises-notes.md, defect 4): n1's
-// retirement reached the store and the bus, so n1 no longer holds it for a
-// re-send; n2 missed the message, the store lost the record's absence, and
-// n2's write-back puts the consumed session back whole. It runs with
-// TLSFARM_KNOWN_DEFECTS=1.
+//   - consume: single use; a client resumes each on n1, which consumes it
+//     (store record deleted, retirement published);
+//   - retire: n1 retires each (Cache.Retire);
+//   - cut: a client resumes each on n1, which cuts it to its grace
+//     (ResumeGrace); the checks run after the grace.
+//
+// n1 keeps the retirements and cuts it published for a re-send
+// (Node.sent), so n2's write-back, which asks its peers to re-send first,
+// learns of them and leaves the sessions out (or cut). It failed before
+// that (the promises branch's defect 4): n1 held only what had not reached
+// the farm, and n2 wrote the sessions back whole.
 func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
-	if os.Getenv("TLSFARM_KNOWN_DEFECTS") == "" {
-		t.Skip("known defect: a peer cut off during a consumption writes the consumed session back to a store that lost its data (TLSFARM_KNOWN_DEFECTS=1 runs it)")
-	}
 	t.Parallel()
+	for _, kind := range []string{"consume", "retire", "cut"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			testPromiseEndThroughStoreLoss(t, kind)
+		})
+	}
+}
+
+func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
+	const grace = time.Second
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
 	calls := 0
@@ -689,7 +700,14 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 		return redisTransport(url)(t, farmName)
 	}
 	o := &farmtest.Options{NewTransport: newTransport, Mode: farm.Broadcast, WriteThrough: true, CloseServer: true,
-		TweakCache: func(c *session.Config) { c.SingleUse = true },
+		TweakCache: func(c *session.Config) {
+			switch kind {
+			case "consume":
+				c.SingleUse = true
+			case "cut":
+				c.ResumeGrace = grace
+			}
+		},
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
@@ -720,11 +738,21 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 
 	px.Cut()
 	farmtest.Eventually(t, 10*time.Second, "n2 cut off", func() bool { return !ms[1].Node.Connected() })
-	if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Fatal("the single-use session did not resume on n1")
-	}
-	if !osslResumes(ms[0]) {
-		t.Fatal("openssl's single-use session did not resume on n1")
+	cutBy := time.Now().Add(grace)
+	switch kind {
+	case "retire":
+		for _, x := range []session.ID{id, osslID} {
+			if !ms[0].Cache.Retire(x, session.OriginAPI) {
+				t.Fatal("n1 did not hold the session to retire")
+			}
+		}
+	default:
+		if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			t.Fatalf("the session did not resume on n1 (%s)", kind)
+		}
+		if !osslResumes(ms[0]) {
+			t.Fatalf("openssl's session did not resume on n1 (%s)", kind)
+		}
 	}
 	srv.Kill()
 	srv.Restart()
@@ -736,10 +764,13 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 			farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total") > 0
 	})
 	time.Sleep(3 * time.Second) // past the write-back's wait: what n2 writes back is in the store by then
+	if wait := time.Until(cutBy); wait > 0 {
+		time.Sleep(wait + 100*time.Millisecond) // past the grace (cut)
+	}
 	for _, x := range []session.ID{id, osslID} {
 		if stored(ms[0], x) {
 			farmtest.LogStats(t, ms)
-			t.Errorf("the store holds a consumed single-use session again (%d written back by n2)",
+			t.Errorf("the store holds a session n1 ended (%s) again (%d written back by n2)", kind,
 				farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total"))
 		}
 	}
@@ -749,11 +780,11 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 	for _, m := range all {
 		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
 			farmtest.LogStats(t, all)
-			t.Fatalf("the consumed single-use session resumed again on %s", m.Name)
+			t.Fatalf("the session n1 ended (%s) resumed again on %s", kind, m.Name)
 		}
 		if osslResumes(m) {
 			farmtest.LogStats(t, all)
-			t.Fatalf("openssl's consumed single-use session resumed again on %s", m.Name)
+			t.Fatalf("openssl's session n1 ended (%s) resumed again on %s", kind, m.Name)
 		}
 	}
 }

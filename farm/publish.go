@@ -36,8 +36,12 @@ func (n *Node) onEvent(ev session.Event) {
 // released claim (opRestore) is the store's alone. Lifecycle items must
 // come through here too, never straight to n.q: on the store's own path
 // (a bus that is not also a Batcher store, such as NATS) n.q never writes
-// the store.
+// the store. Retirements and grace cuts are also kept for re-sends
+// (keepSent).
 func (n *Node) enqueue(it item) {
+	if it.op == opRetire || it.op == opCut {
+		n.keepSent(it)
+	}
 	if n.sq == nil {
 		n.q.push(it)
 		return

@@ -41,7 +41,7 @@ func realState(b testing.TB) []byte {
 // receiverNode returns a node on a silent bus, and a sender node of the same
 // farm whose messages it can receive. Their caches hold up to capacity
 // sessions.
-func receiverNode(b *testing.B, lazy bool, capacity int) (recv, send *Node) {
+func receiverNode(b testing.TB, lazy bool, capacity int) (recv, send *Node) {
 	secret := NewSecret(1)
 	mk := func() *Node {
 		cache, err := session.New(&session.Config{SweepInterval: -1, Capacity: capacity})

@@ -254,7 +254,8 @@ func reconciles(m *farmtest.Member, result string) uint64 {
 
 // TestReconcileAfterSubscriptionOutage: while n2's bus subscription is down
 // (its store works), n1 retires one session and resumes another (a grace
-// cut of its parent), and n2 hears of neither. Once n2 subscribes again it
+// cut of its parent), and n2 hears of neither; n1 then closes (so that no
+// re-send can tell n2: see retirerGone). Once n2 subscribes again it
 // checks its cache against the store: it refuses the retired session, cuts
 // the parent to its grace (and refuses it after), and keeps a session the
 // farm neither retired nor cut.
@@ -277,6 +278,17 @@ func TestReconcileAfterSubscriptionOutage(t *testing.T) {
 			t.Parallel()
 			testReconcileAfterSubscriptionOutage(t, o)
 		})
+	}
+}
+
+// retirerGone closes n1's node, the retirer, before n2's path returns: n1
+// would re-send its retirements and cuts when n2 asks (Node.sent), and they
+// would reach n2 before its reconcile; with n1 gone only the store can tell
+// n2, so the reconcile is what these tests see at work.
+func retirerGone(t *testing.T, n1 *farmtest.Member) {
+	t.Helper()
+	if err := n1.Node.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -344,6 +356,7 @@ func testReconcileAfterSubscriptionOutage(t *testing.T, o cutOptions) {
 		t.Fatal("n2 cut the parent while its subscription was down")
 	}
 
+	retirerGone(t, n1)
 	cuts[1].Restore()
 	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
 		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
@@ -452,7 +465,8 @@ func TestLazyPeerRefusesRetired(t *testing.T) {
 
 // TestReconcilePages: a reconcile reads the store a page at a time (here 4
 // records a page, 14 sessions): it checks every session, retires exactly
-// those retired meanwhile, wherever they fall, and keeps the others.
+// those retired meanwhile, wherever they fall, and keeps the others. The
+// retirer closes before n2's path returns (retirerGone).
 func TestReconcilePages(t *testing.T) {
 	t.Parallel()
 	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
@@ -494,6 +508,7 @@ func TestReconcilePages(t *testing.T) {
 		}
 		return true
 	})
+	retirerGone(t, n1)
 	cuts[1].Restore()
 	farmtest.Eventually(t, 10*time.Second, "n2 reconciled its cache", func() bool {
 		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") >= 1
@@ -512,7 +527,8 @@ func TestReconcilePages(t *testing.T) {
 }
 
 // TestReconcileRetriesAfterStoreError: a pass whose store reads fail is
-// counted and tried again, and the retry retires what the farm retired.
+// counted and tried again, and the retry retires what the farm retired
+// (the retirer closed before: retirerGone).
 func TestReconcileRetriesAfterStoreError(t *testing.T) {
 	t.Parallel()
 	ms, cuts, _ := cutFarm(t, 2, 5*time.Second, cutOptions{})
@@ -533,6 +549,7 @@ func TestReconcileRetriesAfterStoreError(t *testing.T) {
 		_, err := n1.Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
 		return errors.Is(err, transport.ErrNotFound)
 	})
+	retirerGone(t, n1)
 	cuts[1].multiDown.Store(true)
 	cuts[1].Restore()
 	farmtest.Eventually(t, 10*time.Second, "n2's reconcile failed", func() bool {

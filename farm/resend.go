@@ -2,8 +2,11 @@ package farm
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // resendEvery bounds how often a node asks its peers to re-send what they
@@ -18,7 +21,8 @@ const resendEvery = time.Second
 // keepLifecycle) missed them, and one about to write its sessions back to
 // a store that lost its data (writeBack) would write over them. Such a
 // peer asks (msgResend); every node then writes and publishes again the
-// retirements and cuts it holds (Node.held), through the lifecycle
+// retirements and cuts it holds (Node.held) and those it made and sent
+// (Node.sent: a peer may have missed them too), through the lifecycle
 // backlogs. writeBack asks before it reads its cache, waits for the
 // answers, and asks again once it has written.
 type resendState struct {
@@ -93,7 +97,8 @@ func (n *Node) askResend(ctx context.Context) bool {
 }
 
 // resendHeld queues again every unexpired retirement and grace cut the
-// node holds (Node.held) for the paths that write and publish them, as
+// node holds (Node.held), and those it made and sent (Node.sent, see
+// keepSent), for the paths that write and publish them, as
 // restoreLife does with those read back from the lifecycle file: the
 // store part deletes a retired session's record and deletes or cuts a cut
 // one's, the bus part publishes both as cut messages (a cut too in
@@ -101,16 +106,37 @@ func (n *Node) askResend(ctx context.Context) bool {
 // fills each backlog at most to its bound, never dropping what is kept
 // there for it; the rest waits for the next request. It never logs an ID.
 func (n *Node) resendHeld(context.Context) {
-	if n.held == nil || !n.heldAny.Load() {
+	var all []item
+	if n.held != nil && n.heldAny.Load() {
+		all = n.held.snapshot()
+	}
+	if n.sent != nil {
+		all = append(all, n.sent.snapshot(n.cfg.Now())...)
+	}
+	if len(all) == 0 {
 		return
 	}
 	now := n.cfg.Now()
 	var toQ, toSQ []item
-	for _, h := range n.held.snapshot() {
+	seen := make(map[session.ID]int, len(all))
+	for _, h := range all {
 		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
 			continue
 		}
 		it := item{id: h.id, op: h.op, until: h.until, expires: h.expires, restored: h.op == opCut}
+		if i, ok := seen[h.id]; ok {
+			// Kept both as held and as sent: a retirement wins over
+			// a cut, and of two cuts the earlier end.
+			if old := toQ[i]; old.op == opRetire || it.op == opCut && !it.until.Before(old.until) {
+				continue
+			}
+			toQ[i] = it
+			if toSQ != nil {
+				toSQ[i] = it
+			}
+			continue
+		}
+		seen[h.id] = len(toQ)
 		toQ = append(toQ, it)
 		if n.sq != nil && n.cfg.Records != nil {
 			toSQ = append(toSQ, it)
@@ -154,4 +180,95 @@ func (l *laterLife) room(its []item) []item {
 		out = append(out, it)
 	}
 	return out
+}
+
+// keepSent keeps it, a retirement or a grace cut made here, for resendHeld
+// until the session's record would have left the store and peers' copies
+// their caches anyway (lifeExpiry), whether or not it reached the farm:
+// a peer cut off while it was published missed it, and if the store then
+// lost its data (so that the peer's reconcile has nothing to check its
+// cache against), that peer would write the session back whole unless a
+// re-send reached it first (see writeBack) — a consumed single-use session
+// resumed again, a retired or cut one at its full life. Node.sent keeps
+// the last QueueSize of them (see sentRing). It is not consulted on the
+// receive or load paths: there this node's own retirements are refused by
+// Node.retired and its cuts applied by its cache (Node.held is what may
+// not have reached the farm: see heldLife).
+func (n *Node) keepSent(it item) {
+	if n.sent == nil {
+		return
+	}
+	n.sent.push(it.id, it.op, it.until, n.lifeExpiry(it.id))
+}
+
+// sentRing keeps the last size retirements and grace cuts a node made
+// (Node.sent), for resendHeld: a ring, so that keeping one, on the path of
+// the resumption or the retirement that made it, costs a copy under a
+// lock and never a search or a sort. The oldest go first when it is full:
+// lifeExpiry is the ID's issue time plus the cache's Lifetime, so they are
+// close to the ones that expire soonest. A session may be in it more than
+// once (cut, then retired); resendHeld keeps one item per session.
+//
+// size is QueueSize: a peer's write-back writes at most QueueSize
+// sessions, and one re-send queues at most what the lifecycle backlogs
+// hold (QueueSize each); older items would only wait for the next request.
+type sentRing struct {
+	mu   sync.Mutex
+	size int
+	buf  []sentItem
+	next int // the slot written next, once buf is full
+}
+
+// A sentItem is what sentRing keeps of an item.
+type sentItem struct {
+	id             session.ID
+	op             itemOp
+	until, expires int64 // Unix nanoseconds
+}
+
+func newSentRing(size int) *sentRing {
+	return &sentRing{size: max(size, 1)}
+}
+
+// push keeps a retirement (op opRetire) or a cut to until of id, until
+// expires, over the oldest item if the ring is full.
+func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
+	it := sentItem{id: id, op: op, expires: expires.UnixNano()}
+	if op == opCut {
+		it.until = until.UnixNano()
+	}
+	r.mu.Lock()
+	if len(r.buf) < r.size {
+		r.buf = append(r.buf, it)
+	} else {
+		r.buf[r.next] = it
+		r.next = (r.next + 1) % r.size
+	}
+	r.mu.Unlock()
+}
+
+// snapshot returns the items that expire after now.
+func (r *sentRing) snapshot(now time.Time) []item {
+	nowNano := now.UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]item, 0, len(r.buf))
+	for _, s := range r.buf {
+		if s.expires <= nowNano {
+			continue
+		}
+		it := item{id: s.id, op: s.op, expires: time.Unix(0, s.expires)}
+		if s.op == opCut {
+			it.until = time.Unix(0, s.until)
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// len returns how many items the ring holds, expired or not.
+func (r *sentRing) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.buf)
 }
