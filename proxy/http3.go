@@ -41,16 +41,38 @@ type quicListener struct {
 	wg     sync.WaitGroup // the accept loop and each connection
 
 	mu    sync.Mutex
-	conns map[*quic.Conn]struct{} // accepted, not yet closed
+	conns map[*quic.Conn]*quicConn // accepted, not yet closed
 
 	open atomic.Int64 // connections from ConnContext to their end
+
+	// draining is set when a shutdown begins: from then on, a
+	// connection is closed once it has served no request for
+	// quicShutdownLinger.
+	draining atomic.Bool
+}
+
+// A quicConn is an accepted QUIC connection and the count of its requests
+// being served.
+type quicConn struct {
+	c        *quic.Conn
+	requests atomic.Int64
 }
 
 type quicConnKey struct{}
 
+// quicShutdownLinger is how long a shutting-down listener leaves a
+// connection that serves no request before closing it: time for a request
+// the client sent before the GOAWAY to reach serveRequest, and for the
+// last bytes of the last response to be acknowledged (a QUIC
+// CONNECTION_CLOSE discards what is unsent). http3's own graceful
+// shutdown leaves such a connection for the client to close, which a
+// client may never do (quic-go's closes it only once its application has
+// read each response to its end). As x/net/http2's goAwayTimeout.
+const quicShutdownLinger = time.Second
+
 func (l *listener) newQUIC() *quicListener {
 	s := l.s
-	q := &quicListener{l: l, conns: map[*quic.Conn]struct{}{}}
+	q := &quicListener{l: l, conns: map[*quic.Conn]*quicConn{}}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.base = s.handshakeConfig(func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		if c := l.route.Load().quic; c != nil {
@@ -65,7 +87,13 @@ func (l *listener) newQUIC() *quicListener {
 		Handler:     http.HandlerFunc(q.serveRequest),
 		IdleTimeout: s.idle,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			ctx = context.WithValue(ctx, quicConnKey{}, c)
+			q.mu.Lock()
+			qc := q.conns[c]
+			q.mu.Unlock()
+			if qc == nil { // not from serve; not expected
+				qc = &quicConn{c: c}
+			}
+			ctx = context.WithValue(ctx, quicConnKey{}, qc)
 			return context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 		},
 		// http3's own log lines about single clients are noise at any
@@ -169,7 +197,7 @@ func (q *quicListener) serve() {
 			return
 		}
 		q.mu.Lock()
-		q.conns[c] = struct{}{}
+		q.conns[c] = &quicConn{c: c}
 		q.mu.Unlock()
 		q.wg.Add(1)
 		go func() {
@@ -228,13 +256,17 @@ func (q *quicListener) watch(c *quic.Conn) {
 // shutdown stops accepting, closes the connections still in their
 // handshake, and lets the others finish their requests (http3 sends them
 // GOAWAY) until ctx ends; then it closes what is left, returning
-// ctx.Err(), and the socket.
+// ctx.Err(), and the socket. A connection is closed (H3_NO_ERROR) once
+// it has served no request for quicShutdownLinger, if its client has not
+// closed it by then (RFC 9114 §5.2 lets the server close it once the
+// requests it accepted are done).
 func (q *quicListener) shutdown(ctx context.Context) error {
 	q.cancel()
 	if q.ln != nil {
 		q.ln.Close()
 	}
 	q.closeConns(false)
+	q.drain()
 	done := make(chan struct{})
 	go func() {
 		// Shutdown returns once every connection given to ServeQUICConn
@@ -283,6 +315,38 @@ func (q *quicListener) closeConns(all bool) {
 	}
 }
 
+// drain makes each connection close once it has served no request for
+// quicShutdownLinger: those serving none now, and the others when their
+// last request ends.
+func (q *quicListener) drain() {
+	q.draining.Store(true)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, qc := range q.conns {
+		if qc.requests.Load() == 0 {
+			qc.closeIfIdleIn(quicShutdownLinger)
+		}
+	}
+}
+
+// requestDone counts the end of a request on qc; after the last one, a
+// draining listener's connection is closed (closeIfIdleIn).
+func (q *quicListener) requestDone(qc *quicConn) {
+	if qc.requests.Add(-1) == 0 && q.draining.Load() {
+		qc.closeIfIdleIn(quicShutdownLinger)
+	}
+}
+
+// closeIfIdleIn closes the connection after d unless a request is being
+// served then (its end will call it again).
+func (qc *quicConn) closeIfIdleIn(d time.Duration) {
+	time.AfterFunc(d, func() {
+		if qc.requests.Load() == 0 {
+			qc.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "shutting down")
+		}
+	})
+}
+
 func (q *quicListener) release() {
 	if q.unreg != nil {
 		q.unreg()
@@ -300,9 +364,11 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	s := q.l.s
 	r.Header.Del(EarlyDataHeader)
 	early := false
-	if c, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
+	if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
+		qc.requests.Add(1)
+		defer q.requestDone(qc)
 		select {
-		case <-c.HandshakeComplete():
+		case <-qc.c.HandshakeComplete():
 		default:
 			early = true
 		}
