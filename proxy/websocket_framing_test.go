@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,18 +24,12 @@ import (
 // WebSocket (quic-go refuses the write; Go's HTTP/2 client reports more
 // data than declared).
 func TestWebSocketUpstreamContentLength(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	up := newWSUpstream(t)
 	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = 5 * time.Second
-	})
+	s := startWSProxy(t, cert, up.URL, 5*time.Second)
 	for _, proto := range []string{"h2", "h3"} {
 		t.Run(proto, func(t *testing.T) {
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/cl", http.Header{"Sec-Websocket-Version": {"13"}})
@@ -63,8 +56,7 @@ func TestWebSocketUpstreamContentLength(t *testing.T) {
 // name: that was a 502 counted in tlsfarm_upstream_errors_total and the
 // "upstream requests failing" warning, which any client could raise.
 func TestHTTP2ProtocolWithoutConnect(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	up := newWSUpstream(t)
@@ -155,18 +147,12 @@ func rawH2Request(t *testing.T, cert *tls.Certificate, addr string, fields [][2]
 // upstream's connection must be closed at once, and nothing left running,
 // with no upstream error counted.
 func TestWebSocketClientLeavesBeforeUpstreamAnswers(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	up := newWSUpstream(t)
 	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = time.Minute
-	})
+	s := startWSProxy(t, cert, up.URL, time.Minute)
 	for _, proto := range []string{"h2", "h3"} {
 		t.Run(proto, func(t *testing.T) {
 			done := make(chan error, 1)

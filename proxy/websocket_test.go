@@ -41,19 +41,13 @@ const xconnectEnv = "http2xconnect=1"
 // only from the environment at its start: the test runs itself again
 // with it.
 func TestWebSocketOverExtendedConnect(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	const idle = 400 * time.Millisecond
 	up := newWSUpstream(t)
 	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL + "/base"
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = idle
-	})
+	s := startWSProxy(t, cert, up.URL+"/base", idle)
 	for _, proto := range []string{"h2", "h3"} {
 		t.Run(proto+" echo", func(t *testing.T) {
 			h := http.Header{
@@ -163,8 +157,7 @@ func TestWebSocketOverExtendedConnect(t *testing.T) {
 // both sides and return. The WebSocket's connection counts as open
 // throughout.
 func TestWebSocketShutdownWaitsForIt(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	up := newWSUpstream(t)
@@ -247,18 +240,12 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 // upstream must see the end of its input (here it then closes), long
 // before the idle timeout, and the client the end of the WebSocket.
 func TestWebSocketClientEndsItsStream(t *testing.T) {
-	if !strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
-		rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	if !withXConnect(t) {
 		return
 	}
 	up := newWSUpstream(t)
 	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = up.URL
-		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-		c.Listeners[0].HTTP3 = true
-		c.IdleTimeout = time.Minute
-	})
+	s := startWSProxy(t, cert, up.URL, time.Minute)
 	for _, proto := range []string{"h2", "h3"} {
 		t.Run(proto, func(t *testing.T) {
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
@@ -728,6 +715,33 @@ func readWSFrame(r io.Reader) (byte, []byte, error) {
 		}
 	}
 	return h[0] & 0x0f, p, nil
+}
+
+// withXConnect reports whether this process serves WebSockets over HTTP/2
+// (GODEBUG=http2xconnect=1, which net/http reads only at its start). If
+// not, it runs the current test again in a process that does, and the
+// caller returns.
+func withXConnect(t *testing.T) bool {
+	t.Helper()
+	if strings.Contains(os.Getenv("GODEBUG"), xconnectEnv) {
+		return true
+	}
+	rerunWith(t, "GODEBUG="+strings.TrimPrefix(os.Getenv("GODEBUG")+","+xconnectEnv, ","))
+	return false
+}
+
+// startWSProxy starts a server with one listener over TCP (h2 and
+// HTTP/1.1) and HTTP/3 whose upstream is upstream, with idle as its idle
+// timeout.
+func startWSProxy(t *testing.T, cert *tls.Certificate, upstream string, idle time.Duration) *Server {
+	t.Helper()
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = upstream
+		c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
+		c.Listeners[0].HTTP3 = true
+		c.IdleTimeout = idle
+	})
+	return s
 }
 
 // rerunWith runs the current test again in a new process of the test
