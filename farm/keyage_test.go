@@ -96,17 +96,7 @@ func TestFreshRingAgesStoredKeySet(t *testing.T) {
 				}
 				return
 			}
-			deadline := time.Now().Add(3 * time.Second)
-			for time.Now().Before(deadline) {
-				for _, m := range fresh {
-					for _, k := range m.Ring.State().Keys() {
-						if gone[k] {
-							t.Fatalf("%s took a key that had rotated out, from a replayed key set (epoch %d)", m.Name, m.Ring.State().Epoch)
-						}
-					}
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			neverTakesGone(t, fresh, gone, 3*time.Second)
 			st := agreed(t, fresh, before+1)
 			for _, k := range stopped.Keys() {
 				if k == st.Current {
