@@ -164,11 +164,7 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 	for _, proto := range []string{"h2", "h3"} {
 		t.Run(proto, func(t *testing.T) {
 			cert := mustSelfSigned(t, "localhost")
-			s, _ := start(t, cert, func(c *Config) {
-				c.Listeners[0].Upstream = up.URL
-				c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-				c.Listeners[0].HTTP3 = true
-			})
+			s := startWSProxy(t, cert, up.URL, 0)
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
 			got := <-up.requests
 			must(t, ws.status == http.StatusOK, "status %d", ws.status)
@@ -209,11 +205,7 @@ func TestWebSocketShutdownWaitsForIt(t *testing.T) {
 		})
 		t.Run(proto+" deadline", func(t *testing.T) {
 			cert := mustSelfSigned(t, "localhost")
-			s, _ := start(t, cert, func(c *Config) {
-				c.Listeners[0].Upstream = up.URL
-				c.Listeners[0].NextProtos = []string{"h2", "http/1.1"}
-				c.Listeners[0].HTTP3 = true
-			})
+			s := startWSProxy(t, cert, up.URL, 0)
 			ws := dialWS(t, proto, s.Addrs()[0], cert, "/echo", http.Header{"Sec-Websocket-Version": {"13"}})
 			got := <-up.requests
 			must(t, ws.status == http.StatusOK, "status %d", ws.status)
@@ -732,7 +724,7 @@ func withXConnect(t *testing.T) bool {
 
 // startWSProxy starts a server with one listener over TCP (h2 and
 // HTTP/1.1) and HTTP/3 whose upstream is upstream, with idle as its idle
-// timeout.
+// timeout (0: the default).
 func startWSProxy(t *testing.T, cert *tls.Certificate, upstream string, idle time.Duration) *Server {
 	t.Helper()
 	s, _ := start(t, cert, func(c *Config) {
