@@ -156,13 +156,7 @@ func serverNameThroughStoreOutage(t *testing.T, mode farm.Mode, openssl bool) {
 		t.Fatalf("n1 issued %d cached sessions for one handshake", len(ids()))
 	}
 	id := ids()[0]
-	waitStored(t, ms[0], id)
-	if mode == farm.Broadcast {
-		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-			_, ok := lookup(ms[1].Cache, id)
-			return ok
-		})
-	}
+	waitShared(t, ms, mode, id)
 
 	srv.Kill()
 	for _, m := range ms {
@@ -226,6 +220,19 @@ func serverNameThroughStoreOutage(t *testing.T, mode farm.Mode, openssl bool) {
 			farmtest.LogStats(t, all)
 			t.Fatalf("the %s did not resume under a.example on n3, which joined after Redis returned", s.what)
 		}
+	}
+}
+
+// waitShared waits until n1 (ms[0]) has written its session id to the
+// store and, in broadcast mode, until n2 (ms[1]) holds it too.
+func waitShared(t *testing.T, ms []*farmtest.Member, mode farm.Mode, id session.ID) {
+	t.Helper()
+	waitStored(t, ms[0], id)
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
+			_, ok := lookup(ms[1].Cache, id)
+			return ok
+		})
 	}
 }
 
@@ -615,13 +622,7 @@ func TestPromiseGraceCutWhileCutOff(t *testing.T) {
 			o.NewTransport = redisTransport(srv.URL())
 			ids, cs := farmtest.Issue(t, ms[0], 1)
 			id, c := ids[0], cs[0]
-			waitStored(t, ms[0], id)
-			if mode == farm.Broadcast {
-				farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-					_, ok := lookup(ms[1].Cache, id)
-					return ok
-				})
-			}
+			waitShared(t, ms, mode, id)
 
 			px.Cut()
 			farmtest.Eventually(t, 10*time.Second, "n1 cut off", func() bool { return !ms[0].Node.Connected() })
@@ -725,11 +726,7 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
 	}
 	osslID := before()[0]
 	for _, x := range []session.ID{id, osslID} {
-		waitStored(t, ms[0], x)
-		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-			_, ok := lookup(ms[1].Cache, x)
-			return ok
-		})
+		waitShared(t, ms, farm.Broadcast, x)
 	}
 	osslResumes := func(m *farmtest.Member) bool {
 		out := tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
