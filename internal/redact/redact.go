@@ -9,7 +9,6 @@ package redact
 import (
 	"errors"
 	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,48 +126,154 @@ func dropQuoted(s string) string {
 	return b.String()
 }
 
-// secretOption matches the value of a query option that names a password
-// or token, such as a Redis Sentinel URL's password (the master's).
-// Its value runs to the next option or the fragment: a comma may be part
-// of it (a NATS server list has no such option).
-var secretOption = regexp.MustCompile(`(?i)([?&;][a-z_]*(?:password|token)=)[^&#]*`)
-
 // URL returns s, a URL or something meant to be one, fit to print: the
-// user information of every URL in it (from "://" to the last "@" before
-// the next "://", so also a password whose unencoded "/" or "?" would end
-// the host early) replaced by "xxxxx", and, with no "://", everything up
-// to the last "@"; and so is the value of every query option whose name
-// ends in "password" or "token". A NATS token or a user name goes too: text that may
-// hold a secret, such as a stray command-line argument or a value in the
-// wrong place in a configuration file, is shown this way.
+// user information of every URL in it replaced by "xxxxx", and, with no
+// "://", everything up to the last "@"; and so is the value of every query
+// option whose name, percent-decoded, ends in "password" or "token". A
+// NATS token or a user name goes too: text that may hold a secret, such as
+// a stray command-line argument or a value in the wrong place in a
+// configuration file, is shown this way.
+//
+// The user information of a URL runs from its "://" to the last "@" before
+// the next URL, so a password whose unencoded "/" or "?" would end the
+// host early goes whole. The next URL starts at a "://" only after a
+// separator (a comma, a semicolon, a space or the start of the text) and
+// its scheme; any other "://" (one in a password) is part of the URL
+// before it. An option's value runs to the next "&" that starts another
+// option with "=", or to the fragment: an unencoded "&" in a password does
+// not end it.
 func URL(s string) string {
-	s = secretOption.ReplaceAllString(s, "${1}"+mask)
-	i := strings.Index(s, "://")
-	if i < 0 {
+	s = maskOptions(s)
+	starts := urlStarts(s)
+	if len(starts) == 0 {
 		if at := strings.LastIndexByte(s, '@'); at >= 0 {
 			return mask + s[at:]
 		}
 		return s
 	}
 	var b strings.Builder
-	for i >= 0 {
-		b.WriteString(s[:i+3])
-		s = s[i+3:]
-		i = strings.Index(s, "://") // the next URL's, in s
-		part := s
-		if i >= 0 {
-			part = s[:i]
+	b.WriteString(s[:starts[0]])
+	for k, start := range starts {
+		end := len(s)
+		if k+1 < len(starts) {
+			end = schemeStart(s, starts[k+1])
 		}
+		part := s[start:end]
 		if at := strings.LastIndexByte(part, '@'); at >= 0 {
 			b.WriteString(mask)
-			s = s[at:]
-			if i >= 0 {
-				i -= at
-			}
+			part = part[at:]
 		}
+		b.WriteString(part)
 	}
-	b.WriteString(s)
 	return b.String()
+}
+
+// urlStarts returns the index just after each "://" in s that begins a
+// URL: the first one, and each later one whose scheme follows a separator.
+func urlStarts(s string) []int {
+	var out []int
+	for i := 0; ; {
+		j := strings.Index(s[i:], "://")
+		if j < 0 {
+			return out
+		}
+		j += i
+		if len(out) == 0 || separated(s, schemeStart(s, j)) {
+			out = append(out, j+3)
+		}
+		i = j + 3
+	}
+}
+
+// schemeStart returns where the scheme ending at s[end] (just before a
+// "://") begins: the run of letters, digits, "+", "-" and "." before it.
+func schemeStart(s string, end int) int {
+	i := end
+	for i > 0 {
+		c := s[i-1]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '+' || c == '-' || c == '.' {
+			i--
+			continue
+		}
+		break
+	}
+	return i
+}
+
+// separated reports whether s[i] begins a new word: it is the start of s or
+// follows a comma, a semicolon, white space or a quote.
+func separated(s string, i int) bool {
+	if i == 0 {
+		return true
+	}
+	return strings.IndexByte(", ;\t\n\"'(", s[i-1]) >= 0
+}
+
+// maskOptions replaces the value of every query option of s whose name,
+// percent-decoded, ends in "password" or "token" (any case), such as a
+// Redis Sentinel URL's password (the master's), with "xxxxx". The value
+// runs to the fragment or to the next "&" or ";" that starts an option with
+// a "=": a comma may be part of it (a NATS server list has no such option),
+// and so may an unencoded "&".
+func maskOptions(s string) string {
+	var b strings.Builder
+	i := 0
+	for i < len(s) {
+		j := strings.IndexAny(s[i:], "?&;")
+		if j < 0 {
+			break
+		}
+		j += i
+		name, value := optionAt(s, j+1)
+		if value < 0 || !secretName(name) {
+			b.WriteString(s[i : j+1])
+			i = j + 1
+			continue
+		}
+		b.WriteString(s[i:value])
+		b.WriteString(mask)
+		i = valueEnd(s, value)
+	}
+	b.WriteString(s[i:])
+	return b.String()
+}
+
+// optionAt returns the name of the option that starts at s[i] and the
+// index of its value, or -1 if no "=" follows the name.
+func optionAt(s string, i int) (name string, value int) {
+	k := strings.IndexAny(s[i:], "=&;#?/@ ")
+	if k < 0 || s[i+k] != '=' {
+		return "", -1
+	}
+	return s[i : i+k], i + k + 1
+}
+
+// valueEnd returns where the option value that starts at s[i] ends.
+func valueEnd(s string, i int) int {
+	for {
+		k := strings.IndexAny(s[i:], "&;#")
+		if k < 0 {
+			return len(s)
+		}
+		k += i
+		if s[k] == '#' {
+			return k
+		}
+		if _, v := optionAt(s, k+1); v >= 0 {
+			return k
+		}
+		i = k + 1
+	}
+}
+
+// secretName reports whether a query option of this name, as written,
+// holds a password or a token.
+func secretName(name string) bool {
+	if u, err := url.QueryUnescape(name); err == nil {
+		name = u
+	}
+	name = strings.ToLower(name)
+	return strings.HasSuffix(name, "password") || strings.HasSuffix(name, "token")
 }
 
 // Error returns err with every occurrence of each secret in its text

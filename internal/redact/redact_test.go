@@ -144,6 +144,18 @@ func TestURL(t *testing.T) {
 		"redis+sentinel://s?Sentinel_Password=hunter2#x":               "redis+sentinel://s?Sentinel_Password=xxxxx#x",
 		"8443": "8443",
 		"":     "",
+		// A "://" in a password is not the start of another URL: no
+		// separator comes before its scheme.
+		"redis://u:pa://hunter2@h:6379":        "redis://xxxxx@h:6379",
+		"redis://:x://y://hunter2@h,redis://k": "redis://xxxxx@h,redis://k",
+		"a (redis://:hunter2@h) b":             "a (redis://xxxxx@h) b",
+		// An option's name may be percent-encoded, and its value may hold
+		// an unencoded "&" or ";" that starts no other option.
+		"redis+sentinel://s?pass%77ord=hunter2&db=1":       "redis+sentinel://s?pass%77ord=xxxxx&db=1",
+		"redis+sentinel://s?password=hun&ter2&db=1":        "redis+sentinel://s?password=xxxxx&db=1",
+		"redis+sentinel://s?password=hun;ter2":             "redis+sentinel://s?password=xxxxx",
+		"redis+sentinel://s?db=1;sentinel_token=hunter2#f": "redis+sentinel://s?db=1;sentinel_token=xxxxx#f",
+		"redis://h/0?dial_timeout=5s":                      "redis://h/0?dial_timeout=5s",
 	} {
 		if got := URL(in); got != want {
 			t.Errorf("URL(%q) = %q, want %q", in, got, want)
