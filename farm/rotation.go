@@ -308,7 +308,7 @@ func (r *Rotator) step(ctx context.Context) (waiting bool) {
 			return
 		} else {
 			cur = &ks
-			r.apply(ks.st)
+			r.apply(ks)
 		}
 	}
 	if !stale || r.served.Load() {
@@ -339,14 +339,11 @@ func (r *Rotator) step(ctx context.Context) (waiting bool) {
 		next.Rotated = now
 		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
 	case now.Sub(cur.st.Rotated) >= r.cfg.Interval:
-		if next, err = cur.st.Rotate(now, cur.keepFor(cur.st.Epoch+1, r.cfg.Keep)); err != nil {
+		if nextSet, err = cur.successor(now, r.cfg.Interval, r.cfg.Keep); err != nil {
 			r.fail(err)
 			return
 		}
-		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
-		if cur.extra > 0 && next.Epoch < cur.until {
-			nextSet.extra, nextSet.until = cur.extra, cur.until
-		}
+		next = nextSet.st
 	default:
 		return
 	}
@@ -367,7 +364,7 @@ func (r *Rotator) step(ctx context.Context) (waiting bool) {
 	if cur != nil {
 		r.rotated.Add(1)
 	}
-	r.apply(next)
+	r.apply(nextSet)
 	r.markReady(nil)
 	waiting = false
 	r.n.log.Info("farm: ticket keys rotated", "epoch", next.Epoch, "current", next.Current.String())
@@ -454,7 +451,7 @@ func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine tic
 		return
 	}
 	r.merged.Add(1)
-	r.apply(merged.st)
+	r.apply(merged)
 	r.markReady(nil)
 	if ks.st.Epoch < mine.Epoch {
 		// The farm's set was older than this node's: the node's own set
@@ -525,9 +522,11 @@ func (r *Rotator) WaitReady(ctx context.Context) error {
 	}
 }
 
-// apply installs s if it is newer than the key set in use.
-func (r *Rotator) apply(s ticket.State) bool {
-	err := r.cfg.Ring.Set(s)
+// apply installs ks if it is newer than the key set in use, with the
+// keys it records as merged.
+func (r *Rotator) apply(ks keySet) bool {
+	from, to := ks.mergedKeys()
+	err := r.cfg.Ring.SetMerged(ks.st, from, to)
 	switch {
 	case err == nil:
 		r.applied.Add(1)
@@ -549,7 +548,6 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 		r.invalid.Add(1)
 		return
 	}
-	s := ks.st
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.n.revsKnown.Load() {
@@ -569,16 +567,15 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 			r.ignored.Add(1)
 			return
 		}
-		s = ks.st
 	}
-	if needsMerge(s, mine, r.served.Load()) {
+	if needsMerge(ks.st, mine, r.served.Load()) {
 		// Adopting it would drop keys this node encrypted with: merge
 		// through the store at once instead.
 		r.ignored.Add(1)
 		r.signal()
 		return
 	}
-	if !r.apply(s) {
+	if !r.apply(ks) {
 		// Not newer than what we hold: a replay, or our own news.
 		r.ignored.Add(1)
 	}
