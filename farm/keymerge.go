@@ -307,7 +307,9 @@ func needsMerge(farm, mine ticket.State, mineServed bool) bool {
 // merge returns the farm's set farm extended with every key of mine that
 // may have encrypted tickets (its current and previous keys), as
 // decrypt-only keys, at an epoch above both. The farm's current and next
-// keys stay: one key encrypts everywhere.
+// keys stay: one key encrypts everywhere. The added keys go just ahead of
+// those earlier merges added that are still kept, or at the front of
+// Previous, and the result records where they all are if farm did.
 //
 // A farm's set at an epoch below mine is not built on: it may be a set the
 // farm has rotated past, put back by someone who can write the store, and
