@@ -245,10 +245,11 @@ func FuzzLifecycleBodies(f *testing.F) {
 		f.Add(b)
 	}
 	// The form that carries the writer's schedule, without and with
-	// merged keys.
+	// merged keys, and the form that also records where merged keys are.
 	for _, s := range []keySet{
 		{st: ks.st, interval: 12 * time.Hour, keep: 2},
 		{st: ks.st, extra: 2, until: 9, interval: time.Second, keep: 1},
+		{st: ks.st, extra: 2, until: 9, interval: time.Second, keep: 1, placed: true},
 	} {
 		if b, err := s.bytes(); err == nil {
 			f.Add(b)

@@ -33,10 +33,26 @@ import (
 // of milliseconds or of 2^33 ms or more, a Keep over 1023) is written in
 // the first form, and readers age the set by their own schedule.
 //
-// Merged keys sit at the front of Previous (they encrypted until the
-// merge); keeping Keep+extra previous keys for Keep rotations after the
-// merge gives each of them the Keep intervals that any key gets after it
-// stops encrypting, without cutting short the keys behind them.
+// While merged keys are kept, this version writes a third form when it
+// knows where they are, which also says so (the interval in seconds):
+//
+//	tag       4  blockTag
+//	extra     7  as above (more than 0)
+//	until    10  as above
+//	keep     10  the writer's Keep
+//	at       10  where the merged keys start in Previous
+//	interval 23  the writer's Interval, in seconds
+//
+// Versions that read the second form read another tag as no trailer, as
+// older ones do; so does a set in the third form there. A set whose merged
+// keys' place is not known, or whose schedule the third form cannot hold,
+// is written in the second form.
+//
+// Merged keys sit at the front of Previous, behind the farm's keys that
+// encrypted since the merges began (they encrypted until the merge);
+// keeping Keep+extra previous keys for Keep rotations after the merge gives
+// each of them the Keep intervals that any key gets after it stops
+// encrypting, without cutting short the keys behind them.
 type keySet struct {
 	st    ticket.State
 	extra int
@@ -45,6 +61,12 @@ type keySet struct {
 	// (interval 0: not known, as in a set from an older version).
 	interval time.Duration
 	keep     int
+	// placed: every key merged in since extra was last 0 is in
+	// st.Previous[at:at+extra] (the range cut to st.Previous), and no
+	// other key is. Without it, a reader knows how many keys merges
+	// added, not which.
+	placed bool
+	at     int
 }
 
 const (
@@ -56,7 +78,32 @@ const (
 	paramsMaxDelta = 1<<10 - 1
 	paramsMaxKeep  = 1<<10 - 1
 	paramsMaxMS    = 1<<33 - 1
+
+	blockTag   = 2
+	blockMaxAt = 1<<10 - 1
+	blockMaxS  = 1<<23 - 1
 )
+
+// mergedKeys returns the range of k.st.Previous that merges added, if k
+// records it (from == to otherwise, or if there is none).
+func (k keySet) mergedKeys() (from, to int) {
+	if !k.placed || k.extra == 0 {
+		return 0, 0
+	}
+	n := len(k.st.Previous)
+	return min(k.at, n), min(k.at+k.extra, n)
+}
+
+// block returns the third trailer form's 8 bytes for k, if they hold it.
+func (k keySet) block() (uint64, bool) {
+	s := k.interval / time.Second
+	from, to := k.mergedKeys()
+	if from == to || k.until < k.st.Epoch || k.until-k.st.Epoch > paramsMaxDelta || k.extra > maxMergedExtra ||
+		k.at > blockMaxAt || k.interval%time.Second != 0 || s <= 0 || s > blockMaxS || k.keep < 0 || k.keep > paramsMaxKeep {
+		return 0, false
+	}
+	return blockTag<<60 | uint64(k.extra)<<53 | (k.until-k.st.Epoch)<<43 | uint64(k.keep)<<33 | uint64(k.at)<<23 | uint64(s), true
+}
 
 // params returns the second trailer form's 8 bytes for k, if they hold it.
 func (k keySet) params() (uint64, bool) {
@@ -78,6 +125,10 @@ func (k keySet) bytes() ([]byte, error) {
 	b, err := k.st.Bytes()
 	if err != nil {
 		return b, err
+	}
+	if p, ok := k.block(); ok {
+		b = binary.BigEndian.AppendUint16(b, 0)
+		return binary.BigEndian.AppendUint64(b, p), nil
 	}
 	if p, ok := k.params(); ok {
 		b = binary.BigEndian.AppendUint16(b, 0)
@@ -117,7 +168,25 @@ func parseKeySet(b []byte) (keySet, error) {
 	}
 	k.st = st
 	// Another tag is a form of a later version: read as no trailer.
-	if p>>60 == paramsTag {
+	switch p >> 60 {
+	case blockTag:
+		k.extra = int(p >> 53 & 0x7f)
+		k.until = st.Epoch + (p >> 43 & paramsMaxDelta)
+		k.keep = int(p >> 33 & paramsMaxKeep)
+		k.at = int(p >> 23 & blockMaxAt)
+		k.interval = time.Duration(p&blockMaxS) * time.Second
+		k.placed = true
+		switch {
+		case k.interval == 0:
+			return keySet{}, errors.New("farm: key set has a zero rotation interval")
+		case k.extra == 0 || k.extra > maxMergedExtra:
+			return keySet{}, errors.New("farm: key set has a bad number of merged keys")
+		case k.until < st.Epoch:
+			return keySet{}, errors.New("farm: key set's merged keys last past the last epoch")
+		case k.at >= len(st.Previous):
+			return keySet{}, errors.New("farm: key set's merged keys are past its previous keys")
+		}
+	case paramsTag:
 		ms := p & paramsMaxMS
 		if ms == 0 {
 			return keySet{}, errors.New("farm: key set has a zero rotation interval")
@@ -238,7 +307,9 @@ func needsMerge(farm, mine ticket.State, mineServed bool) bool {
 // merge returns the farm's set farm extended with every key of mine that
 // may have encrypted tickets (its current and previous keys), as
 // decrypt-only keys, at an epoch above both. The farm's current and next
-// keys stay: one key encrypts everywhere.
+// keys stay: one key encrypts everywhere. The added keys go just ahead of
+// those earlier merges added that are still kept, or at the front of
+// Previous, and the result records where they all are if farm did.
 //
 // A farm's set at an epoch below mine is not built on: it may be a set the
 // farm has rotated past, put back by someone who can write the store, and
@@ -262,8 +333,12 @@ func merge(farm keySet, mine ticket.State, interval time.Duration, keep int) key
 		}
 		return out
 	}
-	out := keySet{st: farm.st, extra: farm.extra, until: farm.until, interval: interval, keep: keep}
+	out := keySet{st: farm.st, extra: farm.extra, until: farm.until, interval: interval, keep: keep, placed: farm.placed, at: farm.at}
 	out.st.Epoch = max(farm.st.Epoch, mine.Epoch) + 1
+	if out.st.Epoch > out.until {
+		// The last merge's keys have lapsed: none is left to place.
+		out.extra, out.placed, out.at = 0, false, 0
+	}
 	var added []ticket.Key
 	for _, k := range append([]ticket.Key{mine.Current}, mine.Previous...) {
 		if k == (ticket.Key{}) || holds(farm.st, k) {
@@ -280,16 +355,47 @@ func merge(farm keySet, mine ticket.State, interval time.Duration, keep int) key
 	if len(added) > maxMergedExtra {
 		added = added[:maxMergedExtra]
 	}
+	// The added keys go with the keys earlier merges added, ahead of
+	// them: so all of them stay in one run, which the set records (when
+	// it knows where the earlier ones are), and no key behind them lapses
+	// early. Without earlier merges that is the front of Previous.
+	at := 0
+	if out.extra > 0 {
+		at = min(out.at, len(farm.st.Previous))
+	}
 	prev := make([]ticket.Key, 0, len(added)+len(farm.st.Previous))
+	prev = append(prev, farm.st.Previous[:at]...)
 	prev = append(prev, added...)
-	prev = append(prev, farm.st.Previous...)
+	prev = append(prev, farm.st.Previous[at:]...)
 	out.st.Previous = prev
 	if len(added) > 0 {
-		if out.st.Epoch > out.until {
-			out.extra = 0 // the last merge's keys have lapsed
-		}
+		out.placed = out.extra == 0 || out.placed
+		out.at = at
 		out.extra = min(out.extra+len(added), maxMergedExtra)
 		out.until = out.st.Epoch + uint64(keep)
 	}
+	if !out.placed {
+		out.at = 0
+	}
 	return out
+}
+
+// successor returns the set that the lease holder writes when it rotates k
+// at now, with its own schedule interval and keep: k's merged keys are
+// kept until k's until, and stay recorded, one place further down.
+func (k keySet) successor(now time.Time, interval time.Duration, keep int) (keySet, error) {
+	next, err := k.st.Rotate(now, k.keepFor(k.st.Epoch+1, keep))
+	if err != nil {
+		return keySet{}, err
+	}
+	out := keySet{st: next, interval: interval, keep: keep}
+	// Through until itself: the rotation after it drops what the merges
+	// added, and until then the set says which keys those are.
+	if k.extra > 0 && next.Epoch <= k.until {
+		out.extra, out.until = k.extra, k.until
+		if from, to := k.mergedKeys(); from < to && from+1 < len(next.Previous) {
+			out.placed, out.at = true, from+1
+		}
+	}
+	return out, nil
 }

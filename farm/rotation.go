@@ -2,10 +2,11 @@ package farm
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,7 +57,11 @@ type RotationConfig struct {
 
 	// PollInterval is how often a node re-reads the key set, in case it
 	// missed an announcement, and the holder renews its lease (default
-	// LeaseTTL/3; never more than LeaseTTL/2 or Interval/4).
+	// LeaseTTL/3; never more than LeaseTTL/2 or Interval/4). A node that
+	// waits for the farm's keys (see Rotator.WaitReady) and finds only a
+	// set whose keys have all rotated out re-reads every 100–250 ms
+	// instead, for up to LeaseTTL + PollInterval, until the lease holder
+	// writes a new set.
 	PollInterval time.Duration
 }
 
@@ -131,7 +136,7 @@ func (n *Node) RotateTicketKeys(ctx context.Context, cfg RotationConfig) (*Rotat
 	cfg.PollInterval = min(cfg.PollInterval, cfg.LeaseTTL/2, cfg.Interval/4)
 
 	tok := make([]byte, 16)
-	rand.Read(tok)
+	crand.Read(tok)
 	r := &Rotator{
 		n:     n,
 		cfg:   cfg,
@@ -190,24 +195,52 @@ func (r *Rotator) Metrics() []metric.Sample {
 	return m
 }
 
+// Quick re-polls of a node that waits for the farm's keys behind a stale
+// set: every repollMin plus up to repollJitter, never slower than
+// PollInterval.
+const (
+	repollMin    = 100 * time.Millisecond
+	repollJitter = 150 * time.Millisecond
+)
+
 func (r *Rotator) loop(ctx context.Context) {
 	defer close(r.done)
 	t := time.NewTicker(r.cfg.PollInterval)
 	defer t.Stop()
+	// waitingSince: when a step first found only a stale set while the
+	// node waited for the farm's keys (zero: it has not).
+	var waitingSince time.Time
 	for {
-		r.step(ctx)
+		var quick <-chan time.Time
+		if r.step(ctx) {
+			// The lease holder writes a set above the stale one (this
+			// node, if it takes the lease): look again soon rather than
+			// a poll later, when the node has likely stopped waiting,
+			// served with keys of its own and must merge them. Only
+			// for as long as it takes another node to take a lease
+			// left behind and write.
+			if waitingSince.IsZero() {
+				waitingSince = time.Now()
+			}
+			if time.Since(waitingSince) < r.cfg.LeaseTTL+r.cfg.PollInterval {
+				quick = time.After(min(r.cfg.PollInterval, repollMin+rand.N(repollJitter)))
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-r.wake:
+		case <-quick:
 		}
 	}
 }
 
 // step reads the farm's key set and applies it if newer; then, if this node
 // holds (or can take) the lease, creates or rotates the key set when due.
-func (r *Rotator) step(ctx context.Context) {
+// It reports whether the node still waits for the farm's keys (see
+// WaitReady) having found only a set it takes nothing from (see aged).
+func (r *Rotator) step(ctx context.Context) (waiting bool) {
 	ctx, cancel := context.WithTimeout(ctx, r.n.cfg.OpTimeout)
 	defer cancel()
 	r.mu.Lock()
@@ -275,7 +308,7 @@ func (r *Rotator) step(ctx context.Context) {
 			return
 		} else {
 			cur = &ks
-			r.apply(ks.st)
+			r.apply(ks)
 		}
 	}
 	if !stale || r.served.Load() {
@@ -284,6 +317,8 @@ func (r *Rotator) step(ctx context.Context) {
 		// below, or at a later poll.
 		r.markReady(nil)
 	}
+	// Unless it writes one below.
+	waiting = stale && !r.isReady() && !r.served.Load()
 
 	if !r.lease(ctx) {
 		return
@@ -304,14 +339,11 @@ func (r *Rotator) step(ctx context.Context) {
 		next.Rotated = now
 		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
 	case now.Sub(cur.st.Rotated) >= r.cfg.Interval:
-		if next, err = cur.st.Rotate(now, cur.keepFor(cur.st.Epoch+1, r.cfg.Keep)); err != nil {
+		if nextSet, err = cur.successor(now, r.cfg.Interval, r.cfg.Keep); err != nil {
 			r.fail(err)
 			return
 		}
-		nextSet = keySet{st: next, interval: r.cfg.Interval, keep: r.cfg.Keep}
-		if cur.extra > 0 && next.Epoch < cur.until {
-			nextSet.extra, nextSet.until = cur.extra, cur.until
-		}
+		next = nextSet.st
 	default:
 		return
 	}
@@ -327,13 +359,14 @@ func (r *Rotator) step(ctx context.Context) {
 		return
 	}
 	if !ok {
-		return // someone else wrote first: the next poll reads theirs
+		return // someone else wrote first: the next poll reads theirs (soon, if waiting)
 	}
 	if cur != nil {
 		r.rotated.Add(1)
 	}
-	r.apply(next)
+	r.apply(nextSet)
 	r.markReady(nil)
+	waiting = false
 	r.n.log.Info("farm: ticket keys rotated", "epoch", next.Epoch, "current", next.Current.String())
 	// Announce; nodes that miss it read the store at their next poll.
 	msg := r.seal(msgKeys, body, nil)
@@ -342,6 +375,7 @@ func (r *Rotator) step(ctx context.Context) {
 	if err := r.n.publish(pctx, msg); err != nil {
 		r.fail(err)
 	}
+	return
 }
 
 // lease renews the lease if this node holds it, or tries to take it, and
@@ -417,7 +451,7 @@ func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine tic
 		return
 	}
 	r.merged.Add(1)
-	r.apply(merged.st)
+	r.apply(merged)
 	r.markReady(nil)
 	if ks.st.Epoch < mine.Epoch {
 		// The farm's set was older than this node's: the node's own set
@@ -456,11 +490,22 @@ func (r *Rotator) markReady(err error) {
 	})
 }
 
+// isReady reports whether markReady has run.
+func (r *Rotator) isReady() bool {
+	select {
+	case <-r.ready:
+		return true
+	default:
+		return false
+	}
+}
+
 // WaitReady waits until the node holds the farm's ticket keys, read (and
 // merged, if need be) at the rotator's first poll of the store, and returns
 // nil. If the store holds only a set whose keys have all rotated out on
 // schedule (see RotationConfig.Ring), it waits for the poll that finds the
-// set the lease holder writes above it. If that poll finds the store unreachable, or ctx ends first, it
+// set the lease holder writes above it; the node polls quickly meanwhile
+// (see RotationConfig.PollInterval). If that poll finds the store unreachable, or ctx ends first, it
 // returns why: the node then serves with keys of its own, and contributes
 // them to the farm's set as decrypt-only keys once the store is back, so
 // that no ticket it issued meanwhile is lost. A server calls it, with a
@@ -477,9 +522,11 @@ func (r *Rotator) WaitReady(ctx context.Context) error {
 	}
 }
 
-// apply installs s if it is newer than the key set in use.
-func (r *Rotator) apply(s ticket.State) bool {
-	err := r.cfg.Ring.Set(s)
+// apply installs ks if it is newer than the key set in use, with the
+// keys it records as merged.
+func (r *Rotator) apply(ks keySet) bool {
+	from, to := ks.mergedKeys()
+	err := r.cfg.Ring.SetMerged(ks.st, from, to)
 	switch {
 	case err == nil:
 		r.applied.Add(1)
@@ -501,7 +548,6 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 		r.invalid.Add(1)
 		return
 	}
-	s := ks.st
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.n.revsKnown.Load() {
@@ -521,16 +567,15 @@ func (r *Rotator) onAnnounce(h header, body []byte) {
 			r.ignored.Add(1)
 			return
 		}
-		s = ks.st
 	}
-	if needsMerge(s, mine, r.served.Load()) {
+	if needsMerge(ks.st, mine, r.served.Load()) {
 		// Adopting it would drop keys this node encrypted with: merge
 		// through the store at once instead.
 		r.ignored.Add(1)
 		r.signal()
 		return
 	}
-	if !r.apply(s) {
+	if !r.apply(ks) {
 		// Not newer than what we hold: a replay, or our own news.
 		r.ignored.Add(1)
 	}

@@ -11,6 +11,9 @@ import (
 // around a merge, and checks the order in which StateByUse gives the
 // previous keys: the keys that encrypted in the ring's line first, newest
 // first, then the keys merged in from the other side of a split.
+//
+// A farm that records which keys a merge added (Ring.SetMerged) lets a
+// ring that joins after the merge, or misses its set, tell them apart too.
 func TestStateByUse(t *testing.T) {
 	k := newKeys(t, 12)
 	f1, f2, f3, f4, f5 := k[0], k[1], k[2], k[3], k[4] // the farm's line
@@ -21,6 +24,12 @@ func TestStateByUse(t *testing.T) {
 	set := func(e uint64, cur, next ticket.Key, prev ...ticket.Key) func(*ticket.Ring) error {
 		return func(r *ticket.Ring) error {
 			return r.Set(ticket.State{Epoch: e, Current: cur, Next: next, Previous: prev})
+		}
+	}
+	// setMerged installs a set whose writer merged in prev[from:to].
+	setMerged := func(e uint64, from, to int, cur, next ticket.Key, prev ...ticket.Key) func(*ticket.Ring) error {
+		return func(r *ticket.Ring) error {
+			return r.SetMerged(ticket.State{Epoch: e, Current: cur, Next: next, Previous: prev}, from, to)
 		}
 	}
 	type step struct {
@@ -94,6 +103,25 @@ func TestStateByUse(t *testing.T) {
 			{set(3, f2, f3, m1, f1), []ticket.Key{f1, m1}, 1},
 			{set(4, m2, m3, k[9], k[10]), []ticket.Key{k[9], k[10]}, 0},
 		},
+	}, {
+		name: "a fresh ring joins after a merge the farm records",
+		steps: []step{
+			{setMerged(4, 1, 4, f3, f4, f2, m1, m2, m3, f1), []ticket.Key{f2, f1, m1, m2, m3}, 3},
+			{setMerged(5, 2, 5, f4, f5, f3, f2, m1, m2, m3, f1), []ticket.Key{f3, f2, f1, m1, m2, m3}, 3},
+		},
+	}, {
+		name:    "a ring that missed the merge's set, when the farm records it",
+		initial: &ticket.State{Epoch: 2, Current: f2, Next: f3, Previous: []ticket.Key{f1}},
+		steps: []step{
+			{setMerged(4, 1, 3, f3, f4, f2, m1, m2, f1), []ticket.Key{f2, f1, m1, m2}, 2},
+		},
+	}, {
+		name:    "the merging side: the record does not make its own keys foreign",
+		initial: own(m1, m2, m3),
+		steps: []step{
+			{setMerged(3, 0, 2, f2, f3, m1, m3, f1), []ticket.Key{m1, m3, f1}, 0},
+			{setMerged(4, 1, 3, f3, f4, f2, m1, m3, f1), []ticket.Key{f2, m1, m3, f1}, 0},
+		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := ticket.NewRing(ticket.RingConfig{Keep: 10, Initial: tc.initial})
@@ -121,5 +149,27 @@ func TestStateByUse(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSetMergedRange: SetMerged refuses a range that is not one of the
+// set's previous keys, and changes nothing then.
+func TestSetMergedRange(t *testing.T) {
+	k := newKeys(t, 4)
+	r, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ticket.State{Epoch: 3, Current: k[0], Next: k[1], Previous: []ticket.Key{k[2], k[3]}}
+	for _, rg := range [][2]int{{-1, 1}, {2, 1}, {0, 3}, {3, 3}} {
+		if err := r.SetMerged(s, rg[0], rg[1]); err == nil {
+			t.Errorf("SetMerged accepted the range [%d:%d] of 2 previous keys", rg[0], rg[1])
+		}
+	}
+	if r.State().Epoch != 0 {
+		t.Fatal("a refused SetMerged changed the ring")
+	}
+	if err := r.SetMerged(s, 2, 2); err != nil {
+		t.Fatal(err)
 	}
 }

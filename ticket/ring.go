@@ -166,7 +166,7 @@ func (r *Ring) Update(keys ...Key) error {
 		Previous: append([]Key(nil), keys[1:]...),
 		Rotated:  r.now(),
 	}
-	ch := r.installLocked(st, true) // the caller's order is the order of use
+	ch := r.installLocked(st, true, 0, 0) // the caller's order is the order of use
 	r.mu.Unlock()
 	r.logChange("ticket: keys updated", ch)
 	return nil
@@ -196,7 +196,7 @@ func (r *Ring) rotateLocked() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return r.installLocked(&next, false), nil
+	return r.installLocked(&next, false, 0, 0), nil
 }
 
 // Set installs a complete key set, such as one distributed by a farm: the
@@ -212,8 +212,25 @@ func (r *Ring) rotateLocked() (Status, error) {
 // Run or Rotate): the farm computes each key set with State.Rotate and
 // installs it everywhere.
 func (r *Ring) Set(s State) error {
+	return r.SetMerged(s, 0, 0)
+}
+
+// SetMerged installs s as Set does, and takes s.Previous[from:to] for keys
+// merged in from another key set, as the farm that wrote s records them:
+// StateByUse puts them with the foreign keys, unless the ring knows one
+// as a key of its own line (it held it as current or next, or as a
+// previous key it did not count as foreign). So a ring that joins a farm
+// after a merge, or misses the set that added the keys, still tells them
+// from the farm's own. SetMerged(s, 0, 0) is Set(s).
+//
+// SetMerged returns an error, and changes nothing, in every case Set
+// does, and if from and to are not a range of s.Previous.
+func (r *Ring) SetMerged(s State, from, to int) error {
 	if err := s.validate(); err != nil {
 		return err
+	}
+	if from < 0 || from > to || to > len(s.Previous) {
+		return fmt.Errorf("ticket: merged keys [%d:%d] out of the %d previous keys", from, to, len(s.Previous))
 	}
 	r.mu.Lock()
 	if s.Epoch <= r.st.Epoch {
@@ -225,7 +242,7 @@ func (r *Ring) Set(s State) error {
 	if st.Rotated.IsZero() {
 		st.Rotated = r.now()
 	}
-	ch := r.installLocked(&st, false)
+	ch := r.installLocked(&st, false, from, to)
 	r.mu.Unlock()
 	r.logChange("ticket: key set installed", ch)
 	return nil
@@ -257,7 +274,8 @@ func (r *Ring) State() State {
 // one before (the ring joined a farm, or came back after missing every key
 // of it) is not foreign; nor is a key first seen after a gap in epochs,
 // which may be a current key the ring missed; nor any key after Update,
-// whose caller gives the order of use.
+// whose caller gives the order of use. A key first seen in the range that
+// SetMerged names is foreign in every case.
 func (r *Ring) StateByUse() (s State, foreign int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -283,15 +301,17 @@ func (r *Ring) StateByUse() (s State, foreign int) {
 }
 
 // foreignKeys returns, for each key of st.Previous, whether it is foreign
-// (see StateByUse) once st replaces old, whose own flags are oldForeign.
-// It returns nil if none is.
+// (see StateByUse) once st replaces old, whose own flags are oldForeign;
+// st.Previous[from:to] are keys its writer merged in (see SetMerged). It
+// returns nil if none is.
 //
 // A rotation brings one key into Previous, the old current key; so a key
 // new to the ring in the previous keys of the set that directly follows
 // the ring's (its epoch one above) came from another key set. After a gap
 // in epochs the ring cannot tell such a key from a current key it missed,
-// and takes it as its own, in the order given.
-func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
+// and takes it as its own, in the order given, unless the writer says it
+// merged it.
+func foreignKeys(old *State, oldForeign []bool, st *State, from, to int) []bool {
 	held := func(k Key) bool {
 		return k == old.Current || (!old.Next.isZero() && k == old.Next) || slices.Contains(old.Previous, k)
 	}
@@ -299,13 +319,13 @@ func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
 	for _, k := range st.Previous {
 		shared = shared || held(k)
 	}
-	if !shared {
+	if !shared && from == to {
 		return nil
 	}
-	follows := old.Epoch < math.MaxUint64 && st.Epoch == old.Epoch+1
+	follows := shared && old.Epoch < math.MaxUint64 && st.Epoch == old.Epoch+1
 	var out []bool
 	for i, k := range st.Previous {
-		f := follows
+		f := follows || (i >= from && i < to)
 		switch {
 		case k == old.Current || k == old.Next:
 			f = false
@@ -326,14 +346,15 @@ func foreignKeys(old *State, oldForeign []bool, st *State) []bool {
 
 // installLocked makes st the key set in use, applies it to every registered
 // config, wipes the key set it replaces and wakes Run. If ordered, st's
-// previous keys are in their order of use, none foreign (see StateByUse).
+// previous keys are in their order of use, none foreign (see StateByUse);
+// else st.Previous[from:to] are keys merged in (see SetMerged).
 // It returns the ring's new Status, for logChange.
-func (r *Ring) installLocked(st *State, ordered bool) Status {
+func (r *Ring) installLocked(st *State, ordered bool, from, to int) Status {
 	old := r.st
 	if ordered {
 		r.foreign = nil
 	} else {
-		r.foreign = foreignKeys(old, r.foreign, st)
+		r.foreign = foreignKeys(old, r.foreign, st, from, to)
 	}
 	r.st = st
 	r.applyLocked(r.configs)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/keyexport"
 	"github.com/tlsfarm/tlsfarm/session"
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -111,6 +112,68 @@ func TestKeysMergeKeepsServersKeys(t *testing.T) {
 	}
 	for _, v := range []string{"1.2", "1.3"} {
 		mustResume(t, true, "nginx's ticket from before the merge, a rotation after it", servers["nginx"], v, tickets["nginx "+v], "")
+	}
+}
+
+// TestKeysAgentRestartedAfterMergeOrdersByUse: a tlsfarm keys agent that
+// starts after a merge (restarted, or new to the farm) still exports the
+// farm's previous keys ahead of the keys the merge added, because the
+// stored set records which keys those are. The farm (agent a1) rotates,
+// so that its key K only decrypts; a node that served with three keys of
+// its own merges them in; then agent a2 starts. Before, a2 could not tell
+// the merged keys from the farm's and exported the stored order, merged
+// keys first: its nginx files held merged keys where K belongs, until
+// they lapsed.
+func TestKeysAgentRestartedAfterMergeOrdersByUse(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, _, _, _ := farmFiles(t)
+	fa := farmArgs(url, secret, redistest.Farm(t))
+	a1 := startAgent(t, "keys-before", append(fa, "-export", "nginx:"+privateDir(t))...)
+	e := waitExported(t, a1, 1, 10*time.Second)
+	waitExported(t, a1, e+1, 2*testRotation)
+	k := a1.ring.State().Previous[0]
+
+	own := ticket.State{Epoch: 1, Current: randomKey(t), Next: randomKey(t), Previous: []ticket.Key{randomKey(t), randomKey(t)}}
+	ownKeys := []ticket.Key{own.Current, own.Previous[0], own.Previous[1]}
+	mergingNode(t, fa, own)
+	waitUntil(t, 2*testRotation, func() bool { return holdsKey(a1.ring.State(), own.Current) }, "the merged set did not reach the agent")
+	merged := a1.ring.State()
+	if slices.Index(merged.Previous, k) < len(ownKeys) {
+		t.Fatalf("K at %d of the merged set's previous keys, want behind the %d merged keys", slices.Index(merged.Previous, k), len(ownKeys))
+	}
+
+	dir := privateDir(t)
+	a2 := startAgent(t, "keys-after", append(fa, "-export", "nginx:"+dir)...)
+	waitExported(t, a2, merged.Epoch, 2*testRotation)
+	isOwn := func(k ticket.Key) bool { return slices.Contains(ownKeys, k) }
+	for {
+		st, foreign := a2.ring.StateByUse()
+		waitExported(t, a2, st.Epoch, 2*testRotation)
+		b, err := os.ReadFile(filepath.Join(dir, keyexport.NginxFileName(2)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a2.ring.Status().Epoch != st.Epoch {
+			continue // rotated meanwhile: look again
+		}
+		held := 0
+		for _, k := range st.Previous {
+			if isOwn(k) {
+				held++
+			}
+		}
+		if held == 0 {
+			t.Skipf("the machine is too slow for a 5s rotation: the merged keys lapsed (epoch %d) before the check", st.Epoch)
+		}
+		if foreign != held || isOwn(st.Previous[0]) || (st.Epoch == merged.Epoch && st.Previous[0] != k) {
+			t.Fatalf("the agent started after the merge counts %d keys as merged (want %d) and puts a merged key first: %v (K first: %v)",
+				foreign, held, isOwn(st.Previous[0]), st.Previous[0] == k)
+		}
+		if want := keyexport.NginxKey(st.Previous[0]); !bytes.Equal(b, want[:]) {
+			t.Fatal("the agent started after the merge does not export the farm's newest previous key as nginx's ticket-2.key")
+		}
+		return
 	}
 }
 
