@@ -440,15 +440,19 @@ type wsConn struct {
 	closeWrite func() // ends the client's stream (END_STREAM, FIN)
 }
 
-// dialWS opens a WebSocket to path over proto (h2 or h3) with extended
-// CONNECT, sending header. It is closed when the test ends.
+// dialWS opens a WebSocket to path over proto (h2 or h3 with extended
+// CONNECT, h1 with an HTTP/1.1 Upgrade), sending header. It is closed when
+// the test ends.
 func dialWS(t *testing.T, proto, addr string, cert *tls.Certificate, path string, header http.Header) *wsConn {
 	t.Helper()
 	var ws *wsConn
 	var err error
-	if proto == "h2" {
+	switch proto {
+	case "h1":
+		ws, err = upgradeH1(cert, addr, path, header)
+	case "h2":
 		ws, err = extendedConnectH2(cert, addr, path, header)
-	} else {
+	default:
 		ws, err = extendedConnectH3(t, cert, addr, path, header)
 	}
 	if err != nil {
@@ -459,6 +463,49 @@ func dialWS(t *testing.T, proto, addr string, cert *tls.Certificate, path string
 	}
 	return ws
 }
+
+// upgradeH1 opens a WebSocket over HTTP/1.1 (GET with Upgrade: websocket)
+// on a connection of its own.
+func upgradeH1(cert *tls.Certificate, addr, path string, header http.Header) (*wsConn, error) {
+	cfg := client("localhost", cert)
+	cfg.NextProtos = []string{"http/1.1"}
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://localhost:"+port(addr)+path, nil)
+	req.Header = header.Clone()
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := req.Write(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetWriteDeadline(time.Time{})
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetReadDeadline(time.Time{})
+	var r io.Reader = br
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		r = resp.Body
+	}
+	return &wsConn{status: resp.StatusCode, header: resp.Header, r: &connReader{r, c}, w: c, closeWrite: func() { c.CloseWrite() }}, nil
+}
+
+// A connReader reads r, with the read deadline of c.
+type connReader struct {
+	io.Reader
+	c net.Conn
+}
+
+func (r *connReader) SetReadDeadline(t time.Time) error { return r.c.SetReadDeadline(t) }
 
 type roundTripCloser interface {
 	http.RoundTripper
