@@ -141,7 +141,7 @@ func (s *Server) admitWebSocket(w http.ResponseWriter, r *http.Request, l *liste
 			s.ws.refuse(p, refusedConnectionLimit)
 			s.log.Debug("WebSocket refused: the connection has as many as it may", "client", r.RemoteAddr, "http", r.Proto,
 				"max_websockets_per_connection", max)
-			w.Header().Set("Retry-After", "1")
+			// No Retry-After: waiting frees no slot, closing one does.
 			http.Error(w, "429 too many requests: this connection has "+strconv.FormatInt(max, 10)+" WebSockets open, as many as it may", http.StatusTooManyRequests)
 			return nil
 		}
