@@ -184,7 +184,7 @@ func (s *Server) boundUpgrade(res *http.Response) error {
 	if !ok {
 		return nil // ReverseProxy refuses it
 	}
-	if !strings.EqualFold(upgradeType(res.Header), upgradeType(res.Request.Header)) {
+	if to := upgradeType(res.Header); !printableASCII(to) || !strings.EqualFold(to, upgradeType(res.Request.Header)) {
 		back.Close()
 		return errSwitchedElsewhere
 	}
@@ -206,6 +206,17 @@ func upgradeType(h http.Header) string {
 		return ""
 	}
 	return h.Get("Upgrade")
+}
+
+// printableASCII reports whether s holds printable ASCII only (what
+// ReverseProxy requires of an Upgrade field, or refuses the switch).
+func printableASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // newIdleUpgrade returns back, the upstream's side of a switched

@@ -357,35 +357,41 @@ func (c *wsClient) open(path string) *wsConn {
 }
 
 // TestUpgradeToAnotherProtocolIsClosed has an upstream answer an HTTP/1.1
-// WebSocket upgrade by switching to another protocol: the client must get
-// 502, counted as an upstream error, and the upstream's connection must be
-// closed at once (ReverseProxy refuses such a switch but leaves the
-// upstream's connection open), not held until the idle timeout.
+// WebSocket upgrade by switching to another protocol (or one that only
+// Unicode case folding makes "websocket", which ReverseProxy refuses as
+// not printable ASCII): the client must get 502, counted as an upstream
+// error, and the upstream's connection must be closed at once
+// (ReverseProxy refuses such a switch but leaves the upstream's
+// connection open), not held until the idle timeout.
 func TestUpgradeToAnotherProtocolIsClosed(t *testing.T) {
-	ended := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer close(ended)
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(15 * time.Second))
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: something-else\r\n\r\n")
-		io.Copy(io.Discard, brw)
-	}))
-	defer up.Close()
-	cert := mustSelfSigned(t, "localhost")
-	s := startWSProxy(t, cert, up.URL, time.Minute)
-	ws := dialWS(t, "h1", s.Addrs()[0], cert, "/", wsHeader)
-	must(t, ws.status == http.StatusBadGateway, "status %d", ws.status)
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the upstream's connection still open after the 502")
+	for _, to := range []string{"something-else", "websoc\u212Aet"} {
+		t.Run(to, func(t *testing.T) {
+			ended := make(chan struct{})
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				c, brw, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				defer close(ended)
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(15 * time.Second))
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+to+"\r\n\r\n")
+				io.Copy(io.Discard, brw)
+			}))
+			defer up.Close()
+			cert := mustSelfSigned(t, "localhost")
+			s := startWSProxy(t, cert, up.URL, time.Minute)
+			ws := dialWS(t, "h1", s.Addrs()[0], cert, "/", wsHeader)
+			must(t, ws.status == http.StatusBadGateway, "status %d", ws.status)
+			select {
+			case <-ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream's connection still open after the 502")
+			}
+			n := wsSample(t, s, "tlsfarm_websockets_refused_total", "proto", "h1", "reason", "upstream_error")
+			must(t, n == 1, "upstream errors: %v", n)
+			must(t, wsSample(t, s, "tlsfarm_websockets_total", "proto", "h1") == 0, "counted as opened")
+			must(t, wsSample(t, s, "tlsfarm_websockets_open", "proto", "h1") == 0, "counted as open")
+		})
 	}
-	n := wsSample(t, s, "tlsfarm_websockets_refused_total", "proto", "h1", "reason", "upstream_error")
-	must(t, n == 1, "upstream errors: %v", n)
-	must(t, wsSample(t, s, "tlsfarm_websockets_total", "proto", "h1") == 0, "counted as opened")
-	must(t, wsSample(t, s, "tlsfarm_websockets_open", "proto", "h1") == 0, "counted as open")
 }
