@@ -148,6 +148,11 @@ func TestWebSocketOverExtendedConnect(t *testing.T) {
 	noGoroutineIn(t, "serveWebSocket")
 	// The 2xx answers that did not switch.
 	must(t, s.Stats().UpstreamErrors == 2, "stats %+v", s.Stats())
+	for _, proto := range []string{"h2", "h3"} {
+		// echo, silent and flood opened; all ended, cut or not.
+		open, total := wsSample(t, s, "tlsfarm_websockets_open", "proto", proto), wsSample(t, s, "tlsfarm_websockets_total", "proto", proto)
+		must(t, open == 0 && total == 3, "%s WebSockets: open %v, total %v", proto, open, total)
+	}
 }
 
 // TestWebSocketShutdownWaitsForIt opens a WebSocket over HTTP/2 and over
