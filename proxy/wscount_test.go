@@ -54,6 +54,12 @@ func TestWebSocketMetricsFollowEachProtocol(t *testing.T) {
 				must(t, open() == float64(i+1) && total() == float64(i+1), "WebSocket %d open: open %v, total %v", i, open(), total())
 				wss = append(wss, ws)
 			}
+			if proto == "h1" {
+				// A switched connection keeps its slot of
+				// MaxConnections: HTTP/1.1 WebSockets need no
+				// bound of their own.
+				must(t, s.Stats().Open == 2, "TCP connections open with two HTTP/1.1 WebSockets: %d", s.Stats().Open)
+			}
 			for i, ws := range wss {
 				echo(t, ws, "hello")
 				closeWS(t, ws)
