@@ -126,6 +126,10 @@ type ProxyStats struct {
 
 	// QUIC, if set, holds the HTTP/3 listeners' counters.
 	QUIC *QUICStats
+
+	// Samples are the terminator's other samples (proxy.Server.Metrics:
+	// its WebSockets'), exported as they are.
+	Samples []metric.Sample
 }
 
 // QUICStats are the HTTP/3 listeners' counters, as the metrics report them.

@@ -60,6 +60,10 @@ func TestMetrics(t *testing.T) {
 				Handshakes:        []Handshakes{{Version: "TLS 1.3", Count: 3}, {Version: "TLS 1.3", Resumed: true, Count: 2}},
 				HandshakeFailures: map[string]uint64{"timeout": 1},
 				UpstreamErrors:    4,
+				Samples: []metric.Sample{{
+					Name: "tlsfarm_websockets_open", Help: "WebSockets open now.", Kind: metric.Gauge,
+					Labels: []metric.Label{{Name: "proto", Value: "h2"}}, Value: 5,
+				}},
 			}
 		}
 	})
@@ -73,6 +77,7 @@ func TestMetrics(t *testing.T) {
 		`tlsfarm_handshakes_total{kind="resumed",version="TLS 1.3"} 2`,
 		`tlsfarm_handshake_failures_total{reason="timeout"} 1`,
 		`tlsfarm_upstream_errors_total 4`,
+		`tlsfarm_websockets_open{proto="h2"} 5`,
 		`tlsfarm_cache_sessions 1`,
 		`tlsfarm_cache_inserts_total 1`,
 		`tlsfarm_ticket_key_epoch 0`,

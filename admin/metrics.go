@@ -124,6 +124,7 @@ func (e emitter) proxy(p ProxyStats) {
 	if p.QUIC != nil {
 		e.quic(p.QUIC)
 	}
+	e.samples(p.Samples)
 }
 
 func (e emitter) cache() { e.samples(e.c.cfg.Cache.Metrics()) }

@@ -164,6 +164,11 @@ type Limits struct {
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`      // proxy.Config.IdleTimeout
 	MaxConnections   int           `yaml:"max_connections"`   // per listener; 0 for no limit
 	DrainTimeout     time.Duration `yaml:"drain_timeout"`     // how long shutdown lets connections finish
+
+	// MaxWebSocketsPerConnection bounds the WebSockets open at once on one
+	// HTTP/2 or HTTP/3 connection (proxy.Config.MaxWebSocketsPerConnection);
+	// 0 for no limit.
+	MaxWebSocketsPerConnection int `yaml:"max_websockets_per_connection"`
 }
 
 // Debug holds settings for tests and troubleshooting, never for production.
@@ -213,6 +218,8 @@ func defaults() *Config {
 			IdleTimeout:      2 * time.Minute,
 			MaxConnections:   10000,
 			DrainTimeout:     30 * time.Second,
+
+			MaxWebSocketsPerConnection: 16,
 		},
 	}
 }

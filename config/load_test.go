@@ -64,6 +64,7 @@ listeners:
     alpn: [imap]
 limits:
   handshake_timeout: 3s
+  max_websockets_per_connection: 4
 `, 0o644)
 	tests := []struct {
 		name  string
@@ -71,10 +72,13 @@ limits:
 		env   map[string]string
 		check func(*Config) bool
 	}{
-		{"default", nil, nil, func(c *Config) bool { return c.Cache.Size == 102400 && c.Node != "from-file" }},
+		{"default", nil, nil, func(c *Config) bool {
+			return c.Cache.Size == 102400 && c.Node != "from-file" && c.Limits.MaxWebSocketsPerConnection == 16
+		}},
 		{"file over default", []string{"-config", file}, nil, func(c *Config) bool {
 			return c.Node == "from-file" && c.Cache.Size == 1000 && c.Cache.Lifetime == time.Hour && c.Cache.SingleUse &&
-				c.Listeners[0].Address == "127.0.0.1:1001" && c.Limits.HandshakeTimeout == 3*time.Second
+				c.Listeners[0].Address == "127.0.0.1:1001" && c.Limits.HandshakeTimeout == 3*time.Second &&
+				c.Limits.MaxWebSocketsPerConnection == 4
 		}},
 		{"file named by the environment", nil, map[string]string{configEnv: file}, func(c *Config) bool { return c.Node == "from-file" }},
 		{"env over file", []string{"-config", file}, map[string]string{
@@ -91,6 +95,11 @@ limits:
 				return c.Node == "from-flag" && c.Cache.Size == 3000 && c.Cache.SingleUse && c.Listeners[0].Address == "127.0.0.1:1003"
 			}},
 		{"bool flag with value", []string{"-sni-binding=false"}, nil, func(c *Config) bool { return !c.Cache.SNIBinding }},
+		{"WebSocket bound: env over file", []string{"-config", file}, map[string]string{"TLSFARM_MAX_WEBSOCKETS_PER_CONNECTION": "0"},
+			func(c *Config) bool { return c.Limits.MaxWebSocketsPerConnection == 0 }},
+		{"WebSocket bound: flag over env", []string{"-config", file, "-max-websockets-per-connection", "64"},
+			map[string]string{"TLSFARM_MAX_WEBSOCKETS_PER_CONNECTION": "0"},
+			func(c *Config) bool { return c.Limits.MaxWebSocketsPerConnection == 64 }},
 		{"empty env is unset", []string{"-config", file}, map[string]string{"TLSFARM_NODE": ""}, func(c *Config) bool { return c.Node == "from-file" }},
 		{"flag makes the first listener", []string{"-listen", "127.0.0.1:1004", "-upstream", "tcp://127.0.0.1:7"}, nil, func(c *Config) bool {
 			return len(c.Listeners) == 1 && c.Listeners[0].Address == "127.0.0.1:1004" && c.Listeners[0].ALPN == nil

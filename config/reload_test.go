@@ -26,6 +26,7 @@ func TestRestartOnlyNamesWhatAReloadCannotChange(t *testing.T) {
 			c.Listeners[0].ALPN = []string{"h2"}
 			c.Listeners[0].Certificates = []Certificate{{Cert: "x", Key: "y"}}
 			c.Limits.HandshakeTimeout = time.Second
+			c.Limits.MaxWebSocketsPerConnection = 2
 			c.Log.Level = "debug"
 			c.Admin.Token = "0123456789abcdefgh"
 			c.Debug.ExposeSessionID = true

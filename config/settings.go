@@ -77,6 +77,7 @@ var settings = []Setting{
 	{Key: "limits.handshake_timeout", Flag: "handshake-timeout", Env: "TLSFARM_HANDSHAKE_TIMEOUT", Default: "10s", Reloadable: true, Usage: "longest a client may take to complete its handshake (PROXY header included)"},
 	{Key: "limits.idle_timeout", Flag: "idle-timeout", Env: "TLSFARM_IDLE_TIMEOUT", Default: "2m", Usage: "close a connection idle for this long"},
 	{Key: "limits.max_connections", Flag: "max-connections", Env: "TLSFARM_MAX_CONNECTIONS", Default: "10000", Usage: "most open connections per listener (0: no limit)"},
+	{Key: "limits.max_websockets_per_connection", Flag: "max-websockets-per-connection", Env: "TLSFARM_MAX_WEBSOCKETS_PER_CONNECTION", Default: "16", Reloadable: true, Usage: "most WebSockets open at once on one HTTP/2 or HTTP/3 connection (0: no limit)"},
 	{Key: "limits.drain_timeout", Flag: "drain-timeout", Env: "TLSFARM_DRAIN_TIMEOUT", Default: "30s", Reloadable: true, Usage: "on shutdown, how long open connections may take to finish"},
 
 	{Key: "debug.expose_session_id", Flag: "debug-expose-session-id", Env: "TLSFARM_DEBUG_EXPOSE_SESSION_ID", Default: "false", Reloadable: true, Usage: "add the session ID to the built-in upstream's facts (tests only)"},

@@ -123,6 +123,8 @@ func TestBadInput(t *testing.T) {
 			[]string{"limits.handshake_timeout ($TLSFARM_HANDSHAKE_TIMEOUT)", `"soon" is not a duration`}},
 		{"bad number in flag", "", []string{"-cache-size", "lots"}, nil,
 			[]string{"cache.size (flag -cache-size)", "not a whole number"}},
+		{"negative WebSocket bound", "limits:\n  max_websockets_per_connection: -1\n", nil, nil,
+			[]string{"line 2", "limits.max_websockets_per_connection", `"-1" is negative`}},
 		{"list where a value belongs", "cache:\n  mode: [a]\n", nil, nil, []string{"line 2", "cache.mode", "single value"}},
 		{"bad mode", "", []string{"-cache-mode", "sometimes"}, nil, []string{"cache.mode", "stateful, stateless or mixed"}},
 		{"single use without a held session", "", []string{"-cache-mode", "stateless", "-single-use"}, nil, []string{"cache.single_use", "stateful or mixed"}},

@@ -15,6 +15,8 @@ type conn struct {
 	once   sync.Once
 	ticket atomic.Pointer[[]byte]
 	fresh  atomic.Bool // in Server.fresh
+
+	websockets atomic.Int32 // open over HTTP/2 (admitWebSocket)
 }
 
 func (c *conn) Close() error {

@@ -51,7 +51,7 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
 	if r.Method == http.MethodConnect {
-		l.s.serveConnect(l.s.boundWrites(w), r, rt)
+		l.s.serveConnect(l.s.boundWrites(w), r, rt, l)
 		return
 	}
 	if strayProtocol(r) {
@@ -166,27 +166,65 @@ func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // both the client's connection and the upstream's are closed. ReverseProxy
 // copies the switched connection both ways through res.Body without any
 // deadline, so every byte passes the wrapper that keeps the time.
+//
+// It also counts the switched connections as WebSockets over HTTP/1.1, and
+// the upgrades the upstream refused. An upstream that switches to another
+// protocol than the one asked for is a 502: ReverseProxy would refuse it
+// too, but leave the upstream's connection open.
 func (s *Server) boundUpgrade(res *http.Response) error {
 	if res.StatusCode != http.StatusSwitchingProtocols {
+		// ReverseProxy sends Upgrade only with an upgrade (rewrite
+		// drops h2c's).
+		if len(res.Request.Header["Upgrade"]) > 0 {
+			s.ws.refuse(wsH1, refusedUpstream)
+		}
 		return nil
 	}
 	back, ok := res.Body.(io.ReadWriteCloser)
 	if !ok {
 		return nil // ReverseProxy refuses it
 	}
+	if to := upgradeType(res.Header); !printableASCII(to) || !strings.EqualFold(to, upgradeType(res.Request.Header)) {
+		back.Close()
+		return errSwitchedElsewhere
+	}
 	var cut func()
 	if c, ok := res.Request.Context().Value(connKey{}).(net.Conn); ok {
 		cut = func() { c.Close() }
 	}
-	res.Body = s.newIdleUpgrade(back, cut)
+	s.ws.start(wsH1)
+	res.Body = s.newIdleUpgrade(back, cut, func() { s.ws.end(wsH1) })
 	return nil
+}
+
+var errSwitchedElsewhere = errors.New("upstream switched to another protocol than the one asked for")
+
+// upgradeType returns the protocol h asks for or switches to ("" if none):
+// its Upgrade field, if its Connection field lists "upgrade".
+func upgradeType(h http.Header) string {
+	if !headerHasToken(h, "Connection", "upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// printableASCII reports whether s holds printable ASCII only (what
+// ReverseProxy requires of an Upgrade field, or refuses the switch).
+func printableASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // newIdleUpgrade returns back, the upstream's side of a switched
 // connection, closed with the client's side (by cut, if not nil) once
-// nothing has moved either way for the idle timeout.
-func (s *Server) newIdleUpgrade(back io.ReadWriteCloser, cut func()) *idleUpgrade {
-	u := &idleUpgrade{ReadWriteCloser: back, cut: cut, idle: s.idle}
+// nothing has moved either way for the idle timeout. release, if not nil,
+// is called once, when it is closed.
+func (s *Server) newIdleUpgrade(back io.ReadWriteCloser, cut, release func()) *idleUpgrade {
+	u := &idleUpgrade{ReadWriteCloser: back, cut: cut, release: release, idle: s.idle}
 	u.last.Store(time.Now().UnixNano())
 	u.mu.Lock()
 	u.timer = time.AfterFunc(s.idle, u.check)
@@ -198,9 +236,10 @@ func (s *Server) newIdleUpgrade(back io.ReadWriteCloser, cut func()) *idleUpgrad
 // with the client's once nothing has moved either way for idle.
 type idleUpgrade struct {
 	io.ReadWriteCloser
-	cut  func() // closes the client's side; nil if not known
-	idle time.Duration
-	last atomic.Int64 // unix nanoseconds of the last byte moved either way
+	cut     func() // closes the client's side; nil if not known
+	release func() // called once, when closed; nil if nothing to do
+	idle    time.Duration
+	last    atomic.Int64 // unix nanoseconds of the last byte moved either way
 
 	mu     sync.Mutex
 	timer  *time.Timer
@@ -236,10 +275,19 @@ func (u *idleUpgrade) CloseWrite() error {
 
 func (u *idleUpgrade) Close() error {
 	u.mu.Lock()
-	u.closed = true
 	u.timer.Stop()
+	u.closing()
 	u.mu.Unlock()
 	return u.ReadWriteCloser.Close()
+}
+
+// closing marks u closed, with u.mu held, and calls u.release the first
+// time.
+func (u *idleUpgrade) closing() {
+	if !u.closed && u.release != nil {
+		u.release()
+	}
+	u.closed = true
 }
 
 // check closes both connections if they have been idle for u.idle, and
@@ -254,7 +302,7 @@ func (u *idleUpgrade) check() {
 		u.timer.Reset(left)
 		return
 	}
-	u.closed = true
+	u.closing()
 	// Closing both ends every copy that waits on either.
 	if u.cut != nil {
 		u.cut()
@@ -296,6 +344,11 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 		Transport:      tr,
 		ModifyResponse: s.boundUpgrade,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			// r is the request as sent upstream: with Upgrade only
+			// for an upgrade (see boundUpgrade).
+			if len(r.Header["Upgrade"]) > 0 && !clientFailed(r) {
+				s.ws.refuse(wsH1, refusedUpstreamError)
+			}
 			s.upstreamFailed(w, r, target, err)
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

@@ -54,8 +54,9 @@ type quicListener struct {
 // A quicConn is an accepted QUIC connection and the count of its requests
 // being served.
 type quicConn struct {
-	c        *quic.Conn
-	requests atomic.Int64
+	c          *quic.Conn
+	requests   atomic.Int64
+	websockets atomic.Int32 // open on the connection (admitWebSocket)
 }
 
 type quicConnKey struct{}
@@ -388,7 +389,7 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, r, rt)
+		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, r, rt, q.l)
 		return
 	}
 	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))

@@ -35,6 +35,8 @@ type listener struct {
 	handoff *handoffListener // handshaken HTTP connections, for http
 
 	quic *quicListener // with Listener.HTTP3
+
+	websockets atomic.Int64 // open over HTTP/2 and HTTP/3, when bounded (admitWebSocket)
 }
 
 func (s *Server) newListener(cfg Listener) (*listener, error) {

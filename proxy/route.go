@@ -85,7 +85,8 @@ func (r *route) release() {
 
 // Reload applies the reloadable settings of cfg: each listener's
 // certificates, TLS versions, ALPN protocols and upstream, the handshake
-// timeout and ExposeSessionID. cfg.Listeners must match the server's
+// timeout, MaxWebSocketsPerConnection (for WebSockets opened from then on)
+// and ExposeSessionID. cfg.Listeners must match the server's
 // listeners one to one, in order; their addresses and PROXY protocol
 // settings, IdleTimeout and MaxConnections keep the values the server was
 // made with. Open connections, the session cache and the ticket keys are
@@ -113,6 +114,7 @@ func (s *Server) Reload(cfg Config) error {
 	}
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
 	s.expose.Store(cfg.ExposeSessionID)
+	s.maxWS.Store(int64(cfg.MaxWebSocketsPerConnection))
 	return nil
 }
 

@@ -57,6 +57,16 @@ type Config struct {
 	// bound. Reload does not change it.
 	MaxConnections int
 
+	// MaxWebSocketsPerConnection bounds the WebSockets that one HTTP/2 or
+	// HTTP/3 connection may have open at once, each with an upstream
+	// connection of its own (default 16; negative: no bound). A WebSocket
+	// asked for beyond it gets 429 Too Many Requests and does not reach
+	// the upstream. The WebSockets of a listener's HTTP/2 and HTTP/3
+	// connections together are bounded by MaxConnections as well (503
+	// beyond it), as its HTTP/1.1 WebSockets are by their connections.
+	// Reload changes it for the WebSockets opened from then on.
+	MaxWebSocketsPerConnection int
+
 	// ExposeSessionID adds the session ID issued on each connection to the
 	// built-in upstream's facts. For tests only: see Facts.SessionID.
 	ExposeSessionID bool
@@ -159,9 +169,11 @@ type Server struct {
 
 	handshakeTimeout atomic.Int64 // time.Duration
 	expose           atomic.Bool
+	maxWS            atomic.Int64 // Config.MaxWebSocketsPerConnection; <= 0: no bound
 
 	listeners []*listener
 	stats     counters
+	ws        wsCounters
 	warn      *warner // rate-limited warn lines for repeated failures
 	quic      quicCounters
 
@@ -211,6 +223,7 @@ func New(cfg Config) (*Server, error) {
 	s.warn = newWarner(s.log)
 	s.handshakeTimeout.Store(int64(cfg.HandshakeTimeout))
 	s.expose.Store(cfg.ExposeSessionID)
+	s.maxWS.Store(int64(cfg.MaxWebSocketsPerConnection))
 	s.setQUIC(cfg)
 	for _, lc := range cfg.Listeners {
 		l, err := s.newListener(lc)
@@ -229,6 +242,9 @@ func (cfg *Config) setDefaults() {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.MaxWebSocketsPerConnection == 0 {
+		cfg.MaxWebSocketsPerConnection = defaultMaxWebSocketsPerConnection
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -18,6 +18,9 @@ import (
 // either way for the idle timeout, the proxy must close both the client's
 // and the upstream's connection, as TCP passthrough does; traffic either
 // way within the timeout must keep it open.
+//
+// tlsfarm_websockets_open must count each while it is open, and go back
+// to 0 once it is cut.
 func TestUpgradedConnectionIdleIsCut(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	upEnded := make(chan time.Time, 1)
@@ -70,6 +73,8 @@ func TestUpgradedConnectionIdleIsCut(t *testing.T) {
 			t.Fatal(err)
 		}
 		must(t, resp.StatusCode == http.StatusSwitchingProtocols, "status %d", resp.StatusCode)
+		n := wsSample(t, s, "tlsfarm_websockets_open", "proto", "h1")
+		must(t, n == 1, "switched connections counted open: %v", n)
 		return c, br
 	}
 	// cut waits for the proxy to close the client's connection, reading
@@ -86,6 +91,10 @@ func TestUpgradedConnectionIdleIsCut(t *testing.T) {
 			t.Fatal("upstream's connection still open")
 		}
 		waitFor(t, func() bool { return s.Stats().Open == 0 }, "client's connection still open: %+v", s.Stats())
+		// Counted open until cut, once (the cut and ReverseProxy's
+		// close of the upstream's side both close it).
+		waitFor(t, func() bool { return wsSample(t, s, "tlsfarm_websockets_open", "proto", "h1") == 0 },
+			"switched connections counted open after the cut: %v", wsSample(t, s, "tlsfarm_websockets_open", "proto", "h1"))
 	}
 
 	t.Run("silent", func(t *testing.T) {

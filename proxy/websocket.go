@@ -74,8 +74,9 @@ func strayProtocol(r *http.Request) bool {
 // would open the tunnel). An extended CONNECT for a WebSocket, over HTTP/2
 // or HTTP/3, goes to an http:// or https:// upstream as an HTTP/1.1
 // Upgrade (serveWebSocket); for any other protocol, or to the built-in
-// upstream, it gets 501 Not Implemented.
-func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, rt *route) {
+// upstream, it gets 501 Not Implemented. l is the listener r came on, whose
+// WebSockets are bounded (admitWebSocket).
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, rt *route, l *listener) {
 	proto := connectProtocol(r)
 	switch {
 	case proto == "":
@@ -91,6 +92,11 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, rt *route)
 		s.log.Debug("extended CONNECT refused", "client", r.RemoteAddr, "protocol", proto, "http", r.Proto)
 		http.Error(w, "501 not implemented: extended CONNECT is served for WebSocket to an http:// or https:// upstream only", http.StatusNotImplemented)
 	default:
+		release := s.admitWebSocket(w, r, l)
+		if release == nil {
+			return
+		}
+		defer release()
 		s.serveWebSocket(w, r, rt)
 	}
 }
@@ -131,18 +137,20 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 	out.Header.Set("Upgrade", "websocket")
 	out.Header.Set("Sec-WebSocket-Key", key) // RFC 8441 §5: the client sends none
 
+	p := wsProtoOf(r)
 	res, err := rt.transport.RoundTrip(out)
 	if err != nil {
-		s.upstreamFailed(w, r, rt.target, err)
+		s.wsFailed(w, r, rt, err)
 		return
 	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		defer res.Body.Close()
 		if res.StatusCode/100 == 2 {
-			s.upstreamFailed(w, r, rt.target, fmt.Errorf("WebSocket handshake answered %d, not 101", res.StatusCode))
+			s.wsFailed(w, r, rt, fmt.Errorf("WebSocket handshake answered %d, not 101", res.StatusCode))
 			return
 		}
 		// Refused (401, 403, 404, a redirect...): the client is told why.
+		s.ws.refuse(p, refusedUpstream)
 		removeHopByHop(res.Header)
 		copyHeader(w.Header(), res.Header)
 		w.WriteHeader(res.StatusCode)
@@ -152,9 +160,11 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 	back, ok := res.Body.(io.ReadWriteCloser)
 	if !ok || !headerHasToken(res.Header, "Upgrade", "websocket") || res.Header.Get("Sec-WebSocket-Accept") != wsAccept(key) {
 		res.Body.Close()
-		s.upstreamFailed(w, r, rt.target, errors.New("upstream switched to something other than this WebSocket"))
+		s.wsFailed(w, r, rt, errors.New("upstream switched to something other than this WebSocket"))
 		return
 	}
+	s.ws.start(p)
+	defer s.ws.end(p)
 	removeHopByHop(res.Header)
 	res.Header.Del("Sec-WebSocket-Accept") // answers our key, not the client's
 	// A 2xx answer to CONNECT has no length (RFC 9110 §9.3.6): a 101's
@@ -171,7 +181,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 
 	// Closing the request body ends the copy from the client; the
 	// client's side of the stream ends when this handler returns.
-	u := s.newIdleUpgrade(back, func() { r.Body.Close() })
+	u := s.newIdleUpgrade(back, func() { r.Body.Close() }, nil)
 	fromClient := make(chan struct{})
 	go func() {
 		defer close(fromClient)
@@ -201,6 +211,15 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 	u.Close()
 	r.Body.Close()
 	<-fromClient
+}
+
+// wsFailed answers 502 for a WebSocket the upstream could not open, and
+// counts it, unless the client caused the failure (upstreamFailed).
+func (s *Server) wsFailed(w http.ResponseWriter, r *http.Request, rt *route, err error) {
+	if !clientFailed(r) {
+		s.ws.refuse(wsProtoOf(r), refusedUpstreamError)
+	}
+	s.upstreamFailed(w, r, rt.target, err)
 }
 
 // wsAccept returns the Sec-WebSocket-Accept that answers key (RFC 6455

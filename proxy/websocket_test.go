@@ -148,6 +148,11 @@ func TestWebSocketOverExtendedConnect(t *testing.T) {
 	noGoroutineIn(t, "serveWebSocket")
 	// The 2xx answers that did not switch.
 	must(t, s.Stats().UpstreamErrors == 2, "stats %+v", s.Stats())
+	for _, proto := range []string{"h2", "h3"} {
+		// echo, silent and flood opened; all ended, cut or not.
+		open, total := wsSample(t, s, "tlsfarm_websockets_open", "proto", proto), wsSample(t, s, "tlsfarm_websockets_total", "proto", proto)
+		must(t, open == 0 && total == 3, "%s WebSockets: open %v, total %v", proto, open, total)
+	}
 }
 
 // TestWebSocketShutdownWaitsForIt opens a WebSocket over HTTP/2 and over
@@ -440,15 +445,19 @@ type wsConn struct {
 	closeWrite func() // ends the client's stream (END_STREAM, FIN)
 }
 
-// dialWS opens a WebSocket to path over proto (h2 or h3) with extended
-// CONNECT, sending header. It is closed when the test ends.
+// dialWS opens a WebSocket to path over proto (h2 or h3 with extended
+// CONNECT, h1 with an HTTP/1.1 Upgrade), sending header. It is closed when
+// the test ends.
 func dialWS(t *testing.T, proto, addr string, cert *tls.Certificate, path string, header http.Header) *wsConn {
 	t.Helper()
 	var ws *wsConn
 	var err error
-	if proto == "h2" {
+	switch proto {
+	case "h1":
+		ws, err = upgradeH1(cert, addr, path, header)
+	case "h2":
 		ws, err = extendedConnectH2(cert, addr, path, header)
-	} else {
+	default:
 		ws, err = extendedConnectH3(t, cert, addr, path, header)
 	}
 	if err != nil {
@@ -459,6 +468,49 @@ func dialWS(t *testing.T, proto, addr string, cert *tls.Certificate, path string
 	}
 	return ws
 }
+
+// upgradeH1 opens a WebSocket over HTTP/1.1 (GET with Upgrade: websocket)
+// on a connection of its own.
+func upgradeH1(cert *tls.Certificate, addr, path string, header http.Header) (*wsConn, error) {
+	cfg := client("localhost", cert)
+	cfg.NextProtos = []string{"http/1.1"}
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://localhost:"+port(addr)+path, nil)
+	req.Header = header.Clone()
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := req.Write(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetWriteDeadline(time.Time{})
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetReadDeadline(time.Time{})
+	var r io.Reader = br
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		r = resp.Body
+	}
+	return &wsConn{status: resp.StatusCode, header: resp.Header, r: &connReader{r, c}, w: c, closeWrite: func() { c.CloseWrite() }}, nil
+}
+
+// A connReader reads r, with the read deadline of c.
+type connReader struct {
+	io.Reader
+	c net.Conn
+}
+
+func (r *connReader) SetReadDeadline(t time.Time) error { return r.c.SetReadDeadline(t) }
 
 type roundTripCloser interface {
 	http.RoundTripper

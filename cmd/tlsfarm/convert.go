@@ -20,6 +20,11 @@ func (d *daemon) proxyConfig(cfg *config.Config) (proxy.Config, error) {
 		MaxConnections:   cfg.Limits.MaxConnections,
 		ExposeSessionID:  cfg.Debug.ExposeSessionID,
 		Logger:           d.log,
+
+		MaxWebSocketsPerConnection: cfg.Limits.MaxWebSocketsPerConnection,
+	}
+	if pc.MaxWebSocketsPerConnection == 0 {
+		pc.MaxWebSocketsPerConnection = -1 // no bound; proxy's zero is its default
 	}
 	d.quicConfig(cfg, &pc)
 	for _, l := range cfg.Listeners {

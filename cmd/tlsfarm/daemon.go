@@ -199,6 +199,7 @@ func (d *daemon) proxyStats() admin.ProxyStats {
 		Reloads:          d.reloads.Load(),
 		ReloadFailures:   d.reloadFailures.Load(),
 		QUIC:             d.quicStats(),
+		Samples:          d.proxy.Metrics(),
 	}
 	for _, h := range s.Handshakes {
 		out.Handshakes = append(out.Handshakes, admin.Handshakes{Version: tls.VersionName(h.Version), Resumed: h.Resumed, Count: h.Count})
