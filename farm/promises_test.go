@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -683,13 +685,34 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 	for _, kind := range []string{"consume", "retire", "cut"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			testPromiseEndThroughStoreLoss(t, kind)
+			testPromiseEndThroughStoreLoss(t, kind, false)
 		})
 	}
 }
 
-func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
+// TestPromiseEndThroughRestartAndStoreLoss is
+// TestPromiseSingleUseThroughStoreLoss with n1 restarted (Close, then n1b
+// joins with n1's Config.RevocationFile) once its retirements and cuts
+// have reached the store and before Redis restarts empty: n1b, which made
+// none of them, re-sends them when n2 asks, having read them back from
+// the sent file beside the revocation file. Before that file, n1b's ring
+// was empty and n2 wrote the sessions back whole.
+func TestPromiseEndThroughRestartAndStoreLoss(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"consume", "retire", "cut"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			testPromiseEndThroughStoreLoss(t, kind, true)
+		})
+	}
+}
+
+// testPromiseEndThroughStoreLoss runs a case of
+// TestPromiseSingleUseThroughStoreLoss, with n1 restarted after it ended
+// the sessions if restart.
+func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 	const grace = time.Second
+	file := filepath.Join(t.TempDir(), "revocations")
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
 	calls := 0
@@ -713,6 +736,9 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
 			c.HealInterval = 300 * time.Millisecond
+			if restart && (c.NodeName == "n1" || c.NodeName == "n1b") {
+				c.RevocationFile = file
+			}
 		}}
 	ms, name := farmtest.Start(t, 2, o)
 	o.NewTransport = redisTransport(srv.URL())
@@ -750,6 +776,19 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
 		if !osslResumes(ms[0]) {
 			t.Fatalf("openssl's session did not resume on n1 (%s)", kind)
 		}
+	}
+	if restart {
+		if kind != "cut" { // a cut leaves the record, shorter
+			for _, x := range []session.ID{id, osslID} {
+				farmtest.Eventually(t, 5*time.Second, "n1's retirement reached the store", func() bool { return !stored(ms[0], x) })
+			}
+		}
+		ms[0].Node.Close()
+		if _, err := os.Stat(file + ".lifecycle"); !os.IsNotExist(err) {
+			t.Fatalf("n1 closed keeping retirements or cuts that did not reach the farm: %v", err)
+		}
+		ms[0] = farmtest.Join(t, "n1b", name, *o)
+		farmtest.WaitConnected(t, ms[0])
 	}
 	srv.Kill()
 	srv.Restart()

@@ -238,13 +238,18 @@ func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
 		it.until = until.UnixNano()
 	}
 	r.mu.Lock()
+	r.add(it)
+	r.mu.Unlock()
+}
+
+// add keeps it over the oldest item if the ring is full. r.mu is held.
+func (r *sentRing) add(it sentItem) {
 	if len(r.buf) < r.size {
 		r.buf = append(r.buf, it)
 	} else {
 		r.buf[r.next] = it
 		r.next = (r.next + 1) % r.size
 	}
-	r.mu.Unlock()
 }
 
 // snapshot returns the items that expire after now.
@@ -264,6 +269,36 @@ func (r *sentRing) snapshot(now time.Time) []item {
 		out = append(out, it)
 	}
 	return out
+}
+
+// live returns the items that expire after now as the ring keeps them,
+// oldest first (for the sent file).
+func (r *sentRing) live(now time.Time) []sentItem {
+	nowNano := now.UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]sentItem, 0, len(r.buf))
+	for i := range r.buf {
+		s := r.buf[(r.next+i)%len(r.buf)]
+		if s.expires > nowNano {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// restore pushes the items of its that expire after now, in order (oldest
+// first), as Join reads them back from the sent file: the last size of
+// them are kept.
+func (r *sentRing) restore(its []sentItem, now time.Time) {
+	nowNano := now.UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range its {
+		if it.expires > nowNano {
+			r.add(it)
+		}
+	}
 }
 
 // len returns how many items the ring holds, expired or not.
