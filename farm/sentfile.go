@@ -160,11 +160,19 @@ func (n *Node) readSent() {
 	if path == "" || n.sent == nil {
 		return
 	}
-	raw, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
 	n.lf.sentOnDisk = true
+	var raw []byte
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular(): // a pipe would block Join
+		err = errors.New("not a regular file")
+	default:
+		raw, err = os.ReadFile(path)
+	}
 	if err != nil {
 		n.log.Warn("farm: cannot read the sent retirements and cuts file; they will not be re-sent", "err", err)
 		return

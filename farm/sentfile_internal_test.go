@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,6 +166,19 @@ func TestSentFileBad(t *testing.T) {
 		if live := m2.sent.live(t0); len(live) < 1 || live[len(live)-1].id != lifeID(4) {
 			t.Fatalf("%s: the next save did not replace the file", name)
 		}
+	}
+	// A named pipe there is not read (that would block Join).
+	m := sentNode(t, "sf1", file, cache, now, 8)
+	os.Remove(m.lf.sentPath)
+	if err := syscall.Mkfifo(m.lf.sentPath, 0o600); err != nil {
+		t.Skip(err)
+	}
+	done := make(chan struct{})
+	go func() { m.readSent(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("reading a named pipe as the sent file blocked")
 	}
 	// The lifecycle file itself still reads: the sent file did not touch it.
 	if ks, err := n.readLife(); err != nil || len(ks) != 1 {
