@@ -117,7 +117,13 @@ func (n *Node) resendHeld(context.Context) {
 		return
 	}
 	now := n.cfg.Now()
-	var toQ, toSQ []item
+	// Sized once: an item is large, and a full ring is QueueSize of them
+	// (growing the slices took half of a re-send's CPU: BenchmarkResend).
+	toQ := make([]item, 0, len(all))
+	var toSQ []item
+	if n.sq != nil && n.cfg.Records != nil {
+		toSQ = make([]item, 0, len(all))
+	}
 	seen := make(map[session.ID]int, len(all))
 	for _, h := range all {
 		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
