@@ -24,7 +24,8 @@ import (
 // bus's go out in one round trip per batch). One op is one re-send.
 //
 // Besides ns/op it reports cpu-µs/op (the process's: the sender's work
-// and the receiver's), syscalls/op and ctxsw/op (see tlstest.Counters),
+// and the receiver's), B/op and allocs/op (the process's too),
+// syscalls/op and ctxsw/op (see tlstest.Counters),
 // msgs/op (bus messages the peer received: each also one store round
 // trip, the messages and deletions of a batch going out together) and
 // items/msg. CI compiles it without running it.
@@ -77,6 +78,7 @@ func benchResend(b *testing.B, url string, size int) {
 	sent := func() uint64 { return sender.life.retiresSent.Load() + sender.life.cutsSent.Load() }
 	got := func() uint64 { return peer.life.retiresReceived.Load() + peer.life.cutsRecv.Load() }
 	var msgs uint64
+	b.ReportAllocs()
 	start := tlstest.Snapshot()
 	b.ResetTimer()
 	for range b.N {
