@@ -196,7 +196,8 @@ func (l *laterLife) room(its []item) []item {
 // cache against), that peer would write the session back whole unless a
 // re-send reached it first (see writeBack) — a consumed single-use session
 // resumed again, a retired or cut one at its full life. Node.sent keeps
-// the last QueueSize of them (see sentRing). It is not consulted on the
+// the last QueueSize of them (see sentRing), across a restart too with
+// Config.RevocationFile (see saveSent). It is not consulted on the
 // receive or load paths: there this node's own retirements are refused by
 // Node.retired and its cuts applied by its cache (Node.held is what may
 // not have reached the farm: see heldLife).
