@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,47 +107,52 @@ func (n *Node) askResend(ctx context.Context) bool {
 // fills each backlog at most to its bound, never dropping what is kept
 // there for it; the rest waits for the next request. It never logs an ID.
 func (n *Node) resendHeld(context.Context) {
-	var all []item
+	now := n.cfg.Now()
+	var held []item
 	if n.held != nil && n.heldAny.Load() {
-		all = n.held.snapshot()
+		held = n.held.snapshot()
 	}
+	var sent []sentItem
 	if n.sent != nil {
-		all = append(all, n.sent.snapshot(n.cfg.Now())...)
+		sent = n.sent.live(now)
 	}
-	if len(all) == 0 {
+	if len(held)+len(sent) == 0 {
 		return
 	}
-	now := n.cfg.Now()
 	// Sized once: an item is large, and a full ring is QueueSize of them
-	// (growing the slices took half of a re-send's CPU: BenchmarkResend).
-	toQ := make([]item, 0, len(all))
-	var toSQ []item
-	if n.sq != nil && n.cfg.Records != nil {
-		toSQ = make([]item, 0, len(all))
-	}
-	seen := make(map[session.ID]int, len(all))
-	for _, h := range all {
-		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
-			continue
+	// (growing the slice took half of a re-send's CPU: BenchmarkResend).
+	toQ := make([]item, 0, len(held)+len(sent))
+	seen := make(map[session.ID]int, len(held)+len(sent))
+	add := func(id session.ID, op itemOp, until, expires time.Time) {
+		if !expires.After(now) || op != opRetire && op != opCut {
+			return
 		}
-		it := item{id: h.id, op: h.op, until: h.until, expires: h.expires, restored: h.op == opCut}
-		if i, ok := seen[h.id]; ok {
+		it := item{id: id, op: op, until: until, expires: expires, restored: op == opCut}
+		if i, ok := seen[id]; ok {
 			// Kept both as held and as sent: a retirement wins over
 			// a cut, and of two cuts the earlier end.
 			if old := toQ[i]; old.op == opRetire || it.op == opCut && !it.until.Before(old.until) {
-				continue
+				return
 			}
 			toQ[i] = it
-			if toSQ != nil {
-				toSQ[i] = it
-			}
-			continue
+			return
 		}
-		seen[h.id] = len(toQ)
+		seen[id] = len(toQ)
 		toQ = append(toQ, it)
-		if n.sq != nil && n.cfg.Records != nil {
-			toSQ = append(toSQ, it)
+	}
+	for _, h := range held {
+		add(h.id, h.op, h.until, h.expires)
+	}
+	for _, s := range sent {
+		var until time.Time
+		if s.op == opCut {
+			until = time.Unix(0, s.until)
 		}
+		add(s.id, s.op, until, time.Unix(0, s.expires))
+	}
+	var toSQ []item
+	if n.sq != nil && n.cfg.Records != nil {
+		toSQ = slices.Clone(toQ) // room trims in place
 	}
 	toQ = n.lifeq.room(toQ)
 	if n.sq != nil {
@@ -257,25 +263,6 @@ func (r *sentRing) add(it sentItem) {
 		r.buf[r.next] = it
 		r.next = (r.next + 1) % r.size
 	}
-}
-
-// snapshot returns the items that expire after now.
-func (r *sentRing) snapshot(now time.Time) []item {
-	nowNano := now.UnixNano()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]item, 0, len(r.buf))
-	for _, s := range r.buf {
-		if s.expires <= nowNano {
-			continue
-		}
-		it := item{id: s.id, op: s.op, expires: time.Unix(0, s.expires)}
-		if s.op == opCut {
-			it.until = time.Unix(0, s.until)
-		}
-		out = append(out, it)
-	}
-	return out
 }
 
 // live returns the items that expire after now as the ring keeps them,
