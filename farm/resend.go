@@ -266,7 +266,7 @@ func (r *sentRing) add(it sentItem) {
 }
 
 // live returns the items that expire after now as the ring keeps them,
-// oldest first (for the sent file).
+// oldest first (for resendHeld and the sent file).
 func (r *sentRing) live(now time.Time) []sentItem {
 	nowNano := now.UnixNano()
 	r.mu.Lock()
