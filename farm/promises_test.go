@@ -246,6 +246,25 @@ func stored(m *farmtest.Member, id session.ID) bool {
 	return err == nil
 }
 
+// storeTTL returns how long srv keeps the record of id (0: no record).
+func storeTTL(t *testing.T, srv *redistest.Server, id session.ID) time.Duration {
+	t.Helper()
+	opt, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	keys, _ := raw.Keys(ctx, "*s:"+hex.EncodeToString(id[:])+"*").Result()
+	if len(keys) != 1 {
+		return 0
+	}
+	ttl, _ := raw.PTTL(ctx, keys[0]).Result()
+	return max(ttl, 0)
+}
+
 // passOn is a client that presents from's session and keeps the one the
 // server then issues in to.
 type passOn struct{ from, to *tlstest.FrozenCache }
@@ -778,10 +797,14 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 		}
 	}
 	if restart {
-		if kind != "cut" { // a cut leaves the record, shorter
-			for _, x := range []session.ID{id, osslID} {
-				farmtest.Eventually(t, 5*time.Second, "n1's retirement reached the store", func() bool { return !stored(ms[0], x) })
-			}
+		for _, x := range []session.ID{id, osslID} {
+			farmtest.Eventually(t, 5*time.Second, "n1's "+kind+" reached the store", func() bool {
+				if kind != "cut" {
+					return !stored(ms[0], x)
+				}
+				ttl := storeTTL(t, srv, x) // a cut leaves the record, shorter
+				return ttl > 0 && ttl <= grace
+			})
 		}
 		ms[0].Node.Close()
 		if _, err := os.Stat(file + ".lifecycle"); !os.IsNotExist(err) {
