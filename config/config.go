@@ -124,9 +124,10 @@ type Farm struct {
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 
 	// RevocationFile keeps the revocations not yet applied farm-wide
-	// (farm.Config.RevocationFile), and, in RevocationFile + ".lifecycle",
-	// the retirements and grace cuts not yet written and published; empty:
-	// in memory only.
+	// (farm.Config.RevocationFile), in RevocationFile + ".lifecycle" the
+	// retirements and grace cuts not yet written and published, and in
+	// RevocationFile + ".sent" those sent, for peers' re-send requests
+	// after a restart; empty: in memory only.
 	RevocationFile string `yaml:"revocation_file"`
 
 	// FallbackTicketLifetime is farm.Config.FallbackTicketLifetime; 0

@@ -239,6 +239,16 @@ type Config struct {
 	// publishes them when the transport works. Join fails if either file
 	// does not open under the farm's secrets or is malformed; removing the
 	// file starts the node without it.
+	//
+	// In RevocationFile + ".sent" (sealed the same way) the node keeps the
+	// retirements and grace cuts it made and sent, the last QueueSize of
+	// them until their sessions' life ends, so that after a restart it
+	// still sends them again when a peer asks (after the peer's bus gap,
+	// or before it writes its sessions back to a store that lost its
+	// data): written by Close, and whenever the lifecycle file is, and
+	// removed once none is left within its session's life. Join reads it
+	// back; one that does not open or is malformed is logged and ignored,
+	// since what it held reached the farm.
 	RevocationFile string
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a

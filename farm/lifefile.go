@@ -143,6 +143,12 @@ type lifeFile struct {
 	saved  []byte // the body on disk; nil: none written by this node
 	onDisk bool   // a file may be there (read at Join, or written)
 	failed bool   // the last write failed, and said so
+
+	// The sent file (see saveSent), written with the lifecycle file.
+	sentPath   string
+	sentSaved  []byte // the body on disk; nil: none written by this node
+	sentOnDisk bool   // a file may be there (read at Join, or written)
+	sentFailed bool   // the last write failed, and said so
 }
 
 // lifePath returns the lifecycle file's path, or "" without
@@ -173,6 +179,7 @@ func (n *Node) lifeSaver(ctx context.Context) {
 		case <-n.lf.dirty:
 		}
 		n.saveLife()
+		n.saveSent()
 		t := time.NewTimer(lifeSaveEvery)
 		select {
 		case <-ctx.Done():

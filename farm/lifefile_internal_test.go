@@ -248,6 +248,12 @@ func FuzzDecodeLifeFile(f *testing.F) {
 	}))
 	f.Add([]byte{lifeFileVersion})
 	f.Add([]byte{2, 0})
+	// A sent file's body (sentfile.go), which this decoder must refuse or
+	// take as it takes its own.
+	f.Add(encodeSentFile([]sentItem{
+		{id: lifeID(4), op: opRetire, expires: now.UnixNano()},
+		{id: lifeID(5), op: opCut, until: now.UnixNano(), expires: now.Add(time.Hour).UnixNano()},
+	}))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ks, err := decodeLifeFile(body)
 		if err != nil {

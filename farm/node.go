@@ -184,7 +184,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
-	n.lf.path = lifePath(&cfg)
+	n.lf.path, n.lf.sentPath = lifePath(&cfg), sentPath(&cfg)
 	if n.lf.path != "" {
 		n.lf.dirty = make(chan struct{}, 1)
 		n.lifeq.notify, n.lifesq.notify = n.lifeChanged, n.lifeChanged
@@ -195,6 +195,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	n.readSent()
 	if err := n.loadRevocations(); err != nil {
 		return nil, err
 	}
@@ -392,9 +393,11 @@ func (n *Node) Close() error {
 		}
 		if n.lf.path != "" {
 			// What is kept, or still queued, goes to the lifecycle file
-			// for the next Join.
+			// for the next Join, and what this node sent to the sent
+			// file, for the re-sends peers ask of the next one.
 			n.keepQueued()
 			n.saveLife()
+			n.saveSent()
 		}
 		if stop := n.stopWatch.Load(); stop != nil {
 			(*stop)()

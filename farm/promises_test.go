@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -242,6 +244,25 @@ func stored(m *farmtest.Member, id session.ID) bool {
 	defer cancel()
 	_, err := m.Store.GetRecord(ctx, "s:"+hex.EncodeToString(id[:]))
 	return err == nil
+}
+
+// storeTTL returns how long srv keeps the record of id (0: no record).
+func storeTTL(t *testing.T, srv *redistest.Server, id session.ID) time.Duration {
+	t.Helper()
+	opt, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	keys, _ := raw.Keys(ctx, "*s:"+hex.EncodeToString(id[:])+"*").Result()
+	if len(keys) != 1 {
+		return 0
+	}
+	ttl, _ := raw.PTTL(ctx, keys[0]).Result()
+	return max(ttl, 0)
 }
 
 // passOn is a client that presents from's session and keeps the one the
@@ -683,13 +704,34 @@ func TestPromiseSingleUseThroughStoreLoss(t *testing.T) {
 	for _, kind := range []string{"consume", "retire", "cut"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			testPromiseEndThroughStoreLoss(t, kind)
+			testPromiseEndThroughStoreLoss(t, kind, false)
 		})
 	}
 }
 
-func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
+// TestPromiseEndThroughRestartAndStoreLoss is
+// TestPromiseSingleUseThroughStoreLoss with n1 restarted (Close, then n1b
+// joins with n1's Config.RevocationFile) once its retirements and cuts
+// have reached the store and before Redis restarts empty: n1b, which made
+// none of them, re-sends them when n2 asks, having read them back from
+// the sent file beside the revocation file. Before that file, n1b's ring
+// was empty and n2 wrote the sessions back whole.
+func TestPromiseEndThroughRestartAndStoreLoss(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"consume", "retire", "cut"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			testPromiseEndThroughStoreLoss(t, kind, true)
+		})
+	}
+}
+
+// testPromiseEndThroughStoreLoss runs a case of
+// TestPromiseSingleUseThroughStoreLoss, with n1 restarted after it ended
+// the sessions if restart.
+func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 	const grace = time.Second
+	file := filepath.Join(t.TempDir(), "revocations")
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
 	calls := 0
@@ -713,6 +755,9 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
 			c.HealInterval = 300 * time.Millisecond
+			if restart && (c.NodeName == "n1" || c.NodeName == "n1b") {
+				c.RevocationFile = file
+			}
 		}}
 	ms, name := farmtest.Start(t, 2, o)
 	o.NewTransport = redisTransport(srv.URL())
@@ -750,6 +795,23 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string) {
 		if !osslResumes(ms[0]) {
 			t.Fatalf("openssl's session did not resume on n1 (%s)", kind)
 		}
+	}
+	if restart {
+		for _, x := range []session.ID{id, osslID} {
+			farmtest.Eventually(t, 5*time.Second, "n1's "+kind+" reached the store", func() bool {
+				if kind != "cut" {
+					return !stored(ms[0], x)
+				}
+				ttl := storeTTL(t, srv, x) // a cut leaves the record, shorter
+				return ttl > 0 && ttl <= grace
+			})
+		}
+		ms[0].Node.Close()
+		if _, err := os.Stat(file + ".lifecycle"); !os.IsNotExist(err) {
+			t.Fatalf("n1 closed keeping retirements or cuts that did not reach the farm: %v", err)
+		}
+		ms[0] = farmtest.Join(t, "n1b", name, *o)
+		farmtest.WaitConnected(t, ms[0])
 	}
 	srv.Kill()
 	srv.Restart()

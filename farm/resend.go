@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,41 +107,52 @@ func (n *Node) askResend(ctx context.Context) bool {
 // fills each backlog at most to its bound, never dropping what is kept
 // there for it; the rest waits for the next request. It never logs an ID.
 func (n *Node) resendHeld(context.Context) {
-	var all []item
+	now := n.cfg.Now()
+	var held []item
 	if n.held != nil && n.heldAny.Load() {
-		all = n.held.snapshot()
+		held = n.held.snapshot()
 	}
+	var sent []sentItem
 	if n.sent != nil {
-		all = append(all, n.sent.snapshot(n.cfg.Now())...)
+		sent = n.sent.live(now)
 	}
-	if len(all) == 0 {
+	if len(held)+len(sent) == 0 {
 		return
 	}
-	now := n.cfg.Now()
-	var toQ, toSQ []item
-	seen := make(map[session.ID]int, len(all))
-	for _, h := range all {
-		if !h.expires.After(now) || h.op != opRetire && h.op != opCut {
-			continue
+	// Sized once: an item is large, and a full ring is QueueSize of them
+	// (growing the slice took half of a re-send's CPU: BenchmarkResend).
+	toQ := make([]item, 0, len(held)+len(sent))
+	seen := make(map[session.ID]int, len(held)+len(sent))
+	add := func(id session.ID, op itemOp, until, expires time.Time) {
+		if !expires.After(now) || op != opRetire && op != opCut {
+			return
 		}
-		it := item{id: h.id, op: h.op, until: h.until, expires: h.expires, restored: h.op == opCut}
-		if i, ok := seen[h.id]; ok {
+		it := item{id: id, op: op, until: until, expires: expires, restored: op == opCut}
+		if i, ok := seen[id]; ok {
 			// Kept both as held and as sent: a retirement wins over
 			// a cut, and of two cuts the earlier end.
 			if old := toQ[i]; old.op == opRetire || it.op == opCut && !it.until.Before(old.until) {
-				continue
+				return
 			}
 			toQ[i] = it
-			if toSQ != nil {
-				toSQ[i] = it
-			}
-			continue
+			return
 		}
-		seen[h.id] = len(toQ)
+		seen[id] = len(toQ)
 		toQ = append(toQ, it)
-		if n.sq != nil && n.cfg.Records != nil {
-			toSQ = append(toSQ, it)
+	}
+	for _, h := range held {
+		add(h.id, h.op, h.until, h.expires)
+	}
+	for _, s := range sent {
+		var until time.Time
+		if s.op == opCut {
+			until = time.Unix(0, s.until)
 		}
+		add(s.id, s.op, until, time.Unix(0, s.expires))
+	}
+	var toSQ []item
+	if n.sq != nil && n.cfg.Records != nil {
+		toSQ = slices.Clone(toQ) // room trims in place
 	}
 	toQ = n.lifeq.room(toQ)
 	if n.sq != nil {
@@ -190,7 +202,8 @@ func (l *laterLife) room(its []item) []item {
 // cache against), that peer would write the session back whole unless a
 // re-send reached it first (see writeBack) — a consumed single-use session
 // resumed again, a retired or cut one at its full life. Node.sent keeps
-// the last QueueSize of them (see sentRing). It is not consulted on the
+// the last QueueSize of them (see sentRing), across a restart too with
+// Config.RevocationFile (see saveSent). It is not consulted on the
 // receive or load paths: there this node's own retirements are refused by
 // Node.retired and its cuts applied by its cache (Node.held is what may
 // not have reached the farm: see heldLife).
@@ -238,32 +251,48 @@ func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
 		it.until = until.UnixNano()
 	}
 	r.mu.Lock()
+	r.add(it)
+	r.mu.Unlock()
+}
+
+// add keeps it over the oldest item if the ring is full. r.mu is held.
+func (r *sentRing) add(it sentItem) {
 	if len(r.buf) < r.size {
 		r.buf = append(r.buf, it)
 	} else {
 		r.buf[r.next] = it
 		r.next = (r.next + 1) % r.size
 	}
-	r.mu.Unlock()
 }
 
-// snapshot returns the items that expire after now.
-func (r *sentRing) snapshot(now time.Time) []item {
+// live returns the items that expire after now as the ring keeps them,
+// oldest first (for resendHeld and the sent file).
+func (r *sentRing) live(now time.Time) []sentItem {
 	nowNano := now.UnixNano()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]item, 0, len(r.buf))
-	for _, s := range r.buf {
-		if s.expires <= nowNano {
-			continue
+	out := make([]sentItem, 0, len(r.buf))
+	for i := range r.buf {
+		s := r.buf[(r.next+i)%len(r.buf)]
+		if s.expires > nowNano {
+			out = append(out, s)
 		}
-		it := item{id: s.id, op: s.op, expires: time.Unix(0, s.expires)}
-		if s.op == opCut {
-			it.until = time.Unix(0, s.until)
-		}
-		out = append(out, it)
 	}
 	return out
+}
+
+// restore pushes the items of its that expire after now, in order (oldest
+// first), as Join reads them back from the sent file: the last size of
+// them are kept.
+func (r *sentRing) restore(its []sentItem, now time.Time) {
+	nowNano := now.UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range its {
+		if it.expires > nowNano {
+			r.add(it)
+		}
+	}
 }
 
 // len returns how many items the ring holds, expired or not.

@@ -107,11 +107,12 @@ func FuzzReceiveSessionBodies(f *testing.F) {
 	})
 }
 
-// TestFilesAfterClockStepBack: the pending revocations file and the kept
-// retirements and cuts file are the node's own, sealed when it wrote them.
-// A node restarted after its clock was stepped back (NTP correcting a
-// clock that ran ahead) must still read them: refusing them fails Join,
-// and the operator's only way out loses what they hold.
+// TestFilesAfterClockStepBack: the pending revocations file, the kept
+// retirements and cuts file and the sent file are the node's own, sealed
+// when it wrote them. A node restarted after its clock was stepped back
+// (NTP correcting a clock that ran ahead) must still read them: refusing
+// the first two fails Join, and the operator's only way out loses what
+// they hold; refusing the sent file loses its re-sends.
 func TestFilesAfterClockStepBack(t *testing.T) {
 	cache, now, t0 := fileTestCache(t, &session.Config{Lifetime: time.Hour})
 	file := filepath.Join(t.TempDir(), "revocations")
@@ -132,5 +133,13 @@ func TestFilesAfterClockStepBack(t *testing.T) {
 	}
 	if ks, err := n.readLife(); err != nil || len(ks) != 1 {
 		t.Fatalf("the lifecycle file written a minute ahead: %d items, %v", len(ks), err)
+	}
+	n.sent, n.lf.sentPath = newSentRing(4), sentPath(&n.cfg)
+	sent := encodeSentFile([]sentItem{{id: session.ID{4}, op: opRetire, expires: t0.Add(time.Hour).UnixNano()}})
+	if err := os.WriteFile(n.lf.sentPath, n.keys.seal(nil, hdr, sent, []byte(sentFileContext)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n.readSent(); n.sent.len() != 1 {
+		t.Fatalf("the sent file written a minute ahead: %d items, want 1", n.sent.len())
 	}
 }

@@ -27,9 +27,9 @@ func TestResendHeldIncludesSent(t *testing.T) {
 	if got := n.sent.len(); got != 3 {
 		t.Fatalf("sent keeps %d items, want 3", got)
 	}
-	for _, it := range n.sent.snapshot(now) {
-		if want := n.lifeExpiry(it.id); !it.expires.Equal(want) {
-			t.Fatalf("a sent item is kept until %v, want the session's life end %v", it.expires, want)
+	for _, it := range n.sent.live(now) {
+		if want := n.lifeExpiry(it.id); it.expires != want.UnixNano() {
+			t.Fatalf("a sent item is kept until %v, want the session's life end %v", time.Unix(0, it.expires), want)
 		}
 	}
 	n.resendHeld(context.Background())
@@ -60,7 +60,7 @@ func TestEnqueueKeepsSent(t *testing.T) {
 	n.enqueue(item{id: ids[1], op: opCut, until: n.cfg.Now().Add(time.Second)})
 	n.enqueue(item{id: ids[2], op: opNew, rec: session.Record{Expires: n.cfg.Now().Add(time.Hour)}})
 	kept := map[session.ID]itemOp{}
-	for _, it := range n.sent.snapshot(n.cfg.Now()) {
+	for _, it := range n.sent.live(n.cfg.Now()) {
 		kept[it.id] = it.op
 	}
 	for i, want := range []bool{true, true, false} {
@@ -88,7 +88,7 @@ func BenchmarkKeepSent(b *testing.B) {
 }
 
 // TestSentRing: the ring keeps the last size items, oldest overwritten
-// first, and a snapshot leaves out what expired (a cut keeps its end).
+// first, and live leaves out what expired (a cut keeps its end).
 func TestSentRing(t *testing.T) {
 	now := time.Now()
 	r := newSentRing(4)
@@ -100,18 +100,18 @@ func TestSentRing(t *testing.T) {
 	if got := r.len(); got != 4 {
 		t.Fatalf("the ring holds %d items, want 4", got)
 	}
-	got := map[session.ID]item{}
-	for _, it := range r.snapshot(now) {
+	got := map[session.ID]sentItem{}
+	for _, it := range r.live(now) {
 		got[it.id] = it
 	}
 	// Items 0-3 overwritten, 7 expired.
 	if len(got) != 3 {
-		t.Fatalf("snapshot: %d items, want 3 (items 4, 5 and 6)", len(got))
+		t.Fatalf("live: %d items, want 3 (items 4, 5 and 6)", len(got))
 	}
 	if it, ok := got[lifeID(4)]; !ok || it.op != opRetire {
 		t.Fatalf("item 4: %+v, %v", it, ok)
 	}
-	if it, ok := got[lifeID(6)]; !ok || it.op != opCut || !it.until.Equal(now.Add(time.Second).Round(0)) {
+	if it, ok := got[lifeID(6)]; !ok || it.op != opCut || it.until != now.Add(time.Second).UnixNano() {
 		t.Fatalf("item 6: %+v, %v", it, ok)
 	}
 }

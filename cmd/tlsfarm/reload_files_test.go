@@ -91,18 +91,18 @@ func TestReloadExposingSessionIDWarns(t *testing.T) {
 	p.stop()
 }
 
-// farm.revocation_file (and its .lifecycle file beside it), read at start,
+// farm.revocation_file (and its .lifecycle and .sent files beside it), read at start,
 // is refused if it is not a regular file: a named pipe there blocked the
 // start until something wrote to it.
 func TestRevocationFileMustBeRegular(t *testing.T) {
 	t.Parallel()
 	secret, _, _, _ := farmFiles(t)
 	dir := t.TempDir()
-	for _, name := range []string{"revocations", "lifecycle"} {
+	for _, name := range []string{"revocations", "lifecycle", "sent"} {
 		file := filepath.Join(dir, name)
 		fifo := file
-		if name == "lifecycle" {
-			fifo = file + ".lifecycle"
+		if name != "revocations" {
+			fifo = file + "." + name
 		}
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 			t.Skip(err)
