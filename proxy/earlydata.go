@@ -16,9 +16,11 @@ import (
 // session may be accepted: it reports fresh == true for exactly one call
 // with a given identity (the ticket or session ID the client presented)
 // across every server that shares the decision, for at least ttl from now.
-// Any error means "do not accept". farm.Node.Strike is one, shared by the
-// whole farm.
-type AntiReplay func(ctx context.Context, identity []byte, ttl time.Duration) (fresh bool, err error)
+// issued is when the session's ticket was issued (whole seconds, by the
+// issuing server's clock): a register that may have forgotten strikes
+// made since then (a store that lost its data) must refuse. Any error
+// means "do not accept". farm.Node.Strike is one, shared by the whole farm.
+type AntiReplay func(ctx context.Context, identity []byte, issued time.Time, ttl time.Duration) (fresh bool, err error)
 
 // Defaults for the early data fields of Config.
 const (
@@ -116,7 +118,7 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	ttl := s.earlyWindow - age + s.earlySkew + time.Second
 	ctx, cancel := context.WithTimeout(ctx, defaultAntiReplayTimeout)
 	defer cancel()
-	fresh, err := s.antiReplay(ctx, identity, ttl)
+	fresh, err := s.antiReplay(ctx, identity, issued, ttl)
 	switch {
 	case err != nil:
 		return rejectStoreUnavailable
@@ -152,7 +154,9 @@ func newLocalStrikes(max int) *localStrikes {
 	return &localStrikes{m: map[[sha256.Size]byte]time.Time{}, max: max}
 }
 
-func (r *localStrikes) strike(_ context.Context, identity []byte, ttl time.Duration) (bool, error) {
+// strike is an AntiReplay: the register lives as long as the process, so
+// issued does not matter.
+func (r *localStrikes) strike(_ context.Context, identity []byte, _ time.Time, ttl time.Duration) (bool, error) {
 	k := sha256.Sum256(identity)
 	now := time.Now()
 	r.mu.Lock()
