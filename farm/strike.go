@@ -194,34 +194,38 @@ func (n *Node) strikeRegisterBegun(ctx context.Context, ttl time.Duration) (time
 // then. It tries until it has written them all or the node closes.
 func (n *Node) primeStrikes(ctx context.Context) {
 	defer n.wg.Done()
-	s, striker := n.cfg.Records.(transport.Striker)
-	next := 0
 	for wait := time.Duration(0); ; wait = min(max(2*wait, time.Second), time.Minute) {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
 		}
-		if !striker {
-			tctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
-			_, err := n.strikeRegisterBegun(tctx, strikeMarkerTTL)
-			cancel()
-			if err == nil {
-				return
-			}
-			continue
-		}
-		for ; next < strikeGroups; next++ {
-			tctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
-			group := onceKeyPrefix + hex.EncodeToString([]byte{byte(next)})
-			_, err := s.StrikeRecord(tctx, group, transport.Item{}, time.Time{}, strikeMarkerTTL)
-			cancel()
-			if err != nil {
-				break
-			}
-		}
-		if next == strikeGroups {
+		if n.primeStrikesOnce(ctx) == nil {
 			return
 		}
 	}
+}
+
+// primeStrikesOnce writes the strike register's missing markers, each
+// write within Config.LookupTimeout, and stops at the first error. A node
+// also calls it when it finds that the store lost its data (see
+// checkGeneration).
+func (n *Node) primeStrikesOnce(ctx context.Context) error {
+	s, ok := n.cfg.Records.(transport.Striker)
+	if !ok {
+		tctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+		defer cancel()
+		_, err := n.strikeRegisterBegun(tctx, strikeMarkerTTL)
+		return err
+	}
+	for g := range strikeGroups {
+		tctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+		group := onceKeyPrefix + hex.EncodeToString([]byte{byte(g)})
+		_, err := s.StrikeRecord(tctx, group, transport.Item{}, time.Time{}, strikeMarkerTTL)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
@@ -24,6 +26,21 @@ func BenchmarkStrike(b *testing.B) {
 			b.Fatalf("strike: %v, %v", ok, err)
 		}
 	}
+	// ConsumeToken is what a strike was before it checked the register
+	// (SET NX PX): the baseline, measured under the same load.
+	consume := func() {
+		var id [16]byte
+		binary.BigEndian.PutUint64(id[:], seq.Add(1))
+		if ok, err := node.ConsumeToken(context.Background(), id[:], time.Minute); !ok || err != nil {
+			b.Fatalf("consume: %v, %v", ok, err)
+		}
+	}
+	b.Run("setnx-serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			consume()
+		}
+	})
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -38,4 +55,41 @@ func BenchmarkStrike(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkStrikeServerCPU measures the Redis server's CPU time a strike
+// costs (server-ns/op), on a private redis-server that nothing else uses:
+// the strike's Lua script against the SET NX PX it replaced.
+func BenchmarkStrikeServerCPU(b *testing.B) {
+	srv := redistest.Start(b)
+	_, node := benchNode(b, srv.URL(), redistest.Farm(b), farm.NewSecret(1), nil)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	var seq atomic.Uint64
+	for _, bc := range []struct {
+		name string
+		op   func(id []byte) (bool, error)
+	}{
+		{"setnx", func(id []byte) (bool, error) { return node.ConsumeToken(context.Background(), id, time.Minute) }},
+		{"strike", func(id []byte) (bool, error) { return node.Strike(context.Background(), id, issuedLater, time.Minute) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			before, err := redistest.ServerCPU(context.Background(), rc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				var id [16]byte
+				binary.BigEndian.PutUint64(id[:], seq.Add(1))
+				if ok, err := bc.op(id[:]); !ok || err != nil {
+					b.Fatalf("%v, %v", ok, err)
+				}
+			}
+			after, err := redistest.ServerCPU(context.Background(), rc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(after-before)/float64(b.N), "server-ns/op")
+		})
+	}
 }

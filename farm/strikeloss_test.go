@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -154,4 +156,24 @@ func TestStrikeRefusedWhileStorePaused(t *testing.T) {
 			t.Fatalf("a strike with the store paused took %v, deadline %v", took, deadline)
 		}
 	}
+}
+
+// TestStrikeRegisterPrimedAgainAfterStoreLoss: a node writes the strike
+// register's markers when it joins, and again when it finds the store
+// restarted empty, without waiting for a strike in each group (whose
+// marker would refuse every ticket issued before it).
+func TestStrikeRegisterPrimedAgainAfterStoreLoss(t *testing.T) {
+	srv := redistest.Start(t)
+	_, name := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(srv.URL()),
+		Tweak: func(c *farm.Config) { c.HealInterval = 200 * time.Millisecond }})
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	markers := func() int {
+		keys, _ := rc.Keys(context.Background(), "tlsfarm:"+name+":{once:??}").Result()
+		return len(keys)
+	}
+	farmtest.Eventually(t, 10*time.Second, "256 markers written at the join", func() bool { return markers() == 256 })
+	srv.Kill()
+	srv.Restart()
+	farmtest.Eventually(t, 10*time.Second, "256 markers written again after the loss", func() bool { return markers() == 256 })
 }
