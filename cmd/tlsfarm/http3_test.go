@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/probe"
@@ -18,6 +19,7 @@ func TestHTTP3FarmWithEarlyData(t *testing.T) {
 	url := redistest.URL(t)
 	secret, cert, key, leaf := farmFiles(t)
 	name := redistest.Farm(t)
+	started := time.Now()
 	var nodes []*proc
 	for _, n := range []string{"h3-a", "h3-b"} {
 		nodes = append(nodes, serveProc(t, []string{"-node", n, "-cert", cert, "-key", key, "-http3", "-early-data",
@@ -28,6 +30,12 @@ func TestHTTP3FarmWithEarlyData(t *testing.T) {
 		t.Errorf("TCP response Alt-Svc = %q", alt)
 	}
 
+	// The farm's strike register began when the first node joined: a
+	// ticket carries early data only if issued after that, by its
+	// one-second time stamp, plus the farm's clock skew allowance (5s).
+	for !time.Now().Truncate(time.Second).After(started.Add(5*time.Second + 200*time.Millisecond)) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	code, out, errs := runCmd(t, []string{"probe", "-http3", "-targets", nodes[0].Listeners[0] + "," + nodes[1].Listeners[0],
 		"-n", "12", "-pick", "roundrobin", "-insecure", "-sni", "localhost", "-json"})
 	if code != 0 {
