@@ -20,8 +20,17 @@ var ErrStoreUnavailable = errors.New("farm: store unavailable")
 // ErrStoreLost is returned by Strike when the store's strike register began
 // after the ticket was issued: the store lost its data (it restarted
 // empty, or one shard of a cluster did) since then, or the register is new,
-// so it cannot tell whether the ticket was used for early data before.
-var ErrStoreLost = errors.New("farm: the strike register began after the ticket was issued")
+// so it cannot tell whether the ticket was used for early data before. It
+// has a method RegisterLost that reports true, by which a caller that does
+// not import farm (proxy) tells it from other errors.
+var ErrStoreLost error = storeLostError{}
+
+type storeLostError struct{}
+
+func (storeLostError) Error() string {
+	return "farm: the strike register began after the ticket was issued"
+}
+func (storeLostError) RegisterLost() bool { return true }
 
 // The strike register's layout in the store. With a transport.Striker,
 // each strike lies in one of strikeGroups groups, "once:<2 hex digits>",

@@ -19,7 +19,9 @@ import (
 // issued is when the session's ticket was issued (whole seconds, by the
 // issuing server's clock): a register that may have forgotten strikes
 // made since then (a store that lost its data) must refuse. Any error
-// means "do not accept". farm.Node.Strike is one, shared by the whole farm.
+// means "do not accept"; one with a method RegisterLost that reports true
+// (farm.ErrStoreLost) is counted as reason "store_lost". farm.Node.Strike
+// is one, shared by the whole farm.
 type AntiReplay func(ctx context.Context, identity []byte, issued time.Time, ttl time.Duration) (fresh bool, err error)
 
 // Defaults for the early data fields of Config.
@@ -47,11 +49,12 @@ const (
 	rejectStoreUnavailable              // the anti-replay decision could not be made
 	rejectTooOld                        // the session is older than the early data window
 	rejectOther                         // no session, or quic-go refused it
+	rejectStoreLost                     // the anti-replay register began after the ticket was issued
 	numRejectReasons
 )
 
 func (r rejectReason) String() string {
-	return [...]string{"none", "disabled", "replay", "store_unavailable", "too_old", "other"}[r]
+	return [...]string{"none", "disabled", "replay", "store_unavailable", "too_old", "other", "store_lost"}[r]
 }
 
 // quicState is what one QUIC connection's handshake learned about early
@@ -119,7 +122,10 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	ctx, cancel := context.WithTimeout(ctx, defaultAntiReplayTimeout)
 	defer cancel()
 	fresh, err := s.antiReplay(ctx, identity, issued, ttl)
+	var lost interface{ RegisterLost() bool }
 	switch {
+	case errors.As(err, &lost) && lost.RegisterLost():
+		return rejectStoreLost
 	case err != nil:
 		return rejectStoreUnavailable
 	case !fresh:

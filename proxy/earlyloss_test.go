@@ -53,7 +53,7 @@ func TestEarlyDataRefusedAfterStoreLoss(t *testing.T) {
 			}()
 			eventually(t, "the replay after the store restarted empty is refused", func() bool {
 				st := n1.s.QUICStats()
-				return st.EarlyDataRejected["store_unavailable"] == before.EarlyDataRejected["store_unavailable"]+1 ||
+				return st.EarlyDataRejected["store_lost"] == before.EarlyDataRejected["store_lost"]+1 ||
 					st.EarlyDataAccepted != before.EarlyDataAccepted
 			})
 			if got := n1.s.QUICStats().EarlyDataAccepted; got != before.EarlyDataAccepted {
