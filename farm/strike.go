@@ -30,6 +30,8 @@ type storeLostError struct{}
 func (storeLostError) Error() string {
 	return "farm: the strike register began after the ticket was issued"
 }
+
+// RegisterLost marks the error for callers that do not import farm.
 func (storeLostError) RegisterLost() bool { return true }
 
 // The strike register's layout in the store. With a transport.Striker,
@@ -43,11 +45,11 @@ const (
 	strikeGroups    = 256
 	strikeMarkerKey = "strike-register"
 	// strikeMarkerTTL is how long a marker lasts after the last strike
-	// that refreshed it (at least twice the strike's TTL): a marker that
-	// lapses only refuses the tickets issued before it is written again,
-	// and none of those can have a live strike (see primeStrikes). It
-	// keeps the markers of a farm that no longer uses early data from
-	// staying in the store for ever.
+	// that refreshed it (at least twice the strike's TTL, so that a marker
+	// outlives every strike of its group): a marker that lapses only
+	// refuses the tickets issued before it is written again, and none of
+	// those has a live strike. It keeps the markers of a farm that no
+	// longer uses early data from staying in the store for ever.
 	strikeMarkerTTL = 24 * time.Hour
 	// strikeMarkerRefresh is how often a marker kept through the
 	// Coordinator is rewritten (unchanged but for its write time and TTL).

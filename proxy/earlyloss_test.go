@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -18,14 +20,21 @@ func TestEarlyDataRefusedAfterStoreLoss(t *testing.T) {
 	for _, mode := range []session.Mode{session.Stateful, session.Stateless} {
 		t.Run(mode.String(), func(t *testing.T) {
 			rs := redistest.Start(t)
-			started := time.Now()
 			nodes := startH3Farm(t, h3FarmOptions{n: 2, mode: mode, earlyData: true, redisURL: rs.URL(),
 				strikeSkew: 100 * time.Millisecond})
 			n1, n2 := nodes[0], nodes[1]
-			// A ticket's issue time has a resolution of one second: wait
-			// until one issued now counts as issued after the register
-			// began, when the nodes started, plus the skew allowance.
-			for !time.Now().Truncate(time.Second).After(started.Add(500 * time.Millisecond)) {
+			// The nodes write the register's 256 markers as they join. A
+			// ticket's issue time has a resolution of one second: wait
+			// until one issued now counts as issued after that, plus the
+			// skew allowance.
+			rc := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+			defer rc.Close()
+			eventually(t, "the strike register's markers written", func() bool {
+				keys, _ := rc.Keys(context.Background(), "tlsfarm:*:{once:??}").Result()
+				return len(keys) == 256
+			})
+			primed := time.Now()
+			for !time.Now().Truncate(time.Second).After(primed.Add(200 * time.Millisecond)) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			cache := newPinnedCache()

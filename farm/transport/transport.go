@@ -178,9 +178,9 @@ type RecordSwapper interface {
 type Striker interface {
 	// StrikeRecord does, as one atomic step: if the group's marker record
 	// is missing, it writes one holding the store's clock, the time at
-	// which the group's register began, with markerTTL (and gives a
-	// marker that will lapse within half of markerTTL markerTTL again);
-	// if the marker's time is after since, it writes nothing more and
+	// which the group's register began, with markerTTL (a marker with
+	// less than half of markerTTL left gets markerTTL again); if the
+	// marker's time is after since, it writes nothing more and
 	// returns ErrRegisterNewer; otherwise it writes item if no record is
 	// at its key in the group, and reports whether it did. An item with
 	// an empty key writes nothing but the marker. The group's marker and
