@@ -137,7 +137,7 @@ type QUICStats struct {
 	FullHandshakes, ResumedHandshakes uint64            // completed, without and with resumption
 	EarlyDataOffered                  uint64            // client hellos offering 0-RTT
 	EarlyDataAccepted                 uint64            // connections that accepted it
-	EarlyDataRejected                 map[string]uint64 // by reason: replay, store_unavailable, disabled, too_old, other
+	EarlyDataRejected                 map[string]uint64 // by reason: replay, store_unavailable, store_lost, disabled, too_old, other
 	EarlyRequests                     uint64            // requests served from early data
 	TooEarly                          uint64            // 425 responses
 	Open                              int               // QUIC connections open now, handshakes under way included

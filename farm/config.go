@@ -199,7 +199,9 @@ type Config struct {
 	// as long as the sessions they concern may live (the cache's Lifetime,
 	// or MaxChainLifetime for revocations, plus MaxSkew); a peer's new
 	// session older than MaxAge is not inserted, but the grace cut of its
-	// parent it carries is applied.
+	// parent it carries is applied. Node.Strike refuses a ticket issued
+	// less than MaxSkew after the strike register began (by the store's
+	// clock, or the clock of the node that began it).
 	MaxAge, MaxSkew time.Duration
 
 	// OpTimeout bounds each publish and each store batch (default 2s).

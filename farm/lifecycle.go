@@ -149,13 +149,19 @@ func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration
 	if !ok {
 		return false, ErrNoConsume
 	}
+	key := onceKeyPrefix + hex.EncodeToString(n.tokenHash(token))
+	return taker.AddRecord(ctx, transport.Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+}
+
+// tokenHash is what the store keeps of a token ConsumeToken or Strike
+// records: SHA-256 over the farm's name and the token.
+func (n *Node) tokenHash(token []byte) []byte {
 	h := sha256.New()
 	h.Write([]byte("tlsfarm consume-token\x00"))
 	h.Write([]byte(n.cfg.Farm))
 	h.Write([]byte{0})
 	h.Write(token)
-	key := onceKeyPrefix + hex.EncodeToString(h.Sum(nil))
-	return taker.AddRecord(ctx, transport.Item{Key: key, Value: []byte{1}, TTL: max(ttl, time.Millisecond)})
+	return h.Sum(nil)
 }
 
 // consumeStore atomically takes the stored session id out of the store,

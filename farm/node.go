@@ -252,6 +252,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.wg.Add(1)
 		go n.reconciler(ctx)
 	}
+	if _, ok := cfg.Records.(transport.RecordTaker); ok && cfg.Coord != nil {
+		n.wg.Add(1)
+		go n.primeStrikes(ctx)
+	}
 	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)

@@ -34,7 +34,7 @@ func TestStrikeOnceAcrossFarm(t *testing.T) {
 	for i := range ids {
 		for k := range tries * len(ms) {
 			wg.Go(func() {
-				ok, err := ms[k%len(ms)].Node.Strike(context.Background(), []byte(fmt.Sprintf("ticket-%d", i)), time.Minute)
+				ok, err := ms[k%len(ms)].Node.Strike(context.Background(), []byte(fmt.Sprintf("ticket-%d", i)), issuedLater, time.Minute)
 				if err != nil {
 					t.Error(err)
 				}
@@ -51,15 +51,15 @@ func TestStrikeOnceAcrossFarm(t *testing.T) {
 		}
 	}
 
-	ok, err := ms[0].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond)
+	ok, err := ms[0].Node.Strike(context.Background(), []byte("short-lived"), issuedLater, 50*time.Millisecond)
 	if !ok || err != nil {
 		t.Fatalf("first strike: %v, %v", ok, err)
 	}
-	if ok, _ := ms[1].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond); ok {
+	if ok, _ := ms[1].Node.Strike(context.Background(), []byte("short-lived"), issuedLater, 50*time.Millisecond); ok {
 		t.Fatal("second strike within the TTL was fresh")
 	}
 	farmtest.Eventually(t, 5*time.Second, "the strike record expires", func() bool {
-		ok, _ := ms[2].Node.Strike(context.Background(), []byte("short-lived"), 50*time.Millisecond)
+		ok, _ := ms[2].Node.Strike(context.Background(), []byte("short-lived"), issuedLater, 50*time.Millisecond)
 		return ok
 	})
 }
@@ -76,10 +76,10 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 		nodes = append(nodes, m.Node)
 	}
 	identity := []byte("a-very-recognisable-ticket")
-	if ok, err := nodes[0].Strike(context.Background(), identity, time.Minute); !ok || err != nil {
+	if ok, err := nodes[0].Strike(context.Background(), identity, issuedLater, time.Minute); !ok || err != nil {
 		t.Fatalf("strike: %v, %v", ok, err)
 	}
-	if ok, err := nodes[1].Strike(context.Background(), identity, time.Minute); ok || err != nil {
+	if ok, err := nodes[1].Strike(context.Background(), identity, issuedLater, time.Minute); ok || err != nil {
 		t.Fatalf("a node with the farm's other secret: fresh %v, %v; want a replay", ok, err)
 	}
 	opt, err := redis.ParseURL(url)
@@ -111,7 +111,7 @@ func TestStrikeWithoutStoreRefuses(t *testing.T) {
 		bus, _ := redisTransport(redistest.URL(t))(t, farmName)
 		return bus, nil
 	}})
-	ok, err := ms[0].Node.Strike(context.Background(), []byte("x"), time.Minute)
+	ok, err := ms[0].Node.Strike(context.Background(), []byte("x"), issuedLater, time.Minute)
 	if ok || !errors.Is(err, farm.ErrStoreUnavailable) {
 		t.Fatalf("no store: fresh %v, err %v; want ErrStoreUnavailable", ok, err)
 	}

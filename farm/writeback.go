@@ -68,6 +68,12 @@ func (n *Node) checkGeneration(parent context.Context) {
 		return
 	}
 	defer n.refilling.Store(false)
+	// The strike register went with the data: its markers are written
+	// again now, rather than by the first strike of each group, so that
+	// tickets issued from now on may carry early data.
+	if n.cfg.Coord != nil {
+		n.primeStrikesOnce(parent)
+	}
 	n.writeBack(parent)
 }
 

@@ -16,9 +16,13 @@ import (
 // session may be accepted: it reports fresh == true for exactly one call
 // with a given identity (the ticket or session ID the client presented)
 // across every server that shares the decision, for at least ttl from now.
-// Any error means "do not accept". farm.Node.Strike is one, shared by the
-// whole farm.
-type AntiReplay func(ctx context.Context, identity []byte, ttl time.Duration) (fresh bool, err error)
+// issued is when the session's ticket was issued (whole seconds, by the
+// issuing server's clock): a register that may have forgotten strikes
+// made since then (a store that lost its data) must refuse. Any error
+// means "do not accept"; one with a method RegisterLost that reports true
+// (farm.ErrStoreLost) is counted as reason "store_lost". farm.Node.Strike
+// is one, shared by the whole farm.
+type AntiReplay func(ctx context.Context, identity []byte, issued time.Time, ttl time.Duration) (fresh bool, err error)
 
 // Defaults for the early data fields of Config.
 const (
@@ -45,11 +49,12 @@ const (
 	rejectStoreUnavailable              // the anti-replay decision could not be made
 	rejectTooOld                        // the session is older than the early data window
 	rejectOther                         // no session, or quic-go refused it
+	rejectStoreLost                     // the anti-replay register began after the ticket was issued
 	numRejectReasons
 )
 
 func (r rejectReason) String() string {
-	return [...]string{"none", "disabled", "replay", "store_unavailable", "too_old", "other"}[r]
+	return [...]string{"none", "disabled", "replay", "store_unavailable", "too_old", "other", "store_lost"}[r]
 }
 
 // quicState is what one QUIC connection's handshake learned about early
@@ -116,8 +121,11 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	ttl := s.earlyWindow - age + s.earlySkew + time.Second
 	ctx, cancel := context.WithTimeout(ctx, defaultAntiReplayTimeout)
 	defer cancel()
-	fresh, err := s.antiReplay(ctx, identity, ttl)
+	fresh, err := s.antiReplay(ctx, identity, issued, ttl)
+	var lost interface{ RegisterLost() bool }
 	switch {
+	case errors.As(err, &lost) && lost.RegisterLost():
+		return rejectStoreLost
 	case err != nil:
 		return rejectStoreUnavailable
 	case !fresh:
@@ -152,7 +160,9 @@ func newLocalStrikes(max int) *localStrikes {
 	return &localStrikes{m: map[[sha256.Size]byte]time.Time{}, max: max}
 }
 
-func (r *localStrikes) strike(_ context.Context, identity []byte, ttl time.Duration) (bool, error) {
+// strike is an AntiReplay: the register lives as long as the process, so
+// issued does not matter.
+func (r *localStrikes) strike(_ context.Context, identity []byte, _ time.Time, ttl time.Duration) (bool, error) {
 	k := sha256.Sum256(identity)
 	now := time.Now()
 	r.mu.Lock()

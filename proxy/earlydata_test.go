@@ -67,20 +67,20 @@ func TestLocalStrikes(t *testing.T) {
 			{"c", time.Hour, false, true}, // full: "b" has not expired yet
 		}
 		for i, s := range steps {
-			fresh, err := r.strike(ctx, []byte(s.id), s.ttl)
+			fresh, err := r.strike(ctx, []byte(s.id), time.Time{}, s.ttl)
 			if fresh != s.fresh || (err != nil) != s.err {
 				t.Fatalf("step %d (%s): fresh %v, err %v", i, s.id, fresh, err)
 			}
 		}
 		time.Sleep(199 * time.Millisecond)
-		if _, err := r.strike(ctx, []byte("c"), time.Hour); err == nil {
+		if _, err := r.strike(ctx, []byte("c"), time.Time{}, time.Hour); err == nil {
 			t.Fatal("c was taken before b expired")
 		}
 		time.Sleep(time.Millisecond)
-		if fresh, err := r.strike(ctx, []byte("c"), time.Hour); !fresh || err != nil {
+		if fresh, err := r.strike(ctx, []byte("c"), time.Time{}, time.Hour); !fresh || err != nil {
 			t.Fatalf("after b expired: fresh %v, err %v", fresh, err)
 		}
-		if fresh, _ := r.strike(ctx, []byte("a"), time.Hour); fresh {
+		if fresh, _ := r.strike(ctx, []byte("a"), time.Time{}, time.Hour); fresh {
 			t.Fatal("a was forgotten while its time lasts")
 		}
 	})

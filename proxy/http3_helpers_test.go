@@ -46,6 +46,14 @@ type h3FarmOptions struct {
 	window    time.Duration // EarlyDataWindow
 	secret    *farm.Secret
 	singleUse bool // session.Config.SingleUse
+	// strikeSkew, if set, is the farm's MaxSkew, and the nodes give the
+	// farm's strike register the tickets' real issue time. Otherwise the
+	// register is told every ticket was issued an hour later: a farm's
+	// register begins when it starts, so a ticket issued in its first
+	// MaxSkew (default 5s) and one second would not carry early data, and
+	// the tests without it are about replays, not about a register that
+	// began after a ticket was issued (TestEarlyDataRefusedAfterStoreLoss).
+	strikeSkew time.Duration
 }
 
 // startH3Farm starts o.n servers of one fresh farm over Redis, each with an
@@ -98,19 +106,26 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 			LookupTimeout:       2 * time.Second, // the strike's deadline; survives -race on a busy machine
 			WriteThroughTimeout: time.Second,
 			BreakerThreshold:    1000, // the store-down test wants every attempt to try
+			MaxSkew:             o.strikeSkew,
 			Logger:              log,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { node.Close() })
+		antiReplay := AntiReplay(node.Strike)
+		if o.strikeSkew == 0 {
+			antiReplay = func(ctx context.Context, identity []byte, _ time.Time, ttl time.Duration) (bool, error) {
+				return node.Strike(ctx, identity, time.Now().Add(time.Hour), ttl)
+			}
+		}
 		cfg := Config{
 			Node: "n" + string(rune('1'+i)), Cache: cache, Ring: ring, Logger: log,
 			Listeners: []Listener{{
 				Address: "127.0.0.1:0", Certificates: []Certificate{{Certificate: cert}},
 				NextProtos: []string{"http/1.1"}, Upstream: o.upstream, HTTP3: true, EarlyData: o.earlyData && o.earlyOff != i+1,
 			}},
-			AntiReplay:            node.Strike,
+			AntiReplay:            antiReplay,
 			QUICTokenKey:          &keys.TokenKey,
 			QUICStatelessResetKey: &keys.StatelessResetKey,
 			QUICValidateAddresses: o.validate,

@@ -15,6 +15,8 @@ type QUICStats struct {
 	// EarlyDataRejected counts refused early data by reason: "replay"
 	// (the session had already been used for early data somewhere in the
 	// farm), "store_unavailable" (the decision could not be made in time),
+	// "store_lost" (the farm's store lost its data, or its register is
+	// new, since the session's ticket was issued),
 	// "disabled" (the listener does not accept early data), "too_old"
 	// (the session is older than the early data window), "other" (the
 	// session was unknown or not resumable, or quic-go refused it).

@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/probe"
@@ -28,6 +31,31 @@ func TestHTTP3FarmWithEarlyData(t *testing.T) {
 		t.Errorf("TCP response Alt-Svc = %q", alt)
 	}
 
+	// The farm's strike register began when the nodes wrote its 256
+	// markers, as they joined: a ticket carries early data only if issued
+	// after that, by its one-second time stamp, plus the farm's clock skew
+	// allowance (5s).
+	opt, err := goredis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := goredis.NewClient(opt)
+	defer rc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		keys, _ := rc.Keys(t.Context(), "tlsfarm:"+name+":{once:??}").Result()
+		if len(keys) == 256 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d strike register markers written, want 256", len(keys))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	primed := time.Now()
+	for !time.Now().Truncate(time.Second).After(primed.Add(5*time.Second + 200*time.Millisecond)) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	code, out, errs := runCmd(t, []string{"probe", "-http3", "-targets", nodes[0].Listeners[0] + "," + nodes[1].Listeners[0],
 		"-n", "12", "-pick", "roundrobin", "-insecure", "-sni", "localhost", "-json"})
 	if code != 0 {

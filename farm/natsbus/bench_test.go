@@ -66,3 +66,30 @@ func BenchmarkPutRecords(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
 }
+
+// BenchmarkStrike measures farm.Node.Strike over NATS (the strike, then a
+// read of the register's marker) against ConsumeToken alone (the strike as
+// it was before the marker), one fresh identity a call.
+func BenchmarkStrike(b *testing.B) {
+	ms, _ := farmtest.Start(b, 1, &farmtest.Options{NewTransport: natsTransport(sharedURL(b))})
+	node := ms[0].Node
+	later := time.Now().Add(time.Hour) // issued after the register began
+	seq := 0
+	for _, bc := range []struct {
+		name string
+		op   func(id []byte) (bool, error)
+	}{
+		{"consume-token", func(id []byte) (bool, error) { return node.ConsumeToken(context.Background(), id, time.Minute) }},
+		{"strike", func(id []byte) (bool, error) { return node.Strike(context.Background(), id, later, time.Minute) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				seq++
+				if ok, err := bc.op(fmt.Appendf(nil, "ticket-%d", seq)); !ok || err != nil {
+					b.Fatalf("%v, %v", ok, err)
+				}
+			}
+		})
+	}
+}

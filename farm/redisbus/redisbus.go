@@ -782,6 +782,48 @@ func (t *Transport) SwapRecord(ctx context.Context, it transport.Item) ([]byte, 
 	return b, t.failed(err)
 }
 
+// strikeScript is StrikeRecord: KEYS[1] is the group's marker, KEYS[2] the
+// strike; ARGV: since (Unix ms), the value, the TTL (ms), the marker's TTL
+// (ms), and "1" if there is a strike to write. A marker that is missing or
+// not a number is written with the server's clock.
+var strikeScript = redis.NewScript(`
+local begun = tonumber(redis.call('GET', KEYS[1]) or '')
+if not begun then
+  local now = redis.call('TIME')
+  local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+  redis.call('SET', KEYS[1], ms, 'PX', ARGV[4])
+  begun = tonumber(ms)
+elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) / 2 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+if ARGV[5] ~= '1' then return 0 end
+if begun > tonumber(ARGV[1]) then return -1 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+`)
+
+// StrikeRecord implements transport.Striker with a Lua script, one round
+// trip. The group's marker is "tlsfarm:<farm>:{<group>}", holding the Unix
+// time in milliseconds (by the server's clock) at which the group's
+// register began; its records are "tlsfarm:<farm>:{<group>}:<key>", in the
+// marker's slot.
+func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport.Item, since time.Time, markerTTL time.Duration) (bool, error) {
+	marker := t.RecordKey(group)
+	write := "0"
+	if it.Key != "" {
+		write = "1"
+	}
+	n, err := strikeScript.Run(ctx, t.c, []string{marker, marker + ":" + it.Key}, since.UnixMilli(), it.Value,
+		max(it.TTL.Milliseconds(), 1), max(markerTTL.Milliseconds(), 1), write).Int()
+	if err != nil {
+		return false, t.failed(err)
+	}
+	if n < 0 {
+		return false, transport.ErrRegisterNewer
+	}
+	return n == 1, nil
+}
+
 // SetNX implements transport.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
 	ok, err := t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
@@ -887,4 +929,5 @@ var (
 	_ transport.RecordTaker   = (*Transport)(nil)
 	_ transport.RecordSwapper = (*Transport)(nil)
 	_ transport.RecordGetter  = (*Transport)(nil)
+	_ transport.Striker       = (*Transport)(nil)
 )

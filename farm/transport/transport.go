@@ -169,6 +169,32 @@ type RecordSwapper interface {
 	SwapRecord(ctx context.Context, item Item) ([]byte, error)
 }
 
+// A Striker is a RecordStore that keeps the farm's 0-RTT strike register
+// (farm.Node.Strike) itself, so that a register the store lost — a server
+// restarted empty, one shard of a cluster that lost its data alone — is
+// noticed by the strike that follows, never by a later check. Without it,
+// the farm keeps the register with RecordTaker.AddRecord and a marker
+// read through the Coordinator (two operations, not one).
+type Striker interface {
+	// StrikeRecord does, as one atomic step: if the group's marker record
+	// is missing, it writes one holding the store's clock, the time at
+	// which the group's register began, with markerTTL (a marker with
+	// less than half of markerTTL left gets markerTTL again); if the
+	// marker's time is after since, it writes nothing more and
+	// returns ErrRegisterNewer; otherwise it writes item if no record is
+	// at its key in the group, and reports whether it did. An item with
+	// an empty key writes nothing but the marker. The group's marker and
+	// its records lie together (in one slot of a cluster), so that a loss
+	// of the records is a loss of the marker.
+	StrikeRecord(ctx context.Context, group string, item Item, since time.Time, markerTTL time.Duration) (bool, error)
+}
+
+// ErrRegisterNewer is the error Striker.StrikeRecord returns when the
+// group's register began after the time given: the store lost its records
+// (or never had them) since then, so it cannot tell whether the item's key
+// was written before.
+var ErrRegisterNewer = errors.New("transport: the strike register began after the ticket was issued")
+
 // MaxMessageSize is the largest envelope a node accepts, from the bus or
 // the store: a longer one is refused before anything is allocated for it. A
 // node also keeps every message it sends within it, and within the
