@@ -1,0 +1,263 @@
+package natsbus_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/metric"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// The tests of a NATS server restarted empty: killed, and started again on
+// the same port with a new store directory, so that JetStream has lost the
+// farm's bucket (sessions, revocations, generation record). The nodes
+// find the generation gone and write their sessions back.
+
+// RestartEmpty kills the server and starts it again on the same port with
+// an empty store directory: JetStream comes back without any stream.
+func (s *natsServer) RestartEmpty() {
+	s.tb.Helper()
+	s.Kill()
+	s.dir = s.tb.TempDir()
+	s.Restart()
+}
+
+// emptyFarm starts n members on a private nats-server with the outage
+// tests' short timeouts and a heal interval short enough that a node
+// notices the store restarted empty (and writes its sessions back) within
+// a second or two.
+func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config)) ([]*farmtest.Member, *natsServer, *farmtest.Options, string) {
+	t.Helper()
+	srv := startNATS(t)
+	o := &farmtest.Options{NewTransport: natsTransport(srv.URL("")), Mode: mode, WriteThrough: true,
+		CloseServer: openssl, TweakCache: tweakCache,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.HealInterval = 300 * time.Millisecond
+		}}
+	ms, name := farmtest.Start(t, n, o)
+	return ms, srv, o, name
+}
+
+// restartEmpty restarts srv empty and waits until every member of ms is
+// connected again and n1 (ms[0], which issued the tests' sessions) has
+// written its sessions back.
+func restartEmpty(t *testing.T, srv *natsServer, ms []*farmtest.Member) {
+	t.Helper()
+	before, _ := metric.Value(ms[0].Node.Metrics(), "tlsfarm_farm_written_back_total")
+	srv.RestartEmpty()
+	farmtest.WaitConnected(t, ms...)
+	farmtest.Eventually(t, 15*time.Second, "n1 wrote its sessions back", func() bool {
+		v, _ := metric.Value(ms[0].Node.Metrics(), "tlsfarm_farm_written_back_total")
+		return v > before
+	})
+}
+
+// sniClient returns a TLS 1.3 client for the members' servers that names
+// serverName and keeps its session in c.
+func sniClient(serverName string, c tls.ClientSessionCache) *tls.Config {
+	_, pool := tlstest.SharedCert()
+	return tlstest.ClientConfig(pool, serverName, tls.VersionTLS13, c)
+}
+
+// refusedSNI returns how many resumptions m's cache refused for their
+// server name.
+func refusedSNI(m *farmtest.Member) float64 {
+	v, _ := metric.Value(m.Cache.Metrics(), "tlsfarm_cache_refusals_total", "reason", "server_name")
+	return v
+}
+
+// TestPromisesServerNameAfterKVRestartedEmpty: a session issued under
+// a.example on n1, held by n2 (broadcast) or only in the store
+// (store-only), is refused under b.example on every node after the NATS
+// server restarted empty and the nodes wrote their sessions back: n1, n2,
+// and n3, which joins then and can only load it from what was written
+// back — each refusal the server name binding's (counted as such). The
+// session still resumes under a.example on n3 (the control: it was
+// written back). With Go's client and with openssl s_client (-sess_out on
+// n1, -sess_in on the others).
+func TestPromisesServerNameAfterKVRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
+		for _, client := range []string{"go", "openssl"} {
+			t.Run(mode.String()+"/"+client, func(t *testing.T) {
+				t.Parallel()
+				serverNameAfterRestartEmpty(t, mode, client == "openssl")
+			})
+		}
+	}
+}
+
+func serverNameAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
+	ms, srv, o, name := emptyFarm(t, 2, mode, openssl, nil)
+	ids := farmtest.HandshakeSessions(ms[0].Cache)
+	c := &tlstest.FrozenCache{}
+	var file string
+	if openssl {
+		file = tlstest.SessionFile(t)
+		tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "a.example", "-sess_out", file)
+	} else {
+		tlstest.MustDial(t, ms[0].Server.Addr, sniClient("a.example", c))
+	}
+	if len(ids()) != 1 {
+		t.Fatalf("n1 issued %d sessions for one handshake", len(ids()))
+	}
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], id) })
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool { return holds(ms[1].Cache, id) })
+	}
+	// resumes presents the session on m under serverName. A refusal under
+	// b.example must be the binding's: m found the session and refused it
+	// for its name (else the test would prove nothing).
+	resumes := func(m *farmtest.Member, serverName string) bool {
+		t.Helper()
+		before := refusedSNI(m)
+		var ok bool
+		if openssl {
+			ok = strings.Contains(tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", serverName, "-sess_in", file), "Reused, ")
+		} else {
+			ok = tlstest.MustDial(t, m.Server.Addr, sniClient(serverName, c)).DidResume
+		}
+		if serverName != "a.example" && !ok && refusedSNI(m) == before {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("the session presented on %s under %s was not refused for its server name: the test proves nothing", m.Name, serverName)
+		}
+		return ok
+	}
+
+	restartEmpty(t, srv, ms)
+	farmtest.Eventually(t, 10*time.Second, "the session written back", func() bool { return stored(ms[0], id) })
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	all := append(ms, n3)
+	for _, m := range all {
+		if resumes(m, "b.example") {
+			farmtest.LogStats(t, all)
+			t.Fatalf("the session issued under a.example resumed under b.example on %s after NATS restarted empty", m.Name)
+		}
+	}
+	if !resumes(n3, "a.example") {
+		farmtest.LogStats(t, all)
+		t.Fatal("the session did not resume under a.example on n3, which joined after NATS restarted empty")
+	}
+}
+
+// TestPromisesGraceCutAfterKVRestartedEmpty: n1 issues a parent P and an
+// untouched session U; n2 resumes P (TLS 1.3), issuing its child, which
+// cuts P to its grace farm-wide. Then the NATS server restarts empty, and
+// the nodes write their sessions back — n1 with its copy of P, whole in
+// store-only mode, where the cut reached only the store. Past P's grace,
+// P resumes on no node: n1, n2, and n3, which joins after the restart and
+// can only load it from what was written back; U still resumes on n3 (the
+// control: the write-back happened). With Go's client and with openssl
+// s_client (-sess_out on n1, -sess_in on n2 and the others).
+func TestPromisesGraceCutAfterKVRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
+		for _, client := range []string{"go", "openssl"} {
+			t.Run(mode.String()+"/"+client, func(t *testing.T) {
+				t.Parallel()
+				graceCutAfterRestartEmpty(t, mode, client == "openssl")
+			})
+		}
+	}
+}
+
+func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
+	const grace = 6 * time.Second
+	ms, srv, o, name := emptyFarm(t, 2, mode, openssl, func(c *session.Config) { c.ResumeGrace = grace })
+	ids := farmtest.HandshakeSessions(ms[0].Cache)
+	parent, untouched := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	var parentFile string
+	if openssl {
+		parentFile = tlstest.SessionFile(t)
+		tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", parentFile)
+	} else {
+		tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, parent))
+	}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, untouched))
+	if len(ids()) != 2 {
+		t.Fatalf("n1 issued %d sessions for two handshakes", len(ids()))
+	}
+	pid, uid := ids()[0], ids()[1]
+	for _, id := range []session.ID{pid, uid} {
+		farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], id) })
+	}
+	if mode == farm.Broadcast {
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the sessions", func() bool { return holds(ms[1].Cache, pid) && holds(ms[1].Cache, uid) })
+	}
+	resumesParent := func(m *farmtest.Member) bool {
+		t.Helper()
+		if openssl {
+			return strings.Contains(tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", parentFile), "Reused, ")
+		}
+		return resumes(t, m, parent)
+	}
+	if !resumesParent(ms[1]) {
+		t.Fatal("the parent did not resume on n2")
+	}
+	cut := time.Now()
+
+	restartEmpty(t, srv, ms)
+	farmtest.Eventually(t, 10*time.Second, "the untouched session written back", func() bool { return stored(ms[0], uid) })
+	t.Logf("written back %v after the cut", time.Since(cut).Round(time.Millisecond))
+	if since := time.Since(cut); since >= grace {
+		t.Skipf("the restart and write-back took %v, longer than the grace (%v): the machine is too slow for this test", since, grace)
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	all := append(ms, n3)
+	time.Sleep(time.Until(cut.Add(grace + 100*time.Millisecond))) // the grace's end is the promise's own timing
+	for _, m := range all {
+		if resumesParent(m) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("the parent resumed on %s past its grace, after NATS restarted empty", m.Name)
+		}
+	}
+	if !resumes(t, n3, untouched) {
+		farmtest.LogStats(t, all)
+		t.Fatal("the untouched session did not resume on n3, which joined after NATS restarted empty")
+	}
+}
+
+// TestStoreWorksAfterServerRestartedEmpty: a transport that used the
+// farm's buckets finds them gone when the server restarts without its
+// store, and makes them anew: reads and writes work again within seconds
+// (the record written before is gone). Before, a server without the stream
+// answered no direct get and no write, every call timed out, and the
+// transport never looked for the buckets again.
+func TestStoreWorksAfterServerRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	srv := startNATS(t)
+	tr := open(t, srv.URL(""), "restart-empty")
+	put := func(key string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		return tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("v"), TTL: time.Hour})
+	}
+	if err := put("before"); err != nil {
+		t.Fatal(err)
+	}
+	srv.RestartEmpty()
+	restarted := time.Now()
+	farmtest.Eventually(t, 10*time.Second, "a write works after the restart", func() bool { return put("after") == nil })
+	t.Logf("writes work again %v after the restart", time.Since(restarted).Round(time.Millisecond))
+	for key, want := range map[string]bool{"before": false, "after": true} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := tr.GetRecord(ctx, key)
+		cancel()
+		if got := err == nil; got != want || (err != nil && !errors.Is(err, transport.ErrNotFound)) {
+			t.Errorf("GetRecord(%q) after the restart: %v; want found %v", key, err, want)
+		}
+	}
+}
