@@ -232,9 +232,13 @@ func opensslFacts(t *testing.T, p *proc, sessIn, sessOut string) (bool, facts) {
 //   - node-1 revokes, through DELETE /sessions/{id} during the pause, a Go
 //     client's session (whose chain meanwhile got a fallback ticket on
 //     node-1) and openssl's: 202 pending, and refused on node-1 at once;
-//     once Redis answers, the revocations are applied, and neither session
-//     nor the fallback ticket resumes on any node, node-3 (joining after
-//     the thaw) included, while an untouched session still does.
+//     node-2 revokes a third session node-1 issued: 202 where it holds a
+//     copy (broadcast); 503 within the admin API's bound where it holds
+//     none (store-only: the chain is in the hung store), and 200 after the
+//     thaw. Once Redis answers, the revocations are applied, and none of
+//     the revoked sessions nor the fallback ticket resumes on any node,
+//     node-3 (joining after the thaw) included, while an untouched session
+//     and the fallback tickets of the pause still do.
 func TestDaemonPromisesWhileRedisPaused(t *testing.T) {
 	t.Parallel()
 	for _, how := range []string{frozen, stopped} {
@@ -259,6 +263,8 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	// openssl's two.
 	early, revoked, control := clientFor("localhost", f.leaf), clientFor("localhost", f.leaf), clientFor("localhost", f.leaf)
 	revokedID := f.facts(n1, revoked).SessionID
+	elsewhere := clientFor("localhost", f.leaf) // revoked on node-2
+	elsewhereID := f.facts(n1, elsewhere).SessionID
 	for _, c := range []*tls.Config{early, control} {
 		if id := f.facts(n1, c).SessionID; id == "" {
 			t.Fatal("node-1 issued no session with Redis up")
@@ -267,13 +273,13 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	sessEarly, sessRevoked := tempFile(t), tempFile(t)
 	opensslFacts(t, n1, "", sessEarly)
 	_, fr := opensslFacts(t, n1, "", sessRevoked)
-	if revokedID == "" || fr.SessionID == "" {
+	if revokedID == "" || elsewhereID == "" || fr.SessionID == "" {
 		t.Fatal("node-1 issued no session with Redis up")
 	}
-	waitUntil(t, 10*time.Second, func() bool { return metric(t, n1, "tlsfarm_farm_store_writes_total") >= writes+5 },
+	waitUntil(t, 10*time.Second, func() bool { return metric(t, n1, "tlsfarm_farm_store_writes_total") >= writes+6 },
 		"node-1's sessions did not reach the store")
 	if broadcast {
-		waitUntil(t, 10*time.Second, func() bool { return metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`) >= received+5 },
+		waitUntil(t, 10*time.Second, func() bool { return metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`) >= received+6 },
 			"node-2 did not receive node-1's sessions")
 	}
 
@@ -327,6 +333,20 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	if n := metric(t, n1, "tlsfarm_farm_pending_revocations"); n != 2 {
 		t.Errorf("tlsfarm_farm_pending_revocations = %v during the pause, want 2", n)
 	}
+	// A node that holds a copy revokes it as node-1 does; one that holds
+	// none (store-only) cannot learn its chain from the hung store, and
+	// says so (503) in bounded time, never 404.
+	t0 := time.Now()
+	code, body := adminDo(t, n2, "DELETE", "/sessions/"+elsewhereID, farmToken)
+	if took := time.Since(t0); took > 3*time.Second {
+		t.Errorf("DELETE on node-2 during the pause took %v", took)
+	}
+	if want := map[bool]int{true: 202, false: 503}[broadcast]; code != want {
+		t.Errorf("DELETE on node-2 of a session node-1 issued, during the pause: %d %s; want %d", code, body, want)
+	}
+	if broadcast && f.resumes(n2, elsewhere) {
+		t.Error("a session node-2 revoked during the pause resumed on node-2")
+	}
 	for what, c := range map[string]*tls.Config{"revoked session": revoked, "fallback ticket of the revoked chain": chained} {
 		if f.resumes(n1, c) {
 			t.Errorf("the %s resumed on node-1, which revoked it, during the pause", what)
@@ -339,12 +359,20 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	t.Logf("the slowest Go handshake during the pause took %v", f.slowest)
 
 	f.thaw()
-	waitUntil(t, 10*time.Second, func() bool { return metric(t, n1, "tlsfarm_farm_pending_revocations") == 0 },
-		"the revocations were not applied after the thaw")
+	for _, p := range f.nodes {
+		waitUntil(t, 10*time.Second, func() bool { return metric(t, p, "tlsfarm_farm_pending_revocations") == 0 },
+			"the revocations were not applied after the thaw")
+	}
+	if !broadcast {
+		if code, body := adminDo(t, n2, "DELETE", "/sessions/"+elsewhereID, farmToken); code != 200 || !strings.Contains(body, `"farm": "applied"`) {
+			t.Errorf("DELETE on node-2 of a session node-1 issued, after the thaw: %d %s; want 200 applied", code, body)
+		}
+	}
 	f.checkHealth(false)
 	n3 := f.add()
 	for _, p := range f.nodes {
-		for what, c := range map[string]*tls.Config{"revoked session": revoked, "fallback ticket of the revoked chain": chained} {
+		for what, c := range map[string]*tls.Config{"revoked session": revoked, "fallback ticket of the revoked chain": chained,
+			"session revoked on node-2": elsewhere} {
 			if f.resumes(p, c) {
 				t.Errorf("the %s resumed on %s after the thaw", what, p.Listeners[0])
 			}
