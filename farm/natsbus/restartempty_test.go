@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -235,11 +237,50 @@ func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
 // store, and makes them anew: reads and writes work again within seconds
 // (the record written before is gone). Before, a server without the stream
 // answered no direct get and no write, every call timed out, and the
-// transport never looked for the buckets again.
+// transport never looked for the buckets again. On the machine's
+// nats-server (2.9: records in a bucket of their own) and on an embedded
+// current one (per-message TTL).
 func TestStoreWorksAfterServerRestartedEmpty(t *testing.T) {
 	t.Parallel()
-	srv := startNATS(t)
-	tr := open(t, srv.URL(""), "restart-empty")
+	for _, server := range []string{"process", "embedded"} {
+		t.Run(server, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			var restartEmpty func()
+			if server == "process" {
+				srv := startNATS(t)
+				url, restartEmpty = srv.URL(""), srv.RestartEmpty
+			} else {
+				url, restartEmpty = embeddedRestartable(t)
+			}
+			storeWorksAfterRestartEmpty(t, url, restartEmpty)
+		})
+	}
+}
+
+// embeddedRestartable starts an in-process nats-server on a fixed port and
+// returns its URL and a function that restarts it there with an empty
+// store directory.
+func embeddedRestartable(t *testing.T) (string, func()) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	var s *natsembed.Server
+	start := func() {
+		if s, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start()
+	t.Cleanup(func() { s.Shutdown() })
+	return s.URL(), func() { s.Shutdown(); start() }
+}
+
+func storeWorksAfterRestartEmpty(t *testing.T, url string, restartEmpty func()) {
+	tr := open(t, url, "restart-empty")
 	put := func(key string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
@@ -248,7 +289,7 @@ func TestStoreWorksAfterServerRestartedEmpty(t *testing.T) {
 	if err := put("before"); err != nil {
 		t.Fatal(err)
 	}
-	srv.RestartEmpty()
+	restartEmpty()
 	restarted := time.Now()
 	farmtest.Eventually(t, 10*time.Second, "a write works after the restart", func() bool { return put("after") == nil })
 	t.Logf("writes work again %v after the restart", time.Since(restarted).Round(time.Millisecond))
