@@ -32,14 +32,15 @@ func (s *natsServer) RestartEmpty() {
 	s.Restart()
 }
 
-// emptyFarm starts n members on a private nats-server with the outage
-// tests' short timeouts and a heal interval short enough that a node
-// notices the store restarted empty (and writes its sessions back) within
-// a second or two.
-func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config)) ([]*farmtest.Member, *natsServer, *farmtest.Options, string) {
+// emptyFarm starts n members on a private nats-server, each behind a
+// proxy of its own, with the outage tests' short timeouts and a heal
+// interval short enough that a node notices the store restarted empty (and
+// writes its sessions back) within a second or two. When the test ends, it
+// cuts the proxies before the nodes close.
+func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config)) ([]*farmtest.Member, *proxied, *farmtest.Options, string) {
 	t.Helper()
-	srv := startNATS(t)
-	o := &farmtest.Options{NewTransport: natsTransport(srv.URL("")), Mode: mode, WriteThrough: true,
+	p := &proxied{srv: startNATS(t)}
+	o := &farmtest.Options{NewTransport: p.transport, Mode: mode, WriteThrough: true,
 		CloseServer: openssl, TweakCache: tweakCache,
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
@@ -47,7 +48,14 @@ func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache fun
 			c.HealInterval = 300 * time.Millisecond
 		}}
 	ms, name := farmtest.Start(t, n, o)
-	return ms, srv, o, name
+	t.Cleanup(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, px := range p.ps {
+			px.Cut()
+		}
+	})
+	return ms, p, o, name
 }
 
 // restartEmpty restarts srv empty and waits until every member of ms is
@@ -100,7 +108,7 @@ func TestPromisesServerNameAfterKVRestartedEmpty(t *testing.T) {
 }
 
 func serverNameAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
-	ms, srv, o, name := emptyFarm(t, 2, mode, openssl, nil)
+	ms, p, o, name := emptyFarm(t, 2, mode, openssl, nil)
 	ids := farmtest.HandshakeSessions(ms[0].Cache)
 	c := &tlstest.FrozenCache{}
 	var file string
@@ -137,7 +145,7 @@ func serverNameAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
 		return ok
 	}
 
-	restartEmpty(t, srv, ms)
+	restartEmpty(t, p.srv, ms)
 	farmtest.Eventually(t, 10*time.Second, "the session written back", func() bool { return stored(ms[0], id) })
 	n3 := farmtest.Join(t, "n3", name, *o)
 	farmtest.WaitConnected(t, n3)
@@ -156,28 +164,36 @@ func serverNameAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
 
 // TestPromisesGraceCutAfterKVRestartedEmpty: n1 issues a parent P and an
 // untouched session U; n2 resumes P (TLS 1.3), issuing its child, which
-// cuts P to its grace farm-wide. Then the NATS server restarts empty, and
-// the nodes write their sessions back — n1 with its copy of P, whole in
-// store-only mode, where the cut reached only the store. Past P's grace,
-// P resumes on no node: n1, n2, and n3, which joins after the restart and
-// can only load it from what was written back; U still resumes on n3 (the
-// control: the write-back happened). With Go's client and with openssl
+// cuts P to its grace farm-wide — or, "cut-off", everywhere but on n1,
+// partitioned from NATS meanwhile, which keeps P whole. Then the NATS
+// server restarts empty (n1's partition ends), and the nodes write their
+// sessions back; n1, holding P whole, must first learn of the cut from n2
+// (its re-send). Past P's grace, P resumes on no node: n1, n2, and n3,
+// which joins after the restart and can only load it from what was
+// written back; U still resumes on n3 (the control: the write-back
+// happened). Broadcast and store-only, with Go's client and with openssl
 // s_client (-sess_out on n1, -sess_in on n2 and the others).
 func TestPromisesGraceCutAfterKVRestartedEmpty(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
 		for _, client := range []string{"go", "openssl"} {
-			t.Run(mode.String()+"/"+client, func(t *testing.T) {
-				t.Parallel()
-				graceCutAfterRestartEmpty(t, mode, client == "openssl")
-			})
+			for _, cutOff := range []bool{false, true} {
+				name := mode.String() + "/" + client
+				if cutOff {
+					name += "/cut-off"
+				}
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					graceCutAfterRestartEmpty(t, mode, client == "openssl", cutOff)
+				})
+			}
 		}
 	}
 }
 
-func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
+func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl, cutOff bool) {
 	const grace = 6 * time.Second
-	ms, srv, o, name := emptyFarm(t, 2, mode, openssl, func(c *session.Config) { c.ResumeGrace = grace })
+	ms, p, o, name := emptyFarm(t, 2, mode, openssl, func(c *session.Config) { c.ResumeGrace = grace })
 	ids := farmtest.HandshakeSessions(ms[0].Cache)
 	parent, untouched := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	var parentFile string
@@ -205,12 +221,33 @@ func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl bool) {
 		}
 		return resumes(t, m, parent)
 	}
+	if cutOff {
+		p.proxy(0).Cut()
+		disconnected(t, ms[0])
+	}
 	if !resumesParent(ms[1]) {
 		t.Fatal("the parent did not resume on n2")
 	}
 	cut := time.Now()
+	if cutOff {
+		// The cut reaches the store, not n1.
+		farmtest.Eventually(t, 5*time.Second, "n2 wrote its child", func() bool {
+			return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_store_writes_total") > 0
+		})
+		p.srv.Kill()
+		p.proxy(0).Restore()
+		p.srv.dir = t.TempDir()
+		p.srv.Restart()
+	}
 
-	restartEmpty(t, srv, ms)
+	if cutOff {
+		farmtest.WaitConnected(t, ms...)
+		farmtest.Eventually(t, 15*time.Second, "n1 wrote its sessions back", func() bool {
+			return farmtest.Counter(ms[0].Node.Metrics(), "tlsfarm_farm_written_back_total") > 0
+		})
+	} else {
+		restartEmpty(t, p.srv, ms)
+	}
 	farmtest.Eventually(t, 10*time.Second, "the untouched session written back", func() bool { return stored(ms[0], uid) })
 	t.Logf("written back %v after the cut", time.Since(cut).Round(time.Millisecond))
 	if since := time.Since(cut); since >= grace {
