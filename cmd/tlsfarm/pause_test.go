@@ -85,10 +85,12 @@ func (f *pauseFarm) pause() {
 	} else {
 		f.srv.Pause()
 	}
+	t0 := time.Now()
 	for _, p := range f.nodes {
 		waitUntil(f.t, 10*time.Second, func() bool { _, c := farmState(f.t, p); return !c },
 			"a node did not find Redis hung")
 	}
+	f.t.Logf("every node reported the farm down %v after Redis hung", time.Since(t0).Round(time.Millisecond))
 	f.slowest = 0
 }
 
@@ -101,10 +103,12 @@ func (f *pauseFarm) thaw() {
 	} else {
 		f.srv.Resume()
 	}
+	t0 := time.Now()
 	for _, p := range f.nodes {
 		waitUntil(f.t, 15*time.Second, func() bool { s, c := farmState(f.t, p); return c && s == "ok" },
 			"a node did not come back to the farm after the thaw")
 	}
+	f.t.Logf("every node reported itself ok %v after the thaw", time.Since(t0).Round(time.Millisecond))
 }
 
 // facts makes one request to p with cfg and returns the answer's facts. It
