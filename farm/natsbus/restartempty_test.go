@@ -46,6 +46,10 @@ func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache fun
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
 			c.HealInterval = 300 * time.Millisecond
+			// The tests are about what is found, not how fast: a
+			// loaded machine must not turn a lookup into a full
+			// handshake.
+			c.LookupTimeout = 2 * time.Second
 		}}
 	ms, name := farmtest.Start(t, n, o)
 	t.Cleanup(func() {
@@ -192,7 +196,7 @@ func TestPromisesGraceCutAfterKVRestartedEmpty(t *testing.T) {
 }
 
 func graceCutAfterRestartEmpty(t *testing.T, mode farm.Mode, openssl, cutOff bool) {
-	const grace = 6 * time.Second
+	const grace = 8 * time.Second
 	ms, p, o, name := emptyFarm(t, 2, mode, openssl, func(c *session.Config) { c.ResumeGrace = grace })
 	ids := farmtest.HandshakeSessions(ms[0].Cache)
 	parent, untouched := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
@@ -318,20 +322,23 @@ func embeddedRestartable(t *testing.T) (string, func()) {
 
 func storeWorksAfterRestartEmpty(t *testing.T, url string, restartEmpty func()) {
 	tr := open(t, url, "restart-empty")
-	put := func(key string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Each call is bounded, the first generously (it makes the buckets),
+	// the later ones as a node's store writes are, so that the restart's
+	// timeouts happen.
+	put := func(key string, timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		return tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("v"), TTL: time.Hour})
 	}
-	if err := put("before"); err != nil {
+	if err := put("before", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	restartEmpty()
 	restarted := time.Now()
-	farmtest.Eventually(t, 10*time.Second, "a write works after the restart", func() bool { return put("after") == nil })
+	farmtest.Eventually(t, 10*time.Second, "a write works after the restart", func() bool { return put("after", 500*time.Millisecond) == nil })
 	t.Logf("writes work again %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	for key, want := range map[string]bool{"before": false, "after": true} {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_, err := tr.GetRecord(ctx, key)
 		cancel()
 		if got := err == nil; got != want || (err != nil && !errors.Is(err, transport.ErrNotFound)) {
