@@ -386,9 +386,10 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 		}
 	}
 	for _, p := range []*proc{n2, n3} {
-		if !f.resumes(p, control) {
-			t.Errorf("a session untouched since before the pause did not resume on %s after the thaw", p.Listeners[0])
-		}
+		// A store lookup that misses its deadline on a loaded machine is
+		// a full handshake that leaves the session as it was: try again.
+		waitUntil(t, 5*time.Second, func() bool { return f.resumes(p, control) },
+			"a session untouched since before the pause did not resume on %s after the thaw", p.Listeners[0])
 		if !f.resumes(p, during) {
 			t.Errorf("a fallback ticket from the pause did not resume on %s after the thaw", p.Listeners[0])
 		}
