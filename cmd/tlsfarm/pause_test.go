@@ -25,15 +25,15 @@ const pauseHandshakeTimeout = time.Second
 
 // How a pauseFarm's Redis hangs.
 const (
-	frozen  = "frozen"  // behind a nettest.Proxy that holds every byte
-	stopped = "sigstop" // the redis-server process stopped (SIGSTOP)
+	pauseFrozen  = "frozen"  // behind a nettest.Proxy that holds every byte
+	pauseStopped = "sigstop" // the redis-server process stopped (SIGSTOP)
 )
 
 // A pauseFarm is a farm of daemons on a private redis-server that the test
 // hangs: connections stay open and no byte goes through (see pause).
 type pauseFarm struct {
 	t      *testing.T
-	how    string // frozen or stopped
+	how    string // pauseFrozen or pauseStopped
 	srv    *redistest.Server
 	proxy  *nettest.Proxy
 	url    string // the farm URL, through the proxy
@@ -80,7 +80,7 @@ func (f *pauseFarm) add(extra ...string) *proc {
 // pause hangs Redis and waits until every node has found it hung.
 func (f *pauseFarm) pause() {
 	f.t.Helper()
-	if f.how == frozen {
+	if f.how == pauseFrozen {
 		f.proxy.Freeze()
 	} else {
 		f.srv.Pause()
@@ -98,7 +98,7 @@ func (f *pauseFarm) pause() {
 // of the farm again.
 func (f *pauseFarm) thaw() {
 	f.t.Helper()
-	if f.how == frozen {
+	if f.how == pauseFrozen {
 		f.proxy.Thaw()
 	} else {
 		f.srv.Resume()
@@ -245,7 +245,7 @@ func opensslFacts(t *testing.T, p *proc, sessIn, sessOut string) (bool, facts) {
 //     and the fallback tickets of the pause still do.
 func TestDaemonPromisesWhileRedisPaused(t *testing.T) {
 	t.Parallel()
-	for _, how := range []string{frozen, stopped} {
+	for _, how := range []string{pauseFrozen, pauseStopped} {
 		for _, mode := range []string{"broadcast", "store-only"} {
 			t.Run(how+"/"+mode, func(t *testing.T) {
 				t.Parallel()
@@ -412,7 +412,7 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 // once.
 func TestDaemonSingleUseWhileRedisPaused(t *testing.T) {
 	t.Parallel()
-	for _, how := range []string{frozen, stopped} {
+	for _, how := range []string{pauseFrozen, pauseStopped} {
 		t.Run(how, func(t *testing.T) {
 			t.Parallel()
 			singleUseWhilePaused(t, how)
