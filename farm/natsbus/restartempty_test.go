@@ -39,8 +39,15 @@ func (s *natsServer) RestartEmpty() {
 // cuts the proxies before the nodes close.
 func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config)) ([]*farmtest.Member, *proxied, *farmtest.Options, string) {
 	t.Helper()
+	return emptyFarmWith(t, n, mode, openssl, tweakCache, nil)
+}
+
+// emptyFarmWith is emptyFarm with farm-wide ticket keys if rotation is
+// not nil.
+func emptyFarmWith(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config), rotation *farm.RotationConfig) ([]*farmtest.Member, *proxied, *farmtest.Options, string) {
+	t.Helper()
 	p := &proxied{srv: startNATS(t)}
-	o := &farmtest.Options{NewTransport: p.transport, Mode: mode, WriteThrough: true,
+	o := &farmtest.Options{NewTransport: p.transport, Mode: mode, WriteThrough: true, Rotation: rotation,
 		CloseServer: openssl, TweakCache: tweakCache,
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
@@ -344,5 +351,94 @@ func storeWorksAfterRestartEmpty(t *testing.T, url string, restartEmpty func()) 
 		if got := err == nil; got != want || (err != nil && !errors.Is(err, transport.ErrNotFound)) {
 			t.Errorf("GetRecord(%q) after the restart: %v; want found %v", key, err, want)
 		}
+	}
+}
+
+// TestPromisesRevocationAfterKVRestartedEmpty: the members share farm-wide
+// ticket keys. n1, partitioned from NATS, issues fallback tickets: one
+// resuming a session S it issued before (S's chain), one to a new client
+// (the control); then it revokes S (pending), and its partition ends: the
+// revocation is applied farm-wide. Then the NATS server restarts empty,
+// losing the tombstone and the key set; the nodes write their
+// revocations and sessions back. n3, which joins then with an empty cache,
+// refuses S and the fallback ticket of its chain, while it resumes the
+// control fallback ticket (it shares the farm's keys: the refusal is the
+// revocation's), and a session n1 wrote back; n1 and n2 refuse both too.
+// Without the revocations' write-back, n3 resumes the chain's fallback
+// ticket.
+func TestPromisesRevocationAfterKVRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			revocationAfterRestartEmpty(t, mode)
+		})
+	}
+}
+
+func revocationAfterRestartEmpty(t *testing.T, mode farm.Mode) {
+	ms, p, o, name := emptyFarmWith(t, 2, mode, false, nil, &farm.RotationConfig{Interval: time.Hour})
+	ids := farmtest.HandshakeSessions(ms[0].Cache)
+	revoked, kept := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, revoked))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, kept)) // for n1 to write back
+	if len(ids()) != 2 {
+		t.Fatalf("n1 issued %d sessions for two handshakes", len(ids()))
+	}
+	id := ids()[0]
+	for _, x := range ids() {
+		farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], x) })
+	}
+
+	p.proxy(0).Cut()
+	disconnected(t, ms[0])
+	chain, control := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	if !tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, handoff{revoked, chain})).DidResume {
+		t.Fatal("the session to revoke did not resume on n1 while it was partitioned")
+	}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, control))
+	if len(ids()) != 2 {
+		t.Fatal("n1 issued cached sessions while partitioned: its tickets are not fallback tickets")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	st, err := ms[0].Node.RevokeSession(ctx, id)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession while partitioned = %v, %v; want pending", st, err)
+	}
+	p.proxy(0).Restore()
+	farmtest.Eventually(t, 10*time.Second, "the revocation applied farm-wide", func() bool {
+		v, _ := metric.Value(ms[0].Node.Metrics(), "tlsfarm_farm_pending_revocations")
+		return v == 0
+	})
+
+	restartEmpty(t, p.srv, ms)
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	all := append(ms, n3)
+	farmtest.Eventually(t, 15*time.Second, "every node on one key set", func() bool {
+		st := ms[0].Ring.State()
+		for _, m := range all[1:] {
+			if o := m.Ring.State(); o.Epoch != st.Epoch || o.Current != st.Current {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range all {
+		for what, c := range map[string]*tlstest.FrozenCache{"revoked session": revoked, "fallback ticket of the revoked chain": chain} {
+			if resumes(t, m, c) {
+				farmtest.LogStats(t, all)
+				t.Fatalf("the %s resumed on %s after NATS restarted empty", what, m.Name)
+			}
+		}
+	}
+	if !resumes(t, n3, control) {
+		farmtest.LogStats(t, all)
+		t.Fatal("n1's control fallback ticket did not resume on n3, which joined after NATS restarted empty")
+	}
+	if !resumes(t, n3, kept) {
+		farmtest.LogStats(t, all)
+		t.Fatal("a session n1 wrote back did not resume on n3")
 	}
 }
