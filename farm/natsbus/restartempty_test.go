@@ -442,3 +442,76 @@ func revocationAfterRestartEmpty(t *testing.T, mode farm.Mode) {
 		t.Fatal("a session n1 wrote back did not resume on n3")
 	}
 }
+
+// TestPromisesSingleUseAfterKVRestartedEmpty: single use, broadcast. n2
+// holds copies of sessions n1 issued (Go's and openssl's) when its path
+// to NATS is cut; meanwhile a client resumes each on n1, which consumes
+// it, and the NATS server restarts empty, losing what said so. When n2's
+// path is restored it finds the store emptied and writes its sessions
+// back: not these (it asks n1 to re-send first), only an untouched one.
+// Afterwards the consumed sessions are not in the store and resume on no
+// node — n1, n2, nor n3, which joins after — while the untouched one
+// resumes on n3.
+func TestPromisesSingleUseAfterKVRestartedEmpty(t *testing.T) {
+	t.Parallel()
+	ms, p, o, name := emptyFarm(t, 2, farm.Broadcast, true, func(c *session.Config) { c.SingleUse = true })
+	ids := farmtest.HandshakeSessions(ms[0].Cache)
+	used, kept := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, used))
+	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, kept))
+	sess := tlstest.SessionFile(t)
+	tlstest.OpenSSL(t, ms[0].Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+	if len(ids()) != 3 {
+		t.Fatalf("n1 issued %d sessions for three handshakes", len(ids()))
+	}
+	usedID, keptID, osslID := ids()[0], ids()[1], ids()[2]
+	for _, x := range ids() {
+		farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], x) })
+		farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool { return holds(ms[1].Cache, x) })
+	}
+	osslResumes := func(m *farmtest.Member) bool {
+		t.Helper()
+		return strings.Contains(tlstest.OpenSSL(t, m.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess), "Reused, ")
+	}
+
+	p.proxy(1).Cut()
+	disconnected(t, ms[1])
+	if !resumes(t, ms[0], used) {
+		t.Fatal("the single-use session did not resume on n1")
+	}
+	if !osslResumes(ms[0]) {
+		t.Fatal("openssl's single-use session did not resume on n1")
+	}
+	p.srv.RestartEmpty()
+	farmtest.WaitConnected(t, ms[0])
+	p.proxy(1).Restore()
+	farmtest.WaitConnected(t, ms[1])
+	farmtest.Eventually(t, 15*time.Second, "n2 wrote its sessions back", func() bool {
+		return farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total") > 0
+	})
+	farmtest.Eventually(t, 10*time.Second, "the untouched session written back", func() bool { return stored(ms[0], keptID) })
+	for _, x := range []session.ID{usedID, osslID} {
+		if stored(ms[0], x) {
+			farmtest.LogStats(t, ms)
+			t.Errorf("the store holds a consumed session again (%d written back by n2)",
+				farmtest.Counter(ms[1].Node.Metrics(), "tlsfarm_farm_written_back_total"))
+		}
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	all := []*farmtest.Member{n3, ms[0], ms[1]}
+	for _, m := range all {
+		if resumes(t, m, used) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("the consumed session resumed again on %s", m.Name)
+		}
+		if osslResumes(m) {
+			farmtest.LogStats(t, all)
+			t.Fatalf("openssl's consumed session resumed again on %s", m.Name)
+		}
+	}
+	if !resumes(t, n3, kept) {
+		farmtest.LogStats(t, all)
+		t.Fatal("the untouched session did not resume on n3")
+	}
+}
