@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
@@ -27,14 +28,18 @@ const pauseHandshakeTimeout = time.Second
 const (
 	pauseFrozen  = "frozen"  // behind a nettest.Proxy that holds every byte
 	pauseStopped = "sigstop" // the redis-server process stopped (SIGSTOP)
+	// pauseNATS is an in-process NATS server (JetStream: bus and store)
+	// instead of Redis, frozen behind a nettest.Proxy.
+	pauseNATS = "nats-frozen"
 )
 
-// A pauseFarm is a farm of daemons on a private redis-server that the test
-// hangs: connections stay open and no byte goes through (see pause).
+// A pauseFarm is a farm of daemons on a private redis-server (or NATS
+// server) that the test hangs: connections stay open and no byte goes
+// through (see pause).
 type pauseFarm struct {
 	t      *testing.T
-	how    string // pauseFrozen or pauseStopped
-	srv    *redistest.Server
+	how    string            // pauseFrozen, pauseStopped or pauseNATS
+	srv    *redistest.Server // nil for pauseNATS
 	proxy  *nettest.Proxy
 	url    string // the farm URL, through the proxy
 	name   string
@@ -52,11 +57,21 @@ type pauseFarm struct {
 // member of the farm.
 func startPauseFarm(t *testing.T, how string, n int, extra ...string) *pauseFarm {
 	t.Helper()
-	srv := redistest.Start(t)
-	px := nettest.NewProxy(t, srv.Addr())
 	secret, cert, key, leaf := farmFiles(t)
-	f := &pauseFarm{t: t, how: how, srv: srv, proxy: px, url: "redis://" + px.Addr + "/0", name: redistest.Farm(t),
-		secret: secret, cert: cert, key: key, leaf: leaf}
+	f := &pauseFarm{t: t, how: how, name: redistest.Farm(t), secret: secret, cert: cert, key: key, leaf: leaf}
+	if how == pauseNATS {
+		ns, err := natsembed.Start(&natsembed.Config{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		f.proxy = nettest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
+		f.url = "nats://" + f.proxy.Addr
+	} else {
+		f.srv = redistest.Start(t)
+		f.proxy = nettest.NewProxy(t, f.srv.Addr())
+		f.url = "redis://" + f.proxy.Addr + "/0"
+	}
 	for range n {
 		f.add(extra...)
 	}
@@ -77,31 +92,31 @@ func (f *pauseFarm) add(extra ...string) *proc {
 	return p
 }
 
-// pause hangs Redis and waits until every node has found it hung.
+// pause hangs the store and waits until every node has found it hung.
 func (f *pauseFarm) pause() {
 	f.t.Helper()
-	if f.how == pauseFrozen {
-		f.proxy.Freeze()
-	} else {
+	if f.how == pauseStopped {
 		f.srv.Pause()
+	} else {
+		f.proxy.Freeze()
 	}
 	t0 := time.Now()
 	for _, p := range f.nodes {
 		waitUntil(f.t, 10*time.Second, func() bool { _, c := farmState(f.t, p); return !c },
-			"a node did not find Redis hung")
+			"a node did not find the store hung")
 	}
-	f.t.Logf("every node reported the farm down %v after Redis hung", time.Since(t0).Round(time.Millisecond))
+	f.t.Logf("every node reported the farm down %v after the store hung", time.Since(t0).Round(time.Millisecond))
 	f.slowest = 0
 }
 
-// thaw lets Redis answer again and waits until every node is a full member
+// thaw lets the store answer again and waits until every node is a full member
 // of the farm again.
 func (f *pauseFarm) thaw() {
 	f.t.Helper()
-	if f.how == pauseFrozen {
-		f.proxy.Thaw()
-	} else {
+	if f.how == pauseStopped {
 		f.srv.Resume()
+	} else {
+		f.proxy.Thaw()
 	}
 	t0 := time.Now()
 	for _, p := range f.nodes {
@@ -150,12 +165,12 @@ func (f *pauseFarm) resumes(p *proc, cfg *tls.Config) bool {
 
 // checkHealth checks what every node's admin API says: ready in any case
 // (a farm outage must not take the farm out of its balancer), and
-// "degraded" for the farm's transport while Redis hangs.
+// "degraded" for the farm's transport while the store hangs.
 func (f *pauseFarm) checkHealth(paused bool) {
 	f.t.Helper()
 	for _, p := range f.nodes {
 		if code, body := adminDo(f.t, p, "GET", "/readyz", ""); code != 200 {
-			f.t.Errorf("readyz (Redis paused: %v): %d %s", paused, code, body)
+			f.t.Errorf("readyz (store paused: %v): %d %s", paused, code, body)
 		}
 		code, body := adminDo(f.t, p, "GET", "/healthz", "")
 		var h struct {
@@ -168,16 +183,16 @@ func (f *pauseFarm) checkHealth(paused bool) {
 		}
 		down := "farm transport down: serving from the local cache"
 		if paused && (code != 200 || h.Status != "degraded" || h.Farm.Connected || !slices.Contains(h.Reasons, down)) {
-			f.t.Errorf("healthz while Redis is paused: %d %s", code, body)
+			f.t.Errorf("healthz while the store is paused: %d %s", code, body)
 		}
 		if !paused && (code != 200 || h.Status != "ok" || !h.Farm.Connected) {
 			f.t.Errorf("healthz after the thaw: %d %s", code, body)
 		}
 		if got, want := metric(f.t, p, "tlsfarm_farm_connected"), map[bool]float64{true: 0, false: 1}[paused]; got != want {
-			f.t.Errorf("tlsfarm_farm_connected = %v (Redis paused: %v), want %v", got, paused, want)
+			f.t.Errorf("tlsfarm_farm_connected = %v (store paused: %v), want %v", got, paused, want)
 		}
 		if n := metric(f.t, p, `tlsfarm_handshake_failures_total{reason="timeout"}`); n > 0 {
-			f.t.Errorf("%v handshakes timed out (Redis paused: %v)", n, paused)
+			f.t.Errorf("%v handshakes timed out (store paused: %v)", n, paused)
 		}
 	}
 }
@@ -255,6 +270,18 @@ func TestDaemonPromisesWhileRedisPaused(t *testing.T) {
 	}
 }
 
+// TestDaemonPromisesWhileNATSFrozen is TestDaemonPromisesWhileRedisPaused
+// on a NATS server (JetStream: bus and store) frozen behind a proxy.
+func TestDaemonPromisesWhileNATSFrozen(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"broadcast", "store-only"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			daemonPromisesWhilePaused(t, pauseNATS, mode)
+		})
+	}
+}
+
 func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	f := startPauseFarm(t, how, 2, "-farm-mode", mode)
 	n1, n2 := f.nodes[0], f.nodes[1]
@@ -271,14 +298,14 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	elsewhereID := f.facts(n1, elsewhere).SessionID
 	for _, c := range []*tls.Config{early, control} {
 		if id := f.facts(n1, c).SessionID; id == "" {
-			t.Fatal("node-1 issued no session with Redis up")
+			t.Fatal("node-1 issued no session with the store up")
 		}
 	}
 	sessEarly, sessRevoked := tempFile(t), tempFile(t)
 	opensslFacts(t, n1, "", sessEarly)
 	_, fr := opensslFacts(t, n1, "", sessRevoked)
 	if revokedID == "" || elsewhereID == "" || fr.SessionID == "" {
-		t.Fatal("node-1 issued no session with Redis up")
+		t.Fatal("node-1 issued no session with the store up")
 	}
 	waitUntil(t, 10*time.Second, func() bool { return metric(t, n1, "tlsfarm_farm_store_writes_total") >= writes+6 },
 		"node-1's sessions did not reach the store")
@@ -295,10 +322,10 @@ func daemonPromisesWhilePaused(t *testing.T, how, mode string) {
 	// the store, and the client gets a full handshake in time (facts
 	// checks the time).
 	if f.resumes(n2, early) != broadcast {
-		t.Errorf("a session node-1 issued before the pause resumed on node-2 while Redis was paused: %v, want %v", !broadcast, broadcast)
+		t.Errorf("a session node-1 issued before the pause resumed on node-2 while the store was paused: %v, want %v", !broadcast, broadcast)
 	}
 	if ok, _ := opensslFacts(t, n2, sessEarly, ""); ok != broadcast {
-		t.Errorf("openssl's session from node-1 resumed on node-2 (-sess_in) while Redis was paused: %v, want %v", ok, broadcast)
+		t.Errorf("openssl's session from node-1 resumed on node-2 (-sess_in) while the store was paused: %v, want %v", ok, broadcast)
 	}
 	// Sessions made during the pause are fallback tickets that every
 	// node accepts.
@@ -420,6 +447,13 @@ func TestDaemonSingleUseWhileRedisPaused(t *testing.T) {
 	}
 }
 
+// TestDaemonSingleUseWhileNATSFrozen is TestDaemonSingleUseWhileRedisPaused
+// on a NATS server (JetStream: bus and store) frozen behind a proxy.
+func TestDaemonSingleUseWhileNATSFrozen(t *testing.T) {
+	t.Parallel()
+	singleUseWhilePaused(t, pauseNATS)
+}
+
 func singleUseWhilePaused(t *testing.T, how string) {
 	f := startPauseFarm(t, how, 2, "-single-use", "-write-through")
 	n1, n2 := f.nodes[0], f.nodes[1]
@@ -470,7 +504,7 @@ func singleUseWhilePaused(t *testing.T, how string) {
 		tryOpenSSL("openssl during", p, sessDuring)
 	}
 	for what, n := range resumed {
-		t.Errorf("the %s session resumed %d times while Redis was paused", what, n)
+		t.Errorf("the %s session resumed %d times while the store was paused", what, n)
 	}
 	f.checkHealth(true)
 	t.Logf("the slowest Go handshake during the pause took %v", f.slowest)
