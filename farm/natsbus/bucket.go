@@ -29,6 +29,7 @@ type bucketState struct {
 	native bool   // the server expires messages by their own TTL
 
 	noInfoTime atomic.Bool // the server's stream info has no time stamp
+	probing    atomic.Bool // a timed-out request is having the streams checked (see check)
 
 	// records is where the session records live: this bucket where keys
 	// expire by their own TTL, else a bucket of their own whose age limit
@@ -216,6 +217,35 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 	return kv, err
 }
 
+// probeStreams asks the server, in the background and one probe at a time
+// per bucket, for the info of s's streams (the farm's bucket and, on a
+// server without per-message TTL, the records' bucket), and forgets s if
+// either is gone, so that the next call makes them anew. A server that is
+// merely slow or hung answers nothing here either, and s is kept.
+func (t *Transport) probeStreams(s *bucketState) {
+	if !s.probing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.probing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		streams := []jetstream.Stream{s.stream}
+		if s.records != nil && s.records != s {
+			streams = append(streams, s.records.stream)
+		}
+		for _, st := range streams {
+			if _, err := st.Info(ctx); errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.store.CompareAndSwap(s, nil)
+				return
+			}
+		}
+	}()
+}
+
+// probeTimeout bounds a probeStreams request.
+const probeTimeout = 2 * time.Second
+
 // replicas returns the replica count for a new bucket: Options.Replicas
 // (or the URL's), else 3 on a cluster and 1 on a lone server.
 func (t *Transport) replicas() int {
@@ -252,6 +282,14 @@ func (t *Transport) check(s *bucketState, op string, err error) error {
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.store.CompareAndSwap(s, nil)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A server that lost the stream may say nothing at all: it
+		// answers no direct get and no write for a stream it does not
+		// have (nats-server restarted without its store), and every
+		// request would time out for ever. Ask it, off the caller's
+		// path, whether the streams are still there.
+		t.probeStreams(s)
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("natsbus: %s: %w", op, err)
