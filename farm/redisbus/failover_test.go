@@ -174,6 +174,12 @@ func TestRetirementResentAfterSentinelFailover(t *testing.T) {
 	if !tlstest.MustDial(t, f.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
 		t.Fatal("the session did not resume on n1")
 	}
+	// The retirement's first write (a DEL on the master, held back from
+	// the replica) is done before the kill: only a re-send can reach the
+	// promoted replica.
+	farmtest.Eventually(t, 5*time.Second, "n1 sent its retirement", func() bool {
+		return farmtest.Counter(f.n1.Node.Metrics(), "tlsfarm_farm_lifecycle_total", "event", "retire_sent") > 0
+	})
 	resent := farmtest.Counter(f.n1.Node.Metrics(), "tlsfarm_farm_lifecycle_resend_total", "event", "resent")
 	f.failOver(t)
 	farmtest.Eventually(t, 10*time.Second, "n1's re-sent retirement deleted the record on the promoted replica", func() bool {
