@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,8 +86,10 @@ func (f *failoverFarm) failOver(t *testing.T) {
 // claim and strike fail (WAIT counts no replica within wait_timeout: the
 // outcome is unknown), so the first client gets a full handshake and the
 // early data would be refused (store_unavailable); after the failover the
-// session does not resume on n2 and the identity is not fresh there:
-// the session was never resumed and the identity never accepted.
+// session does not resume on n2 and the identity is not fresh there (the
+// promoted master has no replica yet: every take and strike fails), nor
+// once the old master is back as a replica: the session was never
+// resumed and the identity never accepted, and single use works again.
 //
 // n1 is closed before the kill: a live n1 re-sends its retirement after
 // the failover and deletes the record again (see
@@ -142,6 +145,7 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 					t.Error("with wait_replicas=1 the identity was fresh on n2 after the failover")
 				}
 				t.Logf("n2's strike after the failover: %v", err2)
+				afterReplicaBack(t, f, n2, cs[0], identity)
 				return
 			}
 			// The defect: both promises broken by one failover.
@@ -152,6 +156,42 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 				t.Errorf("baseline: n2's strike = %v, %v; want a replay accepted (true, nil)", fresh2, err2)
 			}
 		})
+	}
+}
+
+// afterReplicaBack restarts the dead master as a replica of the promoted
+// one, and checks that single use works again on
+// n2 (a session it issues resumes once: WAIT counts the replica) while the
+// session and the identity of before the failover are still used up: n2's
+// attempts while no replica answered took and struck them on the master.
+func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *tlstest.FrozenCache, identity []byte) {
+	f.st.Master.Restart()
+	// The sentinel would make it a replica within about 10 s (its INFO
+	// interval); an operator can do it at once.
+	back := redis.NewClient(&redis.Options{Addr: f.st.Master.Addr(), MaxRetries: -1})
+	defer back.Close()
+	if err := back.Do(context.Background(), "replicaof", "127.0.0.1", f.st.Replicas[0].Port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	master := redis.NewClient(&redis.Options{Addr: f.st.Replicas[0].Addr(), MaxRetries: -1})
+	defer master.Close()
+	farmtest.Eventually(t, 30*time.Second, "the old master back as a synchronized replica", func() bool {
+		info, err := master.Info(context.Background(), "replication").Result()
+		return err == nil && strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online")
+	})
+	_, cs := farmtest.Issue(t, n2, 1)
+	fresh := farmtest.Client(tls.VersionTLS13, cs[0])
+	if !tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume {
+		t.Error("with a replica back, a new single-use session did not resume on n2")
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume {
+		t.Error("with a replica back, a new single-use session resumed twice on n2")
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, old)).DidResume {
+		t.Error("the session of before the failover resumed on n2 once a replica was back")
+	}
+	if ok, err := n2.Node.Strike(context.Background(), identity, time.Minute); ok {
+		t.Errorf("the identity of before the failover was fresh on n2 once a replica was back (%v)", err)
 	}
 }
 
