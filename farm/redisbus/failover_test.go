@@ -234,3 +234,49 @@ func TestRetirementResentAfterSentinelFailover(t *testing.T) {
 		t.Error("the consumed session resumed on n2 after the failover")
 	}
 }
+
+// TestClusterFailoverElsewhereResends: on a Redis Cluster the bus is a
+// sharded subscription on the master of the farm's channel's slot. n1
+// consumes a single-use session, then the master of another shard is
+// killed (kill -9) and its replica promoted: n1's subscription was never
+// touched, yet the promoted replica may hold records whose deletes its
+// master had not replicated. n1 must take the failover for a bus gap and
+// re-send its kept retirement. Before the fix its subscription stayed up
+// and it re-sent nothing.
+func TestClusterFailoverElsewhereResends(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
+	o := &farmtest.Options{NewTransport: transportAt(c.URL("reload=1s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
+		TweakCache: func(c *session.Config) { c.SingleUse = true }}
+	ms, _ := farmtest.Start(t, 1, o)
+	n1 := ms[0]
+	_, cs := farmtest.Issue(t, n1, 1)
+	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0])).DidResume {
+		t.Fatal("the session did not resume on n1")
+	}
+	farmtest.Eventually(t, 5*time.Second, "n1 sent its retirement", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_lifecycle_total", "event", "retire_sent") > 0
+	})
+	// A master that does not hold the channel's slot: MOVED for a key of
+	// the farm's hash tag.
+	busKey := n1.Bus.(*redisbus.Transport).Key("x")
+	var other *redistest.Server
+	for _, m := range c.Masters() {
+		if _, err := c.Client(m).Exists(context.Background(), busKey).Result(); err != nil && strings.HasPrefix(err.Error(), "MOVED") {
+			other = m
+			break
+		}
+	}
+	if other == nil {
+		t.Fatal("no master without the farm's channel")
+	}
+	connects := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_connects_total")
+	resent := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_lifecycle_resend_total", "event", "resent")
+	other.Kill()
+	farmtest.Eventually(t, 20*time.Second, "n1 re-sent its retirement after the failover", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_lifecycle_resend_total", "event", "resent") > resent
+	})
+	if got := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_connects_total"); got <= connects {
+		t.Errorf("n1's subscription came up %d times, %d before the failover: want a resubscription", got, connects)
+	}
+	farmtest.WaitConnected(t, n1)
+}
