@@ -26,6 +26,9 @@ func configWarnings(cfg *config.Config) []string {
 	if amqpHeartbeatOff(cfg.Farm.URL) {
 		w = append(w, "farm.url sets heartbeat=0: the broker's heartbeat interval applies instead (RabbitMQ's default is 60s, and none if the broker's is 0 too), so a dead broker or a broken network goes unnoticed for a minute and a half or more, or until TCP gives up, rather than about 10s; leave heartbeat out for the bus's 5s")
 	}
+	if w1 := replicasUnwaited(cfg); w1 != "" {
+		w = append(w, w1)
+	}
 	if cfg.Tickets.RotationInterval < time.Minute {
 		w = append(w, fmt.Sprintf("tickets.rotation_interval %s is under 1m: fine for a trial or a test, too short for production (tickets live only keep+1 intervals)",
 			cfg.Tickets.RotationInterval))
@@ -73,4 +76,39 @@ func amqpHeartbeatOff(rawURL string) bool {
 	}
 	n, err := strconv.ParseUint(u.Query().Get("heartbeat"), 10, 16)
 	return err == nil && n == 0
+}
+
+// replicasUnwaited returns a warning if the farm URL is a Redis Sentinel
+// or Cluster one without wait_replicas (or with 0) while cache.single_use
+// or a listener's early_data relies on the store's exactly-once
+// operations: Redis replicates asynchronously, and a failover can undo a
+// take or a strike the master acknowledged. It returns "" otherwise.
+func replicasUnwaited(cfg *config.Config) string {
+	u, err := url.Parse(cfg.Farm.URL)
+	if err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster":
+	default:
+		return ""
+	}
+	if n, err := strconv.Atoi(u.Query().Get("wait_replicas")); err == nil && n > 0 {
+		return ""
+	}
+	var uses []string
+	if cfg.Cache.SingleUse {
+		uses = append(uses, "cache.single_use")
+	}
+	for _, l := range cfg.Listeners {
+		if l.EarlyData {
+			uses = append(uses, "early_data")
+			break
+		}
+	}
+	if len(uses) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s on a replicated Redis (%s) without wait_replicas: Redis replicates asynchronously, so a failover can bring back a session already resumed or a 0-RTT identity already used; set wait_replicas=1 (and wait_timeout) in farm.url",
+		strings.Join(uses, " and "), u.Scheme)
 }

@@ -121,7 +121,41 @@ type Transport struct {
 	// whether a node of an older version (or another client) listens on
 	// the shared channel only; see the package doc. Default 1s.
 	VersionCheckInterval time.Duration
+
+	// WaitReplicas, if positive, makes the farm's exactly-once operations
+	// (TakeRecord, the take of a single-use session, and AddRecord, the
+	// add behind ConsumeToken and 0-RTT anti-replay) follow their command
+	// with WAIT WaitReplicas WaitTimeout, in the same round trip: Redis
+	// replicates asynchronously, and a master that answers a GETDEL or a
+	// SET NX and dies before a replica has it lets the replica promoted in
+	// its place serve the consumed session, or accept the replayed token,
+	// again. With fewer acknowledgements than WaitReplicas the outcome is
+	// unknown and the call fails with ErrNotReplicated: the farm then
+	// neither resumes the session nor accepts the early data (the record
+	// or token stays taken on this master). Zero, the default, waits for
+	// no replica: right for a single master, which has none to lose the
+	// write to. WAIT narrows the window but does not close it: Redis may
+	// still promote a replica that had not acknowledged (see the Redis
+	// documentation of WAIT). Set it before the farm uses the transport.
+	WaitReplicas int
+
+	// WaitTimeout is how long WAIT waits for WaitReplicas
+	// acknowledgements (rounded to a millisecond, at least one). Keep it
+	// well below the farm's LookupTimeout and the client's read timeout.
+	// Default DefaultWaitTimeout.
+	WaitTimeout time.Duration
 }
+
+// DefaultWaitTimeout is Transport.WaitTimeout's default, and the
+// wait_timeout URL option's.
+const DefaultWaitTimeout = 50 * time.Millisecond
+
+// ErrNotReplicated is the error of TakeRecord and AddRecord when Redis
+// applied the command but fewer than Transport.WaitReplicas replicas
+// acknowledged it within Transport.WaitTimeout: the outcome is unknown (a
+// failover now could undo it), and the caller must act as if it failed.
+// Test it with errors.Is: the transport wraps it with the counts.
+var ErrNotReplicated = errors.New("redisbus: fewer replicas than wait_replicas acknowledged the write")
 
 // IDLen is the length of a Transport's random ID, in hex digits (64 bits):
 // nodes whose IDs collide would not hear each other. The patterns match IDs
@@ -150,6 +184,11 @@ const IDLen = 16
 // reload=2s); the map is also read again after any failed command, so that
 // a failover is followed as soon as the cluster has promoted a replica. A
 // sentinel client follows the sentinels' announcement of a new master.
+// Any URL may set wait_replicas, the Transport's WaitReplicas (a count, 0
+// by default), and with it wait_timeout, its WaitTimeout (a duration such
+// as 50ms, DefaultWaitTimeout by default): set wait_replicas to at least 1
+// on a Sentinel or Cluster deployment where single use or 0-RTT
+// anti-replay must hold through a failover.
 // An option given twice (addr excepted) is an error.
 func Open(rawURL, farmName string) (*Transport, error) {
 	t, secrets, err := open(rawURL, farmName)
@@ -209,6 +248,13 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		q.Del("reload")
 		u.RawQuery = q.Encode()
 	}
+	waitN, waitTimeout, err := waitOptions(q)
+	if err != nil {
+		return nil, secrets, err
+	}
+	q.Del("wait_replicas")
+	q.Del("wait_timeout")
+	u.RawQuery = q.Encode()
 	plain := u.String()
 	var c redis.UniversalClient
 	cluster := false
@@ -269,7 +315,31 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 	t.cluster = cluster
 	t.own = true
 	t.Echo = echo
+	t.WaitReplicas, t.WaitTimeout = waitN, waitTimeout
 	return t, secrets, nil
+}
+
+// waitOptions reads the URL options wait_replicas and wait_timeout.
+func waitOptions(q url.Values) (int, time.Duration, error) {
+	n, timeout := 0, DefaultWaitTimeout
+	if q.Has("wait_replicas") {
+		v, err := strconv.Atoi(q.Get("wait_replicas"))
+		if err != nil || v < 0 {
+			return 0, 0, fmt.Errorf("redisbus: wait_replicas=%q: want a count of replicas, 0 or more", q.Get("wait_replicas"))
+		}
+		n = v
+	}
+	if q.Has("wait_timeout") {
+		if n == 0 {
+			return 0, 0, errors.New("redisbus: wait_timeout without wait_replicas: set wait_replicas to 1 or more")
+		}
+		d, err := time.ParseDuration(q.Get("wait_timeout"))
+		if err != nil || d <= 0 {
+			return 0, 0, fmt.Errorf("redisbus: wait_timeout=%q: want a positive duration such as 50ms", q.Get("wait_timeout"))
+		}
+		timeout = d
+	}
+	return n, timeout, nil
 }
 
 // errNegativePool is Open's error for a negative pool_size, which go-redis
@@ -477,6 +547,23 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			t.shared.Store(true)
 		}()
 	}
+	var switched *atomic.Bool // set once a master of the cluster was replaced
+	if t.cluster {
+		switched = new(atomic.Bool)
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if t.watchMasters(cctx) {
+				switched.Store(true)
+				ps.Close()
+			}
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
 	silent, lost := 0, 0 // lost: receive errors since the subscription was last up
 	// A subscription not confirmed in full within two health intervals
 	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
@@ -491,6 +578,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			return errors.New("redisbus: subscription not confirmed")
 		}
 		if err != nil {
+			if switched != nil && switched.Load() {
+				return errMasterSwitched
+			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				silent++
@@ -552,6 +642,65 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			deliver([]byte(m.Payload))
 		}
 	}
+}
+
+// errMasterSwitched ends a cluster subscription whose shard is alive when
+// another shard's master was replaced.
+var errMasterSwitched = errors.New("redisbus: a master of the cluster was replaced (failover): resubscribing, so that the farm settles the gap")
+
+// watchMasters watches the client's map of a cluster's masters, every
+// second, until ctx ends (false) or a master is replaced (true): a
+// failover. A sharded subscription lives on the master of the farm's
+// channel's slot, and a failover of another shard does not touch it; but
+// the promoted replica may lack what its master acknowledged last, such as
+// the deletes of the retirements this node and its peers made (a consumed
+// single-use session back in the store). Ending the subscription makes
+// the farm take the failover for a bus gap: the nodes re-send their kept
+// retirements and cuts, which delete those records again, and check their
+// caches against the store.
+func (t *Transport) watchMasters(ctx context.Context) bool {
+	cc, ok := t.c.(*redis.ClusterClient)
+	if !ok {
+		return false
+	}
+	var first []string
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		ms, err := t.masters(ctx, cc)
+		switch {
+		case err != nil || len(ms) == 0:
+		case first == nil:
+			first = ms
+		default:
+			for _, m := range first {
+				if !slices.Contains(ms, m) {
+					return true
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// masters returns the addresses of the masters in the client's map of the
+// cluster (which it reads again when it is older than reload, or after a
+// failed command), sorted.
+func (t *Transport) masters(ctx context.Context, cc *redis.ClusterClient) ([]string, error) {
+	var mu sync.Mutex
+	var out []string
+	err := cc.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		out = append(out, c.Options().Addr)
+		mu.Unlock()
+		return nil
+	})
+	slices.Sort(out)
+	return out, err
 }
 
 // refusal reports whether err is Redis refusing a command: NOPERM, or an
@@ -757,8 +906,14 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	return t.failed(err)
 }
 
-// TakeRecord implements transport.RecordTaker with GETDEL: one atomic command.
+// TakeRecord implements transport.RecordTaker with GETDEL: one atomic
+// command. With WaitReplicas set, a WAIT follows it in the same pipeline,
+// and a record taken but not acknowledged by enough replicas is an error
+// (ErrNotReplicated), never a value.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	if t.WaitReplicas > 0 {
+		return t.takeWait(ctx, t.RecordKey(key))
+	}
 	b, err := t.c.GetDel(ctx, t.RecordKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
@@ -767,9 +922,92 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 }
 
 // AddRecord implements transport.RecordTaker: SET key value NX PX ttl.
+// With WaitReplicas set, a WAIT follows it in the same pipeline, and a
+// record added but not acknowledged by enough replicas is an error
+// (ErrNotReplicated) with false.
 func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, error) {
+	if t.WaitReplicas > 0 {
+		return t.addWait(ctx, t.RecordKey(it.Key), it)
+	}
 	ok, err := t.c.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
 	return ok, t.failed(err)
+}
+
+// takeWait is TakeRecord with WAIT: GETDEL and WAIT in one pipeline, on
+// the master that holds full.
+func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
+	var get *redis.StringCmd
+	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = p.GetDel(ctx, full) })
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, t.failed(err)
+	}
+	b, err := get.Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, transport.ErrNotFound // nothing taken: nothing to lose
+	case err != nil:
+		return nil, t.failed(err)
+	}
+	if err := t.acknowledged(wait); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// addWait is AddRecord with WAIT: SET NX and WAIT in one pipeline, on the
+// master that holds full.
+func (t *Transport) addWait(ctx context.Context, full string, it transport.Item) (bool, error) {
+	var set *redis.BoolCmd
+	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { set = p.SetNX(ctx, full, it.Value, it.TTL) })
+	if err != nil {
+		return false, t.failed(err)
+	}
+	if !set.Val() {
+		return false, nil // nothing added: nothing to lose
+	}
+	if err := t.acknowledged(wait); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// waitAfter runs cmd, then WAIT WaitReplicas WaitTimeout, in one
+// pipeline on the connection to the master of key (on a cluster, the
+// master of key's slot: WAIT names no key, and would go to any master).
+func (t *Transport) waitAfter(ctx context.Context, key string, cmd func(redis.Pipeliner)) (*redis.Cmd, error) {
+	var c redis.Cmdable = t.c
+	if cc, ok := t.c.(*redis.ClusterClient); ok {
+		m, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		c = m
+	}
+	timeout := t.WaitTimeout
+	if timeout <= 0 {
+		timeout = DefaultWaitTimeout
+	}
+	timeout = max(timeout, time.Millisecond).Round(time.Millisecond)
+	var wait *redis.Cmd
+	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmd(p)
+		wait = p.Do(ctx, "wait", t.WaitReplicas, timeout.Milliseconds())
+		return nil
+	})
+	return wait, err
+}
+
+// acknowledged returns nil if WAIT counted WaitReplicas replicas or more,
+// and ErrNotReplicated, wrapped with the counts, if not.
+func (t *Transport) acknowledged(wait *redis.Cmd) error {
+	n, err := wait.Int64()
+	if err != nil {
+		return fmt.Errorf("%w: WAIT: %v", ErrNotReplicated, err)
+	}
+	if n < int64(t.WaitReplicas) {
+		return fmt.Errorf("%w (%d of %d)", ErrNotReplicated, n, t.WaitReplicas)
+	}
+	return nil
 }
 
 // SwapRecord implements transport.RecordSwapper: SET key value PX ttl GET, one

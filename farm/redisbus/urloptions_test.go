@@ -3,6 +3,7 @@ package redisbus_test
 import (
 	"io"
 	"testing"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
@@ -20,7 +21,41 @@ func TestRepeatedURLOptionRefused(t *testing.T) {
 		"redis+sentinel://127.0.0.1:26379?master_name=m&password=s3cret&password=s3cret": `option "password" is given 2 times`,
 		"redis+sentinel://127.0.0.1:26379?master_name=m&master_name=n":                   `option "master_name" is given 2 times`,
 		"redis://127.0.0.1:6379?db=1&db=2&db=3":                                          `option "db" is given 3 times`,
+		"redis+sentinel://127.0.0.1:26379?master_name=m&wait_replicas=1&wait_replicas=2": `option "wait_replicas" is given 2 times`,
+		"redis://127.0.0.1:6379?wait_replicas=1&wait_timeout=1s&wait_timeout=2s":         `option "wait_timeout" is given 2 times`,
 		"redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002":         "",
 		"redis+sentinel://127.0.0.1:26379?master_name=m&addr=127.0.0.1:1&addr=[::1]:2":   "",
+	})
+}
+
+// TestWaitURLOptions: wait_replicas and wait_timeout set the Transport's
+// WaitReplicas and WaitTimeout, on every kind of URL, and are refused
+// when invalid: a negative or non-numeric count, a duration that is not
+// positive, a wait_timeout without wait_replicas (it would do nothing).
+func TestWaitURLOptions(t *testing.T) {
+	for url, want := range map[string][2]int64{
+		"redis://127.0.0.1:6379":                                              {0, int64(redisbus.DefaultWaitTimeout)},
+		"redis://127.0.0.1:6379?wait_replicas=0":                              {0, int64(redisbus.DefaultWaitTimeout)},
+		"redis+sentinel://127.0.0.1:26379?master_name=m&wait_replicas=1":      {1, int64(redisbus.DefaultWaitTimeout)},
+		"redis+cluster://127.0.0.1:7000?wait_replicas=2&wait_timeout=20ms":    {2, int64(20 * time.Millisecond)},
+		"rediss://127.0.0.1:6380?wait_timeout=1s&wait_replicas=1&pool_size=2": {1, int64(time.Second)},
+	} {
+		tr, err := redisbus.Open(url, "f")
+		if err != nil {
+			t.Errorf("%s: %v", url, err)
+			continue
+		}
+		if got := [2]int64{int64(tr.WaitReplicas), int64(tr.WaitTimeout)}; got != want {
+			t.Errorf("%s: WaitReplicas, WaitTimeout = %d, %v; want %d, %v", url, got[0], time.Duration(got[1]), want[0], time.Duration(want[1]))
+		}
+		tr.Close()
+	}
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis://127.0.0.1:6379?wait_replicas=-1":                  `wait_replicas="-1": want a count`,
+		"redis://127.0.0.1:6379?wait_replicas=one":                 `wait_replicas="one": want a count`,
+		"redis://127.0.0.1:6379?wait_replicas=1&wait_timeout=0s":   `wait_timeout="0s": want a positive duration`,
+		"redis://127.0.0.1:6379?wait_replicas=1&wait_timeout=soon": `wait_timeout="soon": want a positive duration`,
+		"redis://127.0.0.1:6379?wait_timeout=10ms":                 "wait_timeout without wait_replicas",
+		"redis://user:s3cret@127.0.0.1:6379?wait_replicas=x":       `wait_replicas="x"`,
 	})
 }

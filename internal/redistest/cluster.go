@@ -213,10 +213,32 @@ type Sentinel struct {
 // and the sentinels know the replicas and each other.
 func StartSentinel(tb testing.TB, replicas, sentinels int, downAfter time.Duration) *Sentinel {
 	tb.Helper()
+	return StartSentinelVia(tb, replicas, sentinels, downAfter, nil)
+}
+
+// StartSentinelVia is StartSentinel with the replicas' replication links
+// made through link, if not nil: each replica replicates from the address
+// link returns for the master's (such as a nettest.Proxy's, which a test
+// freezes to hold writes back from the replicas). The sentinels then see
+// replicas that name another master than theirs and, once
+// failover-timeout has passed since they found them, point them at the
+// master itself: with a link, failover-timeout is 10 minutes, not 10
+// seconds.
+func StartSentinelVia(tb testing.TB, replicas, sentinels int, downAfter time.Duration, link func(master string) string) *Sentinel {
+	tb.Helper()
 	// No wait before a full sync (see WaitSynced).
 	st := &Sentinel{Name: "tlsfarm-test", Master: StartWith(tb, "--repl-diskless-sync-delay", "0")}
+	failoverTimeout := 10 * time.Second
 	for range replicas {
-		st.Replicas = append(st.Replicas, StartWith(tb, "--replicaof", "127.0.0.1", fmt.Sprint(st.Master.Port)))
+		host, port := "127.0.0.1", fmt.Sprint(st.Master.Port)
+		if link != nil {
+			var err error
+			if host, port, err = net.SplitHostPort(link(st.Master.Addr())); err != nil {
+				tb.Fatal(err)
+			}
+			failoverTimeout = 10 * time.Minute
+		}
+		st.Replicas = append(st.Replicas, StartWith(tb, "--replicaof", host, port))
 	}
 	quorum := min(2, sentinels)
 	for range sentinels {
@@ -226,9 +248,9 @@ func StartSentinel(tb testing.TB, replicas, sentinels int, downAfter time.Durati
 		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
 			"sentinel monitor %s 127.0.0.1 %d %d\n"+
 			"sentinel down-after-milliseconds %s %d\n"+
-			"sentinel failover-timeout %s 10000\n"+
+			"sentinel failover-timeout %s %d\n"+
 			"sentinel parallel-syncs %s 1\n",
-			port, dir, st.Name, st.Master.Port, quorum, st.Name, downAfter.Milliseconds(), st.Name, st.Name)
+			port, dir, st.Name, st.Master.Port, quorum, st.Name, downAfter.Milliseconds(), st.Name, failoverTimeout.Milliseconds(), st.Name)
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 			tb.Fatal(err)
 		}
