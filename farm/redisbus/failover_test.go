@@ -116,7 +116,11 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 			f.link.Freeze()
 			first := tlstest.MustDial(t, f.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0]))
 			identity := []byte("a 0-RTT identity of " + t.Name())
-			fresh1, err1 := f.n1.Node.Strike(context.Background(), identity, time.Minute)
+			// An issue time well after the strike register began (the
+			// markers the nodes write when they join): this test is
+			// about replication, not about a register that is new.
+			issued := time.Now().Add(time.Hour)
+			fresh1, err1 := f.n1.Node.Strike(context.Background(), identity, issued, time.Minute)
 			if !f.onReplica(t, key) {
 				t.Fatal("the replica lost the record before the failover: the link is not frozen")
 			}
@@ -136,7 +140,7 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 			n2 := farmtest.Join(t, "n2", f.name, *f.o)
 			farmtest.WaitConnected(t, n2)
 			again := tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, cs[0]))
-			fresh2, err2 := n2.Node.Strike(context.Background(), identity, time.Minute)
+			fresh2, err2 := n2.Node.Strike(context.Background(), identity, issued, time.Minute)
 			if tc.wait {
 				if again.DidResume {
 					t.Error("with wait_replicas=1 the session resumed on n2 after the failover")
@@ -145,7 +149,7 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 					t.Error("with wait_replicas=1 the identity was fresh on n2 after the failover")
 				}
 				t.Logf("n2's strike after the failover: %v", err2)
-				afterReplicaBack(t, f, n2, cs[0], identity)
+				afterReplicaBack(t, f, n2, cs[0], identity, issued)
 				return
 			}
 			// The defect: both promises broken by one failover.
@@ -164,7 +168,7 @@ func TestSingleUseThroughSentinelFailover(t *testing.T) {
 // n2 (a session it issues resumes once: WAIT counts the replica) while the
 // session and the identity of before the failover are still used up: n2's
 // attempts while no replica answered took and struck them on the master.
-func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *tlstest.FrozenCache, identity []byte) {
+func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *tlstest.FrozenCache, identity []byte, issued time.Time) {
 	f.st.Master.Restart()
 	// The sentinel would make it a replica within about 10 s (its INFO
 	// interval); an operator can do it at once.
@@ -190,7 +194,7 @@ func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *t
 	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, old)).DidResume {
 		t.Error("the session of before the failover resumed on n2 once a replica was back")
 	}
-	if ok, err := n2.Node.Strike(context.Background(), identity, time.Minute); ok {
+	if ok, err := n2.Node.Strike(context.Background(), identity, issued, time.Minute); ok {
 		t.Errorf("the identity of before the failover was fresh on n2 once a replica was back (%v)", err)
 	}
 }

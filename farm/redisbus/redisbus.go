@@ -1051,8 +1051,12 @@ func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport
 	if it.Key != "" {
 		write = "1"
 	}
-	n, err := strikeScript.Run(ctx, t.c, []string{marker, marker + ":" + it.Key}, since.UnixMilli(), it.Value,
-		max(it.TTL.Milliseconds(), 1), max(markerTTL.Milliseconds(), 1), write).Int()
+	keys := []string{marker, marker + ":" + it.Key}
+	args := []any{since.UnixMilli(), it.Value, max(it.TTL.Milliseconds(), 1), max(markerTTL.Milliseconds(), 1), write}
+	if t.WaitReplicas > 0 && write == "1" {
+		return t.strikeWait(ctx, keys, args)
+	}
+	n, err := strikeScript.Run(ctx, t.c, keys, args...).Int()
 	if err != nil {
 		return false, t.failed(err)
 	}
@@ -1060,6 +1064,31 @@ func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport
 		return false, transport.ErrRegisterNewer
 	}
 	return n == 1, nil
+}
+
+// strikeWait is StrikeRecord with WAIT: the script (sent whole, so that a
+// server that lost its script cache still runs it) and WAIT in one
+// pipeline, on the master of the strike's slot. A strike written but not
+// acknowledged by enough replicas is an error (ErrNotReplicated) with false.
+func (t *Transport) strikeWait(ctx context.Context, keys []string, args []any) (bool, error) {
+	var run *redis.Cmd
+	wait, err := t.waitAfter(ctx, keys[1], func(p redis.Pipeliner) { run = strikeScript.Eval(ctx, p, keys, args...) })
+	if err != nil {
+		return false, t.failed(err)
+	}
+	n, err := run.Int()
+	switch {
+	case err != nil:
+		return false, t.failed(err)
+	case n < 0:
+		return false, transport.ErrRegisterNewer
+	case n == 0:
+		return false, nil // nothing written: nothing to lose
+	}
+	if err := t.acknowledged(wait); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // SetNX implements transport.Coordinator: SET key value NX PX ttl.
