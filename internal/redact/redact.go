@@ -128,21 +128,21 @@ func dropQuoted(s string) string {
 
 // URL returns s, a URL or something meant to be one, fit to print: the
 // user information of every URL in it replaced by "xxxxx", and, with no
-// "://", everything up to the last "@"; and so is the value of every query
-// option whose name, percent-decoded, ends in "password" or "token". A
-// NATS token or a user name goes too: text that may hold a secret, such as
-// a stray command-line argument or a value in the wrong place in a
-// configuration file, is shown this way.
+// "://", everything up to the last "@" (so too before the first URL); and
+// so is the value of every query option whose name, percent-decoded, ends
+// in "password" or "token". A NATS token or a user name goes too: text
+// that may hold a secret, such as a stray command-line argument or a value
+// in the wrong place in a configuration file, is shown this way.
 //
 // The user information of a URL runs from its "://" to the last "@" before
 // the next URL (one in the value of a masked option included: the option
 // may be part of a password with an unencoded "?" or "&"), so a password
-// whose unencoded "/" or "?" would end the host early goes whole. The next URL starts at a "://" only after a
-// separator (a comma, a semicolon, a space or the start of the text) and
-// its scheme; any other "://" (one in a password) is part of the URL
-// before it. An option's value runs to the next "&" that starts another
-// option with "=", or to the fragment: an unencoded "&" in a password does
-// not end it.
+// whose unencoded "/" or "?" would end the host early goes whole. The next
+// URL starts at a "://" only after a separator (a comma, a semicolon, a
+// space or the start of the text) and its scheme; any other "://" (one in
+// a password) is part of the URL before it. An option's value runs to the
+// next "&" that starts another option with "=", or to the fragment: an
+// unencoded "&" in a password does not end it.
 func URL(s string) string {
 	s, ats := maskOptions(s)
 	starts := urlStarts(s)
@@ -153,7 +153,14 @@ func URL(s string) string {
 		return s
 	}
 	var b strings.Builder
-	b.WriteString(s[:starts[0]])
+	// The text before the first URL is text without one.
+	pre := schemeStart(s, starts[0]-3)
+	if at := lastAt(s, 0, pre, ats); at >= 0 {
+		b.WriteString(mask)
+		b.WriteString(s[at:starts[0]])
+	} else {
+		b.WriteString(s[:starts[0]])
+	}
 	for k, start := range starts {
 		end := len(s)
 		if k+1 < len(starts) {

@@ -164,6 +164,9 @@ func TestURL(t *testing.T) {
 		"redis://u:pw&x-token=1@h":         "redis://xxxxx",
 		"u:pw&pass%77ord=1@h":              "xxxxx",
 		"redis://u:p@h?x.password=a@b&c=1": "redis://xxxxx&c=1",
+		// A masked option value that held the text's first "://": the
+		// text before the next URL is text without one.
+		"?x-token=a://b#u:pw@h, redis://k": "xxxxx@h, redis://k",
 		"redis://h/0?dial_timeout=5s":      "redis://h/0?dial_timeout=5s",
 	} {
 		if got := URL(in); got != want {
