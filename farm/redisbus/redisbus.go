@@ -1023,9 +1023,13 @@ func (t *Transport) SwapRecord(ctx context.Context, it transport.Item) ([]byte, 
 // strikeScript is StrikeRecord: KEYS[1] is the group's marker, KEYS[2] the
 // strike; ARGV: since (Unix ms), the value, the TTL (ms), the marker's TTL
 // (ms), and "1" if there is a strike to write. A marker that is missing or
-// not a number is written with the server's clock.
+// not a finite number is written with the server's clock (tonumber takes
+// "nan" and "inf", and a NaN is after no time: it would refuse nothing).
 var strikeScript = redis.NewScript(`
 local begun = tonumber(redis.call('GET', KEYS[1]) or '')
+if begun and (begun ~= begun or begun == math.huge or begun == -math.huge) then
+  begun = nil
+end
 if not begun then
   local now = redis.call('TIME')
   local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))

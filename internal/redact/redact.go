@@ -128,44 +128,70 @@ func dropQuoted(s string) string {
 
 // URL returns s, a URL or something meant to be one, fit to print: the
 // user information of every URL in it replaced by "xxxxx", and, with no
-// "://", everything up to the last "@"; and so is the value of every query
-// option whose name, percent-decoded, ends in "password" or "token". A
-// NATS token or a user name goes too: text that may hold a secret, such as
-// a stray command-line argument or a value in the wrong place in a
-// configuration file, is shown this way.
+// "://", everything up to the last "@" (so too before the first URL); and
+// so is the value of every query option whose name, percent-decoded, ends
+// in "password" or "token". A NATS token or a user name goes too: text
+// that may hold a secret, such as a stray command-line argument or a value
+// in the wrong place in a configuration file, is shown this way.
 //
 // The user information of a URL runs from its "://" to the last "@" before
-// the next URL, so a password whose unencoded "/" or "?" would end the
-// host early goes whole. The next URL starts at a "://" only after a
-// separator (a comma, a semicolon, a space or the start of the text) and
-// its scheme; any other "://" (one in a password) is part of the URL
-// before it. An option's value runs to the next "&" that starts another
-// option with "=", or to the fragment: an unencoded "&" in a password does
-// not end it.
+// the next URL (one in the value of a masked option included: the option
+// may be part of a password with an unencoded "?" or "&"), so a password
+// whose unencoded "/" or "?" would end the host early goes whole. The next
+// URL starts at a "://" only after a separator (a comma, a semicolon, a
+// space or the start of the text) and its scheme; any other "://" (one in
+// a password) is part of the URL before it. An option's value runs to the
+// next "&" that starts another option with "=", or to the fragment: an
+// unencoded "&" in a password does not end it.
 func URL(s string) string {
-	s = maskOptions(s)
+	s, ats := maskOptions(s)
 	starts := urlStarts(s)
 	if len(starts) == 0 {
-		if at := strings.LastIndexByte(s, '@'); at >= 0 {
+		if at := lastAt(s, 0, len(s), ats); at >= 0 {
 			return mask + s[at:]
 		}
 		return s
 	}
 	var b strings.Builder
-	b.WriteString(s[:starts[0]])
+	// The text before the first URL is text without one.
+	pre := schemeStart(s, starts[0]-3)
+	if at := lastAt(s, 0, pre, ats); at >= 0 {
+		b.WriteString(mask)
+		b.WriteString(s[at:starts[0]])
+	} else {
+		b.WriteString(s[:starts[0]])
+	}
 	for k, start := range starts {
 		end := len(s)
 		if k+1 < len(starts) {
 			end = schemeStart(s, starts[k+1])
 		}
 		part := s[start:end]
-		if at := strings.LastIndexByte(part, '@'); at >= 0 {
+		if at := lastAt(s, start, end, ats); at >= 0 {
 			b.WriteString(mask)
-			part = part[at:]
+			part = s[at:end]
 		}
 		b.WriteString(part)
 	}
 	return b.String()
+}
+
+// lastAt returns the index in s of the last "@" in s[start:end], or, if
+// later, the end of the last masked option value in it (ats, from
+// maskOptions) that held an "@": an option's name may be part of a
+// password (one with an unencoded "?" or "&"), and its value the rest of
+// the password up to the host. It returns -1 if there is neither.
+func lastAt(s string, start, end int, ats []int) int {
+	at := strings.LastIndexByte(s[start:end], '@')
+	if at >= 0 {
+		at += start
+	}
+	for _, a := range ats {
+		if a > start && a <= end && a > at {
+			at = a
+		}
+	}
+	return at
 }
 
 // urlStarts returns the index just after each "://" in s that begins a
@@ -212,11 +238,15 @@ func separated(s string, i int) bool {
 // maskOptions replaces the value of every query option of s whose name,
 // percent-decoded, ends in "password" or "token" (any case), such as a
 // Redis Sentinel URL's password (the master's), with "xxxxx". The value
-// runs to the fragment or to the next "&" or ";" that starts an option with
-// a "=": a comma may be part of it (a NATS server list has no such option),
-// and so may an unencoded "&".
-func maskOptions(s string) string {
+// runs to the fragment or to the next "&" that starts an option with a
+// "=": a comma may be part of it (a NATS server list has no such option),
+// and so may an unencoded "&" and a ";" (net/url separates options at "&"
+// only: in "password=a;b=c", "b=c" is no option but the password's end).
+// It also returns the index in its result just after each masked value
+// that held an "@".
+func maskOptions(s string) (string, []int) {
 	var b strings.Builder
+	var ats []int
 	i := 0
 	for i < len(s) {
 		j := strings.IndexAny(s[i:], "?&;")
@@ -233,9 +263,12 @@ func maskOptions(s string) string {
 		b.WriteString(s[i:value])
 		b.WriteString(mask)
 		i = valueEnd(s, value)
+		if strings.IndexByte(s[value:i], '@') >= 0 {
+			ats = append(ats, b.Len())
+		}
 	}
 	b.WriteString(s[i:])
-	return b.String()
+	return b.String(), ats
 }
 
 // optionAt returns the name of the option that starts at s[i] and the
@@ -251,7 +284,7 @@ func optionAt(s string, i int) (name string, value int) {
 // valueEnd returns where the option value that starts at s[i] ends.
 func valueEnd(s string, i int) int {
 	for {
-		k := strings.IndexAny(s[i:], "&;#")
+		k := strings.IndexAny(s[i:], "&#")
 		if k < 0 {
 			return len(s)
 		}

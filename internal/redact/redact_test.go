@@ -155,7 +155,19 @@ func TestURL(t *testing.T) {
 		"redis+sentinel://s?password=hun&ter2&db=1":        "redis+sentinel://s?password=xxxxx&db=1",
 		"redis+sentinel://s?password=hun;ter2":             "redis+sentinel://s?password=xxxxx",
 		"redis+sentinel://s?db=1;sentinel_token=hunter2#f": "redis+sentinel://s?db=1;sentinel_token=xxxxx#f",
-		"redis://h/0?dial_timeout=5s":                      "redis://h/0?dial_timeout=5s",
+		// net/url separates options at "&" only: a ";" and what follows
+		// it, even "x=y", are part of the value (the old code masked them).
+		"redis+sentinel://s?sentinel_password=hun;ter=2&db=1": "redis+sentinel://s?sentinel_password=xxxxx&db=1",
+		// A password with an unencoded "&" and "name=" where the name ends
+		// in "token" or "password": the option's masked value holds the
+		// "@" that ended the user information, and all before it goes.
+		"redis://u:pw&x-token=1@h":         "redis://xxxxx",
+		"u:pw&pass%77ord=1@h":              "xxxxx",
+		"redis://u:p@h?x.password=a@b&c=1": "redis://xxxxx&c=1",
+		// A masked option value that held the text's first "://": the
+		// text before the next URL is text without one.
+		"?x-token=a://b#u:pw@h, redis://k": "xxxxx@h, redis://k",
+		"redis://h/0?dial_timeout=5s":      "redis://h/0?dial_timeout=5s",
 	} {
 		if got := URL(in); got != want {
 			t.Errorf("URL(%q) = %q, want %q", in, got, want)
