@@ -21,8 +21,10 @@ import (
 // from what was written back (the control: the write-back happened, and
 // in the chain case n3 issues a grandchild, which must keep the chain's
 // end). Past the end, neither the session nor the grandchild resumes on
-// n1, n2 or n3, and the store no longer holds them: a write-back must not
-// give a session more life than it had. Broadcast and store-only.
+// n1, n2 or n3, and the store no longer holds them, nor an untouched
+// session n1 issued with the first, whose written-back record no
+// resumption cut: a write-back must not give a session (or its record)
+// more life than it had. Broadcast and store-only.
 func TestPromisesExpiryAfterKVRestartedEmpty(t *testing.T) {
 	t.Parallel()
 	for _, chain := range []bool{false, true} {
@@ -48,9 +50,12 @@ func expiryAfterRestartEmpty(t *testing.T, mode farm.Mode, chain bool) {
 			c.Lifetime = bound
 		}
 	})
-	ids, cs := farmtest.Issue(t, ms[0], 1)
+	ids, cs := farmtest.Issue(t, ms[0], 2)
 	id, c, holder := ids[0], cs[0], ms[0]
-	farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], id) })
+	uid := ids[1] // untouched: no resumption cuts its record
+	for _, x := range ids {
+		farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool { return stored(ms[0], x) })
+	}
 	if chain {
 		// The session that ends is the child n2 issues: its own
 		// Lifetime is an hour, its chain's end a few seconds away.
@@ -65,19 +70,24 @@ func expiryAfterRestartEmpty(t *testing.T, mode farm.Mode, chain bool) {
 		id, c, holder = n2ids()[0], child, ms[1]
 		farmtest.Eventually(t, 5*time.Second, "the child reached the store", func() bool { return stored(holder, id) })
 	}
-	var expires time.Time
+	var expires, uexpires time.Time
 	for got, e := range holder.Cache.Expiries() {
 		if got == id {
 			expires = e
 		}
 	}
-	if expires.IsZero() {
+	for got, e := range ms[0].Cache.Expiries() {
+		if got == uid {
+			uexpires = e
+		}
+	}
+	if expires.IsZero() || uexpires.IsZero() {
 		t.Fatalf("%s does not hold the session it issued", holder.Name)
 	}
 
 	p.srv.RestartEmpty()
 	farmtest.WaitConnected(t, ms...)
-	farmtest.Eventually(t, 15*time.Second, "the session written back", func() bool { return stored(holder, id) })
+	farmtest.Eventually(t, 15*time.Second, "the sessions written back", func() bool { return stored(holder, id) && stored(ms[0], uid) })
 	n3 := farmtest.Join(t, "n3", name, *o)
 	farmtest.WaitConnected(t, n3)
 	all := append(ms, n3)
@@ -100,7 +110,7 @@ func expiryAfterRestartEmpty(t *testing.T, mode farm.Mode, chain bool) {
 	}
 	t.Logf("n3 resumed the written-back session %v before its end", time.Until(expires).Round(time.Millisecond))
 
-	time.Sleep(time.Until(expires.Add(200 * time.Millisecond))) // the promise is about time
+	time.Sleep(time.Until(later(expires, uexpires).Add(200 * time.Millisecond))) // the promise is about time
 	for _, m := range all {
 		for what, c := range clients {
 			if resumes(t, m, c) {
@@ -109,10 +119,22 @@ func expiryAfterRestartEmpty(t *testing.T, mode farm.Mode, chain bool) {
 			}
 		}
 	}
+	// The record of a session no resumption cut lives only as long as
+	// the session: the written-back TTL is its life left.
+	if stored(ms[0], uid) {
+		t.Error("the store holds the untouched session past its end: the write-back gave its record more life")
+	}
 	if stored(holder, id) {
-		t.Error("the store holds the session past its end: the write-back gave it more life")
+		t.Error("the store holds the session past its end")
 	}
 	if chain && stored(n3, n3ids()[0]) {
 		t.Error("the store holds the grandchild past its chain's end")
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
