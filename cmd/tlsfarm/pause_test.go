@@ -579,15 +579,11 @@ func TestDaemonPromisesWhileAMQPFrozen(t *testing.T) {
 	early, revoked, control, elsewhere := clientFor("localhost", f.leaf), clientFor("localhost", f.leaf), clientFor("localhost", f.leaf), clientFor("localhost", f.leaf)
 	revokedID := f.facts(n1, revoked).SessionID
 	elsewhereID := f.facts(n1, elsewhere).SessionID
-	for _, c := range []*tls.Config{early, control} {
-		if id := f.facts(n1, c).SessionID; id == "" {
-			t.Fatal("node-1 issued no session with the broker up")
-		}
-	}
+	earlyID, controlID := f.facts(n1, early).SessionID, f.facts(n1, control).SessionID
 	sessEarly, sessRevoked := tempFile(t), tempFile(t)
 	opensslFacts(t, n1, "", sessEarly)
 	_, fr := opensslFacts(t, n1, "", sessRevoked)
-	if revokedID == "" || elsewhereID == "" || fr.SessionID == "" {
+	if revokedID == "" || elsewhereID == "" || earlyID == "" || controlID == "" || fr.SessionID == "" {
 		t.Fatal("node-1 issued no session with the broker up")
 	}
 	waitUntil(t, 10*time.Second, func() bool { return metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`) >= received+6 },
@@ -663,7 +659,7 @@ func TestDaemonPromisesWhileAMQPFrozen(t *testing.T) {
 			"the revocations were not applied after the thaw")
 	}
 	f.checkHealth(false)
-	f.add()
+	n3 := f.add()
 	for _, p := range f.nodes {
 		for what, c := range map[string]*tls.Config{"revoked session": revoked, "session revoked on node-2": elsewhere} {
 			if f.resumes(p, c) {
@@ -681,6 +677,22 @@ func TestDaemonPromisesWhileAMQPFrozen(t *testing.T) {
 	}
 	if !f.resumes(n2, control) {
 		t.Error("a session untouched since before the freeze did not resume on node-2 after the thaw")
+	}
+	// node-3 joined after the control session was issued and holds no
+	// copy; with no store to learn its chain from, it must not answer
+	// 404 ("no such session") for a session its peers still resume.
+	if code, body := adminDo(t, n3, "DELETE", "/sessions/"+controlID, farmToken); code != 503 {
+		t.Errorf("DELETE on node-3 of a session only node-1 and node-2 hold: %d %s; want 503", code, body)
+	}
+	if !f.resumes(n1, control) {
+		t.Error("a DELETE on node-3 that failed revoked the control session on node-1")
+	}
+	if code, body := adminDo(t, n1, "DELETE", "/sessions/"+controlID, farmToken); code != 200 || !strings.Contains(body, `"farm": "applied"`) {
+		t.Errorf("DELETE on node-1 of its session after the thaw: %d %s; want 200 applied", code, body)
+	}
+	for _, p := range f.nodes {
+		waitUntil(t, 5*time.Second, func() bool { return !f.resumes(p, control) },
+			"the session node-1 revoked after the thaw still resumes on %s", p.Listeners[0])
 	}
 	// The session node-1 issued during the freeze is published from its
 	// backlog once the broker answers.
