@@ -554,22 +554,31 @@ func (p passOn) Put(k string, cs *tls.ClientSessionState)     { p.to.Put(k, cs) 
 
 // TestDaemonPromisesWhileAMQPFrozen runs daemons on the machine's RabbitMQ
 // (a bus without a store: broadcast mode, ticket keys each node's own)
-// frozen behind a proxy, with Go's client and openssl s_client (-sess_out
-// on node-1, -sess_in on node-2):
+// frozen behind a proxy, with a heartbeat of 1 s so that the freeze ends
+// the nodes' subscriptions, and with Go's client and openssl s_client
+// (-sess_out on node-1, -sess_in on node-2):
 //
 //   - while the broker hangs, every node stays ready, /healthz says
 //     "degraded" with the farm's transport down, and no handshake takes
 //     as long as limits.handshake_timeout;
-//   - sessions node-1 issued before the freeze resume on node-2 (from
-//     node-2's copy); a new client on node-1 gets a full handshake;
+//   - sessions node-1 issued before the freeze resume on node-2 (from its
+//     copy); a new client on node-1 gets a full handshake and a cached
+//     session (no fallback ticket: no farm-wide keys), which resumes on
+//     node-1, and on node-2 once node-1's backlog is published after the
+//     thaw;
 //   - node-1 revokes a Go client's session and openssl's through DELETE
-//     /sessions/{id} during the freeze: 202 pending, refused on node-1 at
-//     once; node-2 revokes a third session node-1 issued (it holds a
-//     copy): 202. Once the broker answers, the revocations are applied,
-//     none of the revoked sessions resumes on any node, node-3 (joining
-//     after the thaw) included, while an untouched session still resumes
-//     on node-2: the broker's queue kept what the freeze held back, so
-//     node-2 keeps its copies (no gap to drop them for).
+//     /sessions/{id} during the freeze, node-2 a third session node-1
+//     issued (it holds a copy): 202 pending, refused there at once. Once
+//     the broker answers, the revocations are applied and none of the
+//     revoked sessions resumes on any node, node-3 (joining after the
+//     thaw) included;
+//   - the broker's queues outlived the connections: each node counts the
+//     outage kept, drops nothing, and node-2 still resumes an untouched
+//     session;
+//   - node-3, which holds no copy of that session and has no store to
+//     learn its chain from, answers 503 to its DELETE, never 404 (its
+//     peers still resume it); node-1's DELETE applies it, and it then
+//     resumes on no node.
 func TestDaemonPromisesWhileAMQPFrozen(t *testing.T) {
 	t.Parallel()
 	f := startPauseFarm(t, pauseAMQP, 2)
