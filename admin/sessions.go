@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -39,7 +40,10 @@ const revokeApplyWait = time.Second
 // revoke handles DELETE /sessions/{id}: it revokes the session and its
 // resumption chain, through the farm when there is one. It answers 200 when
 // the revocation is applied farm-wide (or there is no farm), 202 when it is
-// applied here and pending for the farm.
+// applied here and pending for the farm, 503 when this node cannot learn
+// the session's chain (its store is unreachable, or the farm has none and
+// this node does not hold the session), and 404 when the farm does not know
+// the session.
 func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	id, err := session.ParseID(r.PathValue("id"))
 	if err != nil {
@@ -55,6 +59,11 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), min(h.cfg.RevokeTimeout, revokeApplyWait))
 		defer cancel()
 		st, err := h.cfg.Node.RevokeSession(ctx, id)
+		if errors.Is(err, farm.ErrNoStore) {
+			// Not "no such session": a peer may hold it.
+			writeError(w, http.StatusServiceUnavailable, "this node does not hold the session and the farm has no store to ask: send the request to the node that issued it")
+			return
+		}
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, "the farm's store could not be asked: "+err.Error())
 			return

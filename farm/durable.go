@@ -112,7 +112,10 @@ func (n *Node) pendingRevocations() int {
 // tombstone and the bus has carried it, RevokePending if ctx ended first —
 // the revocation is then in force on this node and the node keeps retrying
 // (across reconnects; across restarts with Config.RevocationFile) — and
-// RevokeNotFound if neither this node nor the store knows id.
+// RevokeNotFound if neither this node nor the store knows id. On a farm
+// without a store, a session this node does not hold is RevokeNotFound
+// with ErrNoStore: a peer may hold it, and only a node that holds it can
+// revoke its chain.
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
@@ -120,7 +123,8 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		done = n.revocationDone(rec.Chain)
 	} else {
 		if n.cfg.Records == nil {
-			return RevokeNotFound, nil
+			// Peers may hold it: no store to learn its chain from.
+			return RevokeNotFound, ErrNoStore
 		}
 		rec, err := n.fetch(ctx, id)
 		if err != nil || rec == nil {

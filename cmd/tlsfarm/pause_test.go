@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
@@ -31,6 +33,9 @@ const (
 	// pauseNATS is an in-process NATS server (JetStream: bus and store)
 	// instead of Redis, frozen behind a nettest.Proxy.
 	pauseNATS = "nats-frozen"
+	// pauseAMQP is the machine's RabbitMQ (a bus, no store), frozen
+	// behind a nettest.Proxy: the broker itself is never stopped.
+	pauseAMQP = "amqp-frozen"
 )
 
 // A pauseFarm is a farm of daemons on a private redis-server (or NATS
@@ -59,7 +64,17 @@ func startPauseFarm(t *testing.T, how string, n int, extra ...string) *pauseFarm
 	t.Helper()
 	secret, cert, key, leaf := farmFiles(t)
 	f := &pauseFarm{t: t, how: how, name: redistest.Farm(t), secret: secret, cert: cert, key: key, leaf: leaf}
-	if how == pauseNATS {
+	switch how {
+	case pauseAMQP:
+		u, err := url.Parse(farmtest.ServerURL(t, "RabbitMQ", "TLSFARM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.proxy = nettest.NewProxy(t, u.Host)
+		u.Host = f.proxy.Addr
+		u.RawQuery = "heartbeat=1"
+		f.url = u.String()
+	case pauseNATS:
 		ns, err := natsembed.Start(&natsembed.Config{Dir: t.TempDir()})
 		if err != nil {
 			t.Fatal(err)
@@ -67,7 +82,7 @@ func startPauseFarm(t *testing.T, how string, n int, extra ...string) *pauseFarm
 		t.Cleanup(ns.Shutdown)
 		f.proxy = nettest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
 		f.url = "nats://" + f.proxy.Addr
-	} else {
+	default:
 		f.srv = redistest.Start(t)
 		f.proxy = nettest.NewProxy(t, f.srv.Addr())
 		f.url = "redis://" + f.proxy.Addr + "/0"
@@ -536,3 +551,165 @@ type passOn struct{ from, to tls.ClientSessionCache }
 
 func (p passOn) Get(k string) (*tls.ClientSessionState, bool) { return p.from.Get(k) }
 func (p passOn) Put(k string, cs *tls.ClientSessionState)     { p.to.Put(k, cs) }
+
+// TestDaemonPromisesWhileAMQPFrozen runs daemons on the machine's RabbitMQ
+// (a bus without a store: broadcast mode, ticket keys each node's own)
+// frozen behind a proxy, with a heartbeat of 1 s so that the freeze ends
+// the nodes' subscriptions, and with Go's client and openssl s_client
+// (-sess_out on node-1, -sess_in on node-2):
+//
+//   - while the broker hangs, every node stays ready, /healthz says
+//     "degraded" with the farm's transport down, and no handshake takes
+//     as long as limits.handshake_timeout;
+//   - sessions node-1 issued before the freeze resume on node-2 (from its
+//     copy); a new client on node-1 gets a full handshake and a cached
+//     session (no fallback ticket: no farm-wide keys), which resumes on
+//     node-1, and on node-2 once node-1's backlog is published after the
+//     thaw;
+//   - node-1 revokes a Go client's session and openssl's through DELETE
+//     /sessions/{id} during the freeze, node-2 a third session node-1
+//     issued (it holds a copy): 202 pending, refused there at once. Once
+//     the broker answers, the revocations are applied and none of the
+//     revoked sessions resumes on any node, node-3 (joining after the
+//     thaw) included;
+//   - the broker's queues outlived the connections: each node counts the
+//     outage kept, drops nothing, and node-2 still resumes an untouched
+//     session;
+//   - node-3, which holds no copy of that session and has no store to
+//     learn its chain from, answers 503 to its DELETE, never 404 (its
+//     peers still resume it); node-1's DELETE applies it, and it then
+//     resumes on no node.
+func TestDaemonPromisesWhileAMQPFrozen(t *testing.T) {
+	t.Parallel()
+	f := startPauseFarm(t, pauseAMQP, 2)
+	n1, n2 := f.nodes[0], f.nodes[1]
+	received := metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`)
+
+	early, revoked, control, elsewhere := clientFor("localhost", f.leaf), clientFor("localhost", f.leaf), clientFor("localhost", f.leaf), clientFor("localhost", f.leaf)
+	revokedID := f.facts(n1, revoked).SessionID
+	elsewhereID := f.facts(n1, elsewhere).SessionID
+	earlyID, controlID := f.facts(n1, early).SessionID, f.facts(n1, control).SessionID
+	sessEarly, sessRevoked := tempFile(t), tempFile(t)
+	opensslFacts(t, n1, "", sessEarly)
+	_, fr := opensslFacts(t, n1, "", sessRevoked)
+	if revokedID == "" || elsewhereID == "" || earlyID == "" || controlID == "" || fr.SessionID == "" {
+		t.Fatal("node-1 issued no session with the broker up")
+	}
+	waitUntil(t, 10*time.Second, func() bool { return metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`) >= received+6 },
+		"node-2 did not receive node-1's sessions")
+
+	f.pause()
+	f.checkHealth(true)
+
+	if !f.resumes(n2, early) {
+		t.Error("a session node-1 issued before the freeze did not resume on node-2 (its copy) while the broker was frozen")
+	}
+	if ok, _ := opensslFacts(t, n2, sessEarly, ""); !ok {
+		t.Error("openssl's session from node-1 did not resume on node-2 (-sess_in) while the broker was frozen")
+	}
+	// Without a store the ticket keys are each node's own: a new client
+	// is issued a cached session (no fallback ticket, which would resume
+	// on node-1 only), kept in node-1's backlog until the broker answers.
+	fallbacks := metric(t, n1, "tlsfarm_cache_fallback_tickets_total")
+	during := clientFor("localhost", f.leaf)
+	if fa := f.facts(n1, during); fa.Resumed || fa.SessionID == "" {
+		t.Errorf("a new client on node-1 during the freeze: resumed %v, session ID issued %v; want a full handshake and a cached session",
+			fa.Resumed, fa.SessionID != "")
+	}
+	if got := metric(t, n1, "tlsfarm_cache_fallback_tickets_total"); got != fallbacks {
+		t.Errorf("node-1 issued %v fallback tickets without farm-wide ticket keys", got-fallbacks)
+	}
+	if !f.resumes(n1, during) {
+		t.Error("a session node-1 issued during the freeze did not resume on node-1")
+	}
+	if f.resumes(n2, during) {
+		t.Error("a session node-1 issued during the freeze resumed on node-2 before the broker answered")
+	}
+
+	for what, id := range map[string]string{"Go": revokedID, "openssl": fr.SessionID} {
+		code, body := adminDo(t, n1, "DELETE", "/sessions/"+id, farmToken)
+		if code != 202 || !strings.Contains(body, `"farm": "pending"`) {
+			t.Errorf("DELETE of %s's session during the freeze: %d %s; want 202 pending", what, code, body)
+		}
+	}
+	if n := metric(t, n1, "tlsfarm_farm_pending_revocations"); n != 2 {
+		t.Errorf("tlsfarm_farm_pending_revocations = %v during the freeze, want 2", n)
+	}
+	t0 := time.Now()
+	code, body := adminDo(t, n2, "DELETE", "/sessions/"+elsewhereID, farmToken)
+	if took := time.Since(t0); took > 3*time.Second {
+		t.Errorf("DELETE on node-2 during the freeze took %v", took)
+	}
+	if code != 202 {
+		t.Errorf("DELETE on node-2 of a session node-1 issued (node-2 holds a copy), during the freeze: %d %s; want 202", code, body)
+	}
+	if f.resumes(n2, elsewhere) {
+		t.Error("a session node-2 revoked during the freeze resumed on node-2")
+	}
+	if f.resumes(n1, revoked) {
+		t.Error("the revoked session resumed on node-1, which revoked it, during the freeze")
+	}
+	if ok, _ := opensslFacts(t, n1, sessRevoked, ""); ok {
+		t.Error("openssl's revoked session resumed on node-1, which revoked it, during the freeze")
+	}
+	f.checkHealth(true)
+	t.Logf("the slowest Go handshake during the freeze took %v", f.slowest)
+	// The heartbeat (1 s here) ends each node's subscription: the outage
+	// is one of the bus, not only of its probe.
+	for _, p := range f.nodes {
+		p.waitLog("farm: lost the bus; serving from the local cache", 10*time.Second)
+	}
+	f.checkHealth(true)
+
+	receivedFrozen := metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`)
+	f.thaw()
+	for _, p := range f.nodes {
+		waitUntil(t, 10*time.Second, func() bool { return metric(t, p, "tlsfarm_farm_pending_revocations") == 0 },
+			"the revocations were not applied after the thaw")
+	}
+	f.checkHealth(false)
+	n3 := f.add()
+	for _, p := range f.nodes {
+		for what, c := range map[string]*tls.Config{"revoked session": revoked, "session revoked on node-2": elsewhere} {
+			if f.resumes(p, c) {
+				t.Errorf("the %s resumed on %s after the thaw", what, p.Listeners[0])
+			}
+		}
+		if ok, _ := opensslFacts(t, p, sessRevoked, ""); ok {
+			t.Errorf("openssl's revoked session resumed on %s after the thaw", p.Listeners[0])
+		}
+	}
+	for _, p := range []*proc{n1, n2} {
+		if kept, dropped := metric(t, p, `tlsfarm_farm_reconciles_total{result="kept"}`), metric(t, p, `tlsfarm_farm_reconciles_total{result="dropped"}`); kept < 1 || dropped != 0 {
+			t.Errorf("%s after the thaw: %v outages kept by the broker's queue, %v caches dropped; want the outage kept", p.Listeners[0], kept, dropped)
+		}
+	}
+	if !f.resumes(n2, control) {
+		t.Error("a session untouched since before the freeze did not resume on node-2 after the thaw")
+	}
+	// node-3 joined after the control session was issued and holds no
+	// copy; with no store to learn its chain from, it must not answer
+	// 404 ("no such session") for a session its peers still resume.
+	if code, body := adminDo(t, n3, "DELETE", "/sessions/"+controlID, farmToken); code != 503 {
+		t.Errorf("DELETE on node-3 of a session only node-1 and node-2 hold: %d %s; want 503", code, body)
+	}
+	if !f.resumes(n1, control) {
+		t.Error("a DELETE on node-3 that failed revoked the control session on node-1")
+	}
+	if code, body := adminDo(t, n1, "DELETE", "/sessions/"+controlID, farmToken); code != 200 || !strings.Contains(body, `"farm": "applied"`) {
+		t.Errorf("DELETE on node-1 of its session after the thaw: %d %s; want 200 applied", code, body)
+	}
+	for _, p := range f.nodes {
+		waitUntil(t, 5*time.Second, func() bool { return !f.resumes(p, control) },
+			"the session node-1 revoked after the thaw still resumes on %s", p.Listeners[0])
+	}
+	// The session node-1 issued during the freeze is published from its
+	// backlog once the broker answers.
+	waitUntil(t, 10*time.Second, func() bool {
+		return metric(t, n2, `tlsfarm_farm_received_total{kind="session"}`) > receivedFrozen
+	}, "node-2 received none of the sessions node-1 issued during the freeze")
+	if !f.resumes(n2, during) {
+		t.Error("a session node-1 issued during the freeze did not resume on node-2 after the thaw")
+	}
+	f.checkHealth(false)
+}
