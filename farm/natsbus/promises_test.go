@@ -48,6 +48,19 @@ func (p *proxied) transport(t testing.TB, farmName string) (transport.Bus, trans
 }
 
 // proxy returns member i's proxy (0 for n1).
+// cutAtEnd cuts every member's proxy when the test ends; called after
+// farmtest.Start, it runs before the nodes close (cleanups run last
+// registered first).
+func (p *proxied) cutAtEnd(t testing.TB) {
+	t.Cleanup(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, px := range p.ps {
+			px.Cut()
+		}
+	})
+}
+
 func (p *proxied) proxy(i int) *nettest.Proxy {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -95,13 +108,7 @@ func promiseFarm(t *testing.T, n int, mode farm.Mode, f fault, tweakCache func(*
 			c.BreakerCooldown = 500 * time.Millisecond
 		}}
 	ms, name := farmtest.Start(t, n, o)
-	t.Cleanup(func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, px := range p.ps {
-			px.Cut()
-		}
-	})
+	p.cutAtEnd(t)
 	return ms, p, o, name
 }
 

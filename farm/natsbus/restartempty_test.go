@@ -59,13 +59,7 @@ func emptyFarmWith(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache
 			c.LookupTimeout = 2 * time.Second
 		}}
 	ms, name := farmtest.Start(t, n, o)
-	t.Cleanup(func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, px := range p.ps {
-			px.Cut()
-		}
-	})
+	p.cutAtEnd(t)
 	return ms, p, o, name
 }
 
