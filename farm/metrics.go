@@ -21,6 +21,7 @@ type nodeCounters struct {
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
 	writtenBack, unknownRevs, oldSessions          atomic.Uint64
+	strikes                                        [numStrikeResults]atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -93,6 +94,9 @@ func (n *Node) Metrics() []metric.Sample {
 	l := &n.life
 	m.counters("tlsfarm_farm_consumes_total", "Atomic consumes in the store (single use, Consume), by result.", "result",
 		"consumed", l.consumed.Load(), "refused", l.consumeRefused.Load(), "error", l.consumeErrors.Load(), "restored", l.restored.Load())
+	m.counters("tlsfarm_farm_strikes_total", "Strikes of 0-RTT anti-replay (Strike), by result: fresh (first use: early data may be accepted), replay (used before), store_lost (the register began after the ticket was issued), error (no answer: no store, breaker open, deadline, store error).", "result",
+		"fresh", c.strikes[strikeFresh].Load(), "replay", c.strikes[strikeReplay].Load(),
+		"store_lost", c.strikes[strikeStoreLost].Load(), "error", c.strikes[strikeError].Load())
 	m.counters("tlsfarm_farm_lifecycle_total", "Grace cuts and retirements sent to and received from peers.", "event",
 		"retire_sent", l.retiresSent.Load(), "retire_received", l.retiresReceived.Load(), "cut_sent", l.cutsSent.Load(), "cut_received", l.cutsRecv.Load())
 	rs := &n.rs

@@ -86,6 +86,7 @@ func markerTTL(ttl time.Duration) time.Duration { return max(strikeMarkerTTL, 2*
 // cover the time during which identity could still be presented with early
 // data, plus the clock skew between nodes.
 func (n *Node) Strike(ctx context.Context, identity []byte, issued time.Time, ttl time.Duration) (fresh bool, err error) {
+	defer func() { n.ctr.strikes[strikeResultOf(fresh, err)].Add(1) }()
 	if ttl <= 0 {
 		return false, errors.New("farm: strike with a TTL that is not positive")
 	}
@@ -103,6 +104,29 @@ func (n *Node) Strike(ctx context.Context, identity []byte, issued time.Time, tt
 		return false, err
 	}
 	return fresh, nil
+}
+
+// A strikeResult is how a Strike ended, for Metrics.
+type strikeResult uint8
+
+const (
+	strikeFresh     strikeResult = iota // first use
+	strikeReplay                        // used before
+	strikeStoreLost                     // ErrStoreLost
+	strikeError                         // any other error
+	numStrikeResults
+)
+
+func strikeResultOf(fresh bool, err error) strikeResult {
+	switch {
+	case errors.Is(err, ErrStoreLost):
+		return strikeStoreLost
+	case err != nil:
+		return strikeError
+	case fresh:
+		return strikeFresh
+	}
+	return strikeReplay
 }
 
 // strike is Strike once the node has decided to ask the store.

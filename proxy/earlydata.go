@@ -16,12 +16,13 @@ import (
 // session may be accepted: it reports fresh == true for exactly one call
 // with a given identity (the ticket or session ID the client presented)
 // across every server that shares the decision, for at least ttl from now.
-// issued is when the session's ticket was issued (whole seconds, by the
-// issuing server's clock): a register that may have forgotten strikes
-// made since then (a store that lost its data) must refuse. Any error
-// means "do not accept"; one with a method RegisterLost that reports true
-// (farm.ErrStoreLost) is counted as reason "store_lost". farm.Node.Strike
-// is one, shared by the whole farm.
+// issued is when the session's ticket was issued, by the issuing server's
+// clock, never later: to the millisecond or finer for the cache's own
+// tickets (session.Cache.TicketIssuedAt), else in whole seconds. A
+// register that may have forgotten strikes made since then (a store that
+// lost its data) must refuse. Any error means "do not accept"; one with a
+// method RegisterLost that reports true (farm.ErrStoreLost) is counted as
+// reason "store_lost". farm.Node.Strike is one, shared by the whole farm.
 type AntiReplay func(ctx context.Context, identity []byte, issued time.Time, ttl time.Duration) (fresh bool, err error)
 
 // Defaults for the early data fields of Config.
@@ -112,6 +113,20 @@ func (q *quicListener) admit(ctx context.Context, identity []byte, ss *tls.Sessi
 	issued, ok := sessionIssued(ss)
 	if !ok {
 		return rejectTooOld
+	}
+	// The cache knows the issue time of its own tickets more finely than
+	// createdAt's whole seconds, so that a ticket issued just after the
+	// farm's strike register began (plus MaxSkew) carries early data.
+	// Safe: the register refuses when begun > issued - MaxSkew, so an
+	// issue time may be early by any amount (it only refuses more), never
+	// late. Both times are read from the clock as the ticket is issued,
+	// createdAt first; the cache's is truncated to the millisecond (an ID)
+	// or exact (a stateless ticket's binding), so it is no later than the
+	// issue. It is taken only within the second createdAt names, where it
+	// must lie when both read one clock: a cache with a clock of its own
+	// (session.Config.Now) is never believed beyond crypto/tls's.
+	if t, ok := s.cache.TicketIssuedAt(identity, ss); ok && !t.Before(issued) && t.Before(issued.Add(time.Second)) {
+		issued = t
 	}
 	age := max(time.Since(issued), 0)
 	if age > s.earlyWindow {

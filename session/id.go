@@ -6,6 +6,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -281,6 +282,30 @@ func (c *Cache) IssuedAt(id ID) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return k.issuedAt(&id), true
+}
+
+// TicketIssuedAt returns when the ticket identity, which resumed ss, was
+// issued, as finely as the cache knows it: to the millisecond for a session
+// ID (see IssuedAt), to the nanosecond for a stateless ticket bound by the
+// cache (its binding, in ss.Extra, records it). ss is the session that the
+// config's UnwrapSession returned for identity. It reports false when the
+// cache cannot tell (a ticket issued by a server without this glue, an ID
+// whose key is no longer held, a ticket reissued for an ID); the caller then
+// has crypto/tls's issue time, in whole seconds. The time is never later
+// than the moment the ticket was issued, by the issuing cache's clock
+// (Config.Now): the ID's milliseconds are truncated, and the binding is
+// written before the ticket is sealed.
+func (c *Cache) TicketIssuedAt(identity []byte, ss *tls.SessionState) (time.Time, bool) {
+	if len(identity) == IDLen && identity[0] == idVersion {
+		return c.IssuedAt(ID(identity))
+	}
+	if ss == nil {
+		return time.Time{}, false
+	}
+	if _, _, _, issued, _, ok := findBinding(ss.Extra); ok && issued > 0 {
+		return time.Unix(0, issued), true
+	}
+	return time.Time{}, false
 }
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
