@@ -547,23 +547,6 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			t.shared.Store(true)
 		}()
 	}
-	var switched *atomic.Bool // set once a master of the cluster was replaced
-	if t.cluster {
-		switched = new(atomic.Bool)
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if t.watchMasters(cctx) {
-				switched.Store(true)
-				ps.Close()
-			}
-		}()
-		defer func() {
-			cancel()
-			<-done
-		}()
-	}
 	silent, lost := 0, 0 // lost: receive errors since the subscription was last up
 	// A subscription not confirmed in full within two health intervals
 	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
@@ -578,9 +561,6 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			return errors.New("redisbus: subscription not confirmed")
 		}
 		if err != nil {
-			if switched != nil && switched.Load() {
-				return errMasterSwitched
-			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				silent++
@@ -642,65 +622,6 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			deliver([]byte(m.Payload))
 		}
 	}
-}
-
-// errMasterSwitched ends a cluster subscription whose shard is alive when
-// another shard's master was replaced.
-var errMasterSwitched = errors.New("redisbus: a master of the cluster was replaced (failover): resubscribing, so that the farm settles the gap")
-
-// watchMasters watches the client's map of a cluster's masters, every
-// second, until ctx ends (false) or a master is replaced (true): a
-// failover. A sharded subscription lives on the master of the farm's
-// channel's slot, and a failover of another shard does not touch it; but
-// the promoted replica may lack what its master acknowledged last, such as
-// the deletes of the retirements this node and its peers made (a consumed
-// single-use session back in the store). Ending the subscription makes
-// the farm take the failover for a bus gap: the nodes re-send their kept
-// retirements and cuts, which delete those records again, and check their
-// caches against the store.
-func (t *Transport) watchMasters(ctx context.Context) bool {
-	cc, ok := t.c.(*redis.ClusterClient)
-	if !ok {
-		return false
-	}
-	var first []string
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		ms, err := t.masters(ctx, cc)
-		switch {
-		case err != nil || len(ms) == 0:
-		case first == nil:
-			first = ms
-		default:
-			for _, m := range first {
-				if !slices.Contains(ms, m) {
-					return true
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick.C:
-		}
-	}
-}
-
-// masters returns the addresses of the masters in the client's map of the
-// cluster (which it reads again when it is older than reload, or after a
-// failed command), sorted.
-func (t *Transport) masters(ctx context.Context, cc *redis.ClusterClient) ([]string, error) {
-	var mu sync.Mutex
-	var out []string
-	err := cc.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
-		mu.Lock()
-		out = append(out, c.Options().Addr)
-		mu.Unlock()
-		return nil
-	})
-	slices.Sort(out)
-	return out, err
 }
 
 // refusal reports whether err is Redis refusing a command: NOPERM, or an
