@@ -485,8 +485,8 @@ func (n *Node) countCutsSent(batch []item) {
 
 // lifecycleStoreItems adds the store's part of a retirement or a cut to
 // puts and dels: a retired session's record goes; a resumed parent's
-// record is rewritten with its cut lifetime (so that a node that loads it
-// later gets the cut too), and in store-only mode its live child is
+// record, if still there, is rewritten with its cut lifetime (so that a
+// node that loads it later gets the cut too), and in store-only mode its live child is
 // recorded — in this batch on a first resumption, off this path (swapped,
 // retiring the one it replaces) when the parent was resumed before.
 func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
@@ -529,7 +529,14 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := encodeRecord(&rec); err == nil {
 				hdr.typ = valRecord
-				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl})
+				// Only over a record that is there: a cut shortens
+				// what the store holds and never brings back a record
+				// that a peer's retirement or revocation deleted —
+				// one that crossed this write, or, for a cut written
+				// late or re-sent (resendHeld), one made while this
+				// node was cut off. Where the store lost the record
+				// with its data, the write-back puts it back, cut.
+				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl, IfPresent: true})
 			}
 		}
 	}

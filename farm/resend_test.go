@@ -375,3 +375,66 @@ func TestCloseDuringWriteBackWait(t *testing.T) {
 		t.Fatalf("n1 wrote back %v sessions: it did not wait after asking, or did not stop at Close", got)
 	}
 }
+
+// TestResentCutLeavesDeletedRecordGone: n2 resumes a session that n1
+// issued, which cuts the session's record in the store to its grace and
+// keeps the cut to re-send. The record is then deleted from the store, as
+// a retirement that n2 missed (made while its path was cut, say) deletes
+// it. When n1 asks the farm to re-send, n2 writes its cut again, and the
+// record must stay gone: a cut shortens a record that is there and never
+// writes one back, which would let every node that loads it resume the
+// retired session. Both modes, Redis as bus and store.
+func TestResentCutLeavesDeletedRecordGone(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			url := redistest.URL(t)
+			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true})
+			farmtest.WaitConnected(t, ms...)
+			n1, n2 := ms[0], ms[1]
+			ids := farmtest.HandshakeSessions(n1.Cache)
+			c := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+			id := ids()[0]
+			waitStored(t, n1, id)
+			if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				t.Fatal("the session did not resume on n2")
+			}
+			opts, err := redis.ParseURL(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc := redis.NewClient(opts)
+			defer rc.Close()
+			key := "s:" + hex.EncodeToString(id[:])
+			full := n2.Store.(*redisbus.Transport).RecordKey(key)
+			farmtest.Eventually(t, 5*time.Second, "n2's cut reached the store", func() bool {
+				ttl, err := rc.PTTL(context.Background(), full).Result()
+				return err == nil && ttl > 0 && ttl <= time.Minute
+			})
+
+			if err := n1.Store.DeleteRecords(context.Background(), key); err != nil {
+				t.Fatal(err)
+			}
+			const resend = "tlsfarm_farm_lifecycle_resend_total"
+			const writes = "tlsfarm_farm_store_writes_total"
+			// Past the rate limit of requests the nodes' own
+			// subscriptions coming up may have used.
+			time.Sleep(1200 * time.Millisecond)
+			resent := farmtest.Counter(n2.Node.Metrics(), resend, "event", "resent")
+			written := farmtest.Counter(n2.Node.Metrics(), writes)
+			n1.Node.AskResend()
+			farmtest.Eventually(t, 5*time.Second, "n2 re-sent its cut and wrote it", func() bool {
+				return farmtest.Counter(n2.Node.Metrics(), resend, "event", "resent") > resent &&
+					farmtest.Counter(n2.Node.Metrics(), writes) > written
+			})
+			for range 10 {
+				if v, err := n1.Store.GetRecord(context.Background(), key); !errors.Is(err, transport.ErrNotFound) {
+					t.Fatalf("the deleted record is back in the store after n2 re-sent its cut (%d bytes, %v)", len(v), err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}

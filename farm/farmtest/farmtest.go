@@ -176,6 +176,61 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		}
 	})
 
+	t.Run("IfPresent", func(t *testing.T) {
+		// One present key and one absent, alone and in a batch with plain
+		// writes: the present one is replaced with the new value and TTL,
+		// the absent ones stay absent.
+		for _, batch := range []bool{false, true} {
+			pre := fmt.Sprintf("ifp-%v-", batch)
+			if err := s.PutRecords(ctx, transport.Item{Key: pre + "there", Value: []byte("old"), TTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			items := []transport.Item{
+				{Key: pre + "there", Value: []byte("new"), TTL: 300 * time.Millisecond, IfPresent: true},
+				{Key: pre + "gone", Value: []byte("back"), TTL: time.Minute, IfPresent: true},
+			}
+			if batch {
+				items = append(items, transport.Item{Key: pre + "plain", Value: []byte("p"), TTL: time.Minute})
+			}
+			var err error
+			if batch {
+				err = s.PutRecords(ctx, items...)
+			} else {
+				for _, it := range items {
+					if err = s.PutRecords(ctx, it); err != nil {
+						break
+					}
+				}
+			}
+			if err != nil {
+				t.Fatalf("PutRecords with IfPresent (batch %v): %v", batch, err)
+			}
+			if got, err := s.GetRecord(ctx, pre+"there"); err != nil || string(got) != "new" {
+				t.Fatalf("a present record written IfPresent (batch %v) reads %q, %v; want the new value", batch, got, err)
+			}
+			if got, err := s.GetRecord(ctx, pre+"gone"); !errors.Is(err, transport.ErrNotFound) {
+				t.Fatalf("an absent record written IfPresent (batch %v) reads %q, %v; want ErrNotFound", batch, got, err)
+			}
+			if batch {
+				if got, err := s.GetRecord(ctx, pre+"plain"); err != nil || string(got) != "p" {
+					t.Fatalf("a plain write beside IfPresent ones reads %q, %v", got, err)
+				}
+			}
+			// The replacement took the new TTL.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				_, err := s.GetRecord(ctx, pre+"there")
+				if errors.Is(err, transport.ErrNotFound) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("a record replaced IfPresent with a 300ms TTL still reads after 5s: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	})
+
 	t.Run("GetRecords", func(t *testing.T) {
 		g, ok := s.(transport.RecordGetter)
 		if !ok {

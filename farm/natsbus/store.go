@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -186,21 +187,80 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 }
 
 // PutRecords implements transport.RecordStore: every item is written with its
-// TTL, the batch pipelined and acknowledged in one round trip.
+// TTL, the batch pipelined and acknowledged in one round trip. The
+// Item.IfPresent ones follow, each a read and a write conditional on the
+// revision read (see replaceIn), concurrently.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return err
 	}
-	msgs := make([]*nats.Msg, len(items))
-	opts := make([][]jetstream.PublishOpt, len(items))
+	msgs := make([]*nats.Msg, 0, len(items))
+	opts := make([][]jetstream.PublishOpt, 0, len(items))
+	var replace []transport.Item
 	var longest time.Duration
-	for i, it := range items {
-		msgs[i], opts[i] = t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+	for _, it := range items {
 		longest = max(longest, it.TTL)
+		if it.IfPresent {
+			replace = append(replace, it)
+			continue
+		}
+		msg, o := t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+		msgs, opts = append(msgs, msg), append(opts, o)
 	}
 	t.ensureAge(ctx, s, longest)
-	return t.check(m, "put", t.publishAll(ctx, msgs, opts))
+	if len(msgs) > 0 {
+		if err := t.check(m, "put", t.publishAll(ctx, msgs, opts)); err != nil {
+			return err
+		}
+	}
+	if len(replace) == 1 {
+		return t.replaceIn(ctx, m, s, replace[0])
+	}
+	errs := make([]error, len(replace))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxReplacing)
+	for i, it := range replace {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = t.replaceIn(ctx, m, s, it)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// maxReplacing bounds the replacements (Item.IfPresent) of one PutRecords
+// in flight at once.
+const maxReplacing = 16
+
+// replaceIn writes it in bucket s only if a record is at its key
+// (Item.IfPresent): the key is read, and written with the revision read as
+// the expected last sequence of its subject, so that the server refuses
+// the write if the record was deleted (or rewritten) in between. A refused
+// write is tried again from the read, a few times; a key that kept
+// changing is an error, so that the farm keeps the write for later rather
+// than drop it.
+func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transport.Item) error {
+	k := kvKey(it.Key)
+	val := encodeValue(ttlMillis(it.TTL), it.Value)
+	for range 3 {
+		e, err := t.get(ctx, s, s.pre+k)
+		if err != nil {
+			return t.check(m, "replace", err)
+		}
+		if !e.present {
+			return nil
+		}
+		msg, opts := t.message(s, k, val, it.TTL)
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
+		_, err = t.js.PublishMsg(ctx, msg, opts...)
+		if err == nil || !wrongLastSequence(err) {
+			return t.check(m, "replace", err)
+		}
+	}
+	return errors.New("natsbus: a record kept changing while it was being replaced")
 }
 
 // openRecords opens the store and returns its state m (for check) and the

@@ -696,19 +696,34 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 	}
 }
 
-// PutRecords implements transport.RecordStore: SET key value PX ttl, pipelined.
+// PutRecords implements transport.RecordStore: SET key value PX ttl (with
+// XX for an Item.IfPresent), pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
+		if it.IfPresent {
+			return t.failed(t.c.SetXX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
+		}
 		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+			t.setRecord(ctx, p, it)
 		}
 		return nil
 	})
 	return t.failed(err)
+}
+
+// setRecord queues the write of it on p: SET, or SET XX for an
+// Item.IfPresent (whose nil reply, nothing written, go-redis reads as
+// false, not as an error).
+func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item) {
+	if it.IfPresent {
+		p.SetXX(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+		return
+	}
+	p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 }
 
 // PutAndPublish implements transport.Batcher: the SETs, the DELs and the
@@ -717,7 +732,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+			t.setRecord(ctx, p, it)
 		}
 		switch {
 		case len(dels) == 0:

@@ -53,6 +53,14 @@ type Item struct {
 	Key   string        // relative to the farm's scope, as in GetRecord
 	Value []byte        // a sealed envelope
 	TTL   time.Duration // how long the store keeps it; > 0
+
+	// IfPresent makes the write a replacement: it takes place only if a
+	// record is at Key when it is applied, and otherwise writes nothing
+	// and is not an error. The farm writes a grace cut so: a cut shortens
+	// a record and must never bring back one that a peer deleted meanwhile
+	// (a retirement that crossed it, or one made while this node was cut
+	// off). Every RecordStore must honour it (Redis: SET XX).
+	IfPresent bool
 }
 
 // A RecordStore holds the farm's session records: sealed values under keys
