@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,4 +165,83 @@ func TestClusterFailoverElsewhereResends(t *testing.T) {
 			t.Errorf("the consumed session resumed on %s after the failover", m.Name)
 		}
 	}
+}
+
+// TestClusterWatchStopsWithSubscription: a subscription on a cluster
+// watches the other shards while it lives (a goroutine in watchShards),
+// takes the death of a replica, which fails nothing over, for no reason to
+// subscribe anew, and leaves no goroutine of the watch behind once it
+// ends.
+func TestClusterWatchStopsWithSubscription(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1, time.Second)
+	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var ups atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tr.Subscribe(ctx, func([]byte) {}, func(up bool, _ error) {
+			if up {
+				ups.Add(1)
+			}
+		})
+	}()
+	farmtest.Eventually(t, 10*time.Second, "the subscription up", func() bool { return ups.Load() > 0 })
+	if n := watchGoroutines(); n == 0 {
+		t.Fatal("no goroutine watches the cluster's shards while subscribed")
+	}
+
+	var replica *redistest.Server
+	for _, m := range c.Masters() {
+		if rs := c.ReplicasOf(m); len(rs) > 0 {
+			replica = rs[0]
+			break
+		}
+	}
+	if replica == nil {
+		t.Fatalf("no replica: %s", c.NodesText())
+	}
+	replica.Kill()
+	// The other nodes mark it failed after the node timeout (1 s); the
+	// watch asks every second.
+	farmtest.Eventually(t, 30*time.Second, "the dead replica marked failed", func() bool {
+		for _, n := range strings.Split(c.NodesText(), "\n") {
+			if strings.Contains(n, replica.Addr()) && strings.Contains(n, "fail") && !strings.Contains(n, "fail?") {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(3 * time.Second)
+	if n := ups.Load(); n != 1 {
+		t.Errorf("the subscription came up %d times with no failover, want 1", n)
+	}
+
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Subscribe did not return within 10s of its context's end")
+	}
+	// An ask abandoned at the end ends by its deadline, a second.
+	farmtest.Eventually(t, 5*time.Second, "no goroutine of the watch left", func() bool { return watchGoroutines() == 0 })
+}
+
+// watchGoroutines counts the goroutines in redisbus's watch of a
+// cluster's shards.
+func watchGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "redisbus.(*Transport).watchShards") || strings.Contains(g, "redisbus.(*Transport).slotHolders") {
+			n++
+		}
+	}
+	return n
 }
