@@ -509,6 +509,25 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 		}
 		want = 2 + len(t.patterns)
 	}
+	// On a cluster, watch the other shards for a failover from now on,
+	// before the subscription is made: one that ends after this point and
+	// before the subscription is up is seen too.
+	var replaced atomic.Bool
+	if cc, ok := t.c.(*redis.ClusterClient); ok {
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if t.watchShards(wctx, cc, shardWatchEvery) {
+				replaced.Store(true)
+				ps.Close()
+			}
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
 	// Errors show in the receive. Making the connection (a dial, then
 	// HELLO) does not watch ctx, and until it is made the subscription
 	// holds its lock, so Close would wait too: on a hung server that
@@ -556,6 +575,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 		m, err := ps.ReceiveTimeout(ctx, t.HealthInterval)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if replaced.Load() {
+			return errMasterReplaced
 		}
 		if !up && time.Now().After(confirmBy) {
 			return errors.New("redisbus: subscription not confirmed")
@@ -622,6 +644,121 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			deliver([]byte(m.Payload))
 		}
 	}
+}
+
+// shardWatchEvery is how often a subscription on a cluster asks for the
+// cluster's masters (watchShards).
+const shardWatchEvery = time.Second
+
+// errMasterReplaced ends a subscription on a cluster when the master of
+// another shard was replaced.
+var errMasterReplaced = errors.New("redisbus: a master of the cluster was replaced (failover): subscribing anew, so that the farm re-sends what the promoted replica may lack")
+
+// watchShards asks, every interval, the node that holds the farm's channel's
+// slot (the one the sharded subscription is on) for its view of the
+// cluster (CLUSTER NODES), and returns true once a master that held slots
+// at the first answer holds none: a failover moved them to its replica.
+// It returns false when ctx ends, or when Redis refuses CLUSTER NODES.
+//
+// A failover of another shard leaves the subscription up, so the farm sees
+// no gap; but the promoted replica may lack what its master acknowledged
+// last, such as the deletes of retired or consumed sessions. Ending the
+// subscription makes the farm settle a gap: its nodes re-send their kept
+// retirements and cuts, which delete those records again.
+//
+// Each ask is one command to one node, bounded by interval: a node that
+// hangs or is gone costs a missed ask, never a stuck watch. One node's
+// view only moves forward, so a node that learns of a failover late
+// delays the watch but never makes it see a failover that did not happen.
+// The client's own slot map is not used: it is read from any node,
+// including one that has not yet heard of the failover, or one that still
+// lists a replica as a master of no slots (a young cluster).
+func (t *Transport) watchShards(ctx context.Context, cc *redis.ClusterClient, interval time.Duration) bool {
+	var first map[string]bool
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		held, err := t.slotHolders(ctx, cc, interval)
+		switch {
+		case err != nil:
+			if refusal(err) {
+				slog.Warn("redisbus: Redis refused CLUSTER NODES; this node does not see failovers of other shards, and does not re-send its retirements after them", "err", err)
+				return false
+			}
+		case first == nil:
+			first = held
+		default:
+			for id := range first {
+				if !held[id] {
+					return true
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// slotHolders returns the IDs of the masters that hold slots, as the node
+// that holds the farm's channel's slot sees them, within timeout.
+//
+// Like oldVersionListens, it returns as soon as ctx ends; the abandoned
+// command ends by its deadline.
+func (t *Transport) slotHolders(ctx context.Context, cc *redis.ClusterClient, timeout time.Duration) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	type answer struct {
+		held map[string]bool
+		err  error
+	}
+	out := make(chan answer, 1)
+	go func() {
+		defer cancel()
+		node, err := cc.MasterForKey(ctx, t.channel)
+		if err != nil {
+			out <- answer{err: err}
+			return
+		}
+		nodes, err := node.ClusterNodes(ctx).Result()
+		if err != nil {
+			out <- answer{err: err}
+			return
+		}
+		held := parseSlotHolders(nodes)
+		if len(held) == 0 {
+			err = errors.New("redisbus: CLUSTER NODES lists no master with slots")
+		}
+		out <- answer{held, err}
+	}()
+	select {
+	case a := <-out:
+		return a.held, a.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// parseSlotHolders returns the IDs of the masters that hold slots in the
+// text of CLUSTER NODES: "<id> <addr> <flags> <master> <ping> <pong>
+// <epoch> <link> <slot> ...", where a slot is a number or a range; an
+// entry in brackets is a slot being imported or migrated.
+func parseSlotHolders(nodes string) map[string]bool {
+	held := map[string]bool{}
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !slices.Contains(strings.Split(f[2], ","), "master") {
+			continue
+		}
+		for _, s := range f[8:] {
+			if !strings.HasPrefix(s, "[") {
+				held[f[0]] = true
+				break
+			}
+		}
+	}
+	return held
 }
 
 // refusal reports whether err is Redis refusing a command: NOPERM, or an

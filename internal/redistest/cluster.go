@@ -62,7 +62,169 @@ func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duratio
 	}
 	c.WaitHealthy(30 * time.Second)
 	WaitSynced(tb, 30*time.Second, c.Nodes...)
+	c.waitRoles(masters, masters*replicas, 30*time.Second)
 	return c
+}
+
+// waitRoles waits until every node lists masters masters that hold slots
+// and replicas replicas, none of them failing. A node learns the roles of
+// the others by gossip, seconds after the cluster says cluster_state:ok
+// on a loaded machine; until then it lists a replica it has not heard
+// from as a master of no slots.
+func (c *Cluster) waitRoles(masters, replicas int, timeout time.Duration) {
+	c.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		agreed := true
+		var last string
+		for _, s := range c.Nodes {
+			nodes, err := c.nodes(s)
+			last = nodes
+			if err != nil {
+				agreed = false
+				break
+			}
+			m, r := 0, 0
+			for _, n := range parseNodes(nodes) {
+				switch {
+				case n.failing:
+					agreed = false
+				case n.master && len(n.slots) > 0:
+					m++
+				case !n.master:
+					r++
+				}
+			}
+			if !agreed || m != masters || r != replicas {
+				agreed = false
+				break
+			}
+		}
+		if agreed {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("the cluster's nodes do not agree on %d masters and %d replicas after %v; one sees:\n%s", masters, replicas, timeout, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A clusterNode is a line of CLUSTER NODES.
+type clusterNode struct {
+	id, addr, masterID string
+	master, failing    bool
+	slots              []string // numbers and ranges
+}
+
+// parseNodes parses the text of CLUSTER NODES.
+func parseNodes(text string) []clusterNode {
+	var out []clusterNode
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		n := clusterNode{id: f[0], addr: addr, masterID: f[3],
+			master: strings.Contains(f[2], "master"), failing: strings.Contains(f[2], "fail")}
+		for _, s := range f[8:] {
+			if !strings.HasPrefix(s, "[") {
+				n.slots = append(n.slots, s)
+			}
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// nodes returns CLUSTER NODES as the node s sees the cluster.
+func (c *Cluster) nodes(s *Server) (string, error) {
+	if s.cmd == nil {
+		return "", fmt.Errorf("%s is down", s.Addr())
+	}
+	cl := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+	defer cl.Close()
+	return cl.ClusterNodes(context.Background()).Result()
+}
+
+// view returns CLUSTER NODES as the first live node that answers sees the
+// cluster, parsed.
+func (c *Cluster) view() []clusterNode {
+	c.tb.Helper()
+	for _, s := range c.Nodes {
+		if nodes, err := c.nodes(s); err == nil {
+			return parseNodes(nodes)
+		}
+	}
+	c.tb.Fatal("no live node of the cluster answers")
+	return nil
+}
+
+// server returns the node at addr, or nil.
+func (c *Cluster) server(addr string) *Server {
+	for _, s := range c.Nodes {
+		if s.Addr() == addr {
+			return s
+		}
+	}
+	return nil
+}
+
+// MasterOf returns the master that holds slot, as a live node sees it, or
+// nil if none does.
+func (c *Cluster) MasterOf(slot int) *Server {
+	c.tb.Helper()
+	for _, n := range c.view() {
+		if !n.master || n.failing {
+			continue
+		}
+		for _, r := range n.slots {
+			lo, hi, ok := strings.Cut(r, "-")
+			if !ok {
+				hi = lo
+			}
+			var a, b int
+			fmt.Sscan(lo, &a)
+			fmt.Sscan(hi, &b)
+			if a <= slot && slot <= b {
+				return c.server(n.addr)
+			}
+		}
+	}
+	return nil
+}
+
+// ReplicasOf returns the replicas of master m, as a live node sees them.
+func (c *Cluster) ReplicasOf(m *Server) []*Server {
+	c.tb.Helper()
+	view := c.view()
+	var id string
+	for _, n := range view {
+		if n.addr == m.Addr() {
+			id = n.id
+		}
+	}
+	var out []*Server
+	for _, n := range view {
+		if !n.master && n.masterID == id {
+			if s := c.server(n.addr); s != nil {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// NodesText returns CLUSTER NODES as the first live node that answers
+// sees the cluster, for a test's log.
+func (c *Cluster) NodesText() string {
+	for _, s := range c.Nodes {
+		if nodes, err := c.nodes(s); err == nil {
+			return s.Addr() + " sees:\n" + nodes
+		}
+	}
+	return "no live node answers"
 }
 
 // WaitSynced waits until every replica among servers (a master passes at
@@ -150,36 +312,20 @@ func (c *Cluster) WaitHealthy(timeout time.Duration) {
 	}
 }
 
-// Masters returns the nodes that are masters now, as a live node sees it.
+// Masters returns the nodes that are masters of slots now, as a live node
+// sees it: a replica that the node has not yet heard from (a young
+// cluster) shows as a master of no slots, and is not one.
 func (c *Cluster) Masters() []*Server {
 	c.tb.Helper()
-	for _, s := range c.Nodes {
-		if s.cmd == nil {
-			continue
-		}
-		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
-		nodes, err := cl.ClusterNodes(context.Background()).Result()
-		cl.Close()
-		if err != nil {
-			continue
-		}
-		var ms []*Server
-		for _, line := range strings.Split(strings.TrimSpace(nodes), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 3 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
-				continue
-			}
-			addr, _, _ := strings.Cut(f[1], "@")
-			for _, n := range c.Nodes {
-				if n.Addr() == addr {
-					ms = append(ms, n)
-				}
+	var ms []*Server
+	for _, n := range c.view() {
+		if n.master && !n.failing && len(n.slots) > 0 {
+			if s := c.server(n.addr); s != nil {
+				ms = append(ms, s)
 			}
 		}
-		return ms
 	}
-	c.tb.Fatal("no live node of the cluster answers")
-	return nil
+	return ms
 }
 
 // CountKeys returns how many keys matching pattern node s holds.
