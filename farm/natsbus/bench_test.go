@@ -49,22 +49,38 @@ func BenchmarkGet(b *testing.B) {
 }
 
 // BenchmarkPutRecords writes batches of 256 sessions of 300 bytes, as the
-// farm's publisher does in broadcast and store-only modes.
+// farm's publisher does in broadcast and store-only modes: plain writes
+// (new sessions), and writes over present records marked IfPresent (grace
+// cuts), one batch of each kind, and one of one cut alone.
 func BenchmarkPutRecords(b *testing.B) {
-	tr := open(b, sharedURL(b), farmtest.FarmName(b))
-	ctx := context.Background()
-	items := make([]transport.Item, 256)
-	for i := range items {
-		items[i] = transport.Item{Key: fmt.Sprintf("s:%04x", i), Value: make([]byte, 300), TTL: time.Minute}
+	for _, c := range []struct {
+		name      string
+		n         int
+		ifPresent bool
+	}{{"plain/256", 256, false}, {"ifpresent/256", 256, true}, {"plain/1", 1, false}, {"ifpresent/1", 1, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			tr := open(b, sharedURL(b), farmtest.FarmName(b))
+			ctx := context.Background()
+			items := make([]transport.Item, c.n)
+			for i := range items {
+				items[i] = transport.Item{Key: fmt.Sprintf("s:%04x", i), Value: make([]byte, 300), TTL: time.Minute}
+			}
+			if err := tr.PutRecords(ctx, items...); err != nil {
+				b.Fatal(err)
+			}
+			for i := range items {
+				items[i].IfPresent = c.ifPresent
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := tr.PutRecords(ctx, items...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
+		})
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if err := tr.PutRecords(ctx, items...); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
 }
 
 // BenchmarkStrike measures farm.Node.Strike over NATS (the strike, then a
