@@ -174,10 +174,11 @@ func (n *Node) syncSent() {
 				f.journalRecs += len(its)
 				return
 			}
+			// Logged once in a run of failures, as the rewrite's
+			// failure is (which sets sentFailed).
 			if !f.sentFailed {
 				n.log.Warn("farm: cannot append to the sent retirements and cuts journal; rewriting the sent file", "err", err)
 			}
-			f.sentFailed = true
 		}
 	}
 	n.compactSent()
@@ -196,6 +197,9 @@ func (n *Node) saveSent() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n.compactSent()
+	// Should the rewrite have failed, the journal stays on disk for the
+	// next Join; this node appends no more (sentCompact).
+	n.closeJournal()
 }
 
 // compactSent is saveSent, with f.mu held.
