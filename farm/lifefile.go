@@ -185,8 +185,9 @@ func (n *Node) sentChanged() {
 }
 
 // lifeSaver writes the lifecycle file when the kept items change, and
-// syncs the sent file with what this node made (syncSent), and when
-// either changes, at most once every lifeSaveEvery.
+// syncs the sent file (syncSent) when this node made a retirement or a
+// cut, and with every write of the lifecycle file: one pass at most every
+// lifeSaveEvery, serving whatever asked meanwhile.
 func (n *Node) lifeSaver(ctx context.Context) {
 	defer n.wg.Done()
 	for {

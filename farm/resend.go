@@ -203,11 +203,12 @@ func (l *laterLife) room(its []item) []item {
 // re-send reached it first (see writeBack) — a consumed single-use session
 // resumed again, a retired or cut one at its full life. Node.sent keeps
 // the last QueueSize of them (see sentRing), across a restart too with
-// Config.RevocationFile: on disk within about lifeSaveEvery (see
-// syncSent). It is not consulted on the
-// receive or load paths: there this node's own retirements are refused by
-// Node.retired and its cuts applied by its cache (Node.held is what may
-// not have reached the farm: see heldLife).
+// Config.RevocationFile, a crash included: it asks lifeSaver, without
+// waiting, to put them on disk, which it does within about lifeSaveEvery
+// (see syncSent). It is not consulted on the receive or load paths: there
+// this node's own retirements are refused by Node.retired and its cuts
+// applied by its cache (Node.held is what may not have reached the farm:
+// see heldLife).
 func (n *Node) keepSent(it item) {
 	if n.sent == nil {
 		return
