@@ -102,6 +102,7 @@ func TestSentSurvivesKill(t *testing.T) {
 		}
 		close(lines)
 	}()
+	var said []string // the child's other output, for a failure
 	await := func(want string) {
 		t.Helper()
 		timeout := time.After(30 * time.Second)
@@ -109,13 +110,14 @@ func TestSentSurvivesKill(t *testing.T) {
 			select {
 			case l, ok := <-lines:
 				if !ok {
-					t.Fatalf("n1's process ended before it said %q", want)
+					t.Fatalf("n1's process ended before it said %q; it said:\n%s", want, strings.Join(said, "\n"))
 				}
 				if l == want {
 					return
 				}
+				said = append(said, l)
 			case <-timeout:
-				t.Fatalf("n1's process did not say %q within 30s", want)
+				t.Fatalf("n1's process did not say %q within 30s; it said:\n%s", want, strings.Join(said, "\n"))
 			}
 		}
 	}
