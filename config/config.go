@@ -126,8 +126,8 @@ type Farm struct {
 	// RevocationFile keeps the revocations not yet applied farm-wide
 	// (farm.Config.RevocationFile), in RevocationFile + ".lifecycle" the
 	// retirements and grace cuts not yet written and published, and in
-	// RevocationFile + ".sent" those sent, for peers' re-send requests
-	// after a restart; empty: in memory only.
+	// RevocationFile + ".sent" (and ".sent.journal") those sent, for
+	// peers' re-send requests after a restart; empty: in memory only.
 	RevocationFile string `yaml:"revocation_file"`
 
 	// FallbackTicketLifetime is farm.Config.FallbackTicketLifetime; 0

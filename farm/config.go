@@ -247,10 +247,13 @@ type Config struct {
 	// them until their sessions' life ends, so that after a restart it
 	// still sends them again when a peer asks (after the peer's bus gap,
 	// or before it writes its sessions back to a store that lost its
-	// data): written by Close, and whenever the lifecycle file is, and
-	// removed once none is left within its session's life. Join reads it
-	// back; one that does not open or is malformed is logged and ignored,
-	// since what it held reached the farm.
+	// data): what it makes is appended, sealed, to RevocationFile +
+	// ".sent.journal" within about a second (so that a node killed
+	// without Close still re-sends it after a restart), the ".sent" file
+	// is rewritten from time to time and by Close, and both are removed
+	// once none is left within its session's life. Join reads them back;
+	// one that does not open or is malformed is logged and ignored, since
+	// what it held reached the farm.
 	RevocationFile string
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a

@@ -3,6 +3,7 @@ package farm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -144,11 +145,16 @@ type lifeFile struct {
 	onDisk bool   // a file may be there (read at Join, or written)
 	failed bool   // the last write failed, and said so
 
-	// The sent file (see saveSent), written with the lifecycle file.
-	sentPath   string
-	sentSaved  []byte // the body on disk; nil: none written by this node
-	sentOnDisk bool   // a file may be there (read at Join, or written)
-	sentFailed bool   // the last write failed, and said so
+	// The sent file and its journal (see syncSent, saveSent).
+	sentPath    string
+	sentDirty   chan struct{}     // has a value when keepSent kept an item
+	sentSeq     uint64            // the ring's pushes the files hold (sentRing.count)
+	sentHash    [sha256.Size]byte // the sent file's, as the journal names it; zeros: none
+	sentOnDisk  bool              // a sent file may be there (read at Join, or written)
+	sentCompact bool              // the next sync rewrites the sent file (see syncSent)
+	sentFailed  bool              // the last write failed, and said so
+	journal     *os.File          // open for appending; nil: none since the last rewrite
+	journalRecs int               // records appended to the journal
 }
 
 // lifePath returns the lifecycle file's path, or "" without
@@ -168,18 +174,45 @@ func (n *Node) lifeChanged() {
 	}
 }
 
-// lifeSaver writes the lifecycle file when the kept items change, at most
-// once every lifeSaveEvery.
+// sentChanged asks lifeSaver for a sync of the sent file (keepSent): on
+// the handshake path, so a send that never blocks (and, the channel full,
+// takes no lock).
+func (n *Node) sentChanged() {
+	select {
+	case n.lf.sentDirty <- struct{}{}:
+	default:
+	}
+}
+
+// lifeSaver writes the lifecycle file when the kept items change, and
+// syncs the sent file (syncSent) when this node made a retirement or a
+// cut, and with every write of the lifecycle file: one pass at most every
+// lifeSaveEvery, serving whatever asked meanwhile.
 func (n *Node) lifeSaver(ctx context.Context) {
 	defer n.wg.Done()
 	for {
+		life := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-n.lf.dirty:
+			life = true
+		case <-n.lf.sentDirty:
 		}
-		n.saveLife()
-		n.saveSent()
+		// A want of the other kind meanwhile is served by this pass.
+		select {
+		case <-n.lf.dirty:
+			life = true
+		default:
+		}
+		select {
+		case <-n.lf.sentDirty:
+		default:
+		}
+		if life {
+			n.saveLife()
+		}
+		n.syncSent()
 		t := time.NewTimer(lifeSaveEvery)
 		select {
 		case <-ctx.Done():
@@ -416,9 +449,15 @@ func writeFileAtomic(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+	syncDir(filepath.Dir(path))
+	return nil
+}
+
+// syncDir fsyncs directory dir, so that a file created or renamed there
+// survives a power loss; it does what it can.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
-	return nil
 }

@@ -186,7 +186,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.lf.path, n.lf.sentPath = lifePath(&cfg), sentPath(&cfg)
 	if n.lf.path != "" {
-		n.lf.dirty = make(chan struct{}, 1)
+		n.lf.dirty, n.lf.sentDirty = make(chan struct{}, 1), make(chan struct{}, 1)
 		n.lifeq.notify, n.lifesq.notify = n.lifeChanged, n.lifeChanged
 	}
 	// Before the cache joins the farm: a file that does not open

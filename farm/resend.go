@@ -203,15 +203,20 @@ func (l *laterLife) room(its []item) []item {
 // re-send reached it first (see writeBack) — a consumed single-use session
 // resumed again, a retired or cut one at its full life. Node.sent keeps
 // the last QueueSize of them (see sentRing), across a restart too with
-// Config.RevocationFile (see saveSent). It is not consulted on the
-// receive or load paths: there this node's own retirements are refused by
-// Node.retired and its cuts applied by its cache (Node.held is what may
-// not have reached the farm: see heldLife).
+// Config.RevocationFile, a crash included: it asks lifeSaver, without
+// waiting, to put them on disk, which it does within about lifeSaveEvery
+// (see syncSent). It is not consulted on the receive or load paths: there
+// this node's own retirements are refused by Node.retired and its cuts
+// applied by its cache (Node.held is what may not have reached the farm:
+// see heldLife).
 func (n *Node) keepSent(it item) {
 	if n.sent == nil {
 		return
 	}
 	n.sent.push(it.id, it.op, it.until, n.lifeExpiry(it.id))
+	if n.lf.sentDirty != nil {
+		n.sentChanged()
+	}
 }
 
 // sentRing keeps the last size retirements and grace cuts a node made
@@ -226,10 +231,11 @@ func (n *Node) keepSent(it item) {
 // sessions, and one re-send queues at most what the lifecycle backlogs
 // hold (QueueSize each); older items would only wait for the next request.
 type sentRing struct {
-	mu   sync.Mutex
-	size int
-	buf  []sentItem
-	next int // the slot written next, once buf is full
+	mu     sync.Mutex
+	size   int
+	buf    []sentItem
+	next   int    // the slot written next, once buf is full
+	pushed uint64 // items ever added (see since)
 }
 
 // A sentItem is what sentRing keeps of an item.
@@ -257,6 +263,7 @@ func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
 
 // add keeps it over the oldest item if the ring is full. r.mu is held.
 func (r *sentRing) add(it sentItem) {
+	r.pushed++
 	if len(r.buf) < r.size {
 		r.buf = append(r.buf, it)
 	} else {
@@ -268,6 +275,12 @@ func (r *sentRing) add(it sentItem) {
 // live returns the items that expire after now as the ring keeps them,
 // oldest first (for resendHeld and the sent file).
 func (r *sentRing) live(now time.Time) []sentItem {
+	its, _ := r.liveAt(now)
+	return its
+}
+
+// liveAt is live, with the count of items ever added that it reflects.
+func (r *sentRing) liveAt(now time.Time) ([]sentItem, uint64) {
 	nowNano := now.UnixNano()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -278,7 +291,37 @@ func (r *sentRing) live(now time.Time) []sentItem {
 			out = append(out, s)
 		}
 	}
-	return out
+	return out, r.pushed
+}
+
+// since returns the items added after the first seq ever added, oldest
+// first, with the count of items ever added; ok is false if some of them
+// were overwritten since (more than size were added).
+func (r *sentRing) since(seq uint64) (its []sentItem, at uint64, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := r.pushed - seq
+	if seq > r.pushed || k > uint64(len(r.buf)) {
+		return nil, r.pushed, false
+	}
+	its = make([]sentItem, 0, k)
+	// The newest item is the one before next (the last of buf while
+	// it fills).
+	end := len(r.buf)
+	if len(r.buf) == r.size {
+		end = r.next + len(r.buf)
+	}
+	for i := end - int(k); i < end; i++ {
+		its = append(its, r.buf[i%len(r.buf)])
+	}
+	return its, r.pushed, true
+}
+
+// count returns how many items were ever added.
+func (r *sentRing) count() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pushed
 }
 
 // restore pushes the items of its that expire after now, in order (oldest

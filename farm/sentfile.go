@@ -2,10 +2,12 @@ package farm
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -21,13 +23,39 @@ import (
 // Join fails until the file is removed, and with it what the file kept
 // that had not reached the farm), while it never opens this one. It is
 // sealed with the farm's secret under a context of its own, mode 0600,
-// written atomically by Close and whenever the lifecycle file is saved
-// (lifeSaver), and removed once nothing in the ring is within its
-// session's life.
+// written atomically (saveSent), and removed once nothing in the ring is
+// within its session's life.
+//
+// What the node makes between two writes of the sent file goes to the
+// sent journal beside it (sentJournalSuffix after it), appended and
+// fsynced at most once every lifeSaveEvery after keepSent kept an item
+// (syncSent), so that a node killed without Close (kill -9, out of memory,
+// power lost) forgets at most what it made within about that second. The
+// sent file keeps its format: a node that keeps no journal reads it as
+// before, and never opens the journal (it loses what was made since the
+// sent file was last written).
+//
+// A journal is a run of frames, each its length (four bytes, big-endian)
+// and then an envelope sealed like the sent file under a context of its
+// own. The first frame's body is sentJournalVersion and the SHA-256 of
+// the sent file it extends (its bytes as written; zeros where there was
+// none): a journal of another version, or that names another sent file
+// (the sent file was rewritten and a crash came before the journal was
+// removed, or a node that keeps no journal rewrote it), is ignored. Each
+// further frame's body is a sent file's body (encodeSentFile) of the items
+// appended, oldest first; one of another version is skipped. A frame cut
+// short, or that does not open or decode, ends what the journal gives
+// back (a power loss during an append), and is logged.
 const (
-	sentFileSuffix  = ".sent"
-	sentFileContext = "sent-lifecycle"
-	sentFileVersion = 1
+	sentFileSuffix     = ".sent"
+	sentFileContext    = "sent-lifecycle"
+	sentFileVersion    = 1
+	sentJournalSuffix  = ".journal"
+	sentJournalContext = "sent-journal"
+	sentJournalVersion = 1
+	// sentFrameMax bounds the records of a journal frame, so that a frame
+	// stays within transport.MaxMessageSize, which open enforces.
+	sentFrameMax = 16384
 )
 
 // A sent file's sealed body is its version (one byte) and then one record
@@ -109,60 +137,202 @@ func sentPath(cfg *Config) string {
 	return cfg.RevocationFile + sentFileSuffix
 }
 
-// saveSent writes the items of Node.sent still within their session's
-// life to the sent file, if they changed since the last write, or removes
-// the file when there are none. It never logs an ID.
+// sentJournalPath returns the sent journal's path beside the sent file at
+// path.
+func sentJournalPath(path string) string { return path + sentJournalSuffix }
+
+// syncSent brings the sent file and its journal up to Node.sent: lifeSaver
+// calls it at most once every lifeSaveEvery after keepSent kept an item
+// (and whenever the lifecycle file is saved), so that what the node made
+// reaches the disk within about lifeSaveEvery without a Close. The items
+// kept since the last sync are appended to the journal, one sealed frame
+// (a few for a great many), and fsynced: the cost of a sync follows what
+// was made since the last, where rewriting the sent file costs the whole
+// ring each time (QueueSize items: BenchmarkSaveSent). The sent file is
+// rewritten instead (saveSent), and the journal removed, once the journal
+// would hold more records than the ring has slots (so that it stays within
+// about twice a full ring on disk), when the ring overran what was last
+// synced, when an append fails, and at the first sync after a Join that
+// found a journal, or a sent file it could not use. It never logs an ID.
+func (n *Node) syncSent() {
+	f := &n.lf
+	if f.sentPath == "" || n.sent == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.sentCompact {
+		its, at, ok := n.sent.since(f.sentSeq)
+		switch {
+		case !ok || f.journalRecs+len(its) > n.sent.size:
+		case len(its) == 0:
+			return
+		default:
+			err := n.appendJournal(its)
+			if err == nil {
+				f.sentSeq, f.sentFailed = at, false
+				f.journalRecs += len(its)
+				return
+			}
+			// Logged once in a run of failures, as the rewrite's
+			// failure is (which sets sentFailed).
+			if !f.sentFailed {
+				n.log.Warn("farm: cannot append to the sent retirements and cuts journal; rewriting the sent file", "err", err)
+			}
+		}
+	}
+	n.compactSent()
+}
+
+// saveSent rewrites the sent file with the items of Node.sent still within
+// their session's life, if anything changed since it was last written,
+// and removes the journal (whose items it then holds); or removes both
+// when no item is left. Close calls it, so that what a closed node leaves
+// is one sent file, which an older node reads whole. It never logs an ID.
 func (n *Node) saveSent() {
 	f := &n.lf
 	if f.sentPath == "" || n.sent == nil {
 		return
 	}
-	its := n.sent.live(n.cfg.Now())
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	n.compactSent()
+	// Should the rewrite have failed, the journal stays on disk for the
+	// next Join; this node appends no more (sentCompact).
+	n.closeJournal()
+}
+
+// compactSent is saveSent, with f.mu held.
+func (n *Node) compactSent() {
+	f := &n.lf
+	its, at := n.sent.liveAt(n.cfg.Now())
 	if len(its) == 0 {
-		if f.sentOnDisk {
-			if err := os.Remove(f.sentPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-				if !f.sentFailed {
-					n.log.Warn("farm: cannot remove the sent retirements and cuts file", "err", err)
+		if f.sentOnDisk || f.journal != nil || f.sentCompact {
+			n.closeJournal()
+			for _, p := range []string{f.sentPath, sentJournalPath(f.sentPath)} {
+				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+					if !f.sentFailed {
+						n.log.Warn("farm: cannot remove the sent retirements and cuts file", "file", p, "err", err)
+					}
+					f.sentFailed, f.sentCompact = true, true
+					return
 				}
-				f.sentFailed = true
-				return
 			}
-			f.sentOnDisk, f.sentSaved = false, nil
 		}
+		f.sentOnDisk, f.sentCompact, f.sentHash, f.sentSeq = false, false, [sha256.Size]byte{}, at
+		f.journalRecs = 0
 		return
 	}
-	body := encodeSentFile(its)
-	if f.sentOnDisk && bytes.Equal(body, f.sentSaved) {
-		return
+	if f.sentOnDisk && !f.sentCompact && f.journal == nil && f.journalRecs == 0 && at == f.sentSeq {
+		return // unchanged (what expired meanwhile stays until the next write)
 	}
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
-	if err := writeFileAtomic(f.sentPath, n.keys.seal(nil, hdr, body, []byte(sentFileContext))); err != nil {
+	raw := n.keys.seal(nil, hdr, encodeSentFile(its), []byte(sentFileContext))
+	if err := writeFileAtomic(f.sentPath, raw); err != nil {
 		if !f.sentFailed {
 			n.log.Warn("farm: cannot persist the sent retirements and cuts; a restart forgets them", "err", err)
 		}
-		f.sentFailed = true
+		f.sentFailed, f.sentCompact = true, true
 		return
 	}
-	f.sentOnDisk, f.sentSaved, f.sentFailed = true, body, false
+	// The journal now names another sent file: should its removal fail,
+	// or a crash come first, the next Join ignores it.
+	n.closeJournal()
+	if err := os.Remove(sentJournalPath(f.sentPath)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		n.log.Warn("farm: cannot remove the sent retirements and cuts journal", "err", err)
+	}
+	f.sentOnDisk, f.sentHash, f.sentSeq = true, sha256.Sum256(raw), at
+	f.sentCompact, f.sentFailed, f.journalRecs = false, false, 0
 }
 
-// readSent reads the sent file, if there is one, into Node.sent (the
-// items still within their session's life, the last QueueSize of them).
-// A file that does not open under the farm's secrets, or does not decode,
-// is logged and ignored, unlike the lifecycle file: everything in it
-// reached the farm, and only a later re-send is lost (as it would be if
-// the file were gone, which no seal can prevent); the next save replaces
-// it.
+// closeJournal closes the journal, if open. n.lf.mu is held.
+func (n *Node) closeJournal() {
+	if n.lf.journal != nil {
+		n.lf.journal.Close()
+		n.lf.journal = nil
+	}
+}
+
+// appendJournal appends its, oldest first, to the sent journal, and
+// fsyncs it; the first append after a compaction creates the journal,
+// naming the sent file it extends. An error closes the journal and leaves
+// the next sync to rewrite the sent file (a partial frame ends what the
+// journal gives back). n.lf.mu is held.
+func (n *Node) appendJournal(its []sentItem) error {
+	f := &n.lf
+	var buf []byte
+	created := false
+	if f.journal == nil {
+		jf, err := os.OpenFile(sentJournalPath(f.sentPath), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+		if err != nil {
+			f.sentCompact = true
+			return err
+		}
+		f.journal, f.journalRecs, created = jf, 0, true
+		buf = n.appendFrame(buf, append([]byte{sentJournalVersion}, f.sentHash[:]...))
+	}
+	for len(its) > 0 {
+		k := min(len(its), sentFrameMax)
+		buf = n.appendFrame(buf, encodeSentFile(its[:k]))
+		its = its[k:]
+	}
+	_, err := f.journal.Write(buf)
+	if err == nil {
+		err = f.journal.Sync()
+	}
+	if err != nil {
+		n.closeJournal()
+		f.sentCompact = true
+		return err
+	}
+	if created {
+		syncDir(filepath.Dir(f.sentPath))
+	}
+	return nil
+}
+
+// appendFrame appends to dst a journal frame of body: its length (four
+// bytes, big-endian), then body sealed.
+func (n *Node) appendFrame(dst, body []byte) []byte {
+	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	at := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	dst = n.keys.seal(dst, hdr, body, []byte(sentJournalContext))
+	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	return dst
+}
+
+// readSent reads the sent file and its journal, if there are, into
+// Node.sent (the items still within their session's life, the last
+// QueueSize of them, the sent file's first). A file that does not open
+// under the farm's secrets, or does not decode, is logged and ignored,
+// unlike the lifecycle file: everything in it reached the farm, and only a
+// later re-send is lost (as it would be if the file were gone, which no
+// seal can prevent); the next sync replaces it. So is a journal, or what
+// follows in it a frame cut short or that does not open.
 func (n *Node) readSent() {
-	path := n.lf.sentPath
-	if path == "" || n.sent == nil {
+	f := &n.lf
+	if f.sentPath == "" || n.sent == nil {
 		return
 	}
+	its, ok := n.readSentFile()
+	jits, found := n.readJournal()
+	if !ok || found {
+		f.sentCompact = true
+	}
+	now := n.cfg.Now()
+	n.sent.restore(its, now)
+	n.sent.restore(jits, now)
+	f.sentSeq = n.sent.count()
+}
+
+// readSentFile reads the sent file, if there is one, and reports whether
+// what is there (if anything) could be used.
+func (n *Node) readSentFile() ([]sentItem, bool) {
+	path := n.lf.sentPath
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return
+		return nil, true
 	}
 	n.lf.sentOnDisk = true
 	var raw []byte
@@ -175,18 +345,90 @@ func (n *Node) readSent() {
 	}
 	if err != nil {
 		n.log.Warn("farm: cannot read the sent retirements and cuts file; they will not be re-sent", "err", err)
-		return
+		return nil, false
 	}
+	n.lf.sentHash = sha256.Sum256(raw)
 	// No bound on the time it was sealed, as for the lifecycle file.
 	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(sentFileContext), n.cfg.Now(), 0, 0)
 	if err != nil {
 		n.log.Warn("farm: the sent retirements and cuts file does not open under the farm's secrets; they will not be re-sent", "file", path, "err", err)
-		return
+		return nil, false
 	}
 	its, err := decodeSentFile(body)
 	if err != nil {
 		n.log.Warn("farm: the sent retirements and cuts file is malformed; they will not be re-sent", "file", path, "err", err)
-		return
+		return nil, false
 	}
-	n.sent.restore(its, n.cfg.Now())
+	return its, true
+}
+
+// readJournal reads the sent journal, if there is one, and reports
+// whether there was: the items of its frames, in order, if its first
+// frame names the sent file as read (n.lf.sentHash), up to the first frame
+// cut short or that does not open or decode; frames of a later version
+// are skipped.
+func (n *Node) readJournal() (its []sentItem, found bool) {
+	path := sentJournalPath(n.lf.sentPath)
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false
+	}
+	var raw []byte
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = errors.New("not a regular file")
+	default:
+		raw, err = os.ReadFile(path)
+	}
+	if err != nil {
+		n.log.Warn("farm: cannot read the sent retirements and cuts journal; what it holds will not be re-sent", "err", err)
+		return nil, true
+	}
+	now := n.cfg.Now()
+	for first := true; len(raw) > 0; first = false {
+		l := uint64(0)
+		if len(raw) >= 4 {
+			l = uint64(binary.BigEndian.Uint32(raw))
+		}
+		if len(raw) < 4 || l > uint64(len(raw)-4) {
+			n.log.Warn("farm: the sent retirements and cuts journal ends in a partial write; what came before is kept", "file", path)
+			break
+		}
+		frame := raw[4 : 4+l]
+		raw = raw[4+l:]
+		_, body, err := n.keys.open(frame, n.cfg.Farm, valTombstone, []byte(sentJournalContext), now, 0, 0)
+		if err != nil {
+			n.log.Warn("farm: a frame of the sent retirements and cuts journal does not open under the farm's secrets; it and what follows will not be re-sent", "file", path, "err", err)
+			break
+		}
+		if first {
+			switch {
+			case len(body) == 0 || body[0] != sentJournalVersion:
+				n.log.Warn("farm: the sent retirements and cuts journal is of an unknown version; ignored", "file", path)
+				return nil, true
+			case len(body) != 1+sha256.Size:
+				n.log.Warn("farm: the sent retirements and cuts journal is malformed; ignored", "file", path)
+				return nil, true
+			case !bytes.Equal(body[1:], n.lf.sentHash[:]):
+				// Left by a crash within a compaction, after the
+				// sent file was written (which holds its items), or
+				// the sent file was since written by a node that
+				// keeps no journal.
+				n.log.Info("farm: the sent retirements and cuts journal is older than the sent file; ignored", "file", path)
+				return nil, true
+			}
+			continue
+		}
+		if len(body) > 0 && body[0] != sentFileVersion {
+			continue // a later version's frame
+		}
+		got, err := decodeSentFile(body)
+		if err != nil {
+			n.log.Warn("farm: a frame of the sent retirements and cuts journal is malformed; it and what follows will not be re-sent", "file", path, "err", err)
+			break
+		}
+		its = append(its, got...)
+	}
+	return its, true
 }
