@@ -369,7 +369,7 @@ func (n *Node) loadRevocations() error {
 	}
 	// No bound on the time it was sealed: the file is this node's own,
 	// and a clock stepped back since must not make it unreadable.
-	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now(), 0, 0)
+	_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now())
 	if err != nil {
 		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
 	}

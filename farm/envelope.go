@@ -191,10 +191,16 @@ func adFor(hdr, context []byte) []byte {
 // parseHeader reads the header of msg and returns it with the offset of the
 // nonce.
 func parseHeader(msg []byte) (header, int, error) {
-	var h header
 	if len(msg) > transport.MaxMessageSize {
-		return h, 0, errTooLarge
+		return header{}, 0, errTooLarge
 	}
+	return parseHeaderAnySize(msg)
+}
+
+// parseHeaderAnySize is parseHeader without the bound on the message's
+// size, for envelopes that did not come from a transport (see openLocal).
+func parseHeaderAnySize(msg []byte) (header, int, error) {
+	var h header
 	if len(msg) < fixedHeaderLen || msg[0] != magic[0] || msg[1] != magic[1] {
 		return h, 0, reject(rejectMalformed, "")
 	}
@@ -224,6 +230,23 @@ func (k *farmKeys) open(msg []byte, farm string, want envType, context []byte, n
 		return h, nil, err
 	}
 	body, err := k.openParsed(msg, h, off, farm, want, context, now, maxAge, maxSkew, nil)
+	return h, body, err
+}
+
+// openLocal is open for an envelope the node sealed into a file of its
+// own (the revocation, lifecycle and sent files, and the sent journal's
+// frames): the same checks, but not transport.MaxMessageSize, which bounds
+// what a transport carries and what a peer may make a node decrypt. A
+// lifecycle file holding full backlogs at the default QueueSize is over
+// 2 MB, and refusing it would fail Join after the long outage that filled
+// them. The file's size is bounded by what the node writes into it, and
+// whoever can write the file can do worse than make it large.
+func (k *farmKeys) openLocal(raw []byte, farm string, want envType, context []byte, now time.Time) (header, []byte, error) {
+	h, off, err := parseHeaderAnySize(raw)
+	if err != nil {
+		return h, nil, err
+	}
+	body, err := k.openParsed(raw, h, off, farm, want, context, now, 0, 0, nil)
 	return h, body, err
 }
 

@@ -307,7 +307,7 @@ func (n *Node) readLife() ([]keptLife, error) {
 	}
 	n.lf.onDisk = true
 	// No bound on the time it was sealed, as for the revocations file.
-	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(lifeFileContext), n.cfg.Now(), 0, 0)
+	_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valTombstone, []byte(lifeFileContext), n.cfg.Now())
 	if err != nil {
 		return nil, fmt.Errorf("farm: the kept retirements and cuts file %s does not open under the farm's secrets (remove it to start without it): %w", path, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -268,4 +269,66 @@ func FuzzDecodeLifeFile(f *testing.F) {
 			t.Fatal("round trip changed the items")
 		}
 	})
+}
+
+// TestLocalFilesLargerThanAMessage: a lifecycle file holding full
+// backlogs on both store paths (twice the default QueueSize of
+// retirements and cuts, over 2 MB sealed) and a sent file holding more
+// than a bus message may carry are read back whole. The local files are
+// not bus messages: the message size limit that open enforces on what
+// arrives from the bus must not make a node that kept a long outage's
+// backlog fail to start.
+func TestLocalFilesLargerThanAMessage(t *testing.T) {
+	cache, now, t0 := fileTestCache(t, &session.Config{ResumeGrace: 30 * time.Second, Lifetime: time.Hour})
+	file := filepath.Join(t.TempDir(), "revocations")
+	n1 := lifeNode(t, "lf", file, cache, now, true)
+	const size = defaultQueueSize
+	n1.lifeq, n1.lifesq = newLaterLife(size), newLaterLife(size)
+	var its []item
+	for i := range size {
+		id := cache.NewID()
+		if i%2 == 0 {
+			its = append(its, item{id: id, op: opRetire, expires: t0.Add(time.Hour)})
+		} else {
+			its = append(its, item{id: id, op: opCut, until: t0.Add(30 * time.Second), child: cache.NewID(), expires: t0.Add(time.Hour)})
+		}
+	}
+	n1.lifeq.push(its, t0)
+	n1.lifesq.push(its, t0)
+	n1.saveLife()
+	st, err := os.Stat(file + lifeFileSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() <= transport.MaxMessageSize {
+		t.Fatalf("the lifecycle file is %d bytes: the test needs one larger than a message (%d)", st.Size(), transport.MaxMessageSize)
+	}
+	n2 := lifeNode(t, "lf", file, cache, now, true)
+	ks, err := n2.readLife()
+	if err != nil {
+		t.Fatalf("a lifecycle file of %d bytes (full backlogs) does not read: %v", st.Size(), err)
+	}
+	if len(ks) != 2*size {
+		t.Fatalf("read %d items, want %d", len(ks), 2*size)
+	}
+
+	// A sent file: a QueueSize of twice the default makes it 1.3 MB.
+	n1.sent, n1.lf.sentPath = newSentRing(2*size), sentPath(&n1.cfg)
+	for _, it := range its {
+		n1.sent.push(it.id, it.op, it.until, it.expires)
+		n1.sent.push(it.child, opRetire, time.Time{}, it.expires)
+	}
+	n1.saveSent()
+	if st, err = os.Stat(n1.lf.sentPath); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() <= transport.MaxMessageSize {
+		t.Fatalf("the sent file is %d bytes: the test needs one larger than a message (%d)", st.Size(), transport.MaxMessageSize)
+	}
+	n3 := lifeNode(t, "lf", file, cache, now, true)
+	n3.sent, n3.lf.sentPath = newSentRing(2*size), sentPath(&n3.cfg)
+	n3.readSent()
+	if got := len(n3.sent.live(t0)); got != 2*size {
+		t.Fatalf("a sent file of %d bytes read back %d items, want %d", st.Size(), got, 2*size)
+	}
 }

@@ -53,8 +53,8 @@ const (
 	sentJournalSuffix  = ".journal"
 	sentJournalContext = "sent-journal"
 	sentJournalVersion = 1
-	// sentFrameMax bounds the records of a journal frame, so that a frame
-	// stays within transport.MaxMessageSize, which open enforces.
+	// sentFrameMax bounds the records of a journal frame (672 KB), so
+	// that reading a frame never holds much more than one sync made.
 	sentFrameMax = 16384
 )
 
@@ -349,7 +349,7 @@ func (n *Node) readSentFile() ([]sentItem, bool) {
 	}
 	n.lf.sentHash = sha256.Sum256(raw)
 	// No bound on the time it was sealed, as for the lifecycle file.
-	_, body, err := n.keys.open(raw, n.cfg.Farm, valTombstone, []byte(sentFileContext), n.cfg.Now(), 0, 0)
+	_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valTombstone, []byte(sentFileContext), n.cfg.Now())
 	if err != nil {
 		n.log.Warn("farm: the sent retirements and cuts file does not open under the farm's secrets; they will not be re-sent", "file", path, "err", err)
 		return nil, false
@@ -397,7 +397,7 @@ func (n *Node) readJournal() (its []sentItem, found bool) {
 		}
 		frame := raw[4 : 4+l]
 		raw = raw[4+l:]
-		_, body, err := n.keys.open(frame, n.cfg.Farm, valTombstone, []byte(sentJournalContext), now, 0, 0)
+		_, body, err := n.keys.openLocal(frame, n.cfg.Farm, valTombstone, []byte(sentJournalContext), now)
 		if err != nil {
 			n.log.Warn("farm: a frame of the sent retirements and cuts journal does not open under the farm's secrets; it and what follows will not be re-sent", "file", path, "err", err)
 			break
