@@ -629,16 +629,21 @@ func (n *Node) lifeExpiry(id session.ID) time.Time {
 	return n.cfg.Now().Add(life)
 }
 
-// refreshLater prepares the new sessions of batch that come back from the
-// backlog: one retired here since is left out (writing it would bring it
-// back), and one still cached is written as the cache now holds it (cut to
-// its grace, if it was resumed meanwhile), so that a cut already written
-// is not undone, with the link to its parent it was queued with.
+// refreshLater prepares the new sessions of batch, those that come back
+// from the backlog and those that waited in the queue: one retired here
+// since is left out (writing it would bring it back), and one still cached
+// is written as the cache now holds it (cut to its grace, if it was
+// resumed meanwhile), so that a cut already written is not undone, with
+// the link to its parent it was queued with. A session waits in the store's
+// queue while the bus has already brought it to peers (broadcast mode,
+// the store on a path of its own, writing slowly): a peer that resumed it
+// meanwhile cut it (or retired it) here and in the store, where its cut
+// found no record to shorten.
 func (n *Node) refreshLater(batch []item) {
 	now := n.cfg.Now()
 	for i := range batch {
 		it := &batch[i]
-		if !it.later || it.op != opNew || it.rev != nil {
+		if it.op != opNew || it.rev != nil {
 			continue
 		}
 		if n.retired.has(it.id, now) {
@@ -652,6 +657,34 @@ func (n *Node) refreshLater(batch []item) {
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
 			rec.Parent = it.rec.Parent
 			it.rec = rec
+		}
+	}
+}
+
+// recutWritten follows a store write of batch on the store's own path in
+// broadcast mode, where the bus may have brought a session of the batch to
+// peers before the write landed: a peer that resumed it while the write
+// was in flight cut it (or retired it) here and in the store, where its
+// cut, written only over a record that is there, found none, and the
+// write then put the session back whole. Each new session of the batch
+// that this node has since heard was retired or cut is deleted, or cut,
+// in the store again, queued behind the write on the same path.
+func (n *Node) recutWritten(batch []item) {
+	if n.cfg.Mode != Broadcast || n.sq == nil {
+		return // one round trip writes and publishes, or no peer learns of a session before the store does
+	}
+	now := n.cfg.Now()
+	for i := range batch {
+		it := &batch[i]
+		if it.op != opNew || it.rev != nil {
+			continue
+		}
+		if n.retired.has(it.id, now) {
+			n.sq.push(item{id: it.id, op: opRetire})
+			continue
+		}
+		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok && rec.Expires.Before(it.rec.Expires) {
+			n.sq.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
 		}
 	}
 }
