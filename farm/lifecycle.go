@@ -243,11 +243,20 @@ func (p cachePeer) Release(id session.ID, r session.Record) {
 }
 
 // restore puts back a session whose claim was released, unless the key
-// has been written meanwhile.
+// has been written meanwhile, or the session was retired meanwhile: the
+// claim took it out of the store, so a retirement that crossed it (a
+// peer's consume whose HandshakeComplete came after its own claim was
+// released, or this node's) deleted nothing there, and putting it back
+// would let any node that loads it resume it again. Such a session is no
+// longer in this node's cache (a peer's retirement removed it) or is
+// remembered as retired here.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
 	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if ttl <= 0 || !ok {
+		return nil
+	}
+	if _, held := n.cfg.Cache.Cut(id, rec.Expires); !held || n.retired.has(id, hdr.time) {
 		return nil
 	}
 	body, err := encodeRecord(&rec)
