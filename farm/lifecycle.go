@@ -538,13 +538,15 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := encodeRecord(&rec); err == nil {
 				hdr.typ = valRecord
-				// Only over a record that is there: a cut shortens
-				// what the store holds and never brings back a record
-				// that a peer's retirement or revocation deleted —
-				// one that crossed this write, or, for a cut written
-				// late or re-sent (resendHeld), one made while this
-				// node was cut off. Where the store lost the record
-				// with its data, the write-back puts it back, cut.
+				// Only over a record that is there and ends later: a
+				// cut shortens what the store holds and never brings
+				// back a record that a peer's retirement or revocation
+				// deleted — one that crossed this write, or, for a cut
+				// written late or re-sent (resendHeld), one made while
+				// this node was cut off — nor lengthens one that a
+				// peer cut sooner without this node hearing of it.
+				// Where the store lost the record with its data, the
+				// write-back puts it back, cut.
 				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl, IfPresent: true})
 			}
 		}
