@@ -139,6 +139,9 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	if ctx.Err() == nil {
 		n.storeOutcome(batch, err)
 	}
+	if err == nil && len(puts) > 0 {
+		n.recutWritten(batch)
+	}
 	if err != nil {
 		// Also when the write was cancelled by Close: see flush.
 		n.keepLifecycle(n.lifesq, batch)

@@ -243,11 +243,20 @@ func (p cachePeer) Release(id session.ID, r session.Record) {
 }
 
 // restore puts back a session whose claim was released, unless the key
-// has been written meanwhile.
+// has been written meanwhile, or the session was retired meanwhile: the
+// claim took it out of the store, so a retirement that crossed it (a
+// peer's consume whose HandshakeComplete came after its own claim was
+// released, or this node's) deleted nothing there, and putting it back
+// would let any node that loads it resume it again. Such a session is no
+// longer in this node's cache (a peer's retirement removed it) or is
+// remembered as retired here.
 func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec session.Record) error {
 	ttl := rec.Expires.Sub(hdr.time)
 	taker, ok := n.cfg.Records.(transport.RecordTaker)
 	if ttl <= 0 || !ok {
+		return nil
+	}
+	if _, held := n.cfg.Cache.Cut(id, rec.Expires); !held || n.retired.has(id, hdr.time) {
 		return nil
 	}
 	body, err := encodeRecord(&rec)
@@ -529,13 +538,15 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		if ttl := rec.Expires.Sub(now); ttl > 0 {
 			if body, err := encodeRecord(&rec); err == nil {
 				hdr.typ = valRecord
-				// Only over a record that is there: a cut shortens
-				// what the store holds and never brings back a record
-				// that a peer's retirement or revocation deleted —
-				// one that crossed this write, or, for a cut written
-				// late or re-sent (resendHeld), one made while this
-				// node was cut off. Where the store lost the record
-				// with its data, the write-back puts it back, cut.
+				// Only over a record that is there and ends later: a
+				// cut shortens what the store holds and never brings
+				// back a record that a peer's retirement or revocation
+				// deleted — one that crossed this write, or, for a cut
+				// written late or re-sent (resendHeld), one made while
+				// this node was cut off — nor lengthens one that a
+				// peer cut sooner without this node hearing of it.
+				// Where the store lost the record with its data, the
+				// write-back puts it back, cut.
 				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl, IfPresent: true})
 			}
 		}
@@ -629,16 +640,21 @@ func (n *Node) lifeExpiry(id session.ID) time.Time {
 	return n.cfg.Now().Add(life)
 }
 
-// refreshLater prepares the new sessions of batch that come back from the
-// backlog: one retired here since is left out (writing it would bring it
-// back), and one still cached is written as the cache now holds it (cut to
-// its grace, if it was resumed meanwhile), so that a cut already written
-// is not undone, with the link to its parent it was queued with.
+// refreshLater prepares the new sessions of batch, those that come back
+// from the backlog and those that waited in the queue: one retired here
+// since is left out (writing it would bring it back), and one still cached
+// is written as the cache now holds it (cut to its grace, if it was
+// resumed meanwhile), so that a cut already written is not undone, with
+// the link to its parent it was queued with. A session waits in the store's
+// queue while the bus has already brought it to peers (broadcast mode,
+// the store on a path of its own, writing slowly): a peer that resumed it
+// meanwhile cut it (or retired it) here and in the store, where its cut
+// found no record to shorten.
 func (n *Node) refreshLater(batch []item) {
 	now := n.cfg.Now()
 	for i := range batch {
 		it := &batch[i]
-		if !it.later || it.op != opNew || it.rev != nil {
+		if it.op != opNew || it.rev != nil {
 			continue
 		}
 		if n.retired.has(it.id, now) {
@@ -652,6 +668,34 @@ func (n *Node) refreshLater(batch []item) {
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
 			rec.Parent = it.rec.Parent
 			it.rec = rec
+		}
+	}
+}
+
+// recutWritten follows a store write of batch on the store's own path in
+// broadcast mode, where the bus may have brought a session of the batch to
+// peers before the write landed: a peer that resumed it while the write
+// was in flight cut it (or retired it) here and in the store, where its
+// cut, written only over a record that is there, found none, and the
+// write then put the session back whole. Each new session of the batch
+// that this node has since heard was retired or cut is deleted, or cut,
+// in the store again, queued behind the write on the same path.
+func (n *Node) recutWritten(batch []item) {
+	if n.cfg.Mode != Broadcast || n.sq == nil {
+		return // one round trip writes and publishes, or no peer learns of a session before the store does
+	}
+	now := n.cfg.Now()
+	for i := range batch {
+		it := &batch[i]
+		if it.op != opNew || it.rev != nil {
+			continue
+		}
+		if n.retired.has(it.id, now) {
+			n.sq.push(item{id: it.id, op: opRetire})
+			continue
+		}
+		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok && rec.Expires.Before(it.rec.Expires) {
+			n.sq.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
 		}
 	}
 }

@@ -178,8 +178,8 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 
 	t.Run("IfPresent", func(t *testing.T) {
 		// One present key and one absent, alone and in a batch with plain
-		// writes: the present one is replaced with the new value and TTL,
-		// the absent ones stay absent.
+		// writes: the present one is replaced with the new value and
+		// (shorter) TTL, the absent ones stay absent.
 		for _, batch := range []bool{false, true} {
 			pre := fmt.Sprintf("ifp-%v-", batch)
 			if err := s.PutRecords(ctx, transport.Item{Key: pre + "there", Value: []byte("old"), TTL: time.Minute}); err != nil {
@@ -225,6 +225,36 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 				}
 				if time.Now().After(deadline) {
 					t.Fatalf("a record replaced IfPresent with a 300ms TTL still reads after 5s: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		// A record with less left than the write's TTL (cut sooner by
+		// another write) keeps its value and its end: a replacement only
+		// shortens.
+		for _, batch := range []bool{false, true} {
+			key := fmt.Sprintf("ifp-short-%v", batch)
+			if err := s.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sooner"), TTL: 400 * time.Millisecond}); err != nil {
+				t.Fatal(err)
+			}
+			items := []transport.Item{{Key: key, Value: []byte("later"), TTL: time.Minute, IfPresent: true}}
+			if batch {
+				items = append(items, transport.Item{Key: key + "-plain", Value: []byte("p"), TTL: time.Minute})
+			}
+			if err := s.PutRecords(ctx, items...); err != nil {
+				t.Fatalf("PutRecords with IfPresent over a shorter record (batch %v): %v", batch, err)
+			}
+			if got, err := s.GetRecord(ctx, key); err != nil || string(got) != "sooner" {
+				t.Fatalf("a record with less left than an IfPresent write (batch %v) reads %q, %v; want it unchanged", batch, got, err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				_, err := s.GetRecord(ctx, key)
+				if errors.Is(err, transport.ErrNotFound) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("a 400ms record that an IfPresent write of a minute did not replace still reads after 5s: %v", err)
 				}
 				time.Sleep(50 * time.Millisecond)
 			}

@@ -108,8 +108,9 @@ func serverTTL(ttl time.Duration) time.Duration {
 // entry is what get found at a key.
 type entry struct {
 	value   []byte
-	rev     uint64 // the subject's last sequence; 0 if it has no message
-	present bool   // false for no message, a delete marker, or an expired value
+	rev     uint64    // the subject's last sequence; 0 if it has no message
+	present bool      // false for no message, a delete marker, or an expired value
+	expires time.Time // when a present value with a TTL lapses; zero if it has none
 }
 
 // get reads the last message on subj and decides whether it is a live
@@ -137,8 +138,11 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 	if !ok {
 		ttl, v = 0, m.Data
 	}
-	if ttl > 0 && !t.now().Before(m.Time.Add(time.Duration(ttl)*time.Millisecond)) {
-		return e, nil
+	if ttl > 0 {
+		e.expires = m.Time.Add(time.Duration(ttl) * time.Millisecond)
+		if !t.now().Before(e.expires) {
+			return entry{rev: m.Sequence}, nil
+		}
 	}
 	e.value, e.present = v, true
 	return e, nil
@@ -235,8 +239,8 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 // in flight at once.
 const maxReplacing = 16
 
-// replaceIn writes it in bucket s only if a record is at its key
-// (Item.IfPresent): the key is read, and written with the revision read as
+// replaceIn writes it in bucket s only if a record is at its key that
+// would outlive it.TTL (Item.IfPresent): the key is read, and written with the revision read as
 // the expected last sequence of its subject, so that the server refuses
 // the write if the record was deleted (or rewritten) in between. A refused
 // write is tried again from the read, a few times; a key that kept
@@ -250,7 +254,9 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 		if err != nil {
 			return t.check(m, "replace", err)
 		}
-		if !e.present {
+		if !e.present || !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
+			// Gone, or it lapses no later than this write would: a
+			// cut only shortens (see Item.IfPresent).
 			return nil
 		}
 		msg, opts := t.message(s, k, val, it.TTL)

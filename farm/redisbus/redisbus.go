@@ -833,43 +833,94 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 	}
 }
 
-// PutRecords implements transport.RecordStore: SET key value PX ttl (with
-// XX for an Item.IfPresent), pipelined.
+// PutRecords implements transport.RecordStore: SET key value PX ttl, or
+// for an Item.IfPresent cutScript, pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
 		if it.IfPresent {
-			return t.failed(t.c.SetXX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
+			return t.failed(cutScript.Run(ctx, t.c, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
 		}
 		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
-	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	var cuts []cutCmd
+	cmds, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			t.setRecord(ctx, p, it)
+			cuts = t.setRecord(ctx, p, it, cuts)
 		}
 		return nil
 	})
-	return t.failed(err)
+	return t.failed(t.redoCuts(ctx, cmds, err, cuts))
 }
 
-// setRecord queues the write of it on p: SET, or SET XX for an
-// Item.IfPresent (whose nil reply, nothing written, go-redis reads as
-// false, not as an error).
-func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item) {
+// A cutCmd is an Item.IfPresent queued in a pipeline (see redoCuts).
+type cutCmd struct {
+	cmd *redis.Cmd
+	it  transport.Item
+}
+
+// setRecord queues the write of it on p: SET, or for an Item.IfPresent
+// cutScript by its hash, which it appends to cuts.
+func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item, cuts []cutCmd) []cutCmd {
 	if it.IfPresent {
-		p.SetXX(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
-		return
+		return append(cuts, cutCmd{cutScript.EvalSha(ctx, p, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
 	}
 	p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+	return cuts
 }
 
-// PutAndPublish implements transport.Batcher: the SETs, the DELs and the
-// PUBLISHes go in one pipeline, one round trip (on a cluster, one per
-// shard, with a DEL per key).
+// redoCuts returns the error of a pipeline that ran cmds, err, after
+// running again, whole (EVAL), its cuts that the server had no script for
+// (NOSCRIPT: it restarted, failed over, or flushed its scripts): nil if
+// those were its only failures and they succeed now. A cut so run after
+// the pipeline's deletions and publishes is still right: it writes only
+// over a record that is there.
+func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error, cuts []cutCmd) error {
+	if err == nil || len(cuts) == 0 {
+		return err
+	}
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !redis.HasErrorPrefix(e, "NOSCRIPT") {
+			return err
+		}
+	}
+	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, c := range cuts {
+			if c.cmd.Err() != nil {
+				cutScript.Eval(ctx, p, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// cutScript is the write of an Item.IfPresent: KEYS[1] is the record,
+// ARGV the value and the TTL (ms). It writes only over a record that is
+// there and would outlive the new TTL (or has none): a cut shortens a
+// record, never brings back one that is gone nor lengthens one that a
+// peer's cut ended sooner. It returns 1 if it wrote.
+var cutScript = redis.NewScript(`
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 or (left >= 0 and left <= tonumber(ARGV[2])) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// ttlMillis returns ttl in whole milliseconds, at least 1.
+func ttlMillis(ttl time.Duration) int64 {
+	return max(ttl.Milliseconds(), 1)
+}
+
+// PutAndPublish implements transport.Batcher: the SETs (and cuts), the
+// DELs and the PUBLISHes go in one pipeline, one round trip (on a cluster,
+// one per shard, with a DEL per key; a second for cuts, see redoCuts, if
+// the server lost its scripts).
 func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
-	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	var cuts []cutCmd
+	cmds, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
-			t.setRecord(ctx, p, it)
+			cuts = t.setRecord(ctx, p, it, cuts)
 		}
 		switch {
 		case len(dels) == 0:
@@ -889,7 +940,7 @@ func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, d
 		}
 		return nil
 	})
-	return t.failed(err)
+	return t.failed(t.redoCuts(ctx, cmds, err, cuts))
 }
 
 // GetRecord implements transport.RecordStore.

@@ -54,12 +54,15 @@ type Item struct {
 	Value []byte        // a sealed envelope
 	TTL   time.Duration // how long the store keeps it; > 0
 
-	// IfPresent makes the write a replacement: it takes place only if a
-	// record is at Key when it is applied, and otherwise writes nothing
-	// and is not an error. The farm writes a grace cut so: a cut shortens
-	// a record and must never bring back one that a peer deleted meanwhile
-	// (a retirement that crossed it, or one made while this node was cut
-	// off). Every RecordStore must honour it (Redis: SET XX).
+	// IfPresent makes the write a shortening replacement: it takes place
+	// only if a record is at Key when it is applied and that record would
+	// outlive TTL (or has no TTL), and otherwise writes nothing and is not
+	// an error. The farm writes a grace cut so: a cut shortens a record
+	// and must never bring back one that a peer deleted meanwhile (a
+	// retirement that crossed it, or one made while this node was cut
+	// off), nor lengthen one that a peer's cut, made sooner, ended
+	// sooner. Every RecordStore must honour it (Redis: a script that reads
+	// PTTL and SETs).
 	IfPresent bool
 }
 

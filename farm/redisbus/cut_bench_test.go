@@ -1,0 +1,102 @@
+package redisbus_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// BenchmarkCutWrite measures the write of a grace cut (an Item.IfPresent
+// over a present record of about a sealed session's size), alone and in
+// a pipeline of 16 with as many plain writes (a batch of resumptions: each
+// child's record and its parent's cut), against the shared Redis. Each
+// cut is shorter than the record it finds, so each is written.
+func BenchmarkCutWrite(b *testing.B) {
+	tr, err := redisbus.Open(redistest.URL(b), farmtest.FarmName(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := context.Background()
+	value := make([]byte, 200)
+	const keys = 1024
+	for i := range keys {
+		if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("p", i), Value: value, TTL: time.Hour}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("alone", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("batch16", func(b *testing.B) {
+		i := 0
+		items := make([]transport.Item, 0, 32)
+		for b.Loop() {
+			items = items[:0]
+			for range 16 {
+				items = append(items,
+					transport.Item{Key: fmt.Sprint("c", i%keys), Value: value, TTL: time.Hour},
+					transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true})
+				i++
+			}
+			if err := tr.PutRecords(ctx, items...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestCutAfterScriptFlush: a cut (Item.IfPresent) runs a script by its
+// hash; a server that lost its scripts (restarted, failed over, flushed)
+// still gets every cut, alone, in a batch, and with PutAndPublish, and
+// the other writes of the batch once each.
+func TestCutAfterScriptFlush(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	tr := open(t, srv.URL(), farmtest.FarmName(t))
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	ctx := context.Background()
+	for i, write := range []func(items []transport.Item) error{
+		func(items []transport.Item) error { return tr.PutRecords(ctx, items[0]) },
+		func(items []transport.Item) error { return tr.PutRecords(ctx, items...) },
+		func(items []transport.Item) error {
+			return tr.PutAndPublish(ctx, items, []string{"gone"}, [][]byte{[]byte("m")})
+		},
+	} {
+		key := fmt.Sprint("cut", i)
+		if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("whole"), TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		items := []transport.Item{
+			{Key: key, Value: []byte("cut"), TTL: time.Minute, IfPresent: true},
+			{Key: key + "-new", Value: []byte("new"), TTL: time.Minute},
+		}
+		if err := write(items); err != nil {
+			t.Fatalf("write %d after SCRIPT FLUSH: %v", i, err)
+		}
+		if got, err := tr.GetRecord(ctx, key); err != nil || string(got) != "cut" {
+			t.Fatalf("write %d after SCRIPT FLUSH: the record reads %q, %v; want it cut", i, got, err)
+		}
+		if ttl := rc.PTTL(ctx, tr.RecordKey(key)).Val(); ttl > time.Minute {
+			t.Fatalf("write %d after SCRIPT FLUSH: the record keeps %v", i, ttl)
+		}
+	}
+}
