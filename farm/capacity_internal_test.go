@@ -1,0 +1,197 @@
+package farm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// capacityBus opens two buses of one farm on the transport named kind at
+// the shared server: one to publish, one to subscribe (a NATS transport
+// does not hear its own messages).
+func capacityBus(t *testing.T, kind, farm string) (pub, sub transport.Bus) {
+	t.Helper()
+	var addr, url string
+	switch kind {
+	case "redis":
+		addr, url = "127.0.0.1:6379", "redis://127.0.0.1:6379/0"
+	case "nats":
+		addr, url = "127.0.0.1:4222", "nats://127.0.0.1:4222"
+	case "amqp":
+		addr, url = "127.0.0.1:5672", "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	testenv.NeedTCP(t, kind, addr)
+	var bs [2]transport.Bus
+	for i := range bs {
+		var err error
+		switch kind {
+		case "redis":
+			var tr *redisbus.Transport
+			tr, err = redisbus.Open(url, farm)
+			if err == nil {
+				t.Cleanup(func() { tr.Close() })
+				bs[i] = tr
+			}
+		case "nats":
+			var tr *natsbus.Transport
+			tr, err = natsbus.Open(url, farm, nil)
+			if err == nil {
+				t.Cleanup(func() { tr.Close() })
+				bs[i] = tr
+			}
+		case "amqp":
+			var b *amqpbus.Bus
+			b, err = amqpbus.Open(url, farm, nil)
+			if err == nil {
+				t.Cleanup(func() { b.Close() })
+				bs[i] = b
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bs[0], bs[1]
+}
+
+// TestCapacityBusMessagesAtTheirBounds: the bus messages whose number of
+// items grows with a setting, each filled to its default bound (or the
+// documented maximum), are split within the transport's limit and carried
+// whole through the real Redis, NATS and RabbitMQ: the retirements and cuts
+// of two full lifecycle backlogs (2 × QueueSize, as a re-send of held and
+// sent ones), transport.MaxSetMembers revocations (a write-back or a long
+// pending list), and a BatchSize batch of sessions each at
+// session.Config.MaxStateLen with a 253-byte server name, under a 64-byte
+// farm name. A guard of the bounds measured in docs (capacity notes): it
+// passes before and after.
+func TestCapacityBusMessagesAtTheirBounds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("publishes some 10 MB to each transport")
+	}
+	for _, kind := range []string{"redis", "nats", "amqp"} {
+		t.Run(kind, func(t *testing.T) {
+			var rb [8]byte
+			rand.Read(rb[:])
+			farm := "cap-" + kind + "-" + hex.EncodeToString(rb[:])
+			farm += strings.Repeat("x", maxFarmName-len(farm))
+			pub, sub := capacityBus(t, kind, farm)
+			cache, err := session.New(&session.Config{Lifetime: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cache.Close() })
+			n := &Node{cfg: Config{Farm: farm, Cache: cache, Mode: StoreOnly, Bus: pub, BatchSize: defaultBatchSize, QueueSize: defaultQueueSize},
+				keys: testKeyring(t, farm), instance: 42, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			t0 := time.Now()
+			hdr := header{time: t0, sender: n.instance, farm: farm}
+
+			var cuts, revs []item
+			for i := range 2 * defaultQueueSize {
+				it := item{id: cache.NewID(), op: opRetire, expires: t0.Add(time.Hour)}
+				if i%2 == 1 {
+					it.op, it.until, it.restored = opCut, t0.Add(30*time.Second), true
+				}
+				cuts = append(cuts, it)
+			}
+			for i := range transport.MaxSetMembers {
+				revs = append(revs, item{rev: &revocation{chain: uint64(i) + 1, until: t0.Add(time.Hour)}})
+			}
+			var sess []item
+			for range defaultBatchSize {
+				st := make([]byte, 16<<10)
+				rand.Read(st)
+				sess = append(sess, item{id: cache.NewID(), op: opNew, rec: session.Record{State: st,
+					ServerName: strings.Repeat("a", 253), Expires: t0.Add(time.Hour), Chain: 1, ChainStart: t0}})
+			}
+			n.cfg.Mode = StoreOnly
+			cutMsgs, _, _ := n.busMessages(hdr, cuts)
+			revMsgs, _, nrevs := n.busMessages(hdr, revs)
+			n.cfg.Mode = Broadcast
+			sessMsgs, news, _ := n.busMessages(hdr, sess)
+			if nrevs != len(revs) || news != len(sess) || n.ctr.unencodable.Load() != 0 {
+				t.Fatalf("encoded %d of %d revocations, %d of %d sessions, %d unencodable", nrevs, len(revs), news, len(sess), n.ctr.unencodable.Load())
+			}
+			lim := limitOf(pub)
+			var all [][]byte
+			largest := 0
+			for _, ms := range [][][]byte{cutMsgs, revMsgs, sessMsgs} {
+				for _, m := range ms {
+					if len(m) > lim || len(m) > transport.MaxMessageSize {
+						t.Fatalf("a message of %d bytes, over the limit %d", len(m), lim)
+					}
+					largest = max(largest, len(m))
+				}
+				all = append(all, ms...)
+			}
+			t.Logf("%s: limit %d; %d cuts in %d messages, %d revocations in %d, %d sessions of 16 KiB in %d; largest %d bytes",
+				kind, lim, len(cuts), len(cutMsgs), len(revs), len(revMsgs), len(sess), len(sessMsgs), largest)
+
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			up := make(chan struct{})
+			var once sync.Once
+			got := make(chan []byte, len(all))
+			go sub.Subscribe(ctx, func(m []byte) { got <- m }, func(ok bool, _ error) {
+				if ok {
+					once.Do(func() { close(up) })
+				}
+			})
+			select {
+			case <-up:
+			case <-ctx.Done():
+				t.Fatal("no subscription")
+			}
+			time.Sleep(200 * time.Millisecond) // the subscription reaches the server
+			for _, m := range all {
+				if err := pub.Publish(ctx, m); err != nil {
+					t.Fatalf("publish of %d bytes: %v", len(m), err)
+				}
+			}
+			var gotCuts, gotRevs, gotSess int
+			for range all {
+				var m []byte
+				select {
+				case m = <-got:
+				case <-ctx.Done():
+					t.Fatalf("got %d cuts, %d revocations, %d sessions, then nothing", gotCuts, gotRevs, gotSess)
+				}
+				h, body, err := n.keys.open(m, farm, 0, nil, time.Now(), time.Hour, time.Minute)
+				if err != nil {
+					t.Fatalf("a message of %d bytes does not open: %v", len(m), err)
+				}
+				switch h.typ {
+				case msgCut:
+					cs, err := parseCuts(body)
+					if err != nil {
+						t.Fatal(err)
+					}
+					gotCuts += len(cs)
+				case msgRevoke:
+					rs, err := parseRevocations(body)
+					if err != nil {
+						t.Fatal(err)
+					}
+					gotRevs += len(rs)
+				case msgSessions:
+					gotSess += strings.Count(string(body), strings.Repeat("a", 253))
+				}
+			}
+			if gotCuts != len(cuts) || gotRevs != len(revs) || gotSess != len(sess) {
+				t.Fatalf("received %d cuts, %d revocations, %d sessions; want %d, %d, %d", gotCuts, gotRevs, gotSess, len(cuts), len(revs), len(sess))
+			}
+		})
+	}
+}
