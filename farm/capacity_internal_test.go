@@ -195,3 +195,58 @@ func TestCapacityBusMessagesAtTheirBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestRecutsOverflowKeepsSwapping: in store-only mode, once more parents
+// were cut within the grace than the node remembers (maxRecuts: 65536 in
+// 30 s, a farm resuming 2185 sessions a second), a parent resumed before
+// and resumed again is still taken for one resumed again, so that its new
+// child replaces (swaps, retiring) the first one. The cuts arrive as a
+// peer's cut messages, through receiveCuts. Before the fix the memory was
+// cleared whole when full and the parent was taken for a first
+// resumption: its new child's link was put over the first child's, which
+// was never retired (two live children, silently).
+func TestRecutsOverflowKeepsSwapping(t *testing.T) {
+	cache, now, t0 := fileTestCache(t, &session.Config{ResumeGrace: 30 * time.Second, Lifetime: time.Hour})
+	n := lifeNode(t, "recuts", "", cache, now, false)
+	n.kids = make(chan item, 4)
+	until := t0.Add(30 * time.Second)
+	parent := cache.NewID()
+	var body []byte
+	body = appendCuts(body, []cut{{id: parent, until: until}})
+	for range maxRecuts {
+		body = appendCuts(body, []cut{{id: cache.NewID(), until: until}})
+	}
+	n.receiveCuts(body, t0)
+	now.Store(t0.Add(time.Second).UnixNano())
+	it := item{id: parent, op: opCut, until: t0.Add(31 * time.Second), child: cache.NewID(), expires: t0.Add(time.Hour)}
+	hdr := header{time: t0, sender: 1, farm: "recuts"}
+	puts, _ := n.lifecycleStoreItems(hdr, &it, t0.Add(time.Second), nil, nil)
+	for _, p := range puts {
+		if strings.HasPrefix(p.Key, childKeyPrefix) {
+			t.Fatal("a parent cut again within its grace, after more cuts than the node remembers, had its new child's link put over the first child's: the first child is never retired")
+		}
+	}
+	if len(n.kids) != 1 {
+		t.Fatalf("%d swaps queued for the parent resumed again, want 1", len(n.kids))
+	}
+}
+
+// BenchmarkRecut measures the store-only cut path's memory of parents cut
+// within the grace (wasRecut, then noteRecut, as lifecycleStoreItems
+// does), at a rate past maxRecuts a grace period: the map fills and is
+// cleared every maxRecuts cuts.
+func BenchmarkRecut(b *testing.B) {
+	cache, now, t0 := fileTestCache(b, &session.Config{ResumeGrace: 30 * time.Second, Lifetime: time.Hour})
+	n := &Node{cfg: Config{Cache: cache, Mode: StoreOnly, Now: func() time.Time { return time.Unix(0, now.Load()) }}}
+	ids := make([]session.ID, 1<<17)
+	for i := range ids {
+		ids[i] = cache.NewID()
+	}
+	until := t0.Add(30 * time.Second)
+	b.ResetTimer()
+	for i := range b.N {
+		id := ids[i&(len(ids)-1)]
+		n.wasRecut(id)
+		n.noteRecut(id, until)
+	}
+}
