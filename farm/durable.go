@@ -55,6 +55,7 @@ type pendingRev struct {
 type revocations struct {
 	mu      sync.Mutex
 	pending []*pendingRev
+	byChain map[uint64]*pendingRev // pending, by chain
 	wake    chan struct{}
 	applied uint64
 	retries uint64
@@ -72,16 +73,25 @@ func (r *revocations) signal() {
 func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
 	r := &n.revs
 	r.mu.Lock()
-	var p *pendingRev
-	for _, q := range r.pending {
-		if q.rev.chain == rev.chain {
-			p = q
-			break
-		}
-	}
+	p := n.addRevocationLocked(id, rev)
+	n.persistLocked()
+	r.mu.Unlock()
+	r.signal()
+	return p.done
+}
+
+// addRevocationLocked is addRevocation without writing the file or waking
+// the revoker (n.revs.mu is held).
+func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
+	r := &n.revs
+	p := r.byChain[rev.chain]
 	if p == nil {
 		p = &pendingRev{rev: rev, stored: n.cfg.Coord == nil, done: make(chan struct{})}
 		r.pending = append(r.pending, p)
+		if r.byChain == nil {
+			r.byChain = make(map[uint64]*pendingRev)
+		}
+		r.byChain[rev.chain] = p
 	} else if rev.until.After(p.rev.until) {
 		p.rev.until = rev.until
 	}
@@ -91,10 +101,7 @@ func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
 			p.stored = false // one more key to delete
 		}
 	}
-	n.persistLocked()
-	r.mu.Unlock()
-	r.signal()
-	return p.done
+	return p
 }
 
 // pendingRevocations returns the number of revoked chains not yet applied
@@ -219,6 +226,7 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 	for _, p := range r.pending {
 		if p.stored && p.published {
 			close(p.done)
+			delete(r.byChain, p.rev.chain)
 			r.applied++
 			continue
 		}
@@ -404,18 +412,30 @@ func (n *Node) loadRevocations() error {
 	}
 	now := n.cfg.Now()
 	for _, e := range entries {
+		if e.rev.until.After(now) {
+			n.cfg.Cache.RemoveChain(e.rev.chain, e.rev.until, session.OriginPeer)
+		}
+	}
+	// Queued under one lock and written back once: written once per
+	// entry, a file of N revocations cost N rewrites of up to its whole
+	// size (20000: 150 s before Join returned).
+	r := &n.revs
+	r.mu.Lock()
+	for _, e := range entries {
 		rev := e.rev
 		if !rev.until.After(now) {
 			continue
 		}
-		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 		if len(e.ids) == 0 {
-			n.addRevocation(session.ID{}, rev)
+			n.addRevocationLocked(session.ID{}, rev)
 		}
 		for _, id := range e.ids {
-			n.addRevocation(id, rev)
+			n.addRevocationLocked(id, rev)
 		}
 	}
+	n.persistLocked()
+	r.mu.Unlock()
+	r.signal()
 	return nil
 }
 
