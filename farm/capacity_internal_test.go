@@ -79,9 +79,12 @@ func capacityBus(t *testing.T, kind, farm string) (pub, sub transport.Bus) {
 // session.Config.MaxStateLen with a 253-byte server name, under a 64-byte
 // farm name. A guard of the bounds measured in docs (capacity notes): it
 // passes before and after.
+//
+// It takes about 30 s under -race, for a guard that no change has failed
+// yet, so it runs with TLSFARM_LONG=1 (README, "Longer runs"), not in CI.
 func TestCapacityBusMessagesAtTheirBounds(t *testing.T) {
-	if testing.Short() {
-		t.Skip("publishes some 10 MB to each transport")
+	if testing.Short() || os.Getenv("TLSFARM_LONG") != "1" {
+		t.Skip("publishes some 10 MB to each transport: set TLSFARM_LONG=1")
 	}
 	for _, kind := range []string{"redis", "nats", "amqp"} {
 		t.Run(kind, func(t *testing.T) {
