@@ -117,3 +117,12 @@ func (n *Node) StoreFailing() bool {
 	defer n.deg.mu.Unlock()
 	return n.deg.storeFailing
 }
+
+// QueueRevocations queues count revocations, of the chains first to
+// first+count-1, lapsing at until, as RevokeSession queues one for a
+// session the node does not hold.
+func (n *Node) QueueRevocations(first uint64, count int, until time.Time) {
+	for i := range count {
+		n.addRevocation(session.ID{}, revocation{chain: first + uint64(i), until: until})
+	}
+}
