@@ -192,8 +192,8 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 
 // PutRecords implements transport.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip. The
-// Item.IfPresent ones follow, each a read and a write conditional on the
-// revision read (see replaceIn), concurrently.
+// Item.IfPresent and Item.NoLonger ones follow, each a read and a write
+// conditional on the revision read (see replaceIn), concurrently.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -205,7 +205,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	var longest time.Duration
 	for _, it := range items {
 		longest = max(longest, it.TTL)
-		if it.IfPresent {
+		if it.IfPresent || it.NoLonger {
 			replace = append(replace, it)
 			continue
 		}
@@ -235,14 +235,16 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	return errors.Join(errs...)
 }
 
-// maxReplacing bounds the replacements (Item.IfPresent) of one PutRecords
-// in flight at once.
+// maxReplacing bounds the conditional writes (Item.IfPresent,
+// Item.NoLonger) of one PutRecords in flight at once.
 const maxReplacing = 16
 
 // replaceIn writes it in bucket s only if a record is at its key that
-// would outlive it.TTL (Item.IfPresent): the key is read, and written with the revision read as
-// the expected last sequence of its subject, so that the server refuses
-// the write if the record was deleted (or rewritten) in between. A refused
+// would outlive it.TTL (Item.IfPresent), or, for an Item.NoLonger, also
+// if none is: the key is read, and written with the revision read as
+// the expected last sequence of its subject (0, none, for a key never
+// written), so that the server refuses the write if the record was
+// deleted, written or rewritten in between. A refused
 // write is tried again from the read, a few times; a key that kept
 // changing is an error, so that the farm keeps the write for later rather
 // than drop it.
@@ -254,9 +256,10 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 		if err != nil {
 			return t.check(m, "replace", err)
 		}
-		if !e.present || !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
-			// Gone, or it lapses no later than this write would: a
-			// cut only shortens (see Item.IfPresent).
+		if !e.present && it.IfPresent || e.present && !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
+			// Gone (a cut), or it lapses no later than this write
+			// would: a cut and a write-back only shorten (see
+			// Item.IfPresent, Item.NoLonger).
 			return nil
 		}
 		msg, opts := t.message(s, k, val, it.TTL)
