@@ -60,10 +60,12 @@ func BenchmarkCutWrite(b *testing.B) {
 	})
 }
 
-// TestCutAfterScriptFlush: a cut (Item.IfPresent) runs a script by its
-// hash; a server that lost its scripts (restarted, failed over, flushed)
-// still gets every cut, alone, in a batch, and with PutAndPublish, and
-// the other writes of the batch once each.
+// TestCutAfterScriptFlush: a cut (Item.IfPresent) and a write-back
+// (Item.NoLonger) run a script by its hash; a server that lost its
+// scripts (restarted, failed over, flushed) still gets every cut, alone,
+// in a batch, and with PutAndPublish, each write-back in a batch (run
+// again with its own script: it writes where no record is), and the other
+// writes of the batch once each.
 func TestCutAfterScriptFlush(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -88,6 +90,7 @@ func TestCutAfterScriptFlush(t *testing.T) {
 		items := []transport.Item{
 			{Key: key, Value: []byte("cut"), TTL: time.Minute, IfPresent: true},
 			{Key: key + "-new", Value: []byte("new"), TTL: time.Minute},
+			{Key: key + "-back", Value: []byte("back"), TTL: time.Minute, NoLonger: true},
 		}
 		if err := write(items); err != nil {
 			t.Fatalf("write %d after SCRIPT FLUSH: %v", i, err)
@@ -97,6 +100,11 @@ func TestCutAfterScriptFlush(t *testing.T) {
 		}
 		if ttl := rc.PTTL(ctx, tr.RecordKey(key)).Val(); ttl > time.Minute {
 			t.Fatalf("write %d after SCRIPT FLUSH: the record keeps %v", i, ttl)
+		}
+		if i > 0 {
+			if got, err := tr.GetRecord(ctx, key+"-back"); err != nil || string(got) != "back" {
+				t.Fatalf("write %d after SCRIPT FLUSH: the written-back record reads %q, %v", i, got, err)
+			}
 		}
 	}
 }
