@@ -262,8 +262,8 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 	})
 
 	t.Run("NoLonger", func(t *testing.T) {
-		// Alone and in a batch with a plain write: an absent key is
-		// written; a present record that would outlive the write is
+		// Alone and in a batch with a plain write: an absent key (never
+		// written, or deleted) is written; a present record that would outlive the write is
 		// replaced (shortened); one with less left keeps its value and
 		// its end.
 		for _, batch := range []bool{false, true} {
@@ -273,8 +273,15 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 					t.Fatal(err)
 				}
 			}
+			if err := s.PutRecords(ctx, transport.Item{Key: pre + "deleted", Value: []byte("old"), TTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteRecords(ctx, pre+"deleted"); err != nil {
+				t.Fatal(err)
+			}
 			items := []transport.Item{
 				{Key: pre + "absent", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
+				{Key: pre + "deleted", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
 				{Key: pre + "longer", Value: []byte("new"), TTL: 300 * time.Millisecond, NoLonger: true},
 				{Key: pre + "shorter", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
 			}
@@ -294,7 +301,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 			if err != nil {
 				t.Fatalf("PutRecords with NoLonger (batch %v): %v", batch, err)
 			}
-			for k, want := range map[string]string{"absent": "new", "longer": "new", "shorter": "old"} {
+			for k, want := range map[string]string{"absent": "new", "deleted": "new", "longer": "new", "shorter": "old"} {
 				if got, err := s.GetRecord(ctx, pre+k); err != nil || string(got) != want {
 					t.Fatalf("the %s record written NoLonger (batch %v) reads %q, %v; want %q", k, batch, got, err, want)
 				}
