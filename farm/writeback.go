@@ -169,7 +169,9 @@ func (n *Node) writeBack(ctx context.Context) {
 			if ttl <= 0 || err != nil {
 				continue
 			}
-			items = append(items, transport.Item{Key: sessionKey(e.id), Value: n.keys.seal(nil, hdr, body, e.id[:]), TTL: ttl})
+			// NoLonger: a peer that knew a cut this node missed may
+			// have written the session back cut already.
+			items = append(items, transport.Item{Key: sessionKey(e.id), Value: n.keys.seal(nil, hdr, body, e.id[:]), TTL: ttl, NoLonger: true})
 		}
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err := n.cfg.Records.PutRecords(wctx, items...)

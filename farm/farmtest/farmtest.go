@@ -261,6 +261,77 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		}
 	})
 
+	t.Run("NoLonger", func(t *testing.T) {
+		// Alone and in a batch with a plain write: an absent key (never
+		// written, or deleted) is written; a present record that would outlive the write is
+		// replaced (shortened); one with less left keeps its value and
+		// its end.
+		for _, batch := range []bool{false, true} {
+			pre := fmt.Sprintf("nol-%v-", batch)
+			for k, ttl := range map[string]time.Duration{"longer": time.Minute, "shorter": 400 * time.Millisecond} {
+				if err := s.PutRecords(ctx, transport.Item{Key: pre + k, Value: []byte("old"), TTL: ttl}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.PutRecords(ctx, transport.Item{Key: pre + "deleted", Value: []byte("old"), TTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteRecords(ctx, pre+"deleted"); err != nil {
+				t.Fatal(err)
+			}
+			items := []transport.Item{
+				{Key: pre + "absent", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
+				{Key: pre + "deleted", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
+				{Key: pre + "longer", Value: []byte("new"), TTL: 300 * time.Millisecond, NoLonger: true},
+				{Key: pre + "shorter", Value: []byte("new"), TTL: time.Minute, NoLonger: true},
+			}
+			if batch {
+				items = append(items, transport.Item{Key: pre + "plain", Value: []byte("p"), TTL: time.Minute})
+			}
+			var err error
+			if batch {
+				err = s.PutRecords(ctx, items...)
+			} else {
+				for _, it := range items {
+					if err = s.PutRecords(ctx, it); err != nil {
+						break
+					}
+				}
+			}
+			if err != nil {
+				t.Fatalf("PutRecords with NoLonger (batch %v): %v", batch, err)
+			}
+			for k, want := range map[string]string{"absent": "new", "deleted": "new", "longer": "new", "shorter": "old"} {
+				if got, err := s.GetRecord(ctx, pre+k); err != nil || string(got) != want {
+					t.Fatalf("the %s record written NoLonger (batch %v) reads %q, %v; want %q", k, batch, got, err, want)
+				}
+			}
+			if batch {
+				if got, err := s.GetRecord(ctx, pre+"plain"); err != nil || string(got) != "p" {
+					t.Fatalf("a plain write beside NoLonger ones reads %q, %v", got, err)
+				}
+			}
+			// The shortened record took the new TTL, the kept one kept
+			// its own; the absent one, written for a minute, stays.
+			deadline := time.Now().Add(5 * time.Second)
+			for _, k := range []string{"longer", "shorter"} {
+				for {
+					_, err := s.GetRecord(ctx, pre+k)
+					if errors.Is(err, transport.ErrNotFound) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the %s record (batch %v) still reads after 5s: %v; a NoLonger write lengthened it", k, batch, err)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			if got, err := s.GetRecord(ctx, pre+"absent"); err != nil || string(got) != "new" {
+				t.Fatalf("the record written NoLonger where none was (batch %v) reads %q, %v after the others lapsed", batch, got, err)
+			}
+		}
+	})
+
 	t.Run("GetRecords", func(t *testing.T) {
 		g, ok := s.(transport.RecordGetter)
 		if !ok {

@@ -192,8 +192,10 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 
 // PutRecords implements transport.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip. The
-// Item.IfPresent ones follow, each a read and a write conditional on the
-// revision read (see replaceIn), concurrently.
+// Item.NoLonger ones are first written so too, each on the condition that
+// its key never held a message (see createAll); those the server refuses,
+// and the Item.IfPresent ones, follow, each a read and a write conditional
+// on the revision read (see replaceIn), concurrently.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -201,12 +203,16 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	}
 	msgs := make([]*nats.Msg, 0, len(items))
 	opts := make([][]jetstream.PublishOpt, 0, len(items))
-	var replace []transport.Item
+	var replace, create []transport.Item
 	var longest time.Duration
 	for _, it := range items {
 		longest = max(longest, it.TTL)
 		if it.IfPresent {
 			replace = append(replace, it)
+			continue
+		}
+		if it.NoLonger {
+			create = append(create, it)
 			continue
 		}
 		msg, o := t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
@@ -217,6 +223,13 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 		if err := t.check(m, "put", t.publishAll(ctx, msgs, opts)); err != nil {
 			return err
 		}
+	}
+	if len(create) > 0 {
+		refused, err := t.createAll(ctx, s, create)
+		if err := t.check(m, "put", err); err != nil {
+			return err
+		}
+		replace = append(replace, refused...)
 	}
 	if len(replace) == 1 {
 		return t.replaceIn(ctx, m, s, replace[0])
@@ -235,14 +248,50 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	return errors.Join(errs...)
 }
 
-// maxReplacing bounds the replacements (Item.IfPresent) of one PutRecords
-// in flight at once.
+// createAll writes items in bucket s, pipelined, each on the condition
+// that its key's subject has no message (an expected last sequence of 0),
+// and returns those the server refused for that. A store that lost its
+// data has no message at all: a write-back (Item.NoLonger) into it then
+// takes one round trip, as plain writes do, not a read and a write a key.
+// A refused item found a record, a marker or an expired value there, and
+// is for replaceIn.
+func (t *Transport) createAll(ctx context.Context, s *bucketState, items []transport.Item) ([]transport.Item, error) {
+	futs := make([]jetstream.PubAckFuture, len(items))
+	for i, it := range items {
+		msg, opts := t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+		f, err := t.js.PublishMsgAsync(msg, opts...)
+		if err != nil {
+			return nil, err
+		}
+		futs[i] = f
+	}
+	var refused []transport.Item
+	for i, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			if !wrongLastSequence(err) {
+				return nil, err
+			}
+			refused = append(refused, items[i])
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return refused, nil
+}
+
+// maxReplacing bounds the conditional writes (Item.IfPresent,
+// Item.NoLonger) of one PutRecords in flight at once.
 const maxReplacing = 16
 
 // replaceIn writes it in bucket s only if a record is at its key that
-// would outlive it.TTL (Item.IfPresent): the key is read, and written with the revision read as
-// the expected last sequence of its subject, so that the server refuses
-// the write if the record was deleted (or rewritten) in between. A refused
+// would outlive it.TTL (Item.IfPresent), or, for an Item.NoLonger, also
+// if none is: the key is read, and written with the revision read as
+// the expected last sequence of its subject (0, none, for a key never
+// written), so that the server refuses the write if the record was
+// deleted, written or rewritten in between. A refused
 // write is tried again from the read, a few times; a key that kept
 // changing is an error, so that the farm keeps the write for later rather
 // than drop it.
@@ -254,9 +303,10 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 		if err != nil {
 			return t.check(m, "replace", err)
 		}
-		if !e.present || !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
-			// Gone, or it lapses no later than this write would: a
-			// cut only shortens (see Item.IfPresent).
+		if !e.present && it.IfPresent || e.present && !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
+			// Gone (a cut), or it lapses no later than this write
+			// would: a cut and a write-back only shorten (see
+			// Item.IfPresent, Item.NoLonger).
 			return nil
 		}
 		msg, opts := t.message(s, k, val, it.TTL)

@@ -60,10 +60,12 @@ func BenchmarkCutWrite(b *testing.B) {
 	})
 }
 
-// TestCutAfterScriptFlush: a cut (Item.IfPresent) runs a script by its
-// hash; a server that lost its scripts (restarted, failed over, flushed)
-// still gets every cut, alone, in a batch, and with PutAndPublish, and
-// the other writes of the batch once each.
+// TestCutAfterScriptFlush: a cut (Item.IfPresent) and a write-back
+// (Item.NoLonger) run a script by its hash; a server that lost its
+// scripts (restarted, failed over, flushed) still gets every cut, alone,
+// in a batch, and with PutAndPublish, each write-back in a batch (run
+// again with its own script: it writes where no record is), and the other
+// writes of the batch once each.
 func TestCutAfterScriptFlush(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -88,6 +90,7 @@ func TestCutAfterScriptFlush(t *testing.T) {
 		items := []transport.Item{
 			{Key: key, Value: []byte("cut"), TTL: time.Minute, IfPresent: true},
 			{Key: key + "-new", Value: []byte("new"), TTL: time.Minute},
+			{Key: key + "-back", Value: []byte("back"), TTL: time.Minute, NoLonger: true},
 		}
 		if err := write(items); err != nil {
 			t.Fatalf("write %d after SCRIPT FLUSH: %v", i, err)
@@ -98,5 +101,48 @@ func TestCutAfterScriptFlush(t *testing.T) {
 		if ttl := rc.PTTL(ctx, tr.RecordKey(key)).Val(); ttl > time.Minute {
 			t.Fatalf("write %d after SCRIPT FLUSH: the record keeps %v", i, ttl)
 		}
+		if i > 0 {
+			if got, err := tr.GetRecord(ctx, key+"-back"); err != nil || string(got) != "back" {
+				t.Fatalf("write %d after SCRIPT FLUSH: the written-back record reads %q, %v", i, got, err)
+			}
+		}
+	}
+}
+
+// BenchmarkWriteBack measures a write-back batch (256 sessions of 300
+// bytes into a store that lost them: every key absent) written plain (SET,
+// as writeBack did) and as Item.NoLonger (noLongerScript by hash), against
+// the shared Redis.
+func BenchmarkWriteBack(b *testing.B) {
+	benchWriteBack(b, func(b *testing.B) transport.RecordStore {
+		tr, err := redisbus.Open(redistest.URL(b), farmtest.FarmName(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { tr.Close() })
+		return tr
+	})
+}
+
+func benchWriteBack(b *testing.B, open func(*testing.B) transport.RecordStore) {
+	for _, noLonger := range []bool{false, true} {
+		b.Run(fmt.Sprintf("nolonger=%v/256", noLonger), func(b *testing.B) {
+			s := open(b)
+			ctx := context.Background()
+			items := make([]transport.Item, 256)
+			value := make([]byte, 300)
+			round := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				for i := range items {
+					items[i] = transport.Item{Key: fmt.Sprintf("s:%d-%d", round, i), Value: value, TTL: time.Minute, NoLonger: noLonger}
+				}
+				round++
+				if err := s.PutRecords(ctx, items...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
+		})
 	}
 }

@@ -834,12 +834,13 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 }
 
 // PutRecords implements transport.RecordStore: SET key value PX ttl, or
-// for an Item.IfPresent cutScript, pipelined.
+// for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
+// pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
-		if it.IfPresent {
-			return t.failed(cutScript.Run(ctx, t.c, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
+		if sc := writeScript(it); sc != nil {
+			return t.failed(sc.Run(ctx, t.c, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
 		}
 		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
@@ -853,17 +854,30 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	return t.failed(t.redoCuts(ctx, cmds, err, cuts))
 }
 
-// A cutCmd is an Item.IfPresent queued in a pipeline (see redoCuts).
+// A cutCmd is a scripted write (Item.IfPresent, Item.NoLonger) queued in
+// a pipeline (see redoCuts).
 type cutCmd struct {
 	cmd *redis.Cmd
 	it  transport.Item
 }
 
-// setRecord queues the write of it on p: SET, or for an Item.IfPresent
-// cutScript by its hash, which it appends to cuts.
+// writeScript returns the script that writes it: cutScript for an
+// Item.IfPresent, noLongerScript for an Item.NoLonger, nil for a SET.
+func writeScript(it transport.Item) *redis.Script {
+	switch {
+	case it.IfPresent:
+		return cutScript
+	case it.NoLonger:
+		return noLongerScript
+	}
+	return nil
+}
+
+// setRecord queues the write of it on p: SET, or for an Item.IfPresent or
+// Item.NoLonger its script by hash, which it appends to cuts.
 func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item, cuts []cutCmd) []cutCmd {
-	if it.IfPresent {
-		return append(cuts, cutCmd{cutScript.EvalSha(ctx, p, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
+	if sc := writeScript(it); sc != nil {
+		return append(cuts, cutCmd{sc.EvalSha(ctx, p, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
 	}
 	p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 	return cuts
@@ -874,7 +888,9 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 // (NOSCRIPT: it restarted, failed over, or flushed its scripts): nil if
 // those were its only failures and they succeed now. A cut so run after
 // the pipeline's deletions and publishes is still right: it writes only
-// over a record that is there.
+// over a record that is there. A write-back (Item.NoLonger) so run after
+// them could write a record the pipeline deleted: the farm never batches
+// one with deletions.
 func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error, cuts []cutCmd) error {
 	if err == nil || len(cuts) == 0 {
 		return err
@@ -887,7 +903,7 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
 			if c.cmd.Err() != nil {
-				cutScript.Eval(ctx, p, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
+				writeScript(c.it).Eval(ctx, p, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
 			}
 		}
 		return nil
@@ -903,6 +919,18 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 var cutScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
 if left == -2 or (left >= 0 and left <= tonumber(ARGV[2])) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// noLongerScript is the write of an Item.NoLonger: cutScript, but a
+// missing record is written too. It writes where nothing is, or over a
+// record that would outlive the new TTL (or has none): a write-back never
+// lengthens a record that a peer, knowing a cut this node missed, wrote
+// back cut. It returns 1 if it wrote.
+var noLongerScript = redis.NewScript(`
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)

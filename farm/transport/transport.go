@@ -64,6 +64,18 @@ type Item struct {
 	// sooner. Every RecordStore must honour it (Redis: a script that reads
 	// PTTL and SETs).
 	IfPresent bool
+
+	// NoLonger makes the write one that never lengthens: it takes place
+	// if no record is at Key when it is applied, or if the record there
+	// would outlive TTL (or has no TTL), and otherwise writes nothing and
+	// is not an error. It is IfPresent without the presence: with both
+	// set, IfPresent rules (an absent key stays absent). The farm writes
+	// its sessions back to a store that lost its data so: a node that
+	// missed a peer's grace cut holds the session whole, and must not
+	// lengthen the record that a node which knew the cut wrote back
+	// before it. Every RecordStore must honour it (Redis: a script that
+	// reads PTTL and SETs).
+	NoLonger bool
 }
 
 // A RecordStore holds the farm's session records: sealed values under keys
