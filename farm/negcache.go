@@ -16,13 +16,17 @@ const (
 
 // retiredSize bounds the session IDs a node remembers as retired (see
 // Node.retired); each is remembered for MaxAge plus MaxSkew, as long as a
-// peer's message that still carries the session may be accepted.
-const retiredSize = 16384
+// peer's message that still carries the session may be accepted. A farm
+// of single-use sessions retires one on every resumption, so it is as
+// large as resumedSize: at 16384 it covered only about 470 retirements a
+// second farm-wide, and past that a late message could bring a retired
+// session back before its time.
+const retiredSize = resumedSize
 
 // resumedSize bounds the session IDs a node remembers as resumed lately
 // (see Node.resumed), for as long. Every TLS 1.3 resumption in the farm
-// adds one, so it is larger than retiredSize: 65536 IDs over the default
-// 35 s cover about 1,900 resumptions a second farm-wide, in about 3 MB.
+// adds one: 65536 IDs over the default 35 s cover about 1,900 resumptions
+// a second farm-wide, in about 3 MB.
 const resumedSize = 65536
 
 // negCache remembers, for a short while, the session IDs the store did not
