@@ -19,11 +19,37 @@ import (
 
 // load runs a client against random members until stop is closed, and
 // counts handshakes that failed outright (not full handshakes: errors).
+// It keeps the handshakes that did not resume (misses), with where and
+// when the session the client presented was issued.
 type load struct {
 	attempts, resumed, failed atomic.Int64
 	lastErr                   atomic.Value
 	wg                        sync.WaitGroup
 	stop                      chan struct{}
+
+	mu     sync.Mutex
+	misses []loadMiss
+}
+
+// A loadMiss is a handshake of a load that did not resume: begun at at on
+// member to, presenting the session member from issued at issued (from
+// is -1 for a client's first handshake).
+type loadMiss struct {
+	at, issued time.Time
+	to, from   int
+}
+
+// missesSince returns the misses begun at t or later.
+func (l *load) missesSince(t time.Time) []loadMiss {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []loadMiss
+	for _, m := range l.misses {
+		if !m.at.Before(t) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
@@ -33,13 +59,15 @@ func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
 		go func() {
 			defer l.wg.Done()
 			ccfg := farmtest.Client(version, &tlstest.SharedCache{})
+			from, issued := -1, time.Time{} // the session the client holds
 			for {
 				select {
 				case <-l.stop:
 					return
 				default:
 				}
-				cs, err := tlstest.Dial(ms[rand.N(len(ms))].Server.Addr, ccfg)
+				to, at := rand.N(len(ms)), time.Now()
+				cs, err := tlstest.Dial(ms[to].Server.Addr, ccfg)
 				l.attempts.Add(1)
 				if err != nil {
 					l.failed.Add(1)
@@ -48,7 +76,14 @@ func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
 				}
 				if cs.DidResume {
 					l.resumed.Add(1)
+				} else {
+					l.mu.Lock()
+					l.misses = append(l.misses, loadMiss{at: at, issued: issued, to: to, from: from})
+					l.mu.Unlock()
 				}
+				// The server issued the client a new session (TLS 1.3:
+				// after every handshake).
+				from, issued = to, time.Now()
 			}
 		}()
 	}
