@@ -201,8 +201,8 @@ func TestResumptionThroughOutage(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	a1, r1 := l.attempts.Load(), l.resumed.Load()
-	<-watched
 	ended := time.Now()
+	<-watched
 	srv.Restart()
 	for _, m := range ms {
 		farmtest.Eventually(t, 10*time.Second, m.Name+" back on the farm", func() bool {
