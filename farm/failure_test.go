@@ -19,11 +19,37 @@ import (
 
 // load runs a client against random members until stop is closed, and
 // counts handshakes that failed outright (not full handshakes: errors).
+// It keeps the handshakes that did not resume (misses), with where and
+// when the session the client presented was issued.
 type load struct {
 	attempts, resumed, failed atomic.Int64
 	lastErr                   atomic.Value
 	wg                        sync.WaitGroup
 	stop                      chan struct{}
+
+	mu     sync.Mutex
+	misses []loadMiss
+}
+
+// A loadMiss is a handshake of a load that did not resume: begun at at on
+// member to, presenting the session member from issued at issued (from
+// is -1 for a client's first handshake).
+type loadMiss struct {
+	at, issued time.Time
+	to, from   int
+}
+
+// missesSince returns the misses begun at t or later.
+func (l *load) missesSince(t time.Time) []loadMiss {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []loadMiss
+	for _, m := range l.misses {
+		if !m.at.Before(t) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
@@ -33,13 +59,15 @@ func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
 		go func() {
 			defer l.wg.Done()
 			ccfg := farmtest.Client(version, &tlstest.SharedCache{})
+			from, issued := -1, time.Time{} // the session the client holds
 			for {
 				select {
 				case <-l.stop:
 					return
 				default:
 				}
-				cs, err := tlstest.Dial(ms[rand.N(len(ms))].Server.Addr, ccfg)
+				to, at := rand.N(len(ms)), time.Now()
+				cs, err := tlstest.Dial(ms[to].Server.Addr, ccfg)
 				l.attempts.Add(1)
 				if err != nil {
 					l.failed.Add(1)
@@ -48,7 +76,14 @@ func startLoad(ms []*farmtest.Member, version uint16, clients int) *load {
 				}
 				if cs.DidResume {
 					l.resumed.Add(1)
+				} else {
+					l.mu.Lock()
+					l.misses = append(l.misses, loadMiss{at: at, issued: issued, to: to, from: from})
+					l.mu.Unlock()
 				}
+				// The server issued the client a new session (TLS 1.3:
+				// after every handshake).
+				from, issued = to, time.Now()
 			}
 		}()
 	}
@@ -270,8 +305,15 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	a, b := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, a))
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, b))
-	keys, err := raw.Keys(ctx, redisOf(ms[0]).RecordKey("s:*")).Result()
-	if err != nil || len(keys) != 2 {
+	// The store writes go out after the handshakes (they do not wait for
+	// them): under load the second was not in yet when KEYS ran.
+	var keys []string
+	var err error
+	farmtest.Eventually(t, 5*time.Second, "both sessions stored", func() bool {
+		keys, err = raw.Keys(ctx, redisOf(ms[0]).RecordKey("s:*")).Result()
+		return err == nil && len(keys) >= 2
+	})
+	if len(keys) != 2 {
 		t.Fatalf("stored keys = %v, %v", keys, err)
 	}
 	v0, _ := raw.Get(ctx, keys[0]).Bytes()
@@ -284,6 +326,7 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 		}
 	}
 	if resumed != 1 {
+		farmtest.LogStats(t, ms)
 		t.Fatalf("%d sessions resumed on n2, want 1 (the untouched one)", resumed)
 	}
 	if st := ms[1].Node.Metrics(); farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "rejected") != 1 {

@@ -217,10 +217,20 @@ func TestLifecycleSurvivesRestart(t *testing.T) {
 // restartTweak gives every node short store deadlines, and n1 and n1b (n1
 // restarted) the revocation file, and so the lifecycle file beside it, at
 // file.
+//
+// The handshake's store lookup gets 2s, not the default 250ms: these tests
+// are about what the farm holds, and their controls (a session the farm
+// still shares) must resume; on a loaded machine under -race a lookup of a
+// control found it in the store after 250ms (lookups_late_total 1), or
+// not within it (lookups_abandoned_total{cause="deadline"}), and the
+// handshake went on without it. A longer deadline only gives a retired or
+// cut session more chance to resume, so the checks that none does lose
+// nothing.
 func restartTweak(file string) func(*farm.Config) {
 	return func(c *farm.Config) {
 		c.OpTimeout = 300 * time.Millisecond
 		c.BreakerCooldown = 500 * time.Millisecond
+		c.LookupTimeout = 2 * time.Second
 		if c.NodeName == "n1" || c.NodeName == "n1b" {
 			c.RevocationFile = file
 		}

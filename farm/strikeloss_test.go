@@ -149,6 +149,7 @@ func TestStrikeRefusedWhileStorePaused(t *testing.T) {
 		start := time.Now()
 		ok, err := node.Strike(context.Background(), fmt.Appendf(nil, "while-paused-%d", i), issuedLater, time.Minute)
 		took := time.Since(start)
+		t.Logf("strike %d with the store paused: %v after %v", i, err, took)
 		if ok || err == nil {
 			t.Fatalf("a strike with the store paused: fresh %v, %v; want an error", ok, err)
 		}
