@@ -3,6 +3,7 @@ package farmtest
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -115,4 +116,31 @@ func ReportPercentiles(b *testing.B, lat []time.Duration) {
 	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
 	b.ReportMetric(p(0.50), "p50-µs")
 	b.ReportMetric(p(0.99), "p99-µs")
+}
+
+// BenchmarkWriteBack writes batches of 256 records of 300 bytes to keys
+// that were never written, as a write-back into a store that lost its
+// data does: plain, and marked Item.NoLonger. open makes the store for
+// each sub-benchmark. It reports keys/s.
+func BenchmarkWriteBack(b *testing.B, open func(*testing.B) transport.RecordStore) {
+	for _, noLonger := range []bool{false, true} {
+		b.Run(fmt.Sprintf("nolonger=%v/256", noLonger), func(b *testing.B) {
+			s := open(b)
+			ctx := context.Background()
+			items := make([]transport.Item, 256)
+			value := make([]byte, 300)
+			round := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				for i := range items {
+					items[i] = transport.Item{Key: fmt.Sprintf("s:%d-%d", round, i), Value: value, TTL: time.Minute, NoLonger: noLonger}
+				}
+				round++
+				if err := s.PutRecords(ctx, items...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
+		})
+	}
 }

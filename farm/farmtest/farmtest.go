@@ -148,6 +148,20 @@ func TestBus(t *testing.T, newBus func(t *testing.T, farmName string) transport.
 	}
 }
 
+// putRecords writes items to s in one PutRecords if batch, else one call
+// each, stopping at the first error.
+func putRecords(ctx context.Context, s transport.RecordStore, batch bool, items []transport.Item) error {
+	if batch {
+		return s.PutRecords(ctx, items...)
+	}
+	for _, it := range items {
+		if err := s.PutRecords(ctx, it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // TestStore checks a Store made by newStore for a farm name: its session
 // records (RecordStore) and its coordination keys (Coordinator).
 func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transport.Store) {
@@ -192,16 +206,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 			if batch {
 				items = append(items, transport.Item{Key: pre + "plain", Value: []byte("p"), TTL: time.Minute})
 			}
-			var err error
-			if batch {
-				err = s.PutRecords(ctx, items...)
-			} else {
-				for _, it := range items {
-					if err = s.PutRecords(ctx, it); err != nil {
-						break
-					}
-				}
-			}
+			err := putRecords(ctx, s, batch, items)
 			if err != nil {
 				t.Fatalf("PutRecords with IfPresent (batch %v): %v", batch, err)
 			}
@@ -288,16 +293,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 			if batch {
 				items = append(items, transport.Item{Key: pre + "plain", Value: []byte("p"), TTL: time.Minute})
 			}
-			var err error
-			if batch {
-				err = s.PutRecords(ctx, items...)
-			} else {
-				for _, it := range items {
-					if err = s.PutRecords(ctx, it); err != nil {
-						break
-					}
-				}
-			}
+			err := putRecords(ctx, s, batch, items)
 			if err != nil {
 				t.Fatalf("PutRecords with NoLonger (batch %v): %v", batch, err)
 			}

@@ -115,24 +115,7 @@ func BenchmarkStrike(b *testing.B) {
 // writeBack did) and as Item.NoLonger (a read and a write on the revision
 // read, per key), against the shared server.
 func BenchmarkWriteBack(b *testing.B) {
-	for _, noLonger := range []bool{false, true} {
-		b.Run(fmt.Sprintf("nolonger=%v/256", noLonger), func(b *testing.B) {
-			tr := open(b, sharedURL(b), farmtest.FarmName(b))
-			ctx := context.Background()
-			items := make([]transport.Item, 256)
-			value := make([]byte, 300)
-			round := 0
-			b.ReportAllocs()
-			for b.Loop() {
-				for i := range items {
-					items[i] = transport.Item{Key: fmt.Sprintf("s:%d-%d", round, i), Value: value, TTL: time.Minute, NoLonger: noLonger}
-				}
-				round++
-				if err := tr.PutRecords(ctx, items...); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
-		})
-	}
+	farmtest.BenchmarkWriteBack(b, func(b *testing.B) transport.RecordStore {
+		return open(b, sharedURL(b), farmtest.FarmName(b))
+	})
 }

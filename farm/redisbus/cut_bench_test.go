@@ -114,7 +114,7 @@ func TestCutAfterScriptFlush(t *testing.T) {
 // as writeBack did) and as Item.NoLonger (noLongerScript by hash), against
 // the shared Redis.
 func BenchmarkWriteBack(b *testing.B) {
-	benchWriteBack(b, func(b *testing.B) transport.RecordStore {
+	farmtest.BenchmarkWriteBack(b, func(b *testing.B) transport.RecordStore {
 		tr, err := redisbus.Open(redistest.URL(b), farmtest.FarmName(b))
 		if err != nil {
 			b.Fatal(err)
@@ -122,27 +122,4 @@ func BenchmarkWriteBack(b *testing.B) {
 		b.Cleanup(func() { tr.Close() })
 		return tr
 	})
-}
-
-func benchWriteBack(b *testing.B, open func(*testing.B) transport.RecordStore) {
-	for _, noLonger := range []bool{false, true} {
-		b.Run(fmt.Sprintf("nolonger=%v/256", noLonger), func(b *testing.B) {
-			s := open(b)
-			ctx := context.Background()
-			items := make([]transport.Item, 256)
-			value := make([]byte, 300)
-			round := 0
-			b.ReportAllocs()
-			for b.Loop() {
-				for i := range items {
-					items[i] = transport.Item{Key: fmt.Sprintf("s:%d-%d", round, i), Value: value, TTL: time.Minute, NoLonger: noLonger}
-				}
-				round++
-				if err := s.PutRecords(ctx, items...); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
-		})
-	}
 }
