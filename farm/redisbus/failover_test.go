@@ -186,13 +186,34 @@ func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *t
 		info, err := master.Info(context.Background(), "replication").Result()
 		return err == nil && strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online")
 	})
-	_, cs := farmtest.Issue(t, n2, 1)
-	fresh := farmtest.Client(tls.VersionTLS13, cs[0])
-	if !tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume {
-		t.Error("with a replica back, a new single-use session did not resume on n2")
+	// Online is not yet acknowledging: until the replica has loaded what
+	// it was sent, a WAIT counts it not. Back means a WAIT sees it in
+	// good time.
+	farmtest.Eventually(t, 30*time.Second, "the old master acknowledging writes as a replica", func() bool {
+		n, err := master.Do(context.Background(), "wait", 1, 100).Int()
+		return err == nil && n == 1
+	})
+	// A claim's WAIT must see the replica's acknowledgment within the
+	// claim's deadline (250 ms); on a loaded machine the replica, just
+	// back, may miss it (about one claim in six under a CPU hog, even
+	// after the warm-up above), which costs that client a full handshake,
+	// never a replay. So up to five new sessions: one must resume, and
+	// none twice.
+	resumed := false
+	for try := 1; try <= 5 && !resumed; try++ {
+		_, cs := farmtest.Issue(t, n2, 1)
+		fresh := farmtest.Client(tls.VersionTLS13, cs[0])
+		if resumed = tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume; !resumed {
+			t.Logf("with a replica back, new single-use session %d did not resume on n2 (its claim's WAIT was late)", try)
+			continue
+		}
+		if tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume {
+			t.Error("with a replica back, a new single-use session resumed twice on n2")
+		}
 	}
-	if tlstest.MustDial(t, n2.Server.Addr, fresh).DidResume {
-		t.Error("with a replica back, a new single-use session resumed twice on n2")
+	if !resumed {
+		farmtest.LogStats(t, []*farmtest.Member{n2})
+		t.Error("with a replica back, no new single-use session resumed on n2 in five tries")
 	}
 	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, old)).DidResume {
 		t.Error("the session of before the failover resumed on n2 once a replica was back")
