@@ -148,6 +148,43 @@ func deafGateTransport(url string) func(testing.TB, string) (transport.Bus, tran
 	}
 }
 
+// writeBackFarm is the farm of the write-back tests: two nodes on a
+// private redis-server (no persistence: a restart is empty), each on a
+// deafGate, with the short timeouts of the outage tests and HealInterval
+// 250 ms (n2's generation check, once no longer held off).
+type writeBackFarm struct {
+	ms   []*farmtest.Member
+	name string
+	o    *farmtest.Options
+	srv  *redistest.Server
+	g    *deafGate // n2's
+	rc   *redis.Client
+}
+
+// startWriteBackFarm starts a writeBackFarm in mode, its sessions' grace
+// grace.
+func startWriteBackFarm(t *testing.T, mode farm.Mode, grace time.Duration) *writeBackFarm {
+	t.Helper()
+	srv := redistest.Start(t)
+	o := &farmtest.Options{Mode: mode, WriteThrough: true,
+		NewTransport: deafGateTransport(srv.URL()),
+		TweakCache:   func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.HealInterval = 250 * time.Millisecond
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rc.Close() })
+	return &writeBackFarm{ms: ms, name: name, o: o, srv: srv, g: ms[1].Store.(*deafGate), rc: rc}
+}
+
+// pttl returns how long the store keeps id's record (negative: none).
+func (w *writeBackFarm) pttl(id session.ID) (time.Duration, error) {
+	return w.rc.PTTL(context.Background(), w.g.RecordKey("s:"+hex.EncodeToString(id[:]))).Result()
+}
+
 // TestWriteBackWaitsForResend: n1 holds a retirement of one session and a
 // grace cut of another (kept after a failed write, say; never written nor
 // published), and n2, which holds both whole, never heard of them. The
@@ -170,27 +207,15 @@ func TestWriteBackWaitsForResend(t *testing.T) {
 	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			srv := redistest.Start(t) // no persistence: a restart is empty
-			o := &farmtest.Options{Mode: mode, WriteThrough: true,
-				NewTransport: deafGateTransport(srv.URL()),
-				TweakCache:   func(c *session.Config) { c.ResumeGrace = grace },
-				Tweak: func(c *farm.Config) {
-					c.OpTimeout = 300 * time.Millisecond
-					c.BreakerCooldown = 500 * time.Millisecond
-					c.HealInterval = 250 * time.Millisecond // n2's generation check, once no longer held off
-				}}
-			ms, _ := farmtest.Start(t, 2, o)
+			wf := startWriteBackFarm(t, mode, grace)
+			ms, srv, g := wf.ms, wf.srv, wf.g
 			n1, n2 := ms[0], ms[1]
-			g := n2.Store.(*deafGate)
-			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-			defer rc.Close()
 			dial := func(m *farmtest.Member, c *tlstest.FrozenCache) bool {
 				return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
 			}
 			// stored reports whether the store holds id, and for how long.
 			stored := func(id session.ID) (time.Duration, bool) {
-				key := g.RecordKey("s:" + hex.EncodeToString(id[:]))
-				ttl, err := rc.PTTL(context.Background(), key).Result()
+				ttl, err := wf.pttl(id)
 				if err != nil {
 					t.Errorf("reading the store: %v", err)
 					return 0, false

@@ -2,15 +2,11 @@ package farm_test
 
 import (
 	"context"
-	"encoding/hex"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -30,22 +26,12 @@ func TestWriteBackKeepsPeersCut(t *testing.T) {
 	for _, mode := range []farm.Mode{farm.Broadcast, farm.StoreOnly} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			srv := redistest.Start(t) // no persistence: a restart is empty
-			o := &farmtest.Options{Mode: mode, WriteThrough: true,
-				NewTransport: deafGateTransport(srv.URL()),
-				TweakCache:   func(c *session.Config) { c.ResumeGrace = grace },
-				Tweak: func(c *farm.Config) {
-					c.OpTimeout = 300 * time.Millisecond
-					c.BreakerCooldown = 500 * time.Millisecond
-					c.HealInterval = 250 * time.Millisecond
-				}}
-			ms, name := farmtest.Start(t, 2, o)
+			wf := startWriteBackFarm(t, mode, grace)
+			ms, name, o, srv, g := wf.ms, wf.name, wf.o, wf.srv, wf.g
 			n1, n2 := ms[0], ms[1]
-			g := n2.Store.(*deafGate)
-			rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-			defer rc.Close()
 			pttl := func(id session.ID) time.Duration {
-				return rc.PTTL(context.Background(), g.RecordKey("s:"+hex.EncodeToString(id[:]))).Val()
+				d, _ := wf.pttl(id)
+				return d
 			}
 
 			ids, _ := farmtest.Issue(t, n1, 1)
