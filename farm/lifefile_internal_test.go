@@ -212,7 +212,7 @@ func TestLifeFileCorrupt(t *testing.T) {
 	}
 	// The revocation file's seal, moved to the lifecycle file's name.
 	n.revs.pending = []*pendingRev{{rev: revocation{chain: 1, until: time.Unix(0, now.Load()).Add(time.Hour)}}}
-	n.persistLocked()
+	n.compactRevocationsLocked()
 	revFile, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
