@@ -613,11 +613,11 @@ func (n *Node) loadRevocations() error {
 func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 	var set revReplay
 	var hash [sha256.Size]byte
-	raw, err := os.ReadFile(path)
+	raw, err := readRegular(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
-		return nil, false, err
+		return nil, false, fmt.Errorf("farm: the pending revocations file: %w", err)
 	default:
 		// No bound on the time it was sealed: the file is this node's
 		// own, and a clock stepped back since must not make it
@@ -636,12 +636,12 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 		hash = sha256.Sum256(raw)
 	}
 	jpath := revJournalPath(path)
-	jraw, err := os.ReadFile(jpath)
+	jraw, err := readRegular(jpath)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return set.entries(), raw != nil, nil
 	case err != nil:
-		return nil, false, err
+		return nil, false, fmt.Errorf("farm: the pending revocations journal: %w", err)
 	}
 	now := n.cfg.Now()
 	for first := true; len(jraw) > 0; first = false {
@@ -685,6 +685,19 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 		}
 	}
 	return set.entries(), true, nil
+}
+
+// readRegular reads the file at path, refusing one that is not a regular
+// file: reading a named pipe would block Join until something wrote to it.
+func readRegular(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return os.ReadFile(path)
 }
 
 // allZero reports whether b is all zero bytes, as the end of a file
