@@ -147,6 +147,24 @@ func TestRevocationAddAppends(t *testing.T) {
 	if got := pendingChains(k); !slices.Equal(got, chainRange(1, 1005)) || !strings.Contains(logs.String(), "older than") {
 		t.Fatalf("with a stale journal: %d revocations read, want the file's 1005; logged %q", len(got), logs.String())
 	}
+
+	// Close leaves the file whole, for a node older than the journal.
+	k.addRevocation(session.ID{}, revocation{chain: 3000, until: t0.Add(time.Hour)})
+	k.closeRevocations()
+	if _, err := os.Stat(journal); !os.IsNotExist(err) {
+		t.Fatalf("the journal outlived Close: %v", err)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, err = k.keys.openLocal(raw, "revjournal", valTombstone, []byte(revocationFileContext), k.cfg.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es, err := decodeRevocationFile(body); err != nil || len(es) != 1006 || es[1005].rev.chain != 3000 {
+		t.Fatalf("the file Close left holds %d revocations (%v), want 1006", len(es), err)
+	}
 }
 
 // TestRevocationJournalTornTail: a crash during an append leaves the
