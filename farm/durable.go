@@ -386,7 +386,7 @@ const revocationFileContext = "pending-revocations"
 // crash came after a rewrite and before the journal was removed, or an
 // older node rewrote the file) is ignored, since that file holds what it
 // added. Each further frame's body is revJournalVersion and then records
-// (encodeRevJournal). A last frame cut short, or zero bytes where one
+// (appendRevRecord). A last frame cut short, or zero bytes where one
 // should begin (a crash during an append), ends the journal: its records
 // were never reported durable. Anything else that does not open or
 // decode fails Join, as a malformed revocations file does.

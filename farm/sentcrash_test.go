@@ -23,8 +23,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// The environment TestSentSurvivesKill runs its crashing node with (see
-// TestSentCrashChild).
+// The environment TestSentSurvivesKill and TestRevocationsSurviveKill run
+// their crashing node with (crashEnv, crashChildJoin).
 const (
 	crashEnvFarm   = "TLSFARM_SENTCRASH_FARM"
 	crashEnvURL    = "TLSFARM_SENTCRASH_URL"
@@ -34,7 +34,8 @@ const (
 	crashGrace     = 30 * time.Second
 )
 
-// crashOptions are the options of the test farm of TestSentSurvivesKill.
+// crashOptions are the options of the test farms of TestSentSurvivesKill
+// and TestRevocationsSurviveKill.
 func crashOptions(nt func(testing.TB, string) (transport.Bus, transport.Store), secret farm.Secret, file string) farmtest.Options {
 	return farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, Secret: secret, NewTransport: nt,
 		TweakCache: func(c *session.Config) { c.ResumeGrace = crashGrace },
