@@ -124,7 +124,8 @@ type Farm struct {
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 
 	// RevocationFile keeps the revocations not yet applied farm-wide
-	// (farm.Config.RevocationFile), in RevocationFile + ".lifecycle" the
+	// (farm.Config.RevocationFile; and RevocationFile + ".journal" what
+	// changed since it was written), in RevocationFile + ".lifecycle" the
 	// retirements and grace cuts not yet written and published, and in
 	// RevocationFile + ".sent" (and ".sent.journal") those sent, for
 	// peers' re-send requests after a restart; empty: in memory only.

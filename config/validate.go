@@ -193,7 +193,7 @@ func (c *Config) checkFarm() error {
 	}
 	// Read at start: a pipe or a device there would block it.
 	if path := f.RevocationFile; path != "" {
-		for _, p := range []string{path, path + ".lifecycle", path + ".sent", path + ".sent.journal"} {
+		for _, p := range []string{path, path + ".lifecycle", path + ".journal", path + ".sent", path + ".sent.journal"} {
 			if fi, err := os.Stat(p); err == nil && !fi.Mode().IsRegular() {
 				return c.problem("farm.revocation_file", "%s is not a regular file", p)
 			}

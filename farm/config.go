@@ -227,9 +227,13 @@ type Config struct {
 
 	// RevocationFile, if set, is where the node keeps the revocations it
 	// has applied locally but not yet in the store and on the bus (sealed
-	// with the farm secret, mode 0600), written before RevokeSession
-	// returns and read back by Join, so that a revocation survives a
-	// restart of the node during an outage.
+	// with the farm secret, mode 0600), and read back by Join, so that a
+	// revocation survives a restart of the node during an outage (a kill
+	// too): each one is appended to RevocationFile + ".journal" (sealed
+	// the same way) and fsynced before RevokeSession returns. The file is
+	// rewritten whole, and the journal removed, by Join, by Close, and
+	// when the journal holds about twice what is pending; both are removed
+	// once nothing is. A node older than the journal reads the file alone.
 	//
 	// Beside it, in RevocationFile + ".lifecycle" (sealed the same way),
 	// the node keeps the retirements and grace cuts it made that did not

@@ -1,7 +1,9 @@
 package farm
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,6 +61,7 @@ type revocations struct {
 	wake    chan struct{}
 	applied uint64
 	retries uint64
+	file    revFile // Config.RevocationFile's
 }
 
 func (r *revocations) signal() {
@@ -74,7 +77,7 @@ func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
 	r := &n.revs
 	r.mu.Lock()
 	p := n.addRevocationLocked(id, rev)
-	n.persistLocked()
+	n.persistAddLocked(id, rev)
 	r.mu.Unlock()
 	r.signal()
 	return p.done
@@ -223,10 +226,12 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	kept := r.pending[:0]
+	var done []uint64
 	for _, p := range r.pending {
 		if p.stored && p.published {
 			close(p.done)
 			delete(r.byChain, p.rev.chain)
+			done = append(done, p.rev.chain)
 			r.applied++
 			continue
 		}
@@ -237,7 +242,7 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 	if failed {
 		r.retries++
 	}
-	n.persistLocked()
+	n.persistDoneLocked(done)
 	return len(r.pending) == 0
 }
 
@@ -362,17 +367,139 @@ func (n *Node) drainRevocations(ctx context.Context) {
 // with (see appendRevocationFile for its body).
 const revocationFileContext = "pending-revocations"
 
-// persistLocked writes the pending revocations to Config.RevocationFile, if
-// set (n.revs.mu is held). The file is sealed with the farm secret.
-func (n *Node) persistLocked() {
+// Config.RevocationFile holds the pending revocations as of its last
+// rewrite (compactRevocationsLocked), in the format it has always had, so
+// that an older node still reads it. What changes after is appended to
+// the pending revocations journal beside it (revJournalSuffix after it):
+// each revocation added, before RevokeSession returns, and the chains
+// applied farm-wide, each append one write and one fsync, so that adding
+// a revocation to N pending costs a frame, not a rewrite of N. The file
+// is rewritten, and the journal removed, by Join (loadRevocations), by
+// Close, when an append fails, and once the journal holds more than
+// revJournalBound records for the pending revocations; both are removed
+// when none is pending.
+//
+// The journal is framed and sealed as the sent journal is (journal.go),
+// under a context of its own. Its first frame's body is revJournalVersion
+// and the SHA-256 of the revocations file it extends (its bytes as
+// written; zeros where there was none): one that names another file (a
+// crash came after a rewrite and before the journal was removed, or an
+// older node rewrote the file) is ignored, since that file holds what it
+// added. Each further frame's body is revJournalVersion and then records
+// (appendRevRecord). A last frame cut short, or zero bytes where one
+// should begin (a crash during an append), ends the journal: its records
+// were never reported durable. Anything else that does not open or
+// decode fails Join, as a malformed revocations file does.
+const (
+	revJournalSuffix  = ".journal"
+	revJournalContext = "pending-revocations-journal"
+	revJournalVersion = 1
+	// revJournalSlack is the records a journal may hold beyond twice the
+	// pending revocations before it is compacted: a rewrite of N costs
+	// about as much as appending N records, and so stays within a few
+	// times what the appends cost.
+	revJournalSlack = 256
+)
+
+// Kinds of a revocations journal record: a revocation added (its entry
+// as in the file, with at most one ID) and a chain applied farm-wide.
+const (
+	revRecAdd  = 1
+	revRecDone = 2
+)
+
+// revJournalBound returns the most records the journal may hold with
+// live revocations pending.
+func revJournalBound(live int) int { return 2*live + revJournalSlack }
+
+// revJournalPath returns the path of the journal beside the revocations
+// file at path.
+func revJournalPath(path string) string { return path + revJournalSuffix }
+
+// revFile is the state of Config.RevocationFile and its journal
+// (revocations.file); n.revs.mu is held.
+type revFile struct {
+	hash    [sha256.Size]byte // the file's, as the journal names it; zeros: none
+	onDisk  bool              // a file or journal may be there
+	journal *os.File          // open for appending; nil: none since the last rewrite
+	recs    int               // records appended to the journal
+	compact bool              // the next write rewrites the file
+	failed  bool              // the last write failed, and said so
+}
+
+// persistAddLocked makes the revocation rev (with stored session id, if
+// known), just added, durable in Config.RevocationFile, if set, before
+// the caller reports it: appended to the journal and fsynced, or the file
+// rewritten (n.revs.mu is held).
+func (n *Node) persistAddLocked(id session.ID, rev revocation) {
+	if n.cfg.RevocationFile == "" {
+		return
+	}
+	var ids []session.ID
+	if id != (session.ID{}) {
+		ids = []session.ID{id}
+	}
+	n.journalRevocationsLocked(appendRevRecord([]byte{revJournalVersion}, revRecAdd, rev, ids), 1)
+}
+
+// persistDoneLocked records in Config.RevocationFile, if set, that the
+// chains done are applied farm-wide and no longer pending: it removes the
+// file and journal if nothing is pending, else appends to the journal (a
+// crash before that only applies them once more). n.revs.mu is held.
+func (n *Node) persistDoneLocked(done []uint64) {
+	if n.cfg.RevocationFile == "" || len(done) == 0 {
+		return
+	}
+	if len(n.revs.pending) == 0 {
+		n.removeRevocationFilesLocked()
+		return
+	}
+	body := make([]byte, 1, 1+len(done)*9)
+	body[0] = revJournalVersion
+	for _, c := range done {
+		body = appendRevRecord(body, revRecDone, revocation{chain: c}, nil)
+	}
+	n.journalRevocationsLocked(body, len(done))
+}
+
+// journalRevocationsLocked appends a frame of body (recs records) to the
+// journal, creating it if need be, or rewrites the file instead
+// (compactRevocationsLocked) when one is due or the append fails.
+func (n *Node) journalRevocationsLocked(body []byte, recs int) {
+	f := &n.revs.file
+	if !f.compact && f.recs+recs <= revJournalBound(len(n.revs.pending)) {
+		var buf []byte
+		if f.journal == nil {
+			f.recs = 0
+			buf = n.appendFrame(buf, append([]byte{revJournalVersion}, f.hash[:]...), revJournalContext)
+		}
+		buf = n.appendFrame(buf, body, revJournalContext)
+		err := writeJournal(&f.journal, revJournalPath(n.cfg.RevocationFile), buf)
+		if err == nil {
+			f.recs += recs
+			f.onDisk, f.failed = true, false
+			return
+		}
+		f.compact = true
+		if !f.failed {
+			n.log.Warn("farm: cannot append to the pending revocations journal; rewriting the pending revocations file", "err", err)
+		}
+	}
+	n.compactRevocationsLocked()
+}
+
+// compactRevocationsLocked writes the pending revocations to
+// Config.RevocationFile, if set, whole (sealed with the farm secret), and
+// removes the journal; or removes both if none is pending. n.revs.mu is
+// held.
+func (n *Node) compactRevocationsLocked() {
 	path := n.cfg.RevocationFile
 	if path == "" {
 		return
 	}
+	f := &n.revs.file
 	if len(n.revs.pending) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			n.log.Warn("farm: cannot remove the pending revocations file", "err", err)
-		}
+		n.removeRevocationFilesLocked()
 		return
 	}
 	var body []byte
@@ -382,33 +509,73 @@ func (n *Node) persistLocked() {
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
 	if err := writeFileAtomic(path, sealed); err != nil {
-		n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
+		if !f.failed {
+			n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
+		}
+		f.failed, f.compact = true, true
+		return
 	}
+	// The journal now names another file: should its removal fail, or a
+	// crash come first, the next Join ignores it.
+	closeJournalFile(&f.journal)
+	if err := os.Remove(revJournalPath(path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		n.log.Warn("farm: cannot remove the pending revocations journal", "err", err)
+	}
+	f.hash, f.onDisk, f.recs = sha256.Sum256(sealed), true, 0
+	f.compact, f.failed = false, false
 }
 
-// loadRevocations reads Config.RevocationFile, if it exists, applies its
-// revocations locally and queues them for the farm.
+// removeRevocationFilesLocked removes Config.RevocationFile and its
+// journal, the journal first: a file left alone holds only revocations
+// applied already, which a Join applies once more. n.revs.mu is held.
+func (n *Node) removeRevocationFilesLocked() {
+	f := &n.revs.file
+	if !f.onDisk && !f.compact {
+		return
+	}
+	closeJournalFile(&f.journal)
+	path := n.cfg.RevocationFile
+	for _, p := range []string{revJournalPath(path), path} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if !f.failed {
+				n.log.Warn("farm: cannot remove the pending revocations file", "file", p, "err", err)
+			}
+			// The next write rewrites the file, which a new journal
+			// then names.
+			f.failed, f.compact = true, true
+			return
+		}
+	}
+	*f = revFile{}
+}
+
+// closeRevocations leaves Config.RevocationFile, if set, whole and its
+// journal gone (Close calls it), so that what a closed node leaves is one
+// file, which an older node reads whole.
+func (n *Node) closeRevocations() {
+	if n.cfg.RevocationFile == "" {
+		return
+	}
+	r := &n.revs
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.file.journal != nil || r.file.recs > 0 || r.file.compact {
+		n.compactRevocationsLocked()
+	}
+	closeJournalFile(&r.file.journal)
+}
+
+// loadRevocations reads Config.RevocationFile and its journal, if they
+// exist, applies their revocations locally, queues them for the farm and
+// rewrites the file whole.
 func (n *Node) loadRevocations() error {
 	path := n.cfg.RevocationFile
 	if path == "" {
 		return nil
 	}
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	entries, found, err := n.readRevocations(path)
+	if err != nil || !found {
 		return err
-	}
-	// No bound on the time it was sealed: the file is this node's own,
-	// and a clock stepped back since must not make it unreadable.
-	_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now())
-	if err != nil {
-		return errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
-	}
-	entries, err := decodeRevocationFile(body)
-	if err != nil {
-		return errors.New("farm: the pending revocations file is malformed: " + err.Error())
 	}
 	now := n.cfg.Now()
 	for _, e := range entries {
@@ -433,10 +600,204 @@ func (n *Node) loadRevocations() error {
 			n.addRevocationLocked(id, rev)
 		}
 	}
-	n.persistLocked()
+	r.file.onDisk = true
+	n.compactRevocationsLocked()
 	r.mu.Unlock()
 	r.signal()
 	return nil
+}
+
+// readRevocations reads the revocations file at path and its journal, and
+// returns the revocations they hold, in the order they were first added,
+// and whether there was either.
+func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
+	var set revReplay
+	var hash [sha256.Size]byte
+	raw, err := readRegular(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, false, fmt.Errorf("farm: the pending revocations file: %w", err)
+	default:
+		// No bound on the time it was sealed: the file is this node's
+		// own, and a clock stepped back since must not make it
+		// unreadable.
+		_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valTombstone, []byte(revocationFileContext), n.cfg.Now())
+		if err != nil {
+			return nil, false, errors.New("farm: the pending revocations file does not open under the farm's secrets: " + err.Error())
+		}
+		entries, err := decodeRevocationFile(body)
+		if err != nil {
+			return nil, false, errors.New("farm: the pending revocations file is malformed: " + err.Error())
+		}
+		for _, e := range entries {
+			set.add(e)
+		}
+		hash = sha256.Sum256(raw)
+	}
+	jpath := revJournalPath(path)
+	jraw, err := readRegular(jpath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return set.entries(), raw != nil, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("farm: the pending revocations journal: %w", err)
+	}
+	now := n.cfg.Now()
+	for first := true; len(jraw) > 0; first = false {
+		frame, rest, ok := nextFrame(jraw)
+		if !ok || len(frame) == 0 && allZero(jraw) {
+			// A crash during an append: what it held was never
+			// reported durable.
+			n.log.Warn("farm: the pending revocations journal ends in a partial write; what came before is kept", "file", jpath)
+			break
+		}
+		jraw = rest
+		_, body, err := n.keys.openLocal(frame, n.cfg.Farm, valTombstone, []byte(revJournalContext), now)
+		if err != nil {
+			return nil, false, errors.New("farm: the pending revocations journal does not open under the farm's secrets: " + err.Error())
+		}
+		if first {
+			switch {
+			case len(body) == 0 || body[0] != revJournalVersion:
+				return nil, false, errors.New("farm: the pending revocations journal is of an unknown version")
+			case len(body) != 1+sha256.Size:
+				return nil, false, errors.New("farm: the pending revocations journal is malformed: a bad first frame")
+			case !bytes.Equal(body[1:], hash[:]):
+				// Left by a crash within a rewrite, after the file
+				// was written (which holds what the journal added),
+				// or the file was since written by an older node.
+				n.log.Info("farm: the pending revocations journal is older than the pending revocations file; ignored", "file", jpath)
+				return set.entries(), true, nil
+			}
+			continue
+		}
+		recs, err := decodeRevJournal(body)
+		if err != nil {
+			return nil, false, errors.New("farm: the pending revocations journal is malformed: " + err.Error())
+		}
+		for _, rec := range recs {
+			if rec.done {
+				set.done(rec.rev.chain)
+			} else {
+				set.add(revocationEntry{rev: rec.rev, ids: rec.ids})
+			}
+		}
+	}
+	return set.entries(), true, nil
+}
+
+// readRegular reads the file at path, refusing one that is not a regular
+// file: reading a named pipe would block Join until something wrote to it.
+func readRegular(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return os.ReadFile(path)
+}
+
+// allZero reports whether b is all zero bytes, as the end of a file
+// extended by a write that a power loss cut short can be.
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// revReplay is a set of pending revocations rebuilt from the file and its
+// journal, as addRevocationLocked and applyRevocations change the list.
+type revReplay struct {
+	order   []*revocationEntry
+	byChain map[uint64]*revocationEntry
+}
+
+func (s *revReplay) add(e revocationEntry) {
+	if p := s.byChain[e.rev.chain]; p != nil {
+		if e.rev.until.After(p.rev.until) {
+			p.rev.until = e.rev.until
+		}
+		p.ids = append(p.ids, e.ids...)
+		return
+	}
+	if s.byChain == nil {
+		s.byChain = make(map[uint64]*revocationEntry)
+	}
+	p := &revocationEntry{rev: e.rev, ids: slices.Clone(e.ids)}
+	s.order = append(s.order, p)
+	s.byChain[e.rev.chain] = p
+}
+
+func (s *revReplay) done(chain uint64) { delete(s.byChain, chain) }
+
+// entries returns the set, in the order its chains were added.
+func (s *revReplay) entries() []revocationEntry {
+	out := make([]revocationEntry, 0, len(s.byChain))
+	for _, p := range s.order {
+		if s.byChain[p.rev.chain] == p {
+			out = append(out, *p)
+		}
+	}
+	return out
+}
+
+// A revRecord is one record of a revocations journal frame.
+type revRecord struct {
+	done bool // the chain was applied farm-wide; else added
+	rev  revocation
+	ids  []session.ID
+}
+
+// appendRevRecord appends a journal record of kind: for revRecAdd, the
+// kind and rev's entry as in the file (appendRevocationFile); for
+// revRecDone, the kind and rev's chain (8 bytes).
+func appendRevRecord(b []byte, kind byte, rev revocation, ids []session.ID) []byte {
+	b = append(b, kind)
+	if kind == revRecDone {
+		return binary.BigEndian.AppendUint64(b, rev.chain)
+	}
+	return appendRevocationFile(b, rev, ids)
+}
+
+// decodeRevJournal decodes the body of a journal frame after the first,
+// all of it or nothing: its version, then records of known kinds only.
+func decodeRevJournal(body []byte) ([]revRecord, error) {
+	if len(body) == 0 {
+		return nil, errors.New("empty frame")
+	}
+	if body[0] != revJournalVersion {
+		return nil, fmt.Errorf("unknown version %d", body[0])
+	}
+	body = body[1:]
+	var out []revRecord
+	for len(body) > 0 {
+		kind := body[0]
+		body = body[1:]
+		switch kind {
+		case revRecDone:
+			if len(body) < 8 {
+				return nil, errors.New("truncated record")
+			}
+			out = append(out, revRecord{done: true, rev: revocation{chain: binary.BigEndian.Uint64(body)}})
+			body = body[8:]
+		case revRecAdd:
+			e, rest, err := decodeRevocationEntry(body)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, revRecord{rev: e.rev, ids: e.ids})
+			body = rest
+		default:
+			return nil, fmt.Errorf("unknown record kind %d", kind)
+		}
+	}
+	return out, nil
 }
 
 // A revocationEntry is one revocation in Config.RevocationFile's body,
@@ -469,25 +830,36 @@ func appendRevocationFile(b []byte, rev revocation, ids []session.ID) []byte {
 func decodeRevocationFile(body []byte) ([]revocationEntry, error) {
 	var out []revocationEntry
 	for len(body) > 0 {
-		if len(body) < revocationEntryLen {
-			return nil, fmt.Errorf("truncated entry (%d bytes left)", len(body))
-		}
-		e := revocationEntry{rev: revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}}
-		k := int(binary.BigEndian.Uint16(body[16:]))
-		body = body[revocationEntryLen:]
-		if len(body) < k*session.IDLen {
-			return nil, fmt.Errorf("truncated entry: %d session IDs announced, room for %d", k, len(body)/session.IDLen)
-		}
-		if k > 0 {
-			e.ids = make([]session.ID, k)
-			for i := range e.ids {
-				e.ids[i] = session.ID(body[:session.IDLen])
-				body = body[session.IDLen:]
-			}
+		e, rest, err := decodeRevocationEntry(body)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, e)
+		body = rest
 	}
 	return out, nil
+}
+
+// decodeRevocationEntry decodes the entry (appendRevocationFile) at the
+// start of b, and returns it and what follows.
+func decodeRevocationEntry(b []byte) (revocationEntry, []byte, error) {
+	if len(b) < revocationEntryLen {
+		return revocationEntry{}, nil, fmt.Errorf("truncated entry (%d bytes left)", len(b))
+	}
+	e := revocationEntry{rev: revocation{chain: binary.BigEndian.Uint64(b), until: time.Unix(0, int64(binary.BigEndian.Uint64(b[8:])))}}
+	k := int(binary.BigEndian.Uint16(b[16:]))
+	b = b[revocationEntryLen:]
+	if len(b) < k*session.IDLen {
+		return revocationEntry{}, nil, fmt.Errorf("truncated entry: %d session IDs announced, room for %d", k, len(b)/session.IDLen)
+	}
+	if k > 0 {
+		e.ids = make([]session.ID, k)
+		for i := range e.ids {
+			e.ids[i] = session.ID(b[:session.IDLen])
+			b = b[session.IDLen:]
+		}
+	}
+	return e, b, nil
 }
 
 // backlog holds new sessions whose store write (or, without a store,

@@ -234,8 +234,8 @@ func (k *farmKeys) open(msg []byte, farm string, want envType, context []byte, n
 }
 
 // openLocal is open for an envelope the node sealed into a file of its
-// own (the revocation, lifecycle and sent files, and the sent journal's
-// frames): the same checks, but not transport.MaxMessageSize, which bounds
+// own (the revocation, lifecycle and sent files, and the frames of the
+// revocation and sent journals): the same checks, but not transport.MaxMessageSize, which bounds
 // what a transport carries and what a peer may make a node decrypt. A
 // lifecycle file holding full backlogs at the default QueueSize is over
 // 2 MB, and refusing it would fail Join after the long outage that filled

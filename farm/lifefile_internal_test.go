@@ -32,7 +32,7 @@ func fileTestCache(tb testing.TB, cfg *session.Config) (*session.Cache, *atomic.
 
 // lifeNode is a node with what the lifecycle file needs, its clock at
 // *now, and a store path of its own if split.
-func lifeNode(t *testing.T, farm, file string, cache *session.Cache, now *atomic.Int64, split bool) *Node {
+func lifeNode(t testing.TB, farm, file string, cache *session.Cache, now *atomic.Int64, split bool) *Node {
 	t.Helper()
 	n := &Node{
 		cfg: Config{Farm: farm, Cache: cache, Mode: StoreOnly, Records: nopRecords{}, RevocationFile: file,
@@ -212,7 +212,7 @@ func TestLifeFileCorrupt(t *testing.T) {
 	}
 	// The revocation file's seal, moved to the lifecycle file's name.
 	n.revs.pending = []*pendingRev{{rev: revocation{chain: 1, until: time.Unix(0, now.Load()).Add(time.Hour)}}}
-	n.persistLocked()
+	n.compactRevocationsLocked()
 	revFile, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)

@@ -384,6 +384,7 @@ func (n *Node) Close() error {
 			n.drainRevocations(ctx)
 			cancel()
 		}
+		n.closeRevocations()
 		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedSince(closing.Add(-n.cfg.OpTimeout)) {
 			// A last tally, for what the publishers sent since the
 			// previous one (tallier has stopped: one sender at a time);

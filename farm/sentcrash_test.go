@@ -6,12 +6,9 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,8 +23,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// The environment TestSentSurvivesKill runs its crashing node with (see
-// TestSentCrashChild).
+// The environment TestSentSurvivesKill and TestRevocationsSurviveKill run
+// their crashing node with (crashEnv, crashChildJoin).
 const (
 	crashEnvFarm   = "TLSFARM_SENTCRASH_FARM"
 	crashEnvURL    = "TLSFARM_SENTCRASH_URL"
@@ -37,7 +34,8 @@ const (
 	crashGrace     = 30 * time.Second
 )
 
-// crashOptions are the options of the test farm of TestSentSurvivesKill.
+// crashOptions are the options of the test farms of TestSentSurvivesKill
+// and TestRevocationsSurviveKill.
 func crashOptions(nt func(testing.TB, string) (transport.Bus, transport.Store), secret farm.Secret, file string) farmtest.Options {
 	return farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, Secret: secret, NewTransport: nt,
 		TweakCache: func(c *session.Config) { c.ResumeGrace = crashGrace },
@@ -72,72 +70,9 @@ func TestSentSurvivesKill(t *testing.T) {
 	g := n2.Store.(*deafGate)
 	farmtest.WaitConnected(t, n2)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSentCrashChild$")
-	cmd.Env = append(os.Environ(), crashEnvFarm+"="+farmName, crashEnvURL+"="+srv.URL(), crashEnvFile+"="+file,
-		crashEnvSecret+"="+hex.EncodeToString(secret.Bytes), crashEnvIDs+"="+idsFile)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var said []string // the child's other output, for a failure
-	await := func(want string) {
-		t.Helper()
-		timeout := time.After(30 * time.Second)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("n1's process ended before it said %q; it said:\n%s", want, strings.Join(said, "\n"))
-				}
-				if l == want {
-					return
-				}
-				said = append(said, l)
-			case <-timeout:
-				t.Fatalf("n1's process did not say %q within 30s; it said:\n%s", want, strings.Join(said, "\n"))
-			}
-		}
-	}
-
-	await("issued")
-	raw, err := os.ReadFile(idsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []session.ID
-	for _, h := range strings.Fields(string(raw)) {
-		b, err := hex.DecodeString(h)
-		if err != nil || len(b) != session.IDLen {
-			t.Fatalf("n1's process wrote a bad ID (%d bytes): %v", len(b), err)
-		}
-		ids = append(ids, session.ID(b))
-	}
-	if len(ids) != 2 {
-		t.Fatalf("n1's process wrote %d IDs, want 2", len(ids))
-	}
+	c := startChild(t, "TestSentCrashChild", crashEnv(farmName, srv.URL(), file, secret, idsFile)...)
+	c.await("issued")
+	ids := readIDs(t, idsFile, 2)
 	cut, retired := ids[0], ids[1]
 	// whole reports whether n2 holds id past any cut n1 made before
 	// made.
@@ -151,17 +86,13 @@ func TestSentSurvivesKill(t *testing.T) {
 		return whole(cut) && whole(retired)
 	})
 	g.deaf.Store(true)
-	if _, err := io.WriteString(stdin, "go\n"); err != nil {
-		t.Fatal(err)
-	}
-	await("made")
+	c.tell("go")
+	c.await("made")
 	made = time.Now()
 	// Within lifeSaveEvery (a second), and some slack for a loaded
 	// machine, what n1 made is on disk.
 	time.Sleep(2 * time.Second)
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	killed = true
+	c.kill()
 	if !whole(cut) || !whole(retired) {
 		t.Fatal("n2 no longer holds both sessions whole: the test proves nothing")
 	}
@@ -225,25 +156,12 @@ func TestSentCrashChild(t *testing.T) {
 	if os.Getenv(crashEnvFarm) == "" {
 		t.Skip("n1 of TestSentSurvivesKill, run by it")
 	}
-	b, err := hex.DecodeString(os.Getenv(crashEnvSecret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := farm.Secret{ID: 1, Bytes: b}
-	m := farmtest.Join(t, "n1", os.Getenv(crashEnvFarm),
-		crashOptions(redisTransport(os.Getenv(crashEnvURL)), secret, os.Getenv(crashEnvFile)))
-	farmtest.WaitConnected(t, m)
+	m := crashChildJoin(t)
 	ids, cs := farmtest.Issue(t, m, 2)
 	for _, id := range ids {
 		waitStored(t, m, id)
 	}
-	var out strings.Builder
-	for _, id := range ids {
-		fmt.Fprintln(&out, hex.EncodeToString(id[:]))
-	}
-	if err := os.WriteFile(os.Getenv(crashEnvIDs), []byte(out.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeIDs(t, os.Getenv(crashEnvIDs), ids)
 	fmt.Println("issued")
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -246,12 +245,7 @@ func (n *Node) compactSent() {
 }
 
 // closeJournal closes the journal, if open. n.lf.mu is held.
-func (n *Node) closeJournal() {
-	if n.lf.journal != nil {
-		n.lf.journal.Close()
-		n.lf.journal = nil
-	}
-}
+func (n *Node) closeJournal() { closeJournalFile(&n.lf.journal) }
 
 // appendJournal appends its, oldest first, to the sent journal, and
 // fsyncs it; the first append after a compaction creates the journal,
@@ -261,45 +255,20 @@ func (n *Node) closeJournal() {
 func (n *Node) appendJournal(its []sentItem) error {
 	f := &n.lf
 	var buf []byte
-	created := false
 	if f.journal == nil {
-		jf, err := os.OpenFile(sentJournalPath(f.sentPath), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-		if err != nil {
-			f.sentCompact = true
-			return err
-		}
-		f.journal, f.journalRecs, created = jf, 0, true
-		buf = n.appendFrame(buf, append([]byte{sentJournalVersion}, f.sentHash[:]...))
+		f.journalRecs = 0
+		buf = n.appendFrame(buf, append([]byte{sentJournalVersion}, f.sentHash[:]...), sentJournalContext)
 	}
 	for len(its) > 0 {
 		k := min(len(its), sentFrameMax)
-		buf = n.appendFrame(buf, encodeSentFile(its[:k]))
+		buf = n.appendFrame(buf, encodeSentFile(its[:k]), sentJournalContext)
 		its = its[k:]
 	}
-	_, err := f.journal.Write(buf)
-	if err == nil {
-		err = f.journal.Sync()
-	}
-	if err != nil {
-		n.closeJournal()
+	if err := writeJournal(&f.journal, sentJournalPath(f.sentPath), buf); err != nil {
 		f.sentCompact = true
 		return err
 	}
-	if created {
-		syncDir(filepath.Dir(f.sentPath))
-	}
 	return nil
-}
-
-// appendFrame appends to dst a journal frame of body: its length (four
-// bytes, big-endian), then body sealed.
-func (n *Node) appendFrame(dst, body []byte) []byte {
-	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
-	at := len(dst)
-	dst = append(dst, 0, 0, 0, 0)
-	dst = n.keys.seal(dst, hdr, body, []byte(sentJournalContext))
-	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
-	return dst
 }
 
 // readSent reads the sent file and its journal, if there are, into
@@ -387,16 +356,12 @@ func (n *Node) readJournal() (its []sentItem, found bool) {
 	}
 	now := n.cfg.Now()
 	for first := true; len(raw) > 0; first = false {
-		l := uint64(0)
-		if len(raw) >= 4 {
-			l = uint64(binary.BigEndian.Uint32(raw))
-		}
-		if len(raw) < 4 || l > uint64(len(raw)-4) {
+		frame, rest, ok := nextFrame(raw)
+		if !ok {
 			n.log.Warn("farm: the sent retirements and cuts journal ends in a partial write; what came before is kept", "file", path)
 			break
 		}
-		frame := raw[4 : 4+l]
-		raw = raw[4+l:]
+		raw = rest
 		_, body, err := n.keys.openLocal(frame, n.cfg.Farm, valTombstone, []byte(sentJournalContext), now)
 		if err != nil {
 			n.log.Warn("farm: a frame of the sent retirements and cuts journal does not open under the farm's secrets; it and what follows will not be re-sent", "file", path, "err", err)

@@ -244,10 +244,10 @@ func TestSentJournalDamaged(t *testing.T) {
 		jp := n.lf.sentPath + sentJournalSuffix
 		// A frame of a later version, and one with a record of an
 		// unknown kind, appended by hand.
-		later := n.appendFrame(nil, []byte{sentFileVersion + 1, 1, 2, 3})
+		later := n.appendFrame(nil, []byte{sentFileVersion + 1, 1, 2, 3}, sentJournalContext)
 		body := encodeSentFile([]sentItem{{id: lifeID(4), op: opRetire, expires: exp.UnixNano()}, {id: lifeID(5), op: opRetire, expires: exp.UnixNano()}})
 		body[1] = 9
-		unknownKind := n.appendFrame(nil, body)
+		unknownKind := n.appendFrame(nil, body, sentJournalContext)
 		f, err := os.OpenFile(jp, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -260,7 +260,7 @@ func TestSentJournalDamaged(t *testing.T) {
 		}
 		// A journal of another version is ignored whole.
 		raw, _ := os.ReadFile(jp)
-		head := n.appendFrame(nil, append([]byte{sentJournalVersion + 1}, n.lf.sentHash[:]...))
+		head := n.appendFrame(nil, append([]byte{sentJournalVersion + 1}, n.lf.sentHash[:]...), sentJournalContext)
 		rest := raw[4+int(uint32(raw[0])<<24|uint32(raw[1])<<16|uint32(raw[2])<<8|uint32(raw[3])):]
 		os.WriteFile(jp, append(head, rest...), 0o600)
 		m, logged = read(t, file)

@@ -91,14 +91,15 @@ func TestReloadExposingSessionIDWarns(t *testing.T) {
 	p.stop()
 }
 
-// farm.revocation_file (and its .lifecycle, .sent and .sent.journal files
-// beside it), read at start, is refused if it is not a regular file: a
-// named pipe there blocked the start until something wrote to it.
+// farm.revocation_file (and its .journal, .lifecycle, .sent and
+// .sent.journal files beside it), read at start, is refused if it is not a
+// regular file: a named pipe there blocked the start until something
+// wrote to it.
 func TestRevocationFileMustBeRegular(t *testing.T) {
 	t.Parallel()
 	secret, _, _, _ := farmFiles(t)
 	dir := t.TempDir()
-	for name, suffix := range map[string]string{"revocations": "", "lifecycle": ".lifecycle", "sent": ".sent", "journal": ".sent.journal"} {
+	for name, suffix := range map[string]string{"revocations": "", "lifecycle": ".lifecycle", "sent": ".sent", "journal": ".sent.journal", "revjournal": ".journal"} {
 		file := filepath.Join(dir, name)
 		fifo := file + suffix
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
