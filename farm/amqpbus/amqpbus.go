@@ -104,8 +104,18 @@ type Options struct {
 	// carry sealed sessions of about 300 bytes, one or a batch of them),
 	// at least 16 MiB, and at most QueueLength times
 	// transport.MaxMessageSize, so that with a small QueueLength the
-	// count binds first. A value under 2 MiB is taken as 2 MiB: the
-	// largest message, and room for the next.
+	// count binds first. A bound under 2 MiB, given or by default, is
+	// taken as 2 MiB: the largest message, and room for the next. A negative value declares
+	// no byte bound, as before this field.
+	//
+	// The broker does not tell a queue's bytes: when a subscriber comes
+	// back to a backlog that could be full by bytes (of more than
+	// QueueBytes/transport.MaxMessageSize - 1 messages, 97 or more by
+	// default, and fewer than QueueLength), it reads the backlog once,
+	// unacknowledged, before it reports the subscription up, stopping
+	// once the bytes are over the mark; the broker then puts the messages
+	// back in place. That read costs about what delivering the backlog
+	// does.
 	//
 	// A queue of the Bus's name that the broker already has with other
 	// arguments (declared without this bound) is consumed as it is, with
@@ -129,7 +139,8 @@ type Options struct {
 	// KeepQueue is how long the broker keeps a subscriber's queue once
 	// no connection consumes from it (x-expires): a node whose connection
 	// is lost for less than that finds, when it reconnects, every message
-	// published meanwhile (up to QueueLength) and reports nothing lost.
+	// published meanwhile (up to QueueLength and QueueBytes) and reports
+	// nothing lost.
 	// A node that is gone for good leaves its queue, and the messages that
 	// pile up in it, on the broker that long. The farm takes the
 	// retirements, grace cuts and revocations a kept queue delivers for
@@ -144,7 +155,8 @@ type Options struct {
 	// Prefetch bounds the messages the broker sends a subscriber ahead of
 	// its acknowledgments (AMQP basic.qos), and so the memory a slow node
 	// spends on messages it has not handled yet; the rest wait in its
-	// queue, itself bounded by QueueLength. Default DefaultPrefetch.
+	// queue, itself bounded by QueueLength and QueueBytes. Default
+	// DefaultPrefetch.
 	Prefetch int
 }
 
@@ -243,10 +255,12 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	if b.opts.QueueLength <= 0 {
 		b.opts.QueueLength = DefaultQueueLength
 	}
-	if b.opts.QueueBytes <= 0 {
+	if b.opts.QueueBytes == 0 {
 		b.opts.QueueBytes = defaultQueueBytes(b.opts.QueueLength)
 	}
-	b.opts.QueueBytes = max(b.opts.QueueBytes, minQueueBytes)
+	if b.opts.QueueBytes > 0 {
+		b.opts.QueueBytes = max(b.opts.QueueBytes, minQueueBytes)
+	}
 	if b.opts.Heartbeat <= 0 {
 		b.opts.Heartbeat = DefaultHeartbeat
 	}
@@ -649,19 +663,22 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 			return b.errorf("opening a channel", err)
 		}
 	}
-	bytesBound := true
-	q, err := ch.QueueDeclare(queue, false, false, false, false, amqp.Table{
-		"x-max-length":       int64(b.opts.QueueLength),
-		"x-max-length-bytes": b.opts.QueueBytes,
-		"x-expires":          b.opts.KeepQueue.Milliseconds(),
-	})
+	args := amqp.Table{
+		"x-max-length": int64(b.opts.QueueLength),
+		"x-expires":    b.opts.KeepQueue.Milliseconds(),
+	}
+	bytesBound := b.opts.QueueBytes > 0
+	if bytesBound {
+		args["x-max-length-bytes"] = b.opts.QueueBytes
+	}
+	q, err := ch.QueueDeclare(queue, false, false, false, false, args)
 	if err != nil {
 		var ae *amqp.Error
 		if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
 			return b.errorf("declaring queue", err)
 		}
 		// The queue is there with other arguments (declared without the
-		// byte bound): the broker refuses them, and has closed the
+		// byte bound): the broker refuses ours, and has closed the
 		// channel. Consume it as it is, rather than give up its
 		// messages.
 		if ch, err = conn.Channel(); err != nil {

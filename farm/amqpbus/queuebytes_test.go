@@ -95,29 +95,42 @@ func cutOffSubscriber(t *testing.T, url string, opts *amqpbus.Options) (pub, sub
 // in all: the queue of 4 MiB keeps the newest 8 (the broker drops the
 // oldest, as on x-max-length), far fewer than its QueueLength of 1000;
 // back up, the subscriber reports transport.ErrMessagesLost and receives
-// those 8, in order.
+// those 8, in order. With QueueBytes negative (no byte bound) the queue
+// keeps all 12, and the subscriber reports nothing lost.
 func TestQueueBytesBound(t *testing.T) {
 	url := brokerURL(t)
-	pub, sub, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: testQueueBytes})
-	proxy.Cut()
-	if err := l.next(t, false); err == nil {
-		t.Fatal("the subscription reported down with no error")
-	}
-	during := bigMessages("during", 12)
-	publish(t, pub, during...)
-	if got, want := queueMessages(t, url, sub.Queue()), testQueueBytes/bigMessage; got != want {
-		t.Fatalf("the queue holds %d messages of 512 KiB, want %d (its 4 MiB)", got, want)
-	}
-	proxy.Restore()
-	if err := l.next(t, true); !errors.Is(err, transport.ErrMessagesLost) {
-		t.Fatalf("back up with %v, want transport.ErrMessagesLost", err)
-	}
-	publish(t, pub, "after")
-	l.waitFor(t, "after")
-	want := append([]string{"before"}, names(during[4:])...)
-	want = append(want, "after")
-	if got := l.delivered(); !slices.Equal(got, want) {
-		t.Fatalf("delivered %q, want %q (the newest 8 kept)", got, want)
+	for _, tc := range []struct {
+		name  string
+		bytes int64
+		kept  int
+	}{{"bounded", testQueueBytes, testQueueBytes / bigMessage}, {"unbounded", -1, 12}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pub, sub, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: tc.bytes})
+			proxy.Cut()
+			if err := l.next(t, false); err == nil {
+				t.Fatal("the subscription reported down with no error")
+			}
+			during := bigMessages("during", 12)
+			publish(t, pub, during...)
+			if got := queueMessages(t, url, sub.Queue()); got != tc.kept {
+				t.Fatalf("the queue holds %d messages of 512 KiB, want %d", got, tc.kept)
+			}
+			proxy.Restore()
+			err := l.next(t, true)
+			if lost := tc.kept < len(during); lost && !errors.Is(err, transport.ErrMessagesLost) {
+				t.Fatalf("back up with %v, want transport.ErrMessagesLost", err)
+			} else if !lost && err != nil {
+				t.Fatalf("back up with %v, want nil", err)
+			}
+			publish(t, pub, "after")
+			l.waitFor(t, "after")
+			want := append([]string{"before"}, names(during[len(during)-tc.kept:])...)
+			want = append(want, "after")
+			if got := l.delivered(); !slices.Equal(got, want) {
+				t.Fatalf("delivered %q, want %q (the newest %d kept)", got, want, tc.kept)
+			}
+		})
 	}
 }
 
