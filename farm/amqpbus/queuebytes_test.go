@@ -71,6 +71,22 @@ func queueMessages(t *testing.T, url, queue string) int {
 	return q.Messages
 }
 
+// cut cuts sub's connections (proxy) and waits until the subscription
+// reports down and the broker has dropped its consumer, so that what is
+// published next waits in the queue.
+func cut(t *testing.T, url string, proxy *nettest.Proxy, l *stateLog, sub *amqpbus.Bus) {
+	t.Helper()
+	proxy.Cut()
+	if err := l.next(t, false); err == nil {
+		t.Fatal("the subscription reported down with no error")
+	}
+	ch := brokerChannel(t, url)
+	farmtest.Eventually(t, 10*time.Second, "the broker dropped the consumer", func() bool {
+		q, err := ch.QueueDeclarePassive(sub.Queue(), false, false, false, false, nil)
+		return err != nil || q.Consumers == 0
+	})
+}
+
 // cutOffSubscriber returns a publishing bus and a subscribing one (opts)
 // of one farm, the subscriber behind a proxy, subscribed, with a message
 // delivered.
@@ -107,10 +123,7 @@ func TestQueueBytesBound(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			pub, sub, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: tc.bytes})
-			proxy.Cut()
-			if err := l.next(t, false); err == nil {
-				t.Fatal("the subscription reported down with no error")
-			}
+			cut(t, url, proxy, l, sub)
 			during := bigMessages("during", 12)
 			publish(t, pub, during...)
 			if got := queueMessages(t, url, sub.Queue()); got != tc.kept {
@@ -151,11 +164,8 @@ func TestQueueFullByBytesReported(t *testing.T) {
 	}{{5, false}, {7, true}, {12, true}} {
 		t.Run(fmt.Sprint(tc.n), func(t *testing.T) {
 			t.Parallel()
-			pub, _, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: testQueueBytes})
-			proxy.Cut()
-			if err := l.next(t, false); err == nil {
-				t.Fatal("the subscription reported down with no error")
-			}
+			pub, sub, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: testQueueBytes})
+			cut(t, url, proxy, l, sub)
 			during := bigMessages("during", tc.n)
 			publish(t, pub, during...)
 			proxy.Restore()
@@ -262,10 +272,7 @@ func TestOldStyleQueueKept(t *testing.T) {
 
 	// Reconnecting: the old queue again, what was published meanwhile
 	// kept, no second warning.
-	proxy.Cut()
-	if err := l.next(t, false); err == nil {
-		t.Fatal("the subscription reported down with no error")
-	}
+	cut(t, url, proxy, l, sub)
 	publish(t, pub, "during-1", "during-2")
 	proxy.Restore()
 	if err := l.next(t, true); err != nil {
@@ -280,10 +287,7 @@ func TestOldStyleQueueKept(t *testing.T) {
 	}
 
 	// The old queue gone, the Bus's own has the byte bound.
-	proxy.Cut()
-	if err := l.next(t, false); err == nil {
-		t.Fatal("the subscription reported down with no error")
-	}
+	cut(t, url, proxy, l, sub)
 	if _, err := brokerChannel(t, url).QueueDelete(sub.Queue(), false, false, false); err != nil {
 		t.Fatal(err)
 	}
@@ -291,10 +295,7 @@ func TestOldStyleQueueKept(t *testing.T) {
 	if err := l.next(t, true); !errors.Is(err, transport.ErrMessagesLost) {
 		t.Fatalf("back up after the queue was deleted with %v, want transport.ErrMessagesLost", err)
 	}
-	proxy.Cut()
-	if err := l.next(t, false); err == nil {
-		t.Fatal("the subscription reported down with no error")
-	}
+	cut(t, url, proxy, l, sub)
 	publish(t, pub, bigMessages("big", 12)...)
 	if got, want := queueMessages(t, url, sub.Queue()), testQueueBytes/bigMessage; got != want {
 		t.Fatalf("the new queue holds %d messages of 512 KiB, want %d (its 4 MiB)", got, want)
