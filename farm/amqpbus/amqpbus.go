@@ -105,8 +105,8 @@ type Options struct {
 	// at least 16 MiB, and at most QueueLength times
 	// transport.MaxMessageSize, so that with a small QueueLength the
 	// count binds first. A bound under 2 MiB, given or by default, is
-	// taken as 2 MiB: the largest message, and room for the next. A negative value declares
-	// no byte bound, as before this field.
+	// taken as 2 MiB: the largest message, and room for the next. A
+	// negative value declares no byte bound, as before this field.
 	//
 	// The broker does not tell a queue's bytes: when a subscriber comes
 	// back to a backlog that could be full by bytes (of more than
@@ -569,8 +569,8 @@ var errClosed = errors.New("amqpbus: the bus is closed")
 // (expired, or the broker restarted), held QueueLength messages, or held
 // so many bytes that a message of transport.MaxMessageSize would not fit
 // under QueueBytes (in either case the broker may have dropped the
-// oldest). Messages handled but not yet
-// acknowledged when the connection failed come again.
+// oldest). Messages handled but not yet acknowledged when the connection
+// failed come again.
 func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	queue := b.takeQueue()
 	defer b.releaseQueue(queue)
