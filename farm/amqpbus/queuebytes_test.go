@@ -126,7 +126,10 @@ func TestQueueBytesBound(t *testing.T) {
 			cut(t, url, proxy, l, sub)
 			during := bigMessages("during", 12)
 			publish(t, pub, during...)
-			if got := queueMessages(t, url, sub.Queue()); got != tc.kept {
+			// "before" is back in the queue, at its head, when the cut
+			// came between its delivery and its acknowledgement: the
+			// byte bound drops it first.
+			if got := queueMessages(t, url, sub.Queue()); got != tc.kept && !(tc.bytes < 0 && got == tc.kept+1) {
 				t.Fatalf("the queue holds %d messages of 512 KiB, want %d", got, tc.kept)
 			}
 			proxy.Restore()
@@ -252,8 +255,13 @@ func TestOldStyleQueueKept(t *testing.T) {
 	}
 
 	l, _ := subscribeLogged(t, sub)
-	if err := l.next(t, true); err != nil {
-		t.Fatalf("subscribed to the old queue with %v, want nil", err)
+	select {
+	case s := <-l.states:
+		if !s.up || s.err != nil {
+			t.Fatalf("the first state reported is up=%v (%v), want up with nil", s.up, s.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription reported nothing within 10s")
 	}
 	l.waitFor(t, old...)
 	publish(t, pub, "new")
