@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/url"
@@ -55,6 +56,16 @@ const (
 	DefaultDialTimeout = 10 * time.Second
 	DefaultPrefetch    = 256
 	DefaultKeepQueue   = 2 * time.Minute
+)
+
+// queueBytesPerMessage, minQueueBytes and maxQueueBytesFloor make the
+// default of Options.QueueBytes: QueueLength times queueBytesPerMessage,
+// at least maxQueueBytesFloor, at most QueueLength largest messages; and
+// no value is under minQueueBytes.
+const (
+	queueBytesPerMessage = 1 << 10
+	maxQueueBytesFloor   = 16 * transport.MaxMessageSize
+	minQueueBytes        = 2 * transport.MaxMessageSize
 )
 
 // maxFarmName is the longest farm name accepted, as in the farm package.
@@ -83,6 +94,38 @@ type Options struct {
 	// rather than grow without bound. Default DefaultQueueLength.
 	QueueLength int
 
+	// QueueBytes bounds the bytes (the messages' bodies) each
+	// subscriber's queue holds (x-max-length-bytes): QueueLength alone
+	// lets a queue of the largest messages (transport.MaxMessageSize,
+	// 1 MiB) hold QueueLength MiB. The broker drops the oldest messages
+	// when either bound is reached, and a subscriber that comes back to a
+	// queue full by either reports the loss. The default is QueueLength
+	// KiB (about 98 MiB for the default QueueLength; the farm's messages
+	// carry sealed sessions of about 300 bytes, one or a batch of them),
+	// at least 16 MiB, and at most QueueLength times
+	// transport.MaxMessageSize, so that with a small QueueLength the
+	// count binds first. A bound under 2 MiB, given or by default, is
+	// taken as 2 MiB: the largest message, and room for the next. A
+	// negative value declares no byte bound, as before this field.
+	//
+	// The broker does not tell a queue's bytes: when a subscriber comes
+	// back to a backlog that could be full by bytes (of more than
+	// QueueBytes/transport.MaxMessageSize - 1 messages, 97 or more by
+	// default, and fewer than QueueLength), it reads the backlog once,
+	// unacknowledged, before it reports the subscription up, stopping
+	// once the bytes are over the mark; the broker then puts the messages
+	// back in place. That read costs about what delivering the backlog
+	// does.
+	//
+	// A queue of the Bus's name that the broker already has with other
+	// arguments (declared without this bound) is consumed as it is, with
+	// the bounds it was declared with: the broker refuses to declare it
+	// again with others, and its messages are not given up. The Bus then
+	// logs a warning, once, and the byte bound is in force from the next
+	// declaration after that queue is gone (expired, deleted, or the
+	// broker restarted).
+	QueueBytes int64
+
 	// Heartbeat is the AMQP heartbeat interval, which bounds how long a
 	// dead broker or a broken network goes unnoticed (about twice the
 	// interval). Default DefaultHeartbeat.
@@ -96,7 +139,8 @@ type Options struct {
 	// KeepQueue is how long the broker keeps a subscriber's queue once
 	// no connection consumes from it (x-expires): a node whose connection
 	// is lost for less than that finds, when it reconnects, every message
-	// published meanwhile (up to QueueLength) and reports nothing lost.
+	// published meanwhile (up to QueueLength and QueueBytes) and reports
+	// nothing lost.
 	// A node that is gone for good leaves its queue, and the messages that
 	// pile up in it, on the broker that long. The farm takes the
 	// retirements, grace cuts and revocations a kept queue delivers for
@@ -111,7 +155,8 @@ type Options struct {
 	// Prefetch bounds the messages the broker sends a subscriber ahead of
 	// its acknowledgments (AMQP basic.qos), and so the memory a slow node
 	// spends on messages it has not handled yet; the rest wait in its
-	// queue, itself bounded by QueueLength. Default DefaultPrefetch.
+	// queue, itself bounded by QueueLength and QueueBytes. Default
+	// DefaultPrefetch.
 	Prefetch int
 }
 
@@ -130,10 +175,13 @@ type Bus struct {
 	probeMu sync.Mutex // guards probe; held by Ping
 	probe   *publisher // Ping's connection
 
-	qmu      sync.Mutex      // guards the fields below
-	queue    string          // the Bus's queue, named once in Open
-	queueUse bool            // a Subscribe call consumes from queue
-	declared map[string]bool // queues declared so far (Close deletes them)
+	warn func(msg string, args ...any) // slog.Warn; tests replace it
+
+	qmu       sync.Mutex      // guards the fields below
+	queue     string          // the Bus's queue, named once in Open
+	queueUse  bool            // a Subscribe call consumes from queue
+	declared  map[string]bool // queues declared so far (Close deletes them)
+	unbounded map[string]bool // queues found with other arguments (warned about once)
 }
 
 // A publisher is the connection and channel that Publish uses.
@@ -195,7 +243,8 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 			return nil, fmt.Errorf("amqpbus: unknown URL option %q", k)
 		}
 	}
-	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, declared: make(map[string]bool)}
+	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, warn: slog.Warn,
+		declared: make(map[string]bool), unbounded: make(map[string]bool)}
 	b.queue = b.newQueueName()
 	if opts != nil {
 		b.opts = *opts
@@ -205,6 +254,12 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	}
 	if b.opts.QueueLength <= 0 {
 		b.opts.QueueLength = DefaultQueueLength
+	}
+	if b.opts.QueueBytes == 0 {
+		b.opts.QueueBytes = defaultQueueBytes(b.opts.QueueLength)
+	}
+	if b.opts.QueueBytes > 0 {
+		b.opts.QueueBytes = max(b.opts.QueueBytes, minQueueBytes)
 	}
 	if b.opts.Heartbeat <= 0 {
 		b.opts.Heartbeat = DefaultHeartbeat
@@ -220,6 +275,13 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	}
 	b.opts.KeepQueue = max(b.opts.KeepQueue, time.Millisecond)
 	return b, nil
+}
+
+// defaultQueueBytes returns the default of Options.QueueBytes for a
+// queue of length messages.
+func defaultQueueBytes(length int) int64 {
+	n := int64(length)
+	return min(max(n*queueBytesPerMessage, maxQueueBytesFloor), n*transport.MaxMessageSize)
 }
 
 // newQueueName returns a new queue name for the farm: the exchange's name,
@@ -504,9 +566,11 @@ var errClosed = errors.New("amqpbus: the bus is closed")
 // The queue outlives the connection (see Options.KeepQueue): once
 // subscribed again, it reports up with a nil error if the queue was still
 // there and not full, and with transport.ErrMessagesLost if it was gone
-// (expired, or the broker restarted) or held QueueLength messages (the
-// broker may have dropped the oldest). Messages handled but not yet
-// acknowledged when the connection failed come again.
+// (expired, or the broker restarted), held QueueLength messages, or held
+// so many bytes that a message of transport.MaxMessageSize would not fit
+// under QueueBytes (in either case the broker may have dropped the
+// oldest). Messages handled but not yet acknowledged when the connection
+// failed come again.
 func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	queue := b.takeQueue()
 	defer b.releaseQueue(queue)
@@ -599,14 +663,34 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 			return b.errorf("opening a channel", err)
 		}
 	}
-	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	q, err := ch.QueueDeclare(queue, false, false, false, false, amqp.Table{
+	args := amqp.Table{
 		"x-max-length": int64(b.opts.QueueLength),
 		"x-expires":    b.opts.KeepQueue.Milliseconds(),
-	})
-	if err != nil {
-		return b.errorf("declaring queue", err)
 	}
+	bytesBound := b.opts.QueueBytes > 0
+	if bytesBound {
+		args["x-max-length-bytes"] = b.opts.QueueBytes
+	}
+	q, err := ch.QueueDeclare(queue, false, false, false, false, args)
+	if err != nil {
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+			return b.errorf("declaring queue", err)
+		}
+		// The queue is there with other arguments (declared without the
+		// byte bound): the broker refuses ours, and has closed the
+		// channel. Consume it as it is, rather than give up its
+		// messages.
+		if ch, err = conn.Channel(); err != nil {
+			return b.errorf("opening a channel", err)
+		}
+		if q, err = ch.QueueDeclarePassive(queue, false, false, false, false, nil); err != nil {
+			return b.errorf("declaring queue", err)
+		}
+		existed, bytesBound = true, false
+		b.warnUnbounded(queue, ae)
+	}
+	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	b.qmu.Lock()
 	had := b.declared[queue]
 	b.declared[queue] = true
@@ -616,6 +700,14 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 		*lost = fmt.Errorf("amqpbus: the queue was gone when the subscriber came back: %w", transport.ErrMessagesLost)
 	case existed && q.Messages >= b.opts.QueueLength:
 		*lost = fmt.Errorf("amqpbus: the queue was full when the subscriber came back: %w", transport.ErrMessagesLost)
+	case existed && bytesBound && *lost == nil && b.mayHoldFull(q.Messages):
+		full, err := b.fullByBytes(ctx, conn, queue, q.Messages)
+		if err != nil {
+			return b.errorf("measuring the queue", err)
+		}
+		if full {
+			*lost = fmt.Errorf("amqpbus: the queue was full (Options.QueueBytes) when the subscriber came back: %w", transport.ErrMessagesLost)
+		}
 	}
 	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
 		return b.errorf("binding queue", err)
@@ -680,6 +772,73 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 			return closed(e)
 		}
 	}
+}
+
+// warnUnbounded warns, once for the Bus's queue, that queue was found
+// with other arguments (e), and so without the byte bound.
+func (b *Bus) warnUnbounded(queue string, e *amqp.Error) {
+	b.qmu.Lock()
+	warned := b.unbounded[queue]
+	b.unbounded[queue] = true
+	b.qmu.Unlock()
+	if !warned {
+		b.warn("amqpbus: the subscriber's queue exists with other arguments (declared without x-max-length-bytes): consuming it as it is, with no byte bound until it is gone",
+			"queue", queue, "queue_bytes", b.opts.QueueBytes, "broker", e.Reason)
+	}
+}
+
+// mayHoldFull reports whether a queue of n messages, each no longer than
+// transport.MaxMessageSize, may be full by its byte bound (see
+// fullByBytes).
+func (b *Bus) mayHoldFull(n int) bool {
+	return n > 0 && int64(n)*transport.MaxMessageSize > b.opts.QueueBytes-transport.MaxMessageSize
+}
+
+// fullByBytes reports whether the first n messages in queue, the ones it
+// held when the subscriber came back, leave no room under
+// Options.QueueBytes for a message of transport.MaxMessageSize: then the
+// broker may have dropped the oldest of what was published meanwhile, as
+// a queue of QueueLength messages may have. The declaration does not tell
+// a queue's bytes, so fullByBytes reads the messages, on a channel of its
+// own and without acknowledging them (it stops once their bytes are over
+// the mark), and closes the channel: the broker puts them back in place,
+// to be delivered in order. That is once per reconnection with a backlog
+// that could be full (mayHoldFull), and at most QueueBytes read.
+func (b *Bus) fullByBytes(ctx context.Context, conn *amqp.Connection, queue string, n int) (bool, error) {
+	mark := b.opts.QueueBytes - transport.MaxMessageSize
+	ch, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	defer ch.Close()
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	// No prefetch bound: the broker sends the n messages, and the few
+	// published since, unacknowledged.
+	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+	if err != nil {
+		return false, err
+	}
+	var total int64
+	for i := 0; i < n && total <= mark; i++ {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				select {
+				case e := <-closed:
+					if e != nil {
+						return false, e
+					}
+				case <-time.After(time.Second):
+				}
+				return false, errors.New("consumer cancelled")
+			}
+			total += int64(len(d.Body))
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	// The deferred Close gives them back.
+	return total > mark, nil
 }
 
 var (
