@@ -43,6 +43,9 @@ func serve(args []string, stderr io.Writer) int {
 	go func() {
 		select {
 		case s := <-stops:
+			// Logged as it arrives: from here to "stopped" is the
+			// daemon's own time to stop.
+			log.Debug("stop signal during the start", "signal", s.String())
 			stopStart(stopSignal{s})
 		case <-startCtx.Done():
 		}
