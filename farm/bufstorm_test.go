@@ -1,0 +1,246 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// laggardBus is a Redis transport whose subscription hands each message to
+// the node only after delay, and not at all while stalled: a node whose
+// reader falls behind (CPU-starved, paused by the runtime), so that Redis
+// queues the farm's messages for it in its output buffer.
+type laggardBus struct {
+	*redisbus.Transport
+	delay     atomic.Int64 // nanoseconds per message
+	mu        sync.Mutex
+	stalled   chan struct{} // closed by unstall; nil when not stalled
+	delivered atomic.Uint64
+}
+
+func (s *laggardBus) stall() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stalled == nil {
+		s.stalled = make(chan struct{})
+	}
+}
+
+func (s *laggardBus) unstall() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stalled != nil {
+		close(s.stalled)
+		s.stalled = nil
+	}
+}
+
+func (s *laggardBus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	return s.Transport.Subscribe(ctx, func(msg []byte) {
+		s.mu.Lock()
+		st := s.stalled
+		s.mu.Unlock()
+		if st != nil {
+			select {
+			case <-st:
+			case <-ctx.Done():
+			}
+		}
+		if d := s.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
+		s.delivered.Add(1)
+		deliver(msg)
+	}, state)
+}
+
+// laggardTransport opens, for each node, a Redis transport at url wrapped
+// in laggardBus, as its bus and store.
+func laggardTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		tr, err := redisbus.Open(url, farmName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		s := &laggardBus{Transport: tr}
+		return s, s
+	}
+}
+
+// pubsubClients returns how many pub/sub clients Redis serves, and the
+// largest output buffer (omem, bytes) among them.
+func pubsubClients(t *testing.T, rc *redis.Client) (n int, omem int64) {
+	t.Helper()
+	cl, err := rc.Do(context.Background(), "CLIENT", "LIST", "TYPE", "pubsub").Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(cl), "\n") {
+		if line == "" {
+			continue
+		}
+		n++
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "omem="); ok {
+				o, _ := strconv.ParseInt(v, 10, 64)
+				omem = max(omem, o)
+			}
+		}
+	}
+	return n, omem
+}
+
+// TestSlowSubscriberCutOffByRedis: Redis disconnects a pub/sub client
+// whose output buffer passes client-output-buffer-limit pubsub (here 256kb
+// hard, 128kb for 1s soft), dropping what it held. n3's subscription
+// reader stalls (a CPU-starved node), a burst on the farm's channel fills
+// the socket's buffers and then Redis's, and meanwhile n1 cuts a session
+// to its grace (a resumption) and revokes another: the messages that
+// tell the peers are in n3's output buffer when Redis drops it. n3 does
+// not know until its reader drains the kernel's buffers and reads the
+// end of the connection. Then it must take the disconnect for a gap: come
+// back, check its cache against the store, and read the revocations
+// again — so that past the grace neither session resumes on n3 (nor on
+// n2, which heard both), while a control session still does.
+func TestSlowSubscriberCutOffByRedis(t *testing.T) {
+	t.Parallel()
+	const grace = time.Second
+	srv := redistest.StartWith(t, "--client-output-buffer-limit", "pubsub 256kb 128kb 1")
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rc.Close() })
+	o := &farmtest.Options{NewTransport: laggardTransport(srv.URL()), Mode: farm.Broadcast, WriteThrough: true,
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.LookupTimeout = 2 * time.Second // see promiseFarm
+		}}
+	ms, _ := farmtest.Start(t, 3, o)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	lag := n3.Bus.(*laggardBus)
+	ids, cs := farmtest.Issue(t, n1, 3)
+	cutID, revID := ids[0], ids[1]
+	cutC, revC, ctlC := cs[0], cs[1], cs[2]
+	for _, id := range ids {
+		waitStored(t, n1, id)
+		for _, m := range ms[1:] {
+			farmtest.Eventually(t, 5*time.Second, m.Name+" holds n1's sessions", func() bool {
+				_, ok := lookup(m.Cache, id)
+				return ok
+			})
+		}
+	}
+	if n, _ := pubsubClients(t, rc); n != 3 {
+		t.Fatalf("%d pub/sub clients, want 3", n)
+	}
+
+	// A burst of messages no node accepts (not sealed), 64 KiB each, on
+	// the farm's channel: n1 and n2 read and drop them at once.
+	junk := []byte(strings.Repeat("x", 64<<10))
+	burst := func(until func(n int, omem int64) bool) (sent int, peak int64) {
+		t.Helper()
+		for sent < 32<<20 {
+			for range 4 {
+				if err := rc.Publish(context.Background(), lag.Channel(), junk).Err(); err != nil {
+					t.Fatal(err)
+				}
+				sent += len(junk)
+			}
+			n, omem := pubsubClients(t, rc)
+			peak = max(peak, omem)
+			if until(n, omem) {
+				return sent, peak
+			}
+		}
+		t.Fatalf("published %d MiB and Redis still holds n3's subscription", sent>>20)
+		return
+	}
+	connects := func(m *farmtest.Member) uint64 {
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_connects_total")
+	}
+	before := connects(n3)
+
+	lag.stall()
+	// Fill the socket's buffers, until Redis has to keep some.
+	filled, peak0 := burst(func(n int, omem int64) bool { return omem > 0 })
+	// Now cut one session (a resumption on n1) and revoke another.
+	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, cutC)).DidResume {
+		t.Fatal("the session to be cut did not resume on n1")
+	}
+	cutBy := time.Now().Add(grace)
+	if ok, err := n1.Node.Revoke(context.Background(), revID); !ok || err != nil {
+		t.Fatalf("revoke: %v, %v", ok, err)
+	}
+	farmtest.Eventually(t, 5*time.Second, "n2 heard the cut and the revocation", func() bool {
+		r, ok := lookup(n2.Cache, cutID)
+		_, rev := lookup(n2.Cache, revID)
+		return ok && time.Until(r.Expires) <= grace && !rev
+	})
+	// More, until Redis drops n3's subscription.
+	more, peak := burst(func(n int, omem int64) bool { return n < 3 })
+	peak = max(peak, peak0)
+	dropped := time.Now()
+	t.Logf("Redis dropped n3's subscription after %d KiB in the kernel's buffers and %d KiB more (its output buffer at %d KiB at most, as seen)",
+		filled>>10, more>>10, peak>>10)
+	if !n3.Node.BusUp() {
+		t.Fatal("n3's subscription is down while its reader is stalled: the test cannot tell the stall from an outage")
+	}
+	if _, ok := lookup(n3.Cache, revID); !ok {
+		t.Fatal("n3 no longer holds the revoked session before its reader drained: the test proves nothing")
+	}
+
+	lag.unstall()
+	// As Redis sees it: the promises below are what must hold, whatever
+	// n3 made of the drop.
+	farmtest.Eventually(t, 10*time.Second, "n3 subscribed again", func() bool {
+		n, _ := pubsubClients(t, rc)
+		return n == 3
+	})
+	t.Logf("n3 subscribed again %v after Redis dropped it", time.Since(dropped).Round(time.Millisecond))
+	time.Sleep(time.Until(cutBy.Add(300 * time.Millisecond)))
+	// Give n3 its reconcile (the dials below fail the test if it did not
+	// cut its copy).
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if r, ok := lookup(n3.Cache, cutID); !ok || !r.Expires.After(cutBy.Add(time.Second)) {
+			break
+		}
+	}
+	for _, m := range []*farmtest.Member{n3, n2} {
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cutC)).DidResume {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("the cut session resumed on %s past its grace", m.Name)
+		}
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, revC)).DidResume {
+			farmtest.LogStats(t, ms)
+			t.Fatalf("the revoked session resumed on %s", m.Name)
+		}
+	}
+	if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, ctlC)).DidResume {
+		farmtest.LogStats(t, ms)
+		t.Fatal("the control session did not resume on n3: it dropped its cache, or the test broke resumption")
+	}
+	if connects(n3) == before {
+		t.Fatal("n3 never counted its subscription down")
+	}
+	s := n3.Node.Metrics()
+	t.Logf("n3: reconciles done %d, sessions cut by them %d; re-send requests sent %d",
+		farmtest.Counter(s, "tlsfarm_farm_reconciles_total", "result", "done"),
+		farmtest.Counter(s, "tlsfarm_farm_reconcile_total", "result", "cut"),
+		farmtest.Counter(s, "tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"))
+}
