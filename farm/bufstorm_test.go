@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,16 +20,14 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// laggardBus is a Redis transport whose subscription hands each message to
-// the node only after delay, and not at all while stalled: a node whose
-// reader falls behind (CPU-starved, paused by the runtime), so that Redis
-// queues the farm's messages for it in its output buffer.
+// laggardBus is a Redis transport whose subscription hands nothing to the
+// node while stalled: a node whose reader falls behind (CPU-starved,
+// paused), so that what the farm publishes piles up in the socket's
+// buffers and then in Redis's output buffer for it.
 type laggardBus struct {
 	*redisbus.Transport
-	delay     atomic.Int64 // nanoseconds per message
-	mu        sync.Mutex
-	stalled   chan struct{} // closed by unstall; nil when not stalled
-	delivered atomic.Uint64
+	mu      sync.Mutex
+	stalled chan struct{} // closed by unstall; nil when not stalled
 }
 
 func (s *laggardBus) stall() {
@@ -61,10 +58,6 @@ func (s *laggardBus) Subscribe(ctx context.Context, deliver func([]byte), state 
 			case <-ctx.Done():
 			}
 		}
-		if d := s.delay.Load(); d > 0 {
-			time.Sleep(time.Duration(d))
-		}
-		s.delivered.Add(1)
 		deliver(msg)
 	}, state)
 }
@@ -243,4 +236,90 @@ func TestSlowSubscriberCutOffByRedis(t *testing.T) {
 		farmtest.Counter(s, "tlsfarm_farm_reconciles_total", "result", "done"),
 		farmtest.Counter(s, "tlsfarm_farm_reconcile_total", "result", "cut"),
 		farmtest.Counter(s, "tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"))
+}
+
+// TestResendStormStops: four nodes on a private redis-server that drops a
+// pub/sub client past 256kb of output buffer, and n4 a node whose reader
+// stalls (as in TestSlowSubscriberCutOffByRedis). n1 to n3 each keep 65,536 retirements and cuts for
+// re-sends (a busy node's ring with QueueSize 65536): one re-send of all
+// three is some 5 MiB for every subscriber, more than the kernel's
+// socket buffers (about 3 to 4 MiB on loopback) and Redis's limit take.
+// A burst drops n4 once; it comes back, and its reader stalls again. When it comes back, its
+// store still holds the farm's retirements and cuts, and its reconcile
+// finds what it missed there: it must not ask its peers to re-send.
+// Before, it asked; their re-sends dropped it again, it came back and
+// asked again, and so on for as long as it stayed slow (with a reader
+// that took 5 ms a message, a drop every 6 s or so: each one a gap, a
+// reconcile, and three full re-sends to every node).
+func TestResendStormStops(t *testing.T) {
+	t.Parallel()
+	const ring = 65536
+	srv := redistest.StartWith(t, "--client-output-buffer-limit", "pubsub 256kb 128kb 1")
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rc.Close() })
+	o := &farmtest.Options{NewTransport: laggardTransport(srv.URL()), Mode: farm.Broadcast, WriteThrough: true,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.QueueSize = ring
+		}}
+	ms, _ := farmtest.Start(t, 4, o)
+	for _, m := range ms[:3] {
+		m.Node.FillSent(ring)
+	}
+	n4 := ms[3]
+	lag := n4.Bus.(*laggardBus)
+	metric := func(m *farmtest.Member, name string, labels ...string) uint64 {
+		return farmtest.Counter(m.Node.Metrics(), name, labels...)
+	}
+	connects := func() uint64 { return metric(n4, "tlsfarm_farm_connects_total") }
+	resent := func() (sum uint64) {
+		for _, m := range ms[:3] {
+			sum += metric(m, "tlsfarm_farm_lifecycle_resend_total", "event", "resent")
+		}
+		return sum
+	}
+
+	// Drop n4 once: stall its reader, and publish messages no node
+	// accepts until Redis drops it.
+	lag.stall()
+	junk := []byte(strings.Repeat("x", 64<<10))
+	for n := 4; n == 4; n, _ = pubsubClients(t, rc) {
+		for range 4 {
+			if err := rc.Publish(context.Background(), lag.Channel(), junk).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before, r0 := connects(), resent()
+	lag.unstall()
+	farmtest.Eventually(t, 10*time.Second, "n4 subscribed again", func() bool {
+		n, _ := pubsubClients(t, rc)
+		return n == 4 && connects() > before
+	})
+	// And n4 is still slow: its reader stalls again (for the rest of the
+	// test), so that whatever its peers now send it piles up.
+	lag.stall()
+	defer lag.unstall()
+	back := time.Now()
+	farmtest.Eventually(t, 5*time.Second, "n4 reconciled", func() bool {
+		return metric(n4, "tlsfarm_farm_reconciles_total", "result", "done") > 0
+	})
+	// Before, Redis dropped n4 again 1 to 3 s after it came back.
+	const watch = 6 * time.Second
+	for time.Since(back) < watch {
+		if n, _ := pubsubClients(t, rc); n < 4 || connects() > before+1 {
+			t.Fatalf("Redis dropped n4 again %v after it came back (its peers re-sent %d items meanwhile, n4 asked %d times)",
+				time.Since(back).Round(time.Millisecond), resent()-r0,
+				metric(n4, "tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := resent() - r0; got != 0 {
+		t.Fatalf("n4's peers re-sent %d items after its gap, want none: its store kept what it missed", got)
+	}
+	if got := metric(n4, "tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"); got != 0 {
+		t.Fatalf("n4 asked its peers to re-send %d times", got)
+	}
+	t.Logf("n4 stayed subscribed for %v after it came back; its peers re-sent nothing", watch)
 }
