@@ -15,6 +15,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -181,9 +182,9 @@ func TestSlowSubscriberCutOffByRedis(t *testing.T) {
 		t.Fatalf("revoke: %v, %v", ok, err)
 	}
 	farmtest.Eventually(t, 5*time.Second, "n2 heard the cut and the revocation", func() bool {
-		r, ok := lookup(n2.Cache, cutID)
+		r, ok := lookup(n2.Cache, cutID) // gone once past the grace
 		_, rev := lookup(n2.Cache, revID)
-		return ok && time.Until(r.Expires) <= grace && !rev
+		return (!ok || time.Until(r.Expires) <= grace) && !rev
 	})
 	// More, until Redis drops n3's subscription.
 	more, peak := burst(func(n int, omem int64) bool { return n < 3 })
@@ -246,8 +247,8 @@ func TestSlowSubscriberCutOffByRedis(t *testing.T) {
 // socket buffers (about 3 to 4 MiB on loopback) and Redis's limit take.
 // A burst drops n4 once; it comes back, and its reader stalls again. When it comes back, its
 // store still holds the farm's retirements and cuts, and its reconcile
-// finds what it missed there: it must not ask its peers to re-send.
-// Before, it asked; their re-sends dropped it again, it came back and
+// finds what it missed there: it may ask its peers only for what they
+// hold (nothing here), not for all they keep. Before, it asked for all; their re-sends dropped it again, it came back and
 // asked again, and so on for as long as it stayed slow (with a reader
 // that took 5 ms a message, a drop every 6 s or so: each one a gap, a
 // reconcile, and three full re-sends to every node).
@@ -316,10 +317,63 @@ func TestResendStormStops(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if got := resent() - r0; got != 0 {
-		t.Fatalf("n4's peers re-sent %d items after its gap, want none: its store kept what it missed", got)
-	}
-	if got := metric(n4, "tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"); got != 0 {
-		t.Fatalf("n4 asked its peers to re-send %d times", got)
+		t.Fatalf("n4's peers re-sent %d items after its gap, want none: its store kept what they sent, and they hold nothing", got)
 	}
 	t.Logf("n4 stayed subscribed for %v after it came back; its peers re-sent nothing", watch)
+}
+
+// TestGapAsksForHeld: n1 holds a retirement (kept after a write that
+// failed, say: never written nor published) of a session n2 holds, and
+// keeps 1,000 retirements and cuts it sent. n2's path to Redis is cut and
+// restored: a bus gap, with the store whole. n2's reconcile finds the
+// session's record there (n1 never deleted it), so only a re-send can
+// tell n2; it asks its peers for what they hold, and n1 re-sends that one
+// retirement, not the 1,000 the store already has: n2 drops the session
+// and the store loses it. (Asking for nothing after a reconcile that
+// vouched for the cache left n2 resuming it; asking for everything
+// re-sent all 1,001.)
+func TestGapAsksForHeld(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	px := nettest.NewProxy(t, srv.Addr())
+	second := 0
+	nt := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		url := srv.URL()
+		if second++; second == 2 { // n2: Start joins n1 first
+			url = "redis://" + px.Addr + "/0"
+		}
+		return redisTransport(url)(t, farmName)
+	}
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: nt, Mode: farm.Broadcast, WriteThrough: true,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+		}})
+	n1, n2 := ms[0], ms[1]
+	ids, cs := farmtest.Issue(t, n1, 1)
+	id, c := ids[0], cs[0]
+	waitShared(t, ms, farm.Broadcast, id)
+	n1.Node.FillSent(1000)
+	n1.Node.HoldRetired(id)
+	const resend = "tlsfarm_farm_lifecycle_resend_total"
+	resent := func() uint64 { return farmtest.Counter(n1.Node.Metrics(), resend, "event", "resent") }
+	r0 := resent()
+
+	px.Cut()
+	farmtest.Eventually(t, 10*time.Second, "n2 cut off", func() bool { return !n2.Node.BusUp() })
+	px.Restore()
+	farmtest.WaitConnected(t, n2)
+	farmtest.Eventually(t, 10*time.Second, "n2 reconciled", func() bool {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done") > 0
+	})
+	farmtest.Eventually(t, 5*time.Second, "n2 dropped the session and the store lost it", func() bool {
+		_, held := lookup(n2.Cache, id)
+		return !held && !stored(n2, id)
+	})
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("the retired session resumed on n2")
+	}
+	if got := resent() - r0; got != 1 {
+		t.Fatalf("n1 re-sent %d items, want 1 (what it holds)", got)
+	}
 }

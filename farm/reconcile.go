@@ -175,16 +175,16 @@ const (
 // own may be lost to peers that had the gap too, or to a store that failed
 // over; see resendState); then, with a store, it has the reconciler check
 // the cache against it (gen: the store's generation as of since, as last
-// read, or nil), and asks the peers to send theirs again only if that
-// pass cannot vouch for the cache (see reconciler); with none, it asks at
-// once, and drops what it cannot vouch for (dropUnvouched) unless
-// Config.KeepAfterBusGap. It returns what it did ("reconcile", "dropped"
+// read, or nil), and asks the peers to send all of theirs again only if
+// that pass cannot vouch for the cache, else only what they hold (see
+// reconciler); with none, it asks for everything at once, and drops what
+// it cannot vouch for (dropUnvouched) unless Config.KeepAfterBusGap. It returns what it did ("reconcile", "dropped"
 // or "kept") and how many sessions it dropped. It runs on the
 // subscription's goroutine, before the bus delivers anything more.
 //
-// A request makes every peer re-send what it keeps (up to QueueSize
-// items each), and every node receives all of it: a gap that asked
-// whatever the pass found could feed itself. A subscriber that Redis
+// A request for everything makes every peer re-send what it keeps (up to
+// QueueSize items each), and every node receives all of it: a gap that
+// asked for everything whatever the pass found could feed itself. A subscriber that Redis
 // drops for the size of its output buffer (client-output-buffer-limit
 // pubsub) while those re-sends pour in comes back with a gap of its own,
 // asks again, and is dropped again, for as long as it stays slow
@@ -291,22 +291,29 @@ func (n *Node) reconciler(ctx context.Context) {
 			return
 		}
 		// A pass that checked the whole cache against a store that kept
-		// its data has found what the gap cost this node: the peers'
-		// retirements and cuts are in the store (those that did not reach
-		// it reach this node when written; this node's own it re-sent
-		// already). Anything else asks the peers to re-send, once per gap:
-		// a store that lost its data (as the write-back does too), one
-		// that fails, or a generation not read yet.
-		// (A pass that ends after a newer gap leaves that one to the next
-		// pass.)
+		// its data has found what the gap cost this node of the peers'
+		// retirements and cuts that reached the store: it asks the peers
+		// only for those they hold (Node.held: kept after a failed write,
+		// they may have been published and not stored); this node's own
+		// it re-sent already. Anything else asks the peers to re-send
+		// everything, once per gap: a store that lost its data (as the
+		// write-back does too), one that fails, or a generation not read
+		// yet. (A pass that ends after a newer gap leaves that one to the
+		// next pass.)
 		r.mu.Lock()
-		ask := r.ask && err != nil
-		if err != nil || r.gen == gen {
+		ask, all := r.ask, err != nil
+		if !all && r.gen != gen {
+			ask = false
+		}
+		if ask {
 			r.ask = false
 		}
 		r.mu.Unlock()
-		if ask {
+		switch {
+		case ask && all:
 			n.wantResendAsk()
+		case ask:
+			n.wantHeldAsk()
 		}
 		if errors.Is(err, errStoreLost) {
 			// Nothing left to reconcile from (the node writes its
