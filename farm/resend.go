@@ -28,10 +28,10 @@ const resendEvery = time.Second
 // answers, and asks again once it has written.
 //
 // A request either asks for everything a peer keeps (an empty body: the
-// write-back's, a gap's without a store or with a reconcile that could
-// not vouch for the cache) or only for what a peer holds (resendHeldOnly:
-// a gap whose reconcile found the store whole, which holds the rest). A
-// node older than the scope takes either for everything.
+// write-back's, and a gap's without a store or whose reconcile could not
+// vouch for the cache) or only for what a peer holds (resendHeldOnly: a
+// gap's, at once, where a store holds the rest; see settleGap). A node
+// older than the scope takes either for everything.
 type resendState struct {
 	ask  chan struct{} // has a value while a request is wanted
 	send chan struct{} // has a value while a re-send is wanted
@@ -131,8 +131,7 @@ func (n *Node) askResend(ctx context.Context, all bool) bool {
 
 // resendHeld queues again every unexpired retirement and grace cut the
 // node holds (Node.held), and, with all, those it made and sent
-// (Node.sent, see keepSent), for the
-// paths that write and publish them, as
+// (Node.sent, see keepSent), for the paths that write and publish them, as
 // restoreLife does with those read back from the lifecycle file: the
 // store part deletes a retired session's record and deletes or cuts a cut
 // one's, the bus part publishes both as cut messages (a cut too in
