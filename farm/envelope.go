@@ -55,7 +55,7 @@ const (
 	valTombstone                    // body: one revoked chain
 	msgKeys                         // body: a ticket key set (announced, and stored)
 	msgCut                          // body: sessions cut to their grace, or retired
-	msgResend                       // body: empty; asks peers to write and publish again the retirements and cuts they hold
+	msgResend                       // body: empty, or resendHeldOnly; asks peers to write and publish again the retirements and cuts they keep
 	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
 	valChild                        // body: a parent's live child's session ID (store-only); context: the parent's ID
 )

@@ -126,3 +126,18 @@ func (n *Node) QueueRevocations(first uint64, count int, until time.Time) {
 		n.addRevocation(session.ID{}, revocation{chain: first + uint64(i), until: until})
 	}
 }
+
+// FillSent keeps k made-up retirements and grace cuts (half each, of
+// sessions no node holds) in the node's ring of those it sent, as a node
+// that retired and cut k sessions in the last Lifetime would: its next
+// re-send sends them all again.
+func (n *Node) FillSent(k int) {
+	now := n.cfg.Now()
+	for i := range k {
+		it := item{id: n.cfg.Cache.NewID(), op: opRetire}
+		if i%2 == 1 {
+			it.op, it.until = opCut, now.Add(time.Minute)
+		}
+		n.keepSent(it)
+	}
+}

@@ -231,8 +231,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		go n.drain(pctx, closing, n.sq, n.flushStore)
 	}
 	n.wg.Add(5)
-	go n.resender(ctx, n.rs.ask, func(ctx context.Context) { n.askResend(ctx) })
-	go n.resender(ctx, n.rs.send, n.resendHeld)
+	go n.resender(ctx, n.rs.ask, func(ctx context.Context) { n.askResend(ctx, n.rs.askAll.Swap(false)) })
+	go n.resender(ctx, n.rs.send, func(ctx context.Context) { n.resendHeld(ctx, n.rs.sendAll.Swap(false)) })
 	go n.listener(ctx)
 	go n.revoker(ctx)
 	go n.childKeeper(ctx)

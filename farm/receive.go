@@ -104,7 +104,7 @@ func (n *Node) receive(msg []byte) {
 	case msgCut:
 		n.receiveCuts(body, h.time)
 	case msgResend:
-		n.receiveResend()
+		n.receiveResend(body)
 	case msgTally:
 		if n.tly.on {
 			n.receiveTally(h, body, old)

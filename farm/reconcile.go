@@ -50,6 +50,7 @@ type reconcileState struct {
 	downGen   []byte    // the store's generation then, as last read (nil: unknown)
 	since     time.Time // earliest outage not reconciled yet; zero if none
 	sinceGen  []byte    // the store's generation when that outage began
+	ask       bool      // ask the peers to re-send everything unless the next pass vouches for the cache (see settleGap)
 	gen       uint64    // outages ended so far
 	wasUp     bool      // the subscription was up before (the bus may have kept messages since)
 	wake      chan struct{}
@@ -170,19 +171,30 @@ const (
 )
 
 // settleGap settles a gap: the peers' retirements and cuts published since
-// about since may be lost to this node. It asks the peers to send theirs
-// again, and sends this node's (its own may be lost to peers that had the
-// gap too; see resendState); then, with a store, it has the reconciler
-// check the cache against it (gen: the store's generation as of since, as
-// last read, or nil), or, with none, it drops what it cannot vouch for
+// about since may be lost to this node. It sends this node's again (its own
+// may be lost to peers that had the gap too, or to a store that failed over;
+// see resendState); then, with a store, it has the reconciler check the
+// cache against it (gen: the store's generation as of since, as last read,
+// or nil), and asks the peers at once for what they hold (Node.held: kept
+// after a failed write, maybe published and not stored), and for all they
+// keep only if that pass cannot vouch for the cache (see reconciler); with
+// none, it asks for everything at once, and drops what it cannot vouch for
 // (dropUnvouched) unless Config.KeepAfterBusGap. It returns what it did
 // ("reconcile", "dropped" or "kept") and how many sessions it dropped. It
 // runs on the subscription's goroutine, before the bus delivers anything
 // more.
+//
+// A request for everything makes every peer re-send what it keeps (up to
+// QueueSize items each), and every node receives all of it: a gap that asked
+// for everything whatever the pass found could feed itself. A subscriber
+// that Redis drops for the size of its output buffer
+// (client-output-buffer-limit pubsub) while those re-sends pour in comes
+// back with a gap of its own, asks again, and is dropped again, for as long
+// as it stays slow (TestResendStormStops).
 func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped int, action string) {
-	n.wantResendAsk()
 	n.wantResend()
 	if n.cfg.Records == nil {
+		n.wantResendAsk()
 		if n.cfg.KeepAfterBusGap {
 			return 0, "kept"
 		}
@@ -193,8 +205,10 @@ func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped i
 	if r.since.IsZero() || since.Before(r.since) {
 		r.since, r.sinceGen = since, gen
 	}
+	r.ask = true
 	r.gen++
 	r.mu.Unlock()
+	n.wantHeldAsk()
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -278,6 +292,23 @@ func (n *Node) reconciler(ctx context.Context) {
 		err := n.reconcile(ctx, since, storeGen)
 		if ctx.Err() != nil {
 			return
+		}
+		// A pass that checked the whole cache against a store that kept
+		// its data has found what the gap cost this node of the peers'
+		// retirements and cuts that reached the store; the rest, those
+		// the peers hold, settleGap asked for. Anything else asks the
+		// peers to re-send everything, once per gap: a store that lost
+		// its data (as the write-back does too), one that fails, or a
+		// generation not read yet. (A pass that ends after a newer gap
+		// leaves that one to the next pass.)
+		r.mu.Lock()
+		ask := r.ask && err != nil
+		if err != nil || r.gen == gen {
+			r.ask = false
+		}
+		r.mu.Unlock()
+		if ask {
+			n.wantResendAsk()
 		}
 		if errors.Is(err, errStoreLost) {
 			// Nothing left to reconcile from (the node writes its

@@ -26,32 +26,58 @@ const resendEvery = time.Second
 // (Node.sent: a peer may have missed them too), through the lifecycle
 // backlogs. writeBack asks before it reads its cache, waits for the
 // answers, and asks again once it has written.
+//
+// A request either asks for everything a peer keeps (an empty body: the
+// write-back's, and a gap's without a store or whose reconcile could not
+// vouch for the cache) or only for what a peer holds (resendHeldOnly: a
+// gap's, at once, where a store holds the rest; see settleGap). A node
+// older than the scope takes either for everything.
 type resendState struct {
 	ask  chan struct{} // has a value while a request is wanted
 	send chan struct{} // has a value while a re-send is wanted
+	// askAll and sendAll: the request, or the re-send, wanted covers
+	// everything (Node.sent too), not only Node.held.
+	askAll, sendAll atomic.Bool
 
 	asksSent, asksFailed, asksReceived, resent atomic.Uint64
 }
 
-// wantResendAsk asks resender for a request to the peers.
+// resendHeldOnly is the body of a request for what the peers hold
+// (Node.held) and not what they made and sent (Node.sent).
+const resendHeldOnly = 1
+
+// wantResendAsk asks resender for a request to the peers for everything
+// they keep.
 func (n *Node) wantResendAsk() {
-	select {
-	case n.rs.ask <- struct{}{}:
-	default:
-	}
+	n.rs.askAll.Store(true)
+	poke(n.rs.ask)
 }
 
-// wantResend asks resender to re-send what this node holds.
+// wantHeldAsk asks resender for a request to the peers for what they hold
+// (Node.held): what may not have reached the store.
+func (n *Node) wantHeldAsk() { poke(n.rs.ask) }
+
+// wantResend asks resender to re-send everything this node keeps.
 func (n *Node) wantResend() {
+	n.rs.sendAll.Store(true)
+	poke(n.rs.send)
+}
+
+// poke puts a value in c, a channel of one, unless it has one.
+func poke(c chan struct{}) {
 	select {
-	case n.rs.send <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
 
-// receiveResend handles a peer's msgResend.
-func (n *Node) receiveResend() {
+// receiveResend handles a peer's msgResend, whose body is its scope.
+func (n *Node) receiveResend(body []byte) {
 	n.rs.asksReceived.Add(1)
+	if len(body) == 1 && body[0] == resendHeldOnly {
+		poke(n.rs.send)
+		return
+	}
 	n.wantResend()
 }
 
@@ -80,16 +106,22 @@ func (n *Node) resender(ctx context.Context, c <-chan struct{}, do func(context.
 	}
 }
 
-// askResend publishes a msgResend (its body is empty), and reports whether
-// it went out. A request that fails is not retried: the bus is failing,
-// and the subscription coming back asks again (busUp). resender calls it
-// for wantResendAsk; writeBack calls it directly, ahead of the rate limit,
-// since it waits for the answers.
-func (n *Node) askResend(ctx context.Context) bool {
+// askResend publishes a msgResend, for everything the peers keep (an
+// empty body) or, unless all, for what they hold (resendHeldOnly), and
+// reports whether it went out. A request that fails is not retried: the
+// bus is failing, and the subscription coming back asks again (busUp).
+// resender calls it for wantResendAsk and wantHeldAsk; writeBack calls it
+// directly, for everything, ahead of the rate limit, since it waits for
+// the answers.
+func (n *Node) askResend(ctx context.Context, all bool) bool {
 	hdr := header{typ: msgResend, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	var body []byte
+	if !all {
+		body = []byte{resendHeldOnly}
+	}
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	if err := n.publish(pctx, n.keys.seal(nil, hdr, nil, nil)); err != nil {
+	if err := n.publish(pctx, n.keys.seal(nil, hdr, body, nil)); err != nil {
 		n.rs.asksFailed.Add(1)
 		return false
 	}
@@ -98,22 +130,22 @@ func (n *Node) askResend(ctx context.Context) bool {
 }
 
 // resendHeld queues again every unexpired retirement and grace cut the
-// node holds (Node.held), and those it made and sent (Node.sent, see
-// keepSent), for the paths that write and publish them, as
+// node holds (Node.held), and, with all, those it made and sent
+// (Node.sent, see keepSent), for the paths that write and publish them, as
 // restoreLife does with those read back from the lifecycle file: the
 // store part deletes a retired session's record and deletes or cuts a cut
 // one's, the bus part publishes both as cut messages (a cut too in
 // broadcast mode: the child that would tell peers is not sent again). It
 // fills each backlog at most to its bound, never dropping what is kept
 // there for it; the rest waits for the next request. It never logs an ID.
-func (n *Node) resendHeld(context.Context) {
+func (n *Node) resendHeld(_ context.Context, all bool) {
 	now := n.cfg.Now()
 	var held []item
 	if n.held != nil && n.heldAny.Load() {
 		held = n.held.snapshot()
 	}
 	var sent []sentItem
-	if n.sent != nil {
+	if n.sent != nil && all {
 		sent = n.sent.live(now)
 	}
 	if len(held)+len(sent) == 0 {

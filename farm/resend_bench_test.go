@@ -83,7 +83,7 @@ func benchResend(b *testing.B, url string, size int) {
 	b.ResetTimer()
 	for range b.N {
 		s0, g0, m0 := sent(), got(), peer.ctr.received.Load()
-		sender.resendHeld(context.Background())
+		sender.resendHeld(context.Background(), true)
 		for end := time.Now().Add(30 * time.Second); sent()-s0 < uint64(size) || got()-g0 < uint64(size); {
 			if time.Now().After(end) {
 				b.Fatalf("sent %d, the peer got %d of %d", sent()-s0, got()-g0, size)

@@ -32,7 +32,7 @@ func TestResendHeldIncludesSent(t *testing.T) {
 			t.Fatalf("a sent item is kept until %v, want the session's life end %v", time.Unix(0, it.expires), want)
 		}
 	}
-	n.resendHeld(context.Background())
+	n.resendHeld(context.Background(), true)
 	if got := n.rs.resent.Load(); got != 3 {
 		t.Fatalf("re-sent %d items, want 3 (one per session)", got)
 	}

@@ -88,7 +88,7 @@ func TestSentFileRoundTrip(t *testing.T) {
 				t.Fatalf("size %d: item %d came back changed", tc.size, i)
 			}
 		}
-		n2.resendHeld(t.Context())
+		n2.resendHeld(t.Context(), true)
 		if got := n2.rs.resent.Load(); got != uint64(len(tc.want)) {
 			t.Fatalf("size %d: re-sent %d items, want %d", tc.size, got, len(tc.want))
 		}

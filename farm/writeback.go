@@ -127,7 +127,7 @@ const writeBackSettle = resendEvery + 500*time.Millisecond
 // never a resumption the farm no longer allows.
 func (n *Node) writeBack(ctx context.Context) {
 	n.writeBackRevocations(ctx)
-	if n.askResend(ctx) {
+	if n.askResend(ctx, true) {
 		t := time.NewTimer(writeBackSettle)
 		select {
 		case <-ctx.Done():
