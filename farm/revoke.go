@@ -3,9 +3,7 @@ package farm
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"hash/maphash"
-	"maps"
 	"sync"
 	"time"
 
@@ -70,20 +68,23 @@ func (n *Node) healer(ctx context.Context) {
 	}
 }
 
-// tombstoneTimeout bounds one read of the farm's revocations whole: the
-// set may hold transport.MaxSetMembers of them, which a transport reads in
-// many requests (pages, or a watcher's stream) and the node then opens, so
-// the read gets OpTimeout, meant for one request, and perTombstone for
+// tombstoneTimeout bounds one read of the farm's revocations whole from
+// the store: the set may hold transport.MaxSetMembers of them, which a
+// transport reads in many requests (pages, or a watcher's stream), so the
+// read gets OpTimeout, meant for one request, and perTombstone more for
 // each member the set may hold. The check of the set's version that comes
-// first, one short request, gets OpTimeout.
+// first, one short request, gets OpTimeout; opening and applying the
+// members, the node's own work, is not bounded.
 func (n *Node) tombstoneTimeout() time.Duration {
 	return n.cfg.OpTimeout + transport.MaxSetMembers*perTombstone
 }
 
-// perTombstone is what tombstoneTimeout allows for each member of the set:
-// about 20 times what a member cost on a 2-core VM under load, read from
-// Redis or NATS and opened (10s for a full set).
-const perTombstone = 100 * time.Microsecond
+// perTombstone is what tombstoneTimeout allows for each member of the set
+// (25 s for a full one, under the default HealInterval): on a 2-core VM a
+// full set of 150-byte members took 0.2 s from a private Redis (paged;
+// 1.9 s with the one script before), 2-3 s from NATS, and up to 10 s from
+// NATS with the client built with -race.
+const perTombstone = 250 * time.Microsecond
 
 // tombstoneReads is what a node remembers of its reads of the farm's
 // revocations, so that a heal that finds the set unchanged costs one short
@@ -129,9 +130,9 @@ func (t *tombstoneReads) forget() {
 // Join). It first asks for the set's version, where the Coordinator tells
 // it: unchanged since the last read, and with nothing to apply again, the
 // set is not read. Otherwise it reads the set and opens the members it has
-// not opened before. A read that fails or is cut short by its bound
-// (tombstoneTimeout) applies what it opened, but leaves the revocations
-// unknown, and the next read whole.
+// not opened before. A read of the set that fails or is cut short by its
+// bound (tombstoneTimeout; a transport returns all of the set or an error)
+// leaves the revocations unknown, if they were, and the next read whole.
 func (n *Node) readTombstones(ctx context.Context) error {
 	t := &n.tombs
 	t.mu.Lock()
@@ -153,11 +154,10 @@ func (n *Node) readTombstones(ctx context.Context) error {
 		}
 		version = v
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.tombstoneTimeout())
-	defer cancel()
-	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
+	rctx, cancel := context.WithTimeout(ctx, n.tombstoneTimeout())
+	members, err := n.cfg.Coord.SetMembers(rctx, tombstoneKey)
+	cancel()
 	if err != nil {
-		t.valid = false
 		return err
 	}
 	if len(members) >= transport.MaxSetMembers {
@@ -168,16 +168,10 @@ func (n *Node) readTombstones(ctx context.Context) error {
 		t.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
 	}
 	seen := make(map[[2]uint64]struct{}, len(members))
-	cut, retry := false, false
+	retry := false
 	var again time.Time
 	cover := n.cfg.Cache.Config().MaxChainLifetime
-	for i, m := range members {
-		if i%1024 == 1023 && ctx.Err() != nil {
-			// Cut short: what was applied stays applied, and is not
-			// opened again; the rest waits for the next read.
-			cut = true
-			break
-		}
+	for _, m := range members {
 		h := [2]uint64{maphash.Bytes(t.seeds[0], m), maphash.Bytes(t.seeds[1], m)}
 		if _, ok := t.seen[h]; ok {
 			seen[h] = struct{}{}
@@ -215,17 +209,6 @@ func (n *Node) readTombstones(ctx context.Context) error {
 		if whole {
 			seen[h] = struct{}{}
 		}
-	}
-	if cut {
-		// Keep what this read opened besides what the last one had (at
-		// most twice the bound: the next whole read keeps only its own).
-		if t.seen == nil || len(t.seen)+len(seen) > 2*transport.MaxSetMembers {
-			t.seen = seen
-		} else {
-			maps.Copy(t.seen, seen)
-		}
-		t.valid = false
-		return fmt.Errorf("farm: reading the revocations: cut short after %d of %d: %w", len(seen), len(members), context.Cause(ctx))
 	}
 	t.seen, t.again = seen, again
 	t.version, t.valid = version, versioned && !retry
