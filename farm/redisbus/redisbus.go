@@ -5,9 +5,12 @@
 // Every key of a farm starts with its name, so that several farms share a
 // server without seeing each other. The farm's few coordination keys (the
 // ticket key lease and key set, the revocation tombstones) live under one
-// hash tag, "tlsfarm:{<farm>}:", in one slot of a cluster. Its session
-// records, the bulk of its data, are "tlsfarm:<farm>:{<key>}": hashed by
-// the session ID, so that they spread over every shard of a Redis Cluster.
+// hash tag, "tlsfarm:{<farm>}:", in one slot of a cluster; a set among
+// them (the tombstones) is a sorted set scored by when each member lapses,
+// read a page at a time, with its version beside it at "<set>:version"
+// (see SetVersion). Its session records, the bulk of its data, are
+// "tlsfarm:<farm>:{<key>}": hashed by the session ID, so that they spread
+// over every shard of a Redis Cluster.
 // Values and messages are sealed by the farm:
 // nothing in Redis is usable, or accepted back, without the farm secret,
 // which is separate from any Redis password.
