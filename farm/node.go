@@ -135,8 +135,10 @@ type item struct {
 // revocations from the Coordinator, so that from the moment it returns the
 // node refuses every session the farm revoked before, and hears of every
 // revocation made after. The wait is bounded by OpTimeout (and ends at once
-// if the transport refuses connections). A node whose read did not succeed
-// in that time does not fail: it serves, but resumes no session from the
+// if the transport refuses connections); the read itself has a longer
+// bound, sized for the largest list (transport.MaxSetMembers), and goes on
+// after Join returns. A node whose read did not succeed in that time does
+// not fail: it serves, but resumes no session from the
 // farm — no store lookup, no peer's session, no ticket under the farm's
 // keys (see Node.RotateTicketKeys) — until a read succeeds, which it retries
 // with backoff; clients get full handshakes meanwhile. Node.RevocationsKnown
