@@ -82,8 +82,8 @@ func (n *Node) tombstoneTimeout() time.Duration {
 // perTombstone is what tombstoneTimeout allows for each member of the set
 // (25 s for a full one, under the default HealInterval): on a 2-core VM a
 // full set of 150-byte members took 0.2 s from a private Redis (paged;
-// 1.9 s with the one script before), 2-3 s from NATS, and up to 10 s from
-// NATS with the client built with -race.
+// 1.9 s with the one script before), 2-3 s from NATS, and 10-30 s from
+// NATS with the client built with -race on a loaded VM.
 const perTombstone = 250 * time.Microsecond
 
 // tombstoneReads is what a node remembers of its reads of the farm's
