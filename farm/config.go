@@ -209,7 +209,10 @@ type Config struct {
 
 	// HealInterval is how often the node re-reads the revocations in the
 	// store, in case it missed a message (default 30s). It also re-reads
-	// them each time the bus reconnects.
+	// them each time the bus reconnects. Where the Coordinator is a
+	// transport.SetVersioner, a re-read asks for the set's version first
+	// and reads the set only if it changed, opening only the revocations
+	// the node has not opened before.
 	HealInterval time.Duration
 
 	// ProbeInterval is how often the node probes a transport that is a

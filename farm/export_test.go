@@ -141,3 +141,13 @@ func (n *Node) FillSent(k int) {
 		n.keepSent(it)
 	}
 }
+
+// TombstoneKey is the Coordinator's key of the farm's revocations.
+const TombstoneKey = tombstoneKey
+
+// SealTombstone returns a revocation of chain until until, sealed as the
+// node writes one into the Coordinator's set of revocations.
+func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
+	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	return n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{{chain: chain, until: until}}), nil)
+}

@@ -21,6 +21,8 @@ type nodeCounters struct {
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
 	writtenBack, unknownRevs, oldSessions          atomic.Uint64
+	tombstoneReads, tombstoneReadsUnchanged        atomic.Uint64
+	tombstonesOpened                               atomic.Uint64
 	strikes                                        [numStrikeResults]atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
@@ -57,6 +59,9 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out.", probeFailures)
 	m.counter("tlsfarm_farm_unencodable_total", "Sessions left out of a message or the store: too large, or a server name over 253 bytes.", c.unencodable.Load())
 	m.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", c.tombstonesTruncated.Load())
+	m.counters("tlsfarm_farm_tombstone_reads_total", "Reads of the store's revocations that succeeded: read whole, or found unchanged by the set's version (not read).", "result",
+		"read", c.tombstoneReads.Load(), "unchanged", c.tombstoneReadsUnchanged.Load())
+	m.counter("tlsfarm_farm_tombstones_opened_total", "Members of the store's revocations the node opened: each once, not at every read.", c.tombstonesOpened.Load())
 	m.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up.", c.connects.Load())
 	queued, dropped := n.q.stats()
 	if n.sq != nil {

@@ -63,7 +63,8 @@ type Node struct {
 	revsKnown  atomic.Bool
 	revsReady  chan struct{}
 	revsOnce   sync.Once
-	revsWarned atomic.Bool   // Join's read failed, and said so
+	revsWarned atomic.Bool // Join's read failed, and said so
+	tombs      tombstoneReads
 	synced     chan struct{} // closed when Join's first read of them has ended, done or not
 	ctr        nodeCounters
 	lag        histogram
@@ -134,8 +135,10 @@ type item struct {
 // revocations from the Coordinator, so that from the moment it returns the
 // node refuses every session the farm revoked before, and hears of every
 // revocation made after. The wait is bounded by OpTimeout (and ends at once
-// if the transport refuses connections). A node whose read did not succeed
-// in that time does not fail: it serves, but resumes no session from the
+// if the transport refuses connections); the read itself has a longer
+// bound, sized for the largest list (transport.MaxSetMembers), and goes on
+// after Join returns. A node whose read did not succeed in that time does
+// not fail: it serves, but resumes no session from the
 // farm — no store lookup, no peer's session, no ticket under the farm's
 // keys (see Node.RotateTicketKeys) — until a read succeeds, which it retries
 // with backoff; clients get full handshakes meanwhile. Node.RevocationsKnown
@@ -259,27 +262,34 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Coord != nil {
 		n.wg.Add(1)
 		go n.healer(ctx)
+		wait := time.NewTimer(cfg.OpTimeout)
 		select {
 		case <-n.synced:
+		case <-wait.C:
+			// The read goes on, bounded by tombstoneTimeout: until
+			// it is done the node resumes no session from the farm.
 		case <-parent.Done():
 		}
+		wait.Stop()
 	}
 	stop := context.AfterFunc(parent, func() { n.Close() })
 	n.stopWatch.Store(&stop)
 	return n, nil
 }
 
-// firstSync is Join's wait for the farm's revocations: the bus first (so
-// that a revocation published from then on reaches the node), then the
-// list in the Coordinator (which holds every revocation stored before the
-// read). Both together are bounded by OpTimeout.
+// firstSync is Join's first read of the farm's revocations: it waits for
+// the bus first (so that a revocation published from then on reaches the
+// node), for OpTimeout at most, then reads the list in the Coordinator
+// (which holds every revocation stored before the read), bounded by
+// tombstoneTimeout: a large list takes longer than one request. Join waits
+// for both together for OpTimeout at most.
 func (n *Node) firstSync(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-	defer cancel()
+	wait, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	select {
 	case <-n.busFirst:
-	case <-ctx.Done():
+	case <-wait.Done():
 	}
+	cancel()
 	select {
 	case <-n.heal: // the read below is the one the connect asked for
 	default:

@@ -1,7 +1,10 @@
 package farm
 
 import (
+	"bytes"
 	"context"
+	"hash/maphash"
+	"sync"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -65,13 +68,95 @@ func (n *Node) healer(ctx context.Context) {
 	}
 }
 
+// tombstoneTimeout bounds one read of the farm's revocations whole from
+// the store: the set may hold transport.MaxSetMembers of them, which a
+// transport reads in many requests (pages, or a watcher's stream), so the
+// read gets OpTimeout, meant for one request, and perTombstone more for
+// each member the set may hold. The check of the set's version that comes
+// first, one short request, gets OpTimeout; opening and applying the
+// members, the node's own work, is not bounded.
+func (n *Node) tombstoneTimeout() time.Duration {
+	return n.cfg.OpTimeout + transport.MaxSetMembers*perTombstone
+}
+
+// perTombstone is what tombstoneTimeout allows for each member of the set
+// (25 s for a full one, under the default HealInterval): on a 2-core VM a
+// full set of 150-byte members took 0.2 s from a private Redis (paged;
+// 1.9 s with the one script before), 2-3 s from NATS, and 10-30 s from
+// NATS with the client built with -race on a loaded VM.
+const perTombstone = 250 * time.Microsecond
+
+// tombstoneReads is what a node remembers of its reads of the farm's
+// revocations, so that a heal that finds the set unchanged costs one short
+// request (the set's version, where the Coordinator is a
+// transport.SetVersioner), and one that finds it changed opens only the
+// members it has not opened before.
+type tombstoneReads struct {
+	mu sync.Mutex // one read at a time (the healer's, the rotator's)
+
+	// version is the set's version before the last read that applied
+	// every member it found; valid says there is one. A version the store
+	// returns again means no member was added since.
+	version []byte
+	valid   bool
+
+	// seen holds a keyed hash (128 bits, keyed per node) of each member of
+	// the set at the last read that the node need not open again: it
+	// applied its revocations (each for as long as the cache remembers
+	// one, see again), or the member will never open (a forgery, another
+	// farm's). It holds only what that read found, so at most
+	// transport.MaxSetMembers of them, some 2 MB at most.
+	seen  map[[2]uint64]struct{}
+	seeds [2]maphash.Seed
+
+	// again is when the read must be made whole again, version or not
+	// (0: never): a member whose revocation outlives what the cache
+	// remembers from now (a peer with a longer MaxChainLifetime, or a
+	// clock ahead) is applied anew halfway to then, as every heal did
+	// before.
+	again time.Time
+}
+
+// forget makes the next read of the revocations read the set whole (the
+// members already opened are not opened again).
+func (t *tombstoneReads) forget() {
+	t.mu.Lock()
+	t.valid = false
+	t.mu.Unlock()
+}
+
 // readTombstones reads the revocations in the store and applies them to the
 // cache. The first time it succeeds, the node's revocations are known (see
-// Join).
+// Join). It first asks for the set's version, where the Coordinator tells
+// it: unchanged since the last read, and with nothing to apply again, the
+// set is not read. Otherwise it reads the set and opens the members it has
+// not opened before. A read of the set that fails or is cut short by its
+// bound (tombstoneTimeout; a transport returns all of the set or an error)
+// leaves the revocations unknown, if they were, and the next read whole.
 func (n *Node) readTombstones(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-	defer cancel()
-	members, err := n.cfg.Coord.SetMembers(ctx, tombstoneKey)
+	t := &n.tombs
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := n.cfg.Now()
+	var version []byte
+	sv, versioned := n.cfg.Coord.(transport.SetVersioner)
+	if versioned {
+		vctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		v, err := sv.SetVersion(vctx, tombstoneKey)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if t.valid && bytes.Equal(v, t.version) && (t.again.IsZero() || now.Before(t.again)) {
+			n.ctr.tombstoneReadsUnchanged.Add(1)
+			n.tombstonesKnown()
+			return nil
+		}
+		version = v
+	}
+	rctx, cancel := context.WithTimeout(ctx, n.tombstoneTimeout())
+	members, err := n.cfg.Coord.SetMembers(rctx, tombstoneKey)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -79,26 +164,65 @@ func (n *Node) readTombstones(ctx context.Context) error {
 		n.ctr.tombstonesTruncated.Add(1)
 		members = members[:transport.MaxSetMembers]
 	}
+	if t.seen == nil {
+		t.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
+	}
+	seen := make(map[[2]uint64]struct{}, len(members))
+	retry := false
+	var again time.Time
+	cover := n.cfg.Cache.Config().MaxChainLifetime
 	for _, m := range members {
-		_, body, err := n.keys.open(m, n.cfg.Farm, valTombstone, nil, n.cfg.Now(), 0, n.cfg.MaxSkew)
+		h := [2]uint64{maphash.Bytes(t.seeds[0], m), maphash.Bytes(t.seeds[1], m)}
+		if _, ok := t.seen[h]; ok {
+			seen[h] = struct{}{}
+			continue
+		}
+		n.ctr.tombstonesOpened.Add(1)
+		_, body, err := n.keys.open(m, n.cfg.Farm, valTombstone, nil, now, 0, n.cfg.MaxSkew)
 		if err != nil {
 			n.ctr.storeRejected.Add(1)
+			if rejection(err) == rejectFuture {
+				retry = true // it may open later: read it again
+			} else {
+				seen[h] = struct{}{} // it never will
+			}
 			continue
 		}
 		revs, err := parseRevocations(body)
 		if err != nil {
 			n.ctr.storeRejected.Add(1)
+			seen[h] = struct{}{}
 			continue
 		}
+		whole := true
 		for _, r := range revs {
 			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
+			if end := now.Add(cover); r.until.After(end) {
+				// The cache remembers it until end only: apply it
+				// again before then.
+				whole = false
+				if at := now.Add(cover / 2); again.IsZero() || at.Before(again) {
+					again = at
+				}
+			}
+		}
+		if whole {
+			seen[h] = struct{}{}
 		}
 	}
+	t.seen, t.again = seen, again
+	t.version, t.valid = version, versioned && !retry
+	n.ctr.tombstoneReads.Add(1)
+	n.tombstonesKnown()
+	return nil
+}
+
+// tombstonesKnown records that a read of the revocations succeeded.
+func (n *Node) tombstonesKnown() {
 	if !n.revsKnown.Load() {
 		n.setRevocationsKnown()
 		if n.revsWarned.Load() {
 			n.log.Info("farm: read the farm's revocations; resuming sessions from the farm")
 		}
 	}
-	return nil
 }

@@ -240,22 +240,23 @@ func (r *Rotator) loop(ctx context.Context) {
 // holds (or can take) the lease, creates or rotates the key set when due.
 // It reports whether the node still waits for the farm's keys (see
 // WaitReady) having found only a set it takes nothing from (see aged).
-func (r *Rotator) step(ctx context.Context) (waiting bool) {
-	ctx, cancel := context.WithTimeout(ctx, r.n.cfg.OpTimeout)
-	defer cancel()
+func (r *Rotator) step(parent context.Context) (waiting bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	store := r.n.cfg.Coord
 
 	if !r.n.revsKnown.Load() {
 		// The farm's keys would decrypt tickets of chains the farm has
-		// revoked: not before the node knows which (see Join).
-		if err := r.n.readTombstones(ctx); err != nil {
+		// revoked: not before the node knows which (see Join). The
+		// read has a bound of its own (tombstoneTimeout).
+		if err := r.n.readTombstones(parent); err != nil {
 			r.fail(err)
 			r.markReady(err)
 			return
 		}
 	}
+	ctx, cancel := context.WithTimeout(parent, r.n.cfg.OpTimeout)
+	defer cancel()
 	raw, err := store.Get(ctx, keySetKey)
 	var cur *keySet
 	// stale: the stored set is one this ring takes nothing from, because

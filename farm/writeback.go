@@ -67,6 +67,10 @@ func (n *Node) checkGeneration(parent context.Context) {
 	if !lost {
 		return
 	}
+	// A store that lost its data may hand out a set version this node
+	// saw before the loss (a transport whose versions are not random):
+	// read the revocations whole at the next heal, whatever it says.
+	n.tombs.forget()
 	defer n.refilling.Store(false)
 	// The strike register went with the data: its markers are written
 	// again now, rather than by the first strike of each group, so that

@@ -503,6 +503,61 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 			t.Fatalf("SetMembers = members of %v bytes, want kept, also and one of %d bytes", lens, len(big))
 		}
 	})
+
+	t.Run("SetVersion", func(t *testing.T) {
+		sv, ok := s.(transport.SetVersioner)
+		if !ok {
+			t.Skip("not a transport.SetVersioner")
+		}
+		checkSetVersion(t, s, sv)
+	})
+}
+
+// checkSetVersion checks a SetVersioner's contract: an empty set has the
+// version nil; each SetAdd, of a new member or one already there, gives
+// the set a version it never had; reads (SetMembers, SetVersion) leave it
+// as it is; a set's version is its own.
+func checkSetVersion(t *testing.T, s transport.Store, sv transport.SetVersioner) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	version := func(key string) []byte {
+		t.Helper()
+		v, err := sv.SetVersion(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := version("vset"); v != nil {
+		t.Fatalf("version of a set never added to = %x, want nil", v)
+	}
+	now, err := s.Time(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i, m := range []string{"a", "b", "a"} {
+		if err := s.SetAdd(ctx, "vset", []byte(m), now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		v := version("vset")
+		if v == nil || seen[string(v)] {
+			t.Fatalf("version after add %d = %x, want one not seen before (seen %d)", i, v, len(seen))
+		}
+		seen[string(v)] = true
+		if _, err := s.SetMembers(ctx, "vset"); err != nil {
+			t.Fatal(err)
+		}
+		if again := version("vset"); !bytes.Equal(again, v) {
+			t.Fatalf("version changed from %x to %x with no add", v, again)
+		}
+	}
+	if v := version("vset-other"); v != nil {
+		t.Fatalf("version of another set = %x, want nil", v)
+	}
+	if got, err := s.SetMembers(ctx, "vset"); err != nil || len(got) != 2 {
+		t.Fatalf("SetMembers = %d members, %v; want 2 (the version is no member)", len(got), err)
+	}
 }
 
 // TestOpenURLs opens each URL of cases with open: one mapped to "" opens

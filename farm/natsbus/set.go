@@ -3,6 +3,7 @@ package natsbus
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -22,9 +23,18 @@ func setMemberKey(key string, member []byte) string {
 	return setPrefix + kvKey(key) + "." + hex.EncodeToString(h[:16])
 }
 
+// setVersionKey returns the KV key of the version of the set at key (see
+// SetVersion). Its first token is not setPrefix's, so that listing the
+// set's members does not find it.
+func setVersionKey(key string) string {
+	return setVersionPrefix + kvKey(key)
+}
+
 // SetAdd implements transport.Coordinator: a set is a group of keys, one per member,
 // each holding its time and the member, and expiring a second after it
-// where the server allows.
+// where the server allows. The member and a new random version of the set
+// (see SetVersion) are written in one round trip, the version after the
+// member.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	s, err := t.open(ctx)
 	if err != nil {
@@ -35,8 +45,33 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	// of 0 or less would write it with none, for good.
 	ttl := max(until.Sub(t.now())+time.Second, time.Second)
 	m, opts := t.message(s, setMemberKey(key, member), encodeValue(uint64(ms), member), ttl)
-	_, err = t.js.PublishMsg(ctx, m, opts...)
+	var ver [16]byte
+	rand.Read(ver[:])
+	// No TTL: the version must outlive every member of the set, and it is
+	// one small key per set.
+	vm, vopts := t.message(s, setVersionKey(key), encodeValue(0, ver[:]), 0)
+	err = t.publishAll(ctx, []*nats.Msg{m, vm}, [][]jetstream.PublishOpt{opts, vopts})
 	return t.check(s, "set add", err)
+}
+
+// SetVersion implements transport.SetVersioner: SetAdd writes the set's
+// version, a random value, after each member it adds, in the same round
+// trip and in order, so that a reader who finds a version read the
+// members added before it. A bucket made anew (a server that lost its
+// store) has none (nil) until the next SetAdd.
+func (t *Transport) SetVersion(ctx context.Context, key string) ([]byte, error) {
+	s, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := t.get(ctx, s, s.pre+setVersionKey(key))
+	if err != nil {
+		return nil, t.check(s, "set version", err)
+	}
+	if !e.present {
+		return nil, nil
+	}
+	return e.value, nil
 }
 
 // SetMembers implements transport.Coordinator: it reads the set's member keys with one

@@ -20,13 +20,15 @@ import (
 //
 //	<kvKey(k)>                     farm key k; "s:<hex>" is "s.<hex>"
 //	_set.<kvKey(set)>.<hash>       one member of a set (see SetAdd)
+//	_setv.<kvKey(set)>             the version of a set (see SetVersion)
 //	_clock                         written to read the server's clock
 //
 // Mapped farm keys never contain "_", so the transport's own keys cannot
 // collide with them.
 const (
-	setPrefix = "_set."
-	clockKey  = "_clock"
+	setPrefix        = "_set."
+	setVersionPrefix = "_setv."
+	clockKey         = "_clock"
 )
 
 // Every value starts with a version byte and eight bytes (big-endian):
@@ -489,7 +491,8 @@ func wrongLastSequence(err error) bool {
 }
 
 var (
-	_ transport.Bus         = (*Transport)(nil)
-	_ transport.Store       = (*Transport)(nil)
-	_ transport.RecordTaker = (*Transport)(nil)
+	_ transport.Bus          = (*Transport)(nil)
+	_ transport.Store        = (*Transport)(nil)
+	_ transport.RecordTaker  = (*Transport)(nil)
+	_ transport.SetVersioner = (*Transport)(nil)
 )

@@ -1,5 +1,7 @@
 package redisbus
 
+import "testing"
+
 // ID returns the transport's random ID.
 func (t *Transport) ID() string { return t.id }
 
@@ -12,3 +14,11 @@ func (t *Transport) Shared() bool { return t.Echo || t.shared.Load() }
 
 // ExclusionPatterns is exclusionPatterns.
 var ExclusionPatterns = exclusionPatterns
+
+// SetSetPage sets how many members SetMembers reads with one script, for
+// the rest of the test tb.
+func SetSetPage(tb testing.TB, n int) {
+	old := setPage
+	setPage = n
+	tb.Cleanup(func() { setPage = old })
+}

@@ -5,9 +5,12 @@
 // Every key of a farm starts with its name, so that several farms share a
 // server without seeing each other. The farm's few coordination keys (the
 // ticket key lease and key set, the revocation tombstones) live under one
-// hash tag, "tlsfarm:{<farm>}:", in one slot of a cluster. Its session
-// records, the bulk of its data, are "tlsfarm:<farm>:{<key>}": hashed by
-// the session ID, so that they spread over every shard of a Redis Cluster.
+// hash tag, "tlsfarm:{<farm>}:", in one slot of a cluster; a set among
+// them (the tombstones) is a sorted set scored by when each member lapses,
+// read a page at a time, with its version beside it at "<set>:version"
+// (see SetVersion). Its session records, the bulk of its data, are
+// "tlsfarm:<farm>:{<key>}": hashed by the session ID, so that they spread
+// over every shard of a Redis Cluster.
 // Values and messages are sealed by the farm:
 // nothing in Redis is usable, or accepted back, without the farm secret,
 // which is separate from any Redis password.
@@ -1278,47 +1281,108 @@ func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []b
 	return n == 1, t.failed(err)
 }
 
-// setAddScript adds a member scored by its expiry and keeps the set's own
-// TTL at its latest member's.
+// setAddScript adds a member scored by its expiry, replaces the set's
+// version (KEYS[2]) with a new random one (ARGV[3]), and keeps the TTL of
+// both at the set's latest member's.
 var setAddScript = redis.NewScript(`
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], last[2])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('PEXPIREAT', KEYS[2], last[2])
 return 1
 `)
 
-// SetAdd implements transport.Coordinator with a sorted set scored by expiry.
+// setVersionKey returns the Redis key of the version of the set at key
+// (see SetVersion): beside the set, under the farm's hash tag.
+func (t *Transport) setVersionKey(key string) string { return t.prefix + key + ":version" }
+
+// SetAdd implements transport.Coordinator with a sorted set scored by
+// expiry. The same script replaces the set's version (see SetVersion).
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
-	return t.failed(setAddScript.Run(ctx, t.c, []string{t.prefix + key}, until.UnixMilli(), member).Err())
+	var v [16]byte
+	rand.Read(v[:])
+	keys := []string{t.prefix + key, t.setVersionKey(key)}
+	return t.failed(setAddScript.Run(ctx, t.c, keys, until.UnixMilli(), member, v[:]).Err())
 }
 
-// setMembersScript drops expired members by the server's clock and returns
-// the rest, of the ARGV[1] that lapse last, those of at most ARGV[2] bytes:
-// a longer one never leaves the server.
-var setMembersScript = redis.NewScript(`
+// SetVersion implements transport.SetVersioner: each SetAdd writes a new
+// random version beside the set, in the script that adds the member, and
+// it expires with the set. A server that lost its data has none (nil)
+// until the next SetAdd, whose version is new.
+func (t *Transport) SetVersion(ctx context.Context, key string) ([]byte, error) {
+	v, err := t.c.Get(ctx, t.setVersionKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, t.failed(err)
+	}
+	return v, nil
+}
+
+// setPageScript reads one page of a set for SetMembers: of the members,
+// latest time first, ARGV[2] from rank ARGV[1], those whose time has not
+// passed by the server's clock and of at most ARGV[3] bytes (a longer one
+// never leaves the server). Its first value is 1 if the set has no
+// unexpired member past the page, else 0. It drops up to ARGV[2] expired
+// members, so that a set where many lapsed at once is emptied over
+// several pages, none of which blocks the server for long.
+var setPageScript = redis.NewScript(`
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-local all = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-local limit = tonumber(ARGV[2])
-local out = {}
-for i = 1, #all do
-  if #all[i] <= limit then out[#out + 1] = all[i] end
+local count = tonumber(ARGV[2])
+local lapsed = redis.call('ZCOUNT', KEYS[1], '-inf', ms)
+if lapsed > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, math.min(lapsed, count) - 1)
+end
+local start = tonumber(ARGV[1])
+local page = redis.call('ZREVRANGE', KEYS[1], start, start + count - 1, 'WITHSCORES')
+local limit = tonumber(ARGV[3])
+local out = {0}
+if #page < 2 * count then out[1] = 1 end
+for i = 1, #page, 2 do
+  if tonumber(page[i + 1]) <= ms then
+    out[1] = 1
+    break
+  end
+  if #page[i] <= limit then out[#out + 1] = page[i] end
 end
 return out
 `)
 
+// setPage is how many members SetMembers reads with one script: about
+// 150 KB of the farm's revocations, a millisecond or so of the server's
+// time, so that other clients' commands run between two pages.
+var setPage = 1000
+
 // SetMembers implements transport.Coordinator; it returns, of the
 // transport.MaxSetMembers members that lapse last, those of at most
-// transport.MaxSetMemberSize bytes.
+// transport.MaxSetMemberSize bytes. It reads them a page at a time
+// (setPageScript), latest first, so that a large set never holds the
+// server for the whole read: an add between two pages may have a member
+// read twice, never one missed that was there before the read began.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
-	v, err := setMembersScript.Run(ctx, t.c, []string{t.prefix + key}, transport.MaxSetMembers, transport.MaxSetMemberSize).StringSlice()
-	if err != nil {
-		return nil, t.failed(err)
-	}
-	out := make([][]byte, len(v))
-	for i, s := range v {
-		out[i] = []byte(s)
+	var out [][]byte
+	for start := 0; start < transport.MaxSetMembers; start += setPage {
+		n := min(setPage, transport.MaxSetMembers-start)
+		v, err := setPageScript.Run(ctx, t.c, []string{t.prefix + key}, start, n, transport.MaxSetMemberSize).Slice()
+		if err != nil {
+			return nil, t.failed(err)
+		}
+		if len(v) == 0 {
+			return nil, fmt.Errorf("redisbus: set members: empty reply")
+		}
+		for _, m := range v[1:] {
+			s, ok := m.(string)
+			if !ok {
+				return nil, fmt.Errorf("redisbus: set members: a member of type %T", m)
+			}
+			out = append(out, []byte(s))
+		}
+		if done, _ := v[0].(int64); done == 1 {
+			break
+		}
 	}
 	return out, nil
 }
@@ -1353,4 +1417,5 @@ var (
 	_ transport.RecordSwapper = (*Transport)(nil)
 	_ transport.RecordGetter  = (*Transport)(nil)
 	_ transport.Striker       = (*Transport)(nil)
+	_ transport.SetVersioner  = (*Transport)(nil)
 )

@@ -1,8 +1,8 @@
 // Package transport defines what the farm needs from the systems that carry
 // its messages and hold its records: a Bus, a RecordStore and a Coordinator,
 // and the optional interfaces a transport may also implement (Batcher,
-// RecordTaker, RecordSwapper, RecordGetter, Pinger, MessageLimiter,
-// MessageKeeper). A Store is a RecordStore and a Coordinator in one value, as
+// RecordTaker, RecordSwapper, RecordGetter, SetVersioner, Pinger,
+// MessageLimiter, MessageKeeper). A Store is a RecordStore and a Coordinator in one value, as
 // Redis and NATS provide.
 //
 // It stands to package farm as database/sql/driver stands to database/sql:
@@ -130,6 +130,24 @@ type Coordinator interface {
 	// Time returns the store's clock, so that nodes can agree on time
 	// without trusting their own clocks alone.
 	Time(ctx context.Context) (time.Time, error)
+}
+
+// A SetVersioner is a Coordinator that can tell, in one short request,
+// whether a set has had members added since it was last read: a node then
+// reads the farm's revocations whole only when they changed, instead of at
+// every heal. A Coordinator that is not a SetVersioner is read whole each
+// time.
+type SetVersioner interface {
+	// SetVersion returns the version of the set at key: a value that each
+	// Coordinator.SetAdd to the set replaces (atomically with the add, or
+	// after it, before SetAdd returns nil) by one it never held before, a
+	// random one, so that a store which lost the set, or a replica that
+	// missed some adds, never returns a version a reader saw with other
+	// members. Two reads that return the same version saw the same members
+	// added (some may have lapsed in between). A set never added to, or one
+	// the store no longer holds, has the version nil (it has no member that
+	// has not lapsed).
+	SetVersion(ctx context.Context, key string) ([]byte, error)
 }
 
 // A Store is a key-value store shared by the nodes of one farm that does

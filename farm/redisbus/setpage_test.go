@@ -1,0 +1,151 @@
+package redisbus_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// TestSetMembersPaged: with pages of 3 members, SetMembers returns what one
+// read did: every member whose time has not passed, of at most
+// transport.MaxSetMemberSize bytes, across pages and whatever the lapsed
+// members among them; and the conformance test's sets pass with pages of 2.
+func TestSetMembersPaged(t *testing.T) {
+	url := redistest.URL(t)
+	redisbus.SetSetPage(t, 3)
+	tr := open(t, url, farmtest.FarmName(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now, err := tr.Time(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for i := range 10 {
+		m := fmt.Sprintf("live%02d", i)
+		want[m] = true
+		if err := tr.SetAdd(ctx, "tomb", []byte(m), now.Add(time.Duration(i+1)*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if err := tr.SetAdd(ctx, "tomb", fmt.Appendf(nil, "lapsed%d", i), now.Add(-time.Duration(i+1)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	big := []byte(strings.Repeat("b", transport.MaxSetMemberSize+1))
+	if err := tr.SetAdd(ctx, "tomb", big, now.Add(5*time.Minute+time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tr.SetMembers(ctx, "tomb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, m := range got {
+		names[string(m)] = true
+	}
+	if len(got) != len(want) || len(names) != len(want) {
+		t.Fatalf("SetMembers = %d members (%d distinct), want the %d live ones: %q", len(got), len(names), len(want), got)
+	}
+	for m := range want {
+		if !names[m] {
+			t.Fatalf("SetMembers left out %s: %q", m, got)
+		}
+	}
+	redisbus.SetSetPage(t, 2)
+	farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
+}
+
+// TestSetMembersDoesNotHoldRedis: reading a set of
+// transport.MaxSetMembers members (the farm's revocations at their bound,
+// 150 bytes each) holds a private Redis for no more than a few
+// milliseconds at a time (its slow log, at 10 ms, stays empty), so that
+// other clients' commands run between its pages; and the read returns
+// every member. One script read them all before, in some 60-100 ms on a
+// 2-core VM.
+func TestSetMembersDoesNotHoldRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	name := farmtest.FarmName(t)
+	tr := open(t, srv.URL(), name)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fillSet(t, ctx, c, tr.Key("tomb"), transport.MaxSetMembers, 150)
+	if err := c.ConfigSet(ctx, "slowlog-log-slower-than", "10000").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SlowLogReset(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got, err := tr.SetMembers(ctx, "tomb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if len(got) != transport.MaxSetMembers {
+		t.Fatalf("SetMembers = %d members, want %d", len(got), transport.MaxSetMembers)
+	}
+	slow, err := c.SlowLogGet(ctx, 10).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range slow {
+		t.Errorf("a command held Redis for %v: %.60q", e.Duration, e.Args)
+	}
+	t.Logf("read %d members in %v", len(got), took)
+}
+
+// fillSet adds n random members of size bytes to the sorted set key, each
+// lapsing in an hour or so, pipelined, and gives the set a TTL, as
+// SetAdd would.
+func fillSet(t testing.TB, ctx context.Context, c *redis.Client, key string, n, size int) {
+	t.Helper()
+	until := time.Now().Add(time.Hour).UnixMilli()
+	for done := 0; done < n; {
+		p := c.Pipeline()
+		for range min(1000, n-done) {
+			m := make([]byte, size)
+			rand.Read(m)
+			p.ZAdd(ctx, key, redis.Z{Score: float64(until + int64(done)), Member: m})
+			done++
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.PExpireAt(ctx, key, time.UnixMilli(until+int64(n))).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BenchmarkSetAdd measures the store write of one revocation (a
+// 150-byte member): with the set's version, in the same script.
+func BenchmarkSetAdd(b *testing.B) {
+	url := redistest.URL(b)
+	name := farmtest.FarmName(b)
+	redistest.CleanFarm(b, url, name)
+	tr := open(b, url, name)
+	ctx := context.Background()
+	until := time.Now().Add(time.Minute)
+	m := make([]byte, 150)
+	b.ResetTimer()
+	for i := range b.N {
+		m[0], m[1], m[2], m[3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
+		if err := tr.SetAdd(ctx, "revoked", m, until); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
