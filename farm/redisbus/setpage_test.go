@@ -69,11 +69,11 @@ func TestSetMembersPaged(t *testing.T) {
 
 // TestSetMembersDoesNotHoldRedis: reading a set of
 // transport.MaxSetMembers members (the farm's revocations at their bound,
-// 150 bytes each) holds a private Redis for no more than a few
-// milliseconds at a time (its slow log, at 10 ms, stays empty), so that
-// other clients' commands run between its pages; and the read returns
-// every member. One script read them all before, in some 60-100 ms on a
-// 2-core VM.
+// 150 bytes each) holds a private Redis only briefly at a time (its slow
+// log, at 50 ms, stays empty), so that other clients' commands run between
+// its pages; and the read returns every member. One script read them all
+// before, in some 60-250 ms on a 2-core VM; a page takes about 1 ms, and
+// 10-20 ms with the VM at load 12 (so the bound is not 10 ms).
 func TestSetMembersDoesNotHoldRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	name := farmtest.FarmName(t)
@@ -83,7 +83,7 @@ func TestSetMembersDoesNotHoldRedis(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	fillSet(t, ctx, c, tr.Key("tomb"), transport.MaxSetMembers, 150)
-	if err := c.ConfigSet(ctx, "slowlog-log-slower-than", "10000").Err(); err != nil {
+	if err := c.ConfigSet(ctx, "slowlog-log-slower-than", "50000").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.SlowLogReset(ctx).Err(); err != nil {
