@@ -338,12 +338,14 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
 			n.retireFromPeer(c.id, sent, n.cfg.Now())
+			n.recutLate(c.id, time.Time{}, time.Time{})
 			continue
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
 		n.noteResumed(c.id, n.cfg.Now())
+		n.recutLate(c.id, c.until, time.Time{})
 	}
 }
 
@@ -699,6 +701,9 @@ func (n *Node) recutWritten(batch []item) {
 		return // one round trip writes and publishes, or no peer learns of a session before the store does
 	}
 	now := n.cfg.Now()
+	// Remembered first: a restriction heard from now on is written again
+	// by recutLate, one heard before by the loop below (both, at worst).
+	n.written.addNew(batch, now)
 	for i := range batch {
 		it := &batch[i]
 		if it.op != opNew || it.rev != nil {
@@ -712,4 +717,53 @@ func (n *Node) recutWritten(batch []item) {
 			n.sq.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
 		}
 	}
+}
+
+// writtenSize bounds the IDs a node remembers as written lately (see
+// recutLate): one per session it issued, for MaxAge plus MaxSkew.
+const writtenSize = resumedSize
+
+// recutLate follows a peer's restriction of the session id — a cut to
+// until, or a retirement (a zero until) — heard after this node wrote id
+// to the store, on the store's own path in broadcast mode. The peer's own
+// write of it may have reached the store before this node's write of the
+// session did: finding no record, it changed nothing, and the store then
+// held the session whole, past its grace or after its retirement, for
+// any node without a copy to load and resume (the peer itself, once its
+// cut copy lapsed). recutWritten covers a restriction heard while the
+// write was in flight; this covers one whose message came after it
+// returned (a slow bus path). The cut or deletion is written again,
+// queued on the store's path, as the cache now has it. resumed, when not
+// zero, is when the peer resumed the session (its child's issue time, on
+// the peer's clock): a resumption later than the write's return by more
+// than MaxSkew cut a record that was there, and costs nothing more.
+func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
+	if n.written == nil {
+		return
+	}
+	now := n.cfg.Now()
+	at, ok := n.written.since(id, now)
+	if !ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew)) {
+		return
+	}
+	if until.IsZero() || n.retired.has(id, now) {
+		n.sq.push(item{id: id, op: opRetire})
+		return
+	}
+	n.sq.push(item{id: id, op: opCut, until: until})
+}
+
+// recutChild is recutLate for the parent of a peer's session id (which
+// expires at expires), received at now: the child's arrival cut the
+// parent to its grace from the child's issue.
+func (n *Node) recutChild(id, parent session.ID, expires, now time.Time) {
+	if n.written == nil {
+		return
+	}
+	grace := n.cfg.Cache.Config().ResumeGrace
+	if grace <= 0 {
+		return // resumed sessions keep their full Lifetime
+	}
+	at := n.childIssued(id, expires, now)
+	n.recutLate(parent, at.Add(grace), at)
 }

@@ -28,6 +28,7 @@ type Node struct {
 	neg      *negCache // nil if disabled or without a store
 	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
 	resumed  *negCache // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	written  *negCache // broadcast, store on its own path: new sessions this node wrote lately (see recutLate)
 	log      *slog.Logger
 
 	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
@@ -210,6 +211,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		if !n.combined() {
 			n.sq = newQueue(cfg.QueueSize)
+			if cfg.Mode == Broadcast {
+				n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
+			}
 		}
 	}
 	n.restoreLife(kept)

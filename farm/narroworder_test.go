@@ -1,0 +1,126 @@
+package farm_test
+
+import (
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// slowBusStorePaths is gatedStorePaths with the first member's bus behind
+// a proxy (returned through *proxy): its bus path can be frozen, its
+// messages held both ways, while its store path and every other member's
+// paths work.
+func slowBusStorePaths(t *testing.T, url string, stores *[]*gatedStore, proxy **nettest.Proxy) func(testing.TB, string) (transport.Bus, transport.Store) {
+	addr := strings.TrimPrefix(url, "redis://")
+	if i := strings.IndexByte(addr, '/'); i >= 0 {
+		addr = addr[:i]
+	}
+	return func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+		busURL := url
+		if *proxy == nil {
+			*proxy = nettest.NewProxy(t, addr)
+			busURL = strings.Replace(url, addr, (*proxy).Addr, 1)
+		}
+		bus, err := redisbus.Open(busURL, farmName)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { bus.Close() })
+		st, err := redisbus.Open(url, farmName)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { st.Close() })
+		g := &gatedStore{Transport: st}
+		*stores = append(*stores, g)
+		return bus, g
+	}
+}
+
+// TestPeersCutBeforeLateWriteHeardAfter is the first narrow order the
+// design left open: n1 issues S, whose store write is slow (held), while
+// the bus brings S to n2 at once. The client resumes S on n2, whose cut of
+// the store's record finds none yet; n2's child, which carries the cut,
+// reaches n1 only after n1's write of S has returned (n1's bus path is
+// frozen meanwhile, as a slow link would hold it), so n1 wrote S whole
+// and had nothing to cut again. Past S's grace no node may resume S: not
+// n2, whose cut copy has lapsed, nor n3, joining later.
+func TestPeersCutBeforeLateWriteHeardAfter(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	var proxy *nettest.Proxy
+	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: slowBusStorePaths(t, url, &stores, &proxy),
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held write must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	g := stores[0]
+	rc := redis.NewClient(mustParseRedis(t, url))
+	defer rc.Close()
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	g.setHeld(true)
+	defer g.setHeld(false)
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n1's store write of S is held", func() bool { return g.waiting.Load() > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+
+	proxy.Freeze()
+	thawed := false
+	defer func() {
+		if !thawed {
+			proxy.Thaw()
+		}
+	}()
+	kids := farmtest.HandshakeSessions(n2.Cache)
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	cutAt := time.Now()
+	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child", func() bool {
+		return len(kids()) > 0 && gatedTTL(t, rc, g.Transport, kids()[0]) > 0
+	})
+
+	g.setHeld(false)
+	farmtest.Eventually(t, 5*time.Second, "n1 wrote S to the store", func() bool {
+		return gatedTTL(t, rc, g.Transport, id) > 0
+	})
+	time.Sleep(100 * time.Millisecond) // n1's write returned
+	proxy.Thaw()
+	thawed = true
+	farmtest.Eventually(t, 5*time.Second, "n1 cut its copy of S", func() bool {
+		r, ok := lookup(n1.Cache, id)
+		return ok && time.Until(r.Expires) <= grace
+	})
+
+	time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
+	t.Logf("the store keeps S %v after its grace", gatedTTL(t, rc, g.Transport, id).Round(time.Second))
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n2 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+}
