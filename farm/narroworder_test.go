@@ -124,3 +124,45 @@ func TestPeersCutBeforeLateWriteHeardAfter(t *testing.T) {
 		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
 	}
 }
+
+// TestLazyPeersIssuerKeepsGraceCut: with LazyPeers, n1 issues S (its cache
+// holds S, from the handshake) and the client resumes S on n2. n2's child
+// carries S's grace cut; n1 keeps no received copy of S to drop, but its
+// cache's copy must be cut all the same: past the grace, S resumes on no
+// node, n1 included. Bus only (no store), and with a Redis store.
+func TestLazyPeersIssuerKeepsGraceCut(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		paths func(string) func(testing.TB, string) (transport.Bus, transport.Store)
+	}{{"bus-only", busOnly}, {"store", redisTransport}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			const grace = time.Second
+			url := redistest.URL(t)
+			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: tc.paths(url),
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+				Tweak:      func(c *farm.Config) { c.LazyPeers = true }})
+			n1, n2 := ms[0], ms[1]
+			c := &tlstest.FrozenCache{}
+			tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+			farmtest.Eventually(t, 5*time.Second, "n2 kept S", func() bool {
+				return int(farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_lazy_sessions")) == 1
+			})
+			received := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "session")
+			if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+				t.Fatal("S did not resume on n2")
+			}
+			resumed := time.Now()
+			farmtest.Eventually(t, 5*time.Second, "n1 received S's child", func() bool {
+				return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_received_total", "kind", "session") > received
+			})
+			time.Sleep(time.Until(resumed.Add(grace + 300*time.Millisecond)))
+			for _, m := range ms {
+				if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+					t.Errorf("%s resumed S past the grace n2's resumption cut it to", m.Name)
+				}
+			}
+		})
+	}
+}
