@@ -166,3 +166,50 @@ func TestLazyPeersIssuerKeepsGraceCut(t *testing.T) {
 		})
 	}
 }
+
+// TestLateHandshakeCompleteKeepsSingleUse: a single-use session S resumes
+// on n1, whose server reports the handshake (Cache.HandshakeComplete)
+// later than claimSettle after it ended, as a net/http server calling it
+// on StateActive does for a client that sends its request late. The
+// claim must not be released as if the handshake had failed: S was used,
+// and may resume nowhere again, on n1 or on n2 (from the store, where a
+// released claim puts it back).
+func TestLateHandshakeCompleteKeepsSingleUse(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	o := &farmtest.Options{NewTransport: redisTransport(url), Mode: farm.Broadcast, TweakCache: singleUse}
+	ms, _ := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	cert, _ := tlstest.SharedCert()
+	tcfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	n1.Cache.Install(tcfg)
+	const late = 3 * time.Second // claimSettle is 2 s
+	slow := tlstest.Serve(t, "n1-late", tcfg, func(c *tls.Conn) {
+		time.Sleep(late)
+		n1.Cache.HandshakeComplete(c)
+	})
+
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c)) // n1 reports in time: it reports
+	waitStored(t, n1, ids()[0])
+
+	done := make(chan tls.ConnectionState, 1)
+	go func() {
+		cs, _ := tlstest.Dial(slow.Addr, farmtest.Client(tls.VersionTLS13, c))
+		done <- cs
+	}()
+	time.Sleep(late - 400*time.Millisecond) // past claimSettle, before the report
+	again := 0
+	for _, m := range ms {
+		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			again++
+			t.Errorf("%s resumed the single-use session again while n1's report of its first use was late", m.Name)
+		}
+	}
+	if cs := <-done; !cs.DidResume {
+		t.Fatal("the first use of S did not resume")
+	}
+	_ = again
+	_ = n2
+}
