@@ -279,8 +279,14 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	}
 	hdr.typ = valRecord
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+	added, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl})
+	if err != nil {
 		return err
+	}
+	if added && n.written != nil {
+		// A peer's retirement that crossed the claim and reaches this
+		// node only now deletes it again (see recutLate).
+		n.written.add(id, n.cfg.Now())
 	}
 	n.life.restored.Add(1)
 	return nil
@@ -703,7 +709,9 @@ func (n *Node) recutWritten(batch []item) {
 	now := n.cfg.Now()
 	// Remembered first: a restriction heard from now on is written again
 	// by recutLate, one heard before by the loop below (both, at worst).
-	n.written.addNew(batch, now)
+	if n.written != nil {
+		n.written.addNew(batch, now)
+	}
 	for i := range batch {
 		it := &batch[i]
 		if it.op != opNew || it.rev != nil {
@@ -725,18 +733,23 @@ const writtenSize = resumedSize
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id
-// to the store, on the store's own path in broadcast mode. The peer's own
-// write of it may have reached the store before this node's write of the
-// session did: finding no record, it changed nothing, and the store then
-// held the session whole, past its grace or after its retirement, for
-// any node without a copy to load and resume (the peer itself, once its
-// cut copy lapsed). recutWritten covers a restriction heard while the
-// write was in flight; this covers one whose message came after it
-// returned (a slow bus path). The cut or deletion is written again,
-// queued on the store's path, as the cache now has it. resumed, when not
-// zero, is when the peer resumed the session (its child's issue time, on
-// the peer's clock): a resumption later than the write's return by more
-// than MaxSkew cut a record that was there, and costs nothing more.
+// to the store in one of the ways a peer's write may precede: a new
+// session on the store's own path in broadcast mode (peers may have it
+// from the bus first; also one written again after a failed write, whose
+// first write may have landed all the same, and been consumed), or a
+// released single-use claim put back (a retirement that crossed the
+// claim deleted nothing). The peer's own write may have reached the
+// store before this node's: finding no record, it changed nothing, and
+// the store then held the session, past its grace or after its
+// retirement, for any node without a copy to load and resume (the peer
+// itself, once its cut copy lapsed). recutWritten covers a restriction
+// heard while a new session's write was in flight, restore one heard
+// before the put-back; this covers one whose message came after (a slow
+// bus path). The cut or deletion is written again, queued on the store's
+// path, as the cache now has it. resumed, when not zero, is when the peer
+// resumed the session (its child's issue time, on the peer's clock): a
+// resumption later than the write's return by more than MaxSkew cut a
+// record that was there, and costs nothing more.
 func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
 	if n.written == nil {
 		return
@@ -746,11 +759,12 @@ func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
 	if !ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew)) {
 		return
 	}
+	q := n.storeQueue()
 	if until.IsZero() || n.retired.has(id, now) {
-		n.sq.push(item{id: id, op: opRetire})
+		q.push(item{id: id, op: opRetire})
 		return
 	}
-	n.sq.push(item{id: id, op: opCut, until: until})
+	q.push(item{id: id, op: opCut, until: until})
 }
 
 // recutChild is recutLate for the parent of a peer's session id (which

@@ -1,7 +1,10 @@
 package farm_test
 
 import (
+	"context"
 	"crypto/tls"
+	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -200,16 +203,91 @@ func TestLateHandshakeCompleteKeepsSingleUse(t *testing.T) {
 		done <- cs
 	}()
 	time.Sleep(late - 400*time.Millisecond) // past claimSettle, before the report
-	again := 0
-	for _, m := range ms {
+	for _, m := range []*farmtest.Member{n1, n2} {
 		if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-			again++
 			t.Errorf("%s resumed the single-use session again while n1's report of its first use was late", m.Name)
 		}
 	}
 	if cs := <-done; !cs.DidResume {
 		t.Fatal("the first use of S did not resume")
 	}
-	_ = again
-	_ = n2
+}
+
+// TestRetirementHeardAfterPutBack is the second narrow order the design
+// left open: a handshake on n1 presents the single-use session S and
+// fails after n1's claim took S from the store; while the claim is held,
+// n2's retirement of S reaches the store (nothing to delete) and n3, but
+// reaches n1 only after n1 has released the claim and put S back (n1's bus
+// path is frozen meanwhile). Once n1 hears it, S must leave the store
+// again: n3, which has no copy, must not load S and resume it. n2's
+// retirement is one it held (HoldRetired), re-sent at n3's request: a
+// real one needs a consume of a second copy of S, which only a second
+// write of S makes (a write-back after the store lost its data, or a
+// write that timed out but landed, written again).
+func TestRetirementHeardAfterPutBack(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	var proxy *nettest.Proxy
+	o := &farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, NewTransport: slowBusStorePaths(t, url, &stores, &proxy),
+		TweakCache: singleUse,
+		Tweak: func(c *farm.Config) {
+			c.TallyInterval = -1
+			// n1 forgets its first write of S (see recutLate) before the
+			// claim: only its put-back is left to answer for.
+			c.MaxAge, c.MaxSkew = time.Second, 100*time.Millisecond
+		}}
+	ms, _ := farmtest.Start(t, 3, o)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	ids := farmtest.NewSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	waitStored(t, n1, id)
+	key := "s:" + hex.EncodeToString(id[:])
+	for _, m := range ms[1:] {
+		farmtest.Eventually(t, 5*time.Second, m.Name+" holds S", func() bool { _, ok := lookup(m.Cache, id); return ok })
+	}
+	time.Sleep(1200 * time.Millisecond) // past MaxAge+MaxSkew
+
+	bad := farmtest.Client(tls.VersionTLS13, c)
+	bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
+	if _, err := tlstest.Dial(n1.Server.Addr, bad); err == nil {
+		t.Fatal("the aborting client's handshake succeeded")
+	}
+	if _, err := n1.Store.GetRecord(context.Background(), key); !errors.Is(err, transport.ErrNotFound) {
+		t.Fatalf("n1's claim did not take S from the store: %v", err)
+	}
+	released := func() uint64 {
+		return farmtest.Counter(n1.Cache.Metrics(), "tlsfarm_cache_single_use_total", "result", "released")
+	}
+
+	proxy.Freeze()
+	thawed := false
+	defer func() {
+		if !thawed {
+			proxy.Thaw()
+		}
+	}()
+	n2.Node.HoldRetired(id)
+	n3.Node.AskResend()
+	farmtest.Eventually(t, 5*time.Second, "n3 heard n2's retirement of S", func() bool { _, ok := lookup(n3.Cache, id); return !ok })
+	time.Sleep(200 * time.Millisecond) // n2's deletion, on its store's path
+	if released() != 0 {
+		t.Fatal("n1 released its claim before n2's retirement: the test did not order them")
+	}
+	farmtest.Eventually(t, 10*time.Second, "n1 put S back", func() bool {
+		_, err := n1.Store.GetRecord(context.Background(), key)
+		return released() > 0 && err == nil
+	})
+	proxy.Thaw()
+	thawed = true
+	farmtest.Eventually(t, 5*time.Second, "n1 heard n2's retirement of S", func() bool { _, ok := lookup(n1.Cache, id); return !ok })
+
+	time.Sleep(300 * time.Millisecond)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("n3 resumed the retired single-use session, from the record n1 put back")
+	}
 }

@@ -28,7 +28,7 @@ type Node struct {
 	neg      *negCache // nil if disabled or without a store
 	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
 	resumed  *negCache // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
-	written  *negCache // broadcast, store on its own path: new sessions this node wrote lately (see recutLate)
+	written  *negCache // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log      *slog.Logger
 
 	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
@@ -211,10 +211,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		if !n.combined() {
 			n.sq = newQueue(cfg.QueueSize)
-			if cfg.Mode == Broadcast {
-				n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
-			}
 		}
+		n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
 	}
 	n.restoreLife(kept)
 	if cfg.Records != nil || n.pend != nil {
