@@ -694,35 +694,39 @@ func (n *Node) refreshLater(batch []item) {
 	}
 }
 
-// recutWritten follows a store write of batch on the store's own path in
-// broadcast mode, where the bus may have brought a session of the batch to
-// peers before the write landed: a peer that resumed it while the write
-// was in flight cut it (or retired it) here and in the store, where its
-// cut, written only over a record that is there, found none, and the
-// write then put the session back whole. Each new session of the batch
-// that this node has since heard was retired or cut is deleted, or cut,
-// in the store again, queued behind the write on the same path.
+// recutWritten follows a successful store write of batch, for the new
+// sessions a peer may have had before the write landed: on the store's
+// own path in broadcast mode, every one (the bus may bring a session to
+// peers first), and anywhere, those written again after a failed write
+// (the first write may have landed all the same). A peer that resumed or
+// consumed one meanwhile cut it (or retired it) here and in the store,
+// where its cut, written only over a record that is there, or its take,
+// left nothing, and the write then put the session back. Each such
+// session that this node has since heard was retired or cut is deleted,
+// or cut, in the store again, queued behind the write on the same path;
+// and it is remembered, so that a restriction heard from now on is too
+// (recutLate).
 func (n *Node) recutWritten(batch []item) {
-	if n.cfg.Mode != Broadcast || n.sq == nil {
-		return // one round trip writes and publishes, or no peer learns of a session before the store does
+	if n.written == nil {
+		return
 	}
+	all := n.cfg.Mode == Broadcast && n.sq != nil
 	now := n.cfg.Now()
 	// Remembered first: a restriction heard from now on is written again
 	// by recutLate, one heard before by the loop below (both, at worst).
-	if n.written != nil {
-		n.written.addNew(batch, now)
-	}
+	n.written.addNew(batch, !all, now)
+	q := n.storeQueue()
 	for i := range batch {
 		it := &batch[i]
-		if it.op != opNew || it.rev != nil {
+		if it.op != opNew || it.rev != nil || !all && !it.later {
 			continue
 		}
 		if n.retired.has(it.id, now) {
-			n.sq.push(item{id: it.id, op: opRetire})
+			q.push(item{id: it.id, op: opRetire})
 			continue
 		}
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok && rec.Expires.Before(it.rec.Expires) {
-			n.sq.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
+			q.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
 		}
 	}
 }

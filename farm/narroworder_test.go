@@ -1,11 +1,14 @@
 package farm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,5 +292,113 @@ func TestRetirementHeardAfterPutBack(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
 		t.Fatal("n3 resumed the retired single-use session, from the record n1 put back")
+	}
+}
+
+// landedTransport is a Redis transport (bus and store in one, a
+// transport.Batcher) whose next combined write lands and still fails (as
+// a write that timed out on a slow server and was carried out after), whose
+// writes then fail while down is set, and whose subscription holds what it
+// delivers while held is set, handing it over in order when it is cleared.
+type landedTransport struct {
+	*redisbus.Transport
+	landOnce, down, held atomic.Bool
+	mu                   sync.Mutex
+	queued               [][]byte
+	deliver              func([]byte)
+}
+
+var errLanded = errors.New("write timed out, and landed (test)")
+
+func (l *landedTransport) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
+	if l.landOnce.CompareAndSwap(true, false) {
+		if err := l.Transport.PutAndPublish(ctx, items, dels, msgs); err != nil {
+			return err
+		}
+		return errLanded
+	}
+	if l.down.Load() {
+		return errWritesDown
+	}
+	return l.Transport.PutAndPublish(ctx, items, dels, msgs)
+}
+
+func (l *landedTransport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
+	return l.Transport.Subscribe(ctx, func(msg []byte) {
+		l.mu.Lock()
+		if l.held.Load() {
+			l.queued = append(l.queued, bytes.Clone(msg))
+			l.deliver = deliver
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+		deliver(msg)
+	}, state)
+}
+
+// release hands over what the subscription held, and holds no more.
+func (l *landedTransport) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.held.Store(false)
+	for _, m := range l.queued {
+		l.deliver(m)
+	}
+	l.queued = nil
+}
+
+// TestRewriteOfLandedWriteKeepsSingleUse: n1's combined write of the
+// single-use session S times out but lands (Redis bus and store in one);
+// n1 keeps S to write again once its writes work. Meanwhile the client
+// resumes S on n2, which consumes it from the store, and n2's retirement
+// reaches n1 only after n1 wrote S again (n1's subscription held). Once n1
+// hears it, S must leave the store: n3 must not resume S a second time.
+func TestRewriteOfLandedWriteKeepsSingleUse(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	var first *landedTransport
+	o := &farmtest.Options{Mode: farm.Broadcast, TweakCache: singleUse,
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			tr, _ := redisTransport(url)(tb, farmName)
+			l := &landedTransport{Transport: tr.(*redisbus.Transport)}
+			if first == nil {
+				first = l
+			}
+			return l, l
+		},
+		Tweak: func(c *farm.Config) { c.TallyInterval = -1 }}
+	ms, _ := farmtest.Start(t, 3, o)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	first.landOnce.Store(true)
+	first.down.Store(true)
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	key := "s:" + hex.EncodeToString(id[:])
+	farmtest.Eventually(t, 5*time.Second, "S landed, and n2 holds it", func() bool {
+		_, ok := lookup(n2.Cache, id)
+		_, err := n2.Store.GetRecord(context.Background(), key)
+		return ok && err == nil && !first.landOnce.Load()
+	})
+	first.held.Store(true)
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	farmtest.Eventually(t, 5*time.Second, "n3 heard n2's retirement of S", func() bool { _, ok := lookup(n3.Cache, id); return !ok })
+
+	first.down.Store(false)
+	farmtest.Eventually(t, 5*time.Second, "n1 wrote S again", func() bool {
+		_, err := n1.Store.GetRecord(context.Background(), key)
+		return err == nil
+	})
+	first.release()
+	farmtest.Eventually(t, 5*time.Second, "n1 heard n2's retirement of S", func() bool { _, ok := lookup(n1.Cache, id); return !ok })
+	time.Sleep(300 * time.Millisecond)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("n3 resumed the single-use session a second time, from n1's second write of it")
 	}
 }
