@@ -238,7 +238,7 @@ func TestRetirementHeardAfterPutBack(t *testing.T) {
 			c.TallyInterval = -1
 			// n1 forgets its first write of S (see recutLate) before the
 			// claim: only its put-back is left to answer for.
-			c.MaxAge, c.MaxSkew = time.Second, 100*time.Millisecond
+			c.MaxAge, c.MaxSkew = 2*time.Second, 100*time.Millisecond
 		}}
 	ms, _ := farmtest.Start(t, 3, o)
 	n1, n2, n3 := ms[0], ms[1], ms[2]
@@ -253,7 +253,7 @@ func TestRetirementHeardAfterPutBack(t *testing.T) {
 	for _, m := range ms[1:] {
 		farmtest.Eventually(t, 5*time.Second, m.Name+" holds S", func() bool { _, ok := lookup(m.Cache, id); return ok })
 	}
-	time.Sleep(1200 * time.Millisecond) // past MaxAge+MaxSkew
+	time.Sleep(2200 * time.Millisecond) // past MaxAge+MaxSkew
 
 	bad := farmtest.Client(tls.VersionTLS13, c)
 	bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
