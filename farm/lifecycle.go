@@ -279,8 +279,14 @@ func (n *Node) restore(ctx context.Context, hdr header, id session.ID, rec sessi
 	}
 	hdr.typ = valRecord
 	sealed := n.keys.seal(nil, hdr, body, id[:])
-	if _, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl}); err != nil {
+	added, err := taker.AddRecord(ctx, transport.Item{Key: sessionKey(id), Value: sealed, TTL: ttl})
+	if err != nil {
 		return err
+	}
+	if added && n.written != nil {
+		// A peer's retirement that crossed the claim and reaches this
+		// node only now deletes it again (see recutLate).
+		n.written.add(id, n.cfg.Now())
 	}
 	n.life.restored.Add(1)
 	return nil
@@ -338,12 +344,14 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
 			n.retireFromPeer(c.id, sent, n.cfg.Now())
+			n.recutLate(c.id, time.Time{}, time.Time{})
 			continue
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
 		n.noteResumed(c.id, n.cfg.Now())
+		n.recutLate(c.id, c.until, time.Time{})
 	}
 }
 
@@ -686,30 +694,94 @@ func (n *Node) refreshLater(batch []item) {
 	}
 }
 
-// recutWritten follows a store write of batch on the store's own path in
-// broadcast mode, where the bus may have brought a session of the batch to
-// peers before the write landed: a peer that resumed it while the write
-// was in flight cut it (or retired it) here and in the store, where its
-// cut, written only over a record that is there, found none, and the
-// write then put the session back whole. Each new session of the batch
-// that this node has since heard was retired or cut is deleted, or cut,
-// in the store again, queued behind the write on the same path.
+// recutWritten follows a successful store write of batch, for the new
+// sessions a peer may have had before the write landed: on the store's
+// own path in broadcast mode, every one (the bus may bring a session to
+// peers first), and anywhere, those written again after a failed write
+// (the first write may have landed all the same). A peer that resumed or
+// consumed one meanwhile cut it (or retired it) here and in the store,
+// where its cut, written only over a record that is there, or its take,
+// left nothing, and the write then put the session back. Each such
+// session that this node has since heard was retired or cut is deleted,
+// or cut, in the store again, queued behind the write on the same path;
+// and it is remembered, so that a restriction heard from now on is too
+// (recutLate).
 func (n *Node) recutWritten(batch []item) {
-	if n.cfg.Mode != Broadcast || n.sq == nil {
-		return // one round trip writes and publishes, or no peer learns of a session before the store does
+	if n.written == nil {
+		return
 	}
+	all := n.cfg.Mode == Broadcast && n.sq != nil
 	now := n.cfg.Now()
+	// Remembered first: a restriction heard from now on is written again
+	// by recutLate, one heard before by the loop below (both, at worst).
+	n.written.addNew(batch, !all, now)
+	q := n.storeQueue()
 	for i := range batch {
 		it := &batch[i]
-		if it.op != opNew || it.rev != nil {
+		if it.op != opNew || it.rev != nil || !all && !it.later {
 			continue
 		}
 		if n.retired.has(it.id, now) {
-			n.sq.push(item{id: it.id, op: opRetire})
+			q.push(item{id: it.id, op: opRetire})
 			continue
 		}
 		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok && rec.Expires.Before(it.rec.Expires) {
-			n.sq.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
+			q.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
 		}
 	}
+}
+
+// writtenSize bounds the IDs a node remembers as written lately (see
+// recutLate): one per session it issued, for MaxAge plus MaxSkew.
+const writtenSize = resumedSize
+
+// recutLate follows a peer's restriction of the session id — a cut to
+// until, or a retirement (a zero until) — heard after this node wrote id
+// to the store in one of the ways a peer's write may precede: a new
+// session on the store's own path in broadcast mode (peers may have it
+// from the bus first; also one written again after a failed write, whose
+// first write may have landed all the same, and been consumed), or a
+// released single-use claim put back (a retirement that crossed the
+// claim deleted nothing). The peer's own write may have reached the
+// store before this node's: finding no record, it changed nothing, and
+// the store then held the session, past its grace or after its
+// retirement, for any node without a copy to load and resume (the peer
+// itself, once its cut copy lapsed). recutWritten covers a restriction
+// heard while a new session's write was in flight, restore one heard
+// before the put-back; this covers one whose message came after (a slow
+// bus path). The cut or deletion is written again, queued on the store's
+// path, as the cache now has it. resumed, when not zero, is when the peer
+// resumed the session (its child's issue time, on the peer's clock): a
+// resumption later than the write's return by more than MaxSkew cut a
+// record that was there, and costs nothing more.
+func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
+	if n.written == nil {
+		return
+	}
+	now := n.cfg.Now()
+	at, ok := n.written.since(id, now)
+	if !ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew)) {
+		return
+	}
+	q := n.storeQueue()
+	if until.IsZero() || n.retired.has(id, now) {
+		q.push(item{id: id, op: opRetire})
+		return
+	}
+	q.push(item{id: id, op: opCut, until: until})
+}
+
+// recutChild is recutLate for the parent of a peer's session id (which
+// expires at expires), received at now: the child's arrival cut the
+// parent to its grace from the child's issue.
+func (n *Node) recutChild(id, parent session.ID, expires, now time.Time) {
+	if n.written == nil {
+		return
+	}
+	grace := n.cfg.Cache.Config().ResumeGrace
+	if grace <= 0 {
+		return // resumed sessions keep their full Lifetime
+	}
+	at := n.childIssued(id, expires, now)
+	n.recutLate(parent, at.Add(grace), at)
 }

@@ -72,6 +72,22 @@ func (c *negCache) has(id session.ID, now time.Time) bool {
 func (c *negCache) add(id session.ID, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.addLocked(id, now)
+}
+
+// addNew is add for the new sessions of batch (only those written again
+// after a failed write, if later is set), under one lock.
+func (c *negCache) addNew(batch []item, later bool, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range batch {
+		if it := &batch[i]; it.op == opNew && it.rev == nil && (it.later || !later) {
+			c.addLocked(it.id, now)
+		}
+	}
+}
+
+func (c *negCache) addLocked(id session.ID, now time.Time) {
 	if _, ok := c.until[id]; !ok {
 		// Evict whatever the slot held (it may already be gone).
 		delete(c.until, c.ring[c.next])
@@ -79,6 +95,17 @@ func (c *negCache) add(id session.ID, now time.Time) {
 		c.next = (c.next + 1) % len(c.ring)
 	}
 	c.until[id] = now.Add(c.ttl).UnixNano()
+}
+
+// since reports when id was last added, if it is still remembered.
+func (c *negCache) since(id session.ID, now time.Time) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u, ok := c.until[id]
+	if !ok || now.UnixNano() >= u {
+		return time.Time{}, false
+	}
+	return time.Unix(0, u).Add(-c.ttl), true
 }
 
 // remove forgets id: the farm has inserted it.

@@ -28,6 +28,7 @@ type Node struct {
 	neg      *negCache // nil if disabled or without a store
 	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
 	resumed  *negCache // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	written  *negCache // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log      *slog.Logger
 
 	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
@@ -214,6 +215,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		if !n.combined() {
 			n.sq = newQueue(cfg.QueueSize)
 		}
+		n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
 	}
 	n.restoreLife(kept)
 	if cfg.Records != nil || n.pend != nil {

@@ -133,6 +133,7 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 		if parent := session.ID(rec[recParentAt : recParentAt+session.IDLen]); parent != (session.ID{}) {
 			n.pend.drop(parent)
 			n.noteResumed(parent, now)
+			n.cutLazyParent(id, parent, time.Unix(0, int64(binary.BigEndian.Uint64(rec[recExpiresAt:]))), now)
 		}
 		n.pend.put(id, rec)
 		if n.cfg.WriteThrough {
@@ -141,6 +142,21 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 		n.ctr.pendingKept.Add(1)
 	}
 	return nil
+}
+
+// cutLazyParent cuts parent in the cache to its grace from the issue of
+// its child id (which expires at expires), as inserting the child would
+// (session.Cache.Insert): the child is kept as received, not inserted, and
+// the cache may hold the parent all the same — the node issued it, or
+// loaded it for a client — whole, past the grace the resumption elsewhere
+// cut it to everywhere else.
+func (n *Node) cutLazyParent(id, parent session.ID, expires, now time.Time) {
+	if grace := n.cfg.Cache.Config().ResumeGrace; grace > 0 {
+		until := n.childIssued(id, expires, now).Add(grace)
+		n.cfg.Cache.Cut(parent, until)
+		n.noteRecut(parent, until)
+	}
+	n.recutChild(id, parent, expires, now)
 }
 
 // takePending returns the session id if a peer sent it and it is pending,

@@ -236,6 +236,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	if stored {
 		n.storeWritten(ctx, len(puts), storeErr)
 		ok = storeErr == nil
+		if ok && len(puts) > 0 && n.sq == nil {
+			n.recutWritten(batch)
+		}
 	}
 	if len(msgs) > 0 {
 		if pubErr != nil {

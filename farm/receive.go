@@ -213,11 +213,13 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
 			n.retireFromPeer(r.parent, sent, now)
+			n.recutLate(r.parent, time.Time{}, r.at)
 			continue
 		}
 		n.cfg.Cache.Cut(r.parent, until)
 		n.noteRecut(r.parent, until)
 		n.noteResumed(r.parent, now)
+		n.recutLate(r.parent, until, r.at)
 	}
 	return nil
 }
@@ -317,6 +319,7 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 		}
 		if it.rec.Parent != (session.ID{}) {
 			n.noteResumed(it.rec.Parent, now) // the insert cut it
+			n.recutChild(it.id, it.rec.Parent, it.rec.Expires, now)
 		}
 		if n.neg != nil {
 			n.neg.remove(it.id)

@@ -19,6 +19,7 @@ func BenchmarkRefreshBatch(b *testing.B) {
 	defer cache.Close()
 	n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now}, sq: newQueue(1024)}
 	n.retired = newNegCache(retiredSize, time.Minute)
+	n.written = newNegCache(writtenSize, time.Minute)
 	rec := session.Record{State: make([]byte, 200), ServerName: "localhost", Expires: time.Now().Add(time.Hour)}
 	batch := make([]item, 256)
 	for i := range batch {

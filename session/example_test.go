@@ -90,11 +90,12 @@ func ExampleCache_HandshakeComplete() {
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 	cache.Install(cfg)
 
-	// With net/http: report each connection once its handshake is done.
+	// With net/http: report each connection once its handshake is done,
+	// and one that closes before its first request.
 	srv := &http.Server{
 		TLSConfig: cfg,
 		ConnState: func(c net.Conn, state http.ConnState) {
-			if tc, ok := c.(*tls.Conn); ok && state == http.StateActive {
+			if tc, ok := c.(*tls.Conn); ok && (state == http.StateActive || state == http.StateClosed) {
 				cache.HandshakeComplete(tc)
 			}
 		},

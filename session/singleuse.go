@@ -6,6 +6,7 @@ import (
 	"net"
 	"reflect"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -19,8 +20,9 @@ const pendingTTL = 2 * time.Minute
 // single-use session, the session is retired now (on every server of a
 // farm); if it did not, the claim the handshake took on the session is
 // released. It is cheap and does nothing for caches that are not SingleUse,
-// so servers may always call it. With net/http, call it from
-// Server.ConnState on StateActive. A handshake that fails needs no call.
+// so servers may always call it, more than once too. With net/http, call
+// it from Server.ConnState on StateActive and StateClosed. A handshake that
+// fails needs no call.
 //
 // Single use holds without it. crypto/tls calls no server callback after
 // the client's Finished message, so the config Install makes notes, in its
@@ -28,8 +30,13 @@ const pendingTTL = 2 * time.Minute
 // 1.3 the client has proved it holds the session's secret by then), and
 // when the handshake ends the session is retired. What the call adds is
 // precision: once a server has called it, the cache waits for the call, so
-// that a handshake that fails after VerifyConnection (a client that aborts)
-// releases its claim instead of burning the session.
+// that a handshake that fails after VerifyConnection (a client that aborts,
+// whose connection the server closes) releases its claim instead of
+// burning the session. A handshake that resumed, on a connection still
+// open, keeps its claim until the call, however late (up to two
+// minutes): released, a session that was used would resume again. So
+// report a connection that closes without having become active too
+// (StateClosed), or its session stays claimed that long.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
@@ -189,6 +196,17 @@ func (h *handshake) watch(cl *claim) {
 		c.pending.Store(h.conn, cl)
 	}
 	settle := func() {
+		if keyed && h.resumed.Load() && c.reported.Load() && !connClosed(h.conn) {
+			// The server reports, and has not reported this handshake,
+			// which got as far as resuming the session, yet keeps its
+			// connection: the handshake completed and its report is
+			// late (a loaded server, or net/http's StateActive, which
+			// comes with the client's first request). Released, the
+			// session, used, would resume again: the claim waits for
+			// the report, or for sweepPending. A server closes the
+			// connection of a handshake that failed.
+			return
+		}
 		if keyed && !c.pending.CompareAndDelete(h.conn, cl) {
 			return // settled by HandshakeComplete
 		}
@@ -211,6 +229,20 @@ func (h *handshake) watch(cl *claim) {
 	context.AfterFunc(h.ctx, func() { time.AfterFunc(claimSettle, settle) })
 }
 
+// connClosed reports whether conn is known to be closed: false for an
+// open connection, and for one that cannot tell (not a syscall.Conn).
+func connClosed(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	return rc.Control(func(uintptr) {}) != nil
+}
+
 // keyable reports whether the single-use claim of a handshake on conn can
 // wait for HandshakeComplete, keyed by conn: whether conn is a pointer. A
 // connection of another kind may not be usable as a map key (a struct
@@ -230,7 +262,7 @@ func (c *Cache) settleClaim(conn *tls.Conn) {
 		return
 	}
 	cl := v.(*claim)
-	if conn.ConnectionState().DidResume {
+	if cs := conn.ConnectionState(); cs.HandshakeComplete && cs.DidResume {
 		cl.consume()
 	} else {
 		cl.release() // the handshake found the session but did not resume it
