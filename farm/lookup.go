@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -32,12 +33,23 @@ type lookupCounters struct {
 // deadline passed, or it went away. A value the store holds for id that
 // does not open is errStoreRejected.
 func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record, error) {
+	return n.lookupStoreAs(ctx, id, 0)
+}
+
+// lookupStoreAs is lookupStore, but hedge > 0 makes it a read of its own,
+// not shared with a read of id already under way (which may be the one
+// stuck): a young wait's re-read alongside a slow read (see loadYoung).
+func (n *Node) lookupStoreAs(ctx context.Context, id session.ID, hedge int) (*session.Record, error) {
 	start := time.Now()
+	key := string(id[:])
+	if hedge > 0 {
+		key += "/" + strconv.Itoa(hedge)
+	}
 	// Whether id is young is decided as the read is asked for: a read
 	// that ends after the ID grew old may still have missed a write that
 	// was on its way. (The read's goroutine may start later.)
 	young := n.neg != nil && n.isYoung(id)
-	ch := n.sf.DoChan(string(id[:]), func() (any, error) {
+	ch := n.sf.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.OpTimeout)
 		defer cancel()
 		rec, rejected, err := n.fetchRecord(fctx, id)
@@ -76,13 +88,16 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 		}
 		return rec, r.Err
 	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		switch {
+		case hedge > 0:
+			// Not a handshake giving up: its wait's first read counts that.
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			n.lk.deadline.Add(1)
 			// A store slower than the deadline fails handshakes as one that
 			// is down does: let the breaker count it now, not when (if) the
 			// answer comes.
 			n.brk.record(false, n.cfg.Now())
-		} else {
+		default:
 			n.lk.canceled.Add(1)
 		}
 		return nil, ctx.Err()

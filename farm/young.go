@@ -227,45 +227,111 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 	}
 
 	// Store-only, or the bus is down: read the store until the session is
-	// there or the ID is no longer young.
+	// there or the ID is no longer young, again after each miss (see
+	// youngBackoff), and alongside a read that is slow to answer (see
+	// youngHedge): one read stuck in the store's tail must not hold the
+	// wait past the write that lands meanwhile.
 	if !storeOK() {
 		return nil, nil
 	}
-	rec, err := n.lookupStore(ctx, id)
-	switch {
-	case rec != nil:
-		cp := *rec
-		n.noteLoaded(id, cp.Expires)
-		return &cp, nil
-	case err == errStoreRejected:
-		return nil, nil
-	case err != nil:
-		return nil, err
+	answers := make(chan youngAnswer, maxYoungReads) // never blocks a read abandoned here
+	reads, pending, misses := 0, 0, 0
+	var lastStart, lastMiss time.Time
+	read := func() {
+		hedge := 0
+		if pending > 0 {
+			hedge = reads // a read of its own, not the slow one's
+		}
+		reads++
+		pending++
+		lastStart = time.Now()
+		go func() {
+			rec, err := n.lookupStoreAs(ctx, id, hedge)
+			answers <- youngAnswer{rec, err}
+		}()
 	}
-	for failures := 1; ; failures++ {
-		d := min(youngBackoff(failures), time.Until(end))
-		if d <= 0 {
-			return wait(youngGaveUp, nil, nil)
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return wait(youngGaveUp, nil, ctx.Err())
-		}
-		if !storeOK() {
-			return wait(youngGaveUp, nil, nil)
-		}
-		rec, err := n.lookupStore(ctx, id)
+	read()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		// When the next read is due: after a miss, its backoff; while
+		// reads are under way, youngHedge after the last began. None once
+		// the ID is no longer young, or with maxYoungReads under way.
+		var due time.Time
 		switch {
-		case rec != nil:
-			return wait(youngStored, rec, nil)
-		case err != nil:
-			return wait(youngGaveUp, nil, err)
+		case pending == 0:
+			due = lastMiss.Add(youngBackoff(misses))
+		case pending < maxYoungReads:
+			due = lastStart.Add(youngHedge)
+			if lastMiss.After(lastStart) {
+				due = minTime(due, lastMiss.Add(youngBackoff(misses)))
+			}
+		}
+		if !due.IsZero() && !due.Before(end) {
+			due = time.Time{}
+			if pending == 0 {
+				return wait(youngGaveUp, nil, nil)
+			}
+		}
+		var timer <-chan time.Time
+		if !due.IsZero() {
+			t.Reset(time.Until(due)) // no stale tick since Go 1.23
+			timer = t.C
+		}
+		select {
+		case a := <-answers:
+			pending--
+			switch {
+			case a.rec != nil && reads == 1:
+				// The first read: the session was there already.
+				cp := *a.rec
+				n.noteLoaded(id, cp.Expires)
+				return &cp, nil
+			case a.rec != nil:
+				return wait(youngStored, a.rec, nil)
+			case a.err == errStoreRejected && reads == 1:
+				return nil, nil
+			case a.err != nil && reads == 1:
+				return nil, a.err
+			case a.err != nil:
+				return wait(youngGaveUp, nil, a.err)
+			}
+			misses++
+			lastMiss = time.Now()
+		case <-timer:
+			if !storeOK() {
+				return wait(youngGaveUp, nil, nil)
+			}
+			read()
+		case <-ctx.Done():
+			return wait(youngGaveUp, nil, ctx.Err())
 		}
 	}
 }
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// A youngAnswer is the answer of one of loadYoung's store reads.
+type youngAnswer struct {
+	rec *session.Record
+	err error
+}
+
+// A young wait in store-only mode reads the store again alongside a read
+// still under way once that read has taken youngHedge, with at most
+// maxYoungReads under way at once. The store answers in a millisecond or
+// two, but its tail on a loaded host reaches hundreds of milliseconds
+// (docs/farm.md, Write-through), and a read that began before the session
+// was written cannot find it however long it takes.
+const (
+	youngHedge    = 50 * time.Millisecond
+	maxYoungReads = 3
+)
 
 // youngBackoff is the pause before the given re-read of the store for a
 // young session: 1ms, doubling to 16ms. A session written at once is there

@@ -309,3 +309,65 @@ type deafBus struct{ transport.Bus }
 func (b deafBus) Subscribe(ctx context.Context, _ func([]byte), state func(bool, error)) error {
 	return b.Bus.Subscribe(ctx, func([]byte) {}, state)
 }
+
+// stallingStore is a real store whose next read, once armed, stalls for
+// stall (or until its context ends) before it reads: a read in the store's
+// tail on a loaded host.
+type stallingStore struct {
+	transport.Store
+	armed atomic.Int32 // reads to let through before the one that stalls, plus one; 0: none stalls
+	stall time.Duration
+}
+
+func (s *stallingStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	if s.armed.Load() > 0 && s.armed.Add(-1) == 0 {
+		select {
+		case <-time.After(s.stall):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Store.GetRecord(ctx, key)
+}
+
+// TestYoungWaitOutlastsSlowRead: in store-only mode, a young wait whose
+// second read of the store stalls longer than the lookup deadline still
+// finds the session once it is written (the store holding writes for
+// 300 ms): it reads again alongside the stalled read. Waiting for that one
+// read, it would give up.
+func TestYoungWaitOutlastsSlowRead(t *testing.T) {
+	const pause = 300 * time.Millisecond
+	srv := redistest.Start(t)
+	name := redistest.Farm(t)
+	var slow *stallingStore
+	newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		bus, store := redisTransport(srv.URL())(t, farmName)
+		if slow == nil {
+			return bus, store
+		}
+		slow.Store = store
+		return bus, slow
+	}
+	o := farmtest.Options{NewTransport: newTransport, Mode: farm.StoreOnly, WriteThrough: true, Secret: farm.NewSecret(1),
+		Tweak: func(c *farm.Config) { c.LookupTimeout, c.WriteThroughTimeout = time.Second, time.Second }}
+	a := farmtest.Join(t, "n1", name, o)
+	slow = &stallingStore{stall: 3 * time.Second}
+	b := farmtest.Join(t, "n2", name, o)
+	farmtest.WaitConnected(t, a, b)
+	ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
+	pauseWrites(t, srv, pause)
+	tlstest.MustDial(t, a.Server.Addr, ccfg)
+	slow.armed.Store(2)
+	start := time.Now()
+	if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+		farmtest.LogStats(t, []*farmtest.Member{a, b})
+		t.Fatal("n2 did not resume: its wait hung on the stalled read")
+	}
+	t.Logf("n2 resumed after %v", time.Since(start))
+	if n := slow.armed.Load(); n != 0 {
+		t.Fatalf("n2 made %d reads of the store, want at least 2: the stall was not tried", 2-n)
+	}
+	if got := farmtest.Counter(b.Node.Metrics(), "tlsfarm_farm_young_waits_total", "result", "stored"); got != 1 {
+		t.Fatalf("young waits stored = %d, want 1", got)
+	}
+}

@@ -184,10 +184,11 @@ type Bus struct {
 	unbounded map[string]bool // queues found with other arguments (warned about once)
 }
 
-// A publisher is the connection and channel that Publish uses.
+// A publisher is the connection and channel that Publish (or Ping) uses.
 type publisher struct {
 	conn *amqp.Connection
 	ch   *amqp.Channel
+	sock net.Conn // the connection's socket; set for Ping's
 }
 
 // Open returns a bus for the named farm on the broker at rawURL. It does
@@ -386,6 +387,14 @@ func (b *Bus) deleteQueues(pub *publisher, queues []string) {
 // dial connects to the broker and declares the farm's exchange on a new
 // channel, within ctx and the dial timeout.
 func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error) {
+	conn, ch, _, err := b.dialSocket(ctx)
+	return conn, ch, err
+}
+
+// dialSocket is dial, and also returns the connection's socket: closing it
+// ends every call waiting on the connection at once, whatever the broker
+// does (see Ping).
+func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
@@ -431,7 +440,7 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	if err != nil {
-		return nil, nil, b.errorf("connecting", err)
+		return nil, nil, nil, b.errorf("connecting", err)
 	}
 	// The calls below wait for the broker with no deadline of their own.
 	stop = closeOnDone(ctx, conn)
@@ -444,9 +453,12 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 	}
 	if err != nil {
 		conn.CloseDeadline(time.Now().Add(closeGrace))
-		return nil, nil, b.errorf("declaring exchange", err)
+		return nil, nil, nil, b.errorf("declaring exchange", err)
 	}
-	return conn, ch, nil
+	rawMu.Lock()
+	sock := raw
+	rawMu.Unlock()
+	return conn, ch, sock, nil
 }
 
 // closeOnDone closes conn (within closeGrace) if ctx ends before the

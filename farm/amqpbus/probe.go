@@ -15,6 +15,16 @@ import (
 // on the first Ping and again after a failure; a broker that does not
 // answer within ctx fails the probe, far sooner than the heartbeat would
 // notice.
+//
+// Ping returns when ctx ends, whatever the connection does. The
+// declaration takes no context, and closing the connection through
+// amqp091-go (a close handshake under a deadline on the socket) does not
+// bound it: the library's heartbeater sets the socket's read deadline to
+// three heartbeat intervals after a frame read whenever it gets to that
+// frame, which on a loaded machine may be after the close set its own, and
+// the close waits on the library's locks first. So Ping waits for the
+// answer or ctx, whichever comes first, and on ctx closes the socket
+// itself, which ends the declaration and the connection at once.
 func (b *Bus) Ping(ctx context.Context) error {
 	b.probeMu.Lock()
 	defer b.probeMu.Unlock()
@@ -29,19 +39,28 @@ func (b *Bus) Ping(ctx context.Context) error {
 		b.probe = nil
 	}
 	if b.probe == nil {
-		conn, ch, err := b.dial(ctx)
+		conn, ch, sock, err := b.dialSocket(ctx)
 		if err != nil {
 			return err
 		}
-		b.probe = &publisher{conn: conn, ch: ch}
+		b.probe = &publisher{conn: conn, ch: ch, sock: sock}
 	}
-	stop := closeOnDone(ctx, b.probe.conn)
-	err := b.probe.ch.ExchangeDeclarePassive(b.exchange, amqp.ExchangeFanout, false, false, false, false, nil)
-	if !stop() && err == nil {
+	p := b.probe
+	answer := make(chan error, 1)
+	go func() {
+		answer <- p.ch.ExchangeDeclarePassive(b.exchange, amqp.ExchangeFanout, false, false, false, false, nil)
+	}()
+	var err error
+	select {
+	case err = <-answer:
+		if err != nil {
+			p.drop()
+		}
+	case <-ctx.Done():
 		err = ctx.Err()
+		p.sock.Close() // the declaration, and the connection, end with it
 	}
 	if err != nil {
-		b.probe.drop()
 		b.probe = nil
 		return b.errorf("ping", err)
 	}
