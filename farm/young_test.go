@@ -84,7 +84,10 @@ func TestReaderWaitsForYoungSession(t *testing.T) {
 					pauseWrites(t, srv, pause)
 					start := time.Now()
 					tlstest.MustDial(t, a.Server.Addr, ccfg)
-					if took := time.Since(start); took > pause/2 {
+					// pause*5/6, not less: under -race at load 15 an
+					// issuing handshake that waited for nothing took up
+					// to 222 ms (15-21 ms at the median).
+					if took := time.Since(start); took > pause*5/6 {
 						t.Fatalf("round %d: the issuing handshake took %v: it waited for the paused store", i, took)
 					}
 					start = time.Now()
