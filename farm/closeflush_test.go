@@ -152,10 +152,13 @@ func TestCloseFlushesQueue(t *testing.T) {
 
 // TestCloseDuringOutage closes a node with sessions queued while its Redis
 // is down (killed, or hung) : Close gives up on the transport and returns
-// within twice OpTimeout, as before it waited for the queue.
+// within twice OpTimeout, as before it waited for the queue, and does not
+// wait for a health probe in flight (ProbeTimeout, here four times
+// OpTimeout).
 func TestCloseDuringOutage(t *testing.T) {
 	t.Parallel()
 	const opTimeout = 500 * time.Millisecond
+	const probeTimeout = 4 * opTimeout
 	cases := []struct {
 		name  string
 		fail  func(*redistest.Server)
@@ -172,7 +175,14 @@ func TestCloseDuringOutage(t *testing.T) {
 				srv := redistest.Start(t)
 				m := farmtest.Join(t, "n1", farmtest.FarmName(t), farmtest.Options{
 					NewTransport: redisTransport(srv.URL()), Mode: mode, Secret: farm.NewSecret(1),
-					Tweak: func(c *farm.Config) { c.OpTimeout = opTimeout }})
+					Tweak: func(c *farm.Config) {
+						c.OpTimeout = opTimeout
+						// A probe in flight at Close on the hung
+						// server gives up only at its deadline: Close
+						// must not wait for it (the default, 800ms, is
+						// also more than this OpTimeout).
+						c.ProbeTimeout = probeTimeout
+					}})
 				t.Cleanup(srv.Kill) // a hung server: before the transport closes
 				farmtest.WaitConnected(t, m)
 				c.fail(srv)
