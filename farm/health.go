@@ -87,13 +87,28 @@ var errProbeTimeout = errors.New("no answer within the probe timeout")
 
 // runProbe pings pr once, and on a change of state logs it and updates
 // the fallback (see updateFallback).
+//
+// It returns as soon as ctx ends: a transport may end a ping on a hung
+// server only at the ping's deadline (go-redis bounds a blocked read by
+// the context's deadline but does not end it on cancel), and Close must
+// not wait ProbeTimeout, a bound of its own, for it. The ping left behind
+// ends by that deadline, or when the transport closes.
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
-	err := pr.p.Ping(pctx)
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- pr.p.Ping(pctx)
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return
+	}
 	if err != nil && pctx.Err() == context.DeadlineExceeded {
 		err = errProbeTimeout
 	}
-	cancel()
 	if ctx.Err() != nil {
 		return
 	}

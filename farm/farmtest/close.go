@@ -18,7 +18,8 @@ import (
 // partition, or a crash) or frozen (a hung server: connections open, no
 // byte through) once the node has subscribed; ten clients then get
 // sessions, which the node can neither publish nor store, and Close is
-// timed.
+// timed. The node's ProbeTimeout is four times its OpTimeout: Close must
+// not wait for a probe in flight.
 func CloseDuringOutage(t *testing.T, target string, modes []farm.Mode, nt func(addr string) func(testing.TB, string) (transport.Bus, transport.Store)) {
 	const opTimeout = 500 * time.Millisecond
 	for _, mode := range modes {
@@ -29,7 +30,13 @@ func CloseDuringOutage(t *testing.T, target string, modes []farm.Mode, nt func(a
 			t.Run(mode.String()+"/"+c.name, func(t *testing.T) {
 				p := nettest.NewProxy(t, target)
 				m := Join(t, "n1", FarmName(t), Options{NewTransport: nt(p.Addr), Mode: mode, Secret: farm.NewSecret(1),
-					Tweak: func(c *farm.Config) { c.OpTimeout = opTimeout }})
+					Tweak: func(c *farm.Config) {
+						c.OpTimeout = opTimeout
+						// Close does not wait for a health probe in
+						// flight, which on a hung server ends only at
+						// its own deadline.
+						c.ProbeTimeout = 4 * opTimeout
+					}})
 				// Before the transport closes: its Close would wait on
 				// a hung server.
 				t.Cleanup(p.Cut)
