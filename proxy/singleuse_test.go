@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,5 +143,75 @@ func TestSingleUseAbortedResumptionReleases(t *testing.T) {
 				t.Fatalf("%v late single-use reports, want 0", v)
 			}
 		})
+	}
+}
+
+// TestConnSyscallConnControlOnly: the socket a conn exposes for the session
+// cache is not a way around the conn's own Read. Bytes that a PROXY
+// protocol reader buffered past the header reach a copy into an os.File
+// (which splices from a syscall.Conn's socket when it can), and the
+// RawConn's Read and Write refuse while Control works.
+func TestConnSyscallConnControlOnly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The header and the payload in one write: the reader takes both.
+	var buf bytes.Buffer
+	if _, err := proxyproto.HeaderProxyFromAddrs(2, cli.LocalAddr(), cli.RemoteAddr()).WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteString("payload")
+	if _, err := cli.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{Conn: proxyproto.NewConn(srv)}
+	defer c.Conn.Close()
+	if c.Conn.(*proxyproto.Conn).ProxyHeader() == nil {
+		t.Fatal("no PROXY header read")
+	}
+	cli.Close()
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(w, c); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	got, _ := io.ReadAll(r)
+	if string(got) != "payload" {
+		t.Fatalf("copied %q from the connection, want %q", got, "payload")
+	}
+
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Control(func(uintptr) {}); err != nil {
+		t.Fatalf("Control on an open connection: %v", err)
+	}
+	if err := rc.Read(func(uintptr) bool { return true }); err == nil {
+		t.Fatal("the RawConn's Read is allowed")
+	}
+	if err := rc.Write(func(uintptr) bool { return true }); err == nil {
+		t.Fatal("the RawConn's Write is allowed")
+	}
+	c.Conn.Close()
+	if err := rc.Control(func(uintptr) {}); err == nil {
+		t.Fatal("Control on a closed connection succeeded")
 	}
 }
