@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // A conn is an accepted connection: it gives back its listener's slot and
@@ -30,3 +34,39 @@ func (c *conn) Close() error {
 	})
 	return err
 }
+
+// SyscallConn makes c a syscall.Conn, so that the session cache can tell
+// whether c is closed: the single-use claim of a handshake that failed
+// after resuming is then released within the cache's settle delay, not
+// kept for its report. It reaches the socket under a PROXY protocol
+// reader too.
+//
+// The RawConn returned only controls the socket. Its Read and Write
+// refuse: bytes moved on the socket directly would bypass c (the PROXY
+// protocol reader buffers what follows the header), and with them the
+// zero-copy paths of net and os that look for a syscall.Conn.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	nc := c.Conn
+	if pc, ok := nc.(*proxyproto.Conn); ok {
+		nc = pc.Raw()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return controlOnly{rc}, nil
+}
+
+// errRawIO is the error of a controlOnly's Read and Write.
+var errRawIO = errors.New("proxy: reading or writing a connection's socket directly is not supported")
+
+// A controlOnly is a syscall.RawConn that allows Control only.
+type controlOnly struct{ rc syscall.RawConn }
+
+func (r controlOnly) Control(f func(fd uintptr)) error { return r.rc.Control(f) }
+func (controlOnly) Read(func(fd uintptr) bool) error   { return errRawIO }
+func (controlOnly) Write(func(fd uintptr) bool) error  { return errRawIO }
