@@ -153,3 +153,44 @@ func equalStates(a, b revokedState) bool {
 		maps.EqualFunc(a.revs, b.revs, time.Time.Equal) &&
 		slices.Equal(a.events, b.events) && a.removed == b.removed
 }
+
+// TestRemoveChainsRacingInserts: sessions of the chains RemoveChains
+// revokes, inserted while it runs, are either refused or removed: none is
+// left once it has returned.
+func TestRemoveChainsRacingInserts(t *testing.T) {
+	const chains = 64
+	for round := range 20 {
+		c := newCache(t, &session.Config{SweepInterval: -1, Buckets: 1024})
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r := session.Record{State: []byte("s"), Expires: time.Now().Add(time.Hour), Chain: uint64((i+g)%chains) + 1}
+					c.Insert(c.NewID(), r, session.OriginPeer)
+				}
+			}()
+		}
+		time.Sleep(time.Millisecond)
+		until := time.Now().Add(time.Hour)
+		c.RemoveChains(func(yield func(uint64, time.Time) bool) {
+			for chain := uint64(1); chain <= chains; chain++ {
+				if !yield(chain, until) {
+					return
+				}
+			}
+		}, session.OriginAPI)
+		close(stop)
+		wg.Wait()
+		for id, r := range c.Snapshot(-1) {
+			t.Fatalf("round %d: session %x of revoked chain %d left", round, id[:4], r.Chain)
+		}
+	}
+}
