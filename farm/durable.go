@@ -578,11 +578,14 @@ func (n *Node) loadRevocations() error {
 		return err
 	}
 	now := n.cfg.Now()
+	live := make([]revocation, 0, len(entries))
 	for _, e := range entries {
 		if e.rev.until.After(now) {
-			n.cfg.Cache.RemoveChain(e.rev.chain, e.rev.until, session.OriginPeer)
+			live = append(live, e.rev)
 		}
 	}
+	// In one pass over the cache, before they are queued.
+	n.cfg.Cache.RemoveChains(revocationSeq(live), session.OriginPeer)
 	// Queued under one lock and written back once: written once per
 	// entry, a file of N revocations cost N rewrites of up to its whole
 	// size (20000: 150 s before Join returned).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"hash/maphash"
+	"iter"
 	"sync"
 	"time"
 
@@ -168,6 +169,7 @@ func (n *Node) readTombstones(ctx context.Context) error {
 		t.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
 	}
 	seen := make(map[[2]uint64]struct{}, len(members))
+	var apply []revocation // applied at once, in one pass over the cache
 	retry := false
 	var again time.Time
 	cover := n.cfg.Cache.Config().MaxChainLifetime
@@ -195,8 +197,8 @@ func (n *Node) readTombstones(ctx context.Context) error {
 			continue
 		}
 		whole := true
+		apply = append(apply, revs...)
 		for _, r := range revs {
-			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
 			if end := now.Add(cover); r.until.After(end) {
 				// The cache remembers it until end only: apply it
 				// again before then.
@@ -210,11 +212,25 @@ func (n *Node) readTombstones(ctx context.Context) error {
 			seen[h] = struct{}{}
 		}
 	}
+	// Every tombstone in place before the revocations count as known.
+	n.cfg.Cache.RemoveChains(revocationSeq(apply), session.OriginPeer)
 	t.seen, t.again = seen, again
 	t.version, t.valid = version, versioned && !retry
 	n.ctr.tombstoneReads.Add(1)
 	n.tombstonesKnown()
 	return nil
+}
+
+// revocationSeq yields each of revs' chains with its time, for
+// session.Cache.RemoveChains.
+func revocationSeq(revs []revocation) iter.Seq2[uint64, time.Time] {
+	return func(yield func(uint64, time.Time) bool) {
+		for _, r := range revs {
+			if !yield(r.chain, r.until) {
+				return
+			}
+		}
+	}
 }
 
 // tombstonesKnown records that a read of the revocations succeeded.

@@ -327,3 +327,47 @@ func BenchmarkPerHandshakeConfig(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRemoveChains measures revoking 100, 10,000 and 100,000 chains, none
+// of which holds a session, in a cache of 100,000 sessions: with one
+// RemoveChains call (batch), and with one RemoveChain call for each chain
+// (loop), as a node applying the farm's revocations did. Every iteration
+// revokes the same chains again: the clock has moved past the previous
+// revocations, which have lapsed. The loop costs a pass over the cache for
+// each chain: run its larger counts with -benchtime=1x.
+func BenchmarkRemoveChains(b *testing.B) {
+	const sessions = 100000
+	clk := newClock()
+	c := newCache(b, &session.Config{Capacity: 2 * sessions, SweepInterval: -1, Now: clk.Now})
+	r := session.Record{State: []byte("state"), ServerName: "localhost", Expires: clk.Now().Add(time.Hour)}
+	for range sessions {
+		if err := c.Insert(c.NewID(), r, session.OriginAPI); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, chains := range []int{100, 10000, 100000} {
+		revs := func(yield func(uint64, time.Time) bool) {
+			until := clk.Now().Add(time.Minute)
+			for i := range chains {
+				// Session chains are random: 1 to chains hold none.
+				if !yield(uint64(i)+1, until) {
+					return
+				}
+			}
+		}
+		b.Run(fmt.Sprintf("chains=%d/batch", chains), func(b *testing.B) {
+			for b.Loop() {
+				clk.Advance(2 * time.Minute)
+				c.RemoveChains(revs, session.OriginPeer)
+			}
+		})
+		b.Run(fmt.Sprintf("chains=%d/loop", chains), func(b *testing.B) {
+			for b.Loop() {
+				clk.Advance(2 * time.Minute)
+				for chain, until := range revs {
+					c.RemoveChain(chain, until, session.OriginPeer)
+				}
+			}
+		})
+	}
+}

@@ -44,19 +44,77 @@ func (c *Cache) ChainEnd(r Record) time.Time {
 // chain and refuses sessions of it, from any origin, until the given time
 // (when the chain's sessions would have been refused anyway, ChainStart plus
 // MaxChainLifetime). It returns how many sessions it removed. It visits every
-// bucket, so its cost grows with the cache; revocation is rare.
+// bucket, so its cost grows with the cache; revocation is rare, and
+// RemoveChains revokes many chains in one visit.
 func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	now := c.nowNano()
-	u := until.UnixNano()
-	if lim := now + int64(c.cfg.MaxChainLifetime); u > lim {
-		u = lim // a peer cannot make us remember a chain for longer than it could live
-	}
+	u := c.revokedUntil(until, now)
 	if u > now && !c.tomb.add(chain, u, now) {
 		// Already revoked: its sessions are gone and cannot come back,
 		// so a repeated revocation costs no scan.
 		return 0
 	}
 	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
+}
+
+// RemoveChains revokes the resumption chains that revs yields, each until
+// the time it is yielded with, as a call of RemoveChain for each in turn
+// would: it records the same revocations and removes the same sessions,
+// each of which fires EventRemove with Removed and origin. But it visits
+// every bucket once for all the chains, not once for each, so its cost
+// grows with the cache plus the chains, not with their product. It returns
+// how many sessions it removed. It reads revs whole before it changes the
+// cache, so revs may call the cache: one cache's Revocations may be passed
+// to another's RemoveChains.
+func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) int {
+	now := c.nowNano()
+	type rev struct {
+		chain uint64
+		until int64
+	}
+	var rs []rev
+	for chain, until := range revs {
+		rs = append(rs, rev{chain, c.revokedUntil(until, now)})
+	}
+	// Every tombstone is in place before the one scan, so that an insert
+	// that the scan misses is refused (see insert). They are recorded a
+	// chunk at a time, not to hold off lookups for all of them.
+	chains := make(map[uint64]struct{}, len(rs))
+	for len(rs) > 0 {
+		chunk := rs[:min(len(rs), tombChunk)]
+		rs = rs[len(chunk):]
+		c.tomb.mu.Lock()
+		for _, r := range chunk {
+			if r.until > now && !c.tomb.addLocked(r.chain, r.until, now) {
+				continue // already revoked, as in RemoveChain
+			}
+			chains[r.chain] = struct{}{}
+		}
+		c.tomb.mu.Unlock()
+	}
+	switch len(chains) {
+	case 0:
+		return 0
+	case 1:
+		for chain := range chains {
+			return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
+		}
+	}
+	return c.removeWhere(func(e *entry) bool {
+		_, ok := chains[e.chain]
+		return ok
+	}, Removed, origin)
+}
+
+// tombChunk is how many revocations RemoveChains records under one hold of
+// the tombstones' lock.
+const tombChunk = 1024
+
+// revokedUntil returns until, in Unix nanoseconds, bounded by how long a
+// chain revoked at now could live: a peer cannot make the cache remember a
+// chain for longer than that.
+func (c *Cache) revokedUntil(until time.Time, now int64) int64 {
+	return min(until.UnixNano(), now+int64(c.cfg.MaxChainLifetime))
 }
 
 // removeWhere removes, bucket by bucket, the sessions for which match
@@ -141,6 +199,11 @@ type tombstones struct {
 func (t *tombstones) add(chain uint64, until, now int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.addLocked(chain, until, now)
+}
+
+// addLocked is add with t.mu held.
+func (t *tombstones) addLocked(chain uint64, until, now int64) bool {
 	old, had := t.m[chain]
 	if until > old {
 		t.m[chain] = until
