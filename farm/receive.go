@@ -115,15 +115,21 @@ func (n *Node) receive(msg []byte) {
 			n.ctr.rejected[rejectBody].Add(1)
 			return
 		}
-		for _, r := range revs {
-			n.ctr.receivedRevocations.Add(1)
-			if old && !r.until.After(now) {
-				// The chain resumes nowhere any more: nothing to
-				// do, and no scan of the cache for a replay.
-				continue
+		n.ctr.receivedRevocations.Add(uint64(len(revs)))
+		// One pass over the cache for the whole message (a revoker's
+		// batch, or a re-send of many).
+		n.cfg.Cache.RemoveChains(func(yield func(uint64, time.Time) bool) {
+			for _, r := range revs {
+				if old && !r.until.After(now) {
+					// The chain resumes nowhere any more: nothing
+					// to do, and no scan of the cache for a replay.
+					continue
+				}
+				if !yield(r.chain, r.until) {
+					return
+				}
 			}
-			n.cfg.Cache.RemoveChain(r.chain, r.until, session.OriginPeer)
-		}
+		}, session.OriginPeer)
 	default:
 		n.handlersMu.Lock()
 		fn := n.handlers[h.typ]
