@@ -336,14 +336,7 @@ func TestGapAsksForHeld(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
-	second := 0
-	nt := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-		url := srv.URL()
-		if second++; second == 2 { // n2: Start joins n1 first
-			url = "redis://" + px.Addr + "/0"
-		}
-		return redisTransport(url)(t, farmName)
-	}
+	nt := redisTransportVia(srv.URL(), 2, px.Addr) // n2 behind px
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: nt, Mode: farm.Broadcast, WriteThrough: true,
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond

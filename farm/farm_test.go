@@ -42,6 +42,20 @@ func redisTransport(url string) func(testing.TB, string) (transport.Bus, transpo
 	}
 }
 
+// redisTransportVia is redisTransport to url for every member but the
+// nth that farmtest.Start joins (from 1), which reaches the same Redis
+// through viaAddr (a nettest.Proxy in front of it).
+func redisTransportVia(url string, nth int, viaAddr string) func(testing.TB, string) (transport.Bus, transport.Store) {
+	joined := 0
+	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+		u := url
+		if joined++; joined == nth {
+			u = "redis://" + viaAddr + "/0"
+		}
+		return redisTransport(u)(t, farmName)
+	}
+}
+
 // redisEchoTransport is redisTransport with Echo set: the transports use
 // the farm's shared channel only, and every node hears its own messages.
 func redisEchoTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -638,14 +637,7 @@ func TestPromiseGraceCutWhileCutOff(t *testing.T) {
 			t.Parallel()
 			srv := redistest.Start(t)
 			px := nettest.NewProxy(t, srv.Addr())
-			first := true
-			newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-				url := srv.URL()
-				if first { // n1: Start joins n1 first
-					url, first = "redis://"+px.Addr+"/0", false
-				}
-				return redisTransport(url)(t, farmName)
-			}
+			newTransport := redisTransportVia(srv.URL(), 1, px.Addr) // n1 behind px
 			o := &farmtest.Options{NewTransport: newTransport, Mode: mode, WriteThrough: true,
 				TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
 				Tweak: func(c *farm.Config) {
@@ -747,14 +739,7 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 	file := filepath.Join(t.TempDir(), "revocations")
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
-	calls := 0
-	newTransport := func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-		url := srv.URL()
-		if calls++; calls == 2 { // n2: Start joins n1 first
-			url = "redis://" + px.Addr + "/0"
-		}
-		return redisTransport(url)(t, farmName)
-	}
+	newTransport := redisTransportVia(srv.URL(), 2, px.Addr) // n2 behind px
 	o := &farmtest.Options{NewTransport: newTransport, Mode: farm.Broadcast, WriteThrough: true, CloseServer: true,
 		TweakCache: func(c *session.Config) {
 			switch kind {
