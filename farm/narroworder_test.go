@@ -255,14 +255,8 @@ func TestRetirementHeardAfterPutBack(t *testing.T) {
 	}
 	time.Sleep(2200 * time.Millisecond) // past MaxAge+MaxSkew
 
-	bad := farmtest.Client(tls.VersionTLS13, c)
-	bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
-	if _, err := tlstest.Dial(n1.Server.Addr, bad); err == nil {
-		t.Fatal("the aborting client's handshake succeeded")
-	}
-	if _, err := n1.Store.GetRecord(context.Background(), key); !errors.Is(err, transport.ErrNotFound) {
-		t.Fatalf("n1's claim did not take S from the store: %v", err)
-	}
+	abortResumption(t, n1.Server.Addr, c)
+	claimTookRecord(t, n1, key)
 	released := func() uint64 {
 		return farmtest.Counter(n1.Cache.Metrics(), "tlsfarm_cache_single_use_total", "result", "released")
 	}

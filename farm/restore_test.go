@@ -50,15 +50,9 @@ func TestReleasedClaimLeavesRetiredSessionGone(t *testing.T) {
 			key := "s:" + fmt.Sprintf("%x", id[:])
 
 			for _, fc := range []*tlstest.FrozenCache{c, ctl} {
-				bad := farmtest.Client(tls.VersionTLS13, fc)
-				bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
-				if _, err := tlstest.Dial(n1.Server.Addr, bad); err == nil {
-					t.Fatal("the aborting client's handshake succeeded")
-				}
+				abortResumption(t, n1.Server.Addr, fc)
 			}
-			if _, err := n1.Store.GetRecord(context.Background(), key); !errors.Is(err, transport.ErrNotFound) {
-				t.Fatalf("n1's claim did not take S from the store: %v", err)
-			}
+			claimTookRecord(t, n1, key)
 			released := func() uint64 {
 				return farmtest.Counter(n1.Cache.Metrics(), "tlsfarm_cache_single_use_total", "result", "released")
 			}
@@ -91,5 +85,26 @@ func TestReleasedClaimLeavesRetiredSessionGone(t *testing.T) {
 				t.Fatal("n3 did not resume the control session, whose claim n1 released")
 			}
 		})
+	}
+}
+
+// abortResumption makes a TLS 1.3 client resume the session held in fc on
+// addr and abort the handshake in its own VerifyConnection, after the
+// server has taken its single-use claim: a handshake that fails.
+func abortResumption(t *testing.T, addr string, fc *tlstest.FrozenCache) {
+	t.Helper()
+	bad := farmtest.Client(tls.VersionTLS13, fc)
+	bad.VerifyConnection = func(tls.ConnectionState) error { return errors.New("abort") }
+	if _, err := tlstest.Dial(addr, bad); err == nil {
+		t.Fatal("the aborting client's handshake succeeded")
+	}
+}
+
+// claimTookRecord fails t unless the record at key is gone from m's
+// store, as a single-use claim takes it.
+func claimTookRecord(t *testing.T, m *farmtest.Member, key string) {
+	t.Helper()
+	if _, err := m.Store.GetRecord(context.Background(), key); !errors.Is(err, transport.ErrNotFound) {
+		t.Fatalf("%s's claim did not take S from the store: %v", m.Name, err)
 	}
 }
