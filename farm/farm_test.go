@@ -281,3 +281,19 @@ func cacheSessions(c *session.Cache) int {
 	n, _ := metric.Value(c.Metrics(), "tlsfarm_cache_sessions")
 	return int(n)
 }
+
+// copyToPeer inserts from's copies of ids into to's cache, as a node that
+// had loaded them from the store would hold them (a store-only farm sends
+// peers no copies).
+func copyToPeer(t *testing.T, from, to *farmtest.Member, ids ...session.ID) {
+	t.Helper()
+	for _, id := range ids {
+		rec, ok := lookup(from.Cache, id)
+		if !ok {
+			t.Fatalf("%s does not hold its session", from.Name)
+		}
+		if err := to.Cache.Insert(id, rec, session.OriginPeer); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

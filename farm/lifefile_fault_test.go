@@ -76,15 +76,7 @@ func TestLifecycleSurvivesRestartStoreFaults(t *testing.T) {
 				// them from the store would hold them (a resumption there
 				// would cut them).
 				if mode == farm.StoreOnly {
-					for _, id := range []session.ID{retired, parent} {
-						rec, ok := lookup(ms[0].Cache, id)
-						if !ok {
-							t.Fatal("n1 does not hold its session")
-						}
-						if err := ms[1].Cache.Insert(id, rec, session.OriginPeer); err != nil {
-							t.Fatal(err)
-						}
-					}
+					copyToPeer(t, ms[0], ms[1], retired, parent)
 				}
 				farmtest.Eventually(t, 5*time.Second, "n2 holds both sessions", func() bool {
 					_, ok1 := lookup(ms[1].Cache, retired)

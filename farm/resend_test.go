@@ -44,13 +44,7 @@ func TestResendHeldOnRequest(t *testing.T) {
 			id := ids()[0]
 			waitStored(t, n1, id)
 			if mode == farm.StoreOnly {
-				rec, ok := lookup(n1.Cache, id)
-				if !ok {
-					t.Fatal("n1 does not hold its session")
-				}
-				if err := n2.Cache.Insert(id, rec, session.OriginPeer); err != nil {
-					t.Fatal(err)
-				}
+				copyToPeer(t, n1, n2, id)
 			}
 			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
 				_, ok := lookup(n2.Cache, id)
@@ -231,15 +225,7 @@ func TestWriteBackWaitsForResend(t *testing.T) {
 				waitStored(t, n1, id)
 			}
 			if mode == farm.StoreOnly {
-				for _, id := range []session.ID{retired, parent} {
-					rec, ok := lookup(n1.Cache, id)
-					if !ok {
-						t.Fatal("n1 does not hold its session")
-					}
-					if err := n2.Cache.Insert(id, rec, session.OriginPeer); err != nil {
-						t.Fatal(err)
-					}
-				}
+				copyToPeer(t, n1, n2, retired, parent)
 			}
 			cutUntil := time.Now().Add(grace)
 			// whole reports whether n2 holds id past the cut.

@@ -42,13 +42,7 @@ func TestWriteBackKeepsPeersCut(t *testing.T) {
 				waitStored(t, n1, id)
 			}
 			if mode == farm.StoreOnly {
-				rec, ok := lookup(n1.Cache, parent)
-				if !ok {
-					t.Fatal("n1 does not hold its session")
-				}
-				if err := n2.Cache.Insert(parent, rec, session.OriginPeer); err != nil {
-					t.Fatal(err)
-				}
+				copyToPeer(t, n1, n2, parent)
 			}
 			cutUntil := time.Now().Add(grace)
 			whole := func(m *farmtest.Member, id session.ID) bool {
