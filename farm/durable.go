@@ -771,13 +771,10 @@ func appendRevRecord(b []byte, kind byte, rev revocation, ids []session.ID) []by
 // decodeRevJournal decodes the body of a journal frame after the first,
 // all of it or nothing: its version, then records of known kinds only.
 func decodeRevJournal(body []byte) ([]revRecord, error) {
-	if len(body) == 0 {
-		return nil, errors.New("empty frame")
+	body, err := afterVersion(body, revJournalVersion)
+	if err != nil {
+		return nil, err
 	}
-	if body[0] != revJournalVersion {
-		return nil, fmt.Errorf("unknown version %d", body[0])
-	}
-	body = body[1:]
 	var out []revRecord
 	for len(body) > 0 {
 		kind := body[0]

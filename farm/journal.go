@@ -2,6 +2,8 @@ package farm
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 )
@@ -75,4 +77,17 @@ func closeJournalFile(jf **os.File) {
 		(*jf).Close()
 		*jf = nil
 	}
+}
+
+// afterVersion returns what follows the version byte that begins body, a
+// node's own file or journal frame, or an error if body is empty or of
+// another version than v.
+func afterVersion(body []byte, v byte) ([]byte, error) {
+	if len(body) == 0 {
+		return nil, errors.New("empty body")
+	}
+	if body[0] != v {
+		return nil, fmt.Errorf("unknown version %d", body[0])
+	}
+	return body[1:], nil
 }

@@ -95,13 +95,10 @@ func encodeLifeFile(ks []keptLife) []byte {
 
 // decodeLifeFile decodes a lifecycle file's body.
 func decodeLifeFile(body []byte) ([]keptLife, error) {
-	if len(body) == 0 {
-		return nil, errors.New("empty body")
+	body, err := afterVersion(body, lifeFileVersion)
+	if err != nil {
+		return nil, err
 	}
-	if body[0] != lifeFileVersion {
-		return nil, fmt.Errorf("unknown version %d", body[0])
-	}
-	body = body[1:]
 	if len(body)%lifeRecLen != 0 {
 		return nil, errors.New("truncated record")
 	}

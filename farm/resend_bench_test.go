@@ -67,14 +67,7 @@ func benchResend(b *testing.B, url string, size int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	now := sender.cfg.Now()
-	for i := range size {
-		it := item{id: sender.cfg.Cache.NewID(), op: opRetire}
-		if i%2 == 1 {
-			it.op, it.until = opCut, now.Add(time.Minute)
-		}
-		sender.keepSent(it)
-	}
+	sender.FillSent(size)
 	sent := func() uint64 { return sender.life.retiresSent.Load() + sender.life.cutsSent.Load() }
 	got := func() uint64 { return peer.life.retiresReceived.Load() + peer.life.cutsRecv.Load() }
 	var msgs uint64

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 
 	"github.com/tlsfarm/tlsfarm/session"
@@ -91,13 +90,10 @@ func encodeSentFile(its []sentItem) []byte {
 // decodeSentFile decodes a sent file's body, skipping records of unknown
 // kinds.
 func decodeSentFile(body []byte) ([]sentItem, error) {
-	if len(body) == 0 {
-		return nil, errors.New("empty body")
+	body, err := afterVersion(body, sentFileVersion)
+	if err != nil {
+		return nil, err
 	}
-	if body[0] != sentFileVersion {
-		return nil, fmt.Errorf("unknown version %d", body[0])
-	}
-	body = body[1:]
 	if len(body)%sentRecLen != 0 {
 		return nil, errors.New("truncated record")
 	}
