@@ -131,6 +131,9 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Now == nil {
 		cf.Now = time.Now
 	}
+	if cf.pendingTTL <= 0 {
+		cf.pendingTTL = pendingTTL
+	}
 	if cf.Mode > Mixed {
 		return nil, fmt.Errorf("session: unknown mode %d", cf.Mode)
 	}

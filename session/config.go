@@ -94,4 +94,8 @@ type Config struct {
 
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
+
+	// pendingTTL replaces the const pendingTTL when set: tests in package
+	// session shorten it.
+	pendingTTL time.Duration
 }

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"reflect"
 	"sync/atomic"
@@ -10,9 +11,14 @@ import (
 	"time"
 )
 
-// pendingTTL is how long a single-use session waits for HandshakeComplete
-// before the wait is forgotten (the session then simply lives on until its
-// grace or lifetime ends).
+// pendingTTL is how long a single-use claim waits for HandshakeComplete.
+// Then the wait is forgotten (the pending entry goes, so memory stays
+// bounded) and the claim is settled without the report (see expire):
+// consumed if the handshake got as far as resuming the session
+// (VerifyConnection saw it) and its connection is not known to be closed,
+// released otherwise. A used session is never put back for a report that
+// is late or never comes: that client at worst pays a full handshake next
+// time.
 const pendingTTL = 2 * time.Minute
 
 // HandshakeComplete tells a SingleUse cache that the handshake of conn
@@ -33,10 +39,13 @@ const pendingTTL = 2 * time.Minute
 // that a handshake that fails after VerifyConnection (a client that aborts,
 // whose connection the server closes) releases its claim instead of
 // burning the session. A handshake that resumed, on a connection still
-// open, keeps its claim until the call, however late (up to two
-// minutes): released, a session that was used would resume again. So
-// report a connection that closes without having become active too
-// (StateClosed), or its session stays claimed that long.
+// open, keeps its claim until the call, up to two minutes (pendingTTL);
+// without the call by then, the session is retired as used, unless the
+// connection is known to be closed (then released, as a failed
+// handshake's). A report that late does nothing more: the session is never
+// put back, so it never resumes a second time. So report a connection that
+// closes without having become active too (StateClosed), or its session
+// stays claimed that long.
 func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	if !c.cfg.SingleUse {
 		return
@@ -45,10 +54,13 @@ func (c *Cache) HandshakeComplete(conn *tls.Conn) {
 	c.settleClaim(conn)
 }
 
+// sweepPending settles, and forgets, the claims that have waited for
+// HandshakeComplete longer than pendingTTL.
 func (c *Cache) sweepPending(now int64) {
+	ttl := int64(c.cfg.pendingTTL)
 	c.pending.Range(func(k, v any) bool {
-		if cl := v.(*claim); now-cl.at > int64(pendingTTL) && c.pending.CompareAndDelete(k, cl) {
-			cl.release()
+		if cl := v.(*claim); now-cl.at > ttl && c.pending.CompareAndDelete(k, cl) {
+			cl.expire(k.(net.Conn))
 		}
 		return true
 	})
@@ -74,6 +86,9 @@ type claim struct {
 
 const (
 	claimHeld int32 = iota
+	// claimResumed: held by a handshake that resumed the session (its
+	// VerifyConnection saw it, see resume).
+	claimResumed
 	claimConsumed
 	claimReleased
 )
@@ -140,10 +155,9 @@ func (c *Cache) takeClaim(ctx context.Context, id ID, rec Record) *claim {
 // session: the session is retired, which a farm's hook spreads.
 func (cl *claim) consume() {
 	c := cl.c
-	if !cl.state.CompareAndSwap(claimHeld, claimConsumed) {
-		// Released already (HandshakeComplete came very late): the
-		// session was resumable again meanwhile. Retire it now, and count
-		// the doubt.
+	if !cl.state.CompareAndSwap(claimResumed, claimConsumed) && !cl.state.CompareAndSwap(claimHeld, claimConsumed) {
+		// Released already: the session was resumable again meanwhile.
+		// Retire it now, and count the doubt.
 		c.life.late.Add(1)
 	}
 	// Retired before the claim goes: a handshake that found the session
@@ -167,9 +181,49 @@ func (c *Cache) holds(id ID) bool {
 
 // release gives a claim back: the handshake failed, or did not resume.
 func (cl *claim) release() {
-	if !cl.state.CompareAndSwap(claimHeld, claimReleased) {
+	if cl.state.CompareAndSwap(claimHeld, claimReleased) || cl.state.CompareAndSwap(claimResumed, claimReleased) {
+		cl.giveBack()
+	}
+}
+
+// errClaimExpired fails a handshake that comes to resume a single-use
+// session after its claim ran out (see claim.resume).
+var errClaimExpired = errors.New("session: single-use claim expired before the handshake resumed the session")
+
+// resume notes, in VerifyConnection, that the handshake holding cl resumes
+// its session. It reports false if the claim was released meanwhile
+// (pendingTTL ran out first, see expire): the session may be resumed
+// elsewhere by now, so this handshake must fail.
+func (cl *claim) resume() bool {
+	return cl.state.CompareAndSwap(claimHeld, claimResumed) || cl.state.Load() == claimResumed
+}
+
+// expire settles a claim still waiting for HandshakeComplete pendingTTL
+// after it was taken, on conn (whose pending entry the caller removed). A
+// handshake that has not resumed the session is released, atomically
+// with respect to its VerifyConnection, which then fails it (see resume).
+// One that resumed is consumed: its report is late or will never come,
+// and released, the session, used, would resume again. Only if its
+// connection is known to be closed is it released, as a handshake that
+// failed after VerifyConnection (a report of a completed handshake, by a
+// server that reports, would have come before its connection closed).
+func (cl *claim) expire(conn net.Conn) {
+	if cl.state.CompareAndSwap(claimHeld, claimReleased) {
+		cl.giveBack()
 		return
 	}
+	if cl.state.Load() != claimResumed {
+		return // settled already
+	}
+	if connClosed(conn) {
+		cl.release()
+		return
+	}
+	cl.consume()
+}
+
+// giveBack puts back the session of a claim just released.
+func (cl *claim) giveBack() {
 	c := cl.c
 	c.unclaimLocal(cl)
 	c.life.released.Add(1)
@@ -181,7 +235,9 @@ func (cl *claim) release() {
 }
 
 // watch arranges for the claim to be settled: by HandshakeComplete on conn,
-// or released claimSettle after the handshake's context ends without it.
+// or claimSettle after the handshake's context ends without it, or, for a
+// claim that still waits then (or has no context to wait for), pendingTTL
+// after it was taken (see expire).
 //
 // The wait for HandshakeComplete is keyed by the connection, so only a
 // connection that is a pointer (see keyable) has one. The claim of a
@@ -196,21 +252,24 @@ func (h *handshake) watch(cl *claim) {
 		c.pending.Store(h.conn, cl)
 	}
 	settle := func() {
-		if keyed && h.resumed.Load() && c.reported.Load() && !connClosed(h.conn) {
+		resumed := cl.state.Load() == claimResumed
+		if keyed && resumed && c.reported.Load() && !connClosed(h.conn) {
 			// The server reports, and has not reported this handshake,
 			// which got as far as resuming the session, yet keeps its
 			// connection: the handshake completed and its report is
 			// late (a loaded server, or net/http's StateActive, which
 			// comes with the client's first request). Released, the
 			// session, used, would resume again: the claim waits for
-			// the report, or for sweepPending. A server closes the
-			// connection of a handshake that failed.
+			// the report, or for sweepPending, which consumes it
+			// (releases it if its connection has closed by then, see
+			// expire). A server closes the connection of a handshake
+			// that failed.
 			return
 		}
 		if keyed && !c.pending.CompareAndDelete(h.conn, cl) {
-			return // settled by HandshakeComplete
+			return // settled by HandshakeComplete, or by sweepPending
 		}
-		if h.resumed.Load() && (!keyed || !c.reported.Load()) {
+		if resumed && (!keyed || !c.reported.Load()) {
 			// HandshakeComplete does not come for this handshake: it got
 			// as far as resuming the session, so it is used.
 			cl.consume()
@@ -219,7 +278,14 @@ func (h *handshake) watch(cl *claim) {
 		cl.release()
 	}
 	if h.ctx == nil || h.ctx.Done() == nil {
-		time.AfterFunc(pendingTTL, cl.release)
+		// Keyed (unwrap takes no claim otherwise): HandshakeComplete, or
+		// pendingTTL (or sweepPending, whichever comes first).
+		conn := h.conn
+		time.AfterFunc(c.cfg.pendingTTL, func() {
+			if c.pending.CompareAndDelete(conn, cl) {
+				cl.expire(conn)
+			}
+		})
 		return
 	}
 	if !keyed {

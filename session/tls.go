@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unique"
 )
@@ -76,8 +75,11 @@ func (c *Cache) Install(cfg *tls.Config) {
 						return err
 					}
 				}
-				if cs.DidResume {
-					h.resumed.Store(true)
+				// The handshake resumes the last session UnwrapSession
+				// returned: the claimed one, unless a stateless ticket
+				// (Mixed) came after a claimed session crypto/tls refused.
+				if cl := h.claim; cs.DidResume && cl != nil && !h.last.ticket && h.last.id == cl.id && !cl.resume() {
+					return errClaimExpired
 				}
 				return nil
 			}
@@ -115,12 +117,11 @@ type handshake struct {
 	conn net.Conn
 	ctx  context.Context
 	last unwrapped // the last session UnwrapSession returned
-	// resumed is set by VerifyConnection when the handshake resumes a
-	// session (SingleUse only).
-	resumed atomic.Bool
-	claim   *claim // the single-use claim this handshake holds, if any
-	tmp     [aes.BlockSize]byte
-	ticket  ticketScratch
+	// claim is the single-use claim this handshake holds, if any;
+	// VerifyConnection marks it when the handshake resumes its session.
+	claim  *claim
+	tmp    [aes.BlockSize]byte
+	ticket ticketScratch
 }
 
 // ticketScratch is room for the binding of a stateless ticket (see
