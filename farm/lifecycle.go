@@ -695,22 +695,24 @@ func (n *Node) refreshLater(batch []item) {
 }
 
 // recutWritten follows a successful store write of batch, for the new
-// sessions a peer may have had before the write landed: on the store's
-// own path in broadcast mode, every one (the bus may bring a session to
-// peers first), and anywhere, those written again after a failed write
-// (the first write may have landed all the same). A peer that resumed or
-// consumed one meanwhile cut it (or retired it) here and in the store,
-// where its cut, written only over a record that is there, or its take,
-// left nothing, and the write then put the session back. Each such
-// session that this node has since heard was retired or cut is deleted,
-// or cut, in the store again, queued behind the write on the same path;
-// and it is remembered, so that a restriction heard from now on is too
-// (recutLate).
-func (n *Node) recutWritten(batch []item) {
+// sessions a peer may have had before the write landed: in broadcast
+// mode, every one if first is set (the bus may have brought them to
+// peers first: the store on a path of its own, a Redis Cluster whose
+// shards take the write and the publish at once, or a combined batch
+// written and published concurrently), and anywhere, those written again
+// after a failed write (the first write may have landed all the same). A
+// peer that resumed or consumed one meanwhile cut it (or retired it) here
+// and in the store, where its cut, written only over a record that is
+// there, or its take, left nothing, and the write then put the session
+// back. Each such session that this node has since heard was retired or
+// cut is deleted, or cut, in the store again, queued behind the write on
+// the same path; and it is remembered, so that a restriction heard from
+// now on is too (recutLate).
+func (n *Node) recutWritten(batch []item, first bool) {
 	if n.written == nil {
 		return
 	}
-	all := n.cfg.Mode == Broadcast && n.sq != nil
+	all := first && n.cfg.Mode == Broadcast
 	now := n.cfg.Now()
 	// Remembered first: a restriction heard from now on is written again
 	// by recutLate, one heard before by the loop below (both, at worst).
@@ -738,8 +740,9 @@ const writtenSize = resumedSize
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id
 // to the store in one of the ways a peer's write may precede: a new
-// session on the store's own path in broadcast mode (peers may have it
-// from the bus first; also one written again after a failed write, whose
+// session in broadcast mode, on the store's own path or on a Redis
+// Cluster (peers may have it from the bus first: see recutWritten; also
+// one written again after a failed write, whose
 // first write may have landed all the same, and been consumed), or a
 // released single-use claim put back (a retirement that crossed the
 // claim deleted nothing). The peer's own write may have reached the
