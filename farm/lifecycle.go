@@ -335,6 +335,7 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
+	old := n.cfg.Now().Sub(sent) > n.cfg.MaxAge
 	for _, c := range cs {
 		if n.pend != nil {
 			// A copy held as received would resume at its full life: a
@@ -344,14 +345,14 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
 			n.retireFromPeer(c.id, sent, n.cfg.Now())
-			n.recutLate(c.id, time.Time{}, time.Time{})
+			n.recutLate(c.id, time.Time{}, time.Time{}, old)
 			continue
 		}
 		n.life.cutsRecv.Add(1)
 		n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
 		n.noteResumed(c.id, n.cfg.Now())
-		n.recutLate(c.id, c.until, time.Time{})
+		n.recutLate(c.id, c.until, time.Time{}, old)
 	}
 }
 
@@ -757,13 +758,23 @@ const writtenSize = resumedSize
 // resumed the session (its child's issue time, on the peer's clock): a
 // resumption later than the write's return by more than MaxSkew cut a
 // record that was there, and costs nothing more.
-func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
+//
+// old says the message was sealed more than MaxAge ago (a bus that kept
+// it through an outage of this node's subscription, which lost nothing
+// and so is no gap, or a subscriber that lagged that far): the write it
+// may have crossed can be one this node no longer remembers, since it
+// remembers a write for MaxAge plus MaxSkew, and a restriction that came
+// first was made no later than MaxSkew after the write. Such a
+// restriction is written again whatever this node remembers: a cut only
+// shortens a record that is there, and a deletion of a retired session
+// is right anywhere. Only late messages pay for it.
+func (n *Node) recutLate(id session.ID, until, resumed time.Time, old bool) {
 	if n.written == nil {
 		return
 	}
 	now := n.cfg.Now()
 	at, ok := n.written.since(id, now)
-	if !ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew)) {
+	if !old && (!ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew))) {
 		return
 	}
 	q := n.storeQueue()
@@ -786,5 +797,5 @@ func (n *Node) recutChild(id, parent session.ID, expires, now time.Time) {
 		return // resumed sessions keep their full Lifetime
 	}
 	at := n.childIssued(id, expires, now)
-	n.recutLate(parent, at.Add(grace), at)
+	n.recutLate(parent, at.Add(grace), at, false)
 }

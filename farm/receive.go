@@ -219,13 +219,13 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
 			n.retireFromPeer(r.parent, sent, now)
-			n.recutLate(r.parent, time.Time{}, r.at)
+			n.recutLate(r.parent, time.Time{}, r.at, true)
 			continue
 		}
 		n.cfg.Cache.Cut(r.parent, until)
 		n.noteRecut(r.parent, until)
 		n.noteResumed(r.parent, now)
-		n.recutLate(r.parent, until, r.at)
+		n.recutLate(r.parent, until, r.at, true)
 	}
 	return nil
 }
