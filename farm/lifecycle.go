@@ -344,15 +344,15 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		}
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
-			n.retireFromPeer(c.id, sent, n.cfg.Now())
-			n.recutLate(c.id, time.Time{}, time.Time{}, old)
+			held := n.retireFromPeer(c.id, sent, n.cfg.Now())
+			n.recutLate(c.id, time.Time{}, time.Time{}, old && held)
 			continue
 		}
 		n.life.cutsRecv.Add(1)
-		n.cfg.Cache.Cut(c.id, c.until)
+		_, held := n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
 		n.noteResumed(c.id, n.cfg.Now())
-		n.recutLate(c.id, c.until, time.Time{}, old)
+		n.recutLate(c.id, c.until, time.Time{}, old && held)
 	}
 }
 
@@ -363,16 +363,18 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 // MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
 // up to the cache's Lifetime) is remembered only if it removed a session
 // here: replayed in bulk, retirements of sessions long gone would push out
-// of the bounded set the ones that still matter.
-func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) {
+// of the bounded set the ones that still matter. It reports whether the
+// cache held the session.
+func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) bool {
 	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
 		n.retired.add(id, now)
-		n.cfg.Cache.Retire(id, session.OriginPeer)
-		return
+		return n.cfg.Cache.Retire(id, session.OriginPeer)
 	}
 	if n.cfg.Cache.Retire(id, session.OriginPeer) {
 		n.retired.add(id, now)
+		return true
 	}
+	return false
 }
 
 // lifecycleEvent queues what a cache event asks of the farm beyond new
@@ -761,13 +763,17 @@ const writtenSize = resumedSize
 //
 // old says the message was sealed more than MaxAge ago (a bus that kept
 // it through an outage of this node's subscription, which lost nothing
-// and so is no gap, or a subscriber that lagged that far): the write it
-// may have crossed can be one this node no longer remembers, since it
-// remembers a write for MaxAge plus MaxSkew, and a restriction that came
-// first was made no later than MaxSkew after the write. Such a
-// restriction is written again whatever this node remembers: a cut only
-// shortens a record that is there, and a deletion of a retired session
-// is right anywhere. Only late messages pay for it.
+// and so is no gap, or a subscriber that lagged that far), and this node
+// held the session when it came: the write it may have crossed can be
+// one this node no longer remembers, since it remembers a write for
+// MaxAge plus MaxSkew, and a restriction that came first was made no
+// later than MaxSkew after the write. Such a restriction is written again
+// whatever this node remembers: a cut only shortens a record that is
+// there, and a deletion of a retired session is right anywhere. Only late
+// messages pay for it, and of those only the ones of sessions this node
+// held (as the writer does: it issued the session, or wrote it from its
+// cache), so that old restrictions replayed in bulk, of sessions long
+// gone, do not fill the store's queue.
 func (n *Node) recutLate(id session.ID, until, resumed time.Time, old bool) {
 	if n.written == nil {
 		return
