@@ -745,8 +745,8 @@ const writtenSize = resumedSize
 // to the store in one of the ways a peer's write may precede: a new
 // session in broadcast mode, on the store's own path or on a Redis
 // Cluster (peers may have it from the bus first: see recutWritten; also
-// one written again after a failed write, whose
-// first write may have landed all the same, and been consumed), or a
+// one written again after a failed write, whose first write may have
+// landed all the same, and been consumed), or a
 // released single-use claim put back (a retirement that crossed the
 // claim deleted nothing). The peer's own write may have reached the
 // store before this node's: finding no record, it changed nothing, and
