@@ -140,7 +140,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 		n.storeOutcome(batch, err)
 	}
 	if err == nil && len(puts) > 0 {
-		n.recutWritten(batch)
+		n.recutWritten(batch, true)
 	}
 	if err != nil {
 		// Also when the write was cancelled by Close: see flush.

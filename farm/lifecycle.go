@@ -335,6 +335,7 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		n.ctr.rejected[rejectBody].Add(1)
 		return
 	}
+	old := n.cfg.Now().Sub(sent) > n.cfg.MaxAge
 	for _, c := range cs {
 		if n.pend != nil {
 			// A copy held as received would resume at its full life: a
@@ -343,15 +344,15 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		}
 		if c.until.IsZero() {
 			n.life.retiresReceived.Add(1)
-			n.retireFromPeer(c.id, sent, n.cfg.Now())
-			n.recutLate(c.id, time.Time{}, time.Time{})
+			held := n.retireFromPeer(c.id, sent, n.cfg.Now())
+			n.recutLate(c.id, time.Time{}, time.Time{}, old && held)
 			continue
 		}
 		n.life.cutsRecv.Add(1)
-		n.cfg.Cache.Cut(c.id, c.until)
+		_, held := n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
 		n.noteResumed(c.id, n.cfg.Now())
-		n.recutLate(c.id, c.until, time.Time{})
+		n.recutLate(c.id, c.until, time.Time{}, old && held)
 	}
 }
 
@@ -362,16 +363,18 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 // MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
 // up to the cache's Lifetime) is remembered only if it removed a session
 // here: replayed in bulk, retirements of sessions long gone would push out
-// of the bounded set the ones that still matter.
-func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) {
+// of the bounded set the ones that still matter. It reports whether the
+// cache held the session.
+func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) bool {
 	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
 		n.retired.add(id, now)
-		n.cfg.Cache.Retire(id, session.OriginPeer)
-		return
+		return n.cfg.Cache.Retire(id, session.OriginPeer)
 	}
 	if n.cfg.Cache.Retire(id, session.OriginPeer) {
 		n.retired.add(id, now)
+		return true
 	}
+	return false
 }
 
 // lifecycleEvent queues what a cache event asks of the farm beyond new
@@ -695,22 +698,24 @@ func (n *Node) refreshLater(batch []item) {
 }
 
 // recutWritten follows a successful store write of batch, for the new
-// sessions a peer may have had before the write landed: on the store's
-// own path in broadcast mode, every one (the bus may bring a session to
-// peers first), and anywhere, those written again after a failed write
-// (the first write may have landed all the same). A peer that resumed or
-// consumed one meanwhile cut it (or retired it) here and in the store,
-// where its cut, written only over a record that is there, or its take,
-// left nothing, and the write then put the session back. Each such
-// session that this node has since heard was retired or cut is deleted,
-// or cut, in the store again, queued behind the write on the same path;
-// and it is remembered, so that a restriction heard from now on is too
-// (recutLate).
-func (n *Node) recutWritten(batch []item) {
+// sessions a peer may have had before the write landed: in broadcast
+// mode, every one if first is set (the bus may have brought them to
+// peers first: the store on a path of its own, a Redis Cluster whose
+// shards take the write and the publish at once, or a combined batch
+// written and published concurrently), and anywhere, those written again
+// after a failed write (the first write may have landed all the same). A
+// peer that resumed or consumed one meanwhile cut it (or retired it) here
+// and in the store, where its cut, written only over a record that is
+// there, or its take, left nothing, and the write then put the session
+// back. Each such session that this node has since heard was retired or
+// cut is deleted, or cut, in the store again, queued behind the write on
+// the same path; and it is remembered, so that a restriction heard from
+// now on is too (recutLate).
+func (n *Node) recutWritten(batch []item, first bool) {
 	if n.written == nil {
 		return
 	}
-	all := n.cfg.Mode == Broadcast && n.sq != nil
+	all := first && n.cfg.Mode == Broadcast
 	now := n.cfg.Now()
 	// Remembered first: a restriction heard from now on is written again
 	// by recutLate, one heard before by the loop below (both, at worst).
@@ -738,9 +743,10 @@ const writtenSize = resumedSize
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id
 // to the store in one of the ways a peer's write may precede: a new
-// session on the store's own path in broadcast mode (peers may have it
-// from the bus first; also one written again after a failed write, whose
-// first write may have landed all the same, and been consumed), or a
+// session in broadcast mode, on the store's own path or on a Redis
+// Cluster (peers may have it from the bus first: see recutWritten; also
+// one written again after a failed write, whose first write may have
+// landed all the same, and been consumed), or a
 // released single-use claim put back (a retirement that crossed the
 // claim deleted nothing). The peer's own write may have reached the
 // store before this node's: finding no record, it changed nothing, and
@@ -754,13 +760,27 @@ const writtenSize = resumedSize
 // resumed the session (its child's issue time, on the peer's clock): a
 // resumption later than the write's return by more than MaxSkew cut a
 // record that was there, and costs nothing more.
-func (n *Node) recutLate(id session.ID, until, resumed time.Time) {
+//
+// old says the message was sealed more than MaxAge ago (a bus that kept
+// it through an outage of this node's subscription, which lost nothing
+// and so is no gap, or a subscriber that lagged that far), and this node
+// held the session when it came: the write it may have crossed can be
+// one this node no longer remembers, since it remembers a write for
+// MaxAge plus MaxSkew, and a restriction that came first was made no
+// later than MaxSkew after the write. Such a restriction is written again
+// whatever this node remembers: a cut only shortens a record that is
+// there, and a deletion of a retired session is right anywhere. Only late
+// messages pay for it, and of those only the ones of sessions this node
+// held (as the writer does: it issued the session, or wrote it from its
+// cache), so that old restrictions replayed in bulk, of sessions long
+// gone, do not fill the store's queue.
+func (n *Node) recutLate(id session.ID, until, resumed time.Time, old bool) {
 	if n.written == nil {
 		return
 	}
 	now := n.cfg.Now()
 	at, ok := n.written.since(id, now)
-	if !ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew)) {
+	if !old && (!ok || !resumed.IsZero() && resumed.After(at.Add(n.cfg.MaxSkew))) {
 		return
 	}
 	q := n.storeQueue()
@@ -783,5 +803,5 @@ func (n *Node) recutChild(id, parent session.ID, expires, now time.Time) {
 		return // resumed sessions keep their full Lifetime
 	}
 	at := n.childIssued(id, expires, now)
-	n.recutLate(parent, at.Add(grace), at)
+	n.recutLate(parent, at.Add(grace), at, false)
 }

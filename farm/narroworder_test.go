@@ -131,6 +131,90 @@ func TestPeersCutBeforeLateWriteHeardAfter(t *testing.T) {
 	}
 }
 
+// TestPeersCutHeardPastWriteMemory is the other order the design left
+// open: as in TestPeersCutBeforeLateWriteHeardAfter, n2's cut of S finds
+// no record in the store before n1's held write of S lands whole, but
+// n2's child, which carries the cut, reaches n1 only after n1 has
+// forgotten that write (MaxAge plus MaxSkew after it returned): n1's bus
+// path stays frozen that long, its subscription never dropped (a bus that
+// delivers late and loses nothing, as a RabbitMQ queue does after an
+// outage, is no gap, and nothing is re-sent). The child is then older
+// than MaxAge: it is taken (a restriction is taken as long as its session
+// may live), and its cut must still reach the store. Past S's grace no
+// node may resume S: not n2, whose cut copy has lapsed, nor n3.
+func TestPeersCutHeardPastWriteMemory(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	const maxAge, maxSkew = 2 * time.Second, 100 * time.Millisecond
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	var proxy *nettest.Proxy
+	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: slowBusStorePaths(t, url, &stores, &proxy),
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held write must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+			c.MaxAge, c.MaxSkew = maxAge, maxSkew
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	g := stores[0]
+	rc := redis.NewClient(mustParseRedis(t, url))
+	defer rc.Close()
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	g.setHeld(true)
+	defer g.setHeld(false)
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n1's store write of S is held", func() bool { return g.waiting.Load() > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+
+	proxy.Freeze()
+	thawed := false
+	defer func() {
+		if !thawed {
+			proxy.Thaw()
+		}
+	}()
+	kids := farmtest.HandshakeSessions(n2.Cache)
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	cutAt := time.Now()
+	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child", func() bool {
+		return len(kids()) > 0 && gatedTTL(t, rc, g.Transport, kids()[0]) > 0
+	})
+
+	g.setHeld(false)
+	farmtest.Eventually(t, 5*time.Second, "n1 wrote S to the store", func() bool {
+		return gatedTTL(t, rc, g.Transport, id) > 0
+	})
+	time.Sleep(100*time.Millisecond + maxAge + maxSkew + 200*time.Millisecond) // n1's write returned, and n1 forgot it
+	proxy.Thaw()
+	thawed = true
+	farmtest.Eventually(t, 5*time.Second, "n1 heard S's child (S's grace is over: n1 retires S)", func() bool {
+		_, ok := lookup(n1.Cache, id)
+		return !ok
+	})
+
+	time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
+	time.Sleep(200 * time.Millisecond) // n1's store path
+	if ttl := gatedTTL(t, rc, g.Transport, id); ttl > 0 {
+		t.Errorf("the store keeps S %v after its grace", ttl.Round(time.Second))
+	}
+	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n2 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+}
+
 // TestLazyPeersIssuerKeepsGraceCut: with LazyPeers, n1 issues S (its cache
 // holds S, from the handshake) and the client resumes S on n2. n2's child
 // carries S's grace cut; n1 keeps no received copy of S to drop, but its

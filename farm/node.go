@@ -31,6 +31,11 @@ type Node struct {
 	written  *negCache // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log      *slog.Logger
 
+	// publishFirst: the combined path's one round trip may deliver its
+	// messages before its records are written (a Redis Cluster: see
+	// transport.UnorderedBatcher), as a store on a path of its own may.
+	publishFirst bool
+
 	// cutAge and revokeAge are the oldest cut (msgCut, and the parents'
 	// cuts msgSessions imply) and revocation accepted from the bus: see
 	// maxAgeFor.
@@ -214,6 +219,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		if !n.combined() {
 			n.sq = newQueue(cfg.QueueSize)
+		} else if u, ok := cfg.Bus.(transport.UnorderedBatcher); ok {
+			n.publishFirst = u.MayPublishFirst()
 		}
 		n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
 	}

@@ -200,11 +200,16 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	var storeErr, pubErr error
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
+	// Whether the bus may bring the batch's new sessions to peers before
+	// the store has them (see recutWritten): only the one round trip of
+	// an ordered Batcher writes first.
+	first := true
 	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = n.putAndPublish(bctx, b, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
+		first = n.publishFirst
 	} else {
 		var wg sync.WaitGroup
 		if stored {
@@ -237,7 +242,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		n.storeWritten(ctx, len(puts), storeErr)
 		ok = storeErr == nil
 		if ok && len(puts) > 0 && n.sq == nil {
-			n.recutWritten(batch)
+			n.recutWritten(batch, first)
 		}
 	}
 	if len(msgs) > 0 {

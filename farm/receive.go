@@ -218,14 +218,14 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 		if !until.After(now) {
 			// Its grace is over everywhere: a later copy must not
 			// bring it back.
-			n.retireFromPeer(r.parent, sent, now)
-			n.recutLate(r.parent, time.Time{}, r.at)
+			held := n.retireFromPeer(r.parent, sent, now)
+			n.recutLate(r.parent, time.Time{}, r.at, held)
 			continue
 		}
-		n.cfg.Cache.Cut(r.parent, until)
+		_, held := n.cfg.Cache.Cut(r.parent, until)
 		n.noteRecut(r.parent, until)
 		n.noteResumed(r.parent, now)
-		n.recutLate(r.parent, until, r.at)
+		n.recutLate(r.parent, until, r.at, held)
 	}
 	return nil
 }

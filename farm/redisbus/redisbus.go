@@ -974,6 +974,12 @@ func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, d
 	return t.failed(t.redoCuts(ctx, cmds, err, cuts))
 }
 
+// MayPublishFirst implements transport.UnorderedBatcher: on a cluster,
+// PutAndPublish sends each shard its commands at once, so a peer may hear
+// a message from the channel's shard before a record it names is written
+// on its own shard. On one server, a pipeline runs in order.
+func (t *Transport) MayPublishFirst() bool { return t.cluster }
+
 // GetRecord implements transport.RecordStore.
 func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	return t.get(ctx, t.RecordKey(key))
@@ -1408,10 +1414,11 @@ func (t *Transport) failed(err error) error {
 }
 
 var (
-	_ transport.Pinger  = (*Transport)(nil)
-	_ transport.Bus     = (*Transport)(nil)
-	_ transport.Store   = (*Transport)(nil)
-	_ transport.Batcher = (*Transport)(nil)
+	_ transport.Pinger           = (*Transport)(nil)
+	_ transport.Bus              = (*Transport)(nil)
+	_ transport.Store            = (*Transport)(nil)
+	_ transport.Batcher          = (*Transport)(nil)
+	_ transport.UnorderedBatcher = (*Transport)(nil)
 
 	_ transport.RecordTaker   = (*Transport)(nil)
 	_ transport.RecordSwapper = (*Transport)(nil)

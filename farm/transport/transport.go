@@ -1,7 +1,7 @@
 // Package transport defines what the farm needs from the systems that carry
 // its messages and hold its records: a Bus, a RecordStore and a Coordinator,
 // and the optional interfaces a transport may also implement (Batcher,
-// RecordTaker, RecordSwapper, RecordGetter, SetVersioner, Pinger,
+// UnorderedBatcher, RecordTaker, RecordSwapper, RecordGetter, SetVersioner, Pinger,
 // MessageLimiter, MessageKeeper). A Store is a RecordStore and a Coordinator in one value, as
 // Redis and NATS provide.
 //
@@ -170,6 +170,22 @@ type Batcher interface {
 	// does), then publishes msgs (as Bus.Publish does), in one batch. It
 	// fails as a whole.
 	PutAndPublish(ctx context.Context, items []Item, dels []string, msgs [][]byte) error
+}
+
+// An UnorderedBatcher is a Batcher whose PutAndPublish may deliver its
+// messages to peers before its records are written: a Redis Cluster sends
+// each shard its part of the batch at once, and a record rarely lies on
+// the shard of the farm's channel. MayPublishFirst reports whether it may.
+// A Batcher that is not an UnorderedBatcher, or whose MayPublishFirst
+// returns false, applies its writes before its messages can be heard (one
+// server, one connection, in order). A peer may then resume a new session
+// before the store has it, and its grace cut, or its retirement, find no
+// record: the farm remembers the new sessions it writes through such a
+// Batcher, and writes again the restrictions it hears of them (as it does
+// with a store on a path of its own).
+type UnorderedBatcher interface {
+	Batcher
+	MayPublishFirst() bool
 }
 
 // A RecordTaker is a RecordStore that can consume a record atomically. The
