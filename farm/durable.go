@@ -61,7 +61,15 @@ type revocations struct {
 	wake    chan struct{}
 	applied uint64
 	retries uint64
-	file    revFile // Config.RevocationFile's
+	file    revFile    // Config.RevocationFile's
+	idle    *sync.Cond // on mu: a journal write ended (revFile.writing)
+	// syncs counts the writes to Config.RevocationFile and its journal
+	// (appends and rewrites), each one fsync or more, for the tests and
+	// benchmarks.
+	syncs uint64
+	// writeHook, if set, is called before each journal write, n.revs.mu
+	// not held (the tests hold a write up, or slow it down).
+	writeHook func()
 }
 
 func (r *revocations) signal() {
@@ -72,15 +80,18 @@ func (r *revocations) signal() {
 }
 
 // add queues a revocation of rev (with stored session id, if known) and
-// returns its done channel.
-func (n *Node) addRevocation(id session.ID, rev revocation) <-chan struct{} {
+// returns its done channel, once the revocation is durable in
+// Config.RevocationFile, if set (persistAddLocked); the error is why it
+// is not (it is logged once, and the revocation stays in memory and is
+// retried).
+func (n *Node) addRevocation(id session.ID, rev revocation) (<-chan struct{}, error) {
 	r := &n.revs
 	r.mu.Lock()
 	p := n.addRevocationLocked(id, rev)
-	n.persistAddLocked(id, rev)
+	err := n.persistAddLocked(id, rev)
 	r.mu.Unlock()
 	r.signal()
-	return p.done
+	return p.done, err
 }
 
 // addRevocationLocked is addRevocation without writing the file or waking
@@ -143,7 +154,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
 		// Tombstone locally (nothing cached, so no REMOVE event).
 		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-		done = n.addRevocation(id, rev)
+		done, _ = n.addRevocation(id, rev)
 	}
 	if done == nil {
 		return RevokeApplied, nil
@@ -373,7 +384,10 @@ const revocationFileContext = "pending-revocations"
 // the pending revocations journal beside it (revJournalSuffix after it):
 // each revocation added, before RevokeSession returns, and the chains
 // applied farm-wide, each append one write and one fsync, so that adding
-// a revocation to N pending costs a frame, not a rewrite of N. The file
+// a revocation to N pending costs a frame, not a rewrite of N. Appends
+// are grouped (journalRevocationsLocked): the records added while one
+// write is in flight go in the next, one write and one fsync for all of
+// them, and each caller waits for the write that holds its own. The file
 // is rewritten, and the journal removed, by Join (loadRevocations), by
 // Close, when an append fails, and once the journal holds more than
 // revJournalBound records for the pending revocations; both are removed
@@ -417,7 +431,8 @@ func revJournalBound(live int) int { return 2*live + revJournalSlack }
 func revJournalPath(path string) string { return path + revJournalSuffix }
 
 // revFile is the state of Config.RevocationFile and its journal
-// (revocations.file); n.revs.mu is held.
+// (revocations.file); n.revs.mu is held. While writing, the journal (and
+// the files) are the writer's alone: the others wait (waitIdleLocked).
 type revFile struct {
 	hash    [sha256.Size]byte // the file's, as the journal names it; zeros: none
 	onDisk  bool              // a file or journal may be there
@@ -425,31 +440,70 @@ type revFile struct {
 	recs    int               // records appended to the journal
 	compact bool              // the next write rewrites the file
 	failed  bool              // the last write failed, and said so
+	writing bool              // a journal write is in flight, n.revs.mu released
+	next    *revBatch         // the records waiting for the next write; nil: none
+}
+
+// A revBatch is the journal frames that wait for the same write: those
+// queued while the write before was in flight.
+type revBatch struct {
+	bodies [][]byte // a frame's body each
+	recs   int      // the records they hold
+	done   bool     // written, or made moot by a rewrite or a removal
+	err    error    // why neither the write nor the rewrite after it took them
+}
+
+// waitIdleLocked waits until no journal write is in flight (n.revs.mu is
+// held, and released while it waits).
+func (r *revocations) waitIdleLocked() {
+	for r.file.writing {
+		r.idleCond().Wait()
+	}
+}
+
+// idleCond returns r.idle, made on first use (r.mu is held).
+func (r *revocations) idleCond() *sync.Cond {
+	if r.idle == nil {
+		r.idle = sync.NewCond(&r.mu)
+	}
+	return r.idle
+}
+
+// finishNextLocked ends the batch waiting for the next write, if any,
+// with err: a rewrite (err nil) or a removal made it moot.
+func (f *revFile) finishNextLocked(err error) {
+	if f.next != nil {
+		f.next.done, f.next.err = true, err
+		f.next = nil
+	}
 }
 
 // persistAddLocked makes the revocation rev (with stored session id, if
 // known), just added, durable in Config.RevocationFile, if set, before
 // the caller reports it: appended to the journal and fsynced, or the file
-// rewritten (n.revs.mu is held).
-func (n *Node) persistAddLocked(id session.ID, rev revocation) {
+// rewritten (n.revs.mu is held, and released while it waits). It returns
+// why neither was done.
+func (n *Node) persistAddLocked(id session.ID, rev revocation) error {
 	if n.cfg.RevocationFile == "" {
-		return
+		return nil
 	}
 	var ids []session.ID
 	if id != (session.ID{}) {
 		ids = []session.ID{id}
 	}
-	n.journalRevocationsLocked(appendRevRecord([]byte{revJournalVersion}, revRecAdd, rev, ids), 1)
+	return n.journalRevocationsLocked(appendRevRecord([]byte{revJournalVersion}, revRecAdd, rev, ids), 1)
 }
 
 // persistDoneLocked records in Config.RevocationFile, if set, that the
 // chains done are applied farm-wide and no longer pending: it removes the
 // file and journal if nothing is pending, else appends to the journal (a
-// crash before that only applies them once more). n.revs.mu is held.
+// crash before that only applies them once more). n.revs.mu is held, and
+// released while it waits.
 func (n *Node) persistDoneLocked(done []uint64) {
 	if n.cfg.RevocationFile == "" || len(done) == 0 {
 		return
 	}
+	n.revs.waitIdleLocked()
 	if len(n.revs.pending) == 0 {
 		n.removeRevocationFilesLocked()
 		return
@@ -463,44 +517,106 @@ func (n *Node) persistDoneLocked(done []uint64) {
 }
 
 // journalRevocationsLocked appends a frame of body (recs records) to the
-// journal, creating it if need be, or rewrites the file instead
-// (compactRevocationsLocked) when one is due or the append fails.
-func (n *Node) journalRevocationsLocked(body []byte, recs int) {
-	f := &n.revs.file
-	if !f.compact && f.recs+recs <= revJournalBound(len(n.revs.pending)) {
-		var buf []byte
-		if f.journal == nil {
-			f.recs = 0
-			buf = n.appendFrame(buf, append([]byte{revJournalVersion}, f.hash[:]...), revJournalContext)
-		}
-		buf = n.appendFrame(buf, body, revJournalContext)
-		err := writeJournal(&f.journal, revJournalPath(n.cfg.RevocationFile), buf)
-		if err == nil {
-			f.recs += recs
-			f.onDisk, f.failed = true, false
-			return
-		}
-		f.compact = true
-		if !f.failed {
-			n.log.Warn("farm: cannot append to the pending revocations journal; rewriting the pending revocations file", "err", err)
-		}
+// journal, creating it if need be, or has the file rewritten instead
+// (compactRevocationsLocked) when one is due or the append fails, and
+// returns once that is done, with why neither was. n.revs.mu is held, and
+// released while it waits.
+//
+// The frames queued while a write is in flight go in the next one, one
+// write and one fsync for all of them (group commit): the first caller to
+// find no write in flight writes the batch (writeBatchLocked), and the
+// others wait for it. Each caller returns only once the write, or the
+// rewrite, that holds its own record has ended, with its outcome.
+func (n *Node) journalRevocationsLocked(body []byte, recs int) error {
+	r := &n.revs
+	f := &r.file
+	if f.next == nil {
+		f.next = &revBatch{}
 	}
-	n.compactRevocationsLocked()
+	b := f.next
+	b.bodies = append(b.bodies, body)
+	b.recs += recs
+	for !b.done {
+		if f.writing {
+			r.idleCond().Wait()
+			continue
+		}
+		n.writeBatchLocked() // b is f.next: the write before it ended
+	}
+	return b.err
+}
+
+// writeBatchLocked writes the batch waiting (f.next) to the journal, in
+// one write and one fsync, n.revs.mu released meanwhile, or rewrites the
+// file instead when one is due or the write fails (a frame cut short
+// there ends what the journal gives back: the journal is not appended to
+// again). It ends the batch with the outcome. n.revs.mu is held and no
+// write is in flight.
+func (n *Node) writeBatchLocked() {
+	r := &n.revs
+	f := &r.file
+	b := f.next
+	if f.compact || f.recs+b.recs > revJournalBound(len(r.pending)) {
+		if err := n.compactRevocationsLocked(); err != nil {
+			f.finishNextLocked(err) // a success ended it
+		}
+		return
+	}
+	f.next = nil
+	var first []byte // the journal's first frame's body, if it is new
+	if f.journal == nil {
+		f.recs = 0
+		first = append([]byte{revJournalVersion}, f.hash[:]...)
+	}
+	jf, path, hook := f.journal, revJournalPath(n.cfg.RevocationFile), r.writeHook
+	f.writing = true
+	r.syncs++
+	r.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	var buf []byte
+	if first != nil {
+		buf = n.appendFrame(buf, first, revJournalContext)
+	}
+	for _, body := range b.bodies {
+		buf = n.appendFrame(buf, body, revJournalContext)
+	}
+	err := writeJournal(&jf, path, buf)
+	r.mu.Lock()
+	f.journal, f.writing = jf, false
+	r.idleCond().Broadcast()
+	if err == nil {
+		f.recs += b.recs
+		f.onDisk, f.failed = true, false
+		b.done = true
+		return
+	}
+	f.compact = true
+	if !f.failed {
+		n.log.Warn("farm: cannot append to the pending revocations journal; rewriting the pending revocations file", "err", err)
+	}
+	// The rewrite holds b's records, which are in memory, and those
+	// queued since.
+	b.err = n.compactRevocationsLocked()
+	b.done = true
 }
 
 // compactRevocationsLocked writes the pending revocations to
 // Config.RevocationFile, if set, whole (sealed with the farm secret), and
-// removes the journal; or removes both if none is pending. n.revs.mu is
-// held.
-func (n *Node) compactRevocationsLocked() {
+// removes the journal; or removes both if none is pending. Either holds
+// what the batch waiting for a journal write (f.next) would add, which it
+// ends. It returns why the file was not written. n.revs.mu is held, and
+// released while it waits for a journal write in flight to end.
+func (n *Node) compactRevocationsLocked() error {
 	path := n.cfg.RevocationFile
 	if path == "" {
-		return
+		return nil
 	}
+	n.revs.waitIdleLocked()
 	f := &n.revs.file
 	if len(n.revs.pending) == 0 {
-		n.removeRevocationFilesLocked()
-		return
+		return n.removeRevocationFilesLocked()
 	}
 	var body []byte
 	for _, p := range n.revs.pending {
@@ -508,12 +624,13 @@ func (n *Node) compactRevocationsLocked() {
 	}
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	sealed := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
+	n.revs.syncs++
 	if err := writeFileAtomic(path, sealed); err != nil {
 		if !f.failed {
 			n.log.Warn("farm: cannot persist pending revocations; they stay in memory and are retried", "err", err)
 		}
 		f.failed, f.compact = true, true
-		return
+		return err
 	}
 	// The journal now names another file: should its removal fail, or a
 	// crash come first, the next Join ignores it.
@@ -523,15 +640,21 @@ func (n *Node) compactRevocationsLocked() {
 	}
 	f.hash, f.onDisk, f.recs = sha256.Sum256(sealed), true, 0
 	f.compact, f.failed = false, false
+	f.finishNextLocked(nil)
+	return nil
 }
 
 // removeRevocationFilesLocked removes Config.RevocationFile and its
 // journal, the journal first: a file left alone holds only revocations
-// applied already, which a Join applies once more. n.revs.mu is held.
-func (n *Node) removeRevocationFilesLocked() {
+// applied already, which a Join applies once more. None is pending, so
+// the batch waiting for a journal write, if any, is moot: it ends. It
+// returns why a file was not removed. n.revs.mu is held, and no journal
+// write is in flight.
+func (n *Node) removeRevocationFilesLocked() error {
 	f := &n.revs.file
 	if !f.onDisk && !f.compact {
-		return
+		f.finishNextLocked(nil)
+		return nil
 	}
 	closeJournalFile(&f.journal)
 	path := n.cfg.RevocationFile
@@ -543,10 +666,12 @@ func (n *Node) removeRevocationFilesLocked() {
 			// The next write rewrites the file, which a new journal
 			// then names.
 			f.failed, f.compact = true, true
-			return
+			return err
 		}
 	}
+	f.finishNextLocked(nil)
 	*f = revFile{}
+	return nil
 }
 
 // closeRevocations leaves Config.RevocationFile, if set, whole and its
@@ -559,6 +684,7 @@ func (n *Node) closeRevocations() {
 	r := &n.revs
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.waitIdleLocked()
 	if r.file.journal != nil || r.file.recs > 0 || r.file.compact {
 		n.compactRevocationsLocked()
 	}

@@ -151,3 +151,12 @@ func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
 	hdr := header{typ: valTombstone, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	return n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{{chain: chain, until: until}}), nil)
 }
+
+// SlowRevocationJournal makes each write to the pending revocations
+// journal take d longer (before it is written), so that a test's kill
+// finds revocations waiting for one.
+func (n *Node) SlowRevocationJournal(d time.Duration) {
+	n.revs.mu.Lock()
+	n.revs.writeHook = func() { time.Sleep(d) }
+	n.revs.mu.Unlock()
+}
