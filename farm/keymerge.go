@@ -261,6 +261,32 @@ func aged(k keySet, now time.Time, interval time.Duration, keep int) (keySet, bo
 	return k, true
 }
 
+// withoutLapsed returns mine less the previous keys that the rotations due
+// since mine.Rotated (at now, by the store's clock), one per interval,
+// would have dropped: keys that stopped encrypting in the farm's line
+// before this node last took a set, and that the farm retired on schedule
+// while the node could not see it (cut off from the store and the bus). A
+// merge must not bring them back: a ticket under one was refused by the
+// farm already. The current key stays, whatever its age: the node
+// encrypted with it until now. Merged keys the ring may hold beyond keep
+// are counted as kept as long as any key (so none goes early).
+func withoutLapsed(mine ticket.State, now time.Time, interval time.Duration, keep int) ticket.State {
+	age := now.Sub(mine.Rotated)
+	if interval <= 0 || age < interval || len(mine.Previous) == 0 {
+		return mine
+	}
+	kept := max(keep, len(mine.Previous))
+	if j := age / interval; j < time.Duration(kept) {
+		kept -= int(j)
+	} else {
+		kept = 0
+	}
+	if kept < len(mine.Previous) {
+		mine.Previous = mine.Previous[:kept:kept]
+	}
+	return mine
+}
+
 func holds(s ticket.State, key ticket.Key) bool {
 	if key == s.Current || key == s.Next {
 		return true

@@ -43,13 +43,15 @@ type Node struct {
 
 	busProbe, storeProbe *probe // nil: not a Pinger
 
-	unhook    func()
-	leave     func() // leaves the cache's farm (session.Cache.Join), if joined
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	heal      chan struct{}
-	closeOnce sync.Once
-	stopWatch atomic.Pointer[func() bool] // stops Join's context from closing the node
+	unhook func()
+	leave  func() // leaves the cache's farm (session.Cache.Join), if joined
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	heal   chan struct{}
+	// strikeRenew asks primeStrikes to renew the strike register.
+	strikeRenew chan struct{}
+	closeOnce   sync.Once
+	stopWatch   atomic.Pointer[func() bool] // stops Join's context from closing the node
 
 	// The publishers (drain) have a context and a wait group of their
 	// own: Close first lets them empty their queues (closing), and
@@ -180,6 +182,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	n.cutAge = max(cc.Lifetime+cfg.MaxSkew, cfg.MaxAge)
 	n.revokeAge = max(cc.MaxChainLifetime+cfg.MaxSkew, cfg.MaxAge)
 	n.revs.wake = make(chan struct{}, 1)
+	n.strikeRenew = make(chan struct{}, 1)
 	n.recon.wake = make(chan struct{}, 1)
 	n.rs.ask, n.rs.send = make(chan struct{}, 1), make(chan struct{}, 1)
 	n.busFirst = make(chan struct{})

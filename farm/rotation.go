@@ -434,7 +434,16 @@ func (r *Rotator) openKeySet(raw []byte) (keySet, error) {
 // merged with this node's set mine, then applies and announces it.
 func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine ticket.State) {
 	// The merged set goes on with the farm's schedule (this node's may
-	// differ, as in a rolling change of the interval): see merge.
+	// differ, as in a rolling change of the interval): see merge. Keys of
+	// this node's that the farm retired on that schedule while the node
+	// missed its rotations stay retired.
+	now, err := r.n.cfg.Coord.Time(ctx)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	interval, keep := ks.schedule(r.cfg.Interval, r.cfg.Keep)
+	mine = withoutLapsed(mine, now, interval, keep)
 	merged := merge(ks, mine, r.cfg.Interval, r.cfg.Keep)
 	body, err := merged.bytes()
 	if err != nil {

@@ -140,7 +140,14 @@ func (n *Node) strike(ctx context.Context, identity []byte, issued time.Time, tt
 		group := onceKeyPrefix + hex.EncodeToString(h[:1])
 		it := transport.Item{Key: hex.EncodeToString(h), Value: []byte{1}, TTL: max(ttl, time.Millisecond)}
 		fresh, err := s.StrikeRecord(ctx, group, it, since, markerTTL(ttl))
-		if errors.Is(err, transport.ErrRegisterNewer) {
+		switch {
+		case errors.Is(err, transport.ErrRegisterUnknown):
+			// The store may have lost strikes and kept the
+			// markers (it came back from older data): refused,
+			// until the register begins anew (see primeStrikes).
+			n.renewStrikesSoon()
+			return false, ErrStoreLost
+		case errors.Is(err, transport.ErrRegisterNewer):
 			return false, ErrStoreLost
 		}
 		return fresh, err
@@ -226,7 +233,11 @@ func (n *Node) strikeRegisterBegun(ctx context.Context, ttl time.Duration) (time
 // carry early data from their first use: a marker written only by the first
 // strike of its group would refuse every ticket issued before it. Writing
 // a missing marker is always safe: the register it describes does begin
-// then. It tries until it has written them all or the node closes.
+// then. It tries until it has written them all or the node closes. Then, until
+// the node closes, it renews the register whenever a strike finds that
+// the store cannot tell whether it is whole (transport.ErrRegisterUnknown:
+// the store came back from older data, or failed over), trying until it
+// has.
 func (n *Node) primeStrikes(ctx context.Context) {
 	defer n.wg.Done()
 	for wait := time.Duration(0); ; wait = min(max(2*wait, time.Second), time.Minute) {
@@ -236,9 +247,61 @@ func (n *Node) primeStrikes(ctx context.Context) {
 		case <-time.After(wait):
 		}
 		if n.primeStrikesOnce(ctx) == nil {
-			return
+			break
 		}
 	}
+	// A strike that asked for a renewal meanwhile found the script
+	// missing before priming found it there, or renewed: the register
+	// is whole. A strike that finds it missing later asks again.
+	select {
+	case <-n.strikeRenew:
+	default:
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.strikeRenew:
+		}
+		for wait := time.Duration(0); ; wait = min(max(2*wait, 100*time.Millisecond), 10*time.Second) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			if n.renewStrikes(ctx) == nil {
+				n.log.Warn("farm: the store could not tell whether the 0-RTT strike register is whole (it restarted, perhaps from older data, failed over, or lost its scripts); the register began anew: tickets issued before get no early data")
+				break
+			}
+		}
+	}
+}
+
+// renewStrikesSoon asks primeStrikes to renew the strike register.
+func (n *Node) renewStrikesSoon() {
+	select {
+	case n.strikeRenew <- struct{}{}:
+	default:
+	}
+}
+
+// renewStrikes makes every group's strike register begin now, within
+// Config.OpTimeout, where the store needs it (see
+// transport.RegisterRenewer). Every ticket issued before then (less
+// Config.MaxSkew) is refused early data from then on, as after a store
+// that restarted empty.
+func (n *Node) renewStrikes(ctx context.Context) error {
+	r, ok := n.cfg.Records.(transport.RegisterRenewer)
+	if !ok {
+		return nil
+	}
+	groups := make([]string, strikeGroups)
+	for g := range groups {
+		groups[g] = onceKeyPrefix + hex.EncodeToString([]byte{byte(g)})
+	}
+	tctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	return r.RenewRegister(tctx, groups, strikeMarkerTTL)
 }
 
 // primeStrikesOnce writes the strike register's missing markers, each
@@ -258,6 +321,13 @@ func (n *Node) primeStrikesOnce(ctx context.Context) error {
 		group := onceKeyPrefix + hex.EncodeToString([]byte{byte(g)})
 		_, err := s.StrikeRecord(tctx, group, transport.Item{}, time.Time{}, strikeMarkerTTL)
 		cancel()
+		if errors.Is(err, transport.ErrRegisterUnknown) {
+			// A new farm, a new version, or a store that came back
+			// from older data: every group begins anew.
+			if err = n.renewStrikes(ctx); err == nil {
+				n.log.Info("farm: the 0-RTT strike register began anew (a new farm or version, or a store that restarted, failed over or lost its scripts)")
+			}
+		}
 		if err != nil {
 			return err
 		}

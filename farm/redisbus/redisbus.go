@@ -105,7 +105,9 @@ type Transport struct {
 	marker   string   // subscribed by every node that hears per-sender channels
 	patterns []string // match every other node's channel, not mine
 	shared   atomic.Bool
-	refused  atomic.Bool // Redis refused the marker or the patterns (ACLs)
+	refused  atomic.Bool   // Redis refused the marker or the patterns (ACLs)
+	strike   *redis.Script // the farm's strike script (see strikeScript)
+	strikes  sync.Map      // in a cluster, each group's, by its marker key
 
 	// HealthInterval is how long a subscription may be silent before it is
 	// pinged; a ping unanswered for as long again means the connection is
@@ -375,6 +377,9 @@ func New(c redis.UniversalClient, farmName string) (*Transport, error) {
 	prefix := "tlsfarm:{" + farmName + "}:"
 	t := &Transport{c: c, cluster: cluster, prefix: prefix, records: "tlsfarm:" + farmName + ":",
 		channel: prefix + "bus", HealthInterval: 5 * time.Second, VersionCheckInterval: time.Second}
+	if !cluster {
+		t.strike = newStrikeScript(t.records)
+	}
 	t.id = newID()
 	t.mine = t.channel + ":" + t.id
 	t.marker = t.channel + ":v2"
@@ -1181,12 +1186,26 @@ func (t *Transport) SwapRecord(ctx context.Context, it transport.Item) ([]byte, 
 	return b, t.failed(err)
 }
 
-// strikeScript is StrikeRecord: KEYS[1] is the group's marker, KEYS[2] the
-// strike; ARGV: since (Unix ms), the value, the TTL (ms), the marker's TTL
-// (ms), and "1" if there is a strike to write. A marker that is missing or
-// not a finite number is written with the server's clock (tonumber takes
-// "nan" and "inf", and a NaN is after no time: it would refuse nothing).
-var strikeScript = redis.NewScript(`
+// strikeSource is StrikeRecord's script: KEYS[1] is the group's marker,
+// KEYS[2] the strike; ARGV: since (Unix ms), the value, the TTL (ms), the
+// marker's TTL (ms), "1" if there is a strike to write, and "1" to renew
+// the register instead (RenewRegister): then every key is a marker, each
+// written with the server's clock (unless it is a finite time later than
+// that), and nothing is struck. A marker that is missing or not a finite
+// number is written with the server's clock (tonumber takes "nan" and
+// "inf", and a NaN is after no time: it would refuse nothing).
+const strikeSource = `
+if ARGV[6] == '1' then
+  local now = redis.call('TIME')
+  local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+  for i = 1, #KEYS do
+    local begun = tonumber(redis.call('GET', KEYS[i]) or '')
+    if not (begun and begun == begun and begun ~= math.huge and begun > tonumber(ms)) then
+      redis.call('SET', KEYS[i], ms, 'PX', ARGV[4])
+    end
+  end
+  return 0
+end
 local begun = tonumber(redis.call('GET', KEYS[1]) or '')
 if begun and (begun ~= begun or begun == math.huge or begun == -math.huge) then
   begun = nil
@@ -1203,13 +1222,49 @@ if ARGV[5] ~= '1' then return 0 end
 if begun > tonumber(ARGV[1]) then return -1 end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
 return 0
-`)
+`
+
+// strikeScript returns the strike script of the group whose marker is
+// marker: strikeSource under a first line naming this farm's register
+// (see StrikeRecord), and, in a cluster, the group too.
+func (t *Transport) strikeScript(marker string) *redis.Script {
+	if !t.cluster {
+		return t.strike
+	}
+	if s, ok := t.strikes.Load(marker); ok {
+		return s.(*redis.Script)
+	}
+	s, _ := t.strikes.LoadOrStore(marker, newStrikeScript(marker))
+	return s.(*redis.Script)
+}
+
+// newStrikeScript returns strikeSource under a first line naming name.
+func newStrikeScript(name string) *redis.Script {
+	return redis.NewScript("-- tlsfarm strike register " + hex.EncodeToString([]byte(name)) + strikeSource)
+}
+
+// isNoScript reports whether err is Redis's answer to EVALSHA of a script
+// it does not hold.
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
 
 // StrikeRecord implements transport.Striker with a Lua script, one round
 // trip. The group's marker is "tlsfarm:<farm>:{<group>}", holding the Unix
 // time in milliseconds (by the server's clock) at which the group's
 // register began; its records are "tlsfarm:<farm>:{<group>}:<key>", in the
 // marker's slot.
+//
+// A server can lose strikes and keep the markers: one that restarts from
+// persisted data older than its last writes (an RDB snapshot, an AOF not
+// synced at every write, a restore from backup) has the old markers back
+// and not the strikes made since. Its script cache, though, is never
+// persisted. The farm's strike script (each group's, in a cluster) runs
+// by EVALSHA only, and gets into a server's cache only by RenewRegister,
+// in the same atomic step that makes the registers it covers begin anew.
+// So the script in the cache means the markers were renewed since the
+// server last lost its scripts; a server without it answers NOSCRIPT, and
+// StrikeRecord returns transport.ErrRegisterUnknown.
 func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport.Item, since time.Time, markerTTL time.Duration) (bool, error) {
 	marker := t.RecordKey(group)
 	write := "0"
@@ -1217,11 +1272,15 @@ func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport
 		write = "1"
 	}
 	keys := []string{marker, marker + ":" + it.Key}
-	args := []any{since.UnixMilli(), it.Value, max(it.TTL.Milliseconds(), 1), max(markerTTL.Milliseconds(), 1), write}
+	args := []any{since.UnixMilli(), it.Value, max(it.TTL.Milliseconds(), 1), max(markerTTL.Milliseconds(), 1), write, "0"}
+	sc := t.strikeScript(marker)
 	if t.WaitReplicas > 0 && write == "1" {
-		return t.strikeWait(ctx, keys, args)
+		return t.strikeWait(ctx, sc, keys, args)
 	}
-	n, err := strikeScript.Run(ctx, t.c, keys, args...).Int()
+	n, err := sc.EvalSha(ctx, t.c, keys, args...).Int()
+	if isNoScript(err) {
+		return false, transport.ErrRegisterUnknown
+	}
 	if err != nil {
 		return false, t.failed(err)
 	}
@@ -1231,13 +1290,40 @@ func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport
 	return n == 1, nil
 }
 
-// strikeWait is StrikeRecord with WAIT: the script (sent whole, so that a
-// server that lost its script cache still runs it) and WAIT in one
-// pipeline, on the master of the strike's slot. A strike written but not
+// RenewRegister implements transport.RegisterRenewer: the strike script
+// (see StrikeRecord), sent whole, renews the markers of groups, so that the
+// server holds the script from then on. One command for every group on a
+// single server; in a cluster, one for each group (each has a script of
+// its own: a script's keys must lie in one slot), in one pipeline.
+func (t *Transport) RenewRegister(ctx context.Context, groups []string, markerTTL time.Duration) error {
+	args := []any{0, "", 1, max(markerTTL.Milliseconds(), 1), "0", "1"}
+	if !t.cluster {
+		markers := make([]string, len(groups))
+		for i, g := range groups {
+			markers[i] = t.RecordKey(g)
+		}
+		return t.failed(t.strikeScript("").Eval(ctx, t.c, markers, args...).Err())
+	}
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, g := range groups {
+			m := t.RecordKey(g)
+			t.strikeScript(m).Eval(ctx, p, []string{m}, args...)
+		}
+		return nil
+	})
+	return t.failed(err)
+}
+
+// strikeWait is StrikeRecord with WAIT: the script (by EVALSHA, see
+// StrikeRecord) and WAIT in one pipeline, on the master of the strike's
+// slot. A strike written but not
 // acknowledged by enough replicas is an error (ErrNotReplicated) with false.
-func (t *Transport) strikeWait(ctx context.Context, keys []string, args []any) (bool, error) {
+func (t *Transport) strikeWait(ctx context.Context, sc *redis.Script, keys []string, args []any) (bool, error) {
 	var run *redis.Cmd
-	wait, err := t.waitAfter(ctx, keys[1], func(p redis.Pipeliner) { run = strikeScript.Eval(ctx, p, keys, args...) })
+	wait, err := t.waitAfter(ctx, keys[1], func(p redis.Pipeliner) { run = sc.EvalSha(ctx, p, keys, args...) })
+	if isNoScript(err) {
+		return false, transport.ErrRegisterUnknown
+	}
 	if err != nil {
 		return false, t.failed(err)
 	}
@@ -1420,9 +1506,10 @@ var (
 	_ transport.Batcher          = (*Transport)(nil)
 	_ transport.UnorderedBatcher = (*Transport)(nil)
 
-	_ transport.RecordTaker   = (*Transport)(nil)
-	_ transport.RecordSwapper = (*Transport)(nil)
-	_ transport.RecordGetter  = (*Transport)(nil)
-	_ transport.Striker       = (*Transport)(nil)
-	_ transport.SetVersioner  = (*Transport)(nil)
+	_ transport.RecordTaker     = (*Transport)(nil)
+	_ transport.RecordSwapper   = (*Transport)(nil)
+	_ transport.RecordGetter    = (*Transport)(nil)
+	_ transport.Striker         = (*Transport)(nil)
+	_ transport.RegisterRenewer = (*Transport)(nil)
+	_ transport.SetVersioner    = (*Transport)(nil)
 )

@@ -246,6 +246,27 @@ type Striker interface {
 	StrikeRecord(ctx context.Context, group string, item Item, since time.Time, markerTTL time.Duration) (bool, error)
 }
 
+// ErrRegisterUnknown is the error a Striker's StrikeRecord returns when the
+// store cannot tell whether the register is whole, having forgotten what
+// shows it: Redis's script cache, which a restart empties even when the
+// data comes back from disk (an RDB snapshot or an AOF older than the
+// last writes, a restore from backup), as do a failover and SCRIPT FLUSH.
+// Nothing was written. StrikeRecord answers again once
+// RegisterRenewer.RenewRegister has made every group's register begin
+// anew.
+var ErrRegisterUnknown = errors.New("transport: the store cannot tell whether the strike register is whole")
+
+// A RegisterRenewer is a Striker whose StrikeRecord may return
+// ErrRegisterUnknown.
+type RegisterRenewer interface {
+	// RenewRegister makes the register of each of groups begin now: it
+	// writes each group's marker with the store's clock and markerTTL (a
+	// marker already later than that is left as it is), and from then on
+	// StrikeRecord answers for these groups until the store forgets
+	// again.
+	RenewRegister(ctx context.Context, groups []string, markerTTL time.Duration) error
+}
+
 // ErrRegisterNewer is the error Striker.StrikeRecord returns when the
 // group's register began after the time given: the store lost its records
 // (or never had them) since then, so it cannot tell whether the item's key
