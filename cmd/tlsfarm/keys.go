@@ -321,7 +321,19 @@ func (a *keysAgent) startAdmin(addr, node string) error {
 		return fmt.Errorf("-admin: %w", err)
 	}
 	a.adminAddr = ln.Addr().String()
-	a.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	// The bounds of serve's admin listener: a request (its body too) must
+	// arrive within 10 s and its answer be taken within 10 s, and a
+	// keep-alive connection waits 2 min (serve's default idle timeout) for
+	// its next request. Without them a client that stalls holds a
+	// goroutine and a file descriptor of the agent for as long as it stays.
+	a.admin = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
 	go a.admin.Serve(ln)
 	return nil
 }
