@@ -263,7 +263,12 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("farm: %v", err)
 	}
-	a.rotator, err = a.node.RotateTicketKeys(bg, farm.RotationConfig{Ring: a.ring, Interval: o.rotation, Keep: o.keep})
+	a.rotator, err = a.node.RotateTicketKeys(bg, farm.RotationConfig{
+		Ring: a.ring, Interval: o.rotation, Keep: o.keep,
+		// The exporter hands on farm key sets only (never epoch 0): the
+		// ring's own keys encrypt nothing, and are not for the farm.
+		ExportOnly: true,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("tickets: %v", err)
 	}

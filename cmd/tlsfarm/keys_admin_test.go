@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -66,4 +68,43 @@ func TestKeysAdminCutsQuietConnections(t *testing.T) {
 			t.Fatalf("%d of %d answers arrived after the client read nothing for 13 s (%v): the write was never bounded", got, requests, err)
 		}
 	})
+}
+
+// TestKeysAgentStartedDuringOutageMergesNothing starts a tlsfarm keys
+// agent while the farm's store is unreachable, then lets it through. The
+// agent never encrypts a ticket with the keys its ring drew before it had
+// the farm's (it exports no key set of epoch 0), so it must simply take
+// the farm's set: before, it counted as a node that had served with keys of
+// its own, and merged them into the farm's set, where every member then
+// held them as decrypt-only keys for -ticket-keep rotations, under a
+// warning that the store had lost its key set.
+func TestKeysAgentStartedDuringOutageMergesNothing(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, _, _, _ := farmFiles(t)
+	name := redistest.Farm(t)
+	a := startAgent(t, "keys-a", append(farmArgs(url, secret, name), "-export", "file:"+filepath.Join(privateDir(t), "keys.json"))...)
+	waitExported(t, a, 1, 10*time.Second)
+
+	p := nettest.NewProxy(t, strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0"))
+	p.Cut()
+	b := startAgent(t, "keys-b", append(farmArgs("redis://"+p.Addr+"/0", secret, name), "-export", "file:"+filepath.Join(privateDir(t), "keys.json"))...)
+	waitUntil(t, 10*time.Second, func() bool {
+		return farmtest.Counter(b.rotator.Metrics(), "tlsfarm_ticket_rotation_store_errors_total") > 0
+	}, "the agent saw no store error")
+	own := b.ring.State()
+	if own.Epoch != 0 {
+		t.Fatalf("the agent holds epoch %d through a cut store", own.Epoch)
+	}
+	p.Restore()
+	waitExported(t, b, 1, 10*time.Second)
+	time.Sleep(time.Second) // a merge, if any, reaches the other agent
+	if n := farmtest.Counter(b.rotator.Metrics(), "tlsfarm_ticket_key_sets_merged_total"); n != 0 {
+		t.Errorf("the agent merged its own keys into the farm's set %v times", n)
+	}
+	for _, k := range a.ring.State().Keys() {
+		if k == own.Current || k == own.Next {
+			t.Errorf("the farm's set holds the agent's own key %v, drawn before it joined", k)
+		}
+	}
 }
