@@ -63,6 +63,15 @@ type RotationConfig struct {
 	// instead, for up to LeaseTTL + PollInterval, until the lease holder
 	// writes a new set.
 	PollInterval time.Duration
+
+	// ExportOnly says that no ticket is ever encrypted with the ring's
+	// keys before the ring holds a farm key set: the member only hands the
+	// farm's sets on (tlsfarm keys exports no set of epoch 0). Such a
+	// ring's own keys are never merged into the farm's set, even when the
+	// store was unreachable at start (a member that serves meanwhile
+	// merges its keys once the store is back; see WaitReady); it takes the
+	// farm's set as a fresh ring does.
+	ExportOnly bool
 }
 
 // A Rotator keeps a node's ticket keys in step with the farm's: one node at a
@@ -492,7 +501,7 @@ func (r *Rotator) signal() {
 // them when it merges.
 func (r *Rotator) markReady(err error) {
 	r.readyOnce.Do(func() {
-		if err != nil || r.cfg.Ring.State().Epoch == 0 {
+		if (err != nil || r.cfg.Ring.State().Epoch == 0) && !r.cfg.ExportOnly {
 			r.served.Store(true)
 		}
 		r.readyErr = err
@@ -525,7 +534,7 @@ func (r *Rotator) WaitReady(ctx context.Context) error {
 	case <-r.ready:
 		return r.readyErr
 	case <-ctx.Done():
-		if r.cfg.Ring.State().Epoch == 0 {
+		if r.cfg.Ring.State().Epoch == 0 && !r.cfg.ExportOnly {
 			r.served.Store(true)
 		}
 		return fmt.Errorf("farm: no ticket keys from the farm yet: %w", ctx.Err())

@@ -263,7 +263,12 @@ func startKeys(o *keysOptions, log *slog.Logger) (_ *keysAgent, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("farm: %v", err)
 	}
-	a.rotator, err = a.node.RotateTicketKeys(bg, farm.RotationConfig{Ring: a.ring, Interval: o.rotation, Keep: o.keep})
+	a.rotator, err = a.node.RotateTicketKeys(bg, farm.RotationConfig{
+		Ring: a.ring, Interval: o.rotation, Keep: o.keep,
+		// The exporter hands on farm key sets only (never epoch 0): the
+		// ring's own keys encrypt nothing, and are not for the farm.
+		ExportOnly: true,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("tickets: %v", err)
 	}
@@ -321,7 +326,19 @@ func (a *keysAgent) startAdmin(addr, node string) error {
 		return fmt.Errorf("-admin: %w", err)
 	}
 	a.adminAddr = ln.Addr().String()
-	a.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
+	// The bounds of serve's admin listener: a request (its body too) must
+	// arrive within 10 s and its answer be taken within 10 s, and a
+	// keep-alive connection waits 2 min (serve's default idle timeout) for
+	// its next request. Without them a client that stalls holds a
+	// goroutine and a file descriptor of the agent for as long as it stays.
+	a.admin = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
 	go a.admin.Serve(ln)
 	return nil
 }

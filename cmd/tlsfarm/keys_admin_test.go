@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// TestKeysAdminCutsQuietConnections does to the tlsfarm keys agent's admin
+// listener what TestAdminCutsQuietConnections and
+// TestAdminCutsScraperThatStopsReading do to serve's: a request whose body
+// stalls, and a client that sends many /metrics requests and reads
+// nothing. Each connection must be closed within the admin API's 10 s
+// bounds, not held (with its goroutine and file descriptor) for as long as
+// the client stays: the agent writes key files and talks to the farm with
+// the same process's descriptors.
+func TestKeysAdminCutsQuietConnections(t *testing.T) {
+	t.Parallel()
+	secret, _, _, _ := farmFiles(t)
+	a := startAgent(t, "keys", append(farmArgs(redistest.URL(t), secret, redistest.Farm(t)),
+		"-export", "file:"+filepath.Join(privateDir(t), "keys.json"))...)
+	waitExported(t, a, 1, 10*time.Second)
+
+	t.Run("stalled body", func(t *testing.T) {
+		t.Parallel()
+		c, err := net.Dial("tcp", a.adminAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		t0 := time.Now()
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: admin\r\nContent-Length: 100\r\n\r\nab")
+		_, err = io.Copy(io.Discard, c)
+		if took := time.Since(t0); err != nil || took > 13*time.Second {
+			t.Errorf("connection closed after %v (want within 13s): %v", took, err)
+		}
+	})
+	t.Run("scraper that stops reading", func(t *testing.T) {
+		t.Parallel()
+		const requests = 1000
+		c, err := net.Dial("tcp", a.adminAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(40 * time.Second))
+		go io.WriteString(c, strings.Repeat("GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n", requests))
+		time.Sleep(13 * time.Second) // the write bound, and some
+		var got int
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if sc.Text() == "HTTP/1.1 200 OK" {
+				got++
+			}
+		}
+		if err := sc.Err(); errors.Is(err, os.ErrDeadlineExceeded) || got >= requests {
+			t.Fatalf("%d of %d answers arrived after the client read nothing for 13 s (%v): the write was never bounded", got, requests, err)
+		}
+	})
+}
+
+// TestKeysAgentStartedDuringOutageMergesNothing starts a tlsfarm keys
+// agent while the farm's store is unreachable, then lets it through. The
+// agent never encrypts a ticket with the keys its ring drew before it had
+// the farm's (it exports no key set of epoch 0), so it must simply take
+// the farm's set: before, it counted as a node that had served with keys of
+// its own, and merged them into the farm's set, where every member then
+// held them as decrypt-only keys for -ticket-keep rotations, under a
+// warning that the store had lost its key set.
+func TestKeysAgentStartedDuringOutageMergesNothing(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	secret, _, _, _ := farmFiles(t)
+	name := redistest.Farm(t)
+	a := startAgent(t, "keys-a", append(farmArgs(url, secret, name), "-export", "file:"+filepath.Join(privateDir(t), "keys.json"))...)
+	waitExported(t, a, 1, 10*time.Second)
+
+	p := nettest.NewProxy(t, strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0"))
+	p.Cut()
+	b := startAgent(t, "keys-b", append(farmArgs("redis://"+p.Addr+"/0", secret, name), "-export", "file:"+filepath.Join(privateDir(t), "keys.json"))...)
+	waitUntil(t, 10*time.Second, func() bool {
+		return farmtest.Counter(b.rotator.Metrics(), "tlsfarm_ticket_rotation_store_errors_total") > 0
+	}, "the agent saw no store error")
+	own := b.ring.State()
+	if own.Epoch != 0 {
+		t.Fatalf("the agent holds epoch %d through a cut store", own.Epoch)
+	}
+	p.Restore()
+	waitExported(t, b, 1, 10*time.Second)
+	time.Sleep(time.Second) // a merge, if any, reaches the other agent
+	if n := farmtest.Counter(b.rotator.Metrics(), "tlsfarm_ticket_key_sets_merged_total"); n != 0 {
+		t.Errorf("the agent merged its own keys into the farm's set %v times", n)
+	}
+	for _, k := range a.ring.State().Keys() {
+		if k == own.Current || k == own.Next {
+			t.Errorf("the farm's set holds the agent's own key %v, drawn before it joined", k)
+		}
+	}
+}
