@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,8 +50,25 @@ func TestKeysAdminCutsQuietConnections(t *testing.T) {
 	})
 	t.Run("scraper that stops reading", func(t *testing.T) {
 		t.Parallel()
-		const requests = 1000
-		c, err := net.Dial("tcp", a.adminAddr)
+		// The agent's answers are small: send enough requests that their
+		// answers (16 MiB) cannot all sit in the socket buffers, the
+		// client's kept small so that it does not grow while unread.
+		res, err := http.Get("http://" + a.adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		one, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || len(one) == 0 {
+			t.Fatalf("/metrics: %d bytes, %v", len(one), err)
+		}
+		requests := max(1000, 16<<20/len(one))
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) {
+				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+			})
+		}}
+		c, err := d.Dial("tcp", a.adminAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
