@@ -201,7 +201,9 @@ type Config struct {
 	// session older than MaxAge is not inserted, but the grace cut of its
 	// parent it carries is applied. Node.Strike refuses a ticket issued
 	// less than MaxSkew after the strike register began (by the store's
-	// clock, or the clock of the node that began it).
+	// clock, or the clock of the node that began it). Join makes MaxSkew
+	// the cache's bound for stateless tickets issued ahead of its clock,
+	// unless the cache's Config set one (session.Config.MaxClockSkew).
 	MaxAge, MaxSkew time.Duration
 
 	// OpTimeout bounds each publish and each store batch (default 2s).

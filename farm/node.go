@@ -196,6 +196,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Cache.SetIDKeys(keys.ids...); err != nil {
 		return nil, err
 	}
+	// The clock difference allowed peers' messages is allowed their
+	// stateless tickets too, unless the cache's Config set its own.
+	cfg.Cache.SetDefaultClockSkew(cfg.MaxSkew)
 	n.lf.path, n.lf.sentPath = lifePath(&cfg), sentPath(&cfg)
 	if n.lf.path != "" {
 		n.lf.dirty, n.lf.sentDirty = make(chan struct{}, 1), make(chan struct{}, 1)

@@ -53,6 +53,11 @@ type Cache struct {
 	pending sync.Map // net.Conn -> *claim, for SingleUse
 	life    lifecycle
 
+	// maxSkew is Config.MaxClockSkew in nanoseconds, which
+	// SetDefaultClockSkew changes unless Config set it (skewSet).
+	maxSkew atomic.Int64
+	skewSet bool
+
 	panicLogged atomic.Bool
 	reported    atomic.Bool // the server calls HandshakeComplete
 	ctr         counters
@@ -128,6 +133,11 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.Logger == nil {
 		cf.Logger = slog.Default()
 	}
+	c.skewSet = cf.MaxClockSkew > 0
+	if !c.skewSet {
+		cf.MaxClockSkew = defaultMaxClockSkew
+	}
+	c.maxSkew.Store(int64(cf.MaxClockSkew))
 	if cf.Now == nil {
 		cf.Now = time.Now
 	}
@@ -166,7 +176,23 @@ func New(cfg *Config) (*Cache, error) {
 // Config returns the cache's configuration, its zero fields replaced by
 // their defaults. A farm reads what it must do alike from it, such as
 // ResumeGrace and SingleUse.
-func (c *Cache) Config() Config { return c.cfg }
+func (c *Cache) Config() Config {
+	cfg := c.cfg
+	cfg.MaxClockSkew = time.Duration(c.maxSkew.Load())
+	return cfg
+}
+
+// SetDefaultClockSkew makes d (if > 0) the cache's MaxClockSkew, unless its
+// Config set one, and returns the bound now in force. farm.Join calls it
+// with the farm's MaxSkew, so that a node allows its peers' stateless
+// tickets the clock difference it allows their messages; the bound stays
+// after the node closes.
+func (c *Cache) SetDefaultClockSkew(d time.Duration) time.Duration {
+	if d > 0 && !c.skewSet {
+		c.maxSkew.Store(int64(d))
+	}
+	return time.Duration(c.maxSkew.Load())
+}
 
 // Close stops the background sweep. The cache stays usable. Close waits
 // for the background goroutine to end, unless it is in a sweep: the sweep

@@ -17,6 +17,7 @@ const (
 	defaultSweepInterval    = time.Minute
 	defaultLoadTimeout      = 5 * time.Millisecond
 	defaultMaxStateLen      = 16 << 10
+	defaultMaxClockSkew     = 5 * time.Second // as farm.Config.MaxSkew's
 )
 
 // A Config configures a Cache. The zero value is valid: every zero field means
@@ -56,6 +57,20 @@ type Config struct {
 	// value leaves resumed sessions to their full Lifetime. Shortening needs
 	// the per-handshake link made by Cache.Install.
 	ResumeGrace time.Duration
+
+	// MaxClockSkew is how far ahead of the cache's clock the issue time of
+	// a stateless ticket may be (default 5 seconds, the default of
+	// farm.Config.MaxSkew). A ticket's age is counted from the issue time
+	// its binding carries, by the clock of the server that issued it, so a
+	// server whose clock runs ahead issues tickets that live longer: a
+	// ticket issued more than MaxClockSkew ahead of now, or whose chain
+	// starts so, is refused (a full handshake). Within it, a ticket lives
+	// up to Lifetime plus MaxClockSkew. A cache whose MaxClockSkew is unset
+	// takes the farm's MaxSkew when it joins a farm (see
+	// SetDefaultClockSkew). Session IDs need no such bound: a session
+	// whose ID says it was issued later than now is inserted as issued now
+	// (see Insert).
+	MaxClockSkew time.Duration
 
 	// SweepInterval is how often a background sweep removes expired
 	// sessions (default one minute; negative disables the sweep, leaving

@@ -17,6 +17,7 @@ type cacheStats struct {
 	HookPanics, WrapErrors, LoaderHits, LoaderErrors          uint64
 	TicketsIssued, TicketsAccepted, TicketsFallback           uint64
 	TicketsUndecryptable, TicketsForeign, TicketsRevoked      uint64
+	TicketsFuture                                             uint64
 	SingleUseReleased, ChildrenReplaced, RevokedInserts, Late uint64
 	Reissued                                                  uint64
 }
@@ -49,6 +50,7 @@ func stats(c *session.Cache) cacheStats {
 		TicketsIssued: v(tickets, "event", "issued"), TicketsAccepted: v(tickets, "event", "accepted"),
 		TicketsUndecryptable: v(tickets, "event", "undecryptable"), TicketsForeign: v(tickets, "event", "foreign"),
 		TicketsRevoked:    v(tickets, "event", "revoked"),
+		TicketsFuture:     v(tickets, "event", "future"),
 		TicketsFallback:   v("tlsfarm_cache_fallback_tickets_total"),
 		SingleUseReleased: v("tlsfarm_cache_single_use_total", "result", "released"),
 		Late:              v("tlsfarm_cache_single_use_total", "result", "late"),

@@ -77,6 +77,14 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.refusedSNI.Add(1)
 			return r
 		}
+		if max(issued, start)-now > c.maxSkew.Load() {
+			// Issued, or begun, further ahead of this clock than
+			// MaxClockSkew: its age, counted from then, would let it
+			// outlive Lifetime (or its chain MaxChainLifetime) by its
+			// issuer's clock lead.
+			c.ctr.ticketsFuture.Add(1)
+			return r
+		}
 		if now-start > int64(c.cfg.MaxChainLifetime) {
 			c.ctr.chainExpired.Add(1)
 			return r
@@ -89,7 +97,9 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.ticketsRevoked.Add(1)
 			return r
 		}
-		r.chain, r.chainStart = chain, start
+		// A chain cannot begin in the future (as Insert takes it): the
+		// successor continues it from no later than now.
+		r.chain, r.chainStart = chain, min(start, now)
 	}
 	c.ctr.ticketsAccepted.Add(1)
 	r.ss = ss
