@@ -7,8 +7,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,9 +58,34 @@ func TestAdminCutsQuietConnections(t *testing.T) {
 // every answer arrives once the client reads again.
 func TestAdminCutsScraperThatStopsReading(t *testing.T) {
 	t.Parallel()
-	const requests = 1000
 	p := serveProc(t, []string{"-idle-timeout", "500ms"})
-	c, err := net.Dial("tcp", p.Admin)
+	scrapeWithoutReading(t, p.Admin)
+}
+
+// scrapeWithoutReading sends the admin listener at addr so many /metrics
+// requests on one connection that their answers (16 MiB, and at least
+// 1,000) cannot all sit in the socket buffers, the client's kept small so
+// that it does not grow while unread, then reads nothing for 13 s: the
+// listener must then have given up the answer it was writing (its 10 s
+// write bound) and closed the connection.
+func scrapeWithoutReading(t *testing.T, addr string) {
+	t.Helper()
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || len(one) == 0 {
+		t.Fatalf("/metrics: %d bytes, %v", len(one), err)
+	}
+	requests := max(1000, 16<<20/len(one))
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		})
+	}}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
