@@ -115,11 +115,6 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 	for _, mode := range modes {
 		for _, tv := range versions {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
-				// Each roam has a farm of its own on the shared Redis and
-				// changes nothing else: the four run side by side (two at
-				// a time under -parallel 2), the lookup deadline above
-				// allowing for the load.
-				t.Parallel()
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true,
 					// Sharing is under test, not the lookup deadline (its
 					// own tests are in edges_test.go): under -race, with
