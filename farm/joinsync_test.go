@@ -232,6 +232,9 @@ func TestJoinWithRevocationsUnreadableTakesNoFarmKeys(t *testing.T) {
 	tlstest.MustDial(t, ms[0].Server.Addr, client)
 	release := make(chan struct{})
 	late := holdRevocations(o, release, 300*time.Millisecond)
+	// The late node's rotator waits on the held read, so Join's wait
+	// for the farm's keys runs out whatever its length: not 5 s of it.
+	late.ReadyWait = 500 * time.Millisecond
 	m := farmtest.Join(t, "late", name, late)
 	time.Sleep(300 * time.Millisecond) // a few of the rotator's polls
 	if tlstest.MustDial(t, m.Server.Addr, client).DidResume {

@@ -114,6 +114,8 @@ func TestStrikeRefusedAfterStoreRestartedEmpty(t *testing.T) {
 // replicas, the master that holds the strike restarted empty while the
 // others keep their data.
 func TestStrikeRefusedAfterShardLostData(t *testing.T) {
+	// A cluster of its own, no other test's: it waits for it mostly.
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	testStrikeThroughStoreLoss(t, redisTransport(c.URL("")), true, func() {
 		lost := 0

@@ -129,6 +129,9 @@ func TestOldMissingSessionNotWaitedFor(t *testing.T) {
 			const pause = 2 * time.Second
 			ccfg := farmtest.Client(tls.VersionTLS13, &tlstest.SharedCache{})
 			pauseWrites(t, srv, pause)
+			// Once the checks below are done, the rest of the pause
+			// holds nothing up but the test's cleanup.
+			t.Cleanup(func() { unpauseWrites(t, srv) })
 			tlstest.MustDial(t, a.Server.Addr, ccfg)
 			start := time.Now()
 			if tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {

@@ -1,6 +1,7 @@
 package farmtest
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -50,8 +51,12 @@ type Options struct {
 	Tweak        func(*farm.Config)   // if set, edits each node's configuration last
 	SessionMode  session.Mode         // the members' session caches' mode
 	Rotation     *farm.RotationConfig // if set, each member rotates ticket keys with the farm
-	Logger       *slog.Logger         // default: discard
-	CloseServer  bool                 // serve with tlstest.ServeAndClose (for openssl)
+	// ReadyWait is how long Join waits for the farm's ticket keys
+	// (Rotator.WaitReady) before it serves: 5 s if 0. A test whose
+	// member cannot get them at Join, by design, sets it short.
+	ReadyWait   time.Duration
+	Logger      *slog.Logger // default: discard
+	CloseServer bool         // serve with tlstest.ServeAndClose (for openssl)
 	// NoHandshakeComplete serves without calling Cache.HandshakeComplete
 	// after each handshake, as a server that never heard of it would.
 	NoHandshakeComplete bool
@@ -117,7 +122,7 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 		t.Cleanup(func() { m.Rotator.Close() })
 		// Ready means ready: serve once the farm's keys are here (or
 		// the store is found unreachable), as the daemon does.
-		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wctx, cancel := context.WithTimeout(context.Background(), cmp.Or(o.ReadyWait, 5*time.Second))
 		m.Rotator.WaitReady(wctx)
 		cancel()
 	}
