@@ -654,6 +654,40 @@ func (n *Node) keepLifecycle(l *laterLife, batch []item) {
 	}
 }
 
+// storeAgain queues, on the store's own path, the store's part of the
+// retirements and cuts in its, which the bus's path has just published
+// from its lifecycle backlog (the bus failed when they were made). Their
+// store part ran when they were made, and may have found nothing: a
+// peer's write of the session (a new session the bus brought here before
+// the store had it, or one written again after a write that timed out
+// but landed) can reach the store after it. That writer deletes or cuts
+// its record again when it hears the restriction while it remembers the
+// write (MaxAge plus MaxSkew), or when the message is older than MaxAge
+// (see recutLate); a restriction published late is sealed when it is
+// sent, so the writer may have forgotten its write and still take the
+// message as new (a bus that keeps the node's queue through the outage,
+// as RabbitMQ does, asks for no re-send). Written again now, after any
+// write the writer may have forgotten, the restriction holds in the
+// store whatever the writer remembers. A re-send (resendHeld) does the
+// same through both backlogs. Only what waited out a failure of the bus
+// pays for it: one more delete, or shortening cut, each.
+func (n *Node) storeAgain(its []item) {
+	if n.cfg.Records == nil {
+		return
+	}
+	again := make([]item, 0, len(its))
+	for _, it := range its {
+		if it.op == opRetire || it.op == opCut {
+			it.child = session.ID{} // recorded with the first write
+			again = append(again, it)
+		}
+	}
+	if again = n.lifesq.room(again); len(again) > 0 {
+		n.lifesq.push(again, n.cfg.Now())
+		n.sq.wake()
+	}
+}
+
 // lifeExpiry bounds when the session id's record leaves the store, and
 // peers' copies their caches: its issue time (read from the ID) plus the
 // cache's Lifetime, and a second for the ID's precision.
