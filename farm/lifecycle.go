@@ -654,6 +654,41 @@ func (n *Node) keepLifecycle(l *laterLife, batch []item) {
 	}
 }
 
+// keepChildCuts keeps, for the bus's path, the grace cut of the parent of
+// each session of batch, a batch whose publish failed, that was issued by
+// resuming one, in broadcast mode with a store. There peers cut a parent
+// when its child arrives (see cutMessages); with a store the child is not
+// published again (peers load it from the store), so that the cut would
+// reach the store only, and peers, the parent's issuer among them, would
+// resume their copies past the grace. The cut is kept as one read back
+// from the lifecycle file is (restored), which is published in broadcast
+// mode too: once the bus works, as a cut message, with its store part
+// written again (storeAgain). Its end is the child's issue time plus the
+// grace, as a peer that receives the child cuts it to. It runs before
+// keepLifecycle keeps the batch's own cut of the parent (a combined path),
+// which then, ending no sooner, leaves this one in place.
+func (n *Node) keepChildCuts(batch []item) {
+	cc := n.cfg.Cache.Config()
+	if n.cfg.Mode != Broadcast || n.cfg.Records == nil || cc.ResumeGrace <= 0 || cc.SingleUse {
+		return
+	}
+	var cuts []item
+	for i := range batch {
+		it := &batch[i]
+		if it.op != opNew || it.rev != nil || it.rec.Parent == (session.ID{}) {
+			continue
+		}
+		at := n.cfg.Now()
+		if t, ok := n.cfg.Cache.IssuedAt(it.id); ok && t.Before(at) {
+			at = t
+		}
+		cuts = append(cuts, item{id: it.rec.Parent, op: opCut, until: at.Add(cc.ResumeGrace), restored: true})
+	}
+	if len(cuts) > 0 {
+		n.keepLifecycle(n.lifeq, cuts)
+	}
+}
+
 // storeAgain queues, on the store's own path, the store's part of the
 // retirements and cuts in its, which the bus's path has just published
 // from its lifecycle backlog (the bus failed when they were made). Their

@@ -241,6 +241,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	if storeErr != nil || pubErr != nil {
 		// Also when the write was cancelled by Close: the lifecycle
 		// file keeps what did not get through.
+		if pubErr != nil {
+			n.keepChildCuts(batch) // first: see keepChildCuts
+		}
 		n.keepLifecycle(n.lifeq, batch)
 	}
 	if stored {

@@ -152,3 +152,78 @@ func TestRestrictionSealedLateReachesStore(t *testing.T) {
 		t.Error("n3 resumed the single-use session a second time, from n1's second write of it")
 	}
 }
+
+// TestGraceCutOutlivesBusOutage: in broadcast mode a grace cut reaches
+// peers in the child it made, and the store by a cut of its own. A
+// RabbitMQ bus and a Redis store apart, as in
+// TestRestrictionSealedLateReachesStore: n2's connection to the broker is
+// cut, and the client resumes n1's session S on n2. n2 cuts S in the store
+// (it is there), but cannot publish the child; once its bus returns (its
+// queue kept: no gap, no re-send), n1 must hear of the cut all the same:
+// past S's grace, S must resume neither on n1, from its own copy, nor on
+// n3, joining later.
+func TestGraceCutOutlivesBusOutage(t *testing.T) {
+	t.Parallel()
+	const grace = 2 * time.Second
+	url, rurl := brokerURL(t), redistest.URL(t)
+	name := farmtest.FarmName(t)
+	proxy := nettest.NewProxy(t, brokerAddr(url))
+	base := farmtest.Options{Mode: farm.Broadcast, Secret: farm.NewSecret(1),
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak:      func(c *farm.Config) { c.TallyInterval = -1 }}
+	member := func(busURL string) farmtest.Options {
+		o := base
+		o.NewTransport = func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			bus := open(tb, busURL, farmName, nil)
+			tr, err := redisbus.Open(rurl, farmName)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { tr.Close() })
+			return bus, &landingStore{Transport: tr}
+		}
+		return o
+	}
+	n1 := farmtest.Join(t, "n1", name, member(url))
+	n2 := farmtest.Join(t, "n2", name, member(viaProxy(t, url, proxy.Addr)))
+	farmtest.WaitConnected(t, n1, n2)
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	key := "s:" + hex.EncodeToString(id[:])
+	farmtest.Eventually(t, 5*time.Second, "S is stored, and n2 holds it", func() bool {
+		_, ok := expiry(n2.Cache, id)
+		_, err := n2.Store.GetRecord(context.Background(), key)
+		return ok && err == nil
+	})
+
+	proxy.Cut()
+	restored := false
+	defer func() {
+		if !restored {
+			proxy.Restore()
+		}
+	}()
+	farmtest.Eventually(t, 10*time.Second, "n2's bus is down", func() bool { return !n2.Node.Connected() })
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	cutAt := time.Now()
+	time.Sleep(500 * time.Millisecond) // n2's publish fails
+	proxy.Restore()
+	restored = true
+	farmtest.WaitConnected(t, n2)
+
+	time.Sleep(time.Until(cutAt.Add(grace + 500*time.Millisecond)))
+	if tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n1 resumed S past its grace cut: it never heard of the cut")
+	}
+	n3 := farmtest.Join(t, "n3", name, member(url))
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n3 resumed S past its grace cut")
+	}
+}
