@@ -654,6 +654,75 @@ func (n *Node) keepLifecycle(l *laterLife, batch []item) {
 	}
 }
 
+// keepChildCuts keeps, for the bus's path, the grace cut of the parent of
+// each session of batch, a batch whose publish failed, that was issued by
+// resuming one, in broadcast mode with a store. There peers cut a parent
+// when its child arrives (see cutMessages); with a store the child is not
+// published again (peers load it from the store), so that the cut would
+// reach the store only, and peers, the parent's issuer among them, would
+// resume their copies past the grace. The cut is kept as one read back
+// from the lifecycle file is (restored), which is published in broadcast
+// mode too: once the bus works, as a cut message, with its store part
+// written again (storeAgain). Its end is the child's issue time plus the
+// grace, as a peer that receives the child cuts it to. It runs before
+// keepLifecycle keeps the batch's own cut of the parent (a combined path),
+// which then, ending no sooner, leaves this one in place.
+func (n *Node) keepChildCuts(batch []item) {
+	cc := n.cfg.Cache.Config()
+	if n.cfg.Mode != Broadcast || n.cfg.Records == nil || cc.ResumeGrace <= 0 || cc.SingleUse {
+		return
+	}
+	var cuts []item
+	for i := range batch {
+		it := &batch[i]
+		if it.op != opNew || it.rev != nil || it.rec.Parent == (session.ID{}) {
+			continue
+		}
+		at := n.cfg.Now()
+		if t, ok := n.cfg.Cache.IssuedAt(it.id); ok && t.Before(at) {
+			at = t
+		}
+		cuts = append(cuts, item{id: it.rec.Parent, op: opCut, until: at.Add(cc.ResumeGrace), restored: true})
+	}
+	if len(cuts) > 0 {
+		n.keepLifecycle(n.lifeq, cuts)
+	}
+}
+
+// storeAgain queues, on the store's own path, the store's part of the
+// retirements and cuts in its, which the bus's path has just published
+// from its lifecycle backlog (the bus failed when they were made). Their
+// store part ran when they were made, and may have found nothing: a
+// peer's write of the session (a new session the bus brought here before
+// the store had it, or one written again after a write that timed out
+// but landed) can reach the store after it. That writer deletes or cuts
+// its record again when it hears the restriction while it remembers the
+// write (MaxAge plus MaxSkew), or when the message is older than MaxAge
+// (see recutLate); a restriction published late is sealed when it is
+// sent, so the writer may have forgotten its write and still take the
+// message as new (a bus that keeps the node's queue through the outage,
+// as RabbitMQ does, asks for no re-send). Written again now, after any
+// write the writer may have forgotten, the restriction holds in the
+// store whatever the writer remembers. A re-send (resendHeld) does the
+// same through both backlogs. Only what waited out a failure of the bus
+// pays for it: one more delete, or shortening cut, each.
+func (n *Node) storeAgain(its []item) {
+	if n.cfg.Records == nil {
+		return
+	}
+	again := make([]item, 0, len(its))
+	for _, it := range its {
+		if it.op == opRetire || it.op == opCut {
+			it.child = session.ID{} // recorded with the first write
+			again = append(again, it)
+		}
+	}
+	if again = n.lifesq.room(again); len(again) > 0 {
+		n.lifesq.push(again, n.cfg.Now())
+		n.sq.wake()
+	}
+}
+
 // lifeExpiry bounds when the session id's record leaves the store, and
 // peers' copies their caches: its issue time (read from the ID) plus the
 // cache's Lifetime, and a second for the ID's precision.
@@ -736,9 +805,10 @@ func (n *Node) recutWritten(batch []item, first bool) {
 	}
 }
 
-// writtenSize bounds the IDs a node remembers as written lately (see
-// recutLate): one per session it issued, for MaxAge plus MaxSkew.
-const writtenSize = resumedSize
+// newWritten returns the memory of the sessions a node wrote lately (see
+// recutLate), each for ttl (MaxAge plus MaxSkew): one per session it
+// issued, however many it issues (see writeMemory).
+func newWritten(ttl time.Duration) *writeMemory { return newWriteMemory(maxWritten, ttl) }
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id

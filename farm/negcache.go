@@ -75,18 +75,6 @@ func (c *negCache) add(id session.ID, now time.Time) {
 	c.addLocked(id, now)
 }
 
-// addNew is add for the new sessions of batch (only those written again
-// after a failed write, if later is set), under one lock.
-func (c *negCache) addNew(batch []item, later bool, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range batch {
-		if it := &batch[i]; it.op == opNew && it.rev == nil && (it.later || !later) {
-			c.addLocked(it.id, now)
-		}
-	}
-}
-
 func (c *negCache) addLocked(id session.ID, now time.Time) {
 	if _, ok := c.until[id]; !ok {
 		// Evict whatever the slot held (it may already be gone).

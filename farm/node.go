@@ -25,10 +25,10 @@ type Node struct {
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
 	brk      breaker
 	sf       singleflight.Group
-	neg      *negCache // nil if disabled or without a store
-	retired  *negCache // IDs retired lately: a peer's copy must not bring one back
-	resumed  *negCache // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
-	written  *negCache // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
+	neg      *negCache    // nil if disabled or without a store
+	retired  *negCache    // IDs retired lately: a peer's copy must not bring one back
+	resumed  *negCache    // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	written  *writeMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log      *slog.Logger
 
 	// publishFirst: the combined path's one round trip may deliver its
@@ -228,7 +228,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		} else if u, ok := cfg.Bus.(transport.UnorderedBatcher); ok {
 			n.publishFirst = u.MayPublishFirst()
 		}
-		n.written = newNegCache(writtenSize, cfg.MaxAge+cfg.MaxSkew)
+		n.written = newWritten(cfg.MaxAge + cfg.MaxSkew)
 	}
 	n.restoreLife(kept)
 	if cfg.Records != nil || n.pend != nil {

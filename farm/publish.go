@@ -84,6 +84,7 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 			return // stopped, or closing while the transport fails: see Close
 		}
 		batch = batch[:0]
+		kept := 0 // the first items of batch are from the lifecycle backlog
 		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
@@ -96,6 +97,7 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 			// Then the retirements and cuts that did not reach it: after
 			// the sessions, which would otherwise undo them in the store.
 			batch = life.pop(batch, n.cfg.BatchSize, n.cfg.Now())
+			kept = len(batch)
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
 				continue
@@ -116,6 +118,9 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		fl.clear()
 		life.settle(ok, n.cfg.Now())
 		if ok {
+			if kept > 0 && q == n.q && n.sq != nil {
+				n.storeAgain(batch[:kept])
+			}
 			failures = 0
 			continue
 		}
@@ -236,6 +241,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	if storeErr != nil || pubErr != nil {
 		// Also when the write was cancelled by Close: the lifecycle
 		// file keeps what did not get through.
+		if pubErr != nil {
+			n.keepChildCuts(batch) // first: see keepChildCuts
+		}
 		n.keepLifecycle(n.lifeq, batch)
 	}
 	if stored {

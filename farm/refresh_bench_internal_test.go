@@ -30,7 +30,7 @@ func benchRefreshBatch(b *testing.B, sq *queue, first bool) {
 	defer cache.Close()
 	n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now}, sq: sq}
 	n.retired = newNegCache(retiredSize, time.Minute)
-	n.written = newNegCache(writtenSize, time.Minute)
+	n.written = newWritten(time.Minute)
 	rec := session.Record{State: make([]byte, 200), ServerName: "localhost", Expires: time.Now().Add(time.Hour)}
 	batch := make([]item, 256)
 	for i := range batch {
