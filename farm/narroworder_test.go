@@ -55,10 +55,97 @@ func slowBusStorePaths(t *testing.T, url string, stores *[]*gatedStore, proxy **
 	}
 }
 
+// lateWrite is the narrow order two tests share: n1 issues S, whose store
+// write is held, while the bus brings S to n2 at once; with n1's bus path
+// frozen, the client resumes S on n2, whose cut of the store's record
+// finds none yet and whose child carries the cut; then n1's write of S
+// lands whole. startLateWrite returns there, n1's bus path still frozen.
+type lateWrite struct {
+	o      *farmtest.Options
+	name   string
+	n1, n2 *farmtest.Member
+	g      *gatedStore
+	proxy  *nettest.Proxy
+	thawed bool
+	rc     *redis.Client
+	c      *tlstest.FrozenCache
+	id     session.ID
+	cutAt  time.Time // when n2 resumed S
+}
+
+func startLateWrite(t *testing.T, grace time.Duration, tweak func(*farm.Config)) *lateWrite {
+	t.Helper()
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	w := &lateWrite{c: &tlstest.FrozenCache{}}
+	w.o = &farmtest.Options{Mode: farm.Broadcast, NewTransport: slowBusStorePaths(t, url, &stores, &w.proxy),
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held write must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+			if tweak != nil {
+				tweak(c)
+			}
+		}}
+	ms, name := farmtest.Start(t, 2, w.o)
+	w.name, w.n1, w.n2 = name, ms[0], ms[1]
+	w.g = stores[0]
+	w.rc = redis.NewClient(mustParseRedis(t, url))
+	t.Cleanup(func() { w.rc.Close() })
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	w.g.setHeld(true)
+	t.Cleanup(func() { w.g.setHeld(false) })
+	ids := farmtest.HandshakeSessions(w.n1.Cache)
+	tlstest.MustDial(t, w.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, w.c))
+	w.id = ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n1's store write of S is held", func() bool { return w.g.waiting.Load() > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(w.n2.Cache, w.id); return ok })
+
+	w.proxy.Freeze()
+	t.Cleanup(func() {
+		if !w.thawed {
+			w.proxy.Thaw()
+		}
+	})
+	kids := farmtest.HandshakeSessions(w.n2.Cache)
+	if !tlstest.MustDial(t, w.n2.Server.Addr, farmtest.Client(tls.VersionTLS13, w.c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	w.cutAt = time.Now()
+	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child", func() bool {
+		return len(kids()) > 0 && gatedTTL(t, w.rc, w.g.Transport, kids()[0]) > 0
+	})
+
+	w.g.setHeld(false)
+	farmtest.Eventually(t, 5*time.Second, "n1 wrote S to the store", func() bool {
+		return gatedTTL(t, w.rc, w.g.Transport, w.id) > 0
+	})
+	return w
+}
+
+// thaw lets n1's bus path go.
+func (w *lateWrite) thaw() {
+	w.proxy.Thaw()
+	w.thawed = true
+}
+
+// noResume checks that S resumes neither on n2, whose cut copy has lapsed,
+// nor on n3, a node joining now.
+func (w *lateWrite) noResume(t *testing.T) {
+	t.Helper()
+	if tlstest.MustDial(t, w.n2.Server.Addr, farmtest.Client(tls.VersionTLS13, w.c)).DidResume {
+		t.Error("n2 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+	n3 := farmtest.Join(t, "n3", w.name, *w.o)
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, w.c)).DidResume {
+		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
+	}
+}
+
 // TestPeersCutBeforeLateWriteHeardAfter is the first narrow order the
-// design left open: n1 issues S, whose store write is slow (held), while
-// the bus brings S to n2 at once. The client resumes S on n2, whose cut of
-// the store's record finds none yet; n2's child, which carries the cut,
+// design left open (lateWrite): n2's child, which carries the cut,
 // reaches n1 only after n1's write of S has returned (n1's bus path is
 // frozen meanwhile, as a slow link would hold it), so n1 wrote S whole
 // and had nothing to cut again. Past S's grace no node may resume S: not
@@ -66,76 +153,23 @@ func slowBusStorePaths(t *testing.T, url string, stores *[]*gatedStore, proxy **
 func TestPeersCutBeforeLateWriteHeardAfter(t *testing.T) {
 	t.Parallel()
 	const grace = 2 * time.Second
-	url := redistest.URL(t)
-	var stores []*gatedStore
-	var proxy *nettest.Proxy
-	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: slowBusStorePaths(t, url, &stores, &proxy),
-		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 10 * time.Second // n1's held write must not time out
-			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
-		}}
-	ms, name := farmtest.Start(t, 2, o)
-	n1, n2 := ms[0], ms[1]
-	g := stores[0]
-	rc := redis.NewClient(mustParseRedis(t, url))
-	defer rc.Close()
-	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
-
-	g.setHeld(true)
-	defer g.setHeld(false)
-	ids := farmtest.HandshakeSessions(n1.Cache)
-	c := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n1's store write of S is held", func() bool { return g.waiting.Load() > 0 })
-	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
-
-	proxy.Freeze()
-	thawed := false
-	defer func() {
-		if !thawed {
-			proxy.Thaw()
-		}
-	}()
-	kids := farmtest.HandshakeSessions(n2.Cache)
-	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Fatal("S did not resume on n2")
-	}
-	cutAt := time.Now()
-	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child", func() bool {
-		return len(kids()) > 0 && gatedTTL(t, rc, g.Transport, kids()[0]) > 0
-	})
-
-	g.setHeld(false)
-	farmtest.Eventually(t, 5*time.Second, "n1 wrote S to the store", func() bool {
-		return gatedTTL(t, rc, g.Transport, id) > 0
-	})
+	w := startLateWrite(t, grace, nil)
 	time.Sleep(100 * time.Millisecond) // n1's write returned
-	proxy.Thaw()
-	thawed = true
+	w.thaw()
 	farmtest.Eventually(t, 5*time.Second, "n1 cut its copy of S", func() bool {
-		r, ok := lookup(n1.Cache, id)
+		r, ok := lookup(w.n1.Cache, w.id)
 		return ok && time.Until(r.Expires) <= grace
 	})
 
-	time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
-	t.Logf("the store keeps S %v after its grace", gatedTTL(t, rc, g.Transport, id).Round(time.Second))
-	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Error("n2 resumed S past its grace cut, from the record n1 wrote whole")
-	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
-	}
+	time.Sleep(time.Until(w.cutAt.Add(grace + 300*time.Millisecond)))
+	t.Logf("the store keeps S %v after its grace", gatedTTL(t, w.rc, w.g.Transport, w.id).Round(time.Second))
+	w.noResume(t)
 }
 
 // TestPeersCutHeardPastWriteMemory is the other order the design left
-// open: as in TestPeersCutBeforeLateWriteHeardAfter, n2's cut of S finds
-// no record in the store before n1's held write of S lands whole, but
+// open: as in TestPeersCutBeforeLateWriteHeardAfter (lateWrite), but
 // n2's child, which carries the cut, reaches n1 only after n1 has
-// forgotten that write (MaxAge plus MaxSkew after it returned): n1's bus
+// forgotten its write (MaxAge plus MaxSkew after it returned): n1's bus
 // path stays frozen that long, its subscription never dropped (a bus that
 // delivers late and loses nothing, as a RabbitMQ queue does after an
 // outage, is no gap, and nothing is re-sent). The child is then older
@@ -146,73 +180,20 @@ func TestPeersCutHeardPastWriteMemory(t *testing.T) {
 	t.Parallel()
 	const grace = 2 * time.Second
 	const maxAge, maxSkew = 2 * time.Second, 100 * time.Millisecond
-	url := redistest.URL(t)
-	var stores []*gatedStore
-	var proxy *nettest.Proxy
-	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: slowBusStorePaths(t, url, &stores, &proxy),
-		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 10 * time.Second // n1's held write must not time out
-			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
-			c.MaxAge, c.MaxSkew = maxAge, maxSkew
-		}}
-	ms, name := farmtest.Start(t, 2, o)
-	n1, n2 := ms[0], ms[1]
-	g := stores[0]
-	rc := redis.NewClient(mustParseRedis(t, url))
-	defer rc.Close()
-	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
-
-	g.setHeld(true)
-	defer g.setHeld(false)
-	ids := farmtest.HandshakeSessions(n1.Cache)
-	c := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n1's store write of S is held", func() bool { return g.waiting.Load() > 0 })
-	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
-
-	proxy.Freeze()
-	thawed := false
-	defer func() {
-		if !thawed {
-			proxy.Thaw()
-		}
-	}()
-	kids := farmtest.HandshakeSessions(n2.Cache)
-	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Fatal("S did not resume on n2")
-	}
-	cutAt := time.Now()
-	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child", func() bool {
-		return len(kids()) > 0 && gatedTTL(t, rc, g.Transport, kids()[0]) > 0
-	})
-
-	g.setHeld(false)
-	farmtest.Eventually(t, 5*time.Second, "n1 wrote S to the store", func() bool {
-		return gatedTTL(t, rc, g.Transport, id) > 0
-	})
+	w := startLateWrite(t, grace, func(c *farm.Config) { c.MaxAge, c.MaxSkew = maxAge, maxSkew })
 	time.Sleep(100*time.Millisecond + maxAge + maxSkew + 200*time.Millisecond) // n1's write returned, and n1 forgot it
-	proxy.Thaw()
-	thawed = true
+	w.thaw()
 	farmtest.Eventually(t, 5*time.Second, "n1 heard S's child (S's grace is over: n1 retires S)", func() bool {
-		_, ok := lookup(n1.Cache, id)
+		_, ok := lookup(w.n1.Cache, w.id)
 		return !ok
 	})
 
-	time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
+	time.Sleep(time.Until(w.cutAt.Add(grace + 300*time.Millisecond)))
 	time.Sleep(200 * time.Millisecond) // n1's store path
-	if ttl := gatedTTL(t, rc, g.Transport, id); ttl > 0 {
+	if ttl := gatedTTL(t, w.rc, w.g.Transport, w.id); ttl > 0 {
 		t.Errorf("the store keeps S %v after its grace", ttl.Round(time.Second))
 	}
-	if tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Error("n2 resumed S past its grace cut, from the record n1 wrote whole")
-	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
-		t.Error("n3 resumed S past its grace cut, from the record n1 wrote whole")
-	}
+	w.noResume(t)
 }
 
 // TestLazyPeersIssuerKeepsGraceCut: with LazyPeers, n1 issues S (its cache
