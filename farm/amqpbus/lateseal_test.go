@@ -79,19 +79,7 @@ func TestRestrictionSealedLateReachesStore(t *testing.T) {
 			c.TallyInterval = -1
 			c.MaxAge, c.MaxSkew = maxAge, maxSkew
 		}}
-	member := func(busURL string) farmtest.Options {
-		o := base
-		o.NewTransport = func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			bus := open(tb, busURL, farmName, nil)
-			tr, err := redisbus.Open(rurl, farmName)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			tb.Cleanup(func() { tr.Close() })
-			return bus, &landingStore{Transport: tr}
-		}
-		return o
-	}
+	member := func(busURL string) farmtest.Options { return landingMember(base, busURL, rurl) }
 	n1 := farmtest.Join(t, "n1", name, member(url))
 	first := n1.Store.(*landingStore)
 	n2 := farmtest.Join(t, "n2", name, member(viaProxy(t, url, proxy.Addr)))
@@ -171,19 +159,7 @@ func TestGraceCutOutlivesBusOutage(t *testing.T) {
 	base := farmtest.Options{Mode: farm.Broadcast, Secret: farm.NewSecret(1),
 		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
 		Tweak:      func(c *farm.Config) { c.TallyInterval = -1 }}
-	member := func(busURL string) farmtest.Options {
-		o := base
-		o.NewTransport = func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			bus := open(tb, busURL, farmName, nil)
-			tr, err := redisbus.Open(rurl, farmName)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			tb.Cleanup(func() { tr.Close() })
-			return bus, &landingStore{Transport: tr}
-		}
-		return o
-	}
+	member := func(busURL string) farmtest.Options { return landingMember(base, busURL, rurl) }
 	n1 := farmtest.Join(t, "n1", name, member(url))
 	n2 := farmtest.Join(t, "n2", name, member(viaProxy(t, url, proxy.Addr)))
 	farmtest.WaitConnected(t, n1, n2)
@@ -226,4 +202,19 @@ func TestGraceCutOutlivesBusOutage(t *testing.T) {
 	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
 		t.Error("n3 resumed S past its grace cut")
 	}
+}
+
+// landingMember returns base for a member whose bus is the RabbitMQ at
+// busURL and whose store is a landingStore over the Redis at storeURL.
+func landingMember(base farmtest.Options, busURL, storeURL string) farmtest.Options {
+	base.NewTransport = func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+		bus := open(tb, busURL, farmName, nil)
+		tr, err := redisbus.Open(storeURL, farmName)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { tr.Close() })
+		return bus, &landingStore{Transport: tr}
+	}
+	return base
 }
