@@ -112,3 +112,70 @@ func TestRevocationFileMustBeRegular(t *testing.T) {
 		}
 	}
 }
+
+// A certificate that has expired, or is not valid yet, is refused with an
+// error that names it and says so: a reload keeps the running certificate
+// (a renewal script that installed the wrong file would otherwise have
+// every verifying client fail), and check, like a start, exits 1. A key
+// that does not match its certificate is refused the same way.
+func TestReloadRefusesExpiredCertificate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	goodCert, goodKey, good := writeCert(t, dir, "good", "localhost")
+	now := time.Now()
+	oldCert, oldKey, _ := writeCertValid(t, dir, "expired", now.Add(-48*time.Hour), now.Add(-time.Hour), "localhost")
+	earlyCert, earlyKey, _ := writeCertValid(t, dir, "early", now.Add(24*time.Hour), now.Add(48*time.Hour), "localhost")
+	conf := filepath.Join(dir, "tlsfarm.yaml")
+	write := func(cert, key string) {
+		writeFile(t, conf, fmt.Sprintf("listeners:\n  - address: 127.0.0.1:0\n    certificates:\n      - cert: %s\n        key: %s\n", cert, key), 0o644)
+	}
+	write(goodCert, goodKey)
+	p := serveProc(t, []string{"-config", conf})
+	addr := p.Listeners[0]
+	open, err := tls.Dial("tcp", addr, clientFor("localhost", good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+
+	const rejected = "reload rejected; the running configuration is unchanged"
+	for i, c := range []struct{ cert, key, want string }{
+		{oldCert, oldKey, "expired"},
+		{earlyCert, earlyKey, "not valid before"},
+		{goodCert, oldKey, "does not match"},
+	} {
+		write(c.cert, c.key)
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		waitUntil(t, 10*time.Second, func() bool { return p.countLog(rejected) == i+1 || p.countLog("reload applied") > 0 },
+			"no reload line for %s:\n%s", c.cert, p.log())
+		if p.countLog("reload applied") > 0 {
+			t.Fatalf("the reload with %s and %s was applied", c.cert, c.key)
+		}
+		var why string
+		p.mu.Lock()
+		for _, l := range p.lines {
+			if l["msg"] == rejected {
+				why = fmt.Sprint(l["err"])
+			}
+		}
+		p.mu.Unlock()
+		if !strings.Contains(why, c.want) || !strings.Contains(why, "listeners[0].certificates[0]") {
+			t.Errorf("reload with %s: the rejection says %q, want it to name the certificate and say %q", c.cert, why, c.want)
+		}
+		if _, _, cs := get(t, addr, clientFor("localhost", good), "/"); !cs.PeerCertificates[0].Equal(good) {
+			t.Errorf("after the rejected reload with %s, a new client got another certificate", c.cert)
+		}
+		if n := metric(t, p, `tlsfarm_reloads_total{result="rejected"}`); n != float64(i+1) {
+			t.Errorf("rejected reloads = %v, want %d", n, i+1)
+		}
+	}
+	if _, _, cs := request(t, open, "/"); !cs.PeerCertificates[0].Equal(good) {
+		t.Error("the connection opened before the reloads changed")
+	}
+
+	code, _, stderr := runCmd(t, []string{"check", "-reload", "-listen", "127.0.0.1:0", "-admin", "off", "-cert", oldCert, "-key", oldKey})
+	if code != 1 || !strings.Contains(stderr, "expired") || !strings.Contains(stderr, oldCert) {
+		t.Errorf("check with an expired certificate: exit %d, %q", code, stderr)
+	}
+	p.stop()
+}
