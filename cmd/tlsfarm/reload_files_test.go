@@ -2,13 +2,17 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/config"
 )
 
 // A -config that names a named pipe is refused at start and on SIGHUP:
@@ -178,4 +182,87 @@ func TestReloadRefusesExpiredCertificate(t *testing.T) {
 		t.Errorf("check with an expired certificate: exit %d, %q", code, stderr)
 	}
 	p.stop()
+}
+
+// A reload matches the file's listeners to the running ones by address,
+// not by their place in the file: removing the first listener from the
+// file must not give the second one's certificate and upstream to the
+// first one's socket (it keeps its settings until the restart), and listing
+// the same listeners in another order changes nothing.
+func TestReloadMatchesListenersByAddress(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	aCert, aKey, a := writeCert(t, dir, "a", "localhost")
+	a2Cert, a2Key, a2 := writeCert(t, dir, "a2", "localhost")
+	bCert, bKey, b := writeCert(t, dir, "b", "localhost")
+	conf := filepath.Join(dir, "tlsfarm.yaml")
+	listener := func(addr, cert, key string) string {
+		return fmt.Sprintf("  - address: %s\n    certificates:\n      - cert: %s\n        key: %s\n", addr, cert, key)
+	}
+	la, lb := listener("127.0.0.1:0", aCert, aKey), listener("127.0.0.2:0", bCert, bKey)
+	writeFile(t, conf, "listeners:\n"+la+lb, 0o644)
+	p := serveProc(t, []string{"-config", conf})
+	served := func(i int) string {
+		_, _, cs := get(t, p.Listeners[i], clientFor("localhost", a, a2, b), "/")
+		for name, c := range map[string]*x509.Certificate{"a": a, "a2": a2, "b": b} {
+			if cs.PeerCertificates[0].Equal(c) {
+				return name
+			}
+		}
+		return "another"
+	}
+	if s0, s1 := served(0), served(1); s0 != "a" || s1 != "b" {
+		t.Fatalf("at start the listeners serve %s and %s", s0, s1)
+	}
+
+	const partial = "reload applied, except settings that need a restart: they keep their running values until tlsfarm restarts"
+	writeFile(t, conf, "listeners:\n"+lb, 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, 10*time.Second, func() bool { return p.countLog(partial)+p.countLog("reload applied") == 1 }, "no reload line:\n%s", p.log())
+	if s0, s1 := served(0), served(1); s0 != "a" || s1 != "b" {
+		t.Errorf("after removing the first listener from the file, the listeners serve %s and %s, want a and b", s0, s1)
+	}
+	if p.countLog(partial) != 1 {
+		t.Fatal("removing a listener was not reported as needing a restart")
+	}
+	if r := fmt.Sprint(p.waitLog(partial, time.Second)["restart_needed"]); r != "listeners (2 entries, now 1: 127.0.0.1:0 kept until the restart)" {
+		t.Errorf("restart_needed = %q", r)
+	}
+
+	writeFile(t, conf, "listeners:\n"+lb+listener("127.0.0.1:0", a2Cert, a2Key), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, 10*time.Second, func() bool { return p.countLog(partial)+p.countLog("reload applied") == 2 }, "no reload line:\n%s", p.log())
+	if s0, s1 := served(0), served(1); s0 != "a2" || s1 != "b" {
+		t.Errorf("after listing the listeners in another order, they serve %s and %s, want a2 and b", s0, s1)
+	}
+	if p.countLog("reload applied") != 1 {
+		t.Errorf("reordering the listeners was reported as needing a restart:\n%s", p.log())
+	}
+	p.stop()
+}
+
+func TestPairListeners(t *testing.T) {
+	ls := func(addrs ...string) []config.Listener {
+		var out []config.Listener
+		for _, a := range addrs {
+			out = append(out, config.Listener{Address: a})
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		running, next []string
+		pair, added   []int
+	}{
+		{[]string{"a"}, []string{"a2"}, []int{0}, nil},
+		{[]string{"a", "b"}, []string{"b"}, []int{-1, 0}, nil},
+		{[]string{"a", "b"}, []string{"b", "a"}, []int{1, 0}, nil},
+		{[]string{"a"}, []string{"a", "c"}, []int{0}, []int{1}},
+		{[]string{"a", "b"}, []string{"c", "b"}, []int{0, 1}, nil},
+		{[]string{"x", "x"}, []string{"x"}, []int{0, -1}, nil},
+	} {
+		pair, added := pairListeners(ls(tt.running...), ls(tt.next...))
+		if !slices.Equal(pair, tt.pair) || !slices.Equal(added, tt.added) {
+			t.Errorf("%v -> %v: pair %v added %v, want %v %v", tt.running, tt.next, pair, added, tt.pair, tt.added)
+		}
+	}
 }
