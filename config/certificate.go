@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 // loadCertificate reads and parses the pair named by cert, naming the file
@@ -28,6 +29,17 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return c.problem(key, "%s and %s: %v", cert.Cert, cert.Key, err)
+	}
+	// A certificate no verifying client accepts is refused: at start, and
+	// on a reload, which then keeps the running one (a renewal that
+	// installed the wrong file would otherwise fail every client).
+	if leaf := pair.Leaf; leaf != nil {
+		const day = "2006-01-02 15:04:05 UTC"
+		if now := time.Now(); now.After(leaf.NotAfter) {
+			return c.problem(key+".cert", "%s expired on %s", cert.Cert, leaf.NotAfter.UTC().Format(day))
+		} else if now.Before(leaf.NotBefore) {
+			return c.problem(key+".cert", "%s is not valid before %s", cert.Cert, leaf.NotBefore.UTC().Format(day))
+		}
 	}
 	cert.Loaded = &pair
 	for i, n := range cert.Names {

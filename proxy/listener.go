@@ -31,6 +31,7 @@ type listener struct {
 
 	ln      net.Listener
 	sem     chan struct{} // one slot per open connection, when bounded
+	stop    chan struct{} // closed by Shutdown, with ln
 	http    *http.Server
 	handoff *handoffListener // handshaken HTTP connections, for http
 
@@ -40,7 +41,7 @@ type listener struct {
 }
 
 func (s *Server) newListener(cfg Listener) (*listener, error) {
-	l := &listener{s: s, address: cfg.Address, cfg: cfg, handoff: newHandoffListener()}
+	l := &listener{s: s, address: cfg.Address, cfg: cfg, handoff: newHandoffListener(), stop: make(chan struct{})}
 	if s.max > 0 {
 		l.sem = make(chan struct{}, s.max)
 	}
@@ -155,7 +156,16 @@ func (l *listener) acceptLoop() {
 	var delay time.Duration
 	for {
 		if l.sem != nil {
-			l.sem <- struct{}{}
+			// At the bound, wait for a slot or the shutdown: a slot
+			// may be held past the drain timeout (a passthrough
+			// connection dialing an upstream that does not answer
+			// frees it only when the dial gives up), and Shutdown
+			// waits for this loop.
+			select {
+			case l.sem <- struct{}{}:
+			case <-l.stop:
+				return
+			}
 		}
 		raw, err := l.ln.Accept()
 		if err != nil {

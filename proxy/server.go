@@ -327,6 +327,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 
 	for _, l := range s.listeners {
+		close(l.stop)
 		if started {
 			l.ln.Close()
 		}

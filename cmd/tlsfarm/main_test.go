@@ -220,6 +220,13 @@ func runCmd(t *testing.T, args []string, env ...string) (code int, stdout, stder
 // files in dir and returns their paths and the certificate.
 func writeCert(t *testing.T, dir, base string, names ...string) (certPath, keyPath string, cert *x509.Certificate) {
 	t.Helper()
+	return writeCertValid(t, dir, base, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour), names...)
+}
+
+// writeCertValid is writeCert for a certificate valid from notBefore to
+// notAfter.
+func writeCertValid(t *testing.T, dir, base string, notBefore, notAfter time.Time, names ...string) (certPath, keyPath string, cert *x509.Certificate) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +234,7 @@ func writeCert(t *testing.T, dir, base string, names ...string) (certPath, keyPa
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
 		SerialNumber: serial, Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		NotBefore: notBefore, NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true, IsCA: true,
 	}

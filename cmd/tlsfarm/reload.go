@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/tlsfarm/tlsfarm/config"
@@ -17,11 +18,26 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 		d.log.Error("reload rejected; the running configuration is unchanged", "err", err.Error())
 		return
 	}
-	// The proxy runs the listeners it started with: one added to the
+	// The proxy runs the listeners it started with, each matched to its
+	// entry in the new configuration (pairListeners): one added to the
 	// file waits for a restart (RestartOnly names it), one removed keeps
 	// the settings it last had; the others take their new settings.
-	ls := append([]config.Listener(nil), nc.Listeners[:min(len(nc.Listeners), len(d.listeners))]...)
-	ls = append(ls, d.listeners[len(ls):]...)
+	pair, added := pairListeners(d.started.Listeners, nc.Listeners)
+	ls := make([]config.Listener, len(pair))
+	cmp := *nc // nc as RestartOnly compares it with the start
+	cmp.Listeners = make([]config.Listener, len(pair), len(pair)+len(added))
+	var removed []string
+	for i, j := range pair {
+		if j < 0 {
+			ls[i], cmp.Listeners[i] = d.listeners[i], d.started.Listeners[i]
+			removed = append(removed, d.started.Listeners[i].Address)
+			continue
+		}
+		ls[i], cmp.Listeners[i] = nc.Listeners[j], nc.Listeners[j]
+	}
+	for _, j := range added {
+		cmp.Listeners = append(cmp.Listeners, nc.Listeners[j])
+	}
 	pcfg := *nc
 	pcfg.Listeners = ls
 	pc, err := d.proxyConfig(&pcfg)
@@ -43,10 +59,55 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 	d.listeners = ls
 	d.cfg.Store(nc)
 	d.reloads.Add(1)
-	if restart := config.RestartOnly(d.started, nc); len(restart) > 0 {
+	restart := config.RestartOnly(d.started, &cmp)
+	if len(removed) > 0 {
+		restart = append(restart, fmt.Sprintf("listeners (%d entries, now %d: %s kept until the restart)",
+			len(d.started.Listeners), len(nc.Listeners), strings.Join(removed, ", ")))
+	}
+	if len(restart) > 0 {
 		d.log.Warn("reload applied, except settings that need a restart: they keep their running values until tlsfarm restarts",
 			"restart_needed", strings.Join(restart, ", "))
 		return
 	}
 	d.log.Info("reload applied")
+}
+
+// pairListeners matches the running listeners (as configured at start) to
+// the entries of a new configuration: by address first, then, among those
+// left on both sides, in order, so that a listener whose address changed
+// keeps its socket and takes its entry's other settings (the address waits
+// for a restart). pair[i] is the index in next of running listener i's
+// entry, or -1 if it has none (removed from the file); added are the
+// entries of next no running listener has, in order.
+func pairListeners(running, next []config.Listener) (pair, added []int) {
+	pair = make([]int, len(running))
+	taken := make([]bool, len(next))
+	for i, r := range running {
+		pair[i] = -1
+		for j, n := range next {
+			if !taken[j] && n.Address == r.Address {
+				pair[i], taken[j] = j, true
+				break
+			}
+		}
+	}
+	j := 0
+	for i := range pair {
+		if pair[i] >= 0 {
+			continue
+		}
+		for j < len(next) && taken[j] {
+			j++
+		}
+		if j == len(next) {
+			break
+		}
+		pair[i], taken[j] = j, true
+	}
+	for j := range next {
+		if !taken[j] {
+			added = append(added, j)
+		}
+	}
+	return pair, added
 }
