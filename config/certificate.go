@@ -8,6 +8,11 @@ import (
 	"time"
 )
 
+// notBeforeSlack is how far ahead of this clock a certificate's NotBefore
+// may be: a certificate just issued by a CA whose clock runs ahead of this
+// one is taken, not refused until the next reload.
+const notBeforeSlack = 5 * time.Minute
+
 // loadCertificate reads and parses the pair named by cert, naming the file
 // at fault in its error, and fills in cert.Names from the certificate when
 // the configuration gives none.
@@ -37,7 +42,7 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 		const day = "2006-01-02 15:04:05 UTC"
 		if now := time.Now(); now.After(leaf.NotAfter) {
 			return c.problem(key+".cert", "%s expired on %s", cert.Cert, leaf.NotAfter.UTC().Format(day))
-		} else if now.Before(leaf.NotBefore) {
+		} else if now.Add(notBeforeSlack).Before(leaf.NotBefore) {
 			return c.problem(key+".cert", "%s is not valid before %s", cert.Cert, leaf.NotBefore.UTC().Format(day))
 		}
 	}

@@ -25,13 +25,20 @@ import (
 // files and returns their paths.
 func certFiles(t *testing.T, names ...string) (certPath, keyPath string) {
 	t.Helper()
+	return certFilesValid(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), names...)
+}
+
+// certFilesValid is certFiles for a certificate valid from notBefore to
+// notAfter.
+func certFilesValid(t *testing.T, notBefore, notAfter time.Time, names ...string) (certPath, keyPath string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: notBefore, NotAfter: notAfter,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -46,6 +53,34 @@ func certFiles(t *testing.T, names ...string) (certPath, keyPath string) {
 	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
 	return certPath, keyPath
+}
+
+// TestCertificateValidity: a certificate past its NotAfter, or whose
+// NotBefore is more than notBeforeSlack ahead, is refused naming its file;
+// one just issued by a CA whose clock runs a minute ahead is taken.
+func TestCertificateValidity(t *testing.T) {
+	now := time.Now()
+	for _, tt := range []struct {
+		name                string
+		notBefore, notAfter time.Time
+		want                string // in the error; empty: loads
+	}{
+		{"valid", now.Add(-time.Hour), now.Add(time.Hour), ""},
+		{"issued a minute ahead", now.Add(time.Minute), now.Add(time.Hour), ""},
+		{"expired", now.Add(-2 * time.Hour), now.Add(-time.Hour), "expired on"},
+		{"not yet valid", now.Add(10 * time.Minute), now.Add(time.Hour), "not valid before"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cert, key := certFilesValid(t, tt.notBefore, tt.notAfter, "a.example")
+			_, err := Load("serve", []string{"-cert", cert, "-key", key}, env(nil), io.Discard)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), cert)):
+				t.Errorf("error = %v, want one naming %s with %q", err, cert, tt.want)
+			}
+		})
+	}
 }
 
 func TestCertificateNamesFromTheCertificate(t *testing.T) {
