@@ -157,7 +157,11 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 func (n *Node) writeStore(ctx context.Context, hdr header, batch []item, puts []transport.Item, dels []string, revs []revocation, restores bool) error {
 	sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	defer cancel()
-	err := n.storeBatch(sctx, hdr, puts, dels, revs)
+	var tombs []tombstone
+	for _, r := range revs {
+		tombs = append(tombs, n.sealTombstone(hdr, r))
+	}
+	err := n.storeBatch(sctx, puts, dels, tombs)
 	if restores {
 		if rerr := n.restoreAll(sctx, hdr, batch); err == nil {
 			err = rerr

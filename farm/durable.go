@@ -45,9 +45,14 @@ func (s RevokeStatus) String() string {
 
 // A pendingRev is one revoked chain on its way to the farm.
 type pendingRev struct {
-	rev       revocation
-	ids       []session.ID // stored sessions of the chain to delete
-	stored    bool         // tombstone written (or no store)
+	rev    revocation
+	ids    []session.ID // stored sessions of the chain to delete
+	stored bool         // tombstone written (or no store)
+	// tomb is the revocation sealed for the store, once a write of it
+	// was tried: every later write adds the same member, so that a write
+	// cut short (it may have added it) and tried again leaves one
+	// tombstone, not two. A later until seals it anew.
+	tomb      []byte
 	published bool
 	done      chan struct{} // closed once stored and published
 }
@@ -108,6 +113,7 @@ func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
 		r.byChain[rev.chain] = p
 	} else if rev.until.After(p.rev.until) {
 		p.rev.until = rev.until
+		p.tomb = nil // sealed with the earlier until
 	}
 	if id != (session.ID{}) {
 		p.ids = append(p.ids, id)
@@ -262,21 +268,25 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 // what it applied; applyRevocations drops them from the list.
 func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) bool {
 	r := &n.revs
+	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	r.mu.Lock()
 	work := make([]pendingRev, len(ptrs))
 	for i, p := range ptrs {
+		if !p.stored && p.tomb == nil {
+			p.tomb = n.sealTombstone(hdr, p.rev).member
+		}
 		work[i] = *p
 		work[i].ids = append([]session.ID(nil), p.ids...)
 	}
 	r.mu.Unlock()
-	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 
 	var storeErr, pubErr error
-	var toStore, toPublish []revocation
+	var toStore []tombstone
+	var toPublish []revocation
 	var dels []string
 	for _, w := range work {
 		if !w.stored {
-			toStore = append(toStore, w.rev)
+			toStore = append(toStore, tombstone{member: w.tomb, until: w.rev.until})
 			for _, id := range w.ids {
 				dels = append(dels, sessionKey(id))
 			}
@@ -292,7 +302,7 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 			defer wg.Done()
 			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 			defer cancel()
-			storeErr = n.storeBatch(sctx, hdr, nil, dels, toStore)
+			storeErr = n.storeBatch(sctx, nil, dels, toStore)
 		}()
 	}
 	if len(toPublish) > 0 {

@@ -160,3 +160,7 @@ func (n *Node) SlowRevocationJournal(d time.Duration) {
 	n.revs.writeHook = func() { time.Sleep(d) }
 	n.revs.mu.Unlock()
 }
+
+// HoldTallyTick makes the node's tallier call f on each tick, with its
+// context, before it sends the tick's tally.
+func (n *Node) HoldTallyTick(f func(ctx context.Context)) { n.tly.tickHook.Store(&f) }

@@ -359,7 +359,8 @@ func (n *Node) combined() bool {
 // OpTimeout, and a last tally goes out (see Config.TallyInterval), bounded
 // by a quarter of it, unless the transport was failing (the bus had reported
 // itself down, the queues did not empty in time, or a publish failed
-// within OpTimeout before Close began, or since); a tally in flight when Close began (on a hung transport) may
+// within OpTimeout before Close began, or since; a publish that Close
+// itself cancelled is no failure); a tally in flight when Close began (on a hung transport) may
 // hold it back as long. With Config.RevocationFile, the retirements and cuts not yet
 // written and published (kept, still queued, or in a write cancelled
 // above) are written to the lifecycle file for the next Join. In all,

@@ -271,7 +271,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	return ok
 }
 
-func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item, dels []string, revs []revocation) error {
+// storeBatch writes puts, deletes dels and adds tombs to the store's set
+// of revocations, in that order, and stops at the first error.
+func (n *Node) storeBatch(ctx context.Context, puts []transport.Item, dels []string, tombs []tombstone) error {
 	if len(puts) > 0 {
 		if err := n.cfg.Records.PutRecords(ctx, puts...); err != nil {
 			return err
@@ -282,12 +284,25 @@ func (n *Node) storeBatch(ctx context.Context, hdr header, puts []transport.Item
 			return err
 		}
 	}
-	hdr.typ = valTombstone
-	for _, r := range revs {
-		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
-		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, member, r.until); err != nil {
+	for _, tb := range tombs {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, tb.member, tb.until); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// A tombstone is a revocation sealed as a member of the store's set of
+// revocations (tombstoneKey), and when it lapses. Adding the same member
+// again only sets its time; a revocation sealed anew is another member.
+type tombstone struct {
+	member []byte
+	until  time.Time
+}
+
+// sealTombstone seals r as a member of the store's set of revocations,
+// with hdr's time and sender.
+func (n *Node) sealTombstone(hdr header, r revocation) tombstone {
+	hdr.typ = valTombstone
+	return tombstone{member: n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil), until: r.until}
 }

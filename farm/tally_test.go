@@ -328,3 +328,39 @@ func TestTallyRestartNotLoss(t *testing.T) {
 		t.Fatalf("n2 found %d messages lost across n1's restart", got)
 	}
 }
+
+// TestTallyCloseAfterCancelledTick: a tally tick that Close cancels (the
+// tallier woke for it, or was publishing it, when Close stopped the node's
+// goroutines) is no transport failure: Close still sends the last tally.
+// The node's own cancellation once counted as a publish that failed,
+// and Close, which sends no last tally through an outage, sent none
+// (TestTallyRestartNotLoss failed so on a loaded machine, where the
+// tallier's goroutine can wait for a core past the tick). The tick is held
+// here until Close has cancelled it.
+func TestTallyCloseAfterCancelledTick(t *testing.T) {
+	t.Parallel()
+	o := &farmtest.Options{NewTransport: busOnly(redistest.URL(t)),
+		Tweak: func(c *farm.Config) { c.TallyInterval = tallyInterval }}
+	ms, _ := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	farmtest.Eventually(t, 10*time.Second, "n2 has n1's tallies", func() bool {
+		return tallyCounter(n2, "received") >= 2
+	})
+	held := make(chan struct{})
+	var once sync.Once
+	n1.Node.HoldTallyTick(func(ctx context.Context) {
+		once.Do(func() {
+			close(held)
+			<-ctx.Done() // Close cancelled the tick
+		})
+	})
+	<-held
+	received, sent := tallyCounter(n2, "received"), tallyCounter(n1, "sent")
+	n1.Node.Close()
+	if got := tallyCounter(n1, "sent"); got <= sent {
+		t.Fatalf("n1's Close sent no last tally after a cancelled tick (%d failed so far)", tallyCounter(n1, "failed"))
+	}
+	farmtest.Eventually(t, 10*time.Second, "n2 got n1's last tally", func() bool {
+		return tallyCounter(n2, "received") > received
+	})
+}

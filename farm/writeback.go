@@ -218,9 +218,9 @@ func (n *Node) writeBackRevocations(ctx context.Context) {
 	written := 0
 	for chain, until := range n.cfg.Cache.Revocations() {
 		r := revocation{chain: chain, until: until}
-		member := n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{r}), nil)
+		tb := n.sealTombstone(hdr, r)
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		err := n.cfg.Coord.SetAdd(wctx, tombstoneKey, member, until)
+		err := n.cfg.Coord.SetAdd(wctx, tombstoneKey, tb.member, tb.until)
 		cancel()
 		if err != nil {
 			n.log.Warn("farm: writing revocations back to the store failed; a node that joins or restarts may accept tickets of those revoked chains until they lapse",
