@@ -807,8 +807,8 @@ func (n *Node) recutWritten(batch []item, first bool) {
 
 // newWritten returns the memory of the sessions a node wrote lately (see
 // recutLate), each for ttl (MaxAge plus MaxSkew): one per session it
-// issued, however many it issues (see writeMemory).
-func newWritten(ttl time.Duration) *writeMemory { return newWriteMemory(maxWritten, ttl) }
+// issued, however many it issues (see idMemory).
+func newWritten(ttl time.Duration) *idMemory { return newIDMemory(maxWritten, ttl) }
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id
