@@ -362,9 +362,9 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 // a clock within MaxSkew of the retirer's, so a retirement older than
 // MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
 // up to the cache's Lifetime) is remembered only if it removed a session
-// here: replayed in bulk, retirements of sessions long gone would push out
-// of the bounded set the ones that still matter. It reports whether the
-// cache held the session.
+// here: replayed in bulk, retirements of sessions long gone would fill the
+// bounded memory, which past its bound refuses every peer's copy for a
+// while (see idMemory). It reports whether the cache held the session.
 func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) bool {
 	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
 		n.retired.add(id, now)
