@@ -91,7 +91,7 @@ func TestKeepLifecycle(t *testing.T) {
 	now := time.Now()
 	n := &Node{cfg: Config{Farm: "f1", Cache: cache, Mode: Broadcast, Records: nil, Now: time.Now, MaxAge: time.Minute},
 		keys: k, backlog: newBacklog(16), lifeq: newLaterLife(16), kids: make(chan item, 4),
-		retired: newNegCache(16, time.Minute)}
+		retired: newIDMemory(maxRetired, time.Minute)}
 	parent, gone, fresh, cut := cache.NewID(), cache.NewID(), cache.NewID(), cache.NewID()
 	for _, id := range []session.ID{parent, fresh, cut} {
 		if err := cache.Insert(id, session.Record{State: []byte("p"), Expires: now.Add(time.Hour)}, session.OriginPeer); err != nil {

@@ -362,9 +362,9 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 // a clock within MaxSkew of the retirer's, so a retirement older than
 // MaxAge plus MaxSkew (kept by the bus, or replayed: retirements are taken
 // up to the cache's Lifetime) is remembered only if it removed a session
-// here: replayed in bulk, retirements of sessions long gone would push out
-// of the bounded set the ones that still matter. It reports whether the
-// cache held the session.
+// here: replayed in bulk, retirements of sessions long gone would fill the
+// bounded memory, which past its bound refuses every peer's copy for a
+// while (see idMemory). It reports whether the cache held the session.
 func (n *Node) retireFromPeer(id session.ID, sent, now time.Time) bool {
 	if now.Sub(sent) <= n.cfg.MaxAge+n.cfg.MaxSkew {
 		n.retired.add(id, now)
@@ -807,8 +807,8 @@ func (n *Node) recutWritten(batch []item, first bool) {
 
 // newWritten returns the memory of the sessions a node wrote lately (see
 // recutLate), each for ttl (MaxAge plus MaxSkew): one per session it
-// issued, however many it issues (see writeMemory).
-func newWritten(ttl time.Duration) *writeMemory { return newWriteMemory(maxWritten, ttl) }
+// issued, however many it issues (see idMemory).
+func newWritten(ttl time.Duration) *idMemory { return newIDMemory(maxWritten, ttl) }
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id

@@ -38,7 +38,7 @@ func lifeNode(t testing.TB, farm, file string, cache *session.Cache, now *atomic
 		cfg: Config{Farm: farm, Cache: cache, Mode: StoreOnly, Records: nopRecords{}, RevocationFile: file,
 			Now: func() time.Time { return time.Unix(0, now.Load()) }, MaxAge: time.Minute, MaxSkew: 5 * time.Second},
 		keys: testKeyring(t, farm), q: newQueue(16), lifeq: newLaterLife(16), lifesq: newLaterLife(16),
-		held: newLaterLife(32), retired: newNegCache(16, time.Minute), kids: make(chan item, 4),
+		held: newLaterLife(32), retired: newIDMemory(maxRetired, time.Minute), kids: make(chan item, 4),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if split {

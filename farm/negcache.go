@@ -14,30 +14,11 @@ const (
 	defaultNegativeCacheTTL  = 2 * time.Second
 )
 
-// retiredSize bounds the session IDs a node remembers as retired (see
-// Node.retired); each is remembered for MaxAge plus MaxSkew, as long as a
-// peer's message that still carries the session may be accepted. A farm
-// of single-use sessions retires one on every resumption, so it is as
-// large as resumedSize: at 16384 it covered only about 470 retirements a
-// second farm-wide, and past that a late message could bring a retired
-// session back before its time.
-const retiredSize = resumedSize
-
-// resumedSize bounds the session IDs a node remembers as resumed lately
-// (see Node.resumed), for as long. Every TLS 1.3 resumption in the farm
-// adds one: 65536 IDs over the default 35 s cover about 1,900 resumptions
-// a second farm-wide, in about 3 MB.
-const resumedSize = 65536
-
 // negCache remembers, for a short while, the session IDs the store did not
 // have, so that a dead ID presented again (a client retrying an expired
 // ticket, up to five identities per TLS 1.3 hello) costs no round trip. It
 // holds at most size IDs: a full cache forgets its oldest entry first. An
 // ID the farm inserts is forgotten at once.
-//
-// The node keeps two more, of the IDs retired lately (Node.retired) and of
-// those resumed lately (Node.resumed): the same bounded set of IDs that
-// expire, put to other uses.
 //
 // The TTL is short because a miss can be premature: a peer's store write
 // may land just after this node looked. In broadcast mode the peer's

@@ -25,10 +25,10 @@ type Node struct {
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
 	brk      breaker
 	sf       singleflight.Group
-	neg      *negCache    // nil if disabled or without a store
-	retired  *negCache    // IDs retired lately: a peer's copy must not bring one back
-	resumed  *negCache    // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
-	written  *writeMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
+	neg      *negCache // nil if disabled or without a store
+	retired  *idMemory // IDs retired lately: a peer's copy must not bring one back
+	resumed  *idMemory // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	written  *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log      *slog.Logger
 
 	// publishFirst: the combined path's one round trip may deliver its
@@ -217,8 +217,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.LazyPeers {
 		n.pend = newPending(cfg.PendingSize)
 	}
-	n.retired = newNegCache(retiredSize, cfg.MaxAge+cfg.MaxSkew)
-	n.resumed = newNegCache(resumedSize, cfg.MaxAge+cfg.MaxSkew)
+	n.retired = newIDMemory(maxRetired, cfg.MaxAge+cfg.MaxSkew)
+	n.resumed = newIDMemory(maxResumed, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)

@@ -184,9 +184,11 @@ func TestOldRestrictingMessages(t *testing.T) {
 // TestOldRetirementsDoNotFlushRetired: the IDs a node remembers as retired
 // (so that a peer's message still carrying one does not bring it back) are
 // bounded. Retirements are taken at any age up to the cache's Lifetime, so
-// someone on the bus can replay many old ones; they must not push out a
-// retirement that still matters: the session's own message, replayed
-// within MaxAge after, must not insert it again.
+// someone on the bus can replay many old ones (here more than the fixed
+// ring of 65,536 IDs the memory once was); they must not be remembered
+// (past its bound the memory refuses every peer's copy for a while), nor
+// push out a retirement that still matters: the session's own message,
+// replayed within MaxAge after, must not insert it again.
 func TestOldRetirementsDoNotFlushRetired(t *testing.T) {
 	recv, send := oldMsgNodes(t, false, 30*time.Second)
 	now := time.Now()
@@ -210,7 +212,7 @@ func TestOldRetirementsDoNotFlushRetired(t *testing.T) {
 	// Replays of retirements of other sessions, sealed ten minutes ago.
 	hdr.time = now.Add(-10 * time.Minute)
 	var cs []cut
-	for range retiredSize + 1 {
+	for range 1<<16 + 1 {
 		cs = append(cs, cut{id: send.cfg.Cache.NewID()})
 		if len(cs) == 4096 {
 			recv.receive(send.keys.seal(nil, hdr, appendCuts(nil, cs), nil))
@@ -221,6 +223,9 @@ func TestOldRetirementsDoNotFlushRetired(t *testing.T) {
 	recv.receive(sessions) // the session's message, replayed
 	if _, ok := recv.cfg.Cache.Cut(id, now.Add(time.Hour)); ok {
 		t.Fatal("a replayed message brought a retired session back after old retirements were replayed")
+	}
+	if got := recv.retired.len(); got != 1 {
+		t.Errorf("the node remembers %d retired IDs, want 1: old retirements of sessions it did not hold were remembered", got)
 	}
 }
 

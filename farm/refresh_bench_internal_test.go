@@ -29,7 +29,7 @@ func benchRefreshBatch(b *testing.B, sq *queue, first bool) {
 	}
 	defer cache.Close()
 	n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now}, sq: sq}
-	n.retired = newNegCache(retiredSize, time.Minute)
+	n.retired = newIDMemory(maxRetired, time.Minute)
 	n.written = newWritten(time.Minute)
 	rec := session.Record{State: make([]byte, 200), ServerName: "localhost", Expires: time.Now().Add(time.Hour)}
 	batch := make([]item, 256)

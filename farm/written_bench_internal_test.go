@@ -13,7 +13,7 @@ import (
 // one add (a session written) and one since (a peer's restriction heard)
 // an op, and the heap each remembered session takes. "ring" is the
 // bounded set of IDs it used to be (negCache, 65,536 IDs), "generations"
-// the writeMemory that replaced it.
+// the idMemory that replaced it.
 func BenchmarkWrittenMemory(b *testing.B) {
 	const live = 1 << 16
 	const ttl = 35 * time.Second
@@ -35,8 +35,8 @@ func BenchmarkWrittenMemory(b *testing.B) {
 		name string
 		make func() memory
 	}{
-		{"ring", func() memory { return newNegCache(resumedSize, ttl) }},
-		{"generations", func() memory { return newWriteMemory(maxWritten, ttl) }},
+		{"ring", func() memory { return newNegCache(1<<16, ttl) }},
+		{"generations", func() memory { return newIDMemory(maxWritten, ttl) }},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			var before, after runtime.MemStats

@@ -23,7 +23,7 @@ func TestWrittenFollowsRate(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
 	node := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: clock, MaxSkew: 100 * time.Millisecond}, sq: newQueue(16)}
-	node.retired = newNegCache(retiredSize, ttl)
+	node.retired = newIDMemory(maxRetired, ttl)
 	node.written = newWritten(ttl)
 	start := now
 	first := cache.NewID()
@@ -67,7 +67,7 @@ func TestWrittenPastBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cache.Close()
-	w := newWriteMemory(1000, ttl)
+	w := newIDMemory(1000, ttl)
 	now := time.Now()
 	ids := make([]session.ID, 1500)
 	for i := range ids {
@@ -94,7 +94,7 @@ func TestWrittenPastBound(t *testing.T) {
 		t.Error("a session never written is taken for written once the forgotten ones lapsed")
 	}
 	// Generations: a session is remembered for ttl, whatever the rotations.
-	w2 := newWriteMemory(1000, ttl)
+	w2 := newIDMemory(1000, ttl)
 	w2.add(ids[0], now)
 	w2.add(ids[1], now.Add(ttl-time.Millisecond))
 	w2.add(ids[2], now.Add(ttl)) // cur rotates to prev
