@@ -2,6 +2,7 @@ package farm
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"slices"
@@ -172,4 +173,106 @@ func TestFilesAfterClockStepBack(t *testing.T) {
 	if n.readSent(); n.sent.len() != 1 {
 		t.Fatalf("the sent file written a minute ahead: %d items, want 1", n.sent.len())
 	}
+}
+
+// FuzzRevocationReplay fuzzes what the pending revocations journal's
+// frames hold once they open (the frames FuzzRevocationJournal's bodies
+// stand for are sealed, and a changed seal opens nothing): the first
+// frame's body (or, with named, the version and the hash of the file
+// there), then two frames of arbitrary bodies, each sealed under the
+// farm's key. Reading them never panics, and gives what a plain replay of
+// the decoded records over the file's entries gives: an add merges into
+// its chain's entry (the later until, the IDs appended) or adds one at the
+// end, a done removes its chain; an error for a first frame of another
+// version or length, or a later frame that does not decode.
+func FuzzRevocationReplay(f *testing.F) {
+	cache, now, t0 := fileTestCache(f, &session.Config{Lifetime: time.Hour})
+	rec := func(kind byte, chain uint64, until time.Time, ids ...session.ID) []byte {
+		return appendRevRecord([]byte{revJournalVersion}, kind, revocation{chain: chain, until: until}, ids)
+	}
+	u := t0.Add(time.Hour)
+	add2 := append(rec(revRecAdd, 2, u, session.ID{2}), rec(revRecAdd, 1, u.Add(time.Second), session.ID{3})[1:]...)
+	done1 := append(rec(revRecDone, 1, time.Time{}), rec(revRecAdd, 1, u, session.ID{4})[1:]...)
+	f.Add(true, []byte(nil), add2, done1)
+	f.Add(true, []byte(nil), rec(revRecDone, 2, time.Time{}), add2)
+	f.Add(true, []byte(nil), add2[:len(add2)-1], done1)
+	f.Add(true, []byte(nil), []byte{revJournalVersion}, []byte{})
+	f.Add(false, append([]byte{revJournalVersion}, make([]byte, 32)...), add2, done1)
+	f.Add(false, []byte{revJournalVersion}, add2, done1)
+	f.Add(false, []byte{2}, add2, done1)
+	file := filepath.Join(f.TempDir(), "revocations")
+	n := lifeNode(f, "revreplay", file, cache, now, false)
+	hdr := header{typ: valTombstone, time: t0, sender: 1, farm: "revreplay"}
+	body := appendRevocationFile(nil, revocation{chain: 1, until: u}, []session.ID{{1}})
+	raw := n.keys.seal(nil, hdr, body, []byte(revocationFileContext))
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		f.Fatal(err)
+	}
+	hash := sha256.Sum256(raw)
+	base, err := decodeRevocationFile(body)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, named bool, first, a, b []byte) {
+		if named {
+			first = append([]byte{revJournalVersion}, hash[:]...)
+		}
+		var j []byte
+		for _, body := range [][]byte{first, a, b} {
+			j = n.appendFrame(j, body, revJournalContext)
+		}
+		if err := os.WriteFile(revJournalPath(file), j, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, found, err := n.readRevocations(file)
+		// The model.
+		want := slices.Clone(base)
+		wantErr := false
+		switch {
+		case len(first) == 0 || first[0] != revJournalVersion || len(first) != 1+sha256.Size:
+			wantErr = true
+		case !bytes.Equal(first[1:], hash[:]):
+		default:
+			for _, body := range [][]byte{a, b} {
+				recs, err := decodeRevJournal(body)
+				if err != nil {
+					wantErr = true
+					break
+				}
+				for _, r := range recs {
+					i := slices.IndexFunc(want, func(e revocationEntry) bool { return e.rev.chain == r.rev.chain })
+					switch {
+					case r.done && i >= 0:
+						want = slices.Delete(want, i, i+1)
+					case r.done:
+					case i >= 0:
+						if r.rev.until.After(want[i].rev.until) {
+							want[i].rev.until = r.rev.until
+						}
+						want[i].ids = append(slices.Clip(want[i].ids), r.ids...)
+					default:
+						want = append(want, revocationEntry{rev: r.rev, ids: r.ids})
+					}
+				}
+			}
+		}
+		if wantErr {
+			if err == nil {
+				t.Fatalf("read %d entries, want an error", len(got))
+			}
+			return
+		}
+		if err != nil || !found {
+			t.Fatalf("readRevocations: %v (found %t)", err, found)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%d entries, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i].rev.chain != want[i].rev.chain || !got[i].rev.until.Equal(want[i].rev.until) || !slices.Equal(got[i].ids, want[i].ids) {
+				t.Fatalf("entry %d: chain %d until %v, %d IDs; want chain %d until %v, %d IDs", i,
+					got[i].rev.chain, got[i].rev.until, len(got[i].ids), want[i].rev.chain, want[i].rev.until, len(want[i].ids))
+			}
+		}
+	})
 }

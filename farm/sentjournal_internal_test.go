@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -377,6 +378,81 @@ func FuzzSentJournal(f *testing.F) {
 		m.readSent()
 		if m.sent.len() > 2 {
 			t.Fatalf("read %d items into a ring of 2", m.sent.len())
+		}
+		if !m.lf.sentCompact {
+			t.Fatal("a journal read at Join is not folded into the sent file at the first sync")
+		}
+	})
+}
+
+// FuzzSentJournalFrames fuzzes what a sent journal's frames hold once
+// they open (FuzzSentJournal's changes seldom get past the seal): the
+// first frame's body (or, with named, the version and the hash of the
+// sent file there), then two frames of arbitrary bodies, each sealed under
+// the farm's key. Reading it never panics, and the ring holds the sent
+// file's items and then those of the frames up to the first that does not
+// decode (skipping those of a later version), as far as they are live and
+// fit, in order; only a journal that names the sent file adds any.
+func FuzzSentJournalFrames(f *testing.F) {
+	cache, now, t0 := fileTestCache(f, &session.Config{Lifetime: time.Hour})
+	exp := t0.Add(time.Hour).UnixNano()
+	two := encodeSentFile([]sentItem{{id: lifeID(2), op: opRetire, expires: exp}, {id: lifeID(3), op: opCut, until: exp - 1, expires: exp}})
+	one := encodeSentFile([]sentItem{{id: lifeID(4), op: opRetire, expires: exp}})
+	f.Add(true, []byte(nil), two, one)
+	f.Add(true, []byte(nil), []byte{2, 9}, one)
+	f.Add(true, []byte(nil), two[:len(two)-1], one)
+	f.Add(true, []byte(nil), []byte{}, one)
+	f.Add(false, append([]byte{sentJournalVersion}, make([]byte, 32)...), two, one)
+	f.Add(false, []byte{sentJournalVersion}, two, one)
+	f.Add(false, []byte{2}, two, one)
+	dir := f.TempDir()
+	n := &Node{cfg: Config{Farm: "fsjf", RevocationFile: filepath.Join(dir, "seed"), Cache: cache,
+		Now: func() time.Time { return time.Unix(0, now.Load()) }}, keys: testKeyring(f, "fsjf"), sent: newSentRing(8),
+		log: slog.New(slog.DiscardHandler)}
+	n.lf.sentPath = sentPath(&n.cfg)
+	n.sent.push(lifeID(1), opRetire, time.Time{}, t0.Add(time.Hour))
+	n.saveSent()
+	hash := n.lf.sentHash
+	if !n.lf.sentOnDisk || hash == ([32]byte{}) {
+		f.Fatal("no sent file written")
+	}
+	const size = 4
+	f.Fuzz(func(t *testing.T, named bool, first, a, b []byte) {
+		if named {
+			first = append([]byte{sentJournalVersion}, hash[:]...)
+		}
+		var raw []byte
+		for _, body := range [][]byte{first, a, b} {
+			raw = n.appendFrame(raw, body, sentJournalContext)
+		}
+		if err := os.WriteFile(n.lf.sentPath+sentJournalSuffix, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m := &Node{cfg: n.cfg, keys: n.keys, sent: newSentRing(size), log: n.log}
+		m.lf.sentPath = n.lf.sentPath
+		m.readSent()
+		want := []sentItem{{id: lifeID(1), op: opRetire, expires: exp}}
+		if bytes.Equal(first, append([]byte{sentJournalVersion}, hash[:]...)) {
+			for _, body := range [][]byte{a, b} {
+				if len(body) > 0 && body[0] != sentFileVersion {
+					continue
+				}
+				its, err := decodeSentFile(body)
+				if err != nil {
+					break
+				}
+				want = append(want, its...)
+			}
+		}
+		live := want[:0:0]
+		for _, it := range want {
+			if it.expires > now.Load() {
+				live = append(live, it)
+			}
+		}
+		live = live[max(0, len(live)-size):]
+		if got := m.sent.live(m.cfg.Now()); !slices.Equal(got, live) {
+			t.Fatalf("read %v, want %v", got, live)
 		}
 		if !m.lf.sentCompact {
 			t.Fatal("a journal read at Join is not folded into the sent file at the first sync")
