@@ -95,7 +95,9 @@ type Config struct {
 	// a farm the cache joined. Finding a session alone never retires it:
 	// that happens before the client has proved it holds the session's
 	// secret. A stateless ticket cannot be retired: New refuses SingleUse
-	// in Stateless mode.
+	// in Stateless mode, and a SingleUse cache resumes no stateless ticket
+	// in Mixed mode or after SetTicketFallback either (each means a full
+	// handshake, counted as tlsfarm_cache_tickets_total{event="single_use"}).
 	SingleUse bool
 
 	// MaxStateLen is the largest serialized session state the cache takes
