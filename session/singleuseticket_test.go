@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"crypto/tls"
 	"testing"
 
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -47,5 +48,44 @@ func TestSingleUseRefusesStatelessTickets(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSingleUseWithoutPerHandshakeConfig: the WrapSession and UnwrapSession
+// that Install sets on the config itself serve a configuration used without
+// its GetConfigForClient. They know nothing of the handshake, so they can
+// take no single-use claim, and a SingleUse cache must resume nothing
+// there: it used to resume one session ID again and again.
+func TestSingleUseWithoutPerHandshakeConfig(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			cert, pool := tlstest.SharedCert()
+			cache, err := session.New(&session.Config{SingleUse: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cache.Close() })
+			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+			cache.Install(cfg)
+			plain := cfg.Clone()
+			plain.GetConfigForClient = nil
+			srv := tlstest.Serve(t, "plain", plain, cache.HandshakeComplete)
+			frozen := &tlstest.FrozenCache{}
+			ccfg := func() *tls.Config { return tlstest.ClientConfig(pool, "localhost", tv.v, frozen) }
+			tlstest.MustDial(t, srv.Addr, ccfg())
+			if stats(cache).Size != 1 {
+				t.Fatal("the full handshake stored no session")
+			}
+			resumed := 0
+			for range 3 {
+				if tlstest.MustDial(t, srv.Addr, ccfg()).DidResume {
+					resumed++
+				}
+			}
+			if resumed > 1 {
+				t.Fatalf("a single-use session resumed %d times of 3 through the config's own UnwrapSession", resumed)
+			}
+		})
 	}
 }
