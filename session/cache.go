@@ -379,7 +379,7 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 		state:      r.State,
 		serverName: unique.Make(strings.ToLower(r.ServerName)),
 		chain:      r.Chain,
-		expires:    r.Expires.UnixNano(),
+		expires:    unixNano(r.Expires),
 		chainStart: chainStartNano(r.ChainStart, now),
 	}
 	if r.Chain == 0 {
@@ -420,6 +420,19 @@ var (
 	minNanoTime = time.Unix(0, math.MinInt64)
 	maxNanoTime = time.Unix(0, math.MaxInt64)
 )
+
+// unixNano returns t in Unix nanoseconds, the earliest or the latest that
+// an int64 holds for a time before 1678 or after 2262, for which
+// t.UnixNano wraps around: a time later than any bound stays later.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(minNanoTime):
+		return math.MinInt64
+	case t.After(maxNanoTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
 
 // chainStartNano returns the start of the chain of a record inserted at now
 // whose ChainStart is start, in Unix nanoseconds, so that the chain ends by
@@ -465,7 +478,7 @@ func (c *Cache) lifeEnd(issued time.Time, now int64) (end int64, ok bool) {
 // (an ID minted before IDs carried their issue time yields an arbitrary
 // one).
 func (c *Cache) resumedAt(issued time.Time, expires, now int64) int64 {
-	at := issued.UnixNano()
+	at := unixNano(issued)
 	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
