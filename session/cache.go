@@ -491,6 +491,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	b, h := c.bucket(&e.id)
 	var victim *entry
 	var reason RemoveReason
+	over := false // the cache holds more than Capacity, b held none to evict
 	b.mu.Lock()
 	// Again under the bucket's lock: a RemoveChain that tombstoned the
 	// chain since the check above may have scanned this bucket already,
@@ -523,11 +524,14 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		}
 		b.add(e, h, taken)
 		b.pushFront(e)
-		c.size.Add(1)
+		over = c.size.Add(1) > int64(c.cfg.Capacity) && victim == nil
 	}
 	b.stats.inserts++
 	if c.hooks.Load() == nil {
 		b.mu.Unlock()
+		if over {
+			c.evictOver(h&c.mask, origin, now)
+		}
 		return nil
 	}
 	r := e.record()
@@ -541,7 +545,46 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		c.fire(Event{Kind: EventRemove, ID: victim.id, Origin: origin, Reason: reason, Record: vr})
 	}
 	c.fire(Event{Kind: EventNew, ID: e.id, Origin: origin, Record: r})
+	if over {
+		c.evictOver(h&c.mask, origin, now)
+	}
 	return nil
+}
+
+// evictOver evicts the least recently used session of each bucket after
+// the i-th in turn, while the cache holds more than Capacity sessions. An
+// insert into a full cache evicts in its own bucket, which may hold no
+// other session (most of a small cache's buckets hold one or none), and
+// concurrent inserts into different buckets may all take the last free
+// place: without this, the cache would grow past its Capacity by up to a
+// session per bucket.
+func (c *Cache) evictOver(i uint64, origin Origin, now int64) {
+	for range c.buckets {
+		if c.size.Load() <= int64(c.cfg.Capacity) {
+			return
+		}
+		i = (i + 1) & c.mask
+		b := &c.buckets[i]
+		b.mu.Lock()
+		victim := b.root.prev
+		if victim == &b.root || c.size.Load() <= int64(c.cfg.Capacity) {
+			b.mu.Unlock()
+			continue
+		}
+		reason := Evicted
+		if victim.expires <= now {
+			reason = Expired
+		}
+		c.unlink(b, victim, c.hash(&victim.id))
+		b.stats.removed[reason]++
+		if c.hooks.Load() == nil {
+			b.mu.Unlock()
+			continue
+		}
+		vr := victim.record()
+		b.mu.Unlock()
+		c.fire(Event{Kind: EventRemove, ID: victim.id, Origin: origin, Reason: reason, Record: vr})
+	}
 }
 
 // retire removes the single session id with the given reason.

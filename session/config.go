@@ -25,7 +25,8 @@ const (
 type Config struct {
 	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of
-	// the bucket it inserts into: eviction is least-recently-used within a
+	// the bucket it inserts into (of the next bucket that holds one, if
+	// that one holds no other): eviction is least-recently-used within a
 	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
