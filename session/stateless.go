@@ -91,11 +91,12 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.ticketsFuture.Add(1)
 			return r
 		}
-		if now-start > int64(c.cfg.MaxChainLifetime) {
+		// Ended at the instant that a cached session's expiry is (Cache.get).
+		if now-start >= int64(c.cfg.MaxChainLifetime) {
 			c.ctr.chainExpired.Add(1)
 			return r
 		}
-		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
+		if now-issued >= int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
 			c.ctr.ticketsExpired.Add(1)
 			return r
 		}
