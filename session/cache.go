@@ -124,6 +124,9 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.ResumeGrace == 0 {
 		cf.ResumeGrace = defaultResumeGrace
 	}
+	cf.Lifetime = min(cf.Lifetime, maxDuration)
+	cf.MaxChainLifetime = min(cf.MaxChainLifetime, maxDuration)
+	cf.ResumeGrace = min(cf.ResumeGrace, maxDuration)
 	if cf.SweepInterval == 0 {
 		cf.SweepInterval = defaultSweepInterval
 	}

@@ -20,8 +20,16 @@ const (
 	defaultMaxClockSkew     = 5 * time.Second // as farm.Config.MaxSkew's
 )
 
+// maxDuration bounds the durations of a Config that the cache adds to the
+// time in Unix nanoseconds: a longer one (such as math.MaxInt64, "no
+// bound") would wrap the sum around to a time before 1970. A hundred years
+// from now is still within what an int64 of nanoseconds holds.
+const maxDuration = 100 * 365 * 24 * time.Hour
+
 // A Config configures a Cache. The zero value is valid: every zero field means
-// its default, so a Config need only name what differs.
+// its default, so a Config need only name what differs. A Lifetime,
+// MaxChainLifetime or ResumeGrace longer than 100 years is taken as 100
+// years.
 type Config struct {
 	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of

@@ -229,7 +229,7 @@ func (c *Cache) SetTicketFallback(lifetime time.Duration) bool {
 	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
 		return false
 	}
-	c.life.fallback.Store(int64(max(lifetime, 0)))
+	c.life.fallback.Store(int64(min(max(lifetime, 0), maxDuration)))
 	return lifetime > 0
 }
 
