@@ -25,13 +25,15 @@ var (
 
 	// errInvalidRecord is returned, wrapped with what is wrong, for a
 	// record the cache cannot hold: one without state, one whose state is
-	// longer than Config.MaxStateLen, and one whose server name is longer
-	// than maxServerNameLen (which no record's binary form holds).
+	// longer than Config.MaxStateLen, one whose server name is longer
+	// than maxServerNameLen in lower case (which no record's binary form
+	// holds), and one that names its own session as its parent.
 	errInvalidRecord = errors.New("session: invalid record")
 
 	errEmptyState    = fmt.Errorf("%w: no session state", errInvalidRecord)
 	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", errInvalidRecord)
-	errServerNameLen = fmt.Errorf("%w: server name is longer than 253 bytes", errInvalidRecord)
+	errServerNameLen = fmt.Errorf("%w: server name is longer than 253 bytes in lower case", errInvalidRecord)
+	errOwnParent     = fmt.Errorf("%w: record names its own session as its parent", errInvalidRecord)
 )
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -347,8 +349,8 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // Insert refuses, with an error that says why, an ID not authenticated by
 // the cache's ID keys, a record without state or with state longer than
 // MaxStateLen, one whose server name is longer than 253 bytes (the DNS
-// limit), one that has already expired, and one whose chain has been
-// revoked. A zero r.ChainStart means
+// limit) in lower case, one whose Parent is id, one that has already
+// expired, and one whose chain has been revoked. A zero r.ChainStart means
 // now, and so does one later than now: a chain cannot have begun in the
 // future, and the session lives no longer than its chain's start plus
 // MaxChainLifetime. A zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
@@ -373,14 +375,22 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 		c.ctr.oversized.Add(1)
 		return 0, errStateLen
 	}
+	if r.Parent == id {
+		return 0, errOwnParent
+	}
 	if len(r.ServerName) > maxServerNameLen {
+		return 0, errServerNameLen
+	}
+	// In lower case, a name may be longer (invalid UTF-8 triples).
+	name := strings.ToLower(r.ServerName)
+	if len(name) > maxServerNameLen {
 		return 0, errServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{
 		id:         id,
 		state:      r.State,
-		serverName: unique.Make(strings.ToLower(r.ServerName)),
+		serverName: unique.Make(name),
 		chain:      r.Chain,
 		expires:    unixNano(r.Expires),
 		chainStart: chainStartNano(r.ChainStart, now),

@@ -276,7 +276,8 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		// Fall back to a cached session.
 	}
 	id := c.NewID()
-	if len(cs.ServerName) > maxServerNameLen {
+	name := strings.ToLower(cs.ServerName) // as long as cs.ServerName if ASCII
+	if len(name) > maxServerNameLen {
 		// No record could carry it to the farm: the client gets a ticket
 		// that resumes nothing, and its next handshake is a full one.
 		c.ctr.wrapErrors.Add(1)
@@ -290,7 +291,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 	e := &entry{
 		id:         id,
 		state:      state,
-		serverName: unique.Make(strings.ToLower(cs.ServerName)),
+		serverName: unique.Make(name),
 		chain:      chain,
 		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
 		chainStart: start,
