@@ -3,12 +3,12 @@ package session_test
 import (
 	"crypto/tls"
 	"errors"
-	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
