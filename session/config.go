@@ -33,8 +33,8 @@ const maxDuration = 100 * 365 * 24 * time.Hour
 type Config struct {
 	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of
-	// the bucket it inserts into (of the next bucket that holds one, if
-	// that one holds no other): eviction is least-recently-used within a
+	// the bucket it inserts into, or, if that bucket holds no other, of the
+	// next bucket that holds one: eviction is least-recently-used within a
 	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
