@@ -43,7 +43,7 @@ func (c *Cache) Metrics() []metric.Sample {
 	for i := range c.buckets {
 		bk := &c.buckets[i]
 		bk.mu.Lock()
-		size += len(bk.m)
+		size += len(bk.m) + len(bk.more)
 		b.hits += bk.stats.hits
 		b.misses += bk.stats.misses
 		b.inserts += bk.stats.inserts
