@@ -504,7 +504,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	b, h := c.bucket(&e.id)
 	var victim *entry
 	var reason RemoveReason
-	over := false // the cache holds more than Capacity, b held none to evict
+	over := false // the cache holds more than Capacity after the insert
 	b.mu.Lock()
 	// Again under the bucket's lock: a RemoveChain that tombstoned the
 	// chain since the check above may have scanned this bucket already,
@@ -537,7 +537,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		}
 		b.add(e, h, taken)
 		b.pushFront(e)
-		over = c.size.Add(1) > int64(c.cfg.Capacity) && victim == nil
+		over = c.size.Add(1) > int64(c.cfg.Capacity)
 	}
 	b.stats.inserts++
 	if c.hooks.Load() == nil {
