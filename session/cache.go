@@ -25,13 +25,15 @@ var (
 
 	// errInvalidRecord is returned, wrapped with what is wrong, for a
 	// record the cache cannot hold: one without state, one whose state is
-	// longer than Config.MaxStateLen, and one whose server name is longer
-	// than maxServerNameLen (which no record's binary form holds).
+	// longer than Config.MaxStateLen, one whose server name is longer
+	// than maxServerNameLen in lower case (which no record's binary form
+	// holds), and one that names its own session as its parent.
 	errInvalidRecord = errors.New("session: invalid record")
 
 	errEmptyState    = fmt.Errorf("%w: no session state", errInvalidRecord)
 	errStateLen      = fmt.Errorf("%w: session state is longer than Config.MaxStateLen", errInvalidRecord)
-	errServerNameLen = fmt.Errorf("%w: server name is longer than 253 bytes", errInvalidRecord)
+	errServerNameLen = fmt.Errorf("%w: server name is longer than 253 bytes in lower case", errInvalidRecord)
+	errOwnParent     = fmt.Errorf("%w: record names its own session as its parent", errInvalidRecord)
 )
 
 // A Cache is a server-side TLS session cache with a plugin hook API. It is
@@ -124,6 +126,9 @@ func New(cfg *Config) (*Cache, error) {
 	if cf.ResumeGrace == 0 {
 		cf.ResumeGrace = defaultResumeGrace
 	}
+	cf.Lifetime = min(cf.Lifetime, maxDuration)
+	cf.MaxChainLifetime = min(cf.MaxChainLifetime, maxDuration)
+	cf.ResumeGrace = min(cf.ResumeGrace, maxDuration)
 	if cf.SweepInterval == 0 {
 		cf.SweepInterval = defaultSweepInterval
 	}
@@ -344,8 +349,8 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 // Insert refuses, with an error that says why, an ID not authenticated by
 // the cache's ID keys, a record without state or with state longer than
 // MaxStateLen, one whose server name is longer than 253 bytes (the DNS
-// limit), one that has already expired, and one whose chain has been
-// revoked. A zero r.ChainStart means
+// limit) in lower case, one whose Parent is id, one that has already
+// expired, and one whose chain has been revoked. A zero r.ChainStart means
 // now, and so does one later than now: a chain cannot have begun in the
 // future, and the session lives no longer than its chain's start plus
 // MaxChainLifetime. A zero r.Chain draws a new chain. Insert keeps its own copy of nothing:
@@ -370,16 +375,24 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 		c.ctr.oversized.Add(1)
 		return 0, errStateLen
 	}
+	if r.Parent == id {
+		return 0, errOwnParent
+	}
 	if len(r.ServerName) > maxServerNameLen {
+		return 0, errServerNameLen
+	}
+	// In lower case, a name may be longer (invalid UTF-8 triples).
+	name := strings.ToLower(r.ServerName)
+	if len(name) > maxServerNameLen {
 		return 0, errServerNameLen
 	}
 	now := c.nowNano()
 	e := &entry{
 		id:         id,
 		state:      r.State,
-		serverName: unique.Make(strings.ToLower(r.ServerName)),
+		serverName: unique.Make(name),
 		chain:      r.Chain,
-		expires:    r.Expires.UnixNano(),
+		expires:    unixNano(r.Expires),
 		chainStart: chainStartNano(r.ChainStart, now),
 	}
 	if r.Chain == 0 {
@@ -420,6 +433,19 @@ var (
 	minNanoTime = time.Unix(0, math.MinInt64)
 	maxNanoTime = time.Unix(0, math.MaxInt64)
 )
+
+// unixNano returns t in Unix nanoseconds, the earliest or the latest that
+// an int64 holds for a time before 1678 or after 2262, for which
+// t.UnixNano wraps around: a time later than any bound stays later.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(minNanoTime):
+		return math.MinInt64
+	case t.After(maxNanoTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
 
 // chainStartNano returns the start of the chain of a record inserted at now
 // whose ChainStart is start, in Unix nanoseconds, so that the chain ends by
@@ -465,7 +491,7 @@ func (c *Cache) lifeEnd(issued time.Time, now int64) (end int64, ok bool) {
 // (an ID minted before IDs carried their issue time yields an arbitrary
 // one).
 func (c *Cache) resumedAt(issued time.Time, expires, now int64) int64 {
-	at := issued.UnixNano()
+	at := unixNano(issued)
 	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
@@ -478,6 +504,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	b, h := c.bucket(&e.id)
 	var victim *entry
 	var reason RemoveReason
+	over := false // the cache holds more than Capacity after the insert
 	b.mu.Lock()
 	// Again under the bucket's lock: a RemoveChain that tombstoned the
 	// chain since the check above may have scanned this bucket already,
@@ -510,11 +537,14 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		}
 		b.add(e, h, taken)
 		b.pushFront(e)
-		c.size.Add(1)
+		over = c.size.Add(1) > int64(c.cfg.Capacity)
 	}
 	b.stats.inserts++
 	if c.hooks.Load() == nil {
 		b.mu.Unlock()
+		if over {
+			c.evictOver(h&c.mask, origin, now)
+		}
 		return nil
 	}
 	r := e.record()
@@ -528,7 +558,46 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		c.fire(Event{Kind: EventRemove, ID: victim.id, Origin: origin, Reason: reason, Record: vr})
 	}
 	c.fire(Event{Kind: EventNew, ID: e.id, Origin: origin, Record: r})
+	if over {
+		c.evictOver(h&c.mask, origin, now)
+	}
 	return nil
+}
+
+// evictOver evicts the least recently used session of each bucket after
+// the i-th in turn, while the cache holds more than Capacity sessions. An
+// insert into a full cache evicts in its own bucket, which may hold no
+// other session (most of a small cache's buckets hold one or none), and
+// concurrent inserts into different buckets may all take the last free
+// place: without this, the cache would grow past its Capacity by up to a
+// session per bucket.
+func (c *Cache) evictOver(i uint64, origin Origin, now int64) {
+	for range c.buckets {
+		if c.size.Load() <= int64(c.cfg.Capacity) {
+			return
+		}
+		i = (i + 1) & c.mask
+		b := &c.buckets[i]
+		b.mu.Lock()
+		victim := b.root.prev
+		if victim == &b.root || c.size.Load() <= int64(c.cfg.Capacity) {
+			b.mu.Unlock()
+			continue
+		}
+		reason := Evicted
+		if victim.expires <= now {
+			reason = Expired
+		}
+		c.unlink(b, victim, c.hash(&victim.id))
+		b.stats.removed[reason]++
+		if c.hooks.Load() == nil {
+			b.mu.Unlock()
+			continue
+		}
+		vr := victim.record()
+		b.mu.Unlock()
+		c.fire(Event{Kind: EventRemove, ID: victim.id, Origin: origin, Reason: reason, Record: vr})
+	}
 }
 
 // retire removes the single session id with the given reason.

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/metric"
 )
 
 // TestHashCollisions: a bucket keys its sessions by a 64-bit hash of their
@@ -93,6 +95,9 @@ func TestHashCollisions(t *testing.T) {
 		for _, c := range caches {
 			if n, m := c.size.Load(), len(c.buckets[0].m)+len(c.buckets[0].more); n != int64(m) {
 				t.Fatalf("step %d: size %d, maps hold %d", step, n, m)
+			}
+			if v, _ := metric.Value(c.Metrics(), "tlsfarm_cache_sessions"); int64(v) != c.size.Load() {
+				t.Fatalf("step %d, hash mask %#x: tlsfarm_cache_sessions = %v, the cache holds %d", step, c.hmask, v, c.size.Load())
 			}
 		}
 	}

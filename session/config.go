@@ -20,12 +20,21 @@ const (
 	defaultMaxClockSkew     = 5 * time.Second // as farm.Config.MaxSkew's
 )
 
+// maxDuration bounds the durations of a Config that the cache adds to the
+// time in Unix nanoseconds: a longer one (such as math.MaxInt64, "no
+// bound") would wrap the sum around to a time before 1970. A hundred years
+// from now is still within what an int64 of nanoseconds holds.
+const maxDuration = 100 * 365 * 24 * time.Hour
+
 // A Config configures a Cache. The zero value is valid: every zero field means
-// its default, so a Config need only name what differs.
+// its default, so a Config need only name what differs. A Lifetime,
+// MaxChainLifetime or ResumeGrace longer than 100 years is taken as 100
+// years.
 type Config struct {
 	// Capacity is the most sessions the cache holds (default 102400).
 	// When it is full, an insert evicts the least recently used session of
-	// the bucket it inserts into: eviction is least-recently-used within a
+	// the bucket it inserts into, or, if that bucket holds no other, of the
+	// next bucket that holds one: eviction is least-recently-used within a
 	// bucket, and, since IDs spread evenly, close to it across the cache.
 	Capacity int
 
@@ -95,7 +104,9 @@ type Config struct {
 	// a farm the cache joined. Finding a session alone never retires it:
 	// that happens before the client has proved it holds the session's
 	// secret. A stateless ticket cannot be retired: New refuses SingleUse
-	// in Stateless mode.
+	// in Stateless mode, and a SingleUse cache resumes no stateless ticket
+	// in Mixed mode or after SetTicketFallback either (each means a full
+	// handshake, counted as tlsfarm_cache_tickets_total{event="single_use"}).
 	SingleUse bool
 
 	// MaxStateLen is the largest serialized session state the cache takes

@@ -17,7 +17,7 @@ type cacheStats struct {
 	HookPanics, WrapErrors, LoaderHits, LoaderErrors          uint64
 	TicketsIssued, TicketsAccepted, TicketsFallback           uint64
 	TicketsUndecryptable, TicketsForeign, TicketsRevoked      uint64
-	TicketsFuture                                             uint64
+	TicketsFuture, TicketsSingleUse                           uint64
 	SingleUseReleased, ChildrenReplaced, RevokedInserts, Late uint64
 	Reissued                                                  uint64
 }
@@ -51,6 +51,7 @@ func stats(c *session.Cache) cacheStats {
 		TicketsUndecryptable: v(tickets, "event", "undecryptable"), TicketsForeign: v(tickets, "event", "foreign"),
 		TicketsRevoked:    v(tickets, "event", "revoked"),
 		TicketsFuture:     v(tickets, "event", "future"),
+		TicketsSingleUse:  v(tickets, "event", "single_use"),
 		TicketsFallback:   v("tlsfarm_cache_fallback_tickets_total"),
 		SingleUseReleased: v("tlsfarm_cache_single_use_total", "result", "released"),
 		Late:              v("tlsfarm_cache_single_use_total", "result", "late"),

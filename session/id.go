@@ -123,6 +123,10 @@ func newIDKeys(keys []IDKey) (*idKeys, error) {
 		if k.blocks[key.ID] != nil {
 			return nil, fmt.Errorf("session: ID key %d given twice", key.ID)
 		}
+		if key.Key == ([32]byte{}) {
+			// A key everyone knows: anyone could mint IDs.
+			return nil, fmt.Errorf("session: ID key %d is all zeros", key.ID)
+		}
 		b, err := aes.NewCipher(key.Key[:])
 		if err != nil {
 			return nil, fmt.Errorf("session: ID key %d: %w", key.ID, err)
@@ -257,7 +261,9 @@ func (k *idKeys) openReissued(b []byte, id *ID, out *[aes.BlockSize]byte) bool {
 }
 
 // SetIDKeys replaces the ID keys: the first mints new IDs, all verify. IDs
-// minted under a key that is no longer in the set stop resuming.
+// minted under a key that is no longer in the set stop resuming. It
+// returns an error, and changes nothing, if keys is empty, or if a key ID
+// appears twice or a key is all zeros.
 func (c *Cache) SetIDKeys(keys ...IDKey) error {
 	k, err := newIDKeys(keys)
 	if err != nil {

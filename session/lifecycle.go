@@ -42,7 +42,7 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 // resumption grace, and when it writes the cut session to its store.
 func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b, h := c.bucket(&id)
-	u := until.UnixNano()
+	u := unixNano(until)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.find(&id, h)

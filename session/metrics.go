@@ -21,8 +21,10 @@ type counters struct {
 	// Stateless tickets refused: undecryptable (not under the config's
 	// ticket keys, or not a ticket at all), foreign (no binding, offered
 	// to a Stateful cache), revoked (their chain was revoked), future
-	// (issued, or their chain begun, more than MaxClockSkew ahead of now).
+	// (issued, or their chain begun, more than MaxClockSkew ahead of now),
+	// single use (offered to a SingleUse cache, which cannot retire one).
 	ticketsUndecryptable, ticketsForeign, ticketsRevoked, ticketsFuture atomic.Uint64
+	ticketsSingleUse                                                    atomic.Uint64
 }
 
 // bucketStats are counted under the bucket lock, so they cost no atomic
@@ -41,7 +43,7 @@ func (c *Cache) Metrics() []metric.Sample {
 	for i := range c.buckets {
 		bk := &c.buckets[i]
 		bk.mu.Lock()
-		size += len(bk.m)
+		size += len(bk.m) + len(bk.more)
 		b.hits += bk.stats.hits
 		b.misses += bk.stats.misses
 		b.inserts += bk.stats.inserts
@@ -69,9 +71,10 @@ func (c *Cache) Metrics() []metric.Sample {
 	s.add("tlsfarm_cache_loader_total", "Misses passed to the farm's store, by result.", metric.Counter, "result",
 		[]string{"hit", "miss", "error"}, k.loaderHits.Load(), k.loaderMisses.Load(), k.loaderErrors.Load())
 	s.add("tlsfarm_cache_tickets_total", "Stateless tickets, by event.", metric.Counter, "event",
-		[]string{"issued", "accepted", "unbound", "expired", "undecryptable", "foreign", "revoked", "future"},
+		[]string{"issued", "accepted", "unbound", "expired", "undecryptable", "foreign", "revoked", "future", "single_use"},
 		k.ticketsIssued.Load(), k.ticketsAccepted.Load(), k.ticketsUnbound.Load(), k.ticketsExpired.Load(),
-		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load(), k.ticketsFuture.Load())
+		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load(), k.ticketsFuture.Load(),
+		k.ticketsSingleUse.Load())
 	s.add("tlsfarm_cache_reissued_total", "TLS 1.2 resumptions given a fresh ticket for the session they resumed instead of a successor (see Config.ResumeGrace).",
 		metric.Counter, "", nil, k.reissued.Load())
 	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",

@@ -20,7 +20,9 @@ const recordHeaderLen = 1 + 8 + 8 + 8 + IDLen + 1 + 4
 
 // AppendBinary appends the binary form of r to b, for storage or transport
 // by a plugin. The form holds r.State, a master secret: a plugin must
-// encrypt it before it leaves the process.
+// encrypt it before it leaves the process. An Expires or ChainStart that
+// Unix nanoseconds cannot hold (before 1678, after 2262) is written as the
+// nearest time they hold.
 func (r Record) AppendBinary(b []byte) ([]byte, error) {
 	if len(r.ServerName) > maxServerNameLen {
 		return b, fmt.Errorf("session: server name of %d bytes exceeds %d", len(r.ServerName), maxServerNameLen)
@@ -29,8 +31,8 @@ func (r Record) AppendBinary(b []byte) ([]byte, error) {
 		return b, errors.New("session: state too long for a record")
 	}
 	b = append(b, recordVersion)
-	b = binary.BigEndian.AppendUint64(b, uint64(r.Expires.UnixNano()))
-	b = binary.BigEndian.AppendUint64(b, uint64(r.ChainStart.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(r.Expires)))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(r.ChainStart)))
 	b = binary.BigEndian.AppendUint64(b, r.Chain)
 	b = append(b, r.Parent[:]...)
 	b = append(b, byte(len(r.ServerName)))

@@ -114,7 +114,7 @@ const tombChunk = 1024
 // chain revoked at now could live: a peer cannot make the cache remember a
 // chain for longer than that.
 func (c *Cache) revokedUntil(until time.Time, now int64) int64 {
-	return min(until.UnixNano(), now+int64(c.cfg.MaxChainLifetime))
+	return min(unixNano(until), now+int64(c.cfg.MaxChainLifetime))
 }
 
 // removeWhere removes, bucket by bucket, the sessions for which match

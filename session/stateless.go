@@ -60,6 +60,12 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 		c.ctr.ticketsUndecryptable.Add(1)
 		return r
 	}
+	if c.cfg.SingleUse {
+		// A ticket is held nowhere, so it cannot be retired: resumed, it
+		// would resume again and again.
+		c.ctr.ticketsSingleUse.Add(1)
+		return r
+	}
 	now := c.nowNano()
 	r.ticket = true
 	name, chain, start, issued, expires, ok := findBinding(ss.Extra)
@@ -85,11 +91,12 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 			c.ctr.ticketsFuture.Add(1)
 			return r
 		}
-		if now-start > int64(c.cfg.MaxChainLifetime) {
+		// Ended at the instant that a cached session's expiry is (Cache.get).
+		if now-start >= int64(c.cfg.MaxChainLifetime) {
 			c.ctr.chainExpired.Add(1)
 			return r
 		}
-		if now-issued > int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
+		if now-issued >= int64(c.cfg.Lifetime) || expires != 0 && now >= expires {
 			c.ctr.ticketsExpired.Add(1)
 			return r
 		}
@@ -201,7 +208,8 @@ func boundNameIs(name []byte, sni string) bool {
 // ticket keys are farm-wide, and sets its fallback. From the first call on, a
 // Stateful cache accepts the stateless tickets this farm issues (bound to a
 // server name and a chain by this package, and encrypted under those keys),
-// as a Mixed cache does; tickets from other issuers stay refused. A farm node
+// as a Mixed cache does; tickets from other issuers stay refused, and a
+// SingleUse cache resumes no ticket at all (see Config.SingleUse). A farm node
 // whose ticket keys are farm-wide calls it with 0 when it starts sharing
 // them, so that other nodes' fallback tickets resume on it.
 //
@@ -221,7 +229,7 @@ func (c *Cache) SetTicketFallback(lifetime time.Duration) bool {
 	if c.cfg.SingleUse || c.cfg.Mode == Stateless {
 		return false
 	}
-	c.life.fallback.Store(int64(max(lifetime, 0)))
+	c.life.fallback.Store(int64(min(max(lifetime, 0), maxDuration)))
 	return lifetime > 0
 }
 

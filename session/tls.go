@@ -32,8 +32,9 @@ import (
 // Install also sets cfg.WrapSession and cfg.UnwrapSession, for a
 // configuration used without GetConfigForClient (as QUIC servers may): those
 // do not know whether a handshake resumed, so each ticket starts a new
-// chain, resumed sessions keep their full lifetime, and only session IDs are
-// issued and accepted. Neither ever fails a handshake: an identity that is
+// chain, resumed sessions keep their full lifetime, only session IDs are
+// issued and accepted, and a SingleUse cache resumes nothing there (no
+// claim could be settled). Neither ever fails a handshake: an identity that is
 // empty, forged, unknown, expired, revoked, or presented under another
 // server name means a full handshake, and a session that cannot be stored
 // gets a ticket that resumes nothing.
@@ -103,6 +104,12 @@ func (c *Cache) wrapSession(cs tls.ConnectionState, ss *tls.SessionState) ([]byt
 // unwrapSession is the tls.Config.UnwrapSession of a config used without its
 // GetConfigForClient: it looks session IDs up in the cache.
 func (c *Cache) unwrapSession(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+	if c.cfg.SingleUse && len(identity) > 0 {
+		// No claim could be settled without the handshake: nothing
+		// would retire the session, and it would resume again and again.
+		c.life.busy.Add(1)
+		return nil, nil
+	}
 	tmp := blockPool.Get().(*[aes.BlockSize]byte)
 	r := c.unwrap(context.Background(), identity, cs, nil, tmp)
 	blockPool.Put(tmp)
@@ -269,7 +276,8 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		// Fall back to a cached session.
 	}
 	id := c.NewID()
-	if len(cs.ServerName) > maxServerNameLen {
+	name := strings.ToLower(cs.ServerName) // as long as cs.ServerName if ASCII
+	if len(name) > maxServerNameLen {
 		// No record could carry it to the farm: the client gets a ticket
 		// that resumes nothing, and its next handshake is a full one.
 		c.ctr.wrapErrors.Add(1)
@@ -283,7 +291,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 	e := &entry{
 		id:         id,
 		state:      state,
-		serverName: unique.Make(strings.ToLower(cs.ServerName)),
+		serverName: unique.Make(name),
 		chain:      chain,
 		expires:    min(now+int64(c.cfg.Lifetime), start+int64(c.cfg.MaxChainLifetime)),
 		chainStart: start,

@@ -296,7 +296,9 @@ func TestRemoveRevokesChain(t *testing.T) {
 				t.Fatal("revoked session resumed")
 			}
 			// A peer re-inserting a session of the revoked chain is refused.
-			if err := s.cache.Insert(first, later[0].Record, session.OriginPeer); err != session.ErrRevoked {
+			// (Its own record: inserted as first, whose child it is, it
+			// would name itself as its parent, and be refused as invalid.)
+			if err := s.cache.Insert(later[0].ID, later[0].Record, session.OriginPeer); err != session.ErrRevoked {
 				t.Fatalf("Insert into revoked chain: err = %v, want ErrRevoked", err)
 			}
 		})
