@@ -75,7 +75,7 @@ func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *http.Request
 	if r.Body == nil || r.Body == http.NoBody {
 		return r
 	}
-	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle}
+	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle, left: r.ContentLength}
 	r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
 	r.Body = b
 	return r
@@ -103,11 +103,24 @@ type idleBody struct {
 	ended    atomic.Bool // a read returned io.EOF
 	failed   atomic.Bool // a read failed: the client timed out or broke off
 	returned atomic.Bool // the HTTP/1 handler has returned (boundDiscard)
+	left     int64       // of the declared Content-Length, not read yet; -1: none declared
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
+	if b.left >= 0 {
+		b.left -= int64(n)
+		if err == io.EOF && b.left > 0 {
+			// A body that ends short of its Content-Length is the
+			// client's failure (RFC 9114 §4.1.2: malformed), not an
+			// end. net/http's HTTP/1 and HTTP/2 servers say so
+			// themselves; quic-go's HTTP/3 server ends it with io.EOF,
+			// and the upstream's transport would then refuse the short
+			// body as if the upstream had failed.
+			err = io.ErrUnexpectedEOF
+		}
+	}
 	if err == io.EOF {
 		b.ended.Store(true)
 	}

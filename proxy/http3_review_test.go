@@ -1,7 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"github.com/quic-go/qpack"
+	"github.com/quic-go/quic-go/quicvarint"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -48,4 +55,98 @@ func TestHTTP3StalledRequestHeadersAreCut(t *testing.T) {
 			time.Since(t0), idle, s.QUICStats().Open)
 	}
 	waitFor(t, func() bool { return s.QUICStats().Open == 0 }, "QUIC connection still counted open: %+v", s.QUICStats())
+}
+
+// TestHTTP3ShortBodyIsTheClientsFault sends, over HTTP/3, a POST that
+// declares Content-Length 100 and ends its stream after 3 bytes (malformed,
+// RFC 9114 §4.1.2). The request must fail as the client's doing, as the
+// same request over HTTP/1.1 and HTTP/2 does: not counted as the
+// upstream's failure, and no warning that the upstream is failing. quic-go's
+// request body ends such a body with io.EOF, not an error: the reverse
+// proxy's transport then refused the short body, and the node blamed the
+// upstream, so any client could raise tlsfarm_upstream_errors_total and the
+// upstream warning at will.
+func TestHTTP3ShortBodyIsTheClientsFault(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+	}))
+	defer up.Close()
+	var logs logBuffer
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].HTTP3 = true
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	tlsConf := client("localhost", cert)
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, s.Addrs()[0], tlsConf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	str, err := conn.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.Write(rawH3Request(t, http.MethodPost, "/", "content-length", "100"))
+	str.Write(h3Frame(0x00, []byte("abc"))) // DATA
+	str.Close()                             // the stream ends 97 bytes short
+	str.SetReadDeadline(time.Now().Add(5 * time.Second))
+	answer, _ := io.ReadAll(str) // reset by the server, or its answer
+	status := rawH3Status(answer)
+	must(t, status != "200", "a body 97 bytes short of its Content-Length was answered %s", status)
+
+	waitFor(t, func() bool { return s.Stats().UpstreamHTTPRequests == 1 }, "no request: %+v", s.Stats())
+	time.Sleep(100 * time.Millisecond) // for the error handler, after the 502
+	must(t, s.Stats().UpstreamErrors == 0, "the client's short body counted as an upstream error: %+v", s.Stats())
+	must(t, len(logs.lines("level=WARN")) == 0, "warned: %s", logs.String())
+}
+
+// rawH3Request returns the HEADERS frame of an HTTP/3 request for
+// https://localhost+path, with the header fields given as name, value
+// pairs, as sent verbatim: quic-go's client does not let a test send a
+// Content-Length of its choosing.
+func rawH3Request(t *testing.T, method, path string, fields ...string) []byte {
+	t.Helper()
+	var block bytes.Buffer
+	enc := qpack.NewEncoder(&block)
+	all := append([]string{":method", method, ":scheme", "https", ":authority", "localhost", ":path", path}, fields...)
+	for i := 0; i+1 < len(all); i += 2 {
+		if err := enc.WriteField(qpack.HeaderField{Name: all[i], Value: all[i+1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h3Frame(0x01, block.Bytes())
+}
+
+// h3Frame returns an HTTP/3 frame (RFC 9114 §7.1) of type typ.
+func h3Frame(typ byte, payload []byte) []byte {
+	b := quicvarint.Append([]byte{typ}, uint64(len(payload)))
+	return append(b, payload...)
+}
+
+// rawH3Status returns the :status of the response whose frames begin b, or
+// "" if b holds no HEADERS frame.
+func rawH3Status(b []byte) string {
+	typ, n, err := quicvarint.Parse(b)
+	if err != nil || typ != 0x01 {
+		return ""
+	}
+	length, m, err := quicvarint.Parse(b[n:])
+	if err != nil || uint64(len(b[n+m:])) < length {
+		return ""
+	}
+	decode := qpack.NewDecoder().Decode(b[n+m : n+m+int(length)])
+	for {
+		f, err := decode()
+		if err != nil {
+			return ""
+		}
+		if f.Name == ":status" {
+			return f.Value
+		}
+	}
 }
