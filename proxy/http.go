@@ -173,6 +173,27 @@ func (w *idleWriter) FlushError() error {
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// modifyResponse is the reverse proxy's ModifyResponse. An upstream's
+// Alt-Svc names the upstream's own endpoints: on a listener that serves
+// HTTP/3, only the listener's own Alt-Svc holds, and the upstream's is
+// dropped.
+func (s *Server) modifyResponse(res *http.Response) error {
+	if ownsAltSvc(res.Request) {
+		res.Header.Del("Alt-Svc")
+	}
+	return s.boundUpgrade(res)
+}
+
+// ownsAltSvc reports whether r came on a listener that serves HTTP/3, over
+// TCP or QUIC.
+func ownsAltSvc(r *http.Request) bool {
+	if _, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
+		return true
+	}
+	c := connOf(r)
+	return c != nil && c.l.quic != nil
+}
+
 // boundUpgrade bounds a connection that the upstream switched to another
 // protocol (a WebSocket, with 101 Switching Protocols) by the idle timeout,
 // as TCP passthrough is: once nothing has moved either way for that long,
@@ -355,7 +376,7 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 	rp := &httputil.ReverseProxy{
 		Rewrite:        func(pr *httputil.ProxyRequest) { s.rewrite(pr, target) },
 		Transport:      tr,
-		ModifyResponse: s.boundUpgrade,
+		ModifyResponse: s.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			// r is the request as sent upstream: with Upgrade only
 			// for an upgrade (see boundUpgrade).

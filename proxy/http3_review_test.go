@@ -3,12 +3,14 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/quicvarint"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,6 +149,45 @@ func rawH3Status(b []byte) string {
 		}
 		if f.Name == ":status" {
 			return f.Value
+		}
+	}
+}
+
+// TestHTTP3AltSvcIsTheListeners: a listener that serves HTTP/3 advertises
+// its own UDP port, and only it. An upstream's own Alt-Svc (Caddy, nginx
+// with QUIC and others send one for their own port) names an endpoint of
+// the upstream, not of this listener: passed on next to the listener's, it
+// sent browsers to try QUIC where nothing of the farm listens, and
+// remember it for the upstream's max-age.
+func TestHTTP3AltSvcIsTheListeners(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Alt-Svc", `h3=":1"; ma=2592000`)
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].HTTP3 = true
+	})
+	_, port, _ := strings.Cut(s.Addrs()[0], ":")
+	want := fmt.Sprintf(`h3=":%s"; ma=86400`, port)
+	resp, _, _ := get(t, s.Addrs()[0], client("localhost", cert), "/", nil)
+	if got := resp.Header.Values("Alt-Svc"); len(got) != 1 || got[0] != want {
+		t.Errorf("over TCP: Alt-Svc %q, want only %q", got, want)
+	}
+	tlsConf := client("localhost", cert)
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	rt := &http3.Transport{TLSClientConfig: tlsConf}
+	defer rt.Close()
+	resp, err := (&http.Client{Transport: rt, Timeout: 10 * time.Second}).Get("https://" + s.Addrs()[0] + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, v := range resp.Header.Values("Alt-Svc") {
+		if v != want {
+			t.Errorf("over HTTP/3: Alt-Svc %q, want none but %q", v, want)
 		}
 	}
 }
