@@ -398,9 +398,20 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	pr.SetURL(target)
 	// The other X-Forwarded- headers (X-Forwarded-Port, -Prefix, -Ssl,
 	// -Client-Cert...) are as easily believed upstream, and a client is
-	// no proxy.
+	// no proxy. So are those the proxy sets spelt with underscores
+	// (X_Forwarded_For, Early_Data): upstreams that map header names to
+	// variables (CGI, WSGI, Rack: HTTP_X_FORWARDED_FOR) take both
+	// spellings for one.
 	for k := range pr.Out.Header {
-		if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
+		n := k
+		if strings.Contains(k, "_") {
+			n = strings.ReplaceAll(k, "_", "-")
+			if strings.EqualFold(n, ResumedHeader) || strings.EqualFold(n, EarlyDataHeader) {
+				delete(pr.Out.Header, k)
+				continue
+			}
+		}
+		if len(n) > len(xForwarded) && strings.EqualFold(n[:len(xForwarded)], xForwarded) {
 			delete(pr.Out.Header, k)
 		}
 	}

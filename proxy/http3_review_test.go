@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -189,5 +190,50 @@ func TestHTTP3AltSvcIsTheListeners(t *testing.T) {
 		if v != want {
 			t.Errorf("over HTTP/3: Alt-Svc %q, want none but %q", v, want)
 		}
+	}
+}
+
+// TestReverseProxyDropsUnderscoreSpoofs sends, over HTTP/1.1, HTTP/2 and
+// HTTP/3, the headers the terminator sets for its upstream spelt with
+// underscores (X_Forwarded_For...). Upstreams that map header names to
+// variables (CGI, WSGI, Rack: HTTP_X_FORWARDED_FOR) read both spellings as
+// one, so the client's value could clobber or stand for the terminator's
+// (CVE-2024-45614 in Puma is this): they must not reach the upstream, as
+// nginx drops them by default.
+func TestReverseProxyDropsUnderscoreSpoofs(t *testing.T) {
+	var mu sync.Mutex
+	var seen http.Header
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = r.Header.Clone()
+		mu.Unlock()
+	}))
+	defer up.Close()
+	s, rts := overEveryProtocol(t, up.URL, time.Minute)
+	spoofs := []string{"X_Forwarded_For", "X_Forwarded_Proto", "X_Forwarded_Host", "X_Forwarded_Port", "X_TLS_Resumed", "Early_Data", "X-Forwarded_For"}
+	for _, tt := range rts {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", "https://"+s.Addrs()[0]+"/", nil)
+			for _, k := range spoofs {
+				req.Header[k] = []string{"6.6.6.6"}
+			}
+			req.Header["Not_Owned"] = []string{"kept"}
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: 10 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for k, v := range seen {
+				if !strings.Contains(k, "_") {
+					continue
+				}
+				if n := strings.ToLower(k); n != "not_owned" {
+					t.Errorf("the upstream saw the client's %s: %q", k, v)
+				}
+			}
+			must(t, seen.Get("Not_Owned") == "kept" || seen.Get("not_owned") == "kept", "a header of the client's own with an underscore was dropped: %v", seen)
+		})
 	}
 }
