@@ -75,6 +75,15 @@ type quicConnKey struct{}
 // read each response to its end). As x/net/http2's goAwayTimeout.
 const quicShutdownLinger = time.Second
 
+// maxHTTP3HeaderBytes bounds an HTTP/3 request's HEADERS frame, and its
+// header fields once decoded (RFC 9114 §4.2.2's size: names, values and 32
+// bytes a field); beyond it the request gets 431. quic-go allocates a
+// HEADERS frame's declared length before any of it arrives, on each of the
+// 100 streams a client may open at once: with net/http's 1 MB default a
+// client held 100 MB per connection for a few bytes sent. At 64 KiB (what
+// AWS's load balancers allow for a request's headers) it is 6.4 MB.
+const maxHTTP3HeaderBytes = 64 << 10
+
 func (l *listener) newQUIC() *quicListener {
 	s := l.s
 	q := &quicListener{l: l, conns: map[*quic.Conn]*quicConn{}}
@@ -89,8 +98,9 @@ func (l *listener) newQUIC() *quicListener {
 		q.unreg = s.ring.Register(q.base)
 	}
 	q.h3 = &http3.Server{
-		Handler:     http.HandlerFunc(q.serveRequest),
-		IdleTimeout: s.idle,
+		Handler:        http.HandlerFunc(q.serveRequest),
+		IdleTimeout:    s.idle,
+		MaxHeaderBytes: maxHTTP3HeaderBytes,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			q.mu.Lock()
 			qc := q.conns[c]

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -236,4 +237,58 @@ func TestReverseProxyDropsUnderscoreSpoofs(t *testing.T) {
 			must(t, seen.Get("Not_Owned") == "kept" || seen.Get("not_owned") == "kept", "a header of the client's own with an underscore was dropped: %v", seen)
 		})
 	}
+}
+
+// TestHTTP3DeclaredHeadersDoNotReserveMemory opens HTTP/3 request streams
+// that each declare a large HEADERS frame and send none of it. quic-go's
+// server allocates a frame's declared length before reading any of it, up
+// to the server's MaxHeaderBytes, on every stream a client may open (100):
+// with net/http's default, 1 MB, a few bytes from a client held 100 MB of
+// the node's memory per connection, for as long as the connection stayed
+// (the idle timeout). The bound must keep that to several MB, and still
+// serve a request with 40 KB of headers.
+func TestHTTP3DeclaredHeadersDoNotReserveMemory(t *testing.T) {
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) { c.Listeners[0].HTTP3 = true })
+	tlsConf := client("localhost", cert)
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	for _, declared := range []uint64{1 << 20, maxHTTP3HeaderBytes} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := quic.DialAddr(ctx, s.Addrs()[0], tlsConf.Clone(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.CloseWithError(0, "")
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		const streams = 90
+		frame := quicvarint.Append([]byte{0x01}, declared) // HEADERS, none of it sent
+		for range streams {
+			str, err := conn.OpenStreamSync(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			str.Write(frame)
+			go io.Copy(io.Discard, str) // a frame over the bound: 431
+		}
+		time.Sleep(500 * time.Millisecond) // for the server to take every stream
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+		t.Logf("declared %d KiB: heap grew by %d KiB for %d streams", declared>>10, grew>>10, streams)
+		must(t, grew < 12<<20, "%d streams that declared %d KiB of headers and sent none held %d MiB of the server's heap", streams, declared>>10, grew>>20)
+		conn.CloseWithError(0, "")
+	}
+	rt := &http3.Transport{TLSClientConfig: tlsConf.Clone()}
+	defer rt.Close()
+	req, _ := http.NewRequest("GET", "https://"+s.Addrs()[0]+"/", nil)
+	req.Header.Set("Cookie", strings.Repeat("x", 40<<10))
+	resp, err := (&http.Client{Transport: rt, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	must(t, resp.StatusCode == http.StatusOK, "a request with 40 KB of headers: status %d", resp.StatusCode)
 }
