@@ -374,6 +374,9 @@ func (qc *quicConn) watchIdle(idle time.Duration) (stop func()) {
 	t = time.AfterFunc(idle, func() {
 		mu.Lock()
 		defer mu.Unlock()
+		if qc.c.Context().Err() != nil {
+			return // closed; stop may be racing this run
+		}
 		left := idle - time.Since(time.Unix(0, qc.last.Load()))
 		select {
 		case <-qc.c.HandshakeComplete():
