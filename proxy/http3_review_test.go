@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -164,6 +165,10 @@ func rawH3Status(b []byte) string {
 func TestHTTP3AltSvcIsTheListeners(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Alt-Svc", `h3=":1"; ma=2592000`)
+		if r.Header.Get("Upgrade") == "websocket" {
+			w.WriteHeader(http.StatusForbidden) // refused: its answer is passed on
+			return
+		}
 		io.WriteString(w, "ok")
 	}))
 	defer up.Close()
@@ -190,6 +195,29 @@ func TestHTTP3AltSvcIsTheListeners(t *testing.T) {
 	for _, v := range resp.Header.Values("Alt-Svc") {
 		if v != want {
 			t.Errorf("over HTTP/3: Alt-Svc %q, want none but %q", v, want)
+		}
+	}
+	// A WebSocket the upstream refuses, over HTTP/3.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, closeConn, err := openH3Stream(ctx, cert, s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	u := &url.URL{Scheme: "https", Host: "localhost", Path: "/"}
+	if err := str.SendRequestHeader(&http.Request{Method: http.MethodConnect, Proto: "websocket", Host: u.Host, URL: u, Header: http.Header{}}); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := str.ReadResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Body.Close()
+	must(t, ws.StatusCode == http.StatusForbidden, "WebSocket: status %d, want the upstream's 403", ws.StatusCode)
+	for _, v := range ws.Header.Values("Alt-Svc") {
+		if v != want {
+			t.Errorf("WebSocket over HTTP/3: Alt-Svc %q, want none but %q", v, want)
 		}
 	}
 }
