@@ -75,7 +75,7 @@ func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *http.Request
 	if r.Body == nil || r.Body == http.NoBody {
 		return r
 	}
-	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle}
+	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.idle, left: r.ContentLength}
 	r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b))
 	r.Body = b
 	return r
@@ -103,11 +103,24 @@ type idleBody struct {
 	ended    atomic.Bool // a read returned io.EOF
 	failed   atomic.Bool // a read failed: the client timed out or broke off
 	returned atomic.Bool // the HTTP/1 handler has returned (boundDiscard)
+	left     int64       // of the declared Content-Length, not read yet; -1: none declared
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
+	if b.left >= 0 {
+		b.left -= int64(n)
+		if err == io.EOF && b.left > 0 {
+			// A body that ends short of its Content-Length is the
+			// client's failure (RFC 9114 §4.1.2: malformed), not an
+			// end. net/http's HTTP/1 and HTTP/2 servers say so
+			// themselves; quic-go's HTTP/3 server ends it with io.EOF,
+			// and the upstream's transport would then refuse the short
+			// body as if the upstream had failed.
+			err = io.ErrUnexpectedEOF
+		}
+	}
 	if err == io.EOF {
 		b.ended.Store(true)
 	}
@@ -159,6 +172,27 @@ func (w *idleWriter) FlushError() error {
 
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// modifyResponse is the reverse proxy's ModifyResponse. An upstream's
+// Alt-Svc names the upstream's own endpoints: on a listener that serves
+// HTTP/3, only the listener's own Alt-Svc holds, and the upstream's is
+// dropped.
+func (s *Server) modifyResponse(res *http.Response) error {
+	if ownsAltSvc(res.Request) {
+		res.Header.Del("Alt-Svc")
+	}
+	return s.boundUpgrade(res)
+}
+
+// ownsAltSvc reports whether r came on a listener that serves HTTP/3, over
+// TCP or QUIC.
+func ownsAltSvc(r *http.Request) bool {
+	if _, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
+		return true
+	}
+	c := connOf(r)
+	return c != nil && c.l.quic != nil
+}
 
 // boundUpgrade bounds a connection that the upstream switched to another
 // protocol (a WebSocket, with 101 Switching Protocols) by the idle timeout,
@@ -342,7 +376,7 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 	rp := &httputil.ReverseProxy{
 		Rewrite:        func(pr *httputil.ProxyRequest) { s.rewrite(pr, target) },
 		Transport:      tr,
-		ModifyResponse: s.boundUpgrade,
+		ModifyResponse: s.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			// r is the request as sent upstream: with Upgrade only
 			// for an upgrade (see boundUpgrade).
@@ -364,9 +398,20 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	pr.SetURL(target)
 	// The other X-Forwarded- headers (X-Forwarded-Port, -Prefix, -Ssl,
 	// -Client-Cert...) are as easily believed upstream, and a client is
-	// no proxy.
+	// no proxy. So are those the proxy sets spelt with underscores
+	// (X_Forwarded_For, Early_Data): upstreams that map header names to
+	// variables (CGI, WSGI, Rack: HTTP_X_FORWARDED_FOR) take both
+	// spellings for one.
 	for k := range pr.Out.Header {
-		if len(k) > len(xForwarded) && strings.EqualFold(k[:len(xForwarded)], xForwarded) {
+		n := k
+		if strings.Contains(k, "_") {
+			n = strings.ReplaceAll(k, "_", "-")
+			if strings.EqualFold(n, ResumedHeader) || strings.EqualFold(n, EarlyDataHeader) {
+				delete(pr.Out.Header, k)
+				continue
+			}
+		}
+		if len(n) > len(xForwarded) && strings.EqualFold(n[:len(xForwarded)], xForwarded) {
 			delete(pr.Out.Header, k)
 		}
 	}

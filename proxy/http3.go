@@ -57,6 +57,10 @@ type quicConn struct {
 	c          *quic.Conn
 	requests   atomic.Int64
 	websockets atomic.Int32 // open on the connection (admitWebSocket)
+
+	// last is when a request last began or ended (unix nanoseconds), for
+	// the idle watchdog (watchIdle).
+	last atomic.Int64
 }
 
 type quicConnKey struct{}
@@ -70,6 +74,15 @@ type quicConnKey struct{}
 // client may never do (quic-go's closes it only once its application has
 // read each response to its end). As x/net/http2's goAwayTimeout.
 const quicShutdownLinger = time.Second
+
+// maxHTTP3HeaderBytes bounds an HTTP/3 request's HEADERS frame, and its
+// header fields once decoded (RFC 9114 §4.2.2's size: names, values and 32
+// bytes a field); beyond it the request gets 431. quic-go allocates a
+// HEADERS frame's declared length before any of it arrives, on each of the
+// 100 streams a client may open at once: with net/http's 1 MB default a
+// client held 100 MB per connection for a few bytes sent. At 64 KiB (what
+// AWS's load balancers allow for a request's headers) it is 6.4 MB.
+const maxHTTP3HeaderBytes = 64 << 10
 
 func (l *listener) newQUIC() *quicListener {
 	s := l.s
@@ -85,8 +98,9 @@ func (l *listener) newQUIC() *quicListener {
 		q.unreg = s.ring.Register(q.base)
 	}
 	q.h3 = &http3.Server{
-		Handler:     http.HandlerFunc(q.serveRequest),
-		IdleTimeout: s.idle,
+		Handler:        http.HandlerFunc(q.serveRequest),
+		IdleTimeout:    s.idle,
+		MaxHeaderBytes: maxHTTP3HeaderBytes,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			q.mu.Lock()
 			qc := q.conns[c]
@@ -197,8 +211,9 @@ func (q *quicListener) serve() {
 		if err != nil {
 			return
 		}
+		qc := &quicConn{c: c}
 		q.mu.Lock()
-		q.conns[c] = &quicConn{c: c}
+		q.conns[c] = qc
 		q.mu.Unlock()
 		q.wg.Add(1)
 		go func() {
@@ -213,7 +228,9 @@ func (q *quicListener) serve() {
 				q.watch(c)
 				close(done)
 			}()
+			stop := qc.watchIdle(q.l.s.idle)
 			q.h3.ServeQUICConn(c)
+			stop()
 			<-done
 		}()
 	}
@@ -338,6 +355,43 @@ func (q *quicListener) requestDone(qc *quicConn) {
 	}
 }
 
+// watchIdle closes the connection, as http3's IdleTimeout would, once no
+// request has been served on it for idle; it returns a func that stops
+// watching. http3's own idle timer stops while any request stream is open,
+// even one whose headers never come: quic-go reads a request's headers
+// without a deadline, and the server's keep-alive pings, which the
+// client's stack answers, keep QUIC's idle timeout from firing. So a
+// client that opened a stream and sent a byte of it held the connection
+// (and its place under MaxConnections) for ever. Over TCP,
+// ReadHeaderTimeout bounds that wait by the same idle timeout. The
+// handshake is left to its own timeout.
+func (qc *quicConn) watchIdle(idle time.Duration) (stop func()) {
+	qc.last.Store(time.Now().UnixNano())
+	var t *time.Timer
+	var mu sync.Mutex // t is set before the first check runs
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(idle, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if qc.c.Context().Err() != nil {
+			return // closed; stop may be racing this run
+		}
+		left := idle - time.Since(time.Unix(0, qc.last.Load()))
+		select {
+		case <-qc.c.HandshakeComplete():
+		default:
+			left = idle
+		}
+		if left > 0 || qc.requests.Load() > 0 {
+			t.Reset(max(left, idle/4))
+			return
+		}
+		qc.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "idle timeout")
+	})
+	return func() { t.Stop() }
+}
+
 // closeIfIdleIn closes the connection after d unless a request is being
 // served then (its end will call it again).
 func (qc *quicConn) closeIfIdleIn(d time.Duration) {
@@ -367,7 +421,11 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	early := false
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
 		qc.requests.Add(1)
-		defer q.requestDone(qc)
+		qc.last.Store(time.Now().UnixNano())
+		defer func() {
+			qc.last.Store(time.Now().UnixNano())
+			q.requestDone(qc)
+		}()
 		select {
 		case <-qc.c.HandshakeComplete():
 		default:

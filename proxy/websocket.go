@@ -143,6 +143,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, rt *rout
 		s.wsFailed(w, r, rt, err)
 		return
 	}
+	if ownsAltSvc(r) {
+		res.Header.Del("Alt-Svc") // as modifyResponse
+	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		defer res.Body.Close()
 		if res.StatusCode/100 == 2 {
