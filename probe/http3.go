@@ -59,9 +59,17 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	if err != nil {
 		return result{failure: FailDial}
 	}
+	// Only a GET or HEAD goes in early data. For any other request the
+	// client offers none: an offer that carries no request would still
+	// spend the ticket's one 0-RTT use in the farm and count as early data.
+	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
+	dial := w.qtr.Dial
+	if safe {
+		dial = w.qtr.DialEarly
+	}
 	w.cache.Begin(target)
 	start := time.Now()
-	conn, err := w.qtr.DialEarly(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
+	conn, err := dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
 	if err != nil {
 		return result{failure: quicFailure(err)}
 	}
@@ -72,9 +80,8 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	default:
 		early = true // DialEarly returned with 0-RTT keys, before the handshake
 	}
-	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
 	var str *http3.RequestStream
-	if early && safe {
+	if early {
 		if str, err = w.sendH3(cctx, conn); err != nil {
 			return result{failure: FailRequest}
 		}

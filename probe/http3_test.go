@@ -142,3 +142,65 @@ func TestHTTP3TimeoutBoundsTheAnswer(t *testing.T) {
 		t.Fatal("the probe still waits for an answer after 10s, with a timeout of 500ms")
 	}
 }
+
+// TestHTTP3UnsafeMethodSendsNoEarlyData: a request that may not go in 0-RTT
+// early data (a POST) is sent after the handshake, so the probe must not
+// offer early data at all. Offering it anyway spends the ticket's one 0-RTT
+// use in the farm's anti-replay register, counts early data that carried
+// no request, and, when the server refuses it, makes a second connection
+// per probe connection that the report does not count.
+func TestHTTP3UnsafeMethodSendsNoEarlyData(t *testing.T) {
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := proxy.New(proxy.Config{
+		Cache: cache, Ring: ring,
+		Listeners: []proxy.Listener{{
+			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}},
+			HTTP3: true, EarlyData: true,
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	const n = 10
+	rep, err := probe.Run(context.Background(), probe.Config{
+		Targets: []string{s.Addrs()[0]}, ServerName: "localhost", RootCAs: roots,
+		Connections: n, HTTP3: true, Request: "POST /",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tot := rep.Total
+	if tot.Failed != 0 || tot.Full != 1 || tot.Resumed != n-1 {
+		t.Fatalf("full %d, resumed %d, failed %d (%v); want 1, %d, 0", tot.Full, tot.Resumed, tot.Failed, tot.Errors, n-1)
+	}
+	st := s.QUICStats()
+	if tot.EarlyData != 0 || st.EarlyDataOffered != 0 || st.EarlyDataAccepted != 0 {
+		t.Errorf("POST: the probe counted %d connections with early data; the server saw %d offers, accepted %d; want none",
+			tot.EarlyData, st.EarlyDataOffered, st.EarlyDataAccepted)
+	}
+	if hs := st.FullHandshakes + st.ResumedHandshakes; hs != n {
+		t.Errorf("the server completed %d handshakes for %d probe connections", hs, n)
+	}
+}
