@@ -21,8 +21,8 @@ import (
 const ticketWait = 250 * time.Millisecond
 
 // prepareHTTP3 checks the settings an HTTP/3 run needs and turns
-// Config.Request into a method and path.
-func prepareHTTP3(p *plan) error {
+// Config.Request into a method and a URL per target (of the given ports).
+func prepareHTTP3(p *plan, ports []string) error {
 	c := &p.cfg
 	if c.Version == tls.VersionTLS12 {
 		return errors.New("probe: HTTP/3 runs over TLS 1.3 only")
@@ -36,7 +36,10 @@ func prepareHTTP3(p *plan) error {
 		return err
 	}
 	f := strings.Fields(line)
-	p.h3Method, p.h3Path = f[0], f[1]
+	p.h3Method = f[0]
+	for _, port := range ports {
+		p.h3URLs = append(p.h3URLs, "https://"+authority(c.ServerName, port)+f[1])
+	}
 	return nil
 }
 
@@ -82,7 +85,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	}
 	var str *http3.RequestStream
 	if early {
-		if str, err = w.sendH3(cctx, conn); err != nil {
+		if str, err = w.sendH3(cctx, conn, target); err != nil {
 			return result{failure: FailRequest}
 		}
 	}
@@ -121,7 +124,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	res.offered = offered || res.resumed
 	res.crossNode = res.resumed && issuer != target
 	if str == nil {
-		if str, err = w.sendH3(cctx, conn); err != nil {
+		if str, err = w.sendH3(cctx, conn, target); err != nil {
 			return result{failure: FailRequest}
 		}
 	}
@@ -140,15 +143,15 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	return res
 }
 
-// sendH3 sends the run's request on a new stream of conn.
-func (w *worker) sendH3(ctx context.Context, conn *quic.Conn) (*http3.RequestStream, error) {
+// sendH3 sends the run's request to target on a new stream of conn.
+func (w *worker) sendH3(ctx context.Context, conn *quic.Conn, target int) (*http3.RequestStream, error) {
 	p := w.r.plan
 	cc := (&http3.Transport{}).NewClientConn(conn)
 	str, err := cc.OpenRequestStream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, p.h3Method, "https://"+p.cfg.ServerName+p.h3Path, nil)
+	req, err := http.NewRequestWithContext(ctx, p.h3Method, p.h3URLs[target], nil)
 	if err != nil {
 		return nil, err
 	}

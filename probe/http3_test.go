@@ -204,3 +204,64 @@ func TestHTTP3UnsafeMethodSendsNoEarlyData(t *testing.T) {
 		t.Errorf("the server completed %d handshakes for %d probe connections", hs, n)
 	}
 }
+
+// TestHTTP3Authority: an HTTP/3 request names the target's port in its
+// authority, as the request over TCP names it in Host, and a target given
+// by an IPv6 address (whose address is then the server name) is probed
+// rather than failing every request: the URL needs the address bracketed.
+func TestHTTP3Authority(t *testing.T) {
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, ip, serverName string
+		want                 func(port string) string
+	}{
+		{"IPv4", "127.0.0.1", "localhost", func(port string) string { return "localhost:" + port }},
+		{"IPv6", "::1", "", func(port string) string { return "[::1]:" + port }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(tc.ip)})
+			if err != nil {
+				t.Skipf("no %s loopback: %v", tc.name, err)
+			}
+			hosts := make(chan string, 10)
+			srv := &http3.Server{
+				TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
+				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					select {
+					case hosts <- r.Host:
+					default:
+					}
+					w.Write([]byte("ok"))
+				}),
+			}
+			go srv.Serve(udp)
+			t.Cleanup(func() {
+				srv.Close()
+				udp.Close()
+			})
+			roots := x509.NewCertPool()
+			roots.AddCert(cert.Leaf)
+			cfg := probe.Config{
+				Targets: []string{udp.LocalAddr().String()}, ServerName: tc.serverName, RootCAs: roots,
+				Connections: 2, HTTP3: true, Timeout: 5 * time.Second,
+			}
+			if tc.serverName == "" {
+				cfg.RootCAs, cfg.Insecure = nil, true // the certificate names localhost, not the address
+			}
+			rep, err := probe.Run(context.Background(), cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tot := rep.Total; tot.Failed != 0 || tot.Full+tot.Resumed != 2 {
+				t.Fatalf("full %d, resumed %d, failed %d (%v); want 2 that work", tot.Full, tot.Resumed, tot.Failed, tot.Errors)
+			}
+			_, port, _ := net.SplitHostPort(udp.LocalAddr().String())
+			if got := <-hosts; got != tc.want(port) {
+				t.Errorf("the server saw authority %q, want %q", got, tc.want(port))
+			}
+		})
+	}
+}
