@@ -51,24 +51,30 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	p := w.r.plan
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	if w.qtr == nil {
-		udp, err := net.ListenUDP("udp", nil)
-		if err != nil {
-			return result{failure: FailDial}
-		}
-		w.qtr = &quic.Transport{Conn: udp}
-	}
 	addr, err := net.ResolveUDPAddr("udp", p.addrs[target])
 	if err != nil {
 		return result{failure: FailDial}
 	}
+	// A socket of its own, as a TCP connection has a port of its own: a
+	// balancer keeps a flow on one node by its source address and port,
+	// and would send every connection of a client that reused one socket
+	// to the same node.
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return result{failure: FailDial}
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer func() {
+		tr.Close()
+		udp.Close()
+	}()
 	// Only a GET or HEAD goes in early data. For any other request the
 	// client offers none: an offer that carries no request would still
 	// spend the ticket's one 0-RTT use in the farm and count as early data.
 	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
-	dial := w.qtr.Dial
+	dial := tr.Dial
 	if safe {
-		dial = w.qtr.DialEarly
+		dial = tr.DialEarly
 	}
 	w.cache.Begin(target)
 	start := time.Now()
@@ -109,7 +115,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 			return result{failure: quicFailure(err)}
 		}
 		conn.CloseWithError(0, "")
-		if conn, err = w.qtr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
+		if conn, err = tr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
 			return result{failure: quicFailure(err)}
 		}
 		defer conn.CloseWithError(0, "")
@@ -160,14 +166,6 @@ func (w *worker) sendH3(ctx context.Context, conn *quic.Conn, target int) (*http
 	}
 	str.Close()
 	return str, nil
-}
-
-// closeQUIC releases the worker's UDP socket.
-func (w *worker) closeQUIC() {
-	if w.qtr != nil {
-		w.qtr.Close()
-		w.qtr.Conn.Close()
-	}
 }
 
 func quicFailure(err error) string {

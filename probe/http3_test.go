@@ -265,3 +265,58 @@ func TestHTTP3Authority(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP3EachConnectionFromItsOwnPort: like a TCP connection, which gets
+// a port of its own, each HTTP/3 connection comes from a UDP socket of its
+// own, as a browser's does. A layer-4 balancer keeps a flow on one node by
+// its source address and port; a client that reused one socket for every
+// connection would be sent to the same node each time, and a probe through
+// the balancer would report every resumption as working, shared sessions
+// or not.
+func TestHTTP3EachConnectionFromItsOwnPort(t *testing.T) {
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	remotes := make(chan string, n)
+	srv := &http3.Server{
+		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case remotes <- r.RemoteAddr:
+			default:
+			}
+			w.Write([]byte("ok"))
+		}),
+	}
+	go srv.Serve(udp)
+	t.Cleanup(func() {
+		srv.Close()
+		udp.Close()
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	rep, err := probe.Run(context.Background(), probe.Config{
+		Targets: []string{udp.LocalAddr().String()}, ServerName: "localhost", RootCAs: roots,
+		Connections: n, HTTP3: true, Request: "POST /", Timeout: 5 * time.Second,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot := rep.Total; tot.Failed != 0 || tot.Resumed != n-1 {
+		t.Fatalf("full %d, resumed %d, failed %d (%v); want %d resumed", tot.Full, tot.Resumed, tot.Failed, tot.Errors, n-1)
+	}
+	close(remotes)
+	seen := make(map[string]bool)
+	for a := range remotes {
+		seen[a] = true
+	}
+	if len(seen) != n {
+		t.Errorf("%d connections came from %d source addresses, want one each: %v", n, len(seen), seen)
+	}
+}
