@@ -113,11 +113,19 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if fs.NArg() > 0 {
 		return fail("unexpected argument %q", redact.URL(fs.Arg(0))) // maybe a farm URL without -farm
 	}
+	seen := make(map[string]bool, len(exports))
 	for _, v := range exports {
 		t, err := keyexport.ParseTarget(v)
 		if err != nil {
 			return fail("-export: %s", redact.URL(err.Error()))
 		}
+		// Two exporters of one target would write the same files at once,
+		// and its metrics, labelled by target, would fail every scrape of
+		// /metrics as duplicates.
+		if seen[t.String()] {
+			return fail("-export %s is given twice", redact.URL(t.String()))
+		}
+		seen[t.String()] = true
 		o.targets = append(o.targets, t)
 	}
 	if o.farmURL == "" {
