@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -143,7 +142,8 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	if err != nil {
 		return result{failure: requestFailure(err)}
 	}
-	io.Copy(io.Discard, resp.Body)
+	// The response's head is the server's first bytes: as over TCP, the
+	// rest is not read (an answer may stream for ever).
 	resp.Body.Close()
 	w.cache.WaitPut(cctx, ticketWait)
 	return res
