@@ -105,9 +105,12 @@ type Config struct {
 	Request string
 
 	// HTTP3 makes each connection over QUIC to the target's UDP port, and
-	// sends the request (a GET unless Request says otherwise) as HTTP/3.
+	// sends the request (a GET unless Request says otherwise) as HTTP/3,
+	// each connection from a UDP port of its own; the connection is done
+	// when the response's head arrives (the body is not read).
 	// A client whose session allows 0-RTT sends a GET or HEAD in early
-	// data; if the server refuses the early data, the handshake still
+	// data (for any other method it offers none); if the server refuses
+	// the early data, the handshake still
 	// counts (resumed or not), and the request is sent again after it, on
 	// a new resumed connection (quic-go's HTTP/3 client cannot reuse the
 	// refused one), which is not counted. The report counts, in
