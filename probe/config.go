@@ -110,12 +110,11 @@ type Config struct {
 	// when the response's head arrives (the body is not read).
 	// A client whose session allows 0-RTT sends a GET or HEAD in early
 	// data (for any other method it offers none); if the server refuses
-	// the early data, the handshake still
-	// counts (resumed or not), and the request is sent again after it, on
-	// a new resumed connection (quic-go's HTTP/3 client cannot reuse the
-	// refused one), which is not counted. The report counts, in
-	// EarlyData, the connections whose early data was accepted. TLS 1.3
-	// only.
+	// the early data, the handshake still counts (resumed or not), and
+	// the request is sent again after it, on a new resumed connection
+	// (quic-go's HTTP/3 client cannot reuse the refused one), which is
+	// not counted. The report counts, in EarlyData, the connections whose
+	// early data was accepted. TLS 1.3 only.
 	HTTP3 bool
 
 	// ProxyProtocol makes each TCP connection begin with a PROXY protocol
