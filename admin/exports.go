@@ -37,14 +37,15 @@ func (e emitter) exports(ex []ExportStatus) {
 	n := e.desc("tlsfarm_key_exports_total", "Key sets exported to the target.", "target")
 	fails := e.desc("tlsfarm_key_export_failures_total", "Failed attempts to export a key set to the target.", "target")
 	for _, x := range ex {
+		target := labelValue(x.Target)
 		var ts float64
 		if !x.LastSuccess.IsZero() {
 			ts = float64(x.LastSuccess.UnixNano()) / 1e9
 		}
-		e.ch <- prometheus.MustNewConstMetric(ok, prometheus.GaugeValue, b2f(x.OK), x.Target)
-		e.ch <- prometheus.MustNewConstMetric(epoch, prometheus.GaugeValue, float64(x.Epoch), x.Target)
-		e.ch <- prometheus.MustNewConstMetric(last, prometheus.GaugeValue, ts, x.Target)
-		e.ch <- prometheus.MustNewConstMetric(n, prometheus.CounterValue, float64(x.Exports), x.Target)
-		e.ch <- prometheus.MustNewConstMetric(fails, prometheus.CounterValue, float64(x.Failures), x.Target)
+		e.ch <- prometheus.MustNewConstMetric(ok, prometheus.GaugeValue, b2f(x.OK), target)
+		e.ch <- prometheus.MustNewConstMetric(epoch, prometheus.GaugeValue, float64(x.Epoch), target)
+		e.ch <- prometheus.MustNewConstMetric(last, prometheus.GaugeValue, ts, target)
+		e.ch <- prometheus.MustNewConstMetric(n, prometheus.CounterValue, float64(x.Exports), target)
+		e.ch <- prometheus.MustNewConstMetric(fails, prometheus.CounterValue, float64(x.Failures), target)
 	}
 }

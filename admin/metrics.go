@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"strings"
 	"sync"
 	"time"
 
@@ -61,7 +62,7 @@ func (e emitter) desc(name, help string, labels ...string) *prometheus.Desc {
 func (e emitter) labelled(t prometheus.ValueType, name, help, label string, values map[string]uint64) {
 	d := e.desc(name, help, label)
 	for lv, v := range values {
-		e.ch <- prometheus.MustNewConstMetric(d, t, float64(v), lv)
+		e.ch <- prometheus.MustNewConstMetric(d, t, float64(v), labelValue(lv))
 	}
 }
 
@@ -72,7 +73,7 @@ func (e emitter) samples(samples []metric.Sample) {
 		names := make([]string, len(s.Labels))
 		values := make([]string, len(s.Labels))
 		for i, l := range s.Labels {
-			names[i], values[i] = l.Name, l.Value
+			names[i], values[i] = l.Name, labelValue(l.Value)
 		}
 		d := e.desc(s.Name, s.Help, names...)
 		switch s.Kind {
@@ -89,6 +90,11 @@ func (e emitter) samples(samples []metric.Sample) {
 		}
 	}
 }
+
+// labelValue returns v as a valid label value: Prometheus refuses one that
+// is not UTF-8 (a path may be any bytes), and a refused value made the
+// whole scrape fail. Bytes that are not UTF-8 become U+FFFD.
+func labelValue(v string) string { return strings.ToValidUTF8(v, "\uFFFD") }
 
 func (e emitter) counter(name, help string, v uint64) {
 	e.ch <- prometheus.MustNewConstMetric(e.desc(name, help), prometheus.CounterValue, float64(v))

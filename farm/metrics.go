@@ -183,14 +183,19 @@ func (m *samples) gauges(name, help, label string, lv ...any) {
 	}
 }
 
+// histogram adds h's snapshot. Its count is the sum of the buckets read, not
+// a counter of its own read apart: observations land between the reads, and
+// a count read first could be smaller than a bucket read after it (an
+// exposition whose +Inf bucket is below a finite one).
 func (m *samples) histogram(name, help string, h *histogram) {
-	s := metric.Sample{Name: name, Help: help, Kind: metric.Histogram, Count: h.count.Load(),
+	s := metric.Sample{Name: name, Help: help, Kind: metric.Histogram,
 		Value: time.Duration(h.sum.Load()).Seconds(), Buckets: make([]metric.Bucket, len(lagBuckets))}
 	var cum uint64
 	for i, le := range lagBuckets {
 		cum += h.counts[i].Load()
 		s.Buckets[i] = metric.Bucket{UpperBound: le.Seconds(), Count: cum}
 	}
+	s.Count = cum + h.counts[len(lagBuckets)].Load()
 	m.add(s)
 }
 
@@ -214,7 +219,6 @@ var lagBuckets = []time.Duration{
 // A histogram counts durations into lagBuckets.
 type histogram struct {
 	counts []atomic.Uint64 // len(lagBuckets)+1: counts[i] counts values <= lagBuckets[i]; the last, the rest
-	count  atomic.Uint64
 	sum    atomic.Int64
 }
 
@@ -229,6 +233,5 @@ func (h *histogram) observe(d time.Duration) {
 		i++
 	}
 	h.counts[i].Add(1)
-	h.count.Add(1)
 	h.sum.Add(int64(d))
 }

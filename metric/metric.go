@@ -133,7 +133,23 @@ func Value(samples []Sample, name string, labels ...string) (float64, bool) {
 	return 0, false
 }
 
+// hasLabels reports whether have and the name, value pairs of want are the
+// same labels: each pair of want is in have, and each label of have in want
+// (a name repeated in want does not stand for another of have's).
 func hasLabels(have []Label, want []string) bool {
+	in := func(name, value string) bool {
+		for i := 0; i < len(want); i += 2 {
+			if want[i] == name && want[i+1] == value {
+				return true
+			}
+		}
+		return false
+	}
+	for _, l := range have {
+		if !in(l.Name, l.Value) {
+			return false
+		}
+	}
 	for i := 0; i < len(want); i += 2 {
 		found := false
 		for _, l := range have {

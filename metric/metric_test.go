@@ -27,6 +27,7 @@ func TestValue(t *testing.T) {
 		{"tlsfarm_cache_lookups_total", []string{"result", "other"}, 0, false},
 		{"two", []string{"b", "2", "a", "1"}, 7, true},
 		{"two", []string{"a", "1"}, 0, false},
+		{"two", []string{"a", "1", "a", "1"}, 0, false}, // b is not asked for
 		{"absent", nil, 0, false},
 	}
 	for _, tt := range tests {

@@ -105,14 +105,16 @@ type Config struct {
 	Request string
 
 	// HTTP3 makes each connection over QUIC to the target's UDP port, and
-	// sends the request (a GET unless Request says otherwise) as HTTP/3.
+	// sends the request (a GET unless Request says otherwise) as HTTP/3,
+	// each connection from a UDP port of its own; the connection is done
+	// when the response's head arrives (the body is not read).
 	// A client whose session allows 0-RTT sends a GET or HEAD in early
-	// data; if the server refuses the early data, the handshake still
-	// counts (resumed or not), and the request is sent again after it, on
-	// a new resumed connection (quic-go's HTTP/3 client cannot reuse the
-	// refused one), which is not counted. The report counts, in
-	// EarlyData, the connections whose early data was accepted. TLS 1.3
-	// only.
+	// data (for any other method it offers none); if the server refuses
+	// the early data, the handshake still counts (resumed or not), and
+	// the request is sent again after it, on a new resumed connection
+	// (quic-go's HTTP/3 client cannot reuse the refused one), which is
+	// not counted. The report counts, in EarlyData, the connections whose
+	// early data was accepted. TLS 1.3 only.
 	HTTP3 bool
 
 	// ProxyProtocol makes each TCP connection begin with a PROXY protocol
@@ -132,7 +134,8 @@ type plan struct {
 	read     bool     // read the server's first bytes after the request
 	tls      *tls.Config
 
-	h3Method, h3Path string // with Config.HTTP3
+	h3Method string   // with Config.HTTP3
+	h3URLs   []string // with Config.HTTP3: per target
 }
 
 // prepare validates cfg and applies its defaults.
@@ -196,7 +199,7 @@ func prepare(cfg Config) (*plan, error) {
 	}
 	switch {
 	case c.HTTP3:
-		if err := prepareHTTP3(p); err != nil {
+		if err := prepareHTTP3(p, ports); err != nil {
 			return nil, err
 		}
 	case c.Request == RequestNone:
@@ -209,11 +212,7 @@ func prepare(cfg Config) (*plan, error) {
 		}
 		p.read = true
 		for _, port := range ports {
-			host := net.JoinHostPort(c.ServerName, port)
-			if port == "443" {
-				host = strings.TrimSuffix(host, ":443")
-			}
-			p.requests = append(p.requests, []byte(line+"\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"))
+			p.requests = append(p.requests, []byte(line+"\r\nHost: "+authority(c.ServerName, port)+"\r\nConnection: close\r\n\r\n"))
 		}
 	}
 
@@ -245,6 +244,18 @@ func splitTarget(target string) (addr, host, port string, err error) {
 		return "", "", "", fmt.Errorf("probe: bad target %q: want host:port", target)
 	}
 	return net.JoinHostPort(host, port), host, port, nil
+}
+
+// authority returns the HTTP authority (Host) of a request to port under
+// serverName: an IPv6 address bracketed, the port left out if it is 443.
+func authority(serverName, port string) string {
+	if port == "443" {
+		if strings.Contains(serverName, ":") {
+			return "[" + serverName + "]"
+		}
+		return serverName
+	}
+	return net.JoinHostPort(serverName, port)
 }
 
 // requestLine turns a Config.Request other than RequestNone and RequestRead

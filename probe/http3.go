@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -21,8 +20,8 @@ import (
 const ticketWait = 250 * time.Millisecond
 
 // prepareHTTP3 checks the settings an HTTP/3 run needs and turns
-// Config.Request into a method and path.
-func prepareHTTP3(p *plan) error {
+// Config.Request into a method and a URL per target (of the given ports).
+func prepareHTTP3(p *plan, ports []string) error {
 	c := &p.cfg
 	if c.Version == tls.VersionTLS12 {
 		return errors.New("probe: HTTP/3 runs over TLS 1.3 only")
@@ -36,7 +35,10 @@ func prepareHTTP3(p *plan) error {
 		return err
 	}
 	f := strings.Fields(line)
-	p.h3Method, p.h3Path = f[0], f[1]
+	p.h3Method = f[0]
+	for _, port := range ports {
+		p.h3URLs = append(p.h3URLs, "https://"+authority(c.ServerName, port)+f[1])
+	}
 	return nil
 }
 
@@ -48,20 +50,34 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	p := w.r.plan
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	if w.qtr == nil {
-		udp, err := net.ListenUDP("udp", nil)
-		if err != nil {
-			return result{failure: FailDial}
-		}
-		w.qtr = &quic.Transport{Conn: udp}
-	}
 	addr, err := net.ResolveUDPAddr("udp", p.addrs[target])
 	if err != nil {
 		return result{failure: FailDial}
 	}
+	// A socket of its own, as a TCP connection has a port of its own: a
+	// balancer keeps a flow on one node by its source address and port,
+	// and would send every connection of a client that reused one socket
+	// to the same node.
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return result{failure: FailDial}
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer func() {
+		tr.Close()
+		udp.Close()
+	}()
+	// Only a GET or HEAD goes in early data. For any other request the
+	// client offers none: an offer that carries no request would still
+	// spend the ticket's one 0-RTT use in the farm and count as early data.
+	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
+	dial := tr.Dial
+	if safe {
+		dial = tr.DialEarly
+	}
 	w.cache.Begin(target)
 	start := time.Now()
-	conn, err := w.qtr.DialEarly(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
+	conn, err := dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
 	if err != nil {
 		return result{failure: quicFailure(err)}
 	}
@@ -72,10 +88,9 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	default:
 		early = true // DialEarly returned with 0-RTT keys, before the handshake
 	}
-	safe := p.h3Method == http.MethodGet || p.h3Method == http.MethodHead
 	var str *http3.RequestStream
-	if early && safe {
-		if str, err = w.sendH3(cctx, conn); err != nil {
+	if early {
+		if str, err = w.sendH3(cctx, conn, target); err != nil {
 			return result{failure: FailRequest}
 		}
 	}
@@ -99,7 +114,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 			return result{failure: quicFailure(err)}
 		}
 		conn.CloseWithError(0, "")
-		if conn, err = w.qtr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
+		if conn, err = tr.Dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout}); err != nil {
 			return result{failure: quicFailure(err)}
 		}
 		defer conn.CloseWithError(0, "")
@@ -114,7 +129,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	res.offered = offered || res.resumed
 	res.crossNode = res.resumed && issuer != target
 	if str == nil {
-		if str, err = w.sendH3(cctx, conn); err != nil {
+		if str, err = w.sendH3(cctx, conn, target); err != nil {
 			return result{failure: FailRequest}
 		}
 	}
@@ -127,21 +142,22 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	if err != nil {
 		return result{failure: requestFailure(err)}
 	}
-	io.Copy(io.Discard, resp.Body)
+	// The response's head is the server's first bytes: as over TCP, the
+	// rest is not read (an answer may stream for ever).
 	resp.Body.Close()
 	w.cache.WaitPut(cctx, ticketWait)
 	return res
 }
 
-// sendH3 sends the run's request on a new stream of conn.
-func (w *worker) sendH3(ctx context.Context, conn *quic.Conn) (*http3.RequestStream, error) {
+// sendH3 sends the run's request to target on a new stream of conn.
+func (w *worker) sendH3(ctx context.Context, conn *quic.Conn, target int) (*http3.RequestStream, error) {
 	p := w.r.plan
 	cc := (&http3.Transport{}).NewClientConn(conn)
 	str, err := cc.OpenRequestStream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, p.h3Method, "https://"+p.cfg.ServerName+p.h3Path, nil)
+	req, err := http.NewRequestWithContext(ctx, p.h3Method, p.h3URLs[target], nil)
 	if err != nil {
 		return nil, err
 	}
@@ -150,14 +166,6 @@ func (w *worker) sendH3(ctx context.Context, conn *quic.Conn) (*http3.RequestStr
 	}
 	str.Close()
 	return str, nil
-}
-
-// closeQUIC releases the worker's UDP socket.
-func (w *worker) closeQUIC() {
-	if w.qtr != nil {
-		w.qtr.Close()
-		w.qtr.Conn.Close()
-	}
 }
 
 func quicFailure(err error) string {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
-	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/tlsfarm/tlsfarm/internal/roaming"
@@ -175,8 +174,7 @@ type worker struct {
 	buf    []byte
 	tally  []tally // per target
 
-	qtr  *quic.Transport // with Config.HTTP3: the client's UDP socket
-	qtls *tls.Config
+	qtls *tls.Config // with Config.HTTP3
 }
 
 func newWorker(r *runner) *worker {
@@ -197,7 +195,6 @@ func newWorker(r *runner) *worker {
 }
 
 func (w *worker) run(ctx context.Context) {
-	defer w.closeQUIC()
 	for {
 		k, ok := w.r.next()
 		if !ok {

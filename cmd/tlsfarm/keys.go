@@ -113,11 +113,23 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if fs.NArg() > 0 {
 		return fail("unexpected argument %q", redact.URL(fs.Arg(0))) // maybe a farm URL without -farm
 	}
+	written := make(map[string]keyexport.Target, len(exports))
 	for _, v := range exports {
 		t, err := keyexport.ParseTarget(v)
 		if err != nil {
 			return fail("-export: %s", redact.URL(err.Error()))
 		}
+		// Two exporters of one file would write it at once, and a target
+		// given twice would also fail every scrape of /metrics (its
+		// metrics, labelled by target, as duplicates).
+		w := writtenPath(t)
+		if u, ok := written[w]; ok {
+			if u.String() == t.String() {
+				return fail("-export %s is given twice", redact.URL(t.String()))
+			}
+			return fail("-export %s and -export %s write the same file", redact.URL(u.String()), redact.URL(t.String()))
+		}
+		written[w] = t
 		o.targets = append(o.targets, t)
 	}
 	if o.farmURL == "" {
@@ -162,6 +174,20 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 		}
 	}
 	return o, 0
+}
+
+// writtenPath names what a target writes: an nginx target's directory, or
+// the file of the others.
+func writtenPath(t keyexport.Target) string {
+	switch t := t.(type) {
+	case *keyexport.NginxTarget:
+		return "dir " + filepath.Clean(t.Dir)
+	case *keyexport.HAProxyTarget:
+		return "file " + filepath.Clean(t.File)
+	case *keyexport.FileTarget:
+		return "file " + filepath.Clean(t.Path)
+	}
+	return t.String()
 }
 
 // checkTarget checks at start that a target's directory is safe to write

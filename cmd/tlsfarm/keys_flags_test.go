@@ -42,6 +42,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"bad log format", append([]string{"-log-format", "xml", "-export", "nginx:" + dir}, base...), "want text or json"},
 		{"negative on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "-5s", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
 		{"zero on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "0", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
+		{"same target twice", append([]string{"-export", "nginx:" + dir, "-export", "file:" + filepath.Join(dir, "k.json"), "-export", "nginx:" + dir + "/"}, base...), "-export nginx:" + dir + " is given twice"},
+		{"one file, two formats", append([]string{"-export", "haproxy:" + filepath.Join(dir, "k") + ",socket=/run/haproxy.sock", "-export", "file:" + filepath.Join(dir, "k")}, base...), "write the same file"},
 		{"missing directory", append([]string{"-export", "file:" + filepath.Join(dir, "nope", "k.json")}, base...), "no such file"},
 	}
 	for _, tt := range tests {
