@@ -112,8 +112,15 @@ func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
 		}
 		r.byChain[rev.chain] = p
 	} else if rev.until.After(p.rev.until) {
+		// A later end: the store and the bus must get it too, though
+		// they may hold the earlier one already. A node that reads only
+		// the store (one that joins, or one that missed the message)
+		// would otherwise take the chain as revoked only until the
+		// earlier end, and accept its sessions after it.
 		p.rev.until = rev.until
 		p.tomb = nil // sealed with the earlier until
+		p.stored = n.cfg.Coord == nil
+		p.published = false
 	}
 	if id != (session.ID{}) {
 		p.ids = append(p.ids, id)
@@ -344,12 +351,13 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, p := range ptrs {
-		// Only what this attempt covered: ids added meanwhile keep
-		// p.stored false.
-		if storeErr == nil && !work[i].stored && len(p.ids) == len(work[i].ids) {
+		// Only what this attempt covered: ids added meanwhile, or a
+		// later end, keep p.stored (and a later end p.published) false.
+		same := p.rev.until.Equal(work[i].rev.until)
+		if storeErr == nil && !work[i].stored && len(p.ids) == len(work[i].ids) && same {
 			p.stored = true
 		}
-		if pubErr == nil && !work[i].published {
+		if pubErr == nil && !work[i].published && same {
 			p.published = true
 		}
 		if againErr != nil && storeErr == nil && !work[i].stored {
