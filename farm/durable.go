@@ -216,34 +216,47 @@ func (n *Node) revoker(ctx context.Context) {
 			}
 		case <-wait:
 		}
-		if n.applyRevocations(ctx) {
+		done, progressed := n.applyRevocations(ctx)
+		switch {
+		case done:
 			failures = 0
-		} else {
+		case progressed:
+			// A chunk the store is too slow to take whole within
+			// OpTimeout: what it took is kept, and the next attempt
+			// goes on from there at once, at the store's pace.
+			failures = 0
+			n.revs.signal()
+		default:
 			failures++
 		}
 	}
 }
 
 // applyRevocations tries once to apply every pending revocation, and
-// reports whether none is left. It applies them a chunk at a time (at
+// reports whether none is left, and whether it wrote a tombstone to the
+// store that was not there before. It applies them a chunk at a time (at
 // most BatchSize revocations), each chunk's store write and publish
 // within OpTimeout, and stops at the first chunk that fails: a tombstone
 // is one round trip to the store (about 225 µs on Redis here), so a
 // long list in one write (the revocations made during a store outage)
 // never finished within OpTimeout and was tried again whole, for ever
-// (TestManyPendingRevocationsReachTheStore).
-func (n *Node) applyRevocations(ctx context.Context) bool {
+// (TestManyPendingRevocationsReachTheStore). The tombstones a chunk
+// wrote before its OpTimeout ran out count as stored, so that the next
+// attempt goes on after them (TestSlowStoreRevocationsDrain).
+func (n *Node) applyRevocations(ctx context.Context) (none, progressed bool) {
 	r := &n.revs
 	r.mu.Lock()
 	ptrs := slices.Clone(r.pending)
 	r.mu.Unlock()
 	if len(ptrs) == 0 {
-		return true
+		return true, false
 	}
 	failed := false
 	for len(ptrs) > 0 && !failed && ctx.Err() == nil {
 		k := min(len(ptrs), n.cfg.BatchSize)
-		failed = !n.applyRevocationChunk(ctx, ptrs[:k])
+		ok, stored := n.applyRevocationChunk(ctx, ptrs[:k])
+		failed = !ok
+		progressed = progressed || stored > 0
 		ptrs = ptrs[k:]
 	}
 
@@ -267,13 +280,15 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 		r.retries++
 	}
 	n.persistDoneLocked(done)
-	return len(r.pending) == 0
+	return len(r.pending) == 0, progressed
 }
 
 // applyRevocationChunk tries once to write the tombstones of ptrs to the
-// store and publish them, and reports whether both succeeded. It marks
-// what it applied; applyRevocations drops them from the list.
-func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) bool {
+// store and publish them, and reports whether both succeeded, and how
+// many tombstones it wrote (all of them, or those written before the
+// write failed or ran out of time). It marks what it applied, written
+// tombstones included; applyRevocations drops them from the list.
+func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bool, int) {
 	r := &n.revs
 	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	r.mu.Lock()
@@ -303,13 +318,14 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 		}
 	}
 	var wg sync.WaitGroup
+	written := 0 // of toStore, in order
 	if len(toStore) > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 			defer cancel()
-			storeErr = n.storeBatch(sctx, nil, dels, toStore)
+			written, storeErr = n.storeTombstones(sctx, dels, toStore)
 		}()
 	}
 	if len(toPublish) > 0 {
@@ -321,12 +337,18 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 	// tombstone is in the store: one published before (or while) it was
 	// stored goes out once more. Revocations are rare; a repeat costs a
 	// peer a map lookup.
+	// stored[i]: work[i]'s tombstone was written by this attempt.
+	stored := make([]bool, len(work))
+	for i, k := 0, 0; i < len(work) && k < written; i++ {
+		if !work[i].stored {
+			stored[i] = true
+			k++
+		}
+	}
 	var again []revocation
-	if storeErr == nil {
-		for _, w := range work {
-			if !w.stored && (w.published || pubErr == nil) {
-				again = append(again, w.rev)
-			}
+	for i, w := range work {
+		if stored[i] && (w.published || pubErr == nil) {
+			again = append(again, w.rev)
 		}
 	}
 	var againErr error
@@ -354,17 +376,36 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 		// Only what this attempt covered: ids added meanwhile, or a
 		// later end, keep p.stored (and a later end p.published) false.
 		same := p.rev.until.Equal(work[i].rev.until)
-		if storeErr == nil && !work[i].stored && len(p.ids) == len(work[i].ids) && same {
+		if stored[i] && len(p.ids) == len(work[i].ids) && same {
 			p.stored = true
 		}
 		if pubErr == nil && !work[i].published && same {
 			p.published = true
 		}
-		if againErr != nil && storeErr == nil && !work[i].stored {
+		if againErr != nil && stored[i] {
 			p.published = false // once more, now that it is stored
 		}
 	}
-	return storeErr == nil && pubErr == nil && againErr == nil
+	return storeErr == nil && pubErr == nil && againErr == nil, written
+}
+
+// storeTombstones deletes the records dels and then writes tombs to the
+// store, one at a time, and returns how many of tombs it wrote before it
+// was done or failed (a tombstone whose write failed, or was cut short by
+// ctx, is not counted: it may be in the store, and is written again as
+// the same member).
+func (n *Node) storeTombstones(ctx context.Context, dels []string, tombs []tombstone) (int, error) {
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
+			return 0, err
+		}
+	}
+	for i, tb := range tombs {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, tb.member, tb.until); err != nil {
+			return i, err
+		}
+	}
+	return len(tombs), nil
 }
 
 // publishRevocations publishes revs in as many messages as the bus's size
@@ -383,7 +424,14 @@ func (n *Node) publishRevocations(ctx context.Context, hdr header, revs []revoca
 // drainRevocations tries, until ctx is done, to apply what is pending (Close
 // calls it).
 func (n *Node) drainRevocations(ctx context.Context) {
-	for failures := 1; !n.applyRevocations(ctx); failures++ {
+	for failures := 1; ; failures++ {
+		done, progressed := n.applyRevocations(ctx)
+		if done {
+			return
+		}
+		if progressed {
+			failures = 0 // as the revoker: go on at the store's pace
+		}
 		select {
 		case <-ctx.Done():
 			return
