@@ -293,12 +293,27 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bo
 	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	r.mu.Lock()
 	work := make([]pendingRev, len(ptrs))
+	var sealed []byte // journal records of the tombstones sealed now
+	recs := 0
 	for i, p := range ptrs {
 		if !p.stored && p.tomb == nil {
 			p.tomb = n.sealTombstone(hdr, p.rev).member
+			if n.cfg.RevocationFile != "" {
+				if sealed == nil {
+					sealed = []byte{revJournalVersion}
+				}
+				sealed = appendRevTomb(sealed, p.rev, p.tomb)
+				recs++
+			}
 		}
 		work[i] = *p
 		work[i].ids = append([]session.ID(nil), p.ids...)
+	}
+	if recs > 0 {
+		// Kept before the store may hold them, so that a restart
+		// writes the same members again, not new ones. Should this
+		// fail, a restart seals them anew: one more member each.
+		n.journalRevocationsLocked(sealed, recs)
 	}
 	r.mu.Unlock()
 
@@ -482,15 +497,48 @@ const (
 )
 
 // Kinds of a revocations journal record: a revocation added (its entry
-// as in the file, with at most one ID) and a chain applied farm-wide.
+// as in the file, with at most one ID), a chain applied farm-wide, and the
+// tombstone a pending revocation was sealed into for the store (chain,
+// until, the member's length in 2 bytes and the member), so that a
+// restart writes the same member again and adds none to the store's set.
 const (
 	revRecAdd  = 1
 	revRecDone = 2
+	revRecTomb = 3
 )
+
+// revTombsOnly is what the first frame of a journal that Close leaves
+// names after the file's hash (revTombsOnlyHash): a node that predates
+// revRecTomb finds it names another file, and ignores it (reading the
+// file alone, as after a clean Close before), where it would refuse the
+// records it does not know.
+const revTombsOnly = "tombstones only"
+
+// revTombsOnlyHash returns the name a journal that holds only tombstone
+// records gives the file it goes with, whose hash is h.
+func revTombsOnlyHash(h [sha256.Size]byte) [sha256.Size]byte {
+	return sha256.Sum256(append([]byte(revTombsOnly), h[:]...))
+}
+
+// maxTombLen bounds the member of a tombstone record (its length is 2
+// bytes); a longer one (none is) is not kept.
+const maxTombLen = 1<<16 - 1
+
+// appendRevTomb appends a revRecTomb record of rev sealed as tomb.
+func appendRevTomb(b []byte, rev revocation, tomb []byte) []byte {
+	if len(tomb) > maxTombLen {
+		return b
+	}
+	b = append(b, revRecTomb)
+	b = binary.BigEndian.AppendUint64(b, rev.chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(rev.until.UnixNano()))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(tomb)))
+	return append(b, tomb...)
+}
 
 // revJournalBound returns the most records the journal may hold with
 // live revocations pending.
-func revJournalBound(live int) int { return 2*live + revJournalSlack }
+func revJournalBound(live int) int { return 3*live + revJournalSlack }
 
 // revJournalPath returns the path of the journal beside the revocations
 // file at path.
@@ -675,6 +723,14 @@ func (n *Node) writeBatchLocked() {
 // ends. It returns why the file was not written. n.revs.mu is held, and
 // released while it waits for a journal write in flight to end.
 func (n *Node) compactRevocationsLocked() error {
+	return n.rewriteRevocationsLocked(false)
+}
+
+// rewriteRevocationsLocked is compactRevocationsLocked; then, if a
+// pending revocation has its tombstone sealed, it starts the journal
+// again with them (revRecTomb), named, if closing, so that only a node
+// that knows them reads it (revTombsOnlyHash).
+func (n *Node) rewriteRevocationsLocked(closing bool) error {
 	path := n.cfg.RevocationFile
 	if path == "" {
 		return nil
@@ -707,7 +763,47 @@ func (n *Node) compactRevocationsLocked() error {
 	f.hash, f.onDisk, f.recs = sha256.Sum256(sealed), true, 0
 	f.compact, f.failed = false, false
 	f.finishNextLocked(nil)
+	n.journalTombsLocked(closing)
 	return nil
+}
+
+// journalTombsLocked starts the journal, just removed by a rewrite, with
+// the tombstones of the pending revocations, if any is sealed: a frame
+// that names the file (or, if closing, revTombsOnlyHash of it) and one of
+// revRecTomb records. Should the write fail, the journal is removed: a
+// restart then seals those revocations anew. n.revs.mu is held, and no
+// journal write is in flight.
+func (n *Node) journalTombsLocked(closing bool) {
+	f := &n.revs.file
+	body := []byte{revJournalVersion}
+	recs := 0
+	for _, p := range n.revs.pending {
+		if p.tomb != nil {
+			body = appendRevTomb(body, p.rev, p.tomb)
+			recs++
+		}
+	}
+	if recs == 0 {
+		return
+	}
+	name := f.hash
+	if closing {
+		name = revTombsOnlyHash(f.hash)
+	}
+	buf := n.appendFrame(nil, append([]byte{revJournalVersion}, name[:]...), revJournalContext)
+	buf = n.appendFrame(buf, body, revJournalContext)
+	path := revJournalPath(n.cfg.RevocationFile)
+	n.revs.syncs++
+	if err := writeJournal(&f.journal, path, buf); err != nil {
+		n.log.Warn("farm: cannot keep the tombstones of the pending revocations; a restart seals them anew", "err", err)
+		os.Remove(path)
+		return
+	}
+	if closing {
+		// Nothing is appended to a journal so named.
+		closeJournalFile(&f.journal)
+	}
+	f.recs = recs
 }
 
 // removeRevocationFilesLocked removes Config.RevocationFile and its
@@ -752,7 +848,7 @@ func (n *Node) closeRevocations() {
 	defer r.mu.Unlock()
 	r.waitIdleLocked()
 	if r.file.journal != nil || r.file.recs > 0 || r.file.compact {
-		n.compactRevocationsLocked()
+		n.rewriteRevocationsLocked(true)
 	}
 	closeJournalFile(&r.file.journal)
 }
@@ -788,11 +884,17 @@ func (n *Node) loadRevocations() error {
 		if !rev.until.After(now) {
 			continue
 		}
+		var p *pendingRev
 		if len(e.ids) == 0 {
-			n.addRevocationLocked(session.ID{}, rev)
+			p = n.addRevocationLocked(session.ID{}, rev)
 		}
 		for _, id := range e.ids {
-			n.addRevocationLocked(id, rev)
+			p = n.addRevocationLocked(id, rev)
+		}
+		if e.tomb != nil && p.rev.until.Equal(e.rev.until) {
+			// Sealed before the restart, and maybe in the store: the
+			// same member, not a new one.
+			p.tomb = e.tomb
 		}
 	}
 	r.file.onDisk = true
@@ -839,6 +941,7 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 		return nil, false, fmt.Errorf("farm: the pending revocations journal: %w", err)
 	}
 	now := n.cfg.Now()
+	tombsOnly := revTombsOnlyHash(hash)
 	for first := true; len(jraw) > 0; first = false {
 		frame, rest, ok := nextFrame(jraw)
 		if !ok || len(frame) == 0 && allZero(jraw) {
@@ -858,7 +961,7 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 				return nil, false, errors.New("farm: the pending revocations journal is of an unknown version")
 			case len(body) != 1+sha256.Size:
 				return nil, false, errors.New("farm: the pending revocations journal is malformed: a bad first frame")
-			case !bytes.Equal(body[1:], hash[:]):
+			case !bytes.Equal(body[1:], hash[:]) && !(raw != nil && bytes.Equal(body[1:], tombsOnly[:])):
 				// Left by a crash within a rewrite, after the file
 				// was written (which holds what the journal added),
 				// or the file was since written by an older node.
@@ -872,9 +975,12 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 			return nil, false, errors.New("farm: the pending revocations journal is malformed: " + err.Error())
 		}
 		for _, rec := range recs {
-			if rec.done {
+			switch {
+			case rec.done:
 				set.done(rec.rev.chain)
-			} else {
+			case rec.tomb != nil:
+				set.tomb(rec.rev, rec.tomb)
+			default:
 				set.add(revocationEntry{rev: rec.rev, ids: rec.ids})
 			}
 		}
@@ -917,6 +1023,7 @@ func (s *revReplay) add(e revocationEntry) {
 	if p := s.byChain[e.rev.chain]; p != nil {
 		if e.rev.until.After(p.rev.until) {
 			p.rev.until = e.rev.until
+			p.tomb = nil // sealed with the earlier until
 		}
 		p.ids = append(p.ids, e.ids...)
 		return
@@ -931,6 +1038,15 @@ func (s *revReplay) add(e revocationEntry) {
 
 func (s *revReplay) done(chain uint64) { delete(s.byChain, chain) }
 
+// tomb records that the pending revocation of rev's chain was sealed into
+// tomb, if it is pending with that until (a tombstone of an earlier until,
+// or of a chain no longer pending, is of no use).
+func (s *revReplay) tomb(rev revocation, tomb []byte) {
+	if p := s.byChain[rev.chain]; p != nil && p.rev.until.Equal(rev.until) {
+		p.tomb = tomb
+	}
+}
+
 // entries returns the set, in the order its chains were added.
 func (s *revReplay) entries() []revocationEntry {
 	out := make([]revocationEntry, 0, len(s.byChain))
@@ -944,9 +1060,10 @@ func (s *revReplay) entries() []revocationEntry {
 
 // A revRecord is one record of a revocations journal frame.
 type revRecord struct {
-	done bool // the chain was applied farm-wide; else added
+	done bool // the chain was applied farm-wide; else added, or sealed
 	rev  revocation
 	ids  []session.ID
+	tomb []byte // revRecTomb: rev sealed as a tombstone
 }
 
 // appendRevRecord appends a journal record of kind: for revRecAdd, the
@@ -985,6 +1102,18 @@ func decodeRevJournal(body []byte) ([]revRecord, error) {
 			}
 			out = append(out, revRecord{rev: e.rev, ids: e.ids})
 			body = rest
+		case revRecTomb:
+			if len(body) < 18 {
+				return nil, errors.New("truncated record")
+			}
+			rev := revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}
+			k := int(binary.BigEndian.Uint16(body[16:]))
+			body = body[18:]
+			if len(body) < k || k == 0 {
+				return nil, errors.New("truncated or empty tombstone")
+			}
+			out = append(out, revRecord{rev: rev, tomb: slices.Clone(body[:k])})
+			body = body[k:]
 		default:
 			return nil, fmt.Errorf("unknown record kind %d", kind)
 		}
@@ -997,6 +1126,9 @@ func decodeRevJournal(body []byte) ([]revRecord, error) {
 type revocationEntry struct {
 	rev revocation
 	ids []session.ID
+	// tomb is the tombstone rev was sealed into before a restart, from
+	// the journal (never in the file); nil: none.
+	tomb []byte
 }
 
 // revocationEntryLen is the length of an entry before its IDs: chain (8),
