@@ -465,14 +465,17 @@ const revocationFileContext = "pending-revocations"
 // the pending revocations journal beside it (revJournalSuffix after it):
 // each revocation added, before RevokeSession returns, and the chains
 // applied farm-wide, each append one write and one fsync, so that adding
-// a revocation to N pending costs a frame, not a rewrite of N. Appends
+// a revocation to N pending costs a frame, not a rewrite of N; and the
+// tombstones the revoker seals, before it writes them to the store
+// (revRecTomb), so that a restart writes the same members again. Appends
 // are grouped (journalRevocationsLocked): the records added while one
 // write is in flight go in the next, one write and one fsync for all of
 // them, and each caller waits for the write that holds its own. The file
-// is rewritten, and the journal removed, by Join (loadRevocations), by
-// Close, when an append fails, and once the journal holds more than
-// revJournalBound records for the pending revocations; both are removed
-// when none is pending.
+// is rewritten, and the journal started again with the pending
+// revocations' tombstones alone, if any is sealed (journalTombsLocked),
+// by Join (loadRevocations), by Close, when an append fails, and once the
+// journal holds more than revJournalBound records for the pending
+// revocations; both are removed when none is pending.
 //
 // The journal is framed and sealed as the sent journal is (journal.go),
 // under a context of its own. Its first frame's body is revJournalVersion
