@@ -492,10 +492,11 @@ const (
 	revJournalSuffix  = ".journal"
 	revJournalContext = "pending-revocations-journal"
 	revJournalVersion = 1
-	// revJournalSlack is the records a journal may hold beyond twice the
-	// pending revocations before it is compacted: a rewrite of N costs
-	// about as much as appending N records, and so stays within a few
-	// times what the appends cost.
+	// revJournalSlack is the records a journal may hold beyond three
+	// times the pending revocations (an add, a tombstone and room for the
+	// dones each) before it is compacted: a rewrite of N costs about as
+	// much as appending N records, and so stays within a few times what
+	// the appends cost.
 	revJournalSlack = 256
 )
 
