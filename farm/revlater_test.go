@@ -92,7 +92,7 @@ func TestLaterRevocationEndReachesStore(t *testing.T) {
 	}
 	px.Freeze()
 	t0 := time.Now()
-	early, late := t0.Add(4*time.Second), t0.Add(time.Hour)
+	early, late := t0.Add(8*time.Second), t0.Add(time.Hour)
 	n1.Node.QueueRevocations(chain, 1, early)
 	farmtest.Eventually(t, 3*time.Second, "the first tombstone in the store, and n2 holds it", func() bool {
 		return members() == 1 && !revokedUntil(n2).IsZero()
