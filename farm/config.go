@@ -235,10 +235,14 @@ type Config struct {
 	// with the farm secret, mode 0600), and read back by Join, so that a
 	// revocation survives a restart of the node during an outage (a kill
 	// too): each one is appended to RevocationFile + ".journal" (sealed
-	// the same way) and fsynced before RevokeSession returns. The file is
-	// rewritten whole, and the journal removed, by Join, by Close, and
-	// when the journal holds about twice what is pending; both are removed
-	// once nothing is. A node older than the journal reads the file alone.
+	// the same way) and fsynced before RevokeSession returns, and so is
+	// the tombstone each is sealed into for the store, before the store
+	// may hold it, so that a restart writes the same one again. The file
+	// is rewritten whole, the journal started again with those
+	// tombstones, by Join, by Close, and when the journal holds about
+	// three times what is pending; both are removed once nothing is. A
+	// node older than the journal reads the file alone; one older than
+	// its tombstones reads what Close leaves as the file alone too.
 	//
 	// Beside it, in RevocationFile + ".lifecycle" (sealed the same way),
 	// the node keeps the retirements and grace cuts it made that did not

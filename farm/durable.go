@@ -112,8 +112,15 @@ func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
 		}
 		r.byChain[rev.chain] = p
 	} else if rev.until.After(p.rev.until) {
+		// A later end: the store and the bus must get it too, though
+		// they may hold the earlier one already. A node that reads only
+		// the store (one that joins, or one that missed the message)
+		// would otherwise take the chain as revoked only until the
+		// earlier end, and accept its sessions after it.
 		p.rev.until = rev.until
 		p.tomb = nil // sealed with the earlier until
+		p.stored = n.cfg.Coord == nil
+		p.published = false
 	}
 	if id != (session.ID{}) {
 		p.ids = append(p.ids, id)
@@ -209,34 +216,47 @@ func (n *Node) revoker(ctx context.Context) {
 			}
 		case <-wait:
 		}
-		if n.applyRevocations(ctx) {
+		done, progressed := n.applyRevocations(ctx)
+		switch {
+		case done:
 			failures = 0
-		} else {
+		case progressed:
+			// A chunk the store is too slow to take whole within
+			// OpTimeout: what it took is kept, and the next attempt
+			// goes on from there at once, at the store's pace.
+			failures = 0
+			n.revs.signal()
+		default:
 			failures++
 		}
 	}
 }
 
 // applyRevocations tries once to apply every pending revocation, and
-// reports whether none is left. It applies them a chunk at a time (at
+// reports whether none is left, and whether it wrote a tombstone to the
+// store that was not there before. It applies them a chunk at a time (at
 // most BatchSize revocations), each chunk's store write and publish
 // within OpTimeout, and stops at the first chunk that fails: a tombstone
 // is one round trip to the store (about 225 µs on Redis here), so a
 // long list in one write (the revocations made during a store outage)
 // never finished within OpTimeout and was tried again whole, for ever
-// (TestManyPendingRevocationsReachTheStore).
-func (n *Node) applyRevocations(ctx context.Context) bool {
+// (TestManyPendingRevocationsReachTheStore). The tombstones a chunk
+// wrote before its OpTimeout ran out count as stored, so that the next
+// attempt goes on after them (TestSlowStoreRevocationsDrain).
+func (n *Node) applyRevocations(ctx context.Context) (none, progressed bool) {
 	r := &n.revs
 	r.mu.Lock()
 	ptrs := slices.Clone(r.pending)
 	r.mu.Unlock()
 	if len(ptrs) == 0 {
-		return true
+		return true, false
 	}
 	failed := false
 	for len(ptrs) > 0 && !failed && ctx.Err() == nil {
 		k := min(len(ptrs), n.cfg.BatchSize)
-		failed = !n.applyRevocationChunk(ctx, ptrs[:k])
+		ok, stored := n.applyRevocationChunk(ctx, ptrs[:k])
+		failed = !ok
+		progressed = progressed || stored > 0
 		ptrs = ptrs[k:]
 	}
 
@@ -260,23 +280,40 @@ func (n *Node) applyRevocations(ctx context.Context) bool {
 		r.retries++
 	}
 	n.persistDoneLocked(done)
-	return len(r.pending) == 0
+	return len(r.pending) == 0, progressed
 }
 
 // applyRevocationChunk tries once to write the tombstones of ptrs to the
-// store and publish them, and reports whether both succeeded. It marks
-// what it applied; applyRevocations drops them from the list.
-func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) bool {
+// store and publish them, and reports whether both succeeded, and how
+// many tombstones it wrote (all of them, or those written before the
+// write failed or ran out of time). It marks what it applied, written
+// tombstones included; applyRevocations drops them from the list.
+func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bool, int) {
 	r := &n.revs
 	hdr := header{time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
 	r.mu.Lock()
 	work := make([]pendingRev, len(ptrs))
+	var sealed []byte // journal records of the tombstones sealed now
+	recs := 0
 	for i, p := range ptrs {
 		if !p.stored && p.tomb == nil {
 			p.tomb = n.sealTombstone(hdr, p.rev).member
+			if n.cfg.RevocationFile != "" {
+				if sealed == nil {
+					sealed = []byte{revJournalVersion}
+				}
+				sealed = appendRevTomb(sealed, p.rev, p.tomb)
+				recs++
+			}
 		}
 		work[i] = *p
 		work[i].ids = append([]session.ID(nil), p.ids...)
+	}
+	if recs > 0 {
+		// Kept before the store may hold them, so that a restart
+		// writes the same members again, not new ones. Should this
+		// fail, a restart seals them anew: one more member each.
+		n.journalRevocationsLocked(sealed, recs)
 	}
 	r.mu.Unlock()
 
@@ -296,13 +333,14 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 		}
 	}
 	var wg sync.WaitGroup
+	written := 0 // of toStore, in order
 	if len(toStore) > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 			defer cancel()
-			storeErr = n.storeBatch(sctx, nil, dels, toStore)
+			written, storeErr = n.storeTombstones(sctx, dels, toStore)
 		}()
 	}
 	if len(toPublish) > 0 {
@@ -314,12 +352,18 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 	// tombstone is in the store: one published before (or while) it was
 	// stored goes out once more. Revocations are rare; a repeat costs a
 	// peer a map lookup.
+	// stored[i]: work[i]'s tombstone was written by this attempt.
+	stored := make([]bool, len(work))
+	for i, k := 0, 0; i < len(work) && k < written; i++ {
+		if !work[i].stored {
+			stored[i] = true
+			k++
+		}
+	}
 	var again []revocation
-	if storeErr == nil {
-		for _, w := range work {
-			if !w.stored && (w.published || pubErr == nil) {
-				again = append(again, w.rev)
-			}
+	for i, w := range work {
+		if stored[i] && (w.published || pubErr == nil) {
+			again = append(again, w.rev)
 		}
 	}
 	var againErr error
@@ -344,19 +388,39 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) boo
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, p := range ptrs {
-		// Only what this attempt covered: ids added meanwhile keep
-		// p.stored false.
-		if storeErr == nil && !work[i].stored && len(p.ids) == len(work[i].ids) {
+		// Only what this attempt covered: ids added meanwhile, or a
+		// later end, keep p.stored (and a later end p.published) false.
+		same := p.rev.until.Equal(work[i].rev.until)
+		if stored[i] && len(p.ids) == len(work[i].ids) && same {
 			p.stored = true
 		}
-		if pubErr == nil && !work[i].published {
+		if pubErr == nil && !work[i].published && same {
 			p.published = true
 		}
-		if againErr != nil && storeErr == nil && !work[i].stored {
+		if againErr != nil && stored[i] {
 			p.published = false // once more, now that it is stored
 		}
 	}
-	return storeErr == nil && pubErr == nil && againErr == nil
+	return storeErr == nil && pubErr == nil && againErr == nil, written
+}
+
+// storeTombstones deletes the records dels and then writes tombs to the
+// store, one at a time, and returns how many of tombs it wrote before it
+// was done or failed (a tombstone whose write failed, or was cut short by
+// ctx, is not counted: it may be in the store, and is written again as
+// the same member).
+func (n *Node) storeTombstones(ctx context.Context, dels []string, tombs []tombstone) (int, error) {
+	if len(dels) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
+			return 0, err
+		}
+	}
+	for i, tb := range tombs {
+		if err := n.cfg.Coord.SetAdd(ctx, tombstoneKey, tb.member, tb.until); err != nil {
+			return i, err
+		}
+	}
+	return len(tombs), nil
 }
 
 // publishRevocations publishes revs in as many messages as the bus's size
@@ -375,7 +439,14 @@ func (n *Node) publishRevocations(ctx context.Context, hdr header, revs []revoca
 // drainRevocations tries, until ctx is done, to apply what is pending (Close
 // calls it).
 func (n *Node) drainRevocations(ctx context.Context) {
-	for failures := 1; !n.applyRevocations(ctx); failures++ {
+	for failures := 1; ; failures++ {
+		done, progressed := n.applyRevocations(ctx)
+		if done {
+			return
+		}
+		if progressed {
+			failures = 0 // as the revoker: go on at the store's pace
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -394,14 +465,17 @@ const revocationFileContext = "pending-revocations"
 // the pending revocations journal beside it (revJournalSuffix after it):
 // each revocation added, before RevokeSession returns, and the chains
 // applied farm-wide, each append one write and one fsync, so that adding
-// a revocation to N pending costs a frame, not a rewrite of N. Appends
+// a revocation to N pending costs a frame, not a rewrite of N; and the
+// tombstones the revoker seals, before it writes them to the store
+// (revRecTomb), so that a restart writes the same members again. Appends
 // are grouped (journalRevocationsLocked): the records added while one
 // write is in flight go in the next, one write and one fsync for all of
 // them, and each caller waits for the write that holds its own. The file
-// is rewritten, and the journal removed, by Join (loadRevocations), by
-// Close, when an append fails, and once the journal holds more than
-// revJournalBound records for the pending revocations; both are removed
-// when none is pending.
+// is rewritten, and the journal started again with the pending
+// revocations' tombstones alone, if any is sealed (journalTombsLocked),
+// by Join (loadRevocations), by Close, when an append fails, and once the
+// journal holds more than revJournalBound records for the pending
+// revocations; both are removed when none is pending.
 //
 // The journal is framed and sealed as the sent journal is (journal.go),
 // under a context of its own. Its first frame's body is revJournalVersion
@@ -418,23 +492,57 @@ const (
 	revJournalSuffix  = ".journal"
 	revJournalContext = "pending-revocations-journal"
 	revJournalVersion = 1
-	// revJournalSlack is the records a journal may hold beyond twice the
-	// pending revocations before it is compacted: a rewrite of N costs
-	// about as much as appending N records, and so stays within a few
-	// times what the appends cost.
+	// revJournalSlack is the records a journal may hold beyond three
+	// times the pending revocations (an add, a tombstone and room for the
+	// dones each) before it is compacted: a rewrite of N costs about as
+	// much as appending N records, and so stays within a few times what
+	// the appends cost.
 	revJournalSlack = 256
 )
 
 // Kinds of a revocations journal record: a revocation added (its entry
-// as in the file, with at most one ID) and a chain applied farm-wide.
+// as in the file, with at most one ID), a chain applied farm-wide, and the
+// tombstone a pending revocation was sealed into for the store (chain,
+// until, the member's length in 2 bytes and the member), so that a
+// restart writes the same member again and adds none to the store's set.
 const (
 	revRecAdd  = 1
 	revRecDone = 2
+	revRecTomb = 3
 )
+
+// revTombsOnly is what the first frame of a journal that Close leaves
+// names after the file's hash (revTombsOnlyHash): a node that predates
+// revRecTomb finds it names another file, and ignores it (reading the
+// file alone, as after a clean Close before), where it would refuse the
+// records it does not know.
+const revTombsOnly = "tombstones only"
+
+// revTombsOnlyHash returns the name a journal that holds only tombstone
+// records gives the file it goes with, whose hash is h.
+func revTombsOnlyHash(h [sha256.Size]byte) [sha256.Size]byte {
+	return sha256.Sum256(append([]byte(revTombsOnly), h[:]...))
+}
+
+// maxTombLen bounds the member of a tombstone record (its length is 2
+// bytes); a longer one (none is) is not kept.
+const maxTombLen = 1<<16 - 1
+
+// appendRevTomb appends a revRecTomb record of rev sealed as tomb.
+func appendRevTomb(b []byte, rev revocation, tomb []byte) []byte {
+	if len(tomb) > maxTombLen {
+		return b
+	}
+	b = append(b, revRecTomb)
+	b = binary.BigEndian.AppendUint64(b, rev.chain)
+	b = binary.BigEndian.AppendUint64(b, uint64(rev.until.UnixNano()))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(tomb)))
+	return append(b, tomb...)
+}
 
 // revJournalBound returns the most records the journal may hold with
 // live revocations pending.
-func revJournalBound(live int) int { return 2*live + revJournalSlack }
+func revJournalBound(live int) int { return 3*live + revJournalSlack }
 
 // revJournalPath returns the path of the journal beside the revocations
 // file at path.
@@ -619,6 +727,14 @@ func (n *Node) writeBatchLocked() {
 // ends. It returns why the file was not written. n.revs.mu is held, and
 // released while it waits for a journal write in flight to end.
 func (n *Node) compactRevocationsLocked() error {
+	return n.rewriteRevocationsLocked(false)
+}
+
+// rewriteRevocationsLocked is compactRevocationsLocked; then, if a
+// pending revocation has its tombstone sealed, it starts the journal
+// again with them (revRecTomb), named, if closing, so that only a node
+// that knows them reads it (revTombsOnlyHash).
+func (n *Node) rewriteRevocationsLocked(closing bool) error {
 	path := n.cfg.RevocationFile
 	if path == "" {
 		return nil
@@ -651,7 +767,47 @@ func (n *Node) compactRevocationsLocked() error {
 	f.hash, f.onDisk, f.recs = sha256.Sum256(sealed), true, 0
 	f.compact, f.failed = false, false
 	f.finishNextLocked(nil)
+	n.journalTombsLocked(closing)
 	return nil
+}
+
+// journalTombsLocked starts the journal, just removed by a rewrite, with
+// the tombstones of the pending revocations, if any is sealed: a frame
+// that names the file (or, if closing, revTombsOnlyHash of it) and one of
+// revRecTomb records. Should the write fail, the journal is removed: a
+// restart then seals those revocations anew. n.revs.mu is held, and no
+// journal write is in flight.
+func (n *Node) journalTombsLocked(closing bool) {
+	f := &n.revs.file
+	body := []byte{revJournalVersion}
+	recs := 0
+	for _, p := range n.revs.pending {
+		if p.tomb != nil {
+			body = appendRevTomb(body, p.rev, p.tomb)
+			recs++
+		}
+	}
+	if recs == 0 {
+		return
+	}
+	name := f.hash
+	if closing {
+		name = revTombsOnlyHash(f.hash)
+	}
+	buf := n.appendFrame(nil, append([]byte{revJournalVersion}, name[:]...), revJournalContext)
+	buf = n.appendFrame(buf, body, revJournalContext)
+	path := revJournalPath(n.cfg.RevocationFile)
+	n.revs.syncs++
+	if err := writeJournal(&f.journal, path, buf); err != nil {
+		n.log.Warn("farm: cannot keep the tombstones of the pending revocations; a restart seals them anew", "err", err)
+		os.Remove(path)
+		return
+	}
+	if closing {
+		// Nothing is appended to a journal so named.
+		closeJournalFile(&f.journal)
+	}
+	f.recs = recs
 }
 
 // removeRevocationFilesLocked removes Config.RevocationFile and its
@@ -696,7 +852,7 @@ func (n *Node) closeRevocations() {
 	defer r.mu.Unlock()
 	r.waitIdleLocked()
 	if r.file.journal != nil || r.file.recs > 0 || r.file.compact {
-		n.compactRevocationsLocked()
+		n.rewriteRevocationsLocked(true)
 	}
 	closeJournalFile(&r.file.journal)
 }
@@ -732,11 +888,17 @@ func (n *Node) loadRevocations() error {
 		if !rev.until.After(now) {
 			continue
 		}
+		var p *pendingRev
 		if len(e.ids) == 0 {
-			n.addRevocationLocked(session.ID{}, rev)
+			p = n.addRevocationLocked(session.ID{}, rev)
 		}
 		for _, id := range e.ids {
-			n.addRevocationLocked(id, rev)
+			p = n.addRevocationLocked(id, rev)
+		}
+		if e.tomb != nil && p.rev.until.Equal(e.rev.until) {
+			// Sealed before the restart, and maybe in the store: the
+			// same member, not a new one.
+			p.tomb = e.tomb
 		}
 	}
 	r.file.onDisk = true
@@ -783,6 +945,7 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 		return nil, false, fmt.Errorf("farm: the pending revocations journal: %w", err)
 	}
 	now := n.cfg.Now()
+	tombsOnly := revTombsOnlyHash(hash)
 	for first := true; len(jraw) > 0; first = false {
 		frame, rest, ok := nextFrame(jraw)
 		if !ok || len(frame) == 0 && allZero(jraw) {
@@ -802,7 +965,7 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 				return nil, false, errors.New("farm: the pending revocations journal is of an unknown version")
 			case len(body) != 1+sha256.Size:
 				return nil, false, errors.New("farm: the pending revocations journal is malformed: a bad first frame")
-			case !bytes.Equal(body[1:], hash[:]):
+			case !bytes.Equal(body[1:], hash[:]) && !(raw != nil && bytes.Equal(body[1:], tombsOnly[:])):
 				// Left by a crash within a rewrite, after the file
 				// was written (which holds what the journal added),
 				// or the file was since written by an older node.
@@ -816,9 +979,12 @@ func (n *Node) readRevocations(path string) ([]revocationEntry, bool, error) {
 			return nil, false, errors.New("farm: the pending revocations journal is malformed: " + err.Error())
 		}
 		for _, rec := range recs {
-			if rec.done {
+			switch {
+			case rec.done:
 				set.done(rec.rev.chain)
-			} else {
+			case rec.tomb != nil:
+				set.tomb(rec.rev, rec.tomb)
+			default:
 				set.add(revocationEntry{rev: rec.rev, ids: rec.ids})
 			}
 		}
@@ -861,6 +1027,7 @@ func (s *revReplay) add(e revocationEntry) {
 	if p := s.byChain[e.rev.chain]; p != nil {
 		if e.rev.until.After(p.rev.until) {
 			p.rev.until = e.rev.until
+			p.tomb = nil // sealed with the earlier until
 		}
 		p.ids = append(p.ids, e.ids...)
 		return
@@ -875,6 +1042,15 @@ func (s *revReplay) add(e revocationEntry) {
 
 func (s *revReplay) done(chain uint64) { delete(s.byChain, chain) }
 
+// tomb records that the pending revocation of rev's chain was sealed into
+// tomb, if it is pending with that until (a tombstone of an earlier until,
+// or of a chain no longer pending, is of no use).
+func (s *revReplay) tomb(rev revocation, tomb []byte) {
+	if p := s.byChain[rev.chain]; p != nil && p.rev.until.Equal(rev.until) {
+		p.tomb = tomb
+	}
+}
+
 // entries returns the set, in the order its chains were added.
 func (s *revReplay) entries() []revocationEntry {
 	out := make([]revocationEntry, 0, len(s.byChain))
@@ -888,9 +1064,10 @@ func (s *revReplay) entries() []revocationEntry {
 
 // A revRecord is one record of a revocations journal frame.
 type revRecord struct {
-	done bool // the chain was applied farm-wide; else added
+	done bool // the chain was applied farm-wide; else added, or sealed
 	rev  revocation
 	ids  []session.ID
+	tomb []byte // revRecTomb: rev sealed as a tombstone
 }
 
 // appendRevRecord appends a journal record of kind: for revRecAdd, the
@@ -929,6 +1106,18 @@ func decodeRevJournal(body []byte) ([]revRecord, error) {
 			}
 			out = append(out, revRecord{rev: e.rev, ids: e.ids})
 			body = rest
+		case revRecTomb:
+			if len(body) < 18 {
+				return nil, errors.New("truncated record")
+			}
+			rev := revocation{chain: binary.BigEndian.Uint64(body), until: time.Unix(0, int64(binary.BigEndian.Uint64(body[8:])))}
+			k := int(binary.BigEndian.Uint16(body[16:]))
+			body = body[18:]
+			if len(body) < k || k == 0 {
+				return nil, errors.New("truncated or empty tombstone")
+			}
+			out = append(out, revRecord{rev: rev, tomb: slices.Clone(body[:k])})
+			body = body[k:]
 		default:
 			return nil, fmt.Errorf("unknown record kind %d", kind)
 		}
@@ -941,6 +1130,9 @@ func decodeRevJournal(body []byte) ([]revRecord, error) {
 type revocationEntry struct {
 	rev revocation
 	ids []session.ID
+	// tomb is the tombstone rev was sealed into before a restart, from
+	// the journal (never in the file); nil: none.
+	tomb []byte
 }
 
 // revocationEntryLen is the length of an entry before its IDs: chain (8),

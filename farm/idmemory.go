@@ -56,6 +56,7 @@ type idMemory struct {
 	cur, prev map[uint64]int64 // when each ID was added, in Unix nanoseconds
 	start     int64            // when cur began
 	lost      int64            // until then, an ID not found may have been added
+	overflows uint64           // times it went past max and forgot IDs
 }
 
 func newIDMemory(max int, ttl time.Duration) *idMemory {
@@ -87,6 +88,7 @@ func (w *idMemory) addLocked(id *session.ID, now int64) {
 		// Forget the older generation (the newer too, if it is full
 		// alone): what it held was added at now at the latest.
 		w.lost = max(w.lost, now+w.ttl)
+		w.overflows++
 		w.prev = make(map[uint64]int64)
 		if len(w.cur) >= w.max {
 			w.cur = make(map[uint64]int64)
@@ -162,4 +164,13 @@ func (w *idMemory) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.cur) + len(w.prev)
+}
+
+// overflow reports whether, at now, the memory answers every ID it does
+// not hold as maybe added (it went past max and forgot IDs that would not
+// have lapsed yet), and how many times it has gone past max.
+func (w *idMemory) overflow(now time.Time) (bool, uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return now.UnixNano() < w.lost, w.overflows
 }

@@ -151,6 +151,18 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counters("tlsfarm_farm_tallies_total", "Tallies of published messages (see Config.TallyInterval): sent, failed to send, received from peers, checked (a peer's count compared), loss (a check that found messages missing).", "event",
 		"sent", t.sent.Load(), "failed", t.failed.Load(), "received", t.received.Load(), "checked", t.checked.Load(), "loss", t.losses.Load())
 	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
+	now := n.cfg.Now()
+	var over [3]bool
+	var overs [3]uint64
+	for i, w := range []*idMemory{n.written, n.retired, n.resumed} {
+		if w != nil {
+			over[i], overs[i] = w.overflow(now)
+		}
+	}
+	m.gauges("tlsfarm_farm_id_memory_overflowed", "1 while a memory of session IDs (written: sessions this node wrote lately; retired, resumed: IDs retired and resumed lately) is past its bound (2^20 IDs) and answers \"maybe\" for every ID it does not hold: restrictions written again, peers' copies of sessions refused (full handshakes).", "memory",
+		"written", b2f(over[0]), "retired", b2f(over[1]), "resumed", b2f(over[2]))
+	m.counters("tlsfarm_farm_id_memory_overflows_total", "Times a memory of session IDs went past its bound (2^20 IDs) and forgot IDs not yet lapsed, by memory (see tlsfarm_farm_id_memory_overflowed).", "memory",
+		"written", overs[0], "retired", overs[1], "resumed", overs[2])
 	return m
 }
 

@@ -85,6 +85,8 @@ func FuzzRevocationJournal(f *testing.F) {
 	f.Add(add)
 	f.Add(appendRevRecord(appendRevRecord(slices.Clone(add), revRecDone, revocation{chain: 1}, nil), revRecAdd, revocation{chain: 2}, nil))
 	f.Add([]byte{revJournalVersion, revRecDone, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(appendRevTomb(slices.Clone(add), revocation{chain: 1, until: time.Unix(5, 0)}, []byte("sealed")))
+	f.Add(appendRevTomb([]byte{revJournalVersion}, revocation{chain: 2}, []byte{0}))
 	f.Add([]byte{revJournalVersion})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -94,6 +96,10 @@ func FuzzRevocationJournal(f *testing.F) {
 		}
 		again := []byte{revJournalVersion}
 		for _, r := range recs {
+			if r.tomb != nil {
+				again = appendRevTomb(again, r.rev, r.tomb)
+				continue
+			}
 			kind := byte(revRecAdd)
 			if r.done {
 				kind = revRecDone
@@ -182,9 +188,13 @@ func TestFilesAfterClockStepBack(t *testing.T) {
 // there), then two frames of arbitrary bodies, each sealed under the
 // farm's key. Reading them never panics, and gives what a plain replay of
 // the decoded records over the file's entries gives: an add merges into
-// its chain's entry (the later until, the IDs appended) or adds one at the
-// end, a done removes its chain; an error for a first frame of another
-// version or length, or a later frame that does not decode.
+// its chain's entry (the later until, which drops its tombstone; the IDs
+// appended) or adds one at the end, a done removes its chain, a tombstone
+// is kept by its chain's entry if their untils are the same; an error for
+// a first frame of another version or length, or a later frame that does
+// not decode. A first frame that names the file as a journal of
+// tombstones only (revTombsOnlyHash, as Close leaves it) is read as one
+// that names the file.
 func FuzzRevocationReplay(f *testing.F) {
 	cache, now, t0 := fileTestCache(f, &session.Config{Lifetime: time.Hour})
 	rec := func(kind byte, chain uint64, until time.Time, ids ...session.ID) []byte {
@@ -200,6 +210,13 @@ func FuzzRevocationReplay(f *testing.F) {
 	f.Add(false, append([]byte{revJournalVersion}, make([]byte, 32)...), add2, done1)
 	f.Add(false, []byte{revJournalVersion}, add2, done1)
 	f.Add(false, []byte{2}, add2, done1)
+	tomb := func(chain uint64, until time.Time, member string) []byte {
+		return appendRevTomb([]byte{revJournalVersion}, revocation{chain: chain, until: until}, []byte(member))
+	}
+	tombs := append(tomb(1, u, "one")[:], tomb(2, u, "two")[1:]...)
+	f.Add(true, []byte(nil), tombs, done1)
+	f.Add(true, []byte(nil), add2, tomb(1, u.Add(time.Second), "one later"))
+	f.Add(true, []byte(nil), append(slices.Clone(tombs), add2[1:]...), tomb(3, u, "none pending"))
 	file := filepath.Join(f.TempDir(), "revocations")
 	n := lifeNode(f, "revreplay", file, cache, now, false)
 	hdr := header{typ: valTombstone, time: t0, sender: 1, farm: "revreplay"}
@@ -209,6 +226,8 @@ func FuzzRevocationReplay(f *testing.F) {
 		f.Fatal(err)
 	}
 	hash := sha256.Sum256(raw)
+	only := revTombsOnlyHash(hash)
+	f.Add(false, append([]byte{revJournalVersion}, only[:]...), tombs, add2)
 	base, err := decodeRevocationFile(body)
 	if err != nil {
 		f.Fatal(err)
@@ -231,7 +250,7 @@ func FuzzRevocationReplay(f *testing.F) {
 		switch {
 		case len(first) == 0 || first[0] != revJournalVersion || len(first) != 1+sha256.Size:
 			wantErr = true
-		case !bytes.Equal(first[1:], hash[:]):
+		case !bytes.Equal(first[1:], hash[:]) && !bytes.Equal(first[1:], only[:]):
 		default:
 			for _, body := range [][]byte{a, b} {
 				recs, err := decodeRevJournal(body)
@@ -245,9 +264,14 @@ func FuzzRevocationReplay(f *testing.F) {
 					case r.done && i >= 0:
 						want = slices.Delete(want, i, i+1)
 					case r.done:
+					case r.tomb != nil:
+						if i >= 0 && want[i].rev.until.Equal(r.rev.until) {
+							want[i].tomb = r.tomb
+						}
 					case i >= 0:
 						if r.rev.until.After(want[i].rev.until) {
 							want[i].rev.until = r.rev.until
+							want[i].tomb = nil
 						}
 						want[i].ids = append(slices.Clip(want[i].ids), r.ids...)
 					default:
@@ -269,6 +293,9 @@ func FuzzRevocationReplay(f *testing.F) {
 			t.Fatalf("%d entries, want %d", len(got), len(want))
 		}
 		for i := range got {
+			if !bytes.Equal(got[i].tomb, want[i].tomb) {
+				t.Fatalf("entry %d (chain %d): tombstone %q, want %q", i, got[i].rev.chain, got[i].tomb, want[i].tomb)
+			}
 			if got[i].rev.chain != want[i].rev.chain || !got[i].rev.until.Equal(want[i].rev.until) || !slices.Equal(got[i].ids, want[i].ids) {
 				t.Fatalf("entry %d: chain %d until %v, %d IDs; want chain %d until %v, %d IDs", i,
 					got[i].rev.chain, got[i].rev.until, len(got[i].ids), want[i].rev.chain, want[i].rev.until, len(want[i].ids))

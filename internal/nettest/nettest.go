@@ -1,6 +1,6 @@
 // Package nettest holds helpers for tests that talk to servers over
 // loopback sockets: a TCP server that echoes, one that never answers, a
-// proxy the test can cut, and a one-shot HTTP request.
+// proxy the test can cut, freeze or slow down, and a one-shot HTTP request.
 package nettest
 
 import (
@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Echo starts a TCP server on a loopback port that writes back whatever
@@ -78,6 +79,7 @@ type Proxy struct {
 	down   bool
 	thawed chan struct{} // while frozen: closed by Thaw (or Cut)
 	conns  []net.Conn    // both ends of every connection forwarded
+	delay  time.Duration // see SetLatency
 }
 
 // NewProxy starts a Proxy to the server at target. It stops, closing its
@@ -141,10 +143,13 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			thawed := p.thawed
+			thawed, delay := p.thawed, p.delay
 			p.mu.Unlock()
 			if thawed != nil {
 				<-thawed
+			}
+			if delay > 0 {
+				time.Sleep(delay)
 			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return
@@ -164,6 +169,15 @@ func (p *Proxy) Freeze() {
 	if p.thawed == nil {
 		p.thawed = make(chan struct{})
 	}
+}
+
+// SetLatency holds each read the proxy forwards, either way, for d before
+// passing it on (0: none), as a slow or distant server would look: a
+// request and its answer take 2d more.
+func (p *Proxy) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
 }
 
 // Thaw lets the bytes held since Freeze, and those after, go through.
