@@ -30,6 +30,10 @@ type Cluster struct {
 	tb      testing.TB
 }
 
+// pickPort is testenv.FreePort; tests of this package replace it to hand
+// StartProcCluster a client port that something else holds.
+var pickPort = testenv.FreePort
+
 // startAttempts is how many sets of free ports StartCluster and
 // StartProcCluster try: a port can be taken between the moment it was
 // found free and the server's bind (see testenv.FreePort).
@@ -286,7 +290,7 @@ func startProcCluster(tb testing.TB, bin string, n int) (*ProcCluster, error) {
 		}
 	}
 	for i := range n {
-		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Port: testenv.FreePort(tb)}
+		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Port: pickPort(tb)}
 		var err error
 		p.proc, err = testenv.StartProc(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(p.Port), "-js", "-sd", tb.TempDir(),
 			"--server_name", p.Name, "--cluster_name", "tlsfarm-test",
