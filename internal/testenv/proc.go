@@ -157,3 +157,39 @@ func (t *tail) String() string {
 	defer t.mu.Unlock()
 	return string(t.buf[max(0, len(t.buf)-tailMax):])
 }
+
+// OnFreePort runs start, which starts a server (such as an in-process one)
+// on the port it is given, on a free port, and on other free ports while
+// start fails there (up to 4: the likely cause is a port taken between
+// FreePort and the server's bind). It returns the port, and again, which
+// runs start once more on the same port, retrying while it fails for at
+// most StartTimeout (the port may be held a moment longer). Either fails
+// tb with start's last error.
+func OnFreePort(tb testing.TB, start func(port int) error) (port int, again func()) {
+	tb.Helper()
+	var err error
+	for range 4 {
+		port = FreePort(tb)
+		if err = start(port); err == nil {
+			break
+		}
+		tb.Logf("testenv: starting a server on port %d: %v; trying another port", port, err)
+	}
+	if err != nil {
+		tb.Fatalf("starting a server: %v", err)
+	}
+	return port, func() {
+		tb.Helper()
+		deadline := time.Now().Add(StartTimeout)
+		for {
+			err := start(port)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("starting a server again on port %d: %v", port, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
