@@ -23,11 +23,18 @@ import (
 
 func singleUse(c *session.Config) { c.SingleUse = true }
 
-// waitEverywhere waits until every member can see the session id (cached,
-// or in the store).
+// setupWait bounds the waits that set a test's stage (a session stored,
+// or held by a peer) before the behaviour under test: a wait that only
+// fails the test when the stage is late. It is long because beside other
+// test binaries on a loaded machine, under -race, a delivery of a few
+// milliseconds can take seconds (5s was once too short), and a wait
+// costs nothing when the stage is set early.
+const setupWait = 20 * time.Second
+
+// waitStored waits until the session id has reached the store m uses.
 func waitStored(t *testing.T, m *farmtest.Member, id session.ID) {
 	t.Helper()
-	farmtest.Eventually(t, 5*time.Second, "the session reached the store", func() bool {
+	farmtest.Eventually(t, setupWait, "the session reached the store", func() bool {
 		_, err := m.Store.GetRecord(context.Background(), "s:"+fmt.Sprintf("%x", id[:]))
 		return err == nil
 	})

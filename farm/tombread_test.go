@@ -3,7 +3,6 @@ package farm_test
 import (
 	"cmp"
 	"context"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -124,19 +124,11 @@ func natsSharedTombstoneStore(t testing.TB) *tombstoneStore {
 // natsEmbeddedTombstoneStore runs a private embedded NATS server, which
 // restartEmpty restarts on a new store directory.
 func natsEmbeddedTombstoneStore(t testing.TB) *tombstoneStore {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	var srv *natsembed.Server
-	start := func(t testing.TB) {
-		if srv, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir()}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start(t)
+	_, again := testenv.OnFreePort(t, func(port int) (err error) {
+		srv, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir(), StartTimeout: testenv.StartTimeout})
+		return err
+	})
 	t.Cleanup(func() { srv.Shutdown() })
 	url := srv.URL()
 	return &tombstoneStore{
@@ -150,7 +142,7 @@ func natsEmbeddedTombstoneStore(t testing.TB) *tombstoneStore {
 		},
 		fill:         natsFill,
 		setRead:      func(testing.TB) int64 { return -1 },
-		restartEmpty: func(t testing.TB) { srv.Shutdown(); start(t) },
+		restartEmpty: func(testing.TB) { srv.Shutdown(); again() },
 	}
 }
 

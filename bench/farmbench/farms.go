@@ -418,34 +418,47 @@ func (e *env) startNginx(r *running) error {
 		return errors.New("nginx is not installed (scripts/farmbench installs it)")
 	}
 	for i := range e.nodes {
-		port, err := freePort()
-		if err != nil {
-			return err
+		errFile := filepath.Join(e.dir, fmt.Sprintf("nginx-%d.err", i))
+		for attempt := 1; ; attempt++ {
+			port, err := freePort()
+			if err != nil {
+				r.stop(e)
+				return err
+			}
+			conf := filepath.Join(e.dir, fmt.Sprintf("nginx-%d.conf", i))
+			text := fmt.Sprintf(nginxConf, e.dir, i, port, e.certFile, e.keyFile, e.nginxKey)
+			if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+				r.stop(e)
+				return err
+			}
+			os.MkdirAll(filepath.Join(e.dir, fmt.Sprintf("tmp-%d", i)), 0o755)
+			cmd := exec.Command(e.nginx, "-p", e.dir, "-c", conf, "-e", errFile)
+			errs := &limitedBuffer{max: 16 << 10}
+			cmd.Stdout, cmd.Stderr = errs, errs
+			// nginx does not read its standard input, so it would outlive a
+			// benchmark that is killed: have the kernel stop it then.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+			if err := cmd.Start(); err != nil {
+				r.stop(e)
+				return err
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			err = waitListening(addr, startTimeout, func() string {
+				log, _ := os.ReadFile(errFile)
+				return errs.String() + string(log)
+			})
+			if err == nil {
+				r.nginxs = append(r.nginxs, cmd)
+				r.addrs = append(r.addrs, addr)
+				break
+			}
+			stopProcess(cmd, syscall.SIGKILL)
+			if !errors.Is(err, errPortTaken) || attempt == startAttempts {
+				log, _ := os.ReadFile(errFile)
+				r.stop(e)
+				return fmt.Errorf("nginx %d: %v; %s %s", i, err, errs, log)
+			}
 		}
-		conf := filepath.Join(e.dir, fmt.Sprintf("nginx-%d.conf", i))
-		text := fmt.Sprintf(nginxConf, e.dir, i, port, e.certFile, e.keyFile, e.nginxKey)
-		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-			return err
-		}
-		os.MkdirAll(filepath.Join(e.dir, fmt.Sprintf("tmp-%d", i)), 0o755)
-		cmd := exec.Command(e.nginx, "-p", e.dir, "-c", conf, "-e", filepath.Join(e.dir, fmt.Sprintf("nginx-%d.err", i)))
-		errs := &limitedBuffer{max: 16 << 10}
-		cmd.Stdout, cmd.Stderr = errs, errs
-		// nginx does not read its standard input, so it would outlive a
-		// benchmark that is killed: have the kernel stop it then.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-		if err := cmd.Start(); err != nil {
-			r.stop(e)
-			return err
-		}
-		r.nginxs = append(r.nginxs, cmd)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if err := waitListening(addr, 10*time.Second); err != nil {
-			log, _ := os.ReadFile(filepath.Join(e.dir, fmt.Sprintf("nginx-%d.err", i)))
-			r.stop(e)
-			return fmt.Errorf("nginx %d: %v; %s %s", i, err, errs, log)
-		}
-		r.addrs = append(r.addrs, addr)
 	}
 	return nil
 }
@@ -454,25 +467,30 @@ func (e *env) startNginx(r *running) error {
 // farms use it as a bus only) on a free loopback port, so that its CPU is
 // that of the farm being measured and nothing else's. stopNATS stops it.
 func (e *env) startNATS() error {
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(e.natsServer, "-a", "127.0.0.1", "-p", fmt.Sprint(port))
-	errs := &limitedBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = errs, errs
-	// Have the kernel stop it if the benchmark is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := waitListening(addr, 10*time.Second); err != nil {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(e.natsServer, "-a", "127.0.0.1", "-p", fmt.Sprint(port))
+		errs := &limitedBuffer{max: 16 << 10}
+		cmd.Stdout, cmd.Stderr = errs, errs
+		// Have the kernel stop it if the benchmark is killed.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		err = waitListening(addr, startTimeout, errs.String)
+		if err == nil {
+			e.nats, e.natsURL = cmd, "nats://"+addr
+			return nil
+		}
 		stopProcess(cmd, syscall.SIGKILL)
-		return fmt.Errorf("nats-server: %v; %s", err, errs)
+		if !errors.Is(err, errPortTaken) || attempt == startAttempts {
+			return fmt.Errorf("nats-server: %v; %s", err, errs)
+		}
 	}
-	e.nats, e.natsURL = cmd, "nats://"+addr
-	return nil
 }
 
 // stopNATS stops the run's nats-server, if it started one.
@@ -514,9 +532,27 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func waitListening(addr string, timeout time.Duration) error {
+// startTimeout is how long the benchmark waits for a server it started
+// (nginx, nats-server) to listen: long, for a loaded machine.
+const startTimeout = 30 * time.Second
+
+// startAttempts is how many free ports the benchmark tries for a server:
+// a port found free can be taken before the server binds it.
+const startAttempts = 5
+
+// errPortTaken says that a server could not listen on the free port it
+// was given: something took the port first.
+var errPortTaken = errors.New("the port was taken before the server could listen on it")
+
+// waitListening waits until something listens on addr, for at most
+// timeout; it returns errPortTaken at once if the server's output (as
+// output returns it) says that its address is in use.
+func waitListening(addr string, timeout time.Duration, output func() string) error {
 	deadline := time.Now().Add(timeout)
 	for {
+		if strings.Contains(strings.ToLower(output()), "address already in use") {
+			return errPortTaken
+		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()

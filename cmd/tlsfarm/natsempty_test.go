@@ -1,13 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"net"
-	"os/exec"
+	"math/rand/v2"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
@@ -40,40 +41,60 @@ func TestDaemonWritesBackAfterNATSRestartedEmpty(t *testing.T) {
 // directory. It stops when the test ends.
 func restartableNATS(t *testing.T, server string) (int, func()) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := testenv.FreePort(t)
+	name := fmt.Sprintf("tlsfarm-test-%d", rand.Uint64())
 	var stop func()
-	start := func() {
-		t.Helper()
+	// launch starts the server once on port.
+	launch := func() error {
 		if server == "embedded" {
-			srv, err := natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir()})
+			srv, err := natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir(), StartTimeout: testenv.StartTimeout})
 			if err != nil {
-				t.Fatal(err)
+				return fmt.Errorf("%w: %v", testenv.ErrPortTaken, err) // the likely cause
 			}
 			stop = srv.Shutdown
-			return
+			return nil
 		}
-		bin, err := exec.LookPath("nats-server")
+		p, err := testenv.StartProc(natstest.Bin(t), "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir(),
+			"--server_name", name)
 		if err != nil {
-			if bin, err = exec.LookPath("/usr/sbin/nats-server"); err != nil {
-				testenv.Skip(t, "nats-server is not installed")
-			}
+			return err
 		}
-		cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		if err := p.WaitReady(testenv.StartTimeout, func() error { return natstest.Answers(addr, name) }); err != nil {
+			return err
 		}
-		stop = func() { cmd.Process.Kill(); cmd.Wait() }
-		waitUntil(t, 10*time.Second, func() bool { return testenv.Reachable(fmt.Sprintf("127.0.0.1:%d", port)) },
-			"nats-server did not start")
+		stop = p.Kill
+		return nil
 	}
-	start()
+	// The first start moves to another port if its port was taken; a
+	// restart waits for its port to be free.
+	var err error
+	for range 4 {
+		if err = launch(); !errors.Is(err, testenv.ErrPortTaken) {
+			break
+		}
+		t.Logf("nats-server: port %d: %v; trying another", port, err)
+		port = testenv.FreePort(t)
+	}
+	if err != nil {
+		t.Fatalf("nats-server did not start: %v", err)
+	}
 	t.Cleanup(func() { stop() })
-	return port, func() { stop(); start() }
+	return port, func() {
+		t.Helper()
+		stop()
+		deadline := time.Now().Add(testenv.StartTimeout)
+		for {
+			err := launch()
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, testenv.ErrPortTaken) || time.Now().After(deadline) {
+				t.Fatalf("nats-server did not start again on port %d: %v", port, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 func writesBackAfterNATSRestartedEmpty(t *testing.T, server string) {

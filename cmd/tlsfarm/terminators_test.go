@@ -133,6 +133,11 @@ type server struct {
 	port int
 	args []string // the command line that starts it
 
+	// setPort rewrites the server's configuration for another port, when
+	// its first start found its port taken.
+	setPort func(port int)
+	started bool // it has started once: a restart keeps its port
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	out  *logtest.Buffer
@@ -142,9 +147,38 @@ type server struct {
 func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
 // start runs the server in the foreground, as a child of the test, and
-// waits until it accepts connections.
+// waits until it answers as itself. If something took the server's port
+// before it could listen on it, the first start moves the server to
+// another port (rewriting its configuration); a restart waits for the
+// port, for at most testenv.StartTimeout.
 func (s *server) start() {
 	s.t.Helper()
+	deadline := time.Now().Add(testenv.StartTimeout)
+	for attempt := 1; ; attempt++ {
+		err := s.launch(deadline)
+		if err == nil {
+			s.started = true
+			return
+		}
+		switch {
+		case !errors.Is(err, testenv.ErrPortTaken):
+		case !s.started && attempt < 8:
+			s.t.Logf("%s: port %d was taken before it could listen on it; trying another", s.name, s.port)
+			s.port = freePort(s.t)
+			s.setPort(s.port)
+			continue
+		case s.started && time.Now().Before(deadline):
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		s.t.Fatalf("%s: %v", s.name, err)
+	}
+}
+
+// launch starts the server's process once and waits until it answers, or
+// exits (ErrPortTaken if it says its address is in use), or deadline
+// passes.
+func (s *server) launch(deadline time.Time) error {
 	s.mu.Lock()
 	s.out = &logtest.Buffer{}
 	s.cmd = exec.Command(s.args[0], s.args[1:]...)
@@ -152,24 +186,46 @@ func (s *server) start() {
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		s.mu.Unlock()
-		s.t.Fatalf("starting %s: %v", s.name, err)
+		return fmt.Errorf("starting: %v", err)
 	}
 	done := make(chan struct{})
 	s.done = done
 	cmd := s.cmd
 	go func() { cmd.Wait(); close(done) }()
 	s.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for !testenv.Reachable(s.addr()) {
+	for !s.answers() {
 		select {
 		case <-done:
-			s.t.Fatalf("%s exited at start: %s\n%s", s.name, cmd.ProcessState, s.log())
+			s.mu.Lock()
+			s.cmd = nil
+			s.mu.Unlock()
+			out := s.log()
+			if strings.Contains(strings.ToLower(out), "address already in use") {
+				return fmt.Errorf("%w: %s", testenv.ErrPortTaken, out)
+			}
+			return fmt.Errorf("exited at start: %s\n%s", cmd.ProcessState, out)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("%s does not accept connections on %s:\n%s", s.name, s.addr(), s.log())
+			return fmt.Errorf("does not answer on %s within %v:\n%s", s.addr(), testenv.StartTimeout, s.log())
 		}
 	}
+	return nil
+}
+
+// answers reports whether the server answers an HTTP request over TLS on
+// its port with its name (not some other server that took the port).
+func (s *server) answers() bool {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.addr(),
+		&tls.Config{ServerName: "localhost", InsecureSkipVerify: true})
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+	body, _ := io.ReadAll(c)
+	return bytes.Contains(body, []byte(s.name))
 }
 
 // stop stops the server and the workers it started (its process group).
@@ -207,8 +263,8 @@ func (s *server) log() string {
 }
 
 // newServer prepares a server whose stop and log run at the test's end.
-func newServer(t *testing.T, name, dir string, args []string, port int) *server {
-	s := &server{t: t, name: name, dir: dir, args: args, port: port}
+func newServer(t *testing.T, name, dir string, args []string, port int, setPort func(int)) *server {
+	s := &server{t: t, name: name, dir: dir, args: args, port: port, setPort: setPort}
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {
@@ -232,7 +288,8 @@ func newNginx(t *testing.T, name, keyDir string, keep int, cert, key string) (*s
 	for i := range keyexport.NginxFileCount(keep) {
 		fmt.Fprintf(&tk, "    ssl_session_ticket_key %s;\n", filepath.Join(keyDir, keyexport.NginxFileName(i)))
 	}
-	cfg := fmt.Sprintf(`daemon off;
+	write := func(port int) {
+		cfg := fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes 1;
 pid %[1]s/nginx.pid;
@@ -256,12 +313,14 @@ http {
   }
 }
 `, prefix, port, cert, key, tk.String(), name)
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(port)
 	args := []string{bin, "-c", conf, "-p", prefix}
 	reload := fmt.Sprintf("%s -c %s -p %s -s reload", bin, conf, prefix)
-	return newServer(t, name, prefix, args, port), reload
+	return newServer(t, name, prefix, args, port, write), reload
 }
 
 // newHAProxy prepares an HAProxy that serves TLS on a free port with the
@@ -279,7 +338,9 @@ func newHAProxy(t *testing.T, name, keysFile, cert, key string) (s *server, sock
 		t.Fatal(err)
 	}
 	socket = filepath.Join(dir, "admin.sock")
-	cfg := fmt.Sprintf(`global
+	conf := filepath.Join(dir, "haproxy.cfg")
+	write := func(port int) {
+		cfg := fmt.Sprintf(`global
   stats socket %[1]s level admin
   tune.ssl.default-dh-param 2048
 defaults
@@ -291,11 +352,12 @@ frontend tls
   bind 127.0.0.1:%[2]d ssl crt %[3]s tls-ticket-keys %[4]s ssl-min-ver TLSv1.2
   http-request return status 200 content-type text/plain string %[5]s
 `, socket, port, pem, keysFile, name)
-	conf := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return newServer(t, name, dir, []string{bin, "-db", "-f", conf}, port), socket
+	write(port)
+	return newServer(t, name, dir, []string{bin, "-db", "-f", conf}, port, write), socket
 }
 
 // resume connects to addr with openssl s_client at the given TLS version

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
@@ -129,18 +133,23 @@ func tokenNATS(t *testing.T, token string) string {
 	if err != nil {
 		return ""
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	name := fmt.Sprintf("tlsfarm-test-%d", rand.Uint64())
+	for range 8 {
+		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		_, port, _ := net.SplitHostPort(addr)
+		p, err := testenv.StartProc(bin, "-a", "127.0.0.1", "-p", port, "-js", "-sd", t.TempDir(), "--auth", token, "--server_name", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.WaitReady(testenv.StartTimeout, func() error { return natstest.Answers(addr, name) })
+		if err == nil {
+			t.Cleanup(p.Kill)
+			return addr
+		}
+		if !errors.Is(err, testenv.ErrPortTaken) {
+			t.Fatalf("nats-server did not start: %v", err)
+		}
 	}
-	addr := l.Addr().String()
-	l.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port, "-js", "-sd", t.TempDir(), "--auth", token)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitUntil(t, 10*time.Second, func() bool { return testenv.Reachable(addr) }, "nats-server did not start")
-	return addr
+	t.Fatal("nats-server did not start: 8 ports in a row were taken")
+	return ""
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -304,21 +304,13 @@ func TestStoreWorksAfterServerRestartedEmpty(t *testing.T) {
 // returns its URL and a function that restarts it there with an empty
 // store directory.
 func embeddedRestartable(t *testing.T) (string, func()) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	var s *natsembed.Server
-	start := func() {
-		if s, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir()}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start()
+	_, again := testenv.OnFreePort(t, func(port int) (err error) {
+		s, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir(), StartTimeout: testenv.StartTimeout})
+		return err
+	})
 	t.Cleanup(func() { s.Shutdown() })
-	return s.URL(), func() { s.Shutdown(); start() }
+	return s.URL(), func() { s.Shutdown(); again() }
 }
 
 func storeWorksAfterRestartEmpty(t *testing.T, url string, restartEmpty func()) {

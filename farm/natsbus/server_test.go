@@ -2,15 +2,16 @@ package natsbus_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"net"
+	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
@@ -19,32 +20,34 @@ import (
 type natsServer struct {
 	tb   testing.TB
 	port int
+	name string // its server_name, by which it is told from another server on its port
 	dir  string
 	args []string
-	cmd  *exec.Cmd
+	proc *testenv.Proc
 }
 
 // startNATS starts the machine's nats-server binary with JetStream on a
 // free loopback port, with extra command-line args, until the test ends.
+// If something takes the port before the server listens on it, it starts
+// the server on another.
 func startNATS(tb testing.TB, args ...string) *natsServer {
 	tb.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		bin = "/usr/sbin/nats-server"
-		if _, err := exec.LookPath(bin); err != nil {
-			testenv.Skip(tb, "nats-server is not installed")
+	bin := natstest.Bin(tb)
+	var err error
+	for range 8 {
+		s := &natsServer{tb: tb, port: testenv.FreePort(tb), name: fmt.Sprintf("tlsfarm-test-%d", rand.Uint64()),
+			dir: tb.TempDir(), args: append([]string{bin}, args...)}
+		if err = s.launch(); err == nil {
+			tb.Cleanup(s.Kill)
+			return s
 		}
+		if !errors.Is(err, testenv.ErrPortTaken) {
+			tb.Fatalf("nats-server on %s did not start: %v", s.Addr(), err)
+		}
+		tb.Logf("port %d was taken before nats-server could listen on it; trying another", s.port)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &natsServer{tb: tb, port: port, dir: tb.TempDir(), args: append([]string{bin}, args...)}
-	s.Restart()
-	tb.Cleanup(s.Kill)
-	return s
+	tb.Fatalf("nats-server did not start: 8 ports in a row were taken: %v", err)
+	return nil
 }
 
 func (s *natsServer) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
@@ -53,32 +56,46 @@ func (s *natsServer) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) 
 // if given.
 func (s *natsServer) URL(userinfo string) string { return "nats://" + userinfo + s.Addr() }
 
-// Restart starts the server (again) on the same port and data directory
-// and waits until it answers.
+// launch starts the server's process and waits until it answers.
+func (s *natsServer) launch() error {
+	args := append(s.args[1:len(s.args):len(s.args)], "-a", "127.0.0.1", "-p", fmt.Sprint(s.port), "-js", "-sd", s.dir,
+		"--server_name", s.name)
+	p, err := testenv.StartProc(s.args[0], args...)
+	if err != nil {
+		return err
+	}
+	if err := p.WaitReady(testenv.StartTimeout, func() error { return natstest.Answers(s.Addr(), s.name) }); err != nil {
+		return err
+	}
+	s.proc = p
+	return nil
+}
+
+// Restart starts the server again on the same port and data directory
+// and waits until it answers; if something took the port meanwhile, it
+// tries again until the port is free, for at most testenv.StartTimeout.
 func (s *natsServer) Restart() {
 	s.tb.Helper()
-	args := append(s.args[1:len(s.args):len(s.args)], "-a", "127.0.0.1", "-p", fmt.Sprint(s.port), "-js", "-sd", s.dir)
-	s.cmd = exec.Command(s.args[0], args...)
-	if err := s.cmd.Start(); err != nil {
-		s.tb.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !testenv.Reachable(s.Addr()) {
-		if time.Now().After(deadline) {
-			s.tb.Fatalf("nats-server on %s did not start", s.Addr())
+	deadline := time.Now().Add(testenv.StartTimeout)
+	for {
+		err := s.launch()
+		if err == nil {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		if !errors.Is(err, testenv.ErrPortTaken) || time.Now().After(deadline) {
+			s.tb.Fatalf("nats-server did not start again on %s: %v", s.Addr(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // Kill kills the server at once, as in a crash, and waits for it to exit.
 func (s *natsServer) Kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.proc == nil {
 		return
 	}
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	s.cmd = nil
+	s.proc.Kill()
+	s.proc = nil
 }
 
 // CPU returns the CPU time (user and system) the server process has used
@@ -86,10 +103,10 @@ func (s *natsServer) Kill() {
 // after to report the server's share of the work, as redistest.ServerCPU
 // does for Redis. It returns 0 where /proc cannot be read.
 func (s *natsServer) CPU() time.Duration {
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.proc == nil {
 		return 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.proc.Cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}

@@ -6,12 +6,16 @@
 package natstest
 
 import (
+	"bufio"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,24 +30,55 @@ type Cluster struct {
 	tb      testing.TB
 }
 
+// pickPort is testenv.FreePort; tests of this package replace it to hand
+// StartProcCluster a client port that something else holds.
+var pickPort = testenv.FreePort
+
+// startAttempts is how many sets of free ports StartCluster and
+// StartProcCluster try: a port can be taken between the moment it was
+// found free and the server's bind (see testenv.FreePort).
+const startAttempts = 8
+
 // StartCluster starts n servers named n1, n2, ... that route to each other
-// and share JetStream, and waits until JetStream has a meta leader.
+// and share JetStream, and waits until JetStream has a meta leader. If
+// something took a cluster port before its server could listen on it, it
+// starts the cluster again on new ports.
 func StartCluster(tb testing.TB, n int) *Cluster {
+	tb.Helper()
+	for range startAttempts {
+		c, err := startCluster(tb, n)
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, testenv.ErrPortTaken) {
+			tb.Fatal(err)
+		}
+		tb.Logf("natstest: %v; starting the cluster again on other ports", err)
+	}
+	tb.Fatalf("NATS cluster did not start: %d sets of ports in a row were taken", startAttempts)
+	return nil
+}
+
+// startCluster starts the servers of StartCluster once, stopping them
+// again if one of them does not start.
+func startCluster(tb testing.TB, n int) (*Cluster, error) {
 	tb.Helper()
 	ports := make([]int, n)
 	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		ports[i] = testenv.FreePort(tb)
 	}
 	var routes []*url.URL
 	for _, p := range ports {
 		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", p)})
 	}
 	c := &Cluster{tb: tb}
+	var logs []*logTail
+	stop := func() {
+		for _, s := range c.Servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	}
 	for i := range n {
 		opts := &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
@@ -52,7 +87,6 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 			JetStream:  true,
 			StoreDir:   tb.TempDir(),
 			NoSigs:     true,
-			NoLog:      true,
 			Cluster: server.ClusterOpts{
 				Name: "tlsfarm-test",
 				Host: "127.0.0.1",
@@ -63,21 +97,33 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 		}
 		s, err := server.NewServer(opts)
 		if err != nil {
-			tb.Fatal(err)
+			stop()
+			return nil, err
 		}
+		// Keep what the server logs, to tell a taken port and to show
+		// why a server did not start.
+		log := &logTail{}
+		s.SetLogger(log, false, false)
+		logs = append(logs, log)
 		s.Start()
-		tb.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
 		c.Servers = append(c.Servers, s)
 	}
-	for _, s := range c.Servers {
-		if !s.ReadyForConnections(10 * time.Second) {
-			tb.Fatalf("NATS server %s did not start", s.Name())
+	deadline := time.Now().Add(testenv.StartTimeout)
+	for i, s := range c.Servers {
+		for !s.ReadyForConnections(100 * time.Millisecond) {
+			out := logs[i].String()
+			if strings.Contains(strings.ToLower(out), "address already in use") {
+				stop()
+				return nil, fmt.Errorf("%w: NATS server %s: %s", testenv.ErrPortTaken, s.Name(), out)
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return nil, fmt.Errorf("NATS server %s did not start within %v; it logged:\n%s", s.Name(), testenv.StartTimeout, out)
+			}
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	tb.Cleanup(stop)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		ready := true
 		for _, s := range c.Servers {
@@ -86,14 +132,49 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 			}
 		}
 		if ready && c.metaLeader() != nil {
-			return c
+			return c, nil
 		}
 		if time.Now().After(deadline) {
-			tb.Fatal("NATS cluster: no JetStream meta leader within 30s")
+			var out strings.Builder
+			for i, s := range c.Servers {
+				fmt.Fprintf(&out, "%s (%d routes) logged:\n%s\n", s.Name(), s.NumRoutes(), logs[i].String())
+			}
+			return nil, fmt.Errorf("NATS cluster: no JetStream meta leader within 30s\n%s", out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A logTail is a nats-server logger that keeps the end of what the server
+// logged, debug and trace lines aside.
+type logTail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (l *logTail) logf(level, format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, level...)
+	l.buf = fmt.Appendf(l.buf, format, v...)
+	l.buf = append(l.buf, '\n')
+	if len(l.buf) > 8<<10 {
+		l.buf = append(l.buf[:0], l.buf[len(l.buf)-4<<10:]...)
+	}
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.buf[max(0, len(l.buf)-4<<10):])
+}
+
+func (l *logTail) Noticef(format string, v ...any) { l.logf("[INF] ", format, v...) }
+func (l *logTail) Warnf(format string, v ...any)   { l.logf("[WRN] ", format, v...) }
+func (l *logTail) Fatalf(format string, v ...any)  { l.logf("[FTL] ", format, v...) }
+func (l *logTail) Errorf(format string, v ...any)  { l.logf("[ERR] ", format, v...) }
+func (l *logTail) Debugf(string, ...any)           {}
+func (l *logTail) Tracef(string, ...any)           {}
 
 func (c *Cluster) metaLeader() *server.Server {
 	for _, s := range c.Servers {
@@ -132,7 +213,7 @@ func (c *Cluster) Server(name string) *server.Server {
 type Proc struct {
 	Name string
 	Port int
-	cmd  *exec.Cmd
+	proc *testenv.Proc
 }
 
 // Addr returns the server's client address.
@@ -140,12 +221,11 @@ func (p *Proc) Addr() string { return fmt.Sprintf("127.0.0.1:%d", p.Port) }
 
 // Kill kills the server at once (SIGKILL, as in a crash) and waits for it.
 func (p *Proc) Kill() {
-	if p.cmd == nil || p.cmd.Process == nil {
+	if p.proc == nil {
 		return
 	}
-	p.cmd.Process.Kill()
-	p.cmd.Wait()
-	p.cmd = nil
+	p.proc.Kill()
+	p.proc = nil
 }
 
 // A ProcCluster is a NATS cluster with JetStream of nats-server processes
@@ -154,12 +234,9 @@ type ProcCluster struct {
 	Procs []*Proc
 }
 
-// StartProcCluster starts n nats-server processes named n1, n2, ... that
-// route to each other and share JetStream, stopped when the test ends. It
-// skips (or fails, under TLSFARM_REQUIRE_SERVICES=1) without the binary.
-// It waits only until every server accepts connections: JetStream elects
-// its meta leader a moment later.
-func StartProcCluster(tb testing.TB, n int) *ProcCluster {
+// Bin returns the path of the machine's nats-server binary, skipping (or
+// failing, under TLSFARM_REQUIRE_SERVICES=1) tb if there is none.
+func Bin(tb testing.TB) string {
 	tb.Helper()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
@@ -168,36 +245,101 @@ func StartProcCluster(tb testing.TB, n int) *ProcCluster {
 			testenv.Skip(tb, "nats-server is not installed")
 		}
 	}
+	return bin
+}
+
+// StartProcCluster starts n nats-server processes named n1, n2, ... that
+// route to each other and share JetStream, stopped when the test ends. It
+// skips (or fails, under TLSFARM_REQUIRE_SERVICES=1) without the binary.
+// It waits only until every server answers: JetStream elects its meta
+// leader a moment later. If something took one of the ports before its
+// server could listen on it, it starts the cluster again on new ports.
+func StartProcCluster(tb testing.TB, n int) *ProcCluster {
+	tb.Helper()
+	bin := Bin(tb)
+	for range startAttempts {
+		c, err := startProcCluster(tb, bin, n)
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, testenv.ErrPortTaken) {
+			tb.Fatal(err)
+		}
+		tb.Logf("natstest: %v; starting the cluster again on other ports", err)
+	}
+	tb.Fatalf("NATS cluster did not start: %d sets of ports in a row were taken", startAttempts)
+	return nil
+}
+
+// startProcCluster starts the processes of StartProcCluster once,
+// killing them again if one does not start.
+func startProcCluster(tb testing.TB, bin string, n int) (*ProcCluster, error) {
+	tb.Helper()
 	cports := make([]int, n)
 	for i := range cports {
-		cports[i] = freePort(tb)
+		cports[i] = testenv.FreePort(tb)
 	}
 	var routes []string
 	for _, p := range cports {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
 	}
 	c := &ProcCluster{}
+	kill := func() {
+		for _, p := range c.Procs {
+			p.Kill()
+		}
+	}
 	for i := range n {
-		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Port: freePort(tb)}
-		p.cmd = exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(p.Port), "-js", "-sd", tb.TempDir(),
+		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Port: pickPort(tb)}
+		var err error
+		p.proc, err = testenv.StartProc(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(p.Port), "-js", "-sd", tb.TempDir(),
 			"--server_name", p.Name, "--cluster_name", "tlsfarm-test",
 			"--cluster", routes[i], "--routes", strings.Join(routes, ","))
-		if err := p.cmd.Start(); err != nil {
-			tb.Fatal(err)
+		if err != nil {
+			kill()
+			return nil, err
 		}
-		tb.Cleanup(p.Kill)
 		c.Procs = append(c.Procs, p)
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	for _, p := range c.Procs {
-		for !testenv.Reachable(p.Addr()) {
-			if time.Now().After(deadline) {
-				tb.Fatalf("nats-server %s on %s did not start", p.Name, p.Addr())
-			}
-			time.Sleep(20 * time.Millisecond)
+		if err := p.proc.WaitReady(testenv.StartTimeout, func() error { return Answers(p.Addr(), p.Name) }); err != nil {
+			kill()
+			return nil, fmt.Errorf("nats-server %s on %s: %w", p.Name, p.Addr(), err)
 		}
 	}
-	return c
+	tb.Cleanup(kill)
+	return c, nil
+}
+
+// Answers reports whether the NATS server at addr answers and calls
+// itself name: nil if so, testenv.ErrPortTaken if another server answers
+// there (one that says nothing within a second is taken for one that
+// starts, not one that is not NATS).
+func Answers(addr, name string) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	info, ok := strings.CutPrefix(line, "INFO ")
+	if !ok {
+		return fmt.Errorf("%w: a server that is not NATS answers on %s: %.80q", testenv.ErrPortTaken, addr, line)
+	}
+	var v struct {
+		Name string `json:"server_name"`
+	}
+	if err := json.Unmarshal([]byte(info), &v); err != nil {
+		return fmt.Errorf("%w: a server that is not NATS answers on %s: %v", testenv.ErrPortTaken, addr, err)
+	}
+	if v.Name != name {
+		return fmt.Errorf("%w: NATS server %q answers on %s, not %q", testenv.ErrPortTaken, v.Name, addr, name)
+	}
+	return nil
 }
 
 // URL returns the client URLs of every server, separated by commas, with
@@ -222,14 +364,4 @@ func (c *ProcCluster) Proc(name string) *Proc {
 		}
 	}
 	return nil
-}
-
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

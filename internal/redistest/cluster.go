@@ -16,17 +16,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // A Cluster is a Redis Cluster of private redis-servers on free loopback
 // ports, made for one test and stopped when it ends.
 type Cluster struct {
@@ -47,11 +36,19 @@ func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duratio
 	c := &Cluster{tb: tb}
 	var addrs []string
 	for range masters * (1 + replicas) {
-		s := StartWith(tb, "--cluster-enabled", "yes",
-			"--cluster-port", fmt.Sprint(freePort(tb)),
-			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()),
-			"--repl-diskless-sync-delay", "0")
+		// The cluster bus port is found free anew for each port start
+		// tries, and kept by Restart, as the server's port is.
+		busPort, busFor := 0, 0
+		s := start(tb, func(s *Server) []string {
+			if s.Port != busFor {
+				busPort, busFor = testenv.FreePort(tb), s.Port
+			}
+			return serverArgs(s, "--cluster-enabled", "yes",
+				"--cluster-port", fmt.Sprint(busPort),
+				"--cluster-config-file", "nodes.conf",
+				"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()),
+				"--repl-diskless-sync-delay", "0")
+		})
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
@@ -140,7 +137,7 @@ func parseNodes(text string) []clusterNode {
 
 // nodes returns CLUSTER NODES as the node s sees the cluster.
 func (c *Cluster) nodes(s *Server) (string, error) {
-	if s.cmd == nil {
+	if s.proc == nil {
 		return "", fmt.Errorf("%s is down", s.Addr())
 	}
 	cl := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
@@ -246,7 +243,7 @@ func WaitSynced(tb testing.TB, timeout time.Duration, servers ...*Server) {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for _, s := range servers {
-		if s.cmd == nil {
+		if s.proc == nil {
 			continue
 		}
 		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
@@ -291,7 +288,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration) {
 	for {
 		ok := true
 		for _, s := range c.Nodes {
-			if s.cmd == nil {
+			if s.proc == nil {
 				continue
 			}
 			cl := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
@@ -388,24 +385,22 @@ func StartSentinelVia(tb testing.TB, replicas, sentinels int, downAfter time.Dur
 	}
 	quorum := min(2, sentinels)
 	for range sentinels {
-		port := freePort(tb)
-		dir := tb.TempDir()
-		conf := filepath.Join(dir, "sentinel.conf")
-		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
-			"sentinel monitor %s 127.0.0.1 %d %d\n"+
-			"sentinel down-after-milliseconds %s %d\n"+
-			"sentinel failover-timeout %s %d\n"+
-			"sentinel parallel-syncs %s 1\n",
-			port, dir, st.Name, st.Master.Port, quorum, st.Name, downAfter.Milliseconds(), st.Name, failoverTimeout.Milliseconds(), st.Name)
-		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			tb.Fatal(err)
-		}
-		s := &Server{Port: port, tb: tb, dir: dir}
-		s.cmd = exec.Command("redis-server", conf, "--sentinel")
-		if err := s.cmd.Start(); err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(s.Kill)
+		s := start(tb, func(s *Server) []string {
+			conf := filepath.Join(s.dir, "sentinel.conf")
+			if _, err := os.Stat(conf); err == nil {
+				return []string{conf, "--sentinel"} // a restart: the sentinel's own file
+			}
+			text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+				"sentinel monitor %s 127.0.0.1 %d %d\n"+
+				"sentinel down-after-milliseconds %s %d\n"+
+				"sentinel failover-timeout %s %d\n"+
+				"sentinel parallel-syncs %s 1\n",
+				s.Port, s.dir, st.Name, st.Master.Port, quorum, st.Name, downAfter.Milliseconds(), st.Name, failoverTimeout.Milliseconds(), st.Name)
+			if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+				tb.Fatal(err)
+			}
+			return []string{conf, "--sentinel"}
+		})
 		st.Sentinels = append(st.Sentinels, s)
 	}
 	// Wait until every sentinel knows the replicas and the other sentinels:

@@ -5,11 +5,13 @@
 package redistest
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -61,9 +63,17 @@ type Server struct {
 	Port int
 	tb   testing.TB
 	dir  string
-	args []string // more redis-server arguments
-	cmd  *exec.Cmd
+	argv func(*Server) []string // the redis-server arguments for Port and dir
+	proc *testenv.Proc
 }
+
+// startAttempts is how many free ports Start tries: a port can be taken
+// between the moment it was found free and the server's bind, which
+// happens on a loaded machine running test binaries side by side (go
+// test -p), where every dial uses an ephemeral port; to lose that race
+// several times in a row would take something that takes ports on
+// purpose.
+const startAttempts = 8
 
 // Start starts a private redis-server on a free port, stopped when the test
 // ends.
@@ -76,19 +86,98 @@ func Start(tb testing.TB) *Server {
 // "--cluster-enabled", "yes").
 func StartWith(tb testing.TB, args ...string) *Server {
 	tb.Helper()
+	return start(tb, func(s *Server) []string { return serverArgs(s, args...) })
+}
+
+// serverArgs returns the arguments of a private redis-server on s.Port
+// with its files in s.dir, and more arguments.
+func serverArgs(s *Server, more ...string) []string {
+	args := []string{"--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", ""}
+	return append(args, more...)
+}
+
+// pickPort is testenv.FreePort; tests of this package replace it to hand
+// start a port that something else holds.
+var pickPort = testenv.FreePort
+
+// start starts a redis-server with the arguments argv returns for a free
+// port and a new directory, on another port and in another directory if
+// something took the port before the server could listen on it, and fails
+// the test with the server's output if it does not start otherwise.
+// argv is called again, with the same port and directory, by Restart.
+func start(tb testing.TB, argv func(*Server) []string) *Server {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		testenv.Skip(tb, "redis-server is not installed")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	var err error
+	for range startAttempts {
+		s := &Server{Port: pickPort(tb), tb: tb, dir: tb.TempDir(), argv: argv}
+		if err = s.launch(); err == nil {
+			tb.Cleanup(s.Kill)
+			return s
+		}
+		if !errors.Is(err, testenv.ErrPortTaken) {
+			tb.Fatalf("redis-server on %s did not start: %v", s.Addr(), err)
+		}
+		tb.Logf("redistest: port %d was taken before redis-server could listen on it; trying another", s.Port)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &Server{Port: port, tb: tb, dir: tb.TempDir(), args: args}
-	s.Restart()
-	tb.Cleanup(s.Kill)
-	return s
+	tb.Fatalf("redis-server did not start: %d ports in a row were taken: %v", startAttempts, err)
+	return nil
+}
+
+// launch starts the server's process on s.Port and waits until it answers
+// as itself.
+func (s *Server) launch() error {
+	p, err := testenv.StartProc("redis-server", s.argv(s)...)
+	if err != nil {
+		return err
+	}
+	if err := p.WaitReady(testenv.StartTimeout, func() error { return answersAs(s.Addr(), p.Cmd.Process.Pid) }); err != nil {
+		return err
+	}
+	s.proc = p
+	return nil
+}
+
+// answersAs reports whether the Redis server (or sentinel) at addr answers
+// INFO and is the process pid: nil if so, testenv.ErrPortTaken if another
+// server answers there. It speaks RESP itself: a go-redis client would
+// log every refused dial while the server starts.
+func answersAs(addr string, pid int) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("INFO server\r\n")); err != nil {
+		return err
+	}
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	switch {
+	case strings.HasPrefix(line, "-"): // such as -LOADING
+		return errors.New(strings.TrimSpace(line))
+	case !strings.HasPrefix(line, "$"):
+		return fmt.Errorf("%w: a server that is not Redis answers on %s: %q", testenv.ErrPortTaken, addr, line)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(line[1:]))
+	if err != nil || n < 0 {
+		return fmt.Errorf("%w: a server that is not Redis answers on %s: %q", testenv.ErrPortTaken, addr, line)
+	}
+	info := make([]byte, n+2)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return err
+	}
+	if !strings.Contains(string(info), fmt.Sprintf("process_id:%d\r\n", pid)) {
+		return fmt.Errorf("%w: a server of another process answers on %s", testenv.ErrPortTaken, addr)
+	}
+	return nil
 }
 
 // Addr returns the server's host:port.
@@ -98,43 +187,39 @@ func (s *Server) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.Port) }
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
 // Restart starts the server (again) on the same port and waits until it
-// answers.
+// answers. If something took the port while the server was down, it tries
+// again until the port is free, for at most testenv.StartTimeout.
 func (s *Server) Restart() {
 	s.tb.Helper()
-	s.cmd = exec.Command("redis-server", "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", "")
-	s.cmd.Args = append(s.cmd.Args, s.args...)
-	s.cmd.Stdout, s.cmd.Stderr = nil, nil
-	if err := s.cmd.Start(); err != nil {
-		s.tb.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !testenv.Reachable(s.Addr()) {
-		if time.Now().After(deadline) {
-			s.tb.Fatalf("redis-server on %s did not start", s.Addr())
+	deadline := time.Now().Add(testenv.StartTimeout)
+	for {
+		err := s.launch()
+		if err == nil {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		if !errors.Is(err, testenv.ErrPortTaken) || time.Now().After(deadline) {
+			s.tb.Fatalf("redis-server did not start again on %s: %v", s.Addr(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // Kill kills the server at once (no shutdown, as in a crash) and waits for
 // it to exit.
 func (s *Server) Kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.proc == nil {
 		return
 	}
-	s.cmd.Process.Signal(syscall.SIGCONT) // a paused server cannot die
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	s.cmd = nil
+	s.proc.Kill()
+	s.proc = nil
 }
 
 // Pause stops the server's process (SIGSTOP): connections stay open and
 // nothing answers, as with a hung server or a partition.
-func (s *Server) Pause() { s.cmd.Process.Signal(syscall.SIGSTOP) }
+func (s *Server) Pause() { s.proc.Cmd.Process.Signal(syscall.SIGSTOP) }
 
 // Resume continues a paused server.
-func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
+func (s *Server) Resume() { s.proc.Cmd.Process.Signal(syscall.SIGCONT) }
 
 // ServerCPU returns the CPU time the Redis server behind c has used since
 // it started (INFO cpu: used_cpu_sys + used_cpu_user). Benchmarks read it
