@@ -109,7 +109,8 @@ type Config struct {
 	// Collectors are registered with the metrics registry as well.
 	Collectors []prometheus.Collector
 
-	// Logger receives a line for each revocation (default slog.Default()).
+	// Logger receives a line for each revocation, and one for each
+	// distinct error of a /metrics scrape (default slog.Default()).
 	Logger *slog.Logger
 }
 
@@ -179,7 +180,13 @@ func New(cfg Config) (*Handler, error) {
 			return nil, err
 		}
 	}
-	h.mux.Handle("GET /metrics", promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{}))
+	// A collector that fails loses its own metrics, not the scrape: the
+	// rest is served (200), and the error goes to the log, never to the
+	// caller, who needs no token.
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      &scrapeLog{log: cfg.Logger},
+	}))
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /sessions", h.sessions)

@@ -268,7 +268,7 @@ func TestExportsInHealthAndMetrics(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &h); err != nil || code != 200 {
 		t.Fatalf("healthz: %d %s", code, body)
 	}
-	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != "exit status 1" ||
+	if h.Status != "degraded" || len(h.Exports) != 2 || h.Exports[1].Error != exportErrorHidden ||
 		len(h.Reasons) != 1 || h.Reasons[0] != reasonExports {
 		t.Errorf("healthz: %s", body)
 	}

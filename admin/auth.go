@@ -29,6 +29,17 @@ func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// hasToken reports whether r carries the admin token. It is false while no
+// token is configured.
+func (h *Handler) hasToken(r *http.Request) bool {
+	if h.cfg.Token == nil {
+		return false
+	}
+	want := h.cfg.Token()
+	got, ok := bearer(r.Header.Get("Authorization"))
+	return want != "" && ok && tokenEqual(got, want)
+}
+
 // bearer returns the token of an Authorization header of the Bearer
 // scheme, whose name is case insensitive (RFC 9110 §11.1).
 func bearer(auth string) (string, bool) {

@@ -13,7 +13,7 @@ type ExportStatus struct {
 	Target      string    `json:"target"`                // as given to -export, such as "nginx:/run/tlsfarm/nginx", or "on-change"
 	Epoch       uint64    `json:"epoch"`                 // the key set epoch last exported; 0 for none
 	OK          bool      `json:"ok"`                    // the last attempt succeeded
-	Error       string    `json:"error,omitempty"`       // the last attempt's error, if it failed
+	Error       string    `json:"error,omitempty"`       // the last attempt's error, if it failed (in /healthz, only with the admin token)
 	LastAttempt time.Time `json:"last_attempt,omitzero"` // the last attempt; zero before the first
 	LastSuccess time.Time `json:"last_success,omitzero"` // the last success; zero before the first
 	Exports     uint64    `json:"exports"`               // successful exports

@@ -31,6 +31,10 @@ const (
 	reasonExports    = "a key export target fails"
 )
 
+// exportErrorHidden stands for a key export's error in /healthz for a
+// caller without the admin token.
+const exportErrorHidden = "failed (the error is in the log; /healthz shows it with the admin token)"
+
 // ListenerHealth says whether the listeners serve.
 type ListenerHealth struct {
 	Ready bool   `json:"ready"`           // Config.Ready returned nil (or is nil)
@@ -128,8 +132,21 @@ func revocationsKnown(samples []metric.Sample) bool {
 // answers 200: it serves, and restarting it would fix nothing (a restarted
 // node reads the revocations again, from the same farm). The status and
 // reasons say what is wrong.
+//
+// /healthz needs no token, so it shows no error text of a key export: an
+// -on-change command's output, which that text holds, may name paths or
+// carry a secret. A failing export's Error says only exportErrorHidden;
+// the error itself is in the log, and in /healthz for a request that
+// carries the admin token (Config.Token).
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 	hl := h.health()
+	if !h.hasToken(r) {
+		for i := range hl.Exports {
+			if hl.Exports[i].Error != "" {
+				hl.Exports[i].Error = exportErrorHidden
+			}
+		}
+	}
 	status := http.StatusOK
 	if !hl.Listeners.Ready {
 		status = http.StatusServiceUnavailable

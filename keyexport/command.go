@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // DefaultCommandTimeout bounds an on-change command.
@@ -20,7 +22,8 @@ const DefaultCommandTimeout = 30 * time.Second
 // material is passed to it, nor any other TLSFARM_ variable of the agent's
 // environment: $TLSFARM_FARM_URL may hold the transport's password, and
 // other settings may hold secrets too. A non-zero exit is an error that
-// carries the start of the command's output.
+// carries the start of the command's output, with the credentials of any
+// URL in it masked (the error goes to the log).
 func Command(cmd string, timeout time.Duration) func(context.Context, *Set) error {
 	if timeout <= 0 {
 		timeout = DefaultCommandTimeout
@@ -34,7 +37,9 @@ func Command(cmd string, timeout time.Duration) func(context.Context, *Set) erro
 		c.Stdout, c.Stderr = &out, &out
 		c.WaitDelay = time.Second
 		if err := c.Run(); err != nil {
-			msg := strings.TrimSpace(out.String())
+			// Masked before it is cut: a URL cut before its "@" would
+			// no longer look like one with credentials.
+			msg := redact.URL(strings.TrimSpace(out.String()))
 			if len(msg) > 300 {
 				msg = msg[:300] + "..."
 			}

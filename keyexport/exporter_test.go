@@ -117,6 +117,11 @@ func TestCommand(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "bad config") {
 		t.Errorf("err = %v", err)
 	}
+	// A URL's credentials in the output do not reach the error (the log).
+	err = Command("echo curl: https://deploy:hunter2@cdn.example/reload failed; exit 22", 0)(context.Background(), set)
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "cdn.example/reload failed") {
+		t.Errorf("err = %v, want the output with the password masked", err)
+	}
 	start := time.Now()
 	if err := Command("sleep 5", 100*time.Millisecond)(context.Background(), set); err == nil || time.Since(start) > 3*time.Second {
 		t.Errorf("a command past its timeout: err %v after %v", err, time.Since(start))

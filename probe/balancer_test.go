@@ -132,3 +132,119 @@ func TestHTTP3ThroughBalancerSeesNodesThatShareNothing(t *testing.T) {
 			tot.Resumed, tot.Offered, 100*tot.ResumptionRate)
 	}
 }
+
+// dropEveryOtherFlow relays UDP to backend on loopback, but drops every
+// packet of every second flow (by source address and port, in the order
+// flows begin): those connections' handshakes time out.
+func dropEveryOtherFlow(t *testing.T, backend string) string {
+	t.Helper()
+	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := net.ResolveUDPAddr("udp", backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	flows := make(map[string]*net.UDPConn) // nil: a dropped flow
+	t.Cleanup(func() {
+		front.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range flows {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, src, err := front.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			up, ok := flows[src.String()]
+			if !ok {
+				if len(flows)%2 == 0 {
+					if up, err = net.DialUDP("udp", nil, addr); err != nil {
+						mu.Unlock()
+						continue
+					}
+					go func() {
+						b := make([]byte, 65536)
+						for {
+							m, err := up.Read(b)
+							if err != nil {
+								return
+							}
+							front.WriteToUDP(b[:m], src)
+						}
+					}()
+				}
+				flows[src.String()] = up
+			}
+			mu.Unlock()
+			if up != nil {
+				up.Write(buf[:n])
+			}
+		}
+	}()
+	return front.LocalAddr().String()
+}
+
+// TestHTTP3FailedOfferCountsAsNotResumed: over HTTP/3 too, a handshake
+// that offered a session and failed (here: timed out, its packets
+// dropped) counts as an offer not resumed.
+func TestHTTP3FailedOfferCountsAsNotResumed(t *testing.T) {
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := proxy.New(proxy.Config{
+		Cache: cache, Ring: ring,
+		Listeners: []proxy.Listener{{
+			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}}, HTTP3: true,
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	rep, err := probe.Run(context.Background(), probe.Config{
+		Targets: []string{dropEveryOtherFlow(t, s.Addrs()[0])}, ServerName: "localhost", RootCAs: roots,
+		Connections: 6, HTTP3: true, Request: "POST /", Timeout: 2 * time.Second,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSums(t, rep)
+	// Connection 1 makes a full handshake; 2, 4 and 6 offer a session
+	// and time out; 3 and 5 resume, or make a full handshake if the
+	// failure before dropped the session.
+	tot := rep.Total
+	if tot.Failed != 3 || tot.Errors[probe.FailTimeout] != 3 || tot.OfferFailed != 3 ||
+		tot.Offered != tot.Resumed+3 || tot.ResumptionRate > 0.5 {
+		t.Errorf("report %+v; want 3 failed offers among %d offered", tot, tot.Resumed+3)
+	}
+}

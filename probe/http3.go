@@ -79,7 +79,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	start := time.Now()
 	conn, err := dial(cctx, addr, w.qtls, &quic.Config{HandshakeIdleTimeout: p.cfg.Timeout})
 	if err != nil {
-		return result{failure: quicFailure(err)}
+		return result{failure: quicFailure(err), offered: w.cache.HandedOut()}
 	}
 	defer conn.CloseWithError(0, "")
 	early := false
@@ -97,9 +97,9 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	select {
 	case <-conn.HandshakeComplete():
 	case <-cctx.Done():
-		return result{failure: FailTimeout}
+		return result{failure: FailTimeout, offered: w.cache.HandedOut()}
 	case <-conn.Context().Done():
-		return result{failure: quicFailure(context.Cause(conn.Context()))}
+		return result{failure: quicFailure(context.Cause(conn.Context())), offered: w.cache.HandedOut()}
 	}
 	done := time.Now()
 	cs := conn.ConnectionState()

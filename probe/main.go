@@ -25,8 +25,16 @@ Flags:
 
 // Main runs the "tlsfarm probe" command with args (without the command
 // name), writing the report to stdout and errors to stderr, and returns the
-// exit code: 0 if at least one connection worked, 1 if none did (or none
-// was made), 2 for bad flags, 130 if interrupted.
+// exit code: 0 if at least one connection worked and the run meets the
+// thresholds that are set; 1 if none worked (or none was made), or if a
+// threshold is missed (a line on stderr says which); 2 for bad flags; 130
+// if interrupted.
+//
+// The thresholds are off unless set: -min-resumption, the least
+// ResumptionRate of the total (an offer whose handshake failed counts as
+// not resumed; a run in which no handshake offered a session misses it),
+// and -max-failures, the most failed connections, as a count or a
+// percentage of the connections.
 //
 // A progress bar is drawn on stderr when stderr is a terminal. An interrupt
 // (Ctrl-C) ends the run early and prints the report so far.
@@ -49,7 +57,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		asJSON   = fs.Bool("json", false, "print the report as JSON")
 		h3       = fs.Bool("http3", false, "connect over QUIC and speak HTTP/3, with 0-RTT early data where the session allows (TLS 1.3)")
 		pp       = fs.Bool("proxy-protocol", false, "begin each TCP connection with a PROXY protocol v2 header, for nodes whose listeners expect one (and trust this host)")
+
+		minResumption fraction
+		maxFailures   failureLimit
 	)
+	fs.Var(&minResumption, "min-resumption", "exit 1 if fewer of the offered sessions resumed: a `share` such as 0.99 or 99% (an offer whose handshake failed counts as not resumed; default: no threshold)")
+	fs.Var(&maxFailures, "max-failures", "exit 1 if more connections failed: a `count` such as 0, or a percentage such as 1% (default: no threshold; exit 1 only if every connection failed)")
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "tlsfarm probe: "+format+"\n", a...)
 		return 2
@@ -155,6 +168,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 1
 	case rep.Total.Failed == rep.Total.Connections:
 		fmt.Fprintf(stderr, "tlsfarm probe: all %d connections failed (%s)\n", rep.Total.Connections, errorList(rep.Total.Errors))
+		return 1
+	}
+	if why := missed(rep, &minResumption, &maxFailures); why != "" {
+		fmt.Fprintf(stderr, "tlsfarm probe: %s\n", why)
 		return 1
 	}
 	return 0

@@ -80,8 +80,8 @@ func checkSums(t *testing.T, rep *probe.Report) {
 		if s.Connections != s.Full+s.Resumed+s.Failed {
 			t.Errorf("%s: %d connections != %d full + %d resumed + %d failed", s.Target, s.Connections, s.Full, s.Resumed, s.Failed)
 		}
-		if s.Resumed > s.Offered || s.CrossNode > s.Resumed {
-			t.Errorf("%s: resumed %d, offered %d, cross-node %d", s.Target, s.Resumed, s.Offered, s.CrossNode)
+		if s.Resumed+s.OfferFailed > s.Offered || s.CrossNode > s.Resumed || s.OfferFailed > s.Failed {
+			t.Errorf("%s: resumed %d, offered %d (%d failed), cross-node %d, failed %d", s.Target, s.Resumed, s.Offered, s.OfferFailed, s.CrossNode, s.Failed)
 		}
 		if s.FullLatency.Connect.Count != s.Full || s.ResumedLatency.Connect.Count != s.Resumed ||
 			s.FullLatency.Handshake.Count != s.Full || s.ResumedLatency.Handshake.Count != s.Resumed {
@@ -99,11 +99,13 @@ func checkSums(t *testing.T, rep *probe.Report) {
 		sum.Resumed += s.Resumed
 		sum.Failed += s.Failed
 		sum.Offered += s.Offered
+		sum.OfferFailed += s.OfferFailed
 		sum.CrossNode += s.CrossNode
 	}
 	tot := rep.Total
 	if sum.Connections != tot.Connections || sum.Full != tot.Full || sum.Resumed != tot.Resumed ||
-		sum.Failed != tot.Failed || sum.Offered != tot.Offered || sum.CrossNode != tot.CrossNode {
+		sum.Failed != tot.Failed || sum.Offered != tot.Offered || sum.CrossNode != tot.CrossNode ||
+		sum.OfferFailed != tot.OfferFailed {
 		t.Errorf("targets sum to %+v, total is %+v", sum, tot)
 	}
 }

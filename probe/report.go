@@ -49,12 +49,22 @@ type Stats struct {
 	// nil if nothing failed.
 	Errors map[string]int `json:"errors,omitempty"`
 
-	// Offered counts the completed handshakes for which the client had a
-	// session to offer; the first connection of each client has none.
+	// Offered counts the handshakes in which the client offered a
+	// session: the completed ones, and those that failed (OfferFailed).
+	// The first connection of each client has none to offer. A
+	// connection that failed after its handshake completed (its request)
+	// is not counted.
 	Offered int `json:"offered"`
 
+	// OfferFailed counts the handshakes in Offered that failed: a node
+	// that aborts a handshake offered a session, rather than falling back
+	// to a full one, shows here (and in Failed) as well as in a lower
+	// ResumptionRate.
+	OfferFailed int `json:"offer_failed"`
+
 	// ResumptionRate is Resumed / Offered, or 0 if nothing was offered:
-	// how often the farm accepted a session it was offered.
+	// how often the farm accepted a session it was offered. An offer whose
+	// handshake failed counts as one not resumed.
 	ResumptionRate float64 `json:"resumption_rate"`
 
 	// CrossNode counts resumptions of a session that another target had
@@ -164,7 +174,7 @@ func (r *Report) writeJSON(w io.Writer) error {
 // tally is one client's record of its connections to one target.
 type tally struct {
 	full, resumed, failed, offered, crossNode int
-	early                                     int
+	early, offerFailed                        int
 	errors                                    map[string]int
 	fullConnect, fullHandshake                []time.Duration
 	resumedConnect, resumedHandshake          []time.Duration
@@ -178,6 +188,10 @@ func (t *tally) add(r result) {
 			t.errors = make(map[string]int)
 		}
 		t.errors[r.failure]++
+		if r.offered {
+			t.offered++
+			t.offerFailed++
+		}
 		return
 	case r.resumed:
 		t.resumed++
@@ -207,6 +221,7 @@ func (t *tally) merge(u *tally) {
 	t.offered += u.offered
 	t.crossNode += u.crossNode
 	t.early += u.early
+	t.offerFailed += u.offerFailed
 	for k, n := range u.errors {
 		if t.errors == nil {
 			t.errors = make(map[string]int)
@@ -229,6 +244,7 @@ func (t *tally) stats(target string) Stats {
 		Failed:      t.failed,
 		Errors:      t.errors,
 		Offered:     t.offered,
+		OfferFailed: t.offerFailed,
 		CrossNode:   t.crossNode,
 		EarlyData:   t.early,
 		FullLatency: Latency{

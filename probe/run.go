@@ -218,7 +218,7 @@ func (w *worker) run(ctx context.Context) {
 type result struct {
 	failure   string // a kind of failure, or "" if the connection worked
 	resumed   bool
-	offered   bool // the client offered a session
+	offered   bool // the client offered a session (with a failure: in a handshake that failed)
 	early     bool // HTTP/3: the server accepted 0-RTT early data
 	crossNode bool // it resumed a session another target issued
 	connect   time.Duration
@@ -253,7 +253,7 @@ func (w *worker) connect(ctx context.Context, target int) result {
 	conn := tls.Client(raw, w.tls)
 	defer conn.Close()
 	if err := conn.HandshakeContext(cctx); err != nil {
-		return result{failure: handshakeFailure(err)}
+		return result{failure: handshakeFailure(err), offered: w.cache.HandedOut()}
 	}
 	done := time.Now()
 	offered, issuer := w.cache.Offer()

@@ -33,6 +33,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		counts[0] = append(counts[0], "0-RTT")
 		align += "r"
 	}
+	offerFailed := r.Total.OfferFailed > 0
+	if offerFailed {
+		counts[0] = append(counts[0], "OFFER-FAILED")
+		align += "r"
+	}
 	if len(r.Total.Errors) > 0 {
 		counts[0] = append(counts[0], "ERRORS")
 		align += "l"
@@ -42,6 +47,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 			strconv.Itoa(s.Failed), strconv.Itoa(s.Offered), percent(s), strconv.Itoa(s.CrossNode)}
 		if r.HTTP3 {
 			row = append(row, strconv.Itoa(s.EarlyData))
+		}
+		if offerFailed {
+			row = append(row, strconv.Itoa(s.OfferFailed))
 		}
 		if len(align) > len(row) {
 			row = append(row, errorList(s.Errors))

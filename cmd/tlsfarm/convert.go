@@ -26,7 +26,9 @@ func (d *daemon) proxyConfig(cfg *config.Config) (proxy.Config, error) {
 	if pc.MaxWebSocketsPerConnection == 0 {
 		pc.MaxWebSocketsPerConnection = -1 // no bound; proxy's zero is its default
 	}
-	d.quicConfig(cfg, &pc)
+	if err := d.quicConfig(cfg, &pc); err != nil {
+		return proxy.Config{}, err
+	}
 	for _, l := range cfg.Listeners {
 		min, _ := config.ParseVersion(l.MinVersion)
 		max, _ := config.ParseVersion(l.MaxVersion)

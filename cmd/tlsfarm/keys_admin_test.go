@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/keyexport"
 )
 
 // TestKeysAdminCutsQuietConnections does to the tlsfarm keys agent's admin
@@ -84,6 +85,41 @@ func TestKeysAgentStartedDuringOutageMergesNothing(t *testing.T) {
 	for _, k := range a.ring.State().Keys() {
 		if k == own.Current || k == own.Next {
 			t.Errorf("the farm's set holds the agent's own key %v, drawn before it joined", k)
+		}
+	}
+}
+
+// TestKeysHealthzHidesOnChangeOutput runs tlsfarm keys with an -on-change
+// command that fails and prints a URL with a password and a path. The
+// agent's /healthz, which needs no token (and the agent has none), says
+// that the on-change export fails, but shows nothing of the output.
+func TestKeysHealthzHidesOnChangeOutput(t *testing.T) {
+	t.Parallel()
+	secret, _, _, _ := farmFiles(t)
+	a := startAgent(t, "keys", append(farmArgs(redistest.URL(t), secret, redistest.Farm(t)),
+		"-export", "file:"+filepath.Join(privateDir(t), "keys.json"),
+		"-on-change", "echo reload via https://deploy:hunter2@cdn.example/hook from /etc/secret/hook.sh; exit 3")...)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := a.exporter.Status()
+		if last := st[len(st)-1]; last.Target == keyexport.OnChangeTarget && last.Failures > 0 {
+			if !strings.Contains(last.Error, "exit status 3") {
+				t.Fatalf("on-change error %q", last.Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the on-change command has not failed within 10s: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, body := nettest.Do(t, "GET", "http://"+a.adminAddr+"/healthz", "")
+	if code != 200 || !strings.Contains(body, `"status": "degraded"`) || !strings.Contains(body, `"target": "on-change"`) {
+		t.Fatalf("healthz: %d %s", code, body)
+	}
+	for _, leak := range []string{"hunter2", "cdn.example", "/etc/secret", "exit status"} {
+		if strings.Contains(body, leak) {
+			t.Errorf("healthz shows %q of the command's output: %s", leak, body)
 		}
 	}
 }

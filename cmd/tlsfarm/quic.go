@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/tlsfarm/tlsfarm/admin"
 	"github.com/tlsfarm/tlsfarm/config"
 	"github.com/tlsfarm/tlsfarm/farm"
@@ -10,16 +12,23 @@ import (
 // quicConfig fills in the HTTP/3 settings of pc: with a farm, the QUIC keys
 // derived from the farm secret and the farm's strike register for 0-RTT;
 // alone, keys of the process's own and a strike register in memory.
-func (d *daemon) quicConfig(cfg *config.Config, pc *proxy.Config) {
-	if d.node == nil || len(cfg.Farm.Secrets) == 0 {
-		return
+//
+// A farm node never falls back to the register in memory: that one is the
+// node's own, so a ticket's early data could be accepted once on every
+// node. The farm's register is set first, whatever else fails, and keys
+// that cannot be derived are an error (the daemon refuses to start, or the
+// reload is rejected), not a quiet fallback to keys of the node's own.
+func (d *daemon) quicConfig(cfg *config.Config, pc *proxy.Config) error {
+	if d.node == nil {
+		return nil
 	}
+	pc.AntiReplay = d.node.Strike
 	keys, err := farm.DeriveQUICKeys(cfg.Farm.Name, cfg.Farm.Secrets)
 	if err != nil {
-		return // Validate has checked the secrets; New would have failed
+		return fmt.Errorf("farm.secret_file: deriving the farm's QUIC keys: %v", err)
 	}
 	pc.QUICTokenKey, pc.QUICStatelessResetKey = &keys.TokenKey, &keys.StatelessResetKey
-	pc.AntiReplay = d.node.Strike
+	return nil
 }
 
 // warnEarlyData says, once at start, when early data can never be

@@ -25,6 +25,7 @@ type SessionCache struct {
 
 	offered     bool // Get handed out a session during this connection
 	offeredFrom int  // its issuer
+	handedOut   bool // as offered, but not undone by Put(nil)
 
 	put chan struct{} // signalled by Put (HTTP/3 waits for its ticket)
 }
@@ -33,7 +34,7 @@ type SessionCache struct {
 func (c *SessionCache) Begin(target int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.current, c.offered = target, false
+	c.current, c.offered, c.handedOut = target, false, false
 	if c.put == nil {
 		c.put = make(chan struct{}, 1)
 	}
@@ -63,6 +64,18 @@ func (c *SessionCache) Offer() (bool, int) {
 	return c.offered, c.offeredFrom
 }
 
+// HandedOut reports whether Get handed out a session during the
+// connection in progress, even one that crypto/tls dropped since (Put of
+// nil). After a failed handshake that is the question to ask: crypto/tls
+// drops a session it offered in a handshake that failed, so Offer says
+// false. It also drops, before offering it, a session it finds expired;
+// HandedOut cannot tell that from an offer.
+func (c *SessionCache) HandedOut() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.handedOut
+}
+
 // Get implements tls.ClientSessionCache. The key is ignored: one client
 // behind one name has one session, whichever server it lands on.
 func (c *SessionCache) Get(string) (*tls.ClientSessionState, bool) {
@@ -71,7 +84,7 @@ func (c *SessionCache) Get(string) (*tls.ClientSessionState, bool) {
 	if c.cs == nil {
 		return nil, false
 	}
-	c.offered, c.offeredFrom = true, c.issuer
+	c.offered, c.offeredFrom, c.handedOut = true, c.issuer, true
 	return c.cs, true
 }
 
