@@ -512,7 +512,7 @@ func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
 	for _, tt := range rts {
 		t.Run(tt.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0]+"/", bytes.NewReader(make([]byte, size)))
-			resp, err := (&http.Client{Transport: tt.rt, Timeout: 30 * time.Second}).Do(req)
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: time.Minute}).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
