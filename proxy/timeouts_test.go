@@ -489,12 +489,21 @@ func TestMaxConnectionsBoundsHTTP3(t *testing.T) {
 // to an upstream that stops reading it for longer than the idle timeout:
 // the client is not the one waiting, so its request must not be cut, over
 // HTTP/1.1, HTTP/2 and HTTP/3.
+//
+// The idle timeout is 2 s, not a few hundred milliseconds: while the
+// upstream reads, each read of the body waits for the client's next bytes,
+// and under -race on a loaded machine a client process starved of CPU sent
+// nothing on the wire for 300 to 700 ms between reads, a stall as the
+// proxy rightly sees it. The pause, 1.5 times the idle timeout, still
+// outlasts it by a second: a bound that held while the upstream did not
+// read would cut the client.
 func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	const idle = 2 * time.Second
+	const pause = idle + idle/2
 	const size = 16 << 20
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.ReadFull(r.Body, make([]byte, 1<<10))
-		time.Sleep(3 * idle)
+		time.Sleep(pause)
 		n, err := io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "%d %v", n+1<<10, err)
 	}))
@@ -503,7 +512,7 @@ func TestUploadToPausingUpstreamIsNotCut(t *testing.T) {
 	for _, tt := range rts {
 		t.Run(tt.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "https://"+s.Addrs()[0]+"/", bytes.NewReader(make([]byte, size)))
-			resp, err := (&http.Client{Transport: tt.rt, Timeout: 20 * time.Second}).Do(req)
+			resp, err := (&http.Client{Transport: tt.rt, Timeout: time.Minute}).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
