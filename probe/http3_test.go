@@ -24,7 +24,15 @@ import (
 // anti-replay register is in memory): every connection after each client's
 // first resumes, and sends its request in 0-RTT early data with the ticket
 // of its previous connection, used once.
+//
+// Not under the race detector: quic-go (v0.63 to v0.66) races with itself
+// when a stream opens on a 0-RTT connection while its own loop completes
+// the handshake (streamsMap.supportsResetStreamAt), which fails about one
+// run in twelve here. .ci/run runs this test again without -race.
 func TestHTTP3ResumesWithEarlyData(t *testing.T) {
+	if raceEnabled {
+		t.Skip("quic-go's own data race on 0-RTT streams; run without -race (.ci/run does)")
+	}
 	cert, err := proxy.SelfSigned("localhost")
 	if err != nil {
 		t.Fatal(err)
