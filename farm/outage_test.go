@@ -148,7 +148,7 @@ func TestSessionsSurviveStoreLoss(t *testing.T) {
 	// and up to 1.4 s more with -race and a CPU hog), waits 1.5 s for the
 	// peers' re-sends, and writes back; and a node that looked a session
 	// up just before the write-back remembers the miss for
-	// NegativeCacheTTL (2 s) more. That made 2.2-5.6 s with a CPU hog,
+	// NegativeCacheTTL (2 s) more. That made 2.1-5.6 s with a CPU hog,
 	// where this bound was 5 s; it is the sum, with room for a loaded
 	// machine, to tell a farm that never recovers from one that is slow.
 	const recovery = 10 * time.Second
