@@ -332,6 +332,13 @@ func TestResendStormStops(t *testing.T) {
 // and the store loses it. (Asking for nothing after a reconcile that
 // vouched for the cache left n2 resuming it; asking for everything
 // re-sent all 1,001.)
+//
+// A reconcile pass that fails asks for everything, as a store that fails
+// cannot vouch for the cache (see settleGap): so the pass must not fail
+// here. With an OpTimeout of 300 ms it did, on a loaded 2-core machine
+// with -race: n2's first read of the records through the proxy took
+// longer, and n1 re-sent all 1,001 (TestGapSlowPassAsksForAll shows that
+// path); the default OpTimeout (2 s) leaves the read room.
 func TestGapAsksForHeld(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -339,7 +346,6 @@ func TestGapAsksForHeld(t *testing.T) {
 	nt := redisTransportVia(srv.URL(), 2, px.Addr) // n2 behind px
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: nt, Mode: farm.Broadcast, WriteThrough: true,
 		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
 		}})
 	n1, n2 := ms[0], ms[1]
@@ -367,6 +373,50 @@ func TestGapAsksForHeld(t *testing.T) {
 		t.Fatal("the retired session resumed on n2")
 	}
 	if got := resent() - r0; got != 1 {
-		t.Fatalf("n1 re-sent %d items, want 1 (what it holds)", got)
+		// What asks for everything: a pass of n2's that failed, or a
+		// gap of n1's own (a loss its tallies found).
+		t.Fatalf("n1 re-sent %d items, want 1 (what it holds); n2's failed reconcile passes: %d, n1's tally losses: %d, n1's reconciles: %d",
+			got, farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "failed"),
+			farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_tallies_total", "event", "loss"),
+			farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done"))
 	}
+}
+
+// TestGapSlowPassAsksForAll is TestGapAsksForHeld with n2's path to Redis
+// slow when it comes back (200 ms each way, with an OpTimeout of 300 ms):
+// its first reconcile pass fails, so it cannot vouch for the cache and asks
+// its peers for everything, and n1 re-sends all 1,001 items, as the older
+// TestGapAsksForHeld saw on a loaded machine. Once the path is fast again,
+// the next pass vouches for the cache.
+func TestGapSlowPassAsksForAll(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	px := nettest.NewProxy(t, srv.Addr())
+	nt := redisTransportVia(srv.URL(), 2, px.Addr) // n2 behind px
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: nt, Mode: farm.Broadcast, WriteThrough: true,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+		}})
+	n1, n2 := ms[0], ms[1]
+	ids, _ := farmtest.Issue(t, n1, 1)
+	waitShared(t, ms, farm.Broadcast, ids[0])
+	n1.Node.FillSent(1000)
+	n1.Node.HoldRetired(ids[0])
+	resent := func() uint64 {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_lifecycle_resend_total", "event", "resent")
+	}
+	passes := func(result string) uint64 {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", result)
+	}
+	r0 := resent()
+
+	px.Cut()
+	farmtest.Eventually(t, 10*time.Second, "n2 cut off", func() bool { return !n2.Node.BusUp() })
+	px.SetLatency(200 * time.Millisecond)
+	px.Restore()
+	farmtest.Eventually(t, 20*time.Second, "n2's pass failed", func() bool { return passes("failed") > 0 })
+	px.SetLatency(0)
+	farmtest.Eventually(t, 10*time.Second, "n2 reconciled", func() bool { return passes("done") > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n1 re-sent everything", func() bool { return resent()-r0 >= 1001 })
 }
