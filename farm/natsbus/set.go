@@ -44,6 +44,7 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	// At least a second, also for a member whose time has passed: a TTL
 	// of 0 or less would write it with none, for good.
 	ttl := max(until.Sub(t.now())+time.Second, time.Second)
+	t.ensureAge(ctx, s, ttl)
 	m, opts := t.message(s, setMemberKey(key, member), encodeValue(uint64(ms), member), ttl)
 	var ver [16]byte
 	rand.Read(ver[:])
