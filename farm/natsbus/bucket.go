@@ -115,6 +115,10 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 	s := &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}
 	s.records = s
 	if !s.native {
+		// Coordination keys (revocation tombstones above all) may be
+		// written to live longer than the age limit: raised to cover
+		// them as the records' is (see ensureAge).
+		s.age.Store(int64(cfg.MaxAge))
 		if s.records, err = t.lookupRecordBucket(ctx, max(cfg.Replicas, 1)); err != nil {
 			return nil, fmt.Errorf("bucket %s: %v", t.RecordBucket(), err)
 		}
@@ -158,11 +162,11 @@ func (t *Transport) lookupRecordBucket(ctx context.Context, replicas int) (*buck
 	return s, nil
 }
 
-// ensureAge raises the age limit of the legacy record bucket s to cover a
-// record written with ttl, rounded up to ten minutes; it never lowers it.
-// A failure leaves the limit as it was (records may then expire early,
-// which costs a full handshake, never a wrong resumption) and is retried on
-// the next write that needs it.
+// ensureAge raises the age limit of the legacy bucket s (the records' or
+// the coordination keys') to cover a key written with ttl, rounded up to
+// ten minutes; it never lowers it. A failure leaves the limit as it was
+// (the key may then be dropped early) and is retried on the next write
+// that needs it.
 func (t *Transport) ensureAge(ctx context.Context, s *bucketState, ttl time.Duration) {
 	if s.native || s.age.Load() == 0 || ttl <= time.Duration(s.age.Load()) {
 		return

@@ -19,6 +19,10 @@ const flushTimeout = 5 * time.Second
 // errNotConnected is the state reported while the client reconnects.
 var errNotConnected = errors.New("natsbus: not connected to NATS")
 
+// errReconnected is the state reported for an outage over before the
+// subscriber saw it begin.
+var errReconnected = errors.New("natsbus: connection to NATS was lost and made again")
+
 // errClosed is returned by Subscribe when the connection is closed for good.
 var errClosed = errors.New("natsbus: connection closed")
 
@@ -113,8 +117,20 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		}
 		return errNotConnected
 	}
+	// A reconnect seen only once it is over (its status events read
+	// after the fact, or dropped) is still an outage: what was
+	// published meanwhile is lost, and the farm asks for it only after
+	// a down and an up.
+	seen := t.nc.Stats().Reconnects
 	report := func() {
 		now := t.nc.Status() == nats.CONNECTED
+		if r := t.nc.Stats().Reconnects; r != seen {
+			seen = r
+			if up {
+				up = false
+				state(false, errReconnected)
+			}
+		}
 		if now && !up {
 			// The subscription is in place once the server has answered
 			// a ping sent after it.

@@ -99,10 +99,12 @@ type Options struct {
 	// of on disk: faster, and lost when the server restarts.
 	MemoryStorage bool
 
-	// LegacyMaxAge is the age limit of a bucket the transport creates on a
-	// server without per-message TTL (before nats-server 2.11): every key
-	// is dropped this long after it was last written, whatever its TTL,
-	// including keys written with none. Default DefaultLegacyMaxAge.
+	// LegacyMaxAge is the initial age limit of a bucket the transport
+	// creates on a server without per-message TTL (before nats-server
+	// 2.11): every key is dropped this long after it was last written,
+	// including keys written with none. A key written with a longer TTL
+	// (a revocation of a long-lived session) raises the limit to cover
+	// it; the limit never falls by itself. Default DefaultLegacyMaxAge.
 	// Unused on newer servers, where each key expires by its own TTL.
 	LegacyMaxAge time.Duration
 

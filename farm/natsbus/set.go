@@ -44,6 +44,7 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	// At least a second, also for a member whose time has passed: a TTL
 	// of 0 or less would write it with none, for good.
 	ttl := max(until.Sub(t.now())+time.Second, time.Second)
+	t.ensureAge(ctx, s, ttl)
 	m, opts := t.message(s, setMemberKey(key, member), encodeValue(uint64(ms), member), ttl)
 	var ver [16]byte
 	rand.Read(ver[:])
@@ -99,20 +100,39 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	}
 	defer w.Stop()
 	keep := lastLapsing{limit: maxSetMembers}
-	var lapsed []string
+	type lapsedMember struct {
+		key string
+		rev uint64
+	}
+	var lapsed []lapsedMember // key names and revisions only, not values
 	purge := func() error {
 		if len(lapsed) == 0 || s.native {
 			lapsed = lapsed[:0]
 			return nil
 		}
-		msgs := make([]*nats.Msg, len(lapsed))
-		opts := make([][]jetstream.PublishOpt, len(lapsed))
-		for i, k := range lapsed {
-			msgs[i], opts[i] = t.purgeMessage(s, k)
+		// Each purge is for the lapsed value read, not for the key: the
+		// server refuses it if the member was added again since.
+		futs := make([]jetstream.PubAckFuture, 0, len(lapsed))
+		for _, e := range lapsed {
+			m, opts := t.purgeMessage(s, e.key)
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
+			f, err := t.js.PublishMsgAsync(m, opts...)
+			if err != nil {
+				return t.check(s, "set members", err)
+			}
+			futs = append(futs, f)
 		}
 		lapsed = lapsed[:0]
-		if err := t.publishAll(ctx, msgs, opts); err != nil {
-			return t.check(s, "set members", err)
+		for _, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				if !wrongLastSequence(err) {
+					return t.check(s, "set members", err)
+				}
+			case <-ctx.Done():
+				return t.check(s, "set members", ctx.Err())
+			}
 		}
 		return nil
 	}
@@ -134,7 +154,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 				keep.add(until, member)
 			}
 		default:
-			lapsed = append(lapsed, e.Key())
+			lapsed = append(lapsed, lapsedMember{e.Key(), e.Revision()})
 			if len(lapsed) == purgeBatch {
 				if err := purge(); err != nil {
 					return nil, err

@@ -453,6 +453,7 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 	if err != nil {
 		return false, err
 	}
+	t.ensureAge(ctx, s, ttl)
 	return t.swapIn(ctx, s, s, op, key, old, new, ttl)
 }
 
