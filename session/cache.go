@@ -314,6 +314,11 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		b.stats.removed[Expired]++
 		expired, e = e, nil
 	}
+	if e != nil && c.tomb.scans.Load() != 0 && c.tomb.revoked(e.chain, now) {
+		// A revocation's scan has yet to reach this bucket: the session
+		// is as good as gone. The scan removes it and fires its event.
+		e = nil
+	}
 	if e == nil {
 		b.stats.misses++
 		b.mu.Unlock()

@@ -45,10 +45,19 @@ func (c *Cache) ChainEnd(r Record) time.Time {
 // (when the chain's sessions would have been refused anyway, ChainStart plus
 // MaxChainLifetime). It returns how many sessions it removed. It visits every
 // bucket, so its cost grows with the cache; revocation is rare, and
-// RemoveChains revokes many chains in one visit.
+// RemoveChains revokes many chains in one visit. From the moment it records
+// the revocation, no lookup (a handshake, Get, GetBuffer) finds a session
+// of the chain, though its visit may not have reached that session's bucket
+// yet.
 func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	now := c.nowNano()
 	u := c.revokedUntil(until, now)
+	// Counted before the tombstone is recorded, until the scan is over:
+	// meanwhile lookups check what they find against the tombstones
+	// (see get), so that no session of the chain is found once the
+	// tombstone is in place, whether or not the scan has reached it.
+	c.tomb.scans.Add(1)
+	defer c.tomb.scans.Add(-1)
 	if u > now && !c.tomb.add(chain, u, now) {
 		// Already revoked: its sessions are gone and cannot come back,
 		// so a repeated revocation costs no scan.
@@ -76,6 +85,8 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	for chain, until := range revs {
 		rs = append(rs, rev{chain, c.revokedUntil(until, now)})
 	}
+	c.tomb.scans.Add(1) // as in RemoveChain
+	defer c.tomb.scans.Add(-1)
 	// Every tombstone is in place before the one scan, so that an insert
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
@@ -187,9 +198,12 @@ func (c *Cache) Revocations() iter.Seq2[uint64, time.Time] {
 
 // tombstones remember revoked chains until they could no longer be resumed.
 type tombstones struct {
-	n  atomic.Int32
-	mu sync.RWMutex
-	m  map[uint64]int64 // chain -> until, Unix nanoseconds
+	n atomic.Int32
+	// scans counts the revocations in progress: from before they record
+	// their tombstones until their scan has removed the chains' sessions.
+	scans atomic.Int32
+	mu    sync.RWMutex
+	m     map[uint64]int64 // chain -> until, Unix nanoseconds
 }
 
 // add records chain as revoked until the given time, and reports whether
