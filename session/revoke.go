@@ -48,7 +48,10 @@ func (c *Cache) ChainEnd(r Record) time.Time {
 // RemoveChains revokes many chains in one visit. From the moment it records
 // the revocation, no lookup (a handshake, Get, GetBuffer) finds a session
 // of the chain, though its visit may not have reached that session's bucket
-// yet.
+// yet. A revocation of a chain already revoked returns at once, with 0,
+// unless another revocation of the chain is still removing its sessions:
+// then it removes them too (each fires its EventRemove once, from one of
+// the two), so that when it returns no session of the chain is cached.
 func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	now := c.nowNano()
 	u := c.revokedUntil(until, now)
@@ -58,10 +61,14 @@ func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	// tombstone is in place, whether or not the scan has reached it.
 	c.tomb.scans.Add(1)
 	defer c.tomb.scans.Add(-1)
-	if u > now && !c.tomb.add(chain, u, now) {
-		// Already revoked: its sessions are gone and cannot come back,
-		// so a repeated revocation costs no scan.
-		return 0
+	if u > now {
+		if !c.tomb.begin(chain, u, now) {
+			// Already revoked, and no scan of it is in progress: its
+			// sessions are gone and cannot come back, so a repeated
+			// revocation costs no scan.
+			return 0
+		}
+		defer c.tomb.end(chain)
 	}
 	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
 }
@@ -91,13 +98,18 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
 	chains := make(map[uint64]struct{}, len(rs))
+	var busy []uint64 // marked as scanned (tombstones.begin) until the scan ends
+	defer func() { c.tomb.endAll(busy) }()
 	for len(rs) > 0 {
 		chunk := rs[:min(len(rs), tombChunk)]
 		rs = rs[len(chunk):]
 		c.tomb.mu.Lock()
 		for _, r := range chunk {
-			if r.until > now && !c.tomb.addLocked(r.chain, r.until, now) {
-				continue // already revoked, as in RemoveChain
+			if r.until > now {
+				if !c.tomb.beginLocked(r.chain, r.until, now) {
+					continue // already revoked, as in RemoveChain
+				}
+				busy = append(busy, r.chain)
 			}
 			chains[r.chain] = struct{}{}
 		}
@@ -204,19 +216,67 @@ type tombstones struct {
 	scans atomic.Int32
 	mu    sync.RWMutex
 	m     map[uint64]int64 // chain -> until, Unix nanoseconds
+	// busy counts, for each chain, the revocations scanning for its
+	// sessions: one that finds the chain revoked already scans too while
+	// it is here, since the scans under way may not have reached every
+	// bucket yet.
+	busy map[uint64]int32
 }
 
-// add records chain as revoked until the given time, and reports whether
-// the chain was not already revoked at now. (A revocation that has lapsed
-// but is not yet swept refuses nothing: sessions of its chain may have been
-// inserted since.)
-func (t *tombstones) add(chain uint64, until, now int64) bool {
+// begin records chain as revoked until the given time, as addLocked does, and
+// reports whether the caller must scan for its sessions: the chain was not
+// revoked at now, or another revocation's scan of it is in progress. (The
+// caller does not wait for that scan, which would deadlock a hook that
+// revokes the chain from within its events; removal is idempotent, and
+// each session removed by one scan only.) If it reports true, the chain is
+// marked busy until the caller's end.
+func (t *tombstones) begin(chain uint64, until, now int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.addLocked(chain, until, now)
+	return t.beginLocked(chain, until, now)
 }
 
-// addLocked is add with t.mu held.
+// beginLocked is begin with t.mu held.
+func (t *tombstones) beginLocked(chain uint64, until, now int64) bool {
+	if !t.addLocked(chain, until, now) && t.busy[chain] == 0 {
+		return false
+	}
+	if t.busy == nil {
+		t.busy = make(map[uint64]int32)
+	}
+	t.busy[chain]++
+	return true
+}
+
+// end notes that a scan for chain's sessions that begin allowed is over.
+func (t *tombstones) end(chain uint64) {
+	t.mu.Lock()
+	t.endLocked(chain)
+	t.mu.Unlock()
+}
+
+// endAll is end for each of chains.
+func (t *tombstones) endAll(chains []uint64) {
+	if len(chains) == 0 {
+		return
+	}
+	t.mu.Lock()
+	for _, chain := range chains {
+		t.endLocked(chain)
+	}
+	t.mu.Unlock()
+}
+
+func (t *tombstones) endLocked(chain uint64) {
+	if t.busy[chain]--; t.busy[chain] <= 0 {
+		delete(t.busy, chain)
+	}
+}
+
+// addLocked records chain as revoked until the given time, and reports
+// whether the chain was not already revoked at now; t.mu is held. (A revocation that has lapsed
+// but is not yet swept refuses nothing: sessions of its chain may have been
+// inserted since.)
 func (t *tombstones) addLocked(chain uint64, until, now int64) bool {
 	old, had := t.m[chain]
 	if until > old {

@@ -140,3 +140,90 @@ func TestNoLookupWhileChainRevoked(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeAgainWhileRevoking revokes a chain again (by chain, and by the
+// ID of one of its sessions) from within the first revocation's first
+// EventRemove, before its scan has reached the other buckets: when the
+// second revocation returns, no session of the chain is cached, and each
+// was removed, with one event, by one of the two.
+func TestRevokeAgainWhileRevoking(t *testing.T) {
+	const n = 8
+	for _, how := range []string{"RemoveChain", "RemoveChains", "Remove"} {
+		t.Run(how, func(t *testing.T) {
+			s := newServer(t, &session.Config{Buckets: 1024})
+			ids, _ := chainOfSessions(t, s, n)
+			rec, ok := lookup(s.cache, ids[n-1])
+			if !ok {
+				t.Fatal("the newest session is not cached")
+			}
+			inChain := map[session.ID]bool{}
+			for _, id := range ids {
+				inChain[id] = true
+			}
+			var mu sync.Mutex
+			removed := map[session.ID]int{}
+			var left []session.ID // sessions of the chain cached after the second revocation
+			second, probed := 0, false
+			s.cache.AddHook(session.EventRemove, func(ev session.Event) {
+				mu.Lock()
+				removed[ev.ID]++
+				first := !probed
+				probed = true
+				mu.Unlock()
+				if !first {
+					return
+				}
+				switch how {
+				case "RemoveChain":
+					second = s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginPeer)
+				case "RemoveChains":
+					second = s.cache.RemoveChains(func(yield func(uint64, time.Time) bool) {
+						yield(rec.Chain, s.cache.ChainEnd(rec))
+					}, session.OriginPeer)
+				case "Remove":
+					// The ID of a session not yet removed (its bucket not
+					// yet scanned), which Remove still finds.
+					for got := range s.cache.Snapshot(-1) {
+						mu.Lock()
+						gone := removed[got] > 0
+						mu.Unlock()
+						if inChain[got] && !gone {
+							if _, ok := s.cache.Remove(got); !ok {
+								t.Errorf("Remove did not find a session the cache holds")
+							}
+							break
+						}
+					}
+				}
+				for id := range s.cache.Snapshot(-1) {
+					if inChain[id] {
+						left = append(left, id)
+					}
+				}
+				for id := range s.cache.Expiries() {
+					if inChain[id] {
+						left = append(left, id)
+					}
+				}
+			})
+			first := s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginAPI)
+			if !probed {
+				t.Fatal("no session was removed")
+			}
+			if len(left) > 0 {
+				t.Errorf("after the second revocation returned, %d sessions of the chain were still cached", len(left))
+			}
+			if how != "Remove" && first+second != n {
+				t.Errorf("the revocations removed %d + %d sessions, want %d in all", first, second, n)
+			}
+			for i, id := range ids {
+				if removed[id] != 1 {
+					t.Errorf("session %d: %d remove events, want 1", i, removed[id])
+				}
+			}
+			if st := stats(s.cache); st.Size != 0 || st.Removed != n {
+				t.Errorf("cache holds %d sessions, %d removed as revoked; want 0, %d", st.Size, st.Removed, n)
+			}
+		})
+	}
+}
