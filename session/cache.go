@@ -272,10 +272,12 @@ func (c *Cache) nowNano() int64 { return c.cfg.Now().UnixNano() }
 
 // Get returns the session id as a new tls.SessionState that the caller owns,
 // firing EventGet with OriginAPI. It reports false if the session is absent,
-// expired, or cannot be parsed.
+// expired, or cannot be parsed; a session that cannot be parsed counts as a
+// miss, and its EventGet has no record, as for an absent one.
 func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	var state []byte
-	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }) {
+	found, h := c.get(&id, OriginAPI, func(e *entry) { state = e.state })
+	if !found {
 		return nil, false
 	}
 	// A copy: the SessionState's byte slices (Extra, the secret) alias
@@ -283,8 +285,10 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	s, err := tls.ParseSessionState(bytes.Clone(state))
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
+		c.got(&id, OriginAPI, &h, false)
 		return nil, false
 	}
+	c.got(&id, OriginAPI, &h, true)
 	return s, true
 }
 
@@ -294,16 +298,27 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 // the first len(buf) bytes: call again with a buffer of n bytes. It reports
 // false, with n == 0, if the session is absent or expired.
 func (c *Cache) GetBuffer(id ID, buf []byte) (n int, ok bool) {
-	ok = c.get(&id, OriginAPI, func(e *entry) {
+	ok, h := c.get(&id, OriginAPI, func(e *entry) {
 		n = len(e.state)
 		copy(buf, e.state)
 	})
+	if ok {
+		c.got(&id, OriginAPI, &h, true)
+	}
 	return n, ok
 }
 
-// get finds id, marks it most recently used, calls fn on it under the bucket
-// lock, and fires the events the lookup caused.
-func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
+// A hit is a session that get found, whose EventGet is yet to fire.
+type hit struct {
+	r      Record
+	hooked bool // hooks were registered: r is set
+}
+
+// get finds id, marks it most recently used, and calls fn on it under the
+// bucket lock. On a miss it fires the events the lookup caused. On a hit it
+// returns the session's EventGet record, which the caller fires by calling
+// got once it knows whether the session is usable (its state parses).
+func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) (bool, hit) {
 	now := c.nowNano()
 	b, h := c.bucket(id)
 	var expired *entry
@@ -328,12 +343,11 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		fn(e)
 		if c.hooks.Load() == nil {
 			b.mu.Unlock()
-			return true
+			return true, hit{}
 		}
 		r := e.record()
 		b.mu.Unlock()
-		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: r})
-		return true
+		return true, hit{r: r, hooked: true}
 	}
 	if c.hooks.Load() != nil {
 		if expired != nil {
@@ -341,7 +355,20 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		}
 		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin})
 	}
-	return false
+	return false, hit{}
+}
+
+// got fires the EventGet of h, a session get found. If the session is not
+// usable (its state does not parse), the lookup is counted as a miss and
+// its EventGet has no record, as for a session not found.
+func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
+	if !usable {
+		c.ctr.unusable.Add(1)
+		h.r = Record{}
+	}
+	if h.hooked {
+		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: h.r})
+	}
 }
 
 // Insert adds the session id with record r, or replaces the record of an

@@ -328,7 +328,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	var state []byte
 	var sni unique.Handle[string]
-	found := c.get(&id, OriginHandshake, func(e *entry) {
+	found, h := c.get(&id, OriginHandshake, func(e *entry) {
 		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
 	})
 	serverName := ""
@@ -344,12 +344,21 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
+		if found {
+			c.got(&id, OriginHandshake, &h, true) // found, refused for its name
+		}
 		return r
 	}
 	ss, err := tls.ParseSessionState(state)
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
+		if found {
+			c.got(&id, OriginHandshake, &h, false)
+		}
 		return r
+	}
+	if found {
+		c.got(&id, OriginHandshake, &h, true)
 	}
 	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
 	return r
