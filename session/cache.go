@@ -373,7 +373,14 @@ func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
 
 // Insert adds the session id with record r, or replaces the record of an
 // existing session id (firing EventNew, and no EventRemove). The insert is atomic: a concurrent lookup sees the old record
-// or the new one. If the bucket is full, its least recently used session is
+// or the new one. A record with the state the cache holds for id is the
+// same session again, and does not lengthen it: it keeps the earlier of
+// the two expiries, so that a copy written before the cache cut the session
+// (Cut, or Config.ResumeGrace) cannot undo the cut. (Insert refuses it as
+// expired if that expiry has passed.) A session no longer cached, such as
+// a retired single-use one, the cache cannot tell from a new one: a plugin
+// that may deliver a session again after it left must remember that
+// itself, as package farm does. If the bucket is full, its least recently used session is
 // evicted (EventRemove with Evicted). origin is reported in the events; a
 // plugin passes OriginPeer for sessions received from other servers, so that
 // it and other plugins do not send them back out.
@@ -446,8 +453,8 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 	if e.expires <= now {
 		return 0, errExpired
 	}
-	expires := e.expires // e belongs to the bucket once inserted
-	if err := c.insert(e, origin, now, r.Parent); err != nil {
+	expires, err := c.insert(e, origin, now, r.Parent)
+	if err != nil {
 		return 0, err
 	}
 	if r.Parent != (ID{}) {
@@ -527,11 +534,14 @@ func (c *Cache) resumedAt(issued time.Time, expires, now int64) int64 {
 	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
-// insert adds e; parent is reported in the EventNew record.
-func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
+// insert adds e, and returns the expiry the cache holds it with: e's, or,
+// if e replaces a session of the same ID and state that expires earlier (a
+// session the cache cut, see Cut and Config.ResumeGrace), that one's.
+// parent is reported in the EventNew record.
+func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) (int64, error) {
 	if c.tomb.revoked(e.chain, now) {
 		c.ctr.revokedInserts.Add(1)
-		return errRevoked
+		return 0, errRevoked
 	}
 	b, h := c.bucket(&e.id)
 	var victim *entry
@@ -545,9 +555,21 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if c.tomb.revoked(e.chain, now) {
 		b.mu.Unlock()
 		c.ctr.revokedInserts.Add(1)
-		return errRevoked
+		return 0, errRevoked
 	}
 	old, taken := b.lookup(&e.id, h)
+	if old != nil && old.expires < e.expires && bytes.Equal(old.state, e.state) {
+		// The same session again (a peer's or the store's copy, which
+		// may have been written before the cache cut it): it keeps the
+		// end the cache gave it. Another state under the ID is another
+		// session, and replaces it whole.
+		if old.expires <= now {
+			b.mu.Unlock()
+			return 0, errExpired
+		}
+		e.expires = old.expires
+	}
+	expires := e.expires
 	if old != nil {
 		old.state, old.serverName, old.chain = e.state, e.serverName, e.chain
 		old.expires, old.chainStart = e.expires, e.chainStart
@@ -577,7 +599,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		if over {
 			c.evictOver(h&c.mask, origin, now)
 		}
-		return nil
+		return expires, nil
 	}
 	r := e.record()
 	r.Parent = parent
@@ -593,7 +615,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if over {
 		c.evictOver(h&c.mask, origin, now)
 	}
-	return nil
+	return expires, nil
 }
 
 // evictOver evicts the least recently used session of each bucket after

@@ -297,8 +297,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		chainStart: start,
 	}
 	// A revoked chain is refused: the ticket then resumes nothing.
-	expires := e.expires // e belongs to the bucket once inserted
-	if c.insert(e, OriginHandshake, now, parent) == nil && parent != (ID{}) {
+	if expires, err := c.insert(e, OriginHandshake, now, parent); err == nil && parent != (ID{}) {
 		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
 	}
 	return id[:]
