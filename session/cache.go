@@ -372,18 +372,21 @@ func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
 }
 
 // Insert adds the session id with record r, or replaces the record of an
-// existing session id (firing EventNew, and no EventRemove). The insert is atomic: a concurrent lookup sees the old record
-// or the new one. A record with the state the cache holds for id is the
-// same session again, and does not lengthen it: it keeps the earlier of
-// the two expiries, so that a copy written before the cache cut the session
-// (Cut, or Config.ResumeGrace) cannot undo the cut. (Insert refuses it as
-// expired if that expiry has passed.) A session no longer cached, such as
-// a retired single-use one, the cache cannot tell from a new one: a plugin
-// that may deliver a session again after it left must remember that
-// itself, as package farm does. If the bucket is full, its least recently used session is
-// evicted (EventRemove with Evicted). origin is reported in the events; a
-// plugin passes OriginPeer for sessions received from other servers, so that
-// it and other plugins do not send them back out.
+// existing session id (firing EventNew, and no EventRemove). The insert is
+// atomic: a concurrent lookup sees the old record or the new one. If the
+// bucket is full, its least recently used session is evicted (EventRemove
+// with Evicted). origin is reported in the events; a plugin passes
+// OriginPeer for sessions received from other servers, so that it and
+// other plugins do not send them back out.
+//
+// A record with the state the cache holds for id is the same session
+// again, and does not lengthen it: it keeps the earlier of the two
+// expiries, so that a copy written before the cache cut the session (Cut,
+// or Config.ResumeGrace) cannot undo the cut; Insert refuses it as expired
+// if that expiry has passed. A session no longer cached, such as a retired
+// single-use one, the cache cannot tell from a new one: a plugin that may
+// deliver a session again after it left must remember that itself, as
+// package farm does.
 //
 // Insert refuses, with an error that says why, an ID not authenticated by
 // the cache's ID keys, a record without state or with state longer than

@@ -98,7 +98,7 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
 	chains := make(map[uint64]struct{}, len(rs))
-	var busy []uint64 // marked as scanned (tombstones.begin) until the scan ends
+	var busy []uint64 // chains marked busy (tombstones.begin) until the scan ends
 	defer func() { c.tomb.endAll(busy) }()
 	for len(rs) > 0 {
 		chunk := rs[:min(len(rs), tombChunk)]
@@ -267,6 +267,7 @@ func (t *tombstones) endAll(chains []uint64) {
 	t.mu.Unlock()
 }
 
+// endLocked is end with t.mu held.
 func (t *tombstones) endLocked(chain uint64) {
 	if t.busy[chain]--; t.busy[chain] <= 0 {
 		delete(t.busy, chain)
@@ -274,9 +275,9 @@ func (t *tombstones) endLocked(chain uint64) {
 }
 
 // addLocked records chain as revoked until the given time, and reports
-// whether the chain was not already revoked at now; t.mu is held. (A revocation that has lapsed
-// but is not yet swept refuses nothing: sessions of its chain may have been
-// inserted since.)
+// whether the chain was not already revoked at now; t.mu is held. (A
+// revocation that has lapsed but is not yet swept refuses nothing: sessions
+// of its chain may have been inserted since.)
 func (t *tombstones) addLocked(chain uint64, until, now int64) bool {
 	old, had := t.m[chain]
 	if until > old {
