@@ -97,19 +97,22 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	// Every tombstone is in place before the one scan, so that an insert
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
-	chains := make(map[uint64]struct{}, len(rs))
-	var busy []uint64 // chains marked busy (tombstones.begin) until the scan ends
-	defer func() { c.tomb.endAll(busy) }()
+	// The set of chains to scan for is registered with the tombstones
+	// until the scan is over, as RemoveChain marks its chain busy: it is
+	// written under their lock only, so begin may read it meanwhile.
+	scan := &batchScan{chains: make(map[uint64]struct{}, len(rs))}
+	chains := scan.chains
+	c.tomb.mu.Lock()
+	c.tomb.addBatchLocked(scan)
+	c.tomb.mu.Unlock()
+	defer c.tomb.endBatch(scan)
 	for len(rs) > 0 {
 		chunk := rs[:min(len(rs), tombChunk)]
 		rs = rs[len(chunk):]
 		c.tomb.mu.Lock()
 		for _, r := range chunk {
-			if r.until > now {
-				if !c.tomb.beginLocked(r.chain, r.until, now) {
-					continue // already revoked, as in RemoveChain
-				}
-				busy = append(busy, r.chain)
+			if r.until > now && !c.tomb.addLocked(r.chain, r.until, now) && !c.tomb.scanningLocked(r.chain) {
+				continue // already revoked, as in RemoveChain
 			}
 			chains[r.chain] = struct{}{}
 		}
@@ -216,11 +219,18 @@ type tombstones struct {
 	scans atomic.Int32
 	mu    sync.RWMutex
 	m     map[uint64]int64 // chain -> until, Unix nanoseconds
-	// busy counts, for each chain, the revocations scanning for its
-	// sessions: one that finds the chain revoked already scans too while
-	// it is here, since the scans under way may not have reached every
-	// bucket yet.
-	busy map[uint64]int32
+	// busy counts, for each chain, the RemoveChain calls scanning for its
+	// sessions, and batches holds the sets of chains that RemoveChains
+	// calls scan for: a revocation that finds a chain revoked already
+	// scans too while a scan of it is under way (see begin), since that
+	// scan may not have reached every bucket yet.
+	busy    map[uint64]int32
+	batches map[*batchScan]struct{}
+}
+
+// A batchScan is the set of chains one RemoveChains call scans for.
+type batchScan struct {
+	chains map[uint64]struct{} // written with tombstones.mu held
 }
 
 // begin records chain as revoked until the given time, as addLocked does, and
@@ -238,7 +248,7 @@ func (t *tombstones) begin(chain uint64, until, now int64) bool {
 
 // beginLocked is begin with t.mu held.
 func (t *tombstones) beginLocked(chain uint64, until, now int64) bool {
-	if !t.addLocked(chain, until, now) && t.busy[chain] == 0 {
+	if !t.addLocked(chain, until, now) && !t.scanningLocked(chain) {
 		return false
 	}
 	if t.busy == nil {
@@ -255,15 +265,33 @@ func (t *tombstones) end(chain uint64) {
 	t.mu.Unlock()
 }
 
-// endAll is end for each of chains.
-func (t *tombstones) endAll(chains []uint64) {
-	if len(chains) == 0 {
-		return
+// scanningLocked reports whether a revocation's scan for chain's sessions
+// is under way; t.mu is held.
+func (t *tombstones) scanningLocked(chain uint64) bool {
+	if t.busy[chain] > 0 {
+		return true
 	}
+	for b := range t.batches {
+		if _, ok := b.chains[chain]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// addBatchLocked registers the chains a RemoveChains call scans for, until
+// endBatch; t.mu is held.
+func (t *tombstones) addBatchLocked(b *batchScan) {
+	if t.batches == nil {
+		t.batches = make(map[*batchScan]struct{})
+	}
+	t.batches[b] = struct{}{}
+}
+
+// endBatch notes that the scan of a RemoveChains call is over.
+func (t *tombstones) endBatch(b *batchScan) {
 	t.mu.Lock()
-	for _, chain := range chains {
-		t.endLocked(chain)
-	}
+	delete(t.batches, b)
 	t.mu.Unlock()
 }
 

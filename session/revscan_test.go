@@ -141,14 +141,14 @@ func TestNoLookupWhileChainRevoked(t *testing.T) {
 	}
 }
 
-// TestRevokeAgainWhileRevoking revokes a chain again (by chain, and by the
-// ID of one of its sessions) from within the first revocation's first
-// EventRemove, before its scan has reached the other buckets: when the
-// second revocation returns, no session of the chain is cached, and each
-// was removed, with one event, by one of the two.
+// TestRevokeAgainWhileRevoking revokes a chain again (by chain, in a batch,
+// and by the ID of one of its sessions) from within the first revocation's
+// (by chain, or in a batch) first EventRemove, before its scan has reached
+// the other buckets: when the second revocation returns, no session of the
+// chain is cached, and each was removed, with one event, by one of the two.
 func TestRevokeAgainWhileRevoking(t *testing.T) {
 	const n = 8
-	for _, how := range []string{"RemoveChain", "RemoveChains", "Remove"} {
+	for _, how := range []string{"RemoveChain", "RemoveChains", "Remove", "RemoveChain after RemoveChains"} {
 		t.Run(how, func(t *testing.T) {
 			s := newServer(t, &session.Config{Buckets: 1024})
 			ids, _ := chainOfSessions(t, s, n)
@@ -174,7 +174,7 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 					return
 				}
 				switch how {
-				case "RemoveChain":
+				case "RemoveChain", "RemoveChain after RemoveChains":
 					second = s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginPeer)
 				case "RemoveChains":
 					second = s.cache.RemoveChains(func(yield func(uint64, time.Time) bool) {
@@ -206,7 +206,15 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 					}
 				}
 			})
-			first := s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginAPI)
+			var first int
+			if how == "RemoveChain after RemoveChains" {
+				// Another chain too, as a batch holds many.
+				first = s.cache.RemoveChains(func(yield func(uint64, time.Time) bool) {
+					_ = yield(rec.Chain+1, s.cache.ChainEnd(rec)) && yield(rec.Chain, s.cache.ChainEnd(rec))
+				}, session.OriginAPI)
+			} else {
+				first = s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginAPI)
+			}
 			if !probed {
 				t.Fatal("no session was removed")
 			}
