@@ -276,8 +276,8 @@ func (c *Cache) nowNano() int64 { return c.cfg.Now().UnixNano() }
 // miss, and its EventGet has no record, as for an absent one.
 func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	var state []byte
-	found, h := c.get(&id, OriginAPI, func(e *entry) { state = e.state })
-	if !found {
+	var h hit
+	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }, &h) {
 		return nil, false
 	}
 	// A copy: the SessionState's byte slices (Extra, the secret) alias
@@ -288,7 +288,9 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 		c.got(&id, OriginAPI, &h, false)
 		return nil, false
 	}
-	c.got(&id, OriginAPI, &h, true)
+	if h.hooked {
+		c.got(&id, OriginAPI, &h, true)
+	}
 	return s, true
 }
 
@@ -298,13 +300,10 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 // the first len(buf) bytes: call again with a buffer of n bytes. It reports
 // false, with n == 0, if the session is absent or expired.
 func (c *Cache) GetBuffer(id ID, buf []byte) (n int, ok bool) {
-	ok, h := c.get(&id, OriginAPI, func(e *entry) {
+	ok = c.get(&id, OriginAPI, func(e *entry) {
 		n = len(e.state)
 		copy(buf, e.state)
-	})
-	if ok {
-		c.got(&id, OriginAPI, &h, true)
-	}
+	}, nil)
 	return n, ok
 }
 
@@ -314,11 +313,12 @@ type hit struct {
 	hooked bool // hooks were registered: r is set
 }
 
-// get finds id, marks it most recently used, and calls fn on it under the
-// bucket lock. On a miss it fires the events the lookup caused. On a hit it
-// returns the session's EventGet record, which the caller fires by calling
-// got once it knows whether the session is usable (its state parses).
-func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) (bool, hit) {
+// get finds id, marks it most recently used, calls fn on it under the
+// bucket lock, and fires the events the lookup caused; but if out is not
+// nil, the EventGet of a session found is left in out, for the caller to
+// fire by calling got once it knows whether the session is usable (its
+// state parses).
+func (c *Cache) get(id *ID, origin Origin, fn func(*entry), out *hit) bool {
 	now := c.nowNano()
 	b, h := c.bucket(id)
 	var expired *entry
@@ -343,11 +343,16 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) (bool, hit) {
 		fn(e)
 		if c.hooks.Load() == nil {
 			b.mu.Unlock()
-			return true, hit{}
+			return true
 		}
 		r := e.record()
 		b.mu.Unlock()
-		return true, hit{r: r, hooked: true}
+		if out != nil {
+			out.r, out.hooked = r, true
+			return true
+		}
+		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: r})
+		return true
 	}
 	if c.hooks.Load() != nil {
 		if expired != nil {
@@ -355,12 +360,13 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) (bool, hit) {
 		}
 		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin})
 	}
-	return false, hit{}
+	return false
 }
 
 // got fires the EventGet of h, a session get found. If the session is not
 // usable (its state does not parse), the lookup is counted as a miss and
-// its EventGet has no record, as for a session not found.
+// its EventGet has no record, as for a session not found. For a usable
+// session, callers skip the call unless h.hooked.
 func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
 	if !usable {
 		c.ctr.unusable.Add(1)

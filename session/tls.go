@@ -327,9 +327,10 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	var state []byte
 	var sni unique.Handle[string]
-	found, h := c.get(&id, OriginHandshake, func(e *entry) {
+	var h hit
+	found := c.get(&id, OriginHandshake, func(e *entry) {
 		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
-	})
+	}, &h)
 	serverName := ""
 	if found {
 		serverName = sni.Value()
@@ -343,7 +344,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
-		if found {
+		if found && h.hooked {
 			c.got(&id, OriginHandshake, &h, true) // found, refused for its name
 		}
 		return r
@@ -356,7 +357,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		}
 		return r
 	}
-	if found {
+	if found && h.hooked {
 		c.got(&id, OriginHandshake, &h, true)
 	}
 	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
