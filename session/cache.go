@@ -272,10 +272,12 @@ func (c *Cache) nowNano() int64 { return c.cfg.Now().UnixNano() }
 
 // Get returns the session id as a new tls.SessionState that the caller owns,
 // firing EventGet with OriginAPI. It reports false if the session is absent,
-// expired, or cannot be parsed.
+// expired, or cannot be parsed; a session that cannot be parsed counts as a
+// miss, and its EventGet has no record, as for an absent one.
 func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	var state []byte
-	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }) {
+	var h hit
+	if !c.get(&id, OriginAPI, func(e *entry) { state = e.state }, &h) {
 		return nil, false
 	}
 	// A copy: the SessionState's byte slices (Extra, the secret) alias
@@ -283,7 +285,11 @@ func (c *Cache) Get(id ID) (*tls.SessionState, bool) {
 	s, err := tls.ParseSessionState(bytes.Clone(state))
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
+		c.got(&id, OriginAPI, &h, false)
 		return nil, false
+	}
+	if h.hooked {
+		c.got(&id, OriginAPI, &h, true)
 	}
 	return s, true
 }
@@ -297,13 +303,22 @@ func (c *Cache) GetBuffer(id ID, buf []byte) (n int, ok bool) {
 	ok = c.get(&id, OriginAPI, func(e *entry) {
 		n = len(e.state)
 		copy(buf, e.state)
-	})
+	}, nil)
 	return n, ok
 }
 
-// get finds id, marks it most recently used, calls fn on it under the bucket
-// lock, and fires the events the lookup caused.
-func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
+// A hit is a session that get found, whose EventGet is yet to fire.
+type hit struct {
+	r      Record
+	hooked bool // hooks were registered: r is set
+}
+
+// get finds id, marks it most recently used, calls fn on it under the
+// bucket lock, and fires the events the lookup caused; but if out is not
+// nil, the EventGet of a session found is left in out, for the caller to
+// fire by calling got once it knows whether the session is usable (its
+// state parses).
+func (c *Cache) get(id *ID, origin Origin, fn func(*entry), out *hit) bool {
 	now := c.nowNano()
 	b, h := c.bucket(id)
 	var expired *entry
@@ -313,6 +328,11 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		c.unlink(b, e, h)
 		b.stats.removed[Expired]++
 		expired, e = e, nil
+	}
+	if e != nil && c.tomb.scans.Load() != 0 && c.tomb.revoked(e.chain, now) {
+		// A revocation's scan has yet to reach this bucket: the session
+		// is as good as gone. The scan removes it and fires its event.
+		e = nil
 	}
 	if e == nil {
 		b.stats.misses++
@@ -327,6 +347,10 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 		}
 		r := e.record()
 		b.mu.Unlock()
+		if out != nil {
+			out.r, out.hooked = r, true
+			return true
+		}
 		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: r})
 		return true
 	}
@@ -339,12 +363,36 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry)) bool {
 	return false
 }
 
+// got fires the EventGet of h, a session get found. If the session is not
+// usable (its state does not parse), the lookup is counted as a miss and
+// its EventGet has no record, as for a session not found. For a usable
+// session, callers skip the call unless h.hooked.
+func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
+	if !usable {
+		c.ctr.unusable.Add(1)
+		h.r = Record{}
+	}
+	if h.hooked {
+		c.fire(Event{Kind: EventGet, ID: *id, Origin: origin, Record: h.r})
+	}
+}
+
 // Insert adds the session id with record r, or replaces the record of an
-// existing session id (firing EventNew, and no EventRemove). The insert is atomic: a concurrent lookup sees the old record
-// or the new one. If the bucket is full, its least recently used session is
-// evicted (EventRemove with Evicted). origin is reported in the events; a
-// plugin passes OriginPeer for sessions received from other servers, so that
-// it and other plugins do not send them back out.
+// existing session id (firing EventNew, and no EventRemove). The insert is
+// atomic: a concurrent lookup sees the old record or the new one. If the
+// bucket is full, its least recently used session is evicted (EventRemove
+// with Evicted). origin is reported in the events; a plugin passes
+// OriginPeer for sessions received from other servers, so that it and
+// other plugins do not send them back out.
+//
+// A record with the state the cache holds for id is the same session
+// again, and does not lengthen it: it keeps the earlier of the two
+// expiries, so that a copy written before the cache cut the session (Cut,
+// or Config.ResumeGrace) cannot undo the cut; Insert refuses it as expired
+// if that expiry has passed. A session no longer cached, such as a retired
+// single-use one, the cache cannot tell from a new one: a plugin that may
+// deliver a session again after it left must remember that itself, as
+// package farm does.
 //
 // Insert refuses, with an error that says why, an ID not authenticated by
 // the cache's ID keys, a record without state or with state longer than
@@ -414,8 +462,8 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 	if e.expires <= now {
 		return 0, errExpired
 	}
-	expires := e.expires // e belongs to the bucket once inserted
-	if err := c.insert(e, origin, now, r.Parent); err != nil {
+	expires, err := c.insert(e, origin, now, r.Parent)
+	if err != nil {
 		return 0, err
 	}
 	if r.Parent != (ID{}) {
@@ -495,11 +543,14 @@ func (c *Cache) resumedAt(issued time.Time, expires, now int64) int64 {
 	return min(now, max(at, expires-int64(c.cfg.Lifetime)))
 }
 
-// insert adds e; parent is reported in the EventNew record.
-func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
+// insert adds e, and returns the expiry the cache holds it with: e's, or,
+// if e replaces a session of the same ID and state that expires earlier (a
+// session the cache cut, see Cut and Config.ResumeGrace), that one's.
+// parent is reported in the EventNew record.
+func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) (int64, error) {
 	if c.tomb.revoked(e.chain, now) {
 		c.ctr.revokedInserts.Add(1)
-		return errRevoked
+		return 0, errRevoked
 	}
 	b, h := c.bucket(&e.id)
 	var victim *entry
@@ -513,9 +564,21 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if c.tomb.revoked(e.chain, now) {
 		b.mu.Unlock()
 		c.ctr.revokedInserts.Add(1)
-		return errRevoked
+		return 0, errRevoked
 	}
 	old, taken := b.lookup(&e.id, h)
+	if old != nil && old.expires < e.expires && bytes.Equal(old.state, e.state) {
+		// The same session again (a peer's or the store's copy, which
+		// may have been written before the cache cut it): it keeps the
+		// end the cache gave it. Another state under the ID is another
+		// session, and replaces it whole.
+		if old.expires <= now {
+			b.mu.Unlock()
+			return 0, errExpired
+		}
+		e.expires = old.expires
+	}
+	expires := e.expires
 	if old != nil {
 		old.state, old.serverName, old.chain = e.state, e.serverName, e.chain
 		old.expires, old.chainStart = e.expires, e.chainStart
@@ -545,7 +608,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 		if over {
 			c.evictOver(h&c.mask, origin, now)
 		}
-		return nil
+		return expires, nil
 	}
 	r := e.record()
 	r.Parent = parent
@@ -561,7 +624,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) error {
 	if over {
 		c.evictOver(h&c.mask, origin, now)
 	}
-	return nil
+	return expires, nil
 }
 
 // evictOver evicts the least recently used session of each bucket after

@@ -15,7 +15,8 @@ const (
 	// session the cache's Farm loaded).
 	EventNew EventKind = 1 << iota
 	// EventGet: a client or a caller asked for a session; Event.Record has
-	// no State if it was not there.
+	// no State if it was not there, or if its state did not parse (a
+	// handshake, Get), which counts as a miss too.
 	EventGet
 	// EventRemove: a session left the cache; Event.Reason says why.
 	EventRemove

@@ -25,6 +25,11 @@ type counters struct {
 	// single use (offered to a SingleUse cache, which cannot retire one).
 	ticketsUndecryptable, ticketsForeign, ticketsRevoked, ticketsFuture atomic.Uint64
 	ticketsSingleUse                                                    atomic.Uint64
+
+	// unusable counts lookups that found a session whose state did not
+	// parse, counted as hits in their bucket: Metrics reports them as
+	// misses.
+	unusable atomic.Uint64
 }
 
 // bucketStats are counted under the bucket lock, so they cost no atomic
@@ -40,6 +45,9 @@ type bucketStats struct {
 func (c *Cache) Metrics() []metric.Sample {
 	var size int
 	var b bucketStats
+	// Read before the buckets: each was counted as a hit in its bucket
+	// before it was counted here, so the hits read include it.
+	unusable := c.ctr.unusable.Load()
 	for i := range c.buckets {
 		bk := &c.buckets[i]
 		bk.mu.Lock()
@@ -56,7 +64,7 @@ func (c *Cache) Metrics() []metric.Sample {
 	var s samples
 	s.add("tlsfarm_cache_sessions", "Sessions in the cache, including expired ones not yet swept.", metric.Gauge, "", nil, uint64(size))
 	s.add("tlsfarm_cache_lookups_total", "Cache lookups, by result.", metric.Counter, "result",
-		[]string{"hit", "miss"}, b.hits, b.misses)
+		[]string{"hit", "miss"}, b.hits-unusable, b.misses+unusable)
 	s.add("tlsfarm_cache_inserts_total", "Sessions inserted or replaced.", metric.Counter, "", nil, b.inserts)
 	s.add("tlsfarm_cache_removals_total", "Sessions that left the cache, by reason.", metric.Counter, "reason",
 		[]string{"revoked", "expired", "evicted", "retired"},

@@ -45,14 +45,30 @@ func (c *Cache) ChainEnd(r Record) time.Time {
 // (when the chain's sessions would have been refused anyway, ChainStart plus
 // MaxChainLifetime). It returns how many sessions it removed. It visits every
 // bucket, so its cost grows with the cache; revocation is rare, and
-// RemoveChains revokes many chains in one visit.
+// RemoveChains revokes many chains in one visit. From the moment it records
+// the revocation, no lookup (a handshake, Get, GetBuffer) finds a session
+// of the chain, though its visit may not have reached that session's bucket
+// yet. A revocation of a chain already revoked returns at once, with 0,
+// unless another revocation of the chain is still removing its sessions:
+// then it removes them too (each fires its EventRemove once, from one of
+// the two), so that when it returns no session of the chain is cached.
 func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	now := c.nowNano()
 	u := c.revokedUntil(until, now)
-	if u > now && !c.tomb.add(chain, u, now) {
-		// Already revoked: its sessions are gone and cannot come back,
-		// so a repeated revocation costs no scan.
-		return 0
+	// Counted before the tombstone is recorded, until the scan is over:
+	// meanwhile lookups check what they find against the tombstones
+	// (see get), so that no session of the chain is found once the
+	// tombstone is in place, whether or not the scan has reached it.
+	c.tomb.scans.Add(1)
+	defer c.tomb.scans.Add(-1)
+	if u > now {
+		if !c.tomb.begin(chain, u, now) {
+			// Already revoked, and no scan of it is in progress: its
+			// sessions are gone and cannot come back, so a repeated
+			// revocation costs no scan.
+			return 0
+		}
+		defer c.tomb.end(chain)
 	}
 	return c.removeWhere(func(e *entry) bool { return e.chain == chain }, Removed, origin)
 }
@@ -76,16 +92,26 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	for chain, until := range revs {
 		rs = append(rs, rev{chain, c.revokedUntil(until, now)})
 	}
+	c.tomb.scans.Add(1) // as in RemoveChain
+	defer c.tomb.scans.Add(-1)
 	// Every tombstone is in place before the one scan, so that an insert
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
-	chains := make(map[uint64]struct{}, len(rs))
+	// The set of chains to scan for is registered with the tombstones
+	// until the scan is over, as RemoveChain marks its chain busy: it is
+	// written under their lock only, so begin may read it meanwhile.
+	scan := &batchScan{chains: make(map[uint64]struct{}, len(rs))}
+	chains := scan.chains
+	c.tomb.mu.Lock()
+	c.tomb.addBatchLocked(scan)
+	c.tomb.mu.Unlock()
+	defer c.tomb.endBatch(scan)
 	for len(rs) > 0 {
 		chunk := rs[:min(len(rs), tombChunk)]
 		rs = rs[len(chunk):]
 		c.tomb.mu.Lock()
 		for _, r := range chunk {
-			if r.until > now && !c.tomb.addLocked(r.chain, r.until, now) {
+			if r.until > now && !c.tomb.addLocked(r.chain, r.until, now) && !c.tomb.scanningLocked(r.chain) {
 				continue // already revoked, as in RemoveChain
 			}
 			chains[r.chain] = struct{}{}
@@ -187,22 +213,99 @@ func (c *Cache) Revocations() iter.Seq2[uint64, time.Time] {
 
 // tombstones remember revoked chains until they could no longer be resumed.
 type tombstones struct {
-	n  atomic.Int32
-	mu sync.RWMutex
-	m  map[uint64]int64 // chain -> until, Unix nanoseconds
+	n atomic.Int32
+	// scans counts the revocations in progress: from before they record
+	// their tombstones until their scan has removed the chains' sessions.
+	scans atomic.Int32
+	mu    sync.RWMutex
+	m     map[uint64]int64 // chain -> until, Unix nanoseconds
+	// busy counts, for each chain, the RemoveChain calls scanning for its
+	// sessions, and batches holds the sets of chains that RemoveChains
+	// calls scan for: a revocation that finds a chain revoked already
+	// scans too while a scan of it is under way (see begin), since that
+	// scan may not have reached every bucket yet.
+	busy    map[uint64]int32
+	batches map[*batchScan]struct{}
 }
 
-// add records chain as revoked until the given time, and reports whether
-// the chain was not already revoked at now. (A revocation that has lapsed
-// but is not yet swept refuses nothing: sessions of its chain may have been
-// inserted since.)
-func (t *tombstones) add(chain uint64, until, now int64) bool {
+// A batchScan is the set of chains one RemoveChains call scans for.
+type batchScan struct {
+	chains map[uint64]struct{} // written with tombstones.mu held
+}
+
+// begin records chain as revoked until the given time, as addLocked does, and
+// reports whether the caller must scan for its sessions: the chain was not
+// revoked at now, or another revocation's scan of it is in progress. (The
+// caller does not wait for that scan, which would deadlock a hook that
+// revokes the chain from within its events; removal is idempotent, and
+// each session removed by one scan only.) If it reports true, the chain is
+// marked busy until the caller's end.
+func (t *tombstones) begin(chain uint64, until, now int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.addLocked(chain, until, now)
+	return t.beginLocked(chain, until, now)
 }
 
-// addLocked is add with t.mu held.
+// beginLocked is begin with t.mu held.
+func (t *tombstones) beginLocked(chain uint64, until, now int64) bool {
+	if !t.addLocked(chain, until, now) && !t.scanningLocked(chain) {
+		return false
+	}
+	if t.busy == nil {
+		t.busy = make(map[uint64]int32)
+	}
+	t.busy[chain]++
+	return true
+}
+
+// end notes that a scan for chain's sessions that begin allowed is over.
+func (t *tombstones) end(chain uint64) {
+	t.mu.Lock()
+	t.endLocked(chain)
+	t.mu.Unlock()
+}
+
+// scanningLocked reports whether a revocation's scan for chain's sessions
+// is under way; t.mu is held.
+func (t *tombstones) scanningLocked(chain uint64) bool {
+	if t.busy[chain] > 0 {
+		return true
+	}
+	for b := range t.batches {
+		if _, ok := b.chains[chain]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// addBatchLocked registers the chains a RemoveChains call scans for, until
+// endBatch; t.mu is held.
+func (t *tombstones) addBatchLocked(b *batchScan) {
+	if t.batches == nil {
+		t.batches = make(map[*batchScan]struct{})
+	}
+	t.batches[b] = struct{}{}
+}
+
+// endBatch notes that the scan of a RemoveChains call is over.
+func (t *tombstones) endBatch(b *batchScan) {
+	t.mu.Lock()
+	delete(t.batches, b)
+	t.mu.Unlock()
+}
+
+// endLocked is end with t.mu held.
+func (t *tombstones) endLocked(chain uint64) {
+	if t.busy[chain]--; t.busy[chain] <= 0 {
+		delete(t.busy, chain)
+	}
+}
+
+// addLocked records chain as revoked until the given time, and reports
+// whether the chain was not already revoked at now; t.mu is held. (A
+// revocation that has lapsed but is not yet swept refuses nothing: sessions
+// of its chain may have been inserted since.)
 func (t *tombstones) addLocked(chain uint64, until, now int64) bool {
 	old, had := t.m[chain]
 	if until > old {

@@ -297,8 +297,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		chainStart: start,
 	}
 	// A revoked chain is refused: the ticket then resumes nothing.
-	expires := e.expires // e belongs to the bucket once inserted
-	if c.insert(e, OriginHandshake, now, parent) == nil && parent != (ID{}) {
+	if expires, err := c.insert(e, OriginHandshake, now, parent); err == nil && parent != (ID{}) {
 		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
 	}
 	return id[:]
@@ -328,9 +327,10 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	var state []byte
 	var sni unique.Handle[string]
+	var h hit
 	found := c.get(&id, OriginHandshake, func(e *entry) {
 		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
-	})
+	}, &h)
 	serverName := ""
 	if found {
 		serverName = sni.Value()
@@ -344,12 +344,21 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	}
 	if !c.cfg.AllowServerNameMismatch && !strings.EqualFold(serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
+		if found && h.hooked {
+			c.got(&id, OriginHandshake, &h, true) // found, refused for its name
+		}
 		return r
 	}
 	ss, err := tls.ParseSessionState(state)
 	if err != nil {
 		c.ctr.parseErrors.Add(1)
+		if found {
+			c.got(&id, OriginHandshake, &h, false)
+		}
 		return r
+	}
+	if found && h.hooked {
+		c.got(&id, OriginHandshake, &h, true)
 	}
 	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
 	return r
