@@ -1,0 +1,52 @@
+package config
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestURLInAnyStringSettingNotShown: a farm URL given by mistake to any
+// setting that takes a word or an address (an environment variable mixed
+// up, a line pasted under the wrong key) is refused naming the setting,
+// and the error never shows its password or token. Before the fix the
+// checks of these settings quoted the value whole.
+func TestURLInAnyStringSettingNotShown(t *testing.T) {
+	const url = "redis://:s3cret@10.0.0.5:6379/0"
+	for _, tt := range []struct{ env, key string }{
+		{"TLSFARM_LOG_FORMAT", "log.format"},
+		{"TLSFARM_LOG_LEVEL", "log.level"},
+		{"TLSFARM_LISTEN", "listeners[0].address"},
+		{"TLSFARM_TLS_MIN", "listeners[0].min_version"},
+		{"TLSFARM_TLS_MAX", "listeners[0].max_version"},
+		{"TLSFARM_ALPN", "listeners[0].alpn"},
+		{"TLSFARM_PROXY_PROTOCOL_TRUSTED", "listeners[0].proxy_protocol.trusted"},
+		{"TLSFARM_CACHE_MODE", "cache.mode"},
+		{"TLSFARM_ADMIN_ADDRESS", "admin.address"},
+	} {
+		t.Run(tt.key, func(t *testing.T) {
+			_, err := Load("serve", nil, env(map[string]string{tt.env: url}), io.Discard)
+			if err == nil {
+				t.Fatal("accepted a farm URL")
+			}
+			if !strings.HasPrefix(err.Error(), tt.key+" ($"+tt.env+")") {
+				t.Errorf("error %q does not name %s", err, tt.key)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error shows the secret: %v", err)
+			}
+		})
+	}
+	// farm.mode is checked only with a farm.
+	t.Run("farm.mode", func(t *testing.T) {
+		_, err := Load("serve", nil, env(map[string]string{
+			"TLSFARM_FARM_URL": "redis://127.0.0.1:6379", "TLSFARM_FARM_MODE": url,
+		}), io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), "farm.mode") {
+			t.Fatalf("error %v, want one naming farm.mode", err)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("error shows the secret: %v", err)
+		}
+	})
+}
