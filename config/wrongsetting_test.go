@@ -50,3 +50,28 @@ func TestURLInAnyStringSettingNotShown(t *testing.T) {
 		}
 	})
 }
+
+// TestLogLevelOnlyTheFour: log.level takes debug, info, warn or error (in
+// any case), as documented. Before the fix log/slog's own syntax got
+// through: "info+8" or "error+4" silenced every error line, "warning" was
+// a typo that slog took as a level with an offset.
+func TestLogLevelOnlyTheFour(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		ok    bool
+	}{
+		{"debug", true}, {"info", true}, {"warn", true}, {"error", true},
+		{"INFO", true}, {"Warn", true},
+		{"info+8", false}, {"error+4", false}, {"debug-4", false}, {"warn+1", false}, {"", false},
+	} {
+		_, err := Load("serve", []string{"-log-level", tt.value}, env(nil), io.Discard)
+		switch {
+		case tt.ok && err != nil:
+			t.Errorf("%q: %v", tt.value, err)
+		case !tt.ok && err == nil:
+			t.Errorf("%q accepted", tt.value)
+		case !tt.ok && !strings.HasPrefix(err.Error(), "log.level (flag -log-level): "):
+			t.Errorf("%q: error %v does not name log.level", tt.value, err)
+		}
+	}
+}
