@@ -75,3 +75,24 @@ func TestLogLevelOnlyTheFour(t *testing.T) {
 		}
 	}
 }
+
+// TestBlankEnvironmentCountsAsUnset: a variable of white space only, as
+// an empty one, leaves the file's value. Before the fix it was trimmed to
+// nothing and then applied: TLSFARM_FARM_URL=" " took the node out of the
+// farm the file named, and TLSFARM_CERT=" " dropped the file's certificate
+// for a self-signed one, both without a word.
+func TestBlankEnvironmentCountsAsUnset(t *testing.T) {
+	file := writeFile(t, "c.yaml", "node: from-file\nlisteners:\n  - address: 127.0.0.1:8444\n    upstream: http://127.0.0.1:8080\n", 0o644)
+	for _, blank := range []string{" ", "\t", " \n"} {
+		c, err := Load("serve", []string{"-config", file}, env(map[string]string{
+			"TLSFARM_NODE": blank, "TLSFARM_LISTEN": blank, "TLSFARM_UPSTREAM": blank,
+		}), io.Discard)
+		if err != nil {
+			t.Fatalf("%q: %v", blank, err)
+		}
+		if c.Node != "from-file" || c.Listeners[0].Address != "127.0.0.1:8444" || c.Listeners[0].Upstream != "http://127.0.0.1:8080" {
+			t.Errorf("%q: node %q, address %q, upstream %q: the blank variables overrode the file",
+				blank, c.Node, c.Listeners[0].Address, c.Listeners[0].Upstream)
+		}
+	}
+}
