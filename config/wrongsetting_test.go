@@ -96,3 +96,38 @@ func TestBlankEnvironmentCountsAsUnset(t *testing.T) {
 		}
 	}
 }
+
+// TestAliasExpansionBounded: YAML aliases may repeat a part of the file,
+// but a small file whose aliases expand to millions of values (a list of
+// server names repeated under each of many certificates) is refused,
+// naming the file and the line, before it is expanded. Before the fix it
+// was expanded whole: here about four million names from a file of 30 KB,
+// and a few more lines make it gigabytes.
+func TestAliasExpansionBounded(t *testing.T) {
+	// Aliases used as they are meant to be still work.
+	ok := "listeners:\n  - address: 127.0.0.1:8444\n    alpn: &p [h2]\n  - address: 127.0.0.1:8445\n    alpn: *p\n"
+	c, err := Load("serve", []string{"-config", writeFile(t, "ok.yaml", ok, 0o644)}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Listeners[1].ALPN; len(got) != 1 || got[0] != "h2" {
+		t.Fatalf("the alias gave %q", got)
+	}
+
+	var y strings.Builder
+	y.WriteString("listeners:\n  - address: 127.0.0.1:8444\n    alpn: &n [")
+	for i := range 2000 {
+		if i > 0 {
+			y.WriteString(", ")
+		}
+		y.WriteString("h2")
+	}
+	y.WriteString("]\n    certificates:\n      - &c {cert: c.pem, key: k.pem, names: *n}\n")
+	for range 2000 {
+		y.WriteString("      - *c\n")
+	}
+	_, err = Load("serve", []string{"-config", writeFile(t, "c.yaml", y.String(), 0o644)}, env(nil), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "aliases") || !strings.Contains(err.Error(), " line ") {
+		t.Fatalf("error %v, want one about the aliases naming a line", err)
+	}
+}
