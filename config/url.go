@@ -28,6 +28,10 @@ func checkUpstream(s string) error {
 		return errors.New("is not a URL (want builtin, http://host:port, https://host:port or tcp://host:port)")
 	}
 	shown := u.Redacted()
+	if !strings.HasPrefix(s, u.Scheme) {
+		// url.Parse lowers the scheme; the proxy reads it as written.
+		return fmt.Errorf("%q: write the scheme in lower case (%s://)", shown, u.Scheme)
+	}
 	if u.User != nil {
 		return fmt.Errorf("%q: credentials in an upstream URL are not supported", shown)
 	}

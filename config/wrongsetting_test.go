@@ -131,3 +131,23 @@ func TestAliasExpansionBounded(t *testing.T) {
 		t.Fatalf("error %v, want one about the aliases naming a line", err)
 	}
 }
+
+// TestUpstreamSchemeInLowerCase: the proxy recognises an upstream by its
+// scheme as written (tcp://, http://, https://). Before the fix
+// TCP://host:143 or HTTP://host:8080 passed Load (url.Parse lowers the
+// scheme), so check said "configuration OK", and serve then refused to
+// start with an error that did not name the setting; a TCP:// upstream
+// was also given the HTTP ALPN defaults.
+func TestUpstreamSchemeInLowerCase(t *testing.T) {
+	for _, up := range []string{"TCP://127.0.0.1:143", "HTTP://127.0.0.1:8080", "Https://example.com"} {
+		_, err := Load("serve", []string{"-upstream", up}, env(nil), io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), "listeners[0].upstream (flag -upstream): ") {
+			t.Errorf("%s: error %v, want one naming listeners[0].upstream", up, err)
+		}
+	}
+	for _, up := range []string{"tcp://127.0.0.1:143", "http://127.0.0.1:8080", "https://example.com", "builtin"} {
+		if _, err := Load("serve", []string{"-upstream", up}, env(nil), io.Discard); err != nil {
+			t.Errorf("%s: %v", up, err)
+		}
+	}
+}
