@@ -79,6 +79,11 @@ func checkFarmURL(s string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("not a URL (want redis://host:6379, nats://host:4222, amqp://host:5672...)")
 		}
+		if !strings.HasPrefix(strings.TrimSpace(part), u.Scheme) {
+			// url.Parse lowers the scheme; the daemon picks the
+			// transport by the scheme as written.
+			return "", fmt.Errorf("write the scheme in lower case (%s://)", u.Scheme)
+		}
 		if _, ok := farmSchemes[u.Scheme]; !ok {
 			return "", fmt.Errorf("unsupported scheme %q (want redis, rediss, redis+cluster, redis+sentinel, nats, tls, amqp or amqps)", u.Scheme)
 		}

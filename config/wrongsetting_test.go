@@ -151,3 +151,19 @@ func TestUpstreamSchemeInLowerCase(t *testing.T) {
 		}
 	}
 }
+
+// TestFarmURLSchemeInLowerCase: as for upstreams, the daemon picks the
+// farm transport by the scheme as written. Before the fix REDIS://... or
+// NATS://... passed Load and check, and serve then refused it ("no
+// transport for this URL scheme").
+func TestFarmURLSchemeInLowerCase(t *testing.T) {
+	for _, u := range []string{"REDIS://:s3cret@127.0.0.1:6379", "Nats://s3cret@127.0.0.1:4222", "nats://127.0.0.1:4222,NATS://127.0.0.1:4223", "AMQP://u:s3cret@127.0.0.1/"} {
+		_, err := Load("serve", []string{"-farm", u}, env(nil), io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), "farm.url (flag -farm): ") {
+			t.Errorf("%s: error %v, want one naming farm.url", u, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("error shows the secret: %v", err)
+		}
+	}
+}
