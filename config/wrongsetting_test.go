@@ -167,3 +167,21 @@ func TestFarmURLSchemeInLowerCase(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyKeyIsUnknown: a YAML key "" is an unknown setting like any
+// other. Before the fix it matched the first field without a YAML name:
+// the file's "": x set Config.File, admin's the bearer token field, and
+// farm's the farm secrets, all without a word.
+func TestEmptyKeyIsUnknown(t *testing.T) {
+	for _, file := range []string{
+		"\"\": /etc/other.yaml\n",
+		"admin:\n  \"\": abcdefghijklmnopqrstuvwxyz\n",
+		"farm:\n  \"\": []\n",
+		"listeners:\n  - certificates:\n      - \"\": x\n",
+	} {
+		_, err := Load("serve", []string{"-config", writeFile(t, "c.yaml", file, 0o644)}, env(nil), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), `unknown setting`) {
+			t.Errorf("%q: error %v, want an unknown setting", file, err)
+		}
+	}
+}
