@@ -62,8 +62,8 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 
 	c := defaults()
 	c.sources = map[string]string{}
-	if *file == "" {
-		*file = getenv(configEnv)
+	if v := getenv(configEnv); *file == "" && strings.TrimSpace(v) != "" {
+		*file = v
 	}
 	if *file != "" {
 		c.File = *file

@@ -77,13 +77,17 @@ func TestLogLevelOnlyTheFour(t *testing.T) {
 }
 
 // TestBlankEnvironmentCountsAsUnset: a variable of white space only, as
-// an empty one, leaves the file's value. Before the fix it was trimmed to
+// an empty one, leaves the file's value (and a blank TLSFARM_CONFIG names
+// no file). Before the fix it was trimmed to
 // nothing and then applied: TLSFARM_FARM_URL=" " took the node out of the
 // farm the file named, and TLSFARM_CERT=" " dropped the file's certificate
 // for a self-signed one, both without a word.
 func TestBlankEnvironmentCountsAsUnset(t *testing.T) {
 	file := writeFile(t, "c.yaml", "node: from-file\nlisteners:\n  - address: 127.0.0.1:8444\n    upstream: http://127.0.0.1:8080\n", 0o644)
 	for _, blank := range []string{" ", "\t", " \n"} {
+		if _, err := Load("serve", nil, env(map[string]string{"TLSFARM_CONFIG": blank}), io.Discard); err != nil {
+			t.Errorf("TLSFARM_CONFIG=%q: %v", blank, err)
+		}
 		c, err := Load("serve", []string{"-config", file}, env(map[string]string{
 			"TLSFARM_NODE": blank, "TLSFARM_LISTEN": blank, "TLSFARM_UPSTREAM": blank,
 		}), io.Discard)
