@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // notBeforeSlack is how far ahead of this clock a certificate's NotBefore
@@ -87,5 +89,5 @@ func ParseVersion(s string) (uint16, error) {
 	case "1.3", "13":
 		return tls.VersionTLS13, nil
 	}
-	return 0, fmt.Errorf("%q is not a TLS version (1.0, 1.1, 1.2 or 1.3)", s)
+	return 0, fmt.Errorf("%q is not a TLS version (1.0, 1.1, 1.2 or 1.3)", redact.URL(s))
 }

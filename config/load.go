@@ -16,8 +16,8 @@ import (
 const configEnv = "TLSFARM_CONFIG"
 
 // Load reads the configuration from the flags in args (the arguments after
-// "serve"), the environment (getenv, such as os.Getenv; an empty value
-// counts as unset), and the YAML file named by -config or TLSFARM_CONFIG,
+// "serve"), the environment (getenv, such as os.Getenv; an empty or blank
+// value counts as unset), and the YAML file named by -config or TLSFARM_CONFIG,
 // with precedence flag > environment > file > default, and then checks it:
 // an error names the setting at fault (see the package documentation).
 // Help and flag errors are written to output; for -h it returns
@@ -62,8 +62,8 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 
 	c := defaults()
 	c.sources = map[string]string{}
-	if *file == "" {
-		*file = getenv(configEnv)
+	if v := getenv(configEnv); *file == "" && strings.TrimSpace(v) != "" {
+		*file = v
 	}
 	if *file != "" {
 		c.File = *file
@@ -72,7 +72,9 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 		}
 	}
 	for _, s := range settings {
-		if v := getenv(s.Env); s.Env != "" && v != "" {
+		// Blank counts as unset, as empty does: parseScalar would trim it
+		// to nothing and override the file with it.
+		if v := getenv(s.Env); s.Env != "" && strings.TrimSpace(v) != "" {
 			if err := c.apply(s.Key, v, "$"+s.Env); err != nil {
 				return nil, err
 			}

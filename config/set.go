@@ -34,7 +34,12 @@ func (c *Config) set(key, s string) error {
 }
 
 // fieldByTag returns the field of struct v whose YAML name is name.
+// Fields without a YAML name (Config.File, Admin.BearerToken, Farm.Secrets,
+// those of types without tags) match no name, "" included.
 func fieldByTag(v reflect.Value, name string) (reflect.Value, bool) {
+	if name == "" {
+		return reflect.Value{}, false
+	}
 	t := v.Type()
 	for i := range t.NumField() {
 		if yamlName(t.Field(i)) == name {

@@ -28,6 +28,10 @@ func checkUpstream(s string) error {
 		return errors.New("is not a URL (want builtin, http://host:port, https://host:port or tcp://host:port)")
 	}
 	shown := u.Redacted()
+	if !strings.HasPrefix(s, u.Scheme) {
+		// url.Parse lowers the scheme; the proxy reads it as written.
+		return fmt.Errorf("%q: write the scheme in lower case (%s://)", shown, u.Scheme)
+	}
 	if u.User != nil {
 		return fmt.Errorf("%q: credentials in an upstream URL are not supported", shown)
 	}
@@ -74,6 +78,11 @@ func checkFarmURL(s string) (string, error) {
 		u, err := url.Parse(strings.TrimSpace(part))
 		if err != nil {
 			return "", fmt.Errorf("not a URL (want redis://host:6379, nats://host:4222, amqp://host:5672...)")
+		}
+		if !strings.HasPrefix(strings.TrimSpace(part), u.Scheme) {
+			// url.Parse lowers the scheme; the daemon picks the
+			// transport by the scheme as written.
+			return "", fmt.Errorf("write the scheme in lower case (%s://)", u.Scheme)
 		}
 		if _, ok := farmSchemes[u.Scheme]; !ok {
 			return "", fmt.Errorf("unsupported scheme %q (want redis, rediss, redis+cluster, redis+sentinel, nats, tls, amqp or amqps)", u.Scheme)

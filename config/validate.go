@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -38,7 +39,7 @@ func (c *Config) problem(key, format string, args ...any) error {
 
 func (c *Config) checkLog() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
-		return c.problem("log.format", "%q is not text or json", c.Log.Format)
+		return c.problem("log.format", "%q is not text or json", redact.URL(c.Log.Format))
 	}
 	if _, err := ParseLevel(c.Log.Level); err != nil {
 		return c.problem("log.level", "%v", err)
@@ -47,12 +48,20 @@ func (c *Config) checkLog() error {
 }
 
 // ParseLevel parses a log level: debug, info, warn or error.
+// Case does not matter. log/slog's offsets ("info+8") are refused: one
+// above error would silence every line.
 func ParseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("%q is not debug, info, warn or error", s)
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
 	}
-	return l, nil
+	return 0, fmt.Errorf("%q is not debug, info, warn or error", redact.URL(s))
 }
 
 func (c *Config) checkListeners() error {
@@ -64,7 +73,7 @@ func (c *Config) checkListeners() error {
 			return c.problem(key+".address", "%v", err)
 		}
 		if j, dup := seen[l.Address]; dup {
-			return c.problem(key+".address", "%s is also listeners[%d].address", l.Address, j)
+			return c.problem(key+".address", "%s is also listeners[%d].address", redact.URL(l.Address), j)
 		}
 		seen[l.Address] = i
 		for j := range l.Certificates {
@@ -91,7 +100,7 @@ func (c *Config) checkListeners() error {
 				return c.problem(key+".alpn", "protocol names are 1 to 255 bytes")
 			}
 			if !isTCP(l.Upstream) && p != "h2" && p != "http/1.1" {
-				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", p)
+				return c.problem(key+".alpn", "%q is not h2 or http/1.1, the protocols an HTTP upstream speaks", redact.URL(p))
 			}
 		}
 		if l.HTTP3 && isTCP(l.Upstream) {
@@ -108,7 +117,7 @@ func (c *Config) checkListeners() error {
 				continue
 			}
 			if _, err := netip.ParseAddr(t); err != nil {
-				return c.problem(key+".proxy_protocol.trusted", "%q is not an IP address or CIDR range", t)
+				return c.problem(key+".proxy_protocol.trusted", "%q is not an IP address or CIDR range", redact.URL(t))
 			}
 		}
 	}
@@ -118,10 +127,10 @@ func (c *Config) checkListeners() error {
 func checkHostPort(addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
+		return fmt.Errorf("%q is not host:port", redact.URL(addr))
 	}
 	if port == "" {
-		return fmt.Errorf("%q has no port", addr)
+		return fmt.Errorf("%q has no port", redact.URL(addr))
 	}
 	return nil
 }
@@ -129,7 +138,7 @@ func checkHostPort(addr string) error {
 func (c *Config) checkCache() error {
 	mode, err := session.ParseMode(c.Cache.Mode)
 	if err != nil {
-		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", c.Cache.Mode)
+		return c.problem("cache.mode", "%q is not stateful, stateless or mixed", redact.URL(c.Cache.Mode))
 	}
 	if mode == session.Stateless && c.Cache.SingleUse {
 		// A stateless ticket is held nowhere, so it cannot be retired.
@@ -168,7 +177,7 @@ func (c *Config) checkFarm() error {
 	}
 	mode, err := farm.ParseMode(f.Mode)
 	if err != nil {
-		return c.problem("farm.mode", "%q is not broadcast or store-only", f.Mode)
+		return c.problem("farm.mode", "%q is not broadcast or store-only", redact.URL(f.Mode))
 	}
 	if !HasStore(scheme) {
 		if mode == farm.StoreOnly {

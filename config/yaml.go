@@ -43,7 +43,7 @@ func (c *Config) readFile(path string) error {
 	if len(doc.Content) == 0 {
 		return nil // an empty file sets nothing
 	}
-	d := decoder{file: path, sources: c.sources}
+	d := decoder{file: path, sources: c.sources, budget: maxValues}
 	return d.decode(doc.Content[0], reflect.ValueOf(c).Elem(), "")
 }
 
@@ -64,6 +64,21 @@ func syntaxError(path string, err error) error {
 type decoder struct {
 	file    string
 	sources map[string]string
+	budget  int // values left to decode (see maxValues)
+}
+
+// maxValues bounds the values (settings, list items) one file may decode
+// to. A configuration has a few hundred; aliases can make a small file
+// expand to billions (a list repeated under each of many certificates).
+const maxValues = 1 << 20
+
+// spend counts n values decoded from node at, refusing the file once
+// there are more than maxValues.
+func (d *decoder) spend(at *yaml.Node, n int) error {
+	if d.budget -= n; d.budget < 0 {
+		return d.errorf(at, "", "more than %d values: its aliases repeat too much", maxValues)
+	}
+	return nil
 }
 
 func (d *decoder) errorf(n *yaml.Node, key, format string, args ...any) error {
@@ -75,7 +90,13 @@ func (d *decoder) errorf(n *yaml.Node, key, format string, args ...any) error {
 }
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) error {
+	if err := d.spend(n, 1+len(n.Content)); err != nil {
+		return err
+	}
 	if n.Kind == yaml.AliasNode {
+		if err := d.spend(n, len(n.Alias.Content)); err != nil {
+			return err
+		}
 		n = n.Alias
 	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {

@@ -47,6 +47,10 @@ func check(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	if err := checkTransportURL(cfg); err != nil {
+		fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
+		return 1
+	}
 	if !reload {
 		if err := checkAddresses(cfg); err != nil {
 			fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
@@ -62,6 +66,25 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout)
 	return 0
+}
+
+// checkTransportURL opens the farm transport as serve does and closes it
+// again, so that check refuses a URL whose options the transport refuses.
+// Only Redis and AMQP: their Open reads the URL without connecting. NATS
+// connects in Open, and an unreachable farm is not a configuration error.
+func checkTransportURL(cfg *config.Config) error {
+	if cfg.Farm.URL == "" {
+		return nil
+	}
+	switch transportName(cfg.Farm.URL) {
+	case "redis", "amqp":
+		_, _, closer, err := openTransport(cfg.Farm.URL, cfg.Farm.Name)
+		if err != nil {
+			return fmt.Errorf("farm.url: %v", err)
+		}
+		return closer.Close()
+	}
+	return nil
 }
 
 // isReloadFlag reports whether arg is check's -reload, with or without a

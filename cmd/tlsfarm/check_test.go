@@ -127,3 +127,38 @@ func TestCheckReloadFlagValue(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckRefusesFarmURLsTheTransportRefuses: a Redis or AMQP farm URL
+// whose options the transport refuses when serve opens it (before any
+// connection) is refused by check too, naming farm.url and keeping the
+// password. Before the fix check said "configuration OK" and serve then
+// would not start.
+func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
+	t.Parallel()
+	secret := filepath.Join(t.TempDir(), "farm.key")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, url, want string }{
+		{"redis database not a number", "redis://:s3cret@127.0.0.1:1/abc", "invalid database"},
+		{"redis unknown option", "redis://:s3cret@127.0.0.1:1/0?bogus=1", "bogus"},
+		{"redis echo not a boolean", "redis://:s3cret@127.0.0.1:1/0?echo=maybe", "echo"},
+		{"sentinel without master_name", "redis+sentinel://:s3cret@127.0.0.1:1", "master_name"},
+		{"reload on a plain redis URL", "redis://:s3cret@127.0.0.1:1/0?reload=2s", "reload"},
+		{"amqp unknown option", "amqp://guest:s3cret@127.0.0.1:1/?bogus=1", "bogus"},
+		{"amqp heartbeat not a number", "amqp://guest:s3cret@127.0.0.1:1/?heartbeat=x", "heartbeat"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"-listen", "127.0.0.1:0", "-admin", "off", "-farm", tt.url, "-farm-secret", secret, "-farm-name", "revconfig-check"}
+			for _, cmd := range []string{"serve", "check"} {
+				code, stdout, stderr := runCmd(t, append([]string{cmd}, args...))
+				if code != 1 || !strings.Contains(stderr, "farm.url") || !strings.Contains(stderr, tt.want) {
+					t.Errorf("%s: exit %d, stdout %q, stderr %q; want a refusal of farm.url about %s", cmd, code, stdout, stderr, tt.want)
+				}
+				if strings.Contains(stdout+stderr, "s3cret") {
+					t.Errorf("%s shows the password: %s", cmd, stdout+stderr)
+				}
+			}
+		})
+	}
+}

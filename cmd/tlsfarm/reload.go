@@ -40,6 +40,10 @@ func (d *daemon) reload(load func() (*config.Config, error)) {
 	}
 	pcfg := *nc
 	pcfg.Listeners = ls
+	// The farm (its name and secrets, from which the QUIC keys derive)
+	// is the one joined at start: a file that no longer names a farm, and
+	// so holds no secret, needs a restart for that, not a rejected reload.
+	pcfg.Farm = d.started.Farm
 	pc, err := d.proxyConfig(&pcfg)
 	if err == nil {
 		err = d.proxy.Reload(pc)
