@@ -10,9 +10,6 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/probe"
-	"github.com/tlsfarm/tlsfarm/proxy"
-	"github.com/tlsfarm/tlsfarm/session"
-	"github.com/tlsfarm/tlsfarm/ticket"
 )
 
 // udpBalancer is a layer-4 UDP balancer on loopback: it keeps each flow
@@ -80,37 +77,7 @@ func TestHTTP3ThroughBalancerSeesNodesThatShareNothing(t *testing.T) {
 	roots := x509.NewCertPool()
 	var backends []string
 	for range 2 {
-		cert, err := proxy.SelfSigned("localhost")
-		if err != nil {
-			t.Fatal(err)
-		}
-		roots.AddCert(cert.Leaf)
-		cache, err := session.New(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cache.Close() })
-		ring, err := ticket.NewRing(ticket.RingConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := proxy.New(proxy.Config{
-			Cache: cache, Ring: ring,
-			Listeners: []proxy.Listener{{
-				Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}}, HTTP3: true,
-			}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			s.Shutdown(ctx)
-		})
+		s := startHTTP3Server(t, false, roots)
 		backends = append(backends, s.Addrs()[0])
 	}
 	const n = 40
@@ -199,38 +166,8 @@ func dropEveryOtherFlow(t *testing.T, backend string) string {
 // that offered a session and failed (here: timed out, its packets
 // dropped) counts as an offer not resumed.
 func TestHTTP3FailedOfferCountsAsNotResumed(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
 	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
-	cache, err := session.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	ring, err := ticket.NewRing(ticket.RingConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := proxy.New(proxy.Config{
-		Cache: cache, Ring: ring,
-		Listeners: []proxy.Listener{{
-			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}}, HTTP3: true,
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
+	s := startHTTP3Server(t, false, roots)
 	rep, err := probe.Run(context.Background(), probe.Config{
 		Targets: []string{dropEveryOtherFlow(t, s.Addrs()[0])}, ServerName: "localhost", RootCAs: roots,
 		Connections: 6, HTTP3: true, Request: "POST /", Timeout: 2 * time.Second,

@@ -33,39 +33,8 @@ func TestHTTP3ResumesWithEarlyData(t *testing.T) {
 	if raceEnabled {
 		t.Skip("quic-go's own data race on 0-RTT streams; run without -race (.ci/run does)")
 	}
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := session.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	ring, err := ticket.NewRing(ticket.RingConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := proxy.New(proxy.Config{
-		Cache: cache, Ring: ring,
-		Listeners: []proxy.Listener{{
-			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}},
-			HTTP3: true, EarlyData: true,
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
 	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+	s := startHTTP3Server(t, true, roots)
 	const n, clients = 20, 2
 	rep, err := probe.Run(context.Background(), probe.Config{
 		Targets: []string{s.Addrs()[0]}, ServerName: "localhost", RootCAs: roots,
@@ -166,39 +135,8 @@ func TestHTTP3TimeoutBoundsTheAnswer(t *testing.T) {
 // no request, and, when the server refuses it, makes a second connection
 // per probe connection that the report does not count.
 func TestHTTP3UnsafeMethodSendsNoEarlyData(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := session.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	ring, err := ticket.NewRing(ticket.RingConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := proxy.New(proxy.Config{
-		Cache: cache, Ring: ring,
-		Listeners: []proxy.Listener{{
-			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}},
-			HTTP3: true, EarlyData: true,
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
 	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+	s := startHTTP3Server(t, true, roots)
 	const n = 10
 	rep, err := probe.Run(context.Background(), probe.Config{
 		Targets: []string{s.Addrs()[0]}, ServerName: "localhost", RootCAs: roots,
@@ -399,4 +337,45 @@ func TestHTTP3ReadsOnlyTheResponseHead(t *testing.T) {
 	if took > timeout {
 		t.Errorf("%d connections took %v: each waited for the end of an endless answer (timeout %v)", n, took, timeout)
 	}
+}
+
+// startHTTP3Server starts a tlsfarm proxy alone (its anti-replay register
+// in memory) with one listener serving HTTP/3, and 0-RTT early data if
+// early, under a self-signed certificate for localhost, which it adds to
+// roots. The server is shut down when the test ends.
+func startHTTP3Server(t *testing.T, early bool, roots *x509.CertPool) *proxy.Server {
+	t.Helper()
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := session.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	ring, err := ticket.NewRing(ticket.RingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := proxy.New(proxy.Config{
+		Cache: cache, Ring: ring,
+		Listeners: []proxy.Listener{{
+			Address: "127.0.0.1:0", Certificates: []proxy.Certificate{{Certificate: cert}},
+			HTTP3: true, EarlyData: early,
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	roots.AddCert(cert.Leaf)
+	return s
 }
