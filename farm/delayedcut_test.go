@@ -2,16 +2,11 @@ package farm_test
 
 import (
 	"crypto/tls"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -24,12 +19,7 @@ import (
 // n2 must not resume the parent.
 func TestDelayedChildKeepsGraceCut(t *testing.T) {
 	t.Parallel()
-	url := redistest.URL(t)
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := nettest.NewProxy(t, opt.Addr)
+	url, px, via := proxiedRedis(t)
 	const grace = time.Second
 	o := farmtest.Options{
 		NewTransport: redisTransport(url),
@@ -41,7 +31,7 @@ func TestDelayedChildKeepsGraceCut(t *testing.T) {
 	}
 	name := farmtest.FarmName(t)
 	n1 := farmtest.Join(t, "n1", name, o)
-	o.NewTransport = redisTransport(strings.Replace(url, opt.Addr, px.Addr, 1))
+	o.NewTransport = redisTransport(via)
 	n2 := farmtest.Join(t, "n2", name, o)
 	farmtest.WaitConnected(t, n1, n2)
 	arrived := farmtest.NewSessions(n2.Cache)

@@ -2,17 +2,13 @@ package farm_test
 
 import (
 	"crypto/tls"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -57,14 +53,9 @@ func TestFallbackOnProbe(t *testing.T) {
 		hang func(t *testing.T) (n1URL, n2URL string, freeze, thaw func())
 	}{
 		{"proxy-freeze", func(t *testing.T) (string, string, func(), func()) {
-			url := redistest.URL(t)
-			opt, err := redis.ParseURL(url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			px := nettest.NewProxy(t, opt.Addr)
+			url, px, via := proxiedRedis(t)
 			t.Cleanup(px.Thaw)
-			return strings.Replace(url, opt.Addr, px.Addr, 1), url, px.Freeze, px.Thaw
+			return via, url, px.Freeze, px.Thaw
 		}},
 		{"sigstop", func(t *testing.T) (string, string, func(), func()) {
 			srv := redistest.Start(t)

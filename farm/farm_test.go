@@ -5,15 +5,19 @@ import (
 	"crypto/tls"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -33,13 +37,35 @@ var modes = []farm.Mode{farm.Broadcast, farm.StoreOnly}
 // redisTransport opens each member's transport on the Redis at url.
 func redisTransport(url string) func(testing.TB, string) (transport.Bus, transport.Store) {
 	return func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-		tr, err := redisbus.Open(url, farmName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close() })
+		tr := openRedis(t, url, farmName)
 		return tr, tr
 	}
+}
+
+// openRedis opens a Redis transport for farmName at url, closed when the
+// test ends.
+func openRedis(t testing.TB, url, farmName string) *redisbus.Transport {
+	t.Helper()
+	tr, err := redisbus.Open(url, farmName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// proxiedRedis returns the URL of the machine's shared Redis, a
+// nettest.Proxy in front of it (closed when the test ends), and the URL
+// that reaches the same Redis through the proxy.
+func proxiedRedis(t *testing.T) (url string, px *nettest.Proxy, via string) {
+	t.Helper()
+	url = redistest.URL(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px = nettest.NewProxy(t, opt.Addr)
+	return url, px, strings.Replace(url, opt.Addr, px.Addr, 1)
 }
 
 // redisTransportVia is redisTransport to url for every member but the

@@ -6,12 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -26,12 +22,7 @@ import (
 // key of n3's ring back as a decrypt-only key, for Keep more rotations.
 func TestNodeBackFromPartitionRevivesNoRetiredKey(t *testing.T) {
 	t.Parallel()
-	url := redistest.URL(t)
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := nettest.NewProxy(t, opt.Addr)
+	url, px, _ := proxiedRedis(t)
 	const interval = 3 * time.Second
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransportVia(url, 3, px.Addr), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: interval, Keep: 1}})

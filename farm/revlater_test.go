@@ -2,18 +2,12 @@ package farm_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -28,21 +22,8 @@ import (
 // the later one from the bus.
 func TestLaterRevocationEndReachesStore(t *testing.T) {
 	t.Parallel()
-	url := redistest.URL(t)
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := nettest.NewProxy(t, opt.Addr)
-	via := strings.Replace(url, opt.Addr, px.Addr, 1)
-	open := func(t testing.TB, url, farmName string) *redisbus.Transport {
-		tr, err := redisbus.Open(url, farmName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close() })
-		return tr
-	}
+	url, px, via := proxiedRedis(t)
+	open := openRedis
 	secret := farm.NewSecret(1)
 	direct := func(heal time.Duration) farmtest.Options {
 		return farmtest.Options{

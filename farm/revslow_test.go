@@ -2,19 +2,14 @@ package farm_test
 
 import (
 	"context"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
 // setAddCounter is a Redis transport that counts its SetAdd calls.
@@ -39,21 +34,8 @@ func (s *setAddCounter) SetAdd(ctx context.Context, key string, member []byte, u
 // timeout may be written again), and the store holds one member for each.
 func TestSlowStoreRevocationsDrain(t *testing.T) {
 	t.Parallel()
-	url := redistest.URL(t)
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := nettest.NewProxy(t, opt.Addr)
-	via := strings.Replace(url, opt.Addr, px.Addr, 1)
-	open := func(t testing.TB, url, farmName string) *redisbus.Transport {
-		tr, err := redisbus.Open(url, farmName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close() })
-		return tr
-	}
+	url, px, via := proxiedRedis(t)
+	open := openRedis
 	const count = 768 // three chunks
 	var store *setAddCounter
 	o := farmtest.Options{
