@@ -161,14 +161,20 @@ func (n *Node) writeBack(ctx context.Context) {
 		}
 		entries = append(entries, entry{id, *r})
 	}
-	hdr := header{typ: valRecord, time: now, sender: n.instance, farm: n.cfg.Farm}
 	written := 0
 	for len(entries) > 0 && ctx.Err() == nil {
 		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
 		entries = entries[len(chunk):]
+		// Each chunk's TTLs count from a clock read just before it is
+		// sent: the store counts them from when the chunk reaches it,
+		// so TTLs counted from before the earlier chunks' writes (each
+		// up to OpTimeout) would let later records outlive their
+		// sessions by all of that time.
+		at := n.cfg.Now()
+		hdr := header{typ: valRecord, time: at, sender: n.instance, farm: n.cfg.Farm}
 		items := make([]transport.Item, 0, len(chunk))
 		for _, e := range chunk {
-			ttl := e.rec.Expires.Sub(now)
+			ttl := e.rec.Expires.Sub(at)
 			body, err := e.rec.AppendBinary(nil)
 			if ttl <= 0 || err != nil {
 				continue

@@ -1,0 +1,104 @@
+package farm_test
+
+import (
+	"context"
+	"encoding/hex"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestWriteBackChunksCountTheirOwnTTLs: a write-back of more sessions than
+// BatchSize to a slow store writes them in several chunks, one after the
+// other. Each record written back must live no longer than its session
+// (give or take its own write's way to the store, bounded by OpTimeout):
+// a chunk's TTLs counted from a clock read before the earlier chunks were
+// written would let its records outlive their sessions by the time those
+// writes took. Here 40 sessions go in 10 chunks of 4, each taking some
+// 300 ms or more through a proxy that holds every read for 75 ms, so the
+// last chunks would be over by seconds.
+func TestWriteBackChunksCountTheirOwnTTLs(t *testing.T) {
+	t.Parallel()
+	const (
+		sessions  = 40
+		batch     = 4
+		opTimeout = time.Second
+		latency   = 75 * time.Millisecond
+	)
+	srv := redistest.Start(t)
+	p := nettest.NewProxy(t, srv.Addr())
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	o := &farmtest.Options{
+		Mode: farm.StoreOnly,
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+			tr, err := redisbus.Open("redis://"+p.Addr, farmName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			return tr, tr
+		},
+		Tweak: func(c *farm.Config) {
+			c.HealInterval = 200 * time.Millisecond
+			c.BatchSize = batch
+			c.OpTimeout = opTimeout
+		},
+	}
+	ms, _ := farmtest.Start(t, 1, o)
+	n1 := ms[0]
+	ids, _ := farmtest.Issue(t, n1, sessions)
+	for _, id := range ids {
+		waitStored(t, n1, id)
+	}
+	farmtest.Eventually(t, 5*time.Second, "n1 read the store's generation", func() bool { return n1.Node.StoreGeneration() != nil })
+	expires := make(map[session.ID]time.Time, sessions)
+	for id, rec := range n1.Cache.Snapshot(-1) {
+		expires[id] = rec.Expires
+	}
+	for _, id := range ids {
+		if _, ok := expires[id]; !ok {
+			t.Fatalf("n1 does not hold a session it issued")
+		}
+	}
+
+	tr := n1.Store.(*redisbus.Transport)
+	key := func(id session.ID) string { return tr.RecordKey("s:" + hex.EncodeToString(id[:])) }
+	p.SetLatency(latency)
+	if err := rc.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	farmtest.Eventually(t, 60*time.Second, "n1 wrote all its sessions back", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_written_back_total") >= sessions
+	})
+	p.SetLatency(0)
+
+	worst := time.Duration(-1 << 63)
+	for _, id := range ids {
+		// What is left of the session when the TTL is asked for: the
+		// session's end can only draw nearer while the answer comes.
+		asked := time.Now()
+		ttl, err := rc.PTTL(context.Background(), key(id)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl <= 0 {
+			t.Fatalf("a session written back has no record in the store (PTTL %v)", ttl)
+		}
+		over := ttl - expires[id].Sub(asked)
+		worst = max(worst, over)
+		if over > opTimeout {
+			t.Errorf("a written-back record outlives its session by %v (allowed: OpTimeout, %v)", over, opTimeout)
+		}
+	}
+	t.Logf("records outlive their sessions by at most %v", worst)
+}
