@@ -102,3 +102,65 @@ func TestWriteBackChunksCountTheirOwnTTLs(t *testing.T) {
 	}
 	t.Logf("records outlive their sessions by at most %v", worst)
 }
+
+// TestWriteBackAfterRestartNotHeldByPriming: a node that finds its Redis
+// restarted empty primes the strike register before it writes its
+// sessions back. The restarted server lost the strike script, so the
+// first group's strike answers NOSCRIPT and the node renews every group
+// in one request; it must then not strike the other 255 groups one round
+// trip at a time, which on a slow store (here a proxy holding each read
+// for 20 ms: 255 round trips take over 10 s) held the write-back for as
+// long. With the renewal ending the priming, the session is back within
+// the write-back's 1.5 s wait and a few round trips.
+func TestWriteBackAfterRestartNotHeldByPriming(t *testing.T) {
+	t.Parallel()
+	const latency = 20 * time.Millisecond
+	srv := redistest.Start(t)
+	p := nettest.NewProxy(t, srv.Addr())
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	o := &farmtest.Options{
+		Mode: farm.StoreOnly,
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+			tr, err := redisbus.Open("redis://"+p.Addr, farmName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			return tr, tr
+		},
+		Tweak: func(c *farm.Config) {
+			c.HealInterval = 200 * time.Millisecond
+			// Each strike of the priming gets LookupTimeout: one that
+			// failed would end the priming early, hiding its length.
+			c.LookupTimeout = 2 * time.Second
+		},
+	}
+	ms, _ := farmtest.Start(t, 1, o)
+	n1 := ms[0]
+	ids, _ := farmtest.Issue(t, n1, 1)
+	waitStored(t, n1, ids[0])
+	farmtest.Eventually(t, 5*time.Second, "n1 read the store's generation", func() bool { return n1.Node.StoreGeneration() != nil })
+	tr := n1.Store.(*redisbus.Transport)
+	key := tr.RecordKey("s:" + hex.EncodeToString(ids[0][:]))
+
+	p.SetLatency(latency)
+	srv.Kill()
+	srv.Restart()
+	restarted := time.Now()
+	// Detection (a heal, a few round trips), the write-back's 1.5 s
+	// wait, and a few more round trips: well under 7 s even under load;
+	// 255 strikes alone take over 10 s.
+	const limit = 7 * time.Second
+	for {
+		n, err := rc.Exists(context.Background(), key).Result()
+		if err == nil && n == 1 {
+			break
+		}
+		if time.Since(restarted) > limit {
+			t.Fatalf("n1 did not write its session back within %v of the restart", limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("written back %v after the restart", time.Since(restarted).Round(time.Millisecond))
+}
