@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -74,11 +75,17 @@ func (n *Node) checkGeneration(parent context.Context) {
 	defer n.refilling.Store(false)
 	// The strike register went with the data: its markers are written
 	// again now, rather than by the first strike of each group, so that
-	// tickets issued from now on may carry early data.
+	// tickets issued from now on may carry early data. Beside the
+	// write-back, not before it: where the store kept its scripts (a
+	// FLUSHALL), priming strikes each of the 256 groups in a round trip
+	// of its own, which on a slow store would hold the write-back for
+	// as long.
+	var primed sync.WaitGroup
 	if n.cfg.Coord != nil {
-		n.primeStrikesOnce(parent)
+		primed.Go(func() { n.primeStrikesOnce(parent) })
 	}
 	n.writeBack(parent)
+	primed.Wait()
 }
 
 // renewGeneration writes the generation record v back with a fresh TTL and

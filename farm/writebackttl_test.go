@@ -3,6 +3,8 @@ package farm_test
 import (
 	"context"
 	"encoding/hex"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,21 +106,51 @@ func TestWriteBackChunksCountTheirOwnTTLs(t *testing.T) {
 }
 
 // TestWriteBackAfterRestartNotHeldByPriming: a node that finds its Redis
-// restarted empty primes the strike register before it writes its
-// sessions back. The restarted server lost the strike script, so the
-// first group's strike answers NOSCRIPT and the node renews every group
-// in one request; it must then not strike the other 255 groups one round
-// trip at a time, which on a slow store (here a proxy holding each read
-// for 20 ms: 255 round trips take over 10 s) held the write-back for as
-// long. With the renewal ending the priming, the session is back within
-// the write-back's 1.5 s wait and a few round trips.
+// restarted empty primes the strike register and writes its sessions back.
+// The restarted server lost the strike script, so the first group's strike
+// answers NOSCRIPT and the node renews every group in one request; it must
+// then not strike the other 255 groups one round trip at a time (on a slow
+// store, here a proxy holding each read for 20 ms, that took over 10 s,
+// and held the write-back for as long when the priming came first). The
+// session must be back within the write-back's 1.5 s wait and a few round
+// trips, and the server must have run only a few scripts by hash.
 func TestWriteBackAfterRestartNotHeldByPriming(t *testing.T) {
 	t.Parallel()
+	rc := writeBackNotHeldByPriming(t, func(srv *redistest.Server, _ *redis.Client) {
+		srv.Kill()
+		srv.Restart()
+	})
+	// The priming runs beside the write-back, so the bound above holds
+	// either way; what the renewal saves shows in the strikes the
+	// restarted server ran: with the proxy's latency gone, 2 s is
+	// ample for 255 of them to come.
+	time.Sleep(2 * time.Second)
+	info, err := rc.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls int64
+	for line := range strings.SplitSeq(info, "\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			calls, _ = strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+		}
+	}
+	if calls >= 64 {
+		t.Fatalf("the restarted server ran %d scripts by hash: the node struck the strike groups one by one after renewing them all", calls)
+	}
+	t.Logf("the restarted server ran %d scripts by hash", calls)
+}
+
+// writeBackNotHeldByPriming has one node find its private Redis, behind a
+// proxy that holds each read for 20 ms, emptied by lose, and checks that
+// the node writes its session back within 7 s. It returns a client of the
+// server, not through the proxy, whose latency it has taken away.
+func writeBackNotHeldByPriming(t *testing.T, lose func(*redistest.Server, *redis.Client)) *redis.Client {
 	const latency = 20 * time.Millisecond
 	srv := redistest.Start(t)
 	p := nettest.NewProxy(t, srv.Addr())
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	defer rc.Close()
+	t.Cleanup(func() { rc.Close() })
 	o := &farmtest.Options{
 		Mode: farm.StoreOnly,
 		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
@@ -145,8 +177,7 @@ func TestWriteBackAfterRestartNotHeldByPriming(t *testing.T) {
 	key := tr.RecordKey("s:" + hex.EncodeToString(ids[0][:]))
 
 	p.SetLatency(latency)
-	srv.Kill()
-	srv.Restart()
+	lose(srv, rc)
 	restarted := time.Now()
 	// Detection (a heal, a few round trips), the write-back's 1.5 s
 	// wait, and a few more round trips: well under 7 s even under load;
@@ -158,9 +189,25 @@ func TestWriteBackAfterRestartNotHeldByPriming(t *testing.T) {
 			break
 		}
 		if time.Since(restarted) > limit {
-			t.Fatalf("n1 did not write its session back within %v of the restart", limit)
+			t.Fatalf("n1 did not write its session back within %v of the loss", limit)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Logf("written back %v after the restart", time.Since(restarted).Round(time.Millisecond))
+	t.Logf("written back %v after the loss", time.Since(restarted).Round(time.Millisecond))
+	p.SetLatency(0)
+	return rc
+}
+
+// TestWriteBackAfterFlushNotHeldByPriming: as
+// TestWriteBackAfterRestartNotHeldByPriming, but the store loses its data
+// and keeps its scripts (FLUSHALL), so priming the strike register strikes
+// each of its 256 groups in a round trip of its own (over 10 s through the
+// proxy). The write-back must not wait for that.
+func TestWriteBackAfterFlushNotHeldByPriming(t *testing.T) {
+	t.Parallel()
+	writeBackNotHeldByPriming(t, func(srv *redistest.Server, rc *redis.Client) {
+		if err := rc.FlushAll(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
