@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,4 +211,56 @@ func TestWriteBackAfterFlushNotHeldByPriming(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// failWriteBack is a Redis transport whose next write-back write
+// (Item.NoLonger) fails, once armed, as one that outlasted OpTimeout.
+type failWriteBack struct {
+	*redisbus.Transport
+	armed  atomic.Bool
+	failed atomic.Int32
+}
+
+func (f *failWriteBack) PutRecords(ctx context.Context, items ...transport.Item) error {
+	if len(items) > 0 && items[0].NoLonger && f.armed.CompareAndSwap(true, false) {
+		f.failed.Add(1)
+		return context.DeadlineExceeded
+	}
+	return f.Transport.PutRecords(ctx, items...)
+}
+
+// TestWriteBackRetriedAfterFailedWrite: a node whose write-back to a store
+// that lost its data fails to write must try it again, not leave its
+// sessions out of the store for good (no later read of the generation
+// shows the loss again).
+func TestWriteBackRetriedAfterFailedWrite(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rc.Close()
+	var tr *failWriteBack
+	o := &farmtest.Options{
+		Mode: farm.StoreOnly,
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+			inner, err := redisbus.Open("redis://"+srv.Addr(), farmName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { inner.Close() })
+			tr = &failWriteBack{Transport: inner}
+			return tr, tr
+		},
+		Tweak: func(c *farm.Config) { c.HealInterval = 200 * time.Millisecond },
+	}
+	ms, _ := farmtest.Start(t, 1, o)
+	n1 := ms[0]
+	ids, _ := farmtest.Issue(t, n1, 1)
+	waitStored(t, n1, ids[0])
+	farmtest.Eventually(t, 5*time.Second, "n1 read the store's generation", func() bool { return n1.Node.StoreGeneration() != nil })
+	tr.armed.Store(true)
+	if err := rc.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	farmtest.Eventually(t, 10*time.Second, "n1's write-back failed", func() bool { return tr.failed.Load() == 1 })
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote its session back", func() bool { return stored(n1, ids[0]) })
 }
