@@ -102,9 +102,14 @@ type Node struct {
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read
 	// refilling is set from when the node finds the store's generation
-	// changed (the store lost its data) until its write-back ends: its
+	// changed (the store lost its data) until a write-back has written
+	// (or the node closes; see retryWriteBack): its
 	// reconciles do not take a missing record for a retirement meanwhile.
 	refilling atomic.Bool
+	// owedWriteBack is set while a write-back to a store that lost its
+	// data failed to write (see checkGeneration): the next heal tries
+	// it again, and refilling stays set until one succeeds.
+	owedWriteBack atomic.Bool
 
 	handlersMu sync.Mutex
 	handlers   map[envType]func(header, []byte)

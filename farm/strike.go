@@ -326,6 +326,13 @@ func (n *Node) primeStrikesOnce(ctx context.Context) error {
 			// from older data: every group begins anew.
 			if err = n.renewStrikes(ctx); err == nil {
 				n.log.Info("farm: the 0-RTT strike register began anew (a new farm or version, or a store that restarted, failed over or lost its scripts)")
+				// The renewal wrote every group's marker: striking
+				// the other groups one round trip at a time would
+				// only hold up the caller (a write-back, after a
+				// store restarted empty: 255 round trips).
+				if _, renews := s.(transport.RegisterRenewer); renews {
+					return nil
+				}
 			}
 		}
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -65,20 +66,46 @@ func (n *Node) checkGeneration(parent context.Context) {
 	}
 	n.genMu.Unlock()
 	if !lost {
+		if n.owedWriteBack.Load() {
+			// The last write-back failed to write: the store still
+			// lacks this node's sessions, and no later read of the
+			// generation would show it.
+			n.retryWriteBack(parent)
+		}
 		return
 	}
 	// A store that lost its data may hand out a set version this node
 	// saw before the loss (a transport whose versions are not random):
 	// read the revocations whole at the next heal, whatever it says.
 	n.tombs.forget()
-	defer n.refilling.Store(false)
 	// The strike register went with the data: its markers are written
 	// again now, rather than by the first strike of each group, so that
-	// tickets issued from now on may carry early data.
+	// tickets issued from now on may carry early data. Beside the
+	// write-back, not before it: where the store kept its scripts (a
+	// FLUSHALL), priming strikes each of the 256 groups in a round trip
+	// of its own, which on a slow store would hold the write-back for
+	// as long.
+	var primed sync.WaitGroup
 	if n.cfg.Coord != nil {
-		n.primeStrikesOnce(parent)
+		primed.Go(func() { n.primeStrikesOnce(parent) })
 	}
-	n.writeBack(parent)
+	n.retryWriteBack(parent)
+	primed.Wait()
+}
+
+// retryWriteBack runs writeBack and notes whether it is still owed: a
+// write-back whose store write failed (one chunk outlasting OpTimeout on a
+// loaded store, say) is tried again whole at the next heal, rather than
+// leaving the rest of the node's sessions out of the store for good.
+// refilling stays set until a write-back has written, so that a reconcile
+// does not take the records still missing for retirements.
+func (n *Node) retryWriteBack(ctx context.Context) {
+	ok := n.writeBack(ctx)
+	owed := !ok && ctx.Err() == nil
+	n.owedWriteBack.Store(owed)
+	if !owed {
+		n.refilling.Store(false)
+	}
 }
 
 // renewGeneration writes the generation record v back with a fresh TTL and
@@ -128,8 +155,10 @@ const writeBackSettle = resendEvery + 500*time.Millisecond
 // healer's goroutine, off the handshake path; the wait ends, and the
 // write-back is given up, when ctx is (the node closing): the sessions
 // then stay local, which costs their clients a full handshake elsewhere,
-// never a resumption the farm no longer allows.
-func (n *Node) writeBack(ctx context.Context) {
+// never a resumption the farm no longer allows. It reports false if a
+// store write failed, leaving the rest of the sessions unwritten (see
+// retryWriteBack).
+func (n *Node) writeBack(ctx context.Context) bool {
 	n.writeBackRevocations(ctx)
 	if n.askResend(ctx, true) {
 		t := time.NewTimer(writeBackSettle)
@@ -137,7 +166,7 @@ func (n *Node) writeBack(ctx context.Context) {
 		case <-ctx.Done():
 			t.Stop()
 			n.log.Warn("farm: the store lost its data; closing before writing this node's sessions back")
-			return
+			return true
 		case <-t.C:
 		}
 	}
@@ -161,14 +190,20 @@ func (n *Node) writeBack(ctx context.Context) {
 		}
 		entries = append(entries, entry{id, *r})
 	}
-	hdr := header{typ: valRecord, time: now, sender: n.instance, farm: n.cfg.Farm}
-	written := 0
+	written, failed := 0, false
 	for len(entries) > 0 && ctx.Err() == nil {
 		chunk := entries[:min(len(entries), n.cfg.BatchSize)]
 		entries = entries[len(chunk):]
+		// Each chunk's TTLs count from a clock read just before it is
+		// sent: the store counts them from when the chunk reaches it,
+		// so TTLs counted from before the earlier chunks' writes (each
+		// up to OpTimeout) would let later records outlive their
+		// sessions by all of that time.
+		at := n.cfg.Now()
+		hdr := header{typ: valRecord, time: at, sender: n.instance, farm: n.cfg.Farm}
 		items := make([]transport.Item, 0, len(chunk))
 		for _, e := range chunk {
-			ttl := e.rec.Expires.Sub(now)
+			ttl := e.rec.Expires.Sub(at)
 			body, err := e.rec.AppendBinary(nil)
 			if ttl <= 0 || err != nil {
 				continue
@@ -181,7 +216,8 @@ func (n *Node) writeBack(ctx context.Context) {
 		err := n.cfg.Records.PutRecords(wctx, items...)
 		cancel()
 		if err != nil {
-			n.log.Warn("farm: writing sessions back to the store failed; the rest stay local", "written", written, "err", err)
+			n.log.Warn("farm: writing sessions back to the store failed; trying again at the next heal", "written", written, "err", err)
+			failed = true
 			break
 		}
 		written += len(items)
@@ -197,6 +233,7 @@ func (n *Node) writeBack(ctx context.Context) {
 		// written would be undone by it (see resendState).
 		n.wantResendAsk()
 	}
+	return !failed
 }
 
 // writeBackRevocations writes the revocations the node's cache remembers
