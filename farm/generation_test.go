@@ -47,11 +47,7 @@ func TestGenerationRenewDoesNotHideLoss(t *testing.T) {
 	o := &farmtest.Options{
 		Mode: farm.StoreOnly,
 		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			inner, err := redisbus.Open("redis://"+srv.Addr(), farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { inner.Close() })
+			inner := openRedis(t, srv.URL(), farmName)
 			tr = &lossAfterRead{Transport: inner, lose: func() { rc.FlushAll(context.Background()) }}
 			return tr, tr
 		},

@@ -242,11 +242,7 @@ func TestWriteBackRetriedAfterFailedWrite(t *testing.T) {
 	o := &farmtest.Options{
 		Mode: farm.StoreOnly,
 		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			inner, err := redisbus.Open("redis://"+srv.Addr(), farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { inner.Close() })
+			inner := openRedis(t, srv.URL(), farmName)
 			tr = &failWriteBack{Transport: inner}
 			return tr, tr
 		},
