@@ -74,31 +74,11 @@ func TestHTTP3ResumesWithEarlyData(t *testing.T) {
 // QUIC's idle timeout, or forever for a server that keeps the connection
 // alive.
 func TestHTTP3TimeoutBoundsTheAnswer(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	release := make(chan struct{})
-	srv := &http3.Server{
-		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			<-release // never answers while the probe runs
-		}),
-		// The server keeps the connection alive, as a busy one would.
-		QUICConfig: &quic.Config{KeepAlivePeriod: 100 * time.Millisecond},
-	}
-	go srv.Serve(udp)
-	t.Cleanup(func() {
-		close(release)
-		srv.Close()
-		udp.Close()
-	})
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+	addr, roots := startQUICHandler(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release // never answers while the probe runs
+	}), &quic.Config{KeepAlivePeriod: 100 * time.Millisecond}) // kept alive, as a busy server would
+	t.Cleanup(func() { close(release) }) // before the server's Close, registered earlier
 	start := time.Now()
 	type outcome struct {
 		rep *probe.Report
@@ -107,7 +87,7 @@ func TestHTTP3TimeoutBoundsTheAnswer(t *testing.T) {
 	done := make(chan outcome, 1)
 	go func() {
 		rep, err := probe.Run(context.Background(), probe.Config{
-			Targets: []string{udp.LocalAddr().String()}, ServerName: "localhost", RootCAs: roots,
+			Targets: []string{addr}, ServerName: "localhost", RootCAs: roots,
 			Connections: 1, HTTP3: true, Timeout: 500 * time.Millisecond,
 		}, nil)
 		done <- outcome{rep, err}
@@ -164,10 +144,6 @@ func TestHTTP3UnsafeMethodSendsNoEarlyData(t *testing.T) {
 // by an IPv6 address (whose address is then the server name) is probed
 // rather than failing every request: the URL needs the address bracketed.
 func TestHTTP3Authority(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		name, ip, serverName string
 		want                 func(port string) string
@@ -176,30 +152,23 @@ func TestHTTP3Authority(t *testing.T) {
 		{"IPv6", "::1", "", func(port string) string { return "[::1]:" + port }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(tc.ip)})
-			if err != nil {
-				t.Skipf("no %s loopback: %v", tc.name, err)
+			if tc.ip == "::1" {
+				if c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6loopback}); err != nil {
+					t.Skipf("no %s loopback: %v", tc.name, err)
+				} else {
+					c.Close()
+				}
 			}
 			hosts := make(chan string, 10)
-			srv := &http3.Server{
-				TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
-				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					select {
-					case hosts <- r.Host:
-					default:
-					}
-					w.Write([]byte("ok"))
-				}),
-			}
-			go srv.Serve(udp)
-			t.Cleanup(func() {
-				srv.Close()
-				udp.Close()
-			})
-			roots := x509.NewCertPool()
-			roots.AddCert(cert.Leaf)
+			addr, roots := startQUICHandler(t, tc.ip, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case hosts <- r.Host:
+				default:
+				}
+				w.Write([]byte("ok"))
+			}), nil)
 			cfg := probe.Config{
-				Targets: []string{udp.LocalAddr().String()}, ServerName: tc.serverName, RootCAs: roots,
+				Targets: []string{addr}, ServerName: tc.serverName, RootCAs: roots,
 				// POST: no 0-RTT, whose use trips a data race inside
 				// quic-go under -race (see TestHTTP3ResumesWithEarlyData).
 				Connections: 2, HTTP3: true, Request: "POST /", Timeout: 5 * time.Second,
@@ -214,7 +183,7 @@ func TestHTTP3Authority(t *testing.T) {
 			if tot := rep.Total; tot.Failed != 0 || tot.Full+tot.Resumed != 2 {
 				t.Fatalf("full %d, resumed %d, failed %d (%v); want 2 that work", tot.Full, tot.Resumed, tot.Failed, tot.Errors)
 			}
-			_, port, _ := net.SplitHostPort(udp.LocalAddr().String())
+			_, port, _ := net.SplitHostPort(addr)
 			if got := <-hosts; got != tc.want(port) {
 				t.Errorf("the server saw authority %q, want %q", got, tc.want(port))
 			}
@@ -230,35 +199,17 @@ func TestHTTP3Authority(t *testing.T) {
 // the balancer would report every resumption as working, shared sessions
 // or not.
 func TestHTTP3EachConnectionFromItsOwnPort(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 6
 	remotes := make(chan string, n)
-	srv := &http3.Server{
-		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case remotes <- r.RemoteAddr:
-			default:
-			}
-			w.Write([]byte("ok"))
-		}),
-	}
-	go srv.Serve(udp)
-	t.Cleanup(func() {
-		srv.Close()
-		udp.Close()
-	})
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+	addr, roots := startQUICHandler(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case remotes <- r.RemoteAddr:
+		default:
+		}
+		w.Write([]byte("ok"))
+	}), nil)
 	rep, err := probe.Run(context.Background(), probe.Config{
-		Targets: []string{udp.LocalAddr().String()}, ServerName: "localhost", RootCAs: roots,
+		Targets: []string{addr}, ServerName: "localhost", RootCAs: roots,
 		Connections: n, HTTP3: true, Request: "POST /", Timeout: 5 * time.Second,
 	}, nil)
 	if err != nil {
@@ -288,43 +239,25 @@ func TestHTTP3EachConnectionFromItsOwnPort(t *testing.T) {
 // download) and, ignoring the read's timeout, counted it as a connection
 // that worked.
 func TestHTTP3ReadsOnlyTheResponseHead(t *testing.T) {
-	cert, err := proxy.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http3.Server{
-		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// An answer that never ends: a chunk every 20 ms.
-			for {
-				if _, err := w.Write([]byte("data: tick\n\n")); err != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
+	addr, roots := startQUICHandler(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// An answer that never ends: a chunk every 20 ms.
+		for {
+			if _, err := w.Write([]byte("data: tick\n\n")); err != nil {
+				return
 			}
-		}),
-	}
-	go srv.Serve(udp)
-	t.Cleanup(func() {
-		srv.Close()
-		udp.Close()
-	})
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}), nil)
 	const n = 3
 	timeout := 2 * time.Second
 	start := time.Now()
 	rep, err := probe.Run(context.Background(), probe.Config{
-		Targets: []string{udp.LocalAddr().String()}, ServerName: "localhost", RootCAs: roots,
+		Targets: []string{addr}, ServerName: "localhost", RootCAs: roots,
 		Connections: n, HTTP3: true, Request: "POST /events", Timeout: timeout,
 	}, nil)
 	if err != nil {
@@ -378,4 +311,34 @@ func startHTTP3Server(t *testing.T, early bool, roots *x509.CertPool) *proxy.Ser
 	})
 	roots.AddCert(cert.Leaf)
 	return s
+}
+
+// startQUICHandler serves h over HTTP/3 with a plain quic-go server (not
+// tlsfarm's proxy) on a UDP port of ip, under a self-signed certificate for
+// localhost, with quic's settings qc (nil for quic-go's defaults). It
+// returns the server's address and a pool holding its certificate; the
+// server is closed when the test ends.
+func startQUICHandler(t *testing.T, ip string, h http.Handler, qc *quic.Config) (addr string, roots *x509.CertPool) {
+	t.Helper()
+	cert, err := proxy.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http3.Server{
+		TLSConfig:  http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
+		Handler:    h,
+		QUICConfig: qc,
+	}
+	go srv.Serve(udp)
+	t.Cleanup(func() {
+		srv.Close()
+		udp.Close()
+	})
+	roots = x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	return udp.LocalAddr().String(), roots
 }
