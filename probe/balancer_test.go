@@ -12,23 +12,26 @@ import (
 	"github.com/tlsfarm/tlsfarm/probe"
 )
 
-// udpBalancer is a layer-4 UDP balancer on loopback: it keeps each flow
-// (source address and port) on one backend, chosen by a hash of the flow,
-// as docs/operations.md asks of the balancer in front of HTTP/3 nodes.
-func udpBalancer(t *testing.T, backends []string) string {
+// udpRelay is a layer-4 UDP relay on loopback: route picks the backend of
+// each flow (source address and port) when its first packet arrives, given
+// the flow's source and how many flows came before it; "" drops every
+// packet of the flow. It returns the relay's address.
+func udpRelay(t *testing.T, route func(src string, nth int) string) string {
 	t.Helper()
 	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	flows := make(map[string]*net.UDPConn)
+	flows := make(map[string]*net.UDPConn) // nil: a dropped flow
 	t.Cleanup(func() {
 		front.Close()
 		mu.Lock()
 		defer mu.Unlock()
 		for _, c := range flows {
-			c.Close()
+			if c != nil {
+				c.Close()
+			}
 		}
 	})
 	go func() {
@@ -41,30 +44,47 @@ func udpBalancer(t *testing.T, backends []string) string {
 			mu.Lock()
 			up, ok := flows[src.String()]
 			if !ok {
-				h := fnv.New32a()
-				h.Write([]byte(src.String()))
-				addr, _ := net.ResolveUDPAddr("udp", backends[h.Sum32()%uint32(len(backends))])
-				if up, err = net.DialUDP("udp", nil, addr); err != nil {
-					mu.Unlock()
-					continue
+				if backend := route(src.String(), len(flows)); backend != "" {
+					addr, err := net.ResolveUDPAddr("udp", backend)
+					if err == nil {
+						up, err = net.DialUDP("udp", nil, addr)
+					}
+					if err != nil {
+						mu.Unlock()
+						continue
+					}
+					go func() { // the backend's answers, back to the flow's source
+						b := make([]byte, 65536)
+						for {
+							m, err := up.Read(b)
+							if err != nil {
+								return
+							}
+							front.WriteToUDP(b[:m], src)
+						}
+					}()
 				}
 				flows[src.String()] = up
-				go func() { // the backend's answers, back to the flow's source
-					b := make([]byte, 65536)
-					for {
-						m, err := up.Read(b)
-						if err != nil {
-							return
-						}
-						front.WriteToUDP(b[:m], src)
-					}
-				}()
 			}
 			mu.Unlock()
-			up.Write(buf[:n])
+			if up != nil {
+				up.Write(buf[:n])
+			}
 		}
 	}()
 	return front.LocalAddr().String()
+}
+
+// udpBalancer is a layer-4 UDP balancer on loopback: it keeps each flow
+// (source address and port) on one backend, chosen by a hash of the flow,
+// as docs/operations.md asks of the balancer in front of HTTP/3 nodes.
+func udpBalancer(t *testing.T, backends []string) string {
+	t.Helper()
+	return udpRelay(t, func(src string, _ int) string {
+		h := fnv.New32a()
+		h.Write([]byte(src))
+		return backends[h.Sum32()%uint32(len(backends))]
+	})
 }
 
 // TestHTTP3ThroughBalancerSeesNodesThatShareNothing probes two HTTP/3
@@ -105,61 +125,12 @@ func TestHTTP3ThroughBalancerSeesNodesThatShareNothing(t *testing.T) {
 // flows begin): those connections' handshakes time out.
 func dropEveryOtherFlow(t *testing.T, backend string) string {
 	t.Helper()
-	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := net.ResolveUDPAddr("udp", backend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	flows := make(map[string]*net.UDPConn) // nil: a dropped flow
-	t.Cleanup(func() {
-		front.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range flows {
-			if c != nil {
-				c.Close()
-			}
+	return udpRelay(t, func(_ string, nth int) string {
+		if nth%2 == 0 {
+			return backend
 		}
+		return ""
 	})
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, src, err := front.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			up, ok := flows[src.String()]
-			if !ok {
-				if len(flows)%2 == 0 {
-					if up, err = net.DialUDP("udp", nil, addr); err != nil {
-						mu.Unlock()
-						continue
-					}
-					go func() {
-						b := make([]byte, 65536)
-						for {
-							m, err := up.Read(b)
-							if err != nil {
-								return
-							}
-							front.WriteToUDP(b[:m], src)
-						}
-					}()
-				}
-				flows[src.String()] = up
-			}
-			mu.Unlock()
-			if up != nil {
-				up.Write(buf[:n])
-			}
-		}
-	}()
-	return front.LocalAddr().String()
 }
 
 // TestHTTP3FailedOfferCountsAsNotResumed: over HTTP/3 too, a handshake
