@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -36,19 +37,7 @@ func TestHTTP3StalledRequestHeadersAreCut(t *testing.T) {
 		c.Listeners[0].HTTP3 = true
 		c.IdleTimeout = idle
 	})
-	tlsConf := client("localhost", cert)
-	tlsConf.NextProtos = []string{http3.NextProtoH3}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := quic.DialAddr(ctx, s.Addrs()[0], tlsConf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseWithError(0, "")
-	str, err := conn.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, str := rawH3Stream(t, s.Addrs()[0], cert)
 	if _, err := str.Write([]byte{0x01}); err != nil { // a HEADERS frame's type, and no more
 		t.Fatal(err)
 	}
@@ -83,19 +72,7 @@ func TestHTTP3ShortBodyIsTheClientsFault(t *testing.T) {
 		c.Listeners[0].HTTP3 = true
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
-	tlsConf := client("localhost", cert)
-	tlsConf.NextProtos = []string{http3.NextProtoH3}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := quic.DialAddr(ctx, s.Addrs()[0], tlsConf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseWithError(0, "")
-	str, err := conn.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, str := rawH3Stream(t, s.Addrs()[0], cert)
 	str.Write(rawH3Request(t, http.MethodPost, "/", "content-length", "100"))
 	str.Write(h3Frame(0x00, []byte("abc"))) // DATA
 	str.Close()                             // the stream ends 97 bytes short
@@ -319,4 +296,25 @@ func TestHTTP3DeclaredHeadersDoNotReserveMemory(t *testing.T) {
 	}
 	resp.Body.Close()
 	must(t, resp.StatusCode == http.StatusOK, "a request with 40 KB of headers: status %d", resp.StatusCode)
+}
+
+// rawH3Stream dials addr over QUIC with HTTP/3's ALPN, trusting cert for
+// localhost, and opens a bidirectional stream on which the test writes raw
+// HTTP/3 frames. The connection is closed when the test ends.
+func rawH3Stream(t *testing.T, addr string, cert *tls.Certificate) (*quic.Conn, *quic.Stream) {
+	t.Helper()
+	tlsConf := client("localhost", cert)
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, addr, tlsConf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	str, err := conn.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, str
 }
