@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -24,7 +25,11 @@ const defaultRuntimeTimeout = 5 * time.Second
 // its context ends sooner.
 type HAProxyRuntime struct {
 	// Socket is the runtime API's address: a Unix socket path, or host:port
-	// for a TCP socket.
+	// for a TCP socket on a loopback address (127.0.0.0/8, ::1 or
+	// localhost). The runtime API has no encryption, and "set ssl tls-key"
+	// carries the key: any other host is refused, so that no key crosses
+	// a network in the clear (HAProxy reads the keys file on its own
+	// machine anyway, so its agent runs there too).
 	Socket string
 
 	// ID names the keys reference: the file name exactly as haproxy.cfg
@@ -32,11 +37,28 @@ type HAProxyRuntime struct {
 	ID string
 }
 
+// runtimeNetwork returns the network of a runtime API address ("unix" or
+// "tcp"), and an error for a TCP address that is not on a loopback
+// address (see HAProxyRuntime.Socket).
+func runtimeNetwork(socket string) (string, error) {
+	if strings.Contains(socket, "/") || !strings.Contains(socket, ":") {
+		return "unix", nil
+	}
+	host, _, err := net.SplitHostPort(socket)
+	if err != nil {
+		return "", fmt.Errorf("runtime API address %q: %v", socket, err)
+	}
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.Unmap().IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return "tcp", nil
+	}
+	return "", fmt.Errorf("runtime API address %q is not a loopback address: the runtime API is not encrypted, and the keys would cross the network in the clear (use a Unix socket, or 127.0.0.1)", socket)
+}
+
 // command sends one command and returns HAProxy's whole answer.
 func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, error) {
-	network := "unix"
-	if !strings.Contains(rt.Socket, "/") && strings.Contains(rt.Socket, ":") {
-		network = "tcp"
+	network, err := runtimeNetwork(rt.Socket)
+	if err != nil {
+		return "", err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
