@@ -87,27 +87,25 @@ func certFiles(t *testing.T, dir string) (cert, key string) {
 	return cert, key
 }
 
-// An nginxServer is an nginx started by a test, reading the key files of
-// an nginx target.
-type nginxServer struct {
+// A termServer is an nginx or HAProxy started by a test, reading the key
+// files of a target.
+type termServer struct {
 	t      *testing.T
-	bin    string
-	prefix string
-	conf   string
+	name   string
+	args   []string // its command line
+	prefix string   // its directory
 	port   int
 	cmd    *exec.Cmd
 	done   chan struct{}
 	out    *logtest.Buffer
 }
 
-// newNginxServer prepares an nginx that serves TLS 1.2 and 1.3 on a free
-// loopback port, with tickets under the NginxFileCount(keep) key files in
-// keyDir and no session cache, and stops it when the test ends. Start it
-// once the files are there.
-func newNginxServer(t *testing.T, keyDir string, keep int) *nginxServer {
+// newTermServer prepares a server run by args in prefix, on the port that
+// write (which writes its configuration for a port) is given, and stops
+// it when the test ends.
+func newTermServer(t *testing.T, name, prefix string, args []string, write func(port int) error) *termServer {
 	t.Helper()
-	s := &nginxServer{t: t, bin: needBinary(t, "nginx"), prefix: t.TempDir()}
-	s.conf = filepath.Join(s.prefix, "nginx.conf")
+	s := &termServer{t: t, name: name, args: args, prefix: prefix}
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {
@@ -116,15 +114,28 @@ func newNginxServer(t *testing.T, keyDir string, keep int) *nginxServer {
 			if s.out != nil {
 				out = s.out.String()
 			}
-			t.Logf("nginx output:\n%s\n%s", out, el)
+			t.Logf("%s output:\n%s\n%s", name, out, el)
 		}
 	})
-	cert, key := certFiles(t, s.prefix)
+	s.port, _ = testenv.OnFreePort(t, write)
+	return s
+}
+
+// newNginxServer prepares an nginx that serves TLS 1.2 and 1.3 on a free
+// loopback port, with tickets under the NginxFileCount(keep) key files in
+// keyDir and no session cache, and stops it when the test ends. Start it
+// once the files are there.
+func newNginxServer(t *testing.T, keyDir string, keep int) *termServer {
+	t.Helper()
+	bin := needBinary(t, "nginx")
+	prefix := t.TempDir()
+	conf := filepath.Join(prefix, "nginx.conf")
+	cert, key := certFiles(t, prefix)
 	var tk strings.Builder
 	for i := range NginxFileCount(keep) {
 		fmt.Fprintf(&tk, "    ssl_session_ticket_key %s;\n", filepath.Join(keyDir, NginxFileName(i)))
 	}
-	s.port, _ = testenv.OnFreePort(t, func(port int) error {
+	return newTermServer(t, "nginx", prefix, []string{bin, "-c", conf, "-p", prefix}, func(port int) error {
 		cfg := fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes 1;
@@ -149,27 +160,56 @@ http {
 %[5]s    location / { return 200 "keyexport-test\n"; }
   }
 }
-`, s.prefix, port, cert, key, tk.String())
-		if err := os.WriteFile(s.conf, []byte(cfg), 0o600); err != nil {
-			return err
-		}
-		s.port = port
-		return nil
+`, prefix, port, cert, key, tk.String())
+		return os.WriteFile(conf, []byte(cfg), 0o600)
 	})
-	return s
 }
 
-func (s *nginxServer) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
+// newHAProxyServer prepares an HAProxy that serves TLS on a free loopback
+// port with the tls-ticket-keys file keysFile, and a runtime API socket at
+// level admin, which it returns. Start it once the file is there.
+func newHAProxyServer(t *testing.T, keysFile string) (*termServer, string) {
+	t.Helper()
+	bin := needBinary(t, "haproxy")
+	prefix := t.TempDir()
+	cert, key := certFiles(t, prefix)
+	c, _ := os.ReadFile(cert)
+	k, _ := os.ReadFile(key)
+	pemFile := filepath.Join(prefix, "crt.pem")
+	if err := os.WriteFile(pemFile, append(c, k...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(prefix, "admin.sock")
+	conf := filepath.Join(prefix, "haproxy.cfg")
+	s := newTermServer(t, "haproxy", prefix, []string{bin, "-db", "-f", conf}, func(port int) error {
+		cfg := fmt.Sprintf(`global
+  stats socket %[1]s level admin
+  tune.ssl.lifetime 3600
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 10s
+  timeout server 10s
+frontend tls
+  bind 127.0.0.1:%[2]d ssl crt %[3]s tls-ticket-keys %[4]s ssl-min-ver TLSv1.2
+  http-request return status 200 content-type text/plain string keyexport-test
+`, sock, port, pemFile, keysFile)
+		return os.WriteFile(conf, []byte(cfg), 0o600)
+	})
+	return s, sock
+}
 
-// start starts nginx, in the foreground as the test's child, and waits
+func (s *termServer) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
+
+// start starts the server, in the foreground as the test's child, and waits
 // until it answers as itself on its port.
-func (s *nginxServer) start() {
+func (s *termServer) start() {
 	s.t.Helper()
 	deadline := time.Now().Add(testenv.StartTimeout)
 launch:
 	for {
 		s.out = &logtest.Buffer{}
-		s.cmd = exec.Command(s.bin, "-c", s.conf, "-p", s.prefix)
+		s.cmd = exec.Command(s.args[0], s.args[1:]...)
 		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := s.cmd.Start(); err != nil {
@@ -186,19 +226,19 @@ launch:
 					time.Sleep(100 * time.Millisecond)
 					continue launch
 				}
-				s.t.Fatalf("nginx exited at start: %s", s.out.String())
+				s.t.Fatalf("%s exited at start: %s", s.name, s.out.String())
 			case <-time.After(20 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
-				s.t.Fatalf("nginx does not answer on %s", s.addr())
+				s.t.Fatalf("%s does not answer on %s", s.name, s.addr())
 			}
 		}
 		return
 	}
 }
 
-// answers reports whether nginx answers an HTTP request on its port.
-func (s *nginxServer) answers() bool {
+// answers reports whether the server answers an HTTP request on its port.
+func (s *termServer) answers() bool {
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.addr(),
 		&tls.Config{ServerName: "localhost", InsecureSkipVerify: true})
 	if err != nil {
@@ -211,8 +251,8 @@ func (s *nginxServer) answers() bool {
 	return strings.Contains(string(body), "keyexport-test")
 }
 
-// stop stops nginx and its workers (its process group) and waits.
-func (s *nginxServer) stop() {
+// stop stops the server and its workers (its process group) and waits.
+func (s *termServer) stop() {
 	if s.cmd == nil {
 		return
 	}
@@ -226,9 +266,10 @@ func (s *nginxServer) stop() {
 	s.cmd = nil
 }
 
-// restart stops nginx and starts it again, so that it reads its key files
-// now (a reload is asynchronous: its old workers go on for a moment).
-func (s *nginxServer) restart() {
+// restart stops the server and starts it again, so that it reads its key
+// files now (an nginx reload is asynchronous: its old workers go on for a
+// moment).
+func (s *termServer) restart() {
 	s.t.Helper()
 	s.stop()
 	s.start()
