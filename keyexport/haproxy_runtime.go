@@ -81,11 +81,27 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 	return string(b), err
 }
 
+// cliWord returns s as one word of a runtime API command: HAProxy splits a
+// command line into words at spaces and tabs, and into commands at ';',
+// unless a backslash escapes them. A key file's path with a space in it
+// (quoted in haproxy.cfg) named no reference, and one with ';' would have
+// ended the command there and run the rest as another.
+func cliWord(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		if c == ' ' || c == '\t' || c == ';' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
 // Keys returns the keys HAProxy holds for the reference, oldest first, as
 // base64 text (the second of them encrypts when HAProxy holds three). The
 // strings are key material: never log them.
 func (rt *HAProxyRuntime) Keys(ctx context.Context) ([]string, error) {
-	out, err := rt.command(ctx, "show tls-keys "+rt.ID)
+	out, err := rt.command(ctx, "show tls-keys "+cliWord(rt.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +141,7 @@ func parseShowTLSKeys(out string) ([]string, error) {
 // push makes key HAProxy's next key: its former next key starts encrypting
 // and its oldest key is dropped.
 func (rt *HAProxyRuntime) push(ctx context.Context, key string) error {
-	out, err := rt.command(ctx, "set ssl tls-key "+rt.ID+" "+key)
+	out, err := rt.command(ctx, "set ssl tls-key "+cliWord(rt.ID)+" "+key)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package keyexport
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -101,5 +102,44 @@ func TestHAProxySyncRealServer(t *testing.T) {
 	hp.restart()
 	if !resumes(tY) {
 		t.Error("after a restart from the file, HAProxy does not resume a ticket of the farm's current key")
+	}
+}
+
+// TestHAProxyRuntimePathWithSpace pushes keys to a real HAProxy whose
+// tls-ticket-keys file has a space in its path (quoted in haproxy.cfg):
+// the runtime API splits words at spaces unless they are escaped, so the
+// reference was not found and every export failed. The escaping also
+// keeps ';' and '\' inside the word (a ';' would have ended the command).
+func TestHAProxyRuntimePathWithSpace(t *testing.T) {
+	if got, want := cliWord(`/a b;c\d	e`), `/a\ b\;c\\d\	e`; got != want {
+		t.Errorf("cliWord = %q, want %q", got, want)
+	}
+	dir := filepath.Join(privateKeyDir(t), "tls farm")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keysFile := filepath.Join(dir, "tls-ticket.keys")
+	st := ticket.State{Epoch: 3, Current: testKey(1), Next: testKey(40), Previous: []ticket.Key{testKey(80)}, Rotated: time.Now()}
+	set, err := newSet(st, 0, time.Hour, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := &HAProxyTarget{File: keysFile}
+	if err := target.Export(context.Background(), set); err != nil {
+		t.Fatal(err)
+	}
+	hp, sock := newHAProxyServer(t, keysFile)
+	hp.start()
+	next, err := st.Rotate(time.Now(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set2, err := newSet(next, 0, time.Hour, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target.Socket = sock
+	if err := target.Export(context.Background(), set2); err != nil {
+		t.Fatalf("export to a HAProxy whose key file's path has a space: %v", err)
 	}
 }

@@ -191,7 +191,7 @@ defaults
   timeout client 10s
   timeout server 10s
 frontend tls
-  bind 127.0.0.1:%[2]d ssl crt %[3]s tls-ticket-keys %[4]s ssl-min-ver TLSv1.2
+  bind 127.0.0.1:%[2]d ssl crt %[3]s tls-ticket-keys "%[4]s" ssl-min-ver TLSv1.2
   http-request return status 200 content-type text/plain string keyexport-test
 `, sock, port, pemFile, keysFile)
 		return os.WriteFile(conf, []byte(cfg), 0o600)
