@@ -137,16 +137,15 @@ func (t *NginxTarget) Export(_ context.Context, s *Set) error {
 // ticket-0.key (the key that encrypts), then ticket-1.key (the staged key).
 // At a rotation file 0 gets the key of file 1, file 2 that of file 0, and
 // every later file that of the one before it; so in this order every state
-// between two
-// renames holds the old set's current and next keys and the previous keys
-// the new set keeps: only the key that the rotation drops, and the new
-// staged key, which nothing encrypts with yet, may be missing. In the
-// order of the files, ticket-0.key went first, and until the third rename
-// no file held the key that had encrypted until the rotation (the one
-// lagging servers still encrypt with): an nginx that read its files then
-// (reloaded by anyone, or started after the agent was killed between two
-// renames) refused every ticket of the last interval until it read them
-// again.
+// between two renames holds the old set's current and next keys and the
+// previous keys the new set keeps: only the key that the rotation drops,
+// and the new staged key, which nothing encrypts with yet, may be missing.
+// In the order of the files, ticket-0.key went first, and until the third
+// rename no file held the key that had encrypted until the rotation (the
+// one lagging servers still encrypt with): an nginx that read its files
+// then (reloaded by anyone, or started after the agent was killed between
+// two renames) refused every ticket of the last interval until it read
+// them again.
 func nginxRenameOrder(n int) []int {
 	order := make([]int, 0, n)
 	for i := n - 1; i >= 2; i-- {
