@@ -90,14 +90,16 @@ func certFiles(t *testing.T, dir string) (cert, key string) {
 // A termServer is an nginx or HAProxy started by a test, reading the key
 // files of a target.
 type termServer struct {
-	t      *testing.T
-	name   string
-	args   []string // its command line
-	prefix string   // its directory
-	port   int
-	cmd    *exec.Cmd
-	done   chan struct{}
-	out    *logtest.Buffer
+	t       *testing.T
+	name    string
+	args    []string // its command line
+	prefix  string   // its directory
+	port    int
+	write   func(port int) error // writes its configuration for a port
+	started bool                 // it started once: a restart keeps its port
+	cmd     *exec.Cmd
+	done    chan struct{}
+	out     *logtest.Buffer
 }
 
 // newTermServer prepares a server run by args in prefix, on the port that
@@ -105,7 +107,7 @@ type termServer struct {
 // it when the test ends.
 func newTermServer(t *testing.T, name, prefix string, args []string, write func(port int) error) *termServer {
 	t.Helper()
-	s := &termServer{t: t, name: name, args: args, prefix: prefix}
+	s := &termServer{t: t, name: name, args: args, prefix: prefix, write: write}
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {
@@ -223,6 +225,13 @@ launch:
 			case <-done:
 				s.cmd = nil
 				if time.Now().Before(deadline) && strings.Contains(s.out.String(), "Address already in use") {
+					if !s.started {
+						// Taken since OnFreePort chose it: move on.
+						s.port = testenv.FreePort(s.t)
+						if err := s.write(s.port); err != nil {
+							s.t.Fatal(err)
+						}
+					}
 					time.Sleep(100 * time.Millisecond)
 					continue launch
 				}
@@ -233,6 +242,7 @@ launch:
 				s.t.Fatalf("%s does not answer on %s", s.name, s.addr())
 			}
 		}
+		s.started = true
 		return
 	}
 }
