@@ -1,6 +1,11 @@
 package farm
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+)
 
 // QUICKeys are the keys every server of a farm must share for QUIC to work
 // across the farm (RFC 9000 §8.1.3 and §10.3): a NEW_TOKEN or Retry token
@@ -21,6 +26,17 @@ func (QUICKeys) String() string { return "QUIC keys (redacted)" }
 
 // GoString never shows the keys.
 func (k QUICKeys) GoString() string { return k.String() }
+
+// Format implements [fmt.Formatter]: every verb, %d and %x included, prints
+// String, never the keys.
+func (k QUICKeys) Format(f fmt.State, verb rune) { io.WriteString(f, k.String()) }
+
+// LogValue implements [slog.LogValuer]: QUICKeys log as String.
+func (k QUICKeys) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// MarshalText implements [encoding.TextMarshaler] with String, so that
+// QUICKeys reaching encoding/json or a slog handler show no key bytes.
+func (k QUICKeys) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // DeriveQUICKeys derives the farm's QUIC keys from its current secret (the
 // first of secrets), with HKDF-SHA256 under labels of their own, bound to

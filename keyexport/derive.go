@@ -3,6 +3,8 @@ package keyexport
 import (
 	"crypto/hkdf"
 	"crypto/sha256"
+	"fmt"
+	"log/slog"
 
 	"github.com/tlsfarm/tlsfarm/ticket"
 )
@@ -57,6 +59,25 @@ func (k Key80) String() string {
 
 // GoString returns String, so %#v prints no key bytes either.
 func (k Key80) GoString() string { return k.String() }
+
+// Format implements [fmt.Formatter]: every verb, %d and %x included, prints
+// String (a width pads it, the '-' flag on the right), never the key bytes.
+func (k Key80) Format(f fmt.State, verb rune) {
+	w, _ := f.Width()
+	if f.Flag('-') {
+		fmt.Fprintf(f, "%-*s", w, k.String())
+	} else {
+		fmt.Fprintf(f, "%*s", w, k.String())
+	}
+}
+
+// LogValue implements [slog.LogValuer]: a Key80 logs as String.
+func (k Key80) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// MarshalText implements [encoding.TextMarshaler] with String, so that a
+// Key80 reaching encoding/json or a slog handler inside a larger value shows
+// no key bytes.
+func (k Key80) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // parts80 derives the name, AES key and HMAC key of the 80-byte key for f.
 func parts80(k ticket.Key, f consumer) (name, aes, hmac []byte) {

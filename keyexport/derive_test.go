@@ -2,8 +2,12 @@ package keyexport
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/tlsfarm/tlsfarm/ticket"
@@ -93,5 +97,40 @@ func TestKey80PrintsNoSecret(t *testing.T) {
 		if len(s) != len("key80:")+8 || s[:6] != "key80:" {
 			t.Errorf("Key80 prints as %q", s)
 		}
+	}
+}
+
+// TestKey80RedactedEverywhere checks the ways a Key80 can reach a log line
+// or an error besides String: every fmt verb, encoding/json and slog's
+// handlers must show the fingerprint only. (%d and both JSON forms printed
+// all 80 bytes.)
+func TestKey80RedactedEverywhere(t *testing.T) {
+	k := NginxKey(testKey(1))
+	secret := k[16:48] // the HMAC key: never printed in any form
+	j, err := json.Marshal(struct{ K Key80 }{k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text, js bytes.Buffer
+	slog.New(slog.NewTextHandler(&text, nil)).Info("x", "k", k, "v", []Key80{k})
+	slog.New(slog.NewJSONHandler(&js, nil)).Info("x", "k", k, "v", []Key80{k})
+	outs := map[string]string{
+		"%d": fmt.Sprintf("%d", k), "%x": fmt.Sprintf("%x", k), "%X": fmt.Sprintf("%X", k),
+		"%+v": fmt.Sprintf("%+v", k), "%q": fmt.Sprintf("%q", k), "%o": fmt.Sprintf("%o", k),
+		"%v slice": fmt.Sprintf("%v", []Key80{k}), "%d struct": fmt.Sprintf("%d", struct{ K Key80 }{k}),
+		"json": string(j), "slog text": text.String(), "slog json": js.String(),
+	}
+	for what, out := range outs {
+		if !strings.Contains(out, k.String()) {
+			t.Errorf("%s: %q lacks the fingerprint", what, out)
+		}
+		for _, enc := range []string{fmt.Sprint(secret[:8]), fmt.Sprintf("%d", secret[0:4]), fmt.Sprintf("%x", secret[:8]), fmt.Sprintf("%X", secret[:8]), base64.StdEncoding.EncodeToString(secret[:12]), strings.Trim(strings.ReplaceAll(fmt.Sprint(secret[:8]), " ", ","), "[]")} {
+			if strings.Contains(out, strings.Trim(enc, "[]")) {
+				t.Errorf("%s prints key bytes: %q", what, out)
+			}
+		}
+	}
+	if got := fmt.Sprintf("[%-16v]", k); got != "["+k.String()+"  ]" {
+		t.Errorf("%%-16v = %q", got)
 	}
 }

@@ -103,8 +103,8 @@ type file struct {
 // passes CheckDir, and no path may be a symbolic link (this package never
 // makes one, so one found there was put by someone else). Each file is
 // first written in full to a new temporary file of mode 0600 beside it and
-// synced; only when every file is staged are they renamed into place, and
-// then each directory is synced. If staging fails, nothing is renamed and
+// synced; only when every file is staged are they renamed into place, in
+// the order of files, and then each directory is synced. If staging fails, nothing is renamed and
 // the temporary files are removed: the set in place stays whole. writeFiles
 // does not clear the files' data.
 func writeFiles(files []file) (err error) {
@@ -151,6 +151,9 @@ func writeFiles(files []file) (err error) {
 			// does; the files renamed so far are whole files of the new set.
 			return fmt.Errorf("replacing %s: %w", f.Path, err)
 		}
+		if afterRename != nil {
+			afterRename(f.Path)
+		}
 	}
 	temps = nil
 	for dir := range dirs {
@@ -160,6 +163,10 @@ func writeFiles(files []file) (err error) {
 	}
 	return nil
 }
+
+// afterRename, if not nil, is called by writeFiles after each file is
+// renamed into place (tests look at the states in between).
+var afterRename func(path string)
 
 // writeTemp writes data to a new temporary file of mode 0600 in dir, syncs
 // it and returns its name. It never follows a symbolic link: the name is

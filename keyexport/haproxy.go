@@ -56,7 +56,7 @@ func haproxyFile(s *Set) []byte {
 // runtime API (see HAProxyRuntime), with no reload.
 type HAProxyTarget struct {
 	File   string // the path, exactly as haproxy.cfg's tls-ticket-keys names it
-	Socket string // the runtime API's socket: a path, or host:port; "" for none
+	Socket string // the runtime API's socket: a path, or a loopback host:port (see HAProxyRuntime.Socket); "" for none
 }
 
 // String returns "haproxy:" and the file, with the socket if any.

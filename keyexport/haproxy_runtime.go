@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -24,7 +25,11 @@ const defaultRuntimeTimeout = 5 * time.Second
 // its context ends sooner.
 type HAProxyRuntime struct {
 	// Socket is the runtime API's address: a Unix socket path, or host:port
-	// for a TCP socket.
+	// for a TCP socket on a loopback address (127.0.0.0/8, ::1 or
+	// localhost). The runtime API has no encryption, and "set ssl tls-key"
+	// carries the key: any other host is refused, so that no key crosses
+	// a network in the clear (HAProxy reads the keys file on its own
+	// machine anyway, so its agent runs there too).
 	Socket string
 
 	// ID names the keys reference: the file name exactly as haproxy.cfg
@@ -32,11 +37,28 @@ type HAProxyRuntime struct {
 	ID string
 }
 
+// runtimeNetwork returns the network of a runtime API address ("unix" or
+// "tcp"), and an error for a TCP address that is not on a loopback
+// address (see HAProxyRuntime.Socket).
+func runtimeNetwork(socket string) (string, error) {
+	if strings.Contains(socket, "/") || !strings.Contains(socket, ":") {
+		return "unix", nil
+	}
+	host, _, err := net.SplitHostPort(socket)
+	if err != nil {
+		return "", fmt.Errorf("runtime API address %q: %v", socket, err)
+	}
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.Unmap().IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return "tcp", nil
+	}
+	return "", fmt.Errorf("runtime API address %q is not a loopback address: the runtime API is not encrypted, and the keys would cross the network in the clear (use a Unix socket, or 127.0.0.1)", socket)
+}
+
 // command sends one command and returns HAProxy's whole answer.
 func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, error) {
-	network := "unix"
-	if !strings.Contains(rt.Socket, "/") && strings.Contains(rt.Socket, ":") {
-		network = "tcp"
+	network, err := runtimeNetwork(rt.Socket)
+	if err != nil {
+		return "", err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -59,11 +81,27 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 	return string(b), err
 }
 
+// cliWord returns s as one word of a runtime API command: HAProxy splits a
+// command line into words at spaces and tabs, and into commands at ';',
+// unless a backslash escapes them. A key file's path with a space in it
+// (quoted in haproxy.cfg) named no reference, and one with ';' would have
+// ended the command there and run the rest as another.
+func cliWord(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		if c == ' ' || c == '\t' || c == ';' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
 // Keys returns the keys HAProxy holds for the reference, oldest first, as
 // base64 text (the second of them encrypts when HAProxy holds three). The
 // strings are key material: never log them.
 func (rt *HAProxyRuntime) Keys(ctx context.Context) ([]string, error) {
-	out, err := rt.command(ctx, "show tls-keys "+rt.ID)
+	out, err := rt.command(ctx, "show tls-keys "+cliWord(rt.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +141,7 @@ func parseShowTLSKeys(out string) ([]string, error) {
 // push makes key HAProxy's next key: its former next key starts encrypting
 // and its oldest key is dropped.
 func (rt *HAProxyRuntime) push(ctx context.Context, key string) error {
-	out, err := rt.command(ctx, "set ssl tls-key "+rt.ID+" "+key)
+	out, err := rt.command(ctx, "set ssl tls-key "+cliWord(rt.ID)+" "+key)
 	if err != nil {
 		return err
 	}

@@ -99,21 +99,26 @@ func (t *NginxTarget) String() string { return "nginx:" + t.Dir }
 // (NginxStaleFiles) are overwritten in the same set with random keys, which
 // decrypt no ticket: an nginx.conf that still lists them keeps loading, and
 // no longer trusts keys the farm dropped.
+//
+// The files are renamed in the order nginxRenameOrder gives, so that an
+// nginx that reloads between two renames of a routine rotation still holds
+// every key the farm uses: the key that encrypted until the rotation, the
+// key that encrypts from it and every previous key the farm keeps.
 func (t *NginxTarget) Export(_ context.Context, s *Set) error {
 	stale, err := NginxStaleFiles(t.Dir, s.Keep)
 	if err != nil {
 		return fmt.Errorf("nginx key files: %w", err)
 	}
 	keys := nginxKeys(s)
-	files := make([]file, len(keys), len(keys)+len(stale))
-	for i, k := range keys {
-		b := NginxKey(k)
-		files[i] = file{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]}
-	}
+	files := make([]file, 0, len(keys)+len(stale))
 	for _, p := range stale {
 		var b [80]byte
 		rand.Read(b[:])
 		files = append(files, file{Path: p, Data: b[:]})
+	}
+	for _, i := range nginxRenameOrder(len(keys)) {
+		b := NginxKey(keys[i])
+		files = append(files, file{Path: filepath.Join(t.Dir, NginxFileName(i)), Data: b[:]})
 	}
 	defer func() {
 		for _, f := range files {
@@ -125,6 +130,31 @@ func (t *NginxTarget) Export(_ context.Context, s *Set) error {
 		return fmt.Errorf("nginx key files: %w", err)
 	}
 	return nil
+}
+
+// nginxRenameOrder returns the order in which an nginx target replaces its
+// n files: the previous keys' files from the oldest to the newest, then
+// ticket-0.key (the key that encrypts), then ticket-1.key (the staged key).
+// At a rotation file 0 gets the key of file 1, file 2 that of file 0, and
+// every later file that of the one before it; so in this order every state
+// between two renames holds the old set's current and next keys and the
+// previous keys the new set keeps: only the key that the rotation drops,
+// and the new staged key, which nothing encrypts with yet, may be missing.
+// In the order of the files, ticket-0.key went first, and until the third
+// rename no file held the key that had encrypted until the rotation (the
+// one lagging servers still encrypt with): an nginx that read its files
+// then (reloaded by anyone, or started after the agent was killed between
+// two renames) refused every ticket of the last interval until it read
+// them again.
+func nginxRenameOrder(n int) []int {
+	order := make([]int, 0, n)
+	for i := n - 1; i >= 2; i-- {
+		order = append(order, i)
+	}
+	for i := range min(n, 2) {
+		order = append(order, i)
+	}
+	return order
 }
 
 // nginxConfig returns the ssl_session_ticket_key lines that make nginx read

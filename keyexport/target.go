@@ -23,7 +23,8 @@ type Target interface {
 //
 //	nginx:DIR                     nginx key files in DIR (see NginxTarget)
 //	haproxy:FILE[,socket=PATH]    HAProxy's tls-ticket-keys FILE, pushed live
-//	                              through the runtime API at PATH (see HAProxyTarget)
+//	                              through the runtime API at PATH, a Unix socket
+//	                              or a loopback host:port (see HAProxyTarget)
 //	file:PATH                     the JSON key set file (see FileTarget)
 //
 // Paths must be absolute.
@@ -54,6 +55,9 @@ func ParseTarget(spec string) (Target, error) {
 			k, v, _ := strings.Cut(p, "=")
 			if k != "socket" || v == "" {
 				return nil, fmt.Errorf("export %q: unknown option %q (want socket=PATH)", spec, p)
+			}
+			if _, err := runtimeNetwork(v); err != nil {
+				return nil, fmt.Errorf("export %q: %v", spec, err)
 			}
 			t.Socket = v
 		}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -233,5 +234,66 @@ func TestPushErrorHidesKey(t *testing.T) {
 		if strings.Contains(err.Error(), key[:16]) || strings.Contains(err.Error(), key[len(key)-40:]) {
 			t.Errorf("the error shows part of the key: %v", err)
 		}
+	}
+}
+
+// TestRuntimeSocketStaysLocal checks that a runtime API address on
+// another host is refused, by ParseTarget and before any connection: the
+// runtime API is plain text, and "set ssl tls-key" carries the key. A
+// listener on a non-loopback address of this machine stands in for a
+// remote HAProxy; before, the key reached it.
+func TestRuntimeSocketStaysLocal(t *testing.T) {
+	for _, spec := range []string{"haproxy:/k,socket=10.0.0.5:9999", "haproxy:/k,socket=[2001:db8::1]:9999", "haproxy:/k,socket=haproxy.example:9999"} {
+		if _, err := ParseTarget(spec); err == nil || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("ParseTarget(%q) err = %v, want a refusal of a non-loopback address", spec, err)
+		}
+	}
+	for _, spec := range []string{"haproxy:/k,socket=127.0.0.1:9999", "haproxy:/k,socket=[::1]:9999", "haproxy:/k,socket=localhost:9999", "haproxy:/k,socket=/run/haproxy/admin.sock", "haproxy:/k,socket=admin.sock"} {
+		if _, err := ParseTarget(spec); err != nil {
+			t.Errorf("ParseTarget(%q): %v", spec, err)
+		}
+	}
+
+	// A listener on an address of this machine that is not loopback.
+	var addr string
+	ifaces, _ := net.InterfaceAddrs()
+	for _, a := range ifaces {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			addr = ipn.IP.String()
+			break
+		}
+	}
+	if addr == "" {
+		t.Skip("no non-loopback IPv4 address on this machine")
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		t.Skipf("listening on %s: %v", addr, err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got <- line
+	}()
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xab}, 80))
+	rt := &HAProxyRuntime{Socket: ln.Addr().String(), ID: "/run/h/keys"}
+	if err := rt.push(context.Background(), key); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("push to %s: err = %v, want a refusal", rt.Socket, err)
+	}
+	select {
+	case line := <-got:
+		if strings.Contains(line, key) {
+			t.Errorf("the key was sent in the clear to %s", rt.Socket)
+		} else {
+			t.Errorf("something was sent to %s", rt.Socket)
+		}
+	case <-time.After(200 * time.Millisecond):
 	}
 }
