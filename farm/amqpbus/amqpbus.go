@@ -111,11 +111,12 @@ type Options struct {
 	// The broker does not tell a queue's bytes: when a subscriber comes
 	// back to a backlog that could be full by bytes (of more than
 	// QueueBytes/transport.MaxMessageSize - 1 messages, 97 or more by
-	// default, and fewer than QueueLength), it reads the backlog once,
-	// unacknowledged, before it reports the subscription up, stopping
-	// once the bytes are over the mark; the broker then puts the messages
-	// back in place. That read costs about what delivering the backlog
-	// does.
+	// default, and fewer than QueueLength), it reads the backlog before
+	// it reports the subscription up, stopping once the bytes are over
+	// the mark, and acknowledges it, keeping it in memory (up to about
+	// QueueBytes) to deliver first once up. A subscription whose context
+	// ends before then leaves what it took undelivered, and the next
+	// Subscribe reports transport.ErrMessagesLost.
 	//
 	// A queue of the Bus's name that the broker already has with other
 	// arguments (declared without this bound) is consumed as it is, with
@@ -177,11 +178,12 @@ type Bus struct {
 
 	warn func(msg string, args ...any) // slog.Warn; tests replace it
 
-	qmu       sync.Mutex      // guards the fields below
-	queue     string          // the Bus's queue, named once in Open
-	queueUse  bool            // a Subscribe call consumes from queue
-	declared  map[string]bool // queues declared so far (Close deletes them)
-	unbounded map[string]bool // queues found with other arguments (warned about once)
+	qmu       sync.Mutex       // guards the fields below
+	queue     string           // the Bus's queue, named once in Open
+	queueUse  bool             // a Subscribe call consumes from queue
+	declared  map[string]bool  // queues declared so far (Close deletes them)
+	unbounded map[string]bool  // queues found with other arguments (warned about once)
+	gaps      map[string]error // losses a Subscribe call ended without reporting, by queue
 }
 
 // A publisher is the connection and channel that Publish (or Ping) uses.
@@ -245,7 +247,7 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 		}
 	}
 	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, warn: slog.Warn,
-		declared: make(map[string]bool), unbounded: make(map[string]bool)}
+		declared: make(map[string]bool), unbounded: make(map[string]bool), gaps: make(map[string]error)}
 	b.queue = b.newQueueName()
 	if opts != nil {
 		b.opts = *opts
@@ -581,14 +583,26 @@ var errClosed = errors.New("amqpbus: the bus is closed")
 // (expired, or the broker restarted), held QueueLength messages, or held
 // so many bytes that a message of transport.MaxMessageSize would not fit
 // under QueueBytes (in either case the broker may have dropped the
-// oldest). Messages handled but not yet acknowledged when the connection
-// failed come again.
+// oldest), or if the Subscribe call before it on the Bus ended with such
+// a loss unreported or with messages taken from the queue and not
+// delivered. Messages handled but not yet acknowledged when the
+// connection failed come again.
 func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	queue := b.takeQueue()
 	defer b.releaseQueue(queue)
 	// A loss found by an attempt that fails before the subscription is
-	// up is reported by the one that gets there.
-	var lost error
+	// up is reported by the one that gets there, and the backlog an
+	// attempt read (and acknowledged) is delivered by it too.
+	lost := b.takeGap(queue)
+	var held backlog
+	defer func() {
+		if lost != nil || held.n > 0 {
+			// Ending with a loss unreported, or with acknowledged
+			// messages undelivered: the next Subscribe on queue reports
+			// the loss.
+			b.putGap(queue, lost)
+		}
+	}()
 	failures := 0
 	for {
 		if b.isClosed() {
@@ -598,7 +612,7 @@ func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bo
 			return ctx.Err()
 		}
 		start := time.Now()
-		err := b.subscribeOnce(ctx, queue, &lost, deliver, state)
+		err := b.subscribeOnce(ctx, queue, &lost, &held, deliver, state)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -638,6 +652,33 @@ func (b *Bus) releaseQueue(queue string) {
 	}
 }
 
+// errHeldLost is the loss a Subscribe reports when the one before it on
+// the same queue ended holding messages it had taken from the queue and
+// not delivered.
+var errHeldLost = fmt.Errorf("amqpbus: an earlier subscription ended with messages taken from the queue and not delivered: %w", transport.ErrMessagesLost)
+
+// putGap records that a Subscribe call on queue ended with a loss it did
+// not report (err, or errHeldLost if err is nil), for the next call on
+// queue to report.
+func (b *Bus) putGap(queue string, err error) {
+	if err == nil {
+		err = errHeldLost
+	}
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	b.gaps[queue] = err
+}
+
+// takeGap returns, and forgets, the loss an earlier Subscribe call on
+// queue left to report (see putGap), or nil.
+func (b *Bus) takeGap(queue string) error {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	err := b.gaps[queue]
+	delete(b.gaps, queue)
+	return err
+}
+
 func (b *Bus) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -647,8 +688,11 @@ func (b *Bus) isClosed() bool {
 // subscribeOnce runs one subscription on queue until its connection fails
 // or ctx ends.
 // *lost is the loss to report once up, if any; subscribeOnce sets it when
-// it finds one, and clears it once reported.
-func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deliver func([]byte), state func(bool, error)) error {
+// it finds one, and clears it once reported. *held is the backlog read
+// from the queue, and acknowledged, before the state was reported up (by
+// this attempt or one that failed before it): subscribeOnce delivers it
+// first once up, and then clears it.
+func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held *backlog, deliver func([]byte), state func(bool, error)) error {
 	conn, ch, err := b.dial(ctx)
 	if err != nil {
 		return err
@@ -707,19 +751,14 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 	had := b.declared[queue]
 	b.declared[queue] = true
 	b.qmu.Unlock()
+	measure := false
 	switch {
 	case had && !existed:
 		*lost = fmt.Errorf("amqpbus: the queue was gone when the subscriber came back: %w", transport.ErrMessagesLost)
 	case existed && q.Messages >= b.opts.QueueLength:
 		*lost = fmt.Errorf("amqpbus: the queue was full when the subscriber came back: %w", transport.ErrMessagesLost)
-	case existed && bytesBound && *lost == nil && b.mayHoldFull(q.Messages):
-		full, err := b.fullByBytes(ctx, conn, queue, q.Messages)
-		if err != nil {
-			return b.errorf("measuring the queue", err)
-		}
-		if full {
-			*lost = fmt.Errorf("amqpbus: the queue was full (Options.QueueBytes) when the subscriber came back: %w", transport.ErrMessagesLost)
-		}
+	case existed && bytesBound && *lost == nil && (held.n > 0 || b.mayHoldFull(q.Messages)):
+		measure = true
 	}
 	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
 		return b.errorf("binding queue", err)
@@ -731,18 +770,49 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 	if err != nil {
 		return b.errorf("consuming", err)
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	state(true, *lost)
-	*lost = nil
-	unacked := 0
 	closed := func(e *amqp.Error) error {
 		if e == nil {
 			return errors.New("amqpbus: connection closed")
 		}
 		return b.errorf("connection lost", e)
 	}
+	// ended returns why deliveries closed: the consumer is gone, and the
+	// reason follows on a close channel.
+	ended := func() error {
+		select {
+		case e := <-connClosed:
+			return closed(e)
+		case e := <-chClosed:
+			return closed(e)
+		case <-time.After(time.Second):
+			return errors.New("amqpbus: consumer cancelled")
+		}
+	}
+	if measure {
+		full, err := b.readBacklog(ctx, deliveries, q.Messages, held, ended)
+		if err != nil {
+			return err
+		}
+		if full {
+			*lost = fmt.Errorf("amqpbus: the queue was full (Options.QueueBytes) when the subscriber came back: %w", transport.ErrMessagesLost)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	state(true, *lost)
+	*lost = nil
+	for len(held.msgs) > 0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		m := held.msgs[0]
+		held.msgs[0] = nil
+		held.msgs = held.msgs[1:]
+		deliver(m)
+	}
+	*held = backlog{}
+	unacked := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -755,15 +825,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 				return ctx.Err()
 			}
 			if !ok {
-				// Consumer gone; the reason follows on a close channel.
-				select {
-				case e := <-connClosed:
-					return closed(e)
-				case e := <-chClosed:
-					return closed(e)
-				case <-time.After(time.Second):
-					return errors.New("amqpbus: consumer cancelled")
-				}
+				return ended()
 			}
 			if len(d.Body) <= transport.MaxMessageSize {
 				deliver(d.Body)
@@ -806,51 +868,67 @@ func (b *Bus) mayHoldFull(n int) bool {
 	return n > 0 && int64(n)*transport.MaxMessageSize > b.opts.QueueBytes-transport.MaxMessageSize
 }
 
-// fullByBytes reports whether the first n messages in queue, the ones it
-// held when the subscriber came back, leave no room under
-// Options.QueueBytes for a message of transport.MaxMessageSize: then the
-// broker may have dropped the oldest of what was published meanwhile, as
-// a queue of QueueLength messages may have. The declaration does not tell
-// a queue's bytes, so fullByBytes reads the messages, on a channel of its
-// own and without acknowledging them (it stops once their bytes are over
-// the mark), and closes the channel: the broker puts them back in place,
-// to be delivered in order. That is once per reconnection with a backlog
-// that could be full (mayHoldFull), and at most QueueBytes read.
-func (b *Bus) fullByBytes(ctx context.Context, conn *amqp.Connection, queue string, n int) (bool, error) {
+// A backlog is what a subscription read from its queue, and
+// acknowledged, before it reported itself up (see readBacklog).
+type backlog struct {
+	msgs  [][]byte // the messages to deliver once up, in order
+	n     int      // how many were read, those too long to deliver included
+	bytes int64    // the bytes of the n
+}
+
+// readBacklog reads the first n messages of the queue from deliveries, the
+// ones it held when the subscriber came back, into held (which may hold
+// what an attempt that failed read before), and reports whether they leave
+// no room under Options.QueueBytes for a message of
+// transport.MaxMessageSize: then the broker may have dropped the oldest of
+// what was published meanwhile, as a queue of QueueLength messages may
+// have. The declaration does not tell a queue's bytes, so the messages
+// must be read; readBacklog stops once their bytes are over the mark.
+//
+// It acknowledges what it reads, in groups as the subscription does, and
+// keeps it to be delivered once the state is reported. Reading the
+// messages unacknowledged and giving them back to the queue would not
+// do: the broker counts only its ready messages against the queue's
+// bounds, so it takes what is published while the backlog is held, and
+// when the backlog comes back it drops the oldest of it to get under them,
+// a loss after the measure that found none. ended returns the reason
+// deliveries closed.
+func (b *Bus) readBacklog(ctx context.Context, deliveries <-chan amqp.Delivery, n int, held *backlog, ended func() error) (bool, error) {
 	mark := b.opts.QueueBytes - transport.MaxMessageSize
-	ch, err := conn.Channel()
-	if err != nil {
-		return false, err
-	}
-	defer ch.Close()
-	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	// No prefetch bound: the broker sends the n messages, and the few
-	// published since, unacknowledged.
-	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
-	if err != nil {
-		return false, err
-	}
-	var total int64
-	for i := 0; i < n && total <= mark; i++ {
+	unacked := 0
+	var last amqp.Delivery
+	for i := 0; i < n && held.bytes <= mark; i++ {
 		select {
-		case d, ok := <-deliveries:
-			if !ok {
-				select {
-				case e := <-closed:
-					if e != nil {
-						return false, e
-					}
-				case <-time.After(time.Second):
-				}
-				return false, errors.New("consumer cancelled")
-			}
-			total += int64(len(d.Body))
 		case <-ctx.Done():
 			return false, ctx.Err()
+		case d, ok := <-deliveries:
+			if !ok {
+				return false, ended()
+			}
+			if ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+			held.n++
+			held.bytes += int64(len(d.Body))
+			if len(d.Body) <= transport.MaxMessageSize {
+				held.msgs = append(held.msgs, d.Body)
+			}
+			unacked++
+			last = d
+			if unacked >= max(b.opts.Prefetch/2, 1) {
+				if err := d.Ack(true); err != nil {
+					return false, b.errorf("acknowledging", err)
+				}
+				unacked = 0
+			}
 		}
 	}
-	// The deferred Close gives them back.
-	return total > mark, nil
+	if unacked > 0 {
+		if err := last.Ack(true); err != nil {
+			return false, b.errorf("acknowledging", err)
+		}
+	}
+	return held.bytes > mark, nil
 }
 
 var (
