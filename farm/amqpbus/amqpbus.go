@@ -16,7 +16,11 @@
 // transport.ErrMessagesLost with the state up. Close deletes the queue.
 // Messages are sealed by the farm: nothing on the exchange is usable, or
 // accepted back, without the farm secret, which is separate from any
-// RabbitMQ credential.
+// RabbitMQ credential. A message longer than transport.MaxMessageSize,
+// which the farm never sends, is acknowledged unread: the Bus reads the
+// connection beneath amqp091-go and skips its body, which the library
+// would otherwise read whole (up to the broker's max_message_size, 128 MiB
+// by default) before the Bus could refuse it.
 //
 // amqp091-go does not reconnect on its own (its experimental Recovery is
 // not used): Publish redials on its next call after a failure, and
@@ -30,6 +34,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -37,6 +42,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -164,8 +170,11 @@ type Options struct {
 // A Bus is a transport.Bus on a RabbitMQ broker. Its methods are safe for
 // concurrent use; Publish calls are serialized on one channel.
 type Bus struct {
-	url       string
-	passwords []string // the URL's password, decoded and as written: redacted from every error
+	dialURL   string     // the URL as amqp091-go dials it: amqp://, the port explicit for amqps
+	tls       bool       // the URL is amqps://
+	host      string     // the URL's host name, the TLS server name by default
+	query     url.Values // the URL's options
+	passwords []string   // the URL's password, decoded and as written: redacted from every error
 	exchange  string
 	opts      Options
 
@@ -246,7 +255,19 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 			return nil, fmt.Errorf("amqpbus: unknown URL option %q", k)
 		}
 	}
-	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, warn: slog.Warn,
+	// amqp091-go dials an amqp:// URL: the Bus does TLS itself (see
+	// dialGuarded), on the port amqps implies.
+	dialURL := rawURL
+	if u.Scheme == "amqps" {
+		d := *u
+		d.Scheme = "amqp"
+		if d.Port() == "" {
+			d.Host = net.JoinHostPort(d.Hostname(), "5671")
+		}
+		dialURL = d.String()
+	}
+	b := &Bus{dialURL: dialURL, tls: u.Scheme == "amqps", host: u.Hostname(), query: q,
+		passwords: passwords, exchange: exchange, warn: slog.Warn,
 		declared: make(map[string]bool), unbounded: make(map[string]bool), gaps: make(map[string]error)}
 	b.queue = b.newQueueName()
 	if opts != nil {
@@ -397,17 +418,33 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 // ends every call waiting on the connection at once, whatever the broker
 // does (see Ping).
 func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, net.Conn, error) {
+	conn, ch, sock, _, err := b.dialGuarded(ctx)
+	return conn, ch, sock, err
+}
+
+// dialGuarded is dialSocket, and also returns the frameGuard that
+// amqp091-go reads the connection through.
+func (b *Bus) dialGuarded(ctx context.Context) (*amqp.Connection, *amqp.Channel, net.Conn, *frameGuard, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	var raw net.Conn
+	var guard *frameGuard
 	var rawMu sync.Mutex
 	props := amqp.NewConnectionProperties()
 	props["connection_name"] = b.opts.Name
+	var tlsConfig *tls.Config
+	if b.tls {
+		var err error
+		if tlsConfig, err = b.tlsConfig(); err != nil {
+			return nil, nil, nil, nil, b.errorf("connecting", err)
+		}
+	}
 	cfg := amqp.Config{
-		Heartbeat:       b.opts.Heartbeat,
-		TLSClientConfig: b.opts.TLSConfig,
-		Properties:      props,
+		Heartbeat:  b.opts.Heartbeat,
+		Properties: props,
+		// amqp091-go is given an amqp:// URL and does no TLS: the bus
+		// does it here, so that the frameGuard reads above it.
 		Dial: func(network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, network, addr)
@@ -420,11 +457,21 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 			rawMu.Lock()
 			raw = c
 			rawMu.Unlock()
-			return c, nil
+			conn := c
+			if tlsConfig != nil {
+				tc := tls.Client(c, tlsConfig)
+				if err := tc.HandshakeContext(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				conn = tc
+			}
+			g := newFrameGuard(conn, transport.MaxMessageSize)
+			rawMu.Lock()
+			guard = g
+			rawMu.Unlock()
+			return g, nil
 		},
-	}
-	if cfg.TLSClientConfig != nil {
-		cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
 	}
 	// A context that ends during the handshakes ends them.
 	stop := context.AfterFunc(ctx, func() {
@@ -434,7 +481,7 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 		}
 		rawMu.Unlock()
 	})
-	conn, err := amqp.DialConfig(b.url, cfg)
+	conn, err := amqp.DialConfig(b.dialURL, cfg)
 	if fired := !stop(); fired && err == nil {
 		conn.Close()
 		err = ctx.Err()
@@ -442,7 +489,7 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	if err != nil {
-		return nil, nil, nil, b.errorf("connecting", err)
+		return nil, nil, nil, nil, b.errorf("connecting", err)
 	}
 	// The calls below wait for the broker with no deadline of their own.
 	stop = closeOnDone(ctx, conn)
@@ -455,12 +502,46 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 	}
 	if err != nil {
 		conn.CloseDeadline(time.Now().Add(closeGrace))
-		return nil, nil, nil, b.errorf("declaring exchange", err)
+		return nil, nil, nil, nil, b.errorf("declaring exchange", err)
 	}
 	rawMu.Lock()
-	sock := raw
+	sock, g := raw, guard
 	rawMu.Unlock()
-	return conn, ch, sock, nil
+	return conn, ch, sock, g, nil
+}
+
+// tlsConfig returns the TLS configuration for an amqps:// URL:
+// Options.TLSConfig, or else one made from the URL's cacertfile (else the
+// system's roots), certfile and keyfile, and server_name_indication (else
+// the URL's host), as amqp091-go would make it.
+func (b *Bus) tlsConfig() (*tls.Config, error) {
+	var cfg *tls.Config
+	if b.opts.TLSConfig != nil {
+		cfg = b.opts.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{ServerName: b.query.Get("server_name_indication")}
+		if f := b.query.Get("cacertfile"); f != "" {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("reading the CA certificates: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("no certificate in %s", f)
+			}
+		}
+		if cert, key := b.query.Get("certfile"), b.query.Get("keyfile"); cert != "" && key != "" {
+			pair, err := tls.LoadX509KeyPair(cert, key)
+			if err != nil {
+				return nil, fmt.Errorf("loading the client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = b.host
+	}
+	return cfg, nil
 }
 
 // closeOnDone closes conn (within closeGrace) if ctx ends before the
@@ -693,7 +774,7 @@ func (b *Bus) isClosed() bool {
 // this attempt or one that failed before it): subscribeOnce delivers it
 // first once up, and then clears it.
 func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held *backlog, deliver func([]byte), state func(bool, error)) error {
-	conn, ch, err := b.dial(ctx)
+	conn, ch, _, guard, err := b.dialGuarded(ctx)
 	if err != nil {
 		return err
 	}
@@ -789,7 +870,7 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 		}
 	}
 	if measure {
-		full, err := b.readBacklog(ctx, deliveries, q.Messages, held, ended)
+		full, err := b.readBacklog(ctx, deliveries, q.Messages, held, guard, ended)
 		if err != nil {
 			return err
 		}
@@ -827,8 +908,13 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 			if !ok {
 				return ended()
 			}
-			if len(d.Body) <= transport.MaxMessageSize {
+			if len(d.Body) > 0 && len(d.Body) <= transport.MaxMessageSize {
 				deliver(d.Body)
+			}
+			// A message too long to deliver was cut by the guard (and
+			// comes with an empty body): nothing to forget but its size.
+			if len(d.Body) == 0 {
+				guard.cut(d.DeliveryTag)
 			}
 			// Acknowledge in groups (multiple=true): at the latest when
 			// half the prefetch window is unacknowledged, or when nothing
@@ -892,8 +978,9 @@ type backlog struct {
 // bounds, so it takes what is published while the backlog is held, and
 // when the backlog comes back it drops the oldest of it to get under them,
 // a loss after the measure that found none. ended returns the reason
-// deliveries closed.
-func (b *Bus) readBacklog(ctx context.Context, deliveries <-chan amqp.Delivery, n int, held *backlog, ended func() error) (bool, error) {
+// deliveries closed; guard is the frameGuard of the connection, which
+// knows the sizes of the messages too long to read.
+func (b *Bus) readBacklog(ctx context.Context, deliveries <-chan amqp.Delivery, n int, held *backlog, guard *frameGuard, ended func() error) (bool, error) {
 	mark := b.opts.QueueBytes - transport.MaxMessageSize
 	unacked := 0
 	var last amqp.Delivery
@@ -909,8 +996,11 @@ func (b *Bus) readBacklog(ctx context.Context, deliveries <-chan amqp.Delivery, 
 				return false, ctx.Err()
 			}
 			held.n++
-			held.bytes += int64(len(d.Body))
-			if len(d.Body) <= transport.MaxMessageSize {
+			if size, ok := guard.cut(d.DeliveryTag); ok && len(d.Body) == 0 {
+				// Too long to deliver: the guard did not read it.
+				held.bytes += int64(min(size, 1<<62))
+			} else if len(d.Body) > 0 {
+				held.bytes += int64(len(d.Body))
 				held.msgs = append(held.msgs, d.Body)
 			}
 			unacked++
