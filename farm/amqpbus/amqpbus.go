@@ -832,6 +832,14 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 	had := b.declared[queue]
 	b.declared[queue] = true
 	b.qmu.Unlock()
+	if b.isClosed() {
+		// Close ran after the check in Subscribe: it sets closed before
+		// it reads declared, so either it deletes the queue or this
+		// does. Consuming on a closed Bus would go on until ctx ends,
+		// and the queue would stay KeepQueue after that.
+		ch.QueueDelete(queue, false, false, false)
+		return errClosed
+	}
 	measure := false
 	switch {
 	case had && !existed:
