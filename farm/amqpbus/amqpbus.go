@@ -255,6 +255,9 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 			return nil, fmt.Errorf("amqpbus: unknown URL option %q", k)
 		}
 	}
+	if err := checkURLOptions(u.Scheme, q, opts); err != nil {
+		return nil, err
+	}
 	// amqp091-go dials an amqp:// URL: the Bus does TLS itself (see
 	// dialGuarded), on the port amqps implies.
 	dialURL := rawURL
@@ -299,6 +302,36 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	}
 	b.opts.KeepQueue = max(b.opts.KeepQueue, time.Millisecond)
 	return b, nil
+}
+
+// checkURLOptions refuses the options of an amqp(s) URL that would be
+// ignored, or would fail only when the Bus dials: TLS options on an
+// amqp:// URL, or beside Options.TLSConfig, which overrides them; one of
+// certfile and keyfile without the other (no client certificate, without
+// a word); and an auth_mechanism that amqp091-go does not offer.
+func checkURLOptions(scheme string, q url.Values, opts *Options) error {
+	for _, k := range []string{"certfile", "keyfile", "cacertfile", "server_name_indication"} {
+		if !q.Has(k) {
+			continue
+		}
+		if scheme != "amqps" {
+			return fmt.Errorf("amqpbus: URL option %s is for amqps:// URLs (TLS); this one is amqp://", k)
+		}
+		if opts != nil && opts.TLSConfig != nil {
+			return fmt.Errorf("amqpbus: URL option %s: the Bus has Options.TLSConfig, which overrides it", k)
+		}
+	}
+	if q.Has("certfile") != q.Has("keyfile") {
+		return errors.New("amqpbus: URL options certfile and keyfile (the client certificate) go together: give both or neither")
+	}
+	if q.Has("auth_mechanism") {
+		switch m := q.Get("auth_mechanism"); strings.ToUpper(m) {
+		case "PLAIN", "AMQPLAIN", "EXTERNAL":
+		default:
+			return fmt.Errorf("amqpbus: URL option auth_mechanism %q: want plain, amqplain or external", m)
+		}
+	}
+	return nil
 }
 
 // defaultQueueBytes returns the default of Options.QueueBytes for a
