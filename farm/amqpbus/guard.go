@@ -34,9 +34,10 @@ const maxInspectedFrame = 1 << 20
 // per message, and up to the prefetch window of them at once. The guard
 // writes the message's content header with a body size of 0, so that
 // amqp091-go delivers it with an empty body, discards the body frames that
-// follow on the same channel unread, and remembers the message's size by
-// its delivery tag (see cut), so that the Bus can acknowledge it, and
-// count its bytes, without holding it.
+// follow on the same channel unread (handing amqp091-go a heartbeat frame
+// for each), and remembers the message's size by its delivery tag (see
+// cut), so that the Bus can acknowledge it, and count its bytes, without
+// holding it.
 type frameGuard struct {
 	net.Conn
 	r     *bufio.Reader
@@ -68,6 +69,10 @@ func (g *frameGuard) cut(tag uint64) (uint64, bool) {
 	delete(g.big, tag)
 	return n, ok
 }
+
+// heartbeatFrame is an AMQP heartbeat frame, which a frameGuard hands
+// amqp091-go in place of each body frame it skips.
+var heartbeatFrame = [...]byte{8, 0, 0, 0, 0, 0, 0, 0xce}
 
 var errFrameTooLong = errors.New("amqpbus: the broker sent a method or content header frame over 1 MiB")
 
@@ -134,6 +139,10 @@ func (g *frameGuard) next() error {
 			} else {
 				g.skip[channel] = skip - uint64(size)
 			}
+			// amqp091-go drops a connection it reads no frame from for
+			// three half heartbeat intervals: a long body skipped on a
+			// slow link must not look like silence.
+			g.pend = heartbeatFrame[:]
 			return nil
 		}
 		fallthrough

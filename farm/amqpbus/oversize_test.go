@@ -14,6 +14,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
 // TestOversizedMessageNotRead: someone who may publish to the farm's
@@ -97,5 +98,37 @@ func TestOversizedMessageCountedInBacklog(t *testing.T) {
 	l.waitFor(t, during...)
 	if got, want := l.delivered(), append([]string{"before"}, names(during)...); !slices.Equal(got, want) {
 		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}
+
+// TestOversizedMessageOnSlowLink: skipping a long message's body takes a
+// while on a slow link (here 16 MiB through a proxy that holds every 32 KiB
+// for 10 ms: about 5 s), longer than amqp091-go waits for a frame (three
+// half heartbeat intervals: 1.5 s with a heartbeat of 1 s). The guard
+// hands it a heartbeat frame for each body frame it skips, so the
+// connection stays up, and the message is skipped once: without them,
+// amqp091-go dropped the connection during the skip, the broker gave the
+// message back, and the next connection did the same, for ever.
+func TestOversizedMessageOnSlowLink(t *testing.T) {
+	url := brokerURL(t)
+	name := farmtest.FarmName(t)
+	proxy := nettest.NewProxy(t, brokerAddr(url))
+	pub := open(t, url, name, nil)
+	sub := open(t, viaProxy(t, url, proxy.Addr), name, &amqpbus.Options{QueueBytes: -1, Heartbeat: time.Second})
+	l, _ := subscribeLogged(t, sub)
+	if err := l.next(t, true); err != nil {
+		t.Fatalf("subscribed with %v", err)
+	}
+	proxy.SetLatency(10 * time.Millisecond)
+	ch := brokerChannel(t, url)
+	if err := ch.PublishWithContext(context.Background(), sub.Exchange(), "", false, false, amqp.Publishing{Body: bytes.Repeat([]byte("x"), 16<<20)}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, pub, "after")
+	farmtest.Eventually(t, 30*time.Second, "the message after the long one delivered", func() bool { return l.has("after") })
+	select {
+	case s := <-l.states:
+		t.Fatalf("the subscription reported up=%v (%v)", s.up, s.err)
+	default:
 	}
 }
