@@ -934,7 +934,23 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 		deliver(m)
 	}
 	*held = backlog{}
+	// Acknowledge in groups (multiple=true): when half the prefetch
+	// window is unacknowledged, or ackDelay after the first of a group.
+	// (deliveries is unbuffered: its length, always 0, cannot tell
+	// whether more are waiting.)
 	unacked := 0
+	var last amqp.Delivery
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	ack := func() error {
+		ackTimer.Stop()
+		if err := last.Ack(true); err != nil {
+			return b.errorf("acknowledging", err)
+		}
+		unacked = 0
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -957,15 +973,20 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 			if len(d.Body) == 0 {
 				guard.cut(d.DeliveryTag)
 			}
-			// Acknowledge in groups (multiple=true): at the latest when
-			// half the prefetch window is unacknowledged, or when nothing
-			// more is waiting.
+			last = d
 			unacked++
-			if unacked >= max(b.opts.Prefetch/2, 1) || len(deliveries) == 0 {
-				if err := d.Ack(true); err != nil {
-					return b.errorf("acknowledging", err)
+			if unacked >= max(b.opts.Prefetch/2, 1) {
+				if err := ack(); err != nil {
+					return err
 				}
-				unacked = 0
+			} else if unacked == 1 {
+				ackTimer.Reset(ackDelay)
+			}
+		case <-ackTimer.C:
+			if unacked > 0 {
+				if err := ack(); err != nil {
+					return err
+				}
 			}
 		case e := <-connClosed:
 			return closed(e)
@@ -974,6 +995,12 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 		}
 	}
 }
+
+// ackDelay is how long a subscriber waits for more messages before it
+// acknowledges those it has handled (unless half the prefetch window is
+// unacknowledged before): what a failed connection leaves unacknowledged
+// comes again, which the farm takes without harm.
+const ackDelay = 10 * time.Millisecond
 
 // warnUnbounded warns, once for the Bus's queue, that queue was found
 // with other arguments (e), and so without the byte bound.
