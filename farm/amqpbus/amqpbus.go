@@ -943,6 +943,13 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 	ackTimer := time.NewTimer(time.Hour)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
+	// The broker drops the queue's binding, and says nothing, when the
+	// exchange is deleted; a publisher's next connection declares it
+	// again, unbound. Binding again (which changes nothing while the
+	// binding is there) finds that: a missing exchange is a loss, and a
+	// binding made again in time leaves the loss to the farm's tallies.
+	rebind := time.NewTicker(rebindInterval)
+	defer rebind.Stop()
 	ack := func() error {
 		ackTimer.Stop()
 		if err := last.Ack(true); err != nil {
@@ -988,6 +995,14 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 					return err
 				}
 			}
+		case <-rebind.C:
+			if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
+				var ae *amqp.Error
+				if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+					*lost = fmt.Errorf("amqpbus: the farm's exchange was gone: %w", transport.ErrMessagesLost)
+				}
+				return b.errorf("binding queue again", err)
+			}
 		case e := <-connClosed:
 			return closed(e)
 		case e := <-chClosed:
@@ -995,6 +1010,10 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 		}
 	}
 }
+
+// rebindInterval is how often a subscriber binds its queue to the farm's
+// exchange again, to find an exchange deleted and its binding gone.
+const rebindInterval = 3 * time.Second
 
 // ackDelay is how long a subscriber waits for more messages before it
 // acknowledges those it has handled (unless half the prefetch window is

@@ -88,8 +88,10 @@ func TestOversizedMessageCountedInBacklog(t *testing.T) {
 	}
 	during := bigMessages("during", 3)
 	publish(t, pub, during...)
-	if got := queueMessages(t, url, sub.Queue()); got != 4 {
-		t.Fatalf("the queue holds %d messages, want 4", got)
+	// "before" is back in the queue, at its head, when the cut came
+	// between its delivery and its acknowledgement.
+	if got := queueMessages(t, url, sub.Queue()); got != 4 && got != 5 {
+		t.Fatalf("the queue holds %d messages, want 4 (or 5, with before)", got)
 	}
 	proxy.Restore()
 	if err := l.next(t, true); !errors.Is(err, transport.ErrMessagesLost) {
