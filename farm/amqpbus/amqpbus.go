@@ -16,7 +16,11 @@
 // transport.ErrMessagesLost with the state up. Close deletes the queue.
 // Messages are sealed by the farm: nothing on the exchange is usable, or
 // accepted back, without the farm secret, which is separate from any
-// RabbitMQ credential.
+// RabbitMQ credential. A message longer than transport.MaxMessageSize,
+// which the farm never sends, is acknowledged unread: the Bus reads the
+// connection beneath amqp091-go and skips its body, which the library
+// would otherwise read whole (up to the broker's max_message_size, 128 MiB
+// by default) before the Bus could refuse it.
 //
 // amqp091-go does not reconnect on its own (its experimental Recovery is
 // not used): Publish redials on its next call after a failure, and
@@ -30,6 +34,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -37,6 +42,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -111,11 +117,12 @@ type Options struct {
 	// The broker does not tell a queue's bytes: when a subscriber comes
 	// back to a backlog that could be full by bytes (of more than
 	// QueueBytes/transport.MaxMessageSize - 1 messages, 97 or more by
-	// default, and fewer than QueueLength), it reads the backlog once,
-	// unacknowledged, before it reports the subscription up, stopping
-	// once the bytes are over the mark; the broker then puts the messages
-	// back in place. That read costs about what delivering the backlog
-	// does.
+	// default, and fewer than QueueLength), it reads the backlog before
+	// it reports the subscription up, stopping once the bytes are over
+	// the mark, and acknowledges it, keeping it in memory (up to about
+	// QueueBytes) to deliver first once up. A subscription whose context
+	// ends before then leaves what it took undelivered, and the next
+	// Subscribe reports transport.ErrMessagesLost.
 	//
 	// A queue of the Bus's name that the broker already has with other
 	// arguments (declared without this bound) is consumed as it is, with
@@ -163,8 +170,11 @@ type Options struct {
 // A Bus is a transport.Bus on a RabbitMQ broker. Its methods are safe for
 // concurrent use; Publish calls are serialized on one channel.
 type Bus struct {
-	url       string
-	passwords []string // the URL's password, decoded and as written: redacted from every error
+	dialURL   string     // the URL as amqp091-go dials it: amqp://, the port explicit for amqps
+	tls       bool       // the URL is amqps://
+	host      string     // the URL's host name, the TLS server name by default
+	query     url.Values // the URL's options
+	passwords []string   // the URL's password, decoded and as written: redacted from every error
 	exchange  string
 	opts      Options
 
@@ -177,11 +187,12 @@ type Bus struct {
 
 	warn func(msg string, args ...any) // slog.Warn; tests replace it
 
-	qmu       sync.Mutex      // guards the fields below
-	queue     string          // the Bus's queue, named once in Open
-	queueUse  bool            // a Subscribe call consumes from queue
-	declared  map[string]bool // queues declared so far (Close deletes them)
-	unbounded map[string]bool // queues found with other arguments (warned about once)
+	qmu       sync.Mutex       // guards the fields below
+	queue     string           // the Bus's queue, named once in Open
+	queueUse  bool             // a Subscribe call consumes from queue
+	declared  map[string]bool  // queues declared so far (Close deletes them)
+	unbounded map[string]bool  // queues found with other arguments (warned about once)
+	gaps      map[string]error // losses a Subscribe call ended without reporting, by queue
 }
 
 // A publisher is the connection and channel that Publish (or Ping) uses.
@@ -244,8 +255,23 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 			return nil, fmt.Errorf("amqpbus: unknown URL option %q", k)
 		}
 	}
-	b := &Bus{url: rawURL, passwords: passwords, exchange: exchange, warn: slog.Warn,
-		declared: make(map[string]bool), unbounded: make(map[string]bool)}
+	if err := checkURLOptions(u.Scheme, q, opts); err != nil {
+		return nil, err
+	}
+	// amqp091-go dials an amqp:// URL: the Bus does TLS itself (see
+	// dialGuarded), on the port amqps implies.
+	dialURL := rawURL
+	if u.Scheme == "amqps" {
+		d := *u
+		d.Scheme = "amqp"
+		if d.Port() == "" {
+			d.Host = net.JoinHostPort(d.Hostname(), "5671")
+		}
+		dialURL = d.String()
+	}
+	b := &Bus{dialURL: dialURL, tls: u.Scheme == "amqps", host: u.Hostname(), query: q,
+		passwords: passwords, exchange: exchange, warn: slog.Warn,
+		declared: make(map[string]bool), unbounded: make(map[string]bool), gaps: make(map[string]error)}
 	b.queue = b.newQueueName()
 	if opts != nil {
 		b.opts = *opts
@@ -276,6 +302,36 @@ func Open(rawURL, farmName string, opts *Options) (*Bus, error) {
 	}
 	b.opts.KeepQueue = max(b.opts.KeepQueue, time.Millisecond)
 	return b, nil
+}
+
+// checkURLOptions refuses the options of an amqp(s) URL that would be
+// ignored, or would fail only when the Bus dials: TLS options on an
+// amqp:// URL, or beside Options.TLSConfig, which overrides them; one of
+// certfile and keyfile without the other (no client certificate, without
+// a word); and an auth_mechanism that amqp091-go does not offer.
+func checkURLOptions(scheme string, q url.Values, opts *Options) error {
+	for _, k := range []string{"certfile", "keyfile", "cacertfile", "server_name_indication"} {
+		if !q.Has(k) {
+			continue
+		}
+		if scheme != "amqps" {
+			return fmt.Errorf("amqpbus: URL option %s is for amqps:// URLs (TLS); this one is amqp://", k)
+		}
+		if opts != nil && opts.TLSConfig != nil {
+			return fmt.Errorf("amqpbus: URL option %s: the Bus has Options.TLSConfig, which overrides it", k)
+		}
+	}
+	if q.Has("certfile") != q.Has("keyfile") {
+		return errors.New("amqpbus: URL options certfile and keyfile (the client certificate) go together: give both or neither")
+	}
+	if q.Has("auth_mechanism") {
+		switch m := q.Get("auth_mechanism"); strings.ToUpper(m) {
+		case "PLAIN", "AMQPLAIN", "EXTERNAL":
+		default:
+			return fmt.Errorf("amqpbus: URL option auth_mechanism %q: want plain, amqplain or external", m)
+		}
+	}
+	return nil
 }
 
 // defaultQueueBytes returns the default of Options.QueueBytes for a
@@ -395,17 +451,33 @@ func (b *Bus) dial(ctx context.Context) (*amqp.Connection, *amqp.Channel, error)
 // ends every call waiting on the connection at once, whatever the broker
 // does (see Ping).
 func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, net.Conn, error) {
+	conn, ch, sock, _, err := b.dialGuarded(ctx)
+	return conn, ch, sock, err
+}
+
+// dialGuarded is dialSocket, and also returns the frameGuard that
+// amqp091-go reads the connection through.
+func (b *Bus) dialGuarded(ctx context.Context) (*amqp.Connection, *amqp.Channel, net.Conn, *frameGuard, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.DialTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	var raw net.Conn
+	var guard *frameGuard
 	var rawMu sync.Mutex
 	props := amqp.NewConnectionProperties()
 	props["connection_name"] = b.opts.Name
+	var tlsConfig *tls.Config
+	if b.tls {
+		var err error
+		if tlsConfig, err = b.tlsConfig(); err != nil {
+			return nil, nil, nil, nil, b.errorf("connecting", err)
+		}
+	}
 	cfg := amqp.Config{
-		Heartbeat:       b.opts.Heartbeat,
-		TLSClientConfig: b.opts.TLSConfig,
-		Properties:      props,
+		Heartbeat:  b.opts.Heartbeat,
+		Properties: props,
+		// amqp091-go is given an amqp:// URL and does no TLS: the bus
+		// does it here, so that the frameGuard reads above it.
 		Dial: func(network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, network, addr)
@@ -418,11 +490,21 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 			rawMu.Lock()
 			raw = c
 			rawMu.Unlock()
-			return c, nil
+			conn := c
+			if tlsConfig != nil {
+				tc := tls.Client(c, tlsConfig)
+				if err := tc.HandshakeContext(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				conn = tc
+			}
+			g := newFrameGuard(conn, transport.MaxMessageSize)
+			rawMu.Lock()
+			guard = g
+			rawMu.Unlock()
+			return g, nil
 		},
-	}
-	if cfg.TLSClientConfig != nil {
-		cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
 	}
 	// A context that ends during the handshakes ends them.
 	stop := context.AfterFunc(ctx, func() {
@@ -432,7 +514,7 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 		}
 		rawMu.Unlock()
 	})
-	conn, err := amqp.DialConfig(b.url, cfg)
+	conn, err := amqp.DialConfig(b.dialURL, cfg)
 	if fired := !stop(); fired && err == nil {
 		conn.Close()
 		err = ctx.Err()
@@ -440,7 +522,7 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	if err != nil {
-		return nil, nil, nil, b.errorf("connecting", err)
+		return nil, nil, nil, nil, b.errorf("connecting", err)
 	}
 	// The calls below wait for the broker with no deadline of their own.
 	stop = closeOnDone(ctx, conn)
@@ -453,12 +535,46 @@ func (b *Bus) dialSocket(ctx context.Context) (*amqp.Connection, *amqp.Channel, 
 	}
 	if err != nil {
 		conn.CloseDeadline(time.Now().Add(closeGrace))
-		return nil, nil, nil, b.errorf("declaring exchange", err)
+		return nil, nil, nil, nil, b.errorf("declaring exchange", err)
 	}
 	rawMu.Lock()
-	sock := raw
+	sock, g := raw, guard
 	rawMu.Unlock()
-	return conn, ch, sock, nil
+	return conn, ch, sock, g, nil
+}
+
+// tlsConfig returns the TLS configuration for an amqps:// URL:
+// Options.TLSConfig, or else one made from the URL's cacertfile (else the
+// system's roots), certfile and keyfile, and server_name_indication (else
+// the URL's host), as amqp091-go would make it.
+func (b *Bus) tlsConfig() (*tls.Config, error) {
+	var cfg *tls.Config
+	if b.opts.TLSConfig != nil {
+		cfg = b.opts.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{ServerName: b.query.Get("server_name_indication")}
+		if f := b.query.Get("cacertfile"); f != "" {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("reading the CA certificates: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("no certificate in %s", f)
+			}
+		}
+		if cert, key := b.query.Get("certfile"), b.query.Get("keyfile"); cert != "" && key != "" {
+			pair, err := tls.LoadX509KeyPair(cert, key)
+			if err != nil {
+				return nil, fmt.Errorf("loading the client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = b.host
+	}
+	return cfg, nil
 }
 
 // closeOnDone closes conn (within closeGrace) if ctx ends before the
@@ -581,14 +697,29 @@ var errClosed = errors.New("amqpbus: the bus is closed")
 // (expired, or the broker restarted), held QueueLength messages, or held
 // so many bytes that a message of transport.MaxMessageSize would not fit
 // under QueueBytes (in either case the broker may have dropped the
-// oldest). Messages handled but not yet acknowledged when the connection
-// failed come again.
+// oldest), or if the Subscribe call before it on the Bus ended with such
+// a loss unreported or with messages taken from the queue and not
+// delivered. Messages handled but not yet acknowledged when the
+// connection failed come again (they are acknowledged in groups, within
+// 10ms). While up, it binds its queue to the exchange again every few
+// seconds: an exchange deleted under it takes the binding with it, without
+// a word, and is then found, declared again, and reported as a loss.
 func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	queue := b.takeQueue()
 	defer b.releaseQueue(queue)
 	// A loss found by an attempt that fails before the subscription is
-	// up is reported by the one that gets there.
-	var lost error
+	// up is reported by the one that gets there, and the backlog an
+	// attempt read (and acknowledged) is delivered by it too.
+	lost := b.takeGap(queue)
+	var held backlog
+	defer func() {
+		if lost != nil || held.n > 0 {
+			// Ending with a loss unreported, or with acknowledged
+			// messages undelivered: the next Subscribe on queue reports
+			// the loss.
+			b.putGap(queue, lost)
+		}
+	}()
 	failures := 0
 	for {
 		if b.isClosed() {
@@ -598,7 +729,7 @@ func (b *Bus) Subscribe(ctx context.Context, deliver func([]byte), state func(bo
 			return ctx.Err()
 		}
 		start := time.Now()
-		err := b.subscribeOnce(ctx, queue, &lost, deliver, state)
+		err := b.subscribeOnce(ctx, queue, &lost, &held, deliver, state)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -638,6 +769,33 @@ func (b *Bus) releaseQueue(queue string) {
 	}
 }
 
+// errHeldLost is the loss a Subscribe reports when the one before it on
+// the same queue ended holding messages it had taken from the queue and
+// not delivered.
+var errHeldLost = fmt.Errorf("amqpbus: an earlier subscription ended with messages taken from the queue and not delivered: %w", transport.ErrMessagesLost)
+
+// putGap records that a Subscribe call on queue ended with a loss it did
+// not report (err, or errHeldLost if err is nil), for the next call on
+// queue to report.
+func (b *Bus) putGap(queue string, err error) {
+	if err == nil {
+		err = errHeldLost
+	}
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	b.gaps[queue] = err
+}
+
+// takeGap returns, and forgets, the loss an earlier Subscribe call on
+// queue left to report (see putGap), or nil.
+func (b *Bus) takeGap(queue string) error {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	err := b.gaps[queue]
+	delete(b.gaps, queue)
+	return err
+}
+
 func (b *Bus) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -647,9 +805,12 @@ func (b *Bus) isClosed() bool {
 // subscribeOnce runs one subscription on queue until its connection fails
 // or ctx ends.
 // *lost is the loss to report once up, if any; subscribeOnce sets it when
-// it finds one, and clears it once reported.
-func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deliver func([]byte), state func(bool, error)) error {
-	conn, ch, err := b.dial(ctx)
+// it finds one, and clears it once reported. *held is the backlog read
+// from the queue, and acknowledged, before the state was reported up (by
+// this attempt or one that failed before it): subscribeOnce delivers it
+// first once up, and then clears it.
+func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held *backlog, deliver func([]byte), state func(bool, error)) error {
+	conn, ch, _, guard, err := b.dialGuarded(ctx)
 	if err != nil {
 		return err
 	}
@@ -707,19 +868,22 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 	had := b.declared[queue]
 	b.declared[queue] = true
 	b.qmu.Unlock()
+	if b.isClosed() {
+		// Close ran after the check in Subscribe: it sets closed before
+		// it reads declared, so either it deletes the queue or this
+		// does. Consuming on a closed Bus would go on until ctx ends,
+		// and the queue would stay KeepQueue after that.
+		ch.QueueDelete(queue, false, false, false)
+		return errClosed
+	}
+	measure := false
 	switch {
 	case had && !existed:
 		*lost = fmt.Errorf("amqpbus: the queue was gone when the subscriber came back: %w", transport.ErrMessagesLost)
 	case existed && q.Messages >= b.opts.QueueLength:
 		*lost = fmt.Errorf("amqpbus: the queue was full when the subscriber came back: %w", transport.ErrMessagesLost)
-	case existed && bytesBound && *lost == nil && b.mayHoldFull(q.Messages):
-		full, err := b.fullByBytes(ctx, conn, queue, q.Messages)
-		if err != nil {
-			return b.errorf("measuring the queue", err)
-		}
-		if full {
-			*lost = fmt.Errorf("amqpbus: the queue was full (Options.QueueBytes) when the subscriber came back: %w", transport.ErrMessagesLost)
-		}
+	case existed && bytesBound && *lost == nil && (held.n > 0 || b.mayHoldFull(q.Messages)):
+		measure = true
 	}
 	if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
 		return b.errorf("binding queue", err)
@@ -731,17 +895,71 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 	if err != nil {
 		return b.errorf("consuming", err)
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	state(true, *lost)
-	*lost = nil
-	unacked := 0
 	closed := func(e *amqp.Error) error {
 		if e == nil {
 			return errors.New("amqpbus: connection closed")
 		}
 		return b.errorf("connection lost", e)
+	}
+	// ended returns why deliveries closed: the consumer is gone, and the
+	// reason follows on a close channel.
+	ended := func() error {
+		select {
+		case e := <-connClosed:
+			return closed(e)
+		case e := <-chClosed:
+			return closed(e)
+		case <-time.After(time.Second):
+			return errors.New("amqpbus: consumer cancelled")
+		}
+	}
+	if measure {
+		full, err := b.readBacklog(ctx, deliveries, q.Messages, held, guard, ended)
+		if err != nil {
+			return err
+		}
+		if full {
+			*lost = fmt.Errorf("amqpbus: the queue was full (Options.QueueBytes) when the subscriber came back: %w", transport.ErrMessagesLost)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	state(true, *lost)
+	*lost = nil
+	for len(held.msgs) > 0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		m := held.msgs[0]
+		held.msgs[0] = nil
+		held.msgs = held.msgs[1:]
+		deliver(m)
+	}
+	*held = backlog{}
+	// Acknowledge in groups (multiple=true): when half the prefetch
+	// window is unacknowledged, or ackDelay after the first of a group.
+	// (deliveries is unbuffered: its length, always 0, cannot tell
+	// whether more are waiting.)
+	unacked := 0
+	var last amqp.Delivery
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	// The broker drops the queue's binding, and says nothing, when the
+	// exchange is deleted; a publisher's next connection declares it
+	// again, unbound. Binding again (which changes nothing while the
+	// binding is there) finds that: a missing exchange is a loss, and a
+	// binding made again in time leaves the loss to the farm's tallies.
+	rebind := time.NewTicker(rebindInterval)
+	defer rebind.Stop()
+	ack := func() error {
+		ackTimer.Stop()
+		if err := last.Ack(true); err != nil {
+			return b.errorf("acknowledging", err)
+		}
+		unacked = 0
+		return nil
 	}
 	for {
 		select {
@@ -755,28 +973,38 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 				return ctx.Err()
 			}
 			if !ok {
-				// Consumer gone; the reason follows on a close channel.
-				select {
-				case e := <-connClosed:
-					return closed(e)
-				case e := <-chClosed:
-					return closed(e)
-				case <-time.After(time.Second):
-					return errors.New("amqpbus: consumer cancelled")
-				}
+				return ended()
 			}
-			if len(d.Body) <= transport.MaxMessageSize {
+			if len(d.Body) > 0 && len(d.Body) <= transport.MaxMessageSize {
 				deliver(d.Body)
 			}
-			// Acknowledge in groups (multiple=true): at the latest when
-			// half the prefetch window is unacknowledged, or when nothing
-			// more is waiting.
+			// A message too long to deliver was cut by the guard (and
+			// comes with an empty body): nothing to forget but its size.
+			if len(d.Body) == 0 {
+				guard.cut(d.DeliveryTag)
+			}
+			last = d
 			unacked++
-			if unacked >= max(b.opts.Prefetch/2, 1) || len(deliveries) == 0 {
-				if err := d.Ack(true); err != nil {
-					return b.errorf("acknowledging", err)
+			if unacked >= max(b.opts.Prefetch/2, 1) {
+				if err := ack(); err != nil {
+					return err
 				}
-				unacked = 0
+			} else if unacked == 1 {
+				ackTimer.Reset(ackDelay)
+			}
+		case <-ackTimer.C:
+			if unacked > 0 {
+				if err := ack(); err != nil {
+					return err
+				}
+			}
+		case <-rebind.C:
+			if err := ch.QueueBind(q.Name, "", b.exchange, false, nil); err != nil {
+				var ae *amqp.Error
+				if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+					*lost = fmt.Errorf("amqpbus: the farm's exchange was gone: %w", transport.ErrMessagesLost)
+				}
+				return b.errorf("binding queue again", err)
 			}
 		case e := <-connClosed:
 			return closed(e)
@@ -785,6 +1013,16 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, deli
 		}
 	}
 }
+
+// rebindInterval is how often a subscriber binds its queue to the farm's
+// exchange again, to find an exchange deleted and its binding gone.
+const rebindInterval = 3 * time.Second
+
+// ackDelay is how long a subscriber waits for more messages before it
+// acknowledges those it has handled (unless half the prefetch window is
+// unacknowledged before): what a failed connection leaves unacknowledged
+// comes again, which the farm takes without harm.
+const ackDelay = 10 * time.Millisecond
 
 // warnUnbounded warns, once for the Bus's queue, that queue was found
 // with other arguments (e), and so without the byte bound.
@@ -806,51 +1044,71 @@ func (b *Bus) mayHoldFull(n int) bool {
 	return n > 0 && int64(n)*transport.MaxMessageSize > b.opts.QueueBytes-transport.MaxMessageSize
 }
 
-// fullByBytes reports whether the first n messages in queue, the ones it
-// held when the subscriber came back, leave no room under
-// Options.QueueBytes for a message of transport.MaxMessageSize: then the
-// broker may have dropped the oldest of what was published meanwhile, as
-// a queue of QueueLength messages may have. The declaration does not tell
-// a queue's bytes, so fullByBytes reads the messages, on a channel of its
-// own and without acknowledging them (it stops once their bytes are over
-// the mark), and closes the channel: the broker puts them back in place,
-// to be delivered in order. That is once per reconnection with a backlog
-// that could be full (mayHoldFull), and at most QueueBytes read.
-func (b *Bus) fullByBytes(ctx context.Context, conn *amqp.Connection, queue string, n int) (bool, error) {
+// A backlog is what a subscription read from its queue, and
+// acknowledged, before it reported itself up (see readBacklog).
+type backlog struct {
+	msgs  [][]byte // the messages to deliver once up, in order
+	n     int      // how many were read, those too long to deliver included
+	bytes int64    // the bytes of the n
+}
+
+// readBacklog reads the first n messages of the queue from deliveries, the
+// ones it held when the subscriber came back, into held (which may hold
+// what an attempt that failed read before), and reports whether they leave
+// no room under Options.QueueBytes for a message of
+// transport.MaxMessageSize: then the broker may have dropped the oldest of
+// what was published meanwhile, as a queue of QueueLength messages may
+// have. The declaration does not tell a queue's bytes, so the messages
+// must be read; readBacklog stops once their bytes are over the mark.
+//
+// It acknowledges what it reads, in groups as the subscription does, and
+// keeps it to be delivered once the state is reported. Reading the
+// messages unacknowledged and giving them back to the queue would not
+// do: the broker counts only its ready messages against the queue's
+// bounds, so it takes what is published while the backlog is held, and
+// when the backlog comes back it drops the oldest of it to get under them,
+// a loss after the measure that found none. ended returns the reason
+// deliveries closed; guard is the frameGuard of the connection, which
+// knows the sizes of the messages too long to read.
+func (b *Bus) readBacklog(ctx context.Context, deliveries <-chan amqp.Delivery, n int, held *backlog, guard *frameGuard, ended func() error) (bool, error) {
 	mark := b.opts.QueueBytes - transport.MaxMessageSize
-	ch, err := conn.Channel()
-	if err != nil {
-		return false, err
-	}
-	defer ch.Close()
-	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	// No prefetch bound: the broker sends the n messages, and the few
-	// published since, unacknowledged.
-	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
-	if err != nil {
-		return false, err
-	}
-	var total int64
-	for i := 0; i < n && total <= mark; i++ {
+	unacked := 0
+	var last amqp.Delivery
+	for i := 0; i < n && held.bytes <= mark; i++ {
 		select {
-		case d, ok := <-deliveries:
-			if !ok {
-				select {
-				case e := <-closed:
-					if e != nil {
-						return false, e
-					}
-				case <-time.After(time.Second):
-				}
-				return false, errors.New("consumer cancelled")
-			}
-			total += int64(len(d.Body))
 		case <-ctx.Done():
 			return false, ctx.Err()
+		case d, ok := <-deliveries:
+			if !ok {
+				return false, ended()
+			}
+			if ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+			held.n++
+			if size, ok := guard.cut(d.DeliveryTag); ok && len(d.Body) == 0 {
+				// Too long to deliver: the guard did not read it.
+				held.bytes += int64(min(size, 1<<62))
+			} else if len(d.Body) > 0 {
+				held.bytes += int64(len(d.Body))
+				held.msgs = append(held.msgs, d.Body)
+			}
+			unacked++
+			last = d
+			if unacked >= max(b.opts.Prefetch/2, 1) {
+				if err := d.Ack(true); err != nil {
+					return false, b.errorf("acknowledging", err)
+				}
+				unacked = 0
+			}
 		}
 	}
-	// The deferred Close gives them back.
-	return total > mark, nil
+	if unacked > 0 {
+		if err := last.Ack(true); err != nil {
+			return false, b.errorf("acknowledging", err)
+		}
+	}
+	return held.bytes > mark, nil
 }
 
 var (
