@@ -128,9 +128,9 @@ func TestCheckReloadFlagValue(t *testing.T) {
 	}
 }
 
-// TestCheckRefusesFarmURLsTheTransportRefuses: a Redis or AMQP farm URL
-// whose options the transport refuses when serve opens it (before any
-// connection) is refused by check too, naming farm.url and keeping the
+// TestCheckRefusesFarmURLsTheTransportRefuses: a Redis, AMQP or NATS farm
+// URL whose options the transport refuses when serve opens it (before any
+// connection) is refused by check too, without connecting, naming farm.url and keeping the
 // password. Before the fix check said "configuration OK" and serve then
 // would not start.
 func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
@@ -147,6 +147,11 @@ func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
 		{"reload on a plain redis URL", "redis://:s3cret@127.0.0.1:1/0?reload=2s", "reload"},
 		{"amqp unknown option", "amqp://guest:s3cret@127.0.0.1:1/?bogus=1", "bogus"},
 		{"amqp heartbeat not a number", "amqp://guest:s3cret@127.0.0.1:1/?heartbeat=x", "heartbeat"},
+		// NATS's Open connects, so check reads the URL with
+		// natsbus.CheckURL; before, any NATS URL passed check.
+		{"nats unknown option", "nats://s3cret@127.0.0.1:1?bogus=1", "bogus"},
+		{"nats replicas out of range", "nats://u:s3cret@127.0.0.1:1?replicas=9", "replicas"},
+		{"nats pending_msgs zero", "nats://127.0.0.1:2,nats://u:s3cret@127.0.0.1:1?pending_msgs=0", "pending_msgs"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"-listen", "127.0.0.1:0", "-admin", "off", "-farm", tt.url, "-farm-secret", secret, "-farm-name", "revconfig-check"}
