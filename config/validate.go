@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -166,6 +167,14 @@ func (c *Config) checkFarm() error {
 			// serve alone, and pass /readyz.
 			return c.problem("farm.strict", "is set, but farm.url is not: a strict node must join a farm")
 		}
+		// Any other farm setting without a URL: the node would serve
+		// alone, sharing nothing, while its operator believes it in a
+		// farm (a URL variable left out of one node's environment, a
+		// url line commented out). Serving alone is said by giving no
+		// farm setting at all.
+		if set := c.setUnder("farm.", "farm.url"); len(set) > 0 {
+			return c.problem(set[0], "is set, but farm.url is not: without farm.url the node serves alone and every farm setting is ignored; set farm.url, or remove %s to serve alone", strings.Join(set, ", "))
+		}
 		return nil
 	}
 	scheme, err := checkFarmURL(f.URL)
@@ -255,6 +264,19 @@ func (c *Config) checkAdmin() error {
 	return nil
 }
 
+// setUnder returns, sorted, the settings under prefix (such as "farm.")
+// that the file, the environment or a flag gave, but except.
+func (c *Config) setUnder(prefix, except string) []string {
+	var keys []string
+	for k := range c.sources {
+		if strings.HasPrefix(k, prefix) && k != except {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
@@ -276,6 +298,10 @@ func (c *Config) checkLimits() error {
 		return c.problem("limits.handshake_timeout", "must be positive")
 	case l.IdleTimeout <= 0:
 		return c.problem("limits.idle_timeout", "must be positive")
+	case l.DrainTimeout <= 0:
+		// 0 could be read as "no drain" or as "no limit"; neither is
+		// what a stop should do by accident.
+		return c.problem("limits.drain_timeout", "must be positive: it bounds how long a stop waits for open connections (there is no unbounded wait; 1ms closes them at once)")
 	}
 	return nil
 }
