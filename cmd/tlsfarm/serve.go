@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/config"
 )
@@ -78,15 +79,44 @@ func serve(args []string, stderr io.Writer) int {
 		log.Info("stopping", "signal", s.String())
 		break
 	}
+	// A second stop signal cuts the drain short, not the flush: open
+	// connections are closed at once, and the farm's queues (sessions,
+	// retirements, revocations not yet in the store) are still written
+	// out, within flushBound; a third signal exits at once.
+	cut := make(chan struct{})
 	go func() {
-		// A second stop signal does not wait for the drain.
+		stops := 0
 		for s := range sigs {
-			if s != syscall.SIGHUP {
-				log.Warn("second stop signal: exiting without waiting for open connections", "signal", s.String())
-				os.Exit(1)
+			if s == syscall.SIGHUP {
+				continue
 			}
+			if stops++; stops == 1 {
+				log.Warn("second stop signal: closing open connections now; the farm's queues are still flushed (a third signal exits without)",
+					"signal", s.String(), "flush_within", flushBound.String())
+				close(cut)
+				time.AfterFunc(flushBound, func() {
+					log.Error("the stop did not end within the flush bound after the second stop signal: exiting; what the farm had not written is lost",
+						"flush_within", flushBound.String())
+					os.Exit(1)
+				})
+				continue
+			}
+			log.Error("third stop signal: exiting at once; what the farm had not written is lost", "signal", s.String())
+			os.Exit(1)
 		}
 	}()
-	d.stop()
-	return 0
+	d.stop(cut)
+	select {
+	case <-cut:
+		// The operator cut the drain: connections were closed, not
+		// drained, so the stop was not clean.
+		return 1
+	default:
+		return 0
+	}
 }
+
+// flushBound is how long a stop may take after a second stop signal: the
+// farm's flush (at most about three of its 2 s operation timeouts on a
+// hung store) and the rest of the close.
+const flushBound = 10 * time.Second
