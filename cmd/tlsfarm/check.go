@@ -101,10 +101,14 @@ func isReloadFlag(arg string) bool {
 	return name == "-reload" || name == "--reload"
 }
 
+// configLoad is config.Load; a test may replace it (before its parallel
+// tests start) to act while the configuration loads.
+var configLoad = config.Load
+
 // load loads the configuration of serve or check. On failure it prints one
 // line and returns a nil config and the exit code.
 func load(name string, args []string, stderr io.Writer) (*config.Config, int) {
-	cfg, err := config.Load(name, args, os.Getenv, stderr)
+	cfg, err := configLoad(name, args, os.Getenv, stderr)
 	var usage *config.UsageError
 	switch {
 	case errors.Is(err, flag.ErrHelp):

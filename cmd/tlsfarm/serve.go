@@ -16,6 +16,13 @@ import (
 
 // serve runs the daemon until SIGTERM or SIGINT, reloading on SIGHUP.
 func serve(args []string, stderr io.Writer) int {
+	// SIGHUP is caught before anything else: a reload asked for while the
+	// configuration loads (systemctl reload just after start, a
+	// certificate renewal's hook) would otherwise end the process, SIGHUP's
+	// default action. It is handled once the daemon is up.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	cfg, code := load("tlsfarm serve", args, stderr)
 	if cfg == nil {
 		return code
@@ -35,9 +42,7 @@ func serve(args []string, stderr io.Writer) int {
 	// up, and a stop signal while the start waits for the farm (its ticket
 	// keys, or the transport in strict mode) ends the wait and stops the
 	// daemon, cleanly, before it serves.
-	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	startCtx, stopStart := context.WithCancelCause(context.Background())
 	stops := make(chan os.Signal, 1)
 	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
