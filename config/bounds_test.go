@@ -130,3 +130,24 @@ func TestDrainTimeoutZero(t *testing.T) {
 		t.Errorf("-drain-timeout 1ms: %v", err)
 	}
 }
+
+// TestNATSURLMixedSchemes: a NATS URL whose servers mix nats:// and tls://
+// is refused for that, not with "only nats:// and tls:// URLs may list
+// several servers", which they may.
+func TestNATSURLMixedSchemes(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load("serve", []string{"-farm", "nats://a:4222,tls://b:4222", "-farm-secret", secret}, env(nil), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "share one scheme: nats:// and tls:// are mixed") {
+		t.Errorf("mixed schemes: %v", err)
+	}
+	_, err = Load("serve", []string{"-farm", "redis://a:6379,redis://b:6379", "-farm-secret", secret}, env(nil), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "only nats:// and tls:// URLs may list several servers") {
+		t.Errorf("two Redis servers: %v", err)
+	}
+	if _, err := Load("serve", []string{"-farm", "tls://a:4222,tls://b:4222", "-farm-secret", secret}, env(nil), io.Discard); err != nil {
+		t.Errorf("two tls:// servers: %v", err)
+	}
+}
