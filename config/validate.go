@@ -238,6 +238,15 @@ func (c *Config) checkAdmin() error {
 		if err := checkHostPort(a.Address); err != nil {
 			return c.problem("admin.address", "%v (or off)", err)
 		}
+		// Both would bind it: the listener first, and then the admin
+		// API's bind fails, after the start has begun serving.
+		if _, port, _ := net.SplitHostPort(a.Address); port != "0" {
+			for i, l := range c.Listeners {
+				if l.Address == a.Address {
+					return c.problem("admin.address", "%s is also listeners[%d].address", redact.URL(a.Address), i)
+				}
+			}
+		}
 	}
 	a.BearerToken = a.Token
 	if a.TokenFile != "" {

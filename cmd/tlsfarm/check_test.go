@@ -167,3 +167,51 @@ func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckHoldsEveryAddressAtOnce: check refuses what serve cannot bind
+// because it binds it itself: the UDP port of an HTTP/3 listener, two
+// listeners that overlap (0.0.0.0:P and 127.0.0.1:P), and the admin API
+// on a listener's address. check bound each TCP address alone and
+// released it at once, and no UDP port, so it said "configuration OK" to
+// each of these, and serve then failed to start.
+func TestCheckHoldsEveryAddressAtOnce(t *testing.T) {
+	t.Parallel()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	udpTaken := udp.LocalAddr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	_, port, _ := net.SplitHostPort(free())
+	overlap := writeFile(t, filepath.Join(t.TempDir(), "overlap.yaml"),
+		"admin:\n  address: off\nlisteners:\n  - address: 0.0.0.0:"+port+"\n  - address: 127.0.0.1:"+port+"\n", 0o600)
+	same := free()
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string // in check's refusal
+	}{
+		{"HTTP/3 UDP port taken", []string{"-listen", udpTaken, "-admin", "off", "-http3"}, "listeners[0].http3: cannot listen on UDP " + udpTaken},
+		{"overlapping listeners", []string{"-config", overlap}, "listeners[1].address: cannot listen on 127.0.0.1:" + port},
+		{"admin on a listener's address", []string{"-listen", same, "-admin", same}, "admin.address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCmd(t, append([]string{"check"}, tt.args...))
+			if code != 1 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("check: exit %d, stderr %q; want a refusal saying %q", code, stderr, tt.want)
+			}
+			code, _, stderr = runCmd(t, append([]string{"serve", "-log-format", "json"}, tt.args...))
+			if code == 0 {
+				t.Errorf("serve: exit 0, stderr %q; want a refusal", stderr)
+			}
+		})
+	}
+}

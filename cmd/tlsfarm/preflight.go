@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -45,8 +46,8 @@ func configWarnings(cfg *config.Config) []string {
 }
 
 // checkAddresses binds and releases every address serve would listen on
-// (the listeners and the admin API), and returns the first that cannot be
-// bound.
+// (the listeners, their UDP ports for HTTP/3, and the admin API), and
+// returns the first that cannot be bound.
 func checkAddresses(cfg *config.Config) error {
 	type addr struct{ key, address string }
 	var addrs []addr
@@ -56,12 +57,32 @@ func checkAddresses(cfg *config.Config) error {
 	if cfg.Admin.Address != "off" {
 		addrs = append(addrs, addr{"admin.address", cfg.Admin.Address})
 	}
+	// Each stays bound until all are: serve holds them all at once, so
+	// two that overlap (0.0.0.0:443 and 127.0.0.1:443, the admin API on a
+	// listener's address) fail here as they would there.
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a.address)
 		if err != nil {
 			return fmt.Errorf("%s: cannot listen on %s: %v", a.key, a.address, err)
 		}
-		ln.Close()
+		held = append(held, ln)
+	}
+	// An HTTP/3 listener takes the UDP port of its address too.
+	for i, l := range cfg.Listeners {
+		if !l.HTTP3 {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", l.Address)
+		if err != nil {
+			return fmt.Errorf("listeners[%d].http3: cannot listen on UDP %s: %v", i, l.Address, err)
+		}
+		held = append(held, pc)
 	}
 	return nil
 }
