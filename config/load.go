@@ -130,6 +130,25 @@ func (c *Config) fill() {
 	}
 }
 
+// FileSecrets returns the settings to which the configuration file gives
+// a secret: farm.url when it holds a password or a token, and admin.token.
+// It returns nil when there is no file or the file gives none (the
+// environment, a flag or a file of the secret's own may give them).
+func (c *Config) FileSecrets() []string {
+	if c.File == "" {
+		return nil
+	}
+	fromFile := func(key string) bool { return strings.HasPrefix(c.sources[key], c.File+" line ") }
+	var keys []string
+	if c.Farm.URL != "" && fromFile("farm.url") && redact.URL(c.Farm.URL) != c.Farm.URL {
+		keys = append(keys, "farm.url")
+	}
+	if c.Admin.Token != "" && fromFile("admin.token") {
+		keys = append(keys, "admin.token")
+	}
+	return keys
+}
+
 // where returns " (from SOURCE)" for a setting that did not come from its
 // default, to point the operator at what to change.
 func (c *Config) where(key string) string {

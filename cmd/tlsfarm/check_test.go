@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -211,6 +212,55 @@ func TestCheckHoldsEveryAddressAtOnce(t *testing.T) {
 			code, _, stderr = runCmd(t, append([]string{"serve", "-log-format", "json"}, tt.args...))
 			if code == 0 {
 				t.Errorf("serve: exit 0, stderr %q; want a refusal", stderr)
+			}
+		})
+	}
+}
+
+// TestCheckWarnsOfSecretsInAWorldReadableFile: a configuration file that
+// gives a secret (a farm URL's password, the admin token) and that every
+// user may read is named in a warning, by check and at serve's start,
+// which shows neither secret. A file readable by its group (the daemon's)
+// or holding no secret draws none. Before, nothing said so, although the
+// farm secret and token files are refused for less.
+func TestCheckWarnsOfSecretsInAWorldReadableFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "farm.key")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	base := "admin:\n  address: off\nlisteners:\n  - address: 127.0.0.1:0\n"
+	withURL := base + "farm:\n  url: redis://:s3cretpw@127.0.0.1:1/0\n  secret_file: " + secret + "\n  name: revcmd-secrets\n"
+	withToken := "admin:\n  address: off\n  token: s3cret-admin-token-0123456789\nlisteners:\n  - address: 127.0.0.1:0\n"
+	const warning = "gives a secret"
+	for _, tt := range []struct {
+		name, content string
+		mode          os.FileMode
+		want          string // in the warning; "" for none
+	}{
+		{"URL password, world-readable", withURL, 0o644, "(farm.url) and every user may read it (mode 0644)"},
+		{"token, world-readable", withToken, 0o604, "(admin.token) and every user may read it (mode 0604)"},
+		{"URL password, group-readable", withURL, 0o640, ""},
+		{"no secret, world-readable", base, 0o644, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conf := writeFile(t, filepath.Join(t.TempDir(), "tlsfarm.yaml"), tt.content, tt.mode)
+			code, stdout, stderr := runCmd(t, []string{"check", "-config", conf})
+			if code != 0 {
+				t.Fatalf("check: exit %d: %s", code, stderr)
+			}
+			if strings.Contains(stdout+stderr, "s3cret") {
+				t.Errorf("check shows a secret: %s", stdout+stderr)
+			}
+			if tt.want == "" {
+				if strings.Contains(stderr, warning) {
+					t.Errorf("a warning where none is due: %s", stderr)
+				}
+				return
+			}
+			if !strings.Contains(stderr, "tlsfarm: warning: config file "+conf+" "+warning+" "+tt.want) {
+				t.Errorf("check's stderr %q lacks the warning %q", stderr, tt.want)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,12 @@ func configWarnings(cfg *config.Config) []string {
 	if cfg.Tickets.RotationInterval < time.Minute {
 		w = append(w, fmt.Sprintf("tickets.rotation_interval %s is under 1m: fine for a trial or a test, too short for production (tickets live only keep+1 intervals)",
 			cfg.Tickets.RotationInterval))
+	}
+	if keys := cfg.FileSecrets(); len(keys) > 0 {
+		if fi, err := os.Stat(cfg.File); err == nil && fi.Mode().Perm()&0o004 != 0 {
+			w = append(w, fmt.Sprintf("config file %s gives a secret (%s) and every user may read it (mode %04o): run chmod o-r %s, or give the secret in the environment or a file of its own",
+				cfg.File, strings.Join(keys, ", "), fi.Mode().Perm(), cfg.File))
+		}
 	}
 	if cfg.Debug.ExposeSessionID {
 		w = append(w, "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
