@@ -151,3 +151,23 @@ func TestNATSURLMixedSchemes(t *testing.T) {
 		t.Errorf("two tls:// servers: %v", err)
 	}
 }
+
+// TestClientTimeoutFloor: limits.handshake_timeout and limits.idle_timeout
+// under 100ms are refused (a unit mistaken, 10ms for 10s, cut every
+// client); 100ms is taken. Before, any positive value was.
+func TestClientTimeoutFloor(t *testing.T) {
+	for _, tt := range []struct{ flag, key string }{
+		{"-handshake-timeout", "limits.handshake_timeout"},
+		{"-idle-timeout", "limits.idle_timeout"},
+	} {
+		for _, v := range []string{"1ns", "10ms", "99ms"} {
+			_, err := Load("serve", []string{tt.flag, v}, env(nil), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.key+" (flag "+tt.flag+"): ") || !strings.Contains(err.Error(), "is under 100ms") {
+				t.Errorf("%s %s: Load = %v, want %s refused", tt.flag, v, err, tt.key)
+			}
+		}
+		if _, err := Load("serve", []string{tt.flag, "100ms"}, env(nil), io.Discard); err != nil {
+			t.Errorf("%s 100ms: %v", tt.flag, err)
+		}
+	}
+}

@@ -16,6 +16,10 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
+// minClientTimeout is the shortest limits.handshake_timeout and
+// limits.idle_timeout accepted.
+const minClientTimeout = 100 * time.Millisecond
+
 // minTokenLen is the shortest admin bearer token accepted.
 const minTokenLen = 16
 
@@ -303,10 +307,12 @@ func readTokenFile(path string) (string, error) {
 func (c *Config) checkLimits() error {
 	l := c.Limits
 	switch {
-	case l.HandshakeTimeout <= 0:
-		return c.problem("limits.handshake_timeout", "must be positive")
-	case l.IdleTimeout <= 0:
-		return c.problem("limits.idle_timeout", "must be positive")
+	// Below these floors no client on a real network gets through: a
+	// value such as 10ms is likely meant as seconds.
+	case l.HandshakeTimeout < minClientTimeout:
+		return c.problem("limits.handshake_timeout", "%v is under %v: no handshake over a network finishes in time", l.HandshakeTimeout, minClientTimeout)
+	case l.IdleTimeout < minClientTimeout:
+		return c.problem("limits.idle_timeout", "%v is under %v: clients would be cut between their requests, and while they send them", l.IdleTimeout, minClientTimeout)
 	case l.DrainTimeout <= 0:
 		// 0 could be read as "no drain" or as "no limit"; neither is
 		// what a stop should do by accident.
