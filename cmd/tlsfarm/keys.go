@@ -215,6 +215,8 @@ func keys(args []string, stderr io.Writer) int {
 	if o == nil {
 		return code
 	}
+	// As serve: a log reader that goes away must not end the agent.
+	signal.Ignore(syscall.SIGPIPE)
 	lvl, _ := config.ParseLevel(o.logLevel)
 	opts := &slog.HandlerOptions{Level: lvl}
 	var h slog.Handler = slog.NewTextHandler(stderr, opts)

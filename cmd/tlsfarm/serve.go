@@ -23,6 +23,11 @@ func serve(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	// A log reader that goes away (the pipe to a logger that died) must
+	// not take the terminator with it: a write to a broken pipe on
+	// standard error would otherwise end the process with SIGPIPE. The
+	// lines are lost until the daemon restarts; the connections are not.
+	signal.Ignore(syscall.SIGPIPE)
 	cfg, code := load("tlsfarm serve", args, stderr)
 	if cfg == nil {
 		return code
