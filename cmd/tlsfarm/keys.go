@@ -216,7 +216,7 @@ func keys(args []string, stderr io.Writer) int {
 		return code
 	}
 	// As serve: a log reader that goes away must not end the agent.
-	signal.Ignore(syscall.SIGPIPE)
+	survivePipes()
 	lvl, _ := config.ParseLevel(o.logLevel)
 	opts := &slog.HandlerOptions{Level: lvl}
 	var h slog.Handler = slog.NewTextHandler(stderr, opts)

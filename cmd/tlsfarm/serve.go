@@ -27,7 +27,7 @@ func serve(args []string, stderr io.Writer) int {
 	// not take the terminator with it: a write to a broken pipe on
 	// standard error would otherwise end the process with SIGPIPE. The
 	// lines are lost until the daemon restarts; the connections are not.
-	signal.Ignore(syscall.SIGPIPE)
+	survivePipes()
 	cfg, code := load("tlsfarm serve", args, stderr)
 	if cfg == nil {
 		return code
@@ -130,3 +130,12 @@ func serve(args []string, stderr io.Writer) int {
 // farm's flush (at most about three of its 2 s operation timeouts on a
 // hung store) and the rest of the close.
 const flushBound = 10 * time.Second
+
+// survivePipes makes a write to a broken pipe on standard output or error
+// fail with EPIPE instead of ending the process. The signal is caught (on a
+// channel never read, which drops it), not ignored: an ignored signal stays
+// ignored in the commands a process runs (tlsfarm keys' -on-change), where
+// a pipeline relies on SIGPIPE to end its writers.
+func survivePipes() {
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+}
