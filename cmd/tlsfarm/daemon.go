@@ -208,8 +208,9 @@ func (d *daemon) proxyStats() admin.ProxyStats {
 }
 
 // stop drains the listeners (up to the drain timeout, or until cut is
-// closed), then stops the rest, flushing the farm's queues.
-func (d *daemon) stop(cut <-chan struct{}) {
+// closed), then stops the rest, flushing the farm's queues. It reports
+// whether cut ended the drain with connections still open.
+func (d *daemon) stop(cut <-chan struct{}) (wasCut bool) {
 	drain := d.cfg.Load().Limits.DrainTimeout
 	d.log.Info("draining connections", "drain_timeout", drain.String())
 	ctx, cancel := context.WithTimeoutCause(context.Background(), drain, errDrainTimeout)
@@ -229,12 +230,14 @@ func (d *daemon) stop(cut <-chan struct{}) {
 		d.log.Warn("drain timeout reached; closed the connections still open")
 	case errors.Is(cause, context.Canceled):
 		d.log.Warn("drain cut short by a second stop signal; closed the connections still open")
+		wasCut = true
 	}
 	if d.node != nil {
 		d.log.Info("flushing the farm's queues")
 	}
 	d.close()
 	d.log.Info("stopped")
+	return wasCut
 }
 
 // errDrainTimeout ends a drain that reached limits.drain_timeout.

@@ -115,15 +115,12 @@ func serve(args []string, stderr io.Writer) int {
 			os.Exit(1)
 		}
 	}()
-	d.stop(cut)
-	select {
-	case <-cut:
+	if d.stop(cut) {
 		// The operator cut the drain: connections were closed, not
 		// drained, so the stop was not clean.
 		return 1
-	default:
-		return 0
 	}
+	return 0
 }
 
 // flushBound is how long a stop may take after a second stop signal: the
