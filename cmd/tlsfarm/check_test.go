@@ -265,3 +265,22 @@ func TestCheckWarnsOfSecretsInAWorldReadableFile(t *testing.T) {
 		})
 	}
 }
+
+// TestStrayArgumentExits2: an argument that is not a flag (most likely a
+// farm URL whose -farm was left out) is a command line error, exit 2 with
+// the usage, as every other command line error of serve and check and a
+// stray argument of keys, keygen and farmsim; it is shown with its
+// password masked. Before, serve and check exited 1, the status of a bad
+// configuration.
+func TestStrayArgumentExits2(t *testing.T) {
+	t.Parallel()
+	for _, cmd := range []string{"serve", "check"} {
+		code, stdout, stderr := runCmd(t, []string{cmd, "-admin", "off", "redis://:s3cret@127.0.0.1:1/0"})
+		if code != 2 || !strings.Contains(stderr, `unexpected argument "redis://xxxxx@127.0.0.1:1/0"`) || !strings.Contains(stderr, "Usage: tlsfarm "+cmd) {
+			t.Errorf("%s with a stray URL: exit %d, stderr %q; want exit 2 with the argument masked and the usage", cmd, code, stderr)
+		}
+		if strings.Contains(stdout+stderr, "s3cret") {
+			t.Errorf("%s shows the password: %s", cmd, stdout+stderr)
+		}
+	}
+}
