@@ -284,3 +284,14 @@ func TestStrayArgumentExits2(t *testing.T) {
 		}
 	}
 }
+
+// TestKeygenStrayArgumentMasked: keygen's refusal of a stray argument
+// shows a URL in it with its password masked, as every other command's.
+func TestKeygenStrayArgumentMasked(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	code := keygen([]string{"-out", filepath.Join(t.TempDir(), "s"), "redis://:s3cret@127.0.0.1:1/0"}, &stdout, &stderr)
+	if code != 2 || strings.Contains(stderr.String(), "s3cret") || !strings.Contains(stderr.String(), "redis://xxxxx@127.0.0.1:1/0") {
+		t.Errorf("keygen with a stray URL: exit %d, stderr %q", code, stderr.String())
+	}
+}
