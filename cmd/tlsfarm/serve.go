@@ -95,12 +95,12 @@ func serve(args []string, stderr io.Writer) int {
 	// out, within flushBound; a third signal exits at once.
 	cut := make(chan struct{})
 	go func() {
-		stops := 0
+		more := 0 // stop signals after the first
 		for s := range sigs {
 			if s == syscall.SIGHUP {
 				continue
 			}
-			if stops++; stops == 1 {
+			if more++; more == 1 {
 				log.Warn("second stop signal: closing open connections now; the farm's queues are still flushed (a third signal exits without)",
 					"signal", s.String(), "flush_within", flushBound.String())
 				close(cut)
