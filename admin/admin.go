@@ -176,7 +176,7 @@ func New(cfg Config) (*Handler, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}, cfg.Collectors...)
 	for _, c := range cs {
-		if err := h.reg.Register(c); err != nil {
+		if err := h.reg.Register(newSafeCollector(c, cfg.Logger)); err != nil {
 			return nil, err
 		}
 	}

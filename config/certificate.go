@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -25,11 +26,11 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 	if cert.Key == "" {
 		return c.problem(key+".key", "is required (a PEM file with the private key of %s)", cert.Cert)
 	}
-	certPEM, err := readRegularFile(cert.Cert)
+	certPEM, err := readRegularFile(cert.Cert, maxPEMFile)
 	if err != nil {
 		return c.problem(key+".cert", "%v", err)
 	}
-	keyPEM, err := readRegularFile(cert.Key)
+	keyPEM, err := readRegularFile(cert.Key, maxPEMFile)
 	if err != nil {
 		return c.problem(key+".key", "%v", err)
 	}
@@ -64,15 +65,48 @@ func (c *Config) loadCertificate(cert *Certificate, key string) error {
 	return nil
 }
 
+// Size limits of the files a configuration names: far above any real one,
+// far below what would hurt to read into memory at every start and reload.
+const (
+	maxConfigFile = 1 << 20 // the YAML file: a configuration is a few KB
+	maxPEMFile    = 1 << 20 // a certificate chain or a private key
+)
+
 // readRegularFile reads the file at path, refusing anything but a regular
 // file: reading a named pipe would block the start, or a reload, until
 // something writes to it, and a device might never end. A directory is
-// left to os.ReadFile, which says what it is.
-func readRegularFile(path string) ([]byte, error) {
+// left to the read, which says what it is. A file longer than limit bytes
+// is refused (a huge file, or one that grows as it is read, would take the
+// memory of a start or a reload), with an error that says so.
+func readRegularFile(path string, limit int64) ([]byte, error) {
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() && !fi.IsDir() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
-	return os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %s: refused (the wrong file?)", path, sizeName(limit))
+	}
+	return data, nil
+}
+
+// sizeName writes a byte count as KiB or MiB when it is a whole number of
+// them.
+func sizeName(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // ParseVersion parses a TLS version: "1.0", "1.1", "1.2" or "1.3" (a

@@ -53,7 +53,7 @@ log:
 		"TLSFARM_LOG_LEVEL": "debug",          // over the file's warn
 		"TLSFARM_LISTEN":    "127.0.0.1:8443", // over the file, under the flag
 	}
-	args := []string{"-listen", "127.0.0.1:9443", "-single-use"}
+	args := []string{"-listen", "127.0.0.1:8444", "-single-use"}
 
 	c, err := config.Load("tlsfarm serve", args, func(k string) string { return env[k] }, os.Stderr)
 	if err != nil {
@@ -68,7 +68,7 @@ log:
 	fmt.Println("store:", config.HasStore("redis"))
 	// Output:
 	// node: edge-1
-	// listener: 127.0.0.1:9443 http://127.0.0.1:8080 [h2 http/1.1] 1.2
+	// listener: 127.0.0.1:8444 http://127.0.0.1:8080 [h2 http/1.1] 1.2
 	// log level: debug
 	// cache: stateful 1h0m0s single use: true
 	// farm: example-config broadcast secrets: 1
@@ -116,7 +116,7 @@ func ExampleRestartOnly() {
 	// The file (here the flags) has changed since.
 	after, err := config.Load("tlsfarm serve", []string{"-node", "edge-1",
 		"-log-level", "debug", "-upstream", "http://127.0.0.1:8080", // applied at once
-		"-cache-size", "500000", "-listen", "127.0.0.1:9443", // at the next restart
+		"-cache-size", "500000", "-listen", "127.0.0.1:8444", // at the next restart
 	}, noEnv, io.Discard)
 	if err != nil {
 		log.Fatal(err)

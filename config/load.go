@@ -57,7 +57,12 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 	}
 	if fs.NArg() > 0 {
 		// A stray argument may be a farm URL whose flag was left out.
-		return nil, fmt.Errorf("unexpected argument %q (settings are flags, such as -listen 127.0.0.1:8443)", redact.URL(fs.Arg(0)))
+		// It is the command line's fault, as a flag the parser rejects:
+		// said, with the usage, as the flag package says those.
+		err := fmt.Errorf("unexpected argument %q (settings are flags, such as -listen 127.0.0.1:8443)", redact.URL(fs.Arg(0)))
+		fmt.Fprintln(output, err)
+		fs.Usage()
+		return nil, &UsageError{err}
 	}
 
 	c := defaults()
@@ -94,8 +99,9 @@ func Load(name string, args []string, getenv func(string) string, output io.Writ
 	return c, nil
 }
 
-// A UsageError is a command line that the flag package could not parse; it
-// has already printed the error and the usage to Load's output.
+// A UsageError is a command line that the flag package could not parse, or
+// that holds an argument that is not a flag; Load has already printed the
+// error and the usage to its output.
 type UsageError struct{ Err error }
 
 // Error returns the flag package's message.
@@ -128,6 +134,25 @@ func (c *Config) fill() {
 	for i := range c.Listeners {
 		listenerDefaults(&c.Listeners[i])
 	}
+}
+
+// FileSecrets returns the settings to which the configuration file gives
+// a secret: farm.url when it holds a password or a token, and admin.token.
+// It returns nil when there is no file or the file gives none (the
+// environment, a flag or a file of the secret's own may give them).
+func (c *Config) FileSecrets() []string {
+	if c.File == "" {
+		return nil
+	}
+	fromFile := func(key string) bool { return strings.HasPrefix(c.sources[key], c.File+" line ") }
+	var keys []string
+	if c.Farm.URL != "" && fromFile("farm.url") && redact.URL(c.Farm.URL) != c.Farm.URL {
+		keys = append(keys, "farm.url")
+	}
+	if c.Admin.Token != "" && fromFile("admin.token") {
+		keys = append(keys, "admin.token")
+	}
+	return keys
 }
 
 // where returns " (from SOURCE)" for a setting that did not come from its

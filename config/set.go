@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,18 @@ import (
 )
 
 var durationType = reflect.TypeFor[time.Duration]()
+
+// MaxDuration is the longest duration any setting takes: a year. No
+// timeout, lifetime or interval needs more, and values near
+// time.Duration's limit (about 292 years) overflow when added to a clock.
+const MaxDuration = 365 * 24 * time.Hour
+
+// durationForm matches what time.ParseDuration reads (numbers with units),
+// to tell a value too long for it from one that is not a duration.
+var durationForm = regexp.MustCompile(`^[-+]?([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+$`)
+
+// fmtHours writes d in hours, as the settings' documentation does.
+func fmtHours(d time.Duration) string { return fmt.Sprintf("%dh", d/time.Hour) }
 
 // set parses s into the setting key of c, creating the first element of
 // each list on the way. It is how flags and environment variables apply.
@@ -66,11 +79,20 @@ func parseScalar(v reflect.Value, s string) error {
 	switch {
 	case v.Type() == durationType:
 		d, err := time.ParseDuration(s)
+		if err != nil && strings.Contains(err.Error(), "invalid duration") && durationForm.MatchString(s) {
+			// Well formed, but past time.Duration's 292 years.
+			return fmt.Errorf("%q is too long (at most %v, a year)", s, fmtHours(MaxDuration))
+		}
 		if err != nil {
 			return fmt.Errorf("%q is not a duration (write it like 500ms, 30s, 5m or 2h)", redact.URL(s))
 		}
 		if d < 0 {
 			return fmt.Errorf("%q is negative", s)
+		}
+		if d > MaxDuration {
+			// Added to a clock, such a value overflows: a session or
+			// a key would expire at once, or in the past.
+			return fmt.Errorf("%q is too long (at most %v, a year)", s, fmtHours(MaxDuration))
 		}
 		v.SetInt(int64(d))
 	case v.Kind() == reflect.String:

@@ -87,8 +87,12 @@ func checkFarmURL(s string) (string, error) {
 		if _, ok := farmSchemes[u.Scheme]; !ok {
 			return "", fmt.Errorf("unsupported scheme %q (want redis, rediss, redis+cluster, redis+sentinel, nats, tls, amqp or amqps)", u.Scheme)
 		}
-		if scheme != "" && (u.Scheme != scheme || !isNATS(scheme)) {
+		if scheme != "" && (!isNATS(scheme) || !isNATS(u.Scheme)) {
 			return "", fmt.Errorf("only nats:// and tls:// URLs may list several servers, comma-separated")
+		}
+		if scheme != "" && u.Scheme != scheme {
+			// A connection is plain or TLS, whichever server it reaches.
+			return "", fmt.Errorf("the servers of a NATS URL share one scheme: %s:// and %s:// are mixed", scheme, u.Scheme)
 		}
 		scheme = u.Scheme
 		if err := redact.CheckAt(u); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +15,10 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/secretfile"
 	"github.com/tlsfarm/tlsfarm/session"
 )
+
+// minClientTimeout is the shortest limits.handshake_timeout and
+// limits.idle_timeout accepted.
+const minClientTimeout = 100 * time.Millisecond
 
 // minTokenLen is the shortest admin bearer token accepted.
 const minTokenLen = 16
@@ -166,6 +171,14 @@ func (c *Config) checkFarm() error {
 			// serve alone, and pass /readyz.
 			return c.problem("farm.strict", "is set, but farm.url is not: a strict node must join a farm")
 		}
+		// Any other farm setting without a URL: the node would serve
+		// alone, sharing nothing, while its operator believes it in a
+		// farm (a URL variable left out of one node's environment, a
+		// url line commented out). Serving alone is said by giving no
+		// farm setting at all.
+		if set := c.setUnder("farm.", "farm.url"); len(set) > 0 {
+			return c.problem(set[0], "is set, but farm.url is not: without farm.url the node serves alone and every farm setting is ignored; set farm.url, or remove %s to serve alone", strings.Join(set, ", "))
+		}
 		return nil
 	}
 	scheme, err := checkFarmURL(f.URL)
@@ -229,6 +242,15 @@ func (c *Config) checkAdmin() error {
 		if err := checkHostPort(a.Address); err != nil {
 			return c.problem("admin.address", "%v (or off)", err)
 		}
+		// Both would bind it: the listener first, and then the admin
+		// API's bind fails, after the start has begun serving.
+		if _, port, _ := net.SplitHostPort(a.Address); port != "0" {
+			for i, l := range c.Listeners {
+				if l.Address == a.Address {
+					return c.problem("admin.address", "%s is also listeners[%d].address", redact.URL(a.Address), i)
+				}
+			}
+		}
 	}
 	a.BearerToken = a.Token
 	if a.TokenFile != "" {
@@ -255,6 +277,19 @@ func (c *Config) checkAdmin() error {
 	return nil
 }
 
+// setUnder returns, sorted, the settings under prefix (such as "farm.")
+// that the file, the environment or a flag gave, but except.
+func (c *Config) setUnder(prefix, except string) []string {
+	var keys []string
+	for k := range c.sources {
+		if strings.HasPrefix(k, prefix) && k != except {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // readTokenFile reads a bearer token from a file that only its owner can
 // read.
 func readTokenFile(path string) (string, error) {
@@ -272,10 +307,16 @@ func readTokenFile(path string) (string, error) {
 func (c *Config) checkLimits() error {
 	l := c.Limits
 	switch {
-	case l.HandshakeTimeout <= 0:
-		return c.problem("limits.handshake_timeout", "must be positive")
-	case l.IdleTimeout <= 0:
-		return c.problem("limits.idle_timeout", "must be positive")
+	// Below these floors no client on a real network gets through: a
+	// value such as 10ms is likely meant as seconds.
+	case l.HandshakeTimeout < minClientTimeout:
+		return c.problem("limits.handshake_timeout", "%v is under %v: no handshake over a network finishes in time", l.HandshakeTimeout, minClientTimeout)
+	case l.IdleTimeout < minClientTimeout:
+		return c.problem("limits.idle_timeout", "%v is under %v: clients would be cut between their requests, and while they send them", l.IdleTimeout, minClientTimeout)
+	case l.DrainTimeout <= 0:
+		// 0 could be read as "no drain" or as "no limit"; neither is
+		// what a stop should do by accident.
+		return c.problem("limits.drain_timeout", "must be positive: it bounds how long a stop waits for open connections (there is no unbounded wait; 1ms closes them at once)")
 	}
 	return nil
 }

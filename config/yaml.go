@@ -17,7 +17,7 @@ import (
 // readFile decodes the YAML file at path over c. Keys the file leaves out
 // keep their values in c; lists in the file replace c's lists whole.
 func (c *Config) readFile(path string) error {
-	data, err := readRegularFile(path)
+	data, err := readRegularFile(path, maxConfigFile)
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}

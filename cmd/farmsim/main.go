@@ -17,6 +17,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -42,21 +43,62 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-func main() {
-	var (
-		url      = flag.String("redis", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or redis+cluster://)")
-		nodes    = flag.String("nodes", "3,10,30", "comma-separated node counts K to simulate")
-		modes    = flag.String("modes", "broadcast,store-only", "comma-separated farm modes")
-		rate     = flag.Int("rate", 1000, "new sessions per second for the whole farm")
-		lookups  = flag.Int("lookups", 200, "cross-node resumptions per second for the whole farm")
-		duration = flag.Duration("duration", 10*time.Second, "how long each run issues sessions")
-		lifetime = flag.Duration("lifetime", 10*time.Minute, "session lifetime (the stored keys' TTL)")
-		timeout  = flag.Duration("lookup-timeout", 100*time.Millisecond, "farm LookupTimeout for the runs")
-	)
-	flag.Parse()
-	if *duration > 5*time.Minute || *rate > 200000 || *rate < 1 {
-		log.Fatal("farmsim: keep -duration at most 5m and -rate from 1 to 200000")
+// options are farmsim's flags.
+type options struct {
+	url, nodes, modes          string
+	rate, lookups              int
+	duration, lifetime, lookup time.Duration
+}
+
+// parseFlags parses farmsim's command line, refusing values that would
+// make a run measure nothing (or divide by zero) and a stray argument (a
+// Redis URL without -redis would otherwise run against the default one),
+// shown with any password masked.
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("farmsim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.url, "redis", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or redis+cluster://)")
+	fs.StringVar(&o.nodes, "nodes", "3,10,30", "comma-separated node counts K to simulate")
+	fs.StringVar(&o.modes, "modes", "broadcast,store-only", "comma-separated farm modes")
+	fs.IntVar(&o.rate, "rate", 1000, "new sessions per second for the whole farm")
+	fs.IntVar(&o.lookups, "lookups", 200, "cross-node resumptions per second for the whole farm")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long each run issues sessions")
+	fs.DurationVar(&o.lifetime, "lifetime", 10*time.Minute, "session lifetime (the stored keys' TTL)")
+	fs.DurationVar(&o.lookup, "lookup-timeout", 100*time.Millisecond, "farm LookupTimeout for the runs")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
 	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("farmsim: unexpected argument %q (the Redis URL goes with -redis)", redact.URL(fs.Arg(0)))
+	case o.duration < time.Second || o.duration > 5*time.Minute:
+		return nil, errors.New("farmsim: -duration must be from 1s to 5m")
+	case o.rate < 1 || o.rate > 200000:
+		return nil, errors.New("farmsim: -rate must be from 1 to 200000")
+	case o.lookups < 0 || o.lookups > 100000:
+		return nil, errors.New("farmsim: -lookups must be from 0 to 100000")
+	case o.lifetime < o.duration || o.lifetime > 24*time.Hour:
+		return nil, errors.New("farmsim: -lifetime must be at least -duration (the sessions must outlive the run) and at most 24h")
+	case o.lookup <= 0 || o.lookup > time.Second:
+		return nil, errors.New("farmsim: -lookup-timeout must be above 0 and at most 1s")
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "farmsim: ") { // else the flag package has said what is wrong
+			fmt.Fprintln(os.Stderr, err)
+		}
+		os.Exit(2)
+	}
+	url, nodes, modes, rate, lookups := &o.url, &o.nodes, &o.modes, &o.rate, &o.lookups
+	duration, lifetime, timeout := &o.duration, &o.lifetime, &o.lookup
 	ss, cs, err := oneSession()
 	if err != nil {
 		log.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 )
 
 // check loads and validates a configuration as serve does, without
@@ -68,10 +69,12 @@ func check(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// checkTransportURL opens the farm transport as serve does and closes it
-// again, so that check refuses a URL whose options the transport refuses.
-// Only Redis and AMQP: their Open reads the URL without connecting. NATS
-// connects in Open, and an unreachable farm is not a configuration error.
+// checkTransportURL reads the farm URL as serve's transport will, without
+// connecting, so that check refuses a URL whose options the transport
+// refuses: Redis and AMQP by opening the transport (their Open reads the
+// URL without connecting) and closing it again, NATS by
+// natsbus.CheckURL (its Open connects). An unreachable farm is not a
+// configuration error.
 func checkTransportURL(cfg *config.Config) error {
 	if cfg.Farm.URL == "" {
 		return nil
@@ -83,6 +86,10 @@ func checkTransportURL(cfg *config.Config) error {
 			return fmt.Errorf("farm.url: %v", err)
 		}
 		return closer.Close()
+	case "nats":
+		if err := natsbus.CheckURL(cfg.Farm.URL, cfg.Farm.Name); err != nil {
+			return fmt.Errorf("farm.url: %v", err)
+		}
 	}
 	return nil
 }
@@ -94,10 +101,14 @@ func isReloadFlag(arg string) bool {
 	return name == "-reload" || name == "--reload"
 }
 
+// configLoad is config.Load; a test may replace it (before its parallel
+// tests start) to act while the configuration loads.
+var configLoad = config.Load
+
 // load loads the configuration of serve or check. On failure it prints one
 // line and returns a nil config and the exit code.
 func load(name string, args []string, stderr io.Writer) (*config.Config, int) {
-	cfg, err := config.Load(name, args, os.Getenv, stderr)
+	cfg, err := configLoad(name, args, os.Getenv, stderr)
 	var usage *config.UsageError
 	switch {
 	case errors.Is(err, flag.ErrHelp):

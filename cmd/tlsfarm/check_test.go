@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,9 +129,9 @@ func TestCheckReloadFlagValue(t *testing.T) {
 	}
 }
 
-// TestCheckRefusesFarmURLsTheTransportRefuses: a Redis or AMQP farm URL
-// whose options the transport refuses when serve opens it (before any
-// connection) is refused by check too, naming farm.url and keeping the
+// TestCheckRefusesFarmURLsTheTransportRefuses: a Redis, AMQP or NATS farm
+// URL whose options the transport refuses when serve opens it (before any
+// connection) is refused by check too, without connecting, naming farm.url and keeping the
 // password. Before the fix check said "configuration OK" and serve then
 // would not start.
 func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
@@ -147,6 +148,11 @@ func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
 		{"reload on a plain redis URL", "redis://:s3cret@127.0.0.1:1/0?reload=2s", "reload"},
 		{"amqp unknown option", "amqp://guest:s3cret@127.0.0.1:1/?bogus=1", "bogus"},
 		{"amqp heartbeat not a number", "amqp://guest:s3cret@127.0.0.1:1/?heartbeat=x", "heartbeat"},
+		// NATS's Open connects, so check reads the URL with
+		// natsbus.CheckURL; before, any NATS URL passed check.
+		{"nats unknown option", "nats://s3cret@127.0.0.1:1?bogus=1", "bogus"},
+		{"nats replicas out of range", "nats://u:s3cret@127.0.0.1:1?replicas=9", "replicas"},
+		{"nats pending_msgs zero", "nats://127.0.0.1:2,nats://u:s3cret@127.0.0.1:1?pending_msgs=0", "pending_msgs"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"-listen", "127.0.0.1:0", "-admin", "off", "-farm", tt.url, "-farm-secret", secret, "-farm-name", "revconfig-check"}
@@ -160,5 +166,132 @@ func TestCheckRefusesFarmURLsTheTransportRefuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckHoldsEveryAddressAtOnce: check refuses what serve cannot bind
+// because it binds it itself: the UDP port of an HTTP/3 listener, two
+// listeners that overlap (0.0.0.0:P and 127.0.0.1:P), and the admin API
+// on a listener's address. check bound each TCP address alone and
+// released it at once, and no UDP port, so it said "configuration OK" to
+// each of these, and serve then failed to start.
+func TestCheckHoldsEveryAddressAtOnce(t *testing.T) {
+	t.Parallel()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	udpTaken := udp.LocalAddr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	_, port, _ := net.SplitHostPort(free())
+	overlap := writeFile(t, filepath.Join(t.TempDir(), "overlap.yaml"),
+		"admin:\n  address: off\nlisteners:\n  - address: 0.0.0.0:"+port+"\n  - address: 127.0.0.1:"+port+"\n", 0o600)
+	same := free()
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string // in check's refusal
+	}{
+		{"HTTP/3 UDP port taken", []string{"-listen", udpTaken, "-admin", "off", "-http3"}, "listeners[0].http3: cannot listen on UDP " + udpTaken},
+		{"overlapping listeners", []string{"-config", overlap}, "listeners[1].address: cannot listen on 127.0.0.1:" + port},
+		{"admin on a listener's address", []string{"-listen", same, "-admin", same}, "admin.address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCmd(t, append([]string{"check"}, tt.args...))
+			if code != 1 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("check: exit %d, stderr %q; want a refusal saying %q", code, stderr, tt.want)
+			}
+			code, _, stderr = runCmd(t, append([]string{"serve", "-log-format", "json"}, tt.args...))
+			if code == 0 {
+				t.Errorf("serve: exit 0, stderr %q; want a refusal", stderr)
+			}
+		})
+	}
+}
+
+// TestCheckWarnsOfSecretsInAWorldReadableFile: a configuration file that
+// gives a secret (a farm URL's password, the admin token) and that every
+// user may read is named in a warning, by check and at serve's start,
+// which shows neither secret. A file readable by its group (the daemon's)
+// or holding no secret draws none. Before, nothing said so, although the
+// farm secret and token files are refused for less.
+func TestCheckWarnsOfSecretsInAWorldReadableFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "farm.key")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	base := "admin:\n  address: off\nlisteners:\n  - address: 127.0.0.1:0\n"
+	withURL := base + "farm:\n  url: redis://:s3cretpw@127.0.0.1:1/0\n  secret_file: " + secret + "\n  name: revcmd-secrets\n"
+	withToken := "admin:\n  address: off\n  token: s3cret-admin-token-0123456789\nlisteners:\n  - address: 127.0.0.1:0\n"
+	const warning = "gives a secret"
+	for _, tt := range []struct {
+		name, content string
+		mode          os.FileMode
+		want          string // in the warning; "" for none
+	}{
+		{"URL password, world-readable", withURL, 0o644, "(farm.url) and every user may read it (mode 0644)"},
+		{"token, world-readable", withToken, 0o604, "(admin.token) and every user may read it (mode 0604)"},
+		{"URL password, group-readable", withURL, 0o640, ""},
+		{"no secret, world-readable", base, 0o644, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conf := writeFile(t, filepath.Join(t.TempDir(), "tlsfarm.yaml"), tt.content, tt.mode)
+			code, stdout, stderr := runCmd(t, []string{"check", "-config", conf})
+			if code != 0 {
+				t.Fatalf("check: exit %d: %s", code, stderr)
+			}
+			if strings.Contains(stdout+stderr, "s3cret") {
+				t.Errorf("check shows a secret: %s", stdout+stderr)
+			}
+			if tt.want == "" {
+				if strings.Contains(stderr, warning) {
+					t.Errorf("a warning where none is due: %s", stderr)
+				}
+				return
+			}
+			if !strings.Contains(stderr, "tlsfarm: warning: config file "+conf+" "+warning+" "+tt.want) {
+				t.Errorf("check's stderr %q lacks the warning %q", stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestStrayArgumentExits2: an argument that is not a flag (most likely a
+// farm URL whose -farm was left out) is a command line error, exit 2 with
+// the usage, as every other command line error of serve and check and a
+// stray argument of keys, keygen and farmsim; it is shown with its
+// password masked. Before, serve and check exited 1, the status of a bad
+// configuration.
+func TestStrayArgumentExits2(t *testing.T) {
+	t.Parallel()
+	for _, cmd := range []string{"serve", "check"} {
+		code, stdout, stderr := runCmd(t, []string{cmd, "-admin", "off", "redis://:s3cret@127.0.0.1:1/0"})
+		if code != 2 || !strings.Contains(stderr, `unexpected argument "redis://xxxxx@127.0.0.1:1/0"`) || !strings.Contains(stderr, "Usage: tlsfarm "+cmd) {
+			t.Errorf("%s with a stray URL: exit %d, stderr %q; want exit 2 with the argument masked and the usage", cmd, code, stderr)
+		}
+		if strings.Contains(stdout+stderr, "s3cret") {
+			t.Errorf("%s shows the password: %s", cmd, stdout+stderr)
+		}
+	}
+}
+
+// TestKeygenStrayArgumentMasked: keygen's refusal of a stray argument
+// shows a URL in it with its password masked, as every other command's.
+func TestKeygenStrayArgumentMasked(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	code := keygen([]string{"-out", filepath.Join(t.TempDir(), "s"), "redis://:s3cret@127.0.0.1:1/0"}, &stdout, &stderr)
+	if code != 2 || strings.Contains(stderr.String(), "s3cret") || !strings.Contains(stderr.String(), "redis://xxxxx@127.0.0.1:1/0") {
+		t.Errorf("keygen with a stray URL: exit %d, stderr %q", code, stderr.String())
 	}
 }

@@ -207,20 +207,41 @@ func (d *daemon) proxyStats() admin.ProxyStats {
 	return out
 }
 
-// stop drains the listeners (up to the drain timeout), then stops the
-// rest.
-func (d *daemon) stop() {
+// stop drains the listeners (up to the drain timeout, or until cut is
+// closed), then stops the rest, flushing the farm's queues. It reports
+// whether cut ended the drain with connections still open.
+func (d *daemon) stop(cut <-chan struct{}) (wasCut bool) {
 	drain := d.cfg.Load().Limits.DrainTimeout
 	d.log.Info("draining connections", "drain_timeout", drain.String())
-	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), drain, errDrainTimeout)
+	go func() {
+		select {
+		case <-cut:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	err := d.proxy.Shutdown(ctx)
+	cause := context.Cause(ctx)
 	cancel()
-	if errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case err == nil:
+	case errors.Is(cause, errDrainTimeout):
 		d.log.Warn("drain timeout reached; closed the connections still open")
+	case errors.Is(cause, context.Canceled):
+		d.log.Warn("drain cut short by a second stop signal; closed the connections still open")
+		wasCut = true
+	}
+	if d.node != nil {
+		d.log.Info("flushing the farm's queues")
 	}
 	d.close()
 	d.log.Info("stopped")
+	return wasCut
 }
+
+// errDrainTimeout ends a drain that reached limits.drain_timeout.
+var errDrainTimeout = errors.New("drain timeout reached")
 
 // close stops everything but the proxy, in reverse order of start.
 func (d *daemon) close() {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
@@ -22,6 +26,14 @@ import (
 // embedded NATS server, then each on its own — probes both farms as a
 // client behind a load balancer would, and prints the difference.
 func demo(args []string, stdout, stderr io.Writer) int {
+	return runDemo(args, stdout, stderr, demoFarm)
+}
+
+// A farmStarter starts the nodes of one of demo's farms (see demoFarm).
+type farmStarter func(ctx context.Context, count int, shared bool, natsURL string, log *slog.Logger) ([]string, func(), error)
+
+// runDemo is demo with the function that starts each farm.
+func runDemo(args []string, stdout, stderr io.Writer, startFarm farmStarter) int {
 	fs := flag.NewFlagSet("tlsfarm demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	n := fs.Int("n", 600, "connections per probe")
@@ -49,7 +61,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 
 	var reports [2]*probe.Report
 	for i, shared := range []bool{true, false} {
-		addrs, stop, err := demoFarm(ctx, *nodes, shared, ns.URL(), log)
+		addrs, stop, err := startFarm(ctx, *nodes, shared, ns.URL(), log)
 		if err != nil {
 			fmt.Fprintf(stderr, "tlsfarm demo: %v\n", err)
 			return 1
@@ -65,15 +77,49 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	names := []string{"sharing (tlsfarm)", "no sharing"}
 	fmt.Fprintf(stdout, "\n%d connections, each to a random one of %d nodes (4 clients, each resuming its last session):\n\n", *n, *nodes)
-	fmt.Fprintf(stdout, "%-22s %10s %12s %14s %14s\n", "", "resumed", "cross-node", "full p50", "resumed p50")
-	for i, name := range []string{"sharing (tlsfarm)", "no sharing"} {
+	fmt.Fprintf(stdout, "%-22s %10s %12s %14s %14s %8s\n", "", "resumed", "cross-node", "full p50", "resumed p50", "failed")
+	for i, name := range names {
 		t := reports[i].Total
-		fmt.Fprintf(stdout, "%-22s %9.1f%% %12d %14v %14v\n", name, 100*t.ResumptionRate, t.CrossNode,
-			t.FullLatency.Handshake.P50.Round(time.Microsecond), t.ResumedLatency.Handshake.P50.Round(time.Microsecond))
+		fmt.Fprintf(stdout, "%-22s %9.1f%% %12d %14v %14v %8d\n", name, 100*t.ResumptionRate, t.CrossNode,
+			t.FullLatency.Handshake.P50.Round(time.Microsecond), t.ResumedLatency.Handshake.P50.Round(time.Microsecond), t.Failed)
+	}
+	// A run whose connections failed measured nothing: its rates (0%, or
+	// those of the few that worked) are not the difference the demo shows.
+	code := 0
+	for i, name := range names {
+		t := reports[i].Total
+		switch {
+		case t.Failed == 0:
+		case t.Failed >= t.Connections:
+			fmt.Fprintf(stderr, "tlsfarm demo: %s: every one of %d connections failed (%s): the demo measured nothing\n", name, t.Connections, failureKinds(t.Errors))
+			code = 1
+		default:
+			fmt.Fprintf(stderr, "tlsfarm demo: %s: %d of %d connections failed (%s): its figures are only those that worked\n", name, t.Failed, t.Connections, failureKinds(t.Errors))
+		}
+	}
+	if code != 0 {
+		return code
 	}
 	fmt.Fprintf(stdout, "\nWithout sharing a client resumes only when the balancer happens to send it back\nto the node that issued its session: about 1 in %d.\n", *nodes)
 	return 0
+}
+
+// failureKinds formats a probe's failure counts by kind, most common first.
+func failureKinds(errs map[string]int) string {
+	kinds := slices.Collect(maps.Keys(errs))
+	slices.SortFunc(kinds, func(a, b string) int {
+		if c := cmp.Compare(errs[b], errs[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(kinds))
+	for i, k := range kinds {
+		parts[i] = fmt.Sprintf("%s %d", k, errs[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // demoFarm starts count nodes with the built-in upstream, sharing a farm

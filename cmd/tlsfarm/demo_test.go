@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -39,5 +43,33 @@ func TestDemoHelpExitsZero(t *testing.T) {
 	}
 	if code, _, _ := runCmd(t, []string{"demo", "-no-such-flag"}); code != 2 {
 		t.Errorf("demo -no-such-flag: exit %d, want 2", code)
+	}
+}
+
+// TestDemoFailsWhenEveryConnectionFails: a demo whose probe reached no
+// node measured nothing; it says so on stderr and exits 1, rather than
+// printing a table of zeros and exiting 0.
+func TestDemoFailsWhenEveryConnectionFails(t *testing.T) {
+	t.Parallel()
+	// Nodes that are gone: ports that refuse every connection.
+	dead := func(ctx context.Context, count int, shared bool, natsURL string, log *slog.Logger) ([]string, func(), error) {
+		var addrs []string
+		for range count {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, nil, err
+			}
+			addrs = append(addrs, l.Addr().String())
+			l.Close()
+		}
+		return addrs, func() {}, nil
+	}
+	var stdout, stderr bytes.Buffer
+	code := runDemo([]string{"-n", "20"}, &stdout, &stderr, dead)
+	if code != 1 || !strings.Contains(stderr.String(), "every one of 20 connections failed") {
+		t.Fatalf("demo against dead nodes: exit %d, stderr %q; want exit 1 saying every connection failed\n%s", code, stderr.String(), stdout.String())
+	}
+	if strings.Contains(stdout.String(), "about 1 in") {
+		t.Errorf("demo against dead nodes still drew its conclusion:\n%s", stdout.String())
 	}
 }

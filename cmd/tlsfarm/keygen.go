@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
 // keygen writes a new farm secret file.
@@ -29,7 +30,7 @@ func keygen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlsfarm keygen: -id must be 0-255")
 		return 2
 	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "tlsfarm keygen: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "tlsfarm keygen: unexpected argument %q\n", redact.URL(fs.Arg(0)))
 		return 2
 	}
 	if err := farm.WriteSecretFile(*out, farm.NewSecret(uint8(*id))); err != nil {

@@ -135,8 +135,8 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if o.farmURL == "" {
 		o.farmURL = envDefault(getenv, "farm.url", "")
 	}
-	if o.rotation, err = time.ParseDuration(*rot); err != nil || o.rotation < time.Second {
-		return fail("-ticket-rotation %q: want a duration of at least 1s", redact.URL(*rot))
+	if o.rotation, err = time.ParseDuration(*rot); err != nil || o.rotation < time.Second || o.rotation > config.MaxDuration {
+		return fail("-ticket-rotation %q: want a duration of at least 1s and at most %dh (a year)", redact.URL(*rot), config.MaxDuration/time.Hour)
 	}
 	if o.keep, err = strconv.Atoi(*keep); err != nil || o.keep < 1 || o.keep > 16 {
 		return fail("-ticket-keep %q: want 1 to 16", redact.URL(*keep))
@@ -144,8 +144,8 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 	if o.onChangeTimeout, err = time.ParseDuration(*onChangeTimeout); err != nil {
 		return fail("-on-change-timeout %q: want a duration such as 30s", redact.URL(*onChangeTimeout))
 	}
-	if o.onChangeTimeout <= 0 {
-		return fail("-on-change-timeout %v: must be positive", o.onChangeTimeout)
+	if o.onChangeTimeout <= 0 || o.onChangeTimeout > config.MaxDuration {
+		return fail("-on-change-timeout %v: must be positive and at most %dh", o.onChangeTimeout, config.MaxDuration/time.Hour)
 	}
 	switch {
 	case o.farmURL == "":
@@ -215,6 +215,8 @@ func keys(args []string, stderr io.Writer) int {
 	if o == nil {
 		return code
 	}
+	// As serve: a log reader that goes away must not end the agent.
+	survivePipes()
 	lvl, _ := config.ParseLevel(o.logLevel)
 	opts := &slog.HandlerOptions{Level: lvl}
 	var h slog.Handler = slog.NewTextHandler(stderr, opts)

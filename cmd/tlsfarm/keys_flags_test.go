@@ -33,6 +33,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"no store", []string{"-farm", "amqp://127.0.0.1:5672/", "-farm-secret", secret, "-export", "nginx:" + dir}, "needs a transport with a store"},
 		{"no secret", []string{"-farm", "redis://127.0.0.1:6379/0", "-export", "nginx:" + dir}, "-farm-secret FILE is required"},
 		{"no target", base, "at least one -export"},
+		{"rotation past a year", append([]string{"-ticket-rotation", "2562047h", "-export", "nginx:" + dir}, base...), "at most 8760h"},
+		{"on-change timeout past a year", append([]string{"-on-change", "true", "-on-change-timeout", "2562047h", "-export", "nginx:" + dir}, base...), "at most 8760h"},
 		{"rotation under 1s", append([]string{"-ticket-rotation", "500ms", "-export", "nginx:" + dir}, base...), "at least 1s"},
 		{"keep 0", append([]string{"-ticket-keep", "0", "-export", "nginx:" + dir}, base...), "want 1 to 16"},
 		{"relative path", append([]string{"-export", "nginx:keys"}, base...), "absolute path"},

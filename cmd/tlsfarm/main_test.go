@@ -157,6 +157,17 @@ func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
 		p.mu.Unlock()
 		select {
 		case <-p.done:
+			// Every line is read before done closes: look once more
+			// at those that came after the scan above.
+			p.mu.Lock()
+			for ; seen < len(p.lines); seen++ {
+				if p.lines[seen]["msg"] == msg {
+					m := p.lines[seen]
+					p.mu.Unlock()
+					return m
+				}
+			}
+			p.mu.Unlock()
 			p.t.Fatalf("tlsfarm exited (%v) before logging %q:\n%s", p.cmd.ProcessState, msg, p.log())
 		case <-time.After(10 * time.Millisecond):
 		}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +35,12 @@ func configWarnings(cfg *config.Config) []string {
 		w = append(w, fmt.Sprintf("tickets.rotation_interval %s is under 1m: fine for a trial or a test, too short for production (tickets live only keep+1 intervals)",
 			cfg.Tickets.RotationInterval))
 	}
+	if keys := cfg.FileSecrets(); len(keys) > 0 {
+		if fi, err := os.Stat(cfg.File); err == nil && fi.Mode().Perm()&0o004 != 0 {
+			w = append(w, fmt.Sprintf("config file %s gives a secret (%s) and every user may read it (mode %04o): run chmod o-r %s, or give the secret in the environment or a file of its own",
+				cfg.File, strings.Join(keys, ", "), fi.Mode().Perm(), cfg.File))
+		}
+	}
 	if cfg.Debug.ExposeSessionID {
 		w = append(w, "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
 	}
@@ -45,8 +53,8 @@ func configWarnings(cfg *config.Config) []string {
 }
 
 // checkAddresses binds and releases every address serve would listen on
-// (the listeners and the admin API), and returns the first that cannot be
-// bound.
+// (the listeners, their UDP ports for HTTP/3, and the admin API), and
+// returns the first that cannot be bound.
 func checkAddresses(cfg *config.Config) error {
 	type addr struct{ key, address string }
 	var addrs []addr
@@ -56,12 +64,32 @@ func checkAddresses(cfg *config.Config) error {
 	if cfg.Admin.Address != "off" {
 		addrs = append(addrs, addr{"admin.address", cfg.Admin.Address})
 	}
+	// Each stays bound until all are: serve holds them all at once, so
+	// two that overlap (0.0.0.0:443 and 127.0.0.1:443, the admin API on a
+	// listener's address) fail here as they would there.
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a.address)
 		if err != nil {
 			return fmt.Errorf("%s: cannot listen on %s: %v", a.key, a.address, err)
 		}
-		ln.Close()
+		held = append(held, ln)
+	}
+	// An HTTP/3 listener takes the UDP port of its address too.
+	for i, l := range cfg.Listeners {
+		if !l.HTTP3 {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", l.Address)
+		if err != nil {
+			return fmt.Errorf("listeners[%d].http3: cannot listen on UDP %s: %v", i, l.Address, err)
+		}
+		held = append(held, pc)
 	}
 	return nil
 }

@@ -182,67 +182,9 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	if _, err := token(farmName); err != nil {
 		return nil, err
 	}
-	var secrets, servers []string
-	given := map[string]int{} // how often each URL option appears
-	for _, s := range strings.Split(rawURL, ",") {
-		u, err := url.Parse(strings.TrimSpace(s))
-		if err != nil {
-			return nil, fmt.Errorf("natsbus: bad URL: %v", redact.URLError(err))
-		}
-		// A lone user name is a token.
-		secrets = append(secrets, redact.Passwords(u)...)
-		secrets = append(secrets, redact.Token(u)...)
-		if err := redact.CheckAt(u); err != nil {
-			return nil, fmt.Errorf("natsbus: bad URL: %v", err)
-		}
-		q := u.Query()
-		for _, k := range slices.Sorted(maps.Keys(q)) {
-			// Once in the whole URL, whichever server's part it is on.
-			if given[k] += len(q[k]); given[k] > 1 {
-				return nil, fmt.Errorf("natsbus: URL option %q is given %d times: give it once", k, given[k])
-			}
-		}
-		for k, v := range q {
-			switch {
-			case k == "replicas" && len(v) == 1:
-				n, err := strconv.Atoi(v[0])
-				if err != nil || n < 1 || n > 5 {
-					return nil, fmt.Errorf("natsbus: replicas=%q: want 1 to 5", v[0])
-				}
-				if opts.Replicas == 0 {
-					o := *opts
-					o.Replicas = n
-					opts = &o
-				} else if opts.Replicas != n {
-					return nil, fmt.Errorf("natsbus: replicas=%d in the URL, %d in Options", n, opts.Replicas)
-				}
-			case (k == "pending_msgs" || k == "pending_bytes") && len(v) == 1:
-				n, err := strconv.Atoi(v[0])
-				if err != nil || n == 0 || n < -1 {
-					return nil, fmt.Errorf("natsbus: %s=%q: want a positive number, or -1 for no bound", k, v[0])
-				}
-				o := *opts
-				f := &o.PendingMsgs
-				if k == "pending_bytes" {
-					f = &o.PendingBytes
-				}
-				if *f != 0 && *f != n {
-					return nil, fmt.Errorf("natsbus: %s=%d in the URL, %d in Options", k, n, *f)
-				}
-				*f = n
-				opts = &o
-			default:
-				return nil, fmt.Errorf("natsbus: unknown URL option %q", k)
-			}
-		}
-		u.RawQuery = ""
-		servers = append(servers, u.String())
-		if u.Scheme != "nats" && u.Scheme != "tls" {
-			return nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
-		}
-		if u.Host == "" {
-			return nil, errors.New("natsbus: URL has no host")
-		}
+	servers, secrets, opts, err := parseURL(rawURL, opts)
+	if err != nil {
+		return nil, err
 	}
 	name := opts.Name
 	if name == "" {
@@ -292,6 +234,86 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	t.own = true
 	t.secrets = secrets
 	return t, nil
+}
+
+// CheckURL reports whether Open would accept rawURL and farmName, without
+// connecting: the URL's form, its servers and its options. As Open's,
+// its errors never show a password or token from rawURL. A server that
+// cannot be reached, or refuses the credentials, is not found here.
+func CheckURL(rawURL, farmName string) error {
+	if _, err := token(farmName); err != nil {
+		return err
+	}
+	_, _, _, err := parseURL(rawURL, &Options{})
+	return err
+}
+
+// parseURL reads Open's rawURL: the servers to connect to (without the
+// query), the passwords and tokens it holds (to redact from errors), and
+// opts with the URL's options applied (a copy if any applies).
+func parseURL(rawURL string, opts *Options) (servers, secrets []string, _ *Options, _ error) {
+	given := map[string]int{} // how often each URL option appears
+	for _, s := range strings.Split(rawURL, ",") {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("natsbus: bad URL: %v", redact.URLError(err))
+		}
+		// A lone user name is a token.
+		secrets = append(secrets, redact.Passwords(u)...)
+		secrets = append(secrets, redact.Token(u)...)
+		if err := redact.CheckAt(u); err != nil {
+			return nil, nil, nil, fmt.Errorf("natsbus: bad URL: %v", err)
+		}
+		q := u.Query()
+		for _, k := range slices.Sorted(maps.Keys(q)) {
+			// Once in the whole URL, whichever server's part it is on.
+			if given[k] += len(q[k]); given[k] > 1 {
+				return nil, nil, nil, fmt.Errorf("natsbus: URL option %q is given %d times: give it once", k, given[k])
+			}
+		}
+		for k, v := range q {
+			switch {
+			case k == "replicas" && len(v) == 1:
+				n, err := strconv.Atoi(v[0])
+				if err != nil || n < 1 || n > 5 {
+					return nil, nil, nil, fmt.Errorf("natsbus: replicas=%q: want 1 to 5", v[0])
+				}
+				if opts.Replicas == 0 {
+					o := *opts
+					o.Replicas = n
+					opts = &o
+				} else if opts.Replicas != n {
+					return nil, nil, nil, fmt.Errorf("natsbus: replicas=%d in the URL, %d in Options", n, opts.Replicas)
+				}
+			case (k == "pending_msgs" || k == "pending_bytes") && len(v) == 1:
+				n, err := strconv.Atoi(v[0])
+				if err != nil || n == 0 || n < -1 {
+					return nil, nil, nil, fmt.Errorf("natsbus: %s=%q: want a positive number, or -1 for no bound", k, v[0])
+				}
+				o := *opts
+				f := &o.PendingMsgs
+				if k == "pending_bytes" {
+					f = &o.PendingBytes
+				}
+				if *f != 0 && *f != n {
+					return nil, nil, nil, fmt.Errorf("natsbus: %s=%d in the URL, %d in Options", k, n, *f)
+				}
+				*f = n
+				opts = &o
+			default:
+				return nil, nil, nil, fmt.Errorf("natsbus: unknown URL option %q", k)
+			}
+		}
+		u.RawQuery = ""
+		servers = append(servers, u.String())
+		if u.Scheme != "nats" && u.Scheme != "tls" {
+			return nil, nil, nil, fmt.Errorf("natsbus: URL scheme %q: want nats or tls", u.Scheme)
+		}
+		if u.Host == "" {
+			return nil, nil, nil, errors.New("natsbus: URL has no host")
+		}
+	}
+	return servers, secrets, opts, nil
 }
 
 // New returns a transport for the named farm on a connection the caller

@@ -4,6 +4,7 @@ package secretfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -12,6 +13,10 @@ import (
 // it, with an error that names the path, its mode and the chmod that fixes
 // it. Errors from the file system (a missing file, no permission) are
 // returned as they are, so errors.Is(err, fs.ErrNotExist) works.
+//
+// A file longer than MaxSize is refused, with an error that names it and
+// shows none of its contents: no secret file is nearly that long, and a
+// huge one would take the memory of a start or a reload.
 //
 // Read does not check the kind of file: a pipe (such as a shell's
 // <(command)) is read like a regular file. A caller that needs a regular
@@ -24,5 +29,21 @@ func Read(path string) ([]byte, error) {
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("%s is accessible to group or others (mode %04o); run chmod 600 %s", path, perm, path)
 	}
-	return os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxSize {
+		clear(data)
+		return nil, fmt.Errorf("%s is larger than %d KiB: not a secret file", path, MaxSize>>10)
+	}
+	return data, nil
 }
+
+// MaxSize is the longest file Read accepts, in bytes.
+const MaxSize = 64 << 10

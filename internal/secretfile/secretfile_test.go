@@ -40,3 +40,27 @@ func TestRead(t *testing.T) {
 		t.Errorf("Read of a missing file: %v, want fs.ErrNotExist", err)
 	}
 }
+
+// TestReadSizeCap: a file longer than MaxSize is refused, naming it; one
+// of MaxSize bytes is read. Before, Read took any size into memory.
+func TestReadSizeCap(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "big")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if b, err := Read(path); err == nil || b != nil || !strings.Contains(err.Error(), path+" is larger than 64 KiB") {
+		t.Errorf("Read of a 64 MiB file: %d bytes, %v", len(b), err)
+	}
+	if err := os.Truncate(path, MaxSize); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := Read(path); err != nil || len(b) != MaxSize {
+		t.Errorf("Read of a MaxSize file: %d bytes, %v", len(b), err)
+	}
+}
