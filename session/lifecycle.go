@@ -46,7 +46,7 @@ func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.find(&id, h)
-	if e == nil {
+	if e == nil || c.tomb.scans.Load() != 0 && c.revoking(e, c.nowNano()) {
 		return Record{}, false
 	}
 	if e.expires > u {
@@ -71,7 +71,7 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 		b := &c.buckets[i]
 		b.mu.Lock()
 		for e := b.root.next; e != &b.root; e = e.next {
-			if e.expires > now {
+			if e.expires > now && !c.revoking(e, now) {
 				out = append(out, entry{e.id, e.record()})
 			}
 		}
@@ -84,6 +84,11 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	}
 	return func(yield func(ID, Record) bool) {
 		for _, e := range out {
+			// Revoked since it was copied: the revocation's scan
+			// removes it, or has.
+			if c.tomb.revoked(e.r.Chain, now) {
+				continue
+			}
 			if !yield(e.id, e.r) {
 				return
 			}
@@ -113,7 +118,7 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 			buf = buf[:0]
 			b.mu.Lock()
 			for e := b.root.next; e != &b.root; e = e.next {
-				if e.expires > now {
+				if e.expires > now && !c.revoking(e, now) {
 					buf = append(buf, idExpiry{e.id, e.expires})
 				}
 			}
@@ -125,6 +130,16 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 			}
 		}
 	}
+}
+
+// revoking reports whether e belongs to a chain whose revocation's scan
+// is under way and has not removed e yet: as a lookup (see get), what
+// exports the cache's sessions to a farm (Snapshot, Expiries, Cut) takes
+// such a session as gone, so that it reaches neither the farm's store
+// nor a peer. With no revocation under way it costs one atomic load. The
+// bucket holding e is locked.
+func (c *Cache) revoking(e *entry, now int64) bool {
+	return c.tomb.scans.Load() != 0 && c.tomb.revoked(e.chain, now)
 }
 
 // linkChild records child as the live child of parent (cut to end its grace
