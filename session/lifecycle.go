@@ -39,7 +39,10 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 // Cut brings the expiry of the session id forward to until, if it is
 // later, and returns the session's record as cut and whether the session is
 // cached. A farm calls it when another server cut the session to its
-// resumption grace, and when it writes the cut session to its store.
+// resumption grace, and when it writes the cut session to its store. A
+// session of a chain whose revocation is still removing its sessions (see
+// RemoveChain) counts as gone, as for a lookup: Cut leaves it and reports
+// false.
 func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b, h := c.bucket(&id)
 	u := unixNano(until)
@@ -59,7 +62,9 @@ func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 // (all of them if max is negative), newest (latest expiry) first: their IDs
 // and records, as the cache held them when Snapshot was called. A farm uses
 // it to write sessions back to a store that lost its data. It visits every
-// bucket.
+// bucket. Sessions of a revoked chain are left out, also those its
+// revocation has yet to remove, and those revoked after Snapshot was called
+// and before they are yielded.
 func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	now := c.nowNano()
 	type entry struct {
@@ -104,7 +109,9 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 // as it likes and may call the cache. Sessions come in no particular
 // order. A session inserted or removed while the iteration runs may or may
 // not be yielded; one cut meanwhile may be yielded with the expiry it had
-// before the cut. A farm uses it to check its cache against a store.
+// before the cut. Sessions of a chain whose revocation has yet to remove
+// them are left out, as lookups miss them. A farm uses it to check its cache
+// against a store.
 func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 	return func(yield func(ID, time.Time) bool) {
 		type idExpiry struct {
