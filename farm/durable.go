@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -122,6 +123,9 @@ func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
 		p.stored = n.cfg.Coord == nil
 		p.published = false
 	}
+	if p.rev.start.IsZero() {
+		p.rev.start = rev.start
+	}
 	if id != (session.ID{}) {
 		p.ids = append(p.ids, id)
 		if n.cfg.Coord != nil {
@@ -146,7 +150,10 @@ func (n *Node) pendingRevocations() int {
 // tombstone and the bus has carried it, RevokePending if ctx ended first —
 // the revocation is then in force on this node and the node keeps retrying
 // (across reconnects; across restarts with Config.RevocationFile) — and
-// RevokeNotFound if neither this node nor the store knows id. On a farm
+// RevokeNotFound if neither this node nor the store knows id. A session
+// that another node has revoked already is known to the store for as long
+// as its record could have lived: its chain is revoked again until its end
+// by this node's cache (its MaxChainLifetime), if that is later. On a farm
 // without a store, a session this node does not hold is RevokeNotFound
 // with ErrNoStore: a peer may hold it, and only a node that holds it can
 // revoke its chain.
@@ -160,14 +167,12 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			// Peers may hold it: no store to learn its chain from.
 			return RevokeNotFound, ErrNoStore
 		}
-		rec, err := n.fetch(ctx, id)
-		if err != nil || rec == nil {
+		var found bool
+		var err error
+		done, found, err = n.revokeUnheld(ctx, id)
+		if !found {
 			return RevokeNotFound, err
 		}
-		rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
-		// Tombstone locally (nothing cached, so no REMOVE event).
-		n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
-		done, _ = n.addRevocation(id, rev)
 	}
 	if done == nil {
 		return RevokeApplied, nil
@@ -321,11 +326,15 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bo
 	var toStore []tombstone
 	var toPublish []revocation
 	var dels []string
+	var marks []transport.Item
 	for _, w := range work {
 		if !w.stored {
 			toStore = append(toStore, tombstone{member: w.tomb, until: w.rev.until})
 			for _, id := range w.ids {
 				dels = append(dels, sessionKey(id))
+				if m, ok := n.revokedMark(hdr, id, w.rev); ok {
+					marks = append(marks, m)
+				}
 			}
 		}
 		if !w.published {
@@ -340,7 +349,7 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bo
 			defer wg.Done()
 			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 			defer cancel()
-			written, storeErr = n.storeTombstones(sctx, dels, toStore)
+			written, storeErr = n.storeTombstones(sctx, dels, marks, toStore)
 		}()
 	}
 	if len(toPublish) > 0 {
@@ -404,14 +413,20 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bo
 	return storeErr == nil && pubErr == nil && againErr == nil, written
 }
 
-// storeTombstones deletes the records dels and then writes tombs to the
-// store, one at a time, and returns how many of tombs it wrote before it
-// was done or failed (a tombstone whose write failed, or was cut short by
-// ctx, is not counted: it may be in the store, and is written again as
-// the same member).
-func (n *Node) storeTombstones(ctx context.Context, dels []string, tombs []tombstone) (int, error) {
+// storeTombstones deletes the records dels, writes the revoked sessions'
+// marks (see revokedMark) and then writes tombs to the store, one at a
+// time, and returns how many of tombs it wrote before it was done or
+// failed (a tombstone whose write failed, or was cut short by ctx, is not
+// counted: it may be in the store, and is written again as the same
+// member).
+func (n *Node) storeTombstones(ctx context.Context, dels []string, marks []transport.Item, tombs []tombstone) (int, error) {
 	if len(dels) > 0 && n.cfg.Records != nil {
 		if err := n.cfg.Records.DeleteRecords(ctx, dels...); err != nil {
+			return 0, err
+		}
+	}
+	if len(marks) > 0 && n.cfg.Records != nil {
+		if err := n.cfg.Records.PutRecords(ctx, marks...); err != nil {
 			return 0, err
 		}
 	}

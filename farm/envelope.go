@@ -58,6 +58,7 @@ const (
 	msgResend                       // body: empty, or resendHeldOnly; asks peers to write and publish again the retirements and cuts they keep
 	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
 	valChild                        // body: a parent's live child's session ID (store-only); context: the parent's ID
+	valRevoked                      // body: the chain of a revoked session and its start; context: the session's ID
 )
 
 func (t envType) String() string {
@@ -80,6 +81,8 @@ func (t envType) String() string {
 		return "tally"
 	case valChild:
 		return "child"
+	case valRevoked:
+		return "revoked"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }
@@ -358,6 +361,10 @@ func countSessions(body []byte) int {
 type revocation struct {
 	chain uint64
 	until time.Time
+	// start is the chain's start, where the revoker knows it (zero if
+	// not). It is never sent: it goes to the store only in the marker
+	// of a revoked session (see revokedMark).
+	start time.Time
 }
 
 const revocationLen = 16

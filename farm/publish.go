@@ -25,6 +25,7 @@ func (n *Node) onEvent(ev session.Event) {
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
 			until: n.cfg.Cache.ChainEnd(ev.Record),
+			start: ev.Record.ChainStart,
 		})
 	}
 }

@@ -3,6 +3,9 @@ package farm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"hash/maphash"
 	"iter"
 	"sync"
@@ -24,17 +27,134 @@ func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 		return false, nil
 	}
 	if !ok {
-		var err error
-		rec, err = n.fetch(ctx, id)
-		if err != nil || rec == nil {
-			return false, err
-		}
+		_, found, err := n.revokeUnheld(ctx, id)
+		return found, err
 	}
-	rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec)}
+	rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec), start: rec.ChainStart}
 	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 	n.addRevocation(id, rev)
 	return true, nil
+}
+
+// revokeUnheld revokes the session id, which this node's cache does not
+// hold, from what the store knows of it: its record, or else the mark a
+// revocation of it left (see revokedMark). It reports whether either was
+// found, and returns the revocation's done channel (nil: nothing left to
+// apply). A session revoked elsewhere is revoked again until the end of
+// its chain by this node's reckoning, when that is later than the end
+// this node knows: nodes whose MaxChainLifetime differs end a chain at
+// different times, and the store must refuse it until the latest, or a
+// node that reads only the store (one that joins, one that heals from
+// it) takes the chain for live again after the earlier end.
+func (n *Node) revokeUnheld(ctx context.Context, id session.ID) (done <-chan struct{}, found bool, err error) {
+	rec, err := n.fetch(ctx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	var rev revocation
+	if rec != nil {
+		rev = revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec), start: rec.ChainStart}
+	} else {
+		var known bool
+		rev, known, err = n.markedRevocation(ctx, id)
+		if err != nil || !known {
+			return nil, false, err
+		}
+		if !n.revokesLater(rev) {
+			// Revoked at least that long: only wait for a revocation
+			// of the chain still on its way.
+			return n.revocationDone(rev.chain), true, nil
+		}
+	}
+	// Tombstone locally (nothing cached, so no REMOVE event), then publish.
+	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
+	done, _ = n.addRevocation(id, rev)
+	return done, true, nil
+}
+
+// revokesLater reports whether rev revokes its chain until later than the
+// cache remembers it revoked (or the cache does not).
+func (n *Node) revokesLater(rev revocation) bool {
+	for chain, until := range n.cfg.Cache.Revocations() {
+		if chain == rev.chain {
+			return rev.until.After(until)
+		}
+	}
+	return true
+}
+
+// revokedKeyPrefix begins the key of a revoked session's mark (see
+// revokedMark), beside its record's key in the record store.
+const revokedKeyPrefix = "r:"
+
+// revokedKey returns the key of the mark that a revocation of the session
+// id leaves in the store.
+func revokedKey(id session.ID) string {
+	return revokedKeyPrefix + hex.EncodeToString(id[:])
+}
+
+// revokedMark returns the mark that a revocation rev of the session id
+// leaves in the store when it deletes the session's record, sealed under
+// hdr's time: the chain and, where known, its start, bound to id. Without
+// it, a node whose chains end later than the revoker's (a longer
+// MaxChainLifetime) could no longer tell the chain of id once the record
+// was gone, and could not revoke it until its own end (see
+// revokeUnheld). The mark lives as long as the record could have (id's
+// issue time plus the cache's Lifetime), never past rev: a session looked
+// up later would not have been found anyway, and a store whose record
+// area ages by the session lifetime (a NATS server before 2.11) need not
+// keep records longer for it. It reports false if there is nothing left
+// to mark.
+func (n *Node) revokedMark(hdr header, id session.ID, rev revocation) (transport.Item, bool) {
+	end := rev.until
+	if issued, ok := n.cfg.Cache.IssuedAt(id); ok {
+		if life := issued.Add(n.cfg.Cache.Config().Lifetime); life.Before(end) {
+			end = life
+		}
+	}
+	ttl := end.Sub(hdr.time)
+	if ttl <= 0 {
+		return transport.Item{}, false
+	}
+	var body [16]byte
+	binary.BigEndian.PutUint64(body[:8], rev.chain)
+	if !rev.start.IsZero() {
+		binary.BigEndian.PutUint64(body[8:], uint64(rev.start.UnixNano()))
+	}
+	hdr.typ = valRevoked
+	return transport.Item{Key: revokedKey(id), Value: n.keys.seal(nil, hdr, body[:], id[:]), TTL: ttl}, true
+}
+
+// markedRevocation reads the mark a revocation of the session id left in
+// the store (see revokedMark) and returns the revocation this node would
+// make of id's chain: until the chain's start plus the cache's
+// MaxChainLifetime, or, where the mark does not know the start, until
+// id's issue time plus it (a chain starts no later than its sessions are
+// issued). It reports false if there is no mark, or none that opens.
+func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation, bool, error) {
+	v, err := n.cfg.Records.GetRecord(ctx, revokedKey(id))
+	if errors.Is(err, transport.ErrNotFound) {
+		return revocation{}, false, nil
+	}
+	if err != nil {
+		return revocation{}, false, err
+	}
+	_, body, err := n.keys.open(v, n.cfg.Farm, valRevoked, id[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
+	if err != nil || len(body) != 16 {
+		n.ctr.storeRejected.Add(1)
+		return revocation{}, false, nil
+	}
+	rev := revocation{chain: binary.BigEndian.Uint64(body[:8])}
+	if s := int64(binary.BigEndian.Uint64(body[8:])); s != 0 {
+		rev.start = time.Unix(0, s)
+	} else if issued, ok := n.cfg.Cache.IssuedAt(id); ok {
+		rev.start = issued
+	} else {
+		return revocation{}, false, nil
+	}
+	rev.until = n.cfg.Cache.ChainEnd(session.Record{ChainStart: rev.start})
+	return rev, true, nil
 }
 
 // healer reads the store's revocations first for Join (see firstSync),

@@ -81,10 +81,11 @@ func (n *Node) checkGeneration(parent context.Context) {
 	// The strike register went with the data: its markers are written
 	// again now, rather than by the first strike of each group, so that
 	// tickets issued from now on may carry early data. Beside the
-	// write-back, not before it: where the store kept its scripts (a
-	// FLUSHALL), priming strikes each of the 256 groups in a round trip
-	// of its own, which on a slow store would hold the write-back for
-	// as long.
+	// write-back, not before it: priming is a round trip or two where the
+	// store primes every group at once (transport.RegisterPrimer), but
+	// a Striker without it strikes each of the 256 groups in a round
+	// trip of its own, which on a slow store would hold the write-back
+	// for as long.
 	var primed sync.WaitGroup
 	if n.cfg.Coord != nil {
 		primed.Go(func() { n.primeStrikesOnce(parent) })

@@ -130,16 +130,28 @@ func TestWriteBackAfterRestartNotHeldByPriming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var calls int64
-	for line := range strings.SplitSeq(info, "\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
-			calls, _ = strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+	// Counted as run: those that found the script. The priming's first
+	// pipeline, sent to a server without it, fails whole (NOSCRIPT).
+	var calls, failed int64
+	for line := range strings.SplitSeq(strings.TrimSpace(info), "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
+		if !ok {
+			continue
+		}
+		for field := range strings.SplitSeq(rest, ",") {
+			k, v, _ := strings.Cut(field, "=")
+			switch k {
+			case "calls":
+				calls, _ = strconv.ParseInt(v, 10, 64)
+			case "failed_calls":
+				failed, _ = strconv.ParseInt(v, 10, 64)
+			}
 		}
 	}
-	if calls >= 64 {
-		t.Fatalf("the restarted server ran %d scripts by hash: the node struck the strike groups one by one after renewing them all", calls)
+	if ran := calls - failed; ran >= 64 {
+		t.Fatalf("the restarted server ran %d scripts by hash: the node struck the strike groups one by one after renewing them all", ran)
 	}
-	t.Logf("the restarted server ran %d scripts by hash", calls)
+	t.Logf("the restarted server ran %d scripts by hash (%d more failed)", calls-failed, failed)
 }
 
 // writeBackNotHeldByPriming has one node find its private Redis, behind a

@@ -39,14 +39,17 @@ func (c *Cache) Retire(id ID, origin Origin) bool {
 // Cut brings the expiry of the session id forward to until, if it is
 // later, and returns the session's record as cut and whether the session is
 // cached. A farm calls it when another server cut the session to its
-// resumption grace, and when it writes the cut session to its store.
+// resumption grace, and when it writes the cut session to its store. A
+// session of a chain whose revocation is still removing its sessions (see
+// RemoveChain) counts as gone, as for a lookup: Cut leaves it and reports
+// false.
 func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 	b, h := c.bucket(&id)
 	u := unixNano(until)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e := b.find(&id, h)
-	if e == nil {
+	if e == nil || c.tomb.scans.Load() != 0 && c.revoking(e, c.nowNano()) {
 		return Record{}, false
 	}
 	if e.expires > u {
@@ -59,7 +62,9 @@ func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 // (all of them if max is negative), newest (latest expiry) first: their IDs
 // and records, as the cache held them when Snapshot was called. A farm uses
 // it to write sessions back to a store that lost its data. It visits every
-// bucket.
+// bucket. Sessions of a revoked chain are left out, also those its
+// revocation has yet to remove, and those revoked after Snapshot was called
+// and before they are yielded.
 func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	now := c.nowNano()
 	type entry struct {
@@ -71,7 +76,7 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 		b := &c.buckets[i]
 		b.mu.Lock()
 		for e := b.root.next; e != &b.root; e = e.next {
-			if e.expires > now {
+			if e.expires > now && !c.revoking(e, now) {
 				out = append(out, entry{e.id, e.record()})
 			}
 		}
@@ -84,6 +89,11 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 	}
 	return func(yield func(ID, Record) bool) {
 		for _, e := range out {
+			// Revoked since it was copied: the revocation's scan
+			// removes it, or has.
+			if c.tomb.revoked(e.r.Chain, now) {
+				continue
+			}
 			if !yield(e.id, e.r) {
 				return
 			}
@@ -99,7 +109,9 @@ func (c *Cache) Snapshot(max int) iter.Seq2[ID, Record] {
 // as it likes and may call the cache. Sessions come in no particular
 // order. A session inserted or removed while the iteration runs may or may
 // not be yielded; one cut meanwhile may be yielded with the expiry it had
-// before the cut. A farm uses it to check its cache against a store.
+// before the cut. Sessions of a chain whose revocation has yet to remove
+// them are left out, as lookups miss them. A farm uses it to check its cache
+// against a store.
 func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 	return func(yield func(ID, time.Time) bool) {
 		type idExpiry struct {
@@ -113,7 +125,7 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 			buf = buf[:0]
 			b.mu.Lock()
 			for e := b.root.next; e != &b.root; e = e.next {
-				if e.expires > now {
+				if e.expires > now && !c.revoking(e, now) {
 					buf = append(buf, idExpiry{e.id, e.expires})
 				}
 			}
@@ -125,6 +137,16 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 			}
 		}
 	}
+}
+
+// revoking reports whether e belongs to a chain whose revocation's scan
+// is under way and has not removed e yet: as a lookup (see get), what
+// exports the cache's sessions to a farm (Snapshot, Expiries, Cut) takes
+// such a session as gone, so that it reaches neither the farm's store
+// nor a peer. With no revocation under way it costs one atomic load. The
+// bucket holding e is locked.
+func (c *Cache) revoking(e *entry, now int64) bool {
+	return c.tomb.scans.Load() != 0 && c.tomb.revoked(e.chain, now)
 }
 
 // linkChild records child as the live child of parent (cut to end its grace

@@ -156,13 +156,9 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 			if !ok {
 				t.Fatal("the newest session is not cached")
 			}
-			inChain := map[session.ID]bool{}
-			for _, id := range ids {
-				inChain[id] = true
-			}
 			var mu sync.Mutex
 			removed := map[session.ID]int{}
-			var left []session.ID // sessions of the chain cached after the second revocation
+			left := -1 // sessions cached after the second revocation
 			second, probed := 0, false
 			s.cache.AddHook(session.EventRemove, func(ev session.Event) {
 				mu.Lock()
@@ -183,11 +179,11 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 				case "Remove":
 					// The ID of a session not yet removed (its bucket not
 					// yet scanned), which Remove still finds.
-					for got := range s.cache.Snapshot(-1) {
+					for _, got := range ids {
 						mu.Lock()
 						gone := removed[got] > 0
 						mu.Unlock()
-						if inChain[got] && !gone {
+						if !gone {
 							if _, ok := s.cache.Remove(got); !ok {
 								t.Errorf("Remove did not find a session the cache holds")
 							}
@@ -195,16 +191,9 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 						}
 					}
 				}
-				for id := range s.cache.Snapshot(-1) {
-					if inChain[id] {
-						left = append(left, id)
-					}
-				}
-				for id := range s.cache.Expiries() {
-					if inChain[id] {
-						left = append(left, id)
-					}
-				}
+				// Snapshot and Expiries leave out a chain under
+				// revocation (as lookups do), so count what is held.
+				left = int(stats(s.cache).Size)
 			})
 			var first int
 			if how == "RemoveChain after RemoveChains" {
@@ -218,8 +207,8 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 			if !probed {
 				t.Fatal("no session was removed")
 			}
-			if len(left) > 0 {
-				t.Errorf("after the second revocation returned, %d sessions of the chain were still cached", len(left))
+			if left != 0 {
+				t.Errorf("after the second revocation returned, %d sessions of the chain were still cached", left)
 			}
 			if how != "Remove" && first+second != n {
 				t.Errorf("the revocations removed %d + %d sessions, want %d in all", first, second, n)
@@ -231,6 +220,87 @@ func TestRevokeAgainWhileRevoking(t *testing.T) {
 			}
 			if st := stats(s.cache); st.Size != 0 || st.Removed != n {
 				t.Errorf("cache holds %d sessions, %d removed as revoked; want 0, %d", st.Size, st.Removed, n)
+			}
+		})
+	}
+}
+
+// TestNoExportWhileChainRevoked revokes a chain while its sessions are
+// cached in different buckets, and from the first removal's event (the
+// scan has reached one bucket, not yet the others) asks for what a farm
+// exports to its store and its peers: Snapshot (the write-back), Expiries
+// (the reconcile) and Cut (a cut or a released claim written to the
+// store). None yields or cuts a session of the chain, though the scan has
+// not removed them yet; a session of another chain still is.
+func TestNoExportWhileChainRevoked(t *testing.T) {
+	const n = 8
+	for _, how := range []string{"RemoveChain", "RemoveChains"} {
+		t.Run(how, func(t *testing.T) {
+			s := newServer(t, &session.Config{Buckets: 1024})
+			ids, _ := chainOfSessions(t, s, n)
+			other, _ := chainOfSessions(t, s, 1)
+			rec, ok := lookup(s.cache, ids[n-1])
+			if !ok {
+				t.Fatal("the newest session is not cached")
+			}
+			inChain := map[session.ID]bool{}
+			for _, id := range ids {
+				inChain[id] = true
+			}
+			var mu sync.Mutex
+			probed := false
+			var exported []string
+			otherSeen := 0
+			s.cache.AddHook(session.EventRemove, func(ev session.Event) {
+				mu.Lock()
+				first := !probed
+				probed = true
+				mu.Unlock()
+				if !first {
+					return
+				}
+				for id := range s.cache.Snapshot(-1) {
+					if inChain[id] {
+						exported = append(exported, "Snapshot")
+					} else if id == other[0] {
+						otherSeen++
+					}
+				}
+				for id := range s.cache.Expiries() {
+					if inChain[id] {
+						exported = append(exported, "Expiries")
+					} else if id == other[0] {
+						otherSeen++
+					}
+				}
+				for _, id := range ids {
+					if id == ev.ID {
+						continue
+					}
+					if _, ok := s.cache.Cut(id, time.Now().Add(time.Hour)); ok {
+						exported = append(exported, "Cut")
+					}
+				}
+				if _, ok := s.cache.Cut(other[0], time.Now().Add(time.Hour)); ok {
+					otherSeen++
+				}
+			})
+			switch how {
+			case "RemoveChain":
+				s.cache.RemoveChain(rec.Chain, s.cache.ChainEnd(rec), session.OriginPeer)
+			case "RemoveChains":
+				s.cache.RemoveChains(func(yield func(uint64, time.Time) bool) {
+					_ = yield(rec.Chain+1, s.cache.ChainEnd(rec)) && yield(rec.Chain, s.cache.ChainEnd(rec))
+				}, session.OriginPeer)
+			}
+			if !probed {
+				t.Fatal("no session was removed")
+			}
+			if len(exported) > 0 {
+				t.Errorf("while the revocation's scan ran, sessions of the revoked chain were exported: %v", exported)
+			}
+			if otherSeen != 3 {
+				t.Errorf("a session of another chain was exported %d times of 3 (Snapshot, Expiries, Cut)", otherSeen)
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -94,7 +95,10 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w, err := s.kv.Watch(wctx, setPrefix+kvKey(key)+".*", jetstream.IgnoreDeletes())
+	// Deletes (purges, expiry markers) are skipped below, not by the
+	// watcher: the read's end is a place in the stream (see below), which
+	// one of them may hold.
+	w, err := s.kv.Watch(wctx, setPrefix+kvKey(key)+".*")
 	if err != nil {
 		return nil, t.check(s, "set members", err)
 	}
@@ -136,30 +140,109 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 		}
 		return nil
 	}
+	// The watcher says its initial values are all in (a nil entry) once
+	// it has delivered as many entries as were pending when it began. But
+	// a member added again meanwhile (a retried revocation adds the same
+	// member) replaces its message with a later one, and the earlier one
+	// is never delivered: entries added since were counted in its place,
+	// and the watcher ended before the later one came, leaving out a
+	// member that was in the set all along (1 of 5,000 in most reads of a
+	// set added to meanwhile, on nats-server 2.9 and 2.15; the count of
+	// entries pending, which the watcher also reads, was seen at 0 with
+	// the re-added member still to come). So after the nil the read asks
+	// the stream for the last message of the members' keys and goes on
+	// until it has had that one (or a later one of its key), and asks
+	// again, at most setMaxChecks times in all: a bound on what it reads,
+	// however fast members are added. An empty set ends at the nil.
+	filter := s.pre + setPrefix + kvKey(key) + ".*"
+	var lastRev, want uint64
+	seen := false
+	checks := 0
+	var recheck <-chan time.Time
+	var armedAt uint64 // lastRev when recheck was set
+	// more asks the stream, and reports whether the read must go on.
+	more := func() (bool, error) {
+		checks++
+		m, err := s.stream.GetLastMsgForSubject(ctx, filter)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, t.check(s, "set members", err)
+		}
+		if m.Sequence <= lastRev {
+			return false, nil
+		}
+		want = m.Sequence
+		// Should that message go before it is read (it expired), ask
+		// again.
+		recheck, armedAt = time.After(setRecheck), lastRev
+		return true, nil
+	}
+read:
 	for {
 		var e jetstream.KeyValueEntry
 		select {
 		case e = <-w.Updates():
+		case <-recheck:
+			if lastRev != armedAt {
+				// Still reading: not what the wait is for.
+				recheck, armedAt = time.After(setRecheck), lastRev
+				continue
+			}
+			recheck = nil
+			if checks >= setMaxChecks {
+				break read
+			}
+			if again, err := more(); err != nil {
+				return nil, err
+			} else if !again {
+				break read
+			}
+			continue
 		case <-ctx.Done():
 			return nil, fmt.Errorf("natsbus: set members: %w", ctx.Err())
 		}
 		if e == nil {
-			break // the initial values are all in
-		}
-		until, member, ok := decodeValue(e.Value())
-		switch {
-		case !ok:
-		case int64(until) > now.UnixMilli():
-			if len(member) <= transport.MaxSetMemberSize {
-				keep.add(until, member)
+			if !seen {
+				break // nothing was in the set
 			}
-		default:
-			lapsed = append(lapsed, lapsedMember{e.Key(), e.Revision()})
-			if len(lapsed) == purgeBatch {
-				if err := purge(); err != nil {
-					return nil, err
+			if again, err := more(); err != nil {
+				return nil, err
+			} else if !again {
+				break
+			}
+			continue
+		}
+		seen = true
+		lastRev = max(lastRev, e.Revision())
+		if e.Operation() == jetstream.KeyValuePut {
+			until, member, ok := decodeValue(e.Value())
+			switch {
+			case !ok:
+			case int64(until) > now.UnixMilli():
+				if len(member) <= transport.MaxSetMemberSize {
+					keep.add(until, member)
+				}
+			default:
+				lapsed = append(lapsed, lapsedMember{e.Key(), e.Revision()})
+				if len(lapsed) == purgeBatch {
+					if err := purge(); err != nil {
+						return nil, err
+					}
 				}
 			}
+		}
+		if want == 0 || lastRev < want {
+			continue
+		}
+		if checks >= setMaxChecks {
+			break
+		}
+		if again, err := more(); err != nil {
+			return nil, err
+		} else if !again {
+			break
 		}
 	}
 	if err := purge(); err != nil {
@@ -167,6 +250,14 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	}
 	return keep.members(), nil
 }
+
+// setRecheck is how long SetMembers waits to read the message the stream
+// named as the set's last before it asks again; setMaxChecks bounds how
+// many times it asks.
+const (
+	setRecheck   = time.Second
+	setMaxChecks = 4
+)
 
 // maxSetMembers is transport.MaxSetMembers, smaller in tests.
 var maxSetMembers = transport.MaxSetMembers

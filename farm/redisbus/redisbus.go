@@ -1314,6 +1314,28 @@ func (t *Transport) RenewRegister(ctx context.Context, groups []string, markerTT
 	return t.failed(err)
 }
 
+// PrimeRegister implements transport.RegisterPrimer: StrikeRecord's script
+// by EVALSHA (see StrikeRecord), with nothing to strike, for every group in
+// one pipeline: one round trip (per master, in a cluster), where a
+// StrikeRecord for each group took one each.
+func (t *Transport) PrimeRegister(ctx context.Context, groups []string, markerTTL time.Duration) error {
+	args := []any{0, "", 1, max(markerTTL.Milliseconds(), 1), "0", "0"}
+	cmds := make([]*redis.Cmd, 0, len(groups))
+	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, g := range groups {
+			m := t.RecordKey(g)
+			cmds = append(cmds, t.strikeScript(m).EvalSha(ctx, p, []string{m, m + ":"}, args...))
+		}
+		return nil
+	})
+	for _, c := range cmds {
+		if isNoScript(c.Err()) {
+			return transport.ErrRegisterUnknown
+		}
+	}
+	return t.failed(err)
+}
+
 // strikeWait is StrikeRecord with WAIT: the script (by EVALSHA, see
 // StrikeRecord) and WAIT in one pipeline, on the master of the strike's
 // slot. A strike written but not

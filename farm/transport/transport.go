@@ -267,6 +267,19 @@ type RegisterRenewer interface {
 	RenewRegister(ctx context.Context, groups []string, markerTTL time.Duration) error
 }
 
+// A RegisterPrimer is a Striker that writes the markers of many groups'
+// registers in one round trip, where StrikeRecord would take one for each.
+type RegisterPrimer interface {
+	// PrimeRegister does for each of groups what StrikeRecord does with
+	// an item whose key is empty: it writes the group's marker, with the
+	// store's clock and markerTTL, where it is missing (and gives one
+	// with less than half of markerTTL left markerTTL again), and strikes
+	// nothing. It returns ErrRegisterUnknown if StrikeRecord would have
+	// for any of the groups; the markers of the others may then have
+	// been written.
+	PrimeRegister(ctx context.Context, groups []string, markerTTL time.Duration) error
+}
+
 // ErrRegisterNewer is the error Striker.StrikeRecord returns when the
 // group's register began after the time given: the store lost its records
 // (or never had them) since then, so it cannot tell whether the item's key
