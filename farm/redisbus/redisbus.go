@@ -600,6 +600,14 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				ps.Ping(ctx)
 				continue
 			}
+			if isReply(err) && !(perSender && !up && refusal(err)) {
+				// Redis refused a SUBSCRIBE on a connection that stays up
+				// (MOVED from a master that no longer holds the channel's
+				// slot, CLUSTERDOWN, LOADING): go-redis subscribes anew
+				// only after a failed connection, so this one would stay
+				// subscribed to nothing. Make a new one.
+				return err
+			}
 			if perSender && !up && refusal(err) {
 				// An ACL that grants the farm's channels but not the
 				// patterns (a PSUBSCRIBE must name an allowed pattern
@@ -636,6 +644,14 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 					state(true, nil)
 					poke(count)
 				}
+			case "unsubscribe", "punsubscribe", "sunsubscribe":
+				// The transport never unsubscribes: Redis ended the
+				// subscription on a connection that stays up, as a
+				// cluster node does for a sharded channel whose slot
+				// moved to another master (a resharding) or when it
+				// became a replica (a manual failover). Nothing more
+				// would arrive on it, and pings are still answered.
+				return errUnsubscribed
 			}
 		case *redis.Message:
 			if m.Channel == t.marker {
@@ -657,6 +673,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 // shardWatchEvery is how often a subscription on a cluster asks for the
 // cluster's masters (watchShards).
 const shardWatchEvery = time.Second
+
+// errUnsubscribed ends a subscription that Redis ended.
+var errUnsubscribed = errors.New("redisbus: Redis ended the subscription (the channel's slot moved, or its master became a replica): subscribing anew")
 
 // errMasterReplaced ends a subscription on a cluster when the master of
 // another shard was replaced.
@@ -778,6 +797,13 @@ func refusal(err error) bool {
 	}
 	msg := re.Error()
 	return strings.HasPrefix(msg, "NOPERM") || strings.Contains(strings.ToLower(msg), "unknown command")
+}
+
+// isReply reports whether err is an error reply of Redis, as opposed to a
+// failed connection.
+func isReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
 }
 
 // poke sends on c without blocking; c has room for one.
