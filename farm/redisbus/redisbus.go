@@ -129,7 +129,8 @@ type Transport struct {
 
 	// WaitReplicas, if positive, makes the farm's exactly-once operations
 	// (TakeRecord, the take of a single-use session, and AddRecord, the
-	// add behind ConsumeToken and 0-RTT anti-replay) follow their command
+	// add behind ConsumeToken and 0-RTT anti-replay), and SetAdd, the
+	// write of a revocation's tombstone, follow their command
 	// with WAIT WaitReplicas WaitTimeout, in the same round trip: Redis
 	// replicates asynchronously, and a master that answers a GETDEL or a
 	// SET NX and dies before a replica has it lets the replica promoted in
@@ -137,7 +138,8 @@ type Transport struct {
 	// again. With fewer acknowledgements than WaitReplicas the outcome is
 	// unknown and the call fails with ErrNotReplicated: the farm then
 	// neither resumes the session nor accepts the early data (the record
-	// or token stays taken on this master). Zero, the default, waits for
+	// or token stays taken on this master), and keeps a revocation pending
+	// and writes it again until a replica has it. Zero, the default, waits for
 	// no replica: right for a single master, which has none to lose the
 	// write to. WAIT narrows the window but does not close it: Redis may
 	// still promote a replica that had not acknowledged (see the Redis
@@ -1417,11 +1419,31 @@ func (t *Transport) setVersionKey(key string) string { return t.prefix + key + "
 
 // SetAdd implements transport.Coordinator with a sorted set scored by
 // expiry. The same script replaces the set's version (see SetVersion).
+// With WaitReplicas set, a WAIT follows it in the same pipeline, and a
+// member added but not acknowledged by enough replicas is an error
+// (ErrNotReplicated): the farm's sets are its revocation tombstones, a
+// promise as single use is, and one that a failover lost would let a node
+// that joins afterwards resume a revoked session. The farm then keeps the
+// revocation and adds it again, to whichever master holds the set by then.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	var v [16]byte
 	rand.Read(v[:])
 	keys := []string{t.prefix + key, t.setVersionKey(key)}
-	return t.failed(setAddScript.Run(ctx, t.c, keys, until.UnixMilli(), member, v[:]).Err())
+	args := []any{until.UnixMilli(), member, v[:]}
+	if t.WaitReplicas <= 0 {
+		return t.failed(setAddScript.Run(ctx, t.c, keys, args...).Err())
+	}
+	// Sent whole (EVAL), not by hash: a revocation is rare, and a
+	// pipeline has no second try for NOSCRIPT.
+	var add *redis.Cmd
+	wait, err := t.waitAfter(ctx, keys[0], func(p redis.Pipeliner) { add = setAddScript.Eval(ctx, p, keys, args...) })
+	if err != nil {
+		return t.failed(err)
+	}
+	if err := add.Err(); err != nil {
+		return t.failed(err)
+	}
+	return t.acknowledged(wait)
 }
 
 // SetVersion implements transport.SetVersioner: each SetAdd writes a new
