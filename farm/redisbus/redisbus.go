@@ -458,7 +458,7 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 		}
 		return nil
 	})
-	return err
+	return t.failed(err)
 }
 
 // publish sends msg on the cluster's sharded channel, on the shared
