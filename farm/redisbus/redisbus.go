@@ -686,7 +686,9 @@ var errMasterReplaced = errors.New("redisbus: a master of the cluster was replac
 // watchShards asks, every interval, the node that holds the farm's channel's
 // slot (the one the sharded subscription is on) for its view of the
 // cluster (CLUSTER NODES), and returns true once a master that held slots
-// at the first answer holds none: a failover moved them to its replica.
+// at an earlier answer holds none: a failover moved them to its replica.
+// Masters that gain slots while it watches (a shard added to the cluster)
+// are watched from their first answer on.
 // It returns false when ctx ends, or when Redis refuses CLUSTER NODES.
 //
 // A failover of another shard leaves the subscription up, so the farm sees
@@ -703,7 +705,7 @@ var errMasterReplaced = errors.New("redisbus: a master of the cluster was replac
 // including one that has not yet heard of the failover, or one that still
 // lists a replica as a master of no slots (a young cluster).
 func (t *Transport) watchShards(ctx context.Context, cc *redis.ClusterClient, interval time.Duration) bool {
-	var first map[string]bool
+	watched := map[string]bool{} // every master seen holding slots
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -714,14 +716,15 @@ func (t *Transport) watchShards(ctx context.Context, cc *redis.ClusterClient, in
 				slog.Warn("redisbus: Redis refused CLUSTER NODES; this node does not see failovers of other shards, and does not re-send its retirements after them", "err", err)
 				return false
 			}
-		case first == nil:
-			first = held
 		default:
-			for id := range first {
+			for id := range watched {
 				if !held[id] {
 					return true
 				}
 			}
+			// A master that gained slots since (a shard added, or one
+			// refilled by a resharding) is watched from now on.
+			maps.Copy(watched, held)
 		}
 		select {
 		case <-ctx.Done():
