@@ -479,13 +479,21 @@ func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *r
 // and the patterns of the node's ID (see the package doc), and reports up
 // once all are in place. go-redis reconnects and resubscribes all of a
 // subscription whose connection fails; a subscription that falls silent
-// for two health intervals without answering a ping is closed and made
-// anew, after a wait from 50ms doubling to 1s, with jitter.
+// for two health intervals without answering a ping, or that Redis ends,
+// is closed and made anew, after a wait from 50ms doubling to 1s, with
+// jitter, counted from the last subscription that was up.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	for failures := 1; ; failures++ {
-		err := t.subscribeOnce(ctx, deliver, state)
+		up := false
+		err := t.subscribeOnce(ctx, deliver, func(u bool, err error) {
+			up = up || u
+			state(u, err)
+		})
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if up {
+			failures = 1
 		}
 		state(false, t.failed(err))
 		select {

@@ -179,3 +179,58 @@ func TestClusterSubscribeMoved(t *testing.T) {
 		t.Fatal("not subscribed 15s after the slot moved")
 	}
 }
+
+// TestResubscribeBackoffStartsAfresh: a subscription that Redis ends after
+// it was up (here: the channel's slot moved, again and again) is made anew
+// after the shortest wait, 50 ms at most, however many ended before: the
+// backoff is for a subscription that cannot be made, not for one that was
+// up. Before, the count of failures was never reset, and from the sixth
+// end in a process's life every new subscription waited 0.5–1 s, a gap of
+// as long in which the node hears nothing.
+func TestResubscribeBackoffStartsAfresh(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
+	tr, err := redisbus.Open(c.URL("reload=1s"), farmtest.FarmName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	upc := make(chan time.Time, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tr.Subscribe(ctx, func([]byte) {}, func(up bool, err error) {
+			if up {
+				upc <- time.Now()
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	wait := func() time.Time {
+		t.Helper()
+		select {
+		case at := <-upc:
+			return at
+		case <-time.After(15 * time.Second):
+			t.Fatal("the subscription not up within 15s")
+			return time.Time{}
+		}
+	}
+	wait()
+	best := time.Hour
+	for i := range 10 {
+		moved := time.Now()
+		moveSlot(t, c, redistest.Slot(tr.Channel()))
+		took := wait().Sub(moved)
+		t.Logf("move %d: up again after %v", i, took.Round(time.Millisecond))
+		if i >= 6 {
+			best = min(best, took)
+		}
+	}
+	if best > 400*time.Millisecond {
+		t.Errorf("after six ends, the fastest of four new subscriptions took %v, want well under the backoff's 0.5–1 s", best)
+	}
+}
