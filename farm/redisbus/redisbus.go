@@ -161,8 +161,19 @@ const DefaultWaitTimeout = 50 * time.Millisecond
 // applied the command but fewer than Transport.WaitReplicas replicas
 // acknowledged it within Transport.WaitTimeout: the outcome is unknown (a
 // failover now could undo it), and the caller must act as if it failed.
-// Test it with errors.Is: the transport wraps it with the counts.
-var ErrNotReplicated = errors.New("redisbus: fewer replicas than wait_replicas acknowledged the write")
+// Test it with errors.Is: the transport wraps it with the counts. It is
+// also a transport.ErrUnconfirmed.
+var ErrNotReplicated error = notReplicated{}
+
+// notReplicated is ErrNotReplicated's type.
+type notReplicated struct{}
+
+func (notReplicated) Error() string {
+	return "redisbus: fewer replicas than wait_replicas acknowledged the write"
+}
+
+// Is makes ErrNotReplicated a transport.ErrUnconfirmed.
+func (notReplicated) Is(target error) bool { return target == transport.ErrUnconfirmed }
 
 // IDLen is the length of a Transport's random ID, in hex digits (64 bits):
 // nodes whose IDs collide would not hear each other. The patterns match IDs

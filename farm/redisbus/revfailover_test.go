@@ -12,6 +12,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -83,4 +85,65 @@ func TestRevocationThroughSentinelFailover(t *testing.T) {
 	farmtest.Eventually(t, 60*time.Second, "n1's revocation applied once a replica is back", func() bool {
 		return farmtest.Counter(f.n1.Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0
 	})
+}
+
+// TestRevocationsWrittenBackWithoutReplica: with wait_replicas=1, the
+// master loses its data (FLUSHALL) while its replica acknowledges nothing
+// (its link frozen). n1 sees the loss and writes back the revocations it
+// remembers: every one must reach the master, though no replica
+// acknowledges them. Before, the first tombstone's ErrNotReplicated ended
+// the write-back of revocations: one of three reached the store, and a
+// node joining later would not know the other two.
+func TestRevocationsWrittenBackWithoutReplica(t *testing.T) {
+	f := &failoverFarm{}
+	f.st = redistest.StartSentinelVia(t, 1, 1, time.Minute, func(master string) string {
+		f.link = nettest.NewProxy(t, master)
+		return f.link.Addr
+	})
+	f.o = &farmtest.Options{
+		NewTransport: transportAt(f.st.URL() + "&wait_replicas=1&wait_timeout=100ms"), Mode: farm.StoreOnly, WriteThrough: true,
+		Tweak: func(cfg *farm.Config) {
+			patient(cfg)
+			cfg.HealInterval = 300 * time.Millisecond
+		},
+	}
+	ms, _ := farmtest.Start(t, 1, f.o)
+	n1 := ms[0]
+	ids, _ := farmtest.Issue(t, n1, 3)
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := n1.Node.RevokeSession(ctx, id)
+		cancel()
+		if st != farm.RevokeApplied {
+			t.Fatalf("revocation with the replica up: %v, %v; want applied", st, err)
+		}
+	}
+	tr := n1.Bus.(*redisbus.Transport)
+	master := redis.NewClient(&redis.Options{Addr: f.st.Master.Addr(), MaxRetries: -1})
+	defer master.Close()
+	ctx := context.Background()
+	if n, err := master.ZCard(ctx, tr.Key("revoked")).Result(); err != nil || n != 3 {
+		t.Fatalf("tombstones on the master: %d, %v; want 3", n, err)
+	}
+	written := func() uint64 {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_written_back_total")
+	}
+	f.link.Freeze()
+	if err := master.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The loss is seen at a heal after the generation record is written
+	// again (its write, unacknowledged, is an error the first time).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := master.ZCard(ctx, tr.Key("revoked")).Result()
+		if err == nil && n >= 3 {
+			t.Logf("%d tombstones written back", n)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tombstones on the master 20s after it lost its data (want 3; %v; sessions written back %d)", n, err, written())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
