@@ -1190,27 +1190,67 @@ func (t *Transport) addWait(ctx context.Context, full string, it transport.Item)
 // waitAfter runs cmd, then WAIT WaitReplicas WaitTimeout, in one
 // pipeline on the connection to the master of key (on a cluster, the
 // master of key's slot: WAIT names no key, and would go to any master).
+// On a cluster, a cmd answered MOVED or ASK (a slot moved since the
+// client's map was read, or being migrated) was run nowhere: it is run,
+// with its WAIT, once more on the master Redis names (after ASKING, for
+// an ASK), as the cluster client does for a command of its own.
 func (t *Transport) waitAfter(ctx context.Context, key string, cmd func(redis.Pipeliner)) (*redis.Cmd, error) {
-	var c redis.Cmdable = t.c
-	if cc, ok := t.c.(*redis.ClusterClient); ok {
-		m, err := cc.MasterForKey(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		c = m
-	}
 	timeout := t.WaitTimeout
 	if timeout <= 0 {
 		timeout = DefaultWaitTimeout
 	}
 	timeout = max(timeout, time.Millisecond).Round(time.Millisecond)
-	var wait *redis.Cmd
-	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		cmd(p)
-		wait = p.Do(ctx, "wait", t.WaitReplicas, timeout.Milliseconds())
+	run := func(c redis.Cmdable, asking bool) (*redis.Cmd, error) {
+		var wait *redis.Cmd
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if asking {
+				p.Do(ctx, "asking")
+			}
+			cmd(p)
+			wait = p.Do(ctx, "wait", t.WaitReplicas, timeout.Milliseconds())
+			return nil
+		})
+		return wait, err
+	}
+	cc, ok := t.c.(*redis.ClusterClient)
+	if !ok {
+		return run(t.c, false)
+	}
+	m, err := cc.MasterForKey(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	wait, err := run(m, false)
+	addr, moved := redis.IsMovedError(err)
+	if !moved {
+		if addr, asked := redis.IsAskError(err); asked {
+			if m := masterAt(ctx, cc, addr); m != nil {
+				return run(m, true)
+			}
+			return wait, err
+		}
+		return wait, err
+	}
+	cc.ReloadState(ctx)
+	if m := masterAt(ctx, cc, addr); m != nil {
+		return run(m, false)
+	}
+	return wait, err
+}
+
+// masterAt returns the client of the cluster's master at addr, or nil.
+func masterAt(ctx context.Context, cc *redis.ClusterClient, addr string) *redis.Client {
+	var mu sync.Mutex
+	var found *redis.Client
+	cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		if c.Options().Addr == addr {
+			mu.Lock()
+			found = c
+			mu.Unlock()
+		}
 		return nil
 	})
-	return wait, err
+	return found
 }
 
 // acknowledged returns nil if WAIT counted WaitReplicas replicas or more,
