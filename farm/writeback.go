@@ -260,6 +260,12 @@ func (n *Node) writeBackRevocations(ctx context.Context) {
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		err := n.cfg.Coord.SetAdd(wctx, tombstoneKey, tb.member, tb.until)
 		cancel()
+		if errors.Is(err, transport.ErrUnconfirmed) {
+			// Written, though no replica has it yet (Redis's
+			// wait_replicas): a store that lost its data may well have
+			// none. The rest must be written too.
+			err = nil
+		}
 		if err != nil {
 			n.log.Warn("farm: writing revocations back to the store failed; a node that joins or restarts may accept tickets of those revoked chains until they lapse",
 				"written", written, "err", err)

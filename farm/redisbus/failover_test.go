@@ -20,7 +20,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// failoverFarm is a store-only, write-through farm of single-use caches on
+// failoverFarm is a store-only, write-through farm of single-use caches (or
+// as startFailoverFarmCache tweaks them) on
 // a Redis master and one replica watched by one sentinel (one: a split
 // vote would delay the failover by 2 × failover-timeout), the replica's
 // replication link through the returned proxy.
@@ -34,6 +35,12 @@ type failoverFarm struct {
 }
 
 func startFailoverFarm(t *testing.T, query string) *failoverFarm {
+	return startFailoverFarmCache(t, query, func(c *session.Config) { c.SingleUse = true })
+}
+
+// startFailoverFarmCache is startFailoverFarm with the caches' config
+// tweaked by tweak instead.
+func startFailoverFarmCache(t *testing.T, query string, tweak func(*session.Config)) *failoverFarm {
 	f := &failoverFarm{}
 	f.st = redistest.StartSentinelVia(t, 1, 1, time.Second, func(master string) string {
 		f.link = nettest.NewProxy(t, master)
@@ -41,7 +48,7 @@ func startFailoverFarm(t *testing.T, query string) *failoverFarm {
 	})
 	f.o = &farmtest.Options{
 		NewTransport: transportAt(f.st.URL() + query), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
-		TweakCache: func(c *session.Config) { c.SingleUse = true },
+		TweakCache: tweak,
 	}
 	ms, name := farmtest.Start(t, 1, f.o)
 	f.n1, f.name = ms[0], name

@@ -129,7 +129,8 @@ type Transport struct {
 
 	// WaitReplicas, if positive, makes the farm's exactly-once operations
 	// (TakeRecord, the take of a single-use session, and AddRecord, the
-	// add behind ConsumeToken and 0-RTT anti-replay) follow their command
+	// add behind ConsumeToken and 0-RTT anti-replay), and SetAdd, the
+	// write of a revocation's tombstone, follow their command
 	// with WAIT WaitReplicas WaitTimeout, in the same round trip: Redis
 	// replicates asynchronously, and a master that answers a GETDEL or a
 	// SET NX and dies before a replica has it lets the replica promoted in
@@ -137,7 +138,8 @@ type Transport struct {
 	// again. With fewer acknowledgements than WaitReplicas the outcome is
 	// unknown and the call fails with ErrNotReplicated: the farm then
 	// neither resumes the session nor accepts the early data (the record
-	// or token stays taken on this master). Zero, the default, waits for
+	// or token stays taken on this master), and keeps a revocation pending
+	// and writes it again until a replica has it. Zero, the default, waits for
 	// no replica: right for a single master, which has none to lose the
 	// write to. WAIT narrows the window but does not close it: Redis may
 	// still promote a replica that had not acknowledged (see the Redis
@@ -159,8 +161,19 @@ const DefaultWaitTimeout = 50 * time.Millisecond
 // applied the command but fewer than Transport.WaitReplicas replicas
 // acknowledged it within Transport.WaitTimeout: the outcome is unknown (a
 // failover now could undo it), and the caller must act as if it failed.
-// Test it with errors.Is: the transport wraps it with the counts.
-var ErrNotReplicated = errors.New("redisbus: fewer replicas than wait_replicas acknowledged the write")
+// Test it with errors.Is: the transport wraps it with the counts. It is
+// also a transport.ErrUnconfirmed.
+var ErrNotReplicated error = notReplicated{}
+
+// notReplicated is ErrNotReplicated's type.
+type notReplicated struct{}
+
+func (notReplicated) Error() string {
+	return "redisbus: fewer replicas than wait_replicas acknowledged the write"
+}
+
+// Is makes ErrNotReplicated a transport.ErrUnconfirmed.
+func (notReplicated) Is(target error) bool { return target == transport.ErrUnconfirmed }
 
 // IDLen is the length of a Transport's random ID, in hex digits (64 bits):
 // nodes whose IDs collide would not hear each other. The patterns match IDs
@@ -456,7 +469,7 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 		}
 		return nil
 	})
-	return err
+	return t.failed(err)
 }
 
 // publish sends msg on the cluster's sharded channel, on the shared
@@ -477,13 +490,21 @@ func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *r
 // and the patterns of the node's ID (see the package doc), and reports up
 // once all are in place. go-redis reconnects and resubscribes all of a
 // subscription whose connection fails; a subscription that falls silent
-// for two health intervals without answering a ping is closed and made
-// anew, after a wait from 50ms doubling to 1s, with jitter.
+// for two health intervals without answering a ping, or that Redis ends,
+// is closed and made anew, after a wait from 50ms doubling to 1s, with
+// jitter, counted from the last subscription that was up.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	for failures := 1; ; failures++ {
-		err := t.subscribeOnce(ctx, deliver, state)
+		up := false
+		err := t.subscribeOnce(ctx, deliver, func(u bool, err error) {
+			up = up || u
+			state(u, err)
+		})
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if up {
+			failures = 1
 		}
 		state(false, t.failed(err))
 		select {
@@ -600,6 +621,14 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				ps.Ping(ctx)
 				continue
 			}
+			if isReply(err) && !(perSender && !up && refusal(err)) {
+				// Redis refused a SUBSCRIBE on a connection that stays up
+				// (MOVED from a master that no longer holds the channel's
+				// slot, CLUSTERDOWN, LOADING): go-redis subscribes anew
+				// only after a failed connection, so this one would stay
+				// subscribed to nothing. Make a new one.
+				return err
+			}
 			if perSender && !up && refusal(err) {
 				// An ACL that grants the farm's channels but not the
 				// patterns (a PSUBSCRIBE must name an allowed pattern
@@ -636,6 +665,14 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 					state(true, nil)
 					poke(count)
 				}
+			case "unsubscribe", "punsubscribe", "sunsubscribe":
+				// The transport never unsubscribes: Redis ended the
+				// subscription on a connection that stays up, as a
+				// cluster node does for a sharded channel whose slot
+				// moved to another master (a resharding) or when it
+				// became a replica (a manual failover). Nothing more
+				// would arrive on it, and pings are still answered.
+				return errUnsubscribed
 			}
 		case *redis.Message:
 			if m.Channel == t.marker {
@@ -658,6 +695,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 // cluster's masters (watchShards).
 const shardWatchEvery = time.Second
 
+// errUnsubscribed ends a subscription that Redis ended.
+var errUnsubscribed = errors.New("redisbus: Redis ended the subscription (the channel's slot moved, or its master became a replica): subscribing anew")
+
 // errMasterReplaced ends a subscription on a cluster when the master of
 // another shard was replaced.
 var errMasterReplaced = errors.New("redisbus: a master of the cluster was replaced (failover): subscribing anew, so that the farm re-sends what the promoted replica may lack")
@@ -665,7 +705,9 @@ var errMasterReplaced = errors.New("redisbus: a master of the cluster was replac
 // watchShards asks, every interval, the node that holds the farm's channel's
 // slot (the one the sharded subscription is on) for its view of the
 // cluster (CLUSTER NODES), and returns true once a master that held slots
-// at the first answer holds none: a failover moved them to its replica.
+// at an earlier answer holds none: a failover moved them to its replica.
+// Masters that gain slots while it watches (a shard added to the cluster)
+// are watched from their first answer on.
 // It returns false when ctx ends, or when Redis refuses CLUSTER NODES.
 //
 // A failover of another shard leaves the subscription up, so the farm sees
@@ -682,7 +724,7 @@ var errMasterReplaced = errors.New("redisbus: a master of the cluster was replac
 // including one that has not yet heard of the failover, or one that still
 // lists a replica as a master of no slots (a young cluster).
 func (t *Transport) watchShards(ctx context.Context, cc *redis.ClusterClient, interval time.Duration) bool {
-	var first map[string]bool
+	watched := map[string]bool{} // every master seen holding slots
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -693,14 +735,15 @@ func (t *Transport) watchShards(ctx context.Context, cc *redis.ClusterClient, in
 				slog.Warn("redisbus: Redis refused CLUSTER NODES; this node does not see failovers of other shards, and does not re-send its retirements after them", "err", err)
 				return false
 			}
-		case first == nil:
-			first = held
 		default:
-			for id := range first {
+			for id := range watched {
 				if !held[id] {
 					return true
 				}
 			}
+			// A master that gained slots since (a shard added, or one
+			// refilled by a resharding) is watched from now on.
+			maps.Copy(watched, held)
 		}
 		select {
 		case <-ctx.Done():
@@ -778,6 +821,13 @@ func refusal(err error) bool {
 	}
 	msg := re.Error()
 	return strings.HasPrefix(msg, "NOPERM") || strings.Contains(strings.ToLower(msg), "unknown command")
+}
+
+// isReply reports whether err is an error reply of Redis, as opposed to a
+// failed connection.
+func isReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
 }
 
 // poke sends on c without blocking; c has room for one.
@@ -1140,27 +1190,67 @@ func (t *Transport) addWait(ctx context.Context, full string, it transport.Item)
 // waitAfter runs cmd, then WAIT WaitReplicas WaitTimeout, in one
 // pipeline on the connection to the master of key (on a cluster, the
 // master of key's slot: WAIT names no key, and would go to any master).
+// On a cluster, a cmd answered MOVED or ASK (a slot moved since the
+// client's map was read, or being migrated) was run nowhere: it is run,
+// with its WAIT, once more on the master Redis names (after ASKING, for
+// an ASK), as the cluster client does for a command of its own.
 func (t *Transport) waitAfter(ctx context.Context, key string, cmd func(redis.Pipeliner)) (*redis.Cmd, error) {
-	var c redis.Cmdable = t.c
-	if cc, ok := t.c.(*redis.ClusterClient); ok {
-		m, err := cc.MasterForKey(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		c = m
-	}
 	timeout := t.WaitTimeout
 	if timeout <= 0 {
 		timeout = DefaultWaitTimeout
 	}
 	timeout = max(timeout, time.Millisecond).Round(time.Millisecond)
-	var wait *redis.Cmd
-	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		cmd(p)
-		wait = p.Do(ctx, "wait", t.WaitReplicas, timeout.Milliseconds())
+	run := func(c redis.Cmdable, asking bool) (*redis.Cmd, error) {
+		var wait *redis.Cmd
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if asking {
+				p.Do(ctx, "asking")
+			}
+			cmd(p)
+			wait = p.Do(ctx, "wait", t.WaitReplicas, timeout.Milliseconds())
+			return nil
+		})
+		return wait, err
+	}
+	cc, ok := t.c.(*redis.ClusterClient)
+	if !ok {
+		return run(t.c, false)
+	}
+	m, err := cc.MasterForKey(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	wait, err := run(m, false)
+	addr, moved := redis.IsMovedError(err)
+	if !moved {
+		if addr, asked := redis.IsAskError(err); asked {
+			if m := masterAt(ctx, cc, addr); m != nil {
+				return run(m, true)
+			}
+			return wait, err
+		}
+		return wait, err
+	}
+	cc.ReloadState(ctx)
+	if m := masterAt(ctx, cc, addr); m != nil {
+		return run(m, false)
+	}
+	return wait, err
+}
+
+// masterAt returns the client of the cluster's master at addr, or nil.
+func masterAt(ctx context.Context, cc *redis.ClusterClient, addr string) *redis.Client {
+	var mu sync.Mutex
+	var found *redis.Client
+	cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		if c.Options().Addr == addr {
+			mu.Lock()
+			found = c
+			mu.Unlock()
+		}
 		return nil
 	})
-	return wait, err
+	return found
 }
 
 // acknowledged returns nil if WAIT counted WaitReplicas replicas or more,
@@ -1413,11 +1503,31 @@ func (t *Transport) setVersionKey(key string) string { return t.prefix + key + "
 
 // SetAdd implements transport.Coordinator with a sorted set scored by
 // expiry. The same script replaces the set's version (see SetVersion).
+// With WaitReplicas set, a WAIT follows it in the same pipeline, and a
+// member added but not acknowledged by enough replicas is an error
+// (ErrNotReplicated): the farm's sets are its revocation tombstones, a
+// promise as single use is, and one that a failover lost would let a node
+// that joins afterwards resume a revoked session. The farm then keeps the
+// revocation and adds it again, to whichever master holds the set by then.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	var v [16]byte
 	rand.Read(v[:])
 	keys := []string{t.prefix + key, t.setVersionKey(key)}
-	return t.failed(setAddScript.Run(ctx, t.c, keys, until.UnixMilli(), member, v[:]).Err())
+	args := []any{until.UnixMilli(), member, v[:]}
+	if t.WaitReplicas <= 0 {
+		return t.failed(setAddScript.Run(ctx, t.c, keys, args...).Err())
+	}
+	// Sent whole (EVAL), not by hash: a revocation is rare, and a
+	// pipeline has no second try for NOSCRIPT.
+	var add *redis.Cmd
+	wait, err := t.waitAfter(ctx, keys[0], func(p redis.Pipeliner) { add = setAddScript.Eval(ctx, p, keys, args...) })
+	if err != nil {
+		return t.failed(err)
+	}
+	if err := add.Err(); err != nil {
+		return t.failed(err)
+	}
+	return t.acknowledged(wait)
 }
 
 // SetVersion implements transport.SetVersioner: each SetAdd writes a new

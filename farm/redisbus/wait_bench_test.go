@@ -69,7 +69,8 @@ func BenchmarkConsume(b *testing.B) {
 // TestWaitReplicasStore runs the store conformance suite on transports
 // with wait_replicas=1, on a Sentinel deployment and on a Redis Cluster
 // with a replica per master, and checks that a take and an add with
-// wait_replicas above the replicas there are fail with ErrNotReplicated.
+// wait_replicas above the replicas there are, and a SetAdd, fail with
+// ErrNotReplicated.
 // On the cluster, with one replica paused (SIGSTOP), the adds of keys its
 // master holds fail and the others succeed: WAIT goes to the master of
 // the key's slot (go-redis sends a command without a key to any master,
@@ -105,6 +106,10 @@ func TestWaitReplicasStore(t *testing.T) {
 				if v, err := tr.TakeRecord(ctx, k); v != nil || !errors.Is(err, redisbus.ErrNotReplicated) {
 					t.Fatalf("TakeRecord with more replicas wanted than there are = %v, %v; want nil, ErrNotReplicated", v != nil, err)
 				}
+			}
+			// A revocation's tombstone is a promise too.
+			if err := tr.SetAdd(ctx, "revoked", []byte("t"), time.Now().Add(time.Minute)); !errors.Is(err, redisbus.ErrNotReplicated) {
+				t.Fatalf("SetAdd with more replicas wanted than there are = %v; want ErrNotReplicated", err)
 			}
 			if name == "cluster" {
 				pausedReplica(t, c, tr)

@@ -23,6 +23,14 @@ import (
 // and Coordinator.Get for a key that does not exist.
 var ErrNotFound = errors.New("farm: not found")
 
+// ErrUnconfirmed is wrapped by the error of a write that the store applied
+// but could not confirm will last (such as a Redis write that fewer
+// replicas than asked acknowledged: a failover now could undo it). A
+// caller that needs the write to last treats it as failed and writes
+// again; one that only needs it made (a write-back to a store that lost
+// its data) may go on.
+var ErrUnconfirmed = errors.New("transport: write applied but not confirmed")
+
 // A Bus carries messages between the nodes of one farm. Every message
 // published by any node is delivered to every other node subscribed, and
 // may be delivered to the sender too (the farm drops its own). Implementations live in sub-packages
