@@ -146,7 +146,10 @@ func pausedReplica(t *testing.T, c *redistest.Cluster, tr *redisbus.Transport) {
 		t.Fatal("found no replica and its master")
 	}
 	mc := c.Client(master)
-	tr.WaitReplicas, tr.WaitTimeout = 1, 20*time.Millisecond
+	// Long enough for the other masters' replicas to acknowledge on a
+	// loaded machine (20 ms failed there); each key on the paused
+	// replica's master waits it out.
+	tr.WaitReplicas, tr.WaitTimeout = 1, 300*time.Millisecond
 	replica.Pause()
 	defer replica.Resume()
 	held, other := 0, 0
