@@ -76,6 +76,14 @@ var heartbeatFrame = [...]byte{8, 0, 0, 0, 0, 0, 0, 0xce}
 
 var errFrameTooLong = errors.New("amqpbus: the broker sent a method or content header frame over 1 MiB")
 
+// errFrameEnd is the error of a frame that a frameGuard reads, and would
+// change or drop, but whose end byte is not 0xCE: amqp091-go, which checks
+// the end byte of the frames passed on to it, never sees it.
+var errFrameEnd = errors.New("amqpbus: the broker sent a frame whose end byte is not 0xCE")
+
+// frameEnd is the byte that ends every AMQP frame.
+const frameEnd = 0xce
+
 // Read implements net.Conn: it returns the broker's frames, as next
 // leaves them.
 func (g *frameGuard) Read(p []byte) (int, error) {
@@ -122,6 +130,13 @@ func (g *frameGuard) next() error {
 		if _, err := io.ReadFull(g.r, frame[frameHeaderBytes:]); err != nil {
 			return err
 		}
+		if frame[n-1] != frameEnd {
+			return errFrameEnd
+		}
+		// A method or content header interrupts the content that a
+		// channel was sending, for amqp091-go too: body frames that
+		// follow it on that channel are of another message.
+		delete(g.skip, channel)
 		payload := frame[frameHeaderBytes : frameHeaderBytes+size]
 		if typ == frameMethod {
 			g.method(channel, payload)
@@ -131,8 +146,13 @@ func (g *frameGuard) next() error {
 		g.pend = frame
 	case frameBody:
 		if skip := g.skip[channel]; skip > 0 {
-			if _, err := g.r.Discard(int(size) + frameEndBytes); err != nil {
+			if _, err := g.r.Discard(int(size)); err != nil {
 				return err
+			}
+			if end, err := g.r.ReadByte(); err != nil {
+				return err
+			} else if end != frameEnd {
+				return errFrameEnd
 			}
 			if uint64(size) >= skip {
 				delete(g.skip, channel)
@@ -178,6 +198,8 @@ func (g *frameGuard) method(channel uint16, p []byte) {
 // longer than the limit: it writes its body size as 0, and has next
 // discard its body frames.
 func (g *frameGuard) header(channel uint16, p []byte) {
+	tag := g.tags[channel]
+	delete(g.tags, channel)
 	// class-id, weight, body size, properties
 	if len(p) < 12 {
 		return
@@ -188,7 +210,13 @@ func (g *frameGuard) header(channel uint16, p []byte) {
 	}
 	binary.BigEndian.PutUint64(p[4:12], 0)
 	g.skip[channel] = size
-	g.mu.Lock()
-	g.big[g.tags[channel]] = size
-	g.mu.Unlock()
+	// A delivery tag is the tag of one message: a content header that
+	// follows no basic.deliver or basic.get-ok (a basic.return's, or one
+	// amqp091-go drops as out of place) has none, and is noted under
+	// none, lest the Bus take some other message for it.
+	if tag != 0 {
+		g.mu.Lock()
+		g.big[tag] = size
+		g.mu.Unlock()
+	}
 }
