@@ -273,7 +273,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		// its end.
 		for _, batch := range []bool{false, true} {
 			pre := fmt.Sprintf("nol-%v-", batch)
-			for k, ttl := range map[string]time.Duration{"longer": time.Minute, "shorter": 400 * time.Millisecond} {
+			for k, ttl := range map[string]time.Duration{"longer": time.Minute, "shorter": 2 * time.Second} {
 				if err := s.PutRecords(ctx, transport.Item{Key: pre + k, Value: []byte("old"), TTL: ttl}); err != nil {
 					t.Fatal(err)
 				}
@@ -308,8 +308,11 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 				}
 			}
 			// The shortened record took the new TTL, the kept one kept
-			// its own; the absent one, written for a minute, stays.
-			deadline := time.Now().Add(5 * time.Second)
+			// its own; the absent one, written for a minute, stays. (The
+			// kept one's 2 s leave room for a loaded machine between its
+			// write and the NoLonger one: at 400 ms it had lapsed there
+			// and was written anew.)
+			deadline := time.Now().Add(8 * time.Second)
 			for _, k := range []string{"longer", "shorter"} {
 				for {
 					_, err := s.GetRecord(ctx, pre+k)
@@ -317,7 +320,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 						break
 					}
 					if time.Now().After(deadline) {
-						t.Fatalf("the %s record (batch %v) still reads after 5s: %v; a NoLonger write lengthened it", k, batch, err)
+						t.Fatalf("the %s record (batch %v) still reads after 8s: %v; a NoLonger write lengthened it", k, batch, err)
 					}
 					time.Sleep(50 * time.Millisecond)
 				}
