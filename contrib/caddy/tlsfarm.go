@@ -87,7 +87,9 @@ type Provider struct {
 	Keep             int            `json:"keep,omitempty"`
 
 	// JoinTimeout bounds how long Caddy waits at start for the farm's key
-	// set (default 10s).
+	// set (default 10s). After it, Caddy serves with keys of its own, which
+	// join the farm's set (decrypt only) when it arrives, so that tickets
+	// issued meanwhile keep resuming.
 	JoinTimeout caddy.Duration `json:"join_timeout,omitempty"`
 
 	log       *slog.Logger
