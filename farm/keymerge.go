@@ -410,9 +410,26 @@ func merge(farm keySet, mine ticket.State, interval time.Duration, keep int) key
 // at now, with its own schedule interval and keep: k's merged keys are
 // kept until k's until, and stay recorded, one place further down.
 func (k keySet) successor(now time.Time, interval time.Duration, keep int) (keySet, error) {
-	next, err := k.st.Rotate(now, k.keepFor(k.st.Epoch+1, keep))
+	kept := k.keepFor(k.st.Epoch+1, keep)
+	next, err := k.st.Rotate(now, kept)
 	if err != nil {
 		return keySet{}, err
+	}
+	// Overdue by more than one interval (the store was unreachable, or no
+	// node held the lease): as ticket.Ring.Run does, drop the previous
+	// keys that the rotations missed would have dropped. Each stopped
+	// encrypting before the current key started, and resumes no ticket
+	// longer than Keep intervals after. The current key stays, whatever
+	// its age: the farm encrypted with it until now.
+	if missed := now.Sub(k.st.Rotated) / max(interval, 1); missed > 1 && len(next.Previous) > 1 {
+		n := 1
+		if missed < time.Duration(kept) {
+			n += kept - int(missed)
+		}
+		if n < len(next.Previous) {
+			clear(next.Previous[n:])
+			next.Previous = next.Previous[:n:n]
+		}
 	}
 	out := keySet{st: next, interval: interval, keep: keep}
 	// Through until itself: the rotation after it drops what the merges

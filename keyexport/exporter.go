@@ -176,7 +176,12 @@ func (e *Exporter) round(ctx context.Context) time.Time {
 		}
 		st, foreign := e.cfg.Ring.StateByUse()
 		var err error
+		if keyCopies != nil {
+			keyCopies(&st)
+		}
 		set, err = newSet(st, foreign, e.cfg.Interval, e.cfg.Keep)
+		// The Set holds copies of the keys, which round wipes.
+		st.Current, st.Next = ticket.Key{}, ticket.Key{}
 		clear(st.Previous)
 		if err != nil {
 			e.log.Error("keyexport: unusable key set", "epoch", st.Epoch, "err", err)

@@ -18,30 +18,51 @@ const haproxyRingSize = 3
 // HAProxy keeps the last haproxyRingSize keys of a file and encrypts with
 // the penultimate, so the file's last key is the pre-staged next key and
 // the one before it encrypts. If s has fewer than haproxyRingSize keys,
-// filler keys come first.
-func haproxyKeys(s *Set) []ticket.Key {
-	prev := s.byRole(Previous)
-	var keys []ticket.Key
+// filler keys come first. The caller wipes the slice after use.
+func haproxyKeys(s *Set) []ticket.Key { return haproxyKeysN(s, 0) }
+
+// haproxyKeysN returns haproxyKeys(s) padded in front with further filler
+// keys to at least n keys. It makes one copy of the keys, in the slice it
+// returns, so that wiping that slice wipes every copy.
+func haproxyKeysN(s *Set, n int) []ticket.Key {
+	prev, next := s.byRole(Previous), s.byRole(Next)
+	defer func() {
+		clear(prev)
+		clear(next)
+	}()
+	own := len(prev) + 2 // the set's keys, with a filler for a missing next key
+	file := max(own, haproxyRingSize)
+	keys := make([]ticket.Key, 0, max(file, n))
+	for i := cap(keys) - 1; i >= file; i-- {
+		keys = append(keys, s.filler(i))
+	}
+	for i := file - own; i >= 1; i-- {
+		keys = append(keys, s.filler(i))
+	}
 	for i := len(prev) - 1; i >= 0; i-- {
 		keys = append(keys, prev[i].Key)
 	}
 	keys = append(keys, s.current().Key)
-	if next := s.byRole(Next); len(next) > 0 {
+	if len(next) > 0 {
 		keys = append(keys, next[0].Key)
 	} else {
 		keys = append(keys, s.filler(0))
 	}
-	for i := 1; len(keys) < haproxyRingSize; i++ {
-		keys = append([]ticket.Key{s.filler(i)}, keys...)
+	if keyCopies != nil {
+		keyCopies(keys)
 	}
 	return keys
 }
 
 // haproxyFile returns the content of a tls-ticket-keys file for s: one
 // base64 line per 80-byte key (see HAProxyKey), in the order of haproxyKeys.
+// The caller wipes it after use.
 func haproxyFile(s *Set) []byte {
-	var out []byte
-	for _, k := range haproxyKeys(s) {
+	keys := haproxyKeys(s)
+	defer clear(keys)
+	// Sized at once: a buffer that grew would leave copies of keys behind.
+	out := make([]byte, 0, len(keys)*(base64.StdEncoding.EncodedLen(len(Key80{}))+1))
+	for _, k := range keys {
 		b := HAProxyKey(k)
 		out = base64.StdEncoding.AppendEncode(out, b[:])
 		out = append(out, '\n')

@@ -186,11 +186,9 @@ func (rt *HAProxyRuntime) Sync(ctx context.Context, s *Set) (int, error) {
 // haproxyWant returns the last n keys of s's tls-ticket-keys file, base64
 // encoded, padded in front with filler keys if s has fewer.
 func haproxyWant(s *Set, n int) []string {
-	keys := haproxyKeys(s)
-	for i := len(keys); len(keys) < n; i++ {
-		keys = slices.Insert(keys, 0, s.filler(i))
-	}
-	keys = keys[len(keys)-n:]
+	all := haproxyKeysN(s, n)
+	defer clear(all)
+	keys := all[len(all)-n:]
 	out := make([]string, len(keys))
 	for i, k := range keys {
 		b := HAProxyKey(k)

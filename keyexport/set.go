@@ -111,3 +111,7 @@ func (s *Set) byRole(r Role) []SetKey {
 func (s *Set) filler(i int) ticket.Key {
 	return ticket.Key(derive(s.current().Key, "filler", strconv.Itoa(i), 32))
 }
+
+// keyCopies, if set (by tests), sees each copy of farm keys that this
+// package makes and must wipe after use: a []ticket.Key or a *ticket.State.
+var keyCopies func(any)

@@ -87,7 +87,9 @@ type Provider struct {
 	Keep             int            `json:"keep,omitempty"`
 
 	// JoinTimeout bounds how long Caddy waits at start for the farm's key
-	// set (default 10s).
+	// set (default 10s). After it, Caddy serves with keys of its own, which
+	// join the farm's set (decrypt only) when it arrives, so that tickets
+	// issued meanwhile keep resuming.
 	JoinTimeout caddy.Duration `json:"join_timeout,omitempty"`
 
 	log       *slog.Logger
@@ -152,16 +154,18 @@ func (p *Provider) Initialize(*caddytls.SessionTicketService) ([][32]byte, error
 		p.close()
 		return nil, err
 	}
-	deadline := time.Now().Add(time.Duration(p.JoinTimeout))
-	for p.ring.Status().Epoch == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	// As tlsfarm serve joins: a rotator that gives up waiting knows that
+	// this server then encrypts with keys of its own, and merges them into
+	// the farm's set when it arrives, so that those tickets keep resuming.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.JoinTimeout))
+	err := p.rotator.WaitReady(ctx)
+	cancel()
 	if onInitialize != nil {
 		onInitialize(p)
 	}
-	if p.ring.Status().Epoch == 0 {
-		p.log.Warn("tlsfarm: no farm key set yet; using this server's own ticket keys until it arrives",
-			"farm", p.Farm, "join_timeout", time.Duration(p.JoinTimeout).String())
+	if err != nil {
+		p.log.Warn("tlsfarm: no farm key set yet; using this server's own ticket keys, which join the farm's set (decrypt only) when it arrives",
+			"farm", p.Farm, "join_timeout", time.Duration(p.JoinTimeout).String(), "err", err)
 	}
 	return p.keys(), nil
 }
@@ -196,10 +200,16 @@ func (p *Provider) Next(done <-chan struct{}) <-chan [][32]byte {
 }
 
 // keys returns the ring's keys derived for Caddy, in crypto/tls's order, and
-// notes their epoch.
+// notes their epoch. The previous keys come in their order of use (see
+// ticket.Ring.StateByUse): keys merged in from another key set, which only
+// ever decrypted here, after the farm's own, so that crypto/tls tries the
+// keys most tickets are under first.
 func (p *Provider) keys() [][32]byte {
-	st := p.ring.State()
-	defer clear(st.Previous)
+	st, _ := p.ring.StateByUse()
+	defer func() {
+		st.Current, st.Next = ticket.Key{}, ticket.Key{}
+		clear(st.Previous)
+	}()
 	p.epoch.Store(st.Epoch)
 	var out [][32]byte
 	for _, k := range st.Keys() {

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -87,22 +88,31 @@ func TestTwoCaddysResumeEachOthersTickets(t *testing.T) {
 // stops it when the test ends.
 func startCaddy(t *testing.T, i int, url, farmName, secret, cert, key string) (string, *Provider) {
 	t.Helper()
+	return startCaddyWith(t, i, url, farmName, secret, cert, key, nil)
+}
+
+// startCaddyWith is startCaddy with the module's settings in source
+// overriding the default ones.
+func startCaddyWith(t *testing.T, i int, url, farmName, secret, cert, key string, source map[string]any) (string, *Provider) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	keySource := map[string]any{
+		"provider": "tlsfarm", "url": url, "farm": farmName, "secret_file": secret,
+		"node": fmt.Sprintf("caddy-%d", i), "rotation_interval": "3s", "keep": 2,
+	}
+	maps.Copy(keySource, source)
 	cfg := map[string]any{
 		"admin":   map[string]any{"disabled": true},
 		"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
 		"apps": map[string]any{
 			"tls": map[string]any{
-				"certificates": map[string]any{"load_files": []any{map[string]any{"certificate": cert, "key": key}}},
-				"session_tickets": map[string]any{"key_source": map[string]any{
-					"provider": "tlsfarm", "url": url, "farm": farmName, "secret_file": secret,
-					"node": fmt.Sprintf("caddy-%d", i), "rotation_interval": "3s", "keep": 2,
-				}},
+				"certificates":    map[string]any{"load_files": []any{map[string]any{"certificate": cert, "key": key}}},
+				"session_tickets": map[string]any{"key_source": keySource},
 			},
 			"http": map[string]any{"servers": map[string]any{"s": map[string]any{
 				"listen":                  []string{addr},
