@@ -55,7 +55,7 @@ func writeRevocationFile(t *testing.T, file, farmName string, secret farm.Secret
 // TestCheckOpensRevocationFile: check opens farm.revocation_file (and the
 // lifecycle file beside it) under the farm secret as serve's start does,
 // without changing it. A file written under another secret or for another
-// farm, cut short, or a corrupted lifecycle file stops serve, and must
+// farm, cut short, or a corrupted journal or lifecycle file stops serve, and must
 // fail check, naming the setting and the file and showing no key; a good
 // file, none at all, and a corrupted sent file (which serve logs and
 // ignores) pass both. Before, check never opened the file.
@@ -99,6 +99,13 @@ func TestCheckOpensRevocationFile(t *testing.T) {
 	flipped := append([]byte(nil), raw...)
 	flipped[len(flipped)-1] ^= 1
 	corrupted := with("corrupted", map[string][]byte{"": flipped})
+	jraw, err := os.ReadFile(good + ".journal")
+	if err != nil {
+		t.Fatalf("the node left no journal: %v", err)
+	}
+	jflipped := append([]byte(nil), jraw...)
+	jflipped[len(jflipped)-1] ^= 1
+	badJournal := with("badjournal", map[string][]byte{"": raw, ".journal": jflipped})
 	badLife := with("badlife", map[string][]byte{".lifecycle": []byte("not sealed at all, just bytes")})
 	badSent := with("badsent", map[string][]byte{"": raw, ".sent": []byte("not sealed at all, just bytes")})
 
@@ -132,6 +139,7 @@ func TestCheckOpensRevocationFile(t *testing.T) {
 		{"another farm", otherFarm, true},
 		{"truncated", truncated, true},
 		{"corrupted", corrupted, true},
+		{"corrupted journal", badJournal, true},
 		{"corrupted lifecycle file", badLife, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
