@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 )
 
@@ -53,6 +54,11 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if !reload {
+		// Read at start only, and the running daemon's own since.
+		if err := checkRevocationFile(cfg); err != nil {
+			fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
+			return 1
+		}
 		if err := checkAddresses(cfg); err != nil {
 			fmt.Fprintf(stderr, "tlsfarm: %v\n", err)
 			return 1
@@ -90,6 +96,20 @@ func checkTransportURL(cfg *config.Config) error {
 		if err := natsbus.CheckURL(cfg.Farm.URL, cfg.Farm.Name); err != nil {
 			return fmt.Errorf("farm.url: %v", err)
 		}
+	}
+	return nil
+}
+
+// checkRevocationFile opens farm.revocation_file, and the files beside it
+// that serve reads at start, under the farm secret as serve's farm.Join
+// does, without changing them: a file that does not open, or is
+// malformed, stops serve's start, and so fails check.
+func checkRevocationFile(cfg *config.Config) error {
+	if cfg.Farm.URL == "" || cfg.Farm.RevocationFile == "" {
+		return nil
+	}
+	if err := farm.CheckRevocationFile(cfg.Farm.Name, cfg.Farm.Secrets, cfg.Farm.RevocationFile); err != nil {
+		return fmt.Errorf("farm.revocation_file: %v", err)
 	}
 	return nil
 }

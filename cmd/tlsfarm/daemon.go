@@ -109,13 +109,25 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 	if d.proxy, err = proxy.New(pc); err != nil {
 		return nil, err
 	}
-	if err := d.proxy.Start(); err != nil {
+	// Every address is bound before anything is served: an admin
+	// address that does not bind stops the start before the proxy's
+	// listeners take a connection, not after (a node that served briefly
+	// and exited).
+	adminSrv, adminLn, err := d.bindAdmin(cfg)
+	if err != nil {
 		return nil, err
 	}
-	adminAddr, err := d.startAdmin(cfg)
-	if err != nil {
-		d.proxy.Shutdown(context.Background())
+	if err := d.proxy.Start(); err != nil {
+		if adminLn != nil {
+			adminLn.Close()
+		}
 		return nil, err
+	}
+	adminAddr := "off"
+	if adminLn != nil {
+		d.admin = adminSrv
+		go d.admin.Serve(adminLn)
+		adminAddr = adminLn.Addr().String()
 	}
 	if d.selfSigned != nil {
 		log.Warn("no certificate configured: serving a self-signed certificate for localhost",
@@ -136,11 +148,12 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger, level *slo
 	return d, nil
 }
 
-// startAdmin starts the admin listener and returns its address ("off" if
-// disabled).
-func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
+// bindAdmin builds the admin API's server and binds its listener, without
+// serving it: start serves it once the proxy's listeners are up. With the
+// admin API off it returns a nil server and listener.
+func (d *daemon) bindAdmin(cfg *config.Config) (*http.Server, net.Listener, error) {
 	if cfg.Admin.Address == "off" {
-		return "off", nil
+		return nil, nil, nil
 	}
 	ac := admin.Config{
 		NodeName: cfg.Node,
@@ -160,11 +173,11 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 	}
 	h, err := admin.New(ac)
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.Admin.Address)
 	if err != nil {
-		return "", fmt.Errorf("admin.address: %w", err)
+		return nil, nil, fmt.Errorf("admin.address: %w", err)
 	}
 	// Bound every wait on a client, as on the listeners: a request (its
 	// body too) must arrive within 10 s, its answer must be taken within
@@ -172,7 +185,7 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 	// stops reading /metrics would otherwise hold its goroutine for ever),
 	// and a keep-alive connection may wait for its next one for
 	// limits.idle_timeout.
-	d.admin = &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -180,8 +193,7 @@ func (d *daemon) startAdmin(cfg *config.Config) (string, error) {
 		IdleTimeout:       cfg.Limits.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
-	go d.admin.Serve(ln)
-	return ln.Addr().String(), nil
+	return srv, ln, nil
 }
 
 // proxyStats converts the terminator's counters for the admin API.

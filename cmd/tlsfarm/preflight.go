@@ -58,11 +58,13 @@ func configWarnings(cfg *config.Config) []string {
 func checkAddresses(cfg *config.Config) error {
 	type addr struct{ key, address string }
 	var addrs []addr
-	for i, l := range cfg.Listeners {
-		addrs = append(addrs, addr{fmt.Sprintf("listeners[%d].address", i), l.Address})
-	}
+	// The admin API first, as serve binds it: where it overlaps a
+	// listener, both name the listener.
 	if cfg.Admin.Address != "off" {
 		addrs = append(addrs, addr{"admin.address", cfg.Admin.Address})
+	}
+	for i, l := range cfg.Listeners {
+		addrs = append(addrs, addr{fmt.Sprintf("listeners[%d].address", i), l.Address})
 	}
 	// Each stays bound until all are: serve holds them all at once, so
 	// two that overlap (0.0.0.0:443 and 127.0.0.1:443, the admin API on a
