@@ -34,7 +34,7 @@ const (
 	opRetire                // a session was retired here: delete it from the store, tell peers
 	opCut                   // a session was resumed: cut it to its grace in the store and on peers
 	opRestore               // a single-use claim was released: put the session back in the store
-	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems)
+	opDropped               // a new session left out: it cannot be encoded within the limit (storeItems), or was retired or its chain revoked since it was queued (refreshLater)
 )
 
 // lifeCounters count the farm's part in single use, the grace cut and
@@ -736,7 +736,8 @@ func (n *Node) lifeExpiry(id session.ID) time.Time {
 
 // refreshLater prepares the new sessions of batch, those that come back
 // from the backlog and those that waited in the queue: one retired here
-// since is left out (writing it would bring it back), and one still cached
+// since is left out (writing it would bring it back), and so is one of a
+// chain revoked since (see session.Cache.Revoked), and one still cached
 // is written as the cache now holds it (cut to its grace, if it was
 // resumed meanwhile), so that a cut already written is not undone, with
 // the link to its parent it was queued with. A session waits in the store's
@@ -759,9 +760,19 @@ func (n *Node) refreshLater(batch []item) {
 		// The cache does not keep a session's parent: keep the link the
 		// item has, which carries the parent's grace cut to the peers
 		// (in broadcast mode, only the child does; see receiveOldSessions).
-		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok {
+		rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires)
+		switch {
+		case ok:
 			rec.Parent = it.rec.Parent
 			it.rec = rec
+		case n.cfg.Cache.Revoked(it.rec.Chain):
+			// Its chain was revoked since it was queued (Cut counts a
+			// session under revocation as gone): written now, it would
+			// stay in the store after the revocation deleted what it
+			// knew of the chain, for any node that has not read the
+			// tombstone, and go to peers. Checked only for a session
+			// the cache no longer holds: one it holds is not revoked.
+			it.op = opDropped
 		}
 	}
 }

@@ -139,6 +139,17 @@ func (c *Cache) Expiries() iter.Seq2[ID, time.Time] {
 	}
 }
 
+// Revoked reports whether the resumption chain chain is revoked here: a
+// revocation of it (Remove, RemoveChain, RemoveChains, or one a farm
+// applied) left a tombstone that has not lapsed. With no tombstone in the
+// cache it costs one atomic load. A farm calls it before it writes to its
+// store, or sends to its peers, a session it queued earlier and the cache
+// no longer holds, so that a session of a chain revoked meanwhile does not
+// reach them.
+func (c *Cache) Revoked(chain uint64) bool {
+	return c.tomb.revoked(chain, c.nowNano())
+}
+
 // revoking reports whether e belongs to a chain whose revocation's scan
 // is under way and has not removed e yet: as a lookup (see get), what
 // exports the cache's sessions to a farm (Snapshot, Expiries, Cut) takes
