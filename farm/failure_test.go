@@ -310,7 +310,7 @@ func TestTamperedStoreValueRejected(t *testing.T) {
 	var keys []string
 	var err error
 	farmtest.Eventually(t, 5*time.Second, "both sessions stored", func() bool {
-		keys, err = raw.Keys(ctx, redisOf(ms[0]).RecordKey("s:*")).Result()
+		keys, err = redistest.Keys(ctx, raw, redisOf(ms[0]).RecordKey("s:*"))
 		return err == nil && len(keys) >= 2
 	})
 	if len(keys) != 2 {

@@ -299,7 +299,7 @@ func storeSessions(t *testing.T, url string, m *farmtest.Member) int {
 	c := redis.NewClient(opt)
 	defer c.Close()
 	pattern := strings.TrimSuffix(redisOf(m).RecordKey("s:"), "}") + "*"
-	keys, err := c.Keys(t.Context(), pattern).Result()
+	keys, err := redistest.Keys(t.Context(), c, pattern)
 	if err != nil {
 		t.Fatal(err)
 	}

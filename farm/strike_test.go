@@ -88,7 +88,7 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 	}
 	rc := redis.NewClient(opt)
 	defer rc.Close()
-	keys, err := rc.Keys(context.Background(), "*"+name+"*").Result()
+	keys, err := redistest.Keys(context.Background(), rc, "*"+name+"*")
 	if err != nil {
 		t.Fatal(err)
 	}
