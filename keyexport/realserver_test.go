@@ -133,36 +133,12 @@ func newNginxServer(t *testing.T, keyDir string, keep int) *termServer {
 	prefix := t.TempDir()
 	conf := filepath.Join(prefix, "nginx.conf")
 	cert, key := certFiles(t, prefix)
-	var tk strings.Builder
+	var keys []string
 	for i := range NginxFileCount(keep) {
-		fmt.Fprintf(&tk, "    ssl_session_ticket_key %s;\n", filepath.Join(keyDir, NginxFileName(i)))
+		keys = append(keys, filepath.Join(keyDir, NginxFileName(i)))
 	}
 	return newTermServer(t, "nginx", prefix, []string{bin, "-c", conf, "-p", prefix}, func(port int) error {
-		cfg := fmt.Sprintf(`daemon off;
-master_process on;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log notice;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  server {
-    listen 127.0.0.1:%[2]d ssl;
-    ssl_certificate %[3]s;
-    ssl_certificate_key %[4]s;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets on;
-    ssl_session_timeout 1h;
-%[5]s    location / { return 200 "keyexport-test\n"; }
-  }
-}
-`, prefix, port, cert, key, tk.String())
+		cfg := testenv.NginxConfig(prefix, port, cert, key, keys, "keyexport-test")
 		return os.WriteFile(conf, []byte(cfg), 0o600)
 	})
 }

@@ -284,35 +284,12 @@ func newNginx(t *testing.T, name, keyDir string, keep int, cert, key string) (*s
 	prefix := t.TempDir()
 	port := freePort(t)
 	conf := filepath.Join(prefix, "nginx.conf")
-	var tk strings.Builder
+	var keys []string
 	for i := range keyexport.NginxFileCount(keep) {
-		fmt.Fprintf(&tk, "    ssl_session_ticket_key %s;\n", filepath.Join(keyDir, keyexport.NginxFileName(i)))
+		keys = append(keys, filepath.Join(keyDir, keyexport.NginxFileName(i)))
 	}
 	write := func(port int) {
-		cfg := fmt.Sprintf(`daemon off;
-master_process on;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log notice;
-events { worker_connections 128; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  server {
-    listen 127.0.0.1:%[2]d ssl;
-    ssl_certificate %[3]s;
-    ssl_certificate_key %[4]s;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets on;
-%[5]s    location / { return 200 "%[6]s\n"; }
-  }
-}
-`, prefix, port, cert, key, tk.String(), name)
+		cfg := testenv.NginxConfig(prefix, port, cert, key, keys, name)
 		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
