@@ -11,7 +11,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
@@ -31,15 +30,8 @@ func TestStrikePrimingAfterFlush(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
 	o := &farmtest.Options{
-		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			tr, err := redisbus.Open("redis://"+p.Addr, farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { tr.Close() })
-			return tr, tr
-		},
+		Mode:         farm.StoreOnly,
+		NewTransport: redisTransport("redis://" + p.Addr),
 		Tweak: func(c *farm.Config) {
 			c.HealInterval = 200 * time.Millisecond
 			c.TallyInterval = -1

@@ -42,15 +42,8 @@ func TestWriteBackChunksCountTheirOwnTTLs(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
 	o := &farmtest.Options{
-		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			tr, err := redisbus.Open("redis://"+p.Addr, farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { tr.Close() })
-			return tr, tr
-		},
+		Mode:         farm.StoreOnly,
+		NewTransport: redisTransport("redis://" + p.Addr),
 		Tweak: func(c *farm.Config) {
 			c.HealInterval = 200 * time.Millisecond
 			c.BatchSize = batch
@@ -165,15 +158,8 @@ func writeBackNotHeldByPriming(t *testing.T, lose func(*redistest.Server, *redis
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rc.Close() })
 	o := &farmtest.Options{
-		Mode: farm.StoreOnly,
-		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
-			tr, err := redisbus.Open("redis://"+p.Addr, farmName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { tr.Close() })
-			return tr, tr
-		},
+		Mode:         farm.StoreOnly,
+		NewTransport: redisTransport("redis://" + p.Addr),
 		Tweak: func(c *farm.Config) {
 			c.HealInterval = 200 * time.Millisecond
 			// Each strike of the priming gets LookupTimeout: one that
