@@ -22,6 +22,14 @@ func countingProxy(t *testing.T, target string) (addr string, sent *atomic.Int64
 		t.Fatal(err)
 	}
 	sent = new(atomic.Int64)
+	relayTo(t, ln, target, sent)
+	return ln.Addr().String(), sent
+}
+
+// relayTo forwards each connection ln accepts to target, both ways, and
+// adds the bytes clients send to sent if it is not nil; it closes ln and
+// every connection when the test ends.
+func relayTo(t *testing.T, ln net.Listener, target string, sent *atomic.Int64) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -47,7 +55,9 @@ func countingProxy(t *testing.T, target string) (addr string, sent *atomic.Int64
 				buf := make([]byte, 32<<10)
 				for {
 					n, err := c.Read(buf)
-					sent.Add(int64(n))
+					if sent != nil {
+						sent.Add(int64(n))
+					}
 					if n > 0 {
 						if _, err := s.Write(buf[:n]); err != nil {
 							break
@@ -71,7 +81,6 @@ func countingProxy(t *testing.T, target string) (addr string, sent *atomic.Int64
 		mu.Unlock()
 		wg.Wait()
 	})
-	return ln.Addr().String(), sent
 }
 
 // TestAcksGrouped: a subscriber acknowledges the messages that wait for it
