@@ -14,42 +14,33 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
-// slowWrites is a Redis transport whose every write (publish, store write,
-// or both in one round trip) takes delay longer, as over a slow link; a
-// write whose context ends first fails, as a real one in flight would.
-type slowWrites struct {
+// waitingWrites is a Redis transport whose every write (publish, store
+// write, or both in one round trip) first calls wait, and fails with its
+// error; reads and the subscription do not wait.
+type waitingWrites struct {
 	*redisbus.Transport
-	delay time.Duration
+	wait func(context.Context) error
 }
 
-func (s *slowWrites) wait(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(s.delay):
-		return nil
-	}
-}
-
-func (s *slowWrites) Publish(ctx context.Context, msgs ...[]byte) error {
-	if err := s.wait(ctx); err != nil {
+func (w *waitingWrites) Publish(ctx context.Context, msgs ...[]byte) error {
+	if err := w.wait(ctx); err != nil {
 		return err
 	}
-	return s.Transport.Publish(ctx, msgs...)
+	return w.Transport.Publish(ctx, msgs...)
 }
 
-func (s *slowWrites) PutRecords(ctx context.Context, items ...transport.Item) error {
-	if err := s.wait(ctx); err != nil {
+func (w *waitingWrites) PutRecords(ctx context.Context, items ...transport.Item) error {
+	if err := w.wait(ctx); err != nil {
 		return err
 	}
-	return s.Transport.PutRecords(ctx, items...)
+	return w.Transport.PutRecords(ctx, items...)
 }
 
-func (s *slowWrites) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
-	if err := s.wait(ctx); err != nil {
+func (w *waitingWrites) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
+	if err := w.wait(ctx); err != nil {
 		return err
 	}
-	return s.Transport.PutAndPublish(ctx, items, dels, msgs)
+	return w.Transport.PutAndPublish(ctx, items, dels, msgs)
 }
 
 // slowTransport is redisTransport with every write delayed by delay.
@@ -60,7 +51,16 @@ func slowTransport(url string, delay time.Duration) func(testing.TB, string) (tr
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { tr.Close() })
-		s := &slowWrites{Transport: tr, delay: delay}
+		// Every write takes delay longer, as over a slow link; one
+		// whose context ends first fails, as a real one in flight would.
+		s := &waitingWrites{Transport: tr, wait: func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(delay):
+				return nil
+			}
+		}}
 		return s, s
 	}
 }

@@ -9,19 +9,16 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
-// heldWrites is a Redis transport whose writes (publish, store write, or
-// both in one round trip) wait, once hold is called, until release: the
-// node's publisher stays in its batch while new items queue behind it.
-// Reads and the subscription are not held.
+// heldWrites holds a transport's writes (as waitingWrites' wait), once
+// hold is called, until release: the node's publisher stays in its batch
+// while new items queue behind it.
 type heldWrites struct {
-	*redisbus.Transport
 	mu      sync.Mutex
 	gate    chan struct{} // nil: not held
 	waiting chan struct{} // closed when a write first waits at the gate
@@ -65,27 +62,6 @@ func (h *heldWrites) wait(ctx context.Context) error {
 	}
 }
 
-func (h *heldWrites) Publish(ctx context.Context, msgs ...[]byte) error {
-	if err := h.wait(ctx); err != nil {
-		return err
-	}
-	return h.Transport.Publish(ctx, msgs...)
-}
-
-func (h *heldWrites) PutRecords(ctx context.Context, items ...transport.Item) error {
-	if err := h.wait(ctx); err != nil {
-		return err
-	}
-	return h.Transport.PutRecords(ctx, items...)
-}
-
-func (h *heldWrites) PutAndPublish(ctx context.Context, items []transport.Item, dels []string, msgs [][]byte) error {
-	if err := h.wait(ctx); err != nil {
-		return err
-	}
-	return h.Transport.PutAndPublish(ctx, items, dels, msgs)
-}
-
 // TestQueuedSessionOfRevokedChainNotWritten: n1 resumes a session, and so
 // issues a new session of its chain, while its publisher is held in the
 // write of an earlier batch; n2 revokes the chain, and n1 hears of it and
@@ -108,9 +84,10 @@ func TestQueuedSessionOfRevokedChainNotWritten(t *testing.T) {
 				NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
 					tr := openRedis(t, srv.URL(), farmName)
 					if joined++; joined == 1 {
-						h1 = &heldWrites{Transport: tr}
+						h1 = &heldWrites{}
 						t.Cleanup(h1.release)
-						return h1, h1
+						w := &waitingWrites{Transport: tr, wait: h1.wait}
+						return w, w
 					}
 					return tr, tr
 				},
