@@ -57,11 +57,18 @@ func (l *scrapeLog) Println(v ...any) {
 	l.log.Warn("admin: /metrics answered without the metrics that failed (logged once)", "err", msg)
 }
 
+// gatherPrefix opens promhttp's log line for the errors of collectors.
+const gatherPrefix = "error gathering metrics:"
+
 // connError reports whether promhttp's log line v is about the scrape's
 // connection: an error of the network (writing to a client gone, a write
-// deadline passed), which gathering the metrics never returns.
+// deadline passed) met while sending the answer. A collector's error is
+// never one, even if it is a network error of the collector's own.
 func connError(v []any) bool {
-	for _, x := range v {
+	if len(v) == 0 || v[0] == gatherPrefix {
+		return false
+	}
+	for _, x := range v[1:] {
 		if err, ok := x.(error); ok {
 			var op *net.OpError
 			if errors.As(err, &op) {

@@ -137,8 +137,32 @@ func TestMetricsScraperGoneIsNoWarning(t *testing.T) {
 	if n := strings.Count(out, "connection failed while answering"); n > scrapes {
 		t.Errorf("%d scrapers that went away logged %d debug lines, want one each at most", scrapes, n)
 	}
+	// A collector's own network error is still a collector's: warned.
+	var logs2 syncBuffer
+	srv2, _ := newHandler(t, func(c *Config) {
+		c.Collectors = []prometheus.Collector{netBroken{prometheus.NewDesc("test_net", "A collector whose backend is gone.", nil, nil)}}
+		c.Logger = slog.New(slog.NewTextHandler(&logs2, nil))
+	})
+	nettest.Do(t, "GET", srv2.URL+"/metrics", "")
+	if !strings.Contains(logs2.String(), "level=WARN") || !strings.Contains(logs2.String(), "backend.invalid") {
+		t.Errorf("a collector's network error was not warned:\n%s", logs2.String())
+	}
 	// A scrape that completes still answers whole.
 	if code, body := nettest.Do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `test_many{i="19999"} 19999`) {
 		t.Errorf("metrics after the cut scrapes: %d, %d bytes", code, len(body))
 	}
 }
+
+// netBroken fails with a network error of its own.
+type netBroken struct{ desc *prometheus.Desc }
+
+func (c netBroken) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c netBroken) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.NewInvalidMetric(c.desc, &net.OpError{Op: "dial", Net: "tcp", Addr: fakeAddr("backend.invalid:1"), Err: errors.New("connection refused")})
+}
+
+type fakeAddr string
+
+func (a fakeAddr) Network() string { return "tcp" }
+func (a fakeAddr) String() string  { return string(a) }
