@@ -16,6 +16,7 @@ import (
 // working. Before the fix both loaded: the wrapped one locked every state
 // change out with 401 (no header can carry a line break), the empty one
 // with 403 ("no admin token is configured"), each after "reload applied".
+// A valid token replaces the one in force at the next request.
 func TestAdminTokenFileNoClientCanSendIsRefused(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -54,6 +55,19 @@ func TestAdminTokenFileNoClientCanSendIsRefused(t *testing.T) {
 		}
 		authorized("after a reload with the " + c.name + " token file")
 		writeFile(t, tokFile, good+"\n", 0o600)
+	}
+
+	// A valid new token replaces the old one at once: the old is refused.
+	const next = "admin-token-next-0123456789"
+	writeFile(t, tokFile, next+"\n", 0o600)
+	applied := p.countLog("reload applied")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, 5*time.Second, func() bool { return p.countLog("reload applied") > applied }, "the reload with a new token was not applied")
+	if code, _ := adminDo(t, p, "DELETE", notAnID, good); code != http.StatusUnauthorized {
+		t.Errorf("DELETE with the replaced token: %d, want 401", code)
+	}
+	if code, _ := adminDo(t, p, "DELETE", notAnID, next); code != http.StatusBadRequest {
+		t.Errorf("DELETE with the new token: %d, want 400 (authorized, bad ID)", code)
 	}
 	p.stop()
 
