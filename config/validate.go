@@ -265,16 +265,36 @@ func (c *Config) checkAdmin() error {
 		if err != nil {
 			return c.problem("admin.token_file", "%v", err)
 		}
+		if tok == "" {
+			// Not "no token": a file named for the token that holds none
+			// is one truncated or not yet written (a reload racing the
+			// write), and a shorter token is refused too.
+			return c.problem("admin.token_file", "%s holds no token (it is empty or blank); use at least %d bytes (for example: head -c 32 /dev/urandom | base64)", a.TokenFile, minTokenLen)
+		}
 		a.BearerToken = tok
 	}
+	key := "admin.token"
+	if a.TokenFile != "" {
+		key = "admin.token_file"
+	}
 	if a.BearerToken != "" && len(a.BearerToken) < minTokenLen {
-		key := "admin.token"
-		if a.TokenFile != "" {
-			key = "admin.token_file"
-		}
 		return c.problem(key, "the token is %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", len(a.BearerToken), minTokenLen)
 	}
+	if i := unsendableAt(a.BearerToken); i >= 0 {
+		// No client can send it: an Authorization header ends at a line
+		// break and carries no other control character, so every state
+		// change would be refused with 401. Base64 wrapped at 76 columns (head -c 64 | base64)
+		// is the usual way to get one.
+		return c.problem(key, "the token has a line break or another control character (byte %d): no Authorization header can carry it (base64 output wrapped over lines? use base64 -w0)", i)
+	}
 	return nil
+}
+
+// unsendableAt returns the index of the first byte of tok that no HTTP
+// client can send as part of a bearer token, a control character (a line
+// break among them), or -1. (Blanks at its ends are trimmed as it loads.)
+func unsendableAt(tok string) int {
+	return strings.IndexFunc(tok, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // setUnder returns, sorted, the settings under prefix (such as "farm.")

@@ -190,6 +190,7 @@ func TestBadInput(t *testing.T) {
 			[]string{"listeners[0].proxy_protocol.trusted", "not an IP address or CIDR"}},
 		{"short admin token", "", nil, map[string]string{"TLSFARM_ADMIN_TOKEN": "short"}, []string{"admin.token ($TLSFARM_ADMIN_TOKEN)", "at least 16"}},
 		{"open admin token file", "", []string{"-admin-token-file", open}, nil, []string{"admin.token_file", "chmod 600"}},
+		{"admin token over two lines", "admin:\n  token: \"0123456789abcdef\\n0123\"\n", nil, nil, []string{"admin.token", "no Authorization header can carry it"}},
 		{"bad log format", "", []string{"-log-format", "xml"}, nil, []string{"log.format", "text or json"}},
 		{"too many ticket keys", "", []string{"-ticket-keep", "100"}, nil, []string{"tickets.keep", "too many"}},
 		{"rotation under 1s", "", []string{"-ticket-rotation", "500ms"}, nil, []string{"tickets.rotation_interval", "at least 1s"}},

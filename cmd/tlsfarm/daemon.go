@@ -181,7 +181,7 @@ func (d *daemon) bindAdmin(cfg *config.Config) (*http.Server, net.Listener, erro
 	}
 	// Bound every wait on a client, as on the listeners: a request (its
 	// body too) must arrive within 10 s, its answer must be taken within
-	// 10 s of it (a revocation takes at most 5 s of them; a scraper that
+	// 10 s of it (a revocation waits at most 1 s of them; a scraper that
 	// stops reading /metrics would otherwise hold its goroutine for ever),
 	// and a keep-alive connection may wait for its next one for
 	// limits.idle_timeout.

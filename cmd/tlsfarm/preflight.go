@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -43,6 +44,9 @@ func configWarnings(cfg *config.Config) []string {
 	}
 	if cfg.Debug.ExposeSessionID {
 		w = append(w, "debug.expose_session_id is on: the built-in upstream shows each client its session ID; never use this in production")
+	}
+	if w1 := adminEverywhere(cfg); w1 != "" {
+		w = append(w, w1)
 	}
 	for i, l := range cfg.Listeners {
 		if len(l.Certificates) == 0 {
@@ -141,4 +145,28 @@ func replicasUnwaited(cfg *config.Config) string {
 	}
 	return fmt.Sprintf("%s on a replicated Redis (%s) without wait_replicas: Redis replicates asynchronously, so a failover can bring back a session already resumed or a 0-RTT identity already used; set wait_replicas=1 (and wait_timeout) in farm.url",
 		strings.Join(uses, " and "), u.Scheme)
+}
+
+// adminEverywhere returns a warning when the admin API listens on every
+// interface (admin.address with no host, 0.0.0.0 or ::), public ones
+// included: its reads (/metrics, /healthz, /sessions) need no token, and
+// it speaks plain HTTP, so the bearer token crosses the network in the
+// clear. A specific address (loopback, a management network's) is taken as
+// chosen.
+func adminEverywhere(cfg *config.Config) string {
+	if cfg.Admin.Address == "off" {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(cfg.Admin.Address)
+	if err != nil {
+		return ""
+	}
+	if host != "" {
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.IsUnspecified() {
+			return ""
+		}
+	}
+	return fmt.Sprintf("admin.address %s listens on every interface: its reads (/metrics, /healthz, /sessions) need no token and it speaks plain HTTP, so the admin token would cross the network in the clear; give it a loopback or management address",
+		cfg.Admin.Address)
 }
