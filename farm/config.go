@@ -62,12 +62,12 @@ const (
 	defaultHealInterval        = 30 * time.Second
 	defaultBreakerThreshold    = 5
 	defaultBreakerCooldown     = 5 * time.Second
-
-	// maxFlushWindow bounds Config.FlushWindow: a new session reaches
-	// peers and the store up to the window late, and a client resuming
-	// it elsewhere meanwhile may get a full handshake.
-	maxFlushWindow = 100 * time.Millisecond
 )
+
+// MaxFlushWindow is the longest Config.FlushWindow Join accepts: a new
+// session reaches peers and the store up to the window late, and a client
+// resuming it elsewhere meanwhile may get a full handshake.
+const MaxFlushWindow = 100 * time.Millisecond
 
 // A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
 // required; zero values elsewhere mean the defaults.
@@ -302,7 +302,7 @@ type Config struct {
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
 
-	// longWindow lets the tests set a FlushWindow beyond maxFlushWindow.
+	// longWindow lets the tests set a FlushWindow beyond MaxFlushWindow.
 	longWindow bool
 }
 
@@ -391,8 +391,8 @@ func (cfg *Config) checkFlushWindow() error {
 	case w < 0:
 		return fmt.Errorf("farm: Config.FlushWindow %v is negative", w)
 	case cfg.longWindow:
-	case w > maxFlushWindow:
-		return fmt.Errorf("farm: Config.FlushWindow %v is longer than %v: new sessions would reach peers and the store that much later, and clients resuming them elsewhere meanwhile would get full handshakes", w, maxFlushWindow)
+	case w > MaxFlushWindow:
+		return fmt.Errorf("farm: Config.FlushWindow %v is longer than %v: new sessions would reach peers and the store that much later, and clients resuming them elsewhere meanwhile would get full handshakes", w, MaxFlushWindow)
 	case cfg.WriteThrough && 2*w > cfg.WriteThroughTimeout:
 		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of WriteThroughTimeout (%v): a peer presented a young session waits for the window too, and takes it for lost once it is no longer young", w, cfg.WriteThroughTimeout)
 	case cfg.WriteThrough && 2*w > cfg.LookupTimeout:
