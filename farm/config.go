@@ -141,18 +141,18 @@ type Config struct {
 	// BatchSize is the most items published as one batch (default 256).
 	BatchSize int
 
-	// FlushWindow lets the publisher wait, up to this long after the first
-	// of them was queued, for more new sessions to publish and store in
-	// one batch with it (up to BatchSize), instead of sending each as soon
-	// as it is queued: fewer, larger messages, at the cost of peers and the
-	// store learning of a new session up to FlushWindow later. Anything
+	// FlushWindow lets the publisher hold a new session for up to this
+	// long after it was queued, so that the new sessions queued meanwhile
+	// are published and stored in the same batch (up to BatchSize) instead
+	// of each on its own: fewer, larger messages, at the cost of peers and
+	// the store learning of a new session up to FlushWindow later. Anything
 	// else queued (a retirement, a grace cut, a released claim, a backlog
 	// kept after a failure) is sent at once with whatever waits, and so is
-	// everything when the node closes. Zero (the default) waits for
-	// nothing. Join refuses a negative window and one longer than 100ms,
-	// or, with WriteThrough, longer than half of WriteThroughTimeout or of
-	// LookupTimeout, since a node waiting for a young session waits for
-	// the window too.
+	// everything when the node closes. Zero (the default) holds nothing.
+	// Join refuses a negative window, one longer than MaxFlushWindow
+	// (100ms) and, with WriteThrough, one longer than half of
+	// WriteThroughTimeout or of LookupTimeout: a node waiting for a young
+	// session it lacks waits for the window too.
 	FlushWindow time.Duration
 
 	// LazyPeers keeps the sessions that peers broadcast as they arrive
