@@ -116,6 +116,7 @@ type Farm struct {
 	Mode           string        `yaml:"mode"`            // "broadcast" or "store-only"
 	WriteThrough   bool          `yaml:"write_through"`   // farm.Config.WriteThrough
 	LookupDeadline time.Duration `yaml:"lookup_deadline"` // farm.Config.LookupTimeout
+	FlushWindow    time.Duration `yaml:"flush_window"`    // farm.Config.FlushWindow
 
 	// Strict refuses to start while the transport is unreachable (waiting
 	// up to ConnectTimeout), and fails /readyz while it is down. By default

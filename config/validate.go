@@ -203,6 +203,14 @@ func (c *Config) checkFarm() error {
 	if f.LookupDeadline <= 0 || f.LookupDeadline > time.Second {
 		return c.problem("farm.lookup_deadline", "must be above 0 and at most 1s: a handshake waits this long")
 	}
+	switch {
+	case f.FlushWindow < 0:
+		return c.problem("farm.flush_window", "must not be negative (0 shares each new session at once)")
+	case f.FlushWindow > farm.MaxFlushWindow:
+		return c.problem("farm.flush_window", "%v is over %v: peers and the store would learn of new sessions that much later, and clients resuming them elsewhere meanwhile would get full handshakes", f.FlushWindow, farm.MaxFlushWindow)
+	case f.WriteThrough && 2*f.FlushWindow > f.LookupDeadline:
+		return c.problem("farm.flush_window", "%v is over half of farm.lookup_deadline (%v): with write-through a node presented a young session it lacks waits for the window too, within the lookup deadline", f.FlushWindow, f.LookupDeadline)
+	}
 	if f.ConnectTimeout <= 0 {
 		return c.problem("farm.connect_timeout", "must be positive")
 	}

@@ -114,6 +114,45 @@ func TestFarmSecretAndToken(t *testing.T) {
 	}
 }
 
+// TestFlushWindowSetting: farm.flush_window is read from a flag, the
+// environment or the file, 0 by default, up to 100ms, and with
+// write-through up to half of farm.lookup_deadline (the refusals are in
+// TestBadInput).
+func TestFlushWindowSetting(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "farm.secret")
+	if err := farm.WriteSecretFile(secret, farm.NewSecret(1)); err != nil {
+		t.Fatal(err)
+	}
+	farmArgs := []string{"-farm", "redis://127.0.0.1:6379/0", "-farm-secret", secret}
+	for _, tt := range []struct {
+		name string
+		file string
+		args []string
+		env  map[string]string
+		want time.Duration
+	}{
+		{"default", "", nil, nil, 0},
+		{"flag", "", []string{"-flush-window", "5ms"}, nil, 5 * time.Millisecond},
+		{"environment", "", nil, map[string]string{"TLSFARM_FLUSH_WINDOW": "100ms"}, 100 * time.Millisecond},
+		{"file", "farm:\n  flush_window: 10ms\n", nil, nil, 10 * time.Millisecond},
+		{"write-through, half the lookup deadline", "", []string{"-write-through", "-lookup-deadline", "100ms", "-flush-window", "50ms"}, nil, 50 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append(slices.Clone(farmArgs), tt.args...)
+			if tt.file != "" {
+				args = append([]string{"-config", writeFile(t, "c.yaml", tt.file, 0o644)}, args...)
+			}
+			c, err := Load("serve", args, env(tt.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Farm.FlushWindow != tt.want {
+				t.Errorf("farm.flush_window = %v, want %v", c.Farm.FlushWindow, tt.want)
+			}
+		})
+	}
+}
+
 // TestBadInput checks that each kind of bad input gives one line naming
 // the setting and the problem.
 func TestBadInput(t *testing.T) {
@@ -176,6 +215,14 @@ func TestBadInput(t *testing.T) {
 			[]string{"farm.secret_file", "accessible to group or others", "chmod 600"}},
 		{"store-only without a store", "", []string{"-farm", "amqp://127.0.0.1:5672", "-farm-mode", "store-only", "-farm-secret", short}, nil,
 			[]string{"farm.mode", "store-only needs a transport with a store"}},
+		{"negative flush window", "", []string{"-farm", "redis://127.0.0.1:6379"}, map[string]string{"TLSFARM_FLUSH_WINDOW": "-1ms"},
+			[]string{"farm.flush_window ($TLSFARM_FLUSH_WINDOW)", "is negative"}},
+		{"flush window over 100ms", "", []string{"-farm", "redis://127.0.0.1:6379", "-flush-window", "150ms"}, nil,
+			[]string{"farm.flush_window (flag -flush-window)", "150ms is over 100ms", "learn of new sessions that much later"}},
+		{"flush window over half the lookup deadline", "farm:\n  flush_window: 60ms\n", []string{"-farm", "redis://127.0.0.1:6379", "-write-through", "-lookup-deadline", "100ms"}, nil,
+			[]string{"farm.flush_window", "line 2", "over half of farm.lookup_deadline (100ms)", "write-through"}},
+		{"flush window without a farm", "", []string{"-flush-window", "5ms"}, nil,
+			[]string{"farm.flush_window (flag -flush-window)", "farm.url is not"}},
 		{"bad upstream", "", []string{"-upstream", "ftp://x"}, nil, []string{"listeners[0].upstream", "ftp://x"}},
 		{"tcp upstream without port", "", []string{"-upstream", "tcp://host"}, nil, []string{"listeners[0].upstream", "host:port"}},
 		{"HTTP/3 to a tcp upstream", "", []string{"-http3", "-upstream", "tcp://127.0.0.1:1"}, nil, []string{"listeners[0].http3", "HTTP upstream"}},

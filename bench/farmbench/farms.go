@@ -93,6 +93,7 @@ type env struct {
 	natsURL    string
 
 	lookupTimeout, writeThroughTimeout time.Duration
+	flushWindow                        time.Duration   // tlsfarm nodes' farm.Config.FlushWindow
 	profileDir                         string          // if set, node 1 of each Go or tlsfarm farm writes a CPU profile here
 	nodes                              int             // nodes per farm
 	farmNames                          map[string]bool // farms started, whose keys cleanRedis deletes
@@ -159,6 +160,7 @@ func (e *env) start(k kind) (*running, error) {
 				spec.NATS = e.natsURL
 			}
 			spec.LookupTimeout, spec.WriteThroughTimeout = e.lookupTimeout, e.writeThroughTimeout
+			spec.FlushWindow = e.flushWindow
 		}
 		if e.profileDir != "" && i == 0 {
 			spec.CPUProfile = filepath.Join(e.profileDir, fmt.Sprintf("%s-%s.pprof", k.Name, r.name[len(r.name)-12:]))

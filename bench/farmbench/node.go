@@ -51,6 +51,7 @@ type nodeSpec struct {
 	LazyPeers           bool
 	LookupTimeout       time.Duration // 0: the farm's default
 	WriteThroughTimeout time.Duration // 0: the farm's default
+	FlushWindow         time.Duration // farm.Config.FlushWindow; 0: none
 
 	CPUProfile string // if set, write a CPU profile of the node's whole run here
 }
@@ -196,7 +197,8 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
 		Bus: bus, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		FlushWindow: spec.FlushWindow,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		return nil, nil, err

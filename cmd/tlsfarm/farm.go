@@ -64,6 +64,7 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		Mode:          mode,
 		WriteThrough:  cfg.Farm.WriteThrough,
 		LookupTimeout: cfg.Farm.LookupDeadline,
+		FlushWindow:   cfg.Farm.FlushWindow,
 		Logger:        d.log,
 
 		RevocationFile:         cfg.Farm.RevocationFile,
