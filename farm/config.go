@@ -145,12 +145,14 @@ type Config struct {
 	// long after it was queued, so that the new sessions queued meanwhile
 	// are published and stored in the same batch (up to BatchSize) instead
 	// of each on its own: fewer, larger messages, at the cost of peers and
-	// the store learning of a new session up to FlushWindow later. Anything
-	// else queued (a retirement, a grace cut, a released claim, a backlog
-	// kept after a failure) is sent at once with whatever waits, and so is
-	// everything when the node closes. Zero (the default) holds nothing.
-	// Join refuses a negative window, one longer than MaxFlushWindow
-	// (100ms) and, with WriteThrough, one longer than half of
+	// the store learning of a new session up to FlushWindow later. The
+	// grace cut of the parent a resumed handshake's session came from
+	// waits with it. Anything else queued (a retirement, a released claim,
+	// a backlog kept after a failure) is sent at once with whatever waits,
+	// and so is everything when the node closes. Zero (the default) holds
+	// nothing. Join refuses a negative window, one longer than
+	// MaxFlushWindow (100ms), one longer than half of the cache's
+	// ResumeGrace and, with WriteThrough, one longer than half of
 	// WriteThroughTimeout or of LookupTimeout: a node waiting for a young
 	// session it lacks waits for the window too.
 	FlushWindow time.Duration
@@ -395,6 +397,8 @@ func (cfg *Config) checkFlushWindow() error {
 		return fmt.Errorf("farm: Config.FlushWindow %v is longer than %v: new sessions would reach peers and the store that much later, and clients resuming them elsewhere meanwhile would get full handshakes", w, MaxFlushWindow)
 	case cfg.WriteThrough && 2*w > cfg.WriteThroughTimeout:
 		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of WriteThroughTimeout (%v): a peer presented a young session waits for the window too, and takes it for lost once it is no longer young", w, cfg.WriteThroughTimeout)
+	case cfg.Cache != nil && cfg.Cache.Config().ResumeGrace > 0 && 2*w > cfg.Cache.Config().ResumeGrace:
+		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of the cache's ResumeGrace (%v): a resumed session's grace cut waits with its child, and must reach peers and the store well before the grace is over", w, cfg.Cache.Config().ResumeGrace)
 	case cfg.WriteThrough && 2*w > cfg.LookupTimeout:
 		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of LookupTimeout (%v): a peer presented a young session waits for the window too, within LookupTimeout", w, cfg.LookupTimeout)
 	}

@@ -2,6 +2,7 @@ package farm_test
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -126,6 +128,60 @@ func TestFlushWindowBatchesNewSessions(t *testing.T) {
 	}
 }
 
+// TestFlushWindowBatchesResumptions: a TLS 1.3 resumption issues a child
+// and queues its parent's grace cut; both wait in the flush window (20ms
+// here), so resumptions one after another reach n2 in fewer messages than
+// one each, and the cuts still land: n2 holds every child and has cut
+// every parent to its grace. Before, the cut went out at once and took the
+// child with it, one message per resumption.
+func TestFlushWindowBatchesResumptions(t *testing.T) {
+	const sessions = 8
+	const window = 20 * time.Millisecond
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)),
+		Tweak: func(c *farm.Config) { c.TallyInterval = -1; c.FlushWindow = window }})
+	n1, n2 := ms[0], ms[1]
+	parents, clients := farmtest.Issue(t, n1, sessions)
+	farmtest.Eventually(t, 5*time.Second, "n2 to hold the parents", func() bool {
+		for _, id := range parents {
+			if !inCache(n2, id) {
+				return false
+			}
+		}
+		return true
+	})
+	children := farmtest.HandshakeSessions(n1.Cache)
+	base := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_messages_received_total")
+	for i, c := range clients {
+		if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+			t.Fatalf("resumption %d did not resume", i)
+		}
+	}
+	resumedBy := time.Now()
+	kids := children()
+	if len(kids) != sessions {
+		t.Fatalf("%d resumptions issued %d sessions", sessions, len(kids))
+	}
+	farmtest.Eventually(t, 5*time.Second, "n2 to hold every child", func() bool {
+		for _, id := range kids {
+			if !inCache(n2, id) {
+				return false
+			}
+		}
+		return true
+	})
+	grace := n1.Cache.Config().ResumeGrace
+	for i, id := range parents {
+		if r, ok := lookup(n2.Cache, id); ok && r.Expires.After(resumedBy.Add(grace)) {
+			t.Errorf("parent %d not cut on n2: it expires in %v, past its grace of %v", i, time.Until(r.Expires).Round(time.Second), grace)
+		}
+	}
+	msgs := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_messages_received_total") - base
+	t.Logf("%d resumptions reached n2 in %d messages", sessions, msgs)
+	if msgs >= sessions {
+		t.Errorf("%d resumptions reached n2 in %d messages, want fewer than one each", sessions, msgs)
+	}
+}
+
 // TestFlushWindowRetirementDoesNotWait: a retirement queued while new
 // sessions wait in a flush window (2s here) is published at once, and the
 // waiting session with it: both reach n2 well within the window (1s, a
@@ -211,6 +267,8 @@ func TestFlushWindowBounds(t *testing.T) {
 		{"write-through", func(c *farm.Config) {
 			c.WriteThrough, c.WriteThroughTimeout, c.FlushWindow = true, 100*time.Millisecond, 60*time.Millisecond
 		}, "longer than half of WriteThroughTimeout (100ms)"},
+		{"grace", func(c *farm.Config) { c.FlushWindow = 60 * time.Millisecond },
+			"longer than half of the cache's ResumeGrace (100ms)"},
 		{"write-through lookup", func(c *farm.Config) {
 			c.WriteThrough, c.LookupTimeout, c.FlushWindow = true, 50*time.Millisecond, 30*time.Millisecond
 		}, "longer than half of LookupTimeout (50ms)"},
@@ -218,7 +276,11 @@ func TestFlushWindowBounds(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			name := farmtest.FarmName(t)
 			tr := openRedis(t, url, name)
-			cache, err := session.New(&session.Config{})
+			cc := &session.Config{}
+			if tt.name == "grace" {
+				cc.ResumeGrace = 100 * time.Millisecond
+			}
+			cache, err := session.New(cc)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -43,11 +43,16 @@ func (q *queue) setWindow(d time.Duration) {
 	q.pushed = make([]time.Duration, len(q.items))
 }
 
-// mayWait reports whether it may wait for a flush window: only a new
-// session does. A retirement, a grace cut, a released claim or a revocation
-// restricts what may resume, and is written and published at once.
+// mayWait reports whether it may wait for a flush window: a new session,
+// and the grace cut of the parent a resumption issued it from (queued just
+// before it, so that the two go out in one batch as without a window). A cut
+// is an absolute end, at least ResumeGrace away when it is queued, and Join
+// keeps the window under half of ResumeGrace: written late, it still
+// lands before the parent's grace is over. A retirement, a released claim
+// or a revocation takes a session away at once, and is written and
+// published at once.
 func mayWait(it *item) bool {
-	return it.op == opNew && it.rev == nil && !it.later
+	return (it.op == opNew || it.op == opCut) && it.rev == nil && !it.later
 }
 
 // push adds it, dropping the oldest item if the queue is full. It never
