@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 )
@@ -21,6 +22,42 @@ type conn struct {
 	fresh  atomic.Bool // in Server.fresh
 
 	websockets atomic.Int32 // open over HTTP/2 (admitWebSocket)
+
+	wmu sync.Mutex
+	wdl time.Time // the write deadline set on c; zero: none (Write bounds each write)
+}
+
+// Write writes to the client. Unless a write deadline is set on c (the
+// handshake's, the passthrough's, one net/http or the idle bounds of
+// http.go set), each write must make progress within the idle timeout: a
+// client that stops reading would otherwise hold a write that nothing else
+// bounds, and with it the connection, for ever (net/http's flush of an
+// HTTP/1 response once its handler has returned, its error answers, the
+// HTTP/2 server's frame writes).
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	if c.wdl.IsZero() {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.l.s.idle))
+	}
+	c.wmu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// SetDeadline sets the read and write deadlines of c.
+func (c *conn) SetDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wdl = t
+	return c.Conn.SetDeadline(t)
+}
+
+// SetWriteDeadline sets the write deadline of c; the zero time gives the
+// writes back their bound by the idle timeout (see Write).
+func (c *conn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wdl = t
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *conn) Close() error {
