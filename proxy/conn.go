@@ -23,18 +23,23 @@ type conn struct {
 
 	websockets atomic.Int32 // open over HTTP/2 (admitWebSocket)
 
-	wmu sync.Mutex
-	wdl time.Time // the write deadline set on c; zero: none (Write bounds each write)
+	idleWrites atomic.Bool // handed to HTTP: writes bounded by the idle timeout (Write)
+	wmu        sync.Mutex
+	wdl        time.Time // the write deadline set on c; zero: none
 }
 
-// Write writes to the client. Unless a write deadline is set on c (the
-// handshake's, the passthrough's, one net/http or the idle bounds of
-// http.go set), each write must make progress within the idle timeout: a
-// client that stops reading would otherwise hold a write that nothing else
+// Write writes to the client. On a connection handed to HTTP, unless a
+// write deadline is set on c (one net/http or the idle bounds of http.go
+// set), each write must make progress within the idle timeout: a client
+// that stops reading would otherwise hold a write that nothing else
 // bounds, and with it the connection, for ever (net/http's flush of an
 // HTTP/1 response once its handler has returned, its error answers, the
-// HTTP/2 server's frame writes).
+// HTTP/2 server's frame writes). A passthrough connection has its own
+// watch over both directions (see passthrough).
 func (c *conn) Write(p []byte) (int, error) {
+	if !c.idleWrites.Load() {
+		return c.Conn.Write(p)
+	}
 	c.wmu.Lock()
 	if c.wdl.IsZero() {
 		c.Conn.SetWriteDeadline(time.Now().Add(c.l.s.idle))

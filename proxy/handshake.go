@@ -44,6 +44,7 @@ func (l *listener) handle(c *conn) {
 		l.passthrough(tc, r.tcp)
 		return
 	}
+	c.idleWrites.Store(true)
 	s.handedOff(c, false)
 	if !l.handoff.push(tc) {
 		s.handedOff(c, true)
