@@ -126,3 +126,9 @@ func waitClosed(t *testing.T, s *Server, within time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// tlsDialSmall dials addr over TLS with a small receive buffer (see
+// smallReceiveBuffer).
+func tlsDialSmall(addr string, cfg *tls.Config) (*tls.Conn, error) {
+	return tls.DialWithDialer(smallReceiveBuffer, "tcp", addr, cfg)
+}
