@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 )
@@ -21,6 +22,47 @@ type conn struct {
 	fresh  atomic.Bool // in Server.fresh
 
 	websockets atomic.Int32 // open over HTTP/2 (admitWebSocket)
+
+	idleWrites atomic.Bool // handed to HTTP: writes bounded by the idle timeout (Write)
+	wmu        sync.Mutex
+	wdl        time.Time // the write deadline set on c; zero: none
+}
+
+// Write writes to the client. On a connection handed to HTTP, unless a
+// write deadline is set on c (one net/http or the idle bounds of http.go
+// set), each write must make progress within the idle timeout: a client
+// that stops reading would otherwise hold a write that nothing else
+// bounds, and with it the connection, for ever (net/http's flush of an
+// HTTP/1 response once its handler has returned, its error answers, the
+// HTTP/2 server's frame writes). A passthrough connection has its own
+// watch over both directions (see passthrough).
+func (c *conn) Write(p []byte) (int, error) {
+	if !c.idleWrites.Load() {
+		return c.Conn.Write(p)
+	}
+	c.wmu.Lock()
+	if c.wdl.IsZero() {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.l.s.idle))
+	}
+	c.wmu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// SetDeadline sets the read and write deadlines of c.
+func (c *conn) SetDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wdl = t
+	return c.Conn.SetDeadline(t)
+}
+
+// SetWriteDeadline sets the write deadline of c; the zero time gives the
+// writes back their bound by the idle timeout (see Write).
+func (c *conn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wdl = t
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *conn) Close() error {

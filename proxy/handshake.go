@@ -25,7 +25,7 @@ func (l *listener) handle(c *conn) {
 	tc := tls.Server(c, l.base)
 	c.SetDeadline(time.Now().Add(time.Duration(s.handshakeTimeout.Load())))
 	if err := tc.Handshake(); err != nil {
-		reason := failureReason(err)
+		reason := failureReason(err, l.cfg.ProxyProtocol)
 		s.stats.failures[reason].Add(1)
 		client := addrString(c.RemoteAddr())
 		s.log.Debug("handshake failed", "listener", l.addr(), "client", client, "reason", reason.String(), "err", err)
@@ -44,6 +44,7 @@ func (l *listener) handle(c *conn) {
 		l.passthrough(tc, r.tcp)
 		return
 	}
+	c.idleWrites.Store(true)
 	s.handedOff(c, false)
 	if !l.handoff.push(tc) {
 		s.handedOff(c, true)
@@ -82,12 +83,18 @@ func (f failure) warning() string {
 	return "TLS handshakes failing"
 }
 
-func failureReason(err error) failure {
+// failureReason classifies err, the error of a handshake on a listener
+// with the PROXY protocol on or off. The PROXY protocol library's errors
+// begin with its prefix; crypto/tls's never do, but some of them quote what
+// the client sent (its ALPN protocols), so the prefix is looked for only at
+// the start, and only where a PROXY header is read at all.
+func failureReason(err error, proxyProtocol bool) failure {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return failTimeout
+	case !proxyProtocol:
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol), errors.Is(err, proxyproto.ErrInvalidUpstream),
-		strings.Contains(err.Error(), "proxyproto:"): // the library's errors share the prefix
+		strings.HasPrefix(err.Error(), "proxyproto:"): // the library's errors share the prefix
 		return failProxyHeader
 	}
 	return failTLS

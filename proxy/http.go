@@ -254,8 +254,8 @@ func printableASCII(s string) bool {
 }
 
 // newIdleUpgrade returns back, the upstream's side of a switched
-// connection, closed with the client's side (by cut, if not nil) once
-// nothing has moved either way for the idle timeout. release, if not nil,
+// connection (or of a TCP passthrough), closed with the client's side (by
+// cut, if not nil) once nothing has moved either way for the idle timeout. release, if not nil,
 // is called once, when it is closed.
 func (s *Server) newIdleUpgrade(back io.ReadWriteCloser, cut, release func()) *idleUpgrade {
 	u := &idleUpgrade{ReadWriteCloser: back, cut: cut, release: release, idle: s.idle}

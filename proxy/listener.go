@@ -71,6 +71,11 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 			if tc, ok := nc.(*tls.Conn); ok && (st == http.StateClosed || st == http.StateHijacked) {
 				if c, ok := tc.NetConn().(*conn); ok {
 					s.handedOff(c, true)
+					// A switched connection has the idle watch
+					// of both directions (boundUpgrade): a
+					// write that waits while the other way
+					// moves is not idle.
+					c.idleWrites.Store(false)
 				}
 			}
 		},

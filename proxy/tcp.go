@@ -5,13 +5,10 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"sync/atomic"
-	"time"
 )
 
 // passthrough connects tc's decrypted stream to the TCP upstream at target,
-// both ways, until both directions end or the connection has been idle for
+// both ways, until both directions end or nothing has moved either way for
 // the idle timeout.
 func (l *listener) passthrough(tc *tls.Conn, target string) {
 	s := l.s
@@ -26,43 +23,43 @@ func (l *listener) passthrough(tc *tls.Conn, target string) {
 	}
 	defer up.Close()
 
-	var last atomic.Int64 // unix nanoseconds of the last byte moved either way
-	last.Store(time.Now().UnixNano())
+	// Both copies run without deadlines: one watch over both closes
+	// both sockets once nothing has moved either way for the idle
+	// timeout. A deadline on each read and write would cut a direction
+	// that waits (an upstream that reads nothing while it streams its
+	// answer, a client that reads nothing while it uploads) while the
+	// other one moves.
+	w := s.newIdleUpgrade(up, func() { tc.NetConn().Close() }, nil)
+	defer w.Close()
 	done := make(chan error, 2)
 	go func() {
-		err := pipe(up, tc, s.idle, &last)
+		err := pipe(w, tc)
 		if err == nil {
-			closeWrite(up)
+			w.CloseWrite()
 		}
 		done <- err
 	}()
 	go func() {
-		err := pipe(tc, up, s.idle, &last)
+		err := pipe(tc, w)
 		if err == nil {
 			tc.CloseWrite()
 		}
 		done <- err
 	}()
 	if err := <-done; err != nil {
-		// One way failed or went idle: end both.
+		// One way failed, or the watch closed both: end both.
 		tc.Close()
-		up.Close()
+		w.Close()
 	}
 	<-done
 }
 
-// pipe copies src to dst until src ends (nil) or fails. A read that waits
-// longer than idle ends the copy unless the other direction moved data
-// within idle.
-func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) error {
+// pipe copies src to dst until src ends (nil) or either fails.
+func pipe(dst io.Writer, src io.Reader) error {
 	buf := make([]byte, 32<<10)
 	for {
-		src.SetReadDeadline(time.Now().Add(idle))
 		n, err := src.Read(buf)
 		if n > 0 {
-			now := time.Now()
-			last.Store(now.UnixNano())
-			dst.SetWriteDeadline(now.Add(idle))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -71,16 +68,8 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) error {
 		case err == nil:
 		case errors.Is(err, io.EOF):
 			return nil
-		case errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, last.Load())) < idle:
-			// The other direction is busy: the connection is not idle.
 		default:
 			return err
 		}
-	}
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
 	}
 }
