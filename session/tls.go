@@ -137,7 +137,8 @@ type handshake struct {
 // buffer of its own.
 type ticketScratch struct {
 	extra [1][]byte
-	bind  [80]byte // a binding for a server name of up to 38 bytes
+	bind  [80]byte  // a binding for a server name of up to 38 bytes
+	carry [136]byte // a carried binding for a server name of up to 42 bytes
 }
 
 // buf returns an empty buffer for a binding of capacity n: sc's room when it
@@ -145,6 +146,14 @@ type ticketScratch struct {
 func (sc *ticketScratch) buf(n int) []byte {
 	if sc != nil && n <= len(sc.bind) {
 		return sc.bind[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+// carriedBuf is buf for a carried binding (see SetCarry).
+func (sc *ticketScratch) carriedBuf(n int) []byte {
+	if sc != nil && n <= len(sc.carry) {
+		return sc.carry[:0]
 	}
 	return make([]byte, 0, n)
 }
@@ -297,8 +306,14 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		chainStart: start,
 	}
 	// A revoked chain is refused: the ticket then resumes nothing.
-	if expires, err := c.insert(e, OriginHandshake, now, parent); err == nil && parent != (ID{}) {
+	expires, err := c.insert(e, OriginHandshake, now, parent)
+	if err == nil && parent != (ID{}) {
 		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
+	}
+	if err == nil && src != nil && c.life.carry.Load() && c.cfg.Mode == Stateful && !c.cfg.SingleUse {
+		if t := c.carried(cs, ss, src, sc, &id, &parent, chain, start, now, expires); t != nil {
+			return t
+		}
 	}
 	return id[:]
 }
@@ -311,7 +326,17 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		return r // a TLS 1.2 hello without a ticket
 	}
 	var id ID
+	var carried []byte // a carried ticket's sealed session
 	switch {
+	case len(identity) >= carriedMin && identity[0] == carriedVersion:
+		// Checked by its ID, as a bare ID is; the sealed session is
+		// opened only if the cache does not hold the ID.
+		if !c.keys.Load().check(identity[1:1+IDLen], tmp) {
+			c.ctr.forgedIDs.Add(1)
+			return r
+		}
+		id = ID(identity[1 : 1+IDLen])
+		carried = identity[1+IDLen:]
 	case len(identity) == IDLen && identity[0] == idVersion:
 		if !c.keys.Load().check(identity, tmp) {
 			c.ctr.forgedIDs.Add(1)
@@ -335,7 +360,16 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	if found {
 		serverName = sni.Value()
 	} else {
-		rec := c.load(ctx, id)
+		var rec *Record
+		if carried != nil {
+			var refused bool
+			if rec, refused = c.admitCarried(id, carried, cs, src); refused {
+				return r
+			}
+		}
+		if rec == nil {
+			rec = c.load(ctx, id)
+		}
 		if rec == nil {
 			return r
 		}
