@@ -148,6 +148,19 @@ type Config struct {
 	LazyPeers   bool
 	PendingSize int
 
+	// CarrySessions makes the node issue, while it reaches the farm,
+	// tickets that carry their session (see session.Cache.SetCarry):
+	// after the session's ID, the session sealed under the farm's ticket
+	// keys. A node presented such a ticket for a young ID it does not hold
+	// resumes the carried copy at once, as if the issuer's broadcast copy
+	// had just arrived (with every check that copy would pass), instead
+	// of waiting for the bus. It takes effect only with farm-wide ticket
+	// keys (RotateTicketKeys), in broadcast mode, with WriteThrough, and
+	// never for a single-use cache; it is off while the node cannot reach
+	// the farm. Tickets grow by the sealed session (about 200 bytes), and
+	// each new session costs one more ticket encryption.
+	CarrySessions bool
+
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
 	// subscription was down and some of what the farm published meanwhile
 	// may be lost, in a farm with no Records. By default such a node drops
