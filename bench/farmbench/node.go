@@ -49,6 +49,7 @@ type nodeSpec struct {
 	Mode                string // "broadcast" or "store-only"
 	WriteThrough        bool
 	LazyPeers           bool
+	Carry               bool // farm.Config.CarrySessions (stateful: rotates the farm's ticket keys too)
 	LookupTimeout       time.Duration // 0: the farm's default
 	WriteThroughTimeout time.Duration // 0: the farm's default
 
@@ -195,6 +196,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 	node, err := farm.Join(ctx, farm.Config{
 		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
 		Bus: bus, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
+		CarrySessions: spec.Carry,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
@@ -202,7 +204,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		return nil, nil, err
 	}
 	var ring *ticket.Ring
-	if mode != session.Stateful {
+	if mode != session.Stateful || spec.Carry {
 		if ring, err = ticket.NewRing(ticket.RingConfig{}); err != nil {
 			return nil, nil, err
 		}
