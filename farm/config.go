@@ -62,6 +62,11 @@ const (
 	defaultHealInterval        = 30 * time.Second
 	defaultBreakerThreshold    = 5
 	defaultBreakerCooldown     = 5 * time.Second
+
+	// maxFlushWindow bounds Config.FlushWindow: a new session reaches
+	// peers and the store up to the window late, and a client resuming
+	// it elsewhere meanwhile may get a full handshake.
+	maxFlushWindow = 100 * time.Millisecond
 )
 
 // A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
@@ -135,6 +140,20 @@ type Config struct {
 	QueueSize int
 	// BatchSize is the most items published as one batch (default 256).
 	BatchSize int
+
+	// FlushWindow lets the publisher wait, up to this long after the first
+	// of them was queued, for more new sessions to publish and store in
+	// one batch with it (up to BatchSize), instead of sending each as soon
+	// as it is queued: fewer, larger messages, at the cost of peers and the
+	// store learning of a new session up to FlushWindow later. Anything
+	// else queued (a retirement, a grace cut, a released claim, a backlog
+	// kept after a failure) is sent at once with whatever waits, and so is
+	// everything when the node closes. Zero (the default) waits for
+	// nothing. Join refuses a negative window and one longer than 100ms,
+	// or, with WriteThrough, longer than half of WriteThroughTimeout or of
+	// LookupTimeout, since a node waiting for a young session waits for
+	// the window too.
+	FlushWindow time.Duration
 
 	// LazyPeers keeps the sessions that peers broadcast as they arrive
 	// (authenticated and decrypted, not decoded) and decodes and inserts one
@@ -295,6 +314,9 @@ type Config struct {
 
 	// Now returns the current time (default time.Now).
 	Now func() time.Time
+
+	// longWindow lets the tests set a FlushWindow beyond maxFlushWindow.
+	longWindow bool
 }
 
 func (cfg *Config) setDefaults() error {
@@ -349,6 +371,9 @@ func (cfg *Config) setDefaults() error {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = defaultBatchSize
 	}
+	if err := cfg.checkFlushWindow(); err != nil {
+		return err
+	}
 	if cfg.PendingSize <= 0 {
 		cfg.PendingSize = defaultPendingSize
 	}
@@ -366,6 +391,25 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	return nil
+}
+
+// checkFlushWindow refuses a FlushWindow that is negative or long enough
+// to delay what peers learn past what the farm tolerates (see
+// Config.FlushWindow). It runs after the defaults are set.
+func (cfg *Config) checkFlushWindow() error {
+	w := cfg.FlushWindow
+	switch {
+	case w < 0:
+		return fmt.Errorf("farm: Config.FlushWindow %v is negative", w)
+	case cfg.longWindow:
+	case w > maxFlushWindow:
+		return fmt.Errorf("farm: Config.FlushWindow %v is longer than %v: new sessions would reach peers and the store that much later, and clients resuming them elsewhere meanwhile would get full handshakes", w, maxFlushWindow)
+	case cfg.WriteThrough && 2*w > cfg.WriteThroughTimeout:
+		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of WriteThroughTimeout (%v): a peer presented a young session waits for the window too, and takes it for lost once it is no longer young", w, cfg.WriteThroughTimeout)
+	case cfg.WriteThrough && 2*w > cfg.LookupTimeout:
+		return fmt.Errorf("farm: Config.FlushWindow %v is longer than half of LookupTimeout (%v): a peer presented a young session waits for the window too, within LookupTimeout", w, cfg.LookupTimeout)
 	}
 	return nil
 }

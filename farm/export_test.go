@@ -164,3 +164,8 @@ func (n *Node) SlowRevocationJournal(d time.Duration) {
 // HoldTallyTick makes the node's tallier call f on each tick, with its
 // context, before it sends the tick's tally.
 func (n *Node) HoldTallyTick(f func(ctx context.Context)) { n.tly.tickHook.Store(&f) }
+
+// LongFlushWindow sets cfg.FlushWindow to d past the bound Join puts on
+// it, for the tests that need a window long enough to tell apart from
+// the delays of a loaded machine.
+func LongFlushWindow(cfg *Config, d time.Duration) { cfg.FlushWindow, cfg.longWindow = d, true }

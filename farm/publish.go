@@ -64,7 +64,9 @@ func (n *Node) enqueue(it item) {
 
 // drain empties q in batches through flush (the bus's path, which also
 // writes the store when sq is nil, or the store's), backing off on its own
-// while flush fails. It returns when ctx is done or, once closing is done
+// while flush fails. With a flush window (Config.FlushWindow) it lets new
+// sessions wait for more to batch with them; the backlogs, and anything
+// else queued, go at once. It returns when ctx is done or, once closing is done
 // (Close), when there is nothing left to write or the transport is
 // failing: see Close.
 func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.Context, []item) bool) {
@@ -79,6 +81,11 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 	if q == n.sq {
 		life = n.lifesq
 		fl = &n.flights[1]
+	}
+	var held *time.Timer // the flush window's, reused (see queue.popHeld)
+	if q.window > 0 {
+		held = time.NewTimer(q.window)
+		held.Stop()
 	}
 	for {
 		if ctx.Err() != nil || closing.Err() != nil && (failures > 0 || n.pathFailing(q)) {
@@ -104,9 +111,15 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 				continue
 			}
 		} else {
-			// Wait for items until Close, then only take what is left.
+			// Wait for items until Close, then only take what is left;
+			// with a flush window, wait up to the window for more new
+			// sessions (popHeld), but never once Close has begun.
 			var err error
-			batch, err = q.pop(closing, batch, n.cfg.BatchSize)
+			if held != nil {
+				batch, err = q.popHeld(closing, held, batch, n.cfg.BatchSize)
+			} else {
+				batch, err = q.pop(closing, batch, n.cfg.BatchSize)
+			}
 			if err != nil {
 				return // the queue is empty, and the node closing
 			}

@@ -3,6 +3,7 @@ package farm
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // queue is a bounded FIFO between the cache's hooks, which must never block
@@ -16,10 +17,37 @@ type queue struct {
 	dropped uint64
 	ready   chan struct{} // has a value while the queue is not empty
 	kicked  bool          // wake was called: pop returns, even empty
+
+	// With a flush window (setWindow, Config.FlushWindow): pushed holds,
+	// beside each item, when it was pushed (on the monotonic clock, since
+	// epoch), and urgent is set while an item that must not wait (see
+	// mayWait) may be queued. Without one pushed is nil and neither is
+	// touched.
+	window time.Duration
+	epoch  time.Time
+	pushed []time.Duration
+	urgent bool
 }
 
 func newQueue(size int) *queue {
 	return &queue{items: make([]item, size), ready: make(chan struct{}, 1)}
+}
+
+// setWindow gives the queue a flush window (see popHeld). It is called
+// before anything is pushed.
+func (q *queue) setWindow(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	q.window, q.epoch = d, time.Now()
+	q.pushed = make([]time.Duration, len(q.items))
+}
+
+// mayWait reports whether it may wait for a flush window: only a new
+// session does. A retirement, a grace cut, a released claim or a revocation
+// restricts what may resume, and is written and published at once.
+func mayWait(it *item) bool {
+	return it.op == opNew && it.rev == nil && !it.later
 }
 
 // push adds it, dropping the oldest item if the queue is full. It never
@@ -32,7 +60,14 @@ func (q *queue) push(it item) {
 		q.n--
 		q.dropped++
 	}
-	q.items[(q.head+q.n)%len(q.items)] = it
+	i := (q.head + q.n) % len(q.items)
+	q.items[i] = it
+	if q.pushed != nil {
+		q.pushed[i] = time.Since(q.epoch)
+		if !mayWait(&it) {
+			q.urgent = true
+		}
+	}
 	q.n++
 	q.mu.Unlock()
 	select {
@@ -47,21 +82,7 @@ func (q *queue) pop(ctx context.Context, buf []item, max int) ([]item, error) {
 	for {
 		q.mu.Lock()
 		if q.n > 0 {
-			for q.n > 0 && len(buf) < max {
-				buf = append(buf, q.items[q.head])
-				q.items[q.head] = item{}
-				q.head = (q.head + 1) % len(q.items)
-				q.n--
-			}
-			more := q.n > 0
-			q.mu.Unlock()
-			if more {
-				select {
-				case q.ready <- struct{}{}:
-				default:
-				}
-			}
-			return buf, nil
+			return q.popLocked(buf, max), nil
 		}
 		if q.kicked {
 			q.kicked = false
@@ -73,6 +94,78 @@ func (q *queue) pop(ctx context.Context, buf []item, max int) ([]item, error) {
 		case <-ctx.Done():
 			return buf, ctx.Err()
 		case <-q.ready:
+		}
+	}
+}
+
+// popLocked moves up to max items into buf and unlocks q, which holds
+// some.
+func (q *queue) popLocked(buf []item, max int) []item {
+	for q.n > 0 && len(buf) < max {
+		buf = append(buf, q.items[q.head])
+		q.items[q.head] = item{}
+		q.head = (q.head + 1) % len(q.items)
+		q.n--
+	}
+	more := q.n > 0
+	if !more {
+		q.urgent = false
+	}
+	q.mu.Unlock()
+	if more {
+		select {
+		case q.ready <- struct{}{}:
+		default:
+		}
+	}
+	return buf
+}
+
+// popHeld is pop for a queue with a flush window: once the queue has
+// items, it waits, up to the window from when the oldest of them was
+// pushed, for max of them, and returns early when one that must not wait
+// is pushed (mayWait), when wake is called, or when ctx is done; then it
+// moves up to max items into buf. It waits on t, which it leaves stopped.
+// Items that wait stay in the queue, where they are counted as queued and
+// found as not yet stored (addNewIDs), kept by Close (keepQueued) and
+// dropped first when it is full.
+func (q *queue) popHeld(ctx context.Context, t *time.Timer, buf []item, max int) ([]item, error) {
+	armed := false
+	defer func() {
+		if armed {
+			t.Stop()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		var wait time.Duration
+		if q.n > 0 {
+			if q.n >= max-len(buf) || q.urgent || q.kicked || ctx.Err() != nil {
+				return q.popLocked(buf, max), nil
+			}
+			if wait = q.pushed[q.head] + q.window - time.Since(q.epoch); wait <= 0 {
+				return q.popLocked(buf, max), nil
+			}
+		} else if q.kicked {
+			q.kicked = false
+			q.mu.Unlock()
+			return buf, nil
+		}
+		q.mu.Unlock()
+		var expired <-chan time.Time
+		if wait > 0 {
+			t.Reset(wait)
+			armed, expired = true, t.C
+		}
+		select {
+		case <-ctx.Done():
+			if wait == 0 {
+				return buf, ctx.Err()
+			}
+			// Items are queued: take them at once (above).
+		case <-q.ready:
+		case <-expired:
+			armed = false
 		}
 	}
 }

@@ -42,6 +42,11 @@ import (
 //     store with its grace cut (store-only: also its child link, and the
 //     cut sent to the peers).
 //
+// sharing=async-window=5ms and =10ms are async with a Config.FlushWindow:
+// new sessions wait up to the window for more to share with. A grace cut
+// does not wait (it flushes what waits), so a TLS 1.3 resumption, which
+// cuts its parent, is shared at once as without a window.
+//
 // conc=1 is one client that pauses 1 ms after each handshake: a lightly
 // loaded node, where the farm has shared one handshake's session before the
 // next, so every session is its own batch (sessions/msg 1), as on the farm
@@ -88,6 +93,8 @@ func BenchmarkSharingCPU(b *testing.B) {
 	}{
 		{"none", nil},
 		{"async", func(*farm.Config) {}},
+		{"async-window=5ms", func(c *farm.Config) { c.FlushWindow = 5 * time.Millisecond }},
+		{"async-window=10ms", func(c *farm.Config) { c.FlushWindow = 10 * time.Millisecond }},
 		{"write-through", func(c *farm.Config) { c.WriteThrough = true }},
 		{"write-through-lazy", func(c *farm.Config) { c.WriteThrough, c.LazyPeers = true, true }},
 		{"store-only-write-through", func(c *farm.Config) { c.WriteThrough, c.Mode = true, farm.StoreOnly }},
