@@ -96,6 +96,7 @@ type env struct {
 	natsURL    string
 
 	lookupTimeout, writeThroughTimeout time.Duration
+	flushWindow                        time.Duration
 	profileDir                         string          // if set, node 1 of each Go or tlsfarm farm writes a CPU profile here
 	nodes                              int             // nodes per farm
 	farmNames                          map[string]bool // farms started, whose keys cleanRedis deletes
@@ -162,6 +163,7 @@ func (e *env) start(k kind) (*running, error) {
 				spec.NATS = e.natsURL
 			}
 			spec.LookupTimeout, spec.WriteThroughTimeout = e.lookupTimeout, e.writeThroughTimeout
+			spec.FlushWindow = e.flushWindow
 		}
 		if e.profileDir != "" && i == 0 {
 			spec.CPUProfile = filepath.Join(e.profileDir, fmt.Sprintf("%s-%s.pprof", k.Name, r.name[len(r.name)-12:]))

@@ -96,6 +96,7 @@ type options struct {
 	curves     string
 
 	lookupTimeout, writeThroughTimeout time.Duration
+	flushWindow                        time.Duration
 
 	curveIDs []tls.CurveID // curves, parsed
 }
@@ -146,6 +147,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of node 1 of each Go and tlsfarm farm into this directory")
 	fs.DurationVar(&o.lookupTimeout, "lookup-timeout", 0, "tlsfarm nodes' farm.Config.LookupTimeout (0: the default)")
 	fs.DurationVar(&o.writeThroughTimeout, "write-through-timeout", 0, "tlsfarm nodes' farm.Config.WriteThroughTimeout (0: the default)")
+	fs.DurationVar(&o.flushWindow, "flush-window", 0, "tlsfarm farm nodes' farm.Config.FlushWindow (0: the default)")
 }
 
 // A result is everything measured: per TLS version and farm, one
@@ -190,6 +192,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 		return nil, err
 	}
 	e.redisURL, e.lookupTimeout, e.writeThroughTimeout = o.redisURL, o.lookupTimeout, o.writeThroughTimeout
+	e.flushWindow = o.flushWindow
 	if o.profileDir != "" {
 		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
 			return nil, err

@@ -49,9 +49,10 @@ type nodeSpec struct {
 	Mode                string // "broadcast" or "store-only"
 	WriteThrough        bool
 	LazyPeers           bool
-	Carry               bool // farm.Config.CarrySessions (stateful: rotates the farm's ticket keys too)
+	Carry               bool          // farm.Config.CarrySessions (stateful: rotates the farm's ticket keys too)
 	LookupTimeout       time.Duration // 0: the farm's default
 	WriteThroughTimeout time.Duration // 0: the farm's default
+	FlushWindow         time.Duration // 0: the farm's default
 
 	CPUProfile string // if set, write a CPU profile of the node's whole run here
 }
@@ -198,7 +199,8 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		Bus: bus, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
 		CarrySessions: spec.Carry,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		FlushWindow: spec.FlushWindow,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		return nil, nil, err
