@@ -73,3 +73,46 @@ func FuzzCarriedIdentity(f *testing.F) {
 		}
 	})
 }
+
+// TestStatelessTicketLikeCarried: a stateless ticket whose first byte
+// happens to be the carried version's (1 in 256: it is random) resumes as
+// any other; it used to be taken for a carried ticket with a forged ID.
+func TestStatelessTicketLikeCarried(t *testing.T) {
+	cert, pool := tlstest.SharedCert()
+	c, err := New(&Config{Mode: Stateless, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.SetSessionTicketKeys([][32]byte{{4, 5, 6}})
+	c.Install(cfg)
+	srv := tlstest.Serve(t, "n1", cfg, c.HandshakeComplete)
+	shared := &tlstest.SharedCache{}
+	tlstest.MustDial(t, srv.Addr, tlstest.ClientConfig(pool, "localhost", tls.VersionTLS13, shared))
+	cs, _ := shared.Get("")
+	ticket, _, _ := cs.ResumptionState()
+	var tmp [aes.BlockSize]byte
+	st := tls.ConnectionState{ServerName: "localhost"}
+	ss, err := cfg.DecryptTicket(ticket, st)
+	if err != nil || ss == nil {
+		t.Fatal("the ticket does not decrypt", err)
+	}
+	for range 5000 {
+		b, err := cfg.EncryptTicket(st, ss)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b[0] != carriedVersion {
+			continue
+		}
+		if r := c.unwrap(context.Background(), b, st, cfg, &tmp); r.ss == nil {
+			t.Fatal("a stateless ticket starting with the carried version did not resume")
+		}
+		if _, ok := c.TicketIssuedAt(b, ss); !ok {
+			t.Fatal("TicketIssuedAt does not read its binding")
+		}
+		return
+	}
+	t.Fatal("no ticket starting with the carried version in 5000")
+}

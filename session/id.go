@@ -306,7 +306,11 @@ func (c *Cache) TicketIssuedAt(identity []byte, ss *tls.SessionState) (time.Time
 		return c.IssuedAt(ID(identity))
 	}
 	if len(identity) >= carriedMin && identity[0] == carriedVersion {
-		return c.IssuedAt(ID(identity[1 : 1+IDLen]))
+		// Or a stateless ticket whose first byte is the version's by
+		// chance: its binding says.
+		if t, ok := c.IssuedAt(ID(identity[1 : 1+IDLen])); ok {
+			return t, true
+		}
 	}
 	if ss == nil {
 		return time.Time{}, false

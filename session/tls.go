@@ -328,13 +328,11 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	var id ID
 	var carried []byte // a carried ticket's sealed session
 	switch {
-	case len(identity) >= carriedMin && identity[0] == carriedVersion:
+	case len(identity) >= carriedMin && identity[0] == carriedVersion && c.keys.Load().check(identity[1:1+IDLen], tmp):
 		// Checked by its ID, as a bare ID is; the sealed session is
-		// opened only if the cache does not hold the ID.
-		if !c.keys.Load().check(identity[1:1+IDLen], tmp) {
-			c.ctr.forgedIDs.Add(1)
-			return r
-		}
+		// opened only if the cache does not hold the ID. One that fails
+		// the check may be a stateless ticket whose first byte is the
+		// version's by chance (1 in 256): below.
 		id = ID(identity[1 : 1+IDLen])
 		carried = identity[1+IDLen:]
 	case len(identity) == IDLen && identity[0] == idVersion:
