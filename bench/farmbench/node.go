@@ -223,6 +223,12 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	if spec.Carry {
+		// A node admits carried copies only of sessions issued MaxSkew
+		// (5s by default) after it began to reach the farm: measure the
+		// steady state, not a start.
+		time.Sleep(5*time.Second + 100*time.Millisecond)
+	}
 	return cache, node, nil
 }
 
