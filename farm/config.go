@@ -67,6 +67,10 @@ const (
 	// peers and the store up to the window late, and a client resuming
 	// it elsewhere meanwhile may get a full handshake.
 	maxFlushWindow = 100 * time.Millisecond
+	// defaultCarryFlushWindow is the FlushWindow of a node with
+	// CarrySessions that sets none (see docs/performance.md for the
+	// measurement that chose it).
+	defaultCarryFlushWindow = 10 * time.Millisecond
 )
 
 // A Config joins a session cache to a farm. Farm, Secrets, Cache and Bus are
@@ -178,6 +182,16 @@ type Config struct {
 	// never for a single-use cache; it is off while the node cannot reach
 	// the farm. Tickets grow by the sealed session (about 200 bytes), and
 	// each new session costs one more ticket encryption.
+	//
+	// With CarrySessions (in broadcast mode, with WriteThrough, not single
+	// use) and no FlushWindow set, the node batches new sessions over a
+	// FlushWindow of 10ms (at most half of WriteThroughTimeout and of
+	// LookupTimeout): a peer presented a young session takes it from the
+	// ticket rather than waiting for the message, so the message may wait
+	// for others. Retirements, cuts and revocations never wait. The window
+	// applies from Join, also before RotateTicketKeys makes the ticket keys
+	// farm-wide (until then nothing is carried, and a peer waits for the
+	// window too) and while the node cannot reach the farm.
 	CarrySessions bool
 
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
@@ -370,6 +384,11 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = defaultBatchSize
+	}
+	if cfg.FlushWindow == 0 && cfg.CarrySessions && cfg.Mode == Broadcast && cfg.WriteThrough && !cfg.Cache.Config().SingleUse {
+		// Peers take young sessions from their tickets: the publisher
+		// may batch (see CarrySessions).
+		cfg.FlushWindow = min(defaultCarryFlushWindow, cfg.WriteThroughTimeout/2, cfg.LookupTimeout/2)
 	}
 	if err := cfg.checkFlushWindow(); err != nil {
 		return err
