@@ -29,7 +29,7 @@ type carryFarm struct {
 	px   []*nettest.Proxy
 }
 
-func startCarryFarm(t *testing.T, nodes, proxied int, grace time.Duration, tweak func(*farm.Config)) *carryFarm {
+func startCarryFarm(t *testing.T, nodes, proxied int, grace time.Duration, tweak func(*farm.Config), closeServer ...bool) *carryFarm {
 	t.Helper()
 	url := redistest.URL(t)
 	addr := strings.TrimPrefix(url, "redis://")
@@ -64,6 +64,7 @@ func startCarryFarm(t *testing.T, nodes, proxied int, grace time.Duration, tweak
 			}
 		},
 	}
+	f.o.CloseServer = len(closeServer) > 0 && closeServer[0]
 	f.ms, f.name = farmtest.Start(t, nodes, f.o)
 	// Past MaxSkew after each node began to reach the farm.
 	time.Sleep(300 * time.Millisecond)
@@ -278,4 +279,22 @@ func TestCarriedOutage(t *testing.T) {
 		t.Fatalf("n2 did not admit a copy issued after its return (admitted %d)", carried(n2, "admitted"))
 	}
 	f.px[0].Thaw()
+}
+
+// TestCarriedOpenSSL: a session openssl saved from n1, whose path to the
+// farm is frozen, resumes on n2 from the copy its ticket carries.
+func TestCarriedOpenSSL(t *testing.T) {
+	f := startCarryFarm(t, 2, 1, 10*time.Second, nil, true)
+	n1, n2 := f.ms[0], f.ms[1]
+	f.px[0].Freeze()
+	defer f.px[0].Thaw()
+	sess := tlstest.SessionFile(t)
+	out := tlstest.OpenSSL(t, n1.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_out", sess)
+	if strings.Contains(out, "Reused, ") {
+		t.Fatal("openssl's first connection resumed")
+	}
+	out = tlstest.OpenSSL(t, n2.Server.Addr, "-tls1_3", "-servername", "localhost", "-sess_in", sess)
+	if !strings.Contains(out, "Reused, ") {
+		t.Fatalf("openssl's session from n1 did not resume on n2 (carried: %d admitted)", carried(n2, "admitted"))
+	}
 }
