@@ -131,7 +131,9 @@ func (c *Cache) SetCarry(on bool) bool {
 // under id: the ID followed by ss sealed under src's ticket keys with a
 // carried binding, or nil if it cannot be sealed (the bare ID then does).
 func (c *Cache) carried(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, sc *ticketScratch, id, parent *ID, chain uint64, start, now, expires int64) []byte {
-	b := sc.carriedBuf(len(carriedTag) + carriedBindingLen + len(cs.ServerName))
+	// Room of its own, not sc's: a handshake that issues no carried
+	// ticket (most, and every one without SetCarry) does not carry it.
+	b := make([]byte, 0, len(carriedTag)+carriedBindingLen+len(cs.ServerName))
 	b = appendCarriedBinding(b, id, parent, cs.ServerName, chain, start, now, expires)
 	extra := ss.Extra
 	if len(extra) == 0 && sc != nil {

@@ -137,8 +137,7 @@ type handshake struct {
 // buffer of its own.
 type ticketScratch struct {
 	extra [1][]byte
-	bind  [80]byte  // a binding for a server name of up to 38 bytes
-	carry [136]byte // a carried binding for a server name of up to 42 bytes
+	bind  [80]byte // a binding for a server name of up to 38 bytes
 }
 
 // buf returns an empty buffer for a binding of capacity n: sc's room when it
@@ -146,14 +145,6 @@ type ticketScratch struct {
 func (sc *ticketScratch) buf(n int) []byte {
 	if sc != nil && n <= len(sc.bind) {
 		return sc.bind[:0]
-	}
-	return make([]byte, 0, n)
-}
-
-// carriedBuf is buf for a carried binding (see SetCarry).
-func (sc *ticketScratch) carriedBuf(n int) []byte {
-	if sc != nil && n <= len(sc.carry) {
-		return sc.carry[:0]
 	}
 	return make([]byte, 0, n)
 }
