@@ -298,3 +298,31 @@ func TestCarriedOpenSSL(t *testing.T) {
 		t.Fatalf("openssl's session from n1 did not resume on n2 (carried: %d admitted)", carried(n2, "admitted"))
 	}
 }
+
+// TestCarriedNotPastGrace: a carried copy is taken only while its ID is
+// younger than the grace too. P, issued on n1 (frozen), resumed on n2 from
+// its copy, whose path is then frozen too so that its child reaches no
+// one: n3, which holds neither P nor the child, is presented P past its
+// grace, while P is still young for write-through: it does not resume.
+func TestCarriedNotPastGrace(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	f := startCarryFarm(t, 3, 2, grace, nil)
+	n1, n2, n3 := f.ms[0], f.ms[1], f.ms[2]
+	f.px[0].Freeze()
+	defer f.px[0].Thaw()
+	c := &tlstest.FrozenCache{}
+	dialAs(t, n1, "localhost", c)
+	f.px[1].Freeze()
+	defer f.px[1].Thaw()
+	if !dialAs(t, n2, "localhost", c).DidResume {
+		t.Fatal("n2 did not resume P from its carried copy")
+	}
+	at := time.Now()
+	time.Sleep(time.Until(at.Add(grace + 50*time.Millisecond)))
+	if dialAs(t, n3, "localhost", c).DidResume {
+		t.Fatal("n3 resumed P past its grace from its carried copy")
+	}
+	if carried(n3, "old") == 0 {
+		t.Fatal("n3 did not refuse P's copy as too old")
+	}
+}
