@@ -180,7 +180,7 @@ type Config struct {
 	// of waiting for the bus. It takes effect only with farm-wide ticket
 	// keys (RotateTicketKeys), in broadcast mode, with WriteThrough, and
 	// never for a single-use cache; it is off while the node cannot reach
-	// the farm. Tickets grow by the sealed session (about 200 bytes), and
+	// the farm. Tickets grow by the sealed session (a few hundred bytes), and
 	// each new session costs one more ticket encryption.
 	//
 	// With CarrySessions (in broadcast mode, with WriteThrough, not single
