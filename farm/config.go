@@ -62,6 +62,11 @@ const (
 	defaultHealInterval        = 30 * time.Second
 	defaultBreakerThreshold    = 5
 	defaultBreakerCooldown     = 5 * time.Second
+
+	// defaultCarryFlushWindow is the FlushWindow of a node with
+	// CarrySessions that sets none (see docs/performance.md for the
+	// measurement that chose it).
+	defaultCarryFlushWindow = 10 * time.Millisecond
 )
 
 // MaxFlushWindow is the longest Config.FlushWindow Join accepts: a new
@@ -168,6 +173,31 @@ type Config struct {
 	// store, if there is one.
 	LazyPeers   bool
 	PendingSize int
+
+	// CarrySessions makes the node issue, while it reaches the farm,
+	// tickets that carry their session (see session.Cache.SetCarry):
+	// after the session's ID, the session sealed under the farm's ticket
+	// keys. A node presented such a ticket for a young ID it does not hold
+	// resumes the carried copy at once, as if the issuer's broadcast copy
+	// had just arrived (with every check that copy would pass), instead
+	// of waiting for the bus. It takes effect only with farm-wide ticket
+	// keys (RotateTicketKeys), in broadcast mode, with WriteThrough, and
+	// never for a single-use cache; it is off while the node cannot reach
+	// the farm. Tickets grow by the sealed session (a few hundred bytes), and
+	// each new session costs one more ticket encryption.
+	//
+	// With CarrySessions (in broadcast mode, with WriteThrough, not single
+	// use) and no FlushWindow set, the node batches new sessions over a
+	// FlushWindow of 10ms (at most half of WriteThroughTimeout, of
+	// LookupTimeout and of the cache's ResumeGrace): a peer presented a
+	// young session takes it from the ticket rather than waiting for the
+	// message, so the message may wait for others. Retirements and
+	// revocations never wait; a resumption's grace cut waits with its
+	// child (see FlushWindow). The window
+	// applies from Join, also before RotateTicketKeys makes the ticket keys
+	// farm-wide (until then nothing is carried, and a peer waits for the
+	// window too) and while the node cannot reach the farm.
+	CarrySessions bool
 
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
 	// subscription was down and some of what the farm published meanwhile
@@ -359,6 +389,14 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = defaultBatchSize
+	}
+	if cfg.FlushWindow == 0 && cfg.CarrySessions && cfg.Mode == Broadcast && cfg.WriteThrough && !cfg.Cache.Config().SingleUse {
+		// Peers take young sessions from their tickets: the publisher
+		// may batch (see CarrySessions).
+		cfg.FlushWindow = min(defaultCarryFlushWindow, cfg.WriteThroughTimeout/2, cfg.LookupTimeout/2)
+		if g := cfg.Cache.Config().ResumeGrace; g > 0 {
+			cfg.FlushWindow = min(cfg.FlushWindow, g/2)
+		}
 	}
 	if err := cfg.checkFlushWindow(); err != nil {
 		return err

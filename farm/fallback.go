@@ -41,11 +41,12 @@ func (n *Node) setStoreFailing(failing bool) {
 // farm-wide (RotateTicketKeys) and fallback is not disabled; off once it
 // can again. It runs when one of these changes, never per handshake: the
 // cache reads its decision with one atomic load.
+//
+// It also records whether the node reaches the farm, and since when, and
+// turns carried tickets on only while it does (see noteReach): carried
+// copies and fallback tickets never go out together.
 func (n *Node) updateFallback() {
 	lifetime := n.cfg.FallbackTicketLifetime
-	if lifetime <= 0 || !n.rotating.Load() {
-		return
-	}
 	n.deg.update.Lock()
 	defer n.deg.update.Unlock()
 	// A hung transport keeps the subscription up, and a write waits,
@@ -53,6 +54,17 @@ func (n *Node) updateFallback() {
 	probeDown := !n.busProbe.healthy() || !n.storeProbe.healthy()
 	n.deg.mu.Lock()
 	want := !n.connected.Load() || n.deg.storeFailing || probeDown
+	if lifetime <= 0 || !n.rotating.Load() {
+		n.deg.mu.Unlock()
+		n.noteReach(!want)
+		return
+	}
+	if want {
+		// Off before the fallback goes on.
+		n.noteReach(false)
+	} else {
+		defer n.noteReach(true) // after the fallback goes off
+	}
 	changed := want != n.deg.on
 	n.deg.on = want
 	if changed && want {

@@ -93,8 +93,13 @@ type Node struct {
 	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
-	kids     chan item   // store-only: parents whose live child to swap
-	recut    recuts
+	// reachSince is when the node's current period of reaching the farm
+	// (bus subscription up, probes answered, store writes succeeding)
+	// began, in Unix nanoseconds by its clock; 0 while it cannot reach
+	// it. updateFallback sets it (see noteReach).
+	reachSince atomic.Int64
+	kids       chan item // store-only: parents whose live child to swap
+	recut      recuts
 
 	recon   reconcileState // the bus's outages, for the reconciler
 	flights [2]flight      // new sessions being written: by n.q's drain, n.sq's

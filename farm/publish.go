@@ -228,7 +228,10 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		storeErr = n.putAndPublish(bctx, b, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
-		first = n.publishFirst
+		// A carried ticket may bring the session to a peer before either
+		// (see Config.CarrySessions): that peer's cut of the store's
+		// record can then find none.
+		first = n.publishFirst || n.carryAllowed()
 	} else {
 		var wg sync.WaitGroup
 		if stored {

@@ -301,36 +301,59 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 	}
 	for _, it := range items {
 		n.ctr.receivedSessions.Add(1)
-		if n.retired.has(it.id, now) || n.wasResumed(it.id, now) {
+		rec, ok := n.peerCopy(it.id, it.rec, now)
+		if !ok {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
-		if rec := n.holdBack(it.id, &it.rec, now); rec == nil {
-			n.ctr.insertRefused.Add(1)
-			continue
-		} else {
-			it.rec = *rec // cut here, perhaps
-		}
-		// Copy the state out of the batch, so that one long-lived
-		// session does not keep the whole message in memory.
-		it.rec.State = bytes.Clone(it.rec.State)
-		if n.cfg.WriteThrough {
-			// Before the insert: a removal that follows it
-			// must find it (see arrivals.forget).
-			n.arr.arrived(arrival{id: it.id, rec: it.rec, ok: true})
-		}
-		if err := n.cfg.Cache.Insert(it.id, it.rec, session.OriginPeer); err != nil {
+		if err := n.cfg.Cache.Insert(it.id, rec, session.OriginPeer); err != nil {
 			n.ctr.insertRefused.Add(1)
 			continue
 		}
-		if it.rec.Parent != (session.ID{}) {
-			n.noteResumed(it.rec.Parent, now) // the insert cut it
-			n.recutChild(it.id, it.rec.Parent, it.rec.Expires, now)
-		}
-		if n.neg != nil {
-			n.neg.remove(it.id)
-		}
+		n.peerCopyTaken(it.id, &rec, now)
 		n.ctr.inserted.Add(1)
+	}
+}
+
+// peerCopy decides whether the node takes a peer's copy rec of the
+// session id, one the bus brought or one a ticket carried (see
+// admitCarried), and returns it as the node takes it: refused if the
+// session was retired here lately or resumed here lately (its copy would
+// undo the cut), or if a retirement or cut kept here holds it back; cut
+// by such a cut, perhaps. The state is copied (a batch's record aliases
+// its message). With write-through the arrival wakes the handshakes
+// waiting for the session, before it is inserted: a removal that
+// follows the insert must find it (see arrivals.forget). The caller then
+// inserts the copy and, if the insert took it, calls peerCopyTaken.
+func (n *Node) peerCopy(id session.ID, rec session.Record, now time.Time) (session.Record, bool) {
+	if n.retired.has(id, now) || n.wasResumed(id, now) {
+		return rec, false
+	}
+	held := n.holdBack(id, &rec, now)
+	if held == nil {
+		return rec, false
+	}
+	rec = *held // cut here, perhaps
+	// Copy the state out of the batch, so that one long-lived session
+	// does not keep the whole message in memory.
+	rec.State = bytes.Clone(rec.State)
+	if n.cfg.WriteThrough {
+		n.arr.arrived(arrival{id: id, rec: rec, ok: true})
+	}
+	return rec, true
+}
+
+// peerCopyTaken notes what a peer's copy of the session id implies once
+// it is inserted: its parent was resumed (the insert cut it), and the
+// node's own store write of the parent, if it made one lately, is cut
+// again; a negative cache entry for it goes.
+func (n *Node) peerCopyTaken(id session.ID, rec *session.Record, now time.Time) {
+	if rec.Parent != (session.ID{}) {
+		n.noteResumed(rec.Parent, now) // the insert cut it
+		n.recutChild(id, rec.Parent, rec.Expires, now)
+	}
+	if n.neg != nil {
+		n.neg.remove(id)
 	}
 }
 

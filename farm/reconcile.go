@@ -192,6 +192,7 @@ const (
 // back with a gap of its own, asks again, and is dropped again, for as long
 // as it stays slow (TestResendStormStops).
 func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped int, action string) {
+	n.restartReach()
 	n.wantResend()
 	if n.cfg.Records == nil {
 		n.wantResendAsk()

@@ -215,6 +215,17 @@ func BenchmarkHandshake(b *testing.B) {
 			c.Install(cfg)
 			return cfg, c.HandshakeComplete
 		}},
+		{"stateful-carry", func() (*tls.Config, func(*tls.Conn)) {
+			// Tickets that carry their session (SetCarry): one more
+			// EncryptTicket per issued ticket; a resumption here hits
+			// the cache and opens nothing.
+			c := newCache(b, &session.Config{SweepInterval: -1})
+			c.SetCarry(true)
+			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+			cfg.SetSessionTicketKeys([][32]byte{{1}})
+			c.Install(cfg)
+			return cfg, c.HandshakeComplete
+		}},
 		{"stateless-glue", func() (*tls.Config, func(*tls.Conn)) {
 			c := newCache(b, &session.Config{SweepInterval: -1, Mode: session.Stateless})
 			cfg := &tls.Config{Certificates: []tls.Certificate{cert}}

@@ -39,18 +39,23 @@ func FuzzCheckID(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(good[:session.IDLen-1])
 	f.Add(bytes.Repeat([]byte{1}, session.IDLen))
+	f.Add(append(append([]byte{3}, good[:]...), 0)) // a carried ticket's form
 	f.Fuzz(func(t *testing.T, b []byte) {
 		want := false
-		if len(b) == session.IDLen && b[0] == 1 && b[1] == 3 {
+		named := b // the ID b stands for: itself, or a carried ticket's
+		if len(b) >= session.IDLen+2 && b[0] == 3 {
+			named = b[1 : 1+session.IDLen]
+		}
+		if len(named) == session.IDLen && named[0] == 1 && named[1] == 3 {
 			var out [16]byte
-			block.Encrypt(out[:], b[2:18])
-			want = bytes.Equal(out[:8], b[18:])
+			block.Encrypt(out[:], named[2:18])
+			want = bytes.Equal(out[:8], named[18:])
 		}
 		id, ok := c.CheckID(b)
 		if ok != want {
 			t.Fatalf("CheckID(%x) = %t, want %t", b, ok, want)
 		}
-		if ok && !bytes.Equal(id[:], b) {
+		if ok && !bytes.Equal(id[:], named) {
 			t.Fatalf("CheckID(%x) returned %v", b, id)
 		}
 		// IssuedAt decodes exactly what CheckID accepts, without panicking.

@@ -305,6 +305,13 @@ func (c *Cache) TicketIssuedAt(identity []byte, ss *tls.SessionState) (time.Time
 	if len(identity) == IDLen && identity[0] == idVersion {
 		return c.IssuedAt(ID(identity))
 	}
+	if len(identity) >= carriedMin && identity[0] == carriedVersion {
+		// Or a stateless ticket whose first byte is the version's by
+		// chance: its binding says.
+		if t, ok := c.IssuedAt(ID(identity[1 : 1+IDLen])); ok {
+			return t, true
+		}
+	}
 	if ss == nil {
 		return time.Time{}, false
 	}
@@ -315,11 +322,15 @@ func (c *Cache) TicketIssuedAt(identity []byte, ss *tls.SessionState) (time.Time
 }
 
 // CheckID reports whether b is an ID minted under one of the cache's ID
-// keys, or a ticket the cache reissued for one (see Config.ResumeGrace), and
-// returns the ID. It costs one AES block operation (two, and a GCM open, for
-// a reissued ticket) and no lookup.
+// keys, a ticket the cache reissued for one (see Config.ResumeGrace), or a
+// carried ticket for one (see SetCarry), and returns the ID. It costs one
+// AES block operation (two, and a GCM open, for a reissued ticket) and no
+// lookup; a carried ticket's sealed part is not opened.
 func (c *Cache) CheckID(b []byte) (ID, bool) {
 	k := c.keys.Load()
+	if len(b) >= carriedMin && b[0] == carriedVersion {
+		b = b[1 : 1+IDLen]
+	}
 	if len(b) == reissuedLen {
 		var id ID
 		out := blockPool.Get().(*[aes.BlockSize]byte)

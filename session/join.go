@@ -19,6 +19,10 @@ import (
 // with Retired and OriginHandshake); when it fails, or completes without
 // resuming it, the claim is released, locally and with Release, so that
 // whoever failed the handshake cannot burn the session.
+//
+// A Farm may also implement CarriedAdmitter, to let the cache resume a
+// session it does not hold from the copy a carried ticket brings (see
+// Cache.SetCarry) instead of calling Load.
 type Farm interface {
 	// Load returns the session id, which a client presented and which is
 	// not in the cache, or (nil, nil) if the farm does not have it either.

@@ -19,6 +19,7 @@ type lifecycle struct {
 	fallback       atomic.Int64 // fallback ticket lifetime; 0: off
 	acceptTickets  atomic.Bool  // a Stateful cache accepts the farm's tickets
 	fallbackIssued atomic.Uint64
+	carry          atomic.Bool // issue carried tickets (SetCarry)
 }
 
 type childLink struct {

@@ -26,6 +26,12 @@ type counters struct {
 	ticketsUndecryptable, ticketsForeign, ticketsRevoked, ticketsFuture atomic.Uint64
 	ticketsSingleUse                                                    atomic.Uint64
 
+	// Carried tickets (see SetCarry): issued; and, presented for an ID
+	// the cache did not hold, admitted (resumed from the copy), refused
+	// (by the farm, or over), unopenable (not under the ticket keys, or
+	// not bound to the ID).
+	carriedIssued, carriedAdmitted, carriedRefused, carriedUnopenable atomic.Uint64
+
 	// unusable counts lookups that found a session whose state did not
 	// parse, counted as hits in their bucket: Metrics reports them as
 	// misses.
@@ -83,6 +89,9 @@ func (c *Cache) Metrics() []metric.Sample {
 		k.ticketsIssued.Load(), k.ticketsAccepted.Load(), k.ticketsUnbound.Load(), k.ticketsExpired.Load(),
 		k.ticketsUndecryptable.Load(), k.ticketsForeign.Load(), k.ticketsRevoked.Load(), k.ticketsFuture.Load(),
 		k.ticketsSingleUse.Load())
+	s.add("tlsfarm_cache_carried_total", "Carried tickets (the session sealed after its ID): issued, and, presented for a session the cache did not hold, admitted, refused or unopenable.",
+		metric.Counter, "result", []string{"issued", "admitted", "refused", "unopenable"},
+		k.carriedIssued.Load(), k.carriedAdmitted.Load(), k.carriedRefused.Load(), k.carriedUnopenable.Load())
 	s.add("tlsfarm_cache_reissued_total", "TLS 1.2 resumptions given a fresh ticket for the session they resumed instead of a successor (see Config.ResumeGrace).",
 		metric.Counter, "", nil, k.reissued.Load())
 	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",

@@ -66,6 +66,12 @@ func (c *Cache) unwrapTicket(identity []byte, cs tls.ConnectionState, src *tls.C
 		c.ctr.ticketsSingleUse.Add(1)
 		return r
 	}
+	if hasCarried(ss.Extra) {
+		// The sealed part of a carried ticket (see SetCarry), presented
+		// on its own: it resumes only by its ID.
+		c.ctr.ticketsForeign.Add(1)
+		return r
+	}
 	now := c.nowNano()
 	r.ticket = true
 	name, chain, start, issued, expires, ok := findBinding(ss.Extra)

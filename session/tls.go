@@ -297,8 +297,14 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 		chainStart: start,
 	}
 	// A revoked chain is refused: the ticket then resumes nothing.
-	if expires, err := c.insert(e, OriginHandshake, now, parent); err == nil && parent != (ID{}) {
+	expires, err := c.insert(e, OriginHandshake, now, parent)
+	if err == nil && parent != (ID{}) {
 		c.linkChild(parent, id, expires, c.graceEnd(now, expires), OriginHandshake)
+	}
+	if err == nil && src != nil && c.life.carry.Load() && c.cfg.Mode == Stateful && !c.cfg.SingleUse {
+		if t := c.carried(cs, ss, src, sc, &id, &parent, chain, start, now, expires); t != nil {
+			return t
+		}
 	}
 	return id[:]
 }
@@ -311,7 +317,15 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		return r // a TLS 1.2 hello without a ticket
 	}
 	var id ID
+	var carried []byte // a carried ticket's sealed session
 	switch {
+	case len(identity) >= carriedMin && identity[0] == carriedVersion && c.keys.Load().check(identity[1:1+IDLen], tmp):
+		// Checked by its ID, as a bare ID is; the sealed session is
+		// opened only if the cache does not hold the ID. One that fails
+		// the check may be a stateless ticket whose first byte is the
+		// version's by chance (1 in 256): below.
+		id = ID(identity[1 : 1+IDLen])
+		carried = identity[1+IDLen:]
 	case len(identity) == IDLen && identity[0] == idVersion:
 		if !c.keys.Load().check(identity, tmp) {
 			c.ctr.forgedIDs.Add(1)
@@ -335,7 +349,16 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	if found {
 		serverName = sni.Value()
 	} else {
-		rec := c.load(ctx, id)
+		var rec *Record
+		if carried != nil {
+			var refused bool
+			if rec, refused = c.admitCarried(id, carried, cs, src); refused {
+				return r
+			}
+		}
+		if rec == nil {
+			rec = c.load(ctx, id)
+		}
 		if rec == nil {
 			return r
 		}

@@ -46,6 +46,9 @@ var kinds = []kind{
 	{"stateful-wt", "tlsfarm stateful, broadcast + write-through", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true}
 	}},
+	{"stateful-wt-carry", "tlsfarm stateful, broadcast + write-through, carried sessions", func(e *env) nodeSpec {
+		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true, Carry: true}
+	}},
 	{"stateful-wt-nats", "tlsfarm stateful, NATS broadcast + Redis write-through", func(e *env) nodeSpec {
 		return nodeSpec{Kind: "tlsfarm", SessionMode: "stateful", Mode: "broadcast", WriteThrough: true, NATSBus: true}
 	}},

@@ -49,6 +49,7 @@ type nodeSpec struct {
 	Mode                string // "broadcast" or "store-only"
 	WriteThrough        bool
 	LazyPeers           bool
+	Carry               bool          // farm.Config.CarrySessions (stateful: rotates the farm's ticket keys too)
 	LookupTimeout       time.Duration // 0: the farm's default
 	WriteThroughTimeout time.Duration // 0: the farm's default
 	FlushWindow         time.Duration // farm.Config.FlushWindow; 0: none
@@ -196,6 +197,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 	node, err := farm.Join(ctx, farm.Config{
 		Farm: spec.Farm, NodeName: spec.Name, Secrets: secrets, Cache: cache,
 		Bus: bus, Store: tr, Mode: fmode, WriteThrough: spec.WriteThrough, LazyPeers: spec.LazyPeers,
+		CarrySessions: spec.Carry,
 		LookupTimeout: spec.LookupTimeout, WriteThroughTimeout: spec.WriteThroughTimeout,
 		FlushWindow: spec.FlushWindow,
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -204,7 +206,7 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 		return nil, nil, err
 	}
 	var ring *ticket.Ring
-	if mode != session.Stateful {
+	if mode != session.Stateful || spec.Carry {
 		if ring, err = ticket.NewRing(ticket.RingConfig{}); err != nil {
 			return nil, nil, err
 		}
@@ -220,6 +222,12 @@ func startTLSFarm(ctx context.Context, spec nodeSpec, cfg *tls.Config) (*session
 			return nil, nil, errors.New("the farm did not come up in 20s (is Redis, or NATS, running?)")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	if spec.Carry {
+		// A node admits carried copies only of sessions issued MaxSkew
+		// (5s by default) after it began to reach the farm: measure the
+		// steady state, not a start.
+		time.Sleep(5*time.Second + 100*time.Millisecond)
 	}
 	return cache, node, nil
 }

@@ -1,0 +1,133 @@
+package farm
+
+import (
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// Carried sessions (session.Cache.SetCarry): with farm-wide ticket keys, a
+// write-through node in broadcast mode may issue tickets that carry their
+// session, sealed under the farm's ticket keys, after the session's ID. A
+// node presented such a ticket for an ID it does not hold, while the ID is
+// young, takes the carried copy at once as if the issuer's broadcast copy
+// had just arrived (AdmitCarried), instead of waiting for the bus: every
+// check a peer's copy passes applies (see peerCopy), and a copy is taken
+// only while nothing the farm may have said about the session can have
+// passed this node by.
+
+// carryAllowed reports whether the node issues carried tickets while it
+// reaches the farm: Config.CarrySessions, farm-wide ticket keys, broadcast
+// mode, write-through, and a cache that is not single use.
+func (n *Node) carryAllowed() bool {
+	return n.cfg.CarrySessions && n.rotating.Load() && n.cfg.Mode == Broadcast &&
+		n.cfg.WriteThrough && !n.cfg.Cache.Config().SingleUse
+}
+
+// noteReach records whether the node reaches the farm now, and turns the
+// cache's carried tickets on while it does (if allowed), off while it does
+// not: a node cut off from the farm issues fallback tickets, or bare IDs.
+// Its caller serializes it (deg.update).
+func (n *Node) noteReach(ok bool) {
+	switch {
+	case !ok:
+		n.reachSince.Store(0)
+	case n.reachSince.Load() == 0:
+		n.reachSince.Store(max(n.cfg.Now().UnixNano(), 1))
+	}
+	n.cfg.Cache.SetCarry(ok && n.carryAllowed())
+}
+
+// restartReach counts the node's period of reaching the farm from now, if
+// it reaches it: the bus may have lost messages for it since earlier (see
+// settleGap), so a carried copy issued before now is refused.
+func (n *Node) restartReach() {
+	n.deg.update.Lock()
+	if n.reachSince.Load() != 0 {
+		n.reachSince.Store(max(n.cfg.Now().UnixNano(), 1))
+	}
+	n.deg.update.Unlock()
+}
+
+// AdmitCarried implements session.CarriedAdmitter for the node's cache
+// (see Node.admitCarried).
+func (p cachePeer) AdmitCarried(id session.ID, r session.Record) (session.Record, bool) {
+	return p.n.admitCarried(id, r)
+}
+
+// admitCarried reports whether the node takes r, the carried copy of the session id that a client presented
+// and that the cache does not hold, and returns it as the node knows it
+// (cut, perhaps). It takes it only if
+//
+//   - the node is in broadcast mode, with write-through, not single use,
+//     and has read the farm's revocations;
+//   - the node has reached the farm (the bus subscription up, the probes
+//     answered, the store's writes succeeding) without a break since
+//     before id was issued, allowing MaxSkew between the clocks: so every
+//     retirement and cut published about the session after its issue has
+//     been delivered to this node, or is on its way as it would be for a
+//     peer's broadcast copy;
+//   - id is young: issued less than the shorter of WriteThroughTimeout and
+//     the cache's ResumeGrace ago (not more than MaxSkew ahead). A session
+//     resumed anywhere stays resumable for ResumeGrace past that
+//     resumption, which is later than its issue, so no node takes a copy
+//     past any grace cut of it;
+//   - a peer's broadcast copy of it would be taken now (peerCopy: not
+//     retired here, not resumed here lately, not held back by a retirement
+//     or cut kept here).
+//
+// Counted in tlsfarm_farm_carried_total.
+func (n *Node) admitCarried(id session.ID, r session.Record) (session.Record, bool) {
+	now := n.cfg.Now()
+	if !n.carryAllowed() || !n.revsKnown.Load() {
+		n.ctr.carried[carryOff].Add(1)
+		return r, false
+	}
+	issued, ok := n.cfg.Cache.IssuedAt(id)
+	if !ok {
+		n.ctr.carried[carryOld].Add(1)
+		return r, false
+	}
+	since := n.reachSince.Load()
+	if since == 0 || !n.connected.Load() {
+		n.ctr.carried[carryCutOff].Add(1)
+		return r, false
+	}
+	if issued.Add(-n.cfg.MaxSkew).UnixNano() < since {
+		// Issued before (or too near) the start of this period: what
+		// the farm said of it during the gap may have passed us by.
+		n.ctr.carried[carryGap].Add(1)
+		return r, false
+	}
+	window := n.cfg.WriteThroughTimeout
+	if g := n.cfg.Cache.Config().ResumeGrace; g > 0 {
+		window = min(window, g)
+	}
+	if age := now.Sub(issued); age < -n.cfg.MaxSkew || age >= window {
+		n.ctr.carried[carryOld].Add(1)
+		return r, false
+	}
+	rec, ok := n.peerCopy(id, r, now)
+	if !ok {
+		n.ctr.carried[carryRefused].Add(1)
+		return r, false
+	}
+	// The cache inserts it next (with OriginLoader: its issuer publishes
+	// it); what an insert of a peer's copy implies is noted here.
+	n.peerCopyTaken(id, &rec, now)
+	n.noteLoaded(id, rec.Expires)
+	n.ctr.carried[carryAdmitted].Add(1)
+	return rec, true
+}
+
+// Why AdmitCarried answered as it did, as tlsfarm_farm_carried_total
+// labels it.
+const (
+	carryAdmitted = iota // taken
+	carryRefused         // a peer's copy would be refused (retired, resumed, held back)
+	carryOld             // not young, or its issue time unreadable
+	carryGap             // issued before the node's current period of reaching the farm
+	carryCutOff          // the node cannot reach the farm
+	carryOff             // carried copies not taken here (config, mode, revocations unknown)
+	numCarryResults
+)
+
+var carryResults = []string{"admitted", "refused", "old", "gap", "cut_off", "off"}
