@@ -73,7 +73,8 @@ func windows(at []time.Time, w time.Duration) int {
 // messages as windows of 20ms hold them (each message waits for the
 // sessions of the next 20ms), and all of them arrive; with no window, and
 // each session published before the next is issued (so that a slow Redis
-// does not batch them), each is its own message, as before. Without the
+// does not batch them), about each is its own message, as before: more
+// than the window allows. Without the
 // window's code the 20ms case too had a message per session.
 func TestFlushWindowBatchesNewSessions(t *testing.T) {
 	const sessions = 12
@@ -111,8 +112,12 @@ func TestFlushWindowBatchesNewSessions(t *testing.T) {
 				times := at()
 				spread := times[len(times)-1].Sub(times[0])
 				if w == 0 {
-					if msgs != sessions {
-						t.Errorf("%d sessions issued over %v came in %d messages, want one each", sessions, spread, msgs)
+					// About one each; a loaded machine was seen to
+					// let two go out together now and then, so the
+					// control asks only for more messages than a
+					// 20ms window would have allowed them.
+					if most := uint64(windows(times, window)) + 1; msgs <= most {
+						t.Errorf("%d sessions issued over %v came in %d messages without a window, want more than %d (a 20ms window's most)", sessions, spread, msgs, most)
 					}
 					return
 				}
