@@ -117,6 +117,7 @@ type Farm struct {
 	WriteThrough   bool          `yaml:"write_through"`   // farm.Config.WriteThrough
 	LookupDeadline time.Duration `yaml:"lookup_deadline"` // farm.Config.LookupTimeout
 	FlushWindow    time.Duration `yaml:"flush_window"`    // farm.Config.FlushWindow
+	CarrySessions  bool          `yaml:"carry_sessions"`  // farm.Config.CarrySessions
 
 	// Strict refuses to start while the transport is unreachable (waiting
 	// up to ConnectTimeout), and fails /readyz while it is down. By default

@@ -200,6 +200,16 @@ func (c *Config) checkFarm() error {
 			return c.problem("farm.write_through", "needs a transport with a store (redis or nats), not %s", scheme)
 		}
 	}
+	if f.CarrySessions {
+		switch {
+		case !f.WriteThrough:
+			return c.problem("farm.carry_sessions", "needs farm.write_through: a carried session spares the wait write-through makes for a young session")
+		case mode != farm.Broadcast:
+			return c.problem("farm.carry_sessions", "needs farm.mode broadcast, not %s", mode)
+		case c.Cache.SingleUse:
+			return c.problem("farm.carry_sessions", "cannot go with cache.single_use: a single-use session is claimed in the store, never taken from a ticket")
+		}
+	}
 	if f.LookupDeadline <= 0 || f.LookupDeadline > time.Second {
 		return c.problem("farm.lookup_deadline", "must be above 0 and at most 1s: a handshake waits this long")
 	}

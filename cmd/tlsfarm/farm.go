@@ -65,6 +65,7 @@ func (d *daemon) joinFarm(ctx, bg context.Context, cfg *config.Config) error {
 		WriteThrough:  cfg.Farm.WriteThrough,
 		LookupTimeout: cfg.Farm.LookupDeadline,
 		FlushWindow:   cfg.Farm.FlushWindow,
+		CarrySessions: cfg.Farm.CarrySessions,
 		Logger:        d.log,
 
 		RevocationFile:         cfg.Farm.RevocationFile,
