@@ -369,7 +369,14 @@ func (c *Cache) get(id *ID, origin Origin, fn func(*entry), out *hit) bool {
 // session, callers skip the call unless h.hooked.
 func (c *Cache) got(id *ID, origin Origin, h *hit, usable bool) {
 	if !usable {
-		c.ctr.unusable.Add(1)
+		// Moved from hits to misses in the bucket's own counts, under
+		// its lock, so that a scrape sees it as one or the other (the
+		// hit it may have seen meanwhile is kept: see reportedHits).
+		b, _ := c.bucket(id)
+		b.mu.Lock()
+		b.stats.hits--
+		b.stats.misses++
+		b.mu.Unlock()
 		h.r = Record{}
 	}
 	if h.hooked {

@@ -32,10 +32,12 @@ type counters struct {
 	// not bound to the ID).
 	carriedIssued, carriedAdmitted, carriedRefused, carriedUnopenable atomic.Uint64
 
-	// unusable counts lookups that found a session whose state did not
-	// parse, counted as hits in their bucket: Metrics reports them as
-	// misses.
-	unusable atomic.Uint64
+	// reportedHits is the most hits Metrics has reported: a lookup
+	// counts as a hit in its bucket when it finds the session and moves
+	// to the misses if the session turns out unusable (see Cache.got),
+	// so the buckets' hits may go back by the lookups between the two; a
+	// counter must not.
+	reportedHits atomic.Uint64
 }
 
 // bucketStats are counted under the bucket lock, so they cost no atomic
@@ -51,9 +53,6 @@ type bucketStats struct {
 func (c *Cache) Metrics() []metric.Sample {
 	var size int
 	var b bucketStats
-	// Read before the buckets: each was counted as a hit in its bucket
-	// before it was counted here, so the hits read include it.
-	unusable := c.ctr.unusable.Load()
 	for i := range c.buckets {
 		bk := &c.buckets[i]
 		bk.mu.Lock()
@@ -70,7 +69,7 @@ func (c *Cache) Metrics() []metric.Sample {
 	var s samples
 	s.add("tlsfarm_cache_sessions", "Sessions in the cache, including expired ones not yet swept.", metric.Gauge, "", nil, uint64(size))
 	s.add("tlsfarm_cache_lookups_total", "Cache lookups, by result.", metric.Counter, "result",
-		[]string{"hit", "miss"}, b.hits-unusable, b.misses+unusable)
+		[]string{"hit", "miss"}, c.ctr.reportHits(b.hits), b.misses)
 	s.add("tlsfarm_cache_inserts_total", "Sessions inserted or replaced.", metric.Counter, "", nil, b.inserts)
 	s.add("tlsfarm_cache_removals_total", "Sessions that left the cache, by reason.", metric.Counter, "reason",
 		[]string{"revoked", "expired", "evicted", "retired"},
@@ -116,5 +115,19 @@ func (s *samples) add(name, help string, kind metric.Kind, label string, values 
 	for i, lv := range values {
 		*s = append(*s, metric.Sample{Name: name, Help: help, Kind: kind,
 			Labels: []metric.Label{{Name: label, Value: lv}}, Value: float64(v[i])})
+	}
+}
+
+// reportHits returns hits, the buckets' count of hits now, or the most
+// reported before if that is more (see reportedHits).
+func (k *counters) reportHits(hits uint64) uint64 {
+	for {
+		last := k.reportedHits.Load()
+		if hits <= last {
+			return last
+		}
+		if k.reportedHits.CompareAndSwap(last, hits) {
+			return hits
+		}
 	}
 }
