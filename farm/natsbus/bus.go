@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,7 +56,13 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 // Subscribe implements transport.Bus. It subscribes once: nats.go reconnects on
 // its own and resubscribes on every reconnect, and Subscribe reports each
 // change of the connection's state. It returns ctx.Err() when ctx is done,
-// or an error if the connection is closed for good.
+// an error if the connection is closed for good, and an error if the
+// server refuses the subscription (the user may not subscribe to the
+// farm's subject), so that the farm counts the bus down and subscribes
+// again later rather than wait for messages that never come. The refusal
+// is read from the connection's last error: a connection whose error
+// handler hides it is still caught, but one whose last error is replaced
+// before Subscribe reads it is not.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	// A status listener rather than the connection's handlers: they belong
 	// to whoever made the connection, and there is only one of each.
@@ -65,6 +73,20 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// queues behind it (up to its pending limits); hand each message to
 	// this goroutine so that deliver and state are called from one.
 	msgs := make(chan []byte, 64)
+	// The server may refuse the subscription (the node's user may not
+	// subscribe to the subject): nats.go then only records the error and
+	// passes it to the connection's error handler, and the subscription
+	// looks in place. An error recorded since this one is such a refusal
+	// if it names the subject.
+	errBefore := t.nc.LastError()
+	refused := func() error {
+		err := t.nc.LastError()
+		if err == nil || err == errBefore || !errors.Is(err, nats.ErrPermissionViolation) ||
+			!strings.Contains(err.Error(), "Subscription to "+strconv.Quote(t.subject)) {
+			return nil
+		}
+		return fmt.Errorf("natsbus: the server refused the bus subscription: %v", redact.Error(err, t.secrets))
+	}
 	sub, err := t.nc.Subscribe(t.subject, func(m *nats.Msg) {
 		select {
 		case msgs <- m.Data:
@@ -122,7 +144,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// published meanwhile is lost, and the farm asks for it only after
 	// a down and an up.
 	seen := t.nc.Stats().Reconnects
-	report := func() {
+	report := func() error {
 		now := t.nc.Status() == nats.CONNECTED
 		if r := t.nc.Stats().Reconnects; r != seen {
 			seen = r
@@ -138,21 +160,33 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			err := t.nc.FlushWithContext(fctx)
 			cancel()
 			if err != nil {
-				return // the next status change or tick tries again
+				return nil // the next status change or tick tries again
 			}
 		}
+		// The server answers a refused subscription before that ping:
+		// a refusal is an outage, and the farm subscribes again later
+		// (the operator may be fixing the permissions).
+		if err := refused(); err != nil {
+			if up {
+				state(false, err)
+			}
+			return err
+		}
 		if now == up {
-			return
+			return nil
 		}
 		up = now
 		if up {
 			state(true, nil)
-			return
+			return nil
 		}
 		state(false, downErr())
+		return nil
 	}
 	if t.nc.IsConnected() {
-		report()
+		if err := report(); err != nil {
+			return err
+		}
 	} else {
 		state(false, downErr())
 	}
@@ -175,12 +209,16 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
 			}
-			report()
+			if err := report(); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if t.nc.IsClosed() {
 				return errClosed
 			}
-			report()
+			if err := report(); err != nil {
+				return err
+			}
 			t.warnDropped()
 		}
 	}
