@@ -32,11 +32,14 @@ var errClosed = errors.New("natsbus: connection closed")
 // subject, then flushes once, so that a batch costs one round trip and has
 // reached the server when Publish returns nil. While the connection is
 // down it fails at once rather than buffering: the farm counts what it
-// could not publish, and its peers catch up from the store.
+// could not publish, and its peers catch up from the store. It also fails
+// when the server says it refused the batch (the user may not publish to
+// the farm's subject), read from the connection's last error.
 func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if st := t.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("natsbus: publish: connection is %v", st)
 	}
+	errBefore := t.nc.LastError()
 	for _, m := range msgs {
 		if err := t.nc.Publish(t.subject, m); err != nil {
 			return fmt.Errorf("natsbus: publish: %v", redact.Error(err, t.secrets))
@@ -49,6 +52,13 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	}
 	if err := t.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("natsbus: publish: %w", err)
+	}
+	// A server that may not take the messages (the user may not publish
+	// to the subject) drops them and says so before it answers the
+	// flush's ping; nats.go only records it.
+	if err := t.nc.LastError(); err != nil && err != errBefore && errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(err.Error(), "Publish to "+strconv.Quote(t.subject)) {
+		return fmt.Errorf("natsbus: publish: the server refused the messages: %v", redact.Error(err, t.secrets))
 	}
 	return nil
 }

@@ -132,3 +132,43 @@ func subscribeOnceAllowed(t *testing.T, srv *natsServer, tr *natsbus.Transport, 
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestPublishRefusedFails: a batch the server refuses (the node's user may
+// not publish to the farm's subject) fails, with the server's reason.
+// nats.go only logs the refusal; Publish used to return nil, and the farm
+// counted as sent what no peer would ever hear.
+func TestPublishRefusedFails(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(conf, []byte(`authorization {
+  users = [
+    {user: node, password: pw, permissions: {publish: {allow: ">", deny: "tlsfarm.>"}, subscribe: ">"}}
+  ]
+}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startNATS(t, "-c", conf)
+	tr, err := natsbus.Open(srv.URL("node:pw@"), farmtest.FarmName(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for !tr.Conn().IsConnected() {
+		if ctx.Err() != nil {
+			t.Fatal("not connected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := range 2 {
+		err := tr.Publish(ctx, []byte("a"), []byte("b"))
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "permission") {
+			t.Fatalf("publish %d to a subject the user may not publish to: %v", i+1, err)
+		}
+		if strings.Contains(err.Error(), "pw@") {
+			t.Fatalf("error shows the password: %v", err)
+		}
+		t.Logf("publish %d: %v", i+1, err)
+	}
+}
