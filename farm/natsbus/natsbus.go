@@ -148,6 +148,9 @@ type Transport struct {
 
 	offset atomic.Int64 // server clock minus ours, in ns, as last measured
 
+	closed    chan struct{} // closed by Close
+	closeOnce sync.Once
+
 	subMu    sync.Mutex
 	subs     map[*nats.Subscription]struct{} // the bus subscriptions open
 	dropBase uint64                          // what the closed ones dropped
@@ -351,6 +354,7 @@ func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 		js:      js,
 		subject: "tlsfarm." + tok + ".bus",
 		bucket:  "tlsfarm_" + tok,
+		closed:  make(chan struct{}),
 	}
 	if opts != nil {
 		t.opts = *opts
@@ -384,8 +388,11 @@ func token(farmName string) (string, error) {
 	return b.String(), nil
 }
 
-// Close closes the connection, if Open made it.
+// Close closes the connection, if Open made it. Writes still waiting for
+// the server's acknowledgments fail at once (nats.go would have them wait
+// for their context, or 10 seconds).
 func (t *Transport) Close() error {
+	t.closeOnce.Do(func() { close(t.closed) })
 	if t.own {
 		t.nc.Close()
 	}
