@@ -171,21 +171,31 @@ func (t *Transport) ensureAge(ctx context.Context, s *bucketState, ttl time.Dura
 	if s.native || s.age.Load() == 0 || ttl <= time.Duration(s.age.Load()) {
 		return
 	}
-	info, err := s.stream.Info(ctx)
-	if err != nil {
-		return
-	}
 	need := (ttl + ageStep - 1) / ageStep * ageStep
-	if info.Config.MaxAge == 0 || info.Config.MaxAge >= need {
-		s.age.Store(int64(info.Config.MaxAge))
-		return
-	}
-	cfg := info.Config
-	cfg.MaxAge = need
-	if _, err := t.js.UpdateStream(ctx, cfg); err == nil {
-		s.age.Store(int64(need))
+	// A stream update is not conditional: a node that read the limit
+	// before this update and raises it to less than need after it
+	// lowers it again. So the limit is read back after each update and
+	// raised again if it fell short, and only a limit read is taken as
+	// in place.
+	for range ageAttempts {
+		info, err := s.stream.Info(ctx)
+		if err != nil {
+			return
+		}
+		if info.Config.MaxAge == 0 || info.Config.MaxAge >= need {
+			s.age.Store(int64(info.Config.MaxAge))
+			return
+		}
+		cfg := info.Config
+		cfg.MaxAge = need
+		if _, err := t.js.UpdateStream(ctx, cfg); err != nil {
+			return
+		}
 	}
 }
+
+// ageAttempts bounds the updates ensureAge makes for one write.
+const ageAttempts = 4
 
 // ageStep is what the age limit of a legacy record bucket is rounded to.
 const ageStep = 10 * time.Minute

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,11 +32,14 @@ var errClosed = errors.New("natsbus: connection closed")
 // subject, then flushes once, so that a batch costs one round trip and has
 // reached the server when Publish returns nil. While the connection is
 // down it fails at once rather than buffering: the farm counts what it
-// could not publish, and its peers catch up from the store.
+// could not publish, and its peers catch up from the store. It also fails
+// when the server says it refused the batch (the user may not publish to
+// the farm's subject), read from the connection's last error.
 func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if st := t.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("natsbus: publish: connection is %v", st)
 	}
+	errBefore := t.nc.LastError()
 	for _, m := range msgs {
 		if err := t.nc.Publish(t.subject, m); err != nil {
 			return fmt.Errorf("natsbus: publish: %v", redact.Error(err, t.secrets))
@@ -48,13 +53,26 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if err := t.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("natsbus: publish: %w", err)
 	}
+	// A server that may not take the messages (the user may not publish
+	// to the subject) drops them and says so before it answers the
+	// flush's ping; nats.go only records it.
+	if err := t.nc.LastError(); err != nil && err != errBefore && errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(err.Error(), "Publish to "+strconv.Quote(t.subject)) {
+		return fmt.Errorf("natsbus: publish: the server refused the messages: %v", redact.Error(err, t.secrets))
+	}
 	return nil
 }
 
 // Subscribe implements transport.Bus. It subscribes once: nats.go reconnects on
 // its own and resubscribes on every reconnect, and Subscribe reports each
 // change of the connection's state. It returns ctx.Err() when ctx is done,
-// or an error if the connection is closed for good.
+// an error if the connection is closed for good, and an error if the
+// server refuses the subscription (the user may not subscribe to the
+// farm's subject), so that the farm counts the bus down and subscribes
+// again later rather than wait for messages that never come. The refusal
+// is read from the connection's last error: a connection whose error
+// handler hides it is still caught, but one whose last error is replaced
+// before Subscribe reads it is not.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	// A status listener rather than the connection's handlers: they belong
 	// to whoever made the connection, and there is only one of each.
@@ -65,6 +83,20 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// queues behind it (up to its pending limits); hand each message to
 	// this goroutine so that deliver and state are called from one.
 	msgs := make(chan []byte, 64)
+	// The server may refuse the subscription (the node's user may not
+	// subscribe to the subject): nats.go then only records the error and
+	// passes it to the connection's error handler, and the subscription
+	// looks in place. An error recorded since this one is such a refusal
+	// if it names the subject.
+	errBefore := t.nc.LastError()
+	refused := func() error {
+		err := t.nc.LastError()
+		if err == nil || err == errBefore || !errors.Is(err, nats.ErrPermissionViolation) ||
+			!strings.Contains(err.Error(), "Subscription to "+strconv.Quote(t.subject)) {
+			return nil
+		}
+		return fmt.Errorf("natsbus: the server refused the bus subscription: %v", redact.Error(err, t.secrets))
+	}
 	sub, err := t.nc.Subscribe(t.subject, func(m *nats.Msg) {
 		select {
 		case msgs <- m.Data:
@@ -122,7 +154,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// published meanwhile is lost, and the farm asks for it only after
 	// a down and an up.
 	seen := t.nc.Stats().Reconnects
-	report := func() {
+	report := func() error {
 		now := t.nc.Status() == nats.CONNECTED
 		if r := t.nc.Stats().Reconnects; r != seen {
 			seen = r
@@ -138,21 +170,33 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			err := t.nc.FlushWithContext(fctx)
 			cancel()
 			if err != nil {
-				return // the next status change or tick tries again
+				return nil // the next status change or tick tries again
 			}
 		}
+		// The server answers a refused subscription before that ping:
+		// a refusal is an outage, and the farm subscribes again later
+		// (the operator may be fixing the permissions).
+		if err := refused(); err != nil {
+			if up {
+				state(false, err)
+			}
+			return err
+		}
 		if now == up {
-			return
+			return nil
 		}
 		up = now
 		if up {
 			state(true, nil)
-			return
+			return nil
 		}
 		state(false, downErr())
+		return nil
 	}
 	if t.nc.IsConnected() {
-		report()
+		if err := report(); err != nil {
+			return err
+		}
 	} else {
 		state(false, downErr())
 	}
@@ -175,12 +219,16 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
 			}
-			report()
+			if err := report(); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if t.nc.IsClosed() {
 				return errClosed
 			}
-			report()
+			if err := report(); err != nil {
+				return err
+			}
 			t.warnDropped()
 		}
 	}

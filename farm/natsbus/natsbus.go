@@ -81,9 +81,10 @@ type Options struct {
 	// nats.ErrorHandler here replaces the transport's, which logs
 	// asynchronous errors with slog and leaves slow consumers to the
 	// bus subscription's count). The transport appends its own
-	// nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true) and
-	// nats.IgnoreAuthErrorAbort() last: it relies on the client
-	// reconnecting forever.
+	// nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+	// nats.IgnoreAuthErrorAbort() and nats.ReconnectBufSize(-1) last: it
+	// relies on the client reconnecting forever, and on nothing it
+	// reported failed being sent later.
 	NATS []nats.Option
 
 	// Replicas is the number of replicas of the bucket when the transport
@@ -146,6 +147,9 @@ type Transport struct {
 	initErr error         // how the last lookup failed
 
 	offset atomic.Int64 // server clock minus ours, in ns, as last measured
+
+	closed    chan struct{} // closed by Close
+	closeOnce sync.Once
 
 	subMu    sync.Mutex
 	subs     map[*nats.Subscription]struct{} // the bus subscriptions open
@@ -221,7 +225,13 @@ func Open(rawURL, farmName string, opts *Options) (*Transport, error) {
 	o = append(o, opts.NATS...)
 	// Keep trying also when the server refuses the credentials: an
 	// operator may be fixing them on the server.
-	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
+	// Keep nothing for later while the connection is down: a publish or
+	// a store write made then fails at once (the transport reports it
+	// failed), instead of waiting in nats.go's reconnect buffer to be
+	// sent when the client is back, after whatever a peer wrote or
+	// deleted meanwhile.
+	o = append(o, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort(),
+		nats.ReconnectBufSize(-1))
 	nc, err := nats.Connect(strings.Join(servers, ","), o...)
 	if err != nil {
 		return nil, fmt.Errorf("natsbus: %v", redact.Error(err, secrets))
@@ -318,7 +328,10 @@ func parseURL(rawURL string, opts *Options) (servers, secrets []string, _ *Optio
 
 // New returns a transport for the named farm on a connection the caller
 // made (and closes). The connection should reconnect forever
-// (nats.MaxReconnects(-1)), and may be made with nats.NoEcho(), as Open
+// (nats.MaxReconnects(-1)) and buffer nothing while it does
+// (nats.ReconnectBufSize(-1): otherwise a write that failed during an
+// outage may still reach the server when the client is back, over a
+// peer's later delete), and may be made with nats.NoEcho(), as Open
 // makes it, so that the node's own messages do not come back to it; if it
 // closes, Subscribe returns an error and every other method fails. Only
 // opts' bucket settings (Replicas, MemoryStorage, LegacyMaxAge,
@@ -341,6 +354,7 @@ func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 		js:      js,
 		subject: "tlsfarm." + tok + ".bus",
 		bucket:  "tlsfarm_" + tok,
+		closed:  make(chan struct{}),
 	}
 	if opts != nil {
 		t.opts = *opts
@@ -374,8 +388,11 @@ func token(farmName string) (string, error) {
 	return b.String(), nil
 }
 
-// Close closes the connection, if Open made it.
+// Close closes the connection, if Open made it. Writes still waiting for
+// the server's acknowledgments fail at once (nats.go would have them wait
+// for their context, or 10 seconds).
 func (t *Transport) Close() error {
+	t.closeOnce.Do(func() { close(t.closed) })
 	if t.own {
 		t.nc.Close()
 	}

@@ -136,6 +136,8 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 				}
 			case <-ctx.Done():
 				return t.check(s, "set members", ctx.Err())
+			case <-t.closed:
+				return t.check(s, "set members", errTransportClosed)
 			}
 		}
 		return nil

@@ -40,6 +40,10 @@ const (
 	valueHeader  = 9
 )
 
+// errTransportClosed fails the writes still waiting for acknowledgments
+// when the transport is closed.
+var errTransportClosed = errors.New("the transport was closed")
+
 // Header names of the KV protocol.
 const (
 	hdrOperation = "KV-Operation"
@@ -187,6 +191,8 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 			return err
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-t.closed:
+			return errTransportClosed
 		}
 	}
 	return nil
@@ -279,6 +285,8 @@ func (t *Transport) createAll(ctx context.Context, s *bucketState, items []trans
 			refused = append(refused, items[i])
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-t.closed:
+			return nil, errTransportClosed
 		}
 	}
 	return refused, nil
