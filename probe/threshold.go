@@ -3,6 +3,7 @@ package probe
 import (
 	"fmt"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 )
@@ -12,6 +13,7 @@ import (
 type fraction struct {
 	set bool
 	v   float64
+	r   *big.Rat // v exactly as given, for comparisons
 }
 
 func (f *fraction) String() string {
@@ -22,14 +24,14 @@ func (f *fraction) String() string {
 }
 
 func (f *fraction) Set(s string) error {
-	v, pct, err := parseShare(s)
+	v, r, _, err := parseShare(s)
 	if err != nil {
 		return err
 	}
-	if !pct && v > 1 {
+	if v > 1 || r.Cmp(big.NewRat(1, 1)) > 0 {
 		return fmt.Errorf("want a fraction from 0 to 1 (0.99) or a percentage (99%%)")
 	}
-	f.set, f.v = true, v
+	f.set, f.v, f.r = true, v, r
 	return nil
 }
 
@@ -38,8 +40,9 @@ func (f *fraction) Set(s string) error {
 // is unset.
 type failureLimit struct {
 	set   bool
-	count int     // without share
-	share float64 // a percentage given, as a fraction
+	count int      // without share
+	share float64  // a percentage given, as a fraction
+	r     *big.Rat // share exactly as given, for comparisons
 	pct   bool
 }
 
@@ -55,11 +58,11 @@ func (l *failureLimit) String() string {
 
 func (l *failureLimit) Set(s string) error {
 	if strings.HasSuffix(s, "%") {
-		v, _, err := parseShare(s)
+		v, r, _, err := parseShare(s)
 		if err != nil {
 			return err
 		}
-		*l = failureLimit{set: true, share: v, pct: true}
+		*l = failureLimit{set: true, share: v, r: r, pct: true}
 		return nil
 	}
 	n, err := strconv.Atoi(s)
@@ -71,16 +74,40 @@ func (l *failureLimit) Set(s string) error {
 }
 
 // parseShare parses "0.99" or "99%" into 0.99, saying which form it had.
-func parseShare(s string) (v float64, pct bool, err error) {
+// It returns the share both as a float64 and exactly, as the rational
+// number the decimal text names: 99.9/100 in floating point is a little
+// more than 999/1000, and a run that resumed 999 of 1000 sessions must
+// meet "99.9%".
+func parseShare(s string) (v float64, r *big.Rat, pct bool, err error) {
 	num, pct := strings.CutSuffix(s, "%")
 	v, err = strconv.ParseFloat(num, 64)
 	if err != nil || math.IsNaN(v) || v < 0 || (pct && v > 100) {
-		return 0, pct, fmt.Errorf("want a fraction from 0 to 1 (0.99) or a percentage (99%%)")
+		return 0, nil, pct, fmt.Errorf("want a fraction from 0 to 1 (0.99) or a percentage (99%%)")
+	}
+	r, ok := new(big.Rat).SetString(num)
+	if !ok || r.Sign() < 0 {
+		// A form ParseFloat takes and big.Rat does not (such as "Inf",
+		// which the callers refuse as out of range): the float is exact.
+		r = new(big.Rat)
+		if !math.IsInf(v, 0) {
+			r.SetFloat64(v)
+		}
 	}
 	if pct {
 		v /= 100
+		r.Quo(r, big.NewRat(100, 1))
 	}
-	return v, pct, nil
+	return v, r, pct, nil
+}
+
+// ratioBelow reports whether n/d < r, exactly; d must be positive.
+func ratioBelow(n, d int, r *big.Rat) bool {
+	return big.NewRat(int64(n), int64(d)).Cmp(r) < 0
+}
+
+// ratioAbove reports whether n/d > r, exactly; d must be positive.
+func ratioAbove(n, d int, r *big.Rat) bool {
+	return big.NewRat(int64(n), int64(d)).Cmp(r) > 0
 }
 
 func percentText(v float64) string {
@@ -98,7 +125,7 @@ func missed(rep *Report, minResumption *fraction, maxFailures *failureLimit) str
 		switch {
 		case tot.Offered == 0:
 			out = append(out, fmt.Sprintf("no handshake offered a session, so resumption is unmeasured (-min-resumption %s)", minResumption))
-		case tot.ResumptionRate < minResumption.v:
+		case ratioBelow(tot.Resumed, tot.Offered, minResumption.r):
 			failedNote := ""
 			if tot.OfferFailed > 0 {
 				failedNote = fmt.Sprintf(", %d of them in handshakes that failed", tot.OfferFailed)
@@ -110,7 +137,7 @@ func missed(rep *Report, minResumption *fraction, maxFailures *failureLimit) str
 	if maxFailures.set {
 		over := tot.Failed > maxFailures.count
 		if maxFailures.pct {
-			over = tot.Connections > 0 && float64(tot.Failed)/float64(tot.Connections) > maxFailures.share
+			over = tot.Connections > 0 && ratioAbove(tot.Failed, tot.Connections, maxFailures.r)
 		}
 		if over {
 			out = append(out, fmt.Sprintf("%d of %d connections failed (%s), more than -max-failures %s",
