@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"time"
@@ -190,8 +191,14 @@ func prepare(cfg Config) (*plan, error) {
 	case c.Timeout == 0:
 		c.Timeout = defaultTimeout
 	}
-	if c.Rate < 0 {
+	switch {
+	case c.Rate < 0:
 		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)
+	case math.IsNaN(c.Rate):
+		return nil, errors.New("probe: rate is not a number")
+	case c.Rate > 0 && float64(time.Second)/c.Rate > float64(math.MaxInt64):
+		// The spacing would overflow a time.Duration (and wrap to no limit).
+		return nil, fmt.Errorf("probe: rate %g is too low (one connection in more than %v)", c.Rate, time.Duration(math.MaxInt64).Round(time.Hour))
 	}
 
 	if c.HTTP3 && c.ProxyProtocol {

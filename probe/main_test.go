@@ -30,6 +30,7 @@ func TestMainFlagErrors(t *testing.T) {
 		{"BadVersion", []string{"-targets", addr, "-tls", "1.1"}, `-tls "1.1": want 1.2, 1.3 or any`},
 		{"NoClients", []string{"-targets", addr, "-c", "0"}, "-c 0: need at least one client"},
 		{"NegativeConnections", []string{"-targets", addr, "-n", "-5"}, "negative number of connections -5"},
+		{"RateNaN", []string{"-targets", addr, "-rate", "NaN"}, "rate is not a number"},
 		{"ZeroTimeout", []string{"-targets", addr, "-timeout", "0s"}, "-timeout 0s: must be positive"},
 		{"BadRequest", []string{"-targets", addr, "-request", "GET"}, `bad request "GET"`},
 		{"MissingCAFile", []string{"-targets", addr, "-cacert", filepath.Join(t.TempDir(), "none.pem")}, "-cacert: open"},

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -467,6 +468,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"BadVersion", probe.Config{Targets: []string{"a:1"}, Version: tls.VersionTLS11}, "TLS version"},
 		{"NegativeConnections", probe.Config{Targets: []string{"a:1"}, Connections: -1}, "negative"},
 		{"NegativeRate", probe.Config{Targets: []string{"a:1"}, Rate: -1}, "negative rate"},
+		{"RateNaN", probe.Config{Targets: []string{"a:1"}, Rate: math.NaN()}, "rate is not a number"},
+		{"RateTooLow", probe.Config{Targets: []string{"a:1"}, Rate: 1e-10}, "rate 1e-10 is too low"},
 		{"BadRequest", probe.Config{Targets: []string{"a:1"}, Request: "GET / HTTP/1.1\r\nX: y"}, "bad request"},
 		{"ProxyProtocolOverQUIC", probe.Config{Targets: []string{"a:1"}, HTTP3: true, ProxyProtocol: true}, "PROXY protocol"},
 	} {
