@@ -130,8 +130,8 @@ func missed(rep *Report, minResumption *fraction, maxFailures *failureLimit) str
 			if tot.OfferFailed > 0 {
 				failedNote = fmt.Sprintf(", %d of them in handshakes that failed", tot.OfferFailed)
 			}
-			out = append(out, fmt.Sprintf("resumption %.1f%% (%d of %d offered sessions resumed%s) is below -min-resumption %s",
-				100*tot.ResumptionRate, tot.Resumed, tot.Offered, failedNote, minResumption))
+			out = append(out, fmt.Sprintf("resumption %s (%d of %d offered sessions resumed%s) is below -min-resumption %s",
+				shareText(tot.Resumed, tot.Offered), tot.Resumed, tot.Offered, failedNote, minResumption))
 		}
 	}
 	if maxFailures.set {

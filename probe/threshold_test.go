@@ -208,3 +208,35 @@ func TestMainThresholdAtTheLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestMainNoPerfectScoreByRounding: 1999 of 2000 offered sessions
+// resumed reads as 99.9%, in the table and in the threshold's line, not
+// as the 100.0% that rounding to one decimal made of it, next to a
+// threshold of 100% that it missed.
+func TestMainNoPerfectScoreByRounding(t *testing.T) {
+	good := startFarm(t, 1, false).addrs[0]
+	alone := startFarm(t, 1, false).addrs[0]
+	// Connection 0 is a full handshake on alone, 1 offers alone's session
+	// to good (full), 2 to 2000 resume on good: 1999 of 2000.
+	targets := append([]string{alone}, slices.Repeat([]string{good}, 2000)...)
+	var stdout, stderr bytes.Buffer
+	args := []string{"-targets", strings.Join(targets, ","), "-n", "2001", "-pick", "roundrobin",
+		"-tls", "1.3", "-insecure", "-min-resumption", "100%"}
+	if code := probe.Main(args, &stdout, &stderr); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+	const want = "tlsfarm probe: resumption 99.9% (1999 of 2000 offered sessions resumed) is below -min-resumption 100%\n"
+	if stderr.String() != want {
+		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+	var total string
+	for line := range strings.Lines(stdout.String()) {
+		if strings.HasPrefix(line, "total ") {
+			total = line
+			break
+		}
+	}
+	if f := strings.Fields(total); len(f) < 8 || f[6] != "99.9%" {
+		t.Errorf("total row %q, want a resumption of 99.9%%", total)
+	}
+}
