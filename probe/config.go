@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -250,6 +251,14 @@ func splitTarget(target string) (addr, host, port string, err error) {
 	if host == "" || port == "" {
 		return "", "", "", fmt.Errorf("probe: bad target %q: want host:port", target)
 	}
+	// A port by name ("https") becomes its number, which the HTTP Host
+	// and the HTTP/3 URL need; a number out of range is refused here
+	// rather than counted as a failed dial on every connection.
+	n, err := net.LookupPort("tcp", port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", "", "", fmt.Errorf("probe: bad target %q: port %q is not a port number from 1 to 65535 or a known service", target, port)
+	}
+	port = strconv.Itoa(n)
 	return net.JoinHostPort(host, port), host, port, nil
 }
 

@@ -26,6 +26,8 @@ func TestMainFlagErrors(t *testing.T) {
 		{"BadNumber", []string{"-targets", addr, "-n", "many"}, `invalid value "many" for flag -n`},
 		{"NoTargets", nil, "no targets"},
 		{"BadTarget", []string{"-targets", "[::1"}, `bad target "[::1"`},
+		{"PortZero", []string{"-targets", "127.0.0.1:0"}, `bad target "127.0.0.1:0"`},
+		{"PortOutOfRange", []string{"-targets", "127.0.0.1:65536"}, `bad target "127.0.0.1:65536"`},
 		{"BadPick", []string{"-targets", addr, "-pick", "sticky"}, `unknown pick "sticky"`},
 		{"BadVersion", []string{"-targets", addr, "-tls", "1.1"}, `-tls "1.1": want 1.2, 1.3 or any`},
 		{"NoClients", []string{"-targets", addr, "-c", "0"}, "-c 0: need at least one client"},
