@@ -70,7 +70,8 @@ type Config struct {
 	// connection at a time. Each client has its own session cache, which
 	// holds the newest session it was issued and offers it to every
 	// target, as a browser does behind a balancer's single name. If zero,
-	// one client is used.
+	// one client is used; if more than Connections, Connections clients
+	// (the report says how many).
 	Concurrency int
 
 	// Version pins the TLS version: tls.VersionTLS12 or tls.VersionTLS13.
@@ -180,6 +181,10 @@ func prepare(cfg Config) (*plan, error) {
 		return nil, fmt.Errorf("probe: negative concurrency %d", c.Concurrency)
 	case c.Concurrency == 0:
 		c.Concurrency = 1
+	case c.Connections > 0 && c.Concurrency > c.Connections:
+		// The others would never connect; each costs memory all the same
+		// (-c 2000000 -n 1 took gigabytes).
+		c.Concurrency = c.Connections
 	}
 	switch c.Version {
 	case 0, tls.VersionTLS12, tls.VersionTLS13:

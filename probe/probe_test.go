@@ -518,3 +518,20 @@ func BenchmarkConnection(b *testing.B) {
 		})
 	}
 }
+
+// TestMoreClientsThanConnections: clients that would never connect are
+// not started (each took memory: -c 2000000 -n 1 took gigabytes), and the
+// report says how many clients ran.
+func TestMoreClientsThanConnections(t *testing.T) {
+	f := startFarm(t, 1, false)
+	cfg := f.config()
+	cfg.Connections, cfg.Concurrency = 3, 100000
+	rep, err := probe.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Concurrency != 3 || rep.Total.Connections != 3 || rep.Total.Failed != 0 {
+		t.Errorf("report of %d clients, %d connections, %d failed; want 3 clients, 3 connections, none failed",
+			rep.Concurrency, rep.Total.Connections, rep.Total.Failed)
+	}
+}
