@@ -198,7 +198,7 @@ func TestMainThresholdAtTheLimit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			args := []string{"-targets", strings.Join(tc.targets, ","), "-n", strconv.Itoa(tc.n), "-pick", "roundrobin",
-				"-tls", "1.3", "-insecure", "-json", tc.arg}
+				"-tls", "1.2", "-insecure", "-json", tc.arg}
 			if code := probe.Main(args, &stdout, &stderr); code != tc.code {
 				var rep probe.Report
 				json.Unmarshal(stdout.Bytes(), &rep)
@@ -221,7 +221,7 @@ func TestMainNoPerfectScoreByRounding(t *testing.T) {
 	targets := append([]string{alone}, slices.Repeat([]string{good}, 2000)...)
 	var stdout, stderr bytes.Buffer
 	args := []string{"-targets", strings.Join(targets, ","), "-n", "2001", "-pick", "roundrobin",
-		"-tls", "1.3", "-insecure", "-min-resumption", "100%"}
+		"-tls", "1.2", "-insecure", "-min-resumption", "100%"}
 	if code := probe.Main(args, &stdout, &stderr); code != 1 {
 		t.Errorf("exit code %d, want 1", code)
 	}
