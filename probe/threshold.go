@@ -20,7 +20,7 @@ func (f *fraction) String() string {
 	if f == nil || !f.set {
 		return ""
 	}
-	return percentText(f.v)
+	return percentText(f.v, f.r)
 }
 
 func (f *fraction) Set(s string) error {
@@ -51,7 +51,7 @@ func (l *failureLimit) String() string {
 	case l == nil || !l.set:
 		return ""
 	case l.pct:
-		return percentText(l.share)
+		return percentText(l.share, l.r)
 	}
 	return strconv.Itoa(l.count)
 }
@@ -110,7 +110,19 @@ func ratioAbove(n, d int, r *big.Rat) bool {
 	return big.NewRat(int64(n), int64(d)).Cmp(r) > 0
 }
 
-func percentText(v float64) string {
+// percentText writes a share as a percentage: exactly r, in the fewest
+// decimals that say it ("0.45%", where 100*v in floating point is
+// 0.45000000000000007), or v if r is nil or has no short decimal form.
+func percentText(v float64, r *big.Rat) string {
+	if r != nil {
+		p := new(big.Rat).Mul(r, big.NewRat(100, 1))
+		for prec := 0; prec <= 20; prec++ {
+			t := p.FloatString(prec)
+			if back, ok := new(big.Rat).SetString(t); ok && back.Cmp(p) == 0 {
+				return t + "%"
+			}
+		}
+	}
 	return strconv.FormatFloat(100*v, 'f', -1, 64) + "%"
 }
 

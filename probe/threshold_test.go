@@ -46,6 +46,12 @@ func TestMainThresholds(t *testing.T) {
 		{"FailuresOverShare", half, []string{"-max-failures", "40%"}, 1,
 			"5 of 10 connections failed (refused=5), more than -max-failures 40%"},
 		{"FailuresAtShare", half, []string{"-max-failures", "50%"}, 0, ""},
+		// Printed as given, not as 100*(0.45/100) in floating point
+		// (0.45000000000000007%).
+		{"FailuresOverSharePrinted", half, []string{"-max-failures", "0.45%"}, 1,
+			"5 of 10 connections failed (refused=5), more than -max-failures 0.45%"},
+		{"ResumptionMissedPrinted", alone.addrs, []string{"-min-resumption", "0.0023"}, 1,
+			"resumption 0.0% (0 of 9 offered sessions resumed) is below -min-resumption 0.23%"},
 		{"BothMissed", alone.addrs[:1], []string{"-n", "1", "-min-resumption", "0.5", "-max-failures", "0"}, 1,
 			"no handshake offered a session, so resumption is unmeasured (-min-resumption 50%)"},
 	} {
