@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -68,7 +70,8 @@ type Config struct {
 	// connection at a time. Each client has its own session cache, which
 	// holds the newest session it was issued and offers it to every
 	// target, as a browser does behind a balancer's single name. If zero,
-	// one client is used.
+	// one client is used; if more than Connections, Connections clients
+	// (the report says how many).
 	Concurrency int
 
 	// Version pins the TLS version: tls.VersionTLS12 or tls.VersionTLS13.
@@ -178,6 +181,10 @@ func prepare(cfg Config) (*plan, error) {
 		return nil, fmt.Errorf("probe: negative concurrency %d", c.Concurrency)
 	case c.Concurrency == 0:
 		c.Concurrency = 1
+	case c.Connections > 0 && c.Concurrency > c.Connections:
+		// The others would never connect; each costs memory all the same
+		// (-c 2000000 -n 1 took gigabytes).
+		c.Concurrency = c.Connections
 	}
 	switch c.Version {
 	case 0, tls.VersionTLS12, tls.VersionTLS13:
@@ -190,8 +197,14 @@ func prepare(cfg Config) (*plan, error) {
 	case c.Timeout == 0:
 		c.Timeout = defaultTimeout
 	}
-	if c.Rate < 0 {
+	switch {
+	case c.Rate < 0:
 		return nil, fmt.Errorf("probe: negative rate %g", c.Rate)
+	case math.IsNaN(c.Rate):
+		return nil, errors.New("probe: rate is not a number")
+	case c.Rate > 0 && float64(time.Second)/c.Rate > float64(math.MaxInt64):
+		// The spacing would overflow a time.Duration (and wrap to no limit).
+		return nil, fmt.Errorf("probe: rate %g is too low (one connection in more than %v)", c.Rate, time.Duration(math.MaxInt64).Round(time.Hour))
 	}
 
 	if c.HTTP3 && c.ProxyProtocol {
@@ -243,6 +256,14 @@ func splitTarget(target string) (addr, host, port string, err error) {
 	if host == "" || port == "" {
 		return "", "", "", fmt.Errorf("probe: bad target %q: want host:port", target)
 	}
+	// A port by name ("https") becomes its number, which the HTTP Host
+	// and the HTTP/3 URL need; a number out of range is refused here
+	// rather than counted as a failed dial on every connection.
+	n, err := net.LookupPort("tcp", port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", "", "", fmt.Errorf("probe: bad target %q: port %q is not a port number from 1 to 65535 or a known service", target, port)
+	}
+	port = strconv.Itoa(n)
 	return net.JoinHostPort(host, port), host, port, nil
 }
 

@@ -46,6 +46,9 @@ func FuzzThresholds(f *testing.F) {
 			if math.IsNaN(fr.v) || fr.v < 0 || fr.v > 1 {
 				t.Fatalf("-min-resumption %q took %v", s, fr.v)
 			}
+			if f, _ := fr.r.Float64(); !near(f, fr.v) && math.Abs(f-fr.v) > 1e-300 {
+				t.Fatalf("-min-resumption %q compares with %v, not %v", s, fr.r, fr.v)
+			}
 			var again fraction
 			if err := again.Set(fr.String()); err != nil || !near(again.v, fr.v) {
 				t.Fatalf("-min-resumption %q prints as %q, which sets %v (%v), not %v", s, fr.String(), again.v, err, fr.v)

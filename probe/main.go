@@ -111,6 +111,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	default:
 		return fail("-tls %q: want 1.2, 1.3 or any", *version)
 	}
+	// Zero is how Config says "unset"; given on the command line it
+	// would silently mean the default (100 connections) instead.
+	var zeroErr string
+	fs.Visit(func(f *flag.Flag) {
+		switch {
+		case zeroErr != "":
+		case f.Name == "n" && *n == 0:
+			zeroErr = "-n 0: need at least one connection (leave -n out for the default)"
+		case f.Name == "d" && *duration == 0:
+			zeroErr = "-d 0s: must be positive (leave -d out to run a number of connections)"
+		}
+	})
+	if zeroErr != "" {
+		return fail("%s", zeroErr)
+	}
 	if *clients < 1 {
 		return fail("-c %d: need at least one client", *clients)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -467,6 +468,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"BadVersion", probe.Config{Targets: []string{"a:1"}, Version: tls.VersionTLS11}, "TLS version"},
 		{"NegativeConnections", probe.Config{Targets: []string{"a:1"}, Connections: -1}, "negative"},
 		{"NegativeRate", probe.Config{Targets: []string{"a:1"}, Rate: -1}, "negative rate"},
+		{"RateNaN", probe.Config{Targets: []string{"a:1"}, Rate: math.NaN()}, "rate is not a number"},
+		{"RateTooLow", probe.Config{Targets: []string{"a:1"}, Rate: 1e-10}, "rate 1e-10 is too low"},
 		{"BadRequest", probe.Config{Targets: []string{"a:1"}, Request: "GET / HTTP/1.1\r\nX: y"}, "bad request"},
 		{"ProxyProtocolOverQUIC", probe.Config{Targets: []string{"a:1"}, HTTP3: true, ProxyProtocol: true}, "PROXY protocol"},
 	} {
@@ -513,5 +516,22 @@ func BenchmarkConnection(b *testing.B) {
 				b.Fatalf("failed %d %v, resumed %d of %d", rep.Total.Failed, rep.Total.Errors, rep.Total.Resumed, b.N)
 			}
 		})
+	}
+}
+
+// TestMoreClientsThanConnections: clients that would never connect are
+// not started (each took memory: -c 2000000 -n 1 took gigabytes), and the
+// report says how many clients ran.
+func TestMoreClientsThanConnections(t *testing.T) {
+	f := startFarm(t, 1, false)
+	cfg := f.config()
+	cfg.Connections, cfg.Concurrency = 3, 100000
+	rep, err := probe.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Concurrency != 3 || rep.Total.Connections != 3 || rep.Total.Failed != 0 {
+		t.Errorf("report of %d clients, %d connections, %d failed; want 3 clients, 3 connections, none failed",
+			rep.Concurrency, rep.Total.Connections, rep.Total.Failed)
 	}
 }

@@ -79,6 +79,11 @@ func TestSplitTarget(t *testing.T) {
 		{"host:", "", "", ""},
 		{"::1", "", "", ""},
 		{"[::1", "", "", ""},
+		{"example.com:https", "example.com:443", "example.com", "443"},
+		{"127.0.0.1:0", "", "", ""},
+		{"127.0.0.1:65536", "", "", ""},
+		{"127.0.0.1:-1", "", "", ""},
+		{"127.0.0.1:no-such-service", "", "", ""},
 	} {
 		addr, host, port, err := splitTarget(tc.in)
 		if addr != tc.addr || host != tc.host || port != tc.port || (err != nil) != (tc.addr == "") {

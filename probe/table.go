@@ -134,7 +134,22 @@ func percent(s Stats) string {
 	if s.Offered == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.1f%%", 100*s.ResumptionRate)
+	return shareText(s.Resumed, s.Offered)
+}
+
+// shareText writes n/d, with d positive, as a percentage with one
+// decimal, rounded to the nearest tenth, except that it reads "100.0%"
+// only if n is d and "0.0%" only if n is 0: 1999 resumed of 2000 offered
+// is "99.9%", not a perfect score.
+func shareText(n, d int) string {
+	t := (2000*int64(n) + int64(d)) / (2 * int64(d)) // tenths of a percent
+	switch {
+	case n < d && t >= 1000:
+		t = 999
+	case n > 0 && t <= 0:
+		t = 1
+	}
+	return fmt.Sprintf("%d.%d%%", t/10, t%10)
 }
 
 func msText(d time.Duration) string { return fmt.Sprintf("%.2f", ms(d)) }

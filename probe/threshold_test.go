@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +46,12 @@ func TestMainThresholds(t *testing.T) {
 		{"FailuresOverShare", half, []string{"-max-failures", "40%"}, 1,
 			"5 of 10 connections failed (refused=5), more than -max-failures 40%"},
 		{"FailuresAtShare", half, []string{"-max-failures", "50%"}, 0, ""},
+		// Printed as given, not as 100*(0.45/100) in floating point
+		// (0.45000000000000007%).
+		{"FailuresOverSharePrinted", half, []string{"-max-failures", "0.45%"}, 1,
+			"5 of 10 connections failed (refused=5), more than -max-failures 0.45%"},
+		{"ResumptionMissedPrinted", alone.addrs, []string{"-min-resumption", "0.0023"}, 1,
+			"resumption 0.0% (0 of 9 offered sessions resumed) is below -min-resumption 0.23%"},
 		{"BothMissed", alone.addrs[:1], []string{"-n", "1", "-min-resumption", "0.5", "-max-failures", "0"}, 1,
 			"no handshake offered a session, so resumption is unmeasured (-min-resumption 50%)"},
 	} {
@@ -74,6 +82,7 @@ func TestMainThresholdFlagErrors(t *testing.T) {
 	for _, tc := range []struct{ args, want string }{
 		{"-min-resumption 1.5", `invalid value "1.5" for flag -min-resumption`},
 		{"-min-resumption 101%", `invalid value "101%" for flag -min-resumption`},
+		{"-min-resumption 1.00000000000000000001", `invalid value "1.00000000000000000001" for flag -min-resumption`},
 		{"-min-resumption NaN", `invalid value "NaN" for flag -min-resumption`},
 		{"-min-resumption -0.1", `invalid value "-0.1" for flag -min-resumption`},
 		{"-max-failures -1", `invalid value "-1" for flag -max-failures`},
@@ -164,5 +173,76 @@ func TestFailedOfferCountsAsNotResumed(t *testing.T) {
 				t.Errorf("the table does not show the failed offers:\n%s", table.String())
 			}
 		})
+	}
+}
+
+// TestMainThresholdAtTheLimit: a run exactly at a threshold given with
+// decimals meets it. 999 of 1000 offered sessions resumed is 99.9%, and 7
+// failed of 125 connections is 5.6%; comparing in floating point (99.9/100
+// is a hair above 0.999, 5.6/100 a hair below 0.056) failed both runs.
+func TestMainThresholdAtTheLimit(t *testing.T) {
+	good := startFarm(t, 1, false).addrs[0]
+	alone := startFarm(t, 1, false).addrs[0]
+	for _, tc := range []struct {
+		name    string
+		targets []string
+		n       int
+		arg     string
+		code    int
+	}{
+		// Connection 0 is a full handshake on alone, 1 offers alone's
+		// session to good (full), 2 to 1000 resume on good: 999 of 1000.
+		{"ResumptionAt", append([]string{alone}, slices.Repeat([]string{good}, 1000)...), 1001, "-min-resumption=99.9%", 0},
+		// As above, and connection 125 is on alone again: 123 of 125.
+		{"ResumptionAtFraction", append([]string{alone}, slices.Repeat([]string{good}, 124)...), 126, "-min-resumption=0.984", 0},
+		{"ResumptionAtPercent", append([]string{alone}, slices.Repeat([]string{good}, 124)...), 126, "-min-resumption=98.4%", 0},
+		{"ResumptionUnder", append([]string{alone}, slices.Repeat([]string{good}, 124)...), 126, "-min-resumption=98.41%", 1},
+		// The refused target is 1 of 18 in turn: 7 of 125 fail.
+		{"FailuresAt", append([]string{refusedAddr(t)}, slices.Repeat([]string{good}, 17)...), 125, "-max-failures=5.6%", 0},
+		{"FailuresOver", append([]string{refusedAddr(t)}, slices.Repeat([]string{good}, 17)...), 125, "-max-failures=5.59%", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := []string{"-targets", strings.Join(tc.targets, ","), "-n", strconv.Itoa(tc.n), "-pick", "roundrobin",
+				"-tls", "1.2", "-insecure", "-json", tc.arg}
+			if code := probe.Main(args, &stdout, &stderr); code != tc.code {
+				var rep probe.Report
+				json.Unmarshal(stdout.Bytes(), &rep)
+				t.Errorf("%s: exit code %d, want %d; stderr %q; total %d connections, %d failed, %d of %d offered resumed",
+					tc.arg, code, tc.code, stderr.String(), rep.Total.Connections, rep.Total.Failed, rep.Total.Resumed, rep.Total.Offered)
+			}
+		})
+	}
+}
+
+// TestMainNoPerfectScoreByRounding: 1999 of 2000 offered sessions
+// resumed reads as 99.9%, in the table and in the threshold's line, not
+// as the 100.0% that rounding to one decimal made of it, next to a
+// threshold of 100% that it missed.
+func TestMainNoPerfectScoreByRounding(t *testing.T) {
+	good := startFarm(t, 1, false).addrs[0]
+	alone := startFarm(t, 1, false).addrs[0]
+	// Connection 0 is a full handshake on alone, 1 offers alone's session
+	// to good (full), 2 to 2000 resume on good: 1999 of 2000.
+	targets := append([]string{alone}, slices.Repeat([]string{good}, 2000)...)
+	var stdout, stderr bytes.Buffer
+	args := []string{"-targets", strings.Join(targets, ","), "-n", "2001", "-pick", "roundrobin",
+		"-tls", "1.2", "-insecure", "-min-resumption", "100%"}
+	if code := probe.Main(args, &stdout, &stderr); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+	const want = "tlsfarm probe: resumption 99.9% (1999 of 2000 offered sessions resumed) is below -min-resumption 100%\n"
+	if stderr.String() != want {
+		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+	var total string
+	for line := range strings.Lines(stdout.String()) {
+		if strings.HasPrefix(line, "total ") {
+			total = line
+			break
+		}
+	}
+	if f := strings.Fields(total); len(f) < 8 || f[6] != "99.9%" {
+		t.Errorf("total row %q, want a resumption of 99.9%%", total)
 	}
 }

@@ -78,7 +78,8 @@ func runDemo(args []string, stdout, stderr io.Writer, startFarm farmStarter) int
 	}
 
 	names := []string{"sharing (tlsfarm)", "no sharing"}
-	fmt.Fprintf(stdout, "\n%d connections, each to a random one of %d nodes (4 clients, each resuming its last session):\n\n", *n, *nodes)
+	// The probe starts no more clients than connections.
+	fmt.Fprintf(stdout, "\n%d connections, each to a random one of %d nodes (%d clients, each resuming its last session):\n\n", *n, *nodes, reports[0].Concurrency)
 	fmt.Fprintf(stdout, "%-22s %10s %12s %14s %14s %8s\n", "", "resumed", "cross-node", "full p50", "resumed p50", "failed")
 	for i, name := range names {
 		t := reports[i].Total

@@ -73,3 +73,16 @@ func TestDemoFailsWhenEveryConnectionFails(t *testing.T) {
 		t.Errorf("demo against dead nodes still drew its conclusion:\n%s", stdout.String())
 	}
 }
+
+// TestDemoSaysHowManyClientsRan: with fewer connections than its four
+// clients, the probe runs one client per connection, and the demo says so.
+func TestDemoSaysHowManyClientsRan(t *testing.T) {
+	t.Parallel()
+	code, out, errs := runCmd(t, []string{"demo", "-n", "2", "-nodes", "2"})
+	if code != 0 {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errs)
+	}
+	if !strings.Contains(out, "2 connections, each to a random one of 2 nodes (2 clients,") {
+		t.Errorf("demo -n 2 does not say that 2 clients ran:\n%s", out)
+	}
+}
