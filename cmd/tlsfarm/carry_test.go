@@ -201,8 +201,10 @@ func daemonCarried(t *testing.T, carry bool) {
 func TestDaemonCarryNeedsWriteThrough(t *testing.T) {
 	t.Parallel()
 	secret, cert, key, _ := farmFiles(t)
+	// The refusal comes before any connection: a Redis that is not there
+	// does (a daemon that did start would serve degraded, and not exit).
 	base := []string{"serve", "-listen", "127.0.0.1:0", "-admin", "off", "-cert", cert, "-key", key,
-		"-farm", redistest.URL(t), "-farm-secret", secret, "-farm-name", redistest.Farm(t)}
+		"-farm", "redis://127.0.0.1:1/0", "-farm-secret", secret, "-farm-name", redistest.Farm(t)}
 	for _, tt := range []struct {
 		name  string
 		args  []string
