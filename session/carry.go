@@ -219,3 +219,33 @@ func (c *Cache) admitCarried(id ID, carried []byte, cs tls.ConnectionState, src 
 	c.ctr.carriedAdmitted.Add(1)
 	return &r, false
 }
+
+// carryAgainAge is how long after a session's issue a handshake that
+// resumes it and keeps it (a TLS 1.2 resumption, see keepsSession) gives
+// the client a carried ticket for it rather than a reissued bare ID: long
+// enough to cover a farm's young window (farm.Config.WriteThroughTimeout,
+// 250ms by default) with room for skew, short enough that a client that
+// keeps resuming does not carry its secrets in every ticket.
+const carryAgainAge = time.Second
+
+// carryAgain returns, for a handshake that resumed the cached session
+// h.last and keeps it, a fresh carried ticket for it while carried tickets
+// are on and the session was issued less than carryAgainAge ago; nil
+// otherwise (a reissued ID then does). Without it, a client that resumes a
+// young session on one node and at once reconnects to a third, which has
+// not heard of the session yet, would present a bare ID there and wait for
+// the farm's message. The ticket seals the session as the cache holds it
+// (h.last.ss, parsed from the cache's state), so a node that admits the
+// copy holds the same state as the farm's broadcast brings; it names no
+// parent (the session's issuer's copy and message cut it).
+func (c *Cache) carryAgain(cs tls.ConnectionState, h *handshake, now int64) []byte {
+	if h.src == nil || !c.life.carry.Load() || c.cfg.Mode != Stateful || c.cfg.SingleUse || h.last.ss == nil {
+		return nil
+	}
+	issued, ok := c.IssuedAt(h.last.id)
+	if !ok || now-issued.UnixNano() >= int64(carryAgainAge) || issued.UnixNano()-now > c.maxSkew.Load() {
+		return nil
+	}
+	var none ID
+	return c.carried(cs, h.last.ss, h.src, &h.ticket, &h.last.id, &none, h.last.chain, h.last.chainStart, now, h.last.expires)
+}

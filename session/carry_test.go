@@ -1,6 +1,8 @@
 package session_test
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"sync"
 	"testing"
@@ -20,12 +22,20 @@ type admitFarm struct {
 	mu     sync.Mutex
 	admits int
 	got    session.Record
+	gotid  session.ID
+}
+
+// gotID is the ID of the last copy offered.
+func (f *admitFarm) gotID() session.ID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gotid
 }
 
 func (f *admitFarm) AdmitCarried(id session.ID, r session.Record) (session.Record, bool) {
 	f.mu.Lock()
 	f.admits++
-	f.got = r
+	f.got, f.gotid = r, id
 	f.mu.Unlock()
 	return f.admit(id, r)
 }
@@ -176,5 +186,47 @@ func TestSetCarryRefused(t *testing.T) {
 			t.Errorf("SetCarry(true) = true for %+v", cc)
 		}
 		c.Close()
+	}
+}
+
+// TestCarriedAgainOnTLS12Resumption: a TLS 1.2 resumption keeps its
+// session (a reissued ticket, no successor). While the session is young
+// and carried tickets are on, the ticket the resuming node gives is a
+// carried one again, so that the client, reconnecting at once to a third
+// node that has not heard of the session (its Load finds nothing), resumes
+// there from the copy. Before, the reissued ticket was a bare ID, and the
+// third node waited for the farm's message.
+func TestCarriedAgainOnTLS12Resumption(t *testing.T) {
+	a, b := carryPair(t)
+	c := newServer(t, nil)
+	c.cache.SetIDKeys(session.IDKey{ID: 7, Key: [32]byte{1, 2, 3}})
+	c.cfg.SetSessionTicketKeys([][32]byte{{9, 9, 9}})
+	b.cache.SetCarry(true)
+	admitAll := func(_ session.ID, r session.Record) (session.Record, bool) { return r, true }
+	nothing := func(context.Context, session.ID) (*session.Record, error) { return nil, nil }
+	b.cache.Join(&admitFarm{loadFunc: nothing, admit: admitAll}, time.Second)
+	fc := &admitFarm{loadFunc: nothing, admit: admitAll}
+	c.cache.Join(fc, time.Second)
+
+	shared := &tlstest.SharedCache{}
+	tlstest.MustDial(t, a.srv.Addr, a.client(tls.VersionTLS12, "localhost", shared))
+	if !tlstest.MustDial(t, b.srv.Addr, b.client(tls.VersionTLS12, "localhost", shared)).DidResume {
+		t.Fatal("B did not resume the carried session")
+	}
+	if issued, _, _, _ := carriedStats(b.cache); issued != 1 {
+		t.Fatalf("B issued %d carried tickets on resuming a young TLS 1.2 session, want 1", issued)
+	}
+	if !tlstest.MustDial(t, c.srv.Addr, c.client(tls.VersionTLS12, "localhost", shared)).DidResume {
+		t.Fatal("C did not resume the session from B's ticket")
+	}
+	if _, admitted, _, _ := carriedStats(c.cache); admitted != 1 {
+		t.Fatalf("C admitted %d carried copies, want 1", admitted)
+	}
+	// The copy C holds is the session as A and B hold it: the farm's
+	// broadcast of it, arriving later, is the same session again.
+	ra, _ := lookup(a.cache, fc.gotID())
+	rc, _ := lookup(c.cache, fc.gotID())
+	if !bytes.Equal(ra.State, rc.State) {
+		t.Error("the copy C admitted differs from the state A issued")
 	}
 }

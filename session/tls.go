@@ -207,6 +207,9 @@ func (h *handshake) wrap(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, 
 	if cs.DidResume && h.last.ss != nil {
 		chain, start = h.last.chain, h.last.chainStart
 		if !h.last.ticket && c.keepsSession(cs, &h.last, now) {
+			if t := c.carryAgain(cs, h, now); t != nil {
+				return t, nil
+			}
 			if t := c.keys.Load().reissue(&h.last.id); t != nil {
 				c.ctr.reissued.Add(1)
 				return t, nil
