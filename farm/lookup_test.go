@@ -108,9 +108,15 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	ms, _ := farmtest.Start(t, 1, &o)
 	n := ms[0]
 	const lookups = 8
-	for range lookups {
+	for i := range lookups {
 		id := n.Cache.NewID()
 		unwrapSession(n.Cache, id[:], tls.ConnectionState{ServerName: "localhost"})
+		// Each late answer before the next lookup: a loaded machine
+		// delays the answers, and five give-ups before the first of
+		// them came would trip the breaker however they are counted.
+		farmtest.Eventually(t, 5*time.Second, "the late answer counted", func() bool {
+			return farmtest.Counter(n.Node.Metrics(), "tlsfarm_farm_lookups_late_total") == uint64(i+1)
+		})
 	}
 	farmtest.Eventually(t, 5*time.Second, "every late answer counted", func() bool { return farmtest.Counter(n.Node.Metrics(), "tlsfarm_farm_lookups_late_total") == lookups })
 	st := n.Node.Metrics()
