@@ -820,6 +820,7 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 			}
 		}}
 	ms, name := farmtest.Start(t, 2, o)
+	farmtest.WaitRevocationsKnown(t, ms...) // with OpTimeout 300ms, a loaded machine left it to the heal
 	o.NewTransport = redisTransport(srv.URL())
 	ids, cs := farmtest.Issue(t, ms[0], 1)
 	id, c := ids[0], cs[0]

@@ -169,6 +169,24 @@ func WaitConnected(t testing.TB, ms ...*Member) {
 	})
 }
 
+// WaitRevocationsKnown waits until every member's node has read the
+// farm's revocations: until then a node leaves a peer's broadcast session
+// to the store rather than insert it (see farm.Node.RevocationsKnown), and
+// a test that expects every node to hold what the others issue must wait
+// for it first. Join reads them at once, but a loaded machine (a short
+// OpTimeout) may leave the read to the node's next heal.
+func WaitRevocationsKnown(t testing.TB, ms ...*Member) {
+	t.Helper()
+	Eventually(t, 20*time.Second, "all nodes know the farm's revocations", func() bool {
+		for _, m := range ms {
+			if !m.Node.RevocationsKnown() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // Eventually polls cond until it holds, or fails the test once timeout has
 // passed, saying what it waited for.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
