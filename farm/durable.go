@@ -165,13 +165,21 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 	} else {
 		if n.cfg.Records == nil {
 			// Peers may hold it: no store to learn its chain from.
-			return RevokeNotFound, ErrNoStore
-		}
-		var found bool
-		var err error
-		done, found, err = n.revokeUnheld(ctx, id)
-		if !found {
-			return RevokeNotFound, err
+			// A young one may still come on the bus (see awaitYoung).
+			rec := n.awaitYoung(ctx, id)
+			if rec == nil {
+				return RevokeNotFound, ErrNoStore
+			}
+			rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec), start: rec.ChainStart}
+			n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
+			done, _ = n.addRevocation(id, rev)
+		} else {
+			var found bool
+			var err error
+			done, found, err = n.revokeUnheld(ctx, id)
+			if !found {
+				return RevokeNotFound, err
+			}
 		}
 	}
 	if done == nil {

@@ -1,0 +1,40 @@
+package farm_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// TestCarriedRevokeWhileBatchWaits: a session issued on n1 waits in n1's
+// flush window (50ms here) when n2, which never held it, is asked to
+// revoke it. The session is young, so it may be on its way: n2 must find
+// it (the bus or the store brings it within the young window) and revoke
+// its chain, not answer not-found and leave it to resume from its carried
+// copy on n2 and from its own copy on n1.
+func TestCarriedRevokeWhileBatchWaits(t *testing.T) {
+	f := startCarryFarm(t, 2, 0, 10*time.Second, func(c *farm.Config) {
+		c.FlushWindow = 50 * time.Millisecond
+	})
+	n1, n2 := f.ms[0], f.ms[1]
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	dialAs(t, n1, "localhost", c)
+	s := ids()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := n2.Node.RevokeSession(ctx, s)
+	if err != nil || st != farm.RevokeApplied {
+		t.Errorf("RevokeSession on n2 = %v, %v; want applied", st, err)
+	}
+	farmtest.Eventually(t, 5*time.Second, "n1 dropped S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	for _, m := range f.ms {
+		if dialAs(t, m, "localhost", c).DidResume {
+			t.Errorf("%s resumed a session revoked on n2", m.Name)
+		}
+	}
+}
