@@ -112,6 +112,14 @@ func (n *Node) admitCarried(id session.ID, r session.Record) (session.Record, bo
 	}
 	// The cache inserts it next (with OriginLoader: its issuer publishes
 	// it); what an insert of a peer's copy implies is noted here.
+	if n.pend != nil {
+		// With LazyPeers, the issuer's broadcast copy may be kept
+		// here undecoded: the cache holds the session from now on, as
+		// when a lookup takes that copy (takePending). Left behind, it
+		// would be taken whole once the cache's copy, cut by its
+		// resumption here, had lapsed: past the grace.
+		n.pend.drop(id)
+	}
 	n.peerCopyTaken(id, &rec, now)
 	n.noteLoaded(id, rec.Expires)
 	n.ctr.carried[carryAdmitted].Add(1)

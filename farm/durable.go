@@ -156,7 +156,11 @@ func (n *Node) pendingRevocations() int {
 // by this node's cache (its MaxChainLifetime), if that is later. On a farm
 // without a store, a session this node does not hold is RevokeNotFound
 // with ErrNoStore: a peer may hold it, and only a node that holds it can
-// revoke its chain.
+// revoke its chain. A young session (see Config.WriteThroughTimeout) that
+// neither this node nor the store knows yet may still be on its way (its
+// issuer's write waiting in a flush window, while its client resumes it
+// from a carried copy): it is waited for, on the bus and in the store, as
+// a handshake would wait for it, until it is no longer young or ctx ends.
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
@@ -165,6 +169,8 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 	} else {
 		if n.cfg.Records == nil {
 			// Peers may hold it: no store to learn its chain from.
+			// (Without a store there is no write-through, and no
+			// young session to wait for.)
 			return RevokeNotFound, ErrNoStore
 		}
 		var found bool

@@ -58,10 +58,19 @@ func (n *Node) revokeUnheld(ctx context.Context, id session.ID) (done <-chan str
 	} else {
 		var known bool
 		rev, known, err = n.markedRevocation(ctx, id)
-		if err != nil || !known {
+		if err != nil {
 			return nil, false, err
 		}
-		if !n.revokesLater(rev) {
+		if !known {
+			// Neither record nor mark: a young session may still be
+			// on its way (its issuer's write waiting in a flush
+			// window, or slow), while its client resumes it from
+			// the copy its ticket carries.
+			if rec = n.awaitYoung(ctx, id); rec == nil {
+				return nil, false, ctx.Err()
+			}
+			rev = revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(*rec), start: rec.ChainStart}
+		} else if !n.revokesLater(rev) {
 			// Revoked at least that long: only wait for a revocation
 			// of the chain still on its way.
 			return n.revocationDone(rev.chain), true, nil
@@ -71,6 +80,22 @@ func (n *Node) revokeUnheld(ctx context.Context, id session.ID) (done <-chan str
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 	done, _ = n.addRevocation(id, rev)
 	return done, true, nil
+}
+
+// awaitYoung waits for the session id, which neither this node nor the
+// store holds, while id is young (see youngUntil) and ctx lasts, as a
+// lookup does (see loadYoung), and returns it if the bus or the store
+// brought it meanwhile; nil if id is not young, or its session did not
+// come. Without it, a revocation made within the young window on a node
+// that had not heard of the session found nothing, and the session went
+// on resuming on its issuer, and from its carried copy anywhere.
+func (n *Node) awaitYoung(ctx context.Context, id session.ID) *session.Record {
+	until, ok := n.youngUntil(id, n.cfg.Now())
+	if !ok {
+		return nil
+	}
+	rec, _ := n.loadYoung(ctx, id, until)
+	return rec
 }
 
 // revokesLater reports whether rev revokes its chain until later than the
