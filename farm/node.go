@@ -188,7 +188,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		sent:     newSentRing(cfg.QueueSize),
 		kids:     make(chan item, 1024),
 	}
-	n.q.setWindow(cfg.FlushWindow)
+	n.q.setWindow(cfg.FlushWindow, cfg.BatchSize)
 	cc := cfg.Cache.Config()
 	n.cutAge = max(cc.Lifetime+cfg.MaxSkew, cfg.MaxAge)
 	n.revokeAge = max(cc.MaxChainLifetime+cfg.MaxSkew, cfg.MaxAge)
@@ -236,7 +236,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		if !n.combined() {
 			n.sq = newQueue(cfg.QueueSize)
-			n.sq.setWindow(cfg.FlushWindow)
+			n.sq.setWindow(cfg.FlushWindow, cfg.BatchSize)
 		} else if u, ok := cfg.Bus.(transport.UnorderedBatcher); ok {
 			n.publishFirst = u.MayPublishFirst()
 		}

@@ -27,19 +27,23 @@ type queue struct {
 	epoch  time.Time
 	pushed []time.Duration
 	urgent bool
+	// batch is the most items popHeld takes (Config.BatchSize): a push
+	// that brings the queue to it wakes a held pop, as an urgent one does.
+	batch int
 }
 
 func newQueue(size int) *queue {
 	return &queue{items: make([]item, size), ready: make(chan struct{}, 1)}
 }
 
-// setWindow gives the queue a flush window (see popHeld). It is called
-// before anything is pushed.
-func (q *queue) setWindow(d time.Duration) {
+// setWindow gives the queue a flush window (see popHeld), for a popper
+// that takes up to batch items at a time. It is called before anything is
+// pushed.
+func (q *queue) setWindow(d time.Duration, batch int) {
 	if d <= 0 {
 		return
 	}
-	q.window, q.epoch = d, time.Now()
+	q.window, q.epoch, q.batch = d, time.Now(), batch
 	q.pushed = make([]time.Duration, len(q.items))
 }
 
@@ -57,6 +61,13 @@ func mayWait(it *item) bool {
 
 // push adds it, dropping the oldest item if the queue is full. It never
 // blocks.
+//
+// With a flush window, an item that may wait and joins others already
+// waiting does not wake the popper: a held pop (popHeld) sleeps until the
+// window of the oldest item ends, which a later item does not move, so
+// waking it would only put it to sleep again (a goroutine wake-up and a
+// timer reset for each session a busy node issues). The first item, an
+// urgent one, and the one that fills a batch wake it.
 func (q *queue) push(it item) {
 	q.mu.Lock()
 	if q.n == len(q.items) {
@@ -67,17 +78,21 @@ func (q *queue) push(it item) {
 	}
 	i := (q.head + q.n) % len(q.items)
 	q.items[i] = it
+	wake := true
 	if q.pushed != nil {
 		q.pushed[i] = time.Since(q.epoch)
 		if !mayWait(&it) {
 			q.urgent = true
 		}
+		wake = q.n == 0 || q.urgent || q.n+1 >= q.batch
 	}
 	q.n++
 	q.mu.Unlock()
-	select {
-	case q.ready <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case q.ready <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -156,37 +156,39 @@ func (c *Cache) carried(cs tls.ConnectionState, ss *tls.SessionState, src *tls.C
 
 // admitCarried opens the carried part of a ticket for id, which the cache
 // does not hold, and asks the farm to admit it; an admitted copy is
-// inserted and returned. refused reports a copy that must not resume by
-// its ID either (bound to another server name).
-func (c *Cache) admitCarried(id ID, carried []byte, cs tls.ConnectionState, src *tls.Config) (rec *Record, refused bool) {
+// inserted and returned, with the session it holds as crypto/tls parsed it
+// (what parsing the record's State gives: the handshake resumes it without
+// parsing that again). refused reports a copy that must not resume by its
+// ID either (bound to another server name).
+func (c *Cache) admitCarried(id ID, carried []byte, cs tls.ConnectionState, src *tls.Config) (rec *Record, _ *tls.SessionState, refused bool) {
 	box := c.farm.Load()
 	if box == nil || src == nil || c.cfg.SingleUse {
-		return nil, false
+		return nil, nil, false
 	}
 	adm, ok := box.f.(CarriedAdmitter)
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
 	ss, err := src.DecryptTicket(carried, cs)
 	if err != nil || ss == nil {
 		c.ctr.carriedUnopenable.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	b, ok := findCarried(ss.Extra)
 	if !ok || b.id != id || b.parent == id {
 		c.ctr.carriedUnopenable.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	if !c.cfg.AllowServerNameMismatch && !boundNameIs(b.serverName, cs.ServerName) {
 		c.ctr.refusedSNI.Add(1)
-		return nil, true
+		return nil, nil, true
 	}
 	now := c.nowNano()
 	if b.expires <= now || b.start-now > c.maxSkew.Load() || now-b.start >= int64(c.cfg.MaxChainLifetime) {
 		// Over, or begun further ahead of this clock than MaxClockSkew:
 		// the farm's copy, if any, decides.
 		c.ctr.carriedRefused.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	r := Record{
 		ServerName: strings.ToLower(string(b.serverName)),
@@ -202,22 +204,22 @@ func (c *Cache) admitCarried(id ID, carried []byte, cs tls.ConnectionState, src 
 	}
 	if r.State, err = ss.Bytes(); err != nil || r.Chain == 0 {
 		c.ctr.carriedUnopenable.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	r, ok = adm.AdmitCarried(id, r)
 	if !ok {
 		c.ctr.carriedRefused.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	expires, err := c.insertRecord(id, r, OriginLoader)
 	if err != nil {
 		// Expired, revoked, or malformed: the farm's copy, if any, decides.
 		c.ctr.carriedRefused.Add(1)
-		return nil, false
+		return nil, nil, false
 	}
 	r.Expires = time.Unix(0, expires)
 	c.ctr.carriedAdmitted.Add(1)
-	return &r, false
+	return &r, ss, false
 }
 
 // carryAgainAge is how long after a session's issue a handshake that

@@ -345,6 +345,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 	var state []byte
 	var sni unique.Handle[string]
 	var h hit
+	var admitted *tls.SessionState // a carried copy's session, parsed (admitCarried)
 	found := c.get(&id, OriginHandshake, func(e *entry) {
 		state, sni, r.chain, r.chainStart, r.expires = e.state, e.serverName, e.chain, e.chainStart, e.expires
 	}, &h)
@@ -355,7 +356,7 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		var rec *Record
 		if carried != nil {
 			var refused bool
-			if rec, refused = c.admitCarried(id, carried, cs, src); refused {
+			if rec, admitted, refused = c.admitCarried(id, carried, cs, src); refused {
 				return r
 			}
 		}
@@ -375,13 +376,16 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 		}
 		return r
 	}
-	ss, err := tls.ParseSessionState(state)
-	if err != nil {
-		c.ctr.parseErrors.Add(1)
-		if found {
-			c.got(&id, OriginHandshake, &h, false)
+	ss := admitted
+	if ss == nil {
+		var err error
+		if ss, err = tls.ParseSessionState(state); err != nil {
+			c.ctr.parseErrors.Add(1)
+			if found {
+				c.got(&id, OriginHandshake, &h, false)
+			}
+			return r
 		}
-		return r
 	}
 	if found && h.hooked {
 		c.got(&id, OriginHandshake, &h, true)

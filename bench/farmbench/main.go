@@ -155,8 +155,9 @@ func (o *options) register(fs *flag.FlagSet) {
 type result struct {
 	versions []uint16
 	kinds    []kind
-	runs     [][][]measurement // [run][version][kind]
-	reports  map[string][]nodeReport
+	runs     [][][]measurement       // [run][version][kind]
+	reports  map[string][]nodeReport // each run's, in node order
+	nodes    int                     // nodes per farm
 	skipped  []string
 }
 
@@ -188,6 +189,7 @@ func bench(ctx context.Context, o options, out, logw io.Writer) (*result, error)
 	if err != nil {
 		return nil, err
 	}
+	res.nodes = e.nodes
 	if e.exe, err = os.Executable(); err != nil {
 		return nil, err
 	}
