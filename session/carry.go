@@ -135,15 +135,7 @@ func (c *Cache) carried(cs tls.ConnectionState, ss *tls.SessionState, src *tls.C
 	// ticket (most, and every one without SetCarry) does not carry it.
 	b := make([]byte, 0, len(carriedTag)+carriedBindingLen+len(cs.ServerName))
 	b = appendCarriedBinding(b, id, parent, cs.ServerName, chain, start, now, expires)
-	extra := ss.Extra
-	if len(extra) == 0 && sc != nil {
-		sc.extra[0] = b
-		ss.Extra = sc.extra[:]
-	} else {
-		ss.Extra = append(extra[:len(extra):len(extra)], b)
-	}
-	t, err := src.EncryptTicket(cs, ss)
-	ss.Extra = extra
+	t, err := sealBound(cs, ss, src, sc, b)
 	if err != nil {
 		return nil
 	}

@@ -258,17 +258,7 @@ func (c *Cache) issue(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Con
 			// farm's keys resumes on any node meanwhile.
 			b = appendFallbackBinding(b, cs.ServerName, chain, start, now, now+int64(fallback))
 		}
-		extra := ss.Extra
-		if len(extra) == 0 && sc != nil {
-			sc.extra[0] = b
-			ss.Extra = sc.extra[:]
-		} else {
-			ss.Extra = append(extra[:len(extra):len(extra)], b)
-		}
-		t, err := src.EncryptTicket(cs, ss)
-		// The binding lives in the ticket only: ss is left as crypto/tls
-		// made it, and sc can be used again.
-		ss.Extra = extra
+		t, err := sealBound(cs, ss, src, sc, b)
 		if err == nil {
 			c.ctr.ticketsIssued.Add(1)
 			if c.cfg.Mode != Stateless {
@@ -435,4 +425,21 @@ func (c *Cache) load(ctx context.Context, id ID) *Record {
 	rec.Expires = time.Unix(0, expires)
 	c.ctr.loaderHits.Add(1)
 	return rec
+}
+
+// sealBound seals ss under src's session ticket keys with the binding b
+// added to its Extra for the ticket only: ss is left as crypto/tls made
+// it, and sc (if not nil) holds the Extra slice meanwhile, so that it can
+// be used again.
+func sealBound(cs tls.ConnectionState, ss *tls.SessionState, src *tls.Config, sc *ticketScratch, b []byte) ([]byte, error) {
+	extra := ss.Extra
+	if len(extra) == 0 && sc != nil {
+		sc.extra[0] = b
+		ss.Extra = sc.extra[:]
+	} else {
+		ss.Extra = append(extra[:len(extra):len(extra)], b)
+	}
+	t, err := src.EncryptTicket(cs, ss)
+	ss.Extra = extra
+	return t, err
 }
