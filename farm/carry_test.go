@@ -245,6 +245,10 @@ func TestCarriedGraceCut(t *testing.T) {
 func TestCarriedOutage(t *testing.T) {
 	f := startCarryFarm(t, 2, 2, 10*time.Second, func(c *farm.Config) {
 		c.ProbeInterval = 100 * time.Millisecond
+		// Young long enough to outlast n2's return on a loaded machine
+		// (the bus's reconnect backoff): refused then for the gap, not
+		// for its age.
+		c.WriteThroughTimeout = 8 * time.Second
 	})
 	n1, n2 := f.ms[0], f.ms[1]
 	f.px[1].Cut()
@@ -264,13 +268,14 @@ func TestCarriedOutage(t *testing.T) {
 	dialAs(t, n1, "localhost", mid) // issued while n2 is away
 	f.px[1].Restore()
 	farmtest.Eventually(t, 10*time.Second, "n2 is back", func() bool { return n2.Node.Connected() })
+	time.Sleep(300 * time.Millisecond) // its probes answered again: it reaches the farm
 	f.px[0].Freeze()
 	dialAs(t, n2, "localhost", mid)
 	if got := carried(n2, "admitted"); got != 0 {
 		t.Fatalf("n2 admitted a copy issued before its return")
 	}
 	if carried(n2, "gap") == 0 {
-		t.Fatal("n2 did not refuse the copy issued before its return as a gap")
+		t.Fatalf("n2 did not refuse the copy issued before its return as a gap (old %d, cut_off %d)", carried(n2, "old"), carried(n2, "cut_off"))
 	}
 	time.Sleep(300 * time.Millisecond) // past MaxSkew
 	after := &tlstest.FrozenCache{}
