@@ -29,14 +29,7 @@ func TestTCPPassthroughBusyOneWayIsNotIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	got := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	got, addr, ccfg := busyPassthrough(t, ln, idle, func(c net.Conn) {
 		chunk := bytes.Repeat([]byte("s"), 1024)
 		for end := time.Now().Add(4 * idle); time.Now().Before(end); {
 			if _, err := c.Write(chunk); err != nil {
@@ -45,16 +38,8 @@ func TestTCPPassthroughBusyOneWayIsNotIdle(t *testing.T) {
 			time.Sleep(idle / 10)
 		}
 		c.Write([]byte("\n"))
-		n, _ := io.Copy(io.Discard, c)
-		got <- n
-	}()
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = "tcp://" + ln.Addr().String()
-		c.Listeners[0].NextProtos = nil
-		c.IdleTimeout = idle
 	})
-	tc, err := tls.Dial("tcp", s.Addrs()[0], client("localhost", cert))
+	tc, err := tls.Dial("tcp", addr, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,25 +85,8 @@ func TestTCPPassthroughBusyUploadIsNotIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	got := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		go c.Write(make([]byte, answer))
-		n, _ := io.Copy(io.Discard, c)
-		got <- n
-	}()
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.Listeners[0].Upstream = "tcp://" + ln.Addr().String()
-		c.Listeners[0].NextProtos = nil
-		c.IdleTimeout = idle
-	})
-	tc, err := tls.DialWithDialer(smallReceiveBuffer, "tcp", s.Addrs()[0], client("localhost", cert))
+	got, addr, ccfg := busyPassthrough(t, ln, idle, func(c net.Conn) { go c.Write(make([]byte, answer)) })
+	tc, err := tls.DialWithDialer(smallReceiveBuffer, "tcp", addr, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,4 +111,31 @@ func TestTCPPassthroughBusyUploadIsNotIdle(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the upstream never saw the end of the upload")
 	}
+}
+
+// busyPassthrough starts an upstream on ln that runs talk on the one
+// connection it accepts and then reads it to its end, sending on got how
+// many bytes it read, and a TCP passthrough listener to it with the given
+// idle timeout. It returns got, the listener's address and a client
+// config for it. ln is closed when the test ends.
+func busyPassthrough(t *testing.T, ln net.Listener, idle time.Duration, talk func(net.Conn)) (got chan int64, addr string, ccfg *tls.Config) {
+	t.Cleanup(func() { ln.Close() })
+	got = make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		talk(c)
+		n, _ := io.Copy(io.Discard, c)
+		got <- n
+	}()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.Listeners[0].Upstream = "tcp://" + ln.Addr().String()
+		c.Listeners[0].NextProtos = nil
+		c.IdleTimeout = idle
+	})
+	return got, s.Addrs()[0], client("localhost", cert)
 }
