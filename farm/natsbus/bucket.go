@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -173,29 +174,81 @@ func (t *Transport) ensureAge(ctx context.Context, s *bucketState, ttl time.Dura
 	}
 	need := (ttl + ageStep - 1) / ageStep * ageStep
 	// A stream update is not conditional: a node that read the limit
-	// before this update and raises it to less than need after it
-	// lowers it again. So the limit is read back after each update and
-	// raised again if it fell short, and only a limit read is taken as
-	// in place.
+	// before another's update and sets less after it lowers the limit
+	// again. So each node first records its need in a key of the bucket
+	// itself, raised only by compare-and-set (the key holds the largest
+	// need recorded), sets the limit to the recorded need, and after each
+	// update reads the limit and then the key again. The last update is
+	// then never below any need: its writer read the key after it landed
+	// (a larger need recorded before that read sends the writer round
+	// again), and a node recording its need after that read finds the
+	// limit below it and raises it itself.
+	target, ok := recordAgeNeed(ctx, s.kv, need)
+	if !ok {
+		return
+	}
 	for range ageAttempts {
 		info, err := s.stream.Info(ctx)
 		if err != nil {
 			return
 		}
-		if info.Config.MaxAge == 0 || info.Config.MaxAge >= need {
+		if info.Config.MaxAge == 0 || info.Config.MaxAge >= target {
+			if recorded, ok := recordAgeNeed(ctx, s.kv, 0); ok && info.Config.MaxAge != 0 && recorded > info.Config.MaxAge {
+				target = recorded // a larger need was recorded meanwhile
+				continue
+			}
 			s.age.Store(int64(info.Config.MaxAge))
 			return
 		}
 		cfg := info.Config
-		cfg.MaxAge = need
+		cfg.MaxAge = target
 		if _, err := t.js.UpdateStream(ctx, cfg); err != nil {
 			return
 		}
 	}
 }
 
+// ageKey is the key of a legacy bucket that holds the largest age limit a
+// node has asked for (a decimal count of nanoseconds). Keys the transport
+// writes for callers never begin with '_' (kvKey escapes it).
+const ageKey = "_age"
+
+// recordAgeNeed raises the need recorded under ageKey in kv to at least
+// need by compare-and-set and reports the need then recorded; need 0 only
+// reads it. The key lives under the bucket's own age limit: when it has
+// aged out, the limit it asked for was in place long enough for every
+// node that read it.
+func recordAgeNeed(ctx context.Context, kv jetstream.KeyValue, need time.Duration) (time.Duration, bool) {
+	for range ageAttempts {
+		e, err := kv.Get(ctx, ageKey)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if need == 0 {
+				return 0, true
+			}
+			if _, err := kv.Create(ctx, ageKey, []byte(strconv.FormatInt(int64(need), 10))); err == nil {
+				return need, true
+			}
+			continue // created meanwhile, or refused: read again
+		case err != nil:
+			return 0, false
+		}
+		recorded, perr := strconv.ParseInt(string(e.Value()), 10, 64)
+		if perr != nil || recorded < 0 {
+			recorded = 0 // not ours: overwritten below
+		}
+		if time.Duration(recorded) >= need {
+			return time.Duration(recorded), true
+		}
+		if _, err := kv.Update(ctx, ageKey, []byte(strconv.FormatInt(int64(need), 10)), e.Revision()); err == nil {
+			return need, true
+		}
+	}
+	return 0, false
+}
+
 // ageAttempts bounds the updates ensureAge makes for one write.
-const ageAttempts = 4
+const ageAttempts = 8
 
 // ageStep is what the age limit of a legacy record bucket is rounded to.
 const ageStep = 10 * time.Minute
