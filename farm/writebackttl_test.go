@@ -174,6 +174,16 @@ func writeBackNotHeldByPriming(t *testing.T, lose func(*redistest.Server, *redis
 	farmtest.Eventually(t, 5*time.Second, "n1 read the store's generation", func() bool { return n1.Node.StoreGeneration() != nil })
 	tr := n1.Store.(*redisbus.Transport)
 	key := tr.RecordKey("s:" + hex.EncodeToString(ids[0][:]))
+	// The priming n1 does when it joins must be over before the loss:
+	// on a loaded machine it may outlast its OpTimeout and be tried again
+	// a second later, after the restart, where its one pipeline of
+	// EVALSHA would count as the strikes the check after the loss looks
+	// for (a CI run saw 256). It writes every group's marker in one
+	// pipeline: the last group's marker ("once:ff") means all are there.
+	farmtest.Eventually(t, 10*time.Second, "n1 primed the strike register", func() bool {
+		n, err := rc.Exists(context.Background(), tr.RecordKey("once:ff")).Result()
+		return err == nil && n == 1
+	})
 
 	p.SetLatency(latency)
 	lose(srv, rc)
