@@ -361,3 +361,25 @@ var ErrMessagesLost = errors.New("farm: messages published while the subscriptio
 type MessageKeeper interface {
 	KeepsMessages() bool
 }
+
+// A DeliveryMarker is a Bus that can tell how far the delivery of its
+// running subscription has come, for every publisher at once. A node whose
+// subscription stays up while its delivery lags (a client or server
+// falling behind, a slow reader) learns of a peer's revocation late; the
+// farm takes carried sessions (farm.Config.CarrySessions) only on a node
+// whose delivery is known to be recent, which a bus that is not a
+// DeliveryMarker cannot show.
+//
+// DeliveredThrough returns a time t, read from this process's clock with
+// time.Now (so with its monotonic reading), such that every message the
+// bus's server had taken from any publisher before t has been passed to
+// the deliver function of the running Subscribe (which has returned for
+// it) or was lost with a subscription whose loss Subscribe reported (its
+// state function called with up false). It returns the zero Time while no
+// subscription is up, or before its delivery was first marked. A
+// transport marks its delivery often (a round trip on the subscription's
+// own connection every tenth of a second, say), so that t stays within a
+// few of them of the present while delivery keeps up.
+type DeliveryMarker interface {
+	DeliveredThrough() time.Time
+}
