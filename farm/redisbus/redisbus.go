@@ -106,6 +106,11 @@ type Transport struct {
 	patterns []string // match every other node's channel, not mine
 	shared   atomic.Bool
 	refused  atomic.Bool   // Redis refused the marker or the patterns (ACLs)
+
+	// delivered is DeliveredThrough's mark: nanoseconds since markBase
+	// (0: none), advanced by the answers to the subscription's marking
+	// pings (see markDelivery).
+	delivered atomic.Int64
 	strike   *redis.Script // the farm's strike script (see strikeScript)
 	strikes  sync.Map      // in a cluster, each group's, by its marker key
 
@@ -595,6 +600,20 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			t.shared.Store(true)
 		}()
 	}
+	// Every mark is of this subscription only: none before it is up, and
+	// none once it is down or over.
+	defer t.delivered.Store(0)
+	var upAt atomic.Int64 // when the subscription was last seen up (since markBase), 0 while down
+	mctx, stopMarks := context.WithCancel(ctx)
+	marks := make(chan struct{})
+	go func() {
+		defer close(marks)
+		t.markDelivery(mctx, ps, &upAt)
+	}()
+	defer func() {
+		stopMarks()
+		<-marks
+	}()
 	silent, lost := 0, 0 // lost: receive errors since the subscription was last up
 	// A subscription not confirmed in full within two health intervals
 	// (a SUBSCRIBE or PSUBSCRIBE lost with a connection as it was made) is
@@ -646,6 +665,8 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			// every node hears it.
 			t.shared.Store(true)
 			up, confirmBy = false, time.Now().Add(2*t.HealthInterval)
+			upAt.Store(0)
+			t.delivered.Store(0)
 			state(false, t.failed(err))
 			lost++
 			select {
@@ -662,6 +683,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			case "subscribe", "psubscribe", "ssubscribe":
 				if m.Count == want {
 					up, lost = true, 0
+					upAt.Store(max(int64(time.Since(markBase)), 1))
 					state(true, nil)
 					poke(count)
 				}
@@ -673,6 +695,17 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				// became a replica (a manual failover). Nothing more
 				// would arrive on it, and pings are still answered.
 				return errUnsubscribed
+			}
+		case *redis.Pong:
+			// Redis answers a PING on the subscription's connection
+			// after every message it took before it: a marking ping's
+			// answer marks what was delivered (see markDelivery).
+			if d, ok := strings.CutPrefix(m.Payload, markPayload); ok && up {
+				if sent, err := strconv.ParseInt(d, 10, 64); err == nil && sent >= upAt.Load() && upAt.Load() != 0 {
+					if sent > t.delivered.Load() {
+						t.delivered.Store(sent)
+					}
+				}
 			}
 		case *redis.Message:
 			if m.Channel == t.marker {
@@ -688,6 +721,50 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 			}
 			deliver([]byte(m.Payload))
 		}
+	}
+}
+
+// DeliveredThrough implements transport.DeliveryMarker. While the
+// subscription is up, Subscribe sends a PING on its connection every
+// MarkInterval, its payload the time it was sent: Redis answers it after
+// every message it had taken before it (it writes both to the connection
+// in the order it handled them), so once the answer is read, every message
+// taken before that time has been delivered.
+func (t *Transport) DeliveredThrough() time.Time {
+	d := t.delivered.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	return markBase.Add(time.Duration(d))
+}
+
+// markBase is the origin of the marks (a time with a monotonic reading).
+var markBase = time.Now()
+
+// markPayload begins the payload of a marking ping.
+const markPayload = "tlsfarm-mark:"
+
+// MarkInterval is how often a subscription that is up marks its delivery
+// (see DeliveredThrough).
+const MarkInterval = 100 * time.Millisecond
+
+// markDelivery sends a marking ping on ps every MarkInterval while the
+// subscription is up (upAt set), until ctx ends. The time in it is taken
+// before it is written: Redis handles it later still.
+func (t *Transport) markDelivery(ctx context.Context, ps *redis.PubSub, upAt *atomic.Int64) {
+	tick := time.NewTicker(MarkInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if upAt.Load() == 0 {
+			continue
+		}
+		sent := max(int64(time.Since(markBase)), 1)
+		ps.Ping(ctx, markPayload+strconv.FormatInt(sent, 10))
 	}
 }
 
