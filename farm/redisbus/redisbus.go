@@ -105,14 +105,14 @@ type Transport struct {
 	marker   string   // subscribed by every node that hears per-sender channels
 	patterns []string // match every other node's channel, not mine
 	shared   atomic.Bool
-	refused  atomic.Bool   // Redis refused the marker or the patterns (ACLs)
+	refused  atomic.Bool // Redis refused the marker or the patterns (ACLs)
 
 	// delivered is DeliveredThrough's mark: nanoseconds since markBase
 	// (0: none), advanced by the answers to the subscription's marking
 	// pings (see markDelivery).
 	delivered atomic.Int64
-	strike   *redis.Script // the farm's strike script (see strikeScript)
-	strikes  sync.Map      // in a cluster, each group's, by its marker key
+	strike    *redis.Script // the farm's strike script (see strikeScript)
+	strikes   sync.Map      // in a cluster, each group's, by its marker key
 
 	// HealthInterval is how long a subscription may be silent before it is
 	// pinged; a ping unanswered for as long again means the connection is
