@@ -1,6 +1,9 @@
 package farm
 
 import (
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -16,10 +19,27 @@ import (
 
 // carryAllowed reports whether the node issues carried tickets while it
 // reaches the farm: Config.CarrySessions, farm-wide ticket keys, broadcast
-// mode, write-through, and a cache that is not single use.
+// mode, write-through, a cache that is not single use, and a bus that marks
+// its delivery (transport.DeliveryMarker).
 func (n *Node) carryAllowed() bool {
+	_, marks := n.cfg.Bus.(transport.DeliveryMarker)
 	return n.cfg.CarrySessions && n.rotating.Load() && n.cfg.Mode == Broadcast &&
-		n.cfg.WriteThrough && !n.cfg.Cache.Config().SingleUse
+		n.cfg.WriteThrough && !n.cfg.Cache.Config().SingleUse && marks
+}
+
+// deliveryLag returns how far behind the present the node's bus delivery
+// is, as the bus marks it, and false if the bus has no mark (it is not a
+// DeliveryMarker, or its subscription is not up).
+func (n *Node) deliveryLag() (time.Duration, bool) {
+	dm, ok := n.cfg.Bus.(transport.DeliveryMarker)
+	if !ok {
+		return 0, false
+	}
+	t := dm.DeliveredThrough()
+	if t.IsZero() {
+		return 0, false
+	}
+	return time.Since(t), true
 }
 
 // noteReach records whether the node reaches the farm now, and turns the
@@ -65,6 +85,11 @@ func (p cachePeer) AdmitCarried(id session.ID, r session.Record) (session.Record
 //     retirement and cut published about the session after its issue has
 //     been delivered to this node, or is on its way as it would be for a
 //     peer's broadcast copy;
+//   - the bus has delivered to this node everything published until
+//     MaxDeliveryLag ago (its mark, see transport.DeliveryMarker): so every
+//     revocation or retirement published before then has been applied
+//     here, and RevokeSession waits as long before it reports one
+//     applied;
 //   - id is young: issued less than the shorter of WriteThroughTimeout and
 //     the cache's ResumeGrace ago (not more than MaxSkew ahead). A session
 //     resumed anywhere stays resumable for ResumeGrace past that
@@ -89,6 +114,12 @@ func (n *Node) admitCarried(id session.ID, r session.Record) (session.Record, bo
 	since := n.reachSince.Load()
 	if since == 0 || !n.connected.Load() {
 		n.ctr.carried[carryCutOff].Add(1)
+		return r, false
+	}
+	if lag, ok := n.deliveryLag(); !ok || lag > n.cfg.MaxDeliveryLag {
+		// Delivery may be behind what peers published about it: a
+		// revocation, a retirement (see Config.MaxDeliveryLag).
+		n.ctr.carried[carryLagging].Add(1)
 		return r, false
 	}
 	if issued.Add(-n.cfg.MaxSkew).UnixNano() < since {
@@ -134,8 +165,9 @@ const (
 	carryOld             // not young, or its issue time unreadable
 	carryGap             // issued before the node's current period of reaching the farm
 	carryCutOff          // the node cannot reach the farm
+	carryLagging         // the node's bus delivery lags, or is not marked
 	carryOff             // carried copies not taken here (config, mode, revocations unknown)
 	numCarryResults
 )
 
-var carryResults = []string{"admitted", "refused", "old", "gap", "cut_off", "off"}
+var carryResults = []string{"admitted", "refused", "old", "gap", "cut_off", "lagging", "off"}

@@ -70,6 +70,12 @@ const (
 	// took about 100µs of node CPU and 19µs of Redis CPU less per
 	// handshake).
 	defaultCarryFlushWindow = 40 * time.Millisecond
+
+	// defaultMaxDeliveryLag is the default of Config.MaxDeliveryLag:
+	// five of redisbus's marks (one each 100ms), so that a node under
+	// load, whose subscription's goroutine runs late, still takes
+	// carried copies, and a revocation waits half a second more.
+	defaultMaxDeliveryLag = 500 * time.Millisecond
 )
 
 // MaxFlushWindow is the longest Config.FlushWindow Join accepts: a new
@@ -201,6 +207,20 @@ type Config struct {
 	// farm-wide (until then nothing is carried, and a peer waits for the
 	// window too) and while the node cannot reach the farm.
 	CarrySessions bool
+
+	// MaxDeliveryLag bounds, with CarrySessions, how far behind the
+	// present the node's bus delivery may be, as the bus marks it (see
+	// transport.DeliveryMarker), for the node to take a carried copy. A
+	// revocation or retirement a peer publishes reaches a node whose
+	// subscription stays up but falls behind only as late as its
+	// delivery, and a carried copy would not wait for it: so a node
+	// whose delivery lags further takes none (the client's lookup waits
+	// for the bus or the store, as without CarrySessions), and
+	// RevokeSession waits MaxDeliveryLag after the bus carried a
+	// revocation before it reports it applied. A bus that is not a
+	// DeliveryMarker (amqpbus) takes no carried copies, and the node
+	// issues none. Default 500ms.
+	MaxDeliveryLag time.Duration
 
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
 	// subscription was down and some of what the farm published meanwhile
@@ -407,6 +427,10 @@ func (cfg *Config) setDefaults() error {
 	if cfg.PendingSize <= 0 {
 		cfg.PendingSize = defaultPendingSize
 	}
+	if cfg.MaxDeliveryLag < 0 {
+		return fmt.Errorf("farm: Config.MaxDeliveryLag %v is negative", cfg.MaxDeliveryLag)
+	}
+	def(&cfg.MaxDeliveryLag, defaultMaxDeliveryLag)
 	def(&cfg.ProbeInterval, defaultProbeInterval)
 	if cfg.TallyInterval == 0 {
 		cfg.TallyInterval = defaultTallyInterval

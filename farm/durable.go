@@ -161,6 +161,9 @@ func (n *Node) pendingRevocations() int {
 // issuer's write waiting in a flush window, while its client resumes it
 // from a carried copy): it is waited for, on the bus and in the store, as
 // a handshake would wait for it, until it is no longer young or ctx ends.
+// With Config.CarrySessions, RevokeApplied waits Config.MaxDeliveryLag more:
+// until then, a peer whose bus delivery lags may still take a carried copy
+// of a session of the chain.
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
@@ -180,15 +183,24 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			return RevokeNotFound, err
 		}
 	}
-	if done == nil {
-		return RevokeApplied, nil
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return RevokePending, nil
+		}
 	}
-	select {
-	case <-done:
-		return RevokeApplied, nil
-	case <-ctx.Done():
-		return RevokePending, nil
+	if n.cfg.CarrySessions {
+		// A peer takes a carried copy only while its bus has delivered
+		// everything published until MaxDeliveryLag ago: once that
+		// much has passed since the publish, none takes this chain's.
+		select {
+		case <-time.After(n.cfg.MaxDeliveryLag):
+		case <-ctx.Done():
+			return RevokePending, nil
+		}
 	}
+	return RevokeApplied, nil
 }
 
 func (n *Node) revocationDone(chain uint64) <-chan struct{} {

@@ -108,10 +108,11 @@ func (n *Node) Metrics() []metric.Sample {
 	rs := &n.rs
 	m.counters("tlsfarm_farm_lifecycle_resend_total", "Requests to peers to write and publish again the retirements and grace cuts they hold (after a bus gap, or a write-back to a store that lost its data): sent, failed to send, received; and the retirements and cuts this node queued again (resent).", "event",
 		"request_sent", rs.asksSent.Load(), "request_failed", rs.asksFailed.Load(), "request_received", rs.asksReceived.Load(), "resent", rs.resent.Load())
-	m.counters("tlsfarm_farm_carried_total", "Carried copies of sessions this node did not hold, presented in tickets (see Config.CarrySessions), by what the node decided: admitted; refused (a peer's copy would be: retired, resumed or held back here); old (not young); gap (issued before the node's current period of reaching the farm); cut_off (the node cannot reach the farm); off (not taken here).", "result",
+	m.counters("tlsfarm_farm_carried_total", "Carried copies of sessions this node did not hold, presented in tickets (see Config.CarrySessions), by what the node decided: admitted; refused (a peer's copy would be: retired, resumed or held back here); old (not young); gap (issued before the node's current period of reaching the farm); cut_off (the node cannot reach the farm); lagging (the node's bus delivery lags by more than Config.MaxDeliveryLag, or is not marked); off (not taken here).", "result",
 		carryResults[carryAdmitted], c.carried[carryAdmitted].Load(), carryResults[carryRefused], c.carried[carryRefused].Load(),
 		carryResults[carryOld], c.carried[carryOld].Load(), carryResults[carryGap], c.carried[carryGap].Load(),
-		carryResults[carryCutOff], c.carried[carryCutOff].Load(), carryResults[carryOff], c.carried[carryOff].Load())
+		carryResults[carryCutOff], c.carried[carryCutOff].Load(), carryResults[carryLagging], c.carried[carryLagging].Load(),
+		carryResults[carryOff], c.carried[carryOff].Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
 	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())
 	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())
