@@ -176,3 +176,22 @@ func BenchmarkReceive(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDeliveredThrough measures reading the delivery mark, as the
+// farm does before it takes a carried session, with the subscription up.
+func BenchmarkDeliveredThrough(b *testing.B) {
+	tr := open(b, sharedURL(b), farmtest.FarmName(b))
+	farmtest.Subscribed(b, tr, func([]byte) {})
+	for tr.DeliveredThrough().IsZero() {
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if tr.DeliveredThrough().IsZero() {
+				b.Error("DeliveredThrough is zero with the subscription up")
+				return
+			}
+		}
+	})
+}
