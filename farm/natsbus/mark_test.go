@@ -314,3 +314,117 @@ func TestDeliveredThroughResetsOnOutage(t *testing.T) {
 		}
 	})
 }
+
+// TestDeliveredThroughPastSlowConsumerDrops checks the mark where the
+// client drops messages for want of room (a slow consumer): it still never
+// passes the publish time of a message delivered later, and it does not
+// wait for the dropped ones, which never come. Each reading of the mark is
+// kept with the time just after it; a message whose deliver began after
+// such a reading must have been published no earlier than the mark read.
+func TestDeliveredThroughPastSlowConsumerDrops(t *testing.T) {
+	url := sharedURL(t)
+	tr, err := natsbus.Open(url, farmtest.FarmName(t), &natsbus.Options{MarkInterval: 10 * time.Millisecond, PendingMsgs: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	pub, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+
+	const n = 300
+	var (
+		mu        sync.Mutex
+		published [n]time.Time // when each message's flush returned
+		began     [n]time.Time // when deliver began for each delivered one
+	)
+	hold := make(chan struct{})
+	states, stop := subscribeStates(t, tr, func(m []byte) {
+		k := binary.BigEndian.Uint64(m)
+		mu.Lock()
+		began[k] = time.Now()
+		mu.Unlock()
+		if k == 0 {
+			<-hold
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+	})
+	waitState(t, states, true)
+	waitMark(t, tr)
+
+	type reading struct{ mark, after time.Time }
+	var readings []reading
+	watchStop, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-watchStop:
+				return
+			default:
+			}
+			m := tr.DeliveredThrough()
+			readings = append(readings, reading{m, time.Now()})
+			time.Sleep(500 * time.Microsecond)
+		}
+	}()
+
+	released := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(hold); close(released) })
+	msg := make([]byte, 300)
+	for k := range n {
+		binary.BigEndian.PutUint64(msg, uint64(k))
+		if err := pub.Publish(tr.Subject(), msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		published[k] = time.Now()
+		mu.Unlock()
+		if k == 2*n/3-1 {
+			<-released
+		}
+		if k >= 2*n/3 {
+			time.Sleep(3 * time.Millisecond)
+		}
+	}
+	mu.Lock()
+	last := published[n-1]
+	mu.Unlock()
+	// The mark reaches past the last message although some before it
+	// never come.
+	deadline := time.Now().Add(10 * time.Second)
+	for !tr.DeliveredThrough().After(last) {
+		if time.Now().After(deadline) {
+			t.Fatalf("DeliveredThrough = %v, not past the last publish (%v) 10s after it: it waits for dropped messages?", tr.DeliveredThrough(), last)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(watchStop)
+	<-watchDone
+	stop()
+	if tr.Dropped() == 0 {
+		t.Fatal("the client dropped nothing: the test needs a slow consumer")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	delivered := 0
+	for k := range n {
+		if began[k].IsZero() {
+			continue // dropped
+		}
+		delivered++
+		for _, r := range readings {
+			if r.after.Before(began[k]) && r.mark.After(published[k]) {
+				t.Fatalf("DeliveredThrough = %v, %v after message %d was published, read before its deliver began",
+					r.mark, r.mark.Sub(published[k]), k)
+			}
+		}
+	}
+	t.Logf("%d of %d delivered, %d dropped, %d readings", delivered, n, tr.Dropped(), len(readings))
+}
