@@ -72,7 +72,8 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 // again later rather than wait for messages that never come. The refusal
 // is read from the connection's last error: a connection whose error
 // handler hides it is still caught, but one whose last error is replaced
-// before Subscribe reads it is not.
+// before Subscribe reads it is not. While the subscription is up, Subscribe
+// marks its delivery every Options.MarkInterval for DeliveredThrough.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	// A status listener rather than the connection's handlers: they belong
 	// to whoever made the connection, and there is only one of each.
