@@ -3,10 +3,13 @@ package natsbus_test
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
@@ -125,5 +128,70 @@ func BenchmarkWriteBack(b *testing.B) {
 func BenchmarkSetAdd(b *testing.B) {
 	farmtest.BenchmarkSetAdd(b, func(b *testing.B) transport.Coordinator {
 		return open(b, sharedURL(b), farmtest.FarmName(b))
+	})
+}
+
+// BenchmarkReceive measures the bus's receive path: batches of 256
+// messages of 300 bytes published at once, each batch waited for until
+// the subscriber has delivered all of it, with the delivery mark off
+// (Options.MarkInterval negative), at its default interval, and every
+// millisecond.
+func BenchmarkReceive(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		interval time.Duration
+	}{{"mark=off", -1}, {"mark=default", 0}, {"mark=1ms", time.Millisecond}} {
+		b.Run(c.name, func(b *testing.B) {
+			url := sharedURL(b)
+			name := farmtest.FarmName(b)
+			sub, err := natsbus.Open(url, name, &natsbus.Options{MarkInterval: c.interval})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Close()
+			pub := open(b, url, name)
+			var got atomic.Int64
+			farmtest.Subscribed(b, sub, func([]byte) { got.Add(1) })
+			batch := make([][]byte, 256)
+			for i := range batch {
+				batch[i] = make([]byte, 300)
+			}
+			ctx := context.Background()
+			var want int64
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := pub.Publish(ctx, batch...); err != nil {
+					b.Fatal(err)
+				}
+				want += int64(len(batch))
+				deadline := time.Now().Add(5 * time.Second)
+				for got.Load() < want {
+					if time.Now().After(deadline) {
+						b.Fatalf("%d of %d messages delivered in 5s", got.Load(), want)
+					}
+					runtime.Gosched()
+				}
+			}
+			b.ReportMetric(float64(want)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkDeliveredThrough measures reading the delivery mark, as the
+// farm does before it takes a carried session, with the subscription up.
+func BenchmarkDeliveredThrough(b *testing.B) {
+	tr := open(b, sharedURL(b), farmtest.FarmName(b))
+	farmtest.Subscribed(b, tr, func([]byte) {})
+	for tr.DeliveredThrough().IsZero() {
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if tr.DeliveredThrough().IsZero() {
+				b.Error("DeliveredThrough is zero with the subscription up")
+				return
+			}
+		}
 	})
 }

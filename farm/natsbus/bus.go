@@ -72,7 +72,8 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 // again later rather than wait for messages that never come. The refusal
 // is read from the connection's last error: a connection whose error
 // handler hides it is still caught, but one whose last error is replaced
-// before Subscribe reads it is not.
+// before Subscribe reads it is not. While the subscription is up, Subscribe
+// marks its delivery every Options.MarkInterval for DeliveredThrough.
 func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state func(bool, error)) error {
 	// A status listener rather than the connection's handlers: they belong
 	// to whoever made the connection, and there is only one of each.
@@ -83,6 +84,10 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// queues behind it (up to its pending limits); hand each message to
 	// this goroutine so that deliver and state are called from one.
 	msgs := make(chan []byte, 64)
+	// The delivery mark (DeliveredThrough): the handler counts what it
+	// passed on, and this goroutine what deliver returned for.
+	mk := &marker{}
+	q := &markQueue{t: t, mk: mk}
 	// The server may refuse the subscription (the node's user may not
 	// subscribe to the subject): nats.go then only records the error and
 	// passes it to the connection's error handler, and the subscription
@@ -102,6 +107,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		case msgs <- m.Data:
 		case <-ctx.Done():
 		}
+		mk.handled.Add(1)
 	})
 	if err != nil {
 		return fmt.Errorf("natsbus: subscribe: %v", redact.Error(err, t.secrets))
@@ -117,9 +123,17 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	done := make(chan struct{})
 	defer func() {
 		close(done)
+		q.down()
+		t.mark.CompareAndSwap(mk, nil)
 		t.removeSub(sub)
 		sub.Unsubscribe()
 	}()
+	var marks chan mark // nil, never ready, without marking
+	if interval := t.markInterval(); interval > 0 {
+		marks = make(chan mark, 1)
+		t.mark.Store(mk)
+		go t.markLoop(ctx, done, sub, mk, interval, marks)
+	}
 	// nats.go drops a message for want of room (and goes on dropping
 	// until the node catches up) with the connection up. Not an outage:
 	// the subscription stays, and the farm's tallies find what was
@@ -158,6 +172,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		now := t.nc.Status() == nats.CONNECTED
 		if r := t.nc.Stats().Reconnects; r != seen {
 			seen = r
+			q.down()
 			if up {
 				up = false
 				state(false, errReconnected)
@@ -177,6 +192,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		// a refusal is an outage, and the farm subscribes again later
 		// (the operator may be fixing the permissions).
 		if err := refused(); err != nil {
+			q.down()
 			if up {
 				state(false, err)
 			}
@@ -188,8 +204,12 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		up = now
 		if up {
 			state(true, nil)
+			// Marks are taken from now on: none before the farm
+			// heard of the up period.
+			q.up(seen)
 			return nil
 		}
+		q.down()
 		state(false, downErr())
 		return nil
 	}
@@ -215,6 +235,9 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 				return ctx.Err()
 			}
 			deliver(m)
+			q.delivered()
+		case m := <-marks:
+			q.add(m)
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
@@ -237,6 +260,19 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 // dropWarnEvery bounds how often the transport logs the messages nats.go
 // dropped (slow consumer).
 const dropWarnEvery = time.Minute
+
+// markInterval returns how often Subscribe marks its delivery, or 0 for
+// never.
+func (t *Transport) markInterval() time.Duration {
+	switch d := t.opts.MarkInterval; {
+	case d < 0:
+		return 0
+	case d == 0:
+		return DefaultMarkInterval
+	default:
+		return d
+	}
+}
 
 // setPendingLimits applies Options.PendingMsgs and PendingBytes to sub.
 func (t *Transport) setPendingLimits(sub *nats.Subscription) error {

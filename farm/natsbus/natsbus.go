@@ -128,7 +128,17 @@ type Options struct {
 	// The URL options pending_msgs=N and pending_bytes=N set them too.
 	PendingMsgs  int
 	PendingBytes int
+
+	// MarkInterval is how often a running Subscribe marks its delivery
+	// (see Transport.DeliveredThrough): a round trip to the server on the
+	// subscription's connection, then a count of what the subscription
+	// has queued. Zero means DefaultMarkInterval; negative means no
+	// marking, so that DeliveredThrough always returns the zero Time.
+	MarkInterval time.Duration
 }
+
+// DefaultMarkInterval is the default of Options.MarkInterval.
+const DefaultMarkInterval = 100 * time.Millisecond
 
 // A Transport is a transport.Bus and a transport.Store on one NATS connection.
 // Its methods are safe for concurrent use.
@@ -158,6 +168,9 @@ type Transport struct {
 	warnMu   sync.Mutex
 	warned   time.Time // when drops were last logged
 	warnedAt uint64    // Dropped then
+
+	base time.Time              // when New ran: marks are kept as durations since
+	mark atomic.Pointer[marker] // the running Subscribe's delivery mark, or nil
 }
 
 // Open connects to NATS at rawURL for the named farm. It does not wait for
@@ -335,8 +348,8 @@ func parseURL(rawURL string, opts *Options) (servers, secrets []string, _ *Optio
 // makes it, so that the node's own messages do not come back to it; if it
 // closes, Subscribe returns an error and every other method fails. Only
 // opts' bucket settings (Replicas, MemoryStorage, LegacyMaxAge,
-// LegacyRecordAge) and the subscription's (PendingMsgs, PendingBytes)
-// apply; opts may be nil.
+// LegacyRecordAge) and the subscription's (PendingMsgs, PendingBytes,
+// MarkInterval) apply; opts may be nil.
 func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 	tok, err := token(farmName)
 	if err != nil {
@@ -355,6 +368,7 @@ func New(nc *nats.Conn, farmName string, opts *Options) (*Transport, error) {
 		subject: "tlsfarm." + tok + ".bus",
 		bucket:  "tlsfarm_" + tok,
 		closed:  make(chan struct{}),
+		base:    time.Now(),
 	}
 	if opts != nil {
 		t.opts = *opts

@@ -28,4 +28,5 @@ func (t *Transport) MaxMessageSize() int { return int(t.nc.MaxPayload()) }
 var (
 	_ transport.Pinger         = (*Transport)(nil)
 	_ transport.MessageLimiter = (*Transport)(nil)
+	_ transport.DeliveryMarker = (*Transport)(nil)
 )
