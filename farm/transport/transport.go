@@ -375,7 +375,10 @@ type MessageKeeper interface {
 // bus's server had taken from any publisher before t has been passed to
 // the deliver function of the running Subscribe (which has returned for
 // it) or was lost with a subscription whose loss Subscribe reported (its
-// state function called with up false). It returns the zero Time while no
+// state function called with up false). A transport whose client may drop
+// messages with the subscription up (a NATS slow consumer) says so: the
+// mark does not wait for a dropped message, and the farm's tallies find
+// the loss a tally interval or two later. It returns the zero Time while no
 // subscription is up, or before its delivery was first marked. A
 // transport marks its delivery often (a round trip on the subscription's
 // own connection every tenth of a second, say), so that t stays within a
