@@ -267,7 +267,18 @@ func TestTallyFarmNoFalseLoss(t *testing.T) {
 	for _, m := range ms {
 		noise(t, m, 4, stop, &wg)
 	}
+	// At least 3 s, and until every node has checked many slots: on a
+	// loaded machine a node may take longer to hear enough tallies (a
+	// CI run: 12 checked in 3 s).
 	time.Sleep(3 * time.Second)
+	farmtest.Eventually(t, 30*time.Second, "every node checked many slots", func() bool {
+		for _, m := range ms {
+			if tallyCounter(m, "checked") < 20 {
+				return false
+			}
+		}
+		return true
+	})
 	close(stop)
 	wg.Wait()
 	time.Sleep(5 * tallyInterval) // the last slots reported and checked
