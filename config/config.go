@@ -110,14 +110,15 @@ type Cache struct {
 // Farm configures sharing with the other servers of a farm (package farm).
 // With no URL the daemon serves alone.
 type Farm struct {
-	URL            string        `yaml:"url"`             // redis://, rediss://, nats://, amqp://...
-	Name           string        `yaml:"name"`            // farm.Config.Farm
-	SecretFile     string        `yaml:"secret_file"`     // made by "tlsfarm keygen"; read by farm.LoadSecrets
-	Mode           string        `yaml:"mode"`            // "broadcast" or "store-only"
-	WriteThrough   bool          `yaml:"write_through"`   // farm.Config.WriteThrough
-	LookupDeadline time.Duration `yaml:"lookup_deadline"` // farm.Config.LookupTimeout
-	FlushWindow    time.Duration `yaml:"flush_window"`    // farm.Config.FlushWindow
-	CarrySessions  bool          `yaml:"carry_sessions"`  // farm.Config.CarrySessions
+	URL            string        `yaml:"url"`              // redis://, rediss://, nats://, amqp://...
+	Name           string        `yaml:"name"`             // farm.Config.Farm
+	SecretFile     string        `yaml:"secret_file"`      // made by "tlsfarm keygen"; read by farm.LoadSecrets
+	Mode           string        `yaml:"mode"`             // "broadcast" or "store-only"
+	WriteThrough   bool          `yaml:"write_through"`    // farm.Config.WriteThrough
+	LookupDeadline time.Duration `yaml:"lookup_deadline"`  // farm.Config.LookupTimeout
+	FlushWindow    time.Duration `yaml:"flush_window"`     // farm.Config.FlushWindow
+	CarrySessions  bool          `yaml:"carry_sessions"`   // farm.Config.CarrySessions
+	MaxDeliveryLag time.Duration `yaml:"max_delivery_lag"` // farm.Config.MaxDeliveryLag
 
 	// Strict refuses to start while the transport is unreachable (waiting
 	// up to ConnectTimeout), and fails /readyz while it is down. By default
@@ -211,6 +212,7 @@ func defaults() *Config {
 			Name:           "tlsfarm",
 			Mode:           "broadcast",
 			LookupDeadline: 250 * time.Millisecond,
+			MaxDeliveryLag: 500 * time.Millisecond,
 			ConnectTimeout: 10 * time.Second,
 
 			FallbackTicketLifetime: 5 * time.Minute, // farm.Config's default

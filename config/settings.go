@@ -64,6 +64,7 @@ var settings = []Setting{
 	{Key: "farm.lookup_deadline", Flag: "lookup-deadline", Env: "TLSFARM_LOOKUP_DEADLINE", Default: "250ms", Usage: "longest a handshake waits for the store on a cache miss"},
 	{Key: "farm.flush_window", Flag: "flush-window", Env: "TLSFARM_FLUSH_WINDOW", Default: "0s", Usage: "longest a new session waits to be shared in one batch with more (0: shared at once; at most 100ms)"},
 	{Key: "farm.carry_sessions", Flag: "carry-sessions", Env: "TLSFARM_CARRY_SESSIONS", Default: "false", Usage: "tickets carry their session sealed under the farm's ticket keys, so another node resumes a young session at once (needs farm.write_through, broadcast mode, not cache.single_use)"},
+	{Key: "farm.max_delivery_lag", Flag: "max-delivery-lag", Env: "TLSFARM_MAX_DELIVERY_LAG", Default: "500ms", Usage: "with farm.carry_sessions: how far the node's bus delivery may lag for it to take carried sessions; a revocation waits as long before it reports applied"},
 	{Key: "farm.strict", Flag: "strict", Env: "TLSFARM_FARM_STRICT", Default: "false", Usage: "refuse to start while the farm transport is down; fail /readyz while it is down or the farm's revocations are unread"},
 	{Key: "farm.connect_timeout", Flag: "farm-connect-timeout", Env: "TLSFARM_FARM_CONNECT_TIMEOUT", Default: "10s", Usage: "in strict mode, how long to wait for the transport at start"},
 	{Key: "farm.revocation_file", Flag: "revocation-file", Env: "TLSFARM_REVOCATION_FILE", Default: "", Usage: "`file` keeping revocations not yet applied farm-wide across restarts"},

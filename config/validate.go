@@ -210,6 +210,9 @@ func (c *Config) checkFarm() error {
 			return c.problem("farm.carry_sessions", "cannot go with cache.single_use: a single-use session is claimed in the store, never taken from a ticket")
 		}
 	}
+	if f.MaxDeliveryLag <= 0 || f.MaxDeliveryLag > 10*time.Second {
+		return c.problem("farm.max_delivery_lag", "must be above 0 and at most 10s: every revocation waits this long with farm.carry_sessions")
+	}
 	if f.LookupDeadline <= 0 || f.LookupDeadline > time.Second {
 		return c.problem("farm.lookup_deadline", "must be above 0 and at most 1s: a handshake waits this long")
 	}
