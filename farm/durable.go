@@ -190,7 +190,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			return RevokePending, nil
 		}
 	}
-	if n.cfg.CarrySessions {
+	if _, marks := n.cfg.Bus.(transport.DeliveryMarker); marks && n.cfg.CarrySessions {
 		// A peer takes a carried copy only while its bus has delivered
 		// everything published until MaxDeliveryLag ago: once that
 		// much has passed since the publish, none takes this chain's.
