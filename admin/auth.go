@@ -41,10 +41,12 @@ func (h *Handler) hasToken(r *http.Request) bool {
 }
 
 // bearer returns the token of an Authorization header of the Bearer
-// scheme, whose name is case insensitive (RFC 9110 §11.1).
+// scheme, whose name is case insensitive (RFC 9110 §11.1) and which one or
+// more spaces part from the token (§11.4: 1*SP).
 func bearer(auth string) (string, bool) {
 	scheme, token, ok := strings.Cut(auth, " ")
-	return token, ok && strings.EqualFold(scheme, "Bearer")
+	token = strings.TrimLeft(token, " ")
+	return token, ok && token != "" && strings.EqualFold(scheme, "Bearer")
 }
 
 // tokenEqual compares two tokens in time that depends on neither: the

@@ -7,7 +7,8 @@ import (
 
 // TestBearerSchemeAnyCase sends the admin token under the spellings of
 // the Bearer scheme a client may use (RFC 9110 §11.1: the scheme is case
-// insensitive), and under malformed headers that must be refused.
+// insensitive; §11.4: one or more spaces before the token; before, two
+// were refused), and under malformed headers that must be refused.
 func TestBearerSchemeAnyCase(t *testing.T) {
 	srv, cache := newHandler(t, nil)
 	for _, tt := range []struct {
@@ -17,7 +18,9 @@ func TestBearerSchemeAnyCase(t *testing.T) {
 		{"Bearer " + token, http.StatusOK},
 		{"bearer " + token, http.StatusOK},
 		{"BEARER " + token, http.StatusOK},
-		{"Bearer  " + token, http.StatusUnauthorized},
+		{"Bearer  " + token, http.StatusOK}, // 1*SP (RFC 9110 §11.4)
+		{"Bearer   ", http.StatusUnauthorized},
+		{"Bearer " + token + "x", http.StatusUnauthorized},
 		{"Basic " + token, http.StatusUnauthorized},
 		{"Bearer" + token, http.StatusUnauthorized},
 		{token, http.StatusUnauthorized},
