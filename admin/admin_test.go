@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -210,6 +211,22 @@ func TestNotReadyWhenListenersAreDown(t *testing.T) {
 		t.Errorf("readyz %d %s", code, body)
 	}
 	if code, body := nettest.Do(t, "GET", srv.URL+"/healthz", ""); code != 503 || !strings.Contains(body, `"unavailable"`) {
+		t.Errorf("healthz %d %s", code, body)
+	}
+}
+
+// TestDrainingIsAliveNotReady: while the listeners drain (Config.Ready
+// returns ErrDraining, wrapped), /readyz fails and /healthz answers 200
+// "draining": before, it answered 503, and a liveness check had the
+// process killed in the middle of its graceful shutdown.
+func TestDrainingIsAliveNotReady(t *testing.T) {
+	srv, _ := newHandler(t, func(c *Config) {
+		c.Ready = func() error { return fmt.Errorf("%w: proxy: shutting down", ErrDraining) }
+	})
+	if code, body := nettest.Do(t, "GET", srv.URL+"/readyz", ""); code != 503 || !strings.Contains(body, "draining") {
+		t.Errorf("readyz %d %s", code, body)
+	}
+	if code, body := nettest.Do(t, "GET", srv.URL+"/healthz", ""); code != 200 || !strings.Contains(body, `"draining"`) || !strings.Contains(body, `"ready": false`) {
 		t.Errorf("healthz %d %s", code, body)
 	}
 }

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 type Health struct {
 	// Status is "ok"; "degraded": serving, but the farm transport is
 	// down, the node has yet to read the farm's revocations (it resumes
-	// nothing from the farm meanwhile), or a key export fails; or
+	// nothing from the farm meanwhile), or a key export fails;
+	// "draining": the listeners have stopped accepting to finish the
+	// connections they hold (a graceful shutdown, see ErrDraining); or
 	// "unavailable": the listeners are not serving. Reasons says which.
 	Status    string         `json:"status"`
 	Reasons   []string       `json:"reasons,omitempty"`     // why Status is not "ok", one line each
@@ -30,6 +33,14 @@ const (
 	reasonRevsUnread = "revocations not read yet: resuming nothing from the farm"
 	reasonExports    = "a key export target fails"
 )
+
+// ErrDraining is what a Config.Ready returns, wrapped or not, while the
+// listeners have stopped accepting new connections to finish those they
+// hold (a graceful shutdown). /readyz then fails, so that load balancers
+// send no more; /healthz answers 200 with status "draining", not 503: the
+// process is alive and finishing its work, and a liveness check that
+// failed it would have it killed in the middle of its drain.
+var ErrDraining = errors.New("draining: not accepting new connections")
 
 // exportErrorHidden stands for a key export's error in /healthz for a
 // caller without the admin token.
@@ -81,6 +92,9 @@ func (h *Handler) health() Health {
 		if err := h.cfg.Ready(); err != nil {
 			out.Listeners = ListenerHealth{Error: err.Error()}
 			out.Status = "unavailable"
+			if errors.Is(err, ErrDraining) {
+				out.Status = "draining"
+			}
 			out.Reasons = append(out.Reasons, "listeners not serving: "+err.Error())
 		}
 	}
@@ -126,8 +140,9 @@ func revocationsKnown(samples []metric.Sample) bool {
 	return !ok || v == 1
 }
 
-// healthz is liveness with detail: it answers 200 while the listeners serve,
-// with the detail as JSON, and 503 while they do not. A degraded node — farm
+// healthz is liveness with detail: it answers 200 while the listeners serve
+// or drain (ErrDraining), with the detail as JSON, and 503 while they do
+// not. A degraded node — farm
 // transport down, revocations not read yet, a key export failing — still
 // answers 200: it serves, and restarting it would fix nothing (a restarted
 // node reads the revocations again, from the same farm). The status and
@@ -148,7 +163,7 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	status := http.StatusOK
-	if !hl.Listeners.Ready {
+	if !hl.Listeners.Ready && hl.Status != "draining" {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, hl)

@@ -295,7 +295,7 @@ func (s *Server) Addrs() []string {
 }
 
 // Ready returns nil while every listener is accepting connections, and an
-// error before Start and from the start of Shutdown.
+// error before Start and from the start of Shutdown (ErrShuttingDown).
 func (s *Server) Ready() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -303,10 +303,14 @@ func (s *Server) Ready() error {
 	case !s.started:
 		return errors.New("listeners not started")
 	case s.closing:
-		return errors.New("shutting down")
+		return ErrShuttingDown
 	}
 	return nil
 }
+
+// ErrShuttingDown is what Ready returns from the start of Shutdown: the
+// listeners accept nothing more, and the connections they hold finish.
+var ErrShuttingDown = errors.New("shutting down")
 
 // Shutdown stops accepting connections and waits for open ones to finish:
 // HTTP connections finish their requests in flight, passthrough

@@ -159,7 +159,7 @@ func (d *daemon) bindAdmin(cfg *config.Config) (*http.Server, net.Listener, erro
 		NodeName: cfg.Node,
 		Cache:    d.cache,
 		Ring:     d.ring,
-		Ready:    d.proxy.Ready,
+		Ready:    d.ready,
 		Strict:   cfg.Farm.Strict,
 		Token:    func() string { return d.cfg.Load().Admin.BearerToken },
 		Proxy:    d.proxyStats,
@@ -275,4 +275,15 @@ func (d *daemon) close() {
 	if d.cache != nil {
 		d.cache.Close()
 	}
+}
+
+// ready is the admin API's Config.Ready: the proxy's, with its graceful
+// shutdown told apart (admin.ErrDraining), so that /healthz keeps
+// answering 200 while the open connections finish.
+func (d *daemon) ready() error {
+	err := d.proxy.Ready()
+	if errors.Is(err, proxy.ErrShuttingDown) {
+		return fmt.Errorf("%w (%v)", admin.ErrDraining, err)
+	}
+	return err
 }

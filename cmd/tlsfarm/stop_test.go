@@ -4,9 +4,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
 // hungUpstream returns the address of a TCP port whose accept queue is
@@ -75,5 +78,40 @@ func TestStopAtConnectionLimitWithHungUpstream(t *testing.T) {
 	}
 	if !p.cmd.ProcessState.Success() {
 		t.Errorf("exit %v", p.cmd.ProcessState)
+	}
+}
+
+// TestDrainingNodeStaysLive: from SIGTERM until the drain ends, the admin
+// API's /readyz fails (load balancers send no more) while /healthz answers
+// 200 with status "draining": a liveness check that failed it, as it did
+// before (503 "unavailable"), had the process killed in the middle of its
+// drain, cutting the connections it was finishing.
+func TestDrainingNodeStaysLive(t *testing.T) {
+	t.Parallel()
+	up := hungUpstream(t)
+	p := serveProc(t, []string{"-upstream", "tcp://" + up, "-drain-timeout", "5s"})
+	c, err := tls.Dial("tcp", p.Listeners[0], &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(300 * time.Millisecond) // the node holds the connection, dialing its upstream
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		code, body := nettest.Do(t, "GET", "http://"+p.Admin+"/healthz", "")
+		if strings.Contains(body, `"draining"`) {
+			if code != 200 {
+				t.Errorf("/healthz while draining: %d, want 200: %s", code, body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz never said draining within 3 s of SIGTERM: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := nettest.Do(t, "GET", "http://"+p.Admin+"/readyz", ""); code != 503 {
+		t.Errorf("/readyz while draining: %d %s, want 503", code, body)
 	}
 }
