@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -265,9 +266,12 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		cfg.Storage = jetstream.MemoryStorage
 	}
 	kv, err := t.js.CreateKeyValue(ctx, cfg)
-	if err != nil && t.opts.Replicas == 0 && cfg.Replicas > 1 && !errors.Is(err, jetstream.ErrBucketExists) &&
-		!errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+	if err != nil && t.opts.Replicas == 0 && cfg.Replicas > 1 && tooFewPeers(err) {
 		// A cluster too small for the default: settle for one replica.
+		// Only then: a timeout, or a cluster busy electing its leader,
+		// would otherwise leave the farm on one replica for good.
+		slog.Warn("natsbus: the NATS cluster cannot place the farm's bucket on 3 servers; it has one replica (set replicas= to choose)",
+			"bucket", t.bucket, "err", redact.Error(err, t.secrets))
 		cfg.Replicas = 1
 		kv, err = t.js.CreateKeyValue(ctx, cfg)
 	}
@@ -282,6 +286,23 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		kv, err = t.js.KeyValue(ctx, t.bucket)
 	}
 	return kv, err
+}
+
+// tooFewPeers reports whether err is JetStream's refusal to place a stream
+// on more servers than its cluster has: no suitable peers for placement,
+// insufficient resources, or replicas in a server that is not clustered.
+func tooFewPeers(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return false
+	}
+	switch api.ErrorCode {
+	case 10005, // JSClusterNoPeersErrF
+		10023, // JSInsufficientResourcesErr
+		10074: // JSStreamReplicasNotSupportedErr
+		return true
+	}
+	return false
 }
 
 // probeStreams asks the server, in the background and one probe at a time

@@ -9,3 +9,6 @@ func SetMaxSetMembers(tb testing.TB, n int) {
 	maxSetMembers = n
 	tb.Cleanup(func() { maxSetMembers = old })
 }
+
+// TooFewPeers exposes tooFewPeers to the tests.
+var TooFewPeers = tooFewPeers
