@@ -96,8 +96,16 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	errBefore := t.nc.LastError()
 	refused := func() error {
 		err := t.nc.LastError()
-		if err == nil || err == errBefore || !errors.Is(err, nats.ErrPermissionViolation) ||
-			!strings.Contains(err.Error(), "Subscription to "+strconv.Quote(t.subject)) {
+		if err == nil || err == errBefore {
+			return nil
+		}
+		switch {
+		case errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), "Subscription to "+strconv.Quote(t.subject)):
+		case errors.Is(err, nats.ErrMaxSubscriptionsExceeded):
+			// The server names no subject; the bus subscription is
+			// the one just made. Subscribing again later costs little
+			// if it was another.
+		default:
 			return nil
 		}
 		return fmt.Errorf("natsbus: the server refused the bus subscription: %v", redact.Error(err, t.secrets))
