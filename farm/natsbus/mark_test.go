@@ -121,17 +121,7 @@ func TestDeliveredThroughFollowsSubscription(t *testing.T) {
 // (when each publisher's flush returned: the server had the message then)
 // of the first message not yet delivered.
 func TestDeliveredThroughWaitsForDelivery(t *testing.T) {
-	url := sharedURL(t)
-	tr, err := natsbus.Open(url, farmtest.FarmName(t), &natsbus.Options{MarkInterval: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	pub, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	tr, pub := openMarked(t, &natsbus.Options{MarkInterval: 10 * time.Millisecond})
 
 	const n = 300
 	var (
@@ -325,17 +315,7 @@ func TestDeliveredThroughResetsOnOutage(t *testing.T) {
 // kept with the time just after it; a message whose deliver began after
 // such a reading must have been published no earlier than the mark read.
 func TestDeliveredThroughPastSlowConsumerDrops(t *testing.T) {
-	url := sharedURL(t)
-	tr, err := natsbus.Open(url, farmtest.FarmName(t), &natsbus.Options{MarkInterval: 10 * time.Millisecond, PendingMsgs: 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	pub, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	tr, pub := openMarked(t, &natsbus.Options{MarkInterval: 10 * time.Millisecond, PendingMsgs: 20})
 
 	const n = 300
 	var (
@@ -430,4 +410,23 @@ func TestDeliveredThroughPastSlowConsumerDrops(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d delivered, %d dropped, %d readings", delivered, n, tr.Dropped(), len(readings))
+}
+
+// openMarked opens a transport with opts on the shared NATS server, and a
+// plain connection to publish on its subject; both closed when the test
+// ends.
+func openMarked(t *testing.T, opts *natsbus.Options) (*natsbus.Transport, *nats.Conn) {
+	t.Helper()
+	url := sharedURL(t)
+	tr, err := natsbus.Open(url, farmtest.FarmName(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	pub, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	return tr, pub
 }
