@@ -40,6 +40,30 @@ const (
 	defaultTimeout     = 10 * time.Second
 )
 
+// fileReserve is how many of the process's open files Run leaves to other
+// uses than the clients' sockets: standard streams, the poller, files a
+// caller has open.
+const fileReserve = 64
+
+// maxConcurrency returns the most clients a run may have, and the
+// open-file limit it follows from: each client holds a socket while it
+// connects, so no more than the limit, less fileReserve. It returns 0, 0
+// if there is no such limit.
+func maxConcurrency() (clients, limit int) {
+	l := openFileLimit()
+	if l == 0 || l > math.MaxInt32 {
+		return 0, 0
+	}
+	return max(int(l)-fileReserve, 1), int(l)
+}
+
+// tooManyClients describes the refusal of n clients, over the most, m,
+// that the open-file limit allows.
+func tooManyClients(n, m, limit int) string {
+	return fmt.Sprintf("%d clients are more than the open-file limit of %d allows (%d: each client holds a socket, and %d files are kept for other uses); use fewer clients or raise the limit (ulimit -n)",
+		n, limit, m, fileReserve)
+}
+
 // A Config describes a probe run. Only Targets is required; the zero value
 // of every other field has a useful meaning. A Config may be reused after
 // [Run] returns and must not be modified while Run uses it.
@@ -72,6 +96,11 @@ type Config struct {
 	// target, as a browser does behind a balancer's single name. If zero,
 	// one client is used; if more than Connections, Connections clients
 	// (the report says how many).
+	//
+	// Each client holds a socket while it connects, so Run refuses more
+	// clients than the process's open-file limit (RLIMIT_NOFILE) allows,
+	// less 64 kept for other files: beyond it, connections would fail for
+	// want of a file descriptor and be counted against the targets.
 	Concurrency int
 
 	// Version pins the TLS version: tls.VersionTLS12 or tls.VersionTLS13.
@@ -185,6 +214,9 @@ func prepare(cfg Config) (*plan, error) {
 		// The others would never connect; each costs memory all the same
 		// (-c 2000000 -n 1 took gigabytes).
 		c.Concurrency = c.Connections
+	}
+	if m, limit := maxConcurrency(); m > 0 && c.Concurrency > m {
+		return nil, errors.New("probe: concurrency: " + tooManyClients(c.Concurrency, m, limit))
 	}
 	switch c.Version {
 	case 0, tls.VersionTLS12, tls.VersionTLS13:

@@ -11,6 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -27,8 +30,10 @@ Flags:
 // name), writing the report to stdout and errors to stderr, and returns the
 // exit code: 0 if at least one connection worked and the run meets the
 // thresholds that are set; 1 if none worked (or none was made), or if a
-// threshold is missed (a line on stderr says which); 2 for bad flags; 130
-// if interrupted.
+// threshold is missed (a line on stderr says which); 2 for bad flags,
+// among them a -c beyond what the open-file limit allows (see
+// [Config.Concurrency]); 130 if interrupted by SIGINT (Ctrl-C) and 143 if
+// by SIGTERM, whether or not the part that ran meets the thresholds.
 //
 // The thresholds are off unless set: -min-resumption, the least
 // ResumptionRate of the total (an offer whose handshake failed counts as
@@ -36,8 +41,12 @@ Flags:
 // and -max-failures, the most failed connections, as a count or a
 // percentage of the connections.
 //
-// A progress bar is drawn on stderr when stderr is a terminal. An interrupt
-// (Ctrl-C) ends the run early and prints the report so far.
+// A progress bar is drawn on stderr when stderr is a terminal. SIGINT
+// (Ctrl-C) or SIGTERM ends the run early: the connections in flight are
+// abandoned at once (they are not counted), and the report of those done
+// is printed, with a line on stderr that says the run was interrupted and
+// one for the thresholds the part that ran misses. A second signal ends
+// the process at once, without a report.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tlsfarm probe", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -129,6 +138,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if *clients < 1 {
 		return fail("-c %d: need at least one client", *clients)
 	}
+	// Not more clients than connections are started (see
+	// Config.Concurrency): -n 3 -c 100000 runs 3.
+	running := *clients
+	if *n > 0 {
+		running = min(running, *n)
+	}
+	if m, limit := maxConcurrency(); m > 0 && running > m {
+		return fail("-c %d: %s", *clients, tooManyClients(running, m, limit))
+	}
 	if *timeout <= 0 {
 		return fail("-timeout %v: must be positive", *timeout)
 	}
@@ -149,7 +167,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return fail("%s", strings.TrimPrefix(err.Error(), "probe: "))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, interrupted, stop := notifyStop()
 	defer stop()
 	var progress func(done, total int)
 	var b *bar
@@ -174,10 +192,17 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tlsfarm probe: writing the report: %v\n", err)
 		return 1
 	}
+	if sig := interrupted(); sig != nil {
+		// The thresholds are not met by a run cut short, whatever the
+		// part that ran shows; that part is said all the same.
+		fmt.Fprintf(stderr, "tlsfarm probe: interrupted by %s after %v; the report covers the %s done by then\n",
+			signalName(sig), rep.Elapsed.Round(time.Millisecond), plural(rep.Total.Connections, "connection"))
+		if why := missed(rep, &minResumption, &maxFailures); why != "" {
+			fmt.Fprintf(stderr, "tlsfarm probe: so far, %s\n", why)
+		}
+		return exitCode(sig)
+	}
 	switch {
-	case ctx.Err() != nil:
-		fmt.Fprintln(stderr, "tlsfarm probe: interrupted")
-		return 130
 	case rep.Total.Connections == 0:
 		fmt.Fprintln(stderr, "tlsfarm probe: no connection was made")
 		return 1
@@ -190,6 +215,62 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// stopSignals are the signals that end a run early with its report.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
+
+// notifyStop returns a context that ends at the first of stopSignals, a
+// function that returns that signal (nil before), and a function that
+// stops listening. Once a signal has come, the next has its default
+// effect, which ends the process at once, without a report.
+func notifyStop() (ctx context.Context, interrupted func() os.Signal, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, stopSignals...)
+	var got atomic.Value
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-c:
+			got.Store(sig)
+			signal.Stop(c)
+			cancel()
+		case <-done:
+		}
+	}()
+	var once sync.Once
+	return ctx, func() os.Signal {
+			sig, _ := got.Load().(os.Signal)
+			return sig
+		}, func() {
+			once.Do(func() {
+				signal.Stop(c)
+				close(done)
+				cancel()
+			})
+		}
+}
+
+// exitCode returns the exit code of a run that sig interrupted: 128 plus
+// the signal's number, as a shell reports a process the signal ended
+// (130 for SIGINT, 143 for SIGTERM).
+func exitCode(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return 130
+}
+
+// signalName names sig as a person sends it: SIGINT (Ctrl-C), SIGTERM.
+func signalName(sig os.Signal) string {
+	switch sig {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return sig.String()
 }
 
 // isTerminal reports whether f is a terminal (a character device), without

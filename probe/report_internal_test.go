@@ -2,13 +2,31 @@ package probe
 
 import (
 	"encoding/json"
+	"math"
+	"math/rand/v2"
 	"reflect"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
-func TestSummarize(t *testing.T) {
+// exactSummary is the Summary of d by sorting, as Run computed it before
+// the histogram; it sorts d.
+func exactSummary(d []time.Duration) Summary {
+	if len(d) == 0 {
+		return Summary{}
+	}
+	slices.Sort(d)
+	rank := func(pct int) time.Duration { return d[max((pct*len(d)+99)/100-1, 0)] }
+	return Summary{Count: len(d), P50: rank(50), P90: rank(90), P99: rank(99), Max: d[len(d)-1]}
+}
+
+// TestHistogramSummary compares the histogram's summary of sets of
+// durations with the exact nearest-rank one: Count and Max equal, every
+// percentile within HistogramError, and small sets exact.
+func TestHistogramSummary(t *testing.T) {
 	ms := func(n ...int) []time.Duration {
 		d := make([]time.Duration, len(n))
 		for i, v := range n {
@@ -19,28 +37,146 @@ func TestSummarize(t *testing.T) {
 	seq := func(n int) []time.Duration {
 		d := make([]time.Duration, n)
 		for i := range d {
-			d[i] = time.Duration(n-i) * time.Millisecond // descending: summarize sorts
+			d[i] = time.Duration(n-i) * time.Millisecond
+		}
+		return d
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	random := func(n int, f func() float64) []time.Duration {
+		d := make([]time.Duration, n)
+		for i := range d {
+			d[i] = time.Duration(f())
 		}
 		return d
 	}
 	for _, tc := range []struct {
-		name string
-		in   []time.Duration
-		want Summary
+		name  string
+		in    []time.Duration
+		exact bool // the summary must be exact
 	}{
-		{"Empty", nil, Summary{}},
-		{"One", ms(7), Summary{1, 7 * time.Millisecond, 7 * time.Millisecond, 7 * time.Millisecond, 7 * time.Millisecond}},
-		{"Two", ms(9, 1), Summary{2, time.Millisecond, 9 * time.Millisecond, 9 * time.Millisecond, 9 * time.Millisecond}},
-		{"Ten", seq(10), Summary{10, 5 * time.Millisecond, 9 * time.Millisecond, 10 * time.Millisecond, 10 * time.Millisecond}},
-		{"Hundred", seq(100), Summary{100, 50 * time.Millisecond, 90 * time.Millisecond, 99 * time.Millisecond, 100 * time.Millisecond}},
-		{"Thousand", seq(1000), Summary{1000, 500 * time.Millisecond, 900 * time.Millisecond, 990 * time.Millisecond, 1000 * time.Millisecond}},
+		{"Empty", nil, true},
+		{"One", ms(7), true},
+		{"Two", ms(9, 1), false},
+		{"Ten", seq(10), false},
+		{"Hundred", seq(100), false},
+		{"Thousand", seq(1000), false},
+		{"Nanoseconds", []time.Duration{3, 1, 2, 511, 0}, true},
+		{"Negative", []time.Duration{-5, 5}, false},
+		{"Huge", []time.Duration{math.MaxInt64, time.Hour, 1}, false},
+		// Loopback handshakes: log-normal around 0.3 ms.
+		{"LogNormal", random(100000, func() float64 { return 3e5 * math.Exp(rng.NormFloat64()/2) }), false},
+		// A fast node and a slow one.
+		{"Bimodal", random(20000, func() float64 {
+			if rng.IntN(10) == 0 {
+				return 40e6 + rng.Float64()*1e6
+			}
+			return 2e5 + rng.Float64()*5e4
+		}), false},
+		{"Uniform", random(50000, func() float64 { return rng.Float64() * 10e9 }), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := summarize(tc.in); got != tc.want {
-				t.Errorf("summarize = %+v, want %+v", got, tc.want)
+			var h histogram
+			for _, d := range tc.in {
+				h.record(d)
+			}
+			got := h.summary()
+			clamped := make([]time.Duration, len(tc.in))
+			for i, d := range tc.in {
+				clamped[i] = min(max(d, 0), math.MaxInt64-1)
+			}
+			want := exactSummary(clamped)
+			if tc.exact && got != want {
+				t.Fatalf("summary %+v, want %+v", got, want)
+			}
+			if got.Count != want.Count || got.Max != want.Max {
+				t.Errorf("count %d, max %v; want %d, %v", got.Count, got.Max, want.Count, want.Max)
+			}
+			for _, p := range []struct {
+				name      string
+				got, want time.Duration
+			}{{"p50", got.P50, want.P50}, {"p90", got.P90, want.P90}, {"p99", got.P99, want.P99}} {
+				if diff := math.Abs(float64(p.got - p.want)); diff > HistogramError*float64(p.want) {
+					t.Errorf("%s = %v, want %v within %.2f%% (off by %.3f%%)", p.name, p.got, p.want, 100*HistogramError, 100*diff/float64(p.want))
+				}
+			}
+			if len(tc.in) > 0 && !(got.P50 <= got.P90 && got.P90 <= got.P99 && got.P99 <= got.Max) {
+				t.Errorf("percentiles out of order: %+v", got)
+			}
+			// A histogram merged into an empty one summarizes the same.
+			var m histogram
+			m.merge(&h)
+			if ms := m.summary(); ms != got {
+				t.Errorf("merged: %+v, want %+v", ms, got)
 			}
 		})
 	}
+}
+
+// TestHistogramIndex checks that the buckets are contiguous and ordered,
+// and that each is at most 1/histSub of its values wide.
+func TestHistogramIndex(t *testing.T) {
+	prev := -1
+	for _, v := range []int64{0, 1, 255, 256, 511, 512, 513, 1023, 1024, 1 << 20, 1<<20 + 4095, 1 << 40, math.MaxInt64} {
+		i := histIndex(v)
+		if i < prev || i >= histSegments*histSub {
+			t.Errorf("histIndex(%d) = %d after %d", v, i, prev)
+		}
+		prev = i
+		if m := histMiddle(i); math.Abs(float64(m-v)) > HistogramError*float64(v) {
+			t.Errorf("value %d: bucket %d stands for %d", v, i, m)
+		}
+	}
+	for i := range 4 * histSub {
+		if histIndex(histMiddle(i)) != i {
+			t.Errorf("bucket %d: its middle %d is in bucket %d", i, histMiddle(i), histIndex(histMiddle(i)))
+		}
+	}
+}
+
+// TestLatencyMemoryBounded: counting a connection's latencies takes no
+// memory per connection. Before, each kept 16 bytes in slices that grew
+// for the whole run (and were copied twice more for the report), so a
+// long run at a high rate grew without bound.
+func TestLatencyMemoryBounded(t *testing.T) {
+	p, err := prepare(Config{Targets: []string{"a:1", "b:1"}, Duration: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{plan: p, lat: make([]latencies, len(p.addrs))}
+	w := newWorker(r)
+	const n = 1 << 20
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		w.count(i%2, result{resumed: i%3 != 0, offered: true, connect: time.Duration(200000 + i%100000), handshake: time.Duration(150000 + i%70000)})
+	}
+	rep := newReport(p, []*worker{w}, r.lat)
+	runtime.ReadMemStats(&after)
+	if rep.Total.Connections != n || rep.Total.ResumedLatency.Connect.Count+rep.Total.FullLatency.Connect.Count != n {
+		t.Fatalf("report of %+v", rep.Total)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Errorf("%d connections allocated %d bytes (%.1f a connection); want under 1 MB in all", n, grew, float64(grew)/n)
+	}
+}
+
+// BenchmarkCount measures what the probe does for each connection once it
+// is done: count it and its latencies; and the report, once, at the end.
+func BenchmarkCount(b *testing.B) {
+	p, err := prepare(Config{Targets: []string{"a:1", "b:1", "c:1"}, Duration: time.Hour, Concurrency: 4})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &runner{plan: p, lat: make([]latencies, len(p.addrs))}
+	workers := []*worker{newWorker(r), newWorker(r), newWorker(r), newWorker(r)}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		workers[i%4].count(i%3, result{resumed: i%4 != 0, offered: true, connect: time.Duration(200000 + i%100000), handshake: time.Duration(150000 + i%70000)})
+	}
+	newReport(p, workers, r.lat)
 }
 
 func TestRequestLine(t *testing.T) {

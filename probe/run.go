@@ -57,7 +57,7 @@ func Run(ctx context.Context, cfg Config, progress func(done, total int)) (*Repo
 		stop, cancel = context.WithTimeout(ctx, p.cfg.Duration)
 		defer cancel()
 	}
-	r := &runner{plan: p, stop: stop}
+	r := &runner{plan: p, stop: stop, lat: make([]latencies, len(p.addrs))}
 	if p.cfg.Rate > 0 {
 		r.pace = &pacer{every: time.Duration(float64(time.Second) / p.cfg.Rate)}
 	}
@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Config, progress func(done, total int)) (*Repo
 		wg.Wait()
 	}
 
-	rep := newReport(p, workers)
+	rep := newReport(p, workers, r.lat)
 	rep.Elapsed = time.Since(start)
 	return rep, ctx.Err()
 }
@@ -105,6 +105,7 @@ type runner struct {
 	plan   *plan
 	stop   context.Context
 	pace   *pacer       // nil without a rate limit
+	lat    []latencies  // per target, of the connections counted
 	issued atomic.Int64 // connections handed out
 	done   atomic.Int64 // connections finished and counted
 }
@@ -209,9 +210,18 @@ func (w *worker) run(ctx context.Context) {
 			// Abandoned, not failed: the caller gave up on the run.
 			return
 		}
-		w.tally[target].add(res)
-		w.r.done.Add(1)
+		w.count(target, res)
 	}
+}
+
+// count adds res, the outcome of a connection to target, to the run's
+// counts and latencies.
+func (w *worker) count(target int, res result) {
+	w.tally[target].add(res)
+	if res.failure == "" {
+		w.r.lat[target].record(res)
+	}
+	w.r.done.Add(1)
 }
 
 // result is the outcome of one connection.
