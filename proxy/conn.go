@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,7 +28,13 @@ type conn struct {
 	idleWrites atomic.Bool // handed to HTTP: writes bounded by the idle timeout (Write)
 	wmu        sync.Mutex
 	wdl        time.Time // the write deadline set on c; zero: none
+
+	writeTimedOut atomic.Bool // a write passed its deadline: Write refuses from then on
 }
+
+// errWriteTimedOut is what Write returns once a write to the client has
+// passed its deadline.
+var errWriteTimedOut = fmt.Errorf("proxy: an earlier write to the client timed out: %w", os.ErrDeadlineExceeded)
 
 // Write writes to the client. On a connection handed to HTTP, unless a
 // write deadline is set on c (one net/http or the idle bounds of http.go
@@ -36,16 +44,29 @@ type conn struct {
 // HTTP/1 response once its handler has returned, its error answers, the
 // HTTP/2 server's frame writes). A passthrough connection has its own
 // watch over both directions (see passthrough).
+//
+// Once a write has passed its deadline, whichever set it, every later
+// write fails at once without touching the socket: the client is known
+// not to read, and the TLS stream may end within a record. Above all,
+// crypto/tls's Close then gives up close_notify at once, instead of
+// holding the connection up to 5 seconds more for a write that cannot
+// succeed (and whose alert would follow a record cut short).
 func (c *conn) Write(p []byte) (int, error) {
-	if !c.idleWrites.Load() {
-		return c.Conn.Write(p)
+	if c.writeTimedOut.Load() {
+		return 0, errWriteTimedOut
 	}
-	c.wmu.Lock()
-	if c.wdl.IsZero() {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.l.s.idle))
+	if c.idleWrites.Load() {
+		c.wmu.Lock()
+		if c.wdl.IsZero() {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.l.s.idle))
+		}
+		c.wmu.Unlock()
 	}
-	c.wmu.Unlock()
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.writeTimedOut.Store(true)
+	}
+	return n, err
 }
 
 // SetDeadline sets the read and write deadlines of c.

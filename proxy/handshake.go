@@ -23,9 +23,20 @@ func (l *listener) handle(c *conn) {
 	}
 	defer handed()
 	tc := tls.Server(c, l.base)
-	c.SetDeadline(time.Now().Add(time.Duration(s.handshakeTimeout.Load())))
+	deadline := time.Now().Add(time.Duration(s.handshakeTimeout.Load()))
+	c.SetDeadline(deadline)
 	if err := tc.Handshake(); err != nil {
 		reason := failureReason(err, l.cfg.ProxyProtocol)
+		if reason == failProxyHeader && errors.Is(err, proxyproto.ErrNoProxyProtocol) && !time.Now().Before(deadline) {
+			// The PROXY protocol library reports a wait for the
+			// header that reached the deadline as a missing header.
+			// Nothing, or not enough to tell, came within the
+			// handshake timeout: the same silence without the
+			// PROXY protocol is a timeout, and need not be the
+			// balancer's doing (a client it passed on may be the
+			// silent one).
+			reason = failTimeout
+		}
 		s.stats.failures[reason].Add(1)
 		client := addrString(c.RemoteAddr())
 		s.log.Debug("handshake failed", "listener", l.addr(), "client", client, "reason", reason.String(), "err", err)
@@ -57,8 +68,8 @@ type failure uint8
 
 const (
 	failTLS         failure = iota // the TLS handshake itself failed
-	failTimeout                    // the client took longer than the handshake timeout
-	failProxyHeader                // a missing, malformed or untrusted PROXY header
+	failTimeout                    // the client took longer than the handshake timeout, PROXY header included
+	failProxyHeader                // a missing or malformed PROXY header
 	numFailures
 )
 

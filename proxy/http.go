@@ -32,6 +32,8 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	if c := connOf(r); c != nil {
 		l.s.handedOff(c, true)
 	}
+	w = l.s.boundWrites(w, r)
+	defer w.(*idleWriter).boundLastFlush()
 	r.Header.Del(EarlyDataHeader) // TLS over TCP never carries early data here
 	if l.quic != nil {
 		w.Header().Set("Alt-Svc", l.quic.altSvc)
@@ -51,7 +53,7 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
 	if r.Method == http.MethodConnect {
-		l.s.serveConnect(l.s.boundWrites(w), r, rt, l)
+		l.s.serveConnect(w, r, rt, l)
 		return
 	}
 	if strayProtocol(r) {
@@ -59,7 +61,7 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r = l.s.boundBody(w, r)
-	rt.handler.ServeHTTP(l.s.boundWrites(w), r)
+	rt.handler.ServeHTTP(w, r)
 	l.s.boundDiscard(r)
 }
 
@@ -139,14 +141,27 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// boundWrites returns w with each write and flush of the response bounded
-// by the idle timeout: a client that stops reading would otherwise block
-// the handler (and the upstream's response) for ever once the buffers
-// between them are full. Between writes there is no bound: a slow
+// boundWrites returns w, the response to r, with each write and flush
+// bounded by the idle timeout: a client that stops reading would otherwise
+// block the handler (and the upstream's response) for ever once the
+// buffers between them are full. Between writes there is no bound: a slow
 // upstream is not the client's doing.
-func (s *Server) boundWrites(w http.ResponseWriter) http.ResponseWriter {
-	return &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle}
+//
+// Over HTTP/1 and HTTP/2, it first lifts the bound that net/http set from
+// the listener's WriteTimeout when the request came (see idleWriter.none).
+// Over HTTP/2 and HTTP/3 the bounds are the stream's, not the
+// connection's: the other streams go on.
+func (s *Server) boundWrites(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle, h2: r.ProtoMajor == 2}
+	if r.ProtoMajor <= 2 {
+		iw.rc.SetWriteDeadline(iw.none())
+	}
+	return iw
 }
+
+// noWriteBound is the write deadline, this far ahead, that stands for
+// none on an HTTP/2 stream (see idleWriter.none).
+const noWriteBound = 100 * 365 * 24 * time.Hour
 
 // An idleWriter is a response writer whose every write must make progress
 // within idle.
@@ -154,11 +169,29 @@ type idleWriter struct {
 	http.ResponseWriter
 	rc   *http.ResponseController
 	idle time.Duration
+	h2   bool // the response to an HTTP/2 request
+}
+
+// none returns the write deadline that stands for no bound. Over HTTP/2
+// it is noWriteBound ahead, not the zero time: net/http's HTTP/2 server
+// keeps a stream's write deadline as a timer, which the listener's
+// WriteTimeout arms when the stream opens and the stream's end stops. A
+// deadline handled after that end (net/http handles them on the
+// connection's goroutine, in no fixed order with the stream's last
+// frames) then finds the timer stopped and changes nothing. The zero time
+// would drop the timer, and a deadline handled after the end would arm a
+// new one on the closed stream: kept, with the stream, until it fired a
+// needless RST_STREAM.
+func (w *idleWriter) none() time.Time {
+	if w.h2 {
+		return time.Now().Add(noWriteBound)
+	}
+	return time.Time{}
 }
 
 func (w *idleWriter) Write(p []byte) (int, error) {
 	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
-	defer w.rc.SetWriteDeadline(time.Time{})
+	defer w.rc.SetWriteDeadline(w.none())
 	return w.ResponseWriter.Write(p)
 }
 
@@ -166,8 +199,23 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 // (the reverse proxy flushes streamed responses).
 func (w *idleWriter) FlushError() error {
 	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
-	defer w.rc.SetWriteDeadline(time.Time{})
+	defer w.rc.SetWriteDeadline(w.none())
 	return w.rc.Flush()
+}
+
+// boundLastFlush bounds, as the handler of an HTTP/2 request returns,
+// net/http's flush of what the handler left in the stream's buffer, which
+// follows. That flush waits for the client to open the stream's flow
+// control window, and nothing else bounds the wait: the connection is not
+// idle, and its socket moves, for the other streams. A client that never
+// opened the window would hold the stream, a goroutine, and so the
+// connection, for ever. Past the idle timeout, net/http resets the
+// stream. HTTP/1 needs no such bound: its flush is a write to the socket,
+// bounded by conn.Write.
+func (w *idleWriter) boundLastFlush() {
+	if w.h2 {
+		w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	}
 }
 
 // Unwrap lets http.ResponseController reach the connection's writer.

@@ -447,10 +447,10 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, r, rt, q.l)
+		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w, r), s: s}, r, rt, q.l)
 		return
 	}
-	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w), s: s}, s.boundBody(w, r))
+	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w, r), s: s}, s.boundBody(w, r))
 }
 
 // safeMethod reports whether a request with method may be served from early

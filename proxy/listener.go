@@ -61,7 +61,13 @@ func (s *Server) newListener(cfg Listener) (*listener, error) {
 		Handler:           http.HandlerFunc(l.serveRequest),
 		ReadHeaderTimeout: s.idle,
 		IdleTimeout:       s.idle,
-		ConnContext:       withConn,
+		// WriteTimeout bounds the answers net/http writes itself (to
+		// requests it refuses). serveRequest replaces it with the
+		// bounds of boundWrites; on an HTTP/2 stream it keeps the
+		// stream's write deadline in place from its start to its end
+		// (see idleWriter.none).
+		WriteTimeout: s.idle,
+		ConnContext:  withConn,
 		ConnState: func(nc net.Conn, st http.ConnState) {
 			// A connection's first request counts in serveRequest:
 			// an HTTP/1 connection is active once it has read a

@@ -39,3 +39,41 @@ func BenchmarkProxyRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkProxyRequestHTTP2 is BenchmarkProxyRequest over HTTP/2: one
+// request at a time on one kept-alive connection. It is the path of the
+// bound on a response's last flush (see serveRequest).
+func BenchmarkProxyRequestHTTP2(b *testing.B) {
+	answer := bytes.Repeat([]byte("a"), 4<<10)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Write(answer)
+	}))
+	defer up.Close()
+	cert := mustSelfSigned(b, "localhost")
+	s, _ := start(b, cert, func(c *Config) {
+		c.Listeners[0].Upstream = up.URL
+		c.Listeners[0].NextProtos = []string{"h2"}
+	})
+	cfg := client("localhost", cert)
+	cfg.NextProtos = []string{"h2"}
+	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	url := "https://" + s.Addrs()[0] + "/"
+	body := bytes.Repeat([]byte("b"), 1<<10)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		resp, err := hc.Post(url, "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || n != int64(len(answer)) {
+			b.Fatalf("request %d: %s status %d, %d bytes, %v", i, resp.Proto, resp.StatusCode, n, err)
+		}
+	}
+}

@@ -12,9 +12,9 @@ type Stats struct {
 	Handshakes []HandshakeCount
 
 	// Failed handshakes, by reason.
-	HandshakeTimeouts    uint64 // the client did not finish within the handshake timeout
+	HandshakeTimeouts    uint64 // the client did not finish within the handshake timeout, PROXY header included
 	HandshakeErrors      uint64 // the TLS handshake failed (bad hello, no shared version, ...)
-	ProxyHeaderFailures  uint64 // the PROXY header was missing or malformed
+	ProxyHeaderFailures  uint64 // the connection began with no PROXY header, or a malformed one (silence until the timeout is a timeout)
 	ProxyUntrusted       uint64 // connections refused: the sender is not in Listener.ProxyTrusted
 	Accepted             uint64 // connections accepted
 	Open                 int    // TCP connections open now (QUICStats.Open: HTTP/3's)
