@@ -387,8 +387,14 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.noteResumed(p, n.cfg.Now())
-			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
+			now := n.cfg.Now()
+			n.noteResumed(p, now)
+			cut := item{id: p, op: opCut, until: now.Add(cc.ResumeGrace), child: ev.ID}
+			n.enqueue(cut)
+			if n.mayBeCarried(p, now) {
+				cut.expires = n.lifeExpiry(p)
+				n.holdLife([]item{cut}, now)
+			}
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):

@@ -1,0 +1,182 @@
+package farm_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// The carry-loss tests hold the farm's promises for carried sessions
+// (Config.CarrySessions) against a private redis-server (bus and store)
+// that is killed and restarted empty while a carried copy is in flight:
+// its issuer's path frozen, so that only the client's ticket and the
+// resuming node know of the session when the store loses its data.
+
+// carryLossTweak gives a carry farm on a private Redis the promise farms'
+// heal interval and breaker cooldown: a node notices the store restarted
+// empty, and writes its sessions back, within a second.
+func carryLossTweak(more func(*farm.Config)) func(*farm.Config) {
+	return func(c *farm.Config) {
+		c.HealInterval = 300 * time.Millisecond
+		c.BreakerCooldown = 500 * time.Millisecond
+		c.LookupTimeout = 2 * time.Second
+		if more != nil {
+			more(c)
+		}
+	}
+}
+
+// TestCarriedGraceCutThroughStoreLoss: S, issued on n1 whose path to the
+// farm is frozen, resumes on n2 from the copy its ticket carries (n2 cuts
+// S to its grace and issues the child C); then Redis restarts empty and n1
+// is thawed, before S's grace ends or after. The store's record of S, if
+// any, expires by the grace; past it S resumes on no node (n1, n2, and n3,
+// which joins then and can only load from the store), while C resumes on
+// every node.
+func TestCarriedGraceCutThroughStoreLoss(t *testing.T) {
+	t.Parallel()
+	for _, drop := range []bool{false, true} {
+		for _, late := range []bool{false, true} {
+			name := map[bool]string{false: "thaw", true: "cut"}[drop] + map[bool]string{false: "-within-grace", true: "-past-grace"}[late]
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				carriedGraceCutThroughStoreLoss(t, drop, late, true)
+			})
+		}
+	}
+}
+
+// TestCarriedGraceCutIssuerCut is TestCarriedGraceCutThroughStoreLoss with
+// the store keeping its data: n1's path is cut and restored, so that its
+// write of S lands only after n2's cut of S (which found no record to
+// shorten), and C's message, which tells n1 of the cut, is lost to it.
+func TestCarriedGraceCutIssuerCut(t *testing.T) {
+	t.Parallel()
+	for _, late := range []bool{false, true} {
+		t.Run(map[bool]string{false: "within-grace", true: "past-grace"}[late], func(t *testing.T) {
+			t.Parallel()
+			carriedGraceCutThroughStoreLoss(t, true, late, false)
+		})
+	}
+}
+
+// carriedGraceCutThroughStoreLoss: with drop, n1's path is cut and
+// restored rather than thawed, so that what it held back both ways (its
+// write and broadcast of S, n2's broadcast of C) is lost.
+func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
+	const grace = 4 * time.Second
+	srv := redistest.Start(t)
+	f := startCarryFarmOn(t, srv.URL(), 2, 1, grace, carryLossTweak(nil))
+	n1, n2 := f.ms[0], f.ms[1]
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rc.Close() })
+	n1ids, n2ids := farmtest.HandshakeSessions(n1.Cache), farmtest.HandshakeSessions(n2.Cache)
+
+	f.px[0].Freeze()
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			f.px[0].Thaw()
+			thawed = true
+		}
+	}
+	t.Cleanup(thaw)
+	back := thaw
+	if drop {
+		back = func() {
+			f.px[0].Cut()
+			f.px[0].Restore()
+			thawed = true
+		}
+	}
+	c := &tlstest.FrozenCache{}
+	if dialAs(t, n1, "localhost", c).DidResume {
+		t.Fatal("the first handshake resumed")
+	}
+	s := n1ids()[0]
+	child := &tlstest.FrozenCache{}
+	if !dialAs(t, n2, "localhost", passOn{c, child}).DidResume {
+		t.Fatalf("n2 did not resume S from its carried copy (carried: %d admitted, %d refused, %d old, %d gap)",
+			carried(n2, "admitted"), carried(n2, "refused"), carried(n2, "old"), carried(n2, "gap"))
+	}
+	resumedAt := time.Now()
+	graceEnd := resumedAt.Add(grace)
+	if got := carried(n2, "admitted"); got != 1 {
+		t.Fatalf("n2 admitted %d carried copies, want 1", got)
+	}
+	kid := n2ids()[0]
+	waitStored(t, n2, kid)
+
+	if loss {
+		srv.Kill()
+		srv.Restart() // empty
+		lost := time.Now()
+		// n2 finds the store emptied and writes its sessions back: C
+		// whole, S cut.
+		farmtest.Eventually(t, 10*time.Second, "n2 wrote C back", func() bool { return stored(n2, kid) })
+		t.Logf("n2 wrote C back %v after the restart", time.Since(lost).Round(time.Millisecond))
+	}
+	if late {
+		time.Sleep(time.Until(graceEnd.Add(200 * time.Millisecond)))
+	}
+	back()
+	farmtest.WaitConnected(t, n1)
+	backAt := time.Now()
+
+	// n1 writes S (its write failed, or waited in the proxy) and hears of
+	// the cut: C's message if it was held, else n2's re-send, which n1's
+	// return and write-back ask for. Until then n1 holds S whole and the
+	// store may too (the window a node's return leaves open).
+	farmtest.Eventually(t, 10*time.Second, "n1 holds S cut to its grace, or not at all (whole, it resumes S past the grace and writes it whole)", func() bool {
+		r, ok := lookup(n1.Cache, s)
+		return !ok || !r.Expires.After(graceEnd)
+	})
+	farmtest.Eventually(t, 10*time.Second, "the store's record of S ends by its grace", func() bool {
+		asked := time.Now()
+		ttl, ok := storedTTL(t, rc, n1, s)
+		return !ok || !asked.Add(ttl).After(graceEnd.Add(promiseOpTimeout))
+	})
+	t.Logf("n1 and the store hold S to its grace %v after n1's return", time.Since(backAt).Round(time.Millisecond))
+
+	time.Sleep(time.Until(graceEnd.Add(300 * time.Millisecond)))
+	n3 := farmtest.Join(t, "n3", f.name, *f.o)
+	waitServing(t, n1, n2, n3)
+	all := append(f.ms, n3)
+	for _, m := range all {
+		if dialAs(t, m, "localhost", c).DidResume {
+			logCarryLoss(t, all)
+			t.Fatalf("%s resumed S past its grace after the store's loss", m.Name)
+		}
+	}
+	if ttl, ok := storedTTL(t, rc, n1, s); ok {
+		t.Fatalf("the store still holds S (for %v more) past its grace", ttl)
+	}
+	for _, m := range all {
+		if !dialAs(t, m, "localhost", child).DidResume {
+			logCarryLoss(t, all)
+			t.Fatalf("C did not resume on %s", m.Name)
+		}
+	}
+}
+
+// logCarryLoss logs the counters of ms that tell how a carried session
+// fared through the store's loss.
+func logCarryLoss(t *testing.T, ms []*farmtest.Member) {
+	t.Helper()
+	for _, m := range ms {
+		fm := m.Node.Metrics()
+		c := func(name string, labels ...string) uint64 { return farmtest.Counter(fm, name, labels...) }
+		t.Logf("%s: written back %d, resend asked %d received %d resent %d, cut sent %d received %d, retire sent %d received %d, reconciles store_lost %d, carried admitted %d gap %d",
+			m.Name, c("tlsfarm_farm_written_back_total"),
+			c("tlsfarm_farm_lifecycle_resend_total", "event", "request_sent"), c("tlsfarm_farm_lifecycle_resend_total", "event", "request_received"), c("tlsfarm_farm_lifecycle_resend_total", "event", "resent"),
+			c("tlsfarm_farm_lifecycle_total", "event", "cut_sent"), c("tlsfarm_farm_lifecycle_total", "event", "cut_received"),
+			c("tlsfarm_farm_lifecycle_total", "event", "retire_sent"), c("tlsfarm_farm_lifecycle_total", "event", "retire_received"),
+			c("tlsfarm_farm_reconciles_total", "result", "store_lost"), c("tlsfarm_farm_carried_total", "result", "admitted"), c("tlsfarm_farm_carried_total", "result", "gap"))
+	}
+}
