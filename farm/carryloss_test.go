@@ -1,6 +1,7 @@
 package farm_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -178,5 +179,107 @@ func logCarryLoss(t *testing.T, ms []*farmtest.Member) {
 			c("tlsfarm_farm_lifecycle_total", "event", "cut_sent"), c("tlsfarm_farm_lifecycle_total", "event", "cut_received"),
 			c("tlsfarm_farm_lifecycle_total", "event", "retire_sent"), c("tlsfarm_farm_lifecycle_total", "event", "retire_received"),
 			c("tlsfarm_farm_reconciles_total", "result", "store_lost"), c("tlsfarm_farm_carried_total", "result", "admitted"), c("tlsfarm_farm_carried_total", "result", "gap"))
+	}
+}
+
+// TestCarriedRevokedThroughStoreLoss: S, issued on n1 whose path to the
+// farm is frozen, resumes on n2 from its carried copy (child C, which n3
+// receives); n2 revokes S — before Redis is killed, or while it is down
+// (pending) — and Redis restarts empty; n1's path is then cut and
+// restored, so that it missed the revocation. Once the revocation is
+// applied, neither S nor C resumes on any node: n1, n2, n3 (S's carried
+// ticket, still young, presented to n3, which never held S), and n4,
+// which joins afterwards; an untouched session of n2 still resumes on n4.
+func TestCarriedRevokedThroughStoreLoss(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{"before-loss", "while-down"} {
+		t.Run(when, func(t *testing.T) {
+			t.Parallel()
+			carriedRevokedThroughStoreLoss(t, when == "while-down")
+		})
+	}
+}
+
+func carriedRevokedThroughStoreLoss(t *testing.T, whileDown bool) {
+	srv := redistest.Start(t)
+	f := startCarryFarmOn(t, srv.URL(), 3, 1, 10*time.Second, carryLossTweak(func(c *farm.Config) {
+		// S stays young through the restart: its carried copy is
+		// presented to n3 after it.
+		c.WriteThroughTimeout = 8 * time.Second
+		c.HealInterval = 10 * time.Second
+	}))
+	n1, n2, n3 := f.ms[0], f.ms[1], f.ms[2]
+	n2ids := farmtest.HandshakeSessions(n2.Cache)
+	control := &tlstest.FrozenCache{}
+	dialAs(t, n2, "localhost", control)
+	waitStored(t, n2, n2ids()[0])
+
+	f.px[0].Freeze()
+	t.Cleanup(f.px[0].Thaw)
+	n1ids := farmtest.HandshakeSessions(n1.Cache)
+	c := &tlstest.FrozenCache{}
+	dialAs(t, n1, "localhost", c)
+	s := n1ids()[0]
+	issued := time.Now()
+	child := &tlstest.FrozenCache{}
+	if !dialAs(t, n2, "localhost", passOn{c, child}).DidResume {
+		t.Fatalf("n2 did not resume S from its carried copy (carried: %d admitted)", carried(n2, "admitted"))
+	}
+	kid := n2ids()[1]
+	farmtest.Eventually(t, 5*time.Second, "n3 holds C", func() bool { _, ok := lookup(n3.Cache, kid); return ok })
+
+	revoke := func(want farm.RevokeStatus, within time.Duration) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), within)
+		defer cancel()
+		if st, err := n2.Node.RevokeSession(ctx, s); err != nil || st != want {
+			t.Fatalf("RevokeSession on n2 = %v, %v; want %v", st, err, want)
+		}
+	}
+	if !whileDown {
+		revoke(farm.RevokeApplied, 5*time.Second)
+	}
+	srv.Kill()
+	if whileDown {
+		farmtest.Eventually(t, 10*time.Second, "n2 finds Redis gone", func() bool { return !n2.Node.Connected() })
+		revoke(farm.RevokePending, 500*time.Millisecond)
+	}
+	srv.Restart() // empty
+	f.px[0].Cut()
+	f.px[0].Restore()
+	waitServing(t, n1, n2, n3)
+	back := time.Now()
+	farmtest.Eventually(t, 10*time.Second, "n2's revocation applied", func() bool { return n2.Node.PendingRevocations() == 0 })
+
+	// S's carried copy, young still, on n3, which never held S.
+	if age := time.Since(issued); age > 7*time.Second {
+		t.Fatalf("S is %v old: too slow to present its carried copy young", age)
+	}
+	if dialAs(t, n3, "localhost", c).DidResume {
+		logCarryLoss(t, f.ms)
+		t.Fatal("n3 resumed the revoked S from its carried copy after the store's loss")
+	}
+	if got := carried(n3, "admitted"); got != 0 {
+		t.Fatalf("n3 admitted %d carried copies", got)
+	}
+	// n1 missed the revocation's message: it reads the tombstone that n2
+	// wrote back (or wrote late), well within a heal interval.
+	farmtest.Eventually(t, 5*time.Second, "n1 dropped S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	t.Logf("n1 dropped the revoked S %v after it served again", time.Since(back).Round(time.Millisecond))
+
+	n4 := farmtest.Join(t, "n4", f.name, *f.o)
+	all := append(f.ms, n4)
+	waitServing(t, all...)
+	for _, m := range all {
+		for what, cc := range map[string]*tlstest.FrozenCache{"S": c, "C": child} {
+			if dialAs(t, m, "localhost", cc).DidResume {
+				logCarryLoss(t, all)
+				t.Fatalf("%s resumed the revoked %s after the store's loss", m.Name, what)
+			}
+		}
+	}
+	if !dialAs(t, n4, "localhost", control).DidResume {
+		logCarryLoss(t, all)
+		t.Fatal("n2's untouched session did not resume on n4")
 	}
 }
