@@ -771,6 +771,15 @@ func (n *Node) refreshLater(batch []item) {
 		case ok:
 			rec.Parent = it.rec.Parent
 			it.rec = rec
+		case n.wasResumed(it.id, now):
+			// Resumed lately (here, or by a peer whose child or cut
+			// message came here) and no longer cached: its cut may be
+			// over, and the record the item carries is whole. Written
+			// now, after the cut's message came (re-sent to this node
+			// back from a gap, say), it would bring the session back
+			// for its whole life; the write that this node remembers
+			// (recutLate) is only one that went before.
+			it.op = opDropped
 		case n.cfg.Cache.Revoked(it.rec.Chain):
 			// Its chain was revoked since it was queued (Cut counts a
 			// session under revocation as gone): written now, it would
