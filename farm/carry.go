@@ -157,6 +157,33 @@ func (n *Node) admitCarried(id session.ID, r session.Record) (session.Record, bo
 	return rec, true
 }
 
+// mayBeCarried reports whether this node may hold the session id, which a
+// handshake resumed at now, from a carried copy (see admitCarried): carry
+// is on and id is young enough for a copy to have been admitted, allowing
+// MaxSkew. Its issuer's store write may then not have landed, so that the
+// store part of the grace cut (written only over a record that is there)
+// found nothing, and only the child's message tells the issuer to cut
+// its copy and its late write. A gap on the issuer's subscription (its
+// path cut while it issued, the store restarted) loses that message, and
+// a reconcile finds the store holding the issuer's own write, whole: the
+// cut would reach it only with a request for everything (a write-back).
+// So the resuming node holds such a cut (Node.held), which it re-sends
+// when a peer back from a gap asks for what its peers hold.
+func (n *Node) mayBeCarried(id session.ID, now time.Time) bool {
+	if !n.carryAllowed() {
+		return false
+	}
+	issued, ok := n.cfg.Cache.IssuedAt(id)
+	if !ok {
+		return false
+	}
+	window := n.cfg.WriteThroughTimeout
+	if g := n.cfg.Cache.Config().ResumeGrace; g > 0 {
+		window = min(window, g)
+	}
+	return now.Sub(issued) < window+n.cfg.MaxSkew
+}
+
 // Why AdmitCarried answered as it did, as tlsfarm_farm_carried_total
 // labels it.
 const (

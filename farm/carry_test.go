@@ -31,7 +31,13 @@ type carryFarm struct {
 
 func startCarryFarm(t *testing.T, nodes, proxied int, grace time.Duration, tweak func(*farm.Config), closeServer ...bool) *carryFarm {
 	t.Helper()
-	url := redistest.URL(t)
+	return startCarryFarmOn(t, redistest.URL(t), nodes, proxied, grace, tweak, closeServer...)
+}
+
+// startCarryFarmOn is startCarryFarm on the Redis at url (a private
+// redistest.Server's, for the tests that kill it).
+func startCarryFarmOn(t *testing.T, url string, nodes, proxied int, grace time.Duration, tweak func(*farm.Config), closeServer ...bool) *carryFarm {
+	t.Helper()
 	addr := strings.TrimPrefix(url, "redis://")
 	if i := strings.IndexByte(addr, '/'); i >= 0 {
 		addr = addr[:i]

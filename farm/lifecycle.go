@@ -387,8 +387,14 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 		if p := ev.Record.Parent; p != (session.ID{}) && cc.ResumeGrace > 0 && !cc.SingleUse {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
-			n.noteResumed(p, n.cfg.Now())
-			n.enqueue(item{id: p, op: opCut, until: n.cfg.Now().Add(cc.ResumeGrace), child: ev.ID})
+			now := n.cfg.Now()
+			n.noteResumed(p, now)
+			cut := item{id: p, op: opCut, until: now.Add(cc.ResumeGrace), child: ev.ID}
+			n.enqueue(cut)
+			if n.mayBeCarried(p, now) {
+				cut.expires = n.lifeExpiry(p)
+				n.holdLife([]item{cut}, now)
+			}
 		}
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
@@ -765,6 +771,15 @@ func (n *Node) refreshLater(batch []item) {
 		case ok:
 			rec.Parent = it.rec.Parent
 			it.rec = rec
+		case n.wasResumed(it.id, now):
+			// Resumed lately (here, or by a peer whose child or cut
+			// message came here) and no longer cached: its cut may be
+			// over, and the record the item carries is whole. Written
+			// now, after the cut's message came (re-sent to this node
+			// back from a gap, say), it would bring the session back
+			// for its whole life; the write that this node remembers
+			// (recutLate) is only one that went before.
+			it.op = opDropped
 		case n.cfg.Cache.Revoked(it.rec.Chain):
 			// Its chain was revoked since it was queued (Cut counts a
 			// session under revocation as gone): written now, it would
