@@ -21,18 +21,7 @@ import (
 // connection, idle, closed within another.
 func TestHTTP2StalledStreamIsCut(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.IdleTimeout = idle
-		c.Listeners[0].NextProtos = []string{"h2"}
-	})
-	cfg := client("localhost", cert)
-	cfg.NextProtos = []string{"h2"}
-	tc, err := tls.Dial("tcp", s.Addrs()[0], cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
+	s, tc := dialH2(t, idle)
 	must(t, tc.ConnectionState().NegotiatedProtocol == "h2", "negotiated %q, not h2", tc.ConnectionState().NegotiatedProtocol)
 	tc.SetDeadline(time.Now().Add(2*idle + 5*time.Second))
 	io.WriteString(tc, http2.ClientPreface)
@@ -102,18 +91,7 @@ func TestHTTP2StalledStreamIsCut(t *testing.T) {
 // stream (and keeps it in memory) an idle timeout later.
 func TestHTTP2StreamEndLeavesNoWriteDeadline(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	cert := mustSelfSigned(t, "localhost")
-	s, _ := start(t, cert, func(c *Config) {
-		c.IdleTimeout = idle
-		c.Listeners[0].NextProtos = []string{"h2"}
-	})
-	cfg := client("localhost", cert)
-	cfg.NextProtos = []string{"h2"}
-	tc, err := tls.Dial("tcp", s.Addrs()[0], cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
+	_, tc := dialH2(t, idle)
 	tc.SetDeadline(time.Now().Add(20 * time.Second))
 	io.WriteString(tc, http2.ClientPreface)
 	fr := http2.NewFramer(tc, tc)
@@ -169,4 +147,24 @@ func TestHTTP2StreamEndLeavesNoWriteDeadline(t *testing.T) {
 	}
 	must(t, ended == requests, "%d of %d answers", ended, requests)
 	t.Logf("%d answers, %d resets", ended, resets)
+}
+
+// dialH2 starts a proxy speaking only h2 with the idle timeout idle and
+// returns it and a TLS connection to it, closed when the test ends; the
+// test speaks HTTP/2 on it frame by frame.
+func dialH2(t *testing.T, idle time.Duration) (*Server, *tls.Conn) {
+	t.Helper()
+	cert := mustSelfSigned(t, "localhost")
+	s, _ := start(t, cert, func(c *Config) {
+		c.IdleTimeout = idle
+		c.Listeners[0].NextProtos = []string{"h2"}
+	})
+	cfg := client("localhost", cert)
+	cfg.NextProtos = []string{"h2"}
+	tc, err := tls.Dial("tcp", s.Addrs()[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	return s, tc
 }
