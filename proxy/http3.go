@@ -469,7 +469,16 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 // resets the stream (http.ErrAbortHandler), as over HTTP/2. The
 // Content-Length that http3 sets on an answer it holds whole is set here,
 // as the flush sends the headers.
+//
+// An answer of which a write or flush failed (timed out, most often) is
+// cut short, and its stream is reset too: the reverse proxy ends such an
+// answer by returning, not with http.ErrAbortHandler, when the request
+// does not come from net/http's server, and http3 would then end the
+// stream as if the answer were whole.
 func (w *statusWriter) lastFlush() {
+	if w.failed {
+		panic(http.ErrAbortHandler)
+	}
 	iw := w.ResponseWriter.(*idleWriter)
 	h := w.Header()
 	if _, ok := h["Content-Length"]; !ok {
@@ -494,12 +503,26 @@ type statusWriter struct {
 	http.ResponseWriter
 	s       *Server
 	written int64
+	failed  bool // a write or flush failed: the answer is not whole
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(p)
 	w.written += int64(n)
+	if err != nil && err != http.ErrBodyNotAllowed {
+		w.failed = true
+	}
 	return n, err
+}
+
+// FlushError flushes the response, for http.ResponseController (the
+// reverse proxy flushes streamed responses), and notes a failure.
+func (w *statusWriter) FlushError() error {
+	err := http.NewResponseController(w.ResponseWriter).Flush()
+	if err != nil {
+		w.failed = true
+	}
+	return err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
