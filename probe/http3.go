@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -42,6 +43,41 @@ func prepareHTTP3(p *plan, ports []string) error {
 	return nil
 }
 
+// resolver looks up the host names of HTTP/3 targets; tests replace it.
+var resolver = net.DefaultResolver
+
+// resolveUDP resolves hostport, as net.ResolveUDPAddr does (an IPv4
+// address first), within ctx: a run that ends (SIGINT, SIGTERM) does not
+// wait for a slow DNS server to answer or time out.
+func resolveUDP(ctx context.Context, hostport string) (*net.UDPAddr, error) {
+	host, service, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, err
+	}
+	port, err := resolver.LookupPort(ctx, "udp", service)
+	if err != nil {
+		return nil, err
+	}
+	if host == "" {
+		return &net.UDPAddr{Port: port}, nil
+	}
+	ips, err := resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	if len(ips) == 0 {
+		return nil, &net.AddrError{Err: "no suitable address found", Addr: host}
+	}
+	ip := ips[0]
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a.Unmap()
+			break
+		}
+	}
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))), nil
+}
+
 // connectQUIC makes one HTTP/3 connection to target: dial (with 0-RTT
 // early data when the client's session allows it), request, response. A
 // GET or HEAD goes in early data; if the server refuses it, the request is
@@ -50,7 +86,7 @@ func (w *worker) connectQUIC(ctx context.Context, target int) result {
 	p := w.r.plan
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	addr, err := net.ResolveUDPAddr("udp", p.addrs[target])
+	addr, err := resolveUDP(cctx, p.addrs[target])
 	if err != nil {
 		return result{failure: FailDial}
 	}

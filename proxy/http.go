@@ -152,7 +152,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // Over HTTP/2 and HTTP/3 the bounds are the stream's, not the
 // connection's: the other streams go on.
 func (s *Server) boundWrites(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
-	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle, h2: r.ProtoMajor == 2}
+	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.idle, h2: r.ProtoMajor == 2, h3: r.ProtoMajor == 3}
 	if r.ProtoMajor <= 2 {
 		iw.rc.SetWriteDeadline(iw.none())
 	}
@@ -170,6 +170,7 @@ type idleWriter struct {
 	rc   *http.ResponseController
 	idle time.Duration
 	h2   bool // the response to an HTTP/2 request
+	h3   bool // the response to an HTTP/3 request
 }
 
 // none returns the write deadline that stands for no bound. Over HTTP/2
@@ -213,7 +214,7 @@ func (w *idleWriter) FlushError() error {
 // stream. HTTP/1 needs no such bound: its flush is a write to the socket,
 // bounded by conn.Write.
 func (w *idleWriter) boundLastFlush() {
-	if w.h2 {
+	if w.h2 || w.h3 {
 		w.rc.SetWriteDeadline(time.Now().Add(w.idle))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -446,11 +447,48 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
 	}
+	bw := s.boundWrites(w, r)
 	if r.Method == http.MethodConnect {
-		s.serveConnect(&statusWriter{ResponseWriter: s.boundWrites(w, r), s: s}, r, rt, q.l)
+		s.serveConnect(&statusWriter{ResponseWriter: bw, s: s}, r, rt, q.l)
 		return
 	}
-	rt.handler.ServeHTTP(&statusWriter{ResponseWriter: s.boundWrites(w, r), s: s}, s.boundBody(w, r))
+	sw := &statusWriter{ResponseWriter: bw, s: s}
+	rt.handler.ServeHTTP(sw, s.boundBody(w, r))
+	sw.lastFlush()
+}
+
+// lastFlush flushes, within the idle timeout, what the handler of an
+// HTTP/3 request left in http3's buffer (an answer of up to 4 KiB is kept
+// there whole, for its Content-Length), and bounds what http3 writes after
+// it (trailers, the stream's end) by the idle timeout too. http3 flushes
+// that buffer itself once the handler returns, with no bound: a client
+// that never opened the stream's flow control window held the stream, its
+// goroutine and the answer for ever, and a connection kept busy by other
+// requests never went idle. Cut by a write deadline instead, http3 would
+// end the stream as if the answer were whole; a flush that times out
+// resets the stream (http.ErrAbortHandler), as over HTTP/2. The
+// Content-Length that http3 sets on an answer it holds whole is set here,
+// as the flush sends the headers.
+//
+// An answer of which a write or flush failed (timed out, most often) is
+// cut short, and its stream is reset too: the reverse proxy ends such an
+// answer by returning, not with http.ErrAbortHandler, when the request
+// does not come from net/http's server, and http3 would then end the
+// stream as if the answer were whole.
+func (w *statusWriter) lastFlush() {
+	if w.failed {
+		panic(http.ErrAbortHandler)
+	}
+	iw := w.ResponseWriter.(*idleWriter)
+	h := w.Header()
+	if _, ok := h["Content-Length"]; !ok {
+		// Ignored if the headers are gone already.
+		h.Set("Content-Length", strconv.FormatInt(w.written, 10))
+	}
+	if err := iw.FlushError(); err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	iw.boundLastFlush()
 }
 
 // safeMethod reports whether a request with method may be served from early
@@ -459,10 +497,32 @@ func safeMethod(m string) bool {
 	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
 
-// statusWriter counts the 425 responses an upstream sends.
+// statusWriter counts the 425 responses an upstream sends, and the bytes
+// of the body written (for lastFlush).
 type statusWriter struct {
 	http.ResponseWriter
-	s *Server
+	s       *Server
+	written int64
+	failed  bool // a write or flush failed: the answer is not whole
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.written += int64(n)
+	if err != nil && err != http.ErrBodyNotAllowed {
+		w.failed = true
+	}
+	return n, err
+}
+
+// FlushError flushes the response, for http.ResponseController (the
+// reverse proxy flushes streamed responses), and notes a failure.
+func (w *statusWriter) FlushError() error {
+	err := http.NewResponseController(w.ResponseWriter).Flush()
+	if err != nil {
+		w.failed = true
+	}
+	return err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
