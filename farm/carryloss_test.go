@@ -265,7 +265,7 @@ func carriedRevokedThroughStoreLoss(t *testing.T, whileDown bool) {
 	}
 	// n1 missed the revocation's message: it reads the tombstone that n2
 	// wrote back (or wrote late), well within a heal interval.
-	farmtest.Eventually(t, 5*time.Second, "n1 dropped S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	farmtest.Eventually(t, 15*time.Second, "n1 dropped S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
 	t.Logf("n1 dropped the revoked S %v after it served again", time.Since(back).Round(time.Millisecond))
 
 	n4 := farmtest.Join(t, "n4", f.name, *f.o)

@@ -825,8 +825,17 @@ func (n *Node) recutWritten(batch []item, first bool) {
 			q.push(item{id: it.id, op: opRetire})
 			continue
 		}
-		if rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires); ok && rec.Expires.Before(it.rec.Expires) {
+		rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires)
+		switch {
+		case ok && rec.Expires.Before(it.rec.Expires):
 			q.push(item{id: it.id, op: opCut, until: rec.Expires, rec: rec})
+		case !ok && n.wasResumed(it.id, now):
+			// Resumed lately and gone from the cache (a cut to the
+			// past heard between refreshLater's check and the
+			// remembering above): the record just written is whole,
+			// and no cut of it is known here to write. It goes, as
+			// refreshLater drops such a write.
+			q.push(item{id: it.id, op: opRetire})
 		}
 	}
 }
