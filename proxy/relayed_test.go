@@ -368,3 +368,42 @@ func TestHTTP3EarlyDataFromTrustedIntermediary(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP3EarlyRequestFromTrustedIntermediary: a trusted intermediary's
+// request that is early on this hop too (0-RTT here) follows the node's
+// own rules: a GET goes upstream with one "Early-Data: 1" whatever the
+// value it came with, a POST gets 425 from the node. Once the handshake
+// has completed, its POST with Early-Data goes upstream, marked.
+func TestHTTP3EarlyRequestFromTrustedIntermediary(t *testing.T) {
+	up := newEarlySeen(t)
+	nodes := startH3Farm(t, h3FarmOptions{n: 1, mode: session.Stateful, earlyData: true, upstream: up.URL, earlyTrusted: []string{"127.0.0.0/8"}})
+	n := nodes[0]
+	for _, tc := range []struct {
+		method, path string
+		early        bool
+		status       int
+		upstream     string // "" for nothing
+	}{
+		{http.MethodGet, "/early-get", true, http.StatusOK, "1"},
+		{http.MethodPost, "/early-post", true, http.StatusTooEarly, ""},
+		{http.MethodPost, "/late-post", false, http.StatusOK, "1"},
+	} {
+		cache := newPinnedCache()
+		getSession(t, n, cache)
+		c := newH3Client(t, cache)
+		c.header = http.Header{EarlyDataHeader: {"0", "1"}}
+		addr := net.Addr(n.addr)
+		if tc.early {
+			addr = newRelay(t, n.addr, time.Second).addr()
+		}
+		r := c.do(t, addr, tc.method, tc.path, tc.early)
+		// Sent without early set, the POST waits for the handshake (the
+		// connection may still have used 0-RTT).
+		if tc.early && !r.used0RTT || r.status != tc.status {
+			t.Fatalf("%s %s: 0-RTT %v, status %d (%s); want status %d", tc.method, tc.path, r.used0RTT, r.status, r.body, tc.status)
+		}
+		if got := up.got(tc.path); got != tc.upstream {
+			t.Fatalf("%s %s: upstream saw %q, want %q", tc.method, tc.path, got, tc.upstream)
+		}
+	}
+}
