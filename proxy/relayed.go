@@ -54,10 +54,10 @@ func (t earlyTrust) holds(remote string) bool {
 // connection's peer, or, with Listener.ProxyProtocol, the client address
 // of the PROXY header (the listener takes those from its trusted balancers
 // only). Kept, it becomes one field of value "1", whatever the values and
-// however many the fields: RFC 8470 §5.1 has a server take any
-// Early-Data field as "1", the request as possibly replayed. From anyone
-// else it is removed, so that only the node and its trusted intermediaries
-// mark a request as early.
+// however many the fields: RFC 8470 §5.1 defines no other value, and a
+// request that carries the field was early on an earlier hop, whatever its
+// form, so it may be a replay. From anyone else it is removed, so that only
+// the node and its trusted intermediaries mark a request as early.
 func (r *route) relayedEarlyData(req *http.Request) bool {
 	if _, ok := req.Header[EarlyDataHeader]; !ok {
 		return false
