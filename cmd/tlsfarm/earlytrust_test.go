@@ -15,6 +15,8 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/tlsfarm/tlsfarm/config"
 )
 
 // TestEarlyDataTrustedBehindBalancer runs serve behind a balancer that
@@ -85,4 +87,40 @@ func TestEarlyDataTrustedBehindBalancer(t *testing.T) {
 		t.Errorf("after the reload, the range no longer trusted still had its Early-Data kept: %q", got)
 	}
 	p.stop()
+}
+
+// TestEarlyDataTrustedBalancerWarning: an early_data_trusted entry inside
+// proxy_protocol.trusted (the balancer listed as the intermediary) draws a
+// warning; the CDN's range, or a balancer list of every address, does not.
+func TestEarlyDataTrustedBalancerWarning(t *testing.T) {
+	for _, tc := range []struct {
+		proxy, early string
+		warn         bool
+	}{
+		{"10.0.0.0/8", "10.1.2.3", true},
+		{"10.0.0.0/8", "10.1.0.0/16", true},
+		{"10.0.0.0/8,192.0.2.1", "203.0.113.0/24,192.0.2.1", true},
+		{"10.0.0.0/8", "203.0.113.0/24", false},
+		{"10.0.0.0/8", "0.0.0.0/0", false},
+		{"0.0.0.0/0,::/0", "203.0.113.0/24", false},
+		{"", "10.1.2.3", false}, // no PROXY protocol: the peer is judged
+	} {
+		args := []string{"-early-data-trusted", tc.early}
+		if tc.proxy != "" {
+			args = append(args, "-proxy-protocol", "-proxy-protocol-trusted", tc.proxy)
+		}
+		cfg, err := config.Load("serve", args, func(string) string { return "" }, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, w := range configWarnings(cfg) {
+			if strings.Contains(w, "early_data_trusted") {
+				got = append(got, w)
+			}
+		}
+		if tc.warn != (len(got) == 1) || len(got) > 1 {
+			t.Errorf("proxy_protocol.trusted %q, early_data_trusted %q: warnings %q", tc.proxy, tc.early, got)
+		}
+	}
 }
