@@ -67,6 +67,14 @@ type Listener struct {
 	// EarlyData accepts 0-RTT early data on the HTTP/3 listener, once per
 	// session in the whole farm (see docs/quic.md).
 	EarlyData bool `yaml:"early_data"`
+
+	// EarlyDataTrusted lists the addresses or CIDR ranges of the
+	// intermediaries (a CDN that accepts 0-RTT itself) whose Early-Data
+	// request header is kept and sent upstream as "Early-Data: 1" (RFC 8470
+	// §5.1); everyone else's is removed. With ProxyProtocol the address
+	// judged is the client address of the PROXY header, not the
+	// balancer's; otherwise the connection's peer (proxy.Listener).
+	EarlyDataTrusted []string `yaml:"early_data_trusted"`
 }
 
 // A Certificate is a certificate chain and its private key, in PEM files,

@@ -30,6 +30,7 @@ func TestRestartOnlyNamesWhatAReloadCannotChange(t *testing.T) {
 			c.Log.Level = "debug"
 			c.Admin.Token = "0123456789abcdefgh"
 			c.Debug.ExposeSessionID = true
+			c.Listeners[0].EarlyDataTrusted = []string{"203.0.113.0/24"}
 		}, nil},
 		{"cache and farm", func(c *Config) {
 			c.Cache.Size = 7

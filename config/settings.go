@@ -47,6 +47,7 @@ var settings = []Setting{
 	{Key: "listeners[].http3", Flag: "http3", Env: "TLSFARM_HTTP3", Default: "false", Usage: "serve HTTP/3 (QUIC) on the UDP port of the listener's address too"},
 	{Key: "listeners[].early_data", Flag: "early-data", Env: "TLSFARM_EARLY_DATA", Default: "false", Usage: "accept 0-RTT early data on HTTP/3, once per session in the farm"},
 	{Key: "listeners[].proxy_protocol.trusted", Flag: "proxy-protocol-trusted", Env: "TLSFARM_PROXY_PROTOCOL_TRUSTED", Default: "none (required)", Usage: "addresses or CIDR `ranges` allowed to send PROXY headers, comma-separated (required with -proxy-protocol)"},
+	{Key: "listeners[].early_data_trusted", Flag: "early-data-trusted", Env: "TLSFARM_EARLY_DATA_TRUSTED", Default: "none", Reloadable: true, Usage: "addresses or CIDR `ranges` of intermediaries (a CDN) whose Early-Data request header is kept for the upstream, comma-separated; with -proxy-protocol, the PROXY header's client address is judged"},
 
 	{Key: "cache.mode", Flag: "cache-mode", Env: "TLSFARM_CACHE_MODE", Default: "stateful", Usage: "session resumption mode: stateful, stateless or mixed"},
 	{Key: "cache.size", Flag: "cache-size", Env: "TLSFARM_CACHE_SIZE", Default: "102400", Usage: "most sessions cached"},

@@ -125,6 +125,17 @@ func (c *Config) checkListeners() error {
 				return c.problem(key+".proxy_protocol.trusted", "%q is not an IP address or CIDR range", redact.URL(t))
 			}
 		}
+		if len(l.EarlyDataTrusted) > 0 && isTCP(l.Upstream) {
+			return c.problem(key+".early_data_trusted", "is for HTTP upstreams: a tcp:// upstream gets the decrypted bytes as the client sent them, Early-Data headers and all")
+		}
+		for _, t := range l.EarlyDataTrusted {
+			if p, err := netip.ParsePrefix(t); err == nil && p.Addr().Zone() == "" {
+				continue
+			}
+			if a, err := netip.ParseAddr(t); err != nil || a.Zone() != "" {
+				return c.problem(key+".early_data_trusted", "%q is not an IP address or CIDR range (list the intermediaries' addresses, such as 203.0.113.0/24: the PROXY header's client address with proxy_protocol, the connection's peer without)", redact.URL(t))
+			}
+		}
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ func TestURLInAnyStringSettingNotShown(t *testing.T) {
 		{"TLSFARM_TLS_MAX", "listeners[0].max_version"},
 		{"TLSFARM_ALPN", "listeners[0].alpn"},
 		{"TLSFARM_PROXY_PROTOCOL_TRUSTED", "listeners[0].proxy_protocol.trusted"},
+		{"TLSFARM_EARLY_DATA_TRUSTED", "listeners[0].early_data_trusted"},
 		{"TLSFARM_CACHE_MODE", "cache.mode"},
 		{"TLSFARM_ADMIN_ADDRESS", "admin.address"},
 	} {

@@ -34,11 +34,13 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	w = l.s.boundWrites(w, r)
 	defer w.(*idleWriter).boundLastFlush()
-	r.Header.Del(EarlyDataHeader) // TLS over TCP never carries early data here
 	if l.quic != nil {
 		w.Header().Set("Alt-Svc", l.quic.altSvc)
 	}
 	rt := l.route.Load()
+	// TLS over TCP never carries early data here: only a trusted
+	// intermediary's mark stays.
+	rt.relayedEarlyData(r)
 	if rt.handler == nil {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return
@@ -440,9 +442,9 @@ func (s *Server) reverseProxy(target *url.URL) (http.Handler, *http.Transport) {
 }
 
 // rewrite makes pr.Out the request for target: its URL, the forwarding
-// headers and ResumedHeader. ReverseProxy has already dropped the
-// hop-by-hop headers and the client's Forwarded and X-Forwarded-For, -Host
-// and -Proto.
+// headers, ResumedHeader and EarlyDataHeader. ReverseProxy has already
+// dropped the hop-by-hop headers and the client's Forwarded and
+// X-Forwarded-For, -Host and -Proto.
 func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	pr.SetURL(target)
 	// The other X-Forwarded- headers (X-Forwarded-Port, -Prefix, -Ssl,
@@ -479,6 +481,15 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 		resumed = "1"
 	}
 	pr.Out.Header.Set(ResumedHeader, resumed)
+	if _, ok := pr.In.Header[EarlyDataHeader]; ok {
+		// Set by the node or kept from a trusted intermediary
+		// (relayedEarlyData), it goes upstream even if the request's
+		// Connection field names it: ReverseProxy would drop it then,
+		// as a hop-by-hop field, and the upstream would take a request
+		// that may be a replay for one that is not (RFC 8470 §5.1: an
+		// intermediary must not remove it).
+		pr.Out.Header[EarlyDataHeader] = []string{"1"}
+	}
 	s.stats.requests.Add(1)
 }
 

@@ -21,7 +21,8 @@ import (
 
 // EarlyDataHeader is the request header (RFC 8470) set to "1" on a request
 // that the client sent in 0-RTT early data, for the upstream. A value sent
-// by the client is removed from every request.
+// by the client is removed from every request, unless the client is an
+// intermediary in Listener.EarlyDataTrusted.
 const EarlyDataHeader = "Early-Data"
 
 // A quicListener serves HTTP/3 on UDP at the address of its TCP listener,
@@ -415,10 +416,14 @@ func (q *quicListener) release() {
 // EarlyDataHeader; unless its method is safe it is refused with 425 Too
 // Early (RFC 8470), which tells the client to send it again after the
 // handshake. Once the handshake has completed, the client has proved it
-// holds this connection's keys, and its requests are no longer early.
+// holds this connection's keys, and its requests are no longer early. The
+// EarlyDataHeader of a trusted intermediary stays (relayedEarlyData), and
+// the upstream decides on such a request: it was early on an earlier hop,
+// and waiting for this handshake would not make it safe.
 func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	s := q.l.s
-	r.Header.Del(EarlyDataHeader)
+	rt := q.l.route.Load()
+	rt.relayedEarlyData(r)
 	early := false
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
 		qc.requests.Add(1)
@@ -442,7 +447,6 @@ func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 		s.quic.earlyRequests.Add(1)
 		r.Header.Set(EarlyDataHeader, "1")
 	}
-	rt := q.l.route.Load()
 	if rt.handler == nil {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return

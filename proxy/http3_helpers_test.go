@@ -41,11 +41,13 @@ type h3FarmOptions struct {
 	redisURL  string // default: the shared Redis
 	upstream  string
 	earlyData bool
-	earlyOff  int           // if set, the node (1, 2, ...) that does not accept early data
-	validate  bool          // QUICValidateAddresses
-	window    time.Duration // EarlyDataWindow
-	secret    *farm.Secret
-	singleUse bool // session.Config.SingleUse
+	// earlyTrusted is the listeners' EarlyDataTrusted.
+	earlyTrusted []string
+	earlyOff     int           // if set, the node (1, 2, ...) that does not accept early data
+	validate     bool          // QUICValidateAddresses
+	window       time.Duration // EarlyDataWindow
+	secret       *farm.Secret
+	singleUse    bool // session.Config.SingleUse
 	// strikeSkew, if set, is the farm's MaxSkew, and the nodes give the
 	// farm's strike register the tickets' real issue time. Otherwise the
 	// register is told every ticket was issued an hour later: a farm's
@@ -124,6 +126,7 @@ func startH3Farm(t *testing.T, o h3FarmOptions) []*h3Node {
 			Listeners: []Listener{{
 				Address: "127.0.0.1:0", Certificates: []Certificate{{Certificate: cert}},
 				NextProtos: []string{"http/1.1"}, Upstream: o.upstream, HTTP3: true, EarlyData: o.earlyData && o.earlyOff != i+1,
+				EarlyDataTrusted: o.earlyTrusted,
 			}},
 			AntiReplay:            antiReplay,
 			QUICTokenKey:          &keys.TokenKey,
@@ -233,6 +236,7 @@ type h3Client struct {
 	tr     *quic.Transport
 	tls    *tls.Config
 	tokens quic.TokenStore
+	header http.Header // sent with every request
 }
 
 func newH3Client(t testing.TB, cache tls.ClientSessionCache) *h3Client {
@@ -330,6 +334,9 @@ func (c *h3Client) do(t *testing.T, addr net.Addr, method, path string, early bo
 func (c *h3Client) send(ctx context.Context, conn *quic.Conn, method, path string, early bool) (*http.Response, error) {
 	cc := (&http3.Transport{}).NewClientConn(conn)
 	req, _ := http.NewRequestWithContext(ctx, method, "https://localhost"+path, nil)
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	if !early {
 		return cc.RoundTrip(req)
 	}

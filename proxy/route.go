@@ -24,10 +24,16 @@ type route struct {
 	target    *url.URL        // of the reverse proxy, if any
 	tcp       string          // tcp:// upstream address
 	upstream  string          // as configured, for logs
+
+	earlyTrust earlyTrust // Listener.EarlyDataTrusted, parsed
 }
 
 func (s *Server) newRoute(cfg Listener) (*route, error) {
 	certs, err := newCertSet(cfg.Certificates)
+	if err != nil {
+		return nil, err
+	}
+	trust, err := parseEarlyTrust(cfg.EarlyDataTrusted)
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +44,8 @@ func (s *Server) newRoute(cfg Listener) (*route, error) {
 			MaxVersion:     cfg.MaxVersion,
 			NextProtos:     cfg.NextProtos,
 		},
-		upstream: cfg.Upstream,
+		upstream:   cfg.Upstream,
+		earlyTrust: trust,
 	}
 	switch up := cfg.Upstream; {
 	case up == "" || up == "builtin":
@@ -84,7 +91,8 @@ func (r *route) release() {
 }
 
 // Reload applies the reloadable settings of cfg: each listener's
-// certificates, TLS versions, ALPN protocols and upstream, the handshake
+// certificates, TLS versions, ALPN protocols, upstream and
+// EarlyDataTrusted (for requests from then on), the handshake
 // timeout, MaxWebSocketsPerConnection (for WebSockets opened from then on)
 // and ExposeSessionID. cfg.Listeners must match the server's
 // listeners one to one, in order; their addresses and PROXY protocol

@@ -144,6 +144,20 @@ type Listener struct {
 	// served from early data, marked with EarlyDataHeader; other requests
 	// get 425 Too Early. Reload does not change it.
 	EarlyData bool
+
+	// EarlyDataTrusted lists the addresses or CIDR ranges of the
+	// intermediaries (a CDN that accepts 0-RTT itself) whose
+	// EarlyDataHeader is kept and sent upstream, as RFC 8470 §5.1 asks of
+	// an intermediary; it is removed from everyone else's requests. The
+	// address judged is the request's client address: with ProxyProtocol,
+	// the source address of the PROXY header (from a ProxyTrusted
+	// balancer), not the balancer's; otherwise the connection's peer.
+	// A kept header is sent as one field "Early-Data: 1", whatever its
+	// value and however many its fields; the upstream decides whether to
+	// answer 425 Too Early (the node refuses no method for it, over TCP
+	// or, once the handshake has completed, over HTTP/3). Empty (the
+	// default) keeps none. Reload changes it, for requests from then on.
+	EarlyDataTrusted []string
 }
 
 // A Certificate is served for a set of server names.

@@ -42,6 +42,8 @@ func (d *daemon) proxyConfig(cfg *config.Config) (proxy.Config, error) {
 			ProxyTrusted:  l.ProxyProtocol.Trusted,
 			HTTP3:         l.HTTP3,
 			EarlyData:     l.EarlyData,
+
+			EarlyDataTrusted: l.EarlyDataTrusted,
 		}
 		for _, c := range l.Certificates {
 			pl.Certificates = append(pl.Certificates, proxy.Certificate{Names: c.Names, Certificate: c.Loaded})

@@ -52,8 +52,50 @@ func configWarnings(cfg *config.Config) []string {
 		if len(l.Certificates) == 0 {
 			w = append(w, fmt.Sprintf("listeners[%d] has no certificate: it serves a self-signed certificate for localhost", i))
 		}
+		if w1 := balancerTrustedForEarlyData(i, l); w1 != "" {
+			w = append(w, w1)
+		}
 	}
 	return w
+}
+
+// balancerTrustedForEarlyData warns of an early_data_trusted entry inside
+// a proxy_protocol.trusted range (one narrower than every address): with
+// PROXY protocol the address judged is the client address in the PROXY
+// header, so a balancer's own address there counts only on the balancer's
+// LOCAL connections (health checks), and an intermediary that sends the
+// PROXY header itself is never the one judged.
+func balancerTrustedForEarlyData(i int, l config.Listener) string {
+	if !l.ProxyProtocol.Enabled {
+		return ""
+	}
+	for _, e := range l.EarlyDataTrusted {
+		ep, ok := prefixOf(e)
+		if !ok {
+			continue
+		}
+		for _, b := range l.ProxyProtocol.Trusted {
+			bp, ok := prefixOf(b)
+			if ok && bp.Bits() > 0 && ep.Bits() >= bp.Bits() && bp.Contains(ep.Addr()) {
+				return fmt.Sprintf("listeners[%d].early_data_trusted lists %s, inside proxy_protocol.trusted %s: with PROXY protocol the address judged is the client address in the PROXY header, not the balancer's; list the egress ranges of the intermediary (the CDN) that sends Early-Data",
+					i, e, b)
+			}
+		}
+	}
+	return ""
+}
+
+// prefixOf parses an address or CIDR range as a prefix.
+func prefixOf(s string) (netip.Prefix, bool) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), true
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), true
 }
 
 // checkAddresses binds and releases every address serve would listen on
