@@ -56,6 +56,10 @@ type FarmNode interface {
 	// RevokeSession revokes the session id farm-wide (see
 	// farm.Node.RevokeSession).
 	RevokeSession(ctx context.Context, id session.ID) (farm.RevokeStatus, error)
+	// RevokeApplyWait returns how long RevokeSession waits, after the
+	// farm carried a revocation, before it reports it applied (see
+	// farm.Node.RevokeApplyWait).
+	RevokeApplyWait() time.Duration
 }
 
 // A Config configures the admin API. Cache is required; every other field
@@ -100,10 +104,12 @@ type Config struct {
 	Token func() string
 
 	// RevokeTimeout bounds how long DELETE /sessions/{id} waits for the
-	// farm (default 5s). The handler never waits more than 1s, whatever
+	// farm (default 5s). The handler never waits more than 1s plus the
+	// node's own wait before it says applied (farm.Node.RevokeApplyWait:
+	// the farm's MaxDeliveryLag with carried sessions), whatever
 	// RevokeTimeout says: a revocation that has not reached the farm by
 	// then is in force on this node and answered 202 "pending" (the node
-	// retries it), so only a value under 1s changes anything.
+	// retries it).
 	RevokeTimeout time.Duration
 
 	// Collectors are registered with the metrics registry as well.

@@ -34,7 +34,9 @@ type RevokeResponse struct {
 }
 
 // revokeApplyWait is how long DELETE /sessions/{id} waits for a revocation
-// to reach the farm before it answers 202 "pending".
+// to reach the farm before it answers 202 "pending", on top of the wait
+// the node itself adds before it says applied (farm.Node.RevokeApplyWait),
+// and at most Config.RevokeTimeout in all.
 const revokeApplyWait = time.Second
 
 // revoke handles DELETE /sessions/{id}: it revokes the session and its
@@ -56,7 +58,7 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	found, status, farmState := false, http.StatusOK, "none"
 	if h.cfg.Node != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), min(h.cfg.RevokeTimeout, revokeApplyWait))
+		ctx, cancel := context.WithTimeout(r.Context(), min(h.cfg.RevokeTimeout, revokeApplyWait+h.cfg.Node.RevokeApplyWait()))
 		defer cancel()
 		st, err := h.cfg.Node.RevokeSession(ctx, id)
 		if errors.Is(err, farm.ErrNoStore) {

@@ -190,17 +190,30 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			return RevokePending, nil
 		}
 	}
-	if _, marks := n.cfg.Bus.(transport.DeliveryMarker); marks && n.cfg.CarrySessions {
+	if wait := n.RevokeApplyWait(); wait > 0 {
 		// A peer takes a carried copy only while its bus has delivered
 		// everything published until MaxDeliveryLag ago: once that
 		// much has passed since the publish, none takes this chain's.
 		select {
-		case <-time.After(n.cfg.MaxDeliveryLag):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			return RevokePending, nil
 		}
 	}
 	return RevokeApplied, nil
+}
+
+// RevokeApplyWait returns how long RevokeSession waits, after the bus and
+// the store carried a revocation, before it reports RevokeApplied:
+// Config.MaxDeliveryLag with CarrySessions on a bus that marks its
+// delivery (transport.DeliveryMarker), zero otherwise. A caller that
+// bounds RevokeSession's context to learn whether a revocation applied
+// should allow this much on top of the farm's round trips.
+func (n *Node) RevokeApplyWait() time.Duration {
+	if _, marks := n.cfg.Bus.(transport.DeliveryMarker); marks && n.cfg.CarrySessions {
+		return n.cfg.MaxDeliveryLag
+	}
+	return 0
 }
 
 func (n *Node) revocationDone(chain uint64) <-chan struct{} {

@@ -1,0 +1,61 @@
+package admin
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+)
+
+// TestRevokeWaitsForDeliveryLag: with carried sessions, RevokeSession
+// waits the farm's MaxDeliveryLag before it says applied, so DELETE
+// /sessions/{id} allows that much on top of its own second. With a
+// bound of 1.5s it answered 202 "pending" for a revocation the farm
+// applied at once; now 200 "applied", after the bound.
+func TestRevokeWaitsForDeliveryLag(t *testing.T) {
+	url := redistest.URL(t)
+	name := redistest.Farm(t)
+	const lag = 1500 * time.Millisecond
+	var node *farm.Node
+	srv, cache := newHandler(t, func(c *Config) {
+		tr, err := redisbus.Open(url, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		n, err := farm.Join(t.Context(), farm.Config{
+			Farm: name, Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: tr, Store: tr,
+			WriteThrough: true, CarrySessions: true, MaxDeliveryLag: lag,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		c.Node, node = n, n
+	})
+	if got := node.RevokeApplyWait(); got != lag {
+		t.Fatalf("RevokeApplyWait = %v, want MaxDeliveryLag %v", got, lag)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !node.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not reach the farm")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	id := insert(t, cache)
+	t0 := time.Now()
+	code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+id.String(), token)
+	took := time.Since(t0)
+	if code != http.StatusOK || !strings.Contains(body, `"farm": "applied"`) {
+		t.Fatalf("revoke with carried sessions and a delivery bound of %v: %d %s after %v, want 200 applied", lag, code, body, took.Round(time.Millisecond))
+	}
+	if took < lag {
+		t.Fatalf("applied after %v, before the delivery bound %v", took.Round(time.Millisecond), lag)
+	}
+}
