@@ -48,6 +48,9 @@ type options struct {
 	url, nodes, modes          string
 	rate, lookups              int
 	duration, lifetime, lookup time.Duration
+
+	ks []int       // -nodes, parsed
+	ms []farm.Mode // -modes, parsed
 }
 
 // parseFlags parses farmsim's command line, refusing values that would
@@ -83,6 +86,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.lookup <= 0 || o.lookup > time.Second:
 		return nil, errors.New("farmsim: -lookup-timeout must be above 0 and at most 1s")
 	}
+	// Checked before the first run: a bad count or mode found at its turn
+	// ended farmsim after the runs before it, whose results, not yet
+	// printed, were lost.
+	for _, ks := range strings.Split(o.nodes, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(ks))
+		if err != nil || k < 2 || k > 100 {
+			return nil, fmt.Errorf("farmsim: -nodes: node count %q: want 2 to 100", ks)
+		}
+		o.ks = append(o.ks, k)
+	}
+	for _, ms := range strings.Split(o.modes, ",") {
+		ms = strings.TrimSpace(ms)
+		mode, err := farm.ParseMode(ms)
+		if err != nil || ms == "" {
+			return nil, fmt.Errorf("farmsim: -modes: mode %q: want broadcast or store-only", ms)
+		}
+		o.ms = append(o.ms, mode)
+	}
 	return o, nil
 }
 
@@ -97,7 +118,7 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	url, nodes, modes, rate, lookups := &o.url, &o.nodes, &o.modes, &o.rate, &o.lookups
+	url, rate, lookups := &o.url, &o.rate, &o.lookups
 	duration, lifetime, timeout := &o.duration, &o.lifetime, &o.lookup
 	ss, cs, err := oneSession()
 	if err != nil {
@@ -110,18 +131,11 @@ func main() {
 	defer admin.Close()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "K\tmode\tsessions/s\tstore ops/s per master\tB/session\tlookup p50\tlookup p99\tresumed\tdeliveries/s per node\tcached per node\t")
-	for _, ks := range strings.Split(*nodes, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(ks))
-		if err != nil || k < 2 || k > 100 {
-			log.Fatalf("farmsim: node count %q: want 2 to 100", ks)
-		}
-		for _, ms := range strings.Split(*modes, ",") {
-			mode, err := farm.ParseMode(strings.TrimSpace(ms))
-			if err != nil {
-				log.Fatal(err)
-			}
+	for _, k := range o.ks {
+		for _, mode := range o.ms {
 			r, err := run(*url, admin, k, mode, *rate, *lookups, *duration, *lifetime, *timeout, ss, cs)
 			if err != nil {
+				w.Flush() // the runs done so far
 				log.Fatal(err)
 			}
 			fmt.Fprintf(w, "%d\t%s\t%.0f\t%s\t%.0f\t%v\t%v\t%.1f%%\t%.0f\t%.0f\t\n", k, mode, r.rate, r.perMaster, r.bytesPerSession,
