@@ -197,7 +197,7 @@ func adminClient(url string) (redis.UniversalClient, error) {
 }
 
 // masterStats reads, for every master, the commands it has processed, its
-// memory and its key count.
+// memory and its key count in the database of c.
 func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]int64, error) {
 	out := map[string][3]int64{}
 	var mu sync.Mutex
@@ -207,6 +207,10 @@ func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]in
 			return err
 		}
 		var v [3]int64
+		// The keys of the URL's database, where the farm writes (a
+		// cluster has only db0): db0's alone counted none of a run on
+		// another, which then reported 0 bytes per session.
+		keyspace := fmt.Sprintf("db%d:keys=", cl.Options().DB)
 		for _, line := range strings.Split(info, "\r\n") {
 			if s, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
 				v[0], _ = strconv.ParseInt(s, 10, 64)
@@ -214,7 +218,7 @@ func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]in
 			if s, ok := strings.CutPrefix(line, "used_memory:"); ok {
 				v[1], _ = strconv.ParseInt(s, 10, 64)
 			}
-			if s, ok := strings.CutPrefix(line, "db0:keys="); ok {
+			if s, ok := strings.CutPrefix(line, keyspace); ok {
 				s, _, _ = strings.Cut(s, ",")
 				v[2], _ = strconv.ParseInt(s, 10, 64)
 			}
