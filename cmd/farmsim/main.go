@@ -169,27 +169,35 @@ func oneSession() ([]byte, tls.ConnectionState, error) {
 	return state, cs, nil
 }
 
-// adminClient opens a go-redis client on the same deployment, for INFO.
+// farmOptions are the query options of a farm URL that tlsfarm's Redis
+// transport reads and go-redis does not know (see redisbus.Open).
+var farmOptions = []string{"echo", "reload", "wait_replicas", "wait_timeout"}
+
+// adminClient opens a go-redis client on the same deployment, for INFO. The
+// transport's own options are left out of the URL: go-redis refused them,
+// and so every -redis URL that set one (wait_replicas, to measure its cost).
 func adminClient(url string) (redis.UniversalClient, error) {
-	if rest, ok := strings.CutPrefix(url, "redis+cluster://"); ok {
-		u := "redis://" + rest
-		var keep []string
-		base, query, _ := strings.Cut(u, "?")
-		for _, kv := range strings.Split(query, "&") {
-			if kv != "" && !strings.HasPrefix(kv, "reload=") {
-				keep = append(keep, kv)
-			}
+	base, query, _ := strings.Cut(url, "?")
+	var keep []string
+	for _, kv := range strings.Split(query, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if kv != "" && !slices.Contains(farmOptions, k) {
+			keep = append(keep, kv)
 		}
-		if len(keep) > 0 {
-			base += "?" + strings.Join(keep, "&")
-		}
-		opt, err := redis.ParseClusterURL(base)
-		if err != nil {
-			return nil, redact.URLError(err) // url.Parse quotes the URL
-		}
-		return redis.NewClusterClient(opt), nil
 	}
-	opt, err := redis.ParseURL(url)
+	if len(keep) > 0 {
+		base += "?" + strings.Join(keep, "&")
+	}
+	for _, scheme := range []string{"redis", "rediss"} {
+		if rest, ok := strings.CutPrefix(base, scheme+"+cluster://"); ok {
+			opt, err := redis.ParseClusterURL(scheme + "://" + rest)
+			if err != nil {
+				return nil, redact.URLError(err) // url.Parse quotes the URL
+			}
+			return redis.NewClusterClient(opt), nil
+		}
+	}
+	opt, err := redis.ParseURL(base)
 	if err != nil {
 		return nil, redact.URLError(err) // url.Parse quotes the URL
 	}
