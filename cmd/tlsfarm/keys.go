@@ -209,7 +209,8 @@ func checkTarget(t keyexport.Target) error {
 	return nil
 }
 
-// keys runs the key agent until SIGTERM or SIGINT.
+// keys runs the key agent until SIGTERM or SIGINT; a second one during the
+// stop exits at once.
 func keys(args []string, stderr io.Writer) int {
 	o, code := parseKeys(args, os.Getenv, stderr)
 	if o == nil {
@@ -233,6 +234,18 @@ func keys(args []string, stderr io.Writer) int {
 	}
 	<-ctx.Done()
 	log.Info("stopping")
+	// The stop releases the lease and flushes the farm, which with a hung
+	// store waits for its timeouts (seconds): a second stop signal ends
+	// the agent at once, the lease left to expire. The signal context
+	// still caught the signals, and dropped them.
+	stop()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-again
+		log.Error("second stop signal: exiting at once; the rotation lease, if held, is left to expire", "signal", s.String())
+		os.Exit(1)
+	}()
 	a.stop()
 	return 0
 }
