@@ -210,8 +210,15 @@ func checkTarget(t keyexport.Target) error {
 }
 
 // keys runs the key agent until SIGTERM or SIGINT; a second one during the
-// stop exits at once.
+// stop exits at once. SIGHUP is logged and otherwise ignored.
 func keys(args []string, stderr io.Writer) int {
+	// SIGHUP is caught from the start, as serve's is: the agent has
+	// nothing to reload, and SIGHUP's default action ended it at once,
+	// its lease left to expire, when a hook reloaded every tlsfarm process
+	// (pkill -HUP -x tlsfarm, for serve's certificates).
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	o, code := parseKeys(args, os.Getenv, stderr)
 	if o == nil {
 		return code
@@ -225,6 +232,11 @@ func keys(args []string, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
+	go func() {
+		for range hups {
+			log.Info("SIGHUP: tlsfarm keys has nothing to reload; restart it to change its settings")
+		}
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := startKeys(o, log)
