@@ -132,6 +132,22 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 		written[w] = t
 		o.targets = append(o.targets, t)
 	}
+	// A file of another target named as one of an nginx target's key
+	// files: the nginx target writes every ticket-N.key of its count
+	// there, and random keys into any higher N it finds, so the two
+	// targets took turns with the file (a JSON or HAProxy file with a
+	// raw key in it, or an nginx key file with JSON).
+	for _, t := range o.targets {
+		n, ok := t.(*keyexport.NginxTarget)
+		if !ok {
+			continue
+		}
+		for _, u := range o.targets {
+			if w, ok := strings.CutPrefix(writtenPath(u), "file "); ok && filepath.Dir(w) == n.Dir && nginxKeyName(filepath.Base(w)) {
+				return fail("-export %s is an nginx key file of -export %s, which writes every ticket-N.key there: name it otherwise", redact.URL(u.String()), redact.URL(n.String()))
+			}
+		}
+	}
 	if o.farmURL == "" {
 		o.farmURL = envDefault(getenv, "farm.url", "")
 	}
@@ -188,6 +204,18 @@ func writtenPath(t keyexport.Target) string {
 		return "file " + filepath.Clean(t.Path)
 	}
 	return t.String()
+}
+
+// nginxKeyName reports whether name is the name of an nginx target's key
+// file, ticket-N.key (see keyexport.NginxFileName and NginxStaleFiles).
+func nginxKeyName(name string) bool {
+	num, ok := strings.CutPrefix(name, "ticket-")
+	if !ok {
+		return false
+	}
+	num, ok = strings.CutSuffix(num, ".key")
+	n, err := strconv.Atoi(num)
+	return ok && err == nil && n >= 0 && keyexport.NginxFileName(n) == name
 }
 
 // checkTarget checks at start that a target's directory is safe to write
