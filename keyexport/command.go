@@ -23,9 +23,10 @@ const DefaultCommandTimeout = 30 * time.Second
 // material is passed to it, nor any other TLSFARM_ variable of the agent's
 // environment: $TLSFARM_FARM_URL may hold the transport's password, and
 // other settings may hold secrets too. The command runs in a process group
-// of its own, killed whole when the timeout passes or ctx ends. A non-zero exit is an error that
-// carries the start of the command's output, with the credentials of any
-// URL in it masked (the error goes to the log).
+// of its own, killed whole when the timeout passes or ctx ends. A non-zero
+// exit is an error that carries the start of the command's output (of
+// which the first 4 KiB are kept), with the credentials of any URL in it
+// masked (the error goes to the log).
 func Command(cmd string, timeout time.Duration) func(context.Context, *Set) error {
 	if timeout <= 0 {
 		timeout = DefaultCommandTimeout
