@@ -32,7 +32,7 @@ func TestRunLookupsAtTheirRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%.0f lookups/s, p50 %v, p99 %v, resumed %.1f%%", r.lookups, r.p50, r.p99, 100*r.resumed)
-	if r.lookups < 0.9*want {
+	if r.lookups < 0.85*want {
 		t.Errorf("%.0f lookups/s made, %d asked for", r.lookups, want)
 	}
 	if r.resumed < 0.99 {
