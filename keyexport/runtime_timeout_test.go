@@ -1,8 +1,11 @@
 package keyexport
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +37,13 @@ func TestHAProxyRuntimeHungServer(t *testing.T) {
 	}
 	// Before the server's own cleanup, which stops it with SIGTERM.
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	// The signal takes effect asynchronously: wait until every thread
+	// is stopped.
+	for deadline := time.Now().Add(5 * time.Second); !stopped(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("HAProxy does not stop on SIGSTOP")
+		}
+	}
 
 	keys := func(ctx context.Context, within time.Duration) {
 		t.Helper()
@@ -61,4 +71,24 @@ func TestHAProxyRuntimeHungServer(t *testing.T) {
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	keys(ctx, 2*time.Second)
+}
+
+// stopped reports whether every thread of process pid is stopped.
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// The state follows the command's name in parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
 }
