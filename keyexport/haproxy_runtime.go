@@ -60,25 +60,38 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultRuntimeTimeout)
-		defer cancel()
-	}
+	// At most defaultRuntimeTimeout, whatever the context's deadline: only
+	// a context that ended when the command was sent had its own deadline
+	// applied, so a context with a later one let a hung HAProxy hold the
+	// export (and every target after it) until then.
+	ctx, cancel := context.WithTimeout(ctx, defaultRuntimeTimeout)
+	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, rt.Socket)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
+	dl, _ := ctx.Deadline()
+	c.SetDeadline(dl)
+	// A context cancelled meanwhile (the agent stopping) ends the exchange
+	// at once: the deadline alone left it waiting for a hung HAProxy.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
-		return "", err
+		return "", ctxErr(ctx, err)
 	}
 	b, err := io.ReadAll(io.LimitReader(c, 1<<20))
-	return string(b), err
+	return string(b), ctxErr(ctx, err)
+}
+
+// ctxErr returns the context's error, with err, if the context ended (its
+// end cut the connection short), and err otherwise.
+func ctxErr(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	}
+	return err
 }
 
 // cliWord returns s as one word of a runtime API command: HAProxy splits a

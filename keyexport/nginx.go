@@ -62,23 +62,33 @@ func NginxStaleFiles(dir string, keep int) ([]string, error) {
 // nginxKeys returns the farm keys of s in the order of an nginx target's
 // files: Current (nginx encrypts with the first key it is given), Next,
 // then Previous newest first, padded with filler keys up to
-// NginxFileCount(s.Keep) so that the set of files never changes.
+// NginxFileCount(s.Keep) so that the set of files never changes. The
+// caller wipes the slice after use; nginxKeys wipes the other copies it
+// makes (those of byRole were left behind, unlike haproxyKeysN's).
 func nginxKeys(s *Set) []ticket.Key {
 	n := NginxFileCount(s.Keep)
+	prev, next := s.byRole(Previous), s.byRole(Next)
+	defer func() {
+		clear(prev)
+		clear(next)
+	}()
 	keys := make([]ticket.Key, 0, n)
 	keys = append(keys, s.current().Key)
-	if next := s.byRole(Next); len(next) > 0 {
+	if len(next) > 0 {
 		keys = append(keys, next[0].Key)
 	} else {
 		keys = append(keys, s.filler(0))
 	}
-	for _, k := range s.byRole(Previous) {
+	for _, k := range prev {
 		if len(keys) < n {
 			keys = append(keys, k.Key)
 		}
 	}
 	for i := 1; len(keys) < n; i++ {
 		keys = append(keys, s.filler(i))
+	}
+	if keyCopies != nil {
+		keyCopies(keys)
 	}
 	return keys
 }

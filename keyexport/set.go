@@ -94,13 +94,17 @@ func (s *Set) wipe() {
 // current returns the Set's current key.
 func (s *Set) current() SetKey { return s.Keys[0] }
 
-// byRole returns the Set's keys with role r, in the Set's order.
+// byRole returns copies of the Set's keys with role r, in the Set's order.
+// The caller wipes the slice after use.
 func (s *Set) byRole(r Role) []SetKey {
 	var out []SetKey
 	for _, k := range s.Keys {
 		if k.Role == r {
 			out = append(out, k)
 		}
+	}
+	if keyCopies != nil && out != nil {
+		keyCopies(out)
 	}
 	return out
 }

@@ -56,6 +56,11 @@ func ParseTarget(spec string) (Target, error) {
 			if k != "socket" || v == "" {
 				return nil, fmt.Errorf("export %q: unknown option %q (want socket=PATH)", spec, p)
 			}
+			// One HAProxy per target: a second socket replaced the first
+			// without a word, and the first HAProxy never got a key.
+			if t.Socket != "" {
+				return nil, fmt.Errorf("export %q: socket= is given twice (one HAProxy per target: give each its own -export)", spec)
+			}
 			if _, err := runtimeNetwork(v); err != nil {
 				return nil, fmt.Errorf("export %q: %v", spec, err)
 			}

@@ -23,6 +23,7 @@ func TestParseTarget(t *testing.T) {
 		{"file:/run/k.json", "file:/run/k.json", ""},
 		{"nginx:relative", "", "absolute"},
 		{"haproxy:/k,sock=/x", "", "unknown option"},
+		{"haproxy:/k,socket=/a.sock,socket=/b.sock", "", "socket= is given twice"},
 		{"apache:/x", "", "unknown format"},
 		{"nginx", "", "want nginx:DIR"},
 	} {

@@ -28,6 +28,12 @@ func watchKeyCopies(t *testing.T) (check func(what string, want int)) {
 			switch c := v.(type) {
 			case []ticket.Key:
 				left = len(c) - countZero(c)
+			case []SetKey:
+				for _, k := range c {
+					if k.Key != (ticket.Key{}) {
+						left++
+					}
+				}
 			case *ticket.State:
 				left = len(c.Previous) - countZero(c.Previous)
 				for _, k := range []ticket.Key{c.Current, c.Next} {
@@ -99,5 +105,28 @@ func TestHAProxyExportWipesKeyCopies(t *testing.T) {
 			t.Fatalf("the round did not export: %+v", s)
 		}
 		check("Exporter.round", 2)
+	}
+}
+
+// TestNginxExportWipesKeyCopies checks that the copies of farm keys an
+// nginx export makes (the keys in file order, and the previous and next
+// keys picked from the Set) are zero once the files are written. Before,
+// the previous and next keys picked from the Set were left behind.
+func TestNginxExportWipesKeyCopies(t *testing.T) {
+	for _, prev := range [][]ticket.Key{nil, {testKey(30), testKey(40)}} {
+		st := ticket.State{Epoch: 7, Rotated: t0, Current: testKey(10), Next: testKey(20), Previous: slices.Clone(prev)}
+		set, err := newSet(st, 0, time.Hour, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := watchKeyCopies(t)
+		target := &NginxTarget{Dir: privateKeyDir(t)}
+		if err := target.Export(context.Background(), set); err != nil {
+			t.Fatal(err)
+		}
+		check("NginxTarget.Export", 1)
+		if set.Keys[0].Key != testKey(10) {
+			t.Fatal("the export wiped the caller's Set")
+		}
 	}
 }

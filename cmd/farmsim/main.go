@@ -48,6 +48,9 @@ type options struct {
 	url, nodes, modes          string
 	rate, lookups              int
 	duration, lifetime, lookup time.Duration
+
+	ks []int       // -nodes, parsed
+	ms []farm.Mode // -modes, parsed
 }
 
 // parseFlags parses farmsim's command line, refusing values that would
@@ -83,6 +86,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case o.lookup <= 0 || o.lookup > time.Second:
 		return nil, errors.New("farmsim: -lookup-timeout must be above 0 and at most 1s")
 	}
+	// Checked before the first run: a bad count or mode found at its turn
+	// ended farmsim after the runs before it, whose results, not yet
+	// printed, were lost.
+	for _, ks := range strings.Split(o.nodes, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(ks))
+		if err != nil || k < 2 || k > 100 {
+			return nil, fmt.Errorf("farmsim: -nodes: node count %q: want 2 to 100", ks)
+		}
+		o.ks = append(o.ks, k)
+	}
+	for _, ms := range strings.Split(o.modes, ",") {
+		ms = strings.TrimSpace(ms)
+		mode, err := farm.ParseMode(ms)
+		if err != nil || ms == "" {
+			return nil, fmt.Errorf("farmsim: -modes: mode %q: want broadcast or store-only", ms)
+		}
+		o.ms = append(o.ms, mode)
+	}
 	return o, nil
 }
 
@@ -97,7 +118,7 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	url, nodes, modes, rate, lookups := &o.url, &o.nodes, &o.modes, &o.rate, &o.lookups
+	url, rate, lookups := &o.url, &o.rate, &o.lookups
 	duration, lifetime, timeout := &o.duration, &o.lifetime, &o.lookup
 	ss, cs, err := oneSession()
 	if err != nil {
@@ -110,23 +131,16 @@ func main() {
 	defer admin.Close()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "K\tmode\tsessions/s\tstore ops/s per master\tB/session\tlookup p50\tlookup p99\tresumed\tdeliveries/s per node\tcached per node\t")
-	for _, ks := range strings.Split(*nodes, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(ks))
-		if err != nil || k < 2 || k > 100 {
-			log.Fatalf("farmsim: node count %q: want 2 to 100", ks)
-		}
-		for _, ms := range strings.Split(*modes, ",") {
-			mode, err := farm.ParseMode(strings.TrimSpace(ms))
-			if err != nil {
-				log.Fatal(err)
-			}
+	for _, k := range o.ks {
+		for _, mode := range o.ms {
 			r, err := run(*url, admin, k, mode, *rate, *lookups, *duration, *lifetime, *timeout, ss, cs)
 			if err != nil {
+				w.Flush() // the runs done so far
 				log.Fatal(err)
 			}
 			fmt.Fprintf(w, "%d\t%s\t%.0f\t%s\t%.0f\t%v\t%v\t%.1f%%\t%.0f\t%.0f\t\n", k, mode, r.rate, r.perMaster, r.bytesPerSession,
 				r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.resumed, r.deliveries, r.cached)
-			fmt.Fprintf(os.Stderr, "farmsim: K=%d %s done\n", k, mode)
+			fmt.Fprintf(os.Stderr, "farmsim: K=%d %s done (%.0f cross-node resumptions/s made)\n", k, mode, r.lookups)
 		}
 	}
 	w.Flush()
@@ -155,27 +169,35 @@ func oneSession() ([]byte, tls.ConnectionState, error) {
 	return state, cs, nil
 }
 
-// adminClient opens a go-redis client on the same deployment, for INFO.
+// farmOptions are the query options of a farm URL that tlsfarm's Redis
+// transport reads and go-redis does not know (see redisbus.Open).
+var farmOptions = []string{"echo", "reload", "wait_replicas", "wait_timeout"}
+
+// adminClient opens a go-redis client on the same deployment, for INFO. The
+// transport's own options are left out of the URL: go-redis refused them,
+// and so every -redis URL that set one (wait_replicas, to measure its cost).
 func adminClient(url string) (redis.UniversalClient, error) {
-	if rest, ok := strings.CutPrefix(url, "redis+cluster://"); ok {
-		u := "redis://" + rest
-		var keep []string
-		base, query, _ := strings.Cut(u, "?")
-		for _, kv := range strings.Split(query, "&") {
-			if kv != "" && !strings.HasPrefix(kv, "reload=") {
-				keep = append(keep, kv)
-			}
+	base, query, _ := strings.Cut(url, "?")
+	var keep []string
+	for _, kv := range strings.Split(query, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if kv != "" && !slices.Contains(farmOptions, k) {
+			keep = append(keep, kv)
 		}
-		if len(keep) > 0 {
-			base += "?" + strings.Join(keep, "&")
-		}
-		opt, err := redis.ParseClusterURL(base)
-		if err != nil {
-			return nil, redact.URLError(err) // url.Parse quotes the URL
-		}
-		return redis.NewClusterClient(opt), nil
 	}
-	opt, err := redis.ParseURL(url)
+	if len(keep) > 0 {
+		base += "?" + strings.Join(keep, "&")
+	}
+	for _, scheme := range []string{"redis", "rediss"} {
+		if rest, ok := strings.CutPrefix(base, scheme+"+cluster://"); ok {
+			opt, err := redis.ParseClusterURL(scheme + "://" + rest)
+			if err != nil {
+				return nil, redact.URLError(err) // url.Parse quotes the URL
+			}
+			return redis.NewClusterClient(opt), nil
+		}
+	}
+	opt, err := redis.ParseURL(base)
 	if err != nil {
 		return nil, redact.URLError(err) // url.Parse quotes the URL
 	}
@@ -183,7 +205,7 @@ func adminClient(url string) (redis.UniversalClient, error) {
 }
 
 // masterStats reads, for every master, the commands it has processed, its
-// memory and its key count.
+// memory and its key count in the database of c.
 func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]int64, error) {
 	out := map[string][3]int64{}
 	var mu sync.Mutex
@@ -193,6 +215,10 @@ func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]in
 			return err
 		}
 		var v [3]int64
+		// The keys of the URL's database, where the farm writes (a
+		// cluster has only db0): db0's alone counted none of a run on
+		// another, which then reported 0 bytes per session.
+		keyspace := fmt.Sprintf("db%d:keys=", cl.Options().DB)
 		for _, line := range strings.Split(info, "\r\n") {
 			if s, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
 				v[0], _ = strconv.ParseInt(s, 10, 64)
@@ -200,7 +226,7 @@ func masterStats(ctx context.Context, c redis.UniversalClient) (map[string][3]in
 			if s, ok := strings.CutPrefix(line, "used_memory:"); ok {
 				v[1], _ = strconv.ParseInt(s, 10, 64)
 			}
-			if s, ok := strings.CutPrefix(line, "db0:keys="); ok {
+			if s, ok := strings.CutPrefix(line, keyspace); ok {
 				s, _, _ = strings.Cut(s, ",")
 				v[2], _ = strconv.ParseInt(s, 10, 64)
 			}
@@ -222,6 +248,7 @@ type result struct {
 	bytesPerSession float64
 	p50, p99        time.Duration
 	resumed         float64
+	lookups         float64 // cross-node resumptions made per second, while they ran
 	deliveries      float64
 	cached          float64
 }
@@ -293,6 +320,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 	var issued atomic.Int64
 	var lat []time.Duration
 	var resumed, tried int
+	var lookupsFor time.Duration // how long the lookups ran
 	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
 	const tick = 10 * time.Millisecond
@@ -334,8 +362,18 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 		}
 		gap := time.Second / time.Duration(lookupRate)
 		time.Sleep(500 * time.Millisecond)
-		for time.Now().Before(stop) {
-			time.Sleep(gap)
+		began := time.Now()
+		defer func() { lookupsFor = time.Since(began) }()
+		// On a schedule, not a sleep of gap after each lookup, which
+		// took every lookup's latency (and each sleep's overshoot) off
+		// the rate: a slow lookup is made up for by the next ones.
+		for next := began.Add(gap); ; next = next.Add(gap) {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+			if !time.Now().Before(stop) {
+				break
+			}
 			from := rand.N(k)
 			at := (from + 1 + rand.N(k-1)) % k
 			mu.Lock()
@@ -392,6 +430,7 @@ func run(url string, admin redis.UniversalClient, k int, mode farm.Mode, rate, l
 		r.p50 = lat[len(lat)/2]
 		r.p99 = lat[len(lat)*99/100]
 		r.resumed = float64(resumed) / float64(tried)
+		r.lookups = float64(tried) / lookupsFor.Seconds()
 	}
 	var recv, cached float64
 	for _, n := range ns {

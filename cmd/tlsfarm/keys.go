@@ -132,6 +132,22 @@ func parseKeys(args []string, getenv func(string) string, stderr io.Writer) (*ke
 		written[w] = t
 		o.targets = append(o.targets, t)
 	}
+	// A file of another target named as one of an nginx target's key
+	// files: the nginx target writes every ticket-N.key of its count
+	// there, and random keys into any higher N it finds, so the two
+	// targets took turns with the file (a JSON or HAProxy file with a
+	// raw key in it, or an nginx key file with JSON).
+	for _, t := range o.targets {
+		n, ok := t.(*keyexport.NginxTarget)
+		if !ok {
+			continue
+		}
+		for _, u := range o.targets {
+			if w, ok := strings.CutPrefix(writtenPath(u), "file "); ok && filepath.Dir(w) == n.Dir && nginxKeyName(filepath.Base(w)) {
+				return fail("-export %s is an nginx key file of -export %s, which writes every ticket-N.key there: name it otherwise", redact.URL(u.String()), redact.URL(n.String()))
+			}
+		}
+	}
 	if o.farmURL == "" {
 		o.farmURL = envDefault(getenv, "farm.url", "")
 	}
@@ -190,6 +206,18 @@ func writtenPath(t keyexport.Target) string {
 	return t.String()
 }
 
+// nginxKeyName reports whether name is the name of an nginx target's key
+// file, ticket-N.key (see keyexport.NginxFileName and NginxStaleFiles).
+func nginxKeyName(name string) bool {
+	num, ok := strings.CutPrefix(name, "ticket-")
+	if !ok {
+		return false
+	}
+	num, ok = strings.CutSuffix(num, ".key")
+	n, err := strconv.Atoi(num)
+	return ok && err == nil && n >= 0 && keyexport.NginxFileName(n) == name
+}
+
 // checkTarget checks at start that a target's directory is safe to write
 // key files in, and removes what an interrupted write left there.
 func checkTarget(t keyexport.Target) error {
@@ -209,8 +237,16 @@ func checkTarget(t keyexport.Target) error {
 	return nil
 }
 
-// keys runs the key agent until SIGTERM or SIGINT.
+// keys runs the key agent until SIGTERM or SIGINT; a second one during the
+// stop exits at once. SIGHUP is logged and otherwise ignored.
 func keys(args []string, stderr io.Writer) int {
+	// SIGHUP is caught from the start, as serve's is: the agent has
+	// nothing to reload, and SIGHUP's default action ended it at once,
+	// its lease left to expire, when a hook reloaded every tlsfarm process
+	// (pkill -HUP -x tlsfarm, for serve's certificates).
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	o, code := parseKeys(args, os.Getenv, stderr)
 	if o == nil {
 		return code
@@ -224,6 +260,11 @@ func keys(args []string, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
+	go func() {
+		for range hups {
+			log.Info("SIGHUP: tlsfarm keys has nothing to reload; restart it to change its settings")
+		}
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := startKeys(o, log)
@@ -233,6 +274,18 @@ func keys(args []string, stderr io.Writer) int {
 	}
 	<-ctx.Done()
 	log.Info("stopping")
+	// The stop releases the lease and flushes the farm, which with a hung
+	// store waits for its timeouts (seconds): a second stop signal ends
+	// the agent at once, the lease left to expire. The signal context
+	// still caught the signals, and dropped them.
+	stop()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-again
+		log.Error("second stop signal: exiting at once; the rotation lease, if held, is left to expire", "signal", s.String())
+		os.Exit(1)
+	}()
 	a.stop()
 	return 0
 }

@@ -46,6 +46,8 @@ func TestKeysRefusesBadSettings(t *testing.T) {
 		{"zero on-change timeout", append([]string{"-on-change", "true", "-on-change-timeout", "0", "-export", "nginx:" + dir}, base...), "-on-change-timeout"},
 		{"same target twice", append([]string{"-export", "nginx:" + dir, "-export", "file:" + filepath.Join(dir, "k.json"), "-export", "nginx:" + dir + "/"}, base...), "-export nginx:" + dir + " is given twice"},
 		{"one file, two formats", append([]string{"-export", "haproxy:" + filepath.Join(dir, "k") + ",socket=/run/haproxy.sock", "-export", "file:" + filepath.Join(dir, "k")}, base...), "write the same file"},
+		{"a file among nginx's", append([]string{"-export", "nginx:" + dir, "-export", "file:" + filepath.Join(dir, "ticket-1.key")}, base...), "is an nginx key file of -export nginx:" + dir},
+		{"a stale nginx file", append([]string{"-export", "haproxy:" + filepath.Join(dir, "ticket-9.key"), "-export", "nginx:" + dir + "/"}, base...), "is an nginx key file of -export nginx:" + dir},
 		{"missing directory", append([]string{"-export", "file:" + filepath.Join(dir, "nope", "k.json")}, base...), "no such file"},
 	}
 	for _, tt := range tests {
