@@ -72,6 +72,9 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 		return "", err
 	}
 	defer c.Close()
+	if err := checkRuntimePeer(network, c.RemoteAddr()); err != nil {
+		return "", err
+	}
 	dl, _ := ctx.Deadline()
 	c.SetDeadline(dl)
 	// A context cancelled meanwhile (the agent stopping) ends the exchange
@@ -81,8 +84,30 @@ func (rt *HAProxyRuntime) command(ctx context.Context, cmd string) (string, erro
 	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
 		return "", ctxErr(ctx, err)
 	}
-	b, err := io.ReadAll(io.LimitReader(c, 1<<20))
+	b, err := io.ReadAll(io.LimitReader(c, maxRuntimeAnswer+1))
+	if err == nil && len(b) > maxRuntimeAnswer {
+		// Cut, its last line could read as a key line that is not.
+		return "", fmt.Errorf("the runtime API's answer to %q is longer than %d bytes", strings.Fields(cmd)[0]+" "+strings.Fields(cmd)[1], maxRuntimeAnswer)
+	}
 	return string(b), ctxErr(ctx, err)
+}
+
+// maxRuntimeAnswer bounds an answer of the runtime API; HAProxy's to the
+// commands sent here are a few hundred bytes.
+const maxRuntimeAnswer = 1 << 20
+
+// checkRuntimePeer refuses a TCP connection whose peer is not on a loopback
+// address: "localhost" is resolved by the system's resolver, which on a
+// host without a hosts entry for it may ask DNS, and "set ssl tls-key"
+// would then carry a key off the machine in the clear.
+func checkRuntimePeer(network string, peer net.Addr) error {
+	if network != "tcp" {
+		return nil
+	}
+	if a, ok := peer.(*net.TCPAddr); ok && a.IP.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("runtime API address resolved to %v, not a loopback address: refused, the keys would cross the network in the clear", peer)
 }
 
 // ctxErr returns the context's error, with err, if the context ended (its
