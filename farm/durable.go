@@ -911,6 +911,9 @@ func (n *Node) loadRevocations() error {
 	if path == "" {
 		return nil
 	}
+	if err := checkStateDir(path); err != nil {
+		return err
+	}
 	entries, found, err := n.readRevocations(path)
 	if err != nil || !found {
 		return err

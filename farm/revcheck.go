@@ -10,8 +10,8 @@ import (
 // CheckRevocationFile reports whether a node of farm, holding secrets,
 // could start on the revocation file at path (see Config.RevocationFile):
 // it opens, as Join does, the file and its journal and the lifecycle file
-// beside it, each if it exists, and returns the error for which Join would
-// fail. A file that does not exist is no error, nor is a sent file that
+// beside it, each if it exists, checks that their directory can be written
+// by this process, and returns the error for which Join would fail. A file that does not exist is no error, nor is a sent file that
 // does not open, which Join logs and ignores.
 //
 // CheckRevocationFile only reads: it creates, modifies, removes and locks
@@ -20,6 +20,9 @@ import (
 func CheckRevocationFile(farm string, secrets []Secret, path string) error {
 	if path == "" {
 		return nil
+	}
+	if err := checkStateDir(path); err != nil {
+		return err
 	}
 	keys, err := deriveFarmKeys(farm, secrets)
 	if err != nil {

@@ -58,7 +58,9 @@ func writeRevocationFile(t *testing.T, file, farmName string, secret farm.Secret
 // farm, cut short, or a corrupted journal or lifecycle file stops serve, and must
 // fail check, naming the setting and the file and showing no key; a good
 // file, none at all, and a corrupted sent file (which serve logs and
-// ignores) pass both. Before, check never opened the file.
+// ignores) pass both. Before, check never opened the file. A directory
+// that cannot be written (here: none) fails both: serve used to start and
+// warn at the first revocation that it stayed in memory only.
 func TestCheckOpensRevocationFile(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -133,7 +135,8 @@ func TestCheckOpensRevocationFile(t *testing.T) {
 		refused    bool
 	}{
 		{"good", good, false},
-		{"missing", filepath.Join(dir, "none", "revocations"), false},
+		{"missing", with("empty", nil), false},
+		{"no directory", filepath.Join(dir, "none", "revocations"), true},
 		{"corrupted sent file", badSent, false},
 		{"another farm secret", otherSecret, true},
 		{"another farm", otherFarm, true},
