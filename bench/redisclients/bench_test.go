@@ -148,21 +148,29 @@ func batch(b *testing.B, addr string, k int, send batcher) {
 	keys := make([]string, k)
 	prefix := "rec:" + b.Name() + ":" + strconv.Itoa(b.N) + ":"
 	ctx := context.Background()
-	b.ReportAllocs()
-	m := startMeter(b, addr)
-	for i := 0; i < b.N; i++ {
-		for j := range keys {
-			keys[j] = prefix + strconv.Itoa(i*k+j)
-		}
-		bctx, cancel := context.WithTimeout(ctx, opTimeout)
-		err := send(bctx, keys, val, msg)
-		cancel()
-		if err != nil {
-			b.Fatal(err)
+	run := func(from, to int) {
+		for i := from; i < to; i++ {
+			for j := range keys {
+				keys[j] = prefix + strconv.Itoa(i*k+j)
+			}
+			bctx, cancel := context.WithTimeout(ctx, opTimeout)
+			err := send(bctx, keys, val, msg)
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
+	run(-warmup, 0) // connections made, buffers grown
+	b.ReportAllocs()
+	m := startMeter(b, addr)
+	run(0, b.N)
 	m.stop(b, b.N, "batch")
 }
+
+// warmup is how many batches or operations a benchmark runs before it
+// measures, so that connections are made and pools are filled.
+const warmup = 32
 
 // waitSubscribers waits until channel has n subscribers.
 func waitSubscribers(tb testing.TB, addr, channel string, n int) {
@@ -422,33 +430,38 @@ func BenchmarkConcurrent(b *testing.B) {
 				}
 			}
 			prefix := "rec:" + b.Name() + ":" + strconv.Itoa(b.N) + ":"
-			var next atomic.Int64
-			var failed atomic.Pointer[error]
+			run := func(from, to int64) {
+				var next atomic.Int64
+				next.Store(from)
+				var failed atomic.Pointer[error]
+				var wg sync.WaitGroup
+				for range concurrency {
+					wg.Go(func() {
+						for {
+							i := next.Add(1) - 1
+							if i >= to {
+								return
+							}
+							ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+							err := pair(ctx, prefix+strconv.FormatInt(i, 10))
+							cancel()
+							if err != nil {
+								failed.Store(&err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				if err := failed.Load(); err != nil {
+					b.Fatal(*err)
+				}
+			}
+			run(-warmup*concurrency, 0)
 			b.ReportAllocs()
 			m := startMeter(b, addr)
-			var wg sync.WaitGroup
-			for range concurrency {
-				wg.Go(func() {
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-						err := pair(ctx, prefix+strconv.FormatInt(i, 10))
-						cancel()
-						if err != nil {
-							failed.Store(&err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			run(0, int64(b.N))
 			m.stop(b, b.N, "op")
-			if err := failed.Load(); err != nil {
-				b.Fatal(*err)
-			}
 		})
 	}
 }
