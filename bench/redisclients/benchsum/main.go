@@ -87,6 +87,45 @@ func main() {
 			fmt.Printf("| %s | %d | %s |\n", strings.TrimPrefix(name, g+"/"), n, strings.Join(cells, " | "))
 		}
 	}
+	// Round by round, each rueidis case against go-redis's in the same
+	// round (the i-th result of each benchmark is of the i-th round).
+	fmt.Printf("\n| against go-redis, round by round | metric | median ratio [range] |\n|---|---|---|\n")
+	for _, name := range names {
+		base := baseline(name)
+		if base == "" || !slices.Contains(names, base) {
+			continue
+		}
+		for _, u := range units {
+			if !strings.Contains(u, "us/") && u != "ns/op" {
+				continue
+			}
+			v, w := vals[key{name, u}], vals[key{base, u}]
+			if len(v) == 0 || len(v) != len(w) {
+				continue
+			}
+			var r []float64
+			for i := range v {
+				r = append(r, v[i]/w[i])
+			}
+			slices.Sort(r)
+			fmt.Printf("| %s | %s | %.2f [%.2f–%.2f] |\n", strings.TrimPrefix(name, "Benchmark"), u, median(r), r[0], r[len(r)-1])
+		}
+	}
+}
+
+// baseline returns the go-redis case that name, a rueidis case, is
+// compared with: client=rueidis-pipe with client=goredis-pipe, every other
+// client=rueidis… with client=goredis; "" for a go-redis case.
+func baseline(name string) string {
+	i := strings.Index(name, "client=rueidis")
+	if i < 0 {
+		return ""
+	}
+	rest := strings.TrimPrefix(name[i:], "client=rueidis")
+	if rest == "-pipe" {
+		return name[:i] + "client=goredis-pipe"
+	}
+	return name[:i] + "client=goredis"
 }
 
 // median returns the median of sorted v.
