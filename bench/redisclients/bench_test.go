@@ -49,10 +49,20 @@ func newGoRedis(tb testing.TB, addr string) *redis.Client {
 // connection runs its background reader and writer all the time).
 func newRueidis(tb testing.TB, addr string) rueidis.Client {
 	tb.Helper()
+	return newRueidisWith(tb, addr, false)
+}
+
+// newRueidisWith is newRueidis, with every connection in pipelining mode
+// from the start if always is set (ClientOption.AlwaysPipelining): the
+// mode a connection enters for good the first time two callers overlap
+// on it, or a Receive uses it.
+func newRueidisWith(tb testing.TB, addr string, always bool) rueidis.Client {
+	tb.Helper()
 	c, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:       []string{addr},
 		DisableCache:      true,
 		ForceSingleClient: true,
+		AlwaysPipelining:  always,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -108,12 +118,19 @@ func rueidisBatcher(c rueidis.Client, channel string) batcher {
 // after the other, each under its own timeout as the farm's publisher
 // sends it. rueidis-shared is a rueidis client that also holds a
 // subscription (Receive), as one client serving a node's publisher and
-// subscriber would.
+// subscriber would; rueidis-bg has all its connections in pipelining
+// mode, as a client shared with concurrent callers (the handshakes'
+// lookups) ends up.
+//
+// rueidis sends a call on the caller's goroutine (write, then read) only
+// while its connection has never had two callers at once nor a Receive,
+// and the call's context has a deadline or no Done channel; otherwise a
+// writer and a reader goroutine serve it, one wake-up each.
 func BenchmarkPublishBatch(b *testing.B) {
 	addr := server(b)
 	for _, k := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
-			for _, name := range clients("goredis", "rueidis", "rueidis-shared") {
+			for _, name := range clients("goredis", "rueidis", "rueidis-shared", "rueidis-bg") {
 				b.Run("client="+name, func(b *testing.B) {
 					channel := "bus:" + b.Name()
 					var send batcher
@@ -122,6 +139,8 @@ func BenchmarkPublishBatch(b *testing.B) {
 						send = goRedisBatcher(newGoRedis(b, addr), channel)
 					case "rueidis":
 						send = rueidisBatcher(newRueidis(b, addr), channel)
+					case "rueidis-bg":
+						send = rueidisBatcher(newRueidisWith(b, addr, true), channel)
 					case "rueidis-shared":
 						c := newRueidis(b, addr)
 						ctx, cancel := context.WithCancel(context.Background())
