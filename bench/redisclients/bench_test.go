@@ -2,6 +2,7 @@ package redisclients
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"slices"
 	"strconv"
@@ -328,12 +329,12 @@ func markLoop(ctx context.Context, ping func(context.Context, string)) {
 	}
 }
 
-// subscribeInterval is the publisher process's pace: one batch message
-// every interval, each of 4 sessions.
-const (
-	subscribeInterval = time.Millisecond
-	subscribeMsgSize  = 4 * valueSize
-)
+// subscribeInterval is the publisher process's pace in BenchmarkSubscribe:
+// one batch message every interval, each of 4 sessions.
+var subscribeInterval = flag.Duration("sub-interval", time.Millisecond, "the pace of BenchmarkSubscribe's publisher")
+
+// subscribeMsgSize is the size of a batch message of 4 sessions.
+const subscribeMsgSize = 4 * valueSize
 
 // BenchmarkSubscribe is a node's receive: subs subscribers (each its own
 // client, as each node has its own) on one channel, and another process
@@ -378,11 +379,11 @@ func receive(b *testing.B, addr string, subs int, mk func(testing.TB, string) su
 		}))
 	}
 	waitSubscribers(b, addr, channel, subs)
-	begin, wait := startPublisher(b, publisherSpec{addr: addr, channel: channel, n: b.N, size: subscribeMsgSize, interval: subscribeInterval})
+	begin, wait := startPublisher(b, publisherSpec{addr: addr, channel: channel, n: b.N, size: subscribeMsgSize, interval: *subscribeInterval})
 	b.ReportAllocs()
 	m := startMeter(b, addr)
 	begin()
-	timeout := time.After(time.Duration(b.N)*subscribeInterval + 30*time.Second)
+	timeout := time.After(time.Duration(b.N)**subscribeInterval + 30*time.Second)
 	for range subs {
 		select {
 		case <-all:
