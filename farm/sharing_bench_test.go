@@ -385,6 +385,7 @@ func peerOf(m []metric.Sample) peerCounts {
 		msgs:     farmtest.Counter(m, "tlsfarm_farm_messages_received_total"),
 		sessions: farmtest.Counter(m, "tlsfarm_farm_received_total", "kind", "session"),
 		handled: farmtest.Counter(m, "tlsfarm_farm_inserted_total") + farmtest.Counter(m, "tlsfarm_farm_insert_refused_total") +
+			farmtest.Counter(m, "tlsfarm_farm_received_held_total") +
 			farmtest.Counter(m, "tlsfarm_farm_lazy_total", "event", "kept"),
 		cuts: farmtest.Counter(m, "tlsfarm_farm_lifecycle_total", "event", "cut_received") +
 			farmtest.Counter(m, "tlsfarm_farm_lifecycle_total", "event", "retire_received"),

@@ -483,6 +483,66 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 	return expires, nil
 }
 
+// Holds reports whether the cache holds the session id as inserting r
+// would leave it, so that Insert(id, r, origin) would change nothing: the
+// same state, server name, chain and chain start, live and of a chain not
+// revoked, ending no later than r would (Insert keeps the earlier end of
+// the same session), and, if r names a parent, that parent cut as the
+// insert would cut it (or not held) and linked to id as its live child. A
+// farm calls it for a peer's copy of a session it may hold already (a
+// carried copy it admitted before the issuer's message came: see
+// CarriedAdmitter), and then does not insert the copy again. It is a
+// snapshot: the cache may change as soon as it returns.
+func (c *Cache) Holds(id ID, r Record) bool {
+	if r.Parent == id || len(r.State) == 0 {
+		return false
+	}
+	now := c.nowNano()
+	b, h := c.bucket(&id)
+	b.mu.Lock()
+	e := b.find(&id, h)
+	if e == nil || e.expires <= now || e.chain != r.Chain || c.tomb.revoked(e.chain, now) ||
+		e.chainStart != chainStartNano(r.ChainStart, now) || !bytes.Equal(e.state, r.State) {
+		b.mu.Unlock()
+		return false
+	}
+	held, start, name := e.expires, e.chainStart, e.serverName
+	b.mu.Unlock()
+	if name.Value() != strings.ToLower(r.ServerName) {
+		return false
+	}
+	// The end insertRecord would give r.
+	expires := min(unixNano(r.Expires), start+int64(c.cfg.MaxChainLifetime))
+	issued := c.keys.Load().issuedAt(&id)
+	if lim, _ := c.lifeEnd(issued, now); expires > lim {
+		expires = lim
+	}
+	if held > expires {
+		return false // the insert would cut it
+	}
+	if r.Parent == (ID{}) {
+		return true
+	}
+	// What the insert would do to the parent (insertRecord): cut it to
+	// its grace from the child's issue, and link the child.
+	at := c.resumedAt(issued, held, now)
+	until := c.graceEnd(at, held)
+	c.life.mu.Lock()
+	link, ok := c.life.kids[r.Parent]
+	c.life.mu.Unlock()
+	if !ok || link.child != id || link.expires != held || link.until < until {
+		return false
+	}
+	if c.cfg.ResumeGrace <= 0 {
+		return true
+	}
+	pb, ph := c.bucket(&r.Parent)
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	p := pb.find(&r.Parent, ph)
+	return p == nil || p.expires <= at+int64(c.cfg.ResumeGrace)
+}
+
 // Times that Unix nanoseconds hold, as an int64 does.
 var (
 	minNanoTime = time.Unix(0, math.MinInt64)
