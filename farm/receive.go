@@ -309,7 +309,7 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 			n.ctr.receivedHeld.Add(1)
 			continue
 		}
-		rec, ok := n.takeCopy(it.id, it.rec, now)
+		rec, ok := n.takeCopy(it.id, it.rec, now, true)
 		if !ok {
 			n.ctr.insertRefused.Add(1)
 			continue
@@ -352,8 +352,9 @@ func (n *Node) holdsCopy(id session.ID, rec *session.Record, now time.Time) bool
 // admitCarried), and returns it as the node takes it: refused if the
 // session was retired here lately or resumed here lately (its copy would
 // undo the cut), or if a retirement or cut kept here holds it back; cut
-// by such a cut, perhaps. The state is copied (a batch's record aliases
-// its message). With write-through the arrival wakes the handshakes
+// by such a cut, perhaps. peerCopy is for a carried copy, whose state the
+// cache made for it and the node keeps; a received one is copied out of
+// its message (insertSessions, takeCopy). With write-through the arrival wakes the handshakes
 // waiting for the session, before it is inserted: a removal that
 // follows the insert must find it (see arrivals.forget). The caller then
 // inserts the copy and, if the insert took it, calls peerCopyTaken.
@@ -361,7 +362,7 @@ func (n *Node) peerCopy(id session.ID, rec session.Record, now time.Time) (sessi
 	if n.refusesCopy(id, now) {
 		return rec, false
 	}
-	return n.takeCopy(id, rec, now)
+	return n.takeCopy(id, rec, now, false)
 }
 
 // refusesCopy reports whether a peer's copy of the session id is refused
@@ -371,16 +372,21 @@ func (n *Node) refusesCopy(id session.ID, now time.Time) bool {
 	return n.retired.has(id, now) || n.wasResumed(id, now)
 }
 
-// takeCopy is peerCopy for a copy refusesCopy does not refuse.
-func (n *Node) takeCopy(id session.ID, rec session.Record, now time.Time) (session.Record, bool) {
+// takeCopy is peerCopy for a copy refusesCopy does not refuse. clone
+// says rec's state aliases memory the node must not keep (a received
+// batch); a carried copy's state is the cache's own (see
+// session.CarriedAdmitter).
+func (n *Node) takeCopy(id session.ID, rec session.Record, now time.Time, clone bool) (session.Record, bool) {
 	held := n.holdBack(id, &rec, now)
 	if held == nil {
 		return rec, false
 	}
 	rec = *held // cut here, perhaps
-	// Copy the state out of the batch, so that one long-lived session
-	// does not keep the whole message in memory.
-	rec.State = bytes.Clone(rec.State)
+	if clone {
+		// Copy the state out of the batch, so that one long-lived
+		// session does not keep the whole message in memory.
+		rec.State = bytes.Clone(rec.State)
+	}
 	if n.cfg.WriteThrough {
 		n.arr.arrived(arrival{id: id, rec: rec, ok: true})
 	}
