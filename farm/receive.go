@@ -417,6 +417,7 @@ func (n *Node) peerCopyTaken(id session.ID, rec *session.Record, now time.Time) 
 func (n *Node) noteResumed(id session.ID, now time.Time) {
 	if n.resumed != nil && n.cfg.Cache.Config().ResumeGrace > 0 {
 		n.resumed.add(id, now)
+		n.resumedNotes.Add(1)
 	}
 }
 

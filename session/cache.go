@@ -50,6 +50,10 @@ type Cache struct {
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
 
+	// restricted counts the changes that may shorten what a read of a
+	// session found (see Restrictions).
+	restricted atomic.Uint64
+
 	farm    atomic.Pointer[farmBox]
 	tomb    tombstones
 	pending sync.Map // net.Conn -> *claim, for SingleUse
@@ -543,6 +547,18 @@ func (c *Cache) Holds(id ID, r Record) bool {
 	return p == nil || p.expires <= at+int64(c.cfg.ResumeGrace)
 }
 
+// Restrictions returns a count that grows whenever the cache may have
+// shortened what a read of one of its sessions found: it cut a session
+// (Cut, a resumption's grace cut, a child's insert), replaced or removed
+// one (for any reason), or began to revoke chains. Two equal readings say
+// that every session the cache held at the first, it holds at the second
+// with the same record and not under revocation (an insert of a session
+// it did not hold is not counted); anything the cache's callers did
+// meanwhile (such as noting a resumption) is theirs to count. A farm reads it before it reads the
+// sessions it is about to write, and again once the write is done, to
+// know whether it must read them again.
+func (c *Cache) Restrictions() uint64 { return c.restricted.Load() }
+
 // Times that Unix nanoseconds hold, as an int64 does.
 var (
 	minNanoTime = time.Unix(0, math.MinInt64)
@@ -647,6 +663,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) (int64, er
 	}
 	expires := e.expires
 	if old != nil {
+		c.restricted.Add(1)
 		old.state, old.serverName, old.chain = e.state, e.serverName, e.chain
 		old.expires, old.chainStart = e.expires, e.chainStart
 		b.toFront(old)
@@ -756,6 +773,7 @@ func (c *Cache) shorten(id *ID, until int64) {
 	b, h := c.bucket(id)
 	b.mu.Lock()
 	if e := b.find(id, h); e != nil && e.expires > until {
+		c.restricted.Add(1)
 		e.expires = until
 	}
 	b.mu.Unlock()
@@ -835,6 +853,7 @@ func (b *bucket) toFront(e *entry) {
 // unlink removes e, whose ID's hash is h, from the bucket's maps and list;
 // b.mu is held.
 func (c *Cache) unlink(b *bucket, e *entry, h uint64) {
+	c.restricted.Add(1)
 	c.size.Add(-1)
 	b.remove(e, h)
 	e.prev.next = e.next
