@@ -348,13 +348,13 @@ func (n *Node) holdsCopy(id session.ID, rec *session.Record, now time.Time) bool
 }
 
 // peerCopy decides whether the node takes a peer's copy rec of the
-// session id, one the bus brought or one a ticket carried (see
-// admitCarried), and returns it as the node takes it: refused if the
-// session was retired here lately or resumed here lately (its copy would
-// undo the cut), or if a retirement or cut kept here holds it back; cut
-// by such a cut, perhaps. peerCopy is for a carried copy, whose state the
-// cache made for it and the node keeps; a received one is copied out of
-// its message (insertSessions, takeCopy). With write-through the arrival wakes the handshakes
+// session id, one a ticket carried (see admitCarried), and returns it as
+// the node takes it: refused if the session was retired here lately or
+// resumed here lately (its copy would undo the cut), or if a retirement
+// or cut kept here holds it back; cut by such a cut, perhaps. The state
+// is kept as it is: the cache made it for the copy. (A copy the bus
+// brought takes the same steps in insertSessions, its state copied out
+// of its message.) With write-through the arrival wakes the handshakes
 // waiting for the session, before it is inserted: a removal that
 // follows the insert must find it (see arrivals.forget). The caller then
 // inserts the copy and, if the insert took it, calls peerCopyTaken.
