@@ -515,9 +515,14 @@ func (c *Cache) Holds(id ID, r Record) bool {
 	if name.Value() != strings.ToLower(r.ServerName) {
 		return false
 	}
-	// The end insertRecord would give r.
+	// The end insertRecord would give r (which it refuses if the ID's
+	// key is no longer held).
+	k := c.keys.Load()
+	if !k.checkPooled(id[:]) {
+		return false
+	}
 	expires := min(unixNano(r.Expires), start+int64(c.cfg.MaxChainLifetime))
-	issued := c.keys.Load().issuedAt(&id)
+	issued := k.issuedAt(&id)
 	if lim, _ := c.lifeEnd(issued, now); expires > lim {
 		expires = lim
 	}
@@ -554,9 +559,9 @@ func (c *Cache) Holds(id ID, r Record) bool {
 // that every session the cache held at the first, it holds at the second
 // with the same record and not under revocation (an insert of a session
 // it did not hold is not counted); anything the cache's callers did
-// meanwhile (such as noting a resumption) is theirs to count. A farm reads it before it reads the
-// sessions it is about to write, and again once the write is done, to
-// know whether it must read them again.
+// meanwhile (such as noting a resumption) is theirs to count. A farm
+// reads it before it reads the sessions it is about to write, and again
+// once the write is done, to know whether it must read them again.
 func (c *Cache) Restrictions() uint64 { return c.restricted.Load() }
 
 // Times that Unix nanoseconds hold, as an int64 does.
