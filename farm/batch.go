@@ -127,6 +127,7 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []trans
 // batch, then backoff), never the bus. It tries whatever the health probe
 // says: a probe that fails on a loaded machine must not cost sessions.
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
+	read := n.readMark()
 	n.refreshLater(batch)
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
@@ -140,7 +141,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 		n.storeOutcome(batch, err)
 	}
 	if err == nil && len(puts) > 0 {
-		n.recutWritten(batch, true)
+		n.recutWritten(batch, true, read)
 	}
 	if err != nil {
 		// Also when the write was cancelled by Close: see flush.

@@ -806,7 +806,14 @@ func (n *Node) refreshLater(batch []item) {
 // cut is deleted, or cut, in the store again, queued behind the write on
 // the same path; and it is remembered, so that a restriction heard from
 // now on is too (recutLate).
-func (n *Node) recutWritten(batch []item, first bool) {
+//
+// read is the node's readMark taken before refreshLater read the batch:
+// if the cache has restricted no session, and the node has noted no
+// resumption, since then (by the time the writes are remembered), every
+// session of the batch is as refreshLater read it, and only the
+// retirements heard meanwhile are looked up (a peer's retirement of a
+// session the cache does not hold changes neither).
+func (n *Node) recutWritten(batch []item, first bool, read readMark) {
 	if n.written == nil {
 		return
 	}
@@ -815,6 +822,7 @@ func (n *Node) recutWritten(batch []item, first bool) {
 	// Remembered first: a restriction heard from now on is written again
 	// by recutLate, one heard before by the loop below (both, at worst).
 	n.written.addNew(batch, !all, now)
+	unchanged := read.ok && n.readMark() == read
 	q := n.storeQueue()
 	for i := range batch {
 		it := &batch[i]
@@ -823,6 +831,9 @@ func (n *Node) recutWritten(batch []item, first bool) {
 		}
 		if n.retired.has(it.id, now) {
 			q.push(item{id: it.id, op: opRetire})
+			continue
+		}
+		if unchanged {
 			continue
 		}
 		rec, ok := n.cfg.Cache.Cut(it.id, it.rec.Expires)
@@ -838,6 +849,20 @@ func (n *Node) recutWritten(batch []item, first bool) {
 			q.push(item{id: it.id, op: opRetire})
 		}
 	}
+}
+
+// A readMark is what the node's cache and its memory of resumptions have
+// been through when it is taken (see recutWritten): equal marks say that
+// no session was cut, replaced or removed and no resumption noted in
+// between. The zero mark matches none.
+type readMark struct {
+	cache, resumed uint64
+	ok             bool
+}
+
+// readMark returns the node's readMark now.
+func (n *Node) readMark() readMark {
+	return readMark{cache: n.cfg.Cache.Restrictions(), resumed: n.resumedNotes.Load(), ok: true}
 }
 
 // newWritten returns the memory of the sessions a node wrote lately (see

@@ -14,6 +14,7 @@ type nodeCounters struct {
 	unpublished, storeWrites, storeWriteErrors     atomic.Uint64
 	youngWaits                                     [numYoungResults]atomic.Uint64
 	received, self, receivedSessions, inserted     atomic.Uint64
+	receivedHeld                                   atomic.Uint64
 	insertRefused, receivedRevocations             atomic.Uint64
 	pendingKept, pendingTaken                      atomic.Uint64
 	rejected                                       [numRejections]atomic.Uint64
@@ -114,6 +115,7 @@ func (n *Node) Metrics() []metric.Sample {
 		carryResults[carryCutOff], c.carried[carryCutOff].Load(), carryResults[carryLagging], c.carried[carryLagging].Load(),
 		carryResults[carryOff], c.carried[carryOff].Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
+	m.counter("tlsfarm_farm_received_held_total", "Peers' sessions not inserted because the cache already held them as sent (a carried copy admitted before its issuer's message came).", c.receivedHeld.Load())
 	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())
 	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())
 	for i := range numRejections {

@@ -28,8 +28,10 @@ type Node struct {
 	neg      *negCache // nil if disabled or without a store
 	retired  *idMemory // IDs retired lately: a peer's copy must not bring one back
 	resumed  *idMemory // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
-	written  *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
-	log      *slog.Logger
+	// resumedNotes counts noteResumed's additions to resumed (see readMark).
+	resumedNotes atomic.Uint64
+	written      *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
+	log          *slog.Logger
 
 	// publishFirst: the combined path's one round trip may deliver its
 	// messages before its records are written (a Redis Cluster: see

@@ -193,6 +193,7 @@ func backoff(failures int) time.Duration {
 // also writes the batch to the store unless the store has a path of its
 // own (flushStore).
 func (n *Node) flush(ctx context.Context, batch []item) bool {
+	read := n.readMark()
 	n.refreshLater(batch)
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
@@ -267,7 +268,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		n.storeWritten(ctx, len(puts), storeErr)
 		ok = storeErr == nil
 		if ok && len(puts) > 0 && n.sq == nil {
-			n.recutWritten(batch, first)
+			n.recutWritten(batch, first, read)
 		}
 	}
 	if len(msgs) > 0 {

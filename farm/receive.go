@@ -301,7 +301,15 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 	}
 	for _, it := range items {
 		n.ctr.receivedSessions.Add(1)
-		rec, ok := n.peerCopy(it.id, it.rec, now)
+		if n.refusesCopy(it.id, now) {
+			n.ctr.insertRefused.Add(1)
+			continue
+		}
+		if n.holdsCopy(it.id, &it.rec, now) {
+			n.ctr.receivedHeld.Add(1)
+			continue
+		}
+		rec, ok := n.takeCopy(it.id, it.rec, now, true)
 		if !ok {
 			n.ctr.insertRefused.Add(1)
 			continue
@@ -315,28 +323,70 @@ func (n *Node) insertSessions(items []sessionItem, now time.Time) {
 	}
 }
 
+// holdsCopy reports whether the cache already holds a peer's copy rec of
+// the session id as inserting it would leave it (session.Cache.Holds),
+// and nothing kept here would hold the copy back: a carried copy admitted
+// here before its issuer's message came, and not resumed here since (a
+// TLS 1.2 resumption keeps its session; a TLS 1.3 one cut it, and
+// refusesCopy refuses the copy). Its admission did what taking the copy
+// would do now (peerCopy, the insert, peerCopyTaken), with the same
+// parent: so the copy is not cloned, inserted and linked again. The
+// parent's resumption is noted again, as taking the copy would note it,
+// so that a peer's copy of the parent stays refused as long as if the
+// copy had been taken now.
+func (n *Node) holdsCopy(id session.ID, rec *session.Record, now time.Time) bool {
+	if !n.cfg.CarrySessions || !n.cfg.Cache.Holds(id, *rec) {
+		return false
+	}
+	if held := n.holdBack(id, rec, now); held != rec {
+		return false // refused or cut by what is kept here: as before
+	}
+	if rec.Parent != (session.ID{}) {
+		n.noteResumed(rec.Parent, now)
+	}
+	return true
+}
+
 // peerCopy decides whether the node takes a peer's copy rec of the
-// session id, one the bus brought or one a ticket carried (see
-// admitCarried), and returns it as the node takes it: refused if the
-// session was retired here lately or resumed here lately (its copy would
-// undo the cut), or if a retirement or cut kept here holds it back; cut
-// by such a cut, perhaps. The state is copied (a batch's record aliases
-// its message). With write-through the arrival wakes the handshakes
+// session id, one a ticket carried (see admitCarried), and returns it as
+// the node takes it: refused if the session was retired here lately or
+// resumed here lately (its copy would undo the cut), or if a retirement
+// or cut kept here holds it back; cut by such a cut, perhaps. The state
+// is kept as it is: the cache made it for the copy. (A copy the bus
+// brought takes the same steps in insertSessions, its state copied out
+// of its message.) With write-through the arrival wakes the handshakes
 // waiting for the session, before it is inserted: a removal that
 // follows the insert must find it (see arrivals.forget). The caller then
 // inserts the copy and, if the insert took it, calls peerCopyTaken.
 func (n *Node) peerCopy(id session.ID, rec session.Record, now time.Time) (session.Record, bool) {
-	if n.retired.has(id, now) || n.wasResumed(id, now) {
+	if n.refusesCopy(id, now) {
 		return rec, false
 	}
+	return n.takeCopy(id, rec, now, false)
+}
+
+// refusesCopy reports whether a peer's copy of the session id is refused
+// outright: retired here lately, or resumed here lately (its copy would
+// undo the cut).
+func (n *Node) refusesCopy(id session.ID, now time.Time) bool {
+	return n.retired.has(id, now) || n.wasResumed(id, now)
+}
+
+// takeCopy is peerCopy for a copy refusesCopy does not refuse. clone
+// says rec's state aliases memory the node must not keep (a received
+// batch); a carried copy's state is the cache's own (see
+// session.CarriedAdmitter).
+func (n *Node) takeCopy(id session.ID, rec session.Record, now time.Time, clone bool) (session.Record, bool) {
 	held := n.holdBack(id, &rec, now)
 	if held == nil {
 		return rec, false
 	}
 	rec = *held // cut here, perhaps
-	// Copy the state out of the batch, so that one long-lived session
-	// does not keep the whole message in memory.
-	rec.State = bytes.Clone(rec.State)
+	if clone {
+		// Copy the state out of the batch, so that one long-lived
+		// session does not keep the whole message in memory.
+		rec.State = bytes.Clone(rec.State)
+	}
 	if n.cfg.WriteThrough {
 		n.arr.arrived(arrival{id: id, rec: rec, ok: true})
 	}
@@ -367,6 +417,7 @@ func (n *Node) peerCopyTaken(id session.ID, rec *session.Record, now time.Time) 
 func (n *Node) noteResumed(id session.ID, now time.Time) {
 	if n.resumed != nil && n.cfg.Cache.Config().ResumeGrace > 0 {
 		n.resumed.add(id, now)
+		n.resumedNotes.Add(1)
 	}
 }
 

@@ -42,6 +42,11 @@ func realState(b testing.TB) []byte {
 // farm whose messages it can receive. Their caches hold up to capacity
 // sessions.
 func receiverNode(b testing.TB, lazy bool, capacity int) (recv, send *Node) {
+	return receiverNodeCarry(b, lazy, false, capacity)
+}
+
+// receiverNodeCarry is receiverNode, with Config.CarrySessions if carry.
+func receiverNodeCarry(b testing.TB, lazy, carry bool, capacity int) (recv, send *Node) {
 	secret := NewSecret(1)
 	mk := func() *Node {
 		cache, err := session.New(&session.Config{SweepInterval: -1, Capacity: capacity})
@@ -50,7 +55,7 @@ func receiverNode(b testing.TB, lazy bool, capacity int) (recv, send *Node) {
 		}
 		b.Cleanup(func() { cache.Close() })
 		n, err := Join(context.Background(), Config{Farm: "bench", Secrets: []Secret{secret}, Cache: cache, Bus: silentBus{},
-			LazyPeers: lazy, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			LazyPeers: lazy, CarrySessions: carry, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -77,7 +82,53 @@ func BenchmarkReceive(b *testing.B) {
 		benchReceive(b, "eager/cache=growing", false, 1<<20, batch)
 		benchReceive(b, "eager/cache=full", false, 1<<16, batch)
 		benchReceive(b, "lazy", true, 1<<20, batch)
+		benchReceiveHeld(b, batch)
 	}
+}
+
+// benchReceiveHeld is BenchmarkReceive's receive=held case: a carry node
+// (Config.CarrySessions) receives sessions it already holds, each the
+// child of a session it holds, as after it admitted their carried copies
+// (inserted with OriginLoader, which cut and linked their parents) before
+// their issuer's message came: the duplicate a carried farm receives for
+// about every copy it admits.
+func benchReceiveHeld(b *testing.B, batch int) {
+	b.Run("receive=held/batch="+itoa(batch), func(b *testing.B) {
+		recv, send := receiverNodeCarry(b, false, true, 1<<20)
+		state := realState(b)
+		now := time.Now()
+		var msgs [][]byte
+		for i := 0; i < b.N; i += batch {
+			var items []sessionItem
+			for range batch {
+				parent := send.cfg.Cache.NewID()
+				prec := session.Record{State: state, ServerName: "localhost", Expires: now.Add(time.Hour), Chain: 7, ChainStart: now}
+				if err := recv.cfg.Cache.Insert(parent, prec, session.OriginPeer); err != nil {
+					b.Fatal(err)
+				}
+				id := send.cfg.Cache.NewID()
+				rec := session.Record{State: state, ServerName: "localhost", Expires: now.Add(time.Hour), Chain: 7, ChainStart: now, Parent: parent}
+				if err := recv.cfg.Cache.Insert(id, rec, session.OriginLoader); err != nil {
+					b.Fatal(err)
+				}
+				items = append(items, sessionItem{id: id, rec: rec})
+			}
+			msgs = append(msgs, send.sealSessions(now, items))
+		}
+		before := counter(recv.Metrics(), "tlsfarm_farm_inserted_total")
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu := tlstest.ProcessCPU()
+		for _, m := range msgs {
+			recv.receive(m)
+		}
+		tlstest.ReportCPU(b, cpu)
+		b.StopTimer()
+		s := recv.Metrics()
+		if counter(s, "tlsfarm_farm_inserted_total")-before+counter(s, "tlsfarm_farm_received_held_total") != uint64(b.N+batch-1)/uint64(batch)*uint64(batch) || rejectedTotal(s) > 0 {
+			b.Fatalf("not every session taken, or rejected: %+v", s)
+		}
+	})
 }
 
 func benchReceive(b *testing.B, name string, lazy bool, capacity, batch int) {

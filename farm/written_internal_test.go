@@ -31,13 +31,13 @@ func TestWrittenFollowsRate(t *testing.T) {
 	batch = append(batch, item{id: first})
 	for i := 1; i < n; i++ {
 		if len(batch) == cap(batch) {
-			node.recutWritten(batch, true)
+			node.recutWritten(batch, true, readMark{})
 			batch = batch[:0]
 			now = now.Add(250 * time.Second / rate)
 		}
 		batch = append(batch, item{id: cache.NewID()})
 	}
-	node.recutWritten(batch, true)
+	node.recutWritten(batch, true, readMark{})
 	last := batch[len(batch)-1].id
 
 	heard := func(id session.ID) bool {

@@ -50,6 +50,10 @@ type Cache struct {
 	hooks atomic.Pointer[[]*hook]
 	hmu   sync.Mutex // serializes hook list changes
 
+	// restricted counts the changes that may shorten what a read of a
+	// session found (see Restrictions).
+	restricted atomic.Uint64
+
 	farm    atomic.Pointer[farmBox]
 	tomb    tombstones
 	pending sync.Map // net.Conn -> *claim, for SingleUse
@@ -483,6 +487,83 @@ func (c *Cache) insertRecord(id ID, r Record, origin Origin) (int64, error) {
 	return expires, nil
 }
 
+// Holds reports whether the cache holds the session id as inserting r
+// would leave it, so that Insert(id, r, origin) would change nothing: the
+// same state, server name, chain and chain start, live and of a chain not
+// revoked, ending no later than r would (Insert keeps the earlier end of
+// the same session), and, if r names a parent, that parent cut as the
+// insert would cut it (or not held) and linked to id as its live child. A
+// farm calls it for a peer's copy of a session it may hold already (a
+// carried copy it admitted before the issuer's message came: see
+// CarriedAdmitter), and then does not insert the copy again. It is a
+// snapshot: the cache may change as soon as it returns.
+func (c *Cache) Holds(id ID, r Record) bool {
+	if r.Parent == id || len(r.State) == 0 {
+		return false
+	}
+	now := c.nowNano()
+	b, h := c.bucket(&id)
+	b.mu.Lock()
+	e := b.find(&id, h)
+	if e == nil || e.expires <= now || e.chain != r.Chain || c.tomb.revoked(e.chain, now) ||
+		e.chainStart != chainStartNano(r.ChainStart, now) || !bytes.Equal(e.state, r.State) {
+		b.mu.Unlock()
+		return false
+	}
+	held, start, name := e.expires, e.chainStart, e.serverName
+	b.mu.Unlock()
+	if name.Value() != strings.ToLower(r.ServerName) {
+		return false
+	}
+	// The end insertRecord would give r (which it refuses if the ID's
+	// key is no longer held).
+	k := c.keys.Load()
+	if !k.checkPooled(id[:]) {
+		return false
+	}
+	expires := min(unixNano(r.Expires), start+int64(c.cfg.MaxChainLifetime))
+	issued := k.issuedAt(&id)
+	if lim, _ := c.lifeEnd(issued, now); expires > lim {
+		expires = lim
+	}
+	if held > expires {
+		return false // the insert would cut it
+	}
+	if r.Parent == (ID{}) {
+		return true
+	}
+	// What the insert would do to the parent (insertRecord): cut it to
+	// its grace from the child's issue, and link the child.
+	at := c.resumedAt(issued, held, now)
+	until := c.graceEnd(at, held)
+	c.life.mu.Lock()
+	link, ok := c.life.kids[r.Parent]
+	c.life.mu.Unlock()
+	if !ok || link.child != id || link.expires != held || link.until < until {
+		return false
+	}
+	if c.cfg.ResumeGrace <= 0 {
+		return true
+	}
+	pb, ph := c.bucket(&r.Parent)
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	p := pb.find(&r.Parent, ph)
+	return p == nil || p.expires <= at+int64(c.cfg.ResumeGrace)
+}
+
+// Restrictions returns a count that grows whenever the cache may have
+// shortened what a read of one of its sessions found: it cut a session
+// (Cut, a resumption's grace cut, a child's insert), replaced or removed
+// one (for any reason), or began to revoke chains. Two equal readings say
+// that every session the cache held at the first, it holds at the second
+// with the same record and not under revocation (an insert of a session
+// it did not hold is not counted); anything the cache's callers did
+// meanwhile (such as noting a resumption) is theirs to count. A farm
+// reads it before it reads the sessions it is about to write, and again
+// once the write is done, to know whether it must read them again.
+func (c *Cache) Restrictions() uint64 { return c.restricted.Load() }
+
 // Times that Unix nanoseconds hold, as an int64 does.
 var (
 	minNanoTime = time.Unix(0, math.MinInt64)
@@ -587,6 +668,7 @@ func (c *Cache) insert(e *entry, origin Origin, now int64, parent ID) (int64, er
 	}
 	expires := e.expires
 	if old != nil {
+		c.restricted.Add(1)
 		old.state, old.serverName, old.chain = e.state, e.serverName, e.chain
 		old.expires, old.chainStart = e.expires, e.chainStart
 		b.toFront(old)
@@ -696,6 +778,7 @@ func (c *Cache) shorten(id *ID, until int64) {
 	b, h := c.bucket(id)
 	b.mu.Lock()
 	if e := b.find(id, h); e != nil && e.expires > until {
+		c.restricted.Add(1)
 		e.expires = until
 	}
 	b.mu.Unlock()
@@ -775,6 +858,7 @@ func (b *bucket) toFront(e *entry) {
 // unlink removes e, whose ID's hash is h, from the bucket's maps and list;
 // b.mu is held.
 func (c *Cache) unlink(b *bucket, e *entry, h uint64) {
+	c.restricted.Add(1)
 	c.size.Add(-1)
 	b.remove(e, h)
 	e.prev.next = e.next

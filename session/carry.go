@@ -97,7 +97,8 @@ func hasCarried(extra [][]byte) bool {
 // carried copy opened under the config's ticket keys and is bound to that
 // ID, to the handshake's server name, and to an expiry and a chain start
 // that are not past (nor the start too far in the future). r is the
-// record the copy carries. AdmitCarried reports whether the farm takes
+// record the copy carries; its State is made for the call, and the farm
+// may keep it. AdmitCarried reports whether the farm takes
 // the copy as it would take the same session arriving from a peer, and
 // returns the record as the farm knows it (its expiry perhaps cut). An
 // admitted record is inserted with OriginLoader, so that it is not shared

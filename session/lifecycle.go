@@ -54,6 +54,7 @@ func (c *Cache) Cut(id ID, until time.Time) (Record, bool) {
 		return Record{}, false
 	}
 	if e.expires > u {
+		c.restricted.Add(1)
 		e.expires = u
 	}
 	return e.record(), true

@@ -61,6 +61,7 @@ func (c *Cache) RemoveChain(chain uint64, until time.Time, origin Origin) int {
 	// tombstone is in place, whether or not the scan has reached it.
 	c.tomb.scans.Add(1)
 	defer c.tomb.scans.Add(-1)
+	c.restricted.Add(1) // Cut and lookups may find none of the chain from here on
 	if u > now {
 		if !c.tomb.begin(chain, u, now) {
 			// Already revoked, and no scan of it is in progress: its
@@ -94,6 +95,7 @@ func (c *Cache) RemoveChains(revs iter.Seq2[uint64, time.Time], origin Origin) i
 	}
 	c.tomb.scans.Add(1) // as in RemoveChain
 	defer c.tomb.scans.Add(-1)
+	c.restricted.Add(1)
 	// Every tombstone is in place before the one scan, so that an insert
 	// that the scan misses is refused (see insert). They are recorded a
 	// chunk at a time, not to hold off lookups for all of them.
