@@ -25,6 +25,11 @@ var errNotConnected = errors.New("natsbus: not connected to NATS")
 // subscriber saw it begin.
 var errReconnected = errors.New("natsbus: connection to NATS was lost and made again")
 
+// errDropped is the state reported, down, for a gap in the subscription:
+// the client dropped bus messages for want of room (a slow consumer) with
+// the connection up. Up is reported again at once.
+var errDropped = errors.New("natsbus: the NATS client dropped bus messages for want of room (slow consumer); the subscription stays, and the farm settles the loss as a gap")
+
 // errClosed is returned by Subscribe when the connection is closed for good.
 var errClosed = errors.New("natsbus: connection closed")
 
@@ -143,14 +148,33 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		go t.markLoop(ctx, done, sub, mk, interval, marks)
 	}
 	// nats.go drops a message for want of room (and goes on dropping
-	// until the node catches up) with the connection up. Not an outage:
-	// the subscription stays, and the farm's tallies find what was
-	// lost. Counted and logged on a goroutine of its own: this one may
-	// be the one held up.
+	// until a message fits again) with the connection up. What was
+	// dropped may be a revocation, a retirement, a grace cut: the loss is
+	// reported to the farm as a gap in the subscription (down, then up at
+	// once; see reportDropped), which the farm settles as it does an
+	// outage, rather than left to its tallies an interval or more later.
+	// Watched on a goroutine of its own, as this one may be the one held
+	// up: it holds the delivery mark at zero from the first drop until
+	// this goroutine has reported the gap, and signals it on lost.
+	// nats.go reports an episode once and goes on dropping without a word
+	// while nothing fits: the watcher follows the count until it stops
+	// growing.
+	lost := make(chan struct{}, 1)
+	signalLost := func() {
+		mk.dropped.Store(true)
+		select {
+		case lost <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
+		poll := time.NewTimer(dropPoll)
+		poll.Stop()
+		var last int
 		for {
 			select {
 			case <-done:
+				poll.Stop()
 				return
 			case _, ok := <-subStatus:
 				if !ok {
@@ -158,9 +182,25 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 				}
 				t.slow.Add(1)
 				t.warnDropped()
+			case <-poll.C:
 			}
+			d, err := sub.Dropped()
+			if err != nil || d == last {
+				continue // the episode is over: wait for the next
+			}
+			last = d
+			signalLost()
+			poll.Reset(dropPoll)
 		}
 	}()
+	// reported is what nats.go had dropped when the last gap was
+	// reported.
+	var reported int
+	// reportDropped reports the messages nats.go dropped since it last did
+	// as a gap in the subscription, if it is up: down, then up at once
+	// (the subscription stays in place). A subscription that is down
+	// reports its gap when it comes back.
+	var reportDropped func()
 
 	up := false
 	downErr := func() error {
@@ -221,6 +261,24 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		state(false, downErr())
 		return nil
 	}
+	reportDropped = func() {
+		// The flag first: a drop counted after the read below sets it
+		// again, and signals again.
+		mk.dropped.Store(false)
+		d, err := sub.Dropped()
+		if err != nil || d <= reported {
+			return
+		}
+		reported = d
+		if !up {
+			return
+		}
+		q.down()
+		state(false, errDropped)
+		state(true, nil)
+		// A new up period: marks taken before the gap are thrown away.
+		q.up(seen)
+	}
 	if t.nc.IsConnected() {
 		if err := report(); err != nil {
 			return err
@@ -246,6 +304,8 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			q.delivered()
 		case m := <-marks:
 			q.add(m)
+		case <-lost:
+			reportDropped()
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
@@ -260,6 +320,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			if err := report(); err != nil {
 				return err
 			}
+			reportDropped()
 			t.warnDropped()
 		}
 	}
@@ -268,6 +329,10 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 // dropWarnEvery bounds how often the transport logs the messages nats.go
 // dropped (slow consumer).
 const dropWarnEvery = time.Minute
+
+// dropPoll is how often the transport reads the count of messages nats.go
+// dropped while an episode of a slow consumer goes on.
+const dropPoll = 5 * time.Millisecond
 
 // markInterval returns how often Subscribe marks its delivery, or 0 for
 // never.

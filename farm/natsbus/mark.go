@@ -53,6 +53,10 @@ type marker struct {
 	// handled counts the messages the nats.go handler has passed to
 	// Subscribe's goroutine (or dropped as Subscribe ends).
 	handled atomic.Int64
+	// dropped is set from the first message nats.go drops (slow
+	// consumer) until Subscribe has reported the gap: the mark is zero
+	// meanwhile.
+	dropped atomic.Bool
 }
 
 // A mark is a point of delivery to reach: once deliver has returned for
@@ -194,7 +198,7 @@ func (t *Transport) DeliveredThrough() time.Time {
 		return time.Time{}
 	}
 	d := mk.through.Load()
-	if d == 0 {
+	if d == 0 || mk.dropped.Load() {
 		return time.Time{}
 	}
 	// Zero at once on an outage that Subscribe has not yet seen.
