@@ -13,8 +13,8 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
-	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
