@@ -74,7 +74,12 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 // an error if the connection is closed for good, and an error if the
 // server refuses the subscription (the user may not subscribe to the
 // farm's subject), so that the farm counts the bus down and subscribes
-// again later rather than wait for messages that never come. The refusal
+// again later rather than wait for messages that never come. When the
+// client drops messages for want of room (a slow consumer; see Dropped),
+// Subscribe reports the subscription down, then up again at once, as soon
+// as deliver has returned: a gap, which the farm settles as it does an
+// outage (it checks its cache against the store, reads the revocations,
+// asks its peers to re-send), while the connection and subscription stay. The refusal
 // is read from the connection's last error: a connection whose error
 // handler hides it is still caught, but one whose last error is replaced
 // before Subscribe reads it is not. While the subscription is up, Subscribe
@@ -389,7 +394,7 @@ func (t *Transport) removeSub(sub *nats.Subscription) {
 // transport's life, because they arrived while the subscription's pending
 // limits were full (Options.PendingMsgs, PendingBytes): the node handled
 // them more slowly than they came. The connection stays up meanwhile;
-// the farm's tallies find the loss.
+// Subscribe reports each drop as a gap in the subscription.
 func (t *Transport) Dropped() uint64 {
 	t.subMu.Lock()
 	defer t.subMu.Unlock()
@@ -416,7 +421,7 @@ func (t *Transport) warnDropped() {
 	if d == t.warnedAt || !t.warned.IsZero() && time.Since(t.warned) < dropWarnEvery {
 		return
 	}
-	slog.Warn("natsbus: slow consumer: the NATS client dropped bus messages that came faster than this node handled them; the connection stays up, and the farm's tallies settle the loss (logged at most once a minute)",
+	slog.Warn("natsbus: slow consumer: the NATS client dropped bus messages that came faster than this node handled them; the connection stays up, and the loss is reported to the farm as a gap in the subscription (logged at most once a minute)",
 		"dropped", d-t.warnedAt, "dropped_total", d, "episodes", t.slow.Load())
 	t.warned, t.warnedAt = time.Now(), d
 }

@@ -1,6 +1,7 @@
 package natsbus_test
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,9 @@ func TestSlowConsumerReportedAsGap(t *testing.T) {
 		default:
 		}
 	})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(release) // before Subscribe is stopped: a held deliver ends
 	waitState(t, states, true)
 	waitMark(t, tr)
 
@@ -61,7 +65,7 @@ func TestSlowConsumerReportedAsGap(t *testing.T) {
 	}
 
 	released := time.Now()
-	close(hold)
+	release()
 	down := waitState(t, states, false)
 	up := waitState(t, states, true)
 	t.Logf("gap reported %v after deliver was released (down, then up %v later); %d dropped",
