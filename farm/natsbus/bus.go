@@ -206,6 +206,8 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 	// (the subscription stays in place). A subscription that is down
 	// reports its gap when it comes back.
 	var reportDropped func()
+	var lastGap time.Time         // when the last gap was reported
+	var gapLater <-chan time.Time // a gap held back (gapEvery), or nil
 
 	up := false
 	downErr := func() error {
@@ -274,10 +276,21 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		if err != nil || d <= reported {
 			return
 		}
-		reported = d
 		if !up {
+			reported = d
 			return
 		}
+		// The first drop of an episode is reported at once; the drops
+		// that follow it at most every gapEvery, the mark zero
+		// meanwhile: each gap costs the farm a pass over its cache.
+		if wait := gapEvery - time.Since(lastGap); !lastGap.IsZero() && wait > 0 {
+			mk.dropped.Store(true)
+			if gapLater == nil {
+				gapLater = time.After(wait)
+			}
+			return
+		}
+		reported, lastGap = d, time.Now()
 		q.down()
 		state(false, errDropped)
 		state(true, nil)
@@ -311,6 +324,9 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			q.add(m)
 		case <-lost:
 			reportDropped()
+		case <-gapLater:
+			gapLater = nil
+			reportDropped()
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
@@ -334,6 +350,13 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 // dropWarnEvery bounds how often the transport logs the messages nats.go
 // dropped (slow consumer).
 const dropWarnEvery = time.Minute
+
+// gapEvery is how often at most Subscribe reports the messages nats.go
+// drops (slow consumer) as a gap in the subscription, after the first of
+// an episode: a node that stays slow would otherwise have the farm
+// reconcile its whole cache at every drop. Its delivery mark is zero while
+// a drop waits to be reported.
+const gapEvery = 250 * time.Millisecond
 
 // dropPoll is how often the transport reads the count of messages nats.go
 // dropped while an episode of a slow consumer goes on.
