@@ -25,6 +25,11 @@ var errNotConnected = errors.New("natsbus: not connected to NATS")
 // subscriber saw it begin.
 var errReconnected = errors.New("natsbus: connection to NATS was lost and made again")
 
+// errDropped is the state reported, down, for a gap in the subscription:
+// the client dropped bus messages for want of room (a slow consumer) with
+// the connection up. Up is reported again at once.
+var errDropped = errors.New("natsbus: the NATS client dropped bus messages for want of room (slow consumer); the subscription stays, and the farm settles the loss as a gap")
+
 // errClosed is returned by Subscribe when the connection is closed for good.
 var errClosed = errors.New("natsbus: connection closed")
 
@@ -69,7 +74,12 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 // an error if the connection is closed for good, and an error if the
 // server refuses the subscription (the user may not subscribe to the
 // farm's subject), so that the farm counts the bus down and subscribes
-// again later rather than wait for messages that never come. The refusal
+// again later rather than wait for messages that never come. When the
+// client drops messages for want of room (a slow consumer; see Dropped),
+// Subscribe reports the subscription down, then up again at once, as soon
+// as deliver has returned: a gap, which the farm settles as it does an
+// outage (it checks its cache against the store, reads the revocations,
+// asks its peers to re-send), while the connection and subscription stay. The refusal
 // is read from the connection's last error: a connection whose error
 // handler hides it is still caught, but one whose last error is replaced
 // before Subscribe reads it is not. While the subscription is up, Subscribe
@@ -143,14 +153,33 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		go t.markLoop(ctx, done, sub, mk, interval, marks)
 	}
 	// nats.go drops a message for want of room (and goes on dropping
-	// until the node catches up) with the connection up. Not an outage:
-	// the subscription stays, and the farm's tallies find what was
-	// lost. Counted and logged on a goroutine of its own: this one may
-	// be the one held up.
+	// until a message fits again) with the connection up. What was
+	// dropped may be a revocation, a retirement, a grace cut: the loss is
+	// reported to the farm as a gap in the subscription (down, then up at
+	// once; see reportDropped), which the farm settles as it does an
+	// outage, rather than left to its tallies an interval or more later.
+	// Watched on a goroutine of its own, as this one may be the one held
+	// up: it holds the delivery mark at zero from the first drop until
+	// this goroutine has reported the gap, and signals it on lost.
+	// nats.go reports an episode once and goes on dropping without a word
+	// while nothing fits: the watcher follows the count until it stops
+	// growing.
+	lost := make(chan struct{}, 1)
+	signalLost := func() {
+		mk.dropped.Store(true)
+		select {
+		case lost <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
+		poll := time.NewTimer(dropPoll)
+		poll.Stop()
+		var last int
 		for {
 			select {
 			case <-done:
+				poll.Stop()
 				return
 			case _, ok := <-subStatus:
 				if !ok {
@@ -158,9 +187,27 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 				}
 				t.slow.Add(1)
 				t.warnDropped()
+			case <-poll.C:
 			}
+			d, err := sub.Dropped()
+			if err != nil || d == last {
+				continue // the episode is over: wait for the next
+			}
+			last = d
+			signalLost()
+			poll.Reset(dropPoll)
 		}
 	}()
+	// reported is what nats.go had dropped when the last gap was
+	// reported.
+	var reported int
+	// reportDropped reports the messages nats.go dropped since it last did
+	// as a gap in the subscription, if it is up: down, then up at once
+	// (the subscription stays in place). A subscription that is down
+	// reports its gap when it comes back.
+	var reportDropped func()
+	var lastGap time.Time         // when the last gap was reported
+	var gapLater <-chan time.Time // a gap held back (gapEvery), or nil
 
 	up := false
 	downErr := func() error {
@@ -221,6 +268,35 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 		state(false, downErr())
 		return nil
 	}
+	reportDropped = func() {
+		// The flag first: a drop counted after the read below sets it
+		// again, and signals again.
+		mk.dropped.Store(false)
+		d, err := sub.Dropped()
+		if err != nil || d <= reported {
+			return
+		}
+		if !up {
+			reported = d
+			return
+		}
+		// The first drop of an episode is reported at once; the drops
+		// that follow it at most every gapEvery, the mark zero
+		// meanwhile: each gap costs the farm a pass over its cache.
+		if wait := gapEvery - time.Since(lastGap); !lastGap.IsZero() && wait > 0 {
+			mk.dropped.Store(true)
+			if gapLater == nil {
+				gapLater = time.After(wait)
+			}
+			return
+		}
+		reported, lastGap = d, time.Now()
+		q.down()
+		state(false, errDropped)
+		state(true, nil)
+		// A new up period: marks taken before the gap are thrown away.
+		q.up(seen)
+	}
 	if t.nc.IsConnected() {
 		if err := report(); err != nil {
 			return err
@@ -246,6 +322,11 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			q.delivered()
 		case m := <-marks:
 			q.add(m)
+		case <-lost:
+			reportDropped()
+		case <-gapLater:
+			gapLater = nil
+			reportDropped()
 		case s, ok := <-status:
 			if !ok || s == nats.CLOSED || t.nc.IsClosed() {
 				return errClosed
@@ -260,6 +341,7 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 			if err := report(); err != nil {
 				return err
 			}
+			reportDropped()
 			t.warnDropped()
 		}
 	}
@@ -268,6 +350,17 @@ func (t *Transport) Subscribe(ctx context.Context, deliver func([]byte), state f
 // dropWarnEvery bounds how often the transport logs the messages nats.go
 // dropped (slow consumer).
 const dropWarnEvery = time.Minute
+
+// gapEvery is how often at most Subscribe reports the messages nats.go
+// drops (slow consumer) as a gap in the subscription, after the first of
+// an episode: a node that stays slow would otherwise have the farm
+// reconcile its whole cache at every drop. Its delivery mark is zero while
+// a drop waits to be reported.
+const gapEvery = 250 * time.Millisecond
+
+// dropPoll is how often the transport reads the count of messages nats.go
+// dropped while an episode of a slow consumer goes on.
+const dropPoll = 5 * time.Millisecond
 
 // markInterval returns how often Subscribe marks its delivery, or 0 for
 // never.
@@ -324,7 +417,7 @@ func (t *Transport) removeSub(sub *nats.Subscription) {
 // transport's life, because they arrived while the subscription's pending
 // limits were full (Options.PendingMsgs, PendingBytes): the node handled
 // them more slowly than they came. The connection stays up meanwhile;
-// the farm's tallies find the loss.
+// Subscribe reports each drop as a gap in the subscription.
 func (t *Transport) Dropped() uint64 {
 	t.subMu.Lock()
 	defer t.subMu.Unlock()
@@ -351,7 +444,7 @@ func (t *Transport) warnDropped() {
 	if d == t.warnedAt || !t.warned.IsZero() && time.Since(t.warned) < dropWarnEvery {
 		return
 	}
-	slog.Warn("natsbus: slow consumer: the NATS client dropped bus messages that came faster than this node handled them; the connection stays up, and the farm's tallies settle the loss (logged at most once a minute)",
+	slog.Warn("natsbus: slow consumer: the NATS client dropped bus messages that came faster than this node handled them; the connection stays up, and the loss is reported to the farm as a gap in the subscription (logged at most once a minute)",
 		"dropped", d-t.warnedAt, "dropped_total", d, "episodes", t.slow.Load())
 	t.warned, t.warnedAt = time.Now(), d
 }

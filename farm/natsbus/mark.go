@@ -30,8 +30,11 @@ import (
 // once deliver has returned for target of them, t0 is reached.
 //
 // A message nats.go dropped (slow consumer) is in neither count and is
-// never delivered: a mark does not wait for it, and the farm's tallies find
-// the loss. A message that is still to be delivered is always counted.
+// never delivered: a mark does not wait for it. So the mark is zero from
+// the first drop (marker.dropped) until Subscribe has reported the loss as
+// a gap in the subscription (down, then up at once), which the farm
+// settles as an outage; marks taken before the gap are thrown away. A
+// message that is still to be delivered is always counted.
 //
 // Marks are good for the up period they were taken in: Subscribe resets
 // the mark when it reports the subscription down, when it sees that the
@@ -53,6 +56,10 @@ type marker struct {
 	// handled counts the messages the nats.go handler has passed to
 	// Subscribe's goroutine (or dropped as Subscribe ends).
 	handled atomic.Int64
+	// dropped is set from the first message nats.go drops (slow
+	// consumer) until Subscribe has reported the gap: the mark is zero
+	// meanwhile.
+	dropped atomic.Bool
 }
 
 // A mark is a point of delivery to reach: once deliver has returned for
@@ -174,15 +181,17 @@ func (t *Transport) markLoop(ctx context.Context, done <-chan struct{}, sub *nat
 // runs with its subscription up, it returns the newest time t0 such that
 // every message the server had taken before t0 was passed to that
 // Subscribe's deliver function, which returned for it, or was dropped by
-// the client for want of room (a slow consumer, counted by Dropped: the
-// farm's tallies find such a loss). It is marked every
+// the client for want of room (a slow consumer, counted by Dropped) before
+// a gap that Subscribe reported (see below). It is marked every
 // Options.MarkInterval, so while delivery keeps up it trails time.Now by
 // about an interval and a round trip to the server.
 //
 // It returns the zero Time while no Subscribe runs, while the subscription
 // is not up (from when Subscribe sees it lost, or the connection lost and
 // made again, until it reports it up and a mark is reached after that),
-// and when Options.MarkInterval is negative.
+// from when the client drops a message for want of room until Subscribe
+// has reported the gap and a mark is reached after that, and when
+// Options.MarkInterval is negative.
 //
 // The time is exact for messages published to the server the subscriber
 // is connected to. A message published to another server of a cluster is
@@ -194,7 +203,7 @@ func (t *Transport) DeliveredThrough() time.Time {
 		return time.Time{}
 	}
 	d := mk.through.Load()
-	if d == 0 {
+	if d == 0 || mk.dropped.Load() {
 		return time.Time{}
 	}
 	// Zero at once on an outage that Subscribe has not yet seen.

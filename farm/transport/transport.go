@@ -376,9 +376,10 @@ type MessageKeeper interface {
 // the deliver function of the running Subscribe (which has returned for
 // it) or was lost with a subscription whose loss Subscribe reported (its
 // state function called with up false). A transport whose client may drop
-// messages with the subscription up (a NATS slow consumer) says so: the
-// mark does not wait for a dropped message, and the farm's tallies find
-// the loss a tally interval or two later. It returns the zero Time while no
+// messages with the subscription up (a NATS slow consumer) says so: its
+// mark does not wait for a dropped message, so it reports the loss as a gap
+// (up false, then up true at once) and its mark is zero from the drop until
+// then. It returns the zero Time while no
 // subscription is up, or before its delivery was first marked. A
 // transport marks its delivery often (a round trip on the subscription's
 // own connection every tenth of a second, say), so that t stays within a
