@@ -25,6 +25,7 @@ import (
 // one certificate, and what they saw.
 type testFarm struct {
 	addrs   []string
+	servers []*tlstest.Server
 	resumed atomic.Int64 // handshakes the servers resumed
 
 	mu  sync.Mutex
@@ -56,8 +57,28 @@ func startFarm(t *testing.T, n int, sharedKeys bool) *testFarm {
 			f.mu.Unlock()
 		})
 		f.addrs = append(f.addrs, s.Addr)
+		f.servers = append(f.servers, s)
 	}
 	return f
+}
+
+// ended returns the number of connections the servers saw the client close
+// after their line: connections the client has finished.
+func (f *testFarm) ended() int {
+	n := 0
+	for _, s := range f.servers {
+		n += s.Ended()
+	}
+	return n
+}
+
+// open returns the number of connections open on the servers.
+func (f *testFarm) open() int {
+	n := 0
+	for _, s := range f.servers {
+		n += s.Open()
+	}
+	return n
 }
 
 func (f *testFarm) order() []string {

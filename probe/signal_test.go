@@ -74,6 +74,21 @@ func TestMainSignalPrintsReport(t *testing.T) {
 			args := append([]string{"-test.run=^TestMainProcess$", "--",
 				"-targets", strings.Join(tc.targets, ","), "-d", "1m", "-rate", "200", "-timeout", "30s",
 				"-tls", "1.2", "-insecure", "-json"}, tc.args...)
+			f := shared
+			if tc.targets[0] == alone.addrs[0] {
+				f = alone
+			}
+			// The connections of the subtests before end with their
+			// process; wait for the servers to see them all end, so that
+			// none is counted as this subtest's.
+			deadline := time.Now().Add(10 * time.Second)
+			for f.open() > 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d connections of the subtests before still open on the servers after 10 s", f.open())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			seen := f.ended()
 			cmd := exec.Command(os.Args[0], args...)
 			cmd.Env = append(os.Environ(), mainEnv+"=1")
 			var stdout, stderr bytes.Buffer
@@ -81,11 +96,6 @@ func TestMainSignalPrintsReport(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			f := shared
-			if tc.targets[0] == alone.addrs[0] {
-				f = alone
-			}
-			seen := len(f.order()) // by the subtests before
 			exited := make(chan struct{})
 			go func() { cmd.Wait(); close(exited) }()
 			defer func() {
@@ -96,12 +106,16 @@ func TestMainSignalPrintsReport(t *testing.T) {
 					<-exited
 				}
 			}()
-			// Signal once the servers have seen some connections: the
-			// probe is then well into its run.
-			deadline := time.Now().Add(10 * time.Second)
-			for len(f.order()) < seen+tc.atLeast {
+			// Signal once the probe has finished some connections: it is
+			// then well into its run, and the report must count them. A
+			// handshake the server completed is not enough: the probe may
+			// still be reading the server's line, and abandons that
+			// connection at the signal, uncounted. The probe closes a
+			// connection only once it has read the line.
+			deadline = time.Now().Add(10 * time.Second)
+			for f.ended() < seen+tc.atLeast {
 				if time.Now().After(deadline) {
-					t.Fatalf("the servers saw %d connections in 10 s; stderr %s", len(f.order())-seen, stderr.String())
+					t.Fatalf("the probe finished %d connections in 10 s; stderr %s", f.ended()-seen, stderr.String())
 				}
 				time.Sleep(20 * time.Millisecond)
 			}

@@ -604,11 +604,18 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 	// none once it is down or over.
 	defer t.delivered.Store(0)
 	var upAt atomic.Int64 // when the subscription was last seen up (since markBase), 0 while down
+	// A PING that fails to write makes go-redis drop the connection and
+	// subscribe again on a new one at once, inside the PING: what the old
+	// connection still held unread is lost, and the receive below, not
+	// blocked on the old connection at that moment (a reader that fell
+	// behind), would read on from the new one without an error, so the
+	// farm would not see the gap. pingLost records such a failure.
+	var pingLost atomic.Bool
 	mctx, stopMarks := context.WithCancel(ctx)
 	marks := make(chan struct{})
 	go func() {
 		defer close(marks)
-		t.markDelivery(mctx, ps, &upAt)
+		t.markDelivery(mctx, ps, &upAt, &pingLost)
 	}()
 	defer func() {
 		stopMarks()
@@ -624,6 +631,9 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if pingLost.Load() {
+			return errPingLost
+		}
 		if replaced.Load() {
 			return errMasterReplaced
 		}
@@ -637,7 +647,12 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 				if silent >= 2 {
 					return errors.New("redisbus: subscription silent and unanswered ping")
 				}
-				ps.Ping(ctx)
+				if ps.Ping(ctx) != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return errPingLost
+				}
 				continue
 			}
 			if isReply(err) && !(perSender && !up && refusal(err)) {
@@ -751,7 +766,7 @@ const MarkInterval = 100 * time.Millisecond
 // markDelivery sends a marking ping on ps every MarkInterval while the
 // subscription is up (upAt set), until ctx ends. The time in it is taken
 // before it is written: Redis handles it later still.
-func (t *Transport) markDelivery(ctx context.Context, ps *redis.PubSub, upAt *atomic.Int64) {
+func (t *Transport) markDelivery(ctx context.Context, ps *redis.PubSub, upAt *atomic.Int64, lost *atomic.Bool) {
 	tick := time.NewTicker(MarkInterval)
 	defer tick.Stop()
 	for {
@@ -764,9 +779,14 @@ func (t *Transport) markDelivery(ctx context.Context, ps *redis.PubSub, upAt *at
 			continue
 		}
 		sent := max(int64(time.Since(markBase)), 1)
-		ps.Ping(ctx, markPayload+strconv.FormatInt(sent, 10))
+		if ps.Ping(ctx, markPayload+strconv.FormatInt(sent, 10)) != nil && ctx.Err() == nil {
+			lost.Store(true)
+		}
 	}
 }
+
+// errPingLost ends a subscription whose connection a failed PING replaced.
+var errPingLost = errors.New("redisbus: the subscription's connection failed under a PING and was replaced: what it held unread is lost; subscribing anew")
 
 // shardWatchEvery is how often a subscription on a cluster asks for the
 // cluster's masters (watchShards).

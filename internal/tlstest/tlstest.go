@@ -90,6 +90,8 @@ type Server struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	failed []error
+	open   int // connections accepted and not yet ended
+	ended  int // connections that ended after the server's line
 }
 
 // Serve starts a server named name with cfg until the test ends. onHandshake
@@ -121,9 +123,18 @@ func serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Co
 				return
 			}
 			s.wg.Add(1)
+			s.mu.Lock()
+			s.open++
+			s.mu.Unlock()
 			go func() {
 				defer s.wg.Done()
-				s.handle(tls.Server(raw, cfg), onHandshake, closeAfter)
+				lined := s.handle(tls.Server(raw, cfg), onHandshake, closeAfter)
+				s.mu.Lock()
+				s.open--
+				if lined {
+					s.ended++
+				}
+				s.mu.Unlock()
 			}()
 		}
 	}()
@@ -131,26 +142,50 @@ func serve(tb testing.TB, name string, cfg *tls.Config, onHandshake func(*tls.Co
 	return s
 }
 
-func (s *Server) handle(c *tls.Conn, onHandshake func(*tls.Conn), closeAfter bool) {
+// handle serves one connection and reports whether the server's line was
+// written (and, unless closeAfter, the client then closed).
+func (s *Server) handle(c *tls.Conn, onHandshake func(*tls.Conn), closeAfter bool) bool {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := c.Handshake(); err != nil {
 		s.mu.Lock()
 		s.failed = append(s.failed, err)
 		s.mu.Unlock()
-		return
+		return false
 	}
 	if onHandshake != nil {
 		onHandshake(c)
 	}
 	cs := c.ConnectionState()
-	fmt.Fprintf(c, "node=%s version=%s resumed=%t sni=%s\n", s.Name, tls.VersionName(cs.Version), cs.DidResume, cs.ServerName)
+	if _, err := fmt.Fprintf(c, "node=%s version=%s resumed=%t sni=%s\n", s.Name, tls.VersionName(cs.Version), cs.DidResume, cs.ServerName); err != nil {
+		return false
+	}
 	if closeAfter {
-		return
+		return true
 	}
 	// Wait for the client to close, so the ticket (sent after the TLS 1.3
 	// handshake) is read before the connection goes away.
 	io.Copy(io.Discard, c)
+	return true
+}
+
+// Open returns the number of connections the server has accepted that have
+// not ended yet.
+func (s *Server) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open
+}
+
+// Ended returns the number of connections that ended after the server wrote
+// its line: with Serve, connections the client closed (or left) after the
+// line; with ServeAndClose, connections the server closed after it. A
+// handshake the server completed is not yet a connection the client has
+// finished: the client may still be reading the server's Finished or line.
+func (s *Server) Ended() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
 }
 
 // Close stops the server and waits for its connections to end.
