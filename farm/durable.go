@@ -167,8 +167,9 @@ func (n *Node) pendingRevocations() int {
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
-		// The REMOVE hook queued the chain; find it.
-		done = n.revocationDone(rec.Chain)
+		// The REMOVE hook queued the chain, unless a peer's
+		// revocation removed the session first: see removedDone.
+		done = n.removedDone(id, rec)
 	} else {
 		if n.cfg.Records == nil {
 			// Peers may hold it: no store to learn its chain from.

@@ -19,8 +19,9 @@ import (
 // stops resuming on every node, including those that only have it in the
 // store. It reports false if neither this node nor the store knows id.
 func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
-	if _, ok := n.cfg.Cache.Remove(id); ok {
-		return true, nil // the REMOVE hook publishes the chain
+	if rec, ok := n.cfg.Cache.Remove(id); ok {
+		n.removedDone(id, rec)
+		return true, nil
 	}
 	rec, ok := n.takePending(id)
 	if !ok && n.cfg.Records == nil {
@@ -35,6 +36,29 @@ func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 	n.cfg.Cache.RemoveChain(rev.chain, rev.until, session.OriginPeer)
 	n.addRevocation(id, rev)
 	return true, nil
+}
+
+// removedDone returns the done channel of the revocation of rec's chain
+// once session.Cache.Remove has removed rec, the session id, from this
+// node's cache. Its REMOVE hook queues the revocation, but only if it was
+// Remove that removed a session of the chain: a peer's revocation of the
+// chain may have tombstoned it, and its scan removed the session (firing
+// the REMOVE event as the peer's), between Remove finding the session and
+// its own scan. The chain is then revoked in the cache until rec's end by
+// this node's reckoning, and nothing was queued for the farm: the store
+// and the other nodes would keep only the peer's end, earlier if this
+// node's MaxChainLifetime is longer (a node that joins afterwards takes
+// the chain for live again after it). So it queues the revocation itself
+// when none of the chain is pending. Should the revoker have applied the
+// hook's meanwhile (a store round trip, against a map lookup here), the
+// chain is written and published once more: one more tombstone, as after
+// a revocation that several nodes made.
+func (n *Node) removedDone(id session.ID, rec session.Record) <-chan struct{} {
+	if done := n.revocationDone(rec.Chain); done != nil {
+		return done
+	}
+	done, _ := n.addRevocation(id, revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(rec), start: rec.ChainStart})
+	return done
 }
 
 // revokeUnheld revokes the session id, which this node's cache does not
