@@ -61,7 +61,11 @@ func (n *Node) busState(up bool, err error) {
 		}
 		// And on retirements and grace cuts: kept by the bus, or
 		// checked against the store's records, or not vouched for.
-		n.busUp(err)
+		cause := gapOutage
+		if gap {
+			cause = gapDropped
+		}
+		n.busUp(err, cause)
 	case !up:
 		n.tly.reset()
 		now := n.cfg.Now()
