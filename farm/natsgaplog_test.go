@@ -85,6 +85,15 @@ func testGapsLoggedOnce(t *testing.T, natsURL string, stored bool) {
 		return farmtest.Counter(n1.Node.Metrics(), name, labels...)
 	}
 	c0, g0 := m("tlsfarm_farm_connects_total"), m(gapsMetric, "reason", "dropped")
+	// The settle still runs: a pass over the cache against the store, or
+	// the cache dropped.
+	settled := func() uint64 {
+		if stored {
+			return m("tlsfarm_farm_reconciles_total", "result", "done")
+		}
+		return m("tlsfarm_farm_reconciles_total", "result", "dropped")
+	}
+	s0 := settled()
 	from := len(logs.String())
 
 	episode := func() {
@@ -111,6 +120,9 @@ func testGapsLoggedOnce(t *testing.T, natsURL string, stored bool) {
 		b1.Dropped(), b1.SlowConsumers(), gaps, gapLines, lines)
 	if b1.Dropped() == 0 {
 		t.Fatal("nats.go dropped nothing: no slow consumer to test")
+	}
+	if got := settled() - s0; got == 0 {
+		t.Error("no reconcile pass or cache drop for the episode's gaps: the settle did not run")
 	}
 	if gaps < 2 {
 		t.Errorf("%s counted %d gaps for the episode; want several (one at most every 250 ms)", gapsMetric, gaps)

@@ -167,9 +167,9 @@ func (n *Node) busUp(err error, cause gapCause) {
 type gapCause uint8
 
 const (
-	gapOutage gapCause = iota // its subscription was down (busUp)
-	gapLoss                   // a peer's tally found messages missing (receiveTally)
-	gapDropped                // the bus dropped messages with the subscription up (transport.ErrMessagesDropped): busState logs it, at most once a minute, and the settle does not
+	gapOutage  gapCause = iota // its subscription was down (busUp)
+	gapLoss                    // a peer's tally found messages missing (receiveTally)
+	gapDropped                 // the bus dropped messages with the subscription up (transport.ErrMessagesDropped): busState logs it, at most once a minute, and the settle does not
 )
 
 // settleGap settles a gap: the peers' retirements and cuts published since
