@@ -49,7 +49,8 @@ type Bus interface {
 	// then returns ctx.Err(). It reconnects and resubscribes on its own
 	// after failures, with backoff, and reports each change of state to
 	// state: up is true once a subscription is in place, false with the
-	// error when it is lost. With up true, the error is nil, but from a
+	// error when it is lost (ErrMessagesDropped, wrapped, for a gap in a
+	// subscription that stays in place). With up true, the error is nil, but from a
 	// MessageKeeper, which says with it whether messages were lost while
 	// it was down. deliver and state are called from one goroutine;
 	// deliver may keep msg.
