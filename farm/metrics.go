@@ -9,7 +9,7 @@ import (
 
 // nodeCounters are the node's own counters; Metrics reads them.
 type nodeCounters struct {
-	connects                                       atomic.Uint64
+	connects, busGaps                              atomic.Uint64
 	published, publishedRevocations, publishErrors atomic.Uint64
 	unpublished, storeWrites, storeWriteErrors     atomic.Uint64
 	youngWaits                                     [numYoungResults]atomic.Uint64
@@ -64,7 +64,9 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counters("tlsfarm_farm_tombstone_reads_total", "Reads of the store's revocations that succeeded: read whole, or found unchanged by the set's version (not read).", "result",
 		"read", c.tombstoneReads.Load(), "unchanged", c.tombstoneReadsUnchanged.Load())
 	m.counter("tlsfarm_farm_tombstones_opened_total", "Members of the store's revocations the node opened: each once, not at every read.", c.tombstonesOpened.Load())
-	m.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up.", c.connects.Load())
+	m.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up (after a gap in a subscription that stayed up: not counted).", c.connects.Load())
+	m.counters("tlsfarm_farm_bus_gaps_total", "Gaps in a bus subscription that stayed up, settled as outages, by reason: dropped (the transport's client dropped messages that came faster than the node handled them, a NATS slow consumer).", "reason",
+		"dropped", c.busGaps.Load())
 	queued, dropped := n.q.stats()
 	if n.sq != nil {
 		q, d := n.sq.stats()

@@ -51,7 +51,7 @@ func TestNATSSlowConsumerDropsRevocation(t *testing.T) {
 		t.Fatal("the session does not resume on n1 before the test")
 	}
 	b1 := n1.Bus.(*stallBus)
-	connects := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_connects_total")
+	gaps := farmtest.Counter(n1.Node.Metrics(), gapsMetric, "reason", "dropped")
 
 	// A spy on the farm's subject sees n3's revocation reach the server.
 	spy, err := nats.Connect(natsURL)
@@ -141,7 +141,7 @@ func TestNATSSlowConsumerDropsRevocation(t *testing.T) {
 	if took > 500*time.Millisecond {
 		t.Errorf("n1 resumed the revoked session for %v after it caught up: the drop was not settled at once", took.Round(time.Millisecond))
 	}
-	if got := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_connects_total"); got == connects {
+	if got := farmtest.Counter(n1.Node.Metrics(), gapsMetric, "reason", "dropped"); got == gaps {
 		t.Error("n1's subscription reported no gap for the drop")
 	}
 	for _, m := range ms {

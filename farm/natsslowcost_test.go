@@ -74,7 +74,7 @@ func TestNATSSlowConsumerEpisodeCost(t *testing.T) {
 	m := func(name string, labels ...string) uint64 {
 		return farmtest.Counter(n1.Node.Metrics(), name, labels...)
 	}
-	c0, p0, r0 := m("tlsfarm_farm_connects_total"), m("tlsfarm_farm_reconciles_total", "result", "done"), m("tlsfarm_farm_reconcile_total", "result", "checked")
+	c0, p0, r0 := m(gapsMetric, "reason", "dropped"), m("tlsfarm_farm_reconciles_total", "result", "done"), m("tlsfarm_farm_reconcile_total", "result", "checked")
 	a0, l0 := m("tlsfarm_farm_lifecycle_resend_total", "event", "sent"), m("tlsfarm_farm_tallies_total", "event", "loss")
 	b1.delay.Store(int64(time.Millisecond))
 	start := time.Now()
@@ -88,7 +88,7 @@ func TestNATSSlowConsumerEpisodeCost(t *testing.T) {
 	b1.delay.Store(0)
 	time.Sleep(4 * time.Second) // settles, and the tallies report
 	t.Logf("dropped %d in %d episodes; gaps %d; reconcile passes %d, records read %d; re-send requests sent %d; tally losses %d",
-		b1.Dropped(), b1.SlowConsumers(), m("tlsfarm_farm_connects_total")-c0,
+		b1.Dropped(), b1.SlowConsumers(), m(gapsMetric, "reason", "dropped")-c0,
 		m("tlsfarm_farm_reconciles_total", "result", "done")-p0, m("tlsfarm_farm_reconcile_total", "result", "checked")-r0,
 		m("tlsfarm_farm_lifecycle_resend_total", "event", "sent")-a0, m("tlsfarm_farm_tallies_total", "event", "loss")-l0)
 }

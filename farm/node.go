@@ -66,6 +66,13 @@ type Node struct {
 	connected atomic.Bool
 	busFirst  chan struct{} // closed when the bus first reports its state (up or down)
 	busOnce   sync.Once
+	// A gap in a subscription that stays up (transport.ErrMessagesDropped),
+	// kept by busState on the listener's goroutine: whether the down just
+	// reported was one (its up is then no connect), when a gap was last
+	// logged, and the gaps since.
+	inGap        bool
+	gapLogged    time.Time
+	gapsUnlogged int
 
 	// revsKnown is set once the node has read the farm's revocation list
 	// (or has none to read); until then it resumes no session from the

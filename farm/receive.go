@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -27,20 +29,31 @@ func (n *Node) listener(ctx context.Context) {
 	}
 }
 
+// gapLogEvery bounds how often the node logs the gaps in a bus
+// subscription that stays up (transport.ErrMessagesDropped): a slow
+// consumer may report several a second.
+const gapLogEvery = time.Minute
+
 func (n *Node) busState(up bool, err error) {
 	was := n.connected.Swap(up)
 	n.busHeard()
 	// Join's first read of the revocations waits for this (see firstSync).
 	defer n.busOnce.Do(func() { close(n.busFirst) })
 	defer n.updateFallback()
+	// A gap in a subscription that stays up is settled as an outage, but
+	// is neither a loss of the bus nor a connect in the logs and metrics.
+	gap := n.inGap
+	n.inGap = !up && was && errors.Is(err, transport.ErrMessagesDropped)
 	switch {
 	case up && !was:
 		// What the subscription missed while it was down is busUp's to
 		// settle: each sender's next tally is a new baseline.
 		n.tly.reset()
-		n.ctr.connects.Add(1)
 		n.revs.signal()
-		n.log.Info("farm: connected to the bus")
+		if !gap {
+			n.ctr.connects.Add(1)
+			n.log.Info("farm: connected to the bus")
+		}
 		// Catch up on revocations published while we were away.
 		select {
 		case n.heal <- struct{}{}:
@@ -48,14 +61,35 @@ func (n *Node) busState(up bool, err error) {
 		}
 		// And on retirements and grace cuts: kept by the bus, or
 		// checked against the store's records, or not vouched for.
-		n.busUp(err)
+		cause := gapOutage
+		if gap {
+			cause = gapDropped
+		}
+		n.busUp(err, cause)
 	case !up:
 		n.tly.reset()
-		n.busDown(n.cfg.Now())
-		if was {
+		now := n.cfg.Now()
+		n.busDown(now)
+		switch {
+		case n.inGap:
+			n.busGap(now, err)
+		case was:
 			n.log.Warn("farm: lost the bus; serving from the local cache", "err", err)
 		}
 	}
+}
+
+// busGap counts a gap in a subscription that stays up, and logs it with
+// those since the last line, at most every gapLogEvery.
+func (n *Node) busGap(now time.Time, err error) {
+	n.ctr.busGaps.Add(1)
+	n.gapsUnlogged++
+	if !n.gapLogged.IsZero() && now.Sub(n.gapLogged) < gapLogEvery {
+		return
+	}
+	n.log.Warn("farm: the bus dropped messages with the subscription up; settled as after an outage (logged at most once a minute)",
+		"gaps", n.gapsUnlogged, "err", err)
+	n.gapLogged, n.gapsUnlogged = now, 0
 }
 
 // receive handles one message from the bus.

@@ -51,6 +51,7 @@ type reconcileState struct {
 	since     time.Time // earliest outage not reconciled yet; zero if none
 	sinceGen  []byte    // the store's generation when that outage began
 	ask       bool      // ask the peers to re-send everything unless the next pass vouches for the cache (see settleGap)
+	loud      bool      // a gap not reconciled yet is more than a drop in a subscription that stayed up: the pass logs its success
 	gen       uint64    // outages ended so far
 	wasUp     bool      // the subscription was up before (the bus may have kept messages since)
 	wake      chan struct{}
@@ -138,7 +139,7 @@ func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 // settleGap, which a tally that finds messages missing calls too.
 // It runs on the subscription's goroutine, before
 // the bus delivers anything more.
-func (n *Node) busUp(err error) {
+func (n *Node) busUp(err error, cause gapCause) {
 	r := &n.recon
 	r.mu.Lock()
 	down, gen := r.downSince, r.downGen
@@ -158,7 +159,7 @@ func (n *Node) busUp(err error) {
 		return
 	}
 	r.mu.Unlock()
-	n.settleGap(down, gen, gapOutage)
+	n.settleGap(down, gen, cause)
 }
 
 // A gapCause says how the node found that the bus may have lost messages
@@ -166,8 +167,9 @@ func (n *Node) busUp(err error) {
 type gapCause uint8
 
 const (
-	gapOutage gapCause = iota // its subscription was down (busUp)
-	gapLoss                   // a peer's tally found messages missing (receiveTally)
+	gapOutage  gapCause = iota // its subscription was down (busUp)
+	gapLoss                    // a peer's tally found messages missing (receiveTally)
+	gapDropped                 // the bus dropped messages with the subscription up (transport.ErrMessagesDropped): busState logs it, at most once a minute, and the settle does not
 )
 
 // settleGap settles a gap: the peers' retirements and cuts published since
@@ -206,6 +208,7 @@ func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped i
 	if r.since.IsZero() || since.Before(r.since) {
 		r.since, r.sinceGen = since, gen
 	}
+	r.loud = r.loud || cause != gapDropped
 	r.ask = true
 	r.gen++
 	r.mu.Unlock()
@@ -247,7 +250,8 @@ func (n *Node) busKept(down time.Time, err error) bool {
 // (or after the tally that found messages missing); a session a handshake
 // here inserts while it walks the cache may go too. It returns how many
 // sessions it dropped, and logs them after an outage (after a loss,
-// receiveTally logs).
+// receiveTally logs; after a gap in a subscription that stayed up,
+// busState, at most once a minute).
 func (n *Node) dropUnvouched(down time.Time, cause gapCause) int {
 	start := time.Now()
 	dropped := 0
@@ -285,12 +289,12 @@ func (n *Node) reconciler(ctx context.Context) {
 		}
 		again = nil
 		r.mu.Lock()
-		since, storeGen, gen := r.since, r.sinceGen, r.gen
+		since, storeGen, gen, loud := r.since, r.sinceGen, r.gen, r.loud
 		r.mu.Unlock()
 		if since.IsZero() || !n.connected.Load() {
 			continue // nothing to do, or down again: the next busUp asks
 		}
-		err := n.reconcile(ctx, since, storeGen)
+		err := n.reconcile(ctx, since, storeGen, loud)
 		if ctx.Err() != nil {
 			return
 		}
@@ -327,7 +331,7 @@ func (n *Node) reconciler(ctx context.Context) {
 		failures = 0
 		r.mu.Lock()
 		if r.gen == gen {
-			r.since = time.Time{}
+			r.since, r.loud = time.Time{}, false
 		} else {
 			// Down and up again meanwhile: what the pass read before
 			// may have changed since; once more.
@@ -347,8 +351,10 @@ func (n *Node) reconciler(ctx context.Context) {
 // the log; gen is the store's generation then (nil if the node had not
 // read it). A store whose generation changed since has lost its data: the
 // reconcile stops at the first read that finds it so, before changing
-// anything on that read's account, and returns errStoreLost.
-func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error {
+// anything on that read's account, and returns errStoreLost. A pass that
+// succeeds is logged only if loud (see reconcileState.loud): the gaps of a
+// slow consumer, up to four a second, are logged by busState.
+func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte, loud bool) error {
 	start := time.Now()
 	if gen == nil && n.keepsGeneration() {
 		if gen = n.storeGeneration(); gen == nil {
@@ -405,7 +411,9 @@ func (n *Node) reconcile(ctx context.Context, since time.Time, gen []byte) error
 		return err
 	}
 	n.recon.runs.Add(1)
-	n.log.Info("farm: checked the cache against the store after the bus outage", args...)
+	if loud {
+		n.log.Info("farm: checked the cache against the store after the bus outage", args...)
+	}
 	return nil
 }
 

@@ -118,6 +118,7 @@ func TestNATSSlowConsumerSettledAsGap(t *testing.T) {
 				p.waitChecked(t)
 			}
 			connects := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total")
+			gaps := farmtest.Counter(n2.Node.Metrics(), gapsMetric, "reason", "dropped")
 
 			// A spy on the farm's subject sees n1's cut reach the
 			// server.
@@ -206,8 +207,12 @@ func TestNATSSlowConsumerSettledAsGap(t *testing.T) {
 			if took > 500*time.Millisecond {
 				t.Errorf("n2 settled the loss %v after it caught up: not at once", took.Round(time.Millisecond))
 			}
-			if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total"); got == connects {
+			if got := farmtest.Counter(n2.Node.Metrics(), gapsMetric, "reason", "dropped"); got == gaps {
 				t.Fatal("n2's subscription reported no gap for the messages nats.go dropped")
+			}
+			// A gap is no connect: the subscription stayed up.
+			if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_connects_total"); got != connects {
+				t.Errorf("tlsfarm_farm_connects_total rose by %d for the gap; want 0", got-connects)
 			}
 			if !n2.Node.Connected() {
 				t.Fatal("n2 is not connected after the gap")

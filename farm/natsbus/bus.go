@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
@@ -28,7 +29,9 @@ var errReconnected = errors.New("natsbus: connection to NATS was lost and made a
 // errDropped is the state reported, down, for a gap in the subscription:
 // the client dropped bus messages for want of room (a slow consumer) with
 // the connection up. Up is reported again at once.
-var errDropped = errors.New("natsbus: the NATS client dropped bus messages for want of room (slow consumer); the subscription stays, and the farm settles the loss as a gap")
+// It wraps transport.ErrMessagesDropped, by which the farm tells such a gap
+// from an outage in its logs and metrics.
+var errDropped = fmt.Errorf("natsbus: the NATS client dropped bus messages for want of room (slow consumer); the subscription stays, and the farm settles the loss as a gap: %w", transport.ErrMessagesDropped)
 
 // errClosed is returned by Subscribe when the connection is closed for good.
 var errClosed = errors.New("natsbus: connection closed")

@@ -25,7 +25,7 @@ func subscribeStates(t *testing.T, tr *natsbus.Transport, deliver func([]byte)) 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tr.Subscribe(ctx, deliver, func(up bool, _ error) { states <- stateAt{up, time.Now()} })
+		tr.Subscribe(ctx, deliver, func(up bool, err error) { states <- stateAt{up, time.Now(), err} })
 	}()
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
@@ -33,20 +33,27 @@ func subscribeStates(t *testing.T, tr *natsbus.Transport, deliver func([]byte)) 
 }
 
 type stateAt struct {
-	up bool
-	at time.Time
+	up  bool
+	at  time.Time
+	err error
 }
 
 // waitState waits for the next state reported to be want, and returns when
 // it was reported.
 func waitState(t *testing.T, states <-chan stateAt, want bool) time.Time {
 	t.Helper()
+	return waitStateAt(t, states, want).at
+}
+
+// waitStateAt is waitState returning the state whole, with its error.
+func waitStateAt(t *testing.T, states <-chan stateAt, want bool) stateAt {
+	t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {
 		select {
 		case s := <-states:
 			if s.up == want {
-				return s.at
+				return s
 			}
 		case <-timeout:
 			t.Fatalf("the subscription was not reported up=%t within 15s", want)

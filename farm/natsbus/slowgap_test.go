@@ -1,11 +1,13 @@
 package natsbus_test
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // TestSlowConsumerReportedAsGap: deliver holds the first message while a
@@ -15,7 +17,8 @@ import (
 // for what was dropped); once deliver returns, Subscribe reports the
 // subscription down and up again at once (a gap, which the farm settles as
 // an outage: before, it reported nothing and the farm learnt of the loss
-// only from its tallies), and the mark comes back after a new mark.
+// only from its tallies), with an error that wraps
+// transport.ErrMessagesDropped, and the mark comes back after a new mark.
 func TestSlowConsumerReportedAsGap(t *testing.T) {
 	tr, pub := openMarked(t, &natsbus.Options{MarkInterval: 10 * time.Millisecond, PendingMsgs: 20})
 	hold := make(chan struct{})
@@ -66,8 +69,13 @@ func TestSlowConsumerReportedAsGap(t *testing.T) {
 
 	released := time.Now()
 	release()
-	down := waitState(t, states, false)
+	downAt := waitStateAt(t, states, false)
+	down := downAt.at
 	up := waitState(t, states, true)
+	// The farm tells the gap from an outage by its error.
+	if !errors.Is(downAt.err, transport.ErrMessagesDropped) {
+		t.Errorf("the gap was reported down with %v; want it to wrap transport.ErrMessagesDropped", downAt.err)
+	}
 	t.Logf("gap reported %v after deliver was released (down, then up %v later); %d dropped",
 		down.Sub(released).Round(time.Microsecond), up.Sub(down).Round(time.Microsecond), tr.Dropped())
 	if d := down.Sub(released); d > 500*time.Millisecond {

@@ -49,7 +49,8 @@ type Bus interface {
 	// then returns ctx.Err(). It reconnects and resubscribes on its own
 	// after failures, with backoff, and reports each change of state to
 	// state: up is true once a subscription is in place, false with the
-	// error when it is lost. With up true, the error is nil, but from a
+	// error when it is lost (ErrMessagesDropped, wrapped, for a gap in a
+	// subscription that stays in place). With up true, the error is nil, but from a
 	// MessageKeeper, which says with it whether messages were lost while
 	// it was down. deliver and state are called from one goroutine;
 	// deliver may keep msg.
@@ -342,6 +343,17 @@ type Pinger interface {
 // broker dropped them, or the queue that held them). Test it with
 // errors.Is: a transport may wrap it with the cause.
 var ErrMessagesLost = errors.New("farm: messages published while the subscription was down may be lost")
+
+// ErrMessagesDropped is the error a Bus's Subscribe passes to its state
+// function, with up false, for a gap in a subscription that stays in
+// place: the transport's client dropped messages that came faster than the
+// node handled them (a NATS slow consumer), with the connection up, and up
+// is reported again at once. The farm settles the gap as it does an outage
+// (what was dropped is lost), but logs such gaps at most once a minute and
+// counts them apart (tlsfarm_farm_bus_gaps_total), not as losses and
+// connects of the bus. Test it with errors.Is: a transport wraps it with
+// its own words.
+var ErrMessagesDropped = errors.New("transport: the bus client dropped messages with the subscription up")
 
 // A MessageKeeper is a Bus that can keep the messages published while its
 // subscription is down and deliver them once it is back (a RabbitMQ queue
