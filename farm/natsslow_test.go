@@ -3,12 +3,8 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -54,57 +50,12 @@ func TestNATSSlowConsumerDropsRevocation(t *testing.T) {
 	gaps := farmtest.Counter(n1.Node.Metrics(), gapsMetric, "reason", "dropped")
 
 	// A spy on the farm's subject sees n3's revocation reach the server.
-	spy, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spy.Close()
-	var revs atomic.Int64
-	n3ID := n3.Node.Instance()
-	if _, err := spy.Subscribe(b1.Subject(), func(m *nats.Msg) {
-		if len(m.Data) >= farm.EnvSenderAt+8 && m.Data[farm.EnvTypeAt] == farm.EnvTypeRev &&
-			binary.BigEndian.Uint64(m.Data[farm.EnvSenderAt:]) == n3ID {
-			revs.Add(1)
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	revs := spyMessages(t, natsURL, b1.Subject(), farm.EnvTypeRev, n3.Node.Instance())
 
-	// n1 falls behind, and its subscription fills (see
-	// TestTallyFindsNATSSlowConsumer).
+	// n1 falls behind, and its subscription fills.
 	b1.hold()
+	fillHeld(t, n2.Node, b1)
 	ctx := context.Background()
-	publish := func(k int) {
-		t.Helper()
-		if err := n2.Node.PublishNoise(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-		if err := b1.Conn().Flush(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := 0; b1.Dropped() == 0; i++ {
-		if i == 20 {
-			t.Fatal("nats.go dropped nothing after 1000 messages to a held subscription")
-		}
-		publish(50)
-	}
-	for i, streak := 0, 0; streak < 3; i++ {
-		if i == 100 {
-			t.Fatal("n1's subscription does not stay full while held")
-		}
-		d := b1.Dropped()
-		time.Sleep(20 * time.Millisecond)
-		publish(1)
-		if b1.Dropped() > d {
-			streak++
-		} else {
-			streak = 0
-		}
-	}
 	before := b1.Dropped()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -122,63 +122,12 @@ func TestNATSSlowConsumerSettledAsGap(t *testing.T) {
 
 			// A spy on the farm's subject sees n1's cut reach the
 			// server.
-			spy, err := nats.Connect(natsURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer spy.Close()
-			var cuts atomic.Int64
-			n1ID := n1.Node.Instance()
-			if _, err := spy.Subscribe(s2.Subject(), func(m *nats.Msg) {
-				if len(m.Data) >= farm.EnvSenderAt+8 && m.Data[farm.EnvTypeAt] == farm.EnvTypeCut &&
-					binary.BigEndian.Uint64(m.Data[farm.EnvSenderAt:]) == n1ID {
-					cuts.Add(1)
-				}
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if err := spy.Flush(); err != nil {
-				t.Fatal(err)
-			}
+			cuts := spyMessages(t, natsURL, s2.Subject(), farm.EnvTypeCut, n1.Node.Instance())
 
 			// n2 falls behind; n1 publishes more than n2's client
-			// has room for. Each Flush of n2's connection returns
-			// once its client has read (queued or dropped) what the
-			// server had for it.
+			// has room for.
 			s2.hold()
-			ctx := context.Background()
-			publish := func(k int) {
-				t.Helper()
-				if err := n1.Node.PublishNoise(ctx, k); err != nil {
-					t.Fatal(err)
-				}
-				if err := s2.Conn().Flush(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for i := 0; s2.Dropped() == 0; i++ {
-				if i == 20 {
-					t.Fatal("nats.go dropped nothing after 1000 messages to a held subscription")
-				}
-				publish(50)
-			}
-			// A burst overflows the pending limit before nats.go
-			// has handed what it queued on to the transport; room
-			// may be left behind it. Full means that a lone message,
-			// sent after a pause, is dropped, three times running.
-			for i, streak := 0, 0; streak < 3; i++ {
-				if i == 100 {
-					t.Fatal("n2's subscription does not stay full while held")
-				}
-				d := s2.Dropped()
-				time.Sleep(20 * time.Millisecond)
-				publish(1)
-				if s2.Dropped() > d {
-					streak++
-				} else {
-					streak = 0
-				}
-			}
+			fillHeld(t, n1.Node, s2)
 			before := s2.Dropped()
 			if !n1.Cache.Retire(p.retired, session.OriginAPI) {
 				t.Fatal("n1 did not hold the session to retire")
@@ -218,5 +167,71 @@ func TestNATSSlowConsumerSettledAsGap(t *testing.T) {
 				t.Fatal("n2 is not connected after the gap")
 			}
 		})
+	}
+}
+
+// spyMessages returns a count of the farm's messages of type typ (an
+// envelope's type byte, farm.EnvTypeCut say) from sender that reach the
+// NATS server at natsURL on subject, as a client of its own subscribed to
+// it sees them.
+func spyMessages(t *testing.T, natsURL, subject string, typ byte, sender uint64) *atomic.Int64 {
+	t.Helper()
+	spy, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(spy.Close)
+	var n atomic.Int64
+	if _, err := spy.Subscribe(subject, func(m *nats.Msg) {
+		if len(m.Data) >= farm.EnvSenderAt+8 && m.Data[farm.EnvTypeAt] == typ &&
+			binary.BigEndian.Uint64(m.Data[farm.EnvSenderAt:]) == sender {
+			n.Add(1)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &n
+}
+
+// fillHeld has pub publish noise to the held subscription of s until
+// nats.go drops what comes for it: a burst overflows the pending limit
+// before nats.go has handed what it queued on to the transport, and room
+// may be left behind it, so full means that a lone message, sent after a
+// pause, is dropped, three times running. Each Flush of s's connection
+// returns once its client has read (queued or dropped) what the server had
+// for it.
+func fillHeld(t *testing.T, pub *farm.Node, s *stallBus) {
+	t.Helper()
+	ctx := context.Background()
+	publish := func(k int) {
+		t.Helper()
+		if err := pub.PublishNoise(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Conn().Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; s.Dropped() == 0; i++ {
+		if i == 20 {
+			t.Fatal("nats.go dropped nothing after 1000 messages to a held subscription")
+		}
+		publish(50)
+	}
+	for i, streak := 0, 0; streak < 3; i++ {
+		if i == 100 {
+			t.Fatal("the subscription does not stay full while held")
+		}
+		d := s.Dropped()
+		time.Sleep(20 * time.Millisecond)
+		publish(1)
+		if s.Dropped() > d {
+			streak++
+		} else {
+			streak = 0
+		}
 	}
 }
