@@ -56,20 +56,7 @@ func TestRecutWrittenReadMark(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cache, err := session.New(&session.Config{SweepInterval: -1, ResumeGrace: grace})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cache.Close()
-			n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now, MaxSkew: 100 * time.Millisecond}, sq: newQueue(16)}
-			n.retired = newIDMemory(maxRetired, time.Minute)
-			n.resumed = newIDMemory(maxResumed, time.Minute)
-			n.written = newWritten(time.Minute)
-			id := cache.NewID()
-			rec := session.Record{State: []byte("state"), ServerName: "localhost", Expires: time.Now().Add(time.Hour), Chain: 7, ChainStart: time.Now()}
-			if err := cache.Insert(id, rec, session.OriginHandshake); err != nil {
-				t.Fatal(err)
-			}
+			n, cache, id, rec := readMarkNode(t, grace)
 			if c.name == "resumed while not held" {
 				cache.Retire(id, session.OriginPeer)
 			}
@@ -96,20 +83,7 @@ func TestRecutWrittenReadMark(t *testing.T) {
 	t.Run("revoked", func(t *testing.T) {
 		// A chain whose revocation has begun: Cut finds none of it, and
 		// a session resumed lately goes from the store again.
-		cache, err := session.New(&session.Config{SweepInterval: -1, ResumeGrace: grace})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cache.Close()
-		n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now, MaxSkew: 100 * time.Millisecond}, sq: newQueue(16)}
-		n.retired = newIDMemory(maxRetired, time.Minute)
-		n.resumed = newIDMemory(maxResumed, time.Minute)
-		n.written = newWritten(time.Minute)
-		id := cache.NewID()
-		rec := session.Record{State: []byte("state"), ServerName: "localhost", Expires: time.Now().Add(time.Hour), Chain: 7, ChainStart: time.Now()}
-		if err := cache.Insert(id, rec, session.OriginHandshake); err != nil {
-			t.Fatal(err)
-		}
+		n, cache, id, rec := readMarkNode(t, grace)
 		n.noteResumed(id, time.Now())
 		batch := []item{{id: id, rec: rec}}
 		read := n.readMark()
@@ -122,4 +96,26 @@ func TestRecutWrittenReadMark(t *testing.T) {
 			t.Errorf("written again: %+v, want the session's deletion", got)
 		}
 	})
+}
+
+// readMarkNode returns a node of TestRecutWrittenReadMark, with the cache
+// it stands on (resume grace grace), holding one session of chain 7 as a
+// handshake inserted it.
+func readMarkNode(t *testing.T, grace time.Duration) (*Node, *session.Cache, session.ID, session.Record) {
+	t.Helper()
+	cache, err := session.New(&session.Config{SweepInterval: -1, ResumeGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now, MaxSkew: 100 * time.Millisecond}, sq: newQueue(16)}
+	n.retired = newIDMemory(maxRetired, time.Minute)
+	n.resumed = newIDMemory(maxResumed, time.Minute)
+	n.written = newWritten(time.Minute)
+	id := cache.NewID()
+	rec := session.Record{State: []byte("state"), ServerName: "localhost", Expires: time.Now().Add(time.Hour), Chain: 7, ChainStart: time.Now()}
+	if err := cache.Insert(id, rec, session.OriginHandshake); err != nil {
+		t.Fatal(err)
+	}
+	return n, cache, id, rec
 }
