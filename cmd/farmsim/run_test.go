@@ -26,7 +26,11 @@ func TestRunLookupsAtTheirRate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = 1000
+	// 500 a second: the lookups run one at a time, so a rate whose gap
+	// (2 ms) is near a lookup's latency under -race on a loaded 2-core
+	// machine (p50 0.7 ms, p99 13 ms seen in CI at 1000/s: 476 made)
+	// measures the machine; the sleep after each lookup made 282-291.
+	const want = 500
 	r, err := run(srv.URL(), admin, 2, farm.StoreOnly, 1000, want, 2*time.Second, time.Minute, 100*time.Millisecond, ss, cs)
 	if err != nil {
 		t.Fatal(err)
