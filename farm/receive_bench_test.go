@@ -116,14 +116,7 @@ func benchReceiveHeld(b *testing.B, batch int) {
 			msgs = append(msgs, send.sealSessions(now, items))
 		}
 		before := counter(recv.Metrics(), "tlsfarm_farm_inserted_total")
-		b.ReportAllocs()
-		b.ResetTimer()
-		cpu := tlstest.ProcessCPU()
-		for _, m := range msgs {
-			recv.receive(m)
-		}
-		tlstest.ReportCPU(b, cpu)
-		b.StopTimer()
+		timeReceive(b, recv, msgs)
 		s := recv.Metrics()
 		if counter(s, "tlsfarm_farm_inserted_total")-before+counter(s, "tlsfarm_farm_received_held_total") != uint64(b.N+batch-1)/uint64(batch)*uint64(batch) || rejectedTotal(s) > 0 {
 			b.Fatalf("not every session taken, or rejected: %+v", s)
@@ -147,14 +140,7 @@ func benchReceive(b *testing.B, name string, lazy bool, capacity, batch int) {
 				}
 				msgs = append(msgs, send.sealSessions(now, items))
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu := tlstest.ProcessCPU()
-			for _, m := range msgs {
-				recv.receive(m)
-			}
-			tlstest.ReportCPU(b, cpu)
-			b.StopTimer()
+			timeReceive(b, recv, msgs)
 			if s := recv.Metrics(); counter(s, "tlsfarm_farm_inserted_total")+counter(s, "tlsfarm_farm_lazy_total", "event", "kept") == 0 || rejectedTotal(s) > 0 {
 				b.Fatalf("nothing received, or rejected: %+v", s)
 			}
@@ -196,4 +182,17 @@ func BenchmarkSeal(b *testing.B) {
 			send.sealSessions(now, []sessionItem{{id: id, rec: rec}})
 		}
 	})
+}
+
+// timeReceive is the measured part of the receive benchmarks: recv takes
+// msgs, one after the other, with allocations and process CPU reported.
+func timeReceive(b *testing.B, recv *Node, msgs [][]byte) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu := tlstest.ProcessCPU()
+	for _, m := range msgs {
+		recv.receive(m)
+	}
+	tlstest.ReportCPU(b, cpu)
+	b.StopTimer()
 }
