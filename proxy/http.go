@@ -40,7 +40,7 @@ func (l *listener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	rt := l.route.Load()
 	// TLS over TCP never carries early data here: only a trusted
 	// intermediary's mark stays.
-	rt.relayedEarlyData(r)
+	l.s.relayEarlyData(rt, r)
 	if rt.handler == nil {
 		http.Error(w, errNoHTTPUpstream.Error(), http.StatusBadGateway)
 		return

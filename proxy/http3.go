@@ -423,7 +423,7 @@ func (q *quicListener) release() {
 func (q *quicListener) serveRequest(w http.ResponseWriter, r *http.Request) {
 	s := q.l.s
 	rt := q.l.route.Load()
-	rt.relayedEarlyData(r)
+	s.relayEarlyData(rt, r)
 	early := false
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
 		qc.requests.Add(1)

@@ -48,8 +48,18 @@ func (t earlyTrust) holds(remote string) bool {
 	return false
 }
 
+// An earlyField is what relayedEarlyData did with a request's
+// EarlyDataHeader.
+type earlyField int
+
+const (
+	earlyAbsent  earlyField = iota // the request had none
+	earlyKept                      // from a trusted intermediary: kept, as "1"
+	earlyRemoved                   // from anyone else: removed
+)
+
 // relayedEarlyData deals with the EarlyDataHeader that r arrived with, and
-// reports whether r keeps it. Only an intermediary the listener trusts
+// reports what it did. Only an intermediary the listener trusts
 // (Listener.EarlyDataTrusted) keeps it, judged by r.RemoteAddr: the
 // connection's peer, or, with Listener.ProxyProtocol, the client address
 // of the PROXY header (the listener takes those from its trusted balancers
@@ -58,14 +68,25 @@ func (t earlyTrust) holds(remote string) bool {
 // request that carries the field was early on an earlier hop, whatever its
 // form, so it may be a replay. From anyone else it is removed, so that only
 // the node and its trusted intermediaries mark a request as early.
-func (r *route) relayedEarlyData(req *http.Request) bool {
+func (r *route) relayedEarlyData(req *http.Request) earlyField {
 	if _, ok := req.Header[EarlyDataHeader]; !ok {
-		return false
+		return earlyAbsent
 	}
 	if len(r.earlyTrust) == 0 || !r.earlyTrust.holds(req.RemoteAddr) {
 		delete(req.Header, EarlyDataHeader)
-		return false
+		return earlyRemoved
 	}
 	req.Header[EarlyDataHeader] = []string{"1"}
-	return true
+	return earlyKept
+}
+
+// relayEarlyData applies rt.relayedEarlyData to req and counts what it
+// did (tlsfarm_early_data_fields_total).
+func (s *Server) relayEarlyData(rt *route, req *http.Request) {
+	switch rt.relayedEarlyData(req) {
+	case earlyKept:
+		s.stats.earlyKept.Add(1)
+	case earlyRemoved:
+		s.stats.earlyRemoved.Add(1)
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/tlsfarm/tlsfarm/metric"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -246,8 +247,20 @@ func TestEarlyDataJudgesPeerWithoutProxyProtocol(t *testing.T) {
 			c.Listeners[0].EarlyDataTrusted = tc.trusted
 		})
 		rawGet(t, dialFrom(t, s.Addrs()[0], "", client("localhost", cert)), "/x", []string{"Early-Data: 1", "Early-Data: 1"})
+		rawGet(t, dialFrom(t, s.Addrs()[0], "", client("localhost", cert)), "/y", nil)
 		if got := up.got("/x"); got != tc.want {
 			t.Errorf("trusted %q: upstream saw %q from 127.0.0.1, want %q", tc.trusted, got, tc.want)
+		}
+		// One request had the field, one had none: counted once, as
+		// what was done with it.
+		kept, removed := 0.0, 1.0
+		if tc.want == "1" {
+			kept, removed = 1, 0
+		}
+		for result, want := range map[string]float64{"kept": kept, "removed": removed} {
+			if got, _ := metric.Value(s.Metrics(), "tlsfarm_early_data_fields_total", "result", result); got != want {
+				t.Errorf("trusted %q: tlsfarm_early_data_fields_total{result=%q} = %v, want %v", tc.trusted, result, got, want)
+			}
 		}
 	}
 

@@ -38,6 +38,10 @@ type counters struct {
 	upstream   atomic.Uint64
 	untrusted  atomic.Uint64
 	requests   atomic.Uint64
+
+	// Early-Data header fields that requests arrived with: kept (a
+	// trusted intermediary's) and removed (anyone else's).
+	earlyKept, earlyRemoved atomic.Uint64
 }
 
 func (c *counters) handshake(version uint16, resumed bool) {

@@ -83,10 +83,13 @@ func (c *wsCounters) refuse(p wsProto, why wsRefusal) { c.refused[p][why].Add(1)
 // (tlsfarm_websockets_refused_total, by reason), each by the protocol the
 // client opened them over (proto "h1", "h2" or "h3"). Over HTTP/1.1, every
 // connection an upstream switched to another protocol (101 Switching
-// Protocols) counts as a WebSocket.
+// Protocols) counts as a WebSocket. And the requests that arrived with an
+// Early-Data header field (tlsfarm_early_data_fields_total), by whether the
+// field was kept for the upstream (result "kept", Listener.EarlyDataTrusted)
+// or removed ("removed").
 func (s *Server) Metrics() []metric.Sample {
 	c := &s.ws
-	out := make([]metric.Sample, 0, int(numWSProtos)*(2+int(numWSRefusals)))
+	out := make([]metric.Sample, 0, int(numWSProtos)*(2+int(numWSRefusals))+2)
 	for p := range numWSProtos {
 		out = append(out, metric.Sample{
 			Name: "tlsfarm_websockets_open", Kind: metric.Gauge,
@@ -116,6 +119,18 @@ func (s *Server) Metrics() []metric.Sample {
 				Value:  float64(c.refused[p][why].Load()),
 			})
 		}
+	}
+	for _, e := range []struct {
+		result string
+		n      *atomic.Uint64
+	}{{"kept", &s.stats.earlyKept}, {"removed", &s.stats.earlyRemoved}} {
+		out = append(out, metric.Sample{
+			Name: "tlsfarm_early_data_fields_total", Kind: metric.Counter,
+			Help: "Requests that arrived with an Early-Data header field (RFC 8470), by what the node did with it: kept " +
+				"(the sender is in listeners[].early_data_trusted; sent upstream as Early-Data: 1) or removed (anyone else).",
+			Labels: []metric.Label{{Name: "result", Value: e.result}},
+			Value:  float64(e.n.Load()),
+		})
 	}
 	return out
 }
