@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/logtest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/metric"
@@ -47,8 +49,17 @@ func emptyFarm(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache fun
 func emptyFarmWith(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache func(*session.Config), rotation *farm.RotationConfig) ([]*farmtest.Member, *proxied, *farmtest.Options, string) {
 	t.Helper()
 	p := &proxied{srv: startNATS(t)}
+	// The nodes' logs are shown if the test fails: the write-back's
+	// steps are logged, and they are what a failure needs explained.
+	logs := &logtest.Buffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the nodes' logs:\n%s", logs)
+		}
+	})
 	o := &farmtest.Options{NewTransport: p.transport, Mode: mode, WriteThrough: true, Rotation: rotation,
 		CloseServer: openssl, TweakCache: tweakCache,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Tweak: func(c *farm.Config) {
 			c.OpTimeout = 300 * time.Millisecond
 			c.BreakerCooldown = 500 * time.Millisecond
@@ -59,6 +70,11 @@ func emptyFarmWith(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache
 			c.LookupTimeout = 2 * time.Second
 		}}
 	ms, name := farmtest.Start(t, n, o)
+	t.Cleanup(func() {
+		if t.Failed() {
+			farmtest.LogStats(t, ms)
+		}
+	})
 	p.cutAtEnd(t)
 	return ms, p, o, name
 }
