@@ -86,11 +86,15 @@ func restartEmpty(t *testing.T, srv *natsServer, ms []*farmtest.Member) {
 	t.Helper()
 	before, _ := metric.Value(ms[0].Node.Metrics(), "tlsfarm_farm_written_back_total")
 	srv.RestartEmpty()
+	restarted := time.Now()
 	farmtest.WaitConnected(t, ms...)
+	connected := time.Since(restarted)
 	farmtest.Eventually(t, 15*time.Second, "n1 wrote its sessions back", func() bool {
 		v, _ := metric.Value(ms[0].Node.Metrics(), "tlsfarm_farm_written_back_total")
 		return v > before
 	})
+	t.Logf("the members connected %v after the restart; n1 wrote back %v after it",
+		connected.Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
 }
 
 // sniClient returns a TLS 1.3 client for the members' servers that names

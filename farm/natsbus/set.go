@@ -85,6 +85,54 @@ func (t *Transport) SetVersion(ctx context.Context, key string) ([]byte, error) 
 // answer. On a server that does not expire keys itself it purges the
 // lapsed members as it finds them, in batches of purgeBatch.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
+	// The read may have a long bound (the farm allows a full set tens of
+	// seconds): it ends when the connection does.
+	cctx, stop := t.whileConnected(ctx)
+	defer stop()
+	members, err := t.setMembers(cctx, key)
+	if err != nil && errors.Is(context.Cause(cctx), errConnectionLost) {
+		return nil, fmt.Errorf("natsbus: set members: %w", errConnectionLost)
+	}
+	return members, err
+}
+
+// errConnectionLost ends an operation that was under way when the client
+// lost its server (see whileConnected).
+var errConnectionLost = errors.New("the connection to NATS was lost during the read")
+
+// connPoll is how often whileConnected looks at the connection.
+const connPoll = 50 * time.Millisecond
+
+// whileConnected returns a context that ends with ctx, or with cause
+// errConnectionLost as soon as the client is no longer connected or has
+// connected anew (within connPoll): nats.go does not fail a request that
+// was in flight when the connection went, and a watcher's entries from a
+// server that is gone never come, so an operation with a long bound would
+// wait all of it for an answer that cannot come. Call the function it
+// returns when the operation is over.
+func (t *Transport) whileConnected(ctx context.Context) (context.Context, context.CancelFunc) {
+	reconnects := t.nc.Stats().Reconnects
+	cctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		tick := time.NewTicker(connPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-cctx.Done():
+				return
+			case <-tick.C:
+				if t.nc.Status() != nats.CONNECTED || t.nc.Stats().Reconnects != reconnects {
+					cancel(errConnectionLost)
+					return
+				}
+			}
+		}
+	}()
+	return cctx, func() { cancel(context.Canceled) }
+}
+
+// setMembers is SetMembers within the connection it began on.
+func (t *Transport) setMembers(ctx context.Context, key string) ([][]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {
 		return nil, err
@@ -185,7 +233,16 @@ read:
 	for {
 		var e jetstream.KeyValueEntry
 		select {
-		case e = <-w.Updates():
+		case u, ok := <-w.Updates():
+			if !ok {
+				// The watcher ended before the set was read whole:
+				// its entries so far are not the set.
+				if err := ctx.Err(); err != nil {
+					return nil, fmt.Errorf("natsbus: set members: %w", err)
+				}
+				return nil, errors.New("natsbus: set members: the watcher ended before the set was read")
+			}
+			e = u
 		case <-recheck:
 			if lastRev != armedAt {
 				// Still reading: not what the wait is for.
