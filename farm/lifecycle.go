@@ -154,7 +154,11 @@ func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 // one caller in the farm for each token, until ttl has passed (after which
 // the token may be used again; make ttl at least the token's lifetime). The
 // store keeps only a hash of the token. Without a store it returns
-// ErrNoStore.
+// ErrNoStore. The promise lasts as long as the store keeps its data: a
+// store that restarts empty, or a Redis Cluster shard that does, forgets
+// the tokens it held, and they are accepted once more. For a token with an
+// issue time, Strike is safe there: it refuses the tokens issued before
+// the register it records them in began.
 func (n *Node) ConsumeToken(ctx context.Context, token []byte, ttl time.Duration) (bool, error) {
 	if n.cfg.Records == nil {
 		return false, ErrNoStore
