@@ -92,25 +92,25 @@ func lateTransport(natsURL, redisURL string) func(testing.TB, string) (transport
 // n2 (its issue) n1 has queued, and nats.go drops n3's message of type typ
 // for n1.
 type staleCase struct {
-	name  string
-	opts  farmtest.Options
-	grace time.Duration // the cache's ResumeGrace, if set
-	typ   byte          // the type of n3's message that tells the farm
+	name    string
+	opts    farmtest.Options
+	noStore bool          // the bus alone: the gap drops n1's cache
+	grace   time.Duration // the cache's ResumeGrace, if set
+	typ     byte          // the type of n3's message that tells the farm
 	// act has n3 retire, consume, cut or revoke S, and returns when.
 	act func(t *testing.T, n3 *farmtest.Member, s session.ID, client *tlstest.FrozenCache) time.Time
 }
 
+func retireOnN3(t *testing.T, n3 *farmtest.Member, s session.ID, _ *tlstest.FrozenCache) time.Time {
+	if !n3.Cache.Retire(s, session.OriginAPI) {
+		t.Fatal("n3 did not hold the session to retire")
+	}
+	return time.Now()
+}
+
 var staleCases = []staleCase{
-	{
-		name: "retire",
-		typ:  farm.EnvTypeCut,
-		act: func(t *testing.T, n3 *farmtest.Member, s session.ID, _ *tlstest.FrozenCache) time.Time {
-			if !n3.Cache.Retire(s, session.OriginAPI) {
-				t.Fatal("n3 did not hold the session to retire")
-			}
-			return time.Now()
-		},
-	},
+	{name: "retire", typ: farm.EnvTypeCut, act: retireOnN3},
+	{name: "retire without a store", noStore: true, typ: farm.EnvTypeCut, act: retireOnN3},
 	{
 		name: "single use",
 		opts: farmtest.Options{WriteThrough: true, TweakCache: singleUse},
@@ -149,24 +149,35 @@ var staleCases = []staleCase{
 }
 
 // TestNATSSlowConsumerStaleIssue: three nodes over the NATS server and a
-// Redis store. n1 falls behind the bus (its deliveries held, PendingMsgs
-// slowPending) with n2's message of two new sessions, S and U, queued for
-// it, and nats.go then drops what n3 publishes: the retirement, the
-// single-use consumption, the grace cut (a resumption on n3) or the
-// revocation of S. When n1 catches up, its subscription reports the gap
-// and n1 settles it (a reconcile pass, a read of the revocations); n2's
-// message, queued before the drop, reaches n1 only after that (held
-// until the pass is done, as at the end of a long backlog). n1 must not
-// take S back whole from it: S resumes on no node (after its grace, for
-// the cut), while U, which nobody touched, and T, which n1 cached before
-// it fell behind, still resume on n1 (real TLS 1.3 handshakes).
+// Redis store (or none). n1 falls behind the bus (its deliveries held,
+// PendingMsgs slowPending) with n2's message of two new sessions, S and U,
+// queued for it, and nats.go then drops what n3 publishes: the
+// retirement, the single-use consumption, the grace cut (a resumption on
+// n3) or the revocation of S. When n1 catches up, its subscription reports
+// the gap and n1 settles it (a reconcile pass and a read of the
+// revocations; without a store, its cache dropped); n2's message, queued
+// before the drop, reaches n1 only after that (held until the settle is
+// done, as at the end of a long backlog). n1 must not take S back whole
+// from it: S resumes on no node (after its grace, for the cut). With a
+// store, U, which nobody touched, and T, which n1 cached before it fell
+// behind, still resume on n1; and V, issued on n2 once n1 has caught up,
+// is inserted on n1 at once (real TLS 1.3 handshakes). Before n1 left the
+// sessions of such a message to the store, it inserted S whole, and
+// resumed it after the retirement (with a store or without) and past the
+// grace cut; the single-use consumption held (a resumption consumes the
+// store's record) and so did the revocation (the read of the revocations
+// refuses S's insert).
 func TestNATSSlowConsumerStaleIssue(t *testing.T) {
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	redisURL := redistest.URL(t)
 	for _, tc := range staleCases {
 		t.Run(tc.name, func(t *testing.T) {
 			o := tc.opts
-			o.NewTransport = lateTransport(natsURL, redisURL)
+			store := redisURL
+			if tc.noStore {
+				store = ""
+			}
+			o.NewTransport = lateTransport(natsURL, store)
 			if tc.grace > 0 {
 				grace := tc.grace
 				o.TweakCache = func(c *session.Config) { c.ResumeGrace = grace }
@@ -219,8 +230,10 @@ func TestNATSSlowConsumerStaleIssue(t *testing.T) {
 			if d := b1.Dropped(); d != 0 {
 				t.Fatalf("nats.go dropped %d messages before n2's: n1 may not have it queued", d)
 			}
-			waitStored(t, n2, s)
-			waitStored(t, n2, u)
+			if !tc.noStore {
+				waitStored(t, n2, s)
+				waitStored(t, n2, u)
+			}
 
 			// n1's subscription fills; then n3's message about S comes,
 			// and is dropped.
@@ -240,13 +253,17 @@ func TestNATSSlowConsumerStaleIssue(t *testing.T) {
 
 			// n1 catches up: the gap is reported and settled before n2's
 			// message reaches it.
-			metrics := func() (passes, reads uint64) {
+			settled := func() (passes, reads uint64) {
 				ss := n1.Node.Metrics()
+				if tc.noStore {
+					return farmtest.Counter(ss, "tlsfarm_farm_reconciles_total", "result", "dropped"), 0
+				}
 				return farmtest.Counter(ss, "tlsfarm_farm_reconciles_total", "result", "done"),
 					farmtest.Counter(ss, "tlsfarm_farm_tombstone_reads_total", "result", "read") +
 						farmtest.Counter(ss, "tlsfarm_farm_tombstone_reads_total", "result", "unchanged")
 			}
-			passes, reads := metrics()
+			passes, reads := settled()
+			gapSessions := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gap_sessions_total")
 			b1.release()
 			select {
 			case <-b1.reached:
@@ -256,14 +273,29 @@ func TestNATSSlowConsumerStaleIssue(t *testing.T) {
 			if b1.early {
 				t.Fatal("n2's message reached n1 before the gap was reported: the test cannot hold it past the settle")
 			}
-			farmtest.Eventually(t, 10*time.Second, "n1 settled the gap (a reconcile pass, a read of the revocations)", func() bool {
-				p, r := metrics()
-				return p > passes && r > reads
+			farmtest.Eventually(t, 10*time.Second, "n1 settled the gap", func() bool {
+				p, r := settled()
+				return p > passes && (tc.noStore || r > reads)
 			})
 			close(b1.let)
 			<-b1.handled
 			_, cached := lookup(n1.Cache, s)
-			t.Logf("nats.go dropped %d messages for n1; S cached on n1 after n2's late message: %t", b1.Dropped(), cached)
+			t.Logf("nats.go dropped %d messages for n1; after n2's late message, S cached on n1: %t", b1.Dropped(), cached)
+
+			// V, issued once n1's delivery mark is past the settle
+			// (n1 has handled its backlog), is no late message: n1
+			// takes it at once, well within MaxSkew of the settle.
+			caughtUp := time.Now()
+			farmtest.Eventually(t, 2*time.Second, "n1's delivery mark passed the settle", func() bool {
+				return b1.DeliveredThrough().After(caughtUp)
+			})
+			ids, _ = farmtest.Issue(t, n2, 1)
+			farmtest.Eventually(t, 2*time.Second, "n1 holds V", func() bool { _, ok := lookup(n1.Cache, ids[0]); return ok })
+			// S and U, which n2's late message (or two) brought, and
+			// not V.
+			if got := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gap_sessions_total") - gapSessions; got != 2 {
+				t.Errorf("n1 left %d of n2's sessions to the store; want 2 (S and U, not V)", got)
+			}
 
 			if tc.grace > 0 {
 				// Resumable until its grace is over, and never after.
@@ -273,6 +305,9 @@ func TestNATSSlowConsumerStaleIssue(t *testing.T) {
 				if dial(m, sClient) {
 					t.Errorf("%s resumed S after n3's %s", m.Name, tc.name)
 				}
+			}
+			if tc.noStore {
+				return // n1 dropped T with its cache, and U is in no store
 			}
 			// What nobody touched still resumes on n1.
 			for _, c := range []struct {

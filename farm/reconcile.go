@@ -201,8 +201,10 @@ func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped i
 		if n.cfg.KeepAfterBusGap {
 			return 0, "kept"
 		}
+		n.noteSettle()
 		return n.dropUnvouched(since, cause), "dropped"
 	}
+	n.noteSettle()
 	r := &n.recon
 	r.mu.Lock()
 	if r.since.IsZero() || since.Before(r.since) {
