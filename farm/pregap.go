@@ -14,9 +14,10 @@ import (
 // gap), or sent late. Inserted, its copy of a session that a lost message
 // retired or cut would undo what the settle vouched for (see fromBeforeGap).
 type settledGap struct {
-	// sealedBefore is when the settle began, by Config.Now, plus MaxSkew:
-	// a message sealed before it may have been sent before the settle,
-	// by a clock as far ahead as the farm allows.
+	// sealedBefore is when the settle began, by Config.Now, plus MaxSkew
+	// on a bus that marks its delivery: a message sealed before it may
+	// have been sent before the settle, by a clock as far ahead as the
+	// farm allows.
 	sealedBefore time.Time
 	// at is when the settle began, by time.Now, as the bus's delivery
 	// mark reads it (transport.DeliveryMarker).
@@ -24,21 +25,29 @@ type settledGap struct {
 }
 
 // noteSettle records that the node begins to settle a gap now (see
-// settledGap).
+// settledGap). On a bus that does not mark its delivery nothing ends the
+// window early, so it is not widened by MaxSkew, which would leave every
+// new session of the peers to the store for that long after each gap;
+// the one bus known to hand over after a gap what its client had queued
+// before it (NATS) marks its delivery.
 func (n *Node) noteSettle() {
-	n.lastGap.Store(&settledGap{sealedBefore: n.cfg.Now().Add(n.cfg.MaxSkew), at: time.Now()})
+	g := &settledGap{sealedBefore: n.cfg.Now(), at: time.Now()}
+	if _, ok := n.cfg.Bus.(transport.DeliveryMarker); ok {
+		g.sealedBefore = g.sealedBefore.Add(n.cfg.MaxSkew)
+	}
+	n.lastGap.Store(g)
 }
 
 // fromBeforeGap reports whether a peer's message of new sessions sealed at
 // sealed may come from before the last gap the node settled: sealed
-// before the settle began (allowing MaxSkew), and handed over by the bus
-// before its delivery mark showed that everything its server had taken
-// before the settle had been delivered. Such a message's sessions are not
-// inserted, as if it were older than MaxAge (see receiveOldSessions): the
-// grace cuts their parents' resumptions imply are applied, and a handshake
-// that presents one of them finds the store's record, which holds what the
-// farm did to it meanwhile. A bus that does not mark its delivery leaves
-// every message sealed before then to the store.
+// before the settle began (allowing MaxSkew, see noteSettle), and handed
+// over before the bus's delivery mark showed that everything its server
+// had taken before the settle had been delivered. Such a message's
+// sessions are not inserted, as if it were older than MaxAge (see
+// receiveOldSessions): the grace cuts their parents' resumptions imply are
+// applied, and a handshake that presents one of them reads the store's
+// record, which holds what the farm did to it meanwhile (with no store, it
+// is a full handshake here).
 func (n *Node) fromBeforeGap(sealed time.Time) bool {
 	g := n.lastGap.Load()
 	if g == nil || !sealed.Before(g.sealedBefore) {
