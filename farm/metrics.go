@@ -22,6 +22,7 @@ type nodeCounters struct {
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
 	writtenBack, unknownRevs, oldSessions          atomic.Uint64
+	gapSessions                                    atomic.Uint64
 	tombstoneReads, tombstoneReadsUnchanged        atomic.Uint64
 	tombstonesOpened                               atomic.Uint64
 	strikes                                        [numStrikeResults]atomic.Uint64
@@ -119,6 +120,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
 	m.counter("tlsfarm_farm_received_held_total", "Peers' sessions not inserted because the cache already held them as sent (a carried copy admitted before its issuer's message came).", c.receivedHeld.Load())
 	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())
+	m.counter("tlsfarm_farm_gap_sessions_total", "Peers' sessions not inserted because their message was sealed before the node began to settle a bus gap and came after it (a NATS slow consumer's backlog): left to the store; the grace cuts of their parents were applied.", c.gapSessions.Load())
 	m.counter("tlsfarm_farm_insert_refused_total", "Peers' sessions the cache refused (expired, revoked, retired here lately, foreign ID key).", c.insertRefused.Load())
 	for i := range numRejections {
 		m.add(metric.Sample{

@@ -110,8 +110,11 @@ type Node struct {
 	kids       chan item // store-only: parents whose live child to swap
 	recut      recuts
 
-	recon   reconcileState // the bus's outages, for the reconciler
-	flights [2]flight      // new sessions being written: by n.q's drain, n.sq's
+	recon reconcileState // the bus's outages, for the reconciler
+	// lastGap is the last gap the node began to settle, nil before the
+	// first (see fromBeforeGap).
+	lastGap atomic.Pointer[settledGap]
+	flights [2]flight // new sessions being written: by n.q's drain, n.sq's
 
 	genMu      sync.Mutex
 	generation []byte // the store's generation record, as last read

@@ -122,8 +122,8 @@ func (n *Node) receive(msg []byte) {
 	old := now.Sub(h.time) > n.cfg.MaxAge
 	switch h.typ {
 	case msgSessions:
-		if old {
-			if err := n.receiveOldSessions(body, h.time, now); err != nil {
+		if old || n.fromBeforeGap(h.time) {
+			if err := n.receiveOldSessions(body, h.time, now, old); err != nil {
 				n.ctr.rejected[rejectBody].Add(1)
 			}
 			return
@@ -204,16 +204,17 @@ func (n *Node) maxAgeFor(t envType) time.Duration {
 }
 
 // receiveOldSessions handles an authentic msgSessions body sealed at sent,
-// more than MaxAge ago (a bus kept it through an outage): its sessions
-// are not inserted (counted), but what their arrival implies of other
-// sessions is applied. In broadcast mode a resumption's grace cut travels
+// more than MaxAge ago (old: a bus kept it through an outage), or before
+// the last gap the node settled (see fromBeforeGap): its sessions are not
+// inserted (counted, as old or as from before the gap), but what their
+// arrival implies of other sessions is applied. In broadcast mode a resumption's grace cut travels
 // only with its child (see enqueue): each session with a parent cuts the
 // parent to the cache's ResumeGrace past when the child was issued (see
 // childIssued), as Insert does with a child that arrives in time, or
 // retires it if that time has passed; with LazyPeers a held copy of the
 // parent is dropped, as receiveLazy does. A body that does not decode
 // changes nothing.
-func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
+func (n *Node) receiveOldSessions(body []byte, sent, now time.Time, old bool) error {
 	type resumed struct {
 		parent session.ID
 		at     time.Time
@@ -239,7 +240,11 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time) error {
 		}
 	}
 	n.ctr.receivedSessions.Add(uint64(count))
-	n.ctr.oldSessions.Add(uint64(count))
+	if old {
+		n.ctr.oldSessions.Add(uint64(count))
+	} else {
+		n.ctr.gapSessions.Add(uint64(count))
+	}
 	grace := n.cfg.Cache.Config().ResumeGrace
 	for _, r := range parents {
 		if n.pend != nil {

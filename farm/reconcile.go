@@ -184,7 +184,9 @@ const (
 // (dropUnvouched) unless Config.KeepAfterBusGap. It returns what it did
 // ("reconcile", "dropped" or "kept") and how many sessions it dropped. It
 // runs on the subscription's goroutine, before the bus delivers anything
-// more.
+// more. Unless it keeps the cache as it is, it notes when the settle began
+// (noteSettle): a peer's new sessions sealed before then and delivered
+// after are not inserted (see fromBeforeGap).
 //
 // A request for everything makes every peer re-send what it keeps (up to
 // QueueSize items each), and every node receives all of it: a gap that asked
@@ -201,8 +203,10 @@ func (n *Node) settleGap(since time.Time, gen []byte, cause gapCause) (dropped i
 		if n.cfg.KeepAfterBusGap {
 			return 0, "kept"
 		}
+		n.noteSettle()
 		return n.dropUnvouched(since, cause), "dropped"
 	}
+	n.noteSettle()
 	r := &n.recon
 	r.mu.Lock()
 	if r.since.IsZero() || since.Before(r.since) {

@@ -132,7 +132,7 @@ func FuzzReceiveSessionBodies(f *testing.F) {
 		n.pend = newPending(8)
 		_, perr := parseSessions(body)
 		lazyErr := n.receiveLazy(bytes.Clone(body), t0)
-		oldErr := n.receiveOldSessions(bytes.Clone(body), t0.Add(-time.Minute), t0)
+		oldErr := n.receiveOldSessions(bytes.Clone(body), t0.Add(-time.Minute), t0, true)
 		if perr == nil && (lazyErr != nil || oldErr != nil) {
 			t.Fatalf("a body parseSessions accepts was refused: lazy %v, old %v", lazyErr, oldErr)
 		}
