@@ -42,6 +42,7 @@ func transportAt(url string) func(testing.TB, string) (transport.Bus, transport.
 // cross-node resumption comes back without a restart within
 // 2 × cluster-node-timeout + a few seconds.
 func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(c.URL("reload=2s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
@@ -103,6 +104,7 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 // a master and a replica watched by three sentinels; after kill -9 of the
 // master, cross-node resumption comes back without a restart.
 func TestSentinelFollowsMasterSwitch(t *testing.T) {
+	t.Parallel()
 	st := redistest.StartSentinel(t, 1, 3, time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(st.URL()), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
@@ -120,6 +122,7 @@ func TestSentinelFollowsMasterSwitch(t *testing.T) {
 // of its own, GetRecords reads records spread over every master (pipelined
 // GETs, not a cross-slot MGET).
 func TestGetRecordsCluster(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
 	if err != nil {

@@ -40,6 +40,7 @@ import (
 // the watch asks every second, and must see no failover that did not
 // happen.
 func TestClusterFailoverElsewhereResends(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	o := &farmtest.Options{NewTransport: transportAt(c.URL("reload=1s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
@@ -173,6 +174,7 @@ func TestClusterFailoverElsewhereResends(t *testing.T) {
 // subscribe anew, and leaves no goroutine of the watch behind once it
 // ends.
 func TestClusterWatchStopsWithSubscription(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, time.Second)
 	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
 	if err != nil {

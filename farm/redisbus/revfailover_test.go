@@ -31,6 +31,7 @@ import (
 // counted as applied, nothing wrote the tombstone again, and the promoted
 // master neither held it nor knew the record was deleted.
 func TestRevocationThroughSentinelFailover(t *testing.T) {
+	t.Parallel()
 	f := startFailoverFarmCache(t, "&wait_replicas=1&wait_timeout=200ms", nil)
 	ids, cs := farmtest.Issue(t, f.n1, 1)
 	tr := f.n1.Bus.(*redisbus.Transport)
@@ -95,6 +96,7 @@ func TestRevocationThroughSentinelFailover(t *testing.T) {
 // the write-back of revocations: one of three reached the store, and a
 // node joining later would not know the other two.
 func TestRevocationsWrittenBackWithoutReplica(t *testing.T) {
+	t.Parallel()
 	f := &failoverFarm{}
 	f.st = redistest.StartSentinelVia(t, 1, 1, time.Minute, func(master string) string {
 		f.link = nettest.NewProxy(t, master)
