@@ -96,7 +96,6 @@ func TestRevocationThroughSentinelFailover(t *testing.T) {
 // the write-back of revocations: one of three reached the store, and a
 // node joining later would not know the other two.
 func TestRevocationsWrittenBackWithoutReplica(t *testing.T) {
-	t.Parallel()
 	f := &failoverFarm{}
 	f.st = redistest.StartSentinelVia(t, 1, 1, time.Minute, func(master string) string {
 		f.link = nettest.NewProxy(t, master)
