@@ -34,7 +34,6 @@ func issuedHere(ms []*farmtest.Member) *atomic.Int64 {
 // reissued ticket, which every node opens (broadcast and store-only, with
 // write-through).
 func TestTLS12RoamingSharesOneSession(t *testing.T) {
-	t.Parallel()
 	url := redistest.URL(t)
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {

@@ -25,7 +25,6 @@ func natsTransport(url string) func(testing.TB, string) (transport.Bus, transpor
 // expire by the value's clock) and on an embedded current one (per-message
 // TTL).
 func TestPeerSessionResumesOnOtherNode(t *testing.T) {
-	t.Parallel()
 	attempts := 200
 	if testing.Short() {
 		attempts = 60

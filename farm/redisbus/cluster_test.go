@@ -42,7 +42,6 @@ func transportAt(url string) func(testing.TB, string) (transport.Bus, transport.
 // cross-node resumption comes back without a restart within
 // 2 × cluster-node-timeout + a few seconds.
 func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
-	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(c.URL("reload=2s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
