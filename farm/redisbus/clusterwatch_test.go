@@ -174,7 +174,6 @@ func TestClusterFailoverElsewhereResends(t *testing.T) {
 // subscribe anew, and leaves no goroutine of the watch behind once it
 // ends.
 func TestClusterWatchStopsWithSubscription(t *testing.T) {
-	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, time.Second)
 	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
 	if err != nil {
