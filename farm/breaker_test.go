@@ -15,6 +15,7 @@ import (
 // failed, closes as soon as a background write reaches the store again (a
 // failover completed), not only when its cooldown has run out.
 func TestBreakerClosesWhenStoreAnswers(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), Mode: farm.StoreOnly, WriteThrough: true,
 		Tweak: func(c *farm.Config) {

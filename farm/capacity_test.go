@@ -53,6 +53,7 @@ func capacityStores(t *testing.T) map[string]func(testing.TB, string) (transport
 // (about 1.8 s as one batch on Redis, 2.7 s on NATS, under -race) so that
 // it runs in seconds and still fails without the fix.
 func TestManyPendingRevocationsReachTheStore(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("writes 8000 tombstones")
 	}

@@ -94,6 +94,7 @@ func dialAs(t *testing.T, m *farmtest.Member, sni string, c tls.ClientSessionCac
 // holds it cut, and past the grace it resumes nowhere, nor on n3, which
 // joins then and can only load it from the store.
 func TestCarriedResumesWhileIssuerFrozen(t *testing.T) {
+	t.Parallel()
 	const grace = 1500 * time.Millisecond
 	f := startCarryFarm(t, 2, 1, grace, nil)
 	n1, n2 := f.ms[0], f.ms[1]
@@ -158,6 +159,7 @@ func TestCarriedResumesWhileIssuerFrozen(t *testing.T) {
 // replaced by a newer one, bounded children) is not resumed from its
 // carried copy on n2, which heard the retirement and holds no copy.
 func TestCarriedRefusedWhenRetired(t *testing.T) {
+	t.Parallel()
 	f := startCarryFarm(t, 2, 0, 10*time.Second, nil)
 	n1, n2 := f.ms[0], f.ms[1]
 	p := &tlstest.FrozenCache{}
@@ -190,6 +192,7 @@ func TestCarriedRefusedWhenRetired(t *testing.T) {
 // TestCarriedRefusedWhenRevoked: a young session whose chain was revoked
 // resumes from its carried copy on no node.
 func TestCarriedRefusedWhenRevoked(t *testing.T) {
+	t.Parallel()
 	f := startCarryFarm(t, 3, 0, 10*time.Second, nil)
 	n1 := f.ms[0]
 	ids := farmtest.HandshakeSessions(n1.Cache)
@@ -221,6 +224,7 @@ func TestCarriedRefusedWhenRevoked(t *testing.T) {
 // grace, it does not resume, whether n3 has heard of P or only of the
 // child (n1 still frozen), or of both (after the thaw).
 func TestCarriedGraceCut(t *testing.T) {
+	t.Parallel()
 	const grace = 400 * time.Millisecond
 	for _, thaw := range []bool{false, true} {
 		t.Run(map[bool]string{false: "child only", true: "both"}[thaw], func(t *testing.T) {
@@ -249,6 +253,7 @@ func TestCarriedGraceCut(t *testing.T) {
 // copy; once back, a copy issued before its return is refused (it resumes,
 // if at all, from the store), and one issued after is admitted.
 func TestCarriedOutage(t *testing.T) {
+	t.Parallel()
 	f := startCarryFarm(t, 2, 2, 10*time.Second, func(c *farm.Config) {
 		c.ProbeInterval = 100 * time.Millisecond
 		// Young long enough to outlast n2's return on a loaded machine
@@ -310,6 +315,7 @@ func TestCarriedOutage(t *testing.T) {
 // TestCarriedOpenSSL: a session openssl saved from n1, whose path to the
 // farm is frozen, resumes on n2 from the copy its ticket carries.
 func TestCarriedOpenSSL(t *testing.T) {
+	t.Parallel()
 	f := startCarryFarm(t, 2, 1, 10*time.Second, nil, true)
 	n1, n2 := f.ms[0], f.ms[1]
 	f.px[0].Freeze()
@@ -331,6 +337,7 @@ func TestCarriedOpenSSL(t *testing.T) {
 // one: n3, which holds neither P nor the child, is presented P past its
 // grace, while P is still young for write-through: it does not resume.
 func TestCarriedNotPastGrace(t *testing.T) {
+	t.Parallel()
 	const grace = 300 * time.Millisecond
 	f := startCarryFarm(t, 3, 2, grace, nil)
 	n1, n2, n3 := f.ms[0], f.ms[1], f.ms[2]

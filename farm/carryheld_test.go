@@ -17,6 +17,7 @@ import (
 // inserted it a second time), and S is held as it was, and resumes; with
 // TLS 1.3 the resumption cut S on n2, and the copy is refused as before.
 func TestCarriedCopyHeldNotInsertedAgain(t *testing.T) {
+	t.Parallel()
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(map[uint16]string{tls.VersionTLS12: "tls=1.2", tls.VersionTLS13: "tls=1.3"}[v], func(t *testing.T) {
 			const grace = 2 * time.Second

@@ -25,6 +25,7 @@ import (
 //     must not report the revocation applied before a node lagging that
 //     much has it: without its wait of MaxDeliveryLag, n1 took this one.
 func TestCarriedRevokedWhileDeliveryLags(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name     string
 		latency  time.Duration // each read through n1's proxy, either way

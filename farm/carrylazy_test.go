@@ -14,6 +14,7 @@ import (
 // the client presents P to n2 again: n2 must not resume it from the
 // pending (whole, uncut) copy.
 func TestCarriedLazyPendingPastGrace(t *testing.T) {
+	t.Parallel()
 	const grace = time.Second
 	f := startCarryFarm(t, 2, 0, grace, func(c *farm.Config) { c.LazyPeers = true })
 	n1, n2 := f.ms[0], f.ms[1]

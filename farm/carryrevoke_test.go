@@ -20,6 +20,7 @@ import (
 // copy on n2 and from its own copy on n1. Over Redis (bus and store), and
 // over a NATS bus with a Redis store.
 func TestCarriedRevokeWhileBatchWaits(t *testing.T) {
+	t.Parallel()
 	window := func(c *farm.Config) { c.FlushWindow = 50 * time.Millisecond }
 	t.Run("redis", func(t *testing.T) {
 		testCarriedRevokeWhileBatchWaits(t, startCarryFarm(t, 2, 0, 10*time.Second, window).ms)

@@ -70,6 +70,7 @@ func clusterViaProxies(t *testing.T, c *redistest.Cluster, proxies map[string]*n
 // grace no node may resume S: not n2, whose cut copy has lapsed, nor n3,
 // joining later; and the store must hold S cut, not whole.
 func TestClusterPeersCutBeforeFirstWrite(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	rc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{c.Nodes[0].Addr()}})
 	defer rc.Close()

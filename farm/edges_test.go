@@ -37,6 +37,7 @@ var longName = strings.Repeat(strings.Repeat("a", 59)+".", 5) + "example"
 // server name into concurrent load: they get full handshakes and no cached
 // session (counted), and every other session still reaches the peers.
 func TestLongServerNameDoesNotPoisonBatch(t *testing.T) {
+	t.Parallel()
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t))})
 	const normal, long = 40, 10
 	var wg sync.WaitGroup
@@ -95,6 +96,7 @@ func TestLongServerNameDoesNotPoisonBatch(t *testing.T) {
 // TestDeadIDCostsOneStoreGet presents an authentic ID whose session the
 // store does not have 100 times: one store GET, then the negative cache.
 func TestDeadIDCostsOneStoreGet(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	var counting *countingStore
 	ms, _ := farmtest.Start(t, 1, &farmtest.Options{
@@ -136,6 +138,7 @@ func TestDeadIDCostsOneStoreGet(t *testing.T) {
 // farm whose bus is NATS: sessions keep reaching the peer over the bus as
 // fast as before, and the store is reported down.
 func TestBusNotDelayedByFailingStore(t *testing.T) {
+	t.Parallel()
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
@@ -173,6 +176,7 @@ func TestBusNotDelayedByFailingStore(t *testing.T) {
 // TestJoinContextEndIsClose ends Join's context: the node leaves the farm
 // as Close would (its hooks are gone: new sessions are not published).
 func TestJoinContextEndIsClose(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	cache, err := session.New(nil)
 	if err != nil {
@@ -212,6 +216,7 @@ func TestJoinContextEndIsClose(t *testing.T) {
 // peer keeps announcing are no longer taken by it (they count as messages
 // of a type the node does not expect).
 func TestRotatorCloseUnregisters(t *testing.T) {
+	t.Parallel()
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: time.Second}})
 	ms[1].Rotator.Close()
@@ -255,6 +260,7 @@ func (s *slowStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
 // step done: the first handshake's lookup reading the store, the second
 // joined to it, the first gone.
 func TestLookupNotFailedByAnotherClient(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name, secret := farmtest.FarmName(t), farm.NewSecret(1)
 	slow := &slowStore{gate: make(chan struct{})}

@@ -99,6 +99,7 @@ func (l *load) halt() {
 // fails (they become full handshakes where a session is unknown), and once
 // Redis is back, sharing works again without restarting any node.
 func TestRedisKilledDuringLoad(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true, Tweak: func(c *farm.Config) {
 		c.BreakerCooldown = 500 * time.Millisecond
@@ -149,6 +150,7 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 // TestPausedRedisDoesNotStallHandshakes freezes Redis (no resets, no
 // answers, as in a partition): handshakes wait at most the deadlines.
 func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true, Tweak: func(c *farm.Config) {
 		c.WriteThroughTimeout = 50 * time.Millisecond
@@ -189,6 +191,7 @@ func TestPausedRedisDoesNotStallHandshakes(t *testing.T) {
 // are rejected and counted, but for the replay (past MaxAge), which is
 // counted as too old to insert; nothing is inserted.
 func TestForgedMessagesRejected(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	// The nodes use the farm's shared channel only (as older versions
 	// did), where the test captures and injects messages, and n1 hears
@@ -294,6 +297,7 @@ func TestForgedMessagesRejected(t *testing.T) {
 // stored session's value (moved between keys) and with garbage: lookups
 // refuse both.
 func TestTamperedStoreValueRejected(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url), Mode: farm.StoreOnly, WriteThrough: true}
 	ms, _ := farmtest.Start(t, 2, &o)

@@ -167,6 +167,7 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 // TestBroadcastReachesPeers checks that in broadcast mode a session issued
 // on one node is in the other nodes' caches without any lookup.
 func TestBroadcastReachesPeers(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url)})
 	var newID atomic.Value
@@ -199,6 +200,7 @@ func TestBroadcastReachesPeers(t *testing.T) {
 // TestLateJoinerResumes: a node that joins after a session was made resumes
 // it, by looking it up in the store.
 func TestLateJoinerResumes(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
@@ -224,6 +226,7 @@ func TestLateJoinerResumes(t *testing.T) {
 // TestRevocationSpreads: Remove on node A stops the session resuming on B
 // and C, in both modes, and a replayed copy cannot bring it back.
 func TestRevocationSpreads(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -267,6 +270,7 @@ func TestRevocationSpreads(t *testing.T) {
 // other nodes cut their copy of it to the grace period too, so every cache
 // holds about one session per active client, not one per connection.
 func TestPeersCutResumedSessions(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(url)})
 	ids := farmtest.NewSessions(ms[0].Cache)

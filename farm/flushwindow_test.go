@@ -77,6 +77,7 @@ func windows(at []time.Time, w time.Duration) int {
 // than the window allows. Without the
 // window's code the 20ms case too had a message per session.
 func TestFlushWindowBatchesNewSessions(t *testing.T) {
+	t.Parallel()
 	const sessions = 12
 	const window = 20 * time.Millisecond
 	for _, tr := range windowTransports(t) {
@@ -140,6 +141,7 @@ func TestFlushWindowBatchesNewSessions(t *testing.T) {
 // every parent to its grace. Before, the cut went out at once and took the
 // child with it, one message per resumption.
 func TestFlushWindowBatchesResumptions(t *testing.T) {
+	t.Parallel()
 	const sessions = 8
 	const window = 20 * time.Millisecond
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)),
@@ -193,6 +195,7 @@ func TestFlushWindowBatchesResumptions(t *testing.T) {
 // margin for a loaded machine). Before, the retirement waited for the
 // window.
 func TestFlushWindowRetirementDoesNotWait(t *testing.T) {
+	t.Parallel()
 	const window = 2 * time.Second
 	for _, tr := range windowTransports(t) {
 		t.Run(tr.name, func(t *testing.T) {
@@ -226,6 +229,7 @@ func TestFlushWindowRetirementDoesNotWait(t *testing.T) {
 // records. Before, Close waited for the window and, past OpTimeout,
 // dropped what waited.
 func TestFlushWindowCloseDoesNotWait(t *testing.T) {
+	t.Parallel()
 	const window = 5 * time.Second
 	for _, tr := range windowTransports(t) {
 		t.Run(tr.name, func(t *testing.T) {
@@ -259,6 +263,7 @@ func TestFlushWindowCloseDoesNotWait(t *testing.T) {
 // 100ms, and with write-through one over half of WriteThroughTimeout or
 // LookupTimeout, each with an error that says why; it takes 0 and 100ms.
 func TestFlushWindowBounds(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	for _, tt := range []struct {
 		name string

@@ -107,6 +107,7 @@ func revokedFarm(t *testing.T, o *farmtest.Options) (n1 *farmtest.Member, name s
 // the store still holds the session's record and its read of the farm's
 // revocations is slow (1s, within OpTimeout): Join waits for that read.
 func TestJoinReadsRevocationsBeforeReturning(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	_, name, revoked, kept, revoke := revokedFarm(t, &o)
@@ -133,6 +134,7 @@ func TestJoinReadsRevocationsBeforeReturning(t *testing.T) {
 // counted — until the read succeeds; then it resumes every session but the
 // revoked one.
 func TestJoinWithRevocationsUnreadable(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	_, name, revoked, kept, revoke := revokedFarm(t, &o)
@@ -188,6 +190,7 @@ func (r notedReads) SetMembers(ctx context.Context, key string) ([][]byte, error
 // subscribed. (A node that read the list first, then subscribed, would
 // miss it until its next read.)
 func TestJoinHearsRevocationWhileSubscribing(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	_, name, revoked, kept, revoke := revokedFarm(t, &o)
@@ -224,6 +227,7 @@ func TestJoinHearsRevocationWhileSubscribing(t *testing.T) {
 // farm ticket makes a full handshake there until the read succeeds, then
 // resumes.
 func TestJoinWithRevocationsUnreadableTakesNoFarmKeys(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: time.Hour, PollInterval: 100 * time.Millisecond}}
@@ -251,6 +255,7 @@ func TestJoinWithRevocationsUnreadableTakesNoFarmKeys(t *testing.T) {
 // inserted (it might be of a chain revoked as it was sent); once the
 // revocations are read, the store provides it.
 func TestJoinWithRevocationsUnreadableInsertsNoPeerSession(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	o := farmtest.Options{NewTransport: redisTransport(url)}
 	ms, name := farmtest.Start(t, 1, &o)
@@ -311,6 +316,7 @@ func (h heldTombstoneWrites) Publish(ctx context.Context, msgs ...[]byte) error 
 // was stored (too early to read it) still learns it: the revoker publishes
 // it again once it is stored.
 func TestJoinBetweenRevocationPublishAndStore(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	release, published := make(chan struct{}), make(chan struct{})
 	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: func(cfg *farm.Config) {

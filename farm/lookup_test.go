@@ -97,6 +97,7 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 // answers; it does not open the breaker, which would stop all lookups (and
 // write-through waits) although the store works.
 func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	slow := &slowStore{delay: 80 * time.Millisecond}
 	o := farmtest.Options{Mode: farm.StoreOnly, Tweak: func(c *farm.Config) { c.LookupTimeout = 20 * time.Millisecond }}

@@ -21,6 +21,7 @@ import (
 // with the same label values — and they count what happened: a session
 // published by one node and inserted by the other.
 func TestMetricsConsistent(t *testing.T) {
+	t.Parallel()
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)),
 		Rotation: &farm.RotationConfig{Interval: time.Hour}})
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, tlstest.NoResume{}))

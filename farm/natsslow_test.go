@@ -25,6 +25,7 @@ import (
 // learnt of the loss only from a peer's tally, an interval or more later
 // (1.2 to 2.1 s here), and resumed the revoked session meanwhile.
 func TestNATSSlowConsumerDropsRevocation(t *testing.T) {
+	t.Parallel()
 	var srv *natsembed.Server
 	testenv.OnFreePort(t, func(port int) (err error) {
 		srv, err = natsembed.Start(&natsembed.Config{Port: port, Dir: t.TempDir(), StartTimeout: testenv.StartTimeout})

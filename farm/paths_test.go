@@ -23,6 +23,7 @@ import (
 // so every session made on n1 while Redis is down must resume on n2 once
 // Redis returns.
 func TestCatchUpThroughStorePath(t *testing.T) {
+	t.Parallel()
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
@@ -77,6 +78,7 @@ func (b *downBus) Publish(ctx context.Context, msgs ...[]byte) error {
 // TestJoinContextEndDrainsRevocations: ending Join's context closes the node
 // as Close does, and so gives pending revocations their last try.
 func TestJoinContextEndDrainsRevocations(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	cache, err := session.New(nil)
 	if err != nil {

@@ -32,6 +32,7 @@ func busOnly(url string) func(testing.TB, string) (transport.Bus, transport.Stor
 // resumes, without a store. A session resumed elsewhere replaces its parent
 // in what peers keep, and a kept session can be revoked.
 func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: busOnly(url), Tweak: func(c *farm.Config) { c.LazyPeers = true }})
 	ids := farmtest.NewSessions(ms[0].Cache)

@@ -48,6 +48,7 @@ const fallbackWarning = "farm: unreachable; issuing short-lived farm tickets"
 // unreachable (a healthy start used to warn, then say "reachable again"),
 // and that a bus that reports itself down still gets the warning.
 func TestStartIsNotAnOutage(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	join := func(t *testing.T, wrap func(transport.Bus) transport.Bus) (*farmtest.Member, *logtest.Buffer) {
 		var logs logtest.Buffer

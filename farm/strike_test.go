@@ -22,6 +22,7 @@ import (
 // each identity is fresh for exactly one call in the farm, and again once
 // its record has expired.
 func TestStrikeOnceAcrossFarm(t *testing.T) {
+	t.Parallel()
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(redistest.URL(t)),
 		Tweak: func(c *farm.Config) {
 			// Every strike must get its answer: no deadline or breaker
@@ -67,6 +68,7 @@ func TestStrikeOnceAcrossFarm(t *testing.T) {
 // TestStrikeKeyHidesIdentity: what the store holds names neither the
 // identity nor depends on the farm secret.
 func TestStrikeKeyHidesIdentity(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name := redistest.Farm(t)
 	var nodes []*farm.Node

@@ -103,6 +103,7 @@ func testStrikeThroughStoreLoss(t *testing.T, newTransport func(testing.TB, stri
 // TestStrikeRefusedAfterStoreRestartedEmpty: Redis restarted empty between
 // a 0-RTT flight and its replay to another node.
 func TestStrikeRefusedAfterStoreRestartedEmpty(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	testStrikeThroughStoreLoss(t, redisTransport(srv.URL()), false, func() {
 		srv.Kill()
@@ -136,6 +137,7 @@ func TestStrikeRefusedAfterShardLostData(t *testing.T) {
 // TestStrikeRefusedWhileStorePaused: a node whose store hangs refuses
 // early data within its lookup deadline.
 func TestStrikeRefusedWhileStorePaused(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	px := nettest.NewProxy(t, srv.Addr())
 	const deadline = 300 * time.Millisecond
@@ -170,6 +172,7 @@ func TestStrikeRefusedWhileStorePaused(t *testing.T) {
 // restarted empty, without waiting for a strike in each group (whose
 // marker would refuse every ticket issued before it).
 func TestStrikeRegisterPrimedAgainAfterStoreLoss(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	_, name := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(srv.URL()),
 		Tweak: func(c *farm.Config) { c.HealInterval = 200 * time.Millisecond }})

@@ -16,6 +16,7 @@ import (
 // (replay), a ticket issued before the register began (store_lost), and a
 // store that was killed (error).
 func TestStrikesCounted(t *testing.T) {
+	t.Parallel()
 	rs := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 1, &farmtest.Options{NewTransport: redisTransport(rs.URL()),
 		Tweak: func(c *farm.Config) { c.LookupTimeout, c.BreakerThreshold = 2*time.Second, 1000 }})

@@ -20,6 +20,7 @@ import (
 // refused on every node, as after a restart empty. Before, the register
 // looked unbroken and the replay was fresh.
 func TestStrikeRefusedAfterStoreRestoredFromSnapshot(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(srv.URL()),
 		Tweak: func(c *farm.Config) {

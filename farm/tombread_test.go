@@ -262,6 +262,7 @@ func TestTombstonesFullSetSmallOpTimeout(t *testing.T) {
 // new after a loss, never one a node saw before (a counter beside the set,
 // back at the same count, would pass for unchanged).
 func TestTombstonesAfterCoordinatorLoss(t *testing.T) {
+	t.Parallel()
 	records := redistest.URL(t)
 	for _, st := range []namedTombstoneStore{{"redis", redisTombstoneStore, 0}, {"nats", natsEmbeddedTombstoneStore, 0}} {
 		t.Run(st.name, func(t *testing.T) {

@@ -71,6 +71,7 @@ func youngFarm(t *testing.T, mode farm.Mode, tweak func(*farm.Config), tweakA fu
 // that node waits for the young session — for the bus to bring it
 // (broadcast) or the store to have it (store-only).
 func TestReaderWaitsForYoungSession(t *testing.T) {
+	t.Parallel()
 	const pause = 300 * time.Millisecond
 	for _, mode := range modes {
 		for _, tv := range versions {
@@ -120,6 +121,7 @@ func TestReaderWaitsForYoungSession(t *testing.T) {
 // with the store and the bus holding every write for 2 s, the client gets a
 // full handshake at once.
 func TestOldMissingSessionNotWaitedFor(t *testing.T) {
+	t.Parallel()
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			// n1's clock is 10 s behind: the IDs it mints are old at once.
@@ -160,6 +162,7 @@ func TestOldMissingSessionNotWaitedFor(t *testing.T) {
 // has the session exactly when the test says, and the ID is young to n2
 // exactly until the test moves n2's clock.
 func TestYoungMissNotRemembered(t *testing.T) {
+	t.Parallel()
 	const youth = time.Minute // WriteThroughTimeout: longer than any test step
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -233,6 +236,7 @@ func readsInFlight(m *farmtest.Member) int {
 // past the ID's youth; the read then misses, and once the store has the
 // session, the same ticket resumes on n2.
 func TestYoungMissReadEndingOldNotRemembered(t *testing.T) {
+	t.Parallel()
 	const youth = time.Minute
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -342,6 +346,7 @@ func (s *stallingStore) GetRecord(ctx context.Context, key string) ([]byte, erro
 // 300 ms): it reads again alongside the stalled read. Waiting for that one
 // read, it would give up.
 func TestYoungWaitOutlastsSlowRead(t *testing.T) {
+	t.Parallel()
 	const pause = 300 * time.Millisecond
 	srv := redistest.Start(t)
 	name := redistest.Farm(t)

@@ -24,6 +24,7 @@ import (
 // recorded by compare-and-set in the bucket and read again after each
 // update, which closes the race.
 func TestLegacyAgeLimitRaisedConcurrently(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t)
 	name := farmtest.FarmName(t)
 	ctx := context.Background()

@@ -24,6 +24,7 @@ import (
 // by Shutdown, and the machine's nats-server (2.9 here: no per-message TTL,
 // so the records have their own bucket) killed with SIGKILL.
 func TestClusterBucketReplicatedAndFollowsLeader(t *testing.T) {
+	t.Parallel()
 	type cluster struct {
 		url  string
 		stop func(name string) // stops the server of that name

@@ -16,6 +16,7 @@ import (
 // it was written with none: on such a server (where SetMembers purges
 // nothing) it stayed in the bucket for good, read at every SetMembers.
 func TestLapsedSetMemberExpires(t *testing.T) {
+	t.Parallel()
 	tr := open(t, embedded(t), farmtest.FarmName(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

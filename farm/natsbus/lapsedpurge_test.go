@@ -19,6 +19,7 @@ import (
 // survive: the purge is for the lapsed value, not for the key. Before the
 // fix it dropped the new member, and with it a revocation.
 func TestLapsedMemberPurgeSparesReAdd(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t)
 	name := farmtest.FarmName(t)
 	direct := open(t, srv.URL(""), name)

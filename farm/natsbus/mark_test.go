@@ -80,6 +80,7 @@ func waitMark(t *testing.T, tr *natsbus.Transport) time.Time {
 // zero before Subscribe, follows the present while the subscription is up
 // and idle, and is zero again once Subscribe has returned.
 func TestDeliveredThroughFollowsSubscription(t *testing.T) {
+	t.Parallel()
 	tr := open(t, sharedURL(t), farmtest.FarmName(t))
 	if m := tr.DeliveredThrough(); !m.IsZero() {
 		t.Fatalf("DeliveredThrough before Subscribe = %v, want zero", m)
@@ -128,6 +129,7 @@ func TestDeliveredThroughFollowsSubscription(t *testing.T) {
 // (when each publisher's flush returned: the server had the message then)
 // of the first message not yet delivered.
 func TestDeliveredThroughWaitsForDelivery(t *testing.T) {
+	t.Parallel()
 	tr, pub := openMarked(t, &natsbus.Options{MarkInterval: 10 * time.Millisecond})
 
 	const n = 300
@@ -240,6 +242,7 @@ func TestDeliveredThroughWaitsForDelivery(t *testing.T) {
 // that no mark taken before the subscription was reported up again
 // counts after it.
 func TestDeliveredThroughResetsOnOutage(t *testing.T) {
+	t.Parallel()
 	url := embedded(t)
 	px := nettest.NewProxy(t, url[len("nats://"):])
 	tr := open(t, "nats://"+px.Addr, "mark-outage")
@@ -322,6 +325,7 @@ func TestDeliveredThroughResetsOnOutage(t *testing.T) {
 // kept with the time just after it; a message whose deliver began after
 // such a reading must have been published no earlier than the mark read.
 func TestDeliveredThroughPastSlowConsumerDrops(t *testing.T) {
+	t.Parallel()
 	tr, pub := openMarked(t, &natsbus.Options{MarkInterval: 10 * time.Millisecond, PendingMsgs: 20})
 
 	const n = 300

@@ -68,6 +68,7 @@ func TestBusConformance(t *testing.T) {
 // embedded one: on this machine, one predates per-message TTL (2.9) and the
 // other has it, so both ways of expiring keys are checked.
 func TestStoreConformance(t *testing.T) {
+	t.Parallel()
 	t.Run("shared", func(t *testing.T) {
 		url := sharedURL(t)
 		farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
@@ -85,6 +86,7 @@ func TestStoreConformance(t *testing.T) {
 // TestServerExpiresKeys: with per-message TTL, an expired key is gone from
 // the bucket itself, not only hidden.
 func TestServerExpiresKeys(t *testing.T) {
+	t.Parallel()
 	url := embedded(t)
 	tr := open(t, url, farmtest.FarmName(t))
 	ctx := context.Background()
@@ -162,6 +164,7 @@ func TestOpenURLs(t *testing.T) {
 // TestWrongPasswordNotShown: a refused login shows up in the bus's state
 // and the store's errors, without the password.
 func TestWrongPasswordNotShown(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t, "--user", "tlsfarm", "--pass", "right-pw")
 	tr, err := natsbus.Open(srv.URL("tlsfarm:s3cret-pw@"), farmtest.FarmName(t), nil)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 // reported as an outage: the messages published in the gap are gone, and
 // the farm only asks for them after a down and up.
 func TestSubscribeReportsQuickReconnect(t *testing.T) {
+	t.Parallel()
 	url := embedded(t)
 	px := nettest.NewProxy(t, url[len("nats://"):])
 	tr := open(t, "nats://"+px.Addr, "quick-reconnect")

@@ -19,6 +19,7 @@ import (
 // timeout, a leader election) is returned, not taken as a reason to settle
 // for one replica for good, as it was before.
 func TestReplicaFallbackOnlyForSmallCluster(t *testing.T) {
+	t.Parallel()
 	c := natstest.StartCluster(t, 2)
 	tr, err := natsbus.Open(c.URL(""), farmtest.FarmName(t), nil)
 	if err != nil {

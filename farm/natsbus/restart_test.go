@@ -16,6 +16,7 @@ import (
 // within seconds of its return, through the bus and the store, without
 // being restarted.
 func TestSharingRecoversAfterServerRestart(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: natsTransport(srv.URL("")), Mode: farm.Broadcast, WriteThrough: true})
 

@@ -20,6 +20,7 @@ import (
 // a peer deleted after the failure (a revocation, a retirement) came back
 // from a write their writer had given up on.
 func TestFailedWriteNotAppliedAfterReconnect(t *testing.T) {
+	t.Parallel()
 	url := embedded(t)
 	px := nettest.NewProxy(t, url[len("nats://"):])
 	name := farmtest.FarmName(t)

@@ -17,6 +17,7 @@ import (
 // data, is refused early data on every node (farm.ErrStoreLost); a ticket
 // issued after the restart is fresh once.
 func TestStrikeRefusedAfterServerRestartedEmpty(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t)
 	const skew = 100 * time.Millisecond
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: natsTransport(srv.URL("")),

@@ -20,6 +20,7 @@ import (
 // nothing from its peers (no revocation, no retirement, no tally to
 // show a loss) while it believed itself connected.
 func TestSubscribeRefusedIsNotUp(t *testing.T) {
+	t.Parallel()
 	conf := filepath.Join(t.TempDir(), "nats.conf")
 	writeConf := func(perms string) {
 		if err := os.WriteFile(conf, []byte(`authorization {

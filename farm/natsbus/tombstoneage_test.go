@@ -16,6 +16,7 @@ import (
 // bucket grows its limit to cover them: the tombstone must be kept as long
 // as the session it revokes. Before the fix it was dropped at the limit.
 func TestLegacySetMemberOutlivesMaxAge(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t)
 	tr, err := natsbus.Open(srv.URL(""), farmtest.FarmName(t), &natsbus.Options{LegacyMaxAge: 2 * time.Second})
 	if err != nil {

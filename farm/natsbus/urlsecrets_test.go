@@ -31,6 +31,7 @@ func TestURLSecretsNotShown(t *testing.T) {
 // TestWrongTokenNotShown: a server that refuses the token says so in the
 // bus's state and the store's errors, none of which shows the token.
 func TestWrongTokenNotShown(t *testing.T) {
+	t.Parallel()
 	srv := startNATS(t, "--auth", "right-token")
 	tr, err := natsbus.Open(srv.URL("s3cret-token@"), farmtest.FarmName(t), nil)
 	if err != nil {

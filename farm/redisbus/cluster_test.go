@@ -103,6 +103,7 @@ func TestClusterSpreadsSessionsAndFollowsFailover(t *testing.T) {
 // a master and a replica watched by three sentinels; after kill -9 of the
 // master, cross-node resumption comes back without a restart.
 func TestSentinelFollowsMasterSwitch(t *testing.T) {
+	t.Parallel()
 	st := redistest.StartSentinel(t, 1, 3, time.Second)
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		NewTransport: transportAt(st.URL()), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,
@@ -120,6 +121,7 @@ func TestSentinelFollowsMasterSwitch(t *testing.T) {
 // of its own, GetRecords reads records spread over every master (pipelined
 // GETs, not a cross-slot MGET).
 func TestGetRecordsCluster(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
 	if err != nil {

@@ -40,6 +40,7 @@ import (
 // the watch asks every second, and must see no failover that did not
 // happen.
 func TestClusterFailoverElsewhereResends(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	o := &farmtest.Options{NewTransport: transportAt(c.URL("reload=1s")), Mode: farm.StoreOnly, WriteThrough: true, Tweak: patient,

@@ -103,6 +103,7 @@ func (f *failoverFarm) failOver(t *testing.T) {
 // TestRetirementResentAfterSentinelFailover), which would hide the
 // defect behind a race.
 func TestSingleUseThroughSentinelFailover(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		query string
@@ -247,6 +248,7 @@ func afterReplicaBack(t *testing.T, f *failoverFarm, n2 *farmtest.Member, old *t
 // afterwards does not resume the session. (The window between the
 // promotion and the re-send remains: wait_replicas closes it.)
 func TestRetirementResentAfterSentinelFailover(t *testing.T) {
+	t.Parallel()
 	f := startFailoverFarm(t, "")
 	ids, cs := farmtest.Issue(t, f.n1, 1)
 	tr := f.n1.Bus.(*redisbus.Transport)

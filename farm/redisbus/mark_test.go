@@ -23,6 +23,7 @@ import (
 // last acknowledgement; it is zero before the subscription is up and once
 // Subscribe has returned.
 func TestDeliveredThroughNeverPassesUndelivered(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name := farmtest.FarmName(t)
 	sub, err := redisbus.Open(url, name)
@@ -116,6 +117,7 @@ func TestDeliveredThroughNeverPassesUndelivered(t *testing.T) {
 // marks nothing: the mark goes back to zero when the loss is reported,
 // and moves again only once the subscription is back.
 func TestDeliveredThroughZeroWhileDown(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	tr, err := redisbus.Open("redis://"+srv.Addr(), farmtest.FarmName(t))
 	if err != nil {

@@ -189,6 +189,7 @@ func exchange(t *testing.T, tag string, noEcho bool, ls ...*listener) {
 // TestNoEcho: in a farm of three nodes of this version, each receives every
 // peer's message exactly once and never its own.
 func TestNoEcho(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name := redistest.Farm(t)
 	var ls []*listener
@@ -218,6 +219,7 @@ func TestNoEcho(t *testing.T) {
 // there. Every message reaches every other node, once, throughout; once
 // the old node is gone, the new ones stop hearing their own.
 func TestMixedVersions(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name := redistest.Farm(t)
 	a, b := listen(t, open(t, url, name)), listen(t, open(t, url, name))
@@ -295,6 +297,7 @@ func TestFarmsApart(t *testing.T) {
 // TestOldNodeHeardFirst: a message on the shared channel has the new nodes
 // count at once, not at their next interval.
 func TestOldNodeHeardFirst(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	name := redistest.Farm(t)
 	var news []*redisbus.Transport
@@ -322,6 +325,7 @@ func TestOldNodeHeardFirst(t *testing.T) {
 // have the count wait out its whole deadline, VersionCheckInterval, and
 // the node's Close with it.
 func TestSubscribeEndsWhileCountHangs(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	t.Cleanup(srv.Kill) // a hung server: before the transport closes
 	tr := open(t, srv.URL(), redistest.Farm(t))
@@ -348,6 +352,7 @@ func TestSubscribeEndsWhileCountHangs(t *testing.T) {
 // channels and the patterns, the subscription reports up again once all
 // are back, and the nodes count again and hear each other, not themselves.
 func TestResubscribe(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	name := redistest.Farm(t)
 	a, b := listen(t, open(t, srv.URL(), name)), listen(t, open(t, srv.URL(), name))
@@ -401,6 +406,7 @@ func TestPatternsRefused(t *testing.T) {
 // the read timed out (3 s); now it returns at once, with or without the
 // per-sender subscriptions.
 func TestSubscribeEndsWhileConnectionHangs(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	hung := nettest.NewProxy(t, strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0"))
 	hung.Freeze()

@@ -42,6 +42,7 @@ func pubsubIDs(t *testing.T, rc *redis.Client) []string {
 // never learnt that it had missed messages (TestSlowSubscriberCutOffByRedis
 // in farm saw a cut session resume past its grace).
 func TestPingOnLostConnectionIsAGap(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()

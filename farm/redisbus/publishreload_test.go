@@ -16,6 +16,7 @@ import (
 // has promoted it, as every other failed command makes the transport read
 // the slot map again; not only at the periodic reload (here an hour).
 func TestClusterPublishBatchFollowsFailover(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, time.Second)
 	tr, err := redisbus.Open(c.URL("reload=1h"), farmtest.FarmName(t))
 	if err != nil {

@@ -35,6 +35,7 @@ func TestBusConformance(t *testing.T) {
 }
 
 func TestStoreConformance(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	farmtest.TestStore(t, func(t *testing.T, name string) transport.Store { return open(t, url, name) })
 }
@@ -159,6 +160,7 @@ func TestPutAndPublish(t *testing.T) {
 // TestSwapRecord: SwapRecord writes the record, with its TTL, and returns
 // the value it replaced, or ErrNotFound.
 func TestSwapRecord(t *testing.T) {
+	t.Parallel()
 	url := redistest.URL(t)
 	tr := open(t, url, redistest.Farm(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -233,6 +235,7 @@ func TestOpenRequiresMasterName(t *testing.T) {
 // wait (to 1 s), not every 100 ms: a farm of nodes must not hammer a
 // Redis that is coming back, nor flood its state function.
 func TestSubscribeBacksOffWhileRedisIsDown(t *testing.T) {
+	t.Parallel()
 	p := nettest.NewProxy(t, "127.0.0.1:6379")
 	tr := open(t, "redis://"+p.Addr+"/?dial_timeout=200ms", farmtest.FarmName(t))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -61,6 +61,7 @@ func moveSlot(t *testing.T, c *redistest.Cluster, slot int) (from, to *redistest
 // node must take that for a gap and subscribe anew on the slot's new
 // master, and hear its peers again.
 func TestClusterChannelSlotMoved(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	name := farmtest.FarmName(t)
 	open := func() *redisbus.Transport {
@@ -138,6 +139,7 @@ func TestClusterChannelSlotMoved(t *testing.T) {
 // connection subscribed to nothing until the subscription's confirmation
 // deadline (two health intervals).
 func TestClusterSubscribeMoved(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	name := farmtest.FarmName(t)
 	tr, err := redisbus.Open(c.URL("reload=1h"), name)
@@ -188,6 +190,7 @@ func TestClusterSubscribeMoved(t *testing.T) {
 // end in a process's life every new subscription waited 0.5–1 s, a gap of
 // as long in which the node hears nothing.
 func TestResubscribeBackoffStartsAfresh(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
 	tr, err := redisbus.Open(c.URL("reload=1s"), farmtest.FarmName(t))
 	if err != nil {

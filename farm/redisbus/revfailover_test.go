@@ -31,6 +31,7 @@ import (
 // counted as applied, nothing wrote the tombstone again, and the promoted
 // master neither held it nor knew the record was deleted.
 func TestRevocationThroughSentinelFailover(t *testing.T) {
+	t.Parallel()
 	f := startFailoverFarmCache(t, "&wait_replicas=1&wait_timeout=200ms", nil)
 	ids, cs := farmtest.Issue(t, f.n1, 1)
 	tr := f.n1.Bus.(*redisbus.Transport)

@@ -84,6 +84,7 @@ func TestSetMembersPaged(t *testing.T) {
 // average, at most maxPerScript. One script for the whole set, as
 // before (or pages of MaxSetMembers: redisbus.SetSetPage), fails it.
 func TestSetMembersDoesNotHoldRedis(t *testing.T) {
+	t.Parallel()
 	// A page of 1,000 members takes about 1 ms of the server's time;
 	// twice that still lets other clients in every few milliseconds.
 	const maxPerScript = 2000

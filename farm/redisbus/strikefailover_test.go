@@ -20,6 +20,7 @@ import (
 // not hold the farm's strike script, so the register begins anew there,
 // after the ticket's issue. Before, the replay was fresh on n2.
 func TestStrikeRefusedAfterSentinelFailover(t *testing.T) {
+	t.Parallel()
 	f := startFailoverFarm(t, "")
 	ctx := context.Background()
 	identity := []byte("a 0-RTT identity of " + t.Name())

@@ -76,6 +76,7 @@ func BenchmarkConsume(b *testing.B) {
 // the key's slot (go-redis sends a command without a key to any master,
 // which would count its own replicas).
 func TestWaitReplicasStore(t *testing.T) {
+	t.Parallel()
 	st := redistest.StartSentinel(t, 1, 1, 5*time.Second)
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	for name, url := range map[string]string{

@@ -20,6 +20,7 @@ import (
 // take failed (a single-use session not resumed, for the length of a
 // migration).
 func TestWaitTakeFollowsMovedAndAsk(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
 	tr, err := redisbus.Open(c.URL("reload=1h&wait_replicas=1&wait_timeout=1s"), farmtest.FarmName(t))
 	if err != nil {
