@@ -93,8 +93,6 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	} else {
-		cfg.Logger = cfg.Logger.With("member", name)
 	}
 	if o.Tweak != nil {
 		o.Tweak(&cfg)
