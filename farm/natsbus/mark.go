@@ -207,7 +207,7 @@ func (t *Transport) DeliveredThrough() time.Time {
 		return time.Time{}
 	}
 	// Zero at once on an outage that Subscribe has not yet seen.
-	if t.nc.Status() != nats.CONNECTED || t.nc.Stats().Reconnects != mk.reconnects.Load() {
+	if !t.sameConnection(mk.reconnects.Load()) {
 		return time.Time{}
 	}
 	return t.base.Add(time.Duration(d - 1))

@@ -121,7 +121,7 @@ func (t *Transport) whileConnected(ctx context.Context) (context.Context, contex
 			case <-cctx.Done():
 				return
 			case <-tick.C:
-				if t.nc.Status() != nats.CONNECTED || t.nc.Stats().Reconnects != reconnects {
+				if !t.sameConnection(reconnects) {
 					cancel(errConnectionLost)
 					return
 				}
@@ -129,6 +129,12 @@ func (t *Transport) whileConnected(ctx context.Context) (context.Context, contex
 		}
 	}()
 	return cctx, func() { cancel(context.Canceled) }
+}
+
+// sameConnection reports whether the client is connected, on the
+// connection it had made after reconnects reconnects (nats.Statistics).
+func (t *Transport) sameConnection(reconnects uint64) bool {
+	return t.nc.Status() == nats.CONNECTED && t.nc.Stats().Reconnects == reconnects
 }
 
 // setMembers is SetMembers within the connection it began on.
