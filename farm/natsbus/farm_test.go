@@ -3,6 +3,7 @@ package natsbus_test
 import (
 	"crypto/tls"
 	"testing"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -43,7 +44,15 @@ func TestPeerSessionResumesOnOtherNode(t *testing.T) {
 					continue // only the store differs: it expires keys itself
 				}
 				t.Run(srv.name+"/"+mode.String()+"/"+tv.name, func(t *testing.T) {
-					ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: natsTransport(srv.url(t)), Mode: mode, WriteThrough: true})
+					ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: natsTransport(srv.url(t)), Mode: mode, WriteThrough: true,
+						// Sharing is under test, not the deadlines (their
+						// own tests are in farm/edges_test.go): under -race,
+						// with other packages' tests on the same two cores,
+						// a bucket read or a session's message now and then
+						// takes longer than farmtest's 100 ms and 500 ms (a
+						// CI run at load 11: 3 lookups past the deadline, 4
+						// young waits given up).
+						Tweak: func(c *farm.Config) { c.LookupTimeout, c.WriteThroughTimeout = time.Second, time.Second }})
 					ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
 					failed, elsewhere := farmtest.Roam(t, ms, attempts, func(m *farmtest.Member) tls.ConnectionState {
 						return tlstest.MustDial(t, m.Server.Addr, ccfg)
