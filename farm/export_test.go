@@ -84,16 +84,18 @@ func (n *Node) HoldCut(id session.ID, until time.Time) {
 // EnvTypeCut is the type byte of a cut message (msgCut: retirements and
 // grace cuts), EnvTypeKeys that of a key announcement (msgKeys), EnvTypeSess
 // that of a message of new sessions (msgSessions), EnvTypeRev that of a
-// revocation (msgRevoke), at offset
-// EnvTypeAt of an envelope; EnvSenderAt is the offset of its 8-byte sender
-// instance ID.
+// revocation (msgRevoke), EnvTypeTally that of a tally (msgTally), at offset
+// EnvTypeAt of an envelope; EnvSealedAt is the offset of its 8-byte sealing
+// time (Unix µs), EnvSenderAt that of its 8-byte sender instance ID.
 const (
-	EnvTypeCut  = byte(msgCut)
-	EnvTypeKeys = byte(msgKeys)
-	EnvTypeSess = byte(msgSessions)
-	EnvTypeRev  = byte(msgRevoke)
-	EnvTypeAt   = 3
-	EnvSenderAt = 13
+	EnvTypeCut   = byte(msgCut)
+	EnvTypeKeys  = byte(msgKeys)
+	EnvTypeSess  = byte(msgSessions)
+	EnvTypeRev   = byte(msgRevoke)
+	EnvTypeTally = byte(msgTally)
+	EnvTypeAt    = 3
+	EnvSealedAt  = 5
+	EnvSenderAt  = 13
 )
 
 // Instance returns the node's instance ID, as its messages carry it.
