@@ -156,12 +156,12 @@ func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
 	return n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{{chain: chain, until: until}}), nil)
 }
 
-// SlowRevocationJournal makes each write to the pending revocations
-// journal take d longer (before it is written), so that a test's kill
-// finds revocations waiting for one.
-func (n *Node) SlowRevocationJournal(d time.Duration) {
+// RevocationJournalHook makes the node call f before each write to the
+// pending revocations journal (a test slows the writes down, or holds
+// them, so that its kill finds revocations waiting for one).
+func (n *Node) RevocationJournalHook(f func()) {
 	n.revs.mu.Lock()
-	n.revs.writeHook = func() { time.Sleep(d) }
+	n.revs.writeHook = f
 	n.revs.mu.Unlock()
 }
 
