@@ -400,6 +400,27 @@ func TestTallyLateBaselineNoFalseLoss(t *testing.T) {
 	}
 }
 
+// waitTallySent waits until m's tallier has sent a tally since its last
+// failed one, as far as its counts show. Close sends its last tally only
+// if no publish failed within OpTimeout before it (see Node.Close), and
+// the tallier sends none within OpTimeout of a failed publish: the tally
+// it sent is past that. On a loaded machine a tally's publish can outlast
+// its bound (OpTimeout/4: 500 ms here) and fail; Close then rightly sent
+// no last tally, and TestTallyRestartNotLoss failed so ("n1's Close sent
+// no last tally (1 failed so far)"). The wait takes OpTimeout past the
+// last failure, and a tick.
+func waitTallySent(t *testing.T, m *farmtest.Member) {
+	t.Helper()
+	failed, sent := tallyCounter(m, "failed"), tallyCounter(m, "sent")
+	farmtest.Eventually(t, 10*time.Second, m.Name+" sends a tally past its last failed one", func() bool {
+		if f := tallyCounter(m, "failed"); f != failed {
+			failed, sent = f, tallyCounter(m, "sent")
+			return false
+		}
+		return tallyCounter(m, "sent") > sent
+	})
+}
+
 // TestTallyRestartNotLoss: a node that restarts is a new instance: its
 // peers take its first tally as a new baseline and find nothing lost,
 // and its last tally (at Close) and its old counts trouble nothing.
@@ -418,6 +439,7 @@ func TestTallyRestartNotLoss(t *testing.T) {
 		wg.Wait()
 	}
 	run(n1)
+	waitTallySent(t, n1)
 	received, sent := tallyCounter(n2, "received"), tallyCounter(n1, "sent")
 	n1.Node.Close()
 	if got := tallyCounter(n1, "sent"); got <= sent {
@@ -463,6 +485,7 @@ func TestTallyCloseAfterCancelledTick(t *testing.T) {
 	farmtest.Eventually(t, 10*time.Second, "n2 has n1's tallies", func() bool {
 		return tallyCounter(n2, "received") >= 2
 	})
+	waitTallySent(t, n1)
 	held := make(chan struct{})
 	var once sync.Once
 	n1.Node.HoldTallyTick(func(ctx context.Context) {
