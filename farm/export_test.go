@@ -84,16 +84,18 @@ func (n *Node) HoldCut(id session.ID, until time.Time) {
 // EnvTypeCut is the type byte of a cut message (msgCut: retirements and
 // grace cuts), EnvTypeKeys that of a key announcement (msgKeys), EnvTypeSess
 // that of a message of new sessions (msgSessions), EnvTypeRev that of a
-// revocation (msgRevoke), at offset
-// EnvTypeAt of an envelope; EnvSenderAt is the offset of its 8-byte sender
-// instance ID.
+// revocation (msgRevoke), EnvTypeTally that of a tally (msgTally), at offset
+// EnvTypeAt of an envelope; EnvSealedAt is the offset of its 8-byte sealing
+// time (Unix µs), EnvSenderAt that of its 8-byte sender instance ID.
 const (
-	EnvTypeCut  = byte(msgCut)
-	EnvTypeKeys = byte(msgKeys)
-	EnvTypeSess = byte(msgSessions)
-	EnvTypeRev  = byte(msgRevoke)
-	EnvTypeAt   = 3
-	EnvSenderAt = 13
+	EnvTypeCut   = byte(msgCut)
+	EnvTypeKeys  = byte(msgKeys)
+	EnvTypeSess  = byte(msgSessions)
+	EnvTypeRev   = byte(msgRevoke)
+	EnvTypeTally = byte(msgTally)
+	EnvTypeAt    = 3
+	EnvSealedAt  = 5
+	EnvSenderAt  = 13
 )
 
 // Instance returns the node's instance ID, as its messages carry it.
@@ -154,12 +156,12 @@ func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
 	return n.keys.seal(nil, hdr, appendRevocations(nil, []revocation{{chain: chain, until: until}}), nil)
 }
 
-// SlowRevocationJournal makes each write to the pending revocations
-// journal take d longer (before it is written), so that a test's kill
-// finds revocations waiting for one.
-func (n *Node) SlowRevocationJournal(d time.Duration) {
+// RevocationJournalHook makes the node call f before each write to the
+// pending revocations journal (a test slows the writes down, or holds
+// them, so that its kill finds revocations waiting for one).
+func (n *Node) RevocationJournalHook(f func()) {
 	n.revs.mu.Lock()
-	n.revs.writeHook = func() { time.Sleep(d) }
+	n.revs.writeHook = f
 	n.revs.mu.Unlock()
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +22,12 @@ import (
 // The child of TestConcurrentRevocationsSurviveKill revokes from
 // revGroupWorkers goroutines at once, revGroupEach sessions each, one
 // after the other, and each write to its journal takes revGroupSlow
-// longer, so that revocations wait for one when it is killed.
+// longer, so that revocations share them. Once half its RevokeSession
+// calls have returned (when the test kills it), every journal write is
+// held until the kill: revocations are always waiting for one then. With
+// the slowdown alone, the rest took some 75 ms, and on a loaded machine
+// the test read the child's lines and killed it later than that: every
+// revocation had returned, and the test proved nothing.
 const (
 	revGroupWorkers = 64
 	revGroupEach    = 3
@@ -124,7 +130,8 @@ func revokedLine(l string, total int) (int, bool) {
 // it is given), says "issued", waits for a line (Redis is then down),
 // revokes them from revGroupWorkers goroutines, each revGroupEach in
 // turn, saying "revoked i" as each RevokeSession of ids[i] returns
-// (pending), and waits to be killed.
+// (pending), and waits to be killed; once half have returned, its journal
+// writes wait for the kill too.
 func TestRevGroupCrashChild(t *testing.T) {
 	if os.Getenv(crashEnvFarm) == "" {
 		t.Skip("n1 of TestConcurrentRevocationsSurviveKill, run by it")
@@ -135,7 +142,14 @@ func TestRevGroupCrashChild(t *testing.T) {
 		waitStored(t, m, id)
 	}
 	writeIDs(t, os.Getenv(crashEnvIDs), ids)
-	m.Node.SlowRevocationJournal(revGroupSlow)
+	const total = revGroupWorkers * revGroupEach
+	var returned atomic.Int64
+	m.Node.RevocationJournalHook(func() {
+		time.Sleep(revGroupSlow)
+		if returned.Load() >= total/2 {
+			select {} // until the kill
+		}
+	})
 	fmt.Println("issued")
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		t.Fatal(err)
@@ -152,6 +166,7 @@ func TestRevGroupCrashChild(t *testing.T) {
 				if err != nil || st != farm.RevokePending {
 					panic(fmt.Sprintf("RevokeSession with Redis down = %v, %v; want pending", st, err))
 				}
+				returned.Add(1)
 				out.Lock()
 				fmt.Println("revoked", i)
 				out.Unlock()

@@ -24,7 +24,11 @@ import (
 // closed, so at least an interval after its last publish returned) lets
 // messages that took another connection arrive first; a receiver checks
 // only the slots that began at least an interval after the first tally it
-// heard from the sender, so that it counted every message of theirs. A
+// heard from the sender, and after the latest sealing time of the
+// sender's messages it heard until then, so that it counted every message
+// of theirs: a tally can reach the bus well after it was sealed (its
+// publish waited for a core, or for a connection, on a loaded machine)
+// while messages the sender sealed later went ahead of it. A
 // receiver that finds fewer messages than counted settles the loss as a
 // bus gap (see settleGap). Messages a sender sealed in a slot but began
 // to publish after it reported the slot, or that came twice, count as
@@ -153,7 +157,8 @@ type peerTally struct {
 	heard  time.Time // its last message
 
 	width   int64 // its slot width (µs), from its first tally; 0 until then
-	minSlot int64 // the first slot checked: an interval after that tally
+	minSlot int64 // the first slot checked: see check
+	latest  int64 // the latest sealing time (Unix µs) of its messages heard
 	lastSeq uint64
 	lo, hi  int64 // the bounds (µs) of the slot of its last message,
 	cur     int   // and that slot's index in got
@@ -374,8 +379,10 @@ func (t *tallyState) count(sender uint64, sealed, now time.Time) {
 		t.last = e
 	}
 	e.heard = now
+	us := sealed.UnixMicro()
+	e.latest = max(e.latest, us)
 	if e.width != 0 {
-		if us := sealed.UnixMicro(); us >= e.lo && us < e.hi {
+		if us >= e.lo && us < e.hi {
 			e.got[e.cur].count++
 		} else {
 			e.slot(us)
@@ -436,13 +443,17 @@ func (t *tallyState) forget(before time.Time) {
 	}
 }
 
-// reset forgets every sender: the subscription went down or came back,
-// and what it missed meanwhile is busUp's to settle. Each sender's next
-// tally is a new baseline.
+// reset forgets what each sender's tallies told: the subscription went
+// down or came back, and what it missed meanwhile is busUp's to settle.
+// Each sender's next tally is a new baseline. The latest sealing time heard
+// from each is kept: the messages heard before the reset are not counted
+// after it, and a baseline that reaches this node after one of them,
+// though sealed earlier, must not check that message's slot.
 func (t *tallyState) reset() {
 	t.mu.Lock()
-	clear(t.peers)
-	t.last = nil
+	for _, e := range t.peers {
+		*e = peerTally{sender: e.sender, heard: e.heard, latest: e.latest}
+	}
 	t.mu.Unlock()
 }
 
@@ -450,7 +461,13 @@ func (t *tallyState) reset() {
 // tally itself), with the messages received from it. The first tally
 // heard from a sender (or one with another slot width) is its baseline:
 // from then on its messages are counted by slot, and the slots that begin
-// an interval or more after the baseline was sealed are checked. It
+// an interval or more after the baseline was sealed, and after every
+// message heard from the sender until then was sealed, are checked. The
+// messages heard before the baseline were not counted; the sender seals
+// and publishes from several goroutines, so a baseline published late
+// (its publish waited for a core or a connection) can reach this node
+// after messages sealed slots later, which would count as missing from
+// their slots (TestTallyLateBaselineNoFalseLoss). It
 // returns how many of the sender's messages are missing, if any, and the
 // start of the first slot they are missing from (by the sender's clock).
 // A slot reported again, or older than the slots kept, is not checked.
@@ -462,8 +479,8 @@ func (t *tallyState) check(sender uint64, tb tallyBody, at time.Time) (lost uint
 		return 0, time.Time{}
 	}
 	if e.width != tb.width {
-		*e = peerTally{sender: e.sender, heard: e.heard, width: tb.width, lastSeq: tb.seq,
-			minSlot: slotOf(at.UnixMicro(), tb.width) + 2}
+		*e = peerTally{sender: e.sender, heard: e.heard, latest: e.latest, width: tb.width, lastSeq: tb.seq,
+			minSlot: max(slotOf(at.UnixMicro(), tb.width)+2, slotOf(e.latest, tb.width)+1)}
 		return 0, time.Time{}
 	}
 	if tb.seq <= e.lastSeq {

@@ -166,8 +166,13 @@ func TestTallyPeers(t *testing.T) {
 		t.Fatalf("%d senders left, want 10", len(ts.peers))
 	}
 	ts.reset()
-	if len(ts.peers) != 0 || ts.last != nil {
-		t.Fatal("reset left senders")
+	if len(ts.peers) != 10 {
+		t.Fatalf("%d senders left after a reset, want 10", len(ts.peers))
+	}
+	for s, e := range ts.peers {
+		if e.width != 0 || e.latest == 0 {
+			t.Fatalf("sender %d after a reset: width %d (want none: a new baseline), latest %d (want kept)", s, e.width, e.latest)
+		}
 	}
 
 	const w = int64(time.Second / time.Microsecond)
@@ -196,6 +201,78 @@ func TestTallyPeers(t *testing.T) {
 	l, since := ts.check(5, tallyBody{seq: 4, width: w, first: slot + 3, counts: []uint64{2, 1}}, at(slot+5))
 	if l != 2 || !since.Equal(time.UnixMicro((slot+3)*w)) {
 		t.Fatalf("found %d missing since %v, want 2 since the start of slot+3", l, since)
+	}
+}
+
+// TestTallyLateBaseline: a baseline that reaches the receiver after
+// messages the sender sealed slots later (its publish waited, theirs did
+// not), before the receiver's subscription was reset or after, finds
+// nothing lost, and the slots after those messages are still checked.
+// Before the receiver took the latest sealing time it heard into account,
+// it checked from the baseline's slot+2 on, and found the messages it
+// heard before the baseline (uncounted) missing.
+func TestTallyLateBaseline(t *testing.T) {
+	const w = int64(time.Second / time.Microsecond)
+	for _, tc := range []struct {
+		name  string
+		ahead int64 // the last slot, after the baseline's, of the messages heard before it
+		reset bool  // the receiver's subscription is reset after those messages
+	}{
+		{"in time", 0, false},
+		{"one slot late", 1, false},
+		{"two slots late", 2, false},
+		{"five slots late", 5, false},
+		{"two slots late, across a reset", 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := &tallyState{on: true}
+			b := time.Unix(1e9, 0).UnixMicro() / w // the baseline's slot
+			at := func(s int64) time.Time { return time.UnixMicro(s*w + w/2) }
+			sent := map[int64]uint64{} // the sender's counts, by slot
+			heard := func(s int64, k int) {
+				for range k {
+					ts.count(5, at(s), at(s))
+				}
+				sent[s] += uint64(k)
+			}
+			seq := uint64(1)
+			if tc.reset {
+				// Baselined before, on the subscription that the
+				// reset ends.
+				heard(b-3, 1)
+				ts.check(5, tallyBody{seq: seq, width: w}, at(b-3))
+				seq++
+			}
+			for s := b; s <= b+tc.ahead; s++ {
+				heard(s, 3)
+			}
+			if tc.reset {
+				ts.reset()
+			}
+			heard(b, 1) // the baseline, sealed in slot b, heard now
+			if l, _ := ts.check(5, tallyBody{seq: seq, width: w}, at(b)); l != 0 {
+				t.Fatal("a baseline found a loss")
+			}
+			last := b + tc.ahead + 3
+			for s := b + tc.ahead; s <= last; s++ {
+				heard(s, 2)
+			}
+			tb := tallyBody{seq: seq + 1, width: w, first: b}
+			for s := b; s <= last; s++ {
+				tb.counts = append(tb.counts, sent[s])
+			}
+			heard(last+1, 1) // the tally
+			before := ts.checked.Load()
+			if l, since := ts.check(5, tb, at(last+1)); l != 0 {
+				t.Fatalf("found %d missing since slot %+d, none lost", l, since.UnixMicro()/w-b)
+			}
+			// From slot b+2, and past the messages heard before
+			// the baseline.
+			want := last - max(b+2, b+tc.ahead+1) + 1
+			if got := int64(ts.checked.Load() - before); got != want {
+				t.Fatalf("%d slots checked, want %d", got, want)
+			}
+		})
 	}
 }
 
