@@ -1,0 +1,136 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestHeldRevokedWhileDeliveryLags: n2 holds a session S (issued on n1,
+// received by broadcast) and a control session C; then n2's bus path
+// (its bus has a connection of its own, through a proxy; its store is
+// reached directly) lags (a second of latency each way), stalls (frozen:
+// the subscription stays up, nothing arrives) or is cut (the subscription
+// down, the store up). S is revoked on n3, which reports it applied: n2
+// must not resume S, though the revocation has not reached it by its bus
+// (before the hit gate it did), and still resumes C, once its store
+// confirms C's chain is not revoked. With the bus path healthy, n2 learns
+// of the revocation by its bus and asks its store nothing.
+func TestHeldRevokedWhileDeliveryLags(t *testing.T) {
+	t.Parallel()
+	for _, tv := range versions {
+		for _, tc := range []struct {
+			name  string
+			break_ func(*nettest.Proxy)
+		}{
+			{"healthy", nil},
+			{"lagging", func(px *nettest.Proxy) { px.SetLatency(time.Second) }},
+			{"stalled", (*nettest.Proxy).Freeze},
+			{"bus-cut", (*nettest.Proxy).Cut},
+		} {
+			t.Run(tv.name+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				heldRevokedWhileDeliveryLags(t, tv.v, tc.break_)
+			})
+		}
+	}
+}
+
+func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, breakBus func(*nettest.Proxy)) {
+	const maxLag = 150 * time.Millisecond
+	url := redistest.URL(t)
+	addr := strings.TrimPrefix(url, "redis://")
+	if i := strings.IndexByte(addr, '/'); i >= 0 {
+		addr = addr[:i]
+	}
+	px := nettest.NewProxy(t, addr)
+	joined := 0
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
+		Mode: farm.Broadcast, WriteThrough: true,
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			st := openRedis(tb, url, farmName)
+			if joined != 2 {
+				return st, st
+			}
+			return openRedis(tb, strings.Replace(url, addr, px.Addr, 1), farmName), st
+		},
+		Tweak: func(c *farm.Config) {
+			c.MaxDeliveryLag = maxLag
+			c.ProbeTimeout = 5 * time.Second // the lag is not an outage
+			c.LookupTimeout = time.Second
+			c.TallyInterval = -1
+		},
+	})
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore() })
+	marker := n2.Bus.(transport.DeliveryMarker)
+	lag := func() time.Duration {
+		d := marker.DeliveredThrough()
+		if d.IsZero() {
+			return time.Hour
+		}
+		return time.Since(d)
+	}
+	farmtest.Eventually(t, 5*time.Second, "n2's delivery was marked", func() bool { return lag() < maxLag })
+
+	_, pool := tlstest.SharedCert()
+	dial := func(m *farmtest.Member, c tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, tlstest.ClientConfig(pool, "localhost", version, c)).DidResume
+	}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	s, c := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	dial(n1, s)
+	dial(n1, c)
+	sid, cid := ids()[0], ids()[1]
+	held := func(id session.ID) bool { _, ok := n2.Cache.GetBuffer(id, nil); return ok }
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S and C", func() bool { return held(sid) && held(cid) })
+
+	var chain uint64
+	for id, r := range n2.Cache.Snapshot(-1) {
+		if id == sid {
+			chain = r.Chain
+		}
+	}
+	if breakBus != nil {
+		breakBus(px)
+		farmtest.Eventually(t, 5*time.Second, "n2's delivery lags", func() bool { return lag() > 2*maxLag })
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st, err := n3.Node.RevokeSession(ctx, sid); err != nil || st != farm.RevokeApplied {
+		t.Fatalf("RevokeSession = %v, %v", st, err)
+	}
+	if dial(n2, s) {
+		t.Errorf("n2 resumed S, revoked on n3 (applied), from the copy it held, its delivery %v behind", lag().Round(time.Millisecond))
+	}
+	if !dial(n2, c) {
+		t.Errorf("n2 did not resume C, which is not revoked, its delivery %v behind", lag().Round(time.Millisecond))
+	}
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
+	confirmed, revoked, storeErr, cutOff := gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off")
+	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d", confirmed, revoked, storeErr, cutOff)
+	if breakBus == nil {
+		if confirmed+revoked+storeErr+cutOff != 0 {
+			t.Errorf("n2's delivery was current, and its hits asked the store %d times", confirmed+revoked+storeErr+cutOff)
+		}
+	} else if revoked == 0 || confirmed == 0 {
+		t.Errorf("n2's gated hits: confirmed %d, revoked %d, want both", confirmed, revoked)
+	}
+	if !n2.Cache.Revoked(chain) {
+		t.Error("n2 does not hold S's chain revoked")
+	}
+}
