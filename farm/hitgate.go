@@ -26,15 +26,16 @@ import (
 // current (the normal case), a hit costs an atomic load and a clock read.
 //
 // A read that fails or does not answer within LookupTimeout refuses the
-// resumption (a full handshake) while the node reaches the store by its
-// health (probe answered, writes succeeding): a slow store, or a path to it
-// that drops one read, must not let a revoked session through. While the
-// node counts its store unreachable (its probe unanswered, its writes
-// failing: a store outage, or this node cut off from it), the gate lets its
-// cached sessions resume unchecked, as it lets fallback tickets issued
-// meanwhile resume on any node: the farm can apply no revocation while its
-// store is down, and a node cut off from the farm is not held to what the
-// farm says meanwhile (see docs/farm.md).
+// resumption (a full handshake) while the node reaches the farm by either
+// path: a slow store, or a path to it that drops one read, must not let a
+// revoked session through. While the node counts its store unreachable
+// (its probe unanswered, its writes failing: a store outage, or this node
+// cut off from it), or the read fails while its bus is down too (its
+// subscription not up, or its probe unanswered: one server serving both
+// has gone, say), the gate lets its sessions resume unchecked, as fallback
+// tickets issued meanwhile resume on any node: the farm can apply no
+// revocation while its store is down, and a node cut off from the farm is
+// not held to what the farm says meanwhile (see docs/farm.md).
 
 // chainMarkPrefix begins the key of a revoked chain's mark in the record
 // store (see chainMark).
@@ -91,7 +92,8 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // revocation of the chain (see chainMark). A mark found is applied to the
 // cache at once. A read that fails, does not answer before ctx ends or
 // finds a mark that does not open refuses the session, unless the node
-// counts its store unreachable (see storeUnreachable). Counted in
+// counts its store unreachable (see storeUnreachable) or the read failed
+// while its bus is down too (busUnreachable). Counted in
 // tlsfarm_farm_gated_hits_total.
 func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
 	if n.cfg.Records == nil {
@@ -107,8 +109,10 @@ func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
 		return true
 	}
 	if err != nil {
-		if n.storeUnreachable() {
-			// Found unreachable while this read waited.
+		if n.storeUnreachable() || n.busUnreachable() {
+			// Found unreachable while this read waited; or the bus
+			// is down too: the node reaches neither path to the farm
+			// (one server that serves both has gone, say).
 			n.ctr.gated[gateCutOff].Add(1)
 			return true
 		}
@@ -154,6 +158,16 @@ func (n *Node) storeUnreachable() bool {
 	failing := n.deg.storeFailing
 	n.deg.mu.Unlock()
 	return failing
+}
+
+// busUnreachable reports whether the node's bus is down by its own
+// account: its subscription is not up (unmarked, or reported down), or its
+// health probe goes unanswered.
+func (n *Node) busUnreachable() bool {
+	if n.hitMarker != nil && n.hitMarker.DeliveredThrough().IsZero() {
+		return true
+	}
+	return !n.connected.Load() || !n.busProbe.healthy()
 }
 
 // What the hit gate found, as tlsfarm_farm_gated_hits_total labels it.
