@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"io"
+	"net"
+	"syscall"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -30,7 +33,9 @@ import (
 // path: a slow store, or a path to it that drops one read, must not let a
 // revoked session through. While the node counts its store unreachable
 // (its probe unanswered, its writes failing: a store outage, or this node
-// cut off from it), or the read fails while its bus is down too (its
+// cut off from it), when the read itself finds the store's server
+// unreachable (connection refused or lost, not a timeout), or the read
+// fails while its bus is down too (its
 // subscription not up, or its probe unanswered: one server serving both
 // has gone, say), the gate lets its sessions resume unchecked, as fallback
 // tickets issued meanwhile resume on any node: the farm can apply no
@@ -91,9 +96,10 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // while its delivery is not current: the store holds no mark of a
 // revocation of the chain (see chainMark). A mark found is applied to the
 // cache at once. A read that fails, does not answer before ctx ends or
-// finds a mark that does not open refuses the session, unless the node
-// counts its store unreachable (see storeUnreachable) or the read failed
-// while its bus is down too (busUnreachable). Counted in
+// finds a mark that does not open refuses the session, unless the read
+// found the store's server unreachable (see unreachable), the node counts
+// its store unreachable (storeUnreachable), or the read failed while its
+// bus is down too (busUnreachable). Counted in
 // tlsfarm_farm_gated_hits_total.
 func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
 	if n.cfg.Records == nil {
@@ -103,16 +109,20 @@ func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
 	}
+	busDown := n.busUnreachable() // as the hit found it
 	v, err := n.cfg.Records.GetRecord(ctx, chainMarkKey(chain))
 	if errors.Is(err, transport.ErrNotFound) {
 		n.ctr.gated[gateConfirmed].Add(1)
 		return true
 	}
 	if err != nil {
-		if n.storeUnreachable() || n.busUnreachable() {
-			// Found unreachable while this read waited; or the bus
-			// is down too: the node reaches neither path to the farm
-			// (one server that serves both has gone, say).
+		if busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable() {
+			// The store's server cannot be reached (the connection
+			// refused, or lost), or was found unreachable while this
+			// read waited; or the bus is down too: the node reaches
+			// neither path to the farm (one server that serves both
+			// has gone, say). Not a read that timed out alone: a slow
+			// store is there.
 			n.ctr.gated[gateCutOff].Add(1)
 			return true
 		}
@@ -146,6 +156,22 @@ func (n *Node) gateLoaded(ctx context.Context, rec *session.Record) *session.Rec
 		return rec
 	}
 	return nil
+}
+
+// unreachable reports whether err, a store request's, says its server
+// could not be reached: a connection refused, reset or closed, not a
+// timeout nor an answer.
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && !ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
 // storeUnreachable reports whether the node counts its store unreachable:
