@@ -24,8 +24,11 @@ import (
 // down, the store up). S is revoked on n3, which reports it applied: n2
 // must not resume S, though the revocation has not reached it by its bus
 // (before the hit gate it did), and still resumes C, once its store
-// confirms C's chain is not revoked. With the bus path healthy, n2 learns
-// of the revocation by its bus and asks its store nothing.
+// confirms C's chain is not revoked. With its store slow as well (reads
+// past LookupTimeout, its probe still answered), n2 resumes neither: a
+// store that does not confirm a hit refuses it. With the bus path healthy,
+// or lagging within MaxDeliveryLag, n2 learns of the revocation by its bus
+// before RevokeSession reports it applied, and asks its store nothing.
 func TestHeldRevokedWhileDeliveryLags(t *testing.T) {
 	t.Parallel()
 	for _, tv := range versions {
@@ -34,42 +37,45 @@ func TestHeldRevokedWhileDeliveryLags(t *testing.T) {
 			maxLag time.Duration
 			bus    func(*nettest.Proxy) // what happens to n2's bus path
 			gated  bool                 // n2's delivery lags past maxLag: its hits ask the store
+			slow   bool                 // n2's store path slower than LookupTimeout
 		}{
 			// Bounds of a second: a mark a loaded machine (-race, 2
 			// cores) reads late must not gate n2's hits.
-			{"healthy", time.Second, nil, false},
+			{"healthy", time.Second, nil, false, false},
 			// RevokeSession waits maxLag before it says applied: n2,
 			// its delivery within the bound, has the revocation by then.
-			{"within-bound", time.Second, func(px *nettest.Proxy) { px.SetLatency(80 * time.Millisecond) }, false},
-			{"lagging", 150 * time.Millisecond, func(px *nettest.Proxy) { px.SetLatency(time.Second) }, true},
-			{"stalled", 150 * time.Millisecond, (*nettest.Proxy).Freeze, true},
-			{"bus-cut", 150 * time.Millisecond, (*nettest.Proxy).Cut, true},
+			{"within-bound", time.Second, func(px *nettest.Proxy) { px.SetLatency(80 * time.Millisecond) }, false, false},
+			{"lagging", 150 * time.Millisecond, func(px *nettest.Proxy) { px.SetLatency(time.Second) }, true, false},
+			{"stalled", 150 * time.Millisecond, (*nettest.Proxy).Freeze, true, false},
+			{"bus-cut", 150 * time.Millisecond, (*nettest.Proxy).Cut, true, false},
+			{"stalled/store-slow", 150 * time.Millisecond, (*nettest.Proxy).Freeze, true, true},
 		} {
 			t.Run(tv.name+"/"+tc.name, func(t *testing.T) {
 				t.Parallel()
-				heldRevokedWhileDeliveryLags(t, tv.v, tc.maxLag, tc.bus, tc.gated)
+				heldRevokedWhileDeliveryLags(t, tv.v, tc.maxLag, tc.bus, tc.gated, tc.slow)
 			})
 		}
 	}
 }
 
-func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Duration, breakBus func(*nettest.Proxy), gate bool) {
+func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Duration, breakBus func(*nettest.Proxy), gate, slowStore bool) {
 	url := redistest.URL(t)
 	addr := strings.TrimPrefix(url, "redis://")
 	if i := strings.IndexByte(addr, '/'); i >= 0 {
 		addr = addr[:i]
 	}
-	px := nettest.NewProxy(t, addr)
+	px, spx := nettest.NewProxy(t, addr), nettest.NewProxy(t, addr) // n2's bus path, its store's
 	joined := 0
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		Mode: farm.Broadcast, WriteThrough: true,
 		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
 			joined++
-			st := openRedis(tb, url, farmName)
 			if joined != 2 {
+				st := openRedis(tb, url, farmName)
 				return st, st
 			}
-			return openRedis(tb, strings.Replace(url, addr, px.Addr, 1), farmName), st
+			return openRedis(tb, strings.Replace(url, addr, px.Addr, 1), farmName),
+				openRedis(tb, strings.Replace(url, addr, spx.Addr, 1), farmName)
 		},
 		Tweak: func(c *farm.Config) {
 			c.MaxDeliveryLag = maxLag
@@ -79,7 +85,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Dura
 		},
 	})
 	n1, n2, n3 := ms[0], ms[1], ms[2]
-	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore() })
+	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore(); spx.SetLatency(0) })
 	marker := n2.Bus.(transport.DeliveryMarker)
 	lag := func() time.Duration {
 		d := marker.DeliveredThrough()
@@ -112,6 +118,9 @@ func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Dura
 	if breakBus != nil {
 		breakBus(px)
 	}
+	if slowStore {
+		spx.SetLatency(1500 * time.Millisecond) // a probe still answers within ProbeTimeout
+	}
 	if gate {
 		farmtest.Eventually(t, 5*time.Second, "n2's delivery lags", func() bool { return lag() > 2*maxLag })
 	} else if breakBus != nil {
@@ -128,8 +137,8 @@ func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Dura
 	if dial(n2, s) {
 		t.Errorf("n2 resumed S, revoked on n3 (applied), from the copy it held, its delivery %v behind", lag().Round(time.Millisecond))
 	}
-	if !dial(n2, c) {
-		t.Errorf("n2 did not resume C, which is not revoked, its delivery %v behind", lag().Round(time.Millisecond))
+	if resumed := dial(n2, c); resumed == slowStore {
+		t.Errorf("n2 resumed C (not revoked, its store slow %t): %t, its delivery %v behind", slowStore, resumed, lag().Round(time.Millisecond))
 	}
 	gated := func(result string) uint64 {
 		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
@@ -140,6 +149,11 @@ func heldRevokedWhileDeliveryLags(t *testing.T, version uint16, maxLag time.Dura
 		if confirmed+revoked+storeErr+cutOff != 0 {
 			t.Errorf("n2's delivery was within the bound, and its hits asked the store %d times", confirmed+revoked+storeErr+cutOff)
 		}
+	} else if slowStore {
+		if storeErr < 2 || confirmed+revoked+cutOff != 0 {
+			t.Errorf("n2's gated hits with its store slow: store_error %d, want 2, and no other", storeErr)
+		}
+		return
 	} else if revoked == 0 || confirmed == 0 {
 		t.Errorf("n2's gated hits: confirmed %d, revoked %d, want both", confirmed, revoked)
 	}
