@@ -106,7 +106,7 @@ type Config struct {
 	// RevokeTimeout bounds how long DELETE /sessions/{id} waits for the
 	// farm (default 5s). The handler never waits more than 1s plus the
 	// node's own wait before it says applied (farm.Node.RevokeApplyWait:
-	// the farm's MaxDeliveryLag with carried sessions), whatever
+	// the farm's MaxDeliveryLag on a bus that marks its delivery), whatever
 	// RevokeTimeout says: a revocation that has not reached the farm by
 	// then is in force on this node and answered 202 "pending" (the node
 	// retries it).

@@ -214,3 +214,25 @@ func BenchmarkHandshakePlugin(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHitGate measures what the hit gate (hitgate.go) costs each
+// cache hit of a handshake while the node's delivery is current: the
+// bus's delivery mark, read, and the clock.
+func BenchmarkHitGate(b *testing.B) {
+	_, node := benchNode(b, redistest.URL(b), redistest.Farm(b), farm.NewSecret(1), nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for !node.HitsCurrent() {
+		if time.Now().After(deadline) {
+			b.Fatal("the node's delivery was never current")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.ReportAllocs()
+	lagging := 0
+	for b.Loop() {
+		if !node.HitsCurrent() {
+			lagging++
+		}
+	}
+	b.ReportMetric(float64(lagging)/float64(b.N), "lagging/op")
+}

@@ -74,7 +74,8 @@ const (
 	// defaultMaxDeliveryLag is the default of Config.MaxDeliveryLag:
 	// five of redisbus's marks (one each 100ms), so that a node under
 	// load, whose subscription's goroutine runs late, still takes
-	// carried copies, and a revocation waits half a second more.
+	// carried copies and resumes its sessions without asking the store,
+	// and a revocation waits half a second more.
 	defaultMaxDeliveryLag = 500 * time.Millisecond
 )
 
@@ -208,18 +209,23 @@ type Config struct {
 	// window too) and while the node cannot reach the farm.
 	CarrySessions bool
 
-	// MaxDeliveryLag bounds, with CarrySessions, how far behind the
-	// present the node's bus delivery may be, as the bus marks it (see
-	// transport.DeliveryMarker), for the node to take a carried copy. A
-	// revocation or retirement a peer publishes reaches a node whose
-	// subscription stays up but falls behind only as late as its
-	// delivery, and a carried copy would not wait for it: so a node
-	// whose delivery lags further takes none (the client's lookup waits
-	// for the bus or the store, as without CarrySessions), and
-	// RevokeSession waits MaxDeliveryLag after the bus carried a
-	// revocation before it reports it applied. A bus that is not a
-	// DeliveryMarker (amqpbus) takes no carried copies, and the node
-	// issues none. Default 500ms.
+	// MaxDeliveryLag bounds how far behind the present the node's bus
+	// delivery may be, as the bus marks it (see
+	// transport.DeliveryMarker), for the node to resume a session without
+	// asking the store. A revocation or retirement a peer publishes
+	// reaches a node whose subscription stays up but falls behind only as
+	// late as its delivery. So a node whose delivery lags further, or is
+	// not marked (its subscription down), takes no carried copy (with
+	// CarrySessions: the client's lookup waits for the bus or the store,
+	// as without it), and resumes a session it holds, or loads, only once
+	// its store shows no revocation of the session's chain (the hit gate:
+	// a store read per such handshake, within LookupTimeout; a read that
+	// fails means a full handshake, unless the node counts its store
+	// unreachable). RevokeSession waits MaxDeliveryLag after the bus
+	// carried a revocation before it reports it applied, so that a node
+	// within the bound has it by then. A bus that is not a DeliveryMarker
+	// (amqpbus) takes no carried copies, and the node issues none and
+	// gates no hits. Default 500ms.
 	MaxDeliveryLag time.Duration
 
 	// KeepAfterBusGap keeps a node's cached sessions after its bus

@@ -161,9 +161,12 @@ func (n *Node) pendingRevocations() int {
 // issuer's write waiting in a flush window, while its client resumes it
 // from a carried copy): it is waited for, on the bus and in the store, as
 // a handshake would wait for it, until it is no longer young or ctx ends.
-// With Config.CarrySessions, RevokeApplied waits Config.MaxDeliveryLag more:
-// until then, a peer whose bus delivery lags may still take a carried copy
-// of a session of the chain.
+// On a bus that marks its delivery (transport.DeliveryMarker), RevokeApplied
+// waits Config.MaxDeliveryLag more: a peer whose delivery lags no further
+// has the revocation by then, and one whose delivery lags further (or whose
+// subscription is down) takes no carried copy of a session of the chain
+// and resumes none it holds before its store confirms the chain is not
+// revoked (see the hit gate, hitgate.go).
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
@@ -192,9 +195,10 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		}
 	}
 	if wait := n.RevokeApplyWait(); wait > 0 {
-		// A peer takes a carried copy only while its bus has delivered
+		// A peer resumes a session without asking its store (a carried
+		// copy, one it holds) only while its bus has delivered
 		// everything published until MaxDeliveryLag ago: once that
-		// much has passed since the publish, none takes this chain's.
+		// much has passed since the publish, every such peer has it.
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -206,12 +210,12 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 
 // RevokeApplyWait returns how long RevokeSession waits, after the bus and
 // the store carried a revocation, before it reports RevokeApplied:
-// Config.MaxDeliveryLag with CarrySessions on a bus that marks its
-// delivery (transport.DeliveryMarker), zero otherwise. A caller that
-// bounds RevokeSession's context to learn whether a revocation applied
-// should allow this much on top of the farm's round trips.
+// Config.MaxDeliveryLag on a bus that marks its delivery
+// (transport.DeliveryMarker), zero otherwise. A caller that bounds
+// RevokeSession's context to learn whether a revocation applied should
+// allow this much on top of the farm's round trips.
 func (n *Node) RevokeApplyWait() time.Duration {
-	if _, marks := n.cfg.Bus.(transport.DeliveryMarker); marks && n.cfg.CarrySessions {
+	if _, marks := n.cfg.Bus.(transport.DeliveryMarker); marks {
 		return n.cfg.MaxDeliveryLag
 	}
 	return 0
@@ -362,6 +366,9 @@ func (n *Node) applyRevocationChunk(ctx context.Context, ptrs []*pendingRev) (bo
 	for _, w := range work {
 		if !w.stored {
 			toStore = append(toStore, tombstone{member: w.tomb, until: w.rev.until})
+			if m, ok := n.chainMark(hdr, w.rev); ok {
+				marks = append(marks, m)
+			}
 			for _, id := range w.ids {
 				dels = append(dels, sessionKey(id))
 				if m, ok := n.revokedMark(hdr, id, w.rev); ok {

@@ -49,16 +49,17 @@ var magic = [2]byte{'t', 'F'}
 type envType uint8
 
 const (
-	msgSessions  envType = 1 + iota // body: sessions, for peers to insert
-	msgRevoke                       // body: revoked chains
-	valRecord                       // body: one session record; context: its session ID
-	valTombstone                    // body: one revoked chain
-	msgKeys                         // body: a ticket key set (announced, and stored)
-	msgCut                          // body: sessions cut to their grace, or retired
-	msgResend                       // body: empty, or resendHeldOnly; asks peers to write and publish again the retirements and cuts they keep
-	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
-	valChild                        // body: a parent's live child's session ID (store-only); context: the parent's ID
-	valRevoked                      // body: the chain of a revoked session and its start; context: the session's ID
+	msgSessions     envType = 1 + iota // body: sessions, for peers to insert
+	msgRevoke                          // body: revoked chains
+	valRecord                          // body: one session record; context: its session ID
+	valTombstone                       // body: one revoked chain
+	msgKeys                            // body: a ticket key set (announced, and stored)
+	msgCut                             // body: sessions cut to their grace, or retired
+	msgResend                          // body: empty, or resendHeldOnly; asks peers to write and publish again the retirements and cuts they keep
+	msgTally                           // body: counts of the messages the sender published, by when it sealed them (see tally.go)
+	valChild                           // body: a parent's live child's session ID (store-only); context: the parent's ID
+	valRevoked                         // body: the chain of a revoked session and its start; context: the session's ID
+	valChainRevoked                    // body: one revoked chain (as valTombstone); context: the chain, 8 bytes big-endian
 )
 
 func (t envType) String() string {
@@ -83,6 +84,8 @@ func (t envType) String() string {
 		return "child"
 	case valRevoked:
 		return "revoked"
+	case valChainRevoked:
+		return "chain-revoked"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

@@ -173,3 +173,6 @@ func (n *Node) HoldTallyTick(f func(ctx context.Context)) { n.tly.tickHook.Store
 // it, for the tests that need a window long enough to tell apart from
 // the delays of a loaded machine.
 func LongFlushWindow(cfg *Config, d time.Duration) { cfg.FlushWindow, cfg.longWindow = d, true }
+
+// HitsCurrent is hitsCurrent, for the tests and benchmarks.
+func (n *Node) HitsCurrent() bool { return n.hitsCurrent() }

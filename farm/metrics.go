@@ -27,6 +27,7 @@ type nodeCounters struct {
 	tombstonesOpened                               atomic.Uint64
 	strikes                                        [numStrikeResults]atomic.Uint64
 	carried                                        [numCarryResults]atomic.Uint64
+	gated                                          [numGateResults]atomic.Uint64
 
 	publishErrLogged, storeErrLogged atomic.Bool
 }
@@ -117,6 +118,9 @@ func (n *Node) Metrics() []metric.Sample {
 		carryResults[carryOld], c.carried[carryOld].Load(), carryResults[carryGap], c.carried[carryGap].Load(),
 		carryResults[carryCutOff], c.carried[carryCutOff].Load(), carryResults[carryLagging], c.carried[carryLagging].Load(),
 		carryResults[carryOff], c.carried[carryOff].Load())
+	m.counters("tlsfarm_farm_gated_hits_total", "Sessions a handshake found in the cache (or the farm found for it) while the node's bus delivery lagged by more than Config.MaxDeliveryLag or was not marked (its subscription down), checked against the store's revocations before they resumed, by result: confirmed (no revocation of the chain: resumed); revoked (the chain is revoked: applied here, not resumed); store_error (the store's read failed or did not answer within LookupTimeout: not resumed); cut_off (the node counts its store unreachable: resumed unchecked).", "result",
+		gateResults[gateConfirmed], c.gated[gateConfirmed].Load(), gateResults[gateRevoked], c.gated[gateRevoked].Load(),
+		gateResults[gateStoreError], c.gated[gateStoreError].Load(), gateResults[gateCutOff], c.gated[gateCutOff].Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())
 	m.counter("tlsfarm_farm_received_held_total", "Peers' sessions not inserted because the cache already held them as sent (a carried copy admitted before its issuer's message came).", c.receivedHeld.Load())
 	m.counter("tlsfarm_farm_old_sessions_total", "Peers' sessions not inserted because their message was sealed more than MaxAge ago (kept by the bus through an outage); the grace cuts of their parents were applied.", c.oldSessions.Load())

@@ -45,6 +45,11 @@ type Node struct {
 
 	busProbe, storeProbe *probe // nil: not a Pinger
 
+	// hitMarker is the bus, if it marks its delivery and the node has a
+	// store to check its cache's hits against while it lags (see
+	// hitgate.go); nil otherwise.
+	hitMarker transport.DeliveryMarker
+
 	unhook func()
 	leave  func() // leaves the cache's farm (session.Cache.Join), if joined
 	cancel context.CancelFunc
@@ -255,6 +260,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.written = newWritten(cfg.MaxAge + cfg.MaxSkew)
 	}
 	n.restoreLife(kept)
+	if dm, ok := cfg.Bus.(transport.DeliveryMarker); ok && cfg.Records != nil {
+		n.hitMarker = dm
+	}
 	if cfg.Records != nil || n.pend != nil {
 		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)
 	}

@@ -246,7 +246,9 @@ func (n *Node) writeBack(ctx context.Context) bool {
 // the write-back's wait, so that a node joining meanwhile reads them.
 // Every node that finds the store emptied writes what it remembers: the
 // set then holds one member per node and chain, each lapsing with its
-// chain, as after a revocation that several nodes retried.
+// chain, as after a revocation that several nodes retried. Each chain's
+// mark (see chainMark) goes with its tombstone, before it: a node whose
+// delivery lags checks its cache's hits against the marks.
 func (n *Node) writeBackRevocations(ctx context.Context) {
 	if n.cfg.Coord == nil || any(n.cfg.Coord) != any(n.cfg.Records) {
 		return // the revocations are elsewhere: this store did not hold them
@@ -258,7 +260,13 @@ func (n *Node) writeBackRevocations(ctx context.Context) {
 		r := revocation{chain: chain, until: until}
 		tb := n.sealTombstone(hdr, r)
 		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		err := n.cfg.Coord.SetAdd(wctx, tombstoneKey, tb.member, tb.until)
+		var err error
+		if m, ok := n.chainMark(hdr, r); ok {
+			err = n.cfg.Records.PutRecords(wctx, m)
+		}
+		if err == nil || errors.Is(err, transport.ErrUnconfirmed) {
+			err = n.cfg.Coord.SetAdd(wctx, tombstoneKey, tb.member, tb.until)
+		}
 		cancel()
 		if errors.Is(err, transport.ErrUnconfirmed) {
 			// Written, though no replica has it yet (Redis's

@@ -22,7 +22,9 @@ import (
 //
 // A Farm may also implement CarriedAdmitter, to let the cache resume a
 // session it does not hold from the copy a carried ticket brings (see
-// Cache.SetCarry) instead of calling Load.
+// Cache.SetCarry) instead of calling Load, and HitChecker, to hold back a
+// session the cache holds while what the farm may have said about it has
+// not reached the cache.
 type Farm interface {
 	// Load returns the session id, which a client presented and which is
 	// not in the cache, or (nil, nil) if the farm does not have it either.
@@ -47,7 +49,34 @@ type Farm interface {
 
 type farmBox struct {
 	f       Farm
+	hc      HitChecker // f, if it is one
 	timeout time.Duration
+}
+
+// A HitChecker is a Farm that may hold back a session the cache holds
+// from resuming while the farm's messages to this server lag (or do not
+// arrive at all): a revocation made elsewhere may not have reached the
+// cache yet.
+//
+// For each session a handshake finds in the cache (and would resume), the
+// cache calls HitsCurrent; only if it reports false does it call
+// CheckHit, and it resumes the session only if CheckHit reports true. A
+// session CheckHit holds back is a miss: the handshake is a full one. A
+// SingleUse cache asks neither (its claim is taken from the farm).
+type HitChecker interface {
+	// HitsCurrent reports whether everything the farm may have said
+	// about the cache's sessions by now has reached the cache, so that a
+	// session it holds resumes without asking. It is called for every
+	// cache hit of a handshake, on its goroutine: it must not block, and
+	// should cost little more than an atomic load and a clock read.
+	HitsCurrent() bool
+
+	// CheckHit reports whether the cached session id, of the resumption
+	// chain chain, may resume, as far as the farm can tell now (its store
+	// does not hold the chain revoked, say). It is called on the
+	// handshake's goroutine, with a context that ends after Join's
+	// timeout, only when HitsCurrent reported false.
+	CheckHit(ctx context.Context, id ID, chain uint64) bool
 }
 
 // Join makes the cache ask f for the sessions it does not hold, each call
@@ -60,6 +89,7 @@ func (c *Cache) Join(f Farm, timeout time.Duration) (leave func()) {
 		timeout = defaultLoadTimeout
 	}
 	box := &farmBox{f: f, timeout: timeout}
+	box.hc, _ = f.(HitChecker)
 	c.farm.Store(box)
 	return func() { c.farm.CompareAndSwap(box, nil) }
 }

@@ -32,6 +32,10 @@ type counters struct {
 	// not bound to the ID).
 	carriedIssued, carriedAdmitted, carriedRefused, carriedUnopenable atomic.Uint64
 
+	// hitsHeldBack counts the sessions a handshake found in the cache
+	// that the farm did not let resume (see HitChecker).
+	hitsHeldBack atomic.Uint64
+
 	// reportedHits is the most hits Metrics has reported: a lookup
 	// counts as a hit in its bucket when it finds the session and moves
 	// to the misses if the session turns out unusable (see Cache.got),
@@ -91,6 +95,8 @@ func (c *Cache) Metrics() []metric.Sample {
 	s.add("tlsfarm_cache_carried_total", "Carried tickets (the session sealed after its ID): issued, and, presented for a session the cache did not hold, admitted, refused or unopenable.",
 		metric.Counter, "result", []string{"issued", "admitted", "refused", "unopenable"},
 		k.carriedIssued.Load(), k.carriedAdmitted.Load(), k.carriedRefused.Load(), k.carriedUnopenable.Load())
+	s.add("tlsfarm_cache_hits_held_back_total", "Sessions a handshake found in the cache that the farm held back from resuming (its messages lagged and it could not confirm them: see HitChecker); each is also counted as a miss.",
+		metric.Counter, "", nil, k.hitsHeldBack.Load())
 	s.add("tlsfarm_cache_reissued_total", "TLS 1.2 resumptions given a fresh ticket for the session they resumed instead of a successor (see Config.ResumeGrace).",
 		metric.Counter, "", nil, k.reissued.Load())
 	s.add("tlsfarm_cache_fallback_tickets_total", "Short-lived stateless tickets issued instead of cached sessions while the farm was unreachable.",

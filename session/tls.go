@@ -377,11 +377,34 @@ func (c *Cache) unwrap(ctx context.Context, identity []byte, cs tls.ConnectionSt
 			return r
 		}
 	}
+	if found && !c.hitConfirmed(ctx, &id, r.chain) {
+		// Held back by the farm (see HitChecker): as good as a miss.
+		c.ctr.hitsHeldBack.Add(1)
+		c.got(&id, OriginHandshake, &h, false)
+		return r
+	}
 	if found && h.hooked {
 		c.got(&id, OriginHandshake, &h, true)
 	}
 	r.ss, r.id, r.state, r.serverName = ss, id, state, serverName
 	return r
+}
+
+// hitConfirmed reports whether the session id of chain, which the cache
+// holds, may resume as far as the farm the cache joined is concerned (see
+// HitChecker): at once while the farm reports its messages current, else
+// once it confirms the session, within Join's timeout.
+func (c *Cache) hitConfirmed(ctx context.Context, id *ID, chain uint64) bool {
+	box := c.farm.Load()
+	if box == nil || box.hc == nil || c.cfg.SingleUse || box.hc.HitsCurrent() {
+		return true
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, box.timeout)
+	defer cancel()
+	return box.hc.CheckHit(ctx, *id, chain)
 }
 
 // load asks the Farm the cache joined for id, and inserts what it returns.
