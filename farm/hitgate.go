@@ -44,7 +44,7 @@ import (
 
 // chainMarkPrefix begins the key of a revoked chain's mark in the record
 // store (see chainMark).
-const chainMarkPrefix = "c:"
+const chainMarkPrefix = "rc:"
 
 // chainMarkKey returns the key of the mark a revocation of chain leaves in
 // the store.
