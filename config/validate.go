@@ -222,7 +222,7 @@ func (c *Config) checkFarm() error {
 		}
 	}
 	if f.MaxDeliveryLag <= 0 || f.MaxDeliveryLag > 10*time.Second {
-		return c.problem("farm.max_delivery_lag", "must be above 0 and at most 10s: every revocation waits this long with farm.carry_sessions")
+		return c.problem("farm.max_delivery_lag", "must be above 0 and at most 10s: every revocation waits this long before it reports applied")
 	}
 	if f.LookupDeadline <= 0 || f.LookupDeadline > time.Second {
 		return c.problem("farm.lookup_deadline", "must be above 0 and at most 1s: a handshake waits this long")
