@@ -59,6 +59,8 @@ const (
 	msgTally                        // body: counts of the messages the sender published, by when it sealed them (see tally.go)
 	valChild                        // body: a parent's live child's session ID (store-only); context: the parent's ID
 	valRevoked                      // body: the chain of a revoked session and its start; context: the session's ID
+	msgRevokeIDs                    // body: session IDs revoked while no reachable node knew them (see revokeid.go)
+	valRevokedID                    // body: one such session ID (store-only, a member of revokedIDsKey's set)
 )
 
 func (t envType) String() string {
@@ -83,6 +85,10 @@ func (t envType) String() string {
 		return "child"
 	case valRevoked:
 		return "revoked"
+	case msgRevokeIDs:
+		return "revoke_ids"
+	case valRevokedID:
+		return "revoked_id"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

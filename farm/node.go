@@ -91,6 +91,7 @@ type Node struct {
 
 	life     lifeCounters
 	revs     revocations
+	rids     recordedIDs // sessions revoked by ID (see revokeid.go)
 	backlog  *backlog
 	lifeq    *laterLife // retirements and cuts whose flush failed (n.q's path)
 	lifesq   *laterLife // the same for flushStore (n.sq's path)

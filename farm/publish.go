@@ -21,6 +21,9 @@ func (n *Node) onEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		n.enqueue(item{id: ev.ID, rec: ev.Record})
+	case ev.Kind == session.EventNew && n.rids.len() > 0 && n.rids.has(ev.ID, n.cfg.Now()):
+		// A peer's copy (or the store's) of a session revoked by ID.
+		n.revokeHeldID(ev.ID)
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
@@ -95,7 +98,17 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		kept := 0 // the first items of batch are from the lifecycle backlog
 		if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
-			// farm, newest first, with whatever is new.
+			// farm, newest first, with whatever is new; once the
+			// sessions revoked by ID meanwhile are known (catchUpIDs).
+			if err := n.catchUpIDs(ctx); err != nil {
+				failures++
+				select {
+				case <-closing.Done():
+					return
+				case <-time.After(backoff(failures)):
+				}
+				continue
+			}
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {

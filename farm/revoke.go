@@ -212,6 +212,7 @@ func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation,
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
 	n.firstSync(ctx)
+	n.readRevokedIDs(ctx)
 	close(n.synced)
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
@@ -232,6 +233,9 @@ func (n *Node) healer(ctx context.Context) {
 		case <-retry:
 		}
 		n.readTombstones(ctx)
+		// Before a write-back: a session revoked by ID is revoked,
+		// not written back.
+		n.readRevokedIDs(ctx)
 		if n.cfg.Records != nil {
 			n.checkGeneration(ctx)
 		}
