@@ -110,11 +110,33 @@ func revokeUnknownWhileIssuerCutOff(t *testing.T, v uint16) {
 		t.Fatalf("RevokeSession(S) on n2 = %v, %v; want %v", st, err, farm.RevokeRecorded)
 	}
 
+	// From n1's return until it has revoked S, the store never holds
+	// S: n1 reads the revocations by ID before it writes back what it
+	// kept through the outage.
+	seen := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() {
+		found := false
+		for {
+			select {
+			case <-stop:
+				seen <- found
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			found = found || stored(n2, s)
+		}
+	}()
 	px.Restore()
 	restored = true
 	back := time.Now()
 	farmtest.WaitConnected(t, n1)
 	farmtest.Eventually(t, 10*time.Second, "n1 revoked S's chain", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
+	close(stop)
+	if <-seen {
+		t.Error("the store held S after n1's return: n1 wrote it back before it revoked it")
+	}
 	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
 	farmtest.Eventually(t, 10*time.Second, "every revocation applied", func() bool {
 		return n1.Node.PendingRevocations() == 0 && n2.Node.PendingRevocations() == 0
