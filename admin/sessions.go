@@ -41,7 +41,6 @@ type RevokeResponse struct {
 // recordedNote is RevokeResponse.Note for a revocation recorded by ID.
 const recordedNote = "no reachable node knows this session; the revocation is recorded so that the node that holds it revokes its chain when it comes back"
 
-
 // revokeApplyWait is how long DELETE /sessions/{id} waits for a revocation
 // to reach the farm before it answers 202 "pending", on top of the wait
 // the node itself adds before it says applied (farm.Node.RevokeApplyWait),
