@@ -167,12 +167,13 @@ func (n *Node) pendingRevocations() int {
 // on the bus, and the node that holds the session, if any (an issuer cut
 // off from the farm), revokes its chain when it hears of it (see
 // RevokeRecorded); RevokePending if ctx ended before the store and the
-// bus took that record. While the store cannot be asked, a session this
-// node does not hold is recorded by id too (RevokePending): the store is
-// asked again, and the session's chain revoked if it knows it, as soon as
-// it answers. An id that could no longer resume anywhere (issued longer
-// than the cache's Lifetime and ResumeGrace ago) is RevokeNotFound. The
-// recording is kept in memory until it reaches the farm, not in
+// bus took that record. While the store cannot be asked, or if ctx ends
+// before it answers or before a young session comes, a session this node
+// does not hold is recorded by id too (RevokePending): the store is asked
+// again, and the session's chain revoked if it knows it, as soon as it
+// answers. An id that could no longer resume anywhere (issued longer than
+// the cache's Lifetime and ResumeGrace ago) is RevokeNotFound. A
+// revocation by id is kept in memory until it reaches the farm, not in
 // Config.RevocationFile. A session
 // that another node has revoked already is known to the store for as long
 // as its record could have lived: its chain is revoked again until its end
@@ -212,10 +213,11 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			applied = RevokeRecorded
 			found, err = true, nil
 		}
-		if !found && err != nil && ctx.Err() == nil && n.recordRevocation(id, true) != nil {
-			// The store is out of reach: whether it knows the
-			// session is asked again, and the revocation recorded
-			// by ID, when it answers (see applyIDRevocations).
+		if !found && (err != nil || ctx.Err() != nil) && n.recordRevocation(id, true) != nil {
+			// The store is out of reach, or ctx ended before it
+			// answered or before a young session came: the store is
+			// asked again, and the revocation recorded by ID, when
+			// it answers (see applyIDRevocations).
 			return RevokePending, nil
 		}
 		if !found {
