@@ -161,6 +161,27 @@ func (r *recordedIDs) has(id session.ID, now time.Time) bool {
 	return ok
 }
 
+// snapshot returns the IDs recorded and not lapsed at now.
+func (r *recordedIDs) snapshot(now time.Time) []revokedID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]revokedID, 0, len(r.m))
+	for id, u := range r.m {
+		if u.After(now) {
+			out = append(out, revokedID{id: id, until: u})
+		}
+	}
+	return out
+}
+
+// forget makes the next read of the store's set read it whole (a store
+// that lost its data may hand out a version seen before).
+func (r *recordedIDs) forget() {
+	r.readMu.Lock()
+	r.valid = false
+	r.readMu.Unlock()
+}
+
 // len returns the number of IDs recorded (lapsed ones included until
 // they are next looked up or evicted).
 func (r *recordedIDs) len() int { return int(r.n.Load()) }
