@@ -209,3 +209,57 @@ func TestRevokeUnknownIDRecorded(t *testing.T) {
 		t.Fatalf("second RevokeSession(unknown) on n3 = %v, %v; want %v", st, err, farm.RevokeRecorded)
 	}
 }
+
+// TestRevokeWhileStoreUnreachable: n1, cut off from the farm, is asked to
+// revoke S, which n2 issued meanwhile (stored, and broadcast to n3, not to
+// n1): n1 can ask no one for S's chain. The revocation is queued by S's ID
+// (RevokePending; before, RevokeNotFound with the store's error, and
+// nothing queued), and once n1's path is back it asks the store again,
+// finds S and revokes its chain: S resumes on no node, and the store
+// holds no record of it.
+func TestRevokeWhileStoreUnreachable(t *testing.T) {
+	t.Parallel()
+	ms, px := startRevUnknownFarm(t, 3)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	px.Cut()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			px.Restore()
+		}
+	})
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	ids, cs := farmtest.Issue(t, n2, 1)
+	s := ids[0]
+	waitStored(t, n2, s)
+	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
+	time.Sleep(revUnknownYoung + 100*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n1.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
+	}
+	if n := n1.Node.PendingRevocations(); n != 1 {
+		t.Fatalf("%d revocations pending on n1, want 1", n)
+	}
+
+	px.Restore()
+	restored = true
+	farmtest.WaitConnected(t, n1)
+	farmtest.Eventually(t, 15*time.Second, "n1's revocation applied", func() bool { return n1.Node.PendingRevocations() == 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
+		_, ok2 := lookup(n2.Cache, s)
+		_, ok3 := lookup(n3.Cache, s)
+		return !ok2 && !ok3
+	})
+	if stored(n2, s) {
+		t.Fatal("the store holds a record of the revoked S")
+	}
+	for _, m := range ms {
+		if dialAs(t, m, "localhost", cs[0]).DidResume {
+			t.Fatalf("%s resumed the revoked S", m.Name)
+		}
+	}
+}
