@@ -65,6 +65,11 @@ func (n *Node) enqueue(it item) {
 	n.sq.push(it)
 }
 
+// maxCatchUpIDWaits bounds the failed reads of the revocations by ID that
+// the catch-up after an outage waits for in a row (see catchUpIDs) before
+// it writes the backlog all the same.
+const maxCatchUpIDWaits = 3
+
 // drain empties q in batches through flush (the bus's path, which also
 // writes the store when sq is nil, or the store's), backing off on its own
 // while flush fails. With a flush window (Config.FlushWindow) it lets new
@@ -79,6 +84,7 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
 	catchUp := q == n.storeQueue()
+	idWaits := 0 // failed reads of the revocations by ID the backlog waited for
 	life := n.lifeq
 	fl := &n.flights[0]
 	if q == n.sq {
@@ -96,19 +102,26 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		}
 		batch = batch[:0]
 		kept := 0 // the first items of batch are from the lifecycle backlog
-		if catchUp && n.backlog.len() > 0 {
-			// Catch up after an outage: sessions that did not reach the
-			// farm, newest first, with whatever is new; once the
-			// sessions revoked by ID meanwhile are known (catchUpIDs).
-			if err := n.catchUpIDs(ctx); err != nil {
-				failures++
+		if catchUp && n.backlog.len() > 0 && idWaits < maxCatchUpIDWaits && n.catchUpIDs(ctx) != nil {
+			// The sessions revoked by ID during the outage are not
+			// known yet (catchUpIDs): the backlog waits for them, a
+			// few reads at most (a Coordinator that fails longer than
+			// the records must not keep the sessions out of the
+			// store), while what is new goes on.
+			idWaits++
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
 				select {
 				case <-closing.Done():
 					return
-				case <-time.After(backoff(failures)):
+				case <-time.After(backoff(idWaits)):
 				}
 				continue
 			}
+		} else if catchUp && n.backlog.len() > 0 {
+			// Catch up after an outage: sessions that did not reach the
+			// farm, newest first, with whatever is new.
+			idWaits = 0
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {

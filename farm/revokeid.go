@@ -484,7 +484,8 @@ func (n *Node) owedIDRead() {
 // ID has followed the last failed write, it reads them now, so that a
 // session revoked by ID meanwhile is revoked here (and its kept write
 // dropped, see refreshLater) rather than written to the store and served
-// again. It returns the read's error: the catch-up waits.
+// again. It returns the read's error: the catch-up waits, for at most
+// maxCatchUpIDWaits failed reads in a row (see drain).
 func (n *Node) catchUpIDs(ctx context.Context) error {
 	if n.cfg.Coord == nil || n.rids.read.Load() >= n.rids.owed.Load() {
 		return nil
