@@ -212,8 +212,8 @@ func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation,
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
 	n.firstSync(ctx)
-	n.readRevokedIDs(ctx)
 	close(n.synced)
+	n.readRevokedIDs(ctx) // after: Join does not wait for it
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
 	if n.cfg.Records != nil {
