@@ -172,7 +172,9 @@ func (n *Node) pendingRevocations() int {
 // does not hold is recorded by id too (RevokePending): the store is asked
 // again, and the session's chain revoked if it knows it, as soon as it
 // answers. An id that could no longer resume anywhere (issued longer than
-// the cache's Lifetime and ResumeGrace ago) is RevokeNotFound. A
+// the cache's Lifetime and ResumeGrace ago), or that the farm's ID keys do
+// not authenticate (no node of the farm holds a session under it), is
+// RevokeNotFound. A
 // revocation by id is kept in memory until it reaches the farm, not in
 // Config.RevocationFile. A session
 // that another node has revoked already is known to the store for as long

@@ -200,14 +200,20 @@ type pendingID struct {
 }
 
 // revokedIDUntil returns until when a session of id may resume anywhere:
-// its issue time, where the ID tells it, else now, plus the cache's
-// Lifetime and ResumeGrace, and MaxSkew for the clocks. It reports false
-// if that has passed.
+// its issue time (or now, if that is later), plus the cache's Lifetime
+// and ResumeGrace, and MaxSkew for the clocks. It reports false if that
+// has passed, or if id is not authenticated by the farm's ID keys: no
+// node of the farm holds a session under it (a forged ID, or one whose
+// key was retired, which stops resuming anyway).
 func (n *Node) revokedIDUntil(id session.ID, now time.Time) (time.Time, bool) {
 	cc := n.cfg.Cache.Config()
-	from := now
-	if issued, ok := n.cfg.Cache.IssuedAt(id); ok && issued.Before(now) {
-		from = issued
+	issued, ok := n.cfg.Cache.IssuedAt(id)
+	if !ok {
+		return time.Time{}, false
+	}
+	from := issued
+	if issued.After(now) {
+		from = now
 	}
 	until := from.Add(cc.Lifetime + cc.ResumeGrace + n.cfg.MaxSkew)
 	return until, until.After(now)

@@ -13,6 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // revUnknownYoung is the young window (WriteThroughTimeout) of the
@@ -200,6 +201,19 @@ func TestRevokeUnknownIDRecorded(t *testing.T) {
 				t.Fatalf("session %d did not resume on %s after the revocation of an unknown ID", i, m.Name)
 			}
 		}
+	}
+	// An ID the farm's keys do not authenticate: no node can hold it,
+	// nothing is recorded.
+	forged := unknown
+	forged[session.IDLen-1] ^= 1
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	st, err = n2.Node.RevokeSession(ctx, forged)
+	cancel()
+	if err != nil || st != farm.RevokeNotFound {
+		t.Fatalf("RevokeSession(forged) = %v, %v; want %v", st, err, farm.RevokeNotFound)
+	}
+	if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_revoked_ids_total", "event", "recorded"); got != 1 {
+		t.Errorf("revoked_ids_total{event=recorded} = %d, want 1", got)
 	}
 	// Again: recorded once more (a second record, not an error).
 	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
