@@ -102,7 +102,7 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		}
 		batch = batch[:0]
 		kept := 0 // the first items of batch are from the lifecycle backlog
-		if catchUp && n.backlog.len() > 0 && idWaits < maxCatchUpIDWaits && closing.Err() == nil && n.catchUpIDs(ctx) != nil {
+		if catchUp && n.backlog.len() > 0 && idWaits < maxCatchUpIDWaits && closing.Err() == nil && n.catchUpIDs(ctx, closing) != nil {
 			// The sessions revoked by ID during the outage are not
 			// known yet (catchUpIDs): the backlog waits for them, a
 			// few reads at most (a Coordinator that fails longer than

@@ -212,8 +212,11 @@ func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation,
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
 	n.firstSync(ctx)
+	// Within Join's wait too: a read left in flight when Join returns
+	// holds a connection of a transport that hangs meanwhile for its
+	// whole deadline, which a client may keep past a cancel.
+	n.readRevokedIDs(ctx)
 	close(n.synced)
-	n.readRevokedIDs(ctx) // after: Join does not wait for it
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
 	if n.cfg.Records != nil {

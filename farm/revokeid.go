@@ -418,11 +418,26 @@ func (n *Node) refuseRevokedID(id session.ID, rec *session.Record) bool {
 // and revokes the chains of those this node holds. A set whose version is
 // unchanged since the last read is not read again.
 func (n *Node) readRevokedIDs(ctx context.Context) error {
+	return n.readRevokedIDsAs(ctx, true)
+}
+
+// errIDReadBusy is readRevokedIDsAs's answer, without wait, while another
+// read is under way.
+var errIDReadBusy = errors.New("farm: a read of the revocations by ID is under way")
+
+// readRevokedIDsAs is readRevokedIDs; without wait, it returns
+// errIDReadBusy at once if another read is under way (the healer's, which
+// a hung store may hold for its whole bound).
+func (n *Node) readRevokedIDsAs(ctx context.Context, wait bool) error {
 	if n.cfg.Coord == nil {
 		return nil
 	}
 	r := &n.rids
-	r.readMu.Lock()
+	if wait {
+		r.readMu.Lock()
+	} else if !r.readMu.TryLock() {
+		return errIDReadBusy
+	}
 	defer r.readMu.Unlock()
 	owed := r.owed.Load()
 	var version []byte
@@ -440,7 +455,10 @@ func (n *Node) readRevokedIDs(ctx context.Context) error {
 		}
 		version = v
 	}
-	rctx, cancel := context.WithTimeout(ctx, n.tombstoneTimeout())
+	// OpTimeout, not tombstoneTimeout: the set is small (a revocation
+	// of a session no node knows is rare), and a read that fails is
+	// tried again at the next heal.
+	rctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 	members, err := n.cfg.Coord.SetMembers(rctx, revokedIDsKey)
 	cancel()
 	if err != nil {
@@ -491,10 +509,16 @@ func (n *Node) owedIDRead() {
 // session revoked by ID meanwhile is revoked here (and its kept write
 // dropped, see refreshLater) rather than written to the store and served
 // again. It returns the read's error: the catch-up waits, for at most
-// maxCatchUpIDWaits failed reads in a row (see drain).
-func (n *Node) catchUpIDs(ctx context.Context) error {
+// maxCatchUpIDWaits failed reads in a row (see drain). The read ends when
+// closing is done (Close must not wait for a hung store), and is not made
+// while another is under way (that one counts as failed here).
+func (n *Node) catchUpIDs(ctx, closing context.Context) error {
 	if n.cfg.Coord == nil || n.rids.read.Load() >= n.rids.owed.Load() {
 		return nil
 	}
-	return n.readRevokedIDs(ctx)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(closing, cancel)
+	defer stop()
+	return n.readRevokedIDsAs(rctx, false)
 }
