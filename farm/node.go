@@ -238,6 +238,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.loadRevocations(); err != nil {
 		return nil, err
 	}
+	if err := n.loadIDRevocations(); err != nil {
+		return nil, err
+	}
 	if cfg.LazyPeers {
 		n.pend = newPending(cfg.PendingSize)
 	}

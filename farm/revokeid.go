@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,6 +97,8 @@ type recordedIDs struct {
 	owed, read atomic.Uint64
 
 	recorded, received, applied atomic.Uint64 // counters
+
+	fileErrLogged atomic.Bool // a write of the file beside Config.RevocationFile failed, and was logged
 }
 
 // add records rs, and returns those not known before or known until an
@@ -246,6 +250,7 @@ func (n *Node) recordRevocation(id session.ID, unchecked bool) <-chan struct{} {
 	if p == nil {
 		p = &pendingID{rid: rid, unchecked: unchecked, stored: n.cfg.Coord == nil, done: make(chan struct{})}
 		r.ids = append(r.ids, p)
+		n.persistIDsLocked()
 	}
 	r.mu.Unlock()
 	r.signal()
@@ -335,8 +340,12 @@ func (n *Node) applyIDRevocations(ctx context.Context) bool {
 		}
 		kept = append(kept, p)
 	}
+	changed := len(kept) != len(r.ids)
 	clear(r.ids[len(kept):])
 	r.ids = kept
+	if changed {
+		n.persistIDsLocked()
+	}
 	r.mu.Unlock()
 	return ok
 }
@@ -521,4 +530,96 @@ func (n *Node) catchUpIDs(ctx, closing context.Context) error {
 	stop := context.AfterFunc(closing, cancel)
 	defer stop()
 	return n.readRevokedIDsAs(rctx, false)
+}
+
+// The revocations by ID not yet stored and published are kept, with
+// Config.RevocationFile, in a file of their own beside it (idFileSuffix):
+// sealed under idFileContext, its body repeated { id (26) | until (8) |
+// unchecked (1) }. It is written whole, and fsynced, each time the list
+// changes (revocations by ID are rare), and removed once it is empty; a
+// node that restarts queues them again (loadIDRevocations).
+const (
+	idFileSuffix  = ".ids"
+	idFileContext = "pending-revocations-by-id"
+	idFileEntry   = revokedIDLen + 1
+)
+
+// idFilePath returns the file of the pending revocations by ID, "" without
+// Config.RevocationFile.
+func (n *Node) idFilePath() string {
+	if n.cfg.RevocationFile == "" {
+		return ""
+	}
+	return n.cfg.RevocationFile + idFileSuffix
+}
+
+// persistIDsLocked writes the pending revocations by ID to their file (or
+// removes it if there are none); n.revs.mu is held. A write that fails is
+// logged once; the revocations stay in memory, retried.
+func (n *Node) persistIDsLocked() {
+	path := n.idFilePath()
+	if path == "" {
+		return
+	}
+	r := &n.revs
+	if len(r.ids) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			n.logOnce(&n.rids.fileErrLogged, "farm: cannot remove the file of pending revocations by ID", err)
+		}
+		return
+	}
+	var body []byte
+	for _, p := range r.ids {
+		body = appendRevokedIDs(body, []revokedID{p.rid})
+		var flag byte
+		if p.unchecked {
+			flag = 1
+		}
+		body = append(body, flag)
+	}
+	hdr := header{typ: valRevokedID, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
+	if err := writeFileAtomic(path, n.keys.seal(nil, hdr, body, []byte(idFileContext))); err != nil {
+		n.logOnce(&n.rids.fileErrLogged, "farm: cannot persist pending revocations by ID; they stay in memory and are retried", err)
+		return
+	}
+	n.rids.fileErrLogged.Store(false)
+}
+
+// loadIDRevocations queues again the pending revocations by ID that the
+// file beside Config.RevocationFile holds, if any, and records them here.
+// A file that does not open is an error, as Config.RevocationFile's is.
+func (n *Node) loadIDRevocations() error {
+	path := n.idFilePath()
+	if path == "" {
+		return nil
+	}
+	raw, err := readRegular(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, body, err := n.keys.openLocal(raw, n.cfg.Farm, valRevokedID, []byte(idFileContext), n.cfg.Now())
+	if err != nil || len(body)%idFileEntry != 0 {
+		return fmt.Errorf("farm: the file of pending revocations by ID %s does not open: %v", path, err)
+	}
+	now := n.cfg.Now()
+	var rs []revokedID
+	r := &n.revs
+	r.mu.Lock()
+	for ; len(body) > 0; body = body[idFileEntry:] {
+		got, _ := parseRevokedIDs(body[:revokedIDLen])
+		rid := got[0]
+		if !rid.until.After(now) {
+			continue
+		}
+		rs = append(rs, rid)
+		r.ids = append(r.ids, &pendingID{rid: rid, unchecked: body[revokedIDLen] == 1, stored: n.cfg.Coord == nil, done: make(chan struct{})})
+	}
+	n.persistIDsLocked()
+	r.mu.Unlock()
+	n.rids.add(rs, now)
+	r.signal()
+	return nil
 }

@@ -277,3 +277,76 @@ func TestRevokeWhileStoreUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// TestRevokeByIDSurvivesRestart: a revocation queued by ID while the store
+// was out of reach (TestRevokeWhileStoreUnreachable) is kept beside
+// Config.RevocationFile: n1 closes before its path comes back, and the
+// node that joins in its place, with the same file, asks the store again,
+// finds S and revokes its chain farm-wide. Before, the revocation was lost
+// with n1, and S went on resuming.
+func TestRevokeByIDSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	url, addr := srv.URL(), srv.Addr()
+	px := nettest.NewProxy(t, addr)
+	revFile := t.TempDir() + "/revocations"
+	proxied := func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+		return redisTransport(strings.Replace(url, addr, px.Addr, 1))(tb, farmName)
+	}
+	tweak := func(c *farm.Config) {
+		c.WriteThroughTimeout = revUnknownYoung
+		c.HealInterval = 300 * time.Millisecond
+		c.BreakerCooldown = 500 * time.Millisecond
+		c.OpTimeout = time.Second
+		c.MaxSkew = 100 * time.Millisecond
+		c.TallyInterval = -1
+	}
+	o := &farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, NewTransport: redisTransport(url), Tweak: tweak}
+	ms, name := farmtest.Start(t, 2, o)
+	n2, n3 := ms[0], ms[1]
+	o1 := *o
+	o1.NewTransport = proxied
+	o1.Tweak = func(c *farm.Config) { tweak(c); c.RevocationFile = revFile }
+	n1 := farmtest.Join(t, "n1", name, o1)
+	farmtest.WaitConnected(t, n1, n2, n3)
+
+	px.Cut()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			px.Restore()
+		}
+	})
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	ids, cs := farmtest.Issue(t, n2, 1)
+	s := ids[0]
+	waitStored(t, n2, s)
+	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
+	time.Sleep(revUnknownYoung + 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n1.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
+	}
+	n1.Node.Close() // its last try fails: the path is still cut
+
+	px.Restore()
+	restored = true
+	again := farmtest.Join(t, "n1-again", name, o1)
+	farmtest.WaitConnected(t, again)
+	farmtest.Eventually(t, 15*time.Second, "the revocation applied after the restart", func() bool { return again.Node.PendingRevocations() == 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
+		_, ok2 := lookup(n2.Cache, s)
+		_, ok3 := lookup(n3.Cache, s)
+		return !ok2 && !ok3
+	})
+	if stored(n2, s) {
+		t.Fatal("the store holds a record of the revoked S")
+	}
+	for _, m := range []*farmtest.Member{n2, n3, again} {
+		if dialAs(t, m, "localhost", cs[0]).DidResume {
+			t.Fatalf("%s resumed the revoked S", m.Name)
+		}
+	}
+}
