@@ -174,8 +174,10 @@ func (n *Node) pendingRevocations() int {
 // answers. An id that could no longer resume anywhere (issued longer than
 // the cache's Lifetime and ResumeGrace ago), or that the farm's ID keys do
 // not authenticate (no node of the farm holds a session under it), is
-// RevokeNotFound. A revocation by id is kept in memory until it reaches
-// the farm, not in Config.RevocationFile. A session that another node has
+// RevokeNotFound. Until it reaches the farm, a revocation by id is kept in
+// memory and, with Config.RevocationFile, in a file beside it (its path
+// plus ".ids"), from which the next Join queues it again. A session that
+// another node has
 // revoked already is known to the store for as long as its record could
 // have lived: its chain is revoked again until its end by this node's
 // cache (its MaxChainLifetime), if that is later. On a farm
