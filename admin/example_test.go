@@ -81,7 +81,7 @@ func Example() {
 	revoke(token) // already gone
 	// Output:
 	// healthz: 200 ok example sessions: 1
-	// revoke: 401 Unauthorized {Revoked:false Farm:}
-	// revoke: 200 OK {Revoked:true Farm:none}
-	// revoke: 404 Not Found {Revoked:false Farm:}
+	// revoke: 401 Unauthorized {Revoked:false Farm: Note:}
+	// revoke: 200 OK {Revoked:true Farm:none Note:}
+	// revoke: 404 Not Found {Revoked:false Farm: Note:}
 }

@@ -59,3 +59,50 @@ func TestRevokeWaitsForDeliveryLag(t *testing.T) {
 		t.Fatalf("applied after %v, before the delivery bound %v", took.Round(time.Millisecond), lag)
 	}
 }
+
+// TestRevokeUnknownRecorded: DELETE /sessions/{id} of an ID this farm
+// issued but that no reachable node knows (neither the node nor the
+// store; past the young window) answers 202 "recorded", with a note that
+// the node holding it revokes its chain when it comes back: the farm's
+// node records the revocation by ID (farm.RevokeRecorded). Before, 404.
+// A forged ID is still 404.
+func TestRevokeUnknownRecorded(t *testing.T) {
+	url := redistest.URL(t)
+	name := redistest.Farm(t)
+	const young = 300 * time.Millisecond
+	var node *farm.Node
+	srv, cache := newHandler(t, func(c *Config) {
+		tr, err := redisbus.Open(url, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		n, err := farm.Join(t.Context(), farm.Config{
+			Farm: name, Secrets: []farm.Secret{farm.NewSecret(0)}, Cache: c.Cache, Bus: tr, Store: tr,
+			WriteThrough: true, WriteThroughTimeout: young,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		c.Node, node = n, n
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !node.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not reach the farm")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	unknown := cache.NewID()
+	forged := unknown
+	forged[25] ^= 1
+	time.Sleep(young + 100*time.Millisecond)
+	code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+unknown.String(), token)
+	if code != http.StatusAccepted || !strings.Contains(body, `"farm": "recorded"`) || !strings.Contains(body, "revokes its chain when it comes back") {
+		t.Fatalf("revoke of an ID no node knows: %d %s, want 202 recorded with a note", code, body)
+	}
+	if code, body := nettest.Do(t, "DELETE", srv.URL+"/sessions/"+forged.String(), token); code != http.StatusNotFound {
+		t.Fatalf("revoke of a forged ID: %d %s, want 404", code, body)
+	}
+}

@@ -29,9 +29,17 @@ type RevokeResponse struct {
 	// Farm says how far the revocation has reached beyond this node:
 	// "applied" (the farm's store holds the tombstone and the bus carried
 	// it: status 200), "pending" (in force here, queued for the farm and
-	// retried until applied: status 202), or "none" (no farm).
+	// retried until applied: status 202), "recorded" (no reachable node
+	// knows the session: the revocation is recorded by its ID, in the
+	// farm's store and on its bus, so that the node that holds it revokes
+	// its chain when it comes back: status 202), or "none" (no farm).
 	Farm string `json:"farm"`
+	// Note explains a "recorded" answer.
+	Note string `json:"note,omitempty"`
 }
+
+// recordedNote is RevokeResponse.Note for a revocation recorded by ID.
+const recordedNote = "no reachable node knows this session; the revocation is recorded so that the node that holds it revokes its chain when it comes back"
 
 // revokeApplyWait is how long DELETE /sessions/{id} waits for a revocation
 // to reach the farm before it answers 202 "pending", on top of the wait
@@ -43,9 +51,12 @@ const revokeApplyWait = time.Second
 // resumption chain, through the farm when there is one. It answers 200 when
 // the revocation is applied farm-wide (or there is no farm), 202 when it is
 // applied here and pending for the farm, 503 when this node cannot learn
-// the session's chain (its store is unreachable, or the farm has none and
-// this node does not hold the session), and 404 when the farm does not know
-// the session.
+// the session's chain (the farm has no store and this node does not hold
+// the session), and 404 when the ID is not one this farm issued, or the
+// session could no longer resume anyway, or there is no farm and the cache
+// does not hold it. A session that no reachable node knows (its issuer may
+// be cut off from the farm) is revoked by its ID: 202 "recorded" (see
+// farm.RevokeRecorded), or 202 "pending" while the store is out of reach.
 func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	id, err := session.ParseID(r.PathValue("id"))
 	if err != nil {
@@ -72,7 +83,7 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 		}
 		found = st != farm.RevokeNotFound
 		farmState = st.String()
-		if st == farm.RevokePending {
+		if st == farm.RevokePending || st == farm.RevokeRecorded {
 			status = http.StatusAccepted
 		}
 	} else {
@@ -85,5 +96,9 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	// A prefix of the ID is enough to audit revocations; the whole ID is
 	// what a client presents, and stays out of logs.
 	h.cfg.Logger.Info("session revoked", "id_prefix", id.String()[:12], "farm", farmState, "remote", r.RemoteAddr)
-	writeJSON(w, status, RevokeResponse{Revoked: true, Farm: farmState})
+	resp := RevokeResponse{Revoked: true, Farm: farmState}
+	if farmState == farm.RevokeRecorded.String() {
+		resp.Note = recordedNote
+	}
+	writeJSON(w, status, resp)
 }

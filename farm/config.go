@@ -347,6 +347,12 @@ type Config struct {
 	// once none is left within its session's life. Join reads them back;
 	// one that does not open or is malformed is logged and ignored, since
 	// what it held reached the farm.
+	//
+	// In RevocationFile + ".ids" (sealed the same way) the node keeps the
+	// revocations by session ID (see RevokeRecorded) that have not reached
+	// the store and the bus yet: rewritten and fsynced whenever they
+	// change, before RevokeSession returns, and removed once none is left.
+	// Join queues them again; it fails if the file does not open.
 	RevocationFile string
 
 	// FallbackTicketLifetime is the lifetime of the stateless tickets a

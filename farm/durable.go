@@ -29,9 +29,18 @@ const (
 	// RevokeApplied: the store holds the tombstone (if there is a store)
 	// and the revocation has been published to every node.
 	RevokeApplied
+	// RevokeRecorded: no reachable node knows the session (neither this
+	// node nor the store, and it is not young, or did not come while
+	// awaited), so its chain cannot be learned; the revocation is
+	// recorded by the session's ID, in the store and on the bus, so that
+	// a node that holds the session (its issuer, cut off from the farm
+	// when it issued it) revokes its chain when it comes back, before it
+	// writes the session to the store, and any node that loads or
+	// receives it later does too.
+	RevokeRecorded
 )
 
-// String returns "not-found", "pending" or "applied".
+// String returns "not-found", "pending", "applied" or "recorded".
 func (s RevokeStatus) String() string {
 	switch s {
 	case RevokeNotFound:
@@ -40,6 +49,8 @@ func (s RevokeStatus) String() string {
 		return "pending"
 	case RevokeApplied:
 		return "applied"
+	case RevokeRecorded:
+		return "recorded"
 	}
 	return "RevokeStatus(?)"
 }
@@ -64,6 +75,7 @@ type revocations struct {
 	mu      sync.Mutex
 	pending []*pendingRev
 	byChain map[uint64]*pendingRev // pending, by chain
+	ids     []*pendingID           // revocations by ID not yet stored and published (see revokeid.go)
 	wake    chan struct{}
 	applied uint64
 	retries uint64
@@ -140,7 +152,7 @@ func (n *Node) addRevocationLocked(id session.ID, rev revocation) *pendingRev {
 func (n *Node) pendingRevocations() int {
 	n.revs.mu.Lock()
 	defer n.revs.mu.Unlock()
-	return len(n.revs.pending)
+	return len(n.revs.pending) + len(n.revs.ids)
 }
 
 // RevokeSession revokes the session id and its whole resumption chain across
@@ -150,10 +162,25 @@ func (n *Node) pendingRevocations() int {
 // tombstone and the bus has carried it, RevokePending if ctx ended first —
 // the revocation is then in force on this node and the node keeps retrying
 // (across reconnects; across restarts with Config.RevocationFile) — and
-// RevokeNotFound if neither this node nor the store knows id. A session
-// that another node has revoked already is known to the store for as long
-// as its record could have lived: its chain is revoked again until its end
-// by this node's cache (its MaxChainLifetime), if that is later. On a farm
+// RevokeRecorded if neither this node nor the store knows id: its chain
+// cannot be learned, so the revocation is recorded by id in the store and
+// on the bus, and the node that holds the session, if any (an issuer cut
+// off from the farm), revokes its chain when it hears of it (see
+// RevokeRecorded); RevokePending if ctx ended before the store and the
+// bus took that record. While the store cannot be asked, or if ctx ends
+// before it answers or before a young session comes, a session this node
+// does not hold is recorded by id too (RevokePending): the store is asked
+// again, and the session's chain revoked if it knows it, as soon as it
+// answers. An id that could no longer resume anywhere (issued longer than
+// the cache's Lifetime and ResumeGrace ago), or that the farm's ID keys do
+// not authenticate (no node of the farm holds a session under it), is
+// RevokeNotFound. Until it reaches the farm, a revocation by id is kept in
+// memory and, with Config.RevocationFile, in a file beside it (its path
+// plus ".ids"), from which the next Join queues it again. A session that
+// another node has
+// revoked already is known to the store for as long as its record could
+// have lived: its chain is revoked again until its end by this node's
+// cache (its MaxChainLifetime), if that is later. On a farm
 // without a store, a session this node does not hold is RevokeNotFound
 // with ErrNoStore: a peer may hold it, and only a node that holds it can
 // revoke its chain. A young session (see Config.WriteThroughTimeout) that
@@ -169,6 +196,7 @@ func (n *Node) pendingRevocations() int {
 // revoked (see the hit gate, hitgate.go).
 func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, error) {
 	var done <-chan struct{}
+	applied := RevokeApplied // what the farm took, once it did
 	if rec, ok := n.cfg.Cache.Remove(id); ok {
 		// The REMOVE hook queued the chain, unless a peer's
 		// revocation removed the session first: see removedDone.
@@ -183,6 +211,21 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 		var found bool
 		var err error
 		done, found, err = n.revokeUnheld(ctx, id)
+		if !found && err == nil && ctx.Err() == nil {
+			// No reachable node knows it: recorded by ID.
+			if done = n.recordRevocation(id, false); done == nil {
+				return RevokeNotFound, nil // it could no longer resume
+			}
+			applied = RevokeRecorded
+			found, err = true, nil
+		}
+		if !found && (err != nil || ctx.Err() != nil) && n.recordRevocation(id, true) != nil {
+			// The store is out of reach, or ctx ended before it
+			// answered or before a young session came: the store is
+			// asked again, and the revocation recorded by ID, when
+			// it answers (see applyIDRevocations).
+			return RevokePending, nil
+		}
 		if !found {
 			return RevokeNotFound, err
 		}
@@ -205,7 +248,7 @@ func (n *Node) RevokeSession(ctx context.Context, id session.ID) (RevokeStatus, 
 			return RevokePending, nil
 		}
 	}
-	return RevokeApplied, nil
+	return applied, nil
 }
 
 // RevokeApplyWait returns how long RevokeSession waits, after the bus and
@@ -286,11 +329,12 @@ func (n *Node) revoker(ctx context.Context) {
 // attempt goes on after them (TestSlowStoreRevocationsDrain).
 func (n *Node) applyRevocations(ctx context.Context) (none, progressed bool) {
 	r := &n.revs
+	idsOK := n.applyIDRevocations(ctx)
 	r.mu.Lock()
 	ptrs := slices.Clone(r.pending)
 	r.mu.Unlock()
 	if len(ptrs) == 0 {
-		return true, false
+		return idsOK, false
 	}
 	failed := false
 	for len(ptrs) > 0 && !failed && ctx.Err() == nil {
@@ -321,7 +365,7 @@ func (n *Node) applyRevocations(ctx context.Context) (none, progressed bool) {
 		r.retries++
 	}
 	n.persistDoneLocked(done)
-	return len(r.pending) == 0, progressed
+	return len(r.pending) == 0 && idsOK, progressed
 }
 
 // applyRevocationChunk tries once to write the tombstones of ptrs to the

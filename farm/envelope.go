@@ -60,6 +60,8 @@ const (
 	valChild                           // body: a parent's live child's session ID (store-only); context: the parent's ID
 	valRevoked                         // body: the chain of a revoked session and its start; context: the session's ID
 	valChainRevoked                    // body: one revoked chain (as valTombstone); context: the chain, 8 bytes big-endian
+	msgRevokeIDs                       // body: session IDs revoked while no reachable node knew them (see revokeid.go)
+	valRevokedID                       // body: one such session ID (store-only, a member of revokedIDsKey's set)
 )
 
 func (t envType) String() string {
@@ -86,6 +88,10 @@ func (t envType) String() string {
 		return "revoked"
 	case valChainRevoked:
 		return "chain-revoked"
+	case msgRevokeIDs:
+		return "revoke-ids"
+	case valRevokedID:
+		return "revoked-id"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

@@ -623,6 +623,9 @@ func (n *Node) keepForLater(batch []item) {
 		}
 	}
 	slices.SortFunc(kept, func(a, b item) int { return a.rec.Expires.Compare(b.rec.Expires) })
+	if len(kept) > 0 {
+		n.owedIDRead()
+	}
 	for _, it := range kept {
 		n.backlog.push(it)
 	}

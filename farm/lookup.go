@@ -130,6 +130,15 @@ func sessionKey(id session.ID) string {
 // lookupStore): each handshake gives up on its own ctx (the lookup
 // deadline), and one client hanging up does not fail the others.
 func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
+	rec, err := n.loadFarm(ctx, id)
+	if n.refuseRevokedID(id, rec) {
+		return nil, nil // revoked by ID: its chain is revoked now
+	}
+	return rec, err
+}
+
+// loadFarm is load before the check of the revocations by ID.
+func (n *Node) loadFarm(ctx context.Context, id session.ID) (*session.Record, error) {
 	if !n.revsKnown.Load() {
 		// The farm may have revoked it: a full handshake (see Join).
 		n.ctr.unknownRevs.Add(1)

@@ -90,6 +90,9 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_breaker_trips_total", "Times store lookups were suspended.", trips)
 	m.counters("tlsfarm_farm_received_total", "Messages from the bus, by kind.", "kind",
 		"own", c.self.Load(), "session", c.receivedSessions.Load(), "revocation", c.receivedRevocations.Load())
+	m.gauge("tlsfarm_farm_revoked_ids", "Sessions revoked by ID (no reachable node knew them) that this node keeps, to revoke their chains should it hold one (at most 10000).", float64(n.rids.len()))
+	m.counters("tlsfarm_farm_revoked_ids_total", "Revocations by ID: recorded here (RevokeRecorded), received from the bus, and applied (this node held the session, or a lookup brought it, and revoked its chain).", "event",
+		"recorded", n.rids.recorded.Load(), "received", n.rids.received.Load(), "applied", n.rids.applied.Load())
 	m.gauge("tlsfarm_farm_pending_revocations", "Revocations applied here and not yet in the store and on the bus (retried).", float64(n.pendingRevocations()))
 	backlog, backlogDropped := n.backlog.stats()
 	m.counter("tlsfarm_farm_backlog_dropped_total", "Sessions made during an outage dropped from the full catch-up backlog.", backlogDropped)

@@ -96,6 +96,7 @@ type Node struct {
 
 	life     lifeCounters
 	revs     revocations
+	rids     recordedIDs // sessions revoked by ID (see revokeid.go)
 	backlog  *backlog
 	lifeq    *laterLife // retirements and cuts whose flush failed (n.q's path)
 	lifesq   *laterLife // the same for flushStore (n.sq's path)
@@ -240,6 +241,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.readSent()
 	if err := n.loadRevocations(); err != nil {
+		return nil, err
+	}
+	if err := n.loadIDRevocations(); err != nil {
 		return nil, err
 	}
 	if cfg.LazyPeers {

@@ -21,6 +21,9 @@ func (n *Node) onEvent(ev session.Event) {
 	switch {
 	case ev.Kind == session.EventNew && ev.Origin == session.OriginHandshake:
 		n.enqueue(item{id: ev.ID, rec: ev.Record})
+	case ev.Kind == session.EventNew && n.rids.len() > 0 && n.rids.has(ev.ID, n.cfg.Now()):
+		// A peer's copy (or the store's) of a session revoked by ID.
+		n.revokeHeldID(ev.ID)
 	case ev.Kind == session.EventRemove && ev.Reason == session.Removed && ev.Origin == session.OriginAPI:
 		n.addRevocation(ev.ID, revocation{
 			chain: ev.Record.Chain,
@@ -62,6 +65,11 @@ func (n *Node) enqueue(it item) {
 	n.sq.push(it)
 }
 
+// maxCatchUpIDWaits bounds the failed reads of the revocations by ID that
+// the catch-up after an outage waits for in a row (see catchUpIDs) before
+// it writes the backlog all the same.
+const maxCatchUpIDWaits = 3
+
 // drain empties q in batches through flush (the bus's path, which also
 // writes the store when sq is nil, or the store's), backing off on its own
 // while flush fails. With a flush window (Config.FlushWindow) it lets new
@@ -76,6 +84,7 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
 	catchUp := q == n.storeQueue()
+	idWaits := 0 // failed reads of the revocations by ID the backlog waited for
 	life := n.lifeq
 	fl := &n.flights[0]
 	if q == n.sq {
@@ -93,9 +102,27 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 		}
 		batch = batch[:0]
 		kept := 0 // the first items of batch are from the lifecycle backlog
-		if catchUp && n.backlog.len() > 0 {
+		if catchUp && n.backlog.len() > 0 && idWaits < maxCatchUpIDWaits && closing.Err() == nil && n.catchUpIDs(ctx, closing) != nil {
+			// The sessions revoked by ID during the outage are not
+			// known yet (catchUpIDs): the backlog waits for them, a
+			// few reads at most (a Coordinator that fails longer than
+			// the records must not keep the sessions out of the
+			// store), and not once Close has begun, while what is new
+			// goes on.
+			idWaits++
+			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
+			if len(batch) == 0 {
+				select {
+				case <-closing.Done():
+					return
+				case <-time.After(backoff(idWaits)):
+				}
+				continue
+			}
+		} else if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
+			idWaits = 0
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {

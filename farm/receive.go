@@ -143,6 +143,8 @@ func (n *Node) receive(msg []byte) {
 		if n.tly.on {
 			n.receiveTally(h, body, old)
 		}
+	case msgRevokeIDs:
+		n.receiveRevokedIDs(body)
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {
@@ -192,13 +194,19 @@ func (n *Node) receive(msg []byte) {
 // (see receiveOldSessions), but its sessions are inserted only within
 // MaxAge. A tally (msgTally) is taken as long as a cut, so that one a bus
 // kept through an outage is counted among the sender's messages, not
-// refused; it is checked only within MaxAge (see receiveTally).
+// refused; it is checked only within MaxAge (see receiveTally). A
+// revocation by ID (msgRevokeIDs) is taken as long as a session of that ID
+// may resume: a cut's age plus the cache's ResumeGrace, or a revocation's,
+// whichever is longer.
 func (n *Node) maxAgeFor(t envType) time.Duration {
 	switch t {
 	case msgCut, msgSessions, msgTally:
 		return n.cutAge
 	case msgRevoke:
 		return n.revokeAge
+	case msgRevokeIDs:
+		// Each ID carries when it lapses (see revokedIDUntil).
+		return max(n.revokeAge, n.cutAge+n.cfg.Cache.Config().ResumeGrace)
 	}
 	return n.cfg.MaxAge
 }

@@ -212,6 +212,10 @@ func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation,
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
 	n.firstSync(ctx)
+	// Within Join's wait too: a read left in flight when Join returns
+	// holds a connection of a transport that hangs meanwhile for its
+	// whole deadline, which a client may keep past a cancel.
+	n.readRevokedIDs(ctx)
 	close(n.synced)
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
@@ -232,6 +236,9 @@ func (n *Node) healer(ctx context.Context) {
 		case <-retry:
 		}
 		n.readTombstones(ctx)
+		// Before a write-back: a session revoked by ID is revoked,
+		// not written back.
+		n.readRevokedIDs(ctx)
 		if n.cfg.Records != nil {
 			n.checkGeneration(ctx)
 		}

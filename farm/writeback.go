@@ -78,6 +78,7 @@ func (n *Node) checkGeneration(parent context.Context) {
 	// saw before the loss (a transport whose versions are not random):
 	// read the revocations whole at the next heal, whatever it says.
 	n.tombs.forget()
+	n.rids.forget()
 	// The strike register went with the data: its markers are written
 	// again now, rather than by the first strike of each group, so that
 	// tickets issued from now on may carry early data. Beside the
@@ -277,6 +278,20 @@ func (n *Node) writeBackRevocations(ctx context.Context) {
 		if err != nil {
 			n.log.Warn("farm: writing revocations back to the store failed; a node that joins or restarts may accept tickets of those revoked chains until they lapse",
 				"written", written, "err", err)
+			return
+		}
+		written++
+	}
+	// And the revocations by ID this node keeps: the node that holds
+	// such a session may not have come back yet.
+	hdr.typ = valRevokedID
+	for _, r := range n.rids.snapshot(now) {
+		m := n.keys.seal(nil, hdr, appendRevokedIDs(nil, []revokedID{r}), nil)
+		wctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+		err := n.cfg.Coord.SetAdd(wctx, revokedIDsKey, m, r.until)
+		cancel()
+		if err != nil && !errors.Is(err, transport.ErrUnconfirmed) {
+			n.log.Warn("farm: writing revocations by ID back to the store failed", "written", written, "err", err)
 			return
 		}
 		written++

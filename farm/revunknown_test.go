@@ -1,0 +1,352 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// revUnknownYoung is the young window (WriteThroughTimeout) of the
+// revocation-by-ID farms: short, so that the tests wait past it.
+const revUnknownYoung = time.Second
+
+// startRevUnknownFarm starts a broadcast write-through farm of nodes
+// members on a private Redis (bus and store), the first of which reaches
+// it through its own nettest.Proxy, returned.
+func startRevUnknownFarm(t *testing.T, nodes int) ([]*farmtest.Member, *nettest.Proxy) {
+	t.Helper()
+	srv := redistest.Start(t)
+	url := srv.URL()
+	addr := srv.Addr()
+	px := nettest.NewProxy(t, addr)
+	joined := 0
+	o := &farmtest.Options{
+		Mode: farm.Broadcast, WriteThrough: true,
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			u := url
+			if joined == 0 {
+				u = strings.Replace(url, addr, px.Addr, 1)
+			}
+			joined++
+			return redisTransport(u)(tb, farmName)
+		},
+		Tweak: func(c *farm.Config) {
+			c.WriteThroughTimeout = revUnknownYoung
+			c.HealInterval = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.OpTimeout = 2 * time.Second
+			c.MaxSkew = 100 * time.Millisecond
+			c.TallyInterval = -1
+		},
+	}
+	ms, _ := farmtest.Start(t, nodes, o)
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	return ms, px
+}
+
+// TestRevokeUnknownWhileIssuerCutOff: n1, cut off from the farm (bus and
+// store), issues S to a real client; past the young window S is revoked
+// on n2, which neither holds S nor finds it in the store. The revocation
+// is recorded by S's ID (RevokeRecorded; before, RevokeNotFound, and
+// nothing was recorded). Once n1's path is back and it has healed, S
+// resumes on no node, the store holds no record of it, and n1's other
+// sessions were written back as usual.
+func TestRevokeUnknownWhileIssuerCutOff(t *testing.T) {
+	t.Parallel()
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			t.Parallel()
+			revokeUnknownWhileIssuerCutOff(t, v)
+		})
+	}
+}
+
+func revokeUnknownWhileIssuerCutOff(t *testing.T, v uint16) {
+	ms, px := startRevUnknownFarm(t, 3)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	n1ids := farmtest.HandshakeSessions(n1.Cache)
+	_, pool := tlstest.SharedCert()
+	dial := func(m *farmtest.Member, c tls.ClientSessionCache) tls.ConnectionState {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, tlstest.ClientConfig(pool, "localhost", v, c))
+	}
+
+	px.Cut()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			px.Restore()
+		}
+	})
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+
+	c := &tlstest.FrozenCache{}
+	if dial(n1, c).DidResume {
+		t.Fatal("the first handshake resumed")
+	}
+	other := &tlstest.FrozenCache{} // a session of n1's the farm leaves alone
+	dial(n1, other)
+	ids := n1ids()
+	if len(ids) != 2 {
+		t.Fatalf("n1 issued %d sessions, want 2", len(ids))
+	}
+	s, o := ids[0], ids[1]
+
+	time.Sleep(revUnknownYoung + 300*time.Millisecond) // past the young window
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n2.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokeRecorded {
+		t.Fatalf("RevokeSession(S) on n2 = %v, %v; want %v", st, err, farm.RevokeRecorded)
+	}
+
+	// From n1's return until it has revoked S, the store never holds
+	// S: n1 reads the revocations by ID before it writes back what it
+	// kept through the outage.
+	seen := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() {
+		found := false
+		for {
+			select {
+			case <-stop:
+				seen <- found
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			found = found || stored(n2, s)
+		}
+	}()
+	px.Restore()
+	restored = true
+	back := time.Now()
+	farmtest.WaitConnected(t, n1)
+	farmtest.Eventually(t, 10*time.Second, "n1 revoked S's chain", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
+	close(stop)
+	if <-seen {
+		t.Error("the store held S after n1's return: n1 wrote it back before it revoked it")
+	}
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
+	farmtest.Eventually(t, 10*time.Second, "every revocation applied", func() bool {
+		return n1.Node.PendingRevocations() == 0 && n2.Node.PendingRevocations() == 0
+	})
+	t.Logf("n1 revoked S %v after its path came back", time.Since(back).Round(time.Millisecond))
+
+	for _, m := range ms {
+		if stored(m, s) {
+			t.Fatalf("the store holds a record of the revoked S (asked through %s)", m.Name)
+		}
+		if dial(m, c).DidResume {
+			t.Fatalf("%s resumed the revoked S", m.Name)
+		}
+	}
+	if stored(n2, s) {
+		t.Fatal("the store holds a record of the revoked S after the handshakes")
+	}
+	if !dial(n3, other).DidResume {
+		t.Fatal("n1's other session did not resume on n3")
+	}
+}
+
+// TestRevokeUnknownIDRecorded: with every node up, a revocation of an ID
+// that no node ever issued a session under is recorded (RevokeRecorded, nothing
+// left queued), reaches every node, and
+// is harmless: the farm's sessions resume as before, on every node.
+func TestRevokeUnknownIDRecorded(t *testing.T) {
+	t.Parallel()
+	ms, _ := startRevUnknownFarm(t, 3)
+	n1, n2 := ms[0], ms[1]
+	ids, cs := farmtest.Issue(t, n1, 2)
+	for _, id := range ids {
+		waitStored(t, n2, id)
+	}
+
+	unknown := n2.Cache.NewID()
+	time.Sleep(revUnknownYoung + 100*time.Millisecond) // not young any more
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n2.Node.RevokeSession(ctx, unknown)
+	cancel()
+	if err != nil || st != farm.RevokeRecorded {
+		t.Fatalf("RevokeSession(unknown) = %v, %v; want %v", st, err, farm.RevokeRecorded)
+	}
+	if got := st.String(); got != "recorded" {
+		t.Errorf("RevokeRecorded.String() = %q", got)
+	}
+	if n := n2.Node.PendingRevocations(); n != 0 {
+		t.Errorf("%d revocations pending after RevokeRecorded", n)
+	}
+	farmtest.Eventually(t, 5*time.Second, "every node heard of the ID", func() bool {
+		for _, m := range ms {
+			if farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_revoked_ids") == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range ms {
+		for i, c := range cs {
+			if !dialAs(t, m, "localhost", c).DidResume {
+				t.Fatalf("session %d did not resume on %s after the revocation of an unknown ID", i, m.Name)
+			}
+		}
+	}
+	// An ID the farm's keys do not authenticate: no node can hold it,
+	// nothing is recorded.
+	forged := unknown
+	forged[session.IDLen-1] ^= 1
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	st, err = n2.Node.RevokeSession(ctx, forged)
+	cancel()
+	if err != nil || st != farm.RevokeNotFound {
+		t.Fatalf("RevokeSession(forged) = %v, %v; want %v", st, err, farm.RevokeNotFound)
+	}
+	if got := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_revoked_ids_total", "event", "recorded"); got != 1 {
+		t.Errorf("revoked_ids_total{event=recorded} = %d, want 1", got)
+	}
+	// Again: recorded once more (a second record, not an error).
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	st, err = ms[2].Node.RevokeSession(ctx, unknown)
+	cancel()
+	if err != nil || st != farm.RevokeRecorded {
+		t.Fatalf("second RevokeSession(unknown) on n3 = %v, %v; want %v", st, err, farm.RevokeRecorded)
+	}
+}
+
+// TestRevokeWhileStoreUnreachable: n1, cut off from the farm, is asked to
+// revoke S, which n2 issued meanwhile (stored, and broadcast to n3, not to
+// n1): n1 can ask no one for S's chain. The revocation is queued by S's ID
+// (RevokePending; before, RevokeNotFound with the store's error, and
+// nothing queued), and once n1's path is back it asks the store again,
+// finds S and revokes its chain: S resumes on no node, and the store
+// holds no record of it.
+func TestRevokeWhileStoreUnreachable(t *testing.T) {
+	t.Parallel()
+	ms, px := startRevUnknownFarm(t, 3)
+	n1, n2, n3 := ms[0], ms[1], ms[2]
+	px.Cut()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			px.Restore()
+		}
+	})
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	ids, cs := farmtest.Issue(t, n2, 1)
+	s := ids[0]
+	waitStored(t, n2, s)
+	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
+	time.Sleep(revUnknownYoung + 100*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n1.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
+	}
+	if n := n1.Node.PendingRevocations(); n != 1 {
+		t.Fatalf("%d revocations pending on n1, want 1", n)
+	}
+
+	px.Restore()
+	restored = true
+	farmtest.WaitConnected(t, n1)
+	farmtest.Eventually(t, 15*time.Second, "n1's revocation applied", func() bool { return n1.Node.PendingRevocations() == 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
+		_, ok2 := lookup(n2.Cache, s)
+		_, ok3 := lookup(n3.Cache, s)
+		return !ok2 && !ok3
+	})
+	if stored(n2, s) {
+		t.Fatal("the store holds a record of the revoked S")
+	}
+	for _, m := range ms {
+		if dialAs(t, m, "localhost", cs[0]).DidResume {
+			t.Fatalf("%s resumed the revoked S", m.Name)
+		}
+	}
+}
+
+// TestRevokeByIDSurvivesRestart: a revocation queued by ID while the store
+// was out of reach (TestRevokeWhileStoreUnreachable) is kept beside
+// Config.RevocationFile: n1 closes before its path comes back, and the
+// node that joins in its place, with the same file, asks the store again,
+// finds S and revokes its chain farm-wide. Before, the revocation was lost
+// with n1, and S went on resuming.
+func TestRevokeByIDSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	url, addr := srv.URL(), srv.Addr()
+	px := nettest.NewProxy(t, addr)
+	revFile := t.TempDir() + "/revocations"
+	proxied := func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+		return redisTransport(strings.Replace(url, addr, px.Addr, 1))(tb, farmName)
+	}
+	tweak := func(c *farm.Config) {
+		c.WriteThroughTimeout = revUnknownYoung
+		c.HealInterval = 300 * time.Millisecond
+		c.BreakerCooldown = 500 * time.Millisecond
+		c.OpTimeout = time.Second
+		c.MaxSkew = 100 * time.Millisecond
+		c.TallyInterval = -1
+	}
+	o := &farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, NewTransport: redisTransport(url), Tweak: tweak}
+	ms, name := farmtest.Start(t, 2, o)
+	n2, n3 := ms[0], ms[1]
+	o1 := *o
+	o1.NewTransport = proxied
+	o1.Tweak = func(c *farm.Config) { tweak(c); c.RevocationFile = revFile }
+	n1 := farmtest.Join(t, "n1", name, o1)
+	farmtest.WaitConnected(t, n1, n2, n3)
+
+	px.Cut()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			px.Restore()
+		}
+	})
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	ids, cs := farmtest.Issue(t, n2, 1)
+	s := ids[0]
+	waitStored(t, n2, s)
+	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
+	time.Sleep(revUnknownYoung + 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n1.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
+	}
+	n1.Node.Close() // its last try fails: the path is still cut
+
+	px.Restore()
+	restored = true
+	again := farmtest.Join(t, "n1-again", name, o1)
+	farmtest.WaitConnected(t, again)
+	farmtest.Eventually(t, 15*time.Second, "the revocation applied after the restart", func() bool { return again.Node.PendingRevocations() == 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
+		_, ok2 := lookup(n2.Cache, s)
+		_, ok3 := lookup(n3.Cache, s)
+		return !ok2 && !ok3
+	})
+	if stored(n2, s) {
+		t.Fatal("the store holds a record of the revoked S")
+	}
+	for _, m := range []*farmtest.Member{n2, n3, again} {
+		if dialAs(t, m, "localhost", cs[0]).DidResume {
+			t.Fatalf("%s resumed the revoked S", m.Name)
+		}
+	}
+}
