@@ -26,9 +26,17 @@ type countingStore struct {
 }
 
 func (s *countingStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	s.gets.Add(1)
+	if !gateRead(key) {
+		s.gets.Add(1)
+	}
 	return s.Store.GetRecord(ctx, key)
 }
+
+// gateRead reports whether key is a revoked chain's mark, which the hit
+// gate reads while the node's bus delivery lags (under -race on a loaded
+// machine, too): the stores that count GETs count the sessions' lookups,
+// not those.
+func gateRead(key string) bool { return strings.HasPrefix(key, farm.ChainMarkPrefix) }
 
 // longName is a server name of 300 bytes: longer than any record holds.
 var longName = strings.Repeat(strings.Repeat("a", 59)+".", 5) + "example"
@@ -239,7 +247,9 @@ type slowStore struct {
 }
 
 func (s *slowStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
-	s.gets.Add(1)
+	if !gateRead(key) {
+		s.gets.Add(1)
+	}
 	var after <-chan time.Time // nil, as gate may be: never ready
 	if s.gate == nil {
 		after = time.After(s.delay)

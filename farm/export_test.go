@@ -149,6 +149,9 @@ func (n *Node) FillSent(k int) {
 // TombstoneKey is the Coordinator's key of the farm's revocations.
 const TombstoneKey = tombstoneKey
 
+// ChainMarkPrefix begins the keys of the hit gate's revoked-chain marks.
+const ChainMarkPrefix = chainMarkPrefix
+
 // SealTombstone returns a revocation of chain until until, sealed as the
 // node writes one into the Coordinator's set of revocations.
 func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
