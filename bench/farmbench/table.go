@@ -159,7 +159,7 @@ func (r *result) print(w io.Writer, o options, machine string) {
 		reps := r.reports[k.Name]
 		var lookups, hits, misses, timeouts, errs, skipped, yw, ywArrived, ywStored, ywGaveUp, trips, dropped, failed uint64
 		var deadline, canceled, late uint64
-		var msgs, sessions, admitted, lagging uint64
+		var msgs, sessions, admitted, lagging, gated uint64
 		var handshakes, node1 int64 // all nodes', and node 1's (the profiled one)
 		var bounds []time.Duration  // the latency histograms' bucket bounds
 		var lat, ywLat []uint64
@@ -199,6 +199,9 @@ func (r *result) print(w io.Writer, o options, machine string) {
 			sessions += v("tlsfarm_farm_received_total", "kind", "session")
 			admitted += v("tlsfarm_farm_carried_total", "result", "admitted")
 			lagging += v("tlsfarm_farm_carried_total", "result", "lagging")
+			for _, res := range []string{"confirmed", "revoked", "store_error", "cut_off"} {
+				gated += v("tlsfarm_farm_gated_hits_total", "result", res)
+			}
 			bounds, lat = addBuckets(s, "tlsfarm_farm_lookup_seconds", bounds, lat)
 			bounds, ywLat = addBuckets(s, "tlsfarm_farm_young_wait_seconds", bounds, ywLat)
 		}
@@ -208,8 +211,8 @@ func (r *result) print(w io.Writer, o options, machine string) {
 		note := fmt.Sprintf("%s: server-side failed handshakes %d", k.Name, failed)
 		note += fmt.Sprintf("; handshakes served %d (node 1, which -cpuprofile profiles: %d)", handshakes, node1)
 		if msgs > 0 {
-			note += fmt.Sprintf("; messages received %d, sessions received %d (%.2f a message); carried copies admitted %d, refused for the node's delivery lag %d",
-				msgs, sessions, float64(sessions)/float64(msgs), admitted, lagging)
+			note += fmt.Sprintf("; messages received %d, sessions received %d (%.2f a message); carried copies admitted %d, refused for the node's delivery lag %d; hits checked with the store for the node's delivery lag %d",
+				msgs, sessions, float64(sessions)/float64(msgs), admitted, lagging, gated)
 		}
 		if farmNodes > 0 {
 			note += fmt.Sprintf("; store lookups %d (found %d, not found %d, timed out %d, errors %d, skipped by the breaker %d); young-session waits %d (arrived %d, stored %d, gave up %d); breaker trips %d; dropped %d",
