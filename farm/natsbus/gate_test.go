@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
@@ -149,6 +151,7 @@ func natsHeldRevoked(t *testing.T, addr string, maxLag time.Duration, breakBus f
 	if st, err := n3.Node.RevokeSession(ctx, sid); err != nil || st != farm.RevokeApplied {
 		t.Fatalf("RevokeSession = %v, %v", st, err)
 	}
+	recordAgeKept(t, n3.Store.(*natsbus.Transport))
 	if resumes(t, n2, s) {
 		t.Errorf("n2 resumed S, revoked on n3 (applied), from the copy it held, its delivery %v behind", lag().Round(time.Millisecond))
 	}
@@ -175,6 +178,41 @@ func natsHeldRevoked(t *testing.T, addr string, maxLag time.Duration, breakBus f
 	}
 	if !n2.Cache.Revoked(chain) {
 		t.Error("n2 does not hold S's chain revoked")
+	}
+}
+
+// recordAgeKept fails the test if, on a server before 2.11, the age limit
+// of the bucket of session records (its keys expire by the value's clock,
+// the bucket drops them at its age limit) was raised past
+// natsbus.DefaultLegacyRecordAge: the sessions the farm writes live the
+// default Lifetime, so only a revocation's mark can have raised it, and
+// then every record would stay in the bucket that long.
+func recordAgeKept(t *testing.T, tr *natsbus.Transport) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	native, err := tr.NativeTTL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if native {
+		return
+	}
+	js, err := jetstream.New(tr.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_"+tr.RecordBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if age := info.Config.MaxAge; age > natsbus.DefaultLegacyRecordAge {
+		t.Errorf("the records' bucket keeps every record %v after a revocation, not %v: the revocation's marks raised its age limit",
+			age, natsbus.DefaultLegacyRecordAge)
 	}
 }
 
@@ -281,6 +319,7 @@ func natsRevokeUnknown(t *testing.T, addr string) {
 	if <-seen {
 		t.Error("the store held S after n1's return: n1 wrote it back before it revoked it")
 	}
+	recordAgeKept(t, n2.Store.(*natsbus.Transport))
 	farmtest.Eventually(t, 10*time.Second, "every revocation applied", func() bool {
 		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0 &&
 			farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_pending_revocations") == 0
