@@ -56,10 +56,21 @@ func chainMarkKey(chain uint64) string {
 
 // chainMark returns the mark a revocation rev leaves in the store, sealed
 // under hdr's time and bound to its chain: the chain and its end (the
-// revocation's body), for as long as the revocation lasts. It reports false
-// if rev is over.
+// revocation's body). It lasts as long as the revocation, or as long as a
+// session issued by then can live (the cache's Lifetime, and MaxSkew for
+// the issuer's clock), if that ends first: the gate asks about sessions a
+// node holds without having heard of the revocation, and those were issued
+// before it; the tombstone keeps the chain revoked for the rest of its
+// life. A mark kept for the chain's whole life (MaxChainLifetime) would
+// outlive every session record, and raise the age limit of a store that
+// drops records by age (NATS before 2.11) for all of them. It reports
+// false if rev is over.
 func (n *Node) chainMark(hdr header, rev revocation) (transport.Item, bool) {
-	ttl := rev.until.Sub(hdr.time)
+	end := rev.until
+	if life := hdr.time.Add(n.cfg.Cache.Config().Lifetime + n.cfg.MaxSkew); life.Before(end) {
+		end = life
+	}
+	ttl := end.Sub(hdr.time)
 	if ttl <= 0 {
 		return transport.Item{}, false
 	}

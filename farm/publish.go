@@ -66,8 +66,8 @@ func (n *Node) enqueue(it item) {
 }
 
 // maxCatchUpIDWaits bounds the failed reads of the revocations by ID that
-// the catch-up after an outage waits for in a row (see catchUpIDs) before
-// it writes the backlog all the same.
+// the catch-up after an outage waits for in a row (see catchUpIDs), while
+// the store's probe answers, before it writes the backlog all the same.
 const maxCatchUpIDWaits = 3
 
 // drain empties q in batches through flush (the bus's path, which also
@@ -84,7 +84,8 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // a context that is done: pop without waiting
 	catchUp := q == n.storeQueue()
-	idWaits := 0 // failed reads of the revocations by ID the backlog waited for
+	idWaits := 0   // failed reads of the revocations by ID the backlog waited for, the store's probe answering
+	readFails := 0 // and all of them, for the backoff
 	life := n.lifeq
 	fl := &n.flights[0]
 	if q == n.sq {
@@ -108,21 +109,30 @@ func (n *Node) drain(ctx, closing context.Context, q *queue, flush func(context.
 			// few reads at most (a Coordinator that fails longer than
 			// the records must not keep the sessions out of the
 			// store), and not once Close has begun, while what is new
-			// goes on.
-			idWaits++
+			// goes on. A read that failed while the store's probe went
+			// unanswered (the store, or this node's path to it, out)
+			// does not count: the records could not have taken the
+			// backlog either, and reads that failed through an outage
+			// would have spent the budget by the time the path came
+			// back, which then wrote the backlog unread, a session
+			// revoked by ID meanwhile with it.
+			readFails++
+			if n.storeProbe.healthy() {
+				idWaits++
+			}
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
 				select {
 				case <-closing.Done():
 					return
-				case <-time.After(backoff(idWaits)):
+				case <-time.After(backoff(readFails)):
 				}
 				continue
 			}
 		} else if catchUp && n.backlog.len() > 0 {
 			// Catch up after an outage: sessions that did not reach the
 			// farm, newest first, with whatever is new.
-			idWaits = 0
+			idWaits, readFails = 0, 0
 			batch = n.backlog.popNewest(batch, n.cfg.BatchSize, n.cfg.Now())
 			batch, _ = q.pop(done, batch, n.cfg.BatchSize)
 			if len(batch) == 0 {
