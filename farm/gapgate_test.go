@@ -137,6 +137,12 @@ func noRevokedResumeAfterGap(t *testing.T, byID bool, wantSt farm.RevokeStatus) 
 		}
 	}
 	farmtest.Eventually(t, 10*time.Second, "n1 revoked S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
-	t.Logf("n1 refused S %d times in the second after its subscription was back (%v after the restore)",
-		dials, up.Sub(back).Round(time.Millisecond))
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
+	t.Logf("n1 refused S %d times in the second after its subscription was back (%v after the restore); gated hits: revoked %d, confirmed %d, store_error %d, cut_off %d",
+		dials, up.Sub(back).Round(time.Millisecond), gated("revoked"), gated("confirmed"), gated("store_error"), gated("cut_off"))
+	if gated("revoked") == 0 {
+		t.Error("n1's hit gate never found S's revocation in the store")
+	}
 }

@@ -49,6 +49,9 @@ type Node struct {
 	// store to check its cache's hits against while it lags (see
 	// hitgate.go); nil otherwise.
 	hitMarker transport.DeliveryMarker
+	// gap counts the gaps in the subscription, and says whether the last
+	// one is healed (see gapOpen).
+	gap atomic.Uint64
 
 	unhook func()
 	leave  func() // leaves the cache's farm (session.Cache.Join), if joined

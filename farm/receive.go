@@ -67,6 +67,7 @@ func (n *Node) busState(up bool, err error) {
 		}
 		n.busUp(err, cause)
 	case !up:
+		n.openGap() // after n.connected is false: see healStart
 		n.tly.reset()
 		now := n.cfg.Now()
 		n.busDown(now)
