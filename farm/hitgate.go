@@ -25,8 +25,13 @@ import (
 // or zero), a session the cache finds, or the farm loads for it, resumes
 // only once the store confirms that its chain is not revoked: every
 // revocation leaves a mark keyed by its chain in the store (chainMark)
-// before it counts as stored, and the gate reads it. While delivery is
-// current (the normal case), a hit costs an atomic load and a clock read.
+// before it counts as stored, and the gate reads it, with the mark a
+// revocation by ID leaves (revokedIDMarkKey). After a gap in the
+// subscription the mark is current at once, but what was published during
+// the gap is not delivered: the gate stays on until the node's heal has
+// read the store's tombstones and revocations by ID since (see gapOpen).
+// While delivery is current (the normal case), a hit costs an atomic load
+// or two and a clock read.
 //
 // A read that fails or does not answer within LookupTimeout refuses the
 // resumption (a full handshake) while the node reaches the farm by either
@@ -162,9 +167,11 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		return true
 	}
 	// Back from a gap not yet healed, the node's probes may still
-	// describe the gap: the read alone says whether the store is there.
+	// describe the gap: unless its store's probe has failed since the
+	// subscription came back, the read says whether the store is there.
 	healing := n.healing()
-	if !healing && n.storeUnreachable() {
+	probeFailed := n.storeProbe.failed() != n.upProbeFailures.Load()
+	if (!healing || probeFailed) && n.storeUnreachable() {
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
 	}
@@ -173,7 +180,8 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if err != nil {
 		cutOff := busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable()
 		if healing {
-			cutOff = unreachable(err) || n.subscriptionDown()
+			cutOff = unreachable(err) || n.subscriptionDown() ||
+				(n.storeProbe.failed() != n.upProbeFailures.Load() && n.storeUnreachable())
 		}
 		if cutOff {
 			// The store's server cannot be reached (the connection

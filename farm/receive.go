@@ -35,6 +35,10 @@ func (n *Node) listener(ctx context.Context) {
 const gapLogEvery = time.Minute
 
 func (n *Node) busState(up bool, err error) {
+	if up && !n.connected.Load() {
+		// Before the subscription counts as up: see checkHit.
+		n.upProbeFailures.Store(n.storeProbe.failed())
+	}
 	was := n.connected.Swap(up)
 	n.busHeard()
 	// Join's first read of the revocations waits for this (see firstSync).
