@@ -36,6 +36,14 @@ func newProbe(what string, v any) *probe {
 	return pr
 }
 
+// failed returns the number of pr's probes that failed (0 if pr is nil).
+func (pr *probe) failed() uint64 {
+	if pr == nil {
+		return 0
+	}
+	return pr.failures.Load()
+}
+
 // healthy reports whether pr is nil (nothing to probe) or last answered.
 func (pr *probe) healthy() bool { return pr == nil || pr.up.Load() }
 

@@ -25,8 +25,13 @@ import (
 // or zero), a session the cache finds, or the farm loads for it, resumes
 // only once the store confirms that its chain is not revoked: every
 // revocation leaves a mark keyed by its chain in the store (chainMark)
-// before it counts as stored, and the gate reads it. While delivery is
-// current (the normal case), a hit costs an atomic load and a clock read.
+// before it counts as stored, and the gate reads it, with the mark a
+// revocation by ID leaves (revokedIDMarkKey). After a gap in the
+// subscription the mark is current at once, but what was published during
+// the gap is not delivered: the gate stays on until the node's heal has
+// read the store's tombstones and revocations by ID since (see gapOpen).
+// While delivery is current (the normal case), a hit costs an atomic load
+// or two and a clock read.
 //
 // A read that fails or does not answer within LookupTimeout refuses the
 // resumption (a full handshake) while the node reaches the farm by either
@@ -84,13 +89,68 @@ func (n *Node) chainMark(hdr header, rev revocation) (transport.Item, bool) {
 // hitsCurrent reports whether a session the cache holds resumes without
 // asking the store: the gate is off (no store, or a bus that does not mark
 // its delivery), or the bus has delivered everything published until
-// MaxDeliveryLag ago.
+// MaxDeliveryLag ago and the node has no gap left to heal (see gapState).
 func (n *Node) hitsCurrent() bool {
 	if n.hitMarker == nil {
 		return true
 	}
+	if n.gap.Load()&gapOpen != 0 {
+		return false
+	}
 	t := n.hitMarker.DeliveredThrough()
 	return !t.IsZero() && time.Since(t) <= n.cfg.MaxDeliveryLag
+}
+
+// A gap in the node's subscription (down, or messages dropped with it up)
+// loses the messages published meanwhile, and the bus's delivery mark says
+// nothing of them: it is current again as soon as the subscription is
+// back. The revocations among them (their tombstones, the revocations by
+// ID) reach the node only when its heal reads the store's sets. So a gap
+// opens the hit gate until the healer has read both, in full, in a heal
+// that began with the subscription up after it (see healer): n.gap holds
+// the gaps counted so far, shifted left by one, and gapOpen while the last
+// one is not healed. A hit then costs the same one atomic load (n.gap's,
+// beside the mark's) while nothing is open.
+const gapOpen = 1
+
+// openGap notes a gap in the node's subscription. It is called after the
+// node counts its subscription down (n.connected false), so that a heal
+// that finds it open and the subscription up began after it ended.
+func (n *Node) openGap() {
+	for {
+		old := n.gap.Load()
+		if n.gap.CompareAndSwap(old, (old>>1+1)<<1|gapOpen) {
+			return
+		}
+	}
+}
+
+// healStart returns the gap state as a heal beginning now finds it, and
+// whether the heal can close it: the subscription is up.
+func (n *Node) healStart() (uint64, bool) {
+	g := n.gap.Load()
+	return g, n.connected.Load()
+}
+
+// closeGap closes the gap g, which a heal found at its start (healStart)
+// and has since read the store's tombstones and revocations by ID in
+// full, unless another gap opened meanwhile.
+func (n *Node) closeGap(g uint64) {
+	if g&gapOpen != 0 {
+		n.gap.CompareAndSwap(g, g&^gapOpen)
+	}
+}
+
+// revokedIDMarkPrefix begins the key of the mark a revocation by ID
+// leaves in the record store (see revokedIDMarkKey).
+const revokedIDMarkPrefix = "ri:"
+
+// revokedIDMarkKey returns the key of the mark a revocation of the session
+// id by ID leaves in the record store, beside its member of revokedIDsKey's
+// set (the same sealed value), for the hit gate to read with the chain's
+// mark.
+func revokedIDMarkKey(id session.ID) string {
+	return revokedIDMarkPrefix + hex.EncodeToString(id[:])
 }
 
 // HitsCurrent implements session.HitChecker for the node's cache (see
@@ -100,34 +160,41 @@ func (p cachePeer) HitsCurrent() bool { return p.n.hitsCurrent() }
 // CheckHit implements session.HitChecker for the node's cache (see
 // Node.checkHit).
 func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bool {
-	return p.n.checkHit(ctx, chain)
+	return p.n.checkHit(ctx, id, chain)
 }
 
-// checkHit reports whether a session of chain may resume on this node
-// while its delivery is not current: the store holds no mark of a
-// revocation of the chain (see chainMark). A mark found is applied to the
-// cache at once. A read that fails, does not answer before ctx ends or
-// finds a mark that does not open refuses the session, unless the read
-// found the store's server unreachable (see unreachable), the node counts
-// its store unreachable (storeUnreachable), or the read failed while its
-// bus is down too (busUnreachable). Counted in
-// tlsfarm_farm_gated_hits_total.
-func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
+// checkHit reports whether the session id of chain may resume on this
+// node while its delivery is not current: the store holds no mark of a
+// revocation of the chain (see chainMark), nor of the session by ID (see
+// revokedIDMarkKey), read in one round trip where the record store is a
+// transport.RecordGetter. A mark found is applied at once. A read that
+// fails, does not answer before ctx ends or finds a mark that does not
+// open refuses the session, unless the read found the store's server
+// unreachable (see unreachable), the node counts its store unreachable
+// (storeUnreachable), or the read failed while its bus is down too
+// (busUnreachable). Counted in tlsfarm_farm_gated_hits_total.
+func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if n.cfg.Records == nil {
 		return true
 	}
-	if n.storeUnreachable() {
+	// Back from a gap not yet healed, the node's probes may still
+	// describe the gap: unless its store's probe has failed since the
+	// subscription came back, the read says whether the store is there.
+	healing := n.healing()
+	probeFailed := n.storeProbe.failed() != n.upProbeFailures.Load()
+	if (!healing || probeFailed) && n.storeUnreachable() {
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
 	}
 	busDown := n.busUnreachable() // as the hit found it
-	v, err := n.cfg.Records.GetRecord(ctx, chainMarkKey(chain))
-	if errors.Is(err, transport.ErrNotFound) {
-		n.ctr.gated[gateConfirmed].Add(1)
-		return true
-	}
+	cm, im, err := n.readHitMarks(ctx, id, chain)
 	if err != nil {
-		if busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable() {
+		cutOff := busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable()
+		if healing {
+			cutOff = unreachable(err) || n.subscriptionDown() ||
+				(n.storeProbe.failed() != n.upProbeFailures.Load() && n.storeUnreachable())
+		}
+		if cutOff {
 			// The store's server cannot be reached (the connection
 			// refused, or lost), or was found unreachable while this
 			// read waited; or the bus is down too: the node reaches
@@ -140,32 +207,93 @@ func (n *Node) checkHit(ctx context.Context, chain uint64) bool {
 		n.ctr.gated[gateStoreError].Add(1)
 		return false
 	}
-	var c [8]byte
-	binary.BigEndian.PutUint64(c[:], chain)
-	_, body, err := n.keys.open(v, n.cfg.Farm, valChainRevoked, c[:], n.cfg.Now(), 0, n.cfg.MaxSkew)
-	var revs []revocation
-	if err == nil {
-		revs, err = parseRevocations(body)
+	if cm == nil && im == nil {
+		n.ctr.gated[gateConfirmed].Add(1)
+		return true
 	}
-	if err != nil || len(revs) != 1 || revs[0].chain != chain {
+	now := n.cfg.Now()
+	bad := false
+	if cm != nil {
+		var c [8]byte
+		binary.BigEndian.PutUint64(c[:], chain)
+		_, body, err := n.keys.open(cm, n.cfg.Farm, valChainRevoked, c[:], now, 0, n.cfg.MaxSkew)
+		var revs []revocation
+		if err == nil {
+			revs, err = parseRevocations(body)
+		}
+		if err != nil || len(revs) != 1 || revs[0].chain != chain {
+			bad = true
+		} else {
+			n.cfg.Cache.RemoveChain(chain, revs[0].until, session.OriginPeer)
+		}
+	}
+	if im != nil {
+		_, body, err := n.keys.open(im, n.cfg.Farm, valRevokedID, nil, now, 0, n.cfg.MaxSkew)
+		var rs []revokedID
+		if err == nil {
+			rs, err = parseRevokedIDs(body)
+		}
+		if err != nil || len(rs) != 1 || rs[0].id != id {
+			bad = true
+		} else {
+			// Recorded here, and the session's chain revoked if the
+			// cache holds it (gateLoaded revokes a loaded one's).
+			n.learnRevokedIDs(rs)
+		}
+	}
+	if bad {
 		n.ctr.storeRejected.Add(1)
 		n.ctr.gated[gateStoreError].Add(1)
 		return false
 	}
-	n.cfg.Cache.RemoveChain(chain, revs[0].until, session.OriginPeer)
 	n.ctr.gated[gateRevoked].Add(1)
 	return false
+}
+
+// readHitMarks reads the marks the hit gate checks for the session id of
+// chain: its chain's revocation (chainMarkKey) and its revocation by ID
+// (revokedIDMarkKey), nil where there is none. With a record store that
+// is not a transport.RecordGetter, it reads them one after the other, and
+// the second only if the first is absent.
+func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64) (chainMark, idMark []byte, err error) {
+	ck, ik := chainMarkKey(chain), revokedIDMarkKey(id)
+	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
+		vs, err := g.GetRecords(ctx, ck, ik)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(vs) != 2 {
+			return nil, nil, errors.New("farm: the record store answered a read of two marks with a count of values other than two")
+		}
+		return vs[0], vs[1], nil
+	}
+	for i, k := range []string{ck, ik} {
+		v, err := n.cfg.Records.GetRecord(ctx, k)
+		if errors.Is(err, transport.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if i == 0 {
+			return v, nil, nil
+		}
+		return nil, v, nil
+	}
+	return nil, nil, nil
 }
 
 // gateLoaded returns rec, which the farm found for the session id (a
 // peer's copy held undecoded, one that came while a handshake waited, or
 // the store's record), or nil if the hit gate holds it back: the store's
 // record of a session is there until its own revocation deletes it, not
-// its chain's.
-func (n *Node) gateLoaded(ctx context.Context, rec *session.Record) *session.Record {
-	if rec == nil || n.hitsCurrent() || n.checkHit(ctx, rec.Chain) {
+// its chain's. A session the gate finds revoked by ID has its chain
+// revoked (see refuseRevokedID).
+func (n *Node) gateLoaded(ctx context.Context, id session.ID, rec *session.Record) *session.Record {
+	if rec == nil || n.hitsCurrent() || n.checkHit(ctx, id, rec.Chain) {
 		return rec
 	}
+	n.refuseRevokedID(id, rec)
 	return nil
 }
 
@@ -197,14 +325,23 @@ func (n *Node) storeUnreachable() bool {
 	return failing
 }
 
+// subscriptionDown reports whether the node's subscription is not up
+// (unmarked, or reported down).
+func (n *Node) subscriptionDown() bool {
+	return (n.hitMarker != nil && n.hitMarker.DeliveredThrough().IsZero()) || !n.connected.Load()
+}
+
+// healing reports whether the node's subscription is up after a gap that
+// its heal has not yet read the store for (see gapOpen).
+func (n *Node) healing() bool {
+	return n.gap.Load()&gapOpen != 0 && !n.subscriptionDown()
+}
+
 // busUnreachable reports whether the node's bus is down by its own
 // account: its subscription is not up (unmarked, or reported down), or its
 // health probe goes unanswered.
 func (n *Node) busUnreachable() bool {
-	if n.hitMarker != nil && n.hitMarker.DeliveredThrough().IsZero() {
-		return true
-	}
-	return !n.connected.Load() || !n.busProbe.healthy()
+	return n.subscriptionDown() || !n.busProbe.healthy()
 }
 
 // What the hit gate found, as tlsfarm_farm_gated_hits_total labels it.

@@ -239,7 +239,7 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 		return nil, nil
 	}
 	rec, err := n.load(ctx, id)
-	return n.gateLoaded(ctx, n.holdBack(id, rec, n.cfg.Now())), err
+	return n.gateLoaded(ctx, id, n.holdBack(id, rec, n.cfg.Now())), err
 }
 
 func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {

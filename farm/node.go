@@ -49,6 +49,13 @@ type Node struct {
 	// store to check its cache's hits against while it lags (see
 	// hitgate.go); nil otherwise.
 	hitMarker transport.DeliveryMarker
+	// gap counts the gaps in the subscription, and says whether the last
+	// one is healed (see gapOpen).
+	gap atomic.Uint64
+	// upProbeFailures is the store probe's failures when the subscription
+	// last came up: the hit gate of a node healing from a gap trusts a
+	// store probe only if it failed since (see checkHit).
+	upProbeFailures atomic.Uint64
 
 	unhook func()
 	leave  func() // leaves the cache's farm (session.Cache.Join), if joined

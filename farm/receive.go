@@ -35,6 +35,10 @@ func (n *Node) listener(ctx context.Context) {
 const gapLogEvery = time.Minute
 
 func (n *Node) busState(up bool, err error) {
+	if up && !n.connected.Load() {
+		// Before the subscription counts as up: see checkHit.
+		n.upProbeFailures.Store(n.storeProbe.failed())
+	}
 	was := n.connected.Swap(up)
 	n.busHeard()
 	// Join's first read of the revocations waits for this (see firstSync).
@@ -67,6 +71,7 @@ func (n *Node) busState(up bool, err error) {
 		}
 		n.busUp(err, cause)
 	case !up:
+		n.openGap() // after n.connected is false: see healStart
 		n.tly.reset()
 		now := n.cfg.Now()
 		n.busDown(now)

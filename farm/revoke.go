@@ -235,10 +235,14 @@ func (n *Node) healer(ctx context.Context) {
 		case <-n.heal:
 		case <-retry:
 		}
-		n.readTombstones(ctx)
+		g, up := n.healStart()
+		errT := n.readTombstones(ctx)
 		// Before a write-back: a session revoked by ID is revoked,
 		// not written back.
-		n.readRevokedIDs(ctx)
+		errI := n.readRevokedIDs(ctx)
+		if up && errT == nil && errI == nil {
+			n.closeGap(g) // both read since the subscription came back
+		}
 		if n.cfg.Records != nil {
 			n.checkGeneration(ctx)
 		}

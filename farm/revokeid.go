@@ -22,7 +22,8 @@ import (
 // carried copy), and would write it to the store and serve it again once
 // it returns. So the revocation is recorded by the session's ID: added to
 // the store's set revokedIDsKey, beside the tombstones, and published on
-// the bus (msgRevokeIDs). Every node keeps the IDs it learns (at most
+// the bus (msgRevokeIDs), with a mark of its own in the record store for
+// the hit gate (revokedIDMarkKey). Every node keeps the IDs it learns (at most
 // maxRecordedIDs), and a node that holds one of them, or comes to (a
 // peer's message, a store lookup), revokes its chain through the normal
 // path (addRevocation: tombstone, marks, message). The returning issuer
@@ -297,7 +298,10 @@ func (n *Node) applyIDRevocations(ctx context.Context) bool {
 				p.member = n.keys.seal(nil, h, appendRevokedIDs(nil, []revokedID{p.rid}), nil)
 			}
 			sctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-			err := n.cfg.Coord.SetAdd(sctx, revokedIDsKey, p.member, p.rid.until)
+			err := n.putIDMark(sctx, p)
+			if err == nil {
+				err = n.cfg.Coord.SetAdd(sctx, revokedIDsKey, p.member, p.rid.until)
+			}
 			cancel()
 			if err != nil {
 				ok = false
@@ -348,6 +352,21 @@ func (n *Node) applyIDRevocations(ctx context.Context) bool {
 	}
 	r.mu.Unlock()
 	return ok
+}
+
+// putIDMark writes the mark of the revocation by ID p to the record
+// store, under revokedIDMarkKey, for as long as the revocation lasts: the
+// hit gate of a node back from a gap reads it with the chain's mark (see
+// checkHit) before its heal has read revokedIDsKey's set.
+func (n *Node) putIDMark(ctx context.Context, p *pendingID) error {
+	if n.cfg.Records == nil {
+		return nil
+	}
+	ttl := p.rid.until.Sub(n.cfg.Now())
+	if ttl <= 0 {
+		return nil
+	}
+	return n.cfg.Records.PutRecords(ctx, transport.Item{Key: revokedIDMarkKey(p.rid.id), Value: p.member, TTL: ttl})
 }
 
 // maxIDsPerMessage bounds the revoked IDs in one msgRevokeIDs message,

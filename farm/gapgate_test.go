@@ -1,0 +1,148 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// TestNoRevokedResumeAfterGap: n1 holds S, its own session, and is cut off
+// from the farm (its bus and its store, each on a path of its own); S is
+// revoked on n2 meanwhile, by its chain (S was stored before the cut, so
+// n2 knows it) or by its ID (S was issued during the cut: RevokeRecorded).
+// Both paths come back, the store's slower (150 ms each way, within
+// LookupTimeout and ProbeTimeout): n1's delivery mark is current within a
+// MarkInterval, but the revocation reaches it only when its heal has read
+// the store's tombstones and revoked-ids, some four round trips later. A
+// client offering S to n1 from the moment its subscription is back, again
+// and again for a second, never resumes it. Before, the hit gate switched
+// off with the mark, and n1 resumed S until its heal had read the sets.
+func TestNoRevokedResumeAfterGap(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		byID   bool // S issued during the cut, revoked by ID
+		wantSt farm.RevokeStatus
+	}{
+		{"chain", false, farm.RevokeApplied},
+		{"id", true, farm.RevokeRecorded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			noRevokedResumeAfterGap(t, tc.byID, tc.wantSt)
+		})
+	}
+}
+
+func noRevokedResumeAfterGap(t *testing.T, byID bool, wantSt farm.RevokeStatus) {
+	url := redistest.URL(t)
+	addr := strings.TrimPrefix(url, "redis://")
+	if i := strings.IndexByte(addr, '/'); i >= 0 {
+		addr = addr[:i]
+	}
+	px, spx := nettest.NewProxy(t, addr), nettest.NewProxy(t, addr) // n1's bus path, its store's
+	joined := 0
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
+		Mode: farm.Broadcast, WriteThrough: true,
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			if joined != 1 {
+				st := openRedis(tb, url, farmName)
+				return st, st
+			}
+			return openRedis(tb, strings.Replace(url, addr, px.Addr, 1), farmName),
+				openRedis(tb, strings.Replace(url, addr, spx.Addr, 1), farmName)
+		},
+		Tweak: func(c *farm.Config) {
+			c.WriteThroughTimeout = revUnknownYoung
+			c.HealInterval = 300 * time.Millisecond
+			c.BreakerCooldown = 500 * time.Millisecond
+			c.OpTimeout = 2 * time.Second
+			c.LookupTimeout = 2 * time.Second
+			c.ProbeTimeout = 5 * time.Second // the slow store is not an outage
+			c.MaxSkew = 100 * time.Millisecond
+			c.TallyInterval = -1
+		},
+	})
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	n1, n2 := ms[0], ms[1]
+	n1ids := farmtest.HandshakeSessions(n1.Cache)
+	_, pool := tlstest.SharedCert()
+	dial := func(c tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, n1.Server.Addr, tlstest.ClientConfig(pool, "localhost", tls.VersionTLS13, c)).DidResume
+	}
+	restored := false
+	restore := func() { px.Restore(); spx.Restore() }
+	t.Cleanup(func() {
+		spx.SetLatency(0)
+		if !restored {
+			restore()
+		}
+	})
+	cut := func() {
+		px.Cut()
+		spx.Cut()
+		farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	}
+
+	c := &tlstest.FrozenCache{}
+	if byID {
+		cut()
+		dial(c)
+	} else {
+		dial(c)
+		s := n1ids()[0]
+		waitStored(t, n2, s)
+		farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, s); return ok })
+		cut()
+	}
+	s := n1ids()[0]
+	if byID {
+		time.Sleep(revUnknownYoung + 300*time.Millisecond) // past the young window
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n2.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != wantSt {
+		t.Fatalf("RevokeSession(S) on n2 = %v, %v; want %v", st, err, wantSt)
+	}
+
+	marker := n1.Bus.(transport.DeliveryMarker)
+	spx.SetLatency(150 * time.Millisecond)
+	restore()
+	restored = true
+	back := time.Now()
+	farmtest.Eventually(t, 10*time.Second, "n1's subscription is back", func() bool {
+		d := marker.DeliveredThrough()
+		return !d.IsZero() && time.Since(d) < 100*time.Millisecond
+	})
+	up := time.Now()
+	dials := 0
+	for time.Since(up) < time.Second {
+		dials++
+		if dial(c) {
+			t.Fatalf("n1 resumed the revoked S %v after its subscription was back (%v after the restore; dial %d)",
+				time.Since(up).Round(time.Millisecond), time.Since(back).Round(time.Millisecond), dials)
+		}
+	}
+	farmtest.Eventually(t, 10*time.Second, "n1 revoked S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
+	t.Logf("n1 refused S %d times in the second after its subscription was back (%v after the restore); gated hits: revoked %d, confirmed %d, store_error %d, cut_off %d",
+		dials, up.Sub(back).Round(time.Millisecond), gated("revoked"), gated("confirmed"), gated("store_error"), gated("cut_off"))
+	if gated("revoked") == 0 {
+		t.Error("n1's hit gate never found S's revocation in the store")
+	}
+}
