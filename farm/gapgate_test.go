@@ -3,7 +3,6 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
-	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +10,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -44,24 +42,11 @@ func TestNoRevokedResumeAfterGap(t *testing.T) {
 }
 
 func noRevokedResumeAfterGap(t *testing.T, byID bool, wantSt farm.RevokeStatus) {
-	url := redistest.URL(t)
-	addr := strings.TrimPrefix(url, "redis://")
-	if i := strings.IndexByte(addr, '/'); i >= 0 {
-		addr = addr[:i]
-	}
-	px, spx := nettest.NewProxy(t, addr), nettest.NewProxy(t, addr) // n1's bus path, its store's
-	joined := 0
+	srv := sharedRedis(t)
+	px, spx := nettest.NewProxy(t, srv.Addr), nettest.NewProxy(t, srv.Addr) // n1's bus path, its store's
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{
 		Mode: farm.Broadcast, WriteThrough: true,
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined != 1 {
-				st := openRedis(tb, url, farmName)
-				return st, st
-			}
-			return openRedis(tb, strings.Replace(url, addr, px.Addr, 1), farmName),
-				openRedis(tb, strings.Replace(url, addr, spx.Addr, 1), farmName)
-		},
+		NewTransport: farmtest.SplitPaths(srv, 1, px.Addr, spx.Addr),
 		Tweak: func(c *farm.Config) {
 			c.WriteThroughTimeout = revUnknownYoung
 			c.HealInterval = 300 * time.Millisecond

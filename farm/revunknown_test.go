@@ -12,151 +12,33 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
-	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // revUnknownYoung is the young window (WriteThroughTimeout) of the
 // revocation-by-ID farms: short, so that the tests wait past it.
-const revUnknownYoung = time.Second
+const revUnknownYoung = farmtest.YoungWindow
 
 // startRevUnknownFarm starts a broadcast write-through farm of nodes
 // members on a private Redis (bus and store), the first of which reaches
 // it through its own nettest.Proxy, returned.
 func startRevUnknownFarm(t *testing.T, nodes int) ([]*farmtest.Member, *nettest.Proxy) {
 	t.Helper()
-	srv := redistest.Start(t)
-	url := srv.URL()
-	addr := srv.Addr()
-	px := nettest.NewProxy(t, addr)
-	joined := 0
-	o := &farmtest.Options{
-		Mode: farm.Broadcast, WriteThrough: true,
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			u := url
-			if joined == 0 {
-				u = strings.Replace(url, addr, px.Addr, 1)
-			}
-			joined++
-			return redisTransport(u)(tb, farmName)
-		},
-		Tweak: func(c *farm.Config) {
-			c.WriteThroughTimeout = revUnknownYoung
-			c.HealInterval = 300 * time.Millisecond
-			c.BreakerCooldown = 500 * time.Millisecond
-			c.OpTimeout = 2 * time.Second
-			c.MaxSkew = 100 * time.Millisecond
-			c.TallyInterval = -1
-		},
-	}
-	ms, _ := farmtest.Start(t, nodes, o)
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	return ms, px
+	return farmtest.StartIssuerProxied(t, redisServer(redistest.Start(t).URL()), nodes)
 }
 
-// TestRevokeUnknownWhileIssuerCutOff: n1, cut off from the farm (bus and
-// store), issues S to a real client; past the young window S is revoked
-// on n2, which neither holds S nor finds it in the store. The revocation
-// is recorded by S's ID (RevokeRecorded; before, RevokeNotFound, and
-// nothing was recorded). Once n1's path is back and it has healed, S
-// resumes on no node, the store holds no record of it, and n1's other
-// sessions were written back as usual.
+// TestRevokeUnknownWhileIssuerCutOff: farmtest.RevokeUnknownWhileIssuerCutOff
+// on a private Redis, for each TLS version: a session n1 issued while cut
+// off from the farm, revoked by its ID meanwhile (RevokeRecorded; before,
+// RevokeNotFound, and nothing was recorded), resumes on no node once n1 is
+// back, and the store never holds it.
 func TestRevokeUnknownWhileIssuerCutOff(t *testing.T) {
 	t.Parallel()
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		t.Run(tls.VersionName(v), func(t *testing.T) {
 			t.Parallel()
-			revokeUnknownWhileIssuerCutOff(t, v)
+			farmtest.RevokeUnknownWhileIssuerCutOff(t, redisServer(redistest.Start(t).URL()), v, nil)
 		})
-	}
-}
-
-func revokeUnknownWhileIssuerCutOff(t *testing.T, v uint16) {
-	ms, px := startRevUnknownFarm(t, 3)
-	n1, n2, n3 := ms[0], ms[1], ms[2]
-	n1ids := farmtest.HandshakeSessions(n1.Cache)
-	_, pool := tlstest.SharedCert()
-	dial := func(m *farmtest.Member, c tls.ClientSessionCache) tls.ConnectionState {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, tlstest.ClientConfig(pool, "localhost", v, c))
-	}
-
-	px.Cut()
-	restored := false
-	t.Cleanup(func() {
-		if !restored {
-			px.Restore()
-		}
-	})
-	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
-
-	c := &tlstest.FrozenCache{}
-	if dial(n1, c).DidResume {
-		t.Fatal("the first handshake resumed")
-	}
-	other := &tlstest.FrozenCache{} // a session of n1's the farm leaves alone
-	dial(n1, other)
-	ids := n1ids()
-	if len(ids) != 2 {
-		t.Fatalf("n1 issued %d sessions, want 2", len(ids))
-	}
-	s, o := ids[0], ids[1]
-
-	time.Sleep(revUnknownYoung + 300*time.Millisecond) // past the young window
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	st, err := n2.Node.RevokeSession(ctx, s)
-	cancel()
-	if err != nil || st != farm.RevokeRecorded {
-		t.Fatalf("RevokeSession(S) on n2 = %v, %v; want %v", st, err, farm.RevokeRecorded)
-	}
-
-	// From n1's return until it has revoked S, the store never holds
-	// S: n1 reads the revocations by ID before it writes back what it
-	// kept through the outage.
-	seen := make(chan bool, 1)
-	stop := make(chan struct{})
-	go func() {
-		found := false
-		for {
-			select {
-			case <-stop:
-				seen <- found
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			found = found || stored(n2, s)
-		}
-	}()
-	px.Restore()
-	restored = true
-	back := time.Now()
-	farmtest.WaitConnected(t, n1)
-	farmtest.Eventually(t, 10*time.Second, "n1 revoked S's chain", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
-	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
-	close(stop)
-	if <-seen {
-		t.Error("the store held S after n1's return: n1 wrote it back before it revoked it")
-	}
-	farmtest.Eventually(t, 10*time.Second, "n1 wrote back its other session", func() bool { return stored(n2, o) })
-	farmtest.Eventually(t, 10*time.Second, "every revocation applied", func() bool {
-		return n1.Node.PendingRevocations() == 0 && n2.Node.PendingRevocations() == 0
-	})
-	t.Logf("n1 revoked S %v after its path came back", time.Since(back).Round(time.Millisecond))
-
-	for _, m := range ms {
-		if stored(m, s) {
-			t.Fatalf("the store holds a record of the revoked S (asked through %s)", m.Name)
-		}
-		if dial(m, c).DidResume {
-			t.Fatalf("%s resumed the revoked S", m.Name)
-		}
-	}
-	if stored(n2, s) {
-		t.Fatal("the store holds a record of the revoked S after the handshakes")
-	}
-	if !dial(n3, other).DidResume {
-		t.Fatal("n1's other session did not resume on n3")
 	}
 }
 
