@@ -32,11 +32,13 @@ func (s *countingStore) GetRecord(ctx context.Context, key string) ([]byte, erro
 	return s.Store.GetRecord(ctx, key)
 }
 
-// gateRead reports whether key is a revoked chain's mark, which the hit
+// gateRead reports whether key is a revoked chain's or ID's mark, which the hit
 // gate reads while the node's bus delivery lags (under -race on a loaded
 // machine, too): the stores that count GETs count the sessions' lookups,
 // not those.
-func gateRead(key string) bool { return strings.HasPrefix(key, farm.ChainMarkPrefix) }
+func gateRead(key string) bool {
+	return strings.HasPrefix(key, farm.ChainMarkPrefix) || strings.HasPrefix(key, farm.IDMarkPrefix)
+}
 
 // longName is a server name of 300 bytes: longer than any record holds.
 var longName = strings.Repeat(strings.Repeat("a", 59)+".", 5) + "example"

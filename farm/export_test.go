@@ -152,6 +152,9 @@ const TombstoneKey = tombstoneKey
 // ChainMarkPrefix begins the keys of the hit gate's revoked-chain marks.
 const ChainMarkPrefix = chainMarkPrefix
 
+// IDMarkPrefix begins the keys of the hit gate's revoked-ID marks.
+const IDMarkPrefix = revokedIDMarkPrefix
+
 // SealTombstone returns a revocation of chain until until, sealed as the
 // node writes one into the Coordinator's set of revocations.
 func (n *Node) SealTombstone(chain uint64, until time.Time) []byte {
