@@ -112,19 +112,20 @@ func noRevokedResumeAfterGap(t *testing.T, byID bool, wantSt farm.RevokeStatus) 
 		d := marker.DeliveredThrough()
 		return !d.IsZero() && time.Since(d) < 100*time.Millisecond
 	})
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
 	up := time.Now()
 	dials := 0
 	for time.Since(up) < time.Second {
 		dials++
 		if dial(c) {
-			t.Fatalf("n1 resumed the revoked S %v after its subscription was back (%v after the restore; dial %d)",
-				time.Since(up).Round(time.Millisecond), time.Since(back).Round(time.Millisecond), dials)
+			t.Fatalf("n1 resumed the revoked S %v after its subscription was back (%v after the restore; dial %d); gated hits: revoked %d, confirmed %d, store_error %d, cut_off %d",
+				time.Since(up).Round(time.Millisecond), time.Since(back).Round(time.Millisecond), dials,
+				gated("revoked"), gated("confirmed"), gated("store_error"), gated("cut_off"))
 		}
 	}
 	farmtest.Eventually(t, 10*time.Second, "n1 revoked S", func() bool { _, ok := lookup(n1.Cache, s); return !ok })
-	gated := func(result string) uint64 {
-		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
-	}
 	t.Logf("n1 refused S %d times in the second after its subscription was back (%v after the restore); gated hits: revoked %d, confirmed %d, store_error %d, cut_off %d",
 		dials, up.Sub(back).Round(time.Millisecond), gated("revoked"), gated("confirmed"), gated("store_error"), gated("cut_off"))
 	if gated("revoked") == 0 {
