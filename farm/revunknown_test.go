@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -117,32 +119,12 @@ func TestRevokeWhileStoreUnreachable(t *testing.T) {
 	t.Parallel()
 	ms, px := startRevUnknownFarm(t, 3)
 	n1, n2, n3 := ms[0], ms[1], ms[2]
-	px.Cut()
-	restored := false
-	t.Cleanup(func() {
-		if !restored {
-			px.Restore()
-		}
-	})
-	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
-	ids, cs := farmtest.Issue(t, n2, 1)
-	s := ids[0]
-	waitStored(t, n2, s)
-	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
-	time.Sleep(revUnknownYoung + 100*time.Millisecond)
-
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	st, err := n1.Node.RevokeSession(ctx, s)
-	cancel()
-	if err != nil || st != farm.RevokePending {
-		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
-	}
+	s, cs, restore := revokeWhileCutOff(t, px, n1, n2, n3)
 	if n := n1.Node.PendingRevocations(); n != 1 {
 		t.Fatalf("%d revocations pending on n1, want 1", n)
 	}
 
-	px.Restore()
-	restored = true
+	restore()
 	farmtest.WaitConnected(t, n1)
 	farmtest.Eventually(t, 15*time.Second, "n1's revocation applied", func() bool { return n1.Node.PendingRevocations() == 0 })
 	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
@@ -192,29 +174,10 @@ func TestRevokeByIDSurvivesRestart(t *testing.T) {
 	n1 := farmtest.Join(t, "n1", name, o1)
 	farmtest.WaitConnected(t, n1, n2, n3)
 
-	px.Cut()
-	restored := false
-	t.Cleanup(func() {
-		if !restored {
-			px.Restore()
-		}
-	})
-	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
-	ids, cs := farmtest.Issue(t, n2, 1)
-	s := ids[0]
-	waitStored(t, n2, s)
-	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
-	time.Sleep(revUnknownYoung + 100*time.Millisecond)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	st, err := n1.Node.RevokeSession(ctx, s)
-	cancel()
-	if err != nil || st != farm.RevokePending {
-		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
-	}
+	s, cs, restore := revokeWhileCutOff(t, px, n1, n2, n3)
 	n1.Node.Close() // its last try fails: the path is still cut
 
-	px.Restore()
-	restored = true
+	restore()
 	again := farmtest.Join(t, "n1-again", name, o1)
 	farmtest.WaitConnected(t, again)
 	farmtest.Eventually(t, 15*time.Second, "the revocation applied after the restart", func() bool { return again.Node.PendingRevocations() == 0 })
@@ -231,4 +194,30 @@ func TestRevokeByIDSurvivesRestart(t *testing.T) {
 			t.Fatalf("%s resumed the revoked S", m.Name)
 		}
 	}
+}
+
+// revokeWhileCutOff cuts n1's path (px), has n2 issue a session S that the
+// store and n3 then hold, waits until S is no longer young, and revokes S
+// on the cut-off n1, which must answer RevokePending. It returns S, the
+// client cache that holds it, and a function that restores n1's path
+// (done at cleanup if the test does not).
+func revokeWhileCutOff(t *testing.T, px *nettest.Proxy, n1, n2, n3 *farmtest.Member) (session.ID, []*tlstest.FrozenCache, func()) {
+	t.Helper()
+	px.Cut()
+	var once sync.Once
+	restore := func() { once.Do(px.Restore) }
+	t.Cleanup(restore)
+	farmtest.Eventually(t, 10*time.Second, "n1 finds the farm gone", func() bool { return !n1.Node.Connected() })
+	ids, cs := farmtest.Issue(t, n2, 1)
+	s := ids[0]
+	waitStored(t, n2, s)
+	farmtest.Eventually(t, 5*time.Second, "n3 holds S", func() bool { _, ok := lookup(n3.Cache, s); return ok })
+	time.Sleep(revUnknownYoung + 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	st, err := n1.Node.RevokeSession(ctx, s)
+	cancel()
+	if err != nil || st != farm.RevokePending {
+		t.Fatalf("RevokeSession(S) on n1, cut off = %v, %v; want %v", st, err, farm.RevokePending)
+	}
+	return s, cs, restore
 }
