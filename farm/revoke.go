@@ -319,21 +319,14 @@ func (n *Node) readTombstones(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := n.cfg.Now()
-	var version []byte
-	sv, versioned := n.cfg.Coord.(transport.SetVersioner)
-	if versioned {
-		vctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		v, err := sv.SetVersion(vctx, tombstoneKey)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if t.valid && bytes.Equal(v, t.version) && (t.again.IsZero() || now.Before(t.again)) {
-			n.ctr.tombstoneReadsUnchanged.Add(1)
-			n.tombstonesKnown()
-			return nil
-		}
-		version = v
+	version, versioned, err := n.setVersion(ctx, tombstoneKey)
+	if err != nil {
+		return err
+	}
+	if versioned && t.valid && bytes.Equal(version, t.version) && (t.again.IsZero() || now.Before(t.again)) {
+		n.ctr.tombstoneReadsUnchanged.Add(1)
+		n.tombstonesKnown()
+		return nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, n.tombstoneTimeout())
 	members, err := n.cfg.Coord.SetMembers(rctx, tombstoneKey)
@@ -399,6 +392,24 @@ func (n *Node) readTombstones(ctx context.Context) error {
 	n.ctr.tombstoneReads.Add(1)
 	n.tombstonesKnown()
 	return nil
+}
+
+// setVersion asks the Coordinator for the version of the set at key, where
+// it can tell it (transport.SetVersioner): versioned is false, and version
+// nil, where it cannot. A set whose version is unchanged since a node's last
+// whole read need not be read again.
+func (n *Node) setVersion(ctx context.Context, key string) (version []byte, versioned bool, err error) {
+	sv, ok := n.cfg.Coord.(transport.SetVersioner)
+	if !ok {
+		return nil, false, nil
+	}
+	vctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	v, err := sv.SetVersion(vctx, key)
+	if err != nil {
+		return nil, true, err
+	}
+	return v, true, nil
 }
 
 // revocationSeq yields each of revs' chains with its time, for

@@ -468,20 +468,13 @@ func (n *Node) readRevokedIDsAs(ctx context.Context, wait bool) error {
 	}
 	defer r.readMu.Unlock()
 	owed := r.owed.Load()
-	var version []byte
-	sv, versioned := n.cfg.Coord.(transport.SetVersioner)
-	if versioned {
-		vctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		v, err := sv.SetVersion(vctx, revokedIDsKey)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if r.valid && bytes.Equal(v, r.version) {
-			r.read.Store(owed)
-			return nil
-		}
-		version = v
+	version, versioned, err := n.setVersion(ctx, revokedIDsKey)
+	if err != nil {
+		return err
+	}
+	if versioned && r.valid && bytes.Equal(version, r.version) {
+		r.read.Store(owed)
+		return nil
 	}
 	// OpTimeout, not tombstoneTimeout: the set is small (a revocation
 	// of a session no node knows is rare), and a read that fails is
