@@ -821,6 +821,13 @@ func testPromiseEndThroughStoreLoss(t *testing.T, kind string, restart bool) {
 		}}
 	ms, name := farmtest.Start(t, 2, o)
 	farmtest.WaitRevocationsKnown(t, ms...) // with OpTimeout 300ms, a loaded machine left it to the heal
+	// Each node must know the store's generation before n2 is cut off: a
+	// node that first reads it after the restart has no earlier one to
+	// tell the loss by (a CI run at load 11, whose first reads timed out
+	// at 300ms, waited 10 s for "n2 found the store emptied").
+	farmtest.Eventually(t, 10*time.Second, "both nodes read the store's generation", func() bool {
+		return ms[0].Node.StoreGeneration() != nil && ms[1].Node.StoreGeneration() != nil
+	})
 	o.NewTransport = redisTransport(srv.URL())
 	ids, cs := farmtest.Issue(t, ms[0], 1)
 	id, c := ids[0], cs[0]
