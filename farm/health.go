@@ -24,6 +24,10 @@ type probe struct {
 	up       atomic.Bool
 	failures atomic.Uint64 // probes that failed
 	changes  atomic.Uint64 // times up changed
+	// begun counts the probes begun; lastFailed is the number (in begun)
+	// of the last one begun that failed, 0 if none has. Probes of one
+	// path run one at a time (see prober).
+	begun, lastFailed atomic.Uint64
 }
 
 func newProbe(what string, v any) *probe {
@@ -36,12 +40,20 @@ func newProbe(what string, v any) *probe {
 	return pr
 }
 
-// failed returns the number of pr's probes that failed (0 if pr is nil).
-func (pr *probe) failed() uint64 {
+// begunCount returns the number of pr's probes begun so far (0 if pr is
+// nil).
+func (pr *probe) begunCount() uint64 {
 	if pr == nil {
 		return 0
 	}
-	return pr.failures.Load()
+	return pr.begun.Load()
+}
+
+// failedSince reports whether one of pr's probes begun after the count
+// begun (a begunCount taken earlier) has failed. One begun before, still
+// in flight then, may fail later: what it found is of the time it began.
+func (pr *probe) failedSince(begun uint64) bool {
+	return pr != nil && pr.lastFailed.Load() > begun
 }
 
 // healthy reports whether pr is nil (nothing to probe) or last answered.
@@ -102,6 +114,7 @@ var errProbeTimeout = errors.New("no answer within the probe timeout")
 // not wait ProbeTimeout, a bound of its own, for it. The ping left behind
 // ends by that deadline, or when the transport closes.
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
+	seq := pr.begun.Add(1)
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	done := make(chan error, 1)
 	go func() {
@@ -122,6 +135,7 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	}
 	if err != nil {
 		pr.failures.Add(1)
+		pr.lastFailed.Store(seq)
 	}
 	up := err == nil
 	if pr.up.Swap(up) == up {

@@ -178,10 +178,11 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		return true
 	}
 	// Back from a gap not yet healed, the node's probes may still
-	// describe the gap: unless its store's probe has failed since the
-	// subscription came back, the read says whether the store is there.
+	// describe the gap: unless a probe of its store begun since the
+	// subscription came back has failed (one begun before may fail
+	// after), the read says whether the store is there.
 	healing := n.healing()
-	probeFailed := n.storeProbe.failed() != n.upProbeFailures.Load()
+	probeFailed := n.storeProbe.failedSince(n.upProbeBegun.Load())
 	if (!healing || probeFailed) && n.storeUnreachable() {
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
@@ -192,7 +193,7 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		cutOff := busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable()
 		if healing {
 			cutOff = unreachable(err) || n.subscriptionDown() ||
-				(n.storeProbe.failed() != n.upProbeFailures.Load() && n.storeUnreachable())
+				(n.storeProbe.failedSince(n.upProbeBegun.Load()) && n.storeUnreachable())
 		}
 		if cutOff {
 			// The store's server cannot be reached (the connection

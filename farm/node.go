@@ -52,10 +52,12 @@ type Node struct {
 	// gap counts the gaps in the subscription, and says whether the last
 	// one is healed (see gapOpen).
 	gap atomic.Uint64
-	// upProbeFailures is the store probe's failures when the subscription
-	// last came up: the hit gate of a node healing from a gap trusts a
-	// store probe only if it failed since (see checkHit).
-	upProbeFailures atomic.Uint64
+	// upProbeBegun is the store probes begun when the subscription last
+	// came up: the hit gate of a node healing from a gap trusts a store
+	// probe's failure only if that probe began since (see checkHit). One
+	// begun during the gap may fail after the subscription is back, as
+	// the gap found the store.
+	upProbeBegun atomic.Uint64
 
 	unhook func()
 	leave  func() // leaves the cache's farm (session.Cache.Join), if joined

@@ -37,7 +37,7 @@ const gapLogEvery = time.Minute
 func (n *Node) busState(up bool, err error) {
 	if up && !n.connected.Load() {
 		// Before the subscription counts as up: see checkHit.
-		n.upProbeFailures.Store(n.storeProbe.failed())
+		n.upProbeBegun.Store(n.storeProbe.begunCount())
 	}
 	was := n.connected.Swap(up)
 	n.busHeard()

@@ -413,7 +413,9 @@ func TestHTTP3EarlyRequestFromTrustedIntermediary(t *testing.T) {
 		// Sent without early set, the POST waits for the handshake (the
 		// connection may still have used 0-RTT).
 		if tc.early && !r.used0RTT || r.status != tc.status {
-			t.Fatalf("%s %s: 0-RTT %v, status %d (%s); want status %d", tc.method, tc.path, r.used0RTT, r.status, r.body, tc.status)
+			st := n.s.QUICStats()
+			t.Fatalf("%s %s: 0-RTT %v (resumed %v), status %d (%s); want status %d; n1's early data so far: offered %d, accepted %d, rejected %v",
+				tc.method, tc.path, r.used0RTT, r.resumed, r.status, r.body, tc.status, st.EarlyDataOffered, st.EarlyDataAccepted, st.EarlyDataRejected)
 		}
 		if got := up.got(tc.path); got != tc.upstream {
 			t.Fatalf("%s %s: upstream saw %q, want %q", tc.method, tc.path, got, tc.upstream)
