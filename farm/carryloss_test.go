@@ -12,6 +12,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // The carry-loss tests hold the farm's promises for carried sessions
@@ -74,11 +75,19 @@ func TestCarriedGraceCutIssuerCut(t *testing.T) {
 func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 	const grace = 4 * time.Second
 	srv := redistest.Start(t)
-	f := startCarryFarmOn(t, srv.URL(), 2, 1, grace, carryLossTweak(nil))
+	tr := newSessionTrace()
+	f := startCarryFarmOn(t, srv.URL(), 2, 1, grace, carryLossTweak(func(c *farm.Config) { c.Logger = tr.logger(c.NodeName) }))
 	n1, n2 := f.ms[0], f.ms[1]
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rc.Close() })
 	n1ids, n2ids := farmtest.HandshakeSessions(n1.Cache), farmtest.HandshakeSessions(n2.Cache)
+	tr.watch(n1, n2)
+	tr.watchStore(t, srv.Addr())
+	defer func() {
+		if t.Failed() {
+			t.Logf("S's trace (the time since the farm started; redis: the server's clock):\n%s", tr.dump())
+		}
+	}()
 
 	f.px[0].Freeze()
 	thawed := false
@@ -102,6 +111,11 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 		t.Fatal("the first handshake resumed")
 	}
 	s := n1ids()[0]
+	tr.setID(s)
+	first, ok := lookup(n1.Cache, s)
+	if !ok {
+		t.Fatal("n1 does not hold the session it issued")
+	}
 	child := &tlstest.FrozenCache{}
 	if !dialAs(t, n2, "localhost", passOn{c, child}).DidResume {
 		t.Fatalf("n2 did not resume S from its carried copy (carried: %d admitted, %d refused, %d old, %d gap)",
@@ -109,6 +123,7 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 	}
 	resumedAt := time.Now()
 	graceEnd := resumedAt.Add(grace)
+	tr.add("S resumed on n2 from its carried copy; its grace ends at %s", tr.rel(graceEnd))
 	if got := carried(n2, "admitted"); got != 1 {
 		t.Fatalf("n2 admitted %d carried copies, want 1", got)
 	}
@@ -119,6 +134,7 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 		srv.Kill()
 		srv.Restart() // empty
 		lost := time.Now()
+		tr.add("Redis restarted empty")
 		// n2 finds the store emptied and writes its sessions back: C
 		// whole, S cut.
 		farmtest.Eventually(t, 10*time.Second, "n2 wrote C back", func() bool { return stored(n2, kid) })
@@ -127,6 +143,8 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 	if late {
 		time.Sleep(time.Until(graceEnd.Add(200 * time.Millisecond)))
 	}
+	tr.add("n1's path thawed, or cut and restored")
+	backCalled := time.Now()
 	back()
 	farmtest.WaitConnected(t, n1)
 	backAt := time.Now()
@@ -145,15 +163,20 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 		return !ok || !asked.Add(ttl).After(graceEnd.Add(promiseOpTimeout))
 	})
 	t.Logf("n1 and the store hold S to its grace %v after n1's return", time.Since(backAt).Round(time.Millisecond))
+	tr.add("n1 holds S cut or not at all, the store's record ends by the grace")
 
 	time.Sleep(time.Until(graceEnd.Add(300 * time.Millisecond)))
 	n3 := farmtest.Join(t, "n3", f.name, *f.o)
+	tr.watch(n3)
+	tr.add("n3 joined")
 	waitServing(t, n1, n2, n3)
 	all := append(f.ms, n3)
 	for _, m := range all {
+		tr.add("S presented to %s", m.Name)
 		if dialAs(t, m, "localhost", c).DidResume {
 			logCarryLoss(t, all)
-			t.Fatalf("%s resumed S past its grace after the store's loss", m.Name)
+			logHolders(t, rc, s, all)
+			t.Fatalf("%s resumed S past its grace after the store's loss (how each node came to hold S: the trace below)", m.Name)
 		}
 	}
 	if ttl, ok := storedTTL(t, rc, n1, s); ok {
@@ -163,6 +186,41 @@ func carriedGraceCutThroughStoreLoss(t *testing.T, drop, late, loss bool) {
 		if !dialAs(t, m, "localhost", child).DidResume {
 			logCarryLoss(t, all)
 			t.Fatalf("C did not resume on %s", m.Name)
+		}
+	}
+	if drop {
+		// What n1's path held when it was cut is lost: n1 writes S
+		// again only as it knows it after its return (refreshLater
+		// reads its cache first). A write made before it and sent
+		// again after it (go-redis's own retries did) put S whole in
+		// the store once n1 had heard S cut past its grace, and n1, or
+		// n3 by a load, resumed it before n1 deleted it again. A SET
+		// of S's whole record tells when it was made by its TTL: S's
+		// expiry less the TTL. Its retries end within a second or so.
+		time.Sleep(time.Until(backCalled.Add(2 * time.Second)))
+		for _, w := range tr.setsAfter(backCalled) {
+			if made := first.Expires.Add(-w.ttl); made.Before(backCalled) {
+				t.Errorf("n1's write of S whole, made %v before n1's path was cut, reached the store %v after it",
+					backCalled.Sub(made).Round(time.Millisecond), w.at.Sub(backCalled).Round(time.Millisecond))
+			}
+		}
+	}
+}
+
+// logHolders logs who holds the session id now: the store (for how much
+// longer) and each of ms (until when).
+func logHolders(t *testing.T, rc *redis.Client, id session.ID, ms []*farmtest.Member) {
+	t.Helper()
+	if ttl, ok := storedTTL(t, rc, ms[0], id); ok {
+		t.Logf("the store holds S for %v more", ttl)
+	} else {
+		t.Log("the store holds no record of S")
+	}
+	for _, m := range ms {
+		if r, ok := lookup(m.Cache, id); ok {
+			t.Logf("%s holds S until %v from now", m.Name, time.Until(r.Expires).Round(time.Millisecond))
+		} else {
+			t.Logf("%s does not hold S", m.Name)
 		}
 	}
 }

@@ -187,10 +187,29 @@ func (notReplicated) Is(target error) bool { return target == transport.ErrUncon
 // shared channel while both versions run.
 const IDLen = 16
 
+// noResend turns off go-redis's retries of a command that failed on its
+// connection (default 3, with backoff, on a new connection), unless the
+// URL asks for them (max_retries). Such a retry is sent when the
+// connection comes back, with what the farm knew when it first sent the
+// command: a new session's first write, cut off in flight while its issuer
+// was cut off, landed whole after the issuer had come back and heard the
+// session cut past its grace, and a node that loaded it before the issuer
+// deleted it again resumed it (TestWriteCutInFlightNotSentAgain). The farm
+// keeps a failed write for later and reads the cache again before it
+// writes it (see farm's refreshLater). A Redis Cluster client still
+// tries a command again on another connection after a network error (the
+// redirect loop that follows a failover), which has no switch of its own.
+func noResend(maxRetries *int, q url.Values) {
+	if *maxRetries == 0 && !q.Has("max_retries") {
+		*maxRetries = -1
+	}
+}
+
 // Open connects to Redis at rawURL for the named farm. It does not wait for
 // Redis: a transport opened while Redis is down works once it is up. It
-// dials without go-redis's own retries (the farm retries with backoff) and
-// routes go-redis's log lines to slog at debug level.
+// sends no command again after a failure, as go-redis would by default
+// (see noResend): the farm retries with backoff, as it knows things then.
+// It routes go-redis's log lines to slog at debug level.
 //
 // URL forms (user and password for ACLs; query options as go-redis reads
 // them, such as dial_timeout or pool_size):
@@ -294,6 +313,7 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		if opt.DialerRetries == 0 && !u.Query().Has("dialer_retries") {
 			opt.DialerRetries = 1
 		}
+		noResend(&opt.MaxRetries, u.Query())
 		c = redis.NewClient(opt)
 	case "cluster":
 		if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
@@ -325,6 +345,7 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
+		noResend(&opt.MaxRetries, u.Query())
 		c = redis.NewFailoverClient(opt)
 	default:
 		return nil, secrets, fmt.Errorf("redisbus: URL scheme %q: unknown variant %q", u.Scheme, kind)

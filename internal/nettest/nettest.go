@@ -80,6 +80,7 @@ type Proxy struct {
 	thawed chan struct{} // while frozen: closed by Thaw (or Cut)
 	conns  []net.Conn    // both ends of every connection forwarded
 	delay  time.Duration // see SetLatency
+	held   int           // reads waiting for a thaw (see Holding)
 }
 
 // NewProxy starts a Proxy to the server at target. It stops, closing its
@@ -144,9 +145,15 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		if n > 0 {
 			p.mu.Lock()
 			thawed, delay := p.thawed, p.delay
+			if thawed != nil {
+				p.held++
+			}
 			p.mu.Unlock()
 			if thawed != nil {
 				<-thawed
+				p.mu.Lock()
+				p.held--
+				p.mu.Unlock()
 			}
 			if delay > 0 {
 				time.Sleep(delay)
@@ -169,6 +176,14 @@ func (p *Proxy) Freeze() {
 	if p.thawed == nil {
 		p.thawed = make(chan struct{})
 	}
+}
+
+// Holding reports how many reads, either way, the proxy holds for a thaw:
+// a test that freezes it can wait until a request it makes is held.
+func (p *Proxy) Holding() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // SetLatency holds each read the proxy forwards, either way, for d before
