@@ -109,9 +109,18 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	ms, _ := farmtest.Start(t, 1, &o)
 	n := ms[0]
 	const lookups = 8
+	// A handshake whose goroutine is not run again until the store's late
+	// answer is in finds both its deadline and the answer ready, and may
+	// take the answer (a CI run at load 11 counted 7 deadlines of 8): such
+	// a wait, as long as the store's delay, is not held to the deadline.
+	overslept := 0
 	for i := range lookups {
 		id := n.Cache.NewID()
+		start := time.Now()
 		unwrapSession(n.Cache, id[:], tls.ConnectionState{ServerName: "localhost"})
+		if time.Since(start) >= slow.delay {
+			overslept++
+		}
 		// Each late answer before the next lookup: a loaded machine
 		// delays the answers, and five give-ups before the first of
 		// them came would trip the breaker however they are counted.
@@ -125,8 +134,8 @@ func TestSlowStoreDoesNotOpenBreaker(t *testing.T) {
 	skipped := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "skipped")
 	trips := farmtest.Counter(st, "tlsfarm_farm_breaker_trips_total")
 	open := farmtest.Counter(st, "tlsfarm_farm_breaker_open") == 1
-	if deadline != lookups || skipped != 0 || trips != 0 || open {
-		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d, 0, 0", deadline, skipped, trips, open, lookups)
+	if deadline > lookups || deadline < uint64(lookups-overslept) || skipped != 0 || trips != 0 || open {
+		t.Fatalf("deadline %d, skipped %d, breaker trips %d (open %t); want %d (%d waits as long as the store's delay), 0, 0", deadline, skipped, trips, open, lookups, overslept)
 	}
 }
 
