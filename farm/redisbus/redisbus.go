@@ -196,9 +196,11 @@ const IDLen = 16
 // session cut past its grace, and a node that loaded it before the issuer
 // deleted it again resumed it (TestWriteCutInFlightNotSentAgain). The farm
 // keeps a failed write for later and reads the cache again before it
-// writes it (see farm's refreshLater). A Redis Cluster client still
-// tries a command again on another connection after a network error (the
-// redirect loop that follows a failover), which has no switch of its own.
+// writes it (see farm's refreshLater). A Redis Cluster client has no such
+// switch: it tries a command again after a network error within the loop
+// that follows MOVED and ASK, so the transport sends each command that
+// changes the farm's state as one that says it must not be retried (see
+// onceCmd), on every client.
 func noResend(maxRetries *int, q url.Values) {
 	if *maxRetries == 0 && !q.Has("max_retries") {
 		*maxRetries = -1
@@ -208,7 +210,9 @@ func noResend(maxRetries *int, q url.Values) {
 // Open connects to Redis at rawURL for the named farm. It does not wait for
 // Redis: a transport opened while Redis is down works once it is up. It
 // sends no command again after a failure, as go-redis would by default
-// (see noResend): the farm retries with backoff, as it knows things then.
+// (see noResend), nor, on a Redis Cluster, any that changes the farm's
+// state (see onceCmd; a cluster still follows MOVED and ASK): the farm
+// retries with backoff, as it knows things then.
 // It routes go-redis's log lines to slog at debug level.
 //
 // URL forms (user and password for ACLs; query options as go-redis reads
@@ -487,11 +491,11 @@ func (t *Transport) Channel() string { return t.channel }
 // Publish implements transport.Bus: one PUBLISH per message, in one pipeline.
 func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 	if len(msgs) == 1 {
-		return t.failed(t.publish(ctx, t.c, msgs[0]).Err())
+		return t.failed(t.publish(ctx, once{t.c}, msgs[0]).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, m := range msgs {
-			t.publish(ctx, p, m)
+			t.publish(ctx, once{p}, m)
 		}
 		return nil
 	})
@@ -500,8 +504,8 @@ func (t *Transport) Publish(ctx context.Context, msgs ...[]byte) error {
 
 // publish sends msg on the cluster's sharded channel, on the shared
 // channel while an old node may listen there (see the package doc), or
-// else on the node's own.
-func (t *Transport) publish(ctx context.Context, c redis.Cmdable, msg []byte) *redis.IntCmd {
+// else on the node's own; at most once.
+func (t *Transport) publish(ctx context.Context, c once, msg []byte) *redis.IntCmd {
 	switch {
 	case t.cluster:
 		return c.SPublish(ctx, t.channel, msg)
@@ -1016,9 +1020,9 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	if len(items) == 1 {
 		it := items[0]
 		if sc := writeScript(it); sc != nil {
-			return t.failed(sc.Run(ctx, t.c, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
+			return t.failed(sc.Run(ctx, once{t.c}, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
 		}
-		return t.failed(t.c.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
+		return t.failed(once{t.c}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
 	var cuts []cutCmd
 	cmds, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -1053,9 +1057,9 @@ func writeScript(it transport.Item) *redis.Script {
 // Item.NoLonger its script by hash, which it appends to cuts.
 func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item, cuts []cutCmd) []cutCmd {
 	if sc := writeScript(it); sc != nil {
-		return append(cuts, cutCmd{sc.EvalSha(ctx, p, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
+		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
 	}
-	p.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
+	once{p}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 	return cuts
 }
 
@@ -1079,7 +1083,7 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
 			if c.cmd.Err() != nil {
-				writeScript(c.it).Eval(ctx, p, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
+				writeScript(c.it).Eval(ctx, once{p}, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
 			}
 		}
 		return nil
@@ -1130,17 +1134,17 @@ func (t *Transport) PutAndPublish(ctx context.Context, items []transport.Item, d
 		case len(dels) == 0:
 		case t.cluster:
 			for _, k := range dels {
-				p.Del(ctx, t.RecordKey(k))
+				once{p}.Del(ctx, t.RecordKey(k))
 			}
 		default:
 			full := make([]string, len(dels))
 			for i, k := range dels {
 				full[i] = t.RecordKey(k)
 			}
-			p.Del(ctx, full...)
+			once{p}.Del(ctx, full...)
 		}
 		for _, m := range msgs {
-			t.publish(ctx, p, m)
+			t.publish(ctx, once{p}, m)
 		}
 		return nil
 	})
@@ -1229,11 +1233,11 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 		for i, k := range keys {
 			full[i] = t.RecordKey(k)
 		}
-		return t.failed(t.c.Del(ctx, full...).Err())
+		return t.failed(once{t.c}.Del(ctx, full...).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
-			p.Del(ctx, t.RecordKey(k))
+			once{p}.Del(ctx, t.RecordKey(k))
 		}
 		return nil
 	})
@@ -1248,7 +1252,7 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	if t.WaitReplicas > 0 {
 		return t.takeWait(ctx, t.RecordKey(key))
 	}
-	b, err := t.c.GetDel(ctx, t.RecordKey(key)).Bytes()
+	b, err := once{t.c}.GetDel(ctx, t.RecordKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
 	}
@@ -1263,7 +1267,7 @@ func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, err
 	if t.WaitReplicas > 0 {
 		return t.addWait(ctx, t.RecordKey(it.Key), it)
 	}
-	ok, err := t.c.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
+	ok, err := once{t.c}.SetNX(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Result()
 	return ok, t.failed(err)
 }
 
@@ -1271,7 +1275,7 @@ func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, err
 // the master that holds full.
 func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
 	var get *redis.StringCmd
-	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = p.GetDel(ctx, full) })
+	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.GetDel(ctx, full) })
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, t.failed(err)
 	}
@@ -1292,7 +1296,7 @@ func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
 // master that holds full.
 func (t *Transport) addWait(ctx context.Context, full string, it transport.Item) (bool, error) {
 	var set *redis.BoolCmd
-	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { set = p.SetNX(ctx, full, it.Value, it.TTL) })
+	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { set = once{p}.SetNX(ctx, full, it.Value, it.TTL) })
 	if err != nil {
 		return false, t.failed(err)
 	}
@@ -1387,7 +1391,7 @@ func (t *Transport) acknowledged(wait *redis.Cmd) error {
 // SwapRecord implements transport.RecordSwapper: SET key value PX ttl GET, one
 // atomic command (Redis 6.2 or later).
 func (t *Transport) SwapRecord(ctx context.Context, it transport.Item) ([]byte, error) {
-	b, err := t.c.SetArgs(ctx, t.RecordKey(it.Key), it.Value, redis.SetArgs{TTL: it.TTL, Get: true}).Bytes()
+	b, err := once{t.c}.SetGet(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
 	}
@@ -1485,7 +1489,7 @@ func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport
 	if t.WaitReplicas > 0 && write == "1" {
 		return t.strikeWait(ctx, sc, keys, args)
 	}
-	n, err := sc.EvalSha(ctx, t.c, keys, args...).Int()
+	n, err := sc.EvalSha(ctx, once{t.c}, keys, args...).Int()
 	if isNoScript(err) {
 		return false, transport.ErrRegisterUnknown
 	}
@@ -1510,12 +1514,12 @@ func (t *Transport) RenewRegister(ctx context.Context, groups []string, markerTT
 		for i, g := range groups {
 			markers[i] = t.RecordKey(g)
 		}
-		return t.failed(t.strikeScript("").Eval(ctx, t.c, markers, args...).Err())
+		return t.failed(t.strikeScript("").Eval(ctx, once{t.c}, markers, args...).Err())
 	}
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, g := range groups {
 			m := t.RecordKey(g)
-			t.strikeScript(m).Eval(ctx, p, []string{m}, args...)
+			t.strikeScript(m).Eval(ctx, once{p}, []string{m}, args...)
 		}
 		return nil
 	})
@@ -1532,7 +1536,7 @@ func (t *Transport) PrimeRegister(ctx context.Context, groups []string, markerTT
 	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, g := range groups {
 			m := t.RecordKey(g)
-			cmds = append(cmds, t.strikeScript(m).EvalSha(ctx, p, []string{m, m + ":"}, args...))
+			cmds = append(cmds, t.strikeScript(m).EvalSha(ctx, once{p}, []string{m, m + ":"}, args...))
 		}
 		return nil
 	})
@@ -1550,7 +1554,7 @@ func (t *Transport) PrimeRegister(ctx context.Context, groups []string, markerTT
 // acknowledged by enough replicas is an error (ErrNotReplicated) with false.
 func (t *Transport) strikeWait(ctx context.Context, sc *redis.Script, keys []string, args []any) (bool, error) {
 	var run *redis.Cmd
-	wait, err := t.waitAfter(ctx, keys[1], func(p redis.Pipeliner) { run = sc.EvalSha(ctx, p, keys, args...) })
+	wait, err := t.waitAfter(ctx, keys[1], func(p redis.Pipeliner) { run = sc.EvalSha(ctx, once{p}, keys, args...) })
 	if isNoScript(err) {
 		return false, transport.ErrRegisterUnknown
 	}
@@ -1574,7 +1578,7 @@ func (t *Transport) strikeWait(ctx context.Context, sc *redis.Script, keys []str
 
 // SetNX implements transport.Coordinator: SET key value NX PX ttl.
 func (t *Transport) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
-	ok, err := t.c.SetNX(ctx, t.prefix+key, value, ttl).Result()
+	ok, err := once{t.c}.SetNX(ctx, t.prefix+key, value, ttl).Result()
 	return ok, t.failed(err)
 }
 
@@ -1599,7 +1603,7 @@ func (t *Transport) CompareAndSwap(ctx context.Context, key string, old, new []b
 	if old == nil {
 		mode = "absent"
 	}
-	n, err := casScript.Run(ctx, t.c, []string{t.prefix + key}, mode, old, new, ttl.Milliseconds()).Int()
+	n, err := casScript.Run(ctx, once{t.c}, []string{t.prefix + key}, mode, old, new, ttl.Milliseconds()).Int()
 	return n == 1, t.failed(err)
 }
 
@@ -1633,12 +1637,12 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 	keys := []string{t.prefix + key, t.setVersionKey(key)}
 	args := []any{until.UnixMilli(), member, v[:]}
 	if t.WaitReplicas <= 0 {
-		return t.failed(setAddScript.Run(ctx, t.c, keys, args...).Err())
+		return t.failed(setAddScript.Run(ctx, once{t.c}, keys, args...).Err())
 	}
 	// Sent whole (EVAL), not by hash: a revocation is rare, and a
 	// pipeline has no second try for NOSCRIPT.
 	var add *redis.Cmd
-	wait, err := t.waitAfter(ctx, keys[0], func(p redis.Pipeliner) { add = setAddScript.Eval(ctx, p, keys, args...) })
+	wait, err := t.waitAfter(ctx, keys[0], func(p redis.Pipeliner) { add = setAddScript.Eval(ctx, once{p}, keys, args...) })
 	if err != nil {
 		return t.failed(err)
 	}

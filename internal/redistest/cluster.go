@@ -30,25 +30,56 @@ type Cluster struct {
 // that a test may kill a master at once and see a replica take over).
 func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
 	tb.Helper()
+	return StartClusterVia(tb, masters, replicas, nodeTimeout, nil)
+}
+
+// StartClusterVia is StartCluster with every node reached through the
+// address via returns for the node's own, if via is not nil (such as a
+// nettest.Proxy's, which a test freezes or cuts to hold or drop what a
+// client sends the node): each node announces that address
+// (cluster-announce-ip and cluster-announce-port), so that a client,
+// which connects where the cluster says a slot is (CLUSTER SLOTS, MOVED),
+// goes through it. The cluster bus stays direct
+// (cluster-announce-bus-port), and so does redis-cli --cluster create; a
+// replica replicates from its master's announced address. The Cluster's
+// URL names the announced addresses, and its lookups (MasterOf, Masters)
+// return the node that announced one.
+func StartClusterVia(tb testing.TB, masters, replicas int, nodeTimeout time.Duration, via func(addr string) string) *Cluster {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		testenv.Skip(tb, "redis-cli is not installed")
 	}
 	c := &Cluster{tb: tb}
 	var addrs []string
 	for range masters * (1 + replicas) {
-		// The cluster bus port is found free anew for each port start
-		// tries, and kept by Restart, as the server's port is.
+		// The cluster bus port and the announced address are found
+		// anew for each port start tries, and kept by Restart, as the
+		// server's port is.
 		busPort, busFor := 0, 0
+		announced := ""
 		s := start(tb, func(s *Server) []string {
+			var more []string
 			if s.Port != busFor {
 				busPort, busFor = testenv.FreePort(tb), s.Port
+				if via != nil {
+					announced = via(s.Addr())
+				}
 			}
-			return serverArgs(s, "--cluster-enabled", "yes",
+			if announced != "" {
+				host, port, err := net.SplitHostPort(announced)
+				if err != nil {
+					tb.Fatalf("redistest: the address to announce for %s: %v", s.Addr(), err)
+				}
+				more = []string{"--cluster-announce-ip", host, "--cluster-announce-port", port,
+					"--cluster-announce-bus-port", fmt.Sprint(busPort)}
+			}
+			return serverArgs(s, append([]string{"--cluster-enabled", "yes",
 				"--cluster-port", fmt.Sprint(busPort),
 				"--cluster-config-file", "nodes.conf",
 				"--cluster-node-timeout", fmt.Sprint(nodeTimeout.Milliseconds()),
-				"--repl-diskless-sync-delay", "0")
+				"--repl-diskless-sync-delay", "0"}, more...)...)
 		})
+		s.announced = announced
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
@@ -158,10 +189,10 @@ func (c *Cluster) view() []clusterNode {
 	return nil
 }
 
-// server returns the node at addr, or nil.
+// server returns the node at addr, or that announced addr, or nil.
 func (c *Cluster) server(addr string) *Server {
 	for _, s := range c.Nodes {
-		if s.Addr() == addr {
+		if s.Addr() == addr || s.announced == addr {
 			return s
 		}
 	}
@@ -262,14 +293,24 @@ func WaitSynced(tb testing.TB, timeout time.Duration, servers ...*Server) {
 	}
 }
 
-// URL returns the cluster's redis+cluster:// URL, naming every node, with
-// the extra query (such as "reload=1s") appended if not empty.
+// URL returns the cluster's redis+cluster:// URL, naming every node (at
+// the address it announces, if StartClusterVia gave it one), with the
+// extra query (such as "reload=1s") appended if not empty.
 func (c *Cluster) URL(query string) string {
-	u := "redis+cluster://" + c.Nodes[0].Addr() + "?"
+	u := "redis+cluster://" + c.Nodes[0].clientAddr() + "?"
 	for _, s := range c.Nodes[1:] {
-		u += "addr=" + s.Addr() + "&"
+		u += "addr=" + s.clientAddr() + "&"
 	}
 	return strings.TrimSuffix(u+query, "&")
+}
+
+// clientAddr returns the address a client reaches s at: the one it
+// announces, if any (see StartClusterVia), or its own.
+func (s *Server) clientAddr() string {
+	if s.announced != "" {
+		return s.announced
+	}
+	return s.Addr()
 }
 
 // Client returns a go-redis client for the node s, closed when the test

@@ -116,7 +116,10 @@ type Server struct {
 	tb   testing.TB
 	dir  string
 	argv func(*Server) []string // the redis-server arguments for Port and dir
-	proc *testenv.Proc
+	// announced is the address a cluster node announces to clients, if
+	// not its own (see StartClusterVia).
+	announced string
+	proc      *testenv.Proc
 }
 
 // startAttempts is how many free ports Start tries: a port can be taken
