@@ -159,11 +159,20 @@ func TestJoinWithRevocationsUnreadable(t *testing.T) {
 	}
 	close(release)
 	farmtest.Eventually(t, 5*time.Second, "the revocations read", m.Node.RevocationsKnown)
-	if tlstest.MustDial(t, m.Server.Addr, revoked).DidResume {
-		t.Fatal("a session revoked farm-wide resumed once the revocations were read")
+	// The kept session first: each dial looks it up in the store within
+	// LookupTimeout (250ms), which a CI run at load 11 overran once. Once
+	// it resumes, lookups answer in time, and the revoked session's
+	// refusal is the tombstone's doing, not a slow store's.
+	farmtest.Eventually(t, 5*time.Second, "a session not revoked resumed once the revocations were read", func() bool {
+		return tlstest.MustDial(t, m.Server.Addr, kept).DidResume
+	})
+	if n := farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_lookups_abandoned_total", "cause", "deadline"); n > 0 {
+		t.Logf("%d lookups overran their deadline", n)
 	}
-	if !tlstest.MustDial(t, m.Server.Addr, kept).DidResume {
-		t.Fatal("a session not revoked did not resume once the revocations were read")
+	for range 3 {
+		if tlstest.MustDial(t, m.Server.Addr, revoked).DidResume {
+			t.Fatal("a session revoked farm-wide resumed once the revocations were read")
+		}
 	}
 }
 
