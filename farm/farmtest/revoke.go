@@ -119,6 +119,11 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		},
 	})
 	n1, n2, n3 := ms[0], ms[1], ms[2]
+	// n2 inserts n1's broadcast copies of S and C only once it knows the
+	// farm's revocations; before, it leaves them to the store, and would
+	// never hold them. Join reads them within OpTimeout, which a loaded
+	// machine can miss, leaving the read to a retry after Join returned.
+	WaitRevocationsKnown(t, ms...)
 	// Before the nodes close (cleanups run last registered first).
 	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore(); spx.SetLatency(0) })
 	marker := n2.Bus.(transport.DeliveryMarker)
@@ -140,7 +145,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 	dial(n1, s)
 	dial(n1, c)
 	sid, cid := ids()[0], ids()[1]
-	Eventually(t, 5*time.Second, "n2 holds S and C", func() bool { return holds(n2.Cache, sid) && holds(n2.Cache, cid) })
+	waitHolds(t, n1, n2, sid, cid)
 	var chain uint64
 	for id, r := range n2.Cache.Snapshot(-1) {
 		if id == sid {
@@ -349,6 +354,37 @@ func holds(c *session.Cache, id session.ID) bool {
 		}
 	}
 	return false
+}
+
+// waitHolds waits until to holds the sessions ids, which from issued and
+// broadcast. If it does not within 5s, the failure says which of them to
+// holds and what became of from's broadcasts.
+func waitHolds(t *testing.T, from, to *Member, ids ...session.ID) {
+	t.Helper()
+	all := func() bool {
+		for _, id := range ids {
+			if !holds(to.Cache, id) {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(5 * time.Second); !all(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().Before(deadline) {
+			continue
+		}
+		held := make([]bool, len(ids))
+		for i, id := range ids {
+			held[i] = holds(to.Cache, id)
+		}
+		fm, tm := from.Node.Metrics(), to.Node.Metrics()
+		t.Fatalf("timed out after 5s waiting for %s to hold %s's sessions: held %v; %s published %d sessions (publish errors %d); %s received %d, inserted %d, refused by the cache %d, left to the store before the revocations were known %d, revocations known %t, bus gaps %d",
+			to.Name, from.Name, held, from.Name,
+			Counter(fm, "tlsfarm_farm_published_total", "kind", "session"), Counter(fm, "tlsfarm_farm_publish_errors_total"),
+			to.Name, Counter(tm, "tlsfarm_farm_received_total", "kind", "session"), Counter(tm, "tlsfarm_farm_inserted_total"),
+			Counter(tm, "tlsfarm_farm_insert_refused_total"), Counter(tm, "tlsfarm_farm_unknown_revocations_refused_total"),
+			to.Node.RevocationsKnown(), Counter(tm, "tlsfarm_farm_bus_gaps_total", "reason", "dropped"))
+	}
 }
 
 // stored reports whether the store m uses holds the record of id.
