@@ -107,13 +107,21 @@ func HeldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions) {
 }
 
 func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server, tc LagCase) {
+	const probeTimeout = 10 * time.Second
 	px, spx := nettest.NewProxy(t, srv.Addr), nettest.NewProxy(t, srv.Addr) // n2's bus path, its store's
 	ms, _ := Start(t, 3, &Options{
 		Mode: farm.Broadcast, WriteThrough: true,
 		NewTransport: SplitPaths(srv, 2, px.Addr, spx.Addr),
 		Tweak: func(c *farm.Config) {
 			c.MaxDeliveryLag = tc.MaxLag
-			c.ProbeTimeout = 5 * time.Second // the lag is not an outage
+			// The stall is not an outage: n2 must count its bus up
+			// for as long as the case takes (a gated read failing
+			// while it counts the bus down is cut_off, and resumes
+			// unchecked), which on a loaded machine has been over
+			// 6 s. Its bus clients count a silent connection down
+			// only after two unanswered pings 5 s apart (natsbus,
+			// redisbus): a longer probe timeout would buy nothing.
+			c.ProbeTimeout = probeTimeout
 			c.LookupTimeout = time.Second
 			c.TallyInterval = -1
 		},
@@ -153,6 +161,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		}
 	}
 
+	stalled := time.Now()
 	if tc.Bus != nil {
 		tc.Bus(px)
 	}
@@ -193,7 +202,12 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		}
 	case tc.Slow:
 		if storeErr < 2 || confirmed+revoked+cutOff != 0 {
-			t.Errorf("n2's gated hits with its store slow: store_error %d, want 2, and no other", storeErr)
+			// A read that fails while n2 counts its bus down is
+			// cut_off: say whether the stall outlasted that.
+			m := n2.Node.Metrics()
+			t.Errorf("n2's gated hits with its store slow: store_error %d, want 2, and no other; %v into the stall, n2's bus probe healthy %t (probe timeout %v), its subscription marked %t, probes failed %d",
+				storeErr, time.Since(stalled).Round(time.Millisecond), Counter(m, "tlsfarm_farm_healthy", "path", "bus") == 1, probeTimeout,
+				!marker.DeliveredThrough().IsZero(), Counter(m, "tlsfarm_farm_probe_failures_total"))
 		}
 		return
 	case revoked == 0 || confirmed == 0:
