@@ -142,6 +142,10 @@ type Node struct {
 	// data failed to write (see checkGeneration): the next heal tries
 	// it again, and refilling stays set until one succeeds.
 	owedWriteBack atomic.Bool
+	// owedPrime is set while the strike register's priming after a store
+	// that lost its data has failed: the next heal tries it again (see
+	// retryPrime).
+	owedPrime atomic.Bool
 
 	handlersMu sync.Mutex
 	handlers   map[envType]func(header, []byte)

@@ -66,6 +66,9 @@ func (n *Node) checkGeneration(parent context.Context) {
 	}
 	n.genMu.Unlock()
 	if !lost {
+		if n.owedPrime.Load() {
+			n.retryPrime(parent)
+		}
 		if n.owedWriteBack.Load() {
 			// The last write-back failed to write: the store still
 			// lacks this node's sessions, and no later read of the
@@ -89,10 +92,27 @@ func (n *Node) checkGeneration(parent context.Context) {
 	// for as long.
 	var primed sync.WaitGroup
 	if n.cfg.Coord != nil {
-		primed.Go(func() { n.primeStrikesOnce(parent) })
+		primed.Go(func() { n.retryPrime(parent) })
 	}
 	n.retryWriteBack(parent)
 	primed.Wait()
+}
+
+// retryPrime writes the strike register's markers after the store lost
+// its data (primeStrikesOnce), and notes whether that is still owed: a
+// priming that failed (its round trip outlasting OpTimeout on a loaded
+// store, say) is tried again at the next heal, rather than leaving the
+// markers to the first strike of each group, which refuses early data to
+// every ticket issued before it.
+func (n *Node) retryPrime(ctx context.Context) {
+	err := n.primeStrikesOnce(ctx)
+	owed := err != nil && ctx.Err() == nil
+	if owed && !n.owedPrime.Swap(true) {
+		n.log.Warn("farm: cannot write the 0-RTT strike register's markers after the store lost its data; trying again at the next heal", "err", err)
+	}
+	if !owed {
+		n.owedPrime.Store(false)
+	}
 }
 
 // retryWriteBack runs writeBack and notes whether it is still owed: a

@@ -107,18 +107,31 @@ func HeldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions) {
 }
 
 func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server, tc LagCase) {
+	const probeTimeout = 10 * time.Second
 	px, spx := nettest.NewProxy(t, srv.Addr), nettest.NewProxy(t, srv.Addr) // n2's bus path, its store's
 	ms, _ := Start(t, 3, &Options{
 		Mode: farm.Broadcast, WriteThrough: true,
 		NewTransport: SplitPaths(srv, 2, px.Addr, spx.Addr),
 		Tweak: func(c *farm.Config) {
 			c.MaxDeliveryLag = tc.MaxLag
-			c.ProbeTimeout = 5 * time.Second // the lag is not an outage
+			// The stall is not an outage: n2 must count its bus up
+			// for as long as the case takes (a gated read failing
+			// while it counts the bus down is cut_off, and resumes
+			// unchecked), which on a loaded machine has been over
+			// 6 s. Its bus clients count a silent connection down
+			// only after two unanswered pings 5 s apart (natsbus,
+			// redisbus): a longer probe timeout would buy nothing.
+			c.ProbeTimeout = probeTimeout
 			c.LookupTimeout = time.Second
 			c.TallyInterval = -1
 		},
 	})
 	n1, n2, n3 := ms[0], ms[1], ms[2]
+	// n2 inserts n1's broadcast copies of S and C only once it knows the
+	// farm's revocations; before, it leaves them to the store, and would
+	// never hold them. Join reads them within OpTimeout, which a loaded
+	// machine can miss, leaving the read to a retry after Join returned.
+	WaitRevocationsKnown(t, ms...)
 	// Before the nodes close (cleanups run last registered first).
 	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore(); spx.SetLatency(0) })
 	marker := n2.Bus.(transport.DeliveryMarker)
@@ -140,7 +153,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 	dial(n1, s)
 	dial(n1, c)
 	sid, cid := ids()[0], ids()[1]
-	Eventually(t, 5*time.Second, "n2 holds S and C", func() bool { return holds(n2.Cache, sid) && holds(n2.Cache, cid) })
+	waitHolds(t, n1, n2, sid, cid)
 	var chain uint64
 	for id, r := range n2.Cache.Snapshot(-1) {
 		if id == sid {
@@ -148,6 +161,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		}
 	}
 
+	stalled := time.Now()
 	if tc.Bus != nil {
 		tc.Bus(px)
 	}
@@ -188,7 +202,12 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		}
 	case tc.Slow:
 		if storeErr < 2 || confirmed+revoked+cutOff != 0 {
-			t.Errorf("n2's gated hits with its store slow: store_error %d, want 2, and no other", storeErr)
+			// A read that fails while n2 counts its bus down is
+			// cut_off: say whether the stall outlasted that.
+			m := n2.Node.Metrics()
+			t.Errorf("n2's gated hits with its store slow: store_error %d, want 2, and no other; %v into the stall, n2's bus probe healthy %t (probe timeout %v), its subscription marked %t, probes failed %d",
+				storeErr, time.Since(stalled).Round(time.Millisecond), Counter(m, "tlsfarm_farm_healthy", "path", "bus") == 1, probeTimeout,
+				!marker.DeliveredThrough().IsZero(), Counter(m, "tlsfarm_farm_probe_failures_total"))
 		}
 		return
 	case revoked == 0 || confirmed == 0:
@@ -349,6 +368,37 @@ func holds(c *session.Cache, id session.ID) bool {
 		}
 	}
 	return false
+}
+
+// waitHolds waits until to holds the sessions ids, which from issued and
+// broadcast. If it does not within 5s, the failure says which of them to
+// holds and what became of from's broadcasts.
+func waitHolds(t *testing.T, from, to *Member, ids ...session.ID) {
+	t.Helper()
+	all := func() bool {
+		for _, id := range ids {
+			if !holds(to.Cache, id) {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(5 * time.Second); !all(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().Before(deadline) {
+			continue
+		}
+		held := make([]bool, len(ids))
+		for i, id := range ids {
+			held[i] = holds(to.Cache, id)
+		}
+		fm, tm := from.Node.Metrics(), to.Node.Metrics()
+		t.Fatalf("timed out after 5s waiting for %s to hold %s's sessions: held %v; %s published %d sessions (publish errors %d); %s received %d, inserted %d, refused by the cache %d, left to the store before the revocations were known %d, revocations known %t, bus gaps %d",
+			to.Name, from.Name, held, from.Name,
+			Counter(fm, "tlsfarm_farm_published_total", "kind", "session"), Counter(fm, "tlsfarm_farm_publish_errors_total"),
+			to.Name, Counter(tm, "tlsfarm_farm_received_total", "kind", "session"), Counter(tm, "tlsfarm_farm_inserted_total"),
+			Counter(tm, "tlsfarm_farm_insert_refused_total"), Counter(tm, "tlsfarm_farm_unknown_revocations_refused_total"),
+			to.Node.RevocationsKnown(), Counter(tm, "tlsfarm_farm_bus_gaps_total", "reason", "dropped"))
+	}
 }
 
 // stored reports whether the store m uses holds the record of id.
