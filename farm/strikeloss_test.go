@@ -180,10 +180,7 @@ func TestStrikeRegisterPrimedAgainAfterStoreLoss(t *testing.T) {
 		Tweak: func(c *farm.Config) { c.HealInterval = 200 * time.Millisecond }})
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
-	markers := func() int {
-		keys, _ := rc.Keys(context.Background(), "tlsfarm:"+name+":{once:??}").Result()
-		return len(keys)
-	}
+	markers := func() int { return strikeMarkers(rc, name) }
 	farmtest.Eventually(t, 10*time.Second, "256 markers written at the join", func() bool { return markers() == 256 })
 	srv.Kill()
 	srv.Restart()
@@ -230,10 +227,7 @@ func TestStrikeRegisterPrimedAgainAfterFailedPriming(t *testing.T) {
 		Tweak: func(c *farm.Config) { c.HealInterval = 200 * time.Millisecond }})
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rc.Close()
-	markers := func() int {
-		keys, _ := rc.Keys(context.Background(), "tlsfarm:"+name+":{once:??}").Result()
-		return len(keys)
-	}
+	markers := func() int { return strikeMarkers(rc, name) }
 	farmtest.Eventually(t, 10*time.Second, "256 markers written at the join", func() bool { return markers() == 256 })
 	tr.failPrimes.Store(1)
 	srv.Kill()
@@ -241,4 +235,11 @@ func TestStrikeRegisterPrimedAgainAfterFailedPriming(t *testing.T) {
 	farmtest.Eventually(t, 20*time.Second, "256 markers written again after the loss and a failed priming", func() bool {
 		return tr.failPrimes.Load() < 0 && markers() == 256
 	})
+}
+
+// strikeMarkers counts the strike register's markers of farm name in the
+// private Redis rc (a KEYS scan: never on the shared server).
+func strikeMarkers(rc *redis.Client, name string) int {
+	keys, _ := rc.Keys(context.Background(), "tlsfarm:"+name+":{once:??}").Result()
+	return len(keys)
 }

@@ -226,37 +226,10 @@ func TestClusterWriteCutInFlightNotSentAgain(t *testing.T) {
 // its master answers ASK for it from then on. It returns the other.
 func migrateRecord(t *testing.T, c *redistest.Cluster, key string) *redistest.Server {
 	t.Helper()
-	ctx := context.Background()
 	slot := redistest.Slot(key)
-	from := c.MasterOf(slot)
-	var to *redistest.Server
-	for _, m := range c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
-	if from == nil || to == nil {
-		t.Fatalf("no master of slot %d or no other: %s", slot, c.NodesText())
-	}
-	id := func(s *redistest.Server) string {
-		v, err := c.Client(s).Do(ctx, "cluster", "myid").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	for _, cmd := range []struct {
-		s    *redistest.Server
-		args []any
-	}{
-		{to, []any{"cluster", "setslot", slot, "importing", id(from)}},
-		{from, []any{"cluster", "setslot", slot, "migrating", id(to)}},
-		{from, []any{"migrate", "127.0.0.1", to.Port, key, 0, 5000}},
-	} {
-		if err := c.Client(cmd.s).Do(ctx, cmd.args...).Err(); err != nil {
-			t.Fatalf("%v on %s: %v", cmd.args, cmd.s.Addr(), err)
-		}
-	}
+	from, to := slotAndOtherMaster(t, c, slot)
+	clusterDo(t, c, to, "cluster", "setslot", slot, "importing", clusterNodeID(t, c, from))
+	clusterDo(t, c, from, "cluster", "setslot", slot, "migrating", clusterNodeID(t, c, to))
+	clusterDo(t, c, from, "migrate", "127.0.0.1", to.Port, key, 0, 5000)
 	return to
 }

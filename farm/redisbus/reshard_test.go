@@ -18,30 +18,11 @@ import (
 // on the source, then NODE on both and every other master.
 func moveSlot(t *testing.T, c *redistest.Cluster, slot int) (from, to *redistest.Server) {
 	t.Helper()
-	ctx := context.Background()
-	from = c.MasterOf(slot)
-	for _, m := range c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
-	if from == nil || to == nil {
-		t.Fatalf("no master of slot %d or no other: %s", slot, c.NodesText())
-	}
-	id := func(s *redistest.Server) string {
-		v, err := c.Client(s).Do(ctx, "cluster", "myid").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	fromID, toID := id(from), id(to)
+	from, to = slotAndOtherMaster(t, c, slot)
+	fromID, toID := clusterNodeID(t, c, from), clusterNodeID(t, c, to)
 	must := func(s *redistest.Server, args ...any) {
 		t.Helper()
-		if err := c.Client(s).Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("%v on %s: %v", args, s.Addr(), err)
-		}
+		clusterDo(t, c, s, args...)
 	}
 	must(to, "cluster", "setslot", slot, "importing", fromID)
 	must(from, "cluster", "setslot", slot, "migrating", toID)
@@ -235,5 +216,40 @@ func TestResubscribeBackoffStartsAfresh(t *testing.T) {
 	}
 	if best >= 480*time.Millisecond { // the capped backoff waits 500 ms at least
 		t.Errorf("after six ends, the fastest of four new subscriptions took %v, want well under the backoff's 0.5–1 s", best)
+	}
+}
+
+// slotAndOtherMaster returns the master of slot in c and another master.
+func slotAndOtherMaster(t *testing.T, c *redistest.Cluster, slot int) (from, to *redistest.Server) {
+	t.Helper()
+	from = c.MasterOf(slot)
+	for _, m := range c.Masters() {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	if from == nil || to == nil {
+		t.Fatalf("no master of slot %d or no other: %s", slot, c.NodesText())
+	}
+	return from, to
+}
+
+// clusterNodeID returns the cluster node ID of s (CLUSTER MYID).
+func clusterNodeID(t *testing.T, c *redistest.Cluster, s *redistest.Server) string {
+	t.Helper()
+	v, err := c.Client(s).Do(context.Background(), "cluster", "myid").Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// clusterDo runs a command on the cluster node s, failing the test if it
+// fails.
+func clusterDo(t *testing.T, c *redistest.Cluster, s *redistest.Server, args ...any) {
+	t.Helper()
+	if err := c.Client(s).Do(context.Background(), args...).Err(); err != nil {
+		t.Fatalf("%v on %s: %v", args, s.Addr(), err)
 	}
 }
