@@ -51,34 +51,33 @@ func send[C redis.Cmder](ctx context.Context, o once, cmd C) C {
 
 // Set is SET key value PX ttl (no expiry if ttl is not positive).
 func (o once) Set(ctx context.Context, key string, value []byte, ttl time.Duration) *redis.StatusCmd {
-	args := make([]any, 3, 5)
-	args[0], args[1], args[2] = "set", key, value
-	if ttl > 0 {
-		args = append(args, "px", ttlMillis(ttl))
-	}
-	return send(ctx, o, redis.NewStatusCmd(ctx, args...))
+	return send(ctx, o, redis.NewStatusCmd(ctx, setArgs(key, value, ttl, "")...))
 }
 
 // SetNX is SET key value NX PX ttl (no expiry if ttl is not positive),
 // true if it wrote.
 func (o once) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) *redis.BoolCmd {
-	args := make([]any, 3, 6)
-	args[0], args[1], args[2] = "set", key, value
-	if ttl > 0 {
-		args = append(args, "px", ttlMillis(ttl))
-	}
-	return send(ctx, o, redis.NewBoolCmd(ctx, append(args, "nx")...))
+	return send(ctx, o, redis.NewBoolCmd(ctx, setArgs(key, value, ttl, "nx")...))
 }
 
 // SetGet is SET key value PX ttl GET (no expiry if ttl is not positive):
 // the value it replaced, or redis.Nil.
 func (o once) SetGet(ctx context.Context, key string, value []byte, ttl time.Duration) *redis.StatusCmd {
+	return send(ctx, o, redis.NewStatusCmd(ctx, setArgs(key, value, ttl, "get")...))
+}
+
+// setArgs is SET key value, then PX ttl if ttl is positive, then the
+// option opt if not empty.
+func setArgs(key string, value []byte, ttl time.Duration, opt string) []any {
 	args := make([]any, 3, 6)
 	args[0], args[1], args[2] = "set", key, value
 	if ttl > 0 {
 		args = append(args, "px", ttlMillis(ttl))
 	}
-	return send(ctx, o, redis.NewStatusCmd(ctx, append(args, "get")...))
+	if opt != "" {
+		args = append(args, opt)
+	}
+	return args
 }
 
 // Del is DEL keys.
