@@ -126,7 +126,16 @@ func TestRevokeWhileStoreUnreachable(t *testing.T) {
 
 	restore()
 	farmtest.WaitConnected(t, n1)
-	farmtest.Eventually(t, 15*time.Second, "n1's revocation applied", func() bool { return n1.Node.PendingRevocations() == 0 })
+	checkRevokedAfterRestore(t, n1, n2, n3, s, cs[0], ms...)
+}
+
+// checkRevokedAfterRestore waits until revoker has applied its pending
+// revocation of S and n2 and n3 have dropped S, then checks that the store
+// holds no record of S and that S, presented from c, resumes on none of
+// ms.
+func checkRevokedAfterRestore(t *testing.T, revoker, n2, n3 *farmtest.Member, s session.ID, c *tlstest.FrozenCache, ms ...*farmtest.Member) {
+	t.Helper()
+	farmtest.Eventually(t, 15*time.Second, revoker.Name+"'s revocation applied", func() bool { return revoker.Node.PendingRevocations() == 0 })
 	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
 		_, ok2 := lookup(n2.Cache, s)
 		_, ok3 := lookup(n3.Cache, s)
@@ -136,7 +145,7 @@ func TestRevokeWhileStoreUnreachable(t *testing.T) {
 		t.Fatal("the store holds a record of the revoked S")
 	}
 	for _, m := range ms {
-		if dialAs(t, m, "localhost", cs[0]).DidResume {
+		if dialAs(t, m, "localhost", c).DidResume {
 			t.Fatalf("%s resumed the revoked S", m.Name)
 		}
 	}
@@ -180,20 +189,7 @@ func TestRevokeByIDSurvivesRestart(t *testing.T) {
 	restore()
 	again := farmtest.Join(t, "n1-again", name, o1)
 	farmtest.WaitConnected(t, again)
-	farmtest.Eventually(t, 15*time.Second, "the revocation applied after the restart", func() bool { return again.Node.PendingRevocations() == 0 })
-	farmtest.Eventually(t, 5*time.Second, "n2 and n3 dropped S", func() bool {
-		_, ok2 := lookup(n2.Cache, s)
-		_, ok3 := lookup(n3.Cache, s)
-		return !ok2 && !ok3
-	})
-	if stored(n2, s) {
-		t.Fatal("the store holds a record of the revoked S")
-	}
-	for _, m := range []*farmtest.Member{n2, n3, again} {
-		if dialAs(t, m, "localhost", cs[0]).DidResume {
-			t.Fatalf("%s resumed the revoked S", m.Name)
-		}
-	}
+	checkRevokedAfterRestore(t, again, n2, n3, s, cs[0], n2, n3, again)
 }
 
 // revokeWhileCutOff cuts n1's path (px), has n2 issue a session S that the
