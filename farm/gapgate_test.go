@@ -70,14 +70,9 @@ func noRevokedResumeAfterGap(t *testing.T, byID, heldProbe bool, wantSt farm.Rev
 			return bus, store
 		},
 		Tweak: func(c *farm.Config) {
-			c.WriteThroughTimeout = revUnknownYoung
-			c.HealInterval = 300 * time.Millisecond
-			c.BreakerCooldown = 500 * time.Millisecond
-			c.OpTimeout = 2 * time.Second
+			farmtest.CutOffTweak(c, 2*time.Second)
 			c.LookupTimeout = 2 * time.Second
 			c.ProbeTimeout = 5 * time.Second // the slow store is not an outage
-			c.MaxSkew = 100 * time.Millisecond
-			c.TallyInterval = -1
 		},
 	})
 	t.Cleanup(hold.end) // before the farm stops

@@ -166,14 +166,7 @@ func TestRevokeByIDSurvivesRestart(t *testing.T) {
 	proxied := func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
 		return redisTransport(strings.Replace(url, addr, px.Addr, 1))(tb, farmName)
 	}
-	tweak := func(c *farm.Config) {
-		c.WriteThroughTimeout = revUnknownYoung
-		c.HealInterval = 300 * time.Millisecond
-		c.BreakerCooldown = 500 * time.Millisecond
-		c.OpTimeout = time.Second
-		c.MaxSkew = 100 * time.Millisecond
-		c.TallyInterval = -1
-	}
+	tweak := func(c *farm.Config) { farmtest.CutOffTweak(c, time.Second) }
 	o := &farmtest.Options{Mode: farm.Broadcast, WriteThrough: true, NewTransport: redisTransport(url), Tweak: tweak}
 	ms, name := farmtest.Start(t, 2, o)
 	n2, n3 := ms[0], ms[1]

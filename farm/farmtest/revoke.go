@@ -222,6 +222,19 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 // farms StartIssuerProxied starts: short, so that the tests wait past it.
 const YoungWindow = time.Second
 
+// CutOffTweak gives a farm whose tests cut a node off and restore it the
+// settings they wait by: the young window YoungWindow, a heal every 300ms,
+// a breaker cooldown of 500ms, opTimeout per store operation, clocks
+// trusted to 100ms, and no tallies (a cut-off node publishes nothing).
+func CutOffTweak(c *farm.Config, opTimeout time.Duration) {
+	c.WriteThroughTimeout = YoungWindow
+	c.HealInterval = 300 * time.Millisecond
+	c.BreakerCooldown = 500 * time.Millisecond
+	c.OpTimeout = opTimeout
+	c.MaxSkew = 100 * time.Millisecond
+	c.TallyInterval = -1
+}
+
 // StartIssuerProxied starts a broadcast write-through farm of n members on
 // srv (bus and store), the first of which reaches it through its own
 // nettest.Proxy (one transport for both), returned. It waits until every
@@ -240,14 +253,7 @@ func StartIssuerProxied(t *testing.T, srv Server, n int) ([]*Member, *nettest.Pr
 			joined++
 			return srv.Open(tb, a, farmName)
 		},
-		Tweak: func(c *farm.Config) {
-			c.WriteThroughTimeout = YoungWindow
-			c.HealInterval = 300 * time.Millisecond
-			c.BreakerCooldown = 500 * time.Millisecond
-			c.OpTimeout = 2 * time.Second
-			c.MaxSkew = 100 * time.Millisecond
-			c.TallyInterval = -1
-		},
+		Tweak: func(c *farm.Config) { CutOffTweak(c, 2*time.Second) },
 	})
 	WaitConnected(t, ms...)
 	WaitRevocationsKnown(t, ms...)
