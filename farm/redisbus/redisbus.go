@@ -1090,7 +1090,9 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 // the pipeline's deletions and publishes is still right: it writes only
 // over a record that is there. A write-back (Item.NoLonger) so run after
 // them could write a record the pipeline deleted: the farm never batches
-// one with deletions.
+// one with deletions. Nor does it batch a late write (Item.Late) with the
+// deletion of its own record: a session retired or revoked since it was
+// kept for later is dropped before the batch is written (refreshLater).
 func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error, cuts []cutCmd) error {
 	if err == nil || len(cuts) == 0 {
 		return err
