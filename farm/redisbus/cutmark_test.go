@@ -13,14 +13,14 @@ import (
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
-// TestCutMark: a cut that finds no record leaves a cut mark, which a late
-// write applies (see farmtest.CheckCutMark), on one server, in a batch
-// with PutAndPublish, and after the server lost its scripts.
-func TestCutMark(t *testing.T) {
+// TestCutMarkPutAndPublish: a cut that finds no record leaves a cut
+// mark, which a late write applies (see farmtest.CheckCutMark, run by
+// TestStoreConformance) in a batch with PutAndPublish too, and after the
+// server lost its scripts.
+func TestCutMarkPutAndPublish(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	tr := open(t, srv.URL(), farmtest.FarmName(t))
-	farmtest.CheckCutMark(t, tr)
 
 	ctx := context.Background()
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
