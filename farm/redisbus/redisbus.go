@@ -490,7 +490,9 @@ func (t *Transport) RecordKey(k string) string { return t.records + "{" + k + "}
 // transport.Item.IfPresent): the record's key and a suffix, so that its
 // hash tag, and its slot on a cluster, are the record's, and one script
 // reads and writes both.
-func (t *Transport) CutMarkKey(k string) string { return t.RecordKey(k) + ":cut" }
+func (t *Transport) CutMarkKey(k string) string { return t.RecordKey(k) + cutMarkSuffix }
+
+const cutMarkSuffix = ":cut"
 
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
@@ -1066,10 +1068,11 @@ func writeScript(it transport.Item) *redis.Script {
 // scriptKeys returns the keys of the script that writes it: the record's,
 // and for a cut or a late write its cut mark's (in the record's slot).
 func (t *Transport) scriptKeys(it transport.Item) []string {
+	k := t.RecordKey(it.Key)
 	if it.IfPresent || it.Late && !it.NoLonger {
-		return []string{t.RecordKey(it.Key), t.CutMarkKey(it.Key)}
+		return []string{k, k + cutMarkSuffix}
 	}
-	return []string{t.RecordKey(it.Key)}
+	return []string{k}
 }
 
 // setRecord queues the write of it on p: SET, or for an Item.IfPresent,
