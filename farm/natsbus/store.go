@@ -216,10 +216,11 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 
 // PutRecords implements transport.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip. The
-// Item.NoLonger ones are first written so too, each on the condition that
-// its key never held a message (see createAll); those the server refuses,
-// and the Item.IfPresent and Item.Late ones, follow, each a read and a
-// write conditional on the revision read (see replaceIn), concurrently.
+// Item.NoLonger and Item.Late ones are first written so too, each on the
+// condition that its key never held a message (see createAll: a key that
+// never held one holds no record and no cut mark); those the server
+// refuses, and the Item.IfPresent ones, follow, each a read and a write
+// conditional on the revision read (see replaceIn), concurrently.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -235,12 +236,8 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 			replace = append(replace, it)
 			continue
 		}
-		if it.NoLonger {
+		if it.NoLonger || it.Late {
 			create = append(create, it)
-			continue
-		}
-		if it.Late {
-			replace = append(replace, it)
 			continue
 		}
 		msg, o := t.message(s, kvKey(it.Key), encodeValue(ttlMillis(it.TTL), it.Value), it.TTL)
@@ -280,7 +277,9 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 // that its key's subject has no message (an expected last sequence of 0),
 // and returns those the server refused for that. A store that lost its
 // data has no message at all: a write-back (Item.NoLonger) into it then
-// takes one round trip, as plain writes do, not a read and a write a key.
+// takes one round trip, as plain writes do, not a read and a write a key;
+// so does a late write (Item.Late) of a session whose failed write never
+// landed, and which no cut has marked.
 // A refused item found a record, a marker or an expired value there, and
 // is for replaceIn.
 func (t *Transport) createAll(ctx context.Context, s *bucketState, items []transport.Item) ([]transport.Item, error) {
