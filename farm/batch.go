@@ -117,7 +117,11 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []trans
 			it.op = opDropped // not for the backlog either
 			continue
 		}
-		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl})
+		// A late write (its first failed) applies the cut mark a peer's
+		// cut may have left in the store meanwhile (see
+		// transport.Item.Late): this node read the session before it
+		// heard of that cut, perhaps. A first write stays a plain write.
+		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl, Late: it.later})
 	}
 	return puts, dels, revs
 }

@@ -167,7 +167,9 @@ type item struct {
 	// keepLifecycle). Zero: not known yet.
 	expires time.Time
 	// later marks a new session kept in the backlog after a failed write:
-	// refreshLater updates it from the cache before it is written again.
+	// refreshLater updates it from the cache before it is written again,
+	// and the store applies the cut mark a peer's cut may have left
+	// (transport.Item.Late).
 	later bool
 	// restored marks an opCut read back from the lifecycle file (see
 	// restoreLife): the child that would tell broadcast peers to cut is lost

@@ -190,6 +190,8 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 		}
 	})
 
+	t.Run("CutMark", func(t *testing.T) { CheckCutMark(t, s) })
+
 	t.Run("IfPresent", func(t *testing.T) {
 		// One present key and one absent, alone and in a batch with plain
 		// writes: the present one is replaced with the new value and

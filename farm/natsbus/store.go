@@ -49,6 +49,7 @@ const (
 	hdrOperation = "KV-Operation"
 	hdrRollup    = "Nats-Rollup"
 	hdrMarker    = "Nats-Marker-Reason"
+	hdrCutMark   = "Tlsfarm-Cut-Mark"
 )
 
 // kvKey maps a farm key to a JetStream KV key, which may hold only
@@ -117,6 +118,11 @@ type entry struct {
 	rev     uint64    // the subject's last sequence; 0 if it has no message
 	present bool      // false for no message, a delete marker, or an expired value
 	expires time.Time // when a present value with a TTL lapses; zero if it has none
+
+	// A cut mark (see transport.Item.IfPresent) at an absent key, and
+	// when it lapses: the value a late write puts there instead.
+	mark        []byte
+	markExpires time.Time
 }
 
 // get reads the last message on subj and decides whether it is a live
@@ -127,7 +133,9 @@ type entry struct {
 // what the bytes are worth (they do not open, and are counted as
 // rejected); neither an error, which would carry the key (a session ID)
 // and count as a failing store, nor an absence, which the farm would take
-// for a deletion.
+// for a deletion. A cut mark (a delete marker that carries a cut which
+// found no record, see replaceIn) is absent, with its value while it has
+// not lapsed.
 func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -137,6 +145,14 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 		return entry{}, err
 	}
 	e := entry{rev: m.Sequence}
+	if m.Header.Get(hdrCutMark) != "" && m.Header.Get(hdrMarker) == "" {
+		if ttl, v, ok := decodeValue(m.Data); ok && ttl > 0 {
+			if exp := m.Time.Add(time.Duration(ttl) * time.Millisecond); t.now().Before(exp) {
+				e.mark, e.markExpires = v, exp
+			}
+		}
+		return e, nil
+	}
 	if m.Header.Get(hdrOperation) != "" || m.Header.Get(hdrMarker) != "" {
 		return e, nil
 	}
@@ -200,10 +216,11 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 
 // PutRecords implements transport.RecordStore: every item is written with its
 // TTL, the batch pipelined and acknowledged in one round trip. The
-// Item.NoLonger ones are first written so too, each on the condition that
-// its key never held a message (see createAll); those the server refuses,
-// and the Item.IfPresent ones, follow, each a read and a write conditional
-// on the revision read (see replaceIn), concurrently.
+// Item.NoLonger and Item.Late ones are first written so too, each on the
+// condition that its key never held a message (see createAll: a key that
+// never held one holds no record and no cut mark); those the server
+// refuses, and the Item.IfPresent ones, follow, each a read and a write
+// conditional on the revision read (see replaceIn), concurrently.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -219,7 +236,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 			replace = append(replace, it)
 			continue
 		}
-		if it.NoLonger {
+		if it.NoLonger || it.Late {
 			create = append(create, it)
 			continue
 		}
@@ -260,7 +277,9 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 // that its key's subject has no message (an expected last sequence of 0),
 // and returns those the server refused for that. A store that lost its
 // data has no message at all: a write-back (Item.NoLonger) into it then
-// takes one round trip, as plain writes do, not a read and a write a key.
+// takes one round trip, as plain writes do, not a read and a write a key;
+// so does a late write (Item.Late) of a session whose failed write never
+// landed, and which no cut has marked.
 // A refused item found a record, a marker or an expired value there, and
 // is for replaceIn.
 func (t *Transport) createAll(ctx context.Context, s *bucketState, items []transport.Item) ([]transport.Item, error) {
@@ -293,7 +312,7 @@ func (t *Transport) createAll(ctx context.Context, s *bucketState, items []trans
 }
 
 // maxReplacing bounds the conditional writes (Item.IfPresent,
-// Item.NoLonger) of one PutRecords in flight at once.
+// Item.NoLonger, Item.Late) of one PutRecords in flight at once.
 const maxReplacing = 16
 
 // replaceIn writes it in bucket s only if a record is at its key that
@@ -301,25 +320,45 @@ const maxReplacing = 16
 // if none is: the key is read, and written with the revision read as
 // the expected last sequence of its subject (0, none, for a key never
 // written), so that the server refuses the write if the record was
-// deleted, written or rewritten in between. A refused
+// deleted, written or rewritten in between. A cut that finds no record
+// leaves, so, a cut mark in its place: a delete marker that carries the
+// cut and its TTL, unless a mark that lapses no later is there. A late
+// write (Item.Late) that finds a mark lapsing sooner than it.TTL writes
+// the mark's value, for what is left of it, and otherwise it.Value,
+// so too: a mark and a late write, each conditional on the revision read,
+// are applied in one order or the other, and either way the store ends
+// with the cut. A refused
 // write is tried again from the read, a few times; a key that kept
 // changing is an error, so that the farm keeps the write for later rather
 // than drop it.
 func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transport.Item) error {
 	k := kvKey(it.Key)
-	val := encodeValue(ttlMillis(it.TTL), it.Value)
 	for range 3 {
 		e, err := t.get(ctx, s, s.pre+k)
 		if err != nil {
 			return t.check(m, "replace", err)
 		}
-		if !e.present && it.IfPresent || e.present && !e.expires.IsZero() && !e.expires.After(t.now().Add(it.TTL)) {
-			// Gone (a cut), or it lapses no later than this write
-			// would: a cut and a write-back only shorten (see
-			// Item.IfPresent, Item.NoLonger).
+		now := t.now()
+		value, ttl, mark := it.Value, it.TTL, false
+		switch {
+		case !e.present && it.IfPresent:
+			if e.mark != nil && !e.markExpires.After(now.Add(it.TTL)) {
+				return nil
+			}
+			mark = true
+		case e.present && (it.IfPresent || it.NoLonger) && !e.expires.IsZero() && !e.expires.After(now.Add(it.TTL)):
+			// It lapses no later than this write would: a cut and a
+			// write-back only shorten (see Item.IfPresent,
+			// Item.NoLonger).
 			return nil
+		case it.Late && !it.IfPresent && !it.NoLonger && e.mark != nil && e.markExpires.Before(now.Add(it.TTL)):
+			value, ttl = e.mark, e.markExpires.Sub(now)
 		}
-		msg, opts := t.message(s, k, val, it.TTL)
+		msg, opts := t.message(s, k, encodeValue(ttlMillis(ttl), value), ttl)
+		if mark {
+			msg.Header.Set(hdrOperation, "DEL")
+			msg.Header.Set(hdrCutMark, "1")
+		}
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
 		_, err = t.js.PublishMsg(ctx, msg, opts...)
 		if err == nil || !wrongLastSequence(err) {

@@ -485,6 +485,15 @@ func (t *Transport) Key(k string) string { return t.prefix + k }
 // slots of a cluster.
 func (t *Transport) RecordKey(k string) string { return t.records + "{" + k + "}" }
 
+// CutMarkKey returns the Redis key of the cut mark that a cut of the
+// record at the farm key k leaves when it finds no record (see
+// transport.Item.IfPresent): the record's key and a suffix, so that its
+// hash tag, and its slot on a cluster, are the record's, and one script
+// reads and writes both.
+func (t *Transport) CutMarkKey(k string) string { return t.RecordKey(k) + cutMarkSuffix }
+
+const cutMarkSuffix = ":cut"
+
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
 
@@ -1015,12 +1024,12 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 
 // PutRecords implements transport.RecordStore: SET key value PX ttl, or
 // for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
-// pipelined.
+// for an Item.Late lateScript, pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
 		if sc := writeScript(it); sc != nil {
-			return t.failed(sc.Run(ctx, once{t.c}, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)).Err())
+			return t.failed(sc.Run(ctx, once{t.c}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)).Err())
 		}
 		return t.failed(once{t.c}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
@@ -1034,30 +1043,44 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	return t.failed(t.redoCuts(ctx, cmds, err, cuts))
 }
 
-// A cutCmd is a scripted write (Item.IfPresent, Item.NoLonger) queued in
-// a pipeline (see redoCuts).
+// A cutCmd is a scripted write (Item.IfPresent, Item.NoLonger,
+// Item.Late) queued in a pipeline (see redoCuts).
 type cutCmd struct {
 	cmd *redis.Cmd
 	it  transport.Item
 }
 
 // writeScript returns the script that writes it: cutScript for an
-// Item.IfPresent, noLongerScript for an Item.NoLonger, nil for a SET.
+// Item.IfPresent, noLongerScript for an Item.NoLonger, lateScript for an
+// Item.Late, nil for a SET.
 func writeScript(it transport.Item) *redis.Script {
 	switch {
 	case it.IfPresent:
 		return cutScript
 	case it.NoLonger:
 		return noLongerScript
+	case it.Late:
+		return lateScript
 	}
 	return nil
 }
 
-// setRecord queues the write of it on p: SET, or for an Item.IfPresent or
-// Item.NoLonger its script by hash, which it appends to cuts.
+// scriptKeys returns the keys of the script that writes it: the record's,
+// and for a cut or a late write its cut mark's (in the record's slot).
+func (t *Transport) scriptKeys(it transport.Item) []string {
+	k := t.RecordKey(it.Key)
+	if it.IfPresent || it.Late && !it.NoLonger {
+		return []string{k, k + cutMarkSuffix}
+	}
+	return []string{k}
+}
+
+// setRecord queues the write of it on p: SET, or for an Item.IfPresent,
+// Item.NoLonger or Item.Late its script by hash, which it appends to
+// cuts.
 func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item, cuts []cutCmd) []cutCmd {
 	if sc := writeScript(it); sc != nil {
-		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, []string{t.RecordKey(it.Key)}, it.Value, ttlMillis(it.TTL)), it})
+		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)), it})
 	}
 	once{p}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 	return cuts
@@ -1070,7 +1093,9 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 // the pipeline's deletions and publishes is still right: it writes only
 // over a record that is there. A write-back (Item.NoLonger) so run after
 // them could write a record the pipeline deleted: the farm never batches
-// one with deletions.
+// one with deletions. Nor does it batch a late write (Item.Late) with the
+// deletion of its own record: a session retired or revoked since it was
+// kept for later is dropped before the batch is written (refreshLater).
 func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error, cuts []cutCmd) error {
 	if err == nil || len(cuts) == 0 {
 		return err
@@ -1083,7 +1108,7 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
 			if c.cmd.Err() != nil {
-				writeScript(c.it).Eval(ctx, once{p}, []string{t.RecordKey(c.it.Key)}, c.it.Value, ttlMillis(c.it.TTL))
+				writeScript(c.it).Eval(ctx, once{p}, t.scriptKeys(c.it), c.it.Value, ttlMillis(c.it.TTL))
 			}
 		}
 		return nil
@@ -1092,13 +1117,43 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 }
 
 // cutScript is the write of an Item.IfPresent: KEYS[1] is the record,
-// ARGV the value and the TTL (ms). It writes only over a record that is
-// there and would outlive the new TTL (or has none): a cut shortens a
-// record, never brings back one that is gone nor lengthens one that a
-// peer's cut ended sooner. It returns 1 if it wrote.
+// KEYS[2] its cut mark, ARGV the value and the TTL (ms). It writes only
+// over a record that is there and would outlive the new TTL (or has
+// none): a cut shortens a record, never brings back one that is gone nor
+// lengthens one that a peer's cut ended sooner. It returns 1 if it wrote.
+// Finding no record, it leaves the cut as the record's cut mark, for its
+// TTL, unless a mark that ends sooner is there: a late write of the
+// session (lateScript) then writes the cut, not the whole record its
+// writer read before it heard of the cut. Only a cut that finds no record
+// pays for the mark.
 var cutScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
-if left == -2 or (left >= 0 and left <= tonumber(ARGV[2])) then return 0 end
+if left == -2 then
+	local mark = redis.call('PTTL', KEYS[2])
+	if mark == -2 or mark > tonumber(ARGV[2]) then
+		redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+	end
+	return 0
+end
+if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
+// its cut mark, ARGV the value and the TTL (ms). If a cut mark is there
+// that ends sooner than the new TTL, it writes the mark's value for what
+// is left of it (a peer's cut that found no record: see cutScript), and
+// returns 2; else it writes the value, as SET does, and returns 1.
+var lateScript = redis.NewScript(`
+local mark = redis.call('PTTL', KEYS[2])
+if mark > 0 and mark < tonumber(ARGV[2]) then
+	local v = redis.call('GET', KEYS[2])
+	if v then
+		redis.call('SET', KEYS[1], v, 'PX', mark)
+		return 2
+	end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)

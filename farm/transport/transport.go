@@ -71,8 +71,23 @@ type Item struct {
 	// retirement that crossed it, or one made while this node was cut
 	// off), nor lengthen one that a peer's cut, made sooner, ended
 	// sooner. Every RecordStore must honour it (Redis: a script that reads
-	// PTTL and SETs).
+	// PTTL and SETs). One that finds no record leaves a cut mark at Key
+	// instead, for TTL, which no read sees and only a Late write applies
+	// (a store may keep the shorter of two marks).
 	IfPresent bool
+
+	// Late makes the write a session's late write, one made again after
+	// a failed write of it: if a cut mark (see IfPresent) lies at Key, the
+	// write puts there, in its place, the mark's value for what is left
+	// of the mark's TTL, when that is shorter than TTL; else it writes as
+	// a plain write does. A peer that resumed the session before its
+	// first write landed cut it to its grace where the store had no record
+	// yet, and the writer, which read the session whole before it heard
+	// of the cut, must not put it back whole, even for the round trip
+	// until it writes the cut again. Only late writes pay for the check
+	// (Redis: a script that reads the mark and SETs); a session's first
+	// write stays a plain write. Ignored with IfPresent or NoLonger.
+	Late bool
 
 	// NoLonger makes the write one that never lengthens: it takes place
 	// if no record is at Key when it is applied, or if the record there

@@ -1,0 +1,94 @@
+package farmtest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+)
+
+// CheckCutMark checks that s keeps the cut mark a cut (Item.IfPresent)
+// leaves where it finds no record, and that a late write (Item.Late)
+// applies it: written whole after the cut, alone or in a batch, the
+// record is the cut's, and lapses with it. A mark is no record, a first
+// write (no Late) ignores it, the shorter of two marks is kept, a late
+// write with no mark (or one that lapsed, or one that ends later) writes
+// what it was given, and a cut that comes after a late write cuts the
+// record as it cuts any.
+func CheckCutMark(t *testing.T, s transport.RecordStore) {
+	t.Helper()
+	ctx := context.Background()
+	const short = 1500 * time.Millisecond
+	get := func(k string) string {
+		t.Helper()
+		v, err := s.GetRecord(ctx, k)
+		if errors.Is(err, transport.ErrNotFound) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(v)
+	}
+	put := func(items ...transport.Item) {
+		t.Helper()
+		if err := s.PutRecords(ctx, items...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := func(k, v string, ttl time.Duration) transport.Item {
+		return transport.Item{Key: k, Value: []byte(v), TTL: ttl, IfPresent: true}
+	}
+	whole := func(k string, late bool) transport.Item {
+		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, Late: late}
+	}
+	key := func(name string) string { return "s:cutmark-" + name }
+
+	// A cut that finds no record: no record, a mark.
+	put(cut(key("alone"), "cut", short))
+	if v := get(key("alone")); v != "" {
+		t.Fatalf("a cut that found no record left a record: %q", v)
+	}
+	put(cut(key("first"), "cut", short))
+	put(whole(key("first"), false))
+	// The late write, alone and in a batch (with a plain write and a
+	// second late write without a mark).
+	put(whole(key("alone"), true))
+	put(cut(key("batch"), "cut", short))
+	put(transport.Item{Key: key("other"), Value: []byte("other"), TTL: time.Hour}, whole(key("batch"), true), whole(key("nomark"), true))
+	// Two marks: the shorter stays, whichever came first.
+	put(cut(key("twice-a"), "long", time.Hour))
+	put(cut(key("twice-a"), "short", short))
+	put(cut(key("twice-b"), "short", short))
+	put(cut(key("twice-b"), "long", time.Hour))
+	put(whole(key("twice-a"), true), whole(key("twice-b"), true))
+	// A mark that ends later than the late write: the write is its own.
+	put(cut(key("longer"), "cut", 2*time.Hour))
+	put(whole(key("longer"), true))
+	// A late write first, then the cut: cut as any record.
+	put(whole(key("before"), true))
+	put(cut(key("before"), "cut", short))
+	// A mark that lapses before the late write.
+	put(cut(key("lapsed"), "cut", time.Second))
+
+	for k, want := range map[string]string{
+		"alone": "cut", "first": "whole", "batch": "cut", "other": "other", "nomark": "whole",
+		"twice-a": "short", "twice-b": "short", "longer": "whole", "before": "cut",
+	} {
+		if v := get(key(k)); v != want {
+			t.Errorf("%s: the record reads %q, want %q", k, v, want)
+		}
+	}
+	time.Sleep(2100 * time.Millisecond)
+	put(whole(key("lapsed"), true))
+	for k, want := range map[string]string{
+		"alone": "", "first": "whole", "batch": "", "nomark": "whole",
+		"twice-a": "", "twice-b": "", "longer": "whole", "before": "", "lapsed": "whole",
+	} {
+		if v := get(key(k)); v != want {
+			t.Errorf("%s, past the short cut: the record reads %q, want %q", k, v, want)
+		}
+	}
+}

@@ -1,0 +1,195 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// passHeld lets the writes held now go, and holds every write that comes
+// to the gate from now on: of the writes in a row, the first lands and
+// the next waits.
+func (g *gatedStore) passHeld() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hold != nil {
+		close(g.hold)
+	}
+	g.hold = make(chan struct{})
+}
+
+// TestLateWriteReadBeforeCutHeard is the window the late write of a
+// session left: n1 issues S while its store path is down (its first
+// write fails, S waits in its backlog) and the bus brings S to n2 at
+// once. n1's bus path is frozen, and the client resumes S on n2, whose
+// cut of the store's record finds none. n1's store path comes back, and
+// n1 writes S again, read whole from its cache; n2's child, which carries
+// the cut, reaches n1 after that read and before the write lands (the
+// write is held in flight meanwhile). n1 then writes the cut again, behind
+// the write (recutWritten), but that write is held in turn: until it
+// lands, the store must not hold S whole. Past S's grace, a node that
+// never held S (n3, joining now) loads it from the store, and must not
+// resume it.
+func TestLateWriteReadBeforeCutHeard(t *testing.T) {
+	t.Parallel()
+	for _, store := range []string{"redis", "nats"} {
+		t.Run(store, func(t *testing.T) {
+			t.Parallel()
+			testLateWriteReadBeforeCutHeard(t, store)
+		})
+	}
+}
+
+func testLateWriteReadBeforeCutHeard(t *testing.T, store string) {
+	const grace = 2 * time.Second
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	var proxy *nettest.Proxy
+	paths := slowBusStorePaths(t, url, &stores, &proxy)
+	var nstores []*natsbus.Transport
+	if store == "nats" {
+		paths = slowBusNATSStorePaths(t, url, &stores, &nstores, &proxy)
+	}
+	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths,
+		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	g := stores[0]
+	rc := redis.NewClient(mustParseRedis(t, url))
+	defer rc.Close()
+	// stored reports whether the store holds a record of id.
+	stored := func(id session.ID) bool {
+		if store == "redis" {
+			return gatedTTL(t, rc, g.Transport, id) > 0
+		}
+		_, err := nstores[0].GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
+		if err != nil && !errors.Is(err, transport.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	// n1 issues S; its store write fails, the bus brings S to n2.
+	g.failing.Store(true)
+	t.Cleanup(func() { g.failing.Store(false); g.setHeld(false) })
+	c := &tlstest.FrozenCache{}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+	farmtest.Eventually(t, 5*time.Second, "n1's first write of S failed", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
+	})
+
+	// The client resumes S on n2, whose cut finds no record; n1 does not
+	// hear of it yet.
+	proxy.Freeze()
+	thawed := false
+	t.Cleanup(func() {
+		if !thawed {
+			proxy.Thaw()
+		}
+	})
+	kids := farmtest.HandshakeSessions(n2.Cache)
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	cutAt := time.Now()
+	farmtest.Eventually(t, 5*time.Second, "n2 stored S's child (and its cut of S)", func() bool {
+		return len(kids()) > 0 && stored(kids()[0])
+	})
+
+	// n1's store path comes back: its late write of S, read whole, is
+	// held in flight.
+	g.setHeld(true)
+	g.failing.Store(false)
+	farmtest.Eventually(t, 10*time.Second, "n1's late write of S is held", func() bool { return g.waiting.Load() > 0 })
+
+	// The cut reaches n1 between the read and the write's landing.
+	proxy.Thaw()
+	thawed = true
+	farmtest.Eventually(t, 5*time.Second, "n1 cut its copy of S", func() bool {
+		r, ok := lookup(n1.Cache, id)
+		return ok && time.Until(r.Expires) <= grace
+	})
+
+	// The write lands; what n1 writes behind it is held.
+	g.passHeld()
+	farmtest.Eventually(t, 5*time.Second, "n1's late write of S landed", func() bool { return stored(id) })
+	if store == "redis" {
+		if ttl := gatedTTL(t, rc, g.Transport, id); ttl > grace {
+			t.Errorf("n1's late write put S in the store whole (%v left) after n2 cut it to its grace (%v)", ttl.Round(time.Second), grace)
+		}
+	}
+
+	// Past S's grace, the store holds no S, and n3 does not resume it.
+	time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
+	if stored(id) {
+		t.Error("the store holds S past its grace, from n1's late write")
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n3 resumed S past its grace, from n1's late write")
+	}
+	g.setHeld(false)
+}
+
+// gatedNATS is a gatedStore's gate over a NATS store.
+type gatedNATS struct {
+	*natsbus.Transport
+	g *gatedStore
+}
+
+func (n *gatedNATS) PutRecords(ctx context.Context, items ...transport.Item) error {
+	if err := n.g.gate(ctx); err != nil {
+		return err
+	}
+	return n.Transport.PutRecords(ctx, items...)
+}
+
+func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {
+	if err := n.g.gate(ctx); err != nil {
+		return err
+	}
+	return n.Transport.DeleteRecords(ctx, keys...)
+}
+
+// slowBusNATSStorePaths is slowBusStorePaths with each member's store on
+// the shared NATS server (gated, the gates appended to *stores, the
+// transports to *nstores) and its bus on the Redis at url.
+func slowBusNATSStorePaths(t *testing.T, url string, stores *[]*gatedStore, nstores *[]*natsbus.Transport, proxy **nettest.Proxy) func(testing.TB, string) (transport.Bus, transport.Store) {
+	redisPaths := slowBusStorePaths(t, url, new([]*gatedStore), proxy)
+	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
+	return func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+		bus, _ := redisPaths(tb, farmName)
+		st, err := natsbus.Open(natsURL, farmName, nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { st.Close() })
+		g := &gatedStore{}
+		*stores = append(*stores, g)
+		*nstores = append(*nstores, st)
+		return bus, &gatedNATS{Transport: st, g: g}
+	}
+}
