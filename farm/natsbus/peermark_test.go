@@ -1,0 +1,127 @@
+package natsbus_test
+
+import (
+	"context"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestNATSPeerMarkRouteFrozen: the bus is a NATS cluster of two servers,
+// X and Y, whose only route goes through a proxy; the store is a server
+// of its own. n1 is on X, n2 on Y; n2 holds n1's broadcast copies of S
+// and of a control session C. The route freezes (both connections stay
+// up: nothing passes), and n1 revokes S, which it reports applied. n2's
+// round trip to Y still says its delivery is current, but n1's
+// revocation is held in the route: n2 must not resume S from the copy it
+// holds (before the per-sender marks it did), and still resumes C, once
+// its store confirms that C's chain is not revoked. Once the route
+// thaws, n2 learns of the revocation by its bus and its hits stop asking
+// the store.
+func TestNATSPeerMarkRouteFrozen(t *testing.T) {
+	t.Parallel()
+	const maxLag = 150 * time.Millisecond
+	var route *nettest.Proxy
+	c := natstest.StartPairVia(t, func(addr string) string {
+		route = nettest.NewProxy(t, addr)
+		return route.Addr
+	})
+	storeURL := embedded(t)
+	joined := 0
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		Mode: farm.Broadcast, WriteThrough: true,
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			bus, err := natsbus.Open(c.Servers[joined].ClientURL(), farmName, nil)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			joined++
+			tb.Cleanup(func() { bus.Close() })
+			store, err := natsbus.Open(storeURL, farmName, nil)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { store.Close() })
+			return bus, store
+		},
+		Tweak: func(cfg *farm.Config) {
+			cfg.MaxDeliveryLag = maxLag
+			cfg.LookupTimeout = time.Second
+			cfg.TallyInterval = -1
+		},
+	})
+	n1, n2 := ms[0], ms[1]
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	// Before the nodes close (cleanups run last registered first).
+	t.Cleanup(route.Thaw)
+
+	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
+	}
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
+	holds := func(ids ...session.ID) bool {
+		have := map[session.ID]bool{}
+		for id := range n2.Cache.Snapshot(-1) {
+			have[id] = true
+		}
+		for _, id := range ids {
+			if !have[id] {
+				return false
+			}
+		}
+		return true
+	}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	s, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	dial(n1, s)
+	dial(n1, cs)
+	sid, cid := ids()[0], ids()[1]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S and C", func() bool { return holds(sid, cid) })
+	// n2 resumes C from its copy without asking the store: both marks
+	// are current.
+	farmtest.Eventually(t, 5*time.Second, "n2's hits not gated", func() bool {
+		before := gated("confirmed")
+		return dial(n2, cs) && gated("confirmed") == before
+	})
+
+	route.Freeze()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if st, err := n1.Node.RevokeSession(ctx, sid); err != nil || st != farm.RevokeApplied {
+		t.Fatalf("RevokeSession = %v, %v", st, err)
+	}
+	bus := n2.Bus.(transport.DeliveryMarker).DeliveredThrough()
+	if dial(n2, s) {
+		t.Errorf("n2 resumed S, revoked on n1 (applied), from the copy it held; its server's mark %v old", time.Since(bus).Round(time.Millisecond))
+	}
+	if !dial(n2, cs) {
+		t.Error("n2 did not resume C (not revoked), its store reachable")
+	}
+	confirmed, revoked := gated("confirmed"), gated("revoked")
+	t.Logf("n2's gated hits in the freeze: confirmed %d, revoked %d", confirmed, revoked)
+	if confirmed == 0 || revoked == 0 {
+		t.Errorf("n2's gated hits: confirmed %d, revoked %d; want both", confirmed, revoked)
+	}
+
+	route.Thaw()
+	farmtest.Eventually(t, 5*time.Second, "n2's hits not gated after the thaw", func() bool {
+		before := gated("confirmed")
+		return dial(n2, cs) && gated("confirmed") == before
+	})
+	if dial(n2, s) {
+		t.Error("n2 resumed S after the thaw")
+	}
+}
