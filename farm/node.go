@@ -282,7 +282,9 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		if cfg.Records != nil {
 			n.hitMarker = dm
 		}
-		n.pm.init(peerMarkInterval(&cfg))
+		if st, ok := cfg.Bus.(transport.ServerTeller); ok {
+			n.pm.init(st, peerMarkInterval(&cfg))
+		}
 	}
 	if cfg.Records != nil || n.pend != nil {
 		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)

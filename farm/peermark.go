@@ -11,39 +11,44 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
-// Per-sender delivery marks. A bus's own mark (transport.DeliveryMarker)
+// Per-server delivery marks. A bus's own mark (transport.DeliveryMarker)
 // is a round trip to the server the subscription is on: it orders what
-// that server holds, not what another server of a cluster (NATS routes,
-// Redis's cluster bus) has yet to pass on to it. A node whose server's
-// route from a peer's server lags or is frozen would count its delivery
-// current while a peer's revocation is still in the route.
+// that server holds, not what another server of a cluster (NATS, over
+// its routes) has yet to pass on to it. A node whose server's route from
+// a peer's server lags or is frozen would count its delivery current
+// while a revocation the peer published is still in the route.
 //
-// So each node also marks its delivery of every peer's messages, by a
-// request and an answer on the bus, with no clock but its own: every
+// So on a bus that tells which server it is on (transport.ServerTeller)
+// each node also marks its delivery of what every other server took, by
+// requests and answers on the bus, with no clock but its own: every
 // PeerMarkInterval it publishes a msgMark carrying its clock reading t0
-// (a request), and, in the same message, the newest t0 it heard from each
-// peer since its previous msgMark (the answers). A peer's answer to this
-// node's t0 is published on the peer's bus connection, the one its
-// sessions and revocations go out on, after the peer heard the request,
-// so after t0; the bus delivers one publisher's messages in order (NATS:
-// per connection, through every route), so when the answer arrives every
-// message the peer's server took from it before t0 has been delivered
-// here. The node's mark of the farm (markedThrough) is the oldest of the
-// bus's own mark and the newest t0 each live peer answered.
+// (a request), the ID of the server it publishes to, and the newest t0 it
+// heard from each peer since its previous msgMark (the answers). A peer
+// on server S answers this node's t0 after it heard it, so S takes the
+// answer after t0; S passes what it took on to this node's server in
+// order (one route, FIFO), so when the answer arrives every message S took
+// before t0, from any publisher, has been delivered here. The node's mark
+// of the farm (markedThrough) is the oldest of the bus's own mark and, for
+// each other server that a live peer is on, the newest t0 a peer on it
+// answered. Peers on the node's own server are covered by the bus's own
+// mark: a peer whose own path to the server is frozen holds nothing back
+// (what it could not send, no server took), as with one server. A
+// single-server bus (and every bus that is not a ServerTeller) sends no
+// msgMark.
 //
 // A peer is live from its first msgMark heard until it announces its
 // leaving (a last msgMark, flagged, at Close, after everything else it
 // published) or until nothing was heard from it for peerMarkForget: a
-// peer that cannot be heard is the case the mark is for, so its mark stays
-// where its last answer left it (the hit gate asks the store meanwhile),
-// and only a peer silent that long counts as gone. Forgetting it is
-// settled as a gap in the node's delivery (openGap): the hit gate stays
-// on until the healer has read the store's revocations, those the
-// forgotten peer published while it was not heard included. A peer first
-// heard has answered nothing yet: the mark is zero until it has (an
-// interval and a round trip). A peer never heard (one that joined while
-// its route to this node was already down, or a node of an earlier
-// release, which sends no msgMark) is not waited for.
+// server whose peers cannot be heard is the case the mark is for, so its
+// mark stays where the last answer left it (the hit gate asks the store
+// meanwhile), and only a peer silent that long counts as gone. Forgetting
+// it is settled as a gap in the node's delivery (openGap): the hit gate
+// stays on until the healer has read the store's revocations, those
+// published while the peer was not heard included. A server whose peers
+// are first heard has answered nothing yet: the mark is zero until one of
+// them has (an interval and a round trip). A peer never heard (one that
+// joined while its route to this node was already down, or a node of an
+// earlier release, which sends no msgMark) is not waited for.
 const (
 	// defaultPeerMarkInterval is the most PeerMarkInterval defaults to:
 	// the cadence of the buses' own marks.
@@ -62,17 +67,22 @@ const (
 	// markLeaving flags a sender's last msgMark (Close).
 	markLeaving = 1
 
-	markFixedLen  = 1 + 8 + 2
+	// maxServerID bounds the length of a server's ID in a msgMark.
+	maxServerID = 255
+
+	markFixedLen  = 1 + 8 + 1 + 2
 	markAnswerLen = 8 + 8
 )
 
-// A markBody is the body of a msgMark: flags (1) | t0 (8) | n (2) | n
-// answers (requester's instance ID 8 | its t0 8). t0 is opaque to every
-// node but the one that sent it (nanoseconds since its own start, plus
-// one: never zero).
+// A markBody is the body of a msgMark: flags (1) | t0 (8) | server ID
+// (length 1, then the ID) | n (2) | n answers (requester's instance ID 8 |
+// its t0 8). t0 is opaque to every node but the one that sent it
+// (nanoseconds since its own start, plus one: never zero); the server is
+// the one the sender publishes to (transport.ServerTeller).
 type markBody struct {
 	flags   byte
 	t0      uint64
+	server  string
 	answers []markAnswer
 }
 
@@ -84,6 +94,8 @@ type markAnswer struct {
 func appendMark(b []byte, m markBody) []byte {
 	b = append(b, m.flags)
 	b = binary.BigEndian.AppendUint64(b, m.t0)
+	b = append(b, byte(len(m.server)))
+	b = append(b, m.server...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.answers)))
 	for _, a := range m.answers {
 		b = binary.BigEndian.AppendUint64(b, a.to)
@@ -94,32 +106,41 @@ func appendMark(b []byte, m markBody) []byte {
 
 var errMarkBody = errors.New("mark body malformed")
 
-// parseMark decodes a msgMark body. The answers stay in body: visit
-// yields each (answerAt).
-func parseMark(body []byte) (flags byte, t0 uint64, answers []byte, err error) {
+// parseMark decodes a msgMark body. The answers stay in body, markAnswerLen
+// bytes each.
+func parseMark(body []byte) (m markBody, answers []byte, err error) {
 	if len(body) < markFixedLen {
-		return 0, 0, nil, errMarkBody
+		return m, nil, errMarkBody
 	}
-	n := int(binary.BigEndian.Uint16(body[9:]))
-	answers = body[markFixedLen:]
+	m.flags, m.t0 = body[0], binary.BigEndian.Uint64(body[1:])
+	l := int(body[9])
+	if len(body) < markFixedLen+l {
+		return markBody{}, nil, errMarkBody
+	}
+	m.server = string(body[10 : 10+l])
+	n := int(binary.BigEndian.Uint16(body[10+l:]))
+	answers = body[markFixedLen+l:]
 	if n > maxMarkPeers || len(answers) != n*markAnswerLen {
-		return 0, 0, nil, errMarkBody
+		return markBody{}, nil, errMarkBody
 	}
-	return body[0], binary.BigEndian.Uint64(body[1:]), answers, nil
+	return m, answers, nil
 }
 
 // peerMarks is the node's part of the per-sender marks.
 type peerMarks struct {
 	on       bool
+	teller   transport.ServerTeller // the bus
 	interval time.Duration
 	base     time.Time // the node's clock origin for its t0s (monotonic)
 
-	// floor is the oldest of the newest t0s the live peers answered
-	// (nanoseconds since base, plus one), 0 if a live peer answered none,
-	// noPeers if there is none.
+	// floor is, over the servers other than the node's own that a live
+	// peer is on, the oldest of the newest t0 a peer on each answered
+	// (nanoseconds since base, plus one); 0 if the peers on one of them
+	// answered none, noPeers if there is no such server.
 	floor atomic.Int64
 
 	mu    sync.Mutex
+	self  string // the server the node's bus is on, as its last msgMark said
 	peers map[uint64]*peerMark
 	asked map[uint64]uint64 // requests heard since the last msgMark: requester → its newest t0
 
@@ -130,14 +151,16 @@ const noPeers = -1
 
 // A peerMark is what the node knows of one live peer's answers.
 type peerMark struct {
-	through int64     // the newest of this node's t0s it answered, 0 for none
+	server  string    // the server its last msgMark went to
+	through int64     // the newest of this node's t0s it answered on server, 0 for none
 	heard   time.Time // its last msgMark (time.Now)
 }
 
-// init sets the marks up for a node whose bus marks its delivery: on
-// with a positive interval.
-func (p *peerMarks) init(interval time.Duration) {
+// init sets the marks up for a node whose bus marks its delivery and
+// tells its server: on with a positive interval.
+func (p *peerMarks) init(teller transport.ServerTeller, interval time.Duration) {
 	p.on = interval > 0
+	p.teller = teller
 	p.interval = interval
 	p.base = time.Now()
 	p.floor.Store(noPeers)
@@ -183,10 +206,20 @@ func (n *Node) markedThrough(dm transport.DeliveryMarker) time.Time {
 
 // refloor recomputes floor. p.mu is held.
 func (p *peerMarks) refloor() {
-	f := int64(noPeers)
+	var servers map[string]int64 // the newest t0 answered on each
 	for _, e := range p.peers {
-		if f == noPeers || e.through < f {
-			f = e.through
+		if e.server == p.self {
+			continue
+		}
+		if servers == nil {
+			servers = make(map[string]int64)
+		}
+		servers[e.server] = max(servers[e.server], e.through)
+	}
+	f := int64(noPeers)
+	for _, t := range servers {
+		if f == noPeers || t < f {
+			f = t
 		}
 	}
 	p.floor.Store(f)
@@ -194,7 +227,7 @@ func (p *peerMarks) refloor() {
 
 // receiveMark handles a peer's msgMark, sealed by h.
 func (n *Node) receiveMark(h header, body []byte) {
-	flags, t0, answers, err := parseMark(body)
+	m, answers, err := parseMark(body)
 	if err != nil {
 		n.ctr.rejected[rejectBody].Add(1)
 		return
@@ -202,17 +235,20 @@ func (n *Node) receiveMark(h header, body []byte) {
 	p := &n.pm
 	p.received.Add(1)
 	var mine int64
-	for len(answers) > 0 {
+	for ; len(answers) > 0; answers = answers[markAnswerLen:] {
 		if binary.BigEndian.Uint64(answers) == n.instance {
 			mine = max(mine, int64(binary.BigEndian.Uint64(answers[8:])))
 		}
-		answers = answers[markAnswerLen:]
+	}
+	// A t0 past this node's clock was not this process's.
+	if mine > int64(p.now()) {
+		mine = 0
 	}
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.peers[h.sender]
-	if flags&markLeaving != 0 {
+	if m.flags&markLeaving != 0 {
 		// Its last message: everything it published is here.
 		delete(p.asked, h.sender)
 		if e != nil {
@@ -221,47 +257,57 @@ func (n *Node) receiveMark(h header, body []byte) {
 		}
 		return
 	}
+	changed := mine > 0
 	if e == nil {
 		if len(p.peers) >= maxMarkPeers {
 			return // not tracked: not waited for, not answered
 		}
-		e = &peerMark{}
+		e = &peerMark{server: m.server}
 		p.peers[h.sender] = e
-		defer p.refloor()
+		changed = true
+	} else if e.server != m.server {
+		// On another server now: its answers so far went through
+		// the one it left.
+		e.server, e.through = m.server, 0
+		changed = true
 	}
 	e.heard = now
-	if t0 > p.asked[h.sender] {
-		p.asked[h.sender] = t0
+	if m.t0 > p.asked[h.sender] {
+		p.asked[h.sender] = m.t0
 	}
-	// A t0 is never past this node's clock: one that is was not this
-	// process's (forged, it would not open; but be safe).
-	if mine > e.through && mine <= int64(p.now()) {
-		old := e.through
-		e.through = mine
-		if f := p.floor.Load(); f == old || f == noPeers {
-			p.refloor()
-		}
+	e.through = max(e.through, mine)
+	if changed && e.server != p.self {
+		p.refloor()
 	}
 }
 
 // nextMark returns the body of the node's next msgMark: a request now,
 // and the answers to the requests heard since the previous one.
-func (p *peerMarks) nextMark(flags byte) []byte {
+func (p *peerMarks) nextMark(flags byte, server string) []byte {
 	p.mu.Lock()
-	m := markBody{flags: flags, t0: p.now(), answers: make([]markAnswer, 0, len(p.asked))}
+	if server != p.self {
+		p.self = server
+		p.refloor()
+	}
+	m := markBody{flags: flags, t0: p.now(), server: server, answers: make([]markAnswer, 0, len(p.asked))}
 	for id, t0 := range p.asked {
 		m.answers = append(m.answers, markAnswer{to: id, t0: t0})
 		delete(p.asked, id)
 	}
 	p.mu.Unlock()
-	return appendMark(make([]byte, 0, markFixedLen+markAnswerLen*len(m.answers)), m)
+	return appendMark(make([]byte, 0, markFixedLen+len(server)+markAnswerLen*len(m.answers)), m)
 }
 
 // sendMark publishes a msgMark, waiting at most a quarter of OpTimeout (as
-// sendTally). One goroutine at a time sends them (marker, then Close).
+// sendTally), unless the bus is not connected to a server. One goroutine
+// at a time sends them (marker, then Close).
 func (n *Node) sendMark(ctx context.Context, flags byte) {
+	server := n.pm.teller.ConnectedServer()
+	if server == "" || len(server) > maxServerID {
+		return
+	}
 	hdr := header{typ: msgMark, time: n.cfg.Now(), sender: n.instance, farm: n.cfg.Farm}
-	msg := n.keys.seal(nil, hdr, n.pm.nextMark(flags), nil)
+	msg := n.keys.seal(nil, hdr, n.pm.nextMark(flags, server), nil)
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout/4)
 	defer cancel()
 	if err := n.publish(pctx, msg); err == nil {
