@@ -257,26 +257,27 @@ func (n *Node) receiveMark(h header, body []byte) {
 		}
 		return
 	}
-	changed := mine > 0
+	changed := mine > 0 // an answer: the floor moves if its server is another
+	moved := false      // a peer on a server not waited for before, or no longer
 	if e == nil {
 		if len(p.peers) >= maxMarkPeers {
 			return // not tracked: not waited for, not answered
 		}
 		e = &peerMark{server: m.server}
 		p.peers[h.sender] = e
-		changed = true
+		moved = true
 	} else if e.server != m.server {
 		// On another server now: its answers so far went through
 		// the one it left.
 		e.server, e.through = m.server, 0
-		changed = true
+		moved = true
 	}
 	e.heard = now
 	if m.t0 > p.asked[h.sender] {
 		p.asked[h.sender] = m.t0
 	}
 	e.through = max(e.through, mine)
-	if changed && e.server != p.self {
+	if moved || changed && e.server != p.self {
 		p.refloor()
 	}
 }
