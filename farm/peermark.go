@@ -317,28 +317,32 @@ func (n *Node) sendMark(ctx context.Context, flags byte) {
 }
 
 // forgetSilent forgets the peers not heard from since before, and reports
-// whether it forgot any.
+// whether one of them was on another server than the node's (its mark
+// was held back to theirs).
 func (p *peerMarks) forgetSilent(before time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	forgot := false
+	forgot, waited := false, false
 	for id, e := range p.peers {
 		if e.heard.Before(before) {
 			delete(p.peers, id)
 			delete(p.asked, id)
 			forgot = true
+			waited = waited || e.server != p.self
 			p.forgotten.Add(1)
 		}
 	}
 	if forgot {
 		p.refloor()
 	}
-	return forgot
+	return waited
 }
 
 // marker publishes a msgMark every PeerMarkInterval, and forgets the
-// peers silent past peerMarkForget, until ctx is done. A peer forgotten
-// so is settled as a gap (see peerMarks).
+// peers silent past peerMarkForget, until ctx is done. A peer on another
+// server forgotten so is settled as a gap (see peerMarks): the hit gate
+// stays on until a heal has read the store's revocations, and carried
+// copies issued before now are refused (restartReach).
 func (n *Node) marker(ctx context.Context) {
 	defer n.wg.Done()
 	t := time.NewTicker(n.pm.interval)
@@ -349,9 +353,12 @@ func (n *Node) marker(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if n.pm.forgetSilent(time.Now().Add(-peerMarkForget)) && n.hitMarker != nil {
-			n.openGap()
-			n.wakeHealer()
+		if n.pm.forgetSilent(time.Now().Add(-peerMarkForget)) {
+			n.restartReach()
+			if n.hitMarker != nil {
+				n.openGap()
+				n.wakeHealer()
+			}
 		}
 		n.sendMark(ctx, 0)
 	}

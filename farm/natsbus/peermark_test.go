@@ -26,7 +26,8 @@ import (
 // holds (before the per-sender marks it did), and still resumes C, once
 // its store confirms that C's chain is not revoked. Once the route
 // thaws, n2 learns of the revocation by its bus and its hits stop asking
-// the store.
+// the store; once n1 leaves (its last message says so), n2 waits for no
+// answer from X.
 func TestNATSPeerMarkRouteFrozen(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
@@ -123,5 +124,14 @@ func TestNATSPeerMarkRouteFrozen(t *testing.T) {
 	})
 	if dial(n2, s) {
 		t.Error("n2 resumed S after the thaw")
+	}
+
+	// n1 leaves, and says so last: n2, with no peer left on X, waits
+	// for none (past MaxDeliveryLag, n1's last answer would gate it).
+	n1.Node.Close()
+	time.Sleep(3 * maxLag)
+	before := gated("confirmed")
+	if !dial(n2, cs) || gated("confirmed") != before {
+		t.Error("n2's hits asked the store after n1, the only node on X, left")
 	}
 }
