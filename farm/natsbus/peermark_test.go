@@ -98,6 +98,19 @@ func TestNATSPeerMarkRouteFrozen(t *testing.T) {
 		return dial(n2, cs) && gated("confirmed") == before
 	})
 
+	// What the marks cost: one message per node each interval (a fifth
+	// of MaxDeliveryLag here), received by every other node.
+	marks := func(m *farmtest.Member, event string) uint64 {
+		return farmtest.Counter(m.Node.Metrics(), "tlsfarm_farm_delivery_marks_total", "event", event)
+	}
+	sent0, recv0, at := marks(n2, "sent"), marks(n2, "received"), time.Now()
+	time.Sleep(time.Second)
+	el := time.Since(at).Seconds()
+	t.Logf("n2's delivery marks: %.1f sent/s, %.1f received/s", float64(marks(n2, "sent")-sent0)/el, float64(marks(n2, "received")-recv0)/el)
+	if marks(n2, "sent") == sent0 || marks(n2, "received") == recv0 {
+		t.Error("n2 sent or received no delivery marks")
+	}
+
 	route.Freeze()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
