@@ -283,7 +283,8 @@ func (n *Node) receiveMark(h header, body []byte) {
 }
 
 // nextMark returns the body of the node's next msgMark: a request now,
-// and the answers to the requests heard since the previous one.
+// and the answers to the requests heard since the previous one, but for
+// the requesters on server, the one it goes to.
 func (p *peerMarks) nextMark(flags byte, server string) []byte {
 	p.mu.Lock()
 	if server != p.self {
@@ -292,8 +293,13 @@ func (p *peerMarks) nextMark(flags byte, server string) []byte {
 	}
 	m := markBody{flags: flags, t0: p.now(), server: server, answers: make([]markAnswer, 0, len(p.asked))}
 	for id, t0 := range p.asked {
-		m.answers = append(m.answers, markAnswer{to: id, t0: t0})
 		delete(p.asked, id)
+		// A requester on the same server waits for no answer of ours
+		// (its own round trip covers the server).
+		if e := p.peers[id]; e != nil && e.server == server {
+			continue
+		}
+		m.answers = append(m.answers, markAnswer{to: id, t0: t0})
 	}
 	p.mu.Unlock()
 	return appendMark(make([]byte, 0, markFixedLen+len(server)+markAnswerLen*len(m.answers)), m)

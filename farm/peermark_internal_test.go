@@ -84,6 +84,11 @@ func TestPeerMarkPerServer(t *testing.T) {
 	if t0 <= 0 || !current() {
 		t.Fatalf("x2 answered b's request: floor %d, current %t", t0, current())
 	}
+	// y1, on b's server, hears b's request and does not answer it.
+	y1.receive(req)
+	if _, answers, err := parseMark(y1.pm.nextMark(0, "Y")); err != nil || len(answers) != 0 {
+		t.Fatalf("y1 answered b, on its own server: %d bytes of answers, %v", len(answers), err)
+	}
 	// z1 on Z answers nothing yet: held back to zero.
 	b.receive(sealMark(z1, 0, "Z"))
 	if floor() != 0 {
