@@ -85,7 +85,10 @@ func TestPeerMarkPerServer(t *testing.T) {
 		t.Fatalf("x2 answered b's request: floor %d, current %t", t0, current())
 	}
 	// y1, on b's server, hears b's request and does not answer it.
-	y1.receive(req)
+	y1.receive(sealMark(b, 0, "Y")) // a message is opened in place: a new one
+	if y1.pm.received.Load() == 0 {
+		t.Fatal("y1 did not take b's request")
+	}
 	if _, answers, err := parseMark(y1.pm.nextMark(0, "Y")); err != nil || len(answers) != 0 {
 		t.Fatalf("y1 answered b, on its own server: %d bytes of answers, %v", len(answers), err)
 	}
