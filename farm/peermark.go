@@ -32,9 +32,11 @@ import (
 // each other server that a live peer is on, the newest t0 a peer on it
 // answered. Peers on the node's own server are covered by the bus's own
 // mark: a peer whose own path to the server is frozen holds nothing back
-// (what it could not send, no server took), as with one server. A
-// single-server bus (and every bus that is not a ServerTeller) sends no
-// msgMark.
+// (what it could not send, no server took), as with one server. A bus
+// that is not a ServerTeller (Redis, RabbitMQ) sends no msgMark. On a
+// single NATS server the msgMarks are sent, and nobody waits for them:
+// the transport cannot tell that no other server passes messages on to
+// its own (a leaf node's hub does, with no cluster name to show it).
 //
 // A peer is live from its first msgMark heard until it announces its
 // leaving (a last msgMark, flagged, at Close, after everything else it
@@ -184,8 +186,8 @@ func peerMarkInterval(cfg *Config) time.Duration {
 }
 
 // markedThrough returns the node's delivery mark of the whole farm: the
-// bus's own mark (dm's), held back to the oldest t0 a live peer has
-// answered (see peerMarks). The zero Time if either is zero.
+// bus's own mark (dm's), held back to the oldest of the other servers'
+// marks (see peerMarks). The zero Time if either is zero.
 func (n *Node) markedThrough(dm transport.DeliveryMarker) time.Time {
 	t := dm.DeliveredThrough()
 	if t.IsZero() || !n.pm.on {
