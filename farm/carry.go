@@ -35,7 +35,7 @@ func (n *Node) deliveryLag() (time.Duration, bool) {
 	if !ok {
 		return 0, false
 	}
-	t := dm.DeliveredThrough()
+	t := n.markedThrough(dm)
 	if t.IsZero() {
 		return 0, false
 	}

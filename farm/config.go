@@ -228,6 +228,18 @@ type Config struct {
 	// gates no hits. Default 500ms.
 	MaxDeliveryLag time.Duration
 
+	// PeerMarkInterval is how often a node whose bus marks its delivery
+	// publishes a delivery mark request, with its answers to its peers'
+	// (see farm/peermark.go): the bus's own mark orders only what the
+	// subscriber's own server holds, not what a server of a cluster has
+	// yet to pass on from another, so the node's mark (for
+	// MaxDeliveryLag) is also held back to the newest request each live
+	// peer answered. A node publishes one message each interval, and
+	// receives one from each peer. Zero means a fifth of MaxDeliveryLag,
+	// at least 10ms and at most 100ms; negative means none (the bus's
+	// own mark alone, as before).
+	PeerMarkInterval time.Duration
+
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
 	// subscription was down and some of what the farm published meanwhile
 	// may be lost, in a farm with no Records. By default such a node drops

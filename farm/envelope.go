@@ -62,6 +62,7 @@ const (
 	valChainRevoked                    // body: one revoked chain (as valTombstone); context: the chain, 8 bytes big-endian
 	msgRevokeIDs                       // body: session IDs revoked while no reachable node knew them (see revokeid.go)
 	valRevokedID                       // body: one such session ID (store-only, a member of revokedIDsKey's set)
+	msgMark                            // body: a delivery mark request and the answers to peers' (see peermark.go)
 )
 
 func (t envType) String() string {
@@ -92,6 +93,8 @@ func (t envType) String() string {
 		return "revoke-ids"
 	case valRevokedID:
 		return "revoked-id"
+	case msgMark:
+		return "mark"
 	}
 	return fmt.Sprintf("envType(%d)", uint8(t))
 }

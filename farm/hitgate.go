@@ -97,7 +97,7 @@ func (n *Node) hitsCurrent() bool {
 	if n.gap.Load()&gapOpen != 0 {
 		return false
 	}
-	t := n.hitMarker.DeliveredThrough()
+	t := n.markedThrough(n.hitMarker)
 	return !t.IsZero() && time.Since(t) <= n.cfg.MaxDeliveryLag
 }
 

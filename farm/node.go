@@ -114,6 +114,7 @@ type Node struct {
 	heldAny  atomic.Bool
 	rs       resendState // peers' requests to re-send what held keeps, and this node's
 	tly      tallyState  // messages published and received, to find those the bus lost
+	pm       peerMarks   // delivery marks of each peer's messages (see peermark.go)
 	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
@@ -279,8 +280,13 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.written = newWritten(cfg.MaxAge + cfg.MaxSkew)
 	}
 	n.restoreLife(kept)
-	if dm, ok := cfg.Bus.(transport.DeliveryMarker); ok && cfg.Records != nil {
-		n.hitMarker = dm
+	if dm, ok := cfg.Bus.(transport.DeliveryMarker); ok {
+		if cfg.Records != nil {
+			n.hitMarker = dm
+		}
+		if st, ok := cfg.Bus.(transport.ServerTeller); ok {
+			n.pm.init(st, peerMarkInterval(&cfg))
+		}
 	}
 	if cfg.Records != nil || n.pend != nil {
 		n.leave = cfg.Cache.Join(cachePeer{n}, cfg.LookupTimeout)
@@ -316,6 +322,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if n.tly.on {
 		n.wg.Add(1)
 		go n.tallier(ctx)
+	}
+	if n.pm.on {
+		n.wg.Add(1)
+		go n.marker(ctx)
 	}
 	if cfg.Records != nil {
 		n.wg.Add(1)
@@ -471,6 +481,13 @@ func (n *Node) Close() error {
 			// so far does not make a failure old).
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
 			n.sendTally(ctx)
+			cancel()
+		}
+		if n.pm.on && inTime && !n.busDownAtEnd.Load() {
+			// The node's last message: its peers stop waiting for
+			// its answers (see peerMarks).
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			n.sendMark(ctx, markLeaving)
 			cancel()
 		}
 		if n.lf.path != "" {

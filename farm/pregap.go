@@ -54,7 +54,7 @@ func (n *Node) fromBeforeGap(sealed time.Time) bool {
 		return false
 	}
 	if dm, ok := n.cfg.Bus.(transport.DeliveryMarker); ok {
-		if t := dm.DeliveredThrough(); !t.IsZero() && !t.Before(g.at) {
+		if t := n.markedThrough(dm); !t.IsZero() && !t.Before(g.at) {
 			// Every message the server had taken before the settle
 			// has been handled: this one came after it.
 			return false

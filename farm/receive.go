@@ -150,6 +150,10 @@ func (n *Node) receive(msg []byte) {
 		}
 	case msgRevokeIDs:
 		n.receiveRevokedIDs(body)
+	case msgMark:
+		if n.pm.on {
+			n.receiveMark(h, body)
+		}
 	case msgRevoke:
 		revs, err := parseRevocations(body)
 		if err != nil {

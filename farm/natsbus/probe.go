@@ -30,3 +30,14 @@ var (
 	_ transport.MessageLimiter = (*Transport)(nil)
 	_ transport.DeliveryMarker = (*Transport)(nil)
 )
+
+// ConnectedServer implements transport.ServerTeller: the ID of the server
+// the connection is on, "" while it is not connected.
+func (t *Transport) ConnectedServer() string {
+	if t.nc.Status() != nats.CONNECTED {
+		return ""
+	}
+	return t.nc.ConnectedServerId()
+}
+
+var _ transport.ServerTeller = (*Transport)(nil)

@@ -414,3 +414,15 @@ type MessageKeeper interface {
 type DeliveryMarker interface {
 	DeliveredThrough() time.Time
 }
+
+// A ServerTeller is a Bus whose server may be one of several that pass
+// the farm's messages on to each other (the servers of a NATS cluster,
+// over their routes): a DeliveryMarker's round trip to its own server
+// does not order what another server has yet to pass on. ConnectedServer
+// returns the ID of the server the bus's connection is on now, the one a
+// Publish made now goes to, and "" while it is not connected. The farm
+// marks its delivery of each other server's messages by requests its
+// peers on that server answer (see farm/peermark.go).
+type ServerTeller interface {
+	ConnectedServer() string
+}

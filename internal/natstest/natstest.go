@@ -365,3 +365,67 @@ func (c *ProcCluster) Proc(name string) *Proc {
 	}
 	return nil
 }
+
+// StartPairVia starts two servers, n1 and n2, of a cluster without
+// JetStream whose only route goes through an address of the test's
+// choosing: n2 solicits its route (every connection of its pool) to
+// via(n1's route address), a nettest.Proxy in front of it, say, and n1
+// solicits none. Neither advertises its route address, so no second,
+// direct route forms. It waits until the route is up, and fails tb if a
+// route of n2's does not go to via's address. The servers stop when the
+// test ends.
+func StartPairVia(tb testing.TB, via func(routeAddr string) string) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb}
+	tb.Cleanup(func() {
+		for _, s := range c.Servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	})
+	start := func(name string, routes []*url.URL) *server.Server {
+		s, err := server.NewServer(&server.Options{
+			ServerName: name,
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			NoSigs:     true,
+			Cluster: server.ClusterOpts{
+				Name:        "tlsfarm-pair",
+				Host:        "127.0.0.1",
+				Port:        server.RANDOM_PORT,
+				NoAdvertise: true,
+			},
+			Routes: routes,
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		s.SetLogger(&logTail{}, false, false)
+		s.Start()
+		if !s.ReadyForConnections(testenv.StartTimeout) {
+			tb.Fatalf("NATS server %s did not start within %v", name, testenv.StartTimeout)
+		}
+		c.Servers = append(c.Servers, s)
+		return s
+	}
+	n1 := start("n1", nil)
+	addr := via(n1.ClusterAddr().String())
+	n2 := start("n2", []*url.URL{{Scheme: "nats-route", Host: addr}})
+	deadline := time.Now().Add(10 * time.Second)
+	for n1.NumRoutes() < 1 || n2.NumRoutes() < 1 {
+		if time.Now().After(deadline) {
+			tb.Fatalf("NATS pair: no route within 10s (n1 %d, n2 %d)", n1.NumRoutes(), n2.NumRoutes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rz, err := n2.Routez(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, r := range rz.Routes {
+		if got := net.JoinHostPort(r.IP, fmt.Sprint(r.Port)); !r.DidSolicit || got != addr {
+			tb.Fatalf("NATS pair: n2 has a route to %s (solicited %t), not only through %s", got, r.DidSolicit, addr)
+		}
+	}
+	return c
+}
