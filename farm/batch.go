@@ -151,7 +151,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 		// Also when the write was cancelled by Close: see flush.
 		n.keepLifecycle(n.lifesq, batch)
 	}
-	n.storeWritten(ctx, len(puts), err)
+	n.storeWritten(ctx, recordPuts(puts), err)
 	return err == nil
 }
 

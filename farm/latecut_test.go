@@ -164,6 +164,14 @@ func (n *gatedNATS) PutRecords(ctx context.Context, items ...transport.Item) err
 	if err := n.g.gate(ctx); err != nil {
 		return err
 	}
+	n.g.mu.Lock()
+	if n.g.ttls == nil {
+		n.g.ttls = make(map[string][]time.Duration)
+	}
+	for _, it := range items {
+		n.g.ttls[it.Key] = append(n.g.ttls[it.Key], it.TTL)
+	}
+	n.g.mu.Unlock()
 	return n.Transport.PutRecords(ctx, items...)
 }
 
@@ -171,6 +179,7 @@ func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {
 	if err := n.g.gate(ctx); err != nil {
 		return err
 	}
+	n.g.noteDeleted(keys)
 	return n.Transport.DeleteRecords(ctx, keys...)
 }
 

@@ -114,8 +114,8 @@ func TestKeepLifecycle(t *testing.T) {
 	n.cfg.Records = nopRecords{}
 	hdr := header{time: now, farm: "f1"}
 	puts, _, _ := n.storeItems(hdr, batch, now)
-	if len(puts) != 2 || batch[0].rec.Expires.IsZero() {
-		t.Fatalf("puts %d, carried %v; want the cut parent and the new session, the cut record carried", len(puts), batch[0].rec.Expires)
+	if len(puts) != 3 || !puts[1].Retire || batch[0].rec.Expires.IsZero() {
+		t.Fatalf("puts %d, carried %v; want the cut parent, the retirement and the new session, the cut record carried", len(puts), batch[0].rec.Expires)
 	}
 	n.keepLifecycle(n.lifeq, batch)
 	kept := n.lifeq.pop(nil, 10, now)
@@ -143,11 +143,12 @@ func TestKeepLifecycle(t *testing.T) {
 	if len(puts) != 1 || len(dels) != 0 || puts[0].Key != sessionKey(parent) || puts[0].TTL > 31*time.Second {
 		t.Fatalf("puts %v dels %v, want the carried parent for its grace", puts, dels)
 	}
-	// Written after its grace: the record goes.
+	// Written after its grace: the record goes, retired (with a mark
+	// for a late write to honour).
 	late := now.Add(time.Minute)
 	puts, dels, _ = n.storeItems(hdr, []item{cutItem}, late)
-	if len(puts) != 0 || len(dels) != 1 || dels[0] != sessionKey(parent) {
-		t.Fatalf("puts %v dels %v, want the parent deleted past its grace", puts, dels)
+	if len(puts) != 1 || len(dels) != 0 || puts[0].Key != sessionKey(parent) || !puts[0].Retire || puts[0].TTL <= 0 {
+		t.Fatalf("puts %v dels %v, want the parent retired past its grace", puts, dels)
 	}
 
 	// Back from the backlog: retired meanwhile, or cut meanwhile.

@@ -34,6 +34,28 @@ type gatedStore struct {
 	hold    chan struct{}              // closed when the hold ends; nil: not held
 	waiting atomic.Int32               // writes waiting on the hold
 	ttls    map[string][]time.Duration // the TTLs written, by key
+	dels    map[string]int             // the deletions asked for, by key
+}
+
+// noteDeleted counts a deletion of each of keys that the gate let go.
+func (g *gatedStore) noteDeleted(keys []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.dels == nil {
+		g.dels = make(map[string]int)
+	}
+	for _, k := range keys {
+		g.dels[k]++
+	}
+}
+
+// touched reports whether the gate let go a write or a deletion of the
+// record of id.
+func (g *gatedStore) touched(id session.ID) bool {
+	k := "s:" + hex.EncodeToString(id[:])
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.ttls[k]) > 0 || g.dels[k] > 0
 }
 
 var errStoreDown = errors.New("store path down (test)")
@@ -97,6 +119,7 @@ func (g *gatedStore) DeleteRecords(ctx context.Context, keys ...string) error {
 	if err := g.gate(ctx); err != nil {
 		return err
 	}
+	g.noteDeleted(keys)
 	return g.Transport.DeleteRecords(ctx, keys...)
 }
 

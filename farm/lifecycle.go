@@ -144,7 +144,7 @@ func (n *Node) Consume(ctx context.Context, id session.ID) (bool, error) {
 	if !n.cfg.Cache.Retire(id, session.OriginAPI) {
 		// Not cached here: publish the retirement ourselves (the REMOVE
 		// event would have).
-		n.enqueue(item{id: id, op: opRetire})
+		n.enqueue(item{id: id, op: opRetire, taken: true})
 	}
 	return true, nil
 }
@@ -403,7 +403,10 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 	case ev.Kind == session.EventRemove && ev.Reason == session.Retired &&
 		(ev.Origin == session.OriginHandshake || ev.Origin == session.OriginAPI):
 		n.retired.add(ev.ID, n.cfg.Now())
-		n.enqueue(item{id: ev.ID, op: opRetire, expires: ev.Record.Expires})
+		// Consumed (Consume, or a single-use resumption, whose claim took
+		// the record): the store's record is gone already.
+		taken := ev.Origin == session.OriginAPI || n.cfg.Cache.Config().SingleUse
+		n.enqueue(item{id: ev.ID, op: opRetire, expires: ev.Record.Expires, taken: taken})
 	}
 }
 
@@ -536,7 +539,7 @@ func (n *Node) countCutsSent(batch []item) {
 func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
 	switch it.op {
 	case opRetire:
-		dels = append(dels, sessionKey(it.id))
+		puts, dels = n.retireItems(it, now, puts, dels)
 	case opCut:
 		if n.cfg.Mode == StoreOnly {
 			again := n.wasRecut(it.id)
@@ -553,8 +556,9 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		}
 		if !it.until.After(now) {
 			// Written late (kept after a failed write): the grace is
-			// over, and nothing of the record may resume.
-			dels = append(dels, sessionKey(it.id))
+			// over, and nothing of the record may resume: a
+			// retirement.
+			puts, dels = n.retireItems(it, now, puts, dels)
 			break
 		}
 		rec, ok := n.cfg.Cache.Cut(it.id, it.until)
@@ -587,6 +591,43 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 		}
 	}
 	return puts, dels
+}
+
+// retireItems adds the store's part of the retirement of it.id to puts
+// and dels: its record goes, with a retirement mark (transport.Item.Retire)
+// for as long as the record could have lasted, which a late write of the
+// session honours by writing nothing. A peer that retires a session it
+// got from the bus (a replaced child, a cut to the past) may find no
+// record there yet: the session's writer, whose first write failed,
+// writes it again later, read whole before it heard of the retirement
+// perhaps, and would otherwise put it back until it deleted it again
+// (recutWritten, one round trip later). Where the store can tell, only a
+// retirement that finds no record pays for the mark. A session this node
+// took from the store (it.taken) is deleted plainly: its record is gone,
+// and a mark at every single-use resumption would cost a key each.
+func (n *Node) retireItems(it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
+	if !it.taken {
+		exp := it.expires
+		if exp.IsZero() {
+			exp = n.lifeExpiry(it.id)
+		}
+		if ttl := exp.Sub(now); ttl > 0 {
+			return append(puts, transport.Item{Key: sessionKey(it.id), TTL: ttl, Retire: true}), dels
+		}
+	}
+	return puts, append(dels, sessionKey(it.id))
+}
+
+// recordPuts counts the records among puts: what a write of puts wrote,
+// its retirements (transport.Item.Retire) left out.
+func recordPuts(puts []transport.Item) int {
+	k := 0
+	for i := range puts {
+		if !puts[i].Retire {
+			k++
+		}
+	}
+	return k
 }
 
 // restoreAll puts back the sessions of the batch's released claims.

@@ -98,25 +98,29 @@ func TestStoreItemsLifecycle(t *testing.T) {
 	}
 	until := now.Add(30 * time.Second)
 	cache.Cut(parent, until)
-	retired, restored, fresh, bad := cache.NewID(), cache.NewID(), cache.NewID(), cache.NewID()
+	retired, taken, restored, fresh, bad := cache.NewID(), cache.NewID(), cache.NewID(), cache.NewID(), cache.NewID()
 	batch := []item{
 		{id: retired, op: opRetire},
+		{id: taken, op: opRetire, taken: true},
 		{id: parent, op: opCut, until: until, child: fresh},
 		{id: restored, op: opRestore, rec: session.Record{State: []byte("r"), Expires: now.Add(time.Hour)}},
 		{id: fresh, rec: session.Record{State: []byte("f"), Expires: now.Add(time.Hour)}},
 		{id: bad, rec: session.Record{State: []byte("b"), Expires: now.Add(time.Hour), ServerName: string(make([]byte, 300))}},
 	}
 	puts, dels, revs := n.storeItems(header{time: now, farm: "f1"}, batch, now)
-	if len(dels) != 1 || dels[0] != sessionKey(retired) || len(revs) != 0 {
-		t.Fatalf("dels %v revs %v, want the retired session's key", dels, revs)
+	if len(dels) != 1 || dels[0] != sessionKey(taken) || len(revs) != 0 {
+		t.Fatalf("dels %v revs %v, want the key of the session taken from the store", dels, revs)
 	}
 	got := map[string]time.Duration{}
 	for _, p := range puts {
 		got[p.Key] = p.TTL
+		if p.Retire != (p.Key == sessionKey(retired)) {
+			t.Fatalf("put of %s: Retire %v", p.Key, p.Retire)
+		}
 	}
 	link := childKeyPrefix + hex.EncodeToString(parent[:])
-	if len(puts) != 3 || got[sessionKey(fresh)] == 0 || got[link] == 0 {
-		t.Fatalf("puts %v, want the new session, the cut parent and its child link", got)
+	if len(puts) != 4 || got[sessionKey(fresh)] == 0 || got[link] == 0 || got[sessionKey(retired)] <= 0 {
+		t.Fatalf("puts %v, want the new session, the cut parent, its child link and the retirement (with its mark's TTL)", got)
 	}
 	if ttl := got[sessionKey(parent)]; ttl <= 0 || ttl > 31*time.Second {
 		t.Fatalf("cut parent stored for %v, want its grace (30s)", ttl)

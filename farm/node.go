@@ -172,6 +172,12 @@ type item struct {
 	// and the store applies the cut mark a peer's cut may have left
 	// (transport.Item.Late).
 	later bool
+	// taken marks an opRetire of a session this node took from the store
+	// (a consumption: Consume, or a single-use resumption's claim): its
+	// deletion finds no record, and leaves no retirement mark (see
+	// retireItems), so that a single-use farm does not write one at
+	// every resumption.
+	taken bool
 	// restored marks an opCut read back from the lifecycle file (see
 	// restoreLife): the child that would tell broadcast peers to cut is lost
 	// with the restart, so the cut is published in broadcast mode too.

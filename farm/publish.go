@@ -302,7 +302,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		n.keepLifecycle(n.lifeq, batch)
 	}
 	if stored {
-		n.storeWritten(ctx, len(puts), storeErr)
+		n.storeWritten(ctx, recordPuts(puts), storeErr)
 		ok = storeErr == nil
 		if ok && len(puts) > 0 && n.sq == nil {
 			n.recutWritten(batch, first, read)

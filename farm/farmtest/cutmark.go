@@ -92,3 +92,82 @@ func CheckCutMark(t *testing.T, s transport.RecordStore) {
 		}
 	}
 }
+
+// CheckRetireMark checks that s keeps the retirement mark a retirement
+// (Item.Retire) leaves where it finds no record, and that a late write
+// (Item.Late) honours it: written after the retirement, alone or in a
+// batch, it writes nothing. A retirement deletes a record that is there;
+// a mark is no record, a first write (no Late) ignores it, a cut
+// (IfPresent) neither brings back the record nor lifts the mark, a late
+// write with no mark (or one that lapsed) writes what it was given, and a
+// retirement that comes after a late write deletes the record.
+func CheckRetireMark(t *testing.T, s transport.RecordStore) {
+	t.Helper()
+	ctx := context.Background()
+	const short = 1500 * time.Millisecond
+	get := func(k string) string {
+		t.Helper()
+		v, err := s.GetRecord(ctx, k)
+		if errors.Is(err, transport.ErrNotFound) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(v)
+	}
+	put := func(items ...transport.Item) {
+		t.Helper()
+		if err := s.PutRecords(ctx, items...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	retire := func(k string, ttl time.Duration) transport.Item {
+		return transport.Item{Key: k, TTL: ttl, Retire: true}
+	}
+	whole := func(k string, late bool) transport.Item {
+		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, Late: late}
+	}
+	key := func(name string) string { return "s:retiremark-" + name }
+
+	// A retirement that finds a record deletes it; one that finds none
+	// leaves no record.
+	put(whole(key("there"), false))
+	put(retire(key("there"), time.Hour))
+	put(retire(key("alone"), time.Hour))
+	for _, k := range []string{"there", "alone"} {
+		if v := get(key(k)); v != "" {
+			t.Fatalf("%s: a retirement left a record: %q", k, v)
+		}
+	}
+	// The late write, alone and in a batch (with a plain write and a
+	// second late write without a mark).
+	put(whole(key("alone"), true))
+	put(retire(key("batch"), time.Hour))
+	put(transport.Item{Key: key("other"), Value: []byte("other"), TTL: time.Hour}, whole(key("batch"), true), whole(key("nomark"), true))
+	// A first write ignores the mark.
+	put(retire(key("first"), time.Hour))
+	put(whole(key("first"), false))
+	// A cut that finds the mark: no record, and the mark stays.
+	put(retire(key("cut"), time.Hour))
+	put(transport.Item{Key: key("cut"), Value: []byte("cut"), TTL: time.Minute, IfPresent: true})
+	put(whole(key("cut"), true))
+	// A late write first, then the retirement.
+	put(whole(key("before"), true))
+	put(retire(key("before"), time.Hour))
+	// A mark that lapses before the late write.
+	put(retire(key("lapsed"), time.Second))
+
+	for k, want := range map[string]string{
+		"alone": "", "batch": "", "other": "other", "nomark": "whole", "first": "whole", "cut": "", "before": "",
+	} {
+		if v := get(key(k)); v != want {
+			t.Errorf("%s: the record reads %q, want %q", k, v, want)
+		}
+	}
+	time.Sleep(short + 600*time.Millisecond)
+	put(whole(key("lapsed"), true))
+	if v := get(key("lapsed")); v != "whole" {
+		t.Errorf("lapsed: past the mark, the late write reads %q, want %q", v, "whole")
+	}
+}

@@ -191,6 +191,7 @@ func TestStore(t *testing.T, newStore func(t *testing.T, farmName string) transp
 	})
 
 	t.Run("CutMark", func(t *testing.T) { CheckCutMark(t, s) })
+	t.Run("RetireMark", func(t *testing.T) { CheckRetireMark(t, s) })
 
 	t.Run("IfPresent", func(t *testing.T) {
 		// One present key and one absent, alone and in a batch with plain

@@ -195,3 +195,31 @@ func BenchmarkDeliveredThrough(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRetire measures a retirement's store write against the shared
+// NATS server: a plain deletion (DeleteRecords, a purge: what a
+// retirement was before retirement marks, and what a consumption's still
+// is) and an Item.Retire (a purge that carries the mark), over a key that
+// holds no record.
+func BenchmarkRetire(b *testing.B) {
+	tr := open(b, sharedURL(b), farmtest.FarmName(b))
+	ctx := context.Background()
+	b.Run("delete", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if err := tr.DeleteRecords(ctx, fmt.Sprint("s:d", i)); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("retire", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("s:r", i), TTL: 10 * time.Second, Retire: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}

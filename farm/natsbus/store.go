@@ -50,6 +50,7 @@ const (
 	hdrRollup    = "Nats-Rollup"
 	hdrMarker    = "Nats-Marker-Reason"
 	hdrCutMark   = "Tlsfarm-Cut-Mark"
+	hdrRetired   = "Tlsfarm-Retired"
 )
 
 // kvKey maps a farm key to a JetStream KV key, which may hold only
@@ -123,6 +124,10 @@ type entry struct {
 	// when it lapses: the value a late write puts there instead.
 	mark        []byte
 	markExpires time.Time
+
+	// retired says a retirement mark (see transport.Item.Retire) that has
+	// not lapsed is at the absent key: a late write writes nothing.
+	retired bool
 }
 
 // get reads the last message on subj and decides whether it is a live
@@ -135,7 +140,8 @@ type entry struct {
 // and count as a failing store, nor an absence, which the farm would take
 // for a deletion. A cut mark (a delete marker that carries a cut which
 // found no record, see replaceIn) is absent, with its value while it has
-// not lapsed.
+// not lapsed; so is a retirement mark (a purge that carries a
+// retirement, see retireMessage), retired while it has not lapsed.
 func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -150,6 +156,12 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 			if exp := m.Time.Add(time.Duration(ttl) * time.Millisecond); t.now().Before(exp) {
 				e.mark, e.markExpires = v, exp
 			}
+		}
+		return e, nil
+	}
+	if m.Header.Get(hdrRetired) != "" && m.Header.Get(hdrMarker) == "" {
+		if ttl, _, ok := decodeValue(m.Data); ok && ttl > 0 {
+			e.retired = t.now().Before(m.Time.Add(time.Duration(ttl) * time.Millisecond))
 		}
 		return e, nil
 	}
@@ -189,6 +201,20 @@ func (t *Transport) purgeMessage(s *bucketState, key string) (*nats.Msg, []jetst
 	return m, opts
 }
 
+// retireMessage builds the retirement of key (see transport.Item.Retire)
+// for ttl: a purge, which drops the record if there is one, that carries
+// a retirement mark and its TTL, and expires with it where the server
+// allows. It is written unconditionally, in the batch's one round trip:
+// where the purge found a record, the mark only drops a late write of a
+// session that is retired anyway.
+func (t *Transport) retireMessage(s *bucketState, key string, ttl time.Duration) (*nats.Msg, []jetstream.PublishOpt) {
+	m, opts := t.message(s, key, encodeValue(ttlMillis(ttl), nil), ttl)
+	m.Header.Set(hdrOperation, "PURGE")
+	m.Header.Set(hdrRollup, "sub")
+	m.Header.Set(hdrRetired, "1")
+	return m, opts
+}
+
 // publishAll writes msgs pipelined and waits for every acknowledgment: one
 // round trip for the batch.
 func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]jetstream.PublishOpt) error {
@@ -220,7 +246,9 @@ func (t *Transport) publishAll(ctx context.Context, msgs []*nats.Msg, opts [][]j
 // condition that its key never held a message (see createAll: a key that
 // never held one holds no record and no cut mark); those the server
 // refuses, and the Item.IfPresent ones, follow, each a read and a write
-// conditional on the revision read (see replaceIn), concurrently.
+// conditional on the revision read (see replaceIn), concurrently. An
+// Item.Retire is a purge that carries a retirement mark (retireMessage),
+// written with the plain writes.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -232,6 +260,11 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 	var longest time.Duration
 	for _, it := range items {
 		longest = max(longest, it.TTL)
+		if it.Retire {
+			msg, o := t.retireMessage(s, kvKey(it.Key), it.TTL)
+			msgs, opts = append(msgs, msg), append(opts, o)
+			continue
+		}
 		if it.IfPresent {
 			replace = append(replace, it)
 			continue
@@ -327,7 +360,10 @@ const maxReplacing = 16
 // the mark's value, for what is left of it, and otherwise it.Value,
 // so too: a mark and a late write, each conditional on the revision read,
 // are applied in one order or the other, and either way the store ends
-// with the cut. A refused
+// with the cut. A late write that finds a retirement mark (see
+// retireMessage) writes nothing, and a cut leaves the mark as it is: the
+// mark is written unconditionally, so that a retirement and a late write
+// applied in either order leave the store without the record. A refused
 // write is tried again from the read, a few times; a key that kept
 // changing is an error, so that the farm keeps the write for later rather
 // than drop it.
@@ -341,6 +377,8 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 		now := t.now()
 		value, ttl, mark := it.Value, it.TTL, false
 		switch {
+		case e.retired && (it.IfPresent || it.Late && !it.NoLonger):
+			return nil
 		case !e.present && it.IfPresent:
 			if e.mark != nil && !e.markExpires.After(now.Add(it.TTL)) {
 				return nil

@@ -123,3 +123,61 @@ func BenchmarkWriteBack(b *testing.B) {
 		return tr
 	})
 }
+
+// BenchmarkRetire measures a retirement's store write against the shared
+// Redis: a plain deletion (DeleteRecords, what a retirement was before
+// retirement marks, and what a consumption's still is) and an
+// Item.Retire, over a record that is there (the script deletes it, and
+// leaves no mark) and over none (it leaves a mark). Each iteration with a
+// record writes it first, in the same pipeline.
+func BenchmarkRetire(b *testing.B) {
+	benchRetire(b, redistest.URL(b))
+}
+
+func benchRetire(b *testing.B, url string) {
+	tr, err := redisbus.Open(url, farmtest.FarmName(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := context.Background()
+	value := make([]byte, 200)
+	b.Run("delete/found", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			k := fmt.Sprint("d", i)
+			if err := tr.PutAndPublish(ctx, []transport.Item{{Key: k, Value: value, TTL: time.Minute}}, []string{k}, nil); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("retire/found", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			k := fmt.Sprint("r", i)
+			if err := tr.PutRecords(ctx, transport.Item{Key: k, Value: value, TTL: time.Minute}, transport.Item{Key: k, TTL: time.Minute, Retire: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("delete/absent", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if err := tr.DeleteRecords(ctx, fmt.Sprint("da", i)); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("retire/absent", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("ra", i), TTL: 10 * time.Second, Retire: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}

@@ -494,6 +494,14 @@ func (t *Transport) CutMarkKey(k string) string { return t.RecordKey(k) + cutMar
 
 const cutMarkSuffix = ":cut"
 
+// RetireMarkKey returns the Redis key of the retirement mark that a
+// retirement of the record at the farm key k leaves when it finds no
+// record (see transport.Item.Retire): the record's key and a suffix, in
+// the record's slot, as CutMarkKey's.
+func (t *Transport) RetireMarkKey(k string) string { return t.RecordKey(k) + retireMarkSuffix }
+
+const retireMarkSuffix = ":gone"
+
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
 
@@ -1024,7 +1032,8 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 
 // PutRecords implements transport.RecordStore: SET key value PX ttl, or
 // for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
-// for an Item.Late lateScript, pipelined.
+// for an Item.Late lateScript, for an Item.Retire retireScript,
+// pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
@@ -1044,7 +1053,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 }
 
 // A cutCmd is a scripted write (Item.IfPresent, Item.NoLonger,
-// Item.Late) queued in a pipeline (see redoCuts).
+// Item.Late, Item.Retire) queued in a pipeline (see redoCuts).
 type cutCmd struct {
 	cmd *redis.Cmd
 	it  transport.Item
@@ -1052,9 +1061,11 @@ type cutCmd struct {
 
 // writeScript returns the script that writes it: cutScript for an
 // Item.IfPresent, noLongerScript for an Item.NoLonger, lateScript for an
-// Item.Late, nil for a SET.
+// Item.Late, retireScript for an Item.Retire, nil for a SET.
 func writeScript(it transport.Item) *redis.Script {
 	switch {
+	case it.Retire:
+		return retireScript
 	case it.IfPresent:
 		return cutScript
 	case it.NoLonger:
@@ -1066,11 +1077,17 @@ func writeScript(it transport.Item) *redis.Script {
 }
 
 // scriptKeys returns the keys of the script that writes it: the record's,
-// and for a cut or a late write its cut mark's (in the record's slot).
+// for a cut its cut mark's, for a retirement its retirement mark's, and
+// for a late write both marks' (all in the record's slot).
 func (t *Transport) scriptKeys(it transport.Item) []string {
 	k := t.RecordKey(it.Key)
-	if it.IfPresent || it.Late && !it.NoLonger {
+	switch {
+	case it.Retire:
+		return []string{k, k + retireMarkSuffix}
+	case it.IfPresent:
 		return []string{k, k + cutMarkSuffix}
+	case it.Late && !it.NoLonger:
+		return []string{k, k + cutMarkSuffix, k + retireMarkSuffix}
 	}
 	return []string{k}
 }
@@ -1141,11 +1158,15 @@ return 1
 `)
 
 // lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
-// its cut mark, ARGV the value and the TTL (ms). If a cut mark is there
-// that ends sooner than the new TTL, it writes the mark's value for what
-// is left of it (a peer's cut that found no record: see cutScript), and
-// returns 2; else it writes the value, as SET does, and returns 1.
+// its cut mark, KEYS[3] its retirement mark, ARGV the value and the TTL
+// (ms). If a retirement mark is there (a peer's retirement that found no
+// record: see retireScript), it writes nothing and returns 0. If a cut
+// mark is there that ends sooner than the new TTL, it writes the mark's
+// value for what is left of it (a peer's cut that found no record: see
+// cutScript), and returns 2; else it writes the value, as SET does, and
+// returns 1.
 var lateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local mark = redis.call('PTTL', KEYS[2])
 if mark > 0 and mark < tonumber(ARGV[2]) then
 	local v = redis.call('GET', KEYS[2])
@@ -1156,6 +1177,21 @@ if mark > 0 and mark < tonumber(ARGV[2]) then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+`)
+
+// retireScript is the write of an Item.Retire: KEYS[1] is the record,
+// KEYS[2] its retirement mark, ARGV[2] the mark's TTL (ms; ARGV[1] is
+// unused). It deletes the record and returns 1; finding none, it leaves
+// the mark, for its TTL (a mark that ends later stays), and returns 0: a
+// late write of the session (lateScript) then writes nothing. Only a
+// retirement that finds no record pays for the mark.
+var retireScript = redis.NewScript(`
+if redis.call('DEL', KEYS[1]) == 1 then return 1 end
+local left = redis.call('PTTL', KEYS[2])
+if left ~= -1 and left < tonumber(ARGV[2]) then
+	redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+end
+return 0
 `)
 
 // noLongerScript is the write of an Item.NoLonger: cutScript, but a
