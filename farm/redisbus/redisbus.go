@@ -99,6 +99,10 @@ type Transport struct {
 	records string // "tlsfarm:farm:", for session records, "tlsfarm:farm:{key}"
 	channel string // the farm's shared channel, "tlsfarm:{farm}:bus"
 	own     bool   // Close closes c
+	// sub, if not nil, is the client the subscription is made on: one
+	// that subscribes on the masters, made by New from a cluster client
+	// that sends reads to replicas (see subscriber). Close closes it.
+	sub *redis.ClusterClient
 
 	id       string   // IDLen lowercase hex digits
 	mine     string   // the channel this node publishes on, channel:id
@@ -423,12 +427,51 @@ func New(c redis.UniversalClient, farmName string) (*Transport, error) {
 	if !cluster {
 		t.strike = newStrikeScript(t.records)
 	}
+	t.sub = masterSubscriber(c)
 	t.id = newID()
 	t.mine = t.channel + ":" + t.id
 	t.marker = t.channel + ":v2"
 	t.patterns = exclusionPatterns(t.channel+":", t.id)
 	t.shared.Store(true)
 	return t, nil
+}
+
+// masterSubscriber returns, for a cluster client that sends read-only
+// commands to replicas (ReadOnly, or RouteByLatency or RouteRandomly,
+// which imply it: the read_only, route_by_latency and route_randomly URL
+// options), a client of the same options that does not, to subscribe on;
+// nil for any other client.
+//
+// go-redis sends such a client's SSUBSCRIBE to a node it picks for reads:
+// a replica of the channel's slot. A replica passes on a sharded message
+// only once it has it from its master, over the cluster bus, and answers
+// a PING on the subscription in line with what it passed on, not with what
+// the master took: the marking ping (see markDelivery) then said current
+// while the master held messages back from the replica, a revocation
+// among them, and a node admitted the carried copy of a revoked session,
+// or resumed one it held, after RevokeSession said applied
+// (TestClusterReadOnlyMarkOrdersMaster). On the master, the channel's
+// messages and the ping are in the order the master took them. The
+// records are still read where the options say.
+func masterSubscriber(c redis.UniversalClient) *redis.ClusterClient {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	o := *cc.Options()
+	if !o.ReadOnly && !o.RouteByLatency && !o.RouteRandomly {
+		return nil
+	}
+	o.ReadOnly, o.RouteByLatency, o.RouteRandomly = false, false, false
+	return redis.NewClusterClient(&o)
+}
+
+// subscriber returns the client to subscribe on.
+func (t *Transport) subscriber() redis.UniversalClient {
+	if t.sub != nil {
+		return t.sub
+	}
+	return t.c
 }
 
 // newID returns IDLen random lowercase hex digits.
@@ -466,12 +509,17 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-// Close closes the client, if Open made it.
+// Close closes the client, if Open made it, and the one New made to
+// subscribe on, if any.
 func (t *Transport) Close() error {
-	if t.own {
-		return t.c.Close()
+	var err error
+	if t.sub != nil {
+		err = t.sub.Close()
 	}
-	return nil
+	if t.own {
+		err = errors.Join(t.c.Close(), err)
+	}
+	return err
 }
 
 // Ping checks that Redis answers (transport.Pinger): one PING, within ctx.
@@ -561,7 +609,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 	perSender := !t.cluster && !t.Echo && !t.refused.Load()
 	switch {
 	case t.cluster:
-		ps = t.c.SSubscribe(ctx)
+		ps = t.subscriber().SSubscribe(ctx)
 		subscribe = func() { ps.SSubscribe(ctx, t.channel) }
 	case !perSender:
 		ps = t.c.Subscribe(ctx)

@@ -610,6 +610,7 @@ func (c *Cluster) WaitReplicasListed(timeout time.Duration) {
 				continue
 			}
 			err := do(s, func(cl *redis.Client) (err error) {
+				//lint:ignore SA1019 what go-redis reads its map of the slots from
 				last, err = cl.ClusterSlots(context.Background()).Result()
 				return err
 			})
