@@ -232,8 +232,14 @@ func noResend(maxRetries *int, q url.Values) {
 // URL may also set reload, how old the client's map of the cluster's slots
 // may grow before it is read again (default DefaultClusterReload, e.g.
 // reload=2s); the map is also read again after any failed command, so that
-// a failover is followed as soon as the cluster has promoted a replica. A
-// sentinel client follows the sentinels' announcement of a new master.
+// a failover is followed as soon as the cluster has promoted a replica.
+// A cluster URL's read_only (or route_by_latency or route_randomly, which
+// imply it) sends reads to replicas, as go-redis does, but the transport
+// subscribes on the master of the farm's channel all the same, so that its
+// delivery mark orders what the master took (see masterSubscriber). A
+// sentinel client follows the sentinels' announcement of a new master; a
+// sentinel URL may not set replica_only, route_by_latency or
+// route_randomly (the farm writes and publishes on the master).
 // Any URL may set wait_replicas, the Transport's WaitReplicas (a count, 0
 // by default), and with it wait_timeout, its WaitTimeout (a duration such
 // as 50ms, DefaultWaitTimeout by default): set wait_replicas to at least 1
@@ -350,6 +356,15 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		}
 		if opt.MasterName == "" {
 			return nil, secrets, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
+		}
+		// go-redis's failover client panics on the two routings (they are
+		// for its failover cluster client), and with replica_only sends
+		// every command to a replica: the farm's writes fail there, and
+		// its messages reach that replica's subscribers only.
+		for k, on := range map[string]bool{"replica_only": opt.ReplicaOnly, "route_by_latency": opt.RouteByLatency, "route_randomly": opt.RouteRandomly} {
+			if on {
+				return nil, secrets, fmt.Errorf("redisbus: %s in a redis+sentinel URL: the farm writes and publishes on the master; leave it off", k)
+			}
 		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)

@@ -59,3 +59,17 @@ func TestWaitURLOptions(t *testing.T) {
 		"redis://user:s3cret@127.0.0.1:6379?wait_replicas=x":       `wait_replicas="x"`,
 	})
 }
+
+// TestSentinelReplicaRoutingRefused: a Sentinel URL that routes commands
+// to replicas is refused. go-redis's NewFailoverClient panics on
+// route_by_latency and route_randomly, which Open passed on; with
+// replica_only it sends every command to a replica, where the farm's writes
+// fail and its messages reach only that replica's subscribers.
+func TestSentinelReplicaRoutingRefused(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+sentinel://127.0.0.1:26379?master_name=m&route_randomly=true":   "route_randomly",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&route_by_latency=true": "route_by_latency",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&replica_only=true":     "replica_only",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&replica_only=false":    "",
+	})
+}
