@@ -361,9 +361,12 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		// for its failover cluster client), and with replica_only sends
 		// every command to a replica: the farm's writes fail there, and
 		// its messages reach that replica's subscribers only.
-		for k, on := range map[string]bool{"replica_only": opt.ReplicaOnly, "route_by_latency": opt.RouteByLatency, "route_randomly": opt.RouteRandomly} {
-			if on {
-				return nil, secrets, fmt.Errorf("redisbus: %s in a redis+sentinel URL: the farm writes and publishes on the master; leave it off", k)
+		for _, o := range []struct {
+			name string
+			on   bool
+		}{{"replica_only", opt.ReplicaOnly}, {"route_by_latency", opt.RouteByLatency}, {"route_randomly", opt.RouteRandomly}} {
+			if o.on {
+				return nil, secrets, fmt.Errorf("redisbus: %s in a redis+sentinel URL: the farm writes and publishes on the master; leave it off", o.name)
 			}
 		}
 		opt.ContextTimeoutEnabled = true
