@@ -73,3 +73,20 @@ func TestSentinelReplicaRoutingRefused(t *testing.T) {
 		"redis+sentinel://127.0.0.1:26379?master_name=m&replica_only=false":    "",
 	})
 }
+
+// TestClusterReplicaReadsSubscribeOnMaster: every cluster URL option that
+// sends reads to replicas leaves the subscription on the masters (see
+// TestClusterReadOnlyMarkOrdersMaster for why), and the transport's own
+// client as the URL says.
+func TestClusterReplicaReadsSubscribeOnMaster(t *testing.T) {
+	for _, q := range []string{"", "?read_only=true", "?route_by_latency=true", "?route_randomly=true", "?read_only=true&route_randomly=true"} {
+		tr, err := redisbus.Open("redis+cluster://127.0.0.1:7000"+q, "f")
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if tr.SubscriberReadsReplicas() {
+			t.Errorf("%q: the subscription's client reads replicas", q)
+		}
+		tr.Close()
+	}
+}
