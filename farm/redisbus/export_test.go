@@ -1,6 +1,10 @@
 package redisbus
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // ID returns the transport's random ID.
 func (t *Transport) ID() string { return t.id }
@@ -21,4 +25,12 @@ func SetSetPage(tb testing.TB, n int) {
 	old := setPage
 	setPage = n
 	tb.Cleanup(func() { setPage = old })
+}
+
+// SubscriberReadsReplicas reports whether the client the transport
+// subscribes on sends read-only commands, a subscription among them, to
+// replicas.
+func (t *Transport) SubscriberReadsReplicas() bool {
+	cc, ok := t.subscriber().(*redis.ClusterClient)
+	return ok && cc.Options().ReadOnly
 }

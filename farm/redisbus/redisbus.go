@@ -99,6 +99,10 @@ type Transport struct {
 	records string // "tlsfarm:farm:", for session records, "tlsfarm:farm:{key}"
 	channel string // the farm's shared channel, "tlsfarm:{farm}:bus"
 	own     bool   // Close closes c
+	// sub, if not nil, is the client the subscription is made on: one
+	// that subscribes on the masters, made by New from a cluster client
+	// that sends reads to replicas (see subscriber). Close closes it.
+	sub *redis.ClusterClient
 
 	id       string   // IDLen lowercase hex digits
 	mine     string   // the channel this node publishes on, channel:id
@@ -228,8 +232,14 @@ func noResend(maxRetries *int, q url.Values) {
 // URL may also set reload, how old the client's map of the cluster's slots
 // may grow before it is read again (default DefaultClusterReload, e.g.
 // reload=2s); the map is also read again after any failed command, so that
-// a failover is followed as soon as the cluster has promoted a replica. A
-// sentinel client follows the sentinels' announcement of a new master.
+// a failover is followed as soon as the cluster has promoted a replica.
+// A cluster URL's read_only (or route_by_latency or route_randomly, which
+// imply it) sends reads to replicas, as go-redis does, but the transport
+// subscribes on the master of the farm's channel all the same, so that its
+// delivery mark orders what the master took (see masterSubscriber). A
+// sentinel client follows the sentinels' announcement of a new master; a
+// sentinel URL may not set replica_only, route_by_latency or
+// route_randomly (the farm writes and publishes on the master).
 // Any URL may set wait_replicas, the Transport's WaitReplicas (a count, 0
 // by default), and with it wait_timeout, its WaitTimeout (a duration such
 // as 50ms, DefaultWaitTimeout by default): set wait_replicas to at least 1
@@ -347,6 +357,18 @@ func open(rawURL, farmName string) (*Transport, []string, error) {
 		if opt.MasterName == "" {
 			return nil, secrets, errors.New("redisbus: a redis+sentinel URL needs master_name, the name the sentinels know the master by")
 		}
+		// go-redis's failover client panics on the two routings (they are
+		// for its failover cluster client), and with replica_only sends
+		// every command to a replica: the farm's writes fail there, and
+		// its messages reach that replica's subscribers only.
+		for _, o := range []struct {
+			name string
+			on   bool
+		}{{"replica_only", opt.ReplicaOnly}, {"route_by_latency", opt.RouteByLatency}, {"route_randomly", opt.RouteRandomly}} {
+			if o.on {
+				return nil, secrets, fmt.Errorf("redisbus: %s in a redis+sentinel URL: the farm writes and publishes on the master; leave it off", o.name)
+			}
+		}
 		opt.ContextTimeoutEnabled = true
 		opt.DialerRetries = max(opt.DialerRetries, 1)
 		noResend(&opt.MaxRetries, u.Query())
@@ -423,12 +445,51 @@ func New(c redis.UniversalClient, farmName string) (*Transport, error) {
 	if !cluster {
 		t.strike = newStrikeScript(t.records)
 	}
+	t.sub = masterSubscriber(c)
 	t.id = newID()
 	t.mine = t.channel + ":" + t.id
 	t.marker = t.channel + ":v2"
 	t.patterns = exclusionPatterns(t.channel+":", t.id)
 	t.shared.Store(true)
 	return t, nil
+}
+
+// masterSubscriber returns, for a cluster client that sends read-only
+// commands to replicas (ReadOnly, or RouteByLatency or RouteRandomly,
+// which imply it: the read_only, route_by_latency and route_randomly URL
+// options), a client of the same options that does not, to subscribe on;
+// nil for any other client.
+//
+// go-redis sends such a client's SSUBSCRIBE to a node it picks for reads:
+// a replica of the channel's slot. A replica passes on a sharded message
+// only once it has it from its master, over the cluster bus, and answers
+// a PING on the subscription in line with what it passed on, not with what
+// the master took: the marking ping (see markDelivery) then said current
+// while the master held messages back from the replica, a revocation
+// among them, and a node admitted the carried copy of a revoked session,
+// or resumed one it held, after RevokeSession said applied
+// (TestClusterReadOnlyMarkOrdersMaster). On the master, the channel's
+// messages and the ping are in the order the master took them. The
+// records are still read where the options say.
+func masterSubscriber(c redis.UniversalClient) *redis.ClusterClient {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	o := *cc.Options()
+	if !o.ReadOnly && !o.RouteByLatency && !o.RouteRandomly {
+		return nil
+	}
+	o.ReadOnly, o.RouteByLatency, o.RouteRandomly = false, false, false
+	return redis.NewClusterClient(&o)
+}
+
+// subscriber returns the client to subscribe on.
+func (t *Transport) subscriber() redis.UniversalClient {
+	if t.sub != nil {
+		return t.sub
+	}
+	return t.c
 }
 
 // newID returns IDLen random lowercase hex digits.
@@ -466,12 +527,17 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-// Close closes the client, if Open made it.
+// Close closes the client, if Open made it, and the one New made to
+// subscribe on, if any.
 func (t *Transport) Close() error {
-	if t.own {
-		return t.c.Close()
+	var err error
+	if t.sub != nil {
+		err = t.sub.Close()
 	}
-	return nil
+	if t.own {
+		err = errors.Join(t.c.Close(), err)
+	}
+	return err
 }
 
 // Ping checks that Redis answers (transport.Pinger): one PING, within ctx.
@@ -569,7 +635,7 @@ func (t *Transport) subscribeOnce(ctx context.Context, deliver func([]byte), sta
 	perSender := !t.cluster && !t.Echo && !t.refused.Load()
 	switch {
 	case t.cluster:
-		ps = t.c.SSubscribe(ctx)
+		ps = t.subscriber().SSubscribe(ctx)
 		subscribe = func() { ps.SSubscribe(ctx, t.channel) }
 	case !perSender:
 		ps = t.c.Subscribe(ctx)

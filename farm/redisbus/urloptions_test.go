@@ -59,3 +59,34 @@ func TestWaitURLOptions(t *testing.T) {
 		"redis://user:s3cret@127.0.0.1:6379?wait_replicas=x":       `wait_replicas="x"`,
 	})
 }
+
+// TestSentinelReplicaRoutingRefused: a Sentinel URL that routes commands
+// to replicas is refused. go-redis's NewFailoverClient panics on
+// route_by_latency and route_randomly, which Open passed on; with
+// replica_only it sends every command to a replica, where the farm's writes
+// fail and its messages reach only that replica's subscribers.
+func TestSentinelReplicaRoutingRefused(t *testing.T) {
+	farmtest.TestOpenURLs(t, func(url string) (io.Closer, error) { return redisbus.Open(url, "f") }, map[string]string{
+		"redis+sentinel://127.0.0.1:26379?master_name=m&route_randomly=true":   "route_randomly",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&route_by_latency=true": "route_by_latency",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&replica_only=true":     "replica_only",
+		"redis+sentinel://127.0.0.1:26379?master_name=m&replica_only=false":    "",
+	})
+}
+
+// TestClusterReplicaReadsSubscribeOnMaster: every cluster URL option that
+// sends reads to replicas leaves the subscription on the masters (see
+// TestClusterReadOnlyMarkOrdersMaster for why), and the transport's own
+// client as the URL says.
+func TestClusterReplicaReadsSubscribeOnMaster(t *testing.T) {
+	for _, q := range []string{"", "?read_only=true", "?route_by_latency=true", "?route_randomly=true", "?read_only=true&route_randomly=true"} {
+		tr, err := redisbus.Open("redis+cluster://127.0.0.1:7000"+q, "f")
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if tr.SubscriberReadsReplicas() {
+			t.Errorf("%q: the subscription's client reads replicas", q)
+		}
+		tr.Close()
+	}
+}

@@ -78,6 +78,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	down   bool
 	thawed chan struct{} // while frozen: closed by Thaw (or Cut)
+	from   string        // while frozen: the client host frozen ("": every one; see FreezeFrom)
 	conns  []net.Conn    // both ends of every connection forwarded
 	delay  time.Duration // see SetLatency
 	held   int           // reads waiting for a thaw (see Holding)
@@ -130,13 +131,14 @@ func (p *Proxy) forward(c net.Conn) {
 	}
 	p.conns = append(p.conns, c, s)
 	p.mu.Unlock()
-	go p.pipe(s, c)
-	go p.pipe(c, s)
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	go p.pipe(s, c, host)
+	go p.pipe(c, s, host)
 }
 
 // pipe copies from src to dst, holding what it reads while the proxy is
-// frozen, until either side closes.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// frozen for the connection's client host, until either side closes.
+func (p *Proxy) pipe(dst, src net.Conn, host string) {
 	defer src.Close()
 	defer dst.Close()
 	buf := make([]byte, 32<<10)
@@ -145,6 +147,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		if n > 0 {
 			p.mu.Lock()
 			thawed, delay := p.thawed, p.delay
+			if p.from != "" && p.from != host {
+				thawed = nil
+			}
 			if thawed != nil {
 				p.held++
 			}
@@ -175,6 +180,20 @@ func (p *Proxy) Freeze() {
 	defer p.mu.Unlock()
 	if p.thawed == nil {
 		p.thawed = make(chan struct{})
+	}
+	p.from = ""
+}
+
+// FreezeFrom is Freeze for the connections whose client is at the
+// loopback address host (such as "127.0.0.2", which a server made to
+// connect from it with its own connections: a replica's link to its
+// master, say), and for no others: their bytes go through.
+func (p *Proxy) FreezeFrom(host string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thawed == nil {
+		p.thawed = make(chan struct{})
+		p.from = host
 	}
 }
 

@@ -46,6 +46,38 @@ func StartCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duratio
 // return the node that announced one.
 func StartClusterVia(tb testing.TB, masters, replicas int, nodeTimeout time.Duration, via func(addr string) string) *Cluster {
 	tb.Helper()
+	return startCluster(tb, masters, replicas, nodeTimeout, via, nil, "")
+}
+
+// LinkSource is the loopback address that the nodes of a cluster started
+// by StartClusterLinked make their own connections from.
+const LinkSource = "127.0.0.2"
+
+// StartClusterLinked is StartClusterVia (via must not be nil) with every
+// node making its own connections, a replica's link to its master among
+// them, from LinkSource (bind-source-addr), while clients connect from
+// 127.0.0.1: a nettest.Proxy that via returns for a master then tells its
+// replicas' links from the clients' connections, and FreezeFrom(LinkSource)
+// holds the master's replication stream and nothing else. If busVia is
+// not nil, each node's cluster bus is reached through the address busVia
+// returns for the node's and its bus's (on the host via gave; such as another
+// proxy's, which a test freezes to hold what the other nodes send the node
+// over the bus: gossip, and the messages of sharded pub/sub, which Redis
+// passes from a master to its replicas over the bus, not in the
+// replication stream).
+func StartClusterLinked(tb testing.TB, masters, replicas int, nodeTimeout time.Duration, via func(addr string) string, busVia func(node, bus string) string) *Cluster {
+	tb.Helper()
+	if via == nil {
+		tb.Fatal("redistest: StartClusterLinked needs via: a node learns a peer's address from its connection where the peer announces none")
+	}
+	return startCluster(tb, masters, replicas, nodeTimeout, via, busVia, LinkSource)
+}
+
+// startCluster is StartClusterVia, the nodes' buses reached through the
+// address busVia returns if it is not nil, and the nodes connecting from
+// source if it is not empty.
+func startCluster(tb testing.TB, masters, replicas int, nodeTimeout time.Duration, via func(addr string) string, busVia func(node, bus string) string, source string) *Cluster {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		testenv.Skip(tb, "redis-cli is not installed")
 	}
@@ -55,12 +87,20 @@ func StartClusterVia(tb testing.TB, masters, replicas int, nodeTimeout time.Dura
 		// The cluster bus port and the announced address are found
 		// anew for each port start tries, and kept by Restart, as the
 		// server's port is.
-		busPort, busFor := 0, 0
+		busPort, busFor, announcedBus := 0, 0, 0
 		announced := ""
 		s := start(tb, func(s *Server) []string {
 			var more []string
 			if s.Port != busFor {
 				busPort, busFor = testenv.FreePort(tb), s.Port
+				announcedBus = busPort
+				if busVia != nil {
+					_, p, err := net.SplitHostPort(busVia(s.Addr(), net.JoinHostPort("127.0.0.1", fmt.Sprint(busPort))))
+					if err != nil {
+						tb.Fatalf("redistest: the bus address to announce for %s: %v", s.Addr(), err)
+					}
+					fmt.Sscan(p, &announcedBus)
+				}
 				if via != nil {
 					announced = via(s.Addr())
 				}
@@ -71,7 +111,10 @@ func StartClusterVia(tb testing.TB, masters, replicas int, nodeTimeout time.Dura
 					tb.Fatalf("redistest: the address to announce for %s: %v", s.Addr(), err)
 				}
 				more = []string{"--cluster-announce-ip", host, "--cluster-announce-port", port,
-					"--cluster-announce-bus-port", fmt.Sprint(busPort)}
+					"--cluster-announce-bus-port", fmt.Sprint(announcedBus)}
+			}
+			if source != "" {
+				more = append(more, "--bind-source-addr", source)
 			}
 			return serverArgs(s, append([]string{"--cluster-enabled", "yes",
 				"--cluster-port", fmt.Sprint(busPort),
@@ -229,7 +272,7 @@ func (c *Cluster) ReplicasOf(m *Server) []*Server {
 	view := c.view()
 	var id string
 	for _, n := range view {
-		if n.addr == m.Addr() {
+		if c.server(n.addr) == m {
 			id = n.id
 		}
 	}
@@ -514,4 +557,88 @@ func Slot(key string) int {
 		}
 	}
 	return int(crc) % 16384
+}
+
+// WaitReplicasListed writes a key to every master and waits until every
+// live node's CLUSTER SLOTS lists each master's replicas beside it. Redis
+// 7 leaves out of CLUSTER SLOTS a replica whose replication offset is
+// still zero (one that has not yet received a write, as in a fresh
+// cluster), so a client that sends reads, or subscriptions, to replicas
+// (go-redis's ReadOnly) sees none and uses the masters.
+func (c *Cluster) WaitReplicasListed(timeout time.Duration) {
+	c.tb.Helper()
+	view := c.view()
+	want := map[*Server]int{} // replicas, by master
+	byID := map[string]*Server{}
+	for _, n := range view {
+		if n.master && !n.failing && len(n.slots) > 0 {
+			m := c.server(n.addr)
+			if m == nil {
+				c.tb.Fatalf("redistest: no node at %s", n.addr)
+			}
+			want[m], byID[n.id] = 0, m
+		}
+	}
+	for _, n := range view {
+		if m, ok := byID[n.masterID]; ok && !n.master && !n.failing {
+			want[m]++
+		}
+	}
+	do := func(s *Server, f func(*redis.Client) error) error {
+		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+		defer cl.Close()
+		return f(cl)
+	}
+	for m := range want {
+		for i := 0; ; i++ {
+			k := fmt.Sprintf("redistest:listed:{%d}", i)
+			if c.MasterOf(Slot(k)) != m {
+				continue
+			}
+			if err := do(m, func(cl *redis.Client) error { return cl.Set(context.Background(), k, "1", time.Minute).Err() }); err != nil {
+				c.tb.Fatalf("SET on %s: %v", m.Addr(), err)
+			}
+			break
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		listed := true
+		var last []redis.ClusterSlot
+		for _, s := range c.Nodes {
+			if s.proc == nil {
+				continue
+			}
+			err := do(s, func(cl *redis.Client) (err error) {
+				//lint:ignore SA1019 what go-redis reads its map of the slots from
+				last, err = cl.ClusterSlots(context.Background()).Result()
+				return err
+			})
+			if err != nil {
+				listed = false
+				break
+			}
+			for _, r := range last {
+				if len(r.Nodes) == 0 {
+					listed = false
+					break
+				}
+				m := c.server(r.Nodes[0].Addr)
+				if n, ok := want[m]; !ok || len(r.Nodes)-1 != n {
+					listed = false
+					break
+				}
+			}
+			if !listed {
+				break
+			}
+		}
+		if listed {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("CLUSTER SLOTS does not list every master's replicas after %v; one node lists %v", timeout, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
