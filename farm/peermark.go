@@ -284,15 +284,40 @@ func (n *Node) receiveMark(h header, body []byte) {
 	}
 }
 
+// moveTo notes that the node's bus is on server, and recomputes floor if
+// it was on another: the peers on the server it left are on another
+// server now, those on server no longer. p.mu is held.
+func (p *peerMarks) moveTo(server string) {
+	if server != p.self {
+		p.self = server
+		p.refloor()
+	}
+}
+
+// subscribed notes the server the node's bus is on as its subscription
+// comes up, before it counts as up: a connection that moved to another
+// server (a NATS client's reconnect) changes which peers' answers the
+// node waits for at once, not from its next msgMark, an interval on, while
+// its hits and carried copies would count its mark as the old server's.
+func (p *peerMarks) subscribed() {
+	if !p.on {
+		return
+	}
+	server := p.teller.ConnectedServer()
+	if server == "" || len(server) > maxServerID {
+		return
+	}
+	p.mu.Lock()
+	p.moveTo(server)
+	p.mu.Unlock()
+}
+
 // nextMark returns the body of the node's next msgMark: a request now,
 // and the answers to the requests heard since the previous one, but for
 // the requesters on server, the one it goes to.
 func (p *peerMarks) nextMark(flags byte, server string) []byte {
 	p.mu.Lock()
-	if server != p.self {
-		p.self = server
-		p.refloor()
-	}
+	p.moveTo(server)
 	m := markBody{flags: flags, t0: p.now(), server: server, answers: make([]markAnswer, 0, len(p.asked))}
 	for id, t0 := range p.asked {
 		delete(p.asked, id)
