@@ -349,6 +349,20 @@ func (n *Node) sendMark(ctx context.Context, flags byte) {
 	}
 }
 
+// silentElsewhere reports whether a peer not heard from since before is on
+// another server than the node's: forgetting it raises floor, so the gap
+// is settled first (see marker).
+func (p *peerMarks) silentElsewhere(before time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.peers {
+		if e.heard.Before(before) && e.server != p.self {
+			return true
+		}
+	}
+	return false
+}
+
 // forgetSilent forgets the peers not heard from since before, and reports
 // whether one of them was on another server than the node's (its mark
 // was held back to theirs).
@@ -371,6 +385,16 @@ func (p *peerMarks) forgetSilent(before time.Time) bool {
 	return waited
 }
 
+// settleForgotten settles the forgetting of a silent peer on another
+// server as a gap (see marker): carried copies issued before now are
+// refused, and the hit gate stays on until a heal has read the store.
+func (n *Node) settleForgotten() {
+	n.restartReach()
+	if n.hitMarker != nil {
+		n.openGap()
+	}
+}
+
 // marker publishes a msgMark every PeerMarkInterval, and forgets the
 // peers silent past peerMarkForget, until ctx is done. A peer on another
 // server forgotten so is settled as a gap (see peerMarks): the hit gate
@@ -386,12 +410,22 @@ func (n *Node) marker(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if n.pm.forgetSilent(time.Now().Add(-peerMarkForget)) {
-			n.restartReach()
-			if n.hitMarker != nil {
-				n.openGap()
-				n.wakeHealer()
-			}
+		// The gap opens before the peers are forgotten: forgetting
+		// them may raise the mark, and a hit or carried copy checked
+		// in between must not find it current with no gap open.
+		before := time.Now().Add(-peerMarkForget)
+		settled := n.pm.silentElsewhere(before)
+		if settled {
+			n.settleForgotten()
+		}
+		if n.pm.forgetSilent(before) && !settled {
+			// The node's server changed meanwhile (see moveTo).
+			n.settleForgotten()
+			settled = true
+		}
+		if settled && n.hitMarker != nil {
+			// A heal begun after the peers were forgotten.
+			n.wakeHealer()
 		}
 		n.sendMark(ctx, 0)
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -97,5 +99,71 @@ func TestPeerMarkOwnServerMoved(t *testing.T) {
 	b.pm.nextMark(0, "X")
 	if current() {
 		t.Errorf("after b's msgMark to X: current, floor %d", b.pm.floor.Load())
+	}
+}
+
+// TestPeerMarkForgetOpensGapFirst: b's only peer on another server, x on
+// X, has answered b; it goes silent past peerMarkForget, and b's marker
+// forgets it, which raises b's mark (no server left to wait for). The gap
+// that settles the forgetting must already be open when the mark rises:
+// a hit checked in between would find the mark current and no gap open,
+// and resume unchecked what x published into a route that holds it. An
+// observer watches b's floor, and reads b's gaps as soon as it rises.
+func TestPeerMarkForgetOpensGapFirst(t *testing.T) {
+	srv := redistest.Start(t)
+	store, err := redisbus.Open(srv.URL(), "bench")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	secret := NewSecret(1)
+	cache, err := session.New(&session.Config{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	b, err := Join(context.Background(), Config{Farm: "bench", Secrets: []Secret{secret}, Cache: cache, Bus: serverBus{server: "Y"},
+		Records: store, Coord: store, PeerMarkInterval: time.Millisecond, TallyInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if b.hitMarker == nil {
+		t.Fatal("b has no hit gate")
+	}
+	x := markNode(t, secret, "X")
+
+	const trials = 50
+	late := 0
+	for range trials {
+		x.receive(sealMark(b, 0, "Y"))
+		b.receive(sealMark(x, 0, "X"))
+		if f := b.pm.floor.Load(); f <= 0 {
+			t.Fatalf("x answered b: floor %d", f)
+		}
+		g0 := b.gap.Load() >> 1
+		seen := make(chan bool)
+		go func() {
+			deadline := time.Now().Add(10 * time.Second)
+			for b.pm.floor.Load() != noPeers {
+				if time.Now().After(deadline) {
+					seen <- false
+					return
+				}
+			}
+			seen <- b.gap.Load()>>1 == g0 // risen with no new gap
+		}()
+		b.pm.mu.Lock()
+		b.pm.peers[x.instance].heard = time.Now().Add(-peerMarkForget - time.Second)
+		b.pm.mu.Unlock()
+		if <-seen {
+			late++
+		}
+		if b.pm.floor.Load() != noPeers {
+			t.Fatal("b did not forget x, silent past the bound")
+		}
+	}
+	if late > 0 {
+		t.Errorf("b's mark rose as it forgot x before the gap opened, %d times in %d", late, trials)
 	}
 }
