@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,8 +60,12 @@ const (
 	minPeerMarkInterval = 10 * time.Millisecond
 
 	// peerMarkForget is how long a peer may go unheard before it counts
-	// as gone (at least; see forgetSilent).
-	peerMarkForget = 2 * time.Minute
+	// as gone (at least; see forgetSilent), or peerMarkForgetIntervals
+	// of the node's PeerMarkInterval if that is longer: a peer that
+	// sends a msgMark each interval (theirs alike, as a farm's nodes
+	// share a configuration) is not silent between two.
+	peerMarkForget          = 2 * time.Minute
+	peerMarkForgetIntervals = 60
 
 	// maxMarkPeers bounds the peers a node tracks, and the answers one
 	// msgMark carries.
@@ -410,23 +415,38 @@ func (n *Node) marker(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// The gap opens before the peers are forgotten: forgetting
-		// them may raise the mark, and a hit or carried copy checked
-		// in between must not find it current with no gap open.
-		before := time.Now().Add(-peerMarkForget)
-		settled := n.pm.silentElsewhere(before)
-		if settled {
-			n.settleForgotten()
-		}
-		if n.pm.forgetSilent(before) && !settled {
-			// The node's server changed meanwhile (see moveTo).
-			n.settleForgotten()
-			settled = true
-		}
-		if settled && n.hitMarker != nil {
-			// A heal begun after the peers were forgotten.
-			n.wakeHealer()
-		}
+		n.forgetSilentPeers(time.Now())
 		n.sendMark(ctx, 0)
+	}
+}
+
+// peerMarkForgetAfter returns how long a peer may go unheard, with msgMarks
+// every interval, before it counts as gone.
+func peerMarkForgetAfter(interval time.Duration) time.Duration {
+	if interval > math.MaxInt64/peerMarkForgetIntervals {
+		return math.MaxInt64
+	}
+	return max(peerMarkForget, peerMarkForgetIntervals*interval)
+}
+
+// forgetSilentPeers forgets the peers silent past the bound at now, and
+// settles the forgetting of one on another server as a gap.
+func (n *Node) forgetSilentPeers(now time.Time) {
+	// The gap opens before the peers are forgotten: forgetting them may
+	// raise the mark, and a hit or carried copy checked in between must
+	// not find it current with no gap open.
+	before := now.Add(-peerMarkForgetAfter(n.pm.interval))
+	settled := n.pm.silentElsewhere(before)
+	if settled {
+		n.settleForgotten()
+	}
+	if n.pm.forgetSilent(before) && !settled {
+		// The node's server changed meanwhile (see moveTo).
+		n.settleForgotten()
+		settled = true
+	}
+	if settled && n.hitMarker != nil {
+		// A heal begun after the peers were forgotten.
+		n.wakeHealer()
 	}
 }

@@ -167,3 +167,41 @@ func TestPeerMarkForgetOpensGapFirst(t *testing.T) {
 		t.Errorf("b's mark rose as it forgot x before the gap opened, %d times in %d", late, trials)
 	}
 }
+
+// TestPeerMarkForgetLongInterval: with a PeerMarkInterval of five
+// minutes, a peer heard three minutes ago has not missed a msgMark: b
+// must not count it gone (past the two minutes that suit the default
+// interval), which would settle a gap at every interval and never let the
+// mark be current for long.
+func TestPeerMarkForgetLongInterval(t *testing.T) {
+	secret := NewSecret(1)
+	cache, err := session.New(&session.Config{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	b, err := Join(context.Background(), Config{Farm: "bench", Secrets: []Secret{secret}, Cache: cache, Bus: serverBus{server: "Y"},
+		PeerMarkInterval: 5 * time.Minute, TallyInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	x := markNode(t, secret, "X")
+	b.pm.nextMark(0, "Y")
+	x.receive(sealMark(b, 0, "Y"))
+	b.receive(sealMark(x, 0, "X"))
+	reach0 := b.reachSince.Load()
+
+	b.forgetSilentPeers(time.Now().Add(3 * time.Minute))
+	if n := b.pm.forgotten.Load(); n != 0 || b.pm.floor.Load() <= 0 {
+		t.Errorf("x, heard within b's interval, was forgotten (%d), floor %d", n, b.pm.floor.Load())
+	}
+	if b.reachSince.Load() != reach0 {
+		t.Error("b restarted its reach, x heard within its interval")
+	}
+	// Silent for 60 intervals: gone.
+	b.forgetSilentPeers(time.Now().Add(301 * time.Minute))
+	if n := b.pm.forgotten.Load(); n != 1 || b.pm.floor.Load() != noPeers {
+		t.Errorf("x, silent for 60 intervals: forgotten %d, floor %d", n, b.pm.floor.Load())
+	}
+}
