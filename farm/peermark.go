@@ -368,15 +368,15 @@ func (p *peerMarks) silentElsewhere(before time.Time) bool {
 	return false
 }
 
-// forgetSilent forgets the peers not heard from since before, and reports
-// whether one of them was on another server than the node's (its mark
-// was held back to theirs).
-func (p *peerMarks) forgetSilent(before time.Time) bool {
+// forgetSilent forgets the peers not heard from since before, those on
+// another server than the node's only if elsewhere, and reports whether
+// one of them was on another server (its mark was held back to theirs).
+func (p *peerMarks) forgetSilent(before time.Time, elsewhere bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	forgot, waited := false, false
 	for id, e := range p.peers {
-		if e.heard.Before(before) {
+		if e.heard.Before(before) && (elsewhere || e.server == p.self) {
 			delete(p.peers, id)
 			delete(p.asked, id)
 			forgot = true
@@ -440,11 +440,10 @@ func (n *Node) forgetSilentPeers(now time.Time) {
 	if settled {
 		n.settleForgotten()
 	}
-	if n.pm.forgetSilent(before) && !settled {
-		// The node's server changed meanwhile (see moveTo).
-		n.settleForgotten()
-		settled = true
-	}
+	// Unsettled, only the peers on the node's own server (its server
+	// may have changed meanwhile: see moveTo): the others at the next
+	// tick.
+	n.pm.forgetSilent(before, settled)
 	if settled && n.hitMarker != nil {
 		// A heal begun after the peers were forgotten.
 		n.wakeHealer()

@@ -103,12 +103,14 @@ func TestPeerMarkOwnServerMoved(t *testing.T) {
 }
 
 // TestPeerMarkForgetOpensGapFirst: b's only peer on another server, x on
-// X, has answered b; it goes silent past peerMarkForget, and b's marker
-// forgets it, which raises b's mark (no server left to wait for). The gap
-// that settles the forgetting must already be open when the mark rises:
-// a hit checked in between would find the mark current and no gap open,
-// and resume unchecked what x published into a route that holds it. An
-// observer watches b's floor, and reads b's gaps as soon as it rises.
+// X, has answered b; it goes silent past the bound, and b's marker (its
+// step run by the test, at a tick past the bound) forgets it, which
+// raises b's mark (no server left to wait for). The reach must restart and
+// the gap open before the mark rises: a hit or carried copy checked in
+// between would find the mark current and no gap open, and resume
+// unchecked what x published into a route that holds it. The test holds
+// the lock the reach's restart takes, so the step stops there: b's mark
+// must not have risen yet.
 func TestPeerMarkForgetOpensGapFirst(t *testing.T) {
 	srv := redistest.Start(t)
 	store, err := redisbus.Open(srv.URL(), "bench")
@@ -123,7 +125,7 @@ func TestPeerMarkForgetOpensGapFirst(t *testing.T) {
 	}
 	t.Cleanup(func() { cache.Close() })
 	b, err := Join(context.Background(), Config{Farm: "bench", Secrets: []Secret{secret}, Cache: cache, Bus: serverBus{server: "Y"},
-		Records: store, Coord: store, PeerMarkInterval: time.Millisecond, TallyInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Records: store, Coord: store, PeerMarkInterval: time.Hour, TallyInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,39 +134,28 @@ func TestPeerMarkForgetOpensGapFirst(t *testing.T) {
 		t.Fatal("b has no hit gate")
 	}
 	x := markNode(t, secret, "X")
-
-	const trials = 50
-	late := 0
-	for range trials {
-		x.receive(sealMark(b, 0, "Y"))
-		b.receive(sealMark(x, 0, "X"))
-		if f := b.pm.floor.Load(); f <= 0 {
-			t.Fatalf("x answered b: floor %d", f)
-		}
-		g0 := b.gap.Load() >> 1
-		seen := make(chan bool)
-		go func() {
-			deadline := time.Now().Add(10 * time.Second)
-			for b.pm.floor.Load() != noPeers {
-				if time.Now().After(deadline) {
-					seen <- false
-					return
-				}
-			}
-			seen <- b.gap.Load()>>1 == g0 // risen with no new gap
-		}()
-		b.pm.mu.Lock()
-		b.pm.peers[x.instance].heard = time.Now().Add(-peerMarkForget - time.Second)
-		b.pm.mu.Unlock()
-		if <-seen {
-			late++
-		}
-		if b.pm.floor.Load() != noPeers {
-			t.Fatal("b did not forget x, silent past the bound")
-		}
+	x.receive(sealMark(b, 0, "Y"))
+	b.receive(sealMark(x, 0, "X"))
+	if f := b.pm.floor.Load(); f <= 0 {
+		t.Fatalf("x answered b: floor %d", f)
 	}
-	if late > 0 {
-		t.Errorf("b's mark rose as it forgot x before the gap opened, %d times in %d", late, trials)
+	g0 := b.gap.Load() >> 1
+
+	b.deg.update.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.forgetSilentPeers(time.Now().Add(peerMarkForgetAfter(b.pm.interval) + time.Second))
+	}()
+	time.Sleep(200 * time.Millisecond) // the step runs up to the lock
+	risen := b.pm.floor.Load() == noPeers
+	b.deg.update.Unlock()
+	<-done
+	if risen {
+		t.Error("b's mark rose as it forgot x, before its reach restarted and the gap opened")
+	}
+	if b.pm.floor.Load() != noPeers || b.gap.Load()>>1 == g0 {
+		t.Fatalf("b forgot x, silent past the bound: floor %d, gaps %d (before %d)", b.pm.floor.Load(), b.gap.Load()>>1, g0)
 	}
 }
 
