@@ -41,7 +41,7 @@ import (
 //
 // A peer is live from its first msgMark heard until it announces its
 // leaving (a last msgMark, flagged, at Close, after everything else it
-// published) or until nothing was heard from it for peerMarkForget: a
+// published) or until nothing was heard from it for peerMarkForgetAfter: a
 // server whose peers cannot be heard is the case the mark is for, so its
 // mark stays where the last answer left it (the hit gate asks the store
 // meanwhile), and only a peer silent that long counts as gone. Forgetting
@@ -401,7 +401,7 @@ func (n *Node) settleForgotten() {
 }
 
 // marker publishes a msgMark every PeerMarkInterval, and forgets the
-// peers silent past peerMarkForget, until ctx is done. A peer on another
+// peers silent past peerMarkForgetAfter, until ctx is done. A peer on another
 // server forgotten so is settled as a gap (see peerMarks): the hit gate
 // stays on until a heal has read the store's revocations, and carried
 // copies issued before now are refused (restartReach).
