@@ -169,7 +169,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_messages_lost_total", "Peers' messages found missing by their tallies: lost by the bus while the subscription stayed up (each loss is settled as a bus gap: a reconcile, or the cache dropped).", t.lost.Load())
 	m.counters("tlsfarm_farm_tallies_total", "Tallies of published messages (see Config.TallyInterval): sent, failed to send, received from peers, checked (a peer's count compared), loss (a check that found messages missing).", "event",
 		"sent", t.sent.Load(), "failed", t.failed.Load(), "received", t.received.Load(), "checked", t.checked.Load(), "loss", t.losses.Load())
-	m.counters("tlsfarm_farm_delivery_marks_total", "Delivery mark requests of this node's (with its answers to its peers'), on a bus of several servers (see Config.PeerMarkInterval): sent, received from peers, forgotten (a peer silent for two minutes no longer holds the mark back).", "event",
+	m.counters("tlsfarm_farm_delivery_marks_total", "Delivery mark requests of this node's (with its answers to its peers'), on a bus of several servers (see Config.PeerMarkInterval): sent, received from peers, forgotten (a peer silent for two minutes, or 60 intervals if longer, no longer holds the mark back).", "event",
 		"sent", n.pm.sent.Load(), "received", n.pm.received.Load(), "forgotten", n.pm.forgotten.Load())
 	m.counter("tlsfarm_farm_written_back_total", "Sessions written back to a store that lost its data.", c.writtenBack.Load())
 	now := n.cfg.Now()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,7 @@ import (
 //
 // A peer is live from its first msgMark heard until it announces its
 // leaving (a last msgMark, flagged, at Close, after everything else it
-// published) or until nothing was heard from it for peerMarkForget: a
+// published) or until nothing was heard from it for peerMarkForgetAfter: a
 // server whose peers cannot be heard is the case the mark is for, so its
 // mark stays where the last answer left it (the hit gate asks the store
 // meanwhile), and only a peer silent that long counts as gone. Forgetting
@@ -59,8 +60,12 @@ const (
 	minPeerMarkInterval = 10 * time.Millisecond
 
 	// peerMarkForget is how long a peer may go unheard before it counts
-	// as gone (at least; see forgetSilent).
-	peerMarkForget = 2 * time.Minute
+	// as gone (at least; see forgetSilent), or peerMarkForgetIntervals
+	// of the node's PeerMarkInterval if that is longer: a peer that
+	// sends a msgMark each interval (theirs alike, as a farm's nodes
+	// share a configuration) is not silent between two.
+	peerMarkForget          = 2 * time.Minute
+	peerMarkForgetIntervals = 60
 
 	// maxMarkPeers bounds the peers a node tracks, and the answers one
 	// msgMark carries.
@@ -284,15 +289,40 @@ func (n *Node) receiveMark(h header, body []byte) {
 	}
 }
 
+// moveTo notes that the node's bus is on server, and recomputes floor if
+// it was on another: the peers on the server it left are on another
+// server now, those on server no longer. p.mu is held.
+func (p *peerMarks) moveTo(server string) {
+	if server != p.self {
+		p.self = server
+		p.refloor()
+	}
+}
+
+// subscribed notes the server the node's bus is on as its subscription
+// comes up, before it counts as up: a connection that moved to another
+// server (a NATS client's reconnect) changes which peers' answers the
+// node waits for at once, not from its next msgMark, an interval on, while
+// its hits and carried copies would count its mark as the old server's.
+func (p *peerMarks) subscribed() {
+	if !p.on {
+		return
+	}
+	server := p.teller.ConnectedServer()
+	if server == "" || len(server) > maxServerID {
+		return
+	}
+	p.mu.Lock()
+	p.moveTo(server)
+	p.mu.Unlock()
+}
+
 // nextMark returns the body of the node's next msgMark: a request now,
 // and the answers to the requests heard since the previous one, but for
 // the requesters on server, the one it goes to.
 func (p *peerMarks) nextMark(flags byte, server string) []byte {
 	p.mu.Lock()
-	if server != p.self {
-		p.self = server
-		p.refloor()
-	}
+	p.moveTo(server)
 	m := markBody{flags: flags, t0: p.now(), server: server, answers: make([]markAnswer, 0, len(p.asked))}
 	for id, t0 := range p.asked {
 		delete(p.asked, id)
@@ -324,15 +354,29 @@ func (n *Node) sendMark(ctx context.Context, flags byte) {
 	}
 }
 
-// forgetSilent forgets the peers not heard from since before, and reports
-// whether one of them was on another server than the node's (its mark
-// was held back to theirs).
-func (p *peerMarks) forgetSilent(before time.Time) bool {
+// silentElsewhere reports whether a peer not heard from since before is on
+// another server than the node's: forgetting it raises floor, so the gap
+// is settled first (see marker).
+func (p *peerMarks) silentElsewhere(before time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.peers {
+		if e.heard.Before(before) && e.server != p.self {
+			return true
+		}
+	}
+	return false
+}
+
+// forgetSilent forgets the peers not heard from since before, those on
+// another server than the node's only if elsewhere, and reports whether
+// one of them was on another server (its mark was held back to theirs).
+func (p *peerMarks) forgetSilent(before time.Time, elsewhere bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	forgot, waited := false, false
 	for id, e := range p.peers {
-		if e.heard.Before(before) {
+		if e.heard.Before(before) && (elsewhere || e.server == p.self) {
 			delete(p.peers, id)
 			delete(p.asked, id)
 			forgot = true
@@ -346,8 +390,18 @@ func (p *peerMarks) forgetSilent(before time.Time) bool {
 	return waited
 }
 
+// settleForgotten settles the forgetting of a silent peer on another
+// server as a gap (see marker): carried copies issued before now are
+// refused, and the hit gate stays on until a heal has read the store.
+func (n *Node) settleForgotten() {
+	n.restartReach()
+	if n.hitMarker != nil {
+		n.openGap()
+	}
+}
+
 // marker publishes a msgMark every PeerMarkInterval, and forgets the
-// peers silent past peerMarkForget, until ctx is done. A peer on another
+// peers silent past peerMarkForgetAfter, until ctx is done. A peer on another
 // server forgotten so is settled as a gap (see peerMarks): the hit gate
 // stays on until a heal has read the store's revocations, and carried
 // copies issued before now are refused (restartReach).
@@ -361,13 +415,37 @@ func (n *Node) marker(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if n.pm.forgetSilent(time.Now().Add(-peerMarkForget)) {
-			n.restartReach()
-			if n.hitMarker != nil {
-				n.openGap()
-				n.wakeHealer()
-			}
-		}
+		n.forgetSilentPeers(time.Now())
 		n.sendMark(ctx, 0)
+	}
+}
+
+// peerMarkForgetAfter returns how long a peer may go unheard, with msgMarks
+// every interval, before it counts as gone.
+func peerMarkForgetAfter(interval time.Duration) time.Duration {
+	if interval > math.MaxInt64/peerMarkForgetIntervals {
+		return math.MaxInt64
+	}
+	return max(peerMarkForget, peerMarkForgetIntervals*interval)
+}
+
+// forgetSilentPeers forgets the peers silent past the bound at now, and
+// settles the forgetting of one on another server as a gap.
+func (n *Node) forgetSilentPeers(now time.Time) {
+	// The gap opens before the peers are forgotten: forgetting them may
+	// raise the mark, and a hit or carried copy checked in between must
+	// not find it current with no gap open.
+	before := now.Add(-peerMarkForgetAfter(n.pm.interval))
+	settled := n.pm.silentElsewhere(before)
+	if settled {
+		n.settleForgotten()
+	}
+	// Unsettled, only the peers on the node's own server (its server
+	// may have changed meanwhile: see moveTo): the others at the next
+	// tick.
+	n.pm.forgetSilent(before, settled)
+	if settled && n.hitMarker != nil {
+		// A heal begun after the peers were forgotten.
+		n.wakeHealer()
 	}
 }

@@ -115,7 +115,7 @@ func TestPeerMarkPerServer(t *testing.T) {
 	if floor() != 0 {
 		t.Fatalf("x2 left X for Y, X's only peer answered none, yet floor %d", floor())
 	}
-	if !b.pm.forgetSilent(time.Now().Add(time.Second)) || floor() != noPeers {
+	if !b.pm.forgetSilent(time.Now().Add(time.Second), true) || floor() != noPeers {
 		t.Fatalf("every peer forgotten, yet floor %d", floor())
 	}
 	// A body that does not decode is rejected.

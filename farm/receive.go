@@ -38,6 +38,8 @@ func (n *Node) busState(up bool, err error) {
 	if up && !n.connected.Load() {
 		// Before the subscription counts as up: see checkHit.
 		n.upProbeBegun.Store(n.storeProbe.begunCount())
+		// Which server it is on now, before its mark counts again.
+		n.pm.subscribed()
 	}
 	was := n.connected.Swap(up)
 	n.busHeard()
