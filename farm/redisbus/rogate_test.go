@@ -35,18 +35,7 @@ import (
 func TestClusterReadOnlyGateReadsMaster(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
-	proxies := map[string]*nettest.Proxy{} // by the node's own address
-	buses := map[string]*nettest.Proxy{}   // the node's cluster bus, by its address
-	c := redistest.StartClusterLinked(t, 3, 1, 10*time.Second, func(addr string) string {
-		p := nettest.NewProxy(t, addr)
-		proxies[addr] = p
-		return p.Addr
-	}, func(node, bus string) string {
-		p := nettest.NewProxy(t, bus)
-		buses[node] = p
-		return p.Addr
-	})
-	c.WaitReplicasListed(30 * time.Second)
+	c, cut := startCuttable(t)
 	own := redistest.Start(t)
 	busPath := nettest.NewProxy(t, own.Addr())
 	storeURL := c.URL("read_only=true&reload=1s")
@@ -57,7 +46,7 @@ func TestClusterReadOnlyGateReadsMaster(t *testing.T) {
 			if joined == 1 {
 				return transportAt(storeURL)(tb, farmName)
 			}
-			bus, _ := transportAt("redis://" + busPath.Addr + "/0")(tb, farmName)
+			bus, _ := transportAt("redis://"+busPath.Addr+"/0")(tb, farmName)
 			_, store := transportAt(storeURL)(tb, farmName)
 			return bus, store
 		},
@@ -93,41 +82,8 @@ func TestClusterReadOnlyGateReadsMaster(t *testing.T) {
 	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return dial(n2, h) && dial(n2, cs) })
 
 	// Every replica has what its master has (H's and C's records among
-	// it) before the cut.
-	masters := c.Masters()
-	offset := func(s *redistest.Server, field string) int64 {
-		info, err := c.Client(s).Info(t.Context(), "replication").Result()
-		if err != nil {
-			t.Fatalf("INFO replication on %s: %v", s.Addr(), err)
-		}
-		for line := range strings.SplitSeq(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, field+":"); ok {
-				n, _ := strconv.ParseInt(v, 10, 64)
-				return n
-			}
-		}
-		return -1
-	}
-	for _, m := range masters {
-		want := offset(m, "master_repl_offset")
-		for _, r := range c.ReplicasOf(m) {
-			farmtest.Eventually(t, 10*time.Second, "a replica has its master's writes", func() bool {
-				return offset(r, "slave_repl_offset") >= want
-			})
-		}
-	}
-	// Cut every replica off from its master both ways, as a partition
-	// would, while clients reach both; and stall n2's bus.
-	for _, m := range masters {
-		link := proxies[m.Addr()]
-		link.FreezeFrom(redistest.LinkSource)
-		t.Cleanup(link.Thaw)
-		for _, r := range c.ReplicasOf(m) {
-			bus := buses[r.Addr()]
-			bus.Freeze()
-			t.Cleanup(bus.Thaw)
-		}
-	}
+	// it) before the cut; and n2's bus stalls.
+	cut()
 	busPath.Freeze()
 	t.Cleanup(busPath.Thaw)
 
@@ -153,5 +109,144 @@ func TestClusterReadOnlyGateReadsMaster(t *testing.T) {
 		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
 	if gated("revoked") == 0 {
 		t.Error("n2's gate found no revocation")
+	}
+}
+
+// startCuttable starts a Redis Cluster of three masters with a replica
+// each, the nodes reached through proxies and their cluster buses through
+// others (redistest.StartClusterLinked), and returns it with cut, which
+// waits until every replica has its master's writes, then cuts every
+// replica off from its master both ways, as a partition would (the
+// replication link and the cluster bus frozen), while clients still reach
+// both, until the test ends.
+func startCuttable(t *testing.T) (c *redistest.Cluster, cut func()) {
+	proxies := map[string]*nettest.Proxy{} // by the node's own address
+	buses := map[string]*nettest.Proxy{}   // the node's cluster bus, by its address
+	c = redistest.StartClusterLinked(t, 3, 1, 10*time.Second, func(addr string) string {
+		p := nettest.NewProxy(t, addr)
+		proxies[addr] = p
+		return p.Addr
+	}, func(node, bus string) string {
+		p := nettest.NewProxy(t, bus)
+		buses[node] = p
+		return p.Addr
+	})
+	// A fresh cluster lists no replica in CLUSTER SLOTS, and go-redis
+	// then reads from the masters.
+	c.WaitReplicasListed(30 * time.Second)
+	offset := func(s *redistest.Server, field string) int64 {
+		info, err := c.Client(s).Info(t.Context(), "replication").Result()
+		if err != nil {
+			t.Fatalf("INFO replication on %s: %v", s.Addr(), err)
+		}
+		for line := range strings.SplitSeq(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, field+":"); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+		return -1
+	}
+	return c, func() {
+		t.Helper()
+		masters := c.Masters()
+		for _, m := range masters {
+			want := offset(m, "master_repl_offset")
+			for _, r := range c.ReplicasOf(m) {
+				farmtest.Eventually(t, 10*time.Second, "a replica has its master's writes", func() bool {
+					return offset(r, "slave_repl_offset") >= want
+				})
+			}
+		}
+		for _, m := range masters {
+			link := proxies[m.Addr()]
+			link.FreezeFrom(redistest.LinkSource)
+			t.Cleanup(link.Thaw)
+			for _, r := range c.ReplicasOf(m) {
+				bus := buses[r.Addr()]
+				bus.Freeze()
+				t.Cleanup(bus.Thaw)
+			}
+		}
+	}
+}
+
+// TestClusterReadOnlyPrimaryReads: on a Redis Cluster whose URL sets
+// read_only=true, with every replica cut off from its master, a read under
+// transport.PrimaryRead answers what the master holds (GetRecord,
+// GetRecords, Get, SetVersion, SetMembers), and any other read still goes
+// to a replica, which answers what it had before the cut.
+func TestClusterReadOnlyPrimaryReads(t *testing.T) {
+	t.Parallel()
+	c, cut := startCuttable(t)
+	tr, err := redisbus.Open(c.URL("read_only=true&reload=1s"), farmtest.FarmName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx := t.Context()
+	keys := []string{"a", "b", "c", "d", "e", "f"} // over several masters
+	put := func(v string, prev []byte) {
+		t.Helper()
+		var items []transport.Item
+		for _, k := range keys {
+			items = append(items, transport.Item{Key: k, Value: []byte(v), TTL: time.Minute})
+		}
+		if err := tr.PutRecords(ctx, items...); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := tr.CompareAndSwap(ctx, "g", prev, []byte(v), time.Minute); err != nil || !ok {
+			t.Fatalf("CompareAndSwap = %v, %v", ok, err)
+		}
+		if err := tr.SetAdd(ctx, "s", []byte(v), time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("old", nil)
+	oldVersion, err := tr.SetVersion(ctx, "s")
+	if err != nil || oldVersion == nil {
+		t.Fatalf("SetVersion = %x, %v", oldVersion, err)
+	}
+	cut()
+	if err := tr.DeleteRecords(ctx, keys...); err != nil {
+		t.Fatal(err)
+	}
+	put("new", []byte("old"))
+
+	check := func(ctx context.Context, want string, wantVersion bool) {
+		t.Helper()
+		for _, k := range keys {
+			if v, err := tr.GetRecord(ctx, k); err != nil || string(v) != want {
+				t.Errorf("GetRecord(%s) = %q, %v; want %q", k, v, err, want)
+			}
+		}
+		vs, err := tr.GetRecords(ctx, keys...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vs {
+			if string(v) != want {
+				t.Errorf("GetRecords: %s = %q, want %q", keys[i], v, want)
+			}
+		}
+		v, err := tr.SetVersion(ctx, "s")
+		if err != nil || (string(v) == string(oldVersion)) == wantVersion {
+			t.Errorf("SetVersion = %x, %v (before the cut %x); want a new one: %v", v, err, oldVersion, wantVersion)
+		}
+		ms, err := tr.SetMembers(ctx, "s")
+		if err != nil || len(ms) != 2 {
+			// Read by a script, which go-redis sends to the master
+			// either way.
+			t.Errorf("SetMembers = %q, %v; want old and new", ms, err)
+		}
+	}
+	check(transport.PrimaryRead(ctx), "new", true)
+	if v, err := tr.Get(transport.PrimaryRead(ctx), "g"); err != nil || string(v) != "new" {
+		t.Errorf("Get under PrimaryRead = %q, %v; want new", v, err)
+	}
+	// The ordinary reads still go to the replicas.
+	check(ctx, "old", false)
+	if v, err := tr.Get(ctx, "g"); err != nil || string(v) != "old" {
+		t.Errorf("Get = %q, %v; want old (from a replica)", v, err)
 	}
 }
