@@ -250,3 +250,85 @@ func TestClusterReadOnlyPrimaryReads(t *testing.T) {
 		t.Errorf("Get = %q, %v; want old (from a replica)", v, err)
 	}
 }
+
+// TestClusterReadOnlyHealReadsMaster: the farm of
+// TestClusterReadOnlyGateReadsMaster, every replica cut off from its
+// master after n2 issued H and C. n2's bus is cut (its subscription down:
+// a gap), n1 revokes H, which it reports applied, and n2's bus comes back.
+// n2's heal must read the revocation before it closes the gap, so that n2
+// does not resume H once its hits are no longer gated. The heal asked a
+// replica for the version of the farm's revocations, which answered the
+// one n2 had read before the cut: n2 took the set for unchanged, read
+// none of it, closed the gap, and resumed H from its cache.
+func TestClusterReadOnlyHealReadsMaster(t *testing.T) {
+	t.Parallel()
+	const maxLag = 150 * time.Millisecond
+	c, cut := startCuttable(t)
+	own := redistest.Start(t)
+	busPath := nettest.NewProxy(t, own.Addr())
+	storeURL := c.URL("read_only=true&reload=1s")
+	joined := 0
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			if joined == 1 {
+				return transportAt(storeURL)(tb, farmName)
+			}
+			bus, _ := transportAt("redis://"+busPath.Addr+"/0")(tb, farmName)
+			_, store := transportAt(storeURL)(tb, farmName)
+			return bus, store
+		},
+		Mode: farm.Broadcast, WriteThrough: true,
+		Rotation:   &farm.RotationConfig{Interval: time.Hour},
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
+		Tweak: func(cfg *farm.Config) {
+			cfg.MaxDeliveryLag = maxLag
+			cfg.LookupTimeout = time.Second
+			cfg.TallyInterval = -1
+			cfg.HealInterval = time.Hour // the heal on reconnect only
+		},
+	})
+	n1, n2 := ms[0], ms[1]
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+
+	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
+	}
+	gated := func() (n uint64) {
+		for _, r := range []string{"confirmed", "revoked", "store_error", "cut_off"} {
+			n += farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", r)
+		}
+		return n
+	}
+	ids := farmtest.HandshakeSessions(n2.Cache)
+	h, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	dial(n2, h)
+	hid := ids()[len(ids())-1]
+	dial(n2, cs)
+	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return dial(n2, h) && dial(n2, cs) })
+
+	cut()
+	busPath.Cut()
+	t.Cleanup(busPath.Restore)
+	farmtest.Eventually(t, 15*time.Second, "n2 finds its bus down", func() bool { return !n2.Node.Connected() })
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if st, err := n1.Node.RevokeSession(ctx, hid); err != nil || st != farm.RevokeApplied {
+		t.Fatalf("RevokeSession = %v, %v", st, err)
+	}
+	busPath.Restore()
+	farmtest.Eventually(t, 15*time.Second, "n2's bus is back", func() bool { return n2.Node.Connected() })
+	// Once a hit of C is no longer gated, n2's heal has closed the gap.
+	farmtest.Eventually(t, 15*time.Second, "n2's hits are no longer gated", func() bool {
+		before := gated()
+		return dial(n2, cs) && gated() == before
+	})
+	if dial(n2, h) {
+		t.Errorf("n2 resumed H, revoked on n1 (applied) during its gap: its heal read a replica cut off from its master")
+	}
+	t.Logf("n2's tombstone reads: read %d, unchanged %d",
+		farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_tombstone_reads_total", "result", "read"),
+		farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_tombstone_reads_total", "result", "unchanged"))
+}
