@@ -99,9 +99,10 @@ type Transport struct {
 	records string // "tlsfarm:farm:", for session records, "tlsfarm:farm:{key}"
 	channel string // the farm's shared channel, "tlsfarm:{farm}:bus"
 	own     bool   // Close closes c
-	// sub, if not nil, is the client the subscription is made on: one
-	// that subscribes on the masters, made by New from a cluster client
-	// that sends reads to replicas (see subscriber). Close closes it.
+	// sub, if not nil, is the client the subscription is made on, and
+	// the reads marked transport.PrimaryRead: one that subscribes and
+	// reads on the masters, made by New from a cluster client that sends
+	// reads to replicas (see subscriber, reader). Close closes it.
 	sub *redis.ClusterClient
 
 	id       string   // IDLen lowercase hex digits
