@@ -255,8 +255,14 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 // chain: its chain's revocation (chainMarkKey) and its revocation by ID
 // (revokedIDMarkKey), nil where there is none. With a record store that
 // is not a transport.RecordGetter, it reads them one after the other, and
-// the second only if the first is absent.
+// the second only if the first is absent. Both are read from the store's
+// primary (transport.PrimaryRead).
 func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64) (chainMark, idMark []byte, err error) {
+	// From the primary: a replica cut off from its master answers "no
+	// mark" for as long as the cut lasts, and the hit resumed a session
+	// revoked on another node, reported applied
+	// (TestClusterReadOnlyGateReadsMaster).
+	ctx = transport.PrimaryRead(ctx)
 	ck, ik := chainMarkKey(chain), revokedIDMarkKey(id)
 	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
 		vs, err := g.GetRecords(ctx, ck, ik)

@@ -45,6 +45,12 @@ func (n *Node) lookupStoreAs(ctx context.Context, id session.ID, hedge int) (*se
 	if hedge > 0 {
 		key += "/" + strconv.Itoa(hedge)
 	}
+	if transport.IsPrimaryRead(ctx) {
+		// A read from the store's primary (a revocation's wait for a
+		// young session, see revokeUnheld) does not take the answer of
+		// a lookup that may read a replica.
+		key += "/p"
+	}
 	// Whether id is young is decided as the read is asked for: a read
 	// that ends after the ID grew old may still have missed a write that
 	// was on its way. (The read's goroutine may start later.)

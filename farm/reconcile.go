@@ -114,7 +114,7 @@ func (n *Node) checkSameGeneration(ctx context.Context, gen []byte) error {
 		// its outage after the node had read it).
 		return errStoreLost
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	ctx, cancel := context.WithTimeout(transport.PrimaryRead(ctx), n.cfg.OpTimeout)
 	defer cancel()
 	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
 	switch {
@@ -585,7 +585,11 @@ func (n *Node) reconcileRecord(e *reconcileEntry, v []byte) {
 // none: in one call if the store is a transport.RecordGetter, else with a
 // few GetRecord calls at a time.
 func (n *Node) readRecords(ctx context.Context, ids []session.ID) ([][]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	// From the primary, as the generation read after them (see
+	// checkSameGeneration): a record missing from a replica that lags
+	// may be there on its master, and one a retirement deleted there may
+	// still be on the replica.
+	ctx, cancel := context.WithTimeout(transport.PrimaryRead(ctx), n.cfg.OpTimeout)
 	defer cancel()
 	keys := make([]string, len(ids))
 	for i, id := range ids {

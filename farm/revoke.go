@@ -72,6 +72,10 @@ func (n *Node) removedDone(id session.ID, rec session.Record) <-chan struct{} {
 // node that reads only the store (one that joins, one that heals from
 // it) takes the chain for live again after the earlier end.
 func (n *Node) revokeUnheld(ctx context.Context, id session.ID) (done <-chan struct{}, found bool, err error) {
+	// What the store knows of id, from its primary: a replica that lags
+	// has neither the record nor the mark of a session just written or
+	// revoked, and the revocation would find nothing to revoke.
+	ctx = transport.PrimaryRead(ctx)
 	rec, err := n.fetch(ctx, id)
 	if err != nil {
 		return nil, false, err
@@ -315,6 +319,11 @@ func (t *tombstoneReads) forget() {
 // bound (tombstoneTimeout; a transport returns all of the set or an error)
 // leaves the revocations unknown, if they were, and the next read whole.
 func (n *Node) readTombstones(ctx context.Context) error {
+	// The version and the set from the store's primary: a replica that
+	// lags answers the version a heal saw before (the set unchanged, not
+	// read) and lacks the tombstones added since, and the heal closed a
+	// gap having read none of them.
+	ctx = transport.PrimaryRead(ctx)
 	t := &n.tombs
 	t.mu.Lock()
 	defer t.mu.Unlock()

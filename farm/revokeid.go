@@ -277,7 +277,7 @@ func (n *Node) applyIDRevocations(ctx context.Context) bool {
 		if p.unchecked && n.cfg.Records != nil {
 			// The store was out of reach at the revocation: it may
 			// hold the session, whose chain is then revoked as usual.
-			fctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+			fctx, cancel := context.WithTimeout(transport.PrimaryRead(ctx), n.cfg.OpTimeout)
 			rec, err := n.fetch(fctx, p.rid.id)
 			cancel()
 			if err != nil {
@@ -460,6 +460,8 @@ func (n *Node) readRevokedIDsAs(ctx context.Context, wait bool) error {
 	if n.cfg.Coord == nil {
 		return nil
 	}
+	ctx = transport.PrimaryRead(ctx) // as readTombstones
+
 	r := &n.rids
 	if wait {
 		r.readMu.Lock()

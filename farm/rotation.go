@@ -266,7 +266,10 @@ func (r *Rotator) step(parent context.Context) (waiting bool) {
 	}
 	ctx, cancel := context.WithTimeout(parent, r.n.cfg.OpTimeout)
 	defer cancel()
-	raw, err := store.Get(ctx, keySetKey)
+	// From the primary: the set is replaced there (CompareAndSwap), and
+	// one read from a replica that lags is an old set, which the swap
+	// then never matches while the replica is cut off.
+	raw, err := store.Get(transport.PrimaryRead(ctx), keySetKey)
 	var cur *keySet
 	// stale: the stored set is one this ring takes nothing from, because
 	// the rotations due since it was written would have dropped every key

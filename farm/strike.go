@@ -194,7 +194,9 @@ func (m strikeMarker) times() (begun, written time.Time) {
 // register begins) or is not one (it is replaced).
 func (n *Node) strikeRegisterBegun(ctx context.Context, ttl time.Duration) (time.Time, error) {
 	now := n.cfg.Now()
-	v, err := n.cfg.Coord.Get(ctx, strikeMarkerKey)
+	// From the primary: a replica that lags reads no marker, or an old
+	// one, and the register would be taken to begin again.
+	v, err := n.cfg.Coord.Get(transport.PrimaryRead(ctx), strikeMarkerKey)
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
 		m := newStrikeMarker(now, now)

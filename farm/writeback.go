@@ -34,7 +34,9 @@ func (n *Node) checkGeneration(parent context.Context) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(parent, n.cfg.OpTimeout)
+	// From the primary: the token is added there (AddRecord), and a
+	// replica that lags reads none, or an old one, after it was.
+	ctx, cancel := context.WithTimeout(transport.PrimaryRead(parent), n.cfg.OpTimeout)
 	defer cancel()
 	v, err := n.cfg.Records.GetRecord(ctx, generationKey)
 	if errors.Is(err, transport.ErrNotFound) {

@@ -99,9 +99,10 @@ type Transport struct {
 	records string // "tlsfarm:farm:", for session records, "tlsfarm:farm:{key}"
 	channel string // the farm's shared channel, "tlsfarm:{farm}:bus"
 	own     bool   // Close closes c
-	// sub, if not nil, is the client the subscription is made on: one
-	// that subscribes on the masters, made by New from a cluster client
-	// that sends reads to replicas (see subscriber). Close closes it.
+	// sub, if not nil, is the client the subscription is made on, and
+	// the reads marked transport.PrimaryRead: one that subscribes and
+	// reads on the masters, made by New from a cluster client that sends
+	// reads to replicas (see subscriber, reader). Close closes it.
 	sub *redis.ClusterClient
 
 	id       string   // IDLen lowercase hex digits
@@ -470,7 +471,8 @@ func New(c redis.UniversalClient, farmName string) (*Transport, error) {
 // or resumed one it held, after RevokeSession said applied
 // (TestClusterReadOnlyMarkOrdersMaster). On the master, the channel's
 // messages and the ping are in the order the master took them. The
-// records are still read where the options say.
+// records are still read where the options say, but for the reads that
+// decide the farm's promises (see reader).
 func masterSubscriber(c redis.UniversalClient) *redis.ClusterClient {
 	cc, ok := c.(*redis.ClusterClient)
 	if !ok {
@@ -482,6 +484,22 @@ func masterSubscriber(c redis.UniversalClient) *redis.ClusterClient {
 	}
 	o.ReadOnly, o.RouteByLatency, o.RouteRandomly = false, false, false
 	return redis.NewClusterClient(&o)
+}
+
+// reader returns the client to read on under ctx: the master-only client
+// (see masterSubscriber) for a read the farm marked transport.PrimaryRead,
+// the client the options made for any other. A replica answers a read in
+// line with what it has, which lags its master: cut off from it, for as
+// long as the cut lasts. Its "no mark" let a gated hit resume a session
+// revoked on another node, reported applied
+// (TestClusterReadOnlyGateReadsMaster); its old set version closed a heal
+// without reading the revocations added meanwhile. Without read_only and
+// route_* there is one client, and no context is looked into.
+func (t *Transport) reader(ctx context.Context) redis.UniversalClient {
+	if t.sub != nil && transport.IsPrimaryRead(ctx) {
+		return t.sub
+	}
+	return t.c
 }
 
 // subscriber returns the client to subscribe on.
@@ -1344,7 +1362,7 @@ func (t *Transport) GetRecords(ctx context.Context, keys ...string) ([][]byte, e
 		return out, nil
 	}
 	cmds := make([]*redis.StringCmd, len(keys))
-	_, err := t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := t.reader(ctx).Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, k := range keys {
 			cmds[i] = p.Get(ctx, t.RecordKey(k))
 		}
@@ -1372,7 +1390,7 @@ func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (t *Transport) get(ctx context.Context, key string) ([]byte, error) {
-	b, err := t.c.Get(ctx, key).Bytes()
+	b, err := t.reader(ctx).Get(ctx, key).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
 	}
@@ -1814,7 +1832,7 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 // it expires with the set. A server that lost its data has none (nil)
 // until the next SetAdd, whose version is new.
 func (t *Transport) SetVersion(ctx context.Context, key string) ([]byte, error) {
-	v, err := t.c.Get(ctx, t.setVersionKey(key)).Bytes()
+	v, err := t.reader(ctx).Get(ctx, t.setVersionKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -1869,7 +1887,7 @@ func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error
 	var out [][]byte
 	for start := 0; start < transport.MaxSetMembers; start += setPage {
 		n := min(setPage, transport.MaxSetMembers-start)
-		v, err := setPageScript.Run(ctx, t.c, []string{t.prefix + key}, start, n, transport.MaxSetMemberSize).Slice()
+		v, err := setPageScript.Run(ctx, t.reader(ctx), []string{t.prefix + key}, start, n, transport.MaxSetMemberSize).Slice()
 		if err != nil {
 			return nil, t.failed(err)
 		}

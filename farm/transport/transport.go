@@ -444,3 +444,28 @@ type DeliveryMarker interface {
 type ServerTeller interface {
 	ConnectedServer() string
 }
+
+// primaryKey is the key of the context value PrimaryRead sets.
+type primaryKey struct{}
+
+// PrimaryRead returns a context under which a store's reads answer with
+// what its primary holds (the master of the key, on Redis): a read that
+// decides one of the farm's promises (whether a session is revoked, whether
+// the farm's revocations changed, whether the store lost its data) must
+// not take a replica's stale "none" for an answer. A transport that can
+// send reads to replicas (redisbus with read_only or route_*) sends a read
+// under this context to the primary instead; any other ignores it, and
+// its reads cost nothing more.
+func PrimaryRead(ctx context.Context) context.Context {
+	if IsPrimaryRead(ctx) {
+		return ctx
+	}
+	return context.WithValue(ctx, primaryKey{}, true)
+}
+
+// IsPrimaryRead reports whether ctx asks for reads from the primary (see
+// PrimaryRead).
+func IsPrimaryRead(ctx context.Context) bool {
+	v, _ := ctx.Value(primaryKey{}).(bool)
+	return v
+}

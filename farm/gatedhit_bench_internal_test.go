@@ -1,0 +1,54 @@
+package farm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/redisbus"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// BenchmarkGatedHit measures the hit gate's read of a session's marks
+// (checkHit: its chain's and its ID's, none there) on a private Redis,
+// with no replica routing: the read a hit makes while the node's delivery
+// lags.
+//
+//	go test -run '^$' -bench BenchmarkGatedHit ./farm/
+func BenchmarkGatedHit(b *testing.B) {
+	srv := redistest.Start(b)
+	var rb [6]byte
+	rand.Read(rb[:])
+	name := "gatedhit-" + hex.EncodeToString(rb[:])
+	tr, err := redisbus.Open(srv.URL(), name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tr.Close() })
+	cache, err := session.New(&session.Config{Lifetime: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cache.Close() })
+	n, err := Join(context.Background(), Config{Farm: name, Cache: cache, Bus: tr, Store: tr,
+		Secrets: []Secret{{ID: 1, Bytes: make([]byte, 32)}}, HealInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { n.Close() })
+	var id session.ID
+	rand.Read(id[:])
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !n.checkHit(ctx, id, 1) {
+			b.Fatal("a hit with no mark refused")
+		}
+	}
+}
