@@ -102,8 +102,9 @@ func CheckCutMark(t *testing.T, s transport.RecordStore) {
 // write with no mark (or one that lapsed) writes what it was given, and a
 // retirement that comes after a late write deletes the record. Where s
 // is a transport.RecordTaker, a take (TakeRecord) leaves the mark too,
-// for the record's remaining life: a late write after it writes nothing,
-// a first write and an add (AddRecord) write.
+// for the record's remaining life, which the taker's retirement of it
+// (Item.Taken) keeps: a late write after it writes nothing, a first write
+// and an add (AddRecord) write.
 func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	t.Helper()
 	ctx := context.Background()
@@ -179,6 +180,11 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 		put(whole(key("taken"), true))
 		take(key("taken-batch"), time.Hour)
 		put(whole(key("taken-batch"), true), whole(key("taken-other"), true))
+		// The taker's retirement of what it took (Item.Taken) keeps the
+		// mark.
+		take(key("taken-retired"), time.Hour)
+		put(transport.Item{Key: key("taken-retired"), TTL: time.Hour, Retire: true, Taken: true})
+		put(whole(key("taken-retired"), true))
 		take(key("taken-first"), time.Hour)
 		put(whole(key("taken-first"), false))
 		take(key("taken-add"), time.Hour)
@@ -187,7 +193,7 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 		}
 		// A record taken with little life left: its mark lapses with it.
 		take(key("taken-lapsed"), time.Second)
-		for k, v := range map[string]string{"taken": "", "taken-batch": "", "taken-other": "whole", "taken-first": "whole", "taken-add": "whole"} {
+		for k, v := range map[string]string{"taken": "", "taken-batch": "", "taken-retired": "", "taken-other": "whole", "taken-first": "whole", "taken-add": "whole"} {
 			want[k] = v
 		}
 	}
