@@ -1445,10 +1445,9 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 var takeScript = redis.NewScript(takeSource)
 
 const takeSource = `
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
 local left = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
+if left == -2 then return false end
+local v = redis.call('GETDEL', KEYS[1])
 if left > 0 then
 	local mark = redis.call('PTTL', KEYS[2])
 	if mark ~= -1 and mark < left then
