@@ -90,6 +90,11 @@ func (o once) Del(ctx context.Context, keys ...string) *redis.IntCmd {
 	return send(ctx, o, redis.NewIntCmd(ctx, args...))
 }
 
+// GetDel is GETDEL key.
+func (o once) GetDel(ctx context.Context, key string) *redis.StringCmd {
+	return send(ctx, o, redis.NewStringCmd(ctx, "getdel", key))
+}
+
 // Script is EVALSHA (name "evalsha", script the SHA1) or EVAL (name
 // "eval", script the source) of a script over keys that returns a bulk
 // string or nil, as a StringCmd (no copy of the reply), sent at most once.

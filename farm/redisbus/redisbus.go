@@ -1426,11 +1426,66 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		// over, or flushed its scripts).
 		cmd = once{t.c}.Script(ctx, "eval", takeSource, k, k+retireMarkSuffix)
 	}
+	if redis.HasErrorPrefix(cmd.Err(), "TRYAGAIN") {
+		return t.takeSplit(ctx, k, false)
+	}
 	b, err := cmd.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
 	}
 	return b, t.failed(err)
+}
+
+// takeSplit is the take of the record at full while its slot is being
+// migrated and the record has moved (TRYAGAIN: Redis runs no command over
+// two keys, the record and its mark, of a slot split between two nodes):
+// the record's PTTL, GETDEL (with WAIT if wait), then its retirement
+// mark, each on its own, following ASK. The take stays atomic; the mark
+// comes one round trip after it (a late write that lands in between puts
+// the record back, as before marks), and a failure to write it is not
+// the take's: the record is taken either way.
+func (t *Transport) takeSplit(ctx context.Context, full string, wait bool) ([]byte, error) {
+	left, err := t.c.PTTL(ctx, full).Result()
+	if err != nil {
+		return nil, t.failed(err)
+	}
+	var b []byte
+	if wait {
+		var get *redis.StringCmd
+		ack, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.GetDel(ctx, full) })
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, t.failed(err)
+		}
+		if b, err = get.Bytes(); err == nil {
+			err = t.acknowledged(ack)
+		}
+		if err != nil {
+			return t.taken(err)
+		}
+	} else {
+		g := once{t.c}.GetDel(ctx, full)
+		if b, err = g.Bytes(); err != nil {
+			return t.taken(err)
+		}
+	}
+	if left > 0 {
+		_ = once{t.c}.Set(ctx, full+retireMarkSuffix, []byte{'1'}, left).Err()
+	}
+	return b, nil
+}
+
+// taken returns what a take that failed with err returns: ErrNotFound for
+// redis.Nil, an ErrNotReplicated as it is, else the error, counted.
+func (t *Transport) taken(err error) ([]byte, error) {
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, transport.ErrNotFound
+	case errors.Is(err, ErrNotReplicated):
+		return nil, err
+	case err != nil:
+		return nil, t.failed(err)
+	}
+	return nil, nil
 }
 
 // takeScript is the take of a record (TakeRecord): KEYS[1] is the record,
@@ -1479,6 +1534,9 @@ func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
 		// Not run (see TakeRecord): the pipeline again, with the source.
 		name, script = "eval", takeSource
 		wait, err = t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.Script(ctx, name, script, full, full+retireMarkSuffix) })
+	}
+	if err != nil && redis.HasErrorPrefix(get.Err(), "TRYAGAIN") {
+		return t.takeSplit(ctx, full, true)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, t.failed(err)
