@@ -172,7 +172,7 @@ func (n *gatedNATS) PutRecords(ctx context.Context, items ...transport.Item) err
 		n.g.ttls[it.Key] = append(n.g.ttls[it.Key], it.TTL)
 	}
 	n.g.mu.Unlock()
-	return n.Transport.PutRecords(ctx, items...)
+	return n.g.landed(n.Transport.PutRecords(ctx, items...))
 }
 
 func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {

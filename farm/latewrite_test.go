@@ -35,6 +35,21 @@ type gatedStore struct {
 	waiting atomic.Int32               // writes waiting on the hold
 	ttls    map[string][]time.Duration // the TTLs written, by key
 	dels    map[string]int             // the deletions asked for, by key
+
+	// landing makes the next write land and then report failure (a
+	// write that timed out after the store applied it); the writes after
+	// it fail (failing) until the test lets them through.
+	landing atomic.Bool
+}
+
+// landed reports, after a write that the store applied, the failure of
+// a landing write (see landing), and sets the store path failing.
+func (g *gatedStore) landed(err error) error {
+	if err == nil && g.landing.CompareAndSwap(true, false) {
+		g.failing.Store(true)
+		return errStoreDown
+	}
+	return err
 }
 
 // noteDeleted counts a deletion of each of keys that the gate let go.
@@ -105,7 +120,7 @@ func (g *gatedStore) PutRecords(ctx context.Context, items ...transport.Item) er
 		g.ttls[it.Key] = append(g.ttls[it.Key], it.TTL)
 	}
 	g.mu.Unlock()
-	return g.Transport.PutRecords(ctx, items...)
+	return g.landed(g.Transport.PutRecords(ctx, items...))
 }
 
 // written returns the TTLs of the writes of the record of id so far.

@@ -603,17 +603,17 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 // perhaps, and would otherwise put it back until it deleted it again
 // (recutWritten, one round trip later). Where the store can tell, only a
 // retirement that finds no record pays for the mark. A session this node
-// took from the store (it.taken) is deleted plainly: its record is gone,
-// and a mark at every single-use resumption would cost a key each.
+// took from the store (it.taken) got its mark from the take
+// (transport.RecordTaker): its retirement is Taken, which a store whose
+// deletion leaves the mark be (Redis) writes as a plain deletion, and
+// one whose deletion would replace the mark (NATS) as a retirement.
 func (n *Node) retireItems(it *item, now time.Time, puts []transport.Item, dels []string) ([]transport.Item, []string) {
-	if !it.taken {
-		exp := it.expires
-		if exp.IsZero() {
-			exp = n.lifeExpiry(it.id)
-		}
-		if ttl := exp.Sub(now); ttl > 0 {
-			return append(puts, transport.Item{Key: sessionKey(it.id), TTL: ttl, Retire: true}), dels
-		}
+	exp := it.expires
+	if exp.IsZero() {
+		exp = n.lifeExpiry(it.id)
+	}
+	if ttl := exp.Sub(now); ttl > 0 {
+		return append(puts, transport.Item{Key: sessionKey(it.id), TTL: ttl, Retire: true, Taken: it.taken}), dels
 	}
 	return puts, append(dels, sessionKey(it.id))
 }

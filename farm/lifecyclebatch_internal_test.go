@@ -108,19 +108,19 @@ func TestStoreItemsLifecycle(t *testing.T) {
 		{id: bad, rec: session.Record{State: []byte("b"), Expires: now.Add(time.Hour), ServerName: string(make([]byte, 300))}},
 	}
 	puts, dels, revs := n.storeItems(header{time: now, farm: "f1"}, batch, now)
-	if len(dels) != 1 || dels[0] != sessionKey(taken) || len(revs) != 0 {
-		t.Fatalf("dels %v revs %v, want the key of the session taken from the store", dels, revs)
+	if len(dels) != 0 || len(revs) != 0 {
+		t.Fatalf("dels %v revs %v, want none", dels, revs)
 	}
 	got := map[string]time.Duration{}
 	for _, p := range puts {
 		got[p.Key] = p.TTL
-		if p.Retire != (p.Key == sessionKey(retired)) {
-			t.Fatalf("put of %s: Retire %v", p.Key, p.Retire)
+		if p.Retire != (p.Key == sessionKey(retired) || p.Key == sessionKey(taken)) || p.Taken != (p.Key == sessionKey(taken)) {
+			t.Fatalf("put of %s: Retire %v, Taken %v", p.Key, p.Retire, p.Taken)
 		}
 	}
 	link := childKeyPrefix + hex.EncodeToString(parent[:])
-	if len(puts) != 4 || got[sessionKey(fresh)] == 0 || got[link] == 0 || got[sessionKey(retired)] <= 0 {
-		t.Fatalf("puts %v, want the new session, the cut parent, its child link and the retirement (with its mark's TTL)", got)
+	if len(puts) != 5 || got[sessionKey(fresh)] == 0 || got[link] == 0 || got[sessionKey(retired)] <= 0 || got[sessionKey(taken)] <= 0 {
+		t.Fatalf("puts %v, want the new session, the cut parent, its child link, the retirement and the taken session's retirement (with their marks' TTLs)", got)
 	}
 	if ttl := got[sessionKey(parent)]; ttl <= 0 || ttl > 31*time.Second {
 		t.Fatalf("cut parent stored for %v, want its grace (30s)", ttl)

@@ -411,8 +411,9 @@ func (l *landedTransport) release() {
 // single-use session S times out but lands (Redis bus and store in one);
 // n1 keeps S to write again once its writes work. Meanwhile the client
 // resumes S on n2, which consumes it from the store, and n2's retirement
-// reaches n1 only after n1 wrote S again (n1's subscription held). Once n1
-// hears it, S must leave the store: n3 must not resume S a second time.
+// reaches n1 only after n1 wrote S again (n1's subscription held). That
+// write must not put S back (the take left a retirement mark), and once
+// n1 hears of the retirement, n3 must not resume S a second time.
 func TestRewriteOfLandedWriteKeepsSingleUse(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
@@ -449,11 +450,16 @@ func TestRewriteOfLandedWriteKeepsSingleUse(t *testing.T) {
 	}
 	farmtest.Eventually(t, 5*time.Second, "n3 heard n2's retirement of S", func() bool { _, ok := lookup(n3.Cache, id); return !ok })
 
+	writes := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total")
 	first.down.Store(false)
 	farmtest.Eventually(t, 5*time.Second, "n1 wrote S again", func() bool {
-		_, err := n1.Store.GetRecord(context.Background(), key)
-		return err == nil
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total") > writes
 	})
+	// n2's take left S's retirement mark: n1's second write, a late
+	// write, writes nothing.
+	if _, err := n1.Store.GetRecord(context.Background(), key); err == nil {
+		t.Error("n1's second write of S put it back in the store after n2 took it")
+	}
 	first.release()
 	farmtest.Eventually(t, 5*time.Second, "n1 heard n2's retirement of S", func() bool { _, ok := lookup(n1.Cache, id); return !ok })
 	time.Sleep(300 * time.Millisecond)

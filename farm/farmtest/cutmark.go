@@ -129,7 +129,11 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 // a mark is no record, a first write (no Late) ignores it, a cut
 // (IfPresent) neither brings back the record nor lifts the mark, a late
 // write with no mark (or one that lapsed) writes what it was given, and a
-// retirement that comes after a late write deletes the record.
+// retirement that comes after a late write deletes the record. Where s
+// is a transport.RecordTaker, a take (TakeRecord) leaves the mark too,
+// for the record's remaining life, which the taker's retirement of it
+// (Item.Taken) keeps: a late write after it writes nothing, a first write
+// and an add (AddRecord) write.
 func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	t.Helper()
 	ctx := context.Background()
@@ -186,10 +190,44 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	put(retire(key("before"), time.Hour))
 	// A mark that lapses before the late write.
 	put(retire(key("lapsed"), time.Second))
-
-	for k, want := range map[string]string{
+	// A take (RecordTaker.TakeRecord) leaves the mark too, for the
+	// record's remaining life: a late write after it, alone or in a
+	// batch, writes nothing; a first write, or an add, writes.
+	taker, _ := s.(transport.RecordTaker)
+	take := func(k string, ttl time.Duration) {
+		t.Helper()
+		put(transport.Item{Key: k, Value: []byte("taken"), TTL: ttl})
+		if v, err := taker.TakeRecord(ctx, k); err != nil || string(v) != "taken" {
+			t.Fatalf("TakeRecord = %q, %v; want %q", v, err, "taken")
+		}
+	}
+	want := map[string]string{
 		"alone": "", "batch": "", "other": "other", "nomark": "whole", "first": "whole", "cut": "", "before": "",
-	} {
+	}
+	if taker != nil {
+		take(key("taken"), time.Hour)
+		put(whole(key("taken"), true))
+		take(key("taken-batch"), time.Hour)
+		put(whole(key("taken-batch"), true), whole(key("taken-other"), true))
+		// The taker's retirement of what it took (Item.Taken) keeps the
+		// mark.
+		take(key("taken-retired"), time.Hour)
+		put(transport.Item{Key: key("taken-retired"), TTL: time.Hour, Retire: true, Taken: true})
+		put(whole(key("taken-retired"), true))
+		take(key("taken-first"), time.Hour)
+		put(whole(key("taken-first"), false))
+		take(key("taken-add"), time.Hour)
+		if ok, err := taker.AddRecord(ctx, whole(key("taken-add"), false)); err != nil || !ok {
+			t.Fatalf("AddRecord of a taken key = %t, %v", ok, err)
+		}
+		// A record taken with little life left: its mark lapses with it.
+		take(key("taken-lapsed"), time.Second)
+		for k, v := range map[string]string{"taken": "", "taken-batch": "", "taken-retired": "", "taken-other": "whole", "taken-first": "whole", "taken-add": "whole"} {
+			want[k] = v
+		}
+	}
+
+	for k, want := range want {
 		if v := get(key(k)); v != want {
 			t.Errorf("%s: the record reads %q, want %q", k, v, want)
 		}
@@ -198,5 +236,11 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	put(whole(key("lapsed"), true))
 	if v := get(key("lapsed")); v != "whole" {
 		t.Errorf("lapsed: past the mark, the late write reads %q, want %q", v, "whole")
+	}
+	if taker != nil {
+		put(whole(key("taken-lapsed"), true))
+		if v := get(key("taken-lapsed")); v != "whole" {
+			t.Errorf("taken-lapsed: past the taken record's life, the late write reads %q, want %q", v, "whole")
+		}
 	}
 }

@@ -223,3 +223,28 @@ func BenchmarkRetire(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkTake measures a take (TakeRecord: a read and a conditional
+// purge) of a present record of about a sealed session's size, the take of
+// a single-use resumption, on the shared NATS server.
+func BenchmarkTake(b *testing.B) {
+	tr := open(b, sharedURL(b), farmtest.FarmName(b))
+	ctx := context.Background()
+	value := make([]byte, 300)
+	items := make([]transport.Item, b.N)
+	for i := range items {
+		items[i] = transport.Item{Key: fmt.Sprintf("s:t%d-%d", b.N, i), Value: value, TTL: time.Minute}
+	}
+	for i := 0; i < len(items); i += 256 {
+		if err := tr.PutRecords(ctx, items[i:min(i+256, len(items))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range items {
+		if _, err := tr.TakeRecord(ctx, items[i].Key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

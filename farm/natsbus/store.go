@@ -473,9 +473,14 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 
 // TakeRecord implements transport.RecordTaker: the key is read and purged with
 // the read revision as the expected last sequence of its subject, so that
-// of concurrent takers the server accepts exactly one purge. A purge
-// refused because the key changed (it was rewritten) is retried from the
-// read, a few times.
+// of concurrent takers the server accepts exactly one purge. The purge
+// carries a retirement mark (retireMessage) for the record's remaining
+// life, at no extra cost (the same message, a few bytes more): the writer
+// of a single-use session whose first write was reported failed but
+// landed writes it again as a late write, which then writes nothing
+// (replaceIn), where it would put the session back for a second taker.
+// A purge refused because the key changed (it was rewritten) is retried
+// from the read, a few times.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
@@ -490,7 +495,13 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		if !e.present {
 			return nil, transport.ErrNotFound
 		}
-		msg, opts := t.purgeMessage(s, k)
+		var msg *nats.Msg
+		var opts []jetstream.PublishOpt
+		if left := e.expires.Sub(t.now()); left > 0 {
+			msg, opts = t.retireMessage(s, k, left)
+		} else {
+			msg, opts = t.purgeMessage(s, k) // no TTL: a value natsbus did not write
+		}
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
 		_, err = t.js.PublishMsg(ctx, msg, opts...)
 		if err == nil {

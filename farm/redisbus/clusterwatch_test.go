@@ -25,7 +25,7 @@ import (
 // ("other"), and the record reaches other's replica. Then the replica is
 // paused and other drops its replication link (CLIENT KILL TYPE replica),
 // a client resumes the session on n1 (n1 takes the record and retires the
-// session: a GETDEL and a DEL on other, which the replica never gets), and
+// session: a take and a DEL on other, which the replica never gets), and
 // other is killed (kill -9) before the replica is resumed. The cluster
 // promotes the replica, holding the consumed session's record, while
 // every node's subscription on home stays up.

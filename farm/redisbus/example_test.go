@@ -61,8 +61,9 @@ func Example() {
 	}
 	v, err := peer.GetRecord(ctx, "s:0102")
 	fmt.Printf("stored %q under %q, %v\n", v, tr.RecordKey("s:0102"), err)
-	// TakeRecord reads and deletes in one command (GETDEL), as single use
-	// needs: only one node gets the record.
+	// TakeRecord reads and deletes in one atomic step (a script that also
+	// leaves the record's retirement mark), as single use needs: only one
+	// node gets the record.
 	v, err = peer.TakeRecord(ctx, "s:0102")
 	fmt.Printf("taken %q, %v\n", v, err)
 	_, err = tr.GetRecord(ctx, "s:0102")

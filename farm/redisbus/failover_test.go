@@ -80,7 +80,7 @@ func (f *failoverFarm) failOver(t *testing.T) {
 
 // TestSingleUseThroughSentinelFailover: a session issued by the farm
 // reaches the replica; then the replica's replication link is frozen, a
-// client resumes the session on n1 (its single-use claim is a GETDEL on
+// client resumes the session on n1 (its single-use claim is a take on
 // the master) and n1 strikes a 0-RTT identity (SET NX), and the master is
 // killed (kill -9) before the replica has either. The sentinel promotes
 // the replica, which holds the session's record and not the strike, and

@@ -95,6 +95,20 @@ func (o once) GetDel(ctx context.Context, key string) *redis.StringCmd {
 	return send(ctx, o, redis.NewStringCmd(ctx, "getdel", key))
 }
 
+// Script is EVALSHA (name "evalsha", script the SHA1) or EVAL (name
+// "eval", script the source) of a script over keys that returns a bulk
+// string or nil, as a StringCmd (no copy of the reply), sent at most once.
+func (o once) Script(ctx context.Context, name, script string, keys ...string) *redis.StringCmd {
+	a := make([]any, 3+len(keys))
+	a[0], a[1], a[2] = name, script, len(keys)
+	for i, k := range keys {
+		a[3+i] = k
+	}
+	cmd := redis.NewStringCmd(ctx, a...)
+	cmd.SetFirstKeyPos(3) // a cluster routes it by its first key
+	return send(ctx, o, cmd)
+}
+
 // Publish is PUBLISH channel msg.
 func (o once) Publish(ctx context.Context, channel string, msg []byte) *redis.IntCmd {
 	return send(ctx, o, redis.NewIntCmd(ctx, "publish", channel, msg))

@@ -142,7 +142,7 @@ type Transport struct {
 	// add behind ConsumeToken and 0-RTT anti-replay), and SetAdd, the
 	// write of a revocation's tombstone, follow their command
 	// with WAIT WaitReplicas WaitTimeout, in the same round trip: Redis
-	// replicates asynchronously, and a master that answers a GETDEL or a
+	// replicates asynchronously, and a master that answers a take or a
 	// SET NX and dies before a replica has it lets the replica promoted in
 	// its place serve the consumed session, or accept the replayed token,
 	// again. With fewer acknowledgements than WaitReplicas the outcome is
@@ -1116,11 +1116,14 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 
 // PutRecords implements transport.RecordStore: SET key value PX ttl, or
 // for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
-// for an Item.Late lateScript, for an Item.Retire retireScript,
-// pipelined.
+// for an Item.Late lateScript, for an Item.Retire retireScript (DEL if
+// it is Item.Taken: the take left the mark, see takeScript), pipelined.
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
+		if it.Retire && it.Taken {
+			return t.failed(once{t.c}.Del(ctx, t.RecordKey(it.Key)).Err())
+		}
 		if sc := writeScript(it); sc != nil {
 			return t.failed(sc.Run(ctx, once{t.c}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)).Err())
 		}
@@ -1176,10 +1179,15 @@ func (t *Transport) scriptKeys(it transport.Item) []string {
 	return []string{k}
 }
 
-// setRecord queues the write of it on p: SET, or for an Item.IfPresent,
-// Item.NoLonger or Item.Late its script by hash, which it appends to
-// cuts.
+// setRecord queues the write of it on p: SET, DEL for an Item.Retire
+// that is Item.Taken, or for an Item.IfPresent, Item.NoLonger, Item.Late
+// or Item.Retire its script by hash, which it appends to cuts.
 func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transport.Item, cuts []cutCmd) []cutCmd {
+	if it.Retire && it.Taken {
+		// The take left the mark (takeScript), which DEL leaves be.
+		once{p}.Del(ctx, t.RecordKey(it.Key))
+		return cuts
+	}
 	if sc := writeScript(it); sc != nil {
 		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)), it})
 	}
@@ -1419,20 +1427,108 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 	return t.failed(err)
 }
 
-// TakeRecord implements transport.RecordTaker with GETDEL: one atomic
-// command. With WaitReplicas set, a WAIT follows it in the same pipeline,
-// and a record taken but not acknowledged by enough replicas is an error
-// (ErrNotReplicated), never a value.
+// TakeRecord implements transport.RecordTaker with takeScript: one atomic
+// step that reads and deletes the record and leaves its retirement mark
+// for the record's remaining life (a late write of the taken session then
+// writes nothing). With WaitReplicas set, a WAIT follows it in the same
+// pipeline, and a record taken but not acknowledged by enough replicas is
+// an error (ErrNotReplicated), never a value.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
+	k := t.RecordKey(key)
 	if t.WaitReplicas > 0 {
-		return t.takeWait(ctx, t.RecordKey(key))
+		return t.takeWait(ctx, k)
 	}
-	b, err := once{t.c}.GetDel(ctx, t.RecordKey(key)).Bytes()
+	cmd := once{t.c}.Script(ctx, "evalsha", takeScript.Hash(), k, k+retireMarkSuffix)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		// Not run: the server has no script (it restarted, failed
+		// over, or flushed its scripts).
+		cmd = once{t.c}.Script(ctx, "eval", takeSource, k, k+retireMarkSuffix)
+	}
+	if redis.HasErrorPrefix(cmd.Err(), "TRYAGAIN") {
+		return t.takeSplit(ctx, k, false)
+	}
+	b, err := cmd.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, transport.ErrNotFound
 	}
 	return b, t.failed(err)
 }
+
+// takeSplit is the take of the record at full while its slot is being
+// migrated and the record has moved (TRYAGAIN: Redis runs no command over
+// two keys, the record and its mark, of a slot split between two nodes):
+// the record's PTTL, GETDEL (with WAIT if wait), then its retirement
+// mark, each on its own, following ASK. The take stays atomic; the mark
+// comes one round trip after it (a late write that lands in between puts
+// the record back, as before marks), and a failure to write it is not
+// the take's: the record is taken either way.
+func (t *Transport) takeSplit(ctx context.Context, full string, wait bool) ([]byte, error) {
+	left, err := t.c.PTTL(ctx, full).Result()
+	if err != nil {
+		return nil, t.failed(err)
+	}
+	var b []byte
+	if wait {
+		var get *redis.StringCmd
+		ack, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.GetDel(ctx, full) })
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, t.failed(err)
+		}
+		if b, err = get.Bytes(); err == nil {
+			err = t.acknowledged(ack)
+		}
+		if err != nil {
+			return t.taken(err)
+		}
+	} else {
+		g := once{t.c}.GetDel(ctx, full)
+		if b, err = g.Bytes(); err != nil {
+			return t.taken(err)
+		}
+	}
+	if left > 0 {
+		_ = once{t.c}.Set(ctx, full+retireMarkSuffix, []byte{'1'}, left).Err()
+	}
+	return b, nil
+}
+
+// taken returns what a take that failed with err returns: ErrNotFound for
+// redis.Nil, an ErrNotReplicated as it is, else the error, counted.
+func (t *Transport) taken(err error) ([]byte, error) {
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, transport.ErrNotFound
+	case errors.Is(err, ErrNotReplicated):
+		return nil, err
+	case err != nil:
+		return nil, t.failed(err)
+	}
+	return nil, nil
+}
+
+// takeScript is the take of a record (TakeRecord): KEYS[1] is the record,
+// KEYS[2] its retirement mark. It returns the record's value and deletes
+// it, or returns nil where there is none. A record it takes leaves its
+// retirement mark for the record's remaining life (a mark that ends later
+// stays), as a retirement that finds no record does (retireScript): the
+// writer of a single-use session whose first write was reported failed
+// but landed writes it again as a late write (lateScript), which then
+// writes nothing, where it would put the session back for a second taker
+// until the writer hears of the take and deletes it again.
+var takeScript = redis.NewScript(takeSource)
+
+const takeSource = `
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return false end
+local v = redis.call('GETDEL', KEYS[1])
+if left > 0 then
+	local mark = redis.call('PTTL', KEYS[2])
+	if mark ~= -1 and mark < left then
+		redis.call('SET', KEYS[2], '1', 'PX', left)
+	end
+end
+return v
+`
 
 // AddRecord implements transport.RecordTaker: SET key value NX PX ttl.
 // With WaitReplicas set, a WAIT follows it in the same pipeline, and a
@@ -1446,11 +1542,20 @@ func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, err
 	return ok, t.failed(err)
 }
 
-// takeWait is TakeRecord with WAIT: GETDEL and WAIT in one pipeline, on
+// takeWait is TakeRecord with WAIT: takeScript and WAIT in one pipeline, on
 // the master that holds full.
 func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
 	var get *redis.StringCmd
-	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.GetDel(ctx, full) })
+	name, script := "evalsha", takeScript.Hash()
+	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.Script(ctx, name, script, full, full+retireMarkSuffix) })
+	if err != nil && redis.HasErrorPrefix(get.Err(), "NOSCRIPT") {
+		// Not run (see TakeRecord): the pipeline again, with the source.
+		name, script = "eval", takeSource
+		wait, err = t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.Script(ctx, name, script, full, full+retireMarkSuffix) })
+	}
+	if err != nil && redis.HasErrorPrefix(get.Err(), "TRYAGAIN") {
+		return t.takeSplit(ctx, full, true)
+	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, t.failed(err)
 	}

@@ -17,7 +17,8 @@ import (
 
 // BenchmarkConsume measures the farm's exactly-once operations on a
 // Sentinel deployment (a master and one replica on loopback): take, a
-// GETDEL (the take of a single-use session), and add, a SET NX (a strike
+// takeScript (GETDEL and the retirement mark: the take of a single-use
+// session), and add, a SET NX (a strike
 // of 0-RTT anti-replay), without wait_replicas and with wait_replicas=1
 // (a WAIT in the same pipeline, which returns once the replica has
 // acknowledged).

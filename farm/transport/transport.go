@@ -107,6 +107,18 @@ type Item struct {
 	// Late and NoLonger are ignored with it.
 	Retire bool
 
+	// Taken marks a Retire of a record the writer took itself
+	// (RecordTaker.TakeRecord: a consumption, a single-use resumption).
+	// A RecordTaker's take leaves the retirement mark, for the record's
+	// remaining life, in its atomic step, so that a late write of the
+	// session writes nothing where it would put the taken session back
+	// for a second taker; the retirement that follows must not lift it. A
+	// store whose deletion leaves the mark as it is (Redis: the mark has
+	// a key of its own) may write a Taken retirement as a plain deletion;
+	// one whose deletion replaces the mark (NATS: a purge) writes it as
+	// any Retire. Ignored without Retire.
+	Taken bool
+
 	// NoLonger makes the write one that never lengthens: it takes place
 	// if no record is at Key when it is applied, or if the record there
 	// would outlive TTL (or has no TTL), and otherwise writes nothing and

@@ -1,0 +1,136 @@
+package farm_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+)
+
+// TestLateWriteAfterSingleUseTake: single use, and n1's first write of S
+// is reported failed but landed (a timeout after the store applied it):
+// n1 keeps S to write again, as a late write. n1's bus path is frozen, and
+// the client resumes S on n2, whose single-use claim takes S from the
+// store. n1's store path comes back, and n1 writes S again, read whole
+// before it heard of the take, the write held in flight. n2's retirement
+// of S reaches n1, and the late write lands; what n1 deletes behind it is
+// held in turn. Until that lands, the store must not hold S, and a node
+// that never held S (n3, joining now) must not take it and resume it: a
+// second resumption of a single-use session.
+func TestLateWriteAfterSingleUseTake(t *testing.T) {
+	t.Parallel()
+	for _, store := range []string{"redis", "nats"} {
+		t.Run(store, func(t *testing.T) {
+			t.Parallel()
+			testLateWriteAfterSingleUseTake(t, store)
+		})
+	}
+}
+
+func testLateWriteAfterSingleUseTake(t *testing.T, store string) {
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	var proxy *nettest.Proxy
+	paths := slowBusStorePaths(t, url, &stores, &proxy)
+	var nstores []*natsbus.Transport
+	if store == "nats" {
+		paths = slowBusNATSStorePaths(t, url, &stores, &nstores, &proxy)
+	}
+	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths, TweakCache: singleUse,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+		}}
+	ms, name := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	g1 := stores[0]
+	rc := redis.NewClient(mustParseRedis(t, url))
+	defer rc.Close()
+	stored := func(key string) bool {
+		if store == "redis" {
+			n, err := rc.Exists(context.Background(), g1.Transport.RecordKey(key)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n > 0
+		}
+		_, err := nstores[0].GetRecord(context.Background(), key)
+		if err != nil && !errors.Is(err, transport.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
+
+	// n1 issues S; its first write lands but is reported failed, and its
+	// store path fails from then on. The bus brings S to n2.
+	g1.landing.Store(true)
+	t.Cleanup(func() { g1.failing.Store(false); g1.setHeld(false) })
+	c := &tlstest.FrozenCache{}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	key := "s:" + hex.EncodeToString(id[:])
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+	farmtest.Eventually(t, 5*time.Second, "n1's first write of S landed, reported failed", func() bool {
+		return !g1.landing.Load() && farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
+	})
+	if !stored(key) {
+		t.Fatal("n1's first write of S did not land")
+	}
+
+	// The client resumes S on n2, which takes it from the store; n1 does
+	// not hear of it yet.
+	proxy.Freeze()
+	thawed := false
+	t.Cleanup(func() {
+		if !thawed {
+			proxy.Thaw()
+		}
+	})
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Fatal("S did not resume on n2")
+	}
+	if stored(key) {
+		t.Fatal("n2's single-use claim left S in the store")
+	}
+
+	// n1's store path comes back: its late write of S, read whole, is
+	// held in flight.
+	g1.setHeld(true)
+	g1.failing.Store(false)
+	farmtest.Eventually(t, 10*time.Second, "n1's late write of S is held", func() bool { return g1.waiting.Load() > 0 })
+
+	// n2's retirement reaches n1 between the read and the write's landing.
+	proxy.Thaw()
+	thawed = true
+	farmtest.Eventually(t, 5*time.Second, "n1 let S go", func() bool { _, ok := lookup(n1.Cache, id); return !ok })
+
+	// The write lands; what n1 writes behind it is held.
+	writes := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total")
+	g1.passHeld()
+	farmtest.Eventually(t, 5*time.Second, "n1's late write of S landed", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total") > writes
+	})
+	if stored(key) {
+		t.Error("n1's late write put S back in the store after n2 took it")
+	}
+	n3 := farmtest.Join(t, "n3", name, *o)
+	farmtest.WaitConnected(t, n3)
+	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+		t.Error("n3 resumed the single-use session S a second time, from n1's late write")
+	}
+	g1.setHeld(false)
+}
