@@ -56,36 +56,9 @@ func TestLateWriteReadBeforeCutHeard(t *testing.T) {
 
 func testLateWriteReadBeforeCutHeard(t *testing.T, store string) {
 	const grace = 2 * time.Second
-	url := redistest.URL(t)
-	var stores []*gatedStore
-	var proxy *nettest.Proxy
-	paths := slowBusStorePaths(t, url, &stores, &proxy)
-	var nstores []*natsbus.Transport
-	if store == "nats" {
-		paths = slowBusNATSStorePaths(t, url, &stores, &nstores, &proxy)
-	}
-	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths,
-		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
-			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
-		}}
-	ms, name := farmtest.Start(t, 2, o)
-	n1, n2 := ms[0], ms[1]
-	g := stores[0]
-	rc := redis.NewClient(mustParseRedis(t, url))
-	defer rc.Close()
-	// stored reports whether the store holds a record of id.
-	stored := func(id session.ID) bool {
-		if store == "redis" {
-			return gatedTTL(t, rc, g.Transport, id) > 0
-		}
-		_, err := nstores[0].GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
-		if err != nil && !errors.Is(err, transport.ErrNotFound) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
+	f := startLateWriteFarm(t, store, func(c *session.Config) { c.ResumeGrace = grace })
+	n1, n2, g, proxy, rc, o, name := f.ms[0], f.ms[1], f.stores[0], f.proxy, f.rc, f.o, f.name
+	stored := f.stored
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
 	// n1 issues S; its store write fails, the bus brings S to n2.
@@ -181,6 +154,68 @@ func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {
 	}
 	n.g.noteDeleted(keys)
 	return n.Transport.DeleteRecords(ctx, keys...)
+}
+
+// A lateWriteFarm is the two-node farm of the late-write tests: each
+// node's store path gated (its writes made to fail, land and fail, or be
+// held in flight), the bus on a proxy that can be frozen, the store on
+// Redis or on NATS ("redis" or "nats"), with the bus on Redis either way.
+type lateWriteFarm struct {
+	t      *testing.T
+	ms     []*farmtest.Member
+	name   string
+	o      *farmtest.Options
+	stores []*gatedStore
+	proxy  *nettest.Proxy
+	rc     *redis.Client // the Redis server's own client, for the tests' reads
+	nstore *natsbus.Transport
+}
+
+// startLateWriteFarm starts a lateWriteFarm whose sessions have the
+// tweakCache settings, with n1's held writes never timing out and no
+// tallies (n1 publishes nothing while its bus is frozen).
+func startLateWriteFarm(t *testing.T, store string, tweakCache func(*session.Config)) *lateWriteFarm {
+	t.Helper()
+	url := redistest.URL(t)
+	f := &lateWriteFarm{t: t}
+	paths := slowBusStorePaths(t, url, &f.stores, &f.proxy)
+	var nstores []*natsbus.Transport
+	if store == "nats" {
+		paths = slowBusNATSStorePaths(t, url, &f.stores, &nstores, &f.proxy)
+	}
+	f.o = &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths, TweakCache: tweakCache,
+		Tweak: func(c *farm.Config) {
+			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
+			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
+		}}
+	f.ms, f.name = farmtest.Start(t, 2, f.o)
+	if store == "nats" {
+		f.nstore = nstores[0]
+	}
+	f.rc = redis.NewClient(mustParseRedis(t, url))
+	t.Cleanup(func() { f.rc.Close() })
+	return f
+}
+
+// stored reports whether the store holds a record of id.
+func (f *lateWriteFarm) stored(id session.ID) bool {
+	return f.storedKey("s:" + hex.EncodeToString(id[:]))
+}
+
+// storedKey reports whether the store holds a record under key.
+func (f *lateWriteFarm) storedKey(key string) bool {
+	if f.nstore == nil {
+		n, err := f.rc.Exists(context.Background(), f.stores[0].Transport.RecordKey(key)).Result()
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		return n > 0
+	}
+	_, err := f.nstore.GetRecord(context.Background(), key)
+	if err != nil && !errors.Is(err, transport.ErrNotFound) {
+		f.t.Fatal(err)
+	}
+	return err == nil
 }
 
 // slowBusNATSStorePaths is slowBusStorePaths with each member's store on

@@ -1,21 +1,11 @@
 package farm_test
 
 import (
-	"context"
 	"crypto/tls"
-	"encoding/hex"
-	"errors"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/natsbus"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -45,36 +35,9 @@ func TestLateWriteReadBeforeRetireHeard(t *testing.T) {
 
 func testLateWriteReadBeforeRetireHeard(t *testing.T, store string) {
 	const grace = 2 * time.Second
-	url := redistest.URL(t)
-	var stores []*gatedStore
-	var proxy *nettest.Proxy
-	paths := slowBusStorePaths(t, url, &stores, &proxy)
-	var nstores []*natsbus.Transport
-	if store == "nats" {
-		paths = slowBusNATSStorePaths(t, url, &stores, &nstores, &proxy)
-	}
-	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths,
-		TweakCache: func(c *session.Config) { c.ResumeGrace = grace },
-		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
-			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
-		}}
-	ms, name := farmtest.Start(t, 2, o)
-	n1, n2 := ms[0], ms[1]
-	g1, g2 := stores[0], stores[1]
-	rc := redis.NewClient(mustParseRedis(t, url))
-	defer rc.Close()
-	// stored reports whether the store holds a record of id.
-	stored := func(id session.ID) bool {
-		if store == "redis" {
-			return gatedTTL(t, rc, g1.Transport, id) > 0
-		}
-		_, err := nstores[0].GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
-		if err != nil && !errors.Is(err, transport.ErrNotFound) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
+	f := startLateWriteFarm(t, store, func(c *session.Config) { c.ResumeGrace = grace })
+	n1, n2, g1, g2, proxy, o, name := f.ms[0], f.ms[1], f.stores[0], f.stores[1], f.proxy, f.o, f.name
+	stored := f.stored
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
 	// n1 issues S; its store write fails, the bus brings S to n2.

@@ -1,21 +1,12 @@
 package farm_test
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/hex"
-	"errors"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/natsbus"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -40,38 +31,9 @@ func TestLateWriteAfterSingleUseTake(t *testing.T) {
 }
 
 func testLateWriteAfterSingleUseTake(t *testing.T, store string) {
-	url := redistest.URL(t)
-	var stores []*gatedStore
-	var proxy *nettest.Proxy
-	paths := slowBusStorePaths(t, url, &stores, &proxy)
-	var nstores []*natsbus.Transport
-	if store == "nats" {
-		paths = slowBusNATSStorePaths(t, url, &stores, &nstores, &proxy)
-	}
-	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: paths, TweakCache: singleUse,
-		Tweak: func(c *farm.Config) {
-			c.OpTimeout = 10 * time.Second // n1's held writes must not time out
-			c.TallyInterval = -1           // n1 publishes nothing while its bus is frozen
-		}}
-	ms, name := farmtest.Start(t, 2, o)
-	n1, n2 := ms[0], ms[1]
-	g1 := stores[0]
-	rc := redis.NewClient(mustParseRedis(t, url))
-	defer rc.Close()
-	stored := func(key string) bool {
-		if store == "redis" {
-			n, err := rc.Exists(context.Background(), g1.Transport.RecordKey(key)).Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n > 0
-		}
-		_, err := nstores[0].GetRecord(context.Background(), key)
-		if err != nil && !errors.Is(err, transport.ErrNotFound) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
+	f := startLateWriteFarm(t, store, singleUse)
+	n1, n2, g1, proxy, o, name := f.ms[0], f.ms[1], f.stores[0], f.proxy, f.o, f.name
+	stored := f.storedKey
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
 	// n1 issues S; its first write lands but is reported failed, and its
