@@ -62,7 +62,8 @@ func (l *landingStore) DeleteRecords(ctx context.Context, keys ...string) error 
 // the broker is cut; the client resumes S on n2, whose claim takes S from
 // the store (its store path works), and whose retirement of S, which it
 // cannot publish, is kept in its lifecycle backlog. n1's store path
-// returns: it writes S again, whole (it has heard of no retirement).
+// returns: it writes S again, whole (it has heard of no retirement), and
+// the retirement mark n2's take left makes that write write nothing.
 // n2's bus returns only after n1 has forgotten that write, and n2
 // publishes its retirement then: not old by its seal, of a write n1 no
 // longer remembers. Once n1 has heard it, S must be gone from the store:
@@ -120,8 +121,17 @@ func TestRestrictionSealedLateReachesStore(t *testing.T) {
 		t.Fatal("n2's claim did not take S from the store")
 	}
 
+	writes := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total")
 	first.down.Store(false)
-	farmtest.Eventually(t, 10*time.Second, "n1 wrote S again", stored)
+	farmtest.Eventually(t, 10*time.Second, "n1 wrote S again", func() bool {
+		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_writes_total") > writes
+	})
+	// n2's take left S's retirement mark: n1's second write, a late
+	// write, writes nothing. (Before the take's mark it put S back, and
+	// only n2's retirement, published late, deleted it again.)
+	if stored() {
+		t.Error("n1's second write of S put it back in the store after n2 took it")
+	}
 	time.Sleep(maxAge + maxSkew + 300*time.Millisecond) // n1 forgot that write
 	if !holds(n1) {
 		t.Fatal("n1 heard n2's retirement of S while n2's bus was down")

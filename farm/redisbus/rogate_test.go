@@ -35,51 +35,16 @@ import (
 func TestClusterReadOnlyGateReadsMaster(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
-	c, cut := startCuttable(t)
-	own := redistest.Start(t)
-	busPath := nettest.NewProxy(t, own.Addr())
-	storeURL := c.URL("read_only=true&reload=1s")
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				return transportAt(storeURL)(tb, farmName)
-			}
-			bus, _ := transportAt("redis://"+busPath.Addr+"/0")(tb, farmName)
-			_, store := transportAt(storeURL)(tb, farmName)
-			return bus, store
-		},
-		Mode: farm.Broadcast, WriteThrough: true,
-		Rotation:   &farm.RotationConfig{Interval: time.Hour},
-		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
-		Tweak: func(cfg *farm.Config) {
-			cfg.MaxDeliveryLag = maxLag
-			cfg.LookupTimeout = time.Second
-			// n2's stalled bus is not an outage: n2 counts it up for as
-			// long as the test takes (a gated read that failed while it
-			// counted its bus down would resume unchecked).
-			cfg.ProbeTimeout = 10 * time.Second
-			cfg.TallyInterval = -1
-		},
+	f := startReadOnlyGateFarm(t, maxLag, func(cfg *farm.Config) {
+		// n2's stalled bus is not an outage: n2 counts it up for as
+		// long as the test takes (a gated read that failed while it
+		// counted its bus down would resume unchecked).
+		cfg.ProbeTimeout = 10 * time.Second
 	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
+	n1, n2, cut, busPath, dial, h, cs, hid := f.n1, f.n2, f.cut, f.busPath, f.dial, f.h, f.cs, f.hid
 	if b, ok := n2.Bus.(*redisbus.Transport); !ok || transport.Store(b) == n2.Store {
 		t.Fatal("n2's bus is not a transport of its own")
 	}
-
-	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
-	}
-	ids := farmtest.HandshakeSessions(n2.Cache)
-	h, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	dial(n2, h)
-	hid := ids()[len(ids())-1]
-	dial(n2, cs)
-	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return dial(n2, h) && dial(n2, cs) })
 
 	// Every replica has what its master has (H's and C's records among
 	// it) before the cut; and n2's bus stalls.
@@ -263,51 +228,16 @@ func TestClusterReadOnlyPrimaryReads(t *testing.T) {
 func TestClusterReadOnlyHealReadsMaster(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
-	c, cut := startCuttable(t)
-	own := redistest.Start(t)
-	busPath := nettest.NewProxy(t, own.Addr())
-	storeURL := c.URL("read_only=true&reload=1s")
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				return transportAt(storeURL)(tb, farmName)
-			}
-			bus, _ := transportAt("redis://"+busPath.Addr+"/0")(tb, farmName)
-			_, store := transportAt(storeURL)(tb, farmName)
-			return bus, store
-		},
-		Mode: farm.Broadcast, WriteThrough: true,
-		Rotation:   &farm.RotationConfig{Interval: time.Hour},
-		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
-		Tweak: func(cfg *farm.Config) {
-			cfg.MaxDeliveryLag = maxLag
-			cfg.LookupTimeout = time.Second
-			cfg.TallyInterval = -1
-			cfg.HealInterval = time.Hour // the heal on reconnect only
-		},
+	f := startReadOnlyGateFarm(t, maxLag, func(cfg *farm.Config) {
+		cfg.HealInterval = time.Hour // the heal on reconnect only
 	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-
-	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
-	}
+	n1, n2, cut, busPath, dial, h, cs, hid := f.n1, f.n2, f.cut, f.busPath, f.dial, f.h, f.cs, f.hid
 	gated := func() (n uint64) {
 		for _, r := range []string{"confirmed", "revoked", "store_error", "cut_off"} {
 			n += farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", r)
 		}
 		return n
 	}
-	ids := farmtest.HandshakeSessions(n2.Cache)
-	h, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	dial(n2, h)
-	hid := ids()[len(ids())-1]
-	dial(n2, cs)
-	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return dial(n2, h) && dial(n2, cs) })
 
 	cut()
 	busPath.Cut()
@@ -331,4 +261,62 @@ func TestClusterReadOnlyHealReadsMaster(t *testing.T) {
 	t.Logf("n2's tombstone reads: read %d, unchanged %d",
 		farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_tombstone_reads_total", "result", "read"),
 		farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_tombstone_reads_total", "result", "unchanged"))
+}
+
+// A readOnlyGateFarm is the farm of the read_only gate tests: n1 and n2
+// with their store on a cluster (startCuttable) read through read_only,
+// n1's bus the cluster too, n2's bus a Redis of its own behind busPath;
+// n2 has issued H (ID hid) and C, and resumes both.
+type readOnlyGateFarm struct {
+	n1, n2  *farmtest.Member
+	cut     func()
+	busPath *nettest.Proxy
+	h, cs   *tlstest.FrozenCache
+	hid     session.ID
+	dial    func(m *farmtest.Member, cc tls.ClientSessionCache) bool
+}
+
+// startReadOnlyGateFarm starts a readOnlyGateFarm whose nodes' delivery
+// bound is maxLag, with tweak's settings on top.
+func startReadOnlyGateFarm(t *testing.T, maxLag time.Duration, tweak func(*farm.Config)) *readOnlyGateFarm {
+	t.Helper()
+	c, cut := startCuttable(t)
+	own := redistest.Start(t)
+	busPath := nettest.NewProxy(t, own.Addr())
+	storeURL := c.URL("read_only=true&reload=1s")
+	joined := 0
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			if joined == 1 {
+				return transportAt(storeURL)(tb, farmName)
+			}
+			bus, _ := transportAt("redis://"+busPath.Addr+"/0")(tb, farmName)
+			_, store := transportAt(storeURL)(tb, farmName)
+			return bus, store
+		},
+		Mode: farm.Broadcast, WriteThrough: true,
+		Rotation:   &farm.RotationConfig{Interval: time.Hour},
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
+		Tweak: func(cfg *farm.Config) {
+			cfg.MaxDeliveryLag = maxLag
+			cfg.LookupTimeout = time.Second
+			cfg.TallyInterval = -1
+			tweak(cfg)
+		},
+	})
+	f := &readOnlyGateFarm{n1: ms[0], n2: ms[1], cut: cut, busPath: busPath,
+		h: &tlstest.FrozenCache{}, cs: &tlstest.FrozenCache{}}
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	f.dial = func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
+	}
+	ids := farmtest.HandshakeSessions(f.n2.Cache)
+	f.dial(f.n2, f.h)
+	f.hid = ids()[len(ids())-1]
+	f.dial(f.n2, f.cs)
+	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return f.dial(f.n2, f.h) && f.dial(f.n2, f.cs) })
+	return f
 }
