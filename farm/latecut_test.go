@@ -64,14 +64,7 @@ func testLateWriteReadBeforeCutHeard(t *testing.T, store string) {
 	// n1 issues S; its store write fails, the bus brings S to n2.
 	g.failing.Store(true)
 	t.Cleanup(func() { g.failing.Store(false); g.setHeld(false) })
-	c := &tlstest.FrozenCache{}
-	ids := farmtest.HandshakeSessions(n1.Cache)
-	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
-	farmtest.Eventually(t, 5*time.Second, "n1's first write of S failed", func() bool {
-		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
-	})
+	c, id := f.issueS()
 
 	// The client resumes S on n2, whose cut finds no record; n1 does not
 	// hear of it yet.
@@ -216,6 +209,24 @@ func (f *lateWriteFarm) storedKey(key string) bool {
 		f.t.Fatal(err)
 	}
 	return err == nil
+}
+
+// issueS has a client issued a session S on n1, whose store path the test
+// made fail, and waits until the bus brought S to n2 and n1's first write
+// of S came back failed. It returns the client's cache and S's ID.
+func (f *lateWriteFarm) issueS() (*tlstest.FrozenCache, session.ID) {
+	t := f.t
+	t.Helper()
+	n1, n2 := f.ms[0], f.ms[1]
+	c := &tlstest.FrozenCache{}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+	farmtest.Eventually(t, 5*time.Second, "n1's first write of S came back failed", func() bool {
+		return !f.stores[0].landing.Load() && farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
+	})
+	return c, id
 }
 
 // slowBusNATSStorePaths is slowBusStorePaths with each member's store on

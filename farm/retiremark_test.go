@@ -43,14 +43,7 @@ func testLateWriteReadBeforeRetireHeard(t *testing.T, store string) {
 	// n1 issues S; its store write fails, the bus brings S to n2.
 	g1.failing.Store(true)
 	t.Cleanup(func() { g1.failing.Store(false); g2.failing.Store(false); g1.setHeld(false) })
-	c := &tlstest.FrozenCache{}
-	ids := farmtest.HandshakeSessions(n1.Cache)
-	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
-	farmtest.Eventually(t, 5*time.Second, "n1's first write of S failed", func() bool {
-		return farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
-	})
+	c, id := f.issueS()
 
 	// The client resumes S on n2, whose store write of the cut fails; n1
 	// does not hear of the resumption yet.
