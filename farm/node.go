@@ -434,8 +434,27 @@ func (n *Node) combined() bool {
 // Close takes at most about OpTimeout longer than it would without the
 // wait: two to three times OpTimeout in the worst case, usually far less.
 // Close may be called more than once; the end of Join's context calls it
-// (and so waits for the queues the same way).
+// (and so waits for the queues the same way). Without Config.RevocationFile,
+// revocations still pending at the end are lost, and Close logs how many.
 func (n *Node) Close() error {
+	return n.close(context.Background(), false)
+}
+
+// Shutdown is Close with a longer last try for the revocations: those not
+// yet applied farm-wide are retried, at the pace of the node's retries,
+// until they are or until ctx is done, rather than for one OpTimeout. A
+// daemon that stops with a store down for a moment uses it to keep a
+// revocation made during the outage, when it has no Config.RevocationFile
+// to keep it in; the rest of Close keeps its bounds. If ctx is done when
+// the last try begins, it gets its OpTimeout, as with Close.
+// Like Close, Shutdown may be called more than once, and after Close.
+func (n *Node) Shutdown(ctx context.Context) error {
+	return n.close(ctx, true)
+}
+
+// close is Close; with bounded, revCtx bounds the revocations' last try
+// instead of OpTimeout.
+func (n *Node) close(revCtx context.Context, bounded bool) error {
 	n.closeOnce.Do(func() {
 		n.unhook()
 		if n.leave != nil {
@@ -474,8 +493,15 @@ func (n *Node) Close() error {
 			// One more try, bounded; what is left stays in
 			// Config.RevocationFile, if set, for the next Join.
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.OpTimeout)
+			if bounded && revCtx.Err() == nil {
+				ctx, cancel = context.WithCancel(revCtx)
+			}
 			n.drainRevocations(ctx)
 			cancel()
+			if left := n.pendingRevocations(); left > 0 && n.cfg.RevocationFile == "" {
+				n.log.Error("revocations not applied farm-wide are lost at close (no revocation file): the sessions they revoke may resume on other nodes until they expire",
+					"revocations", left, "since_close", time.Since(closing).Round(time.Millisecond).String())
+			}
 		}
 		n.closeRevocations()
 		if n.tly.on && inTime && !n.busDownAtEnd.Load() && !n.tly.failedSince(closing.Add(-n.cfg.OpTimeout)) {

@@ -252,6 +252,12 @@ func (d *daemon) stop(cut <-chan struct{}) (wasCut bool) {
 	return wasCut
 }
 
+// revocationFlush bounds, from the start of the close, how long the stop
+// keeps retrying revocations not yet applied farm-wide. With the farm's
+// other last writes (a tally, a mark: an operation timeout each at worst)
+// it keeps the close within flushBound.
+const revocationFlush = 7 * time.Second
+
 // errDrainTimeout ends a drain that reached limits.drain_timeout.
 var errDrainTimeout = errors.New("drain timeout reached")
 
@@ -267,7 +273,13 @@ func (d *daemon) close() {
 	}
 	d.cancel()
 	if d.node != nil {
-		d.node.Close()
+		// Revocations made while the store was down are retried until
+		// revocationFlush after the close began, not for one operation
+		// timeout: a store back within seconds of the stop still gets
+		// them (within flushBound, after a second stop signal).
+		ctx, cancel := context.WithTimeout(context.Background(), revocationFlush)
+		d.node.Shutdown(ctx)
+		cancel()
 	}
 	if d.transport != nil {
 		d.transport.Close()

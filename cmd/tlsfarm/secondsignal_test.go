@@ -20,8 +20,9 @@ import (
 // signal exited at once (os.Exit), and the revocation, with no
 // revocation file, was lost.
 //
-// The store stays down until after the second signal, so that only the
-// flush of the stop can write the revocation.
+// The store stays down until 3.5 s after the second signal, so that only
+// the flush of the stop can write the revocation, and only if it keeps
+// trying past one operation timeout.
 func TestSecondStopSignalStillFlushes(t *testing.T) {
 	t.Parallel()
 	r := redistest.Start(t)
@@ -57,6 +58,16 @@ func TestSecondStopSignalStillFlushes(t *testing.T) {
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.waitLog("second stop signal: closing open connections now; the farm's queues are still flushed (a third signal exits without)", 5*time.Second)
+	// The store comes back well after one operation timeout (2 s) of the
+	// flush: the stop keeps retrying the revocation (revocationFlush), not
+	// one try of an operation timeout, which missed a store slow to come
+	// back under load.
+	time.Sleep(3500 * time.Millisecond)
+	select {
+	case <-p.done:
+		t.Fatalf("the stop ended before the store came back, 3.5 s after the second signal:\n%s", p.log())
+	default:
+	}
 	r.Restart()
 
 	select {
@@ -78,6 +89,9 @@ func TestSecondStopSignalStillFlushes(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("the revocation pending at the second signal is not in the store:\n%s", p.log())
+	}
+	if p.countLog("lost at close") != 0 {
+		t.Errorf("the stop says it lost a revocation it wrote:\n%s", p.log())
 	}
 	// The open connection was closed, not left to the drain timeout.
 	c.SetReadDeadline(time.Now().Add(time.Second))
