@@ -40,6 +40,24 @@ func waitStored(t *testing.T, m *farmtest.Member, id session.ID) {
 	})
 }
 
+// waitHeld waits until m's cache holds the session id.
+func waitHeld(t *testing.T, m *farmtest.Member, id session.ID) {
+	t.Helper()
+	farmtest.Eventually(t, setupWait, m.Name+" holds the session", func() bool {
+		_, ok := lookup(m.Cache, id)
+		return ok
+	})
+}
+
+// issueHeld issues a TLS 1.3 session on ms[0] and waits until ms[1] holds
+// it; it returns the session's ID and the client cache that holds it.
+func issueHeld(t *testing.T, ms []*farmtest.Member) (session.ID, *tlstest.FrozenCache) {
+	t.Helper()
+	ids, cs := farmtest.Issue(t, ms[0], 1)
+	waitHeld(t, ms[1], ids[0])
+	return ids[0], cs[0]
+}
+
 // resumeOnce checks single use across ms: a session n1 issues resumes once,
 // on n2, and then on no node. It returns the session's ID and the client
 // cache that holds it.
@@ -372,14 +390,7 @@ func TestRevocationSurvivesStoreRestart(t *testing.T) {
 			srv := redistest.Start(t)
 			ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
 				Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
-			ids := farmtest.NewSessions(ms[0].Cache)
-			frozen := &tlstest.FrozenCache{}
-			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
-			id := ids()[0]
-			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-				_, ok := lookup(ms[1].Cache, id)
-				return ok
-			})
+			id, frozen := issueHeld(t, ms)
 			tc.down(srv)
 			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 			st, err := ms[0].Node.RevokeSession(ctx, id)

@@ -154,14 +154,7 @@ func TestLifecycleSurvivesBusOutage(t *testing.T) {
 			return d, store
 		},
 		Tweak: func(c *farm.Config) { c.OpTimeout = 300 * time.Millisecond }})
-	ids := farmtest.NewSessions(ms[0].Cache)
-	frozen := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-		_, ok := lookup(ms[1].Cache, id)
-		return ok
-	})
+	id, frozen := issueHeld(t, ms)
 	bus := first.Load()
 	bus.down.Store(true)
 	ms[0].Cache.Retire(id, session.OriginAPI)

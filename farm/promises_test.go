@@ -241,10 +241,7 @@ func waitShared(t *testing.T, ms []*farmtest.Member, mode farm.Mode, id session.
 	t.Helper()
 	waitStored(t, ms[0], id)
 	if mode == farm.Broadcast {
-		farmtest.Eventually(t, setupWait, "n2 holds the session", func() bool {
-			_, ok := lookup(ms[1].Cache, id)
-			return ok
-		})
+		waitHeld(t, ms[1], id)
 	}
 }
 

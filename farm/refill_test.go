@@ -87,10 +87,7 @@ func TestReplayedChildCutsParentOnPeers(t *testing.T) {
 	ids, cs := farmtest.Issue(t, n1, 1)
 	id, c := ids[0], cs[0]
 	waitStored(t, n1, id)
-	farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-		_, ok := lookup(n2.Cache, id)
-		return ok
-	})
+	waitHeld(t, n2, id)
 	cuts[0].writesDown.Store(true)
 	if !tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
 		t.Fatal("the session did not resume on n1")

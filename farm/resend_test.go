@@ -46,10 +46,7 @@ func TestResendHeldOnRequest(t *testing.T) {
 			if mode == farm.StoreOnly {
 				copyToPeer(t, n1, n2, id)
 			}
-			farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-				_, ok := lookup(n2.Cache, id)
-				return ok
-			})
+			waitHeld(t, n2, id)
 
 			n1.Node.HoldRetired(id)
 			const resend = "tlsfarm_farm_lifecycle_resend_total"

@@ -24,14 +24,7 @@ func TestShutdownRetriesRevocations(t *testing.T) {
 	srv := redistest.Start(t)
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), WriteThrough: true,
 		Tweak: func(c *farm.Config) { c.OpTimeout = opTimeout }})
-	ids := farmtest.NewSessions(ms[0].Cache)
-	frozen := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n2 holds the session", func() bool {
-		_, ok := lookup(ms[1].Cache, id)
-		return ok
-	})
+	id, frozen := issueHeld(t, ms)
 	srv.Kill()
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	st, err := ms[0].Node.RevokeSession(ctx, id)
