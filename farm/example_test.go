@@ -5,6 +5,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
@@ -102,4 +105,34 @@ func ExampleNode_ConsumeToken() {
 	// node a: true <nil>
 	// node b: false <nil>
 	// node a again: false <nil>
+}
+
+// A server stopping on SIGTERM: its last moments' sessions are written by
+// Close as by Shutdown, but a revocation made while the store was down
+// gets until the context's deadline to reach the store, not one
+// operation timeout, so a store back within seconds still holds it.
+func ExampleNode_Shutdown() {
+	tr, err := redisbus.Open("redis://127.0.0.1:6379/0", "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	cache, err := session.New(nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+	node, err := farm.Join(context.Background(), farm.Config{
+		Farm: "example", Secrets: []farm.Secret{farm.NewSecret(1)}, Cache: cache, Bus: tr, Store: tr,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+	<-stop // serve until asked to stop
+	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Second)
+	defer cancel()
+	node.Shutdown(ctx)
 }
