@@ -52,3 +52,27 @@ func TestRemovedDoneAfterApplied(t *testing.T) {
 		t.Fatalf("removedDone of a chain applied %d chains ago: %d pending, want 1 (queued again)", recentApplied, n.pendingRevocations())
 	}
 }
+
+// BenchmarkRemovedDoneApplied measures removedDone for a chain the revoker
+// applied while Remove scanned the cache, with the ring of chains applied
+// full and the chain the last it compares: the scan that replaced queuing
+// the chain again (an add, and another store write and publish).
+func BenchmarkRemovedDoneApplied(b *testing.B) {
+	cache, now, t0 := fileTestCache(b, &session.Config{Lifetime: time.Hour, MaxChainLifetime: 2 * time.Hour})
+	n := lifeNode(b, "revonce", "", cache, now, false)
+	n.revs.wake = make(chan struct{}, 1)
+	for c := uint64(100); c < 100+recentApplied-1; c++ {
+		n.addRevocation(session.ID{}, revocation{chain: c, until: t0.Add(time.Hour)})
+		settle(n, c)
+	}
+	rec := session.Record{Chain: 7, ChainStart: t0}
+	n.addRevocation(session.ID{1}, revocation{chain: 7, until: cache.ChainEnd(rec), start: t0})
+	settle(n, 7)
+	b.ReportAllocs()
+	for b.Loop() {
+		n.removedDone(session.ID{1}, rec)
+	}
+	if p := n.pendingRevocations(); p != 0 {
+		b.Fatalf("%d pending", p)
+	}
+}
