@@ -79,8 +79,13 @@ type revocations struct {
 	wake    chan struct{}
 	applied uint64
 	retries uint64
-	file    revFile    // Config.RevocationFile's
-	idle    *sync.Cond // on mu: a journal write ended (revFile.writing)
+	// recent holds the last recentApplied chains the revoker applied
+	// farm-wide, each with the end it applied, in a ring whose next
+	// entry to overwrite is recentNext: see removedDone.
+	recent     [recentApplied]appliedRev
+	recentNext int
+	file       revFile    // Config.RevocationFile's
+	idle       *sync.Cond // on mu: a journal write ended (revFile.writing)
 	// syncs counts the writes to Config.RevocationFile and its journal
 	// (appends and rewrites), each one fsync or more, for the tests and
 	// benchmarks.
@@ -88,6 +93,34 @@ type revocations struct {
 	// writeHook, if set, is called before each journal write, n.revs.mu
 	// not held (the tests hold a write up, or slow it down).
 	writeHook func()
+}
+
+// recentApplied is how many of the chains it applied last the revoker
+// remembers, with their ends, for removedDone (16 bytes each). More
+// revocations applied while one session.Cache.Remove scans the cache (a
+// burst of them) push the chain out: it is then queued once more, one
+// more tombstone.
+const recentApplied = 256
+
+// An appliedRev is a chain the revoker applied farm-wide, and the end
+// (Unix ns) it applied; the zero value is none.
+type appliedRev struct {
+	chain uint64
+	until int64
+}
+
+// appliedLocked reports whether the revoker applied a revocation of chain
+// until until or later, among the last recentApplied it applied (r.mu is
+// held). One whose end has passed matters no more: no session of its
+// chain can still be cached.
+func (r *revocations) appliedLocked(chain uint64, until time.Time) bool {
+	u := until.UnixNano()
+	for _, a := range r.recent {
+		if a.chain == chain && a.until >= u {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *revocations) signal() {
@@ -352,6 +385,8 @@ func (n *Node) applyRevocations(ctx context.Context) (none, progressed bool) {
 	for _, p := range r.pending {
 		if p.stored && p.published {
 			close(p.done)
+			r.recent[r.recentNext] = appliedRev{chain: p.rev.chain, until: p.rev.until.UnixNano()}
+			r.recentNext = (r.recentNext + 1) % recentApplied
 			delete(r.byChain, p.rev.chain)
 			done = append(done, p.rev.chain)
 			r.applied++

@@ -13,6 +13,15 @@ func (n *Node) Revoke(ctx context.Context, id session.ID) (bool, error) { return
 // PendingRevocations is pendingRevocations, for the tests.
 func (n *Node) PendingRevocations() int { return n.pendingRevocations() }
 
+// RevocationsApplied returns how many revoked chains the node's revoker
+// has applied farm-wide (written to the store and published) since it
+// joined: once each, if it queued each once.
+func (n *Node) RevocationsApplied() uint64 {
+	n.revs.mu.Lock()
+	defer n.revs.mu.Unlock()
+	return n.revs.applied
+}
+
 // FallbackState is fallbackState, for the tests.
 func (n *Node) FallbackState() (on bool, episodes uint64) { return n.fallbackState() }
 

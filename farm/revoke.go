@@ -49,17 +49,37 @@ func (n *Node) revoke(ctx context.Context, id session.ID) (bool, error) {
 // and the other nodes would keep only the peer's end, earlier if this
 // node's MaxChainLifetime is longer (a node that joins afterwards takes
 // the chain for live again after it). So it queues the revocation itself
-// when none of the chain is pending. Should the revoker have applied the
-// hook's meanwhile (a store round trip, against a map lookup here), the
-// chain is written and published once more: one more tombstone, as after
-// a revocation that several nodes made.
+// when none of the chain is pending, and the revoker has not just applied
+// one of it until rec's end or later: the hook fires from within Remove's
+// scan of the cache, which goes on after it, and the revoker often
+// applied the hook's revocation (a store round trip) before Remove
+// returned. Queued again, it was written and published once more: a
+// second tombstone, sealed anew, for one revocation.
 func (n *Node) removedDone(id session.ID, rec session.Record) <-chan struct{} {
-	if done := n.revocationDone(rec.Chain); done != nil {
-		return done
+	rev := revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(rec), start: rec.ChainStart}
+	r := &n.revs
+	r.mu.Lock()
+	if p := r.byChain[rev.chain]; p != nil {
+		r.mu.Unlock()
+		return p.done
 	}
-	done, _ := n.addRevocation(id, revocation{chain: rec.Chain, until: n.cfg.Cache.ChainEnd(rec), start: rec.ChainStart})
-	return done
+	if r.appliedLocked(rev.chain, rev.until) {
+		r.mu.Unlock()
+		return closedDone
+	}
+	p := n.addRevocationLocked(id, rev)
+	n.persistAddLocked(id, rev)
+	r.mu.Unlock()
+	r.signal()
+	return p.done
 }
+
+// closedDone is the done channel of a revocation already applied.
+var closedDone = func() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // revokeUnheld revokes the session id, which this node's cache does not
 // hold, from what the store knows of it: its record, or else the mark a
