@@ -80,6 +80,12 @@ func setArgs(key string, value []byte, ttl time.Duration, opt string) []any {
 	return args
 }
 
+// PExpireGT is PEXPIRE key ttl GT: the key's expiry moves to ttl from
+// now only if that is later (a key without expiry keeps none).
+func (o once) PExpireGT(ctx context.Context, key string, ttl time.Duration) *redis.BoolCmd {
+	return send(ctx, o, redis.NewBoolCmd(ctx, "pexpire", key, ttlMillis(ttl), "gt"))
+}
+
 // Del is DEL keys.
 func (o once) Del(ctx context.Context, keys ...string) *redis.IntCmd {
 	args := make([]any, 1+len(keys))

@@ -1455,14 +1455,15 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 }
 
 // takeSplit is the take of the record whose retirement mark is mark (the
-// record's key and retireMarkSuffix) while its slot is being
-// migrated and the record has moved (TRYAGAIN: Redis runs no command over
-// two keys, the record and its mark, of a slot split between two nodes):
-// the record's PTTL, GETDEL (with WAIT if wait), then its retirement
-// mark, each on its own, following ASK. The take stays atomic; the mark
-// comes one round trip after it (a late write that lands in between puts
-// the record back, as before marks), and a failure to write it is not
-// the take's: the record is taken either way.
+// record's key and retireMarkSuffix) while its slot is being migrated and
+// the record and its mark are split between two nodes (TRYAGAIN: Redis
+// runs no command over keys of a slot so split): the record's PTTL,
+// GETDEL (with WAIT if wait), then its retirement mark (SET NX, or
+// PEXPIRE GT where one is there: as takeScript, a mark that ends later
+// stays so), each on its own, following ASK. The take stays atomic; the
+// mark comes one round trip after it (a late write that lands in between
+// puts the record back, as before marks), and a failure to write it is
+// not the take's: the record is taken either way.
 func (t *Transport) takeSplit(ctx context.Context, mark string, wait bool) ([]byte, error) {
 	full := mark[:len(mark)-len(retireMarkSuffix)]
 	left, err := t.c.PTTL(ctx, full).Result()
@@ -1489,7 +1490,10 @@ func (t *Transport) takeSplit(ctx context.Context, mark string, wait bool) ([]by
 		}
 	}
 	if left > 0 {
-		_ = once{t.c}.Set(ctx, mark, []byte{'1'}, left).Err()
+		o := once{t.c}
+		if set, err := o.SetNX(ctx, mark, []byte{'1'}, left).Result(); err == nil && !set {
+			_ = o.PExpireGT(ctx, mark, left).Err()
+		}
 	}
 	return b, nil
 }

@@ -118,3 +118,59 @@ func TestTakeMarkLife(t *testing.T) {
 		}
 	}
 }
+
+// TestTakeSplitKeepsLongerMark: a take whose record and mark are split by
+// a slot migration (the mark already on the target: TRYAGAIN, takeSplit)
+// leaves the mark as the script does: one that ends later than the record
+// stays so, and the take of a record with no mark leaves one for the
+// record's life, on the node the slot migrates to.
+func TestTakeSplitKeepsLongerMark(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
+	tr := open(t, c.URL("reload=1h"), redistest.Farm(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	put := func(it transport.Item) {
+		t.Helper()
+		if err := tr.PutRecords(ctx, it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// "later": a retirement's hour-long mark, then the record, for a
+	// minute, and the mark alone migrated.
+	put(transport.Item{Key: "later", TTL: time.Hour, Retire: true})
+	put(transport.Item{Key: "later", Value: []byte("v"), TTL: time.Minute})
+	to := migrateRecord(t, c, tr.RetireMarkKey("later"))
+	// "none": a record with no mark, its slot migrating, the record not.
+	put(transport.Item{Key: "none", Value: []byte("v"), TTL: time.Hour})
+	slot := redistest.Slot(tr.RecordKey("none"))
+	from, noneTo := slotAndOtherMaster(t, c, slot)
+	clusterDo(t, c, noneTo, "cluster", "setslot", slot, "importing", clusterNodeID(t, c, from))
+	clusterDo(t, c, from, "cluster", "setslot", slot, "migrating", clusterNodeID(t, c, noneTo))
+
+	for _, k := range []string{"later", "none"} {
+		if v, err := tr.TakeRecord(ctx, k); err != nil || string(v) != "v" {
+			t.Fatalf("TakeRecord(%s) = %q, %v; want %q", k, v, err, "v")
+		}
+	}
+	// The slots are importing there: ASKING first.
+	markLeft := func(s *redistest.Server, k string) time.Duration {
+		t.Helper()
+		var pttl *redis.DurationCmd
+		_, err := c.Client(s).Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Do(ctx, "asking")
+			pttl = p.PTTL(ctx, tr.RetireMarkKey(k))
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pttl.Val()
+	}
+	if d := markLeft(to, "later"); d < 59*time.Minute || d > time.Hour {
+		t.Errorf("later: the mark has %v left, want its own hour", d)
+	}
+	if d := markLeft(noneTo, "none"); d < 59*time.Minute || d > time.Hour {
+		t.Errorf("none: the mark has %v left, want the record's hour", d)
+	}
+}
