@@ -80,6 +80,12 @@ func setArgs(key string, value []byte, ttl time.Duration, opt string) []any {
 	return args
 }
 
+// PExpireGT is PEXPIRE key ttl GT: the key's expiry moves to ttl from
+// now only if that is later (a key without expiry keeps none).
+func (o once) PExpireGT(ctx context.Context, key string, ttl time.Duration) *redis.BoolCmd {
+	return send(ctx, o, redis.NewBoolCmd(ctx, "pexpire", key, ttlMillis(ttl), "gt"))
+}
+
 // Del is DEL keys.
 func (o once) Del(ctx context.Context, keys ...string) *redis.IntCmd {
 	args := make([]any, 1+len(keys))
@@ -95,19 +101,35 @@ func (o once) GetDel(ctx context.Context, key string) *redis.StringCmd {
 	return send(ctx, o, redis.NewStringCmd(ctx, "getdel", key))
 }
 
-// Script is EVALSHA (name "evalsha", script the SHA1) or EVAL (name
-// "eval", script the source) of a script over keys that returns a bulk
-// string or nil, as a StringCmd (no copy of the reply), sent at most once.
-func (o once) Script(ctx context.Context, name, script string, keys ...string) *redis.StringCmd {
-	a := make([]any, 3+len(keys))
-	a[0], a[1], a[2] = name, script, len(keys)
-	for i, k := range keys {
-		a[3+i] = k
+// Take is EVALSHA (or EVAL, if eval) of takeScript over the record and
+// its retirement mark, whose key is mark: the record's key and
+// retireMarkSuffix. It returns the script's bulk string or nil as a
+// StringCmd (no copy of the reply), sent at most once.
+func (o once) Take(ctx context.Context, mark string, eval bool) *redis.StringCmd {
+	c := &takeCmd{keys: [2]string{mark[:len(mark)-len(retireMarkSuffix)], mark}}
+	c.args = [5]any{"evalsha", takeHash, 2, &c.keys[0], &c.keys[1]}
+	if eval {
+		c.args[0], c.args[1] = "eval", takeSource
 	}
-	cmd := redis.NewStringCmd(ctx, a...)
+	cmd := redis.NewStringCmd(ctx, c.args[:]...)
 	cmd.SetFirstKeyPos(3) // a cluster routes it by its first key
-	return send(ctx, o, cmd)
+	c.once = onceCmd{cmd}
+	_ = o.s.Process(ctx, &c.once)
+	return cmd
 }
+
+// A takeCmd holds, in one allocation, what Take sends besides the
+// command itself: its arguments, the keys they point to (go-redis writes,
+// and routes by, a *string as the string; a string in an any would be an
+// allocation of its own), and the onceCmd that wraps it.
+type takeCmd struct {
+	args [5]any
+	keys [2]string
+	once onceCmd
+}
+
+// takeHash is takeScript's SHA1, as an argument.
+var takeHash any = takeScript.Hash()
 
 // Publish is PUBLISH channel msg.
 func (o once) Publish(ctx context.Context, channel string, msg []byte) *redis.IntCmd {

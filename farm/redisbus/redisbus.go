@@ -1434,18 +1434,18 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 // pipeline, and a record taken but not acknowledged by enough replicas is
 // an error (ErrNotReplicated), never a value.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
-	k := t.RecordKey(key)
+	mark := t.RetireMarkKey(key) // the record's key is its prefix: one string for both
 	if t.WaitReplicas > 0 {
-		return t.takeWait(ctx, k)
+		return t.takeWait(ctx, mark)
 	}
-	cmd := once{t.c}.Script(ctx, "evalsha", takeScript.Hash(), k, k+retireMarkSuffix)
+	cmd := once{t.c}.Take(ctx, mark, false)
 	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
 		// Not run: the server has no script (it restarted, failed
 		// over, or flushed its scripts).
-		cmd = once{t.c}.Script(ctx, "eval", takeSource, k, k+retireMarkSuffix)
+		cmd = once{t.c}.Take(ctx, mark, true)
 	}
 	if redis.HasErrorPrefix(cmd.Err(), "TRYAGAIN") {
-		return t.takeSplit(ctx, k, false)
+		return t.takeSplit(ctx, mark, false)
 	}
 	b, err := cmd.Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -1454,15 +1454,18 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	return b, t.failed(err)
 }
 
-// takeSplit is the take of the record at full while its slot is being
-// migrated and the record has moved (TRYAGAIN: Redis runs no command over
-// two keys, the record and its mark, of a slot split between two nodes):
-// the record's PTTL, GETDEL (with WAIT if wait), then its retirement
-// mark, each on its own, following ASK. The take stays atomic; the mark
-// comes one round trip after it (a late write that lands in between puts
-// the record back, as before marks), and a failure to write it is not
-// the take's: the record is taken either way.
-func (t *Transport) takeSplit(ctx context.Context, full string, wait bool) ([]byte, error) {
+// takeSplit is the take of the record whose retirement mark is mark (the
+// record's key and retireMarkSuffix) while its slot is being migrated and
+// the record and its mark are split between two nodes (TRYAGAIN: Redis
+// runs no command over keys of a slot so split): the record's PTTL,
+// GETDEL (with WAIT if wait), then its retirement mark (SET NX, or
+// PEXPIRE GT where one is there: as takeScript, a mark that ends later
+// stays so), each on its own, following ASK. The take stays atomic; the
+// mark comes one round trip after it (a late write that lands in between
+// puts the record back, as before marks), and a failure to write it is
+// not the take's: the record is taken either way.
+func (t *Transport) takeSplit(ctx context.Context, mark string, wait bool) ([]byte, error) {
+	full := mark[:len(mark)-len(retireMarkSuffix)]
 	left, err := t.c.PTTL(ctx, full).Result()
 	if err != nil {
 		return nil, t.failed(err)
@@ -1487,7 +1490,10 @@ func (t *Transport) takeSplit(ctx context.Context, full string, wait bool) ([]by
 		}
 	}
 	if left > 0 {
-		_ = once{t.c}.Set(ctx, full+retireMarkSuffix, []byte{'1'}, left).Err()
+		o := once{t.c}
+		if set, err := o.SetNX(ctx, mark, []byte{'1'}, left).Result(); err == nil && !set {
+			_ = o.PExpireGT(ctx, mark, left).Err()
+		}
 	}
 	return b, nil
 }
@@ -1543,18 +1549,18 @@ func (t *Transport) AddRecord(ctx context.Context, it transport.Item) (bool, err
 }
 
 // takeWait is TakeRecord with WAIT: takeScript and WAIT in one pipeline, on
-// the master that holds full.
-func (t *Transport) takeWait(ctx context.Context, full string) ([]byte, error) {
+// the master that holds the record whose retirement mark is mark.
+func (t *Transport) takeWait(ctx context.Context, mark string) ([]byte, error) {
 	var get *redis.StringCmd
-	name, script := "evalsha", takeScript.Hash()
-	wait, err := t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.Script(ctx, name, script, full, full+retireMarkSuffix) })
+	eval := false
+	wait, err := t.waitAfter(ctx, mark, func(p redis.Pipeliner) { get = once{p}.Take(ctx, mark, eval) })
 	if err != nil && redis.HasErrorPrefix(get.Err(), "NOSCRIPT") {
 		// Not run (see TakeRecord): the pipeline again, with the source.
-		name, script = "eval", takeSource
-		wait, err = t.waitAfter(ctx, full, func(p redis.Pipeliner) { get = once{p}.Script(ctx, name, script, full, full+retireMarkSuffix) })
+		eval = true
+		wait, err = t.waitAfter(ctx, mark, func(p redis.Pipeliner) { get = once{p}.Take(ctx, mark, eval) })
 	}
 	if err != nil && redis.HasErrorPrefix(get.Err(), "TRYAGAIN") {
-		return t.takeSplit(ctx, full, true)
+		return t.takeSplit(ctx, mark, true)
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, t.failed(err)
