@@ -32,9 +32,16 @@ func BenchmarkPropagation(b *testing.B) {
 
 // BenchmarkGet measures a store lookup of a present key: what a handshake
 // waits for on a local cache miss.
-func BenchmarkGet(b *testing.B) {
+func BenchmarkGet(b *testing.B) { benchGet(b, context.Background()) }
+
+// BenchmarkGetPrimary is BenchmarkGet for a read the farm marks
+// transport.PrimaryRead (a gated hit's, a revocation's): a get that the
+// leader of the bucket's stream answers, not a direct get.
+func BenchmarkGetPrimary(b *testing.B) { benchGet(b, transport.PrimaryRead(context.Background())) }
+
+// benchGet is BenchmarkGet with its reads under ctx.
+func benchGet(b *testing.B, ctx context.Context) {
 	tr := open(b, sharedURL(b), farmtest.FarmName(b))
-	ctx := context.Background()
 	if err := tr.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
 		b.Fatal(err)
 	}
