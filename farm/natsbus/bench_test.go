@@ -11,6 +11,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 )
 
 // BenchmarkPublish publishes batches of 256 messages of 300 bytes (the
@@ -32,9 +33,62 @@ func BenchmarkPropagation(b *testing.B) {
 
 // BenchmarkGet measures a store lookup of a present key: what a handshake
 // waits for on a local cache miss.
-func BenchmarkGet(b *testing.B) {
-	tr := open(b, sharedURL(b), farmtest.FarmName(b))
+func BenchmarkGet(b *testing.B) { benchGet(b, context.Background()) }
+
+// BenchmarkGetPrimary is BenchmarkGet for a read the farm marks
+// transport.PrimaryRead (a gated hit's, a revocation's): a get that the
+// leader of the bucket's stream answers, not a direct get.
+func BenchmarkGetPrimary(b *testing.B) { benchGet(b, transport.PrimaryRead(context.Background())) }
+
+// BenchmarkGetCluster is BenchmarkGet ("direct") and BenchmarkGetPrimary
+// ("primary") on a three-server cluster in the benchmark's process, the
+// client on a server that follows the leader of the bucket's stream: any
+// replica answers a direct get, the leader a read marked
+// transport.PrimaryRead, one route away.
+func BenchmarkGetCluster(b *testing.B) {
+	c := natstest.StartCluster(b, 3)
+	name := farmtest.FarmName(b)
+	w := openURL(b, c.Servers[0].ClientURL(), name)
 	ctx := context.Background()
+	if err := w.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
+		b.Fatal(err)
+	}
+	var follower string
+	deadline := time.Now().Add(30 * time.Second)
+	for follower == "" {
+		for _, s := range c.Servers {
+			if led := s.JetStreamIsStreamLeader("$G", "KV_"+w.Bucket()); !led && s.JetStreamIsStreamCurrent("$G", "KV_"+w.Bucket()) {
+				follower = s.ClientURL()
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("no current follower of the bucket's stream within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tr := openURL(b, follower, name)
+	for _, bc := range []struct {
+		name string
+		ctx  context.Context
+	}{{"direct", ctx}, {"primary", transport.PrimaryRead(ctx)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var lat []time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				start := time.Now()
+				if _, err := tr.GetRecord(bc.ctx, "s:0001"); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			farmtest.ReportPercentiles(b, lat)
+		})
+	}
+}
+
+// benchGet is BenchmarkGet with its reads under ctx.
+func benchGet(b *testing.B, ctx context.Context) {
+	tr := open(b, sharedURL(b), farmtest.FarmName(b))
 	if err := tr.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
 		b.Fatal(err)
 	}

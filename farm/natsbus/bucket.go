@@ -27,6 +27,7 @@ const initTimeout = 5 * time.Second
 type bucketState struct {
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
+	name   string // the stream's name: "KV_<bucket>"
 	pre    string // "$KV.<bucket>."
 	native bool   // the server expires messages by their own TTL
 
@@ -114,7 +115,7 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 			"change it (nats stream edit KV_%s --replicas %d) or ask for %d",
 			max(cfg.Replicas, 1), want, t.bucket, want, max(cfg.Replicas, 1))
 	}
-	s := &bucketState{kv: kv, stream: stream, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}
+	s := &bucketState{kv: kv, stream: stream, name: "KV_" + t.bucket, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}
 	s.records = s
 	if !s.native {
 		// Coordination keys (revocation tombstones above all) may be
@@ -156,7 +157,7 @@ func (t *Transport) lookupRecordBucket(ctx context.Context, replicas int) (*buck
 	if err != nil {
 		return nil, err
 	}
-	s := &bucketState{kv: kv, stream: stream, pre: "$KV." + name + "."}
+	s := &bucketState{kv: kv, stream: stream, name: "KV_" + name, pre: "$KV." + name + "."}
 	s.records = s
 	if info := stream.CachedInfo(); info != nil {
 		s.age.Store(int64(info.Config.MaxAge))

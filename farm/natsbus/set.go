@@ -206,7 +206,8 @@ func (t *Transport) setMembers(ctx context.Context, key string) ([][]byte, error
 	// set added to meanwhile, on nats-server 2.9 and 2.15; the count of
 	// entries pending, which the watcher also reads, was seen at 0 with
 	// the re-added member still to come). So after the nil the read asks
-	// the stream for the last message of the members' keys and goes on
+	// the stream (its leader, under transport.PrimaryRead: see lastMsg)
+	// for the last message of the members' keys and goes on
 	// until it has had that one (or a later one of its key), and asks
 	// again, at most setMaxChecks times in all: a bound on what it reads,
 	// however fast members are added. An empty set ends at the nil.
@@ -219,7 +220,7 @@ func (t *Transport) setMembers(ctx context.Context, key string) ([][]byte, error
 	// more asks the stream, and reports whether the read must go on.
 	more := func() (bool, error) {
 		checks++
-		m, err := s.stream.GetLastMsgForSubject(ctx, filter)
+		m, err := t.lastMsg(ctx, s, filter)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return false, nil
 		}

@@ -130,7 +130,8 @@ type entry struct {
 	retired bool
 }
 
-// get reads the last message on subj and decides whether it is a live
+// get reads the last message on subj (from the stream's leader under
+// transport.PrimaryRead, see lastMsg) and decides whether it is a live
 // value: a delete or purge marker, a marker the server left on expiry, and
 // a value past its TTL are absent, with the revision to replace them at.
 // A value natsbus did not write (no valueVersion header) is present, as
@@ -143,7 +144,7 @@ type entry struct {
 // not lapsed; so is a retirement mark (a purge that carries a
 // retirement, see retireMessage), retired while it has not lapsed.
 func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
-	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	m, err := t.lastMsg(ctx, s, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return entry{}, nil
 	}
@@ -435,9 +436,11 @@ func (t *Transport) GetRecord(ctx context.Context, key string) ([]byte, error) {
 	return e.value, nil
 }
 
-// Get implements transport.Coordinator with one direct get of the key's last
-// message. An expired value is transport.ErrNotFound, also on a server that has
-// not yet removed it.
+// Get implements transport.Coordinator with one read of the key's last
+// message: a direct get, which any replica of the bucket may answer, or
+// under transport.PrimaryRead a get that the stream's leader answers (see
+// lastMsg). An expired value is transport.ErrNotFound, also on a server
+// that has not yet removed it.
 func (t *Transport) Get(ctx context.Context, key string) ([]byte, error) {
 	s, err := t.open(ctx)
 	if err != nil {

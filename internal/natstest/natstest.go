@@ -45,8 +45,32 @@ const startAttempts = 8
 // starts the cluster again on new ports.
 func StartCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
+	return startClusterVia(tb, n, nil)
+}
+
+// StartClusterVia is StartCluster, but every route of the last server
+// goes through addresses of the test's choosing: it solicits its route to
+// each other server at via(that server's route address), and advertises
+// via(its own route address), where the others solicit theirs (gossip
+// tells them to); the others route to each other directly. A
+// nettest.Proxy in front of each address, say, which the test freezes to
+// cut the last server off from the rest while its clients still reach it,
+// or slows to make it lag. The last server starts once the others have
+// their routes, so that gossip never tells it another server's own
+// address. It fails tb if a route to or from the last server was
+// solicited at an address via did not return. n is at least 2.
+func StartClusterVia(tb testing.TB, n int, via func(routeAddr string) string) *Cluster {
+	tb.Helper()
+	if n < 2 || via == nil {
+		tb.Fatalf("natstest: StartClusterVia needs at least 2 servers and a via (n %d)", n)
+	}
+	return startClusterVia(tb, n, via)
+}
+
+func startClusterVia(tb testing.TB, n int, via func(routeAddr string) string) *Cluster {
+	tb.Helper()
 	for range startAttempts {
-		c, err := startCluster(tb, n)
+		c, err := startCluster(tb, n, via)
 		if err == nil {
 			return c
 		}
@@ -59,9 +83,9 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	return nil
 }
 
-// startCluster starts the servers of StartCluster once, stopping them
-// again if one of them does not start.
-func startCluster(tb testing.TB, n int) (*Cluster, error) {
+// startCluster starts the servers of StartCluster (StartClusterVia with
+// a via) once, stopping them again if one of them does not start.
+func startCluster(tb testing.TB, n int, via func(routeAddr string) string) (*Cluster, error) {
 	tb.Helper()
 	ports := make([]int, n)
 	for i := range ports {
@@ -70,6 +94,22 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 	var routes []*url.URL
 	for _, p := range ports {
 		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	// With via, the last server's routes (viaRoutes) and the address it
+	// advertises (viaAdvertise) go through via; the others' routes leave
+	// it out.
+	var viaRoutes []*url.URL
+	var viaAdvertise string
+	direct := map[string]bool{} // every server's own route address
+	if via != nil {
+		for _, r := range routes {
+			direct[r.Host] = true
+		}
+		for _, r := range routes[:n-1] {
+			viaRoutes = append(viaRoutes, &url.URL{Scheme: "nats-route", Host: via(r.Host)})
+		}
+		viaAdvertise = via(routes[n-1].Host)
+		routes = routes[:n-1]
 	}
 	c := &Cluster{tb: tb}
 	var logs []*logTail
@@ -80,6 +120,14 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 		}
 	}
 	for i := range n {
+		rs, advertise := routes, ""
+		if via != nil && i == n-1 {
+			rs, advertise = viaRoutes, viaAdvertise
+			if err := waitRoutes(c.Servers, n-2, logs); err != nil {
+				stop()
+				return nil, err
+			}
+		}
 		opts := &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
 			Host:       "127.0.0.1",
@@ -88,11 +136,12 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 			StoreDir:   tb.TempDir(),
 			NoSigs:     true,
 			Cluster: server.ClusterOpts{
-				Name: "tlsfarm-test",
-				Host: "127.0.0.1",
-				Port: ports[i],
+				Name:      "tlsfarm-test",
+				Host:      "127.0.0.1",
+				Port:      ports[i],
+				Advertise: advertise,
 			},
-			Routes:                 routes,
+			Routes:                 rs,
 			DisableJetStreamBanner: true,
 		}
 		s, err := server.NewServer(opts)
@@ -107,23 +156,21 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 		logs = append(logs, log)
 		s.Start()
 		c.Servers = append(c.Servers, s)
-	}
-	deadline := time.Now().Add(testenv.StartTimeout)
-	for i, s := range c.Servers {
-		for !s.ReadyForConnections(100 * time.Millisecond) {
-			out := logs[i].String()
-			if strings.Contains(strings.ToLower(out), "address already in use") {
+		if via != nil && i == n-2 {
+			// The others must be up (and routed, above) before the
+			// last one starts.
+			if err := waitReady(c.Servers, logs); err != nil {
 				stop()
-				return nil, fmt.Errorf("%w: NATS server %s: %s", testenv.ErrPortTaken, s.Name(), out)
-			}
-			if time.Now().After(deadline) {
-				stop()
-				return nil, fmt.Errorf("NATS server %s did not start within %v; it logged:\n%s", s.Name(), testenv.StartTimeout, out)
+				return nil, err
 			}
 		}
 	}
+	if err := waitReady(c.Servers, logs); err != nil {
+		stop()
+		return nil, err
+	}
 	tb.Cleanup(stop)
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ready := true
 		for _, s := range c.Servers {
@@ -132,6 +179,11 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 			}
 		}
 		if ready && c.metaLeader() != nil {
+			if via != nil {
+				if err := c.checkVia(direct); err != nil {
+					return nil, err
+				}
+			}
 			return c, nil
 		}
 		if time.Now().After(deadline) {
@@ -143,6 +195,73 @@ func startCluster(tb testing.TB, n int) (*Cluster, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// waitReady waits until every server of servers accepts connections, or
+// returns an error (wrapping testenv.ErrPortTaken if one's port was
+// taken); logs holds what each logged.
+func waitReady(servers []*server.Server, logs []*logTail) error {
+	deadline := time.Now().Add(testenv.StartTimeout)
+	for i, s := range servers {
+		for !s.ReadyForConnections(100 * time.Millisecond) {
+			out := logs[i].String()
+			if strings.Contains(strings.ToLower(out), "address already in use") {
+				return fmt.Errorf("%w: NATS server %s: %s", testenv.ErrPortTaken, s.Name(), out)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("NATS server %s did not start within %v; it logged:\n%s", s.Name(), testenv.StartTimeout, out)
+			}
+		}
+	}
+	return nil
+}
+
+// waitRoutes waits until every server of servers has routes to at least
+// want others, for at most 30s.
+func waitRoutes(servers []*server.Server, want int, logs []*logTail) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ready := true
+		for _, s := range servers {
+			if s.NumRoutes() < want {
+				ready = false
+			}
+		}
+		if ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			var out strings.Builder
+			for i, s := range servers {
+				fmt.Fprintf(&out, "%s (%d routes) logged:\n%s\n", s.Name(), s.NumRoutes(), logs[i].String())
+			}
+			return fmt.Errorf("NATS cluster: servers not routed to %d others within 30s\n%s", want, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkVia returns an error if a route between the last server and
+// another goes to one's own route address (one of direct): a connection
+// through via shows, on the side that solicited it, via's address, and on
+// the other an address of via's own.
+func (c *Cluster) checkVia(direct map[string]bool) error {
+	last := c.Servers[len(c.Servers)-1]
+	for _, s := range c.Servers {
+		rz, err := s.Routez(nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range rz.Routes {
+			if s != last && r.RemoteName != last.Name() {
+				continue
+			}
+			if addr := net.JoinHostPort(r.IP, fmt.Sprint(r.Port)); direct[addr] {
+				return fmt.Errorf("NATS cluster: %s has a route to %s at its own address %s, not through via", s.Name(), r.RemoteName, addr)
+			}
+		}
+	}
+	return nil
 }
 
 // A logTail is a nats-server logger that keeps the end of what the server

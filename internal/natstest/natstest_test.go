@@ -5,7 +5,9 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
 
@@ -66,5 +68,47 @@ func TestAnswersTellsOtherServers(t *testing.T) {
 				t.Fatalf("Answers = %v, want ErrPortTaken", err)
 			}
 		})
+	}
+}
+
+// TestStartClusterViaRoutesThroughVia: once every address StartClusterVia
+// asked via for refuses connections, the last server has no route left,
+// and the others still route to each other.
+func TestStartClusterViaRoutesThroughVia(t *testing.T) {
+	var proxies []*nettest.Proxy
+	c := StartClusterVia(t, 3, func(addr string) string {
+		p := nettest.NewProxy(t, addr)
+		proxies = append(proxies, p)
+		return p.Addr
+	})
+	// Three a start (n3's two routes and its own address); a start
+	// again on other ports asks for three more.
+	if len(proxies) == 0 || len(proxies)%3 != 0 {
+		t.Fatalf("via was asked for %d addresses; want 3 a start", len(proxies))
+	}
+	for _, p := range proxies {
+		p.Cut()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Servers[2].NumRoutes() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("n3 still has %d route(s) with every via address cut", c.Servers[2].NumRoutes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i, s := range c.Servers[:2] {
+		rz, err := s.Routez(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := c.Servers[1-i].Name()
+		for _, r := range rz.Routes {
+			if r.RemoteName != other {
+				t.Errorf("%s has a route to %s with n3 cut off", s.Name(), r.RemoteName)
+			}
+		}
+		if len(rz.Routes) == 0 {
+			t.Errorf("%s has no route to %s with n3 cut off", s.Name(), other)
+		}
 	}
 }

@@ -1,0 +1,99 @@
+package natsbus
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+)
+
+// Where a read is answered. nats.go makes a key-value bucket's stream
+// with direct gets allowed (AllowDirect), and reads it with them: a
+// request on the subject $JS.API.DIRECT.GET.<stream>.<key> that every
+// replica of the stream answers, in a queue group, so that the replica on
+// the client's own server answers it. nats-server (2.15) lets a follower
+// join the group once it has caught up with its leader, and takes it out
+// only when the stream is stopped or its config changes: a follower whose
+// server's routes are cut, frozen or slow answers with what it had, for as
+// long as it lags. A read that decides one of the farm's promises
+// (transport.PrimaryRead) must not take that for an answer, and goes to
+// the stream's leader instead ($JS.API.STREAM.MSG.GET.<stream>, which only
+// the leader answers): leaderLastMsg.
+
+// lastMsg returns the last message on subj in bucket s: as the stream's
+// leader has it for a read under transport.PrimaryRead (leaderLastMsg),
+// by a direct get for any other.
+func (t *Transport) lastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
+	if transport.IsPrimaryRead(ctx) {
+		return t.leaderLastMsg(ctx, s, subj)
+	}
+	return s.stream.GetLastMsgForSubject(ctx, subj)
+}
+
+// leaderGetTimeout bounds a leader's get under a context without a
+// deadline, as nats.go bounds its own requests.
+const leaderGetTimeout = 5 * time.Second
+
+// msgGetResponse is the answer to a $JS.API.STREAM.MSG.GET request.
+type msgGetResponse struct {
+	Error   *jetstream.APIError `json:"error,omitempty"`
+	Message *struct {
+		Subject  string    `json:"subject"`
+		Sequence uint64    `json:"seq"`
+		Header   []byte    `json:"hdrs,omitempty"`
+		Data     []byte    `json:"data,omitempty"`
+		Time     time.Time `json:"time"`
+	} `json:"message,omitempty"`
+}
+
+// leaderLastMsg returns the last message on subj (which may hold
+// wildcards) in bucket s as the leader of its stream holds it: a request
+// of the JetStream API that a follower does not answer. Every write the
+// server has acknowledged is there (the leader acknowledges a write once
+// a quorum of replicas holds it). A server that cannot reach the leader
+// answers nothing (the request fails at ctx's deadline), or that the
+// stream has no leader: an error, never a follower's stale answer. A
+// subject without a message is jetstream.ErrMsgNotFound; the server's
+// refusals are *jetstream.APIError values, as nats.go returns them.
+func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
+		defer cancel()
+	}
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subj})
+	if err != nil {
+		return nil, err
+	}
+	msg, err := t.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.name, req)
+	if err != nil {
+		return nil, err
+	}
+	var r msgGetResponse
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		return nil, jetstream.ErrInvalidJetStreamResponse
+	}
+	if r.Error != nil {
+		if r.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return nil, jetstream.ErrMsgNotFound
+		}
+		return nil, r.Error
+	}
+	m := r.Message
+	if m == nil {
+		return nil, jetstream.ErrInvalidJetStreamResponse
+	}
+	var hdr nats.Header
+	if len(m.Header) > 0 {
+		if hdr, err = nats.DecodeHeadersMsg(m.Header); err != nil {
+			return nil, jetstream.ErrInvalidJetStreamResponse
+		}
+	}
+	return &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Header: hdr, Data: m.Data, Time: m.Time}, nil
+}

@@ -1,0 +1,343 @@
+package natsbus_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// A lagCluster is a NATS cluster of three servers (in the test's process)
+// whose last one, n3, reaches the others only through proxies
+// (natstest.StartClusterVia): frozen, they leave n3 behind its stream
+// leaders while its clients still reach it.
+type lagCluster struct {
+	c      *natstest.Cluster
+	routes []*nettest.Proxy
+}
+
+func startLagCluster(t *testing.T) *lagCluster {
+	t.Helper()
+	lc := &lagCluster{}
+	lc.c = natstest.StartClusterVia(t, 3, func(addr string) string {
+		p := nettest.NewProxy(t, addr)
+		lc.routes = append(lc.routes, p)
+		return p.Addr
+	})
+	return lc
+}
+
+// url returns the client URL of the server named name alone.
+func (lc *lagCluster) url(name string) string { return lc.c.Server(name).ClientURL() }
+
+// freeze freezes n3's routes until thaw (or the test's end).
+func (lc *lagCluster) freeze(t *testing.T) {
+	for _, p := range lc.routes {
+		p.Freeze()
+		t.Cleanup(p.Thaw)
+	}
+}
+
+func (lc *lagCluster) thaw() {
+	for _, p := range lc.routes {
+		p.Thaw()
+	}
+}
+
+// follow makes n1 lead the stream of bucket (a direct get from a client
+// on n1 is then answered on n1: one on a server that is not yet in the
+// direct get group goes to another, n3 perhaps), and waits until n3, its
+// follower, is current and answers the direct gets of tr, a transport on
+// n3, itself: with its routes frozen, a plain read of a key comes back at
+// once.
+func (lc *lagCluster) follow(t *testing.T, tr *natsbus.Transport, bucket string) {
+	t.Helper()
+	stream := "KV_" + bucket
+	n1, n3 := lc.c.Server("n1"), lc.c.Server("n3")
+	farmtest.Eventually(t, 30*time.Second, "n1 leads the stream, and n3 is current", func() bool {
+		for _, s := range lc.c.Servers[1:] {
+			if s.JetStreamIsStreamLeader("$G", stream) {
+				s.JetStreamStepdownStream("$G", stream)
+				return false
+			}
+		}
+		return n1.JetStreamIsStreamLeader("$G", stream) && n3.JetStreamIsStreamCurrent("$G", stream)
+	})
+	farmtest.Eventually(t, 30*time.Second, "n3 answers direct gets itself", func() bool {
+		lc.freeze(t)
+		defer lc.thaw()
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		_, err := tr.Get(ctx, "absent")
+		return errors.Is(err, transport.ErrNotFound)
+	})
+}
+
+// TestClusterPrimaryReadsStreamLeader: a transport on n3 of a lagCluster
+// reads what one on n1 wrote. Once n3's routes are frozen and n1 has
+// written anew, n3's replica lags: a plain read is a direct get, which n3
+// answers at once with what it had (nats-server 2.15 leaves a follower
+// in the direct get group when it falls behind). A read under
+// transport.PrimaryRead (GetRecord, Get, SetVersion) must not: it is
+// answered by the stream's leader, once the routes thaw, with what n1
+// wrote. Before the transport sent those reads to the leader, n3
+// answered them at once with the old values.
+func TestClusterPrimaryReadsStreamLeader(t *testing.T) {
+	t.Parallel()
+	lc := startLagCluster(t)
+	name := farmtest.FarmName(t)
+	w := openURL(t, lc.url("n1"), name)
+	r := openURL(t, lc.url("n3"), name)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	// Plain writes only: a conditional one reads first, with a direct
+	// get that may go to n3 and wait in its frozen routes. On a server
+	// with per-message TTL the records and the coordination keys share
+	// one bucket, so Get reads the key "g" that PutRecords writes.
+	put := func(v string) {
+		t.Helper()
+		if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte(v), TTL: time.Minute},
+			transport.Item{Key: "g", Value: []byte(v), TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.SetAdd(ctx, "set", []byte(v), time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var native bool
+	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
+		var err error
+		native, err = w.NativeTTL(ctx)
+		return err == nil
+	})
+	if !native {
+		t.Fatal("the bucket has no per-message TTL")
+	}
+	put("old")
+	lc.follow(t, r, w.Bucket())
+	var oldVersion []byte
+	farmtest.Eventually(t, 10*time.Second, "n3 has the old values", func() bool {
+		v, err := r.GetRecord(ctx, "s:01")
+		g, gerr := r.Get(ctx, "g")
+		oldVersion, _ = r.SetVersion(ctx, "set")
+		return err == nil && string(v) == "old" && gerr == nil && string(g) == "old" && oldVersion != nil
+	})
+
+	lc.freeze(t)
+	put("new")
+	// The premise: n3's replica lags, and answers plain reads. A direct
+	// get goes to any member of the stream's direct get group, chosen at
+	// random by the client's server (no preference for its own): n3's
+	// answers at once, n1's and n2's are held in the frozen routes.
+	answered := false
+	for range 40 {
+		rctx, rcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		v, err := r.GetRecord(rctx, "s:01")
+		rcancel()
+		if err == nil && string(v) != "old" {
+			t.Fatalf("plain GetRecord on n3 = %q; want old (n3's lagging replica) or a timeout", v)
+		}
+		if err == nil {
+			answered = true
+			break
+		}
+	}
+	if !answered {
+		t.Fatal("n3's replica answered none of 40 direct gets")
+	}
+
+	// Reads under PrimaryRead, several of each: a direct get would reach
+	// n3's replica one time in three.
+	type result struct {
+		name string
+		v    []byte
+		err  error
+	}
+	reads := map[string]func(context.Context) ([]byte, error){
+		"GetRecord":  func(ctx context.Context) ([]byte, error) { return r.GetRecord(ctx, "s:01") },
+		"Get":        func(ctx context.Context) ([]byte, error) { return r.Get(ctx, "g") },
+		"SetVersion": func(ctx context.Context) ([]byte, error) { return r.SetVersion(ctx, "set") },
+	}
+	const each = 10
+	results := make(chan result, each*len(reads))
+	pctx := transport.PrimaryRead(ctx)
+	for name, read := range reads {
+		for range each {
+			go func() {
+				v, err := read(pctx)
+				results <- result{name, v, err}
+			}()
+		}
+	}
+	// While the routes are frozen, only n3 can answer: nothing may come.
+	select {
+	case res := <-results:
+		t.Fatalf("%s under PrimaryRead answered %q, %v while n3's routes were frozen: n3's lagging replica answered it", res.name, res.v, res.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	lc.thaw()
+	for range each * len(reads) {
+		res := <-results
+		switch {
+		case res.err != nil:
+			t.Errorf("%s under PrimaryRead: %v", res.name, res.err)
+		case res.name == "SetVersion" && bytes.Equal(res.v, oldVersion):
+			t.Errorf("SetVersion under PrimaryRead = the version before the freeze")
+		case res.name != "SetVersion" && string(res.v) != "new":
+			t.Errorf("%s under PrimaryRead = %q; want new", res.name, res.v)
+		}
+	}
+}
+
+// openURL opens a transport for farmName at url, closed when the test
+// ends.
+func openURL(tb testing.TB, url, farmName string) *natsbus.Transport {
+	tb.Helper()
+	tr, err := natsbus.Open(url, farmName, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// TestClusterLaggingFollowerGateReadsLeader: a broadcast, write-through
+// farm of two nodes whose store is a lagCluster: n1 on its server n1 (bus
+// and store), n2's store on n3, its bus a NATS server of its own behind a
+// proxy, so that n2 hears nothing n1 publishes and its delivery lags once
+// the proxy freezes: its hits are gated, and read the revocation marks
+// from the store. n2 issues H and C, their records replicated to n3. Then
+// n3's routes freeze (n3's replica lags; n2 still reaches n3), n2's bus
+// stalls, and n1 revokes H, which it reports applied.
+//
+// n2 must not resume H. Its gate read H's marks with a direct get, which
+// n3 answered from its lagging replica ("no mark"), and n2 resumed H.
+// Once the routes thaw, n2 resumes C (its gate confirms C from the
+// leader) and still not H.
+func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
+	t.Parallel()
+	const maxLag = 150 * time.Millisecond
+	lc := startLagCluster(t)
+	busPath := nettest.NewProxy(t, embeddedAddr(t))
+	joined := 0
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			if joined == 1 {
+				tr := openURL(tb, lc.url("n1"), farmName)
+				return tr, tr
+			}
+			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
+		},
+		Mode: farm.Broadcast, WriteThrough: true,
+		Rotation:   &farm.RotationConfig{Interval: time.Hour},
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
+		Tweak: func(cfg *farm.Config) {
+			cfg.MaxDeliveryLag = maxLag
+			// A gated hit that cannot reach the stream's leader
+			// gives up soon (below, n3's routes are frozen), and so
+			// does a handshake's wait for its write-through.
+			cfg.LookupTimeout = 150 * time.Millisecond
+			cfg.WriteThroughTimeout = 20 * time.Millisecond
+			if joined == 2 {
+				// n2's writes wait on: not failing, they leave
+				// the gate on (a node whose store writes fail
+				// counts itself cut off, and its gate lets hits
+				// through).
+				cfg.OpTimeout = 30 * time.Second
+			}
+			cfg.TallyInterval = -1
+			// n2's stalled bus is not an outage (see
+			// TestClusterReadOnlyGateReadsMaster in redisbus).
+			cfg.ProbeTimeout = 10 * time.Second
+		},
+	})
+	n1, n2 := ms[0], ms[1]
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	store := n2.Store.(*natsbus.Transport)
+	lc.follow(t, store, store.Bucket())
+
+	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
+	}
+	h, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	ids := farmtest.HandshakeSessions(n2.Cache)
+	dial(n2, h)
+	hid := ids()[len(ids())-1]
+	dial(n2, cs)
+	farmtest.Eventually(t, 5*time.Second, "n2 resumes H and C", func() bool { return dial(n2, h) && dial(n2, cs) })
+	// H's record is in the store (its write-through may have outlasted
+	// the handshake's short wait), and n3 has it.
+	farmtest.Eventually(t, 10*time.Second, "H's record in the store", func() bool {
+		ctx, cancel := context.WithTimeout(transport.PrimaryRead(t.Context()), time.Second)
+		defer cancel()
+		_, err := n1.Store.GetRecord(ctx, "s:"+hex.EncodeToString(hid[:]))
+		return err == nil
+	})
+	stream := "KV_" + store.Bucket()
+	farmtest.Eventually(t, 10*time.Second, "n3 current", func() bool {
+		return lc.c.Server("n3").JetStreamIsStreamCurrent("$G", stream)
+	})
+
+	lc.freeze(t)
+	busPath.Freeze()
+	t.Cleanup(busPath.Thaw)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if st, err := n1.Node.RevokeSession(ctx, hid); err != nil || st != farm.RevokeApplied {
+		t.Fatalf("RevokeSession = %v, %v", st, err)
+	}
+	marker := n2.Bus.(transport.DeliveryMarker)
+	farmtest.Eventually(t, 5*time.Second, "n2's delivery lags", func() bool {
+		return time.Since(marker.DeliveredThrough()) > 2*maxLag
+	})
+	gated := func(result string) uint64 {
+		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
+	}
+	// A direct get reaches n3's replica one time in three (see
+	// TestClusterPrimaryReadsStreamLeader), and the gate reads two marks:
+	// so many dials that one of them would find no mark.
+	for i := range 40 {
+		if dial(n2, h) {
+			t.Errorf("n2 resumed H (dial %d), revoked on n1 (applied): its gate read n3's lagging replica", i+1)
+			break
+		}
+	}
+	t.Logf("with n3's routes frozen, n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d",
+		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
+
+	lc.thaw()
+	farmtest.Eventually(t, 20*time.Second, "n2 resumes C", func() bool { return dial(n2, cs) })
+	// The gate may still find no leader for a moment (n3, back, may
+	// call an election): not resumed either way.
+	farmtest.Eventually(t, 20*time.Second, "n2's gate finds H revoked", func() bool {
+		if dial(n2, h) {
+			t.Errorf("n2 resumed H once n3's routes thawed")
+			return true
+		}
+		return gated("revoked") > 0
+	})
+	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d",
+		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
+}
+
+// embeddedAddr is embedded's server address, without the scheme.
+func embeddedAddr(tb testing.TB) string {
+	tb.Helper()
+	u := embedded(tb)
+	return u[len("nats://"):]
+}
