@@ -64,7 +64,9 @@ func testFirstWriteLandsAfterCut(t *testing.T, store string) {
 	g1.setHeld(false)
 	farmtest.Eventually(t, 5*time.Second, "n1's first write of S landed", func() bool { return stored(id) })
 	if store == "redis" {
-		t.Logf("n1's first write left S in the store for %v (grace %v)", gatedTTL(t, f.rc, g1.Transport, id).Round(time.Second), grace)
+		if ttl := gatedTTL(t, f.rc, g1.Transport, id); ttl > grace {
+			t.Errorf("n1's first write put S in the store whole (%v left) after n2 cut it to its grace (%v)", ttl.Round(time.Second), grace)
+		}
 	}
 
 	// Past S's grace, with n1 still deaf to the cut, a node that never
