@@ -120,10 +120,39 @@ func (n *Node) storeItems(hdr header, batch []item, now time.Time) (puts []trans
 		// A late write (its first failed) applies the cut mark a peer's
 		// cut may have left in the store meanwhile (see
 		// transport.Item.Late): this node read the session before it
-		// heard of that cut, perhaps. A first write stays a plain write.
+		// heard of that cut, perhaps. A first write is a plain write
+		// here; lateFirst makes it a late one where peers may have the
+		// session first.
 		puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: v, TTL: ttl, Late: it.later})
 	}
 	return puts, dels, revs
+}
+
+// lateFirst makes the first writes of new sessions among puts late writes
+// (transport.Item.Late) in broadcast mode, for a write that the bus may
+// overtake: the store on a path of its own, a write and a publish made
+// concurrently, a Redis Cluster, a carried ticket. A peer that has the
+// session from the bus first and resumes it cuts the store's record,
+// finds none, and leaves the cut mark (or, retiring it, the retirement
+// mark); a plain first write landing after that would put the session
+// back whole, for any node that loads it from the store past its grace
+// (or, taken, a second time), until this node heard of the cut and wrote
+// it again (recutWritten) — never, if its bus path stays slow until the
+// mark has lapsed. The late write applies the mark where it finds one;
+// the mark lapses with the cut, so a read that honoured it could not. A
+// write that lands before any peer can hear of the session (an ordered
+// Batcher's one round trip) stays a plain write. In broadcast mode the
+// only puts that are neither a cut, a retirement nor a write-back are
+// new sessions' records.
+func (n *Node) lateFirst(puts []transport.Item) {
+	if n.cfg.Mode != Broadcast {
+		return
+	}
+	for i := range puts {
+		if p := &puts[i]; !p.Retire && !p.IfPresent && !p.NoLonger {
+			p.Late = true
+		}
+	}
 }
 
 // flushStore writes one batch to the store, on the store's own path: a
@@ -136,6 +165,7 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	now := n.cfg.Now()
 	hdr := header{time: now, sender: n.instance, farm: n.cfg.Farm}
 	puts, dels, revs := n.storeItems(hdr, batch, now)
+	n.lateFirst(puts) // the store on a path of its own: peers may have the batch's sessions first
 	restores := hasOp(batch, opRestore)
 	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true

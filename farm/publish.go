@@ -260,16 +260,20 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	// Whether the bus may bring the batch's new sessions to peers before
 	// the store has them (see recutWritten): only the one round trip of
 	// an ordered Batcher writes first.
-	first := true
-	if b, ok := n.cfg.Bus.(transport.Batcher); ok && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records) {
+	b, combined := n.cfg.Bus.(transport.Batcher)
+	combined = combined && stored && len(revs) == 0 && !restores && any(n.cfg.Bus) == any(n.cfg.Records)
+	// A carried ticket may bring the session to a peer before either
+	// (see Config.CarrySessions): that peer's cut of the store's record
+	// can then find none.
+	first := !combined || n.publishFirst || n.carryAllowed()
+	if first {
+		n.lateFirst(puts)
+	}
+	if combined {
 		bctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
 		storeErr = n.putAndPublish(bctx, b, puts, dels, msgs)
 		pubErr = storeErr
 		cancel()
-		// A carried ticket may bring the session to a peer before either
-		// (see Config.CarrySessions): that peer's cut of the store's
-		// record can then find none.
-		first = n.publishFirst || n.carryAllowed()
 	} else {
 		var wg sync.WaitGroup
 		if stored {

@@ -302,3 +302,35 @@ func BenchmarkTake(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFirstWrite writes new sessions of 300 bytes, each to a key
+// never written before, as a farm writes its new sessions: plain writes,
+// and late writes (Item.Late: a create that expects the key to hold no
+// message, the farm's first write where the bus may overtake it), in
+// batches of 256 and one at a time.
+func BenchmarkFirstWrite(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		n    int
+		late bool
+	}{{"plain/256", 256, false}, {"late/256", 256, true}, {"plain/1", 1, false}, {"late/1", 1, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			tr := open(b, sharedURL(b), farmtest.FarmName(b))
+			ctx := context.Background()
+			items := make([]transport.Item, c.n)
+			value := make([]byte, 300)
+			k := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				for i := range items {
+					items[i] = transport.Item{Key: fmt.Sprintf("s:%08x", k), Value: value, TTL: time.Minute, Late: c.late}
+					k++
+				}
+				if err := tr.PutRecords(ctx, items...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "keys/s")
+		})
+	}
+}

@@ -1197,8 +1197,10 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 
 // redoCuts returns the error of a pipeline that ran cmds, err, after
 // running again, whole (EVAL), its cuts that the server had no script for
-// (NOSCRIPT: it restarted, failed over, or flushed its scripts): nil if
-// those were its only failures and they succeed now. A cut so run after
+// (NOSCRIPT: it restarted, failed over, or flushed its scripts), and its
+// late writes (Item.Late) that the server refused while their slot was
+// being migrated (TRYAGAIN: see lateSplit): nil if those were its only
+// failures and they succeed now. A cut so run after
 // the pipeline's deletions and publishes is still right: it writes only
 // over a record that is there. A write-back (Item.NoLonger) so run after
 // them could write a record the pipeline deleted: the farm never batches
@@ -1209,20 +1211,80 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	if err == nil || len(cuts) == 0 {
 		return err
 	}
+	tryAgain := 0
 	for _, c := range cmds {
-		if e := c.Err(); e != nil && !redis.HasErrorPrefix(e, "NOSCRIPT") {
+		switch e := c.Err(); {
+		case e == nil || redis.HasErrorPrefix(e, "NOSCRIPT"):
+		case redis.HasErrorPrefix(e, "TRYAGAIN"):
+			tryAgain++
+		default:
 			return err
 		}
 	}
+	for _, c := range cuts {
+		if redis.HasErrorPrefix(c.cmd.Err(), "TRYAGAIN") {
+			if !lateOnly(c.it) {
+				return err
+			}
+			tryAgain--
+		}
+	}
+	if tryAgain != 0 {
+		return err // a command other than a late write's script
+	}
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
-			if c.cmd.Err() != nil {
+			if e := c.cmd.Err(); e != nil && !redis.HasErrorPrefix(e, "TRYAGAIN") {
 				writeScript(c.it).Eval(ctx, once{p}, t.scriptKeys(c.it), c.it.Value, ttlMillis(c.it.TTL))
 			}
 		}
 		return nil
 	})
+	for _, c := range cuts {
+		if err == nil && redis.HasErrorPrefix(c.cmd.Err(), "TRYAGAIN") {
+			err = t.lateSplit(ctx, c.it)
+		}
+	}
 	return err
+}
+
+// lateOnly reports whether it is a late write and nothing else: one that
+// lateScript writes.
+func lateOnly(it transport.Item) bool {
+	return it.Late && !it.IfPresent && !it.NoLonger && !it.Retire
+}
+
+// lateSplit is the late write of it while its slot is being migrated and
+// its keys are split between two nodes (TRYAGAIN: Redis runs no command
+// over two keys, the record and its marks, of such a slot): the
+// retirement mark's EXISTS, the cut mark's PTTL and GET, then the SET,
+// each on its own, following ASK. It writes what lateScript writes, but
+// not atomically: a mark left between the reads and the SET is missed,
+// as a plain write misses it, until the writer hears of the cut and
+// writes it again. The farm's first writes in broadcast mode are late
+// writes (see transport.Item.Late): without it, each new session of a
+// migrating slot would fail its write until the slot moved.
+func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
+	k := t.RecordKey(it.Key)
+	gone, err := t.c.Exists(ctx, k+retireMarkSuffix).Result()
+	if err != nil || gone > 0 {
+		return err
+	}
+	value, ttl := it.Value, it.TTL
+	left, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+	if err != nil {
+		return err
+	}
+	if left > 0 && left < it.TTL {
+		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
+		switch {
+		case err == nil:
+			value, ttl = v, left
+		case !errors.Is(err, redis.Nil):
+			return err
+		}
+	}
+	return once{t.c}.Set(ctx, k, value, ttl).Err()
 }
 
 // cutScript is the write of an Item.IfPresent: KEYS[1] is the record,

@@ -13,8 +13,10 @@ import (
 )
 
 // BenchmarkStoreWrite measures the farm's commonest store writes, one at
-// a time: a session record's SET (PutRecords of one item) and a record
-// written with its message in one round trip (PutAndPublish), about a
+// a time: a session record's SET (PutRecords of one item), its first
+// write where peers may have it first (an Item.Late, a script), and a
+// record written with its message in one round trip (PutAndPublish
+// with a SET, and with the Item.Late), about a
 // sealed session's size, on the shared Redis and on a private Redis
 // Cluster of three masters. The records (1024 keys, written over and
 // over) lapse a minute after the benchmark.
@@ -50,11 +52,33 @@ func storeWrites(b *testing.B, url string) {
 			i++
 		}
 	})
+	b.Run("first", func(b *testing.B) {
+		// A session's first write where the bus may bring it to peers
+		// before the store has it: Item.Late, lateScript by hash.
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if err := tr.PutRecords(ctx, transport.Item{Key: names[i%keys], Value: value, TTL: time.Minute, Late: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 	b.Run("put-and-publish", func(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
 			if err := tr.PutAndPublish(ctx, []transport.Item{{Key: names[i%keys], Value: value, TTL: time.Minute}}, nil, msg); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("put-and-publish-first", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if err := tr.PutAndPublish(ctx, []transport.Item{{Key: names[i%keys], Value: value, TTL: time.Minute, Late: true}}, nil, msg); err != nil {
 				b.Fatal(err)
 			}
 			i++

@@ -85,9 +85,16 @@ type Item struct {
 	// first write landed cut it to its grace where the store had no record
 	// yet, and the writer, which read the session whole before it heard
 	// of the cut, must not put it back whole, even for the round trip
-	// until it writes the cut again. Only late writes pay for the check
-	// (Redis: a script that reads the marks and SETs); a session's first
-	// write stays a plain write. Ignored with IfPresent or NoLonger.
+	// until it writes the cut again. The farm writes so, too, a session's
+	// first write that the bus may overtake (broadcast mode, the store on
+	// a path of its own or written concurrently with the publish, a Redis
+	// Cluster, a carried ticket): the first write may land after a peer's
+	// cut, and its writer may hear of the cut only after the mark lapsed.
+	// Only those writes pay for the check (Redis: a script that reads the
+	// marks and SETs; NATS: a create, one round trip where no mark is
+	// there); a first write made in one round trip with its publish, on
+	// a store that applies it before the publish, stays a plain write.
+	// Ignored with IfPresent or NoLonger.
 	Late bool
 
 	// Retire makes the write a retirement: it deletes the record at Key
