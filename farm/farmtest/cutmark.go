@@ -17,7 +17,10 @@ import (
 // write (no Late) ignores it, the shorter of two marks is kept, a late
 // write with no mark (or one that lapsed, or one that ends later) writes
 // what it was given, and a cut that comes after a late write cuts the
-// record as it cuts any.
+// record as it cuts any. A cut with a Life (Item.Life) outlives its cut
+// mark: a late write that lands after the mark lapsed writes nothing,
+// also where an earlier late write wrote the cut in the mark's place and
+// that cut lapsed; a first write (no Late) still writes.
 //
 // The first checks need the short marks still there when they read: a
 // run that took longer than the marks' life (a stalled machine) proves
@@ -64,6 +67,11 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, Late: late}
 	}
 	key := func(name string) string { return "s:cutmark-" + name + suffix }
+	lived := func(k string) transport.Item {
+		it := cut(k, "cut", short)
+		it.Life = time.Hour
+		return it
+	}
 
 	// A cut that finds no record: no record, a mark.
 	start := time.Now()
@@ -92,11 +100,18 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 	put(cut(key("before"), "cut", short))
 	// A mark that lapses before the late write.
 	put(cut(key("lapsed"), "cut", time.Second*scale))
+	// Cuts with a Life, whose marks outlive the cut: the late write
+	// written within the cut writes the cut.
+	put(lived(key("life")))
+	put(lived(key("life-first")))
+	put(lived(key("life-written")))
+	put(whole(key("life-written"), true))
 
 	var wrong []string
 	for k, want := range map[string]string{
 		"alone": "cut", "first": "whole", "batch": "cut", "other": "other", "nomark": "whole",
 		"twice-a": "short", "twice-b": "short", "longer": "whole", "before": "cut",
+		"life": "", "life-first": "", "life-written": "cut",
 	} {
 		if v := get(key(k)); v != want {
 			wrong = append(wrong, fmt.Sprintf("%s: the record reads %q, want %q", k, v, want))
@@ -111,9 +126,15 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 	}
 	time.Sleep(2100 * time.Millisecond * scale)
 	put(whole(key("lapsed"), true))
+	// Past the cuts with a Life: a late write writes nothing, alone or
+	// in a batch, also over the lapsed cut an earlier one wrote; a first
+	// write writes.
+	put(whole(key("life"), true))
+	put(whole(key("life-written"), true), whole(key("life-first"), false))
 	for k, want := range map[string]string{
 		"alone": "", "first": "whole", "batch": "", "nomark": "whole",
 		"twice-a": "", "twice-b": "", "longer": "whole", "before": "", "lapsed": "whole",
+		"life": "", "life-first": "whole", "life-written": "",
 	} {
 		if v := get(key(k)); v != want {
 			t.Errorf("%s, past the short cut: the record reads %q, want %q", k, v, want)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,7 @@ const (
 	hdrMarker    = "Nats-Marker-Reason"
 	hdrCutMark   = "Tlsfarm-Cut-Mark"
 	hdrRetired   = "Tlsfarm-Retired"
+	hdrCutLife   = "Tlsfarm-Cut-Life"
 )
 
 // kvKey maps a farm key to a JetStream KV key, which may hold only
@@ -121,12 +123,16 @@ type entry struct {
 	expires time.Time // when a present value with a TTL lapses; zero if it has none
 
 	// A cut mark (see transport.Item.IfPresent) at an absent key, and
-	// when it lapses: the value a late write puts there instead.
+	// when it lapses: the value a late write puts there instead; and when
+	// the cut's life (see transport.Item.Life) ends, zero for none.
 	mark        []byte
 	markExpires time.Time
+	lifeExpires time.Time
 
 	// retired says a retirement mark (see transport.Item.Retire) that has
-	// not lapsed is at the absent key: a late write writes nothing.
+	// not lapsed is at the absent key, or a cut mark, or the cut a late
+	// write put in its place, that lapsed within its cut's life (see
+	// transport.Item.Life): a late write writes nothing.
 	retired bool
 }
 
@@ -155,7 +161,9 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 	if m.Header.Get(hdrCutMark) != "" && m.Header.Get(hdrMarker) == "" {
 		if ttl, v, ok := decodeValue(m.Data); ok && ttl > 0 {
 			if exp := m.Time.Add(time.Duration(ttl) * time.Millisecond); t.now().Before(exp) {
-				e.mark, e.markExpires = v, exp
+				e.mark, e.markExpires, e.lifeExpires = v, exp, cutLife(m)
+			} else {
+				e.retired = t.now().Before(cutLife(m))
 			}
 		}
 		return e, nil
@@ -176,11 +184,27 @@ func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry
 	if ttl > 0 {
 		e.expires = m.Time.Add(time.Duration(ttl) * time.Millisecond)
 		if !t.now().Before(e.expires) {
-			return entry{rev: m.Sequence}, nil
+			return entry{rev: m.Sequence, retired: t.now().Before(cutLife(m))}, nil
 		}
 	}
 	e.value, e.present = v, true
 	return e, nil
+}
+
+// cutLife returns when the cut life that m carries (see
+// transport.Item.Life: a cut mark's, or the cut's that a late write wrote
+// in the mark's place) ends, counted from the server's timestamp on m;
+// zero if it carries none.
+func cutLife(m *jetstream.RawStreamMsg) time.Time {
+	h := m.Header.Get(hdrCutLife)
+	if h == "" {
+		return time.Time{}
+	}
+	ms, err := strconv.ParseUint(h, 10, 63)
+	if err != nil || ms == 0 {
+		return time.Time{}
+	}
+	return m.Time.Add(time.Duration(ms) * time.Millisecond)
 }
 
 // message builds a write of value with ttl (0 for none) to key.
@@ -267,6 +291,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 			continue
 		}
 		if it.IfPresent {
+			longest = max(longest, it.Life)
 			replace = append(replace, it)
 			continue
 		}
@@ -361,7 +386,10 @@ const maxReplacing = 16
 // the mark's value, for what is left of it, and otherwise it.Value,
 // so too: a mark and a late write, each conditional on the revision read,
 // are applied in one order or the other, and either way the store ends
-// with the cut. A late write that finds a retirement mark (see
+// with the cut. A cut with an Item.Life gives its mark (and a late write
+// the cut it writes in the mark's place) that life, in a header and as
+// the message's TTL: once the cut lapses, the key reads as retired for
+// the rest of it. A late write that finds a retirement mark (see
 // retireMessage) writes nothing, and a cut leaves the mark as it is: the
 // mark is written unconditionally, so that a retirement and a late write
 // applied in either order leave the store without the record. A refused
@@ -376,7 +404,7 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 			return t.check(m, "replace", err)
 		}
 		now := t.now()
-		value, ttl, mark := it.Value, it.TTL, false
+		value, ttl, mark, life := it.Value, it.TTL, false, time.Duration(0)
 		switch {
 		case e.retired && (it.IfPresent || it.Late && !it.NoLonger):
 			return nil
@@ -385,6 +413,9 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 				return nil
 			}
 			mark = true
+			if it.Life > it.TTL {
+				life = it.Life
+			}
 		case e.present && (it.IfPresent || it.NoLonger) && !e.expires.IsZero() && !e.expires.After(now.Add(it.TTL)):
 			// It lapses no later than this write would: a cut and a
 			// write-back only shorten (see Item.IfPresent,
@@ -392,11 +423,17 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 			return nil
 		case it.Late && !it.IfPresent && !it.NoLonger && e.mark != nil && e.markExpires.Before(now.Add(it.TTL)):
 			value, ttl = e.mark, e.markExpires.Sub(now)
+			if left := e.lifeExpires.Sub(now); left > ttl {
+				life = left // the cut, written, keeps the mark's life
+			}
 		}
-		msg, opts := t.message(s, k, encodeValue(ttlMillis(ttl), value), ttl)
+		msg, opts := t.message(s, k, encodeValue(ttlMillis(ttl), value), max(ttl, life))
 		if mark {
 			msg.Header.Set(hdrOperation, "DEL")
 			msg.Header.Set(hdrCutMark, "1")
+		}
+		if life > 0 {
+			msg.Header.Set(hdrCutLife, strconv.FormatUint(ttlMillis(life), 10))
 		}
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
 		_, err = t.js.PublishMsg(ctx, msg, opts...)

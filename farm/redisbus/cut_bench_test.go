@@ -18,7 +18,8 @@ import (
 // over a present record of about a sealed session's size), alone and in
 // a pipeline of 16 with as many plain writes (a batch of resumptions: each
 // child's record and its parent's cut), against the shared Redis. Each
-// cut is shorter than the record it finds, so each is written.
+// cut is shorter than the record it finds, so each is written. "absent"
+// is a cut that finds no record, which leaves its marks.
 func BenchmarkCutWrite(b *testing.B) {
 	tr, err := redisbus.Open(redistest.URL(b), farmtest.FarmName(b))
 	if err != nil {
@@ -37,6 +38,19 @@ func BenchmarkCutWrite(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("absent", func(b *testing.B) {
+		// A cut that finds no record: it leaves its cut mark and, with a
+		// Life, its lapsed-cut mark (see transport.Item.Life).
+		i := 0
+		for b.Loop() {
+			it := transport.Item{Key: fmt.Sprint("a", i), Value: value, TTL: 30 * time.Second, IfPresent: true}
+			it.Life = 2 * time.Minute
+			if err := tr.PutRecords(ctx, it); err != nil {
 				b.Fatal(err)
 			}
 			i++

@@ -586,6 +586,16 @@ func (t *Transport) RetireMarkKey(k string) string { return t.RecordKey(k) + ret
 
 const retireMarkSuffix = ":gone"
 
+// CutLifeKey returns the Redis key of the lapsed-cut mark that a cut of
+// the record at k leaves, with its cut mark, where it finds no record
+// (see transport.Item.Life): the record's key and a suffix, in the
+// record's slot. It outlives the cut mark, for the session's remaining
+// life, and a late write that finds it without the cut mark writes
+// nothing.
+func (t *Transport) CutLifeKey(k string) string { return t.RecordKey(k) + cutLifeSuffix }
+
+const cutLifeSuffix = ":cutlife"
+
 // Channel returns the pub/sub channel of the farm.
 func (t *Transport) Channel() string { return t.channel }
 
@@ -1125,7 +1135,7 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 			return t.failed(once{t.c}.Del(ctx, t.RecordKey(it.Key)).Err())
 		}
 		if sc := writeScript(it); sc != nil {
-			return t.failed(sc.Run(ctx, once{t.c}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)).Err())
+			return t.failed(sc.Run(ctx, once{t.c}, t.scriptKeys(it), scriptArgs(it)...).Err())
 		}
 		return t.failed(once{t.c}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
@@ -1164,19 +1174,33 @@ func writeScript(it transport.Item) *redis.Script {
 }
 
 // scriptKeys returns the keys of the script that writes it: the record's,
-// for a cut its cut mark's, for a retirement its retirement mark's, and
-// for a late write both marks' (all in the record's slot).
+// for a cut its cut mark's and lapsed-cut mark's, for a retirement its
+// retirement mark's, and for a late write the three marks' (all in the
+// record's slot).
 func (t *Transport) scriptKeys(it transport.Item) []string {
 	k := t.RecordKey(it.Key)
 	switch {
 	case it.Retire:
 		return []string{k, k + retireMarkSuffix}
 	case it.IfPresent:
-		return []string{k, k + cutMarkSuffix}
+		return []string{k, k + cutMarkSuffix, k + cutLifeSuffix}
 	case it.Late && !it.NoLonger:
-		return []string{k, k + cutMarkSuffix, k + retireMarkSuffix}
+		return []string{k, k + cutMarkSuffix, k + retireMarkSuffix, k + cutLifeSuffix}
 	}
 	return []string{k}
+}
+
+// scriptArgs returns the arguments of the script that writes it: the
+// value and the TTL (ms), and for a cut its Life (ms; 0 for none).
+func scriptArgs(it transport.Item) []any {
+	if it.IfPresent {
+		life := int64(0)
+		if it.Life > it.TTL {
+			life = ttlMillis(it.Life)
+		}
+		return []any{it.Value, ttlMillis(it.TTL), life}
+	}
+	return []any{it.Value, ttlMillis(it.TTL)}
 }
 
 // setRecord queues the write of it on p: SET, DEL for an Item.Retire
@@ -1189,7 +1213,7 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 		return cuts
 	}
 	if sc := writeScript(it); sc != nil {
-		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, t.scriptKeys(it), it.Value, ttlMillis(it.TTL)), it})
+		return append(cuts, cutCmd{sc.EvalSha(ctx, once{p}, t.scriptKeys(it), scriptArgs(it)...), it})
 	}
 	once{p}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL)
 	return cuts
@@ -1235,7 +1259,7 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
 			if e := c.cmd.Err(); e != nil && !redis.HasErrorPrefix(e, "TRYAGAIN") {
-				writeScript(c.it).Eval(ctx, once{p}, t.scriptKeys(c.it), c.it.Value, ttlMillis(c.it.TTL))
+				writeScript(c.it).Eval(ctx, once{p}, t.scriptKeys(c.it), scriptArgs(c.it)...)
 			}
 		}
 		return nil
@@ -1257,7 +1281,8 @@ func lateOnly(it transport.Item) bool {
 // lateSplit is the late write of it while its slot is being migrated and
 // its keys are split between two nodes (TRYAGAIN: Redis runs no command
 // over two keys, the record and its marks, of such a slot): the
-// retirement mark's EXISTS, the cut mark's PTTL and GET, then the SET,
+// retirement mark's EXISTS, the cut mark's PTTL and GET (or, where it
+// lapsed, the lapsed-cut mark's EXISTS), then the SET,
 // each on its own, following ASK. It writes what lateScript writes, but
 // not atomically: a mark left between the reads and the SET is missed,
 // as a plain write misses it, until the writer hears of the cut and
@@ -1275,6 +1300,12 @@ func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 	if err != nil {
 		return err
 	}
+	if left <= 0 {
+		lapsed, err := t.c.Exists(ctx, k+cutLifeSuffix).Result()
+		if err != nil || lapsed > 0 {
+			return err
+		}
+	}
 	if left > 0 && left < it.TTL {
 		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
 		switch {
@@ -1288,21 +1319,32 @@ func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 }
 
 // cutScript is the write of an Item.IfPresent: KEYS[1] is the record,
-// KEYS[2] its cut mark, ARGV the value and the TTL (ms). It writes only
+// KEYS[2] its cut mark, KEYS[3] its lapsed-cut mark, ARGV the value, the
+// TTL (ms) and the Item.Life (ms, 0 for none). It writes only
 // over a record that is there and would outlive the new TTL (or has
 // none): a cut shortens a record, never brings back one that is gone nor
 // lengthens one that a peer's cut ended sooner. It returns 1 if it wrote.
 // Finding no record, it leaves the cut as the record's cut mark, for its
 // TTL, unless a mark that ends sooner is there: a late write of the
 // session (lateScript) then writes the cut, not the whole record its
-// writer read before it heard of the cut. Only a cut that finds no record
-// pays for the mark.
+// writer read before it heard of the cut. With a Life, it leaves the
+// lapsed-cut mark too, for the Life (a mark that ends later stays): a
+// late write that lands once the cut mark lapsed writes nothing, where it
+// would put the session back whole past its grace. Only a cut that finds
+// no record pays for the marks.
 var cutScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
 if left == -2 then
 	local mark = redis.call('PTTL', KEYS[2])
 	if mark == -2 or mark > tonumber(ARGV[2]) then
 		redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+	end
+	local life = tonumber(ARGV[3])
+	if life > 0 then
+		local lapse = redis.call('PTTL', KEYS[3])
+		if lapse ~= -1 and lapse < life then
+			redis.call('SET', KEYS[3], '1', 'PX', life)
+		end
 	end
 	return 0
 end
@@ -1312,22 +1354,28 @@ return 1
 `)
 
 // lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
-// its cut mark, KEYS[3] its retirement mark, ARGV the value and the TTL
-// (ms). If a retirement mark is there (a peer's retirement that found no
-// record: see retireScript), it writes nothing and returns 0. If a cut
-// mark is there that ends sooner than the new TTL, it writes the mark's
-// value for what is left of it (a peer's cut that found no record: see
-// cutScript), and returns 2; else it writes the value, as SET does, and
+// its cut mark, KEYS[3] its retirement mark, KEYS[4] its lapsed-cut mark,
+// ARGV the value and the TTL (ms). If a retirement mark is there (a
+// peer's retirement that found no record: see retireScript), it writes
+// nothing and returns 0. If a cut mark is there that ends sooner than the
+// new TTL, it writes the mark's value for what is left of it (a peer's
+// cut that found no record: see cutScript), and returns 2. If no cut mark
+// is there but a lapsed-cut mark is (the cut's grace is over), it writes
+// nothing and returns 0. Else it writes the value, as SET does, and
 // returns 1.
 var lateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local mark = redis.call('PTTL', KEYS[2])
-if mark > 0 and mark < tonumber(ARGV[2]) then
-	local v = redis.call('GET', KEYS[2])
-	if v then
-		redis.call('SET', KEYS[1], v, 'PX', mark)
-		return 2
+if mark > 0 then
+	if mark < tonumber(ARGV[2]) then
+		local v = redis.call('GET', KEYS[2])
+		if v then
+			redis.call('SET', KEYS[1], v, 'PX', mark)
+			return 2
+		end
 	end
+elseif redis.call('EXISTS', KEYS[4]) == 1 then
+	return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1

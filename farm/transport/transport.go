@@ -76,12 +76,25 @@ type Item struct {
 	// (a store may keep the shorter of two marks).
 	IfPresent bool
 
+	// Life, for an IfPresent write, is how long the record could have
+	// lived uncut: the session's remaining natural life, the longest a
+	// late write of it could keep it. A cut that finds no record leaves,
+	// besides its cut mark for TTL, a lapsed-cut mark for Life, which no
+	// read sees and which outlives the cut mark: a Late write that lands
+	// once the cut mark lapsed (held in flight past the grace) then
+	// writes nothing, where it would put the session back whole, past its
+	// grace, for a writer that may never hear of the cut again. A store
+	// may keep the later-ending of two such marks. If Life is no longer
+	// than TTL, the cut leaves no such mark. Ignored without IfPresent.
+	Life time.Duration
+
 	// Late makes the write a session's late write, one made again after
 	// a failed write of it: if a cut mark (see IfPresent) lies at Key, the
 	// write puts there, in its place, the mark's value for what is left
 	// of the mark's TTL, when that is shorter than TTL; if a retirement
-	// mark (see Retire) lies there, it writes nothing; else it writes as
-	// a plain write does. A peer that resumed the session before its
+	// mark (see Retire) lies there, or a cut's lapsed-cut mark (see Life)
+	// whose cut mark lapsed, it writes nothing; else it writes as a plain
+	// write does. A peer that resumed the session before its
 	// first write landed cut it to its grace where the store had no record
 	// yet, and the writer, which read the session whole before it heard
 	// of the cut, must not put it back whole, even for the round trip
