@@ -43,20 +43,13 @@ func TestFirstWriteLandsAfterCut(t *testing.T) {
 func testFirstWriteLandsAfterCut(t *testing.T, store string, retire bool) {
 	const grace = 2 * time.Second
 	f := startLateWriteFarm(t, store, func(c *session.Config) { c.ResumeGrace = grace })
-	n1, n2, g1, g2, proxy, o, name := f.ms[0], f.ms[1], f.stores[0], f.stores[1], f.proxy, f.o, f.name
+	n1, n2, g1, g2, proxy := f.ms[0], f.ms[1], f.stores[0], f.stores[1], f.proxy
 	stored := f.stored
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
 	// n1 issues S; its first store write is held in flight, the bus
 	// brings S to n2.
-	g1.setHeld(true)
-	t.Cleanup(func() { g1.setHeld(false) })
-	c := &tlstest.FrozenCache{}
-	ids := farmtest.HandshakeSessions(n1.Cache)
-	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
-	id := ids()[0]
-	farmtest.Eventually(t, 5*time.Second, "n1's first write of S is held", func() bool { return g1.waiting.Load() > 0 })
-	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+	c, id := f.issueHeldS()
 
 	// The client resumes S on n2, whose cut finds no record; n1 does not
 	// hear of it.
@@ -105,9 +98,7 @@ func testFirstWriteLandsAfterCut(t *testing.T, store string, retire bool) {
 	if _, ok := lookup(n1.Cache, id); !ok {
 		t.Fatal("n1 let S go: it heard of the cut, and the test did not keep the window open")
 	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+	if f.n3Resumes(c) {
 		t.Error("n3 resumed S past its grace, from n1's first write that landed after n2's cut")
 	}
 }

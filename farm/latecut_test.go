@@ -57,7 +57,7 @@ func TestLateWriteReadBeforeCutHeard(t *testing.T) {
 func testLateWriteReadBeforeCutHeard(t *testing.T, store string) {
 	const grace = 2 * time.Second
 	f := startLateWriteFarm(t, store, func(c *session.Config) { c.ResumeGrace = grace })
-	n1, n2, g, proxy, rc, o, name := f.ms[0], f.ms[1], f.stores[0], f.proxy, f.rc, f.o, f.name
+	n1, n2, g, proxy, rc := f.ms[0], f.ms[1], f.stores[0], f.proxy, f.rc
 	stored := f.stored
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
@@ -112,9 +112,7 @@ func testLateWriteReadBeforeCutHeard(t *testing.T, store string) {
 	if stored(id) {
 		t.Error("the store holds S past its grace, from n1's late write")
 	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+	if f.n3Resumes(c) {
 		t.Error("n3 resumed S past its grace, from n1's late write")
 	}
 	g.setHeld(false)
@@ -227,6 +225,35 @@ func (f *lateWriteFarm) issueS() (*tlstest.FrozenCache, session.ID) {
 		return !f.stores[0].landing.Load() && farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") > 0
 	})
 	return c, id
+}
+
+// issueHeldS has a client issued a session S on n1, whose first store
+// write of S the test holds in flight (until the test lets it go), and
+// waits until the bus brought S to n2. It returns the client's cache and
+// S's ID.
+func (f *lateWriteFarm) issueHeldS() (*tlstest.FrozenCache, session.ID) {
+	t := f.t
+	t.Helper()
+	n1, n2, g1 := f.ms[0], f.ms[1], f.stores[0]
+	g1.setHeld(true)
+	t.Cleanup(func() { g1.setHeld(false) })
+	c := &tlstest.FrozenCache{}
+	ids := farmtest.HandshakeSessions(n1.Cache)
+	tlstest.MustDial(t, n1.Server.Addr, farmtest.Client(tls.VersionTLS13, c))
+	id := ids()[0]
+	farmtest.Eventually(t, 5*time.Second, "n1's first write of S is held", func() bool { return g1.waiting.Load() > 0 })
+	farmtest.Eventually(t, 5*time.Second, "n2 holds S", func() bool { _, ok := lookup(n2.Cache, id); return ok })
+	return c, id
+}
+
+// n3Resumes joins a node that never held S, n3, and reports whether the
+// client with cache c resumes S there (from what the store holds).
+func (f *lateWriteFarm) n3Resumes(c *tlstest.FrozenCache) bool {
+	t := f.t
+	t.Helper()
+	n3 := farmtest.Join(t, "n3", f.name, *f.o)
+	farmtest.WaitConnected(t, n3)
+	return tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
 }
 
 // slowBusNATSStorePaths is slowBusStorePaths with each member's store on

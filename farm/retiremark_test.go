@@ -36,7 +36,7 @@ func TestLateWriteReadBeforeRetireHeard(t *testing.T) {
 func testLateWriteReadBeforeRetireHeard(t *testing.T, store string) {
 	const grace = 2 * time.Second
 	f := startLateWriteFarm(t, store, func(c *session.Config) { c.ResumeGrace = grace })
-	n1, n2, g1, g2, proxy, o, name := f.ms[0], f.ms[1], f.stores[0], f.stores[1], f.proxy, f.o, f.name
+	n1, n2, g1, g2, proxy := f.ms[0], f.ms[1], f.stores[0], f.stores[1], f.proxy
 	stored := f.stored
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
@@ -92,9 +92,7 @@ func testLateWriteReadBeforeRetireHeard(t *testing.T, store string) {
 	if stored(id) {
 		t.Error("n1's late write put S back in the store after n2 retired it")
 	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+	if f.n3Resumes(c) {
 		t.Error("n3 resumed S past its grace, from n1's late write")
 	}
 	g1.setHeld(false)

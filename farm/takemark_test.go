@@ -32,7 +32,7 @@ func TestLateWriteAfterSingleUseTake(t *testing.T) {
 
 func testLateWriteAfterSingleUseTake(t *testing.T, store string) {
 	f := startLateWriteFarm(t, store, singleUse)
-	n1, n2, g1, proxy, o, name := f.ms[0], f.ms[1], f.stores[0], f.proxy, f.o, f.name
+	n1, n2, g1, proxy := f.ms[0], f.ms[1], f.stores[0], f.proxy
 	stored := f.storedKey
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start
 
@@ -82,9 +82,7 @@ func testLateWriteAfterSingleUseTake(t *testing.T, store string) {
 	if stored(key) {
 		t.Error("n1's late write put S back in the store after n2 took it")
 	}
-	n3 := farmtest.Join(t, "n3", name, *o)
-	farmtest.WaitConnected(t, n3)
-	if tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume {
+	if f.n3Resumes(c) {
 		t.Error("n3 resumed the single-use session S a second time, from n1's late write")
 	}
 	g1.setHeld(false)
