@@ -22,12 +22,13 @@ import (
 // masters, so the nodes' delivery stays current and their hits are not
 // gated). n1 issues P and Q, replicated. Then every replica is cut off
 // from its master, and P is resumed on n1: its record is cut to the
-// cache's ResumeGrace on its master. Past the grace, a client presents P
-// to n2, which does not hold it.
+// cache's ResumeGrace on its master; and n1 consumes R (Node.Consume),
+// which takes R's record from its master. Past the grace, clients present
+// P and R to n2, which holds neither.
 //
-// n2 must not resume P: a lookup that a replica answers finds P as it was
-// before the cut, whole. Before the farm marked its lookups
-// transport.PrimaryRead, n2 resumed P past its grace. n2 still resumes Q.
+// n2 must resume neither: a lookup that a replica answers finds P as it
+// was before the cut, whole, and R still there. Before the farm marked
+// its lookups transport.PrimaryRead, n2 resumed both. n2 still resumes Q.
 func TestClusterReadOnlyLookupReadsMaster(t *testing.T) {
 	t.Parallel()
 	const grace = 2 * time.Second
@@ -48,9 +49,9 @@ func TestClusterReadOnlyLookupReadsMaster(t *testing.T) {
 		t.Helper()
 		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
 	}
-	ids, cs := farmtest.Issue(t, n1, 2)
-	pid, p, q := ids[0], cs[0], cs[1]
-	pkey := "s:" + hex.EncodeToString(pid[:])
+	ids, cs := farmtest.Issue(t, n1, 3)
+	pid, p, q, rid, r := ids[0], cs[0], cs[1], ids[2], cs[2]
+	pkey, rkey := "s:"+hex.EncodeToString(pid[:]), "s:"+hex.EncodeToString(rid[:])
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	primary := func(key string) ([]byte, error) {
@@ -63,7 +64,8 @@ func TestClusterReadOnlyLookupReadsMaster(t *testing.T) {
 		var err error
 		whole, err = primary(pkey)
 		_, qerr := primary("s:" + hex.EncodeToString(ids[1][:]))
-		return err == nil && qerr == nil
+		_, rerr := primary(rkey)
+		return err == nil && qerr == nil && rerr == nil
 	})
 
 	cut()
@@ -75,9 +77,16 @@ func TestClusterReadOnlyLookupReadsMaster(t *testing.T) {
 		v, err := primary(pkey)
 		return (err == nil && !bytes.Equal(v, whole)) || errors.Is(err, transport.ErrNotFound)
 	})
-	// The premise: a plain read of P is answered by its replica, whole.
+	if ok, err := n1.Node.Consume(ctx, rid); err != nil || !ok {
+		t.Fatalf("Consume(R) on n1 = %v, %v", ok, err)
+	}
+	// The premise: a plain read of P is answered by its replica, whole,
+	// and one of R finds it.
 	if v, err := n2.Store.GetRecord(ctx, pkey); err != nil || !bytes.Equal(v, whole) {
 		t.Fatalf("plain GetRecord of P on n2 = %d bytes, %v; want P whole, from its replica", len(v), err)
+	}
+	if _, err := n2.Store.GetRecord(ctx, rkey); err != nil {
+		t.Fatalf("plain GetRecord of R on n2: %v; want R, from its replica", err)
 	}
 	time.Sleep(time.Until(resumed.Add(grace + 500*time.Millisecond)))
 
@@ -93,6 +102,9 @@ func TestClusterReadOnlyLookupReadsMaster(t *testing.T) {
 	if dial(n2, p) {
 		t.Errorf("n2 resumed P %v past its grace cut on n1: its lookup read a replica cut off from its master",
 			time.Since(resumed.Add(grace)).Round(time.Millisecond))
+	}
+	if dial(n2, r) {
+		t.Error("n2 resumed R, consumed on n1: its lookup read a replica cut off from its master")
 	}
 	if g := gated() - gatedBefore; g != 0 {
 		t.Errorf("n2 gated %d hits: its delivery lagged, and the gate (not the lookup) decided", g)
