@@ -24,13 +24,14 @@ import (
 // replicated to n3. Then n3's routes freeze (n3's replica lags; n2 still
 // reaches n3), and P is resumed on n1: its record is cut to the cache's
 // ResumeGrace in the store (on the stream's leader and n2), and n2 hears
-// the cut, for a session it does not hold. Past the grace, a client
-// presents P to n2 again and again.
+// the cut, for a session it does not hold; and n1 consumes R
+// (Node.Consume: a take from the leader). Past the grace, clients present
+// P and R to n2 again and again.
 //
-// n2 must not resume P: it loads P from the store, and a lookup that a
-// direct get answers may be answered by n3's lagging replica with P as
-// it was before the cut, whole. Before the farm marked its lookups
-// transport.PrimaryRead, n2 resumed P past its grace. Once the routes
+// n2 must resume neither: it loads them from the store, and a lookup that
+// a direct get answers may be answered by n3's lagging replica with P as
+// it was before the cut, whole, and with R. Before the farm marked its
+// lookups transport.PrimaryRead, n2 resumed P past its grace. Once the routes
 // thaw, n2 resumes Q (its lookups reach the leader) and still not P.
 func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 	t.Parallel()
@@ -75,8 +76,8 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		t.Helper()
 		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
 	}
-	ids, cs := farmtest.Issue(t, n1, 2)
-	pid, p, q := ids[0], cs[0], cs[1]
+	ids, cs := farmtest.Issue(t, n1, 3)
+	pid, p, q, rid, r := ids[0], cs[0], cs[1], ids[2], cs[2]
 	pkey := "s:" + hex.EncodeToString(pid[:])
 	// P's and Q's records are in the store, and n3 has them.
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
@@ -88,7 +89,8 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		var err error
 		whole, err = n1.Store.GetRecord(rctx, pkey)
 		_, qerr := n1.Store.GetRecord(rctx, "s:"+hex.EncodeToString(ids[1][:]))
-		return err == nil && qerr == nil
+		_, rerr := n1.Store.GetRecord(rctx, "s:"+hex.EncodeToString(rid[:]))
+		return err == nil && qerr == nil && rerr == nil
 	})
 	stream := "KV_" + store.Bucket()
 	farmtest.Eventually(t, 10*time.Second, "n3 current", func() bool {
@@ -114,6 +116,18 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		return (err == nil && !bytes.Equal(v, whole)) || errors.Is(err, transport.ErrNotFound)
 	})
 	farmtest.Eventually(t, 5*time.Second, "n2 hears P's cut", func() bool { return cutsHeard() > heard })
+	// The take reads R first with a direct get, and one sent to n3
+	// waits in its frozen routes: tried again until R is gone from the
+	// leader.
+	farmtest.Eventually(t, 30*time.Second, "R consumed on n1", func() bool {
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		defer ccancel()
+		if _, err := n1.Node.Consume(cctx, rid); err != nil {
+			return false
+		}
+		_, err := n1.Store.GetRecord(transport.PrimaryRead(cctx), "s:"+hex.EncodeToString(rid[:]))
+		return errors.Is(err, transport.ErrNotFound)
+	})
 	// The premise: n3's replica answers a plain read of P with P whole.
 	stale := false
 	for range 40 {
@@ -149,6 +163,12 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 			break
 		}
 	}
+	for i := range 20 {
+		if dial(n2, r) {
+			t.Errorf("n2 resumed R (dial %d), consumed on n1: its lookup read n3's lagging replica", i+1)
+			break
+		}
+	}
 	if g := gated() - gatedBefore; g != 0 {
 		t.Errorf("n2 gated %d hits: its delivery lagged, and the gate (not the lookup) decided", g)
 	}
@@ -164,10 +184,10 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 	farmtest.Eventually(t, 20*time.Second, "n2 resumes Q", func() bool { return dial(n2, q) })
 	for i := range 5 {
 		if t.Failed() {
-			break // n2 holds P, resumed above
+			break // n2 holds what it resumed above
 		}
-		if dial(n2, p) {
-			t.Errorf("n2 resumed P (dial %d after the thaw), past its grace cut", i+1)
+		if dial(n2, p) || dial(n2, r) {
+			t.Errorf("n2 resumed P or R (dial %d after the thaw), cut and consumed", i+1)
 			break
 		}
 	}
