@@ -183,9 +183,10 @@ func (s *bucketState) setReplicas(n int, now time.Time) {
 	s.replicasAt.Store(now.UnixNano())
 }
 
-// replicasRecheck is how often a bucket's replica count is read again
-// (an operator may add replicas to a live bucket: nats stream edit).
-const replicasRecheck = 30 * time.Second
+// replicasRecheck is how often a bucket's replica count of one is read
+// again (an operator may add replicas to a live bucket: nats stream
+// edit). A variable for the tests.
+var replicasRecheck = 30 * time.Second
 
 // recheckReplicas reads the replica count of s's stream again, in the
 // background and one read at a time, if it was last read more than
