@@ -39,17 +39,13 @@ func (n *Node) lookupStore(ctx context.Context, id session.ID) (*session.Record,
 // lookupStoreAs is lookupStore, but hedge > 0 makes it a read of its own,
 // not shared with a read of id already under way (which may be the one
 // stuck): a young wait's re-read alongside a slow read (see loadYoung).
+// Every lookup reads the store's primary (see fetchRecord), so a read for
+// a revocation's wait (see revokeUnheld) may share a handshake's.
 func (n *Node) lookupStoreAs(ctx context.Context, id session.ID, hedge int) (*session.Record, error) {
 	start := time.Now()
 	key := string(id[:])
 	if hedge > 0 {
 		key += "/" + strconv.Itoa(hedge)
-	}
-	if transport.IsPrimaryRead(ctx) {
-		// A read from the store's primary (a revocation's wait for a
-		// young session, see revokeUnheld) does not take the answer of
-		// a lookup that may read a replica.
-		key += "/p"
 	}
 	// Whether id is young is decided as the read is asked for: a read
 	// that ends after the ID grew old may still have missed a write that
@@ -195,9 +191,19 @@ func (n *Node) fetch(ctx context.Context, id session.ID) (*session.Record, error
 }
 
 // fetchRecord is fetch, also reporting a value that did not open.
+//
+// The read is marked transport.PrimaryRead, whatever ctx says: a record
+// is what the farm resumes a session from, and a replica that lags its
+// primary may answer with one that a grace cut has since shortened, or
+// a retirement or deletion removed: the node would resume it whole
+// (TestClusterLaggingFollowerLookupReadsLeader, natsbus). So a lookup
+// costs what the primary's read costs: on Redis with read_only or
+// route_*, a read from the key's master; on NATS, a get from the stream's
+// leader where the bucket has more than one replica (a direct get where
+// its only replica is the leader).
 func (n *Node) fetchRecord(ctx context.Context, id session.ID) (rec *session.Record, rejected bool, err error) {
 	n.ctr.lookups.Add(1)
-	v, err := n.cfg.Records.GetRecord(ctx, sessionKey(id))
+	v, err := n.cfg.Records.GetRecord(transport.PrimaryRead(ctx), sessionKey(id))
 	switch {
 	case errors.Is(err, transport.ErrNotFound):
 		n.ctr.storeMisses.Add(1)

@@ -34,6 +34,16 @@ type bucketState struct {
 	noInfoTime atomic.Bool // the server's stream info has no time stamp
 	probing    atomic.Bool // a timed-out request is having the streams checked (see check)
 
+	// lone says the stream has one replica, which is its leader and
+	// answers every direct get: a read under transport.PrimaryRead is a
+	// direct get then (see lastMsg). Unknown is false. replicasAt is
+	// when it was last read from the stream's info (Unix nanoseconds),
+	// replicasBusy whether a read of it is under way (see
+	// recheckReplicas).
+	lone         atomic.Bool
+	replicasAt   atomic.Int64
+	replicasBusy atomic.Bool
+
 	// records is where the session records live: this bucket where keys
 	// expire by their own TTL, else a bucket of their own whose age limit
 	// follows the longest record TTL written (age, in ns), so that the
@@ -116,6 +126,7 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 			max(cfg.Replicas, 1), want, t.bucket, want, max(cfg.Replicas, 1))
 	}
 	s := &bucketState{kv: kv, stream: stream, name: "KV_" + t.bucket, pre: "$KV." + t.bucket + ".", native: cfg.AllowMsgTTL}
+	s.setReplicas(cfg.Replicas, time.Now())
 	s.records = s
 	if !s.native {
 		// Coordination keys (revocation tombstones above all) may be
@@ -161,8 +172,38 @@ func (t *Transport) lookupRecordBucket(ctx context.Context, replicas int) (*buck
 	s.records = s
 	if info := stream.CachedInfo(); info != nil {
 		s.age.Store(int64(info.Config.MaxAge))
+		s.setReplicas(info.Config.Replicas, time.Now())
 	}
 	return s, nil
+}
+
+// setReplicas records the replica count of s's stream, read at now.
+func (s *bucketState) setReplicas(n int, now time.Time) {
+	s.lone.Store(max(n, 1) == 1)
+	s.replicasAt.Store(now.UnixNano())
+}
+
+// replicasRecheck is how often a bucket's replica count of one is read
+// again (an operator may add replicas to a live bucket: nats stream
+// edit). A variable for the tests.
+var replicasRecheck = 30 * time.Second
+
+// recheckReplicas reads the replica count of s's stream again, in the
+// background and one read at a time, if it was last read more than
+// replicasRecheck ago. A read that fails leaves it as it was, and is
+// tried again on a later call.
+func (t *Transport) recheckReplicas(s *bucketState) {
+	if time.Since(time.Unix(0, s.replicasAt.Load())) < replicasRecheck || !s.replicasBusy.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.replicasBusy.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		if info, err := s.stream.Info(ctx); err == nil {
+			s.setReplicas(info.Config.Replicas, time.Now())
+		}
+	}()
 }
 
 // ensureAge raises the age limit of the legacy bucket s (the records' or

@@ -1,6 +1,9 @@
 package natsbus
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // SetMaxSetMembers sets the bound on what SetMembers returns, in place of
 // transport.MaxSetMembers, for the rest of the test tb.
@@ -12,3 +15,12 @@ func SetMaxSetMembers(tb testing.TB, n int) {
 
 // TooFewPeers exposes tooFewPeers to the tests.
 var TooFewPeers = tooFewPeers
+
+// SetReplicasRecheck sets how often a bucket's replica count of one is
+// read again, in place of replicasRecheck, for the rest of the test tb,
+// which must not run in parallel with others.
+func SetReplicasRecheck(tb testing.TB, d time.Duration) {
+	old := replicasRecheck
+	replicasRecheck = d
+	tb.Cleanup(func() { replicasRecheck = old })
+}

@@ -22,14 +22,27 @@ import (
 // long as it lags. A read that decides one of the farm's promises
 // (transport.PrimaryRead) must not take that for an answer, and goes to
 // the stream's leader instead ($JS.API.STREAM.MSG.GET.<stream>, which only
-// the leader answers): leaderLastMsg.
+// the leader answers): leaderLastMsg. A stream of one replica has no
+// follower: its only replica is its leader, and answers every direct get,
+// which costs less than the leader's get (see BenchmarkGetPrimary). The
+// farm marks its session lookups PrimaryRead too (a record read from a
+// lagging replica may be one a grace cut or a retirement has since
+// shortened or removed), so that on such a bucket, the common one on a
+// lone server, the lookups keep the direct get.
 
 // lastMsg returns the last message on subj in bucket s: as the stream's
-// leader has it for a read under transport.PrimaryRead (leaderLastMsg),
-// by a direct get for any other.
+// leader has it for a read under transport.PrimaryRead (leaderLastMsg)
+// on a stream of more than one replica, by a direct get for any other.
+// The replica count is the stream's when the bucket was opened; a count
+// of one is read again every replicasRecheck while such reads come: for
+// that long at most after an operator adds replicas to a bucket of one,
+// a new follower's answer may be taken.
 func (t *Transport) lastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
 	if transport.IsPrimaryRead(ctx) {
-		return t.leaderLastMsg(ctx, s, subj)
+		if !s.lone.Load() {
+			return t.leaderLastMsg(ctx, s, subj)
+		}
+		t.recheckReplicas(s)
 	}
 	return s.stream.GetLastMsgForSubject(ctx, subj)
 }

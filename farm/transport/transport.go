@@ -481,13 +481,15 @@ type ServerTeller interface {
 type primaryKey struct{}
 
 // PrimaryRead returns a context under which a store's reads answer with
-// what its primary holds (the master of the key, on Redis): a read that
-// decides one of the farm's promises (whether a session is revoked, whether
-// the farm's revocations changed, whether the store lost its data) must
-// not take a replica's stale "none" for an answer. A transport that can
-// send reads to replicas (redisbus with read_only or route_*) sends a read
-// under this context to the primary instead; any other ignores it, and
-// its reads cost nothing more.
+// what its primary holds (the master of the key, on Redis; the leader of
+// the stream, on NATS): a read that decides one of the farm's promises
+// (whether a session is revoked, whether the farm's revocations changed,
+// whether the store lost its data, and a session lookup's record, which a
+// grace cut or a retirement may have shortened or removed) must not take
+// a replica's stale answer. A transport that can send reads to replicas
+// (redisbus with read_only or route_*, natsbus on a bucket of more than
+// one replica) sends a read under this context to the primary instead;
+// any other ignores it, and its reads cost nothing more.
 func PrimaryRead(ctx context.Context) context.Context {
 	if IsPrimaryRead(ctx) {
 		return ctx
