@@ -254,7 +254,7 @@ func TestClusterHealThroughLaggingReplica(t *testing.T) {
 	lc.thaw()
 	thawed := time.Now()
 	// A heal that began while the routes were frozen may wait out its
-	// bound after the thaw (seen 8-55 s): a goroutine dump showed it in
+	// bound after the thaw (seen 0.1-55 s): a goroutine dump showed it in
 	// SetVersion's leader get (leaderLastMsg), whose request went into
 	// the frozen route and is never answered, bounded by n2's OpTimeout
 	// (30 s here); the next heal reads the set.
