@@ -334,3 +334,38 @@ func BenchmarkFirstWrite(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSetMembers measures a read of a set whole, what a node's heal
+// does when the farm's revocations changed: plainly and marked
+// transport.PrimaryRead (the heal's), of an empty set and of one of 100
+// members, on the embedded server.
+func BenchmarkSetMembers(b *testing.B) {
+	for _, n := range []int{0, 100} {
+		for _, mode := range []string{"plain", "primary"} {
+			b.Run(fmt.Sprintf("%s/members=%d", mode, n), func(b *testing.B) {
+				tr := open(b, embedded(b), farmtest.FarmName(b))
+				ctx := context.Background()
+				until := time.Now().Add(time.Hour)
+				for i := range n {
+					if err := tr.SetAdd(ctx, "set", fmt.Appendf(nil, "member-%04d", i), until); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if mode == "primary" {
+					ctx = transport.PrimaryRead(ctx)
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					m, err := tr.SetMembers(ctx, "set")
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(m) != n {
+						b.Fatalf("SetMembers = %d members; want %d", len(m), n)
+					}
+				}
+			})
+		}
+	}
+}

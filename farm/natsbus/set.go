@@ -84,6 +84,12 @@ func (t *Transport) SetVersion(ctx context.Context, key string) ([]byte, error) 
 // size, or one filled by someone else, costs no more memory than a full
 // answer. On a server that does not expire keys itself it purges the
 // lapsed members as it finds them, in batches of purgeBatch.
+//
+// Under transport.PrimaryRead it returns every member the leader of the
+// bucket's stream held when the read ended its checks, or an error: the
+// watcher may read a replica that lags, and a read that cannot confirm it
+// has had the set's last message at the leader (after setMaxChecks
+// checks, an empty set included) fails rather than return a short set.
 func (t *Transport) SetMembers(ctx context.Context, key string) ([][]byte, error) {
 	// The read may have a long bound (the farm allows a full set tens of
 	// seconds): it ends when the connection does.
@@ -211,6 +217,15 @@ func (t *Transport) setMembers(ctx context.Context, key string) ([][]byte, error
 	// until it has had that one (or a later one of its key), and asks
 	// again, at most setMaxChecks times in all: a bound on what it reads,
 	// however fast members are added. An empty set ends at the nil.
+	//
+	// Under transport.PrimaryRead the read must also be confirmed by the
+	// leader: the watcher's consumer may be placed on a replica that lags
+	// (nats-server places an ordered consumer on any replica, and a
+	// consumer on a follower delivers what that follower has applied), so
+	// an empty first pass asks the leader too, and a read that has not had
+	// the message the leader named when its checks run out is an error,
+	// not a short set (see errSetUnconfirmed).
+	primary := transport.IsPrimaryRead(ctx)
 	filter := s.pre + setPrefix + kvKey(key) + ".*"
 	var lastRev, want uint64
 	seen := false
@@ -258,6 +273,9 @@ read:
 			}
 			recheck = nil
 			if checks >= setMaxChecks {
+				if primary && lastRev < want {
+					return nil, errSetUnconfirmed
+				}
 				break read
 			}
 			if again, err := more(); err != nil {
@@ -270,7 +288,7 @@ read:
 			return nil, fmt.Errorf("natsbus: set members: %w", ctx.Err())
 		}
 		if e == nil {
-			if !seen {
+			if !seen && !primary {
 				break // nothing was in the set
 			}
 			if again, err := more(); err != nil {
@@ -316,6 +334,12 @@ read:
 	}
 	return keep.members(), nil
 }
+
+// errSetUnconfirmed is SetMembers' answer under transport.PrimaryRead
+// when its watcher has not delivered the message the stream's leader
+// named as the set's last (see setMaxChecks): the watcher reads a replica
+// that lags, and what it read may lack members the leader has.
+var errSetUnconfirmed = errors.New("natsbus: set members: the read did not reach the set's last message at the stream's leader (a lagging replica?)")
 
 // setRecheck is how long SetMembers waits to read the message the stream
 // named as the set's last before it asks again; setMaxChecks bounds how
