@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -145,6 +146,12 @@ func TestClusterPrimarySetMembersLaggingReplica(t *testing.T) {
 // TestClusterPrimarySetMembersLaggingReplica) with or without
 // SetMembers' check against the leader.
 func TestClusterHealThroughLaggingReplica(t *testing.T) {
+	if os.Getenv("TLSFARM_LONG") != "1" {
+		// A heal sent into the frozen routes waits for n2's whole
+		// OpTimeout (30 s here): 8–63 s a run, too long and too
+		// variable for CI; a guard, it passes with or without the fix.
+		t.Skip("a long guard (8–63 s): run with TLSFARM_LONG=1")
+	}
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
 	lc := startLagCluster(t)
