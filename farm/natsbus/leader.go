@@ -70,12 +70,12 @@ const (
 // for its answer when left is what remains of the read's bound: a
 // quarter of it, at least leaderAttemptMin and at most leaderAttemptMax,
 // and never more than left. A request can be lost on its way to the
-// leader or back: one sent into a route that is frozen (a server cut off
-// from the rest) is not answered once the route comes back (its bytes
-// go to a route connection that was dropped, or to a server that no
-// longer leads the stream). A read that waited on it would wait all of
-// its bound, tens of seconds for a heal; one that asks again waits at
-// most an attempt more once the leader is reachable.
+// leader or back: on nats-server 2.15, one sent into a route that is
+// frozen (a server cut off from the rest) in the last second or so
+// before it thaws, or just after, is never answered (see
+// TestClusterLeaderReadsAnswerAfterThaw). A read that waited on it
+// would wait all of its bound, tens of seconds for a heal; one that asks
+// again waits at most an attempt more once the leader is reachable.
 func leaderAttempt(left time.Duration) time.Duration {
 	return min(left, max(leaderAttemptMin, min(left/4, leaderAttemptMax)))
 }

@@ -19,13 +19,13 @@ import (
 // each with a bound of 15 s. Every one must answer (a value, or a
 // refusal such as the server's "no leader") within thawAnswer of the
 // thaw, or of its start if it began after it. A request sent into the
-// frozen routes near their thaw is never answered (the route connection
-// it went into is dropped, or its leader has changed): a read that
-// waited on it alone waited its whole bound (a heal's SetVersion, a
-// node's OpTimeout: 30 s in TestClusterHealThroughLaggingReplica).
+// frozen routes near their thaw is never answered (nats-server 2.15): a
+// read that waited on it alone waited its whole bound (a heal's
+// SetVersion, a node's OpTimeout: 30 s in
+// TestClusterHealThroughLaggingReplica).
 // Before the leader's get asked again once an attempt passed without an
-// answer, and before a take read from the leader, those begun 6.5 and 7
-// s into the freeze answered only at their bound.
+// answer, and before a take read from the leader, those begun 6.5 s into
+// the freeze and just after the thaw (7 s) answered only at their bound.
 func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 	t.Parallel()
 	const (
