@@ -3,7 +3,6 @@ package natsbus_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -67,15 +65,8 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		},
 	})
 	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	store := n2.Store.(*natsbus.Transport)
-	lc.follow(t, store, store.Bucket())
-
-	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
-	}
+	lagFarmReady(t, lc, ms)
+	dial := dialResumes(t)
 	ids, cs := farmtest.Issue(t, n1, 3)
 	pid, p, q, rid, r := ids[0], cs[0], cs[1], ids[2], cs[2]
 	pkey := "s:" + hex.EncodeToString(pid[:])
@@ -92,7 +83,7 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		_, rerr := n1.Store.GetRecord(rctx, "s:"+hex.EncodeToString(rid[:]))
 		return err == nil && qerr == nil && rerr == nil
 	})
-	stream := "KV_" + store.Bucket()
+	stream := "KV_" + n2.Store.(*natsbus.Transport).Bucket()
 	farmtest.Eventually(t, 10*time.Second, "n3 current", func() bool {
 		return lc.c.Server("n3").JetStreamIsStreamCurrent("$G", stream)
 	})
@@ -132,7 +123,7 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 	stale := false
 	for range 40 {
 		rctx, rcancel := context.WithTimeout(ctx, 50*time.Millisecond)
-		v, err := store.GetRecord(rctx, pkey)
+		v, err := n2.Store.GetRecord(rctx, pkey)
 		rcancel()
 		if err == nil && bytes.Equal(v, whole) {
 			stale = true

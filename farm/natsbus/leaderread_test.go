@@ -230,50 +230,8 @@ func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
 	lc := startLagCluster(t)
-	busPath := nettest.NewProxy(t, embeddedAddr(t))
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				tr := openURL(tb, lc.url("n1"), farmName)
-				return tr, tr
-			}
-			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
-		},
-		Mode: farm.Broadcast, WriteThrough: true,
-		Rotation:   &farm.RotationConfig{Interval: time.Hour},
-		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
-		Tweak: func(cfg *farm.Config) {
-			cfg.MaxDeliveryLag = maxLag
-			// A gated hit that cannot reach the stream's leader
-			// gives up soon (below, n3's routes are frozen), and so
-			// does a handshake's wait for its write-through.
-			cfg.LookupTimeout = 150 * time.Millisecond
-			cfg.WriteThroughTimeout = 20 * time.Millisecond
-			if joined == 2 {
-				// n2's writes wait on: not failing, they leave
-				// the gate on (a node whose store writes fail
-				// counts itself cut off, and its gate lets hits
-				// through).
-				cfg.OpTimeout = 30 * time.Second
-			}
-			cfg.TallyInterval = -1
-			// n2's stalled bus is not an outage (see
-			// TestClusterReadOnlyGateReadsMaster in redisbus).
-			cfg.ProbeTimeout = 10 * time.Second
-		},
-	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	store := n2.Store.(*natsbus.Transport)
-	lc.follow(t, store, store.Bucket())
-
-	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
-	}
+	n1, n2, busPath := startGatedLagFarm(t, lc, maxLag, 0)
+	dial := dialResumes(t)
 	h, cs := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
 	ids := farmtest.HandshakeSessions(n2.Cache)
 	dial(n2, h)
@@ -288,7 +246,7 @@ func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
 		_, err := n1.Store.GetRecord(ctx, "s:"+hex.EncodeToString(hid[:]))
 		return err == nil
 	})
-	stream := "KV_" + store.Bucket()
+	stream := "KV_" + n2.Store.(*natsbus.Transport).Bucket()
 	farmtest.Eventually(t, 10*time.Second, "n3 current", func() bool {
 		return lc.c.Server("n3").JetStreamIsStreamCurrent("$G", stream)
 	})
@@ -333,6 +291,73 @@ func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
 	})
 	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d",
 		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
+}
+
+// startGatedLagFarm starts a broadcast, write-through farm of two nodes
+// over lc: n1 uses server n1 for its bus and store; n2's store is on n3
+// (whose routes the test may freeze) and its bus is the embedded server,
+// behind the returned proxy, so that freezing it makes n2's delivery lag
+// (maxLag) and gates its hits. n2's writes wait on rather than fail (a
+// node whose store writes fail counts itself cut off, and its gate lets
+// hits through). heal, if not 0, is the farm's HealInterval. It returns
+// once both nodes are connected, know the revocations, and n2's store
+// follows lc's stream.
+func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration) (n1, n2 *farmtest.Member, busPath *nettest.Proxy) {
+	t.Helper()
+	busPath = nettest.NewProxy(t, embeddedAddr(t))
+	joined := 0
+	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
+		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
+			joined++
+			if joined == 1 {
+				tr := openURL(tb, lc.url("n1"), farmName)
+				return tr, tr
+			}
+			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
+		},
+		Mode: farm.Broadcast, WriteThrough: true,
+		Rotation:   &farm.RotationConfig{Interval: time.Hour},
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
+		Tweak: func(cfg *farm.Config) {
+			cfg.MaxDeliveryLag = maxLag
+			if heal != 0 {
+				cfg.HealInterval = heal
+			}
+			// A gated hit that cannot reach the stream's leader
+			// gives up soon, and so does a handshake's wait for its
+			// write-through.
+			cfg.LookupTimeout = 150 * time.Millisecond
+			cfg.WriteThroughTimeout = 20 * time.Millisecond
+			if joined == 2 {
+				cfg.OpTimeout = 30 * time.Second // n2's writes wait on
+			}
+			cfg.TallyInterval = -1
+			// n2's stalled bus is not an outage (see
+			// TestClusterReadOnlyGateReadsMaster in redisbus).
+			cfg.ProbeTimeout = 10 * time.Second
+		},
+	})
+	lagFarmReady(t, lc, ms)
+	return ms[0], ms[1], busPath
+}
+
+// lagFarmReady waits until the nodes ms (over lc) are connected and know
+// the farm's revocations, and has lc follow n2's (ms[1]'s) bucket.
+func lagFarmReady(t *testing.T, lc *lagCluster, ms []*farmtest.Member) {
+	t.Helper()
+	farmtest.WaitConnected(t, ms...)
+	farmtest.WaitRevocationsKnown(t, ms...)
+	store := ms[1].Store.(*natsbus.Transport)
+	lc.follow(t, store, store.Bucket())
+}
+
+// dialResumes returns a function that dials m with a TLS 1.3 client whose
+// session cache is cc and reports whether the handshake resumed.
+func dialResumes(t *testing.T) func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+	return func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
+		t.Helper()
+		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
+	}
 }
 
 // embeddedAddr is embedded's server address, without the scheme.

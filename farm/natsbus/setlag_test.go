@@ -2,7 +2,6 @@ package natsbus_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -14,9 +13,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
-	"github.com/tlsfarm/tlsfarm/session"
 )
 
 // TestClusterPrimarySetMembersLaggingReplica: a set read under
@@ -155,44 +152,8 @@ func TestClusterHealThroughLaggingReplica(t *testing.T) {
 	t.Parallel()
 	const maxLag = 150 * time.Millisecond
 	lc := startLagCluster(t)
-	busPath := nettest.NewProxy(t, embeddedAddr(t))
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				tr := openURL(tb, lc.url("n1"), farmName)
-				return tr, tr
-			}
-			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
-		},
-		Mode: farm.Broadcast, WriteThrough: true,
-		Rotation:   &farm.RotationConfig{Interval: time.Hour},
-		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
-		Tweak: func(cfg *farm.Config) {
-			cfg.MaxDeliveryLag = maxLag
-			cfg.HealInterval = 500 * time.Millisecond
-			cfg.LookupTimeout = 150 * time.Millisecond
-			cfg.WriteThroughTimeout = 20 * time.Millisecond
-			if joined == 2 {
-				// As in TestClusterLaggingFollowerGateReadsLeader:
-				// n2's writes wait on rather than fail.
-				cfg.OpTimeout = 30 * time.Second
-			}
-			cfg.TallyInterval = -1
-			cfg.ProbeTimeout = 10 * time.Second
-		},
-	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	store := n2.Store.(*natsbus.Transport)
-	lc.follow(t, store, store.Bucket())
-
-	dial := func(m *farmtest.Member, cc tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, cc)).DidResume
-	}
+	n1, n2, busPath := startGatedLagFarm(t, lc, maxLag, 500*time.Millisecond)
+	dial := dialResumes(t)
 	h := &tlstest.FrozenCache{}
 	ids := farmtest.HandshakeSessions(n2.Cache)
 	dial(n2, h)
@@ -205,7 +166,7 @@ func TestClusterHealThroughLaggingReplica(t *testing.T) {
 		return err == nil
 	})
 	farmtest.Eventually(t, 10*time.Second, "n3 current", func() bool {
-		return lc.c.Server("n3").JetStreamIsStreamCurrent("$G", "KV_"+store.Bucket())
+		return lc.c.Server("n3").JetStreamIsStreamCurrent("$G", "KV_"+n2.Store.(*natsbus.Transport).Bucket())
 	})
 	reads := func() uint64 {
 		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_tombstone_reads_total", "result", "read")
