@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -111,17 +112,28 @@ func (l *listener) captureTicket(hello *tls.ClientHelloInfo, child *tls.Config) 
 	}
 }
 
+// anyPortTries bounds how many ephemeral TCP ports listen tries when the
+// listener asks for any port (port 0) and serves HTTP/3 too, whose UDP
+// socket must have the same number: another process may hold the UDP
+// twin of the port the kernel picked.
+const anyPortTries = 16
+
+// netListenTCP is net.Listen("tcp", ...); tests replace it.
+var netListenTCP = func(address string) (net.Listener, error) { return net.Listen("tcp", address) }
+
 func (l *listener) listen() error {
-	ln, err := net.Listen("tcp", l.address)
+	var trust proxyproto.ConnPolicyFunc
+	if l.cfg.ProxyProtocol {
+		var err error
+		if trust, err = proxyproto.TrustProxyHeaderFromRanges(l.cfg.ProxyTrusted); err != nil {
+			return err
+		}
+	}
+	ln, err := l.listenTCP()
 	if err != nil {
 		return err
 	}
 	if l.cfg.ProxyProtocol {
-		trust, err := proxyproto.TrustProxyHeaderFromRanges(l.cfg.ProxyTrusted)
-		if err != nil {
-			ln.Close()
-			return err
-		}
 		pl := &proxyproto.Listener{
 			Listener: ln,
 			// The header is read within the handshake's deadline, set
@@ -144,13 +156,35 @@ func (l *listener) listen() error {
 		l.ln = ln
 	}
 	l.handoff.addr = ln.Addr()
-	if l.quic != nil {
-		if err := l.quic.listen(ln.Addr()); err != nil {
-			ln.Close()
-			return err
+	return nil
+}
+
+// listenTCP opens the TCP listener and, with HTTP/3, its UDP twin. For
+// any port (port 0), a kernel-chosen port whose UDP twin is taken is
+// given back and another tried, up to anyPortTries times.
+func (l *listener) listenTCP() (net.Listener, error) {
+	_, port, _ := net.SplitHostPort(l.address)
+	tries := 1
+	if l.quic != nil && port == "0" {
+		tries = anyPortTries
+	}
+	for i := 1; ; i++ {
+		ln, err := netListenTCP(l.address)
+		if err != nil {
+			return nil, err
+		}
+		if l.quic == nil {
+			return ln, nil
+		}
+		err = l.quic.listen(ln.Addr())
+		if err == nil {
+			return ln, nil
+		}
+		ln.Close()
+		if i >= tries || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, err
 		}
 	}
-	return nil
 }
 
 func (l *listener) addr() string {

@@ -136,7 +136,8 @@ type Listener struct {
 	// HTTP3 serves HTTP/3 (QUIC) on the UDP port of Address as well, with
 	// the same certificates, session cache, ticket keys and (HTTP)
 	// upstream, and advertises it with an Alt-Svc header on the TCP
-	// listener's responses. Reload does not change it.
+	// listener's responses. With port 0 in Address, a port whose TCP and
+	// UDP numbers are both free is chosen. Reload does not change it.
 	HTTP3 bool
 
 	// EarlyData accepts 0-RTT early data on the HTTP/3 listener, once per
