@@ -102,8 +102,9 @@ func TestClusterPrimaryReadsStreamLeader(t *testing.T) {
 	r := openURL(t, lc.url("n3"), name)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	// Plain writes only: a conditional one reads first, with a direct
-	// get that may go to n3 and wait in its frozen routes. On a server
+	// Plain writes only (a conditional one read first with a direct get
+	// that could go to n3 and wait in its frozen routes, before
+	// TestClusterConditionalWritesReadLeader). On a server
 	// with per-message TTL the records and the coordination keys share
 	// one bucket, so Get reads the key "g" that PutRecords writes.
 	put := func(v string) {
