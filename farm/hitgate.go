@@ -318,8 +318,8 @@ func (n *Node) gateLoaded(ctx context.Context, id session.ID, rec *session.Recor
 }
 
 // unreachable reports whether err, a store request's, says its server
-// could not be reached: a connection refused, reset or closed, not a
-// timeout nor an answer.
+// could not be reached: a connection refused, reset or closed, or none
+// to send it on (transport.ErrNotConnected), not a timeout nor an answer.
 func unreachable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return false
@@ -328,7 +328,7 @@ func unreachable(err error) bool {
 	if errors.As(err, &ne) && !ne.Timeout() {
 		return true
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+	return errors.Is(err, transport.ErrNotConnected) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
