@@ -17,9 +17,14 @@ type degradation struct {
 	update       sync.Mutex
 	mu           sync.Mutex
 	storeFailing bool
-	on           bool
-	tickets      bool // the cache took the fallback lifetime (not single use, not stateless)
-	episodes     uint64
+	// storeSilent is set while the last store write failed without an
+	// answer from the store (see unanswered): it timed out, or the
+	// store's server could not be reached. A write the store refused
+	// failed with the store there, answering.
+	storeSilent bool
+	on          bool
+	tickets     bool // the cache took the fallback lifetime (not single use, not stateless)
+	episodes    uint64
 	// busHeard is set once the bus has reported its state (up or down).
 	// Until then the node is still connecting, not cut off: fallback
 	// tickets are issued, but the outage is not logged.
@@ -27,10 +32,12 @@ type degradation struct {
 	logged   bool // the current episode's warning has been logged
 }
 
-// setStoreFailing records the outcome of the last store write.
-func (n *Node) setStoreFailing(failing bool) {
+// setStoreOutcome records the outcome of the last store write: err, if
+// it failed.
+func (n *Node) setStoreOutcome(err error) {
 	n.deg.mu.Lock()
-	n.deg.storeFailing = failing
+	n.deg.storeFailing = err != nil
+	n.deg.storeSilent = err != nil && unanswered(err)
 	n.deg.mu.Unlock()
 	n.updateFallback()
 }

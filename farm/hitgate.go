@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -36,16 +37,22 @@ import (
 // A read that fails or does not answer within LookupTimeout refuses the
 // resumption (a full handshake) while the node reaches the farm by either
 // path: a slow store, or a path to it that drops one read, must not let a
-// revoked session through. While the node counts its store unreachable
-// (its probe unanswered, its writes failing: a store outage, or this node
-// cut off from it), when the read itself finds the store's server
-// unreachable (connection refused or lost, not a timeout), or the read
-// fails while its bus is down too (its
+// revoked session through. While the node's probe of its store goes
+// unanswered (a store outage, or this node cut off from it), when the
+// read itself finds the store's server unreachable (connection refused or
+// lost, not a timeout), or the read goes unanswered (see unanswered) while
+// the node's writes go unanswered too or its bus is down (its
 // subscription not up, or its probe unanswered: one server serving both
 // has gone, say), the gate lets its sessions resume unchecked, as fallback
 // tickets issued meanwhile resume on any node: the farm can apply no
 // revocation while its store is down, and a node cut off from the farm is
-// not held to what the farm says meanwhile (see docs/farm.md).
+// not held to what the farm says meanwhile (see docs/farm.md). A store
+// that answers, if only to refuse (a write or the read itself refused:
+// nats-server's "JetStream system temporarily unavailable" while a stream
+// elects its leader, a permission taken away), is there: the node reaches
+// it, and the gate holds it to the marks (TestGateStoreRefusalIsNoCutOff).
+// Nor does a write that went unanswered skip the read: one lost in a
+// route that froze and thawed fails after the store is back.
 
 // chainMarkPrefix begins the key of a revoked chain's mark in the record
 // store (see chainMark).
@@ -169,10 +176,12 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // revokedIDMarkKey), read in one round trip where the record store is a
 // transport.RecordGetter. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
-// open refuses the session, unless the read found the store's server
-// unreachable (see unreachable), the node counts its store unreachable
-// (storeUnreachable), or the read failed while its bus is down too
-// (busUnreachable). Counted in tlsfarm_farm_gated_hits_total.
+// open refuses the session, unless the node's probe of its store goes
+// unanswered (then nothing is read), the read found the store's server
+// unreachable (see unreachable), or the read went unanswered (see
+// unanswered) while the node counts its store unreachable
+// (storeUnreachable) or its bus down (busUnreachable). Counted in
+// tlsfarm_farm_gated_hits_total.
 func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if n.cfg.Records == nil {
 		return true
@@ -183,17 +192,21 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	// after), the read says whether the store is there.
 	healing := n.healing()
 	probeFailed := n.storeProbe.failedSince(n.upProbeBegun.Load())
-	if (!healing || probeFailed) && n.storeUnreachable() {
+	if (!healing || probeFailed) && !n.storeProbe.healthy() {
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
 	}
 	busDown := n.busUnreachable() // as the hit found it
 	cm, im, err := n.readHitMarks(ctx, id, chain)
 	if err != nil {
-		cutOff := busDown || unreachable(err) || n.storeUnreachable() || n.busUnreachable()
+		// A read the store answered, if with a refusal, found it
+		// there: whatever the node's writes or its bus found, it
+		// reaches the farm, and the session waits for an answer.
+		silent := unanswered(err)
+		cutOff := unreachable(err) || silent && (busDown || n.storeUnreachable() || n.busUnreachable())
 		if healing {
-			cutOff = unreachable(err) || n.subscriptionDown() ||
-				(n.storeProbe.failedSince(n.upProbeBegun.Load()) && n.storeUnreachable())
+			cutOff = unreachable(err) || silent && (n.subscriptionDown() ||
+				n.storeProbe.failedSince(n.upProbeBegun.Load()) && n.storeUnreachable())
 		}
 		if cutOff {
 			// The store's server cannot be reached (the connection
@@ -305,8 +318,8 @@ func (n *Node) gateLoaded(ctx context.Context, id session.ID, rec *session.Recor
 }
 
 // unreachable reports whether err, a store request's, says its server
-// could not be reached: a connection refused, reset or closed, not a
-// timeout nor an answer.
+// could not be reached: a connection refused, reset or closed, or none
+// to send it on (transport.ErrNotConnected), not a timeout nor an answer.
 func unreachable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return false
@@ -315,21 +328,37 @@ func unreachable(err error) bool {
 	if errors.As(err, &ne) && !ne.Timeout() {
 		return true
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+	return errors.Is(err, transport.ErrNotConnected) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
 // storeUnreachable reports whether the node counts its store unreachable:
-// its health probe goes unanswered, or its writes fail.
+// its health probe goes unanswered, or its last write did (see
+// unanswered). A write the store refused does not count: the store
+// answered it.
 func (n *Node) storeUnreachable() bool {
 	if !n.storeProbe.healthy() {
 		return true
 	}
 	n.deg.mu.Lock()
-	failing := n.deg.storeFailing
+	silent := n.deg.storeSilent
 	n.deg.mu.Unlock()
-	return failing
+	return silent
+}
+
+// unanswered reports whether err, a store request's, came without an
+// answer from the store: its server could not be reached (see
+// unreachable), or did not answer in time (the request's deadline
+// passed, or its connection's). An error the store answered with (a
+// refusal: a permission, nats-server's "temporarily unavailable" while a
+// stream elects its leader) is not: the store is there.
+func unanswered(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || unreachable(err) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // subscriptionDown reports whether the node's subscription is not up

@@ -652,7 +652,7 @@ func (n *Node) storeOutcome(batch []item, err error) {
 	if err != nil {
 		n.keepForLater(batch)
 	}
-	n.setStoreFailing(err != nil)
+	n.setStoreOutcome(err)
 }
 
 // keepForLater puts the batch's new sessions in the backlog, oldest first

@@ -53,20 +53,7 @@ func BenchmarkGetCluster(b *testing.B) {
 	if err := w.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
 		b.Fatal(err)
 	}
-	var follower string
-	deadline := time.Now().Add(30 * time.Second)
-	for follower == "" {
-		for _, s := range c.Servers {
-			if led := s.JetStreamIsStreamLeader("$G", "KV_"+w.Bucket()); !led && s.JetStreamIsStreamCurrent("$G", "KV_"+w.Bucket()) {
-				follower = s.ClientURL()
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("no current follower of the bucket's stream within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	tr := openURL(b, follower, name)
+	tr := openURL(b, followerURL(b, c, w.Bucket()), name)
 	for _, bc := range []struct {
 		name string
 		ctx  context.Context
@@ -300,6 +287,64 @@ func BenchmarkTake(b *testing.B) {
 		if _, err := tr.TakeRecord(ctx, items[i].Key); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkTakeCluster is BenchmarkTake on a three-server cluster in the
+// benchmark's process, the client on a server that follows the leader of
+// the bucket's stream (see BenchmarkGetCluster): the take's read is the
+// leader's, one route away, as is its purge.
+func BenchmarkTakeCluster(b *testing.B) {
+	c := natstest.StartCluster(b, 3)
+	name := farmtest.FarmName(b)
+	w := openURL(b, c.Servers[0].ClientURL(), name)
+	ctx := context.Background()
+	if err := w.PutRecords(ctx, transport.Item{Key: "s:0001", Value: make([]byte, 300), TTL: time.Minute}); err != nil {
+		b.Fatal(err)
+	}
+	tr := openURL(b, followerURL(b, c, w.Bucket()), name)
+	value := make([]byte, 300)
+	n := 0
+	var lat []time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		// Written between the timings, 256 at a time.
+		if n%256 == 0 {
+			b.StopTimer()
+			items := make([]transport.Item, 256)
+			for i := range items {
+				items[i] = transport.Item{Key: fmt.Sprintf("s:t%d", n+i), Value: value, TTL: time.Minute}
+			}
+			if err := w.PutRecords(ctx, items...); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+		start := time.Now()
+		if _, err := tr.TakeRecord(ctx, fmt.Sprintf("s:t%d", n)); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		n++
+	}
+	farmtest.ReportPercentiles(b, lat)
+}
+
+// followerURL returns the client URL of a server of c that follows the
+// leader of bucket's stream and is current with it.
+func followerURL(b *testing.B, c *natstest.Cluster, bucket string) string {
+	b.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, s := range c.Servers {
+			if led := s.JetStreamIsStreamLeader("$G", "KV_"+bucket); !led && s.JetStreamIsStreamCurrent("$G", "KV_"+bucket) {
+				return s.ClientURL()
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("no current follower of the bucket's stream within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

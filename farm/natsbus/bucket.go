@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redact"
 )
 
@@ -60,7 +61,7 @@ func (t *Transport) open(ctx context.Context) (*bucketState, error) {
 	// While the client reconnects, requests would wait in its buffer until
 	// their deadline: fail at once instead, as the bus does.
 	if st := t.nc.Status(); st != nats.CONNECTED {
-		return nil, fmt.Errorf("natsbus: store: connection is %v", st)
+		return nil, fmt.Errorf("natsbus: store: connection is %v: %w", st, transport.ErrNotConnected)
 	}
 	if s := t.store.Load(); s != nil {
 		return s, nil
@@ -424,7 +425,21 @@ func (t *Transport) check(s *bucketState, op string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("natsbus: %s: %w", op, err)
 	}
+	if notConnected(err) {
+		// Not sent: the server could not be reached, which the farm's
+		// hit gate tells from the server's refusals.
+		return fmt.Errorf("natsbus: %s: %w (%v)", op, transport.ErrNotConnected, err)
+	}
 	return fmt.Errorf("natsbus: %s: %v", op, redact.Error(err, t.secrets))
+}
+
+// notConnected reports whether err, a request's, says that the client
+// had no connection to send it on: reconnecting (with no buffer for
+// requests meanwhile, see Open) or closed.
+func notConnected(err error) bool {
+	return errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrNoServers)
 }
 
 // NativeTTL reports whether the server expires the bucket's keys by their

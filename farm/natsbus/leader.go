@@ -38,7 +38,16 @@ import (
 // that long at most after an operator adds replicas to a bucket of one,
 // a new follower's answer may be taken.
 func (t *Transport) lastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
-	if transport.IsPrimaryRead(ctx) {
+	return t.lastMsgFrom(ctx, s, subj, transport.IsPrimaryRead(ctx))
+}
+
+// lastMsgFrom is lastMsg, reading as under transport.PrimaryRead if
+// primary is true, whatever ctx says: the read before a write conditional
+// on the revision read (a take, a grace cut) asks for the leader's, which
+// is the revision the leader will check the write against, without the
+// cost of a context value a read.
+func (t *Transport) lastMsgFrom(ctx context.Context, s *bucketState, subj string, primary bool) (*jetstream.RawStreamMsg, error) {
+	if primary {
 		if !s.lone.Load() {
 			return t.leaderLastMsg(ctx, s, subj)
 		}
@@ -50,6 +59,26 @@ func (t *Transport) lastMsg(ctx context.Context, s *bucketState, subj string) (*
 // leaderGetTimeout bounds a leader's get under a context without a
 // deadline, as nats.go bounds its own requests.
 const leaderGetTimeout = 5 * time.Second
+
+// The bounds of one attempt of a leader's get (see leaderAttempt).
+const (
+	leaderAttemptMin = 250 * time.Millisecond
+	leaderAttemptMax = time.Second
+)
+
+// leaderAttempt returns how long one request of a leader's get may wait
+// for its answer when left is what remains of the read's bound: a
+// quarter of it, at least leaderAttemptMin and at most leaderAttemptMax,
+// and never more than left. A request can be lost on its way to the
+// leader or back: on nats-server 2.15, one sent into a route that is
+// frozen (a server cut off from the rest) in the last second or so
+// before it thaws, or just after, is never answered (see
+// TestClusterLeaderReadsAnswerAfterThaw). A read that waited on it
+// would wait all of its bound, tens of seconds for a heal; one that asks
+// again waits at most an attempt more once the leader is reachable.
+func leaderAttempt(left time.Duration) time.Duration {
+	return min(left, max(leaderAttemptMin, min(left/4, leaderAttemptMax)))
+}
 
 // msgGetResponse is the answer to a $JS.API.STREAM.MSG.GET request.
 type msgGetResponse struct {
@@ -72,6 +101,8 @@ type msgGetResponse struct {
 // stream has no leader: an error, never a follower's stale answer. A
 // subject without a message is jetstream.ErrMsgNotFound; the server's
 // refusals are *jetstream.APIError values, as nats.go returns them.
+// A request not answered within its attempt (see leaderAttempt) is sent
+// again, until ctx is done.
 func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -84,7 +115,7 @@ func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj stri
 	if err != nil {
 		return nil, err
 	}
-	msg, err := t.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.name, req)
+	msg, err := t.leaderRequest(ctx, "$JS.API.STREAM.MSG.GET."+s.name, req)
 	if err != nil {
 		return nil, err
 	}
@@ -109,4 +140,26 @@ func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj stri
 		}
 	}
 	return &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Header: hdr, Data: m.Data, Time: m.Time}, nil
+}
+
+// leaderRequest sends req to subj and returns the answer, asking again
+// each time an attempt (see leaderAttempt) passes without one, until ctx,
+// which has a deadline, is done. An attempt that fails otherwise ends it.
+func (t *Transport) leaderRequest(ctx context.Context, subj string, req []byte) (*nats.Msg, error) {
+	for {
+		deadline, _ := ctx.Deadline()
+		left := time.Until(deadline)
+		attempt := leaderAttempt(left)
+		if attempt >= left {
+			// The last attempt: ctx bounds it.
+			return t.nc.RequestWithContext(ctx, subj, req)
+		}
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		msg, err := t.nc.RequestWithContext(actx, subj, req)
+		lost := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil || !lost {
+			return msg, err
+		}
+	}
 }

@@ -97,9 +97,10 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		t.Fatal("n1 did not resume P")
 	}
 	resumed := time.Now()
-	// The cut is a conditional write, which reads first with a direct
-	// get: one sent to n3 waits in its frozen routes until OpTimeout, and
-	// the write is tried again. (Written past the grace, it expires.)
+	// The cut is a conditional write, which reads first from the
+	// leader (it read with a direct get before TestClusterConditionalWritesReadLeader:
+	// one sent to n3 waited in its frozen routes until OpTimeout, and
+	// the write was tried again). (Written past the grace, it expires.)
 	farmtest.Eventually(t, 20*time.Second, "P cut in the store (its leader)", func() bool {
 		rctx, rcancel := context.WithTimeout(transport.PrimaryRead(ctx), time.Second)
 		defer rcancel()
@@ -107,9 +108,10 @@ func TestClusterLaggingFollowerLookupReadsLeader(t *testing.T) {
 		return (err == nil && !bytes.Equal(v, whole)) || errors.Is(err, transport.ErrNotFound)
 	})
 	farmtest.Eventually(t, 5*time.Second, "n2 hears P's cut", func() bool { return cutsHeard() > heard })
-	// The take reads R first with a direct get, and one sent to n3
-	// waits in its frozen routes: tried again until R is gone from the
-	// leader.
+	// The take reads R first from the leader (with a direct get before
+	// TestClusterConditionalWritesReadLeader, which one time in three
+	// went to n3 and waited in its frozen routes): tried again until R
+	// is gone from the leader.
 	farmtest.Eventually(t, 30*time.Second, "R consumed on n1", func() bool {
 		cctx, ccancel := context.WithTimeout(ctx, time.Second)
 		defer ccancel()

@@ -102,8 +102,9 @@ func TestClusterPrimaryReadsStreamLeader(t *testing.T) {
 	r := openURL(t, lc.url("n3"), name)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	// Plain writes only: a conditional one reads first, with a direct
-	// get that may go to n3 and wait in its frozen routes. On a server
+	// Plain writes only (a conditional one read first with a direct get
+	// that could go to n3 and wait in its frozen routes, before
+	// TestClusterConditionalWritesReadLeader). On a server
 	// with per-message TTL the records and the coordination keys share
 	// one bucket, so Get reads the key "g" that PutRecords writes.
 	put := func(v string) {
@@ -297,11 +298,12 @@ func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
 // over lc: n1 uses server n1 for its bus and store; n2's store is on n3
 // (whose routes the test may freeze) and its bus is the embedded server,
 // behind the returned proxy, so that freezing it makes n2's delivery lag
-// (maxLag) and gates its hits. n2's writes wait on rather than fail (a
-// node whose store writes fail counts itself cut off, and its gate lets
-// hits through). heal, if not 0, is the farm's HealInterval. It returns
-// once both nodes are connected, know the revocations, and n2's store
-// follows lc's stream.
+// (maxLag) and gates its hits. n2's writes wait on rather than time out
+// (a node whose writes go unanswered lets a gated hit through when its
+// read goes unanswered too, as it does while n3's routes are frozen).
+// heal, if not 0, is the farm's HealInterval. It returns once both nodes
+// are connected, know the revocations, n2's store follows lc's stream,
+// and n2's delivery is marked and current.
 func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration) (n1, n2 *farmtest.Member, busPath *nettest.Proxy) {
 	t.Helper()
 	busPath = nettest.NewProxy(t, embeddedAddr(t))
@@ -316,8 +318,11 @@ func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration)
 			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
 		},
 		Mode: farm.Broadcast, WriteThrough: true,
-		Rotation:   &farm.RotationConfig{Interval: time.Hour},
-		TweakCache: func(c *session.Config) { c.ResumeGrace = 10 * time.Second },
+		Rotation: &farm.RotationConfig{Interval: time.Hour},
+		// H and C, resumed before the freeze, must stay resumable
+		// until after the thaw and the election that may follow it
+		// (the freeze alone took 6.5 s under a CPU hog).
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 30 * time.Second },
 		Tweak: func(cfg *farm.Config) {
 			cfg.MaxDeliveryLag = maxLag
 			if heal != 0 {
@@ -338,6 +343,17 @@ func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration)
 		},
 	})
 	lagFarmReady(t, lc, ms)
+	// Until n2 reaches its first delivery mark, its subscription counts
+	// as not up: a bus down, with which a gated read that times out
+	// lets the hit through as cut off (the node reaching neither path).
+	// The tests freeze a bus that is up, and lags: n2 resumed H on its
+	// first dial into the freeze in 2 runs of 8 under a CPU hog, its
+	// mark still zero.
+	marker := ms[1].Bus.(transport.DeliveryMarker)
+	farmtest.Eventually(t, 10*time.Second, "n2's delivery marked and current", func() bool {
+		d := marker.DeliveredThrough()
+		return !d.IsZero() && time.Since(d) < maxLag
+	})
 	return ms[0], ms[1], busPath
 }
 

@@ -150,7 +150,13 @@ type entry struct {
 // not lapsed; so is a retirement mark (a purge that carries a
 // retirement, see retireMessage), retired while it has not lapsed.
 func (t *Transport) get(ctx context.Context, s *bucketState, subj string) (entry, error) {
-	m, err := t.lastMsg(ctx, s, subj)
+	return t.getFrom(ctx, s, subj, transport.IsPrimaryRead(ctx))
+}
+
+// getFrom is get, reading as under transport.PrimaryRead if primary is
+// true (see lastMsgFrom).
+func (t *Transport) getFrom(ctx context.Context, s *bucketState, subj string, primary bool) (entry, error) {
+	m, err := t.lastMsgFrom(ctx, s, subj, primary)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return entry{}, nil
 	}
@@ -379,7 +385,13 @@ const maxReplacing = 16
 // if none is: the key is read, and written with the revision read as
 // the expected last sequence of its subject (0, none, for a key never
 // written), so that the server refuses the write if the record was
-// deleted, written or rewritten in between. A cut that finds no record
+// deleted, written or rewritten in between. The read is the stream
+// leader's on a bucket of more than one replica, as under
+// transport.PrimaryRead (see lastMsgFrom): the leader checks the write
+// against its own revision, and a direct get may go to a follower that
+// lags (the write is then refused) or that is cut off (it answers
+// nothing, and the write waits for all of ctx while the leader could
+// have answered). A cut that finds no record
 // leaves, so, a cut mark in its place: a delete marker that carries the
 // cut and its TTL, unless a mark that lapses no later is there. A late
 // write (Item.Late) that finds a mark lapsing sooner than it.TTL writes
@@ -399,7 +411,7 @@ const maxReplacing = 16
 func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transport.Item) error {
 	k := kvKey(it.Key)
 	for range 3 {
-		e, err := t.get(ctx, s, s.pre+k)
+		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return t.check(m, "replace", err)
 		}
@@ -513,7 +525,10 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 
 // TakeRecord implements transport.RecordTaker: the key is read and purged with
 // the read revision as the expected last sequence of its subject, so that
-// of concurrent takers the server accepts exactly one purge. The purge
+// of concurrent takers the server accepts exactly one purge. The read is
+// the stream leader's on a bucket of more than one replica, as replaceIn's
+// is: a direct get may go to a replica cut off from the leader, which
+// would hold the take for all of ctx. The purge
 // carries a retirement mark (retireMessage) for the record's remaining
 // life, at no extra cost (the same message, a few bytes more): the writer
 // of a single-use session whose first write was reported failed but
@@ -528,7 +543,7 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	}
 	k := kvKey(key)
 	for range 3 {
-		e, err := t.get(ctx, s, s.pre+k)
+		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return nil, t.check(m, "take", err)
 		}

@@ -31,6 +31,12 @@ var ErrNotFound = errors.New("farm: not found")
 // its data) may go on.
 var ErrUnconfirmed = errors.New("transport: write applied but not confirmed")
 
+// ErrNotConnected is wrapped by the error of a request that a transport
+// could not send because it has no connection to its server (it is
+// reconnecting, or closed): as with a refused connection, the server
+// could not be reached, and gave no answer.
+var ErrNotConnected = errors.New("transport: not connected to the server")
+
 // A Bus carries messages between the nodes of one farm. Every message
 // published by any node is delivered to every other node subscribed, and
 // may be delivered to the sender too (the farm drops its own). Implementations live in sub-packages

@@ -1,0 +1,219 @@
+package natsbus_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+)
+
+// TestClusterLeaderReadsAnswerAfterThaw: n3's routes of a lagCluster are
+// frozen for frozenFor, and a transport on n3 begins, every 500 ms from
+// the freeze to just after the thaw, reads that only the stream's leader
+// can answer: reads under transport.PrimaryRead (GetRecord, Get,
+// SetVersion: a heal's) and a take (TakeRecord, what Node.Consume does),
+// each with a bound of 15 s. Every one must answer (a value, or a
+// refusal such as the server's "no leader") within thawAnswer of the
+// thaw, or of its start if it began after it. A request sent into the
+// frozen routes near their thaw is never answered (nats-server 2.15): a
+// read that waited on it alone waited its whole bound (a heal's
+// SetVersion, a node's OpTimeout: 30 s in
+// TestClusterHealThroughLaggingReplica).
+// Before the leader's get asked again once an attempt passed without an
+// answer, and before a take read from the leader, those begun 6.5 s into
+// the freeze and just after the thaw (7 s) answered only at their bound.
+func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
+	t.Parallel()
+	const (
+		bound      = 15 * time.Second
+		frozenFor  = 7 * time.Second
+		every      = 500 * time.Millisecond
+		thawAnswer = 3 * time.Second
+		rounds     = int(frozenFor/every) + 3 // the last three after the thaw
+	)
+	lc := startLagCluster(t)
+	name := farmtest.FarmName(t)
+	w := openURL(t, lc.url("n1"), name)
+	r := openURL(t, lc.url("n3"), name)
+	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	defer cancel()
+	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
+		native, err := w.NativeTTL(ctx)
+		return err == nil && native
+	})
+	put := func(v string) {
+		t.Helper()
+		items := []transport.Item{{Key: "s:01", Value: []byte(v), TTL: time.Minute}, {Key: "g", Value: []byte(v), TTL: time.Minute}}
+		for i := range rounds {
+			items = append(items, transport.Item{Key: fmt.Sprintf("s:t%d", i), Value: []byte(v), TTL: time.Minute})
+		}
+		if err := w.PutRecords(ctx, items...); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.SetAdd(ctx, "set", []byte(v), time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("old")
+	lc.follow(t, r, w.Bucket())
+
+	lc.freeze(t)
+	put("new")
+	type result struct {
+		name  string
+		start time.Time
+		v     []byte
+		err   error
+		at    time.Time
+	}
+	reads := map[string]func(context.Context, int) ([]byte, error){
+		"GetRecord": func(ctx context.Context, _ int) ([]byte, error) {
+			return r.GetRecord(transport.PrimaryRead(ctx), "s:01")
+		},
+		"Get": func(ctx context.Context, _ int) ([]byte, error) {
+			return r.Get(transport.PrimaryRead(ctx), "g")
+		},
+		"SetVersion": func(ctx context.Context, _ int) ([]byte, error) {
+			return r.SetVersion(transport.PrimaryRead(ctx), "set")
+		},
+		"TakeRecord": func(ctx context.Context, i int) ([]byte, error) {
+			return r.TakeRecord(ctx, fmt.Sprintf("s:t%d", i))
+		},
+	}
+	results := make(chan result, rounds*len(reads))
+	frozen := time.Now()
+	var thawed time.Time
+	for i := range rounds {
+		time.Sleep(time.Until(frozen.Add(time.Duration(i) * every)))
+		if thawed.IsZero() && time.Since(frozen) >= frozenFor {
+			lc.thaw()
+			thawed = time.Now()
+		}
+		for name, read := range reads {
+			go func() {
+				rctx, rcancel := context.WithTimeout(ctx, bound)
+				defer rcancel()
+				start := time.Now()
+				v, err := read(rctx, i)
+				results <- result{name, start, v, err, time.Now()}
+			}()
+		}
+	}
+	var slowest time.Duration
+	failed := map[string]int{}
+	for range rounds * len(reads) {
+		res := <-results
+		// A read begun after the thaw has thawAnswer from its start.
+		after := res.at.Sub(thawed)
+		if res.start.After(thawed) {
+			after = res.at.Sub(res.start)
+		}
+		slowest = max(slowest, after)
+		switch {
+		case after > thawAnswer:
+			t.Errorf("%s from n3 begun %v into the freeze answered %v after the thaw (%q, %v); want within %v",
+				res.name, res.start.Sub(frozen).Round(time.Millisecond), after.Round(time.Millisecond), res.v, res.err, thawAnswer)
+		case res.err != nil:
+			// The server may refuse at once (no leader yet, say):
+			// an answer, which the caller can act on.
+			failed[res.name]++
+		case res.name != "SetVersion" && string(res.v) != "new":
+			t.Errorf("%s from n3 = %q; want new", res.name, res.v)
+		}
+	}
+	t.Logf("the slowest read answered %v after the thaw; refused: %v", slowest.Round(time.Millisecond), failed)
+	// Once the cluster settles, n3 reads from the leader.
+	farmtest.Eventually(t, 20*time.Second, "n3 reads the leader's", func() bool {
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		defer rcancel()
+		v, err := r.GetRecord(transport.PrimaryRead(rctx), "s:01")
+		return err == nil && string(v) == "new"
+	})
+}
+
+// TestClusterConditionalWritesReadLeader: with n3's routes of a lagCluster
+// frozen, a transport on n1 (whose server leads the bucket's stream, and
+// with n2 still has a quorum) takes records (TakeRecord) and cuts others
+// (PutRecords, Item.IfPresent: a grace cut). Each reads the key before
+// its conditional write, and must be done within done, well within its
+// bound: the leader can answer the read, and accepts the write. A direct
+// get goes to any replica of the stream, n3's one time in three, which
+// is held in the frozen routes: before the take and the cut read from the
+// leader, those waited their whole bound and failed.
+func TestClusterConditionalWritesReadLeader(t *testing.T) {
+	t.Parallel()
+	const (
+		bound = 5 * time.Second
+		done  = 2 * time.Second
+		each  = 8
+	)
+	lc := startLagCluster(t)
+	name := farmtest.FarmName(t)
+	w := openURL(t, lc.url("n1"), name)
+	r := openURL(t, lc.url("n3"), name)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
+		native, err := w.NativeTTL(ctx)
+		return err == nil && native
+	})
+	if err := w.PutRecords(ctx, transport.Item{Key: "s:00", Value: []byte("x"), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	lc.follow(t, r, w.Bucket())
+
+	lc.freeze(t)
+	var items []transport.Item
+	for i := range each {
+		items = append(items, transport.Item{Key: fmt.Sprintf("s:t%d", i), Value: []byte("whole"), TTL: time.Minute},
+			transport.Item{Key: fmt.Sprintf("s:c%d", i), Value: []byte("whole"), TTL: time.Minute})
+	}
+	// Plain writes: the leader and n2 acknowledge them.
+	if err := w.PutRecords(ctx, items...); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var slowest time.Duration
+	for i := range each {
+		op := func(name string, f func(context.Context) error) {
+			wg.Go(func() {
+				rctx, rcancel := context.WithTimeout(ctx, bound)
+				defer rcancel()
+				start := time.Now()
+				err := f(rctx)
+				took := time.Since(start)
+				mu.Lock()
+				slowest = max(slowest, took)
+				mu.Unlock()
+				if err != nil || took > done {
+					t.Errorf("%s on n1 with n3's routes frozen: %v after %v; want done within %v", name, err, took.Round(time.Millisecond), done)
+				}
+			})
+		}
+		op(fmt.Sprint("TakeRecord ", i), func(ctx context.Context) error {
+			v, err := w.TakeRecord(ctx, fmt.Sprintf("s:t%d", i))
+			if err == nil && string(v) != "whole" {
+				err = fmt.Errorf("took %q; want whole", v)
+			}
+			return err
+		})
+		op(fmt.Sprint("IfPresent cut ", i), func(ctx context.Context) error {
+			key := fmt.Sprintf("s:c%d", i)
+			if err := w.PutRecords(ctx, transport.Item{Key: key, Value: []byte("cut"), TTL: 10 * time.Second, IfPresent: true}); err != nil {
+				return err
+			}
+			v, err := w.GetRecord(transport.PrimaryRead(ctx), key)
+			if err == nil && string(v) != "cut" {
+				err = fmt.Errorf("the leader holds %q after the cut; want cut", v)
+			}
+			return err
+		})
+	}
+	wg.Wait()
+	t.Logf("the slowest take or cut took %v", slowest.Round(time.Millisecond))
+}
