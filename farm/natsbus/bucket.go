@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -425,12 +426,25 @@ func (t *Transport) check(s *bucketState, op string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("natsbus: %s: %w", op, err)
 	}
+	if unanswered(err) {
+		// The client's own bounds (a publish's acknowledgement, a
+		// request without a context): the server did not answer,
+		// which the farm's hit gate tells from its refusals.
+		return fmt.Errorf("natsbus: %s: %w (%v)", op, os.ErrDeadlineExceeded, err)
+	}
 	if notConnected(err) {
 		// Not sent: the server could not be reached, which the farm's
 		// hit gate tells from the server's refusals.
 		return fmt.Errorf("natsbus: %s: %w (%v)", op, transport.ErrNotConnected, err)
 	}
 	return fmt.Errorf("natsbus: %s: %v", op, redact.Error(err, t.secrets))
+}
+
+// unanswered reports whether err, a request's, is the client's own
+// timeout: no answer came within its bound.
+func unanswered(err error) bool {
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrAsyncPublishTimeout) ||
+		errors.Is(err, nats.ErrAsyncPublishTimeout)
 }
 
 // notConnected reports whether err, a request's, says that the client
