@@ -1412,11 +1412,14 @@ return 0
 // its cut mark, and it writes nothing (a peer retired or cut the session
 // in the emptied store, in a message this node missed); a cut mark that
 // ends sooner, and it writes the mark's value for what is left of it and
-// returns 2. It returns 1 if it wrote the value, 0 if nothing.
+// returns 2. It returns 1 if it wrote the value, 0 if nothing. The marks
+// are looked at one by one only where one of them is there: a store that
+// lost its data has none, and a write-back into it reads them in one
+// EXISTS a key.
 var noLongerScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
 if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
-if left == -2 then
+if left == -2 and redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) > 0 then
 	if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 	local mark = redis.call('PTTL', KEYS[2])
 	if mark > 0 then
