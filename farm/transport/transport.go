@@ -94,44 +94,43 @@ type Item struct {
 	// IfPresent.
 	Life time.Duration
 
-	// Late makes the write a session's late write, one made again after
-	// a failed write of it: if a cut mark (see IfPresent) lies at Key, the
-	// write puts there, in its place, the mark's value for what is left
-	// of the mark's TTL, when that is shorter than TTL; if a retirement
-	// mark (see Retire) lies there, or a cut's lapsed-cut mark (see Life)
-	// without its cut mark, it writes nothing (where the cut found the
-	// record, the record, shortened, is the cut, and stays); else it
-	// writes as a plain write does. A peer that resumed the session before its
-	// first write landed cut it to its grace where the store had no record
-	// yet, and the writer, which read the session whole before it heard
-	// of the cut, must not put it back whole, even for the round trip
-	// until it writes the cut again. The farm writes so, too, a session's
-	// first write that the bus may overtake (broadcast mode, the store on
-	// a path of its own or written concurrently with the publish, a Redis
-	// Cluster, a carried ticket): the first write may land after a peer's
-	// cut, and its writer may hear of the cut only after the mark lapsed.
-	// Only those writes pay for the check (Redis: a script that reads the
-	// marks and SETs; NATS: a create, one round trip where no mark is
-	// there); a first write made in one round trip with its publish, on
-	// a store that applies it before the publish, stays a plain write.
-	// Ignored with IfPresent or NoLonger.
+	// Late makes the write a session's late write, one made again after a
+	// failed write of it: if a cut mark (see IfPresent) lies at Key, the
+	// write puts there, in its place, the mark's value for what is left of
+	// the mark's TTL, when that is shorter than TTL; if a retirement mark
+	// (see Retire) lies there, or a cut's lapsed-cut mark (see Life) without
+	// its cut mark, it writes nothing (where the cut found the record, the
+	// record, shortened, is the cut, and stays); else it writes as a plain
+	// write does. A peer that resumed the session before its first write
+	// landed cut it to its grace where the store had no record yet, and the
+	// writer, which read the session whole before it heard of the cut, must
+	// not put it back whole, even for the round trip until it writes the cut
+	// again. The farm writes so, too, a session's first write that the bus
+	// may overtake (broadcast mode, the store on a path of its own or
+	// written concurrently with the publish, a Redis Cluster, a carried
+	// ticket): the first write may land after a peer's cut, and its writer
+	// may hear of the cut only after the mark lapsed. Only those writes pay
+	// for the check (Redis: a script that reads the marks and SETs; NATS: a
+	// create, one round trip where no mark is there); a first write made in
+	// one round trip with its publish, on a store that applies it before the
+	// publish, stays a plain write. Ignored with IfPresent or NoLonger.
 	Late bool
 
 	// Retire makes the write a retirement: it deletes the record at Key
-	// (Value is ignored) and, where it finds none, leaves a retirement
-	// mark at Key for TTL, which no read sees and a Late write honours by
-	// writing nothing (a store may leave the mark where it found a record
-	// too, and may keep the later-ending of two marks). A peer that
+	// (Value is ignored) and, where it finds none, leaves a retirement mark
+	// at Key for TTL, which no read sees and a Late or NoLonger write
+	// honours by writing nothing (a store may leave the mark where it found
+	// a record too, and may keep the later-ending of two marks). A peer that
 	// retired a session (a replaced child, a cut to the past) before the
 	// session's first write landed found no record to delete, and the
 	// writer, which read the session whole before it heard of the
 	// retirement, must not put it back, even for the round trip until it
 	// deletes it again. A cut (IfPresent) that finds a retirement mark
-	// leaves it as it is. Only retirements that find no record pay for
-	// the mark where the store can tell (Redis: a script that DELs and
-	// SETs the mark only if the DEL found nothing); a farm deletes a
-	// record it took itself (a consumption) with DeleteRecords. IfPresent,
-	// Late and NoLonger are ignored with it.
+	// leaves it as it is. Only retirements that find no record pay for the
+	// mark where the store can tell (Redis: a script that DELs and SETs the
+	// mark only if the DEL found nothing); a farm deletes a record it took
+	// itself (a consumption) with DeleteRecords. IfPresent, Late and
+	// NoLonger are ignored with it.
 	Retire bool
 
 	// Taken marks a Retire of a record the writer took itself
