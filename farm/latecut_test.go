@@ -139,6 +139,10 @@ func (n *gatedNATS) PutRecords(ctx context.Context, items ...transport.Item) err
 	return n.g.landed(n.Transport.PutRecords(ctx, items...))
 }
 
+func (n *gatedNATS) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	return n.g.genRead(key, func() ([]byte, error) { return n.Transport.GetRecord(ctx, key) })
+}
+
 func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {
 	if err := n.g.gate(ctx); err != nil {
 		return err

@@ -40,6 +40,24 @@ type gatedStore struct {
 	// write that timed out after the store applied it); the writes after
 	// it fail (failing) until the test lets them through.
 	landing atomic.Bool
+
+	// genHeld fails reads of the store's generation record: the node
+	// cannot tell yet that the store lost its data, so it does not write
+	// its sessions back.
+	genHeld atomic.Bool
+}
+
+// genRead is a read of key through the gate: errGated for the
+// generation record while genHeld is set, else read.
+func (g *gatedStore) genRead(key string, read func() ([]byte, error)) ([]byte, error) {
+	if key == "generation" && g.genHeld.Load() {
+		return nil, errGated
+	}
+	return read()
+}
+
+func (g *gatedStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	return g.genRead(key, func() ([]byte, error) { return g.Transport.GetRecord(ctx, key) })
 }
 
 // landed reports, after a write that the store applied, the failure of

@@ -585,9 +585,10 @@ func (n *Node) lifecycleStoreItems(hdr header, it *item, now time.Time, puts []t
 				// this node was cut off — nor lengthens one that a
 				// peer cut sooner without this node hearing of it.
 				// Where the store lost the record with its data, the
-				// write-back puts it back, cut. Life keeps a cut
-				// that finds no record for as long as a late write
-				// of the session could bring it back whole.
+				// write-back puts it back, cut. Life keeps the cut,
+				// whether or not it finds the record, for as long
+				// as a late write or a write-back of the session
+				// could bring it back whole.
 				puts = append(puts, transport.Item{Key: sessionKey(it.id), Value: n.keys.seal(nil, hdr, body, it.id[:]), TTL: ttl, IfPresent: true, Life: n.lifeExpiry(it.id).Sub(now)})
 			}
 		}

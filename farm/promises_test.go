@@ -264,7 +264,9 @@ func storeTTL(t *testing.T, srv *redistest.Server, id session.ID) time.Duration 
 	defer raw.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	keys, _ := raw.Keys(ctx, "*s:"+hex.EncodeToString(id[:])+"*").Result()
+	// The record's key ends with its hash tag; its marks' keys (a cut's
+	// lapsed-cut mark, say) add a suffix.
+	keys, _ := raw.Keys(ctx, "*{s:"+hex.EncodeToString(id[:])+"}").Result()
 	if len(keys) != 1 {
 		return 0
 	}

@@ -20,7 +20,12 @@ import (
 // record as it cuts any. A cut with a Life (Item.Life) outlives its cut
 // mark: a late write that lands after the mark lapsed writes nothing,
 // also where an earlier late write wrote the cut in the mark's place and
-// that cut lapsed; a first write (no Late) still writes.
+// that cut lapsed; a first write (no Late) still writes. A cut with a
+// Life that finds the record leaves its lapsed-cut mark too: a late
+// write within the cut leaves the record cut, and one after it writes
+// nothing. A write-back (Item.NoLonger) honours the marks as a late write
+// does: it writes the cut over a cut mark, and nothing once the cut
+// lapsed, whether or not the cut found the record.
 //
 // The first checks need the short marks still there when they read: a
 // run that took longer than the marks' life (a stalled machine) proves
@@ -66,6 +71,9 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 	whole := func(k string, late bool) transport.Item {
 		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, Late: late}
 	}
+	back := func(k string) transport.Item {
+		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, NoLonger: true}
+	}
 	key := func(name string) string { return "s:cutmark-" + name + suffix }
 	lived := func(k string) transport.Item {
 		it := cut(k, "cut", short)
@@ -106,12 +114,25 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 	put(lived(key("life-first")))
 	put(lived(key("life-written")))
 	put(whole(key("life-written"), true))
+	// Cuts with a Life that find the record: the record is the cut, which
+	// a late write within it leaves as it is.
+	put(whole(key("found"), false))
+	put(lived(key("found")))
+	put(whole(key("found"), true))
+	put(whole(key("found-later"), false), whole(key("back-found"), false))
+	put(lived(key("found-later")), lived(key("back-found")))
+	// Write-backs honour the marks as late writes do.
+	put(lived(key("back")))
+	put(back(key("back")))
+	put(lived(key("back-later")))
+	put(back(key("back-found")))
 
 	var wrong []string
 	for k, want := range map[string]string{
 		"alone": "cut", "first": "whole", "batch": "cut", "other": "other", "nomark": "whole",
 		"twice-a": "short", "twice-b": "short", "longer": "whole", "before": "cut",
 		"life": "", "life-first": "", "life-written": "cut",
+		"found": "cut", "found-later": "cut", "back": "cut", "back-later": "", "back-found": "cut",
 	} {
 		if v := get(key(k)); v != want {
 			wrong = append(wrong, fmt.Sprintf("%s: the record reads %q, want %q", k, v, want))
@@ -131,10 +152,15 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 	// write writes.
 	put(whole(key("life"), true))
 	put(whole(key("life-written"), true), whole(key("life-first"), false))
+	// Past the cuts that found their records, and those a write-back
+	// wrote: neither a late write nor a write-back brings them back.
+	put(whole(key("found-later"), true))
+	put(whole(key("found"), true), back(key("back")), back(key("back-later")), back(key("back-found")))
 	for k, want := range map[string]string{
 		"alone": "", "first": "whole", "batch": "", "nomark": "whole",
 		"twice-a": "", "twice-b": "", "longer": "whole", "before": "", "lapsed": "whole",
 		"life": "", "life-first": "whole", "life-written": "",
+		"found": "", "found-later": "", "back": "", "back-later": "", "back-found": "",
 	} {
 		if v := get(key(k)); v != want {
 			t.Errorf("%s, past the short cut: the record reads %q, want %q", k, v, want)
@@ -154,7 +180,8 @@ func checkCutMark(t *testing.T, s transport.RecordStore, scale time.Duration, su
 // is a transport.RecordTaker, a take (TakeRecord) leaves the mark too,
 // for the record's remaining life, which the taker's retirement of it
 // (Item.Taken) keeps: a late write after it writes nothing, a first write
-// and an add (AddRecord) write.
+// and an add (AddRecord) write. A write-back (Item.NoLonger) honours the
+// mark as a late write does.
 func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	t.Helper()
 	ctx := context.Background()
@@ -199,6 +226,13 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	put(whole(key("alone"), true))
 	put(retire(key("batch"), time.Hour))
 	put(transport.Item{Key: key("other"), Value: []byte("other"), TTL: time.Hour}, whole(key("batch"), true), whole(key("nomark"), true))
+	// A write-back honours the mark, alone and in a batch.
+	back := func(k string) transport.Item {
+		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, NoLonger: true}
+	}
+	put(retire(key("back"), time.Hour), retire(key("back-batch"), time.Hour))
+	put(back(key("back")))
+	put(back(key("back-batch")), back(key("back-nomark")))
 	// A first write ignores the mark.
 	put(retire(key("first"), time.Hour))
 	put(whole(key("first"), false))
@@ -224,6 +258,7 @@ func CheckRetireMark(t *testing.T, s transport.RecordStore) {
 	}
 	want := map[string]string{
 		"alone": "", "batch": "", "other": "other", "nomark": "whole", "first": "whole", "cut": "", "before": "",
+		"back": "", "back-batch": "", "back-nomark": "whole",
 	}
 	if taker != nil {
 		take(key("taken"), time.Hour)

@@ -95,29 +95,47 @@ func benchGet(b *testing.B, ctx context.Context) {
 // BenchmarkPutRecords writes batches of 256 sessions of 300 bytes, as the
 // farm's publisher does in broadcast and store-only modes: plain writes
 // (new sessions), and writes over present records marked IfPresent (grace
-// cuts), one batch of each kind, and one of one cut alone.
+// cuts), one batch of each kind, and one of one cut alone. The "cut" ones
+// are grace cuts as the farm writes them: each shorter than the record it
+// finds, so each is written, and with a Life (see transport.Item.Life).
 func BenchmarkPutRecords(b *testing.B) {
 	for _, c := range []struct {
-		name      string
-		n         int
-		ifPresent bool
-	}{{"plain/256", 256, false}, {"ifpresent/256", 256, true}, {"plain/1", 1, false}, {"ifpresent/1", 1, true}} {
+		name           string
+		n              int
+		ifPresent, cut bool
+	}{{"plain/256", 256, false, false}, {"ifpresent/256", 256, true, false}, {"plain/1", 1, false, false}, {"ifpresent/1", 1, true, false},
+		{"cut/256", 256, true, true}, {"cut/1", 1, true, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			tr := open(b, sharedURL(b), farmtest.FarmName(b))
 			ctx := context.Background()
 			items := make([]transport.Item, c.n)
 			for i := range items {
 				items[i] = transport.Item{Key: fmt.Sprintf("s:%04x", i), Value: make([]byte, 300), TTL: time.Minute}
+				if c.cut {
+					items[i].TTL = 2 * time.Hour
+				}
 			}
 			if err := tr.PutRecords(ctx, items...); err != nil {
 				b.Fatal(err)
 			}
 			for i := range items {
 				items[i].IfPresent = c.ifPresent
+				if c.cut {
+					items[i].Life = 2 * time.Hour
+				}
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			round := 0
 			for b.Loop() {
+				if c.cut {
+					round++
+					for i := range items {
+						// Each round's cut ends 100 ms sooner than
+						// the last: shorter than what it finds.
+						items[i].TTL = time.Hour - time.Duration(round)*100*time.Millisecond
+					}
+				}
 				if err := tr.PutRecords(ctx, items...); err != nil {
 					b.Fatal(err)
 				}

@@ -124,7 +124,9 @@ type entry struct {
 
 	// A cut mark (see transport.Item.IfPresent) at an absent key, and
 	// when it lapses: the value a late write puts there instead; and when
-	// the cut's life (see transport.Item.Life) ends, zero for none.
+	// the cut's life (see transport.Item.Life) ends, zero for none. A
+	// present value that a cut wrote (or a late write, in a mark's place)
+	// has its cut's life too, and no mark.
 	mark        []byte
 	markExpires time.Time
 	lifeExpires time.Time
@@ -193,14 +195,14 @@ func (t *Transport) getFrom(ctx context.Context, s *bucketState, subj string, pr
 			return entry{rev: m.Sequence, retired: t.now().Before(cutLife(m))}, nil
 		}
 	}
-	e.value, e.present = v, true
+	e.value, e.present, e.lifeExpires = v, true, cutLife(m)
 	return e, nil
 }
 
 // cutLife returns when the cut life that m carries (see
-// transport.Item.Life: a cut mark's, or the cut's that a late write wrote
-// in the mark's place) ends, counted from the server's timestamp on m;
-// zero if it carries none.
+// transport.Item.Life: a cut mark's, a cut's that found the record, or the
+// cut's that a late write wrote in the mark's place) ends, counted from
+// the server's timestamp on m; zero if it carries none.
 func cutLife(m *jetstream.RawStreamMsg) time.Time {
 	h := m.Header.Get(hdrCutLife)
 	if h == "" {
@@ -398,13 +400,16 @@ const maxReplacing = 16
 // the mark's value, for what is left of it, and otherwise it.Value,
 // so too: a mark and a late write, each conditional on the revision read,
 // are applied in one order or the other, and either way the store ends
-// with the cut. A cut with an Item.Life gives its mark (and a late write
-// the cut it writes in the mark's place) that life, in a header and as
-// the message's TTL: once the cut lapses, the key reads as retired for
-// the rest of it. A late write that finds a retirement mark (see
+// with the cut. A cut with an Item.Life gives its mark, or the record it
+// shortens (and a late write the cut it writes in the mark's place), that
+// life, in a header and as the message's TTL: once the cut lapses, the
+// key reads as retired for the rest of it, and while it lasts, a late
+// write that finds the cut's record, shorter than it.TTL, leaves it as
+// it is. A late write that finds a retirement mark (see
 // retireMessage) writes nothing, and a cut leaves the mark as it is: the
 // mark is written unconditionally, so that a retirement and a late write
-// applied in either order leave the store without the record. A refused
+// applied in either order leave the store without the record. A
+// write-back (Item.NoLonger) honours the marks as a late write does. A refused
 // write is tried again from the read, a few times; a key that kept
 // changing is an error, so that the farm keeps the write for later rather
 // than drop it.
@@ -417,27 +422,32 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 		}
 		now := t.now()
 		value, ttl, mark, life := it.Value, it.TTL, false, time.Duration(0)
+		marked := (it.Late || it.NoLonger) && !it.IfPresent // honours the marks
 		switch {
-		case e.retired && (it.IfPresent || it.Late && !it.NoLonger):
+		case e.retired:
 			return nil
 		case !e.present && it.IfPresent:
 			if e.mark != nil && !e.markExpires.After(now.Add(it.TTL)) {
 				return nil
 			}
 			mark = true
-			if it.Life > it.TTL {
-				life = it.Life
-			}
 		case e.present && (it.IfPresent || it.NoLonger) && !e.expires.IsZero() && !e.expires.After(now.Add(it.TTL)):
 			// It lapses no later than this write would: a cut and a
 			// write-back only shorten (see Item.IfPresent,
 			// Item.NoLonger).
 			return nil
-		case it.Late && !it.IfPresent && !it.NoLonger && e.mark != nil && e.markExpires.Before(now.Add(it.TTL)):
+		case marked && e.present && !e.lifeExpires.IsZero() && !e.expires.IsZero() && !e.expires.After(now.Add(it.TTL)):
+			// A cut's record, which lapses no later than this write
+			// would: the cut stands (see Item.Life).
+			return nil
+		case marked && e.mark != nil && e.markExpires.Before(now.Add(it.TTL)):
 			value, ttl = e.mark, e.markExpires.Sub(now)
 			if left := e.lifeExpires.Sub(now); left > ttl {
 				life = left // the cut, written, keeps the mark's life
 			}
+		}
+		if it.IfPresent && it.Life > it.TTL {
+			life = it.Life // the cut, mark or record, outlived by its life
 		}
 		msg, opts := t.message(s, k, encodeValue(ttlMillis(ttl), value), max(ttl, life))
 		if mark {

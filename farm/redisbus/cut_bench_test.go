@@ -18,8 +18,10 @@ import (
 // over a present record of about a sealed session's size), alone and in
 // a pipeline of 16 with as many plain writes (a batch of resumptions: each
 // child's record and its parent's cut), against the shared Redis. Each
-// cut is shorter than the record it finds, so each is written. "absent"
-// is a cut that finds no record, which leaves its marks.
+// cut is shorter than the record it finds, so each is written, and has a
+// Life, as the farm's cuts have, so each leaves its lapsed-cut mark (see
+// transport.Item.Life). "absent" is a cut that finds no record, which
+// leaves its cut mark too.
 func BenchmarkCutWrite(b *testing.B) {
 	tr, err := redisbus.Open(redistest.URL(b), farmtest.FarmName(b))
 	if err != nil {
@@ -37,7 +39,7 @@ func BenchmarkCutWrite(b *testing.B) {
 	b.Run("alone", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
-			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true}); err != nil {
+			if err := tr.PutRecords(ctx, transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true, Life: time.Hour}); err != nil {
 				b.Fatal(err)
 			}
 			i++
@@ -64,7 +66,7 @@ func BenchmarkCutWrite(b *testing.B) {
 			for range 16 {
 				items = append(items,
 					transport.Item{Key: fmt.Sprint("c", i%keys), Value: value, TTL: time.Hour},
-					transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true})
+					transport.Item{Key: fmt.Sprint("p", i%keys), Value: value, TTL: 30*time.Minute - time.Duration(i)*time.Millisecond, IfPresent: true, Life: time.Hour})
 				i++
 			}
 			if err := tr.PutRecords(ctx, items...); err != nil {

@@ -587,10 +587,10 @@ func (t *Transport) RetireMarkKey(k string) string { return t.RecordKey(k) + ret
 const retireMarkSuffix = ":gone"
 
 // CutLifeKey returns the Redis key of the lapsed-cut mark that a cut of
-// the record at k leaves, with its cut mark, where it finds no record
-// (see transport.Item.Life): the record's key and a suffix, in the
-// record's slot. It outlives the cut mark, for the session's remaining
-// life, and a late write that finds it without the cut mark writes
+// the record at k leaves, whether or not it finds the record (see
+// transport.Item.Life): the record's key and a suffix, in the record's
+// slot. It outlives the cut, for the session's remaining life, and a
+// late write or a write-back that finds it without the cut mark writes
 // nothing.
 func (t *Transport) CutLifeKey(k string) string { return t.RecordKey(k) + cutLifeSuffix }
 
@@ -1175,8 +1175,8 @@ func writeScript(it transport.Item) *redis.Script {
 
 // scriptKeys returns the keys of the script that writes it: the record's,
 // for a cut its cut mark's and lapsed-cut mark's, for a retirement its
-// retirement mark's, and for a late write the three marks' (all in the
-// record's slot).
+// retirement mark's, and for a late write or a write-back the three
+// marks' (all in the record's slot).
 func (t *Transport) scriptKeys(it transport.Item) []string {
 	k := t.RecordKey(it.Key)
 	switch {
@@ -1184,7 +1184,7 @@ func (t *Transport) scriptKeys(it transport.Item) []string {
 		return []string{k, k + retireMarkSuffix}
 	case it.IfPresent:
 		return []string{k, k + cutMarkSuffix, k + cutLifeSuffix}
-	case it.Late && !it.NoLonger:
+	case it.Late || it.NoLonger:
 		return []string{k, k + cutMarkSuffix, k + retireMarkSuffix, k + cutLifeSuffix}
 	}
 	return []string{k}
@@ -1328,29 +1328,35 @@ func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 // TTL, unless a mark that ends sooner is there: a late write of the
 // session (lateScript) then writes the cut, not the whole record its
 // writer read before it heard of the cut. With a Life, it leaves the
-// lapsed-cut mark too, for the Life (a mark that ends later stays): a
-// late write that lands once the cut mark lapsed writes nothing, where it
-// would put the session back whole past its grace. Only a cut that finds
-// no record pays for the marks.
+// lapsed-cut mark too, for the Life (a mark that ends later stays),
+// whether or not it found the record: a late write that lands once the
+// cut lapsed writes nothing, where it would put the session back whole
+// past its grace, and one that lands while the record it shortened
+// lasts leaves that record be (see lateScript). Only a cut that finds
+// no record pays for the cut mark; the cut that finds one, for the
+// lapsed-cut mark's PTTL and SET.
 var cutScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
+local wrote = 0
 if left == -2 then
 	local mark = redis.call('PTTL', KEYS[2])
 	if mark == -2 or mark > tonumber(ARGV[2]) then
 		redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 	end
-	local life = tonumber(ARGV[3])
-	if life > 0 then
-		local lapse = redis.call('PTTL', KEYS[3])
-		if lapse ~= -1 and lapse < life then
-			redis.call('SET', KEYS[3], '1', 'PX', life)
-		end
-	end
+elseif left >= 0 and left <= tonumber(ARGV[2]) then
 	return 0
+else
+	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+	wrote = 1
 end
-if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local life = tonumber(ARGV[3])
+if life > 0 then
+	local lapse = redis.call('PTTL', KEYS[3])
+	if lapse ~= -1 and lapse < life then
+		redis.call('SET', KEYS[3], '1', 'PX', life)
+	end
+end
+return wrote
 `)
 
 // lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
@@ -1360,7 +1366,8 @@ return 1
 // nothing and returns 0. If a cut mark is there that ends sooner than the
 // new TTL, it writes the mark's value for what is left of it (a peer's
 // cut that found no record: see cutScript), and returns 2. If no cut mark
-// is there but a lapsed-cut mark is (the cut's grace is over), it writes
+// is there but a lapsed-cut mark is (the cut's grace is over, or the cut
+// found the record and shortened it: the record is the cut), it writes
 // nothing and returns 0. Else it writes the value, as SET does, and
 // returns 1.
 var lateScript = redis.NewScript(`
@@ -1396,14 +1403,37 @@ end
 return 0
 `)
 
-// noLongerScript is the write of an Item.NoLonger: cutScript, but a
-// missing record is written too. It writes where nothing is, or over a
-// record that would outlive the new TTL (or has none): a write-back never
-// lengthens a record that a peer, knowing a cut this node missed, wrote
-// back cut. It returns 1 if it wrote.
+// noLongerScript is the write of an Item.NoLonger: KEYS as lateScript's,
+// ARGV the value and the TTL (ms). It writes over a record that would
+// outlive the new TTL (or has none), and leaves one that lapses sooner: a
+// write-back never lengthens a record that a peer, knowing a cut this
+// node missed, wrote back cut. Where no record is, it honours the marks
+// as lateScript does: a retirement mark, or a lapsed-cut mark without
+// its cut mark, and it writes nothing (a peer retired or cut the session
+// in the emptied store, in a message this node missed); a cut mark that
+// ends sooner, and it writes the mark's value for what is left of it and
+// returns 2. It returns 1 if it wrote the value, 0 if nothing. The marks
+// are looked at one by one only where one of them is there: a store that
+// lost its data has none, and a write-back into it reads them in one
+// EXISTS a key.
 var noLongerScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
 if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
+if left == -2 and redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) > 0 then
+	if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+	local mark = redis.call('PTTL', KEYS[2])
+	if mark > 0 then
+		if mark < tonumber(ARGV[2]) then
+			local v = redis.call('GET', KEYS[2])
+			if v then
+				redis.call('SET', KEYS[1], v, 'PX', mark)
+				return 2
+			end
+		end
+	elseif redis.call('EXISTS', KEYS[4]) == 1 then
+		return 0
+	end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)

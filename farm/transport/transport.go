@@ -78,59 +78,65 @@ type Item struct {
 	// off), nor lengthen one that a peer's cut, made sooner, ended
 	// sooner. Every RecordStore must honour it (Redis: a script that reads
 	// PTTL and SETs). One that finds no record leaves a cut mark at Key
-	// instead, for TTL, which no read sees and only a Late write applies
-	// (a store may keep the shorter of two marks).
+	// instead, for TTL, which no read sees and only a Late or NoLonger
+	// write applies (a store may keep the shorter of two marks).
 	IfPresent bool
 
 	// Life, for an IfPresent write, is how long the record could have
 	// lived uncut: the session's remaining natural life, the longest a
-	// late write of it could keep it. A cut that finds no record leaves,
-	// besides its cut mark for TTL, a lapsed-cut mark for Life, which no
-	// read sees and which outlives the cut mark: a Late write that lands
-	// once the cut mark lapsed (held in flight past the grace) then
-	// writes nothing, where it would put the session back whole, past its
-	// grace, for a writer that may never hear of the cut again. A store
-	// may keep the later-ending of two such marks. If Life is no longer
-	// than TTL, the cut leaves no such mark. Ignored without IfPresent.
+	// late write of it could keep it. A cut leaves, for Life, a
+	// lapsed-cut mark, which no read sees and which outlives the cut: a
+	// Late or NoLonger write that lands once the cut lapsed (held in
+	// flight past the grace) then writes nothing, where it would put the
+	// session back whole, past its grace, for a writer that may never
+	// hear of the cut again. It does so whether or not it finds the
+	// record: a first write reported failed may have landed, and the
+	// writer then writes the session again, as a late write, read whole
+	// before it heard of the cut. A record the cut shortened is, while it
+	// lasts, the cut itself: a Late write that finds it (or a record a
+	// late write put in a cut mark's place) leaves it as it is. A store
+	// may keep the later-ending of two lapsed-cut marks. If Life is no
+	// longer than TTL, the cut leaves no such mark. Ignored without
+	// IfPresent.
 	Life time.Duration
 
-	// Late makes the write a session's late write, one made again after
-	// a failed write of it: if a cut mark (see IfPresent) lies at Key, the
-	// write puts there, in its place, the mark's value for what is left
-	// of the mark's TTL, when that is shorter than TTL; if a retirement
-	// mark (see Retire) lies there, or a cut's lapsed-cut mark (see Life)
-	// whose cut mark lapsed, it writes nothing; else it writes as a plain
-	// write does. A peer that resumed the session before its
-	// first write landed cut it to its grace where the store had no record
-	// yet, and the writer, which read the session whole before it heard
-	// of the cut, must not put it back whole, even for the round trip
-	// until it writes the cut again. The farm writes so, too, a session's
-	// first write that the bus may overtake (broadcast mode, the store on
-	// a path of its own or written concurrently with the publish, a Redis
-	// Cluster, a carried ticket): the first write may land after a peer's
-	// cut, and its writer may hear of the cut only after the mark lapsed.
-	// Only those writes pay for the check (Redis: a script that reads the
-	// marks and SETs; NATS: a create, one round trip where no mark is
-	// there); a first write made in one round trip with its publish, on
-	// a store that applies it before the publish, stays a plain write.
-	// Ignored with IfPresent or NoLonger.
+	// Late makes the write a session's late write, one made again after a
+	// failed write of it: if a cut mark (see IfPresent) lies at Key, the
+	// write puts there, in its place, the mark's value for what is left of
+	// the mark's TTL, when that is shorter than TTL; if a retirement mark
+	// (see Retire) lies there, or a cut's lapsed-cut mark (see Life) without
+	// its cut mark, it writes nothing (where the cut found the record, the
+	// record, shortened, is the cut, and stays); else it writes as a plain
+	// write does. A peer that resumed the session before its first write
+	// landed cut it to its grace where the store had no record yet, and the
+	// writer, which read the session whole before it heard of the cut, must
+	// not put it back whole, even for the round trip until it writes the cut
+	// again. The farm writes so, too, a session's first write that the bus
+	// may overtake (broadcast mode, the store on a path of its own or
+	// written concurrently with the publish, a Redis Cluster, a carried
+	// ticket): the first write may land after a peer's cut, and its writer
+	// may hear of the cut only after the mark lapsed. Only those writes pay
+	// for the check (Redis: a script that reads the marks and SETs; NATS: a
+	// create, one round trip where no mark is there); a first write made in
+	// one round trip with its publish, on a store that applies it before the
+	// publish, stays a plain write. Ignored with IfPresent or NoLonger.
 	Late bool
 
 	// Retire makes the write a retirement: it deletes the record at Key
-	// (Value is ignored) and, where it finds none, leaves a retirement
-	// mark at Key for TTL, which no read sees and a Late write honours by
-	// writing nothing (a store may leave the mark where it found a record
-	// too, and may keep the later-ending of two marks). A peer that
+	// (Value is ignored) and, where it finds none, leaves a retirement mark
+	// at Key for TTL, which no read sees and a Late or NoLonger write
+	// honours by writing nothing (a store may leave the mark where it found
+	// a record too, and may keep the later-ending of two marks). A peer that
 	// retired a session (a replaced child, a cut to the past) before the
 	// session's first write landed found no record to delete, and the
 	// writer, which read the session whole before it heard of the
 	// retirement, must not put it back, even for the round trip until it
 	// deletes it again. A cut (IfPresent) that finds a retirement mark
-	// leaves it as it is. Only retirements that find no record pay for
-	// the mark where the store can tell (Redis: a script that DELs and
-	// SETs the mark only if the DEL found nothing); a farm deletes a
-	// record it took itself (a consumption) with DeleteRecords. IfPresent,
-	// Late and NoLonger are ignored with it.
+	// leaves it as it is. Only retirements that find no record pay for the
+	// mark where the store can tell (Redis: a script that DELs and SETs the
+	// mark only if the DEL found nothing); a farm deletes a record it took
+	// itself (a consumption) with DeleteRecords. IfPresent, Late and
+	// NoLonger are ignored with it.
 	Retire bool
 
 	// Taken marks a Retire of a record the writer took itself
@@ -149,12 +155,17 @@ type Item struct {
 	// if no record is at Key when it is applied, or if the record there
 	// would outlive TTL (or has no TTL), and otherwise writes nothing and
 	// is not an error. It is IfPresent without the presence: with both
-	// set, IfPresent rules (an absent key stays absent). The farm writes
-	// its sessions back to a store that lost its data so: a node that
-	// missed a peer's grace cut holds the session whole, and must not
-	// lengthen the record that a node which knew the cut wrote back
-	// before it. Every RecordStore must honour it (Redis: a script that
-	// reads PTTL and SETs).
+	// set, IfPresent rules (an absent key stays absent). Where no record
+	// is, it honours the marks as a Late write does: it writes nothing
+	// over a retirement mark (see Retire) or a lapsed-cut mark (see Life)
+	// whose cut lapsed, and the cut over a cut mark that ends sooner. The
+	// farm writes its sessions back to a store that lost its data so: a
+	// node that missed a peer's grace cut, or its retirement, holds the
+	// session whole, and must not lengthen the record that a node which
+	// knew the cut wrote back before it, nor bring back whole a session
+	// that the peer cut or retired after the loss, in the emptied store,
+	// where it found no record. Every RecordStore must honour it (Redis:
+	// a script that reads the record's PTTL and the marks, and SETs).
 	NoLonger bool
 }
 
