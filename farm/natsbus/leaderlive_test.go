@@ -172,10 +172,15 @@ func TestClusterConditionalWritesReadLeader(t *testing.T) {
 		items = append(items, transport.Item{Key: fmt.Sprintf("s:t%d", i), Value: []byte("whole"), TTL: time.Minute},
 			transport.Item{Key: fmt.Sprintf("s:c%d", i), Value: []byte("whole"), TTL: time.Minute})
 	}
-	// Plain writes: the leader and n2 acknowledge them.
-	if err := w.PutRecords(ctx, items...); err != nil {
-		t.Fatal(err)
-	}
+	// Plain writes: the leader and n2 acknowledge them, once the
+	// freeze has settled (on a loaded machine the freeze may cost an
+	// election, during which the stream answers nothing: "no response
+	// from stream").
+	farmtest.Eventually(t, 15*time.Second, "plain writes on n1 acknowledged with n3 frozen", func() bool {
+		wctx, wcancel := context.WithTimeout(ctx, bound)
+		defer wcancel()
+		return w.PutRecords(wctx, items...) == nil
+	})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var slowest time.Duration
