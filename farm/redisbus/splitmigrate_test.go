@@ -17,18 +17,17 @@ import (
 // migrating sets the slots of the records of keys migrating from the
 // master that holds them to another (the source MIGRATING, the target
 // IMPORTING, no key moved), and returns a function that reads a key of
-// those slots on its source: its value and PTTL (ms), or found false
-// where the source no longer has it (it answers ASK).
+// those slots where it is (on the source, or, where the source answers
+// ASK, on the target): its value and PTTL (ms), or found false.
 func migrating(t *testing.T, c *redistest.Cluster, tr *redisbus.Transport, keys ...string) func(key string) (v string, pttl int64, found bool) {
 	t.Helper()
 	ctx := context.Background()
-	done := map[int]bool{}
+	targets := map[int]*redistest.Server{}
 	for _, k := range keys {
 		slot := redistest.Slot(tr.RecordKey(k))
-		if done[slot] {
+		if targets[slot] != nil {
 			continue
 		}
-		done[slot] = true
 		src := c.MasterOf(slot)
 		var dst *redistest.Server
 		for _, m := range c.Masters() {
@@ -51,19 +50,32 @@ func migrating(t *testing.T, c *redistest.Cluster, tr *redisbus.Transport, keys 
 		if err := sc.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
 			t.Fatal(err)
 		}
+		targets[slot] = dst
 	}
 	return func(key string) (string, int64, bool) {
 		t.Helper()
-		sc := c.Client(c.MasterOf(redistest.Slot(key)))
+		slot := redistest.Slot(key)
+		sc := c.Client(c.MasterOf(slot))
 		v, err := sc.Get(ctx, key).Result()
+		var ms time.Duration
+		if redis.HasErrorPrefix(err, "ASK") {
+			var get *redis.StringCmd
+			var pttl *redis.DurationCmd
+			_, err = c.Client(targets[slot]).Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Do(ctx, "ASKING")
+				get = p.Get(ctx, key)
+				p.Do(ctx, "ASKING")
+				pttl = p.PTTL(ctx, key)
+				return nil
+			})
+			v, ms = get.Val(), pttl.Val()
+		} else if err == nil {
+			ms, err = sc.PTTL(ctx, key).Result()
+		}
 		switch {
-		case redis.HasErrorPrefix(err, "ASK"), errors.Is(err, redis.Nil):
+		case errors.Is(err, redis.Nil):
 			return "", 0, false
 		case err != nil:
-			t.Fatal(err)
-		}
-		ms, err := sc.PTTL(ctx, key).Result()
-		if err != nil {
 			t.Fatal(err)
 		}
 		return v, ms.Milliseconds(), true
