@@ -1128,6 +1128,8 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 // for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
 // for an Item.Late lateScript, for an Item.Retire retireScript (DEL if
 // it is Item.Taken: the take left the mark, see takeScript), pipelined.
+// A script the server refuses while its slot is being migrated
+// (TRYAGAIN) is written in steps of one key instead (see splitWrite).
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
