@@ -1128,6 +1128,8 @@ func (t *Transport) oldVersionListens(ctx context.Context, timeout time.Duration
 // for an Item.IfPresent cutScript, for an Item.NoLonger noLongerScript,
 // for an Item.Late lateScript, for an Item.Retire retireScript (DEL if
 // it is Item.Taken: the take left the mark, see takeScript), pipelined.
+// A script the server refuses while its slot is being migrated
+// (TRYAGAIN) is written in steps of one key instead (see splitWrite).
 func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) error {
 	if len(items) == 1 {
 		it := items[0]
@@ -1135,7 +1137,11 @@ func (t *Transport) PutRecords(ctx context.Context, items ...transport.Item) err
 			return t.failed(once{t.c}.Del(ctx, t.RecordKey(it.Key)).Err())
 		}
 		if sc := writeScript(it); sc != nil {
-			return t.failed(sc.Run(ctx, once{t.c}, t.scriptKeys(it), scriptArgs(it)...).Err())
+			err := sc.Run(ctx, once{t.c}, t.scriptKeys(it), scriptArgs(it)...).Err()
+			if redis.HasErrorPrefix(err, "TRYAGAIN") {
+				err = t.splitWrite(ctx, it)
+			}
+			return t.failed(err)
 		}
 		return t.failed(once{t.c}.Set(ctx, t.RecordKey(it.Key), it.Value, it.TTL).Err())
 	}
@@ -1221,10 +1227,10 @@ func (t *Transport) setRecord(ctx context.Context, p redis.Pipeliner, it transpo
 
 // redoCuts returns the error of a pipeline that ran cmds, err, after
 // running again, whole (EVAL), its cuts that the server had no script for
-// (NOSCRIPT: it restarted, failed over, or flushed its scripts), and its
-// late writes (Item.Late) that the server refused while their slot was
-// being migrated (TRYAGAIN: see lateSplit): nil if those were its only
-// failures and they succeed now. A cut so run after
+// (NOSCRIPT: it restarted, failed over, or flushed its scripts), and,
+// step by step (splitWrite), its scripted writes that the server refused
+// while their slot was being migrated (TRYAGAIN): nil if those were its
+// only failures and they succeed now. A cut so run after
 // the pipeline's deletions and publishes is still right: it writes only
 // over a record that is there. A write-back (Item.NoLonger) so run after
 // them could write a record the pipeline deleted: the farm never batches
@@ -1247,14 +1253,11 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	}
 	for _, c := range cuts {
 		if redis.HasErrorPrefix(c.cmd.Err(), "TRYAGAIN") {
-			if !lateOnly(c.it) {
-				return err
-			}
 			tryAgain--
 		}
 	}
 	if tryAgain != 0 {
-		return err // a command other than a late write's script
+		return err // a command other than a scripted write
 	}
 	_, err = t.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, c := range cuts {
@@ -1266,57 +1269,187 @@ func (t *Transport) redoCuts(ctx context.Context, cmds []redis.Cmder, err error,
 	})
 	for _, c := range cuts {
 		if err == nil && redis.HasErrorPrefix(c.cmd.Err(), "TRYAGAIN") {
-			err = t.lateSplit(ctx, c.it)
+			err = t.splitWrite(ctx, c.it)
 		}
 	}
 	return err
 }
 
-// lateOnly reports whether it is a late write and nothing else: one that
-// lateScript writes.
-func lateOnly(it transport.Item) bool {
-	return it.Late && !it.IfPresent && !it.NoLonger && !it.Retire
+// splitWrite is the scripted write of it (see writeScript) while its
+// slot is being migrated and its keys, the record and its marks, are
+// split between two nodes (TRYAGAIN: Redis runs no command over two keys
+// of such a slot, and none over two keys that are all missing on the
+// node importing it): the same write in steps of one key each, following
+// ASK (retireSplit, cutSplit, noLongerSplit, lateSplit). Each step is
+// atomic; the write as a whole is not, and each says what a peer's write
+// that lands between its steps does. Only a write the server refused
+// pays for it: the common path stays one script.
+func (t *Transport) splitWrite(ctx context.Context, it transport.Item) error {
+	switch {
+	case it.Retire:
+		return t.retireSplit(ctx, it)
+	case it.IfPresent:
+		return t.cutSplit(ctx, it)
+	case it.NoLonger:
+		return t.noLongerSplit(ctx, it)
+	}
+	return t.lateSplit(ctx, it)
 }
 
-// lateSplit is the late write of it while its slot is being migrated and
-// its keys are split between two nodes (TRYAGAIN: Redis runs no command
-// over two keys, the record and its marks, of such a slot): the
-// retirement mark's EXISTS, the cut mark's PTTL and GET (or, where it
-// lapsed, the lapsed-cut mark's EXISTS), then the SET,
-// each on its own, following ASK. It writes what lateScript writes, but
-// not atomically: a mark left between the reads and the SET is missed,
-// as a plain write misses it, until the writer hears of the cut and
-// writes it again. The farm's first writes in broadcast mode are late
-// writes (see transport.Item.Late): without it, each new session of a
-// migrating slot would fail its write until the slot moved.
+// lateSplit is the late write of it (lateScript) split (see splitWrite):
+// the marks read by splitMarks, then the SET. It writes what lateScript
+// writes, but not atomically: a mark left between the reads and the SET
+// is missed, as a plain write misses it, until the writer hears of the
+// cut or retirement and writes it again. The farm's first writes in
+// broadcast mode are late writes (see transport.Item.Late): without it,
+// each new session of a migrating slot would fail its write until the
+// slot moved.
 func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 	k := t.RecordKey(it.Key)
-	gone, err := t.c.Exists(ctx, k+retireMarkSuffix).Result()
-	if err != nil || gone > 0 {
+	cut, left, skip, err := t.splitMarks(ctx, k, it.TTL)
+	if err != nil || skip {
 		return err
 	}
 	value, ttl := it.Value, it.TTL
-	left, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
-	if err != nil {
-		return err
-	}
-	if left <= 0 {
-		lapsed, err := t.c.Exists(ctx, k+cutLifeSuffix).Result()
-		if err != nil || lapsed > 0 {
-			return err
-		}
-	}
-	if left > 0 && left < it.TTL {
-		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
-		switch {
-		case err == nil:
-			value, ttl = v, left
-		case !errors.Is(err, redis.Nil):
-			return err
-		}
+	if cut != nil {
+		value, ttl = cut, left
 	}
 	return once{t.c}.Set(ctx, k, value, ttl).Err()
 }
+
+// splitMarks reads the marks of the record k, each on its own, for a
+// write of ttl, as lateScript does: the retirement mark's EXISTS, the cut
+// mark's PTTL and GET (or, where it lapsed, the lapsed-cut mark's
+// EXISTS). It returns skip if the write is to write nothing (a retirement
+// mark, or a lapsed-cut mark without its cut mark), and the cut mark's
+// value and what is left of it if one is there that ends sooner than ttl
+// (the write then writes that instead).
+func (t *Transport) splitMarks(ctx context.Context, k string, ttl time.Duration) (cut []byte, left time.Duration, skip bool, err error) {
+	gone, err := t.c.Exists(ctx, k+retireMarkSuffix).Result()
+	if err != nil || gone > 0 {
+		return nil, 0, true, err
+	}
+	left, err = t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+	if err != nil {
+		return nil, 0, true, err
+	}
+	if left <= 0 {
+		lapsed, err := t.c.Exists(ctx, k+cutLifeSuffix).Result()
+		return nil, 0, err != nil || lapsed > 0, err
+	}
+	if left < ttl {
+		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
+		switch {
+		case err == nil:
+			return v, left, false, nil
+		case !errors.Is(err, redis.Nil):
+			return nil, 0, true, err
+		}
+	}
+	return nil, 0, false, nil
+}
+
+// noLongerSplit is the write-back of it (noLongerScript) split (see
+// splitWrite): shortenScript on the record alone, which writes over a
+// record that would outlive the new TTL (or has none) and leaves one
+// that lapses sooner, atomically; where it finds no record, the marks
+// read by splitMarks, then SET NX. A peer's record written between the
+// reads and the SET stays (the write-back writes nothing over it, even
+// one it would have shortened); a mark left in between is missed, as a
+// plain write misses it: the peer that left it wrote a cut or retirement
+// this node missed, which the next heal brings again.
+func (t *Transport) noLongerSplit(ctx context.Context, it transport.Item) error {
+	k := t.RecordKey(it.Key)
+	n, err := shortenScript.Run(ctx, once{t.c}, []string{k}, it.Value, ttlMillis(it.TTL)).Int()
+	if err != nil || n >= 0 {
+		return err
+	}
+	cut, left, skip, err := t.splitMarks(ctx, k, it.TTL)
+	if err != nil || skip {
+		return err
+	}
+	value, ttl := it.Value, it.TTL
+	if cut != nil {
+		value, ttl = cut, left
+	}
+	return once{t.c}.SetNX(ctx, k, value, ttl).Err()
+}
+
+// cutSplit is the cut of it (cutScript) split (see splitWrite):
+// shortenScript on the record alone, which shortens a record that would
+// outlive the cut (or has none) and leaves one that lapses sooner,
+// atomically; where it finds no record, the cut mark's PTTL and SET
+// (unless one that ends sooner is there); then, with a Life, the
+// lapsed-cut mark's SET NX, or PEXPIRE GT where one is there (a mark
+// that ends later stays). A late write that lands between the record's
+// step and the cut mark's writes the session whole, which the cut then
+// misses, as before cut marks, until its writer hears of the cut; the
+// lapsed-cut mark comes one round trip after the cut, and a late write
+// that lands in between, once the cut lapsed, is written.
+func (t *Transport) cutSplit(ctx context.Context, it transport.Item) error {
+	k := t.RecordKey(it.Key)
+	n, err := shortenScript.Run(ctx, once{t.c}, []string{k}, it.Value, ttlMillis(it.TTL)).Int()
+	switch {
+	case err != nil || n == 0:
+		return err // a record that lapses sooner: cutScript leaves no lapsed-cut mark either
+	case n < 0:
+		mark, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+		if err != nil {
+			return err
+		}
+		if mark == -2 || mark > it.TTL {
+			o := once{t.c}
+			if err := o.Set(ctx, k+cutMarkSuffix, it.Value, it.TTL).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	if it.Life <= it.TTL {
+		return nil // no lapsed-cut mark (see scriptArgs)
+	}
+	o := once{t.c}
+	set, err := o.SetNX(ctx, k+cutLifeSuffix, []byte{'1'}, it.Life).Result()
+	if err == nil && !set {
+		err = o.PExpireGT(ctx, k+cutLifeSuffix, it.Life).Err()
+	}
+	return err
+}
+
+// retireSplit is the retirement of it (retireScript) split (see
+// splitWrite): the retirement mark first, SET NX, or PEXPIRE GT where one
+// is there (a mark that ends later stays), then the record's DEL. Unlike
+// retireScript, it leaves the mark whether or not it finds the record: a
+// late write that lands between the two steps then writes nothing, where
+// the other order would let one land between a DEL that found nothing
+// and the mark, and put the session back. The mark costs one SET more
+// only while the slot moves.
+func (t *Transport) retireSplit(ctx context.Context, it transport.Item) error {
+	k := t.RecordKey(it.Key)
+	o := once{t.c}
+	set, err := o.SetNX(ctx, k+retireMarkSuffix, []byte{'1'}, it.TTL).Result()
+	if err == nil && !set {
+		err = o.PExpireGT(ctx, k+retireMarkSuffix, it.TTL).Err()
+	}
+	if err != nil {
+		return err
+	}
+	return o.Del(ctx, k).Err()
+}
+
+// shortenScript is the step on the record alone of a cut or write-back
+// split (cutSplit, noLongerSplit): KEYS[1] is the record, ARGV the value
+// and the TTL (ms). Where no record is, it writes nothing and returns -1;
+// where one is that lapses no later than the TTL, it writes nothing and
+// returns 0; else it writes the value, as SET does, and returns 1. One
+// key: Redis runs it while the slot moves, on the node that has the
+// record or, following ASK, on the node importing it.
+var shortenScript = redis.NewScript(`
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return -1 end
+if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
 
 // cutScript is the write of an Item.IfPresent: KEYS[1] is the record,
 // KEYS[2] its cut mark, KEYS[3] its lapsed-cut mark, ARGV the value, the
