@@ -2190,6 +2190,9 @@ func (t *Transport) setVersionKey(key string) string { return t.prefix + key + "
 // promise as single use is, and one that a failover lost would let a node
 // that joins afterwards resume a revoked session. The farm then keeps the
 // revocation and adds it again, to whichever master holds the set by then.
+// While the farm's slot is being migrated, an add the server refuses for
+// it (TRYAGAIN) is written in two steps, the member and then the version
+// (see setAddSplit), which transport.SetVersioner allows.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	var v [16]byte
 	rand.Read(v[:])
