@@ -2036,6 +2036,15 @@ func isNoScript(err error) bool {
 // So the script in the cache means the markers were renewed since the
 // server last lost its scripts; a server without it answers NOSCRIPT, and
 // StrikeRecord returns transport.ErrRegisterUnknown.
+//
+// While a group's slot is being migrated, a strike whose keys are not all
+// on one node is refused by the server (TRYAGAIN), and StrikeRecord
+// returns that error, fresh false. Unlike the record writes (see
+// splitWrite), it has no stepwise fallback: the marker's check and the
+// strike's SET NX hold only as one step on a server known to hold the
+// script, and Redis answers TRYAGAIN before it looks for the script, so a
+// node reached in steps might have lost its strikes. A refused strike
+// refuses the ticket's early data; the client resumes in 1-RTT.
 func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport.Item, since time.Time, markerTTL time.Duration) (bool, error) {
 	marker := t.RecordKey(group)
 	write := "0"
