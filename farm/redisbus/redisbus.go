@@ -2036,6 +2036,15 @@ func isNoScript(err error) bool {
 // So the script in the cache means the markers were renewed since the
 // server last lost its scripts; a server without it answers NOSCRIPT, and
 // StrikeRecord returns transport.ErrRegisterUnknown.
+//
+// While a group's slot is being migrated, a strike whose keys are not all
+// on one node is refused by the server (TRYAGAIN), and StrikeRecord
+// returns that error, fresh false. Unlike the record writes (see
+// splitWrite), it has no stepwise fallback: the marker's check and the
+// strike's SET NX hold only as one step on a server known to hold the
+// script, and Redis answers TRYAGAIN before it looks for the script, so a
+// node reached in steps might have lost its strikes. A refused strike
+// refuses the ticket's early data; the client resumes in 1-RTT.
 func (t *Transport) StrikeRecord(ctx context.Context, group string, it transport.Item, since time.Time, markerTTL time.Duration) (bool, error) {
 	marker := t.RecordKey(group)
 	write := "0"
@@ -2190,18 +2199,28 @@ func (t *Transport) setVersionKey(key string) string { return t.prefix + key + "
 // promise as single use is, and one that a failover lost would let a node
 // that joins afterwards resume a revoked session. The farm then keeps the
 // revocation and adds it again, to whichever master holds the set by then.
+// While the farm's slot is being migrated, an add the server refuses for
+// it (TRYAGAIN) is written in two steps, the member and then the version
+// (see setAddSplit), which transport.SetVersioner allows.
 func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until time.Time) error {
 	var v [16]byte
 	rand.Read(v[:])
 	keys := []string{t.prefix + key, t.setVersionKey(key)}
 	args := []any{until.UnixMilli(), member, v[:]}
 	if t.WaitReplicas <= 0 {
-		return t.failed(setAddScript.Run(ctx, once{t.c}, keys, args...).Err())
+		err := setAddScript.Run(ctx, once{t.c}, keys, args...).Err()
+		if redis.HasErrorPrefix(err, "TRYAGAIN") {
+			return t.failed(t.setAddSplit(ctx, keys, args))
+		}
+		return t.failed(err)
 	}
 	// Sent whole (EVAL), not by hash: a revocation is rare, and a
 	// pipeline has no second try for NOSCRIPT.
 	var add *redis.Cmd
 	wait, err := t.waitAfter(ctx, keys[0], func(p redis.Pipeliner) { add = setAddScript.Eval(ctx, once{p}, keys, args...) })
+	if add != nil && redis.HasErrorPrefix(add.Err(), "TRYAGAIN") {
+		return t.failed(t.setAddSplit(ctx, keys, args))
+	}
 	if err != nil {
 		return t.failed(err)
 	}
@@ -2209,6 +2228,76 @@ func (t *Transport) SetAdd(ctx context.Context, key string, member []byte, until
 		return t.failed(err)
 	}
 	return t.acknowledged(wait)
+}
+
+// setAddMemberScript is the step on the set alone of a SetAdd split (see
+// setAddSplit): setAddScript without the version. It returns the time
+// (Unix ms) at which the set now lapses, its latest member's.
+var setAddMemberScript = redis.NewScript(`
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return last[2]
+`)
+
+// setVersionScript is the step on the version alone of a SetAdd split
+// (see setAddSplit): it writes the version ARGV[1], to lapse at ARGV[2]
+// (Unix ms) or, if the version it replaces lapses later, then: a peer's
+// split add whose member lapses later may have written its version
+// first, and the version must last as long as the set.
+var setVersionScript = redis.NewScript(`
+local at = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  local now = redis.call('TIME')
+  local old = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + left
+  if old > at then at = old end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], at)
+return 1
+`)
+
+// setAddSplit is SetAdd's script (setAddScript) while the farm's slot is
+// being migrated and the set and its version are split between two nodes,
+// or neither is on the node that is giving the slot up (TRYAGAIN: Redis
+// runs no command over two keys of such a slot that it cannot find all in
+// one place): the same write in two steps of one key each, following ASK,
+// each atomic and, with WaitReplicas, each followed by its own WAIT on the
+// node that ran it. The member first, then the version, so a reader that
+// sees the new version reads the new member too. What is lost is the
+// single step: between the two a reader may see the member under the old
+// version (a reader that caches by version then misses it until the next
+// version), and if the second step fails SetAdd fails with the member
+// written and the old version left; the farm adds the revocation again,
+// which writes a new version. Only an add the server refused pays for it:
+// the common path stays one script.
+func (t *Transport) setAddSplit(ctx context.Context, keys []string, args []any) error {
+	step := func(sc *redis.Script, key string, args ...any) (*redis.Cmd, error) {
+		if t.WaitReplicas <= 0 {
+			cmd := sc.Run(ctx, once{t.c}, []string{key}, args...)
+			return cmd, cmd.Err()
+		}
+		var cmd *redis.Cmd
+		wait, err := t.waitAfter(ctx, key, func(p redis.Pipeliner) { cmd = sc.Eval(ctx, once{p}, []string{key}, args...) })
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Err(); err != nil {
+			return nil, err
+		}
+		return cmd, t.acknowledged(wait)
+	}
+	add, err := step(setAddMemberScript, keys[0], args[0], args[1])
+	if err != nil {
+		return err
+	}
+	last, err := add.Int64()
+	if err != nil {
+		return err
+	}
+	_, err = step(setVersionScript, keys[1], args[2], last)
+	return err
 }
 
 // SetVersion implements transport.SetVersioner: each SetAdd writes a new
