@@ -146,20 +146,40 @@ func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj stri
 // each time an attempt (see leaderAttempt) passes without one, until ctx,
 // which has a deadline, is done. An attempt that fails otherwise ends it.
 func (t *Transport) leaderRequest(ctx context.Context, subj string, req []byte) (*nats.Msg, error) {
+	var msg *nats.Msg
+	err := askAgain(ctx, func(actx context.Context) error {
+		var err error
+		msg, err = t.nc.RequestWithContext(actx, subj, req)
+		return err
+	})
+	return msg, err
+}
+
+// askAgain calls ask, which sends one request and waits for its answer
+// until the context it is given is done, and calls it again each time an
+// attempt (see leaderAttempt) passes without an answer, until ctx is
+// done; the last attempt has what is left of ctx. Without a deadline on
+// ctx it calls ask once, with ctx. Any other end of an attempt, an answer
+// or a failure, is askAgain's. It is for requests that ask and change
+// nothing, or whose repeat costs nothing that lasts.
+func askAgain(ctx context.Context, ask func(context.Context) error) error {
 	for {
-		deadline, _ := ctx.Deadline()
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			return ask(ctx)
+		}
 		left := time.Until(deadline)
 		attempt := leaderAttempt(left)
 		if attempt >= left {
 			// The last attempt: ctx bounds it.
-			return t.nc.RequestWithContext(ctx, subj, req)
+			return ask(ctx)
 		}
 		actx, cancel := context.WithTimeout(ctx, attempt)
-		msg, err := t.nc.RequestWithContext(actx, subj, req)
+		err := ask(actx)
 		lost := actx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if err == nil || !lost {
-			return msg, err
+			return err
 		}
 	}
 }
