@@ -145,14 +145,26 @@ func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj stri
 // leaderRequest sends req to subj and returns the answer, asking again
 // each time an attempt (see leaderAttempt) passes without one, until ctx,
 // which has a deadline, is done. An attempt that fails otherwise ends it.
+// It is askAgain's loop, written out: a leader's get is on the lookup's
+// path, and through the closure it measured 95-100 µs against 91-95
+// (BenchmarkGetCluster/primary, five runs each).
 func (t *Transport) leaderRequest(ctx context.Context, subj string, req []byte) (*nats.Msg, error) {
-	var msg *nats.Msg
-	err := askAgain(ctx, func(actx context.Context) error {
-		var err error
-		msg, err = t.nc.RequestWithContext(actx, subj, req)
-		return err
-	})
-	return msg, err
+	for {
+		deadline, _ := ctx.Deadline()
+		left := time.Until(deadline)
+		attempt := leaderAttempt(left)
+		if attempt >= left {
+			// The last attempt: ctx bounds it.
+			return t.nc.RequestWithContext(ctx, subj, req)
+		}
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		msg, err := t.nc.RequestWithContext(actx, subj, req)
+		lost := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil || !lost {
+			return msg, err
+		}
+	}
 }
 
 // askAgain calls ask, which sends one request and waits for its answer
