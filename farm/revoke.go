@@ -231,8 +231,9 @@ func (n *Node) markedRevocation(ctx context.Context, id session.ID) (revocation,
 }
 
 // healer reads the store's revocations first for Join (see firstSync),
-// then again periodically and on reconnect; until a read has succeeded, it
-// retries with backoff.
+// then again periodically and on reconnect; until a read has succeeded,
+// and while the subscription is up after a gap left to heal (see
+// gapOpen), it retries with backoff.
 func (n *Node) healer(ctx context.Context) {
 	defer n.wg.Done()
 	n.firstSync(ctx)
@@ -247,10 +248,19 @@ func (n *Node) healer(ctx context.Context) {
 		n.checkGeneration(ctx)
 	}
 	for failures := 1; ; {
+		// Until a read has succeeded, and while the node's subscription
+		// is up after a gap that no heal has closed (its hit gate stays
+		// on: see gapOpen; its delivery may not be marked yet), the
+		// next heal comes after a backoff, not a HealInterval: a heal
+		// that failed there (on a store still cut off, or refusing
+		// during an election) left every hit paying a store read until
+		// the next tick, 30 s by default.
 		var retry <-chan time.Time
-		if !n.revsKnown.Load() {
+		if !n.revsKnown.Load() || (n.gap.Load()&gapOpen != 0 && n.connected.Load()) {
 			retry = time.After(backoff(failures))
 			failures++
+		} else {
+			failures = 1
 		}
 		select {
 		case <-ctx.Done():

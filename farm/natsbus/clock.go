@@ -3,6 +3,8 @@ package natsbus
 import (
 	"context"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // now returns the server's clock as last measured by Time: ours, corrected
@@ -24,7 +26,15 @@ func (t *Transport) Time(ctx context.Context) (time.Time, error) {
 	var server, end time.Time
 	start := time.Now()
 	if !s.noInfoTime.Load() {
-		info, err := s.stream.Info(ctx)
+		// The stream's leader answers: a request lost in a route
+		// (see leaderAttempt) is asked again.
+		var info *jetstream.StreamInfo
+		err := askAgain(ctx, func(actx context.Context) error {
+			var err error
+			start = time.Now()
+			info, err = s.stream.Info(actx)
+			return err
+		})
 		if err != nil {
 			return time.Time{}, t.check(s, "time", err)
 		}

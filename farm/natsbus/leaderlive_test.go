@@ -3,6 +3,8 @@ package natsbus_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,6 +82,21 @@ func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 		"SetVersion": func(ctx context.Context, _ int) ([]byte, error) {
 			return r.SetVersion(transport.PrimaryRead(ctx), "set")
 		},
+		// A heal's read of the set: the server's clock (the stream's
+		// information) and the watcher's consumer are asked of the
+		// leader too.
+		"SetMembers": func(ctx context.Context, _ int) ([]byte, error) {
+			m, err := r.SetMembers(transport.PrimaryRead(ctx), "set")
+			if err != nil {
+				return nil, err
+			}
+			names := make([]string, len(m))
+			for i, b := range m {
+				names[i] = string(b)
+			}
+			slices.Sort(names)
+			return []byte(strings.Join(names, ",")), nil
+		},
 		"TakeRecord": func(ctx context.Context, i int) ([]byte, error) {
 			return r.TakeRecord(ctx, fmt.Sprintf("s:t%d", i))
 		},
@@ -121,6 +138,11 @@ func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 			// The server may refuse at once (no leader yet, say):
 			// an answer, which the caller can act on.
 			failed[res.name]++
+		case res.name == "SetMembers":
+			// Every member, or an error: never a short set.
+			if string(res.v) != "new,old" {
+				t.Errorf("SetMembers from n3 = %q; want new,old", res.v)
+			}
 		case res.name != "SetVersion" && string(res.v) != "new":
 			t.Errorf("%s from n3 = %q; want new", res.name, res.v)
 		}

@@ -153,16 +153,14 @@ func (t *Transport) setMembers(ctx context.Context, key string) ([][]byte, error
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// Deletes (purges, expiry markers) are skipped below, not by the
 	// watcher: the read's end is a place in the stream (see below), which
 	// one of them may hold.
-	w, err := s.kv.Watch(wctx, setPrefix+kvKey(key)+".*")
+	w, stop, err := t.watch(ctx, s, setPrefix+kvKey(key)+".*")
 	if err != nil {
 		return nil, t.check(s, "set members", err)
 	}
-	defer w.Stop()
+	defer stop()
 	keep := lastLapsing{limit: maxSetMembers}
 	type lapsedMember struct {
 		key string
@@ -333,6 +331,60 @@ read:
 		return nil, err
 	}
 	return keep.members(), nil
+}
+
+// watch starts a watcher of the keys subj in bucket s, for SetMembers,
+// and returns it with the function that stops it. The watcher's consumer
+// is made by a request to the stream's leader, which may be lost in a
+// route as a leader's get is (see leaderAttempt): nats.go waits for its
+// answer until the watcher's context is done, and ends the watcher with
+// that context. So each attempt has a context of its own, cancelled if
+// the attempt passes without an answer, and a new one is made, until ctx
+// is done. A consumer made for an attempt whose answer came too late is
+// left to the server, which deletes an ordered consumer that nobody
+// reads after a few seconds.
+func (t *Transport) watch(ctx context.Context, s *bucketState, subj string) (jetstream.KeyWatcher, func(), error) {
+	for {
+		wctx, cancel := context.WithCancel(ctx)
+		stop := func(w jetstream.KeyWatcher) func() {
+			return func() {
+				if w != nil {
+					w.Stop()
+				}
+				cancel()
+			}
+		}
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			w, err := s.kv.Watch(wctx, subj)
+			if err != nil {
+				cancel()
+				return nil, nil, err
+			}
+			return w, stop(w), nil
+		}
+		left := time.Until(deadline)
+		attempt := leaderAttempt(left)
+		var timer *time.Timer
+		if attempt < left {
+			timer = time.AfterFunc(attempt, cancel)
+		}
+		w, err := s.kv.Watch(wctx, subj)
+		if timer == nil || timer.Stop() {
+			// Answered (or failed) within the attempt.
+			if err != nil {
+				cancel()
+				return nil, nil, err
+			}
+			return w, stop(w), nil
+		}
+		// The attempt passed: its context is cancelled, and with it
+		// any watcher it made.
+		stop(w)()
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
 }
 
 // errSetUnconfirmed is SetMembers' answer under transport.PrimaryRead
