@@ -38,15 +38,7 @@ func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 		rounds     = int(frozenFor/every) + 3 // the last three after the thaw
 	)
 	lc := startLagCluster(t)
-	name := farmtest.FarmName(t)
-	w := openURL(t, lc.url("n1"), name)
-	r := openURL(t, lc.url("n3"), name)
-	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
-	defer cancel()
-	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
-		native, err := w.NativeTTL(ctx)
-		return err == nil && native
-	})
+	w, r, ctx := lc.open(t, 120*time.Second, true)
 	put := func(v string) {
 		t.Helper()
 		items := []transport.Item{{Key: "s:01", Value: []byte(v), TTL: time.Minute}, {Key: "g", Value: []byte(v), TTL: time.Minute}}
@@ -174,15 +166,7 @@ func TestClusterConditionalWritesReadLeader(t *testing.T) {
 		each  = 8
 	)
 	lc := startLagCluster(t)
-	name := farmtest.FarmName(t)
-	w := openURL(t, lc.url("n1"), name)
-	r := openURL(t, lc.url("n3"), name)
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
-	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
-		native, err := w.NativeTTL(ctx)
-		return err == nil && native
-	})
+	w, r, ctx := lc.open(t, 90*time.Second, true)
 	if err := w.PutRecords(ctx, transport.Item{Key: "s:00", Value: []byte("x"), TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}

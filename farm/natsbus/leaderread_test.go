@@ -39,6 +39,24 @@ func startLagCluster(t *testing.T) *lagCluster {
 	return lc
 }
 
+// open opens a transport of one farm on n1 (w, the writer) and one on n3
+// (r), and waits until w's bucket is open; with native, until it is one
+// with per-message TTL, where the records and the coordination keys share
+// the bucket. The context it returns ends after timeout, or with the test.
+func (lc *lagCluster) open(t *testing.T, timeout time.Duration, native bool) (w, r *natsbus.Transport, ctx context.Context) {
+	t.Helper()
+	name := farmtest.FarmName(t)
+	w = openURL(t, lc.url("n1"), name)
+	r = openURL(t, lc.url("n3"), name)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
+		perMsg, err := w.NativeTTL(ctx)
+		return err == nil && (perMsg || !native)
+	})
+	return w, r, ctx
+}
+
 // url returns the client URL of the server named name alone.
 func (lc *lagCluster) url(name string) string { return lc.c.Server(name).ClientURL() }
 

@@ -35,15 +35,7 @@ import (
 func TestClusterPrimarySetMembersLaggingReplica(t *testing.T) {
 	t.Parallel()
 	lc := startLagCluster(t)
-	name := farmtest.FarmName(t)
-	w := openURL(t, lc.url("n1"), name)
-	r := openURL(t, lc.url("n3"), name)
-	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
-	defer cancel()
-	farmtest.Eventually(t, 30*time.Second, "the bucket open", func() bool {
-		_, err := w.NativeTTL(ctx)
-		return err == nil
-	})
+	w, r, ctx := lc.open(t, 120*time.Second, false)
 	lc.follow(t, r, w.Bucket())
 	until := time.Now().Add(time.Hour)
 	var added []string

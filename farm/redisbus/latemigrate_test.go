@@ -6,10 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
 // TestClusterLateWriteSlotMigrating: on a Redis Cluster whose slots are
@@ -24,12 +21,7 @@ import (
 // slot moved.
 func TestClusterLateWriteSlotMigrating(t *testing.T) {
 	t.Parallel()
-	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
-	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
+	c, tr := openCluster(t, 0)
 	ctx := context.Background()
 	put := func(items ...transport.Item) error { return tr.PutRecords(ctx, items...) }
 	if err := put(transport.Item{Key: "s:cut", Value: []byte("cut"), TTL: time.Minute, IfPresent: true},
@@ -37,31 +29,7 @@ func TestClusterLateWriteSlotMigrating(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, k := range []string{"s:cut", "s:gone", "s:none"} {
-		slot := redistest.Slot(tr.RecordKey(k))
-		src := c.MasterOf(slot)
-		var dst *redistest.Server
-		for _, m := range c.Masters() {
-			if m != src && dst == nil {
-				dst = m
-			}
-		}
-		sc, dc := c.Client(src), c.Client(dst)
-		srcID, err := sc.Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dstID, err := dc.Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := dc.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if err := sc.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	migrating(t, c, tr, "s:cut", "s:gone", "s:none")
 
 	whole := func(k string) transport.Item {
 		return transport.Item{Key: k, Value: []byte("whole"), TTL: time.Hour, Late: true}

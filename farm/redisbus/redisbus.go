@@ -1306,38 +1306,34 @@ func (t *Transport) splitWrite(ctx context.Context, it transport.Item) error {
 // slot moved.
 func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 	k := t.RecordKey(it.Key)
-	cut, left, skip, err := t.splitMarks(ctx, k, it.TTL)
+	value, ttl, skip, err := t.splitMarks(ctx, k, it)
 	if err != nil || skip {
 		return err
-	}
-	value, ttl := it.Value, it.TTL
-	if cut != nil {
-		value, ttl = cut, left
 	}
 	return once{t.c}.Set(ctx, k, value, ttl).Err()
 }
 
-// splitMarks reads the marks of the record k, each on its own, for a
-// write of ttl, as lateScript does: the retirement mark's EXISTS, the cut
+// splitMarks reads the marks of the record k, each on its own, for the
+// write of it, as lateScript does: the retirement mark's EXISTS, the cut
 // mark's PTTL and GET (or, where it lapsed, the lapsed-cut mark's
 // EXISTS). It returns skip if the write is to write nothing (a retirement
-// mark, or a lapsed-cut mark without its cut mark), and the cut mark's
-// value and what is left of it if one is there that ends sooner than ttl
-// (the write then writes that instead).
-func (t *Transport) splitMarks(ctx context.Context, k string, ttl time.Duration) (cut []byte, left time.Duration, skip bool, err error) {
+// mark, or a lapsed-cut mark without its cut mark), and else the value
+// and TTL to write: the cut mark's value and what is left of it if one is
+// there that ends sooner than it.TTL, or else its own.
+func (t *Transport) splitMarks(ctx context.Context, k string, it transport.Item) (value []byte, ttl time.Duration, skip bool, err error) {
 	gone, err := t.c.Exists(ctx, k+retireMarkSuffix).Result()
 	if err != nil || gone > 0 {
 		return nil, 0, true, err
 	}
-	left, err = t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+	left, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
 	if err != nil {
 		return nil, 0, true, err
 	}
 	if left <= 0 {
 		lapsed, err := t.c.Exists(ctx, k+cutLifeSuffix).Result()
-		return nil, 0, err != nil || lapsed > 0, err
+		return it.Value, it.TTL, err != nil || lapsed > 0, err
 	}
-	if left < ttl {
+	if left < it.TTL {
 		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
 		switch {
 		case err == nil:
@@ -1346,7 +1342,7 @@ func (t *Transport) splitMarks(ctx context.Context, k string, ttl time.Duration)
 			return nil, 0, true, err
 		}
 	}
-	return nil, 0, false, nil
+	return it.Value, it.TTL, false, nil
 }
 
 // noLongerSplit is the write-back of it (noLongerScript) split (see
@@ -1364,13 +1360,9 @@ func (t *Transport) noLongerSplit(ctx context.Context, it transport.Item) error 
 	if err != nil || n >= 0 {
 		return err
 	}
-	cut, left, skip, err := t.splitMarks(ctx, k, it.TTL)
+	value, ttl, skip, err := t.splitMarks(ctx, k, it)
 	if err != nil || skip {
 		return err
-	}
-	value, ttl := it.Value, it.TTL
-	if cut != nil {
-		value, ttl = cut, left
 	}
 	return once{t.c}.SetNX(ctx, k, value, ttl).Err()
 }
@@ -1492,18 +1484,13 @@ end
 return wrote
 `)
 
-// lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
-// its cut mark, KEYS[3] its retirement mark, KEYS[4] its lapsed-cut mark,
-// ARGV the value and the TTL (ms). If a retirement mark is there (a
-// peer's retirement that found no record: see retireScript), it writes
-// nothing and returns 0. If a cut mark is there that ends sooner than the
-// new TTL, it writes the mark's value for what is left of it (a peer's
-// cut that found no record: see cutScript), and returns 2. If no cut mark
-// is there but a lapsed-cut mark is (the cut's grace is over, or the cut
-// found the record and shortened it: the record is the cut), it writes
-// nothing and returns 0. Else it writes the value, as SET does, and
-// returns 1.
-var lateScript = redis.NewScript(`
+// marksLua is the Lua of lateScript and noLongerScript that honours the
+// marks of a record (KEYS as lateScript's, ARGV[2] the new TTL in ms): it
+// returns 0 if a retirement mark is there, or a lapsed-cut mark without
+// a cut mark; writes a cut mark's value for what is left of it and
+// returns 2 if the mark ends sooner than the new TTL; and else goes on
+// to what follows it.
+const marksLua = `
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local mark = redis.call('PTTL', KEYS[2])
 if mark > 0 then
@@ -1516,7 +1503,20 @@ if mark > 0 then
 	end
 elseif redis.call('EXISTS', KEYS[4]) == 1 then
 	return 0
-end
+end`
+
+// lateScript is the write of an Item.Late: KEYS[1] is the record, KEYS[2]
+// its cut mark, KEYS[3] its retirement mark, KEYS[4] its lapsed-cut mark,
+// ARGV the value and the TTL (ms). If a retirement mark is there (a
+// peer's retirement that found no record: see retireScript), it writes
+// nothing and returns 0. If a cut mark is there that ends sooner than the
+// new TTL, it writes the mark's value for what is left of it (a peer's
+// cut that found no record: see cutScript), and returns 2. If no cut mark
+// is there but a lapsed-cut mark is (the cut's grace is over, or the cut
+// found the record and shortened it: the record is the cut), it writes
+// nothing and returns 0. Else it writes the value, as SET does, and
+// returns 1.
+var lateScript = redis.NewScript(marksLua + `
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)
@@ -1552,20 +1552,7 @@ return 0
 var noLongerScript = redis.NewScript(`
 local left = redis.call('PTTL', KEYS[1])
 if left >= 0 and left <= tonumber(ARGV[2]) then return 0 end
-if left == -2 and redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) > 0 then
-	if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-	local mark = redis.call('PTTL', KEYS[2])
-	if mark > 0 then
-		if mark < tonumber(ARGV[2]) then
-			local v = redis.call('GET', KEYS[2])
-			if v then
-				redis.call('SET', KEYS[1], v, 'PX', mark)
-				return 2
-			end
-		end
-	elseif redis.call('EXISTS', KEYS[4]) == 1 then
-		return 0
-	end
+if left == -2 and redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) > 0 then` + marksLua + `
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1

@@ -6,93 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
-
-// migrating sets the slots of the records of keys migrating from the
-// master that holds them to another (the source MIGRATING, the target
-// IMPORTING, no key moved), and returns a function that reads a key of
-// those slots where it is (on the source, or, where the source answers
-// ASK, on the target): its value and PTTL (ms), or found false.
-func migrating(t *testing.T, c *redistest.Cluster, tr *redisbus.Transport, keys ...string) func(key string) (v string, pttl int64, found bool) {
-	t.Helper()
-	ctx := context.Background()
-	targets := map[int]*redistest.Server{}
-	for _, k := range keys {
-		slot := redistest.Slot(tr.RecordKey(k))
-		if targets[slot] != nil {
-			continue
-		}
-		src := c.MasterOf(slot)
-		var dst *redistest.Server
-		for _, m := range c.Masters() {
-			if m != src && dst == nil {
-				dst = m
-			}
-		}
-		sc, dc := c.Client(src), c.Client(dst)
-		srcID, err := sc.Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dstID, err := dc.Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := dc.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if err := sc.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
-			t.Fatal(err)
-		}
-		targets[slot] = dst
-	}
-	return func(key string) (string, int64, bool) {
-		t.Helper()
-		slot := redistest.Slot(key)
-		sc := c.Client(c.MasterOf(slot))
-		v, err := sc.Get(ctx, key).Result()
-		var ms time.Duration
-		if redis.HasErrorPrefix(err, "ASK") {
-			var get *redis.StringCmd
-			var pttl *redis.DurationCmd
-			_, err = c.Client(targets[slot]).Pipelined(ctx, func(p redis.Pipeliner) error {
-				p.Do(ctx, "ASKING")
-				get = p.Get(ctx, key)
-				p.Do(ctx, "ASKING")
-				pttl = p.PTTL(ctx, key)
-				return nil
-			})
-			v, ms = get.Val(), pttl.Val()
-		} else if err == nil {
-			ms, err = sc.PTTL(ctx, key).Result()
-		}
-		switch {
-		case errors.Is(err, redis.Nil):
-			return "", 0, false
-		case err != nil:
-			t.Fatal(err)
-		}
-		return v, ms.Milliseconds(), true
-	}
-}
-
-// openCluster starts a private three-master cluster and opens the farm's
-// transport on it.
-func openCluster(t *testing.T) (*redistest.Cluster, *redisbus.Transport) {
-	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
-	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	return c, tr
-}
 
 // TestClusterWriteBackSlotMigrating: on a Redis Cluster whose slots are
 // being migrated (no key moved yet), a write-back (Item.NoLonger, as a
@@ -106,7 +21,7 @@ func openCluster(t *testing.T) (*redistest.Cluster, *redisbus.Transport) {
 // it, or it is lost until the next heal, and again while the slot moves.
 func TestClusterWriteBackSlotMigrating(t *testing.T) {
 	t.Parallel()
-	c, tr := openCluster(t)
+	c, tr := openCluster(t, 0)
 	ctx := context.Background()
 	put := func(items ...transport.Item) error { return tr.PutRecords(ctx, items...) }
 	var keys []string
@@ -137,18 +52,11 @@ func TestClusterWriteBackSlotMigrating(t *testing.T) {
 	back := func(k string) transport.Item {
 		return transport.Item{Key: k, Value: []byte("back"), TTL: time.Hour, NoLonger: true}
 	}
-	var batch []transport.Item
-	for _, k := range keys[:6] {
-		batch = append(batch, back(k))
+	var items []transport.Item
+	for _, k := range keys {
+		items = append(items, back(k))
 	}
-	if err := put(batch...); err != nil {
-		t.Errorf("a batch of write-backs to migrating slots: %v", err)
-	}
-	for _, k := range keys[6:] {
-		if err := put(back(k)); err != nil {
-			t.Errorf("%s: a write-back to a migrating slot: %v", k, err)
-		}
-	}
+	putBatchThenAlone(t, tr, items, 6, "a batch of write-backs", "a write-back")
 	want := map[string]string{"none": "back", "cut": "cut", "gone": "", "lapsed": "", "long": "back", "short": "short"}
 	for _, k := range keys {
 		v, err := tr.GetRecord(ctx, k)
@@ -173,7 +81,7 @@ func TestClusterWriteBackSlotMigrating(t *testing.T) {
 // split (TRYAGAIN).
 func TestClusterCutRetireSlotMigrating(t *testing.T) {
 	t.Parallel()
-	c, tr := openCluster(t)
+	c, tr := openCluster(t, 0)
 	ctx := context.Background()
 	put := func(items ...transport.Item) error { return tr.PutRecords(ctx, items...) }
 	var keys []string
@@ -197,18 +105,11 @@ func TestClusterCutRetireSlotMigrating(t *testing.T) {
 		}
 		return transport.Item{Key: k, Value: []byte("cut"), TTL: time.Minute, Life: 2 * time.Hour, IfPresent: true}
 	}
-	var batch []transport.Item
-	for _, k := range keys[:5] {
-		batch = append(batch, write(k))
+	var items []transport.Item
+	for _, k := range keys {
+		items = append(items, write(k))
 	}
-	if err := put(batch...); err != nil {
-		t.Errorf("a batch of cuts and retirements to migrating slots: %v", err)
-	}
-	for _, k := range keys[5:] {
-		if err := put(write(k)); err != nil {
-			t.Errorf("%s: a cut or retirement to a migrating slot: %v", k, err)
-		}
-	}
+	putBatchThenAlone(t, tr, items, 5, "a batch of cuts and retirements", "a cut or retirement")
 	for _, k := range keys {
 		v, ttl, found := raw(tr.RecordKey(k))
 		switch k[2:] {
@@ -242,14 +143,8 @@ func TestClusterCutRetireSlotMigrating(t *testing.T) {
 	late := func(k string) transport.Item {
 		return transport.Item{Key: k, Value: []byte("late"), TTL: time.Hour, Late: true}
 	}
-	if err := put(late("b:cutnone"), late("b:retnone")); err != nil {
-		t.Errorf("late writes to migrating slots: %v", err)
-	}
-	for _, k := range []string{"o:cutnone", "o:retnone"} {
-		if err := put(late(k)); err != nil {
-			t.Errorf("%s: a late write to a migrating slot: %v", k, err)
-		}
-	}
+	lates := []transport.Item{late("b:cutnone"), late("b:retnone"), late("o:cutnone"), late("o:retnone")}
+	putBatchThenAlone(t, tr, lates, 2, "late writes", "a late write")
 	for _, k := range []string{"b:cutnone", "b:retnone", "o:cutnone", "o:retnone"} {
 		want := map[bool]string{true: "cut", false: ""}[k[2:5] == "cut"]
 		v, err := tr.GetRecord(ctx, k)

@@ -10,75 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
-
-// migrateSlot sets the slot of key migrating from the master that holds it
-// to another (the source MIGRATING, the target IMPORTING) and returns both.
-func migrateSlot(t *testing.T, c *redistest.Cluster, key string) (src, dst *redistest.Server) {
-	t.Helper()
-	ctx := context.Background()
-	slot := redistest.Slot(key)
-	src = c.MasterOf(slot)
-	for _, m := range c.Masters() {
-		if m != src && dst == nil {
-			dst = m
-		}
-	}
-	sc, dc := c.Client(src), c.Client(dst)
-	srcID, err := sc.Do(ctx, "CLUSTER", "MYID").Text()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dstID, err := dc.Do(ctx, "CLUSTER", "MYID").Text()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dc.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := sc.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
-		t.Fatal(err)
-	}
-	return src, dst
-}
-
-// moveKey moves key from src to dst with MIGRATE, as redis-cli --cluster
-// reshard moves the keys of a migrating slot, one at a time.
-func moveKey(t *testing.T, c *redistest.Cluster, src, dst *redistest.Server, key string) {
-	t.Helper()
-	host, port, _ := strings.Cut(dst.Addr(), ":")
-	if err := c.Client(src).Migrate(context.Background(), host, port, key, 0, 5*time.Second).Err(); err != nil {
-		t.Fatalf("MIGRATE %s: %v", key, err)
-	}
-}
-
-// askingPTTL returns the PTTL of key (ms) where it is: on src, or, where
-// src answers ASK, on dst.
-func askingPTTL(t *testing.T, c *redistest.Cluster, src, dst *redistest.Server, key string) int64 {
-	t.Helper()
-	ctx := context.Background()
-	d, err := c.Client(src).PTTL(ctx, key).Result()
-	if redis.HasErrorPrefix(err, "ASK") || (err == nil && d == -2) {
-		var pttl *redis.DurationCmd
-		_, err = c.Client(dst).Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Do(ctx, "ASKING")
-			pttl = p.PTTL(ctx, key)
-			return nil
-		})
-		d = pttl.Val()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d < 0 {
-		return int64(d)
-	}
-	return d.Milliseconds()
-}
 
 // TestClusterSetAddSlotMigrating: on a Redis Cluster whose farm slot (the
 // slot of the farm's revocation sets and their versions) is being
@@ -104,15 +37,7 @@ func TestClusterSetAddSlotMigratingWait(t *testing.T) {
 }
 
 func testSetAddSlotMigrating(t *testing.T, replicas int) {
-	c := redistest.StartCluster(t, 3, replicas, 2*time.Second)
-	if replicas > 0 {
-		c.WaitReplicasListed(30 * time.Second)
-	}
-	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
+	c, tr := openCluster(t, replicas)
 	tr.WaitReplicas = replicas
 	ctx := context.Background()
 	later := time.Now().Add(time.Hour)
@@ -167,12 +92,7 @@ func testSetAddSlotMigrating(t *testing.T, replicas int) {
 // ticket struck before the slot moved is never fresh again.
 func TestClusterStrikeSlotMigrating(t *testing.T) {
 	t.Parallel()
-	c := redistest.StartCluster(t, 3, 0, 2*time.Second)
-	tr, err := redisbus.Open(c.URL(""), farmtest.FarmName(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
+	c, tr := openCluster(t, 0)
 	ctx := context.Background()
 	since := time.Now().Add(time.Minute) // issued after the register began
 	it := func(k string) transport.Item { return transport.Item{Key: k, Value: []byte{1}, TTL: time.Hour} }
