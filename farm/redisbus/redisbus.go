@@ -1746,13 +1746,14 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 // runs no command over keys of a slot so split): the record's PTTL,
 // GETDEL (with WAIT if wait), then its retirement mark (SET NX, or
 // PEXPIRE GT where one is there: as takeScript, a mark that ends later
-// stays so), each on its own, following ASK. The take stays atomic; the
-// mark comes one round trip after it (a late write that lands in between
-// puts the record back, as before marks), and a failure to write it is
-// not the take's: the record is taken either way.
+// stays so), each on its own, following ASK (the PTTL on the master: see
+// master). The take stays atomic; the mark comes one round trip after it
+// (a late write that lands in between puts the record back, as before
+// marks), and a failure to write it is not the take's: the record is
+// taken either way.
 func (t *Transport) takeSplit(ctx context.Context, mark string, wait bool) ([]byte, error) {
 	full := mark[:len(mark)-len(retireMarkSuffix)]
-	left, err := t.c.PTTL(ctx, full).Result()
+	left, err := t.master().PTTL(ctx, full).Result()
 	if err != nil {
 		return nil, t.failed(err)
 	}

@@ -23,7 +23,9 @@ import (
 // master, following ASK. A replica of the node giving the slot up no
 // longer has the moved mark and answers no ASK: read there, the
 // retirement is missed, and the write puts the retired session back,
-// whole, on the importing node.
+// whole, on the importing node. So too a split cut over a cut mark that
+// ends sooner (read there, the cut lengthened it), and a split take of a
+// record already moved (read there, the take left no retirement mark).
 func TestClusterReadOnlySplitReadsMaster(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t, 3, 1, 2*time.Second)
@@ -86,5 +88,26 @@ func TestClusterReadOnlySplitReadsMaster(t *testing.T) {
 	}
 	if got := askingPTTL(t, c, src, dst, mark); got <= 0 || got > time.Minute.Milliseconds() {
 		t.Errorf("a split cut over a cut mark that ends sooner left the mark with PTTL %d ms, not at most %d", got, time.Minute.Milliseconds())
+	}
+
+	// A take (single use) leaves the retirement mark for what was left of
+	// the record (takeScript), or a late write puts the taken session
+	// back: read on a replica that no longer has the moved record, the
+	// split take found no time left and left no mark.
+	const taken = "take"
+	if err := tr.PutRecords(ctx, transport.Item{Key: taken, Value: []byte("once"), TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	rec, mark = tr.RecordKey(taken), tr.RetireMarkKey(taken)
+	src, dst = migrateSlot(t, c, rec)
+	moveKey(t, c, src, dst, rec)
+	if n, err := c.Client(src).Do(ctx, "WAIT", 1, 5000).Int(); err != nil || n < 1 {
+		t.Fatalf("WAIT = %d, %v", n, err)
+	}
+	if v, err := tr.TakeRecord(ctx, taken); err != nil || string(v) != "once" {
+		t.Fatalf("TakeRecord = %q, %v", v, err)
+	}
+	if got := askingPTTL(t, c, src, dst, mark); got <= 0 {
+		t.Errorf("a split take left no retirement mark (PTTL %d): a late write of the session would put it back", got)
 	}
 }
