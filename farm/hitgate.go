@@ -39,8 +39,9 @@ import (
 // path: a slow store, or a path to it that drops one read, must not let a
 // revoked session through. While the node's probe of its store goes
 // unanswered (a store outage, or this node cut off from it), when the
-// read itself finds the store's server unreachable (connection refused or
-// lost, not a timeout), or the read goes unanswered (see unanswered) while
+// read itself, and a second one at once, find the store's server
+// unreachable (connection refused or lost, not a timeout: one lost
+// connection alone is not the store gone), or the read goes unanswered (see unanswered) while
 // the node's writes go unanswered too or its bus is down (its
 // subscription not up, or its probe unanswered: one server serving both
 // has gone, say), the gate lets its sessions resume unchecked, as fallback
@@ -177,11 +178,11 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // transport.RecordGetter. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
 // open refuses the session, unless the node's probe of its store goes
-// unanswered (then nothing is read), the read found the store's server
-// unreachable (see unreachable), or the read went unanswered (see
-// unanswered) while the node counts its store unreachable
-// (storeUnreachable) or its bus down (busUnreachable). Counted in
-// tlsfarm_farm_gated_hits_total.
+// unanswered (then nothing is read), the read and a second one found the
+// store's server unreachable (see unreachable), or the read went
+// unanswered (see unanswered) while the node counts its store
+// unreachable (storeUnreachable) or its bus down (busUnreachable).
+// Counted in tlsfarm_farm_gated_hits_total.
 func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if n.cfg.Records == nil {
 		return true
@@ -198,6 +199,13 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	}
 	busDown := n.busUnreachable() // as the hit found it
 	cm, im, err := n.readHitMarks(ctx, id, chain)
+	if err != nil && unreachable(err) && ctx.Err() == nil {
+		// Once more: the read's connection may have been lost alone (a
+		// pooled one the server or a path dropped) with the store there
+		// on a new one. A store that is gone refuses this one too, at
+		// once.
+		cm, im, err = n.readHitMarks(ctx, id, chain)
+	}
 	if err != nil {
 		// A read the store answered, if with a refusal, found it
 		// there: whatever the node's writes or its bus found, it
