@@ -39,11 +39,12 @@ import (
 // path: a slow store, or a path to it that drops one read, must not let a
 // revoked session through. While the node's probe of its store goes
 // unanswered (a store outage, or this node cut off from it), when the
-// read itself finds the store's server unreachable (connection refused or
-// lost, not a timeout), or the read goes unanswered (see unanswered) while
-// the node's writes go unanswered too or its bus is down (its
-// subscription not up, or its probe unanswered: one server serving both
-// has gone, say), the gate lets its sessions resume unchecked, as fallback
+// read itself, and two more at once, find the store's server
+// unreachable (connection refused or lost, not a timeout: a lost
+// connection alone is not the store gone), or the read goes unanswered
+// (see unanswered) while the node's writes go unanswered too or its bus
+// is down (its subscription not up, or its probe unanswered: one server
+// serving both has gone, say), the gate lets its sessions resume unchecked, as fallback
 // tickets issued meanwhile resume on any node: the farm can apply no
 // revocation while its store is down, and a node cut off from the farm is
 // not held to what the farm says meanwhile (see docs/farm.md). A store
@@ -177,11 +178,11 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // transport.RecordGetter. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
 // open refuses the session, unless the node's probe of its store goes
-// unanswered (then nothing is read), the read found the store's server
-// unreachable (see unreachable), or the read went unanswered (see
-// unanswered) while the node counts its store unreachable
-// (storeUnreachable) or its bus down (busUnreachable). Counted in
-// tlsfarm_farm_gated_hits_total.
+// unanswered (then nothing is read), the read and those made again at
+// once found the store's server unreachable (see unreachable,
+// hitReadsAgain), or the read went unanswered (see unanswered) while the
+// node counts its store unreachable (storeUnreachable) or its bus down
+// (busUnreachable). Counted in tlsfarm_farm_gated_hits_total.
 func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if n.cfg.Records == nil {
 		return true
@@ -198,6 +199,13 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	}
 	busDown := n.busUnreachable() // as the hit found it
 	cm, im, err := n.readHitMarks(ctx, id, chain)
+	for again := 0; err != nil && again < hitReadsAgain && unreachable(err) && ctx.Err() == nil; again++ {
+		// Again: the read's connection may have been lost alone, or
+		// with the others a pool held (the server or a path dropped
+		// them), with the store there on a new one. A store that is
+		// gone refuses these too, at once.
+		cm, im, err = n.readHitMarks(ctx, id, chain)
+	}
 	if err != nil {
 		// A read the store answered, if with a refusal, found it
 		// there: whatever the node's writes or its bus found, it
@@ -263,6 +271,13 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	n.ctr.gated[gateRevoked].Add(1)
 	return false
 }
+
+// hitReadsAgain is how many times more checkHit reads the marks after a
+// read that found the store's server unreachable, before it counts the
+// node cut off: a connection lost alone, or a pool's connections lost
+// together (a path or the server dropped them), is not the store gone,
+// and a store that is gone refuses each at once.
+const hitReadsAgain = 2
 
 // readHitMarks reads the marks the hit gate checks for the session id of
 // chain: its chain's revocation (chainMarkKey) and its revocation by ID

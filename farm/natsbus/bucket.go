@@ -93,9 +93,19 @@ func (t *Transport) openBucket(done chan struct{}) {
 	defer cancel()
 	s, err := t.lookupBucket(ctx)
 	t.initMu.Lock()
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded) || unanswered(err):
+		// The open's own bound passed without an answer: the server
+		// did not answer, which the farm's hit gate tells from its
+		// refusals (as check does for a request's).
+		t.initErr = fmt.Errorf("natsbus: bucket %s: %w (%v)", t.bucket, os.ErrDeadlineExceeded, redact.Error(err, t.secrets))
+	case notConnected(err):
+		t.initErr = fmt.Errorf("natsbus: bucket %s: %w (%v)", t.bucket, transport.ErrNotConnected, redact.Error(err, t.secrets))
+	default:
 		t.initErr = fmt.Errorf("natsbus: bucket %s: %v", t.bucket, redact.Error(err, t.secrets))
-	} else {
+	}
+	if err == nil {
 		t.store.Store(s)
 	}
 	t.initCh = nil
@@ -136,7 +146,7 @@ func (t *Transport) lookupBucket(ctx context.Context) (*bucketState, error) {
 		// them as the records' is (see ensureAge).
 		s.age.Store(int64(cfg.MaxAge))
 		if s.records, err = t.lookupRecordBucket(ctx, max(cfg.Replicas, 1)); err != nil {
-			return nil, fmt.Errorf("bucket %s: %v", t.RecordBucket(), err)
+			return nil, fmt.Errorf("bucket %s: %w", t.RecordBucket(), err)
 		}
 	}
 	return s, nil

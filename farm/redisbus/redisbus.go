@@ -502,6 +502,18 @@ func (t *Transport) reader(ctx context.Context) redis.UniversalClient {
 	return t.c
 }
 
+// master returns the client whose reads go to the masters (see
+// masterSubscriber): the reads of a write made in steps (splitWrite)
+// decide what it writes, and a replica of the node giving a slot up
+// neither has the keys already moved nor answers ASK for them
+// (TestClusterReadOnlySplitReadsMaster).
+func (t *Transport) master() redis.UniversalClient {
+	if t.sub != nil {
+		return t.sub
+	}
+	return t.c
+}
+
 // subscriber returns the client to subscribe on.
 func (t *Transport) subscriber() redis.UniversalClient {
 	if t.sub != nil {
@@ -1319,22 +1331,23 @@ func (t *Transport) lateSplit(ctx context.Context, it transport.Item) error {
 // EXISTS). It returns skip if the write is to write nothing (a retirement
 // mark, or a lapsed-cut mark without its cut mark), and else the value
 // and TTL to write: the cut mark's value and what is left of it if one is
-// there that ends sooner than it.TTL, or else its own.
+// there that ends sooner than it.TTL, or else its own. It reads them on
+// the masters (see master), following ASK.
 func (t *Transport) splitMarks(ctx context.Context, k string, it transport.Item) (value []byte, ttl time.Duration, skip bool, err error) {
-	gone, err := t.c.Exists(ctx, k+retireMarkSuffix).Result()
+	gone, err := t.master().Exists(ctx, k+retireMarkSuffix).Result()
 	if err != nil || gone > 0 {
 		return nil, 0, true, err
 	}
-	left, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+	left, err := t.master().PTTL(ctx, k+cutMarkSuffix).Result()
 	if err != nil {
 		return nil, 0, true, err
 	}
 	if left <= 0 {
-		lapsed, err := t.c.Exists(ctx, k+cutLifeSuffix).Result()
+		lapsed, err := t.master().Exists(ctx, k+cutLifeSuffix).Result()
 		return it.Value, it.TTL, err != nil || lapsed > 0, err
 	}
 	if left < it.TTL {
-		v, err := t.c.Get(ctx, k+cutMarkSuffix).Bytes()
+		v, err := t.master().Get(ctx, k+cutMarkSuffix).Bytes()
 		switch {
 		case err == nil:
 			return v, left, false, nil
@@ -1385,7 +1398,7 @@ func (t *Transport) cutSplit(ctx context.Context, it transport.Item) error {
 	case err != nil || n == 0:
 		return err // a record that lapses sooner: cutScript leaves no lapsed-cut mark either
 	case n < 0:
-		mark, err := t.c.PTTL(ctx, k+cutMarkSuffix).Result()
+		mark, err := t.master().PTTL(ctx, k+cutMarkSuffix).Result()
 		if err != nil {
 			return err
 		}
@@ -1720,13 +1733,14 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 // runs no command over keys of a slot so split): the record's PTTL,
 // GETDEL (with WAIT if wait), then its retirement mark (SET NX, or
 // PEXPIRE GT where one is there: as takeScript, a mark that ends later
-// stays so), each on its own, following ASK. The take stays atomic; the
-// mark comes one round trip after it (a late write that lands in between
-// puts the record back, as before marks), and a failure to write it is
-// not the take's: the record is taken either way.
+// stays so), each on its own, following ASK (the PTTL on the master: see
+// master). The take stays atomic; the mark comes one round trip after it
+// (a late write that lands in between puts the record back, as before
+// marks), and a failure to write it is not the take's: the record is
+// taken either way.
 func (t *Transport) takeSplit(ctx context.Context, mark string, wait bool) ([]byte, error) {
 	full := mark[:len(mark)-len(retireMarkSuffix)]
-	left, err := t.c.PTTL(ctx, full).Result()
+	left, err := t.master().PTTL(ctx, full).Result()
 	if err != nil {
 		return nil, t.failed(err)
 	}

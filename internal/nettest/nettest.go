@@ -240,6 +240,22 @@ func (p *Proxy) Cut() {
 	}
 }
 
+// Drop closes every connection forwarded so far, as Cut does, but goes
+// on forwarding new ones: to the client, the connections it had were
+// lost, and the server is there on a new one. It ends a freeze.
+func (p *Proxy) Drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	if p.thawed != nil {
+		close(p.thawed)
+		p.thawed = nil
+	}
+}
+
 // Restore forwards new connections again.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
