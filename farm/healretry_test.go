@@ -54,6 +54,9 @@ func TestHealRetriedWhileGapOpen(t *testing.T) {
 	// The heal the reconnection asked for fails on the cut store (within
 	// OpTimeout), and so may the next.
 	time.Sleep(3 * time.Second)
+	if f := farmtest.Counter(n1.Node.Metrics(), "tlsfarm_farm_tombstone_read_failures_total"); f == 0 {
+		t.Errorf("no failed heal counted while n1's bus was back and its store cut")
+	}
 	before := heals()
 	spx.Restore()
 	restored = true

@@ -21,6 +21,7 @@ type nodeCounters struct {
 	lookups, storeHits, storeMisses, storeTimeouts atomic.Uint64
 	storeErrors, storeRejected, lookupsSkipped     atomic.Uint64
 	unencodable, negativeHits, tombstonesTruncated atomic.Uint64
+	tombstoneReadFailures                          atomic.Uint64
 	writtenBack, unknownRevs, oldSessions          atomic.Uint64
 	gapSessions                                    atomic.Uint64
 	tombstoneReads, tombstoneReadsUnchanged        atomic.Uint64
@@ -65,6 +66,7 @@ func (n *Node) Metrics() []metric.Sample {
 	m.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", c.tombstonesTruncated.Load())
 	m.counters("tlsfarm_farm_tombstone_reads_total", "Reads of the store's revocations that succeeded: read whole, or found unchanged by the set's version (not read).", "result",
 		"read", c.tombstoneReads.Load(), "unchanged", c.tombstoneReadsUnchanged.Load())
+	m.counter("tlsfarm_farm_tombstone_read_failures_total", "Reads of the store's revocations (heals) that failed or did not answer in time; while the bus is up after a gap, each failure is retried with backoff (up to 2 s) and the hit gate stays on.", c.tombstoneReadFailures.Load())
 	m.counter("tlsfarm_farm_tombstones_opened_total", "Members of the store's revocations the node opened: each once, not at every read.", c.tombstonesOpened.Load())
 	m.counter("tlsfarm_farm_connects_total", "Times the bus subscription came up (after a gap in a subscription that stayed up: not counted).", c.connects.Load())
 	m.counters("tlsfarm_farm_bus_gaps_total", "Gaps in a bus subscription that stayed up, settled as outages, by reason: dropped (the transport's client dropped messages that came faster than the node handled them, a NATS slow consumer).", "reason",
@@ -121,7 +123,7 @@ func (n *Node) Metrics() []metric.Sample {
 		carryResults[carryOld], c.carried[carryOld].Load(), carryResults[carryGap], c.carried[carryGap].Load(),
 		carryResults[carryCutOff], c.carried[carryCutOff].Load(), carryResults[carryLagging], c.carried[carryLagging].Load(),
 		carryResults[carryOff], c.carried[carryOff].Load())
-	m.counters("tlsfarm_farm_gated_hits_total", "Sessions a handshake found in the cache (or the farm found for it) while the node's bus delivery lagged by more than Config.MaxDeliveryLag or was not marked (its subscription down), checked against the store's revocations before they resumed, by result: confirmed (no revocation of the chain: resumed); revoked (the chain is revoked: applied here, not resumed); store_error (the store's read failed or did not answer within LookupTimeout: not resumed); cut_off (the node counts its store unreachable: resumed unchecked).", "result",
+	m.counters("tlsfarm_farm_gated_hits_total", "Sessions a handshake found in the cache (or the farm found for it) while the node's bus delivery lagged by more than Config.MaxDeliveryLag or was not marked (its subscription down), checked against the store's revocations before they resumed, by result: confirmed (no revocation of the chain: resumed); revoked (the chain is revoked: applied here, not resumed); store_error (the store's read failed or did not answer within LookupTimeout: not resumed); cut_off (the node reaches neither path to the farm: its probe of the store unanswered, the read finding the store's server unreachable three times, or the read unanswered while the node's writes go unanswered or its bus is down: resumed unchecked; a store that answers, if only to refuse, is store_error).", "result",
 		gateResults[gateConfirmed], c.gated[gateConfirmed].Load(), gateResults[gateRevoked], c.gated[gateRevoked].Load(),
 		gateResults[gateStoreError], c.gated[gateStoreError].Load(), gateResults[gateCutOff], c.gated[gateCutOff].Load())
 	m.counter("tlsfarm_farm_inserted_total", "Peers' sessions inserted into the cache.", c.inserted.Load())

@@ -274,6 +274,9 @@ func (n *Node) healer(ctx context.Context) {
 		// Before a write-back: a session revoked by ID is revoked,
 		// not written back.
 		errI := n.readRevokedIDs(ctx)
+		if (errT != nil || errI != nil) && ctx.Err() == nil {
+			n.ctr.tombstoneReadFailures.Add(1)
+		}
 		if up && errT == nil && errI == nil {
 			n.closeGap(g) // both read since the subscription came back
 		}

