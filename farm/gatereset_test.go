@@ -28,18 +28,9 @@ func TestGateReadLostConnectionReadsAgain(t *testing.T) {
 	const maxLag = 150 * time.Millisecond
 	srv := redistest.Start(t)
 	pxBus, pxStore := nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr())
-	joined := 0
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				tr := openRedis(tb, srv.URL(), farmName)
-				return tr, tr
-			}
-			return openRedis(tb, "redis://"+pxBus.Addr+"/0", farmName),
-				openRedis(tb, "redis://"+pxStore.Addr+"/0", farmName)
-		},
 		Mode: farm.Broadcast, WriteThrough: true,
+		NewTransport: farmtest.SplitPaths(redisServer(srv.URL()), 2, pxBus.Addr, pxStore.Addr),
 		Tweak: func(c *farm.Config) {
 			c.MaxDeliveryLag = maxLag
 			c.LookupTimeout = 2 * time.Second
