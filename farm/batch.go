@@ -170,9 +170,10 @@ func (n *Node) flushStore(ctx context.Context, batch []item) bool {
 	if len(puts) == 0 && len(revs) == 0 && len(dels) == 0 && !restores {
 		return true
 	}
+	began := n.storeProbe.begunCount()
 	err := n.writeStore(ctx, hdr, batch, puts, dels, revs, restores)
 	if ctx.Err() == nil {
-		n.storeOutcome(batch, err)
+		n.storeOutcome(batch, err, began)
 	}
 	if err == nil && len(puts) > 0 {
 		n.recutWritten(batch, true, read)

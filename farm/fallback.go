@@ -33,11 +33,15 @@ type degradation struct {
 }
 
 // setStoreOutcome records the outcome of the last store write: err, if
-// it failed.
-func (n *Node) setStoreOutcome(err error) {
+// it failed. began is the store probe's begunCount when the write began:
+// a write that went unanswered counts as the store silent only if no
+// probe begun after it was answered; one sent into a path that froze and
+// failed after the path came back is old news (the gate must not count
+// the node cut off from a store that answers again).
+func (n *Node) setStoreOutcome(err error, began uint64) {
 	n.deg.mu.Lock()
 	n.deg.storeFailing = err != nil
-	n.deg.storeSilent = err != nil && unanswered(err)
+	n.deg.storeSilent = err != nil && unanswered(err) && !n.storeProbe.answeredSince(began)
 	n.deg.mu.Unlock()
 	n.updateFallback()
 }

@@ -28,6 +28,9 @@ type probe struct {
 	// of the last one begun that failed, 0 if none has. Probes of one
 	// path run one at a time (see prober).
 	begun, lastFailed atomic.Uint64
+	// lastAnswered is the number (in begun) of the last probe begun that
+	// was answered, 0 if none has.
+	lastAnswered atomic.Uint64
 }
 
 func newProbe(what string, v any) *probe {
@@ -54,6 +57,12 @@ func (pr *probe) begunCount() uint64 {
 // in flight then, may fail later: what it found is of the time it began.
 func (pr *probe) failedSince(begun uint64) bool {
 	return pr != nil && pr.lastFailed.Load() > begun
+}
+
+// answeredSince reports whether one of pr's probes begun after the count
+// begun (a begunCount taken earlier) was answered.
+func (pr *probe) answeredSince(begun uint64) bool {
+	return pr != nil && pr.lastAnswered.Load() > begun
 }
 
 // healthy reports whether pr is nil (nothing to probe) or last answered.
@@ -136,6 +145,8 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	if err != nil {
 		pr.failures.Add(1)
 		pr.lastFailed.Store(seq)
+	} else {
+		pr.lastAnswered.Store(seq)
 	}
 	up := err == nil
 	if pr.up.Swap(up) == up {

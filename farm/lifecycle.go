@@ -646,14 +646,15 @@ func (n *Node) restoreAll(ctx context.Context, hdr header, batch []item) error {
 	return first
 }
 
-// storeOutcome records the outcome of a store write: on failure the new
+// storeOutcome records the outcome of a store write begun when the store
+// probe's begunCount was began (see setStoreOutcome): on failure the new
 // sessions of the batch are kept for when the store returns, and the node
 // falls back to farm tickets (see updateFallback) until a write succeeds.
-func (n *Node) storeOutcome(batch []item, err error) {
+func (n *Node) storeOutcome(batch []item, err error, began uint64) {
 	if err != nil {
 		n.keepForLater(batch)
 	}
-	n.setStoreOutcome(err)
+	n.setStoreOutcome(err, began)
 }
 
 // keepForLater puts the batch's new sessions in the backlog, oldest first

@@ -255,6 +255,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 	// cuts and retirements, no revocations), else concurrently. Peers hear of a session one round
 	// trip sooner than if one waited for the other.
 	var storeErr, pubErr error
+	began := n.storeProbe.begunCount() // before the store write (see setStoreOutcome)
 	restores := n.sq == nil && n.cfg.Records != nil && hasOp(batch, opRestore)
 	stored := n.cfg.Records != nil && (len(puts) > 0 || len(dels) > 0 || restores) || n.cfg.Coord != nil && len(revs) > 0
 	// Whether the bus may bring the batch's new sessions to peers before
@@ -293,7 +294,7 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 
 	ok := true
 	if stored && ctx.Err() == nil {
-		n.storeOutcome(batch, storeErr)
+		n.storeOutcome(batch, storeErr, began)
 	} else if n.cfg.Records == nil && len(msgs) > 0 && pubErr != nil && ctx.Err() == nil {
 		n.keepForLater(batch) // no store: the bus is the only way to the farm
 	}
