@@ -475,12 +475,20 @@ func (r *Rotator) mergeInto(ctx context.Context, raw []byte, ks keySet, mine tic
 	r.merged.Add(1)
 	r.apply(merged)
 	r.markReady(nil)
-	if ks.st.Epoch < mine.Epoch {
+	switch {
+	case ks.st.Epoch < mine.Epoch:
 		// The farm's set was older than this node's: the node's own set
 		// went in (see merge), its current key still encrypting.
 		r.n.log.Warn("farm: replaced the farm's older ticket key set with this node's (the store held a set the farm had rotated past)",
 			"epoch", merged.st.Epoch, "current", merged.st.Current.String())
-	} else {
+	case mine.Epoch == 0:
+		// This node never held a farm set: it served with keys of its
+		// own because none had reached it, as every node of a new farm
+		// but the first to take the lease does when they start
+		// together. Nothing was lost: expected, not a warning.
+		r.n.log.Info("farm: took the farm's ticket key set; the keys this node served with before it reached the node only decrypt now",
+			"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
+	default:
 		r.n.log.Warn("farm: merged this node's ticket keys with the farm's (the store lost its key set, or this node served without it); its keys only decrypt now",
 			"epoch", merged.st.Epoch, "current", merged.st.Current.String(), "decrypt_only_added", merged.extra)
 	}
