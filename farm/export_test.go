@@ -191,3 +191,7 @@ func LongFlushWindow(cfg *Config, d time.Duration) { cfg.FlushWindow, cfg.longWi
 
 // HitsCurrent is hitsCurrent, for the tests and benchmarks.
 func (n *Node) HitsCurrent() bool { return n.hitsCurrent() }
+
+// StoreProbeAnswered returns the number (among those begun) of the last
+// store probe begun that was answered: it grows as later probes answer.
+func (n *Node) StoreProbeAnswered() uint64 { return n.storeProbe.lastAnswered.Load() }
