@@ -37,9 +37,9 @@ import (
 // store path cannot show it on Redis: the write then fails during the
 // freeze, before any probe begun after it is answered (the store counts
 // silent, rightly, until a write succeeds); so the server holds the write
-// instead, as the routes held the NATS write. Nor can n2's bus freeze: the
-// node probes its bus and its store together, each round waiting for
-// both, so a frozen bus holds the store's probes back for ProbeTimeout.
+// instead, as the routes held the NATS write. Nor does n2's bus freeze:
+// the node probed its bus and its store in rounds, each waiting for both,
+// so a frozen bus held the store's probes back for ProbeTimeout.
 func TestGateWriteUnansweredProbeAnswered(t *testing.T) {
 	t.Parallel()
 	const (
