@@ -191,3 +191,21 @@ func LongFlushWindow(cfg *Config, d time.Duration) { cfg.FlushWindow, cfg.longWi
 
 // HitsCurrent is hitsCurrent, for the tests and benchmarks.
 func (n *Node) HitsCurrent() bool { return n.hitsCurrent() }
+
+// StoreProbeAnswered returns the number (among those begun) of the last
+// store probe begun that was answered: it grows as later probes answer.
+func (n *Node) StoreProbeAnswered() uint64 { return n.storeProbe.lastAnswered.Load() }
+
+// StoreProbeFailed returns the number (among those begun) of the last
+// store probe begun that failed: it grows as later probes fail.
+func (n *Node) StoreProbeFailed() uint64 { return n.storeProbe.lastFailed.Load() }
+
+// StoreProbeUp reports whether the node's last store probe was answered.
+func (n *Node) StoreProbeUp() bool { return n.storeProbe.healthy() }
+
+// StoreProbeInFlight reports whether a probe of the node's store is in
+// flight.
+func (n *Node) StoreProbeInFlight() bool {
+	pr := n.storeProbe
+	return max(pr.lastFailed.Load(), pr.lastAnswered.Load()) < pr.begun.Load()
+}

@@ -31,6 +31,13 @@ type probe struct {
 	// lastAnswered is the number (in begun) of the last probe begun that
 	// was answered, 0 if none has.
 	lastAnswered atomic.Uint64
+	// lastEnded is the number (in begun) of the last probe that ended,
+	// answered or not; ended is closed, and replaced, when one does. A
+	// probe is in flight while begun is ahead of lastEnded.
+	lastEnded atomic.Uint64
+	ended     atomic.Pointer[chan struct{}]
+	// kick asks the path's prober for a probe now (see recheck).
+	kick chan struct{}
 }
 
 func newProbe(what string, v any) *probe {
@@ -38,9 +45,56 @@ func newProbe(what string, v any) *probe {
 	if !ok {
 		return nil
 	}
-	pr := &probe{what: what, p: p}
+	pr := &probe{what: what, p: p, kick: make(chan struct{}, 1)}
 	pr.up.Store(true) // until a probe says otherwise
+	ended := make(chan struct{})
+	pr.ended.Store(&ended)
 	return pr
+}
+
+// end records the end of pr's probe seq, and wakes those waiting for it
+// (see recheck).
+func (pr *probe) end(seq uint64) {
+	pr.lastEnded.Store(seq)
+	next := make(chan struct{})
+	close(*pr.ended.Swap(&next))
+}
+
+// recheck probes pr's path at once, unless a probe of it is in flight,
+// and waits for the answer until ctx ends. It reports whether that probe
+// was answered: false if one was in flight (it does not wait for it), if
+// the probe failed, or if ctx ended first. The path's prober runs the
+// probe, so that its probes still run one at a time.
+//
+// The hit gate asks it while the store's probe is down (see checkHit): a
+// store back from an outage answers a gated hit's read at once, not from
+// the next ProbeInterval on; during the outage a hit waits for one probe
+// that is refused at once, or, for a store that hangs, one hit per
+// ProbeTimeout waits up to its LookupTimeout, and the others while that
+// probe is in flight not at all.
+func (pr *probe) recheck(ctx context.Context) bool {
+	if pr == nil {
+		return false
+	}
+	b := pr.begun.Load()
+	if pr.lastEnded.Load() < b {
+		return false // one in flight
+	}
+	select {
+	case pr.kick <- struct{}{}:
+	default:
+	}
+	for {
+		ended := *pr.ended.Load()
+		if pr.lastEnded.Load() > b {
+			return pr.up.Load()
+		}
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // begunCount returns the number of pr's probes begun so far (0 if pr is
@@ -82,7 +136,10 @@ func (n *Node) initProbes() {
 	}
 }
 
-// prober probes the transport every ProbeInterval until ctx is done.
+// prober probes the transport every ProbeInterval until ctx is done:
+// each path (the bus, the store) in a loop of its own, so that a path
+// that hangs holds back no probe of the other, and at once when asked
+// (see recheck).
 func (n *Node) prober(ctx context.Context) {
 	defer n.wg.Done()
 	probes := []*probe{n.busProbe}
@@ -92,24 +149,25 @@ func (n *Node) prober(ctx context.Context) {
 	if probes[0] == nil {
 		probes = probes[1:]
 	}
-	t := time.NewTicker(n.cfg.ProbeInterval)
-	defer t.Stop()
-	for {
-		var wg sync.WaitGroup
-		for _, pr := range probes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+	var wg sync.WaitGroup
+	for _, pr := range probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(n.cfg.ProbeInterval)
+			defer t.Stop()
+			for {
 				n.runProbe(ctx, pr)
-			}()
-		}
-		wg.Wait()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				case <-pr.kick:
+				}
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 var errProbeTimeout = errors.New("no answer within the probe timeout")
@@ -149,7 +207,9 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 		pr.lastAnswered.Store(seq)
 	}
 	up := err == nil
-	if pr.up.Swap(up) == up {
+	changed := pr.up.Swap(up) != up
+	pr.end(seq)
+	if !changed {
 		return
 	}
 	pr.changes.Add(1)
