@@ -209,3 +209,9 @@ func (n *Node) StoreProbeInFlight() bool {
 	pr := n.storeProbe
 	return max(pr.lastFailed.Load(), pr.lastAnswered.Load()) < pr.begun.Load()
 }
+
+// StoreProbesBegun returns the number of the node's store probes begun.
+func (n *Node) StoreProbesBegun() uint64 { return n.storeProbe.begunCount() }
+
+// RecheckSpacing is recheckSpacing, for the tests.
+const RecheckSpacing = recheckSpacing

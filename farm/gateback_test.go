@@ -58,6 +58,7 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 		busSlow = 150 * time.Millisecond // each way: n2's delivery lags 2*busSlow
 		lookup  = 500 * time.Millisecond
 		probeTO = time.Second
+		dials   = 20 // with S while the store path is broken
 	)
 	srv := redistest.Start(t)
 	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -150,7 +151,8 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 	farmtest.Eventually(t, 10*time.Second, "n2's store probe fails", func() bool { return !n2.Node.StoreProbeUp() })
 	var took []time.Duration
 	waited := 0
-	for range 6 {
+	begun, outage := n2.Node.StoreProbesBegun(), time.Now()
+	for range dials {
 		start := time.Now()
 		if !dial(n2, s) {
 			t.Error("n2, cut off from its store, did not resume S (unchecked)")
@@ -160,12 +162,19 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 			waited++
 		}
 	}
-	t.Logf("n2's dials with S, its store path broken: %v", took)
+	probes, elapsed := n2.Node.StoreProbesBegun()-begun, time.Since(outage)
+	t.Logf("n2's dials with S, its store path broken: %v; %d store probes in %v", took, probes, elapsed.Round(time.Millisecond))
+	// The hits' probes are spaced: not one a gated hit. (The ticker's
+	// own probes come every ProbeInterval, at most one here.)
+	if limit := uint64(elapsed/farm.RecheckSpacing) + 2; probes > limit {
+		t.Errorf("n2 began %d store probes for %d gated hits in %v, want at most %d (one every %v)",
+			probes, dials, elapsed.Round(time.Millisecond), limit, farm.RecheckSpacing)
+	}
 	if waited > 1 {
 		t.Errorf("%d of n2's dials with its store path broken waited LookupTimeout: %v", waited, took)
 	}
-	if gated("cut_off") < 6 {
-		t.Errorf("n2's gated hits with its store path broken: cut_off %d, want 6", gated("cut_off"))
+	if gated("cut_off") < dials {
+		t.Errorf("n2's gated hits with its store path broken: cut_off %d, want %d", gated("cut_off"), dials)
 	}
 
 	// The store back, right after a probe failed, none in flight (one
@@ -174,6 +183,7 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 	farmtest.Eventually(t, 10*time.Second, "a store probe fails, none in flight", func() bool {
 		return n2.Node.StoreProbeFailed() > failed && !n2.Node.StoreProbeInFlight()
 	})
+	time.Sleep(farm.RecheckSpacing) // a hit's probe may begin at once
 	fixStore(store2)
 	restored := time.Now()
 	cutOff := gated("cut_off")

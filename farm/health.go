@@ -38,7 +38,17 @@ type probe struct {
 	ended     atomic.Pointer[chan struct{}]
 	// kick asks the path's prober for a probe now (see recheck).
 	kick chan struct{}
+	// lastBegan is when the last probe began (Unix nanoseconds), 0 if
+	// none has.
+	lastBegan atomic.Int64
 }
+
+// recheckSpacing is the least time between the start of a path's probe
+// and a probe a hit begins (see recheck): during an outage in which every
+// gated hit finds the store's probe down, a node probes the store at most
+// every recheckSpacing for its hits, not once a hit (a store that comes
+// back must not meet every node's handshake rate in connection attempts).
+const recheckSpacing = 20 * time.Millisecond
 
 func newProbe(what string, v any) *probe {
 	p, ok := v.(transport.Pinger)
@@ -60,18 +70,19 @@ func (pr *probe) end(seq uint64) {
 	close(*pr.ended.Swap(&next))
 }
 
-// recheck probes pr's path at once, unless a probe of it is in flight,
-// and waits for the answer until ctx ends. It reports whether that probe
-// was answered: false if one was in flight (it does not wait for it), if
-// the probe failed, or if ctx ended first. The path's prober runs the
+// recheck probes pr's path at once, unless a probe of it is in flight or
+// began less than recheckSpacing ago, and waits for the answer until ctx
+// ends. It reports whether that probe was answered: false if none was
+// begun (it does not wait for one in flight), if the probe failed, or if
+// ctx ended first. The path's prober runs the
 // probe, so that its probes still run one at a time.
 //
 // The hit gate asks it while the store's probe is down (see checkHit): a
 // store back from an outage answers a gated hit's read at once, not from
-// the next ProbeInterval on; during the outage a hit waits for one probe
-// that is refused at once, or, for a store that hangs, one hit per
-// ProbeTimeout waits up to its LookupTimeout, and the others while that
-// probe is in flight not at all.
+// the next ProbeInterval on, or within recheckSpacing of its return;
+// during the outage one hit every recheckSpacing waits for a probe that
+// is refused at once, or, for a store that hangs, one hit per
+// ProbeTimeout waits up to its LookupTimeout, and the others not at all.
 func (pr *probe) recheck(ctx context.Context) bool {
 	if pr == nil {
 		return false
@@ -79,6 +90,9 @@ func (pr *probe) recheck(ctx context.Context) bool {
 	b := pr.begun.Load()
 	if pr.lastEnded.Load() < b {
 		return false // one in flight
+	}
+	if time.Since(time.Unix(0, pr.lastBegan.Load())) < recheckSpacing {
+		return false // the last one failed a moment ago
 	}
 	select {
 	case pr.kick <- struct{}{}:
@@ -182,6 +196,7 @@ var errProbeTimeout = errors.New("no answer within the probe timeout")
 // ends by that deadline, or when the transport closes.
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	seq := pr.begun.Add(1)
+	pr.lastBegan.Store(time.Now().UnixNano())
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	done := make(chan error, 1)
 	go func() {
