@@ -38,8 +38,8 @@ type probe struct {
 	ended     atomic.Pointer[chan struct{}]
 	// kick asks the path's prober for a probe now (see recheck).
 	kick chan struct{}
-	// lastBegan is when the last probe began (Unix nanoseconds), 0 if
-	// none has.
+	// lastBegan is when the last probe began, as a monotonic offset
+	// from probeEpoch (see sinceProbeEpoch), 0 if none has.
 	lastBegan atomic.Int64
 }
 
@@ -49,6 +49,16 @@ type probe struct {
 // every recheckSpacing for its hits, not once a hit (a store that comes
 // back must not meet every node's handshake rate in connection attempts).
 const recheckSpacing = 20 * time.Millisecond
+
+// probeEpoch is the origin of probe.lastBegan: an offset from it is read
+// on the monotonic clock, which a step of the wall clock does not move (a
+// Unix time stored, then read back, has no monotonic reading: stepped
+// back by an hour, it held back every hit's probe for an hour).
+var probeEpoch = time.Now()
+
+// sinceProbeEpoch returns the time since probeEpoch, on the monotonic
+// clock, in nanoseconds.
+func sinceProbeEpoch() int64 { return int64(time.Since(probeEpoch)) }
 
 func newProbe(what string, v any) *probe {
 	p, ok := v.(transport.Pinger)
@@ -91,7 +101,7 @@ func (pr *probe) recheck(ctx context.Context) bool {
 	if pr.lastEnded.Load() < b {
 		return false // one in flight
 	}
-	if time.Since(time.Unix(0, pr.lastBegan.Load())) < recheckSpacing {
+	if time.Duration(sinceProbeEpoch()-pr.lastBegan.Load()) < recheckSpacing {
 		return false // the last one failed a moment ago
 	}
 	select {
@@ -196,7 +206,7 @@ var errProbeTimeout = errors.New("no answer within the probe timeout")
 // ends by that deadline, or when the transport closes.
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	seq := pr.begun.Add(1)
-	pr.lastBegan.Store(time.Now().UnixNano())
+	pr.lastBegan.Store(sinceProbeEpoch())
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	done := make(chan error, 1)
 	go func() {
