@@ -82,10 +82,12 @@ func (pr *probe) end(seq uint64) {
 
 // recheck probes pr's path at once, unless a probe of it is in flight or
 // began less than recheckSpacing ago, and waits for the answer until ctx
-// ends. It reports whether that probe was answered: false if none was
-// begun (it does not wait for one in flight), if the probe failed, or if
-// ctx ended first. The path's prober runs the
-// probe, so that its probes still run one at a time.
+// ends. It reports whether that probe was answered: false if the probe
+// failed, or if ctx ended first. If it begins none (it does not wait for
+// one in flight), it reports whether the last probe that ended was
+// answered: the caller found the path down, and one may have answered
+// since (a hit then reads, rather than go through unchecked). The path's
+// prober runs the probe, so that its probes still run one at a time.
 //
 // The hit gate asks it while the store's probe is down (see checkHit): a
 // store back from an outage answers a gated hit's read at once, not from
@@ -99,10 +101,10 @@ func (pr *probe) recheck(ctx context.Context) bool {
 	}
 	b := pr.begun.Load()
 	if pr.lastEnded.Load() < b {
-		return false // one in flight
+		return pr.up.Load() // one in flight
 	}
 	if time.Duration(sinceProbeEpoch()-pr.lastBegan.Load()) < recheckSpacing {
-		return false // the last one failed a moment ago
+		return pr.up.Load() // the last one began a moment ago
 	}
 	select {
 	case pr.kick <- struct{}{}:

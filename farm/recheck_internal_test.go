@@ -69,3 +69,36 @@ func TestRecheckWakesEveryWaiter(t *testing.T) {
 		t.Error("no recheck saw a probe end: the test tests nothing")
 	}
 }
+
+// TestRecheckSeesAnswerJustIn: the hit gate asks recheck after it found
+// the store's probe down (checkHit); a probe may answer between the two.
+// A recheck that then begins no probe (one is in flight, or one began less
+// than recheckSpacing ago) must report the answer that came in, not false:
+// false sends the hit through unchecked (cut_off), a session revoked
+// elsewhere resumed with the store answering. Here the state is set as
+// that probe left it; no transport is used.
+func TestRecheckSeesAnswerJustIn(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		inFlight bool
+	}{{"spaced", false}, {"in flight", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr := &probe{what: "store", kick: make(chan struct{}, 1)}
+			ended := make(chan struct{})
+			pr.ended.Store(&ended)
+			pr.begun.Store(1)
+			pr.lastBegan.Store(sinceProbeEpoch()) // a moment ago
+			pr.lastAnswered.Store(1)
+			pr.up.Store(true)
+			pr.end(1)
+			if tc.inFlight {
+				pr.begun.Store(2) // the next one, begun
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			if !pr.recheck(ctx) {
+				t.Error("recheck reported the store unanswered, its last probe answered")
+			}
+		})
+	}
+}
