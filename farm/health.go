@@ -38,8 +38,8 @@ type probe struct {
 	ended     atomic.Pointer[chan struct{}]
 	// kick asks the path's prober for a probe now (see recheck).
 	kick chan struct{}
-	// lastBegan is when the last probe began (Unix nanoseconds), 0 if
-	// none has.
+	// lastBegan is when the last probe began, as a monotonic offset
+	// from probeEpoch (see sinceProbeEpoch), 0 if none has.
 	lastBegan atomic.Int64
 }
 
@@ -49,6 +49,16 @@ type probe struct {
 // every recheckSpacing for its hits, not once a hit (a store that comes
 // back must not meet every node's handshake rate in connection attempts).
 const recheckSpacing = 20 * time.Millisecond
+
+// probeEpoch is the origin of probe.lastBegan: an offset from it is read
+// on the monotonic clock, which a step of the wall clock does not move (a
+// Unix time stored, then read back, has no monotonic reading: stepped
+// back by an hour, it held back every hit's probe for an hour).
+var probeEpoch = time.Now()
+
+// sinceProbeEpoch returns the time since probeEpoch, on the monotonic
+// clock, in nanoseconds.
+func sinceProbeEpoch() int64 { return int64(time.Since(probeEpoch)) }
 
 func newProbe(what string, v any) *probe {
 	p, ok := v.(transport.Pinger)
@@ -72,10 +82,12 @@ func (pr *probe) end(seq uint64) {
 
 // recheck probes pr's path at once, unless a probe of it is in flight or
 // began less than recheckSpacing ago, and waits for the answer until ctx
-// ends. It reports whether that probe was answered: false if none was
-// begun (it does not wait for one in flight), if the probe failed, or if
-// ctx ended first. The path's prober runs the
-// probe, so that its probes still run one at a time.
+// ends. It reports whether that probe was answered: false if the probe
+// failed, or if ctx ended first. If it begins none (it does not wait for
+// one in flight), it reports whether the last probe that ended was
+// answered: the caller found the path down, and one may have answered
+// since (a hit then reads, rather than go through unchecked). The path's
+// prober runs the probe, so that its probes still run one at a time.
 //
 // The hit gate asks it while the store's probe is down (see checkHit): a
 // store back from an outage answers a gated hit's read at once, not from
@@ -89,10 +101,10 @@ func (pr *probe) recheck(ctx context.Context) bool {
 	}
 	b := pr.begun.Load()
 	if pr.lastEnded.Load() < b {
-		return false // one in flight
+		return pr.up.Load() // one in flight
 	}
-	if time.Since(time.Unix(0, pr.lastBegan.Load())) < recheckSpacing {
-		return false // the last one failed a moment ago
+	if time.Duration(sinceProbeEpoch()-pr.lastBegan.Load()) < recheckSpacing {
+		return pr.up.Load() // the last one began a moment ago
 	}
 	select {
 	case pr.kick <- struct{}{}:
@@ -196,7 +208,7 @@ var errProbeTimeout = errors.New("no answer within the probe timeout")
 // ends by that deadline, or when the transport closes.
 func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	seq := pr.begun.Add(1)
-	pr.lastBegan.Store(time.Now().UnixNano())
+	pr.lastBegan.Store(sinceProbeEpoch())
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	done := make(chan error, 1)
 	go func() {
