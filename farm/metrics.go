@@ -61,7 +61,7 @@ func (n *Node) Metrics() []metric.Sample {
 			break
 		}
 	}
-	m.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out.", probeFailures)
+	m.counter("tlsfarm_farm_probe_failures_total", "Health probes of the farm transport that failed or timed out, the probes gated hits begin while the store's probe is down included (during a refused store outage with gated traffic, up to about 50 a second per node; otherwise one a ProbeInterval a path).", probeFailures)
 	m.counter("tlsfarm_farm_unencodable_total", "Sessions left out of a message or the store: too large, or a server name over 253 bytes.", c.unencodable.Load())
 	m.counter("tlsfarm_farm_tombstones_truncated_total", "Reads of the store's revocations cut at the member bound.", c.tombstonesTruncated.Load())
 	m.counters("tlsfarm_farm_tombstone_reads_total", "Reads of the store's revocations that succeeded: read whole, or found unchanged by the set's version (not read).", "result",
