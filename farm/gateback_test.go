@@ -1,19 +1,12 @@
 package farm_test
 
 import (
-	"context"
-	"crypto/tls"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
-	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
 // TestGateReadsOnceStoreBack: a broadcast, write-through farm of two nodes
@@ -60,89 +53,23 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 		probeTO = time.Second
 		dials   = 20 // with S while the store path is broken
 	)
-	srv := redistest.Start(t)
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	t.Cleanup(func() { admin.Close() })
-	bus1, bus2, store2 := nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr())
-	rs := redisServer(srv.URL())
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		Mode: farm.Broadcast, WriteThrough: true,
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				bus, _ := rs.Open(tb, bus1.Addr, farmName)
-				_, store := rs.Open(tb, srv.Addr(), farmName)
-				return bus, store
-			}
-			bus, _ := rs.Open(tb, bus2.Addr, farmName)
-			_, store := rs.Open(tb, store2.Addr, farmName)
-			return bus, store
-		},
+	g := newGateFarm(t, gateFarmOptions{
+		MaxLag: maxLag,
 		Tweak: func(c *farm.Config) {
-			c.MaxDeliveryLag = maxLag
 			c.LookupTimeout = lookup
 			// n2's probe of its slow bus path (2*busSlow) is
 			// answered.
 			c.ProbeTimeout = probeTO
 			// The window: a probe every 2 s.
 			c.ProbeInterval = 2 * time.Second
-			c.TallyInterval = -1
 		},
 	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	// Before the nodes close (cleanups run last registered first).
-	t.Cleanup(func() {
-		bus1.Thaw()
-		bus2.SetLatency(0)
-		store2.Thaw()
-		store2.Restore()
-	})
-
-	dial := func(m *farmtest.Member, c tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
-	}
-	ids := farmtest.HandshakeSessions(n2.Cache)
-	s := &tlstest.FrozenCache{}
-	dial(n2, s)
-	sid := ids()[0]
-	farmtest.Eventually(t, 10*time.Second, "n1 holds S, and the store has it", func() bool {
-		held := false
-		for id := range n1.Cache.Snapshot(-1) {
-			held = held || id == sid
-		}
-		return held && farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
-	})
-
+	n2, store2, gated := g.n2, g.store2, g.gated
+	g.issue(1)
+	s := g.sessions[0]
 	// n1 revokes S: the store takes it, n1's bus does not.
-	bus1.Freeze()
-	marks := func() int {
-		keys, _, err := admin.Scan(t.Context(), 0, "*"+farm.ChainMarkPrefix+"*", 1000).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(keys)
-	}
-	rctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-	st, err := n1.Node.RevokeSession(rctx, sid)
-	cancel()
-	if st != farm.RevokePending {
-		t.Fatalf("RevokeSession = %v, %v; want pending (n1's bus frozen)", st, err)
-	}
-	farmtest.Eventually(t, 10*time.Second, "S's chain mark in the store", func() bool { return marks() == 1 })
-
-	bus2.SetLatency(busSlow)
-	marker := n2.Bus.(transport.DeliveryMarker)
-	farmtest.Eventually(t, 10*time.Second, "n2's delivery lags", func() bool {
-		d := marker.DeliveredThrough()
-		return !d.IsZero() && time.Since(d) > 2*maxLag
-	})
-	gated := func(result string) uint64 {
-		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
-	}
+	g.revokeWhileBusFrozen()
+	g.lagDelivery(busSlow)
 
 	// The store path broken: n2 is cut off from its store. Its hits
 	// resume S unchecked, a dial at most waiting for one probe, within
@@ -154,7 +81,7 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 	begun, outage := n2.Node.StoreProbesBegun(), time.Now()
 	for range dials {
 		start := time.Now()
-		if !dial(n2, s) {
+		if !g.dial(n2, s) {
 			t.Error("n2, cut off from its store, did not resume S (unchecked)")
 		}
 		took = append(took, time.Since(start).Round(time.Millisecond))
@@ -188,14 +115,13 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 	restored := time.Now()
 	cutOff := gated("cut_off")
 	for time.Since(restored) < time.Second {
-		if dial(n2, s) {
+		if g.dial(n2, s) {
 			t.Errorf("n2 resumed S, revoked on n1, %v after its store path was back (store probe up: %v)",
 				time.Since(restored).Round(time.Millisecond), n2.Node.StoreProbeUp())
 			break
 		}
 	}
-	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d (%d since the store came back)",
-		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"), gated("cut_off")-cutOff)
+	t.Logf("n2's gated hits: %s (%d since the store came back)", g.gatedCounts(), gated("cut_off")-cutOff)
 	if gated("revoked") == 0 {
 		t.Error("n2's gate did not find S revoked once its store was back")
 	}

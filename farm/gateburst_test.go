@@ -11,10 +11,7 @@ import (
 
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/logtest"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -41,54 +38,22 @@ func TestGateBurstProbesSpacedLogsOnce(t *testing.T) {
 		opTimeout = 500 * time.Millisecond
 		clients   = 8
 	)
-	srv := redistest.Start(t)
-	bus2, store2 := nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr())
-	rs := redisServer(srv.URL())
 	logs := &logtest.Buffer{}
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		Mode: farm.Broadcast, WriteThrough: true,
+	g := newGateFarm(t, gateFarmOptions{
+		MaxLag: maxLag,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				bus, _ := rs.Open(tb, srv.Addr(), farmName)
-				_, store := rs.Open(tb, srv.Addr(), farmName)
-				return bus, store
-			}
-			bus, _ := rs.Open(tb, bus2.Addr, farmName)
-			_, store := rs.Open(tb, store2.Addr, farmName)
-			return bus, store
-		},
 		Tweak: func(c *farm.Config) {
-			c.MaxDeliveryLag = maxLag
 			c.LookupTimeout = lookup
 			c.ProbeInterval = interval
 			c.ProbeTimeout = probeTO
 			c.OpTimeout = opTimeout
-			c.TallyInterval = -1
 		},
 	})
-	n2 := ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	t.Cleanup(func() { // before the nodes close
-		bus2.SetLatency(0)
-		store2.Thaw()
-		store2.Restore()
-	})
+	n2, store2, gated := g.n2, g.store2, g.gated
 
 	s := &tlstest.FrozenCache{}
-	tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, s))
-	bus2.SetLatency(busSlow)
-	marker := n2.Bus.(transport.DeliveryMarker)
-	farmtest.Eventually(t, 10*time.Second, "n2's delivery lags", func() bool {
-		d := marker.DeliveredThrough()
-		return !d.IsZero() && time.Since(d) > 2*maxLag
-	})
-	gated := func(result string) uint64 {
-		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
-	}
+	g.dial(n2, s)
+	g.lagDelivery(busSlow)
 	// burst dials n2 with S from clients clients until stop is closed
 	// (or for d), and returns the dials and those that did not resume.
 	burst := func(d time.Duration, stop <-chan struct{}) (dials, missed int64) {

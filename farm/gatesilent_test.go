@@ -1,18 +1,11 @@
 package farm_test
 
 import (
-	"context"
-	"crypto/tls"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
-	"github.com/tlsfarm/tlsfarm/internal/nettest"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 )
 
@@ -49,27 +42,9 @@ func TestGateWriteUnansweredProbeAnswered(t *testing.T) {
 		storeSlow = 250 * time.Millisecond // each way: a read takes 2*storeSlow
 		opTimeout = 2500 * time.Millisecond
 	)
-	srv := redistest.Start(t)
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	t.Cleanup(func() { admin.Close() })
-	bus1, bus2, store2 := nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr()), nettest.NewProxy(t, srv.Addr())
-	rs := redisServer(srv.URL())
-	joined := 0
-	ms, _ := farmtest.Start(t, 2, &farmtest.Options{
-		Mode: farm.Broadcast, WriteThrough: true,
-		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
-			joined++
-			if joined == 1 {
-				bus, _ := rs.Open(tb, bus1.Addr, farmName)
-				_, store := rs.Open(tb, srv.Addr(), farmName)
-				return bus, store
-			}
-			bus, _ := rs.Open(tb, bus2.Addr, farmName)
-			_, store := rs.Open(tb, store2.Addr, farmName)
-			return bus, store
-		},
+	g := newGateFarm(t, gateFarmOptions{
+		MaxLag: maxLag,
 		Tweak: func(c *farm.Config) {
-			c.MaxDeliveryLag = maxLag
 			c.LookupTimeout = lookup
 			// n1's frozen bus is not an outage for as long as the
 			// test takes; n2's store probe through its slow path
@@ -81,71 +56,23 @@ func TestGateWriteUnansweredProbeAnswered(t *testing.T) {
 			// 2*storeSlow and an interval, n2's store path slow), and
 			// soon enough.
 			c.OpTimeout = opTimeout
-			c.TallyInterval = -1
 		},
 	})
-	n1, n2 := ms[0], ms[1]
-	farmtest.WaitConnected(t, ms...)
-	farmtest.WaitRevocationsKnown(t, ms...)
-	// Before the nodes close (cleanups run last registered first).
-	t.Cleanup(func() {
-		admin.Do(context.Background(), "CLIENT", "UNPAUSE")
-		bus1.Thaw()
-		bus2.SetLatency(0)
-		store2.SetLatency(0)
-	})
-
-	dial := func(m *farmtest.Member, c tls.ClientSessionCache) bool {
-		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, c)).DidResume
-	}
-	ids := farmtest.HandshakeSessions(n2.Cache)
-	s := &tlstest.FrozenCache{}
-	dial(n2, s)
-	sid := ids()[0]
-	farmtest.Eventually(t, 10*time.Second, "n1 holds S, and the store has it", func() bool {
-		held := false
-		for id := range n1.Cache.Snapshot(-1) {
-			held = held || id == sid
-		}
-		return held && farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= 1
-	})
-
+	n2 := g.n2
+	g.issue(1)
+	s := g.sessions[0]
 	// n1 revokes S: the store takes it, n1's bus does not.
-	bus1.Freeze()
-	marks := func() int {
-		keys, _, err := admin.Scan(t.Context(), 0, "*"+farm.ChainMarkPrefix+"*", 1000).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(keys)
-	}
-	if n := marks(); n != 0 {
-		t.Fatalf("%d chain marks in the store before the revocation", n)
-	}
-	rctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-	st, err := n1.Node.RevokeSession(rctx, sid)
-	cancel()
-	if st != farm.RevokePending {
-		t.Fatalf("RevokeSession = %v, %v; want pending (n1's bus frozen)", st, err)
-	}
-	farmtest.Eventually(t, 10*time.Second, "S's chain mark in the store", func() bool { return marks() == 1 })
-
-	bus2.SetLatency(busSlow)
-	marker := n2.Bus.(transport.DeliveryMarker)
-	farmtest.Eventually(t, 10*time.Second, "n2's delivery lags", func() bool {
-		d := marker.DeliveredThrough()
-		return !d.IsZero() && time.Since(d) > 2*maxLag
-	})
+	g.revokeWhileBusFrozen()
+	g.lagDelivery(busSlow)
 
 	// n2's next store write goes unanswered; its probes (PING) are
 	// answered.
-	if err := admin.Do(t.Context(), "CLIENT", "PAUSE", "60000", "WRITE").Err(); err != nil {
+	if err := g.admin.Do(t.Context(), "CLIENT", "PAUSE", "60000", "WRITE").Err(); err != nil {
 		t.Fatal(err)
 	}
 	writeErrs := func() uint64 { return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_store_write_errors_total") }
 	before := writeErrs()
-	dial(n2, &tlstest.FrozenCache{})
+	g.dial(n2, &tlstest.FrozenCache{})
 	farmtest.Eventually(t, 10*time.Second, "n2's store write failed", func() bool { return writeErrs() > before })
 	if !n2.Node.StoreFailing() {
 		t.Fatal("n2 does not count its store failing after a failed write")
@@ -154,12 +81,9 @@ func TestGateWriteUnansweredProbeAnswered(t *testing.T) {
 
 	// The gate's read goes unanswered within LookupTimeout; the probes
 	// are answered.
-	store2.SetLatency(storeSlow)
-	gated := func(result string) uint64 {
-		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
-	}
+	g.store2.SetLatency(storeSlow)
 	for i := range 2 {
-		if dial(n2, s) {
+		if g.dial(n2, s) {
 			t.Errorf("n2 resumed S (dial %d), revoked on n1, while its store's probes were answered", i+1)
 			break
 		}
@@ -167,9 +91,8 @@ func TestGateWriteUnansweredProbeAnswered(t *testing.T) {
 	farmtest.Eventually(t, 10*time.Second, "n2's store probe answered through the slow path", func() bool {
 		return n2.Node.StoreProbeAnswered() > probes+1
 	})
-	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d",
-		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
-	if n := gated("cut_off"); n != 0 {
+	t.Logf("n2's gated hits: %s", g.gatedCounts())
+	if n := g.gated("cut_off"); n != 0 {
 		t.Errorf("n2's gate counted itself cut off %d times while its store's probes were answered", n)
 	}
 }
