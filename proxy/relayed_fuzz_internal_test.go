@@ -11,7 +11,7 @@ import (
 // addresses or CIDR ranges from the configuration, comma-separated here as
 // -early-data-trusted gives them) on arbitrary input: no panic, and a list
 // it accepts holds, for each entry, a request from the entry's own
-// address, with a port, also when an IPv4 address arrives mapped into
+// address (a range's first), with a port, also when an IPv4 address arrives mapped into
 // IPv6 or an IPv4-mapped one arrives as IPv4; an entry it refuses is
 // named in the error.
 func FuzzEarlyTrust(f *testing.F) {
@@ -42,7 +42,11 @@ func FuzzEarlyTrust(f *testing.F) {
 			e = strings.TrimSpace(e)
 			var a netip.Addr
 			if p, err := netip.ParsePrefix(e); err == nil {
-				a = p.Addr()
+				// The range's first address. (Not the address as
+				// written: ::ffff:0.0.0.0/0 is ::/0, IPv6 addresses,
+				// and holds judges ::ffff:0.0.0.0 as IPv4, as the
+				// docs have ::/0 and 0.0.0.0/0 trust each family.)
+				a = p.Masked().Addr()
 			} else {
 				a = netip.MustParseAddr(e)
 			}
