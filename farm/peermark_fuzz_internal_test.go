@@ -43,3 +43,46 @@ func FuzzParseMark(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReceiveMark feeds msgMarks from a peer on server X, sealed under the
+// farm's key, to a node on server Y: a body given whole, or one built with
+// an answer to the node carrying any t0. Nothing panics; a body parseMark
+// refuses is counted rejected and changes nothing; and the node's floor is
+// never past its own clock (a t0 the node never sent does not move it):
+// at most now, or noPeers.
+func FuzzReceiveMark(f *testing.F) {
+	secret := NewSecret(1)
+	b, x := markNode(f, secret, "Y"), markNode(f, secret, "X")
+	b.pm.nextMark(0, "Y")
+	f.Add(false, byte(0), "X", uint64(1), []byte(nil))
+	f.Add(false, byte(markLeaving), "X", uint64(1<<62), []byte(nil))
+	f.Add(false, byte(0), "Y", uint64(1), []byte(nil))
+	f.Add(true, byte(0), "", uint64(0), appendMark(nil, markBody{t0: 5, server: "X", answers: []markAnswer{{to: 1, t0: 2}}}))
+	f.Add(true, byte(0), "", uint64(0), []byte{0, 1, 2})
+	f.Fuzz(func(t *testing.T, whole bool, flags byte, server string, t0 uint64, raw []byte) {
+		body := raw
+		if !whole {
+			if len(server) > 255 {
+				server = server[:255]
+			}
+			body = appendMark(nil, markBody{flags: flags, t0: 1, server: server, answers: []markAnswer{{to: b.instance, t0: t0}, {to: b.instance + 1, t0: t0}}})
+		}
+		_, _, perr := parseMark(body)
+		received, rejected := b.pm.received.Load(), b.ctr.rejected[rejectBody].Load()
+		hdr := header{typ: msgMark, time: x.cfg.Now(), sender: x.instance, farm: x.cfg.Farm}
+		b.receive(x.keys.seal(nil, hdr, body, nil))
+		gotReceived, gotRejected := b.pm.received.Load()-received, b.ctr.rejected[rejectBody].Load()-rejected
+		if perr == nil && (gotReceived != 1 || gotRejected != 0) || perr != nil && (gotReceived != 0 || gotRejected != 1) {
+			t.Fatalf("parseMark error %v, yet received +%d, rejected +%d", perr, gotReceived, gotRejected)
+		}
+		if fl := b.pm.floor.Load(); fl != noPeers && (fl < 0 || uint64(fl) > b.pm.now()) {
+			t.Fatalf("floor %d past the node's clock %d", fl, b.pm.now())
+		}
+		b.pm.mu.Lock()
+		n := len(b.pm.peers)
+		b.pm.mu.Unlock()
+		if n > maxMarkPeers {
+			t.Fatalf("%d peers tracked", n)
+		}
+	})
+}
