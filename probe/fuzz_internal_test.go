@@ -3,7 +3,9 @@ package probe
 import (
 	"encoding/json"
 	"math"
+	"net"
 	"reflect"
+	"strconv"
 	"testing"
 )
 
@@ -66,4 +68,32 @@ func FuzzThresholds(f *testing.F) {
 
 func near(a, b float64) bool {
 	return a == b || math.Abs(a-b) <= 1e-12*math.Max(math.Abs(a), math.Abs(b))
+}
+
+// FuzzSplitTarget checks splitTarget (a probe target from -target or the
+// probe's configuration) on arbitrary input: no panic, and a target it
+// accepts gives a dialable address that splits back into its host and its
+// port, a port number from 1 to 65535, and the same again when the
+// address is given as the target.
+func FuzzSplitTarget(f *testing.F) {
+	for _, s := range []string{"a.example:8443", "a.example", "192.0.2.1", "[2001:db8::1]:https", "[::1]", "h:0", "h:65536", ":443", "h:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		addr, host, port, err := splitTarget(target)
+		if err != nil {
+			return
+		}
+		h, p, err := net.SplitHostPort(addr)
+		if err != nil || h != host || p != port {
+			t.Fatalf("splitTarget(%q) gave address %q, which splits into %q, %q (%v), not %q, %q", target, addr, h, p, err, host, port)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			t.Fatalf("splitTarget(%q) gave port %q", target, port)
+		}
+		addr2, host2, port2, err := splitTarget(addr)
+		if err != nil || addr2 != addr || host2 != host || port2 != port {
+			t.Fatalf("splitTarget(%q) gave %q, whose split is %q, %q, %q (%v)", target, addr, addr2, host2, port2, err)
+		}
+	})
 }

@@ -18,6 +18,12 @@ func parseEarlyTrust(list []string) (earlyTrust, error) {
 	for _, s := range list {
 		s = strings.TrimSpace(s)
 		if p, err := netip.ParsePrefix(s); err == nil {
+			// holds judges an IPv4 address mapped into IPv6 as the
+			// IPv4 address, so a range of mapped addresses is kept as
+			// the IPv4 range (as a single mapped address is below).
+			if p.Addr().Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			}
 			t = append(t, p.Masked())
 			continue
 		}

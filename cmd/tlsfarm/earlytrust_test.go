@@ -100,6 +100,9 @@ func TestEarlyDataTrustedBalancerWarning(t *testing.T) {
 		{"10.0.0.0/8", "10.1.2.3", true},
 		{"10.0.0.0/8", "10.1.0.0/16", true},
 		{"10.0.0.0/8,192.0.2.1", "203.0.113.0/24,192.0.2.1", true},
+		// An IPv4-mapped range is the IPv4 range, as the proxy judges it.
+		{"10.0.0.0/8", "::ffff:10.1.0.0/112", true},
+		{"10.0.0.0/8", "::ffff:203.0.113.0/120", false},
 		{"10.0.0.0/8", "203.0.113.0/24", false},
 		{"10.0.0.0/8", "0.0.0.0/0", false},
 		{"0.0.0.0/0,::/0", "203.0.113.0/24", false},

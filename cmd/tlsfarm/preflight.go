@@ -85,9 +85,13 @@ func balancerTrustedForEarlyData(i int, l config.Listener) string {
 	return ""
 }
 
-// prefixOf parses an address or CIDR range as a prefix.
+// prefixOf parses an address or CIDR range as a prefix, as the proxy
+// judges it: an IPv4 address or range mapped into IPv6 as the IPv4 one.
 func prefixOf(s string) (netip.Prefix, bool) {
 	if p, err := netip.ParsePrefix(s); err == nil {
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		return p.Masked(), true
 	}
 	a, err := netip.ParseAddr(s)
