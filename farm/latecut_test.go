@@ -136,7 +136,13 @@ func (n *gatedNATS) PutRecords(ctx context.Context, items ...transport.Item) err
 		n.g.ttls[it.Key] = append(n.g.ttls[it.Key], it.TTL)
 	}
 	n.g.mu.Unlock()
-	return n.g.landed(n.Transport.PutRecords(ctx, items...))
+	err := n.Transport.PutRecords(ctx, items...)
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = it.Key
+	}
+	n.g.noteApplied(keys, err)
+	return n.g.landed(err)
 }
 
 func (n *gatedNATS) GetRecord(ctx context.Context, key string) ([]byte, error) {
@@ -148,7 +154,9 @@ func (n *gatedNATS) DeleteRecords(ctx context.Context, keys ...string) error {
 		return err
 	}
 	n.g.noteDeleted(keys)
-	return n.Transport.DeleteRecords(ctx, keys...)
+	err := n.Transport.DeleteRecords(ctx, keys...)
+	n.g.noteApplied(keys, err)
+	return err
 }
 
 // A lateWriteFarm is the two-node farm of the late-write tests: each

@@ -35,6 +35,7 @@ type gatedStore struct {
 	waiting atomic.Int32               // writes waiting on the hold
 	ttls    map[string][]time.Duration // the TTLs written, by key
 	dels    map[string]int             // the deletions asked for, by key
+	applied map[string]int             // the writes and deletions the store answered, by key
 
 	// landing makes the next write land and then report failure (a
 	// write that timed out after the store applied it); the writes after
@@ -82,13 +83,32 @@ func (g *gatedStore) noteDeleted(keys []string) {
 	}
 }
 
-// touched reports whether the gate let go a write or a deletion of the
-// record of id.
+// noteApplied counts, for each of keys, a write or deletion that the
+// store answered (err nil): it is in the store now.
+func (g *gatedStore) noteApplied(keys []string, err error) {
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.applied == nil {
+		g.applied = make(map[string]int)
+	}
+	for _, k := range keys {
+		g.applied[k]++
+	}
+}
+
+// touched reports whether the store answered a write or a deletion of
+// the record of id that the gate let go: the store applied it, and a
+// read now sees it. Not as soon as the gate let it go: under load the
+// write may still be on its way then (a cut read back whole, 20 ms
+// after n1's first write, because it had not reached Redis yet).
 func (g *gatedStore) touched(id session.ID) bool {
 	k := "s:" + hex.EncodeToString(id[:])
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.ttls[k]) > 0 || g.dels[k] > 0
+	return g.applied[k] > 0
 }
 
 var errStoreDown = errors.New("store path down (test)")
@@ -138,7 +158,13 @@ func (g *gatedStore) PutRecords(ctx context.Context, items ...transport.Item) er
 		g.ttls[it.Key] = append(g.ttls[it.Key], it.TTL)
 	}
 	g.mu.Unlock()
-	return g.landed(g.Transport.PutRecords(ctx, items...))
+	err := g.Transport.PutRecords(ctx, items...)
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = it.Key
+	}
+	g.noteApplied(keys, err)
+	return g.landed(err)
 }
 
 // written returns the TTLs of the writes of the record of id so far.
@@ -153,7 +179,9 @@ func (g *gatedStore) DeleteRecords(ctx context.Context, keys ...string) error {
 		return err
 	}
 	g.noteDeleted(keys)
-	return g.Transport.DeleteRecords(ctx, keys...)
+	err := g.Transport.DeleteRecords(ctx, keys...)
+	g.noteApplied(keys, err)
+	return err
 }
 
 // gatedStorePaths opens, for each member, a Redis bus at url and, apart

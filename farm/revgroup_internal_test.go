@@ -15,6 +15,11 @@ import (
 // revGroupK is how many revocations the group commit tests add at once.
 const revGroupK = 64
 
+// revGroupBursts is how many bursts of revGroupK adds
+// TestRevocationJournalGroupCommit makes at most, for one that its
+// goroutines reach in few enough waves on a loaded machine.
+const revGroupBursts = 3
+
 // syncsOf returns how many writes n has made to its revocations file and
 // journal.
 func syncsOf(n *Node) uint64 {
@@ -138,19 +143,35 @@ func TestRevocationJournalGroupCommit(t *testing.T) {
 		t.Fatalf("%d revocations added while a write was held up took %d writes, want 2 (the held one, then one for the rest)", revGroupK, got)
 	}
 
-	syncs0 = syncsOf(n)
-	_, _, wait = addConcurrently(n, 2000, revGroupK, t0.Add(time.Hour))
-	wait()
-	got := syncsOf(n) - syncs0
-	t.Logf("%d revocations added at once: %d journal writes", revGroupK, got)
-	if got > revGroupK/4 {
-		t.Fatalf("%d revocations added at once took %d writes, want at most %d", revGroupK, got, revGroupK/4)
+	// How many writes a burst takes is how many waves the scheduler lets
+	// its adds arrive in: each write takes the adds queued while the one
+	// before it was in flight. Beside two CPU hogs, 300 bursts took 2
+	// writes in 252, 3-6 in 47 and 27 in one; a whole ./farm/ run at load
+	// 8 saw 18. Without grouping a burst takes one write per add, 64,
+	// every time; the grouping itself is held exactly above. So a burst
+	// that took more than a quarter of its adds is tried again, up to
+	// revGroupBursts bursts, and the test fails only if none did better.
+	want := append([]uint64{1}, chainRange(1000, 1000+revGroupK-1)...)
+	var took []uint64
+	for b := range revGroupBursts {
+		first := uint64(2000 + 1000*b)
+		syncs0 = syncsOf(n)
+		_, _, wait = addConcurrently(n, first, revGroupK, t0.Add(time.Hour))
+		wait()
+		want = append(want, chainRange(first, first+revGroupK-1)...)
+		took = append(took, syncsOf(n)-syncs0)
+		t.Logf("%d revocations added at once: %d journal writes", revGroupK, took[b])
+		if took[b] <= revGroupK/4 {
+			break
+		}
+	}
+	if slices.Min(took) > revGroupK/4 {
+		t.Fatalf("%d bursts of %d revocations added at once took %v writes, want at most %d in one of them", len(took), revGroupK, took, revGroupK/4)
 	}
 	if _, err := os.Stat(file); !os.IsNotExist(err) {
 		t.Fatalf("revocations added to a few pending rewrote the file whole: %v", err)
 	}
 
-	want := append([]uint64{1}, append(chainRange(1000, 1000+revGroupK-1), chainRange(2000, 2000+revGroupK-1)...)...)
 	if got := reopenChains(t, file, cache, now); !slices.Equal(got, want) {
 		t.Fatalf("a node that joins reads %d revocations, want the %d that returned", len(got), len(want))
 	}
