@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/tlsfarm/tlsfarm/internal/ipprefix"
 )
 
 // earlyTrust is the set of addresses (Listener.EarlyDataTrusted) whose
@@ -17,22 +19,14 @@ func parseEarlyTrust(list []string) (earlyTrust, error) {
 	var t earlyTrust
 	for _, s := range list {
 		s = strings.TrimSpace(s)
-		if p, err := netip.ParsePrefix(s); err == nil {
-			// holds judges an IPv4 address mapped into IPv6 as the
-			// IPv4 address, so a range of mapped addresses is kept as
-			// the IPv4 range (as a single mapped address is below).
-			if p.Addr().Is4In6() && p.Bits() >= 96 {
-				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-			}
-			t = append(t, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
+		// holds judges an IPv4 address mapped into IPv6 as the IPv4
+		// address; ipprefix keeps a mapped address or range as the
+		// IPv4 one.
+		p, ok := ipprefix.Parse(s)
+		if !ok {
 			return nil, fmt.Errorf("EarlyDataTrusted: %q is not an IP address or CIDR range", s)
 		}
-		a = a.Unmap()
-		t = append(t, netip.PrefixFrom(a, a.BitLen()))
+		t = append(t, p)
 	}
 	return t, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/config"
+	"github.com/tlsfarm/tlsfarm/internal/ipprefix"
 )
 
 // configWarnings returns what serve warns about in a valid configuration:
@@ -70,12 +71,12 @@ func balancerTrustedForEarlyData(i int, l config.Listener) string {
 		return ""
 	}
 	for _, e := range l.EarlyDataTrusted {
-		ep, ok := prefixOf(e)
+		ep, ok := ipprefix.Parse(e)
 		if !ok {
 			continue
 		}
 		for _, b := range l.ProxyProtocol.Trusted {
-			bp, ok := prefixOf(b)
+			bp, ok := ipprefix.Parse(b)
 			if ok && bp.Bits() > 0 && ep.Bits() >= bp.Bits() && bp.Contains(ep.Addr()) {
 				return fmt.Sprintf("listeners[%d].early_data_trusted lists %s, inside proxy_protocol.trusted %s: with PROXY protocol the address judged is the client address in the PROXY header, not the balancer's; list the egress ranges of the intermediary (the CDN) that sends Early-Data",
 					i, e, b)
@@ -83,23 +84,6 @@ func balancerTrustedForEarlyData(i int, l config.Listener) string {
 		}
 	}
 	return ""
-}
-
-// prefixOf parses an address or CIDR range as a prefix, as the proxy
-// judges it: an IPv4 address or range mapped into IPv6 as the IPv4 one.
-func prefixOf(s string) (netip.Prefix, bool) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		return p.Masked(), true
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), true
 }
 
 // checkAddresses binds and releases every address serve would listen on
