@@ -38,8 +38,9 @@ import (
 // resumption (a full handshake) while the node reaches the farm by either
 // path: a slow store, or a path to it that drops one read, must not let a
 // revoked session through. While the node's probe of its store goes
-// unanswered (a store outage, or this node cut off from it), and a probe
-// the hit begins at once does too (none begun if one is in flight: see
+// unanswered (a store outage, or this node cut off from it), and so does
+// a probe the hit begins at once (or, if it begins none because one is in
+// flight or began a moment ago, the last probe that ended: see
 // probe.recheck; a store back from an outage answers the hit's read
 // before the next ProbeInterval's probe), when the
 // read itself, and two more at once, find the store's server
@@ -181,8 +182,8 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // transport.RecordGetter. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
 // open refuses the session, unless the node's probe of its store goes
-// unanswered and so does one the hit begins at once, or one was in flight
-// (then nothing is read: see probe.recheck), the read and those made again at
+// unanswered and so does one the hit begins at once (or the last that
+// ended, if it begins none: see probe.recheck; then nothing is read), the read and those made again at
 // once found the store's server unreachable (see unreachable,
 // hitReadsAgain), or the read went unanswered (see unanswered) while the
 // node counts its store unreachable (storeUnreachable) or its bus down
@@ -199,8 +200,8 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	probeFailed := n.storeProbe.failedSince(n.upProbeBegun.Load())
 	if (!healing || probeFailed) && !n.storeProbe.healthy() && !n.storeProbe.recheck(ctx) {
 		// The store's probe failed, and one begun now failed too, or
-		// did not answer in time, or one is in flight: the node is
-		// cut off from its store. (Not the next ProbeInterval's
+		// did not answer in time, or none could begin and the last
+		// that ended failed: the node is cut off from its store. (Not the next ProbeInterval's
 		// probe: a store that is back answers this hit's read.)
 		n.ctr.gated[gateCutOff].Add(1)
 		return true
