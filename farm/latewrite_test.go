@@ -104,11 +104,15 @@ func (g *gatedStore) noteApplied(keys []string, err error) {
 // read now sees it. Not as soon as the gate let it go: under load the
 // write may still be on its way then (a cut read back whole, 20 ms
 // after n1's first write, because it had not reached Redis yet).
-func (g *gatedStore) touched(id session.ID) bool {
+func (g *gatedStore) touched(id session.ID) bool { return g.answered(id) > 0 }
+
+// answered returns how many writes and deletions of the record of id the
+// store answered (see touched).
+func (g *gatedStore) answered(id session.ID) int {
 	k := "s:" + hex.EncodeToString(id[:])
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.applied[k] > 0
+	return g.applied[k]
 }
 
 var errStoreDown = errors.New("store path down (test)")

@@ -80,7 +80,7 @@ func testWriteBackHonoursPeersMarks(t *testing.T, store, shape string) {
 
 	// The client resumes S on n2, whose cut finds no record: it leaves
 	// its mark, or, its store path failing, a retirement past S's grace.
-	writes := len(g2.written(id)) // S's first write
+	writes, answered := len(g2.written(id)), g2.answered(id) // S's first write
 	const writeErrors = "tlsfarm_farm_store_write_errors_total"
 	failed := farmtest.Counter(n2.Node.Metrics(), writeErrors)
 	if shape == "retired" {
@@ -97,8 +97,11 @@ func testWriteBackHonoursPeersMarks(t *testing.T, store, shape string) {
 		time.Sleep(time.Until(cutAt.Add(grace + 300*time.Millisecond)))
 		g2.failing.Store(false)
 	}
-	farmtest.Eventually(t, 10*time.Second, "n2 wrote its cut of S", func() bool { return len(g2.written(id)) > writes })
-	time.Sleep(100 * time.Millisecond) // the write the gate let go lands
+	// Not only let go: answered, so it is in the store (under load a
+	// write let go may still be on its way).
+	farmtest.Eventually(t, 10*time.Second, "n2 wrote its cut of S, the store answered it", func() bool {
+		return len(g2.written(id)) > writes && g2.answered(id) > answered
+	})
 	if f.stored(id) {
 		t.Fatal("n2's cut of S put a record in the emptied store")
 	}
