@@ -184,11 +184,19 @@ func (n *Node) prober(ctx context.Context) {
 			defer t.Stop()
 			for {
 				n.runProbe(ctx, pr)
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				case <-pr.kick:
+				for wait := true; wait; {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						wait = false
+					case <-pr.kick:
+						// A kick sent as the last probe was about
+						// to begin is answered by that probe (see
+						// recheck): another now would break the
+						// spacing.
+						wait = time.Duration(sinceProbeEpoch()-pr.lastBegan.Load()) < recheckSpacing
+					}
 				}
 			}
 		}()
