@@ -58,7 +58,8 @@ func TestEarlyDataSoonAfterRegisterBegins(t *testing.T) {
 					continue
 				}
 				before := n2.s.QUICStats()
-				r := newH3Client(t, cache).do(t, n2.addr, http.MethodGet, "/", true)
+				// Through a relay, as every 0-RTT flight in these tests: see relay.
+				r := newH3Client(t, cache).do(t, newRelay(t, n2.addr, 0).addr(), http.MethodGet, "/", true)
 				st := n2.s.QUICStats()
 				if !r.used0RTT || !r.resumed || r.status != http.StatusOK {
 					t.Fatalf("n2: early data with a ticket issued 400 ms after the register began: used 0-RTT %v, resumed %v, status %d, store_lost refusals %d",
