@@ -21,7 +21,8 @@ import (
 // cache's tls.Config then resumes, on any node, sessions that any node
 // issued.
 func ExampleJoin() {
-	tr, err := redisbus.Open("redis://127.0.0.1:6379/0", "example")
+	name := "example-" + rand.Text()[:8] // in production, the farm's name
+	tr, err := redisbus.Open("redis://127.0.0.1:6379/0", name)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -35,7 +36,7 @@ func ExampleJoin() {
 	// In production every node reads the same secrets (farm.LoadSecrets);
 	// here one node makes its own.
 	node, err := farm.Join(context.Background(), farm.Config{
-		Farm:    "example",
+		Farm:    name,
 		Secrets: []farm.Secret{farm.NewSecret(1)},
 		Cache:   cache,
 		Bus:     tr,
@@ -69,9 +70,10 @@ func ExampleJoin() {
 // hash of the token, which lapses after the TTL.
 func ExampleNode_ConsumeToken() {
 	secrets := []farm.Secret{farm.NewSecret(1)} // farm.LoadSecrets on every node
+	name := "example-" + rand.Text()[:8]        // the farm's name
 	var nodes []*farm.Node
 	for range 2 { // each node is a server with its own cache and connection
-		tr, err := redisbus.Open("redis://127.0.0.1:6379/0", "example-consume")
+		tr, err := redisbus.Open("redis://127.0.0.1:6379/0", name)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -82,7 +84,7 @@ func ExampleNode_ConsumeToken() {
 		}
 		defer cache.Close()
 		node, err := farm.Join(context.Background(), farm.Config{
-			Farm: "example-consume", Secrets: secrets, Cache: cache, Bus: tr, Store: tr,
+			Farm: name, Secrets: secrets, Cache: cache, Bus: tr, Store: tr,
 		})
 		if err != nil {
 			log.Fatal(err)
