@@ -64,6 +64,12 @@ func startCarryFarmOn(t *testing.T, url string, nodes, proxied int, grace time.D
 			c.MaxSkew = 100 * time.Millisecond
 			c.WriteThroughTimeout = 2 * time.Second
 			c.OpTimeout = 10 * time.Second // a frozen node's writes must not time out
+			// Nor its probes: a frozen issuer that counts itself cut
+			// off (within ProbeInterval + ProbeTimeout, 1.3 s by
+			// default, which a loaded machine can take between a
+			// test's Freeze and its handshake) issues farm tickets,
+			// not the carried sessions under test.
+			c.ProbeTimeout = 10 * time.Second
 			c.TallyInterval = -1
 			if tweak != nil {
 				tweak(c)
