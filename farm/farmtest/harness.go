@@ -153,8 +153,21 @@ func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
 		ms = append(ms, Join(t, fmt.Sprintf("n%d", i+1), name, *o))
 	}
 	WaitConnected(t, ms...)
+	if Started != nil {
+		Started(t, ms)
+	}
 	return ms, name
 }
+
+// Started, if set, is called by Start once its members are subscribed, to
+// wait for more of what each node does in the background soon after it
+// joins. The farm package's own tests set it to wait until every node with
+// a store has read the store's generation record (which they can see, and
+// other packages cannot): a node finds that the store lost its data by
+// that record's change, so a test that empties the store before the read
+// (a loaded machine may leave it until after the test's first steps)
+// tests nothing.
+var Started func(t testing.TB, ms []*Member)
 
 // WaitConnected waits until every member's node is subscribed to its bus.
 func WaitConnected(t testing.TB, ms ...*Member) {
