@@ -200,6 +200,28 @@ func WaitRevocationsKnown(t testing.TB, ms ...*Member) {
 	})
 }
 
+// WaitFirstHeal waits until each member's node has read the farm's
+// revocations twice since it joined (tlsfarm_farm_tombstone_reads_total):
+// Join's read and its healer's first heal, which comes after the node's
+// first read of the store's generation record. A node finds that the store
+// lost its data by that record's change: a test that empties the store
+// before the read (a loaded machine may leave it until after the test's
+// first steps) tests nothing. The nodes' HealInterval must be short.
+// Tests in the farm package, which see the generation itself, need not:
+// see Started.
+func WaitFirstHeal(t testing.TB, ms ...*Member) {
+	t.Helper()
+	Eventually(t, 20*time.Second, "every node healed once since it joined (its first read of the store's generation done)", func() bool {
+		for _, m := range ms {
+			s := m.Node.Metrics()
+			if Counter(s, "tlsfarm_farm_tombstone_reads_total", "result", "read")+Counter(s, "tlsfarm_farm_tombstone_reads_total", "result", "unchanged") < 2 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // Eventually polls cond until it holds, or fails the test once timeout has
 // passed, saying what it waited for.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
