@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
 // The members farmtest.Start returns have read the store's generation
@@ -15,7 +14,7 @@ func init() {
 		t.Helper()
 		farmtest.Eventually(t, 10*time.Second, "every node read the store's generation", func() bool {
 			for _, m := range ms {
-				if _, ok := m.Store.(transport.RecordTaker); ok && m.Node.StoreGeneration() == nil {
+				if m.Node.ReadsGeneration() && m.Node.StoreGeneration() == nil {
 					return false
 				}
 			}

@@ -140,8 +140,10 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 }
 
 // Start starts n members (n1, n2, ...) of a fresh farm and waits until all
-// are subscribed. It returns the farm's name, and fills in o.Secret if it is
-// unset.
+// are subscribed and know the farm's revocations (Join waits for that read
+// only OpTimeout: a loaded machine may leave it to the next heal, and until
+// then a node resumes nothing from the farm), then for Started. It returns
+// the farm's name, and fills in o.Secret if it is unset.
 func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
 	t.Helper()
 	name := FarmName(t)
@@ -153,6 +155,7 @@ func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
 		ms = append(ms, Join(t, fmt.Sprintf("n%d", i+1), name, *o))
 	}
 	WaitConnected(t, ms...)
+	WaitRevocationsKnown(t, ms...)
 	if Started != nil {
 		Started(t, ms)
 	}
