@@ -104,6 +104,7 @@ func TestCloseFlushesQueue(t *testing.T) {
 			n1 := farmtest.Join(t, "n1", name, farmtest.Options{NewTransport: c.slow, Mode: mode, Secret: secret})
 			n2 := farmtest.Join(t, "n2", name, farmtest.Options{NewTransport: c.normal, Mode: mode, Secret: secret})
 			farmtest.WaitConnected(t, n1, n2)
+			farmtest.WaitRevocationsKnown(t, n1, n2)
 			ids := farmtest.NewSessions(n1.Cache)
 
 			const sessions = 40

@@ -215,3 +215,7 @@ func (n *Node) StoreProbesBegun() uint64 { return n.storeProbe.begunCount() }
 
 // RecheckSpacing is recheckSpacing, for the tests.
 const RecheckSpacing = recheckSpacing
+
+// ReadsGeneration reports whether the node reads the store's generation
+// record (see checkGeneration): it has a record store that keeps one.
+func (n *Node) ReadsGeneration() bool { return n.cfg.Records != nil && n.keepsGeneration() }

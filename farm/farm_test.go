@@ -213,6 +213,8 @@ func TestLateJoinerResumes(t *testing.T) {
 			farmtest.Eventually(t, 5*time.Second, "session stored", func() bool { return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") == 1 })
 
 			b := farmtest.Join(t, "late", name, o)
+			// A store lookup only once it knows the farm's revocations.
+			farmtest.WaitRevocationsKnown(t, b)
 			if !tlstest.MustDial(t, b.Server.Addr, farmtest.Client(tv.v, shared)).DidResume {
 				t.Fatalf("late joiner did not resume: cache %v farm %+v", b.Cache.Metrics(), b.Node.Metrics())
 			}

@@ -42,6 +42,8 @@ func TestLookupTimeoutCountedByCause(t *testing.T) {
 	}
 	t.Cleanup(func() { node.Close() })
 	farmtest.Eventually(t, 10*time.Second, "node subscribed", func() bool { return node.Connected() })
+	// A store lookup only once it knows the farm's revocations.
+	farmtest.Eventually(t, 10*time.Second, "the farm's revocations read", node.RevocationsKnown)
 
 	// A store that answers in time: no give-up, no late answer.
 	id := cache.NewID()

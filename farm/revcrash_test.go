@@ -105,6 +105,7 @@ func testRevocationsSurviveKill(t *testing.T, lateLoss bool) {
 		return gate, gate
 	}, secret, ""))
 	farmtest.WaitConnected(t, n2)
+	waitGeneration(t, n2.Node) // or the loss below goes unseen
 
 	c := startChild(t, "TestRevCrashChild", crashEnv(farmName, srv.URL(), file, secret, idsFile)...)
 	c.await("issued")

@@ -53,6 +53,7 @@ func TestConcurrentRevocationsSurviveKill(t *testing.T) {
 	file, idsFile := filepath.Join(dir, "revocations"), filepath.Join(dir, "ids")
 	n2 := farmtest.Join(t, "n2", farmName, crashOptions(redisTransport(srv.URL()), secret, ""))
 	farmtest.WaitConnected(t, n2)
+	farmtest.WaitRevocationsKnown(t, n2)
 
 	c := startChild(t, "TestRevGroupCrashChild", crashEnv(farmName, srv.URL(), file, secret, idsFile)...)
 	c.await("issued")

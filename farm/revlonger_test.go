@@ -57,6 +57,7 @@ func revokeRevokedWithLongerChain(t *testing.T, newTransport func(testing.TB, st
 	n1 := farmtest.Join(t, "n1", name, opts(short))
 	n2 := farmtest.Join(t, "n2", name, opts(long))
 	farmtest.WaitConnected(t, n1, n2)
+	farmtest.WaitRevocationsKnown(t, n1, n2)
 
 	ids, _ := farmtest.Issue(t, n1, 1)
 	id := ids[0]
@@ -164,6 +165,7 @@ func TestRevokeHeldSessionAsPeerRevokes(t *testing.T) {
 	n1 := farmtest.Join(t, "n1", name, opts(short, nil))
 	n2 := farmtest.Join(t, "n2", name, opts(long, n2Now))
 	farmtest.WaitConnected(t, n1, n2)
+	farmtest.WaitRevocationsKnown(t, n1, n2)
 
 	held := make(chan session.ID, 1)
 	peerRemoved := make(chan session.ID, 1)

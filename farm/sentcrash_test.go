@@ -69,6 +69,7 @@ func TestSentSurvivesKill(t *testing.T) {
 	n2 := farmtest.Join(t, "n2", farmName, crashOptions(deafGateTransport(srv.URL()), secret, ""))
 	g := n2.Store.(*deafGate)
 	farmtest.WaitConnected(t, n2)
+	farmtest.WaitRevocationsKnown(t, n2)
 
 	c := startChild(t, "TestSentCrashChild", crashEnv(farmName, srv.URL(), file, secret, idsFile)...)
 	c.await("issued")

@@ -29,6 +29,7 @@ func TestStrikeOnceAcrossFarm(t *testing.T) {
 			// on a loaded machine.
 			c.LookupTimeout, c.BreakerThreshold = 5*time.Second, 1000
 		}})
+	waitStrikesAnswered(t, ms[0].Node)
 	const ids, tries = 10, 3
 	var fresh [ids]atomic.Int32
 	var wg sync.WaitGroup
@@ -77,6 +78,7 @@ func TestStrikeKeyHidesIdentity(t *testing.T) {
 			Tweak: func(c *farm.Config) { c.LookupTimeout = 5 * time.Second }}) // an answer, not a deadline, is under test
 		nodes = append(nodes, m.Node)
 	}
+	waitStrikesAnswered(t, nodes[0])
 	identity := []byte("a-very-recognisable-ticket")
 	if ok, err := nodes[0].Strike(context.Background(), identity, issuedLater, time.Minute); !ok || err != nil {
 		t.Fatalf("strike: %v, %v", ok, err)
@@ -144,4 +146,19 @@ func TestDeriveQUICKeys(t *testing.T) {
 	if _, err := farm.DeriveQUICKeys("web", nil); err == nil {
 		t.Error("no secret: no error")
 	}
+}
+
+// waitStrikesAnswered waits until node's strikes are answered: until the
+// farm's strike register is primed (primeStrikes, a goroutine of its own
+// that a loaded machine may run late), a new farm's register is not known
+// to be whole, and every strike is refused (ErrStoreLost). It strikes
+// identities of its own, issued later than any ticket under test.
+func waitStrikesAnswered(t *testing.T, node *farm.Node) {
+	t.Helper()
+	i := 0
+	farmtest.Eventually(t, 10*time.Second, "the strike register primed (a strike answered)", func() bool {
+		i++
+		_, err := node.Strike(context.Background(), fmt.Appendf(nil, "priming-probe-%d", i), issuedLater, time.Minute)
+		return err == nil
+	})
 }

@@ -140,8 +140,10 @@ func Join(t testing.TB, name, farmName string, o Options) *Member {
 }
 
 // Start starts n members (n1, n2, ...) of a fresh farm and waits until all
-// are subscribed. It returns the farm's name, and fills in o.Secret if it is
-// unset.
+// are subscribed and know the farm's revocations (Join waits for that read
+// only OpTimeout: a loaded machine may leave it to the next heal, and until
+// then a node resumes nothing from the farm), then for Started. It returns
+// the farm's name, and fills in o.Secret if it is unset.
 func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
 	t.Helper()
 	name := FarmName(t)
@@ -153,8 +155,22 @@ func Start(t testing.TB, n int, o *Options) ([]*Member, string) {
 		ms = append(ms, Join(t, fmt.Sprintf("n%d", i+1), name, *o))
 	}
 	WaitConnected(t, ms...)
+	WaitRevocationsKnown(t, ms...)
+	if Started != nil {
+		Started(t, ms)
+	}
 	return ms, name
 }
+
+// Started, if set, is called by Start once its members are subscribed, to
+// wait for more of what each node does in the background soon after it
+// joins. The farm package's own tests set it to wait until every node with
+// a store has read the store's generation record (which they can see, and
+// other packages cannot): a node finds that the store lost its data by
+// that record's change, so a test that empties the store before the read
+// (a loaded machine may leave it until after the test's first steps)
+// tests nothing.
+var Started func(t testing.TB, ms []*Member)
 
 // WaitConnected waits until every member's node is subscribed to its bus.
 func WaitConnected(t testing.TB, ms ...*Member) {
@@ -180,6 +196,28 @@ func WaitRevocationsKnown(t testing.TB, ms ...*Member) {
 	Eventually(t, 20*time.Second, "all nodes know the farm's revocations", func() bool {
 		for _, m := range ms {
 			if !m.Node.RevocationsKnown() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// WaitFirstHeal waits until each member's node has read the farm's
+// revocations twice since it joined (tlsfarm_farm_tombstone_reads_total):
+// Join's read and its healer's first heal, which comes after the node's
+// first read of the store's generation record. A node finds that the store
+// lost its data by that record's change: a test that empties the store
+// before the read (a loaded machine may leave it until after the test's
+// first steps) tests nothing. The nodes' HealInterval must be short.
+// Tests in the farm package, which see the generation itself, need not:
+// see Started.
+func WaitFirstHeal(t testing.TB, ms ...*Member) {
+	t.Helper()
+	Eventually(t, 20*time.Second, "every node healed once since it joined (its first read of the store's generation done)", func() bool {
+		for _, m := range ms {
+			s := m.Node.Metrics()
+			if Counter(s, "tlsfarm_farm_tombstone_reads_total", "result", "read")+Counter(s, "tlsfarm_farm_tombstone_reads_total", "result", "unchanged") < 2 {
 				return false
 			}
 		}

@@ -70,6 +70,7 @@ func emptyFarmWith(t *testing.T, n int, mode farm.Mode, openssl bool, tweakCache
 			c.LookupTimeout = 2 * time.Second
 		}}
 	ms, name := farmtest.Start(t, n, o)
+	farmtest.WaitFirstHeal(t, ms...) // or a restart below may go unseen
 	t.Cleanup(func() {
 		if t.Failed() {
 			farmtest.LogStats(t, ms)
