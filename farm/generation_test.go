@@ -62,3 +62,43 @@ func TestGenerationRenewDoesNotHideLoss(t *testing.T) {
 	farmtest.Eventually(t, 5*time.Second, "the store lost its data", func() bool { return !tr.armed.Load() })
 	farmtest.Eventually(t, 10*time.Second, "n1 wrote its session back", func() bool { return stored(n1, ids[0]) })
 }
+
+// slowGeneration is a Redis transport whose reads of the store's
+// generation record take delay more.
+type slowGeneration struct {
+	*redisbus.Transport
+	delay time.Duration
+}
+
+func (s *slowGeneration) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	if key == "generation" {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Transport.GetRecord(ctx, key)
+}
+
+// TestJoinReadsGeneration: Join returns with the store's generation read
+// (within its wait, OpTimeout), so that a store that loses its data as
+// soon as the node serves is seen to have lost it: before, the first read
+// came after Join on the healer's goroutine, and a loss before it went
+// unseen (no write-back).
+func TestJoinReadsGeneration(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	o := &farmtest.Options{
+		Secret: farm.NewSecret(1),
+		NewTransport: func(t testing.TB, farmName string) (transport.Bus, transport.Store) {
+			tr := &slowGeneration{Transport: openRedis(t, srv.URL(), farmName), delay: 300 * time.Millisecond}
+			return tr, tr
+		},
+		Tweak: func(c *farm.Config) { c.HealInterval = time.Hour },
+	}
+	m := farmtest.Join(t, "n1", farmtest.FarmName(t), *o)
+	if m.Node.StoreGeneration() == nil {
+		t.Fatal("Join returned before the node read the store's generation")
+	}
+}

@@ -192,7 +192,9 @@ type item struct {
 // Before it returns, Join subscribes to the bus and then reads the farm's
 // revocations from the Coordinator, so that from the moment it returns the
 // node refuses every session the farm revoked before, and hears of every
-// revocation made after. The wait is bounded by OpTimeout (and ends at once
+// revocation made after; with a record store, it also reads the store's
+// generation record, by whose change it finds later that the store lost
+// its data. The wait is bounded by OpTimeout (and ends at once
 // if the transport refuses connections); the read itself has a longer
 // bound, sized for the largest list (transport.MaxSetMembers), and goes on
 // after Join returns. A node whose read did not succeed in that time does

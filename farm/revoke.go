@@ -241,12 +241,20 @@ func (n *Node) healer(ctx context.Context) {
 	// holds a connection of a transport that hangs meanwhile for its
 	// whole deadline, which a client may keep past a cancel.
 	n.readRevokedIDs(ctx)
+	if n.cfg.Records != nil {
+		// Within Join's wait too: the node finds that the store lost
+		// its data by a change of the generation record since its last
+		// read, so a loss before its first read goes unseen (no
+		// write-back of its sessions or of the revocations it
+		// remembers, no priming of the strike register). Read here,
+		// the generation is known before Join returns and the node
+		// issues anything, unless the store is slow to answer. The
+		// first read finds no loss, so it writes nothing back.
+		n.checkGeneration(ctx)
+	}
 	close(n.synced)
 	t := time.NewTicker(n.cfg.HealInterval)
 	defer t.Stop()
-	if n.cfg.Records != nil {
-		n.checkGeneration(ctx)
-	}
 	for failures := 1; ; {
 		// Until a read has succeeded, and while the node's subscription
 		// is up after a gap that no heal has closed (its hit gate stays
