@@ -3,6 +3,7 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"os"
 	"strconv"
 	"strings"
@@ -237,13 +238,29 @@ func TestRevocationSpreads(t *testing.T) {
 			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+			id := ids()[0]
+			// The handshake's write-through wait is bounded
+			// (WriteThroughTimeout): wait for the write itself, and in
+			// broadcast mode for the peers' copies, before resuming on
+			// them.
+			farmtest.Eventually(t, 5*time.Second, "the session stored", func() bool {
+				_, err := ms[0].Store.GetRecord(context.Background(), "s:"+hex.EncodeToString(id[:]))
+				return err == nil
+			})
+			if mode == farm.Broadcast {
+				for _, m := range ms[1:] {
+					farmtest.Eventually(t, 5*time.Second, m.Name+" has the session", func() bool {
+						_, ok := lookup(m.Cache, id)
+						return ok
+					})
+				}
+			}
 			// Resume it on B and C first, so they hold it (broadcast or lookup).
 			for _, m := range ms[1:] {
 				if !tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
 					t.Fatalf("%s did not resume before revocation", m.Name)
 				}
 			}
-			id := ids()[0]
 			ok, err := ms[0].Node.Revoke(context.Background(), id)
 			if err != nil || !ok {
 				t.Fatalf("Revoke = %t, %v", ok, err)

@@ -89,7 +89,7 @@ func revokedFarm(t *testing.T, o *farmtest.Options) (n1 *farmtest.Member, name s
 		return err == nil && err2 == nil
 	})
 	revoke = func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		if st, err := n1.Node.RevokeSession(ctx, id); err != nil || st != farm.RevokeApplied {
 			t.Errorf("RevokeSession = %v, %v; want applied", st, err)
@@ -331,6 +331,12 @@ func TestJoinBetweenRevocationPublishAndStore(t *testing.T) {
 	o := farmtest.Options{NewTransport: redisTransport(url), Tweak: func(cfg *farm.Config) {
 		h := heldTombstoneWrites{cfg.Store.(*redisbus.Transport), release, published, new(sync.Once)}
 		cfg.Bus, cfg.Store = h, h
+		// The tombstone is held while the late node joins, which takes
+		// as long as its first read of the revocations (up to its own
+		// OpTimeout, 2 s, when that read is slow): n1's write of it
+		// must outlast that, or it fails at n1's deadline and the test
+		// is of a retried write, not of one that was late.
+		cfg.OpTimeout = 15 * time.Second
 	}}
 	n1, name, revoked, kept, revoke := revokedFarm(t, &o)
 	revokedDone := make(chan struct{})

@@ -19,7 +19,8 @@ import (
 // TestNewFarmFirstStartMergeIsNoWarning: two nodes of a new farm start
 // while the rotation lease is held (as when a third node took it a moment
 // before them), so neither finds a key set and both serve with keys of
-// their own; when the lease frees, one seeds the set and the other merges
+// their own; when the lease frees (the test releases it once both have
+// joined), one seeds the set and the other merges
 // its keys in. That is every new farm's first start: the merge is logged
 // at INFO, and no WARN is logged. Before, the merge's line was a WARN
 // that read like data loss ("the store lost its key set").
@@ -34,7 +35,11 @@ func TestNewFarmFirstStartMergeIsNoWarning(t *testing.T) {
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	lease := openRedis(t, url, name).Key("ticket-keys-lease")
-	if err := raw.Set(context.Background(), lease, "n0/starting", 1500*time.Millisecond).Err(); err != nil {
+	// Held until both have joined, however long their Joins take (a
+	// lease that expired on its own, 1.5 s after it was set, let the
+	// first node seed the set before the second started on a loaded
+	// machine: no merge then, and nothing logged).
+	if err := raw.Set(context.Background(), lease, "n0/starting", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -44,6 +49,14 @@ func TestNewFarmFirstStartMergeIsNoWarning(t *testing.T) {
 		Rotation: &farm.RotationConfig{Interval: time.Minute, Keep: 1, PollInterval: 200 * time.Millisecond}}
 	ms := []*farmtest.Member{farmtest.Join(t, "n1", name, o), farmtest.Join(t, "n2", name, o)}
 	farmtest.WaitConnected(t, ms...)
+	for _, m := range ms {
+		if st := m.Ring.State(); st.Epoch != 0 {
+			t.Fatalf("%s holds the farm's key set (epoch %d) while the lease is held", m.Name, st.Epoch)
+		}
+	}
+	if err := raw.Del(context.Background(), lease).Err(); err != nil {
+		t.Fatal(err)
+	}
 	agreed(t, ms, 1)
 	farmtest.Eventually(t, 5*time.Second, "the merge logged", func() bool {
 		return strings.Contains(logs.String(), "farm: took the farm's ticket key set") ||
