@@ -74,8 +74,8 @@ func windows(at []time.Time, w time.Duration) int {
 // sessions of the next 20ms), and all of them arrive; with no window, and
 // each session published before the next is issued (so that a slow Redis
 // does not batch them), about each is its own message, as before: more
-// than the window allows. Without the
-// window's code the 20ms case too had a message per session.
+// than half as many messages as sessions. Without the window's code the
+// 20ms case too had a message per session.
 // Tallies and delivery marks are off: on NATS, n1's marks (one each
 // 100ms) were counted among the messages (CI: 12 sessions over 151ms
 // in 7 messages, one of them a mark).
@@ -118,10 +118,13 @@ func TestFlushWindowBatchesNewSessions(t *testing.T) {
 				if w == 0 {
 					// About one each; a loaded machine was seen to
 					// let two go out together now and then, so the
-					// control asks only for more messages than a
-					// 20ms window would have allowed them.
-					if most := uint64(windows(times, window)) + 1; msgs <= most {
-						t.Errorf("%d sessions issued over %v came in %d messages without a window, want more than %d (a 20ms window's most)", sessions, spread, msgs, most)
+					// control asks only for more than half. (It
+					// used to ask for more than a 20ms window would
+					// allow, which a slow machine that issued the
+					// sessions over 20ms apart could not meet: CI,
+					// 12 sessions over 301ms in 12 messages.)
+					if msgs <= sessions/2 {
+						t.Errorf("%d sessions issued over %v came in %d messages without a window, want more than %d", sessions, spread, msgs, sessions/2)
 					}
 					return
 				}
