@@ -148,6 +148,15 @@ func (w *idMemory) has(id session.ID, now time.Time) bool {
 	return t < w.lost
 }
 
+// holds is has without the bound's "maybe": it reports whether id is
+// among the IDs remembered (added less than ttl before now).
+func (w *idMemory) holds(id session.ID, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.lookupLocked(&id, now.UnixNano())
+	return ok
+}
+
 func (w *idMemory) lookupLocked(id *session.ID, t int64) (int64, bool) {
 	k := idKey(id)
 	if at, ok := w.cur[k]; ok && t < at+w.ttl {

@@ -234,8 +234,18 @@ type cachePeer struct{ n *Node }
 
 func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, error) {
 	n := p.n
-	if retired, until, ok := n.heldLife(id, n.cfg.Now()); ok && (retired || !until.After(n.cfg.Now())) {
+	now := n.cfg.Now()
+	if retired, until, ok := n.heldLife(id, now); ok && (retired || !until.After(now)) {
 		// Retired (or cut and over) here; the farm may not know yet.
+		return nil, nil
+	}
+	if n.retired.holds(id, now) {
+		// Retired lately, here or by a peer that told this node: the
+		// store's record may still be there, its deletion on its way
+		// (the retirer's store path is slower than its bus, or this
+		// node's own write is queued). Only the IDs remembered count:
+		// past its bound the memory answers "maybe" for every ID,
+		// which would fail every lookup of the farm for up to MaxAge.
 		return nil, nil
 	}
 	rec, err := n.load(ctx, id)

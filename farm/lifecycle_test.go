@@ -3,6 +3,7 @@ package farm_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -37,6 +38,16 @@ func waitStored(t *testing.T, m *farmtest.Member, id session.ID) {
 	farmtest.Eventually(t, setupWait, "the session reached the store", func() bool {
 		_, err := m.Store.GetRecord(context.Background(), "s:"+fmt.Sprintf("%x", id[:]))
 		return err == nil
+	})
+}
+
+// waitUnstored waits until the store m uses holds no record of the
+// session id (a retirement or deletion reached it).
+func waitUnstored(t *testing.T, m *farmtest.Member, id session.ID) {
+	t.Helper()
+	farmtest.Eventually(t, setupWait, "the session left the store", func() bool {
+		_, err := m.Store.GetRecord(context.Background(), "s:"+fmt.Sprintf("%x", id[:]))
+		return errors.Is(err, transport.ErrNotFound)
 	})
 }
 

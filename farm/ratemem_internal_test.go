@@ -130,6 +130,16 @@ func TestIDMemoryHasPastBound(t *testing.T) {
 	if !m.has(cache.NewID(), now.Add(-time.Second)) {
 		t.Error("past the bound, an ID is not reported as retired at a message's earlier time")
 	}
+	// holds answers only for the IDs remembered: the store's loader must
+	// not refuse every lookup of the farm while the memory is past it.
+	last := cache.NewID()
+	m.add(last, now)
+	if !m.holds(last, now) {
+		t.Error("holds does not report an ID just added")
+	}
+	if m.holds(cache.NewID(), now) {
+		t.Error("past the bound, holds reports an ID never added")
+	}
 	now = now.Add(ttl)
 	if m.has(first, now) || m.has(cache.NewID(), now) {
 		t.Error("an ID is still reported as retired once the forgotten ones lapsed")

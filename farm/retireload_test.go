@@ -1,0 +1,87 @@
+package farm_test
+
+import (
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm"
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/internal/redistest"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestRetiredNotLoadedWhileDeletionWaits: n1's store path is slow (its
+// store writes wait; the bus works). A parent P resumed twice on n1 within
+// its grace retires its first child C1 (bounded children): the retirement
+// reaches n2 over the bus at once, while C1's record stays in the store
+// until n1's write lands. Neither n1, which retired C1, nor n2, which
+// heard it, may load C1 back from the store meanwhile and resume it.
+// Before the loader consulted the IDs retired lately, both resumed C1
+// (the store still had it), as a slow store path (a planted delay before
+// every store write) showed in TestNATSSlowConsumerStaleIssue. After the
+// write lands, C1 is gone from the store too.
+func TestRetiredNotLoadedWhileDeletionWaits(t *testing.T) {
+	t.Parallel()
+	url := redistest.URL(t)
+	var stores []*gatedStore
+	o := &farmtest.Options{Mode: farm.Broadcast, NewTransport: gatedStorePaths(url, &stores),
+		TweakCache: func(c *session.Config) { c.ResumeGrace = 30 * time.Second },
+		Tweak:      func(c *farm.Config) { c.OpTimeout = 30 * time.Second }} // n1's held writes must not time out
+	ms, _ := farmtest.Start(t, 2, o)
+	n1, n2 := ms[0], ms[1]
+	g := stores[0]
+
+	ids, cs := farmtest.Issue(t, n1, 1)
+	p, pClient := ids[0], cs[0]
+	waitStored(t, n1, p)
+	// C1: P resumed on n1, its ticket kept apart.
+	first, _ := pClient.Get("")
+	c1Client := &tlstest.SharedCache{}
+	c1Client.Put("", first)
+	kids := farmtest.HandshakeSessions(n1.Cache)
+	if !dialAs(t, n1, "localhost", c1Client).DidResume {
+		t.Fatal("P did not resume on n1")
+	}
+	c1 := kids()[0]
+	waitStored(t, n1, c1)
+	waitHeld(t, n2, c1)
+	c1State, _ := c1Client.Get("")
+	c1Frozen := &tlstest.FrozenCache{}
+	c1Frozen.Put("", c1State)
+
+	// n1's store writes wait from now on; P resumed again within its
+	// grace: C1 is retired, on n1 and over the bus on n2.
+	g.setHeld(true)
+	defer g.setHeld(false)
+	if !dialAs(t, n1, "localhost", pClient).DidResume {
+		t.Fatal("P did not resume again on n1")
+	}
+	farmtest.Eventually(t, setupWait, "n2 dropped C1", func() bool {
+		_, ok := lookup(n2.Cache, c1)
+		return !ok && farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_lifecycle_total", "event", "retire_received") > 0
+	})
+	farmtest.Eventually(t, setupWait, "n1's store write to wait", func() bool { return g.waiting.Load() > 0 })
+	if _, ok := lookup(n1.Cache, c1); ok {
+		t.Fatal("n1 still holds C1 after its parent was resumed again")
+	}
+	waitStored(t, n2, c1) // still there: the deletion waits
+	for _, m := range ms {
+		if dialAs(t, m, "localhost", c1Frozen).DidResume {
+			t.Errorf("%s resumed the retired C1 from the store while n1's deletion waited", m.Name)
+		}
+	}
+
+	g.setHeld(false)
+	waitUnstored(t, n2, c1)
+	for _, m := range ms {
+		if dialAs(t, m, "localhost", c1Frozen).DidResume {
+			t.Errorf("%s resumed the retired C1 after its deletion landed", m.Name)
+		}
+	}
+	// The farm still works: P's newest child resumes on n2.
+	if !tlstest.MustDial(t, n2.Server.Addr, farmtest.Client(tls.VersionTLS13, pClient)).DidResume {
+		t.Error("P did not resume on n2 within its grace")
+	}
+}
