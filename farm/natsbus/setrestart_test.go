@@ -56,7 +56,9 @@ func TestSetMembersEndsWhenConnectionLost(t *testing.T) {
 		got, err := tr.SetMembers(rctx, "tomb")
 		done <- result{len(got), err}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	// The read's first request held, not merely sent: on a loaded machine
+	// 200ms was not always enough for the goroutine to send it.
+	farmtest.Eventually(t, 10*time.Second, "the frozen proxy to hold a request of SetMembers", func() bool { return px.Holding() > 0 })
 	srv.RestartEmpty()
 	px.Cut()
 	lost := time.Now()
