@@ -122,3 +122,52 @@ func TestProxyHeaderWaitIsTheHandshakeTimeout(t *testing.T) {
 		t.Fatalf("a connection without a PROXY header was held %v (handshake timeout 300ms)", took)
 	}
 }
+
+// TestProxyTrustedRangesOnDualStackListener: on a listener bound to
+// every address ("[::]:0"), an IPv4 balancer's connection comes in as an
+// IPv4-mapped IPv6 address. It must still match an IPv4 range of
+// proxy_protocol.trusted (its PROXY header is taken and the handshake
+// completes), and must not match an IPv6 range that holds no IPv4
+// address (closed and counted as untrusted).
+func TestProxyTrustedRangesOnDualStackListener(t *testing.T) {
+	for _, tc := range []struct {
+		trusted string
+		want    bool
+	}{
+		{"127.0.0.0/8", true},
+		{"127.0.0.1", true},
+		{"::1/128", false},
+		{"::ffff:127.0.0.0/104", true},
+		{"192.0.2.0/24", false},
+	} {
+		t.Run(tc.trusted, func(t *testing.T) {
+			cert := mustSelfSigned(t, "localhost")
+			s, _ := start(t, cert, func(c *Config) {
+				c.Listeners[0].Address = "[::]:0"
+				c.Listeners[0].ProxyProtocol = true
+				c.Listeners[0].ProxyTrusted = []string{tc.trusted}
+				c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			})
+			_, port, err := net.SplitHostPort(s.Addrs()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := net.Dial("tcp4", net.JoinHostPort("127.0.0.1", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			raw.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := raw.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 40000 443\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			err = tls.Client(raw, client("localhost", cert)).Handshake()
+			if got := err == nil; got != tc.want {
+				t.Fatalf("trusted %q, IPv4 sender on a dual-stack listener: handshake error %v; want accepted %t", tc.trusted, err, tc.want)
+			}
+			if !tc.want {
+				waitFor(t, func() bool { return s.Stats().ProxyUntrusted == 1 }, "untrusted sender not counted: %+v", s.Stats())
+			}
+		})
+	}
+}
