@@ -27,7 +27,7 @@ type Node struct {
 	sf       singleflight.Group
 	neg      *negCache // nil if disabled or without a store
 	retired  *idMemory // IDs retired lately: a peer's copy must not bring one back
-	resumed  *idMemory // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	resumed  *idMemory // IDs resumed (cut to their grace) lately, with the cut's end: a peer's whole copy, or the store's record, must not undo the cut
 	// resumedNotes counts noteResumed's additions to resumed (see readMark).
 	resumedNotes atomic.Uint64
 	written      *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
@@ -274,7 +274,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.pend = newPending(cfg.PendingSize)
 	}
 	n.retired = newIDMemory(maxRetired, cfg.MaxAge+cfg.MaxSkew)
-	n.resumed = newIDMemory(maxResumed, cfg.MaxAge+cfg.MaxSkew)
+	n.resumed = newEndMemory(maxResumed, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)
