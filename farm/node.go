@@ -125,6 +125,9 @@ type Node struct {
 	reachSince atomic.Int64
 	kids       chan item // store-only: parents whose live child to swap
 	recut      recuts
+	// settled says how far, and when, the store writes of the
+	// retirements and cuts made here were settled (see settleStore).
+	settled settleMarks
 
 	recon reconcileState // the bus's outages, for the reconciler
 	// lastGap is the last gap the node began to settle, nil before the
@@ -182,6 +185,10 @@ type item struct {
 	// restoreLife): the child that would tell broadcast peers to cut is lost
 	// with the restart, so the cut is published in broadcast mode too.
 	restored bool
+	// sent is, for an opRetire or opCut made here, its count among the
+	// items Node.sent ever kept (see keepSent): once its store write is
+	// settled, Node.settled says so (see settleStore).
+	sent uint64
 }
 
 // Join joins cfg.Cache to the farm. It installs the farm's session ID keys
