@@ -160,6 +160,7 @@ func (n *Node) lateFirst(puts []transport.Item) {
 // batch, then backoff), never the bus. It tries whatever the health probe
 // says: a probe that fails on a loaded machine must not cost sessions.
 func (n *Node) flushStore(ctx context.Context, batch []item) bool {
+	defer func() { n.settleStore(batch, n.cfg.Now()) }()
 	read := n.readMark()
 	n.refreshLater(batch)
 	now := n.cfg.Now()

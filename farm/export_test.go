@@ -153,6 +153,8 @@ func (n *Node) FillSent(k int) {
 		}
 		n.keepSent(it)
 	}
+	// Settled long ago, as a busy node's would be (see unsettled).
+	n.settled.mark(n.sent.count(), time.Time{})
 }
 
 // TombstoneKey is the Coordinator's key of the farm's revocations.

@@ -44,14 +44,14 @@ func TestIDMemoryOverflowMetric(t *testing.T) {
 	id[0] = 1
 	for i := range maxResumed {
 		id[2], id[3], id[4] = byte(i), byte(i>>8), byte(i>>16)
-		n.noteResumed(id, now())
+		n.noteResumed(id, now().Add(time.Second), now())
 	}
 	if gauge("resumed") != 0 || overflows("resumed") != 0 || n.wasResumed(stranger, now()) {
 		t.Fatalf("at its bound: overflowed %d, overflows %d, a stranger taken as resumed %v; want 0, 0, false",
 			gauge("resumed"), overflows("resumed"), n.wasResumed(stranger, now()))
 	}
 	id[5] = 1 // one more
-	n.noteResumed(id, now())
+	n.noteResumed(id, now().Add(time.Second), now())
 	if !n.wasResumed(stranger, now()) {
 		t.Fatal("past its bound the memory still tells a stranger from a resumed ID")
 	}

@@ -31,7 +31,9 @@ const (
 // store where a peer's restriction may have reached the store first
 // (Node.written, see recutLate), the IDs retired lately (Node.retired: a
 // peer's copy must not bring one back), and those resumed lately
-// (Node.resumed: a peer's whole copy must not undo the grace cut). Its
+// (Node.resumed: a peer's whole copy, or the store's record loaded before
+// the cut's write lands, must not undo the grace cut; it keeps the cut's
+// end with each, see newEndMemory). Its
 // size follows the rate of additions: two generations of at most ttl
 // each, the older dropped whole when the newer is ttl old, so that an ID
 // is remembered for at least ttl, and at most twice that (since and has
@@ -57,10 +59,25 @@ type idMemory struct {
 	start     int64            // when cur began
 	lost      int64            // until then, an ID not found may have been added
 	overflows uint64           // times it went past max and forgot IDs
+
+	// curEnd and prevEnd, in a memory made by newEndMemory, hold for the
+	// IDs of cur and prev the earliest end added with them (see addEnd),
+	// in Unix nanoseconds; nil in other memories.
+	curEnd, prevEnd map[uint64]int64
 }
 
 func newIDMemory(max int, ttl time.Duration) *idMemory {
 	return &idMemory{ttl: int64(ttl), max: max, cur: make(map[uint64]int64), prev: make(map[uint64]int64)}
+}
+
+// newEndMemory is newIDMemory for a memory that also keeps an end with
+// each ID (see addEnd): the IDs resumed lately with their grace cut's end
+// (Node.resumed). The ends take a second pair of maps, as large as the
+// first: 2^20 IDs with their ends take 40 to 80 MB at the most.
+func newEndMemory(max int, ttl time.Duration) *idMemory {
+	w := newIDMemory(max, ttl)
+	w.curEnd, w.prevEnd = make(map[uint64]int64), make(map[uint64]int64)
+	return w
 }
 
 func idKey(id *session.ID) uint64 {
@@ -73,11 +90,17 @@ func (w *idMemory) rotateLocked(now int64) {
 	case age >= 2*w.ttl:
 		if len(w.cur) > 0 || len(w.prev) > 0 {
 			w.cur, w.prev = make(map[uint64]int64), make(map[uint64]int64)
+			if w.curEnd != nil {
+				w.curEnd, w.prevEnd = make(map[uint64]int64), make(map[uint64]int64)
+			}
 		}
 		w.start = now
 	case age >= w.ttl:
 		// Sized as the generation that just ended: it follows the rate.
 		w.prev, w.cur = w.cur, make(map[uint64]int64, len(w.cur))
+		if w.curEnd != nil {
+			w.prevEnd, w.curEnd = w.curEnd, make(map[uint64]int64, len(w.curEnd))
+		}
 		w.start = now
 	}
 }
@@ -90,11 +113,61 @@ func (w *idMemory) addLocked(id *session.ID, now int64) {
 		w.lost = max(w.lost, now+w.ttl)
 		w.overflows++
 		w.prev = make(map[uint64]int64)
+		if w.prevEnd != nil {
+			w.prevEnd = make(map[uint64]int64)
+		}
 		if len(w.cur) >= w.max {
 			w.cur = make(map[uint64]int64)
+			if w.curEnd != nil {
+				w.curEnd = make(map[uint64]int64)
+			}
 		}
 	}
 	w.cur[idKey(id)] = now
+}
+
+// addEnd is add for a memory made by newEndMemory, with end: what the
+// memory keeps with id is the earliest end added with it while it is
+// remembered (a grace cut only shortens: the earliest cut heard is the
+// one that holds).
+func (w *idMemory) addEnd(id session.ID, now, end time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, e := now.UnixNano(), end.UnixNano()
+	w.rotateLocked(t)
+	if prior, ok := w.endLocked(&id, t); ok {
+		e = min(e, prior)
+	}
+	w.addLocked(&id, t)
+	w.curEnd[idKey(&id)] = e
+}
+
+// end reports the end kept with id (see addEnd), if id is among the IDs
+// remembered: past the bound the memory does not know it.
+func (w *idMemory) end(id session.ID, now time.Time) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.endLocked(&id, now.UnixNano())
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(0, e), true
+}
+
+func (w *idMemory) endLocked(id *session.ID, t int64) (int64, bool) {
+	if w.curEnd == nil {
+		return 0, false
+	}
+	k := idKey(id)
+	if at, ok := w.cur[k]; ok && t < at+w.ttl {
+		e, ok := w.curEnd[k]
+		return e, ok
+	}
+	if at, ok := w.prev[k]; ok && t < at+w.ttl {
+		e, ok := w.prevEnd[k]
+		return e, ok
+	}
+	return 0, false
 }
 
 // add remembers that id was added at now.

@@ -249,7 +249,23 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 		return nil, nil
 	}
 	rec, err := n.load(ctx, id)
-	return n.gateLoaded(ctx, id, n.holdBack(id, rec, n.cfg.Now())), err
+	now = n.cfg.Now()
+	if rec != nil {
+		if end, ok := n.resumedEnd(id, now); ok && rec.Expires.After(end) {
+			// Resumed lately, here or on a peer that told this node
+			// (its child, or its cut): the store's record may be whole
+			// yet, the cut's write on its way. It ends with the cut
+			// (or, the cut over, resumes no more). As with the IDs
+			// retired, only the IDs remembered count.
+			if !end.After(now) {
+				return nil, err
+			}
+			cp := *rec
+			cp.Expires = end
+			rec = &cp
+		}
+	}
+	return n.gateLoaded(ctx, id, n.holdBack(id, rec, now)), err
 }
 
 func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {
@@ -365,7 +381,7 @@ func (n *Node) receiveCuts(body []byte, sent time.Time) {
 		n.life.cutsRecv.Add(1)
 		_, held := n.cfg.Cache.Cut(c.id, c.until)
 		n.noteRecut(c.id, c.until)
-		n.noteResumed(c.id, n.cfg.Now())
+		n.noteResumed(c.id, c.until, n.cfg.Now())
 		n.recutLate(c.id, c.until, time.Time{}, old && held)
 	}
 }
@@ -402,8 +418,8 @@ func (n *Node) lifecycleEvent(ev session.Event) {
 			// A single-use parent is consumed, not cut: rewriting it
 			// would bring it back.
 			now := n.cfg.Now()
-			n.noteResumed(p, now)
 			cut := item{id: p, op: opCut, until: now.Add(cc.ResumeGrace), child: ev.ID}
+			n.noteResumed(p, cut.until, now)
 			n.enqueue(cut)
 			if n.mayBeCarried(p, now) {
 				cut.expires = n.lifeExpiry(p)

@@ -27,7 +27,7 @@ type Node struct {
 	sf       singleflight.Group
 	neg      *negCache // nil if disabled or without a store
 	retired  *idMemory // IDs retired lately: a peer's copy must not bring one back
-	resumed  *idMemory // IDs resumed (cut to their grace) lately: a peer's whole copy must not undo the cut
+	resumed  *idMemory // IDs resumed (cut to their grace) lately, with the cut's end: a peer's whole copy, or the store's record, must not undo the cut
 	// resumedNotes counts noteResumed's additions to resumed (see readMark).
 	resumedNotes atomic.Uint64
 	written      *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
@@ -125,6 +125,9 @@ type Node struct {
 	reachSince atomic.Int64
 	kids       chan item // store-only: parents whose live child to swap
 	recut      recuts
+	// settled says how far, and when, the store writes of the
+	// retirements and cuts made here were settled (see settleStore).
+	settled settleMarks
 
 	recon reconcileState // the bus's outages, for the reconciler
 	// lastGap is the last gap the node began to settle, nil before the
@@ -182,6 +185,10 @@ type item struct {
 	// restoreLife): the child that would tell broadcast peers to cut is lost
 	// with the restart, so the cut is published in broadcast mode too.
 	restored bool
+	// sent is, for an opRetire or opCut made here, its count among the
+	// items Node.sent ever kept (see keepSent): once its store write is
+	// settled, Node.settled says so (see settleStore).
+	sent uint64
 }
 
 // Join joins cfg.Cache to the farm. It installs the farm's session ID keys
@@ -274,7 +281,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 		n.pend = newPending(cfg.PendingSize)
 	}
 	n.retired = newIDMemory(maxRetired, cfg.MaxAge+cfg.MaxSkew)
-	n.resumed = newIDMemory(maxResumed, cfg.MaxAge+cfg.MaxSkew)
+	n.resumed = newEndMemory(maxResumed, cfg.MaxAge+cfg.MaxSkew)
 	if cfg.Records != nil {
 		if cfg.NegativeCacheSize > 0 {
 			n.neg = newNegCache(cfg.NegativeCacheSize, cfg.NegativeCacheTTL)

@@ -132,7 +132,7 @@ func (n *Node) receiveLazy(body []byte, now time.Time) error {
 		}
 		if parent := session.ID(rec[recParentAt : recParentAt+session.IDLen]); parent != (session.ID{}) {
 			n.pend.drop(parent)
-			n.noteResumed(parent, now)
+			n.noteChild(parent, id, time.Unix(0, int64(binary.BigEndian.Uint64(rec[recExpiresAt:]))), now)
 			n.cutLazyParent(id, parent, time.Unix(0, int64(binary.BigEndian.Uint64(rec[recExpiresAt:]))), now)
 		}
 		n.pend.put(id, rec)

@@ -44,7 +44,7 @@ func (n *Node) onEvent(ev session.Event) {
 // (keepSent).
 func (n *Node) enqueue(it item) {
 	if it.op == opRetire || it.op == opCut {
-		n.keepSent(it)
+		it.sent = n.keepSent(it)
 	}
 	if n.sq == nil {
 		n.q.push(it)
@@ -312,6 +312,9 @@ func (n *Node) flush(ctx context.Context, batch []item) bool {
 		if ok && len(puts) > 0 && n.sq == nil {
 			n.recutWritten(batch, first, read)
 		}
+	}
+	if n.sq == nil {
+		n.settleStore(batch, n.cfg.Now())
 	}
 	if len(msgs) > 0 {
 		if pubErr != nil {

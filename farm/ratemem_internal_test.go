@@ -60,13 +60,13 @@ func TestRetiredAndResumedFollowRate(t *testing.T) {
 	// MaxAge less a second.
 	hdr.typ = msgCut
 	recv.receive(send.keys.seal(nil, hdr, appendCuts(nil, []cut{{id: retired}}), nil))
-	recv.noteResumed(resumed, start)
+	recv.noteResumed(resumed, start.Add(time.Second), start)
 	step := (maxAge - time.Second) / others
 	cs := make([]cut, 0, 4096)
 	for i := range others {
 		at := start.Add(time.Duration(i+1) * step)
 		set(at)
-		recv.noteResumed(send.cfg.Cache.NewID(), at)
+		recv.noteResumed(send.cfg.Cache.NewID(), at.Add(time.Second), at)
 		cs = append(cs, cut{id: send.cfg.Cache.NewID()})
 		if len(cs) == cap(cs) || i == others-1 {
 			hdr.time = at

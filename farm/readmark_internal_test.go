@@ -28,14 +28,14 @@ func TestRecutWrittenReadMark(t *testing.T) {
 			n.cfg.Cache.Cut(id, n.cfg.Now().Add(grace))
 		}, opCut},
 		{"cut to the past and gone", func(t *testing.T, n *Node, id session.ID, _ session.Record) {
-			n.noteResumed(id, n.cfg.Now())
+			n.noteResumed(id, n.cfg.Now().Add(time.Second), n.cfg.Now())
 			n.cfg.Cache.Cut(id, n.cfg.Now().Add(-time.Second))
 			n.cfg.Cache.Retire(id, session.OriginPeer)
 		}, opRetire},
 		{"resumed while not held", func(t *testing.T, n *Node, id session.ID, _ session.Record) {
 			// Gone before refreshLater's read (see below), then
 			// heard resumed: the write put it back whole.
-			n.noteResumed(id, n.cfg.Now())
+			n.noteResumed(id, n.cfg.Now().Add(time.Second), n.cfg.Now())
 		}, opRetire},
 		{"its child inserted", func(t *testing.T, n *Node, id session.ID, rec session.Record) {
 			rec.Parent = id
@@ -84,7 +84,7 @@ func TestRecutWrittenReadMark(t *testing.T) {
 		// A chain whose revocation has begun: Cut finds none of it, and
 		// a session resumed lately goes from the store again.
 		n, cache, id, rec := readMarkNode(t, grace)
-		n.noteResumed(id, time.Now())
+		n.noteResumed(id, time.Now().Add(time.Second), time.Now())
 		batch := []item{{id: id, rec: rec}}
 		read := n.readMark()
 		n.refreshLater(batch)
@@ -110,7 +110,7 @@ func readMarkNode(t *testing.T, grace time.Duration) (*Node, *session.Cache, ses
 	t.Cleanup(func() { cache.Close() })
 	n := &Node{cfg: Config{Cache: cache, Mode: Broadcast, Now: time.Now, MaxSkew: 100 * time.Millisecond}, sq: newQueue(16)}
 	n.retired = newIDMemory(maxRetired, time.Minute)
-	n.resumed = newIDMemory(maxResumed, time.Minute)
+	n.resumed = newEndMemory(maxResumed, time.Minute)
 	n.written = newWritten(time.Minute)
 	id := cache.NewID()
 	rec := session.Record{State: []byte("state"), ServerName: "localhost", Expires: time.Now().Add(time.Hour), Chain: 7, ChainStart: time.Now()}

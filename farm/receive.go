@@ -282,7 +282,7 @@ func (n *Node) receiveOldSessions(body []byte, sent, now time.Time, old bool) er
 		}
 		_, held := n.cfg.Cache.Cut(r.parent, until)
 		n.noteRecut(r.parent, until)
-		n.noteResumed(r.parent, now)
+		n.noteResumed(r.parent, until, now)
 		n.recutLate(r.parent, until, r.at, held)
 	}
 	return nil
@@ -400,7 +400,7 @@ func (n *Node) holdsCopy(id session.ID, rec *session.Record, now time.Time) bool
 		return false // refused or cut by what is kept here: as before
 	}
 	if rec.Parent != (session.ID{}) {
-		n.noteResumed(rec.Parent, now)
+		n.noteChild(rec.Parent, id, rec.Expires, now)
 	}
 	return true
 }
@@ -457,7 +457,7 @@ func (n *Node) takeCopy(id session.ID, rec session.Record, now time.Time, clone 
 // again; a negative cache entry for it goes.
 func (n *Node) peerCopyTaken(id session.ID, rec *session.Record, now time.Time) {
 	if rec.Parent != (session.ID{}) {
-		n.noteResumed(rec.Parent, now) // the insert cut it
+		n.noteChild(rec.Parent, id, rec.Expires, now) // the insert cut it
 		n.recutChild(id, rec.Parent, rec.Expires, now)
 	}
 	if n.neg != nil {
@@ -466,17 +466,39 @@ func (n *Node) peerCopyTaken(id session.ID, rec *session.Record, now time.Time) 
 }
 
 // noteResumed records that the session id was resumed lately, and so cut
-// to its grace (by this node's handshake, a peer's child, or a peer's cut
-// message), for as long as a peer's message that carries it whole may be
-// accepted (MaxAge plus MaxSkew): such a copy, inserted, would undo the
-// cut (someone on the bus may replay one, or it may come after its
-// child). A session resumed keeps its full life without a grace: nothing
-// to record.
-func (n *Node) noteResumed(id session.ID, now time.Time) {
+// to its grace, to end at until (by this node's handshake, a peer's child,
+// or a peer's cut message), for as long as a peer's message that carries
+// it whole may be accepted (MaxAge plus MaxSkew): such a copy, inserted,
+// would undo the cut (someone on the bus may replay one, or it may come
+// after its child). The store's record may be whole as long: the cut's
+// write is the resumer's, on its store path, which may be slower than the
+// bus (or this node's own, queued); the loader cuts what it loads to the
+// earliest end recorded (see cachePeer.Load). A session resumed keeps its
+// full life without a grace: nothing to record.
+func (n *Node) noteResumed(id session.ID, until, now time.Time) {
 	if n.resumed != nil && n.cfg.Cache.Config().ResumeGrace > 0 {
-		n.resumed.add(id, now)
+		n.resumed.addEnd(id, now, until)
 		n.resumedNotes.Add(1)
 	}
+}
+
+// noteChild is noteResumed for the parent of a peer's session id, which
+// expires at expires: it was resumed when id was issued (see childIssued),
+// and its grace ends the cache's ResumeGrace later, as inserting id cuts
+// it (session.Cache.Insert).
+func (n *Node) noteChild(parent, id session.ID, expires, now time.Time) {
+	if g := n.cfg.Cache.Config().ResumeGrace; g > 0 && n.resumed != nil {
+		n.noteResumed(parent, n.childIssued(id, expires, now).Add(g), now)
+	}
+}
+
+// resumedEnd reports the end of the grace cut of id that this node heard
+// of lately (the earliest), if it remembers one.
+func (n *Node) resumedEnd(id session.ID, now time.Time) (time.Time, bool) {
+	if n.resumed == nil {
+		return time.Time{}, false
+	}
+	return n.resumed.end(id, now)
 }
 
 // wasResumed reports whether noteResumed recorded id lately: a peer's

@@ -38,6 +38,11 @@ type resendState struct {
 	// askAll and sendAll: the request, or the re-send, wanted covers
 	// everything (Node.sent too), not only Node.held.
 	askAll, sendAll atomic.Bool
+	// heldSince is the earliest time, in Unix nanoseconds, from which the
+	// requests for what this node holds that the next re-send serves
+	// want the retirements and cuts whose store writes were settled
+	// (see unsettled); 0 if none.
+	heldSince atomic.Int64
 
 	asksSent, asksFailed, asksReceived, resent atomic.Uint64
 }
@@ -71,10 +76,23 @@ func poke(c chan struct{}) {
 	}
 }
 
-// receiveResend handles a peer's msgResend, whose body is its scope.
+// receiveResend handles a peer's msgResend, whose body is its scope. A
+// request for what this node holds also covers the retirements and cuts
+// made here whose store write may have been settled after the peer began
+// to reconcile with the store (see unsettled): the peer's reconcile may
+// begin up to resendEvery before its request goes out (the resender's
+// rate limit), and the request takes a while on the bus: so those not
+// settled 2*resendEvery before the request came, by this node's clock.
 func (n *Node) receiveResend(body []byte) {
 	n.rs.asksReceived.Add(1)
 	if len(body) == 1 && body[0] == resendHeldOnly {
+		since := n.cfg.Now().Add(-2 * resendEvery).UnixNano()
+		for {
+			cur := n.rs.heldSince.Load()
+			if cur != 0 && cur <= since || n.rs.heldSince.CompareAndSwap(cur, since) {
+				break
+			}
+		}
 		poke(n.rs.send)
 		return
 	}
@@ -131,7 +149,9 @@ func (n *Node) askResend(ctx context.Context, all bool) bool {
 
 // resendHeld queues again every unexpired retirement and grace cut the
 // node holds (Node.held), and, with all, those it made and sent
-// (Node.sent, see keepSent), for the paths that write and publish them, as
+// (Node.sent, see keepSent), or, for a request for what it holds, those
+// of them whose store write was not settled when the peer began to
+// reconcile (see receiveResend), for the paths that write and publish them, as
 // restoreLife does with those read back from the lifecycle file: the
 // store part deletes a retired session's record and deletes or cuts a cut
 // one's, the bus part publishes both as cut messages (a cut too in
@@ -145,8 +165,12 @@ func (n *Node) resendHeld(_ context.Context, all bool) {
 		held = n.held.snapshot()
 	}
 	var sent []sentItem
-	if n.sent != nil && all {
+	since := n.rs.heldSince.Swap(0)
+	switch {
+	case n.sent != nil && all:
 		sent = n.sent.live(now)
+	case n.sent != nil && since != 0:
+		sent = n.unsettled(time.Unix(0, since), now)
 	}
 	if len(held)+len(sent) == 0 {
 		return
@@ -241,14 +265,111 @@ func (l *laterLife) room(its []item) []item {
 // this node's own retirements are refused by Node.retired and its cuts
 // applied by its cache (Node.held is what may not have reached the farm:
 // see heldLife).
-func (n *Node) keepSent(it item) {
+//
+// It returns the item's count among those sent ever kept (0 without it),
+// by which the store's path says how far its writes are settled (see
+// settleStore).
+func (n *Node) keepSent(it item) uint64 {
 	if n.sent == nil {
-		return
+		return 0
 	}
-	n.sent.push(it.id, it.op, it.until, n.lifeExpiry(it.id))
+	seq := n.sent.push(it.id, it.op, it.until, n.lifeExpiry(it.id))
 	if n.lf.sentDirty != nil {
 		n.sentChanged()
 	}
+	return seq
+}
+
+// settleMarks records how far the store writes of the retirements and
+// cuts made here are settled — written, or kept in held after they failed
+// (see keepLifecycle) — and when: the last settleMarkCount marks, each
+// the count in Node.sent of the newest item settled (see item.sent), with
+// when it was.
+type settleMarks struct {
+	mu    sync.Mutex
+	marks [settleMarkCount]settleMark
+	next  int    // the slot written next
+	added uint64 // marks ever added
+}
+
+type settleMark struct {
+	seq uint64
+	at  int64 // Unix nanoseconds
+}
+
+// settleMarkCount is how many settle marks a node keeps: one a store
+// batch with a retirement or a cut, so some 64 batches, more than a
+// second's worth on a busy node, when the marks it needs are those of
+// about the last second or two (see settledBefore).
+const settleMarkCount = 64
+
+// settleStore notes that the store writes of batch are settled, at now.
+// The store's queue is written in order, so every retirement and cut made
+// here before the newest of batch is settled too (or was never queued).
+func (n *Node) settleStore(batch []item, now time.Time) {
+	var top uint64
+	for i := range batch {
+		top = max(top, batch[i].sent)
+	}
+	if top > 0 {
+		n.settled.mark(top, now)
+	}
+}
+
+// mark notes that the items of Node.sent up to the count seq are settled,
+// at at (zero: long ago, as for the items read back at a restart).
+func (s *settleMarks) mark(seq uint64, at time.Time) {
+	var t int64
+	if !at.IsZero() {
+		t = at.UnixNano()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.added > 0 && s.marks[(s.next+settleMarkCount-1)%settleMarkCount].seq >= seq {
+		return
+	}
+	s.marks[s.next] = settleMark{seq: seq, at: t}
+	s.next = (s.next + 1) % settleMarkCount
+	s.added++
+}
+
+// settledBefore returns the count in Node.sent of the newest item whose
+// store write was settled before t; ok is false if the marks kept do not
+// reach back that far.
+func (s *settleMarks) settledBefore(t time.Time) (seq uint64, ok bool) {
+	at := t.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := min(s.added, settleMarkCount)
+	for i := range kept {
+		m := s.marks[(s.next+settleMarkCount-1-int(i))%settleMarkCount]
+		if m.at < at {
+			return m.seq, true
+		}
+	}
+	return 0, kept == s.added // none before t: only if none was ever dropped
+}
+
+// unsettled returns the retirements and cuts made here whose store write
+// was not settled before since: queued for the store, on their way there,
+// or written after since. A peer that settles a gap in its bus reads the
+// store to reconcile its cache, from about when it asks for what this
+// node holds (resendHeldOnly): what it did not find there yet is part of
+// what this node holds. Where the marks do not reach back to since (more
+// than settleMarkCount store batches since), all that Node.sent keeps.
+func (n *Node) unsettled(since, now time.Time) []sentItem {
+	if n.sent == nil || n.cfg.Records == nil {
+		return nil
+	}
+	seq, ok := n.settled.settledBefore(since)
+	if !ok {
+		return n.sent.live(now)
+	}
+	its, _, ok := n.sent.since(seq)
+	if !ok {
+		return n.sent.live(now)
+	}
+	return its
 }
 
 // sentRing keeps the last size retirements and grace cuts a node made
@@ -282,15 +403,17 @@ func newSentRing(size int) *sentRing {
 }
 
 // push keeps a retirement (op opRetire) or a cut to until of id, until
-// expires, over the oldest item if the ring is full.
-func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) {
+// expires, over the oldest item if the ring is full, and returns the count
+// of items ever added (this one's).
+func (r *sentRing) push(id session.ID, op itemOp, until, expires time.Time) uint64 {
 	it := sentItem{id: id, op: op, expires: expires.UnixNano()}
 	if op == opCut {
 		it.until = until.UnixNano()
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.add(it)
-	r.mu.Unlock()
+	return r.pushed
 }
 
 // add keeps it over the oldest item if the ring is full. r.mu is held.

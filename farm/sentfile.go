@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"time"
 
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -289,6 +290,9 @@ func (n *Node) readSent() {
 	n.sent.restore(its, now)
 	n.sent.restore(jits, now)
 	f.sentSeq = n.sent.count()
+	// Written before the restart, or kept in held (the lifecycle file):
+	// not waiting for the store's path (see unsettled).
+	n.settled.mark(f.sentSeq, time.Time{})
 }
 
 // readSentFile reads the sent file, if there is one, and reports whether

@@ -35,6 +35,10 @@ func TestRecordsAndCoordFromSeparateValues(t *testing.T) {
 	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
+	// n2 looks the session up in the store: write-through waits for a
+	// young session only within n2's LookupTimeout, and n1's write may
+	// take longer (a slow store path).
+	waitStored(t, ms[0], ids()[0])
 	if !tlstest.MustDial(t, ms[1].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen)).DidResume {
 		t.Fatal("n2 did not resume n1's session from the record store")
 	}
