@@ -219,3 +219,9 @@ const RecheckSpacing = recheckSpacing
 // ReadsGeneration reports whether the node reads the store's generation
 // record (see checkGeneration): it has a record store that keeps one.
 func (n *Node) ReadsGeneration() bool { return n.cfg.Records != nil && n.keepsGeneration() }
+
+// Steps returns how many steps of its loop the rotator has begun and how
+// many have ended; they run one at a time.
+func (r *Rotator) Steps() (begun, ended uint64) {
+	return r.stepsBegun.Load(), r.stepsEnded.Load()
+}
