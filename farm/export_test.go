@@ -225,3 +225,17 @@ func (n *Node) ReadsGeneration() bool { return n.cfg.Records != nil && n.keepsGe
 func (r *Rotator) Steps() (begun, ended uint64) {
 	return r.stepsBegun.Load(), r.stepsEnded.Load()
 }
+
+// Refilling reports whether the node found the store's data lost and has
+// not written its sessions back yet (see retryWriteBack).
+func (n *Node) Refilling() bool { return n.refilling.Load() }
+
+// ReconcileState returns how many bus gaps the node has settled with a
+// store (see settleGap), and whether a reconcile of one is still to come
+// or to end.
+func (n *Node) ReconcileState() (gaps uint64, pending bool) {
+	r := &n.recon
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen, !r.since.IsZero()
+}
