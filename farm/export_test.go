@@ -239,3 +239,13 @@ func (n *Node) ReconcileState() (gaps uint64, pending bool) {
 	defer r.mu.Unlock()
 	return r.gen, !r.since.IsZero()
 }
+
+// HoldProber makes the node's prober call hold before each probe it
+// begins (nil: no longer), as a loaded machine may hold it back.
+func (n *Node) HoldProber(hold func(ctx context.Context)) {
+	if hold == nil {
+		n.proberHold.Store(nil)
+		return
+	}
+	n.proberHold.Store(&hold)
+}
