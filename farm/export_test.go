@@ -221,3 +221,33 @@ const RecheckSpacing = recheckSpacing
 // ReadsGeneration reports whether the node reads the store's generation
 // record (see checkGeneration): it has a record store that keeps one.
 func (n *Node) ReadsGeneration() bool { return n.cfg.Records != nil && n.keepsGeneration() }
+
+// Steps returns how many steps of its loop the rotator has begun and how
+// many have ended; they run one at a time.
+func (r *Rotator) Steps() (begun, ended uint64) {
+	return r.stepsBegun.Load(), r.stepsEnded.Load()
+}
+
+// Refilling reports whether the node found the store's data lost and has
+// not written its sessions back yet (see retryWriteBack).
+func (n *Node) Refilling() bool { return n.refilling.Load() }
+
+// ReconcileState returns how many bus gaps the node has settled with a
+// store (see settleGap), and whether a reconcile of one is still to come
+// or to end.
+func (n *Node) ReconcileState() (gaps uint64, pending bool) {
+	r := &n.recon
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen, !r.since.IsZero()
+}
+
+// HoldProber makes the node's prober call hold before each probe it
+// begins (nil: no longer), as a loaded machine may hold it back.
+func (n *Node) HoldProber(hold func(ctx context.Context)) {
+	if hold == nil {
+		n.proberHold.Store(nil)
+		return
+	}
+	n.proberHold.Store(&hold)
+}

@@ -1,6 +1,7 @@
 package farm_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -34,18 +35,27 @@ func TestGateReadsOnceStoreBack(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		break_, fix func(*nettest.Proxy)
+		holdProber  bool
 	}{
-		{"cut", (*nettest.Proxy).Cut, (*nettest.Proxy).Restore},
-		{"frozen", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw},
+		{"cut", (*nettest.Proxy).Cut, (*nettest.Proxy).Restore, false},
+		{"frozen", (*nettest.Proxy).Freeze, (*nettest.Proxy).Thaw, false},
+		{"prober held", (*nettest.Proxy).Cut, (*nettest.Proxy).Restore, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			gateReadsOnceStoreBack(t, tc.break_, tc.fix)
+			gateReadsOnceStoreBack(t, tc.break_, tc.fix, tc.holdProber)
 		})
 	}
 }
 
-func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Proxy)) {
+// In "prober held", n2's prober begins no probe from just before the
+// store comes back (HoldProber), as a loaded machine may hold it back: a
+// gated hit must still probe the store itself, at once. Before, the hit
+// asked the prober for the probe and waited LookupTimeout for it; none
+// began, and the hit took the last probe, which had failed, for the
+// store cut off: n2 resumed S, revoked, with its store back (found by a
+// 2 s delay planted before each probe).
+func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Proxy), holdProber bool) {
 	const (
 		maxLag  = 100 * time.Millisecond
 		busSlow = 150 * time.Millisecond // each way: n2's delivery lags 2*busSlow
@@ -110,6 +120,16 @@ func gateReadsOnceStoreBack(t *testing.T, breakStore, fixStore func(*nettest.Pro
 	farmtest.Eventually(t, 10*time.Second, "a store probe fails, none in flight", func() bool {
 		return n2.Node.StoreProbeFailed() > failed && !n2.Node.StoreProbeInFlight()
 	})
+	if holdProber {
+		release := make(chan struct{})
+		n2.Node.HoldProber(func(ctx context.Context) {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		})
+		t.Cleanup(func() { close(release) })
+	}
 	time.Sleep(farm.RecheckSpacing) // a hit's probe may begin at once
 	fixStore(store2)
 	restored := time.Now()

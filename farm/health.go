@@ -36,8 +36,16 @@ type probe struct {
 	// probe is in flight while begun is ahead of lastEnded.
 	lastEnded atomic.Uint64
 	ended     atomic.Pointer[chan struct{}]
-	// kick asks the path's prober for a probe now (see recheck).
+	// kick asks the path's prober for a probe now (see recheck), before
+	// the prober has set run.
 	kick chan struct{}
+	// running is held while a probe of the path is in flight, by whoever
+	// began it (the prober, or a hit: see recheck), so that the path's
+	// probes run one at a time.
+	running atomic.Bool
+	// run begins a probe of the path on the node's context, unless one
+	// is in flight (see probeOnce); nil until the prober starts.
+	run atomic.Pointer[func()]
 	// lastBegan is when the last probe began, as a monotonic offset
 	// from probeEpoch (see sinceProbeEpoch), 0 if none has.
 	lastBegan atomic.Int64
@@ -86,8 +94,12 @@ func (pr *probe) end(seq uint64) {
 // failed, or if ctx ended first. If it begins none (it does not wait for
 // one in flight), it reports whether the last probe that ended was
 // answered: the caller found the path down, and one may have answered
-// since (a hit then reads, rather than go through unchecked). The path's
-// prober runs the probe, so that its probes still run one at a time.
+// since (a hit then reads, rather than go through unchecked). The probe
+// runs on a goroutine of its own, begun here, not on the prober's: a
+// prober held back (a loaded machine; a 2 s delay planted before each of
+// its probes) no longer leaves the hit waiting for a probe that has not
+// begun, to find the store cut off by the last one that failed, when it
+// is back. Probes of a path still run one at a time (see probeOnce).
 //
 // The hit gate asks it while the store's probe is down (see checkHit): a
 // store back from an outage answers a gated hit's read at once, not from
@@ -106,9 +118,13 @@ func (pr *probe) recheck(ctx context.Context) bool {
 	if time.Duration(sinceProbeEpoch()-pr.lastBegan.Load()) < recheckSpacing {
 		return pr.up.Load() // the last one began a moment ago
 	}
-	select {
-	case pr.kick <- struct{}{}:
-	default:
+	if run := pr.run.Load(); run != nil {
+		go (*run)()
+	} else {
+		select {
+		case pr.kick <- struct{}{}:
+		default:
+		}
 	}
 	for {
 		ended := *pr.ended.Load()
@@ -177,13 +193,18 @@ func (n *Node) prober(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, pr := range probes {
+		run := func() { n.probeOnce(ctx, pr) }
+		pr.run.Store(&run)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			t := time.NewTicker(n.cfg.ProbeInterval)
 			defer t.Stop()
 			for {
-				n.runProbe(ctx, pr)
+				if hold := n.proberHold.Load(); hold != nil {
+					(*hold)(ctx) // the tests' (see HoldProber)
+				}
+				n.probeOnce(ctx, pr)
 				for wait := true; wait; {
 					select {
 					case <-ctx.Done():
@@ -205,6 +226,17 @@ func (n *Node) prober(ctx context.Context) {
 }
 
 var errProbeTimeout = errors.New("no answer within the probe timeout")
+
+// probeOnce runs a probe of pr's path (runProbe) unless one is in flight,
+// begun by the prober or by a hit (see recheck): that one answers for
+// both.
+func (n *Node) probeOnce(ctx context.Context, pr *probe) {
+	if ctx.Err() != nil || !pr.running.CompareAndSwap(false, true) {
+		return
+	}
+	defer pr.running.Store(false)
+	n.runProbe(ctx, pr)
+}
 
 // runProbe pings pr once, and on a change of state logs it and updates
 // the fallback (see updateFallback).

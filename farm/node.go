@@ -118,6 +118,9 @@ type Node struct {
 	lf       lifeFile    // the lifecycle file, beside Config.RevocationFile
 	deg      degradation
 	rotating atomic.Bool // ticket keys are farm-wide
+	// proberHold, if set, is called by the prober before each probe it
+	// begins, for the tests (HoldProber): it holds the prober back.
+	proberHold atomic.Pointer[func(context.Context)]
 	// reachSince is when the node's current period of reaching the farm
 	// (bus subscription up, probes answered, store writes succeeding)
 	// began, in Unix nanoseconds by its clock; 0 while it cannot reach

@@ -33,18 +33,20 @@ func TestReconcileDuringWriteBackKeepsSessions(t *testing.T) {
 		gen = n2.Node.StoreGeneration()
 		return gen != nil
 	})
-	passes := func() uint64 {
-		return farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "store_lost") +
-			farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_reconciles_total", "result", "done")
-	}
-	gap := func() {
+	// gap drops n2's subscription and waits until n2 has settled the gap
+	// once it is back, and, if reconciled, until every reconcile it
+	// asked for has ended.
+	gap := func(reconciled bool) {
 		t.Helper()
-		before := passes()
+		before, _ := n2.Node.ReconcileState()
 		cuts[1].Cut()
 		farmtest.Eventually(t, 5*time.Second, "n2's subscription down", func() bool { return !n2.Node.Connected() })
 		cuts[1].Restore()
 		farmtest.WaitConnected(t, n2)
-		farmtest.Eventually(t, 5*time.Second, "n2's reconcile ended", func() bool { return passes() > before })
+		farmtest.Eventually(t, 10*time.Second, "n2 settled the gap", func() bool {
+			gaps, pending := n2.Node.ReconcileState()
+			return gaps > before && (!reconciled || !pending)
+		})
 	}
 
 	if err := rc.FlushAll(t.Context()).Err(); err != nil {
@@ -52,7 +54,10 @@ func TestReconcileDuringWriteBackKeepsSessions(t *testing.T) {
 	}
 	// The first gap wakes n2's healer, which finds the new generation and
 	// starts its write-back (which first waits for its peers' re-sends).
-	gap()
+	// Not waiting for that gap's reconcile: one that runs late (a 2 s
+	// delay planted before each pass) would leave the write-back done
+	// before the second gap.
+	gap(false)
 	farmtest.Eventually(t, 5*time.Second, "n2 read the new generation", func() bool {
 		g := n2.Node.StoreGeneration()
 		return g != nil && !bytes.Equal(g, gen)
@@ -60,7 +65,7 @@ func TestReconcileDuringWriteBackKeepsSessions(t *testing.T) {
 	if stored(n2, id) {
 		t.Fatal("n2 wrote its session back before the test could drop its subscription")
 	}
-	gap()
+	gap(true)
 	if got := reconciles(n2, "retired"); got != 0 {
 		farmtest.LogStats(t, ms)
 		t.Fatalf("n2's reconcile retired %d sessions the store had lost", got)

@@ -97,6 +97,10 @@ type Rotator struct {
 	storeErr atomic.Uint64
 	acquired atomic.Uint64
 	merged   atomic.Uint64
+	// stepsBegun, stepsEnded count the steps of the loop (see step),
+	// for the tests: steps run one at a time, so step number k has
+	// ended once stepsEnded reaches k.
+	stepsBegun, stepsEnded atomic.Uint64
 
 	// served: the ring's keys may have encrypted tickets the farm does not
 	// know (the node served before it had the farm's keys).
@@ -250,6 +254,8 @@ func (r *Rotator) loop(ctx context.Context) {
 // It reports whether the node still waits for the farm's keys (see
 // WaitReady) having found only a set it takes nothing from (see aged).
 func (r *Rotator) step(parent context.Context) (waiting bool) {
+	r.stepsBegun.Add(1)
+	defer r.stepsEnded.Add(1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	store := r.n.cfg.Coord

@@ -122,7 +122,7 @@ func TestThreeNodesShareSessionsOverRedis(t *testing.T) {
 	f := getFacts(t, nodes[0].Listeners[0], fresh)
 	waitUntil(t, 5*time.Second, func() bool { return getFacts(t, nodes[1].Listeners[0], clientWithSessionOf(fresh)).Resumed },
 		"the session to revoke never resumed on node-b")
-	if code, body := adminDo(t, nodes[2], "DELETE", "/sessions/"+f.SessionID, farmToken); code != 200 || !strings.Contains(body, `"farm": "applied"`) {
+	if code, body, ok := deleteApplied(t, nodes[2], f.SessionID); !ok {
 		t.Fatalf("DELETE on node-c: %d %s", code, body)
 	}
 	waitUntil(t, 5*time.Second, func() bool { return !getFacts(t, nodes[1].Listeners[0], clientWithSessionOf(fresh)).Resumed },

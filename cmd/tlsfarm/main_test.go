@@ -360,6 +360,27 @@ func metric(t *testing.T, p *proc, series string) float64 {
 	return -1
 }
 
+// deleteApplied revokes session id through p's admin API and reports
+// whether the farm has the revocation: answered 200 "applied", or 202
+// "pending" and then p's pending revocations drained. The handler waits a
+// second (plus the node's own wait) for the farm before it says pending;
+// a revoker that applies later (a 2 s delay planted before it) is not a
+// broken promise, and what the test checks next is.
+func deleteApplied(t *testing.T, p *proc, id string) (code int, body string, ok bool) {
+	t.Helper()
+	code, body = adminDo(t, p, "DELETE", "/sessions/"+id, farmToken)
+	switch {
+	case code == 200 && strings.Contains(body, `"farm": "applied"`):
+		return code, body, true
+	case code == 202 && strings.Contains(body, `"farm": "pending"`):
+		waitUntil(t, 10*time.Second, func() bool { return metric(t, p, "tlsfarm_farm_pending_revocations") == 0 },
+			"the revocation of %s on %s stayed pending", id, p.Admin)
+		t.Logf("DELETE on %s answered 202 pending; applied since", p.Admin)
+		return code, body, true
+	}
+	return code, body, false
+}
+
 func waitUntil(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); !cond(); {
