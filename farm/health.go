@@ -43,8 +43,9 @@ type probe struct {
 	// began it (the prober, or a hit: see recheck), so that the path's
 	// probes run one at a time.
 	running atomic.Bool
-	// run begins a probe of the path on the node's context, unless one
-	// is in flight (see probeOnce); nil until the prober starts.
+	// run begins a probe of the path on a goroutine of its own, on the
+	// node's context, unless one is in flight (see probeOnce) or the
+	// node is closing (see goTracked); nil until the prober starts.
 	run atomic.Pointer[func()]
 	// lastBegan is when the last probe began, as a monotonic offset
 	// from probeEpoch (see sinceProbeEpoch), 0 if none has.
@@ -119,7 +120,7 @@ func (pr *probe) recheck(ctx context.Context) bool {
 		return pr.up.Load() // the last one began a moment ago
 	}
 	if run := pr.run.Load(); run != nil {
-		go (*run)()
+		(*run)()
 	} else {
 		select {
 		case pr.kick <- struct{}{}:
@@ -193,7 +194,7 @@ func (n *Node) prober(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, pr := range probes {
-		run := func() { n.probeOnce(ctx, pr) }
+		run := func() { n.goTracked(func() { n.probeOnce(ctx, pr) }) }
 		pr.run.Store(&run)
 		wg.Add(1)
 		go func() {
@@ -226,6 +227,22 @@ func (n *Node) prober(ctx context.Context) {
 }
 
 var errProbeTimeout = errors.New("no answer within the probe timeout")
+
+// goTracked runs f on a goroutine of its own that Close waits for, unless
+// Close has begun: work a handshake begins (a hit's probe) must not
+// outlive the node.
+func (n *Node) goTracked(f func()) {
+	n.trackMu.Lock()
+	defer n.trackMu.Unlock()
+	if n.trackClosed {
+		return
+	}
+	n.tracked.Add(1)
+	go func() {
+		defer n.tracked.Done()
+		f()
+	}()
+}
 
 // probeOnce runs a probe of pr's path (runProbe) unless one is in flight,
 // begun by the prober or by a hit (see recheck): that one answers for

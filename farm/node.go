@@ -63,7 +63,12 @@ type Node struct {
 	leave  func() // leaves the cache's farm (session.Cache.Join), if joined
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	heal   chan struct{}
+	// tracked counts the goroutines that handshakes begin (goTracked);
+	// trackClosed, set by Close under trackMu, stops new ones.
+	tracked     sync.WaitGroup
+	trackMu     sync.Mutex
+	trackClosed bool
+	heal        chan struct{}
 	// strikeRenew asks primeStrikes to renew the strike register.
 	strikeRenew chan struct{}
 	closeOnce   sync.Once
@@ -501,6 +506,10 @@ func (n *Node) close(revCtx context.Context, bounded bool) error {
 		t.Stop()
 		n.stopPub()
 		n.wg.Wait()
+		n.trackMu.Lock()
+		n.trackClosed = true
+		n.trackMu.Unlock()
+		n.tracked.Wait()
 		if n.pendingRevocations() > 0 {
 			// One more try, bounded; what is left stays in
 			// Config.RevocationFile, if set, for the next Join.
