@@ -248,10 +248,10 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 					read = true
 					if storeOK() {
 						answer = make(chan youngAnswer, 1)
-						go func() {
+						go func(answer chan<- youngAnswer) {
 							rec, err := n.lookupStore(ctx, id)
 							answer <- youngAnswer{rec, err}
-						}()
+						}(answer)
 					}
 					if d := time.Until(end); d > 0 {
 						t.Reset(d)
