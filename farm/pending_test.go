@@ -34,7 +34,7 @@ func busOnly(url string) func(testing.TB, string) (transport.Bus, transport.Stor
 func TestLazyPeersResumeWhatTheyKept(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
-	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: busOnly(url), Tweak: func(c *farm.Config) { c.LazyPeers = true }})
+	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: busOnly(url), Tweak: func(c *farm.Config) { c.LazyPeers = true; roomyWriteThrough(c) }})
 	ids := farmtest.NewSessions(ms[0].Cache)
 	frozen := &tlstest.FrozenCache{}
 	tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tls.VersionTLS13, frozen))
@@ -100,7 +100,7 @@ func TestLazyPeersRoam(t *testing.T) {
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true,
-				Tweak: func(c *farm.Config) { c.LazyPeers = true }})
+				Tweak: func(c *farm.Config) { c.LazyPeers = true; roomyWriteThrough(c) }})
 			ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
 			failed, elsewhere := farmtest.Roam(t, ms, 300, func(m *farmtest.Member) tls.ConnectionState {
 				return tlstest.MustDial(t, m.Server.Addr, ccfg)

@@ -190,40 +190,83 @@ func (n *Node) loadYoung(ctx context.Context, id session.ID, until time.Time) (*
 	if n.cfg.Mode == Broadcast && n.connected.Load() {
 		// The bus brings it: wait, keeping part of the lookup deadline
 		// for one store read at the end (in case the message was lost).
+		// The bus is listened to until the end, through the read too: a
+		// read that misses says only that the session was not stored
+		// yet, and the write and the publish go out at once (one
+		// pipeline, where the transport can), so a batch still in
+		// flight brings it to both a moment later.
 		busEnd := end
 		if dl, ok := ctx.Deadline(); ok && n.cfg.Records != nil {
 			if e := dl.Add(-n.cfg.LookupTimeout / 2); e.Before(busEnd) {
 				busEnd = e
 			}
 		}
-		w, v, found := n.arr.wait(id)
-		if !found {
-			t := time.NewTimer(time.Until(busEnd))
-			select {
-			case <-w.ch:
-				v, found = w.rec, true
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			n.arr.done(id, w)
-		}
-		if found {
+		// came is what the bus brought: its record or, with LazyPeers,
+		// the pending one; if that was taken meanwhile, the store read.
+		came := func(v arrival) (*session.Record, error) {
 			if v.ok {
 				return wait(youngArrived, &v.rec, nil)
 			}
 			if rec, ok := n.takePending(id); ok {
 				return wait(youngArrived, rec, nil)
 			}
+			if ctx.Err() != nil || !storeOK() {
+				return wait(youngGaveUp, nil, ctx.Err())
+			}
+			rec, err := n.lookupStore(ctx, id)
+			if rec != nil {
+				return wait(youngStored, rec, nil)
+			}
+			return wait(youngGaveUp, nil, err)
 		}
-		if ctx.Err() != nil || !storeOK() {
-			return wait(youngGaveUp, nil, ctx.Err())
+		w, v, found := n.arr.wait(id)
+		if found {
+			return came(v)
 		}
-		rec, err := n.lookupStore(ctx, id)
-		if rec != nil {
-			return wait(youngStored, rec, nil)
+		defer n.arr.done(id, w)
+		t := time.NewTimer(time.Until(busEnd))
+		defer t.Stop()
+		var answer chan youngAnswer // the store read's, once begun
+		var readErr error
+		read, over := false, false // the read has begun; end has passed
+		for {
+			select {
+			case <-w.ch:
+				return came(w.rec)
+			case a := <-answer:
+				answer = nil
+				if a.rec != nil {
+					return wait(youngStored, a.rec, nil)
+				}
+				readErr = a.err
+				if over || ctx.Err() != nil {
+					return wait(youngGaveUp, nil, readErr)
+				}
+				// Not stored yet: on to the end, on the bus.
+			case <-t.C:
+				if !read {
+					read = true
+					if storeOK() {
+						answer = make(chan youngAnswer, 1)
+						go func(answer chan<- youngAnswer) {
+							rec, err := n.lookupStore(ctx, id)
+							answer <- youngAnswer{rec, err}
+						}(answer)
+					}
+					if d := time.Until(end); d > 0 {
+						t.Reset(d)
+						continue
+					}
+				}
+				over = true
+				if answer == nil {
+					return wait(youngGaveUp, nil, readErr)
+				}
+				// The read under way may still find it, within ctx.
+			case <-ctx.Done():
+				return wait(youngGaveUp, nil, ctx.Err())
+			}
 		}
-		return wait(youngGaveUp, nil, err)
 	}
 
 	// Store-only, or the bus is down: read the store until the session is

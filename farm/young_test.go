@@ -392,3 +392,48 @@ func TestYoungWaitOutlastsSlowRead(t *testing.T) {
 		t.Fatalf("young waits stored = %d, want 1", got)
 	}
 }
+
+// TestYoungWaitHearsBusAfterStoreRead: in broadcast mode a young wait
+// reads the store once half its lookup deadline is left, and a miss there
+// does not end it: the issuer's write and publish go out together, so a
+// batch held up (the store and the bus holding every write for 900 ms
+// here, as behind a slow flush before it) reaches the store and the bus at
+// once, after that read. The wait hears the bus until the deadline (1.2 s)
+// and resumes. It used to give up after the read, at 600 ms, with time and
+// youth left: a slow publish (300 ms, a session queued behind a batch in
+// flight waiting two of them) lost a fifth of TLS 1.3 roaming resumptions
+// with a 1 s deadline.
+func TestYoungWaitHearsBusAfterStoreRead(t *testing.T) {
+	t.Parallel()
+	const pause = 900 * time.Millisecond
+	for _, tv := range versions {
+		t.Run(tv.name, func(t *testing.T) {
+			srv, a, b := youngFarm(t, farm.Broadcast, func(c *farm.Config) {
+				c.LookupTimeout, c.WriteThroughTimeout = 1200*time.Millisecond, 2*time.Second
+			}, nil)
+			const rounds = 3
+			for i := range rounds {
+				ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
+				pauseWrites(t, srv, pause)
+				tlstest.MustDial(t, a.Server.Addr, ccfg)
+				start := time.Now()
+				if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
+					farmtest.LogStats(t, []*farmtest.Member{a, b})
+					t.Fatalf("round %d: n2 did not resume (after %v): its wait ended at the store's miss", i, time.Since(start))
+				}
+				t.Logf("round %d: n2 resumed after %v", i, time.Since(start))
+				time.Sleep(pause) // the next round starts with the store free
+			}
+			st := b.Node.Metrics()
+			// Each wait read the store, which missed (the writes held),
+			// and then the bus brought the session.
+			if got := farmtest.Counter(st, "tlsfarm_farm_store_lookups_total", "result", "miss"); got != rounds {
+				farmtest.LogStats(t, []*farmtest.Member{a, b})
+				t.Fatalf("store misses = %d, want %d: the waits did not read the store before the bus brought the session", got, rounds)
+			}
+			if got := farmtest.Counter(st, "tlsfarm_farm_young_waits_total", "result", "arrived"); got != rounds {
+				t.Fatalf("young waits arrived = %d, want %d", got, rounds)
+			}
+		})
+	}
+}
