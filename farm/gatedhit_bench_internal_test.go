@@ -21,10 +21,26 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkGatedHit ./farm/
 func BenchmarkGatedHit(b *testing.B) {
+	n := benchNode(b, "gatedhit", nil)
+	var id session.ID
+	rand.Read(id[:])
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !n.checkHit(ctx, id, 1) {
+			b.Fatal("a hit with no mark refused")
+		}
+	}
+}
+
+// benchNode joins a node, named prefix plus a random suffix, to a private
+// Redis (bus and store) for a benchmark, with tweak (if not nil) applied
+// to its Config; it is closed when b ends.
+func benchNode(b *testing.B, prefix string, tweak func(*Config)) *Node {
 	srv := redistest.Start(b)
 	var rb [6]byte
 	rand.Read(rb[:])
-	name := "gatedhit-" + hex.EncodeToString(rb[:])
+	name := prefix + "-" + hex.EncodeToString(rb[:])
 	tr, err := redisbus.Open(srv.URL(), name)
 	if err != nil {
 		b.Fatal(err)
@@ -35,20 +51,16 @@ func BenchmarkGatedHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cache.Close() })
-	n, err := Join(context.Background(), Config{Farm: name, Cache: cache, Bus: tr, Store: tr,
+	cfg := Config{Farm: name, Cache: cache, Bus: tr, Store: tr,
 		Secrets: []Secret{{ID: 1, Bytes: make([]byte, 32)}}, HealInterval: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	n, err := Join(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { n.Close() })
-	var id session.ID
-	rand.Read(id[:])
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if !n.checkHit(ctx, id, 1) {
-			b.Fatal("a hit with no mark refused")
-		}
-	}
+	return n
 }

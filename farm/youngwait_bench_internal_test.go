@@ -2,16 +2,10 @@ package farm
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"io"
-	"log/slog"
 	"runtime"
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm/redisbus"
-	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
 
@@ -23,28 +17,9 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkYoungWait ./farm/
 func BenchmarkYoungWait(b *testing.B) {
-	srv := redistest.Start(b)
-	var rb [6]byte
-	rand.Read(rb[:])
-	name := "youngwait-" + hex.EncodeToString(rb[:])
-	tr, err := redisbus.Open(srv.URL(), name)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { tr.Close() })
-	cache, err := session.New(&session.Config{Lifetime: time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cache.Close() })
-	n, err := Join(context.Background(), Config{Farm: name, Cache: cache, Bus: tr, Store: tr, WriteThrough: true,
-		LookupTimeout: time.Second, WriteThroughTimeout: time.Minute,
-		Secrets: []Secret{{ID: 1, Bytes: make([]byte, 32)}}, HealInterval: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { n.Close() })
+	n := benchNode(b, "youngwait", func(c *Config) {
+		c.WriteThrough, c.LookupTimeout, c.WriteThroughTimeout = true, time.Second, time.Minute
+	})
 	for !n.connected.Load() {
 		time.Sleep(time.Millisecond)
 	}
@@ -64,7 +39,7 @@ func BenchmarkYoungWait(b *testing.B) {
 	b.Run("recent", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			id := cache.NewID()
+			id := n.cfg.Cache.NewID()
 			n.arr.arrived(arrival{id: id, rec: rec, ok: true})
 			load(b, id)
 		}
@@ -82,7 +57,7 @@ func BenchmarkYoungWait(b *testing.B) {
 			}
 		}()
 		for b.Loop() {
-			id := cache.NewID()
+			id := n.cfg.Cache.NewID()
 			ids <- id
 			load(b, id)
 		}
