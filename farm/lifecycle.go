@@ -946,7 +946,7 @@ func (n *Node) readMark() readMark {
 // newWritten returns the memory of the sessions a node wrote lately (see
 // recutLate), each for ttl (MaxAge plus MaxSkew): one per session it
 // issued, however many it issues (see idMemory).
-func newWritten(ttl time.Duration) *idMemory { return newIDMemory(maxWritten, ttl) }
+func newWritten(ttl time.Duration) *idMemory[struct{}] { return newIDMemory(maxWritten, ttl) }
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id
