@@ -251,6 +251,11 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 	rec, err := n.load(ctx, id)
 	now = n.cfg.Now()
 	if rec != nil {
+		if n.retired.holds(id, now) {
+			// Retired while the record was fetched (heard meanwhile,
+			// as a cut may be, below): as above.
+			return nil, err
+		}
 		if end, ok := n.resumedEnd(id, now); ok && rec.Expires.After(end) {
 			// Resumed lately, here or on a peer that told this node
 			// (its child, or its cut): the store's record may be whole
