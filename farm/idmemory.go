@@ -36,7 +36,7 @@ const (
 // (Node.resumed: a peer's whole copy, or the store's record loaded before
 // the cut's write lands, must not undo the grace cut; it keeps the cut's
 // end with each, see endMemory). E is what it keeps with each ID besides
-// when it was added: nothing (struct{}) but in endMemory. Its size
+// when it was added: nothing (struct{}), but for endMemory's ends. Its size
 // follows the rate of additions: two generations of at most ttl each,
 // the older dropped whole when the newer is ttl old, so that an ID
 // is remembered for at least ttl, and at most twice that (since and has
@@ -58,10 +58,10 @@ type idMemory[E any] struct {
 	max int
 
 	mu        sync.Mutex
-	cur, prev map[uint64]idEntry[E]
-	start     int64  // when cur began
-	lost      int64  // until then, an ID not found may have been added
-	overflows uint64 // times it went past max and forgot IDs
+	cur, prev map[uint64]idEntry[E] // each ID's entry: when it was added, and its value
+	start     int64                 // when cur began
+	lost      int64                 // until then, an ID not found may have been added
+	overflows uint64                // times it went past max and forgot IDs
 }
 
 // idEntry is what an idMemory keeps with an ID: when it was added, in Unix
