@@ -46,6 +46,12 @@ type gatedStore struct {
 	// cannot tell yet that the store lost its data, so it does not write
 	// its sessions back.
 	genHeld atomic.Bool
+
+	// readHold, while not nil, holds the reads of readKey (a lookup in
+	// flight) until it is closed or their context ends (see holdReads).
+	readKey      string
+	readHold     chan struct{}
+	readsWaiting atomic.Int32
 }
 
 // genRead is a read of key through the gate: errGated for the
@@ -58,7 +64,38 @@ func (g *gatedStore) genRead(key string, read func() ([]byte, error)) ([]byte, e
 }
 
 func (g *gatedStore) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	g.mu.Lock()
+	hold := g.readHold
+	if key != g.readKey {
+		hold = nil
+	}
+	g.mu.Unlock()
+	if hold != nil {
+		g.readsWaiting.Add(1)
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+		g.readsWaiting.Add(-1)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
 	return g.genRead(key, func() ([]byte, error) { return g.Transport.GetRecord(ctx, key) })
+}
+
+// holdReads holds the store's reads of the record of id from now on
+// (on), or lets them go (off).
+func (g *gatedStore) holdReads(id session.ID, on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case on && g.readHold == nil:
+		g.readKey, g.readHold = "s:"+hex.EncodeToString(id[:]), make(chan struct{})
+	case !on && g.readHold != nil:
+		close(g.readHold)
+		g.readHold = nil
+	}
 }
 
 // landed reports, after a write that the store applied, the failure of

@@ -251,6 +251,11 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 	rec, err := n.load(ctx, id)
 	now = n.cfg.Now()
 	if rec != nil {
+		if n.retired.holds(id, now) {
+			// Retired while the record was fetched (heard meanwhile,
+			// as a cut may be, below): as above.
+			return nil, err
+		}
 		if end, ok := n.resumedEnd(id, now); ok && rec.Expires.After(end) {
 			// Resumed lately, here or on a peer that told this node
 			// (its child, or its cut): the store's record may be whole
@@ -946,7 +951,7 @@ func (n *Node) readMark() readMark {
 // newWritten returns the memory of the sessions a node wrote lately (see
 // recutLate), each for ttl (MaxAge plus MaxSkew): one per session it
 // issued, however many it issues (see idMemory).
-func newWritten(ttl time.Duration) *idMemory { return newIDMemory(maxWritten, ttl) }
+func newWritten(ttl time.Duration) *idMemory[struct{}] { return newIDMemory(maxWritten, ttl) }
 
 // recutLate follows a peer's restriction of the session id — a cut to
 // until, or a retirement (a zero until) — heard after this node wrote id

@@ -177,10 +177,13 @@ func (n *Node) Metrics() []metric.Sample {
 	now := n.cfg.Now()
 	var over [3]bool
 	var overs [3]uint64
-	for i, w := range []*idMemory{n.written, n.retired, n.resumed} {
+	for i, w := range []*idMemory[struct{}]{n.written, n.retired} {
 		if w != nil {
 			over[i], overs[i] = w.overflow(now)
 		}
+	}
+	if n.resumed != nil {
+		over[2], overs[2] = n.resumed.overflow(now)
 	}
 	m.gauges("tlsfarm_farm_id_memory_overflowed", "1 while a memory of session IDs (written: sessions this node wrote lately; retired, resumed: IDs retired and resumed lately) is past its bound (2^20 IDs) and answers \"maybe\" for every ID it does not hold: restrictions written again, peers' copies of sessions refused (full handshakes).", "memory",
 		"written", b2f(over[0]), "retired", b2f(over[1]), "resumed", b2f(over[2]))

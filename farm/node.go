@@ -25,12 +25,12 @@ type Node struct {
 	sq       *queue // store writes, when they take a path of their own (see enqueue)
 	brk      breaker
 	sf       singleflight.Group
-	neg      *negCache // nil if disabled or without a store
-	retired  *idMemory // IDs retired lately: a peer's copy must not bring one back
-	resumed  *idMemory // IDs resumed (cut to their grace) lately, with the cut's end: a peer's whole copy, or the store's record, must not undo the cut
+	neg      *negCache           // nil if disabled or without a store
+	retired  *idMemory[struct{}] // IDs retired lately: a peer's copy must not bring one back
+	resumed  *endMemory          // IDs resumed (cut to their grace) lately, with the cut's end: a peer's whole copy, or the store's record, must not undo the cut
 	// resumedNotes counts noteResumed's additions to resumed (see readMark).
 	resumedNotes atomic.Uint64
-	written      *idMemory // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
+	written      *idMemory[struct{}] // sessions this node wrote lately where a peer's restriction may have come first (see recutLate); nil without a store
 	log          *slog.Logger
 
 	// publishFirst: the combined path's one round trip may deliver its

@@ -93,7 +93,7 @@ func TestRetiredAndResumedFollowRate(t *testing.T) {
 	// generations), and the memory holds no more than it must.
 	set(start.Add(2*ttl + time.Second))
 	recv.retired.add(send.cfg.Cache.NewID(), now())
-	recv.resumed.add(send.cfg.Cache.NewID(), now())
+	recv.resumed.addEnd(send.cfg.Cache.NewID(), now(), now().Add(time.Second))
 	if recv.retired.has(retired, now()) || recv.wasResumed(resumed, now()) {
 		t.Error("a retirement or resumption older than twice MaxAge plus MaxSkew is still remembered")
 	}
