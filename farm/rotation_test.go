@@ -427,7 +427,7 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 func TestRotationSurvivesStoreOutage(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	const interval = 4 * time.Second
+	const interval = 2 * time.Second
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: interval}})
 	first := agreed(t, ms, 1)
