@@ -22,7 +22,7 @@ import (
 
 // TestFreshRingAgesKeySetBySchedule: a fresh ring ages the farm's key set
 // by the Interval and Keep of the lease holder that wrote it, not by its
-// own. The farm n1, n2 rotates every 10 s keeping 2 previous keys; n1
+// own. The farm n1, n2 rotates every 6 s keeping 2 previous keys; n1
 // issues a ticket, the farm rotates, and 2.2 s later a fresh member n3
 // configured with a 1 s Interval (as in a rolling change of the interval,
 // or a keys agent with other flags) joins. Before, n3 counted two or more
@@ -30,11 +30,14 @@ import (
 // called the farm's set stale and took nothing; either way the ticket
 // issued before the rotation did not resume on it. Now n3 takes the
 // farm's set whole and the ticket resumes, and warns once that its
-// schedule differs from the farm's.
+// schedule differs from the farm's. By the farm's schedule no rotation is
+// due 2.2 s after one; n3 is checked before the next, 3.8 s later (n3's
+// Join takes a fraction of a second, or its 2 s wait for keys when it
+// takes nothing; a run too slow for that skips).
 func TestFreshRingAgesKeySetBySchedule(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
-	rot := farm.RotationConfig{Interval: 10 * time.Second, Keep: 2}
+	rot := farm.RotationConfig{Interval: 6 * time.Second, Keep: 2}
 	for _, tc := range []struct {
 		name string
 		keep int
@@ -59,7 +62,12 @@ func TestFreshRingAgesKeySetBySchedule(t *testing.T) {
 			o3 := o
 			o3.Rotation = &short
 			o3.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-			n3 := farmtest.Join(t, "n3", name, o3) // waits for the farm's keys, up to 5 s
+			// A ring that takes the farm's set finds it at once; one
+			// that calls it stale waits for a newer one: not for long,
+			// so that it is checked (and fails) before the farm's next
+			// rotation.
+			o3.ReadyWait = 2 * time.Second
+			n3 := farmtest.Join(t, "n3", name, o3)
 			got := n3.Ring.State()
 			if now := ms[0].Ring.State(); now.Epoch != st.Epoch {
 				t.Skipf("the farm rotated again (epoch %d) before n3 was checked: too slow a machine", now.Epoch)

@@ -132,10 +132,35 @@ func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
 				t.Parallel()
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
 					WriteThrough: true, TweakCache: singleUse, NoHandshakeComplete: true})
-				_, frozen := resumeOnce(t, ms, tv.v)
+				var consumed sync.Map // IDs n2's handshakes retired: a claim consumed
+				ms[1].Cache.AddHook(session.EventRemove, func(ev session.Event) {
+					if ev.Reason == session.Retired && ev.Origin == session.OriginHandshake {
+						consumed.Store(ev.ID, true)
+					}
+				})
+				id, frozen := resumeOnce(t, ms, tv.v)
 				// The claim is settled some time after the handshake ends
-				// (claimSettle, 2s): settled as used, it stays used.
-				time.Sleep(3 * time.Second)
+				// (claimSettle, 2s): settled as used (n2 retires the
+				// session), it stays used. A claim released instead is
+				// never consumed.
+				farmtest.Eventually(t, 10*time.Second, "n2 settled its claim as used", func() bool {
+					_, ok := consumed.Load(id)
+					return ok
+				})
+				// And, as after the 3 s this slept before, the
+				// retirement has reached the store and (broadcast) the
+				// peers' caches.
+				farmtest.Eventually(t, 5*time.Second, "the consumed session gone from the store and the peers", func() bool {
+					if stored(ms[1], id) {
+						return false
+					}
+					for _, m := range ms {
+						if _, ok := lookup(m.Cache, id); ok && mode == farm.Broadcast {
+							return false
+						}
+					}
+					return true
+				})
 				for _, m := range ms {
 					if tlstest.MustDial(t, m.Server.Addr, farmtest.Client(tv.v, frozen)).DidResume {
 						farmtest.LogStats(t, ms)

@@ -168,10 +168,12 @@ var staleCases = []staleCase{
 // store's record) and so did the revocation (the read of the revocations
 // refuses S's insert).
 func TestNATSSlowConsumerStaleIssue(t *testing.T) {
+	t.Parallel()
 	natsURL := farmtest.ServerURL(t, "NATS", "TLSFARM_NATS_URL", "nats://127.0.0.1:4222")
 	redisURL := redistest.URL(t)
 	for _, tc := range staleCases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			o := tc.opts
 			store := redisURL
 			if tc.noStore {

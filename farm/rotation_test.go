@@ -105,9 +105,13 @@ func (k *keyLog) leaks(states []ticket.State) string {
 	return ""
 }
 
-// TestRotationNeverBreaksResumption rotates every 5 s under continuous
+// TestRotationNeverBreaksResumption rotates every 3 s under continuous
 // load: no resumption fails at any boundary, and a frozen ticket resumes
 // through Keep rotations and is refused after Keep+1. Logs never show a key.
+// 3 s is still twelve of the nodes' polls (Interval/12 by default), each
+// node learns a key a whole Interval before any node encrypts with it, and
+// each check of the frozen ticket (one handshake after the farm agreed on
+// the epoch) has the rest of the Interval before the next rotation.
 func TestRotationNeverBreaksResumption(t *testing.T) {
 	t.Parallel()
 	const keep = 2
@@ -115,7 +119,7 @@ func TestRotationNeverBreaksResumption(t *testing.T) {
 	logs := &keyLog{}
 	ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), SessionMode: session.Stateless,
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Rotation: &farm.RotationConfig{Interval: 5 * time.Second, Keep: keep}})
+		Rotation: &farm.RotationConfig{Interval: 3 * time.Second, Keep: keep}})
 	first := agreed(t, ms, 1)
 	states := []ticket.State{first}
 
@@ -423,7 +427,7 @@ func TestKeyAnnouncementsReplayedAndForged(t *testing.T) {
 func TestRotationSurvivesStoreOutage(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	const interval = 4 * time.Second
+	const interval = 2 * time.Second
 	ms, _ := farmtest.Start(t, 2, &farmtest.Options{NewTransport: redisTransport(srv.URL()), SessionMode: session.Stateless,
 		Rotation: &farm.RotationConfig{Interval: interval}})
 	first := agreed(t, ms, 1)

@@ -415,6 +415,7 @@ func TestYoungWaitHearsBusAfterStoreRead(t *testing.T) {
 			for i := range rounds {
 				ccfg := farmtest.Client(tv.v, &tlstest.SharedCache{})
 				pauseWrites(t, srv, pause)
+				paused := time.Now() // the pause began before this
 				tlstest.MustDial(t, a.Server.Addr, ccfg)
 				start := time.Now()
 				if !tlstest.MustDial(t, b.Server.Addr, ccfg).DidResume {
@@ -422,7 +423,13 @@ func TestYoungWaitHearsBusAfterStoreRead(t *testing.T) {
 					t.Fatalf("round %d: n2 did not resume (after %v): its wait ended at the store's miss", i, time.Since(start))
 				}
 				t.Logf("round %d: n2 resumed after %v", i, time.Since(start))
-				time.Sleep(pause) // the next round starts with the store free
+				// The next round starts with the store free: past the
+				// pause, with the writes it held done (n1's of this
+				// round's session among them).
+				time.Sleep(time.Until(paused.Add(pause + 300*time.Millisecond)))
+				farmtest.Eventually(t, 5*time.Second, "n1's write of the session landed", func() bool {
+					return farmtest.Counter(a.Node.Metrics(), "tlsfarm_farm_store_writes_total") >= uint64(i+1)
+				})
 			}
 			st := b.Node.Metrics()
 			// Each wait read the store, which missed (the writes held),
