@@ -242,12 +242,9 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	}
 	now := n.cfg.Now()
 	if cm == nil && im == nil {
-		if !n.gateRecord(id, rv, now) {
-			n.ctr.gated[gateRetired].Add(1)
-			return false
-		}
-		n.ctr.gated[gateConfirmed].Add(1)
-		return true
+		r := n.gateRecord(id, rv, now)
+		n.ctr.gated[r].Add(1)
+		return r == gateConfirmed
 	}
 	bad := false
 	if cm != nil {
@@ -294,8 +291,9 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 // and a store that is gone refuses each at once.
 const hitReadsAgain = 2
 
-// gateRecord reports whether the store's record of the session id, rec
-// (nil: none), lets a gated hit resume it at now. A node whose delivery
+// gateRecord returns what the store's record of the session id, rec
+// (nil: none), makes of a gated hit at now: gateConfirmed (it resumes),
+// gateRetired or gateStoreError (it does not). A node whose delivery
 // lags has not heard of a retirement or a grace cut made elsewhere either,
 // and those reach the store as well: a retirement (or a single use's
 // take) deletes the record, a cut rewrites it to end earlier. So a
@@ -305,11 +303,14 @@ const hitReadsAgain = 2
 // reconcile pass decides (reconcilePage), but is left in the cache: one
 // read is not the two the pass makes before it retires a session. A
 // record that ends earlier than the cache's copy cuts it (a cut to the
-// past is not resumed); one that does not open is not resumed.
-func (n *Node) gateRecord(id session.ID, rec []byte, now time.Time) bool {
+// past is not resumed); one that does not open is a store error, as a
+// mark that does not open is.
+func (n *Node) gateRecord(id session.ID, rec []byte, now time.Time) int {
 	if rec == nil {
-		_, own := n.unstoredIDs()[id]
-		return own
+		if _, own := n.unstoredIDs()[id]; own {
+			return gateConfirmed
+		}
+		return gateRetired
 	}
 	_, body, err := n.keys.open(rec, n.cfg.Farm, valRecord, id[:], now, 0, n.cfg.MaxSkew)
 	var r session.Record
@@ -318,12 +319,15 @@ func (n *Node) gateRecord(id session.ID, rec []byte, now time.Time) bool {
 	}
 	if err != nil {
 		n.ctr.storeRejected.Add(1)
-		return false
+		return gateStoreError
 	}
 	if _, ok := n.cfg.Cache.Cut(id, r.Expires); ok {
 		n.noteRecut(id, r.Expires)
 	}
-	return r.Expires.After(now)
+	if !r.Expires.After(now) {
+		return gateRetired
+	}
+	return gateConfirmed
 }
 
 // readHitMarks reads the marks the hit gate checks for the session id of
