@@ -246,15 +246,25 @@ func TestTallyFindsLostRetirement(t *testing.T) {
 // noise has m publish batches of 1 to 8 empty session messages from
 // workers goroutines at once until stop is closed: Redis's pool spreads
 // them over several connections, so they may reach peers in another order
-// than they were counted in.
+// than they were counted in. The workers also stop, and are waited for,
+// when the test ends before stop is closed (a failed wait): one still
+// publishing once the test's cleanup closed its node reported the error
+// on a finished test, which panics the whole binary.
 func noise(t *testing.T, m *farmtest.Member, workers int, stop <-chan struct{}, wg *sync.WaitGroup) {
+	ended := make(chan struct{})
+	var own sync.WaitGroup
+	t.Cleanup(func() { close(ended); own.Wait() }) // before the node's Close
 	for w := range workers {
 		wg.Add(1)
+		own.Add(1)
 		go func() {
 			defer wg.Done()
+			defer own.Done()
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
+					return
+				case <-ended:
 					return
 				default:
 				}
