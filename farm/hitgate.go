@@ -178,9 +178,7 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // checkHit reports whether the session id of chain may resume on this
 // node while its delivery is not current: the store holds no mark of a
 // revocation of the chain (see chainMark), nor of the session by ID (see
-// revokedIDMarkKey), and its record says the session is still live (see
-// gateRecord: a retirement or a grace cut made elsewhere is not heard of
-// either), all read in one round trip where the record store is a
+// revokedIDMarkKey), read in one round trip where the record store is a
 // transport.RecordGetter. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
 // open refuses the session, unless the node's probe of its store goes
@@ -209,13 +207,13 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		return true
 	}
 	busDown := n.busUnreachable() // as the hit found it
-	cm, im, rv, err := n.readHitMarks(ctx, id, chain)
+	cm, im, err := n.readHitMarks(ctx, id, chain)
 	for again := 0; err != nil && again < hitReadsAgain && unreachable(err) && ctx.Err() == nil; again++ {
 		// Again: the read's connection may have been lost alone, or
 		// with the others a pool held (the server or a path dropped
 		// them), with the store there on a new one. A store that is
 		// gone refuses these too, at once.
-		cm, im, rv, err = n.readHitMarks(ctx, id, chain)
+		cm, im, err = n.readHitMarks(ctx, id, chain)
 	}
 	if err != nil {
 		// A read the store answered, if with a refusal, found it
@@ -240,12 +238,11 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		n.ctr.gated[gateStoreError].Add(1)
 		return false
 	}
-	now := n.cfg.Now()
 	if cm == nil && im == nil {
-		r := n.gateRecord(id, rv, now)
-		n.ctr.gated[r].Add(1)
-		return r == gateConfirmed
+		n.ctr.gated[gateConfirmed].Add(1)
+		return true
 	}
+	now := n.cfg.Now()
 	bad := false
 	if cm != nil {
 		var c [8]byte
@@ -291,82 +288,43 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 // and a store that is gone refuses each at once.
 const hitReadsAgain = 2
 
-// gateRecord returns what the store's record of the session id, rec
-// (nil: none), makes of a gated hit at now: gateConfirmed (it resumes),
-// gateRetired or gateStoreError (it does not). A node whose delivery
-// lags has not heard of a retirement or a grace cut made elsewhere either,
-// and those reach the store as well: a retirement (or a single use's
-// take) deletes the record, a cut rewrites it to end earlier. So a
-// session whose record is gone resumes only if it is this node's own
-// still waiting to be written (see unstoredIDs); any other, a peer's whose
-// issuer has not written it yet among them, is a full handshake, as the
-// reconcile pass decides (reconcilePage), but is left in the cache: one
-// read is not the two the pass makes before it retires a session. A
-// record that ends earlier than the cache's copy cuts it (a cut to the
-// past is not resumed); one that does not open is a store error, as a
-// mark that does not open is.
-func (n *Node) gateRecord(id session.ID, rec []byte, now time.Time) int {
-	if rec == nil {
-		if _, own := n.unstoredIDs()[id]; own {
-			return gateConfirmed
-		}
-		return gateRetired
-	}
-	_, body, err := n.keys.open(rec, n.cfg.Farm, valRecord, id[:], now, 0, n.cfg.MaxSkew)
-	var r session.Record
-	if err == nil {
-		err = r.UnmarshalBinary(body)
-	}
-	if err != nil {
-		n.ctr.storeRejected.Add(1)
-		return gateStoreError
-	}
-	if _, ok := n.cfg.Cache.Cut(id, r.Expires); ok {
-		n.noteRecut(id, r.Expires)
-	}
-	if !r.Expires.After(now) {
-		return gateRetired
-	}
-	return gateConfirmed
-}
-
 // readHitMarks reads the marks the hit gate checks for the session id of
 // chain: its chain's revocation (chainMarkKey) and its revocation by ID
-// (revokedIDMarkKey), nil where there is none, and, if neither is there,
-// the session's record (sessionKey; see gateRecord). With a record store
-// that is not a transport.RecordGetter, it reads them one after the other,
-// each only if those before are absent. All are read from the store's
+// (revokedIDMarkKey), nil where there is none. With a record store that
+// is not a transport.RecordGetter, it reads them one after the other, and
+// the second only if the first is absent. Both are read from the store's
 // primary (transport.PrimaryRead).
-func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64) (chainMark, idMark, rec []byte, err error) {
+func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64) (chainMark, idMark []byte, err error) {
 	// From the primary: a replica cut off from its master answers "no
 	// mark" for as long as the cut lasts, and the hit resumed a session
 	// revoked on another node, reported applied
 	// (TestClusterReadOnlyGateReadsMaster).
 	ctx = transport.PrimaryRead(ctx)
-	keys := []string{chainMarkKey(chain), revokedIDMarkKey(id), sessionKey(id)}
+	ck, ik := chainMarkKey(chain), revokedIDMarkKey(id)
 	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
-		vs, err := g.GetRecords(ctx, keys...)
+		vs, err := g.GetRecords(ctx, ck, ik)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
-		if len(vs) != len(keys) {
-			return nil, nil, nil, errors.New("farm: the record store answered a read of three keys with a count of values other than three")
+		if len(vs) != 2 {
+			return nil, nil, errors.New("farm: the record store answered a read of two marks with a count of values other than two")
 		}
-		return vs[0], vs[1], vs[2], nil
+		return vs[0], vs[1], nil
 	}
-	var vs [3][]byte
-	for i, k := range keys {
+	for i, k := range []string{ck, ik} {
 		v, err := n.cfg.Records.GetRecord(ctx, k)
 		if errors.Is(err, transport.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
-		vs[i] = v
-		break
+		if i == 0 {
+			return v, nil, nil
+		}
+		return nil, v, nil
 	}
-	return vs[0], vs[1], vs[2], nil
+	return nil, nil, nil
 }
 
 // gateLoaded returns rec, which the farm found for the session id (a
@@ -448,12 +406,11 @@ func (n *Node) busUnreachable() bool {
 
 // What the hit gate found, as tlsfarm_farm_gated_hits_total labels it.
 const (
-	gateConfirmed  = iota // the store holds no revocation of the chain, and the session's record: resumed
+	gateConfirmed  = iota // the store holds no revocation of the chain: resumed
 	gateRevoked           // the store holds one: applied, not resumed
 	gateStoreError        // the store's read failed or did not answer in time: not resumed
 	gateCutOff            // the node counts its store unreachable: resumed unchecked
-	gateRetired           // the store no longer holds the session, or holds it cut to the past: not resumed
 	numGateResults
 )
 
-var gateResults = []string{"confirmed", "revoked", "store_error", "cut_off", "retired"}
+var gateResults = []string{"confirmed", "revoked", "store_error", "cut_off"}

@@ -33,19 +33,7 @@ func TestRetiredNotLoadedWhileDeletionWaits(t *testing.T) {
 	n1, n2 := ms[0], ms[1]
 	g := stores[0]
 
-	ids, cs := farmtest.Issue(t, n1, 1)
-	p, pClient := ids[0], cs[0]
-	waitStored(t, n1, p)
-	// C1: P resumed on n1, its ticket kept apart.
-	first, _ := pClient.Get("")
-	c1Client := &tlstest.SharedCache{}
-	c1Client.Put("", first)
-	kids := farmtest.HandshakeSessions(n1.Cache)
-	if !dialAs(t, n1, "localhost", c1Client).DidResume {
-		t.Fatal("P did not resume on n1")
-	}
-	c1 := kids()[0]
-	waitStored(t, n1, c1)
+	pClient, c1, c1Client := firstChild(t, n1)
 	waitHeld(t, n2, c1)
 	c1State, _ := c1Client.Get("")
 	c1Frozen := &tlstest.FrozenCache{}
@@ -110,19 +98,7 @@ func TestRetiredNotLoadedWhenHeardDuringLoad(t *testing.T) {
 	n1 := ms[0]
 	g1 := stores[0]
 
-	ids, cs := farmtest.Issue(t, n1, 1)
-	p, pClient := ids[0], cs[0]
-	waitStored(t, n1, p)
-	// C1: P resumed on n1, its ticket kept apart.
-	first, _ := pClient.Get("")
-	c1Client := &tlstest.SharedCache{}
-	c1Client.Put("", first)
-	kids := farmtest.HandshakeSessions(n1.Cache)
-	if !dialAs(t, n1, "localhost", c1Client).DidResume {
-		t.Fatal("P did not resume on n1")
-	}
-	c1 := kids()[0]
-	waitStored(t, n1, c1)
+	pClient, c1, c1Client := firstChild(t, n1)
 	c1State, _ := c1Client.Get("")
 	c1Frozen := &tlstest.FrozenCache{}
 	c1Frozen.Put("", c1State)
@@ -179,4 +155,24 @@ func TestRetiredNotLoadedWhenHeardDuringLoad(t *testing.T) {
 	if dialAs(t, n3, "localhost", c1Frozen).DidResume {
 		t.Error("n3 resumed the retired C1 after it heard it retired")
 	}
+}
+
+// firstChild issues a session P on n1 and, once P is stored, resumes it
+// there once with a client of its own: it returns P's client, P's first
+// child C1 (stored too) and the client holding C1's ticket.
+func firstChild(t *testing.T, n1 *farmtest.Member) (pClient *tlstest.FrozenCache, c1 session.ID, c1Client *tlstest.SharedCache) {
+	t.Helper()
+	ids, cs := farmtest.Issue(t, n1, 1)
+	pClient = cs[0]
+	waitStored(t, n1, ids[0])
+	first, _ := pClient.Get("")
+	c1Client = &tlstest.SharedCache{}
+	c1Client.Put("", first)
+	kids := farmtest.HandshakeSessions(n1.Cache)
+	if !dialAs(t, n1, "localhost", c1Client).DidResume {
+		t.Fatal("P did not resume on n1")
+	}
+	c1 = kids()[0]
+	waitStored(t, n1, c1)
+	return pClient, c1, c1Client
 }
