@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
@@ -310,6 +312,11 @@ func TestClusterLaggingFollowerGateReadsLeader(t *testing.T) {
 	})
 	t.Logf("n2's gated hits: confirmed %d, revoked %d, store_error %d, cut_off %d",
 		gated("confirmed"), gated("revoked"), gated("store_error"), gated("cut_off"))
+	// The premise: n2's bus lagged, up, throughout; a bus found down
+	// (and a read unanswered) lets a hit through as cut off.
+	if f := farmtest.Counter(n2.Node.Metrics(), "tlsfarm_farm_probe_failures_total"); f != 0 {
+		t.Errorf("n2's probes failed %d times: its stalled bus was counted down", f)
+	}
 }
 
 // startGatedLagFarm starts a broadcast, write-through farm of two nodes
@@ -333,7 +340,21 @@ func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration)
 				tr := openURL(tb, lc.url("n1"), farmName)
 				return tr, tr
 			}
-			return openURL(tb, "nats://"+busPath.Addr, farmName), openURL(tb, lc.url("n3"), farmName)
+			// The stalled bus must stay up, and lag, for the whole
+			// test: not found stale by the client's pings (two
+			// unanswered, 10–15 s with natsbus's 5 s interval) and
+			// reconnected, nor by the node's bus probe. A bus that
+			// is down and a store read unanswered let a gated hit
+			// through as cut off, and n2 resumed H in a CI run whose
+			// freeze outlasted them.
+			bus, err := natsbus.Open("nats://"+busPath.Addr, farmName, &natsbus.Options{
+				NATS: []nats.Option{nats.PingInterval(time.Hour)},
+			})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { bus.Close() })
+			return bus, openURL(tb, lc.url("n3"), farmName)
 		},
 		Mode: farm.Broadcast, WriteThrough: true,
 		Rotation: &farm.RotationConfig{Interval: time.Hour},
@@ -356,8 +377,9 @@ func startGatedLagFarm(t *testing.T, lc *lagCluster, maxLag, heal time.Duration)
 			}
 			cfg.TallyInterval = -1
 			// n2's stalled bus is not an outage (see
-			// TestClusterReadOnlyGateReadsMaster in redisbus).
-			cfg.ProbeTimeout = 10 * time.Second
+			// TestClusterReadOnlyGateReadsMaster in redisbus), however
+			// long the test runs.
+			cfg.ProbeTimeout = 5 * time.Minute
 		},
 	})
 	lagFarmReady(t, lc, ms)
