@@ -49,8 +49,8 @@ func BenchmarkGatedHit(b *testing.B) {
 
 // benchNode joins a node, named prefix plus a random suffix, to a private
 // Redis (bus and store) for a benchmark, with tweak (if not nil) applied
-// to its Config; it is closed when b ends.
-func benchNode(b *testing.B, prefix string, tweak func(*Config)) *Node {
+// to its Config; it is closed when b ends (a benchmark, or a test).
+func benchNode(b testing.TB, prefix string, tweak func(*Config)) *Node {
 	srv := redistest.Start(b)
 	var rb [6]byte
 	rand.Read(rb[:])
