@@ -28,7 +28,10 @@ import (
 // only once the store confirms that its chain is not revoked: every
 // revocation leaves a mark keyed by its chain in the store (chainMark)
 // before it counts as stored, and the gate reads it, with the mark a
-// revocation by ID leaves (revokedIDMarkKey). After a gap in the
+// revocation by ID leaves (revokedIDMarkKey). Nor has such a node heard of
+// a retirement (single use, Cache.Retire) or a grace cut made elsewhere,
+// which reach the store too: so the gate also reads the session's record,
+// and refuses one deleted, or cut to the past (see gateRecord). After a gap in the
 // subscription the mark is current at once, but what was published during
 // the gap is not delivered: the gate stays on until the node's heal has
 // read the store's tombstones and revocations by ID since (see gapOpen).
