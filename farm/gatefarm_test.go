@@ -44,7 +44,10 @@ type gateFarm struct {
 type gateFarmOptions struct {
 	MaxLag time.Duration      // the nodes' MaxDeliveryLag
 	Tweak  func(*farm.Config) // if set, edits each node's configuration last (timeouts)
-	Logger *slog.Logger       // the nodes' (default: discard)
+	// TweakCache, if set, edits each node's cache configuration (a short
+	// ResumeGrace, say).
+	TweakCache func(*session.Config)
+	Logger     *slog.Logger // the nodes' (default: discard)
 	// N2StoreUser, if set ("user:password"), is the Redis user n2's
 	// store connects as (through store2); BeforeStart creates it.
 	N2StoreUser string
@@ -75,7 +78,7 @@ func newGateFarm(t *testing.T, o gateFarmOptions) *gateFarm {
 	joined := 0
 	g.ms, _ = farmtest.Start(t, 2, &farmtest.Options{
 		Mode: farm.Broadcast, WriteThrough: true,
-		Logger: o.Logger,
+		Logger: o.Logger, TweakCache: o.TweakCache,
 		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
 			joined++
 			if joined == 1 {
@@ -204,6 +207,6 @@ func (g *gateFarm) gated(result string) uint64 {
 
 // gatedCounts lists n2's gated hits by result, for a test's log.
 func (g *gateFarm) gatedCounts() string {
-	return fmt.Sprintf("confirmed %d, revoked %d, store_error %d, cut_off %d",
-		g.gated("confirmed"), g.gated("revoked"), g.gated("store_error"), g.gated("cut_off"))
+	return fmt.Sprintf("confirmed %d, revoked %d, store_error %d, cut_off %d, retired %d",
+		g.gated("confirmed"), g.gated("revoked"), g.gated("store_error"), g.gated("cut_off"), g.gated("retired"))
 }

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -27,7 +28,10 @@ import (
 // only once the store confirms that its chain is not revoked: every
 // revocation leaves a mark keyed by its chain in the store (chainMark)
 // before it counts as stored, and the gate reads it, with the mark a
-// revocation by ID leaves (revokedIDMarkKey). After a gap in the
+// revocation by ID leaves (revokedIDMarkKey). Nor has such a node heard of
+// a retirement (single use, Cache.Retire) or a grace cut made elsewhere,
+// which reach the store too: so the gate also reads the session's record,
+// and refuses one deleted, or cut to the past (see gateRecord). After a gap in the
 // subscription the mark is current at once, but what was published during
 // the gap is not delivered: the gate stays on until the node's heal has
 // read the store's tombstones and revocations by ID since (see gapOpen).
@@ -175,11 +179,23 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 	return p.n.checkHit(ctx, id, chain)
 }
 
-// checkHit reports whether the session id of chain may resume on this
+// checkHit reports whether the session id of chain, which the node's cache
+// holds, may resume on this node while its delivery is not current (see
+// gateHit, reading the session's record too).
+func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
+	ok, _ := n.gateHit(ctx, id, chain, true)
+	return ok
+}
+
+// gateHit reports whether the session id of chain may resume on this
 // node while its delivery is not current: the store holds no mark of a
 // revocation of the chain (see chainMark), nor of the session by ID (see
-// revokedIDMarkKey), read in one round trip where the record store is a
-// transport.RecordGetter. A mark found is applied at once. A read that
+// revokedIDMarkKey), and, if withRecord, the session's record says it is
+// still live (see gateRecord: a retirement or a grace cut made elsewhere
+// is not heard of either), read in one round trip where the record store
+// is a transport.RecordGetter. It also returns the record's end, if it
+// read one that opens (zero otherwise): a session whose copy ends later
+// is cut to it. A mark found is applied at once. A read that
 // fails, does not answer before ctx ends or finds a mark that does not
 // open refuses the session, unless the node's probe of its store goes
 // unanswered and so does one the hit begins at once (or the last that
@@ -188,9 +204,9 @@ func (p cachePeer) CheckHit(ctx context.Context, id session.ID, chain uint64) bo
 // hitReadsAgain), or the read went unanswered (see unanswered) while the
 // node counts its store unreachable (storeUnreachable) or its bus down
 // (busUnreachable). Counted in tlsfarm_farm_gated_hits_total.
-func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
+func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRecord bool) (bool, time.Time) {
 	if n.cfg.Records == nil {
-		return true
+		return true, time.Time{}
 	}
 	// Back from a gap not yet healed, the node's probes may still
 	// describe the gap: unless a probe of its store begun since the
@@ -204,16 +220,16 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 		// that ended failed: the node is cut off from its store. (Not the next ProbeInterval's
 		// probe: a store that is back answers this hit's read.)
 		n.ctr.gated[gateCutOff].Add(1)
-		return true
+		return true, time.Time{}
 	}
 	busDown := n.busUnreachable() // as the hit found it
-	cm, im, err := n.readHitMarks(ctx, id, chain)
+	rd, err := n.readHitMarks(ctx, id, chain, withRecord)
 	for again := 0; err != nil && again < hitReadsAgain && unreachable(err) && ctx.Err() == nil; again++ {
 		// Again: the read's connection may have been lost alone, or
 		// with the others a pool held (the server or a path dropped
 		// them), with the store there on a new one. A store that is
 		// gone refuses these too, at once.
-		cm, im, err = n.readHitMarks(ctx, id, chain)
+		rd, err = n.readHitMarks(ctx, id, chain, withRecord)
 	}
 	if err != nil {
 		// A read the store answered, if with a refusal, found it
@@ -233,18 +249,23 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 			// has gone, say). Not a read that timed out alone: a slow
 			// store is there.
 			n.ctr.gated[gateCutOff].Add(1)
-			return true
+			return true, time.Time{}
 		}
 		n.ctr.gated[gateStoreError].Add(1)
-		return false
-	}
-	if cm == nil && im == nil {
-		n.ctr.gated[gateConfirmed].Add(1)
-		return true
+		return false, time.Time{}
 	}
 	now := n.cfg.Now()
+	if rd.chainMark == nil && rd.idMark == nil {
+		if !withRecord {
+			n.ctr.gated[gateConfirmed].Add(1)
+			return true, time.Time{}
+		}
+		r, end := n.gateRecord(id, rd, now)
+		n.ctr.gated[r].Add(1)
+		return r == gateConfirmed, end
+	}
 	bad := false
-	if cm != nil {
+	if cm := rd.chainMark; cm != nil {
 		var c [8]byte
 		binary.BigEndian.PutUint64(c[:], chain)
 		_, body, err := n.keys.open(cm, n.cfg.Farm, valChainRevoked, c[:], now, 0, n.cfg.MaxSkew)
@@ -258,7 +279,7 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 			n.cfg.Cache.RemoveChain(chain, revs[0].until, session.OriginPeer)
 		}
 	}
-	if im != nil {
+	if im := rd.idMark; im != nil {
 		_, body, err := n.keys.open(im, n.cfg.Farm, valRevokedID, nil, now, 0, n.cfg.MaxSkew)
 		var rs []revokedID
 		if err == nil {
@@ -275,10 +296,69 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 	if bad {
 		n.ctr.storeRejected.Add(1)
 		n.ctr.gated[gateStoreError].Add(1)
-		return false
+		return false, time.Time{}
 	}
 	n.ctr.gated[gateRevoked].Add(1)
-	return false
+	return false, time.Time{}
+}
+
+// gateRecord returns what the session's record, as the gate read it
+// with no revocation mark (rd), makes of a gated hit on the session id at
+// now: gateConfirmed (it resumes), gateRetired or gateStoreError (it does
+// not), and the record's end if it opened. A node whose delivery lags
+// has not heard of a retirement or a grace cut made elsewhere either, and
+// both reach the store: a retirement (a single use's take among them)
+// deletes the record, a grace cut rewrites it to end earlier.
+//
+// A record that ends earlier than the cache's copy cuts the copy, which
+// resumes only while that end is ahead. One that does not open is a store
+// error, as a mark that does not open is.
+//
+// A record that is missing was deleted, or lost, or not written yet, and
+// only a deletion retires the session: as a reconcile does (see
+// reconcilePage), the gate refuses it only if it is not this node's own
+// session waiting for its store write (unstoredIDs), and the store has not
+// lost its data since the node last read its generation (the generation
+// record, read after the session's, is the one the node holds, and the
+// node is not writing its sessions back: see checkGeneration). A record
+// lost with the store's data is the write-back's to restore (the node's
+// own sessions, and the peers' it holds); the hit resumes meanwhile, as
+// it did before the gate read records (a 0-RTT replay then still meets
+// the strike register's loss, proxy TestEarlyDataRefusedAfterStoreLoss).
+// A peer's session that its issuer has yet to write is refused: a full
+// handshake, never a resumption the farm retired. The session stays in
+// the cache: its retirement's message is on its way, and one read is not
+// the two a reconcile makes before it retires a session.
+func (n *Node) gateRecord(id session.ID, rd hitRead, now time.Time) (int, time.Time) {
+	if rd.record == nil {
+		if _, own := n.unstoredIDs()[id]; own {
+			return gateConfirmed, time.Time{}
+		}
+		if n.keepsGeneration() && (n.refilling.Load() || rd.generation == nil ||
+			!bytes.Equal(rd.generation, n.storeGeneration())) {
+			// Lost with the store's data, or it may have been.
+			return gateConfirmed, time.Time{}
+		}
+		return gateRetired, time.Time{}
+	}
+	_, body, err := n.keys.open(rd.record, n.cfg.Farm, valRecord, id[:], now, 0, n.cfg.MaxSkew)
+	var r session.Record
+	if err == nil {
+		err = r.UnmarshalBinary(body)
+	}
+	clear(body) // the session's state: only its end is wanted here
+	if err != nil {
+		n.ctr.storeRejected.Add(1)
+		return gateStoreError, time.Time{}
+	}
+	end := r.Expires
+	if cut, ok := n.cfg.Cache.Cut(id, end); ok && cut.Expires.Equal(end) {
+		n.noteLoaded(id, end)
+	}
+	if !end.After(now) {
+		return gateRetired, end
+	}
+	return gateConfirmed, end
 }
 
 // hitReadsAgain is how many times more checkHit reads the marks after a
@@ -288,57 +368,101 @@ func (n *Node) checkHit(ctx context.Context, id session.ID, chain uint64) bool {
 // and a store that is gone refuses each at once.
 const hitReadsAgain = 2
 
+// A hitRead is what the hit gate read for a session (see readHitMarks),
+// nil where the store holds nothing.
+type hitRead struct {
+	chainMark, idMark []byte // the revocation marks: of its chain, of its ID
+	record            []byte // its record, if read (withRecord, no mark)
+	generation        []byte // the store's generation, read after a record found missing
+}
+
 // readHitMarks reads the marks the hit gate checks for the session id of
 // chain: its chain's revocation (chainMarkKey) and its revocation by ID
-// (revokedIDMarkKey), nil where there is none. With a record store that
-// is not a transport.RecordGetter, it reads them one after the other, and
-// the second only if the first is absent. Both are read from the store's
-// primary (transport.PrimaryRead).
-func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64) (chainMark, idMark []byte, err error) {
+// (revokedIDMarkKey), nil where there is none; and, if withRecord, its
+// record (sessionKey), in the same round trip where the record store is
+// a transport.RecordGetter. With one that is not, it reads them one after
+// the other, each only if those before are absent. A record found missing
+// with no mark there is followed by a read of the store's generation
+// record (generationKey), where the store keeps one (keepsGeneration), to
+// tell a deletion from a loss (see gateRecord). All are read from the
+// store's primary (transport.PrimaryRead).
+func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64, withRecord bool) (hitRead, error) {
 	// From the primary: a replica cut off from its master answers "no
 	// mark" for as long as the cut lasts, and the hit resumed a session
 	// revoked on another node, reported applied
 	// (TestClusterReadOnlyGateReadsMaster).
 	ctx = transport.PrimaryRead(ctx)
-	ck, ik := chainMarkKey(chain), revokedIDMarkKey(id)
+	var rd hitRead
+	keys := [3]string{chainMarkKey(chain), revokedIDMarkKey(id)}
+	nk := 2
+	if withRecord {
+		keys[2] = sessionKey(id)
+		nk = 3
+	}
 	if g, ok := n.cfg.Records.(transport.RecordGetter); ok {
-		vs, err := g.GetRecords(ctx, ck, ik)
+		vs, err := g.GetRecords(ctx, keys[:nk]...)
 		if err != nil {
-			return nil, nil, err
+			return hitRead{}, err
 		}
-		if len(vs) != 2 {
-			return nil, nil, errors.New("farm: the record store answered a read of two marks with a count of values other than two")
+		if len(vs) != nk {
+			return hitRead{}, errors.New("farm: the record store answered a read of the hit gate's keys with a count of values other than theirs")
 		}
-		return vs[0], vs[1], nil
+		rd.chainMark, rd.idMark = vs[0], vs[1]
+		if withRecord {
+			rd.record = vs[2]
+		}
+	} else {
+		dst := [3]*[]byte{&rd.chainMark, &rd.idMark, &rd.record}
+		for i, k := range keys[:nk] {
+			v, err := n.cfg.Records.GetRecord(ctx, k)
+			if errors.Is(err, transport.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return hitRead{}, err
+			}
+			*dst[i] = v
+			break
+		}
 	}
-	for i, k := range []string{ck, ik} {
-		v, err := n.cfg.Records.GetRecord(ctx, k)
-		if errors.Is(err, transport.ErrNotFound) {
-			continue
+	if withRecord && rd.chainMark == nil && rd.idMark == nil && rd.record == nil && n.keepsGeneration() {
+		// After the record's read: a loss before it shows here.
+		v, err := n.cfg.Records.GetRecord(ctx, generationKey)
+		switch {
+		case errors.Is(err, transport.ErrNotFound):
+		case err != nil:
+			return hitRead{}, err
+		default:
+			rd.generation = v
 		}
-		if err != nil {
-			return nil, nil, err
-		}
-		if i == 0 {
-			return v, nil, nil
-		}
-		return nil, v, nil
 	}
-	return nil, nil, nil
+	return rd, nil
 }
 
 // gateLoaded returns rec, which the farm found for the session id (a
 // peer's copy held undecoded, one that came while a handshake waited, or
-// the store's record), or nil if the hit gate holds it back: the store's
-// record of a session is there until its own revocation deletes it, not
-// its chain's. A session the gate finds revoked by ID has its chain
-// revoked (see refuseRevokedID).
-func (n *Node) gateLoaded(ctx context.Context, id session.ID, rec *session.Record) *session.Record {
-	if rec == nil || n.hitsCurrent() || n.checkHit(ctx, id, rec.Chain) {
+// the store's record, which stored says), or nil if the hit gate holds it
+// back: the store's record of a session is there until its own
+// revocation deletes it, not its chain's. A record that did not come from
+// the store is checked against the store's (see gateRecord), and ends no
+// later than it; one that did is not read again (a lookup that several
+// handshakes share reads the store once). A session the gate finds
+// revoked by ID has its chain revoked (see refuseRevokedID).
+func (n *Node) gateLoaded(ctx context.Context, id session.ID, rec *session.Record, stored bool) *session.Record {
+	if rec == nil || n.hitsCurrent() {
 		return rec
 	}
-	n.refuseRevokedID(id, rec)
-	return nil
+	ok, end := n.gateHit(ctx, id, rec.Chain, !stored)
+	if !ok {
+		n.refuseRevokedID(id, rec)
+		return nil
+	}
+	if !end.IsZero() && end.Before(rec.Expires) {
+		cp := *rec
+		cp.Expires = end
+		rec = &cp
+	}
+	return rec
 }
 
 // unreachable reports whether err, a store request's, says its server
@@ -406,11 +530,12 @@ func (n *Node) busUnreachable() bool {
 
 // What the hit gate found, as tlsfarm_farm_gated_hits_total labels it.
 const (
-	gateConfirmed  = iota // the store holds no revocation of the chain: resumed
+	gateConfirmed  = iota // the store holds no revocation of the chain, and the session's record (or lost it with its data): resumed
 	gateRevoked           // the store holds one: applied, not resumed
 	gateStoreError        // the store's read failed or did not answer in time: not resumed
 	gateCutOff            // the node counts its store unreachable: resumed unchecked
+	gateRetired           // the store deleted the session's record, or holds it cut to the past: not resumed
 	numGateResults
 )
 
-var gateResults = []string{"confirmed", "revoked", "store_error", "cut_off"}
+var gateResults = []string{"confirmed", "revoked", "store_error", "cut_off", "retired"}

@@ -248,7 +248,7 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 		// which would fail every lookup of the farm for up to MaxAge.
 		return nil, nil
 	}
-	rec, err := n.load(ctx, id)
+	rec, stored, err := n.load(ctx, id)
 	now = n.cfg.Now()
 	if rec != nil {
 		if n.retired.holds(id, now) {
@@ -270,7 +270,7 @@ func (p cachePeer) Load(ctx context.Context, id session.ID) (*session.Record, er
 			rec = &cp
 		}
 	}
-	return n.gateLoaded(ctx, id, n.holdBack(id, rec, now)), err
+	return n.gateLoaded(ctx, id, n.holdBack(id, rec, now), stored), err
 }
 
 func (p cachePeer) Claim(ctx context.Context, id session.ID) (bool, error) {

@@ -131,52 +131,56 @@ func sessionKey(id session.ID) string {
 // under a context of its own (OpTimeout, detached from any one client; see
 // lookupStore): each handshake gives up on its own ctx (the lookup
 // deadline), and one client hanging up does not fail the others.
-func (n *Node) load(ctx context.Context, id session.ID) (*session.Record, error) {
-	rec, err := n.loadFarm(ctx, id)
+func (n *Node) load(ctx context.Context, id session.ID) (rec *session.Record, stored bool, err error) {
+	rec, stored, err = n.loadFarm(ctx, id)
 	if n.refuseRevokedID(id, rec) {
-		return nil, nil // revoked by ID: its chain is revoked now
+		return nil, false, nil // revoked by ID: its chain is revoked now
 	}
-	return rec, err
+	return rec, stored, err
 }
 
-// loadFarm is load before the check of the revocations by ID.
-func (n *Node) loadFarm(ctx context.Context, id session.ID) (*session.Record, error) {
+// loadFarm is load before the check of the revocations by ID. stored
+// says the record is the store's, read by this lookup (not a peer's copy,
+// nor one a young wait got, from the bus or the store): the hit gate
+// need not read it again (see gateLoaded).
+func (n *Node) loadFarm(ctx context.Context, id session.ID) (*session.Record, bool, error) {
 	if !n.revsKnown.Load() {
 		// The farm may have revoked it: a full handshake (see Join).
 		n.ctr.unknownRevs.Add(1)
-		return nil, nil
+		return nil, false, nil
 	}
 	if rec, ok := n.takePending(id); ok {
-		return rec, nil
+		return rec, false, nil
 	}
 	now := n.cfg.Now()
 	if until, ok := n.youngUntil(id, now); ok {
-		return n.loadYoung(ctx, id, until)
+		rec, err := n.loadYoung(ctx, id, until)
+		return rec, false, err
 	}
 	if n.cfg.Records == nil {
-		return nil, nil
+		return nil, false, nil
 	}
 	if n.neg != nil && n.neg.has(id, now) {
 		n.ctr.negativeHits.Add(1)
-		return nil, nil
+		return nil, false, nil
 	}
 	if !n.brk.allow(now) {
 		n.ctr.lookupsSkipped.Add(1)
-		return nil, nil
+		return nil, false, nil
 	}
 	rec, err := n.lookupStore(ctx, id)
 	if err == errStoreRejected {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if rec == nil {
-		return nil, nil
+		return nil, false, nil
 	}
 	cp := *rec // each caller gets its own record; State is shared, read-only
 	n.noteLoaded(id, cp.Expires)
-	return &cp, nil
+	return &cp, true, nil
 }
 
 // errStoreRejected is lookupStore's answer for a stored value that does not

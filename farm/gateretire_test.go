@@ -1,0 +1,84 @@
+package farm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/tlstest"
+	"github.com/tlsfarm/tlsfarm/session"
+)
+
+// TestGatedHitHonoursEndElsewhere: n2's bus delivery lags by a second
+// (its bus path slowed, its store path direct), past MaxDeliveryLag, so
+// its cache hits are gated. S, issued on n2 and held by n1 too, ends on
+// n1 while the message that says so is on its way to n2: retired
+// (Cache.Retire deletes its record), or resumed there with a 200 ms
+// ResumeGrace (its record rewritten to end with the grace), with n2 asked
+// 100 ms after the grace ran out. Both are farm promises (single use,
+// the grace cut) that must hold on a lagging node: n2 must not resume S
+// from its copy, and counts the hit retired. A control session, its
+// record whole, still resumes on n2.
+//
+// Before the gate read the session's record, it read the revocation marks
+// only, found none, and resumed S in both cases (gated hits: confirmed).
+func TestGatedHitHonoursEndElsewhere(t *testing.T) {
+	t.Parallel()
+	const grace = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		end  func(g *gateFarm) // ends S on n1
+	}{
+		{"retired", func(g *gateFarm) {
+			if !g.n1.Cache.Retire(g.sid, session.OriginAPI) {
+				g.t.Fatal("n1 does not hold S")
+			}
+		}},
+		{"cut", func(g *gateFarm) {
+			// The client keeps S's ticket: n1 resumes S and cuts it to
+			// its grace.
+			if !tlstest.MustDial(g.t, g.n1.Server.Addr, farmtest.Client(tls.VersionTLS13, g.sessions[0])).DidResume {
+				g.t.Fatal("n1 did not resume S")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := newGateFarm(t, gateFarmOptions{MaxLag: 150 * time.Millisecond,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace }})
+			g.issue(2)
+			key := "s:" + hex.EncodeToString(g.sid[:])
+			whole, err := g.n1.Store.GetRecord(t.Context(), key)
+			if err != nil {
+				t.Fatalf("S's record: %v", err)
+			}
+			g.lagDelivery(time.Second)
+			ended := time.Now()
+			tc.end(g)
+			farmtest.Eventually(t, 5*time.Second, "n1 wrote S's end to the store", func() bool {
+				v, err := g.n1.Store.GetRecord(context.Background(), key)
+				return errors.Is(err, transport.ErrNotFound) || err == nil && !bytes.Equal(v, whole)
+			})
+			time.Sleep(time.Until(ended.Add(grace + 100*time.Millisecond)))
+			_, held := lookup(g.n2.Cache, g.sid)
+			if g.dial(g.n2, g.sessions[0]) {
+				t.Errorf("n2 (delivery lagging, holding S: %v) resumed S, %s on n1 (gated hits: %s)", held, tc.name, g.gatedCounts())
+			}
+			if !g.dial(g.n2, g.sessions[1]) {
+				t.Errorf("n2 did not resume the control session (gated hits: %s)", g.gatedCounts())
+			}
+			if g.gated("retired") == 0 {
+				t.Errorf("n2's gate counted no hit retired (gated hits: %s)", g.gatedCounts())
+			}
+			if d := g.n2.Bus.(transport.DeliveryMarker).DeliveredThrough(); !d.Before(ended) {
+				t.Logf("n2's delivery reached the end of S before the dials (%v after): the check came late", d.Sub(ended))
+			}
+		})
+	}
+}
