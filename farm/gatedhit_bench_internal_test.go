@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
@@ -22,7 +24,32 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkGatedHit ./farm/
 func BenchmarkGatedHit(b *testing.B) {
-	n := benchNode(b, "gatedhit", nil)
+	benchGatedHit(b, benchNode(b, "gatedhit", nil))
+}
+
+// BenchmarkGatedHitNATS is BenchmarkGatedHit on the NATS server at
+// $TLSFARM_NATS_URL (nats://127.0.0.1:4222 if unset), a farm of its own,
+// whose store is not a transport.RecordGetter: the gate's reads go to the
+// stream's leader, one key each, all at once.
+//
+//	go test -run '^$' -bench BenchmarkGatedHitNATS ./farm/
+func BenchmarkGatedHitNATS(b *testing.B) {
+	url := os.Getenv("TLSFARM_NATS_URL")
+	if url == "" {
+		url = "nats://127.0.0.1:4222"
+	}
+	name := "gatedhit-" + rand.Text()[:12]
+	tr, err := natsbus.Open(url, name, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tr.Close() })
+	benchGatedHit(b, benchNodeOn(b, name, tr, nil))
+}
+
+// benchGatedHit measures n's gated hits on a session whose record is in
+// n's store.
+func benchGatedHit(b *testing.B, n *Node) {
 	var id session.ID
 	rand.Read(id[:])
 	ctx := context.Background()
@@ -60,6 +87,18 @@ func benchNode(b testing.TB, prefix string, tweak func(*Config)) *Node {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { tr.Close() })
+	return benchNodeOn(b, name, tr, tweak)
+}
+
+// benchTransport is a transport that is the bus and the store.
+type benchTransport interface {
+	transport.Bus
+	transport.Store
+}
+
+// benchNodeOn joins a node of the farm name over tr (bus and store), as
+// benchNode does.
+func benchNodeOn(b testing.TB, name string, tr benchTransport, tweak func(*Config)) *Node {
 	cache, err := session.New(&session.Config{Lifetime: time.Hour})
 	if err != nil {
 		b.Fatal(err)

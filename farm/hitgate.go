@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -380,8 +381,8 @@ type hitRead struct {
 // chain: its chain's revocation (chainMarkKey) and its revocation by ID
 // (revokedIDMarkKey), nil where there is none; and, if withRecord, its
 // record (sessionKey), in the same round trip where the record store is
-// a transport.RecordGetter. With one that is not, it reads them one after
-// the other, each only if those before are absent. A record found missing
+// a transport.RecordGetter. With one that is not, it reads them at once,
+// one request a key. A record found missing
 // with no mark there is followed by a read of the store's generation
 // record (generationKey), where the store keeps one (keepsGeneration), to
 // tell a deletion from a loss (see gateRecord). All are read from the
@@ -412,18 +413,11 @@ func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64, wi
 			rd.record = vs[2]
 		}
 	} else {
-		dst := [3]*[]byte{&rd.chainMark, &rd.idMark, &rd.record}
-		for i, k := range keys[:nk] {
-			v, err := n.cfg.Records.GetRecord(ctx, k)
-			if errors.Is(err, transport.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return hitRead{}, err
-			}
-			*dst[i] = v
-			break
+		vs, err := n.readEach(ctx, keys[:nk])
+		if err != nil {
+			return hitRead{}, err
 		}
+		rd.chainMark, rd.idMark, rd.record = vs[0], vs[1], vs[2]
 	}
 	if withRecord && rd.chainMark == nil && rd.idMark == nil && rd.record == nil && n.keepsGeneration() {
 		// After the record's read: a loss before it shows here.
@@ -437,6 +431,32 @@ func (n *Node) readHitMarks(ctx context.Context, id session.ID, chain uint64, wi
 		}
 	}
 	return rd, nil
+}
+
+// readEach reads keys (at most three) from the record store one request
+// a key, all at once: a gated hit waits one round trip, not three (a NATS
+// leader's gets are one key each; most gated hits find no mark and a
+// record, and would read all three in turn). It returns the values in
+// the order of keys, nil where a key has none, or the first key's error.
+func (n *Node) readEach(ctx context.Context, keys []string) ([3][]byte, error) {
+	var vs [3][]byte
+	var errs [3]error
+	var wg sync.WaitGroup
+	for i, k := range keys {
+		wg.Go(func() {
+			vs[i], errs[i] = n.cfg.Records.GetRecord(ctx, k)
+			if errors.Is(errs[i], transport.ErrNotFound) {
+				vs[i], errs[i] = nil, nil
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs[:len(keys)] {
+		if err != nil {
+			return [3][]byte{}, err // as a read in turn would have failed
+		}
+	}
+	return vs, nil
 }
 
 // gateLoaded returns rec, which the farm found for the session id (a
