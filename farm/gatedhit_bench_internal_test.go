@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
@@ -43,7 +45,16 @@ func BenchmarkGatedHitNATS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { tr.Close() })
+	b.Cleanup(func() {
+		// The shared server keeps no benchmark's buckets.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if js, err := jetstream.New(tr.Conn()); err == nil {
+			js.DeleteKeyValue(ctx, tr.Bucket())
+			js.DeleteKeyValue(ctx, tr.RecordBucket())
+		}
+		tr.Close()
+	})
 	benchGatedHit(b, benchNodeOn(b, name, tr, nil))
 }
 
