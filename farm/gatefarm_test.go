@@ -51,6 +51,11 @@ type gateFarmOptions struct {
 	// N2StoreUser, if set ("user:password"), is the Redis user n2's
 	// store connects as (through store2); BeforeStart creates it.
 	N2StoreUser string
+	// CloseServer makes the nodes' test servers close each connection
+	// once its handshake is done (farmtest.Options.CloseServer), as a
+	// client that waits for the server's end (openssl s_client
+	// -ign_eof) needs.
+	CloseServer bool
 	// BeforeStart, if set, runs once the server and its proxies are up,
 	// before the nodes start (to create N2StoreUser, say).
 	BeforeStart func(g *gateFarm)
@@ -78,7 +83,7 @@ func newGateFarm(t *testing.T, o gateFarmOptions) *gateFarm {
 	joined := 0
 	g.ms, _ = farmtest.Start(t, 2, &farmtest.Options{
 		Mode: farm.Broadcast, WriteThrough: true,
-		Logger: o.Logger, TweakCache: o.TweakCache,
+		Logger: o.Logger, TweakCache: o.TweakCache, CloseServer: o.CloseServer,
 		NewTransport: func(tb testing.TB, farmName string) (transport.Bus, transport.Store) {
 			joined++
 			if joined == 1 {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,6 +79,64 @@ func TestGatedHitHonoursEndElsewhere(t *testing.T) {
 			}
 			if d := g.n2.Bus.(transport.DeliveryMarker).DeliveredThrough(); !d.Before(ended) {
 				t.Logf("n2's delivery reached the end of S before the dials (%v after): the check came late", d.Sub(ended))
+			}
+		})
+	}
+}
+
+// TestGatedHitHonoursEndElsewhereOpenSSL is TestGatedHitHonoursEndElsewhere
+// with openssl as the client: a session saved by openssl s_client
+// -sess_out on n2 ends on n1 while n2's delivery lags, and n2 must not
+// resume it from openssl's -sess_in. TLS 1.3: openssl resumes it on n1,
+// which cuts it to its grace (a resumption there issues a new ticket), and
+// n2 is asked once the grace has run out. TLS 1.2: a resumption issues no
+// new session and cuts nothing, so n1 retires it (Cache.Retire).
+func TestGatedHitHonoursEndElsewhereOpenSSL(t *testing.T) {
+	t.Parallel()
+	const grace = 300 * time.Millisecond
+	for _, tv := range []string{"-tls1_2", "-tls1_3"} {
+		t.Run(tv, func(t *testing.T) {
+			t.Parallel()
+			g := newGateFarm(t, gateFarmOptions{MaxLag: 150 * time.Millisecond, CloseServer: true,
+				TweakCache: func(c *session.Config) { c.ResumeGrace = grace }})
+			sess := tlstest.SessionFile(t)
+			ids := farmtest.HandshakeSessions(g.n2.Cache)
+			out := tlstest.OpenSSL(t, g.n2.Server.Addr, tv, "-servername", "localhost", "-sess_out", sess)
+			if len(ids()) == 0 {
+				t.Fatalf("no session issued: %s", out)
+			}
+			sid := ids()[0]
+			key := "s:" + hex.EncodeToString(sid[:])
+			var whole []byte
+			farmtest.Eventually(t, 10*time.Second, "n1 holds S, and the store has it", func() bool {
+				_, held := lookup(g.n1.Cache, sid)
+				v, err := g.n1.Store.GetRecord(t.Context(), key)
+				whole = v
+				return held && err == nil
+			})
+			resumed := func(m *farmtest.Member) bool {
+				out := tlstest.OpenSSL(t, m.Server.Addr, tv, "-servername", "localhost", "-sess_in", sess)
+				return strings.Contains(out, "Reused, ")
+			}
+			g.lagDelivery(time.Second)
+			ended := time.Now()
+			if tv == "-tls1_3" {
+				if !resumed(g.n1) {
+					t.Fatal("openssl's saved session did not resume on n1")
+				}
+			} else if !g.n1.Cache.Retire(sid, session.OriginAPI) {
+				t.Fatal("n1 does not hold S")
+			}
+			farmtest.Eventually(t, 5*time.Second, "n1 wrote S's end to the store", func() bool {
+				v, err := g.n1.Store.GetRecord(context.Background(), key)
+				return errors.Is(err, transport.ErrNotFound) || err == nil && !bytes.Equal(v, whole)
+			})
+			time.Sleep(time.Until(ended.Add(grace + 100*time.Millisecond)))
+			if resumed(g.n2) {
+				t.Errorf("n2 (delivery lagging) resumed openssl's session, ended on n1 (gated hits: %s)", g.gatedCounts())
+			}
+			if d := g.n2.Bus.(transport.DeliveryMarker).DeliveredThrough(); !d.Before(ended) {
+				t.Logf("n2's delivery reached S's end before the dial (%v after): the check came late", d.Sub(ended))
 			}
 		})
 	}
