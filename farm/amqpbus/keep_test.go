@@ -120,6 +120,26 @@ func brokerChannel(t *testing.T, url string) *amqp.Channel {
 	return ch
 }
 
+// publishRaw publishes body to exchange from a connection of the test's
+// own, bypassing the Bus (as someone without the farm secret would), and
+// returns once the broker has confirmed it, and so has put it in every
+// queue bound to exchange: a publish left unconfirmed may be routed after
+// what is published next on another connection.
+func publishRaw(t *testing.T, url, exchange string, body []byte) {
+	t.Helper()
+	ch := brokerChannel(t, url)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), exchange, "", false, false, amqp.Publishing{Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Wait() {
+		t.Fatal("the broker did not take the message (basic.nack)")
+	}
+}
+
 func publish(t *testing.T, b *amqpbus.Bus, msgs ...string) {
 	t.Helper()
 	var bs [][]byte

@@ -2,14 +2,11 @@ package amqpbus_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"runtime"
 	"slices"
 	"testing"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -39,14 +36,11 @@ func TestOversizedMessageNotRead(t *testing.T) {
 	l.waitFor(t, "before")
 
 	big := bytes.Repeat([]byte("x"), 16<<20)
-	ch := brokerChannel(t, url)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for range 4 {
-		if err := ch.PublishWithContext(context.Background(), sub.Exchange(), "", false, false, amqp.Publishing{Body: big}); err != nil {
-			t.Fatal(err)
-		}
+		publishRaw(t, url, sub.Exchange(), big)
 	}
 	publish(t, pub, "after")
 	l.waitFor(t, "after")
@@ -82,10 +76,11 @@ func TestOversizedMessageCountedInBacklog(t *testing.T) {
 	url := brokerURL(t)
 	pub, sub, l, proxy := cutOffSubscriber(t, url, &amqpbus.Options{QueueLength: 1000, QueueBytes: testQueueBytes})
 	cut(t, url, proxy, l, sub)
-	ch := brokerChannel(t, url)
-	if err := ch.PublishWithContext(context.Background(), sub.Exchange(), "", false, false, amqp.Publishing{Body: bytes.Repeat([]byte("x"), 2<<20)}); err != nil {
-		t.Fatal(err)
-	}
+	// Confirmed, so in the queue before the three: published without a
+	// confirm, it could still be on its way when the subscriber declared
+	// its queue, which counted the three and "before" (1.5 MiB, room for a
+	// largest message) and then read just those.
+	publishRaw(t, url, sub.Exchange(), bytes.Repeat([]byte("x"), 2<<20))
 	during := bigMessages("during", 3)
 	publish(t, pub, during...)
 	// "before" is back in the queue, at its head, when the cut came
@@ -122,10 +117,7 @@ func TestOversizedMessageOnSlowLink(t *testing.T) {
 		t.Fatalf("subscribed with %v", err)
 	}
 	proxy.SetLatency(10 * time.Millisecond)
-	ch := brokerChannel(t, url)
-	if err := ch.PublishWithContext(context.Background(), sub.Exchange(), "", false, false, amqp.Publishing{Body: bytes.Repeat([]byte("x"), 16<<20)}); err != nil {
-		t.Fatal(err)
-	}
+	publishRaw(t, url, sub.Exchange(), bytes.Repeat([]byte("x"), 16<<20))
 	publish(t, pub, "after")
 	farmtest.Eventually(t, 30*time.Second, "the message after the long one delivered", func() bool { return l.has("after") })
 	select {

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/tlsfarm/tlsfarm/farm/amqpbus"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -59,10 +57,7 @@ func TestTLS(t *testing.T) {
 			if err := l.next(t, true); err != nil {
 				t.Fatalf("subscribed with %v", err)
 			}
-			ch := brokerChannel(t, plain)
-			if err := ch.PublishWithContext(context.Background(), sub.Exchange(), "", false, false, amqp.Publishing{Body: bytes.Repeat([]byte("x"), 4<<20)}); err != nil {
-				t.Fatal(err)
-			}
+			publishRaw(t, plain, sub.Exchange(), bytes.Repeat([]byte("x"), 4<<20))
 			publish(t, pub, "after")
 			l.waitFor(t, "after")
 			if got := l.delivered(); len(got) != 1 {

@@ -146,7 +146,16 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 
 	dial := func(m *Member, c tls.ClientSessionCache) bool {
 		t.Helper()
-		return tlstest.MustDial(t, m.Server.Addr, Client(o.Version, c)).DidResume
+		start := time.Now()
+		cs, err := tlstest.Dial(m.Server.Addr, Client(o.Version, c))
+		if err != nil {
+			// Say how long it took, and what the server saw: a dial
+			// to n1 before any lag failed twice in loaded runs,
+			// with the client's error alone.
+			t.Fatalf("a dial to %s: %v (after %v; the server's failed handshakes: %v)",
+				m.Name, err, time.Since(start).Round(time.Millisecond), m.Server.HandshakeErrors())
+		}
+		return cs.DidResume
 	}
 	ids := HandshakeSessions(n1.Cache)
 	s, c := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
