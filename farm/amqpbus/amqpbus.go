@@ -186,6 +186,9 @@ type Bus struct {
 	probe   *publisher // Ping's connection
 
 	warn func(msg string, args ...any) // slog.Warn; tests replace it
+	// afterDeclare, if set (tests), runs in each subscription attempt
+	// once its queue is declared, before the declare's counts are used.
+	afterDeclare func()
 
 	qmu       sync.Mutex       // guards the fields below
 	queue     string           // the Bus's queue, named once in Open
@@ -862,6 +865,20 @@ func (b *Bus) subscribeOnce(ctx context.Context, queue string, lost *error, held
 		}
 		existed, bytesBound = true, false
 		b.warnUnbounded(queue, ae)
+	}
+	if b.afterDeclare != nil {
+		b.afterDeclare()
+	}
+	if existed && q.Consumers > 0 {
+		// The broker still counts a consumer: the previous connection's,
+		// which it has not yet found gone. What that consumer holds
+		// unacknowledged is not in q.Messages, and comes back to the
+		// queue when the broker drops it, perhaps over the queue's
+		// bounds (the broker then drops the oldest): a backlog measured
+		// from q.Messages would miss that loss if the consumer went
+		// between this declare and the Consume below. Try again; the
+		// exclusive Consume would be refused meanwhile anyway.
+		return fmt.Errorf("amqpbus: queue %s still has %d consumer(s), the previous connection's perhaps", queue, q.Consumers)
 	}
 	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	b.qmu.Lock()
