@@ -261,6 +261,18 @@ func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRec
 			n.ctr.gated[gateConfirmed].Add(1)
 			return true, time.Time{}
 		}
+		if rd.record == nil {
+			if _, own := n.unstoredIDs()[id]; !own {
+				// This node's own new session, written since the read
+				// (no longer queued, nor in flight), is in the store
+				// now: read it once more before calling it retired. (CI:
+				// a chain of resumptions on its issuer, delivery lagging
+				// under load, was refused at its fourth.)
+				if v, err := n.cfg.Records.GetRecord(transport.PrimaryRead(ctx), sessionKey(id)); err == nil {
+					rd.record = v
+				}
+			}
+		}
 		r, end := n.gateRecord(id, rd, now)
 		n.ctr.gated[r].Add(1)
 		return r == gateConfirmed, end
