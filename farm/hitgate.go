@@ -261,8 +261,9 @@ func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRec
 			n.ctr.gated[gateConfirmed].Add(1)
 			return true, time.Time{}
 		}
+		own := false // the session is this node's, waiting for its store write
 		if rd.record == nil {
-			if _, own := n.unstoredIDs()[id]; !own {
+			if _, own = n.unstoredIDs()[id]; !own {
 				// This node's own new session, written since the read
 				// (no longer queued, nor in flight), is in the store
 				// now: read it once more before calling it retired. (CI:
@@ -273,7 +274,7 @@ func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRec
 				}
 			}
 		}
-		r, end := n.gateRecord(id, rd, now)
+		r, end := n.gateRecord(id, rd, own, now)
 		n.ctr.gated[r].Add(1)
 		return r == gateConfirmed, end
 	}
@@ -330,7 +331,7 @@ func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRec
 // A record that is missing was deleted, or lost, or not written yet, and
 // only a deletion retires the session: as a reconcile does (see
 // reconcilePage), the gate refuses it only if it is not this node's own
-// session waiting for its store write (unstoredIDs), and the store has not
+// session waiting for its store write (own, from unstoredIDs), and the store has not
 // lost its data since the node last read its generation (the generation
 // record, read after the session's, is the one the node holds, and the
 // node is not writing its sessions back: see checkGeneration). A record
@@ -342,9 +343,9 @@ func (n *Node) gateHit(ctx context.Context, id session.ID, chain uint64, withRec
 // handshake, never a resumption the farm retired. The session stays in
 // the cache: its retirement's message is on its way, and one read is not
 // the two a reconcile makes before it retires a session.
-func (n *Node) gateRecord(id session.ID, rd hitRead, now time.Time) (int, time.Time) {
+func (n *Node) gateRecord(id session.ID, rd hitRead, own bool, now time.Time) (int, time.Time) {
 	if rd.record == nil {
-		if _, own := n.unstoredIDs()[id]; own {
+		if own {
 			return gateConfirmed, time.Time{}
 		}
 		if n.keepsGeneration() && (n.refilling.Load() || rd.generation == nil ||
