@@ -17,6 +17,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -201,6 +202,29 @@ func (s *Server) HandshakeErrors() []error {
 	return append([]error(nil), s.failed...)
 }
 
+// ServerHandshakeStacks returns the stacks of this process's goroutines
+// that are in a TLS server handshake, for a test to say where a handshake
+// that takes too long waits.
+func ServerHandshakeStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var b strings.Builder
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "crypto/tls.(*Conn).serverHandshake") {
+			b.WriteString(g)
+			b.WriteString("\n\n")
+		}
+	}
+	return b.String()
+}
+
 // ClientConfig returns a client configuration that trusts pool, pins version
 // (0 for any), and uses cache for resumption.
 func ClientConfig(pool *x509.CertPool, serverName string, version uint16, cache tls.ClientSessionCache) *tls.Config {
@@ -216,7 +240,14 @@ func ClientConfig(pool *x509.CertPool, serverName string, version uint16, cache 
 // Dial connects to addr, completes the handshake, reads the server's line
 // (which also takes in a TLS 1.3 ticket), and returns the connection state.
 func Dial(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
-	d := &net.Dialer{Timeout: 5 * time.Second}
+	return DialWithin(addr, cfg, 5*time.Second)
+}
+
+// DialWithin is Dial with the connection and handshake bounded by timeout,
+// for tests whose servers may wait on a slowed store path within their
+// bounds on a loaded machine.
+func DialWithin(addr string, cfg *tls.Config, timeout time.Duration) (tls.ConnectionState, error) {
+	d := &net.Dialer{Timeout: timeout}
 	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
 	if err != nil {
 		return tls.ConnectionState{}, err
