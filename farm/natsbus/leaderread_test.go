@@ -86,14 +86,28 @@ func (lc *lagCluster) follow(t *testing.T, tr *natsbus.Transport, bucket string)
 	t.Helper()
 	stream := "KV_" + bucket
 	n1, n3 := lc.c.Server("n1"), lc.c.Server("n3")
+	nc, err := nats.Connect(lc.url("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// The stream's leader is asked to hand over to n1 by name, at most
+	// once a second: a leader on n2 or n3 stepped down at every poll (each
+	// 5 ms) left the election to chance, and stepped down again a leader
+	// just elected; a CI run under load found no settled n1 within 30 s.
+	var asked time.Time
 	farmtest.Eventually(t, 30*time.Second, "n1 leads the stream, and n3 is current", func() bool {
-		for _, s := range lc.c.Servers[1:] {
-			if s.JetStreamIsStreamLeader("$G", stream) {
-				s.JetStreamStepdownStream("$G", stream)
-				return false
-			}
+		if n1.JetStreamIsStreamLeader("$G", stream) {
+			return n3.JetStreamIsStreamCurrent("$G", stream)
 		}
-		return n1.JetStreamIsStreamLeader("$G", stream) && n3.JetStreamIsStreamCurrent("$G", stream)
+		if time.Since(asked) < time.Second {
+			return false
+		}
+		asked = time.Now()
+		// Answered with an error while n1 cannot lead yet (not current,
+		// or no leader to ask): asked again a second later.
+		nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(`{"placement":{"preferred":"n1"}}`), 2*time.Second)
+		return false
 	})
 	farmtest.Eventually(t, 30*time.Second, "n3 answers direct gets itself", func() bool {
 		lc.freeze(t)
