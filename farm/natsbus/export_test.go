@@ -3,6 +3,9 @@ package natsbus
 import (
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // SetMaxSetMembers sets the bound on what SetMembers returns, in place of
@@ -23,4 +26,10 @@ func SetReplicasRecheck(tb testing.TB, d time.Duration) {
 	old := replicasRecheck
 	replicasRecheck = d
 	tb.Cleanup(func() { replicasRecheck = old })
+}
+
+// SetTakeBeforePurge makes tr's TakeRecord call f with each purge it is
+// about to send; set before tr is used.
+func SetTakeBeforePurge(tr *Transport, f func(*nats.Msg, []jetstream.PublishOpt)) {
+	tr.takeBeforePurge = f
 }

@@ -2,14 +2,20 @@ package natsbus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
+	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 )
 
@@ -239,4 +245,60 @@ func TestClusterConditionalWritesReadLeader(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("the slowest take or cut took %v", slowest.Round(time.Millisecond))
+}
+
+// TestTakeAnswersAfterLostPurge: a take (TakeRecord, what Node.Consume
+// does) on n3 of a lagCluster whose purge is lost on its way to the
+// stream's leader (n1): n3's routes are frozen as the purge goes out, and
+// dropped (their connections closed, what they held lost) once it is
+// held. The routes come back on new connections, and the take must
+// answer within tookBound, with the record's value, not wait out its
+// bound; the record is then gone, and a second take on n1 finds nothing.
+// Before TakeRecord asked again after an attempt without an answer, it
+// waited all of its bound (20 s) and failed.
+func TestTakeAnswersAfterLostPurge(t *testing.T) {
+	t.Parallel()
+	const (
+		bound     = 20 * time.Second
+		tookBound = 10 * time.Second
+	)
+	lc := startLagCluster(t)
+	w, r, ctx := lc.open(t, 120*time.Second, false)
+	if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("v"), TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	lc.follow(t, r, w.Bucket())
+
+	var purges atomic.Int32
+	var dropped sync.WaitGroup
+	natsbus.SetTakeBeforePurge(r, func(*nats.Msg, []jetstream.PublishOpt) {
+		if purges.Add(1) != 1 {
+			return
+		}
+		lc.freeze(t)
+		dropped.Go(func() {
+			// The purge goes out as this returns: once the routes
+			// hold it (with whatever else they hold), they drop.
+			time.Sleep(300 * time.Millisecond)
+			for _, p := range lc.routes {
+				p.Drop()
+			}
+		})
+	})
+	tctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	start := time.Now()
+	v, err := r.TakeRecord(tctx, "s:01")
+	took := time.Since(start)
+	dropped.Wait()
+	t.Logf("the take answered after %v, %d purge(s) sent", took.Round(time.Millisecond), purges.Load())
+	if err != nil || string(v) != "v" {
+		t.Fatalf("TakeRecord on n3 = %q, %v after %v; want the record's value", v, err, took.Round(time.Millisecond))
+	}
+	if took > tookBound {
+		t.Errorf("TakeRecord on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
+	}
+	if _, err := w.TakeRecord(ctx, "s:01"); !errors.Is(err, transport.ErrNotFound) {
+		t.Errorf("a second take on n1 = %v, want %v", err, transport.ErrNotFound)
+	}
 }

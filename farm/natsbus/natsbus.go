@@ -151,6 +151,10 @@ type Transport struct {
 	opts    Options
 	secrets []string // passwords and tokens in the URL, redacted from errors
 
+	// If set (by a test), called by TakeRecord with each purge it is
+	// about to send.
+	takeBeforePurge func(*nats.Msg, []jetstream.PublishOpt)
+
 	store   atomic.Pointer[bucketState] // nil until the bucket is open
 	initMu  sync.Mutex
 	initCh  chan struct{} // closed when the running bucket lookup ends

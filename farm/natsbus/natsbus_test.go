@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
@@ -394,5 +395,62 @@ func TestForeignValueIsNotAnError(t *testing.T) {
 	}
 	if got, err := tr.TakeRecord(ctx, key); err != nil || string(got) != "\x09\x00\x00" {
 		t.Fatalf("TakeRecord of a foreign value = %q, %v", got, err)
+	}
+}
+
+// TestTakeKnowsItsLandedPurge: a take (TakeRecord) whose purge landed but
+// whose answer it did not get (lost with a route, or past its attempt:
+// TestTakeAnswersAfterLostPurge) reads the key again and finds its own
+// purge there. It must return the value it took, not report the record
+// gone, which would cost the single-use session's client its resumption
+// on the node that did take it. Here the purge is published once by the
+// test, as the take is about to, so the take's own is refused (the key's
+// last sequence moved) and it reads its purge back: for a record natsbus
+// wrote (a retirement mark) and a foreign value (a plain purge).
+func TestTakeKnowsItsLandedPurge(t *testing.T) {
+	url := embedded(t)
+	for _, tc := range []struct {
+		name    string
+		foreign bool
+	}{{"record", false}, {"foreign", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := open(t, url, farmtest.FarmName(t))
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			const key = "s:0123456789abcdef"
+			if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sealed"), TTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			js, _ := jetstream.New(tr.Conn())
+			want := "sealed"
+			if tc.foreign {
+				kv, err := js.KeyValue(ctx, tr.Bucket())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := kv.Put(ctx, tr.Key(key), []byte("junk")); err != nil {
+					t.Fatal(err)
+				}
+				want = "junk"
+			}
+			purges := 0
+			natsbus.SetTakeBeforePurge(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
+				if purges++; purges == 1 {
+					if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
+						t.Errorf("the test's publish of the take's purge: %v", err)
+					}
+				}
+			})
+			v, err := tr.TakeRecord(ctx, key)
+			if err != nil || string(v) != want {
+				t.Fatalf("TakeRecord = %q, %v; want %q (its purge sent %d times)", v, err, want, purges)
+			}
+			if purges != 1 {
+				t.Errorf("the take sent %d purges, want 1 (its second read finds its own)", purges)
+			}
+			if _, err := tr.GetRecord(ctx, key); !errors.Is(err, transport.ErrNotFound) {
+				t.Errorf("GetRecord after the take = %v, want %v", err, transport.ErrNotFound)
+			}
+		})
 	}
 }

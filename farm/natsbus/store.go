@@ -3,7 +3,9 @@ package natsbus
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -51,7 +53,8 @@ const (
 	hdrRollup    = "Nats-Rollup"
 	hdrMarker    = "Nats-Marker-Reason"
 	hdrCutMark   = "Tlsfarm-Cut-Mark"
-	hdrRetired   = "Tlsfarm-Retired"
+	hdrRetired   = "Tlsfarm-Retired" // "1", or the token of the take (TakeRecord) that wrote it
+	hdrTaker     = "Tlsfarm-Taker"   // on a take's plain purge: the take's token
 	hdrCutLife   = "Tlsfarm-Cut-Life"
 )
 
@@ -136,6 +139,10 @@ type entry struct {
 	// write put in its place, that lapsed within its cut's life (see
 	// transport.Item.Life): a late write writes nothing.
 	retired bool
+
+	// taker is the token of the take (see TakeRecord) whose purge is the
+	// key's last message, if it is one.
+	taker string
 }
 
 // get reads the last message on subj (from the stream's leader under
@@ -176,13 +183,17 @@ func (t *Transport) getFrom(ctx context.Context, s *bucketState, subj string, pr
 		}
 		return e, nil
 	}
-	if m.Header.Get(hdrRetired) != "" && m.Header.Get(hdrMarker) == "" {
+	if r := m.Header.Get(hdrRetired); r != "" && m.Header.Get(hdrMarker) == "" {
+		if r != "1" {
+			e.taker = r
+		}
 		if ttl, _, ok := decodeValue(m.Data); ok && ttl > 0 {
 			e.retired = t.now().Before(m.Time.Add(time.Duration(ttl) * time.Millisecond))
 		}
 		return e, nil
 	}
 	if m.Header.Get(hdrOperation) != "" || m.Header.Get(hdrMarker) != "" {
+		e.taker = m.Header.Get(hdrTaker)
 		return e, nil
 	}
 	ttl, v, ok := decodeValue(m.Data)
@@ -546,16 +557,35 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 // (replaceIn), where it would put the session back for a second taker.
 // A purge refused because the key changed (it was rewritten) is retried
 // from the read, a few times.
+//
+// A purge whose acknowledgment does not come within an attempt (see
+// leaderAttempt) is not waited on for the rest of ctx: a request sent
+// into a route to the leader that is frozen, or lost with it, is never
+// answered (TestTakeAnswersAfterLostPurge; before, the take waited all of
+// its bound). The key is read again from the leader: a purge that landed
+// is known by the taker's token in its retirement mark, and the take
+// returns the value it read; a record still there is purged again under
+// the same condition, of which the server accepts at most one.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
 	m, s, err := t.openRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
+		defer cancel()
+	}
 	k := kvKey(key)
-	for range 3 {
+	token := takeToken()
+	var value []byte // what the last purge sent was to take
+	for refused := 0; refused < 3; {
 		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return nil, t.check(m, "take", err)
+		}
+		if value != nil && e.taker == token {
+			return value, nil // a purge of this take's landed; its answer was lost
 		}
 		if !e.present {
 			return nil, transport.ErrNotFound
@@ -564,19 +594,60 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		var opts []jetstream.PublishOpt
 		if left := e.expires.Sub(t.now()); left > 0 {
 			msg, opts = t.retireMessage(s, k, left)
+			msg.Header.Set(hdrRetired, token)
 		} else {
 			msg, opts = t.purgeMessage(s, k) // no TTL: a value natsbus did not write
+			msg.Header.Set(hdrTaker, token)
 		}
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		_, err = t.js.PublishMsg(ctx, msg, opts...)
-		if err == nil {
-			return e.value, nil
+		value = e.value
+		if t.takeBeforePurge != nil {
+			t.takeBeforePurge(msg, opts)
 		}
-		if !wrongLastSequence(err) {
+		err = t.publishAttempt(ctx, msg, opts)
+		switch {
+		case err == nil:
+			return e.value, nil
+		case errors.Is(err, errAttemptLost):
+			// Read again: it landed, or it did not.
+		case wrongLastSequence(err):
+			refused++
+		default:
 			return nil, t.check(m, "take", err)
 		}
 	}
 	return nil, transport.ErrNotFound
+}
+
+// errAttemptLost is publishAttempt's error for an attempt that passed
+// without an answer while its context goes on.
+var errAttemptLost = errors.New("natsbus: a write's acknowledgment did not come within its attempt")
+
+// publishAttempt publishes msg with opts and waits for its acknowledgment
+// for one attempt (see leaderAttempt) of what is left of ctx, which has a
+// deadline: errAttemptLost if none came while ctx goes on.
+func (t *Transport) publishAttempt(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) error {
+	deadline, _ := ctx.Deadline()
+	left := time.Until(deadline)
+	if attempt := leaderAttempt(left); attempt < left {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		defer cancel()
+		_, err := t.js.PublishMsg(actx, msg, opts...)
+		if err != nil && actx.Err() != nil && ctx.Err() == nil {
+			return errAttemptLost
+		}
+		return err
+	}
+	_, err := t.js.PublishMsg(ctx, msg, opts...)
+	return err
+}
+
+// takeToken returns a token that names one take (TakeRecord) in the
+// purge it writes: random, so that no other take writes it.
+func takeToken() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // AddRecord implements transport.RecordTaker as SetNX does, in the records'
