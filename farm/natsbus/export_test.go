@@ -28,8 +28,9 @@ func SetReplicasRecheck(tb testing.TB, d time.Duration) {
 	tb.Cleanup(func() { replicasRecheck = old })
 }
 
-// SetTakeBeforePurge makes tr's TakeRecord call f with each purge it is
-// about to send; set before tr is used.
-func SetTakeBeforePurge(tr *Transport, f func(*nats.Msg, []jetstream.PublishOpt)) {
-	tr.takeBeforePurge = f
+// SetBeforeCondWrite makes tr call f with each conditional write it is
+// about to send (a take's purge; a write of SetNX, CompareAndSwap or
+// AddRecord; a cut's); set before tr is used.
+func SetBeforeCondWrite(tr *Transport, f func(*nats.Msg, []jetstream.PublishOpt)) {
+	tr.beforeCondWrite = f
 }

@@ -269,22 +269,7 @@ func TestTakeAnswersAfterLostPurge(t *testing.T) {
 	}
 	lc.follow(t, r, w.Bucket())
 
-	var purges atomic.Int32
-	var dropped sync.WaitGroup
-	natsbus.SetTakeBeforePurge(r, func(*nats.Msg, []jetstream.PublishOpt) {
-		if purges.Add(1) != 1 {
-			return
-		}
-		lc.freeze(t)
-		dropped.Go(func() {
-			// The purge goes out as this returns: once the routes
-			// hold it (with whatever else they hold), they drop.
-			time.Sleep(300 * time.Millisecond)
-			for _, p := range lc.routes {
-				p.Drop()
-			}
-		})
-	})
+	purges, dropped := lc.loseFirstCondWrite(t, r)
 	tctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	start := time.Now()
@@ -300,5 +285,106 @@ func TestTakeAnswersAfterLostPurge(t *testing.T) {
 	}
 	if _, err := w.TakeRecord(ctx, "s:01"); !errors.Is(err, transport.ErrNotFound) {
 		t.Errorf("a second take on n1 = %v, want %v", err, transport.ErrNotFound)
+	}
+}
+
+// TestSwapAnswersAfterLostWrite is TestTakeAnswersAfterLostPurge for a
+// conditional write (SetNX, what Node.ConsumeToken does) from n3: its
+// write is lost with the dropped routes, and it must answer within
+// tookBound that it made the write, not wait out its bound; a second
+// SetNX on n1 then finds the key taken.
+func TestSwapAnswersAfterLostWrite(t *testing.T) {
+	t.Parallel()
+	const (
+		bound     = 20 * time.Second
+		tookBound = 10 * time.Second
+	)
+	lc := startLagCluster(t)
+	w, r, ctx := lc.open(t, 120*time.Second, false)
+	// The coordination keys' bucket exists once a write made it.
+	if ok, err := w.SetNX(ctx, "once:other", []byte("x"), time.Minute); !ok || err != nil {
+		t.Fatalf("SetNX on n1 = %t, %v", ok, err)
+	}
+	lc.follow(t, r, w.Bucket())
+
+	writes, dropped := lc.loseFirstCondWrite(t, r)
+	tctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	start := time.Now()
+	ok, err := r.SetNX(tctx, "once:01", []byte("n3"), time.Minute)
+	took := time.Since(start)
+	dropped.Wait()
+	t.Logf("the SetNX answered after %v, %d write(s) sent", took.Round(time.Millisecond), writes.Load())
+	if !ok || err != nil {
+		t.Fatalf("SetNX on n3 = %t, %v after %v; want true", ok, err, took.Round(time.Millisecond))
+	}
+	if took > tookBound {
+		t.Errorf("SetNX on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
+	}
+	if ok, err := w.SetNX(ctx, "once:01", []byte("n1"), time.Minute); ok || err != nil {
+		t.Errorf("a second SetNX on n1 = %t, %v; want false", ok, err)
+	}
+}
+
+// loseFirstCondWrite makes the first conditional write tr sends (see
+// natsbus.SetBeforeCondWrite) go out into frozen routes, which are
+// dropped (their connections closed, what they held lost) 300 ms later:
+// the write is lost, and the routes come back on new connections. It
+// returns the count of conditional writes tr has sent, and a wait for the
+// drop.
+func (lc *lagCluster) loseFirstCondWrite(t *testing.T, tr *natsbus.Transport) (*atomic.Int32, *sync.WaitGroup) {
+	var writes atomic.Int32
+	var dropped sync.WaitGroup
+	natsbus.SetBeforeCondWrite(tr, func(*nats.Msg, []jetstream.PublishOpt) {
+		if writes.Add(1) != 1 {
+			return
+		}
+		lc.freeze(t)
+		dropped.Go(func() {
+			// The write goes out as this returns: once the routes
+			// hold it (with whatever else they hold), they drop.
+			time.Sleep(300 * time.Millisecond)
+			for _, p := range lc.routes {
+				p.Drop()
+			}
+		})
+	})
+	return &writes, &dropped
+}
+
+// TestCutAnswersAfterLostWrite is TestTakeAnswersAfterLostPurge for a
+// grace cut (an Item.IfPresent write, what a resumption elsewhere makes
+// of its parent) from n3: its write is lost with the dropped routes, and
+// it must be done within tookBound, not wait out its bound; n1 then reads
+// the cut record.
+func TestCutAnswersAfterLostWrite(t *testing.T) {
+	t.Parallel()
+	const (
+		bound     = 20 * time.Second
+		tookBound = 10 * time.Second
+	)
+	lc := startLagCluster(t)
+	w, r, ctx := lc.open(t, 120*time.Second, false)
+	if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("whole"), TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	lc.follow(t, r, w.Bucket())
+
+	writes, dropped := lc.loseFirstCondWrite(t, r)
+	tctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	start := time.Now()
+	err := r.PutRecords(tctx, transport.Item{Key: "s:01", Value: []byte("cut"), TTL: time.Minute, IfPresent: true})
+	took := time.Since(start)
+	dropped.Wait()
+	t.Logf("the cut answered after %v, %d write(s) sent", took.Round(time.Millisecond), writes.Load())
+	if err != nil {
+		t.Fatalf("the cut on n3: %v after %v", err, took.Round(time.Millisecond))
+	}
+	if took > tookBound {
+		t.Errorf("the cut on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
+	}
+	if v, err := w.GetRecord(transport.PrimaryRead(ctx), "s:01"); err != nil || string(v) != "cut" {
+		t.Errorf("n1 reads %q, %v; want the cut record", v, err)
 	}
 }

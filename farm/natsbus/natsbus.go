@@ -151,9 +151,9 @@ type Transport struct {
 	opts    Options
 	secrets []string // passwords and tokens in the URL, redacted from errors
 
-	// If set (by a test), called by TakeRecord with each purge it is
-	// about to send.
-	takeBeforePurge func(*nats.Msg, []jetstream.PublishOpt)
+	// If set (by a test), called with each conditional write (a take's
+	// purge, a swap's write, a cut's) about to be sent.
+	beforeCondWrite func(*nats.Msg, []jetstream.PublishOpt)
 
 	store   atomic.Pointer[bucketState] // nil until the bucket is open
 	initMu  sync.Mutex

@@ -434,7 +434,7 @@ func TestTakeKnowsItsLandedPurge(t *testing.T) {
 				want = "junk"
 			}
 			purges := 0
-			natsbus.SetTakeBeforePurge(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
+			natsbus.SetBeforeCondWrite(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
 				if purges++; purges == 1 {
 					if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
 						t.Errorf("the test's publish of the take's purge: %v", err)
@@ -450,6 +450,64 @@ func TestTakeKnowsItsLandedPurge(t *testing.T) {
 			}
 			if _, err := tr.GetRecord(ctx, key); !errors.Is(err, transport.ErrNotFound) {
 				t.Errorf("GetRecord after the take = %v, want %v", err, transport.ErrNotFound)
+			}
+		})
+	}
+}
+
+// TestSwapKnowsItsLandedWrite: a conditional write (SetNX, AddRecord,
+// CompareAndSwap) whose write landed but whose answer it did not get
+// (TestSwapAnswersAfterLostWrite) reads the key again and finds its own
+// write there: it must report the write made, not the key taken by
+// another (a node that wins a once-token's SetNX would refuse its own
+// client). Here the write is published once by the test, as the swap is
+// about to, so the swap's own is refused and it reads its write back.
+func TestSwapKnowsItsLandedWrite(t *testing.T) {
+	url := embedded(t)
+	for _, tc := range []struct {
+		name string
+		old  []byte // the key's value before (nil: none)
+		swap func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error)
+	}{
+		{"SetNX", nil, func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
+			return tr.SetNX(ctx, key, []byte("new"), time.Minute)
+		}},
+		{"AddRecord", nil, func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
+			return tr.AddRecord(ctx, transport.Item{Key: key, Value: []byte("new"), TTL: time.Minute})
+		}},
+		{"CompareAndSwap", []byte("old"), func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
+			return tr.CompareAndSwap(ctx, key, []byte("old"), []byte("new"), time.Minute)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := open(t, url, farmtest.FarmName(t))
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			const key = "once:0123456789abcdef"
+			if tc.old != nil {
+				if ok, err := tr.SetNX(ctx, key, tc.old, time.Minute); !ok || err != nil {
+					t.Fatalf("SetNX of the old value = %t, %v", ok, err)
+				}
+			}
+			js, _ := jetstream.New(tr.Conn())
+			writes := 0
+			natsbus.SetBeforeCondWrite(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
+				if writes++; writes == 1 {
+					if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
+						t.Errorf("the test's publish of the swap's write: %v", err)
+					}
+				}
+			})
+			ok, err := tc.swap(ctx, tr, key)
+			if !ok || err != nil {
+				t.Fatalf("%s = %t, %v; want true (its write sent %d times)", tc.name, ok, err, writes)
+			}
+			if writes != 1 {
+				t.Errorf("the swap sent %d writes, want 1 (its second read finds its own)", writes)
+			}
+			natsbus.SetBeforeCondWrite(tr, nil)
+			if ok, err := tr.SetNX(ctx, key, []byte("other"), time.Minute); ok || err != nil {
+				t.Errorf("a later SetNX = %t, %v; want false: the key holds the swap's value", ok, err)
 			}
 		})
 	}

@@ -53,8 +53,8 @@ const (
 	hdrRollup    = "Nats-Rollup"
 	hdrMarker    = "Nats-Marker-Reason"
 	hdrCutMark   = "Tlsfarm-Cut-Mark"
-	hdrRetired   = "Tlsfarm-Retired" // "1", or the token of the take (TakeRecord) that wrote it
-	hdrTaker     = "Tlsfarm-Taker"   // on a take's plain purge: the take's token
+	hdrRetired   = "Tlsfarm-Retired"
+	hdrWrite     = "Tlsfarm-Write" // the token of the conditional write that wrote the message (see writeToken)
 	hdrCutLife   = "Tlsfarm-Cut-Life"
 )
 
@@ -140,9 +140,9 @@ type entry struct {
 	// transport.Item.Life): a late write writes nothing.
 	retired bool
 
-	// taker is the token of the take (see TakeRecord) whose purge is the
-	// key's last message, if it is one.
-	taker string
+	// writer is the token of the conditional write (see writeToken)
+	// that wrote the key's last message, if one did.
+	writer string
 }
 
 // get reads the last message on subj (from the stream's leader under
@@ -172,7 +172,7 @@ func (t *Transport) getFrom(ctx context.Context, s *bucketState, subj string, pr
 	if err != nil {
 		return entry{}, err
 	}
-	e := entry{rev: m.Sequence}
+	e := entry{rev: m.Sequence, writer: m.Header.Get(hdrWrite)}
 	if m.Header.Get(hdrCutMark) != "" && m.Header.Get(hdrMarker) == "" {
 		if ttl, v, ok := decodeValue(m.Data); ok && ttl > 0 {
 			if exp := m.Time.Add(time.Duration(ttl) * time.Millisecond); t.now().Before(exp) {
@@ -183,17 +183,13 @@ func (t *Transport) getFrom(ctx context.Context, s *bucketState, subj string, pr
 		}
 		return e, nil
 	}
-	if r := m.Header.Get(hdrRetired); r != "" && m.Header.Get(hdrMarker) == "" {
-		if r != "1" {
-			e.taker = r
-		}
+	if m.Header.Get(hdrRetired) != "" && m.Header.Get(hdrMarker) == "" {
 		if ttl, _, ok := decodeValue(m.Data); ok && ttl > 0 {
 			e.retired = t.now().Before(m.Time.Add(time.Duration(ttl) * time.Millisecond))
 		}
 		return e, nil
 	}
 	if m.Header.Get(hdrOperation) != "" || m.Header.Get(hdrMarker) != "" {
-		e.taker = m.Header.Get(hdrTaker)
 		return e, nil
 	}
 	ttl, v, ok := decodeValue(m.Data)
@@ -426,7 +422,12 @@ const maxReplacing = 16
 // than drop it.
 func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transport.Item) error {
 	k := kvKey(it.Key)
-	for range 3 {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
+		defer cancel()
+	}
+	for refused := 0; refused < 3; {
 		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return t.check(m, "replace", err)
@@ -469,10 +470,20 @@ func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transpo
 			msg.Header.Set(hdrCutLife, strconv.FormatUint(ttlMillis(life), 10))
 		}
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		_, err = t.js.PublishMsg(ctx, msg, opts...)
+		if t.beforeCondWrite != nil {
+			t.beforeCondWrite(msg, opts)
+		}
+		err = t.publishAttempt(ctx, msg, opts)
+		if errors.Is(err, errAttemptLost) {
+			// Unanswered: read again. A write of this one's that
+			// landed is then the record or mark found, which the
+			// write leaves as it is (it would not shorten it).
+			continue
+		}
 		if err == nil || !wrongLastSequence(err) {
 			return t.check(m, "replace", err)
 		}
+		refused++
 	}
 	return errors.New("natsbus: a record kept changing while it was being replaced")
 }
@@ -563,8 +574,8 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 // into a route to the leader that is frozen, or lost with it, is never
 // answered (TestTakeAnswersAfterLostPurge; before, the take waited all of
 // its bound). The key is read again from the leader: a purge that landed
-// is known by the taker's token in its retirement mark, and the take
-// returns the value it read; a record still there is purged again under
+// is known by the take's token (see writeToken), and the take returns the
+// value it read; a record still there is purged again under
 // the same condition, of which the server accepts at most one.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
 	m, s, err := t.openRecords(ctx)
@@ -577,14 +588,14 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		defer cancel()
 	}
 	k := kvKey(key)
-	token := takeToken()
+	token := writeToken()
 	var value []byte // what the last purge sent was to take
 	for refused := 0; refused < 3; {
 		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return nil, t.check(m, "take", err)
 		}
-		if value != nil && e.taker == token {
+		if value != nil && e.writer == token {
 			return value, nil // a purge of this take's landed; its answer was lost
 		}
 		if !e.present {
@@ -594,15 +605,14 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		var opts []jetstream.PublishOpt
 		if left := e.expires.Sub(t.now()); left > 0 {
 			msg, opts = t.retireMessage(s, k, left)
-			msg.Header.Set(hdrRetired, token)
 		} else {
 			msg, opts = t.purgeMessage(s, k) // no TTL: a value natsbus did not write
-			msg.Header.Set(hdrTaker, token)
 		}
+		msg.Header.Set(hdrWrite, token)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
 		value = e.value
-		if t.takeBeforePurge != nil {
-			t.takeBeforePurge(msg, opts)
+		if t.beforeCondWrite != nil {
+			t.beforeCondWrite(msg, opts)
 		}
 		err = t.publishAttempt(ctx, msg, opts)
 		switch {
@@ -642,9 +652,11 @@ func (t *Transport) publishAttempt(ctx context.Context, msg *nats.Msg, opts []je
 	return err
 }
 
-// takeToken returns a token that names one take (TakeRecord) in the
-// purge it writes: random, so that no other take writes it.
-func takeToken() string {
+// writeToken returns a token that names one conditional write (a take,
+// see TakeRecord, or a swap, see swapIn) in the message it writes
+// (hdrWrite): random, so that no other write carries it. A write whose
+// acknowledgment is lost reads the key again and knows its own message.
+func writeToken() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
@@ -691,24 +703,52 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 
 // swapIn is swap in bucket s (m: the transport's main bucket state, for
 // error checks).
+//
+// A write whose acknowledgment does not come within an attempt (see
+// leaderAttempt) is not waited on for the rest of ctx: the key is read
+// again from the stream's leader, and a write that landed is known by its
+// token (see writeToken) and reported made; otherwise the swap goes on
+// from that read. Before, a write sent into a route to the leader that
+// was frozen or lost waited all of ctx (TestSwapAnswersAfterLostWrite).
 func (t *Transport) swapIn(ctx context.Context, m, s *bucketState, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	k := kvKey(key)
 	val := encodeValue(ttlMillis(ttl), new)
-	for range 3 {
-		e, err := t.get(ctx, s, s.pre+k)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
+		defer cancel()
+	}
+	token := writeToken()
+	sent := false // a write of this swap's went out, and may have landed
+	for refused := 0; refused < 3; {
+		e, err := t.getFrom(ctx, s, s.pre+k, sent || transport.IsPrimaryRead(ctx))
 		if err != nil {
 			return false, t.check(m, op, err)
+		}
+		if sent && e.writer == token {
+			return true, nil
 		}
 		if old == nil && e.present || old != nil && (!e.present || !bytes.Equal(e.value, old)) {
 			return false, nil
 		}
 		msg, opts := t.message(s, k, val, ttl)
+		msg.Header.Set(hdrWrite, token)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		_, err = t.js.PublishMsg(ctx, msg, opts...)
-		if err == nil {
-			return true, nil
+		if t.beforeCondWrite != nil {
+			t.beforeCondWrite(msg, opts)
 		}
-		if !wrongLastSequence(err) {
+		sent = true
+		err = t.publishAttempt(ctx, msg, opts)
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, errAttemptLost):
+			// Read again: it landed, or it did not.
+		case wrongLastSequence(err):
+			// Refused: the key changed since the read. An earlier
+			// attempt's write may be what changed it.
+			refused++
+		default:
 			return false, t.check(m, op, err)
 		}
 	}
