@@ -590,12 +590,13 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	k := kvKey(key)
 	token := writeToken()
 	var value []byte // what the last purge sent was to take
+	sent := false    // a purge of this take's went out, and may have landed
 	for refused := 0; refused < 3; {
 		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
 			return nil, t.check(m, "take", err)
 		}
-		if value != nil && e.writer == token {
+		if sent && e.writer == token {
 			return value, nil // a purge of this take's landed; its answer was lost
 		}
 		if !e.present {
@@ -610,7 +611,7 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 		}
 		msg.Header.Set(hdrWrite, token)
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(e.rev))
-		value = e.value
+		value, sent = e.value, true
 		if t.beforeCondWrite != nil {
 			t.beforeCondWrite(msg, opts)
 		}
