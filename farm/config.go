@@ -226,6 +226,14 @@ type Config struct {
 	// within the bound has it by then. A bus that is not a DeliveryMarker
 	// (amqpbus) takes no carried copies, and the node issues none and
 	// gates no hits. Default 500ms.
+	//
+	// The bound is a window: a node whose delivery lags by less than it
+	// may resume a session retired elsewhere (Node.Consume, a session
+	// taken for 0-RTT) for as long as the retirement's message takes to
+	// reach it. A grace cut made elsewhere is in the window only when
+	// the cache's ResumeGrace is shorter than the bound (the default, 30
+	// s, is not); single use (session.Config.SingleUse) and revocation
+	// are never in it.
 	MaxDeliveryLag time.Duration
 
 	// PeerMarkInterval is how often a node whose bus marks its delivery
