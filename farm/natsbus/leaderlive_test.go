@@ -247,82 +247,94 @@ func TestClusterConditionalWritesReadLeader(t *testing.T) {
 	t.Logf("the slowest take or cut took %v", slowest.Round(time.Millisecond))
 }
 
-// TestTakeAnswersAfterLostPurge: a take (TakeRecord, what Node.Consume
-// does) on n3 of a lagCluster whose purge is lost on its way to the
-// stream's leader (n1): n3's routes are frozen as the purge goes out, and
-// dropped (their connections closed, what they held lost) once it is
-// held. The routes come back on new connections, and the take must
-// answer within tookBound, with the record's value, not wait out its
-// bound; the record is then gone, and a second take on n1 finds nothing.
-// Before TakeRecord asked again after an attempt without an answer, it
-// waited all of its bound (20 s) and failed.
-func TestTakeAnswersAfterLostPurge(t *testing.T) {
+// TestCondWriteAnswersAfterLostWrite: a conditional write from n3 of a
+// lagCluster whose write is lost on its way to the stream's leader (n1):
+// n3's routes are frozen as the write goes out, and dropped (their
+// connections closed, what they held lost) once it is held (see
+// loseFirstCondWrite). The routes come back on new connections, and the
+// write must answer within tookBound, as made, not wait out its bound;
+// n1 then sees it. For a take (TakeRecord, what Node.Consume does: the
+// record's value, and a second take on n1 finds nothing), a swap (SetNX,
+// what Node.ConsumeToken does: made, and a second SetNX on n1 finds the
+// key taken) and a grace cut (an Item.IfPresent write: n1 reads the cut
+// record). Before a write asked again after an attempt without an
+// answer, each waited all of its bound (20 s) and failed.
+func TestCondWriteAnswersAfterLostWrite(t *testing.T) {
 	t.Parallel()
 	const (
 		bound     = 20 * time.Second
 		tookBound = 10 * time.Second
 	)
-	lc := startLagCluster(t)
-	w, r, ctx := lc.open(t, 120*time.Second, false)
-	if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("v"), TTL: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	lc.follow(t, r, w.Bucket())
+	for _, tc := range []struct {
+		name  string
+		write func(ctx context.Context, r *natsbus.Transport) error // n3's conditional write of "s:01"
+		check func(ctx context.Context, w *natsbus.Transport) error // n1 sees it
+	}{
+		{"take", func(ctx context.Context, r *natsbus.Transport) error {
+			v, err := r.TakeRecord(ctx, "s:01")
+			if err == nil && string(v) != "whole" {
+				err = fmt.Errorf("took %q, want the record's value", v)
+			}
+			return err
+		}, func(ctx context.Context, w *natsbus.Transport) error {
+			if _, err := w.TakeRecord(ctx, "s:01"); !errors.Is(err, transport.ErrNotFound) {
+				return fmt.Errorf("a second take on n1 = %v, want %v", err, transport.ErrNotFound)
+			}
+			return nil
+		}},
+		{"setnx", func(ctx context.Context, r *natsbus.Transport) error {
+			ok, err := r.SetNX(ctx, "once:01", []byte("n3"), time.Minute)
+			if err == nil && !ok {
+				err = errors.New("SetNX = false, want true")
+			}
+			return err
+		}, func(ctx context.Context, w *natsbus.Transport) error {
+			if ok, err := w.SetNX(ctx, "once:01", []byte("n1"), time.Minute); ok || err != nil {
+				return fmt.Errorf("a second SetNX on n1 = %t, %v; want false", ok, err)
+			}
+			return nil
+		}},
+		{"cut", func(ctx context.Context, r *natsbus.Transport) error {
+			return r.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("cut"), TTL: time.Minute, IfPresent: true})
+		}, func(ctx context.Context, w *natsbus.Transport) error {
+			if v, err := w.GetRecord(transport.PrimaryRead(ctx), "s:01"); err != nil || string(v) != "cut" {
+				return fmt.Errorf("n1 reads %q, %v; want the cut record", v, err)
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lc := startLagCluster(t)
+			w, r, ctx := lc.open(t, 120*time.Second, false)
+			// The record (and with it the bucket of the coordination
+			// keys, on a server with per-message TTL) exists first.
+			if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("whole"), TTL: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := w.SetNX(ctx, "once:other", []byte("x"), time.Minute); !ok || err != nil {
+				t.Fatalf("SetNX on n1 = %t, %v", ok, err)
+			}
+			lc.follow(t, r, w.Bucket())
 
-	purges, dropped := lc.loseFirstCondWrite(t, r)
-	tctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	start := time.Now()
-	v, err := r.TakeRecord(tctx, "s:01")
-	took := time.Since(start)
-	dropped.Wait()
-	t.Logf("the take answered after %v, %d purge(s) sent", took.Round(time.Millisecond), purges.Load())
-	if err != nil || string(v) != "v" {
-		t.Fatalf("TakeRecord on n3 = %q, %v after %v; want the record's value", v, err, took.Round(time.Millisecond))
-	}
-	if took > tookBound {
-		t.Errorf("TakeRecord on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
-	}
-	if _, err := w.TakeRecord(ctx, "s:01"); !errors.Is(err, transport.ErrNotFound) {
-		t.Errorf("a second take on n1 = %v, want %v", err, transport.ErrNotFound)
-	}
-}
-
-// TestSwapAnswersAfterLostWrite is TestTakeAnswersAfterLostPurge for a
-// conditional write (SetNX, what Node.ConsumeToken does) from n3: its
-// write is lost with the dropped routes, and it must answer within
-// tookBound that it made the write, not wait out its bound; a second
-// SetNX on n1 then finds the key taken.
-func TestSwapAnswersAfterLostWrite(t *testing.T) {
-	t.Parallel()
-	const (
-		bound     = 20 * time.Second
-		tookBound = 10 * time.Second
-	)
-	lc := startLagCluster(t)
-	w, r, ctx := lc.open(t, 120*time.Second, false)
-	// The coordination keys' bucket exists once a write made it.
-	if ok, err := w.SetNX(ctx, "once:other", []byte("x"), time.Minute); !ok || err != nil {
-		t.Fatalf("SetNX on n1 = %t, %v", ok, err)
-	}
-	lc.follow(t, r, w.Bucket())
-
-	writes, dropped := lc.loseFirstCondWrite(t, r)
-	tctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	start := time.Now()
-	ok, err := r.SetNX(tctx, "once:01", []byte("n3"), time.Minute)
-	took := time.Since(start)
-	dropped.Wait()
-	t.Logf("the SetNX answered after %v, %d write(s) sent", took.Round(time.Millisecond), writes.Load())
-	if !ok || err != nil {
-		t.Fatalf("SetNX on n3 = %t, %v after %v; want true", ok, err, took.Round(time.Millisecond))
-	}
-	if took > tookBound {
-		t.Errorf("SetNX on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
-	}
-	if ok, err := w.SetNX(ctx, "once:01", []byte("n1"), time.Minute); ok || err != nil {
-		t.Errorf("a second SetNX on n1 = %t, %v; want false", ok, err)
+			writes, dropped := lc.loseFirstCondWrite(t, r)
+			wctx, cancel := context.WithTimeout(ctx, bound)
+			defer cancel()
+			start := time.Now()
+			err := tc.write(wctx, r)
+			took := time.Since(start)
+			dropped.Wait()
+			t.Logf("answered after %v, %d write(s) sent", took.Round(time.Millisecond), writes.Load())
+			if err != nil {
+				t.Fatalf("the %s on n3: %v after %v", tc.name, err, took.Round(time.Millisecond))
+			}
+			if took > tookBound {
+				t.Errorf("the %s on n3 answered after %v, past %v", tc.name, took.Round(time.Millisecond), tookBound)
+			}
+			if err := tc.check(ctx, w); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 
@@ -350,41 +362,4 @@ func (lc *lagCluster) loseFirstCondWrite(t *testing.T, tr *natsbus.Transport) (*
 		})
 	})
 	return &writes, &dropped
-}
-
-// TestCutAnswersAfterLostWrite is TestTakeAnswersAfterLostPurge for a
-// grace cut (an Item.IfPresent write, what a resumption elsewhere makes
-// of its parent) from n3: its write is lost with the dropped routes, and
-// it must be done within tookBound, not wait out its bound; n1 then reads
-// the cut record.
-func TestCutAnswersAfterLostWrite(t *testing.T) {
-	t.Parallel()
-	const (
-		bound     = 20 * time.Second
-		tookBound = 10 * time.Second
-	)
-	lc := startLagCluster(t)
-	w, r, ctx := lc.open(t, 120*time.Second, false)
-	if err := w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("whole"), TTL: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	lc.follow(t, r, w.Bucket())
-
-	writes, dropped := lc.loseFirstCondWrite(t, r)
-	tctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	start := time.Now()
-	err := r.PutRecords(tctx, transport.Item{Key: "s:01", Value: []byte("cut"), TTL: time.Minute, IfPresent: true})
-	took := time.Since(start)
-	dropped.Wait()
-	t.Logf("the cut answered after %v, %d write(s) sent", took.Round(time.Millisecond), writes.Load())
-	if err != nil {
-		t.Fatalf("the cut on n3: %v after %v", err, took.Round(time.Millisecond))
-	}
-	if took > tookBound {
-		t.Errorf("the cut on n3 answered after %v, past %v", took.Round(time.Millisecond), tookBound)
-	}
-	if v, err := w.GetRecord(transport.PrimaryRead(ctx), "s:01"); err != nil || string(v) != "cut" {
-		t.Errorf("n1 reads %q, %v; want the cut record", v, err)
-	}
 }

@@ -400,7 +400,7 @@ func TestForeignValueIsNotAnError(t *testing.T) {
 
 // TestTakeKnowsItsLandedPurge: a take (TakeRecord) whose purge landed but
 // whose answer it did not get (lost with a route, or past its attempt:
-// TestTakeAnswersAfterLostPurge) reads the key again and finds its own
+// TestCondWriteAnswersAfterLostWrite) reads the key again and finds its own
 // purge there. It must return the value it took, not report the record
 // gone, which would cost the single-use session's client its resumption
 // on the node that did take it. Here the purge is published once by the
@@ -457,7 +457,7 @@ func TestTakeKnowsItsLandedPurge(t *testing.T) {
 
 // TestSwapKnowsItsLandedWrite: a conditional write (SetNX, AddRecord,
 // CompareAndSwap) whose write landed but whose answer it did not get
-// (TestSwapAnswersAfterLostWrite) reads the key again and finds its own
+// (TestCondWriteAnswersAfterLostWrite) reads the key again and finds its own
 // write there: it must report the write made, not the key taken by
 // another (a node that wins a once-token's SetNX would refuse its own
 // client). Here the write is published once by the test, as the swap is

@@ -572,10 +572,10 @@ func (t *Transport) DeleteRecords(ctx context.Context, keys ...string) error {
 // A purge whose acknowledgment does not come within an attempt (see
 // leaderAttempt) is not waited on for the rest of ctx: a request sent
 // into a route to the leader that is frozen, or lost with it, is never
-// answered (TestTakeAnswersAfterLostPurge; before, the take waited all of
-// its bound). The key is read again from the leader: a purge that landed
-// is known by the take's token (see writeToken), and the take returns the
-// value it read; a record still there is purged again under
+// answered (TestCondWriteAnswersAfterLostWrite; before, the take waited
+// all of its bound). The key is read again from the leader: a purge that
+// landed is known by the take's token (see writeToken), and the take
+// returns the value it read; a record still there is purged again under
 // the same condition, of which the server accepts at most one.
 func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) {
 	m, s, err := t.openRecords(ctx)
@@ -710,7 +710,7 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 // again from the stream's leader, and a write that landed is known by its
 // token (see writeToken) and reported made; otherwise the swap goes on
 // from that read. Before, a write sent into a route to the leader that
-// was frozen or lost waited all of ctx (TestSwapAnswersAfterLostWrite).
+// was frozen or lost waited all of ctx (TestCondWriteAnswersAfterLostWrite).
 func (t *Transport) swapIn(ctx context.Context, m, s *bucketState, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	k := kvKey(key)
 	val := encodeValue(ttlMillis(ttl), new)
