@@ -60,6 +60,17 @@ func (t *Transport) lastMsgFrom(ctx context.Context, s *bucketState, subj string
 // deadline, as nats.go bounds its own requests.
 const leaderGetTimeout = 5 * time.Second
 
+// leaderBound returns ctx bounded by leaderGetTimeout if it has no
+// deadline (as nats.go bounds its own requests), and ctx itself
+// otherwise: a request to the leader, and a conditional write, ask again
+// per attempt (see leaderAttempt) within a deadline.
+func leaderBound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, leaderGetTimeout)
+}
+
 // The bounds of one attempt of a leader's get (see leaderAttempt).
 const (
 	leaderAttemptMin = 250 * time.Millisecond
@@ -104,11 +115,8 @@ type msgGetResponse struct {
 // A request not answered within its attempt (see leaderAttempt) is sent
 // again, until ctx is done.
 func (t *Transport) leaderLastMsg(ctx context.Context, s *bucketState, subj string) (*jetstream.RawStreamMsg, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
-		defer cancel()
-	}
+	ctx, cancel := leaderBound(ctx)
+	defer cancel()
 	req, err := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
 	}{subj})

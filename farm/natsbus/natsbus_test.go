@@ -3,6 +3,7 @@ package natsbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -398,115 +399,92 @@ func TestForeignValueIsNotAnError(t *testing.T) {
 	}
 }
 
-// TestTakeKnowsItsLandedPurge: a take (TakeRecord) whose purge landed but
-// whose answer it did not get (lost with a route, or past its attempt:
-// TestCondWriteAnswersAfterLostWrite) reads the key again and finds its own
-// purge there. It must return the value it took, not report the record
-// gone, which would cost the single-use session's client its resumption
-// on the node that did take it. Here the purge is published once by the
-// test, as the take is about to, so the take's own is refused (the key's
-// last sequence moved) and it reads its purge back: for a record natsbus
-// wrote (a retirement mark) and a foreign value (a plain purge).
-func TestTakeKnowsItsLandedPurge(t *testing.T) {
+// TestCondWriteKnowsItsLandedWrite: a conditional write whose write
+// landed but whose answer it did not get (lost with a route, or past its
+// attempt: TestCondWriteAnswersAfterLostWrite) reads the key again and
+// finds its own write there. It must report the write made: a take
+// (TakeRecord) returns the value it took, for a record natsbus wrote (a
+// retirement mark) and a foreign value (a plain purge); a swap (SetNX,
+// AddRecord, CompareAndSwap) reports true. Reporting the key gone or
+// taken by another would refuse the client of the node that did take it
+// (a single-use session, a once-token). Here the write is published once
+// by the test, as the call is about to, so the call's own is refused (the
+// key's last sequence moved) and it reads its write back.
+func TestCondWriteKnowsItsLandedWrite(t *testing.T) {
 	url := embedded(t)
-	for _, tc := range []struct {
-		name    string
-		foreign bool
-	}{{"record", false}, {"foreign", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			tr := open(t, url, farmtest.FarmName(t))
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-			defer cancel()
-			const key = "s:0123456789abcdef"
-			if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sealed"), TTL: time.Minute}); err != nil {
-				t.Fatal(err)
-			}
-			js, _ := jetstream.New(tr.Conn())
-			want := "sealed"
-			if tc.foreign {
-				kv, err := js.KeyValue(ctx, tr.Bucket())
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := kv.Put(ctx, tr.Key(key), []byte("junk")); err != nil {
-					t.Fatal(err)
-				}
-				want = "junk"
-			}
-			purges := 0
-			natsbus.SetBeforeCondWrite(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
-				if purges++; purges == 1 {
-					if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
-						t.Errorf("the test's publish of the take's purge: %v", err)
-					}
-				}
-			})
-			v, err := tr.TakeRecord(ctx, key)
-			if err != nil || string(v) != want {
-				t.Fatalf("TakeRecord = %q, %v; want %q (its purge sent %d times)", v, err, want, purges)
-			}
-			if purges != 1 {
-				t.Errorf("the take sent %d purges, want 1 (its second read finds its own)", purges)
-			}
-			if _, err := tr.GetRecord(ctx, key); !errors.Is(err, transport.ErrNotFound) {
-				t.Errorf("GetRecord after the take = %v, want %v", err, transport.ErrNotFound)
-			}
-		})
+	const key = "s:0123456789abcdef"
+	take := func(ctx context.Context, tr *natsbus.Transport) (string, error) {
+		v, err := tr.TakeRecord(ctx, key)
+		return string(v), err
 	}
-}
-
-// TestSwapKnowsItsLandedWrite: a conditional write (SetNX, AddRecord,
-// CompareAndSwap) whose write landed but whose answer it did not get
-// (TestCondWriteAnswersAfterLostWrite) reads the key again and finds its own
-// write there: it must report the write made, not the key taken by
-// another (a node that wins a once-token's SetNX would refuse its own
-// client). Here the write is published once by the test, as the swap is
-// about to, so the swap's own is refused and it reads its write back.
-func TestSwapKnowsItsLandedWrite(t *testing.T) {
-	url := embedded(t)
+	made := func(ok bool, err error) (string, error) { return fmt.Sprint(ok), err }
 	for _, tc := range []struct {
-		name string
-		old  []byte // the key's value before (nil: none)
-		swap func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error)
+		name   string
+		before []byte // the key's value (nil: a record natsbus wrote, "sealed")
+		call   func(context.Context, *natsbus.Transport) (string, error)
+		want   string
 	}{
-		{"SetNX", nil, func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
-			return tr.SetNX(ctx, key, []byte("new"), time.Minute)
-		}},
-		{"AddRecord", nil, func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
-			return tr.AddRecord(ctx, transport.Item{Key: key, Value: []byte("new"), TTL: time.Minute})
-		}},
-		{"CompareAndSwap", []byte("old"), func(ctx context.Context, tr *natsbus.Transport, key string) (bool, error) {
-			return tr.CompareAndSwap(ctx, key, []byte("old"), []byte("new"), time.Minute)
-		}},
+		{"take/record", nil, take, "sealed"},
+		{"take/foreign", []byte("junk"), take, "junk"},
+		{"SetNX", []byte{}, func(ctx context.Context, tr *natsbus.Transport) (string, error) {
+			return made(tr.SetNX(ctx, key, []byte("new"), time.Minute))
+		}, "true"},
+		{"AddRecord", []byte{}, func(ctx context.Context, tr *natsbus.Transport) (string, error) {
+			return made(tr.AddRecord(ctx, transport.Item{Key: key, Value: []byte("new"), TTL: time.Minute}))
+		}, "true"},
+		{"CompareAndSwap", []byte("old"), func(ctx context.Context, tr *natsbus.Transport) (string, error) {
+			return made(tr.CompareAndSwap(ctx, key, []byte("old"), []byte("new"), time.Minute))
+		}, "true"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := open(t, url, farmtest.FarmName(t))
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
-			const key = "once:0123456789abcdef"
-			if tc.old != nil {
-				if ok, err := tr.SetNX(ctx, key, tc.old, time.Minute); !ok || err != nil {
+			js, _ := jetstream.New(tr.Conn())
+			switch {
+			case tc.before == nil:
+				if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sealed"), TTL: time.Minute}); err != nil {
+					t.Fatal(err)
+				}
+			case len(tc.before) == 0: // none
+			case strings.HasPrefix(tc.name, "take"):
+				// Written as someone else would: not natsbus's framing.
+				if err := tr.PutRecords(ctx, transport.Item{Key: key, Value: []byte("sealed"), TTL: time.Minute}); err != nil {
+					t.Fatal(err)
+				}
+				kv, err := js.KeyValue(ctx, tr.Bucket())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := kv.Put(ctx, tr.Key(key), tc.before); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				if ok, err := tr.SetNX(ctx, key, tc.before, time.Minute); !ok || err != nil {
 					t.Fatalf("SetNX of the old value = %t, %v", ok, err)
 				}
 			}
-			js, _ := jetstream.New(tr.Conn())
 			writes := 0
 			natsbus.SetBeforeCondWrite(tr, func(m *nats.Msg, opts []jetstream.PublishOpt) {
 				if writes++; writes == 1 {
 					if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
-						t.Errorf("the test's publish of the swap's write: %v", err)
+						t.Errorf("the test's publish of the call's write: %v", err)
 					}
 				}
 			})
-			ok, err := tc.swap(ctx, tr, key)
-			if !ok || err != nil {
-				t.Fatalf("%s = %t, %v; want true (its write sent %d times)", tc.name, ok, err, writes)
+			got, err := tc.call(ctx, tr)
+			if err != nil || got != tc.want {
+				t.Fatalf("%s = %q, %v; want %q (its write sent %d times)", tc.name, got, err, tc.want, writes)
 			}
 			if writes != 1 {
-				t.Errorf("the swap sent %d writes, want 1 (its second read finds its own)", writes)
+				t.Errorf("the call sent %d writes, want 1 (its second read finds its own)", writes)
 			}
 			natsbus.SetBeforeCondWrite(tr, nil)
-			if ok, err := tr.SetNX(ctx, key, []byte("other"), time.Minute); ok || err != nil {
+			if strings.HasPrefix(tc.name, "take") {
+				if _, err := tr.GetRecord(ctx, key); !errors.Is(err, transport.ErrNotFound) {
+					t.Errorf("GetRecord after the take = %v, want %v", err, transport.ErrNotFound)
+				}
+			} else if ok, err := tr.SetNX(ctx, key, []byte("other"), time.Minute); ok || err != nil {
 				t.Errorf("a later SetNX = %t, %v; want false: the key holds the swap's value", ok, err)
 			}
 		})

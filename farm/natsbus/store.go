@@ -422,11 +422,8 @@ const maxReplacing = 16
 // than drop it.
 func (t *Transport) replaceIn(ctx context.Context, m, s *bucketState, it transport.Item) error {
 	k := kvKey(it.Key)
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
-		defer cancel()
-	}
+	ctx, cancel := leaderBound(ctx)
+	defer cancel()
 	for refused := 0; refused < 3; {
 		e, err := t.getFrom(ctx, s, s.pre+k, true)
 		if err != nil {
@@ -582,11 +579,8 @@ func (t *Transport) TakeRecord(ctx context.Context, key string) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
-		defer cancel()
-	}
+	ctx, cancel := leaderBound(ctx)
+	defer cancel()
 	k := kvKey(key)
 	token := writeToken()
 	var value []byte // what the last purge sent was to take
@@ -714,11 +708,8 @@ func (t *Transport) swap(ctx context.Context, op, key string, old, new []byte, t
 func (t *Transport) swapIn(ctx context.Context, m, s *bucketState, op, key string, old, new []byte, ttl time.Duration) (bool, error) {
 	k := kvKey(key)
 	val := encodeValue(ttlMillis(ttl), new)
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, leaderGetTimeout)
-		defer cancel()
-	}
+	ctx, cancel := leaderBound(ctx)
+	defer cancel()
 	token := writeToken()
 	sent := false // a write of this swap's went out, and may have landed
 	for refused := 0; refused < 3; {
