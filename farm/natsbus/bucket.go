@@ -168,7 +168,7 @@ func (t *Transport) lookupRecordBucket(ctx context.Context, replicas int) (*buck
 		if t.opts.MemoryStorage {
 			cfg.Storage = jetstream.MemoryStorage
 		}
-		kv, err = t.js.CreateKeyValue(ctx, cfg)
+		kv, err = t.createKV(ctx, cfg)
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = t.js.KeyValue(ctx, name)
 		}
@@ -319,7 +319,7 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 	if t.opts.MemoryStorage {
 		cfg.Storage = jetstream.MemoryStorage
 	}
-	kv, err := t.js.CreateKeyValue(ctx, cfg)
+	kv, err := t.createKV(ctx, cfg)
 	if err != nil && t.opts.Replicas == 0 && cfg.Replicas > 1 && tooFewPeers(err) {
 		// A cluster too small for the default: settle for one replica.
 		// Only then: a timeout, or a cluster busy electing its leader,
@@ -327,19 +327,51 @@ func (t *Transport) createBucket(ctx context.Context) (jetstream.KeyValue, error
 		slog.Warn("natsbus: the NATS cluster cannot place the farm's bucket on 3 servers; it has one replica (set replicas= to choose)",
 			"bucket", t.bucket, "err", redact.Error(err, t.secrets))
 		cfg.Replicas = 1
-		kv, err = t.js.CreateKeyValue(ctx, cfg)
+		kv, err = t.createKV(ctx, cfg)
 	}
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		// A server before 2.11: keys cannot expire on their own.
 		cfg.LimitMarkerTTL = 0
 		cfg.TTL = t.opts.LegacyMaxAge
-		kv, err = t.js.CreateKeyValue(ctx, cfg)
+		kv, err = t.createKV(ctx, cfg)
 	}
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		// Another node made it first (or it exists with other settings).
 		kv, err = t.js.KeyValue(ctx, t.bucket)
 	}
 	return kv, err
+}
+
+// createKV creates the bucket cfg describes, asking again (up to
+// createAttempts times, within ctx) while the server answers that it could
+// not make the stream's store. That failure can pass: when an account's
+// last stream is deleted, nats-server removes the emptied directories in
+// the background, and a stream created at that moment finds its parent
+// directory gone. A store the server cannot make for good (a full or
+// read-only disk) still fails, after some 150 ms more.
+func (t *Transport) createKV(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	for attempt := 1; ; attempt++ {
+		kv, err := t.js.CreateKeyValue(ctx, cfg)
+		if attempt == createAttempts || !storeFailed(err) {
+			return kv, err
+		}
+		select {
+		case <-ctx.Done():
+			return kv, err
+		case <-time.After(time.Duration(attempt) * 25 * time.Millisecond):
+		}
+	}
+}
+
+// createAttempts bounds the creates createKV makes.
+const createAttempts = 4
+
+// storeFailed reports whether err is JetStream's 500 answer to a stream
+// create whose store could not be made (JSStreamCreateErrF, whose text the
+// server then sets to "error creating store for stream").
+func storeFailed(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.Code == 500 && api.ErrorCode == 10049
 }
 
 // tooFewPeers reports whether err is JetStream's refusal to place a stream
