@@ -5,12 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 )
 
@@ -23,12 +22,7 @@ func natsTransport(url string) func(testing.TB, string) (transport.Bus, transpor
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if js, err := jetstream.New(tr.Conn()); err == nil {
-				js.DeleteKeyValue(ctx, tr.Bucket())
-				js.DeleteKeyValue(ctx, tr.RecordBucket())
-			}
+			natstest.DeleteBuckets(t, tr.Conn(), tr.Bucket(), tr.RecordBucket())
 			tr.Close()
 		})
 		return tr, tr

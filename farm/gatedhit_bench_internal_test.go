@@ -10,11 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/session"
 )
@@ -47,12 +46,7 @@ func BenchmarkGatedHitNATS(b *testing.B) {
 	}
 	b.Cleanup(func() {
 		// The shared server keeps no benchmark's buckets.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if js, err := jetstream.New(tr.Conn()); err == nil {
-			js.DeleteKeyValue(ctx, tr.Bucket())
-			js.DeleteKeyValue(ctx, tr.RecordBucket())
-		}
+		natstest.DeleteBuckets(b, tr.Conn(), tr.Bucket(), tr.RecordBucket())
 		tr.Close()
 	})
 	benchGatedHit(b, benchNodeOn(b, name, tr, nil))

@@ -14,6 +14,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -281,6 +282,7 @@ func slowBusNATSStorePaths(t *testing.T, url string, stores *[]*gatedStore, nsto
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { st.Close() })
+		tb.Cleanup(func() { natstest.DeleteBuckets(tb, st.Conn(), st.Bucket(), st.RecordBucket()) })
 		g := &gatedStore{}
 		*stores = append(*stores, g)
 		*nstores = append(*nstores, st)

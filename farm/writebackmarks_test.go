@@ -15,6 +15,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/redisbus"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
@@ -195,6 +196,7 @@ func startLossFarm(t *testing.T, store string, grace time.Duration) *lossFarm {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { st.Close() })
+		tb.Cleanup(func() { natstest.DeleteBuckets(tb, st.Conn(), st.Bucket(), st.RecordBucket()) })
 		nstores = append(nstores, st)
 		return bus, &gatedNATS{Transport: st, g: g}
 	}

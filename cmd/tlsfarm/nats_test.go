@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
@@ -49,16 +46,5 @@ func deleteNATSBucket(t *testing.T, farmName string) {
 		return
 	}
 	defer tr.Close()
-	js, err := jetstream.New(tr.Conn())
-	if err != nil {
-		t.Log(err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, b := range []string{tr.Bucket(), tr.RecordBucket()} {
-		if err := js.DeleteKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
-			t.Logf("deleting bucket %s: %v", b, err)
-		}
-	}
+	natstest.DeleteBuckets(t, tr.Conn(), tr.Bucket(), tr.RecordBucket())
 }

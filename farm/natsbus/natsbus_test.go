@@ -16,6 +16,7 @@ import (
 	"github.com/tlsfarm/tlsfarm/farm/natsbus"
 	"github.com/tlsfarm/tlsfarm/farm/natsbus/natsembed"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
+	"github.com/tlsfarm/tlsfarm/internal/natstest"
 )
 
 // sharedURL returns the URL of the machine's shared NATS server
@@ -48,16 +49,7 @@ func open(tb testing.TB, url, farmName string) *natsbus.Transport {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { tr.Close() })
-	tb.Cleanup(func() {
-		if !tr.Conn().IsConnected() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		js, _ := jetstream.New(tr.Conn())
-		js.DeleteKeyValue(ctx, tr.Bucket())
-		js.DeleteKeyValue(ctx, tr.RecordBucket())
-	})
+	tb.Cleanup(func() { natstest.DeleteBuckets(tb, tr.Conn(), tr.Bucket(), tr.RecordBucket()) })
 	return tr
 }
 

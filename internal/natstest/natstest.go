@@ -7,6 +7,7 @@ package natstest
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tlsfarm/tlsfarm/internal/testenv"
 )
@@ -547,4 +550,28 @@ func StartPairVia(tb testing.TB, via func(routeAddr string) string) *Cluster {
 		}
 	}
 	return c
+}
+
+// DeleteBuckets deletes the key-value buckets named from the server nc is
+// connected to, so that tests leave nothing on a shared server. A bucket
+// that is not there is no error; another failure is logged, not fatal
+// (it runs in clean-ups). It waits at most 5 s in all, and does nothing
+// if nc is not connected.
+func DeleteBuckets(tb testing.TB, nc *nats.Conn, buckets ...string) {
+	tb.Helper()
+	if !nc.IsConnected() {
+		return
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Logf("deleting buckets %v: %v", buckets, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, b := range buckets {
+		if err := js.DeleteKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			tb.Logf("deleting bucket %s: %v", b, err)
+		}
+	}
 }
