@@ -106,3 +106,88 @@ func TestBookkeepingSweptWithoutSessionSweep(t *testing.T) {
 		}
 	})
 }
+
+// TestFullLinksForgetEndedFirst: when the cache holds as many child links
+// as its Capacity, the links whose parent's grace has ended are forgotten
+// before a live one. The sweep that removes them runs every SweepInterval
+// (a minute by default) while a link lasts the grace (30 s), so a busy
+// cache finds its links full of ended ones; before, it forgot an arbitrary
+// link, often a live one, and that parent, resumed again, kept two
+// children.
+func TestFullLinksForgetEndedFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const capacity = 16
+		c, err := New(&Config{SweepInterval: -1, ResumeGrace: time.Second, Capacity: capacity, Buckets: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		link := func() ID {
+			parent, child := c.NewID(), c.NewID()
+			if err := c.Insert(parent, Record{State: []byte{1}, Expires: time.Now().Add(time.Hour)}, OriginAPI); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Insert(child, Record{State: []byte{2}, Expires: time.Now().Add(time.Hour), Parent: parent}, OriginPeer); err != nil {
+				t.Fatal(err)
+			}
+			return parent
+		}
+		for range capacity {
+			link()
+		}
+		time.Sleep(2 * time.Second) // every grace so far has ended
+		var live []ID
+		for range capacity {
+			live = append(live, link())
+		}
+		c.life.mu.Lock()
+		defer c.life.mu.Unlock()
+		for i, p := range live {
+			if _, ok := c.life.kids[p]; !ok {
+				t.Errorf("the link of live parent %d of %d was forgotten while ended ones were kept", i+1, capacity)
+			}
+		}
+		if n := len(c.life.kids); n > capacity {
+			t.Errorf("%d links kept, more than the Capacity %d", n, capacity)
+		}
+	})
+}
+
+// BenchmarkLinkChildFull measures linking a child when the cache already
+// holds Capacity links (102,400, the default): full of links whose grace
+// has ended (ended: a busy cache between sweeps), or of live ones (live:
+// more resumptions in a grace than the cache holds sessions), where it
+// looks at up to linkScan links before it forgets an arbitrary one.
+func BenchmarkLinkChildFull(b *testing.B) {
+	for _, ended := range []bool{true, false} {
+		name := "links=live"
+		if ended {
+			name = "links=ended"
+		}
+		b.Run(name, func(b *testing.B) {
+			c, err := New(&Config{SweepInterval: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			now := c.nowNano()
+			until := now + int64(time.Hour)
+			if ended {
+				until = now - 1
+			}
+			for range c.cfg.Capacity {
+				c.linkChild(c.NewID(), c.NewID(), until, until, OriginPeer)
+			}
+			ids := make([][2]ID, b.N)
+			for i := range ids {
+				ids[i] = [2]ID{c.NewID(), c.NewID()}
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				// Each new link ends as those it replaces, so the map
+				// stays as it began.
+				c.linkChild(ids[i][0], ids[i][1], until, until, OriginPeer)
+			}
+		})
+	}
+}

@@ -190,13 +190,29 @@ func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin)
 	if !had && len(l.kids) >= c.cfg.Capacity {
 		// As many links as the cache holds sessions: forget one, so
 		// that links grow with the cache, not with the resumptions of
-		// a link's life (a Lifetime without a grace). Its parent, if
-		// resumed again, keeps its earlier child, which the cache's
-		// Capacity bounds as it bounds every session.
-		for p := range l.kids {
-			delete(l.kids, p)
-			break
+		// a link's life (a Lifetime without a grace). A link whose
+		// parent's grace has ended if one is among the first
+		// linkScan the map yields (links last the grace, 30 s by
+		// default, but the sweep that forgets them comes every
+		// SweepInterval, a minute, so a full map is mostly of those);
+		// else an arbitrary one. Its parent, if resumed again, keeps its
+		// earlier child, which the cache's Capacity bounds as it bounds
+		// every session.
+		now, seen := c.nowNano(), 0
+		var first ID
+		for p, k := range l.kids {
+			if seen == 0 {
+				first = p
+			}
+			if k.until <= now {
+				first = p
+				break
+			}
+			if seen++; seen == linkScan {
+				break
+			}
 		}
+		delete(l.kids, first)
 	}
 	link.until = max(until, old.until)
 	loser, loserLocal := ID{}, false
@@ -221,6 +237,10 @@ func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin)
 	c.retire(loser, Retired, origin)
 	return loser != child
 }
+
+// linkScan bounds the links linkChild looks at for an ended one when the
+// links are full.
+const linkScan = 16
 
 // sweepLifecycle forgets child links whose parent can no longer resume.
 func (c *Cache) sweepLifecycle(now int64) {
