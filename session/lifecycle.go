@@ -178,7 +178,8 @@ func (c *Cache) revoking(e *entry, now int64) bool {
 // At most Capacity links are kept, one per parent: a link lasts its
 // parent's grace, or, without a grace (ResumeGrace < 0), its child's life,
 // so their number would otherwise grow with the resumptions of a Lifetime.
-// Past Capacity an arbitrary link is forgotten.
+// Past Capacity one is forgotten: an ended one if it finds one soon, else
+// an arbitrary one.
 func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin) bool {
 	l := &c.life
 	l.mu.Lock()
