@@ -2,7 +2,8 @@
 // free loopback ports, for tests that must stop one of them: in the test's
 // own process (nats-server as a library, the current release), or as
 // processes of the machine's nats-server binary, which a test can kill as a
-// crash would.
+// crash would; and DeleteBuckets, which clears a test's buckets from a
+// server it shares.
 package natstest
 
 import (
