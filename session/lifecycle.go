@@ -199,21 +199,21 @@ func (c *Cache) linkChild(parent, child ID, expires, until int64, origin Origin)
 		// else an arbitrary one. Its parent, if resumed again, keeps its
 		// earlier child, which the cache's Capacity bounds as it bounds
 		// every session.
+		var victim ID
 		now, seen := c.nowNano(), 0
-		var first ID
 		for p, k := range l.kids {
-			if seen == 0 {
-				first = p
-			}
 			if k.until <= now {
-				first = p
+				victim = p
 				break
+			}
+			if seen == 0 {
+				victim = p // if none of linkScan has ended
 			}
 			if seen++; seen == linkScan {
 				break
 			}
 		}
-		delete(l.kids, first)
+		delete(l.kids, victim)
 	}
 	link.until = max(until, old.until)
 	loser, loserLocal := ID{}, false
