@@ -53,7 +53,7 @@ func TestPrimaryReadLeaderOnlyWithFollowers(t *testing.T) {
 			farmtest.Eventually(t, 20*time.Second, "the record written", func() bool {
 				return tr.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("v"), TTL: time.Minute}) == nil
 			})
-			gets := watchGets(t, url, tr.Bucket())
+			gets := watchGets(t, tr)
 			const reads = 5
 			for range reads {
 				if v, err := tr.GetRecord(transport.PrimaryRead(ctx), "s:01"); err != nil || string(v) != "v" {
@@ -72,14 +72,18 @@ func TestPrimaryReadLeaderOnlyWithFollowers(t *testing.T) {
 	}
 }
 
-// watchGets watches, on a connection of its own to url, the requests
-// that read the stream of bucket: the function it returns waits until it
-// has seen at least n since the last call (or 5 s), and returns how many
-// were direct gets ($JS.API.DIRECT.GET) and how many the leader's gets
-// ($JS.API.STREAM.MSG.GET).
-func watchGets(t *testing.T, url, bucket string) func(n int) [2]int {
+// watchGets watches, on a connection of its own, the requests tr sends
+// to read its bucket's stream: the function it returns waits until it has
+// seen at least n since the last call (or 5 s), and returns how many were
+// direct gets ($JS.API.DIRECT.GET) and how many the leader's gets
+// ($JS.API.STREAM.MSG.GET). The spy connects to the server tr is
+// connected to: its subscription is then in place once its flush returns,
+// where on another server of a cluster the routes learn of it a moment
+// later and the requests sent meanwhile pass unseen.
+func watchGets(t *testing.T, tr *natsbus.Transport) func(n int) [2]int {
 	t.Helper()
-	spy, err := nats.Connect(url)
+	bucket := tr.Bucket()
+	spy, err := nats.Connect(tr.Conn().ConnectedUrl())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +146,7 @@ func TestPrimaryReadLeaderOnceReplicasAdded(t *testing.T) {
 		return w.PutRecords(ctx, transport.Item{Key: "s:01", Value: []byte("v"), TTL: time.Minute}) == nil
 	})
 	tr := openURL(t, url, name)
-	gets := watchGets(t, url, tr.Bucket())
+	gets := watchGets(t, tr)
 	read := func() {
 		t.Helper()
 		if v, err := tr.GetRecord(transport.PrimaryRead(ctx), "s:01"); err != nil || string(v) != "v" {
