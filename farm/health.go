@@ -82,9 +82,16 @@ func newProbe(what string, v any) *probe {
 }
 
 // end records the end of pr's probe seq, and wakes those waiting for it
-// (see recheck).
+// (see recheck). The probe has let go of pr.running by then (see
+// probeOnce), so the next may have begun, and even ended, first:
+// lastEnded never goes back.
 func (pr *probe) end(seq uint64) {
-	pr.lastEnded.Store(seq)
+	for {
+		last := pr.lastEnded.Load()
+		if last >= seq || pr.lastEnded.CompareAndSwap(last, seq) {
+			break
+		}
+	}
 	next := make(chan struct{})
 	close(*pr.ended.Swap(&next))
 }
@@ -246,25 +253,36 @@ func (n *Node) goTracked(f func()) {
 
 // probeOnce runs a probe of pr's path (runProbe) unless one is in flight,
 // begun by the prober or by a hit (see recheck): that one answers for
-// both.
+// both. The probe lets go of pr.running before it ends (pr.end): a hit
+// that finds no probe in flight (lastEnded caught up with begun) must
+// find none holding running either, or the probe it asks for is not
+// begun and it waits out its LookupTimeout for nothing. (Ended first,
+// with running let go after the log lines and the fallback's update of a
+// change of state, a gated hit right after the store's probe failed
+// waited so, twice in a row.)
 func (n *Node) probeOnce(ctx context.Context, pr *probe) {
 	if ctx.Err() != nil || !pr.running.CompareAndSwap(false, true) {
 		return
 	}
-	defer pr.running.Store(false)
-	n.runProbe(ctx, pr)
+	seq, ended := n.runProbe(ctx, pr)
+	pr.running.Store(false)
+	if ended {
+		pr.end(seq)
+	}
 }
 
 // runProbe pings pr once, and on a change of state logs it and updates
-// the fallback (see updateFallback).
+// the fallback (see updateFallback). It returns the probe's number (in
+// pr.begun) and whether the probe ended, answered or not: false if ctx
+// ended first. The caller ends it (see probeOnce).
 //
 // It returns as soon as ctx ends: a transport may end a ping on a hung
 // server only at the ping's deadline (go-redis bounds a blocked read by
 // the context's deadline but does not end it on cancel), and Close must
 // not wait ProbeTimeout, a bound of its own, for it. The ping left behind
 // ends by that deadline, or when the transport closes.
-func (n *Node) runProbe(ctx context.Context, pr *probe) {
-	seq := pr.begun.Add(1)
+func (n *Node) runProbe(ctx context.Context, pr *probe) (seq uint64, ended bool) {
+	seq = pr.begun.Add(1)
 	pr.lastBegan.Store(sinceProbeEpoch())
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProbeTimeout)
 	done := make(chan error, 1)
@@ -276,13 +294,13 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		return
+		return seq, false
 	}
 	if err != nil && pctx.Err() == context.DeadlineExceeded {
 		err = errProbeTimeout
 	}
 	if ctx.Err() != nil {
-		return
+		return seq, false
 	}
 	if err != nil {
 		pr.failures.Add(1)
@@ -291,10 +309,8 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 		pr.lastAnswered.Store(seq)
 	}
 	up := err == nil
-	changed := pr.up.Swap(up) != up
-	pr.end(seq)
-	if !changed {
-		return
+	if pr.up.Swap(up) == up {
+		return seq, true
 	}
 	pr.changes.Add(1)
 	defer n.updateFallback()
@@ -303,7 +319,7 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 		if pr == n.busProbe {
 			n.wakeHealer() // catch up on revocations missed meanwhile
 		}
-		return
+		return seq, true
 	}
 	switch pr.what {
 	case "store":
@@ -313,6 +329,7 @@ func (n *Node) runProbe(ctx context.Context, pr *probe) {
 		n.log.Warn("farm: the "+pr.what+" does not answer; serving from the local cache, and sessions issued meanwhile do not reach the other nodes",
 			"err", err, "probe_timeout", n.cfg.ProbeTimeout.String())
 	}
+	return seq, true
 }
 
 // wakeHealer asks the healer to re-read the revocations in the store.
