@@ -58,8 +58,9 @@ func TestGateReadsOnceStoreBack(t *testing.T) {
 // probe had ended for the hits (they saw none in flight) but still held
 // the path, so the probe a hit asked for was not begun, and the hit
 // waited its LookupTimeout for it: two of the first dials in a row did
-// (found by the frozen case, 1 run in 6 beside a CPU hog). Now a probe
-// ends for the hits only once it has let go of the path.
+// (found by the frozen case, in one of two runs of the package beside a
+// CPU hog). Now a probe ends for the hits only once it has let go of the
+// path.
 type slowStoreDownLog struct{}
 
 func (slowStoreDownLog) Write(p []byte) (int, error) {
