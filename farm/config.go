@@ -194,7 +194,10 @@ type Config struct {
 	// keys (RotateTicketKeys), in broadcast mode, with WriteThrough, and
 	// never for a single-use cache; it is off while the node cannot reach
 	// the farm. Tickets grow by the sealed session (a few hundred bytes), and
-	// each new session costs one more ticket encryption.
+	// each new session costs one more ticket encryption. A carried ticket
+	// holds the session's secrets under the ticket keys, as a stateless
+	// ticket does: whoever records it and later obtains a ticket key still
+	// kept can open it, which a bare ID never allows.
 	//
 	// With CarrySessions (in broadcast mode, with WriteThrough, not single
 	// use) and no FlushWindow set, the node batches new sessions over a
