@@ -1528,8 +1528,12 @@ end`
 // is there but a lapsed-cut mark is (the cut's grace is over, or the cut
 // found the record and shortened it: the record is the cut), it writes
 // nothing and returns 0. Else it writes the value, as SET does, and
-// returns 1.
-var lateScript = redis.NewScript(marksLua + `
+// returns 1. The marks are looked at one by one only where one of them is
+// there: a session's first write, the common case, finds none, and reads
+// them in one EXISTS (as noLongerScript does).
+var lateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) > 0 then` + marksLua + `
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)
