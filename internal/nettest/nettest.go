@@ -1,13 +1,16 @@
 // Package nettest holds helpers for tests that talk to servers over
-// loopback sockets: a TCP server that echoes, one that never answers, a
-// proxy the test can cut, freeze or slow down, and a one-shot HTTP request.
+// loopback sockets: a TCP server that echoes, one that never answers, an
+// address that refuses, a proxy the test can cut, freeze or slow down, and
+// a one-shot HTTP request.
 package nettest
 
 import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -62,6 +65,33 @@ func Silent(tb testing.TB) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// Refused returns a loopback address at which connections are refused,
+// until the test ends. It holds the port with a TCP socket that is bound
+// but never listens, so no other listener (another test's server, in this
+// process or another) can take the port meanwhile, and no outgoing
+// connection is given it: a port found free and closed again can be,
+// and a "refused" target then answers.
+func Refused(tb testing.TB) string {
+	tb.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatalf("nettest: socket: %v", err)
+	}
+	tb.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatalf("nettest: bind: %v", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		tb.Fatalf("nettest: getsockname: %v", err)
+	}
+	in, ok := sa.(*syscall.SockaddrInet4)
+	if !ok {
+		tb.Fatalf("nettest: a bound IPv4 socket named %T", sa)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(in.Port))
 }
 
 // A Proxy forwards the TCP connections made to its loopback address to a
