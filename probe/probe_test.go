@@ -280,16 +280,13 @@ func TestTLS13ClientMustRead(t *testing.T) {
 	}
 }
 
-// refusedAddr returns a loopback address where nothing listens.
+// refusedAddr returns a loopback address where nothing listens, held so
+// until the test ends (see nettest.Refused: a port merely found free was
+// once taken by another test's TLS server, and the "refused" half of
+// TestMainThresholds's targets answered).
 func refusedAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return nettest.Refused(t)
 }
 
 // otherCertAddr returns the address of a TLS server whose certificate the

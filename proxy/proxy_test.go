@@ -108,9 +108,7 @@ func TestReverseProxySetsForwardedAndResumedHeaders(t *testing.T) {
 }
 
 func TestReverseProxyCountsUpstreamErrors(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := "http://" + ln.Addr().String()
-	ln.Close()
+	dead := "http://" + nettest.Refused(t) // held: no other test's server takes the port
 	cert := mustSelfSigned(t, "localhost")
 	s, _ := start(t, cert, func(c *Config) { c.Listeners[0].Upstream = dead })
 	resp, _, _ := get(t, s.Addrs()[0], client("localhost", cert), "/", nil)
