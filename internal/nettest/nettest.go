@@ -75,10 +75,11 @@ func Silent(tb testing.TB) string {
 // and a "refused" target then answers.
 func Refused(tb testing.TB) string {
 	tb.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		tb.Fatalf("nettest: socket: %v", err)
 	}
+	syscall.CloseOnExec(fd)
 	tb.Cleanup(func() { syscall.Close(fd) })
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		tb.Fatalf("nettest: bind: %v", err)
