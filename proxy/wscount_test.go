@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http2"
 
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/metric"
 )
 
@@ -90,12 +91,7 @@ func TestWebSocketUnreachableUpstreamCounts(t *testing.T) {
 	if !withXConnect(t) {
 		return
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gone := "http://" + ln.Addr().String()
-	ln.Close()
+	gone := "http://" + nettest.Refused(t) // held: no other test's server takes the port
 	cert := mustSelfSigned(t, "localhost")
 	s := startWSProxy(t, cert, gone, 0)
 	for _, proto := range []string{"h1", "h2", "h3"} {

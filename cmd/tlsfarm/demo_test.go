@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/tlsfarm/tlsfarm/internal/nettest"
 )
 
 // TestDemoShowsTheDifference runs "tlsfarm demo": with sharing, nearly every
@@ -55,12 +56,7 @@ func TestDemoFailsWhenEveryConnectionFails(t *testing.T) {
 	dead := func(ctx context.Context, count int, shared bool, natsURL string, log *slog.Logger) ([]string, func(), error) {
 		var addrs []string
 		for range count {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return nil, nil, err
-			}
-			addrs = append(addrs, l.Addr().String())
-			l.Close()
+			addrs = append(addrs, nettest.Refused(t)) // held: no other test's server takes the port
 		}
 		return addrs, func() {}, nil
 	}
