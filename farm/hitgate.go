@@ -107,6 +107,12 @@ func (n *Node) chainMark(hdr header, rev revocation) (transport.Item, bool) {
 // asking the store: the gate is off (no store, or a bus that does not mark
 // its delivery), or the bus has delivered everything published until
 // MaxDeliveryLag ago and the node has no gap left to heal (see gapState).
+// With a cache whose ResumeGrace, less FlushWindow, is shorter than
+// MaxDeliveryLag, that is the bound: a peer's grace cut of a session is
+// published within FlushWindow of the resumption and ends the session a
+// grace after it, so a node whose delivery lags by less than the grace
+// less the window has heard of every cut that has taken effect, and one
+// lagging further asks the store, which holds the cut (see gateRecord).
 func (n *Node) hitsCurrent() bool {
 	if n.hitMarker == nil {
 		return true
@@ -115,7 +121,7 @@ func (n *Node) hitsCurrent() bool {
 		return false
 	}
 	t := n.markedThrough(n.hitMarker)
-	return !t.IsZero() && time.Since(t) <= n.cfg.MaxDeliveryLag
+	return !t.IsZero() && time.Since(t) <= n.hitLag
 }
 
 // A gap in the node's subscription (down, or messages dropped with it up)

@@ -51,3 +51,12 @@ func redisServer(url string) farmtest.Server {
 		},
 	}
 }
+
+// TestGraceCutWhileDeliveryLags: farmtest.GraceCutWhileDeliveryLags on
+// the machine's Redis: a node whose delivery lags within MaxDeliveryLag
+// but past the caches' ResumeGrace must not resume a session past a grace
+// cut made elsewhere.
+func TestGraceCutWhileDeliveryLags(t *testing.T) {
+	t.Parallel()
+	farmtest.GraceCutWhileDeliveryLags(t, sharedRedis)
+}

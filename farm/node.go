@@ -49,6 +49,11 @@ type Node struct {
 	// store to check its cache's hits against while it lags (see
 	// hitgate.go); nil otherwise.
 	hitMarker transport.DeliveryMarker
+	// hitLag is how far behind the present the bus's delivery may be
+	// for a hit to resume without asking the store: MaxDeliveryLag, or
+	// the cache's ResumeGrace less FlushWindow if that is shorter (see
+	// hitsCurrent).
+	hitLag time.Duration
 	// gap counts the gaps in the subscription, and says whether the last
 	// one is healed (see gapOpen).
 	gap atomic.Uint64
@@ -306,6 +311,10 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if dm, ok := cfg.Bus.(transport.DeliveryMarker); ok {
 		if cfg.Records != nil {
 			n.hitMarker = dm
+			n.hitLag = cfg.MaxDeliveryLag
+			if g := cfg.Cache.Config().ResumeGrace; g > 0 {
+				n.hitLag = min(n.hitLag, g-cfg.FlushWindow)
+			}
 		}
 		if st, ok := cfg.Bus.(transport.ServerTeller); ok {
 			n.pm.init(st, peerMarkInterval(&cfg))
