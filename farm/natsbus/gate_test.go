@@ -81,6 +81,20 @@ func TestNATSHeldRevokedWhileDeliveryLags(t *testing.T) {
 	}
 }
 
+// TestNATSGraceCutWhileDeliveryLags: farm's TestGraceCutWhileDeliveryLags
+// (farmtest.GraceCutWhileDeliveryLags) over NATS, on both servers: a node
+// whose delivery lags within MaxDeliveryLag but past the caches'
+// ResumeGrace must not resume a session past a grace cut made elsewhere.
+func TestNATSGraceCutWhileDeliveryLags(t *testing.T) {
+	t.Parallel()
+	for _, srv := range gateServers {
+		t.Run(srv.name, func(t *testing.T) {
+			t.Parallel()
+			farmtest.GraceCutWhileDeliveryLags(t, srv.server)
+		})
+	}
+}
+
 // recordAgeKept fails the test if, on a server before 2.11, the age limit
 // of the bucket of session records (its keys expire by the value's clock,
 // the bucket drops them at its age limit) was raised past
