@@ -233,10 +233,13 @@ type Config struct {
 	// The bound is a window: a node whose delivery lags by less than it
 	// may resume a session retired elsewhere (Node.Consume, a session
 	// taken for 0-RTT) for as long as the retirement's message takes to
-	// reach it. A grace cut made elsewhere is in the window only when
-	// the cache's ResumeGrace is shorter than the bound (the default, 30
-	// s, is not); single use (session.Config.SingleUse) and revocation
-	// are never in it.
+	// reach it. A grace cut made elsewhere, single use
+	// (session.Config.SingleUse) and revocation are never in it: where
+	// the cache's ResumeGrace less FlushWindow is shorter than the bound
+	// (the default grace, 30 s, is not), that is the bound of the node's
+	// hits, so that a cut, published as the session resumed and taking
+	// effect a grace later, has reached a node that does not ask the
+	// store.
 	MaxDeliveryLag time.Duration
 
 	// PeerMarkInterval is how often a node whose bus marks its delivery

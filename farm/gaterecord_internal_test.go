@@ -102,3 +102,24 @@ func TestGateRecordTellsDeletionFromLoss(t *testing.T) {
 	n.refilling.Store(false)
 	check(false, "S's record missing, the write-back done")
 }
+
+// TestHitLag: the hit gate's bound is MaxDeliveryLag, or the grace less
+// the flush window where the cache cuts resumed sessions and that is
+// shorter.
+func TestHitLag(t *testing.T) {
+	const ms = time.Millisecond
+	for _, tt := range []struct {
+		maxLag, grace, window, want time.Duration
+	}{
+		{500 * ms, 30 * time.Second, 0, 500 * ms},       // the defaults
+		{500 * ms, 30 * time.Second, 40 * ms, 500 * ms}, // carried sessions' window
+		{500 * ms, 300 * ms, 0, 300 * ms},               // a grace shorter than the bound
+		{500 * ms, 300 * ms, 40 * ms, 260 * ms},         // ... with the window
+		{500 * ms, 500 * ms, 0, 500 * ms},
+		{500 * ms, -1, 0, 500 * ms}, // no cut: resumed sessions keep their Lifetime
+	} {
+		if got := hitLag(tt.maxLag, tt.grace, tt.window); got != tt.want {
+			t.Errorf("hitLag(%v, %v, %v) = %v, want %v", tt.maxLag, tt.grace, tt.window, got, tt.want)
+		}
+	}
+}

@@ -124,6 +124,18 @@ func (n *Node) hitsCurrent() bool {
 	return !t.IsZero() && time.Since(t) <= n.hitLag
 }
 
+// hitLag returns how far behind the present a node's bus delivery may be
+// for its hits to resume without asking the store (see hitsCurrent): the
+// farm's MaxDeliveryLag, or the cache's ResumeGrace less the publisher's
+// FlushWindow if the cache cuts resumed sessions (a positive grace) and
+// that is shorter.
+func hitLag(maxDeliveryLag, resumeGrace, flushWindow time.Duration) time.Duration {
+	if resumeGrace <= 0 {
+		return maxDeliveryLag
+	}
+	return min(maxDeliveryLag, resumeGrace-flushWindow)
+}
+
 // A gap in the node's subscription (down, or messages dropped with it up)
 // loses the messages published meanwhile, and the bus's delivery mark says
 // nothing of them: it is current again as soon as the subscription is

@@ -311,10 +311,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if dm, ok := cfg.Bus.(transport.DeliveryMarker); ok {
 		if cfg.Records != nil {
 			n.hitMarker = dm
-			n.hitLag = cfg.MaxDeliveryLag
-			if g := cfg.Cache.Config().ResumeGrace; g > 0 {
-				n.hitLag = min(n.hitLag, g-cfg.FlushWindow)
-			}
+			n.hitLag = hitLag(cfg.MaxDeliveryLag, cfg.Cache.Config().ResumeGrace, cfg.FlushWindow)
 		}
 		if st, ok := cfg.Bus.(transport.ServerTeller); ok {
 			n.pm.init(st, peerMarkInterval(&cfg))
