@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tlsfarm/tlsfarm/farm"
-	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/nettest"
 	"github.com/tlsfarm/tlsfarm/internal/tlstest"
 	"github.com/tlsfarm/tlsfarm/session"
@@ -49,14 +48,7 @@ func GraceCutWhileDeliveryLags(t *testing.T, server func(*testing.T) Server) {
 	n1, n2 := ms[0], ms[1]
 	WaitRevocationsKnown(t, ms...)
 	t.Cleanup(func() { px.SetLatency(0) }) // before the nodes close
-	marker := n2.Bus.(transport.DeliveryMarker)
-	lag := func() time.Duration {
-		d := marker.DeliveredThrough()
-		if d.IsZero() {
-			return time.Hour
-		}
-		return time.Since(d)
-	}
+	lag := deliveryLag(n2)
 	Eventually(t, 5*time.Second, "n2's delivery was marked", func() bool { return lag() < grace })
 
 	dial := func(m *Member, c tls.ClientSessionCache) bool {
@@ -67,12 +59,7 @@ func GraceCutWhileDeliveryLags(t *testing.T, server func(*testing.T) Server) {
 		}
 		return cs.DidResume
 	}
-	ids := HandshakeSessions(n1.Cache)
-	s, c := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	dial(n1, s)
-	dial(n1, c)
-	sid, cid := ids()[0], ids()[1]
-	waitHolds(t, n1, n2, sid, cid)
+	s, c, _, _ := issueHeld(t, n1, n2, dial)
 
 	px.SetLatency(latency)
 	Eventually(t, 5*time.Second, "n2's delivery lags past the grace", func() bool { return lag() > 3*grace })

@@ -136,13 +136,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 	// Before the nodes close (cleanups run last registered first).
 	t.Cleanup(func() { px.Thaw(); px.SetLatency(0); px.Restore(); spx.SetLatency(0) })
 	marker := n2.Bus.(transport.DeliveryMarker)
-	lag := func() time.Duration {
-		d := marker.DeliveredThrough()
-		if d.IsZero() {
-			return time.Hour
-		}
-		return time.Since(d)
-	}
+	lag := deliveryLag(n2)
 	Eventually(t, 5*time.Second, "n2's delivery was marked", func() bool { return lag() < tc.MaxLag })
 
 	dial := func(m *Member, c tls.ClientSessionCache) bool {
@@ -176,12 +170,7 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 		}
 		return cs.DidResume
 	}
-	ids := HandshakeSessions(n1.Cache)
-	s, c := &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
-	dial(n1, s)
-	dial(n1, c)
-	sid, cid := ids()[0], ids()[1]
-	waitHolds(t, n1, n2, sid, cid)
+	s, c, sid, _ := issueHeld(t, n1, n2, dial)
 	var chain uint64
 	for id, r := range n2.Cache.Snapshot(-1) {
 		if id == sid {
@@ -243,6 +232,33 @@ func heldRevokedWhileDeliveryLags(t *testing.T, o HeldRevokedOptions, srv Server
 	}
 	if !n2.Cache.Revoked(chain) {
 		t.Error("n2 does not hold S's chain revoked")
+	}
+}
+
+// issueHeld makes two sessions on n1, each with a client of its own that
+// keeps presenting it (dial makes the connections), and waits until n2
+// holds both, received by broadcast.
+func issueHeld(t *testing.T, n1, n2 *Member, dial func(*Member, tls.ClientSessionCache) bool) (s, c *tlstest.FrozenCache, sid, cid session.ID) {
+	t.Helper()
+	ids := HandshakeSessions(n1.Cache)
+	s, c = &tlstest.FrozenCache{}, &tlstest.FrozenCache{}
+	dial(n1, s)
+	dial(n1, c)
+	sid, cid = ids()[0], ids()[1]
+	waitHolds(t, n1, n2, sid, cid)
+	return s, c, sid, cid
+}
+
+// deliveryLag returns a function that tells how far behind the present m's
+// bus delivery is, as the bus marks it: an hour while it has no mark.
+func deliveryLag(m *Member) func() time.Duration {
+	marker := m.Bus.(transport.DeliveryMarker)
+	return func() time.Duration {
+		d := marker.DeliveredThrough()
+		if d.IsZero() {
+			return time.Hour
+		}
+		return time.Since(d)
 	}
 }
 
