@@ -123,3 +123,28 @@ func TestHitLag(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerMarkInterval: a node's msgMarks come at a fifth of the hit
+// gate's bound, so a short grace brings them closer together.
+func TestPeerMarkInterval(t *testing.T) {
+	const ms = time.Millisecond
+	for _, tt := range []struct {
+		maxLag, grace, set, want time.Duration
+	}{
+		{500 * ms, 0, 0, 100 * ms},           // the defaults: a fifth of 500 ms, at most 100 ms
+		{150 * ms, 0, 0, 30 * ms},            // a short MaxDeliveryLag
+		{500 * ms, 300 * ms, 0, 60 * ms},     // a grace shorter than MaxDeliveryLag
+		{500 * ms, 20 * ms, 0, 10 * ms},      // at least 10 ms
+		{500 * ms, 300 * ms, 7 * ms, 7 * ms}, // PeerMarkInterval as set
+	} {
+		c, err := session.New(&session.Config{ResumeGrace: tt.grace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cfg := Config{Cache: c, MaxDeliveryLag: tt.maxLag, PeerMarkInterval: tt.set}
+		if got := peerMarkInterval(&cfg); got != tt.want {
+			t.Errorf("MaxDeliveryLag %v, grace %v, PeerMarkInterval %v: interval %v, want %v", tt.maxLag, tt.grace, tt.set, got, tt.want)
+		}
+	}
+}

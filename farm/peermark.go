@@ -179,7 +179,8 @@ func (p *peerMarks) init(teller transport.ServerTeller, interval time.Duration) 
 func (p *peerMarks) now() uint64 { return uint64(time.Since(p.base)) + 1 }
 
 // peerMarkInterval returns the interval of the node's msgMarks for cfg:
-// PeerMarkInterval, or by default a fifth of MaxDeliveryLag, between
+// PeerMarkInterval, or by default a fifth of the hit gate's bound
+// (MaxDeliveryLag, or a shorter grace: see hitLag), between
 // minPeerMarkInterval and defaultPeerMarkInterval, so that a mark taken
 // over a round trip through a peer's next msgMark stays well within the
 // bound while delivery keeps up.
@@ -187,7 +188,11 @@ func peerMarkInterval(cfg *Config) time.Duration {
 	if cfg.PeerMarkInterval != 0 {
 		return cfg.PeerMarkInterval
 	}
-	return min(max(cfg.MaxDeliveryLag/5, minPeerMarkInterval), defaultPeerMarkInterval)
+	bound := cfg.MaxDeliveryLag
+	if cfg.Cache != nil {
+		bound = hitLag(bound, cfg.Cache.Config().ResumeGrace, cfg.FlushWindow)
+	}
+	return min(max(bound/5, minPeerMarkInterval), defaultPeerMarkInterval)
 }
 
 // markedThrough returns the node's delivery mark of the whole farm: the
