@@ -249,8 +249,9 @@ type Config struct {
 	// yet to pass on from another, so the node's mark (for
 	// MaxDeliveryLag) is also held back to the newest request each live
 	// peer answered. A node publishes one message each interval, and
-	// receives one from each peer. Zero means a fifth of MaxDeliveryLag,
-	// at least 10ms and at most 100ms; negative means none (the bus's
+	// receives one from each peer. Zero means a fifth of MaxDeliveryLag
+	// (or of the cache's ResumeGrace less FlushWindow, if shorter: the
+	// hit gate's bound then), at least 10ms and at most 100ms; negative means none (the bus's
 	// own mark alone, as before).
 	PeerMarkInterval time.Duration
 
