@@ -22,8 +22,9 @@ import (
 // once the grace is over, before the cut's message can have reached n2 by
 // its bus, S is presented to n2: n2 must not resume it (it asks its
 // store, which holds the cut), and still resumes C, once its store
-// confirms C. Before the hit gate took the grace as its bound when it is
-// the shorter, n2 resumed S from the copy it held, past the grace.
+// confirms C (its hit gated too). Before the hit gate took the grace as
+// its bound when it is the shorter, n2 resumed both from the copies it
+// held, S past its grace.
 func GraceCutWhileDeliveryLags(t *testing.T, server func(*testing.T) Server) {
 	const (
 		grace   = 300 * time.Millisecond
@@ -81,8 +82,11 @@ func GraceCutWhileDeliveryLags(t *testing.T, server func(*testing.T) Server) {
 	gated := func(result string) uint64 {
 		return Counter(n2.Node.Metrics(), "tlsfarm_farm_gated_hits_total", "result", result)
 	}
-	if r, c := gated("retired"), gated("confirmed"); r == 0 || c == 0 {
-		t.Errorf("n2's gated hits: retired %d, confirmed %d, want both (store_error %d, cut_off %d)",
-			r, c, gated("store_error"), gated("cut_off"))
+	// S's hit is gated (retired) unless a stall held its handshake
+	// until the cut's message arrived; C's, whatever the timing.
+	r, cf := gated("retired"), gated("confirmed")
+	t.Logf("n2's gated hits: retired %d, confirmed %d, store_error %d, cut_off %d", r, cf, gated("store_error"), gated("cut_off"))
+	if cf == 0 {
+		t.Error("n2 resumed C without asking its store, its delivery lagging past the grace")
 	}
 }
