@@ -231,10 +231,10 @@ type Config struct {
 	// gates no hits. Default 500ms.
 	//
 	// The bound is a window: a node whose delivery lags by less than it
-	// may resume a session retired elsewhere (Node.Consume, a session
-	// taken for 0-RTT) for as long as the retirement's message takes to
-	// reach it. A grace cut made elsewhere, single use
-	// (session.Config.SingleUse) and revocation are never in it: where
+	// may resume a session retired elsewhere by Node.Consume for as long
+	// as the retirement's message takes to reach it. A grace cut made
+	// elsewhere, single use (session.Config.SingleUse), 0-RTT's strikes
+	// (Node.Strike) and revocation are never in it: where
 	// the cache's ResumeGrace less FlushWindow is shorter than the bound
 	// (the default grace, 30 s, is not), that is the bound of the node's
 	// hits, so that a cut, published as the session resumed and taking
