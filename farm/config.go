@@ -234,12 +234,11 @@ type Config struct {
 	// may resume a session retired elsewhere by Node.Consume for as long
 	// as the retirement's message takes to reach it. A grace cut made
 	// elsewhere, single use (session.Config.SingleUse), 0-RTT's strikes
-	// (Node.Strike) and revocation are never in it: where
-	// the cache's ResumeGrace less FlushWindow is shorter than the bound
-	// (the default grace, 30 s, is not), that is the bound of the node's
-	// hits, so that a cut, published as the session resumed and taking
-	// effect a grace later, has reached a node that does not ask the
-	// store.
+	// (Node.Strike) and revocation are never in it: where the cache's
+	// ResumeGrace less FlushWindow is shorter than the bound (the default
+	// grace, 30 s, is not), that is the bound of the node's hits, so that
+	// a cut, published as the session resumed and taking effect a grace
+	// later, has reached a node that does not ask the store.
 	MaxDeliveryLag time.Duration
 
 	// PeerMarkInterval is how often a node whose bus marks its delivery
