@@ -188,6 +188,9 @@ func startCluster(tb testing.TB, n int, via func(routeAddr string) string) (*Clu
 					return nil, err
 				}
 			}
+			if err := waitPlacement(c.Servers[0].ClientURL(), n, deadline); err != nil {
+				return nil, err
+			}
 			return c, nil
 		}
 		if time.Now().After(deadline) {
@@ -198,6 +201,45 @@ func startCluster(tb testing.TB, n int, via func(routeAddr string) string) (*Clu
 			return nil, fmt.Errorf("NATS cluster: no JetStream meta leader within 30s\n%s", out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitPlacement waits until the JetStream cluster of n servers reached at
+// url places a stream on min(n, 3) of them, or returns an error at
+// deadline. A meta leader, and every server current, is not yet that: the
+// leader may still count a peer offline, and a bucket created then is
+// placed on one server (natsbus falls back to one replica), which a test
+// of a replicated bucket then waits on in vain (a CI run timed out waiting
+// for n3 to be current on a stream it held no replica of).
+func waitPlacement(url string, n int, deadline time.Time) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.StreamConfig{
+		Name:     "natstest_placement",
+		Subjects: []string{"natstest.placement"},
+		Storage:  jetstream.MemoryStorage,
+		Replicas: min(n, 3),
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.CreateStream(ctx, cfg)
+		if err == nil {
+			err = js.DeleteStream(ctx, cfg.Name)
+			cancel()
+			return err
+		}
+		cancel()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("NATS cluster: no stream placed on %d servers within 30s: %w", cfg.Replicas, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -429,6 +471,10 @@ func startProcCluster(tb testing.TB, bin string, n int) (*ProcCluster, error) {
 			kill()
 			return nil, fmt.Errorf("nats-server %s on %s: %w", p.Name, p.Addr(), err)
 		}
+	}
+	if err := waitPlacement("nats://"+c.Procs[0].Addr(), n, time.Now().Add(30*time.Second)); err != nil {
+		kill()
+		return nil, err
 	}
 	tb.Cleanup(kill)
 	return c, nil
