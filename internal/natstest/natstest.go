@@ -209,8 +209,9 @@ func startCluster(tb testing.TB, n int, via func(routeAddr string) string) (*Clu
 // deadline. A meta leader, and every server current, is not yet that: the
 // leader may still count a peer offline, and a bucket created then is
 // placed on one server (natsbus falls back to one replica), which a test
-// of a replicated bucket then waits on in vain (a CI run timed out waiting
-// for n3 to be current on a stream it held no replica of).
+// of a replicated bucket then waits on in vain (a run of natsbus's tests
+// beside a CPU hog timed out waiting for n3 to be current on a stream it
+// held no replica of).
 func waitPlacement(url string, n int, deadline time.Time) error {
 	nc, err := nats.Connect(url)
 	if err != nil {
