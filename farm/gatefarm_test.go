@@ -185,11 +185,17 @@ func (g *gateFarm) revokeApplied(ctx context.Context) {
 // subscription up).
 func (g *gateFarm) lagDelivery(slow time.Duration) {
 	g.t.Helper()
+	g.lagPast(slow, 2*g.maxLag)
+}
+
+// lagPast is lagDelivery, waiting until n2's delivery lags past d.
+func (g *gateFarm) lagPast(slow, d time.Duration) {
+	g.t.Helper()
 	g.bus2.SetLatency(slow)
 	marker := g.n2.Bus.(transport.DeliveryMarker)
 	farmtest.Eventually(g.t, 10*time.Second, "n2's delivery lags", func() bool {
-		d := marker.DeliveredThrough()
-		return !d.IsZero() && time.Since(d) > 2*g.maxLag
+		at := marker.DeliveredThrough()
+		return !at.IsZero() && time.Since(at) > d
 	})
 }
 
