@@ -250,8 +250,8 @@ type Config struct {
 	// peer answered. A node publishes one message each interval, and
 	// receives one from each peer. Zero means a fifth of MaxDeliveryLag
 	// (or of the cache's ResumeGrace less FlushWindow, if shorter: the
-	// hit gate's bound then), at least 10ms and at most 100ms; negative means none (the bus's
-	// own mark alone, as before).
+	// hit gate's bound then), at least 10ms and at most 100ms; negative
+	// means none (the bus's own mark alone, as before).
 	PeerMarkInterval time.Duration
 
 	// KeepAfterBusGap keeps a node's cached sessions after its bus
