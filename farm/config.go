@@ -64,12 +64,13 @@ const (
 	defaultBreakerCooldown     = 5 * time.Second
 
 	// defaultCarryFlushWindow is the FlushWindow of a node with
-	// CarrySessions that sets none (see docs/performance.md for the
-	// measurement that chose it: in the farm benchmark's TLS 1.3 farm,
-	// 40ms batched about 14 sessions a message where 10ms batched 5, and
-	// took about 100µs of node CPU and 19µs of Redis CPU less per
-	// handshake).
-	defaultCarryFlushWindow = 40 * time.Millisecond
+	// CarrySessions that sets none (see docs/performance.md, sixteenth
+	// and twenty-seventh passes, for the measurements that chose it: in
+	// the farm benchmark's TLS 1.3 farm, 40ms batched about 15 sessions a
+	// message where 10ms batched 5, and 80ms about 30, for some 40µs of
+	// node CPU and 7µs of Redis CPU less per handshake than 40ms; 100ms
+	// gained nothing more).
+	defaultCarryFlushWindow = 80 * time.Millisecond
 
 	// defaultMaxDeliveryLag is the default of Config.MaxDeliveryLag:
 	// five of redisbus's marks (one each 100ms), so that a node under
@@ -201,7 +202,7 @@ type Config struct {
 	//
 	// With CarrySessions (in broadcast mode, with WriteThrough, not single
 	// use) and no FlushWindow set, the node batches new sessions over a
-	// FlushWindow of 40ms (at most half of WriteThroughTimeout, of
+	// FlushWindow of 80ms (at most half of WriteThroughTimeout, of
 	// LookupTimeout and of the cache's ResumeGrace): a peer presented a
 	// young session takes it from the ticket rather than waiting for the
 	// message, so the message may wait for others. Retirements and
@@ -454,10 +455,7 @@ func (cfg *Config) setDefaults() error {
 	if cfg.FlushWindow == 0 && cfg.CarrySessions && cfg.Mode == Broadcast && cfg.WriteThrough && !cfg.Cache.Config().SingleUse {
 		// Peers take young sessions from their tickets: the publisher
 		// may batch (see CarrySessions).
-		cfg.FlushWindow = min(defaultCarryFlushWindow, cfg.WriteThroughTimeout/2, cfg.LookupTimeout/2)
-		if g := cfg.Cache.Config().ResumeGrace; g > 0 {
-			cfg.FlushWindow = min(cfg.FlushWindow, g/2)
-		}
+		cfg.FlushWindow = carryFlushWindow(cfg.WriteThroughTimeout, cfg.LookupTimeout, cfg.Cache.Config().ResumeGrace)
 	}
 	if err := cfg.checkFlushWindow(); err != nil {
 		return err
@@ -485,6 +483,18 @@ func (cfg *Config) setDefaults() error {
 		cfg.Now = time.Now
 	}
 	return nil
+}
+
+// carryFlushWindow is the FlushWindow of a node with CarrySessions that
+// sets none: defaultCarryFlushWindow, or less where the bounds
+// checkFlushWindow puts on a window (half of the write-through and lookup
+// timeouts, half of a grace that cuts) are shorter.
+func carryFlushWindow(writeThrough, lookup, grace time.Duration) time.Duration {
+	w := min(defaultCarryFlushWindow, writeThrough/2, lookup/2)
+	if grace > 0 {
+		w = min(w, grace/2)
+	}
+	return w
 }
 
 // checkFlushWindow refuses a FlushWindow that is negative or long enough

@@ -148,3 +148,23 @@ func TestPeerMarkInterval(t *testing.T) {
 		}
 	}
 }
+
+// TestCarryFlushWindow: with carried sessions and no FlushWindow set, the
+// window is 80 ms, or half of whichever of the write-through timeout, the
+// lookup timeout and the grace is shorter than twice that.
+func TestCarryFlushWindow(t *testing.T) {
+	const ms = time.Millisecond
+	for _, tt := range []struct {
+		writeThrough, lookup, grace, want time.Duration
+	}{
+		{250 * ms, 250 * ms, 30 * time.Second, 80 * ms}, // the defaults
+		{250 * ms, 250 * ms, -1, 80 * ms},               // no cut
+		{250 * ms, 100 * ms, 30 * time.Second, 50 * ms}, // a short lookup timeout
+		{120 * ms, 250 * ms, 30 * time.Second, 60 * ms}, // a short write-through timeout
+		{250 * ms, 250 * ms, 100 * ms, 50 * ms},         // a short grace
+	} {
+		if got := carryFlushWindow(tt.writeThrough, tt.lookup, tt.grace); got != tt.want {
+			t.Errorf("carryFlushWindow(%v, %v, %v) = %v, want %v", tt.writeThrough, tt.lookup, tt.grace, got, tt.want)
+		}
+	}
+}

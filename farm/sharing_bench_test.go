@@ -48,15 +48,15 @@ import (
 //
 // sharing=write-through-carry is write-through with Config.CarrySessions:
 // A rotates ticket keys with the farm, and every ticket it issues carries
-// its session (sealed under those keys), so the flush window is 40 ms and
+// its session (sealed under those keys), so the flush window is 80 ms and
 // the grace cut waits with its child. The clients stay on A, so no copy is
 // admitted: what it measures is the carried tickets' sealing and the
 // batching the window allows.
 //
 // sharing=async-window=5ms and =10ms are async with a Config.FlushWindow:
-// new sessions wait up to the window for more to share with. A grace cut
-// does not wait (it flushes what waits), so a TLS 1.3 resumption, which
-// cuts its parent, is shared at once as without a window.
+// new sessions wait up to the window for more to share with, and so does
+// the grace cut of a TLS 1.3 resumption's parent, which waits with its
+// child.
 //
 // conc=1 is one client that pauses 1 ms after each handshake: a lightly
 // loaded node, where the farm has shared one handshake's session before the
