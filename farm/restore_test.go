@@ -91,11 +91,7 @@ func TestReleasedClaimLeavesRetiredSessionGone(t *testing.T) {
 				t.Fatal("n3 resumed the retired single-use session")
 			}
 			if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, ctl)).DidResume {
-				for _, s := range append(n3.Node.Metrics(), n3.Cache.Metrics()...) {
-					if s.Value != 0 {
-						t.Log(s)
-					}
-				}
+				farmtest.LogStats(t, []*farmtest.Member{n3})
 				t.Fatal("n3 did not resume the control session, whose claim n1 released")
 			}
 		})
