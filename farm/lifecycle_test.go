@@ -24,6 +24,16 @@ import (
 
 func singleUse(c *session.Config) { c.SingleUse = true }
 
+// patientClaims gives a farm's lookups, and so its single-use claims, 2s
+// where the default is 250ms: the tests that use it are about what
+// resumes, not how fast the store answers, and under -race on a loaded
+// machine a claim has been answered after 250ms (the control session of
+// TestReleasedClaimLeavesRetiredSessionGone did not resume in one CI run;
+// a deadline of 50µs fails it the same way, with lookups abandoned by
+// deadline). A longer deadline only gives a session that must not resume
+// more chance to.
+func patientClaims(c *farm.Config) { c.LookupTimeout = 2 * time.Second }
+
 // setupWait bounds the waits that set a test's stage (a session stored,
 // or held by a peer) before the behaviour under test: a wait that only
 // fails the test when the stage is late. It is long because beside other
@@ -101,7 +111,7 @@ func TestSingleUseFarmWide(t *testing.T) {
 		for _, tv := range versions {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
-					WriteThrough: true, TweakCache: singleUse})
+					WriteThrough: true, TweakCache: singleUse, Tweak: patientClaims})
 				id, _ := resumeOnce(t, ms, tv.v)
 				if mode == farm.Broadcast {
 					// Peers drop their copies once they hear of the retirement.
@@ -131,7 +141,7 @@ func TestSingleUseWithoutHandshakeComplete(t *testing.T) {
 			t.Run(mode.String()+"/"+tv.name, func(t *testing.T) {
 				t.Parallel()
 				ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), Mode: mode,
-					WriteThrough: true, TweakCache: singleUse, NoHandshakeComplete: true})
+					WriteThrough: true, TweakCache: singleUse, Tweak: patientClaims, NoHandshakeComplete: true})
 				var consumed sync.Map // IDs n2's handshakes retired: a claim consumed
 				ms[1].Cache.AddHook(session.EventRemove, func(ev session.Event) {
 					if ev.Reason == session.Retired && ev.Origin == session.OriginHandshake {
@@ -181,7 +191,7 @@ func TestSingleUseOpenSSL(t *testing.T) {
 	for _, tv := range []string{"-tls1_2", "-tls1_3"} {
 		t.Run(tv, func(t *testing.T) {
 			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true,
-				TweakCache: singleUse, CloseServer: true})
+				TweakCache: singleUse, Tweak: patientClaims, CloseServer: true})
 			sess := tlstest.SessionFile(t)
 			ids := farmtest.NewSessions(ms[0].Cache)
 			out := tlstest.OpenSSL(t, ms[0].Server.Addr, tv, "-servername", "localhost", "-sess_out", sess)
@@ -214,7 +224,7 @@ func TestSingleUseConcurrentAcrossNodes(t *testing.T) {
 	url := redistest.URL(t)
 	for _, tv := range versions {
 		t.Run(tv.name, func(t *testing.T) {
-			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true, TweakCache: singleUse})
+			ms, _ := farmtest.Start(t, 3, &farmtest.Options{NewTransport: redisTransport(url), WriteThrough: true, TweakCache: singleUse, Tweak: patientClaims})
 			ids := farmtest.NewSessions(ms[0].Cache)
 			frozen := &tlstest.FrozenCache{}
 			tlstest.MustDial(t, ms[0].Server.Addr, farmtest.Client(tv.v, frozen))

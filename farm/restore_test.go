@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tlsfarm/tlsfarm/farm"
 	"github.com/tlsfarm/tlsfarm/farm/farmtest"
 	"github.com/tlsfarm/tlsfarm/farm/transport"
 	"github.com/tlsfarm/tlsfarm/internal/redistest"
@@ -33,15 +32,7 @@ func TestReleasedClaimLeavesRetiredSessionGone(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			o := &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true, TweakCache: singleUse,
-				// The control's claim on n3 takes its record from the
-				// store within LookupTimeout. In one CI run the control
-				// did not resume on n3 (the cause was not recorded; a
-				// claim answered after the default 250ms on a loaded
-				// machine is the likely one, as in promiseFarm), so a
-				// failure now logs n3's counters. The test is about what
-				// the store holds, not how fast it answers.
-				Tweak: func(c *farm.Config) { c.LookupTimeout = 2 * time.Second }}
+			o := &farmtest.Options{NewTransport: redisTransport(url), Mode: mode, WriteThrough: true, TweakCache: singleUse, Tweak: patientClaims}
 			ms, name := farmtest.Start(t, 2, o)
 			n1, n2 := ms[0], ms[1]
 			// Past the rate limit of requests and re-sends the nodes'
