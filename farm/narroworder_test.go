@@ -248,7 +248,7 @@ func TestLazyPeersIssuerKeepsGraceCut(t *testing.T) {
 func TestLateHandshakeCompleteKeepsSingleUse(t *testing.T) {
 	t.Parallel()
 	url := redistest.URL(t)
-	o := &farmtest.Options{NewTransport: redisTransport(url), Mode: farm.Broadcast, TweakCache: singleUse}
+	o := &farmtest.Options{NewTransport: redisTransport(url), Mode: farm.Broadcast, TweakCache: singleUse, Tweak: patientClaims}
 	ms, _ := farmtest.Start(t, 2, o)
 	n1, n2 := ms[0], ms[1]
 	cert, _ := tlstest.SharedCert()
@@ -427,7 +427,7 @@ func TestRewriteOfLandedWriteKeepsSingleUse(t *testing.T) {
 			}
 			return l, l
 		},
-		Tweak: func(c *farm.Config) { c.TallyInterval = -1 }}
+		Tweak: func(c *farm.Config) { c.TallyInterval = -1; patientClaims(c) }}
 	ms, _ := farmtest.Start(t, 3, o)
 	n1, n2, n3 := ms[0], ms[1], ms[2]
 	time.Sleep(1200 * time.Millisecond) // past the re-sends asked for at start

@@ -113,7 +113,7 @@ var staleCases = []staleCase{
 	{name: "retire without a store", noStore: true, typ: farm.EnvTypeCut, act: retireOnN3},
 	{
 		name: "single use",
-		opts: farmtest.Options{WriteThrough: true, TweakCache: singleUse},
+		opts: farmtest.Options{WriteThrough: true, TweakCache: singleUse, Tweak: patientClaims},
 		typ:  farm.EnvTypeCut,
 		act: func(t *testing.T, n3 *farmtest.Member, _ session.ID, client *tlstest.FrozenCache) time.Time {
 			if !tlstest.MustDial(t, n3.Server.Addr, farmtest.Client(tls.VersionTLS13, client)).DidResume {
