@@ -112,7 +112,7 @@ func TestHitLag(t *testing.T) {
 		maxLag, grace, window, want time.Duration
 	}{
 		{500 * ms, 30 * time.Second, 0, 500 * ms},       // the defaults
-		{500 * ms, 30 * time.Second, 40 * ms, 500 * ms}, // carried sessions' window
+		{500 * ms, 30 * time.Second, 80 * ms, 500 * ms}, // carried sessions' window
 		{500 * ms, 300 * ms, 0, 300 * ms},               // a grace shorter than the bound
 		{500 * ms, 300 * ms, 40 * ms, 260 * ms},         // ... with the window
 		{500 * ms, 500 * ms, 0, 500 * ms},
