@@ -238,7 +238,7 @@ func waitPlacement(url string, n int, deadline time.Time) error {
 		}
 		cancel()
 		if time.Now().After(deadline) {
-			return fmt.Errorf("NATS cluster: no stream placed on %d servers within 30s: %w", cfg.Replicas, err)
+			return fmt.Errorf("NATS cluster: no stream placed on %d servers by the start's deadline: %w", cfg.Replicas, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
